@@ -1,0 +1,145 @@
+//! Between protobuf messages and domain types: validation on the way in,
+//! presentation on the way out.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::domain::{
+    Admission, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats, RequestId, UserId,
+};
+use crate::pb;
+use crate::tokens::{AdmissionClaims, Keyring};
+use crate::{Error, Result};
+
+pub(super) fn queue_id(field: &str, value: &str) -> Result<QueueId> {
+    QueueId::parse(value).map_err(|reason| Error::invalid(field, reason))
+}
+
+pub(super) fn user_id(value: &str) -> Result<UserId> {
+    UserId::parse(value).map_err(|reason| Error::invalid("user_id", reason))
+}
+
+pub(super) fn request_id(value: &str) -> Result<Option<RequestId>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    RequestId::parse(value)
+        .map(Some)
+        .map_err(|reason| Error::invalid("request_id", reason))
+}
+
+/// A queue id and user id pair, the key of most calls.
+pub(super) fn queue_and_user(queue: &str, user: &str) -> Result<(QueueId, UserId)> {
+    Ok((queue_id("queue_id", queue)?, user_id(user)?))
+}
+
+pub(super) fn duration_in(field: &str, value: &prost_types::Duration) -> Result<Duration> {
+    if value.seconds < 0 || value.nanos < 0 {
+        return Err(Error::invalid(field, "must not be negative"));
+    }
+    let exact = Duration::try_from(*value).map_err(|e| Error::invalid(field, e.to_string()))?;
+    // Stores keep milliseconds; finer precision would not survive them.
+    Ok(Duration::from_millis(exact.as_millis() as u64))
+}
+
+pub(super) fn duration_out(value: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: value.as_secs() as i64,
+        nanos: value.subsec_nanos() as i32,
+    }
+}
+
+pub(super) fn timestamp_out(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+pub(super) fn mode_in(field: &str, value: i32) -> Result<Option<QueueMode>> {
+    match pb::QueueMode::try_from(value) {
+        Ok(pb::QueueMode::Unspecified) => Ok(None),
+        Ok(pb::QueueMode::Queueing) => Ok(Some(QueueMode::Queueing)),
+        Ok(pb::QueueMode::PassThrough) => Ok(Some(QueueMode::PassThrough)),
+        Ok(pb::QueueMode::Paused) => Ok(Some(QueueMode::Paused)),
+        Ok(pb::QueueMode::Closed) => Ok(Some(QueueMode::Closed)),
+        Err(_) => Err(Error::invalid(field, format!("unknown mode {value}"))),
+    }
+}
+
+pub(super) fn mode_out(mode: QueueMode) -> pb::QueueMode {
+    match mode {
+        QueueMode::Queueing => pb::QueueMode::Queueing,
+        QueueMode::PassThrough => pb::QueueMode::PassThrough,
+        QueueMode::Paused => pb::QueueMode::Paused,
+        QueueMode::Closed => pb::QueueMode::Closed,
+    }
+}
+
+pub(super) fn queue_out(config: &QueueConfig) -> pb::Queue {
+    pb::Queue {
+        id: config.id.to_string(),
+        mode: mode_out(config.mode) as i32,
+        max_active: config.max_active,
+        admit_per_second: config.admit_per_second,
+        admission_ttl: Some(duration_out(config.admission_ttl)),
+        heartbeat_timeout: Some(duration_out(config.heartbeat_timeout)),
+        create_time: Some(timestamp_out(config.created_at_ms)),
+    }
+}
+
+pub(super) fn stats_out(queue: &QueueId, stats: &QueueStats) -> pb::QueueStats {
+    pb::QueueStats {
+        queue_id: queue.to_string(),
+        waiting_count: stats.waiting,
+        active_count: stats.active,
+        enqueued_total: stats.enqueued,
+        admitted_total: stats.admitted,
+        completed_total: stats.completed,
+        expired_total: stats.expired,
+        left_total: stats.left,
+        admit_rate: stats.rate.per_second().unwrap_or(0.0),
+    }
+}
+
+/// An admission with its signed token.
+pub(super) fn admission_out(
+    keyring: &Keyring,
+    queue: &QueueId,
+    user: &UserId,
+    admission: &Admission,
+) -> Result<pb::Admission> {
+    let claims = AdmissionClaims::new(keyring.issuer(), queue, user, admission);
+    let token = keyring.sign(&claims).map_err(Error::Internal)?;
+    Ok(pb::Admission {
+        token,
+        expires_at: Some(timestamp_out(admission.expires_at_ms)),
+    })
+}
+
+pub(super) fn place_out(
+    keyring: &Keyring,
+    queue: &QueueId,
+    user: &UserId,
+    place: &Place,
+) -> Result<pb::Place> {
+    let (state, position, admission) = match &place.state {
+        PlaceState::Waiting { position } => (pb::PlaceState::Waiting, *position, None),
+        PlaceState::Admitted(admission) => (
+            pb::PlaceState::Admitted,
+            0,
+            Some(admission_out(keyring, queue, user, admission)?),
+        ),
+        PlaceState::Closed => (pb::PlaceState::Closed, 0, None),
+    };
+    Ok(pb::Place {
+        state: state as i32,
+        position,
+        waiting_count: place.waiting_count,
+        estimated_wait: place.estimated_wait().map(duration_out),
+        admission,
+        ticket: place.ticket,
+        queue_mode: mode_out(place.mode) as i32,
+    })
+}
+
+/// Seconds since the Unix epoch of a millisecond clock reading.
+pub(super) fn seconds(now_ms: u64) -> u64 {
+    now_ms / 1000
+}

@@ -1,0 +1,253 @@
+//! `waitroom.v1.QueueService`: what frontends and booking services call.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::convert::{
+    self, admission_out, place_out, queue_and_user, queue_id, request_id, timestamp_out,
+};
+use crate::domain::Clock;
+use crate::pb;
+use crate::pb::queue_service_server::QueueService;
+use crate::store::QueueStore;
+use crate::tokens::{Keyring, Verdict, Verifier};
+use crate::watch::WatchHub;
+use crate::{Error, Result};
+
+/// Longest token `VerifyAdmission` reads; real ones are under 400 bytes.
+const MAX_TOKEN_BYTES: usize = 4096;
+
+/// Most users one `AdmitBatch` may admit.
+const MAX_ADMIT_BATCH: u32 = 10_000;
+
+/// The queue service. Cheap to clone.
+#[derive(Clone)]
+pub struct QueueApi {
+    store: Arc<dyn QueueStore>,
+    keyring: Arc<Keyring>,
+    verifier: Arc<Verifier>,
+    clock: Arc<dyn Clock>,
+    hub: Arc<WatchHub>,
+}
+
+impl QueueApi {
+    pub fn new(
+        store: Arc<dyn QueueStore>,
+        keyring: Arc<Keyring>,
+        verifier: Arc<Verifier>,
+        clock: Arc<dyn Clock>,
+        hub: Arc<WatchHub>,
+    ) -> Self {
+        Self {
+            store,
+            keyring,
+            verifier,
+            clock,
+            hub,
+        }
+    }
+
+    async fn verify(
+        &self,
+        request: pb::VerifyAdmissionRequest,
+    ) -> Result<pb::VerifyAdmissionResponse> {
+        let queue = queue_id("queue_id", &request.queue_id)?;
+        if request.token.is_empty() {
+            return Err(Error::invalid("token", "must not be empty"));
+        }
+        if request.token.len() > MAX_TOKEN_BYTES {
+            return Err(Error::invalid(
+                "token",
+                format!(
+                    "must be at most {MAX_TOKEN_BYTES} bytes, got {}",
+                    request.token.len()
+                ),
+            ));
+        }
+        let now = self.clock.now_ms();
+        let check = self
+            .verifier
+            .verify(&request.token, queue.as_str(), convert::seconds(now));
+        let mut verdict = check.verdict;
+        if verdict == Verdict::Valid
+            && request.consume
+            && let Some(claims) = &check.claims
+            && !self
+                .store
+                .consume_token(&queue, &claims.jti, claims.exp * 1000, now)
+                .await?
+        {
+            verdict = Verdict::AlreadyUsed;
+        }
+        let mut response = pb::VerifyAdmissionResponse {
+            verdict: verdict_out(verdict) as i32,
+            ..Default::default()
+        };
+        // Claims are reported only when the signature is genuine.
+        if let Some(claims) = check.claims
+            && verdict != Verdict::Invalid
+        {
+            response.user_id = claims.sub;
+            response.expires_at = Some(timestamp_out(claims.exp * 1000));
+            response.token_id = claims.jti;
+        }
+        Ok(response)
+    }
+}
+
+fn verdict_out(verdict: Verdict) -> pb::Verdict {
+    match verdict {
+        Verdict::Valid => pb::Verdict::Valid,
+        Verdict::Expired => pb::Verdict::Expired,
+        Verdict::Invalid => pb::Verdict::Invalid,
+        Verdict::AlreadyUsed => pb::Verdict::AlreadyUsed,
+        Verdict::WrongQueue => pb::Verdict::WrongQueue,
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchRankResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl QueueService for QueueApi {
+    async fn enqueue(
+        &self,
+        request: Request<pb::EnqueueRequest>,
+    ) -> Result<Response<pb::EnqueueResponse>, Status> {
+        let request = request.into_inner();
+        let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
+        let place = self
+            .store
+            .enqueue(&queue, &user, self.clock.now_ms())
+            .await?;
+        let place = place_out(&self.keyring, &queue, &user, &place)?;
+        Ok(Response::new(pb::EnqueueResponse { place: Some(place) }))
+    }
+
+    async fn get_rank(
+        &self,
+        request: Request<pb::GetRankRequest>,
+    ) -> Result<Response<pb::GetRankResponse>, Status> {
+        let request = request.into_inner();
+        let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
+        let place = self
+            .store
+            .place(&queue, &user, self.clock.now_ms())
+            .await?
+            .ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
+        let place = place_out(&self.keyring, &queue, &user, &place)?;
+        Ok(Response::new(pb::GetRankResponse { place: Some(place) }))
+    }
+
+    type WatchRankStream = WatchStream;
+
+    async fn watch_rank(
+        &self,
+        request: Request<pb::WatchRankRequest>,
+    ) -> Result<Response<Self::WatchRankStream>, Status> {
+        let request = request.into_inner();
+        let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
+        let first = self
+            .store
+            .place(&queue, &user, self.clock.now_ms())
+            .await?
+            .ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
+        let updates = self.hub.watch(queue.clone(), user.clone(), first);
+        let keyring = Arc::clone(&self.keyring);
+        let stream = ReceiverStream::new(updates).map(move |update| {
+            let place = place_out(&keyring, &queue, &user, &update?)?;
+            Ok(pb::WatchRankResponse { place: Some(place) })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveResponse>, Status> {
+        let request = request.into_inner();
+        let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
+        let left = self.store.leave(&queue, &user, self.clock.now_ms()).await?;
+        if left {
+            self.hub.nudge(&queue);
+        }
+        Ok(Response::new(pb::LeaveResponse { left }))
+    }
+
+    async fn admit_batch(
+        &self,
+        request: Request<pb::AdmitBatchRequest>,
+    ) -> Result<Response<pb::AdmitBatchResponse>, Status> {
+        let request = request.into_inner();
+        let queue = queue_id("queue_id", &request.queue_id)?;
+        if request.max_count == 0 || request.max_count > MAX_ADMIT_BATCH {
+            return Err(Error::invalid(
+                "max_count",
+                format!(
+                    "must be between 1 and {MAX_ADMIT_BATCH}, got {}",
+                    request.max_count
+                ),
+            )
+            .into());
+        }
+        let request_id = request_id(&request.request_id)?;
+        let admitted = self
+            .store
+            .admit(
+                &queue,
+                request.max_count,
+                request_id.as_ref(),
+                self.clock.now_ms(),
+            )
+            .await?;
+        if !admitted.is_empty() {
+            self.hub.nudge(&queue);
+        }
+        let admitted = admitted
+            .iter()
+            .map(|a| {
+                Ok(pb::AdmittedUser {
+                    user_id: a.user.to_string(),
+                    admission: Some(admission_out(&self.keyring, &queue, &a.user, &a.admission)?),
+                    ticket: a.admission.ticket,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Response::new(pb::AdmitBatchResponse { admitted }))
+    }
+
+    async fn verify_admission(
+        &self,
+        request: Request<pb::VerifyAdmissionRequest>,
+    ) -> Result<Response<pb::VerifyAdmissionResponse>, Status> {
+        Ok(Response::new(self.verify(request.into_inner()).await?))
+    }
+
+    async fn complete_admission(
+        &self,
+        request: Request<pb::CompleteAdmissionRequest>,
+    ) -> Result<Response<pb::CompleteAdmissionResponse>, Status> {
+        let request = request.into_inner();
+        let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
+        let completed = self
+            .store
+            .complete(&queue, &user, self.clock.now_ms())
+            .await?;
+        if completed {
+            self.hub.nudge(&queue);
+        }
+        Ok(Response::new(pb::CompleteAdmissionResponse { completed }))
+    }
+
+    async fn get_signing_keys(
+        &self,
+        _request: Request<pb::GetSigningKeysRequest>,
+    ) -> Result<Response<pb::GetSigningKeysResponse>, Status> {
+        Ok(Response::new(pb::GetSigningKeysResponse {
+            jwks_json: self.keyring.jwks_json().to_owned(),
+        }))
+    }
+}

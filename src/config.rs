@@ -1,0 +1,171 @@
+//! Start-up configuration: flags with `WAITROOM_*` environment equivalents,
+//! validated once before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::domain::{QueueConfig, QueueId, QueueMode, QueueUpdate};
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "waitroom",
+    version,
+    about = "The queue authority behind a virtual waiting room: places in line, live positions, admission in order, signed admission tokens."
+)]
+pub struct Config {
+    /// Address of the gRPC server (queue, admin, health and reflection services).
+    #[arg(long, env = "WAITROOM_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for TLS). Without it, queues live in this process only.
+    #[arg(long, env = "WAITROOM_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "WAITROOM_REDIS_PREFIX", default_value = "wr")]
+    pub redis_prefix: String,
+
+    /// Longest wait for Redis before a call answers UNAVAILABLE (e.g. `500ms`, `2s`).
+    #[arg(long, env = "WAITROOM_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Ed25519 private key (PKCS#8 PEM) that signs admission tokens. Without it, a key is generated and tokens die with the process.
+    #[arg(long, env = "WAITROOM_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+
+    /// The `iss` claim of admission tokens; verifiers must expect the same.
+    #[arg(long, env = "WAITROOM_TOKEN_ISSUER", default_value = "waitroom")]
+    pub token_issuer: String,
+
+    /// A queue to create at start if it does not exist: `ID[:key=value,...]` with keys mode (queueing, pass_through, paused, closed), max_active, admit_per_second, admission_ttl, heartbeat_timeout. Repeat the flag for more; in the environment, separate queues with `;`. An existing queue is left as it is.
+    #[arg(long = "queue", env = "WAITROOM_QUEUES", value_delimiter = ';', value_parser = QueueSpec::parse)]
+    pub queues: Vec<QueueSpec>,
+
+    /// How often open WatchRank streams are refreshed from the store.
+    #[arg(long, env = "WAITROOM_WATCH_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub watch_interval: Duration,
+
+    /// Log format.
+    #[arg(long, env = "WAITROOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The defaults, as if started with no flags and no environment. For
+    /// tests and embedding.
+    pub fn defaults() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            redis_url: None,
+            redis_prefix: "wr".into(),
+            redis_timeout: Duration::from_secs(1),
+            signing_key: None,
+            token_issuer: "waitroom".into(),
+            queues: Vec::new(),
+            watch_interval: Duration::from_millis(250),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A queue declared at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub id: QueueId,
+    pub settings: QueueUpdate,
+}
+
+impl QueueSpec {
+    /// Parses `ID[:key=value,...]`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let (id, settings) = spec.split_once(':').unwrap_or((spec, ""));
+        let id = QueueId::parse(id.trim()).map_err(|e| format!("queue id {id:?}: {e}"))?;
+        let mut update = QueueUpdate::default();
+        for pair in settings.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+            let number = |v: &str| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("{key}: {v:?} is not a whole number"))
+            };
+            let duration =
+                |v: &str| humantime::parse_duration(v).map_err(|e| format!("{key}: {v:?}: {e}"));
+            match key {
+                "mode" => {
+                    update.mode = Some(QueueMode::parse(value).ok_or_else(|| {
+                        format!(
+                            "mode: {value:?} is not one of queueing, pass_through, paused, closed"
+                        )
+                    })?)
+                }
+                "max_active" => update.max_active = Some(number(value)?),
+                "admit_per_second" => update.admit_per_second = Some(number(value)?),
+                "admission_ttl" => update.admission_ttl = Some(duration(value)?),
+                "heartbeat_timeout" => update.heartbeat_timeout = Some(duration(value)?),
+                other => return Err(format!("unknown queue setting {other:?}")),
+            }
+        }
+        let spec = Self {
+            id,
+            settings: update,
+        };
+        spec.config(0)
+            .check()
+            .map_err(|(f, e)| format!("{f}: {e}"))?;
+        Ok(spec)
+    }
+
+    /// The queue this declares, created at `now_ms`.
+    pub fn config(&self, now_ms: u64) -> QueueConfig {
+        let mut config = QueueConfig::new(self.id.clone());
+        config.apply(&self.settings);
+        config.created_at_ms = now_ms;
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_specs_parse_ids_and_settings() {
+        let spec = QueueSpec::parse(
+            "sale:max_active=100, admit_per_second=50,admission_ttl=5m,mode=paused",
+        )
+        .unwrap();
+        let config = spec.config(7);
+        assert_eq!(config.id.as_str(), "sale");
+        assert_eq!(config.max_active, 100);
+        assert_eq!(config.admit_per_second, 50);
+        assert_eq!(config.admission_ttl, Duration::from_secs(300));
+        assert_eq!(config.mode, QueueMode::Paused);
+        assert_eq!(config.created_at_ms, 7);
+        assert_eq!(QueueSpec::parse("plain").unwrap().config(0).max_active, 0);
+    }
+
+    #[test]
+    fn queue_specs_refuse_what_they_cannot_honour() {
+        for bad in [
+            "",
+            "a b",
+            "q:max_active=-1",
+            "q:colour=red",
+            "q:mode=open",
+            "q:admission_ttl=0s",
+            "q:x",
+        ] {
+            assert!(QueueSpec::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The queue's plain types: validated ids, queue configuration, places and
+//! admissions, the clock, and the wait estimate. Nothing here knows gRPC or
+//! Redis.
+
+mod clock;
+mod estimate;
+mod ids;
+mod place;
+mod queue;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use estimate::{RATE_WINDOW_MS, RateSample};
+pub use ids::{QueueId, RequestId, UserId};
+pub use place::{Admission, Admitted, Place, PlaceState};
+pub use queue::{QueueConfig, QueueMode, QueueStats, QueueUpdate};

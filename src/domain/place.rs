@@ -1,0 +1,68 @@
+//! Where a user stands: waiting with a position, admitted, or shut out by a
+//! closed queue.
+
+use std::time::Duration;
+
+use super::{QueueMode, RateSample, UserId};
+
+/// A user's admission: it holds a slot until `expires_at_ms` unless
+/// completed earlier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admission {
+    pub ticket: u64,
+    pub admitted_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// The queue's `created_at_ms`: with the ticket, it makes the token id
+    /// unique across a queue deleted and created again.
+    pub queue_epoch_ms: u64,
+}
+
+/// The state part of a place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlaceState {
+    /// In line; `position` is 1-based.
+    Waiting {
+        position: u64,
+    },
+    Admitted(Admission),
+    /// Waiting in a closed queue: the place is kept, nobody moves.
+    Closed,
+}
+
+/// A user's place in a queue, as of one moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Place {
+    pub state: PlaceState,
+    pub ticket: u64,
+    pub waiting_count: u64,
+    pub mode: QueueMode,
+    pub rate: RateSample,
+}
+
+impl Place {
+    /// Admitted or closed: a watcher's stream ends with this place.
+    pub fn is_final(&self) -> bool {
+        matches!(self.state, PlaceState::Admitted(_) | PlaceState::Closed)
+    }
+
+    /// The wait shown to the user, in whole seconds rounded up, so a steady
+    /// line does not flicker by milliseconds: zero once admitted, none when
+    /// closed or when no admission rate has been observed.
+    pub fn estimated_wait(&self) -> Option<Duration> {
+        match self.state {
+            PlaceState::Waiting { position } => self
+                .rate
+                .estimate(position)
+                .map(|wait| Duration::from_secs(wait.as_secs_f64().ceil() as u64)),
+            PlaceState::Admitted(_) => Some(Duration::ZERO),
+            PlaceState::Closed => None,
+        }
+    }
+}
+
+/// A user admitted by one `AdmitBatch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    pub user: UserId,
+    pub admission: Admission,
+}

@@ -1,0 +1,156 @@
+//! A queue's configuration, the operator's changes to it, and its figures.
+
+use std::time::Duration;
+
+use super::QueueId;
+
+/// How a queue admits users: the operator's switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QueueMode {
+    /// Users wait and are admitted in ticket order.
+    Queueing,
+    /// The queue is off: everyone is admitted at once, without a cap.
+    PassThrough,
+    /// Users may join; nobody is admitted.
+    Paused,
+    /// Nobody may join; waiting users are told. Places are kept.
+    Closed,
+}
+
+impl QueueMode {
+    /// The name stored in Redis.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queueing => "queueing",
+            Self::PassThrough => "pass_through",
+            Self::Paused => "paused",
+            Self::Closed => "closed",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "queueing" => Self::Queueing,
+            "pass_through" => Self::PassThrough,
+            "paused" => Self::Paused,
+            "closed" => Self::Closed,
+            _ => return None,
+        })
+    }
+}
+
+/// A queue's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub id: QueueId,
+    pub mode: QueueMode,
+    /// Most users holding an admission at once; 0 means no cap.
+    pub max_active: u32,
+    /// Automatic admissions per second across all replicas; 0 means manual.
+    pub admit_per_second: u32,
+    /// How long an admission lasts unless completed. Whole milliseconds.
+    pub admission_ttl: Duration,
+    /// How long a waiting user keeps their place without a sign of life.
+    pub heartbeat_timeout: Duration,
+    /// When the queue was created. Also tells apart two queues that had the
+    /// same id at different times, so their token ids never collide.
+    pub created_at_ms: u64,
+}
+
+impl QueueConfig {
+    pub const DEFAULT_ADMISSION_TTL: Duration = Duration::from_secs(600);
+    pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(120);
+    pub const ADMISSION_TTL_RANGE: (Duration, Duration) =
+        (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+    pub const HEARTBEAT_TIMEOUT_RANGE: (Duration, Duration) =
+        (Duration::from_secs(5), Duration::from_secs(24 * 3600));
+
+    /// A queue with default settings.
+    pub fn new(id: QueueId) -> Self {
+        Self {
+            id,
+            mode: QueueMode::Queueing,
+            max_active: 0,
+            admit_per_second: 0,
+            admission_ttl: Self::DEFAULT_ADMISSION_TTL,
+            heartbeat_timeout: Self::DEFAULT_HEARTBEAT_TIMEOUT,
+            created_at_ms: 0,
+        }
+    }
+
+    /// Applies a change; the fields it leaves out keep their values.
+    pub fn apply(&mut self, update: &QueueUpdate) {
+        if let Some(mode) = update.mode {
+            self.mode = mode;
+        }
+        if let Some(max_active) = update.max_active {
+            self.max_active = max_active;
+        }
+        if let Some(rate) = update.admit_per_second {
+            self.admit_per_second = rate;
+        }
+        if let Some(ttl) = update.admission_ttl {
+            self.admission_ttl = ttl;
+        }
+        if let Some(timeout) = update.heartbeat_timeout {
+            self.heartbeat_timeout = timeout;
+        }
+    }
+
+    /// Checks the durations are within their documented ranges; returns the
+    /// offending field and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        check_range(
+            "admission_ttl",
+            self.admission_ttl,
+            Self::ADMISSION_TTL_RANGE,
+        )?;
+        check_range(
+            "heartbeat_timeout",
+            self.heartbeat_timeout,
+            Self::HEARTBEAT_TIMEOUT_RANGE,
+        )
+    }
+}
+
+fn check_range(
+    field: &'static str,
+    value: Duration,
+    (min, max): (Duration, Duration),
+) -> Result<(), (&'static str, String)> {
+    if value < min || value > max {
+        return Err((
+            field,
+            format!(
+                "must be between {} and {}, got {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max),
+                humantime::format_duration(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The fields of a queue an operator changes; `None` keeps the current value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueUpdate {
+    pub mode: Option<QueueMode>,
+    pub max_active: Option<u32>,
+    pub admit_per_second: Option<u32>,
+    pub admission_ttl: Option<Duration>,
+    pub heartbeat_timeout: Option<Duration>,
+}
+
+/// A queue's gauges and counters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueStats {
+    pub waiting: u64,
+    pub active: u64,
+    pub enqueued: u64,
+    pub admitted: u64,
+    pub completed: u64,
+    pub expired: u64,
+    pub left: u64,
+    pub rate: super::RateSample,
+}

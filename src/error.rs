@@ -1,0 +1,100 @@
+//! The crate's one error type and its one mapping to a gRPC status.
+//!
+//! Variants are named by what the caller can do about them. Every status
+//! carries a `google.rpc.ErrorInfo` (domain [`ERROR_DOMAIN`], a stable
+//! `reason`); invalid arguments add a `BadRequest` naming the field, and
+//! `Unavailable` adds `RetryInfo`. Internal causes are logged here, once, and
+//! returned opaque.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every error this service returns.
+pub const ERROR_DOMAIN: &str = "waitroom.dev";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("queue {0:?} does not exist")]
+    QueueNotFound(String),
+    #[error("the user is neither waiting nor admitted in queue {0:?}")]
+    PlaceNotFound(String),
+    #[error("queue {0:?} already exists")]
+    QueueAlreadyExists(String),
+    #[error("queue {0:?} is closed: nobody may join")]
+    QueueClosed(String),
+    #[error("queue {0:?} is paused: nobody is admitted until it resumes")]
+    QueuePaused(String),
+    /// The store did not answer in time or at all. Safe to retry.
+    #[error("queue store unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The `ErrorInfo.reason`, stable for clients to match on.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::QueueNotFound(_) => "QUEUE_NOT_FOUND",
+            Self::PlaceNotFound(_) => "PLACE_NOT_FOUND",
+            Self::QueueAlreadyExists(_) => "QUEUE_ALREADY_EXISTS",
+            Self::QueueClosed(_) => "QUEUE_CLOSED",
+            Self::QueuePaused(_) => "QUEUE_PAUSED",
+            Self::Unavailable(_) => "STORE_UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::QueueNotFound(_) | Self::PlaceNotFound(_) => Code::NotFound,
+            Self::QueueAlreadyExists(_) => Code::AlreadyExists,
+            Self::QueueClosed(_) | Self::QueuePaused(_) => Code::FailedPrecondition,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let mut details = ErrorDetails::with_error_info(
+            error.reason(),
+            ERROR_DOMAIN,
+            HashMap::<String, String>::new(),
+        );
+        let message = match &error {
+            Error::InvalidArgument { field, reason } => {
+                details.add_bad_request_violation(field.clone(), reason.clone());
+                error.to_string()
+            }
+            Error::Unavailable(cause) => {
+                tracing::warn!(%cause, "queue store unavailable");
+                details.set_retry_info(Some(Duration::from_secs(1)));
+                "queue store unavailable; retry shortly, no place was lost".to_owned()
+            }
+            Error::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                "internal error".to_owned()
+            }
+            _ => error.to_string(),
+        };
+        Status::with_error_details(error.code(), message, details)
+    }
+}

@@ -1,0 +1,32 @@
+//! waitroom: the queue authority behind a virtual waiting room.
+//!
+//! # Layout
+//!
+//! - [`api`]: the gRPC services. Each handler validates its request into
+//!   domain types, calls the store once, and converts the answer.
+//! - [`domain`]: plain types: ids, queue configuration, places, the clock,
+//!   the wait estimate.
+//! - [`store`]: the [`store::QueueStore`] trait and its two implementations,
+//!   Redis (production) and memory (single process, and the executable
+//!   specification the Redis store is tested against).
+//! - [`tokens`]: signing admission tokens, the published keys (JWKS), and a
+//!   [`tokens::Verifier`] a booking service can embed to check tokens
+//!   offline.
+//! - [`watch`]: the per-instance hub that pushes place changes to
+//!   `WatchRank` streams.
+//! - [`config`], [`startup`], [`telemetry`]: flags, wiring, logs.
+//! - [`error`]: the one error type and its mapping to gRPC status.
+//! - [`pb`]: the generated protobuf and gRPC code.
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod pb;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;
+pub mod watch;
+
+pub use error::{Error, Result};

@@ -1,0 +1,12 @@
+use clap::Parser;
+use waitroom::config::Config;
+use waitroom::startup::{Application, shutdown_signal};
+use waitroom::telemetry;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    telemetry::init(config.log_format);
+    let app = Application::build(config).await?;
+    app.run_until_stopped(shutdown_signal()).await
+}

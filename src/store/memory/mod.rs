@@ -1,0 +1,412 @@
+//! The in-memory store: one process, no persistence, and the executable
+//! specification of the queue's semantics. The Redis store is tested against
+//! it answer for answer, so every branch here has its twin in a Lua script.
+
+mod rank_index;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use self::rank_index::RankIndex;
+use super::{BATCH_RESULT_TTL_MS, QueueStore};
+use crate::domain::{
+    Admission, Admitted, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats,
+    QueueUpdate, RateSample, RequestId, UserId,
+};
+use crate::{Error, Result};
+
+/// The in-memory store. A single mutex guards everything: every operation is
+/// short and does no I/O, and one lock makes each one trivially atomic.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    queues: BTreeMap<QueueId, QueueState>,
+    /// Consumed token ids by expiry. Outlives queue deletion, like the
+    /// Redis keys that expire on their own; `used_tokens` indexes it.
+    used_by_expiry: BTreeSet<(u64, QueueId, String)>,
+    used_tokens: HashMap<(QueueId, String), u64>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    enqueued: u64,
+    admitted: u64,
+    completed: u64,
+    expired: u64,
+    left: u64,
+}
+
+#[derive(Debug)]
+struct QueueState {
+    config: QueueConfig,
+    /// Last ticket given.
+    seq: u64,
+    /// Waiting users by ticket; `tickets` is its inverse and `ranks` counts
+    /// it. The three always hold the same set.
+    waiting: BTreeMap<u64, UserId>,
+    tickets: HashMap<UserId, u64>,
+    ranks: RankIndex,
+    /// Admitted users by expiry; `admitted` holds the same users.
+    active: BTreeSet<(u64, UserId)>,
+    admitted: HashMap<UserId, Admission>,
+    counters: Counters,
+    /// Admissions per second bucket (`now_ms / 1000`).
+    rate: BTreeMap<u64, u64>,
+    batches: HashMap<RequestId, (u64, Vec<Admitted>)>,
+}
+
+impl QueueState {
+    fn new(config: QueueConfig) -> Self {
+        Self {
+            config,
+            seq: 0,
+            waiting: BTreeMap::new(),
+            tickets: HashMap::new(),
+            ranks: RankIndex::default(),
+            active: BTreeSet::new(),
+            admitted: HashMap::new(),
+            counters: Counters::default(),
+            rate: BTreeMap::new(),
+            batches: HashMap::new(),
+        }
+    }
+
+    /// Ends the admissions whose time is up.
+    fn expire(&mut self, now_ms: u64) {
+        while let Some((expires_at, _)) = self.active.first() {
+            if *expires_at > now_ms {
+                break;
+            }
+            if let Some((_, user)) = self.active.pop_first() {
+                self.admitted.remove(&user);
+                self.counters.expired += 1;
+            }
+        }
+    }
+
+    fn admit_user(&mut self, user: UserId, ticket: u64, now_ms: u64) -> Admission {
+        let expires_at_ms = now_ms + self.config.admission_ttl.as_millis() as u64;
+        let admission = Admission {
+            ticket,
+            admitted_at_ms: now_ms,
+            expires_at_ms,
+            queue_epoch_ms: self.config.created_at_ms,
+        };
+        self.active.insert((expires_at_ms, user.clone()));
+        self.admitted.insert(user, admission.clone());
+        self.counters.admitted += 1;
+        *self.rate.entry(now_ms / 1000).or_default() += 1;
+        let first = RateSample::first_bucket(now_ms);
+        self.rate.retain(|bucket, _| *bucket >= first);
+        admission
+    }
+
+    fn remove_waiting(&mut self, user: &UserId) -> Option<u64> {
+        let ticket = self.tickets.remove(user)?;
+        self.waiting.remove(&ticket);
+        self.ranks.remove(ticket);
+        Some(ticket)
+    }
+
+    fn end_admission(&mut self, user: &UserId) -> bool {
+        match self.admitted.remove(user) {
+            Some(admission) => {
+                self.active.remove(&(admission.expires_at_ms, user.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn rate_sample(&self, now_ms: u64) -> RateSample {
+        let first = RateSample::first_bucket(now_ms);
+        let mut buckets = self.rate.range(first..);
+        match buckets.next() {
+            None => RateSample::default(),
+            Some((oldest, count)) => RateSample {
+                admitted: count + buckets.map(|(_, c)| c).sum::<u64>(),
+                span_ms: RateSample::span_from(*oldest, now_ms),
+            },
+        }
+    }
+
+    fn place(&self, state: PlaceState, ticket: u64, now_ms: u64) -> Place {
+        Place {
+            state,
+            ticket,
+            waiting_count: self.waiting.len() as u64,
+            mode: self.config.mode,
+            rate: self.rate_sample(now_ms),
+        }
+    }
+
+    fn admitted_place(&self, admission: Admission, now_ms: u64) -> Place {
+        let ticket = admission.ticket;
+        self.place(PlaceState::Admitted(admission), ticket, now_ms)
+    }
+
+    /// The place of a user after expiry; admits a waiting user when the
+    /// queue is in pass-through mode.
+    fn current_place(&mut self, user: &UserId, now_ms: u64) -> Option<Place> {
+        if let Some(admission) = self.admitted.get(user) {
+            return Some(self.admitted_place(admission.clone(), now_ms));
+        }
+        let ticket = *self.tickets.get(user)?;
+        Some(match self.config.mode {
+            QueueMode::PassThrough => {
+                self.remove_waiting(user);
+                let admission = self.admit_user(user.clone(), ticket, now_ms);
+                self.admitted_place(admission, now_ms)
+            }
+            QueueMode::Closed => self.place(PlaceState::Closed, ticket, now_ms),
+            QueueMode::Queueing | QueueMode::Paused => {
+                let position = self.ranks.count_up_to(ticket);
+                self.place(PlaceState::Waiting { position }, ticket, now_ms)
+            }
+        })
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_queue<T>(
+        &self,
+        queue: &QueueId,
+        f: impl FnOnce(&mut QueueState) -> Result<T>,
+    ) -> Result<T> {
+        let mut inner = self.lock()?;
+        let state = inner
+            .queues
+            .get_mut(queue)
+            .ok_or_else(|| Error::QueueNotFound(queue.to_string()))?;
+        f(state)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| Error::Internal("memory store lock poisoned".into()))
+    }
+}
+
+#[async_trait]
+impl QueueStore for MemoryStore {
+    async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig> {
+        let mut inner = self.lock()?;
+        if inner.queues.contains_key(&config.id) {
+            return Err(Error::QueueAlreadyExists(config.id.to_string()));
+        }
+        inner
+            .queues
+            .insert(config.id.clone(), QueueState::new(config.clone()));
+        Ok(config.clone())
+    }
+
+    async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig> {
+        self.with_queue(queue, |state| Ok(state.config.clone()))
+    }
+
+    async fn list_queues(&self, after: Option<&QueueId>, limit: usize) -> Result<Vec<QueueConfig>> {
+        let inner = self.lock()?;
+        let range = match after {
+            Some(after) => inner.queues.range::<QueueId, _>((
+                std::ops::Bound::Excluded(after),
+                std::ops::Bound::Unbounded,
+            )),
+            None => inner.queues.range::<QueueId, _>(..),
+        };
+        Ok(range.take(limit).map(|(_, s)| s.config.clone()).collect())
+    }
+
+    async fn update_queue(&self, queue: &QueueId, update: &QueueUpdate) -> Result<QueueConfig> {
+        self.with_queue(queue, |state| {
+            state.config.apply(update);
+            Ok(state.config.clone())
+        })
+    }
+
+    async fn delete_queue(&self, queue: &QueueId) -> Result<()> {
+        let mut inner = self.lock()?;
+        match inner.queues.remove(queue) {
+            Some(_) => Ok(()),
+            None => Err(Error::QueueNotFound(queue.to_string())),
+        }
+    }
+
+    async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
+        self.with_queue(queue, |state| {
+            state.expire(now_ms);
+            if let Some(admission) = state.admitted.get(user) {
+                return Ok(state.admitted_place(admission.clone(), now_ms));
+            }
+            if state.config.mode == QueueMode::Closed {
+                return Err(Error::QueueClosed(queue.to_string()));
+            }
+            if let Some(place) = state.current_place(user, now_ms) {
+                return Ok(place);
+            }
+            state.seq += 1;
+            let ticket = state.seq;
+            state.counters.enqueued += 1;
+            let admit_now = match state.config.mode {
+                QueueMode::PassThrough => true,
+                QueueMode::Queueing => {
+                    state.config.max_active > 0
+                        && state.waiting.is_empty()
+                        && (state.active.len() as u64) < u64::from(state.config.max_active)
+                }
+                QueueMode::Paused | QueueMode::Closed => false,
+            };
+            if admit_now {
+                let admission = state.admit_user(user.clone(), ticket, now_ms);
+                return Ok(state.admitted_place(admission, now_ms));
+            }
+            state.waiting.insert(ticket, user.clone());
+            state.tickets.insert(user.clone(), ticket);
+            state.ranks.insert(ticket);
+            let position = state.ranks.count_up_to(ticket);
+            Ok(state.place(PlaceState::Waiting { position }, ticket, now_ms))
+        })
+    }
+
+    async fn places(
+        &self,
+        queue: &QueueId,
+        users: &[UserId],
+        now_ms: u64,
+    ) -> Result<Vec<Option<Place>>> {
+        self.with_queue(queue, |state| {
+            state.expire(now_ms);
+            Ok(users
+                .iter()
+                .map(|user| state.current_place(user, now_ms))
+                .collect())
+        })
+    }
+
+    async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
+        self.with_queue(queue, |state| {
+            state.expire(now_ms);
+            let left = state.remove_waiting(user).is_some() || state.end_admission(user);
+            if left {
+                state.counters.left += 1;
+            }
+            Ok(left)
+        })
+    }
+
+    async fn admit(
+        &self,
+        queue: &QueueId,
+        max_count: u32,
+        request: Option<&RequestId>,
+        now_ms: u64,
+    ) -> Result<Vec<Admitted>> {
+        self.with_queue(queue, |state| {
+            state
+                .batches
+                .retain(|_, (expires_at, _)| *expires_at > now_ms);
+            if let Some((_, previous)) = request.and_then(|r| state.batches.get(r)) {
+                return Ok(previous.clone());
+            }
+            match state.config.mode {
+                QueueMode::Paused => return Err(Error::QueuePaused(queue.to_string())),
+                QueueMode::Closed => return Err(Error::QueueClosed(queue.to_string())),
+                QueueMode::Queueing | QueueMode::PassThrough => {}
+            }
+            state.expire(now_ms);
+            let mut room = u64::from(max_count);
+            if state.config.mode == QueueMode::Queueing && state.config.max_active > 0 {
+                let free =
+                    u64::from(state.config.max_active).saturating_sub(state.active.len() as u64);
+                room = room.min(free);
+            }
+            let mut admitted = Vec::new();
+            while (admitted.len() as u64) < room {
+                let Some((ticket, user)) = state.waiting.pop_first() else {
+                    break;
+                };
+                state.tickets.remove(&user);
+                state.ranks.remove(ticket);
+                let admission = state.admit_user(user.clone(), ticket, now_ms);
+                admitted.push(Admitted { user, admission });
+            }
+            if let Some(request) = request {
+                state.batches.insert(
+                    request.clone(),
+                    (now_ms + BATCH_RESULT_TTL_MS, admitted.clone()),
+                );
+            }
+            Ok(admitted)
+        })
+    }
+
+    async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
+        self.with_queue(queue, |state| {
+            state.expire(now_ms);
+            let completed = state.end_admission(user);
+            if completed {
+                state.counters.completed += 1;
+            }
+            Ok(completed)
+        })
+    }
+
+    async fn consume_token(
+        &self,
+        queue: &QueueId,
+        token_id: &str,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool> {
+        let mut inner = self.lock()?;
+        while let Some((expires_at, _, _)) = inner.used_by_expiry.first() {
+            if *expires_at > now_ms {
+                break;
+            }
+            if let Some((_, queue, token)) = inner.used_by_expiry.pop_first() {
+                inner.used_tokens.remove(&(queue, token));
+            }
+        }
+        let key = (queue.clone(), token_id.to_owned());
+        if inner.used_tokens.contains_key(&key) {
+            return Ok(false);
+        }
+        let expires_at = expires_at_ms.max(now_ms + 1);
+        inner
+            .used_by_expiry
+            .insert((expires_at, key.0.clone(), key.1.clone()));
+        inner.used_tokens.insert(key, expires_at);
+        Ok(true)
+    }
+
+    async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats> {
+        self.with_queue(queue, |state| {
+            state.expire(now_ms);
+            let c = &state.counters;
+            Ok(QueueStats {
+                waiting: state.waiting.len() as u64,
+                active: state.active.len() as u64,
+                enqueued: c.enqueued,
+                admitted: c.admitted,
+                completed: c.completed,
+                expired: c.expired,
+                left: c.left,
+                rate: state.rate_sample(now_ms),
+            })
+        })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}

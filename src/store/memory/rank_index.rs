@@ -1,0 +1,80 @@
+//! Counts waiting tickets below a ticket in O(log n): a Fenwick tree over
+//! ticket numbers. Tickets are a dense sequence, so the tree is a plain
+//! vector that grows by one slot per ticket issued.
+
+#[derive(Debug, Default)]
+pub(super) struct RankIndex {
+    /// 1-based Fenwick tree; slot 0 is unused.
+    tree: Vec<u32>,
+}
+
+fn lowbit(i: usize) -> usize {
+    i & i.wrapping_neg()
+}
+
+impl RankIndex {
+    /// Number of tickets in `1..=ticket` that are present.
+    pub(super) fn count_up_to(&self, ticket: u64) -> u64 {
+        let mut i = (ticket as usize).min(self.tree.len().saturating_sub(1));
+        let mut sum = 0u64;
+        while i > 0 {
+            sum += u64::from(self.tree[i]);
+            i -= lowbit(i);
+        }
+        sum
+    }
+
+    pub(super) fn insert(&mut self, ticket: u64) {
+        self.grow_to(ticket as usize);
+        self.add(ticket as usize, 1);
+    }
+
+    pub(super) fn remove(&mut self, ticket: u64) {
+        self.add(ticket as usize, -1);
+    }
+
+    fn add(&mut self, mut i: usize, delta: i32) {
+        while i < self.tree.len() {
+            self.tree[i] = self.tree[i].wrapping_add_signed(delta);
+            i += lowbit(i);
+        }
+    }
+
+    /// Appends empty slots up to `n`. A new slot k covers `(k - lowbit(k), k]`,
+    /// whose sum is known from the prefix sums of the slots before it.
+    fn grow_to(&mut self, n: usize) {
+        if self.tree.is_empty() {
+            self.tree.push(0);
+        }
+        while self.tree.len() <= n {
+            let k = self.tree.len();
+            let covered = self.count_up_to(k as u64 - 1) - self.count_up_to((k - lowbit(k)) as u64);
+            self.tree.push(covered as u32);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RankIndex;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    proptest! {
+        #[test]
+        fn counts_agree_with_a_sorted_set(ops in proptest::collection::vec((1u64..300, any::<bool>()), 1..400)) {
+            let mut index = RankIndex::default();
+            let mut set = BTreeSet::new();
+            for (ticket, insert) in ops {
+                if insert && set.insert(ticket) {
+                    index.insert(ticket);
+                } else if !insert && set.remove(&ticket) {
+                    index.remove(ticket);
+                }
+                for probe in [ticket, ticket / 2, 300] {
+                    prop_assert_eq!(index.count_up_to(probe), set.range(..=probe).count() as u64);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Where queues live. One trait, two stores with one meaning:
+//!
+//! - [`RedisStore`], the production store: every transition is one Lua
+//!   script, so any number of replicas can share a queue.
+//! - [`MemoryStore`], the zero-setup store for a single process and the
+//!   executable specification: the conformance and property tests hold the
+//!   Redis store to its answers.
+//!
+//! Semantics both implement:
+//!
+//! - A ticket is a per-queue sequence number given at the first enqueue;
+//!   position is the number of waiting users with a lower ticket, plus one.
+//! - Admission takes the lowest tickets first. An admission lasts until its
+//!   expiry (then it is counted as expired and frees its slot) or until it is
+//!   completed or the user leaves.
+//! - `QUEUEING`: a newcomer is admitted at once when `max_active > 0`, a slot
+//!   is free and nobody waits; otherwise they wait. `PASS_THROUGH`: everyone
+//!   is admitted at once, including those already waiting the next time they
+//!   are looked at. `PAUSED`: joins are accepted, admission is refused.
+//!   `CLOSED`: joins are refused, waiting users see the closed state, places
+//!   are kept.
+//! - Time is always the caller's `now_ms`, never the store's own clock.
+
+mod memory;
+mod redis;
+
+use async_trait::async_trait;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::{RedisOptions, RedisStore};
+use crate::Result;
+use crate::domain::{
+    Admitted, Place, QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, UserId,
+};
+
+/// How long an `AdmitBatch` result is kept for a retry with the same
+/// request id.
+pub const BATCH_RESULT_TTL_MS: u64 = 600_000;
+
+/// The queue store. Every method is one atomic transition.
+#[async_trait]
+pub trait QueueStore: Send + Sync + 'static {
+    /// Creates a queue; its `created_at_ms` must be set by the caller.
+    async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig>;
+
+    async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig>;
+
+    /// Queues with an id greater than `after`, in id order, at most `limit`.
+    async fn list_queues(&self, after: Option<&QueueId>, limit: usize) -> Result<Vec<QueueConfig>>;
+
+    async fn update_queue(&self, queue: &QueueId, update: &QueueUpdate) -> Result<QueueConfig>;
+
+    /// Deletes a queue and everyone in it. Consumed token ids are kept until
+    /// the tokens expire.
+    async fn delete_queue(&self, queue: &QueueId) -> Result<()>;
+
+    /// Gives the user a ticket, or returns the place they hold.
+    async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place>;
+
+    /// The places of several users of one queue; `None` for a user neither
+    /// waiting nor admitted.
+    async fn places(
+        &self,
+        queue: &QueueId,
+        users: &[UserId],
+        now_ms: u64,
+    ) -> Result<Vec<Option<Place>>>;
+
+    /// The place of one user; `None` when neither waiting nor admitted.
+    async fn place(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Option<Place>> {
+        let mut places = self
+            .places(queue, std::slice::from_ref(user), now_ms)
+            .await?;
+        Ok(places.pop().flatten())
+    }
+
+    /// Gives up a user's place or admission. True if there was one.
+    async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool>;
+
+    /// Admits up to `max_count` waiting users in ticket order, within
+    /// `max_active`. With a request id, a repeat within
+    /// [`BATCH_RESULT_TTL_MS`] returns the first result and admits nobody.
+    async fn admit(
+        &self,
+        queue: &QueueId,
+        max_count: u32,
+        request: Option<&RequestId>,
+        now_ms: u64,
+    ) -> Result<Vec<Admitted>>;
+
+    /// Ends a user's admission. True if there was an active one.
+    async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool>;
+
+    /// Marks a token id as used until `expires_at_ms`. True the first time.
+    async fn consume_token(
+        &self,
+        queue: &QueueId,
+        token_id: &str,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool>;
+
+    async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats>;
+
+    /// Succeeds when the store answers.
+    async fn ping(&self) -> Result<()>;
+}

@@ -1,0 +1,57 @@
+//! Redis key names. Every key of a queue carries the queue id as a hash tag
+//! (`{sale}`), so a queue lives in one Cluster slot and its scripts stay
+//! legal under Redis Cluster; different queues spread over the shards.
+
+use crate::domain::QueueId;
+
+/// The keys every queue script receives, in this order (`KEYS[1..7]`).
+///
+/// | key | type | holds |
+/// | --- | --- | --- |
+/// | `P:{q}:config` | hash | mode, max_active, admit_per_second, admission_ttl_ms, heartbeat_timeout_ms, created_at_ms |
+/// | `P:{q}:seq` | string | the last ticket given (`INCR`) |
+/// | `P:{q}:waiting` | sorted set | waiting user → ticket; the score is a sequence number, so ties cannot reorder anyone |
+/// | `P:{q}:active` | sorted set | admitted user → expiry (ms); its size is what `max_active` caps |
+/// | `P:{q}:admitted` | hash | admitted user → `ticket:admitted_at_ms:expires_at_ms` |
+/// | `P:{q}:stats` | hash | counters: enqueued, admitted, completed, expired, left |
+/// | `P:{q}:rate` | hash | second (`now_ms / 1000`) → admissions in it, the last minute only |
+pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 7] {
+    [
+        "config", "seq", "waiting", "active", "admitted", "stats", "rate",
+    ]
+    .map(|name| format!("{prefix}:{{{queue}}}:{name}"))
+}
+
+/// Set of all queue ids. It spans queues, so no script touches it: it is
+/// written before a queue's config is created and after it is deleted, and
+/// readers skip ids whose config is gone.
+pub(super) fn index_key(prefix: &str) -> String {
+    format!("{prefix}:queues")
+}
+
+/// The kept result of an `AdmitBatch` with a request id. The result records
+/// the queue's epoch, so a queue deleted and created again ignores it.
+pub(super) fn batch_key(prefix: &str, queue: &QueueId, request: &str) -> String {
+    format!("{prefix}:{{{queue}}}:batch:{request}")
+}
+
+/// Marks a consumed token id until the token expires.
+pub(super) fn used_token_key(prefix: &str, queue: &QueueId, token_id: &str) -> String {
+    format!("{prefix}:{{{queue}}}:used:{token_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_queue_shares_its_hash_tag() {
+        let queue = QueueId::parse("sale-1").unwrap();
+        let mut keys = queue_keys("wr", &queue).to_vec();
+        keys.push(batch_key("wr", &queue, "r"));
+        keys.push(used_token_key("wr", &queue, "t"));
+        for key in keys {
+            assert!(key.starts_with("wr:{sale-1}:"), "{key}");
+        }
+    }
+}

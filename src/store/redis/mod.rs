@@ -1,0 +1,558 @@
+//! The Redis store: the production store, shared by every replica.
+//!
+//! # Data model
+//!
+//! A queue is seven keys under one hash tag (see [`keys`]): its config, a
+//! ticket sequence, a sorted set of waiting users scored by ticket, a sorted
+//! set of admitted users scored by expiry, a hash of admission records,
+//! counters, and one-second admission buckets for the observed rate.
+//!
+//! Each state transition is one Lua script (`scripts/*.lua`, each headed by
+//! its KEYS, ARGV and return value), so it is atomic across replicas without
+//! `WATCH`/`MULTI` retries. Scripts take the caller's clock as an argument
+//! and are safe to run twice: a retry after a dropped connection finds the
+//! work done. Every call is bounded by the configured timeout and any
+//! failure to get an answer becomes [`Error::Unavailable`].
+
+mod keys;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, Value};
+
+use super::QueueStore;
+use crate::domain::{
+    Admission, Admitted, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats,
+    QueueUpdate, RateSample, RequestId, UserId,
+};
+use crate::{Error, Result};
+
+/// Users per `places` script call, so one call never holds Redis for long.
+const PLACES_CHUNK: usize = 500;
+
+/// How to reach Redis.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
+    pub url: String,
+    /// Prefix of every key, so several deployments can share a Redis.
+    pub prefix: String,
+    /// Longest wait for any Redis answer before the call is `UNAVAILABLE`.
+    pub timeout: Duration,
+}
+
+struct Scripts {
+    create_queue: Script,
+    update_queue: Script,
+    delete_queue: Script,
+    enqueue: Script,
+    places: Script,
+    leave: Script,
+    admit: Script,
+    complete: Script,
+    stats: Script,
+}
+
+impl Scripts {
+    fn load() -> Self {
+        let with_prelude =
+            |body: &str| Script::new(&format!("{}\n{body}", include_str!("scripts/prelude.lua")));
+        Self {
+            create_queue: with_prelude(include_str!("scripts/create_queue.lua")),
+            update_queue: with_prelude(include_str!("scripts/update_queue.lua")),
+            delete_queue: with_prelude(include_str!("scripts/delete_queue.lua")),
+            enqueue: with_prelude(include_str!("scripts/enqueue.lua")),
+            places: with_prelude(include_str!("scripts/places.lua")),
+            leave: with_prelude(include_str!("scripts/leave.lua")),
+            admit: with_prelude(include_str!("scripts/admit.lua")),
+            complete: with_prelude(include_str!("scripts/complete.lua")),
+            stats: with_prelude(include_str!("scripts/stats.lua")),
+        }
+    }
+}
+
+/// The Redis store. Cheap to share: one multiplexed connection that
+/// reconnects by itself.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects and checks that Redis answers, so a wrong URL or an
+    /// unreachable server is reported at start, not on the first request.
+    pub async fn connect(options: &RedisOptions) -> Result<Self> {
+        let client = redis::Client::open(options.url.as_str())
+            .map_err(|e| Error::invalid("redis_url", e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.timeout))
+            .set_response_timeout(Some(options.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = tokio::time::timeout(
+            options.timeout,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| Error::Unavailable("timed out connecting to Redis".into()))?
+        .map_err(classify)?;
+        let store = Self {
+            conn,
+            prefix: options.prefix.clone(),
+            timeout: options.timeout,
+            scripts: Scripts::load(),
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    fn keys(&self, queue: &QueueId) -> [String; 7] {
+        keys::queue_keys(&self.prefix, queue)
+    }
+
+    /// Runs a script on a queue's keys with `now` as first argument.
+    fn invocation<'a>(
+        &self,
+        script: &'a Script,
+        queue: &QueueId,
+        now_ms: u64,
+    ) -> ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        for key in self.keys(queue) {
+            invocation.key(key);
+        }
+        invocation.arg(now_ms);
+        invocation
+    }
+
+    async fn run<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T> {
+        let mut conn = self.conn.clone();
+        bounded(self.timeout, invocation.invoke_async(&mut conn)).await
+    }
+
+    async fn command<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        let mut conn = self.conn.clone();
+        bounded(self.timeout, cmd.query_async(&mut conn)).await
+    }
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(classify),
+        Err(_) => Err(Error::Unavailable(format!(
+            "no answer from Redis within {timeout:?}"
+        ))),
+    }
+}
+
+/// Failures to get an answer are `Unavailable` (retry); answers we cannot
+/// read, or a script's own error, are bugs and `Internal`.
+fn classify(error: RedisError) -> Error {
+    use redis::ErrorKind;
+    match error.kind() {
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => Error::Internal(error.to_string()),
+        ErrorKind::Server(_) if error.code() == Some("ERR") => Error::Internal(error.to_string()),
+        _ => Error::Unavailable(error.to_string()),
+    }
+}
+
+fn bad_reply(what: &str) -> Error {
+    Error::Internal(format!("unexpected reply from Redis: {what}"))
+}
+
+/// Reads the values of a script's reply array.
+struct Reply(std::vec::IntoIter<Value>);
+
+impl Reply {
+    fn new(value: Value) -> Result<Self> {
+        match value {
+            Value::Array(items) => Ok(Self(items.into_iter())),
+            _ => Err(bad_reply("expected an array")),
+        }
+    }
+
+    fn next_value(&mut self) -> Result<Value> {
+        self.0.next().ok_or_else(|| bad_reply("array too short"))
+    }
+
+    fn string(&mut self) -> Result<String> {
+        match self.next_value()? {
+            Value::BulkString(bytes) => {
+                String::from_utf8(bytes).map_err(|_| bad_reply("string is not UTF-8"))
+            }
+            Value::SimpleString(s) => Ok(s),
+            _ => Err(bad_reply("expected a string")),
+        }
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        match self.next_value()? {
+            Value::Int(n) => u64::try_from(n).map_err(|_| bad_reply("negative number")),
+            Value::BulkString(bytes) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad_reply("expected a number")),
+            _ => Err(bad_reply("expected a number")),
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        self.0.len()
+    }
+}
+
+fn status_error(status: &str, queue: &QueueId) -> Error {
+    match status {
+        "no_queue" => Error::QueueNotFound(queue.to_string()),
+        "closed" => Error::QueueClosed(queue.to_string()),
+        "paused" => Error::QueuePaused(queue.to_string()),
+        other => bad_reply(other),
+    }
+}
+
+/// Reads a place written by the prelude's `place()`; `None` for `{'none'}`.
+fn parse_place(value: Value, queue: &QueueId) -> Result<Option<Place>> {
+    let mut reply = Reply::new(value)?;
+    let kind = reply.string()?;
+    if kind == "none" {
+        return Ok(None);
+    }
+    if reply.remaining() == 0 {
+        return Err(status_error(&kind, queue));
+    }
+    let ticket = reply.u64()?;
+    let waiting_count = reply.u64()?;
+    let position = reply.u64()?;
+    let admitted_at_ms = reply.u64()?;
+    let expires_at_ms = reply.u64()?;
+    let queue_epoch_ms = reply.u64()?;
+    let mode = parse_mode(&reply.string()?)?;
+    let rate = RateSample {
+        admitted: reply.u64()?,
+        span_ms: reply.u64()?,
+    };
+    let state = match kind.as_str() {
+        "waiting" => PlaceState::Waiting { position },
+        "closed" => PlaceState::Closed,
+        "admitted" => PlaceState::Admitted(Admission {
+            ticket,
+            admitted_at_ms,
+            expires_at_ms,
+            queue_epoch_ms,
+        }),
+        other => return Err(bad_reply(other)),
+    };
+    Ok(Some(Place {
+        state,
+        ticket,
+        waiting_count,
+        mode,
+        rate,
+    }))
+}
+
+fn parse_mode(value: &str) -> Result<QueueMode> {
+    QueueMode::parse(value).ok_or_else(|| bad_reply("unknown queue mode"))
+}
+
+fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)> {
+    vec![
+        ("mode", config.mode.as_str().to_owned()),
+        ("max_active", config.max_active.to_string()),
+        ("admit_per_second", config.admit_per_second.to_string()),
+        (
+            "admission_ttl_ms",
+            config.admission_ttl.as_millis().to_string(),
+        ),
+        (
+            "heartbeat_timeout_ms",
+            config.heartbeat_timeout.as_millis().to_string(),
+        ),
+        ("created_at_ms", config.created_at_ms.to_string()),
+    ]
+}
+
+fn update_fields(update: &QueueUpdate) -> Vec<(&'static str, String)> {
+    let mut fields = Vec::new();
+    if let Some(mode) = update.mode {
+        fields.push(("mode", mode.as_str().to_owned()));
+    }
+    if let Some(max_active) = update.max_active {
+        fields.push(("max_active", max_active.to_string()));
+    }
+    if let Some(rate) = update.admit_per_second {
+        fields.push(("admit_per_second", rate.to_string()));
+    }
+    if let Some(ttl) = update.admission_ttl {
+        fields.push(("admission_ttl_ms", ttl.as_millis().to_string()));
+    }
+    if let Some(timeout) = update.heartbeat_timeout {
+        fields.push(("heartbeat_timeout_ms", timeout.as_millis().to_string()));
+    }
+    fields
+}
+
+/// Reads a config hash; `None` when it is empty (no such queue).
+fn parse_config(queue: &QueueId, fields: HashMap<String, String>) -> Result<Option<QueueConfig>> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let number = |name: &str| -> Result<u64> {
+        fields
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad_reply(&format!("queue config field {name}")))
+    };
+    let small = |name: &str| -> Result<u32> {
+        u32::try_from(number(name)?).map_err(|_| bad_reply(&format!("queue config field {name}")))
+    };
+    Ok(Some(QueueConfig {
+        id: queue.clone(),
+        mode: parse_mode(fields.get("mode").map_or("", String::as_str))?,
+        max_active: small("max_active")?,
+        admit_per_second: small("admit_per_second")?,
+        admission_ttl: Duration::from_millis(number("admission_ttl_ms")?),
+        heartbeat_timeout: Duration::from_millis(number("heartbeat_timeout_ms")?),
+        created_at_ms: number("created_at_ms")?,
+    }))
+}
+
+#[async_trait]
+impl QueueStore for RedisStore {
+    async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig> {
+        self.command::<i64>(
+            redis::cmd("SADD")
+                .arg(keys::index_key(&self.prefix))
+                .arg(config.id.as_str()),
+        )
+        .await?;
+        let mut invocation =
+            self.invocation(&self.scripts.create_queue, &config.id, config.created_at_ms);
+        for (field, value) in config_fields(config) {
+            invocation.arg(field).arg(value);
+        }
+        match self.run::<i64>(&invocation).await? {
+            1 => Ok(config.clone()),
+            _ => Err(Error::QueueAlreadyExists(config.id.to_string())),
+        }
+    }
+
+    async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig> {
+        let fields: HashMap<String, String> = self
+            .command(redis::cmd("HGETALL").arg(&self.keys(queue)[0]))
+            .await?;
+        parse_config(queue, fields)?.ok_or_else(|| Error::QueueNotFound(queue.to_string()))
+    }
+
+    async fn list_queues(&self, after: Option<&QueueId>, limit: usize) -> Result<Vec<QueueConfig>> {
+        let ids: Vec<String> = self
+            .command(redis::cmd("SMEMBERS").arg(keys::index_key(&self.prefix)))
+            .await?;
+        let mut ids: Vec<QueueId> = ids
+            .iter()
+            .filter_map(|id| QueueId::parse(id).ok())
+            .filter(|id| after.is_none_or(|after| id > after))
+            .collect();
+        ids.sort();
+        let mut queues = Vec::with_capacity(limit.min(ids.len()));
+        // Ids whose config is gone (a delete in progress) are skipped, so
+        // read a little past the page until it is full.
+        for chunk in ids.chunks(limit.max(1)) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("HGETALL").arg(&self.keys(id)[0]);
+            }
+            let mut conn = self.conn.clone();
+            let configs: Vec<HashMap<String, String>> =
+                bounded(self.timeout, pipe.query_async(&mut conn)).await?;
+            for (id, fields) in chunk.iter().zip(configs) {
+                if let Some(config) = parse_config(id, fields)? {
+                    queues.push(config);
+                    if queues.len() == limit {
+                        return Ok(queues);
+                    }
+                }
+            }
+        }
+        Ok(queues)
+    }
+
+    async fn update_queue(&self, queue: &QueueId, update: &QueueUpdate) -> Result<QueueConfig> {
+        let mut invocation = self.invocation(&self.scripts.update_queue, queue, 0);
+        for (field, value) in update_fields(update) {
+            invocation.arg(field).arg(value);
+        }
+        let fields: HashMap<String, String> = self.run(&invocation).await?;
+        parse_config(queue, fields)?.ok_or_else(|| Error::QueueNotFound(queue.to_string()))
+    }
+
+    async fn delete_queue(&self, queue: &QueueId) -> Result<()> {
+        let deleted: i64 = self
+            .run(&self.invocation(&self.scripts.delete_queue, queue, 0))
+            .await?;
+        self.command::<i64>(
+            redis::cmd("SREM")
+                .arg(keys::index_key(&self.prefix))
+                .arg(queue.as_str()),
+        )
+        .await?;
+        match deleted {
+            1 => Ok(()),
+            _ => Err(Error::QueueNotFound(queue.to_string())),
+        }
+    }
+
+    async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
+        let mut invocation = self.invocation(&self.scripts.enqueue, queue, now_ms);
+        invocation.arg(user.as_str());
+        let value: Value = self.run(&invocation).await?;
+        parse_place(value, queue)?.ok_or_else(|| bad_reply("enqueue returned no place"))
+    }
+
+    async fn places(
+        &self,
+        queue: &QueueId,
+        users: &[UserId],
+        now_ms: u64,
+    ) -> Result<Vec<Option<Place>>> {
+        let mut places = Vec::with_capacity(users.len());
+        for chunk in users.chunks(PLACES_CHUNK) {
+            let mut invocation = self.invocation(&self.scripts.places, queue, now_ms);
+            for user in chunk {
+                invocation.arg(user.as_str());
+            }
+            let value: Value = self.run(&invocation).await?;
+            let Value::Array(items) = value else {
+                return Err(bad_reply("places: expected an array"));
+            };
+            if let Some(Value::BulkString(status)) = items.first() {
+                return Err(status_error(&String::from_utf8_lossy(status), queue));
+            }
+            for item in items {
+                places.push(parse_place(item, queue)?);
+            }
+        }
+        Ok(places)
+    }
+
+    async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
+        let mut invocation = self.invocation(&self.scripts.leave, queue, now_ms);
+        invocation.arg(user.as_str());
+        match self.run::<i64>(&invocation).await? {
+            -1 => Err(Error::QueueNotFound(queue.to_string())),
+            n => Ok(n == 1),
+        }
+    }
+
+    async fn admit(
+        &self,
+        queue: &QueueId,
+        max_count: u32,
+        request: Option<&RequestId>,
+        now_ms: u64,
+    ) -> Result<Vec<Admitted>> {
+        let mut invocation = self.invocation(&self.scripts.admit, queue, now_ms);
+        if let Some(request) = request {
+            invocation.key(keys::batch_key(&self.prefix, queue, request.as_str()));
+        }
+        invocation.arg(max_count);
+        let mut reply = Reply::new(self.run(&invocation).await?)?;
+        let status = reply.string()?;
+        if status != "ok" {
+            return Err(status_error(&status, queue));
+        }
+        let queue_epoch_ms = reply.u64()?;
+        let mut admitted = Vec::with_capacity(reply.remaining() / 4);
+        while reply.remaining() > 0 {
+            let user = UserId::parse(&reply.string()?).map_err(|e| bad_reply(&e))?;
+            admitted.push(Admitted {
+                user,
+                admission: Admission {
+                    ticket: reply.u64()?,
+                    admitted_at_ms: reply.u64()?,
+                    expires_at_ms: reply.u64()?,
+                    queue_epoch_ms,
+                },
+            });
+        }
+        Ok(admitted)
+    }
+
+    async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
+        let mut invocation = self.invocation(&self.scripts.complete, queue, now_ms);
+        invocation.arg(user.as_str());
+        match self.run::<i64>(&invocation).await? {
+            -1 => Err(Error::QueueNotFound(queue.to_string())),
+            n => Ok(n == 1),
+        }
+    }
+
+    async fn consume_token(
+        &self,
+        queue: &QueueId,
+        token_id: &str,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool> {
+        // One command is atomic: SET NX either claims the id or finds it
+        // claimed. The lifetime is relative, measured from the caller's clock.
+        let ttl_ms = expires_at_ms.saturating_sub(now_ms).max(1);
+        let reply: Option<String> = self
+            .command(
+                redis::cmd("SET")
+                    .arg(keys::used_token_key(&self.prefix, queue, token_id))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms),
+            )
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats> {
+        let mut reply = Reply::new(
+            self.run(&self.invocation(&self.scripts.stats, queue, now_ms))
+                .await?,
+        )?;
+        let status = reply.string()?;
+        if status != "ok" {
+            return Err(status_error(&status, queue));
+        }
+        Ok(QueueStats {
+            waiting: reply.u64()?,
+            active: reply.u64()?,
+            enqueued: reply.u64()?,
+            admitted: reply.u64()?,
+            completed: reply.u64()?,
+            expired: reply.u64()?,
+            left: reply.u64()?,
+            rate: RateSample {
+                admitted: reply.u64()?,
+                span_ms: reply.u64()?,
+            },
+        })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = self.command(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+}

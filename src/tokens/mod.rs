@@ -1,0 +1,26 @@
+//! Admission tokens: what a booking service checks to know a user really was
+//! let through.
+//!
+//! A token is a compact JWS signed with Ed25519 (`alg` `EdDSA`, `kid` the
+//! key's RFC 7638 thumbprint) whose claims name the issuer (`iss`), the
+//! queue (`aud`), the user (`sub`), a unique id (`jti`, derived from the
+//! queue and the user's ticket, so an admission read again yields the same
+//! id) and the issue and expiry times. Ed25519 signatures are
+//! deterministic, so the same admission always yields the same token: a
+//! dropped stream or a second replica hands out exactly the token the user
+//! already had.
+//!
+//! [`Keyring`] signs and publishes the public keys as a JWKS; [`Verifier`],
+//! built from that JWKS alone, is what a booking service embeds to check
+//! tokens offline.
+
+mod claims;
+mod keyring;
+mod verifier;
+
+pub use claims::AdmissionClaims;
+pub use keyring::Keyring;
+pub use verifier::{Verdict, Verification, Verifier};
+
+/// The only signature algorithm issued and accepted.
+pub const ALGORITHM: &str = "EdDSA";

@@ -1,0 +1,260 @@
+//! The per-instance hub behind `WatchRank`.
+//!
+//! Streams do not poll the store one by one. Each queue with watchers on
+//! this instance has one task that, every refresh interval (or at once when
+//! a local change nudges it), asks the store for the places of all its
+//! watching users in one batched call, and sends each stream its place only
+//! when what the user sees has changed. Several streams of one user share
+//! one lookup. A stream whose client went away is dropped on the next tick;
+//! a stream that cannot keep up skips updates instead of slowing the others.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{Clock, Place, PlaceState, QueueId, QueueMode, UserId};
+use crate::store::QueueStore;
+use crate::{Error, Result};
+
+/// Messages buffered per stream; a slower client skips updates.
+const STREAM_BUFFER: usize = 4;
+
+/// Consecutive failed refreshes after which streams end with `UNAVAILABLE`
+/// (clients reconnect; places are kept).
+const MAX_FAILED_REFRESHES: u32 = 8;
+
+/// What a user sees of a place; a message is sent only when it changes.
+#[derive(Clone, Debug, PartialEq)]
+struct View {
+    state: PlaceState,
+    waiting_count: u64,
+    mode: QueueMode,
+    estimated_wait: Option<Duration>,
+}
+
+impl View {
+    fn of(place: &Place) -> Self {
+        Self {
+            state: place.state.clone(),
+            waiting_count: place.waiting_count,
+            mode: place.mode,
+            estimated_wait: place.estimated_wait(),
+        }
+    }
+}
+
+struct Watcher {
+    user: UserId,
+    last: View,
+    tx: mpsc::Sender<Result<Place>>,
+}
+
+#[derive(Default)]
+struct QueueWatch {
+    watchers: Mutex<Vec<Watcher>>,
+    wake: Notify,
+}
+
+/// Pushes place changes to `WatchRank` streams.
+pub struct WatchHub {
+    store: Arc<dyn QueueStore>,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    queues: Mutex<HashMap<QueueId, Arc<QueueWatch>>>,
+    shutdown: CancellationToken,
+}
+
+impl WatchHub {
+    pub fn new(
+        store: Arc<dyn QueueStore>,
+        clock: Arc<dyn Clock>,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            clock,
+            interval,
+            queues: Mutex::new(HashMap::new()),
+            shutdown,
+        })
+    }
+
+    /// Opens a stream of a user's place that starts with `first`. The stream
+    /// ends after a final place (admitted or closed), or with an error.
+    pub fn watch(
+        self: &Arc<Self>,
+        queue: QueueId,
+        user: UserId,
+        first: Place,
+    ) -> mpsc::Receiver<Result<Place>> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let last = View::of(&first);
+        let is_final = first.is_final();
+        // The channel is new and empty, so the first message always fits.
+        let _ = tx.try_send(Ok(first));
+        if is_final || self.shutdown.is_cancelled() {
+            return rx;
+        }
+        let Ok(mut queues) = self.queues.lock() else {
+            let _ = tx.try_send(Err(Error::Internal("watch hub lock poisoned".into())));
+            return rx;
+        };
+        let watch = queues.entry(queue.clone()).or_insert_with(|| {
+            let watch = Arc::new(QueueWatch::default());
+            tokio::spawn(Arc::clone(self).run(queue.clone(), Arc::clone(&watch)));
+            watch
+        });
+        if let Ok(mut watchers) = watch.watchers.lock() {
+            watchers.push(Watcher { user, last, tx });
+        }
+        rx
+    }
+
+    /// Refreshes a queue's watchers now: a local change just happened.
+    pub fn nudge(&self, queue: &QueueId) {
+        if let Ok(queues) = self.queues.lock()
+            && let Some(watch) = queues.get(queue)
+        {
+            watch.wake.notify_one();
+        }
+    }
+
+    /// Number of open streams on this instance.
+    pub fn watcher_count(&self) -> usize {
+        self.queues.lock().map_or(0, |queues| {
+            queues
+                .values()
+                .map(|w| w.watchers.lock().map_or(0, |w| w.len()))
+                .sum()
+        })
+    }
+
+    async fn run(self: Arc<Self>, queue: QueueId, watch: Arc<QueueWatch>) {
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = watch.wake.notified() => {}
+                _ = self.shutdown.cancelled() => {
+                    let watchers = take(&watch);
+                    let reason = Error::Unavailable("server shutting down; reconnect to keep watching".into());
+                    end_all(watchers, &reason);
+                    return;
+                }
+            }
+            let mut watchers = take(&watch);
+            watchers.retain(|w| !w.tx.is_closed());
+            if watchers.is_empty() {
+                if self.retire(&queue, &watch) {
+                    return;
+                }
+                continue;
+            }
+            let mut users: Vec<UserId> = watchers.iter().map(|w| w.user.clone()).collect();
+            users.sort();
+            users.dedup();
+            let now = self.clock.now_ms();
+            let survivors = match self.store.places(&queue, &users, now).await {
+                Ok(places) => {
+                    failures = 0;
+                    let places: HashMap<UserId, Option<Place>> =
+                        users.into_iter().zip(places).collect();
+                    deliver(watchers, &places, &queue)
+                }
+                Err(error @ Error::QueueNotFound(_)) => {
+                    end_all(watchers, &error);
+                    Vec::new()
+                }
+                Err(error) => {
+                    failures += 1;
+                    if failures >= MAX_FAILED_REFRESHES {
+                        end_all(watchers, &error);
+                        Vec::new()
+                    } else {
+                        watchers
+                    }
+                }
+            };
+            if let Ok(mut current) = watch.watchers.lock() {
+                current.extend(survivors);
+            }
+        }
+    }
+
+    /// Removes a queue with no watchers left; false if one arrived meanwhile.
+    fn retire(&self, queue: &QueueId, watch: &QueueWatch) -> bool {
+        let Ok(mut queues) = self.queues.lock() else {
+            return true;
+        };
+        let empty = watch.watchers.lock().map_or(true, |w| w.is_empty());
+        if empty {
+            queues.remove(queue);
+        }
+        empty
+    }
+}
+
+fn take(watch: &QueueWatch) -> Vec<Watcher> {
+    watch
+        .watchers
+        .lock()
+        .map(|mut w| std::mem::take(&mut *w))
+        .unwrap_or_default()
+}
+
+/// Sends each watcher its place if it changed; returns those still watching.
+fn deliver(
+    watchers: Vec<Watcher>,
+    places: &HashMap<UserId, Option<Place>>,
+    queue: &QueueId,
+) -> Vec<Watcher> {
+    let mut survivors = Vec::with_capacity(watchers.len());
+    for mut watcher in watchers {
+        match places.get(&watcher.user) {
+            Some(Some(place)) => {
+                let view = View::of(place);
+                if view == watcher.last {
+                    survivors.push(watcher);
+                    continue;
+                }
+                let is_final = place.is_final();
+                if watcher.tx.try_send(Ok(place.clone())).is_ok() {
+                    watcher.last = view;
+                    if is_final {
+                        continue;
+                    }
+                } else if is_final {
+                    finish(watcher.tx, Ok(place.clone()));
+                    continue;
+                }
+                survivors.push(watcher);
+            }
+            _ => finish(watcher.tx, Err(Error::PlaceNotFound(queue.to_string()))),
+        }
+    }
+    survivors
+}
+
+fn end_all(watchers: Vec<Watcher>, error: &Error) {
+    for watcher in watchers {
+        let error = match error {
+            Error::QueueNotFound(q) => Error::QueueNotFound(q.clone()),
+            Error::PlaceNotFound(q) => Error::PlaceNotFound(q.clone()),
+            other => Error::Unavailable(other.to_string()),
+        };
+        finish(watcher.tx, Err(error));
+    }
+}
+
+/// Sends a stream's last message, which must not be skipped like an
+/// update: waits for room, but not forever for a client that stopped
+/// reading.
+fn finish(tx: mpsc::Sender<Result<Place>>, last: Result<Place>) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(30), tx.send(last)).await;
+    });
+}
