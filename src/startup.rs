@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 
-use crate::api::{AdminApi, QueueApi};
+use tower::util::MapResponseLayer;
+
+use crate::api::{AdminApi, QueueApi, limits};
 use crate::config::Config;
 use crate::domain::{Clock, SystemClock};
 use crate::pb::queue_admin_service_server::QueueAdminServiceServer;
@@ -118,10 +120,19 @@ impl Application {
         tracing::info!(address = %self.local_addr, "serving gRPC");
         let stopping = shutdown.clone();
         let result = Server::builder()
+            .layer(MapResponseLayer::new(
+                limits::oversized_is_resource_exhausted,
+            ))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(QueueServiceServer::new(queue_api))
-            .add_service(QueueAdminServiceServer::new(admin_api))
+            .add_service(
+                QueueServiceServer::new(queue_api)
+                    .max_decoding_message_size(limits::MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                QueueAdminServiceServer::new(admin_api)
+                    .max_decoding_message_size(limits::MAX_REQUEST_BYTES),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
                 stop.await;
                 tracing::info!("stopping: ending streams, finishing calls in flight");

@@ -5,6 +5,7 @@
 
 mod admin_service;
 mod convert;
+pub mod limits;
 mod queue_service;
 
 pub use admin_service::AdminApi;

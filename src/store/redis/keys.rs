@@ -4,7 +4,7 @@
 
 use crate::domain::QueueId;
 
-/// The keys every queue script receives, in this order (`KEYS[1..7]`).
+/// The keys every queue script receives, in this order (`KEYS[1..9]`).
 ///
 /// | key | type | holds |
 /// | --- | --- | --- |
@@ -15,9 +15,19 @@ use crate::domain::QueueId;
 /// | `P:{q}:admitted` | hash | admitted user → `ticket:admitted_at_ms:expires_at_ms` |
 /// | `P:{q}:stats` | hash | counters: enqueued, admitted, completed, expired, left |
 /// | `P:{q}:rate` | hash | second (`now_ms / 1000`) → admissions in it, the last minute only |
-pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 7] {
+/// | `P:{q}:batches` | hash | `AdmitBatch` request id → its result, kept for retries |
+/// | `P:{q}:batch_expiry` | sorted set | request id → when its kept result lapses (ms) |
+pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 9] {
     [
-        "config", "seq", "waiting", "active", "admitted", "stats", "rate",
+        "config",
+        "seq",
+        "waiting",
+        "active",
+        "admitted",
+        "stats",
+        "rate",
+        "batches",
+        "batch_expiry",
     ]
     .map(|name| format!("{prefix}:{{{queue}}}:{name}"))
 }
@@ -29,15 +39,10 @@ pub(super) fn index_key(prefix: &str) -> String {
     format!("{prefix}:queues")
 }
 
-/// The kept result of an `AdmitBatch` with a request id. The result records
-/// the queue's epoch, so a queue deleted and created again ignores it.
-pub(super) fn batch_key(prefix: &str, queue: &QueueId, request: &str) -> String {
-    format!("{prefix}:{{{queue}}}:batch:{request}")
-}
-
-/// Marks a consumed token id until the token expires.
-pub(super) fn used_token_key(prefix: &str, queue: &QueueId, token_id: &str) -> String {
-    format!("{prefix}:{{{queue}}}:used:{token_id}")
+/// Sorted set of consumed token ids scored by the tokens' expiry. Not one of
+/// the queue's keys: deleting a queue leaves its tokens consumed.
+pub(super) fn used_tokens_key(prefix: &str, queue: &QueueId) -> String {
+    format!("{prefix}:{{{queue}}}:used")
 }
 
 #[cfg(test)]
@@ -48,8 +53,7 @@ mod tests {
     fn every_key_of_a_queue_shares_its_hash_tag() {
         let queue = QueueId::parse("sale-1").unwrap();
         let mut keys = queue_keys("wr", &queue).to_vec();
-        keys.push(batch_key("wr", &queue, "r"));
-        keys.push(used_token_key("wr", &queue, "t"));
+        keys.push(used_tokens_key("wr", &queue));
         for key in keys {
             assert!(key.starts_with("wr:{sale-1}:"), "{key}");
         }

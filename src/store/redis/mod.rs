@@ -2,10 +2,11 @@
 //!
 //! # Data model
 //!
-//! A queue is seven keys under one hash tag (see [`keys`]): its config, a
+//! A queue is nine keys under one hash tag (see [`keys`]): its config, a
 //! ticket sequence, a sorted set of waiting users scored by ticket, a sorted
 //! set of admitted users scored by expiry, a hash of admission records,
-//! counters, and one-second admission buckets for the observed rate.
+//! counters, one-second admission buckets for the observed rate, and the
+//! results of recent `AdmitBatch` calls kept for retries.
 //!
 //! Each state transition is one Lua script (`scripts/*.lua`, each headed by
 //! its KEYS, ARGV and return value), so it is atomic across replicas without
@@ -54,6 +55,7 @@ struct Scripts {
     admit: Script,
     complete: Script,
     stats: Script,
+    consume_token: Script,
 }
 
 impl Scripts {
@@ -70,6 +72,7 @@ impl Scripts {
             admit: with_prelude(include_str!("scripts/admit.lua")),
             complete: with_prelude(include_str!("scripts/complete.lua")),
             stats: with_prelude(include_str!("scripts/stats.lua")),
+            consume_token: with_prelude(include_str!("scripts/consume_token.lua")),
         }
     }
 }
@@ -120,7 +123,7 @@ impl RedisStore {
         Ok(store)
     }
 
-    fn keys(&self, queue: &QueueId) -> [String; 7] {
+    fn keys(&self, queue: &QueueId) -> [String; 9] {
         keys::queue_keys(&self.prefix, queue)
     }
 
@@ -469,10 +472,9 @@ impl QueueStore for RedisStore {
         now_ms: u64,
     ) -> Result<Vec<Admitted>> {
         let mut invocation = self.invocation(&self.scripts.admit, queue, now_ms);
-        if let Some(request) = request {
-            invocation.key(keys::batch_key(&self.prefix, queue, request.as_str()));
-        }
-        invocation.arg(max_count);
+        invocation
+            .arg(max_count)
+            .arg(request.map_or("", RequestId::as_str));
         let mut reply = Reply::new(self.run(&invocation).await?)?;
         let status = reply.string()?;
         if status != "ok" {
@@ -511,20 +513,12 @@ impl QueueStore for RedisStore {
         expires_at_ms: u64,
         now_ms: u64,
     ) -> Result<bool> {
-        // One command is atomic: SET NX either claims the id or finds it
-        // claimed. The lifetime is relative, measured from the caller's clock.
-        let ttl_ms = expires_at_ms.saturating_sub(now_ms).max(1);
-        let reply: Option<String> = self
-            .command(
-                redis::cmd("SET")
-                    .arg(keys::used_token_key(&self.prefix, queue, token_id))
-                    .arg(1)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms),
-            )
-            .await?;
-        Ok(reply.is_some())
+        let mut invocation = self.invocation(&self.scripts.consume_token, queue, now_ms);
+        invocation
+            .key(keys::used_tokens_key(&self.prefix, queue))
+            .arg(token_id)
+            .arg(expires_at_ms);
+        Ok(self.run::<i64>(&invocation).await? == 1)
     }
 
     async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats> {

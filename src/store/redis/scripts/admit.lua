@@ -1,25 +1,27 @@
 -- Admit: let up to max_count waiting users in, lowest tickets first.
--- KEYS: the queue's keys (prelude), then optionally the batch result key.
--- ARGV: now, max_count.
+-- KEYS: the queue's keys (prelude).
+-- ARGV: now, max_count, request id ('' for none).
 -- Returns {'ok', epoch, user, ticket, admitted_at, expires_at, ...}, or
 -- {'no_queue'} / {'paused'} / {'closed'}.
--- With a batch key, the result is kept for ten minutes and a rerun returns
--- it without admitting anyone else, so a retried request is safe. The
--- result records the queue's epoch; a recreated queue ignores it.
+-- With a request id, the result is kept for ten minutes (by the caller's
+-- clock) and a rerun returns it without admitting anyone else, so a retried
+-- request is safe.
 
-local K_BATCH = KEYS[8]
 local BATCH_TTL_MS = 600000
+local request = ARGV[3]
 local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
 end
-if K_BATCH then
-  local previous = redis.call('GET', K_BATCH)
+local lapsed = redis.call('ZRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+for i = 1, #lapsed, 1000 do
+  redis.call('HDEL', K_BATCHES, unpack(lapsed, i, math.min(i + 999, #lapsed)))
+end
+redis.call('ZREMRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+if request ~= '' then
+  local previous = redis.call('HGET', K_BATCHES, request)
   if previous then
-    previous = cjson.decode(previous)
-    if previous[2] == cfg.epoch then
-      return previous
-    end
+    return cjson.decode(previous)
   end
 end
 if cfg.mode == 'paused' or cfg.mode == 'closed' then
@@ -45,7 +47,8 @@ if room > 0 then
     record_admissions(#popped / 2)
   end
 end
-if K_BATCH then
-  redis.call('SET', K_BATCH, cjson.encode(out), 'PX', BATCH_TTL_MS)
+if request ~= '' then
+  redis.call('HSET', K_BATCHES, request, cjson.encode(out))
+  redis.call('ZADD', K_BATCH_EXPIRY, NOW + BATCH_TTL_MS, request)
 end
 return out

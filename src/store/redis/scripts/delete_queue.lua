@@ -1,10 +1,11 @@
 -- Delete queue: drop a queue and everyone in it.
 -- KEYS: the queue's keys (prelude). ARGV: now.
--- Returns 1 if deleted, 0 if there was no such queue. Consumed-token keys
--- and kept batch results are left to expire on their own.
+-- Returns 1 if deleted, 0 if there was no such queue. Consumed token ids
+-- are kept until the tokens expire.
 
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return 0
 end
-redis.call('DEL', K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE)
+redis.call('DEL', K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE, K_BATCHES,
+  K_BATCH_EXPIRY)
 return 1

@@ -1,7 +1,8 @@
 -- Shared head of every queue script (prepended by scripts.rs).
 --
--- KEYS[1..7]: the queue's keys, as listed in keys.rs: config, seq, waiting,
---             active, admitted, stats, rate. A script's own keys follow.
+-- KEYS[1..9]: the queue's keys, as listed in keys.rs: config, seq, waiting,
+--             active, admitted, stats, rate, batches, batch_expiry. A
+--             script's own keys follow.
 -- ARGV[1]:    the caller's clock, milliseconds since the Unix epoch. Scripts
 --             never read Redis's clock, so every replica and the memory store
 --             agree on what "now" means.
@@ -9,8 +10,8 @@
 -- Every script mirrors a method of the memory store (store/memory/mod.rs);
 -- keep the two in step.
 
-local K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE, K_BATCHES, K_BATCH_EXPIRY =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local NOW = tonumber(ARGV[1])
 local RATE_WINDOW_MS = 60000
 

@@ -1,0 +1,325 @@
+//! Starting real things: `redis-server` processes on free ports and the
+//! service itself, on port 0, with an injected clock.
+
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use waitroom::config::Config;
+use waitroom::domain::{Clock, ManualClock};
+use waitroom::pb;
+use waitroom::pb::queue_admin_service_client::QueueAdminServiceClient;
+use waitroom::pb::queue_service_client::QueueServiceClient;
+use waitroom::startup::Application;
+use waitroom::store::{RedisOptions, RedisStore};
+
+/// A `redis-server` of our own on a free loopback port, stopped on drop.
+pub struct TestRedis {
+    pub port: u16,
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl TestRedis {
+    /// Starts a server and waits until it answers. Panics, failing the
+    /// test, when Redis cannot be started: these tests never skip.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts a server on a given port (to restart one that was stopped).
+    pub fn start_on(port: u16) -> Self {
+        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let dir =
+            std::env::temp_dir().join(format!("waitroom-test-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating a directory for redis-server");
+        let child = Command::new(&binary)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {binary:?} ({e}); install redis-server or set REDIS_SERVER")
+            });
+        let redis = Self { port, child, dir };
+        redis.wait_until_ready();
+        redis
+    }
+
+    fn wait_until_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = redis::Client::open(self.url()).expect("a Redis URL");
+        loop {
+            if let Ok(mut conn) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server now (to test outages).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A Redis store with a fresh key prefix.
+    pub async fn store(&self) -> RedisStore {
+        RedisStore::connect(&RedisOptions {
+            url: self.url(),
+            prefix: fresh_prefix(),
+            timeout: Duration::from_secs(2),
+        })
+        .await
+        .expect("connecting to the test Redis")
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn fresh_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "t{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A running service.
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub jwks: String,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// The service on its own new Redis.
+    pub async fn on_redis() -> (Self, TestRedis) {
+        let redis = TestRedis::start();
+        let app = Self::spawn(Self::redis_config(&redis.url(), &fresh_prefix())).await;
+        (app, redis)
+    }
+
+    /// The service on the in-memory store.
+    pub async fn on_memory() -> Self {
+        Self::spawn(Self::base_config()).await
+    }
+
+    pub fn base_config() -> Config {
+        let mut config = Config::defaults();
+        config.listen = "127.0.0.1:0".parse().expect("an address");
+        config.watch_interval = Duration::from_millis(50);
+        config
+    }
+
+    pub fn redis_config(url: &str, prefix: &str) -> Config {
+        let mut config = Self::base_config();
+        config.redis_url = Some(url.to_owned());
+        config.redis_prefix = prefix.to_owned();
+        config.redis_timeout = Duration::from_millis(500);
+        config
+    }
+
+    pub async fn spawn(config: Config) -> Self {
+        Self::spawn_with_clock(config, Arc::new(ManualClock::new(now_ms()))).await
+    }
+
+    pub async fn spawn_with_clock(config: Config, clock: Arc<ManualClock>) -> Self {
+        let app = Application::build_with_clock(config, Arc::clone(&clock) as Arc<dyn Clock>)
+            .await
+            .expect("building the service");
+        let addr = app.local_addr();
+        let jwks = app.jwks_json().to_owned();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            clock,
+            jwks,
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("a URI")
+            .connect()
+            .await
+            .expect("connecting to the service")
+    }
+
+    pub async fn client(&self) -> QueueServiceClient<Channel> {
+        QueueServiceClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> QueueAdminServiceClient<Channel> {
+        QueueAdminServiceClient::new(self.channel().await)
+    }
+
+    /// Creates a queue with the given settings over the admin API.
+    pub async fn create_queue(&self, queue: pb::Queue) -> pb::Queue {
+        self.admin()
+            .await
+            .create_queue(pb::CreateQueueRequest { queue: Some(queue) })
+            .await
+            .expect("creating a queue")
+            .into_inner()
+            .queue
+            .expect("the created queue")
+    }
+
+    /// Stops the service and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn queue(id: &str) -> pb::Queue {
+    pb::Queue {
+        id: id.to_owned(),
+        ..Default::default()
+    }
+}
+
+pub fn enqueue_request(queue: &str, user: &str) -> pb::EnqueueRequest {
+    pb::EnqueueRequest {
+        queue_id: queue.to_owned(),
+        user_id: user.to_owned(),
+    }
+}
+
+pub fn rank_request(queue: &str, user: &str) -> pb::GetRankRequest {
+    pb::GetRankRequest {
+        queue_id: queue.to_owned(),
+        user_id: user.to_owned(),
+    }
+}
+
+pub fn admit_request(queue: &str, max_count: u32) -> pb::AdmitBatchRequest {
+    pb::AdmitBatchRequest {
+        queue_id: queue.to_owned(),
+        max_count,
+        request_id: String::new(),
+    }
+}
+
+/// The place of an enqueue response.
+pub async fn enqueue(
+    client: &mut QueueServiceClient<Channel>,
+    queue: &str,
+    user: &str,
+) -> pb::Place {
+    client
+        .enqueue(enqueue_request(queue, user))
+        .await
+        .unwrap_or_else(|s| panic!("enqueue {user}: {s:?}"))
+        .into_inner()
+        .place
+        .expect("a place")
+}
+
+pub async fn rank(client: &mut QueueServiceClient<Channel>, queue: &str, user: &str) -> pb::Place {
+    client
+        .get_rank(rank_request(queue, user))
+        .await
+        .unwrap_or_else(|s| panic!("get_rank {user}: {s:?}"))
+        .into_inner()
+        .place
+        .expect("a place")
+}
+
+pub async fn admit(
+    client: &mut QueueServiceClient<Channel>,
+    queue: &str,
+    n: u32,
+) -> Vec<pb::AdmittedUser> {
+    client
+        .admit_batch(admit_request(queue, n))
+        .await
+        .unwrap_or_else(|s| panic!("admit_batch: {s:?}"))
+        .into_inner()
+        .admitted
+}
+
+/// The `ErrorInfo.reason` of a status.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_default()
+}
+
+/// The field a `BadRequest` detail names.
+pub fn bad_field(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+        .unwrap_or_default()
+}

@@ -1,0 +1,15 @@
+//! Integration tests: the real service over real sockets with the generated
+//! tonic clients, against real `redis-server` processes the tests start on
+//! free loopback ports.
+
+mod helpers;
+
+mod admin;
+mod admission;
+mod errors;
+mod queueing;
+mod replicas;
+mod store_conformance;
+mod store_equivalence;
+mod tokens;
+mod watch;

@@ -1,0 +1,260 @@
+//! The same scenarios against both stores: the memory store is the
+//! specification, the Redis store must behave identically.
+
+use std::time::Duration;
+
+use waitroom::Error;
+use waitroom::domain::{
+    PlaceState, QueueConfig, QueueId, QueueMode, QueueUpdate, RequestId, UserId,
+};
+use waitroom::store::QueueStore;
+
+const T0: u64 = 1_800_000_000_000;
+
+fn q(id: &str) -> QueueId {
+    QueueId::parse(id).unwrap()
+}
+
+fn u(id: &str) -> UserId {
+    UserId::parse(id).unwrap()
+}
+
+async fn create(store: &dyn QueueStore, id: &str, max_active: u32) -> QueueConfig {
+    let mut config = QueueConfig::new(q(id));
+    config.max_active = max_active;
+    config.admission_ttl = Duration::from_secs(60);
+    config.created_at_ms = T0;
+    store.create_queue(&config).await.unwrap()
+}
+
+async fn position(store: &dyn QueueStore, queue: &str, user: &str, now: u64) -> Option<u64> {
+    match store.place(&q(queue), &u(user), now).await.unwrap()?.state {
+        PlaceState::Waiting { position } => Some(position),
+        _ => Some(0),
+    }
+}
+
+async fn fifo_positions_and_idempotent_enqueue(store: &dyn QueueStore) {
+    create(store, "s", 0).await;
+    for (i, user) in ["a", "b", "c", "d"].iter().enumerate() {
+        let place = store.enqueue(&q("s"), &u(user), T0).await.unwrap();
+        assert_eq!(place.ticket, i as u64 + 1);
+        assert_eq!(
+            place.state,
+            PlaceState::Waiting {
+                position: i as u64 + 1
+            }
+        );
+    }
+    let again = store.enqueue(&q("s"), &u("b"), T0).await.unwrap();
+    assert_eq!((again.ticket, again.waiting_count), (2, 4));
+    assert!(store.leave(&q("s"), &u("a"), T0).await.unwrap());
+    assert!(!store.leave(&q("s"), &u("a"), T0).await.unwrap());
+    assert_eq!(position(store, "s", "d", T0).await, Some(3));
+    let back = store.enqueue(&q("s"), &u("a"), T0).await.unwrap();
+    assert_eq!(
+        (back.ticket, back.state),
+        (5, PlaceState::Waiting { position: 4 })
+    );
+    assert_eq!(position(store, "s", "zed", T0).await, None);
+}
+
+async fn admission_order_cap_completion_and_expiry(store: &dyn QueueStore) {
+    create(store, "s", 2).await;
+    // Two free slots and nobody waiting: the first two are let in at once.
+    for user in ["a", "b"] {
+        let place = store.enqueue(&q("s"), &u(user), T0).await.unwrap();
+        assert!(
+            matches!(place.state, PlaceState::Admitted(ref a) if a.expires_at_ms == T0 + 60_000)
+        );
+    }
+    for user in ["c", "d"] {
+        let place = store.enqueue(&q("s"), &u(user), T0).await.unwrap();
+        assert!(matches!(place.state, PlaceState::Waiting { .. }));
+    }
+    assert!(
+        store.admit(&q("s"), 10, None, T0).await.unwrap().is_empty(),
+        "the cap holds"
+    );
+    assert!(store.complete(&q("s"), &u("a"), T0 + 1).await.unwrap());
+    assert!(!store.complete(&q("s"), &u("a"), T0 + 1).await.unwrap());
+    let admitted = store.admit(&q("s"), 10, None, T0 + 2).await.unwrap();
+    assert_eq!(
+        admitted.iter().map(|a| a.user.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
+    assert_eq!(admitted[0].admission.ticket, 3);
+    // b's admission ends at T0 + 60 s, freeing its slot for d.
+    assert!(
+        store
+            .admit(&q("s"), 10, None, T0 + 59_999)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let admitted = store.admit(&q("s"), 10, None, T0 + 60_000).await.unwrap();
+    assert_eq!(admitted[0].user.as_str(), "d");
+    assert_eq!(position(store, "s", "b", T0 + 60_000).await, None);
+    let stats = store.stats(&q("s"), T0 + 60_000).await.unwrap();
+    assert_eq!(
+        (
+            stats.waiting,
+            stats.active,
+            stats.enqueued,
+            stats.admitted,
+            stats.completed,
+            stats.expired
+        ),
+        (0, 2, 4, 4, 1, 1)
+    );
+}
+
+async fn modes(store: &dyn QueueStore) {
+    create(store, "s", 0).await;
+    store.enqueue(&q("s"), &u("a"), T0).await.unwrap();
+    let set = |mode| QueueUpdate {
+        mode: Some(mode),
+        ..Default::default()
+    };
+    store
+        .update_queue(&q("s"), &set(QueueMode::Paused))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.admit(&q("s"), 1, None, T0).await,
+        Err(Error::QueuePaused(_))
+    ));
+    assert_eq!(position(store, "s", "b", T0).await, None);
+    store.enqueue(&q("s"), &u("b"), T0).await.unwrap();
+    store
+        .update_queue(&q("s"), &set(QueueMode::Closed))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.enqueue(&q("s"), &u("c"), T0).await,
+        Err(Error::QueueClosed(_))
+    ));
+    assert!(matches!(
+        store.enqueue(&q("s"), &u("a"), T0).await,
+        Err(Error::QueueClosed(_))
+    ));
+    let closed = store.place(&q("s"), &u("b"), T0).await.unwrap().unwrap();
+    assert_eq!(
+        (closed.state, closed.mode),
+        (PlaceState::Closed, QueueMode::Closed)
+    );
+    store
+        .update_queue(&q("s"), &set(QueueMode::PassThrough))
+        .await
+        .unwrap();
+    let c = store.enqueue(&q("s"), &u("c"), T0).await.unwrap();
+    assert!(matches!(c.state, PlaceState::Admitted(_)));
+    let b = store.place(&q("s"), &u("b"), T0).await.unwrap().unwrap();
+    assert!(matches!(b.state, PlaceState::Admitted(ref a) if a.ticket == 2));
+}
+
+async fn retried_batches_and_consumed_tokens(store: &dyn QueueStore) {
+    create(store, "s", 0).await;
+    for user in ["a", "b", "c"] {
+        store.enqueue(&q("s"), &u(user), T0).await.unwrap();
+    }
+    let id = RequestId::parse("r-1").unwrap();
+    let first = store.admit(&q("s"), 2, Some(&id), T0).await.unwrap();
+    let retry = store.admit(&q("s"), 2, Some(&id), T0 + 10).await.unwrap();
+    assert_eq!(first, retry);
+    assert_eq!(position(store, "s", "c", T0).await, Some(1));
+    assert!(
+        store
+            .consume_token(&q("s"), "s.1.1", T0 + 1000, T0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .consume_token(&q("s"), "s.1.1", T0 + 1000, T0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .consume_token(&q("other"), "s.1.1", T0 + 1000, T0)
+            .await
+            .unwrap()
+    );
+}
+
+async fn queue_lifecycle(store: &dyn QueueStore) {
+    for id in ["b", "a", "c"] {
+        create(store, id, 1).await;
+    }
+    assert!(matches!(
+        store.create_queue(&QueueConfig::new(q("a"))).await,
+        Err(Error::QueueAlreadyExists(_))
+    ));
+    let all = store.list_queues(None, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    let rest = store.list_queues(Some(&q("a")), 1).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+    let updated = store
+        .update_queue(
+            &q("b"),
+            &QueueUpdate {
+                max_active: Some(9),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.max_active, 9);
+    assert_eq!(store.get_queue(&q("b")).await.unwrap(), updated);
+    store.delete_queue(&q("b")).await.unwrap();
+    assert!(matches!(
+        store.get_queue(&q("b")).await,
+        Err(Error::QueueNotFound(_))
+    ));
+    assert!(matches!(
+        store.delete_queue(&q("b")).await,
+        Err(Error::QueueNotFound(_))
+    ));
+    assert!(matches!(
+        store.enqueue(&q("b"), &u("x"), T0).await,
+        Err(Error::QueueNotFound(_))
+    ));
+    assert_eq!(store.list_queues(None, 10).await.unwrap().len(), 2);
+}
+
+macro_rules! conformance {
+    ($($scenario:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(&waitroom::store::MemoryStore::new()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let redis = crate::helpers::TestRedis::start();
+                    super::$scenario(&redis.store().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    fifo_positions_and_idempotent_enqueue,
+    admission_order_cap_completion_and_expiry,
+    modes,
+    retried_batches_and_consumed_tokens,
+    queue_lifecycle,
+);

@@ -1,0 +1,161 @@
+//! Property test: identical random sequences of operations applied to the
+//! memory store (the specification) and the Redis store give identical
+//! answers, every one of them.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use waitroom::domain::{QueueConfig, QueueId, QueueMode, QueueUpdate, RequestId, UserId};
+use waitroom::store::{MemoryStore, QueueStore, RedisStore};
+
+use crate::helpers::TestRedis;
+
+const T0: u64 = 1_800_000_000_000;
+const USERS: u8 = 8;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Enqueue(u8),
+    Leave(u8),
+    Places(Vec<u8>),
+    Admit(u32, Option<u8>),
+    Complete(u8),
+    SetMode(QueueMode),
+    SetMaxActive(u32),
+    Advance(u64),
+    Stats,
+    Consume(u8, u64),
+    Recreate,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let mode = prop_oneof![
+        Just(QueueMode::Queueing),
+        Just(QueueMode::PassThrough),
+        Just(QueueMode::Paused),
+        Just(QueueMode::Closed),
+    ];
+    prop_oneof![
+        6 => (0..USERS).prop_map(Op::Enqueue),
+        2 => (0..USERS).prop_map(Op::Leave),
+        3 => proptest::collection::vec(0..USERS, 1..4).prop_map(Op::Places),
+        3 => (1u32..4, proptest::option::of(0u8..3)).prop_map(|(n, r)| Op::Admit(n, r)),
+        2 => (0..USERS).prop_map(Op::Complete),
+        1 => mode.prop_map(Op::SetMode),
+        1 => (0u32..4).prop_map(Op::SetMaxActive),
+        2 => prop_oneof![0u64..2_000, 20_000u64..40_000, 599_000u64..601_000].prop_map(Op::Advance),
+        1 => Just(Op::Stats),
+        1 => (0u8..3, 1u64..5_000).prop_map(|(t, ttl)| Op::Consume(t, ttl)),
+        1 => Just(Op::Recreate),
+    ]
+}
+
+fn queue() -> QueueId {
+    QueueId::parse("prop").unwrap()
+}
+
+fn user(n: u8) -> UserId {
+    UserId::parse(&format!("user-{n}")).unwrap()
+}
+
+/// One step on one store, rendered as the text of its answer; errors by
+/// their reason, the way a client tells them apart.
+async fn apply(store: &dyn QueueStore, op: &Op, now: u64) -> String {
+    fn show<T: std::fmt::Debug>(result: waitroom::Result<T>) -> String {
+        match result {
+            Ok(value) => format!("{value:?}"),
+            Err(error) => format!("error {}", error.reason()),
+        }
+    }
+    let q = queue();
+    match op {
+        Op::Enqueue(u) => show(store.enqueue(&q, &user(*u), now).await),
+        Op::Leave(u) => show(store.leave(&q, &user(*u), now).await),
+        Op::Places(us) => {
+            let users: Vec<UserId> = us.iter().map(|u| user(*u)).collect();
+            show(store.places(&q, &users, now).await)
+        }
+        Op::Admit(n, request) => {
+            let request = request.map(|r| RequestId::parse(&format!("req-{r}")).unwrap());
+            show(store.admit(&q, *n, request.as_ref(), now).await)
+        }
+        Op::Complete(u) => show(store.complete(&q, &user(*u), now).await),
+        Op::SetMode(mode) => show(
+            store
+                .update_queue(
+                    &q,
+                    &QueueUpdate {
+                        mode: Some(*mode),
+                        ..Default::default()
+                    },
+                )
+                .await,
+        ),
+        Op::SetMaxActive(n) => show(
+            store
+                .update_queue(
+                    &q,
+                    &QueueUpdate {
+                        max_active: Some(*n),
+                        ..Default::default()
+                    },
+                )
+                .await,
+        ),
+        Op::Advance(_) => String::new(),
+        Op::Stats => show(store.stats(&q, now).await),
+        Op::Consume(t, ttl) => show(
+            store
+                .consume_token(&q, &format!("prop.1.{t}"), now + ttl, now)
+                .await,
+        ),
+        Op::Recreate => {
+            let deleted = show(store.delete_queue(&q).await);
+            format!("{deleted} {}", show(store.create_queue(&config(now)).await))
+        }
+    }
+}
+
+fn config(now: u64) -> QueueConfig {
+    let mut config = QueueConfig::new(queue());
+    config.max_active = 2;
+    config.admission_ttl = Duration::from_secs(30);
+    config.created_at_ms = now;
+    config
+}
+
+#[test]
+fn random_operation_sequences_get_identical_answers_from_both_stores() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let redis = TestRedis::start();
+    // PROPTEST_CASES raises the count for a longer hunt.
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(96);
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&proptest::collection::vec(op(), 1..60), |ops| {
+            runtime.block_on(async {
+                let memory = MemoryStore::new();
+                let redis_store: RedisStore = redis.store().await;
+                let mut now = T0;
+                memory.create_queue(&config(now)).await.unwrap();
+                redis_store.create_queue(&config(now)).await.unwrap();
+                for (step, op) in ops.iter().enumerate() {
+                    if let Op::Advance(ms) = op {
+                        now += ms;
+                    }
+                    let expected = apply(&memory, op, now).await;
+                    let actual = apply(&redis_store, op, now).await;
+                    prop_assert_eq!(&actual, &expected, "step {} {:?}", step, op);
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+}
