@@ -136,6 +136,8 @@ fn random_operation_sequences_get_identical_answers_from_both_stores() {
         .unwrap_or(96);
     let mut runner = TestRunner::new(ProptestConfig {
         cases,
+        // Failing sequences are printed, shrunk, in the test output.
+        failure_persistence: None,
         ..ProptestConfig::default()
     });
     runner

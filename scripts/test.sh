@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian/Ubuntu machine with a Rust
+# toolchain: installs redis-server where missing (the tests start their own
+# instances on free ports and never touch 6379), lints the protos, checks
+# formatting and lints, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install a Rust toolchain (https://rustup.rs) first" >&2
+  exit 1
+fi
+
+if ! command -v redis-server >/dev/null; then
+  echo "==> installing redis-server"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+echo "==> $(redis-server --version)"
+
+if command -v npx >/dev/null; then
+  echo "==> buf lint (proto style)"
+  (cd proto && npx --yes @bufbuild/buf lint)
+else
+  echo "==> npx not found: install Node.js to lint the protos with buf" >&2
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+echo "==> cargo test"
+cargo test --locked
