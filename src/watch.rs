@@ -258,3 +258,66 @@ fn finish(tx: mpsc::Sender<Result<Place>>, last: Result<Place>) {
         let _ = tokio::time::timeout(Duration::from_secs(30), tx.send(last)).await;
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{QueueConfig, SystemClock};
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn a_stream_whose_client_went_away_is_dropped_and_its_queue_task_ends() {
+        let store = Arc::new(MemoryStore::new());
+        let queue = QueueId::parse("q").unwrap();
+        store
+            .create_queue(&QueueConfig::new(queue.clone()))
+            .await
+            .unwrap();
+        let user = UserId::parse("u").unwrap();
+        let first = store.enqueue(&queue, &user, 0).await.unwrap();
+        let hub = WatchHub::new(
+            store,
+            Arc::new(SystemClock),
+            Duration::from_millis(10),
+            CancellationToken::new(),
+        );
+        let mut stream = hub.watch(queue.clone(), user.clone(), first);
+        assert!(stream.recv().await.is_some());
+        assert_eq!(hub.watcher_count(), 1);
+        drop(stream);
+        for _ in 0..100 {
+            if hub.queues.lock().unwrap().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the hub still holds the queue of a stream nobody reads");
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_open_streams_with_unavailable() {
+        let store = Arc::new(MemoryStore::new());
+        let queue = QueueId::parse("q").unwrap();
+        store
+            .create_queue(&QueueConfig::new(queue.clone()))
+            .await
+            .unwrap();
+        let user = UserId::parse("u").unwrap();
+        let first = store.enqueue(&queue, &user, 0).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let hub = WatchHub::new(
+            store,
+            Arc::new(SystemClock),
+            Duration::from_secs(60),
+            shutdown.clone(),
+        );
+        let mut stream = hub.watch(queue, user, first);
+        assert!(stream.recv().await.is_some());
+        shutdown.cancel();
+        let last = tokio::time::timeout(Duration::from_secs(1), stream.recv())
+            .await
+            .unwrap();
+        assert!(matches!(last, Some(Err(Error::Unavailable(_)))));
+        assert!(stream.recv().await.is_none());
+    }
+}

@@ -95,15 +95,7 @@ async fn get_list_and_delete_queues() {
         })
         .await;
     }
-    let got = admin
-        .get_queue(pb::GetQueueRequest {
-            queue_id: "c".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .queue
-        .unwrap();
+    let got = app.get_queue("c").await;
     assert_eq!((got.id.as_str(), got.max_active), ("c", 7));
 
     let mut ids = Vec::new();
@@ -262,40 +254,12 @@ async fn queues_declared_at_start_are_created_and_existing_ones_kept() {
     config.queues =
         vec![waitroom::config::QueueSpec::parse("declared:max_active=3,mode=paused").unwrap()];
     let first = TestApp::spawn(config.clone()).await;
-    let mut admin = first.admin().await;
-    let got = admin
-        .get_queue(pb::GetQueueRequest {
-            queue_id: "declared".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .queue
-        .unwrap();
+    let got = first.get_queue("declared").await;
     assert_eq!((got.max_active, got.mode()), (3, QueueMode::Paused));
-    admin
-        .update_queue(pb::UpdateQueueRequest {
-            queue: Some(pb::Queue {
-                mode: QueueMode::Closed as i32,
-                ..queue("declared")
-            }),
-            update_mask: None,
-        })
-        .await
-        .unwrap();
+    first.set_mode("declared", QueueMode::Closed).await;
     first.stop().await;
     // A restart must not undo the operator's switch.
     let second = TestApp::spawn(config).await;
-    let got = second
-        .admin()
-        .await
-        .get_queue(pb::GetQueueRequest {
-            queue_id: "declared".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .queue
-        .unwrap();
+    let got = second.get_queue("declared").await;
     assert_eq!(got.mode(), QueueMode::Closed);
 }

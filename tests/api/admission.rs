@@ -3,7 +3,6 @@
 use waitroom::pb::{self, PlaceState};
 
 use crate::helpers::*;
-use crate::queueing::complete;
 
 #[tokio::test]
 async fn admit_batch_admits_strictly_by_ticket_and_says_exactly_who() {
@@ -13,13 +12,7 @@ async fn admit_batch_admits_strictly_by_ticket_and_says_exactly_who() {
     for i in 0..10 {
         enqueue(&mut client, "sale", &format!("u{i}")).await;
     }
-    client
-        .leave(pb::LeaveRequest {
-            queue_id: "sale".into(),
-            user_id: "u2".into(),
-        })
-        .await
-        .unwrap();
+    leave(&mut client, "sale", "u2").await;
     let first = admit(&mut client, "sale", 4).await;
     let users: Vec<&str> = first.iter().map(|a| a.user_id.as_str()).collect();
     assert_eq!(users, ["u0", "u1", "u3", "u4"]);
@@ -100,17 +93,7 @@ async fn completing_frees_the_slot_and_is_counted() {
         "completing twice is harmless"
     );
     assert_eq!(admit(&mut client, "one", 1).await[0].user_id, "b");
-    let stats = app
-        .admin()
-        .await
-        .get_queue_stats(pb::GetQueueStatsRequest {
-            queue_id: "one".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
+    let stats = app.stats("one").await;
     assert_eq!(
         (
             stats.enqueued_total,
@@ -144,17 +127,7 @@ async fn the_estimate_is_absent_until_admissions_are_observed_then_follows_their
         .estimated_wait
         .expect("an estimate once admissions were seen");
     assert!((10..=12).contains(&wait.seconds), "estimate {wait:?}");
-    let stats = app
-        .admin()
-        .await
-        .get_queue_stats(pb::GetQueueStatsRequest {
-            queue_id: "eta".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
+    let stats = app.stats("eta").await;
     assert!(
         (8.5..=10.5).contains(&stats.admit_rate),
         "rate {}",

@@ -323,3 +323,73 @@ pub fn bad_field(status: &tonic::Status) -> String {
         .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
         .unwrap_or_default()
 }
+
+pub async fn leave(client: &mut QueueServiceClient<Channel>, queue: &str, user: &str) -> bool {
+    client
+        .leave(pb::LeaveRequest {
+            queue_id: queue.to_owned(),
+            user_id: user.to_owned(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("leave {user}: {s:?}"))
+        .into_inner()
+        .left
+}
+
+pub async fn complete(client: &mut QueueServiceClient<Channel>, queue: &str, user: &str) -> bool {
+    client
+        .complete_admission(pb::CompleteAdmissionRequest {
+            queue_id: queue.to_owned(),
+            user_id: user.to_owned(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("complete_admission {user}: {s:?}"))
+        .into_inner()
+        .completed
+}
+
+impl TestApp {
+    pub async fn stats(&self, queue: &str) -> pb::QueueStats {
+        self.admin()
+            .await
+            .get_queue_stats(pb::GetQueueStatsRequest {
+                queue_id: queue.to_owned(),
+            })
+            .await
+            .expect("get_queue_stats")
+            .into_inner()
+            .stats
+            .expect("stats")
+    }
+
+    pub async fn get_queue(&self, queue: &str) -> pb::Queue {
+        self.admin()
+            .await
+            .get_queue(pb::GetQueueRequest {
+                queue_id: queue.to_owned(),
+            })
+            .await
+            .expect("get_queue")
+            .into_inner()
+            .queue
+            .expect("a queue")
+    }
+
+    /// Flips a queue's mode, as an operator would.
+    pub async fn set_mode(&self, queue: &str, mode: pb::QueueMode) {
+        self.admin()
+            .await
+            .update_queue(pb::UpdateQueueRequest {
+                queue: Some(pb::Queue {
+                    id: queue.to_owned(),
+                    mode: mode as i32,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["mode".into()],
+                }),
+            })
+            .await
+            .expect("update_queue");
+    }
+}

@@ -44,25 +44,11 @@ async fn leaving_moves_everyone_behind_up_and_a_returning_user_goes_to_the_end()
     for user in ["a", "b", "c"] {
         enqueue(&mut client, "sale", user).await;
     }
-    let left = client
-        .leave(pb::LeaveRequest {
-            queue_id: "sale".into(),
-            user_id: "a".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(left.left);
-    let again = client
-        .leave(pb::LeaveRequest {
-            queue_id: "sale".into(),
-            user_id: "a".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let left = leave(&mut client, "sale", "a").await;
+    assert!(left);
+    let again = leave(&mut client, "sale", "a").await;
     assert!(
-        !again.left,
+        !again,
         "leaving twice is harmless and says nothing was left"
     );
     assert_eq!(rank(&mut client, "sale", "b").await.position, 1);
@@ -165,51 +151,9 @@ async fn an_admission_holds_its_slot_until_its_ttl_passes() {
     assert_eq!(admitted[0].user_id, "b");
     let missing = client.get_rank(rank_request("ttl", "a")).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
-    let stats = app
-        .admin()
-        .await
-        .get_queue_stats(pb::GetQueueStatsRequest {
-            queue_id: "ttl".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
+    let stats = app.stats("ttl").await;
     assert_eq!(stats.expired_total, 1);
     assert_eq!(stats.active_count, 1);
-}
-
-pub async fn complete(
-    client: &mut pb::queue_service_client::QueueServiceClient<tonic::transport::Channel>,
-    queue: &str,
-    user: &str,
-) -> bool {
-    client
-        .complete_admission(pb::CompleteAdmissionRequest {
-            queue_id: queue.into(),
-            user_id: user.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .completed
-}
-
-async fn set_mode(app: &TestApp, id: &str, mode: QueueMode) {
-    app.admin()
-        .await
-        .update_queue(pb::UpdateQueueRequest {
-            queue: Some(pb::Queue {
-                mode: mode as i32,
-                ..queue(id)
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["mode".into()],
-            }),
-        })
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -218,7 +162,7 @@ async fn pass_through_admits_newcomers_and_those_already_waiting() {
     app.create_queue(queue("flip")).await;
     let mut client = app.client().await;
     enqueue(&mut client, "flip", "early").await;
-    set_mode(&app, "flip", QueueMode::PassThrough).await;
+    app.set_mode("flip", QueueMode::PassThrough).await;
     let newcomer = enqueue(&mut client, "flip", "late").await;
     assert_eq!(newcomer.state(), PlaceState::Admitted);
     let early = rank(&mut client, "flip", "early").await;
@@ -249,7 +193,7 @@ async fn paused_accepts_joins_but_admits_nobody() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert_eq!(reason(&refused), "QUEUE_PAUSED");
-    set_mode(&app, "hold", QueueMode::Queueing).await;
+    app.set_mode("hold", QueueMode::Queueing).await;
     assert_eq!(admit(&mut client, "hold", 1).await[0].user_id, "a");
 }
 
@@ -260,7 +204,7 @@ async fn closed_refuses_joins_shows_waiting_users_closed_and_reopening_keeps_pla
     let mut client = app.client().await;
     enqueue(&mut client, "gig", "a").await;
     enqueue(&mut client, "gig", "b").await;
-    set_mode(&app, "gig", QueueMode::Closed).await;
+    app.set_mode("gig", QueueMode::Closed).await;
     let refused = client
         .enqueue(enqueue_request("gig", "c"))
         .await
@@ -275,7 +219,7 @@ async fn closed_refuses_joins_shows_waiting_users_closed_and_reopening_keeps_pla
         .await
         .unwrap_err();
     assert_eq!(reason(&refused), "QUEUE_CLOSED");
-    set_mode(&app, "gig", QueueMode::Queueing).await;
+    app.set_mode("gig", QueueMode::Queueing).await;
     let b = rank(&mut client, "gig", "b").await;
     assert_eq!(
         (b.state(), b.position, b.ticket),

@@ -105,17 +105,7 @@ async fn closing_the_queue_tells_watchers_and_ends_their_streams() {
     for stream in &mut streams {
         next(stream).await;
     }
-    app.admin()
-        .await
-        .update_queue(pb::UpdateQueueRequest {
-            queue: Some(pb::Queue {
-                mode: QueueMode::Closed as i32,
-                ..queue("gig")
-            }),
-            update_mask: None,
-        })
-        .await
-        .unwrap();
+    app.set_mode("gig", QueueMode::Closed).await;
     for stream in &mut streams {
         let closed = next(stream).await;
         assert_eq!(closed.state(), PlaceState::Closed);
@@ -132,13 +122,7 @@ async fn leaving_ends_the_stream_with_not_found() {
     enqueue(&mut client, "sale", "a").await;
     let mut stream = open(&app, "sale", "a").await;
     next(&mut stream).await;
-    client
-        .leave(pb::LeaveRequest {
-            queue_id: "sale".into(),
-            user_id: "a".into(),
-        })
-        .await
-        .unwrap();
+    leave(&mut client, "sale", "a").await;
     let end = tokio::time::timeout(Duration::from_secs(1), stream.next())
         .await
         .expect("an answer within 1 s")
