@@ -36,6 +36,18 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
 
+    /// More Ed25519 keys to publish and accept but not sign with (key rotation): PEM files, public or private, or directories of `*.pem` files. Repeat the flag for more; in the environment, separate paths with `:`.
+    #[arg(
+        long = "verify-key",
+        env = "WAITROOM_VERIFY_KEYS",
+        value_delimiter = ':'
+    )]
+    pub verify_keys: Vec<PathBuf>,
+
+    /// Address of the plain-HTTP port: `/.well-known/jwks.json` and `/healthz`.
+    #[arg(long, env = "WAITROOM_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+
     /// The `iss` claim of admission tokens; verifiers must expect the same.
     #[arg(long, env = "WAITROOM_TOKEN_ISSUER", default_value = "waitroom")]
     pub token_issuer: String,
@@ -47,6 +59,10 @@ pub struct Config {
     /// How often open WatchRank streams are refreshed from the store.
     #[arg(long, env = "WAITROOM_WATCH_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub watch_interval: Duration,
+
+    /// How often each replica's admitter admits what the queues' rates allow.
+    #[arg(long, env = "WAITROOM_ADMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub admit_interval: Duration,
 
     /// Log format.
     #[arg(long, env = "WAITROOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -63,9 +79,12 @@ impl Config {
             redis_prefix: "wr".into(),
             redis_timeout: Duration::from_secs(1),
             signing_key: None,
+            verify_keys: Vec::new(),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token_issuer: "waitroom".into(),
             queues: Vec::new(),
             watch_interval: Duration::from_millis(250),
+            admit_interval: Duration::from_millis(100),
             log_format: LogFormat::Text,
         }
     }

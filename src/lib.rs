@@ -12,16 +12,20 @@
 //! - [`tokens`]: signing admission tokens, the published keys (JWKS), and a
 //!   [`tokens::Verifier`] a booking service can embed to check tokens
 //!   offline.
+//! - [`admitter`]: the automatic admission every replica runs.
 //! - [`watch`]: the per-instance hub that pushes place changes to
 //!   `WatchRank` streams.
+//! - [`http`]: the plain-HTTP port (JWKS, liveness).
 //! - [`config`], [`startup`], [`telemetry`]: flags, wiring, logs.
 //! - [`error`]: the one error type and its mapping to gRPC status.
 //! - [`pb`]: the generated protobuf and gRPC code.
 
+pub mod admitter;
 pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod http;
 pub mod pb;
 pub mod startup;
 pub mod store;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -15,15 +16,16 @@ use tonic_health::server::HealthReporter;
 
 use tower::util::MapResponseLayer;
 
+use crate::admitter::Admitter;
 use crate::api::{AdminApi, QueueApi, limits};
 use crate::config::Config;
 use crate::domain::{Clock, SystemClock};
 use crate::pb::queue_admin_service_server::QueueAdminServiceServer;
 use crate::pb::queue_service_server::QueueServiceServer;
 use crate::store::{MemoryStore, QueueStore, RedisOptions, RedisStore};
-use crate::tokens::Keyring;
+use crate::tokens::{self, Keyring};
 use crate::watch::WatchHub;
-use crate::{Error, pb};
+use crate::{Error, http, pb};
 
 /// How often readiness re-checks the store.
 const READINESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -33,6 +35,9 @@ const READINESS_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    http_listener: TcpListener,
+    http_addr: SocketAddr,
+    admit_interval: Duration,
     store: Arc<dyn QueueStore>,
     keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
@@ -62,9 +67,16 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let http_listener = TcpListener::bind(config.http_listen)
+            .await
+            .with_context(|| format!("binding {} (--http-listen)", config.http_listen))?;
+        let http_addr = http_listener.local_addr()?;
         Ok(Self {
             listener,
             local_addr,
+            http_listener,
+            http_addr,
+            admit_interval: config.admit_interval,
             store,
             keyring,
             clock,
@@ -75,6 +87,11 @@ impl Application {
     /// The bound address; with port 0 in the config, the port chosen.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound address of the plain-HTTP port.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// The public keys tokens are verified with.
@@ -103,7 +120,30 @@ impl Application {
             Arc::clone(&self.clock),
             Arc::clone(&hub),
         );
-        let admin_api = AdminApi::new(Arc::clone(&self.store), Arc::clone(&self.clock), hub);
+        let queues_changed = Arc::new(Notify::new());
+        let admin_api = AdminApi::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.clock),
+            Arc::clone(&hub),
+            Arc::clone(&queues_changed),
+        );
+        let admitter = Admitter::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.clock),
+            hub,
+            self.admit_interval,
+            queues_changed,
+        );
+        tokio::spawn(admitter.run(shutdown.clone()));
+        let http_stop = shutdown.clone();
+        let http = axum::serve(self.http_listener, http::router(Arc::clone(&self.keyring)))
+            .with_graceful_shutdown(async move { http_stop.cancelled().await });
+        tokio::spawn(async move {
+            if let Err(error) = http.await {
+                tracing::error!(%error, "the HTTP port failed");
+            }
+        });
+        tracing::info!(address = %self.http_addr, "serving HTTP (JWKS, health)");
 
         let (health, health_service) = tonic_health::server::health_reporter();
         tokio::spawn(track_readiness(
@@ -169,17 +209,38 @@ async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
 }
 
 fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
+    let mut trusted = Vec::new();
+    for path in pem_files(&config.verify_keys)? {
+        let pem = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the verification key {}", path.display()))?;
+        trusted.push(
+            tokens::verifying_key_from_pem(&pem)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("loading the verification key {}", path.display()))?,
+        );
+    }
     match &config.signing_key {
         Some(path) => {
             let pem = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the signing key {}", path.display()))?;
-            let keyring = Keyring::from_pem(&config.token_issuer, &pem)
+            let key = tokens::signing_key_from_pem(&pem)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("loading the signing key {}", path.display()))?;
-            tracing::info!(kid = keyring.key_id(), "signing admission tokens");
+            let keyring =
+                Keyring::new(&config.token_issuer, key, &trusted).map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                kid = keyring.key_id(),
+                published = ?keyring.published_key_ids(),
+                "signing admission tokens"
+            );
             Ok(keyring)
         }
         None => {
+            if !trusted.is_empty() {
+                anyhow::bail!(
+                    "--verify-key needs --signing-key: a generated key cannot be rotated"
+                );
+            }
             let keyring = Keyring::generate(&config.token_issuer).map_err(anyhow::Error::msg)?;
             tracing::warn!(
                 kid = keyring.key_id(),
@@ -189,6 +250,26 @@ fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
             Ok(keyring)
         }
     }
+}
+
+/// The files named: each path is a PEM file, or a directory whose `*.pem`
+/// files are taken in name order (a mounted Kubernetes Secret).
+fn pem_files(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<_> = std::fs::read_dir(path)
+                .with_context(|| format!("reading the key directory {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "pem") && p.is_file())
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
 }
 
 /// Readiness follows the store: `waitroom.v1.QueueService` (and the admin

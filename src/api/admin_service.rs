@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 use super::convert::{duration_in, mode_in, queue_id, queue_out, stats_out};
@@ -23,11 +24,29 @@ pub struct AdminApi {
     store: Arc<dyn QueueStore>,
     clock: Arc<dyn Clock>,
     hub: Arc<WatchHub>,
+    /// Wakes this instance's admitter to re-read the queues.
+    queues_changed: Arc<Notify>,
 }
 
 impl AdminApi {
-    pub fn new(store: Arc<dyn QueueStore>, clock: Arc<dyn Clock>, hub: Arc<WatchHub>) -> Self {
-        Self { store, clock, hub }
+    pub fn new(
+        store: Arc<dyn QueueStore>,
+        clock: Arc<dyn Clock>,
+        hub: Arc<WatchHub>,
+        queues_changed: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            hub,
+            queues_changed,
+        }
+    }
+
+    /// A queue changed: watchers and the admitter look again now.
+    fn changed(&self, queue: &QueueId) {
+        self.hub.nudge(queue);
+        self.queues_changed.notify_one();
     }
 }
 
@@ -163,6 +182,7 @@ impl QueueAdminService for AdminApi {
         let config = queue_config_in(&queue, self.clock.now_ms())?;
         let created = self.store.create_queue(&config).await?;
         tracing::info!(queue = %created.id, mode = created.mode.as_str(), "queue created");
+        self.changed(&created.id);
         Ok(Response::new(pb::CreateQueueResponse {
             queue: Some(queue_out(&created)),
         }))
@@ -228,7 +248,7 @@ impl QueueAdminService for AdminApi {
         let update = queue_update_in(&queue, request.update_mask.as_ref())?;
         let updated = self.store.update_queue(&id, &update).await?;
         tracing::info!(queue = %id, mode = updated.mode.as_str(), "queue updated");
-        self.hub.nudge(&id);
+        self.changed(&id);
         Ok(Response::new(pb::UpdateQueueResponse {
             queue: Some(queue_out(&updated)),
         }))
@@ -241,7 +261,7 @@ impl QueueAdminService for AdminApi {
         let queue = queue_id("queue_id", &request.into_inner().queue_id)?;
         self.store.delete_queue(&queue).await?;
         tracing::info!(queue = %queue, "queue deleted");
-        self.hub.nudge(&queue);
+        self.changed(&queue);
         Ok(Response::new(pb::DeleteQueueResponse {}))
     }
 

@@ -13,8 +13,12 @@
 //! - Admission takes the lowest tickets first. An admission lasts until its
 //!   expiry (then it is counted as expired and frees its slot) or until it is
 //!   completed or the user leaves.
-//! - `QUEUEING`: a newcomer is admitted at once when `max_active > 0`, a slot
-//!   is free and nobody waits; otherwise they wait. `PASS_THROUGH`: everyone
+//! - `QUEUEING`: a newcomer is admitted at once when the queue is limited
+//!   (`max_active > 0` or `admit_per_second > 0`), nobody waits, a slot is
+//!   free and, with a rate, the rate's token bucket has a token; otherwise
+//!   they wait. Automatic admission follows `admit_per_second` through one
+//!   token bucket per queue (one second of burst) shared by all replicas;
+//!   `AdmitBatch` respects `max_active` but not the rate. `PASS_THROUGH`: everyone
 //!   is admitted at once, including those already waiting the next time they
 //!   are looked at. `PAUSED`: joins are accepted, admission is refused.
 //!   `CLOSED`: joins are refused, waiting users see the closed state, places
@@ -85,6 +89,16 @@ pub trait QueueStore: Send + Sync + 'static {
         queue: &QueueId,
         max_count: u32,
         request: Option<&RequestId>,
+        now_ms: u64,
+    ) -> Result<Vec<Admitted>>;
+
+    /// The automatic admitter's step: admits what the rate's token bucket,
+    /// the free slots and the line allow (at most `max_count`); drains the
+    /// line in pass-through mode. Replicas share the bucket.
+    async fn admit_due(
+        &self,
+        queue: &QueueId,
+        max_count: u32,
         now_ms: u64,
     ) -> Result<Vec<Admitted>>;
 

@@ -2,8 +2,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::pkcs8::DecodePrivateKey;
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use jsonwebtoken::jwk::{
     AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm,
     OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse, ThumbprintHash,
@@ -11,7 +11,11 @@ use jsonwebtoken::jwk::{
 
 use super::{ALGORITHM, AdmissionClaims, Verifier};
 
-/// Signs admission tokens and publishes the key to check them.
+/// Signs admission tokens with one key and publishes that key and any
+/// others still trusted. Rotation is publish first, sign later: a new key
+/// is published (as a verification key) on every replica before any replica
+/// signs with it, and an old one stays published until its last token has
+/// expired.
 pub struct Keyring {
     issuer: String,
     key: SigningKey,
@@ -33,11 +37,9 @@ impl std::fmt::Debug for Keyring {
 
 impl Keyring {
     /// Loads an Ed25519 private key in PKCS#8 PEM (`openssl genpkey
-    /// -algorithm ed25519`).
+    /// -algorithm ed25519`) to sign with.
     pub fn from_pem(issuer: &str, pem: &str) -> Result<Self, String> {
-        let key = SigningKey::from_pkcs8_pem(pem)
-            .map_err(|e| format!("not an Ed25519 private key in PKCS#8 PEM: {e}"))?;
-        Self::new(issuer, key)
+        Self::new(issuer, signing_key_from_pem(pem)?, &[])
     }
 
     /// A fresh random key, for a single process whose tokens need not
@@ -45,27 +47,21 @@ impl Keyring {
     pub fn generate(issuer: &str) -> Result<Self, String> {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| format!("no randomness for a key: {e}"))?;
-        Self::new(issuer, SigningKey::from_bytes(&secret))
+        Self::new(issuer, SigningKey::from_bytes(&secret), &[])
     }
 
-    fn new(issuer: &str, key: SigningKey) -> Result<Self, String> {
-        let mut jwk = Jwk {
-            common: CommonParameters {
-                public_key_use: Some(PublicKeyUse::Signature),
-                key_algorithm: Some(KeyAlgorithm::EdDSA),
-                ..Default::default()
-            },
-            algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
-                key_type: OctetKeyPairType::OctetKeyPair,
-                curve: EllipticCurve::Ed25519,
-                x: URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()),
-            }),
-        };
-        let kid = jwk
-            .thumbprint(ThumbprintHash::SHA256)
-            .map_err(|e| format!("cannot compute the key id: {e}"))?;
-        jwk.common.key_id = Some(kid.clone());
-        let jwks = JwkSet { keys: vec![jwk] };
+    /// Signs with `key` and also publishes `trusted` (keys being rotated in
+    /// or out); the JWKS lists the signing key first.
+    pub fn new(issuer: &str, key: SigningKey, trusted: &[VerifyingKey]) -> Result<Self, String> {
+        let mut keys = vec![public_jwk(&key.verifying_key())?];
+        for public in trusted {
+            let jwk = public_jwk(public)?;
+            if !keys.iter().any(|k| k.common.key_id == jwk.common.key_id) {
+                keys.push(jwk);
+            }
+        }
+        let kid = keys[0].common.key_id.clone().unwrap_or_default();
+        let jwks = JwkSet { keys };
         let jwks_json =
             serde_json::to_string(&jwks).map_err(|e| format!("cannot encode the JWKS: {e}"))?;
         let header = serde_json::json!({ "alg": ALGORITHM, "typ": "JWT", "kid": kid });
@@ -107,8 +103,57 @@ impl Keyring {
         &self.jwks_json
     }
 
+    /// Ids of every published key, the signing key's first.
+    pub fn published_key_ids(&self) -> Vec<&str> {
+        self.jwks
+            .keys
+            .iter()
+            .filter_map(|k| k.common.key_id.as_deref())
+            .collect()
+    }
+
     /// A verifier that trusts exactly this keyring's public keys.
     pub fn verifier(&self) -> Result<Verifier, String> {
         Verifier::from_jwk_set(&self.jwks, &self.issuer)
     }
+}
+
+/// An Ed25519 private key from PKCS#8 PEM.
+pub fn signing_key_from_pem(pem: &str) -> Result<SigningKey, String> {
+    SigningKey::from_pkcs8_pem(pem)
+        .map_err(|e| format!("not an Ed25519 private key in PKCS#8 PEM: {e}"))
+}
+
+/// The public half of an Ed25519 key given as PEM: a public key
+/// (`-----BEGIN PUBLIC KEY-----`) or a private key, so a Secret holding the
+/// previous private key works as well.
+pub fn verifying_key_from_pem(pem: &str) -> Result<VerifyingKey, String> {
+    if let Ok(public) = VerifyingKey::from_public_key_pem(pem) {
+        return Ok(public);
+    }
+    signing_key_from_pem(pem)
+        .map(|key| key.verifying_key())
+        .map_err(|_| "not an Ed25519 public or private key in PEM".to_owned())
+}
+
+/// A published key: `kid` is its RFC 7638 thumbprint, so every replica
+/// names the same key the same way without configuration.
+fn public_jwk(key: &VerifyingKey) -> Result<Jwk, String> {
+    let mut jwk = Jwk {
+        common: CommonParameters {
+            public_key_use: Some(PublicKeyUse::Signature),
+            key_algorithm: Some(KeyAlgorithm::EdDSA),
+            ..Default::default()
+        },
+        algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+            key_type: OctetKeyPairType::OctetKeyPair,
+            curve: EllipticCurve::Ed25519,
+            x: URL_SAFE_NO_PAD.encode(key.as_bytes()),
+        }),
+    };
+    let kid = jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|e| format!("cannot compute the key id: {e}"))?;
+    jwk.common.key_id = Some(kid);
+    Ok(jwk)
 }

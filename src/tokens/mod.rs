@@ -19,8 +19,9 @@ mod keyring;
 mod verifier;
 
 pub use claims::AdmissionClaims;
-pub use keyring::Keyring;
+pub use keyring::{Keyring, signing_key_from_pem, verifying_key_from_pem};
 pub use verifier::{Verdict, Verification, Verifier};
 
-/// The only signature algorithm issued and accepted.
+/// The signature algorithm issued. Verification also accepts its RFC 9864
+/// name, `Ed25519`, and nothing else.
 pub const ALGORITHM: &str = "EdDSA";

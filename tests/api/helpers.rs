@@ -135,6 +135,7 @@ pub fn now_ms() -> u64 {
 /// A running service.
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
     pub clock: Arc<ManualClock>,
     pub jwks: String,
     stop: Option<oneshot::Sender<()>>,
@@ -157,7 +158,9 @@ impl TestApp {
     pub fn base_config() -> Config {
         let mut config = Config::defaults();
         config.listen = "127.0.0.1:0".parse().expect("an address");
+        config.http_listen = "127.0.0.1:0".parse().expect("an address");
         config.watch_interval = Duration::from_millis(50);
+        config.admit_interval = Duration::from_millis(10);
         config
     }
 
@@ -178,6 +181,7 @@ impl TestApp {
             .await
             .expect("building the service");
         let addr = app.local_addr();
+        let http_addr = app.http_addr();
         let jwks = app.jwks_json().to_owned();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until_stopped(async {
@@ -185,6 +189,7 @@ impl TestApp {
         }));
         Self {
             addr,
+            http_addr,
             clock,
             jwks,
             stop: Some(stop),
@@ -392,4 +397,29 @@ impl TestApp {
             .await
             .expect("update_queue");
     }
+}
+
+/// A plain HTTP/1.1 GET on the service's HTTP port: (status line, headers, body).
+pub async fn http_get(app: &TestApp, path: &str) -> (String, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.http_addr)
+        .await
+        .expect("connecting to the HTTP port");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("sending the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("reading the response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (
+        status.to_owned(),
+        headers.to_ascii_lowercase(),
+        body.to_owned(),
+    )
 }

@@ -6,7 +6,9 @@ mod helpers;
 
 mod admin;
 mod admission;
+mod admission_rate;
 mod errors;
+mod key_rotation;
 mod queueing;
 mod replicas;
 mod store_conformance;

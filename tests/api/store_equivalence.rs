@@ -20,6 +20,8 @@ enum Op {
     Leave(u8),
     Places(Vec<u8>),
     Admit(u32, Option<u8>),
+    AdmitDue(u32),
+    SetRate(u32),
     Complete(u8),
     SetMode(QueueMode),
     SetMaxActive(u32),
@@ -42,9 +44,11 @@ fn op() -> impl Strategy<Value = Op> {
         3 => proptest::collection::vec(0..USERS, 1..4).prop_map(Op::Places),
         3 => (1u32..4, proptest::option::of(0u8..3)).prop_map(|(n, r)| Op::Admit(n, r)),
         2 => (0..USERS).prop_map(Op::Complete),
+        2 => (1u32..5).prop_map(Op::AdmitDue),
+        1 => (0u32..4).prop_map(Op::SetRate),
         1 => mode.prop_map(Op::SetMode),
         1 => (0u32..4).prop_map(Op::SetMaxActive),
-        2 => prop_oneof![0u64..2_000, 20_000u64..40_000, 599_000u64..601_000].prop_map(Op::Advance),
+        2 => prop_oneof![0u64..2_000, 100u64..700, 20_000u64..40_000, 599_000u64..601_000].prop_map(Op::Advance),
         1 => Just(Op::Stats),
         1 => (0u8..3, 1u64..5_000).prop_map(|(t, ttl)| Op::Consume(t, ttl)),
         1 => Just(Op::Recreate),
@@ -80,6 +84,18 @@ async fn apply(store: &dyn QueueStore, op: &Op, now: u64) -> String {
             let request = request.map(|r| RequestId::parse(&format!("req-{r}")).unwrap());
             show(store.admit(&q, *n, request.as_ref(), now).await)
         }
+        Op::AdmitDue(n) => show(store.admit_due(&q, *n, now).await),
+        Op::SetRate(n) => show(
+            store
+                .update_queue(
+                    &q,
+                    &QueueUpdate {
+                        admit_per_second: Some(*n),
+                        ..Default::default()
+                    },
+                )
+                .await,
+        ),
         Op::Complete(u) => show(store.complete(&q, &user(*u), now).await),
         Op::SetMode(mode) => show(
             store

@@ -59,6 +59,9 @@ struct QueueState {
     /// Admissions per second bucket (`now_ms / 1000`).
     rate: BTreeMap<u64, u64>,
     batches: HashMap<RequestId, (u64, Vec<Admitted>)>,
+    /// The rate's token bucket: milli-tokens and when it was last refilled;
+    /// `None` until first used (it starts full).
+    bucket: Option<(u64, u64)>,
 }
 
 impl QueueState {
@@ -74,7 +77,47 @@ impl QueueState {
             counters: Counters::default(),
             rate: BTreeMap::new(),
             batches: HashMap::new(),
+            bucket: None,
         }
+    }
+
+    /// Takes up to `wanted` whole tokens from the rate's bucket (see the
+    /// Redis prelude's `take_tokens`); returns how many it took.
+    fn take_tokens(&mut self, wanted: u64, now_ms: u64) -> u64 {
+        let rate = u64::from(self.config.admit_per_second);
+        let capacity = rate * 1000;
+        let (mut tokens, mut stamp) = self.bucket.unwrap_or((capacity, now_ms));
+        if now_ms > stamp {
+            tokens = capacity.min(tokens.saturating_add((now_ms - stamp).saturating_mul(rate)));
+            stamp = now_ms;
+        }
+        tokens = tokens.min(capacity);
+        let taken = wanted.min(tokens / 1000);
+        self.bucket = Some((tokens - taken * 1000, stamp));
+        taken
+    }
+
+    /// Slots free under `max_active` (`u64::MAX` when there is no cap).
+    fn free_slots(&self) -> u64 {
+        match self.config.max_active {
+            0 => u64::MAX,
+            cap => u64::from(cap).saturating_sub(self.active.len() as u64),
+        }
+    }
+
+    /// Admits up to `room` waiting users, lowest tickets first.
+    fn admit_next(&mut self, room: u64, now_ms: u64) -> Vec<Admitted> {
+        let mut admitted = Vec::new();
+        while (admitted.len() as u64) < room {
+            let Some((ticket, user)) = self.waiting.pop_first() else {
+                break;
+            };
+            self.tickets.remove(&user);
+            self.ranks.remove(ticket);
+            let admission = self.admit_user(user.clone(), ticket, now_ms);
+            admitted.push(Admitted { user, admission });
+        }
+        admitted
     }
 
     /// Ends the admissions whose time is up.
@@ -257,14 +300,15 @@ impl QueueStore for MemoryStore {
             state.seq += 1;
             let ticket = state.seq;
             state.counters.enqueued += 1;
+            let limited = state.config.max_active > 0 || state.config.admit_per_second > 0;
             let admit_now = match state.config.mode {
                 QueueMode::PassThrough => true,
-                QueueMode::Queueing => {
-                    state.config.max_active > 0
-                        && state.waiting.is_empty()
-                        && (state.active.len() as u64) < u64::from(state.config.max_active)
+                QueueMode::Queueing
+                    if limited && state.waiting.is_empty() && state.free_slots() > 0 =>
+                {
+                    state.config.admit_per_second == 0 || state.take_tokens(1, now_ms) == 1
                 }
-                QueueMode::Paused | QueueMode::Closed => false,
+                _ => false,
             };
             if admit_now {
                 let admission = state.admit_user(user.clone(), ticket, now_ms);
@@ -347,6 +391,31 @@ impl QueueStore for MemoryStore {
                 );
             }
             Ok(admitted)
+        })
+    }
+
+    async fn admit_due(
+        &self,
+        queue: &QueueId,
+        max_count: u32,
+        now_ms: u64,
+    ) -> Result<Vec<Admitted>> {
+        self.with_queue(queue, |state| {
+            let room = match state.config.mode {
+                QueueMode::PassThrough => {
+                    state.expire(now_ms);
+                    u64::from(max_count)
+                }
+                QueueMode::Queueing if state.config.admit_per_second > 0 => {
+                    state.expire(now_ms);
+                    let wanted = u64::from(max_count)
+                        .min(state.waiting.len() as u64)
+                        .min(state.free_slots());
+                    state.take_tokens(wanted, now_ms)
+                }
+                _ => 0,
+            };
+            Ok(state.admit_next(room, now_ms))
         })
     }
 

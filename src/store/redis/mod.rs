@@ -53,6 +53,7 @@ struct Scripts {
     places: Script,
     leave: Script,
     admit: Script,
+    admit_due: Script,
     complete: Script,
     stats: Script,
     consume_token: Script,
@@ -70,6 +71,7 @@ impl Scripts {
             places: with_prelude(include_str!("scripts/places.lua")),
             leave: with_prelude(include_str!("scripts/leave.lua")),
             admit: with_prelude(include_str!("scripts/admit.lua")),
+            admit_due: with_prelude(include_str!("scripts/admit_due.lua")),
             complete: with_prelude(include_str!("scripts/complete.lua")),
             stats: with_prelude(include_str!("scripts/stats.lua")),
             consume_token: with_prelude(include_str!("scripts/consume_token.lua")),
@@ -269,6 +271,30 @@ fn parse_place(value: Value, queue: &QueueId) -> Result<Option<Place>> {
         mode,
         rate,
     }))
+}
+
+/// Reads the reply of `admit.lua` and `admit_due.lua`.
+fn parse_admitted(value: Value, queue: &QueueId) -> Result<Vec<Admitted>> {
+    let mut reply = Reply::new(value)?;
+    let status = reply.string()?;
+    if status != "ok" {
+        return Err(status_error(&status, queue));
+    }
+    let queue_epoch_ms = reply.u64()?;
+    let mut admitted = Vec::with_capacity(reply.remaining() / 4);
+    while reply.remaining() > 0 {
+        let user = UserId::parse(&reply.string()?).map_err(|e| bad_reply(&e))?;
+        admitted.push(Admitted {
+            user,
+            admission: Admission {
+                ticket: reply.u64()?,
+                admitted_at_ms: reply.u64()?,
+                expires_at_ms: reply.u64()?,
+                queue_epoch_ms,
+            },
+        });
+    }
+    Ok(admitted)
 }
 
 fn parse_mode(value: &str) -> Result<QueueMode> {
@@ -475,26 +501,18 @@ impl QueueStore for RedisStore {
         invocation
             .arg(max_count)
             .arg(request.map_or("", RequestId::as_str));
-        let mut reply = Reply::new(self.run(&invocation).await?)?;
-        let status = reply.string()?;
-        if status != "ok" {
-            return Err(status_error(&status, queue));
-        }
-        let queue_epoch_ms = reply.u64()?;
-        let mut admitted = Vec::with_capacity(reply.remaining() / 4);
-        while reply.remaining() > 0 {
-            let user = UserId::parse(&reply.string()?).map_err(|e| bad_reply(&e))?;
-            admitted.push(Admitted {
-                user,
-                admission: Admission {
-                    ticket: reply.u64()?,
-                    admitted_at_ms: reply.u64()?,
-                    expires_at_ms: reply.u64()?,
-                    queue_epoch_ms,
-                },
-            });
-        }
-        Ok(admitted)
+        parse_admitted(self.run(&invocation).await?, queue)
+    }
+
+    async fn admit_due(
+        &self,
+        queue: &QueueId,
+        max_count: u32,
+        now_ms: u64,
+    ) -> Result<Vec<Admitted>> {
+        let mut invocation = self.invocation(&self.scripts.admit_due, queue, now_ms);
+        invocation.arg(max_count);
+        parse_admitted(self.run(&invocation).await?, queue)
     }
 
     async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {

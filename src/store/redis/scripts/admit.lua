@@ -1,4 +1,5 @@
--- Admit: let up to max_count waiting users in, lowest tickets first.
+-- Admit: let up to max_count waiting users in, lowest tickets first, within
+-- max_active (except in pass-through mode).
 -- KEYS: the queue's keys (prelude).
 -- ARGV: now, max_count, request id ('' for none).
 -- Returns {'ok', epoch, user, ticket, admitted_at, expires_at, ...}, or
@@ -28,9 +29,11 @@ if cfg.mode == 'paused' or cfg.mode == 'closed' then
   return { cfg.mode }
 end
 expire_admissions()
+-- A manual batch is the operator's call: it respects max_active but not
+-- the automatic rate.
 local room = tonumber(ARGV[2])
-if cfg.mode == 'queueing' and cfg.max_active > 0 then
-  room = math.min(room, cfg.max_active - redis.call('ZCARD', K_ACTIVE))
+if cfg.mode == 'queueing' then
+  room = math.min(room, free_slots(cfg))
 end
 local out = { 'ok', cfg.epoch }
 if room > 0 then

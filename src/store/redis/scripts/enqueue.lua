@@ -23,9 +23,12 @@ end
 
 local ticket = redis.call('INCR', K_SEQ)
 redis.call('HINCRBY', K_STATS, 'enqueued', 1)
+-- The line forms only when it must: with nobody waiting, a free slot and
+-- (when the rate is limited) a token, the newcomer goes straight in.
 local admit_now = cfg.mode == 'pass_through'
-if cfg.mode == 'queueing' and cfg.max_active > 0 then
-  admit_now = redis.call('ZCARD', K_WAITING) == 0 and redis.call('ZCARD', K_ACTIVE) < cfg.max_active
+if cfg.mode == 'queueing' and (cfg.max_active > 0 or cfg.rate > 0)
+    and redis.call('ZCARD', K_WAITING) == 0 and free_slots(cfg) > 0 then
+  admit_now = cfg.rate == 0 or take_tokens(cfg, 1) == 1
 end
 if admit_now then
   local expires = admit_user(cfg, user, ticket)

@@ -16,11 +16,44 @@ local NOW = tonumber(ARGV[1])
 local RATE_WINDOW_MS = 60000
 
 local function load_config()
-  local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admission_ttl_ms', 'created_at_ms')
+  local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admission_ttl_ms', 'created_at_ms',
+    'admit_per_second')
   if not v[1] then
     return nil
   end
-  return { mode = v[1], max_active = tonumber(v[2]), ttl = tonumber(v[3]), epoch = tonumber(v[4]) }
+  return { mode = v[1], max_active = tonumber(v[2]), ttl = tonumber(v[3]), epoch = tonumber(v[4]),
+    rate = tonumber(v[5]) }
+end
+
+-- The admission rate's token bucket, in milli-tokens so both stores count
+-- exactly: it refills at admit_per_second tokens a second, holds at most one
+-- second's worth, and starts full. It lives in the stats hash. Takes up to
+-- `wanted` whole tokens and returns how many it took. A caller whose clock
+-- is behind the last refill refills nothing.
+local function take_tokens(cfg, wanted)
+  local capacity = cfg.rate * 1000
+  local v = redis.call('HMGET', K_STATS, 'bucket_milli', 'bucket_ms')
+  local tokens, stamp = tonumber(v[1]), tonumber(v[2])
+  if not tokens then
+    tokens, stamp = capacity, NOW
+  end
+  if NOW > stamp then
+    tokens = math.min(capacity, tokens + (NOW - stamp) * cfg.rate)
+    stamp = NOW
+  end
+  tokens = math.min(tokens, capacity)
+  local taken = math.min(wanted, math.floor(tokens / 1000))
+  tokens = tokens - taken * 1000
+  redis.call('HSET', K_STATS, 'bucket_milli', tokens, 'bucket_ms', stamp)
+  return taken
+end
+
+-- Slots free under max_active (a large number when there is no cap).
+local function free_slots(cfg)
+  if cfg.max_active == 0 then
+    return 1e15
+  end
+  return math.max(cfg.max_active - redis.call('ZCARD', K_ACTIVE), 0)
 end
 
 -- Ends the admissions whose expiry is at or before NOW.
