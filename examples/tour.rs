@@ -132,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
     }
     admitting.abort();
     let token = token.ok_or_else(|| anyhow::anyhow!("the stream ended without an admission"))?;
+    println!("your token: {token}");
 
     let online = queue
         .verify_admission(pb::VerifyAdmissionRequest {

@@ -198,7 +198,7 @@ async fn redis_loss_is_unavailable_within_the_timeout_and_recovers_by_itself() {
         service: "waitroom.v1.QueueService".into(),
     };
     enqueue(&mut client, "sale", "alice").await;
-    let port = redis.port;
+    let port = redis.port();
     redis.stop();
 
     for _ in 0..3 {

@@ -1,11 +1,9 @@
 //! Starting real things: `redis-server` processes on free ports and the
 //! service itself, on port 0, with an injected clock.
 
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -17,77 +15,34 @@ use waitroom::pb::queue_admin_service_client::QueueAdminServiceClient;
 use waitroom::pb::queue_service_client::QueueServiceClient;
 use waitroom::startup::Application;
 use waitroom::store::{RedisOptions, RedisStore};
+use waitroom::testkit::RedisServer;
 
 /// A `redis-server` of our own on a free loopback port, stopped on drop.
-pub struct TestRedis {
-    pub port: u16,
-    child: Child,
-    dir: std::path::PathBuf,
-}
+pub struct TestRedis(RedisServer);
 
 impl TestRedis {
-    /// Starts a server and waits until it answers. Panics, failing the
-    /// test, when Redis cannot be started: these tests never skip.
+    /// Starts a server. Panics, failing the test, when Redis cannot be
+    /// started: these tests never skip.
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        Self(RedisServer::start().unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// Starts a server on a given port (to restart one that was stopped).
     pub fn start_on(port: u16) -> Self {
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let dir =
-            std::env::temp_dir().join(format!("waitroom-test-redis-{port}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("creating a directory for redis-server");
-        let child = Command::new(&binary)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-            ])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {binary:?} ({e}); install redis-server or set REDIS_SERVER")
-            });
-        let redis = Self { port, child, dir };
-        redis.wait_until_ready();
-        redis
+        Self(RedisServer::start_on(port).unwrap_or_else(|e| panic!("{e}")))
     }
 
-    fn wait_until_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let client = redis::Client::open(self.url()).expect("a Redis URL");
-        loop {
-            if let Ok(mut conn) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not start",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    pub fn port(&self) -> u16 {
+        self.0.port
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.0.url()
     }
 
     /// Stops the server now (to test outages).
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.stop();
     }
 
     /// A Redis store with a fresh key prefix.
@@ -100,20 +55,6 @@ impl TestRedis {
         .await
         .expect("connecting to the test Redis")
     }
-}
-
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 pub fn fresh_prefix() -> String {

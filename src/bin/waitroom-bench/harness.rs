@@ -1,0 +1,164 @@
+//! The service under test: the real `waitroom` binary in a process of its
+//! own (so its CPU time and memory are its own), on loopback, with its own
+//! `redis-server` for the Redis store.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use tonic::transport::Channel;
+use waitroom::pb::queue_admin_service_client::QueueAdminServiceClient;
+use waitroom::pb::queue_service_client::QueueServiceClient;
+use waitroom::testkit::{RedisServer, free_port};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Store {
+    Redis,
+    Memory,
+}
+
+/// The service process and, for the Redis store, its redis-server.
+pub struct Service {
+    pub addr: std::net::SocketAddr,
+    child: Child,
+    _redis: Option<RedisServer>,
+}
+
+impl Service {
+    /// Starts `waitroom` (found beside this binary) and waits until it
+    /// answers.
+    pub async fn start(store: Store, extra: &[&str]) -> anyhow::Result<Self> {
+        let redis = match store {
+            Store::Redis => Some(RedisServer::start().map_err(anyhow::Error::msg)?),
+            Store::Memory => None,
+        };
+        let binary = server_binary()?;
+        let port = free_port().map_err(anyhow::Error::msg)?;
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let mut command = Command::new(&binary);
+        command
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(redis) = &redis {
+            command.args(["--redis-url", &redis.url(), "--redis-timeout", "5s"]);
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {}: {e}", binary.display()))?;
+        let service = Self {
+            addr,
+            child,
+            _redis: redis,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while service.channel().await.is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} did not start",
+                binary.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(service)
+    }
+
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        // Large receive windows: admission responses carry hundreds of
+        // kilobytes of tokens, more than HTTP/2's default 64 KiB window.
+        Ok(Channel::from_shared(format!("http://{}", self.addr))?
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(8 << 20))
+            .connect()
+            .await?)
+    }
+
+    pub async fn client(&self) -> anyhow::Result<QueueServiceClient<Channel>> {
+        Ok(QueueServiceClient::new(self.channel().await?).max_decoding_message_size(64 << 20))
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<QueueAdminServiceClient<Channel>> {
+        Ok(QueueAdminServiceClient::new(self.channel().await?))
+    }
+
+    /// CPU time the service process has used so far (user + system).
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields of the line, in USER_HZ ticks (100 on
+        // Linux).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> anyhow::Result<u64> {
+            Ok(fields
+                .get(i)
+                .ok_or_else(|| anyhow::anyhow!("short /proc stat"))?
+                .parse()?)
+        };
+        Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+    }
+
+    /// Resident memory of the service process.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS"))?
+            .parse::<u64>()?;
+        Ok(kib * 1024)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn server_binary() -> anyhow::Result<PathBuf> {
+    let here = std::env::current_exe()?;
+    let binary = here.with_file_name("waitroom");
+    anyhow::ensure!(
+        binary.exists(),
+        "{} not found: build it first (cargo build --release --bins)",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+/// Runs `count` calls of `call` spread over `clients` concurrent clients.
+pub async fn spread<F, Fut>(clients: usize, count: usize, call: F) -> anyhow::Result<()>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let call = Arc::new(call);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let call = Arc::clone(&call);
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            while i < count {
+                call(i).await?;
+                i += clients;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}

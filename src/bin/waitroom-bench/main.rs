@@ -1,0 +1,32 @@
+//! `waitroom-bench`: measures the service where it runs, and in the same
+//! run the baselines its targets are ratios of, so the figures hold on any
+//! machine. Traffic goes to loopback only; every scenario is bounded.
+//!
+//! ```sh
+//! cargo run --release --bin waitroom-bench -- admit
+//! ```
+
+mod admit;
+mod harness;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "waitroom-bench", about = "Benchmarks of the waitroom service")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Admission with tokens, in batches, against the raw Ed25519 signing rate.
+    Admit(admit::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Admit(args) => admit::run(args).await,
+    }
+}
