@@ -52,7 +52,7 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_TOKEN_ISSUER", default_value = "waitroom")]
     pub token_issuer: String,
 
-    /// A queue to create at start if it does not exist: `ID[:key=value,...]` with keys mode (queueing, pass_through, paused, closed), max_active, admit_per_second, admission_ttl, heartbeat_timeout. Repeat the flag for more; in the environment, separate queues with `;`. An existing queue is left as it is.
+    /// A queue to create at start if it does not exist: `ID[:key=value,...]` with keys mode (queueing, pass_through, paused, closed), max_active, admit_per_second, admission_ttl, heartbeat_timeout, opens_at (RFC 3339), prequeue_window. Repeat the flag for more; in the environment, separate queues with `;`. An existing queue is left as it is.
     #[arg(long = "queue", env = "WAITROOM_QUEUES", value_delimiter = ';', value_parser = QueueSpec::parse)]
     pub queues: Vec<QueueSpec>,
 
@@ -60,7 +60,7 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_WATCH_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub watch_interval: Duration,
 
-    /// How often each replica's admitter admits what the queues' rates allow.
+    /// How often each replica's queue worker runs: automatic admission, the opening draw, releasing silent users.
     #[arg(long, env = "WAITROOM_ADMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub admit_interval: Duration,
 
@@ -131,6 +131,19 @@ impl QueueSpec {
                 "admit_per_second" => update.admit_per_second = Some(number(value)?),
                 "admission_ttl" => update.admission_ttl = Some(duration(value)?),
                 "heartbeat_timeout" => update.heartbeat_timeout = Some(duration(value)?),
+                "prequeue_window" => update.prequeue_window = Some(duration(value)?),
+                "opens_at" => {
+                    let at = humantime::parse_rfc3339_weak(value).map_err(|e| {
+                        format!(
+                            "opens_at: {value:?}: {e} (use RFC 3339, e.g. 2026-12-01T18:00:00Z)"
+                        )
+                    })?;
+                    let ms = at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_err(|_| format!("opens_at: {value:?} is before 1970"))?
+                        .as_millis() as u64;
+                    update.opens_at = Some(Some(ms));
+                }
                 other => return Err(format!("unknown queue setting {other:?}")),
             }
         }
@@ -146,9 +159,8 @@ impl QueueSpec {
 
     /// The queue this declares, created at `now_ms`.
     pub fn config(&self, now_ms: u64) -> QueueConfig {
-        let mut config = QueueConfig::new(self.id.clone());
+        let mut config = QueueConfig::new(self.id.clone()).created(now_ms);
         config.apply(&self.settings);
-        config.created_at_ms = now_ms;
         config
     }
 }

@@ -29,6 +29,12 @@ pub enum Error {
     QueueClosed(String),
     #[error("queue {0:?} is paused: nobody is admitted until it resumes")]
     QueuePaused(String),
+    #[error(
+        "queue {queue:?} does not take arrivals yet: its pre-queue opens at {opens_at_ms} ms since the epoch"
+    )]
+    QueueNotOpen { queue: String, opens_at_ms: u64 },
+    #[error("queue {0:?} has already opened: its opening can no longer be moved")]
+    OpeningPassed(String),
     /// The store did not answer in time or at all. Safe to retry.
     #[error("queue store unavailable: {0}")]
     Unavailable(String),
@@ -55,6 +61,8 @@ impl Error {
             Self::QueueAlreadyExists(_) => "QUEUE_ALREADY_EXISTS",
             Self::QueueClosed(_) => "QUEUE_CLOSED",
             Self::QueuePaused(_) => "QUEUE_PAUSED",
+            Self::QueueNotOpen { .. } => "QUEUE_NOT_OPEN",
+            Self::OpeningPassed(_) => "OPENING_PASSED",
             Self::Unavailable(_) => "STORE_UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
@@ -65,7 +73,10 @@ impl Error {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::QueueNotFound(_) | Self::PlaceNotFound(_) => Code::NotFound,
             Self::QueueAlreadyExists(_) => Code::AlreadyExists,
-            Self::QueueClosed(_) | Self::QueuePaused(_) => Code::FailedPrecondition,
+            Self::QueueClosed(_)
+            | Self::QueuePaused(_)
+            | Self::QueueNotOpen { .. }
+            | Self::OpeningPassed(_) => Code::FailedPrecondition,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }

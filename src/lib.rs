@@ -12,7 +12,8 @@
 //! - [`tokens`]: signing admission tokens, the published keys (JWKS), and a
 //!   [`tokens::Verifier`] a booking service can embed to check tokens
 //!   offline.
-//! - [`admitter`]: the automatic admission every replica runs.
+//! - [`worker`]: the background work every replica does: automatic
+//!   admission, the opening draw, releasing silent users.
 //! - [`watch`]: the per-instance hub that pushes place changes to
 //!   `WatchRank` streams.
 //! - [`http`]: the plain-HTTP port (JWKS, liveness).
@@ -22,7 +23,6 @@
 //! - [`error`]: the one error type and its mapping to gRPC status.
 //! - [`pb`]: the generated protobuf and gRPC code.
 
-pub mod admitter;
 pub mod api;
 pub mod config;
 pub mod domain;
@@ -35,5 +35,6 @@ pub mod telemetry;
 pub mod testkit;
 pub mod tokens;
 pub mod watch;
+pub mod worker;
 
 pub use error::{Error, Result};

@@ -16,7 +16,6 @@ use tonic_health::server::HealthReporter;
 
 use tower::util::MapResponseLayer;
 
-use crate::admitter::Admitter;
 use crate::api::{AdminApi, QueueApi, limits};
 use crate::config::Config;
 use crate::domain::{Clock, SystemClock};
@@ -25,6 +24,7 @@ use crate::pb::queue_service_server::QueueServiceServer;
 use crate::store::{MemoryStore, QueueStore, RedisOptions, RedisStore};
 use crate::tokens::{self, Keyring};
 use crate::watch::WatchHub;
+use crate::worker::QueueWorker;
 use crate::{Error, http, pb};
 
 /// How often readiness re-checks the store.
@@ -127,14 +127,14 @@ impl Application {
             Arc::clone(&hub),
             Arc::clone(&queues_changed),
         );
-        let admitter = Admitter::new(
+        let worker = QueueWorker::new(
             Arc::clone(&self.store),
             Arc::clone(&self.clock),
             hub,
             self.admit_interval,
             queues_changed,
         );
-        tokio::spawn(admitter.run(shutdown.clone()));
+        tokio::spawn(worker.run(shutdown.clone()));
         let http_stop = shutdown.clone();
         let http = axum::serve(self.http_listener, http::router(Arc::clone(&self.keyring)))
             .with_graceful_shutdown(async move { http_stop.cancelled().await });

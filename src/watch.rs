@@ -7,6 +7,10 @@
 //! when what the user sees has changed. Several streams of one user share
 //! one lookup. A stream whose client went away is dropped on the next tick;
 //! a stream that cannot keep up skips updates instead of slowing the others.
+//!
+//! An open stream is a sign of life. The hub records it for all the users it
+//! watches in one queue with one store write every third of the queue's
+//! heartbeat timeout, not one write per stream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -135,6 +139,7 @@ impl WatchHub {
 
     async fn run(self: Arc<Self>, queue: QueueId, watch: Arc<QueueWatch>) {
         let mut failures = 0u32;
+        let mut presence = Presence::new();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
@@ -158,7 +163,10 @@ impl WatchHub {
             users.sort();
             users.dedup();
             let now = self.clock.now_ms();
-            let survivors = match self.store.places(&queue, &users, now).await {
+            presence
+                .record(self.store.as_ref(), &queue, &users, now)
+                .await;
+            let survivors = match self.store.places(&queue, &users, false, now).await {
                 Ok(places) => {
                     failures = 0;
                     let places: HashMap<UserId, Option<Place>> =
@@ -195,6 +203,52 @@ impl WatchHub {
             queues.remove(queue);
         }
         empty
+    }
+}
+
+/// When a queue's watchers last showed life, and how often they must.
+struct Presence {
+    /// Every third of the heartbeat timeout, read from the queue now and
+    /// then so a changed timeout is followed.
+    every: Duration,
+    checked_at: Option<tokio::time::Instant>,
+    recorded_at: tokio::time::Instant,
+}
+
+impl Presence {
+    const RECHECK_CONFIG: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Self {
+            every: crate::domain::QueueConfig::HEARTBEAT_TIMEOUT_RANGE.0 / 3,
+            checked_at: None,
+            // Opening a stream looked the place up, which counts.
+            recorded_at: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn record(
+        &mut self,
+        store: &dyn QueueStore,
+        queue: &QueueId,
+        users: &[UserId],
+        now: u64,
+    ) {
+        if self
+            .checked_at
+            .is_none_or(|at| at.elapsed() >= Self::RECHECK_CONFIG)
+            && let Ok(config) = store.get_queue(queue).await
+        {
+            self.every = (config.heartbeat_timeout / 3).max(Duration::from_secs(1));
+            self.checked_at = Some(tokio::time::Instant::now());
+        }
+        if self.recorded_at.elapsed() < self.every {
+            return;
+        }
+        match store.touch(queue, users, now).await {
+            Ok(()) => self.recorded_at = tokio::time::Instant::now(),
+            Err(error) => tracing::debug!(%error, queue = %queue, "recording presence failed"),
+        }
     }
 }
 

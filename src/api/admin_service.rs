@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
-use super::convert::{duration_in, mode_in, queue_id, queue_out, stats_out};
+use super::convert::{duration_in, mode_in, queue_id, queue_out, stats_out, timestamp_in};
 use crate::domain::{Clock, QueueConfig, QueueId, QueueUpdate};
 use crate::pb;
 use crate::pb::queue_admin_service_server::QueueAdminService;
@@ -24,7 +24,7 @@ pub struct AdminApi {
     store: Arc<dyn QueueStore>,
     clock: Arc<dyn Clock>,
     hub: Arc<WatchHub>,
-    /// Wakes this instance's admitter to re-read the queues.
+    /// Wakes this instance's queue worker to re-read the queues.
     queues_changed: Arc<Notify>,
 }
 
@@ -43,7 +43,7 @@ impl AdminApi {
         }
     }
 
-    /// A queue changed: watchers and the admitter look again now.
+    /// A queue changed: watchers and the queue worker look again now.
     fn changed(&self, queue: &QueueId) {
         self.hub.nudge(queue);
         self.queues_changed.notify_one();
@@ -53,8 +53,7 @@ impl AdminApi {
 /// A new queue's configuration from its message: defaults filled in, every
 /// field checked.
 pub fn queue_config_in(queue: &pb::Queue, now_ms: u64) -> Result<QueueConfig> {
-    let mut config = QueueConfig::new(queue_id("queue.id", &queue.id)?);
-    config.created_at_ms = now_ms;
+    let mut config = QueueConfig::new(queue_id("queue.id", &queue.id)?).created(now_ms);
     let update = QueueUpdate {
         mode: mode_in("queue.mode", queue.mode)?,
         max_active: Some(queue.max_active),
@@ -68,6 +67,16 @@ pub fn queue_config_in(queue: &pb::Queue, now_ms: u64) -> Result<QueueConfig> {
             .heartbeat_timeout
             .as_ref()
             .map(|d| duration_in("queue.heartbeat_timeout", d))
+            .transpose()?,
+        opens_at: queue
+            .opens_at
+            .as_ref()
+            .map(|t| timestamp_in("queue.opens_at", t).map(Some))
+            .transpose()?,
+        prequeue_window: queue
+            .prequeue_window
+            .as_ref()
+            .map(|d| duration_in("queue.prequeue_window", d))
             .transpose()?,
     };
     config.apply(&update);
@@ -102,6 +111,12 @@ fn queue_update_in(
             if queue.heartbeat_timeout.is_some() {
                 implied.push("heartbeat_timeout".to_owned());
             }
+            if queue.opens_at.is_some() {
+                implied.push("opens_at".to_owned());
+            }
+            if queue.prequeue_window.is_some() {
+                implied.push("prequeue_window".to_owned());
+            }
             implied
         }
     };
@@ -133,7 +148,26 @@ fn queue_update_in(
                 })?;
                 update.heartbeat_timeout = Some(duration_in("queue.heartbeat_timeout", timeout)?);
             }
-            "id" | "create_time" => {
+            "opens_at" => {
+                // Named in the mask but absent: the opening is cleared.
+                update.opens_at = Some(
+                    queue
+                        .opens_at
+                        .as_ref()
+                        .map(|t| timestamp_in("queue.opens_at", t))
+                        .transpose()?,
+                );
+            }
+            "prequeue_window" => {
+                let window = queue.prequeue_window.as_ref().ok_or_else(|| {
+                    Error::invalid(
+                        "queue.prequeue_window",
+                        "must be set when update_mask names it",
+                    )
+                })?;
+                update.prequeue_window = Some(duration_in("queue.prequeue_window", window)?);
+            }
+            "id" | "create_time" | "draw_seed" | "draw_complete" => {
                 return Err(Error::invalid(
                     "update_mask",
                     format!("{path:?} cannot be changed"),
@@ -246,7 +280,10 @@ impl QueueAdminService for AdminApi {
             .ok_or_else(|| Error::invalid("queue", "is required"))?;
         let id = queue_id("queue.id", &queue.id)?;
         let update = queue_update_in(&queue, request.update_mask.as_ref())?;
-        let updated = self.store.update_queue(&id, &update).await?;
+        let updated = self
+            .store
+            .update_queue(&id, &update, self.clock.now_ms())
+            .await?;
         tracing::info!(queue = %id, mode = updated.mode.as_str(), "queue updated");
         self.changed(&id);
         Ok(Response::new(pb::UpdateQueueResponse {

@@ -48,6 +48,13 @@ pub(super) fn duration_out(value: Duration) -> prost_types::Duration {
     }
 }
 
+pub(super) fn timestamp_in(field: &str, value: &prost_types::Timestamp) -> Result<u64> {
+    if value.seconds < 0 || value.nanos < 0 {
+        return Err(Error::invalid(field, "must not be before 1970"));
+    }
+    Ok(value.seconds as u64 * 1000 + value.nanos as u64 / 1_000_000)
+}
+
 pub(super) fn timestamp_out(ms: u64) -> prost_types::Timestamp {
     prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms))
 }
@@ -81,6 +88,10 @@ pub(super) fn queue_out(config: &QueueConfig) -> pb::Queue {
         admission_ttl: Some(duration_out(config.admission_ttl)),
         heartbeat_timeout: Some(duration_out(config.heartbeat_timeout)),
         create_time: Some(timestamp_out(config.created_at_ms)),
+        opens_at: config.opens_at_ms.map(timestamp_out),
+        prequeue_window: Some(duration_out(config.prequeue_window)),
+        draw_seed: config.draw_seed.clone().unwrap_or_default(),
+        draw_complete: config.draw_complete,
     }
 }
 
@@ -95,6 +106,8 @@ pub(super) fn stats_out(queue: &QueueId, stats: &QueueStats) -> pb::QueueStats {
         expired_total: stats.expired,
         left_total: stats.left,
         admit_rate: stats.rate.per_second().unwrap_or(0.0),
+        abandoned_total: stats.abandoned,
+        prequeue_count: stats.prequeued,
     }
 }
 
@@ -119,8 +132,13 @@ pub(super) fn place_out(
     user: &UserId,
     place: &Place,
 ) -> Result<pb::Place> {
+    let mut opens_in = None;
     let (state, position, admission) = match &place.state {
         PlaceState::Waiting { position } => (pb::PlaceState::Waiting, *position, None),
+        PlaceState::PreQueue { opens_in_ms } => {
+            opens_in = Some(duration_out(Duration::from_millis(*opens_in_ms)));
+            (pb::PlaceState::PreQueue, 0, None)
+        }
         PlaceState::Admitted(admission) => (
             pb::PlaceState::Admitted,
             0,
@@ -136,6 +154,7 @@ pub(super) fn place_out(
         admission,
         ticket: place.ticket,
         queue_mode: mode_out(place.mode) as i32,
+        opens_in,
     })
 }
 

@@ -3,6 +3,7 @@
 //! Redis.
 
 mod clock;
+pub mod draw;
 mod estimate;
 mod ids;
 mod place;

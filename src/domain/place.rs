@@ -27,13 +27,20 @@ pub enum PlaceState {
     Admitted(Admission),
     /// Waiting in a closed queue: the place is kept, nobody moves.
     Closed,
+    /// Arrived before a scheduled opening; `opens_in_ms` is 0 while the
+    /// opening draw is placing everyone.
+    PreQueue {
+        opens_in_ms: u64,
+    },
 }
 
 /// A user's place in a queue, as of one moment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Place {
     pub state: PlaceState,
+    /// 0 while pre-queued (the ticket comes with the opening draw).
     pub ticket: u64,
+    /// Everyone in line: waiting or pre-queued.
     pub waiting_count: u64,
     pub mode: QueueMode,
     pub rate: RateSample,
@@ -55,7 +62,7 @@ impl Place {
                 .estimate(position)
                 .map(|wait| Duration::from_secs(wait.as_secs_f64().ceil() as u64)),
             PlaceState::Admitted(_) => Some(Duration::ZERO),
-            PlaceState::Closed => None,
+            PlaceState::Closed | PlaceState::PreQueue { .. } => None,
         }
     }
 }

@@ -55,6 +55,18 @@ pub struct QueueConfig {
     /// When the queue was created. Also tells apart two queues that had the
     /// same id at different times, so their token ids never collide.
     pub created_at_ms: u64,
+    /// A scheduled opening, if any (see [`super::draw`]).
+    pub opens_at_ms: Option<u64>,
+    /// How long before the opening users may join the pre-queue.
+    pub prequeue_window: Duration,
+    /// Kept by the store: the opening draw's seed once it has started.
+    pub draw_seed: Option<String>,
+    /// Kept by the store: the opening draw has placed everyone.
+    pub draw_complete: bool,
+    /// Kept by the store: presence is counted from here (creation, or the
+    /// last reopening after `CLOSED`), so nobody is reaped for the time a
+    /// closed queue gave them no reason to watch.
+    pub presence_since_ms: u64,
 }
 
 impl QueueConfig {
@@ -64,6 +76,9 @@ impl QueueConfig {
         (Duration::from_secs(1), Duration::from_secs(24 * 3600));
     pub const HEARTBEAT_TIMEOUT_RANGE: (Duration, Duration) =
         (Duration::from_secs(5), Duration::from_secs(24 * 3600));
+    pub const DEFAULT_PREQUEUE_WINDOW: Duration = Duration::from_secs(3600);
+    pub const PREQUEUE_WINDOW_RANGE: (Duration, Duration) =
+        (Duration::ZERO, Duration::from_secs(7 * 24 * 3600));
 
     /// A queue with default settings.
     pub fn new(id: QueueId) -> Self {
@@ -75,7 +90,19 @@ impl QueueConfig {
             admission_ttl: Self::DEFAULT_ADMISSION_TTL,
             heartbeat_timeout: Self::DEFAULT_HEARTBEAT_TIMEOUT,
             created_at_ms: 0,
+            opens_at_ms: None,
+            prequeue_window: Self::DEFAULT_PREQUEUE_WINDOW,
+            draw_seed: None,
+            draw_complete: false,
+            presence_since_ms: 0,
         }
+    }
+
+    /// The queue as created at `now_ms`.
+    pub fn created(mut self, now_ms: u64) -> Self {
+        self.created_at_ms = now_ms;
+        self.presence_since_ms = now_ms;
+        self
     }
 
     /// Applies a change; the fields it leaves out keep their values.
@@ -95,6 +122,12 @@ impl QueueConfig {
         if let Some(timeout) = update.heartbeat_timeout {
             self.heartbeat_timeout = timeout;
         }
+        if let Some(opens_at) = update.opens_at {
+            self.opens_at_ms = opens_at;
+        }
+        if let Some(window) = update.prequeue_window {
+            self.prequeue_window = window;
+        }
     }
 
     /// Checks the durations are within their documented ranges; returns the
@@ -109,6 +142,11 @@ impl QueueConfig {
             "heartbeat_timeout",
             self.heartbeat_timeout,
             Self::HEARTBEAT_TIMEOUT_RANGE,
+        )?;
+        check_range(
+            "prequeue_window",
+            self.prequeue_window,
+            Self::PREQUEUE_WINDOW_RANGE,
         )
     }
 }
@@ -140,6 +178,9 @@ pub struct QueueUpdate {
     pub admit_per_second: Option<u32>,
     pub admission_ttl: Option<Duration>,
     pub heartbeat_timeout: Option<Duration>,
+    /// `Some(None)` clears the opening.
+    pub opens_at: Option<Option<u64>>,
+    pub prequeue_window: Option<Duration>,
 }
 
 /// A queue's gauges and counters.
@@ -152,5 +193,7 @@ pub struct QueueStats {
     pub completed: u64,
     pub expired: u64,
     pub left: u64,
+    pub abandoned: u64,
+    pub prequeued: u64,
     pub rate: super::RateSample,
 }

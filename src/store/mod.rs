@@ -23,6 +23,16 @@
 //!   are looked at. `PAUSED`: joins are accepted, admission is refused.
 //!   `CLOSED`: joins are refused, waiting users see the closed state, places
 //!   are kept.
+//! - Scheduled opening: before `opens_at` (within the pre-queue window)
+//!   arrivals are pre-queued, without a ticket. The first call at or after
+//!   `opens_at` freezes the pre-queue and reserves a block of tickets for
+//!   it; later arrivals get tickets after the block. `draw_step` then
+//!   places the pre-queued users in the drawn order ([`crate::domain::draw`])
+//!   a chunk per call; nobody is admitted until the draw is complete.
+//! - Presence: enqueue, a place lookup with `touch`, and [`QueueStore::touch`]
+//!   record a sign of life for users in line. `reap` releases those silent
+//!   for longer than the heartbeat timeout (not while the queue is closed,
+//!   and counting presence only from the last reopening).
 //! - Time is always the caller's `now_ms`, never the store's own clock.
 
 mod memory;
@@ -52,7 +62,14 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Queues with an id greater than `after`, in id order, at most `limit`.
     async fn list_queues(&self, after: Option<&QueueId>, limit: usize) -> Result<Vec<QueueConfig>>;
 
-    async fn update_queue(&self, queue: &QueueId, update: &QueueUpdate) -> Result<QueueConfig>;
+    /// Changes a queue. Moving or clearing the opening once it has happened
+    /// is refused.
+    async fn update_queue(
+        &self,
+        queue: &QueueId,
+        update: &QueueUpdate,
+        now_ms: u64,
+    ) -> Result<QueueConfig>;
 
     /// Deletes a queue and everyone in it. Consumed token ids are kept until
     /// the tokens expire.
@@ -62,21 +79,37 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place>;
 
     /// The places of several users of one queue; `None` for a user neither
-    /// waiting nor admitted.
+    /// in line nor admitted. With `touch`, the lookup is a sign of life of
+    /// those in line.
     async fn places(
         &self,
         queue: &QueueId,
         users: &[UserId],
+        touch: bool,
         now_ms: u64,
     ) -> Result<Vec<Option<Place>>>;
 
-    /// The place of one user; `None` when neither waiting nor admitted.
+    /// The place of one user, looked up by the user (a sign of life).
     async fn place(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Option<Place>> {
         let mut places = self
-            .places(queue, std::slice::from_ref(user), now_ms)
+            .places(queue, std::slice::from_ref(user), true, now_ms)
             .await?;
         Ok(places.pop().flatten())
     }
+
+    /// Records a sign of life for those of `users` still in line: one write
+    /// for all the streams of one queue on one instance.
+    async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()>;
+
+    /// Releases up to `limit` users in line who showed no sign of life
+    /// within the heartbeat timeout; returns how many. Idempotent, safe on
+    /// every replica at once.
+    async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64>;
+
+    /// Does one chunk of the opening draw with `seed` (used only by the step
+    /// that starts it). True once the draw is complete or there is none.
+    async fn draw_step(&self, queue: &QueueId, seed: &str, chunk: u32, now_ms: u64)
+    -> Result<bool>;
 
     /// Gives up a user's place or admission. True if there was one.
     async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool>;

@@ -117,7 +117,7 @@ async fn modes(store: &dyn QueueStore) {
         ..Default::default()
     };
     store
-        .update_queue(&q("s"), &set(QueueMode::Paused))
+        .update_queue(&q("s"), &set(QueueMode::Paused), T0)
         .await
         .unwrap();
     assert!(matches!(
@@ -127,7 +127,7 @@ async fn modes(store: &dyn QueueStore) {
     assert_eq!(position(store, "s", "b", T0).await, None);
     store.enqueue(&q("s"), &u("b"), T0).await.unwrap();
     store
-        .update_queue(&q("s"), &set(QueueMode::Closed))
+        .update_queue(&q("s"), &set(QueueMode::Closed), T0)
         .await
         .unwrap();
     assert!(matches!(
@@ -144,7 +144,7 @@ async fn modes(store: &dyn QueueStore) {
         (PlaceState::Closed, QueueMode::Closed)
     );
     store
-        .update_queue(&q("s"), &set(QueueMode::PassThrough))
+        .update_queue(&q("s"), &set(QueueMode::PassThrough), T0)
         .await
         .unwrap();
     let c = store.enqueue(&q("s"), &u("c"), T0).await.unwrap();
@@ -208,6 +208,7 @@ async fn queue_lifecycle(store: &dyn QueueStore) {
                 max_active: Some(9),
                 ..Default::default()
             },
+            T0,
         )
         .await
         .unwrap();

@@ -18,7 +18,11 @@ const USERS: u8 = 8;
 enum Op {
     Enqueue(u8),
     Leave(u8),
-    Places(Vec<u8>),
+    Places(Vec<u8>, bool),
+    Touch(Vec<u8>),
+    Reap,
+    DrawStep(u8),
+    SetOpening(Option<u64>),
     Admit(u32, Option<u8>),
     AdmitDue(u32),
     SetRate(u32),
@@ -28,7 +32,8 @@ enum Op {
     Advance(u64),
     Stats,
     Consume(u8, u64),
-    Recreate,
+    /// Delete and create again; with a scheduled opening 30 s ahead.
+    Recreate(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -41,7 +46,11 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..USERS).prop_map(Op::Enqueue),
         2 => (0..USERS).prop_map(Op::Leave),
-        3 => proptest::collection::vec(0..USERS, 1..4).prop_map(Op::Places),
+        3 => (proptest::collection::vec(0..USERS, 1..4), any::<bool>()).prop_map(|(u, t)| Op::Places(u, t)),
+        1 => proptest::collection::vec(0..USERS, 1..4).prop_map(Op::Touch),
+        1 => Just(Op::Reap),
+        2 => (0u8..3).prop_map(Op::DrawStep),
+        1 => proptest::option::of(0u64..90_000).prop_map(Op::SetOpening),
         3 => (1u32..4, proptest::option::of(0u8..3)).prop_map(|(n, r)| Op::Admit(n, r)),
         2 => (0..USERS).prop_map(Op::Complete),
         2 => (1u32..5).prop_map(Op::AdmitDue),
@@ -51,7 +60,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => prop_oneof![0u64..2_000, 100u64..700, 20_000u64..40_000, 599_000u64..601_000].prop_map(Op::Advance),
         1 => Just(Op::Stats),
         1 => (0u8..3, 1u64..5_000).prop_map(|(t, ttl)| Op::Consume(t, ttl)),
-        1 => Just(Op::Recreate),
+        1 => any::<bool>().prop_map(Op::Recreate),
     ]
 }
 
@@ -76,10 +85,28 @@ async fn apply(store: &dyn QueueStore, op: &Op, now: u64) -> String {
     match op {
         Op::Enqueue(u) => show(store.enqueue(&q, &user(*u), now).await),
         Op::Leave(u) => show(store.leave(&q, &user(*u), now).await),
-        Op::Places(us) => {
+        Op::Places(us, touch) => {
             let users: Vec<UserId> = us.iter().map(|u| user(*u)).collect();
-            show(store.places(&q, &users, now).await)
+            show(store.places(&q, &users, *touch, now).await)
         }
+        Op::Touch(us) => {
+            let users: Vec<UserId> = us.iter().map(|u| user(*u)).collect();
+            show(store.touch(&q, &users, now).await)
+        }
+        Op::Reap => show(store.reap(&q, 3, now).await),
+        Op::DrawStep(seed) => show(store.draw_step(&q, &format!("seed{seed}"), 2, now).await),
+        Op::SetOpening(at) => show(
+            store
+                .update_queue(
+                    &q,
+                    &QueueUpdate {
+                        opens_at: Some(at.map(|delta| now + delta)),
+                        ..Default::default()
+                    },
+                    now,
+                )
+                .await,
+        ),
         Op::Admit(n, request) => {
             let request = request.map(|r| RequestId::parse(&format!("req-{r}")).unwrap());
             show(store.admit(&q, *n, request.as_ref(), now).await)
@@ -93,6 +120,7 @@ async fn apply(store: &dyn QueueStore, op: &Op, now: u64) -> String {
                         admit_per_second: Some(*n),
                         ..Default::default()
                     },
+                    now,
                 )
                 .await,
         ),
@@ -105,6 +133,7 @@ async fn apply(store: &dyn QueueStore, op: &Op, now: u64) -> String {
                         mode: Some(*mode),
                         ..Default::default()
                     },
+                    now,
                 )
                 .await,
         ),
@@ -116,6 +145,7 @@ async fn apply(store: &dyn QueueStore, op: &Op, now: u64) -> String {
                         max_active: Some(*n),
                         ..Default::default()
                     },
+                    now,
                 )
                 .await,
         ),
@@ -126,18 +156,23 @@ async fn apply(store: &dyn QueueStore, op: &Op, now: u64) -> String {
                 .consume_token(&q, &format!("prop.1.{t}"), now + ttl, now)
                 .await,
         ),
-        Op::Recreate => {
+        Op::Recreate(scheduled) => {
             let deleted = show(store.delete_queue(&q).await);
-            format!("{deleted} {}", show(store.create_queue(&config(now)).await))
+            let mut config = config(now);
+            if *scheduled {
+                config.opens_at_ms = Some(now + 30_000);
+            }
+            format!("{deleted} {}", show(store.create_queue(&config).await))
         }
     }
 }
 
 fn config(now: u64) -> QueueConfig {
-    let mut config = QueueConfig::new(queue());
+    let mut config = QueueConfig::new(queue()).created(now);
     config.max_active = 2;
     config.admission_ttl = Duration::from_secs(30);
-    config.created_at_ms = now;
+    config.heartbeat_timeout = Duration::from_secs(25);
+    config.prequeue_window = Duration::from_secs(20);
     config
 }
 
@@ -157,23 +192,32 @@ fn random_operation_sequences_get_identical_answers_from_both_stores() {
         ..ProptestConfig::default()
     });
     runner
-        .run(&proptest::collection::vec(op(), 1..60), |ops| {
-            runtime.block_on(async {
-                let memory = MemoryStore::new();
-                let redis_store: RedisStore = redis.store().await;
-                let mut now = T0;
-                memory.create_queue(&config(now)).await.unwrap();
-                redis_store.create_queue(&config(now)).await.unwrap();
-                for (step, op) in ops.iter().enumerate() {
-                    if let Op::Advance(ms) = op {
-                        now += ms;
+        .run(
+            &(any::<bool>(), proptest::collection::vec(op(), 1..60)),
+            |(scheduled, ops)| {
+                runtime.block_on(async {
+                    let memory = MemoryStore::new();
+                    let redis_store: RedisStore = redis.store().await;
+                    let mut now = T0;
+                    // Half the sequences start before a scheduled opening, inside
+                    // the pre-queue window.
+                    let mut first = config(now);
+                    if scheduled {
+                        first.opens_at_ms = Some(now + 15_000);
                     }
-                    let expected = apply(&memory, op, now).await;
-                    let actual = apply(&redis_store, op, now).await;
-                    prop_assert_eq!(&actual, &expected, "step {} {:?}", step, op);
-                }
-                Ok(())
-            })
-        })
+                    memory.create_queue(&first).await.unwrap();
+                    redis_store.create_queue(&first).await.unwrap();
+                    for (step, op) in ops.iter().enumerate() {
+                        if let Op::Advance(ms) = op {
+                            now += ms;
+                        }
+                        let expected = apply(&memory, op, now).await;
+                        let actual = apply(&redis_store, op, now).await;
+                        prop_assert_eq!(&actual, &expected, "step {} {:?}", step, op);
+                    }
+                    Ok(())
+                })
+            },
+        )
         .unwrap();
 }

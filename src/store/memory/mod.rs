@@ -1,6 +1,7 @@
 //! The in-memory store: one process, no persistence, and the executable
 //! specification of the queue's semantics. The Redis store is tested against
-//! it answer for answer, so every branch here has its twin in a Lua script.
+//! it answer for answer, so every branch here has its twin in a Lua script
+//! (`store/redis/scripts/`), named alike.
 
 mod rank_index;
 
@@ -11,6 +12,7 @@ use async_trait::async_trait;
 
 use self::rank_index::RankIndex;
 use super::{BATCH_RESULT_TTL_MS, QueueStore};
+use crate::domain::draw::draw_key;
 use crate::domain::{
     Admission, Admitted, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats,
     QueueUpdate, RateSample, RequestId, UserId,
@@ -40,12 +42,33 @@ struct Counters {
     completed: u64,
     expired: u64,
     left: u64,
+    abandoned: u64,
+}
+
+/// Where the opening draw stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Draw {
+    /// No opening has happened (none scheduled, or not yet).
+    None,
+    /// The opening happened; the pre-queue is frozen, its tickets reserved.
+    Frozen,
+    /// Pre-queued users are being given their draw keys.
+    Hashing,
+    /// Users are being placed in key order.
+    Assigning,
+    Done,
+}
+
+impl Draw {
+    fn in_progress(self) -> bool {
+        matches!(self, Self::Frozen | Self::Hashing | Self::Assigning)
+    }
 }
 
 #[derive(Debug)]
 struct QueueState {
     config: QueueConfig,
-    /// Last ticket given.
+    /// Last ticket given or reserved.
     seq: u64,
     /// Waiting users by ticket; `tickets` is its inverse and `ranks` counts
     /// it. The three always hold the same set.
@@ -62,6 +85,19 @@ struct QueueState {
     /// The rate's token bucket: milli-tokens and when it was last refilled;
     /// `None` until first used (it starts full).
     bucket: Option<(u64, u64)>,
+    /// Pre-queued users by arrival; `prequeued` is its inverse.
+    prequeue: BTreeMap<u64, UserId>,
+    prequeued: HashMap<UserId, u64>,
+    prequeue_seq: u64,
+    /// Users drawn but not yet placed, by draw key; `pooled` is its inverse.
+    pool: BTreeSet<(u64, UserId)>,
+    pooled: HashMap<UserId, u64>,
+    draw: Draw,
+    /// Next ticket of the block reserved for the pre-queue.
+    draw_next: u64,
+    /// Last sign of life of users in line; `seen_by_time` orders it.
+    seen: HashMap<UserId, u64>,
+    seen_by_time: BTreeSet<(u64, UserId)>,
 }
 
 impl QueueState {
@@ -78,6 +114,67 @@ impl QueueState {
             rate: BTreeMap::new(),
             batches: HashMap::new(),
             bucket: None,
+            prequeue: BTreeMap::new(),
+            prequeued: HashMap::new(),
+            prequeue_seq: 0,
+            pool: BTreeSet::new(),
+            pooled: HashMap::new(),
+            draw: Draw::None,
+            draw_next: 0,
+            seen: HashMap::new(),
+            seen_by_time: BTreeSet::new(),
+        }
+    }
+
+    /// What every operation does first: end the admissions whose time is
+    /// up, and open the queue if its opening is due.
+    fn prepare(&mut self, now_ms: u64) {
+        while let Some((expires_at, _)) = self.active.first() {
+            if *expires_at > now_ms {
+                break;
+            }
+            if let Some((_, user)) = self.active.pop_first() {
+                self.admitted.remove(&user);
+                self.counters.expired += 1;
+            }
+        }
+        self.open_if_due(now_ms);
+    }
+
+    /// At the opening, freeze the pre-queue and reserve its tickets. A
+    /// cleared opening with people pre-queued opens at once.
+    fn open_if_due(&mut self, now_ms: u64) {
+        if self.draw != Draw::None {
+            return;
+        }
+        let due = match self.config.opens_at_ms {
+            Some(opens_at) => now_ms >= opens_at,
+            None => !self.prequeue.is_empty(),
+        };
+        if !due {
+            return;
+        }
+        let size = self.prequeue.len() as u64;
+        self.draw_next = self.seq + 1;
+        self.seq += size;
+        self.draw = if size == 0 { Draw::Done } else { Draw::Frozen };
+        self.config.draw_complete = size == 0;
+    }
+
+    fn in_line(&self) -> u64 {
+        (self.waiting.len() + self.prequeue.len() + self.pool.len()) as u64
+    }
+
+    fn see(&mut self, user: &UserId, now_ms: u64) {
+        if let Some(previous) = self.seen.insert(user.clone(), now_ms) {
+            self.seen_by_time.remove(&(previous, user.clone()));
+        }
+        self.seen_by_time.insert((now_ms, user.clone()));
+    }
+
+    fn unsee(&mut self, user: &UserId) {
+        if let Some(previous) = self.seen.remove(user) {
+            self.seen_by_time.remove(&(previous, user.clone()));
         }
     }
 
@@ -105,6 +202,31 @@ impl QueueState {
         }
     }
 
+    fn admit_user(&mut self, user: UserId, ticket: u64, now_ms: u64) -> Admission {
+        let expires_at_ms = now_ms + self.config.admission_ttl.as_millis() as u64;
+        let admission = Admission {
+            ticket,
+            admitted_at_ms: now_ms,
+            expires_at_ms,
+            queue_epoch_ms: self.config.created_at_ms,
+        };
+        self.unsee(&user);
+        self.active.insert((expires_at_ms, user.clone()));
+        self.admitted.insert(user, admission.clone());
+        admission
+    }
+
+    /// Counts `n` admissions made at `now_ms` for the stats and the rate.
+    fn record_admissions(&mut self, n: u64, now_ms: u64) {
+        if n == 0 {
+            return;
+        }
+        self.counters.admitted += n;
+        *self.rate.entry(now_ms / 1000).or_default() += n;
+        let first = RateSample::first_bucket(now_ms);
+        self.rate.retain(|bucket, _| *bucket >= first);
+    }
+
     /// Admits up to `room` waiting users, lowest tickets first.
     fn admit_next(&mut self, room: u64, now_ms: u64) -> Vec<Admitted> {
         let mut admitted = Vec::new();
@@ -117,37 +239,14 @@ impl QueueState {
             let admission = self.admit_user(user.clone(), ticket, now_ms);
             admitted.push(Admitted { user, admission });
         }
+        self.record_admissions(admitted.len() as u64, now_ms);
         admitted
     }
 
-    /// Ends the admissions whose time is up.
-    fn expire(&mut self, now_ms: u64) {
-        while let Some((expires_at, _)) = self.active.first() {
-            if *expires_at > now_ms {
-                break;
-            }
-            if let Some((_, user)) = self.active.pop_first() {
-                self.admitted.remove(&user);
-                self.counters.expired += 1;
-            }
-        }
-    }
-
-    fn admit_user(&mut self, user: UserId, ticket: u64, now_ms: u64) -> Admission {
-        let expires_at_ms = now_ms + self.config.admission_ttl.as_millis() as u64;
-        let admission = Admission {
-            ticket,
-            admitted_at_ms: now_ms,
-            expires_at_ms,
-            queue_epoch_ms: self.config.created_at_ms,
-        };
-        self.active.insert((expires_at_ms, user.clone()));
-        self.admitted.insert(user, admission.clone());
-        self.counters.admitted += 1;
-        *self.rate.entry(now_ms / 1000).or_default() += 1;
-        let first = RateSample::first_bucket(now_ms);
-        self.rate.retain(|bucket, _| *bucket >= first);
-        admission
+    fn add_waiting(&mut self, user: UserId, ticket: u64) {
+        self.waiting.insert(ticket, user.clone());
+        self.tickets.insert(user, ticket);
+        self.ranks.insert(ticket);
     }
 
     fn remove_waiting(&mut self, user: &UserId) -> Option<u64> {
@@ -155,6 +254,25 @@ impl QueueState {
         self.waiting.remove(&ticket);
         self.ranks.remove(ticket);
         Some(ticket)
+    }
+
+    /// Takes a user out of the line wherever they stand in it.
+    fn remove_from_line(&mut self, user: &UserId) -> bool {
+        let removed = self.remove_waiting(user).is_some()
+            || self
+                .prequeued
+                .remove(user)
+                .map(|arrival| self.prequeue.remove(&arrival))
+                .is_some()
+            || self
+                .pooled
+                .remove(user)
+                .map(|key| self.pool.remove(&(key, user.clone())))
+                .is_some();
+        if removed {
+            self.unsee(user);
+        }
+        removed
     }
 
     fn end_admission(&mut self, user: &UserId) -> bool {
@@ -183,7 +301,7 @@ impl QueueState {
         Place {
             state,
             ticket,
-            waiting_count: self.waiting.len() as u64,
+            waiting_count: self.in_line(),
             mode: self.config.mode,
             rate: self.rate_sample(now_ms),
         }
@@ -194,25 +312,41 @@ impl QueueState {
         self.place(PlaceState::Admitted(admission), ticket, now_ms)
     }
 
-    /// The place of a user after expiry; admits a waiting user when the
-    /// queue is in pass-through mode.
+    fn prequeue_place(&self, now_ms: u64) -> Place {
+        let opens_in_ms = match (self.draw, self.config.opens_at_ms) {
+            (Draw::None, Some(opens_at)) => opens_at.saturating_sub(now_ms),
+            _ => 0,
+        };
+        self.place(PlaceState::PreQueue { opens_in_ms }, 0, now_ms)
+    }
+
+    /// The place of a user; admits a waiting user on the spot in
+    /// pass-through mode (unless the opening draw is still placing people).
     fn current_place(&mut self, user: &UserId, now_ms: u64) -> Option<Place> {
         if let Some(admission) = self.admitted.get(user) {
             return Some(self.admitted_place(admission.clone(), now_ms));
         }
+        if self.prequeued.contains_key(user) || self.pooled.contains_key(user) {
+            return Some(self.prequeue_place(now_ms));
+        }
         let ticket = *self.tickets.get(user)?;
         Some(match self.config.mode {
-            QueueMode::PassThrough => {
+            QueueMode::PassThrough if !self.draw.in_progress() => {
                 self.remove_waiting(user);
                 let admission = self.admit_user(user.clone(), ticket, now_ms);
+                self.record_admissions(1, now_ms);
                 self.admitted_place(admission, now_ms)
             }
             QueueMode::Closed => self.place(PlaceState::Closed, ticket, now_ms),
-            QueueMode::Queueing | QueueMode::Paused => {
+            _ => {
                 let position = self.ranks.count_up_to(ticket);
                 self.place(PlaceState::Waiting { position }, ticket, now_ms)
             }
         })
+    }
+
+    fn config(&self) -> QueueConfig {
+        self.config.clone()
     }
 }
 
@@ -255,25 +389,37 @@ impl QueueStore for MemoryStore {
     }
 
     async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig> {
-        self.with_queue(queue, |state| Ok(state.config.clone()))
+        self.with_queue(queue, |state| Ok(state.config()))
     }
 
     async fn list_queues(&self, after: Option<&QueueId>, limit: usize) -> Result<Vec<QueueConfig>> {
+        use std::ops::Bound::{Excluded, Unbounded};
         let inner = self.lock()?;
         let range = match after {
-            Some(after) => inner.queues.range::<QueueId, _>((
-                std::ops::Bound::Excluded(after),
-                std::ops::Bound::Unbounded,
-            )),
+            Some(after) => inner
+                .queues
+                .range::<QueueId, _>((Excluded(after), Unbounded)),
             None => inner.queues.range::<QueueId, _>(..),
         };
-        Ok(range.take(limit).map(|(_, s)| s.config.clone()).collect())
+        Ok(range.take(limit).map(|(_, s)| s.config()).collect())
     }
 
-    async fn update_queue(&self, queue: &QueueId, update: &QueueUpdate) -> Result<QueueConfig> {
+    async fn update_queue(
+        &self,
+        queue: &QueueId,
+        update: &QueueUpdate,
+        now_ms: u64,
+    ) -> Result<QueueConfig> {
         self.with_queue(queue, |state| {
+            if update.opens_at.is_some() && state.draw != Draw::None {
+                return Err(Error::OpeningPassed(queue.to_string()));
+            }
+            let was_closed = state.config.mode == QueueMode::Closed;
             state.config.apply(update);
-            Ok(state.config.clone())
+            if was_closed && state.config.mode != QueueMode::Closed {
+                state.config.presence_since_ms = now_ms;
+            }
+            Ok(state.config())
         })
     }
 
@@ -287,7 +433,7 @@ impl QueueStore for MemoryStore {
 
     async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
         self.with_queue(queue, |state| {
-            state.expire(now_ms);
+            state.prepare(now_ms);
             if let Some(admission) = state.admitted.get(user) {
                 return Ok(state.admitted_place(admission.clone(), now_ms));
             }
@@ -295,28 +441,51 @@ impl QueueStore for MemoryStore {
                 return Err(Error::QueueClosed(queue.to_string()));
             }
             if let Some(place) = state.current_place(user, now_ms) {
+                if !place.is_final() {
+                    state.see(user, now_ms);
+                }
                 return Ok(place);
+            }
+            if state.draw == Draw::None
+                && let Some(opens_at) = state.config.opens_at_ms
+            {
+                let window_opens =
+                    opens_at.saturating_sub(state.config.prequeue_window.as_millis() as u64);
+                if now_ms < window_opens {
+                    return Err(Error::QueueNotOpen {
+                        queue: queue.to_string(),
+                        opens_at_ms: window_opens,
+                    });
+                }
+                state.prequeue_seq += 1;
+                let arrival = state.prequeue_seq;
+                state.prequeue.insert(arrival, user.clone());
+                state.prequeued.insert(user.clone(), arrival);
+                state.counters.enqueued += 1;
+                state.see(user, now_ms);
+                return Ok(state.prequeue_place(now_ms));
             }
             state.seq += 1;
             let ticket = state.seq;
             state.counters.enqueued += 1;
             let limited = state.config.max_active > 0 || state.config.admit_per_second > 0;
-            let admit_now = match state.config.mode {
-                QueueMode::PassThrough => true,
-                QueueMode::Queueing
-                    if limited && state.waiting.is_empty() && state.free_slots() > 0 =>
-                {
-                    state.config.admit_per_second == 0 || state.take_tokens(1, now_ms) == 1
-                }
-                _ => false,
-            };
+            let admit_now = !state.draw.in_progress()
+                && match state.config.mode {
+                    QueueMode::PassThrough => true,
+                    QueueMode::Queueing
+                        if limited && state.waiting.is_empty() && state.free_slots() > 0 =>
+                    {
+                        state.config.admit_per_second == 0 || state.take_tokens(1, now_ms) == 1
+                    }
+                    _ => false,
+                };
             if admit_now {
                 let admission = state.admit_user(user.clone(), ticket, now_ms);
+                state.record_admissions(1, now_ms);
                 return Ok(state.admitted_place(admission, now_ms));
             }
-            state.waiting.insert(ticket, user.clone());
-            state.tickets.insert(user.clone(), ticket);
-            state.ranks.insert(ticket);
+            state.add_waiting(user.clone(), ticket);
+            state.see(user, now_ms);
             let position = state.ranks.count_up_to(ticket);
             Ok(state.place(PlaceState::Waiting { position }, ticket, now_ms))
         })
@@ -326,21 +495,113 @@ impl QueueStore for MemoryStore {
         &self,
         queue: &QueueId,
         users: &[UserId],
+        touch: bool,
         now_ms: u64,
     ) -> Result<Vec<Option<Place>>> {
         self.with_queue(queue, |state| {
-            state.expire(now_ms);
+            state.prepare(now_ms);
             Ok(users
                 .iter()
-                .map(|user| state.current_place(user, now_ms))
+                .map(|user| {
+                    let place = state.current_place(user, now_ms);
+                    if touch && place.as_ref().is_some_and(|p| !p.is_final()) {
+                        state.see(user, now_ms);
+                    }
+                    place
+                })
                 .collect())
+        })
+    }
+
+    async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()> {
+        self.with_queue(queue, |state| {
+            for user in users {
+                if state.seen.contains_key(user) {
+                    state.see(user, now_ms);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
+        self.with_queue(queue, |state| {
+            if state.config.mode == QueueMode::Closed {
+                return Ok(0);
+            }
+            let cutoff = now_ms.saturating_sub(state.config.heartbeat_timeout.as_millis() as u64);
+            if state.config.presence_since_ms >= cutoff {
+                return Ok(0);
+            }
+            let silent: Vec<UserId> = state
+                .seen_by_time
+                .iter()
+                .take_while(|(seen, _)| *seen < cutoff)
+                .take(limit as usize)
+                .map(|(_, user)| user.clone())
+                .collect();
+            for user in &silent {
+                state.remove_from_line(user);
+            }
+            state.counters.abandoned += silent.len() as u64;
+            Ok(silent.len() as u64)
+        })
+    }
+
+    async fn draw_step(
+        &self,
+        queue: &QueueId,
+        seed: &str,
+        chunk: u32,
+        now_ms: u64,
+    ) -> Result<bool> {
+        self.with_queue(queue, |state| {
+            state.prepare(now_ms);
+            if state.draw == Draw::Frozen {
+                state.config.draw_seed = Some(seed.to_owned());
+                state.draw = Draw::Hashing;
+            }
+            match state.draw {
+                Draw::Hashing => {
+                    let seed = state.config.draw_seed.clone().unwrap_or_default();
+                    for _ in 0..chunk {
+                        let Some((_, user)) = state.prequeue.pop_first() else {
+                            break;
+                        };
+                        state.prequeued.remove(&user);
+                        let key = draw_key(&seed, &user);
+                        state.pool.insert((key, user.clone()));
+                        state.pooled.insert(user, key);
+                    }
+                    if state.prequeue.is_empty() {
+                        state.draw = Draw::Assigning;
+                    }
+                }
+                Draw::Assigning => {
+                    for _ in 0..chunk {
+                        let Some((_, user)) = state.pool.pop_first() else {
+                            break;
+                        };
+                        state.pooled.remove(&user);
+                        let ticket = state.draw_next;
+                        state.draw_next += 1;
+                        state.add_waiting(user, ticket);
+                    }
+                    if state.pool.is_empty() {
+                        state.draw = Draw::Done;
+                        state.config.draw_complete = true;
+                    }
+                }
+                Draw::None | Draw::Frozen | Draw::Done => {}
+            }
+            Ok(!state.draw.in_progress())
         })
     }
 
     async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
         self.with_queue(queue, |state| {
-            state.expire(now_ms);
-            let left = state.remove_waiting(user).is_some() || state.end_admission(user);
+            state.prepare(now_ms);
+            let left = state.remove_from_line(user) || state.end_admission(user);
             if left {
                 state.counters.left += 1;
             }
@@ -367,23 +628,14 @@ impl QueueStore for MemoryStore {
                 QueueMode::Closed => return Err(Error::QueueClosed(queue.to_string())),
                 QueueMode::Queueing | QueueMode::PassThrough => {}
             }
-            state.expire(now_ms);
+            state.prepare(now_ms);
             let mut room = u64::from(max_count);
-            if state.config.mode == QueueMode::Queueing && state.config.max_active > 0 {
-                let free =
-                    u64::from(state.config.max_active).saturating_sub(state.active.len() as u64);
-                room = room.min(free);
+            if state.draw.in_progress() {
+                room = 0;
+            } else if state.config.mode == QueueMode::Queueing {
+                room = room.min(state.free_slots());
             }
-            let mut admitted = Vec::new();
-            while (admitted.len() as u64) < room {
-                let Some((ticket, user)) = state.waiting.pop_first() else {
-                    break;
-                };
-                state.tickets.remove(&user);
-                state.ranks.remove(ticket);
-                let admission = state.admit_user(user.clone(), ticket, now_ms);
-                admitted.push(Admitted { user, admission });
-            }
+            let admitted = state.admit_next(room, now_ms);
             if let Some(request) = request {
                 state.batches.insert(
                     request.clone(),
@@ -401,13 +653,11 @@ impl QueueStore for MemoryStore {
         now_ms: u64,
     ) -> Result<Vec<Admitted>> {
         self.with_queue(queue, |state| {
+            state.prepare(now_ms);
             let room = match state.config.mode {
-                QueueMode::PassThrough => {
-                    state.expire(now_ms);
-                    u64::from(max_count)
-                }
+                _ if state.draw.in_progress() => 0,
+                QueueMode::PassThrough => u64::from(max_count),
                 QueueMode::Queueing if state.config.admit_per_second > 0 => {
-                    state.expire(now_ms);
                     let wanted = u64::from(max_count)
                         .min(state.waiting.len() as u64)
                         .min(state.free_slots());
@@ -421,7 +671,7 @@ impl QueueStore for MemoryStore {
 
     async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
         self.with_queue(queue, |state| {
-            state.expire(now_ms);
+            state.prepare(now_ms);
             let completed = state.end_admission(user);
             if completed {
                 state.counters.completed += 1;
@@ -460,16 +710,18 @@ impl QueueStore for MemoryStore {
 
     async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats> {
         self.with_queue(queue, |state| {
-            state.expire(now_ms);
+            state.prepare(now_ms);
             let c = &state.counters;
             Ok(QueueStats {
-                waiting: state.waiting.len() as u64,
+                waiting: state.in_line(),
                 active: state.active.len() as u64,
                 enqueued: c.enqueued,
                 admitted: c.admitted,
                 completed: c.completed,
                 expired: c.expired,
                 left: c.left,
+                abandoned: c.abandoned,
+                prequeued: (state.prequeue.len() + state.pool.len()) as u64,
                 rate: state.rate_sample(now_ms),
             })
         })

@@ -4,7 +4,7 @@
 
 use crate::domain::QueueId;
 
-/// The keys every queue script receives, in this order (`KEYS[1..9]`).
+/// The keys every queue script receives, in this order (`KEYS[1..12]`).
 ///
 /// | key | type | holds |
 /// | --- | --- | --- |
@@ -17,7 +17,14 @@ use crate::domain::QueueId;
 /// | `P:{q}:rate` | hash | second (`now_ms / 1000`) → admissions in it, the last minute only |
 /// | `P:{q}:batches` | hash | `AdmitBatch` request id → its result, kept for retries |
 /// | `P:{q}:batch_expiry` | sorted set | request id → when its kept result lapses (ms) |
-pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 9] {
+/// | `P:{q}:prequeue` | sorted set | user pre-queued for a scheduled opening → arrival number |
+/// | `P:{q}:pool` | sorted set | user being placed by the opening draw → draw key |
+/// | `P:{q}:seen` | sorted set | user in line → last sign of life (ms) |
+///
+/// The config hash also keeps opens_at_ms, prequeue_window_ms,
+/// presence_since_ms, and the draw's state: draw (none, frozen, hashing,
+/// assigning, done), draw_seed, draw_next, prequeue_seq.
+pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 12] {
     [
         "config",
         "seq",
@@ -28,6 +35,9 @@ pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 9] {
         "rate",
         "batches",
         "batch_expiry",
+        "prequeue",
+        "pool",
+        "seen",
     ]
     .map(|name| format!("{prefix}:{{{queue}}}:{name}"))
 }

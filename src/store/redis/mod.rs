@@ -2,11 +2,12 @@
 //!
 //! # Data model
 //!
-//! A queue is nine keys under one hash tag (see [`keys`]): its config, a
+//! A queue is twelve keys under one hash tag (see [`keys`]): its config, a
 //! ticket sequence, a sorted set of waiting users scored by ticket, a sorted
 //! set of admitted users scored by expiry, a hash of admission records,
-//! counters, one-second admission buckets for the observed rate, and the
-//! results of recent `AdmitBatch` calls kept for retries.
+//! counters, one-second admission buckets for the observed rate, the results
+//! of recent `AdmitBatch` calls kept for retries, the pre-queue and the
+//! opening draw's pool, and each waiting user's last sign of life.
 //!
 //! Each state transition is one Lua script (`scripts/*.lua`, each headed by
 //! its KEYS, ARGV and return value), so it is atomic across replicas without
@@ -34,6 +35,9 @@ use crate::{Error, Result};
 /// Users per `places` script call, so one call never holds Redis for long.
 const PLACES_CHUNK: usize = 500;
 
+/// Users per `touch` script call.
+const TOUCH_CHUNK: usize = 5000;
+
 /// How to reach Redis.
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
@@ -57,6 +61,9 @@ struct Scripts {
     complete: Script,
     stats: Script,
     consume_token: Script,
+    touch: Script,
+    reap: Script,
+    draw_step: Script,
 }
 
 impl Scripts {
@@ -75,6 +82,9 @@ impl Scripts {
             complete: with_prelude(include_str!("scripts/complete.lua")),
             stats: with_prelude(include_str!("scripts/stats.lua")),
             consume_token: with_prelude(include_str!("scripts/consume_token.lua")),
+            touch: with_prelude(include_str!("scripts/touch.lua")),
+            reap: with_prelude(include_str!("scripts/reap.lua")),
+            draw_step: with_prelude(include_str!("scripts/draw_step.lua")),
         }
     }
 }
@@ -125,7 +135,7 @@ impl RedisStore {
         Ok(store)
     }
 
-    fn keys(&self, queue: &QueueId) -> [String; 9] {
+    fn keys(&self, queue: &QueueId) -> [String; 12] {
         keys::queue_keys(&self.prefix, queue)
     }
 
@@ -228,6 +238,7 @@ fn status_error(status: &str, queue: &QueueId) -> Error {
         "no_queue" => Error::QueueNotFound(queue.to_string()),
         "closed" => Error::QueueClosed(queue.to_string()),
         "paused" => Error::QueuePaused(queue.to_string()),
+        "opening_passed" => Error::OpeningPassed(queue.to_string()),
         other => bad_reply(other),
     }
 }
@@ -238,6 +249,12 @@ fn parse_place(value: Value, queue: &QueueId) -> Result<Option<Place>> {
     let kind = reply.string()?;
     if kind == "none" {
         return Ok(None);
+    }
+    if kind == "not_open" {
+        return Err(Error::QueueNotOpen {
+            queue: queue.to_string(),
+            opens_at_ms: reply.u64()?,
+        });
     }
     if reply.remaining() == 0 {
         return Err(status_error(&kind, queue));
@@ -253,9 +270,11 @@ fn parse_place(value: Value, queue: &QueueId) -> Result<Option<Place>> {
         admitted: reply.u64()?,
         span_ms: reply.u64()?,
     };
+    let opens_in_ms = reply.u64()?;
     let state = match kind.as_str() {
         "waiting" => PlaceState::Waiting { position },
         "closed" => PlaceState::Closed,
+        "pre_queue" => PlaceState::PreQueue { opens_in_ms },
         "admitted" => PlaceState::Admitted(Admission {
             ticket,
             admitted_at_ms,
@@ -303,6 +322,13 @@ fn parse_mode(value: &str) -> Result<QueueMode> {
 
 fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)> {
     vec![
+        ("opens_at_ms", config.opens_at_ms.unwrap_or(0).to_string()),
+        (
+            "prequeue_window_ms",
+            config.prequeue_window.as_millis().to_string(),
+        ),
+        ("presence_since_ms", config.presence_since_ms.to_string()),
+        ("draw", "none".to_owned()),
         ("mode", config.mode.as_str().to_owned()),
         ("max_active", config.max_active.to_string()),
         ("admit_per_second", config.admit_per_second.to_string()),
@@ -335,6 +361,12 @@ fn update_fields(update: &QueueUpdate) -> Vec<(&'static str, String)> {
     if let Some(timeout) = update.heartbeat_timeout {
         fields.push(("heartbeat_timeout_ms", timeout.as_millis().to_string()));
     }
+    if let Some(opens_at) = update.opens_at {
+        fields.push(("opens_at_ms", opens_at.unwrap_or(0).to_string()));
+    }
+    if let Some(window) = update.prequeue_window {
+        fields.push(("prequeue_window_ms", window.as_millis().to_string()));
+    }
     fields
 }
 
@@ -360,6 +392,11 @@ fn parse_config(queue: &QueueId, fields: HashMap<String, String>) -> Result<Opti
         admission_ttl: Duration::from_millis(number("admission_ttl_ms")?),
         heartbeat_timeout: Duration::from_millis(number("heartbeat_timeout_ms")?),
         created_at_ms: number("created_at_ms")?,
+        opens_at_ms: Some(number("opens_at_ms")?).filter(|at| *at > 0),
+        prequeue_window: Duration::from_millis(number("prequeue_window_ms")?),
+        draw_seed: fields.get("draw_seed").cloned(),
+        draw_complete: fields.get("draw").is_some_and(|d| d == "done"),
+        presence_since_ms: number("presence_since_ms")?,
     }))
 }
 
@@ -423,12 +460,24 @@ impl QueueStore for RedisStore {
         Ok(queues)
     }
 
-    async fn update_queue(&self, queue: &QueueId, update: &QueueUpdate) -> Result<QueueConfig> {
-        let mut invocation = self.invocation(&self.scripts.update_queue, queue, 0);
+    async fn update_queue(
+        &self,
+        queue: &QueueId,
+        update: &QueueUpdate,
+        now_ms: u64,
+    ) -> Result<QueueConfig> {
+        let mut invocation = self.invocation(&self.scripts.update_queue, queue, now_ms);
         for (field, value) in update_fields(update) {
             invocation.arg(field).arg(value);
         }
-        let fields: HashMap<String, String> = self.run(&invocation).await?;
+        let reply: Vec<String> = self.run(&invocation).await?;
+        if reply.len() == 1 {
+            return Err(status_error(&reply[0], queue));
+        }
+        let fields: HashMap<String, String> = reply
+            .chunks_exact(2)
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect();
         parse_config(queue, fields)?.ok_or_else(|| Error::QueueNotFound(queue.to_string()))
     }
 
@@ -459,11 +508,13 @@ impl QueueStore for RedisStore {
         &self,
         queue: &QueueId,
         users: &[UserId],
+        touch: bool,
         now_ms: u64,
     ) -> Result<Vec<Option<Place>>> {
         let mut places = Vec::with_capacity(users.len());
         for chunk in users.chunks(PLACES_CHUNK) {
             let mut invocation = self.invocation(&self.scripts.places, queue, now_ms);
+            invocation.arg(if touch { 1 } else { 0 });
             for user in chunk {
                 invocation.arg(user.as_str());
             }
@@ -479,6 +530,41 @@ impl QueueStore for RedisStore {
             }
         }
         Ok(places)
+    }
+
+    async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()> {
+        for chunk in users.chunks(TOUCH_CHUNK) {
+            let mut invocation = self.invocation(&self.scripts.touch, queue, now_ms);
+            for user in chunk {
+                invocation.arg(user.as_str());
+            }
+            self.run::<i64>(&invocation).await?;
+        }
+        Ok(())
+    }
+
+    async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
+        let mut invocation = self.invocation(&self.scripts.reap, queue, now_ms);
+        invocation.arg(limit);
+        match self.run::<i64>(&invocation).await? {
+            -1 => Err(Error::QueueNotFound(queue.to_string())),
+            n => Ok(n.max(0) as u64),
+        }
+    }
+
+    async fn draw_step(
+        &self,
+        queue: &QueueId,
+        seed: &str,
+        chunk: u32,
+        now_ms: u64,
+    ) -> Result<bool> {
+        let mut invocation = self.invocation(&self.scripts.draw_step, queue, now_ms);
+        invocation.arg(seed).arg(chunk);
+        match self.run::<i64>(&invocation).await? {
+            -1 => Err(Error::QueueNotFound(queue.to_string())),
+            n => Ok(n == 1),
+        }
     }
 
     async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
@@ -556,6 +642,8 @@ impl QueueStore for RedisStore {
             completed: reply.u64()?,
             expired: reply.u64()?,
             left: reply.u64()?,
+            abandoned: reply.u64()?,
+            prequeued: reply.u64()?,
             rate: RateSample {
                 admitted: reply.u64()?,
                 span_ms: reply.u64()?,

@@ -4,10 +4,11 @@
 -- queue. A second run finds nothing to end.
 
 local user = ARGV[2]
-if not load_config() then
+local cfg = load_config()
+if not cfg then
   return -1
 end
-expire_admissions()
+prepare(cfg)
 if end_admission(user) then
   redis.call('HINCRBY', K_STATS, 'completed', 1)
   return 1

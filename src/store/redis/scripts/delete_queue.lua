@@ -7,5 +7,5 @@ if redis.call('EXISTS', K_CONFIG) == 0 then
   return 0
 end
 redis.call('DEL', K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE, K_BATCHES,
-  K_BATCH_EXPIRY)
+  K_BATCH_EXPIRY, K_PREQUEUE, K_POOL, K_SEEN)
 return 1

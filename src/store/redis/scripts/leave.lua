@@ -1,14 +1,15 @@
--- Leave: give up a user's place or admission.
+-- Leave: give up a user's place (waiting or pre-queued) or admission.
 -- KEYS: the queue's keys (prelude). ARGV: now, user.
--- Returns 1 if the user was waiting or admitted, 0 if not, -1 if there is no
--- such queue. A second run finds nothing to give up.
+-- Returns 1 if the user was in line or admitted, 0 if not, -1 if there is
+-- no such queue. A second run finds nothing to give up.
 
 local user = ARGV[2]
-if not load_config() then
+local cfg = load_config()
+if not cfg then
   return -1
 end
-expire_admissions()
-if redis.call('ZREM', K_WAITING, user) == 1 or end_admission(user) then
+prepare(cfg)
+if remove_from_line(user) or end_admission(user) then
   redis.call('HINCRBY', K_STATS, 'left', 1)
   return 1
 end

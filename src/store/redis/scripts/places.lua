@@ -1,17 +1,23 @@
 -- Places: the current places of several users of one queue.
--- KEYS: the queue's keys (prelude). ARGV: now, user...
--- Returns one place (prelude) per user, {'none'} for a user neither waiting
--- nor admitted; or {'no_queue'}.
--- Writes only what time and the mode already decided (expiry, pass-through
--- admission), so running it twice changes nothing more.
+-- KEYS: the queue's keys (prelude). ARGV: now, touch (1 or 0), user...
+-- Returns one place (prelude) per user, {'none'} for a user neither in line
+-- nor admitted; or {'no_queue'}. With touch, a sign of life of those in line.
+-- Writes only what time and the mode already decided (expiry, opening,
+-- pass-through admission) and presence, so running it twice changes nothing
+-- more.
 
 local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
 end
-expire_admissions()
+prepare(cfg)
+local touch = ARGV[2] == '1'
 local out = {}
-for i = 2, #ARGV do
-  out[#out + 1] = current_place(cfg, ARGV[i])
+for i = 3, #ARGV do
+  local p = current_place(cfg, ARGV[i])
+  if touch and p[1] ~= 'none' and not is_final(p) then
+    see(ARGV[i])
+  end
+  out[#out + 1] = p
 end
 return out

@@ -1,35 +1,96 @@
--- Shared head of every queue script (prepended by scripts.rs).
+-- Shared head of every queue script (prepended by mod.rs).
 --
--- KEYS[1..9]: the queue's keys, as listed in keys.rs: config, seq, waiting,
---             active, admitted, stats, rate, batches, batch_expiry. A
---             script's own keys follow.
--- ARGV[1]:    the caller's clock, milliseconds since the Unix epoch. Scripts
---             never read Redis's clock, so every replica and the memory store
---             agree on what "now" means.
+-- KEYS[1..12]: the queue's keys, as listed in keys.rs: config, seq, waiting,
+--              active, admitted, stats, rate, batches, batch_expiry,
+--              prequeue, pool, seen. A script's own keys follow.
+-- ARGV[1]:     the caller's clock, milliseconds since the Unix epoch.
+--              Scripts never read Redis's clock, so every replica and the
+--              memory store agree on what "now" means.
 --
--- Every script mirrors a method of the memory store (store/memory/mod.rs);
--- keep the two in step.
+-- Every script mirrors a method of the memory store (store/memory/mod.rs),
+-- and the helpers here mirror its helpers of the same names; keep the two
+-- in step.
 
 local K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE, K_BATCHES, K_BATCH_EXPIRY =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local K_PREQUEUE, K_POOL, K_SEEN = KEYS[10], KEYS[11], KEYS[12]
 local NOW = tonumber(ARGV[1])
 local RATE_WINDOW_MS = 60000
 
 local function load_config()
   local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admission_ttl_ms', 'created_at_ms',
-    'admit_per_second')
+    'admit_per_second', 'opens_at_ms', 'prequeue_window_ms', 'draw', 'heartbeat_timeout_ms',
+    'presence_since_ms')
   if not v[1] then
     return nil
   end
   return { mode = v[1], max_active = tonumber(v[2]), ttl = tonumber(v[3]), epoch = tonumber(v[4]),
-    rate = tonumber(v[5]) }
+    rate = tonumber(v[5]), opens_at = tonumber(v[6]) or 0, window = tonumber(v[7]) or 0,
+    draw = v[8] or 'none', heartbeat = tonumber(v[9]), presence_since = tonumber(v[10]) or 0 }
 end
 
--- The admission rate's token bucket, in milli-tokens so both stores count
--- exactly: it refills at admit_per_second tokens a second, holds at most one
--- second's worth, and starts full. It lives in the stats hash. Takes up to
--- `wanted` whole tokens and returns how many it took. A caller whose clock
--- is behind the last refill refills nothing.
+local function drawing(cfg)
+  return cfg.draw == 'frozen' or cfg.draw == 'hashing' or cfg.draw == 'assigning'
+end
+
+-- HDEL/ZREM of many members, in slices: unpack() is limited by Lua's C stack.
+local function remove_all(command, key, members)
+  for i = 1, #members, 1000 do
+    redis.call(command, key, unpack(members, i, math.min(i + 999, #members)))
+  end
+end
+
+-- At the opening, freeze the pre-queue and reserve its tickets. A cleared
+-- opening with people pre-queued opens at once.
+local function open_if_due(cfg)
+  if cfg.draw ~= 'none' then
+    return
+  end
+  local due
+  if cfg.opens_at > 0 then
+    due = NOW >= cfg.opens_at
+  else
+    due = redis.call('ZCARD', K_PREQUEUE) > 0
+  end
+  if not due then
+    return
+  end
+  local size = redis.call('ZCARD', K_PREQUEUE)
+  local next_ticket = (tonumber(redis.call('GET', K_SEQ)) or 0) + 1
+  redis.call('INCRBY', K_SEQ, size)
+  cfg.draw = size == 0 and 'done' or 'frozen'
+  redis.call('HSET', K_CONFIG, 'draw', cfg.draw, 'draw_next', next_ticket)
+end
+
+-- What every operation does first: end the admissions whose time is up, and
+-- open the queue if its opening is due.
+local function prepare(cfg)
+  local gone = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', NOW)
+  if #gone > 0 then
+    redis.call('ZREMRANGEBYSCORE', K_ACTIVE, '-inf', NOW)
+    remove_all('HDEL', K_ADMITTED, gone)
+    redis.call('HINCRBY', K_STATS, 'expired', #gone)
+  end
+  open_if_due(cfg)
+end
+
+local function in_line()
+  return redis.call('ZCARD', K_WAITING) + redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL)
+end
+
+local function see(user)
+  redis.call('ZADD', K_SEEN, NOW, user)
+end
+
+local function first_rate_bucket()
+  return math.floor(math.max(NOW - RATE_WINDOW_MS, 0) / 1000) + 1
+end
+
+-- The rate's token bucket, in milli-tokens so both stores count exactly: it
+-- refills at admit_per_second tokens a second, holds at most one second's
+-- worth, and starts full. It lives in the stats hash. Takes up to `wanted`
+-- whole tokens and returns how many it took. A caller whose clock is behind
+-- the last refill refills nothing.
 local function take_tokens(cfg, wanted)
   local capacity = cfg.rate * 1000
   local v = redis.call('HMGET', K_STATS, 'bucket_milli', 'bucket_ms')
@@ -54,24 +115,6 @@ local function free_slots(cfg)
     return 1e15
   end
   return math.max(cfg.max_active - redis.call('ZCARD', K_ACTIVE), 0)
-end
-
--- Ends the admissions whose expiry is at or before NOW.
-local function expire_admissions()
-  local gone = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', NOW)
-  if #gone == 0 then
-    return
-  end
-  redis.call('ZREMRANGEBYSCORE', K_ACTIVE, '-inf', NOW)
-  -- unpack() is limited by Lua's C stack, so delete in slices.
-  for i = 1, #gone, 1000 do
-    redis.call('HDEL', K_ADMITTED, unpack(gone, i, math.min(i + 999, #gone)))
-  end
-  redis.call('HINCRBY', K_STATS, 'expired', #gone)
-end
-
-local function first_rate_bucket()
-  return math.floor(math.max(NOW - RATE_WINDOW_MS, 0) / 1000) + 1
 end
 
 -- Admissions in the window and the span they cover (see domain/estimate.rs).
@@ -103,6 +146,9 @@ end
 
 -- Counts n admissions made at NOW and drops buckets that left the window.
 local function record_admissions(n)
+  if n == 0 then
+    return
+  end
   redis.call('HINCRBY', K_STATS, 'admitted', n)
   redis.call('HINCRBY', K_RATE, math.floor(NOW / 1000), n)
   local first = first_rate_bucket()
@@ -115,12 +161,43 @@ local function record_admissions(n)
 end
 
 -- Gives a user a slot until NOW + ttl; returns the expiry. The caller has
--- taken the user out of the waiting set and calls record_admissions.
+-- taken the user out of the line and calls record_admissions.
 local function admit_user(cfg, user, ticket)
   local expires = NOW + cfg.ttl
+  redis.call('ZREM', K_SEEN, user)
   redis.call('ZADD', K_ACTIVE, expires, user)
   redis.call('HSET', K_ADMITTED, user, ticket .. ':' .. NOW .. ':' .. expires)
   return expires
+end
+
+-- Admits up to `room` waiting users, lowest tickets first; returns the flat
+-- list user, ticket, admitted at, expires at, ... appended to `out`.
+local function admit_next(cfg, room, out)
+  if room <= 0 then
+    return out
+  end
+  local popped = redis.call('ZPOPMIN', K_WAITING, room)
+  for i = 1, #popped, 2 do
+    local user, ticket = popped[i], tonumber(popped[i + 1])
+    local expires = admit_user(cfg, user, ticket)
+    out[#out + 1] = user
+    out[#out + 1] = ticket
+    out[#out + 1] = NOW
+    out[#out + 1] = expires
+  end
+  record_admissions(#popped / 2)
+  return out
+end
+
+-- Takes a user out of the line wherever they stand in it; true if they were.
+local function remove_from_line(user)
+  local removed = redis.call('ZREM', K_WAITING, user) == 1
+    or redis.call('ZREM', K_PREQUEUE, user) == 1
+    or redis.call('ZREM', K_POOL, user) == 1
+  if removed then
+    redis.call('ZREM', K_SEEN, user)
+  end
+  return removed
 end
 
 -- Ends a user's admission; true if there was one.
@@ -132,12 +209,13 @@ local function end_admission(user)
   return false
 end
 
--- A place as returned to the store: kind, ticket, waiting count, position,
--- admitted at, expires at, queue epoch, mode, rate count, rate span.
-local function place(cfg, kind, ticket, position, admitted_at, expires_at)
+-- A place as returned to the store: kind, ticket, in line, position,
+-- admitted at, expires at, queue epoch, mode, rate count, rate span,
+-- opens in.
+local function place(cfg, kind, ticket, position, admitted_at, expires_at, opens_in)
   local count, span = rate_sample()
-  return { kind, ticket, redis.call('ZCARD', K_WAITING), position, admitted_at, expires_at,
-    cfg.epoch, cfg.mode, count, span }
+  return { kind, ticket, in_line(), position, admitted_at, expires_at, cfg.epoch, cfg.mode, count,
+    span, opens_in or 0 }
 end
 
 local function admitted_place(cfg, record)
@@ -145,19 +223,31 @@ local function admitted_place(cfg, record)
   return place(cfg, 'admitted', tonumber(ticket), 0, tonumber(admitted_at), tonumber(expires_at))
 end
 
--- The place of a user after expiry; in pass-through mode a waiting user is
--- admitted on the spot. {'none'} when neither waiting nor admitted.
+local function prequeue_place(cfg)
+  local opens_in = 0
+  if cfg.draw == 'none' and cfg.opens_at > 0 then
+    opens_in = math.max(cfg.opens_at - NOW, 0)
+  end
+  return place(cfg, 'pre_queue', 0, 0, 0, 0, opens_in)
+end
+
+-- The place of a user; in pass-through mode a waiting user is admitted on
+-- the spot (unless the opening draw is still placing people). {'none'} when
+-- neither in line nor admitted.
 local function current_place(cfg, user)
   local record = redis.call('HGET', K_ADMITTED, user)
   if record then
     return admitted_place(cfg, record)
+  end
+  if redis.call('ZSCORE', K_PREQUEUE, user) or redis.call('ZSCORE', K_POOL, user) then
+    return prequeue_place(cfg)
   end
   local score = redis.call('ZSCORE', K_WAITING, user)
   if not score then
     return { 'none' }
   end
   local ticket = tonumber(score)
-  if cfg.mode == 'pass_through' then
+  if cfg.mode == 'pass_through' and not drawing(cfg) then
     redis.call('ZREM', K_WAITING, user)
     local expires = admit_user(cfg, user, ticket)
     record_admissions(1)
@@ -166,4 +256,8 @@ local function current_place(cfg, user)
     return place(cfg, 'closed', ticket, 0, 0, 0)
   end
   return place(cfg, 'waiting', ticket, redis.call('ZRANK', K_WAITING, user) + 1, 0, 0)
+end
+
+local function is_final(p)
+  return p[1] == 'admitted' or p[1] == 'closed'
 end

@@ -1,11 +1,24 @@
 -- Update queue: change some fields of a queue's configuration. Every script
--- reads the configuration afresh, so a mode change holds for all replicas
--- from the next call on.
+-- reads the configuration afresh, so a change holds for all replicas from
+-- the next call on. Reopening a closed queue restarts presence counting, so
+-- nobody is released for the time the queue told them to stop watching.
 -- KEYS: the queue's keys (prelude). ARGV: now, field, value, ...
--- Returns the whole configuration as HGETALL does; empty if no such queue.
+-- Returns the whole configuration as HGETALL does; empty if no such queue;
+-- {'opening_passed'} when asked to move an opening that has happened.
 
-if redis.call('EXISTS', K_CONFIG) == 0 then
+local cfg = load_config()
+if not cfg then
   return {}
+end
+local changes = {}
+for i = 2, #ARGV, 2 do
+  changes[ARGV[i]] = ARGV[i + 1]
+end
+if changes.opens_at_ms and cfg.draw ~= 'none' then
+  return { 'opening_passed' }
+end
+if cfg.mode == 'closed' and changes.mode and changes.mode ~= 'closed' then
+  redis.call('HSET', K_CONFIG, 'presence_since_ms', NOW)
 end
 if #ARGV > 1 then
   redis.call('HSET', K_CONFIG, unpack(ARGV, 2))

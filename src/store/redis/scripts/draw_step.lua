@@ -1,0 +1,47 @@
+-- Draw step: one chunk of the opening draw (see domain/draw.rs). Runs in
+-- chunks so a large pre-queue never holds Redis for long; any replica may
+-- run the next step.
+-- KEYS: the queue's keys (prelude). ARGV: now, seed, chunk.
+-- The seed is taken only by the step that starts the draw.
+-- Returns 1 once the draw is complete (or there is none), 0 while it goes
+-- on, -1 if there is no such queue.
+
+local cfg = load_config()
+if not cfg then
+  return -1
+end
+prepare(cfg)
+local chunk = tonumber(ARGV[3])
+if cfg.draw == 'frozen' then
+  cfg.draw = 'hashing'
+  redis.call('HSET', K_CONFIG, 'draw', 'hashing', 'draw_seed', ARGV[2])
+end
+if cfg.draw == 'hashing' then
+  local seed = redis.call('HGET', K_CONFIG, 'draw_seed')
+  local users = redis.call('ZRANGE', K_PREQUEUE, 0, chunk - 1)
+  for _, user in ipairs(users) do
+    -- 13 hex digits: 52 bits, exact as a sorted-set score.
+    local key = tonumber(string.sub(redis.sha1hex(seed .. user), 1, 13), 16)
+    redis.call('ZADD', K_POOL, key, user)
+  end
+  remove_all('ZREM', K_PREQUEUE, users)
+  if redis.call('ZCARD', K_PREQUEUE) == 0 then
+    redis.call('HSET', K_CONFIG, 'draw', 'assigning')
+  end
+elseif cfg.draw == 'assigning' then
+  local popped = redis.call('ZPOPMIN', K_POOL, chunk)
+  local next_ticket = tonumber(redis.call('HGET', K_CONFIG, 'draw_next'))
+  for i = 1, #popped, 2 do
+    redis.call('ZADD', K_WAITING, next_ticket, popped[i])
+    next_ticket = next_ticket + 1
+  end
+  redis.call('HSET', K_CONFIG, 'draw_next', next_ticket)
+  if redis.call('ZCARD', K_POOL) == 0 then
+    redis.call('HSET', K_CONFIG, 'draw', 'done')
+  end
+end
+local state = redis.call('HGET', K_CONFIG, 'draw')
+if state == 'frozen' or state == 'hashing' or state == 'assigning' then
+  return 0
+end
+return 1

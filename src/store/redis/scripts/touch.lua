@@ -1,0 +1,16 @@
+-- Touch: a sign of life for watched users still in line; one call carries
+-- all the streams of one queue on one instance.
+-- KEYS: the queue's keys (prelude). ARGV: now, user...
+-- Returns the number of users touched. XX: users who left, were admitted or
+-- were released are not brought back.
+
+local touched = 0
+for i = 2, #ARGV, 1000 do
+  local args = { K_SEEN, 'XX', 'CH' }
+  for j = i, math.min(i + 999, #ARGV) do
+    args[#args + 1] = NOW
+    args[#args + 1] = ARGV[j]
+  end
+  touched = touched + redis.call('ZADD', unpack(args))
+end
+return touched

@@ -1,0 +1,176 @@
+//! The background work every replica does for every queue; none is in
+//! charge and no leader is elected, because each step is one atomic store
+//! transition that is safe to run on all replicas at once:
+//!
+//! - automatic admission: admit what each queue's rate allows. The rate's
+//!   token bucket lives in the store and is shared, so any number of
+//!   replicas together admit at the configured rate, never a multiple;
+//! - the opening draw of a scheduled opening, one chunk per step;
+//! - releasing the places of users silent for longer than the heartbeat
+//!   timeout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::draw::{DRAW_CHUNK, new_seed};
+use crate::domain::{Clock, QueueConfig, QueueId, QueueMode};
+use crate::store::QueueStore;
+use crate::watch::WatchHub;
+
+/// Most users one step admits in one queue.
+const MAX_STEP: u32 = 10_000;
+
+/// Most users one reaping step releases in one queue.
+const MAX_REAP: u32 = 1_000;
+
+/// How often the list of queues is re-read (sooner when a local admin call
+/// changed a queue).
+const REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+/// How often each queue is checked for silent users.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// Most draw steps in a row before other queues get their turn.
+const DRAW_STEPS_PER_TICK: usize = 20;
+
+pub struct QueueWorker {
+    store: Arc<dyn QueueStore>,
+    clock: Arc<dyn Clock>,
+    hub: Arc<WatchHub>,
+    interval: Duration,
+    queues_changed: Arc<Notify>,
+}
+
+impl QueueWorker {
+    pub fn new(
+        store: Arc<dyn QueueStore>,
+        clock: Arc<dyn Clock>,
+        hub: Arc<WatchHub>,
+        interval: Duration,
+        queues_changed: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            hub,
+            interval,
+            queues_changed,
+        }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut queues: Vec<QueueConfig> = Vec::new();
+        let mut listed_at: Option<Instant> = None;
+        let mut reaped_at: HashMap<QueueId, Instant> = HashMap::new();
+        let mut failing = false;
+        loop {
+            if listed_at.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
+                match self.all_queues().await {
+                    Ok(all) => {
+                        reaped_at.retain(|id, _| all.iter().any(|q| &q.id == id));
+                        queues = all;
+                        listed_at = Some(Instant::now());
+                    }
+                    Err(error) => {
+                        if !failing {
+                            tracing::warn!(%error, "cannot list queues");
+                        }
+                        failing = true;
+                    }
+                }
+            }
+            for queue in &queues {
+                let result = self.step(queue, &mut reaped_at).await;
+                match result {
+                    Ok(()) => failing = false,
+                    Err(crate::Error::QueueNotFound(_)) => listed_at = None,
+                    Err(error) => {
+                        if !failing {
+                            tracing::warn!(%error, queue = %queue.id, "background step failed");
+                        }
+                        failing = true;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = self.queues_changed.notified() => listed_at = None,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn step(
+        &self,
+        queue: &QueueConfig,
+        reaped_at: &mut HashMap<QueueId, Instant>,
+    ) -> crate::Result<()> {
+        let now = self.clock.now_ms();
+        if draw_pending(queue, now) {
+            let seed = new_seed().map_err(crate::Error::Internal)?;
+            for _ in 0..DRAW_STEPS_PER_TICK {
+                if self
+                    .store
+                    .draw_step(&queue.id, &seed, DRAW_CHUNK, self.clock.now_ms())
+                    .await?
+                {
+                    tracing::info!(queue = %queue.id, "opening draw complete");
+                    self.hub.nudge(&queue.id);
+                    break;
+                }
+            }
+        }
+        if is_automatic(queue) {
+            let admitted = self.store.admit_due(&queue.id, MAX_STEP, now).await?;
+            if !admitted.is_empty() {
+                tracing::debug!(queue = %queue.id, count = admitted.len(), "admitted");
+                self.hub.nudge(&queue.id);
+            }
+        }
+        if reaped_at
+            .get(&queue.id)
+            .is_none_or(|at| at.elapsed() >= REAP_EVERY)
+        {
+            reaped_at.insert(queue.id.clone(), Instant::now());
+            let released = self.store.reap(&queue.id, MAX_REAP, now).await?;
+            if released > 0 {
+                tracing::info!(queue = %queue.id, released, "released the places of silent users");
+                self.hub.nudge(&queue.id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn all_queues(&self) -> crate::Result<Vec<QueueConfig>> {
+        let mut all = Vec::new();
+        let mut after: Option<QueueId> = None;
+        loop {
+            let page = self.store.list_queues(after.as_ref(), 1000).await?;
+            let Some(last) = page.last() else {
+                return Ok(all);
+            };
+            after = Some(last.id.clone());
+            all.extend(page);
+        }
+    }
+}
+
+/// An opening that has come (or a cleared one) whose draw is not done, as
+/// far as the last listing knows; a step on a finished draw is a no-op.
+fn draw_pending(queue: &QueueConfig, now_ms: u64) -> bool {
+    !queue.draw_complete && queue.opens_at_ms.is_none_or(|at| now_ms >= at)
+}
+
+fn is_automatic(queue: &QueueConfig) -> bool {
+    match queue.mode {
+        QueueMode::PassThrough => true,
+        QueueMode::Queueing => queue.admit_per_second > 0,
+        QueueMode::Paused | QueueMode::Closed => false,
+    }
+}
