@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -136,8 +137,13 @@ impl Application {
         );
         tokio::spawn(worker.run(shutdown.clone()));
         let http_stop = shutdown.clone();
-        let http = axum::serve(self.http_listener, http::router(Arc::clone(&self.keyring)))
-            .with_graceful_shutdown(async move { http_stop.cancelled().await });
+        let http = axum::serve(
+            self.http_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            http::router(Arc::clone(&self.keyring)),
+        )
+        .with_graceful_shutdown(async move { http_stop.cancelled().await });
         tokio::spawn(async move {
             if let Err(error) = http.await {
                 tracing::error!(%error, "the HTTP port failed");
@@ -173,7 +179,7 @@ impl Application {
                 QueueAdminServiceServer::new(admin_api)
                     .max_decoding_message_size(limits::MAX_REQUEST_BYTES),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+            .serve_with_incoming_shutdown(incoming(self.listener), async move {
                 stop.await;
                 tracing::info!("stopping: ending streams, finishing calls in flight");
                 stopping.cancel();
@@ -182,6 +188,20 @@ impl Application {
         shutdown.cancel();
         result.context("serving gRPC")
     }
+}
+
+/// Accepted connections, with Nagle's algorithm off: a response written as a
+/// headers frame and a data frame would otherwise wait for the client's
+/// delayed ACK (40 ms) between the two.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {

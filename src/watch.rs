@@ -146,13 +146,27 @@ impl WatchHub {
                 _ = watch.wake.notified() => {}
                 _ = self.shutdown.cancelled() => {
                     let watchers = take(&watch);
+                    // Told to reconnect: the timeout runs from now.
+                    let users: Vec<UserId> = watchers.iter().map(|w| w.user.clone()).collect();
+                    let _ = self.store.touch(&queue, &users, self.clock.now_ms()).await;
                     let reason = Error::Unavailable("server shutting down; reconnect to keep watching".into());
                     end_all(watchers, &reason);
                     return;
                 }
             }
             let mut watchers = take(&watch);
-            watchers.retain(|w| !w.tx.is_closed());
+            let now = self.clock.now_ms();
+            // A stream that just dropped counts as a last sign of life, so a
+            // reconnect has the whole heartbeat timeout from the drop.
+            let dropped: Vec<UserId> = watchers
+                .iter()
+                .filter(|w| w.tx.is_closed())
+                .map(|w| w.user.clone())
+                .collect();
+            if !dropped.is_empty() {
+                let _ = self.store.touch(&queue, &dropped, now).await;
+                watchers.retain(|w| !w.tx.is_closed());
+            }
             if watchers.is_empty() {
                 if self.retire(&queue, &watch) {
                     return;
@@ -162,7 +176,6 @@ impl WatchHub {
             let mut users: Vec<UserId> = watchers.iter().map(|w| w.user.clone()).collect();
             users.sort();
             users.dedup();
-            let now = self.clock.now_ms();
             presence
                 .record(self.store.as_ref(), &queue, &users, now)
                 .await;
@@ -206,13 +219,14 @@ impl WatchHub {
     }
 }
 
-/// When a queue's watchers last showed life, and how often they must.
+/// When a queue's watchers last showed life, and how often they must. Times
+/// are the injected clock's, like the heartbeat timeout they are held to.
 struct Presence {
     /// Every third of the heartbeat timeout, read from the queue now and
     /// then so a changed timeout is followed.
-    every: Duration,
+    every_ms: u64,
     checked_at: Option<tokio::time::Instant>,
-    recorded_at: tokio::time::Instant,
+    recorded_at_ms: Option<u64>,
 }
 
 impl Presence {
@@ -220,10 +234,12 @@ impl Presence {
 
     fn new() -> Self {
         Self {
-            every: crate::domain::QueueConfig::HEARTBEAT_TIMEOUT_RANGE.0 / 3,
+            every_ms: crate::domain::QueueConfig::HEARTBEAT_TIMEOUT_RANGE
+                .0
+                .as_millis() as u64
+                / 3,
             checked_at: None,
-            // Opening a stream looked the place up, which counts.
-            recorded_at: tokio::time::Instant::now(),
+            recorded_at_ms: None,
         }
     }
 
@@ -239,14 +255,16 @@ impl Presence {
             .is_none_or(|at| at.elapsed() >= Self::RECHECK_CONFIG)
             && let Ok(config) = store.get_queue(queue).await
         {
-            self.every = (config.heartbeat_timeout / 3).max(Duration::from_secs(1));
+            self.every_ms = (config.heartbeat_timeout.as_millis() as u64 / 3).max(1000);
             self.checked_at = Some(tokio::time::Instant::now());
         }
-        if self.recorded_at.elapsed() < self.every {
+        // Opening a stream looked the place up, which counted.
+        let recorded_at = *self.recorded_at_ms.get_or_insert(now);
+        if now.saturating_sub(recorded_at) < self.every_ms {
             return;
         }
         match store.touch(queue, users, now).await {
-            Ok(()) => self.recorded_at = tokio::time::Instant::now(),
+            Ok(()) => self.recorded_at_ms = Some(now),
             Err(error) => tracing::debug!(%error, queue = %queue, "recording presence failed"),
         }
     }

@@ -32,8 +32,9 @@ const MAX_REAP: u32 = 1_000;
 /// changed a queue).
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
 
-/// How often each queue is checked for silent users.
-const REAP_EVERY: Duration = Duration::from_secs(1);
+/// How often each queue is checked for silent users, by the injected clock
+/// the heartbeat timeouts are measured with.
+const REAP_EVERY_MS: u64 = 1000;
 
 /// Most draw steps in a row before other queues get their turn.
 const DRAW_STEPS_PER_TICK: usize = 20;
@@ -67,7 +68,7 @@ impl QueueWorker {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut queues: Vec<QueueConfig> = Vec::new();
         let mut listed_at: Option<Instant> = None;
-        let mut reaped_at: HashMap<QueueId, Instant> = HashMap::new();
+        let mut reaped_at: HashMap<QueueId, u64> = HashMap::new();
         let mut failing = false;
         loop {
             if listed_at.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
@@ -109,7 +110,7 @@ impl QueueWorker {
     async fn step(
         &self,
         queue: &QueueConfig,
-        reaped_at: &mut HashMap<QueueId, Instant>,
+        reaped_at: &mut HashMap<QueueId, u64>,
     ) -> crate::Result<()> {
         let now = self.clock.now_ms();
         if draw_pending(queue, now) {
@@ -120,7 +121,7 @@ impl QueueWorker {
                     .draw_step(&queue.id, &seed, DRAW_CHUNK, self.clock.now_ms())
                     .await?
                 {
-                    tracing::info!(queue = %queue.id, "opening draw complete");
+                    tracing::debug!(queue = %queue.id, "opening draw complete");
                     self.hub.nudge(&queue.id);
                     break;
                 }
@@ -135,9 +136,9 @@ impl QueueWorker {
         }
         if reaped_at
             .get(&queue.id)
-            .is_none_or(|at| at.elapsed() >= REAP_EVERY)
+            .is_none_or(|at| now.saturating_sub(*at) >= REAP_EVERY_MS)
         {
-            reaped_at.insert(queue.id.clone(), Instant::now());
+            reaped_at.insert(queue.id.clone(), now);
             let released = self.store.reap(&queue.id, MAX_REAP, now).await?;
             if released > 0 {
                 tracing::info!(queue = %queue.id, released, "released the places of silent users");
@@ -161,10 +162,10 @@ impl QueueWorker {
     }
 }
 
-/// An opening that has come (or a cleared one) whose draw is not done, as
-/// far as the last listing knows; a step on a finished draw is a no-op.
+/// A scheduled opening that has come, whose draw is not done as far as the
+/// last listing knows; a step on a finished draw is a no-op.
 fn draw_pending(queue: &QueueConfig, now_ms: u64) -> bool {
-    !queue.draw_complete && queue.opens_at_ms.is_none_or(|at| now_ms >= at)
+    !queue.draw_complete && queue.opens_at_ms.is_some_and(|at| now_ms >= at)
 }
 
 fn is_automatic(queue: &QueueConfig) -> bool {

@@ -91,6 +91,7 @@ pub fn queue_config_in(queue: &pb::Queue, now_ms: u64) -> Result<QueueConfig> {
 fn queue_update_in(
     queue: &pb::Queue,
     mask: Option<&prost_types::FieldMask>,
+    now_ms: u64,
 ) -> Result<QueueUpdate> {
     let paths: Vec<String> = match mask {
         Some(mask) if !mask.paths.is_empty() => mask.paths.clone(),
@@ -149,14 +150,13 @@ fn queue_update_in(
                 update.heartbeat_timeout = Some(duration_in("queue.heartbeat_timeout", timeout)?);
             }
             "opens_at" => {
-                // Named in the mask but absent: the opening is cleared.
-                update.opens_at = Some(
-                    queue
-                        .opens_at
-                        .as_ref()
-                        .map(|t| timestamp_in("queue.opens_at", t))
-                        .transpose()?,
-                );
+                // Named in the mask but absent: open now, drawing whoever is
+                // pre-queued.
+                let at = match &queue.opens_at {
+                    Some(t) => timestamp_in("queue.opens_at", t)?,
+                    None => now_ms,
+                };
+                update.opens_at = Some(Some(at));
             }
             "prequeue_window" => {
                 let window = queue.prequeue_window.as_ref().ok_or_else(|| {
@@ -279,11 +279,9 @@ impl QueueAdminService for AdminApi {
             .queue
             .ok_or_else(|| Error::invalid("queue", "is required"))?;
         let id = queue_id("queue.id", &queue.id)?;
-        let update = queue_update_in(&queue, request.update_mask.as_ref())?;
-        let updated = self
-            .store
-            .update_queue(&id, &update, self.clock.now_ms())
-            .await?;
+        let now = self.clock.now_ms();
+        let update = queue_update_in(&queue, request.update_mask.as_ref(), now)?;
+        let updated = self.store.update_queue(&id, &update, now).await?;
         tracing::info!(queue = %id, mode = updated.mode.as_str(), "queue updated");
         self.changed(&id);
         Ok(Response::new(pb::UpdateQueueResponse {

@@ -9,6 +9,8 @@ mod admission;
 mod admission_rate;
 mod errors;
 mod key_rotation;
+mod liveness;
+mod opening;
 mod queueing;
 mod replicas;
 mod store_conformance;

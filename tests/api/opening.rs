@@ -1,0 +1,167 @@
+//! Scheduled openings: early arrivals are pre-queued, put in a random order
+//! at the opening, ahead of later arrivals; the draw can be audited.
+
+use std::time::{Duration, Instant};
+
+use waitroom::domain::UserId;
+use waitroom::domain::draw::draw_order;
+use waitroom::pb::{self, PlaceState};
+
+use crate::helpers::*;
+
+fn at(ms: u64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    })
+}
+
+#[tokio::test]
+async fn early_arrivals_are_drawn_into_a_random_order_ahead_of_later_ones() {
+    let (app, _redis) = TestApp::on_redis().await;
+    let opens_at = (app.clock_now_s() + 60) * 1000;
+    app.create_queue(pb::Queue {
+        opens_at: at(opens_at),
+        prequeue_window: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+        max_active: 10,
+        ..queue("drop")
+    })
+    .await;
+    let mut client = app.client().await;
+
+    // Too early: the pre-queue opens 30 s before the opening.
+    let refused = client
+        .enqueue(enqueue_request("drop", "eager"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (tonic::Code::FailedPrecondition, "QUEUE_NOT_OPEN")
+    );
+
+    app.clock.set_ms(opens_at - 20_000);
+    let users: Vec<String> = (0..200).map(|i| format!("early-{i:03}")).collect();
+    for user in &users {
+        let place = enqueue(&mut client, "drop", user).await;
+        assert_eq!(place.state(), PlaceState::PreQueue);
+        assert_eq!((place.position, place.ticket), (0, 0));
+        assert_eq!(
+            place.opens_in,
+            Some(prost_types::Duration {
+                seconds: 20,
+                nanos: 0
+            })
+        );
+    }
+    assert_eq!(
+        rank(&mut client, "drop", "early-000").await.waiting_count,
+        200
+    );
+    assert!(
+        app.get_queue("drop").await.draw_seed.is_empty(),
+        "no seed before the opening"
+    );
+
+    // The opening: the first arrival after it lines up behind everyone
+    // pre-queued, whatever the draw takes.
+    app.clock.set_ms(opens_at);
+    let late = enqueue(&mut client, "drop", "late").await;
+    assert_eq!((late.state(), late.ticket), (PlaceState::Waiting, 201));
+    let started = Instant::now();
+    while !app.get_queue("drop").await.draw_complete {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the draw did not complete"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut positions = Vec::new();
+    for user in &users {
+        let place = rank(&mut client, "drop", user).await;
+        assert_eq!(place.state(), PlaceState::Waiting);
+        assert_eq!(
+            place.position, place.ticket,
+            "nobody admitted yet, tickets 1..200"
+        );
+        positions.push((place.position, user.clone()));
+    }
+    positions.sort();
+    assert_eq!(
+        positions.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        (1..=200).collect::<Vec<u64>>(),
+        "a permutation of 1..200"
+    );
+    assert_eq!(rank(&mut client, "drop", "late").await.position, 201);
+    let drawn: Vec<String> = positions.into_iter().map(|(_, u)| u).collect();
+    assert_ne!(drawn, users, "arriving first buys nothing");
+
+    // Anyone can recompute the order from the published seed.
+    let seed = app.get_queue("drop").await.draw_seed;
+    assert_eq!(seed.len(), 16);
+    let ids: Vec<UserId> = users.iter().map(|u| UserId::parse(u).unwrap()).collect();
+    let recomputed: Vec<String> = draw_order(&seed, &ids)
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    assert_eq!(drawn, recomputed);
+
+    // And admission goes by the drawn order.
+    let admitted = admit(&mut client, "drop", 3).await;
+    assert_eq!(
+        admitted
+            .iter()
+            .map(|a| a.user_id.clone())
+            .collect::<Vec<_>>(),
+        drawn[..3]
+    );
+}
+
+#[tokio::test]
+async fn the_opening_can_be_moved_until_it_happens() {
+    let (app, _redis) = TestApp::on_redis().await;
+    let now = app.clock_now_s() * 1000;
+    app.create_queue(pb::Queue {
+        opens_at: at(now + 10_000),
+        ..queue("drop")
+    })
+    .await;
+    let mut admin = app.admin().await;
+    let moved = admin
+        .update_queue(pb::UpdateQueueRequest {
+            queue: Some(pb::Queue {
+                opens_at: at(now + 20_000),
+                ..queue("drop")
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["opens_at".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .queue
+        .unwrap();
+    assert_eq!(moved.opens_at, at(now + 20_000));
+    app.clock.set_ms(now + 20_000);
+    let mut client = app.client().await;
+    enqueue(&mut client, "drop", "first").await;
+    let refused = admin
+        .update_queue(pb::UpdateQueueRequest {
+            queue: Some(pb::Queue {
+                opens_at: at(now + 60_000),
+                ..queue("drop")
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["opens_at".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (tonic::Code::FailedPrecondition, "OPENING_PASSED")
+    );
+}
