@@ -37,7 +37,7 @@ const REFRESH_EVERY: Duration = Duration::from_secs(2);
 const REAP_EVERY_MS: u64 = 1000;
 
 /// Most draw steps in a row before other queues get their turn.
-const DRAW_STEPS_PER_TICK: usize = 20;
+const DRAW_STEPS_PER_TICK: usize = 50;
 
 pub struct QueueWorker {
     store: Arc<dyn QueueStore>,

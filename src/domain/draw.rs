@@ -14,7 +14,7 @@
 use super::UserId;
 
 /// Users hashed, or placed, per draw step.
-pub const DRAW_CHUNK: u32 = 5000;
+pub const DRAW_CHUNK: u32 = 1000;
 
 /// A user's draw key under `seed`.
 pub fn draw_key(seed: &str, user: &UserId) -> u64 {

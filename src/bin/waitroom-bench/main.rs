@@ -7,6 +7,7 @@
 //! ```
 
 mod admit;
+mod draw;
 mod harness;
 
 use clap::{Parser, Subcommand};
@@ -22,11 +23,14 @@ struct Cli {
 enum Scenario {
     /// Admission with tokens, in batches, against the raw Ed25519 signing rate.
     Admit(admit::Args),
+    /// The opening draw of a large pre-queue: how long each step holds Redis.
+    Draw(draw::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Admit(args) => admit::run(args).await,
+        Scenario::Draw(args) => draw::run(args).await,
     }
 }
