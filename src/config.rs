@@ -64,6 +64,62 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_ADMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub admit_interval: Duration,
 
+    /// After SIGTERM: how long readiness reports NOT_SERVING while the service keeps serving, so load balancers stop sending before streams are ended.
+    #[arg(long, env = "WAITROOM_DRAIN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+
+    /// After the drain delay: the longest wait for calls in flight before the process exits anyway.
+    #[arg(long, env = "WAITROOM_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Longest a unary call may take before it is cancelled.
+    #[arg(long, env = "WAITROOM_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Most WatchRank streams open on this instance; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WAITROOM_MAX_STREAMS", default_value_t = 200_000)]
+    pub max_streams: usize,
+
+    /// Most unary calls in flight on this instance; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WAITROOM_MAX_CALLS", default_value_t = 10_000)]
+    pub max_calls: usize,
+
+    /// HTTP/2 streams one connection may have open (a BFF multiplexes many watchers on few connections).
+    #[arg(
+        long,
+        env = "WAITROOM_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 50_000
+    )]
+    pub max_streams_per_connection: u32,
+
+    /// HTTP/2 keepalive ping interval; a peer silent for the keepalive timeout after a ping is dropped.
+    #[arg(long, env = "WAITROOM_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long to wait for a keepalive ping's answer.
+    #[arg(long, env = "WAITROOM_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Connections are asked to go away after this long (GOAWAY; streams reconnect elsewhere), so rollouts and scale-outs rebalance long-lived clients.
+    #[arg(long, env = "WAITROOM_MAX_CONNECTION_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// Server certificate chain (PEM) for TLS on the gRPC port.
+    #[arg(long, env = "WAITROOM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of the server certificate.
+    #[arg(long, env = "WAITROOM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) client certificates must chain to: mutual TLS.
+    #[arg(long, env = "WAITROOM_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Directory with API keys per role: files `frontend`, `booking`, `operator`, one key per line. Without it, every caller may call everything.
+    #[arg(long, env = "WAITROOM_API_KEYS")]
+    pub api_keys: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "WAITROOM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -85,6 +141,19 @@ impl Config {
             queues: Vec::new(),
             watch_interval: Duration::from_millis(250),
             admit_interval: Duration::from_millis(100),
+            drain_delay: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            max_streams: 200_000,
+            max_calls: 10_000,
+            max_streams_per_connection: 50_000,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(600),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            api_keys: None,
             log_format: LogFormat::Text,
         }
     }

@@ -35,6 +35,10 @@ pub enum Error {
     QueueNotOpen { queue: String, opens_at_ms: u64 },
     #[error("queue {0:?} has already opened: its opening can no longer be moved")]
     OpeningPassed(String),
+    /// A limit of this instance was reached; the caller may retry later or
+    /// elsewhere.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The store did not answer in time or at all. Safe to retry.
     #[error("queue store unavailable: {0}")]
     Unavailable(String),
@@ -63,6 +67,7 @@ impl Error {
             Self::QueuePaused(_) => "QUEUE_PAUSED",
             Self::QueueNotOpen { .. } => "QUEUE_NOT_OPEN",
             Self::OpeningPassed(_) => "OPENING_PASSED",
+            Self::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
             Self::Unavailable(_) => "STORE_UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
@@ -77,6 +82,7 @@ impl Error {
             | Self::QueuePaused(_)
             | Self::QueueNotOpen { .. }
             | Self::OpeningPassed(_) => Code::FailedPrecondition,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }

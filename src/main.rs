@@ -6,7 +6,9 @@ use waitroom::telemetry;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(config.log_format);
+    let telemetry = telemetry::init(config.log_format);
     let app = Application::build(config).await?;
-    app.run_until_stopped(shutdown_signal()).await
+    let result = app.run_until_stopped(shutdown_signal()).await;
+    telemetry.flush();
+    result
 }

@@ -1,6 +1,11 @@
-//! Assembling the service: connect the store, load the keys, declare the
-//! queues, bind the port, wire the gRPC services, and run until told to stop.
-//! Used the same way by the binary and by the tests.
+//! Assembling the service: check the configuration, load the keys, bind the
+//! ports, wire the gRPC services with their layers, and run until told to
+//! stop. Used the same way by the binary and by the tests.
+//!
+//! Start-up fails fast on what is wrong for good (a bad Redis URL, key file,
+//! certificate or key directory) before any port opens. Redis itself may
+//! come later: readiness stays `NOT_SERVING` until it answers and the
+//! declared queues exist, and follows it from then on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,17 +17,19 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
-
 use tower::util::MapResponseLayer;
 
-use crate::api::{AdminApi, QueueApi, limits};
-use crate::config::Config;
+use crate::api::auth::{ApiKeys, AuthLayer};
+use crate::api::limits::{self, CallLimitLayer};
+use crate::api::{AdminApi, QueueApi};
+use crate::config::{Config, QueueSpec};
 use crate::domain::{Clock, SystemClock};
 use crate::pb::queue_admin_service_server::QueueAdminServiceServer;
 use crate::pb::queue_service_server::QueueServiceServer;
 use crate::store::{MemoryStore, QueueStore, RedisOptions, RedisStore};
+use crate::telemetry::grpc::ObserveLayer;
 use crate::tokens::{self, Keyring};
 use crate::watch::WatchHub;
 use crate::worker::QueueWorker;
@@ -31,18 +38,19 @@ use crate::{Error, http, pb};
 /// How often readiness re-checks the store.
 const READINESS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A built service: the port is bound, the store answered, the queues
-/// exist. Nothing is served until [`Application::run_until_stopped`].
+/// A built service: configuration checked, keys loaded, ports bound.
+/// Nothing is served until [`Application::run_until_stopped`].
 pub struct Application {
+    config: Config,
     listener: TcpListener,
     local_addr: SocketAddr,
     http_listener: TcpListener,
     http_addr: SocketAddr,
-    admit_interval: Duration,
     store: Arc<dyn QueueStore>,
     keyring: Arc<Keyring>,
+    api_keys: Option<Arc<ApiKeys>>,
+    tls: Option<ServerTlsConfig>,
     clock: Arc<dyn Clock>,
-    watch_interval: Duration,
 }
 
 impl Application {
@@ -52,18 +60,25 @@ impl Application {
 
     /// Builds with an injected clock, so tests can move time.
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let store = connect_store(&config).await?;
+        let store = open_store(&config)?;
         let keyring = Arc::new(load_keyring(&config)?);
-        for spec in &config.queues {
-            match store.create_queue(&spec.config(clock.now_ms())).await {
-                Ok(_) => tracing::info!(queue = %spec.id, "declared queue created"),
-                Err(Error::QueueAlreadyExists(_)) => tracing::info!(
-                    queue = %spec.id,
-                    "declared queue exists; its current settings are kept"
-                ),
-                Err(e) => return Err(e).context(format!("creating declared queue {}", spec.id)),
+        let tls = load_tls(&config)?;
+        let api_keys = match &config.api_keys {
+            Some(dir) => {
+                let keys = ApiKeys::load(dir)
+                    .map_err(anyhow::Error::msg)
+                    .context("loading API keys (--api-keys)")?;
+                tracing::info!(roles = ?keys.roles(), "API keys required");
+                Some(Arc::new(keys))
             }
-        }
+            None => {
+                tracing::warn!(
+                    "AUTHENTICATION IS OFF: no --api-keys, so anyone who can reach the gRPC port \
+                     may admit users, change queues and read tokens"
+                );
+                None
+            }
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -73,15 +88,16 @@ impl Application {
             .with_context(|| format!("binding {} (--http-listen)", config.http_listen))?;
         let http_addr = http_listener.local_addr()?;
         Ok(Self {
+            config,
             listener,
             local_addr,
             http_listener,
             http_addr,
-            admit_interval: config.admit_interval,
             store,
             keyring,
+            api_keys,
+            tls,
             clock,
-            watch_interval: config.watch_interval,
         })
     }
 
@@ -100,18 +116,24 @@ impl Application {
         self.keyring.jwks_json()
     }
 
-    /// Serves until `stop` resolves, then ends open streams (clients are told
-    /// to reconnect) and lets in-flight calls finish.
+    /// Serves until `stop` resolves, then shuts down gracefully: readiness
+    /// turns `NOT_SERVING` at once while calls are still served for the
+    /// drain delay (so load balancers stop sending), then open streams end
+    /// with `UNAVAILABLE` (clients reconnect elsewhere; places are kept),
+    /// calls in flight finish, and after at most the shutdown timeout it
+    /// returns, whatever the clients do.
     pub async fn run_until_stopped(
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let shutdown = CancellationToken::new();
+        let config = self.config;
+        let background = CancellationToken::new();
+        let streams_end = CancellationToken::new();
         let hub = WatchHub::new(
             Arc::clone(&self.store),
             Arc::clone(&self.clock),
-            self.watch_interval,
-            shutdown.clone(),
+            config.watch_interval,
+            streams_end.clone(),
         );
         let verifier = Arc::new(self.keyring.verifier().map_err(anyhow::Error::msg)?);
         let queue_api = QueueApi::new(
@@ -120,6 +142,7 @@ impl Application {
             verifier,
             Arc::clone(&self.clock),
             Arc::clone(&hub),
+            config.max_streams,
         );
         let queues_changed = Arc::new(Notify::new());
         let admin_api = AdminApi::new(
@@ -131,17 +154,39 @@ impl Application {
         let worker = QueueWorker::new(
             Arc::clone(&self.store),
             Arc::clone(&self.clock),
-            hub,
-            self.admit_interval,
-            queues_changed,
+            Arc::clone(&hub),
+            config.admit_interval,
+            Arc::clone(&queues_changed),
         );
-        tokio::spawn(worker.run(shutdown.clone()));
-        let http_stop = shutdown.clone();
+        tokio::spawn(worker.run(background.clone()));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_not_serving::<QueueServiceServer<QueueApi>>()
+            .await;
+        health
+            .set_not_serving::<QueueAdminServiceServer<AdminApi>>()
+            .await;
+        let draining = CancellationToken::new();
+        tokio::spawn(track_readiness(
+            health.clone(),
+            Arc::clone(&self.store),
+            Arc::clone(&self.clock),
+            config.queues.clone(),
+            draining.clone(),
+        ));
+
+        let http_stop = background.clone();
         let http = axum::serve(
             self.http_listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             }),
-            http::router(Arc::clone(&self.keyring)),
+            http::router(
+                Arc::clone(&self.keyring),
+                Arc::clone(&self.store),
+                Arc::clone(&hub),
+                Arc::clone(&self.clock),
+            ),
         )
         .with_graceful_shutdown(async move { http_stop.cancelled().await });
         tokio::spawn(async move {
@@ -149,26 +194,40 @@ impl Application {
                 tracing::error!(%error, "the HTTP port failed");
             }
         });
-        tracing::info!(address = %self.http_addr, "serving HTTP (JWKS, health)");
+        tracing::info!(address = %self.http_addr, "serving HTTP (JWKS, metrics, health)");
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        tokio::spawn(track_readiness(
-            health,
-            Arc::clone(&self.store),
-            shutdown.clone(),
-        ));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building the reflection service")?;
 
-        tracing::info!(address = %self.local_addr, "serving gRPC");
-        let stopping = shutdown.clone();
-        let result = Server::builder()
+        let mut server = Server::builder()
+            .timeout(config.request_timeout)
+            .max_concurrent_streams(config.max_streams_per_connection)
+            .http2_keepalive_interval(Some(config.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.keepalive_timeout))
+            .max_connection_age(config.max_connection_age)
+            .max_connection_age_grace(config.shutdown_timeout)
+            // Many streams on few connections: windows large enough that a
+            // burst of updates on thousands of streams is not held up by
+            // flow control, and room for the resets a client tearing down
+            // thousands of streams sends at once.
+            .initial_connection_window_size(16 << 20)
+            .initial_stream_window_size(1 << 20)
+            .http2_max_pending_accept_reset_streams(Some(10_000))
+            .http2_max_local_error_reset_streams(Some(10_000));
+        if let Some(tls) = self.tls {
+            server = server.tls_config(tls).context("configuring TLS")?;
+        }
+        let auth = tower::util::option_layer(self.api_keys.map(AuthLayer::new));
+        let router = server
+            .layer(ObserveLayer)
             .layer(MapResponseLayer::new(
                 limits::oversized_is_resource_exhausted,
             ))
+            .layer(auth)
+            .layer(CallLimitLayer::new(config.max_calls))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(
@@ -178,15 +237,45 @@ impl Application {
             .add_service(
                 QueueAdminServiceServer::new(admin_api)
                     .max_decoding_message_size(limits::MAX_REQUEST_BYTES),
-            )
-            .serve_with_incoming_shutdown(incoming(self.listener), async move {
+            );
+
+        tracing::info!(address = %self.local_addr, "serving gRPC");
+        let (drain_delay, shutdown_timeout) = (config.drain_delay, config.shutdown_timeout);
+        let finish = CancellationToken::new();
+        let stopping = finish.clone();
+        let shutdown = {
+            let (health, draining, streams_end) = (health, draining.clone(), streams_end.clone());
+            async move {
                 stop.await;
-                tracing::info!("stopping: ending streams, finishing calls in flight");
+                tracing::info!(?drain_delay, "stopping: readiness off, draining");
+                draining.cancel();
+                health
+                    .set_not_serving::<QueueServiceServer<QueueApi>>()
+                    .await;
+                health
+                    .set_not_serving::<QueueAdminServiceServer<AdminApi>>()
+                    .await;
+                tokio::time::sleep(drain_delay).await;
+                tracing::info!("ending streams (clients reconnect elsewhere), finishing calls");
+                streams_end.cancel();
                 stopping.cancel();
-            })
-            .await;
-        shutdown.cancel();
-        result.context("serving gRPC")
+            }
+        };
+        let serving =
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming(self.listener), shutdown));
+        let result = tokio::select! {
+            result = serving => result.context("the gRPC server task failed")?.context("serving gRPC"),
+            () = async {
+                finish.cancelled().await;
+                tokio::time::sleep(shutdown_timeout).await;
+            } => {
+                tracing::warn!(?shutdown_timeout, "calls still open after the shutdown timeout; exiting anyway");
+                Ok(())
+            }
+        };
+        streams_end.cancel();
+        background.cancel();
+        result
     }
 }
 
@@ -204,7 +293,7 @@ fn incoming(
     })
 }
 
-async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
     match &config.redis_url {
         Some(url) => {
             let options = RedisOptions {
@@ -212,9 +301,9 @@ async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
                 prefix: config.redis_prefix.clone(),
                 timeout: config.redis_timeout,
             };
-            let store = RedisStore::connect(&options)
-                .await
-                .context("connecting to Redis (--redis-url)")?;
+            let store = RedisStore::connect_lazily(&options)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("--redis-url")?;
             tracing::info!(prefix = %config.redis_prefix, "using the Redis store");
             Ok(Arc::new(store))
         }
@@ -226,6 +315,23 @@ async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
             Ok(Arc::new(MemoryStore::new()))
         }
     }
+}
+
+fn load_tls(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        tracing::info!("TLS with client certificates required (mutual TLS)");
+    } else {
+        tracing::info!("TLS on the gRPC port");
+    }
+    Ok(Some(tls))
 }
 
 fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
@@ -293,17 +399,25 @@ fn pem_files(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<std::path::Path
 }
 
 /// Readiness follows the store: `waitroom.v1.QueueService` (and the admin
-/// service) are SERVING while the store answers. The overall `""` service,
-/// liveness, stays SERVING: a store outage must not restart the process.
+/// service) are `SERVING` while the store answers, and not before the
+/// queues declared at start exist. The overall `""` service, liveness,
+/// stays `SERVING`: a store outage must not restart the process. Stops
+/// when the service starts draining.
 async fn track_readiness(
     health: HealthReporter,
     store: Arc<dyn QueueStore>,
-    shutdown: CancellationToken,
+    clock: Arc<dyn Clock>,
+    mut declared: Vec<QueueSpec>,
+    draining: CancellationToken,
 ) {
-    let mut ready = None;
+    let mut ready = false;
     loop {
-        let now_ready = store.ping().await.is_ok();
-        if ready != Some(now_ready) {
+        let answers = store.ping().await.is_ok();
+        if answers && !declared.is_empty() {
+            declared = declare_queues(store.as_ref(), clock.as_ref(), declared).await;
+        }
+        let now_ready = answers && declared.is_empty();
+        if now_ready != ready && !draining.is_cancelled() {
             if now_ready {
                 health.set_serving::<QueueServiceServer<QueueApi>>().await;
                 health
@@ -319,16 +433,38 @@ async fn track_readiness(
                     .await;
                 tracing::warn!("not ready: the store does not answer");
             }
-            ready = Some(now_ready);
+            ready = now_ready;
         }
         tokio::select! {
             _ = tokio::time::sleep(READINESS_INTERVAL) => {}
-            _ = shutdown.cancelled() => {
-                health.set_not_serving::<QueueServiceServer<QueueApi>>().await;
-                return;
+            _ = draining.cancelled() => return,
+        }
+    }
+}
+
+/// Creates the declared queues that do not exist yet; existing ones keep
+/// their current settings, so a restart never undoes an operator's switch.
+/// Returns those still to do (the store failed).
+async fn declare_queues(
+    store: &dyn QueueStore,
+    clock: &dyn Clock,
+    declared: Vec<QueueSpec>,
+) -> Vec<QueueSpec> {
+    let mut left = Vec::new();
+    for spec in declared {
+        match store.create_queue(&spec.config(clock.now_ms())).await {
+            Ok(_) => tracing::info!(queue = %spec.id, "declared queue created"),
+            Err(Error::QueueAlreadyExists(_)) => tracing::info!(
+                queue = %spec.id,
+                "declared queue exists; its current settings are kept"
+            ),
+            Err(error) => {
+                tracing::warn!(queue = %spec.id, %error, "cannot create declared queue yet");
+                left.push(spec);
             }
         }
     }
+    left
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

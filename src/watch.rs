@@ -13,6 +13,7 @@
 //! heartbeat timeout, not one write per stream.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,12 +55,40 @@ struct Watcher {
     user: UserId,
     last: View,
     tx: mpsc::Sender<Result<Place>>,
+    _slot: StreamSlot,
+}
+
+/// Counts an open stream, on the instance and in its queue, for as long as
+/// its watcher lives.
+struct StreamSlot {
+    instance: Arc<AtomicUsize>,
+    queue: Arc<AtomicUsize>,
+}
+
+impl StreamSlot {
+    fn new(instance: &Arc<AtomicUsize>, queue: &Arc<AtomicUsize>) -> Self {
+        instance.fetch_add(1, Ordering::Relaxed);
+        queue.fetch_add(1, Ordering::Relaxed);
+        Self {
+            instance: Arc::clone(instance),
+            queue: Arc::clone(queue),
+        }
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.instance.fetch_sub(1, Ordering::Relaxed);
+        self.queue.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
 struct QueueWatch {
     watchers: Mutex<Vec<Watcher>>,
     wake: Notify,
+    /// Streams open on this queue, including those being refreshed.
+    open: Arc<AtomicUsize>,
 }
 
 /// Pushes place changes to `WatchRank` streams.
@@ -69,6 +98,8 @@ pub struct WatchHub {
     interval: Duration,
     queues: Mutex<HashMap<QueueId, Arc<QueueWatch>>>,
     shutdown: CancellationToken,
+    /// Streams open on this instance.
+    open: Arc<AtomicUsize>,
 }
 
 impl WatchHub {
@@ -84,6 +115,7 @@ impl WatchHub {
             interval,
             queues: Mutex::new(HashMap::new()),
             shutdown,
+            open: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -113,7 +145,13 @@ impl WatchHub {
             watch
         });
         if let Ok(mut watchers) = watch.watchers.lock() {
-            watchers.push(Watcher { user, last, tx });
+            let slot = StreamSlot::new(&self.open, &watch.open);
+            watchers.push(Watcher {
+                user,
+                last,
+                tx,
+                _slot: slot,
+            });
         }
         rx
     }
@@ -129,12 +167,20 @@ impl WatchHub {
 
     /// Number of open streams on this instance.
     pub fn watcher_count(&self) -> usize {
-        self.queues.lock().map_or(0, |queues| {
-            queues
-                .values()
-                .map(|w| w.watchers.lock().map_or(0, |w| w.len()))
-                .sum()
-        })
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Open streams of each queue on this instance.
+    pub fn watchers_by_queue(&self) -> HashMap<QueueId, u64> {
+        self.queues.lock().map_or_else(
+            |_| HashMap::new(),
+            |queues| {
+                queues
+                    .iter()
+                    .map(|(q, w)| (q.clone(), w.open.load(Ordering::Relaxed) as u64))
+                    .collect()
+            },
+        )
     }
 
     async fn run(self: Arc<Self>, queue: QueueId, watch: Arc<QueueWatch>) {

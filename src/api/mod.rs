@@ -4,6 +4,7 @@
 //! the one `From<Error> for Status`.
 
 mod admin_service;
+pub mod auth;
 mod convert;
 pub mod limits;
 mod queue_service;

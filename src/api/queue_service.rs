@@ -14,6 +14,7 @@ use crate::domain::Clock;
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::store::QueueStore;
+use crate::telemetry::metrics::{VerdictLabels, metrics};
 use crate::tokens::{Keyring, Verdict, Verifier};
 use crate::watch::WatchHub;
 use crate::{Error, Result};
@@ -32,6 +33,8 @@ pub struct QueueApi {
     verifier: Arc<Verifier>,
     clock: Arc<dyn Clock>,
     hub: Arc<WatchHub>,
+    /// Most streams open on this instance.
+    max_streams: usize,
 }
 
 impl QueueApi {
@@ -41,6 +44,7 @@ impl QueueApi {
         verifier: Arc<Verifier>,
         clock: Arc<dyn Clock>,
         hub: Arc<WatchHub>,
+        max_streams: usize,
     ) -> Self {
         Self {
             store,
@@ -48,6 +52,7 @@ impl QueueApi {
             verifier,
             clock,
             hub,
+            max_streams,
         }
     }
 
@@ -83,6 +88,12 @@ impl QueueApi {
         {
             verdict = Verdict::AlreadyUsed;
         }
+        metrics()
+            .token_verifications
+            .get_or_create(&VerdictLabels {
+                verdict: verdict_name(verdict),
+            })
+            .inc();
         let mut response = pb::VerifyAdmissionResponse {
             verdict: verdict_out(verdict) as i32,
             ..Default::default()
@@ -96,6 +107,16 @@ impl QueueApi {
             response.token_id = claims.jti;
         }
         Ok(response)
+    }
+}
+
+fn verdict_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Valid => "valid",
+        Verdict::Expired => "expired",
+        Verdict::Invalid => "invalid",
+        Verdict::AlreadyUsed => "already_used",
+        Verdict::WrongQueue => "wrong_queue",
     }
 }
 
@@ -150,6 +171,13 @@ impl QueueService for QueueApi {
     ) -> Result<Response<Self::WatchRankStream>, Status> {
         let request = request.into_inner();
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
+        if self.hub.watcher_count() >= self.max_streams {
+            return Err(Error::ResourceExhausted(format!(
+                "this instance holds its maximum of {} open streams; reconnect (another replica may have room)",
+                self.max_streams
+            ))
+            .into());
+        }
         let first = self
             .store
             .place(&queue, &user, self.clock.now_ms())

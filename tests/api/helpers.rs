@@ -102,6 +102,8 @@ impl TestApp {
         config.http_listen = "127.0.0.1:0".parse().expect("an address");
         config.watch_interval = Duration::from_millis(50);
         config.admit_interval = Duration::from_millis(10);
+        config.drain_delay = Duration::ZERO;
+        config.shutdown_timeout = Duration::from_secs(2);
         config
     }
 
@@ -117,7 +119,40 @@ impl TestApp {
         Self::spawn_with_clock(config, Arc::new(ManualClock::new(now_ms()))).await
     }
 
+    /// Starts the service and waits until it reports ready, as a load
+    /// balancer would before sending traffic.
     pub async fn spawn_with_clock(config: Config, clock: Arc<ManualClock>) -> Self {
+        let app = Self::start(config, clock).await;
+        app.wait_until_ready().await;
+        app
+    }
+
+    /// Waits until readiness (`waitroom.v1.QueueService`) is SERVING.
+    pub async fn wait_until_ready(&self) {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel().await);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: "waitroom.v1.QueueService".into(),
+                })
+                .await
+                .map(|r| r.into_inner().status());
+            if matches!(status, Ok(ServingStatus::Serving)) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the service never became ready: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the service without waiting for readiness.
+    pub async fn start(config: Config, clock: Arc<ManualClock>) -> Self {
         let app = Application::build_with_clock(config, Arc::clone(&clock) as Arc<dyn Clock>)
             .await
             .expect("building the service");

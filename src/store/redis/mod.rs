@@ -30,6 +30,7 @@ use crate::domain::{
     Admission, Admitted, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats,
     QueueUpdate, RateSample, RequestId, UserId,
 };
+use crate::telemetry::metrics::{StoreErrorLabels, StoreLabels, metrics};
 use crate::{Error, Result};
 
 /// Users per `places` script call, so one call never holds Redis for long.
@@ -108,9 +109,17 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects and checks that Redis answers, so a wrong URL or an
-    /// unreachable server is reported at start, not on the first request.
+    /// Connects and checks that Redis answers.
     pub async fn connect(options: &RedisOptions) -> Result<Self> {
+        let store = Self::connect_lazily(options)?;
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// Checks the URL now and connects on first use, reconnecting by itself
+    /// whenever the connection is lost: a service may start before its
+    /// Redis and ride out a Redis restart.
+    pub fn connect_lazily(options: &RedisOptions) -> Result<Self> {
         let client = redis::Client::open(options.url.as_str())
             .map_err(|e| Error::invalid("redis_url", e.to_string()))?;
         let config = ConnectionManagerConfig::new()
@@ -118,21 +127,13 @@ impl RedisStore {
             .set_response_timeout(Some(options.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let conn = tokio::time::timeout(
-            options.timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| Error::Unavailable("timed out connecting to Redis".into()))?
-        .map_err(classify)?;
-        let store = Self {
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(classify)?;
+        Ok(Self {
             conn,
             prefix: options.prefix.clone(),
             timeout: options.timeout,
             scripts: Scripts::load(),
-        };
-        store.ping().await?;
-        Ok(store)
+        })
     }
 
     fn keys(&self, queue: &QueueId) -> [String; 12] {
@@ -154,27 +155,52 @@ impl RedisStore {
         invocation
     }
 
-    async fn run<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T> {
+    async fn run<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T> {
         let mut conn = self.conn.clone();
-        bounded(self.timeout, invocation.invoke_async(&mut conn)).await
+        bounded(operation, self.timeout, invocation.invoke_async(&mut conn)).await
     }
 
-    async fn command<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+    async fn command<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T> {
         let mut conn = self.conn.clone();
-        bounded(self.timeout, cmd.query_async(&mut conn)).await
+        bounded(operation, self.timeout, cmd.query_async(&mut conn)).await
     }
 }
 
+/// One Redis round trip, bounded by the timeout and measured.
 async fn bounded<T>(
+    operation: &'static str,
     timeout: Duration,
     call: impl Future<Output = redis::RedisResult<T>>,
 ) -> Result<T> {
-    match tokio::time::timeout(timeout, call).await {
+    let started = std::time::Instant::now();
+    let result = match tokio::time::timeout(timeout, call).await {
         Ok(result) => result.map_err(classify),
         Err(_) => Err(Error::Unavailable(format!(
             "no answer from Redis within {timeout:?}"
         ))),
+    };
+    let m = metrics();
+    m.store_seconds
+        .get_or_create(&StoreLabels { operation })
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(error) = &result {
+        let kind = match error {
+            Error::Unavailable(_) => "unavailable",
+            _ => "internal",
+        };
+        m.store_errors
+            .get_or_create(&StoreErrorLabels { operation, kind })
+            .inc();
     }
+    result
 }
 
 /// Failures to get an answer are `Unavailable` (retry); answers we cannot
@@ -404,6 +430,7 @@ fn parse_config(queue: &QueueId, fields: HashMap<String, String>) -> Result<Opti
 impl QueueStore for RedisStore {
     async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig> {
         self.command::<i64>(
+            "index_add",
             redis::cmd("SADD")
                 .arg(keys::index_key(&self.prefix))
                 .arg(config.id.as_str()),
@@ -414,7 +441,7 @@ impl QueueStore for RedisStore {
         for (field, value) in config_fields(config) {
             invocation.arg(field).arg(value);
         }
-        match self.run::<i64>(&invocation).await? {
+        match self.run::<i64>("create_queue", &invocation).await? {
             1 => Ok(config.clone()),
             _ => Err(Error::QueueAlreadyExists(config.id.to_string())),
         }
@@ -422,14 +449,17 @@ impl QueueStore for RedisStore {
 
     async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig> {
         let fields: HashMap<String, String> = self
-            .command(redis::cmd("HGETALL").arg(&self.keys(queue)[0]))
+            .command("get_queue", redis::cmd("HGETALL").arg(&self.keys(queue)[0]))
             .await?;
         parse_config(queue, fields)?.ok_or_else(|| Error::QueueNotFound(queue.to_string()))
     }
 
     async fn list_queues(&self, after: Option<&QueueId>, limit: usize) -> Result<Vec<QueueConfig>> {
         let ids: Vec<String> = self
-            .command(redis::cmd("SMEMBERS").arg(keys::index_key(&self.prefix)))
+            .command(
+                "list_queues",
+                redis::cmd("SMEMBERS").arg(keys::index_key(&self.prefix)),
+            )
             .await?;
         let mut ids: Vec<QueueId> = ids
             .iter()
@@ -447,7 +477,7 @@ impl QueueStore for RedisStore {
             }
             let mut conn = self.conn.clone();
             let configs: Vec<HashMap<String, String>> =
-                bounded(self.timeout, pipe.query_async(&mut conn)).await?;
+                bounded("list_queues", self.timeout, pipe.query_async(&mut conn)).await?;
             for (id, fields) in chunk.iter().zip(configs) {
                 if let Some(config) = parse_config(id, fields)? {
                     queues.push(config);
@@ -470,7 +500,7 @@ impl QueueStore for RedisStore {
         for (field, value) in update_fields(update) {
             invocation.arg(field).arg(value);
         }
-        let reply: Vec<String> = self.run(&invocation).await?;
+        let reply: Vec<String> = self.run("update_queue", &invocation).await?;
         if reply.len() == 1 {
             return Err(status_error(&reply[0], queue));
         }
@@ -483,9 +513,13 @@ impl QueueStore for RedisStore {
 
     async fn delete_queue(&self, queue: &QueueId) -> Result<()> {
         let deleted: i64 = self
-            .run(&self.invocation(&self.scripts.delete_queue, queue, 0))
+            .run(
+                "delete_queue",
+                &self.invocation(&self.scripts.delete_queue, queue, 0),
+            )
             .await?;
         self.command::<i64>(
+            "index_remove",
             redis::cmd("SREM")
                 .arg(keys::index_key(&self.prefix))
                 .arg(queue.as_str()),
@@ -500,7 +534,7 @@ impl QueueStore for RedisStore {
     async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
         let mut invocation = self.invocation(&self.scripts.enqueue, queue, now_ms);
         invocation.arg(user.as_str());
-        let value: Value = self.run(&invocation).await?;
+        let value: Value = self.run("enqueue", &invocation).await?;
         parse_place(value, queue)?.ok_or_else(|| bad_reply("enqueue returned no place"))
     }
 
@@ -518,7 +552,7 @@ impl QueueStore for RedisStore {
             for user in chunk {
                 invocation.arg(user.as_str());
             }
-            let value: Value = self.run(&invocation).await?;
+            let value: Value = self.run("places", &invocation).await?;
             let Value::Array(items) = value else {
                 return Err(bad_reply("places: expected an array"));
             };
@@ -538,7 +572,7 @@ impl QueueStore for RedisStore {
             for user in chunk {
                 invocation.arg(user.as_str());
             }
-            self.run::<i64>(&invocation).await?;
+            self.run::<i64>("touch", &invocation).await?;
         }
         Ok(())
     }
@@ -546,7 +580,7 @@ impl QueueStore for RedisStore {
     async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
         let mut invocation = self.invocation(&self.scripts.reap, queue, now_ms);
         invocation.arg(limit);
-        match self.run::<i64>(&invocation).await? {
+        match self.run::<i64>("reap", &invocation).await? {
             -1 => Err(Error::QueueNotFound(queue.to_string())),
             n => Ok(n.max(0) as u64),
         }
@@ -561,7 +595,7 @@ impl QueueStore for RedisStore {
     ) -> Result<bool> {
         let mut invocation = self.invocation(&self.scripts.draw_step, queue, now_ms);
         invocation.arg(seed).arg(chunk);
-        match self.run::<i64>(&invocation).await? {
+        match self.run::<i64>("draw_step", &invocation).await? {
             -1 => Err(Error::QueueNotFound(queue.to_string())),
             n => Ok(n == 1),
         }
@@ -570,7 +604,7 @@ impl QueueStore for RedisStore {
     async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
         let mut invocation = self.invocation(&self.scripts.leave, queue, now_ms);
         invocation.arg(user.as_str());
-        match self.run::<i64>(&invocation).await? {
+        match self.run::<i64>("leave", &invocation).await? {
             -1 => Err(Error::QueueNotFound(queue.to_string())),
             n => Ok(n == 1),
         }
@@ -587,7 +621,7 @@ impl QueueStore for RedisStore {
         invocation
             .arg(max_count)
             .arg(request.map_or("", RequestId::as_str));
-        parse_admitted(self.run(&invocation).await?, queue)
+        parse_admitted(self.run("admit", &invocation).await?, queue)
     }
 
     async fn admit_due(
@@ -598,13 +632,13 @@ impl QueueStore for RedisStore {
     ) -> Result<Vec<Admitted>> {
         let mut invocation = self.invocation(&self.scripts.admit_due, queue, now_ms);
         invocation.arg(max_count);
-        parse_admitted(self.run(&invocation).await?, queue)
+        parse_admitted(self.run("admit_due", &invocation).await?, queue)
     }
 
     async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
         let mut invocation = self.invocation(&self.scripts.complete, queue, now_ms);
         invocation.arg(user.as_str());
-        match self.run::<i64>(&invocation).await? {
+        match self.run::<i64>("complete", &invocation).await? {
             -1 => Err(Error::QueueNotFound(queue.to_string())),
             n => Ok(n == 1),
         }
@@ -622,13 +656,16 @@ impl QueueStore for RedisStore {
             .key(keys::used_tokens_key(&self.prefix, queue))
             .arg(token_id)
             .arg(expires_at_ms);
-        Ok(self.run::<i64>(&invocation).await? == 1)
+        Ok(self.run::<i64>("consume_token", &invocation).await? == 1)
     }
 
     async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats> {
         let mut reply = Reply::new(
-            self.run(&self.invocation(&self.scripts.stats, queue, now_ms))
-                .await?,
+            self.run(
+                "stats",
+                &self.invocation(&self.scripts.stats, queue, now_ms),
+            )
+            .await?,
         )?;
         let status = reply.string()?;
         if status != "ok" {
@@ -652,7 +689,7 @@ impl QueueStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        let _: String = self.command(&redis::cmd("PING")).await?;
+        let _: String = self.command("ping", &redis::cmd("PING")).await?;
         Ok(())
     }
 }

@@ -1,0 +1,245 @@
+//! One tower layer around every gRPC call: a span whose parent is the
+//! caller's W3C `traceparent`, and the go-grpc-prometheus metrics. The
+//! status code is read where gRPC puts it (the headers of a trailers-only
+//! response, or the trailers at the end of the body), so streams are
+//! measured to their end; a call the client abandons counts as `Canceled`.
+//! Health checks are measured but not traced, so probes do not flood the
+//! trace store.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame};
+use opentelemetry::propagation::Extractor;
+use tower::{Layer, Service};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::metrics::{GrpcCodeLabels, GrpcLabels, metrics};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+/// `service` and `method` of a gRPC path `/package.Service/Method`.
+fn split_path(path: &str) -> (String, String) {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or_default().to_owned();
+    let method = parts.next().unwrap_or_default().to_owned();
+    (service, method)
+}
+
+fn grpc_type(service: &str, method: &str) -> &'static str {
+    match (service, method) {
+        (_, "WatchRank") | ("grpc.health.v1.Health", "Watch") => "server_stream",
+        (s, _) if s.starts_with("grpc.reflection.") => "bidi_stream",
+        _ => "unary",
+    }
+}
+
+/// The names go-grpc-prometheus gives the codes.
+fn code_name(code: &[u8]) -> &'static str {
+    match code {
+        b"0" => "OK",
+        b"1" => "Canceled",
+        b"2" => "Unknown",
+        b"3" => "InvalidArgument",
+        b"4" => "DeadlineExceeded",
+        b"5" => "NotFound",
+        b"6" => "AlreadyExists",
+        b"7" => "PermissionDenied",
+        b"8" => "ResourceExhausted",
+        b"9" => "FailedPrecondition",
+        b"10" => "Aborted",
+        b"11" => "OutOfRange",
+        b"12" => "Unimplemented",
+        b"13" => "Internal",
+        b"14" => "Unavailable",
+        b"15" => "DataLoss",
+        b"16" => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let (service, method) = split_path(request.uri().path());
+        let labels = GrpcLabels {
+            grpc_type: grpc_type(&service, &method),
+            grpc_service: service,
+            grpc_method: method,
+        };
+        metrics().grpc_started.get_or_create(&labels).inc();
+        let span = if labels.grpc_service == "grpc.health.v1.Health" {
+            tracing::Span::none()
+        } else {
+            let span = tracing::info_span!(
+                "grpc.request",
+                otel.name = %format!("{}/{}", labels.grpc_service, labels.grpc_method),
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.service = %labels.grpc_service,
+                rpc.method = %labels.grpc_method,
+                rpc.grpc.status_code = tracing::field::Empty,
+            );
+            let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+                propagator.extract(&HeaderExtractor(request.headers()))
+            });
+            let _ = span.set_parent(parent);
+            span
+        };
+        let observer = Observer {
+            labels,
+            started: Instant::now(),
+            span: span.clone(),
+            done: false,
+        };
+        let call = self.inner.call(request).instrument(span);
+        Box::pin(async move {
+            let response = call.await?;
+            let (parts, body) = response.into_parts();
+            let mut observer = Some(observer);
+            if let Some(code) = parts.headers.get("grpc-status")
+                && let Some(mut done) = observer.take()
+            {
+                done.finish(code.as_bytes());
+            }
+            Ok(Response::from_parts(
+                parts,
+                ObservedBody {
+                    inner: body,
+                    observer,
+                },
+            ))
+        })
+    }
+}
+
+/// Records an RPC's end once.
+struct Observer {
+    labels: GrpcLabels,
+    started: Instant,
+    span: tracing::Span,
+    done: bool,
+}
+
+impl Observer {
+    fn finish(&mut self, code: &[u8]) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let name = code_name(code);
+        self.span.record("rpc.grpc.status_code", name);
+        let m = metrics();
+        m.grpc_handling_seconds
+            .get_or_create(&self.labels)
+            .observe(self.started.elapsed().as_secs_f64());
+        m.grpc_handled
+            .get_or_create(&GrpcCodeLabels {
+                grpc_type: self.labels.grpc_type,
+                grpc_service: self.labels.grpc_service.clone(),
+                grpc_method: self.labels.grpc_method.clone(),
+                grpc_code: name,
+            })
+            .inc();
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        // The body went away before the status: the client gave up.
+        self.finish(b"1");
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that reports the call's status when it is sent.
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        observer: Option<Observer>,
+    }
+}
+
+impl<B: Body> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(|t| t.get("grpc-status"))
+                    && let Some(mut observer) = this.observer.take()
+                {
+                    observer.finish(code.as_bytes());
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(mut observer) = this.observer.take() {
+                    observer.finish(b"13");
+                }
+            }
+            Poll::Ready(None) => {
+                // Ended without a status: an OK stream whose trailers came
+                // in a frame already seen would have been taken.
+                if let Some(mut observer) = this.observer.take() {
+                    observer.finish(b"2");
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

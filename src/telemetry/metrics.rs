@@ -1,0 +1,260 @@
+//! The process's Prometheus metrics.
+//!
+//! gRPC metrics carry the names and labels of go-grpc-prometheus
+//! (`grpc_server_started_total`, `grpc_server_handled_total`,
+//! `grpc_server_handling_seconds`), so existing dashboards work. Per-queue
+//! figures (`waitroom_queue_*`) are read from the store at scrape time: they
+//! are the queue's, not this replica's, and every replica reports the same
+//! values, so aggregate them with `max`, not `sum`. Open watchers, token
+//! verifications and store calls are this replica's own.
+
+use std::sync::{LazyLock, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::domain::{QueueId, QueueStats};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub grpc_type: &'static str,
+    pub grpc_service: String,
+    pub grpc_method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcCodeLabels {
+    pub grpc_type: &'static str,
+    pub grpc_service: String,
+    pub grpc_method: String,
+    pub grpc_code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreErrorLabels {
+    pub operation: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    pub grpc_started: Family<GrpcLabels, Counter>,
+    pub grpc_handled: Family<GrpcCodeLabels, Counter>,
+    pub grpc_handling_seconds: Family<GrpcLabels, Histogram>,
+    pub token_verifications: Family<VerdictLabels, Counter>,
+    pub store_seconds: Family<StoreLabels, Histogram>,
+    pub store_errors: Family<StoreErrorLabels, Counter>,
+    pub open_watchers: Gauge,
+    queues: std::sync::Arc<QueueSnapshot>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+fn grpc_buckets() -> Histogram {
+    // go-grpc-prometheus's default buckets.
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+fn store_buckets() -> Histogram {
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    ])
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let grpc_started = Family::<GrpcLabels, Counter>::default();
+        registry.register(
+            "grpc_server_started",
+            "RPCs started on the server",
+            grpc_started.clone(),
+        );
+        let grpc_handled = Family::<GrpcCodeLabels, Counter>::default();
+        registry.register(
+            "grpc_server_handled",
+            "RPCs completed on the server, by status code",
+            grpc_handled.clone(),
+        );
+        let grpc_handling_seconds = Family::<GrpcLabels, Histogram>::new_with_constructor(
+            grpc_buckets as fn() -> Histogram,
+        );
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its status, in seconds",
+            grpc_handling_seconds.clone(),
+        );
+        let token_verifications = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "waitroom_token_verifications",
+            "VerifyAdmission calls on this replica, by verdict",
+            token_verifications.clone(),
+        );
+        let store_seconds = Family::<StoreLabels, Histogram>::new_with_constructor(
+            store_buckets as fn() -> Histogram,
+        );
+        registry.register(
+            "waitroom_store_call_seconds",
+            "Time of each call to the queue store (a Redis round trip), in seconds",
+            store_seconds.clone(),
+        );
+        let store_errors = Family::<StoreErrorLabels, Counter>::default();
+        registry.register(
+            "waitroom_store_errors",
+            "Failed calls to the queue store, by kind (unavailable, internal)",
+            store_errors.clone(),
+        );
+        let open_watchers = Gauge::default();
+        registry.register(
+            "waitroom_open_watchers",
+            "WatchRank streams open on this replica",
+            open_watchers.clone(),
+        );
+        let queues = std::sync::Arc::new(QueueSnapshot::default());
+        registry.register_collector(Box::new(std::sync::Arc::clone(&queues)));
+        Self {
+            registry,
+            grpc_started,
+            grpc_handled,
+            grpc_handling_seconds,
+            token_verifications,
+            store_seconds,
+            store_errors,
+            open_watchers,
+            queues,
+        }
+    }
+
+    /// Replaces the per-queue figures reported by the next encodes.
+    pub fn set_queues(&self, queues: Vec<(QueueId, QueueStats, u64)>) {
+        if let Ok(mut current) = self.queues.queues.lock() {
+            *current = queues;
+        }
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// Per-queue figures as of the last scrape: (queue, stats, watchers here).
+#[derive(Debug, Default)]
+struct QueueSnapshot {
+    queues: Mutex<Vec<(QueueId, QueueStats, u64)>>,
+}
+
+impl Collector for QueueSnapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(queues) = self.queues.lock() else {
+            return Ok(());
+        };
+        type Read = fn(&QueueStats, u64) -> u64;
+        let gauges: [(&str, &str, Read); 4] = [
+            (
+                "waitroom_queue_waiting",
+                "Users in line (waiting or pre-queued)",
+                |s, _| s.waiting,
+            ),
+            (
+                "waitroom_queue_active",
+                "Users holding an admission",
+                |s, _| s.active,
+            ),
+            (
+                "waitroom_queue_prequeued",
+                "Users pre-queued for a scheduled opening",
+                |s, _| s.prequeued,
+            ),
+            (
+                "waitroom_queue_watchers",
+                "WatchRank streams of the queue open on this replica",
+                |_, w| w,
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let sample = ConstGauge::new(0i64);
+            let mut family = encoder.encode_descriptor(name, help, None, sample.metric_type())?;
+            for (queue, stats, watchers) in queues.iter() {
+                let labels = QueueLabels {
+                    queue: queue.to_string(),
+                };
+                ConstGauge::new(read(stats, *watchers) as i64)
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let counters: [(&str, &str, Read); 6] = [
+            (
+                "waitroom_queue_enqueued",
+                "Users given a place since the queue was created",
+                |s, _| s.enqueued,
+            ),
+            (
+                "waitroom_queue_admitted",
+                "Admissions since the queue was created",
+                |s, _| s.admitted,
+            ),
+            (
+                "waitroom_queue_completed",
+                "Admissions ended by CompleteAdmission",
+                |s, _| s.completed,
+            ),
+            (
+                "waitroom_queue_expired",
+                "Admissions that reached their TTL unused",
+                |s, _| s.expired,
+            ),
+            (
+                "waitroom_queue_abandoned",
+                "Places released for lack of a sign of life",
+                |s, _| s.abandoned,
+            ),
+            (
+                "waitroom_queue_left",
+                "Users who left with Leave",
+                |s, _| s.left,
+            ),
+        ];
+        for (name, help, read) in counters {
+            let sample = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, sample.metric_type())?;
+            for (queue, stats, watchers) in queues.iter() {
+                let labels = QueueLabels {
+                    queue: queue.to_string(),
+                };
+                ConstCounter::new(read(stats, *watchers)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
