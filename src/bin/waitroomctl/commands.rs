@@ -1,0 +1,329 @@
+//! What each command does: one or two calls, then output.
+
+use std::io::{IsTerminal, Write};
+
+use serde_json::json;
+use tokio_stream::StreamExt;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use waitroom::pb;
+use waitroom::pb::queue_admin_service_client::QueueAdminServiceClient;
+use waitroom::pb::queue_service_client::QueueServiceClient;
+
+use crate::output::{self, print_rows, print_table};
+use crate::{Client, Command, Failure, Mode, Output, QueueCommand, Settings};
+
+fn mode_value(mode: Mode) -> pb::QueueMode {
+    match mode {
+        Mode::Queueing => pb::QueueMode::Queueing,
+        Mode::PassThrough => pb::QueueMode::PassThrough,
+        Mode::Paused => pb::QueueMode::Paused,
+        Mode::Closed => pb::QueueMode::Closed,
+    }
+}
+
+fn proto_duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// The queue message and the mask of the settings given.
+fn queue_message(id: String, settings: &Settings) -> (pb::Queue, Vec<String>) {
+    let mut queue = pb::Queue {
+        id,
+        ..Default::default()
+    };
+    let mut mask = Vec::new();
+    if let Some(mode) = settings.mode {
+        queue.mode = mode_value(mode) as i32;
+        mask.push("mode".to_owned());
+    }
+    if let Some(n) = settings.max_active {
+        queue.max_active = n;
+        mask.push("max_active".to_owned());
+    }
+    if let Some(n) = settings.admit_per_second {
+        queue.admit_per_second = n;
+        mask.push("admit_per_second".to_owned());
+    }
+    if let Some(d) = settings.admission_ttl {
+        queue.admission_ttl = Some(proto_duration(d));
+        mask.push("admission_ttl".to_owned());
+    }
+    if let Some(d) = settings.heartbeat_timeout {
+        queue.heartbeat_timeout = Some(proto_duration(d));
+        mask.push("heartbeat_timeout".to_owned());
+    }
+    if let Some(at) = settings.opens_at {
+        queue.opens_at = Some(prost_types::Timestamp::from(at));
+        mask.push("opens_at".to_owned());
+    }
+    if let Some(d) = settings.prequeue_window {
+        queue.prequeue_window = Some(proto_duration(d));
+        mask.push("prequeue_window".to_owned());
+    }
+    (queue, mask)
+}
+
+fn show_queue(queue: &pb::Queue, out: Output) {
+    match out {
+        Output::Json => println!("{}", output::queue_json(queue)),
+        Output::Table => print_rows(&output::queue_rows(queue)),
+    }
+}
+
+pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), Failure> {
+    let mut queues = QueueServiceClient::new(client.channel.clone());
+    let mut admin = QueueAdminServiceClient::new(client.channel.clone());
+    match command {
+        Command::Queue(QueueCommand::Create { id, settings }) => {
+            let (queue, _) = queue_message(id, &settings);
+            let created = admin
+                .create_queue(client.request(pb::CreateQueueRequest { queue: Some(queue) }))
+                .await?
+                .into_inner()
+                .queue
+                .unwrap_or_default();
+            show_queue(&created, out);
+        }
+        Command::Queue(QueueCommand::Get { id }) => {
+            let queue = admin
+                .get_queue(client.request(pb::GetQueueRequest { queue_id: id }))
+                .await?
+                .into_inner()
+                .queue
+                .unwrap_or_default();
+            show_queue(&queue, out);
+        }
+        Command::Queue(QueueCommand::List) => {
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = admin
+                    .list_queues(client.request(pb::ListQueuesRequest {
+                        page_size: 1000,
+                        page_token,
+                    }))
+                    .await?
+                    .into_inner();
+                all.extend(page.queues);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            match out {
+                Output::Json => println!("{}", json!(all.iter().map(output::queue_json).collect::<Vec<_>>())),
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = all
+                        .iter()
+                        .map(|q| {
+                            let r = output::queue_rows(q);
+                            vec![r[0].1.clone(), r[1].1.clone(), r[2].1.clone(), r[3].1.clone(), r[4].1.clone()]
+                        })
+                        .collect();
+                    print_table(&["ID", "MODE", "MAX ACTIVE", "RATE/S", "ADMISSION TTL"], &rows);
+                }
+            }
+        }
+        Command::Queue(QueueCommand::Update { id, settings }) => {
+            let (queue, mask) = queue_message(id, &settings);
+            if mask.is_empty() {
+                return Err(Failure::new(2, "name at least one setting to change"));
+            }
+            let updated = admin
+                .update_queue(client.request(pb::UpdateQueueRequest {
+                    queue: Some(queue),
+                    update_mask: Some(prost_types::FieldMask { paths: mask }),
+                }))
+                .await?
+                .into_inner()
+                .queue
+                .unwrap_or_default();
+            show_queue(&updated, out);
+        }
+        Command::Queue(QueueCommand::Mode { id, mode }) => {
+            let settings = Settings {
+                mode: Some(mode),
+                ..Default::default()
+            };
+            let (queue, mask) = queue_message(id, &settings);
+            let updated = admin
+                .update_queue(client.request(pb::UpdateQueueRequest {
+                    queue: Some(queue),
+                    update_mask: Some(prost_types::FieldMask { paths: mask }),
+                }))
+                .await?
+                .into_inner()
+                .queue
+                .unwrap_or_default();
+            match out {
+                Output::Json => println!("{}", output::queue_json(&updated)),
+                Output::Table => println!("{} is now {}", updated.id, output::mode_name(updated.mode())),
+            }
+        }
+        Command::Queue(QueueCommand::Delete { id }) => {
+            admin
+                .delete_queue(client.request(pb::DeleteQueueRequest { queue_id: id.clone() }))
+                .await?;
+            match out {
+                Output::Json => println!("{}", json!({ "deleted": id })),
+                Output::Table => println!("deleted {id}"),
+            }
+        }
+        Command::Queue(QueueCommand::Stats { id }) => {
+            let stats = admin
+                .get_queue_stats(client.request(pb::GetQueueStatsRequest { queue_id: id }))
+                .await?
+                .into_inner()
+                .stats
+                .unwrap_or_default();
+            match out {
+                Output::Json => println!("{}", output::stats_json(&stats)),
+                Output::Table => print_rows(&output::stats_rows(&stats)),
+            }
+        }
+        Command::Admit { queue, count, request_id } => {
+            let admitted = queues
+                .admit_batch(client.request(pb::AdmitBatchRequest {
+                    queue_id: queue,
+                    max_count: count,
+                    request_id: request_id.unwrap_or_default(),
+                }))
+                .await?
+                .into_inner()
+                .admitted;
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    json!(admitted
+                        .iter()
+                        .map(|a| json!({
+                            "user_id": a.user_id,
+                            "ticket": a.ticket,
+                            "token": a.admission.as_ref().map(|x| x.token.clone()),
+                        }))
+                        .collect::<Vec<_>>())
+                ),
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = admitted
+                        .iter()
+                        .map(|a| vec![a.ticket.to_string(), a.user_id.clone()])
+                        .collect();
+                    print_table(&["TICKET", "USER"], &rows);
+                    println!("admitted {}", admitted.len());
+                }
+            }
+        }
+        Command::Enqueue { queue, user } => {
+            let place = queues
+                .enqueue(client.request(pb::EnqueueRequest { queue_id: queue, user_id: user }))
+                .await?
+                .into_inner()
+                .place
+                .unwrap_or_default();
+            match out {
+                Output::Json => println!("{}", output::place_json(&place)),
+                Output::Table => print_rows(&output::place_rows(&place)),
+            }
+        }
+        Command::Watch { queue, user } => watch(client, &mut queues, queue, user, out).await?,
+        Command::Verify { queue, token, consume } => {
+            let verdict = queues
+                .verify_admission(client.request(pb::VerifyAdmissionRequest {
+                    queue_id: queue,
+                    token,
+                    consume,
+                }))
+                .await?
+                .into_inner();
+            let name = verdict.verdict().as_str_name().trim_start_matches("VERDICT_").to_lowercase();
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    json!({ "verdict": name, "user_id": verdict.user_id, "token_id": verdict.token_id })
+                ),
+                Output::Table => {
+                    let mut rows = vec![("verdict", name.clone())];
+                    if !verdict.user_id.is_empty() {
+                        rows.push(("user", verdict.user_id.clone()));
+                        rows.push(("token id", verdict.token_id.clone()));
+                    }
+                    print_rows(&rows);
+                }
+            }
+            if verdict.verdict() != pb::Verdict::Valid {
+                return Err(Failure::new(7, format!("the token is not valid: {name}")));
+            }
+        }
+        Command::Health { service } => {
+            let status = HealthClient::new(client.channel.clone())
+                .check(client.request(HealthCheckRequest { service: service.clone() }))
+                .await?
+                .into_inner()
+                .status();
+            let name = status.as_str_name();
+            match out {
+                Output::Json => println!("{}", json!({ "service": service, "status": name })),
+                Output::Table => println!("{} {name}", if service.is_empty() { "(server)" } else { &service }),
+            }
+            if status != ServingStatus::Serving {
+                return Err(Failure::new(7, format!("{name}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Follows a place until admitted or closed: one line redrawn in place on
+/// a terminal, one JSON object per update for scripts.
+async fn watch(
+    client: &Client,
+    queues: &mut QueueServiceClient<tonic::transport::Channel>,
+    queue: String,
+    user: String,
+    out: Output,
+) -> Result<(), Failure> {
+    let mut stream = queues
+        .watch_rank(client.request(pb::WatchRankRequest { queue_id: queue, user_id: user }))
+        .await?
+        .into_inner();
+    let live = out == Output::Table && std::io::stdout().is_terminal();
+    let mut first_position = None;
+    let mut last = pb::Place::default();
+    while let Some(update) = stream.next().await {
+        let place = update?.place.unwrap_or_default();
+        match out {
+            Output::Json => println!("{}", output::place_json(&place)),
+            Output::Table => {
+                let first = *first_position.get_or_insert(place.position.max(1));
+                let line = output::progress_line(&place, first);
+                if live {
+                    print!("\r\x1b[2K{line}");
+                    let _ = std::io::stdout().flush();
+                } else {
+                    println!("{line}");
+                }
+            }
+        }
+        last = place;
+    }
+    if live {
+        println!();
+    }
+    match last.state() {
+        pb::PlaceState::Admitted => {
+            if out == Output::Table {
+                if let Some(admission) = &last.admission {
+                    println!("token {}", admission.token);
+                }
+            }
+            Ok(())
+        }
+        pb::PlaceState::Closed => Err(Failure::new(4, "the queue closed")),
+        _ => Err(Failure::new(5, "the stream ended before admission")),
+    }
+}

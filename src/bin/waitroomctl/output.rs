@@ -1,0 +1,198 @@
+//! Rendering answers for people (aligned tables) and scripts (JSON).
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use waitroom::pb;
+
+pub fn duration(d: Option<&prost_types::Duration>) -> Option<Duration> {
+    d.map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+}
+
+fn duration_text(d: Option<&prost_types::Duration>) -> String {
+    duration(d).map_or("-".into(), |d| humantime::format_duration(d).to_string())
+}
+
+fn timestamp_text(t: Option<&prost_types::Timestamp>) -> String {
+    t.map_or("-".into(), |t| {
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t.seconds.max(0) as u64))
+            .to_string()
+    })
+}
+
+pub fn mode_name(mode: pb::QueueMode) -> &'static str {
+    match mode {
+        pb::QueueMode::Unspecified => "unspecified",
+        pb::QueueMode::Queueing => "queueing",
+        pb::QueueMode::PassThrough => "pass_through",
+        pb::QueueMode::Paused => "paused",
+        pb::QueueMode::Closed => "closed",
+    }
+}
+
+pub fn state_name(state: pb::PlaceState) -> &'static str {
+    match state {
+        pb::PlaceState::Unspecified => "unspecified",
+        pb::PlaceState::Waiting => "waiting",
+        pb::PlaceState::Admitted => "admitted",
+        pb::PlaceState::Closed => "closed",
+        pb::PlaceState::PreQueue => "pre_queue",
+    }
+}
+
+pub fn queue_json(q: &pb::Queue) -> Value {
+    json!({
+        "id": q.id,
+        "mode": mode_name(q.mode()),
+        "max_active": q.max_active,
+        "admit_per_second": q.admit_per_second,
+        "admission_ttl_seconds": duration(q.admission_ttl.as_ref()).map(|d| d.as_secs_f64()),
+        "heartbeat_timeout_seconds": duration(q.heartbeat_timeout.as_ref()).map(|d| d.as_secs_f64()),
+        "create_time": timestamp_text(q.create_time.as_ref()),
+        "opens_at": q.opens_at.as_ref().map(|t| timestamp_text(Some(t))),
+        "prequeue_window_seconds": duration(q.prequeue_window.as_ref()).map(|d| d.as_secs_f64()),
+        "draw_seed": q.draw_seed,
+        "draw_complete": q.draw_complete,
+    })
+}
+
+pub fn queue_rows(q: &pb::Queue) -> Vec<(&'static str, String)> {
+    vec![
+        ("id", q.id.clone()),
+        ("mode", mode_name(q.mode()).into()),
+        ("max_active", cap(q.max_active)),
+        ("admit_per_second", if q.admit_per_second == 0 { "manual".into() } else { q.admit_per_second.to_string() }),
+        ("admission_ttl", duration_text(q.admission_ttl.as_ref())),
+        ("heartbeat_timeout", duration_text(q.heartbeat_timeout.as_ref())),
+        ("created", timestamp_text(q.create_time.as_ref())),
+        ("opens_at", timestamp_text(q.opens_at.as_ref())),
+        ("draw_seed", if q.draw_seed.is_empty() { "-".into() } else { q.draw_seed.clone() }),
+    ]
+}
+
+fn cap(n: u32) -> String {
+    if n == 0 { "no cap".into() } else { n.to_string() }
+}
+
+pub fn stats_json(s: &pb::QueueStats) -> Value {
+    json!({
+        "queue_id": s.queue_id,
+        "waiting": s.waiting_count,
+        "active": s.active_count,
+        "prequeued": s.prequeue_count,
+        "enqueued_total": s.enqueued_total,
+        "admitted_total": s.admitted_total,
+        "completed_total": s.completed_total,
+        "expired_total": s.expired_total,
+        "abandoned_total": s.abandoned_total,
+        "left_total": s.left_total,
+        "admit_rate": s.admit_rate,
+    })
+}
+
+pub fn stats_rows(s: &pb::QueueStats) -> Vec<(&'static str, String)> {
+    vec![
+        ("queue", s.queue_id.clone()),
+        ("waiting", s.waiting_count.to_string()),
+        ("active", s.active_count.to_string()),
+        ("pre-queued", s.prequeue_count.to_string()),
+        ("admit rate", format!("{:.1}/s", s.admit_rate)),
+        ("enqueued", s.enqueued_total.to_string()),
+        ("admitted", s.admitted_total.to_string()),
+        ("completed", s.completed_total.to_string()),
+        ("expired", s.expired_total.to_string()),
+        ("abandoned", s.abandoned_total.to_string()),
+        ("left", s.left_total.to_string()),
+    ]
+}
+
+pub fn place_json(p: &pb::Place) -> Value {
+    json!({
+        "state": state_name(p.state()),
+        "ticket": p.ticket,
+        "position": p.position,
+        "waiting_count": p.waiting_count,
+        "estimated_wait_seconds": duration(p.estimated_wait.as_ref()).map(|d| d.as_secs_f64()),
+        "queue_mode": mode_name(p.queue_mode()),
+        "opens_in_seconds": duration(p.opens_in.as_ref()).map(|d| d.as_secs_f64()),
+        "token": p.admission.as_ref().map(|a| a.token.clone()),
+    })
+}
+
+pub fn place_rows(p: &pb::Place) -> Vec<(&'static str, String)> {
+    let mut rows = vec![
+        ("state", state_name(p.state()).into()),
+        ("ticket", p.ticket.to_string()),
+        ("position", p.position.to_string()),
+        ("in line", p.waiting_count.to_string()),
+        ("estimated wait", duration_text(p.estimated_wait.as_ref())),
+        ("queue mode", mode_name(p.queue_mode()).into()),
+    ];
+    if let Some(admission) = &p.admission {
+        rows.push(("token", admission.token.clone()));
+    }
+    rows
+}
+
+/// `key  value` lines, keys aligned.
+pub fn print_rows(rows: &[(&str, String)]) {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (key, value) in rows {
+        println!("{key:<width$}  {value}");
+    }
+}
+
+/// A table with a header row, columns aligned.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!("{}", line(header.iter().map(|h| h.to_string()).collect()));
+    for row in rows {
+        println!("{}", line(row.clone()));
+    }
+}
+
+/// One line of a live watch: position, a bar of the way done, the wait.
+pub fn progress_line(place: &pb::Place, first_position: u64) -> String {
+    let wait = duration(place.estimated_wait.as_ref())
+        .map_or("estimating".into(), |d| format!("~{}", humantime::format_duration(d)));
+    match place.state() {
+        pb::PlaceState::Waiting => {
+            let done = if first_position <= 1 {
+                0.0
+            } else {
+                (first_position - place.position.min(first_position)) as f64 / (first_position - 1) as f64
+            };
+            let filled = (done * 24.0).round() as usize;
+            let paused = if place.queue_mode() == pb::QueueMode::Paused { "  (admission paused)" } else { "" };
+            format!(
+                "position {:>7} of {:<7} [{}{}] {wait}{paused}",
+                place.position,
+                place.waiting_count,
+                "#".repeat(filled),
+                "-".repeat(24 - filled)
+            )
+        }
+        pb::PlaceState::PreQueue => format!(
+            "pre-queued, opens in {}",
+            duration(place.opens_in.as_ref()).map_or("-".into(), |d| humantime::format_duration(d).to_string())
+        ),
+        pb::PlaceState::Admitted => "admitted".into(),
+        pb::PlaceState::Closed => "the queue has closed".into(),
+        pb::PlaceState::Unspecified => "unknown".into(),
+    }
+}
