@@ -243,3 +243,78 @@ impl<B: Body> Body for ObservedBody<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use axum::body::Bytes;
+    use http_body_util::Empty;
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    fn request(path: &str, traceparent: Option<&str>) -> Request<()> {
+        let mut builder = Request::builder().uri(format!("http://localhost{path}"));
+        if let Some(parent) = traceparent {
+            builder = builder.header("traceparent", parent);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn a_callers_traceparent_parents_the_request_span_and_health_checks_are_not_traced() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        tracing::subscriber::with_default(subscriber, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let mut service = ObserveLayer.layer(tower::service_fn(|_: Request<()>| async {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("grpc-status", "5")
+                            .body(Empty::<Bytes>::new())
+                            .unwrap(),
+                    )
+                }));
+                let traced = request(
+                    "/waitroom.v1.QueueService/GetRank",
+                    Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                );
+                drop(service.call(traced).await.unwrap());
+                let probe = request("/grpc.health.v1.Health/Check", None);
+                drop(service.call(probe).await.unwrap());
+            });
+        });
+        let _ = provider.force_flush();
+        let spans = exporter.get_finished_spans().unwrap();
+        assert_eq!(
+            spans.len(),
+            1,
+            "one span, none for the health check: {spans:?}"
+        );
+        let span = &spans[0];
+        assert_eq!(span.name, "waitroom.v1.QueueService/GetRank");
+        assert_eq!(
+            span.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(span.parent_span_id.to_string(), "00f067aa0ba902b7");
+        let status = span
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "rpc.grpc.status_code")
+            .map(|kv| kv.value.to_string());
+        assert_eq!(status.as_deref(), Some("NotFound"));
+    }
+}

@@ -181,6 +181,14 @@ impl TestApp {
             .expect("connecting to the service")
     }
 
+    /// A plain-text channel that connects on first use, for ports that may
+    /// refuse it.
+    pub fn channel_unchecked(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("a URI")
+            .connect_lazy()
+    }
+
     pub async fn client(&self) -> QueueServiceClient<Channel> {
         QueueServiceClient::new(self.channel().await)
     }

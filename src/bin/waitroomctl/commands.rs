@@ -116,16 +116,28 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                 page_token = page.next_page_token;
             }
             match out {
-                Output::Json => println!("{}", json!(all.iter().map(output::queue_json).collect::<Vec<_>>())),
+                Output::Json => println!(
+                    "{}",
+                    json!(all.iter().map(output::queue_json).collect::<Vec<_>>())
+                ),
                 Output::Table => {
                     let rows: Vec<Vec<String>> = all
                         .iter()
                         .map(|q| {
                             let r = output::queue_rows(q);
-                            vec![r[0].1.clone(), r[1].1.clone(), r[2].1.clone(), r[3].1.clone(), r[4].1.clone()]
+                            vec![
+                                r[0].1.clone(),
+                                r[1].1.clone(),
+                                r[2].1.clone(),
+                                r[3].1.clone(),
+                                r[4].1.clone(),
+                            ]
                         })
                         .collect();
-                    print_table(&["ID", "MODE", "MAX ACTIVE", "RATE/S", "ADMISSION TTL"], &rows);
+                    print_table(
+                        &["ID", "MODE", "MAX ACTIVE", "RATE/S", "ADMISSION TTL"],
+                        &rows,
+                    );
                 }
             }
         }
@@ -162,12 +174,18 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                 .unwrap_or_default();
             match out {
                 Output::Json => println!("{}", output::queue_json(&updated)),
-                Output::Table => println!("{} is now {}", updated.id, output::mode_name(updated.mode())),
+                Output::Table => println!(
+                    "{} is now {}",
+                    updated.id,
+                    output::mode_name(updated.mode())
+                ),
             }
         }
         Command::Queue(QueueCommand::Delete { id }) => {
             admin
-                .delete_queue(client.request(pb::DeleteQueueRequest { queue_id: id.clone() }))
+                .delete_queue(client.request(pb::DeleteQueueRequest {
+                    queue_id: id.clone(),
+                }))
                 .await?;
             match out {
                 Output::Json => println!("{}", json!({ "deleted": id })),
@@ -186,7 +204,11 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                 Output::Table => print_rows(&output::stats_rows(&stats)),
             }
         }
-        Command::Admit { queue, count, request_id } => {
+        Command::Admit {
+            queue,
+            count,
+            request_id,
+        } => {
             let admitted = queues
                 .admit_batch(client.request(pb::AdmitBatchRequest {
                     queue_id: queue,
@@ -199,14 +221,16 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
             match out {
                 Output::Json => println!(
                     "{}",
-                    json!(admitted
-                        .iter()
-                        .map(|a| json!({
-                            "user_id": a.user_id,
-                            "ticket": a.ticket,
-                            "token": a.admission.as_ref().map(|x| x.token.clone()),
-                        }))
-                        .collect::<Vec<_>>())
+                    json!(
+                        admitted
+                            .iter()
+                            .map(|a| json!({
+                                "user_id": a.user_id,
+                                "ticket": a.ticket,
+                                "token": a.admission.as_ref().map(|x| x.token.clone()),
+                            }))
+                            .collect::<Vec<_>>()
+                    )
                 ),
                 Output::Table => {
                     let rows: Vec<Vec<String>> = admitted
@@ -220,7 +244,10 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
         }
         Command::Enqueue { queue, user } => {
             let place = queues
-                .enqueue(client.request(pb::EnqueueRequest { queue_id: queue, user_id: user }))
+                .enqueue(client.request(pb::EnqueueRequest {
+                    queue_id: queue,
+                    user_id: user,
+                }))
                 .await?
                 .into_inner()
                 .place
@@ -231,7 +258,11 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
             }
         }
         Command::Watch { queue, user } => watch(client, &mut queues, queue, user, out).await?,
-        Command::Verify { queue, token, consume } => {
+        Command::Verify {
+            queue,
+            token,
+            consume,
+        } => {
             let verdict = queues
                 .verify_admission(client.request(pb::VerifyAdmissionRequest {
                     queue_id: queue,
@@ -240,7 +271,11 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                 }))
                 .await?
                 .into_inner();
-            let name = verdict.verdict().as_str_name().trim_start_matches("VERDICT_").to_lowercase();
+            let name = verdict
+                .verdict()
+                .as_str_name()
+                .trim_start_matches("VERDICT_")
+                .to_lowercase();
             match out {
                 Output::Json => println!(
                     "{}",
@@ -261,17 +296,26 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
         }
         Command::Health { service } => {
             let status = HealthClient::new(client.channel.clone())
-                .check(client.request(HealthCheckRequest { service: service.clone() }))
+                .check(client.request(HealthCheckRequest {
+                    service: service.clone(),
+                }))
                 .await?
                 .into_inner()
                 .status();
             let name = status.as_str_name();
             match out {
                 Output::Json => println!("{}", json!({ "service": service, "status": name })),
-                Output::Table => println!("{} {name}", if service.is_empty() { "(server)" } else { &service }),
+                Output::Table => println!(
+                    "{} {name}",
+                    if service.is_empty() {
+                        "(server)"
+                    } else {
+                        &service
+                    }
+                ),
             }
             if status != ServingStatus::Serving {
-                return Err(Failure::new(7, format!("{name}")));
+                return Err(Failure::new(7, name.to_string()));
             }
         }
     }
@@ -288,7 +332,10 @@ async fn watch(
     out: Output,
 ) -> Result<(), Failure> {
     let mut stream = queues
-        .watch_rank(client.request(pb::WatchRankRequest { queue_id: queue, user_id: user }))
+        .watch_rank(client.request(pb::WatchRankRequest {
+            queue_id: queue,
+            user_id: user,
+        }))
         .await?
         .into_inner();
     let live = out == Output::Table && std::io::stdout().is_terminal();
@@ -316,10 +363,10 @@ async fn watch(
     }
     match last.state() {
         pb::PlaceState::Admitted => {
-            if out == Output::Table {
-                if let Some(admission) = &last.admission {
-                    println!("token {}", admission.token);
-                }
+            if out == Output::Table
+                && let Some(admission) = &last.admission
+            {
+                println!("token {}", admission.token);
             }
             Ok(())
         }

@@ -49,22 +49,42 @@ pub enum Output {
 #[derive(Args)]
 struct Connection {
     /// The service's gRPC address (https:// for TLS).
-    #[arg(long, global = true, env = "WAITROOM_ADDR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "WAITROOM_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     addr: String,
     /// API key, sent as `authorization: Bearer`.
     #[arg(long, global = true, env = "WAITROOM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// File holding the API key (first line).
-    #[arg(long, global = true, env = "WAITROOM_API_KEY_FILE", conflicts_with = "api_key")]
+    #[arg(
+        long,
+        global = true,
+        env = "WAITROOM_API_KEY_FILE",
+        conflicts_with = "api_key"
+    )]
     api_key_file: Option<PathBuf>,
     /// CA certificate (PEM) to trust for the service's TLS certificate.
     #[arg(long, global = true, env = "WAITROOM_CA_CERT")]
     ca_cert: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
-    #[arg(long, global = true, env = "WAITROOM_CLIENT_CERT", requires = "client_key")]
+    #[arg(
+        long,
+        global = true,
+        env = "WAITROOM_CLIENT_CERT",
+        requires = "client_key"
+    )]
     client_cert: Option<PathBuf>,
     /// Client certificate's private key (PEM).
-    #[arg(long, global = true, env = "WAITROOM_CLIENT_KEY", requires = "client_cert")]
+    #[arg(
+        long,
+        global = true,
+        env = "WAITROOM_CLIENT_KEY",
+        requires = "client_cert"
+    )]
     client_key: Option<PathBuf>,
     /// Name the service's certificate is checked against (default: the host of --addr).
     #[arg(long, global = true)]
@@ -181,7 +201,10 @@ impl From<tonic::Status> for Failure {
         use tonic::Code;
         let code = match status.code() {
             Code::NotFound => 3,
-            Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::OutOfRange => 4,
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::AlreadyExists
+            | Code::OutOfRange => 4,
             Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => 5,
             Code::Unauthenticated | Code::PermissionDenied => 6,
             _ => 1,

@@ -61,17 +61,38 @@ pub fn queue_rows(q: &pb::Queue) -> Vec<(&'static str, String)> {
         ("id", q.id.clone()),
         ("mode", mode_name(q.mode()).into()),
         ("max_active", cap(q.max_active)),
-        ("admit_per_second", if q.admit_per_second == 0 { "manual".into() } else { q.admit_per_second.to_string() }),
+        (
+            "admit_per_second",
+            if q.admit_per_second == 0 {
+                "manual".into()
+            } else {
+                q.admit_per_second.to_string()
+            },
+        ),
         ("admission_ttl", duration_text(q.admission_ttl.as_ref())),
-        ("heartbeat_timeout", duration_text(q.heartbeat_timeout.as_ref())),
+        (
+            "heartbeat_timeout",
+            duration_text(q.heartbeat_timeout.as_ref()),
+        ),
         ("created", timestamp_text(q.create_time.as_ref())),
         ("opens_at", timestamp_text(q.opens_at.as_ref())),
-        ("draw_seed", if q.draw_seed.is_empty() { "-".into() } else { q.draw_seed.clone() }),
+        (
+            "draw_seed",
+            if q.draw_seed.is_empty() {
+                "-".into()
+            } else {
+                q.draw_seed.clone()
+            },
+        ),
     ]
 }
 
 fn cap(n: u32) -> String {
-    if n == 0 { "no cap".into() } else { n.to_string() }
+    if n == 0 {
+        "no cap".into()
+    } else {
+        n.to_string()
+    }
 }
 
 pub fn stats_json(s: &pb::QueueStats) -> Value {
@@ -168,17 +189,23 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 
 /// One line of a live watch: position, a bar of the way done, the wait.
 pub fn progress_line(place: &pb::Place, first_position: u64) -> String {
-    let wait = duration(place.estimated_wait.as_ref())
-        .map_or("estimating".into(), |d| format!("~{}", humantime::format_duration(d)));
+    let wait = duration(place.estimated_wait.as_ref()).map_or("estimating".into(), |d| {
+        format!("~{}", humantime::format_duration(d))
+    });
     match place.state() {
         pb::PlaceState::Waiting => {
             let done = if first_position <= 1 {
                 0.0
             } else {
-                (first_position - place.position.min(first_position)) as f64 / (first_position - 1) as f64
+                (first_position - place.position.min(first_position)) as f64
+                    / (first_position - 1) as f64
             };
             let filled = (done * 24.0).round() as usize;
-            let paused = if place.queue_mode() == pb::QueueMode::Paused { "  (admission paused)" } else { "" };
+            let paused = if place.queue_mode() == pb::QueueMode::Paused {
+                "  (admission paused)"
+            } else {
+                ""
+            };
             format!(
                 "position {:>7} of {:<7} [{}{}] {wait}{paused}",
                 place.position,
@@ -189,7 +216,8 @@ pub fn progress_line(place: &pb::Place, first_position: u64) -> String {
         }
         pb::PlaceState::PreQueue => format!(
             "pre-queued, opens in {}",
-            duration(place.opens_in.as_ref()).map_or("-".into(), |d| humantime::format_duration(d).to_string())
+            duration(place.opens_in.as_ref())
+                .map_or("-".into(), |d| humantime::format_duration(d).to_string())
         ),
         pb::PlaceState::Admitted => "admitted".into(),
         pb::PlaceState::Closed => "the queue has closed".into(),

@@ -1,0 +1,252 @@
+//! Operating the service: metrics after real traffic, readiness that
+//! follows Redis from the start, and a graceful, bounded shutdown.
+
+use std::time::{Duration, Instant};
+
+use tokio_stream::StreamExt;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use waitroom::domain::ManualClock;
+use waitroom::pb;
+
+use crate::helpers::*;
+
+/// The value of one sample line of a Prometheus exposition.
+fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| {
+            line.starts_with(name_and_labels) && line[name_and_labels.len()..].starts_with(' ')
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_report_real_values_after_traffic() {
+    let (app, _redis) = TestApp::on_redis().await;
+    // Metrics are per process, shared by the tests running beside this one:
+    // a queue of its own keeps the per-queue figures exact.
+    app.create_queue(pb::Queue {
+        max_active: 2,
+        ..queue("metered")
+    })
+    .await;
+    let mut client = app.client().await;
+    for user in ["a", "b", "c", "d", "e"] {
+        enqueue(&mut client, "metered", user).await;
+    }
+    let missing = client
+        .get_rank(rank_request("metered", "nobody"))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let token = rank(&mut client, "metered", "a")
+        .await
+        .admission
+        .unwrap()
+        .token;
+    client
+        .verify_admission(pb::VerifyAdmissionRequest {
+            queue_id: "metered".into(),
+            token,
+            consume: false,
+        })
+        .await
+        .unwrap();
+    let mut stream = client
+        .watch_rank(pb::WatchRankRequest {
+            queue_id: "metered".into(),
+            user_id: "e".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.next().await.unwrap().unwrap();
+
+    let (status, headers, text) = http_get(&app, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        headers.contains("content-type: application/openmetrics-text"),
+        "{headers}"
+    );
+    let enqueues = sample(
+        &text,
+        r#"grpc_server_handled_total{grpc_type="unary",grpc_service="waitroom.v1.QueueService",grpc_method="Enqueue",grpc_code="OK"}"#,
+    )
+    .expect("handled Enqueue OK");
+    assert!(enqueues >= 5.0, "{enqueues}");
+    assert!(
+        sample(
+            &text,
+            r#"grpc_server_handled_total{grpc_type="unary",grpc_service="waitroom.v1.QueueService",grpc_method="GetRank",grpc_code="NotFound"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        sample(
+            &text,
+            r#"grpc_server_started_total{grpc_type="server_stream",grpc_service="waitroom.v1.QueueService",grpc_method="WatchRank"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        sample(
+            &text,
+            r#"grpc_server_handling_seconds_count{grpc_type="unary",grpc_service="waitroom.v1.QueueService",grpc_method="Enqueue"}"#
+        )
+        .unwrap_or(0.0)
+            >= 5.0
+    );
+    assert_eq!(
+        sample(&text, r#"waitroom_queue_waiting{queue="metered"}"#),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&text, r#"waitroom_queue_active{queue="metered"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, r#"waitroom_queue_enqueued_total{queue="metered"}"#),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(&text, r#"waitroom_queue_admitted_total{queue="metered"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, r#"waitroom_queue_watchers{queue="metered"}"#),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &text,
+            r#"waitroom_token_verifications_total{verdict="valid"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        sample(
+            &text,
+            r#"waitroom_store_call_seconds_count{operation="enqueue"}"#
+        )
+        .unwrap_or(0.0)
+            >= 5.0
+    );
+    assert!(sample(&text, "waitroom_open_watchers").unwrap_or(0.0) >= 1.0);
+}
+
+#[tokio::test]
+async fn readiness_waits_for_redis_at_start_and_liveness_does_not() {
+    let port = waitroom::testkit::free_port().unwrap();
+    let mut config = TestApp::redis_config(&format!("redis://127.0.0.1:{port}"), &fresh_prefix());
+    config.queues = vec![waitroom::config::QueueSpec::parse("declared").unwrap()];
+    let app = TestApp::start(config, std::sync::Arc::new(ManualClock::new(now_ms()))).await;
+    let mut health = HealthClient::new(app.channel().await);
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = health
+        .check(check("waitroom.v1.QueueService"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ready.status(), ServingStatus::NotServing, "no Redis yet");
+    let live = health.check(check("")).await.unwrap().into_inner();
+    assert_eq!(live.status(), ServingStatus::Serving);
+    let refused = app
+        .client()
+        .await
+        .enqueue(enqueue_request("declared", "a"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+
+    let _redis = TestRedis::start_on(port);
+    app.wait_until_ready().await;
+    // Ready means the declared queues exist too.
+    assert_eq!(
+        enqueue(&mut app.client().await, "declared", "a")
+            .await
+            .position,
+        1
+    );
+}
+
+#[tokio::test]
+async fn shutdown_with_ten_thousand_open_streams_ends_them_all_and_exits_within_its_bound() {
+    let mut config = TestApp::base_config();
+    config.drain_delay = Duration::from_millis(300);
+    config.shutdown_timeout = Duration::from_secs(5);
+    let app = TestApp::spawn(config).await;
+    app.create_queue(queue("big")).await;
+    let channels = [
+        app.channel().await,
+        app.channel().await,
+        app.channel().await,
+        app.channel().await,
+    ];
+    let mut client = app.client().await;
+    let streams = 10_000;
+    for i in 0..streams {
+        enqueue(&mut client, "big", &format!("u{i}")).await;
+    }
+    let mut tasks = Vec::new();
+    for i in 0..streams {
+        let mut client = pb::queue_service_client::QueueServiceClient::new(channels[i % 4].clone());
+        tasks.push(tokio::spawn(async move {
+            let mut stream = client
+                .watch_rank(pb::WatchRankRequest {
+                    queue_id: "big".into(),
+                    user_id: format!("u{i}"),
+                })
+                .await?
+                .into_inner();
+            stream.next().await.expect("a first place")?;
+            match stream.next().await {
+                Some(Err(status)) => Ok(status.code()),
+                other => panic!("expected a closing status, got {other:?}"),
+            }
+        }));
+    }
+    // Wait until every stream is open on the server.
+    let started = Instant::now();
+    loop {
+        let (_, _, text) = http_get(&app, "/metrics").await;
+        if sample(&text, r#"waitroom_queue_watchers{queue="big"}"#) == Some(streams as f64) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "streams did not open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut health = HealthClient::new(app.channel().await);
+    let stopping = Instant::now();
+    let app_stopped = tokio::spawn(app.stop());
+    // Draining: readiness is off at once while the streams still run.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = health
+        .check(HealthCheckRequest {
+            service: "waitroom.v1.QueueService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ready.status(), ServingStatus::NotServing);
+    app_stopped.await.unwrap();
+    let took = stopping.elapsed();
+    for task in tasks {
+        let code: Result<tonic::Code, tonic::Status> = task.await.unwrap();
+        assert_eq!(code.unwrap(), tonic::Code::Unavailable, "told to reconnect");
+    }
+    // The drain delay, then the streams end and the process is done.
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    eprintln!("shutdown with {streams} open streams took {took:?}");
+}

@@ -1,0 +1,487 @@
+//! Protection: tens of thousands of streams on a few connections, limits
+//! that refuse instead of collapsing, API keys per role, TLS and mutual TLS.
+
+use std::time::{Duration, Instant};
+
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use waitroom::pb;
+use waitroom::pb::queue_admin_service_client::QueueAdminServiceClient;
+use waitroom::pb::queue_service_client::QueueServiceClient;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn twenty_thousand_streams_on_four_connections_all_get_a_burst_of_updates() {
+    let app = TestApp::on_memory().await;
+    app.create_queue(queue("crowd")).await;
+    let streams = 20_000;
+    let mut client = app.client().await;
+    for i in 0..streams {
+        enqueue(&mut client, "crowd", &format!("u{i:05}")).await;
+    }
+    let channels = [
+        app.channel().await,
+        app.channel().await,
+        app.channel().await,
+        app.channel().await,
+    ];
+    let mut opened = Vec::new();
+    for i in 0..streams {
+        let mut client = QueueServiceClient::new(channels[i % 4].clone());
+        opened.push(tokio::spawn(async move {
+            let mut stream = client
+                .watch_rank(pb::WatchRankRequest {
+                    queue_id: "crowd".into(),
+                    user_id: format!("u{i:05}"),
+                })
+                .await?
+                .into_inner();
+            let first = stream
+                .next()
+                .await
+                .expect("a first place")?
+                .place
+                .unwrap_or_default();
+            Ok::<_, tonic::Status>((stream, first.position))
+        }));
+    }
+    let mut open = Vec::new();
+    for task in opened {
+        open.push(task.await.unwrap().expect("every stream opens"));
+    }
+    // One admission moves all 20,000 at once: a burst of 20,000 updates.
+    let started = Instant::now();
+    admit(&mut client, "crowd", 1).await;
+    let mut readers = Vec::new();
+    for (mut stream, first) in open {
+        readers.push(tokio::spawn(async move {
+            let update = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("an update")
+                .expect("the stream is open")?;
+            let position = update.place.unwrap_or_default().position;
+            Ok::<_, tonic::Status>((first, position, stream))
+        }));
+    }
+    let mut kept = Vec::new();
+    for reader in readers {
+        let (first, now, stream) = reader.await.unwrap().expect("no connection error");
+        if first > 1 {
+            assert_eq!(now, first - 1);
+        }
+        kept.push(stream);
+    }
+    eprintln!(
+        "burst of {streams} updates delivered in {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn streams_and_calls_beyond_the_limits_are_resource_exhausted() {
+    let mut config = TestApp::base_config();
+    config.max_streams = 3;
+    let app = TestApp::spawn(config).await;
+    app.create_queue(queue("small")).await;
+    let mut client = app.client().await;
+    let mut streams = Vec::new();
+    for i in 0..3 {
+        enqueue(&mut client, "small", &format!("u{i}")).await;
+        let mut stream = client
+            .watch_rank(pb::WatchRankRequest {
+                queue_id: "small".into(),
+                user_id: format!("u{i}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        stream.next().await.unwrap().unwrap();
+        streams.push(stream);
+    }
+    let refused = client
+        .watch_rank(pb::WatchRankRequest {
+            queue_id: "small".into(),
+            user_id: "u0".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::ResourceExhausted, "RESOURCE_EXHAUSTED")
+    );
+    // Everyone else is still served.
+    enqueue(&mut client, "small", "after").await;
+    drop(streams.pop());
+    let started = Instant::now();
+    loop {
+        let attempt = client
+            .watch_rank(pb::WatchRankRequest {
+                queue_id: "small".into(),
+                user_id: "u2".into(),
+            })
+            .await;
+        if attempt.is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a closed stream's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Calls that wait on Redis overlap; with room for one at a time, a
+    // burst of 300 must see refusals.
+    let redis = TestRedis::start();
+    let mut config = TestApp::redis_config(&redis.url(), &fresh_prefix());
+    config.max_calls = 1;
+    let app = TestApp::spawn(config).await;
+    app.create_queue(queue("busy")).await;
+    let mut calls = Vec::new();
+    for i in 0..300 {
+        let mut client = app.client().await;
+        calls.push(tokio::spawn(async move {
+            client
+                .enqueue(enqueue_request("busy", &format!("u{i}")))
+                .await
+                .map(|_| ())
+        }));
+    }
+    let mut refused = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(()) => {}
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "300 calls at once never exceeded 1 in flight");
+    assert!(refused < 300, "some calls were served");
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("waitroom-{name}-{}", fresh_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const FRONTEND: &str = "frontend-key-0123456789";
+const BOOKING: &str = "booking-key-0123456789";
+const OPERATOR: &str = "operator-key-0123456789";
+
+fn with_key<T>(message: T, key: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(key) = key {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    }
+    request
+}
+
+/// The code of one call of each RPC with a given key.
+async fn codes(channel: &Channel, key: Option<&str>) -> Vec<(&'static str, Code)> {
+    let mut q = QueueServiceClient::new(channel.clone());
+    let mut a = QueueAdminServiceClient::new(channel.clone());
+    let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
+    vec![
+        (
+            "Enqueue",
+            code(
+                q.enqueue(with_key(enqueue_request("sale", "u"), key))
+                    .await
+                    .map(|_| ()),
+            ),
+        ),
+        (
+            "GetRank",
+            code(
+                q.get_rank(with_key(rank_request("sale", "u"), key))
+                    .await
+                    .map(|_| ()),
+            ),
+        ),
+        (
+            "WatchRank",
+            code(
+                q.watch_rank(with_key(
+                    pb::WatchRankRequest {
+                        queue_id: "sale".into(),
+                        user_id: "u".into(),
+                    },
+                    key,
+                ))
+                .await
+                .map(|_| ()),
+            ),
+        ),
+        (
+            "Leave",
+            code(
+                q.leave(with_key(
+                    pb::LeaveRequest {
+                        queue_id: "sale".into(),
+                        user_id: "x".into(),
+                    },
+                    key,
+                ))
+                .await
+                .map(|_| ()),
+            ),
+        ),
+        (
+            "AdmitBatch",
+            code(
+                q.admit_batch(with_key(admit_request("sale", 1), key))
+                    .await
+                    .map(|_| ()),
+            ),
+        ),
+        (
+            "VerifyAdmission",
+            code(
+                q.verify_admission(with_key(
+                    pb::VerifyAdmissionRequest {
+                        queue_id: "sale".into(),
+                        token: "t".into(),
+                        consume: false,
+                    },
+                    key,
+                ))
+                .await
+                .map(|_| ()),
+            ),
+        ),
+        (
+            "CompleteAdmission",
+            code(
+                q.complete_admission(with_key(
+                    pb::CompleteAdmissionRequest {
+                        queue_id: "sale".into(),
+                        user_id: "x".into(),
+                    },
+                    key,
+                ))
+                .await
+                .map(|_| ()),
+            ),
+        ),
+        (
+            "GetSigningKeys",
+            code(
+                q.get_signing_keys(with_key(pb::GetSigningKeysRequest {}, key))
+                    .await
+                    .map(|_| ()),
+            ),
+        ),
+        (
+            "GetQueue",
+            code(
+                a.get_queue(with_key(
+                    pb::GetQueueRequest {
+                        queue_id: "sale".into(),
+                    },
+                    key,
+                ))
+                .await
+                .map(|_| ()),
+            ),
+        ),
+        (
+            "ListQueues",
+            code(
+                a.list_queues(with_key(pb::ListQueuesRequest::default(), key))
+                    .await
+                    .map(|_| ()),
+            ),
+        ),
+        (
+            "GetQueueStats",
+            code(
+                a.get_queue_stats(with_key(
+                    pb::GetQueueStatsRequest {
+                        queue_id: "sale".into(),
+                    },
+                    key,
+                ))
+                .await
+                .map(|_| ()),
+            ),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn each_role_may_call_its_own_rpcs_and_no_others() {
+    let dir = temp_dir("keys");
+    write(&dir, "frontend", &format!("# the BFF\n{FRONTEND}\n"));
+    write(&dir, "booking", BOOKING);
+    write(&dir, "operator", OPERATOR);
+    let (_redis, app) = {
+        let redis = TestRedis::start();
+        let mut config = TestApp::redis_config(&redis.url(), &fresh_prefix());
+        config.api_keys = Some(dir);
+        config.queues = vec![waitroom::config::QueueSpec::parse("sale").unwrap()];
+        (redis, TestApp::spawn(config).await)
+    };
+    let channel = app.channel().await;
+    let frontend = ["Enqueue", "GetRank", "WatchRank", "Leave"];
+    let booking = ["VerifyAdmission", "CompleteAdmission", "GetSigningKeys"];
+    for (key, allowed) in [
+        (Some(FRONTEND), frontend.to_vec()),
+        (Some(BOOKING), booking.to_vec()),
+        (
+            Some(OPERATOR),
+            frontend
+                .iter()
+                .chain(&booking)
+                .copied()
+                .chain(["AdmitBatch", "GetQueue", "ListQueues", "GetQueueStats"])
+                .collect(),
+        ),
+    ] {
+        for (rpc, code) in codes(&channel, key).await {
+            if allowed.contains(&rpc) {
+                assert!(
+                    !matches!(code, Code::Unauthenticated | Code::PermissionDenied),
+                    "{key:?} refused {rpc}: {code:?}"
+                );
+            } else {
+                assert_eq!(code, Code::PermissionDenied, "{key:?} calling {rpc}");
+            }
+        }
+    }
+    for key in [None, Some("wrong-key-0123456789"), Some("")] {
+        for (rpc, code) in codes(&channel, key).await {
+            assert_eq!(code, Code::Unauthenticated, "{key:?} calling {rpc}");
+        }
+    }
+    // Probes need no key.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+    stranger: (String, String),
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>, issuer: &Issuer<'_, KeyPair>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let server = leaf(vec!["localhost".into()], &issuer);
+    let client = leaf(vec!["booking.internal".into()], &issuer);
+    let other_key = KeyPair::generate().unwrap();
+    let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let other_issuer = Issuer::new(other_params, other_key);
+    let stranger = leaf(vec!["mallory".into()], &other_issuer);
+    Pki {
+        ca: ca.pem(),
+        server,
+        client,
+        stranger,
+    }
+}
+
+async fn tls_channel(
+    app: &TestApp,
+    pki: &Pki,
+    identity: Option<&(String, String)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://localhost:{}", app.addr.port()))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+#[tokio::test]
+async fn tls_and_mutual_tls_protect_the_grpc_port() {
+    let pki = pki();
+    let dir = temp_dir("tls");
+    let mut config = TestApp::base_config();
+    config.tls_cert = Some(write(&dir, "server.pem", &pki.server.0));
+    config.tls_key = Some(write(&dir, "server.key", &pki.server.1));
+    let app = TestApp::start(
+        config.clone(),
+        std::sync::Arc::new(waitroom::domain::ManualClock::new(now_ms())),
+    )
+    .await;
+    let channel = tls_channel(&app, &pki, None)
+        .await
+        .expect("a TLS connection");
+    QueueAdminServiceClient::new(channel)
+        .create_queue(pb::CreateQueueRequest {
+            queue: Some(queue("secure")),
+        })
+        .await
+        .expect("a call over TLS");
+    // Plain text is not accepted on a TLS port.
+    let plain = QueueServiceClient::new(app.channel_unchecked())
+        .enqueue(enqueue_request("secure", "a"))
+        .await;
+    assert!(plain.is_err());
+
+    config.tls_client_ca = Some(write(&dir, "ca.pem", &pki.ca));
+    let mutual = TestApp::start(
+        config,
+        std::sync::Arc::new(waitroom::domain::ManualClock::new(now_ms())),
+    )
+    .await;
+    let with_cert = tls_channel(&mutual, &pki, Some(&pki.client))
+        .await
+        .expect("a mutual TLS connection");
+    QueueAdminServiceClient::new(with_cert)
+        .list_queues(pb::ListQueuesRequest::default())
+        .await
+        .expect("a call with a client certificate");
+    for identity in [None, Some(&pki.stranger)] {
+        let refused = match tls_channel(&mutual, &pki, identity).await {
+            Err(_) => true,
+            Ok(channel) => QueueAdminServiceClient::new(channel)
+                .list_queues(pb::ListQueuesRequest::default())
+                .await
+                .is_err(),
+        };
+        assert!(
+            refused,
+            "a client without a certificate of the CA got through"
+        );
+    }
+}

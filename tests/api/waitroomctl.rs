@@ -1,0 +1,178 @@
+//! `waitroomctl` driven end to end, as an operator's script would.
+
+use std::process::Output;
+
+use crate::helpers::*;
+
+async fn ctl(app: &TestApp, args: &[&str]) -> Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_waitroomctl"));
+    command
+        .arg("--addr")
+        .arg(format!("http://{}", app.addr))
+        .args(args)
+        .env_remove("WAITROOM_API_KEY")
+        .env_remove("WAITROOMCTL_OUTPUT");
+    tokio::task::spawn_blocking(move || command.output().expect("running waitroomctl"))
+        .await
+        .unwrap()
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn an_operator_runs_a_sale_with_waitroomctl() {
+    let (app, _redis) = TestApp::on_redis().await;
+    let created = ctl(
+        &app,
+        &[
+            "queue",
+            "create",
+            "sale",
+            "--max-active",
+            "2",
+            "--admission-ttl",
+            "5m",
+        ],
+    )
+    .await;
+    assert!(created.status.success(), "{created:?}");
+    assert!(
+        text(&created).contains("admission_ttl      5m"),
+        "{}",
+        text(&created)
+    );
+    let again = ctl(&app, &["queue", "create", "sale"]).await;
+    assert_eq!(again.status.code(), Some(4), "already exists is a refusal");
+
+    let listed = ctl(&app, &["--output", "json", "queue", "list"]).await;
+    assert_eq!(json(&listed)[0]["id"], "sale");
+    let table = ctl(&app, &["queue", "list"]).await;
+    assert!(text(&table).starts_with("ID"), "{}", text(&table));
+
+    for user in ["a", "b", "c", "d"] {
+        assert!(ctl(&app, &["enqueue", "sale", user]).await.status.success());
+    }
+    let place = json(&ctl(&app, &["-o", "json", "enqueue", "sale", "d"]).await);
+    assert_eq!(
+        (place["state"].as_str(), place["position"].as_u64()),
+        (Some("waiting"), Some(2))
+    );
+
+    let paused = ctl(&app, &["queue", "mode", "sale", "paused"]).await;
+    assert_eq!(text(&paused).trim(), "sale is now paused");
+    let refused = ctl(&app, &["admit", "sale", "1"]).await;
+    assert_eq!(refused.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("paused"));
+    assert!(
+        ctl(&app, &["queue", "mode", "sale", "queueing"])
+            .await
+            .status
+            .success()
+    );
+    let updated = json(
+        &ctl(
+            &app,
+            &[
+                "-o",
+                "json",
+                "queue",
+                "update",
+                "sale",
+                "--max-active",
+                "10",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(updated["max_active"], 10);
+
+    // A watcher follows d's place until admitted while the operator admits.
+    let watcher = {
+        let addr = app.addr;
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_waitroomctl"))
+                .args(["--addr", &format!("http://{addr}"), "watch", "sale", "d"])
+                .output()
+                .expect("running waitroomctl watch")
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let admitted = json(&ctl(&app, &["-o", "json", "admit", "sale", "5"]).await);
+    assert_eq!(admitted.as_array().unwrap().len(), 2);
+    let watched = watcher.await.unwrap();
+    assert!(watched.status.success(), "{watched:?}");
+    let lines = text(&watched);
+    assert!(lines.contains("position       2 of 2"), "{lines}");
+    assert!(lines.contains("admitted"), "{lines}");
+    let token = lines
+        .lines()
+        .find_map(|l| l.strip_prefix("token "))
+        .expect("the token is printed")
+        .to_owned();
+
+    let valid = ctl(&app, &["verify", "sale", &token, "--consume"]).await;
+    assert!(valid.status.success(), "{valid:?}");
+    let replay = ctl(&app, &["-o", "json", "verify", "sale", &token, "--consume"]).await;
+    assert_eq!(replay.status.code(), Some(7));
+    assert_eq!(json(&replay)["verdict"], "already_used");
+
+    let stats = json(&ctl(&app, &["-o", "json", "queue", "stats", "sale"]).await);
+    assert_eq!(
+        (
+            stats["enqueued_total"].as_u64(),
+            stats["admitted_total"].as_u64()
+        ),
+        (Some(4), Some(4))
+    );
+    let health = ctl(&app, &["health"]).await;
+    assert!(health.status.success());
+    assert!(text(&health).contains("SERVING"));
+    assert_eq!(
+        ctl(&app, &["queue", "get", "nope"]).await.status.code(),
+        Some(3)
+    );
+    assert!(
+        ctl(&app, &["queue", "delete", "sale"])
+            .await
+            .status
+            .success()
+    );
+    assert_eq!(
+        ctl(&app, &["queue", "stats", "sale"]).await.status.code(),
+        Some(3)
+    );
+    assert_eq!(
+        ctl(&app, &["queue", "create", "bad id"])
+            .await
+            .status
+            .code(),
+        Some(4)
+    );
+}
+
+#[tokio::test]
+async fn waitroomctl_says_when_the_service_cannot_be_reached() {
+    let port = waitroom::testkit::free_port().unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_waitroomctl"))
+            .args(["--addr", &format!("http://127.0.0.1:{port}"), "health"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach the service"));
+}
