@@ -1,8 +1,11 @@
 //! The plain-HTTP port (`--http-listen`): the published keys at
 //! `/.well-known/jwks.json` for booking services in any language, Prometheus
-//! metrics at `/metrics`, and a liveness check at `/healthz`.
+//! metrics at `/metrics`, and health for probes that cannot speak gRPC
+//! (a TLS-only gRPC port): liveness at `/healthz`, readiness at `/readyz`,
+//! the same as the gRPC health services report.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::http::header;
@@ -27,8 +30,22 @@ pub fn router(
     store: Arc<dyn QueueStore>,
     hub: Arc<WatchHub>,
     clock: Arc<dyn Clock>,
+    ready: Arc<AtomicBool>,
 ) -> Router {
     Router::new()
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (axum::http::StatusCode::OK, "ready\n")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {

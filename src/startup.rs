@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -168,8 +169,10 @@ impl Application {
             .set_not_serving::<QueueAdminServiceServer<AdminApi>>()
             .await;
         let draining = CancellationToken::new();
+        let ready = Arc::new(AtomicBool::new(false));
         tokio::spawn(track_readiness(
             health.clone(),
+            Arc::clone(&ready),
             Arc::clone(&self.store),
             Arc::clone(&self.clock),
             config.queues.clone(),
@@ -186,6 +189,7 @@ impl Application {
                 Arc::clone(&self.store),
                 Arc::clone(&hub),
                 Arc::clone(&self.clock),
+                Arc::clone(&ready),
             ),
         )
         .with_graceful_shutdown(async move { http_stop.cancelled().await });
@@ -249,6 +253,7 @@ impl Application {
                 stop.await;
                 tracing::info!(?drain_delay, "stopping: readiness off, draining");
                 draining.cancel();
+                ready.store(false, Ordering::Relaxed);
                 health
                     .set_not_serving::<QueueServiceServer<QueueApi>>()
                     .await;
@@ -405,6 +410,7 @@ fn pem_files(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<std::path::Path
 /// when the service starts draining.
 async fn track_readiness(
     health: HealthReporter,
+    ready_flag: Arc<AtomicBool>,
     store: Arc<dyn QueueStore>,
     clock: Arc<dyn Clock>,
     mut declared: Vec<QueueSpec>,
@@ -434,6 +440,7 @@ async fn track_readiness(
                 tracing::warn!("not ready: the store does not answer");
             }
             ready = now_ready;
+            ready_flag.store(now_ready, Ordering::Relaxed);
         }
         tokio::select! {
             _ = tokio::time::sleep(READINESS_INTERVAL) => {}

@@ -168,6 +168,7 @@ async fn readiness_waits_for_redis_at_start_and_liveness_does_not() {
 
     let _redis = TestRedis::start_on(port);
     app.wait_until_ready().await;
+    assert!(http_get(&app, "/readyz").await.0.contains("200"));
     // Ready means the declared queues exist too.
     assert_eq!(
         enqueue(&mut app.client().await, "declared", "a")
