@@ -29,6 +29,21 @@ else
   echo "==> npx not found: install Node.js to lint the protos with buf" >&2
 fi
 
+echo "==> Helm chart: rendered with Helm's engine, validated against the Kubernetes schemas"
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+venv=.venv
+requirements=tests/chart/requirements.txt
+if [ ! -f "$venv/.installed" ] || ! cmp -s "$requirements" "$venv/.installed"; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/.installed"
+fi
+"$venv/bin/python" -m pytest -q tests/chart
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

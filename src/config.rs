@@ -24,6 +24,14 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// Redis password; overrides one in the URL, so a secret need not be part of it.
+    #[arg(long, env = "WAITROOM_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// The Redis URL names seed nodes of a Redis Cluster (comma-separated URLs).
+    #[arg(long, env = "WAITROOM_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
     /// Prefix of every Redis key, so several deployments can share one Redis.
     #[arg(long, env = "WAITROOM_REDIS_PREFIX", default_value = "wr")]
     pub redis_prefix: String,
@@ -132,6 +140,8 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             redis_url: None,
+            redis_password: None,
+            redis_cluster: false,
             redis_prefix: "wr".into(),
             redis_timeout: Duration::from_secs(1),
             signing_key: None,

@@ -303,13 +303,19 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
         Some(url) => {
             let options = RedisOptions {
                 url: url.clone(),
+                password: config.redis_password.clone(),
+                cluster: config.redis_cluster,
                 prefix: config.redis_prefix.clone(),
                 timeout: config.redis_timeout,
             };
             let store = RedisStore::connect_lazily(&options)
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .context("--redis-url")?;
-            tracing::info!(prefix = %config.redis_prefix, "using the Redis store");
+            tracing::info!(
+                prefix = %config.redis_prefix,
+                cluster = config.redis_cluster,
+                "using the Redis store"
+            );
             Ok(Arc::new(store))
         }
         None => {

@@ -1,5 +1,6 @@
 //! Real parts for tests and benchmarks: a `redis-server` of its own on a
-//! free loopback port, stopped when dropped.
+//! free loopback port, or a three-master Redis Cluster, stopped when
+//! dropped.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -87,4 +88,103 @@ pub fn free_port() -> Result<u16, String> {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| format!("no free port: {e}"))
+}
+
+/// A Redis Cluster of three masters on loopback, each a `redis-server` of
+/// its own, created with `redis-cli --cluster create`. Stopped when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Result<Self, String> {
+        let mut nodes = Vec::new();
+        for port in cluster_ports(3)? {
+            nodes.push(RedisServer::start_with(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
+            )?);
+        }
+        let cli = std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".into());
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new(&cli)
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| {
+                format!("cannot run {cli:?} ({e}); install redis-tools or set REDIS_CLI")
+            })?;
+        if !created.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&created.stderr)
+            ));
+        }
+        let cluster = Self { nodes };
+        cluster.wait_until_ok()?;
+        Ok(cluster)
+    }
+
+    fn wait_until_ok(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &self.nodes {
+            let client = redis::Client::open(node.url()).map_err(|e| e.to_string())?;
+            loop {
+                let info: Option<String> = client
+                    .get_connection()
+                    .ok()
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c).ok());
+                if info.is_some_and(|i| i.contains("cluster_state:ok")) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("the cluster never became ok on port {}", node.port));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// The seed URLs, comma-separated, as `--redis-url` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Ports whose cluster bus ports (port + 10000) are free too.
+fn cluster_ports(count: usize) -> Result<Vec<u16>, String> {
+    // Clusters started at once in one process begin their search apart, so
+    // they do not race for the same ports.
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let offset = NEXT.fetch_add(50, std::sync::atomic::Ordering::Relaxed) % 5_000;
+    let mut ports = Vec::new();
+    let start = 20_000 + ((std::process::id() as u16 % 5_000) + offset) % 10_000;
+    for port in (start..30_000).chain(20_000..start) {
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) && !ports.contains(&port) {
+            ports.push(port);
+            if ports.len() == count {
+                return Ok(ports);
+            }
+        }
+    }
+    Err("no free ports for a cluster".into())
 }

@@ -49,6 +49,8 @@ impl TestRedis {
     pub async fn store(&self) -> RedisStore {
         RedisStore::connect(&RedisOptions {
             url: self.url(),
+            password: None,
+            cluster: false,
             prefix: fresh_prefix(),
             timeout: Duration::from_secs(2),
         })

@@ -7,6 +7,7 @@ mod helpers;
 mod admin;
 mod admission;
 mod admission_rate;
+mod cluster;
 mod errors;
 mod key_rotation;
 mod liveness;

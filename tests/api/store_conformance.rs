@@ -259,3 +259,43 @@ conformance!(
     retried_batches_and_consumed_tokens,
     queue_lifecycle,
 );
+
+/// The same scenarios on a three-master Redis Cluster.
+mod cluster {
+    use std::time::Duration;
+
+    use waitroom::store::{RedisOptions, RedisStore};
+    use waitroom::testkit::RedisCluster;
+
+    async fn store(cluster: &RedisCluster) -> RedisStore {
+        RedisStore::connect(&RedisOptions {
+            url: cluster.urls(),
+            password: None,
+            cluster: true,
+            prefix: crate::helpers::fresh_prefix(),
+            timeout: Duration::from_secs(2),
+        })
+        .await
+        .expect("connecting to the test cluster")
+    }
+
+    macro_rules! on_cluster {
+        ($($scenario:ident),* $(,)?) => {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
+                    super::$scenario(&store(&cluster).await).await;
+                }
+            )*
+        };
+    }
+
+    on_cluster!(
+        fifo_positions_and_idempotent_enqueue,
+        admission_order_cap_completion_and_expiry,
+        modes,
+        retried_batches_and_consumed_tokens,
+        queue_lifecycle,
+    );
+}

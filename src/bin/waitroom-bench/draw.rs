@@ -27,6 +27,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let store = Arc::new(
         RedisStore::connect(&RedisOptions {
             url: redis.url(),
+            password: None,
+            cluster: false,
             prefix: "bench".into(),
             timeout: Duration::from_secs(30),
         })

@@ -294,6 +294,7 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                 return Err(Failure::new(7, format!("the token is not valid: {name}")));
             }
         }
+        Command::Sleep { duration } => tokio::time::sleep(duration).await,
         Command::Health { service } => {
             let status = HealthClient::new(client.channel.clone())
                 .check(client.request(HealthCheckRequest {

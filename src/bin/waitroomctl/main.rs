@@ -121,6 +121,12 @@ enum Command {
         #[arg(long, default_value = "waitroom.v1.QueueService")]
         service: String,
     },
+    /// Wait, then exit: a preStop hook for images without a shell, giving
+    /// endpoint removal time to reach the load balancers.
+    Sleep {
+        #[arg(value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,6 +299,10 @@ async fn connect(connection: &Connection) -> Result<Client, Failure> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Sleep { duration } = cli.command {
+        tokio::time::sleep(duration).await;
+        return ExitCode::SUCCESS;
+    }
     let result = match connect(&cli.connection).await {
         Ok(client) => commands::run(&client, cli.command, cli.output).await,
         Err(failure) => Err(failure),

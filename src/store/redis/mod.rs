@@ -22,7 +22,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, Value};
 
 use super::QueueStore;
@@ -42,8 +45,14 @@ const TOUCH_CHUNK: usize = 5000;
 /// How to reach Redis.
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS.
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` for TLS. For a
+    /// cluster, one or more seed nodes separated by commas.
     pub url: String,
+    /// A password that overrides the URL's, so a secret need not be part of
+    /// the URL.
+    pub password: Option<String>,
+    /// The URL names nodes of a Redis Cluster.
+    pub cluster: bool,
     /// Prefix of every key, so several deployments can share a Redis.
     pub prefix: String,
     /// Longest wait for any Redis answer before the call is `UNAVAILABLE`.
@@ -90,10 +99,58 @@ impl Scripts {
     }
 }
 
+/// A connection to a single Redis (multiplexed, reconnecting by itself) or
+/// to a Redis Cluster (following `MOVED`/`ASK` redirections and topology
+/// changes). Every key a script touches shares the queue's hash tag, so each
+/// call goes to the one node serving that queue's slot.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// Connects on first use; a cluster needs its slot map before the first
+/// command, and the service may start before Redis.
+enum Connector {
+    Ready(Connection),
+    Cluster {
+        client: Box<ClusterClient>,
+        connection: tokio::sync::OnceCell<ClusterConnection>,
+    },
+}
+
 /// The Redis store. Cheap to share: one multiplexed connection that
 /// reconnects by itself.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    connector: Connector,
     prefix: String,
     timeout: Duration,
     scripts: Scripts,
@@ -120,16 +177,41 @@ impl RedisStore {
     /// whenever the connection is lost: a service may start before its
     /// Redis and ride out a Redis restart.
     pub fn connect_lazily(options: &RedisOptions) -> Result<Self> {
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|e| Error::invalid("redis_url", e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.timeout))
-            .set_response_timeout(Some(options.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(classify)?;
+        let invalid = |e: RedisError| Error::invalid("redis_url", e.to_string());
+        let connector = if options.cluster {
+            let nodes: Vec<&str> = options.url.split(',').map(str::trim).collect();
+            let mut builder = ClusterClient::builder(nodes)
+                .connection_timeout(options.timeout)
+                .response_timeout(options.timeout)
+                .retries(3);
+            if let Some(password) = &options.password {
+                builder = builder.password(password);
+            }
+            Connector::Cluster {
+                client: Box::new(builder.build().map_err(invalid)?),
+                connection: tokio::sync::OnceCell::new(),
+            }
+        } else {
+            let mut info = options
+                .url
+                .as_str()
+                .into_connection_info()
+                .map_err(invalid)?;
+            if let Some(password) = &options.password {
+                let settings = info.redis_settings().clone().set_password(password);
+                info = info.set_redis_settings(settings);
+            }
+            let client = redis::Client::open(info).map_err(invalid)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(options.timeout))
+                .set_response_timeout(Some(options.timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(1));
+            let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(classify)?;
+            Connector::Ready(Connection::Single(conn))
+        };
         Ok(Self {
-            conn,
+            connector,
             prefix: options.prefix.clone(),
             timeout: options.timeout,
             scripts: Scripts::load(),
@@ -155,12 +237,27 @@ impl RedisStore {
         invocation
     }
 
+    /// The connection, connecting a cluster on first use.
+    async fn connection(&self) -> Result<Connection> {
+        match &self.connector {
+            Connector::Ready(conn) => Ok(conn.clone()),
+            Connector::Cluster { client, connection } => {
+                let conn = connection
+                    .get_or_try_init(|| async {
+                        bounded("connect", self.timeout, client.get_async_connection()).await
+                    })
+                    .await?;
+                Ok(Connection::Cluster(conn.clone()))
+            }
+        }
+    }
+
     async fn run<T: FromRedisValue>(
         &self,
         operation: &'static str,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         bounded(operation, self.timeout, invocation.invoke_async(&mut conn)).await
     }
 
@@ -169,7 +266,7 @@ impl RedisStore {
         operation: &'static str,
         cmd: &redis::Cmd,
     ) -> Result<T> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         bounded(operation, self.timeout, cmd.query_async(&mut conn)).await
     }
 }
@@ -471,13 +568,31 @@ impl QueueStore for RedisStore {
         // Ids whose config is gone (a delete in progress) are skipped, so
         // read a little past the page until it is full.
         for chunk in ids.chunks(limit.max(1)) {
-            let mut pipe = redis::pipe();
-            for id in chunk {
-                pipe.cmd("HGETALL").arg(&self.keys(id)[0]);
-            }
-            let mut conn = self.conn.clone();
-            let configs: Vec<HashMap<String, String>> =
-                bounded("list_queues", self.timeout, pipe.query_async(&mut conn)).await?;
+            let configs: Vec<HashMap<String, String>> = match &self.connector {
+                // One round trip for the page.
+                Connector::Ready(Connection::Single(_)) => {
+                    let mut pipe = redis::pipe();
+                    for id in chunk {
+                        pipe.cmd("HGETALL").arg(&self.keys(id)[0]);
+                    }
+                    let mut conn = self.connection().await?;
+                    bounded("list_queues", self.timeout, pipe.query_async(&mut conn)).await?
+                }
+                // Each queue's config lives in its own slot.
+                _ => {
+                    let mut configs = Vec::with_capacity(chunk.len());
+                    for id in chunk {
+                        configs.push(
+                            self.command(
+                                "list_queues",
+                                redis::cmd("HGETALL").arg(&self.keys(id)[0]),
+                            )
+                            .await?,
+                        );
+                    }
+                    configs
+                }
+            };
             for (id, fields) in chunk.iter().zip(configs) {
                 if let Some(config) = parse_config(id, fields)? {
                     queues.push(config);

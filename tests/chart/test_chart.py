@@ -1,0 +1,261 @@
+"""The Helm chart, rendered with Helm's own engine and checked against the
+Kubernetes schemas and the properties operators rely on."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+import re
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+CHART = pathlib.Path(__file__).resolve().parents[2] / "helm" / "waitroom"
+ALL_ON = yaml.safe_load((CHART / "ci" / "all-on-values.yaml").read_text())
+KUBE_VERSIONS = ["1.27.0", kubernetes_validate.latest_version()]
+VALUE_SETS = {"defaults": None, "all-on": ALL_ON}
+
+
+def render(values=None):
+    """The release's manifests, as Kubernetes objects."""
+    chart = helm.Chart.load(str(CHART))
+    rendered = chart.render(values, name="waitroom", namespace="sales", is_install=True)
+    objects = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects
+
+
+def notes(values=None):
+    chart = helm.Chart.load(str(CHART))
+    rendered = chart.render(values, name="waitroom", namespace="sales", is_install=True)
+    return next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+
+
+def kinds(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+def deployment(values=None):
+    [found] = kinds(render(values), "Deployment")
+    return found
+
+
+def container(values=None):
+    return deployment(values)["spec"]["template"]["spec"]["containers"][0]
+
+
+def with_values(**changes):
+    values = {}
+    for dotted, value in changes.items():
+        node = values
+        *path, last = dotted.split("__")
+        for key in path:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return values
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_the_chart_passes_helm_lint(name):
+    report = helm.lint(str(CHART), VALUE_SETS[name], strict=True)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_manifest_validates_against_the_kubernetes_schemas(name, kube_version):
+    objects = render(VALUE_SETS[name])
+    assert objects
+    for obj in objects:
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            # A Prometheus Operator CRD: no schema ships with Kubernetes.
+            assert obj["kind"] == "ServiceMonitor"
+            continue
+        kubernetes_validate.validate(obj, kube_version, strict=True)
+
+
+def test_all_optional_parts_render_when_switched_on():
+    present = {o["kind"] for o in render(ALL_ON)}
+    assert {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "ServiceAccount",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+        "NetworkPolicy",
+        "StatefulSet",
+        "Pod",
+    } <= present
+    names = [o["metadata"]["name"] for o in kinds(render(ALL_ON), "Service")]
+    assert "waitroom-headless" in names
+    assert kinds(render(ALL_ON), "HorizontalPodAutoscaler")[0]["apiVersion"] == "autoscaling/v2"
+
+
+def test_probes_are_native_grpc_with_a_numeric_port():
+    c = container()
+    assert c["livenessProbe"]["grpc"] == {"port": 50051, "service": ""}
+    assert c["readinessProbe"]["grpc"] == {"port": 50051, "service": "waitroom.v1.QueueService"}
+    assert c["startupProbe"]["grpc"]["port"] == 50051
+    assert isinstance(c["startupProbe"]["grpc"]["port"], int)
+
+
+def test_with_tls_the_probes_read_the_same_health_over_http():
+    c = container(ALL_ON)
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_shutdown_has_a_pre_stop_hook_and_a_grace_period_longer_than_the_drain():
+    spec = deployment()["spec"]["template"]["spec"]
+    assert spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][0] == "/usr/local/bin/waitroomctl"
+    assert spec["terminationGracePeriodSeconds"] > 5 + 10
+    with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
+        render(with_values(terminationGracePeriodSeconds=12))
+
+
+def test_pods_are_hardened():
+    pod = deployment()["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+
+
+def test_pods_spread_across_zones_and_nodes():
+    spread = deployment()["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {s["topologyKey"] for s in spread} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+
+
+def test_a_pod_disruption_budget_only_when_more_than_one_pod_can_run():
+    assert kinds(render(), "PodDisruptionBudget")
+    assert not kinds(render(with_values(replicaCount=1)), "PodDisruptionBudget")
+    assert kinds(render(with_values(replicaCount=1, autoscaling__enabled=True, autoscaling__maxReplicas=4)), "PodDisruptionBudget")
+    assert not kinds(
+        render(with_values(replicaCount=1, autoscaling__enabled=True, autoscaling__minReplicas=1, autoscaling__maxReplicas=1)),
+        "PodDisruptionBudget",
+    )
+
+
+def test_secrets_are_referenced_never_generated():
+    objects = render(ALL_ON)
+    assert not kinds(objects, "Secret"), "the chart creates no Secret"
+    for template in (CHART / "templates").rglob("*"):
+        if template.is_file():
+            text = template.read_text()
+            assert "lookup" not in text and "randAlpha" not in text, template
+    pod = deployment(ALL_ON)["spec"]["template"]["spec"]
+    secret_volumes = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secret_volumes == {"waitroom-signing-keys", "waitroom-api-keys", "waitroom-tls", "waitroom-client-ca"}
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["WAITROOM_SIGNING_KEY"]["value"] == "/etc/waitroom/signing-keys/signing.pem"
+    assert env["WAITROOM_API_KEYS"]["value"] == "/etc/waitroom/api-keys"
+    external = render(
+        with_values(
+            externalRedis__existingSecret="redis-auth",
+            externalRedis__url="redis://redis-0.db:6379,redis://redis-1.db:6379",
+            externalRedis__cluster=True,
+        )
+    )
+    [dep] = kinds(external, "Deployment")
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WAITROOM_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "redis-password"}
+    assert env["WAITROOM_REDIS_URL"]["value"] == "redis://redis-0.db:6379,redis://redis-1.db:6379"
+    assert env["WAITROOM_REDIS_CLUSTER"]["value"] == "true"
+
+
+def test_configuration_is_waitroom_env_from_a_config_map_with_the_declared_queues():
+    [config] = kinds(render(ALL_ON), "ConfigMap")
+    data = config["data"]
+    assert data["WAITROOM_LISTEN"] == "0.0.0.0:50051"
+    assert data["WAITROOM_QUEUES"] == (
+        "sale:max_active=500,admit_per_second=50,admission_ttl=10m,heartbeat_timeout=2m;"
+        "drop:mode=paused,opens_at=2026-12-01T18:00:00Z,prequeue_window=1h"
+    )
+    assert data["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
+    envfrom = container(ALL_ON)["envFrom"][0]["configMapRef"]["name"]
+    assert envfrom == config["metadata"]["name"]
+
+
+def test_the_bundled_redis_is_off_by_default_and_keeps_an_append_only_file():
+    assert not kinds(render(), "StatefulSet")
+    [redis] = kinds(render(ALL_ON), "StatefulSet")
+    args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["--appendonly", "yes"]
+    assert container(ALL_ON)["env"][0]["value"].startswith("redis://waitroom-redis:6379")
+
+
+def test_the_network_policy_admits_grpc_from_chosen_namespaces_and_lets_out_only_what_it_needs():
+    [policy] = kinds(render(ALL_ON), "NetworkPolicy")
+    grpc_from = policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert grpc_from == ["sales", "frontend", "booking"]
+    egress_ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]]
+    assert 6379 in egress_ports and 4317 in egress_ports and 53 in egress_ports
+
+
+def test_helm_test_runs_waitroomctl_health():
+    [pod] = kinds(render(), "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    c = pod["spec"]["containers"][0]
+    assert c["command"] == ["/usr/local/bin/waitroomctl"]
+    assert c["args"][-1] == "health"
+    assert c["args"][1] == "http://waitroom:50051"
+
+
+def test_notes_tell_how_to_reach_the_service_and_warn_about_missing_secrets():
+    text = notes()
+    assert "waitroom.sales.svc:50051" in text
+    assert "/.well-known/jwks.json" in text
+    assert "signingKeys.existingSecret is empty" in text
+    assert "signingKeys.existingSecret is empty" not in notes(ALL_ON)
+
+
+@pytest.mark.parametrize(
+    "values, complaint",
+    [
+        ({"replicaCont": 3}, "replicaCont"),
+        ({"service": {"grpcport": 50051}}, "grpcport"),
+        ({"replicaCount": "three"}, "replicaCount"),
+        ({"config": {"drainDelay": "five seconds"}}, "drainDelay"),
+        ({"queues": [{"id": "bad id"}]}, "id"),
+        ({"queues": [{"maxActive": 3}]}, "id"),
+    ],
+)
+def test_the_values_schema_rejects_typos_and_bad_types(values, complaint):
+    chart = helm.Chart.load(str(CHART))
+    with pytest.raises(helm.HelmError) as refused:
+        chart.validate_schema(values)
+    assert complaint in str(refused.value)
+
+
+def test_every_value_is_documented():
+    """Each value carries a "# --" comment, unless it is a group of values
+    that each carry one, or it sits inside a documented value (a security
+    context, resources)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    ancestors = []  # (indent, documented)
+    for number, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][A-Za-z0-9]*):", line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        while ancestors and ancestors[-1][0] >= indent:
+            ancestors.pop()
+        documented = number > 0 and lines[number - 1].strip().startswith("# --")
+        inside_documented = any(doc for _, doc in ancestors)
+        rest = [l for l in lines[number + 1 :] if l.strip() and not l.strip().startswith("#")]
+        is_group = bool(rest) and len(rest[0]) - len(rest[0].lstrip()) > indent and line.rstrip().endswith(":")
+        if not inside_documented and not is_group:
+            assert documented, f"values.yaml line {number + 1} ({line.strip()}) has no # -- comment"
+        ancestors.append((indent, documented))
