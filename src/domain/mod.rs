@@ -6,11 +6,15 @@ mod clock;
 pub mod draw;
 mod estimate;
 mod ids;
+mod line;
 mod place;
 mod queue;
+mod ranks;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use estimate::{RATE_WINDOW_MS, RateSample};
 pub use ids::{QueueId, RequestId, UserId};
+pub use line::{LINE_LOG_KEEP, LineChanges, LineEvent, LineSnapshot, LineSummary};
 pub use place::{Admission, Admitted, Place, PlaceState};
 pub use queue::{QueueConfig, QueueMode, QueueStats, QueueUpdate};
+pub use ranks::RankIndex;

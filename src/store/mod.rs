@@ -44,7 +44,8 @@ pub use self::memory::MemoryStore;
 pub use self::redis::{RedisOptions, RedisStore};
 use crate::Result;
 use crate::domain::{
-    Admitted, Place, QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, UserId,
+    Admitted, LineChanges, LineSnapshot, Place, QueueConfig, QueueId, QueueStats, QueueUpdate,
+    RequestId, UserId,
 };
 
 /// How long an `AdmitBatch` result is kept for a retry with the same
@@ -105,6 +106,20 @@ pub trait QueueStore: Send + Sync + 'static {
     /// within the heartbeat timeout; returns how many. Idempotent, safe on
     /// every replica at once.
     async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64>;
+
+    /// The waiting tickets, for an instance starting to follow the line
+    /// ([`crate::domain::LineSnapshot`]).
+    async fn line_snapshot(&self, queue: &QueueId) -> Result<LineSnapshot>;
+
+    /// Up to `limit` changes to the waiting set after `after`, and the
+    /// queue's summary. One read however many users are watched.
+    async fn line_changes(
+        &self,
+        queue: &QueueId,
+        after: u64,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<LineChanges>;
 
     /// Does one chunk of the opening draw with `seed` (used only by the step
     /// that starts it). True once the draw is complete or there is none.

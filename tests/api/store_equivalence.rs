@@ -32,6 +32,8 @@ enum Op {
     Advance(u64),
     Stats,
     Consume(u8, u64),
+    LineChanges(u64),
+    LineSnapshot,
     /// Delete and create again; with a scheduled opening 30 s ahead.
     Recreate(bool),
 }
@@ -59,6 +61,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u32..4).prop_map(Op::SetMaxActive),
         2 => prop_oneof![0u64..2_000, 100u64..700, 20_000u64..40_000, 599_000u64..601_000].prop_map(Op::Advance),
         1 => Just(Op::Stats),
+        2 => (0u64..30).prop_map(Op::LineChanges),
+        1 => Just(Op::LineSnapshot),
         1 => (0u8..3, 1u64..5_000).prop_map(|(t, ttl)| Op::Consume(t, ttl)),
         1 => any::<bool>().prop_map(Op::Recreate),
     ]
@@ -151,6 +155,8 @@ async fn apply(store: &dyn QueueStore, op: &Op, now: u64) -> String {
         ),
         Op::Advance(_) => String::new(),
         Op::Stats => show(store.stats(&q, now).await),
+        Op::LineChanges(after) => show(store.line_changes(&q, *after, 4, now).await),
+        Op::LineSnapshot => show(store.line_snapshot(&q).await),
         Op::Consume(t, ttl) => show(
             store
                 .consume_token(&q, &format!("prop.1.{t}"), now + ttl, now)

@@ -3,19 +3,17 @@
 //! it answer for answer, so every branch here has its twin in a Lua script
 //! (`store/redis/scripts/`), named alike.
 
-mod rank_index;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use self::rank_index::RankIndex;
 use super::{BATCH_RESULT_TTL_MS, QueueStore};
 use crate::domain::draw::draw_key;
 use crate::domain::{
-    Admission, Admitted, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats,
-    QueueUpdate, RateSample, RequestId, UserId,
+    Admission, Admitted, LINE_LOG_KEEP, LineChanges, LineEvent, LineSnapshot, LineSummary, Place,
+    PlaceState, QueueConfig, QueueId, QueueMode, QueueStats, QueueUpdate, RankIndex, RateSample,
+    RequestId, UserId,
 };
 use crate::{Error, Result};
 
@@ -98,6 +96,10 @@ struct QueueState {
     /// Last sign of life of users in line; `seen_by_time` orders it.
     seen: HashMap<UserId, u64>,
     seen_by_time: BTreeSet<(u64, UserId)>,
+    /// Changes to the waiting set by sequence number, the last
+    /// [`LINE_LOG_KEEP`] of them; `log_seq` is the last number given.
+    log: BTreeMap<u64, LineEvent>,
+    log_seq: u64,
 }
 
 impl QueueState {
@@ -123,6 +125,17 @@ impl QueueState {
             draw_next: 0,
             seen: HashMap::new(),
             seen_by_time: BTreeSet::new(),
+            log: BTreeMap::new(),
+            log_seq: 0,
+        }
+    }
+
+    fn log_event(&mut self, event: LineEvent) {
+        self.log_seq += 1;
+        self.log.insert(self.log_seq, event);
+        if self.log_seq > LINE_LOG_KEEP {
+            let keep_from = self.log_seq - LINE_LOG_KEEP + 1;
+            self.log = self.log.split_off(&keep_from);
         }
     }
 
@@ -236,6 +249,10 @@ impl QueueState {
             };
             self.tickets.remove(&user);
             self.ranks.remove(ticket);
+            self.log_event(LineEvent::Left {
+                ticket,
+                admitted: true,
+            });
             let admission = self.admit_user(user.clone(), ticket, now_ms);
             admitted.push(Admitted { user, admission });
         }
@@ -245,8 +262,9 @@ impl QueueState {
 
     fn add_waiting(&mut self, user: UserId, ticket: u64) {
         self.waiting.insert(ticket, user.clone());
-        self.tickets.insert(user, ticket);
+        self.tickets.insert(user.clone(), ticket);
         self.ranks.insert(ticket);
+        self.log_event(LineEvent::Joined { ticket, user });
     }
 
     fn remove_waiting(&mut self, user: &UserId) -> Option<u64> {
@@ -258,7 +276,14 @@ impl QueueState {
 
     /// Takes a user out of the line wherever they stand in it.
     fn remove_from_line(&mut self, user: &UserId) -> bool {
-        let removed = self.remove_waiting(user).is_some()
+        let left_waiting = self.remove_waiting(user);
+        if let Some(ticket) = left_waiting {
+            self.log_event(LineEvent::Left {
+                ticket,
+                admitted: false,
+            });
+        }
+        let removed = left_waiting.is_some()
             || self
                 .prequeued
                 .remove(user)
@@ -333,6 +358,10 @@ impl QueueState {
         Some(match self.config.mode {
             QueueMode::PassThrough if !self.draw.in_progress() => {
                 self.remove_waiting(user);
+                self.log_event(LineEvent::Left {
+                    ticket,
+                    admitted: true,
+                });
                 let admission = self.admit_user(user.clone(), ticket, now_ms);
                 self.record_admissions(1, now_ms);
                 self.admitted_place(admission, now_ms)
@@ -545,6 +574,49 @@ impl QueueStore for MemoryStore {
             }
             state.counters.abandoned += silent.len() as u64;
             Ok(silent.len() as u64)
+        })
+    }
+
+    async fn line_snapshot(&self, queue: &QueueId) -> Result<LineSnapshot> {
+        self.with_queue(queue, |state| {
+            Ok(LineSnapshot {
+                seq: state.log_seq,
+                tickets: state.waiting.keys().copied().collect(),
+            })
+        })
+    }
+
+    async fn line_changes(
+        &self,
+        queue: &QueueId,
+        after: u64,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<LineChanges> {
+        self.with_queue(queue, |state| {
+            state.prepare(now_ms);
+            let oldest = state.log.keys().next().copied();
+            let complete = after <= state.log_seq
+                && (after == state.log_seq || oldest.is_some_and(|o| o <= after + 1));
+            let events = state
+                .log
+                .range(after + 1..)
+                .take(limit as usize)
+                .map(|(seq, event)| (*seq, event.clone()))
+                .collect();
+            Ok(LineChanges {
+                summary: LineSummary {
+                    seq: state.log_seq,
+                    mode: state.config.mode,
+                    waiting: state.waiting.len() as u64,
+                    prequeued: (state.prequeue.len() + state.pool.len()) as u64,
+                    opens_at_ms: state.config.opens_at_ms,
+                    opened: state.draw != Draw::None,
+                    rate: state.rate_sample(now_ms),
+                },
+                events,
+                complete,
+            })
         })
     }
 

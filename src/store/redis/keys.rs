@@ -4,7 +4,7 @@
 
 use crate::domain::QueueId;
 
-/// The keys every queue script receives, in this order (`KEYS[1..12]`).
+/// The keys every queue script receives, in this order (`KEYS[1..13]`).
 ///
 /// | key | type | holds |
 /// | --- | --- | --- |
@@ -20,11 +20,12 @@ use crate::domain::QueueId;
 /// | `P:{q}:prequeue` | sorted set | user pre-queued for a scheduled opening → arrival number |
 /// | `P:{q}:pool` | sorted set | user being placed by the opening draw → draw key |
 /// | `P:{q}:seen` | sorted set | user in line → last sign of life (ms) |
+/// | `P:{q}:log` | sorted set | the last changes to the waiting set, scored by sequence number (`config.log_seq`) |
 ///
 /// The config hash also keeps opens_at_ms, prequeue_window_ms,
 /// presence_since_ms, and the draw's state: draw (none, frozen, hashing,
 /// assigning, done), draw_seed, draw_next, prequeue_seq.
-pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 12] {
+pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 13] {
     [
         "config",
         "seq",
@@ -38,6 +39,7 @@ pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 12] {
         "prequeue",
         "pool",
         "seen",
+        "log",
     ]
     .map(|name| format!("{prefix}:{{{queue}}}:{name}"))
 }

@@ -30,8 +30,8 @@ use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, Value};
 
 use super::QueueStore;
 use crate::domain::{
-    Admission, Admitted, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats,
-    QueueUpdate, RateSample, RequestId, UserId,
+    Admission, Admitted, LineChanges, LineEvent, LineSnapshot, LineSummary, Place, PlaceState,
+    QueueConfig, QueueId, QueueMode, QueueStats, QueueUpdate, RateSample, RequestId, UserId,
 };
 use crate::telemetry::metrics::{StoreErrorLabels, StoreLabels, metrics};
 use crate::{Error, Result};
@@ -74,6 +74,8 @@ struct Scripts {
     touch: Script,
     reap: Script,
     draw_step: Script,
+    line_changes: Script,
+    line_snapshot: Script,
 }
 
 impl Scripts {
@@ -95,6 +97,8 @@ impl Scripts {
             touch: with_prelude(include_str!("scripts/touch.lua")),
             reap: with_prelude(include_str!("scripts/reap.lua")),
             draw_step: with_prelude(include_str!("scripts/draw_step.lua")),
+            line_changes: with_prelude(include_str!("scripts/line_changes.lua")),
+            line_snapshot: with_prelude(include_str!("scripts/line_snapshot.lua")),
         }
     }
 }
@@ -218,7 +222,7 @@ impl RedisStore {
         })
     }
 
-    fn keys(&self, queue: &QueueId) -> [String; 12] {
+    fn keys(&self, queue: &QueueId) -> [String; 13] {
         keys::queue_keys(&self.prefix, queue)
     }
 
@@ -437,6 +441,28 @@ fn parse_admitted(value: Value, queue: &QueueId) -> Result<Vec<Admitted>> {
         });
     }
     Ok(admitted)
+}
+
+/// Reads a log entry `seq|j|ticket|user` or `seq|l|ticket|admitted`.
+fn parse_line_entry(entry: &str) -> Result<(u64, LineEvent)> {
+    let bad = || bad_reply("line log entry");
+    let mut parts = entry.splitn(4, '|');
+    let seq = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let kind = parts.next().ok_or_else(bad)?;
+    let ticket = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let detail = parts.next().ok_or_else(bad)?;
+    let event = match kind {
+        "j" => LineEvent::Joined {
+            ticket,
+            user: UserId::parse(detail).map_err(|_| bad())?,
+        },
+        "l" => LineEvent::Left {
+            ticket,
+            admitted: detail == "1",
+        },
+        _ => return Err(bad()),
+    };
+    Ok((seq, event))
 }
 
 fn parse_mode(value: &str) -> Result<QueueMode> {
@@ -699,6 +725,70 @@ impl QueueStore for RedisStore {
             -1 => Err(Error::QueueNotFound(queue.to_string())),
             n => Ok(n.max(0) as u64),
         }
+    }
+
+    async fn line_snapshot(&self, queue: &QueueId) -> Result<LineSnapshot> {
+        let mut reply = Reply::new(
+            self.run(
+                "line_snapshot",
+                &self.invocation(&self.scripts.line_snapshot, queue, 0),
+            )
+            .await?,
+        )?;
+        let status = reply.string()?;
+        if status != "ok" {
+            return Err(status_error(&status, queue));
+        }
+        let seq = reply.u64()?;
+        let mut tickets = Vec::with_capacity(reply.remaining());
+        while reply.remaining() > 0 {
+            tickets.push(reply.u64()?);
+        }
+        Ok(LineSnapshot { seq, tickets })
+    }
+
+    async fn line_changes(
+        &self,
+        queue: &QueueId,
+        after: u64,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<LineChanges> {
+        let mut invocation = self.invocation(&self.scripts.line_changes, queue, now_ms);
+        invocation.arg(after).arg(limit);
+        let mut reply = Reply::new(self.run("line_changes", &invocation).await?)?;
+        let status = reply.string()?;
+        if status != "ok" {
+            return Err(status_error(&status, queue));
+        }
+        let seq = reply.u64()?;
+        let complete = reply.u64()? == 1;
+        let mode = parse_mode(&reply.string()?)?;
+        let waiting = reply.u64()?;
+        let prequeued = reply.u64()?;
+        let opens_at_ms = Some(reply.u64()?).filter(|at| *at > 0);
+        let draw = reply.string()?;
+        let rate = RateSample {
+            admitted: reply.u64()?,
+            span_ms: reply.u64()?,
+        };
+        let mut events = Vec::with_capacity(reply.remaining());
+        while reply.remaining() > 0 {
+            events.push(parse_line_entry(&reply.string()?)?);
+        }
+        Ok(LineChanges {
+            summary: LineSummary {
+                seq,
+                mode,
+                waiting,
+                prequeued,
+                opens_at_ms,
+                opened: draw != "none",
+                rate,
+            },
+            events,
+            complete,
+        })
     }
 
     async fn draw_step(

@@ -6,7 +6,7 @@
 -- dropped as they pass. Not tied to the queue's existence: a token stays
 -- used when its queue is deleted.
 
-local K_USED = KEYS[13]
+local K_USED = KEYS[14]
 redis.call('ZREMRANGEBYSCORE', K_USED, '-inf', NOW)
 if redis.call('ZSCORE', K_USED, ARGV[2]) then
   return 0

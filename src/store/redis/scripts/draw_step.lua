@@ -32,7 +32,7 @@ elseif cfg.draw == 'assigning' then
   local popped = redis.call('ZPOPMIN', K_POOL, chunk)
   local next_ticket = tonumber(redis.call('HGET', K_CONFIG, 'draw_next'))
   for i = 1, #popped, 2 do
-    redis.call('ZADD', K_WAITING, next_ticket, popped[i])
+    add_waiting(popped[i], next_ticket)
     next_ticket = next_ticket + 1
   end
   redis.call('HSET', K_CONFIG, 'draw_next', next_ticket)

@@ -56,6 +56,6 @@ if admit_now then
   record_admissions(1)
   return place(cfg, 'admitted', ticket, 0, NOW, expires)
 end
-redis.call('ZADD', K_WAITING, ticket, user)
+add_waiting(user, ticket)
 see(user)
 return place(cfg, 'waiting', ticket, redis.call('ZRANK', K_WAITING, user) + 1, 0, 0)

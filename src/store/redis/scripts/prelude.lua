@@ -1,8 +1,8 @@
 -- Shared head of every queue script (prepended by mod.rs).
 --
--- KEYS[1..12]: the queue's keys, as listed in keys.rs: config, seq, waiting,
+-- KEYS[1..13]: the queue's keys, as listed in keys.rs: config, seq, waiting,
 --              active, admitted, stats, rate, batches, batch_expiry,
---              prequeue, pool, seen. A script's own keys follow.
+--              prequeue, pool, seen, log. A script's own keys follow.
 -- ARGV[1]:     the caller's clock, milliseconds since the Unix epoch.
 --              Scripts never read Redis's clock, so every replica and the
 --              memory store agree on what "now" means.
@@ -13,7 +13,8 @@
 
 local K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE, K_BATCHES, K_BATCH_EXPIRY =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local K_PREQUEUE, K_POOL, K_SEEN = KEYS[10], KEYS[11], KEYS[12]
+local K_PREQUEUE, K_POOL, K_SEEN, K_LOG = KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local LOG_KEEP = 100000
 local NOW = tonumber(ARGV[1])
 local RATE_WINDOW_MS = 60000
 
@@ -72,6 +73,21 @@ local function prepare(cfg)
     redis.call('HINCRBY', K_STATS, 'expired', #gone)
   end
   open_if_due(cfg)
+end
+
+-- Logs a change to the waiting set (see domain/line.rs): joined ('j', with
+-- the user) or left ('l', with 1 when admitted), keeping the last LOG_KEEP.
+local function log_event(kind, ticket, detail)
+  local seq = redis.call('HINCRBY', K_CONFIG, 'log_seq', 1)
+  redis.call('ZADD', K_LOG, seq, seq .. '|' .. kind .. '|' .. ticket .. '|' .. detail)
+  if seq > LOG_KEEP then
+    redis.call('ZREMRANGEBYSCORE', K_LOG, '-inf', seq - LOG_KEEP)
+  end
+end
+
+local function add_waiting(user, ticket)
+  redis.call('ZADD', K_WAITING, ticket, user)
+  log_event('j', ticket, user)
 end
 
 local function in_line()
@@ -179,6 +195,7 @@ local function admit_next(cfg, room, out)
   local popped = redis.call('ZPOPMIN', K_WAITING, room)
   for i = 1, #popped, 2 do
     local user, ticket = popped[i], tonumber(popped[i + 1])
+    log_event('l', ticket, 1)
     local expires = admit_user(cfg, user, ticket)
     out[#out + 1] = user
     out[#out + 1] = ticket
@@ -191,7 +208,12 @@ end
 
 -- Takes a user out of the line wherever they stand in it; true if they were.
 local function remove_from_line(user)
-  local removed = redis.call('ZREM', K_WAITING, user) == 1
+  local ticket = redis.call('ZSCORE', K_WAITING, user)
+  if ticket then
+    redis.call('ZREM', K_WAITING, user)
+    log_event('l', tonumber(ticket), 0)
+  end
+  local removed = ticket
     or redis.call('ZREM', K_PREQUEUE, user) == 1
     or redis.call('ZREM', K_POOL, user) == 1
   if removed then
@@ -249,6 +271,7 @@ local function current_place(cfg, user)
   local ticket = tonumber(score)
   if cfg.mode == 'pass_through' and not drawing(cfg) then
     redis.call('ZREM', K_WAITING, user)
+    log_event('l', ticket, 1)
     local expires = admit_user(cfg, user, ticket)
     record_admissions(1)
     return place(cfg, 'admitted', ticket, 0, NOW, expires)

@@ -1,9 +1,10 @@
-//! Counts waiting tickets below a ticket in O(log n): a Fenwick tree over
+//! Counts waiting tickets up to a ticket in O(log n): a Fenwick tree over
 //! ticket numbers. Tickets are a dense sequence, so the tree is a plain
-//! vector that grows by one slot per ticket issued.
+//! vector that grows by one slot per ticket issued. The memory store ranks
+//! with it, and so does each instance's local copy of a line it watches.
 
-#[derive(Debug, Default)]
-pub(super) struct RankIndex {
+#[derive(Clone, Debug, Default)]
+pub struct RankIndex {
     /// 1-based Fenwick tree; slot 0 is unused.
     tree: Vec<u32>,
 }
@@ -14,7 +15,7 @@ fn lowbit(i: usize) -> usize {
 
 impl RankIndex {
     /// Number of tickets in `1..=ticket` that are present.
-    pub(super) fn count_up_to(&self, ticket: u64) -> u64 {
+    pub fn count_up_to(&self, ticket: u64) -> u64 {
         let mut i = (ticket as usize).min(self.tree.len().saturating_sub(1));
         let mut sum = 0u64;
         while i > 0 {
@@ -24,12 +25,12 @@ impl RankIndex {
         sum
     }
 
-    pub(super) fn insert(&mut self, ticket: u64) {
+    pub fn insert(&mut self, ticket: u64) {
         self.grow_to(ticket as usize);
         self.add(ticket as usize, 1);
     }
 
-    pub(super) fn remove(&mut self, ticket: u64) {
+    pub fn remove(&mut self, ticket: u64) {
         self.add(ticket as usize, -1);
     }
 

@@ -1,0 +1,60 @@
+//! What an instance needs to follow a queue's line without asking the store
+//! about each watcher: the changes to the waiting set, in order, and a
+//! summary of the queue as of the last change.
+//!
+//! Each store keeps a per-queue log of who joined and who left the waiting
+//! set, numbered by a per-queue sequence and written in the same atomic
+//! step as the change itself, so the log and the line never disagree. An
+//! instance takes one snapshot of the waiting tickets, then applies the log
+//! from there: a position is the number of waiting tickets up to the
+//! user's, computed in memory. The store's work per refresh is one read per
+//! queue, however many users watch it.
+
+use super::{QueueMode, RateSample, UserId};
+
+/// How many log entries a store keeps per queue; an instance further
+/// behind takes a new snapshot.
+pub const LINE_LOG_KEEP: u64 = 100_000;
+
+/// A change to a queue's waiting set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LineEvent {
+    /// A ticket joined the waiting set.
+    Joined { ticket: u64, user: UserId },
+    /// A ticket left it: admitted, or gone (left, released).
+    Left { ticket: u64, admitted: bool },
+}
+
+/// The queue as of the last logged change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LineSummary {
+    /// Sequence number of the last change.
+    pub seq: u64,
+    pub mode: QueueMode,
+    /// Users waiting with a ticket.
+    pub waiting: u64,
+    /// Users pre-queued or being placed by the opening draw.
+    pub prequeued: u64,
+    pub opens_at_ms: Option<u64>,
+    /// The opening has happened (the draw started or there was none).
+    pub opened: bool,
+    pub rate: RateSample,
+}
+
+/// The changes after a sequence number, and the summary after them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LineChanges {
+    pub summary: LineSummary,
+    /// In order, each with its sequence number.
+    pub events: Vec<(u64, LineEvent)>,
+    /// False when changes the caller has not seen are no longer kept (or
+    /// the queue was created again): take a new snapshot.
+    pub complete: bool,
+}
+
+/// The waiting tickets as of a sequence number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineSnapshot {
+    pub seq: u64,
+    pub tickets: Vec<u64>,
+}

@@ -1,0 +1,32 @@
+-- Line changes: the changes to the waiting set after a sequence number,
+-- and the queue's summary after them (see domain/line.rs). One call per
+-- queue and refresh, however many users the caller watches.
+-- KEYS: the queue's keys (prelude). ARGV: now, after, limit.
+-- Returns {'ok', seq, complete (1/0), mode, waiting, pre-queued, opens_at,
+-- draw, rate count, rate span, entry...} where each entry is
+-- 'seq|j|ticket|user' or 'seq|l|ticket|admitted'; or {'no_queue'}.
+
+local cfg = load_config()
+if not cfg then
+  return { 'no_queue' }
+end
+prepare(cfg)
+local seq = tonumber(redis.call('HGET', K_CONFIG, 'log_seq')) or 0
+local after = tonumber(ARGV[2])
+local complete = 1
+if after > seq then
+  complete = 0
+elseif after < seq then
+  local oldest = redis.call('ZRANGE', K_LOG, 0, 0, 'WITHSCORES')
+  if #oldest == 0 or tonumber(oldest[2]) > after + 1 then
+    complete = 0
+  end
+end
+local count, span = rate_sample()
+local out = { 'ok', seq, complete, cfg.mode, redis.call('ZCARD', K_WAITING),
+  redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL), cfg.opens_at, cfg.draw, count, span }
+local entries = redis.call('ZRANGEBYSCORE', K_LOG, '(' .. after, '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
+for i = 1, #entries do
+  out[#out + 1] = entries[i]
+end
+return out

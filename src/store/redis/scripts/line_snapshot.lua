@@ -1,0 +1,15 @@
+-- Line snapshot: the waiting tickets and the sequence number they are as
+-- of, for an instance starting to follow the line. O(waiting), once per
+-- instance and queue (and after falling behind the log).
+-- KEYS: the queue's keys (prelude). ARGV: now.
+-- Returns {'ok', seq, ticket...} or {'no_queue'}.
+
+if redis.call('EXISTS', K_CONFIG) == 0 then
+  return { 'no_queue' }
+end
+local out = { 'ok', tonumber(redis.call('HGET', K_CONFIG, 'log_seq')) or 0 }
+local flat = redis.call('ZRANGE', K_WAITING, 0, -1, 'WITHSCORES')
+for i = 2, #flat, 2 do
+  out[#out + 1] = tonumber(flat[i])
+end
+return out
