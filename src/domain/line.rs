@@ -23,6 +23,8 @@ pub enum LineEvent {
     Joined { ticket: u64, user: UserId },
     /// A ticket left it: admitted, or gone (left, released).
     Left { ticket: u64, admitted: bool },
+    /// A pre-queued user (no ticket yet) left or was released.
+    PreQueueLeft { user: UserId },
 }
 
 /// The queue as of the last logged change.

@@ -152,3 +152,115 @@ async fn several_streams_of_one_user_agree_and_a_dropped_one_costs_nothing() {
         assert_eq!(next(stream).await.position, 1);
     }
 }
+
+fn commands_processed(redis: &TestRedis) -> u64 {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// Redis commands per second while `watchers` streams are open and nothing
+/// changes.
+async fn idle_commands_per_second(watchers: usize) -> f64 {
+    let (app, redis) = TestApp::on_redis().await;
+    app.create_queue(queue("idle")).await;
+    let mut client = app.client().await;
+    let mut streams = Vec::new();
+    for i in 0..watchers {
+        let user = format!("u{i:05}");
+        enqueue(&mut client, "idle", &user).await;
+        let mut stream = open(&app, "idle", &user).await;
+        next(&mut stream).await;
+        streams.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = commands_processed(&redis);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (commands_processed(&redis) - before) as f64 / 2.0
+}
+
+#[tokio::test]
+async fn the_redis_work_of_watching_does_not_grow_with_the_watchers() {
+    let few = idle_commands_per_second(10).await;
+    let many = idle_commands_per_second(1000).await;
+    assert!(
+        many <= few * 1.2 + 5.0,
+        "{few} commands/s with 10 watchers, {many} with 1,000"
+    );
+}
+
+#[tokio::test]
+async fn positions_computed_from_the_log_match_the_store_under_churn() {
+    let redis = TestRedis::start();
+    let prefix = fresh_prefix();
+    let one = TestApp::spawn(TestApp::redis_config(&redis.url(), &prefix)).await;
+    let two = TestApp::spawn(TestApp::redis_config(&redis.url(), &prefix)).await;
+    one.create_queue(queue("churn")).await;
+    let mut a = one.client().await;
+    let mut b = two.client().await;
+    for i in 0..60 {
+        enqueue(&mut a, "churn", &format!("u{i:02}")).await;
+    }
+    let mut streams = Vec::new();
+    for i in (0..60).step_by(3) {
+        let app = if i % 2 == 0 { &one } else { &two };
+        let user = format!("u{i:02}");
+        let mut stream = open(app, "churn", &user).await;
+        next(&mut stream).await;
+        streams.push((user, stream));
+    }
+    // Churn from both replicas: arrivals, leaves, admissions.
+    for round in 0..5 {
+        for i in 0..6 {
+            enqueue(&mut b, "churn", &format!("late-{round}-{i}")).await;
+        }
+        leave(&mut a, "churn", &format!("u{:02}", 1 + round * 3)).await;
+        leave(&mut b, "churn", &format!("late-{round}-0")).await;
+        admit(&mut b, "churn", 2).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (user, stream) in &mut streams {
+        // The last message a stream got is the place now.
+        let mut last = None;
+        while let Ok(Some(update)) =
+            tokio::time::timeout(Duration::from_millis(50), stream.next()).await
+        {
+            last = update.ok().and_then(|u| u.place);
+        }
+        let truth = a.get_rank(rank_request("churn", user)).await;
+        match (last, truth) {
+            (Some(seen), Ok(truth)) if seen.state() == PlaceState::Admitted => {
+                // The stream ended with the admission; only that must agree.
+                let truth = truth.into_inner().place.unwrap();
+                assert_eq!(
+                    (truth.state(), truth.ticket),
+                    (PlaceState::Admitted, seen.ticket),
+                    "{user}"
+                );
+            }
+            (Some(seen), Ok(truth)) => {
+                let truth = truth.into_inner().place.unwrap();
+                assert_eq!(
+                    (seen.state, seen.position, seen.waiting_count, seen.ticket),
+                    (
+                        truth.state,
+                        truth.position,
+                        truth.waiting_count,
+                        truth.ticket
+                    ),
+                    "{user}"
+                );
+            }
+            (None, _) => {}
+            (Some(seen), Err(status)) => {
+                panic!("{user}: stream shows {seen:?}, store says {status:?}")
+            }
+        }
+    }
+}

@@ -283,17 +283,21 @@ impl QueueState {
                 admitted: false,
             });
         }
-        let removed = left_waiting.is_some()
-            || self
+        let left_prequeue = left_waiting.is_none()
+            && (self
                 .prequeued
                 .remove(user)
                 .map(|arrival| self.prequeue.remove(&arrival))
                 .is_some()
-            || self
-                .pooled
-                .remove(user)
-                .map(|key| self.pool.remove(&(key, user.clone())))
-                .is_some();
+                || self
+                    .pooled
+                    .remove(user)
+                    .map(|key| self.pool.remove(&(key, user.clone())))
+                    .is_some());
+        if left_prequeue {
+            self.log_event(LineEvent::PreQueueLeft { user: user.clone() });
+        }
+        let removed = left_waiting.is_some() || left_prequeue;
         if removed {
             self.unsee(user);
         }

@@ -460,6 +460,9 @@ fn parse_line_entry(entry: &str) -> Result<(u64, LineEvent)> {
             ticket,
             admitted: detail == "1",
         },
+        "p" => LineEvent::PreQueueLeft {
+            user: UserId::parse(detail).map_err(|_| bad())?,
+        },
         _ => return Err(bad()),
     };
     Ok((seq, event))

@@ -4,7 +4,8 @@
 -- KEYS: the queue's keys (prelude). ARGV: now, after, limit.
 -- Returns {'ok', seq, complete (1/0), mode, waiting, pre-queued, opens_at,
 -- draw, rate count, rate span, entry...} where each entry is
--- 'seq|j|ticket|user' or 'seq|l|ticket|admitted'; or {'no_queue'}.
+-- 'seq|j|ticket|user', 'seq|l|ticket|admitted' or 'seq|p|0|user'; or
+-- {'no_queue'}.
 
 local cfg = load_config()
 if not cfg then

@@ -75,8 +75,9 @@ local function prepare(cfg)
   open_if_due(cfg)
 end
 
--- Logs a change to the waiting set (see domain/line.rs): joined ('j', with
--- the user) or left ('l', with 1 when admitted), keeping the last LOG_KEEP.
+-- Logs a change to the line (see domain/line.rs): a ticket joined ('j',
+-- with the user) or left ('l', with 1 when admitted), or a pre-queued user
+-- left ('p', with the user); keeps the last LOG_KEEP.
 local function log_event(kind, ticket, detail)
   local seq = redis.call('HINCRBY', K_CONFIG, 'log_seq', 1)
   redis.call('ZADD', K_LOG, seq, seq .. '|' .. kind .. '|' .. ticket .. '|' .. detail)
@@ -213,9 +214,12 @@ local function remove_from_line(user)
     redis.call('ZREM', K_WAITING, user)
     log_event('l', tonumber(ticket), 0)
   end
-  local removed = ticket
-    or redis.call('ZREM', K_PREQUEUE, user) == 1
-    or redis.call('ZREM', K_POOL, user) == 1
+  local prequeued = not ticket
+    and (redis.call('ZREM', K_PREQUEUE, user) == 1 or redis.call('ZREM', K_POOL, user) == 1)
+  if prequeued then
+    log_event('p', 0, user)
+  end
+  local removed = ticket or prequeued
   if removed then
     redis.call('ZREM', K_SEEN, user)
   end

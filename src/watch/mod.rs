@@ -1,12 +1,17 @@
 //! The per-instance hub behind `WatchRank`.
 //!
-//! Streams do not poll the store one by one. Each queue with watchers on
-//! this instance has one task that, every refresh interval (or at once when
-//! a local change nudges it), asks the store for the places of all its
-//! watching users in one batched call, and sends each stream its place only
-//! when what the user sees has changed. Several streams of one user share
-//! one lookup. A stream whose client went away is dropped on the next tick;
-//! a stream that cannot keep up skips updates instead of slowing the others.
+//! Streams do not poll the store. Each queue with watchers on this instance
+//! has one task that keeps a copy of the queue's waiting set ([`line`]):
+//! one snapshot when it starts, then, every refresh interval (or at once
+//! when a local change nudges it), one read of the changes logged since
+//! and of the queue's summary. Positions, waiting counts and estimates of
+//! all local watchers are computed from that in memory, exact as of the
+//! read, so the store's work does not grow with the number of watchers.
+//! Only a watcher whose ticket left the line (admitted, or gone) is looked
+//! up, once, to fetch its admission. Each stream is sent its place only when
+//! what the user sees has changed; a stream whose client went away is
+//! dropped on the next tick; a stream that cannot keep up skips updates
+//! instead of slowing the others.
 //!
 //! An open stream is a sign of life. The hub records it for all the users it
 //! watches in one queue with one store write every third of the queue's
@@ -20,7 +25,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Clock, Place, PlaceState, QueueId, QueueMode, UserId};
+mod line;
+
+use self::line::Line;
+use crate::domain::{Clock, LineEvent, Place, PlaceState, QueueId, QueueMode, UserId};
 use crate::store::QueueStore;
 use crate::{Error, Result};
 
@@ -30,6 +38,12 @@ const STREAM_BUFFER: usize = 4;
 /// Consecutive failed refreshes after which streams end with `UNAVAILABLE`
 /// (clients reconnect; places are kept).
 const MAX_FAILED_REFRESHES: u32 = 8;
+
+/// Log entries read per call while catching up.
+const CHANGES_PER_READ: u32 = 10_000;
+
+/// Reads per refresh before giving up on catching up this time.
+const MAX_CATCH_UP_READS: usize = 20;
 
 /// What a user sees of a place; a message is sent only when it changes.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,6 +67,8 @@ impl View {
 
 struct Watcher {
     user: UserId,
+    /// The user's ticket; `None` while pre-queued.
+    ticket: Option<u64>,
     last: View,
     tx: mpsc::Sender<Result<Place>>,
     _slot: StreamSlot,
@@ -129,6 +145,7 @@ impl WatchHub {
     ) -> mpsc::Receiver<Result<Place>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let last = View::of(&first);
+        let ticket = Some(first.ticket).filter(|t| *t > 0);
         let is_final = first.is_final();
         // The channel is new and empty, so the first message always fits.
         let _ = tx.try_send(Ok(first));
@@ -148,6 +165,7 @@ impl WatchHub {
             let slot = StreamSlot::new(&self.open, &watch.open);
             watchers.push(Watcher {
                 user,
+                ticket,
                 last,
                 tx,
                 _slot: slot,
@@ -185,6 +203,7 @@ impl WatchHub {
 
     async fn run(self: Arc<Self>, queue: QueueId, watch: Arc<QueueWatch>) {
         let mut failures = 0u32;
+        let mut line: Option<Line> = None;
         let mut presence = Presence::new();
         loop {
             tokio::select! {
@@ -225,18 +244,17 @@ impl WatchHub {
             presence
                 .record(self.store.as_ref(), &queue, &users, now)
                 .await;
-            let survivors = match self.store.places(&queue, &users, false, now).await {
-                Ok(places) => {
+            let survivors = match self.refresh(&queue, &mut line, &mut watchers, now).await {
+                Ok(()) => {
                     failures = 0;
-                    let places: HashMap<UserId, Option<Place>> =
-                        users.into_iter().zip(places).collect();
-                    deliver(watchers, &places, &queue)
+                    watchers
                 }
                 Err(error @ Error::QueueNotFound(_)) => {
                     end_all(watchers, &error);
                     Vec::new()
                 }
                 Err(error) => {
+                    line = None;
                     failures += 1;
                     if failures >= MAX_FAILED_REFRESHES {
                         end_all(watchers, &error);
@@ -250,6 +268,124 @@ impl WatchHub {
                 current.extend(survivors);
             }
         }
+    }
+
+    /// Brings the copy of the line up to date, then sends each watcher its
+    /// place if it changed. Keeps in `watchers` those still watching.
+    async fn refresh(
+        &self,
+        queue: &QueueId,
+        line: &mut Option<Line>,
+        watchers: &mut Vec<Watcher>,
+        now: u64,
+    ) -> Result<()> {
+        let mut summary = None;
+        // Catch up with the log; a copy that fell behind what the log keeps
+        // starts again from a snapshot.
+        for _ in 0..MAX_CATCH_UP_READS {
+            let current = match line {
+                Some(current) => current,
+                None => line.insert(Line::from_snapshot(self.store.line_snapshot(queue).await?)),
+            };
+            let changes = self
+                .store
+                .line_changes(queue, current.seq, CHANGES_PER_READ, now)
+                .await?;
+            if !changes.complete {
+                *line = None;
+                continue;
+            }
+            for (seq, event) in changes.events {
+                current.seq = seq;
+                match event {
+                    LineEvent::Joined { ticket, user } => {
+                        current.join(ticket);
+                        // A pre-queued watcher placed by the opening draw.
+                        for watcher in watchers
+                            .iter_mut()
+                            .filter(|w| w.ticket.is_none() && w.user == user)
+                        {
+                            watcher.ticket = Some(ticket);
+                        }
+                    }
+                    LineEvent::Left { ticket, .. } => current.leave(ticket),
+                    LineEvent::PreQueueLeft { user } => {
+                        for watcher in watchers
+                            .iter_mut()
+                            .filter(|w| w.ticket.is_none() && w.user == user)
+                        {
+                            // Looked up below: gone, or elsewhere.
+                            watcher.ticket = Some(0);
+                        }
+                    }
+                }
+            }
+            let caught_up = current.seq >= changes.summary.seq;
+            summary = Some(changes.summary);
+            if caught_up {
+                break;
+            }
+        }
+        let (Some(line), Some(summary)) = (line.as_ref(), summary) else {
+            return Err(Error::Unavailable(
+                "the line log could not be followed".into(),
+            ));
+        };
+
+        // Watchers whose ticket left the line: one lookup for all of them.
+        let mut gone: Vec<UserId> = watchers
+            .iter()
+            .filter(|w| w.ticket.is_some_and(|t| !line.contains(t)))
+            .map(|w| w.user.clone())
+            .collect();
+        gone.sort();
+        gone.dedup();
+        let looked_up: HashMap<UserId, Option<Place>> = if gone.is_empty() {
+            HashMap::new()
+        } else {
+            let places = self.store.places(queue, &gone, false, now).await?;
+            gone.into_iter().zip(places).collect()
+        };
+
+        let in_line = summary.waiting + summary.prequeued;
+        let opens_in_ms = match (summary.opened, summary.opens_at_ms) {
+            (false, Some(at)) => at.saturating_sub(now),
+            _ => 0,
+        };
+        let mut places = HashMap::new();
+        for watcher in watchers.iter_mut() {
+            let place = match watcher.ticket {
+                None => Some(Place {
+                    state: PlaceState::PreQueue { opens_in_ms },
+                    ticket: 0,
+                    waiting_count: in_line,
+                    mode: summary.mode,
+                    rate: summary.rate,
+                }),
+                Some(ticket) if line.contains(ticket) => Some(Place {
+                    state: if summary.mode == QueueMode::Closed {
+                        PlaceState::Closed
+                    } else {
+                        PlaceState::Waiting {
+                            position: line.position(ticket),
+                        }
+                    },
+                    ticket,
+                    waiting_count: in_line,
+                    mode: summary.mode,
+                    rate: summary.rate,
+                }),
+                Some(_) => {
+                    let found = looked_up.get(&watcher.user).cloned().flatten();
+                    // Enqueued again under a new ticket: follow that one.
+                    watcher.ticket = found.as_ref().map(|p| p.ticket).filter(|t| *t > 0);
+                    found
+                }
+            };
+            places.insert(watcher.user.clone(), place);
+        }
+        *watchers = deliver(std::mem::take(watchers), &places, queue);
+        Ok(())
     }
 
     /// Removes a queue with no watchers left; false if one arrived meanwhile.
