@@ -5,6 +5,7 @@
 
 mod admin_service;
 pub mod auth;
+pub mod codec;
 mod convert;
 pub mod limits;
 mod queue_service;

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::WatchStream as PlaceUpdates;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -185,7 +185,7 @@ impl QueueService for QueueApi {
             .ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
         let updates = self.hub.watch(queue.clone(), user.clone(), first);
         let keyring = Arc::clone(&self.keyring);
-        let stream = ReceiverStream::new(updates).map(move |update| {
+        let stream = PlaceUpdates::new(updates).map(move |update| {
             let place = place_out(&keyring, &queue, &user, &update?)?;
             Ok(pb::WatchRankResponse { place: Some(place) })
         });

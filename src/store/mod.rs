@@ -64,7 +64,7 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn list_queues(&self, after: Option<&QueueId>, limit: usize) -> Result<Vec<QueueConfig>>;
 
     /// Changes a queue. Moving or clearing the opening once it has happened
-    /// is refused.
+    /// is refused; clearing it before opens the queue now.
     async fn update_queue(
         &self,
         queue: &QueueId,

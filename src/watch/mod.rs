@@ -9,9 +9,10 @@
 //! read, so the store's work does not grow with the number of watchers.
 //! Only a watcher whose ticket left the line (admitted, or gone) is looked
 //! up, once, to fetch its admission. Each stream is sent its place only when
-//! what the user sees has changed; a stream whose client went away is
-//! dropped on the next tick; a stream that cannot keep up skips updates
-//! instead of slowing the others.
+//! what the user sees has changed, through a one-slot channel that holds
+//! the latest place (a slow client skips to the newest, and an open stream
+//! costs a few hundred bytes); a stream whose client went away is dropped on
+//! the next tick.
 //!
 //! An open stream is a sign of life. The hub records it for all the users it
 //! watches in one queue with one store write every third of the queue's
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 mod line;
@@ -31,9 +32,6 @@ use self::line::Line;
 use crate::domain::{Clock, LineEvent, Place, PlaceState, QueueId, QueueMode, UserId};
 use crate::store::QueueStore;
 use crate::{Error, Result};
-
-/// Messages buffered per stream; a slower client skips updates.
-const STREAM_BUFFER: usize = 4;
 
 /// Consecutive failed refreshes after which streams end with `UNAVAILABLE`
 /// (clients reconnect; places are kept).
@@ -70,7 +68,9 @@ struct Watcher {
     /// The user's ticket; `None` while pre-queued.
     ticket: Option<u64>,
     last: View,
-    tx: mpsc::Sender<Result<Place>>,
+    /// The latest place for the stream: a client that reads slowly skips
+    /// to the newest instead of holding a queue of stale ones.
+    tx: watch::Sender<Result<Place>>,
     _slot: StreamSlot,
 }
 
@@ -142,18 +142,16 @@ impl WatchHub {
         queue: QueueId,
         user: UserId,
         first: Place,
-    ) -> mpsc::Receiver<Result<Place>> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    ) -> watch::Receiver<Result<Place>> {
         let last = View::of(&first);
         let ticket = Some(first.ticket).filter(|t| *t > 0);
         let is_final = first.is_final();
-        // The channel is new and empty, so the first message always fits.
-        let _ = tx.try_send(Ok(first));
+        let (tx, rx) = watch::channel(Ok(first));
         if is_final || self.shutdown.is_cancelled() {
             return rx;
         }
         let Ok(mut queues) = self.queues.lock() else {
-            let _ = tx.try_send(Err(Error::Internal("watch hub lock poisoned".into())));
+            let _ = tx.send(Err(Error::Internal("watch hub lock poisoned".into())));
             return rx;
         };
         let watch = queues.entry(queue.clone()).or_insert_with(|| {
@@ -475,19 +473,19 @@ fn deliver(
                     survivors.push(watcher);
                     continue;
                 }
+                // A final place ends the stream: the watcher is dropped
+                // with its sender, after the place is read.
                 let is_final = place.is_final();
-                if watcher.tx.try_send(Ok(place.clone())).is_ok() {
+                if watcher.tx.send(Ok(place.clone())).is_ok() && !is_final {
                     watcher.last = view;
-                    if is_final {
-                        continue;
-                    }
-                } else if is_final {
-                    finish(watcher.tx, Ok(place.clone()));
-                    continue;
+                    survivors.push(watcher);
                 }
-                survivors.push(watcher);
             }
-            _ => finish(watcher.tx, Err(Error::PlaceNotFound(queue.to_string()))),
+            _ => {
+                let _ = watcher
+                    .tx
+                    .send(Err(Error::PlaceNotFound(queue.to_string())));
+            }
         }
     }
     survivors
@@ -500,21 +498,14 @@ fn end_all(watchers: Vec<Watcher>, error: &Error) {
             Error::PlaceNotFound(q) => Error::PlaceNotFound(q.clone()),
             other => Error::Unavailable(other.to_string()),
         };
-        finish(watcher.tx, Err(error));
+        let _ = watcher.tx.send(Err(error));
     }
-}
-
-/// Sends a stream's last message, which must not be skipped like an
-/// update: waits for room, but not forever for a client that stopped
-/// reading.
-fn finish(tx: mpsc::Sender<Result<Place>>, last: Result<Place>) {
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(Duration::from_secs(30), tx.send(last)).await;
-    });
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio_stream::StreamExt;
+
     use super::*;
     use crate::domain::{QueueConfig, SystemClock};
     use crate::store::MemoryStore;
@@ -535,8 +526,9 @@ mod tests {
             Duration::from_millis(10),
             CancellationToken::new(),
         );
-        let mut stream = hub.watch(queue.clone(), user.clone(), first);
-        assert!(stream.recv().await.is_some());
+        let mut stream =
+            tokio_stream::wrappers::WatchStream::new(hub.watch(queue.clone(), user.clone(), first));
+        assert!(stream.next().await.is_some());
         assert_eq!(hub.watcher_count(), 1);
         drop(stream);
         for _ in 0..100 {
@@ -565,13 +557,13 @@ mod tests {
             Duration::from_secs(60),
             shutdown.clone(),
         );
-        let mut stream = hub.watch(queue, user, first);
-        assert!(stream.recv().await.is_some());
+        let mut stream = tokio_stream::wrappers::WatchStream::new(hub.watch(queue, user, first));
+        assert!(stream.next().await.is_some());
         shutdown.cancel();
-        let last = tokio::time::timeout(Duration::from_secs(1), stream.recv())
+        let last = tokio::time::timeout(Duration::from_secs(1), stream.next())
             .await
             .unwrap();
         assert!(matches!(last, Some(Err(Error::Unavailable(_)))));
-        assert!(stream.recv().await.is_none());
+        assert!(stream.next().await.is_none());
     }
 }

@@ -90,6 +90,11 @@ impl Service {
         Ok(QueueAdminServiceClient::new(self.channel().await?))
     }
 
+    /// The service's own Redis, for the Redis-side figures.
+    pub fn redis(&self) -> Option<&RedisServer> {
+        self._redis.as_ref()
+    }
+
     /// CPU time the service process has used so far (user + system).
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;

@@ -9,6 +9,9 @@
 mod admit;
 mod draw;
 mod harness;
+mod load;
+mod rpc;
+mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +28,12 @@ enum Scenario {
     Admit(admit::Args),
     /// The opening draw of a large pre-queue: how long each step holds Redis.
     Draw(draw::Args),
+    /// Enqueue throughput and latency against a trivial RPC and redis-benchmark.
+    Enqueue(rpc::Args),
+    /// GetRank throughput and latency against a trivial RPC.
+    GetRank(rpc::Args),
+    /// Many open WatchRank streams: memory per stream, Redis load, admission delivery.
+    Watch(watch::Args),
 }
 
 #[tokio::main]
@@ -32,5 +41,8 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Admit(args) => admit::run(args).await,
         Scenario::Draw(args) => draw::run(args).await,
+        Scenario::Enqueue(args) => rpc::run(rpc::Rpc::Enqueue, args).await,
+        Scenario::GetRank(args) => rpc::run(rpc::Rpc::GetRank, args).await,
+        Scenario::Watch(args) => watch::run(args).await,
     }
 }

@@ -154,17 +154,10 @@ impl QueueState {
         self.open_if_due(now_ms);
     }
 
-    /// At the opening, freeze the pre-queue and reserve its tickets. A
-    /// cleared opening with people pre-queued opens at once.
+    /// At the opening, freeze the pre-queue and reserve its tickets. Only a
+    /// queue with an opening ever has a pre-queue.
     fn open_if_due(&mut self, now_ms: u64) {
-        if self.draw != Draw::None {
-            return;
-        }
-        let due = match self.config.opens_at_ms {
-            Some(opens_at) => now_ms >= opens_at,
-            None => !self.prequeue.is_empty(),
-        };
-        if !due {
+        if self.draw != Draw::None || self.config.opens_at_ms.is_none_or(|at| now_ms < at) {
             return;
         }
         let size = self.prequeue.len() as u64;
@@ -449,6 +442,10 @@ impl QueueStore for MemoryStore {
             }
             let was_closed = state.config.mode == QueueMode::Closed;
             state.config.apply(update);
+            if update.opens_at == Some(None) {
+                // Clearing an opening that has not happened opens the queue now.
+                state.config.opens_at_ms = Some(now_ms);
+            }
             if was_closed && state.config.mode != QueueMode::Closed {
                 state.config.presence_since_ms = now_ms;
             }

@@ -78,10 +78,17 @@ struct Scripts {
     line_snapshot: Script,
 }
 
+fn with_prelude_source(body: &str) -> String {
+    format!("{}\n{body}", include_str!("scripts/prelude.lua"))
+}
+
+fn enqueue_source() -> String {
+    with_prelude_source(include_str!("scripts/enqueue.lua"))
+}
+
 impl Scripts {
     fn load() -> Self {
-        let with_prelude =
-            |body: &str| Script::new(&format!("{}\n{body}", include_str!("scripts/prelude.lua")));
+        let with_prelude = |body: &str| Script::new(&with_prelude_source(body));
         Self {
             create_queue: with_prelude(include_str!("scripts/create_queue.lua")),
             update_queue: with_prelude(include_str!("scripts/update_queue.lua")),
@@ -239,6 +246,33 @@ impl RedisStore {
         }
         invocation.arg(now_ms);
         invocation
+    }
+
+    /// The enqueue script, loaded, and the full `EVALSHA` command line for
+    /// one user at `now_ms` (with `user` where the user goes): what
+    /// `redis-benchmark` runs as the Redis-side baseline of an enqueue.
+    pub async fn enqueue_command_line(
+        &self,
+        queue: &QueueId,
+        user: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>> {
+        let script = &self.scripts.enqueue;
+        let sha: String = self
+            .command(
+                "script_load",
+                redis::cmd("SCRIPT").arg("LOAD").arg(enqueue_source()),
+            )
+            .await?;
+        if sha != script.get_hash() {
+            return Err(Error::Internal("script hash mismatch".into()));
+        }
+        let keys = self.keys(queue);
+        let mut line = vec!["EVALSHA".to_owned(), sha, keys.len().to_string()];
+        line.extend(keys);
+        line.push(now_ms.to_string());
+        line.push(user.to_owned());
+        Ok(line)
     }
 
     /// The connection, connecting a cluster on first use.
@@ -496,7 +530,9 @@ fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn update_fields(update: &QueueUpdate) -> Vec<(&'static str, String)> {
+/// The fields an update writes; clearing an opening that has not happened
+/// opens the queue at `now_ms`.
+fn update_fields(update: &QueueUpdate, now_ms: u64) -> Vec<(&'static str, String)> {
     let mut fields = Vec::new();
     if let Some(mode) = update.mode {
         fields.push(("mode", mode.as_str().to_owned()));
@@ -514,7 +550,7 @@ fn update_fields(update: &QueueUpdate) -> Vec<(&'static str, String)> {
         fields.push(("heartbeat_timeout_ms", timeout.as_millis().to_string()));
     }
     if let Some(opens_at) = update.opens_at {
-        fields.push(("opens_at_ms", opens_at.unwrap_or(0).to_string()));
+        fields.push(("opens_at_ms", opens_at.unwrap_or(now_ms).to_string()));
     }
     if let Some(window) = update.prequeue_window {
         fields.push(("prequeue_window_ms", window.as_millis().to_string()));
@@ -641,7 +677,7 @@ impl QueueStore for RedisStore {
         now_ms: u64,
     ) -> Result<QueueConfig> {
         let mut invocation = self.invocation(&self.scripts.update_queue, queue, now_ms);
-        for (field, value) in update_fields(update) {
+        for (field, value) in update_fields(update, now_ms) {
             invocation.arg(field).arg(value);
         }
         let reply: Vec<String> = self.run("update_queue", &invocation).await?;

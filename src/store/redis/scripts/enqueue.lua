@@ -18,7 +18,7 @@ end
 if cfg.mode == 'closed' then
   return { 'closed' }
 end
-local existing = current_place(cfg, user)
+local existing = current_place(cfg, user, true)
 if existing[1] ~= 'none' then
   if not is_final(existing) then
     see(user)

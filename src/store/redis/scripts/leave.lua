@@ -9,7 +9,7 @@ if not cfg then
   return -1
 end
 prepare(cfg)
-if remove_from_line(user) or end_admission(user) then
+if remove_from_line(cfg, user) or end_admission(user) then
   redis.call('HINCRBY', K_STATS, 'left', 1)
   return 1
 end

@@ -41,19 +41,10 @@ local function remove_all(command, key, members)
   end
 end
 
--- At the opening, freeze the pre-queue and reserve its tickets. A cleared
--- opening with people pre-queued opens at once.
+-- At the opening, freeze the pre-queue and reserve its tickets. Only a
+-- queue with an opening ever has a pre-queue.
 local function open_if_due(cfg)
-  if cfg.draw ~= 'none' then
-    return
-  end
-  local due
-  if cfg.opens_at > 0 then
-    due = NOW >= cfg.opens_at
-  else
-    due = redis.call('ZCARD', K_PREQUEUE) > 0
-  end
-  if not due then
+  if cfg.draw ~= 'none' or cfg.opens_at == 0 or NOW < cfg.opens_at then
     return
   end
   local size = redis.call('ZCARD', K_PREQUEUE)
@@ -91,7 +82,10 @@ local function add_waiting(user, ticket)
   log_event('j', ticket, user)
 end
 
-local function in_line()
+local function in_line(cfg)
+  if cfg.opens_at == 0 then
+    return redis.call('ZCARD', K_WAITING)
+  end
   return redis.call('ZCARD', K_WAITING) + redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL)
 end
 
@@ -208,13 +202,13 @@ local function admit_next(cfg, room, out)
 end
 
 -- Takes a user out of the line wherever they stand in it; true if they were.
-local function remove_from_line(user)
+local function remove_from_line(cfg, user)
   local ticket = redis.call('ZSCORE', K_WAITING, user)
   if ticket then
     redis.call('ZREM', K_WAITING, user)
     log_event('l', tonumber(ticket), 0)
   end
-  local prequeued = not ticket
+  local prequeued = not ticket and cfg.opens_at > 0
     and (redis.call('ZREM', K_PREQUEUE, user) == 1 or redis.call('ZREM', K_POOL, user) == 1)
   if prequeued then
     log_event('p', 0, user)
@@ -240,7 +234,7 @@ end
 -- opens in.
 local function place(cfg, kind, ticket, position, admitted_at, expires_at, opens_in)
   local count, span = rate_sample()
-  return { kind, ticket, in_line(), position, admitted_at, expires_at, cfg.epoch, cfg.mode, count,
+  return { kind, ticket, in_line(cfg), position, admitted_at, expires_at, cfg.epoch, cfg.mode, count,
     span, opens_in or 0 }
 end
 
@@ -260,12 +254,15 @@ end
 -- The place of a user; in pass-through mode a waiting user is admitted on
 -- the spot (unless the opening draw is still placing people). {'none'} when
 -- neither in line nor admitted.
-local function current_place(cfg, user)
-  local record = redis.call('HGET', K_ADMITTED, user)
-  if record then
-    return admitted_place(cfg, record)
+local function current_place(cfg, user, not_admitted)
+  if not not_admitted then
+    local record = redis.call('HGET', K_ADMITTED, user)
+    if record then
+      return admitted_place(cfg, record)
+    end
   end
-  if redis.call('ZSCORE', K_PREQUEUE, user) or redis.call('ZSCORE', K_POOL, user) then
+  if cfg.opens_at > 0
+      and (redis.call('ZSCORE', K_PREQUEUE, user) or redis.call('ZSCORE', K_POOL, user)) then
     return prequeue_place(cfg)
   end
   local score = redis.call('ZSCORE', K_WAITING, user)

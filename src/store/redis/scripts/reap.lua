@@ -20,7 +20,7 @@ if cfg.presence_since >= cutoff then
 end
 local silent = redis.call('ZRANGEBYSCORE', K_SEEN, '-inf', '(' .. cutoff, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, user in ipairs(silent) do
-  remove_from_line(user)
+  remove_from_line(cfg, user)
 end
 if #silent > 0 then
   redis.call('HINCRBY', K_STATS, 'abandoned', #silent)

@@ -10,7 +10,7 @@ end
 prepare(cfg)
 local c = redis.call('HMGET', K_STATS, 'enqueued', 'admitted', 'completed', 'expired', 'left', 'abandoned')
 local count, span = rate_sample()
-return { 'ok', in_line(), redis.call('ZCARD', K_ACTIVE),
+return { 'ok', in_line(cfg), redis.call('ZCARD', K_ACTIVE),
   tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0, tonumber(c[4]) or 0,
   tonumber(c[5]) or 0, tonumber(c[6]) or 0,
   redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL), count, span }

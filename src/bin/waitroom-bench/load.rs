@@ -1,0 +1,106 @@
+//! Closed-loop and paced load with latency histograms, and the Redis-side
+//! counters a scenario reports.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// What a load run measured.
+pub struct Measured {
+    pub calls: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl Measured {
+    pub fn per_second(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn line(&self, name: &str) -> String {
+        let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1000.0;
+        format!(
+            "{name:<18} {:>9.0} calls/s   p50 {:>6.2} ms   p99 {:>6.2} ms   p99.9 {:>6.2} ms   errors {}",
+            self.per_second(),
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            self.errors
+        )
+    }
+}
+
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// Runs `call(client, n)` from `clients` tasks for `duration`, each as fast
+/// as it can (closed loop) or, with `per_second`, paced to that total rate.
+pub async fn run<F, Fut>(
+    clients: usize,
+    duration: Duration,
+    per_second: Option<f64>,
+    call: F,
+) -> Measured
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let call = Arc::clone(&call);
+        tasks.push(tokio::spawn(async move {
+            let mut latency = histogram();
+            let (mut calls, mut errors) = (0u64, 0u64);
+            let interval = per_second.map(|r| Duration::from_secs_f64(clients as f64 / r));
+            let mut next = Instant::now();
+            while started.elapsed() < duration {
+                if let Some(interval) = interval {
+                    next += interval;
+                    let now = Instant::now();
+                    if next > now {
+                        tokio::time::sleep(next - now).await;
+                    }
+                }
+                let sent = Instant::now();
+                if call(client, calls).await {
+                    calls += 1;
+                } else {
+                    errors += 1;
+                }
+                let _ = latency.record(sent.elapsed().as_micros().max(1) as u64);
+            }
+            (calls, errors, latency)
+        }));
+    }
+    let mut measured = Measured {
+        calls: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latency: histogram(),
+    };
+    for task in tasks {
+        if let Ok((calls, errors, latency)) = task.await {
+            measured.calls += calls;
+            measured.errors += errors;
+            let _ = measured.latency.add(latency);
+        }
+    }
+    measured.elapsed = started.elapsed();
+    measured
+}
+
+/// Commands Redis has processed so far.
+pub fn redis_commands(url: &str) -> anyhow::Result<u64> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut conn)?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no total_commands_processed in INFO"))
+}

@@ -1,0 +1,265 @@
+//! `enqueue` and `get-rank` against the trivial-RPC baseline: a health
+//! check served by the same binary's gRPC stack, measured in the same run
+//! with the same clients. For `enqueue`, also the enqueue script alone under
+//! `redis-benchmark`, and the latency at half the maximum throughput.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use waitroom::domain::QueueId;
+use waitroom::pb;
+use waitroom::pb::queue_service_client::QueueServiceClient;
+use waitroom::store::{RedisOptions, RedisStore};
+
+use crate::harness::{Service, Store, spread};
+
+/// Users in line before `get-rank` measures.
+const PREFILLED: u64 = 10_000;
+use crate::load::{self, Measured};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Concurrent clients (each its own HTTP/2 stream; connections shared).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Connections the clients share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    #[arg(long, value_enum, default_value_t = Store::Redis)]
+    store: Store,
+}
+
+#[derive(Clone, Copy)]
+pub enum Rpc {
+    Enqueue,
+    GetRank,
+}
+
+async fn clients(service: &Service, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..n {
+        channels.push(service.channel().await?);
+    }
+    Ok(channels)
+}
+
+async fn baseline(channels: &Arc<Vec<Channel>>, args: &Args) -> Measured {
+    let channels = Arc::clone(channels);
+    load::run(
+        args.clients,
+        Duration::from_secs(args.seconds),
+        None,
+        move |c, _| {
+            let mut health = HealthClient::new(channels[c % channels.len()].clone());
+            async move {
+                health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await
+}
+
+pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
+    let service = Service::start(args.store, &["--max-calls", "1000000"]).await?;
+    service
+        .admin()
+        .await?
+        .create_queue(pb::CreateQueueRequest {
+            queue: Some(pb::Queue {
+                id: "bench".into(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let channels = Arc::new(clients(&service, args.connections).await?);
+    let duration = Duration::from_secs(args.seconds);
+
+    // Warm up connections and the scripts' cache.
+    let _ = baseline(
+        &channels,
+        &Args {
+            seconds: 1,
+            ..args_copy(&args)
+        },
+    )
+    .await;
+    let trivial = baseline(&channels, &args).await;
+
+    if let Rpc::GetRank = rpc {
+        let channels = Arc::clone(&channels);
+        spread(args.clients, PREFILLED as usize, move |n| {
+            let mut client = QueueServiceClient::new(channels[n % channels.len()].clone());
+            async move {
+                client
+                    .enqueue(pb::EnqueueRequest {
+                        queue_id: "bench".into(),
+                        user_id: format!("p{n}"),
+                    })
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+    }
+
+    let redis_url = service.redis().map(|r| r.url());
+    let commands_before = match &redis_url {
+        Some(url) => load::redis_commands(url)?,
+        None => 0,
+    };
+    let measured = run_rpc(rpc, &channels, &args, None, duration).await;
+    let commands = match &redis_url {
+        Some(url) => {
+            (load::redis_commands(url)? - commands_before) as f64 / measured.elapsed.as_secs_f64()
+        }
+        None => 0.0,
+    };
+    let name = match rpc {
+        Rpc::Enqueue => "Enqueue",
+        Rpc::GetRank => "GetRank",
+    };
+    println!(
+        "scenario           {} ({:?} store, {} clients on {} connections, {} s)",
+        name.to_lowercase(),
+        args.store,
+        args.clients,
+        args.connections,
+        args.seconds
+    );
+    println!("{}", trivial.line("trivial RPC"));
+    println!("{}", measured.line(name));
+    println!(
+        "ratio              {:.2} of the trivial RPC's throughput",
+        measured.per_second() / trivial.per_second()
+    );
+    if redis_url.is_some() {
+        println!(
+            "redis              {commands:.0} commands/s ({:.2} per call)",
+            commands / measured.per_second()
+        );
+    }
+    if let Rpc::Enqueue = rpc {
+        let half = measured.per_second() / 2.0;
+        let paced = run_rpc(rpc, &channels, &args, Some(half), duration).await;
+        println!("{}", paced.line("Enqueue at half"));
+        if let Some(redis) = service.redis() {
+            match redis_benchmark(&redis.url(), redis.port, args.clients).await {
+                Ok(rate) => println!(
+                    "redis-benchmark    {rate:.0} enqueue scripts/s ({} connections); waitroom does {:.2} of it",
+                    args.clients,
+                    measured.per_second() / rate
+                ),
+                Err(error) => println!("redis-benchmark    not run: {error}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn args_copy(args: &Args) -> Args {
+    Args {
+        clients: args.clients,
+        connections: args.connections,
+        seconds: args.seconds,
+        store: args.store,
+    }
+}
+
+async fn run_rpc(
+    rpc: Rpc,
+    channels: &Arc<Vec<Channel>>,
+    args: &Args,
+    per_second: Option<f64>,
+    duration: Duration,
+) -> Measured {
+    let channels = Arc::clone(channels);
+    let round = rand_round();
+    load::run(args.clients, duration, per_second, move |c, n| {
+        let mut client = QueueServiceClient::new(channels[c % channels.len()].clone());
+        async move {
+            match rpc {
+                Rpc::Enqueue => client
+                    .enqueue(pb::EnqueueRequest {
+                        queue_id: "bench".into(),
+                        user_id: format!("r{round}-c{c}-{n}"),
+                    })
+                    .await
+                    .is_ok(),
+                Rpc::GetRank => client
+                    .get_rank(pb::GetRankRequest {
+                        queue_id: "bench".into(),
+                        user_id: format!("p{}", (c as u64 * 7919 + n * 104_729) % PREFILLED),
+                    })
+                    .await
+                    .is_ok(),
+            }
+        }
+    })
+    .await
+}
+
+/// Distinct user ids per measurement, so enqueues are new users.
+fn rand_round() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The enqueue script alone, driven by `redis-benchmark` with random users.
+async fn redis_benchmark(url: &str, port: u16, clients: usize) -> anyhow::Result<f64> {
+    let store = RedisStore::connect(&RedisOptions {
+        url: url.to_owned(),
+        password: None,
+        cluster: false,
+        prefix: "wr".into(),
+        timeout: Duration::from_secs(5),
+    })
+    .await?;
+    let queue = QueueId::parse("bench").map_err(anyhow::Error::msg)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let line = store
+        .enqueue_command_line(&queue, "rb:__rand_int__", now)
+        .await?;
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("redis-benchmark")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-c",
+                &clients.to_string(),
+            ])
+            .args(["-n", "200000", "-r", "1000000000", "--csv"])
+            .args(&line)
+            .output()
+    })
+    .await??;
+    anyhow::ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let csv = String::from_utf8_lossy(&output.stdout);
+    // "test","rps",...
+    csv.lines()
+        .filter_map(|l| l.split(',').nth(1))
+        .filter_map(|v| v.trim_matches('"').parse::<f64>().ok())
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no rate in redis-benchmark output: {csv}"))
+}

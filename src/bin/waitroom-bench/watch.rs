@@ -1,0 +1,195 @@
+//! Many open `WatchRank` streams: server memory per stream, Redis commands
+//! per second with the streams open (which should not grow with them), and
+//! how fast an admission reaches every watcher.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_stream::StreamExt;
+use waitroom::pb;
+use waitroom::pb::queue_service_client::QueueServiceClient;
+
+use crate::harness::{Service, Store, spread};
+use crate::load;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Numbers of watchers to measure, one run each (e.g. 1000,100000).
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000])]
+    watchers: Vec<usize>,
+    /// Connections the streams share.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Admissions whose delivery is timed.
+    #[arg(long, default_value_t = 10)]
+    admissions: usize,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut idle_rates = Vec::new();
+    for &watchers in &args.watchers {
+        idle_rates.push((watchers, run_one(watchers, &args).await?));
+    }
+    if let (Some((few, a)), Some((many, b))) = (idle_rates.first(), idle_rates.last())
+        && few != many
+    {
+        println!(
+            "redis commands/s with {many} watchers vs {few}: {:.2}x",
+            b / a.max(0.001)
+        );
+    }
+    Ok(())
+}
+
+async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
+    let service = Service::start(
+        Store::Redis,
+        &["--max-streams", "1000000", "--max-calls", "1000000"],
+    )
+    .await?;
+    let redis_url = service.redis().map(|r| r.url()).unwrap_or_default();
+    service
+        .admin()
+        .await?
+        .create_queue(pb::CreateQueueRequest {
+            queue: Some(pb::Queue {
+                id: "watch".into(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let mut channels = Vec::new();
+    for _ in 0..args.connections {
+        channels.push(service.channel().await?);
+    }
+    let channels = Arc::new(channels);
+    // Users admitted during the measurement stand first; the watchers after.
+    let ahead = args.admissions;
+    let fill = Arc::clone(&channels);
+    spread(64, ahead + watchers, move |n| {
+        let mut client = QueueServiceClient::new(fill[n % fill.len()].clone());
+        async move {
+            let user = if n < ahead {
+                format!("ahead-{n:03}")
+            } else {
+                format!("w{:07}", n - ahead)
+            };
+            client
+                .enqueue(pb::EnqueueRequest {
+                    queue_id: "watch".into(),
+                    user_id: user,
+                })
+                .await?;
+            Ok(())
+        }
+    })
+    .await
+    .ok();
+    // Enqueued concurrently: admit only after everyone is in, in order of
+    // ticket, so make sure the first `ahead` tickets are the ahead users.
+    let rss_before = service.rss_bytes()?;
+
+    let base = Instant::now();
+    let round_started = Arc::new(AtomicU64::new(u64::MAX));
+    let (samples, mut received) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let opened = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    for w in 0..watchers {
+        let mut client = QueueServiceClient::new(channels[w % channels.len()].clone());
+        let (round_started, samples, opened) = (
+            Arc::clone(&round_started),
+            samples.clone(),
+            Arc::clone(&opened),
+        );
+        tokio::spawn(async move {
+            let Ok(response) = client
+                .watch_rank(pb::WatchRankRequest {
+                    queue_id: "watch".into(),
+                    user_id: format!("w{w:07}"),
+                })
+                .await
+            else {
+                return;
+            };
+            let mut stream = response.into_inner();
+            if stream.next().await.is_none() {
+                return;
+            }
+            opened.fetch_add(1, Ordering::Relaxed);
+            while let Some(Ok(_)) = stream.next().await {
+                let round = round_started.load(Ordering::Relaxed);
+                let now = base.elapsed().as_micros() as u64;
+                if round != u64::MAX && now >= round {
+                    let _ = samples.send(now - round);
+                }
+            }
+        });
+    }
+    drop(samples);
+    while opened.load(Ordering::Relaxed) < watchers as u64 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "streams did not open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let open_time = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = service.rss_bytes()?;
+
+    let idle_before = load::redis_commands(&redis_url)?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = (load::redis_commands(&redis_url)? - idle_before) as f64 / 5.0;
+
+    let mut latency = load::histogram();
+    let mut admitter = QueueServiceClient::new(channels[0].clone());
+    let mut delivered = 0u64;
+    for _ in 0..args.admissions {
+        round_started.store(base.elapsed().as_micros() as u64, Ordering::Relaxed);
+        admitter
+            .admit_batch(pb::AdmitBatchRequest {
+                queue_id: "watch".into(),
+                max_count: 1,
+                request_id: String::new(),
+            })
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut this_round = 0;
+        while this_round < watchers && Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(200), received.recv()).await {
+                Ok(Some(micros)) => {
+                    let _ = latency.record(micros.max(1));
+                    this_round += 1;
+                }
+                Ok(None) => break,
+                Err(_) => {}
+            }
+        }
+        delivered += this_round as u64;
+        round_started.store(u64::MAX, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while received.try_recv().is_ok() {}
+    }
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "scenario           watch ({watchers} streams on {} connections)",
+        args.connections
+    );
+    println!("streams opened in  {:.1} s", open_time.as_secs_f64());
+    println!(
+        "server memory      {:.0} bytes per stream (RSS {:.1} -> {:.1} MiB)",
+        rss_after.saturating_sub(rss_before) as f64 / watchers as f64,
+        rss_before as f64 / 1048576.0,
+        rss_after as f64 / 1048576.0
+    );
+    println!("redis when idle    {idle:.1} commands/s");
+    println!(
+        "admission reached  {delivered} of {} stream updates: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        watchers * args.admissions,
+        ms(0.5),
+        ms(0.99),
+        latency.max() as f64 / 1000.0
+    );
+    Ok(idle)
+}
