@@ -236,11 +236,8 @@ impl WatchHub {
                 }
                 continue;
             }
-            let mut users: Vec<UserId> = watchers.iter().map(|w| w.user.clone()).collect();
-            users.sort();
-            users.dedup();
             presence
-                .record(self.store.as_ref(), &queue, &users, now)
+                .record(self.store.as_ref(), &queue, &watchers, now)
                 .await;
             let survivors = match self.refresh(&queue, &mut line, &mut watchers, now).await {
                 Ok(()) => {
@@ -293,11 +290,16 @@ impl WatchHub {
                 *line = None;
                 continue;
             }
+            // Only pre-queued watchers (no ticket yet) care who joined.
+            let prequeued_watchers = watchers.iter().any(|w| w.ticket.is_none());
             for (seq, event) in changes.events {
                 current.seq = seq;
                 match event {
                     LineEvent::Joined { ticket, user } => {
                         current.join(ticket);
+                        if !prequeued_watchers {
+                            continue;
+                        }
                         // A pre-queued watcher placed by the opening draw.
                         for watcher in watchers
                             .iter_mut()
@@ -308,6 +310,9 @@ impl WatchHub {
                     }
                     LineEvent::Left { ticket, .. } => current.leave(ticket),
                     LineEvent::PreQueueLeft { user } => {
+                        if !prequeued_watchers {
+                            continue;
+                        }
                         for watcher in watchers
                             .iter_mut()
                             .filter(|w| w.ticket.is_none() && w.user == user)
@@ -350,8 +355,8 @@ impl WatchHub {
             (false, Some(at)) => at.saturating_sub(now),
             _ => 0,
         };
-        let mut places = HashMap::new();
-        for watcher in watchers.iter_mut() {
+        let mut kept = Vec::with_capacity(watchers.len());
+        for mut watcher in std::mem::take(watchers) {
             let place = match watcher.ticket {
                 None => Some(Place {
                     state: PlaceState::PreQueue { opens_in_ms },
@@ -380,9 +385,11 @@ impl WatchHub {
                     found
                 }
             };
-            places.insert(watcher.user.clone(), place);
+            if let Some(watcher) = offer(watcher, place, queue) {
+                kept.push(watcher);
+            }
         }
-        *watchers = deliver(std::mem::take(watchers), &places, queue);
+        *watchers = kept;
         Ok(())
     }
 
@@ -427,7 +434,7 @@ impl Presence {
         &mut self,
         store: &dyn QueueStore,
         queue: &QueueId,
-        users: &[UserId],
+        watchers: &[Watcher],
         now: u64,
     ) {
         if self
@@ -443,7 +450,10 @@ impl Presence {
         if now.saturating_sub(recorded_at) < self.every_ms {
             return;
         }
-        match store.touch(queue, users, now).await {
+        let mut users: Vec<UserId> = watchers.iter().map(|w| w.user.clone()).collect();
+        users.sort();
+        users.dedup();
+        match store.touch(queue, &users, now).await {
             Ok(()) => self.recorded_at_ms = Some(now),
             Err(error) => tracing::debug!(%error, queue = %queue, "recording presence failed"),
         }
@@ -458,37 +468,28 @@ fn take(watch: &QueueWatch) -> Vec<Watcher> {
         .unwrap_or_default()
 }
 
-/// Sends each watcher its place if it changed; returns those still watching.
-fn deliver(
-    watchers: Vec<Watcher>,
-    places: &HashMap<UserId, Option<Place>>,
-    queue: &QueueId,
-) -> Vec<Watcher> {
-    let mut survivors = Vec::with_capacity(watchers.len());
-    for mut watcher in watchers {
-        match places.get(&watcher.user) {
-            Some(Some(place)) => {
-                let view = View::of(place);
-                if view == watcher.last {
-                    survivors.push(watcher);
-                    continue;
-                }
-                // A final place ends the stream: the watcher is dropped
-                // with its sender, after the place is read.
-                let is_final = place.is_final();
-                if watcher.tx.send(Ok(place.clone())).is_ok() && !is_final {
-                    watcher.last = view;
-                    survivors.push(watcher);
-                }
-            }
-            _ => {
-                let _ = watcher
-                    .tx
-                    .send(Err(Error::PlaceNotFound(queue.to_string())));
-            }
-        }
+/// Sends a watcher its place if what the user sees changed; returns the
+/// watcher if it keeps watching (not after a final place, a vanished place,
+/// or a client that went away).
+fn offer(mut watcher: Watcher, place: Option<Place>, queue: &QueueId) -> Option<Watcher> {
+    let Some(place) = place else {
+        let _ = watcher
+            .tx
+            .send(Err(Error::PlaceNotFound(queue.to_string())));
+        return None;
+    };
+    let view = View::of(&place);
+    if view == watcher.last {
+        return Some(watcher);
     }
-    survivors
+    // A final place ends the stream: the watcher is dropped with its
+    // sender, after the place is read.
+    let is_final = place.is_final();
+    if watcher.tx.send(Ok(place)).is_ok() && !is_final {
+        watcher.last = view;
+        return Some(watcher);
+    }
+    None
 }
 
 fn end_all(watchers: Vec<Watcher>, error: &Error) {
