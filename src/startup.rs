@@ -162,12 +162,7 @@ impl Application {
         tokio::spawn(worker.run(background.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_not_serving::<QueueServiceServer<QueueApi>>()
-            .await;
-        health
-            .set_not_serving::<QueueAdminServiceServer<AdminApi>>()
-            .await;
+        set_ready(&health, false).await;
         let draining = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
         tokio::spawn(track_readiness(
@@ -254,12 +249,7 @@ impl Application {
                 tracing::info!(?drain_delay, "stopping: readiness off, draining");
                 draining.cancel();
                 ready.store(false, Ordering::Relaxed);
-                health
-                    .set_not_serving::<QueueServiceServer<QueueApi>>()
-                    .await;
-                health
-                    .set_not_serving::<QueueAdminServiceServer<AdminApi>>()
-                    .await;
+                set_ready(&health, false).await;
                 tokio::time::sleep(drain_delay).await;
                 tracing::info!("ending streams (clients reconnect elsewhere), finishing calls");
                 streams_end.cancel();
@@ -430,19 +420,10 @@ async fn track_readiness(
         }
         let now_ready = answers && declared.is_empty();
         if now_ready != ready && !draining.is_cancelled() {
+            set_ready(&health, now_ready).await;
             if now_ready {
-                health.set_serving::<QueueServiceServer<QueueApi>>().await;
-                health
-                    .set_serving::<QueueAdminServiceServer<AdminApi>>()
-                    .await;
                 tracing::info!("ready: the store answers");
             } else {
-                health
-                    .set_not_serving::<QueueServiceServer<QueueApi>>()
-                    .await;
-                health
-                    .set_not_serving::<QueueAdminServiceServer<AdminApi>>()
-                    .await;
                 tracing::warn!("not ready: the store does not answer");
             }
             ready = now_ready;
@@ -452,6 +433,24 @@ async fn track_readiness(
             _ = tokio::time::sleep(READINESS_INTERVAL) => {}
             _ = draining.cancelled() => return,
         }
+    }
+}
+
+/// Readiness of the two waitroom services (the overall `""`, liveness, is
+/// never changed).
+async fn set_ready(health: &HealthReporter, ready: bool) {
+    if ready {
+        health.set_serving::<QueueServiceServer<QueueApi>>().await;
+        health
+            .set_serving::<QueueAdminServiceServer<AdminApi>>()
+            .await;
+    } else {
+        health
+            .set_not_serving::<QueueServiceServer<QueueApi>>()
+            .await;
+        health
+            .set_not_serving::<QueueAdminServiceServer<AdminApi>>()
+            .await;
     }
 }
 

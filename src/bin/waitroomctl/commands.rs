@@ -68,6 +68,28 @@ fn queue_message(id: String, settings: &Settings) -> (pb::Queue, Vec<String>) {
     (queue, mask)
 }
 
+/// Changes exactly the settings given.
+async fn update(
+    client: &Client,
+    admin: &mut QueueAdminServiceClient<tonic::transport::Channel>,
+    id: String,
+    settings: &Settings,
+) -> Result<pb::Queue, Failure> {
+    let (queue, mask) = queue_message(id, settings);
+    if mask.is_empty() {
+        return Err(Failure::new(2, "name at least one setting to change"));
+    }
+    Ok(admin
+        .update_queue(client.request(pb::UpdateQueueRequest {
+            queue: Some(queue),
+            update_mask: Some(prost_types::FieldMask { paths: mask }),
+        }))
+        .await?
+        .into_inner()
+        .queue
+        .unwrap_or_default())
+}
+
 fn show_queue(queue: &pb::Queue, out: Output) {
     match out {
         Output::Json => println!("{}", output::queue_json(queue)),
@@ -142,19 +164,7 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
             }
         }
         Command::Queue(QueueCommand::Update { id, settings }) => {
-            let (queue, mask) = queue_message(id, &settings);
-            if mask.is_empty() {
-                return Err(Failure::new(2, "name at least one setting to change"));
-            }
-            let updated = admin
-                .update_queue(client.request(pb::UpdateQueueRequest {
-                    queue: Some(queue),
-                    update_mask: Some(prost_types::FieldMask { paths: mask }),
-                }))
-                .await?
-                .into_inner()
-                .queue
-                .unwrap_or_default();
+            let updated = update(client, &mut admin, id, &settings).await?;
             show_queue(&updated, out);
         }
         Command::Queue(QueueCommand::Mode { id, mode }) => {
@@ -162,16 +172,7 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                 mode: Some(mode),
                 ..Default::default()
             };
-            let (queue, mask) = queue_message(id, &settings);
-            let updated = admin
-                .update_queue(client.request(pb::UpdateQueueRequest {
-                    queue: Some(queue),
-                    update_mask: Some(prost_types::FieldMask { paths: mask }),
-                }))
-                .await?
-                .into_inner()
-                .queue
-                .unwrap_or_default();
+            let updated = update(client, &mut admin, id, &settings).await?;
             match out {
                 Output::Json => println!("{}", output::queue_json(&updated)),
                 Output::Table => println!(
