@@ -10,6 +10,7 @@ mod admit;
 mod draw;
 mod harness;
 mod load;
+mod mixed;
 mod rpc;
 mod watch;
 
@@ -34,6 +35,8 @@ enum Scenario {
     GetRank(rpc::Args),
     /// Many open WatchRank streams: memory per stream, Redis load, admission delivery.
     Watch(watch::Args),
+    /// A sale: a burst of arrivals, some watching, steady automatic admission.
+    Mixed(mixed::Args),
 }
 
 #[tokio::main]
@@ -44,5 +47,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Enqueue(args) => rpc::run(rpc::Rpc::Enqueue, args).await,
         Scenario::GetRank(args) => rpc::run(rpc::Rpc::GetRank, args).await,
         Scenario::Watch(args) => watch::run(args).await,
+        Scenario::Mixed(args) => mixed::run(args).await,
     }
 }
