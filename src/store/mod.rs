@@ -79,6 +79,17 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Gives the user a ticket, or returns the place they hold.
     async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place>;
 
+    /// Enqueues several users of one queue in one atomic step, each exactly
+    /// as [`QueueStore::enqueue`] would, in order. The outer error is the
+    /// queue's (it does not exist, the store is unavailable); the inner ones
+    /// are each user's.
+    async fn enqueue_many(
+        &self,
+        queue: &QueueId,
+        users: &[UserId],
+        now_ms: u64,
+    ) -> Result<Vec<Result<Place>>>;
+
     /// The places of several users of one queue; `None` for a user neither
     /// in line nor admitted. With `touch`, the lookup is a sign of life of
     /// those in line.

@@ -17,6 +17,7 @@ const USERS: u8 = 8;
 #[derive(Clone, Debug)]
 enum Op {
     Enqueue(u8),
+    EnqueueMany(Vec<u8>),
     Leave(u8),
     Places(Vec<u8>, bool),
     Touch(Vec<u8>),
@@ -47,6 +48,7 @@ fn op() -> impl Strategy<Value = Op> {
     ];
     prop_oneof![
         6 => (0..USERS).prop_map(Op::Enqueue),
+        2 => proptest::collection::vec(0..USERS, 1..5).prop_map(Op::EnqueueMany),
         2 => (0..USERS).prop_map(Op::Leave),
         3 => (proptest::collection::vec(0..USERS, 1..4), any::<bool>()).prop_map(|(u, t)| Op::Places(u, t)),
         1 => proptest::collection::vec(0..USERS, 1..4).prop_map(Op::Touch),
@@ -88,6 +90,13 @@ async fn apply(store: &dyn QueueStore, op: &Op, now: u64) -> String {
     let q = queue();
     match op {
         Op::Enqueue(u) => show(store.enqueue(&q, &user(*u), now).await),
+        Op::EnqueueMany(us) => {
+            let users: Vec<UserId> = us.iter().map(|u| user(*u)).collect();
+            match store.enqueue_many(&q, &users, now).await {
+                Ok(answers) => answers.into_iter().map(show).collect::<Vec<_>>().join("; "),
+                Err(error) => format!("error {}", error.reason()),
+            }
+        }
         Op::Leave(u) => show(store.leave(&q, &user(*u), now).await),
         Op::Places(us, touch) => {
             let users: Vec<UserId> = us.iter().map(|u| user(*u)).collect();

@@ -371,6 +371,65 @@ impl QueueState {
         })
     }
 
+    /// One user's enqueue; the caller has run `prepare`. Twin of the
+    /// Redis `enqueue_one`.
+    fn enqueue_one(&mut self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
+        if let Some(admission) = self.admitted.get(user) {
+            return Ok(self.admitted_place(admission.clone(), now_ms));
+        }
+        if self.config.mode == QueueMode::Closed {
+            return Err(Error::QueueClosed(queue.to_string()));
+        }
+        if let Some(place) = self.current_place(user, now_ms) {
+            if !place.is_final() {
+                self.see(user, now_ms);
+            }
+            return Ok(place);
+        }
+        if self.draw == Draw::None
+            && let Some(opens_at) = self.config.opens_at_ms
+        {
+            let window_opens =
+                opens_at.saturating_sub(self.config.prequeue_window.as_millis() as u64);
+            if now_ms < window_opens {
+                return Err(Error::QueueNotOpen {
+                    queue: queue.to_string(),
+                    opens_at_ms: window_opens,
+                });
+            }
+            self.prequeue_seq += 1;
+            let arrival = self.prequeue_seq;
+            self.prequeue.insert(arrival, user.clone());
+            self.prequeued.insert(user.clone(), arrival);
+            self.counters.enqueued += 1;
+            self.see(user, now_ms);
+            return Ok(self.prequeue_place(now_ms));
+        }
+        self.seq += 1;
+        let ticket = self.seq;
+        self.counters.enqueued += 1;
+        let limited = self.config.max_active > 0 || self.config.admit_per_second > 0;
+        let admit_now = !self.draw.in_progress()
+            && match self.config.mode {
+                QueueMode::PassThrough => true,
+                QueueMode::Queueing
+                    if limited && self.waiting.is_empty() && self.free_slots() > 0 =>
+                {
+                    self.config.admit_per_second == 0 || self.take_tokens(1, now_ms) == 1
+                }
+                _ => false,
+            };
+        if admit_now {
+            let admission = self.admit_user(user.clone(), ticket, now_ms);
+            self.record_admissions(1, now_ms);
+            return Ok(self.admitted_place(admission, now_ms));
+        }
+        self.add_waiting(user.clone(), ticket);
+        self.see(user, now_ms);
+        let position = self.ranks.count_up_to(ticket);
+        Ok(self.place(PlaceState::Waiting { position }, ticket, now_ms))
+    }
+
     fn config(&self) -> QueueConfig {
         self.config.clone()
     }
@@ -464,60 +523,22 @@ impl QueueStore for MemoryStore {
     async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
         self.with_queue(queue, |state| {
             state.prepare(now_ms);
-            if let Some(admission) = state.admitted.get(user) {
-                return Ok(state.admitted_place(admission.clone(), now_ms));
-            }
-            if state.config.mode == QueueMode::Closed {
-                return Err(Error::QueueClosed(queue.to_string()));
-            }
-            if let Some(place) = state.current_place(user, now_ms) {
-                if !place.is_final() {
-                    state.see(user, now_ms);
-                }
-                return Ok(place);
-            }
-            if state.draw == Draw::None
-                && let Some(opens_at) = state.config.opens_at_ms
-            {
-                let window_opens =
-                    opens_at.saturating_sub(state.config.prequeue_window.as_millis() as u64);
-                if now_ms < window_opens {
-                    return Err(Error::QueueNotOpen {
-                        queue: queue.to_string(),
-                        opens_at_ms: window_opens,
-                    });
-                }
-                state.prequeue_seq += 1;
-                let arrival = state.prequeue_seq;
-                state.prequeue.insert(arrival, user.clone());
-                state.prequeued.insert(user.clone(), arrival);
-                state.counters.enqueued += 1;
-                state.see(user, now_ms);
-                return Ok(state.prequeue_place(now_ms));
-            }
-            state.seq += 1;
-            let ticket = state.seq;
-            state.counters.enqueued += 1;
-            let limited = state.config.max_active > 0 || state.config.admit_per_second > 0;
-            let admit_now = !state.draw.in_progress()
-                && match state.config.mode {
-                    QueueMode::PassThrough => true,
-                    QueueMode::Queueing
-                        if limited && state.waiting.is_empty() && state.free_slots() > 0 =>
-                    {
-                        state.config.admit_per_second == 0 || state.take_tokens(1, now_ms) == 1
-                    }
-                    _ => false,
-                };
-            if admit_now {
-                let admission = state.admit_user(user.clone(), ticket, now_ms);
-                state.record_admissions(1, now_ms);
-                return Ok(state.admitted_place(admission, now_ms));
-            }
-            state.add_waiting(user.clone(), ticket);
-            state.see(user, now_ms);
-            let position = state.ranks.count_up_to(ticket);
-            Ok(state.place(PlaceState::Waiting { position }, ticket, now_ms))
+            state.enqueue_one(queue, user, now_ms)
+        })
+    }
+
+    async fn enqueue_many(
+        &self,
+        queue: &QueueId,
+        users: &[UserId],
+        now_ms: u64,
+    ) -> Result<Vec<Result<Place>>> {
+        self.with_queue(queue, |state| {
+            state.prepare(now_ms);
+            Ok(users
+                .iter()
+                .map(|user| state.enqueue_one(queue, user, now_ms))
+                .collect())
         })
     }
 

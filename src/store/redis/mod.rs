@@ -16,9 +16,11 @@
 //! work done. Every call is bounded by the configured timeout and any
 //! failure to get an answer becomes [`Error::Unavailable`].
 
+mod batch;
 mod keys;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -64,6 +66,7 @@ struct Scripts {
     update_queue: Script,
     delete_queue: Script,
     enqueue: Script,
+    enqueue_many: Script,
     places: Script,
     leave: Script,
     admit: Script,
@@ -83,7 +86,19 @@ fn with_prelude_source(body: &str) -> String {
 }
 
 fn enqueue_source() -> String {
-    with_prelude_source(include_str!("scripts/enqueue.lua"))
+    with_prelude_source(&format!(
+        "{}\n{}",
+        include_str!("scripts/enqueue_one.lua"),
+        include_str!("scripts/enqueue.lua")
+    ))
+}
+
+fn enqueue_many_source() -> String {
+    with_prelude_source(&format!(
+        "{}\n{}",
+        include_str!("scripts/enqueue_one.lua"),
+        include_str!("scripts/enqueue_many.lua")
+    ))
 }
 
 impl Scripts {
@@ -93,7 +108,8 @@ impl Scripts {
             create_queue: with_prelude(include_str!("scripts/create_queue.lua")),
             update_queue: with_prelude(include_str!("scripts/update_queue.lua")),
             delete_queue: with_prelude(include_str!("scripts/delete_queue.lua")),
-            enqueue: with_prelude(include_str!("scripts/enqueue.lua")),
+            enqueue: Script::new(&enqueue_source()),
+            enqueue_many: Script::new(&enqueue_many_source()),
             places: with_prelude(include_str!("scripts/places.lua")),
             leave: with_prelude(include_str!("scripts/leave.lua")),
             admit: with_prelude(include_str!("scripts/admit.lua")),
@@ -164,7 +180,65 @@ pub struct RedisStore {
     connector: Connector,
     prefix: String,
     timeout: Duration,
-    scripts: Scripts,
+    scripts: Arc<Scripts>,
+    batcher: batch::EnqueueBatcher,
+}
+
+/// What a queue's enqueue batching task needs to call Redis on its own.
+pub(super) struct QueueCaller {
+    queue: QueueId,
+    conn: Connection,
+    keys: [String; 13],
+    scripts: Arc<Scripts>,
+    timeout: Duration,
+}
+
+impl QueueCaller {
+    fn invocation<'a>(&self, script: &'a Script, now_ms: u64) -> ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        for key in &self.keys {
+            invocation.key(key);
+        }
+        invocation.arg(now_ms);
+        invocation
+    }
+
+    async fn enqueue(&self, user: &UserId, now_ms: u64) -> Result<Place> {
+        let mut invocation = self.invocation(&self.scripts.enqueue, now_ms);
+        invocation.arg(user.as_str());
+        let mut conn = self.conn.clone();
+        let value: Value =
+            bounded("enqueue", self.timeout, invocation.invoke_async(&mut conn)).await?;
+        parse_place(value, &self.queue)?.ok_or_else(|| bad_reply("enqueue returned no place"))
+    }
+
+    async fn enqueue_many(&self, users: &[UserId], now_ms: u64) -> Result<Vec<Result<Place>>> {
+        let queue = &self.queue;
+        let mut invocation = self.invocation(&self.scripts.enqueue_many, now_ms);
+        for user in users {
+            invocation.arg(user.as_str());
+        }
+        let mut conn = self.conn.clone();
+        let value: Value = bounded(
+            "enqueue_many",
+            self.timeout,
+            invocation.invoke_async(&mut conn),
+        )
+        .await?;
+        let Value::Array(items) = value else {
+            return Err(bad_reply("enqueue_many: expected an array"));
+        };
+        if let Some(Value::BulkString(status)) = items.first() {
+            return Err(status_error(&String::from_utf8_lossy(status), queue));
+        }
+        Ok(items
+            .into_iter()
+            .map(|item| {
+                parse_place(item, queue)
+                    .and_then(|p| p.ok_or_else(|| bad_reply("enqueue returned no place")))
+            })
+            .collect())
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -225,7 +299,8 @@ impl RedisStore {
             connector,
             prefix: options.prefix.clone(),
             timeout: options.timeout,
-            scripts: Scripts::load(),
+            scripts: Arc::new(Scripts::load()),
+            batcher: batch::EnqueueBatcher::default(),
         })
     }
 
@@ -273,6 +348,17 @@ impl RedisStore {
         line.push(now_ms.to_string());
         line.push(user.to_owned());
         Ok(line)
+    }
+
+    /// A caller of the queue's scripts for a batching task.
+    async fn caller(&self, queue: &QueueId) -> Result<QueueCaller> {
+        Ok(QueueCaller {
+            queue: queue.clone(),
+            conn: self.connection().await?,
+            keys: self.keys(queue),
+            scripts: Arc::clone(&self.scripts),
+            timeout: self.timeout,
+        })
     }
 
     /// The connection, connecting a cluster on first use.
@@ -712,10 +798,19 @@ impl QueueStore for RedisStore {
     }
 
     async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
-        let mut invocation = self.invocation(&self.scripts.enqueue, queue, now_ms);
-        invocation.arg(user.as_str());
-        let value: Value = self.run("enqueue", &invocation).await?;
-        parse_place(value, queue)?.ok_or_else(|| bad_reply("enqueue returned no place"))
+        let caller = self.caller(queue).await?;
+        self.batcher
+            .enqueue(move || caller, queue, user, now_ms)
+            .await
+    }
+
+    async fn enqueue_many(
+        &self,
+        queue: &QueueId,
+        users: &[UserId],
+        now_ms: u64,
+    ) -> Result<Vec<Result<Place>>> {
+        self.caller(queue).await?.enqueue_many(users, now_ms).await
     }
 
     async fn places(

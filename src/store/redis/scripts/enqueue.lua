@@ -1,61 +1,12 @@
--- Enqueue: give a user a ticket (or a pre-queue place before a scheduled
--- opening), or return the place they hold. A sign of life.
+-- Enqueue: one user (see enqueue_one.lua).
 -- KEYS: the queue's keys (prelude). ARGV: now, user.
 -- Returns a place (prelude), or {'no_queue'} / {'closed'} /
 -- {'not_open', when the pre-queue opens}.
 -- Idempotent: a second run finds the user in line or admitted.
 
-local user = ARGV[2]
 local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
 end
 prepare(cfg)
-local record = redis.call('HGET', K_ADMITTED, user)
-if record then
-  return admitted_place(cfg, record)
-end
-if cfg.mode == 'closed' then
-  return { 'closed' }
-end
-local existing = current_place(cfg, user, true)
-if existing[1] ~= 'none' then
-  if not is_final(existing) then
-    see(user)
-  end
-  return existing
-end
-
-if cfg.draw == 'none' and cfg.opens_at > 0 then
-  local window_opens = math.max(cfg.opens_at - cfg.window, 0)
-  if NOW < window_opens then
-    return { 'not_open', window_opens }
-  end
-  local arrival = redis.call('HINCRBY', K_CONFIG, 'prequeue_seq', 1)
-  redis.call('ZADD', K_PREQUEUE, arrival, user)
-  redis.call('HINCRBY', K_STATS, 'enqueued', 1)
-  see(user)
-  return prequeue_place(cfg)
-end
-
-local ticket = redis.call('INCR', K_SEQ)
-redis.call('HINCRBY', K_STATS, 'enqueued', 1)
--- The line forms only when it must: with nobody waiting, a free slot and
--- (when the rate is limited) a token, the newcomer goes straight in.
-local admit_now = false
-if not drawing(cfg) then
-  if cfg.mode == 'pass_through' then
-    admit_now = true
-  elseif cfg.mode == 'queueing' and (cfg.max_active > 0 or cfg.rate > 0)
-      and redis.call('ZCARD', K_WAITING) == 0 and free_slots(cfg) > 0 then
-    admit_now = cfg.rate == 0 or take_tokens(cfg, 1) == 1
-  end
-end
-if admit_now then
-  local expires = admit_user(cfg, user, ticket)
-  record_admissions(1)
-  return place(cfg, 'admitted', ticket, 0, NOW, expires)
-end
-add_waiting(user, ticket)
-see(user)
-return place(cfg, 'waiting', ticket, redis.call('ZRANK', K_WAITING, user) + 1, 0, 0)
+return enqueue_one(cfg, ARGV[2])
