@@ -126,7 +126,19 @@ impl Service {
 }
 
 impl Drop for Service {
+    /// Stops the service as Kubernetes would (SIGTERM, then SIGKILL), so a
+    /// profiler wrapping it gets to write its report.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
