@@ -12,6 +12,7 @@ use std::sync::{LazyLock, Mutex};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -180,79 +181,81 @@ impl Collector for QueueSnapshot {
             return Ok(());
         };
         type Read = fn(&QueueStats, u64) -> u64;
-        let gauges: [(&str, &str, Read); 4] = [
+        use MetricType::{Counter as Total, Gauge as Now};
+        let families: [(&str, &str, MetricType, Read); 10] = [
             (
                 "waitroom_queue_waiting",
                 "Users in line (waiting or pre-queued)",
+                Now,
                 |s, _| s.waiting,
             ),
             (
                 "waitroom_queue_active",
                 "Users holding an admission",
+                Now,
                 |s, _| s.active,
             ),
             (
                 "waitroom_queue_prequeued",
                 "Users pre-queued for a scheduled opening",
+                Now,
                 |s, _| s.prequeued,
             ),
             (
                 "waitroom_queue_watchers",
                 "WatchRank streams of the queue open on this replica",
+                Now,
                 |_, w| w,
             ),
-        ];
-        for (name, help, read) in gauges {
-            let sample = ConstGauge::new(0i64);
-            let mut family = encoder.encode_descriptor(name, help, None, sample.metric_type())?;
-            for (queue, stats, watchers) in queues.iter() {
-                let labels = QueueLabels {
-                    queue: queue.to_string(),
-                };
-                ConstGauge::new(read(stats, *watchers) as i64)
-                    .encode(family.encode_family(&labels)?)?;
-            }
-        }
-        let counters: [(&str, &str, Read); 6] = [
             (
                 "waitroom_queue_enqueued",
                 "Users given a place since the queue was created",
+                Total,
                 |s, _| s.enqueued,
             ),
             (
                 "waitroom_queue_admitted",
                 "Admissions since the queue was created",
+                Total,
                 |s, _| s.admitted,
             ),
             (
                 "waitroom_queue_completed",
                 "Admissions ended by CompleteAdmission",
+                Total,
                 |s, _| s.completed,
             ),
             (
                 "waitroom_queue_expired",
                 "Admissions that reached their TTL unused",
+                Total,
                 |s, _| s.expired,
             ),
             (
                 "waitroom_queue_abandoned",
                 "Places released for lack of a sign of life",
+                Total,
                 |s, _| s.abandoned,
             ),
             (
                 "waitroom_queue_left",
                 "Users who left with Leave",
+                Total,
                 |s, _| s.left,
             ),
         ];
-        for (name, help, read) in counters {
-            let sample = ConstCounter::new(0u64);
-            let mut family = encoder.encode_descriptor(name, help, None, sample.metric_type())?;
+        for (name, help, kind, read) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
             for (queue, stats, watchers) in queues.iter() {
                 let labels = QueueLabels {
                     queue: queue.to_string(),
                 };
-                ConstCounter::new(read(stats, *watchers)).encode(family.encode_family(&labels)?)?;
+                let value = read(stats, *watchers);
+                let sample = family.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(value).encode(sample)?,
+                    _ => ConstGauge::new(value as i64).encode(sample)?,
+                }
             }
         }
         Ok(())
