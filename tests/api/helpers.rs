@@ -409,3 +409,16 @@ pub async fn http_get(app: &TestApp, path: &str) -> (String, String, String) {
         body.to_owned(),
     )
 }
+
+/// Polls `check` until it holds; fails the test if it does not within `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what} did not happen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

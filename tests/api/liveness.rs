@@ -14,21 +14,6 @@ fn heartbeat(seconds: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration { seconds, nanos: 0 })
 }
 
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "{what} did not happen"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn silent_users_lose_their_places_and_everyone_behind_moves_up() {
     let (app, _redis) = TestApp::on_redis().await;
@@ -48,7 +33,7 @@ async fn silent_users_lose_their_places_and_everyone_behind_moves_up() {
     enqueue(&mut client, "sale", "last").await;
     app.clock.advance_ms(3_500);
     let mut c = app.client().await;
-    wait_until("releasing the silent", || async {
+    wait_until("releasing the silent", Duration::from_secs(3), || async {
         app.stats("sale").await.abandoned_total == 2
     })
     .await;
@@ -117,7 +102,7 @@ async fn an_open_stream_keeps_a_place_and_a_reconnect_to_another_replica_keeps_i
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
     // (Looking at a place counts as a sign of life: watch the stats.)
-    wait_until("releasing the silent", || async {
+    wait_until("releasing the silent", Duration::from_secs(3), || async {
         two.stats("sale").await.abandoned_total == 2
     })
     .await;
@@ -309,7 +294,7 @@ async fn reopening_a_closed_queue_keeps_everyone_and_gives_them_time_to_come_bac
     // (Looking at a's place would count as a's sign of life.)
     assert_eq!(rank(&mut client, "gig", "b").await.position, 2);
     app.clock.advance_ms(2_000);
-    wait_until("releasing a", || async {
+    wait_until("releasing a", Duration::from_secs(3), || async {
         app.stats("gig").await.abandoned_total == 1
     })
     .await;

@@ -44,11 +44,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })
         .await?;
     let started = Instant::now();
-    let clients: Vec<_> = futures_clients(&service, 32).await?;
-    let clients = std::sync::Arc::new(clients);
-    let pool = std::sync::Arc::clone(&clients);
+    let pool = std::sync::Arc::new(service.channels(32).await?);
     spread(32, args.users, move |i| {
-        let mut client = pool[i % pool.len()].clone();
+        let mut client =
+            pb::queue_service_client::QueueServiceClient::new(pool[i % pool.len()].clone());
         async move {
             client
                 .enqueue(pb::EnqueueRequest {
@@ -147,17 +146,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         admit_rate / raw_rate
     );
     Ok(())
-}
-
-async fn futures_clients(
-    service: &Service,
-    n: usize,
-) -> anyhow::Result<Vec<pb::queue_service_client::QueueServiceClient<tonic::transport::Channel>>> {
-    let mut clients = Vec::with_capacity(n);
-    for _ in 0..n {
-        clients.push(service.client().await?);
-    }
-    Ok(clients)
 }
 
 /// Signatures per second of bare Ed25519 over a token-sized message, and of

@@ -82,6 +82,15 @@ impl Service {
             .await?)
     }
 
+    /// `n` connections to share among a scenario's clients.
+    pub async fn channels(&self, n: usize) -> anyhow::Result<Vec<Channel>> {
+        let mut channels = Vec::with_capacity(n);
+        for _ in 0..n {
+            channels.push(self.channel().await?);
+        }
+        Ok(channels)
+    }
+
     pub async fn client(&self) -> anyhow::Result<QueueServiceClient<Channel>> {
         Ok(QueueServiceClient::new(self.channel().await?).max_decoding_message_size(64 << 20))
     }

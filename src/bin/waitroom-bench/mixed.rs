@@ -48,11 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }),
         })
         .await?;
-    let mut channels = Vec::new();
-    for _ in 0..8 {
-        channels.push(service.channel().await?);
-    }
-    let channels = Arc::new(channels);
+    let channels = Arc::new(service.channels(8).await?);
     let updates = Arc::new(AtomicU64::new(0));
     let admitted_seen = Arc::new(AtomicU64::new(0));
     let cpu_before = service.cpu_time()?;

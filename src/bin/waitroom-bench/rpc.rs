@@ -42,14 +42,6 @@ pub enum Rpc {
     GetRank,
 }
 
-async fn clients(service: &Service, n: usize) -> anyhow::Result<Vec<Channel>> {
-    let mut channels = Vec::new();
-    for _ in 0..n {
-        channels.push(service.channel().await?);
-    }
-    Ok(channels)
-}
-
 async fn baseline(channels: &Arc<Vec<Channel>>, args: &Args) -> Measured {
     let channels = Arc::clone(channels);
     load::run(
@@ -83,7 +75,7 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
             }),
         })
         .await?;
-    let channels = Arc::new(clients(&service, args.connections).await?);
+    let channels = Arc::new(service.channels(args.connections).await?);
     let duration = Duration::from_secs(args.seconds);
 
     // Warm up connections and the scripts' cache.

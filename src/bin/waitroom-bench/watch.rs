@@ -59,11 +59,7 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
             }),
         })
         .await?;
-    let mut channels = Vec::new();
-    for _ in 0..args.connections {
-        channels.push(service.channel().await?);
-    }
-    let channels = Arc::new(channels);
+    let channels = Arc::new(service.channels(args.connections).await?);
     // Users admitted during the measurement stand first; the watchers after.
     let ahead = args.admissions;
     let fill = Arc::clone(&channels);

@@ -38,49 +38,59 @@ pub(super) struct EnqueueBatcher {
 }
 
 impl EnqueueBatcher {
-    /// Enqueues through the queue's batching task, started with `caller`
-    /// when the queue has none.
-    pub(super) async fn enqueue(
+    /// Enqueues through the queue's batching task; `caller` is built only
+    /// when the queue has no task yet, not on every enqueue.
+    pub(super) async fn enqueue<F, Fut>(
         &self,
-        caller: impl FnOnce() -> QueueCaller,
+        caller: F,
         queue: &QueueId,
         user: &UserId,
         now_ms: u64,
-    ) -> Result<Place> {
+    ) -> Result<Place>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<QueueCaller>>,
+    {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             user: user.clone(),
             now_ms,
             reply,
         };
-        {
-            let mut queues = self
-                .queues
-                .lock()
-                .map_err(|_| Error::Internal("enqueue batcher lock poisoned".into()))?;
-            let mut caller = Some(caller);
-            let mut start = |queues: &Senders| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                if let Some(caller) = caller.take() {
-                    tokio::spawn(run(caller(), Arc::clone(queues), queue.clone(), rx));
-                }
-                tx
-            };
-            let sender = match queues.get(queue) {
-                Some(sender) if !sender.is_closed() => sender.clone(),
-                _ => {
-                    let sender = start(&self.queues);
-                    queues.insert(queue.clone(), sender.clone());
-                    sender
-                }
-            };
-            sender
-                .send(pending)
-                .map_err(|_| Error::Internal("the enqueue batcher stopped".into()))?;
+        if let Some(pending) = self.send(queue, pending, None)? {
+            let caller = caller().await?;
+            if self.send(queue, pending, Some(caller))?.is_some() {
+                return Err(Error::Internal("the enqueue batcher stopped".into()));
+            }
         }
         answer
             .await
             .map_err(|_| Error::Internal("the enqueue batch was dropped".into()))?
+    }
+
+    /// Hands a request to the queue's live task; with no live task, starts
+    /// one with `caller` if given, or gives the request back.
+    fn send(
+        &self,
+        queue: &QueueId,
+        pending: Pending,
+        caller: Option<QueueCaller>,
+    ) -> Result<Option<Pending>> {
+        let mut queues = self
+            .queues
+            .lock()
+            .map_err(|_| Error::Internal("enqueue batcher lock poisoned".into()))?;
+        let sender = match (queues.get(queue), caller) {
+            (Some(sender), _) if !sender.is_closed() => sender.clone(),
+            (_, Some(caller)) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(run(caller, Arc::clone(&self.queues), queue.clone(), rx));
+                queues.insert(queue.clone(), tx.clone());
+                tx
+            }
+            (_, None) => return Ok(Some(pending)),
+        };
+        Ok(sender.send(pending).err().map(|e| e.0))
     }
 }
 

@@ -798,9 +798,8 @@ impl QueueStore for RedisStore {
     }
 
     async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
-        let caller = self.caller(queue).await?;
         self.batcher
-            .enqueue(move || caller, queue, user, now_ms)
+            .enqueue(|| self.caller(queue), queue, user, now_ms)
             .await
     }
 
