@@ -1,12 +1,13 @@
-//! Coalescing concurrent enqueues of one queue into one script call.
+//! Coalescing concurrent calls of one queue into one script call.
 //!
-//! A burst of arrivals is thousands of enqueues a second on one queue, each
-//! a script whose fixed cost (dispatch, reading the config, ending expired
-//! admissions, the rate) dwarfs the per-user work. Each queue with enqueues
-//! in flight has a task that takes whatever requests are waiting and sends
-//! them as one `enqueue_many`. Nothing waits on purpose: a lone request
-//! goes out at once, and requests batch up only while an earlier call is
-//! in flight, so latency does not grow when there is no crowd.
+//! A burst of arrivals is thousands of enqueues a second on one queue, and
+//! the crowd refreshing its place as many lookups: each a script whose fixed
+//! cost (dispatch, reading the config, ending expired admissions, the rate)
+//! dwarfs the per-user work. Each queue with such calls in flight has a task
+//! per kind of call that takes whatever requests are waiting and sends them
+//! as one script call. Nothing waits on purpose: a lone request goes out at
+//! once, and requests batch up only while an earlier call is in flight, so
+//! latency does not grow when there is no crowd.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,29 +25,39 @@ const MAX_BATCH: usize = 256;
 /// A queue's task ends after this long without requests.
 const IDLE: Duration = Duration::from_secs(30);
 
+/// The calls that are coalesced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Op {
+    /// Enqueue (`enqueue_many`).
+    Enqueue,
+    /// A user looking up their own place: a sign of life (`places`).
+    Place,
+}
+
 struct Pending {
     user: UserId,
     now_ms: u64,
-    reply: oneshot::Sender<Result<Place>>,
+    reply: oneshot::Sender<Result<Option<Place>>>,
 }
 
-type Senders = Arc<Mutex<HashMap<QueueId, mpsc::UnboundedSender<Pending>>>>;
+type Senders = Arc<Mutex<HashMap<(QueueId, Op), mpsc::UnboundedSender<Pending>>>>;
 
 #[derive(Default)]
-pub(super) struct EnqueueBatcher {
+pub(super) struct Batcher {
     queues: Senders,
 }
 
-impl EnqueueBatcher {
-    /// Enqueues through the queue's batching task; `caller` is built only
-    /// when the queue has no task yet, not on every enqueue.
-    pub(super) async fn enqueue<F, Fut>(
+impl Batcher {
+    /// Runs `op` for one user through the queue's batching task; `caller`
+    /// is built only when the queue has no task yet, not on every call.
+    pub(super) async fn call<F, Fut>(
         &self,
+        op: Op,
         caller: F,
         queue: &QueueId,
         user: &UserId,
         now_ms: u64,
-    ) -> Result<Place>
+    ) -> Result<Option<Place>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<QueueCaller>>,
@@ -57,35 +68,36 @@ impl EnqueueBatcher {
             now_ms,
             reply,
         };
-        if let Some(pending) = self.send(queue, pending, None)? {
+        let key = (queue.clone(), op);
+        if let Some(pending) = self.send(&key, pending, None)? {
             let caller = caller().await?;
-            if self.send(queue, pending, Some(caller))?.is_some() {
-                return Err(Error::Internal("the enqueue batcher stopped".into()));
+            if self.send(&key, pending, Some(caller))?.is_some() {
+                return Err(Error::Internal("the batching task stopped".into()));
             }
         }
         answer
             .await
-            .map_err(|_| Error::Internal("the enqueue batch was dropped".into()))?
+            .map_err(|_| Error::Internal("the batched call was dropped".into()))?
     }
 
-    /// Hands a request to the queue's live task; with no live task, starts
-    /// one with `caller` if given, or gives the request back.
+    /// Hands a request to the live task; with no live task, starts one with
+    /// `caller` if given, or gives the request back.
     fn send(
         &self,
-        queue: &QueueId,
+        key: &(QueueId, Op),
         pending: Pending,
         caller: Option<QueueCaller>,
     ) -> Result<Option<Pending>> {
         let mut queues = self
             .queues
             .lock()
-            .map_err(|_| Error::Internal("enqueue batcher lock poisoned".into()))?;
-        let sender = match (queues.get(queue), caller) {
+            .map_err(|_| Error::Internal("batcher lock poisoned".into()))?;
+        let sender = match (queues.get(key), caller) {
             (Some(sender), _) if !sender.is_closed() => sender.clone(),
             (_, Some(caller)) => {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(run(caller, Arc::clone(&self.queues), queue.clone(), rx));
-                queues.insert(queue.clone(), tx.clone());
+                tokio::spawn(run(caller, Arc::clone(&self.queues), key.clone(), rx));
+                queues.insert(key.clone(), tx.clone());
                 tx
             }
             (_, None) => return Ok(Some(pending)),
@@ -97,7 +109,7 @@ impl EnqueueBatcher {
 async fn run(
     caller: QueueCaller,
     queues: Senders,
-    queue: QueueId,
+    key: (QueueId, Op),
     mut rx: mpsc::UnboundedReceiver<Pending>,
 ) {
     loop {
@@ -113,7 +125,7 @@ async fn run(
                 match rx.try_recv() {
                     Ok(first) => first,
                     Err(_) => {
-                        senders.remove(&queue);
+                        senders.remove(&key);
                         return;
                     }
                 }
@@ -129,15 +141,30 @@ async fn run(
         // Requests of one batch arrived within one call's time of each
         // other; the latest clock reading stands for all of them.
         let now_ms = batch.iter().map(|p| p.now_ms).max().unwrap_or(0);
-        if batch.len() == 1 {
-            if let Some(pending) = batch.pop() {
-                let answer = caller.enqueue(&pending.user, now_ms).await;
-                let _ = pending.reply.send(answer);
-            }
-            continue;
-        }
         let users: Vec<UserId> = batch.iter().map(|p| p.user.clone()).collect();
-        match caller.enqueue_many(&users, now_ms).await {
+        let answers = match key.1 {
+            Op::Enqueue => caller.enqueue_many(&users, now_ms).await.map(|answers| {
+                answers
+                    .into_iter()
+                    .map(|answer| answer.map(Some))
+                    .collect::<Vec<_>>()
+            }),
+            Op::Place => caller
+                .places(&users, true, now_ms)
+                .await
+                .map(|places| places.into_iter().map(Ok).collect()),
+        };
+        match answers {
+            Ok(answers) if answers.len() != batch.len() => {
+                let error = Error::Internal(format!(
+                    "Redis answered {} of {} batched calls",
+                    answers.len(),
+                    batch.len()
+                ));
+                for pending in batch {
+                    let _ = pending.reply.send(Err(error.clone()));
+                }
+            }
             Ok(answers) => {
                 for (pending, answer) in batch.into_iter().zip(answers) {
                     let _ = pending.reply.send(answer);

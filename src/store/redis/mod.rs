@@ -19,6 +19,8 @@
 mod batch;
 mod keys;
 
+use batch::Op;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,10 +183,10 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     scripts: Arc<Scripts>,
-    batcher: batch::EnqueueBatcher,
+    batcher: batch::Batcher,
 }
 
-/// What a queue's enqueue batching task needs to call Redis on its own.
+/// What a queue's batching task needs to call Redis on its own.
 pub(super) struct QueueCaller {
     queue: QueueId,
     conn: Connection,
@@ -203,15 +205,6 @@ impl QueueCaller {
         invocation
     }
 
-    async fn enqueue(&self, user: &UserId, now_ms: u64) -> Result<Place> {
-        let mut invocation = self.invocation(&self.scripts.enqueue, now_ms);
-        invocation.arg(user.as_str());
-        let mut conn = self.conn.clone();
-        let value: Value =
-            bounded("enqueue", self.timeout, invocation.invoke_async(&mut conn)).await?;
-        parse_place(value, &self.queue)?.ok_or_else(|| bad_reply("enqueue returned no place"))
-    }
-
     async fn enqueue_many(&self, users: &[UserId], now_ms: u64) -> Result<Vec<Result<Place>>> {
         let queue = &self.queue;
         let mut invocation = self.invocation(&self.scripts.enqueue_many, now_ms);
@@ -219,12 +212,8 @@ impl QueueCaller {
             invocation.arg(user.as_str());
         }
         let mut conn = self.conn.clone();
-        let value: Value = bounded(
-            "enqueue_many",
-            self.timeout,
-            invocation.invoke_async(&mut conn),
-        )
-        .await?;
+        let value: Value =
+            bounded("enqueue", self.timeout, invocation.invoke_async(&mut conn)).await?;
         let Value::Array(items) = value else {
             return Err(bad_reply("enqueue_many: expected an array"));
         };
@@ -238,6 +227,36 @@ impl QueueCaller {
                     .and_then(|p| p.ok_or_else(|| bad_reply("enqueue returned no place")))
             })
             .collect())
+    }
+
+    async fn places(
+        &self,
+        users: &[UserId],
+        touch: bool,
+        now_ms: u64,
+    ) -> Result<Vec<Option<Place>>> {
+        let queue = &self.queue;
+        let mut places = Vec::with_capacity(users.len());
+        for chunk in users.chunks(PLACES_CHUNK) {
+            let mut invocation = self.invocation(&self.scripts.places, now_ms);
+            invocation.arg(if touch { 1 } else { 0 });
+            for user in chunk {
+                invocation.arg(user.as_str());
+            }
+            let mut conn = self.conn.clone();
+            let value: Value =
+                bounded("places", self.timeout, invocation.invoke_async(&mut conn)).await?;
+            let Value::Array(items) = value else {
+                return Err(bad_reply("places: expected an array"));
+            };
+            if let Some(Value::BulkString(status)) = items.first() {
+                return Err(status_error(&String::from_utf8_lossy(status), queue));
+            }
+            for item in items {
+                places.push(parse_place(item, queue)?);
+            }
+        }
+        Ok(places)
     }
 }
 
@@ -300,7 +319,7 @@ impl RedisStore {
             prefix: options.prefix.clone(),
             timeout: options.timeout,
             scripts: Arc::new(Scripts::load()),
-            batcher: batch::EnqueueBatcher::default(),
+            batcher: batch::Batcher::default(),
         })
     }
 
@@ -799,8 +818,9 @@ impl QueueStore for RedisStore {
 
     async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
         self.batcher
-            .enqueue(|| self.caller(queue), queue, user, now_ms)
-            .await
+            .call(Op::Enqueue, || self.caller(queue), queue, user, now_ms)
+            .await?
+            .ok_or_else(|| bad_reply("enqueue returned no place"))
     }
 
     async fn enqueue_many(
@@ -819,25 +839,13 @@ impl QueueStore for RedisStore {
         touch: bool,
         now_ms: u64,
     ) -> Result<Vec<Option<Place>>> {
-        let mut places = Vec::with_capacity(users.len());
-        for chunk in users.chunks(PLACES_CHUNK) {
-            let mut invocation = self.invocation(&self.scripts.places, queue, now_ms);
-            invocation.arg(if touch { 1 } else { 0 });
-            for user in chunk {
-                invocation.arg(user.as_str());
-            }
-            let value: Value = self.run("places", &invocation).await?;
-            let Value::Array(items) = value else {
-                return Err(bad_reply("places: expected an array"));
-            };
-            if let Some(Value::BulkString(status)) = items.first() {
-                return Err(status_error(&String::from_utf8_lossy(status), queue));
-            }
-            for item in items {
-                places.push(parse_place(item, queue)?);
-            }
-        }
-        Ok(places)
+        self.caller(queue).await?.places(users, touch, now_ms).await
+    }
+
+    async fn place(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Option<Place>> {
+        self.batcher
+            .call(Op::Place, || self.caller(queue), queue, user, now_ms)
+            .await
     }
 
     async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()> {

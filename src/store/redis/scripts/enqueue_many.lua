@@ -3,14 +3,86 @@
 -- Redis pays the call's fixed cost once for all of them.
 -- KEYS: the queue's keys (prelude). ARGV: now, user...
 -- Returns one answer of enqueue_one per user, in order; or {'no_queue'}.
+--
+-- The common case of a burst, a newcomer joining the back of a line that
+-- is already forming, costs two reads: the writes of consecutive
+-- newcomers (ticket counter, waiting set, log, presence, stats) are
+-- gathered and made at once. A newcomer's ticket is above every ticket in
+-- line, so their position is the length of the line. Anyone else (a user
+-- already in line or admitted, a queue in another mode, an empty line that
+-- may admit on the spot) first gets the gathered writes made, then goes
+-- through enqueue_one unchanged.
 
 local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
 end
 prepare(cfg)
+
+local gathering = cfg.mode == 'queueing' and cfg.opens_at == 0 and not drawing(cfg)
+local last_ticket, length
+local joined = {}
+local joined_users = {}
+
+local function make_gathered_writes()
+  local n = #joined
+  length = nil
+  if n == 0 then
+    return
+  end
+  redis.call('INCRBY', K_SEQ, n)
+  redis.call('HINCRBY', K_STATS, 'enqueued', n)
+  local last_log = redis.call('HINCRBY', K_CONFIG, 'log_seq', n)
+  for first = 1, n, 500 do
+    local waiting, log, seen = {}, {}, {}
+    for i = first, math.min(first + 499, n) do
+      local user, ticket = joined[i][1], joined[i][2]
+      local seq = last_log - n + i
+      waiting[#waiting + 1] = ticket
+      waiting[#waiting + 1] = user
+      log[#log + 1] = seq
+      log[#log + 1] = seq .. '|j|' .. ticket .. '|' .. user
+      seen[#seen + 1] = NOW
+      seen[#seen + 1] = user
+    end
+    redis.call('ZADD', K_WAITING, unpack(waiting))
+    redis.call('ZADD', K_LOG, unpack(log))
+    redis.call('ZADD', K_SEEN, unpack(seen))
+  end
+  if last_log > LOG_KEEP then
+    redis.call('ZREMRANGEBYSCORE', K_LOG, '-inf', last_log - LOG_KEEP)
+  end
+  joined, joined_users, last_ticket = {}, {}, nil
+end
+
+-- Joins a newcomer to the gathered writes and returns their place; nil
+-- when the user is not such a newcomer.
+local function join_back(user)
+  if joined_users[user] or redis.call('HGET', K_ADMITTED, user)
+      or redis.call('ZSCORE', K_WAITING, user) then
+    return nil
+  end
+  length = length or redis.call('ZCARD', K_WAITING)
+  if length == 0 and (cfg.max_active > 0 or cfg.rate > 0) then
+    return nil
+  end
+  last_ticket = (last_ticket or tonumber(redis.call('GET', K_SEQ)) or 0) + 1
+  length = length + 1
+  joined[#joined + 1] = { user, last_ticket }
+  joined_users[user] = true
+  local count, span = rate_sample()
+  return { 'waiting', last_ticket, length, length, 0, 0, cfg.epoch, cfg.mode, count, span, 0 }
+end
+
 local out = {}
 for i = 2, #ARGV do
-  out[#out + 1] = enqueue_one(cfg, ARGV[i])
+  local user = ARGV[i]
+  local answer = gathering and join_back(user)
+  if not answer then
+    make_gathered_writes()
+    answer = enqueue_one(cfg, user)
+  end
+  out[#out + 1] = answer
 end
+make_gathered_writes()
 return out

@@ -11,13 +11,24 @@ if not cfg then
   return { 'no_queue' }
 end
 prepare(cfg)
+-- Outside pass-through, looking a place up never changes the line, and
+-- presence is read by nothing here: the length is read once and presence
+-- written once for all.
+if cfg.mode ~= 'pass_through' then
+  line_length = in_line(cfg)
+end
 local touch = ARGV[2] == '1'
 local out = {}
+local seen = {}
 for i = 3, #ARGV do
   local p = current_place(cfg, ARGV[i])
   if touch and p[1] ~= 'none' and not is_final(p) then
-    see(ARGV[i])
+    seen[#seen + 1] = NOW
+    seen[#seen + 1] = ARGV[i]
   end
   out[#out + 1] = p
+end
+for i = 1, #seen, 1000 do
+  redis.call('ZADD', K_SEEN, unpack(seen, i, math.min(i + 999, #seen)))
 end
 return out

@@ -82,7 +82,14 @@ local function add_waiting(user, ticket)
   log_event('j', ticket, user)
 end
 
+-- A script that reads many places and does not change the line may set
+-- this to the line's length, read once.
+local line_length
+
 local function in_line(cfg)
+  if line_length then
+    return line_length
+  end
   if cfg.opens_at == 0 then
     return redis.call('ZCARD', K_WAITING)
   end
