@@ -106,19 +106,7 @@ impl Service {
 
     /// CPU time the service process has used so far (user + system).
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the parenthesised command name; utime and stime are
-        // the 14th and 15th fields of the line, in USER_HZ ticks (100 on
-        // Linux).
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> anyhow::Result<u64> {
-            Ok(fields
-                .get(i)
-                .ok_or_else(|| anyhow::anyhow!("short /proc stat"))?
-                .parse()?)
-        };
-        Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+        process_cpu_time(&self.child.id().to_string())
     }
 
     /// Resident memory of the service process.
@@ -187,4 +175,20 @@ where
         task.await??;
     }
     Ok(())
+}
+
+/// CPU time a process has used so far (user + system); `pid` may be "self".
+pub fn process_cpu_time(pid: &str) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line, in USER_HZ ticks (100 on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("short /proc stat"))?
+            .parse()?)
+    };
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }

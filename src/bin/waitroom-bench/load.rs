@@ -58,7 +58,13 @@ where
             let mut latency = histogram();
             let (mut calls, mut errors) = (0u64, 0u64);
             let interval = per_second.map(|r| Duration::from_secs_f64(clients as f64 / r));
-            let mut next = Instant::now();
+            // Paced clients start spread over one interval: started in step
+            // they would arrive in bursts of `clients` calls at once, and
+            // the latency would be that of the burst, not of the rate.
+            let mut next = started
+                + interval.map_or(Duration::ZERO, |i| {
+                    i.mul_f64(client as f64 / clients as f64)
+                });
             while started.elapsed() < duration {
                 if let Some(interval) = interval {
                     next += interval;
@@ -103,4 +109,19 @@ pub fn redis_commands(url: &str) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("total_commands_processed:"))
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no total_commands_processed in INFO"))
+}
+
+/// CPU time Redis has used so far (user + system, its own account).
+pub fn redis_cpu(url: &str) -> anyhow::Result<Duration> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    let info: String = redis::cmd("INFO").arg("cpu").query(&mut conn)?;
+    let field = |name: &str| -> f64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(Duration::from_secs_f64(
+        field("used_cpu_user:") + field("used_cpu_sys:"),
+    ))
 }

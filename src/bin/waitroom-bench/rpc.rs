@@ -15,7 +15,7 @@ use waitroom::pb;
 use waitroom::pb::queue_service_client::QueueServiceClient;
 use waitroom::store::{RedisOptions, RedisStore};
 
-use crate::harness::{Service, Store, spread};
+use crate::harness::{Service, Store, process_cpu_time, spread};
 
 /// Users in line before `get-rank` measures.
 const PREFILLED: u64 = 10_000;
@@ -87,7 +87,9 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
         },
     )
     .await;
+    let before = Cpu::read(&service)?;
     let trivial = baseline(&channels, &args).await;
+    let trivial_cpu = Cpu::read(&service)?.since(&before, trivial.calls);
 
     if let Rpc::GetRank = rpc {
         let channels = Arc::clone(&channels);
@@ -111,7 +113,9 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
         Some(url) => load::redis_commands(url)?,
         None => 0,
     };
+    let before = Cpu::read(&service)?;
     let measured = run_rpc(rpc, &channels, &args, None, duration).await;
+    let measured_cpu = Cpu::read(&service)?.since(&before, measured.calls);
     let commands = match &redis_url {
         Some(url) => {
             (load::redis_commands(url)? - commands_before) as f64 / measured.elapsed.as_secs_f64()
@@ -142,6 +146,8 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
             commands / measured.per_second()
         );
     }
+    println!("cpu per call       {}", trivial_cpu.line("trivial RPC"));
+    println!("                   {}", measured_cpu.line(name));
     if let Rpc::Enqueue = rpc {
         let half = measured.per_second() / 2.0;
         let paced = run_rpc(rpc, &channels, &args, Some(half), duration).await;
@@ -254,4 +260,53 @@ async fn redis_benchmark(url: &str, port: u16, clients: usize) -> anyhow::Result
         .filter_map(|v| v.trim_matches('"').parse::<f64>().ok())
         .next()
         .ok_or_else(|| anyhow::anyhow!("no rate in redis-benchmark output: {csv}"))
+}
+
+/// CPU time used by the load generator, the service and Redis.
+struct Cpu {
+    client: Duration,
+    service: Duration,
+    redis: Duration,
+}
+
+/// CPU microseconds per call of each process over one measurement.
+struct CpuPerCall {
+    client: f64,
+    service: f64,
+    redis: f64,
+}
+
+impl Cpu {
+    fn read(service: &Service) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: process_cpu_time("self")?,
+            service: service.cpu_time()?,
+            redis: match service.redis() {
+                Some(redis) => load::redis_cpu(&redis.url())?,
+                None => Duration::ZERO,
+            },
+        })
+    }
+
+    fn since(&self, before: &Self, calls: u64) -> CpuPerCall {
+        let per_call =
+            |now: Duration, then: Duration| (now - then).as_secs_f64() * 1e6 / calls.max(1) as f64;
+        CpuPerCall {
+            client: per_call(self.client, before.client),
+            service: per_call(self.service, before.service),
+            redis: per_call(self.redis, before.redis),
+        }
+    }
+}
+
+impl CpuPerCall {
+    fn line(&self, name: &str) -> String {
+        format!(
+            "{name:<12} load generator {:5.1} us   service {:5.1} us   redis {:5.1} us   total {:5.1} us",
+            self.client,
+            self.service,
+            self.redis,
+            self.client + self.service + self.redis
+        )
+    }
 }
