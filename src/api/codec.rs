@@ -1,9 +1,9 @@
 //! The protobuf codec of the generated services and clients, with small
-//! buffers. Messages of this API are a few hundred bytes, and tonic's
-//! default of 8 KiB per call is held for a stream's whole life: with
-//! hundreds of thousands of open `WatchRank` streams, that alone would be
-//! gigabytes. Buffers still grow for the rare large message (an
-//! `AdmitBatch` of thousands of tokens).
+//! buffers. tonic's default of 8 KiB per call is held for a stream's whole
+//! life: with hundreds of thousands of open `WatchRank` streams, that alone
+//! would be gigabytes. A stream's messages are under 100 bytes until the
+//! last, which carries the admission token; buffers grow for that one and
+//! for the rare large message (an `AdmitBatch` of thousands of tokens).
 
 use std::marker::PhantomData;
 
@@ -11,7 +11,7 @@ use prost::Message;
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::ProstCodec;
 
-const BUFFER_BYTES: usize = 512;
+const BUFFER_BYTES: usize = 128;
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
 #[derive(Debug, Clone)]

@@ -2,21 +2,21 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio_stream::wrappers::WatchStream as PlaceUpdates;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{
     self, admission_out, place_out, queue_and_user, queue_id, request_id, timestamp_out,
 };
-use crate::domain::Clock;
+use crate::domain::{Clock, QueueId};
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::store::QueueStore;
 use crate::telemetry::metrics::{VerdictLabels, metrics};
 use crate::tokens::{Keyring, Verdict, Verifier};
-use crate::watch::WatchHub;
+use crate::watch::{PlaceReceiver, WatchHub};
 use crate::{Error, Result};
 
 /// Longest token `VerifyAdmission` reads; real ones are under 400 bytes.
@@ -130,7 +130,28 @@ fn verdict_out(verdict: Verdict) -> pb::Verdict {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchRankResponse, Status>> + Send>>;
+/// A `WatchRank` response stream: the hub's places, as messages. A plain
+/// type rather than a boxed adapter: an open stream lives long, and there
+/// are many.
+pub struct WatchStream {
+    updates: PlaceReceiver,
+    queue: QueueId,
+    keyring: Arc<Keyring>,
+}
+
+impl Stream for WatchStream {
+    type Item = Result<pb::WatchRankResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        Pin::new(&mut this.updates).poll_next(cx).map(|update| {
+            update.map(|update| {
+                let place = place_out(&this.keyring, &this.queue, this.updates.user(), &update?)?;
+                Ok(pb::WatchRankResponse { place: Some(place) })
+            })
+        })
+    }
+}
 
 #[tonic::async_trait]
 impl QueueService for QueueApi {
@@ -183,13 +204,12 @@ impl QueueService for QueueApi {
             .place(&queue, &user, self.clock.now_ms())
             .await?
             .ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
-        let updates = self.hub.watch(queue.clone(), user.clone(), first);
-        let keyring = Arc::clone(&self.keyring);
-        let stream = PlaceUpdates::new(updates).map(move |update| {
-            let place = place_out(&keyring, &queue, &user, &update?)?;
-            Ok(pb::WatchRankResponse { place: Some(place) })
-        });
-        Ok(Response::new(Box::pin(stream)))
+        let updates = self.hub.watch(queue.clone(), user, first);
+        Ok(Response::new(WatchStream {
+            updates,
+            queue,
+            keyring: Arc::clone(&self.keyring),
+        }))
     }
 
     async fn leave(

@@ -9,9 +9,9 @@
 //! read, so the store's work does not grow with the number of watchers.
 //! Only a watcher whose ticket left the line (admitted, or gone) is looked
 //! up, once, to fetch its admission. Each stream is sent its place only when
-//! what the user sees has changed, through a one-slot channel that holds
-//! the latest place (a slow client skips to the newest, and an open stream
-//! costs a few hundred bytes); a stream whose client went away is dropped on
+//! what the user sees has changed, through a one-place link that holds
+//! the latest place (a slow client skips to the newest; see [`slot`]); a
+//! stream whose client went away is dropped on
 //! the next tick.
 //!
 //! An open stream is a sign of life. The hub records it for all the users it
@@ -23,12 +23,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 mod line;
+mod slot;
 
 use self::line::Line;
+pub use self::slot::PlaceReceiver;
+use self::slot::PlaceSender;
 use crate::domain::{Clock, LineEvent, Place, PlaceState, QueueId, QueueMode, UserId};
 use crate::store::QueueStore;
 use crate::{Error, Result};
@@ -64,13 +67,11 @@ impl View {
 }
 
 struct Watcher {
-    user: UserId,
     /// The user's ticket; `None` while pre-queued.
     ticket: Option<u64>,
     last: View,
-    /// The latest place for the stream: a client that reads slowly skips
-    /// to the newest instead of holding a queue of stale ones.
-    tx: watch::Sender<Result<Place>>,
+    /// The stream's end holds the user and the latest place.
+    tx: PlaceSender,
     _slot: StreamSlot,
 }
 
@@ -137,16 +138,11 @@ impl WatchHub {
 
     /// Opens a stream of a user's place that starts with `first`. The stream
     /// ends after a final place (admitted or closed), or with an error.
-    pub fn watch(
-        self: &Arc<Self>,
-        queue: QueueId,
-        user: UserId,
-        first: Place,
-    ) -> watch::Receiver<Result<Place>> {
+    pub fn watch(self: &Arc<Self>, queue: QueueId, user: UserId, first: Place) -> PlaceReceiver {
         let last = View::of(&first);
         let ticket = Some(first.ticket).filter(|t| *t > 0);
         let is_final = first.is_final();
-        let (tx, rx) = watch::channel(Ok(first));
+        let (tx, rx) = slot::link(user, Ok(first));
         if is_final || self.shutdown.is_cancelled() {
             return rx;
         }
@@ -162,7 +158,6 @@ impl WatchHub {
         if let Ok(mut watchers) = watch.watchers.lock() {
             let slot = StreamSlot::new(&self.open, &watch.open);
             watchers.push(Watcher {
-                user,
                 ticket,
                 last,
                 tx,
@@ -210,7 +205,7 @@ impl WatchHub {
                 _ = self.shutdown.cancelled() => {
                     let watchers = take(&watch);
                     // Told to reconnect: the timeout runs from now.
-                    let users: Vec<UserId> = watchers.iter().map(|w| w.user.clone()).collect();
+                    let users: Vec<UserId> = watchers.iter().map(|w| w.tx.user().clone()).collect();
                     let _ = self.store.touch(&queue, &users, self.clock.now_ms()).await;
                     let reason = Error::Unavailable("server shutting down; reconnect to keep watching".into());
                     end_all(watchers, &reason);
@@ -224,7 +219,7 @@ impl WatchHub {
             let dropped: Vec<UserId> = watchers
                 .iter()
                 .filter(|w| w.tx.is_closed())
-                .map(|w| w.user.clone())
+                .map(|w| w.tx.user().clone())
                 .collect();
             if !dropped.is_empty() {
                 let _ = self.store.touch(&queue, &dropped, now).await;
@@ -303,7 +298,7 @@ impl WatchHub {
                         // A pre-queued watcher placed by the opening draw.
                         for watcher in watchers
                             .iter_mut()
-                            .filter(|w| w.ticket.is_none() && w.user == user)
+                            .filter(|w| w.ticket.is_none() && w.tx.user() == &user)
                         {
                             watcher.ticket = Some(ticket);
                         }
@@ -315,7 +310,7 @@ impl WatchHub {
                         }
                         for watcher in watchers
                             .iter_mut()
-                            .filter(|w| w.ticket.is_none() && w.user == user)
+                            .filter(|w| w.ticket.is_none() && w.tx.user() == &user)
                         {
                             // Looked up below: gone, or elsewhere.
                             watcher.ticket = Some(0);
@@ -339,7 +334,7 @@ impl WatchHub {
         let mut gone: Vec<UserId> = watchers
             .iter()
             .filter(|w| w.ticket.is_some_and(|t| !line.contains(t)))
-            .map(|w| w.user.clone())
+            .map(|w| w.tx.user().clone())
             .collect();
         gone.sort();
         gone.dedup();
@@ -379,7 +374,7 @@ impl WatchHub {
                     rate: summary.rate,
                 }),
                 Some(_) => {
-                    let found = looked_up.get(&watcher.user).cloned().flatten();
+                    let found = looked_up.get(watcher.tx.user()).cloned().flatten();
                     // Enqueued again under a new ticket: follow that one.
                     watcher.ticket = found.as_ref().map(|p| p.ticket).filter(|t| *t > 0);
                     found
@@ -450,7 +445,7 @@ impl Presence {
         if now.saturating_sub(recorded_at) < self.every_ms {
             return;
         }
-        let mut users: Vec<UserId> = watchers.iter().map(|w| w.user.clone()).collect();
+        let mut users: Vec<UserId> = watchers.iter().map(|w| w.tx.user().clone()).collect();
         users.sort();
         users.dedup();
         match store.touch(queue, &users, now).await {
@@ -527,8 +522,7 @@ mod tests {
             Duration::from_millis(10),
             CancellationToken::new(),
         );
-        let mut stream =
-            tokio_stream::wrappers::WatchStream::new(hub.watch(queue.clone(), user.clone(), first));
+        let mut stream = hub.watch(queue.clone(), user.clone(), first);
         assert!(stream.next().await.is_some());
         assert_eq!(hub.watcher_count(), 1);
         drop(stream);
@@ -558,7 +552,7 @@ mod tests {
             Duration::from_secs(60),
             shutdown.clone(),
         );
-        let mut stream = tokio_stream::wrappers::WatchStream::new(hub.watch(queue, user, first));
+        let mut stream = hub.watch(queue, user, first);
         assert!(stream.next().await.is_some());
         shutdown.cancel();
         let last = tokio::time::timeout(Duration::from_secs(1), stream.next())

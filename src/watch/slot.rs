@@ -1,0 +1,165 @@
+//! The link between the hub and one stream: a single place that the hub
+//! overwrites and the stream takes, so a client that reads slowly skips to
+//! the newest place instead of holding a queue of stale ones.
+//!
+//! An open stream holds one for its whole life, so it is kept small: one
+//! allocation shared by both ends, with the user's id in it so neither end
+//! keeps a copy of its own. (tokio's `watch` channel, with its eight-way
+//! notifier, and the boxed future a stream adapter needs to await it, cost
+//! several hundred bytes more per stream.)
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use tokio_stream::Stream;
+
+use crate::Result;
+use crate::domain::{Place, UserId};
+
+struct Shared {
+    user: UserId,
+    state: Mutex<State>,
+}
+
+struct State {
+    latest: Option<Result<Place>>,
+    waker: Option<Waker>,
+    sender_gone: bool,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing here can panic while holding the lock; a poisoned lock
+        // still holds a consistent state.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The hub's end.
+pub struct PlaceSender {
+    shared: Arc<Shared>,
+}
+
+/// The stream's end: yields the newest place not yet taken, and ends once
+/// the sender is gone and the last place was taken.
+pub struct PlaceReceiver {
+    shared: Arc<Shared>,
+}
+
+/// A link for `user` whose first place is `first`.
+pub fn link(user: UserId, first: Result<Place>) -> (PlaceSender, PlaceReceiver) {
+    let shared = Arc::new(Shared {
+        user,
+        state: Mutex::new(State {
+            latest: Some(first),
+            waker: None,
+            sender_gone: false,
+        }),
+    });
+    (
+        PlaceSender {
+            shared: Arc::clone(&shared),
+        },
+        PlaceReceiver { shared },
+    )
+}
+
+impl PlaceSender {
+    pub fn user(&self) -> &UserId {
+        &self.shared.user
+    }
+
+    /// Replaces the place not yet taken; gives it back if the stream is gone.
+    pub fn send(&self, place: Result<Place>) -> std::result::Result<(), Result<Place>> {
+        if self.is_closed() {
+            return Err(place);
+        }
+        let waker = {
+            let mut state = self.shared.state();
+            state.latest = Some(place);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// The stream was dropped (the client went away).
+    pub fn is_closed(&self) -> bool {
+        Arc::strong_count(&self.shared) == 1
+    }
+}
+
+impl Drop for PlaceSender {
+    fn drop(&mut self) {
+        let waker = {
+            let mut state = self.shared.state();
+            state.sender_gone = true;
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl PlaceReceiver {
+    pub fn user(&self) -> &UserId {
+        &self.shared.user
+    }
+}
+
+impl Stream for PlaceReceiver {
+    type Item = Result<Place>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut state = self.shared.state();
+        if let Some(place) = state.latest.take() {
+            return Poll::Ready(Some(place));
+        }
+        if state.sender_gone {
+            return Poll::Ready(None);
+        }
+        match &mut state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            waker => *waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+    use crate::Error;
+
+    fn user() -> UserId {
+        UserId::parse("u").unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_stream_gets_the_newest_place_and_ends_after_the_sender() {
+        let (tx, mut rx) = link(user(), Err(Error::Internal("first".into())));
+        assert!(matches!(rx.next().await, Some(Err(Error::Internal(m))) if m == "first"));
+        tx.send(Err(Error::Internal("stale".into()))).unwrap();
+        tx.send(Err(Error::Internal("newest".into()))).unwrap();
+        assert!(matches!(rx.next().await, Some(Err(Error::Internal(m))) if m == "newest"));
+        let waiting = tokio::spawn(async move { rx.next().await.is_none() });
+        tokio::task::yield_now().await;
+        drop(tx);
+        assert!(waiting.await.unwrap());
+    }
+
+    #[test]
+    fn a_dropped_stream_closes_the_sender() {
+        let (tx, rx) = link(user(), Err(Error::Internal("first".into())));
+        assert!(!tx.is_closed());
+        drop(rx);
+        assert!(tx.is_closed());
+        assert!(tx.send(Err(Error::Internal("late".into()))).is_err());
+    }
+}
