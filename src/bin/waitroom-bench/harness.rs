@@ -74,10 +74,12 @@ impl Service {
 
     pub async fn channel(&self) -> anyhow::Result<Channel> {
         // Large receive windows: admission responses carry hundreds of
-        // kilobytes of tokens, more than HTTP/2's default 64 KiB window.
+        // kilobytes of tokens, more than HTTP/2's default 64 KiB window;
+        // and with 12,500 streams on a connection, a connection window of
+        // a few megabytes was seen to stall for good (docs/benchmarks.md).
         Ok(Channel::from_shared(format!("http://{}", self.addr))?
             .initial_stream_window_size(Some(4 << 20))
-            .initial_connection_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some((1 << 31) - 1))
             .connect()
             .await?)
     }

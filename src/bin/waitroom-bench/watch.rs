@@ -61,43 +61,38 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
         .await?;
     let channels = Arc::new(service.channels(args.connections).await?);
     // Users admitted during the measurement stand first; the watchers after.
+    // The users to admit join first, so each admission moves every
+    // watcher up one place and no watcher is admitted.
     let ahead = args.admissions;
-    let fill = Arc::clone(&channels);
-    spread(64, ahead + watchers, move |n| {
-        let mut client = QueueServiceClient::new(fill[n % fill.len()].clone());
-        async move {
-            let user = if n < ahead {
-                format!("ahead-{n:03}")
-            } else {
-                format!("w{:07}", n - ahead)
-            };
-            client
-                .enqueue(pb::EnqueueRequest {
-                    queue_id: "watch".into(),
-                    user_id: user,
-                })
-                .await?;
-            Ok(())
-        }
-    })
-    .await
-    .ok();
-    // Enqueued concurrently: admit only after everyone is in, in order of
-    // ticket, so make sure the first `ahead` tickets are the ahead users.
+    for (count, prefix) in [(ahead, "ahead-"), (watchers, "w")] {
+        let fill = Arc::clone(&channels);
+        spread(64, count, move |n| {
+            let mut client = QueueServiceClient::new(fill[n % fill.len()].clone());
+            async move {
+                client
+                    .enqueue(pb::EnqueueRequest {
+                        queue_id: "watch".into(),
+                        user_id: format!("{prefix}{n:07}"),
+                    })
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+    }
     let rss_before = service.rss_bytes()?;
 
+    // Each stream records when it got the round's update in its own slot
+    // and counts itself in; the generator reads the slots once the round is
+    // complete. (A channel message and a timer per update would make the
+    // load generator, which shares the two cores, the bottleneck.)
     let base = Instant::now();
-    let round_started = Arc::new(AtomicU64::new(u64::MAX));
-    let (samples, mut received) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let round = Arc::new(Round::new(watchers));
     let opened = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     for w in 0..watchers {
         let mut client = QueueServiceClient::new(channels[w % channels.len()].clone());
-        let (round_started, samples, opened) = (
-            Arc::clone(&round_started),
-            samples.clone(),
-            Arc::clone(&opened),
-        );
+        let (round, opened) = (Arc::clone(&round), Arc::clone(&opened));
         tokio::spawn(async move {
             let Ok(response) = client
                 .watch_rank(pb::WatchRankRequest {
@@ -114,15 +109,10 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
             }
             opened.fetch_add(1, Ordering::Relaxed);
             while let Some(Ok(_)) = stream.next().await {
-                let round = round_started.load(Ordering::Relaxed);
-                let now = base.elapsed().as_micros() as u64;
-                if round != u64::MAX && now >= round {
-                    let _ = samples.send(now - round);
-                }
+                round.arrived(w, base.elapsed().as_micros() as u64);
             }
         });
     }
-    drop(samples);
     while opened.load(Ordering::Relaxed) < watchers as u64 {
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(300),
@@ -142,7 +132,8 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
     let mut admitter = QueueServiceClient::new(channels[0].clone());
     let mut delivered = 0u64;
     for _ in 0..args.admissions {
-        round_started.store(base.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let started_at = base.elapsed().as_micros() as u64;
+        round.start(started_at);
         admitter
             .admit_batch(pb::AdmitBatchRequest {
                 queue_id: "watch".into(),
@@ -151,21 +142,16 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
             })
             .await?;
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut this_round = 0;
-        while this_round < watchers && Instant::now() < deadline {
-            match tokio::time::timeout(Duration::from_millis(200), received.recv()).await {
-                Ok(Some(micros)) => {
-                    let _ = latency.record(micros.max(1));
-                    this_round += 1;
-                }
-                Ok(None) => break,
-                Err(_) => {}
-            }
+        while round.count() < watchers as u64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        delivered += this_round as u64;
-        round_started.store(u64::MAX, Ordering::Relaxed);
+        // Stop counting this round before reading it.
+        round.start(u64::MAX);
+        for arrived in round.arrivals() {
+            let _ = latency.record(arrived.saturating_sub(started_at).max(1));
+            delivered += 1;
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        while received.try_recv().is_ok() {}
     }
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
@@ -188,4 +174,59 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
         latency.max() as f64 / 1000.0
     );
     Ok(idle)
+}
+
+/// The arrivals of one admission's updates: when each stream got it.
+struct Round {
+    started_at: AtomicU64,
+    count: AtomicU64,
+    /// Micros since the base instant; `u64::MAX` for none this round.
+    arrived_at: Vec<AtomicU64>,
+}
+
+impl Round {
+    fn new(streams: usize) -> Self {
+        Self {
+            started_at: AtomicU64::new(u64::MAX),
+            count: AtomicU64::new(0),
+            arrived_at: (0..streams).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        }
+    }
+
+    /// Starts a round at `micros` (`u64::MAX`: between rounds).
+    fn start(&self, micros: u64) {
+        if micros != u64::MAX {
+            for slot in &self.arrived_at {
+                slot.store(u64::MAX, Ordering::Relaxed);
+            }
+            self.count.store(0, Ordering::Relaxed);
+        }
+        self.started_at.store(micros, Ordering::Release);
+    }
+
+    /// Stream `w` got an update at `micros`; only its first of a round counts.
+    fn arrived(&self, w: usize, micros: u64) {
+        let started_at = self.started_at.load(Ordering::Acquire);
+        if started_at == u64::MAX || micros < started_at {
+            return;
+        }
+        if let Some(slot) = self.arrived_at.get(w)
+            && slot
+                .compare_exchange(u64::MAX, micros, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn arrivals(&self) -> impl Iterator<Item = u64> + '_ {
+        self.arrived_at
+            .iter()
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .filter(|&micros| micros != u64::MAX)
+    }
 }
