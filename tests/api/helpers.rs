@@ -155,6 +155,7 @@ impl TestApp {
 
     /// Starts the service without waiting for readiness.
     pub async fn start(config: Config, clock: Arc<ManualClock>) -> Self {
+        show_service_logs();
         let app = Application::build_with_clock(config, Arc::clone(&clock) as Arc<dyn Clock>)
             .await
             .expect("building the service");
@@ -421,4 +422,19 @@ where
         assert!(started.elapsed() < limit, "{what} did not happen");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The services' warnings and errors (an internal error's cause is only
+/// logged) go to the test's output, shown when a test fails.
+fn show_service_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "waitroom=error".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
 }
