@@ -131,48 +131,51 @@ async fn run(
                 }
             }
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        let mut users = vec![first.user];
+        let mut replies = vec![first.reply];
+        // Requests of one batch arrived within one call's time of each
+        // other; the latest clock reading stands for all of them.
+        let mut now_ms = first.now_ms;
+        while users.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(next) => {
+                    users.push(next.user);
+                    replies.push(next.reply);
+                    now_ms = now_ms.max(next.now_ms);
+                }
                 Err(_) => break,
             }
         }
-        // Requests of one batch arrived within one call's time of each
-        // other; the latest clock reading stands for all of them.
-        let now_ms = batch.iter().map(|p| p.now_ms).max().unwrap_or(0);
-        let users: Vec<UserId> = batch.iter().map(|p| p.user.clone()).collect();
-        let answers = match key.1 {
-            Op::Enqueue => caller.enqueue_many(&users, now_ms).await.map(|answers| {
-                answers
-                    .into_iter()
-                    .map(|answer| answer.map(Some))
-                    .collect::<Vec<_>>()
-            }),
+        let answers: Result<Vec<Result<Option<Place>>>> = match key.1 {
+            Op::Enqueue => caller
+                .enqueue_many(&users, now_ms)
+                .await
+                .map(|answers| answers.into_iter().map(|a| a.map(Some)).collect()),
             Op::Place => caller
                 .places(&users, true, now_ms)
                 .await
                 .map(|places| places.into_iter().map(Ok).collect()),
         };
-        match answers {
-            Ok(answers) if answers.len() != batch.len() => {
-                let error = Error::Internal(format!(
+        let answers = answers.and_then(|answers| {
+            if answers.len() == replies.len() {
+                Ok(answers)
+            } else {
+                Err(Error::Internal(format!(
                     "Redis answered {} of {} batched calls",
                     answers.len(),
-                    batch.len()
-                ));
-                for pending in batch {
-                    let _ = pending.reply.send(Err(error.clone()));
-                }
+                    replies.len()
+                )))
             }
+        });
+        match answers {
             Ok(answers) => {
-                for (pending, answer) in batch.into_iter().zip(answers) {
-                    let _ = pending.reply.send(answer);
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
                 }
             }
             Err(error) => {
-                for pending in batch {
-                    let _ = pending.reply.send(Err(error.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
         }

@@ -205,25 +205,35 @@ impl QueueCaller {
         invocation
     }
 
+    /// Runs a script that answers one item per user (after the users in
+    /// `invocation`), or a status for the whole queue.
+    async fn per_user(
+        &self,
+        operation: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<Vec<Value>> {
+        let mut conn = self.conn.clone();
+        let value: Value =
+            bounded(operation, self.timeout, invocation.invoke_async(&mut conn)).await?;
+        let Value::Array(items) = value else {
+            return Err(bad_reply(&format!("{operation}: expected an array")));
+        };
+        if let Some(Value::BulkString(status)) = items.first() {
+            return Err(status_error(&String::from_utf8_lossy(status), &self.queue));
+        }
+        Ok(items)
+    }
+
     async fn enqueue_many(&self, users: &[UserId], now_ms: u64) -> Result<Vec<Result<Place>>> {
-        let queue = &self.queue;
         let mut invocation = self.invocation(&self.scripts.enqueue_many, now_ms);
         for user in users {
             invocation.arg(user.as_str());
         }
-        let mut conn = self.conn.clone();
-        let value: Value =
-            bounded("enqueue", self.timeout, invocation.invoke_async(&mut conn)).await?;
-        let Value::Array(items) = value else {
-            return Err(bad_reply("enqueue_many: expected an array"));
-        };
-        if let Some(Value::BulkString(status)) = items.first() {
-            return Err(status_error(&String::from_utf8_lossy(status), queue));
-        }
+        let items = self.per_user("enqueue", &invocation).await?;
         Ok(items
             .into_iter()
             .map(|item| {
-                parse_place(item, queue)
+                parse_place(item, &self.queue)
                     .and_then(|p| p.ok_or_else(|| bad_reply("enqueue returned no place")))
             })
             .collect())
@@ -235,7 +245,6 @@ impl QueueCaller {
         touch: bool,
         now_ms: u64,
     ) -> Result<Vec<Option<Place>>> {
-        let queue = &self.queue;
         let mut places = Vec::with_capacity(users.len());
         for chunk in users.chunks(PLACES_CHUNK) {
             let mut invocation = self.invocation(&self.scripts.places, now_ms);
@@ -243,17 +252,8 @@ impl QueueCaller {
             for user in chunk {
                 invocation.arg(user.as_str());
             }
-            let mut conn = self.conn.clone();
-            let value: Value =
-                bounded("places", self.timeout, invocation.invoke_async(&mut conn)).await?;
-            let Value::Array(items) = value else {
-                return Err(bad_reply("places: expected an array"));
-            };
-            if let Some(Value::BulkString(status)) = items.first() {
-                return Err(status_error(&String::from_utf8_lossy(status), queue));
-            }
-            for item in items {
-                places.push(parse_place(item, queue)?);
+            for item in self.per_user("places", &invocation).await? {
+                places.push(parse_place(item, &self.queue)?);
             }
         }
         Ok(places)

@@ -19,14 +19,14 @@ if not cfg then
 end
 prepare(cfg)
 
-local gathering = cfg.mode == 'queueing' and cfg.opens_at == 0 and not drawing(cfg)
-local last_ticket, length
+local gathering = cfg.mode == 'queueing' and only_waiting(cfg)
+local last_ticket
 local joined = {}
 local joined_users = {}
 
 local function make_gathered_writes()
   local n = #joined
-  length = nil
+  line_length = nil
   if n == 0 then
     return
   end
@@ -62,16 +62,15 @@ local function join_back(user)
       or redis.call('ZSCORE', K_WAITING, user) then
     return nil
   end
-  length = length or redis.call('ZCARD', K_WAITING)
-  if length == 0 and (cfg.max_active > 0 or cfg.rate > 0) then
+  line_length = line_length or in_line(cfg)
+  if line_length == 0 and (cfg.max_active > 0 or cfg.rate > 0) then
     return nil
   end
   last_ticket = (last_ticket or tonumber(redis.call('GET', K_SEQ)) or 0) + 1
-  length = length + 1
+  line_length = line_length + 1
   joined[#joined + 1] = { user, last_ticket }
   joined_users[user] = true
-  local count, span = rate_sample()
-  return { 'waiting', last_ticket, length, length, 0, 0, cfg.epoch, cfg.mode, count, span, 0 }
+  return place(cfg, 'waiting', last_ticket, line_length, 0, 0)
 end
 
 local out = {}

@@ -82,15 +82,21 @@ local function add_waiting(user, ticket)
   log_event('j', ticket, user)
 end
 
--- A script that reads many places and does not change the line may set
--- this to the line's length, read once.
+-- Everyone in line is waiting: the queue has no opening, or its draw is
+-- over (the pre-queue and the draw's pool are then empty for good).
+local function only_waiting(cfg)
+  return cfg.opens_at == 0 or cfg.draw == 'done'
+end
+
+-- A script that knows the line's length may keep it here, read once, as
+-- long as it keeps it exact (or sets it back to nil).
 local line_length
 
 local function in_line(cfg)
   if line_length then
     return line_length
   end
-  if cfg.opens_at == 0 then
+  if only_waiting(cfg) then
     return redis.call('ZCARD', K_WAITING)
   end
   return redis.call('ZCARD', K_WAITING) + redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL)
@@ -215,7 +221,7 @@ local function remove_from_line(cfg, user)
     redis.call('ZREM', K_WAITING, user)
     log_event('l', tonumber(ticket), 0)
   end
-  local prequeued = not ticket and cfg.opens_at > 0
+  local prequeued = not ticket and not only_waiting(cfg)
     and (redis.call('ZREM', K_PREQUEUE, user) == 1 or redis.call('ZREM', K_POOL, user) == 1)
   if prequeued then
     log_event('p', 0, user)
@@ -268,7 +274,7 @@ local function current_place(cfg, user, not_admitted)
       return admitted_place(cfg, record)
     end
   end
-  if cfg.opens_at > 0
+  if not only_waiting(cfg)
       and (redis.call('ZSCORE', K_PREQUEUE, user) or redis.call('ZSCORE', K_POOL, user)) then
     return prequeue_place(cfg)
   end
