@@ -14,7 +14,7 @@ use waitroom::domain::{Admission, QueueId, UserId};
 use waitroom::pb;
 use waitroom::tokens::{AdmissionClaims, Keyring};
 
-use crate::harness::{Service, Store, spread};
+use crate::harness::{Service, Store, enqueue_users};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,20 +45,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await?;
     let started = Instant::now();
     let pool = std::sync::Arc::new(service.channels(32).await?);
-    spread(32, args.users, move |i| {
-        let mut client =
-            pb::queue_service_client::QueueServiceClient::new(pool[i % pool.len()].clone());
-        async move {
-            client
-                .enqueue(pb::EnqueueRequest {
-                    queue_id: "bench".into(),
-                    user_id: format!("user-{i:08}"),
-                })
-                .await?;
-            Ok(())
-        }
-    })
-    .await?;
+    enqueue_users(&pool, 32, "bench", args.users, |i| format!("user-{i:08}")).await?;
     let fill = started.elapsed();
 
     let client = service.client().await?;

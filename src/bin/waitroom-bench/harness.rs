@@ -179,6 +179,35 @@ where
     Ok(())
 }
 
+/// Enqueues `count` users of `queue`, the `n`th named `user(n)`, from
+/// `clients` concurrent callers sharing `channels`.
+pub async fn enqueue_users<U>(
+    channels: &Arc<Vec<Channel>>,
+    clients: usize,
+    queue: &'static str,
+    count: usize,
+    user: U,
+) -> anyhow::Result<()>
+where
+    U: Fn(usize) -> String + Send + Sync + 'static,
+{
+    let channels = Arc::clone(channels);
+    spread(clients, count, move |n| {
+        let mut client = QueueServiceClient::new(channels[n % channels.len()].clone());
+        let user_id = user(n);
+        async move {
+            client
+                .enqueue(waitroom::pb::EnqueueRequest {
+                    queue_id: queue.into(),
+                    user_id,
+                })
+                .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
 /// CPU time a process has used so far (user + system); `pid` may be "self".
 pub fn process_cpu_time(pid: &str) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

@@ -103,25 +103,28 @@ where
 
 /// Commands Redis has processed so far.
 pub fn redis_commands(url: &str) -> anyhow::Result<u64> {
-    let mut conn = redis::Client::open(url)?.get_connection()?;
-    let info: String = redis::cmd("INFO").arg("stats").query(&mut conn)?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
+    let info = redis_info(url, "stats")?;
+    info_field(&info, "total_commands_processed")
+        .map(|v| v as u64)
         .ok_or_else(|| anyhow::anyhow!("no total_commands_processed in INFO"))
 }
 
 /// CPU time Redis has used so far (user + system, its own account).
 pub fn redis_cpu(url: &str) -> anyhow::Result<Duration> {
-    let mut conn = redis::Client::open(url)?.get_connection()?;
-    let info: String = redis::cmd("INFO").arg("cpu").query(&mut conn)?;
-    let field = |name: &str| -> f64 {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
+    let info = redis_info(url, "cpu")?;
+    let field = |name| info_field(&info, name).unwrap_or(0.0);
     Ok(Duration::from_secs_f64(
-        field("used_cpu_user:") + field("used_cpu_sys:"),
+        field("used_cpu_user") + field("used_cpu_sys"),
     ))
+}
+
+fn redis_info(url: &str, section: &str) -> anyhow::Result<String> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    Ok(redis::cmd("INFO").arg(section).query(&mut conn)?)
+}
+
+fn info_field(info: &str, name: &str) -> Option<f64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -15,7 +15,7 @@ use waitroom::pb;
 use waitroom::pb::queue_service_client::QueueServiceClient;
 use waitroom::store::{RedisOptions, RedisStore};
 
-use crate::harness::{Service, Store, process_cpu_time, spread};
+use crate::harness::{Service, Store, enqueue_users, process_cpu_time};
 
 /// Users in line before `get-rank` measures.
 const PREFILLED: u64 = 10_000;
@@ -92,18 +92,8 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
     let trivial_cpu = Cpu::read(&service)?.since(&before, trivial.calls);
 
     if let Rpc::GetRank = rpc {
-        let channels = Arc::clone(&channels);
-        spread(args.clients, PREFILLED as usize, move |n| {
-            let mut client = QueueServiceClient::new(channels[n % channels.len()].clone());
-            async move {
-                client
-                    .enqueue(pb::EnqueueRequest {
-                        queue_id: "bench".into(),
-                        user_id: format!("p{n}"),
-                    })
-                    .await?;
-                Ok(())
-            }
+        enqueue_users(&channels, args.clients, "bench", PREFILLED as usize, |n| {
+            format!("p{n}")
         })
         .await?;
     }

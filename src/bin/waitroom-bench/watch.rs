@@ -10,7 +10,7 @@ use tokio_stream::StreamExt;
 use waitroom::pb;
 use waitroom::pb::queue_service_client::QueueServiceClient;
 
-use crate::harness::{Service, Store, spread};
+use crate::harness::{Service, Store, enqueue_users};
 use crate::load;
 
 #[derive(clap::Args)]
@@ -60,26 +60,11 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
         })
         .await?;
     let channels = Arc::new(service.channels(args.connections).await?);
-    // Users admitted during the measurement stand first; the watchers after.
     // The users to admit join first, so each admission moves every
     // watcher up one place and no watcher is admitted.
     let ahead = args.admissions;
-    for (count, prefix) in [(ahead, "ahead-"), (watchers, "w")] {
-        let fill = Arc::clone(&channels);
-        spread(64, count, move |n| {
-            let mut client = QueueServiceClient::new(fill[n % fill.len()].clone());
-            async move {
-                client
-                    .enqueue(pb::EnqueueRequest {
-                        queue_id: "watch".into(),
-                        user_id: format!("{prefix}{n:07}"),
-                    })
-                    .await?;
-                Ok(())
-            }
-        })
-        .await?;
-    }
+    enqueue_users(&channels, 64, "watch", ahead, |n| format!("ahead-{n:07}")).await?;
+    enqueue_users(&channels, 64, "watch", watchers, |n| format!("w{n:07}")).await?;
     let rss_before = service.rss_bytes()?;
 
     // Each stream records when it got the round's update in its own slot
