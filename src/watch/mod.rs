@@ -255,7 +255,11 @@ impl WatchHub {
                 }
             };
             if let Ok(mut current) = watch.watchers.lock() {
-                current.extend(survivors);
+                if current.is_empty() {
+                    *current = survivors;
+                } else {
+                    current.extend(survivors);
+                }
             }
         }
     }
@@ -270,6 +274,9 @@ impl WatchHub {
         now: u64,
     ) -> Result<()> {
         let mut summary = None;
+        // Pre-queued watchers (no ticket yet) by user, built at the first
+        // log entry that names one: the draw logs every pre-queued user.
+        let mut unplaced: Option<HashMap<UserId, Vec<usize>>> = None;
         // Catch up with the log; a copy that fell behind what the log keeps
         // starts again from a snapshot.
         for _ in 0..MAX_CATCH_UP_READS {
@@ -285,36 +292,27 @@ impl WatchHub {
                 *line = None;
                 continue;
             }
-            // Only pre-queued watchers (no ticket yet) care who joined.
-            let prequeued_watchers = watchers.iter().any(|w| w.ticket.is_none());
             for (seq, event) in changes.events {
                 current.seq = seq;
-                match event {
+                let (user, ticket) = match event {
                     LineEvent::Joined { ticket, user } => {
                         current.join(ticket);
-                        if !prequeued_watchers {
-                            continue;
-                        }
                         // A pre-queued watcher placed by the opening draw.
-                        for watcher in watchers
-                            .iter_mut()
-                            .filter(|w| w.ticket.is_none() && w.tx.user() == &user)
-                        {
-                            watcher.ticket = Some(ticket);
-                        }
+                        (user, ticket)
                     }
-                    LineEvent::Left { ticket, .. } => current.leave(ticket),
-                    LineEvent::PreQueueLeft { user } => {
-                        if !prequeued_watchers {
-                            continue;
-                        }
-                        for watcher in watchers
-                            .iter_mut()
-                            .filter(|w| w.ticket.is_none() && w.tx.user() == &user)
-                        {
-                            // Looked up below: gone, or elsewhere.
-                            watcher.ticket = Some(0);
-                        }
+                    LineEvent::Left { ticket, .. } => {
+                        current.leave(ticket);
+                        continue;
+                    }
+                    // Looked up below: gone, or elsewhere.
+                    LineEvent::PreQueueLeft { user } => (user, 0),
+                };
+                let unplaced = unplaced.get_or_insert_with(|| unplaced_watchers(watchers));
+                if !unplaced.is_empty()
+                    && let Some(found) = unplaced.remove(&user)
+                {
+                    for i in found {
+                        watchers[i].ticket = Some(ticket);
                     }
                 }
             }
@@ -350,8 +348,7 @@ impl WatchHub {
             (false, Some(at)) => at.saturating_sub(now),
             _ => 0,
         };
-        let mut kept = Vec::with_capacity(watchers.len());
-        for mut watcher in std::mem::take(watchers) {
+        watchers.retain_mut(|watcher| {
             let place = match watcher.ticket {
                 None => Some(Place {
                     state: PlaceState::PreQueue { opens_in_ms },
@@ -380,11 +377,8 @@ impl WatchHub {
                     found
                 }
             };
-            if let Some(watcher) = offer(watcher, place, queue) {
-                kept.push(watcher);
-            }
-        }
-        *watchers = kept;
+            offer(watcher, place, queue)
+        });
         Ok(())
     }
 
@@ -463,38 +457,51 @@ fn take(watch: &QueueWatch) -> Vec<Watcher> {
         .unwrap_or_default()
 }
 
-/// Sends a watcher its place if what the user sees changed; returns the
-/// watcher if it keeps watching (not after a final place, a vanished place,
-/// or a client that went away).
-fn offer(mut watcher: Watcher, place: Option<Place>, queue: &QueueId) -> Option<Watcher> {
+/// The indices of the watchers without a ticket (pre-queued), by user.
+fn unplaced_watchers(watchers: &[Watcher]) -> HashMap<UserId, Vec<usize>> {
+    let mut unplaced: HashMap<UserId, Vec<usize>> = HashMap::new();
+    for (i, watcher) in watchers.iter().enumerate() {
+        if watcher.ticket.is_none() {
+            unplaced
+                .entry(watcher.tx.user().clone())
+                .or_default()
+                .push(i);
+        }
+    }
+    unplaced
+}
+
+/// Sends a watcher its place if what the user sees changed; true if the
+/// watcher keeps watching (not after a final place, a vanished place, or a
+/// client that went away).
+fn offer(watcher: &mut Watcher, place: Option<Place>, queue: &QueueId) -> bool {
     let Some(place) = place else {
         let _ = watcher
             .tx
             .send(Err(Error::PlaceNotFound(queue.to_string())));
-        return None;
+        return false;
     };
     let view = View::of(&place);
     if view == watcher.last {
-        return Some(watcher);
+        return true;
     }
     // A final place ends the stream: the watcher is dropped with its
     // sender, after the place is read.
     let is_final = place.is_final();
     if watcher.tx.send(Ok(place)).is_ok() && !is_final {
         watcher.last = view;
-        return Some(watcher);
+        return true;
     }
-    None
+    false
 }
 
 fn end_all(watchers: Vec<Watcher>, error: &Error) {
+    let error = match error {
+        Error::QueueNotFound(_) | Error::PlaceNotFound(_) => error.clone(),
+        other => Error::Unavailable(other.to_string()),
+    };
     for watcher in watchers {
-        let error = match error {
-            Error::QueueNotFound(q) => Error::QueueNotFound(q.clone()),
-            Error::PlaceNotFound(q) => Error::PlaceNotFound(q.clone()),
-            other => Error::Unavailable(other.to_string()),
-        };
-        let _ = watcher.tx.send(Err(error));
+        let _ = watcher.tx.send(Err(error.clone()));
     }
 }
 
