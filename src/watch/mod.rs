@@ -279,10 +279,14 @@ impl WatchHub {
         let mut unplaced: Option<HashMap<UserId, Vec<usize>>> = None;
         // Catch up with the log; a copy that fell behind what the log keeps
         // starts again from a snapshot.
+        let mut from_snapshot = false;
         for _ in 0..MAX_CATCH_UP_READS {
             let current = match line {
                 Some(current) => current,
-                None => line.insert(Line::from_snapshot(self.store.line_snapshot(queue).await?)),
+                None => {
+                    from_snapshot = true;
+                    line.insert(Line::from_snapshot(self.store.line_snapshot(queue).await?))
+                }
             };
             let changes = self
                 .store
@@ -320,6 +324,14 @@ impl WatchHub {
             summary = Some(changes.summary);
             if caught_up {
                 break;
+            }
+        }
+        // A snapshot says nothing of the pre-queue: what happened to a
+        // pre-queued watcher before it (placed by the draw, or gone) is
+        // only in log entries this copy never read, so they are looked up.
+        if from_snapshot {
+            for watcher in watchers.iter_mut().filter(|w| w.ticket.is_none()) {
+                watcher.ticket = Some(0);
             }
         }
         let (Some(line), Some(summary)) = (line.as_ref(), summary) else {

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use tokio_stream::StreamExt;
 use waitroom::domain::UserId;
 use waitroom::domain::draw::draw_order;
 use waitroom::pb::{self, PlaceState};
@@ -164,4 +165,79 @@ async fn the_opening_can_be_moved_until_it_happens() {
         (refused.code(), reason(&refused).as_str()),
         (tonic::Code::FailedPrecondition, "OPENING_PASSED")
     );
+}
+
+#[tokio::test]
+async fn pre_queued_watchers_follow_the_draw_to_their_place() {
+    let (app, _redis) = TestApp::on_redis().await;
+    let opens_at = (app.clock_now_s() + 60) * 1000;
+    app.create_queue(pb::Queue {
+        opens_at: at(opens_at),
+        prequeue_window: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+        max_active: 10,
+        ..queue("drop")
+    })
+    .await;
+    let mut client = app.client().await;
+    app.clock.set_ms(opens_at - 10_000);
+    for i in 0..50 {
+        enqueue(&mut client, "drop", &format!("early-{i:02}")).await;
+    }
+    let mut streams = Vec::new();
+    for i in 0..6 {
+        let user = format!("early-{i:02}");
+        let mut stream = client
+            .watch_rank(pb::WatchRankRequest {
+                queue_id: "drop".into(),
+                user_id: user.clone(),
+            })
+            .await
+            .expect("watch_rank")
+            .into_inner();
+        let first = stream.next().await.unwrap().unwrap().place.unwrap();
+        assert_eq!(first.state(), PlaceState::PreQueue);
+        streams.push((user, stream));
+    }
+    // One leaves the pre-queue: their stream ends with NOT_FOUND.
+    let (_, mut gone) = streams.pop().unwrap();
+    assert!(leave(&mut client, "drop", "early-05").await);
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match gone.next().await {
+                Some(Ok(_)) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await
+    .expect("the stream of a user who left ends");
+    assert_eq!(end.unwrap().unwrap_err().code(), tonic::Code::NotFound);
+
+    app.clock.set_ms(opens_at);
+    wait_until("the draw completes", Duration::from_secs(5), || async {
+        app.get_queue("drop").await.draw_complete
+    })
+    .await;
+    for (user, stream) in &mut streams {
+        let shown = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let place = stream.next().await.unwrap().unwrap().place.unwrap();
+                if place.state() == PlaceState::Waiting {
+                    break place;
+                }
+            }
+        })
+        .await
+        .expect("a waiting place after the draw");
+        let truth = rank(&mut client, "drop", user).await;
+        assert_eq!(
+            (shown.ticket, shown.position, shown.waiting_count),
+            (truth.ticket, truth.position, truth.waiting_count),
+            "{user}"
+        );
+        assert!(shown.ticket >= 1 && shown.ticket <= 50, "{user}");
+    }
 }
