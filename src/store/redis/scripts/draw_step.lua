@@ -31,10 +31,12 @@ if cfg.draw == 'hashing' then
 elseif cfg.draw == 'assigning' then
   local popped = redis.call('ZPOPMIN', K_POOL, chunk)
   local next_ticket = tonumber(redis.call('HGET', K_CONFIG, 'draw_next'))
+  local joined = {}
   for i = 1, #popped, 2 do
-    add_waiting(popped[i], next_ticket)
+    joined[#joined + 1] = { popped[i], next_ticket }
     next_ticket = next_ticket + 1
   end
+  add_waiting_many(joined)
   redis.call('HSET', K_CONFIG, 'draw_next', next_ticket)
   if redis.call('ZCARD', K_POOL) == 0 then
     redis.call('HSET', K_CONFIG, 'draw', 'done')

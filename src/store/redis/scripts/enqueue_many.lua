@@ -32,25 +32,14 @@ local function make_gathered_writes()
   end
   redis.call('INCRBY', K_SEQ, n)
   redis.call('HINCRBY', K_STATS, 'enqueued', n)
-  local last_log = redis.call('HINCRBY', K_CONFIG, 'log_seq', n)
+  add_waiting_many(joined)
   for first = 1, n, 500 do
-    local waiting, log, seen = {}, {}, {}
+    local seen = {}
     for i = first, math.min(first + 499, n) do
-      local user, ticket = joined[i][1], joined[i][2]
-      local seq = last_log - n + i
-      waiting[#waiting + 1] = ticket
-      waiting[#waiting + 1] = user
-      log[#log + 1] = seq
-      log[#log + 1] = seq .. '|j|' .. ticket .. '|' .. user
       seen[#seen + 1] = NOW
-      seen[#seen + 1] = user
+      seen[#seen + 1] = joined[i][1]
     end
-    redis.call('ZADD', K_WAITING, unpack(waiting))
-    redis.call('ZADD', K_LOG, unpack(log))
     redis.call('ZADD', K_SEEN, unpack(seen))
-  end
-  if last_log > LOG_KEEP then
-    redis.call('ZREMRANGEBYSCORE', K_LOG, '-inf', last_log - LOG_KEEP)
   end
   joined, joined_users, last_ticket = {}, {}, nil
 end

@@ -66,20 +66,53 @@ local function prepare(cfg)
   open_if_due(cfg)
 end
 
--- Logs a change to the line (see domain/line.rs): a ticket joined ('j',
--- with the user) or left ('l', with 1 when admitted), or a pre-queued user
--- left ('p', with the user); keeps the last LOG_KEEP.
-local function log_event(kind, ticket, detail)
-  local seq = redis.call('HINCRBY', K_CONFIG, 'log_seq', 1)
-  redis.call('ZADD', K_LOG, seq, seq .. '|' .. kind .. '|' .. ticket .. '|' .. detail)
-  if seq > LOG_KEEP then
-    redis.call('ZREMRANGEBYSCORE', K_LOG, '-inf', seq - LOG_KEEP)
+-- Logs changes to the line (see domain/line.rs), in order, each entry
+-- {kind, ticket, detail}: a ticket joined ('j', with the user) or left
+-- ('l', with 1 when admitted), or a pre-queued user left ('p', with the
+-- user). One sequence increment and one ZADD per slice for all of them;
+-- keeps the last LOG_KEEP.
+local function log_events(entries)
+  local n = #entries
+  if n == 0 then
+    return
+  end
+  local last = redis.call('HINCRBY', K_CONFIG, 'log_seq', n)
+  for first = 1, n, 500 do
+    local args = {}
+    for i = first, math.min(first + 499, n) do
+      local seq, entry = last - n + i, entries[i]
+      args[#args + 1] = seq
+      args[#args + 1] = seq .. '|' .. entry[1] .. '|' .. entry[2] .. '|' .. entry[3]
+    end
+    redis.call('ZADD', K_LOG, unpack(args))
+  end
+  if last > LOG_KEEP then
+    redis.call('ZREMRANGEBYSCORE', K_LOG, '-inf', last - LOG_KEEP)
   end
 end
 
+local function log_event(kind, ticket, detail)
+  log_events({ { kind, ticket, detail } })
+end
+
+-- Puts users in line, each {user, ticket}, and logs their joining.
+local function add_waiting_many(joined)
+  local entries = {}
+  for first = 1, #joined, 500 do
+    local args = {}
+    for i = first, math.min(first + 499, #joined) do
+      local user, ticket = joined[i][1], joined[i][2]
+      args[#args + 1] = ticket
+      args[#args + 1] = user
+      entries[i] = { 'j', ticket, user }
+    end
+    redis.call('ZADD', K_WAITING, unpack(args))
+  end
+  log_events(entries)
+end
+
 local function add_waiting(user, ticket)
-  redis.call('ZADD', K_WAITING, ticket, user)
-  log_event('j', ticket, user)
+  add_waiting_many({ { user, ticket } })
 end
 
 -- Everyone in line is waiting: the queue has no opening, or its draw is
@@ -201,15 +234,17 @@ local function admit_next(cfg, room, out)
     return out
   end
   local popped = redis.call('ZPOPMIN', K_WAITING, room)
+  local left = {}
   for i = 1, #popped, 2 do
     local user, ticket = popped[i], tonumber(popped[i + 1])
-    log_event('l', ticket, 1)
+    left[#left + 1] = { 'l', ticket, 1 }
     local expires = admit_user(cfg, user, ticket)
     out[#out + 1] = user
     out[#out + 1] = ticket
     out[#out + 1] = NOW
     out[#out + 1] = expires
   end
+  log_events(left)
   record_admissions(#popped / 2)
   return out
 end
