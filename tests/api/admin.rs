@@ -6,21 +6,14 @@ use waitroom::pb::{self, QueueMode};
 
 use crate::helpers::*;
 
-fn seconds(s: i64) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration {
-        seconds: s,
-        nanos: 0,
-    })
-}
-
 #[tokio::test]
 async fn create_fills_in_defaults_and_refuses_duplicates_and_bad_settings() {
     let (app, _redis) = TestApp::on_redis().await;
     let mut admin = app.admin().await;
     let created = app.create_queue(queue("sale")).await;
     assert_eq!(created.mode(), QueueMode::Queueing);
-    assert_eq!(created.admission_ttl, seconds(600));
-    assert_eq!(created.heartbeat_timeout, seconds(120));
+    assert_eq!(created.admission_ttl, secs(600));
+    assert_eq!(created.heartbeat_timeout, secs(120));
     assert!(created.create_time.is_some());
     let status = admin
         .create_queue(pb::CreateQueueRequest {
@@ -36,28 +29,28 @@ async fn create_fills_in_defaults_and_refuses_duplicates_and_bad_settings() {
         (queue("bad id"), "queue.id"),
         (
             pb::Queue {
-                admission_ttl: seconds(0),
+                admission_ttl: secs(0),
                 ..queue("q1")
             },
             "queue.admission_ttl",
         ),
         (
             pb::Queue {
-                admission_ttl: seconds(100_000),
+                admission_ttl: secs(100_000),
                 ..queue("q2")
             },
             "queue.admission_ttl",
         ),
         (
             pb::Queue {
-                heartbeat_timeout: seconds(1),
+                heartbeat_timeout: secs(1),
                 ..queue("q3")
             },
             "queue.heartbeat_timeout",
         ),
         (
             pb::Queue {
-                heartbeat_timeout: seconds(-5),
+                heartbeat_timeout: secs(-5),
                 ..queue("q4")
             },
             "queue.heartbeat_timeout",
@@ -201,7 +194,7 @@ async fn update_changes_exactly_the_masked_fields() {
     let updated = admin
         .update_queue(pb::UpdateQueueRequest {
             queue: Some(pb::Queue {
-                admission_ttl: seconds(60),
+                admission_ttl: secs(60),
                 ..queue("sale")
             }),
             update_mask: None,
@@ -213,7 +206,7 @@ async fn update_changes_exactly_the_masked_fields() {
         .unwrap();
     assert_eq!(
         (updated.admission_ttl, updated.mode()),
-        (seconds(60), QueueMode::Paused)
+        (secs(60), QueueMode::Paused)
     );
     for (paths, field) in [
         (vec!["colour"], "update_mask"),

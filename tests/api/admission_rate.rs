@@ -5,28 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use waitroom::domain::ManualClock;
 use waitroom::pb::{self, PlaceState};
 
 use crate::helpers::*;
-
-/// Two replicas on one Redis and one clock.
-async fn two_replicas() -> (TestApp, TestApp, TestRedis, Arc<ManualClock>) {
-    let redis = TestRedis::start();
-    let prefix = fresh_prefix();
-    let clock = Arc::new(ManualClock::new(now_ms()));
-    let one = TestApp::spawn_with_clock(
-        TestApp::redis_config(&redis.url(), &prefix),
-        Arc::clone(&clock),
-    )
-    .await;
-    let two = TestApp::spawn_with_clock(
-        TestApp::redis_config(&redis.url(), &prefix),
-        Arc::clone(&clock),
-    )
-    .await;
-    (one, two, redis, clock)
-}
 
 #[tokio::test]
 async fn two_replicas_together_admit_at_the_configured_rate_not_twice_it() {
@@ -77,10 +58,7 @@ async fn max_active_is_never_exceeded_under_admit_complete_and_expiry_churn() {
     one.create_queue(pb::Queue {
         max_active: 5,
         admit_per_second: 1000,
-        admission_ttl: Some(prost_types::Duration {
-            seconds: 2,
-            nanos: 0,
-        }),
+        admission_ttl: secs(2),
         ..queue("tight")
     })
     .await;
@@ -155,10 +133,7 @@ async fn a_completed_or_expired_admission_frees_its_slot_for_the_next_user_on_th
     app.create_queue(pb::Queue {
         max_active: 1,
         admit_per_second: 100,
-        admission_ttl: Some(prost_types::Duration {
-            seconds: 60,
-            nanos: 0,
-        }),
+        admission_ttl: secs(60),
         ..queue("one")
     })
     .await;

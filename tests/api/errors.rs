@@ -59,10 +59,7 @@ async fn bad_queue_and_user_ids_are_invalid_arguments_naming_the_field() {
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
         let status = client
-            .watch_rank(pb::WatchRankRequest {
-                queue_id: queue_id.into(),
-                user_id: user_id.into(),
-            })
+            .watch_rank(watch_request(queue_id, user_id))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
@@ -148,10 +145,7 @@ async fn unknown_queues_and_strangers_are_not_found() {
         (Code::NotFound, "PLACE_NOT_FOUND")
     );
     let status = client
-        .watch_rank(pb::WatchRankRequest {
-            queue_id: "sale".into(),
-            user_id: "stranger".into(),
-        })
+        .watch_rank(watch_request("sale", "stranger"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);

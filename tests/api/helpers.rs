@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::Streaming;
 use tonic::transport::Channel;
 use waitroom::config::Config;
 use waitroom::domain::{Clock, ManualClock};
@@ -252,6 +253,23 @@ pub fn rank_request(queue: &str, user: &str) -> pb::GetRankRequest {
     }
 }
 
+pub fn watch_request(queue: &str, user: &str) -> pb::WatchRankRequest {
+    pb::WatchRankRequest {
+        queue_id: queue.to_owned(),
+        user_id: user.to_owned(),
+    }
+}
+
+/// A user's open `WatchRank` stream.
+pub async fn open(app: &TestApp, queue: &str, user: &str) -> Streaming<pb::WatchRankResponse> {
+    app.client()
+        .await
+        .watch_rank(watch_request(queue, user))
+        .await
+        .expect("watch_rank")
+        .into_inner()
+}
+
 pub fn admit_request(queue: &str, max_count: u32) -> pb::AdmitBatchRequest {
     pb::AdmitBatchRequest {
         queue_id: queue.to_owned(),
@@ -437,4 +455,27 @@ fn show_service_logs() {
             .with_test_writer()
             .try_init();
     });
+}
+
+/// Two replicas on one Redis and one clock.
+pub async fn two_replicas() -> (TestApp, TestApp, TestRedis, Arc<ManualClock>) {
+    let redis = TestRedis::start();
+    let prefix = fresh_prefix();
+    let clock = Arc::new(ManualClock::new(now_ms()));
+    let one = TestApp::spawn_with_clock(
+        TestApp::redis_config(&redis.url(), &prefix),
+        Arc::clone(&clock),
+    )
+    .await;
+    let two = TestApp::spawn_with_clock(
+        TestApp::redis_config(&redis.url(), &prefix),
+        Arc::clone(&clock),
+    )
+    .await;
+    (one, two, redis, clock)
+}
+
+/// A whole number of seconds, as the API takes durations.
+pub fn secs(seconds: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds, nanos: 0 })
 }

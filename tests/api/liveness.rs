@@ -1,24 +1,18 @@
 //! Presence: silent users lose their places, watchers and pollers keep
 //! them, a reconnect keeps them, and the wait estimate stays honest.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
-use waitroom::domain::ManualClock;
 use waitroom::pb::{self, PlaceState, QueueMode};
 
 use crate::helpers::*;
-
-fn heartbeat(seconds: i64) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration { seconds, nanos: 0 })
-}
 
 #[tokio::test]
 async fn silent_users_lose_their_places_and_everyone_behind_moves_up() {
     let (app, _redis) = TestApp::on_redis().await;
     app.create_queue(pb::Queue {
-        heartbeat_timeout: heartbeat(10),
+        heartbeat_timeout: secs(10),
         ..queue("sale")
     })
     .await;
@@ -53,21 +47,9 @@ async fn silent_users_lose_their_places_and_everyone_behind_moves_up() {
 
 #[tokio::test]
 async fn an_open_stream_keeps_a_place_and_a_reconnect_to_another_replica_keeps_it_too() {
-    let redis = TestRedis::start();
-    let prefix = fresh_prefix();
-    let clock = Arc::new(ManualClock::new(now_ms()));
-    let one = TestApp::spawn_with_clock(
-        TestApp::redis_config(&redis.url(), &prefix),
-        Arc::clone(&clock),
-    )
-    .await;
-    let two = TestApp::spawn_with_clock(
-        TestApp::redis_config(&redis.url(), &prefix),
-        Arc::clone(&clock),
-    )
-    .await;
+    let (one, two, _redis, clock) = two_replicas().await;
     one.create_queue(pb::Queue {
-        heartbeat_timeout: heartbeat(6),
+        heartbeat_timeout: secs(6),
         ..queue("sale")
     })
     .await;
@@ -75,16 +57,7 @@ async fn an_open_stream_keeps_a_place_and_a_reconnect_to_another_replica_keeps_i
     for user in ["ahead", "watcher", "behind"] {
         enqueue(&mut client, "sale", user).await;
     }
-    let mut stream = one
-        .client()
-        .await
-        .watch_rank(pb::WatchRankRequest {
-            queue_id: "sale".into(),
-            user_id: "watcher".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open(&one, "sale", "watcher").await;
     assert_eq!(
         stream
             .next()
@@ -123,16 +96,7 @@ async fn an_open_stream_keeps_a_place_and_a_reconnect_to_another_replica_keeps_i
     drop(stream);
     tokio::time::sleep(Duration::from_millis(200)).await;
     clock.advance_ms(5_500);
-    let mut again = two
-        .client()
-        .await
-        .watch_rank(pb::WatchRankRequest {
-            queue_id: "sale".into(),
-            user_id: "watcher".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut again = open(&two, "sale", "watcher").await;
     let place = again.next().await.unwrap().unwrap().place.unwrap();
     assert_eq!(
         (place.state(), place.ticket, place.position),
@@ -143,19 +107,7 @@ async fn an_open_stream_keeps_a_place_and_a_reconnect_to_another_replica_keeps_i
 
 #[tokio::test]
 async fn ten_streams_of_one_user_on_two_replicas_show_the_same_place() {
-    let redis = TestRedis::start();
-    let prefix = fresh_prefix();
-    let clock = Arc::new(ManualClock::new(now_ms()));
-    let one = TestApp::spawn_with_clock(
-        TestApp::redis_config(&redis.url(), &prefix),
-        Arc::clone(&clock),
-    )
-    .await;
-    let two = TestApp::spawn_with_clock(
-        TestApp::redis_config(&redis.url(), &prefix),
-        Arc::clone(&clock),
-    )
-    .await;
+    let (one, two, _redis, _clock) = two_replicas().await;
     one.create_queue(queue("sale")).await;
     let mut client = one.client().await;
     for i in 0..5 {
@@ -167,17 +119,7 @@ async fn ten_streams_of_one_user_on_two_replicas_show_the_same_place() {
         let app = if i % 2 == 0 { &one } else { &two };
         let place = enqueue(&mut app.client().await, "sale", "me").await;
         assert_eq!(place.ticket, 6, "one place, however many tabs");
-        streams.push(
-            app.client()
-                .await
-                .watch_rank(pb::WatchRankRequest {
-                    queue_id: "sale".into(),
-                    user_id: "me".into(),
-                })
-                .await
-                .unwrap()
-                .into_inner(),
-        );
+        streams.push(open(app, "sale", "me").await);
     }
     for stream in &mut streams {
         assert_eq!(
@@ -224,16 +166,7 @@ async fn closing_reaches_every_watcher_on_every_replica_within_a_second() {
         let app = if i % 2 == 0 { &one } else { &two };
         let user = format!("fan-{i}");
         enqueue(&mut app.client().await, "gig", &user).await;
-        let mut stream = app
-            .client()
-            .await
-            .watch_rank(pb::WatchRankRequest {
-                queue_id: "gig".into(),
-                user_id: user,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = open(app, "gig", &user).await;
         stream.next().await.unwrap().unwrap();
         streams.push(stream);
     }
@@ -269,7 +202,7 @@ async fn closing_reaches_every_watcher_on_every_replica_within_a_second() {
 async fn reopening_a_closed_queue_keeps_everyone_and_gives_them_time_to_come_back() {
     let (app, _redis) = TestApp::on_redis().await;
     app.create_queue(pb::Queue {
-        heartbeat_timeout: heartbeat(10),
+        heartbeat_timeout: secs(10),
         ..queue("gig")
     })
     .await;

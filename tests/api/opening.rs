@@ -23,10 +23,7 @@ async fn early_arrivals_are_drawn_into_a_random_order_ahead_of_later_ones() {
     let opens_at = (app.clock_now_s() + 60) * 1000;
     app.create_queue(pb::Queue {
         opens_at: at(opens_at),
-        prequeue_window: Some(prost_types::Duration {
-            seconds: 30,
-            nanos: 0,
-        }),
+        prequeue_window: secs(30),
         max_active: 10,
         ..queue("drop")
     })
@@ -49,13 +46,7 @@ async fn early_arrivals_are_drawn_into_a_random_order_ahead_of_later_ones() {
         let place = enqueue(&mut client, "drop", user).await;
         assert_eq!(place.state(), PlaceState::PreQueue);
         assert_eq!((place.position, place.ticket), (0, 0));
-        assert_eq!(
-            place.opens_in,
-            Some(prost_types::Duration {
-                seconds: 20,
-                nanos: 0
-            })
-        );
+        assert_eq!(place.opens_in, secs(20));
     }
     assert_eq!(
         rank(&mut client, "drop", "early-000").await.waiting_count,
@@ -173,10 +164,7 @@ async fn pre_queued_watchers_follow_the_draw_to_their_place() {
     let opens_at = (app.clock_now_s() + 60) * 1000;
     app.create_queue(pb::Queue {
         opens_at: at(opens_at),
-        prequeue_window: Some(prost_types::Duration {
-            seconds: 30,
-            nanos: 0,
-        }),
+        prequeue_window: secs(30),
         max_active: 10,
         ..queue("drop")
     })
@@ -190,10 +178,7 @@ async fn pre_queued_watchers_follow_the_draw_to_their_place() {
     for i in 0..6 {
         let user = format!("early-{i:02}");
         let mut stream = client
-            .watch_rank(pb::WatchRankRequest {
-                queue_id: "drop".into(),
-                user_id: user.clone(),
-            })
+            .watch_rank(watch_request("drop", &user))
             .await
             .expect("watch_rank")
             .into_inner();

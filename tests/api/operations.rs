@@ -55,10 +55,7 @@ async fn metrics_report_real_values_after_traffic() {
         .await
         .unwrap();
     let mut stream = client
-        .watch_rank(pb::WatchRankRequest {
-            queue_id: "metered".into(),
-            user_id: "e".into(),
-        })
+        .watch_rank(watch_request("metered", "e"))
         .await
         .unwrap()
         .into_inner();
@@ -201,10 +198,7 @@ async fn shutdown_with_ten_thousand_open_streams_ends_them_all_and_exits_within_
         let mut client = pb::queue_service_client::QueueServiceClient::new(channels[i % 4].clone());
         tasks.push(tokio::spawn(async move {
             let mut stream = client
-                .watch_rank(pb::WatchRankRequest {
-                    queue_id: "big".into(),
-                    user_id: format!("u{i}"),
-                })
+                .watch_rank(watch_request("big", &format!("u{i}")))
                 .await?
                 .into_inner();
             stream.next().await.expect("a first place")?;

@@ -32,10 +32,7 @@ async fn twenty_thousand_streams_on_four_connections_all_get_a_burst_of_updates(
         let mut client = QueueServiceClient::new(channels[i % 4].clone());
         opened.push(tokio::spawn(async move {
             let mut stream = client
-                .watch_rank(pb::WatchRankRequest {
-                    queue_id: "crowd".into(),
-                    user_id: format!("u{i:05}"),
-                })
+                .watch_rank(watch_request("crowd", &format!("u{i:05}")))
                 .await?
                 .into_inner();
             let first = stream
@@ -90,10 +87,7 @@ async fn streams_and_calls_beyond_the_limits_are_resource_exhausted() {
     for i in 0..3 {
         enqueue(&mut client, "small", &format!("u{i}")).await;
         let mut stream = client
-            .watch_rank(pb::WatchRankRequest {
-                queue_id: "small".into(),
-                user_id: format!("u{i}"),
-            })
+            .watch_rank(watch_request("small", &format!("u{i}")))
             .await
             .unwrap()
             .into_inner();
@@ -101,10 +95,7 @@ async fn streams_and_calls_beyond_the_limits_are_resource_exhausted() {
         streams.push(stream);
     }
     let refused = client
-        .watch_rank(pb::WatchRankRequest {
-            queue_id: "small".into(),
-            user_id: "u0".into(),
-        })
+        .watch_rank(watch_request("small", "u0"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -116,12 +107,7 @@ async fn streams_and_calls_beyond_the_limits_are_resource_exhausted() {
     drop(streams.pop());
     let started = Instant::now();
     loop {
-        let attempt = client
-            .watch_rank(pb::WatchRankRequest {
-                queue_id: "small".into(),
-                user_id: "u2".into(),
-            })
-            .await;
+        let attempt = client.watch_rank(watch_request("small", "u2")).await;
         if attempt.is_ok() {
             break;
         }
@@ -214,15 +200,9 @@ async fn codes(channel: &Channel, key: Option<&str>) -> Vec<(&'static str, Code)
         (
             "WatchRank",
             code(
-                q.watch_rank(with_key(
-                    pb::WatchRankRequest {
-                        queue_id: "sale".into(),
-                        user_id: "u".into(),
-                    },
-                    key,
-                ))
-                .await
-                .map(|_| ()),
+                q.watch_rank(with_key(watch_request("sale", "u"), key))
+                    .await
+                    .map(|_| ()),
             ),
         ),
         (

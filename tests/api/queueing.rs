@@ -128,10 +128,7 @@ async fn an_admission_holds_its_slot_until_its_ttl_passes() {
     let (app, _redis) = TestApp::on_redis().await;
     app.create_queue(pb::Queue {
         max_active: 1,
-        admission_ttl: Some(prost_types::Duration {
-            seconds: 30,
-            nanos: 0,
-        }),
+        admission_ttl: secs(30),
         ..queue("ttl")
     })
     .await;

@@ -8,18 +8,6 @@ use waitroom::pb::{self, PlaceState, QueueMode};
 
 use crate::helpers::*;
 
-async fn open(app: &TestApp, queue: &str, user: &str) -> Streaming<pb::WatchRankResponse> {
-    app.client()
-        .await
-        .watch_rank(pb::WatchRankRequest {
-            queue_id: queue.into(),
-            user_id: user.into(),
-        })
-        .await
-        .expect("watch_rank")
-        .into_inner()
-}
-
 async fn next(stream: &mut Streaming<pb::WatchRankResponse>) -> pb::Place {
     tokio::time::timeout(Duration::from_secs(1), stream.next())
         .await
