@@ -34,13 +34,9 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let service = Service::start(args.store, &[]).await?;
     service
-        .admin()
-        .await?
-        .create_queue(pb::CreateQueueRequest {
-            queue: Some(pb::Queue {
-                id: "bench".into(),
-                ..Default::default()
-            }),
+        .create_queue(pb::Queue {
+            id: "bench".into(),
+            ..Default::default()
         })
         .await?;
     let started = Instant::now();

@@ -97,6 +97,15 @@ impl Service {
         Ok(QueueServiceClient::new(self.channel().await?).max_decoding_message_size(64 << 20))
     }
 
+    /// Creates a queue with the given settings.
+    pub async fn create_queue(&self, queue: waitroom::pb::Queue) -> anyhow::Result<()> {
+        self.admin()
+            .await?
+            .create_queue(waitroom::pb::CreateQueueRequest { queue: Some(queue) })
+            .await?;
+        Ok(())
+    }
+
     pub async fn admin(&self) -> anyhow::Result<QueueAdminServiceClient<Channel>> {
         Ok(QueueAdminServiceClient::new(self.channel().await?))
     }

@@ -38,14 +38,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     let redis_url = service.redis().map(|r| r.url()).unwrap_or_default();
-    let mut admin = service.admin().await?;
-    admin
-        .create_queue(pb::CreateQueueRequest {
-            queue: Some(pb::Queue {
-                id: "sale".into(),
-                admit_per_second: args.admit_per_second,
-                ..Default::default()
-            }),
+    service
+        .create_queue(pb::Queue {
+            id: "sale".into(),
+            admit_per_second: args.admit_per_second,
+            ..Default::default()
         })
         .await?;
     let channels = Arc::new(service.channels(8).await?);
@@ -118,7 +115,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cpu = service.cpu_time()? - cpu_before;
     let commands =
         (load::redis_commands(&redis_url)? - commands_before) as f64 / elapsed.as_secs_f64();
-    let stats = admin
+    let stats = service
+        .admin()
+        .await?
         .get_queue_stats(pb::GetQueueStatsRequest {
             queue_id: "sale".into(),
         })

@@ -21,7 +21,7 @@ use crate::harness::{Service, Store, enqueue_users, process_cpu_time};
 const PREFILLED: u64 = 10_000;
 use crate::load::{self, Measured};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct Args {
     /// Concurrent clients (each its own HTTP/2 stream; connections shared).
     #[arg(long, default_value_t = 64)]
@@ -66,13 +66,9 @@ async fn baseline(channels: &Arc<Vec<Channel>>, args: &Args) -> Measured {
 pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
     let service = Service::start(args.store, &["--max-calls", "1000000"]).await?;
     service
-        .admin()
-        .await?
-        .create_queue(pb::CreateQueueRequest {
-            queue: Some(pb::Queue {
-                id: "bench".into(),
-                ..Default::default()
-            }),
+        .create_queue(pb::Queue {
+            id: "bench".into(),
+            ..Default::default()
         })
         .await?;
     let channels = Arc::new(service.channels(args.connections).await?);
@@ -83,7 +79,7 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
         &channels,
         &Args {
             seconds: 1,
-            ..args_copy(&args)
+            ..args.clone()
         },
     )
     .await;
@@ -154,15 +150,6 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn args_copy(args: &Args) -> Args {
-    Args {
-        clients: args.clients,
-        connections: args.connections,
-        seconds: args.seconds,
-        store: args.store,
-    }
 }
 
 async fn run_rpc(

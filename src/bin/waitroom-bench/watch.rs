@@ -50,13 +50,9 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
     .await?;
     let redis_url = service.redis().map(|r| r.url()).unwrap_or_default();
     service
-        .admin()
-        .await?
-        .create_queue(pb::CreateQueueRequest {
-            queue: Some(pb::Queue {
-                id: "watch".into(),
-                ..Default::default()
-            }),
+        .create_queue(pb::Queue {
+            id: "watch".into(),
+            ..Default::default()
         })
         .await?;
     let channels = Arc::new(service.channels(args.connections).await?);
