@@ -16,8 +16,8 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tower::util::MapResponseLayer;
@@ -162,9 +162,9 @@ impl Application {
         tokio::spawn(worker.run(background.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        set_ready(&health, false).await;
-        let draining = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
+        set_ready(&health, &ready, false).await;
+        let draining = CancellationToken::new();
         tokio::spawn(track_readiness(
             health.clone(),
             Arc::clone(&ready),
@@ -248,16 +248,20 @@ impl Application {
                 stop.await;
                 tracing::info!(?drain_delay, "stopping: readiness off, draining");
                 draining.cancel();
-                ready.store(false, Ordering::Relaxed);
-                set_ready(&health, false).await;
+                set_ready(&health, &ready, false).await;
                 tokio::time::sleep(drain_delay).await;
                 tracing::info!("ending streams (clients reconnect elsewhere), finishing calls");
                 streams_end.cancel();
                 stopping.cancel();
             }
         };
-        let serving =
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming(self.listener), shutdown));
+        let serving = tokio::spawn(router.serve_with_incoming_shutdown(
+            // Nagle's algorithm off: a response written as a headers
+            // frame and a data frame would otherwise wait for the
+            // client's delayed ACK (40 ms) between the two.
+            TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+            shutdown,
+        ));
         let result = tokio::select! {
             result = serving => result.context("the gRPC server task failed")?.context("serving gRPC"),
             () = async {
@@ -272,20 +276,6 @@ impl Application {
         background.cancel();
         result
     }
-}
-
-/// Accepted connections, with Nagle's algorithm off: a response written as a
-/// headers frame and a data frame would otherwise wait for the client's
-/// delayed ACK (40 ms) between the two.
-fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
@@ -420,14 +410,13 @@ async fn track_readiness(
         }
         let now_ready = answers && declared.is_empty();
         if now_ready != ready && !draining.is_cancelled() {
-            set_ready(&health, now_ready).await;
+            set_ready(&health, &ready_flag, now_ready).await;
             if now_ready {
                 tracing::info!("ready: the store answers");
             } else {
                 tracing::warn!("not ready: the store does not answer");
             }
             ready = now_ready;
-            ready_flag.store(now_ready, Ordering::Relaxed);
         }
         tokio::select! {
             _ = tokio::time::sleep(READINESS_INTERVAL) => {}
@@ -437,8 +426,9 @@ async fn track_readiness(
 }
 
 /// Readiness of the two waitroom services (the overall `""`, liveness, is
-/// never changed).
-async fn set_ready(health: &HealthReporter, ready: bool) {
+/// never changed), and the flag `/readyz` answers from.
+async fn set_ready(health: &HealthReporter, flag: &AtomicBool, ready: bool) {
+    flag.store(ready, Ordering::Relaxed);
     if ready {
         health.set_serving::<QueueServiceServer<QueueApi>>().await;
         health

@@ -113,7 +113,7 @@ where
         } else {
             let span = tracing::info_span!(
                 "grpc.request",
-                otel.name = %format!("{}/{}", labels.grpc_service, labels.grpc_method),
+                otel.name = %format_args!("{}/{}", labels.grpc_service, labels.grpc_method),
                 otel.kind = "server",
                 rpc.system = "grpc",
                 rpc.service = %labels.grpc_service,
@@ -173,11 +173,12 @@ impl Observer {
         m.grpc_handling_seconds
             .get_or_create(&self.labels)
             .observe(self.started.elapsed().as_secs_f64());
+        // The last use of the labels: `done` keeps this from running twice.
         m.grpc_handled
             .get_or_create(&GrpcCodeLabels {
                 grpc_type: self.labels.grpc_type,
-                grpc_service: self.labels.grpc_service.clone(),
-                grpc_method: self.labels.grpc_method.clone(),
+                grpc_service: std::mem::take(&mut self.labels.grpc_service),
+                grpc_method: std::mem::take(&mut self.labels.grpc_method),
                 grpc_code: name,
             })
             .inc();
