@@ -31,6 +31,9 @@ enum Op {
     SetMode(QueueMode),
     SetMaxActive(u32),
     Advance(u64),
+    /// The clock moves back, as a replica's may be behind another's (or a
+    /// call's clock was read before an earlier-read call ran).
+    Rewind(u64),
     Stats,
     Consume(u8, u64),
     LineChanges(u64),
@@ -62,6 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => mode.prop_map(Op::SetMode),
         1 => (0u32..4).prop_map(Op::SetMaxActive),
         2 => prop_oneof![0u64..2_000, 100u64..700, 20_000u64..40_000, 599_000u64..601_000].prop_map(Op::Advance),
+        1 => (1u64..1_500).prop_map(Op::Rewind),
         1 => Just(Op::Stats),
         2 => (0u64..30).prop_map(Op::LineChanges),
         1 => Just(Op::LineSnapshot),
@@ -162,7 +166,7 @@ async fn apply(store: &dyn QueueStore, op: &Op, now: u64) -> String {
                 )
                 .await,
         ),
-        Op::Advance(_) => String::new(),
+        Op::Advance(_) | Op::Rewind(_) => String::new(),
         Op::Stats => show(store.stats(&q, now).await),
         Op::LineChanges(after) => show(store.line_changes(&q, *after, 4, now).await),
         Op::LineSnapshot => show(store.line_snapshot(&q).await),
@@ -223,8 +227,10 @@ fn random_operation_sequences_get_identical_answers_from_both_stores() {
                     memory.create_queue(&first).await.unwrap();
                     redis_store.create_queue(&first).await.unwrap();
                     for (step, op) in ops.iter().enumerate() {
-                        if let Op::Advance(ms) = op {
-                            now += ms;
+                        match op {
+                            Op::Advance(ms) => now += ms,
+                            Op::Rewind(ms) => now = now.saturating_sub(*ms).max(T0),
+                            _ => {}
                         }
                         let expected = apply(&memory, op, now).await;
                         let actual = apply(&redis_store, op, now).await;

@@ -194,7 +194,9 @@ local function rate_sample()
     end
   end
   if oldest then
-    rate_count, rate_span = count, NOW - math.max(oldest * 1000, NOW - RATE_WINDOW_MS, 0)
+    -- A caller whose clock is behind the newest admission sees a span of 0,
+    -- never a negative one.
+    rate_count, rate_span = count, math.max(NOW - math.max(oldest * 1000, NOW - RATE_WINDOW_MS, 0), 0)
   else
     rate_count, rate_span = 0, 0
   end
