@@ -47,22 +47,48 @@ const CHANGES_PER_READ: u32 = 10_000;
 const MAX_CATCH_UP_READS: usize = 20;
 
 /// What a user sees of a place; a message is sent only when it changes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 struct View {
     state: PlaceState,
     waiting_count: u64,
     mode: QueueMode,
     estimated_wait: Option<Duration>,
+    /// While counting down to an opening: when it opens. The countdown
+    /// itself is not a change (a client counts down from `opens_in`), or
+    /// every pre-queued watcher would get a message every refresh; a moved
+    /// opening is.
+    opens_at_ms: Option<u64>,
 }
 
 impl View {
-    fn of(place: &Place) -> Self {
+    /// Two readings of one opening differ by the time between the clock
+    /// readings they were computed with; a moved opening by more.
+    const OPENING_TOLERANCE_MS: u64 = 1000;
+
+    fn of(place: &Place, now_ms: u64) -> Self {
+        let opens_at_ms = match place.state {
+            PlaceState::PreQueue { opens_in_ms } if opens_in_ms > 0 => Some(now_ms + opens_in_ms),
+            _ => None,
+        };
         Self {
             state: place.state.clone(),
             waiting_count: place.waiting_count,
             mode: place.mode,
             estimated_wait: place.estimated_wait(),
+            opens_at_ms,
         }
+    }
+
+    fn differs_from(&self, last: &View) -> bool {
+        let (state_changed, opening_moved) = match (self.opens_at_ms, last.opens_at_ms) {
+            (Some(a), Some(b)) => (false, a.abs_diff(b) > Self::OPENING_TOLERANCE_MS),
+            _ => (self.state != last.state, false),
+        };
+        state_changed
+            || opening_moved
+            || self.waiting_count != last.waiting_count
+            || self.mode != last.mode
+            || self.estimated_wait != last.estimated_wait
     }
 }
 
@@ -139,7 +165,7 @@ impl WatchHub {
     /// Opens a stream of a user's place that starts with `first`. The stream
     /// ends after a final place (admitted or closed), or with an error.
     pub fn watch(self: &Arc<Self>, queue: QueueId, user: UserId, first: Place) -> PlaceReceiver {
-        let last = View::of(&first);
+        let last = View::of(&first, self.clock.now_ms());
         let ticket = Some(first.ticket).filter(|t| *t > 0);
         let is_final = first.is_final();
         let (tx, rx) = slot::link(user, Ok(first));
@@ -389,7 +415,7 @@ impl WatchHub {
                     found
                 }
             };
-            offer(watcher, place, queue)
+            offer(watcher, place, queue, now)
         });
         Ok(())
     }
@@ -486,15 +512,15 @@ fn unplaced_watchers(watchers: &[Watcher]) -> HashMap<UserId, Vec<usize>> {
 /// Sends a watcher its place if what the user sees changed; true if the
 /// watcher keeps watching (not after a final place, a vanished place, or a
 /// client that went away).
-fn offer(watcher: &mut Watcher, place: Option<Place>, queue: &QueueId) -> bool {
+fn offer(watcher: &mut Watcher, place: Option<Place>, queue: &QueueId, now_ms: u64) -> bool {
     let Some(place) = place else {
         let _ = watcher
             .tx
             .send(Err(Error::PlaceNotFound(queue.to_string())));
         return false;
     };
-    let view = View::of(&place);
-    if view == watcher.last {
+    let view = View::of(&place, now_ms);
+    if !view.differs_from(&watcher.last) {
         return true;
     }
     // A final place ends the stream: the watcher is dropped with its

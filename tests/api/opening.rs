@@ -226,3 +226,64 @@ async fn pre_queued_watchers_follow_the_draw_to_their_place() {
         assert!(shown.ticket >= 1 && shown.ticket <= 50, "{user}");
     }
 }
+
+#[tokio::test]
+async fn a_pre_queued_watcher_hears_of_a_moved_opening_but_not_of_each_tick_of_the_countdown() {
+    let (app, _redis) = TestApp::on_redis().await;
+    let opens_at = (app.clock_now_s() + 60) * 1000;
+    app.create_queue(pb::Queue {
+        opens_at: at(opens_at),
+        prequeue_window: secs(30),
+        ..queue("drop")
+    })
+    .await;
+    app.clock.set_ms(opens_at - 10_000);
+    let mut client = app.client().await;
+    enqueue(&mut client, "drop", "early").await;
+    let mut stream = client
+        .watch_rank(watch_request("drop", "early"))
+        .await
+        .expect("watch_rank")
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap().place.unwrap();
+    assert_eq!(
+        (first.state(), first.opens_in),
+        (PlaceState::PreQueue, secs(10))
+    );
+    // A second passes over many refreshes: nothing the client cannot count
+    // down itself.
+    for step in 1..=5 {
+        app.clock.set_ms(opens_at - 10_000 + step * 200);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+    assert!(
+        quiet.is_err(),
+        "a message for the countdown alone: {quiet:?}"
+    );
+
+    let mut admin = app.admin().await;
+    admin
+        .update_queue(pb::UpdateQueueRequest {
+            queue: Some(pb::Queue {
+                opens_at: at(opens_at + 20_000),
+                ..queue("drop")
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["opens_at".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    let moved = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("the moved opening reaches the watcher")
+        .unwrap()
+        .unwrap()
+        .place
+        .unwrap();
+    assert_eq!(
+        (moved.state(), moved.opens_in),
+        (PlaceState::PreQueue, secs(29))
+    );
+}
