@@ -175,11 +175,18 @@ impl QueueService for QueueApi {
     ) -> Result<Response<pb::GetRankResponse>, Status> {
         let request = request.into_inner();
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
-        let place = self
-            .store
-            .place(&queue, &user, self.clock.now_ms())
-            .await?
-            .ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
+        let now = self.clock.now_ms();
+        let place = match self.hub.lookup(&queue, &user, now) {
+            Some(place) => place,
+            None => {
+                let place = self.store.place(&queue, &user, now).await?;
+                let Some(place) = place else {
+                    return Err(Error::PlaceNotFound(queue.to_string()).into());
+                };
+                self.hub.remember(&queue, &user, &place, now);
+                place
+            }
+        };
         let place = place_out(&self.keyring, &queue, &user, &place)?;
         Ok(Response::new(pb::GetRankResponse { place: Some(place) }))
     }

@@ -2,7 +2,7 @@
 //! kept up to date from the store's log of changes, so every local
 //! watcher's position is computed in memory.
 
-use crate::domain::{LineSnapshot, RankIndex};
+use crate::domain::{LineSnapshot, LineSummary, Place, PlaceState, QueueMode, RankIndex};
 
 /// The waiting tickets as of log entry `seq`.
 #[derive(Debug, Default)]
@@ -50,5 +50,26 @@ impl Line {
     /// 1-based position of a waiting ticket.
     pub(super) fn position(&self, ticket: u64) -> u64 {
         self.ranks.count_up_to(ticket)
+    }
+
+    /// The place of a ticket still in line, as the store would give it
+    /// outside pass-through (where a lookup admits).
+    pub(super) fn place(&self, summary: &LineSummary, ticket: u64) -> Option<Place> {
+        if !self.contains(ticket) {
+            return None;
+        }
+        Some(Place {
+            state: if summary.mode == QueueMode::Closed {
+                PlaceState::Closed
+            } else {
+                PlaceState::Waiting {
+                    position: self.position(ticket),
+                }
+            },
+            ticket,
+            waiting_count: summary.waiting + summary.prequeued,
+            mode: summary.mode,
+            rate: summary.rate,
+        })
     }
 }

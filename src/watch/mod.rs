@@ -17,19 +17,23 @@
 //! An open stream is a sign of life. The hub records it for all the users it
 //! watches in one queue with one store write every third of the queue's
 //! heartbeat timeout, not one write per stream.
+//!
+//! The same copy answers `GetRank` for users who polled before ([`lookup`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 mod line;
+mod lookup;
 mod slot;
 
 use self::line::Line;
+use self::lookup::{Copy, Pollers};
 pub use self::slot::PlaceReceiver;
 use self::slot::PlaceSender;
 use crate::domain::{Clock, LineEvent, Place, PlaceState, QueueId, QueueMode, UserId};
@@ -132,6 +136,30 @@ struct QueueWatch {
     wake: Notify,
     /// Streams open on this queue, including those being refreshed.
     open: Arc<AtomicUsize>,
+    /// The copy of the line, written by the queue's task, read by lookups.
+    copy: RwLock<Copy>,
+    /// Changes to the line made through this instance so far.
+    changes: AtomicU64,
+    pollers: Mutex<Pollers>,
+    /// The queue's heartbeat timeout as last read; 0 until then.
+    heartbeat_ms: AtomicU64,
+}
+
+impl QueueWatch {
+    // A panic elsewhere while holding these leaves data that is still
+    // whole (every update is a single assignment or insert), so a poisoned
+    // lock is used as it is.
+    fn copy(&self) -> RwLockReadGuard<'_, Copy> {
+        self.copy.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn copy_mut(&self) -> RwLockWriteGuard<'_, Copy> {
+        self.copy.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pollers(&self) -> std::sync::MutexGuard<'_, Pollers> {
+        self.pollers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Pushes place changes to `WatchRank` streams.
@@ -176,11 +204,7 @@ impl WatchHub {
             let _ = tx.send(Err(Error::Internal("watch hub lock poisoned".into())));
             return rx;
         };
-        let watch = queues.entry(queue.clone()).or_insert_with(|| {
-            let watch = Arc::new(QueueWatch::default());
-            tokio::spawn(Arc::clone(self).run(queue.clone(), Arc::clone(&watch)));
-            watch
-        });
+        let watch = self.follow(&mut queues, &queue);
         if let Ok(mut watchers) = watch.watchers.lock() {
             let slot = StreamSlot::new(&self.open, &watch.open);
             watchers.push(Watcher {
@@ -193,11 +217,67 @@ impl WatchHub {
         rx
     }
 
-    /// Refreshes a queue's watchers now: a local change just happened.
+    /// The queue's entry, with a task following its line, started if none.
+    fn follow<'a>(
+        self: &Arc<Self>,
+        queues: &'a mut HashMap<QueueId, Arc<QueueWatch>>,
+        queue: &QueueId,
+    ) -> &'a Arc<QueueWatch> {
+        queues.entry(queue.clone()).or_insert_with(|| {
+            let watch = Arc::new(QueueWatch::default());
+            tokio::spawn(Arc::clone(self).run(queue.clone(), Arc::clone(&watch)));
+            watch
+        })
+    }
+
+    /// A user's place from this instance's copy of the line, when it can
+    /// answer as the store would (see [`lookup`]); `None`: ask the store,
+    /// then [`remember`](Self::remember) its answer.
+    pub fn lookup(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Option<Place> {
+        let watch = Arc::clone(self.queues.lock().ok()?.get(queue)?);
+        let changes = watch.changes.load(Ordering::Acquire);
+        let max_age_ms = (self.interval + self.interval / 4).as_millis() as u64;
+        let heartbeat_ms = watch.heartbeat_ms.load(Ordering::Relaxed);
+        let mut pollers = watch.pollers();
+        pollers.answer(
+            user,
+            &watch.copy(),
+            changes,
+            max_age_ms,
+            heartbeat_ms,
+            now_ms,
+        )
+    }
+
+    /// Remembers the store's answer to a user's lookup, so the next ones
+    /// can be answered here.
+    pub fn remember(self: &Arc<Self>, queue: &QueueId, user: &UserId, place: &Place, now_ms: u64) {
+        let in_line = matches!(place.state, PlaceState::Waiting { .. } | PlaceState::Closed);
+        let Ok(mut queues) = self.queues.lock() else {
+            return;
+        };
+        if !in_line {
+            if let Some(watch) = queues.get(queue) {
+                watch.pollers().remember(user, place, now_ms);
+            }
+            return;
+        }
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        self.follow(&mut queues, queue)
+            .pollers()
+            .remember(user, place, now_ms);
+    }
+
+    /// Refreshes a queue's watchers now: a change to the line was just made
+    /// through this instance. Until a refresh that began after it, lookups
+    /// go to the store.
     pub fn nudge(&self, queue: &QueueId) {
         if let Ok(queues) = self.queues.lock()
             && let Some(watch) = queues.get(queue)
         {
+            watch.changes.fetch_add(1, Ordering::AcqRel);
             watch.wake.notify_one();
         }
     }
@@ -222,7 +302,6 @@ impl WatchHub {
 
     async fn run(self: Arc<Self>, queue: QueueId, watch: Arc<QueueWatch>) {
         let mut failures = 0u32;
-        let mut line: Option<Line> = None;
         let mut presence = Presence::new();
         loop {
             tokio::select! {
@@ -231,7 +310,8 @@ impl WatchHub {
                 _ = self.shutdown.cancelled() => {
                     let watchers = take(&watch);
                     // Told to reconnect: the timeout runs from now.
-                    let users: Vec<UserId> = watchers.iter().map(|w| w.tx.user().clone()).collect();
+                    let mut users: Vec<UserId> = watchers.iter().map(|w| w.tx.user().clone()).collect();
+                    users.extend(watch.pollers().take_unrecorded());
                     let _ = self.store.touch(&queue, &users, self.clock.now_ms()).await;
                     let reason = Error::Unavailable("server shutting down; reconnect to keep watching".into());
                     end_all(watchers, &reason);
@@ -251,26 +331,32 @@ impl WatchHub {
                 let _ = self.store.touch(&queue, &dropped, now).await;
                 watchers.retain(|w| !w.tx.is_closed());
             }
-            if watchers.is_empty() {
+            if watchers.is_empty() && watch.pollers().is_empty() {
                 if self.retire(&queue, &watch) {
                     return;
                 }
                 continue;
             }
             presence
-                .record(self.store.as_ref(), &queue, &watchers, now)
+                .record(self.store.as_ref(), &queue, &watchers, &watch, now)
                 .await;
-            let survivors = match self.refresh(&queue, &mut line, &mut watchers, now).await {
+            let survivors = match self.refresh(&queue, &watch, &mut watchers, now).await {
                 Ok(()) => {
                     failures = 0;
+                    let mut pollers = watch.pollers();
+                    if let Some(line) = &watch.copy().line {
+                        pollers.prune(line, now);
+                    }
                     watchers
                 }
                 Err(error @ Error::QueueNotFound(_)) => {
+                    watch.copy_mut().reset();
+                    *watch.pollers() = Pollers::default();
                     end_all(watchers, &error);
                     Vec::new()
                 }
                 Err(error) => {
-                    line = None;
+                    watch.copy_mut().reset();
                     failures += 1;
                     if failures >= MAX_FAILED_REFRESHES {
                         end_all(watchers, &error);
@@ -295,33 +381,46 @@ impl WatchHub {
     async fn refresh(
         &self,
         queue: &QueueId,
-        line: &mut Option<Line>,
+        watch: &QueueWatch,
         watchers: &mut Vec<Watcher>,
         now: u64,
     ) -> Result<()> {
-        let mut summary = None;
+        // Changes made here before this point are in what is read below.
+        let changes_before = watch.changes.load(Ordering::Acquire);
         // Pre-queued watchers (no ticket yet) by user, built at the first
         // log entry that names one: the draw logs every pre-queued user.
         let mut unplaced: Option<HashMap<UserId, Vec<usize>>> = None;
         // Catch up with the log; a copy that fell behind what the log keeps
-        // starts again from a snapshot.
+        // starts again from a snapshot. Reads happen outside the lock, so
+        // lookups go on meanwhile.
         let mut from_snapshot = false;
         for _ in 0..MAX_CATCH_UP_READS {
-            let current = match line {
-                Some(current) => current,
+            let seq = watch.copy().line.as_ref().map(|line| line.seq);
+            let seq = match seq {
+                Some(seq) => seq,
                 None => {
                     from_snapshot = true;
-                    line.insert(Line::from_snapshot(self.store.line_snapshot(queue).await?))
+                    let line = Line::from_snapshot(self.store.line_snapshot(queue).await?);
+                    let seq = line.seq;
+                    watch.copy_mut().line = Some(line);
+                    seq
                 }
             };
+            // The moment the copy is as of, for lookups: the summary's
+            // rate is computed for it, and the log is read after it.
+            let read_ms = self.clock.now_ms();
             let changes = self
                 .store
-                .line_changes(queue, current.seq, CHANGES_PER_READ, now)
+                .line_changes(queue, seq, CHANGES_PER_READ, read_ms)
                 .await?;
+            let mut copy = watch.copy_mut();
             if !changes.complete {
-                *line = None;
+                copy.reset();
                 continue;
             }
+            let Some(current) = copy.line.as_mut() else {
+                continue;
+            };
             for (seq, event) in changes.events {
                 current.seq = seq;
                 let (user, ticket) = match event {
@@ -347,7 +446,9 @@ impl WatchHub {
                 }
             }
             let caught_up = current.seq >= changes.summary.seq;
-            summary = Some(changes.summary);
+            copy.summary = Some(changes.summary);
+            copy.read_ms = read_ms;
+            copy.changes_seen = caught_up.then_some(changes_before);
             if caught_up {
                 break;
             }
@@ -360,18 +461,21 @@ impl WatchHub {
                 watcher.ticket = Some(0);
             }
         }
-        let (Some(line), Some(summary)) = (line.as_ref(), summary) else {
-            return Err(Error::Unavailable(
-                "the line log could not be followed".into(),
-            ));
-        };
 
         // Watchers whose ticket left the line: one lookup for all of them.
-        let mut gone: Vec<UserId> = watchers
-            .iter()
-            .filter(|w| w.ticket.is_some_and(|t| !line.contains(t)))
-            .map(|w| w.tx.user().clone())
-            .collect();
+        let mut gone: Vec<UserId> = {
+            let copy = watch.copy();
+            let (Some(line), Some(_)) = (&copy.line, &copy.summary) else {
+                return Err(Error::Unavailable(
+                    "the line log could not be followed".into(),
+                ));
+            };
+            watchers
+                .iter()
+                .filter(|w| w.ticket.is_some_and(|t| !line.contains(t)))
+                .map(|w| w.tx.user().clone())
+                .collect()
+        };
         gone.sort();
         gone.dedup();
         let looked_up: HashMap<UserId, Option<Place>> = if gone.is_empty() {
@@ -381,6 +485,12 @@ impl WatchHub {
             gone.into_iter().zip(places).collect()
         };
 
+        let copy = watch.copy();
+        let (Some(line), Some(summary)) = (&copy.line, &copy.summary) else {
+            return Err(Error::Unavailable(
+                "the line log could not be followed".into(),
+            ));
+        };
         let in_line = summary.waiting + summary.prequeued;
         let opens_in_ms = match (summary.opened, summary.opens_at_ms) {
             (false, Some(at)) => at.saturating_sub(now),
@@ -395,19 +505,7 @@ impl WatchHub {
                     mode: summary.mode,
                     rate: summary.rate,
                 }),
-                Some(ticket) if line.contains(ticket) => Some(Place {
-                    state: if summary.mode == QueueMode::Closed {
-                        PlaceState::Closed
-                    } else {
-                        PlaceState::Waiting {
-                            position: line.position(ticket),
-                        }
-                    },
-                    ticket,
-                    waiting_count: in_line,
-                    mode: summary.mode,
-                    rate: summary.rate,
-                }),
+                Some(ticket) if line.contains(ticket) => line.place(summary, ticket),
                 Some(_) => {
                     let found = looked_up.get(watcher.tx.user()).cloned().flatten();
                     // Enqueued again under a new ticket: follow that one.
@@ -420,12 +518,14 @@ impl WatchHub {
         Ok(())
     }
 
-    /// Removes a queue with no watchers left; false if one arrived meanwhile.
+    /// Removes a queue with no watchers or pollers left; false if one
+    /// arrived meanwhile.
     fn retire(&self, queue: &QueueId, watch: &QueueWatch) -> bool {
         let Ok(mut queues) = self.queues.lock() else {
             return true;
         };
-        let empty = watch.watchers.lock().map_or(true, |w| w.is_empty());
+        let empty =
+            watch.watchers.lock().map_or(true, |w| w.is_empty()) && watch.pollers().is_empty();
         if empty {
             queues.remove(queue);
         }
@@ -433,11 +533,11 @@ impl WatchHub {
     }
 }
 
-/// When a queue's watchers last showed life, and how often they must. Times
-/// are the injected clock's, like the heartbeat timeout they are held to.
+/// Records the presence of a queue's watchers and pollers. Times are the
+/// injected clock's, like the heartbeat timeout they are held to.
 struct Presence {
-    /// Every third of the heartbeat timeout, read from the queue now and
-    /// then so a changed timeout is followed.
+    /// Watchers are recorded every third of the heartbeat timeout, read
+    /// from the queue now and then so a changed timeout is followed.
     every_ms: u64,
     checked_at: Option<tokio::time::Instant>,
     recorded_at_ms: Option<u64>,
@@ -457,11 +557,14 @@ impl Presence {
         }
     }
 
+    /// Records the watchers when they are due, and the pollers answered
+    /// here since the last call (each poll is a sign of life of its own).
     async fn record(
         &mut self,
         store: &dyn QueueStore,
         queue: &QueueId,
         watchers: &[Watcher],
+        watch: &QueueWatch,
         now: u64,
     ) {
         if self
@@ -469,20 +572,33 @@ impl Presence {
             .is_none_or(|at| at.elapsed() >= Self::RECHECK_CONFIG)
             && let Ok(config) = store.get_queue(queue).await
         {
-            self.every_ms = (config.heartbeat_timeout.as_millis() as u64 / 3).max(1000);
+            let heartbeat_ms = config.heartbeat_timeout.as_millis() as u64;
+            watch.heartbeat_ms.store(heartbeat_ms, Ordering::Relaxed);
+            self.every_ms = (heartbeat_ms / 3).max(1000);
             self.checked_at = Some(tokio::time::Instant::now());
         }
         // Opening a stream looked the place up, which counted.
         let recorded_at = *self.recorded_at_ms.get_or_insert(now);
-        if now.saturating_sub(recorded_at) < self.every_ms {
-            return;
+        let watchers_due = now.saturating_sub(recorded_at) >= self.every_ms;
+        let polled = watch.pollers().take_unrecorded();
+        let mut users = polled.clone();
+        if watchers_due {
+            users.extend(watchers.iter().map(|w| w.tx.user().clone()));
+            users.sort();
+            users.dedup();
         }
-        let mut users: Vec<UserId> = watchers.iter().map(|w| w.tx.user().clone()).collect();
-        users.sort();
-        users.dedup();
-        match store.touch(queue, &users, now).await {
-            Ok(()) => self.recorded_at_ms = Some(now),
-            Err(error) => tracing::debug!(%error, queue = %queue, "recording presence failed"),
+        let written = users.is_empty() || {
+            match store.touch(queue, &users, now).await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::debug!(%error, queue = %queue, "recording presence failed");
+                    false
+                }
+            }
+        };
+        watch.pollers().recorded(&polled, written, now);
+        if written && watchers_due {
+            self.recorded_at_ms = Some(now);
         }
     }
 }

@@ -46,6 +46,21 @@ impl TestRedis {
         self.0.stop();
     }
 
+    /// Commands the server has processed since it started.
+    pub fn commands_processed(&self) -> u64 {
+        let mut conn = redis::Client::open(self.url())
+            .and_then(|client| client.get_connection())
+            .expect("connecting to the test Redis");
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query(&mut conn)
+            .expect("INFO stats");
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("total_commands_processed in INFO stats")
+    }
+
     /// A Redis store with a fresh key prefix.
     pub async fn store(&self) -> RedisStore {
         RedisStore::connect(&RedisOptions {

@@ -13,6 +13,7 @@ mod key_rotation;
 mod liveness;
 mod opening;
 mod operations;
+mod polling;
 mod protection;
 mod queueing;
 mod replicas;

@@ -141,18 +141,6 @@ async fn several_streams_of_one_user_agree_and_a_dropped_one_costs_nothing() {
     }
 }
 
-fn commands_processed(redis: &TestRedis) -> u64 {
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let info: String = redis::cmd("INFO").arg("stats").query(&mut conn).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
-}
-
 /// Redis commands per second while `watchers` streams are open and nothing
 /// changes.
 async fn idle_commands_per_second(watchers: usize) -> f64 {
@@ -168,9 +156,9 @@ async fn idle_commands_per_second(watchers: usize) -> f64 {
         streams.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = commands_processed(&redis);
+    let before = redis.commands_processed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    (commands_processed(&redis) - before) as f64 / 2.0
+    (redis.commands_processed() - before) as f64 / 2.0
 }
 
 #[tokio::test]

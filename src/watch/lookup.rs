@@ -1,0 +1,271 @@
+//! `GetRank` answered from the hub's copy of the line.
+//!
+//! A crowd that polls its place would otherwise cost the store one lookup
+//! per poll. The copy the hub keeps for its watchers already knows every
+//! waiting ticket's position as of the last refresh, which is as fresh as
+//! the contract asks; what it lacks is which ticket a user holds. The first
+//! lookup of a user goes to the store and the hub remembers the ticket
+//! (a *poller*); later ones are answered here while that ticket is in line.
+//! A poll is still a sign of life: at each refresh the hub records the
+//! pollers it answered since the last, in one store write for all of them.
+//!
+//! The copy answers only when it can answer as the store would:
+//! - it is caught up with the log as of a read no older than the refresh
+//!   interval (a quarter more for the read itself), and no older than the
+//!   user's previous answer, so a poller never sees time go back (a
+//!   position rise after it fell);
+//! - no change was made through this instance since that read began
+//!   (leave, admission, completion, reaping, a new mode or config: each
+//!   nudges the hub), so a client sees its own writes at once;
+//! - the queue is not in pass-through, where a lookup admits;
+//! - the user's presence was recorded within half the heartbeat timeout,
+//!   so a poll not yet recorded can never be the one that would have kept
+//!   the place (older ones go to the store, which records at once).
+//!
+//! Changes made through other replicas reach the copy with the next
+//! refresh, as they reach watchers.
+
+use std::collections::HashMap;
+
+use super::line::Line;
+use crate::domain::{LineSummary, Place, PlaceState, QueueMode, UserId};
+
+/// A poller not heard from for this long is forgotten (once its polls are
+/// recorded); its next lookup goes to the store.
+const POLLER_IDLE_MS: u64 = 60_000;
+
+/// The hub's copy of a queue's line and the summary read with it.
+#[derive(Default)]
+pub(super) struct Copy {
+    pub(super) line: Option<Line>,
+    pub(super) summary: Option<LineSummary>,
+    /// When the read the copy is caught up with began, by the service's
+    /// clock.
+    pub(super) read_ms: u64,
+    /// The count of local changes before that read began; `None` while the
+    /// copy is not caught up.
+    pub(super) changes_seen: Option<u64>,
+}
+
+impl Copy {
+    pub(super) fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// A poller's place, if this copy can give it (see the module docs).
+    fn place(&self, poller: &Poller, changes: u64, max_age_ms: u64, now_ms: u64) -> Option<Place> {
+        let fresh = now_ms.saturating_sub(self.read_ms) <= max_age_ms;
+        if self.changes_seen != Some(changes) || !fresh || self.read_ms < poller.as_of_ms {
+            return None;
+        }
+        let summary = self.summary.as_ref()?;
+        if summary.mode == QueueMode::PassThrough {
+            return None;
+        }
+        self.line.as_ref()?.place(summary, poller.ticket)
+    }
+}
+
+pub(super) struct Poller {
+    ticket: u64,
+    seen_ms: u64,
+    /// The moment its last answer was as of.
+    as_of_ms: u64,
+    /// When its presence was last recorded in the store.
+    recorded_ms: u64,
+    /// Answered here since its presence was last recorded.
+    unrecorded: bool,
+}
+
+#[derive(Default)]
+pub(super) struct Pollers(HashMap<UserId, Poller>);
+
+impl Pollers {
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Remembers the ticket a waiting user was just given by the store.
+    pub(super) fn remember(&mut self, user: &UserId, place: &Place, now_ms: u64) {
+        let in_line = matches!(place.state, PlaceState::Waiting { .. } | PlaceState::Closed);
+        if !in_line || place.ticket == 0 {
+            self.0.remove(user);
+            return;
+        }
+        self.0.insert(
+            user.clone(),
+            Poller {
+                ticket: place.ticket,
+                seen_ms: now_ms,
+                as_of_ms: now_ms,
+                recorded_ms: now_ms,
+                unrecorded: false,
+            },
+        );
+    }
+
+    /// Answers a known user's lookup from the copy, as a sign of life;
+    /// `heartbeat_ms` is the queue's heartbeat timeout.
+    pub(super) fn answer(
+        &mut self,
+        user: &UserId,
+        copy: &Copy,
+        changes: u64,
+        max_age_ms: u64,
+        heartbeat_ms: u64,
+        now_ms: u64,
+    ) -> Option<Place> {
+        let poller = self.0.get_mut(user)?;
+        if now_ms.saturating_sub(poller.recorded_ms) > heartbeat_ms / 2 {
+            return None;
+        }
+        let place = copy.place(poller, changes, max_age_ms, now_ms)?;
+        poller.as_of_ms = copy.read_ms;
+        poller.seen_ms = poller.seen_ms.max(now_ms);
+        poller.unrecorded = true;
+        Some(place)
+    }
+
+    /// The users answered here since their presence was last recorded;
+    /// marked recorded.
+    pub(super) fn take_unrecorded(&mut self) -> Vec<UserId> {
+        self.0
+            .iter_mut()
+            .filter(|(_, p)| p.unrecorded)
+            .map(|(user, p)| {
+                p.unrecorded = false;
+                user.clone()
+            })
+            .collect()
+    }
+
+    /// Notes the outcome of the write of users' presence at `now_ms`: on
+    /// failure the next write includes them again.
+    pub(super) fn recorded(&mut self, users: &[UserId], written: bool, now_ms: u64) {
+        for user in users {
+            if let Some(poller) = self.0.get_mut(user) {
+                if written {
+                    poller.recorded_ms = poller.recorded_ms.max(now_ms);
+                } else {
+                    poller.unrecorded = true;
+                }
+            }
+        }
+    }
+
+    /// Forgets pollers whose ticket left the line, and recorded ones not
+    /// heard from for a while.
+    pub(super) fn prune(&mut self, line: &Line, now_ms: u64) {
+        self.0.retain(|_, p| {
+            line.contains(p.ticket)
+                && (p.unrecorded || now_ms.saturating_sub(p.seen_ms) < POLLER_IDLE_MS)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{LineSnapshot, RateSample};
+
+    const HEARTBEAT_MS: u64 = 10_000;
+    const MAX_AGE_MS: u64 = 300;
+
+    fn copy(read_ms: u64, mode: QueueMode) -> Copy {
+        Copy {
+            line: Some(Line::from_snapshot(LineSnapshot {
+                seq: 7,
+                tickets: vec![3, 5, 9],
+            })),
+            summary: Some(LineSummary {
+                seq: 7,
+                mode,
+                waiting: 3,
+                prequeued: 0,
+                opens_at_ms: None,
+                opened: true,
+                rate: RateSample::default(),
+            }),
+            read_ms,
+            changes_seen: Some(2),
+        }
+    }
+
+    fn waiting(ticket: u64, position: u64) -> Place {
+        Place {
+            state: PlaceState::Waiting { position },
+            ticket,
+            waiting_count: 3,
+            mode: QueueMode::Queueing,
+            rate: RateSample::default(),
+        }
+    }
+
+    fn pollers(at_ms: u64) -> (Pollers, UserId) {
+        let user = UserId::parse("u").unwrap();
+        let mut pollers = Pollers::default();
+        pollers.remember(&user, &waiting(5, 2), at_ms);
+        (pollers, user)
+    }
+
+    #[test]
+    fn a_known_poller_is_answered_from_a_fresh_copy_newer_than_its_last_answer() {
+        let (mut pollers, user) = pollers(1_000);
+        let answer = |pollers: &mut Pollers, copy: &Copy, changes, now| {
+            pollers.answer(&user, copy, changes, MAX_AGE_MS, HEARTBEAT_MS, now)
+        };
+        let queueing = copy(1_100, QueueMode::Queueing);
+        // Older than the store's answer it had: time would go back.
+        assert_eq!(
+            answer(&mut pollers, &copy(900, QueueMode::Queueing), 2, 1_000),
+            None
+        );
+        // A change made here since the read; a read too old.
+        assert_eq!(answer(&mut pollers, &queueing, 3, 1_200), None);
+        assert_eq!(answer(&mut pollers, &queueing, 2, 1_401), None);
+        // Pass-through admits on lookup: the store's to do.
+        assert_eq!(
+            answer(&mut pollers, &copy(1_100, QueueMode::PassThrough), 2, 1_200),
+            None
+        );
+        assert_eq!(
+            answer(&mut pollers, &queueing, 2, 1_200),
+            Some(waiting(5, 2))
+        );
+        // Presence recorded more than half a timeout ago: the store records it.
+        let late = copy(7_000, QueueMode::Queueing);
+        assert_eq!(answer(&mut pollers, &late, 2, 7_000), None);
+        let polled = pollers.take_unrecorded();
+        pollers.recorded(&polled, true, 6_500);
+        assert_eq!(answer(&mut pollers, &late, 2, 7_000), Some(waiting(5, 2)));
+    }
+
+    #[test]
+    fn polls_answered_here_are_recorded_once_and_again_after_a_failed_write() {
+        let (mut pollers, user) = pollers(1_000);
+        assert!(
+            pollers.take_unrecorded().is_empty(),
+            "the store recorded it"
+        );
+        let copy = copy(1_100, QueueMode::Queueing);
+        pollers.answer(&user, &copy, 2, MAX_AGE_MS, HEARTBEAT_MS, 1_200);
+        let polled = pollers.take_unrecorded();
+        assert_eq!(polled, vec![user.clone()]);
+        pollers.recorded(&polled, false, 1_250);
+        assert_eq!(pollers.take_unrecorded(), vec![user]);
+    }
+
+    #[test]
+    fn pollers_whose_ticket_left_the_line_are_forgotten() {
+        let (mut pollers, _) = pollers(1_000);
+        let mut line = Line::from_snapshot(LineSnapshot {
+            seq: 7,
+            tickets: vec![3, 5, 9],
+        });
+        pollers.prune(&line, 2_000);
+        assert!(!pollers.is_empty());
+        line.leave(5);
+        pollers.prune(&line, 2_000);
+        assert!(pollers.is_empty());
+    }
+}

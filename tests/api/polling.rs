@@ -1,0 +1,121 @@
+//! `GetRank` polled by a crowd: answered from the instance's copy of the
+//! line, exact within the refresh interval, the instance's own writes seen
+//! at once, and every poll still a sign of life.
+
+use std::time::Duration;
+
+use waitroom::pb::{PlaceState, QueueMode};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_crowd_polling_its_place_costs_the_store_no_lookup_per_poll() {
+    let (app, redis) = TestApp::on_redis().await;
+    app.create_queue(queue("poll")).await;
+    let mut client = app.client().await;
+    let users: Vec<String> = (0..20).map(|i| format!("u{i:02}")).collect();
+    for user in &users {
+        enqueue(&mut client, "poll", user).await;
+        rank(&mut client, "poll", user).await;
+    }
+    // The instance follows the queue's line from its next refresh on.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = redis.commands_processed();
+    for _ in 0..10 {
+        for (i, user) in users.iter().enumerate() {
+            let place = rank(&mut client, "poll", user).await;
+            assert_eq!(
+                (place.state(), place.position, place.waiting_count),
+                (PlaceState::Waiting, i as u64 + 1, 20),
+                "{user}"
+            );
+        }
+    }
+    let used = redis.commands_processed() - before;
+    // 200 polls; what the store sees is the instance's refreshes (a read
+    // of the log, a write of the pollers' presence) every 50 ms.
+    assert!(used < 100, "{used} Redis commands for 200 polls");
+}
+
+#[tokio::test]
+async fn a_poller_sees_this_instances_writes_at_once_and_other_replicas_within_the_interval() {
+    let (one, two, _redis, _clock) = two_replicas().await;
+    one.create_queue(queue("poll")).await;
+    let mut a = one.client().await;
+    let mut b = two.client().await;
+    for user in ["a", "b", "c", "d", "e"] {
+        enqueue(&mut a, "poll", user).await;
+    }
+    for user in ["c", "d", "e"] {
+        rank(&mut a, "poll", user).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rank(&mut a, "poll", "c").await.position, 3);
+
+    // Written through this instance: seen by the very next poll.
+    admit(&mut a, "poll", 1).await;
+    assert_eq!(rank(&mut a, "poll", "c").await.position, 2);
+    assert!(leave(&mut a, "poll", "c").await);
+    let gone = a.get_rank(rank_request("poll", "c")).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    admit(&mut a, "poll", 1).await;
+    let place = rank(&mut a, "poll", "d").await;
+    assert_eq!((place.state(), place.position), (PlaceState::Waiting, 1));
+
+    // Written through another replica: seen within the refresh interval.
+    admit(&mut b, "poll", 1).await;
+    wait_until("d sees its admission", Duration::from_secs(2), || {
+        let mut a = a.clone();
+        async move { rank(&mut a, "poll", "d").await.state() == PlaceState::Admitted }
+    })
+    .await;
+    assert_eq!(rank(&mut a, "poll", "e").await.position, 1);
+    two.set_mode("poll", QueueMode::PassThrough).await;
+    wait_until("e is let through", Duration::from_secs(2), || {
+        let mut a = a.clone();
+        async move { rank(&mut a, "poll", "e").await.state() == PlaceState::Admitted }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_poll_answered_from_the_copy_keeps_the_place_for_a_whole_timeout() {
+    let (app, _redis) = TestApp::on_redis().await;
+    app.create_queue(waitroom::pb::Queue {
+        heartbeat_timeout: secs(5),
+        ..queue("poll")
+    })
+    .await;
+    let mut client = app.client().await;
+    for user in ["silent", "poller"] {
+        enqueue(&mut client, "poll", user).await;
+    }
+    rank(&mut client, "poll", "poller").await;
+    // Polled at 1 s and 2 s, from the copy; then nothing.
+    for _ in 0..2 {
+        app.clock.advance_ms(1000);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            rank(&mut client, "poll", "poller").await.state(),
+            PlaceState::Waiting
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // At 6.5 s the silent user is released, the poller (last seen at 2 s)
+    // is not; at 7.5 s it is.
+    app.clock.advance_ms(4500);
+    wait_until(
+        "the silent user is released",
+        Duration::from_secs(3),
+        || async { app.stats("poll").await.abandoned_total >= 1 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stats = app.stats("poll").await;
+    assert_eq!((stats.abandoned_total, stats.waiting_count), (1, 1));
+    app.clock.advance_ms(1000);
+    wait_until("the poller is released", Duration::from_secs(3), || async {
+        app.stats("poll").await.abandoned_total == 2
+    })
+    .await;
+}
