@@ -92,6 +92,9 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
             format!("p{n}")
         })
         .await?;
+        // A crowd already polling: each user's first lookup goes to the
+        // store, later ones find the instance following the queue.
+        let _ = run_rpc(rpc, &channels, &args, None, Duration::from_secs(1)).await;
     }
 
     let redis_url = service.redis().map(|r| r.url());
