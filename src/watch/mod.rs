@@ -60,8 +60,11 @@ struct View {
     /// While counting down to an opening: when it opens. The countdown
     /// itself is not a change (a client counts down from `opens_in`), or
     /// every pre-queued watcher would get a message every refresh; a moved
-    /// opening is.
-    opens_at_ms: Option<u64>,
+    /// opening is. 0 when not counting down: an `Option` would make a
+    /// watcher 128 bytes, and 100,000 of them one allocation of 16 MiB,
+    /// which the allocator keeps differently, measured at 1.5 KiB more
+    /// memory per stream.
+    opens_at_ms: u64,
 }
 
 impl View {
@@ -71,8 +74,8 @@ impl View {
 
     fn of(place: &Place, now_ms: u64) -> Self {
         let opens_at_ms = match place.state {
-            PlaceState::PreQueue { opens_in_ms } if opens_in_ms > 0 => Some(now_ms + opens_in_ms),
-            _ => None,
+            PlaceState::PreQueue { opens_in_ms } if opens_in_ms > 0 => now_ms + opens_in_ms,
+            _ => 0,
         };
         Self {
             state: place.state.clone(),
@@ -84,9 +87,12 @@ impl View {
     }
 
     fn differs_from(&self, last: &View) -> bool {
-        let (state_changed, opening_moved) = match (self.opens_at_ms, last.opens_at_ms) {
-            (Some(a), Some(b)) => (false, a.abs_diff(b) > Self::OPENING_TOLERANCE_MS),
-            _ => (self.state != last.state, false),
+        let counting_down = self.opens_at_ms > 0 && last.opens_at_ms > 0;
+        let (state_changed, opening_moved) = if counting_down {
+            let moved = self.opens_at_ms.abs_diff(last.opens_at_ms) > Self::OPENING_TOLERANCE_MS;
+            (false, moved)
+        } else {
+            (self.state != last.state, false)
         };
         state_changed
             || opening_moved
@@ -366,12 +372,13 @@ impl WatchHub {
                     }
                 }
             };
+            // Streams opened meanwhile join the survivors' vector, not the
+            // other way round, so the vector of every watcher is kept rather
+            // than copied into a new one at each refresh.
             if let Ok(mut current) = watch.watchers.lock() {
-                if current.is_empty() {
-                    *current = survivors;
-                } else {
-                    current.extend(survivors);
-                }
+                let mut survivors = survivors;
+                survivors.append(&mut current);
+                *current = survivors;
             }
         }
     }
