@@ -14,7 +14,7 @@ use crate::domain::{Clock, QueueId};
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::store::QueueStore;
-use crate::telemetry::metrics::{VerdictLabels, metrics};
+use crate::telemetry::metrics::{LookupLabels, VerdictLabels, metrics};
 use crate::tokens::{Keyring, Verdict, Verifier};
 use crate::watch::{PlaceReceiver, WatchHub};
 use crate::{Error, Result};
@@ -176,7 +176,14 @@ impl QueueService for QueueApi {
         let request = request.into_inner();
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
         let now = self.clock.now_ms();
-        let place = match self.hub.lookup(&queue, &user, now) {
+        let answered = self.hub.lookup(&queue, &user, now);
+        metrics()
+            .rank_lookups
+            .get_or_create(&LookupLabels {
+                answered_by: if answered.is_some() { "copy" } else { "store" },
+            })
+            .inc();
+        let place = match answered {
             Some(place) => place,
             None => {
                 let place = self.store.place(&queue, &user, now).await?;

@@ -6,7 +6,7 @@
 //! figures (`waitroom_queue_*`) are read from the store at scrape time: they
 //! are the queue's, not this replica's, and every replica reports the same
 //! values, so aggregate them with `max`, not `sum`. Open watchers, token
-//! verifications and store calls are this replica's own.
+//! verifications, rank lookups and store calls are this replica's own.
 
 use std::sync::{LazyLock, Mutex};
 
@@ -53,6 +53,12 @@ pub struct StoreErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    /// `copy`: this replica's copy of the line; `store`: a store call.
+    pub answered_by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     queue: String,
 }
@@ -67,6 +73,7 @@ pub struct Metrics {
     pub store_seconds: Family<StoreLabels, Histogram>,
     pub store_errors: Family<StoreErrorLabels, Counter>,
     pub open_watchers: Gauge,
+    pub rank_lookups: Family<LookupLabels, Counter>,
     queues: std::sync::Arc<QueueSnapshot>,
 }
 
@@ -139,6 +146,12 @@ impl Metrics {
             "WatchRank streams open on this replica",
             open_watchers.clone(),
         );
+        let rank_lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "waitroom_rank_lookups",
+            "GetRank answers on this replica, by what gave them (copy: this replica's copy of the line; store)",
+            rank_lookups.clone(),
+        );
         let queues = std::sync::Arc::new(QueueSnapshot::default());
         registry.register_collector(Box::new(std::sync::Arc::clone(&queues)));
         Self {
@@ -150,6 +163,7 @@ impl Metrics {
             store_seconds,
             store_errors,
             open_watchers,
+            rank_lookups,
             queues,
         }
     }

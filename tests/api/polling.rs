@@ -20,6 +20,14 @@ async fn a_crowd_polling_its_place_costs_the_store_no_lookup_per_poll() {
     }
     // The instance follows the queue's line from its next refresh on.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let from_copy = || async {
+        let (_, _, text) = http_get(&app, "/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("waitroom_rank_lookups_total{answered_by=\"copy\"} "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let copy_before = from_copy().await;
     let before = redis.commands_processed();
     for _ in 0..10 {
         for (i, user) in users.iter().enumerate() {
@@ -35,6 +43,12 @@ async fn a_crowd_polling_its_place_costs_the_store_no_lookup_per_poll() {
     // 200 polls; what the store sees is the instance's refreshes (a read
     // of the log, a write of the pollers' presence) every 50 ms.
     assert!(used < 100, "{used} Redis commands for 200 polls");
+    // Metrics are per process (tests beside this one may add to them).
+    let counted = from_copy().await - copy_before;
+    assert!(
+        counted >= 100.0,
+        "{counted} polls counted as answered from the copy"
+    );
 }
 
 #[tokio::test]
