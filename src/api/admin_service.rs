@@ -45,7 +45,7 @@ impl AdminApi {
 
     /// A queue changed: watchers and the queue worker look again now.
     fn changed(&self, queue: &QueueId) {
-        self.hub.nudge(queue);
+        self.hub.reconfigured(queue);
         self.queues_changed.notify_one();
     }
 }

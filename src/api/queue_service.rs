@@ -161,10 +161,9 @@ impl QueueService for QueueApi {
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
         let request = request.into_inner();
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
-        let place = self
-            .store
-            .enqueue(&queue, &user, self.clock.now_ms())
-            .await?;
+        let now = self.clock.now_ms();
+        let place = self.store.enqueue(&queue, &user, now).await?;
+        self.hub.enqueued(&queue, &user, &place, now);
         let place = place_out(&self.keyring, &queue, &user, &place)?;
         Ok(Response::new(pb::EnqueueResponse { place: Some(place) }))
     }

@@ -30,6 +30,8 @@ pub enum LineEvent {
 /// The queue as of the last logged change.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LineSummary {
+    /// When the queue was created: a queue created again starts a new log.
+    pub epoch_ms: u64,
     /// Sequence number of the last change.
     pub seq: u64,
     pub mode: QueueMode,
@@ -57,6 +59,8 @@ pub struct LineChanges {
 /// The waiting tickets as of a sequence number.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineSnapshot {
+    /// When the queue was created (see [`LineSummary::epoch_ms`]).
+    pub epoch_ms: u64,
     pub seq: u64,
     pub tickets: Vec<u64>,
 }

@@ -11,9 +11,10 @@
 //!
 //! The copy answers only when it can answer as the store would:
 //! - it is caught up with the log as of a read no older than the refresh
-//!   interval (a quarter more for the read itself), and no older than the
-//!   user's previous answer, so a poller never sees time go back (a
-//!   position rise after it fell);
+//!   interval, and newer than the user's previous answer (the store's too),
+//!   so a poller never sees time go back (a position rise after it fell);
+//! - it is of the queue as created now (a queue created again drops the
+//!   copy and every poller);
 //! - no change was made through this instance since that read began
 //!   (leave, admission, completion, reaping, a new mode or config: each
 //!   nudges the hub), so a client sees its own writes at once;
@@ -85,8 +86,21 @@ impl Pollers {
         self.0.is_empty()
     }
 
-    /// Remembers the ticket a waiting user was just given by the store.
-    pub(super) fn remember(&mut self, user: &UserId, place: &Place, now_ms: u64) {
+    pub(super) fn knows(&self, user: &UserId) -> bool {
+        self.0.contains_key(user)
+    }
+
+    /// Remembers the place the store gave a user: asked at `asked_ms`,
+    /// which recorded the user's presence, and answered by `answered_ms`.
+    /// Polls answered here and not recorded yet are covered by the store's
+    /// later record.
+    pub(super) fn remember(
+        &mut self,
+        user: &UserId,
+        place: &Place,
+        asked_ms: u64,
+        answered_ms: u64,
+    ) {
         let in_line = matches!(place.state, PlaceState::Waiting { .. } | PlaceState::Closed);
         if !in_line || place.ticket == 0 {
             self.0.remove(user);
@@ -96,9 +110,9 @@ impl Pollers {
             user.clone(),
             Poller {
                 ticket: place.ticket,
-                seen_ms: now_ms,
-                as_of_ms: now_ms,
-                recorded_ms: now_ms,
+                seen_ms: asked_ms,
+                as_of_ms: answered_ms,
+                recorded_ms: asked_ms,
                 unrecorded: false,
             },
         );
@@ -174,10 +188,12 @@ mod tests {
     fn copy(read_ms: u64, mode: QueueMode) -> Copy {
         Copy {
             line: Some(Line::from_snapshot(LineSnapshot {
+                epoch_ms: 1,
                 seq: 7,
                 tickets: vec![3, 5, 9],
             })),
             summary: Some(LineSummary {
+                epoch_ms: 1,
                 seq: 7,
                 mode,
                 waiting: 3,
@@ -204,7 +220,7 @@ mod tests {
     fn pollers(at_ms: u64) -> (Pollers, UserId) {
         let user = UserId::parse("u").unwrap();
         let mut pollers = Pollers::default();
-        pollers.remember(&user, &waiting(5, 2), at_ms);
+        pollers.remember(&user, &waiting(5, 2), at_ms, at_ms);
         (pollers, user)
     }
 
@@ -259,6 +275,7 @@ mod tests {
     fn pollers_whose_ticket_left_the_line_are_forgotten() {
         let (mut pollers, _) = pollers(1_000);
         let mut line = Line::from_snapshot(LineSnapshot {
+            epoch_ms: 1,
             seq: 7,
             tickets: vec![3, 5, 9],
         });

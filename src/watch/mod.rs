@@ -51,51 +51,75 @@ const CHANGES_PER_READ: u32 = 10_000;
 const MAX_CATCH_UP_READS: usize = 20;
 
 /// What a user sees of a place; a message is sent only when it changes.
-#[derive(Clone, Debug)]
+/// Kept small: there is one per open stream, and the hub keeps a queue's
+/// watchers in one vector (see `docs/benchmarks.md` on its size).
+#[derive(Clone, Debug, PartialEq)]
 struct View {
-    state: PlaceState,
+    state: Shown,
     waiting_count: u64,
     mode: QueueMode,
     estimated_wait: Option<Duration>,
-    /// While counting down to an opening: when it opens. The countdown
-    /// itself is not a change (a client counts down from `opens_in`), or
-    /// every pre-queued watcher would get a message every refresh; a moved
-    /// opening is. 0 when not counting down: an `Option` would make a
-    /// watcher 128 bytes, and 100,000 of them one allocation of 16 MiB,
-    /// which the allocator keeps differently, measured at 1.5 KiB more
-    /// memory per stream.
-    opens_at_ms: u64,
 }
 
-impl View {
+/// The state part of a view. The countdown to an opening is not in it: a
+/// client counts down from `opens_in` itself, or every pre-queued watcher
+/// would get a message every refresh; a moved opening is. Admitted and
+/// closed end the stream, so what they carry is never compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shown {
+    Waiting {
+        position: u64,
+    },
+    /// Counting down to the opening at this time (of the hub's clock),
+    /// within [`Shown::OPENING_TOLERANCE_MS`].
+    PreQueue {
+        opens_at_ms: u64,
+    },
+    /// Pre-queued while the opening draw places everyone.
+    Drawing,
+    Admitted,
+    Closed,
+}
+
+impl Shown {
     /// Two readings of one opening differ by the time between the clock
     /// readings they were computed with; a moved opening by more.
     const OPENING_TOLERANCE_MS: u64 = 1000;
 
+    fn of(state: &PlaceState, now_ms: u64) -> Self {
+        match *state {
+            PlaceState::Waiting { position } => Self::Waiting { position },
+            PlaceState::PreQueue { opens_in_ms: 0 } => Self::Drawing,
+            PlaceState::PreQueue { opens_in_ms } => Self::PreQueue {
+                opens_at_ms: now_ms + opens_in_ms,
+            },
+            PlaceState::Admitted(_) => Self::Admitted,
+            PlaceState::Closed => Self::Closed,
+        }
+    }
+
+    fn differs_from(self, last: Self) -> bool {
+        match (self, last) {
+            (Self::PreQueue { opens_at_ms: a }, Self::PreQueue { opens_at_ms: b }) => {
+                a.abs_diff(b) > Self::OPENING_TOLERANCE_MS
+            }
+            _ => self != last,
+        }
+    }
+}
+
+impl View {
     fn of(place: &Place, now_ms: u64) -> Self {
-        let opens_at_ms = match place.state {
-            PlaceState::PreQueue { opens_in_ms } if opens_in_ms > 0 => now_ms + opens_in_ms,
-            _ => 0,
-        };
         Self {
-            state: place.state.clone(),
+            state: Shown::of(&place.state, now_ms),
             waiting_count: place.waiting_count,
             mode: place.mode,
             estimated_wait: place.estimated_wait(),
-            opens_at_ms,
         }
     }
 
     fn differs_from(&self, last: &View) -> bool {
-        let counting_down = self.opens_at_ms > 0 && last.opens_at_ms > 0;
-        let (state_changed, opening_moved) = if counting_down {
-            let moved = self.opens_at_ms.abs_diff(last.opens_at_ms) > Self::OPENING_TOLERANCE_MS;
-            (false, moved)
-        } else {
-            (self.state != last.state, false)
-        };
-        state_changed
-            || opening_moved
+        self.state.differs_from(last.state)
             || self.waiting_count != last.waiting_count
             || self.mode != last.mode
             || self.estimated_wait != last.estimated_wait
@@ -147,7 +171,8 @@ struct QueueWatch {
     /// Changes to the line made through this instance so far.
     changes: AtomicU64,
     pollers: Mutex<Pollers>,
-    /// The queue's heartbeat timeout as last read; 0 until then.
+    /// The queue's heartbeat timeout as last read; 0 until then, and after
+    /// a configuration change made here until it is read again.
     heartbeat_ms: AtomicU64,
 }
 
@@ -240,9 +265,13 @@ impl WatchHub {
     /// answer as the store would (see [`lookup`]); `None`: ask the store,
     /// then [`remember`](Self::remember) its answer.
     pub fn lookup(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Option<Place> {
+        // Polls answered after the last recording would never be recorded.
+        if self.shutdown.is_cancelled() {
+            return None;
+        }
         let watch = Arc::clone(self.queues.lock().ok()?.get(queue)?);
         let changes = watch.changes.load(Ordering::Acquire);
-        let max_age_ms = (self.interval + self.interval / 4).as_millis() as u64;
+        let max_age_ms = self.interval.as_millis() as u64;
         let heartbeat_ms = watch.heartbeat_ms.load(Ordering::Relaxed);
         let mut pollers = watch.pollers();
         pollers.answer(
@@ -255,25 +284,68 @@ impl WatchHub {
         )
     }
 
-    /// Remembers the store's answer to a user's lookup, so the next ones
-    /// can be answered here.
-    pub fn remember(self: &Arc<Self>, queue: &QueueId, user: &UserId, place: &Place, now_ms: u64) {
+    /// Remembers the store's answer to a user's lookup, asked at `asked_ms`
+    /// (when it recorded the user's presence), so the next ones can be
+    /// answered here.
+    pub fn remember(
+        self: &Arc<Self>,
+        queue: &QueueId,
+        user: &UserId,
+        place: &Place,
+        asked_ms: u64,
+    ) {
+        self.remember_answer(queue, user, place, asked_ms, true);
+    }
+
+    /// Notes the place the store just gave a user who enqueued: a poller
+    /// enqueued again holds a new ticket (or was admitted) from now on.
+    pub fn enqueued(
+        self: &Arc<Self>,
+        queue: &QueueId,
+        user: &UserId,
+        place: &Place,
+        asked_ms: u64,
+    ) {
+        self.remember_answer(queue, user, place, asked_ms, false);
+    }
+
+    fn remember_answer(
+        self: &Arc<Self>,
+        queue: &QueueId,
+        user: &UserId,
+        place: &Place,
+        asked_ms: u64,
+        follow: bool,
+    ) {
+        // The answer may be as of a moment after a refresh that began after
+        // `asked_ms`: the copy must be newer than this to answer next.
+        let answered_ms = self.clock.now_ms();
         let in_line = matches!(place.state, PlaceState::Waiting { .. } | PlaceState::Closed);
         let Ok(mut queues) = self.queues.lock() else {
             return;
         };
-        if !in_line {
-            if let Some(watch) = queues.get(queue) {
-                watch.pollers().remember(user, place, now_ms);
+        let watch = match queues.get(queue) {
+            Some(watch) => watch,
+            None if follow && in_line && !self.shutdown.is_cancelled() => {
+                self.follow(&mut queues, queue)
             }
-            return;
+            None => return,
+        };
+        let mut pollers = watch.pollers();
+        if follow || pollers.knows(user) {
+            pollers.remember(user, place, asked_ms, answered_ms);
         }
-        if self.shutdown.is_cancelled() {
-            return;
+    }
+
+    /// A queue's configuration was changed through this instance: its
+    /// heartbeat timeout is read again before lookups are answered here.
+    pub fn reconfigured(&self, queue: &QueueId) {
+        if let Ok(queues) = self.queues.lock()
+            && let Some(watch) = queues.get(queue)
+        {
+            watch.heartbeat_ms.store(0, Ordering::Relaxed);
         }
-        self.follow(&mut queues, queue)
-            .pollers()
-            .remember(user, place, now_ms);
+        self.nudge(queue);
     }
 
     /// Refreshes a queue's watchers now: a change to the line was just made
@@ -344,7 +416,13 @@ impl WatchHub {
                 continue;
             }
             presence
-                .record(self.store.as_ref(), &queue, &watchers, &watch, now)
+                .record(
+                    self.store.as_ref(),
+                    self.clock.as_ref(),
+                    &queue,
+                    &watchers,
+                    &watch,
+                )
                 .await;
             let survivors = match self.refresh(&queue, &watch, &mut watchers, now).await {
                 Ok(()) => {
@@ -428,6 +506,17 @@ impl WatchHub {
             let Some(current) = copy.line.as_mut() else {
                 continue;
             };
+            if current.epoch_ms != changes.summary.epoch_ms {
+                // The queue was created again: every ticket known is of the
+                // old one. (The copy's lock is let go before the pollers'.)
+                copy.reset();
+                drop(copy);
+                *watch.pollers() = Pollers::default();
+                for watcher in watchers.iter_mut().filter(|w| w.ticket.is_some()) {
+                    watcher.ticket = Some(0);
+                }
+                continue;
+            }
             for (seq, event) in changes.events {
                 current.seq = seq;
                 let (user, ticket) = match event {
@@ -569,14 +658,16 @@ impl Presence {
     async fn record(
         &mut self,
         store: &dyn QueueStore,
+        clock: &dyn Clock,
         queue: &QueueId,
         watchers: &[Watcher],
         watch: &QueueWatch,
-        now: u64,
     ) {
-        if self
-            .checked_at
-            .is_none_or(|at| at.elapsed() >= Self::RECHECK_CONFIG)
+        let reconfigured = watch.heartbeat_ms.load(Ordering::Relaxed) == 0;
+        if (reconfigured
+            || self
+                .checked_at
+                .is_none_or(|at| at.elapsed() >= Self::RECHECK_CONFIG))
             && let Ok(config) = store.get_queue(queue).await
         {
             let heartbeat_ms = config.heartbeat_timeout.as_millis() as u64;
@@ -584,10 +675,13 @@ impl Presence {
             self.every_ms = (heartbeat_ms / 3).max(1000);
             self.checked_at = Some(tokio::time::Instant::now());
         }
+        let polled = watch.pollers().take_unrecorded();
+        // Read after the polls were taken, so no poll is recorded as older
+        // than it was.
+        let now = clock.now_ms();
         // Opening a stream looked the place up, which counted.
         let recorded_at = *self.recorded_at_ms.get_or_insert(now);
         let watchers_due = now.saturating_sub(recorded_at) >= self.every_ms;
-        let polled = watch.pollers().take_unrecorded();
         let mut users = polled.clone();
         if watchers_due {
             users.extend(watchers.iter().map(|w| w.tx.user().clone()));

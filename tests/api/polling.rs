@@ -133,3 +133,56 @@ async fn a_poll_answered_from_the_copy_keeps_the_place_for_a_whole_timeout() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_poller_who_enqueues_again_through_this_instance_is_shown_the_new_ticket_at_once() {
+    let (one, two, _redis, _clock) = two_replicas().await;
+    one.create_queue(queue("poll")).await;
+    let mut a = one.client().await;
+    let mut b = two.client().await;
+    for user in ["a", "b", "u", "c"] {
+        enqueue(&mut a, "poll", user).await;
+    }
+    rank(&mut a, "poll", "u").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rank(&mut a, "poll", "u").await.ticket, 3);
+    // Left through the other replica, back through this one.
+    assert!(leave(&mut b, "poll", "u").await);
+    let back = enqueue(&mut a, "poll", "u").await;
+    let shown = rank(&mut a, "poll", "u").await;
+    assert_eq!((shown.ticket, shown.position), (back.ticket, back.position));
+    assert_eq!((shown.ticket, shown.position), (5, 4));
+}
+
+#[tokio::test]
+async fn a_queue_created_again_is_a_new_line_for_its_pollers() {
+    let (one, two, _redis, clock) = two_replicas().await;
+    one.create_queue(queue("poll")).await;
+    let mut a = one.client().await;
+    let mut b = two.client().await;
+    for user in ["a", "b", "u"] {
+        enqueue(&mut a, "poll", user).await;
+    }
+    rank(&mut a, "poll", "u").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rank(&mut a, "poll", "u").await.position, 3);
+    // Deleted and created again through the other replica, with as many
+    // newcomers as there were changes logged before: ticket 3 is someone
+    // else's now.
+    let mut admin = two.admin().await;
+    admin
+        .delete_queue(waitroom::pb::DeleteQueueRequest {
+            queue_id: "poll".into(),
+        })
+        .await
+        .unwrap();
+    clock.advance_ms(1000);
+    two.create_queue(queue("poll")).await;
+    for i in 0..6 {
+        enqueue(&mut b, "poll", &format!("new-{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gone = a.get_rank(rank_request("poll", "u")).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    assert_eq!(rank(&mut a, "poll", "new-2").await.position, 3);
+}

@@ -567,7 +567,8 @@ impl QueueStore for MemoryStore {
     async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()> {
         self.with_queue(queue, |state| {
             for user in users {
-                if state.seen.contains_key(user) {
+                // Only forward: a late batch never moves a newer sign back.
+                if state.seen.get(user).is_some_and(|seen| *seen < now_ms) {
                     state.see(user, now_ms);
                 }
             }
@@ -602,6 +603,7 @@ impl QueueStore for MemoryStore {
     async fn line_snapshot(&self, queue: &QueueId) -> Result<LineSnapshot> {
         self.with_queue(queue, |state| {
             Ok(LineSnapshot {
+                epoch_ms: state.config.created_at_ms,
                 seq: state.log_seq,
                 tickets: state.waiting.keys().copied().collect(),
             })
@@ -628,6 +630,7 @@ impl QueueStore for MemoryStore {
                 .collect();
             Ok(LineChanges {
                 summary: LineSummary {
+                    epoch_ms: state.config.created_at_ms,
                     seq: state.log_seq,
                     mode: state.config.mode,
                     waiting: state.waiting.len() as u64,

@@ -880,12 +880,17 @@ impl QueueStore for RedisStore {
         if status != "ok" {
             return Err(status_error(&status, queue));
         }
+        let epoch_ms = reply.u64()?;
         let seq = reply.u64()?;
         let mut tickets = Vec::with_capacity(reply.remaining());
         while reply.remaining() > 0 {
             tickets.push(reply.u64()?);
         }
-        Ok(LineSnapshot { seq, tickets })
+        Ok(LineSnapshot {
+            epoch_ms,
+            seq,
+            tickets,
+        })
     }
 
     async fn line_changes(
@@ -913,12 +918,14 @@ impl QueueStore for RedisStore {
             admitted: reply.u64()?,
             span_ms: reply.u64()?,
         };
+        let epoch_ms = reply.u64()?;
         let mut events = Vec::with_capacity(reply.remaining());
         while reply.remaining() > 0 {
             events.push(parse_line_entry(&reply.string()?)?);
         }
         Ok(LineChanges {
             summary: LineSummary {
+                epoch_ms,
                 seq,
                 mode,
                 waiting,

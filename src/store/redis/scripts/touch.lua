@@ -2,11 +2,12 @@
 -- all the streams of one queue on one instance.
 -- KEYS: the queue's keys (prelude). ARGV: now, user...
 -- Returns the number of users touched. XX: users who left, were admitted or
--- were released are not brought back.
+-- were released are not brought back. GT: a sign of life recorded late (an
+-- instance's batch of them) never moves a newer one back.
 
 local touched = 0
 for i = 2, #ARGV, 1000 do
-  local args = { K_SEEN, 'XX', 'CH' }
+  local args = { K_SEEN, 'XX', 'GT', 'CH' }
   for j = i, math.min(i + 999, #ARGV) do
     args[#args + 1] = NOW
     args[#args + 1] = ARGV[j]
