@@ -16,6 +16,24 @@ pub struct Measured {
 }
 
 impl Measured {
+    pub fn empty() -> Self {
+        Self {
+            calls: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+        }
+    }
+
+    /// Adds another measurement of the same thing (another time slice).
+    pub fn merge(&mut self, other: &Self) {
+        self.calls += other.calls;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+    }
+
     pub fn per_second(&self) -> f64 {
         self.calls as f64 / self.elapsed.as_secs_f64()
     }

@@ -42,11 +42,11 @@ pub enum Rpc {
     GetRank,
 }
 
-async fn baseline(channels: &Arc<Vec<Channel>>, args: &Args) -> Measured {
+async fn baseline(channels: &Arc<Vec<Channel>>, args: &Args, duration: Duration) -> Measured {
     let channels = Arc::clone(channels);
     load::run(
         args.clients,
-        Duration::from_secs(args.seconds),
+        duration,
         None,
         move |c, _| {
             let mut health = HealthClient::new(channels[c % channels.len()].clone());
@@ -75,17 +75,7 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.seconds);
 
     // Warm up connections and the scripts' cache.
-    let _ = baseline(
-        &channels,
-        &Args {
-            seconds: 1,
-            ..args.clone()
-        },
-    )
-    .await;
-    let before = Cpu::read(&service)?;
-    let trivial = baseline(&channels, &args).await;
-    let trivial_cpu = Cpu::read(&service)?.since(&before, trivial.calls);
+    let _ = baseline(&channels, &args, Duration::from_secs(1)).await;
 
     if let Rpc::GetRank = rpc {
         enqueue_users(&channels, args.clients, "bench", PREFILLED as usize, |n| {
@@ -97,20 +87,30 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
         let _ = run_rpc(rpc, &channels, &args, None, Duration::from_secs(1)).await;
     }
 
+    // The baseline and the RPC take turns, a second each, so a machine
+    // whose speed drifts (a busy neighbour) slows both alike and the ratio
+    // holds.
     let redis_url = service.redis().map(|r| r.url());
-    let commands_before = match &redis_url {
-        Some(url) => load::redis_commands(url)?,
-        None => 0,
+    let commands = || match &redis_url {
+        Some(url) => load::redis_commands(url),
+        None => Ok(0),
     };
-    let before = Cpu::read(&service)?;
-    let measured = run_rpc(rpc, &channels, &args, None, duration).await;
-    let measured_cpu = Cpu::read(&service)?.since(&before, measured.calls);
-    let commands = match &redis_url {
-        Some(url) => {
-            (load::redis_commands(url)? - commands_before) as f64 / measured.elapsed.as_secs_f64()
-        }
-        None => 0.0,
-    };
+    let (mut trivial, mut measured) = (Measured::empty(), Measured::empty());
+    let (mut trivial_cpu, mut measured_cpu) = (Cpu::zero(), Cpu::zero());
+    let mut measured_commands = 0;
+    for _ in 0..args.seconds.max(1) {
+        let before = Cpu::read(&service)?;
+        trivial.merge(&baseline(&channels, &args, Duration::from_secs(1)).await);
+        trivial_cpu.add(&Cpu::read(&service)?, &before);
+        let commands_before = commands()?;
+        let before = Cpu::read(&service)?;
+        measured.merge(&run_rpc(rpc, &channels, &args, None, Duration::from_secs(1)).await);
+        measured_cpu.add(&Cpu::read(&service)?, &before);
+        measured_commands += commands()? - commands_before;
+    }
+    let trivial_cpu = trivial_cpu.per_call(trivial.calls);
+    let measured_cpu = measured_cpu.per_call(measured.calls);
+    let commands = measured_commands as f64 / measured.elapsed.as_secs_f64();
     let name = match rpc {
         Rpc::Enqueue => "Enqueue",
         Rpc::GetRank => "GetRank",
@@ -268,13 +268,27 @@ impl Cpu {
         })
     }
 
-    fn since(&self, before: &Self, calls: u64) -> CpuPerCall {
-        let per_call =
-            |now: Duration, then: Duration| (now - then).as_secs_f64() * 1e6 / calls.max(1) as f64;
+    fn zero() -> Self {
+        Self {
+            client: Duration::ZERO,
+            service: Duration::ZERO,
+            redis: Duration::ZERO,
+        }
+    }
+
+    /// Adds the CPU time used between readings `before` and `now`.
+    fn add(&mut self, now: &Self, before: &Self) {
+        self.client += now.client.saturating_sub(before.client);
+        self.service += now.service.saturating_sub(before.service);
+        self.redis += now.redis.saturating_sub(before.redis);
+    }
+
+    fn per_call(&self, calls: u64) -> CpuPerCall {
+        let per_call = |used: Duration| used.as_secs_f64() * 1e6 / calls.max(1) as f64;
         CpuPerCall {
-            client: per_call(self.client, before.client),
-            service: per_call(self.service, before.service),
-            redis: per_call(self.redis, before.redis),
+            client: per_call(self.client),
+            service: per_call(self.service),
+            redis: per_call(self.redis),
         }
     }
 }
