@@ -269,7 +269,7 @@ impl WatchHub {
         if self.shutdown.is_cancelled() {
             return None;
         }
-        let watch = Arc::clone(self.queues.lock().ok()?.get(queue)?);
+        let watch = self.followed(queue)?;
         let changes = watch.changes.load(Ordering::Acquire);
         let max_age_ms = self.interval.as_millis() as u64;
         let heartbeat_ms = watch.heartbeat_ms.load(Ordering::Relaxed);
@@ -340,9 +340,7 @@ impl WatchHub {
     /// A queue's configuration was changed through this instance: its
     /// heartbeat timeout is read again before lookups are answered here.
     pub fn reconfigured(&self, queue: &QueueId) {
-        if let Ok(queues) = self.queues.lock()
-            && let Some(watch) = queues.get(queue)
-        {
+        if let Some(watch) = self.followed(queue) {
             watch.heartbeat_ms.store(0, Ordering::Relaxed);
         }
         self.nudge(queue);
@@ -352,12 +350,15 @@ impl WatchHub {
     /// through this instance. Until a refresh that began after it, lookups
     /// go to the store.
     pub fn nudge(&self, queue: &QueueId) {
-        if let Ok(queues) = self.queues.lock()
-            && let Some(watch) = queues.get(queue)
-        {
+        if let Some(watch) = self.followed(queue) {
             watch.changes.fetch_add(1, Ordering::AcqRel);
             watch.wake.notify_one();
         }
+    }
+
+    /// The queue's entry, if this instance follows it.
+    fn followed(&self, queue: &QueueId) -> Option<Arc<QueueWatch>> {
+        self.queues.lock().ok()?.get(queue).cloned()
     }
 
     /// Number of open streams on this instance.

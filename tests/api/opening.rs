@@ -17,6 +17,24 @@ fn at(ms: u64) -> Option<prost_types::Timestamp> {
     })
 }
 
+/// Moves a queue's opening to `ms`.
+async fn move_opening(app: &TestApp, id: &str, ms: u64) -> Result<pb::Queue, tonic::Status> {
+    let request = pb::UpdateQueueRequest {
+        queue: Some(pb::Queue {
+            opens_at: at(ms),
+            ..queue(id)
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["opens_at".into()],
+        }),
+    };
+    let response = app.admin().await.update_queue(request).await?;
+    response
+        .into_inner()
+        .queue
+        .ok_or_else(|| tonic::Status::internal("no queue in the response"))
+}
+
 #[tokio::test]
 async fn early_arrivals_are_drawn_into_a_random_order_ahead_of_later_ones() {
     let (app, _redis) = TestApp::on_redis().await;
@@ -120,38 +138,12 @@ async fn the_opening_can_be_moved_until_it_happens() {
         ..queue("drop")
     })
     .await;
-    let mut admin = app.admin().await;
-    let moved = admin
-        .update_queue(pb::UpdateQueueRequest {
-            queue: Some(pb::Queue {
-                opens_at: at(now + 20_000),
-                ..queue("drop")
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["opens_at".into()],
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .queue
-        .unwrap();
+    let moved = move_opening(&app, "drop", now + 20_000).await.unwrap();
     assert_eq!(moved.opens_at, at(now + 20_000));
     app.clock.set_ms(now + 20_000);
     let mut client = app.client().await;
     enqueue(&mut client, "drop", "first").await;
-    let refused = admin
-        .update_queue(pb::UpdateQueueRequest {
-            queue: Some(pb::Queue {
-                opens_at: at(now + 60_000),
-                ..queue("drop")
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["opens_at".into()],
-            }),
-        })
-        .await
-        .unwrap_err();
+    let refused = move_opening(&app, "drop", now + 60_000).await.unwrap_err();
     assert_eq!(
         (refused.code(), reason(&refused).as_str()),
         (tonic::Code::FailedPrecondition, "OPENING_PASSED")
@@ -262,19 +254,7 @@ async fn a_pre_queued_watcher_hears_of_a_moved_opening_but_not_of_each_tick_of_t
         "a message for the countdown alone: {quiet:?}"
     );
 
-    let mut admin = app.admin().await;
-    admin
-        .update_queue(pb::UpdateQueueRequest {
-            queue: Some(pb::Queue {
-                opens_at: at(opens_at + 20_000),
-                ..queue("drop")
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["opens_at".into()],
-            }),
-        })
-        .await
-        .unwrap();
+    move_opening(&app, "drop", opens_at + 20_000).await.unwrap();
     let moved = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .expect("the moved opening reaches the watcher")

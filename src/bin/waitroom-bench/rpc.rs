@@ -44,22 +44,17 @@ pub enum Rpc {
 
 async fn baseline(channels: &Arc<Vec<Channel>>, args: &Args, duration: Duration) -> Measured {
     let channels = Arc::clone(channels);
-    load::run(
-        args.clients,
-        duration,
-        None,
-        move |c, _| {
-            let mut health = HealthClient::new(channels[c % channels.len()].clone());
-            async move {
-                health
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .is_ok()
-            }
-        },
-    )
+    load::run(args.clients, duration, None, move |c, _| {
+        let mut health = HealthClient::new(channels[c % channels.len()].clone());
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok()
+        }
+    })
     .await
 }
 
