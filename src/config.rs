@@ -64,7 +64,8 @@ pub struct Config {
     #[arg(long = "queue", env = "WAITROOM_QUEUES", value_delimiter = ';', value_parser = QueueSpec::parse)]
     pub queues: Vec<QueueSpec>,
 
-    /// How often open WatchRank streams are refreshed from the store.
+    /// How often the copy of a watched or polled queue's line is refreshed
+    /// from the store: what users are shown is no older than this.
     #[arg(long, env = "WAITROOM_WATCH_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub watch_interval: Duration,
 
