@@ -10,9 +10,10 @@
 //! pollers it answered since the last, in one store write for all of them.
 //!
 //! The copy answers only when it can answer as the store would:
-//! - it is caught up with the log as of a read no older than the refresh
-//!   interval, and newer than the user's previous answer (the store's too),
-//!   so a poller never sees time go back (a position rise after it fell);
+//! - it is caught up with the log as of a read begun within the refresh
+//!   interval (a quarter more for the read itself), and no older than the
+//!   user's previous answer, the store's too, so a poller never sees time
+//!   go back (a position rise after it fell);
 //! - it is of the queue as created now (a queue created again drops the
 //!   copy and every poller);
 //! - no change was made through this instance since that read began
@@ -27,6 +28,7 @@
 //! refresh, as they reach watchers.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use super::line::Line;
 use crate::domain::{LineSummary, Place, PlaceState, QueueMode, UserId};
@@ -41,8 +43,11 @@ pub(super) struct Copy {
     pub(super) line: Option<Line>,
     pub(super) summary: Option<LineSummary>,
     /// When the read the copy is caught up with began, by the service's
-    /// clock.
+    /// clock (what the summary's rate is computed for) and by the machine's.
     pub(super) read_ms: u64,
+    pub(super) read_at: Option<Instant>,
+    /// The number of that read among the queue's reads (see [`Poller`]).
+    pub(super) read_no: u64,
     /// The count of local changes before that read began; `None` while the
     /// copy is not caught up.
     pub(super) changes_seen: Option<u64>,
@@ -55,8 +60,11 @@ impl Copy {
 
     /// A poller's place, if this copy can give it (see the module docs).
     fn place(&self, poller: &Poller, changes: u64, max_age_ms: u64, now_ms: u64) -> Option<Place> {
-        let fresh = now_ms.saturating_sub(self.read_ms) <= max_age_ms;
-        if self.changes_seen != Some(changes) || !fresh || self.read_ms < poller.as_of_ms {
+        let fresh = now_ms.saturating_sub(self.read_ms) <= max_age_ms
+            && self
+                .read_at
+                .is_some_and(|at| at.elapsed() <= Duration::from_millis(max_age_ms));
+        if self.changes_seen != Some(changes) || !fresh || self.read_no < poller.min_read {
             return None;
         }
         let summary = self.summary.as_ref()?;
@@ -70,8 +78,11 @@ impl Copy {
 pub(super) struct Poller {
     ticket: u64,
     seen_ms: u64,
-    /// The moment its last answer was as of.
-    as_of_ms: u64,
+    /// The first read of the line that is no older than its last answer:
+    /// the read that answered it, or, after the store answered, the first
+    /// read begun after that answer came back. (Read numbers, not clock
+    /// readings, so two in the same millisecond are told apart.)
+    min_read: u64,
     /// When its presence was last recorded in the store.
     recorded_ms: u64,
     /// Answered here since its presence was last recorded.
@@ -91,16 +102,10 @@ impl Pollers {
     }
 
     /// Remembers the place the store gave a user: asked at `asked_ms`,
-    /// which recorded the user's presence, and answered by `answered_ms`.
-    /// Polls answered here and not recorded yet are covered by the store's
-    /// later record.
-    pub(super) fn remember(
-        &mut self,
-        user: &UserId,
-        place: &Place,
-        asked_ms: u64,
-        answered_ms: u64,
-    ) {
+    /// which recorded the user's presence, and answered before read
+    /// `min_read` began. Polls answered here and not recorded yet are
+    /// covered by the store's later record.
+    pub(super) fn remember(&mut self, user: &UserId, place: &Place, asked_ms: u64, min_read: u64) {
         let in_line = matches!(place.state, PlaceState::Waiting { .. } | PlaceState::Closed);
         if !in_line || place.ticket == 0 {
             self.0.remove(user);
@@ -111,7 +116,7 @@ impl Pollers {
             Poller {
                 ticket: place.ticket,
                 seen_ms: asked_ms,
-                as_of_ms: answered_ms,
+                min_read,
                 recorded_ms: asked_ms,
                 unrecorded: false,
             },
@@ -134,7 +139,7 @@ impl Pollers {
             return None;
         }
         let place = copy.place(poller, changes, max_age_ms, now_ms)?;
-        poller.as_of_ms = copy.read_ms;
+        poller.min_read = copy.read_no;
         poller.seen_ms = poller.seen_ms.max(now_ms);
         poller.unrecorded = true;
         Some(place)
@@ -185,6 +190,7 @@ mod tests {
     const HEARTBEAT_MS: u64 = 10_000;
     const MAX_AGE_MS: u64 = 300;
 
+    /// A copy made by read number `read_ms / 100`, just now.
     fn copy(read_ms: u64, mode: QueueMode) -> Copy {
         Copy {
             line: Some(Line::from_snapshot(LineSnapshot {
@@ -203,6 +209,8 @@ mod tests {
                 rate: RateSample::default(),
             }),
             read_ms,
+            read_at: Some(Instant::now()),
+            read_no: read_ms / 100,
             changes_seen: Some(2),
         }
     }
@@ -220,7 +228,7 @@ mod tests {
     fn pollers(at_ms: u64) -> (Pollers, UserId) {
         let user = UserId::parse("u").unwrap();
         let mut pollers = Pollers::default();
-        pollers.remember(&user, &waiting(5, 2), at_ms, at_ms);
+        pollers.remember(&user, &waiting(5, 2), at_ms, at_ms / 100 + 1);
         (pollers, user)
     }
 

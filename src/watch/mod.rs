@@ -170,6 +170,11 @@ struct QueueWatch {
     copy: RwLock<Copy>,
     /// Changes to the line made through this instance so far.
     changes: AtomicU64,
+    /// Reads of the line begun so far.
+    reads: AtomicU64,
+    /// The creation time of the queue the pollers' tickets are of; 0 until
+    /// the first snapshot.
+    epoch_ms: AtomicU64,
     pollers: Mutex<Pollers>,
     /// The queue's heartbeat timeout as last read; 0 until then, and after
     /// a configuration change made here until it is read again.
@@ -271,7 +276,8 @@ impl WatchHub {
         }
         let watch = self.followed(queue)?;
         let changes = watch.changes.load(Ordering::Acquire);
-        let max_age_ms = self.interval.as_millis() as u64;
+        // Reads begin every interval; a quarter more for the read itself.
+        let max_age_ms = (self.interval + self.interval / 4).as_millis() as u64;
         let heartbeat_ms = watch.heartbeat_ms.load(Ordering::Relaxed);
         let mut pollers = watch.pollers();
         pollers.answer(
@@ -317,9 +323,6 @@ impl WatchHub {
         asked_ms: u64,
         follow: bool,
     ) {
-        // The answer may be as of a moment after a refresh that began after
-        // `asked_ms`: the copy must be newer than this to answer next.
-        let answered_ms = self.clock.now_ms();
         let in_line = matches!(place.state, PlaceState::Waiting { .. } | PlaceState::Closed);
         let Ok(mut queues) = self.queues.lock() else {
             return;
@@ -331,9 +334,12 @@ impl WatchHub {
             }
             None => return,
         };
+        // The store's answer may be newer than a read begun before it came
+        // back: only a read begun after it may answer next.
+        let min_read = watch.reads.load(Ordering::Acquire) + 1;
         let mut pollers = watch.pollers();
         if follow || pollers.knows(user) {
-            pollers.remember(user, place, asked_ms, answered_ms);
+            pollers.remember(user, place, asked_ms, min_read);
         }
     }
 
@@ -382,9 +388,13 @@ impl WatchHub {
     async fn run(self: Arc<Self>, queue: QueueId, watch: Arc<QueueWatch>) {
         let mut failures = 0u32;
         let mut presence = Presence::new();
+        // Reads begin at a steady pace, however long each takes, so the
+        // copy is never much older than the interval.
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(self.interval) => {}
+                _ = ticks.tick() => {}
                 _ = watch.wake.notified() => {}
                 _ = self.shutdown.cancelled() => {
                     let watchers = take(&watch);
@@ -488,6 +498,15 @@ impl WatchHub {
                     from_snapshot = true;
                     let line = Line::from_snapshot(self.store.line_snapshot(queue).await?);
                     let seq = line.seq;
+                    let previous = watch.epoch_ms.swap(line.epoch_ms, Ordering::AcqRel);
+                    if previous != 0 && previous != line.epoch_ms {
+                        // The queue was created again: every ticket known
+                        // is of the old one.
+                        *watch.pollers() = Pollers::default();
+                        for watcher in watchers.iter_mut().filter(|w| w.ticket.is_some()) {
+                            watcher.ticket = Some(0);
+                        }
+                    }
                     watch.copy_mut().line = Some(line);
                     seq
                 }
@@ -495,6 +514,8 @@ impl WatchHub {
             // The moment the copy is as of, for lookups: the summary's
             // rate is computed for it, and the log is read after it.
             let read_ms = self.clock.now_ms();
+            let read_at = std::time::Instant::now();
+            let read_no = watch.reads.fetch_add(1, Ordering::AcqRel) + 1;
             let changes = self
                 .store
                 .line_changes(queue, seq, CHANGES_PER_READ, read_ms)
@@ -508,14 +529,9 @@ impl WatchHub {
                 continue;
             };
             if current.epoch_ms != changes.summary.epoch_ms {
-                // The queue was created again: every ticket known is of the
-                // old one. (The copy's lock is let go before the pollers'.)
+                // The queue was created again: a new snapshot (which drops
+                // what was known of the old one).
                 copy.reset();
-                drop(copy);
-                *watch.pollers() = Pollers::default();
-                for watcher in watchers.iter_mut().filter(|w| w.ticket.is_some()) {
-                    watcher.ticket = Some(0);
-                }
                 continue;
             }
             for (seq, event) in changes.events {
@@ -545,6 +561,8 @@ impl WatchHub {
             let caught_up = current.seq >= changes.summary.seq;
             copy.summary = Some(changes.summary);
             copy.read_ms = read_ms;
+            copy.read_at = Some(read_at);
+            copy.read_no = read_no;
             copy.changes_seen = caught_up.then_some(changes_before);
             if caught_up {
                 break;

@@ -186,3 +186,54 @@ async fn a_queue_created_again_is_a_new_line_for_its_pollers() {
     assert_eq!(gone.code(), tonic::Code::NotFound);
     assert_eq!(rank(&mut a, "poll", "new-2").await.position, 3);
 }
+
+#[tokio::test]
+async fn a_pollers_position_never_rises_under_churn_through_both_replicas() {
+    let (one, two, _redis, _clock) = two_replicas().await;
+    one.create_queue(queue("poll")).await;
+    let mut a = one.client().await;
+    let mut b = two.client().await;
+    for i in 0..40 {
+        enqueue(&mut a, "poll", &format!("u{i:02}")).await;
+    }
+    // Admissions and leaves through the other replica, while this one is
+    // polled and admits now and then itself.
+    let churn = tokio::spawn(async move {
+        for round in 0..10 {
+            admit(&mut b, "poll", 1).await;
+            assert!(leave(&mut b, "poll", &format!("u{:02}", 20 + round)).await);
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    });
+    let (mut last, mut polls, mut admitted_here) = (u64::MAX, 0, 0);
+    while !churn.is_finished() {
+        let place = rank(&mut a, "poll", "u39").await;
+        assert_eq!(place.state(), PlaceState::Waiting);
+        assert!(
+            place.position <= last,
+            "position rose from {last} to {}",
+            place.position
+        );
+        last = place.position;
+        polls += 1;
+        if polls % 5 == 0 && admitted_here < 5 {
+            admit(&mut a, "poll", 1).await;
+            admitted_here += 1;
+        }
+    }
+    churn.await.unwrap();
+    // Within the interval the copy agrees with the store (asked through the
+    // other replica, which never answered this user from a copy).
+    let mut b = two.client().await;
+    let truth = rank(&mut b, "poll", "u39").await.position;
+    assert_eq!(truth, 40 - 10 - 10 - admitted_here);
+    wait_until(
+        "the copy agrees with the store",
+        Duration::from_secs(2),
+        || {
+            let mut a = a.clone();
+            async move { rank(&mut a, "poll", "u39").await.position == truth }
+        },
+    )
+    .await;
+}
