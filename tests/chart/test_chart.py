@@ -188,6 +188,13 @@ def test_configuration_is_waitroom_env_from_a_config_map_with_the_declared_queue
     assert envfrom == config["metadata"]["name"]
 
 
+def test_freed_memory_goes_back_to_the_system_at_once_unless_told_otherwise():
+    [default] = kinds(render(), "ConfigMap")
+    assert default["data"]["MIMALLOC_PURGE_DELAY"] == "0"
+    [slower] = kinds(render({"config": {"allocatorPurgeDelayMs": 250}}), "ConfigMap")
+    assert slower["data"]["MIMALLOC_PURGE_DELAY"] == "250"
+
+
 def test_the_bundled_redis_is_off_by_default_and_keeps_an_append_only_file():
     assert not kinds(render(), "StatefulSet")
     [redis] = kinds(render(ALL_ON), "StatefulSet")
