@@ -65,12 +65,12 @@ pub struct Config {
     pub queues: Vec<QueueSpec>,
 
     /// How often the copy of a watched or polled queue's line is refreshed
-    /// from the store: what users are shown is no older than this.
-    #[arg(long, env = "WAITROOM_WATCH_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    /// from the store: what users are shown is as of the last refresh.
+    #[arg(long, env = "WAITROOM_WATCH_INTERVAL", default_value = "250ms", value_parser = positive_duration)]
     pub watch_interval: Duration,
 
     /// How often each replica's queue worker runs: automatic admission, the opening draw, releasing silent users.
-    #[arg(long, env = "WAITROOM_ADMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "WAITROOM_ADMIT_INTERVAL", default_value = "100ms", value_parser = positive_duration)]
     pub admit_interval: Duration,
 
     /// After SIGTERM: how long readiness reports NOT_SERVING while the service keeps serving, so load balancers stop sending before streams are ended.
@@ -245,9 +245,25 @@ impl QueueSpec {
     }
 }
 
+/// A duration above zero: a period of zero would have a task spin.
+fn positive_duration(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periods_must_be_more_than_zero() {
+        assert_eq!(positive_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(positive_duration("0ms").is_err());
+        assert!(positive_duration("soon").is_err());
+    }
 
     #[test]
     fn queue_specs_parse_ids_and_settings() {

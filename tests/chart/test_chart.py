@@ -191,8 +191,8 @@ def test_configuration_is_waitroom_env_from_a_config_map_with_the_declared_queue
 def test_freed_memory_goes_back_to_the_system_at_once_unless_told_otherwise():
     [default] = kinds(render(), "ConfigMap")
     assert default["data"]["MIMALLOC_PURGE_DELAY"] == "0"
-    [slower] = kinds(render({"config": {"allocatorPurgeDelayMs": 250}}), "ConfigMap")
-    assert slower["data"]["MIMALLOC_PURGE_DELAY"] == "250"
+    [slower] = kinds(render({"config": {"allocatorPurgeDelayMs": 2000000}}), "ConfigMap")
+    assert slower["data"]["MIMALLOC_PURGE_DELAY"] == "2000000"
 
 
 def test_the_bundled_redis_is_off_by_default_and_keeps_an_append_only_file():
@@ -235,6 +235,7 @@ def test_notes_tell_how_to_reach_the_service_and_warn_about_missing_secrets():
         ({"service": {"grpcport": 50051}}, "grpcport"),
         ({"replicaCount": "three"}, "replicaCount"),
         ({"config": {"drainDelay": "five seconds"}}, "drainDelay"),
+        ({"config": {"watchInterval": "0ms"}}, "watchInterval"),
         ({"queues": [{"id": "bad id"}]}, "id"),
         ({"queues": [{"maxActive": 3}]}, "id"),
     ],
