@@ -7,8 +7,6 @@ use crate::domain::{LineSnapshot, LineSummary, Place, PlaceState, QueueMode, Ran
 /// The waiting tickets as of log entry `seq`.
 #[derive(Debug, Default)]
 pub(super) struct Line {
-    /// The queue's creation time: a queue created again is another line.
-    pub(super) epoch_ms: u64,
     pub(super) seq: u64,
     ranks: RankIndex,
     /// `waiting[t]`: ticket `t` is waiting. Tickets are dense, so a vector.
@@ -18,7 +16,6 @@ pub(super) struct Line {
 impl Line {
     pub(super) fn from_snapshot(snapshot: LineSnapshot) -> Self {
         let mut line = Self {
-            epoch_ms: snapshot.epoch_ms,
             seq: snapshot.seq,
             ..Self::default()
         };

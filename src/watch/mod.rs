@@ -53,7 +53,7 @@ const MAX_CATCH_UP_READS: usize = 20;
 /// What a user sees of a place; a message is sent only when it changes.
 /// Kept small: there is one per open stream, and the hub keeps a queue's
 /// watchers in one vector (see `docs/benchmarks.md` on its size).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 struct View {
     state: Shown,
     waiting_count: u64,
@@ -496,10 +496,10 @@ impl WatchHub {
                 Some(seq) => seq,
                 None => {
                     from_snapshot = true;
-                    let line = Line::from_snapshot(self.store.line_snapshot(queue).await?);
-                    let seq = line.seq;
-                    let previous = watch.epoch_ms.swap(line.epoch_ms, Ordering::AcqRel);
-                    if previous != 0 && previous != line.epoch_ms {
+                    let snapshot = self.store.line_snapshot(queue).await?;
+                    let epoch_ms = snapshot.epoch_ms;
+                    let previous = watch.epoch_ms.swap(epoch_ms, Ordering::AcqRel);
+                    if previous != 0 && previous != epoch_ms {
                         // The queue was created again: every ticket known
                         // is of the old one.
                         *watch.pollers() = Pollers::default();
@@ -507,6 +507,8 @@ impl WatchHub {
                             watcher.ticket = Some(0);
                         }
                     }
+                    let line = Line::from_snapshot(snapshot);
+                    let seq = line.seq;
                     watch.copy_mut().line = Some(line);
                     seq
                 }
@@ -528,7 +530,7 @@ impl WatchHub {
             let Some(current) = copy.line.as_mut() else {
                 continue;
             };
-            if current.epoch_ms != changes.summary.epoch_ms {
+            if changes.summary.epoch_ms != watch.epoch_ms.load(Ordering::Acquire) {
                 // The queue was created again: a new snapshot (which drops
                 // what was known of the old one).
                 copy.reset();
@@ -701,14 +703,18 @@ impl Presence {
         // Opening a stream looked the place up, which counted.
         let recorded_at = *self.recorded_at_ms.get_or_insert(now);
         let watchers_due = now.saturating_sub(recorded_at) >= self.every_ms;
-        let mut users = polled.clone();
-        if watchers_due {
-            users.extend(watchers.iter().map(|w| w.tx.user().clone()));
-            users.sort();
-            users.dedup();
-        }
+        let mut all = Vec::new();
+        let users = if watchers_due {
+            all.extend(polled.iter().cloned());
+            all.extend(watchers.iter().map(|w| w.tx.user().clone()));
+            all.sort();
+            all.dedup();
+            &all
+        } else {
+            &polled
+        };
         let written = users.is_empty() || {
-            match store.touch(queue, &users, now).await {
+            match store.touch(queue, users, now).await {
                 Ok(()) => true,
                 Err(error) => {
                     tracing::debug!(%error, queue = %queue, "recording presence failed");
