@@ -245,3 +245,14 @@ async fn shutdown_with_ten_thousand_open_streams_ends_them_all_and_exits_within_
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     eprintln!("shutdown with {streams} open streams took {took:?}");
 }
+
+#[test]
+fn cargo_run_starts_the_service_as_the_readme_says() {
+    let manifest = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    assert!(
+        manifest
+            .lines()
+            .any(|line| line.trim() == r#"default-run = "waitroom""#),
+        "with several binaries, `cargo run` needs default-run to start the service"
+    );
+}
