@@ -230,6 +230,17 @@ async fn queue_lifecycle(store: &dyn QueueStore) {
     assert_eq!(store.list_queues(None, 10).await.unwrap().len(), 2);
 }
 
+async fn a_late_sign_of_life_never_moves_a_newer_one_back(store: &dyn QueueStore) {
+    let config = create(store, "s", 0).await;
+    let timeout = config.heartbeat_timeout.as_millis() as u64;
+    store.enqueue(&q("s"), &u("a"), T0 + 10_000).await.unwrap();
+    // A batch of presence read at T0 arrives after the enqueue at T0 + 10 s.
+    store.touch(&q("s"), &[u("a")], T0).await.unwrap();
+    let now = T0 + 10_000 + timeout - 1;
+    assert_eq!(store.reap(&q("s"), 10, now).await.unwrap(), 0);
+    assert_eq!(store.reap(&q("s"), 10, now + 2).await.unwrap(), 1);
+}
+
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {
         mod memory {
@@ -258,6 +269,7 @@ conformance!(
     modes,
     retried_batches_and_consumed_tokens,
     queue_lifecycle,
+    a_late_sign_of_life_never_moves_a_newer_one_back,
 );
 
 /// The same scenarios on a three-master Redis Cluster.
@@ -297,5 +309,6 @@ mod cluster {
         modes,
         retried_batches_and_consumed_tokens,
         queue_lifecycle,
+        a_late_sign_of_life_never_moves_a_newer_one_back,
     );
 }
