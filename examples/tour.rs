@@ -139,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
             queue_id: args.queue.clone(),
             token: token.clone(),
             consume: true,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -152,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
             queue_id: args.queue.clone(),
             token: token.clone(),
             consume: true,
+            ..Default::default()
         })
         .await?
         .into_inner();

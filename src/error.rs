@@ -39,7 +39,8 @@ pub enum Error {
     /// elsewhere.
     #[error("{0}")]
     ResourceExhausted(String),
-    /// The store did not answer in time or at all. Safe to retry.
+    /// The store did not answer in time or at all. The call may or may not
+    /// have taken effect; every call is safe to retry.
     #[error("queue store unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -102,9 +103,14 @@ impl From<Error> for Status {
                 error.to_string()
             }
             Error::Unavailable(cause) => {
-                tracing::warn!(%cause, "queue store unavailable");
+                warn_unavailable(cause);
                 details.set_retry_info(Some(Duration::from_secs(1)));
-                "queue store unavailable; retry shortly, no place was lost".to_owned()
+                // True of every call: one sent before Redis stalled may
+                // still be carried out. Every write is safe to repeat
+                // (by its data, or by its request id).
+                "queue store unavailable; the call may or may not have taken effect: \
+                 retry it (with the same request_id where it takes one)"
+                    .to_owned()
             }
             Error::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
@@ -113,5 +119,28 @@ impl From<Error> for Status {
             _ => error.to_string(),
         };
         Status::with_error_details(error.code(), message, details)
+    }
+}
+
+/// Logs an unavailable store at most once a second, with the number of such
+/// answers since the last line: an outage under load is thousands a second.
+fn warn_unavailable(cause: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static NEXT_MS: AtomicU64 = AtomicU64::new(0);
+    static SINCE: AtomicU64 = AtomicU64::new(0);
+    let now_ms = STARTED
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64;
+    let answers = SINCE.fetch_add(1, Ordering::Relaxed) + 1;
+    let next = NEXT_MS.load(Ordering::Relaxed);
+    if now_ms >= next
+        && NEXT_MS
+            .compare_exchange(next, now_ms + 1000, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        SINCE.fetch_sub(answers, Ordering::Relaxed);
+        tracing::warn!(%cause, answers, "queue store unavailable");
     }
 }

@@ -12,7 +12,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::domain::Clock;
+use crate::domain::{Clock, QueueId, QueueStats};
 use crate::store::QueueStore;
 use crate::telemetry::metrics::metrics;
 use crate::tokens::Keyring;
@@ -25,6 +25,15 @@ const JWKS_MAX_AGE_S: u32 = 300;
 /// Queues whose figures one scrape reports at most.
 const MAX_SCRAPED_QUEUES: usize = 1000;
 
+/// How long the queues' figures read from the store serve later scrapes: a
+/// read is one store call per queue, so scrapes (several Prometheus
+/// servers, or anyone who can reach the port) cost the store at most one
+/// read per this interval, however often they come.
+const FIGURES_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The queues' figures last read, and when.
+type Figures = tokio::sync::Mutex<Option<(std::time::Instant, Vec<(QueueId, QueueStats)>)>>;
+
 pub fn router(
     keyring: Arc<Keyring>,
     store: Arc<dyn QueueStore>,
@@ -32,6 +41,7 @@ pub fn router(
     clock: Arc<dyn Clock>,
     ready: Arc<AtomicBool>,
 ) -> Router {
+    let figures: Arc<Figures> = Arc::default();
     Router::new()
         .route(
             "/readyz",
@@ -49,9 +59,13 @@ pub fn router(
         .route(
             "/metrics",
             get(move || {
-                let (store, hub, clock) =
-                    (Arc::clone(&store), Arc::clone(&hub), Arc::clone(&clock));
-                async move { scrape(store.as_ref(), &hub, clock.now_ms()).await }
+                let (store, hub, clock, figures) = (
+                    Arc::clone(&store),
+                    Arc::clone(&hub),
+                    Arc::clone(&clock),
+                    Arc::clone(&figures),
+                );
+                async move { scrape(store.as_ref(), &hub, clock.as_ref(), &figures).await }
             }),
         )
         .route(
@@ -76,21 +90,47 @@ pub fn router(
         .route("/healthz", get(|| async { "ok\n" }))
 }
 
-/// Reads every queue's figures from the store, then encodes all metrics.
-/// A store that does not answer leaves the queue figures out, not the rest.
-async fn scrape(store: &dyn QueueStore, hub: &WatchHub, now_ms: u64) -> axum::response::Response {
+/// Reads every queue's figures from the store (at most once per
+/// [`FIGURES_MAX_AGE`]; concurrent scrapes share one read), then encodes
+/// all metrics. A store that does not answer leaves the queue figures out,
+/// not the rest.
+async fn scrape(
+    store: &dyn QueueStore,
+    hub: &WatchHub,
+    clock: &dyn Clock,
+    figures: &Figures,
+) -> axum::response::Response {
     let m = metrics();
     m.open_watchers.set(hub.watcher_count() as i64);
     let watchers = hub.watchers_by_queue();
-    let mut queues = Vec::new();
-    if let Ok(configs) = store.list_queues(None, MAX_SCRAPED_QUEUES).await {
-        for config in configs {
-            if let Ok(stats) = store.stats(&config.id, now_ms).await {
-                let here = watchers.get(&config.id).copied().unwrap_or(0);
-                queues.push((config.id, stats, here));
+    let mut figures = figures.lock().await;
+    let fresh = figures
+        .as_ref()
+        .is_some_and(|(read_at, _)| read_at.elapsed() < FIGURES_MAX_AGE);
+    if !fresh {
+        let now_ms = clock.now_ms();
+        let mut read = Vec::new();
+        if let Ok(configs) = store.list_queues(None, MAX_SCRAPED_QUEUES).await {
+            for config in configs {
+                if let Ok(stats) = store.stats(&config.id, now_ms).await {
+                    read.push((config.id, stats));
+                }
             }
         }
+        *figures = Some((std::time::Instant::now(), read));
     }
+    let queues = figures
+        .as_ref()
+        .map(|(_, read)| {
+            read.iter()
+                .map(|(queue, stats)| {
+                    let here = watchers.get(queue).copied().unwrap_or(0);
+                    (queue.clone(), stats.clone(), here)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    drop(figures);
     m.set_queues(queues);
     match m.encode() {
         Ok(text) => (

@@ -36,10 +36,27 @@ pub(super) fn duration_in(field: &str, value: &prost_types::Duration) -> Result<
     if value.seconds < 0 || value.nanos < 0 {
         return Err(Error::invalid(field, "must not be negative"));
     }
-    let exact = Duration::try_from(*value).map_err(|e| Error::invalid(field, e.to_string()))?;
+    if value.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(
+            field,
+            format!("nanos must be below 1,000,000,000, got {}", value.nanos),
+        ));
+    }
     // Stores keep milliseconds; finer precision would not survive them.
-    Ok(Duration::from_millis(exact.as_millis() as u64))
+    // Every duration the API takes has a documented range far below this,
+    // checked by the caller; this bound only keeps the arithmetic exact.
+    let ms = u64::try_from(value.seconds)
+        .ok()
+        .and_then(|s| s.checked_mul(1000))
+        .and_then(|ms| ms.checked_add(value.nanos as u64 / 1_000_000))
+        .filter(|ms| *ms <= MAX_DURATION_MS)
+        .ok_or_else(|| Error::invalid(field, format!("{} s is out of range", value.seconds)))?;
+    Ok(Duration::from_millis(ms))
 }
+
+/// Longest duration read at all (ten years); each field's own range is
+/// narrower.
+const MAX_DURATION_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
 pub(super) fn duration_out(value: Duration) -> prost_types::Duration {
     prost_types::Duration {
@@ -48,11 +65,32 @@ pub(super) fn duration_out(value: Duration) -> prost_types::Duration {
     }
 }
 
+/// A time the API takes, in milliseconds since the Unix epoch: after the
+/// epoch and before `QueueConfig::TIME_RANGE_MS` (2200-01-01), the
+/// documented range. The zero `Timestamp` is refused rather than read as
+/// "the epoch" or "none", which two stores once read differently.
 pub(super) fn timestamp_in(field: &str, value: &prost_types::Timestamp) -> Result<u64> {
-    if value.seconds < 0 || value.nanos < 0 {
-        return Err(Error::invalid(field, "must not be before 1970"));
+    if !(0..1_000_000_000).contains(&value.nanos) {
+        return Err(Error::invalid(
+            field,
+            format!("nanos must be 0 to 999,999,999, got {}", value.nanos),
+        ));
     }
-    Ok(value.seconds as u64 * 1000 + value.nanos as u64 / 1_000_000)
+    let (earliest, latest) = QueueConfig::TIME_RANGE_MS;
+    u64::try_from(value.seconds)
+        .ok()
+        .and_then(|s| s.checked_mul(1000))
+        .map(|ms| ms + value.nanos as u64 / 1_000_000)
+        .filter(|ms| (earliest..latest).contains(ms))
+        .ok_or_else(|| {
+            Error::invalid(
+                field,
+                format!(
+                    "must be after 1970-01-01T00:00:00Z and before 2200-01-01T00:00:00Z, got {} s",
+                    value.seconds
+                ),
+            )
+        })
 }
 
 pub(super) fn timestamp_out(ms: u64) -> prost_types::Timestamp {

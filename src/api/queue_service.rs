@@ -10,17 +10,21 @@ use tonic::{Request, Response, Status};
 use super::convert::{
     self, admission_out, place_out, queue_and_user, queue_id, request_id, timestamp_out,
 };
-use crate::domain::{Clock, QueueId};
+use crate::domain::{AdmissionCheck, AdmissionStatus, Clock, Consume, QueueId, RequestId, UserId};
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::store::QueueStore;
 use crate::telemetry::metrics::{LookupLabels, VerdictLabels, metrics};
-use crate::tokens::{Keyring, Verdict, Verifier};
+use crate::tokens::{AdmissionClaims, Keyring, Verdict, Verifier, admission_named};
 use crate::watch::{PlaceReceiver, WatchHub};
 use crate::{Error, Result};
 
 /// Longest token `VerifyAdmission` reads; real ones are under 400 bytes.
 const MAX_TOKEN_BYTES: usize = 4096;
+
+/// How much longer than any verifier accepts a token its consumed id is
+/// remembered: replicas whose clocks run ahead drop ids by their own clock.
+const USED_MARGIN_MS: u64 = 60_000;
 
 /// Most users one `AdmitBatch` may admit.
 const MAX_ADMIT_BATCH: u32 = 10_000;
@@ -73,20 +77,18 @@ impl QueueApi {
                 ),
             ));
         }
+        let request_id = request_id(&request.request_id)?;
         let now = self.clock.now_ms();
         let check = self
             .verifier
             .verify(&request.token, queue.as_str(), convert::seconds(now));
         let mut verdict = check.verdict;
         if verdict == Verdict::Valid
-            && request.consume
             && let Some(claims) = &check.claims
-            && !self
-                .store
-                .consume_token(&queue, &claims.jti, claims.exp * 1000, now)
-                .await?
         {
-            verdict = Verdict::AlreadyUsed;
+            verdict = self
+                .still_held(&queue, claims, request.consume, request_id, now)
+                .await?;
         }
         metrics()
             .token_verifications
@@ -108,6 +110,51 @@ impl QueueApi {
         }
         Ok(response)
     }
+
+    /// What the store says of a genuine, unexpired token's admission.
+    async fn still_held(
+        &self,
+        queue: &QueueId,
+        claims: &AdmissionClaims,
+        consume: bool,
+        request: Option<RequestId>,
+        now_ms: u64,
+    ) -> Result<Verdict> {
+        let (Some((queue_epoch_ms, ticket, admitted_at_ms)), Ok(user)) = (
+            admission_named(queue.as_str(), &claims.jti),
+            UserId::parse(&claims.sub),
+        ) else {
+            // Signed by us, but not in the shape admissions are signed in
+            // now: an admission this store does not hold.
+            return Ok(Verdict::Revoked);
+        };
+        let consume = consume.then(|| Consume {
+            remember_until_ms: (claims.exp.saturating_add(self.verifier.leeway_s()))
+                .saturating_mul(1000)
+                .saturating_add(USED_MARGIN_MS),
+            request: request.unwrap_or_else(RequestId::generate),
+        });
+        let check = AdmissionCheck {
+            user,
+            token_id: claims.jti.clone(),
+            queue_epoch_ms,
+            ticket,
+            admitted_at_ms,
+            consume,
+        };
+        Ok(
+            match self.store.check_admission(queue, &check, now_ms).await? {
+                AdmissionStatus::Held => Verdict::Valid,
+                AdmissionStatus::Used => Verdict::AlreadyUsed,
+                // Within the verifier's leeway past the expiry, the store
+                // has already let the admission go: it expired.
+                AdmissionStatus::Revoked if now_ms >= claims.exp.saturating_mul(1000) => {
+                    Verdict::Expired
+                }
+                AdmissionStatus::Revoked => Verdict::Revoked,
+            },
+        )
+    }
 }
 
 fn verdict_name(verdict: Verdict) -> &'static str {
@@ -117,6 +164,7 @@ fn verdict_name(verdict: Verdict) -> &'static str {
         Verdict::Invalid => "invalid",
         Verdict::AlreadyUsed => "already_used",
         Verdict::WrongQueue => "wrong_queue",
+        Verdict::Revoked => "revoked",
     }
 }
 
@@ -127,6 +175,7 @@ fn verdict_out(verdict: Verdict) -> pb::Verdict {
         Verdict::Invalid => pb::Verdict::Invalid,
         Verdict::AlreadyUsed => pb::Verdict::AlreadyUsed,
         Verdict::WrongQueue => pb::Verdict::WrongQueue,
+        Verdict::Revoked => pb::Verdict::Revoked,
     }
 }
 
@@ -205,19 +254,18 @@ impl QueueService for QueueApi {
     ) -> Result<Response<Self::WatchRankStream>, Status> {
         let request = request.into_inner();
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
-        if self.hub.watcher_count() >= self.max_streams {
-            return Err(Error::ResourceExhausted(format!(
+        let permit = self.hub.reserve_stream(self.max_streams).ok_or_else(|| {
+            Error::ResourceExhausted(format!(
                 "this instance holds its maximum of {} open streams; reconnect (another replica may have room)",
                 self.max_streams
             ))
-            .into());
-        }
+        })?;
         let first = self
             .store
             .place(&queue, &user, self.clock.now_ms())
             .await?
             .ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
-        let updates = self.hub.watch(queue.clone(), user, first);
+        let updates = self.hub.watch(permit, queue.clone(), user, first);
         Ok(Response::new(WatchStream {
             updates,
             queue,
@@ -254,13 +302,16 @@ impl QueueService for QueueApi {
             )
             .into());
         }
-        let request_id = request_id(&request.request_id)?;
+        // Without the caller's id, one of our own: a Redis client that sends
+        // the script again after a dropped connection then gets the first
+        // run's result instead of admitting a second batch.
+        let request_id = request_id(&request.request_id)?.unwrap_or_else(RequestId::generate);
         let admitted = self
             .store
             .admit(
                 &queue,
                 request.max_count,
-                request_id.as_ref(),
+                Some(&request_id),
                 self.clock.now_ms(),
             )
             .await?;

@@ -110,6 +110,24 @@ impl RequestId {
         Ok(Self(value.to_owned()))
     }
 
+    /// A fresh id for a call whose caller gave none, so that a retry made
+    /// below the API (a Redis client resending a script after a dropped
+    /// connection) finds the first run's result instead of acting twice.
+    /// Sixteen random bytes, so no two calls share one.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 16];
+        // Without an entropy source the clock still gives a per-call value;
+        // it only has to differ between calls of one process.
+        if getrandom::fill(&mut bytes).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            bytes = nanos.to_le_bytes();
+        }
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Self(format!("auto:{hex}"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -43,6 +43,9 @@ pub struct LineSummary {
     /// The opening has happened (the draw started or there was none).
     pub opened: bool,
     pub rate: RateSample,
+    /// The heartbeat timeout in force: an instance follows a change of it
+    /// within one refresh, so it records presence often enough.
+    pub heartbeat_ms: u64,
 }
 
 /// The changes after a sequence number, and the summary after them.

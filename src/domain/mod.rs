@@ -2,6 +2,7 @@
 //! admissions, the clock, and the wait estimate. Nothing here knows gRPC or
 //! Redis.
 
+mod check;
 mod clock;
 pub mod draw;
 mod estimate;
@@ -11,6 +12,7 @@ mod place;
 mod queue;
 mod ranks;
 
+pub use check::{AdmissionCheck, AdmissionStatus, Consume};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use estimate::{RATE_WINDOW_MS, RateSample};
 pub use ids::{QueueId, RequestId, UserId};

@@ -79,6 +79,11 @@ impl QueueConfig {
     pub const DEFAULT_PREQUEUE_WINDOW: Duration = Duration::from_secs(3600);
     pub const PREQUEUE_WINDOW_RANGE: (Duration, Duration) =
         (Duration::ZERO, Duration::from_secs(7 * 24 * 3600));
+    /// Times a queue may name (`opens_at`), in milliseconds since the Unix
+    /// epoch: from 1 ms after it, up to (not including) 2200-01-01. Both
+    /// stores read every value in it alike, and it stays far inside the
+    /// integers Lua's numbers hold exactly and print without an exponent.
+    pub const TIME_RANGE_MS: (u64, u64) = (1, 7_258_118_400_000);
 
     /// A queue with default settings.
     pub fn new(id: QueueId) -> Self {
@@ -147,7 +152,17 @@ impl QueueConfig {
             "prequeue_window",
             self.prequeue_window,
             Self::PREQUEUE_WINDOW_RANGE,
-        )
+        )?;
+        let (earliest, latest) = Self::TIME_RANGE_MS;
+        match self.opens_at_ms {
+            Some(at) if !(earliest..latest).contains(&at) => Err((
+                "opens_at",
+                format!(
+                    "must be after 1970-01-01T00:00:00Z and before 2200-01-01T00:00:00Z, got {at} ms"
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -44,8 +44,8 @@ pub use self::memory::MemoryStore;
 pub use self::redis::{RedisOptions, RedisStore};
 use crate::Result;
 use crate::domain::{
-    Admitted, LineChanges, LineSnapshot, Place, QueueConfig, QueueId, QueueStats, QueueUpdate,
-    RequestId, UserId,
+    AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, Place, QueueConfig,
+    QueueId, QueueStats, QueueUpdate, RequestId, UserId,
 };
 
 /// How long an `AdmitBatch` result is kept for a retry with the same
@@ -164,14 +164,16 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Ends a user's admission. True if there was an active one.
     async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool>;
 
-    /// Marks a token id as used until `expires_at_ms`. True the first time.
-    async fn consume_token(
+    /// Checks that the admission a genuine token names is still held and,
+    /// with [`AdmissionCheck::consume`], marks the token used until the
+    /// time it gives (by the caller's clock). A used token stays used when
+    /// its queue is deleted; an admission of a deleted queue is revoked.
+    async fn check_admission(
         &self,
         queue: &QueueId,
-        token_id: &str,
-        expires_at_ms: u64,
+        check: &AdmissionCheck,
         now_ms: u64,
-    ) -> Result<bool>;
+    ) -> Result<AdmissionStatus>;
 
     async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats>;
 

@@ -35,12 +35,59 @@ pub struct Observe<S> {
     inner: S,
 }
 
-/// `service` and `method` of a gRPC path `/package.Service/Method`.
-fn split_path(path: &str) -> (String, String) {
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let service = parts.next().unwrap_or_default().to_owned();
-    let method = parts.next().unwrap_or_default().to_owned();
-    (service, method)
+/// `service` and `method` of a gRPC path `/package.Service/Method`, from
+/// the closed set of methods this server has; anything else (a made-up
+/// path from anyone who can reach the port) is `unknown`/`unknown`, so the
+/// metrics' label sets cannot grow with what callers send.
+fn split_path(path: &str) -> (&'static str, &'static str) {
+    known_methods()
+        .get(path)
+        .copied()
+        .unwrap_or(("unknown", "unknown"))
+}
+
+/// Every method served: this crate's services (from their descriptors, so
+/// the set follows the protos), health and reflection.
+fn known_methods() -> &'static std::collections::HashMap<String, (&'static str, &'static str)> {
+    use prost::Message;
+    static KNOWN: std::sync::OnceLock<
+        std::collections::HashMap<String, (&'static str, &'static str)>,
+    > = std::sync::OnceLock::new();
+    KNOWN.get_or_init(|| {
+        let mut pairs: Vec<(String, String)> = vec![
+            ("grpc.health.v1.Health".into(), "Check".into()),
+            ("grpc.health.v1.Health".into(), "Watch".into()),
+            (
+                "grpc.reflection.v1.ServerReflection".into(),
+                "ServerReflectionInfo".into(),
+            ),
+            (
+                "grpc.reflection.v1alpha.ServerReflection".into(),
+                "ServerReflectionInfo".into(),
+            ),
+        ];
+        if let Ok(set) = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET) {
+            for file in set.file {
+                let package = file.package.unwrap_or_default();
+                for service in file.service {
+                    let service_name = format!("{package}.{}", service.name.unwrap_or_default());
+                    for method in service.method {
+                        pairs.push((service_name.clone(), method.name.unwrap_or_default()));
+                    }
+                }
+            }
+        }
+        // Leaked once: a few dozen names for the life of the process.
+        pairs
+            .into_iter()
+            .map(|(service, method)| {
+                let path = format!("/{service}/{method}");
+                let service: &'static str = Box::leak(service.into_boxed_str());
+                let method: &'static str = Box::leak(method.into_boxed_str());
+                (path, (service, method))
+            })
+            .collect()
+    })
 }
 
 fn grpc_type(service: &str, method: &str) -> &'static str {
@@ -103,7 +150,7 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let (service, method) = split_path(request.uri().path());
         let labels = GrpcLabels {
-            grpc_type: grpc_type(&service, &method),
+            grpc_type: grpc_type(service, method),
             grpc_service: service,
             grpc_method: method,
         };
@@ -173,12 +220,11 @@ impl Observer {
         m.grpc_handling_seconds
             .get_or_create(&self.labels)
             .observe(self.started.elapsed().as_secs_f64());
-        // The last use of the labels: `done` keeps this from running twice.
         m.grpc_handled
             .get_or_create(&GrpcCodeLabels {
                 grpc_type: self.labels.grpc_type,
-                grpc_service: std::mem::take(&mut self.labels.grpc_service),
-                grpc_method: std::mem::take(&mut self.labels.grpc_method),
+                grpc_service: self.labels.grpc_service,
+                grpc_method: self.labels.grpc_method,
                 grpc_code: name,
             })
             .inc();

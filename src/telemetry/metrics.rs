@@ -24,15 +24,15 @@ use crate::domain::{QueueId, QueueStats};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
     pub grpc_type: &'static str,
-    pub grpc_service: String,
-    pub grpc_method: String,
+    pub grpc_service: &'static str,
+    pub grpc_method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcCodeLabels {
     pub grpc_type: &'static str,
-    pub grpc_service: String,
-    pub grpc_method: String,
+    pub grpc_service: &'static str,
+    pub grpc_method: &'static str,
     pub grpc_code: &'static str,
 }
 

@@ -1,5 +1,7 @@
 //! The claims of an admission token.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Admission, QueueId, UserId};
@@ -14,8 +16,8 @@ pub struct AdmissionClaims {
     pub aud: String,
     /// The admitted user.
     pub sub: String,
-    /// Unique id of the admission: queue, queue epoch and ticket. Booking
-    /// services should keep a unique constraint on it.
+    /// Unique id of the admission (see [`token_id`]). Booking services
+    /// should keep a unique constraint on it.
     pub jti: String,
     /// Issued at, seconds since the Unix epoch.
     pub iat: u64,
@@ -29,17 +31,77 @@ impl AdmissionClaims {
             iss: issuer.to_owned(),
             aud: queue.to_string(),
             sub: user.to_string(),
-            jti: token_id(queue, admission),
+            jti: token_id(queue, user, admission),
             iat: admission.admitted_at_ms / 1000,
             exp: admission.expires_at_ms / 1000,
         }
     }
 }
 
-/// The token id of an admission. The same admission always has the same id,
-/// whichever replica signs it, and no two admissions share one: a ticket is
-/// never given twice within a queue's life, and the epoch tells apart a
-/// queue deleted and created again under the same id.
-pub fn token_id(queue: &QueueId, admission: &Admission) -> String {
-    format!("{queue}.{}.{}", admission.queue_epoch_ms, admission.ticket)
+/// The token id of an admission: `{queue}.{epoch}.{ticket}.{admitted_at}.{user}`
+/// where the epoch is the queue's creation time, `admitted_at` the
+/// admission's time in milliseconds and `user` the first 48 bits of the
+/// user id's SHA-256, base64url.
+///
+/// The same admission always has the same id, whichever replica signs it.
+/// No two admissions share one, even when Redis loses acknowledged writes
+/// (an `everysec` AOF, a failover) and gives a ticket a second time: the
+/// second admission of that ticket is at another moment, and almost surely
+/// of another user.
+pub fn token_id(queue: &QueueId, user: &UserId, admission: &Admission) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(user.as_str().as_bytes());
+    format!(
+        "{queue}.{}.{}.{}.{}",
+        admission.queue_epoch_ms,
+        admission.ticket,
+        admission.admitted_at_ms,
+        URL_SAFE_NO_PAD.encode(&digest[..6])
+    )
+}
+
+/// The queue creation, ticket and admission time a token id of `queue`
+/// names; `None` for an id not made by [`token_id`].
+pub fn admission_named(queue: &str, token_id: &str) -> Option<(u64, u64, u64)> {
+    let rest = token_id.strip_prefix(queue)?.strip_prefix('.')?;
+    let mut parts = rest.split('.');
+    let epoch = parts.next()?.parse().ok()?;
+    let ticket = parts.next()?.parse().ok()?;
+    let admitted_at = parts.next()?.parse().ok()?;
+    let _user = parts.next()?;
+    parts
+        .next()
+        .is_none()
+        .then_some((epoch, ticket, admitted_at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_id_names_its_admission_and_differs_for_another_user_or_moment() {
+        let queue = QueueId::parse("sale.2026").unwrap();
+        let alice = UserId::parse("alice").unwrap();
+        let bob = UserId::parse("bob").unwrap();
+        let admission = Admission {
+            ticket: 7,
+            admitted_at_ms: 1_800_000_000_123,
+            expires_at_ms: 1_800_000_600_123,
+            queue_epoch_ms: 1_700_000_000_000,
+        };
+        let id = token_id(&queue, &alice, &admission);
+        assert_eq!(
+            admission_named("sale.2026", &id),
+            Some((1_700_000_000_000, 7, 1_800_000_000_123))
+        );
+        assert_eq!(admission_named("sale", &id), None);
+        assert_ne!(id, token_id(&queue, &bob, &admission));
+        let later = Admission {
+            admitted_at_ms: admission.admitted_at_ms + 1,
+            ..admission.clone()
+        };
+        assert_ne!(id, token_id(&queue, &alice, &later));
+        assert_eq!(admission_named("sale.2026", "sale.2026.1.2"), None);
+    }
 }

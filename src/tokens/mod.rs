@@ -4,8 +4,8 @@
 //! A token is a compact JWS signed with Ed25519 (`alg` `EdDSA`, `kid` the
 //! key's RFC 7638 thumbprint) whose claims name the issuer (`iss`), the
 //! queue (`aud`), the user (`sub`), a unique id (`jti`, derived from the
-//! queue and the user's ticket, so an admission read again yields the same
-//! id) and the issue and expiry times. Ed25519 signatures are
+//! queue, the user's ticket and the admission's time, so an admission read
+//! again yields the same id) and the issue and expiry times. Ed25519 signatures are
 //! deterministic, so the same admission always yields the same token: a
 //! dropped stream or a second replica hands out exactly the token the user
 //! already had.
@@ -18,7 +18,7 @@ mod claims;
 mod keyring;
 mod verifier;
 
-pub use claims::AdmissionClaims;
+pub use claims::{AdmissionClaims, admission_named, token_id};
 pub use keyring::{Keyring, signing_key_from_pem, verifying_key_from_pem};
 pub use verifier::{Verdict, Verification, Verifier};
 

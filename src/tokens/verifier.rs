@@ -41,6 +41,10 @@ pub enum Verdict {
     /// Genuine but consumed before (decided by the service, not the token).
     AlreadyUsed,
     WrongQueue,
+    /// Genuine, but the admission it names is no longer held: completed,
+    /// left, or deleted with its queue (decided by the service; an offline
+    /// verifier cannot know it).
+    Revoked,
 }
 
 /// A verdict, with the claims when the signature is genuine.
@@ -121,6 +125,12 @@ impl Verifier {
             issuer: issuer.to_owned(),
             leeway_s: Self::DEFAULT_LEEWAY_S,
         })
+    }
+
+    /// The tolerance for clock differences, in seconds: a token is accepted
+    /// until `exp` plus this.
+    pub fn leeway_s(&self) -> u64 {
+        self.leeway_s
     }
 
     /// Sets the tolerance for clock differences, in seconds.

@@ -207,6 +207,7 @@ mod tests {
                 opens_at_ms: None,
                 opened: true,
                 rate: RateSample::default(),
+                heartbeat_ms: HEARTBEAT_MS,
             }),
             read_ms,
             read_at: Some(Instant::now()),

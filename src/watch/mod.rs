@@ -143,13 +143,29 @@ struct StreamSlot {
 }
 
 impl StreamSlot {
-    fn new(instance: &Arc<AtomicUsize>, queue: &Arc<AtomicUsize>) -> Self {
-        instance.fetch_add(1, Ordering::Relaxed);
+    /// The permit's place on the instance, now also counted in its queue.
+    fn new(permit: StreamPermit, queue: &Arc<AtomicUsize>) -> Self {
         queue.fetch_add(1, Ordering::Relaxed);
+        let instance = Arc::clone(&permit.instance);
+        // The instance count passes to the slot, which gives it back.
+        std::mem::forget(permit);
         Self {
-            instance: Arc::clone(instance),
+            instance,
             queue: Arc::clone(queue),
         }
+    }
+}
+
+/// A stream counted against the instance's limit before its first place is
+/// read, so concurrent openings cannot together pass the limit. Given back
+/// when dropped, unless it became a stream.
+pub struct StreamPermit {
+    instance: Arc<AtomicUsize>,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.instance.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -176,8 +192,8 @@ struct QueueWatch {
     /// the first snapshot.
     epoch_ms: AtomicU64,
     pollers: Mutex<Pollers>,
-    /// The queue's heartbeat timeout as last read; 0 until then, and after
-    /// a configuration change made here until it is read again.
+    /// The queue's heartbeat timeout as of the last refresh; 0 until then,
+    /// and after a configuration change made here until it is read again.
     heartbeat_ms: AtomicU64,
 }
 
@@ -226,9 +242,28 @@ impl WatchHub {
         })
     }
 
+    /// A place for one more stream on this instance; `None` when `max`
+    /// streams are open (or being opened).
+    pub fn reserve_stream(&self, max: usize) -> Option<StreamPermit> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| StreamPermit {
+                instance: Arc::clone(&self.open),
+            })
+    }
+
     /// Opens a stream of a user's place that starts with `first`. The stream
     /// ends after a final place (admitted or closed), or with an error.
-    pub fn watch(self: &Arc<Self>, queue: QueueId, user: UserId, first: Place) -> PlaceReceiver {
+    pub fn watch(
+        self: &Arc<Self>,
+        permit: StreamPermit,
+        queue: QueueId,
+        user: UserId,
+        first: Place,
+    ) -> PlaceReceiver {
         let last = View::of(&first, self.clock.now_ms());
         let ticket = Some(first.ticket).filter(|t| *t > 0);
         let is_final = first.is_final();
@@ -242,7 +277,7 @@ impl WatchHub {
         };
         let watch = self.follow(&mut queues, &queue);
         if let Ok(mut watchers) = watch.watchers.lock() {
-            let slot = StreamSlot::new(&self.open, &watch.open);
+            let slot = StreamSlot::new(permit, &watch.open);
             watchers.push(Watcher {
                 ticket,
                 last,
@@ -561,6 +596,9 @@ impl WatchHub {
                 }
             }
             let caught_up = current.seq >= changes.summary.seq;
+            watch
+                .heartbeat_ms
+                .store(changes.summary.heartbeat_ms, Ordering::Relaxed);
             copy.summary = Some(changes.summary);
             copy.read_ms = read_ms;
             copy.read_at = Some(read_at);
@@ -653,29 +691,20 @@ impl WatchHub {
 /// Records the presence of a queue's watchers and pollers. Times are the
 /// injected clock's, like the heartbeat timeout they are held to.
 struct Presence {
-    /// Watchers are recorded every third of the heartbeat timeout, read
-    /// from the queue now and then so a changed timeout is followed.
-    every_ms: u64,
-    checked_at: Option<tokio::time::Instant>,
     recorded_at_ms: Option<u64>,
 }
 
 impl Presence {
-    const RECHECK_CONFIG: Duration = Duration::from_secs(30);
-
     fn new() -> Self {
         Self {
-            every_ms: crate::domain::QueueConfig::HEARTBEAT_TIMEOUT_RANGE
-                .0
-                .as_millis() as u64
-                / 3,
-            checked_at: None,
             recorded_at_ms: None,
         }
     }
 
-    /// Records the watchers when they are due, and the pollers answered
-    /// here since the last call (each poll is a sign of life of its own).
+    /// Records the watchers when they are due (every third of the heartbeat
+    /// timeout the last refresh read, so a shortened timeout is followed
+    /// within a refresh), and the pollers answered here since the last call
+    /// (each poll is a sign of life of its own).
     async fn record(
         &mut self,
         store: &dyn QueueStore,
@@ -684,25 +713,24 @@ impl Presence {
         watchers: &[Watcher],
         watch: &QueueWatch,
     ) {
-        let reconfigured = watch.heartbeat_ms.load(Ordering::Relaxed) == 0;
-        if (reconfigured
-            || self
-                .checked_at
-                .is_none_or(|at| at.elapsed() >= Self::RECHECK_CONFIG))
-            && let Ok(config) = store.get_queue(queue).await
-        {
-            let heartbeat_ms = config.heartbeat_timeout.as_millis() as u64;
-            watch.heartbeat_ms.store(heartbeat_ms, Ordering::Relaxed);
-            self.every_ms = (heartbeat_ms / 3).max(1000);
-            self.checked_at = Some(tokio::time::Instant::now());
-        }
+        let every_ms = match watch.heartbeat_ms.load(Ordering::Relaxed) {
+            // Not read yet, or changed here: as often as the shortest
+            // timeout needs.
+            0 => {
+                crate::domain::QueueConfig::HEARTBEAT_TIMEOUT_RANGE
+                    .0
+                    .as_millis() as u64
+                    / 3
+            }
+            heartbeat_ms => (heartbeat_ms / 3).max(1000),
+        };
         let polled = watch.pollers().take_unrecorded();
         // Read after the polls were taken, so no poll is recorded as older
         // than it was.
         let now = clock.now_ms();
         // Opening a stream looked the place up, which counted.
         let recorded_at = *self.recorded_at_ms.get_or_insert(now);
-        let watchers_due = now.saturating_sub(recorded_at) >= self.every_ms;
+        let watchers_due = now.saturating_sub(recorded_at) >= every_ms;
         let mut all = Vec::new();
         let users = if watchers_due {
             all.extend(polled.iter().cloned());
@@ -809,7 +837,8 @@ mod tests {
             Duration::from_millis(10),
             CancellationToken::new(),
         );
-        let mut stream = hub.watch(queue.clone(), user.clone(), first);
+        let permit = hub.reserve_stream(1).unwrap();
+        let mut stream = hub.watch(permit, queue.clone(), user.clone(), first);
         assert!(stream.next().await.is_some());
         assert_eq!(hub.watcher_count(), 1);
         drop(stream);
@@ -839,7 +868,8 @@ mod tests {
             Duration::from_secs(60),
             shutdown.clone(),
         );
-        let mut stream = hub.watch(queue, user, first);
+        let permit = hub.reserve_stream(1).unwrap();
+        let mut stream = hub.watch(permit, queue, user, first);
         assert!(stream.next().await.is_some());
         shutdown.cancel();
         let last = tokio::time::timeout(Duration::from_secs(1), stream.next())

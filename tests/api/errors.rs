@@ -161,6 +161,7 @@ async fn bad_tokens_in_the_request_are_invalid_arguments() {
                 queue_id: "sale".into(),
                 token: token.into(),
                 consume: false,
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -44,6 +44,7 @@ async fn verdict(app: &TestApp, queue: &str, token: &str) -> Verdict {
             queue_id: queue.into(),
             token: token.into(),
             consume: false,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -16,6 +16,7 @@ mod operations;
 mod polling;
 mod protection;
 mod queueing;
+mod reliability;
 mod replicas;
 mod store_conformance;
 mod store_equivalence;

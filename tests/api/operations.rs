@@ -51,6 +51,7 @@ async fn metrics_report_real_values_after_traffic() {
             queue_id: "metered".into(),
             token,
             consume: false,
+            ..Default::default()
         })
         .await
         .unwrap();

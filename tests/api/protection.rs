@@ -235,6 +235,7 @@ async fn codes(channel: &Channel, key: Option<&str>) -> Vec<(&'static str, Code)
                         queue_id: "sale".into(),
                         token: "t".into(),
                         consume: false,
+                        ..Default::default()
                     },
                     key,
                 ))

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use waitroom::Error;
 use waitroom::domain::{
-    PlaceState, QueueConfig, QueueId, QueueMode, QueueUpdate, RequestId, UserId,
+    AdmissionCheck, AdmissionStatus, Consume, PlaceState, QueueConfig, QueueId, QueueMode,
+    QueueUpdate, RequestId, UserId,
 };
 use waitroom::store::QueueStore;
+use waitroom::tokens::token_id;
 
 const T0: u64 = 1_800_000_000_000;
 
@@ -163,23 +165,80 @@ async fn retried_batches_and_consumed_tokens(store: &dyn QueueStore) {
     let retry = store.admit(&q("s"), 2, Some(&id), T0 + 10).await.unwrap();
     assert_eq!(first, retry);
     assert_eq!(position(store, "s", "c", T0).await, Some(1));
-    assert!(
-        store
-            .consume_token(&q("s"), "s.1.1", T0 + 1000, T0)
-            .await
-            .unwrap()
+    let a = &first[0];
+    let check = |consume: Option<(&str, u64)>| AdmissionCheck {
+        user: a.user.clone(),
+        token_id: token_id(&q("s"), &a.user, &a.admission),
+        queue_epoch_ms: a.admission.queue_epoch_ms,
+        ticket: a.admission.ticket,
+        admitted_at_ms: a.admission.admitted_at_ms,
+        consume: consume.map(|(request, until)| Consume {
+            remember_until_ms: until,
+            request: RequestId::parse(request).unwrap(),
+        }),
+    };
+    let status = async |check: AdmissionCheck, queue: &str, now: u64| {
+        store.check_admission(&q(queue), &check, now).await.unwrap()
+    };
+    assert_eq!(status(check(None), "s", T0).await, AdmissionStatus::Held);
+    let long = T0 + 1_000_000;
+    assert_eq!(
+        status(check(Some(("c-1", long))), "s", T0).await,
+        AdmissionStatus::Held
     );
-    assert!(
-        !store
-            .consume_token(&q("s"), "s.1.1", T0 + 1000, T0)
-            .await
-            .unwrap()
+    // The consuming request retried is told the same; anyone else is not.
+    assert_eq!(
+        status(check(Some(("c-1", long))), "s", T0 + 1).await,
+        AdmissionStatus::Held
     );
-    assert!(
-        store
-            .consume_token(&q("other"), "s.1.1", T0 + 1000, T0)
-            .await
-            .unwrap()
+    assert_eq!(
+        status(check(Some(("c-2", long))), "s", T0 + 1).await,
+        AdmissionStatus::Used
+    );
+    // Another admission of the same user that expires soon, consumed, does
+    // not shorten how long the first is remembered.
+    let b = &first[1];
+    let short = AdmissionCheck {
+        user: b.user.clone(),
+        token_id: token_id(&q("s"), &b.user, &b.admission),
+        queue_epoch_ms: b.admission.queue_epoch_ms,
+        ticket: b.admission.ticket,
+        admitted_at_ms: b.admission.admitted_at_ms,
+        consume: Some(Consume {
+            remember_until_ms: T0 + 1_000,
+            request: RequestId::parse("c-3").unwrap(),
+        }),
+    };
+    assert_eq!(status(short, "s", T0 + 2).await, AdmissionStatus::Held);
+    assert_eq!(
+        status(check(Some(("c-2", long))), "s", T0 + 500_000).await,
+        AdmissionStatus::Used
+    );
+    // Another queue holds no such admission.
+    assert_eq!(
+        status(check(Some(("c-1", long))), "other", T0).await,
+        AdmissionStatus::Revoked
+    );
+    // Completed: revoked for a check, still used for a consume.
+    assert!(store.complete(&q("s"), &a.user, T0 + 3).await.unwrap());
+    assert_eq!(
+        status(check(None), "s", T0 + 4).await,
+        AdmissionStatus::Revoked
+    );
+    assert_eq!(
+        status(check(Some(("c-2", long))), "s", T0 + 4).await,
+        AdmissionStatus::Used
+    );
+    // Left: revoked, and a consume of it is refused.
+    assert!(store.leave(&q("s"), &b.user, T0 + 5).await.unwrap());
+    let mut left = check(Some(("c-4", long)));
+    left.user = b.user.clone();
+    left.token_id = token_id(&q("s"), &b.user, &b.admission);
+    left.ticket = b.admission.ticket;
+    left.admitted_at_ms = b.admission.admitted_at_ms;
+    assert_eq!(
+        status(left, "s", T0 + 2_000).await,
+        AdmissionStatus::Revoked
     );
 }
 
@@ -234,8 +293,10 @@ async fn a_late_sign_of_life_never_moves_a_newer_one_back(store: &dyn QueueStore
     let config = create(store, "s", 0).await;
     let timeout = config.heartbeat_timeout.as_millis() as u64;
     store.enqueue(&q("s"), &u("a"), T0 + 10_000).await.unwrap();
-    // A batch of presence read at T0 arrives after the enqueue at T0 + 10 s.
+    // A batch of presence read at T0 arrives after the enqueue at T0 + 10 s,
+    // and so does a lookup whose clock was read at T0.
     store.touch(&q("s"), &[u("a")], T0).await.unwrap();
+    store.places(&q("s"), &[u("a")], true, T0).await.unwrap();
     let now = T0 + 10_000 + timeout - 1;
     assert_eq!(store.reap(&q("s"), 10, now).await.unwrap(), 0);
     assert_eq!(store.reap(&q("s"), 10, now + 2).await.unwrap(), 1);

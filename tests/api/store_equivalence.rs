@@ -6,8 +6,12 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
-use waitroom::domain::{QueueConfig, QueueId, QueueMode, QueueUpdate, RequestId, UserId};
+use waitroom::domain::{
+    Admission, AdmissionCheck, Consume, Place, PlaceState, QueueConfig, QueueId, QueueMode,
+    QueueUpdate, RequestId, UserId,
+};
 use waitroom::store::{MemoryStore, QueueStore, RedisStore};
+use waitroom::tokens::token_id;
 
 use crate::helpers::TestRedis;
 
@@ -35,7 +39,17 @@ enum Op {
     /// call's clock was read before an earlier-read call ran).
     Rewind(u64),
     Stats,
-    Consume(u8, u64),
+    /// An online check of an admission seen earlier in the sequence (picked
+    /// by index), possibly altered (0: as is; 1: another ticket; 2: another
+    /// moment; 3: another queue creation; 4: another user), consuming with
+    /// one of a few request ids, remembered until `now` plus the offset
+    /// (which may lie in the past).
+    Check {
+        pick: u8,
+        alter: u8,
+        consume: Option<u8>,
+        until: i64,
+    },
     LineChanges(u64),
     LineSnapshot,
     /// Delete and create again; with a scheduled opening 30 s ahead.
@@ -69,7 +83,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Stats),
         2 => (0u64..30).prop_map(Op::LineChanges),
         1 => Just(Op::LineSnapshot),
-        1 => (0u8..3, 1u64..5_000).prop_map(|(t, ttl)| Op::Consume(t, ttl)),
+        3 => (
+            any::<u8>(),
+            prop_oneof![4 => Just(0u8), 1 => 1u8..5],
+            proptest::option::of(0u8..3),
+            prop_oneof![Just(-1i64), Just(0), Just(1), -2_000i64..5_000, 599_000i64..601_000],
+        )
+            .prop_map(|(pick, alter, consume, until)| Op::Check { pick, alter, consume, until }),
         1 => any::<bool>().prop_map(Op::Recreate),
     ]
 }
@@ -84,27 +104,58 @@ fn user(n: u8) -> UserId {
 
 /// One step on one store, rendered as the text of its answer; errors by
 /// their reason, the way a client tells them apart.
-async fn apply(store: &dyn QueueStore, op: &Op, now: u64) -> String {
+async fn apply(
+    store: &dyn QueueStore,
+    op: &Op,
+    now: u64,
+    seen: &mut Vec<(UserId, Admission)>,
+) -> String {
     fn show<T: std::fmt::Debug>(result: waitroom::Result<T>) -> String {
         match result {
             Ok(value) => format!("{value:?}"),
             Err(error) => format!("error {}", error.reason()),
         }
     }
+    fn note(seen: &mut Vec<(UserId, Admission)>, user: &UserId, place: &Place) {
+        if let PlaceState::Admitted(admission) = &place.state {
+            seen.push((user.clone(), admission.clone()));
+        }
+    }
     let q = queue();
     match op {
-        Op::Enqueue(u) => show(store.enqueue(&q, &user(*u), now).await),
+        Op::Enqueue(u) => {
+            let answer = store.enqueue(&q, &user(*u), now).await;
+            if let Ok(place) = &answer {
+                note(seen, &user(*u), place);
+            }
+            show(answer)
+        }
         Op::EnqueueMany(us) => {
             let users: Vec<UserId> = us.iter().map(|u| user(*u)).collect();
             match store.enqueue_many(&q, &users, now).await {
-                Ok(answers) => answers.into_iter().map(show).collect::<Vec<_>>().join("; "),
+                Ok(answers) => {
+                    for (user, answer) in users.iter().zip(&answers) {
+                        if let Ok(place) = answer {
+                            note(seen, user, place);
+                        }
+                    }
+                    answers.into_iter().map(show).collect::<Vec<_>>().join("; ")
+                }
                 Err(error) => format!("error {}", error.reason()),
             }
         }
         Op::Leave(u) => show(store.leave(&q, &user(*u), now).await),
         Op::Places(us, touch) => {
             let users: Vec<UserId> = us.iter().map(|u| user(*u)).collect();
-            show(store.places(&q, &users, *touch, now).await)
+            let answer = store.places(&q, &users, *touch, now).await;
+            if let Ok(places) = &answer {
+                for (user, place) in users.iter().zip(places) {
+                    if let Some(place) = place {
+                        note(seen, user, place);
+                    }
+                }
+            }
+            show(answer)
         }
         Op::Touch(us) => {
             let users: Vec<UserId> = us.iter().map(|u| user(*u)).collect();
@@ -126,9 +177,27 @@ async fn apply(store: &dyn QueueStore, op: &Op, now: u64) -> String {
         ),
         Op::Admit(n, request) => {
             let request = request.map(|r| RequestId::parse(&format!("req-{r}")).unwrap());
-            show(store.admit(&q, *n, request.as_ref(), now).await)
+            let answer = store.admit(&q, *n, request.as_ref(), now).await;
+            if let Ok(admitted) = &answer {
+                seen.extend(
+                    admitted
+                        .iter()
+                        .map(|a| (a.user.clone(), a.admission.clone())),
+                );
+            }
+            show(answer)
         }
-        Op::AdmitDue(n) => show(store.admit_due(&q, *n, now).await),
+        Op::AdmitDue(n) => {
+            let answer = store.admit_due(&q, *n, now).await;
+            if let Ok(admitted) = &answer {
+                seen.extend(
+                    admitted
+                        .iter()
+                        .map(|a| (a.user.clone(), a.admission.clone())),
+                );
+            }
+            show(answer)
+        }
         Op::SetRate(n) => show(
             store
                 .update_queue(
@@ -170,11 +239,44 @@ async fn apply(store: &dyn QueueStore, op: &Op, now: u64) -> String {
         Op::Stats => show(store.stats(&q, now).await),
         Op::LineChanges(after) => show(store.line_changes(&q, *after, 4, now).await),
         Op::LineSnapshot => show(store.line_snapshot(&q).await),
-        Op::Consume(t, ttl) => show(
-            store
-                .consume_token(&q, &format!("prop.1.{t}"), now + ttl, now)
-                .await,
-        ),
+        Op::Check {
+            pick,
+            alter,
+            consume,
+            until,
+        } => {
+            let (mut who, mut admission) = match seen.get(*pick as usize % seen.len().max(1)) {
+                Some((who, admission)) => (who.clone(), admission.clone()),
+                None => (
+                    user(0),
+                    Admission {
+                        ticket: 1,
+                        admitted_at_ms: T0,
+                        expires_at_ms: T0 + 30_000,
+                        queue_epoch_ms: T0,
+                    },
+                ),
+            };
+            match alter {
+                1 => admission.ticket += 1,
+                2 => admission.admitted_at_ms += 1,
+                3 => admission.queue_epoch_ms += 1,
+                4 => who = user(USERS),
+                _ => {}
+            }
+            let check = AdmissionCheck {
+                token_id: token_id(&q, &who, &admission),
+                user: who,
+                queue_epoch_ms: admission.queue_epoch_ms,
+                ticket: admission.ticket,
+                admitted_at_ms: admission.admitted_at_ms,
+                consume: consume.map(|r| Consume {
+                    remember_until_ms: now.saturating_add_signed(*until),
+                    request: RequestId::parse(&format!("check-{r}")).unwrap(),
+                }),
+            };
+            show(store.check_admission(&q, &check, now).await)
+        }
         Op::Recreate(scheduled) => {
             let deleted = show(store.delete_queue(&q).await);
             let mut config = config(now);
@@ -218,6 +320,8 @@ fn random_operation_sequences_get_identical_answers_from_both_stores() {
                     let memory = MemoryStore::new();
                     let redis_store: RedisStore = redis.store().await;
                     let mut now = T0;
+                    // Admissions answered so far, for checks to name.
+                    let mut seen = Vec::new();
                     // Half the sequences start before a scheduled opening, inside
                     // the pre-queue window.
                     let mut first = config(now);
@@ -232,8 +336,11 @@ fn random_operation_sequences_get_identical_answers_from_both_stores() {
                             Op::Rewind(ms) => now = now.saturating_sub(*ms).max(T0),
                             _ => {}
                         }
-                        let expected = apply(&memory, op, now).await;
-                        let actual = apply(&redis_store, op, now).await;
+                        // Both stores see the admissions answered before
+                        // this step; the memory store's answers extend them.
+                        let mut before = seen.clone();
+                        let expected = apply(&memory, op, now, &mut seen).await;
+                        let actual = apply(&redis_store, op, now, &mut before).await;
                         prop_assert_eq!(&actual, &expected, "step {} {:?}", step, op);
                     }
                     Ok(())

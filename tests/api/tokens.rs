@@ -37,6 +37,7 @@ async fn verify(
             queue_id: queue.into(),
             token: token.into(),
             consume,
+            ..Default::default()
         })
         .await
         .expect("verify_admission")
@@ -65,9 +66,16 @@ async fn a_genuine_token_is_valid_and_names_the_user_queue_and_times() {
     assert_eq!(claims["iss"], "waitroom");
     assert_eq!(claims["aud"], "sale");
     assert_eq!(claims["sub"], "alice");
-    assert!(
-        claims["jti"].as_str().unwrap().ends_with(".1"),
-        "jti from queue and ticket"
+    let jti = claims["jti"].as_str().unwrap();
+    let parts: Vec<&str> = jti.split('.').collect();
+    assert_eq!(
+        (parts.len(), parts[0], parts[2]),
+        (5, "sale", "1"),
+        "jti from queue, epoch, ticket, admission time and user: {jti}"
+    );
+    assert_eq!(
+        parts[3].parse::<u64>().unwrap() / 1000,
+        claims["iat"].as_u64().unwrap()
     );
     assert_eq!(
         claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),

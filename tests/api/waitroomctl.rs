@@ -176,3 +176,39 @@ async fn waitroomctl_says_when_the_service_cannot_be_reached() {
     assert_eq!(output.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach the service"));
 }
+
+#[tokio::test]
+async fn admitting_the_largest_batch_is_received_whole_and_a_failed_call_names_its_request_id() {
+    let app = TestApp::on_memory().await;
+    app.create_queue(queue("sale")).await;
+    let client = app.client().await;
+    let users: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
+    for chunk in users.chunks(500) {
+        let calls: Vec<_> = chunk
+            .iter()
+            .map(|user| {
+                let (mut client, user) = (client.clone(), user.clone());
+                tokio::spawn(async move { enqueue(&mut client, "sale", &user).await })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap();
+        }
+    }
+    let output = ctl(&app, &["-o", "json", "admit", "sale", "10000"]).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(json(&output).as_array().unwrap().len(), 10_000);
+    assert_eq!(app.stats("sale").await.waiting_count, 0);
+    // Unanswered: the message tells how to retry safely.
+    let (app, mut redis) = TestApp::on_redis().await;
+    app.create_queue(queue("sale")).await;
+    redis.stop();
+    let failed = ctl(&app, &["admit", "sale", "1"]).await;
+    assert_eq!(failed.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("--request-id ctl:"), "{stderr}");
+}

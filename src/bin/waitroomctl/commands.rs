@@ -14,6 +14,10 @@ use waitroom::pb::queue_service_client::QueueServiceClient;
 use crate::output::{self, print_rows, print_table};
 use crate::{Client, Command, Failure, Mode, Output, QueueCommand, Settings};
 
+/// Largest response the tool reads (an `AdmitBatch` of 10,000 with tokens
+/// is about 5 MB).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
 fn mode_value(mode: Mode) -> pb::QueueMode {
     match mode {
         Mode::Queueing => pb::QueueMode::Queueing,
@@ -98,8 +102,12 @@ fn show_queue(queue: &pb::Queue, out: Output) {
 }
 
 pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), Failure> {
-    let mut queues = QueueServiceClient::new(client.channel.clone());
-    let mut admin = QueueAdminServiceClient::new(client.channel.clone());
+    // An AdmitBatch of 10,000 carries as many tokens, over tonic's 4 MiB
+    // default: the tool takes whatever the server may send.
+    let mut queues = QueueServiceClient::new(client.channel.clone())
+        .max_decoding_message_size(MAX_RESPONSE_BYTES);
+    let mut admin = QueueAdminServiceClient::new(client.channel.clone())
+        .max_decoding_message_size(MAX_RESPONSE_BYTES);
     match command {
         Command::Queue(QueueCommand::Create { id, settings }) => {
             let (queue, _) = queue_message(id, &settings);
@@ -210,13 +218,36 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
             count,
             request_id,
         } => {
+            // Always an id, so the operator can retry a call whose answer
+            // was lost without admitting a second batch.
+            let request_id = request_id.unwrap_or_else(|| {
+                waitroom::domain::RequestId::generate()
+                    .as_str()
+                    .replacen("auto:", "ctl:", 1)
+            });
             let admitted = queues
                 .admit_batch(client.request(pb::AdmitBatchRequest {
                     queue_id: queue,
                     max_count: count,
-                    request_id: request_id.unwrap_or_default(),
+                    request_id: request_id.clone(),
                 }))
-                .await?
+                .await
+                .map_err(|status| {
+                    let unanswered = matches!(
+                        status.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Cancelled
+                            | tonic::Code::Unknown
+                    );
+                    let mut failure = Failure::from(status);
+                    if unanswered {
+                        failure.add_hint(format!(
+                            "the batch may have been admitted: retry with --request-id {request_id} to get its result without admitting more"
+                        ));
+                    }
+                    failure
+                })?
                 .into_inner()
                 .admitted;
             match out {
@@ -269,6 +300,7 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                     queue_id: queue,
                     token,
                     consume,
+                    ..Default::default()
                 }))
                 .await?
                 .into_inner();

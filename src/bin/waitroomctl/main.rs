@@ -100,7 +100,8 @@ enum Command {
     Admit {
         queue: String,
         count: u32,
-        /// Makes a retry return the first result instead of admitting more.
+        /// Makes a retry return the first result instead of admitting more;
+        /// one is made up when not given, and shown if the call fails.
         #[arg(long)]
         request_id: Option<String>,
     },
@@ -199,6 +200,11 @@ impl Failure {
             code,
             message: message.into(),
         }
+    }
+
+    /// Adds what the operator can do about it.
+    pub fn add_hint(&mut self, hint: impl std::fmt::Display) {
+        self.message = format!("{}; {hint}", self.message);
     }
 }
 

@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use super::{BATCH_RESULT_TTL_MS, QueueStore};
 use crate::domain::draw::draw_key;
 use crate::domain::{
-    Admission, Admitted, LINE_LOG_KEEP, LineChanges, LineEvent, LineSnapshot, LineSummary, Place,
-    PlaceState, QueueConfig, QueueId, QueueMode, QueueStats, QueueUpdate, RankIndex, RateSample,
-    RequestId, UserId,
+    Admission, AdmissionCheck, AdmissionStatus, Admitted, LINE_LOG_KEEP, LineChanges, LineEvent,
+    LineSnapshot, LineSummary, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats,
+    QueueUpdate, RankIndex, RateSample, RequestId, UserId,
 };
 use crate::{Error, Result};
 
@@ -27,10 +27,11 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Inner {
     queues: BTreeMap<QueueId, QueueState>,
-    /// Consumed token ids by expiry. Outlives queue deletion, like the
-    /// Redis keys that expire on their own; `used_tokens` indexes it.
+    /// Consumed token ids by the time they are remembered until. Outlives
+    /// queue deletion; `used_tokens` indexes it, with the request that
+    /// consumed each.
     used_by_expiry: BTreeSet<(u64, QueueId, String)>,
-    used_tokens: HashMap<(QueueId, String), u64>,
+    used_tokens: HashMap<(QueueId, String), (u64, RequestId)>,
 }
 
 #[derive(Debug, Default)]
@@ -171,11 +172,21 @@ impl QueueState {
         (self.waiting.len() + self.prequeue.len() + self.pool.len()) as u64
     }
 
+    /// Records a sign of life; only forward, so a caller whose clock is
+    /// behind another's never moves a newer sign back.
     fn see(&mut self, user: &UserId, now_ms: u64) {
-        if let Some(previous) = self.seen.insert(user.clone(), now_ms) {
-            self.seen_by_time.remove(&(previous, user.clone()));
+        match self.seen.get(user) {
+            Some(previous) if *previous >= now_ms => {}
+            Some(previous) => {
+                self.seen_by_time.remove(&(*previous, user.clone()));
+                self.seen.insert(user.clone(), now_ms);
+                self.seen_by_time.insert((now_ms, user.clone()));
+            }
+            None => {
+                self.seen.insert(user.clone(), now_ms);
+                self.seen_by_time.insert((now_ms, user.clone()));
+            }
         }
-        self.seen_by_time.insert((now_ms, user.clone()));
     }
 
     fn unsee(&mut self, user: &UserId) {
@@ -500,12 +511,17 @@ impl QueueStore for MemoryStore {
                 return Err(Error::OpeningPassed(queue.to_string()));
             }
             let was_closed = state.config.mode == QueueMode::Closed;
+            let shortened = update
+                .heartbeat_timeout
+                .is_some_and(|timeout| timeout < state.config.heartbeat_timeout);
             state.config.apply(update);
             if update.opens_at == Some(None) {
                 // Clearing an opening that has not happened opens the queue now.
                 state.config.opens_at_ms = Some(now_ms);
             }
-            if was_closed && state.config.mode != QueueMode::Closed {
+            // Reopening, or a shorter heartbeat timeout: presence counts from
+            // now, so nobody is released for silence the old rules allowed.
+            if (was_closed && state.config.mode != QueueMode::Closed) || shortened {
                 state.config.presence_since_ms = now_ms;
             }
             Ok(state.config())
@@ -567,8 +583,8 @@ impl QueueStore for MemoryStore {
     async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()> {
         self.with_queue(queue, |state| {
             for user in users {
-                // Only forward: a late batch never moves a newer sign back.
-                if state.seen.get(user).is_some_and(|seen| *seen < now_ms) {
+                // Only those in line: a user gone is not brought back.
+                if state.seen.contains_key(user) {
                     state.see(user, now_ms);
                 }
             }
@@ -638,6 +654,7 @@ impl QueueStore for MemoryStore {
                     opens_at_ms: state.config.opens_at_ms,
                     opened: state.draw != Draw::None,
                     rate: state.rate_sample(now_ms),
+                    heartbeat_ms: state.config.heartbeat_timeout.as_millis() as u64,
                 },
                 events,
                 complete,
@@ -777,32 +794,52 @@ impl QueueStore for MemoryStore {
         })
     }
 
-    async fn consume_token(
+    async fn check_admission(
         &self,
         queue: &QueueId,
-        token_id: &str,
-        expires_at_ms: u64,
+        check: &AdmissionCheck,
         now_ms: u64,
-    ) -> Result<bool> {
+    ) -> Result<AdmissionStatus> {
         let mut inner = self.lock()?;
-        while let Some((expires_at, _, _)) = inner.used_by_expiry.first() {
-            if *expires_at > now_ms {
+        while let Some((until, _, _)) = inner.used_by_expiry.first() {
+            if *until > now_ms {
                 break;
             }
             if let Some((_, queue, token)) = inner.used_by_expiry.pop_first() {
                 inner.used_tokens.remove(&(queue, token));
             }
         }
-        let key = (queue.clone(), token_id.to_owned());
-        if inner.used_tokens.contains_key(&key) {
-            return Ok(false);
+        let key = (queue.clone(), check.token_id.clone());
+        if let Some(consume) = &check.consume
+            && let Some((_, by)) = inner.used_tokens.get(&key)
+        {
+            return Ok(if *by == consume.request {
+                AdmissionStatus::Held
+            } else {
+                AdmissionStatus::Used
+            });
         }
-        let expires_at = expires_at_ms.max(now_ms + 1);
-        inner
-            .used_by_expiry
-            .insert((expires_at, key.0.clone(), key.1.clone()));
-        inner.used_tokens.insert(key, expires_at);
-        Ok(true)
+        let held = inner.queues.get(queue).is_some_and(|state| {
+            state.config.created_at_ms == check.queue_epoch_ms
+                && state.admitted.get(&check.user).is_some_and(|a| {
+                    a.ticket == check.ticket
+                        && a.admitted_at_ms == check.admitted_at_ms
+                        && a.expires_at_ms > now_ms
+                })
+        });
+        if !held {
+            return Ok(AdmissionStatus::Revoked);
+        }
+        if let Some(consume) = &check.consume {
+            let until = consume.remember_until_ms.max(now_ms + 1);
+            inner
+                .used_by_expiry
+                .insert((until, key.0.clone(), key.1.clone()));
+            inner
+                .used_tokens
+                .insert(key, (until, consume.request.clone()));
+        }
+        Ok(AdmissionStatus::Held)
     }
 
     async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats> {

@@ -8,12 +8,22 @@
 //! as one script call. Nothing waits on purpose: a lone request goes out at
 //! once, and requests batch up only while an earlier call is in flight, so
 //! latency does not grow when there is no crowd.
+//!
+//! When Redis is slow, requests must not pile up to be carried out long
+//! after their callers were told they failed. Each request carries its
+//! deadline (the store timeout from its arrival): its caller is answered
+//! `UNAVAILABLE` then, whatever the task is doing, and the task drops, unsent,
+//! every request whose deadline passed or whose caller went away. The
+//! waiting requests of a queue are bounded; past the bound a caller is told
+//! at once. Only a batch already sent when Redis stalled can still be
+//! carried out after its callers were answered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::QueueCaller;
 use crate::domain::{Place, QueueId, UserId};
@@ -22,8 +32,14 @@ use crate::{Error, Result};
 /// Most users in one call, so one script never holds Redis for long.
 const MAX_BATCH: usize = 256;
 
-/// A queue's task ends after this long without requests.
-const IDLE: Duration = Duration::from_secs(30);
+/// Most requests of one kind waiting for one queue's task. A burst beyond
+/// it is answered `UNAVAILABLE` at once rather than queued behind a Redis
+/// that cannot keep up.
+const MAX_WAITING: usize = 20_000;
+
+/// A queue's task ends after this long without requests (at once after a
+/// call finds no such queue), so made-up queue ids leave nothing behind.
+const IDLE: Duration = Duration::from_secs(5);
 
 /// The calls that are coalesced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,10 +53,19 @@ pub(super) enum Op {
 struct Pending {
     user: UserId,
     now_ms: u64,
+    /// When the caller stops waiting (and is told `UNAVAILABLE`).
+    deadline: Instant,
     reply: oneshot::Sender<Result<Option<Place>>>,
 }
 
-type Senders = Arc<Mutex<HashMap<(QueueId, Op), mpsc::UnboundedSender<Pending>>>>;
+impl Pending {
+    /// Nobody waits for the answer any more.
+    fn abandoned(&self, now: Instant) -> bool {
+        self.reply.is_closed() || now >= self.deadline
+    }
+}
+
+type Senders = Arc<Mutex<HashMap<(QueueId, Op), mpsc::Sender<Pending>>>>;
 
 #[derive(Default)]
 pub(super) struct Batcher {
@@ -57,15 +82,18 @@ impl Batcher {
         queue: &QueueId,
         user: &UserId,
         now_ms: u64,
+        timeout: Duration,
     ) -> Result<Option<Place>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<QueueCaller>>,
     {
+        let deadline = Instant::now() + timeout;
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             user: user.clone(),
             now_ms,
+            deadline,
             reply,
         };
         let key = (queue.clone(), op);
@@ -75,9 +103,14 @@ impl Batcher {
                 return Err(Error::Internal("the batching task stopped".into()));
             }
         }
-        answer
-            .await
-            .map_err(|_| Error::Internal("the batched call was dropped".into()))?
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(answer) => {
+                answer.map_err(|_| Error::Internal("the batched call was dropped".into()))?
+            }
+            Err(_) => Err(Error::Unavailable(format!(
+                "no answer from Redis within {timeout:?}"
+            ))),
+        }
     }
 
     /// Hands a request to the live task; with no live task, starts one with
@@ -95,14 +128,20 @@ impl Batcher {
         let sender = match (queues.get(key), caller) {
             (Some(sender), _) if !sender.is_closed() => sender.clone(),
             (_, Some(caller)) => {
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = mpsc::channel(MAX_WAITING);
                 tokio::spawn(run(caller, Arc::clone(&self.queues), key.clone(), rx));
                 queues.insert(key.clone(), tx.clone());
                 tx
             }
             (_, None) => return Ok(Some(pending)),
         };
-        Ok(sender.send(pending).err().map(|e| e.0))
+        match sender.try_send(pending) {
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Unavailable(format!(
+                "{MAX_WAITING} calls of this queue are already waiting for Redis"
+            ))),
+            Err(mpsc::error::TrySendError::Closed(pending)) => Ok(Some(pending)),
+        }
     }
 }
 
@@ -110,7 +149,7 @@ async fn run(
     caller: QueueCaller,
     queues: Senders,
     key: (QueueId, Op),
-    mut rx: mpsc::UnboundedReceiver<Pending>,
+    mut rx: mpsc::Receiver<Pending>,
 ) {
     loop {
         let first = match tokio::time::timeout(IDLE, rx.recv()).await {
@@ -131,20 +170,26 @@ async fn run(
                 }
             }
         };
-        let mut users = vec![first.user];
-        let mut replies = vec![first.reply];
+        let mut users = Vec::new();
+        let mut replies = Vec::new();
         // Requests of one batch arrived within one call's time of each
         // other; the latest clock reading stands for all of them.
-        let mut now_ms = first.now_ms;
-        while users.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => {
-                    users.push(next.user);
-                    replies.push(next.reply);
-                    now_ms = now_ms.max(next.now_ms);
-                }
-                Err(_) => break,
+        let mut now_ms = 0;
+        let mut next = Some(first);
+        let now = Instant::now();
+        while let Some(pending) = next.take() {
+            // Not sent: its caller has been (or is being) told it failed.
+            if !pending.abandoned(now) {
+                users.push(pending.user);
+                replies.push(pending.reply);
+                now_ms = now_ms.max(pending.now_ms);
             }
+            if users.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if users.is_empty() {
+            continue;
         }
         let answers: Result<Vec<Result<Option<Place>>>> = match key.1 {
             Op::Enqueue => caller
@@ -174,8 +219,19 @@ async fn run(
                 }
             }
             Err(error) => {
+                let gone = matches!(error, Error::QueueNotFound(_));
                 for reply in replies {
                     let _ = reply.send(Err(error.clone()));
+                }
+                // No such queue (a made-up id, or deleted): nothing to keep
+                // a task for. Requests already queued get the same answer.
+                if gone && let Ok(mut senders) = queues.lock() {
+                    senders.remove(&key);
+                    rx.close();
+                    while let Ok(pending) = rx.try_recv() {
+                        let _ = pending.reply.send(Err(error.clone()));
+                    }
+                    return;
                 }
             }
         }

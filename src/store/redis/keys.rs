@@ -51,10 +51,14 @@ pub(super) fn index_key(prefix: &str) -> String {
     format!("{prefix}:queues")
 }
 
-/// Sorted set of consumed token ids scored by the tokens' expiry. Not one of
-/// the queue's keys: deleting a queue leaves its tokens consumed.
-pub(super) fn used_tokens_key(prefix: &str, queue: &QueueId) -> String {
-    format!("{prefix}:{{{queue}}}:used")
+/// Sorted set of consumed token ids scored by how long each is remembered
+/// (ms), and the hash of the request that consumed each. Not among the
+/// queue's keys: deleting a queue leaves its tokens consumed.
+pub(super) fn used_tokens_keys(prefix: &str, queue: &QueueId) -> [String; 2] {
+    [
+        format!("{prefix}:{{{queue}}}:used"),
+        format!("{prefix}:{{{queue}}}:used_by"),
+    ]
 }
 
 #[cfg(test)]
@@ -65,7 +69,7 @@ mod tests {
     fn every_key_of_a_queue_shares_its_hash_tag() {
         let queue = QueueId::parse("sale-1").unwrap();
         let mut keys = queue_keys("wr", &queue).to_vec();
-        keys.push(used_tokens_key("wr", &queue));
+        keys.extend(used_tokens_keys("wr", &queue));
         for key in keys {
             assert!(key.starts_with("wr:{sale-1}:"), "{key}");
         }

@@ -22,7 +22,7 @@ mod keys;
 use batch::Op;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,8 +34,9 @@ use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, Value};
 
 use super::QueueStore;
 use crate::domain::{
-    Admission, Admitted, LineChanges, LineEvent, LineSnapshot, LineSummary, Place, PlaceState,
-    QueueConfig, QueueId, QueueMode, QueueStats, QueueUpdate, RateSample, RequestId, UserId,
+    Admission, AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineEvent, LineSnapshot,
+    LineSummary, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats, QueueUpdate,
+    RateSample, RequestId, UserId,
 };
 use crate::telemetry::metrics::{StoreErrorLabels, StoreLabels, metrics};
 use crate::{Error, Result};
@@ -75,7 +76,7 @@ struct Scripts {
     admit_due: Script,
     complete: Script,
     stats: Script,
-    consume_token: Script,
+    check_admission: Script,
     touch: Script,
     reap: Script,
     draw_step: Script,
@@ -118,7 +119,7 @@ impl Scripts {
             admit_due: with_prelude(include_str!("scripts/admit_due.lua")),
             complete: with_prelude(include_str!("scripts/complete.lua")),
             stats: with_prelude(include_str!("scripts/stats.lua")),
-            consume_token: with_prelude(include_str!("scripts/consume_token.lua")),
+            check_admission: with_prelude(include_str!("scripts/check_admission.lua")),
             touch: with_prelude(include_str!("scripts/touch.lua")),
             reap: with_prelude(include_str!("scripts/reap.lua")),
             draw_step: with_prelude(include_str!("scripts/draw_step.lua")),
@@ -184,6 +185,7 @@ pub struct RedisStore {
     timeout: Duration,
     scripts: Arc<Scripts>,
     batcher: batch::Batcher,
+    breaker: Arc<Breaker>,
 }
 
 /// What a queue's batching task needs to call Redis on its own.
@@ -193,6 +195,7 @@ pub(super) struct QueueCaller {
     keys: [String; 13],
     scripts: Arc<Scripts>,
     timeout: Duration,
+    breaker: Arc<Breaker>,
 }
 
 impl QueueCaller {
@@ -213,8 +216,13 @@ impl QueueCaller {
         invocation: &ScriptInvocation<'_>,
     ) -> Result<Vec<Value>> {
         let mut conn = self.conn.clone();
-        let value: Value =
-            bounded(operation, self.timeout, invocation.invoke_async(&mut conn)).await?;
+        let value: Value = bounded(
+            operation,
+            self.timeout,
+            &self.breaker,
+            invocation.invoke_async(&mut conn),
+        )
+        .await?;
         let Value::Array(items) = value else {
             return Err(bad_reply(&format!("{operation}: expected an array")));
         };
@@ -320,6 +328,7 @@ impl RedisStore {
             timeout: options.timeout,
             scripts: Arc::new(Scripts::load()),
             batcher: batch::Batcher::default(),
+            breaker: Arc::default(),
         })
     }
 
@@ -377,6 +386,7 @@ impl RedisStore {
             keys: self.keys(queue),
             scripts: Arc::clone(&self.scripts),
             timeout: self.timeout,
+            breaker: Arc::clone(&self.breaker),
         })
     }
 
@@ -387,7 +397,13 @@ impl RedisStore {
             Connector::Cluster { client, connection } => {
                 let conn = connection
                     .get_or_try_init(|| async {
-                        bounded("connect", self.timeout, client.get_async_connection()).await
+                        bounded(
+                            "connect",
+                            self.timeout,
+                            &self.breaker,
+                            client.get_async_connection(),
+                        )
+                        .await
                     })
                     .await?;
                 Ok(Connection::Cluster(conn.clone()))
@@ -401,7 +417,13 @@ impl RedisStore {
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T> {
         let mut conn = self.connection().await?;
-        bounded(operation, self.timeout, invocation.invoke_async(&mut conn)).await
+        bounded(
+            operation,
+            self.timeout,
+            &self.breaker,
+            invocation.invoke_async(&mut conn),
+        )
+        .await
     }
 
     async fn command<T: FromRedisValue>(
@@ -410,7 +432,53 @@ impl RedisStore {
         cmd: &redis::Cmd,
     ) -> Result<T> {
         let mut conn = self.connection().await?;
-        bounded(operation, self.timeout, cmd.query_async(&mut conn)).await
+        bounded(
+            operation,
+            self.timeout,
+            &self.breaker,
+            cmd.query_async(&mut conn),
+        )
+        .await
+    }
+}
+
+/// Stops sending calls to a Redis that does not answer. A call sent to a
+/// stalled Redis waits in its socket and runs when Redis comes back, long
+/// after its caller was told it failed; so after a call finds Redis
+/// unreachable, further calls fail at once, unsent, except one probe every
+/// [`Breaker::PROBE_EVERY`] (a `PING` of the readiness check, or any call),
+/// and the first answer lets everything through again.
+#[derive(Debug, Default)]
+pub(super) struct Breaker {
+    /// When the last probe was let through while tripped; `None` when
+    /// Redis answers.
+    tripped: Mutex<Option<std::time::Instant>>,
+}
+
+impl Breaker {
+    const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+    /// Whether a call may be sent now.
+    fn admits(&self) -> bool {
+        let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
+        match *tripped {
+            None => true,
+            Some(last) if last.elapsed() >= Self::PROBE_EVERY => {
+                *tripped = Some(std::time::Instant::now());
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    fn answered(&self) {
+        let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
+        *tripped = None;
+    }
+
+    fn unreachable(&self) {
+        let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
+        tripped.get_or_insert_with(std::time::Instant::now);
     }
 }
 
@@ -418,8 +486,21 @@ impl RedisStore {
 async fn bounded<T>(
     operation: &'static str,
     timeout: Duration,
+    breaker: &Breaker,
     call: impl Future<Output = redis::RedisResult<T>>,
 ) -> Result<T> {
+    if !breaker.admits() {
+        metrics()
+            .store_errors
+            .get_or_create(&StoreErrorLabels {
+                operation,
+                kind: "unavailable",
+            })
+            .inc();
+        return Err(Error::Unavailable(
+            "Redis did not answer recently; the call was not sent".into(),
+        ));
+    }
     let started = std::time::Instant::now();
     let result = match tokio::time::timeout(timeout, call).await {
         Ok(result) => result.map_err(classify),
@@ -427,6 +508,11 @@ async fn bounded<T>(
             "no answer from Redis within {timeout:?}"
         ))),
     };
+    match &result {
+        Err(Error::Unavailable(_)) => breaker.unreachable(),
+        // An error reply is still an answer.
+        _ => breaker.answered(),
+    }
     let m = metrics();
     m.store_seconds
         .get_or_create(&StoreLabels { operation })
@@ -746,7 +832,13 @@ impl QueueStore for RedisStore {
                         pipe.cmd("HGETALL").arg(&self.keys(id)[0]);
                     }
                     let mut conn = self.connection().await?;
-                    bounded("list_queues", self.timeout, pipe.query_async(&mut conn)).await?
+                    bounded(
+                        "list_queues",
+                        self.timeout,
+                        &self.breaker,
+                        pipe.query_async(&mut conn),
+                    )
+                    .await?
                 }
                 // Each queue's config lives in its own slot.
                 _ => {
@@ -818,7 +910,14 @@ impl QueueStore for RedisStore {
 
     async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
         self.batcher
-            .call(Op::Enqueue, || self.caller(queue), queue, user, now_ms)
+            .call(
+                Op::Enqueue,
+                || self.caller(queue),
+                queue,
+                user,
+                now_ms,
+                self.timeout,
+            )
             .await?
             .ok_or_else(|| bad_reply("enqueue returned no place"))
     }
@@ -844,7 +943,14 @@ impl QueueStore for RedisStore {
 
     async fn place(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Option<Place>> {
         self.batcher
-            .call(Op::Place, || self.caller(queue), queue, user, now_ms)
+            .call(
+                Op::Place,
+                || self.caller(queue),
+                queue,
+                user,
+                now_ms,
+                self.timeout,
+            )
             .await
     }
 
@@ -919,6 +1025,7 @@ impl QueueStore for RedisStore {
             span_ms: reply.u64()?,
         };
         let epoch_ms = reply.u64()?;
+        let heartbeat_ms = reply.u64()?;
         let mut events = Vec::with_capacity(reply.remaining());
         while reply.remaining() > 0 {
             events.push(parse_line_entry(&reply.string()?)?);
@@ -933,6 +1040,7 @@ impl QueueStore for RedisStore {
                 opens_at_ms,
                 opened: draw != "none",
                 rate,
+                heartbeat_ms,
             },
             events,
             complete,
@@ -997,19 +1105,36 @@ impl QueueStore for RedisStore {
         }
     }
 
-    async fn consume_token(
+    async fn check_admission(
         &self,
         queue: &QueueId,
-        token_id: &str,
-        expires_at_ms: u64,
+        check: &AdmissionCheck,
         now_ms: u64,
-    ) -> Result<bool> {
-        let mut invocation = self.invocation(&self.scripts.consume_token, queue, now_ms);
+    ) -> Result<AdmissionStatus> {
+        let mut invocation = self.invocation(&self.scripts.check_admission, queue, now_ms);
+        for key in keys::used_tokens_keys(&self.prefix, queue) {
+            invocation.key(key);
+        }
         invocation
-            .key(keys::used_tokens_key(&self.prefix, queue))
-            .arg(token_id)
-            .arg(expires_at_ms);
-        Ok(self.run::<i64>("consume_token", &invocation).await? == 1)
+            .arg(check.user.as_str())
+            .arg(&check.token_id)
+            .arg(check.queue_epoch_ms)
+            .arg(check.ticket)
+            .arg(check.admitted_at_ms);
+        match &check.consume {
+            Some(consume) => invocation
+                .arg(1)
+                .arg(consume.remember_until_ms)
+                .arg(consume.request.as_str()),
+            None => invocation.arg(0).arg(0).arg(""),
+        };
+        let status: String = self.run("check_admission", &invocation).await?;
+        match status.as_str() {
+            "held" => Ok(AdmissionStatus::Held),
+            "used" => Ok(AdmissionStatus::Used),
+            "revoked" => Ok(AdmissionStatus::Revoked),
+            other => Err(bad_reply(other)),
+        }
     }
 
     async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats> {

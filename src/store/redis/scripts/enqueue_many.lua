@@ -39,7 +39,7 @@ local function make_gathered_writes()
       seen[#seen + 1] = NOW
       seen[#seen + 1] = joined[i][1]
     end
-    redis.call('ZADD', K_SEEN, unpack(seen))
+    redis.call('ZADD', K_SEEN, 'GT', unpack(seen))
   end
   joined, joined_users, last_ticket = {}, {}, nil
 end

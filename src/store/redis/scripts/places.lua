@@ -29,6 +29,6 @@ for i = 3, #ARGV do
   out[#out + 1] = p
 end
 for i = 1, #seen, 1000 do
-  redis.call('ZADD', K_SEEN, unpack(seen, i, math.min(i + 999, #seen)))
+  redis.call('ZADD', K_SEEN, 'GT', unpack(seen, i, math.min(i + 999, #seen)))
 end
 return out

@@ -135,8 +135,10 @@ local function in_line(cfg)
   return redis.call('ZCARD', K_WAITING) + redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL)
 end
 
+-- A sign of life. GT: a caller whose clock is behind another's never moves
+-- a newer sign back (it still adds a user not yet seen).
 local function see(user)
-  redis.call('ZADD', K_SEEN, NOW, user)
+  redis.call('ZADD', K_SEEN, 'GT', NOW, user)
 end
 
 local function first_rate_bucket()

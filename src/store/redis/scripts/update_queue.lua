@@ -1,7 +1,8 @@
 -- Update queue: change some fields of a queue's configuration. Every script
 -- reads the configuration afresh, so a change holds for all replicas from
 -- the next call on. Reopening a closed queue restarts presence counting, so
--- nobody is released for the time the queue told them to stop watching.
+-- nobody is released for the time the queue told them to stop watching;
+-- so does shortening the heartbeat timeout.
 -- KEYS: the queue's keys (prelude). ARGV: now, field, value, ...
 -- Returns the whole configuration as HGETALL does; empty if no such queue;
 -- {'opening_passed'} when asked to move an opening that has happened.
@@ -17,7 +18,12 @@ end
 if changes.opens_at_ms and cfg.draw ~= 'none' then
   return { 'opening_passed' }
 end
-if cfg.mode == 'closed' and changes.mode and changes.mode ~= 'closed' then
+-- Reopening, or a shorter heartbeat timeout: presence counts from now, so
+-- nobody is released for silence the old rules allowed (instances learn
+-- the new timeout within a refresh and record presence by it).
+local reopened = cfg.mode == 'closed' and changes.mode and changes.mode ~= 'closed'
+local shortened = changes.heartbeat_timeout_ms and tonumber(changes.heartbeat_timeout_ms) < cfg.heartbeat
+if reopened or shortened then
   redis.call('HSET', K_CONFIG, 'presence_since_ms', NOW)
 end
 if #ARGV > 1 then
