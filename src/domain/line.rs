@@ -59,10 +59,19 @@ pub struct LineChanges {
     pub complete: bool,
 }
 
-/// The waiting tickets as of a sequence number.
+/// A chunk of the waiting tickets (those above a ticket, in order, up to a
+/// count) as of a sequence number.
+///
+/// A long line is read in chunks, each a short store call taken at its own
+/// moment. They join into an exact copy: take the union of the chunks and
+/// apply the log from the first chunk's `seq` on. A ticket joins the line
+/// once and leaves it at most once, in that order, so a change a later
+/// chunk already shows is applied again harmlessly, and one it missed is in
+/// the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LineSnapshot {
-    /// When the queue was created (see [`LineSummary::epoch_ms`]).
+    /// When the queue was created (see [`LineSummary::epoch_ms`]); chunks of
+    /// two creations never join.
     pub epoch_ms: u64,
     pub seq: u64,
     pub tickets: Vec<u64>,

@@ -118,9 +118,11 @@ pub trait QueueStore: Send + Sync + 'static {
     /// every replica at once.
     async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64>;
 
-    /// The waiting tickets, for an instance starting to follow the line
-    /// ([`crate::domain::LineSnapshot`]).
-    async fn line_snapshot(&self, queue: &QueueId) -> Result<LineSnapshot>;
+    /// Up to `limit` waiting tickets above `after`, in order: a chunk of the
+    /// line for an instance starting to follow it
+    /// ([`crate::domain::LineSnapshot`] says how chunks join). One call's
+    /// work is bounded by `limit`, however long the line.
+    async fn line_snapshot(&self, queue: &QueueId, after: u64, limit: u32) -> Result<LineSnapshot>;
 
     /// Up to `limit` changes to the waiting set after `after`, and the
     /// queue's summary. One read however many users are watched.

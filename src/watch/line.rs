@@ -1,55 +1,131 @@
 //! An instance's copy of a queue's waiting set: the tickets still waiting,
 //! kept up to date from the store's log of changes, so every local
 //! watcher's position is computed in memory.
+//!
+//! Tickets are dense, so the copy is a bitmap and a Fenwick tree over a
+//! window of ticket numbers starting at `base`, sized by the people in line
+//! rather than by the highest ticket ever given: the window moves up as the
+//! front of the line is admitted, and down in the rare case a lower ticket
+//! joins (the opening draw places pre-queued users in a block of tickets
+//! below later arrivals).
 
 use crate::domain::{LineSnapshot, LineSummary, Place, PlaceState, QueueMode, RankIndex};
+
+/// The window is rebuilt when its empty slots outnumber the tickets in it by
+/// this much, so its size stays within a constant of the line's.
+const SLACK: usize = 4096;
 
 /// The waiting tickets as of log entry `seq`.
 #[derive(Debug, Default)]
 pub(super) struct Line {
     pub(super) seq: u64,
-    ranks: RankIndex,
-    /// `waiting[t]`: ticket `t` is waiting. Tickets are dense, so a vector.
+    /// The ticket of slot 0.
+    base: u64,
+    /// `waiting[i]`: ticket `base + i` is waiting.
     waiting: Vec<bool>,
+    /// Ranks over the window: slot `i + 1` is ticket `base + i`.
+    ranks: RankIndex,
+    /// Tickets waiting.
+    len: usize,
 }
 
 impl Line {
+    /// A copy from the joined chunks of a snapshot, as of the first chunk.
     pub(super) fn from_snapshot(snapshot: LineSnapshot) -> Self {
-        let mut line = Self {
-            seq: snapshot.seq,
-            ..Self::default()
-        };
-        for ticket in snapshot.tickets {
-            line.join(ticket);
-        }
+        let mut line = Self::from_tickets(&snapshot.tickets);
+        line.seq = snapshot.seq;
         line
     }
 
+    /// A window exactly over `tickets` (ascending).
+    fn from_tickets(tickets: &[u64]) -> Self {
+        let (Some(first), Some(last)) = (tickets.first(), tickets.last()) else {
+            return Self::default();
+        };
+        let mut waiting = vec![false; (last - first + 1) as usize];
+        for ticket in tickets {
+            waiting[(ticket - first) as usize] = true;
+        }
+        Self {
+            seq: 0,
+            base: *first,
+            ranks: RankIndex::from_present(&waiting),
+            waiting,
+            len: tickets.len(),
+        }
+    }
+
+    fn tickets(&self) -> Vec<u64> {
+        self.waiting
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w)
+            .map(|(i, _)| self.base + i as u64)
+            .collect()
+    }
+
+    /// Rebuilds the window over what is waiting, and `extra`.
+    fn rebuild(&mut self, extra: Option<u64>) {
+        let mut tickets = self.tickets();
+        if let Some(extra) = extra {
+            let at = tickets.partition_point(|t| *t < extra);
+            tickets.insert(at, extra);
+        }
+        let seq = self.seq;
+        *self = Self::from_tickets(&tickets);
+        self.seq = seq;
+    }
+
     pub(super) fn join(&mut self, ticket: u64) {
-        let index = ticket as usize;
+        if self.len == 0 {
+            let seq = self.seq;
+            *self = Self::from_tickets(&[ticket]);
+            self.seq = seq;
+            return;
+        }
+        if ticket < self.base {
+            self.rebuild(Some(ticket));
+            return;
+        }
+        let index = (ticket - self.base) as usize;
         if self.waiting.len() <= index {
             self.waiting.resize(index + 1, false);
         }
         if !self.waiting[index] {
             self.waiting[index] = true;
-            self.ranks.insert(ticket);
+            self.ranks.insert(index as u64 + 1);
+            self.len += 1;
         }
     }
 
     pub(super) fn leave(&mut self, ticket: u64) {
-        if self.contains(ticket) {
-            self.waiting[ticket as usize] = false;
-            self.ranks.remove(ticket);
+        if !self.contains(ticket) {
+            return;
+        }
+        let index = (ticket - self.base) as usize;
+        self.waiting[index] = false;
+        self.ranks.remove(index as u64 + 1);
+        self.len -= 1;
+        if self.waiting.len() > 2 * self.len + SLACK {
+            self.rebuild(None);
         }
     }
 
     pub(super) fn contains(&self, ticket: u64) -> bool {
-        self.waiting.get(ticket as usize).copied().unwrap_or(false)
+        ticket >= self.base
+            && self
+                .waiting
+                .get((ticket - self.base) as usize)
+                .copied()
+                .unwrap_or(false)
     }
 
     /// 1-based position of a waiting ticket.
     pub(super) fn position(&self, ticket: u64) -> u64 {
-        self.ranks.count_up_to(ticket)
+        if ticket < self.base {
+            return 0;
+        }
+        self.ranks.count_up_to(ticket - self.base + 1)
     }
 
     /// The place of a ticket still in line, as the store would give it
@@ -71,5 +147,62 @@ impl Line {
             mode: summary.mode,
             rate: summary.rate,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn positions_agree_with_a_sorted_set_as_the_window_moves(
+            start in proptest::collection::btree_set(1u64..20_000, 0..50),
+            ops in proptest::collection::vec((0u64..30_000, any::<bool>()), 1..400),
+        ) {
+            let mut line = Line::from_snapshot(LineSnapshot {
+                epoch_ms: 1,
+                seq: 3,
+                tickets: start.iter().copied().collect(),
+            });
+            let mut set: BTreeSet<u64> = start;
+            for (ticket, join) in ops {
+                if join {
+                    line.join(ticket);
+                    set.insert(ticket);
+                } else {
+                    line.leave(ticket);
+                    set.remove(&ticket);
+                }
+                prop_assert_eq!(line.seq, 3);
+                for probe in [ticket, ticket.saturating_sub(1), ticket + 1] {
+                    prop_assert_eq!(line.contains(probe), set.contains(&probe));
+                    if set.contains(&probe) {
+                        prop_assert_eq!(line.position(probe), set.range(..=probe).count() as u64);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_far_along_its_tickets_takes_memory_for_its_people_only() {
+        let mut line = Line::default();
+        for ticket in 1..=200_000 {
+            line.join(ticket);
+        }
+        for ticket in 1..=199_990 {
+            line.leave(ticket);
+        }
+        assert!(line.waiting.len() < SLACK + 100, "{}", line.waiting.len());
+        assert_eq!(line.position(199_995), 5);
+        line.join(200_500);
+        assert_eq!(line.position(200_500), 11);
+        line.join(100);
+        assert_eq!((line.position(100), line.position(200_500)), (1, 12));
     }
 }

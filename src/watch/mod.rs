@@ -36,7 +36,9 @@ use self::line::Line;
 use self::lookup::{Copy, Pollers};
 pub use self::slot::PlaceReceiver;
 use self::slot::PlaceSender;
-use crate::domain::{Clock, LineEvent, Place, PlaceState, QueueId, QueueMode, UserId};
+use crate::domain::{
+    Clock, LineEvent, LineSnapshot, Place, PlaceState, QueueId, QueueMode, UserId,
+};
 use crate::store::QueueStore;
 use crate::{Error, Result};
 
@@ -44,11 +46,15 @@ use crate::{Error, Result};
 /// (clients reconnect; places are kept).
 const MAX_FAILED_REFRESHES: u32 = 8;
 
-/// Log entries read per call while catching up.
-const CHANGES_PER_READ: u32 = 10_000;
+/// Log entries read per call while catching up: one short store call each.
+const CHANGES_PER_READ: u32 = 2_000;
 
 /// Reads per refresh before giving up on catching up this time.
-const MAX_CATCH_UP_READS: usize = 20;
+const MAX_CATCH_UP_READS: usize = 50;
+
+/// Tickets per snapshot chunk: one short store call each (a few
+/// milliseconds of Redis time), however long the line.
+const SNAPSHOT_CHUNK: u32 = 2_000;
 
 /// What a user sees of a place; a message is sent only when it changes.
 /// Kept small: there is one per open stream, and the hub keeps a queue's
@@ -531,7 +537,7 @@ impl WatchHub {
                 Some(seq) => seq,
                 None => {
                     from_snapshot = true;
-                    let snapshot = self.store.line_snapshot(queue).await?;
+                    let snapshot = self.snapshot(queue).await?;
                     let epoch_ms = snapshot.epoch_ms;
                     let previous = watch.epoch_ms.swap(epoch_ms, Ordering::AcqRel);
                     if previous != 0 && previous != epoch_ms {
@@ -671,6 +677,28 @@ impl WatchHub {
             offer(watcher, place, queue, now)
         });
         Ok(())
+    }
+
+    /// The whole line, read in chunks (see [`crate::domain::LineSnapshot`]),
+    /// as of the first chunk.
+    async fn snapshot(&self, queue: &QueueId) -> Result<LineSnapshot> {
+        let mut snapshot = self.store.line_snapshot(queue, 0, SNAPSHOT_CHUNK).await?;
+        let mut last_chunk = snapshot.tickets.len();
+        while last_chunk == SNAPSHOT_CHUNK as usize {
+            let after = snapshot.tickets.last().copied().unwrap_or(0);
+            let chunk = self
+                .store
+                .line_snapshot(queue, after, SNAPSHOT_CHUNK)
+                .await?;
+            if chunk.epoch_ms != snapshot.epoch_ms {
+                return Err(Error::Unavailable(
+                    "the queue was created again while its line was read".into(),
+                ));
+            }
+            last_chunk = chunk.tickets.len();
+            snapshot.tickets.extend(chunk.tickets);
+        }
+        Ok(snapshot)
     }
 
     /// Removes a queue with no watchers or pollers left; false if one

@@ -377,3 +377,92 @@ async fn streams_opened_at_once_never_pass_the_instance_limit() {
     }
     assert_eq!(open.len(), 5, "{} streams opened", open.len());
 }
+
+/// The line behind the long-line test: 100,000 by default (a single read
+/// of it held Redis for about 200 ms); `WAITROOM_LONG_LINE=1000000` for the
+/// size of a real sale.
+fn long_line() -> usize {
+    std::env::var("WAITROOM_LONG_LINE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
+
+#[tokio::test]
+async fn a_long_line_is_followed_without_holding_redis_and_others_are_served_meanwhile() {
+    use waitroom::domain::{QueueId, UserId};
+    use waitroom::store::QueueStore;
+
+    let redis = TestRedis::start();
+    let prefix = fresh_prefix();
+    let app = TestApp::spawn(TestApp::redis_config(&redis.url(), &prefix)).await;
+    app.create_queue(pb::Queue {
+        heartbeat_timeout: secs(3600),
+        ..queue("long")
+    })
+    .await;
+    app.create_queue(queue("other")).await;
+    // Fill the line through the store directly, a thousand users a call.
+    let store = waitroom::store::RedisStore::connect(&waitroom::store::RedisOptions {
+        url: redis.url(),
+        password: None,
+        cluster: false,
+        prefix: prefix.clone(),
+        timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    let long = QueueId::parse("long").unwrap();
+    let n = long_line();
+    for first in (0..n).step_by(1000) {
+        let users: Vec<UserId> = (first..(first + 1000).min(n))
+            .map(|i| UserId::parse(&format!("u{i}")).unwrap())
+            .collect();
+        store.enqueue_many(&long, &users, now_ms()).await.unwrap();
+    }
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(20_000)
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut conn).unwrap();
+    // A watcher at the back makes this instance follow the whole line.
+    let last = format!("u{}", n - 1);
+    let mut stream = open(&app, "long", &last).await;
+    let first = stream.next().await.unwrap().unwrap().place.unwrap();
+    assert_eq!(first.position, n as u64);
+    // Meanwhile another queue is served promptly.
+    let mut client = app.client().await;
+    let mut worst = Duration::ZERO;
+    for i in 0..40 {
+        let started = std::time::Instant::now();
+        enqueue(&mut client, "other", &format!("o{i}")).await;
+        worst = worst.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // The copy follows: admitting the front moves the watcher.
+    admit(&mut client, "long", 10).await;
+    let moved = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the watcher of a long line was not told it moved")
+        .unwrap()
+        .unwrap()
+        .place
+        .unwrap();
+    assert_eq!(moved.position, n as u64 - 10);
+    let slow: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(10)
+        .query(&mut conn)
+        .unwrap();
+    assert!(slow.is_empty(), "calls held Redis over 20 ms: {slow:?}");
+    assert!(
+        worst < Duration::from_millis(250),
+        "an enqueue took {worst:?}"
+    );
+}

@@ -51,7 +51,8 @@ enum Op {
         until: i64,
     },
     LineChanges(u64),
-    LineSnapshot,
+    /// A chunk of the line above a ticket.
+    LineSnapshot(u64, u32),
     /// Delete and create again; with a scheduled opening 30 s ahead.
     Recreate(bool),
 }
@@ -82,7 +83,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u64..1_500).prop_map(Op::Rewind),
         1 => Just(Op::Stats),
         2 => (0u64..30).prop_map(Op::LineChanges),
-        1 => Just(Op::LineSnapshot),
+        1 => (prop_oneof![Just(0u64), 0u64..12, Just(u64::MAX)], prop_oneof![Just(1u32), 1u32..5, Just(u32::MAX)])
+            .prop_map(|(after, limit)| Op::LineSnapshot(after, limit)),
         3 => (
             any::<u8>(),
             prop_oneof![4 => Just(0u8), 1 => 1u8..5],
@@ -238,7 +240,7 @@ async fn apply(
         Op::Advance(_) | Op::Rewind(_) => String::new(),
         Op::Stats => show(store.stats(&q, now).await),
         Op::LineChanges(after) => show(store.line_changes(&q, *after, 4, now).await),
-        Op::LineSnapshot => show(store.line_snapshot(&q).await),
+        Op::LineSnapshot(after, limit) => show(store.line_snapshot(&q, *after, *limit).await),
         Op::Check {
             pick,
             alter,

@@ -608,20 +608,32 @@ impl QueueStore for MemoryStore {
                 .take(limit as usize)
                 .map(|(_, user)| user.clone())
                 .collect();
+            let mut released = 0;
             for user in &silent {
-                state.remove_from_line(user);
+                if state.remove_from_line(user) {
+                    released += 1;
+                } else {
+                    // A sign of life of someone no longer in line: dropped,
+                    // so it is neither counted again nor in the way.
+                    state.unsee(user);
+                }
             }
-            state.counters.abandoned += silent.len() as u64;
-            Ok(silent.len() as u64)
+            state.counters.abandoned += released;
+            Ok(released)
         })
     }
 
-    async fn line_snapshot(&self, queue: &QueueId) -> Result<LineSnapshot> {
+    async fn line_snapshot(&self, queue: &QueueId, after: u64, limit: u32) -> Result<LineSnapshot> {
         self.with_queue(queue, |state| {
             Ok(LineSnapshot {
                 epoch_ms: state.config.created_at_ms,
                 seq: state.log_seq,
-                tickets: state.waiting.keys().copied().collect(),
+                tickets: state
+                    .waiting
+                    .range(after.saturating_add(1)..)
+                    .take(limit as usize)
+                    .map(|(ticket, _)| *ticket)
+                    .collect(),
             })
         })
     }

@@ -974,14 +974,10 @@ impl QueueStore for RedisStore {
         }
     }
 
-    async fn line_snapshot(&self, queue: &QueueId) -> Result<LineSnapshot> {
-        let mut reply = Reply::new(
-            self.run(
-                "line_snapshot",
-                &self.invocation(&self.scripts.line_snapshot, queue, 0),
-            )
-            .await?,
-        )?;
+    async fn line_snapshot(&self, queue: &QueueId, after: u64, limit: u32) -> Result<LineSnapshot> {
+        let mut invocation = self.invocation(&self.scripts.line_snapshot, queue, 0);
+        invocation.arg(after).arg(limit);
+        let mut reply = Reply::new(self.run("line_snapshot", &invocation).await?)?;
         let status = reply.string()?;
         if status != "ok" {
             return Err(status_error(&status, queue));

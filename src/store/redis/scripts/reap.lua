@@ -19,10 +19,17 @@ if cfg.presence_since >= cutoff then
   return 0
 end
 local silent = redis.call('ZRANGEBYSCORE', K_SEEN, '-inf', '(' .. cutoff, 'LIMIT', 0, tonumber(ARGV[2]))
+local released = 0
 for _, user in ipairs(silent) do
-  remove_from_line(cfg, user)
+  if remove_from_line(cfg, user) then
+    released = released + 1
+  else
+    -- A sign of life of someone no longer in line: dropped, so it is
+    -- neither counted again nor in the way of the LIMIT.
+    redis.call('ZREM', K_SEEN, user)
+  end
 end
-if #silent > 0 then
-  redis.call('HINCRBY', K_STATS, 'abandoned', #silent)
+if released > 0 then
+  redis.call('HINCRBY', K_STATS, 'abandoned', released)
 end
-return #silent
+return released
