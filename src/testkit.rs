@@ -13,6 +13,8 @@ pub struct RedisServer {
     pub port: u16,
     child: Child,
     dir: PathBuf,
+    /// The extra arguments it was started with, to restart it alike.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -28,24 +30,54 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments.
     pub fn start_with(port: u16, extra: &[&str]) -> Result<Self, String> {
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let dir =
             std::env::temp_dir().join(format!("waitroom-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let child = Command::new(&binary)
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+        let child = Self::spawn(port, &dir, &extra)?;
+        let server = Self {
+            port,
+            child,
+            dir,
+            extra,
+        };
+        server.wait_until_ready()?;
+        Ok(server)
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Result<Child, String> {
+        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        Command::new(&binary)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(&dir)
+            .arg(dir)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| {
                 format!("cannot start {binary:?} ({e}); install redis-server or set REDIS_SERVER")
-            })?;
-        let server = Self { port, child, dir };
-        server.wait_until_ready()?;
-        Ok(server)
+            })
+    }
+
+    /// Kills the server (`SIGKILL`, nothing flushed) and starts it again on
+    /// the same port, directory and arguments: with an AOF, what it had
+    /// written there comes back.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.child = Self::spawn(self.port, &self.dir, &self.extra)?;
+        self.wait_until_ready()
+    }
+
+    /// Stalls the server (`SIGSTOP`): its connections stay open and nothing
+    /// is answered until [`RedisServer::resume`].
+    pub fn pause(&self) -> Result<(), String> {
+        signal(self.child.id(), "STOP")
+    }
+
+    /// Lets a paused server go on (`SIGCONT`).
+    pub fn resume(&self) -> Result<(), String> {
+        signal(self.child.id(), "CONT")
     }
 
     fn wait_until_ready(&self) -> Result<(), String> {
@@ -82,6 +114,19 @@ impl Drop for RedisServer {
     }
 }
 
+fn signal(pid: u32, name: &str) -> Result<(), String> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .map_err(|e| format!("kill -{name} {pid}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("kill -{name} {pid} failed"))
+    }
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0")
@@ -97,9 +142,15 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// Three masters, no replicas.
     pub fn start() -> Result<Self, String> {
+        Self::start_with_replicas(0)
+    }
+
+    /// Three masters with `replicas` replicas each (for failover tests).
+    pub fn start_with_replicas(replicas: usize) -> Result<Self, String> {
         let mut nodes = Vec::new();
-        for port in cluster_ports(3)? {
+        for port in cluster_ports(3 * (1 + replicas))? {
             nodes.push(RedisServer::start_with(
                 port,
                 &[
@@ -120,7 +171,7 @@ impl RedisCluster {
         let created = Command::new(&cli)
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
@@ -157,6 +208,73 @@ impl RedisCluster {
             }
         }
         Ok(())
+    }
+
+    /// The node serving `key`'s slot now, and a replica of it once one has
+    /// attached (waiting up to ten seconds for one).
+    pub fn master_and_replica_of(&self, key: &str) -> Result<(u16, Option<u16>), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (master, replica) = self.slot_owner(key)?;
+            if replica.is_some() || Instant::now() > deadline {
+                return Ok((master, replica));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn slot_owner(&self, key: &str) -> Result<(u16, Option<u16>), String> {
+        let query = |port: u16, cmd: &mut redis::Cmd| -> Result<redis::Value, String> {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .map_err(|e| e.to_string())?;
+            let mut conn = client.get_connection().map_err(|e| e.to_string())?;
+            cmd.query(&mut conn).map_err(|e| e.to_string())
+        };
+        let seed = self.nodes.first().ok_or("no nodes")?.port;
+        let slot = match query(seed, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))? {
+            redis::Value::Int(slot) => slot,
+            other => return Err(format!("CLUSTER KEYSLOT answered {other:?}")),
+        };
+        let port_of = |addr: &str| {
+            addr.split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse::<u16>().ok())
+        };
+        let mut master = None;
+        let mut replica = None;
+        for node in &self.nodes {
+            let info: String = match query(node.port, redis::cmd("CLUSTER").arg("NODES"))? {
+                redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                redis::Value::VerbatimString { text, .. } => text,
+                other => return Err(format!("CLUSTER NODES answered {other:?}")),
+            };
+            // Lines: id addr flags master ping pong epoch state slots...
+            let lines: Vec<Vec<&str>> = info.lines().map(|l| l.split(' ').collect()).collect();
+            let owner = lines.iter().find(|f| {
+                f.len() > 8
+                    && f[2].contains("master")
+                    && f[8..].iter().any(|range| {
+                        let mut ends = range.split('-');
+                        let lo = ends.next().and_then(|v| v.parse::<i64>().ok());
+                        let hi = ends.next().and_then(|v| v.parse::<i64>().ok()).or(lo);
+                        lo.zip(hi).is_some_and(|(lo, hi)| lo <= slot && slot <= hi)
+                    })
+            });
+            let Some(owner) = owner else {
+                continue;
+            };
+            master = master.or_else(|| port_of(owner[1]));
+            replica = replica.or_else(|| {
+                lines
+                    .iter()
+                    .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == owner[0])
+                    .and_then(|f| port_of(f[1]))
+            });
+        }
+        master
+            .map(|m| (m, replica))
+            .ok_or_else(|| format!("no master serves slot {slot}"))
     }
 
     /// The seed URLs, comma-separated, as `--redis-url` takes them.

@@ -12,6 +12,7 @@ mod harness;
 mod load;
 mod mixed;
 mod rpc;
+mod soak;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Scenario {
     Watch(watch::Args),
     /// A sale: a burst of arrivals, some watching, steady automatic admission.
     Mixed(mixed::Args),
+    /// A long sale at steady load: memory, streams and errors every 10 s.
+    Soak(soak::Args),
 }
 
 #[tokio::main]
@@ -48,5 +51,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::GetRank(args) => rpc::run(rpc::Rpc::GetRank, args).await,
         Scenario::Watch(args) => watch::run(args).await,
         Scenario::Mixed(args) => mixed::run(args).await,
+        Scenario::Soak(args) => soak::run(args).await,
     }
 }

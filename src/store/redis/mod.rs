@@ -219,7 +219,7 @@ impl QueueCaller {
         let value: Value = bounded(
             operation,
             self.timeout,
-            &self.breaker,
+            (&self.breaker, Some(self.conn.clone())),
             invocation.invoke_async(&mut conn),
         )
         .await?;
@@ -400,7 +400,7 @@ impl RedisStore {
                         bounded(
                             "connect",
                             self.timeout,
-                            &self.breaker,
+                            (&self.breaker, None),
                             client.get_async_connection(),
                         )
                         .await
@@ -420,7 +420,7 @@ impl RedisStore {
         bounded(
             operation,
             self.timeout,
-            &self.breaker,
+            (&self.breaker, Some(conn.clone())),
             invocation.invoke_async(&mut conn),
         )
         .await
@@ -435,7 +435,7 @@ impl RedisStore {
         bounded(
             operation,
             self.timeout,
-            &self.breaker,
+            (&self.breaker, Some(conn.clone())),
             cmd.query_async(&mut conn),
         )
         .await
@@ -444,30 +444,36 @@ impl RedisStore {
 
 /// Stops sending calls to a Redis that does not answer. A call sent to a
 /// stalled Redis waits in its socket and runs when Redis comes back, long
-/// after its caller was told it failed; so after a call finds Redis
-/// unreachable, further calls fail at once, unsent, except one probe every
-/// [`Breaker::PROBE_EVERY`] (a `PING` of the readiness check, or any call),
-/// and the first answer lets everything through again.
+/// after its caller was told it failed; so once a call finds Redis
+/// unreachable, calls fail at once, unsent, until a `PING` is answered. A
+/// call arriving [`Breaker::PROBE_EVERY`] after the last probe sends one
+/// (and goes ahead if it is answered), as does the readiness check.
 #[derive(Debug, Default)]
 pub(super) struct Breaker {
-    /// When the last probe was let through while tripped; `None` when
-    /// Redis answers.
+    /// When the last probe was sent while tripped; `None` when Redis
+    /// answers.
     tripped: Mutex<Option<std::time::Instant>>,
+}
+
+/// What a call does, as the breaker stands.
+enum Pass {
+    Send,
+    Probe,
+    Refuse,
 }
 
 impl Breaker {
     const PROBE_EVERY: Duration = Duration::from_millis(250);
 
-    /// Whether a call may be sent now.
-    fn admits(&self) -> bool {
+    fn pass(&self) -> Pass {
         let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
         match *tripped {
-            None => true,
+            None => Pass::Send,
             Some(last) if last.elapsed() >= Self::PROBE_EVERY => {
                 *tripped = Some(std::time::Instant::now());
-                true
+                Pass::Probe
             }
-            Some(_) => false,
+            Some(_) => Pass::Refuse,
         }
     }
 
@@ -480,29 +486,57 @@ impl Breaker {
         let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
         tripped.get_or_insert_with(std::time::Instant::now);
     }
+
+    /// Whether a call may be sent now; probes with a `PING` when one is due.
+    /// Returns the time the call has left of `timeout`.
+    async fn let_through(&self, probe: Option<Connection>, timeout: Duration) -> Result<Duration> {
+        let refused =
+            || Error::Unavailable("Redis did not answer recently; the call was not sent".into());
+        match self.pass() {
+            Pass::Send => Ok(timeout),
+            Pass::Refuse => Err(refused()),
+            Pass::Probe => {
+                let Some(mut conn) = probe else {
+                    return Ok(timeout);
+                };
+                let started = std::time::Instant::now();
+                let ping = redis::cmd("PING");
+                match tokio::time::timeout(timeout, ping.query_async::<String>(&mut conn)).await {
+                    Ok(Ok(_)) => {
+                        self.answered();
+                        Ok(timeout.saturating_sub(started.elapsed()))
+                    }
+                    _ => Err(refused()),
+                }
+            }
+        }
+    }
 }
 
-/// One Redis round trip, bounded by the timeout and measured.
+/// One Redis round trip, bounded by the timeout and measured, unless the
+/// breaker holds it back (see [`Breaker`]); with the connection the
+/// breaker may `PING` through.
 async fn bounded<T>(
     operation: &'static str,
     timeout: Duration,
-    breaker: &Breaker,
+    (breaker, probe): (&Breaker, Option<Connection>),
     call: impl Future<Output = redis::RedisResult<T>>,
 ) -> Result<T> {
-    if !breaker.admits() {
-        metrics()
-            .store_errors
-            .get_or_create(&StoreErrorLabels {
-                operation,
-                kind: "unavailable",
-            })
-            .inc();
-        return Err(Error::Unavailable(
-            "Redis did not answer recently; the call was not sent".into(),
-        ));
-    }
+    let left = match breaker.let_through(probe, timeout).await {
+        Ok(left) => left,
+        Err(error) => {
+            metrics()
+                .store_errors
+                .get_or_create(&StoreErrorLabels {
+                    operation,
+                    kind: "unavailable",
+                })
+                .inc();
+            return Err(error);
+        }
+    };
     let started = std::time::Instant::now();
-    let result = match tokio::time::timeout(timeout, call).await {
+    let result = match tokio::time::timeout(left, call).await {
         Ok(result) => result.map_err(classify),
         Err(_) => Err(Error::Unavailable(format!(
             "no answer from Redis within {timeout:?}"
@@ -835,7 +869,7 @@ impl QueueStore for RedisStore {
                     bounded(
                         "list_queues",
                         self.timeout,
-                        &self.breaker,
+                        (&self.breaker, Some(conn.clone())),
                         pipe.query_async(&mut conn),
                     )
                     .await?

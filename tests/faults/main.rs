@@ -1,0 +1,27 @@
+//! The fault suite: real `redis-server` processes and real `waitroom`
+//! processes, with faults injected (Redis stalled, killed and restarted,
+//! connections cut and delayed, a cluster master failed over, a service
+//! replica killed mid-batch), and the invariants checked against a log of
+//! every answer the clients got. `docs/reliability.md` states what each
+//! Redis setup promises and points here for the evidence.
+//!
+//! `WAITROOM_FAULT_SCALE` (default 1) multiplies the load and the length of
+//! each scenario for a longer hunt.
+
+mod ledger;
+mod proxy;
+mod service;
+
+mod network;
+mod replicas;
+mod restart;
+mod stall;
+
+/// How much longer and busier than in CI the scenarios run.
+pub fn scale() -> usize {
+    std::env::var("WAITROOM_FAULT_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(1)
+}

@@ -1,0 +1,92 @@
+//! The connection to Redis cut and slowed by a proxy in between, under
+//! joins and admission: answers lost on the way (a script that ran, its
+//! reply cut) are recovered by the request id, nothing acknowledged is
+//! lost, nobody is admitted twice, and every failure comes within the
+//! timeout.
+
+use std::time::{Duration, Instant};
+
+use waitroom::testkit::RedisServer;
+
+use crate::ledger;
+use crate::proxy::Proxy;
+use crate::service::{REDIS_TIMEOUT, Service, queue, scratch};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_and_delayed_connections_lose_nothing_and_admit_nobody_twice() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let proxy = Proxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    let dir = scratch("network");
+    let service = Service::start(&proxy.url(), "network", &dir, &[]).await;
+    service.create_queue(queue("sale")).await;
+    let ledger = ledger::shared();
+    let scale = crate::scale() as u32;
+    let run = Duration::from_secs(5) * scale;
+    let started = Instant::now();
+    let joiners: Vec<_> = (0..4)
+        .map(|c| {
+            let (mut client, ledger) = (service.client(), ledger.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while started.elapsed() < run {
+                    let user = format!("j{c}-{n}");
+                    ledger::enqueue(&mut client, &ledger, "sale", &user, Duration::from_secs(3))
+                        .await;
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+            })
+        })
+        .collect();
+    let admitter = {
+        let (mut client, ledger) = (service.client(), ledger.clone());
+        tokio::spawn(async move {
+            let mut k = 0;
+            while started.elapsed() < run {
+                ledger::admit_until_answered(
+                    &mut client,
+                    &ledger,
+                    "sale",
+                    15,
+                    &format!("batch-{k}"),
+                    Duration::from_secs(20),
+                )
+                .await
+                .expect("admission answered again after the faults");
+                k += 1;
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+    let phase = run / 6;
+    tokio::time::sleep(phase).await;
+    // Slow, under the timeout: calls take longer but succeed.
+    proxy.delay(REDIS_TIMEOUT / 3);
+    tokio::time::sleep(phase).await;
+    proxy.delay(Duration::ZERO);
+    proxy.cut();
+    tokio::time::sleep(phase).await;
+    proxy.reopen();
+    tokio::time::sleep(phase).await;
+    // Slower than the timeout: replies arrive after their callers gave up.
+    proxy.delay(REDIS_TIMEOUT * 3 / 2);
+    tokio::time::sleep(phase).await;
+    proxy.delay(Duration::ZERO);
+    for joiner in joiners {
+        joiner.await.unwrap();
+    }
+    admitter.await.unwrap();
+    let mut client = service.client();
+    ledger::drain(&mut client, &ledger, "sale", "network").await;
+
+    let ledger = ledger.lock().unwrap();
+    assert!(
+        proxy.connections.load(std::sync::atomic::Ordering::Relaxed) > 1,
+        "the service never reconnected"
+    );
+    ledger.assert_failures_answered_within(REDIS_TIMEOUT + Duration::from_millis(400));
+    ledger.assert_nobody_admitted_twice();
+    ledger.assert_admitted_in_ticket_order();
+    ledger.assert_only_joiners_admitted();
+    ledger.assert_every_acknowledged_admitted();
+}

@@ -1,0 +1,162 @@
+//! The service as an operator runs it: the release of this crate's own
+//! `waitroom` binary, a process of its own, killed for real.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use waitroom::pb;
+use waitroom::pb::queue_admin_service_client::QueueAdminServiceClient;
+use waitroom::pb::queue_service_client::QueueServiceClient;
+use waitroom::testkit::free_port;
+
+/// The Redis timeout every service of the suite runs with.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One signing key for every replica of a test, so each verifies the
+/// others' tokens.
+pub fn shared_key(dir: &std::path::Path) -> PathBuf {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let path = dir.join("signing-key.pem");
+    if !path.exists() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let pem = key.to_pkcs8_pem(Default::default()).expect("a PEM key");
+        std::fs::write(&path, pem.as_bytes()).expect("writing the key");
+    }
+    path
+}
+
+/// A scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("waitroom-faults-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    dir
+}
+
+pub struct Service {
+    child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Service {
+    /// Starts `waitroom` on free ports against `redis_url` (comma-separated
+    /// seeds with `cluster`) and waits until it is ready.
+    pub async fn start(
+        redis_url: &str,
+        prefix: &str,
+        dir: &std::path::Path,
+        extra: &[&str],
+    ) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+            .parse()
+            .unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
+            .parse()
+            .unwrap();
+        let log = dir.join(format!("service-{}.log", addr.port()));
+        let file = std::fs::File::create(&log).expect("a log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_waitroom"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--http-listen")
+            .arg(http.to_string())
+            .args(["--redis-url", redis_url, "--redis-prefix", prefix])
+            .arg("--redis-timeout")
+            .arg(format!("{}ms", REDIS_TIMEOUT.as_millis()))
+            .arg("--signing-key")
+            .arg(shared_key(dir))
+            .args(["--drain-delay", "0s", "--shutdown-timeout", "1s"])
+            .args(extra)
+            .env("RUST_LOG", "waitroom=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("starting the waitroom binary");
+        let service = Self { child, addr, log };
+        service
+            .wait_until(ServingStatus::Serving, Duration::from_secs(20))
+            .await;
+        service
+    }
+
+    pub fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy()
+    }
+
+    pub fn client(&self) -> QueueServiceClient<Channel> {
+        QueueServiceClient::new(self.channel()).max_decoding_message_size(64 << 20)
+    }
+
+    pub fn admin(&self) -> QueueAdminServiceClient<Channel> {
+        QueueAdminServiceClient::new(self.channel())
+    }
+
+    /// Readiness (`waitroom.v1.QueueService`), or `None` without an answer.
+    pub async fn readiness(&self) -> Option<ServingStatus> {
+        let mut health = HealthClient::new(self.channel());
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: "waitroom.v1.QueueService".into(),
+        });
+        request.set_timeout(Duration::from_millis(500));
+        let answer = health.check(request).await.ok()?;
+        ServingStatus::try_from(answer.into_inner().status).ok()
+    }
+
+    pub async fn wait_until(&self, status: ServingStatus, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            if self.readiness().await == Some(status) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "readiness never became {status:?} (log: {})",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn create_queue(&self, queue: pb::Queue) {
+        self.admin()
+            .create_queue(pb::CreateQueueRequest { queue: Some(queue) })
+            .await
+            .expect("create_queue");
+    }
+
+    /// Kills the process (`SIGKILL`): calls in flight get no answer.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A queue with the defaults and the given id.
+pub fn queue(id: &str) -> pb::Queue {
+    pb::Queue {
+        id: id.into(),
+        ..Default::default()
+    }
+}
+
+/// A request with a deadline: a hang shows as `DEADLINE_EXCEEDED`.
+pub fn within<T>(message: T, deadline: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(deadline);
+    request
+}
