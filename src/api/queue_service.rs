@@ -124,8 +124,7 @@ impl QueueApi {
             admission_named(queue.as_str(), &claims.jti),
             UserId::parse(&claims.sub),
         ) else {
-            // Signed by us, but not in the shape admissions are signed in
-            // now: an admission this store does not hold.
+            // Signed by us, but naming no admission this store could hold.
             return Ok(Verdict::Revoked);
         };
         let consume = consume.then(|| Consume {

@@ -12,9 +12,10 @@ pub struct AdmissionCheck {
     pub token_id: String,
     /// The queue creation, ticket and admission time the token names; a
     /// record of the user that differs in any of them is another admission.
+    /// Tokens signed before ids named the admission time name none.
     pub queue_epoch_ms: u64,
     pub ticket: u64,
-    pub admitted_at_ms: u64,
+    pub admitted_at_ms: Option<u64>,
     /// Marks the token used, when set.
     pub consume: Option<Consume>,
 }

@@ -87,6 +87,8 @@ pub struct RequestId(String);
 
 impl RequestId {
     pub const MAX_LEN: usize = 128;
+    /// The start of the ids the service makes up.
+    pub const GENERATED_PREFIX: &str = "auto:";
 
     pub fn parse(value: &str) -> Result<Self, String> {
         if value.is_empty() {
@@ -125,7 +127,12 @@ impl RequestId {
             bytes = nanos.to_le_bytes();
         }
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Self(format!("auto:{hex}"))
+        Self(format!("{}{hex}", Self::GENERATED_PREFIX))
+    }
+
+    /// Made by [`RequestId::generate`] (or given in its shape).
+    pub fn is_generated(&self) -> bool {
+        self.0.starts_with(Self::GENERATED_PREFIX)
     }
 
     pub fn as_str(&self) -> &str {

@@ -52,6 +52,20 @@ use crate::domain::{
 /// request id.
 pub const BATCH_RESULT_TTL_MS: u64 = 600_000;
 
+/// How long the result of a batch whose id the service made up is kept: it
+/// only has to outlive a Redis client's own resend, and admission services
+/// that send no id would otherwise keep ten minutes of results in Redis.
+pub const GENERATED_BATCH_RESULT_TTL_MS: u64 = 60_000;
+
+/// How long the result of the batch with this id is kept.
+pub fn batch_result_ttl_ms(request: &RequestId) -> u64 {
+    if request.is_generated() {
+        GENERATED_BATCH_RESULT_TTL_MS
+    } else {
+        BATCH_RESULT_TTL_MS
+    }
+}
+
 /// The queue store. Every method is one atomic transition.
 #[async_trait]
 pub trait QueueStore: Send + Sync + 'static {

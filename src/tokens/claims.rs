@@ -61,18 +61,19 @@ pub fn token_id(queue: &QueueId, user: &UserId, admission: &Admission) -> String
 }
 
 /// The queue creation, ticket and admission time a token id of `queue`
-/// names; `None` for an id not made by [`token_id`].
-pub fn admission_named(queue: &str, token_id: &str) -> Option<(u64, u64, u64)> {
+/// names; `None` for an id not made by [`token_id`]. Ids of the earlier
+/// shape `{queue}.{epoch}.{ticket}` (tokens signed before admission times
+/// were part of the id) name no admission time.
+pub fn admission_named(queue: &str, token_id: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = token_id.strip_prefix(queue)?.strip_prefix('.')?;
-    let mut parts = rest.split('.');
-    let epoch = parts.next()?.parse().ok()?;
-    let ticket = parts.next()?.parse().ok()?;
-    let admitted_at = parts.next()?.parse().ok()?;
-    let _user = parts.next()?;
-    parts
-        .next()
-        .is_none()
-        .then_some((epoch, ticket, admitted_at))
+    let parts: Vec<&str> = rest.split('.').collect();
+    let epoch = parts.first()?.parse().ok()?;
+    let ticket = parts.get(1)?.parse().ok()?;
+    match parts.len() {
+        2 => Some((epoch, ticket, None)),
+        4 => Some((epoch, ticket, Some(parts[2].parse().ok()?))),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -93,7 +94,7 @@ mod tests {
         let id = token_id(&queue, &alice, &admission);
         assert_eq!(
             admission_named("sale.2026", &id),
-            Some((1_700_000_000_000, 7, 1_800_000_000_123))
+            Some((1_700_000_000_000, 7, Some(1_800_000_000_123)))
         );
         assert_eq!(admission_named("sale", &id), None);
         assert_ne!(id, token_id(&queue, &bob, &admission));
@@ -102,6 +103,10 @@ mod tests {
             ..admission.clone()
         };
         assert_ne!(id, token_id(&queue, &alice, &later));
-        assert_eq!(admission_named("sale.2026", "sale.2026.1.2"), None);
+        assert_eq!(
+            admission_named("sale.2026", "sale.2026.1.2"),
+            Some((1, 2, None))
+        );
+        assert_eq!(admission_named("sale.2026", "sale.2026.1.2.3"), None);
     }
 }

@@ -466,3 +466,47 @@ async fn tls_and_mutual_tls_protect_the_grpc_port() {
         );
     }
 }
+
+#[tokio::test]
+async fn made_up_paths_and_queue_ids_do_not_grow_the_metrics() {
+    let (app, _redis) = TestApp::on_redis().await;
+    app.create_queue(queue("sale")).await;
+    let mut client = app.client().await;
+    enqueue(&mut client, "sale", "someone").await;
+    let (_, _, before) = http_get(&app, "/metrics").await;
+    let mut grpc = tonic::client::Grpc::new(app.channel().await);
+    for i in 0..500 {
+        grpc.ready().await.unwrap();
+        let path = if i % 2 == 0 {
+            format!("/made.up.Service{i}/Method{i}")
+        } else {
+            format!("/waitroom.v1.QueueService/Nope{i}")
+        };
+        let status = grpc
+            .unary::<_, pb::GetRankResponse, _>(
+                tonic::Request::new(rank_request("sale", "someone")),
+                http::uri::PathAndQuery::try_from(path).unwrap(),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented);
+    }
+    // Made-up queue ids: each answered, none kept.
+    for i in 0..500 {
+        let status = client
+            .get_rank(rank_request(&format!("made-up-{i}"), "someone"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    }
+    let (_, _, after) = http_get(&app, "/metrics").await;
+    assert!(
+        after.len() < before.len() + 4_000,
+        "/metrics grew from {} to {} bytes",
+        before.len(),
+        after.len()
+    );
+    assert!(after.contains(r#"grpc_service="unknown""#), "{after}");
+    assert!(!after.contains("made.up") && !after.contains("Nope") && !after.contains("made-up"));
+}

@@ -466,3 +466,65 @@ async fn a_long_line_is_followed_without_holding_redis_and_others_are_served_mea
         "an enqueue took {worst:?}"
     );
 }
+
+#[tokio::test]
+async fn a_consume_retried_with_its_request_id_is_valid_again_and_nobody_else_is() {
+    let (app, _redis) = TestApp::on_redis().await;
+    app.create_queue(queue("sale")).await;
+    let mut client = app.client().await;
+    enqueue(&mut client, "sale", "alice").await;
+    let token = token_of(&admit(&mut client, "sale", 1).await[0]);
+    let consume = |request_id: &str| {
+        let mut client = client.clone();
+        let (token, request_id) = (token.clone(), request_id.to_owned());
+        async move {
+            client
+                .verify_admission(pb::VerifyAdmissionRequest {
+                    queue_id: "sale".into(),
+                    token,
+                    consume: true,
+                    request_id,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .verdict()
+        }
+    };
+    assert_eq!(consume("buy-1").await, Verdict::Valid);
+    // The answer was lost; the booking service retries with the same id.
+    assert_eq!(consume("buy-1").await, Verdict::Valid);
+    assert_eq!(consume("buy-2").await, Verdict::AlreadyUsed);
+    assert_eq!(consume("").await, Verdict::AlreadyUsed);
+}
+
+#[tokio::test]
+async fn scrapes_read_the_queues_from_redis_at_most_once_in_a_while() {
+    let (app, redis) = TestApp::on_redis().await;
+    app.create_queue(queue("sale")).await;
+    app.create_queue(queue("other")).await;
+    let listings = || {
+        let mut conn = redis::Client::open(redis.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut conn)
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_smembers:calls="))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = listings();
+    for _ in 0..20 {
+        let (status, _, text) = http_get(&app, "/metrics").await;
+        assert!(status.contains("200"), "{status}");
+        assert!(text.contains(r#"queue="other""#));
+    }
+    // The queue worker lists the queues now and then as well.
+    let listed = listings() - before;
+    assert!(listed <= 3, "20 scrapes listed the queues {listed} times");
+}

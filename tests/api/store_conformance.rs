@@ -171,7 +171,7 @@ async fn retried_batches_and_consumed_tokens(store: &dyn QueueStore) {
         token_id: token_id(&q("s"), &a.user, &a.admission),
         queue_epoch_ms: a.admission.queue_epoch_ms,
         ticket: a.admission.ticket,
-        admitted_at_ms: a.admission.admitted_at_ms,
+        admitted_at_ms: Some(a.admission.admitted_at_ms),
         consume: consume.map(|(request, until)| Consume {
             remember_until_ms: until,
             request: RequestId::parse(request).unwrap(),
@@ -203,7 +203,7 @@ async fn retried_batches_and_consumed_tokens(store: &dyn QueueStore) {
         token_id: token_id(&q("s"), &b.user, &b.admission),
         queue_epoch_ms: b.admission.queue_epoch_ms,
         ticket: b.admission.ticket,
-        admitted_at_ms: b.admission.admitted_at_ms,
+        admitted_at_ms: Some(b.admission.admitted_at_ms),
         consume: Some(Consume {
             remember_until_ms: T0 + 1_000,
             request: RequestId::parse("c-3").unwrap(),
@@ -235,7 +235,7 @@ async fn retried_batches_and_consumed_tokens(store: &dyn QueueStore) {
     left.user = b.user.clone();
     left.token_id = token_id(&q("s"), &b.user, &b.admission);
     left.ticket = b.admission.ticket;
-    left.admitted_at_ms = b.admission.admitted_at_ms;
+    left.admitted_at_ms = Some(b.admission.admitted_at_ms);
     assert_eq!(
         status(left, "s", T0 + 2_000).await,
         AdmissionStatus::Revoked

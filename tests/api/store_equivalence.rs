@@ -28,6 +28,9 @@ enum Op {
     Reap,
     DrawStep(u8),
     SetOpening(Option<u64>),
+    /// An opening at an edge of what the API lets through: the earliest and
+    /// latest times it accepts, and just around now.
+    SetOpeningAtEdge(u8),
     Admit(u32, Option<u8>),
     AdmitDue(u32),
     SetRate(u32),
@@ -41,7 +44,8 @@ enum Op {
     Stats,
     /// An online check of an admission seen earlier in the sequence (picked
     /// by index), possibly altered (0: as is; 1: another ticket; 2: another
-    /// moment; 3: another queue creation; 4: another user), consuming with
+    /// moment; 3: another queue creation; 4: another user; 5: no moment, as
+    /// tokens of the earlier id shape), consuming with
     /// one of a few request ids, remembered until `now` plus the offset
     /// (which may lie in the past).
     Check {
@@ -73,13 +77,14 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reap),
         2 => (0u8..3).prop_map(Op::DrawStep),
         1 => proptest::option::of(0u64..90_000).prop_map(Op::SetOpening),
+        1 => (0u8..5).prop_map(Op::SetOpeningAtEdge),
         3 => (1u32..4, proptest::option::of(0u8..3)).prop_map(|(n, r)| Op::Admit(n, r)),
         2 => (0..USERS).prop_map(Op::Complete),
         2 => (1u32..5).prop_map(Op::AdmitDue),
         1 => (0u32..4).prop_map(Op::SetRate),
         1 => mode.prop_map(Op::SetMode),
         1 => (0u32..4).prop_map(Op::SetMaxActive),
-        2 => prop_oneof![0u64..2_000, 100u64..700, 20_000u64..40_000, 599_000u64..601_000].prop_map(Op::Advance),
+        2 => prop_oneof![0u64..2_000, 100u64..700, 20_000u64..40_000, 59_000u64..61_000, 599_000u64..601_000].prop_map(Op::Advance),
         1 => (1u64..1_500).prop_map(Op::Rewind),
         1 => Just(Op::Stats),
         2 => (0u64..30).prop_map(Op::LineChanges),
@@ -87,7 +92,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(after, limit)| Op::LineSnapshot(after, limit)),
         3 => (
             any::<u8>(),
-            prop_oneof![4 => Just(0u8), 1 => 1u8..5],
+            prop_oneof![4 => Just(0u8), 1 => 1u8..6],
             proptest::option::of(0u8..3),
             prop_oneof![Just(-1i64), Just(0), Just(1), -2_000i64..5_000, 599_000i64..601_000],
         )
@@ -177,8 +182,39 @@ async fn apply(
                 )
                 .await,
         ),
+        Op::SetOpeningAtEdge(edge) => {
+            let (earliest, latest) = QueueConfig::TIME_RANGE_MS;
+            let at = match edge {
+                0 => earliest,
+                1 => latest - 1,
+                2 => now - 1,
+                3 => now,
+                _ => now + 1,
+            };
+            show(
+                store
+                    .update_queue(
+                        &q,
+                        &QueueUpdate {
+                            opens_at: Some(Some(at)),
+                            ..Default::default()
+                        },
+                        now,
+                    )
+                    .await,
+            )
+        }
         Op::Admit(n, request) => {
-            let request = request.map(|r| RequestId::parse(&format!("req-{r}")).unwrap());
+            // Request 2 has the shape of an id the service makes up, whose
+            // result is kept for a shorter time.
+            let request = request.map(|r| {
+                let id = if r == 2 {
+                    "auto:2".to_owned()
+                } else {
+                    format!("req-{r}")
+                };
+                RequestId::parse(&id).unwrap()
+            });
             let answer = store.admit(&q, *n, request.as_ref(), now).await;
             if let Ok(admitted) = &answer {
                 seen.extend(
@@ -271,7 +307,7 @@ async fn apply(
                 user: who,
                 queue_epoch_ms: admission.queue_epoch_ms,
                 ticket: admission.ticket,
-                admitted_at_ms: admission.admitted_at_ms,
+                admitted_at_ms: (*alter != 5).then_some(admission.admitted_at_ms),
                 consume: consume.map(|r| Consume {
                     remember_until_ms: now.saturating_add_signed(*until),
                     request: RequestId::parse(&format!("check-{r}")).unwrap(),

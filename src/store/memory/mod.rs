@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{BATCH_RESULT_TTL_MS, QueueStore};
+use super::{QueueStore, batch_result_ttl_ms};
 use crate::domain::draw::draw_key;
 use crate::domain::{
     Admission, AdmissionCheck, AdmissionStatus, Admitted, LINE_LOG_KEEP, LineChanges, LineEvent,
@@ -765,7 +765,7 @@ impl QueueStore for MemoryStore {
             if let Some(request) = request {
                 state.batches.insert(
                     request.clone(),
-                    (now_ms + BATCH_RESULT_TTL_MS, admitted.clone()),
+                    (now_ms + batch_result_ttl_ms(request), admitted.clone()),
                 );
             }
             Ok(admitted)
@@ -835,7 +835,7 @@ impl QueueStore for MemoryStore {
             state.config.created_at_ms == check.queue_epoch_ms
                 && state.admitted.get(&check.user).is_some_and(|a| {
                     a.ticket == check.ticket
-                        && a.admitted_at_ms == check.admitted_at_ms
+                        && check.admitted_at_ms.is_none_or(|at| at == a.admitted_at_ms)
                         && a.expires_at_ms > now_ms
                 })
         });

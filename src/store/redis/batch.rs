@@ -73,6 +73,12 @@ pub(super) struct Batcher {
 }
 
 impl Batcher {
+    /// Queues (and kinds of call) with a batching task now.
+    #[cfg(test)]
+    pub(super) fn tasks(&self) -> usize {
+        self.queues.lock().map_or(0, |q| q.len())
+    }
+
     /// Runs `op` for one user through the queue's batching task; `caller`
     /// is built only when the queue has no task yet, not on every call.
     pub(super) async fn call<F, Fut>(

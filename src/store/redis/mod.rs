@@ -1111,7 +1111,8 @@ impl QueueStore for RedisStore {
         let mut invocation = self.invocation(&self.scripts.admit, queue, now_ms);
         invocation
             .arg(max_count)
-            .arg(request.map_or("", RequestId::as_str));
+            .arg(request.map_or("", RequestId::as_str))
+            .arg(request.map_or(0, super::batch_result_ttl_ms));
         parse_admitted(self.run("admit", &invocation).await?, queue)
     }
 
@@ -1150,7 +1151,11 @@ impl QueueStore for RedisStore {
             .arg(&check.token_id)
             .arg(check.queue_epoch_ms)
             .arg(check.ticket)
-            .arg(check.admitted_at_ms);
+            .arg(
+                check
+                    .admitted_at_ms
+                    .map_or(String::new(), |at| at.to_string()),
+            );
         match &check.consume {
             Some(consume) => invocation
                 .arg(1)
@@ -1199,5 +1204,40 @@ impl QueueStore for RedisStore {
     async fn ping(&self) -> Result<()> {
         let _: String = self.command("ping", &redis::cmd("PING")).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lookups_of_queues_that_do_not_exist_leave_no_batching_task_behind() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = RedisStore::connect(&RedisOptions {
+            url: redis.url(),
+            password: None,
+            cluster: false,
+            prefix: "t".into(),
+            timeout: Duration::from_secs(2),
+        })
+        .await
+        .unwrap();
+        let user = UserId::parse("someone").unwrap();
+        for i in 0..2_000 {
+            let queue = QueueId::parse(&format!("made-up-{i}")).unwrap();
+            let answer = store.place(&queue, &user, 0).await;
+            assert!(matches!(answer, Err(Error::QueueNotFound(_))), "{answer:?}");
+        }
+        for _ in 0..100 {
+            if store.batcher.tasks() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "{} batching tasks left for queues that do not exist",
+            store.batcher.tasks()
+        );
     }
 }

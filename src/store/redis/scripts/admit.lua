@@ -2,14 +2,13 @@
 -- max_active (except in pass-through mode). Nobody while the opening draw is
 -- placing the pre-queue.
 -- KEYS: the queue's keys (prelude).
--- ARGV: now, max_count, request id ('' for none).
+-- ARGV: now, max_count, request id ('' for none), how long to keep the
+--       result (ms).
 -- Returns {'ok', epoch, user, ticket, admitted_at, expires_at, ...}, or
 -- {'no_queue'} / {'paused'} / {'closed'}.
--- With a request id, the result is kept for ten minutes (by the caller's
--- clock) and a rerun returns it without admitting anyone else, so a retried
--- request is safe.
+-- With a request id, the result is kept (by the caller's clock) and a rerun
+-- returns it without admitting anyone else, so a retried request is safe.
 
-local BATCH_TTL_MS = 600000
 local request = ARGV[3]
 local cfg = load_config()
 if not cfg then
@@ -39,6 +38,6 @@ end
 local out = admit_next(cfg, room, { 'ok', cfg.epoch })
 if request ~= '' then
   redis.call('HSET', K_BATCHES, request, cjson.encode(out))
-  redis.call('ZADD', K_BATCH_EXPIRY, NOW + BATCH_TTL_MS, request)
+  redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(ARGV[4]), request)
 end
 return out

@@ -2,8 +2,8 @@
 -- when consuming, mark the token used.
 -- KEYS: the queue's keys (prelude), then the queue's used-token set (token
 --       id -> remembered until, ms) and who used each (token id -> request).
--- ARGV: now, user, token id, queue epoch, ticket, admitted at, consume
---       (1/0), remembered until (ms), request id.
+-- ARGV: now, user, token id, queue epoch, ticket, admitted at ('' when the
+--       token names none), consume (1/0), remembered until (ms), request id.
 -- Returns 'held', 'used' (consumed before by another request) or 'revoked'
 -- (completed, left, expired, or the queue deleted or created again).
 -- Safe to run twice: the request that consumed a token is told 'held'
@@ -35,7 +35,7 @@ if not record then
   return 'revoked'
 end
 local ticket, admitted_at, expires_at = string.match(record, '^(%d+):(%d+):(%d+)$')
-if ticket ~= ARGV[5] or admitted_at ~= ARGV[6] or tonumber(expires_at) <= NOW then
+if ticket ~= ARGV[5] or (ARGV[6] ~= '' and admitted_at ~= ARGV[6]) or tonumber(expires_at) <= NOW then
   return 'revoked'
 end
 
