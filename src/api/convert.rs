@@ -80,7 +80,7 @@ pub(super) fn timestamp_in(field: &str, value: &prost_types::Timestamp) -> Resul
     u64::try_from(value.seconds)
         .ok()
         .and_then(|s| s.checked_mul(1000))
-        .map(|ms| ms + value.nanos as u64 / 1_000_000)
+        .and_then(|ms| ms.checked_add(value.nanos as u64 / 1_000_000))
         .filter(|ms| (earliest..latest).contains(ms))
         .ok_or_else(|| {
             Error::invalid(

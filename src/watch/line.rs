@@ -27,6 +27,13 @@ pub(super) struct Line {
     ranks: RankIndex,
     /// Tickets waiting.
     len: usize,
+    /// Tickets that left since the window was last built: a rebuild costs
+    /// the window's size, so it waits until half as many have left, and
+    /// costs O(1) a leave however the tickets left are spread.
+    left_since_build: usize,
+    /// Windows built so far.
+    #[cfg(test)]
+    builds: usize,
 }
 
 impl Line {
@@ -52,6 +59,9 @@ impl Line {
             ranks: RankIndex::from_present(&waiting),
             waiting,
             len: tickets.len(),
+            left_since_build: 0,
+            #[cfg(test)]
+            builds: 0,
         }
     }
 
@@ -72,8 +82,14 @@ impl Line {
             tickets.insert(at, extra);
         }
         let seq = self.seq;
+        #[cfg(test)]
+        let builds = self.builds + 1;
         *self = Self::from_tickets(&tickets);
         self.seq = seq;
+        #[cfg(test)]
+        {
+            self.builds = builds;
+        }
     }
 
     pub(super) fn join(&mut self, ticket: u64) {
@@ -106,7 +122,10 @@ impl Line {
         self.waiting[index] = false;
         self.ranks.remove(index as u64 + 1);
         self.len -= 1;
-        if self.waiting.len() > 2 * self.len + SLACK {
+        self.left_since_build += 1;
+        if self.waiting.len() > 2 * self.len + SLACK
+            && 2 * self.left_since_build >= self.waiting.len()
+        {
             self.rebuild(None);
         }
     }
@@ -187,6 +206,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_sparse_line_is_not_rebuilt_at_every_leave() {
+        let mut line = Line::default();
+        for ticket in 1..=100_000 {
+            line.join(ticket);
+        }
+        // Every other ticket leaves, then every other of the rest: the
+        // window cannot shrink, and must not be rebuilt each time it is
+        // found sparse.
+        for ticket in (1..=100_000).step_by(2) {
+            line.leave(ticket);
+        }
+        for ticket in (2..=99_998).step_by(4) {
+            line.leave(ticket);
+        }
+        assert!(
+            line.builds <= 2,
+            "{} rebuilds for 75,000 leaves",
+            line.builds
+        );
+        assert_eq!(line.position(100_000), 25_000);
     }
 
     #[test]

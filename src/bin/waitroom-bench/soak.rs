@@ -28,14 +28,17 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
     /// Automatic admissions per second.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 1_000)]
     admit_per_second: u32,
     /// Minutes the load runs, warm-up included.
     #[arg(long, default_value_t = 10)]
     minutes: u64,
-    /// Seconds of warm-up before the memory baseline is taken.
-    #[arg(long, default_value_t = 60)]
-    warmup: u64,
+    /// Seconds of warm-up before the memory baseline is taken; by default
+    /// the time the line takes to turn over once (every first watcher
+    /// admitted and replaced), plus a minute for the arrivals' heartbeat
+    /// and the allocator to settle.
+    #[arg(long)]
+    warmup: Option<u64>,
     /// Connections the clients share.
     #[arg(long, default_value_t = 16)]
     connections: usize,
@@ -76,6 +79,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .create_queue(pb::Queue {
             id: "soak".into(),
             admit_per_second: args.admit_per_second,
+            // Arrivals who neither watch nor poll are released after this,
+            // so the line reaches its steady length within the warm-up.
+            heartbeat_timeout: Some(prost_types::Duration {
+                seconds: 20,
+                nanos: 0,
+            }),
             ..Default::default()
         })
         .await?;
@@ -107,11 +116,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     n += 1;
                     let channel = channels[(n as usize) % channels.len()].clone();
                     let tally = Arc::clone(&tally);
-                    tokio::spawn(one_call(channel, tally, n, watchers));
+                    // Polls go to watchers in line now: the latest ones.
+                    let newest = tally.next_watcher.load(Ordering::Relaxed);
+                    let polled = newest.saturating_sub(1 + (n * 7919) % watchers);
+                    tokio::spawn(one_call(channel, tally, n, polled));
                 }
             }
         })
     };
+    let warmup = args
+        .warmup
+        .unwrap_or(args.watchers as u64 / u64::from(args.admit_per_second.max(1)) + 60);
+    println!("warm-up            {warmup} s");
     let mut baseline = None;
     let mut last = (0u64, Instant::now());
     println!("   t (s)   rss (MiB)   streams open   calls/s   errors");
@@ -129,7 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             rate,
             tally.error_count()
         );
-        if baseline.is_none() && started.elapsed() >= Duration::from_secs(args.warmup) {
+        if baseline.is_none() && started.elapsed() >= Duration::from_secs(warmup) {
             baseline = Some(rss);
         }
     }
@@ -201,14 +217,14 @@ fn spawn_watcher(channels: &Arc<Vec<Channel>>, tally: &Arc<Tally>, w: u64) {
 
 /// One call of the mix: mostly polls of watchers' places, refreshes and
 /// arrivals, some leaves, token checks and stats.
-async fn one_call(channel: Channel, tally: Arc<Tally>, n: u64, watchers: u64) {
+async fn one_call(channel: Channel, tally: Arc<Tally>, n: u64, polled: u64) {
     let mut client = QueueServiceClient::new(channel.clone());
     let queue_id = "soak".to_owned();
     let result = match n % 20 {
         0..=11 => client
             .get_rank(pb::GetRankRequest {
                 queue_id,
-                user_id: format!("w{:08}", (n * 7919) % watchers),
+                user_id: format!("w{polled:08}"),
             })
             .await
             .map(drop)
@@ -232,7 +248,8 @@ async fn one_call(channel: Channel, tally: Arc<Tally>, n: u64, watchers: u64) {
         15 => client
             .leave(pb::LeaveRequest {
                 queue_id,
-                user_id: format!("a{}", n.saturating_sub(40)),
+                // An arrival of the previous round of the mix.
+                user_id: format!("a{}", n.saturating_sub(23)),
             })
             .await
             .map(drop)

@@ -110,12 +110,10 @@ impl Batcher {
             }
         }
         match tokio::time::timeout_at(deadline, answer).await {
-            Ok(answer) => {
-                answer.map_err(|_| Error::Internal("the batched call was dropped".into()))?
-            }
-            Err(_) => Err(Error::Unavailable(format!(
-                "no answer from Redis within {timeout:?}"
-            ))),
+            Ok(Ok(answer)) => answer,
+            // The task ended without an answer (the runtime is stopping):
+            // the call was not sent.
+            Ok(Err(_)) | Err(_) => Err(unanswered(timeout)),
         }
     }
 
@@ -151,6 +149,10 @@ impl Batcher {
     }
 }
 
+fn unanswered(timeout: Duration) -> Error {
+    Error::Unavailable(format!("no answer from Redis within {timeout:?}"))
+}
+
 async fn run(
     caller: QueueCaller,
     queues: Senders,
@@ -184,8 +186,11 @@ async fn run(
         let mut next = Some(first);
         let now = Instant::now();
         while let Some(pending) = next.take() {
-            // Not sent: its caller has been (or is being) told it failed.
-            if !pending.abandoned(now) {
+            if pending.abandoned(now) {
+                // Not sent. Its caller is told, if it is still there (its
+                // own timer may fire a moment after this one).
+                let _ = pending.reply.send(Err(unanswered(caller.timeout)));
+            } else {
                 users.push(pending.user);
                 replies.push(pending.reply);
                 now_ms = now_ms.max(pending.now_ms);
@@ -230,13 +235,13 @@ async fn run(
                     let _ = reply.send(Err(error.clone()));
                 }
                 // No such queue (a made-up id, or deleted): nothing to keep
-                // a task for. Requests already queued get the same answer.
-                if gone && let Ok(mut senders) = queues.lock() {
+                // a task for, unless requests came meanwhile (the queue may
+                // have been created since; they are sent as usual).
+                if gone
+                    && let Ok(mut senders) = queues.lock()
+                    && rx.is_empty()
+                {
                     senders.remove(&key);
-                    rx.close();
-                    while let Ok(pending) = rx.try_recv() {
-                        let _ = pending.reply.send(Err(error.clone()));
-                    }
                     return;
                 }
             }

@@ -219,7 +219,7 @@ impl QueueCaller {
         let value: Value = bounded(
             operation,
             self.timeout,
-            (&self.breaker, Some(self.conn.clone())),
+            guard(&self.breaker, &self.conn, Some(&self.queue)),
             invocation.invoke_async(&mut conn),
         )
         .await?;
@@ -400,7 +400,11 @@ impl RedisStore {
                         bounded(
                             "connect",
                             self.timeout,
-                            (&self.breaker, None),
+                            Guard {
+                                breaker: &self.breaker,
+                                scope: "",
+                                ping: None,
+                            },
                             client.get_async_connection(),
                         )
                         .await
@@ -411,16 +415,18 @@ impl RedisStore {
         }
     }
 
+    /// Runs a script of `queue`.
     async fn run<T: FromRedisValue>(
         &self,
         operation: &'static str,
+        queue: &QueueId,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T> {
         let mut conn = self.connection().await?;
         bounded(
             operation,
             self.timeout,
-            (&self.breaker, Some(conn.clone())),
+            guard(&self.breaker, &conn, Some(queue)),
             invocation.invoke_async(&mut conn),
         )
         .await
@@ -435,7 +441,7 @@ impl RedisStore {
         bounded(
             operation,
             self.timeout,
-            (&self.breaker, Some(conn.clone())),
+            guard(&self.breaker, &conn, None),
             cmd.query_async(&mut conn),
         )
         .await
@@ -445,14 +451,20 @@ impl RedisStore {
 /// Stops sending calls to a Redis that does not answer. A call sent to a
 /// stalled Redis waits in its socket and runs when Redis comes back, long
 /// after its caller was told it failed; so once a call finds Redis
-/// unreachable, calls fail at once, unsent, until a `PING` is answered. A
-/// call arriving [`Breaker::PROBE_EVERY`] after the last probe sends one
-/// (and goes ahead if it is answered), as does the readiness check.
+/// unreachable (no reply at all: a timeout, a broken connection; an error
+/// reply is an answer), calls fail at once, unsent, until Redis answers
+/// again. A call arriving [`Breaker::PROBE_EVERY`] after the last probe
+/// probes: with a `PING` on a single Redis (and goes ahead if answered).
+///
+/// On a Cluster each queue's calls trip and probe on their own (a `PING`
+/// there asks every primary, so the call itself is the probe): one shard
+/// down leaves the queues of the others alone.
 #[derive(Debug, Default)]
 pub(super) struct Breaker {
-    /// When the last probe was sent while tripped; `None` when Redis
-    /// answers.
-    tripped: Mutex<Option<std::time::Instant>>,
+    /// By scope (`""` for a single Redis and calls not of one queue, the
+    /// queue's id on a Cluster): when the last probe was sent. Absent while
+    /// Redis answers.
+    tripped: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// What a call does, as the breaker stands.
@@ -462,48 +474,72 @@ enum Pass {
     Refuse,
 }
 
+/// Where a call goes, for the breaker: its scope, and the connection a
+/// probe may `PING` through (`None`: the call itself probes).
+pub(super) struct Guard<'a> {
+    breaker: &'a Breaker,
+    scope: &'a str,
+    ping: Option<Connection>,
+}
+
 impl Breaker {
     const PROBE_EVERY: Duration = Duration::from_millis(250);
 
-    fn pass(&self) -> Pass {
+    /// Scopes tripped at once beyond which more fall back to the shared one:
+    /// made-up queue ids on a dead shard must not grow the map.
+    const MAX_SCOPES: usize = 10_000;
+
+    fn pass(&self, scope: &str) -> Pass {
         let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
-        match *tripped {
-            None => Pass::Send,
-            Some(last) if last.elapsed() >= Self::PROBE_EVERY => {
-                *tripped = Some(std::time::Instant::now());
-                Pass::Probe
-            }
-            Some(_) => Pass::Refuse,
+        let Some(last) = tripped.get_mut(scope) else {
+            return Pass::Send;
+        };
+        if last.elapsed() >= Self::PROBE_EVERY {
+            *last = std::time::Instant::now();
+            Pass::Probe
+        } else {
+            Pass::Refuse
         }
     }
 
-    fn answered(&self) {
+    fn answered(&self, scope: &str) {
         let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
-        *tripped = None;
+        if !tripped.is_empty() {
+            tripped.remove(scope);
+        }
     }
 
-    fn unreachable(&self) {
+    fn unreachable(&self, scope: &str) {
         let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
-        tripped.get_or_insert_with(std::time::Instant::now);
+        let scope = if tripped.len() < Self::MAX_SCOPES || tripped.contains_key(scope) {
+            scope
+        } else {
+            ""
+        };
+        tripped
+            .entry(scope.to_owned())
+            .or_insert_with(std::time::Instant::now);
     }
+}
 
-    /// Whether a call may be sent now; probes with a `PING` when one is due.
-    /// Returns the time the call has left of `timeout`.
-    async fn let_through(&self, probe: Option<Connection>, timeout: Duration) -> Result<Duration> {
+impl Guard<'_> {
+    /// Whether the call may be sent now; probes with a `PING` when one is
+    /// due. Returns the time the call has left of `timeout`.
+    async fn let_through(&self, timeout: Duration) -> Result<Duration> {
         let refused =
             || Error::Unavailable("Redis did not answer recently; the call was not sent".into());
-        match self.pass() {
+        match self.breaker.pass(self.scope) {
             Pass::Send => Ok(timeout),
             Pass::Refuse => Err(refused()),
             Pass::Probe => {
-                let Some(mut conn) = probe else {
+                let Some(mut conn) = self.ping.clone() else {
                     return Ok(timeout);
                 };
                 let started = std::time::Instant::now();
                 let ping = redis::cmd("PING");
                 match tokio::time::timeout(timeout, ping.query_async::<String>(&mut conn)).await {
                     Ok(Ok(_)) => {
-                        self.answered();
+                        self.breaker.answered(self.scope);
                         Ok(timeout.saturating_sub(started.elapsed()))
                     }
                     _ => Err(refused()),
@@ -513,16 +549,31 @@ impl Breaker {
     }
 }
 
+/// The guard of a call on `conn`, of `queue` when it is a queue's.
+fn guard<'a>(breaker: &'a Breaker, conn: &Connection, queue: Option<&'a QueueId>) -> Guard<'a> {
+    match (conn, queue) {
+        (Connection::Cluster(_), Some(queue)) => Guard {
+            breaker,
+            scope: queue.as_str(),
+            ping: None,
+        },
+        _ => Guard {
+            breaker,
+            scope: "",
+            ping: Some(conn.clone()),
+        },
+    }
+}
+
 /// One Redis round trip, bounded by the timeout and measured, unless the
-/// breaker holds it back (see [`Breaker`]); with the connection the
-/// breaker may `PING` through.
+/// breaker holds it back (see [`Breaker`]).
 async fn bounded<T>(
     operation: &'static str,
     timeout: Duration,
-    (breaker, probe): (&Breaker, Option<Connection>),
+    guard: Guard<'_>,
     call: impl Future<Output = redis::RedisResult<T>>,
 ) -> Result<T> {
-    let left = match breaker.let_through(probe, timeout).await {
+    let left = match guard.let_through(timeout).await {
         Ok(left) => left,
         Err(error) => {
             metrics()
@@ -537,16 +588,27 @@ async fn bounded<T>(
     };
     let started = std::time::Instant::now();
     let result = match tokio::time::timeout(left, call).await {
-        Ok(result) => result.map_err(classify),
-        Err(_) => Err(Error::Unavailable(format!(
-            "no answer from Redis within {timeout:?}"
-        ))),
+        Ok(Ok(value)) => {
+            guard.breaker.answered(guard.scope);
+            Ok(value)
+        }
+        Ok(Err(error)) => {
+            // An error reply (READONLY, BUSY, LOADING...) is an answer:
+            // Redis is there and did not run the call.
+            if matches!(error.kind(), redis::ErrorKind::Server(_)) {
+                guard.breaker.answered(guard.scope);
+            } else {
+                guard.breaker.unreachable(guard.scope);
+            }
+            Err(classify(error))
+        }
+        Err(_) => {
+            guard.breaker.unreachable(guard.scope);
+            Err(Error::Unavailable(format!(
+                "no answer from Redis within {timeout:?}"
+            )))
+        }
     };
-    match &result {
-        Err(Error::Unavailable(_)) => breaker.unreachable(),
-        // An error reply is still an answer.
-        _ => breaker.answered(),
-    }
     let m = metrics();
     m.store_seconds
         .get_or_create(&StoreLabels { operation })
@@ -828,7 +890,10 @@ impl QueueStore for RedisStore {
         for (field, value) in config_fields(config) {
             invocation.arg(field).arg(value);
         }
-        match self.run::<i64>("create_queue", &invocation).await? {
+        match self
+            .run::<i64>("create_queue", &config.id, &invocation)
+            .await?
+        {
             1 => Ok(config.clone()),
             _ => Err(Error::QueueAlreadyExists(config.id.to_string())),
         }
@@ -869,7 +934,7 @@ impl QueueStore for RedisStore {
                     bounded(
                         "list_queues",
                         self.timeout,
-                        (&self.breaker, Some(conn.clone())),
+                        guard(&self.breaker, &conn, None),
                         pipe.query_async(&mut conn),
                     )
                     .await?
@@ -911,7 +976,7 @@ impl QueueStore for RedisStore {
         for (field, value) in update_fields(update, now_ms) {
             invocation.arg(field).arg(value);
         }
-        let reply: Vec<String> = self.run("update_queue", &invocation).await?;
+        let reply: Vec<String> = self.run("update_queue", queue, &invocation).await?;
         if reply.len() == 1 {
             return Err(status_error(&reply[0], queue));
         }
@@ -926,6 +991,7 @@ impl QueueStore for RedisStore {
         let deleted: i64 = self
             .run(
                 "delete_queue",
+                queue,
                 &self.invocation(&self.scripts.delete_queue, queue, 0),
             )
             .await?;
@@ -994,7 +1060,7 @@ impl QueueStore for RedisStore {
             for user in chunk {
                 invocation.arg(user.as_str());
             }
-            self.run::<i64>("touch", &invocation).await?;
+            self.run::<i64>("touch", queue, &invocation).await?;
         }
         Ok(())
     }
@@ -1002,7 +1068,7 @@ impl QueueStore for RedisStore {
     async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
         let mut invocation = self.invocation(&self.scripts.reap, queue, now_ms);
         invocation.arg(limit);
-        match self.run::<i64>("reap", &invocation).await? {
+        match self.run::<i64>("reap", queue, &invocation).await? {
             -1 => Err(Error::QueueNotFound(queue.to_string())),
             n => Ok(n.max(0) as u64),
         }
@@ -1011,7 +1077,7 @@ impl QueueStore for RedisStore {
     async fn line_snapshot(&self, queue: &QueueId, after: u64, limit: u32) -> Result<LineSnapshot> {
         let mut invocation = self.invocation(&self.scripts.line_snapshot, queue, 0);
         invocation.arg(after).arg(limit);
-        let mut reply = Reply::new(self.run("line_snapshot", &invocation).await?)?;
+        let mut reply = Reply::new(self.run("line_snapshot", queue, &invocation).await?)?;
         let status = reply.string()?;
         if status != "ok" {
             return Err(status_error(&status, queue));
@@ -1038,7 +1104,7 @@ impl QueueStore for RedisStore {
     ) -> Result<LineChanges> {
         let mut invocation = self.invocation(&self.scripts.line_changes, queue, now_ms);
         invocation.arg(after).arg(limit);
-        let mut reply = Reply::new(self.run("line_changes", &invocation).await?)?;
+        let mut reply = Reply::new(self.run("line_changes", queue, &invocation).await?)?;
         let status = reply.string()?;
         if status != "ok" {
             return Err(status_error(&status, queue));
@@ -1086,7 +1152,7 @@ impl QueueStore for RedisStore {
     ) -> Result<bool> {
         let mut invocation = self.invocation(&self.scripts.draw_step, queue, now_ms);
         invocation.arg(seed).arg(chunk);
-        match self.run::<i64>("draw_step", &invocation).await? {
+        match self.run::<i64>("draw_step", queue, &invocation).await? {
             -1 => Err(Error::QueueNotFound(queue.to_string())),
             n => Ok(n == 1),
         }
@@ -1095,7 +1161,7 @@ impl QueueStore for RedisStore {
     async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
         let mut invocation = self.invocation(&self.scripts.leave, queue, now_ms);
         invocation.arg(user.as_str());
-        match self.run::<i64>("leave", &invocation).await? {
+        match self.run::<i64>("leave", queue, &invocation).await? {
             -1 => Err(Error::QueueNotFound(queue.to_string())),
             n => Ok(n == 1),
         }
@@ -1113,7 +1179,7 @@ impl QueueStore for RedisStore {
             .arg(max_count)
             .arg(request.map_or("", RequestId::as_str))
             .arg(request.map_or(0, super::batch_result_ttl_ms));
-        parse_admitted(self.run("admit", &invocation).await?, queue)
+        parse_admitted(self.run("admit", queue, &invocation).await?, queue)
     }
 
     async fn admit_due(
@@ -1124,13 +1190,13 @@ impl QueueStore for RedisStore {
     ) -> Result<Vec<Admitted>> {
         let mut invocation = self.invocation(&self.scripts.admit_due, queue, now_ms);
         invocation.arg(max_count);
-        parse_admitted(self.run("admit_due", &invocation).await?, queue)
+        parse_admitted(self.run("admit_due", queue, &invocation).await?, queue)
     }
 
     async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
         let mut invocation = self.invocation(&self.scripts.complete, queue, now_ms);
         invocation.arg(user.as_str());
-        match self.run::<i64>("complete", &invocation).await? {
+        match self.run::<i64>("complete", queue, &invocation).await? {
             -1 => Err(Error::QueueNotFound(queue.to_string())),
             n => Ok(n == 1),
         }
@@ -1163,7 +1229,7 @@ impl QueueStore for RedisStore {
                 .arg(consume.request.as_str()),
             None => invocation.arg(0).arg(0).arg(""),
         };
-        let status: String = self.run("check_admission", &invocation).await?;
+        let status: String = self.run("check_admission", queue, &invocation).await?;
         match status.as_str() {
             "held" => Ok(AdmissionStatus::Held),
             "used" => Ok(AdmissionStatus::Used),
@@ -1176,6 +1242,7 @@ impl QueueStore for RedisStore {
         let mut reply = Reply::new(
             self.run(
                 "stats",
+                queue,
                 &self.invocation(&self.scripts.stats, queue, now_ms),
             )
             .await?,
