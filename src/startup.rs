@@ -32,7 +32,7 @@ use crate::pb::queue_service_server::QueueServiceServer;
 use crate::store::{MemoryStore, QueueStore, RedisOptions, RedisStore};
 use crate::telemetry::grpc::ObserveLayer;
 use crate::tokens::{self, Keyring};
-use crate::watch::WatchHub;
+use crate::watch::{WatchHub, WatchedStore};
 use crate::worker::QueueWorker;
 use crate::{Error, http, pb};
 
@@ -136,9 +136,13 @@ impl Application {
             config.watch_interval,
             streams_end.clone(),
         );
+        // Everything but the hub itself goes through the watched store, so
+        // the hub hears of every write made here.
+        let store: Arc<dyn QueueStore> =
+            Arc::new(WatchedStore::new(Arc::clone(&self.store), Arc::clone(&hub)));
         let verifier = Arc::new(self.keyring.verifier().map_err(anyhow::Error::msg)?);
         let queue_api = QueueApi::new(
-            Arc::clone(&self.store),
+            Arc::clone(&store),
             Arc::clone(&self.keyring),
             verifier,
             Arc::clone(&self.clock),
@@ -147,15 +151,13 @@ impl Application {
         );
         let queues_changed = Arc::new(Notify::new());
         let admin_api = AdminApi::new(
-            Arc::clone(&self.store),
+            Arc::clone(&store),
             Arc::clone(&self.clock),
-            Arc::clone(&hub),
             Arc::clone(&queues_changed),
         );
         let worker = QueueWorker::new(
-            Arc::clone(&self.store),
+            Arc::clone(&store),
             Arc::clone(&self.clock),
-            Arc::clone(&hub),
             config.admit_interval,
             Arc::clone(&queues_changed),
         );
@@ -168,7 +170,7 @@ impl Application {
         tokio::spawn(track_readiness(
             health.clone(),
             Arc::clone(&ready),
-            Arc::clone(&self.store),
+            Arc::clone(&store),
             Arc::clone(&self.clock),
             config.queues.clone(),
             draining.clone(),
@@ -181,7 +183,7 @@ impl Application {
             }),
             http::router(
                 Arc::clone(&self.keyring),
-                Arc::clone(&self.store),
+                Arc::clone(&store),
                 Arc::clone(&hub),
                 Arc::clone(&self.clock),
                 Arc::clone(&ready),

@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::draw::{DRAW_CHUNK, new_seed};
 use crate::domain::{Clock, QueueConfig, QueueId, QueueMode};
 use crate::store::QueueStore;
-use crate::watch::WatchHub;
 
 /// Most users one step admits in one queue.
 const MAX_STEP: u32 = 10_000;
@@ -42,7 +41,6 @@ const DRAW_STEPS_PER_TICK: usize = 50;
 pub struct QueueWorker {
     store: Arc<dyn QueueStore>,
     clock: Arc<dyn Clock>,
-    hub: Arc<WatchHub>,
     interval: Duration,
     queues_changed: Arc<Notify>,
 }
@@ -51,14 +49,12 @@ impl QueueWorker {
     pub fn new(
         store: Arc<dyn QueueStore>,
         clock: Arc<dyn Clock>,
-        hub: Arc<WatchHub>,
         interval: Duration,
         queues_changed: Arc<Notify>,
     ) -> Self {
         Self {
             store,
             clock,
-            hub,
             interval,
             queues_changed,
         }
@@ -122,7 +118,6 @@ impl QueueWorker {
                     .await?
                 {
                     tracing::debug!(queue = %queue.id, "opening draw complete");
-                    self.hub.nudge(&queue.id);
                     break;
                 }
             }
@@ -131,7 +126,6 @@ impl QueueWorker {
             let admitted = self.store.admit_due(&queue.id, MAX_STEP, now).await?;
             if !admitted.is_empty() {
                 tracing::debug!(queue = %queue.id, count = admitted.len(), "admitted");
-                self.hub.nudge(&queue.id);
             }
         }
         if reaped_at
@@ -142,7 +136,6 @@ impl QueueWorker {
             let released = self.store.reap(&queue.id, MAX_REAP, now).await?;
             if released > 0 {
                 tracing::info!(queue = %queue.id, released, "released the places of silent users");
-                self.hub.nudge(&queue.id);
             }
         }
         Ok(())

@@ -12,7 +12,6 @@ use crate::domain::{Clock, QueueConfig, QueueId, QueueUpdate};
 use crate::pb;
 use crate::pb::queue_admin_service_server::QueueAdminService;
 use crate::store::QueueStore;
-use crate::watch::WatchHub;
 use crate::{Error, Result};
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -23,7 +22,6 @@ const MAX_PAGE_SIZE: u32 = 1000;
 pub struct AdminApi {
     store: Arc<dyn QueueStore>,
     clock: Arc<dyn Clock>,
-    hub: Arc<WatchHub>,
     /// Wakes this instance's queue worker to re-read the queues.
     queues_changed: Arc<Notify>,
 }
@@ -32,20 +30,17 @@ impl AdminApi {
     pub fn new(
         store: Arc<dyn QueueStore>,
         clock: Arc<dyn Clock>,
-        hub: Arc<WatchHub>,
         queues_changed: Arc<Notify>,
     ) -> Self {
         Self {
             store,
             clock,
-            hub,
             queues_changed,
         }
     }
 
-    /// A queue changed: watchers and the queue worker look again now.
-    fn changed(&self, queue: &QueueId) {
-        self.hub.reconfigured(queue);
+    /// The queues changed: this instance's queue worker reads them again now.
+    fn changed(&self) {
         self.queues_changed.notify_one();
     }
 }
@@ -216,7 +211,7 @@ impl QueueAdminService for AdminApi {
         let config = queue_config_in(&queue, self.clock.now_ms())?;
         let created = self.store.create_queue(&config).await?;
         tracing::info!(queue = %created.id, mode = created.mode.as_str(), "queue created");
-        self.changed(&created.id);
+        self.changed();
         Ok(Response::new(pb::CreateQueueResponse {
             queue: Some(queue_out(&created)),
         }))
@@ -283,7 +278,7 @@ impl QueueAdminService for AdminApi {
         let update = queue_update_in(&queue, request.update_mask.as_ref(), now)?;
         let updated = self.store.update_queue(&id, &update, now).await?;
         tracing::info!(queue = %id, mode = updated.mode.as_str(), "queue updated");
-        self.changed(&id);
+        self.changed();
         Ok(Response::new(pb::UpdateQueueResponse {
             queue: Some(queue_out(&updated)),
         }))
@@ -296,7 +291,7 @@ impl QueueAdminService for AdminApi {
         let queue = queue_id("queue_id", &request.into_inner().queue_id)?;
         self.store.delete_queue(&queue).await?;
         tracing::info!(queue = %queue, "queue deleted");
-        self.changed(&queue);
+        self.changed();
         Ok(Response::new(pb::DeleteQueueResponse {}))
     }
 

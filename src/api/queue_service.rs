@@ -14,7 +14,7 @@ use crate::domain::{AdmissionCheck, AdmissionStatus, Clock, Consume, QueueId, Re
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::store::QueueStore;
-use crate::telemetry::metrics::{LookupLabels, VerdictLabels, metrics};
+use crate::telemetry::metrics::{VerdictLabels, metrics};
 use crate::tokens::{AdmissionClaims, Keyring, Verdict, Verifier, admission_named};
 use crate::watch::{PlaceReceiver, WatchHub};
 use crate::{Error, Result};
@@ -209,9 +209,10 @@ impl QueueService for QueueApi {
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
         let request = request.into_inner();
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
-        let now = self.clock.now_ms();
-        let place = self.store.enqueue(&queue, &user, now).await?;
-        self.hub.enqueued(&queue, &user, &place, now);
+        let place = self
+            .store
+            .enqueue(&queue, &user, self.clock.now_ms())
+            .await?;
         let place = place_out(&self.keyring, &queue, &user, &place)?;
         Ok(Response::new(pb::EnqueueResponse { place: Some(place) }))
     }
@@ -222,25 +223,11 @@ impl QueueService for QueueApi {
     ) -> Result<Response<pb::GetRankResponse>, Status> {
         let request = request.into_inner();
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
-        let now = self.clock.now_ms();
-        let answered = self.hub.lookup(&queue, &user, now);
-        metrics()
-            .rank_lookups
-            .get_or_create(&LookupLabels {
-                answered_by: if answered.is_some() { "copy" } else { "store" },
-            })
-            .inc();
-        let place = match answered {
-            Some(place) => place,
-            None => {
-                let place = self.store.place(&queue, &user, now).await?;
-                let Some(place) = place else {
-                    return Err(Error::PlaceNotFound(queue.to_string()).into());
-                };
-                self.hub.remember(&queue, &user, &place, now);
-                place
-            }
-        };
+        let place = self
+            .store
+            .place(&queue, &user, self.clock.now_ms())
+            .await?
+            .ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
         let place = place_out(&self.keyring, &queue, &user, &place)?;
         Ok(Response::new(pb::GetRankResponse { place: Some(place) }))
     }
@@ -279,9 +266,6 @@ impl QueueService for QueueApi {
         let request = request.into_inner();
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
         let left = self.store.leave(&queue, &user, self.clock.now_ms()).await?;
-        if left {
-            self.hub.nudge(&queue);
-        }
         Ok(Response::new(pb::LeaveResponse { left }))
     }
 
@@ -314,9 +298,6 @@ impl QueueService for QueueApi {
                 self.clock.now_ms(),
             )
             .await?;
-        if !admitted.is_empty() {
-            self.hub.nudge(&queue);
-        }
         let admitted = admitted
             .iter()
             .map(|a| {
@@ -347,9 +328,6 @@ impl QueueService for QueueApi {
             .store
             .complete(&queue, &user, self.clock.now_ms())
             .await?;
-        if completed {
-            self.hub.nudge(&queue);
-        }
         Ok(Response::new(pb::CompleteAdmissionResponse { completed }))
     }
 

@@ -66,7 +66,9 @@ pub fn batch_result_ttl_ms(request: &RequestId) -> u64 {
     }
 }
 
-/// The queue store. Every method is one atomic transition.
+/// The queue store. Every method is one atomic transition. No method has a
+/// default: a wrapper (the hub's [`crate::watch::WatchedStore`]) must say
+/// for each what it changes.
 #[async_trait]
 pub trait QueueStore: Send + Sync + 'static {
     /// Creates a queue; its `created_at_ms` must be set by the caller.
@@ -116,12 +118,7 @@ pub trait QueueStore: Send + Sync + 'static {
     ) -> Result<Vec<Option<Place>>>;
 
     /// The place of one user, looked up by the user (a sign of life).
-    async fn place(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Option<Place>> {
-        let mut places = self
-            .places(queue, std::slice::from_ref(user), true, now_ms)
-            .await?;
-        Ok(places.pop().flatten())
-    }
+    async fn place(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Option<Place>>;
 
     /// Records a sign of life for those of `users` still in line: one write
     /// for all the streams of one queue on one instance.

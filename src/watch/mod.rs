@@ -31,11 +31,13 @@ use tokio_util::sync::CancellationToken;
 mod line;
 mod lookup;
 mod slot;
+mod store;
 
 use self::line::Line;
 use self::lookup::{Copy, Pollers};
 pub use self::slot::PlaceReceiver;
 use self::slot::PlaceSender;
+pub use self::store::WatchedStore;
 use crate::domain::{
     Clock, LineEvent, LineSnapshot, Place, PlaceState, QueueId, QueueMode, UserId,
 };
@@ -229,6 +231,9 @@ pub struct WatchHub {
     shutdown: CancellationToken,
     /// Streams open on this instance.
     open: Arc<AtomicUsize>,
+    /// Writes made through this instance that the hub was told of.
+    #[cfg(test)]
+    heard: AtomicU64,
 }
 
 impl WatchHub {
@@ -245,6 +250,8 @@ impl WatchHub {
             queues: Mutex::new(HashMap::new()),
             shutdown,
             open: Arc::new(AtomicUsize::new(0)),
+            #[cfg(test)]
+            heard: AtomicU64::new(0),
         })
     }
 
@@ -353,6 +360,8 @@ impl WatchHub {
         place: &Place,
         asked_ms: u64,
     ) {
+        #[cfg(test)]
+        self.heard.fetch_add(1, Ordering::Relaxed);
         self.remember_answer(queue, user, place, asked_ms, false);
     }
 
@@ -397,6 +406,8 @@ impl WatchHub {
     /// through this instance. Until a refresh that began after it, lookups
     /// go to the store.
     pub fn nudge(&self, queue: &QueueId) {
+        #[cfg(test)]
+        self.heard.fetch_add(1, Ordering::Relaxed);
         if let Some(watch) = self.followed(queue) {
             watch.changes.fetch_add(1, Ordering::AcqRel);
             watch.wake.notify_one();

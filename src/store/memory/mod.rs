@@ -580,6 +580,13 @@ impl QueueStore for MemoryStore {
         })
     }
 
+    async fn place(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Option<Place>> {
+        let mut places = self
+            .places(queue, std::slice::from_ref(user), true, now_ms)
+            .await?;
+        Ok(places.pop().flatten())
+    }
+
     async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()> {
         self.with_queue(queue, |state| {
             for user in users {

@@ -1,0 +1,348 @@
+//! The store as this instance's callers see it: every call goes to the real
+//! store, and the hub hears of every write made through this instance, so
+//! its copy of a line is never trusted past a change made here; a user's
+//! own lookup is answered from the copy when it can be ([`super::lookup`])
+//! and remembered when it cannot.
+//!
+//! Handlers and the queue worker hold this, never the store beneath, so no
+//! write can forget to tell the hub: the trait has no default methods, and
+//! a new one must be written here, where it says what it changed.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::WatchHub;
+use crate::Result;
+use crate::domain::{
+    AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, Place, PlaceState,
+    QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, UserId,
+};
+use crate::store::QueueStore;
+use crate::telemetry::metrics::{LookupLabels, metrics};
+
+/// The store, with the hub told of every write.
+pub struct WatchedStore {
+    inner: Arc<dyn QueueStore>,
+    hub: Arc<WatchHub>,
+}
+
+impl WatchedStore {
+    /// `hub` must follow `inner` itself, not this.
+    pub fn new(inner: Arc<dyn QueueStore>, hub: Arc<WatchHub>) -> Self {
+        Self { inner, hub }
+    }
+
+    pub fn hub(&self) -> &Arc<WatchHub> {
+        &self.hub
+    }
+}
+
+#[async_trait]
+impl QueueStore for WatchedStore {
+    async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig> {
+        let created = self.inner.create_queue(config).await?;
+        self.hub.reconfigured(&config.id);
+        Ok(created)
+    }
+
+    async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig> {
+        self.inner.get_queue(queue).await
+    }
+
+    async fn list_queues(&self, after: Option<&QueueId>, limit: usize) -> Result<Vec<QueueConfig>> {
+        self.inner.list_queues(after, limit).await
+    }
+
+    async fn update_queue(
+        &self,
+        queue: &QueueId,
+        update: &QueueUpdate,
+        now_ms: u64,
+    ) -> Result<QueueConfig> {
+        let updated = self.inner.update_queue(queue, update, now_ms).await;
+        // Refused or not, the hub reads the queue again: a refusal may
+        // have come after the change was made.
+        self.hub.reconfigured(queue);
+        updated
+    }
+
+    async fn delete_queue(&self, queue: &QueueId) -> Result<()> {
+        let deleted = self.inner.delete_queue(queue).await;
+        self.hub.reconfigured(queue);
+        deleted
+    }
+
+    async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
+        let place = self.inner.enqueue(queue, user, now_ms).await?;
+        // A newcomer joins behind everyone: nobody's position moves, and
+        // the next refresh brings the count. A poller enqueued again holds
+        // a new ticket (or an admission) from now on.
+        self.hub.enqueued(queue, user, &place, now_ms);
+        Ok(place)
+    }
+
+    async fn enqueue_many(
+        &self,
+        queue: &QueueId,
+        users: &[UserId],
+        now_ms: u64,
+    ) -> Result<Vec<Result<Place>>> {
+        let places = self.inner.enqueue_many(queue, users, now_ms).await?;
+        for (user, place) in users.iter().zip(&places) {
+            if let Ok(place) = place {
+                self.hub.enqueued(queue, user, place, now_ms);
+            }
+        }
+        Ok(places)
+    }
+
+    async fn places(
+        &self,
+        queue: &QueueId,
+        users: &[UserId],
+        touch: bool,
+        now_ms: u64,
+    ) -> Result<Vec<Option<Place>>> {
+        let places = self.inner.places(queue, users, touch, now_ms).await?;
+        // In pass-through a lookup admits: a change to the line.
+        if places
+            .iter()
+            .flatten()
+            .any(|p| matches!(p.state, PlaceState::Admitted(_)))
+        {
+            self.hub.nudge(queue);
+        }
+        Ok(places)
+    }
+
+    async fn place(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Option<Place>> {
+        let answered = self.hub.lookup(queue, user, now_ms);
+        metrics()
+            .rank_lookups
+            .get_or_create(&LookupLabels {
+                answered_by: if answered.is_some() { "copy" } else { "store" },
+            })
+            .inc();
+        if answered.is_some() {
+            return Ok(answered);
+        }
+        let place = self.inner.place(queue, user, now_ms).await?;
+        if let Some(place) = &place {
+            self.hub.remember(queue, user, place, now_ms);
+        }
+        Ok(place)
+    }
+
+    async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()> {
+        // Presence moves nobody.
+        self.inner.touch(queue, users, now_ms).await
+    }
+
+    async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
+        let released = self.inner.reap(queue, limit, now_ms).await?;
+        if released > 0 {
+            self.hub.nudge(queue);
+        }
+        Ok(released)
+    }
+
+    async fn line_snapshot(&self, queue: &QueueId, after: u64, limit: u32) -> Result<LineSnapshot> {
+        self.inner.line_snapshot(queue, after, limit).await
+    }
+
+    async fn line_changes(
+        &self,
+        queue: &QueueId,
+        after: u64,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<LineChanges> {
+        self.inner.line_changes(queue, after, limit, now_ms).await
+    }
+
+    async fn draw_step(
+        &self,
+        queue: &QueueId,
+        seed: &str,
+        chunk: u32,
+        now_ms: u64,
+    ) -> Result<bool> {
+        let done = self.inner.draw_step(queue, seed, chunk, now_ms).await;
+        // Each step places a chunk of the pre-queue in line.
+        self.hub.nudge(queue);
+        done
+    }
+
+    async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
+        let left = self.inner.leave(queue, user, now_ms).await?;
+        if left {
+            self.hub.nudge(queue);
+        }
+        Ok(left)
+    }
+
+    async fn admit(
+        &self,
+        queue: &QueueId,
+        max_count: u32,
+        request: Option<&RequestId>,
+        now_ms: u64,
+    ) -> Result<Vec<Admitted>> {
+        let admitted = self.inner.admit(queue, max_count, request, now_ms).await?;
+        if !admitted.is_empty() {
+            self.hub.nudge(queue);
+        }
+        Ok(admitted)
+    }
+
+    async fn admit_due(
+        &self,
+        queue: &QueueId,
+        max_count: u32,
+        now_ms: u64,
+    ) -> Result<Vec<Admitted>> {
+        let admitted = self.inner.admit_due(queue, max_count, now_ms).await?;
+        if !admitted.is_empty() {
+            self.hub.nudge(queue);
+        }
+        Ok(admitted)
+    }
+
+    async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
+        let completed = self.inner.complete(queue, user, now_ms).await?;
+        if completed {
+            self.hub.nudge(queue);
+        }
+        Ok(completed)
+    }
+
+    async fn check_admission(
+        &self,
+        queue: &QueueId,
+        check: &AdmissionCheck,
+        now_ms: u64,
+    ) -> Result<AdmissionStatus> {
+        // Consuming a token moves nobody.
+        self.inner.check_admission(queue, check, now_ms).await
+    }
+
+    async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats> {
+        self.inner.stats(queue, now_ms).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::domain::{QueueMode, SystemClock};
+    use crate::store::MemoryStore;
+
+    /// Every write that changed something through the watched store reached
+    /// the hub. A write added to the trait must be added here too: the
+    /// trait has no defaults, so the watched store does not compile
+    /// without it.
+    #[tokio::test]
+    async fn every_write_through_the_watched_store_reaches_the_hub() {
+        let inner: Arc<dyn QueueStore> = Arc::new(MemoryStore::new());
+        let hub = WatchHub::new(
+            Arc::clone(&inner),
+            Arc::new(SystemClock),
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        );
+        let store = WatchedStore::new(inner, Arc::clone(&hub));
+        let heard = || hub.heard.load(Ordering::Relaxed);
+        let q = QueueId::parse("q").unwrap();
+        let (a, b, c) = (
+            UserId::parse("a").unwrap(),
+            UserId::parse("b").unwrap(),
+            UserId::parse("c").unwrap(),
+        );
+        let mut config = QueueConfig::new(q.clone()).created(1);
+        config.max_active = 1;
+        config.heartbeat_timeout = Duration::from_secs(5);
+        let mut before = heard();
+        let mut wrote = |what: &str| {
+            let now = heard();
+            assert!(now > before, "{what} did not reach the hub");
+            before = now;
+        };
+        store.create_queue(&config).await.unwrap();
+        wrote("create_queue");
+        store.enqueue(&q, &a, 10).await.unwrap();
+        wrote("enqueue");
+        store
+            .enqueue_many(&q, &[b.clone(), c.clone()], 10)
+            .await
+            .unwrap();
+        wrote("enqueue_many");
+        store.leave(&q, &c, 20).await.unwrap();
+        wrote("leave");
+        store.complete(&q, &a, 30).await.unwrap();
+        wrote("complete");
+        store.admit(&q, 1, None, 40).await.unwrap();
+        wrote("admit");
+        let update = QueueUpdate {
+            mode: Some(QueueMode::PassThrough),
+            ..Default::default()
+        };
+        store.update_queue(&q, &update, 50).await.unwrap();
+        wrote("update_queue");
+        store.enqueue(&q, &c, 60).await.unwrap();
+        wrote("enqueue (admitted at once)");
+        store.leave(&q, &c, 61).await.unwrap();
+        wrote("leave (an admission)");
+        // b holds the one slot: c and d wait.
+        let update = QueueUpdate {
+            mode: Some(QueueMode::Queueing),
+            admit_per_second: Some(5),
+            ..Default::default()
+        };
+        store.update_queue(&q, &update, 62).await.unwrap();
+        wrote("update_queue");
+        store.enqueue(&q, &c, 63).await.unwrap();
+        store
+            .enqueue(&q, &UserId::parse("d").unwrap(), 63)
+            .await
+            .unwrap();
+        wrote("enqueue");
+        let update = QueueUpdate {
+            max_active: Some(10),
+            ..Default::default()
+        };
+        store.update_queue(&q, &update, 63).await.unwrap();
+        wrote("update_queue");
+        store.admit_due(&q, 10, 64).await.unwrap();
+        wrote("admit_due");
+        store
+            .enqueue(&q, &UserId::parse("e").unwrap(), 65)
+            .await
+            .unwrap();
+        store.reap(&q, 10, 60_000).await.unwrap();
+        wrote("reap");
+        let update = QueueUpdate {
+            opens_at: Some(Some(70_000)),
+            ..Default::default()
+        };
+        store.update_queue(&q, &update, 60_001).await.unwrap();
+        wrote("update_queue (an opening)");
+        store
+            .enqueue(&q, &UserId::parse("f").unwrap(), 60_002)
+            .await
+            .unwrap();
+        store.draw_step(&q, "seed", 10, 70_001).await.unwrap();
+        wrote("draw_step");
+        store.delete_queue(&q).await.unwrap();
+        wrote("delete_queue");
+    }
+}
