@@ -41,7 +41,7 @@ mod redis;
 use async_trait::async_trait;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::{RedisOptions, RedisStore};
+pub use self::redis::{ENQUEUE_ONE, RedisOptions, RedisStore};
 use crate::Result;
 use crate::domain::{
     AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, Place, QueueConfig,

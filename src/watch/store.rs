@@ -1,7 +1,7 @@
 //! The store as this instance's callers see it: every call goes to the real
 //! store, and the hub hears of every write made through this instance, so
 //! its copy of a line is never trusted past a change made here; a user's
-//! own lookup is answered from the copy when it can be ([`super::lookup`])
+//! own lookup is answered from the copy when it can be (see `lookup.rs`)
 //! and remembered when it cannot.
 //!
 //! Handlers and the queue worker hold this, never the store beneath, so no

@@ -191,6 +191,34 @@ fn rand_round() -> u64 {
         .unwrap_or(0)
 }
 
+/// The enqueue script for one user, loaded, and the full `EVALSHA` command
+/// line at `now_ms` (with `user` where the user goes): what
+/// `redis-benchmark` runs as the Redis-side baseline of an enqueue.
+fn enqueue_command_line(
+    url: &str,
+    store: &RedisStore,
+    queue: &QueueId,
+    user: &str,
+    now_ms: u64,
+) -> anyhow::Result<Vec<String>> {
+    let source = RedisStore::script_source(&format!(
+        "{}\n{}",
+        waitroom::store::ENQUEUE_ONE,
+        include_str!("enqueue.lua")
+    ));
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(source)
+        .query(&mut conn)?;
+    let keys = store.queue_keys(queue);
+    let mut line = vec!["EVALSHA".to_owned(), sha, keys.len().to_string()];
+    line.extend(keys);
+    line.push(now_ms.to_string());
+    line.push(user.to_owned());
+    Ok(line)
+}
+
 /// The enqueue script alone, driven by `redis-benchmark` with random users.
 async fn redis_benchmark(url: &str, port: u16, clients: usize) -> anyhow::Result<f64> {
     let store = RedisStore::connect(&RedisOptions {
@@ -205,9 +233,7 @@ async fn redis_benchmark(url: &str, port: u16, clients: usize) -> anyhow::Result
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
-    let line = store
-        .enqueue_command_line(&queue, "rb:__rand_int__", now)
-        .await?;
+    let line = enqueue_command_line(url, &store, &queue, "rb:__rand_int__", now)?;
     let output = tokio::task::spawn_blocking(move || {
         Command::new("redis-benchmark")
             .args([

@@ -8,12 +8,12 @@ use crate::domain::QueueId;
 ///
 /// | key | type | holds |
 /// | --- | --- | --- |
-/// | `P:{q}:config` | hash | mode, max_active, admit_per_second, admission_ttl_ms, heartbeat_timeout_ms, created_at_ms |
+/// | `P:{q}:config` | hash | the configuration and the queue's own state (below) |
 /// | `P:{q}:seq` | string | the last ticket given (`INCR`) |
 /// | `P:{q}:waiting` | sorted set | waiting user → ticket; the score is a sequence number, so ties cannot reorder anyone |
 /// | `P:{q}:active` | sorted set | admitted user → expiry (ms); its size is what `max_active` caps |
 /// | `P:{q}:admitted` | hash | admitted user → `ticket:admitted_at_ms:expires_at_ms` |
-/// | `P:{q}:stats` | hash | counters: enqueued, admitted, completed, expired, left |
+/// | `P:{q}:stats` | hash | counters: enqueued, admitted, completed, expired, left, abandoned; the rate's token bucket: bucket_milli, bucket_ms |
 /// | `P:{q}:rate` | hash | second (`now_ms / 1000`) → admissions in it, the last minute only |
 /// | `P:{q}:batches` | hash | `AdmitBatch` request id → its result, kept for retries |
 /// | `P:{q}:batch_expiry` | sorted set | request id → when its kept result lapses (ms) |
@@ -22,9 +22,16 @@ use crate::domain::QueueId;
 /// | `P:{q}:seen` | sorted set | user in line → last sign of life (ms) |
 /// | `P:{q}:log` | sorted set | the last changes to the waiting set, scored by sequence number (`config.log_seq`) |
 ///
-/// The config hash also keeps opens_at_ms, prequeue_window_ms,
-/// presence_since_ms, and the draw's state: draw (none, frozen, hashing,
-/// assigning, done), draw_seed, draw_next, prequeue_seq.
+/// The config hash holds mode, max_active, admit_per_second,
+/// admission_ttl_ms, heartbeat_timeout_ms, created_at_ms (the queue's
+/// epoch), opens_at_ms, prequeue_window_ms, presence_since_ms, log_seq (the
+/// line log's last sequence number), and the draw's state: draw (none,
+/// frozen, hashing, assigning, done), draw_seed, draw_next, prequeue_seq.
+///
+/// Two more keys share the tag and outlive the queue (see
+/// [`used_tokens_keys`]): `P:{q}:used`, a sorted set of consumed token ids
+/// scored by how long each is remembered, and `P:{q}:used_by`, a hash of
+/// the request that consumed each.
 pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 13] {
     [
         "config",

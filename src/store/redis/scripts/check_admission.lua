@@ -4,7 +4,8 @@
 --       id -> remembered until, ms) and who used each (token id -> request).
 -- ARGV: now, user, token id, queue epoch, ticket, admitted at ('' when the
 --       token names none), consume (1/0), remembered until (ms), request id.
--- Returns 'held', 'used' (consumed before by another request) or 'revoked'
+-- Returns {'ok', status}: 'held', 'used' (consumed before by another
+-- request) or 'revoked'
 -- (completed, left, expired, or the queue deleted or created again).
 -- Safe to run twice: the request that consumed a token is told 'held'
 -- again. Used ids outlive the queue; each is dropped once the caller's
@@ -21,22 +22,22 @@ if #lapsed > 0 then
 end
 if consume and redis.call('ZSCORE', K_USED, token) then
   if redis.call('HGET', K_USED_BY, token) == request then
-    return 'held'
+    return { 'ok', 'held' }
   end
-  return 'used'
+  return { 'ok', 'used' }
 end
 
 local cfg = load_config()
 if not cfg or cfg.epoch ~= tonumber(ARGV[4]) then
-  return 'revoked'
+  return { 'ok', 'revoked' }
 end
 local record = redis.call('HGET', K_ADMITTED, user)
 if not record then
-  return 'revoked'
+  return { 'ok', 'revoked' }
 end
 local ticket, admitted_at, expires_at = string.match(record, '^(%d+):(%d+):(%d+)$')
 if ticket ~= ARGV[5] or (ARGV[6] ~= '' and admitted_at ~= ARGV[6]) or tonumber(expires_at) <= NOW then
-  return 'revoked'
+  return { 'ok', 'revoked' }
 end
 
 if consume then
@@ -51,4 +52,4 @@ if consume then
   redis.call('PEXPIRE', K_USED, ttl)
   redis.call('PEXPIRE', K_USED_BY, ttl)
 end
-return 'held'
+return { 'ok', 'held' }

@@ -1,12 +1,12 @@
 -- Delete queue: drop a queue and everyone in it.
 -- KEYS: the queue's keys (prelude). ARGV: now.
--- Returns 1 if deleted, 0 if there was no such queue. Consumed token ids
+-- Returns {'ok'}, or {'no_queue'}. Consumed token ids
 -- are kept until the tokens expire. UNLINK frees the keys' memory in the
 -- background, so a queue of a million is deleted without holding Redis.
 
 if redis.call('EXISTS', K_CONFIG) == 0 then
-  return 0
+  return { 'no_queue' }
 end
 redis.call('UNLINK', K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE, K_BATCHES,
   K_BATCH_EXPIRY, K_PREQUEUE, K_POOL, K_SEEN, K_LOG)
-return 1
+return { 'ok' }

@@ -3,12 +3,12 @@
 -- run the next step.
 -- KEYS: the queue's keys (prelude). ARGV: now, seed, chunk.
 -- The seed is taken only by the step that starts the draw.
--- Returns 1 once the draw is complete (or there is none), 0 while it goes
--- on, -1 if there is no such queue.
+-- Returns {'ok', 1} once the draw is complete (or there is none),
+-- {'ok', 0} while it goes on, or {'no_queue'}.
 
 local cfg = load_config()
 if not cfg then
-  return -1
+  return { 'no_queue' }
 end
 prepare(cfg)
 local chunk = tonumber(ARGV[3])
@@ -48,6 +48,6 @@ elseif cfg.draw == 'assigning' then
 end
 local state = redis.call('HGET', K_CONFIG, 'draw')
 if state == 'frozen' or state == 'hashing' or state == 'assigning' then
-  return 0
+  return { 'ok', 0 }
 end
-return 1
+return { 'ok', 1 }

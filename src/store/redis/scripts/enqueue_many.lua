@@ -2,7 +2,8 @@
 -- each user in turn exactly as enqueue.lua would (see enqueue_one.lua), so
 -- Redis pays the call's fixed cost once for all of them.
 -- KEYS: the queue's keys (prelude). ARGV: now, user...
--- Returns one answer of enqueue_one per user, in order; or {'no_queue'}.
+-- Returns {'ok', answer...}: one answer of enqueue_one per user, in order;
+-- or {'no_queue'}.
 --
 -- The common case of a burst, a newcomer joining the back of a line that
 -- is already forming, costs two reads: the writes of consecutive
@@ -62,7 +63,7 @@ local function join_back(user)
   return place(cfg, 'waiting', last_ticket, line_length, 0, 0)
 end
 
-local out = {}
+local out = { 'ok' }
 for i = 2, #ARGV do
   local user = ARGV[i]
   local answer = gathering and join_back(user)

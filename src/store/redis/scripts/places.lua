@@ -1,7 +1,7 @@
 -- Places: the current places of several users of one queue.
 -- KEYS: the queue's keys (prelude). ARGV: now, touch (1 or 0), user...
--- Returns one place (prelude) per user, {'none'} for a user neither in line
--- nor admitted; or {'no_queue'}. With touch, a sign of life of those in line.
+-- Returns {'ok', place...}: one place (prelude) per user, {'none'} for a
+-- user neither in line nor admitted; or {'no_queue'}. With touch, a sign of life of those in line.
 -- Writes only what time and the mode already decided (expiry, opening,
 -- pass-through admission) and presence, so running it twice changes nothing
 -- more.
@@ -18,7 +18,7 @@ if cfg.mode ~= 'pass_through' then
   line_length = in_line(cfg)
 end
 local touch = ARGV[2] == '1'
-local out = {}
+local out = { 'ok' }
 local seen = {}
 for i = 3, #ARGV do
   local p = current_place(cfg, ARGV[i])

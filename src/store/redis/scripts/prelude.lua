@@ -1,4 +1,7 @@
--- Shared head of every queue script (prepended by mod.rs).
+-- Shared head of every queue script (prepended by lua.rs, after the
+-- constants both sides must agree on: LOG_KEEP, the line log entries kept
+-- (domain::LINE_LOG_KEEP), and RATE_WINDOW_MS, the window of the observed
+-- admission rate (domain::RATE_WINDOW_MS)).
 --
 -- KEYS[1..13]: the queue's keys, as listed in keys.rs: config, seq, waiting,
 --              active, admitted, stats, rate, batches, batch_expiry,
@@ -7,6 +10,10 @@
 --              Scripts never read Redis's clock, so every replica and the
 --              memory store agree on what "now" means.
 --
+-- Every script answers {'ok', ...} or {status} with the reason it did not
+-- act ('no_queue', 'closed', 'paused', 'opening_passed', 'exists'), read by
+-- one function (reply.rs).
+--
 -- Every script mirrors a method of the memory store (store/memory/mod.rs),
 -- and the helpers here mirror its helpers of the same names; keep the two
 -- in step.
@@ -14,9 +21,7 @@
 local K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE, K_BATCHES, K_BATCH_EXPIRY =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local K_PREQUEUE, K_POOL, K_SEEN, K_LOG = KEYS[10], KEYS[11], KEYS[12], KEYS[13]
-local LOG_KEEP = 100000
 local NOW = tonumber(ARGV[1])
-local RATE_WINDOW_MS = 60000
 
 local function load_config()
   local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admission_ttl_ms', 'created_at_ms',

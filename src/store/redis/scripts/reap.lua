@@ -3,20 +3,20 @@
 -- it at any time: what it removes is decided by the data and the caller's
 -- clock alone, so a second run finds nothing more to do.
 -- KEYS: the queue's keys (prelude). ARGV: now, limit.
--- Returns the number released, or -1 if there is no such queue.
+-- Returns {'ok', number released}, or {'no_queue'}.
 -- Not while the queue is closed (watchers were told to stop), and presence
 -- counts only from the last reopening.
 
 local cfg = load_config()
 if not cfg then
-  return -1
+  return { 'no_queue' }
 end
 if cfg.mode == 'closed' then
-  return 0
+  return { 'ok', 0 }
 end
 local cutoff = math.max(NOW - cfg.heartbeat, 0)
 if cfg.presence_since >= cutoff then
-  return 0
+  return { 'ok', 0 }
 end
 local silent = redis.call('ZRANGEBYSCORE', K_SEEN, '-inf', '(' .. cutoff, 'LIMIT', 0, tonumber(ARGV[2]))
 local released = 0
@@ -32,4 +32,4 @@ end
 if released > 0 then
   redis.call('HINCRBY', K_STATS, 'abandoned', released)
 end
-return released
+return { 'ok', released }

@@ -1,7 +1,7 @@
 -- Touch: a sign of life for watched users still in line; one call carries
 -- all the streams of one queue on one instance.
 -- KEYS: the queue's keys (prelude). ARGV: now, user...
--- Returns the number of users touched. XX: users who left, were admitted or
+-- Returns {'ok', number of users touched}. XX: users who left, were admitted or
 -- were released are not brought back. GT: a sign of life recorded late (an
 -- instance's batch of them) never moves a newer one back.
 
@@ -14,4 +14,4 @@ for i = 2, #ARGV, 1000 do
   end
   touched = touched + redis.call('ZADD', unpack(args))
 end
-return touched
+return { 'ok', touched }

@@ -4,12 +4,13 @@
 -- nobody is released for the time the queue told them to stop watching;
 -- so does shortening the heartbeat timeout.
 -- KEYS: the queue's keys (prelude). ARGV: now, field, value, ...
--- Returns the whole configuration as HGETALL does; empty if no such queue;
--- {'opening_passed'} when asked to move an opening that has happened.
+-- Returns {'ok', field, value, ...} (the whole configuration, as HGETALL
+-- gives it), {'no_queue'}, or {'opening_passed'} when asked to move an
+-- opening that has happened.
 
 local cfg = load_config()
 if not cfg then
-  return {}
+  return { 'no_queue' }
 end
 local changes = {}
 for i = 2, #ARGV, 2 do
@@ -29,4 +30,6 @@ end
 if #ARGV > 1 then
   redis.call('HSET', K_CONFIG, unpack(ARGV, 2))
 end
-return redis.call('HGETALL', K_CONFIG)
+local out = redis.call('HGETALL', K_CONFIG)
+table.insert(out, 1, 'ok')
+return out

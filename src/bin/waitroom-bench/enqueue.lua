@@ -1,4 +1,5 @@
--- Enqueue: one user (see enqueue_one.lua).
+-- Enqueue: one user (see the store's enqueue_one.lua), the benchmark's
+-- Redis-side baseline of an enqueue under redis-benchmark.
 -- KEYS: the queue's keys (prelude). ARGV: now, user.
 -- Returns a place (prelude), or {'no_queue'} / {'closed'} /
 -- {'not_open', when the pre-queue opens}.

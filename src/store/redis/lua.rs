@@ -1,0 +1,70 @@
+//! The scripts: one per state transition (`scripts/*.lua`, each headed by
+//! its KEYS, ARGV and return value), each run with the shared prelude, and
+//! the constants both sides must agree on, given to the scripts from their
+//! one definition in Rust.
+
+use redis::Script;
+
+use crate::domain::{LINE_LOG_KEEP, RATE_WINDOW_MS};
+
+pub(super) struct Scripts {
+    pub(super) create_queue: Script,
+    pub(super) update_queue: Script,
+    pub(super) delete_queue: Script,
+    pub(super) enqueue_many: Script,
+    pub(super) places: Script,
+    pub(super) leave: Script,
+    pub(super) admit: Script,
+    pub(super) admit_due: Script,
+    pub(super) complete: Script,
+    pub(super) stats: Script,
+    pub(super) check_admission: Script,
+    pub(super) touch: Script,
+    pub(super) reap: Script,
+    pub(super) draw_step: Script,
+    pub(super) line_changes: Script,
+    pub(super) line_snapshot: Script,
+}
+
+/// Shared by the enqueue scripts (and the benchmark's own).
+pub const ENQUEUE_ONE: &str = include_str!("scripts/enqueue_one.lua");
+
+/// A script's source: the constants, the prelude, then `body`.
+pub(crate) fn with_prelude_source(body: &str) -> String {
+    format!(
+        "local LOG_KEEP = {LINE_LOG_KEEP}\nlocal RATE_WINDOW_MS = {RATE_WINDOW_MS}\n{}\n{body}",
+        include_str!("scripts/prelude.lua")
+    )
+}
+
+pub(super) fn enqueue_many_source() -> String {
+    with_prelude_source(&format!(
+        "{}\n{}",
+        ENQUEUE_ONE,
+        include_str!("scripts/enqueue_many.lua")
+    ))
+}
+
+impl Scripts {
+    pub(super) fn load() -> Self {
+        let with_prelude = |body: &str| Script::new(&with_prelude_source(body));
+        Self {
+            create_queue: with_prelude(include_str!("scripts/create_queue.lua")),
+            update_queue: with_prelude(include_str!("scripts/update_queue.lua")),
+            delete_queue: with_prelude(include_str!("scripts/delete_queue.lua")),
+            enqueue_many: Script::new(&enqueue_many_source()),
+            places: with_prelude(include_str!("scripts/places.lua")),
+            leave: with_prelude(include_str!("scripts/leave.lua")),
+            admit: with_prelude(include_str!("scripts/admit.lua")),
+            admit_due: with_prelude(include_str!("scripts/admit_due.lua")),
+            complete: with_prelude(include_str!("scripts/complete.lua")),
+            stats: with_prelude(include_str!("scripts/stats.lua")),
+            check_admission: with_prelude(include_str!("scripts/check_admission.lua")),
+            touch: with_prelude(include_str!("scripts/touch.lua")),
+            reap: with_prelude(include_str!("scripts/reap.lua")),
+            draw_step: with_prelude(include_str!("scripts/draw_step.lua")),
+            line_changes: with_prelude(include_str!("scripts/line_changes.lua")),
+            line_snapshot: with_prelude(include_str!("scripts/line_snapshot.lua")),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Reading what the scripts answer.
+
+use redis::Value;
+
+use crate::domain::{
+    Admission, Admitted, LineEvent, Place, PlaceState, QueueId, QueueMode, RateSample, UserId,
+};
+use crate::{Error, Result};
+
+pub(super) fn bad_reply(what: &str) -> Error {
+    Error::Internal(format!("unexpected reply from Redis: {what}"))
+}
+
+/// Reads the values of a script's reply array.
+pub(super) struct Reply(std::vec::IntoIter<Value>);
+
+impl Reply {
+    /// A script's answer, as every script gives it: `{'ok', value...}`, the
+    /// values then read in order; or `{status}`, the reason it did not act,
+    /// which becomes the matching error.
+    pub(super) fn of(value: Value, queue: &QueueId) -> Result<Self> {
+        let mut reply = Self::new(value)?;
+        match reply.string()?.as_str() {
+            "ok" => Ok(reply),
+            status => Err(status_error(status, queue)),
+        }
+    }
+
+    /// The values not read yet.
+    pub(super) fn into_values(self) -> Vec<Value> {
+        self.0.collect()
+    }
+
+    pub(super) fn flag(&mut self) -> Result<bool> {
+        Ok(self.u64()? == 1)
+    }
+
+    pub(super) fn new(value: Value) -> Result<Self> {
+        match value {
+            Value::Array(items) => Ok(Self(items.into_iter())),
+            _ => Err(bad_reply("expected an array")),
+        }
+    }
+
+    pub(super) fn next_value(&mut self) -> Result<Value> {
+        self.0.next().ok_or_else(|| bad_reply("array too short"))
+    }
+
+    pub(super) fn string(&mut self) -> Result<String> {
+        match self.next_value()? {
+            Value::BulkString(bytes) => {
+                String::from_utf8(bytes).map_err(|_| bad_reply("string is not UTF-8"))
+            }
+            Value::SimpleString(s) => Ok(s),
+            _ => Err(bad_reply("expected a string")),
+        }
+    }
+
+    pub(super) fn u64(&mut self) -> Result<u64> {
+        match self.next_value()? {
+            Value::Int(n) => u64::try_from(n).map_err(|_| bad_reply("negative number")),
+            Value::BulkString(bytes) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad_reply("expected a number")),
+            _ => Err(bad_reply("expected a number")),
+        }
+    }
+
+    pub(super) fn remaining(&self) -> usize {
+        self.0.len()
+    }
+}
+
+pub(super) fn status_error(status: &str, queue: &QueueId) -> Error {
+    match status {
+        "no_queue" => Error::QueueNotFound(queue.to_string()),
+        "closed" => Error::QueueClosed(queue.to_string()),
+        "paused" => Error::QueuePaused(queue.to_string()),
+        "opening_passed" => Error::OpeningPassed(queue.to_string()),
+        "exists" => Error::QueueAlreadyExists(queue.to_string()),
+        other => bad_reply(other),
+    }
+}
+
+/// Reads a place written by the prelude's `place()`; `None` for `{'none'}`.
+pub(super) fn parse_place(value: Value, queue: &QueueId) -> Result<Option<Place>> {
+    let mut reply = Reply::new(value)?;
+    let kind = reply.string()?;
+    if kind == "none" {
+        return Ok(None);
+    }
+    if kind == "not_open" {
+        return Err(Error::QueueNotOpen {
+            queue: queue.to_string(),
+            opens_at_ms: reply.u64()?,
+        });
+    }
+    if reply.remaining() == 0 {
+        return Err(status_error(&kind, queue));
+    }
+    let ticket = reply.u64()?;
+    let waiting_count = reply.u64()?;
+    let position = reply.u64()?;
+    let admitted_at_ms = reply.u64()?;
+    let expires_at_ms = reply.u64()?;
+    let queue_epoch_ms = reply.u64()?;
+    let mode = parse_mode(&reply.string()?)?;
+    let rate = RateSample {
+        admitted: reply.u64()?,
+        span_ms: reply.u64()?,
+    };
+    let opens_in_ms = reply.u64()?;
+    let state = match kind.as_str() {
+        "waiting" => PlaceState::Waiting { position },
+        "closed" => PlaceState::Closed,
+        "pre_queue" => PlaceState::PreQueue { opens_in_ms },
+        "admitted" => PlaceState::Admitted(Admission {
+            ticket,
+            admitted_at_ms,
+            expires_at_ms,
+            queue_epoch_ms,
+        }),
+        other => return Err(bad_reply(other)),
+    };
+    Ok(Some(Place {
+        state,
+        ticket,
+        waiting_count,
+        mode,
+        rate,
+    }))
+}
+
+/// Reads the reply of `admit.lua` and `admit_due.lua`.
+pub(super) fn parse_admitted(mut reply: Reply) -> Result<Vec<Admitted>> {
+    let queue_epoch_ms = reply.u64()?;
+    let mut admitted = Vec::with_capacity(reply.remaining() / 4);
+    while reply.remaining() > 0 {
+        let user = UserId::parse(&reply.string()?).map_err(|e| bad_reply(&e))?;
+        admitted.push(Admitted {
+            user,
+            admission: Admission {
+                ticket: reply.u64()?,
+                admitted_at_ms: reply.u64()?,
+                expires_at_ms: reply.u64()?,
+                queue_epoch_ms,
+            },
+        });
+    }
+    Ok(admitted)
+}
+
+/// Reads a log entry `seq|j|ticket|user` or `seq|l|ticket|admitted`.
+pub(super) fn parse_line_entry(entry: &str) -> Result<(u64, LineEvent)> {
+    let bad = || bad_reply("line log entry");
+    let mut parts = entry.splitn(4, '|');
+    let seq = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let kind = parts.next().ok_or_else(bad)?;
+    let ticket = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let detail = parts.next().ok_or_else(bad)?;
+    let event = match kind {
+        "j" => LineEvent::Joined {
+            ticket,
+            user: UserId::parse(detail).map_err(|_| bad())?,
+        },
+        "l" => LineEvent::Left {
+            ticket,
+            admitted: detail == "1",
+        },
+        "p" => LineEvent::PreQueueLeft {
+            user: UserId::parse(detail).map_err(|_| bad())?,
+        },
+        _ => return Err(bad()),
+    };
+    Ok((seq, event))
+}
+
+pub(super) fn parse_mode(value: &str) -> Result<QueueMode> {
+    QueueMode::parse(value).ok_or_else(|| bad_reply("unknown queue mode"))
+}
