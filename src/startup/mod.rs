@@ -6,11 +6,16 @@
 //! certificate or key directory) before any port opens. Redis itself may
 //! come later: readiness stays `NOT_SERVING` until it answers and the
 //! declared queues exist, and follows it from then on.
+//!
+//! - `secrets`: keys, certificates and API keys, read before any port opens;
+//! - `readiness`: health that follows the store, and the declared queues;
+//! - `shutdown`: the stop sequence (drain, end streams, bounded finish) and
+//!   the signals that start it;
+//! - here: building, and wiring the services, layers and ports.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -18,26 +23,30 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic_health::server::HealthReporter;
+use tonic::transport::{Server, ServerTlsConfig};
 use tower::util::MapResponseLayer;
 
 use crate::api::auth::{ApiKeys, AuthLayer};
 use crate::api::limits::{self, CallLimitLayer};
 use crate::api::{AdminApi, QueueApi};
-use crate::config::{Config, QueueSpec};
+use crate::config::Config;
 use crate::domain::{Clock, SystemClock};
 use crate::pb::queue_admin_service_server::QueueAdminServiceServer;
 use crate::pb::queue_service_server::QueueServiceServer;
 use crate::store::{MemoryStore, QueueStore, RedisOptions, RedisStore};
 use crate::telemetry::grpc::ObserveLayer;
-use crate::tokens::{self, Keyring};
+use crate::tokens::Keyring;
 use crate::watch::{WatchHub, WatchedStore};
 use crate::worker::QueueWorker;
-use crate::{Error, http, pb};
+use crate::{http, pb};
 
-/// How often readiness re-checks the store.
-const READINESS_INTERVAL: Duration = Duration::from_secs(1);
+mod readiness;
+mod secrets;
+mod shutdown;
+
+use self::readiness::{set_ready, track_readiness};
+use self::shutdown::Drain;
+pub use self::shutdown::shutdown_signal;
 
 /// A built service: configuration checked, keys loaded, ports bound.
 /// Nothing is served until [`Application::run_until_stopped`].
@@ -62,24 +71,9 @@ impl Application {
     /// Builds with an injected clock, so tests can move time.
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let store = open_store(&config)?;
-        let keyring = Arc::new(load_keyring(&config)?);
-        let tls = load_tls(&config)?;
-        let api_keys = match &config.api_keys {
-            Some(dir) => {
-                let keys = ApiKeys::load(dir)
-                    .map_err(anyhow::Error::msg)
-                    .context("loading API keys (--api-keys)")?;
-                tracing::info!(roles = ?keys.roles(), "API keys required");
-                Some(Arc::new(keys))
-            }
-            None => {
-                tracing::warn!(
-                    "AUTHENTICATION IS OFF: no --api-keys, so anyone who can reach the gRPC port \
-                     may admit users, change queues and read tokens"
-                );
-                None
-            }
-        };
+        let keyring = Arc::new(secrets::load_keyring(&config)?);
+        let tls = secrets::load_tls(&config)?;
+        let api_keys = secrets::load_api_keys(&config)?.map(Arc::new);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -241,40 +235,23 @@ impl Application {
             );
 
         tracing::info!(address = %self.local_addr, "serving gRPC");
-        let (drain_delay, shutdown_timeout) = (config.drain_delay, config.shutdown_timeout);
-        let finish = CancellationToken::new();
-        let stopping = finish.clone();
-        let shutdown = {
-            let (health, draining, streams_end) = (health, draining.clone(), streams_end.clone());
-            async move {
-                stop.await;
-                tracing::info!(?drain_delay, "stopping: readiness off, draining");
-                draining.cancel();
-                set_ready(&health, &ready, false).await;
-                tokio::time::sleep(drain_delay).await;
-                tracing::info!("ending streams (clients reconnect elsewhere), finishing calls");
-                streams_end.cancel();
-                stopping.cancel();
-            }
+        let drain = Drain {
+            health,
+            ready,
+            draining,
+            streams_end,
+            drain_delay: config.drain_delay,
+            shutdown_timeout: config.shutdown_timeout,
         };
+        let (shutdown, finish) = shutdown::sequence(stop, drain);
         let serving = tokio::spawn(router.serve_with_incoming_shutdown(
-            // Nagle's algorithm off: a response written as a headers
-            // frame and a data frame would otherwise wait for the
-            // client's delayed ACK (40 ms) between the two.
+            // Nagle's algorithm off: a response written as a headers frame
+            // and a data frame would otherwise wait for the client's
+            // delayed ACK (40 ms) between the two.
             TcpIncoming::from(self.listener).with_nodelay(Some(true)),
             shutdown,
         ));
-        let result = tokio::select! {
-            result = serving => result.context("the gRPC server task failed")?.context("serving gRPC"),
-            () = async {
-                finish.cancelled().await;
-                tokio::time::sleep(shutdown_timeout).await;
-            } => {
-                tracing::warn!(?shutdown_timeout, "calls still open after the shutdown timeout; exiting anyway");
-                Ok(())
-            }
-        };
-        streams_end.cancel();
+        let result = finish.wait(serving).await;
         background.cancel();
         result
     }
@@ -307,188 +284,5 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
             );
             Ok(Arc::new(MemoryStore::new()))
         }
-    }
-}
-
-fn load_tls(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
-        return Ok(None);
-    };
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-    };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = &config.tls_client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-        tracing::info!("TLS with client certificates required (mutual TLS)");
-    } else {
-        tracing::info!("TLS on the gRPC port");
-    }
-    Ok(Some(tls))
-}
-
-fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
-    let mut trusted = Vec::new();
-    for path in pem_files(&config.verify_keys)? {
-        let pem = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading the verification key {}", path.display()))?;
-        trusted.push(
-            tokens::verifying_key_from_pem(&pem)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("loading the verification key {}", path.display()))?,
-        );
-    }
-    match &config.signing_key {
-        Some(path) => {
-            let pem = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the signing key {}", path.display()))?;
-            let key = tokens::signing_key_from_pem(&pem)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("loading the signing key {}", path.display()))?;
-            let keyring =
-                Keyring::new(&config.token_issuer, key, &trusted).map_err(anyhow::Error::msg)?;
-            tracing::info!(
-                kid = keyring.key_id(),
-                published = ?keyring.published_key_ids(),
-                "signing admission tokens"
-            );
-            Ok(keyring)
-        }
-        None => {
-            if !trusted.is_empty() {
-                anyhow::bail!(
-                    "--verify-key needs --signing-key: a generated key cannot be rotated"
-                );
-            }
-            let keyring = Keyring::generate(&config.token_issuer).map_err(anyhow::Error::msg)?;
-            tracing::warn!(
-                kid = keyring.key_id(),
-                "no --signing-key: tokens are signed with a key generated for this process; \
-                 they cannot be verified after a restart or by another replica's keys"
-            );
-            Ok(keyring)
-        }
-    }
-}
-
-/// The files named: each path is a PEM file, or a directory whose `*.pem`
-/// files are taken in name order (a mounted Kubernetes Secret).
-fn pem_files(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut found: Vec<_> = std::fs::read_dir(path)
-                .with_context(|| format!("reading the key directory {}", path.display()))?
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "pem") && p.is_file())
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    Ok(files)
-}
-
-/// Readiness follows the store: `waitroom.v1.QueueService` (and the admin
-/// service) are `SERVING` while the store answers, and not before the
-/// queues declared at start exist. The overall `""` service, liveness,
-/// stays `SERVING`: a store outage must not restart the process. Stops
-/// when the service starts draining.
-async fn track_readiness(
-    health: HealthReporter,
-    ready_flag: Arc<AtomicBool>,
-    store: Arc<dyn QueueStore>,
-    clock: Arc<dyn Clock>,
-    mut declared: Vec<QueueSpec>,
-    draining: CancellationToken,
-) {
-    let mut ready = false;
-    loop {
-        let answers = store.ping().await.is_ok();
-        if answers && !declared.is_empty() {
-            declared = declare_queues(store.as_ref(), clock.as_ref(), declared).await;
-        }
-        let now_ready = answers && declared.is_empty();
-        if now_ready != ready && !draining.is_cancelled() {
-            set_ready(&health, &ready_flag, now_ready).await;
-            if now_ready {
-                tracing::info!("ready: the store answers");
-            } else {
-                tracing::warn!("not ready: the store does not answer");
-            }
-            ready = now_ready;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(READINESS_INTERVAL) => {}
-            _ = draining.cancelled() => return,
-        }
-    }
-}
-
-/// Readiness of the two waitroom services (the overall `""`, liveness, is
-/// never changed), and the flag `/readyz` answers from.
-async fn set_ready(health: &HealthReporter, flag: &AtomicBool, ready: bool) {
-    flag.store(ready, Ordering::Relaxed);
-    if ready {
-        health.set_serving::<QueueServiceServer<QueueApi>>().await;
-        health
-            .set_serving::<QueueAdminServiceServer<AdminApi>>()
-            .await;
-    } else {
-        health
-            .set_not_serving::<QueueServiceServer<QueueApi>>()
-            .await;
-        health
-            .set_not_serving::<QueueAdminServiceServer<AdminApi>>()
-            .await;
-    }
-}
-
-/// Creates the declared queues that do not exist yet; existing ones keep
-/// their current settings, so a restart never undoes an operator's switch.
-/// Returns those still to do (the store failed).
-async fn declare_queues(
-    store: &dyn QueueStore,
-    clock: &dyn Clock,
-    declared: Vec<QueueSpec>,
-) -> Vec<QueueSpec> {
-    let mut left = Vec::new();
-    for spec in declared {
-        match store.create_queue(&spec.config(clock.now_ms())).await {
-            Ok(_) => tracing::info!(queue = %spec.id, "declared queue created"),
-            Err(Error::QueueAlreadyExists(_)) => tracing::info!(
-                queue = %spec.id,
-                "declared queue exists; its current settings are kept"
-            ),
-            Err(error) => {
-                tracing::warn!(queue = %spec.id, %error, "cannot create declared queue yet");
-                left.push(spec);
-            }
-        }
-    }
-    left
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
     }
 }

@@ -1,0 +1,101 @@
+//! Readiness: `waitroom.v1.QueueService` and the admin service follow the
+//! store; liveness (the overall `""` service) never does, so a store outage
+//! does not restart the process.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic_health::server::HealthReporter;
+
+use crate::Error;
+use crate::api::{AdminApi, QueueApi};
+use crate::config::QueueSpec;
+use crate::domain::Clock;
+use crate::pb::queue_admin_service_server::QueueAdminServiceServer;
+use crate::pb::queue_service_server::QueueServiceServer;
+use crate::store::QueueStore;
+
+/// How often readiness re-checks the store.
+const READINESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Readiness follows the store: `waitroom.v1.QueueService` (and the admin
+/// service) are `SERVING` while the store answers, and not before the
+/// queues declared at start exist. The overall `""` service, liveness,
+/// stays `SERVING`: a store outage must not restart the process. Stops
+/// when the service starts draining.
+pub(super) async fn track_readiness(
+    health: HealthReporter,
+    ready_flag: Arc<AtomicBool>,
+    store: Arc<dyn QueueStore>,
+    clock: Arc<dyn Clock>,
+    mut declared: Vec<QueueSpec>,
+    draining: CancellationToken,
+) {
+    let mut ready = false;
+    loop {
+        let answers = store.ping().await.is_ok();
+        if answers && !declared.is_empty() {
+            declared = declare_queues(store.as_ref(), clock.as_ref(), declared).await;
+        }
+        let now_ready = answers && declared.is_empty();
+        if now_ready != ready && !draining.is_cancelled() {
+            set_ready(&health, &ready_flag, now_ready).await;
+            if now_ready {
+                tracing::info!("ready: the store answers");
+            } else {
+                tracing::warn!("not ready: the store does not answer");
+            }
+            ready = now_ready;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(READINESS_INTERVAL) => {}
+            _ = draining.cancelled() => return,
+        }
+    }
+}
+
+/// Readiness of the two waitroom services (the overall `""`, liveness, is
+/// never changed), and the flag `/readyz` answers from.
+pub(super) async fn set_ready(health: &HealthReporter, flag: &AtomicBool, ready: bool) {
+    flag.store(ready, Ordering::Relaxed);
+    if ready {
+        health.set_serving::<QueueServiceServer<QueueApi>>().await;
+        health
+            .set_serving::<QueueAdminServiceServer<AdminApi>>()
+            .await;
+    } else {
+        health
+            .set_not_serving::<QueueServiceServer<QueueApi>>()
+            .await;
+        health
+            .set_not_serving::<QueueAdminServiceServer<AdminApi>>()
+            .await;
+    }
+}
+
+/// Creates the declared queues that do not exist yet; existing ones keep
+/// their current settings, so a restart never undoes an operator's switch.
+/// Returns those still to do (the store failed).
+async fn declare_queues(
+    store: &dyn QueueStore,
+    clock: &dyn Clock,
+    declared: Vec<QueueSpec>,
+) -> Vec<QueueSpec> {
+    let mut left = Vec::new();
+    for spec in declared {
+        match store.create_queue(&spec.config(clock.now_ms())).await {
+            Ok(_) => tracing::info!(queue = %spec.id, "declared queue created"),
+            Err(Error::QueueAlreadyExists(_)) => tracing::info!(
+                queue = %spec.id,
+                "declared queue exists; its current settings are kept"
+            ),
+            Err(error) => {
+                tracing::warn!(queue = %spec.id, %error, "cannot create declared queue yet");
+                left.push(spec);
+            }
+        }
+    }
+    left
+}

@@ -1,0 +1,401 @@
+//! The follow loop: each followed queue's task keeps the copy of its line
+//! up to date from the store (a snapshot in chunks, then the log), records
+//! presence, and sends each watcher its place when what it sees changed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::line::Line;
+use super::lookup::Pollers;
+use super::presence::Presence;
+use super::view::View;
+use super::{QueueWatch, WatchHub, Watcher};
+use crate::domain::{LineEvent, LineSnapshot, Place, PlaceState, QueueId, UserId};
+use crate::{Error, Result};
+
+/// Consecutive failed refreshes after which streams end with `UNAVAILABLE`
+/// (clients reconnect; places are kept).
+const MAX_FAILED_REFRESHES: u32 = 8;
+
+/// Log entries read per call while catching up: one short store call each.
+const CHANGES_PER_READ: u32 = 2_000;
+
+/// Reads per refresh before giving up on catching up this time.
+const MAX_CATCH_UP_READS: usize = 50;
+
+/// Tickets per snapshot chunk: one short store call each (a few
+/// milliseconds of Redis time), however long the line.
+const SNAPSHOT_CHUNK: u32 = 2_000;
+
+impl WatchHub {
+    pub(super) async fn run(self: Arc<Self>, queue: QueueId, watch: Arc<QueueWatch>) {
+        let mut failures = 0u32;
+        let mut presence = Presence::new();
+        // Reads begin at a steady pace, however long each takes, so the
+        // copy is never much older than the interval.
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = watch.wake.notified() => {}
+                _ = self.shutdown.cancelled() => {
+                    let watchers = take(&watch);
+                    // Told to reconnect: the timeout runs from now.
+                    let mut users: Vec<UserId> = watchers.iter().map(|w| w.tx.user().clone()).collect();
+                    users.extend(watch.pollers().take_unrecorded());
+                    let _ = self.store.touch(&queue, &users, self.clock.now_ms()).await;
+                    let reason = Error::Unavailable("server shutting down; reconnect to keep watching".into());
+                    end_all(watchers, &reason);
+                    return;
+                }
+            }
+            let mut watchers = take(&watch);
+            let now = self.clock.now_ms();
+            // A stream that just dropped counts as a last sign of life, so a
+            // reconnect has the whole heartbeat timeout from the drop.
+            let dropped: Vec<UserId> = watchers
+                .iter()
+                .filter(|w| w.tx.is_closed())
+                .map(|w| w.tx.user().clone())
+                .collect();
+            if !dropped.is_empty() {
+                let _ = self.store.touch(&queue, &dropped, now).await;
+                watchers.retain(|w| !w.tx.is_closed());
+            }
+            if watchers.is_empty() && watch.pollers().is_empty() {
+                if self.retire(&queue, &watch) {
+                    return;
+                }
+                continue;
+            }
+            presence
+                .record(
+                    self.store.as_ref(),
+                    self.clock.as_ref(),
+                    &queue,
+                    &watchers,
+                    &watch,
+                )
+                .await;
+            let survivors = match self.refresh(&queue, &watch, &mut watchers, now).await {
+                Ok(()) => {
+                    failures = 0;
+                    let mut pollers = watch.pollers();
+                    if let Some(line) = &watch.copy().line {
+                        pollers.prune(line, now);
+                    }
+                    watchers
+                }
+                Err(error @ Error::QueueNotFound(_)) => {
+                    watch.copy_mut().reset();
+                    *watch.pollers() = Pollers::default();
+                    end_all(watchers, &error);
+                    Vec::new()
+                }
+                Err(error) => {
+                    watch.copy_mut().reset();
+                    failures += 1;
+                    if failures >= MAX_FAILED_REFRESHES {
+                        end_all(watchers, &error);
+                        Vec::new()
+                    } else {
+                        watchers
+                    }
+                }
+            };
+            // Streams opened meanwhile join the survivors' vector, not the
+            // other way round, so the vector of every watcher is kept rather
+            // than copied into a new one at each refresh.
+            if let Ok(mut current) = watch.watchers.lock() {
+                let mut survivors = survivors;
+                survivors.append(&mut current);
+                *current = survivors;
+            }
+        }
+    }
+
+    /// Brings the copy of the line up to date, then sends each watcher its
+    /// place if it changed. Keeps in `watchers` those still watching.
+    async fn refresh(
+        &self,
+        queue: &QueueId,
+        watch: &QueueWatch,
+        watchers: &mut Vec<Watcher>,
+        now: u64,
+    ) -> Result<()> {
+        // A snapshot says nothing of the pre-queue: what happened to a
+        // pre-queued watcher before it (placed by the draw, or gone) is
+        // only in log entries this copy never read, so they are looked up.
+        if self.catch_up(queue, watch, watchers).await? {
+            for watcher in watchers.iter_mut().filter(|w| w.ticket.is_none()) {
+                watcher.ticket = Some(0);
+            }
+        }
+        self.send_places(queue, watch, watchers, now).await
+    }
+
+    /// Brings the copy of the line up to date with the store, from a new
+    /// snapshot when it has none or fell behind what the log keeps; gives
+    /// pre-queued watchers the tickets the draw logged for them. True when
+    /// it started from a snapshot.
+    async fn catch_up(
+        &self,
+        queue: &QueueId,
+        watch: &QueueWatch,
+        watchers: &mut [Watcher],
+    ) -> Result<bool> {
+        // Changes made here before this point are in what is read below.
+        let changes_before = watch.changes.load(Ordering::Acquire);
+        // Pre-queued watchers (no ticket yet) by user, built at the first
+        // log entry that names one: the draw logs every pre-queued user.
+        let mut unplaced: Option<HashMap<UserId, Vec<usize>>> = None;
+        // Catch up with the log; a copy that fell behind what the log keeps
+        // starts again from a snapshot. Reads happen outside the lock, so
+        // lookups go on meanwhile.
+        let mut from_snapshot = false;
+        for _ in 0..MAX_CATCH_UP_READS {
+            let seq = watch.copy().line.as_ref().map(|line| line.seq);
+            let seq = match seq {
+                Some(seq) => seq,
+                None => {
+                    from_snapshot = true;
+                    let snapshot = self.snapshot(queue).await?;
+                    let epoch_ms = snapshot.epoch_ms;
+                    let previous = watch.epoch_ms.swap(epoch_ms, Ordering::AcqRel);
+                    if previous != 0 && previous != epoch_ms {
+                        // The queue was created again: every ticket known
+                        // is of the old one.
+                        *watch.pollers() = Pollers::default();
+                        for watcher in watchers.iter_mut().filter(|w| w.ticket.is_some()) {
+                            watcher.ticket = Some(0);
+                        }
+                    }
+                    let line = Line::from_snapshot(snapshot);
+                    let seq = line.seq;
+                    watch.copy_mut().line = Some(line);
+                    seq
+                }
+            };
+            // The moment the copy is as of, for lookups: the summary's
+            // rate is computed for it, and the log is read after it.
+            let read_ms = self.clock.now_ms();
+            let read_at = std::time::Instant::now();
+            let read_no = watch.reads.fetch_add(1, Ordering::AcqRel) + 1;
+            let changes = self
+                .store
+                .line_changes(queue, seq, CHANGES_PER_READ, read_ms)
+                .await?;
+            let mut copy = watch.copy_mut();
+            if !changes.complete {
+                copy.reset();
+                continue;
+            }
+            let Some(current) = copy.line.as_mut() else {
+                continue;
+            };
+            if changes.summary.epoch_ms != watch.epoch_ms.load(Ordering::Acquire) {
+                // The queue was created again: a new snapshot (which drops
+                // what was known of the old one).
+                copy.reset();
+                continue;
+            }
+            for (seq, event) in changes.events {
+                current.seq = seq;
+                let (user, ticket) = match event {
+                    LineEvent::Joined { ticket, user } => {
+                        current.join(ticket);
+                        // A pre-queued watcher placed by the opening draw.
+                        (user, ticket)
+                    }
+                    LineEvent::Left { ticket, .. } => {
+                        current.leave(ticket);
+                        continue;
+                    }
+                    // Looked up below: gone, or elsewhere.
+                    LineEvent::PreQueueLeft { user } => (user, 0),
+                };
+                let unplaced = unplaced.get_or_insert_with(|| unplaced_watchers(watchers));
+                if !unplaced.is_empty()
+                    && let Some(found) = unplaced.remove(&user)
+                {
+                    for i in found {
+                        watchers[i].ticket = Some(ticket);
+                    }
+                }
+            }
+            let caught_up = current.seq >= changes.summary.seq;
+            watch
+                .heartbeat_ms
+                .store(changes.summary.heartbeat_ms, Ordering::Relaxed);
+            copy.summary = Some(changes.summary);
+            copy.read_ms = read_ms;
+            copy.read_at = Some(read_at);
+            copy.read_no = read_no;
+            copy.changes_seen = caught_up.then_some(changes_before);
+            if caught_up {
+                break;
+            }
+        }
+        Ok(from_snapshot)
+    }
+
+    /// Sends each watcher its place from the copy if what it sees changed;
+    /// watchers whose ticket left the line are looked up in the store, all
+    /// in one call.
+    async fn send_places(
+        &self,
+        queue: &QueueId,
+        watch: &QueueWatch,
+        watchers: &mut Vec<Watcher>,
+        now: u64,
+    ) -> Result<()> {
+        // Watchers whose ticket left the line: one lookup for all of them.
+        let mut gone: Vec<UserId> = {
+            let copy = watch.copy();
+            let (Some(line), Some(_)) = (&copy.line, &copy.summary) else {
+                return Err(Error::Unavailable(
+                    "the line log could not be followed".into(),
+                ));
+            };
+            watchers
+                .iter()
+                .filter(|w| w.ticket.is_some_and(|t| !line.contains(t)))
+                .map(|w| w.tx.user().clone())
+                .collect()
+        };
+        gone.sort();
+        gone.dedup();
+        let looked_up: HashMap<UserId, Option<Place>> = if gone.is_empty() {
+            HashMap::new()
+        } else {
+            let places = self.store.places(queue, &gone, false, now).await?;
+            gone.into_iter().zip(places).collect()
+        };
+
+        let copy = watch.copy();
+        let (Some(line), Some(summary)) = (&copy.line, &copy.summary) else {
+            return Err(Error::Unavailable(
+                "the line log could not be followed".into(),
+            ));
+        };
+        let in_line = summary.waiting + summary.prequeued;
+        let opens_in_ms = match (summary.opened, summary.opens_at_ms) {
+            (false, Some(at)) => at.saturating_sub(now),
+            _ => 0,
+        };
+        watchers.retain_mut(|watcher| {
+            let place = match watcher.ticket {
+                None => Some(Place {
+                    state: PlaceState::PreQueue { opens_in_ms },
+                    ticket: 0,
+                    waiting_count: in_line,
+                    mode: summary.mode,
+                    rate: summary.rate,
+                }),
+                Some(ticket) if line.contains(ticket) => line.place(summary, ticket),
+                Some(_) => {
+                    let found = looked_up.get(watcher.tx.user()).cloned().flatten();
+                    // Enqueued again under a new ticket: follow that one.
+                    watcher.ticket = found.as_ref().map(|p| p.ticket).filter(|t| *t > 0);
+                    found
+                }
+            };
+            offer(watcher, place, queue, now)
+        });
+        Ok(())
+    }
+
+    /// The whole line, read in chunks (see [`crate::domain::LineSnapshot`]),
+    /// as of the first chunk.
+    async fn snapshot(&self, queue: &QueueId) -> Result<LineSnapshot> {
+        let mut snapshot = self.store.line_snapshot(queue, 0, SNAPSHOT_CHUNK).await?;
+        let mut last_chunk = snapshot.tickets.len();
+        while last_chunk == SNAPSHOT_CHUNK as usize {
+            let after = snapshot.tickets.last().copied().unwrap_or(0);
+            let chunk = self
+                .store
+                .line_snapshot(queue, after, SNAPSHOT_CHUNK)
+                .await?;
+            if chunk.epoch_ms != snapshot.epoch_ms {
+                return Err(Error::Unavailable(
+                    "the queue was created again while its line was read".into(),
+                ));
+            }
+            last_chunk = chunk.tickets.len();
+            snapshot.tickets.extend(chunk.tickets);
+        }
+        Ok(snapshot)
+    }
+
+    /// Removes a queue with no watchers or pollers left; false if one
+    /// arrived meanwhile.
+    fn retire(&self, queue: &QueueId, watch: &QueueWatch) -> bool {
+        let Ok(mut queues) = self.queues.lock() else {
+            return true;
+        };
+        let empty =
+            watch.watchers.lock().map_or(true, |w| w.is_empty()) && watch.pollers().is_empty();
+        if empty {
+            queues.remove(queue);
+        }
+        empty
+    }
+}
+
+fn take(watch: &QueueWatch) -> Vec<Watcher> {
+    watch
+        .watchers
+        .lock()
+        .map(|mut w| std::mem::take(&mut *w))
+        .unwrap_or_default()
+}
+
+/// The indices of the watchers without a ticket (pre-queued), by user.
+fn unplaced_watchers(watchers: &[Watcher]) -> HashMap<UserId, Vec<usize>> {
+    let mut unplaced: HashMap<UserId, Vec<usize>> = HashMap::new();
+    for (i, watcher) in watchers.iter().enumerate() {
+        if watcher.ticket.is_none() {
+            unplaced
+                .entry(watcher.tx.user().clone())
+                .or_default()
+                .push(i);
+        }
+    }
+    unplaced
+}
+
+/// Sends a watcher its place if what the user sees changed; true if the
+/// watcher keeps watching (not after a final place, a vanished place, or a
+/// client that went away).
+fn offer(watcher: &mut Watcher, place: Option<Place>, queue: &QueueId, now_ms: u64) -> bool {
+    let Some(place) = place else {
+        let _ = watcher
+            .tx
+            .send(Err(Error::PlaceNotFound(queue.to_string())));
+        return false;
+    };
+    let view = View::of(&place, now_ms);
+    if !view.differs_from(&watcher.last) {
+        return true;
+    }
+    // A final place ends the stream: the watcher is dropped with its
+    // sender, after the place is read.
+    let is_final = place.is_final();
+    if watcher.tx.send(Ok(place)).is_ok() && !is_final {
+        watcher.last = view;
+        return true;
+    }
+    false
+}
+
+fn end_all(watchers: Vec<Watcher>, error: &Error) {
+    let error = match error {
+        Error::QueueNotFound(_) | Error::PlaceNotFound(_) => error.clone(),
+        other => Error::Unavailable(other.to_string()),
+    };
+    for watcher in watchers {
+        let _ = watcher.tx.send(Err(error.clone()));
+    }
+}

@@ -1,0 +1,82 @@
+//! What a user sees of a place, compared to decide whether a stream is
+//! sent a message.
+
+use std::time::Duration;
+
+use crate::domain::{Place, PlaceState, QueueMode};
+
+/// What a user sees of a place; a message is sent only when it changes.
+/// Kept small: there is one per open stream, and the hub keeps a queue's
+/// watchers in one vector (see `docs/benchmarks.md` on its size).
+#[derive(Clone, Debug)]
+pub(super) struct View {
+    state: Shown,
+    waiting_count: u64,
+    mode: QueueMode,
+    estimated_wait: Option<Duration>,
+}
+
+/// The state part of a view. The countdown to an opening is not in it: a
+/// client counts down from `opens_in` itself, or every pre-queued watcher
+/// would get a message every refresh; a moved opening is. Admitted and
+/// closed end the stream, so what they carry is never compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Shown {
+    Waiting {
+        position: u64,
+    },
+    /// Counting down to the opening at this time (of the hub's clock),
+    /// within [`Shown::OPENING_TOLERANCE_MS`].
+    PreQueue {
+        opens_at_ms: u64,
+    },
+    /// Pre-queued while the opening draw places everyone.
+    Drawing,
+    Admitted,
+    Closed,
+}
+
+impl Shown {
+    /// Two readings of one opening differ by the time between the clock
+    /// readings they were computed with; a moved opening by more.
+    const OPENING_TOLERANCE_MS: u64 = 1000;
+
+    pub(super) fn of(state: &PlaceState, now_ms: u64) -> Self {
+        match *state {
+            PlaceState::Waiting { position } => Self::Waiting { position },
+            PlaceState::PreQueue { opens_in_ms: 0 } => Self::Drawing,
+            PlaceState::PreQueue { opens_in_ms } => Self::PreQueue {
+                opens_at_ms: now_ms + opens_in_ms,
+            },
+            PlaceState::Admitted(_) => Self::Admitted,
+            PlaceState::Closed => Self::Closed,
+        }
+    }
+
+    pub(super) fn differs_from(self, last: Self) -> bool {
+        match (self, last) {
+            (Self::PreQueue { opens_at_ms: a }, Self::PreQueue { opens_at_ms: b }) => {
+                a.abs_diff(b) > Self::OPENING_TOLERANCE_MS
+            }
+            _ => self != last,
+        }
+    }
+}
+
+impl View {
+    pub(super) fn of(place: &Place, now_ms: u64) -> Self {
+        Self {
+            state: Shown::of(&place.state, now_ms),
+            waiting_count: place.waiting_count,
+            mode: place.mode,
+            estimated_wait: place.estimated_wait(),
+        }
+    }
+
+    pub(super) fn differs_from(&self, last: &View) -> bool {
+        self.state.differs_from(last.state)
+            || self.waiting_count != last.waiting_count
+            || self.mode != last.mode
+            || self.estimated_wait != last.estimated_wait
+    }
+}
