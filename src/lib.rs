@@ -18,8 +18,8 @@
 //!   `WatchRank` streams.
 //! - [`http`]: the plain-HTTP port (JWKS, liveness).
 //! - [`config`], [`startup`], [`telemetry`]: flags, wiring, logs.
-//! - [`testkit`]: real parts for tests and benchmarks (a `redis-server` of
-//!   its own).
+//! - `testkit` (the `testkit` feature, on for the tests and the benchmark):
+//!   real parts for tests and benchmarks (a `redis-server` of its own).
 //! - [`error`]: the one error type and its mapping to gRPC status.
 //! - [`pb`]: the generated protobuf and gRPC code.
 
@@ -32,6 +32,7 @@ pub mod pb;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod tokens;
 pub mod watch;

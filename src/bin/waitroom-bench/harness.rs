@@ -157,7 +157,7 @@ fn server_binary() -> anyhow::Result<PathBuf> {
     let binary = here.with_file_name("waitroom");
     anyhow::ensure!(
         binary.exists(),
-        "{} not found: build it first (cargo build --release --bins)",
+        "{} not found: build it first (cargo build --release --bins --features testkit)",
         binary.display()
     );
     Ok(binary)

@@ -3,7 +3,7 @@
 //! machine. Traffic goes to loopback only; every scenario is bounded.
 //!
 //! ```sh
-//! cargo run --release --bin waitroom-bench -- admit
+//! cargo run --release --features testkit --bin waitroom-bench -- admit
 //! ```
 
 mod admit;
