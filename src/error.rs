@@ -35,6 +35,12 @@ pub enum Error {
     QueueNotOpen { queue: String, opens_at_ms: u64 },
     #[error("queue {0:?} has already opened: its opening can no longer be moved")]
     OpeningPassed(String),
+    /// No API key, or one this service does not know.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The key's role may not make this call.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A limit of this instance was reached; the caller may retry later or
     /// elsewhere.
     #[error("{0}")]
@@ -68,6 +74,8 @@ impl Error {
             Self::QueuePaused(_) => "QUEUE_PAUSED",
             Self::QueueNotOpen { .. } => "QUEUE_NOT_OPEN",
             Self::OpeningPassed(_) => "OPENING_PASSED",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::PermissionDenied(_) => "PERMISSION_DENIED",
             Self::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
             Self::Unavailable(_) => "STORE_UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
@@ -83,6 +91,8 @@ impl Error {
             | Self::QueuePaused(_)
             | Self::QueueNotOpen { .. }
             | Self::OpeningPassed(_) => Code::FailedPrecondition,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,

@@ -23,6 +23,8 @@ use subtle::ConstantTimeEq;
 use tonic::Status;
 use tower::{Layer, Service};
 
+use crate::Error;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Frontend,
@@ -182,17 +184,17 @@ where
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::as_bytes);
         let refusal = match presented.map(|key| self.keys.role_of(key)) {
-            None => Some(Status::unauthenticated(
-                "missing API key: send `authorization: Bearer <key>`",
+            None => Some(Error::Unauthenticated(
+                "missing API key: send `authorization: Bearer <key>`".into(),
             )),
-            Some(None) => Some(Status::unauthenticated("unknown API key")),
-            Some(Some(role)) if !role.may_call(service, method) => Some(Status::permission_denied(
+            Some(None) => Some(Error::Unauthenticated("unknown API key".into())),
+            Some(Some(role)) if !role.may_call(service, method) => Some(Error::PermissionDenied(
                 format!("this key's role ({role:?}) may not call {service}/{method}"),
             )),
             Some(Some(_)) => None,
         };
         match refusal {
-            Some(status) => Box::pin(async move { Ok(status.into_http()) }),
+            Some(error) => Box::pin(async move { Ok(Status::from(error).into_http()) }),
             None => Box::pin(self.inner.call(request)),
         }
     }

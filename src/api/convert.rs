@@ -1,62 +1,14 @@
-//! Between protobuf messages and domain types: validation on the way in,
-//! presentation on the way out.
+//! From domain types to protobuf messages: what the API answers. (Requests
+//! come in through `validate`.)
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::domain::{
-    Admission, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats, RequestId, UserId,
+    Admission, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats, UserId,
 };
 use crate::pb;
 use crate::tokens::{AdmissionClaims, Keyring};
 use crate::{Error, Result};
-
-pub(super) fn queue_id(field: &str, value: &str) -> Result<QueueId> {
-    QueueId::parse(value).map_err(|reason| Error::invalid(field, reason))
-}
-
-pub(super) fn user_id(value: &str) -> Result<UserId> {
-    UserId::parse(value).map_err(|reason| Error::invalid("user_id", reason))
-}
-
-pub(super) fn request_id(value: &str) -> Result<Option<RequestId>> {
-    if value.is_empty() {
-        return Ok(None);
-    }
-    RequestId::parse(value)
-        .map(Some)
-        .map_err(|reason| Error::invalid("request_id", reason))
-}
-
-/// A queue id and user id pair, the key of most calls.
-pub(super) fn queue_and_user(queue: &str, user: &str) -> Result<(QueueId, UserId)> {
-    Ok((queue_id("queue_id", queue)?, user_id(user)?))
-}
-
-pub(super) fn duration_in(field: &str, value: &prost_types::Duration) -> Result<Duration> {
-    if value.seconds < 0 || value.nanos < 0 {
-        return Err(Error::invalid(field, "must not be negative"));
-    }
-    if value.nanos >= 1_000_000_000 {
-        return Err(Error::invalid(
-            field,
-            format!("nanos must be below 1,000,000,000, got {}", value.nanos),
-        ));
-    }
-    // Stores keep milliseconds; finer precision would not survive them.
-    // Every duration the API takes has a documented range far below this,
-    // checked by the caller; this bound only keeps the arithmetic exact.
-    let ms = u64::try_from(value.seconds)
-        .ok()
-        .and_then(|s| s.checked_mul(1000))
-        .and_then(|ms| ms.checked_add(value.nanos as u64 / 1_000_000))
-        .filter(|ms| *ms <= MAX_DURATION_MS)
-        .ok_or_else(|| Error::invalid(field, format!("{} s is out of range", value.seconds)))?;
-    Ok(Duration::from_millis(ms))
-}
-
-/// Longest duration read at all (ten years); each field's own range is
-/// narrower.
-const MAX_DURATION_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
 pub(super) fn duration_out(value: Duration) -> prost_types::Duration {
     prost_types::Duration {
@@ -65,47 +17,8 @@ pub(super) fn duration_out(value: Duration) -> prost_types::Duration {
     }
 }
 
-/// A time the API takes, in milliseconds since the Unix epoch: after the
-/// epoch and before `QueueConfig::TIME_RANGE_MS` (2200-01-01), the
-/// documented range. The zero `Timestamp` is refused rather than read as
-/// "the epoch" or "none", which two stores once read differently.
-pub(super) fn timestamp_in(field: &str, value: &prost_types::Timestamp) -> Result<u64> {
-    if !(0..1_000_000_000).contains(&value.nanos) {
-        return Err(Error::invalid(
-            field,
-            format!("nanos must be 0 to 999,999,999, got {}", value.nanos),
-        ));
-    }
-    let (earliest, latest) = QueueConfig::TIME_RANGE_MS;
-    u64::try_from(value.seconds)
-        .ok()
-        .and_then(|s| s.checked_mul(1000))
-        .and_then(|ms| ms.checked_add(value.nanos as u64 / 1_000_000))
-        .filter(|ms| (earliest..latest).contains(ms))
-        .ok_or_else(|| {
-            Error::invalid(
-                field,
-                format!(
-                    "must be after 1970-01-01T00:00:00Z and before 2200-01-01T00:00:00Z, got {} s",
-                    value.seconds
-                ),
-            )
-        })
-}
-
 pub(super) fn timestamp_out(ms: u64) -> prost_types::Timestamp {
     prost_types::Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms))
-}
-
-pub(super) fn mode_in(field: &str, value: i32) -> Result<Option<QueueMode>> {
-    match pb::QueueMode::try_from(value) {
-        Ok(pb::QueueMode::Unspecified) => Ok(None),
-        Ok(pb::QueueMode::Queueing) => Ok(Some(QueueMode::Queueing)),
-        Ok(pb::QueueMode::PassThrough) => Ok(Some(QueueMode::PassThrough)),
-        Ok(pb::QueueMode::Paused) => Ok(Some(QueueMode::Paused)),
-        Ok(pb::QueueMode::Closed) => Ok(Some(QueueMode::Closed)),
-        Err(_) => Err(Error::invalid(field, format!("unknown mode {value}"))),
-    }
 }
 
 pub(super) fn mode_out(mode: QueueMode) -> pb::QueueMode {

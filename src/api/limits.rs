@@ -5,20 +5,25 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use tokio::sync::Semaphore;
 use tonic::Status;
 use tower::{Layer, Service};
+
+use crate::Error;
 
 /// Largest request message accepted. Every request of this API is a few
 /// hundred bytes; anything near this is a mistake or an attack.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// tonic refuses an oversized message with `OUT_OF_RANGE`; the gRPC
-/// specification (and our contract) says `RESOURCE_EXHAUSTED`. This rewrites
-/// exactly that refusal, which arrives as a trailers-only response.
-pub fn oversized_is_resource_exhausted<B>(mut response: Response<B>) -> Response<B> {
-    let headers = response.headers_mut();
+/// specification (and our contract) says `RESOURCE_EXHAUSTED`. This replaces
+/// exactly that refusal, which arrives as a trailers-only response, with
+/// ours (and its `ErrorInfo`).
+pub fn oversized_is_resource_exhausted(
+    response: Response<tonic::body::Body>,
+) -> Response<tonic::body::Body> {
+    let headers = response.headers();
     let is_out_of_range = headers
         .get("grpc-status")
         .is_some_and(|status| status == "11");
@@ -29,11 +34,10 @@ pub fn oversized_is_resource_exhausted<B>(mut response: Response<B>) -> Response
             || message.starts_with(b"Error, decoded message length too large")
     });
     if is_out_of_range && is_too_large {
-        headers.insert("grpc-status", HeaderValue::from_static("8"));
-        headers.insert(
-            "grpc-message",
-            HeaderValue::from_static("request message larger than the 64 KiB this service accepts"),
-        );
+        return Status::from(Error::ResourceExhausted(
+            "request message larger than the 64 KiB this service accepts".into(),
+        ))
+        .into_http();
     }
     response
 }
@@ -99,9 +103,9 @@ where
                 })
             }
             Err(_) => Box::pin(async {
-                Ok(Status::resource_exhausted(
-                    "too many calls in flight on this instance; retry with backoff",
-                )
+                Ok(Status::from(Error::ResourceExhausted(
+                    "too many calls in flight on this instance; retry with backoff".into(),
+                ))
                 .into_http())
             }),
         }

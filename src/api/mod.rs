@@ -1,6 +1,6 @@
 //! The gRPC edge. Each handler has the same three steps: validate the
-//! request into domain types (`INVALID_ARGUMENT` here and nowhere else),
-//! call the store once, convert the answer. Errors become statuses through
+//! request into domain types (`validate`: `INVALID_ARGUMENT` there and
+//! nowhere else), call the store once, convert the answer (`convert`). Errors become statuses through
 //! the one `From<Error> for Status`.
 
 mod admin_service;
@@ -9,6 +9,7 @@ pub mod codec;
 mod convert;
 pub mod limits;
 mod queue_service;
+mod validate;
 
 pub use admin_service::AdminApi;
 pub use queue_service::QueueApi;

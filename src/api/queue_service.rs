@@ -7,9 +7,8 @@ use std::task::{Context, Poll};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{
-    self, admission_out, place_out, queue_and_user, queue_id, request_id, timestamp_out,
-};
+use super::convert::{self, admission_out, place_out, timestamp_out};
+use super::validate::{max_count_in, queue_and_user, queue_id, request_id, token_in};
 use crate::domain::{AdmissionCheck, AdmissionStatus, Clock, Consume, QueueId, RequestId, UserId};
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
@@ -19,15 +18,9 @@ use crate::tokens::{AdmissionClaims, Keyring, Verdict, Verifier, admission_named
 use crate::watch::{PlaceReceiver, WatchHub};
 use crate::{Error, Result};
 
-/// Longest token `VerifyAdmission` reads; real ones are under 400 bytes.
-const MAX_TOKEN_BYTES: usize = 4096;
-
 /// How much longer than any verifier accepts a token its consumed id is
 /// remembered: replicas whose clocks run ahead drop ids by their own clock.
 const USED_MARGIN_MS: u64 = 60_000;
-
-/// Most users one `AdmitBatch` may admit.
-const MAX_ADMIT_BATCH: u32 = 10_000;
 
 /// The queue service. Cheap to clone.
 #[derive(Clone)]
@@ -65,18 +58,7 @@ impl QueueApi {
         request: pb::VerifyAdmissionRequest,
     ) -> Result<pb::VerifyAdmissionResponse> {
         let queue = queue_id("queue_id", &request.queue_id)?;
-        if request.token.is_empty() {
-            return Err(Error::invalid("token", "must not be empty"));
-        }
-        if request.token.len() > MAX_TOKEN_BYTES {
-            return Err(Error::invalid(
-                "token",
-                format!(
-                    "must be at most {MAX_TOKEN_BYTES} bytes, got {}",
-                    request.token.len()
-                ),
-            ));
-        }
+        token_in(&request.token)?;
         let request_id = request_id(&request.request_id)?;
         let now = self.clock.now_ms();
         let check = self
@@ -275,16 +257,7 @@ impl QueueService for QueueApi {
     ) -> Result<Response<pb::AdmitBatchResponse>, Status> {
         let request = request.into_inner();
         let queue = queue_id("queue_id", &request.queue_id)?;
-        if request.max_count == 0 || request.max_count > MAX_ADMIT_BATCH {
-            return Err(Error::invalid(
-                "max_count",
-                format!(
-                    "must be between 1 and {MAX_ADMIT_BATCH}, got {}",
-                    request.max_count
-                ),
-            )
-            .into());
-        }
+        max_count_in(request.max_count)?;
         // Without the caller's id, one of our own: a Redis client that sends
         // the script again after a dropped connection then gets the first
         // run's result instead of admitting a second batch.

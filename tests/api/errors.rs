@@ -180,6 +180,7 @@ async fn an_oversized_message_is_resource_exhausted_and_the_service_keeps_servin
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), "RESOURCE_EXHAUSTED");
     enqueue(&mut client, "sale", "alice").await;
 }
 

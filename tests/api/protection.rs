@@ -141,6 +141,7 @@ async fn streams_and_calls_beyond_the_limits_are_resource_exhausted() {
             Ok(()) => {}
             Err(status) => {
                 assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert_eq!(reason(&status), "RESOURCE_EXHAUSTED");
                 refused += 1;
             }
         }
@@ -179,7 +180,17 @@ fn with_key<T>(message: T, key: Option<&str>) -> tonic::Request<T> {
 async fn codes(channel: &Channel, key: Option<&str>) -> Vec<(&'static str, Code)> {
     let mut q = QueueServiceClient::new(channel.clone());
     let mut a = QueueAdminServiceClient::new(channel.clone());
-    let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
+    // Every refusal speaks the same language: its ErrorInfo names it.
+    let code = |r: Result<(), tonic::Status>| {
+        r.err().map_or(Code::Ok, |s| {
+            match s.code() {
+                Code::Unauthenticated => assert_eq!(reason(&s), "UNAUTHENTICATED"),
+                Code::PermissionDenied => assert_eq!(reason(&s), "PERMISSION_DENIED"),
+                _ => {}
+            }
+            s.code()
+        })
+    };
     vec![
         (
             "Enqueue",
