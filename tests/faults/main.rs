@@ -25,3 +25,10 @@ pub fn scale() -> usize {
         .filter(|s| *s > 0)
         .unwrap_or(1)
 }
+
+/// Scenarios run one at a time: each measures how long answers take under a
+/// fault, and two at once on a small machine would measure each other.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}

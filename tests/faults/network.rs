@@ -14,6 +14,7 @@ use crate::service::{REDIS_TIMEOUT, Service, queue, scratch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_and_delayed_connections_lose_nothing_and_admit_nobody_twice() {
+    let _serial = crate::one_at_a_time().await;
     let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     let proxy = Proxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
     let dir = scratch("network");

@@ -77,6 +77,7 @@ async fn traffic(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_batch_admits_nobody_twice_and_loses_nothing() {
+    let _serial = crate::one_at_a_time().await;
     let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     let dir = scratch("replica-killed");
     let mut one = Service::start(&redis.url(), "replicas", &dir, &[]).await;
@@ -100,6 +101,7 @@ async fn a_replica_killed_mid_batch_admits_nobody_twice_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_verification_never_accepts_more_than_max_active() {
+    let _serial = crate::one_at_a_time().await;
     let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     let dir = scratch("max-active");
     let one = Service::start(&redis.url(), "max-active", &dir, &[]).await;
@@ -204,6 +206,7 @@ async fn online_verification_never_accepts_more_than_max_active() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_master_failed_over_under_traffic_loses_nothing() {
+    let _serial = crate::one_at_a_time().await;
     let cluster = RedisCluster::start_with_replicas(1).unwrap_or_else(|e| panic!("{e}"));
     let dir = scratch("failover");
     let service = Service::start(&cluster.urls(), "failover", &dir, &["--redis-cluster"]).await;

@@ -96,6 +96,7 @@ async fn kill_mid_admission(fsync: &str) -> Run {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_admission_with_fsync_always_loses_nothing_acknowledged() {
+    let _serial = crate::one_at_a_time().await;
     let run = kill_mid_admission("always").await;
     let ledger = run.ledger.lock().unwrap();
     assert!(
@@ -111,6 +112,7 @@ async fn redis_killed_mid_admission_with_fsync_always_loses_nothing_acknowledged
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_admission_with_fsync_everysec_loses_only_the_last_moments() {
+    let _serial = crate::one_at_a_time().await;
     let run = kill_mid_admission("everysec").await;
     let ledger = run.ledger.lock().unwrap();
     ledger.assert_only_joiners_admitted();

@@ -15,6 +15,7 @@ use crate::service::{REDIS_TIMEOUT, Service, queue, scratch, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_is_answered_in_time_and_little_runs_after_callers_were_told() {
+    let _serial = crate::one_at_a_time().await;
     let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     let dir = scratch("stall");
     let service = Service::start(&redis.url(), "stall", &dir, &[]).await;
