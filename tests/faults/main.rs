@@ -12,6 +12,7 @@ mod ledger;
 mod proxy;
 mod service;
 
+mod failover;
 mod network;
 mod replicas;
 mod restart;

@@ -13,6 +13,8 @@ use tokio::sync::watch;
 
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Where new connections go; open ones stay where they went.
+    upstream: Arc<std::sync::Mutex<SocketAddr>>,
     /// Milliseconds each chunk is held back in either direction.
     delay_ms: Arc<AtomicU64>,
     /// Odd while cut: every connection open at a cut ends, and new ones are
@@ -29,14 +31,20 @@ impl Proxy {
         let delay_ms = Arc::new(AtomicU64::new(0));
         let (cuts, watching) = watch::channel(0usize);
         let connections = Arc::new(AtomicUsize::new(0));
-        let (delay, counted) = (Arc::clone(&delay_ms), Arc::clone(&connections));
+        let upstream = Arc::new(std::sync::Mutex::new(upstream));
+        let (delay, counted, target) = (
+            Arc::clone(&delay_ms),
+            Arc::clone(&connections),
+            Arc::clone(&upstream),
+        );
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if *watching.borrow() % 2 == 1 {
                     drop(client);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(upstream).await else {
+                let to = *target.lock().unwrap();
+                let Ok(server) = TcpStream::connect(to).await else {
                     continue;
                 };
                 counted.fetch_add(1, Ordering::Relaxed);
@@ -59,6 +67,7 @@ impl Proxy {
         });
         Self {
             addr,
+            upstream,
             delay_ms,
             cuts,
             connections,
@@ -67,6 +76,12 @@ impl Proxy {
 
     pub fn url(&self) -> String {
         format!("redis://{}", self.addr)
+    }
+
+    /// Sends new connections to `upstream`, as a Service does once it
+    /// follows a new master; connections already open stay where they are.
+    pub fn retarget(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap() = upstream;
     }
 
     pub fn delay(&self, delay: Duration) {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script, ScriptInvocation, Value};
@@ -58,20 +58,108 @@ impl redis::aio::ConnectionLike for Connection {
     }
 }
 
-/// Connects on first use; a cluster needs its slot map before the first
-/// command, and the service may start before Redis.
+/// Where connections come from. Cheap to clone.
+#[derive(Clone)]
 pub(super) enum Connector {
-    Ready(Connection),
-    Cluster {
-        client: Box<ClusterClient>,
-        connection: tokio::sync::OnceCell<ClusterConnection>,
-    },
+    Single(Arc<Single>),
+    /// Connects on first use: a cluster needs its slot map before the
+    /// first command, and the service may start before Redis.
+    Cluster(Arc<(ClusterClient, tokio::sync::OnceCell<ClusterConnection>)>),
+}
+
+impl Connector {
+    /// The connection to call on now.
+    pub(super) async fn connection(
+        &self,
+        timeout: Duration,
+        breaker: &Breaker,
+    ) -> Result<Connection> {
+        match self {
+            Self::Single(single) => Ok(Connection::Single(single.current())),
+            Self::Cluster(cluster) => {
+                let (client, connection) = &**cluster;
+                let conn = connection
+                    .get_or_try_init(|| async {
+                        bounded(
+                            "connect",
+                            timeout,
+                            unprobed(breaker),
+                            client.get_async_connection(),
+                        )
+                        .await
+                    })
+                    .await?;
+                Ok(Connection::Cluster(conn.clone()))
+            }
+        }
+    }
+
+    fn single(&self) -> Option<&Single> {
+        match self {
+            Self::Single(single) => Some(single),
+            Self::Cluster(_) => None,
+        }
+    }
+}
+
+/// One Redis, reached through an address that may move to another server:
+/// a Kubernetes Service that follows the master under Sentinel. The
+/// multiplexed connection reconnects by itself when it breaks, but after a
+/// failover the connection open to the old master is still whole, and the
+/// demoted server answers every write with `READONLY`; then a new
+/// connection is made, which reaches whatever serves the address now.
+pub(super) struct Single {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    current: std::sync::RwLock<(ConnectionManager, Option<std::time::Instant>)>,
+}
+
+impl Single {
+    /// Least time between two replacements, so a burst of `READONLY`
+    /// answers makes one new connection, not one each.
+    const REPLACE_EVERY: Duration = Duration::from_millis(250);
+
+    pub(super) fn new(client: redis::Client, config: ConnectionManagerConfig) -> Result<Self> {
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(classify)?;
+        Ok(Self {
+            client,
+            config,
+            current: std::sync::RwLock::new((conn, None)),
+        })
+    }
+
+    fn current(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
+    }
+
+    /// The server answered `READONLY`: connect afresh.
+    fn replace(&self) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current
+            .1
+            .is_some_and(|at| at.elapsed() < Self::REPLACE_EVERY)
+        {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(fresh) => {
+                tracing::warn!("Redis answered READONLY: reconnecting to reach the master");
+                *current = (fresh, Some(std::time::Instant::now()));
+            }
+            Err(error) => tracing::warn!(%error, "cannot reconnect to Redis"),
+        }
+    }
 }
 
 /// What a queue's batching task needs to call Redis on its own.
 pub(super) struct QueueCaller {
     pub(super) queue: QueueId,
-    pub(super) conn: Connection,
+    pub(super) connector: Connector,
     pub(super) keys: [String; 13],
     pub(super) scripts: Arc<Scripts>,
     pub(super) timeout: Duration,
@@ -95,11 +183,14 @@ impl QueueCaller {
         operation: &'static str,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<Vec<Value>> {
-        let mut conn = self.conn.clone();
+        let mut conn = self
+            .connector
+            .connection(self.timeout, &self.breaker)
+            .await?;
         let value: Value = bounded(
             operation,
             self.timeout,
-            guard(&self.breaker, &self.conn, Some(&self.queue)),
+            guard(&self.breaker, &self.connector, &conn, Some(&self.queue)),
             invocation.invoke_async(&mut conn),
         )
         .await?;
@@ -178,6 +269,8 @@ pub(super) struct Guard<'a> {
     breaker: &'a Breaker,
     scope: &'a str,
     ping: Option<Connection>,
+    /// Replaced when the server answers `READONLY`.
+    single: Option<&'a Single>,
 }
 
 impl Breaker {
@@ -253,12 +346,14 @@ pub(super) fn unprobed(breaker: &Breaker) -> Guard<'_> {
         breaker,
         scope: "",
         ping: None,
+        single: None,
     }
 }
 
 /// The guard of a call on `conn`, of `queue` when it is a queue's.
 pub(super) fn guard<'a>(
     breaker: &'a Breaker,
+    connector: &'a Connector,
     conn: &Connection,
     queue: Option<&'a QueueId>,
 ) -> Guard<'a> {
@@ -267,11 +362,13 @@ pub(super) fn guard<'a>(
             breaker,
             scope: queue.as_str(),
             ping: None,
+            single: None,
         },
         _ => Guard {
             breaker,
             scope: "",
             ping: Some(conn.clone()),
+            single: connector.single(),
         },
     }
 }
@@ -308,6 +405,11 @@ pub(super) async fn bounded<T>(
             // Redis is there and did not run the call.
             if matches!(error.kind(), redis::ErrorKind::Server(_)) {
                 guard.breaker.answered(guard.scope);
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+                    && let Some(single) = guard.single
+                {
+                    single.replace();
+                }
             } else {
                 guard.breaker.unreachable(guard.scope);
             }

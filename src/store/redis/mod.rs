@@ -48,13 +48,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::IntoConnectionInfo;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::cluster::ClusterClient;
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, Value};
 
-use self::caller::{
-    Breaker, Connection, Connector, QueueCaller, bounded, classify, guard, unprobed,
-};
+use self::caller::{Breaker, Connection, Connector, QueueCaller, Single, bounded, guard};
 use self::fields::{config_fields, parse_config, update_fields};
 use self::lua::Scripts;
 use self::reply::{Reply, bad_reply, parse_admitted, parse_line_entry, parse_mode};
@@ -127,10 +125,10 @@ impl RedisStore {
             if let Some(password) = &options.password {
                 builder = builder.password(password);
             }
-            Connector::Cluster {
-                client: Box::new(builder.build().map_err(invalid)?),
-                connection: tokio::sync::OnceCell::new(),
-            }
+            Connector::Cluster(Arc::new((
+                builder.build().map_err(invalid)?,
+                tokio::sync::OnceCell::new(),
+            )))
         } else {
             let mut info = options
                 .url
@@ -147,8 +145,7 @@ impl RedisStore {
                 .set_response_timeout(Some(options.timeout))
                 .set_number_of_retries(2)
                 .set_max_delay(Duration::from_secs(1));
-            let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(classify)?;
-            Connector::Ready(Connection::Single(conn))
+            Connector::Single(Arc::new(Single::new(client, config)?))
         };
         Ok(Self {
             connector,
@@ -195,7 +192,7 @@ impl RedisStore {
     async fn caller(&self, queue: &QueueId) -> Result<QueueCaller> {
         Ok(QueueCaller {
             queue: queue.clone(),
-            conn: self.connection().await?,
+            connector: self.connector.clone(),
             keys: self.keys(queue),
             scripts: Arc::clone(&self.scripts),
             timeout: self.timeout,
@@ -203,25 +200,9 @@ impl RedisStore {
         })
     }
 
-    /// The connection, connecting a cluster on first use.
+    /// The connection to call on now, connecting a cluster on first use.
     async fn connection(&self) -> Result<Connection> {
-        match &self.connector {
-            Connector::Ready(conn) => Ok(conn.clone()),
-            Connector::Cluster { client, connection } => {
-                let conn = connection
-                    .get_or_try_init(|| async {
-                        bounded(
-                            "connect",
-                            self.timeout,
-                            unprobed(&self.breaker),
-                            client.get_async_connection(),
-                        )
-                        .await
-                    })
-                    .await?;
-                Ok(Connection::Cluster(conn.clone()))
-            }
-        }
+        self.connector.connection(self.timeout, &self.breaker).await
     }
 
     /// Runs a script of `queue`; its answer, read by [`Reply::of`].
@@ -235,7 +216,7 @@ impl RedisStore {
         let value: Value = bounded(
             operation,
             self.timeout,
-            guard(&self.breaker, &conn, Some(queue)),
+            guard(&self.breaker, &self.connector, &conn, Some(queue)),
             invocation.invoke_async(&mut conn),
         )
         .await?;
@@ -251,7 +232,7 @@ impl RedisStore {
         bounded(
             operation,
             self.timeout,
-            guard(&self.breaker, &conn, None),
+            guard(&self.breaker, &self.connector, &conn, None),
             cmd.query_async(&mut conn),
         )
         .await
@@ -303,7 +284,7 @@ impl QueueStore for RedisStore {
         for chunk in ids.chunks(limit.max(1)) {
             let configs: Vec<HashMap<String, String>> = match &self.connector {
                 // One round trip for the page.
-                Connector::Ready(Connection::Single(_)) => {
+                Connector::Single(_) => {
                     let mut pipe = redis::pipe();
                     for id in chunk {
                         pipe.cmd("HGETALL").arg(&self.keys(id)[0]);
@@ -312,7 +293,7 @@ impl QueueStore for RedisStore {
                     bounded(
                         "list_queues",
                         self.timeout,
-                        guard(&self.breaker, &conn, None),
+                        guard(&self.breaker, &self.connector, &conn, None),
                         pipe.query_async(&mut conn),
                     )
                     .await?

@@ -1,0 +1,118 @@
+//! A failover behind a stable address, as Sentinel with a Service that
+//! follows the master gives it: the replica is promoted, the old master
+//! demoted, and the address leads to the new one, while the service's open
+//! connection still reaches the old, which answers every write `READONLY`.
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use waitroom::testkit::RedisServer;
+
+use crate::ledger::{self, Outcome};
+use crate::proxy::Proxy;
+use crate::service::{Service, queue, scratch};
+
+fn cmd(server: &RedisServer, args: &[&str]) -> redis::Value {
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(&mut conn).unwrap()
+}
+
+fn replica_link_up(server: &RedisServer) -> bool {
+    match cmd(server, &["INFO", "replication"]) {
+        redis::Value::BulkString(text) => {
+            String::from_utf8_lossy(&text).contains("master_link_status:up")
+        }
+        redis::Value::VerbatimString { text, .. } => text.contains("master_link_status:up"),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_demoted_behind_a_stable_address_is_left_for_the_new_one() {
+    let _serial = crate::one_at_a_time().await;
+    let old = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let new = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let old_port = old.port.to_string();
+    cmd(&new, &["REPLICAOF", "127.0.0.1", &old_port]);
+    let started = Instant::now();
+    while !replica_link_up(&new) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "replication never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let proxy = Proxy::start(format!("127.0.0.1:{}", old.port).parse().unwrap()).await;
+    let dir = scratch("failover-address");
+    let service = Service::start(&proxy.url(), "failover", &dir, &[]).await;
+    service.create_queue(queue("sale")).await;
+    let ledger = ledger::shared();
+    let mut client = service.client();
+    for n in 0..50 {
+        ledger::enqueue(
+            &mut client,
+            &ledger,
+            "sale",
+            &format!("before-{n}"),
+            Duration::from_secs(3),
+        )
+        .await;
+    }
+    // Everything written has reached the replica before it takes over.
+    cmd(&old, &["WAIT", "1", "2000"]);
+    cmd(&new, &["REPLICAOF", "NO", "ONE"]);
+    let new_port = new.port.to_string();
+    cmd(&old, &["REPLICAOF", "127.0.0.1", &new_port]);
+    proxy.retarget(format!("127.0.0.1:{}", new.port).parse().unwrap());
+    // Joins resume through the address, now the new master's.
+    let failed_over = Instant::now();
+    let mut n = 0;
+    loop {
+        let outcome = ledger::enqueue(
+            &mut client,
+            &ledger,
+            "sale",
+            &format!("after-{n}"),
+            Duration::from_secs(3),
+        )
+        .await;
+        n += 1;
+        if outcome == Outcome::Ok {
+            break;
+        }
+        assert_eq!(outcome, Outcome::Failed(Code::Unavailable));
+        assert!(
+            failed_over.elapsed() < Duration::from_secs(5),
+            "joins still refused {:?} after the failover (log: {})",
+            failed_over.elapsed(),
+            service.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "failover: joins resumed {:?} after it",
+        failed_over.elapsed()
+    );
+    for m in 0..50 {
+        ledger::enqueue(
+            &mut client,
+            &ledger,
+            "sale",
+            &format!("later-{m}"),
+            Duration::from_secs(3),
+        )
+        .await;
+    }
+    ledger::drain(&mut client, &ledger, "sale", "failover").await;
+    let ledger = ledger.lock().unwrap();
+    ledger.assert_nobody_admitted_twice();
+    ledger.assert_admitted_in_ticket_order();
+    ledger.assert_every_acknowledged_admitted();
+}
