@@ -198,8 +198,19 @@ impl WatchHub {
         let last = View::of(&first, self.clock.now_ms());
         let ticket = Some(first.ticket).filter(|t| *t > 0);
         let is_final = first.is_final();
+        if !is_final && self.shutdown.is_cancelled() {
+            // Ending after the first place would say OK, which means
+            // admitted or closed: tell the client to reconnect instead.
+            let (_, rx) = slot::link(
+                user,
+                Err(Error::Unavailable(
+                    "server shutting down; reconnect to keep watching".into(),
+                )),
+            );
+            return rx;
+        }
         let (tx, rx) = slot::link(user, Ok(first));
-        if is_final || self.shutdown.is_cancelled() {
+        if is_final {
             return rx;
         }
         let Ok(mut queues) = self.queues.lock() else {
@@ -392,6 +403,34 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("the hub still holds the queue of a stream nobody reads");
+    }
+
+    #[tokio::test]
+    async fn a_stream_opened_after_shutdown_began_is_told_to_reconnect_not_ok() {
+        let store = Arc::new(MemoryStore::new());
+        let queue = QueueId::parse("q").unwrap();
+        store
+            .create_queue(&QueueConfig::new(queue.clone()))
+            .await
+            .unwrap();
+        let user = UserId::parse("u").unwrap();
+        let first = store.enqueue(&queue, &user, 0).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let hub = WatchHub::new(
+            store,
+            Arc::new(SystemClock),
+            Duration::from_secs(60),
+            shutdown.clone(),
+        );
+        shutdown.cancel();
+        let permit = hub.reserve_stream(1).unwrap();
+        let mut stream = hub.watch(permit, queue, user, first);
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(Error::Unavailable(_)))
+        ));
+        assert!(stream.next().await.is_none());
+        assert_eq!(hub.watcher_count(), 0);
     }
 
     #[tokio::test]
