@@ -15,7 +15,7 @@ use crate::pb::queue_service_server::QueueService;
 use crate::store::QueueStore;
 use crate::telemetry::metrics::{VerdictLabels, metrics};
 use crate::tokens::{AdmissionClaims, Keyring, Verdict, Verifier, admission_named};
-use crate::watch::{PlaceReceiver, WatchHub};
+use crate::watch::{PlaceReceiver, WatchHub, WatchedStore};
 use crate::{Error, Result};
 
 /// How much longer than any verifier accepts a token its consumed id is
@@ -25,7 +25,7 @@ const USED_MARGIN_MS: u64 = 60_000;
 /// The queue service. Cheap to clone.
 #[derive(Clone)]
 pub struct QueueApi {
-    store: Arc<dyn QueueStore>,
+    store: Arc<WatchedStore>,
     keyring: Arc<Keyring>,
     verifier: Arc<Verifier>,
     clock: Arc<dyn Clock>,
@@ -36,7 +36,7 @@ pub struct QueueApi {
 
 impl QueueApi {
     pub fn new(
-        store: Arc<dyn QueueStore>,
+        store: Arc<WatchedStore>,
         keyring: Arc<Keyring>,
         verifier: Arc<Verifier>,
         clock: Arc<dyn Clock>,

@@ -132,11 +132,11 @@ impl Application {
         );
         // Everything but the hub itself goes through the watched store, so
         // the hub hears of every write made here.
-        let store: Arc<dyn QueueStore> =
-            Arc::new(WatchedStore::new(Arc::clone(&self.store), Arc::clone(&hub)));
+        let watched = Arc::new(WatchedStore::new(Arc::clone(&self.store), Arc::clone(&hub)));
+        let store: Arc<dyn QueueStore> = Arc::clone(&watched) as Arc<dyn QueueStore>;
         let verifier = Arc::new(self.keyring.verifier().map_err(anyhow::Error::msg)?);
         let queue_api = QueueApi::new(
-            Arc::clone(&store),
+            watched,
             Arc::clone(&self.keyring),
             verifier,
             Arc::clone(&self.clock),

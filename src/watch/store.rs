@@ -36,6 +36,18 @@ impl WatchedStore {
     pub fn hub(&self) -> &Arc<WatchHub> {
         &self.hub
     }
+
+    /// The place a new `WatchRank` stream starts with: from the store (a
+    /// sign of life), not remembered as a poll: the stream follows the
+    /// place from here on, and a stream is not a poller.
+    pub async fn first_place(
+        &self,
+        queue: &QueueId,
+        user: &UserId,
+        now_ms: u64,
+    ) -> Result<Option<Place>> {
+        self.inner.place(queue, user, now_ms).await
+    }
 }
 
 #[async_trait]
@@ -105,11 +117,11 @@ impl QueueStore for WatchedStore {
         now_ms: u64,
     ) -> Result<Vec<Option<Place>>> {
         let places = self.inner.places(queue, users, touch, now_ms).await?;
-        // In pass-through a lookup admits: a change to the line.
+        // In pass-through a lookup admits, now: a change to the line.
         if places
             .iter()
             .flatten()
-            .any(|p| matches!(p.state, PlaceState::Admitted(_)))
+            .any(|p| matches!(&p.state, PlaceState::Admitted(a) if a.admitted_at_ms == now_ms))
         {
             self.hub.nudge(queue);
         }
@@ -168,10 +180,14 @@ impl QueueStore for WatchedStore {
         chunk: u32,
         now_ms: u64,
     ) -> Result<bool> {
-        let done = self.inner.draw_step(queue, seed, chunk, now_ms).await;
-        // Each step places a chunk of the pre-queue in line.
-        self.hub.nudge(queue);
-        done
+        let done = self.inner.draw_step(queue, seed, chunk, now_ms).await?;
+        // The draw places pre-queued users, behind nobody already known to
+        // a poller here and ahead only of later arrivals; they reach the
+        // copy with the next refresh. Its end is told at once.
+        if done {
+            self.hub.nudge(queue);
+        }
+        Ok(done)
     }
 
     async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
@@ -340,8 +356,8 @@ mod tests {
             .enqueue(&q, &UserId::parse("f").unwrap(), 60_002)
             .await
             .unwrap();
-        store.draw_step(&q, "seed", 10, 70_001).await.unwrap();
-        wrote("draw_step");
+        while !store.draw_step(&q, "seed", 10, 70_001).await.unwrap() {}
+        wrote("draw_step (the draw done)");
         store.delete_queue(&q).await.unwrap();
         wrote("delete_queue");
     }

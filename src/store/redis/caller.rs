@@ -26,14 +26,16 @@ const PLACES_CHUNK: usize = 500;
 /// call goes to the one node serving that queue's slot.
 #[derive(Clone)]
 pub(super) enum Connection {
-    Single(ConnectionManager),
+    /// With the number of the connection made for the address, so a
+    /// `READONLY` answer replaces this one and not a newer one.
+    Single(ConnectionManager, u64),
     Cluster(ClusterConnection),
 }
 
 impl redis::aio::ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
         match self {
-            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Single(conn, _) => conn.req_packed_command(cmd),
             Self::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -45,14 +47,14 @@ impl redis::aio::ConnectionLike for Connection {
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Single(conn, _) => conn.req_packed_commands(pipeline, offset, count),
             Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Self::Single(conn) => conn.get_db(),
+            Self::Single(conn, _) => conn.get_db(),
             Self::Cluster(conn) => conn.get_db(),
         }
     }
@@ -75,7 +77,10 @@ impl Connector {
         breaker: &Breaker,
     ) -> Result<Connection> {
         match self {
-            Self::Single(single) => Ok(Connection::Single(single.current())),
+            Self::Single(single) => {
+                let (conn, number) = single.current();
+                Ok(Connection::Single(conn, number))
+            }
             Self::Cluster(cluster) => {
                 let (client, connection) = &**cluster;
                 let conn = connection
@@ -111,7 +116,15 @@ impl Connector {
 pub(super) struct Single {
     client: redis::Client,
     config: ConnectionManagerConfig,
-    current: std::sync::RwLock<(ConnectionManager, Option<std::time::Instant>)>,
+    current: std::sync::RwLock<Current>,
+}
+
+struct Current {
+    conn: ConnectionManager,
+    /// Connections made so far.
+    number: u64,
+    replaced_at: Option<std::time::Instant>,
+    warned_at: Option<std::time::Instant>,
 }
 
 impl Single {
@@ -125,31 +138,46 @@ impl Single {
         Ok(Self {
             client,
             config,
-            current: std::sync::RwLock::new((conn, None)),
+            current: std::sync::RwLock::new(Current {
+                conn,
+                number: 0,
+                replaced_at: None,
+                warned_at: None,
+            }),
         })
     }
 
-    fn current(&self) -> ConnectionManager {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .0
-            .clone()
+    fn current(&self) -> (ConnectionManager, u64) {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        (current.conn.clone(), current.number)
     }
 
-    /// The server answered `READONLY`: connect afresh.
-    fn replace(&self) {
+    /// Connection `number` was answered `READONLY`: connect afresh, unless
+    /// that connection was replaced already. An address that leads to a
+    /// replica for good (a misconfiguration) is retried every
+    /// [`Single::REPLACE_EVERY`] and said once a minute.
+    fn replace(&self, number: u64) {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        if current
-            .1
-            .is_some_and(|at| at.elapsed() < Self::REPLACE_EVERY)
+        if current.number != number
+            || current
+                .replaced_at
+                .is_some_and(|at| at.elapsed() < Self::REPLACE_EVERY)
         {
             return;
         }
         match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
             Ok(fresh) => {
-                tracing::warn!("Redis answered READONLY: reconnecting to reach the master");
-                *current = (fresh, Some(std::time::Instant::now()));
+                let now = std::time::Instant::now();
+                if current
+                    .warned_at
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+                {
+                    tracing::warn!("Redis answered READONLY: reconnecting to reach the master");
+                    current.warned_at = Some(now);
+                }
+                current.conn = fresh;
+                current.number += 1;
+                current.replaced_at = Some(now);
             }
             Err(error) => tracing::warn!(%error, "cannot reconnect to Redis"),
         }
@@ -269,8 +297,9 @@ pub(super) struct Guard<'a> {
     breaker: &'a Breaker,
     scope: &'a str,
     ping: Option<Connection>,
-    /// Replaced when the server answers `READONLY`.
-    single: Option<&'a Single>,
+    /// Replaced when the server answers `READONLY` (with the number of the
+    /// connection the call went on).
+    single: Option<(&'a Single, u64)>,
 }
 
 impl Breaker {
@@ -368,7 +397,10 @@ pub(super) fn guard<'a>(
             breaker,
             scope: "",
             ping: Some(conn.clone()),
-            single: connector.single(),
+            single: match conn {
+                Connection::Single(_, number) => connector.single().map(|s| (s, *number)),
+                Connection::Cluster(_) => None,
+            },
         },
     }
 }
@@ -406,9 +438,9 @@ pub(super) async fn bounded<T>(
             if matches!(error.kind(), redis::ErrorKind::Server(_)) {
                 guard.breaker.answered(guard.scope);
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-                    && let Some(single) = guard.single
+                    && let Some((single, number)) = guard.single
                 {
-                    single.replace();
+                    single.replace(number);
                 }
             } else {
                 guard.breaker.unreachable(guard.scope);

@@ -344,8 +344,9 @@ impl QueueStore for RedisStore {
     }
 
     async fn delete_queue(&self, queue: &QueueId) -> Result<()> {
-        // The index forgets the id whatever the script found: an id whose
-        // config is gone is only a delete that stopped half-way.
+        // The index forgets the id once the queue is gone, or was already
+        // (a delete that stopped half-way); not when the store did not
+        // answer, since the queue may still be there.
         let deleted = self
             .run(
                 "delete_queue",
@@ -353,6 +354,11 @@ impl QueueStore for RedisStore {
                 &self.invocation(&self.scripts.delete_queue, queue, 0),
             )
             .await;
+        if let Err(error) = &deleted
+            && !matches!(error, Error::QueueNotFound(_))
+        {
+            return deleted.map(drop);
+        }
         self.command::<i64>(
             "index_remove",
             redis::cmd("SREM")
