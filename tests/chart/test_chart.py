@@ -238,6 +238,11 @@ def test_notes_tell_how_to_reach_the_service_and_warn_about_missing_secrets():
         ({"config": {"watchInterval": "0ms"}}, "watchInterval"),
         ({"queues": [{"id": "bad id"}]}, "id"),
         ({"queues": [{"maxActive": 3}]}, "id"),
+        ({"extraVolume": []}, "extraVolume"),
+        ({"image": {"digest": "latest"}}, "digest"),
+        ({"probes": {"liveness": {"timeoutSecond": 3}}}, "timeoutSecond"),
+        ({"serviceMonitor": {"relabeling": []}}, "relabeling"),
+        ({"extraVolumeMounts": [{"name": "x"}]}, "mountPath"),
     ],
 )
 def test_the_values_schema_rejects_typos_and_bad_types(values, complaint):
@@ -267,3 +272,41 @@ def test_every_value_is_documented():
         if not inside_documented and not is_group:
             assert documented, f"values.yaml line {number + 1} ({line.strip()}) has no # -- comment"
         ancestors.append((indent, documented))
+
+
+def test_common_needs_reach_the_manifests_without_forking_the_chart():
+    objects = render(ALL_ON)
+    [found] = kinds(objects, "Deployment")
+    spec = found["spec"]
+    pod = spec["template"]["spec"]
+    c = pod["containers"][0]
+    assert spec["minReadySeconds"] == 15
+    assert pod["priorityClassName"] == "sale-critical"
+    assert c["image"] == "waitroom@sha256:" + "0123456789abcdef" * 4
+    assert {"secretRef": {"name": "waitroom-extra-env"}} in c["envFrom"]
+    assert {"name": "scratch", "mountPath": "/scratch"} in c["volumeMounts"]
+    assert {"name": "scratch", "emptyDir": {}} in pod["volumes"]
+    assert [i["name"] for i in pod["initContainers"]] == ["wait-for-redis"]
+    assert [x["name"] for x in pod["containers"]] == ["waitroom", "log-shipper"]
+    assert c["lifecycle"]["preStop"]["exec"]["command"][-1] == "3s"
+    assert c["livenessProbe"]["timeoutSeconds"] == 8
+    [hpa] = kinds(objects, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 600}}
+    [monitor] = kinds(objects, "ServiceMonitor")
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["sales"]}
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["scrapeTimeout"] == "10s"
+    assert endpoint["relabelings"][0]["targetLabel"] == "node"
+    assert endpoint["metricRelabelings"][0]["action"] == "drop"
+
+
+def test_by_default_a_rollout_waits_for_each_pod_and_probes_allow_a_busy_pod_time():
+    found = deployment()
+    c = container()
+    assert found["spec"]["minReadySeconds"] == 10
+    assert c["livenessProbe"]["timeoutSeconds"] == 5
+    assert c["readinessProbe"]["timeoutSeconds"] == 2
+    assert c["lifecycle"]["preStop"]["exec"]["command"][-1] == "2s"
+    assert "priorityClassName" not in found["spec"]["template"]["spec"]
+    assert c["image"].startswith("waitroom:")

@@ -49,7 +49,11 @@ app.kubernetes.io/component: redis
 {{- end }}
 
 {{- define "waitroom.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* More than one pod can run: a PodDisruptionBudget makes sense. */}}
