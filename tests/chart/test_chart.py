@@ -310,3 +310,19 @@ def test_by_default_a_rollout_waits_for_each_pod_and_probes_allow_a_busy_pod_tim
     assert c["lifecycle"]["preStop"]["exec"]["command"][-1] == "2s"
     assert "priorityClassName" not in found["spec"]["template"]["spec"]
     assert c["image"].startswith("waitroom:")
+
+
+def test_the_service_monitor_selects_the_servers_services_and_not_the_demo_redis():
+    objects = render(ALL_ON)
+    [monitor] = kinds(objects, "ServiceMonitor")
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    selected = [
+        s["metadata"]["name"]
+        for s in kinds(objects, "Service")
+        if wanted.items() <= s["metadata"]["labels"].items()
+    ]
+    assert "waitroom" in selected
+    assert "waitroom-redis" not in selected
+    for obj in objects:
+        if obj["metadata"]["name"] == "waitroom-redis":
+            assert obj["metadata"]["labels"]["app.kubernetes.io/component"] == "redis"

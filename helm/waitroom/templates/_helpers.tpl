@@ -34,6 +34,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: server
 {{- end }}
 
+{{/* The demo Redis's own labels: its component is redis, so selectors of
+the server (the ServiceMonitor's) never pick its objects. */}}
+{{- define "waitroom.redisLabels" -}}
+helm.sh/chart: {{ include "waitroom.chart" . }}
+{{ include "waitroom.redisSelectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
 {{- define "waitroom.redisSelectorLabels" -}}
 app.kubernetes.io/name: {{ include "waitroom.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
