@@ -139,13 +139,26 @@ def test_pods_spread_across_zones_and_nodes():
 
 
 def test_a_pod_disruption_budget_only_when_more_than_one_pod_can_run():
-    assert kinds(render(), "PodDisruptionBudget")
-    assert not kinds(render(with_values(replicaCount=1)), "PodDisruptionBudget")
-    assert kinds(render(with_values(replicaCount=1, autoscaling__enabled=True, autoscaling__maxReplicas=4)), "PodDisruptionBudget")
+    key = {"signingKeys__existingSecret": "waitroom-signing-keys"}
+    assert not kinds(render(), "PodDisruptionBudget")
+    assert kinds(render(with_values(replicaCount=2, **key)), "PodDisruptionBudget")
+    assert kinds(
+        render(with_values(replicaCount=1, autoscaling__enabled=True, autoscaling__maxReplicas=4, **key)),
+        "PodDisruptionBudget",
+    )
     assert not kinds(
         render(with_values(replicaCount=1, autoscaling__enabled=True, autoscaling__minReplicas=1, autoscaling__maxReplicas=1)),
         "PodDisruptionBudget",
     )
+
+
+def test_more_than_one_pod_without_a_shared_signing_key_is_refused_with_the_reason():
+    for values in (
+        with_values(replicaCount=2),
+        with_values(autoscaling__enabled=True, autoscaling__maxReplicas=3),
+    ):
+        with pytest.raises(helm.HelmError, match="signingKeys.existingSecret"):
+            render(values)
 
 
 def test_secrets_are_referenced_never_generated():
