@@ -339,3 +339,9 @@ def test_the_service_monitor_selects_the_servers_services_and_not_the_demo_redis
     for obj in objects:
         if obj["metadata"]["name"] == "waitroom-redis":
             assert obj["metadata"]["labels"]["app.kubernetes.io/component"] == "redis"
+
+
+def test_with_reloader_a_change_of_a_secret_the_pods_read_rolls_them():
+    reload = deployment(ALL_ON)["metadata"]["annotations"]["secret.reloader.stakater.com/reload"]
+    assert reload.split(",") == ["waitroom-signing-keys", "waitroom-api-keys", "waitroom-tls", "waitroom-client-ca"]
+    assert "annotations" not in deployment()["metadata"]

@@ -64,6 +64,17 @@ app.kubernetes.io/component: redis
 {{- end }}
 {{- end }}
 
+{{/* The Secrets the pods read, comma-separated. */}}
+{{- define "waitroom.secretNames" -}}
+{{- $names := list }}
+{{- with .Values.signingKeys.existingSecret }}{{ $names = append $names . }}{{ end }}
+{{- with .Values.apiKeys.existingSecret }}{{ $names = append $names . }}{{ end }}
+{{- with .Values.tls.existingSecret }}{{ $names = append $names . }}{{ end }}
+{{- with .Values.tls.clientCaSecret }}{{ $names = append $names . }}{{ end }}
+{{- if not .Values.redis.enabled }}{{ with .Values.externalRedis.existingSecret }}{{ $names = append $names . }}{{ end }}{{ end }}
+{{- join "," $names }}
+{{- end }}
+
 {{/* More than one pod can run: a PodDisruptionBudget makes sense. */}}
 {{- define "waitroom.multiReplica" -}}
 {{- if .Values.autoscaling.enabled }}{{ if gt (int .Values.autoscaling.maxReplicas) 1 }}true{{ end }}{{ else }}{{ if gt (int .Values.replicaCount) 1 }}true{{ end }}{{ end }}
