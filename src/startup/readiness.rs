@@ -21,8 +21,9 @@ use crate::store::QueueStore;
 const READINESS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Readiness follows the store: `waitroom.v1.QueueService` (and the admin
-/// service) are `SERVING` while the store answers, and not before the
-/// queues declared at start exist. The overall `""` service, liveness,
+/// service) are `SERVING` while the store answers and is set up to keep
+/// what it is given (a Redis that may evict keys is not), and not before
+/// the queues declared at start exist. The overall `""` service, liveness,
 /// stays `SERVING`: a store outage must not restart the process. Stops
 /// when the service starts draining.
 pub(super) async fn track_readiness(
@@ -34,17 +35,25 @@ pub(super) async fn track_readiness(
     draining: CancellationToken,
 ) {
     let mut ready = false;
+    let mut problem: Option<String> = None;
     loop {
         let answers = store.ping().await.is_ok();
         if answers && !declared.is_empty() {
             declared = declare_queues(store.as_ref(), clock.as_ref(), declared).await;
         }
-        let now_ready = answers && declared.is_empty();
+        // A store that cannot be asked keeps the last answer.
+        if answers && let Ok(found) = store.setup_problem().await {
+            if found.is_some() && found != problem {
+                tracing::error!(problem = found.as_deref().unwrap_or_default(), "not ready");
+            }
+            problem = found;
+        }
+        let now_ready = answers && declared.is_empty() && problem.is_none();
         if now_ready != ready && !draining.is_cancelled() {
             set_ready(&health, &ready_flag, now_ready).await;
             if now_ready {
                 tracing::info!("ready: the store answers");
-            } else {
+            } else if !answers {
                 tracing::warn!("not ready: the store does not answer");
             }
             ready = now_ready;

@@ -192,4 +192,10 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// Succeeds when the store answers.
     async fn ping(&self) -> Result<()>;
+
+    /// What in the store's setup would lose what it is given, if anything:
+    /// a Redis that may evict keys under memory pressure drops places and
+    /// consumed tokens without a word. The service is not ready while there
+    /// is such a problem.
+    async fn setup_problem(&self) -> Result<Option<String>>;
 }

@@ -250,6 +250,10 @@ impl QueueStore for WatchedStore {
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
     }
+
+    async fn setup_problem(&self) -> Result<Option<String>> {
+        self.inner.setup_problem().await
+    }
 }
 
 #[cfg(test)]

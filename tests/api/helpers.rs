@@ -28,6 +28,12 @@ impl TestRedis {
         Self(RedisServer::start().unwrap_or_else(|e| panic!("{e}")))
     }
 
+    /// Starts a server with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let port = waitroom::testkit::free_port().unwrap_or_else(|e| panic!("{e}"));
+        Self(RedisServer::start_with(port, extra).unwrap_or_else(|e| panic!("{e}")))
+    }
+
     /// Starts a server on a given port (to restart one that was stopped).
     pub fn start_on(port: u16) -> Self {
         Self(RedisServer::start_on(port).unwrap_or_else(|e| panic!("{e}")))

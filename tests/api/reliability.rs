@@ -528,3 +528,40 @@ async fn scrapes_read_the_queues_from_redis_at_most_once_in_a_while() {
     let listed = listings() - before;
     assert!(listed <= 3, "20 scrapes listed the queues {listed} times");
 }
+
+#[tokio::test]
+async fn a_redis_that_may_evict_keys_keeps_the_service_unready_until_it_may_not() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let redis = TestRedis::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let app = TestApp::start(
+        TestApp::redis_config(&redis.url(), &fresh_prefix()),
+        std::sync::Arc::new(waitroom::domain::ManualClock::new(now_ms())),
+    )
+    .await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel().await);
+    let readiness = || HealthCheckRequest {
+        service: "waitroom.v1.QueueService".into(),
+    };
+    // Long enough for several readiness checks: it stays unready.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let status = health
+        .check(readiness())
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::NotServing);
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query(&mut conn)
+        .unwrap();
+    app.wait_until_ready().await;
+}

@@ -883,4 +883,8 @@ impl QueueStore for MemoryStore {
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
+
+    async fn setup_problem(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
 }

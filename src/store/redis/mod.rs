@@ -611,6 +611,56 @@ impl QueueStore for RedisStore {
         let _: String = self.command("ping", &redis::cmd("PING")).await?;
         Ok(())
     }
+
+    async fn setup_problem(&self) -> Result<Option<String>> {
+        // INFO rather than CONFIG GET: managed Redis services often rename
+        // or refuse CONFIG. On a Cluster the answer is every node's.
+        let info: Value = self
+            .command("info", redis::cmd("INFO").arg("memory"))
+            .await?;
+        let mut policies = Vec::new();
+        collect_policies(&info, &mut policies);
+        Ok(policies
+            .into_iter()
+            .find(|policy| policy != "noeviction")
+            .map(|policy| {
+                format!(
+                    "Redis's maxmemory-policy is {policy}: under memory pressure it would evict \
+                     waitroom's keys (places, admissions, consumed tokens); set \
+                     maxmemory-policy noeviction"
+                )
+            }))
+    }
+}
+
+/// The `maxmemory_policy` values of an `INFO memory` answer, from one node
+/// or from each node of a Cluster.
+fn collect_policies(value: &Value, into: &mut Vec<String>) {
+    match value {
+        Value::BulkString(bytes) => collect_from_text(&String::from_utf8_lossy(bytes), into),
+        Value::VerbatimString { text, .. } | Value::SimpleString(text) => {
+            collect_from_text(text, into)
+        }
+        Value::Array(items) | Value::Set(items) => {
+            for item in items {
+                collect_policies(item, into);
+            }
+        }
+        Value::Map(pairs) => {
+            for (_, item) in pairs {
+                collect_policies(item, into);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn collect_from_text(text: &str, into: &mut Vec<String>) {
+    into.extend(
+        text.lines()
+            .filter_map(|line| line.strip_prefix("maxmemory_policy:"))
+            .map(|policy| policy.trim().to_owned()),
+    );
 }
 
 #[cfg(test)]
