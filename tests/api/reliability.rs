@@ -378,14 +378,14 @@ async fn streams_opened_at_once_never_pass_the_instance_limit() {
     assert_eq!(open.len(), 5, "{} streams opened", open.len());
 }
 
-/// The line behind the long-line test: 100,000 by default (a single read
-/// of it held Redis for about 200 ms); `WAITROOM_LONG_LINE=1000000` for the
+/// The line behind the long-line test: 200,000 by default (a single read
+/// of it holds Redis for over 100 ms); `WAITROOM_LONG_LINE=1000000` for the
 /// size of a real sale.
 fn long_line() -> usize {
     std::env::var("WAITROOM_LONG_LINE")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(100_000)
+        .unwrap_or(200_000)
 }
 
 #[tokio::test]
@@ -427,7 +427,9 @@ async fn a_long_line_is_followed_without_holding_redis_and_others_are_served_mea
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("slowlog-log-slower-than")
-        .arg(20_000)
+        // Chunks take a few milliseconds; the margin is for a Redis the
+        // machine's scheduler pauses mid-call while the suite runs.
+        .arg(50_000)
         .query(&mut conn)
         .unwrap();
     let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut conn).unwrap();
@@ -460,7 +462,7 @@ async fn a_long_line_is_followed_without_holding_redis_and_others_are_served_mea
         .arg(10)
         .query(&mut conn)
         .unwrap();
-    assert!(slow.is_empty(), "calls held Redis over 20 ms: {slow:?}");
+    assert!(slow.is_empty(), "calls held Redis over 50 ms: {slow:?}");
     assert!(
         worst < Duration::from_millis(250),
         "an enqueue took {worst:?}"
