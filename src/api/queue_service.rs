@@ -224,7 +224,7 @@ impl QueueService for QueueApi {
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
         let permit = self.hub.reserve_stream(self.max_streams).ok_or_else(|| {
             Error::ResourceExhausted(format!(
-                "this instance holds its maximum of {} open streams; reconnect (another replica may have room)",
+                "this instance holds its maximum of {} open streams; retry on a new connection (another replica may have room)",
                 self.max_streams
             ))
         })?;
