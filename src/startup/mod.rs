@@ -51,6 +51,11 @@ pub use self::shutdown::shutdown_signal;
 /// A built service: configuration checked, keys loaded, ports bound.
 /// Nothing is served until [`Application::run_until_stopped`].
 pub struct Application {
+    /// Follows the lines of watched and polled queues; built here so it
+    /// can be handed out before the service runs.
+    hub: Arc<WatchHub>,
+    /// Cancelled when open streams are to end.
+    streams_end: CancellationToken,
     config: Config,
     listener: TcpListener,
     local_addr: SocketAddr,
@@ -82,7 +87,16 @@ impl Application {
             .await
             .with_context(|| format!("binding {} (--http-listen)", config.http_listen))?;
         let http_addr = http_listener.local_addr()?;
+        let streams_end = CancellationToken::new();
+        let hub = WatchHub::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            config.watch_interval,
+            streams_end.clone(),
+        );
         Ok(Self {
+            hub,
+            streams_end,
             config,
             listener,
             local_addr,
@@ -106,6 +120,12 @@ impl Application {
         self.http_addr
     }
 
+    /// This instance's watch hub, for tests and embedders that need to
+    /// know when it has caught up (see [`WatchHub::refreshes`]).
+    pub fn watch_hub(&self) -> Arc<WatchHub> {
+        Arc::clone(&self.hub)
+    }
+
     /// The public keys tokens are verified with.
     pub fn jwks_json(&self) -> &str {
         self.keyring.jwks_json()
@@ -122,14 +142,8 @@ impl Application {
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let config = self.config;
+        let (hub, streams_end) = (self.hub, self.streams_end);
         let background = CancellationToken::new();
-        let streams_end = CancellationToken::new();
-        let hub = WatchHub::new(
-            Arc::clone(&self.store),
-            Arc::clone(&self.clock),
-            config.watch_interval,
-            streams_end.clone(),
-        );
         // Everything but the hub itself goes through the watched store, so
         // the hub hears of every write made here.
         let watched = Arc::new(WatchedStore::new(Arc::clone(&self.store), Arc::clone(&hub)));

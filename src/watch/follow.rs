@@ -82,6 +82,7 @@ impl WatchHub {
             let survivors = match self.refresh(&queue, &watch, &mut watchers, now).await {
                 Ok(()) => {
                     failures = 0;
+                    watch.refreshed.fetch_add(1, Ordering::AcqRel);
                     let mut pollers = watch.pollers();
                     if let Some(line) = &watch.copy().line {
                         pollers.prune(line, now);

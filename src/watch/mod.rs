@@ -114,6 +114,8 @@ struct QueueWatch {
     changes: AtomicU64,
     /// Reads of the line begun so far.
     reads: AtomicU64,
+    /// Refreshes completed so far (the copy caught up and watchers sent).
+    refreshed: AtomicU64,
     /// The creation time of the queue the pollers' tickets are of; 0 until
     /// the first snapshot.
     epoch_ms: AtomicU64,
@@ -346,6 +348,14 @@ impl WatchHub {
     /// The queue's entry, if this instance follows it.
     fn followed(&self, queue: &QueueId) -> Option<Arc<QueueWatch>> {
         self.queues.lock().ok()?.get(queue).cloned()
+    }
+
+    /// Refreshes of a queue's copy completed so far on this instance; 0
+    /// while it does not follow the queue. A refresh counted after a call
+    /// returned began after it when the count has grown by two.
+    pub fn refreshes(&self, queue: &QueueId) -> u64 {
+        self.followed(queue)
+            .map_or(0, |watch| watch.refreshed.load(Ordering::Acquire))
     }
 
     /// Number of open streams on this instance.

@@ -99,6 +99,8 @@ pub fn now_ms() -> u64 {
 
 /// A running service.
 pub struct TestApp {
+    /// The instance's watch hub, to wait for its refreshes.
+    pub hub: Arc<waitroom::watch::WatchHub>,
     pub addr: std::net::SocketAddr,
     pub http_addr: std::net::SocketAddr,
     pub clock: Arc<ManualClock>,
@@ -184,11 +186,13 @@ impl TestApp {
         let addr = app.local_addr();
         let http_addr = app.http_addr();
         let jwks = app.jwks_json().to_owned();
+        let hub = app.watch_hub();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }));
         Self {
+            hub,
             addr,
             http_addr,
             clock,
@@ -380,6 +384,19 @@ pub async fn complete(client: &mut QueueServiceClient<Channel>, queue: &str, use
 }
 
 impl TestApp {
+    /// Waits until this instance's copy of `queue`'s line was refreshed by
+    /// a read begun after this call: what its streams and polls show is as
+    /// of now at least. Instead of sleeping for an interval.
+    pub async fn refreshed(&self, queue: &str) {
+        let queue = waitroom::domain::QueueId::parse(queue).expect("a queue id");
+        let start = self.hub.refreshes(&queue);
+        wait_until("a refresh of the line", Duration::from_secs(10), || {
+            let now = self.hub.refreshes(&queue);
+            async move { now >= start + 2 }
+        })
+        .await;
+    }
+
     pub async fn stats(&self, queue: &str) -> pb::QueueStats {
         self.admin()
             .await

@@ -72,7 +72,7 @@ async fn an_open_stream_keeps_a_place_and_a_reconnect_to_another_replica_keeps_i
     // Twenty seconds pass in steps; only the stream shows life.
     for _ in 0..40 {
         clock.advance_ms(500);
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        one.refreshed("sale").await;
     }
     // (Looking at a place counts as a sign of life: watch the stats.)
     wait_until("releasing the silent", Duration::from_secs(3), || async {

@@ -19,7 +19,7 @@ async fn a_crowd_polling_its_place_costs_the_store_no_lookup_per_poll() {
         rank(&mut client, "poll", user).await;
     }
     // The instance follows the queue's line from its next refresh on.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.refreshed("poll").await;
     let from_copy = || async {
         let (_, _, text) = http_get(&app, "/metrics").await;
         text.lines()
@@ -63,7 +63,7 @@ async fn a_poller_sees_this_instances_writes_at_once_and_other_replicas_within_t
     for user in ["c", "d", "e"] {
         rank(&mut a, "poll", user).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    one.refreshed("poll").await;
     assert_eq!(rank(&mut a, "poll", "c").await.position, 3);
 
     // Written through this instance: seen by the very next poll.
@@ -108,13 +108,13 @@ async fn a_poll_answered_from_the_copy_keeps_the_place_for_a_whole_timeout() {
     // Polled at 1 s and 2 s, from the copy; then nothing.
     for _ in 0..2 {
         app.clock.advance_ms(1000);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.refreshed("poll").await;
         assert_eq!(
             rank(&mut client, "poll", "poller").await.state(),
             PlaceState::Waiting
         );
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.refreshed("poll").await;
     // At 6.5 s the silent user is released, the poller (last seen at 2 s)
     // is not; at 7.5 s it is.
     app.clock.advance_ms(4500);
@@ -144,7 +144,7 @@ async fn a_poller_who_enqueues_again_through_this_instance_is_shown_the_new_tick
         enqueue(&mut a, "poll", user).await;
     }
     rank(&mut a, "poll", "u").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    one.refreshed("poll").await;
     assert_eq!(rank(&mut a, "poll", "u").await.ticket, 3);
     // Left through the other replica, back through this one.
     assert!(leave(&mut b, "poll", "u").await);
@@ -164,7 +164,7 @@ async fn a_queue_created_again_is_a_new_line_for_its_pollers() {
         enqueue(&mut a, "poll", user).await;
     }
     rank(&mut a, "poll", "u").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    one.refreshed("poll").await;
     assert_eq!(rank(&mut a, "poll", "u").await.position, 3);
     // Deleted and created again through the other replica, with as many
     // newcomers as there were changes logged before: ticket 3 is someone

@@ -200,7 +200,8 @@ async fn positions_computed_from_the_log_match_the_store_under_churn() {
         leave(&mut b, "churn", &format!("late-{round}-0")).await;
         admit(&mut b, "churn", 2).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    one.refreshed("churn").await;
+    two.refreshed("churn").await;
     for (user, stream) in &mut streams {
         // The last message a stream got is the place now. Every watcher's
         // view changed (the count did, or the admission came), so each
