@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -43,6 +44,8 @@ pub struct QueueWorker {
     clock: Arc<dyn Clock>,
     interval: Duration,
     queues_changed: Arc<Notify>,
+    /// Passes over every queue completed so far.
+    passes: Arc<AtomicU64>,
 }
 
 impl QueueWorker {
@@ -57,7 +60,15 @@ impl QueueWorker {
             clock,
             interval,
             queues_changed,
+            passes: Arc::default(),
         }
+    }
+
+    /// The count of passes over every queue this worker has completed: a
+    /// pass counted after a moment began after it when the count has grown
+    /// by two.
+    pub fn passes(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.passes)
     }
 
     /// Runs until `shutdown`.
@@ -95,6 +106,7 @@ impl QueueWorker {
                     }
                 }
             }
+            self.passes.fetch_add(1, Ordering::AcqRel);
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = self.queues_changed.notified() => listed_at = None,

@@ -56,6 +56,8 @@ pub struct Application {
     hub: Arc<WatchHub>,
     /// Cancelled when open streams are to end.
     streams_end: CancellationToken,
+    /// The queue worker's count of passes, once it runs.
+    worker_passes: Arc<std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>>,
     config: Config,
     listener: TcpListener,
     local_addr: SocketAddr,
@@ -97,6 +99,7 @@ impl Application {
         Ok(Self {
             hub,
             streams_end,
+            worker_passes: Arc::default(),
             config,
             listener,
             local_addr,
@@ -124,6 +127,18 @@ impl Application {
     /// know when it has caught up (see [`WatchHub::refreshes`]).
     pub fn watch_hub(&self) -> Arc<WatchHub> {
         Arc::clone(&self.hub)
+    }
+
+    /// How many passes over every queue this instance's queue worker has
+    /// completed (0 until it runs), for tests that wait for the worker to
+    /// act on a moved clock rather than sleep.
+    pub fn worker_passes(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let passes = Arc::clone(&self.worker_passes);
+        move || {
+            passes
+                .get()
+                .map_or(0, |p| p.load(std::sync::atomic::Ordering::Acquire))
+        }
     }
 
     /// The public keys tokens are verified with.
@@ -169,6 +184,7 @@ impl Application {
             config.admit_interval,
             Arc::clone(&queues_changed),
         );
+        let _ = self.worker_passes.set(worker.passes());
         tokio::spawn(worker.run(background.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();

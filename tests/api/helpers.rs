@@ -101,6 +101,8 @@ pub fn now_ms() -> u64 {
 pub struct TestApp {
     /// The instance's watch hub, to wait for its refreshes.
     pub hub: Arc<waitroom::watch::WatchHub>,
+    /// The queue worker's completed passes.
+    worker_passes: Box<dyn Fn() -> u64 + Send + Sync>,
     pub addr: std::net::SocketAddr,
     pub http_addr: std::net::SocketAddr,
     pub clock: Arc<ManualClock>,
@@ -187,12 +189,14 @@ impl TestApp {
         let http_addr = app.http_addr();
         let jwks = app.jwks_json().to_owned();
         let hub = app.watch_hub();
+        let worker_passes = Box::new(app.worker_passes());
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
         }));
         Self {
             hub,
+            worker_passes,
             addr,
             http_addr,
             clock,
@@ -394,6 +398,22 @@ impl TestApp {
             let now = self.hub.refreshes(&queue);
             async move { now >= start + 2 }
         })
+        .await;
+    }
+
+    /// Waits until the queue worker has made a pass begun after this call:
+    /// admission, the draw and releases have acted on the clock as it is
+    /// now. Instead of sleeping for an interval.
+    pub async fn worked(&self) {
+        let start = (self.worker_passes)();
+        wait_until(
+            "a pass of the queue worker",
+            Duration::from_secs(10),
+            || {
+                let now = (self.worker_passes)();
+                async move { now >= start + 2 }
+            },
+        )
         .await;
     }
 

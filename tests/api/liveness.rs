@@ -213,7 +213,7 @@ async fn reopening_a_closed_queue_keeps_everyone_and_gives_them_time_to_come_bac
     app.set_mode("gig", QueueMode::Closed).await;
     // Closed for an hour: nobody is released meanwhile.
     app.clock.advance_ms(3_600_000);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.worked().await;
     app.set_mode("gig", QueueMode::Paused).await;
     let paused = rank(&mut client, "gig", "b").await;
     assert_eq!(
@@ -223,7 +223,7 @@ async fn reopening_a_closed_queue_keeps_everyone_and_gives_them_time_to_come_bac
     // The reopening restarted the clock: a, silent, is released only after
     // a full heartbeat timeout; b looked at the place and stays.
     app.clock.advance_ms(9_000);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.worked().await;
     // (Looking at a's place would count as a's sign of life.)
     assert_eq!(rank(&mut client, "gig", "b").await.position, 2);
     app.clock.advance_ms(2_000);
