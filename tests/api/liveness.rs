@@ -94,7 +94,14 @@ async fn an_open_stream_keeps_a_place_and_a_reconnect_to_another_replica_keeps_i
     // The connection drops; the user reconnects to the other replica just
     // before the heartbeat timeout runs out, counted from the drop.
     drop(stream);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The stream's end is recorded as a last sign of life before it is
+    // let go.
+    wait_until(
+        "the dropped stream let go",
+        Duration::from_secs(3),
+        || async { one.hub.watcher_count() == 0 },
+    )
+    .await;
     clock.advance_ms(5_500);
     let mut again = open(&two, "sale", "watcher").await;
     let place = again.next().await.unwrap().unwrap().place.unwrap();

@@ -246,7 +246,7 @@ async fn a_pre_queued_watcher_hears_of_a_moved_opening_but_not_of_each_tick_of_t
     // down itself.
     for step in 1..=5 {
         app.clock.set_ms(opens_at - 10_000 + step * 200);
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        app.refreshed("drop").await;
     }
     let quiet = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
     assert!(

@@ -108,7 +108,12 @@ async fn an_operator_runs_a_sale_with_waitroomctl() {
                 .expect("running waitroomctl watch")
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    wait_until(
+        "the watcher to connect",
+        std::time::Duration::from_secs(10),
+        || async { app.hub.watcher_count() > 0 },
+    )
+    .await;
     let admitted = json(&ctl(&app, &["-o", "json", "admit", "sale", "5"]).await);
     assert_eq!(admitted.as_array().unwrap().len(), 2);
     let watched = watcher.await.unwrap();
