@@ -124,7 +124,7 @@ async fn a_poll_answered_from_the_copy_keeps_the_place_for_a_whole_timeout() {
         || async { app.stats("poll").await.abandoned_total >= 1 },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.worked().await;
     let stats = app.stats("poll").await;
     assert_eq!((stats.abandoned_total, stats.waiting_count), (1, 1));
     app.clock.advance_ms(1000);
