@@ -241,3 +241,66 @@ pub async fn drain(
         }
     }
 }
+
+type Client = QueueServiceClient<Channel>;
+
+/// A sale under a fault: joins through each of `joiners` (one every 15 ms
+/// each), and batches of `batch` admitted through `admitters` in turn, each
+/// batch retried with its request id, through the next replica when one
+/// gives no answer, until answered; for `run`, while `fault` runs
+/// alongside (it waits for its own moment).
+pub async fn traffic(
+    joiners: Vec<Client>,
+    admitters: Vec<Client>,
+    ledger: &Shared,
+    run: Duration,
+    batch: u32,
+    fault: impl Future<Output = ()>,
+) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, mut client) in joiners.into_iter().enumerate() {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while started.elapsed() < run {
+                let user = format!("j{c}-{n}");
+                enqueue(&mut client, &ledger, "sale", &user, Duration::from_secs(3)).await;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        }));
+    }
+    let ledger_ = ledger.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut k = 0;
+        while started.elapsed() < run {
+            let request = format!("batch-{k}");
+            let mut answered = false;
+            for attempt in 0..20 {
+                let mut client = admitters[(k + attempt) % admitters.len()].clone();
+                if admit_until_answered(
+                    &mut client,
+                    &ledger_,
+                    "sale",
+                    batch,
+                    &request,
+                    Duration::from_millis(1500),
+                )
+                .await
+                .is_some()
+                {
+                    answered = true;
+                    break;
+                }
+            }
+            assert!(answered, "no replica answered {request}");
+            k += 1;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    }));
+    fault.await;
+    for task in tasks {
+        task.await.unwrap();
+    }
+}

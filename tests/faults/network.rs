@@ -4,7 +4,7 @@
 //! lost, nobody is admitted twice, and every failure comes within the
 //! timeout.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use waitroom::testkit::RedisServer;
 
@@ -23,60 +23,27 @@ async fn cut_and_delayed_connections_lose_nothing_and_admit_nobody_twice() {
     let ledger = ledger::shared();
     let scale = crate::scale() as u32;
     let run = Duration::from_secs(5) * scale;
-    let started = Instant::now();
-    let joiners: Vec<_> = (0..4)
-        .map(|c| {
-            let (mut client, ledger) = (service.client(), ledger.clone());
-            tokio::spawn(async move {
-                let mut n = 0;
-                while started.elapsed() < run {
-                    let user = format!("j{c}-{n}");
-                    ledger::enqueue(&mut client, &ledger, "sale", &user, Duration::from_secs(3))
-                        .await;
-                    n += 1;
-                    tokio::time::sleep(Duration::from_millis(15)).await;
-                }
-            })
-        })
-        .collect();
-    let admitter = {
-        let (mut client, ledger) = (service.client(), ledger.clone());
-        tokio::spawn(async move {
-            let mut k = 0;
-            while started.elapsed() < run {
-                ledger::admit_until_answered(
-                    &mut client,
-                    &ledger,
-                    "sale",
-                    15,
-                    &format!("batch-{k}"),
-                    Duration::from_secs(20),
-                )
-                .await
-                .expect("admission answered again after the faults");
-                k += 1;
-                tokio::time::sleep(Duration::from_millis(40)).await;
-            }
-        })
-    };
-    let phase = run / 6;
-    tokio::time::sleep(phase).await;
-    // Slow, under the timeout: calls take longer but succeed.
-    proxy.delay(REDIS_TIMEOUT / 3);
-    tokio::time::sleep(phase).await;
-    proxy.delay(Duration::ZERO);
-    proxy.cut();
-    tokio::time::sleep(phase).await;
-    proxy.reopen();
-    tokio::time::sleep(phase).await;
-    // Slower than the timeout: replies arrive after their callers gave up.
-    proxy.delay(REDIS_TIMEOUT * 3 / 2);
-    tokio::time::sleep(phase).await;
-    proxy.delay(Duration::ZERO);
-    for joiner in joiners {
-        joiner.await.unwrap();
-    }
-    admitter.await.unwrap();
+    let clients = (
+        (0..4).map(|_| service.client()).collect(),
+        vec![service.client()],
+    );
+    ledger::traffic(clients.0, clients.1, &ledger, run, 15, async {
+        let phase = run / 6;
+        tokio::time::sleep(phase).await;
+        // Slow, under the timeout: calls take longer but succeed.
+        proxy.delay(REDIS_TIMEOUT / 3);
+        tokio::time::sleep(phase).await;
+        proxy.delay(Duration::ZERO);
+        proxy.cut();
+        tokio::time::sleep(phase).await;
+        proxy.reopen();
+        tokio::time::sleep(phase).await;
+        // Slower than the timeout: replies arrive after their callers gave up.
+        proxy.delay(REDIS_TIMEOUT * 3 / 2);
+        tokio::time::sleep(phase).await;
+        proxy.delay(Duration::ZERO);
+    })
+    .await;
     let mut client = service.client();
     ledger::drain(&mut client, &ledger, "sale", "network").await;
 

@@ -12,69 +12,6 @@ use waitroom::testkit::{RedisCluster, RedisServer};
 use crate::ledger;
 use crate::service::{Service, queue, scratch, within};
 
-type Client = waitroom::pb::queue_service_client::QueueServiceClient<tonic::transport::Channel>;
-
-/// Joins through `joiners`, admission batches through `admitters` (a batch
-/// whose replica gives no answer is retried through the next one with its
-/// request id), for `run`.
-async fn traffic(
-    joiners: Vec<Client>,
-    admitters: Vec<Client>,
-    ledger: &ledger::Shared,
-    run: Duration,
-    mid_way: impl Future<Output = ()>,
-) {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (c, client) in joiners.into_iter().enumerate() {
-        let (mut client, ledger) = (client, ledger.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0;
-            while started.elapsed() < run {
-                let user = format!("j{c}-{n}");
-                ledger::enqueue(&mut client, &ledger, "sale", &user, Duration::from_secs(3)).await;
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(15)).await;
-            }
-        }));
-    }
-    let clients = admitters;
-    let ledger_ = ledger.clone();
-    tasks.push(tokio::spawn(async move {
-        let mut k = 0;
-        while started.elapsed() < run {
-            let request = format!("batch-{k}");
-            let mut answered = false;
-            // Each replica in turn, the same request id each time.
-            for attempt in 0..20 {
-                let mut client = clients[(k + attempt) % clients.len()].clone();
-                if ledger::admit_until_answered(
-                    &mut client,
-                    &ledger_,
-                    "sale",
-                    10,
-                    &request,
-                    Duration::from_millis(1500),
-                )
-                .await
-                .is_some()
-                {
-                    answered = true;
-                    break;
-                }
-            }
-            assert!(answered, "no replica answered {request}");
-            k += 1;
-            tokio::time::sleep(Duration::from_millis(40)).await;
-        }
-    }));
-    tokio::time::sleep(run / 2).await;
-    mid_way.await;
-    for task in tasks {
-        task.await.unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_batch_admits_nobody_twice_and_loses_nothing() {
     let _serial = crate::one_at_a_time().await;
@@ -87,9 +24,17 @@ async fn a_replica_killed_mid_batch_admits_nobody_twice_and_loses_nothing() {
     let run = Duration::from_secs(4) * crate::scale() as u32;
     // Both admit; one is killed half-way, with batches in flight.
     let admitters = vec![one.client(), two.client()];
-    traffic(vec![two.client()], admitters, &ledger, run, async move {
-        one.kill();
-    })
+    ledger::traffic(
+        vec![two.client()],
+        admitters,
+        &ledger,
+        run,
+        10,
+        async move {
+            tokio::time::sleep(run / 2).await;
+            one.kill();
+        },
+    )
     .await;
     let mut client = two.client();
     ledger::drain(&mut client, &ledger, "sale", "replicas").await;
@@ -217,12 +162,14 @@ async fn a_cluster_master_failed_over_under_traffic_loses_nothing() {
     let replica = replica.expect("the test cluster has a replica per master");
     let ledger = ledger::shared();
     let run = Duration::from_secs(6) * crate::scale() as u32;
-    traffic(
+    ledger::traffic(
         vec![service.client()],
         vec![service.client()],
         &ledger,
         run,
+        10,
         async {
+            tokio::time::sleep(run / 2).await;
             // A manual failover: the replica catches up, then takes over.
             let client = redis::Client::open(format!("redis://127.0.0.1:{replica}")).unwrap();
             let mut conn = client.get_connection().unwrap();

@@ -42,49 +42,17 @@ async fn kill_mid_admission(fsync: &str) -> Run {
         .await;
     }
     let run = Duration::from_secs(3) * scale as u32;
-    let started = Instant::now();
-    let joiners: Vec<_> = (0..4)
-        .map(|c| {
-            let (mut client, ledger) = (service.client(), ledger.clone());
-            tokio::spawn(async move {
-                let mut n = 0;
-                while started.elapsed() < run {
-                    let user = format!("j{c}-{n}");
-                    ledger::enqueue(&mut client, &ledger, "sale", &user, Duration::from_secs(3))
-                        .await;
-                    n += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-        })
-        .collect();
-    let admitter = {
-        let (mut client, ledger) = (service.client(), ledger.clone());
-        tokio::spawn(async move {
-            let mut k = 0;
-            while started.elapsed() < run {
-                ledger::admit_until_answered(
-                    &mut client,
-                    &ledger,
-                    "sale",
-                    20,
-                    &format!("batch-{k}"),
-                    Duration::from_secs(20),
-                )
-                .await
-                .expect("admission answered again after the restart");
-                k += 1;
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            }
-        })
-    };
-    tokio::time::sleep(run / 3).await;
-    let killed_at = Instant::now();
-    redis.restart().unwrap_or_else(|e| panic!("{e}"));
-    for joiner in joiners {
-        joiner.await.unwrap();
-    }
-    admitter.await.unwrap();
+    let mut killed_at = Instant::now();
+    let clients = (
+        (0..4).map(|_| service.client()).collect(),
+        vec![service.client()],
+    );
+    ledger::traffic(clients.0, clients.1, &ledger, run, 20, async {
+        tokio::time::sleep(run / 3).await;
+        killed_at = Instant::now();
+        redis.restart().unwrap_or_else(|e| panic!("{e}"));
+    })
+    .await;
     ledger::drain(&mut client, &ledger, "sale", "restart").await;
     Run {
         ledger,
