@@ -537,3 +537,22 @@ pub async fn two_replicas() -> (TestApp, TestApp, TestRedis, Arc<ManualClock>) {
 pub fn secs(seconds: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration { seconds, nanos: 0 })
 }
+
+/// Verifies a token online, consuming it when asked.
+pub async fn verify(
+    client: &mut QueueServiceClient<Channel>,
+    queue: &str,
+    token: &str,
+    consume: bool,
+) -> pb::VerifyAdmissionResponse {
+    client
+        .verify_admission(pb::VerifyAdmissionRequest {
+            queue_id: queue.into(),
+            token: token.into(),
+            consume,
+            ..Default::default()
+        })
+        .await
+        .expect("verify_admission")
+        .into_inner()
+}

@@ -10,23 +10,13 @@ use waitroom::pb::{self, PlaceState, Verdict};
 
 use crate::helpers::*;
 
-async fn verify(
+async fn verdict(
     client: &mut waitroom::pb::queue_service_client::QueueServiceClient<tonic::transport::Channel>,
     queue: &str,
     token: &str,
     consume: bool,
 ) -> Verdict {
-    client
-        .verify_admission(pb::VerifyAdmissionRequest {
-            queue_id: queue.into(),
-            token: token.into(),
-            consume,
-            ..Default::default()
-        })
-        .await
-        .expect("verify_admission")
-        .into_inner()
-        .verdict()
+    verify(client, queue, token, consume).await.verdict()
 }
 
 fn token_of(admitted: &pb::AdmittedUser) -> String {
@@ -97,17 +87,17 @@ async fn a_consumed_token_is_refused_for_as_long_as_the_verifier_accepts_it() {
     enqueue(&mut client, "sale", "alice").await;
     let token = token_of(&admit(&mut client, "sale", 1).await[0]);
     assert_eq!(
-        verify(&mut client, "sale", &token, true).await,
+        verdict(&mut client, "sale", &token, true).await,
         Verdict::Valid
     );
     assert_eq!(
-        verify(&mut client, "sale", &token, true).await,
+        verdict(&mut client, "sale", &token, true).await,
         Verdict::AlreadyUsed
     );
     // Past the expiry, inside the verifier's leeway, and past it.
     for _ in 0..14 {
         app.clock.advance_ms(500);
-        let verdict = verify(&mut client, "sale", &token, true).await;
+        let verdict = verdict(&mut client, "sale", &token, true).await;
         assert!(
             matches!(verdict, Verdict::AlreadyUsed | Verdict::Expired),
             "a replay was answered {verdict:?}"
@@ -144,11 +134,11 @@ async fn a_token_consumed_later_with_a_shorter_life_does_not_shorten_the_memory_
     enqueue(&mut client, "sale", "alice").await;
     let alice = token_of(&admit(&mut client, "sale", 1).await[0]);
     assert_eq!(
-        verify(&mut client, "sale", &carol, true).await,
+        verdict(&mut client, "sale", &carol, true).await,
         Verdict::Valid
     );
     assert_eq!(
-        verify(&mut client, "sale", &alice, true).await,
+        verdict(&mut client, "sale", &alice, true).await,
         Verdict::Valid
     );
     // Redis forgets keys by its own clock: the used ids must outlive the
@@ -185,20 +175,20 @@ async fn online_verification_refuses_an_admission_that_was_left_or_completed() {
         let bob = token_of(&bob[0]);
         // max_active is 1: only bob's admission is held.
         assert_eq!(
-            verify(&mut client, "sale", &alice, true).await,
+            verdict(&mut client, "sale", &alice, true).await,
             Verdict::Revoked
         );
         assert_eq!(
-            verify(&mut client, "sale", &alice, false).await,
+            verdict(&mut client, "sale", &alice, false).await,
             Verdict::Revoked
         );
         assert_eq!(
-            verify(&mut client, "sale", &bob, false).await,
+            verdict(&mut client, "sale", &bob, false).await,
             Verdict::Valid
         );
         assert!(complete(&mut client, "sale", "bob").await);
         assert_eq!(
-            verify(&mut client, "sale", &bob, true).await,
+            verdict(&mut client, "sale", &bob, true).await,
             Verdict::Revoked
         );
         // Deleted with its queue.
@@ -213,7 +203,7 @@ async fn online_verification_refuses_an_admission_that_was_left_or_completed() {
             .await
             .unwrap();
         assert_eq!(
-            verify(&mut client, "sale", &carol, false).await,
+            verdict(&mut client, "sale", &carol, false).await,
             Verdict::Revoked
         );
     }

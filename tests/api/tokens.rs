@@ -26,24 +26,6 @@ async fn admitted_token(
         .clone()
 }
 
-async fn verify(
-    client: &mut QueueServiceClient<Channel>,
-    queue: &str,
-    token: &str,
-    consume: bool,
-) -> pb::VerifyAdmissionResponse {
-    client
-        .verify_admission(pb::VerifyAdmissionRequest {
-            queue_id: queue.into(),
-            token: token.into(),
-            consume,
-            ..Default::default()
-        })
-        .await
-        .expect("verify_admission")
-        .into_inner()
-}
-
 fn claims_of(token: &str) -> serde_json::Value {
     let payload = token.split('.').nth(1).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
