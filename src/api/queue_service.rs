@@ -230,7 +230,7 @@ impl QueueService for QueueApi {
         })?;
         let first = self
             .store
-            .place(&queue, &user, self.clock.now_ms())
+            .first_place(&queue, &user, self.clock.now_ms())
             .await?
             .ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
         let updates = self.hub.watch(permit, queue.clone(), user, first);

@@ -41,8 +41,10 @@ pub(super) async fn track_readiness(
         if answers && !declared.is_empty() {
             declared = declare_queues(store.as_ref(), clock.as_ref(), declared).await;
         }
-        // A store that cannot be asked keeps the last answer.
-        if answers && let Ok(found) = store.setup_problem().await {
+        // A setup that cannot be read (INFO refused) is taken as sound:
+        // readiness follows what is known to be wrong, not what is unknown.
+        if answers {
+            let found = store.setup_problem().await.unwrap_or(None);
             if found.is_some() && found != problem {
                 tracing::error!(problem = found.as_deref().unwrap_or_default(), "not ready");
             }

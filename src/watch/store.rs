@@ -365,4 +365,33 @@ mod tests {
         store.delete_queue(&q).await.unwrap();
         wrote("delete_queue");
     }
+
+    /// A stream's first place is a sign of life, not a poll: the hub does
+    /// not start following the queue for it (the stream does that), and a
+    /// poll does.
+    #[tokio::test]
+    async fn a_streams_first_place_is_not_remembered_as_a_poll() {
+        let inner: Arc<dyn QueueStore> = Arc::new(MemoryStore::new());
+        let hub = WatchHub::new(
+            Arc::clone(&inner),
+            Arc::new(SystemClock),
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        );
+        let store = WatchedStore::new(inner, Arc::clone(&hub));
+        let q = QueueId::parse("q").unwrap();
+        store
+            .create_queue(&QueueConfig::new(q.clone()).created(1))
+            .await
+            .unwrap();
+        let user = UserId::parse("u").unwrap();
+        store.enqueue(&q, &user, 10).await.unwrap();
+        assert!(store.first_place(&q, &user, 20).await.unwrap().is_some());
+        assert!(
+            hub.followed(&q).is_none(),
+            "a stream's first place made a poller"
+        );
+        assert!(store.place(&q, &user, 30).await.unwrap().is_some());
+        assert!(hub.followed(&q).is_some(), "a poll is remembered");
+    }
 }

@@ -526,7 +526,8 @@ async fn a_redis_that_may_evict_keys_keeps_the_service_unready_until_it_may_not(
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
 
-    let redis = TestRedis::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let redis =
+        TestRedis::start_with(&["--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"]);
     let app = TestApp::start(
         TestApp::redis_config(&redis.url(), &fresh_prefix()),
         std::sync::Arc::new(waitroom::domain::ManualClock::new(now_ms())),

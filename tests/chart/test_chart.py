@@ -120,6 +120,9 @@ def test_shutdown_has_a_pre_stop_hook_and_a_grace_period_longer_than_the_drain()
     assert spec["terminationGracePeriodSeconds"] > 5 + 10
     with pytest.raises(helm.HelmError, match="terminationGracePeriodSeconds"):
         render(with_values(terminationGracePeriodSeconds=12))
+    # The preStop pause counts too.
+    with pytest.raises(helm.HelmError, match="preStopDelay"):
+        render(with_values(preStopDelay="20s"))
 
 
 def test_pods_are_hardened():

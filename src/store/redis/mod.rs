@@ -618,11 +618,13 @@ impl QueueStore for RedisStore {
         let info: Value = self
             .command("info", redis::cmd("INFO").arg("memory"))
             .await?;
-        let mut policies = Vec::new();
-        collect_policies(&info, &mut policies);
-        Ok(policies
+        let mut nodes = Vec::new();
+        collect_policies(&info, &mut nodes);
+        // Without a memory limit a node never evicts, whatever its policy.
+        Ok(nodes
             .into_iter()
-            .find(|policy| policy != "noeviction")
+            .find(|(limit, policy)| *limit > 0 && policy != "noeviction")
+            .map(|(_, policy)| policy)
             .map(|policy| {
                 format!(
                     "Redis's maxmemory-policy is {policy}: under memory pressure it would evict \
@@ -633,9 +635,9 @@ impl QueueStore for RedisStore {
     }
 }
 
-/// The `maxmemory_policy` values of an `INFO memory` answer, from one node
-/// or from each node of a Cluster.
-fn collect_policies(value: &Value, into: &mut Vec<String>) {
+/// Each node's `maxmemory` and `maxmemory_policy` in an `INFO memory`
+/// answer, from one node or from each node of a Cluster.
+fn collect_policies(value: &Value, into: &mut Vec<(u64, String)>) {
     match value {
         Value::BulkString(bytes) => collect_from_text(&String::from_utf8_lossy(bytes), into),
         Value::VerbatimString { text, .. } | Value::SimpleString(text) => {
@@ -655,12 +657,18 @@ fn collect_policies(value: &Value, into: &mut Vec<String>) {
     }
 }
 
-fn collect_from_text(text: &str, into: &mut Vec<String>) {
-    into.extend(
+fn collect_from_text(text: &str, into: &mut Vec<(u64, String)>) {
+    let field = |name: &str| {
         text.lines()
-            .filter_map(|line| line.strip_prefix("maxmemory_policy:"))
-            .map(|policy| policy.trim().to_owned()),
-    );
+            .find_map(|line| line.strip_prefix(name))
+            .map(|value| value.trim().to_owned())
+    };
+    if let Some(policy) = field("maxmemory_policy:") {
+        let limit = field("maxmemory:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        into.push((limit, policy));
+    }
 }
 
 #[cfg(test)]
