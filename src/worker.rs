@@ -9,7 +9,7 @@
 //! - releasing the places of users silent for longer than the heartbeat
 //!   timeout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -76,12 +76,20 @@ impl QueueWorker {
         let mut queues: Vec<QueueConfig> = Vec::new();
         let mut listed_at: Option<Instant> = None;
         let mut reaped_at: HashMap<QueueId, u64> = HashMap::new();
+        // Draws this worker saw complete (queue and creation) while its
+        // listing still says otherwise: no more steps for them.
+        let mut drawn: HashSet<(QueueId, u64)> = HashSet::new();
         let mut failing = false;
         loop {
             if listed_at.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
                 match self.all_queues().await {
                     Ok(all) => {
                         reaped_at.retain(|id, _| all.iter().any(|q| &q.id == id));
+                        drawn.retain(|(id, created)| {
+                            all.iter().any(|q| {
+                                &q.id == id && q.created_at_ms == *created && !q.draw_complete
+                            })
+                        });
                         queues = all;
                         listed_at = Some(Instant::now());
                     }
@@ -94,7 +102,7 @@ impl QueueWorker {
                 }
             }
             for queue in &queues {
-                let result = self.step(queue, &mut reaped_at).await;
+                let result = self.step(queue, &mut reaped_at, &mut drawn).await;
                 match result {
                     Ok(()) => failing = false,
                     Err(crate::Error::QueueNotFound(_)) => listed_at = None,
@@ -119,9 +127,11 @@ impl QueueWorker {
         &self,
         queue: &QueueConfig,
         reaped_at: &mut HashMap<QueueId, u64>,
+        drawn: &mut HashSet<(QueueId, u64)>,
     ) -> crate::Result<()> {
         let now = self.clock.now_ms();
-        if draw_pending(queue, now) {
+        let this_draw = (queue.id.clone(), queue.created_at_ms);
+        if draw_pending(queue, now) && !drawn.contains(&this_draw) {
             let seed = new_seed().map_err(crate::Error::Internal)?;
             for _ in 0..DRAW_STEPS_PER_TICK {
                 if self
@@ -130,6 +140,7 @@ impl QueueWorker {
                     .await?
                 {
                     tracing::debug!(queue = %queue.id, "opening draw complete");
+                    drawn.insert(this_draw);
                     break;
                 }
             }
