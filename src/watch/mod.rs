@@ -385,8 +385,9 @@ mod tests {
     use crate::domain::{QueueConfig, SystemClock};
     use crate::store::MemoryStore;
 
-    #[tokio::test]
-    async fn a_stream_whose_client_went_away_is_dropped_and_its_queue_task_ends() {
+    /// A memory store with queue `q` and user `u` waiting in it, and the
+    /// user's place.
+    async fn one_waiting_user() -> (Arc<MemoryStore>, QueueId, UserId, Place) {
         let store = Arc::new(MemoryStore::new());
         let queue = QueueId::parse("q").unwrap();
         store
@@ -395,6 +396,12 @@ mod tests {
             .unwrap();
         let user = UserId::parse("u").unwrap();
         let first = store.enqueue(&queue, &user, 0).await.unwrap();
+        (store, queue, user, first)
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_client_went_away_is_dropped_and_its_queue_task_ends() {
+        let (store, queue, user, first) = one_waiting_user().await;
         let hub = WatchHub::new(
             store,
             Arc::new(SystemClock),
@@ -417,14 +424,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_opened_after_shutdown_began_is_told_to_reconnect_not_ok() {
-        let store = Arc::new(MemoryStore::new());
-        let queue = QueueId::parse("q").unwrap();
-        store
-            .create_queue(&QueueConfig::new(queue.clone()))
-            .await
-            .unwrap();
-        let user = UserId::parse("u").unwrap();
-        let first = store.enqueue(&queue, &user, 0).await.unwrap();
+        let (store, queue, user, first) = one_waiting_user().await;
         let shutdown = CancellationToken::new();
         let hub = WatchHub::new(
             store,
@@ -445,14 +445,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_ends_open_streams_with_unavailable() {
-        let store = Arc::new(MemoryStore::new());
-        let queue = QueueId::parse("q").unwrap();
-        store
-            .create_queue(&QueueConfig::new(queue.clone()))
-            .await
-            .unwrap();
-        let user = UserId::parse("u").unwrap();
-        let first = store.enqueue(&queue, &user, 0).await.unwrap();
+        let (store, queue, user, first) = one_waiting_user().await;
         let shutdown = CancellationToken::new();
         let hub = WatchHub::new(
             store,

@@ -267,12 +267,8 @@ mod tests {
     use crate::domain::{QueueMode, SystemClock};
     use crate::store::MemoryStore;
 
-    /// Every write that changed something through the watched store reached
-    /// the hub. A write added to the trait must be added here too: the
-    /// trait has no defaults, so the watched store does not compile
-    /// without it.
-    #[tokio::test]
-    async fn every_write_through_the_watched_store_reaches_the_hub() {
+    /// A memory store behind a hub that follows it, and the watched store.
+    fn watched() -> (Arc<WatchHub>, WatchedStore) {
         let inner: Arc<dyn QueueStore> = Arc::new(MemoryStore::new());
         let hub = WatchHub::new(
             Arc::clone(&inner),
@@ -281,6 +277,16 @@ mod tests {
             CancellationToken::new(),
         );
         let store = WatchedStore::new(inner, Arc::clone(&hub));
+        (hub, store)
+    }
+
+    /// Every write that changed something through the watched store reached
+    /// the hub. A write added to the trait must be added here too: the
+    /// trait has no defaults, so the watched store does not compile
+    /// without it.
+    #[tokio::test]
+    async fn every_write_through_the_watched_store_reaches_the_hub() {
+        let (hub, store) = watched();
         let heard = || hub.heard.load(Ordering::Relaxed);
         let q = QueueId::parse("q").unwrap();
         let (a, b, c) = (
@@ -371,14 +377,7 @@ mod tests {
     /// poll does.
     #[tokio::test]
     async fn a_streams_first_place_is_not_remembered_as_a_poll() {
-        let inner: Arc<dyn QueueStore> = Arc::new(MemoryStore::new());
-        let hub = WatchHub::new(
-            Arc::clone(&inner),
-            Arc::new(SystemClock),
-            Duration::from_secs(60),
-            CancellationToken::new(),
-        );
-        let store = WatchedStore::new(inner, Arc::clone(&hub));
+        let (hub, store) = watched();
         let q = QueueId::parse("q").unwrap();
         store
             .create_queue(&QueueConfig::new(q.clone()).created(1))

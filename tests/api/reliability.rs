@@ -19,6 +19,21 @@ async fn verdict(
     verify(client, queue, token, consume).await.verdict()
 }
 
+/// Changes one field of a queue (`queue` carries the new value, `path`
+/// names it), as an operator does.
+async fn update(app: &TestApp, queue: pb::Queue, path: &str) -> Result<pb::Queue, tonic::Status> {
+    app.admin()
+        .await
+        .update_queue(pb::UpdateQueueRequest {
+            queue: Some(queue),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec![path.into()],
+            }),
+        })
+        .await
+        .map(|answer| answer.into_inner().queue.unwrap_or_default())
+}
+
 fn token_of(admitted: &pb::AdmittedUser) -> String {
     admitted.admission.as_ref().unwrap().token.clone()
 }
@@ -41,17 +56,11 @@ async fn shortening_the_heartbeat_timeout_releases_nobody_whose_stream_stays_ope
     clock.advance_ms(15_000);
     two.refreshed("sale").await;
     // The operator shortens the timeout through the other replica.
-    one.admin()
-        .await
-        .update_queue(pb::UpdateQueueRequest {
-            queue: Some(pb::Queue {
-                heartbeat_timeout: secs(10),
-                ..queue("sale")
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["heartbeat_timeout".into()],
-            }),
-        })
+    let shortened = pb::Queue {
+        heartbeat_timeout: secs(10),
+        ..queue("sale")
+    };
+    update(&one, shortened, "heartbeat_timeout")
         .await
         .expect("update_queue");
     // Thirty seconds pass in steps: the stream's replica follows the new
@@ -118,19 +127,11 @@ async fn a_token_consumed_later_with_a_shorter_life_does_not_shorten_the_memory_
     let mut client = app.client().await;
     enqueue(&mut client, "sale", "carol").await;
     let carol = token_of(&admit(&mut client, "sale", 1).await[0]);
-    app.admin()
-        .await
-        .update_queue(pb::UpdateQueueRequest {
-            queue: Some(pb::Queue {
-                admission_ttl: secs(1),
-                ..queue("sale")
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["admission_ttl".into()],
-            }),
-        })
-        .await
-        .unwrap();
+    let shorter = pb::Queue {
+        admission_ttl: secs(1),
+        ..queue("sale")
+    };
+    update(&app, shorter, "admission_ttl").await.unwrap();
     enqueue(&mut client, "sale", "alice").await;
     let alice = token_of(&admit(&mut client, "sale", 1).await[0]);
     assert_eq!(
@@ -282,16 +283,11 @@ async fn times_and_durations_outside_their_documented_ranges_are_invalid_argumen
         timestamp(7_258_118_400, 0),
     ];
     for at in opens_at {
-        let status = admin
-            .update_queue(pb::UpdateQueueRequest {
-                queue: Some(pb::Queue {
-                    opens_at: Some(at),
-                    ..queue("sale")
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["opens_at".into()],
-                }),
-            })
+        let moved = pb::Queue {
+            opens_at: Some(at),
+            ..queue("sale")
+        };
+        let status = update(&app, moved, "opens_at")
             .await
             .expect_err("an opening out of range was accepted");
         assert_eq!(status.code(), Code::InvalidArgument, "{at:?}");
@@ -315,16 +311,11 @@ async fn times_and_durations_outside_their_documented_ranges_are_invalid_argumen
         duration(60, 1_000_000_000),
         duration(0, -1),
     ] {
-        let status = admin
-            .update_queue(pb::UpdateQueueRequest {
-                queue: Some(pb::Queue {
-                    admission_ttl: Some(ttl),
-                    ..queue("sale")
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["admission_ttl".into()],
-                }),
-            })
+        let changed = pb::Queue {
+            admission_ttl: Some(ttl),
+            ..queue("sale")
+        };
+        let status = update(&app, changed, "admission_ttl")
             .await
             .expect_err("a duration out of range was accepted");
         assert_eq!(status.code(), Code::InvalidArgument, "{ttl:?}");

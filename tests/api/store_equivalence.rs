@@ -128,6 +128,18 @@ async fn apply(
             seen.push((user.clone(), admission.clone()));
         }
     }
+    fn note_admitted(
+        seen: &mut Vec<(UserId, Admission)>,
+        answer: &waitroom::Result<Vec<waitroom::domain::Admitted>>,
+    ) {
+        if let Ok(admitted) = answer {
+            seen.extend(
+                admitted
+                    .iter()
+                    .map(|a| (a.user.clone(), a.admission.clone())),
+            );
+        }
+    }
     let q = queue();
     match op {
         Op::Enqueue(u) => {
@@ -216,24 +228,12 @@ async fn apply(
                 RequestId::parse(&id).unwrap()
             });
             let answer = store.admit(&q, *n, request.as_ref(), now).await;
-            if let Ok(admitted) = &answer {
-                seen.extend(
-                    admitted
-                        .iter()
-                        .map(|a| (a.user.clone(), a.admission.clone())),
-                );
-            }
+            note_admitted(seen, &answer);
             show(answer)
         }
         Op::AdmitDue(n) => {
             let answer = store.admit_due(&q, *n, now).await;
-            if let Ok(admitted) = &answer {
-                seen.extend(
-                    admitted
-                        .iter()
-                        .map(|a| (a.user.clone(), a.admission.clone())),
-                );
-            }
+            note_admitted(seen, &answer);
             show(answer)
         }
         Op::SetRate(n) => show(
