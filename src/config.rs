@@ -109,9 +109,21 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub keepalive_timeout: Duration,
 
-    /// Connections are asked to go away after this long (GOAWAY; streams reconnect elsewhere), so rollouts and scale-outs rebalance long-lived clients.
+    /// Connections are asked to go away after about this long (GOAWAY, then their streams end with UNAVAILABLE and reconnect through the load balancer), each at its own moment within ±10%, so rollouts and scale-outs rebalance long-lived clients without a wave of reconnects.
     #[arg(long, env = "WAITROOM_MAX_CONNECTION_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
+
+    /// How often each replica compares its open streams with its share (the replicas' streams, learned through the store, divided by the ready replicas) and, holding more, closes connections to move the excess; 0 turns balancing off.
+    #[arg(long, env = "WAITROOM_BALANCE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub balance_interval: Duration,
+
+    /// Most of its streams a replica moves per balance interval, as a fraction (0 to 1): paces the reconnects.
+    #[arg(long, env = "WAITROOM_BALANCE_STEP", default_value_t = 0.1, value_parser = unit_fraction)]
+    pub balance_step: f64,
+
+    /// How far above its share a replica may be, as a fraction of the share, before it moves streams: stops churn around the even split.
+    #[arg(long, env = "WAITROOM_BALANCE_TOLERANCE", default_value_t = 0.1, value_parser = unit_fraction)]
+    pub balance_tolerance: f64,
 
     /// Server certificate chain (PEM) for TLS on the gRPC port.
     #[arg(long, env = "WAITROOM_TLS_CERT", requires = "tls_key")]
@@ -161,6 +173,9 @@ impl Config {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_connection_age: Duration::from_secs(600),
+            balance_interval: Duration::from_secs(5),
+            balance_step: 0.1,
+            balance_tolerance: 0.1,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -250,6 +265,14 @@ fn positive_duration(value: &str) -> Result<Duration, String> {
     match humantime::parse_duration(value) {
         Ok(d) if d.is_zero() => Err("must be more than zero".into()),
         Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn unit_fraction(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        Ok(_) => Err("must be between 0 and 1".into()),
         Err(e) => Err(e.to_string()),
     }
 }

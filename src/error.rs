@@ -3,7 +3,7 @@
 //! Variants are named by what the caller can do about them. Every status
 //! carries a `google.rpc.ErrorInfo` (domain [`ERROR_DOMAIN`], a stable
 //! `reason`); invalid arguments add a `BadRequest` naming the field, and
-//! `Unavailable` adds `RetryInfo`. Internal causes are logged here, once, and
+//! `Unavailable` and `Reconnect` add `RetryInfo`. Internal causes are logged here, once, and
 //! returned opaque.
 
 use std::collections::HashMap;
@@ -49,6 +49,11 @@ pub enum Error {
     /// have taken effect; every call is safe to retry.
     #[error("queue store unavailable: {0}")]
     Unavailable(String),
+    /// This server ends the stream for its own reasons (it is stopping, or
+    /// handing watchers to other replicas): the client should reconnect,
+    /// on a new connection, and keeps its place. `UNAVAILABLE` too.
+    #[error("{0}; reconnect to keep watching: the place is kept")]
+    Reconnect(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -78,6 +83,7 @@ impl Error {
             Self::PermissionDenied(_) => "PERMISSION_DENIED",
             Self::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
             Self::Unavailable(_) => "STORE_UNAVAILABLE",
+            Self::Reconnect(_) => "RECONNECT",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -94,7 +100,7 @@ impl Error {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
-            Self::Unavailable(_) => Code::Unavailable,
+            Self::Unavailable(_) | Self::Reconnect(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -122,6 +128,12 @@ impl From<Error> for Status {
                  retry it (with the same request_id where it takes one)"
                     .to_owned()
             }
+            Error::Reconnect(_) => {
+                // Spread out, so the streams a replica lets go do not all
+                // come back in the same instant.
+                details.set_retry_info(Some(reconnect_delay()));
+                error.to_string()
+            }
             Error::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 "internal error".to_owned()
@@ -130,6 +142,17 @@ impl From<Error> for Status {
         };
         Status::with_error_details(error.code(), message, details)
     }
+}
+
+/// How long a client told to reconnect waits first: 0.5 to 1.5 s, drawn
+/// for each answer.
+fn reconnect_delay() -> Duration {
+    let mut byte = [0u8; 2];
+    let spread = match getrandom::fill(&mut byte) {
+        Ok(()) => u64::from(u16::from_le_bytes(byte)) * 1000 / u64::from(u16::MAX),
+        Err(_) => 500,
+    };
+    Duration::from_millis(500 + spread)
 }
 
 /// Logs an unavailable store at most once a second, with the number of such

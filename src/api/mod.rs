@@ -6,6 +6,7 @@
 mod admin_service;
 pub mod auth;
 pub mod codec;
+pub mod connection;
 mod convert;
 pub mod limits;
 mod queue_service;

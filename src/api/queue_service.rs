@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::connection::stream_connection;
 use super::convert::{self, admission_out, place_out, timestamp_out};
 use super::validate::{max_count_in, queue_and_user, queue_id, request_id, token_in};
 use crate::domain::{AdmissionCheck, AdmissionStatus, Clock, Consume, QueueId, RequestId, UserId};
@@ -220,6 +221,7 @@ impl QueueService for QueueApi {
         &self,
         request: Request<pb::WatchRankRequest>,
     ) -> Result<Response<Self::WatchRankStream>, Status> {
+        let connection = stream_connection(&request);
         let request = request.into_inner();
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
         let permit = self.hub.reserve_stream(self.max_streams).ok_or_else(|| {
@@ -233,7 +235,9 @@ impl QueueService for QueueApi {
             .first_place(&queue, &user, self.clock.now_ms())
             .await?
             .ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
-        let updates = self.hub.watch(permit, queue.clone(), user, first);
+        let updates = self
+            .hub
+            .watch(permit, queue.clone(), user, first, connection);
         Ok(Response::new(WatchStream {
             updates,
             queue,

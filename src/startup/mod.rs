@@ -21,8 +21,8 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 use tower::util::MapResponseLayer;
 
@@ -36,14 +36,16 @@ use crate::pb::queue_service_server::QueueServiceServer;
 use crate::store::{MemoryStore, QueueStore, RedisOptions, RedisStore};
 use crate::telemetry::grpc::ObserveLayer;
 use crate::tokens::Keyring;
-use crate::watch::{WatchHub, WatchedStore};
+use crate::watch::{Balancer, Balancing, OpenConnections, WatchHub, WatchedStore};
 use crate::worker::QueueWorker;
 use crate::{http, pb};
 
+mod connections;
 mod readiness;
 mod secrets;
 mod shutdown;
 
+use self::connections::{Accepting, ServeOne};
 use self::readiness::{set_ready, track_readiness};
 use self::shutdown::Drain;
 pub use self::shutdown::shutdown_signal;
@@ -56,6 +58,8 @@ pub struct Application {
     hub: Arc<WatchHub>,
     /// Cancelled when open streams are to end.
     streams_end: CancellationToken,
+    /// The gRPC connections open now.
+    connections: Arc<OpenConnections>,
     /// The queue worker's count of passes, once it runs.
     worker_passes: Arc<std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>>,
     config: Config,
@@ -99,6 +103,7 @@ impl Application {
         Ok(Self {
             hub,
             streams_end,
+            connections: Arc::default(),
             worker_passes: Arc::default(),
             config,
             listener,
@@ -191,6 +196,20 @@ impl Application {
         let ready = Arc::new(AtomicBool::new(false));
         set_ready(&health, &ready, false).await;
         let draining = CancellationToken::new();
+        let balancer = Balancer {
+            balancing: Balancing {
+                interval: config.balance_interval,
+                step: config.balance_step,
+                tolerance: config.balance_tolerance,
+            },
+            hub: Arc::clone(&hub),
+            store: Arc::clone(&store),
+            clock: Arc::clone(&self.clock),
+            connections: Arc::clone(&self.connections),
+            ready: Arc::clone(&ready),
+            draining: draining.clone(),
+        };
+        tokio::spawn(balancer.run(background.clone()));
         tokio::spawn(track_readiness(
             health.clone(),
             Arc::clone(&ready),
@@ -232,8 +251,6 @@ impl Application {
             .max_concurrent_streams(config.max_streams_per_connection)
             .http2_keepalive_interval(Some(config.keepalive_interval))
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
-            .max_connection_age(config.max_connection_age)
-            .max_connection_age_grace(config.shutdown_timeout)
             // Many streams on few connections: windows large enough that a
             // burst of updates on thousands of streams is not held up by
             // flow control, and room for the resets a client tearing down
@@ -274,13 +291,31 @@ impl Application {
             shutdown_timeout: config.shutdown_timeout,
         };
         let (shutdown, finish) = shutdown::sequence(stop, drain);
-        let serving = tokio::spawn(router.serve_with_incoming_shutdown(
-            // Nagle's algorithm off: a response written as a headers frame
-            // and a data frame would otherwise wait for the client's
-            // delayed ACK (40 ms) between the two.
-            TcpIncoming::from(self.listener).with_nodelay(Some(true)),
-            shutdown,
-        ));
+        let stopping = CancellationToken::new();
+        let stopped = stopping.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stopped.cancel();
+        });
+        let serve_one: ServeOne = Arc::new(move |conn, go| {
+            let router = router.clone();
+            Box::pin(async move {
+                // One connection, then nothing until it is to go away: the
+                // end of the stream would start tonic's shutdown at once.
+                let incoming = tokio_stream::once(Ok::<_, std::io::Error>(conn))
+                    .chain(tokio_stream::pending());
+                router.serve_with_incoming_shutdown(incoming, go).await
+            })
+        });
+        let accepting = Accepting {
+            listener: self.listener,
+            serve_one,
+            connections: Arc::clone(&self.connections),
+            hub: Arc::clone(&hub),
+            max_age: config.max_connection_age,
+            grace: config.shutdown_timeout,
+        };
+        let serving = tokio::spawn(accepting.run(stopping));
         let result = finish.wait(serving).await;
         background.cancel();
         result

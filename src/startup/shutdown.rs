@@ -72,10 +72,7 @@ pub(super) struct Finish {
 impl Finish {
     /// Waits for the server to finish, or for the shutdown timeout once the
     /// sequence reached its last step, whichever comes first.
-    pub(super) async fn wait(
-        self,
-        serving: JoinHandle<Result<(), tonic::transport::Error>>,
-    ) -> anyhow::Result<()> {
+    pub(super) async fn wait(self, serving: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
         let shutdown_timeout = self.shutdown_timeout;
         let result = tokio::select! {
             result = serving => result.context("the gRPC server task failed")?.context("serving gRPC"),

@@ -198,4 +198,39 @@ pub trait QueueStore: Send + Sync + 'static {
     /// consumed tokens without a word. The service is not ready while there
     /// is such a problem.
     async fn setup_problem(&self) -> Result<Option<String>>;
+
+    /// Records that service instance `instance` holds `streams` open
+    /// streams (`None`: it takes no part any more, it is draining), and
+    /// returns the streams of every instance that reported within
+    /// `ttl_ms`, in instance order, this one included. How replicas learn
+    /// their share of the watchers.
+    async fn share_load(
+        &self,
+        instance: &str,
+        streams: Option<u64>,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<u64>>;
+}
+
+/// Instances' reports by instance: (streams, reported at ms). Keeps those
+/// reported within `ttl_ms` and answers as [`QueueStore::share_load`]; the
+/// memory store's whole implementation and the Redis script's meaning.
+pub(crate) fn share_of(
+    reports: &mut std::collections::BTreeMap<String, (u64, u64)>,
+    instance: &str,
+    streams: Option<u64>,
+    ttl_ms: u64,
+    now_ms: u64,
+) -> Vec<u64> {
+    match streams {
+        Some(streams) => {
+            reports.insert(instance.to_owned(), (streams, now_ms));
+        }
+        None => {
+            reports.remove(instance);
+        }
+    }
+    reports.retain(|_, (_, at)| now_ms.saturating_sub(*at) <= ttl_ms);
+    reports.values().map(|(streams, _)| *streams).collect()
 }

@@ -41,12 +41,17 @@ impl WatchHub {
                 _ = ticks.tick() => {}
                 _ = watch.wake.notified() => {}
                 _ = self.shutdown.cancelled() => {
+                    // Out of the map first, under the lock `watch` checks
+                    // the shutdown under: no stream joins after this.
+                    if let Ok(mut queues) = self.queues.lock() {
+                        queues.remove(&queue);
+                    }
                     let watchers = take(&watch);
                     // Told to reconnect: the timeout runs from now.
                     let mut users: Vec<UserId> = watchers.iter().map(|w| w.tx.user().clone()).collect();
                     users.extend(watch.pollers().take_unrecorded());
                     let _ = self.store.touch(&queue, &users, self.clock.now_ms()).await;
-                    let reason = Error::Unavailable("server shutting down; reconnect to keep watching".into());
+                    let reason = Error::Reconnect("this server is shutting down".into());
                     end_all(watchers, &reason);
                     return;
                 }
@@ -63,6 +68,20 @@ impl WatchHub {
             if !dropped.is_empty() {
                 let _ = self.store.touch(&queue, &dropped, now).await;
                 watchers.retain(|w| !w.tx.is_closed());
+            }
+            // Streams whose connection is closing end now, told to
+            // reconnect; like a drop, the end is a sign of life.
+            if watchers.iter().any(|w| w.slot.leaving()) {
+                let (leaving, staying): (Vec<Watcher>, Vec<Watcher>) =
+                    watchers.into_iter().partition(|w| w.slot.leaving());
+                watchers = staying;
+                let users: Vec<UserId> = leaving.iter().map(|w| w.tx.user().clone()).collect();
+                let _ = self.store.touch(&queue, &users, now).await;
+                let reason =
+                    self.leaving(leaving.first().and_then(|w| w.slot.connection.as_deref()));
+                if let Some(reason) = reason {
+                    end_all(leaving, &reason);
+                }
             }
             if watchers.is_empty() && watch.pollers().is_empty() {
                 if self.retire(&queue, &watch) {
@@ -393,7 +412,7 @@ fn offer(watcher: &mut Watcher, place: Option<Place>, queue: &QueueId, now_ms: u
 
 fn end_all(watchers: Vec<Watcher>, error: &Error) {
     let error = match error {
-        Error::QueueNotFound(_) | Error::PlaceNotFound(_) => error.clone(),
+        Error::QueueNotFound(_) | Error::PlaceNotFound(_) | Error::Reconnect(_) => error.clone(),
         other => Error::Unavailable(other.to_string()),
     };
     for watcher in watchers {

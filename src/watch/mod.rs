@@ -35,6 +35,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+mod balance;
+mod connection;
 mod follow;
 mod line;
 mod lookup;
@@ -43,6 +45,8 @@ mod slot;
 mod store;
 mod view;
 
+pub use self::balance::{Balancer, Balancing, OpenConnections, jittered};
+pub use self::connection::StreamConnection;
 use self::lookup::{Copy, Pollers};
 pub use self::slot::PlaceReceiver;
 use self::slot::PlaceSender;
@@ -58,27 +62,42 @@ struct Watcher {
     last: View,
     /// The stream's end holds the user and the latest place.
     tx: PlaceSender,
-    _slot: StreamSlot,
+    slot: StreamSlot,
 }
 
-/// Counts an open stream, on the instance and in its queue, for as long as
-/// its watcher lives.
+/// Counts an open stream, on the instance, in its queue and on its
+/// connection, for as long as its watcher lives.
 struct StreamSlot {
     instance: Arc<AtomicUsize>,
     queue: Arc<AtomicUsize>,
+    connection: Option<Arc<StreamConnection>>,
 }
 
 impl StreamSlot {
-    /// The permit's place on the instance, now also counted in its queue.
-    fn new(permit: StreamPermit, queue: &Arc<AtomicUsize>) -> Self {
+    /// The permit's place on the instance, now also counted in its queue
+    /// and on its connection.
+    fn new(
+        permit: StreamPermit,
+        queue: &Arc<AtomicUsize>,
+        connection: Option<Arc<StreamConnection>>,
+    ) -> Self {
         queue.fetch_add(1, Ordering::Relaxed);
+        if let Some(connection) = &connection {
+            connection.stream_opened();
+        }
         let instance = Arc::clone(&permit.instance);
         // The instance count passes to the slot, which gives it back.
         std::mem::forget(permit);
         Self {
             instance,
             queue: Arc::clone(queue),
+            connection,
         }
+    }
+
+    /// The stream's connection is closing: the stream must end.
+    fn leaving(&self) -> bool {
+        self.connection.as_ref().is_some_and(|c| c.is_closing())
     }
 }
 
@@ -99,6 +118,9 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.instance.fetch_sub(1, Ordering::Relaxed);
         self.queue.fetch_sub(1, Ordering::Relaxed);
+        if let Some(connection) = &self.connection {
+            connection.stream_ended();
+        }
     }
 }
 
@@ -188,29 +210,20 @@ impl WatchHub {
             })
     }
 
-    /// Opens a stream of a user's place that starts with `first`. The stream
-    /// ends after a final place (admitted or closed), or with an error.
+    /// Opens a stream of a user's place that starts with `first`, carried
+    /// by `connection` (when known). The stream ends after a final place
+    /// (admitted or closed), or with an error.
     pub fn watch(
         self: &Arc<Self>,
         permit: StreamPermit,
         queue: QueueId,
         user: UserId,
         first: Place,
+        connection: Option<Arc<StreamConnection>>,
     ) -> PlaceReceiver {
         let last = View::of(&first, self.clock.now_ms());
         let ticket = Some(first.ticket).filter(|t| *t > 0);
         let is_final = first.is_final();
-        if !is_final && self.shutdown.is_cancelled() {
-            // Ending after the first place would say OK, which means
-            // admitted or closed: tell the client to reconnect instead.
-            let (_, rx) = slot::link(
-                user,
-                Err(Error::Unavailable(
-                    "server shutting down; reconnect to keep watching".into(),
-                )),
-            );
-            return rx;
-        }
         let (tx, rx) = slot::link(user, Ok(first));
         if is_final {
             return rx;
@@ -219,17 +232,49 @@ impl WatchHub {
             let _ = tx.send(Err(Error::Internal("watch hub lock poisoned".into())));
             return rx;
         };
+        // Checked under the lock the queue's task takes to end its streams
+        // at shutdown, so no stream joins a queue after its task ended them.
+        if let Some(reason) = self.leaving(connection.as_deref()) {
+            let _ = tx.send(Err(reason));
+            return rx;
+        }
         let watch = self.follow(&mut queues, &queue);
         if let Ok(mut watchers) = watch.watchers.lock() {
-            let slot = StreamSlot::new(permit, &watch.open);
+            let slot = StreamSlot::new(permit, &watch.open, connection);
             watchers.push(Watcher {
                 ticket,
                 last,
                 tx,
-                _slot: slot,
+                slot,
             });
         }
         rx
+    }
+
+    /// Why a stream on `connection` must end now, if it must: the server is
+    /// stopping, or the connection is closing. Either way the client
+    /// reconnects and keeps its place.
+    fn leaving(&self, connection: Option<&StreamConnection>) -> Option<Error> {
+        if self.shutdown.is_cancelled() {
+            Some(Error::Reconnect("this server is shutting down".into()))
+        } else if connection.is_some_and(StreamConnection::is_closing) {
+            Some(Error::Reconnect(
+                "this server is closing the connection (its age, or streams moving to other replicas)"
+                    .into(),
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Refreshes every followed queue now: connections were told to close,
+    /// and their streams end at the next refresh.
+    pub fn wake_all(&self) {
+        if let Ok(queues) = self.queues.lock() {
+            for watch in queues.values() {
+                watch.wake.notify_one();
+            }
+        }
     }
 
     /// The queue's entry, with a task following its line, started if none.
@@ -409,7 +454,7 @@ mod tests {
             CancellationToken::new(),
         );
         let permit = hub.reserve_stream(1).unwrap();
-        let mut stream = hub.watch(permit, queue.clone(), user.clone(), first);
+        let mut stream = hub.watch(permit, queue.clone(), user.clone(), first, None);
         assert!(stream.next().await.is_some());
         assert_eq!(hub.watcher_count(), 1);
         drop(stream);
@@ -434,17 +479,17 @@ mod tests {
         );
         shutdown.cancel();
         let permit = hub.reserve_stream(1).unwrap();
-        let mut stream = hub.watch(permit, queue, user, first);
+        let mut stream = hub.watch(permit, queue, user, first, None);
         assert!(matches!(
             stream.next().await,
-            Some(Err(Error::Unavailable(_)))
+            Some(Err(Error::Reconnect(_)))
         ));
         assert!(stream.next().await.is_none());
         assert_eq!(hub.watcher_count(), 0);
     }
 
     #[tokio::test]
-    async fn shutdown_ends_open_streams_with_unavailable() {
+    async fn shutdown_ends_open_streams_with_a_reconnect() {
         let (store, queue, user, first) = one_waiting_user().await;
         let shutdown = CancellationToken::new();
         let hub = WatchHub::new(
@@ -454,13 +499,56 @@ mod tests {
             shutdown.clone(),
         );
         let permit = hub.reserve_stream(1).unwrap();
-        let mut stream = hub.watch(permit, queue, user, first);
+        let mut stream = hub.watch(permit, queue, user, first, None);
         assert!(stream.next().await.is_some());
         shutdown.cancel();
         let last = tokio::time::timeout(Duration::from_secs(1), stream.next())
             .await
             .unwrap();
-        assert!(matches!(last, Some(Err(Error::Unavailable(_)))));
+        assert!(matches!(last, Some(Err(Error::Reconnect(_)))));
         assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn streams_of_a_closing_connection_end_with_a_reconnect_and_others_stay() {
+        let (store, queue, user, first) = one_waiting_user().await;
+        let other = UserId::parse("other").unwrap();
+        let second = store.enqueue(&queue, &other, 0).await.unwrap();
+        let hub = WatchHub::new(
+            store,
+            Arc::new(SystemClock),
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        );
+        let (closing, staying) = (
+            Arc::new(StreamConnection::default()),
+            Arc::new(StreamConnection::default()),
+        );
+        let mut leaving = hub.watch(
+            hub.reserve_stream(2).unwrap(),
+            queue.clone(),
+            user,
+            first,
+            Some(Arc::clone(&closing)),
+        );
+        let mut kept = hub.watch(
+            hub.reserve_stream(2).unwrap(),
+            queue,
+            other,
+            second,
+            Some(Arc::clone(&staying)),
+        );
+        assert!(leaving.next().await.is_some());
+        assert!(kept.next().await.is_some());
+        assert_eq!((closing.streams(), staying.streams()), (1, 1));
+        closing.close();
+        hub.wake_all();
+        let last = tokio::time::timeout(Duration::from_secs(5), leaving.next())
+            .await
+            .unwrap();
+        assert!(matches!(last, Some(Err(Error::Reconnect(_)))));
+        assert!(leaving.next().await.is_none());
+        assert_eq!((closing.streams(), staying.streams()), (0, 1));
+        assert_eq!(hub.watcher_count(), 1);
     }
 }

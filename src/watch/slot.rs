@@ -2,6 +2,11 @@
 //! overwrites and the stream takes, so a client that reads slowly skips to
 //! the newest place instead of holding a queue of stale ones.
 //!
+//! A stream ends cleanly only after a final place (admitted, closed) or an
+//! error: if the hub lets go of a stream without one, the stream ends with
+//! [`Error::Reconnect`], never with an `OK` that would say "admitted or
+//! closed".
+//!
 //! An open stream holds one for its whole life, so it is kept small: one
 //! allocation shared by both ends, with the user's id in it so neither end
 //! keeps a copy of its own. (tokio's `watch` channel, with its eight-way
@@ -14,8 +19,13 @@ use std::task::{Context, Poll, Waker};
 
 use tokio_stream::Stream;
 
-use crate::Result;
 use crate::domain::{Place, UserId};
+use crate::{Error, Result};
+
+/// Whether the stream may end after `place`.
+fn ends(place: &Result<Place>) -> bool {
+    place.as_ref().map_or(true, Place::is_final)
+}
 
 struct Shared {
     user: UserId,
@@ -26,6 +36,8 @@ struct State {
     latest: Option<Result<Place>>,
     waker: Option<Waker>,
     sender_gone: bool,
+    /// A final place or an error was sent: the stream may end after it.
+    ended: bool,
 }
 
 impl Shared {
@@ -52,6 +64,7 @@ pub fn link(user: UserId, first: Result<Place>) -> (PlaceSender, PlaceReceiver) 
     let shared = Arc::new(Shared {
         user,
         state: Mutex::new(State {
+            ended: ends(&first),
             latest: Some(first),
             waker: None,
             sender_gone: false,
@@ -77,6 +90,7 @@ impl PlaceSender {
         }
         let waker = {
             let mut state = self.shared.state();
+            state.ended |= ends(&place);
             state.latest = Some(place);
             state.waker.take()
         };
@@ -120,6 +134,12 @@ impl Stream for PlaceReceiver {
             return Poll::Ready(Some(place));
         }
         if state.sender_gone {
+            if !state.ended {
+                state.ended = true;
+                return Poll::Ready(Some(Err(Error::Reconnect(
+                    "this server stopped watching".into(),
+                ))));
+            }
             return Poll::Ready(None);
         }
         match &mut state.waker {
@@ -135,7 +155,6 @@ mod tests {
     use tokio_stream::StreamExt;
 
     use super::*;
-    use crate::Error;
 
     fn user() -> UserId {
         UserId::parse("u").unwrap()
@@ -152,6 +171,23 @@ mod tests {
         tokio::task::yield_now().await;
         drop(tx);
         assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_stream_let_go_without_a_final_place_is_told_to_reconnect() {
+        let queue = crate::domain::QueueId::parse("q").unwrap();
+        let mut config = crate::domain::QueueConfig::new(queue.clone());
+        config.created_at_ms = 1;
+        let store = crate::store::MemoryStore::new();
+        use crate::store::QueueStore;
+        store.create_queue(&config).await.unwrap();
+        let waiting = store.enqueue(&queue, &user(), 1).await.unwrap();
+        assert!(!waiting.is_final());
+        let (tx, mut rx) = link(user(), Ok(waiting));
+        drop(tx);
+        assert!(matches!(rx.next().await, Some(Ok(_))));
+        assert!(matches!(rx.next().await, Some(Err(Error::Reconnect(_)))));
+        assert!(rx.next().await.is_none());
     }
 
     #[test]

@@ -254,6 +254,19 @@ impl QueueStore for WatchedStore {
     async fn setup_problem(&self) -> Result<Option<String>> {
         self.inner.setup_problem().await
     }
+
+    // Changes no queue.
+    async fn share_load(
+        &self,
+        instance: &str,
+        streams: Option<u64>,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<u64>> {
+        self.inner
+            .share_load(instance, streams, ttl_ms, now_ms)
+            .await
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,8 @@ struct Inner {
     /// consumed each.
     used_by_expiry: BTreeSet<(u64, QueueId, String)>,
     used_tokens: HashMap<(QueueId, String), (u64, RequestId)>,
+    /// Service instances' stream counts and when each was reported.
+    instances: BTreeMap<String, (u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -886,5 +888,22 @@ impl QueueStore for MemoryStore {
 
     async fn setup_problem(&self) -> Result<Option<String>> {
         Ok(None)
+    }
+
+    async fn share_load(
+        &self,
+        instance: &str,
+        streams: Option<u64>,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<u64>> {
+        let mut inner = self.lock()?;
+        Ok(super::share_of(
+            &mut inner.instances,
+            instance,
+            streams,
+            ttl_ms,
+            now_ms,
+        ))
     }
 }

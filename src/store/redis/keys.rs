@@ -58,6 +58,12 @@ pub(super) fn index_key(prefix: &str) -> String {
     format!("{prefix}:queues")
 }
 
+/// Hash of the service instances' open streams (see
+/// [`crate::store::QueueStore::share_load`]); spans queues, like the index.
+pub(super) fn instances_key(prefix: &str) -> String {
+    format!("{prefix}:instances")
+}
+
 /// Sorted set of consumed token ids scored by how long each is remembered
 /// (ms), and the hash of the request that consumed each. Not among the
 /// queue's keys: deleting a queue leaves its tokens consumed.

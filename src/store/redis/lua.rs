@@ -24,6 +24,7 @@ pub(super) struct Scripts {
     pub(super) draw_step: Script,
     pub(super) line_changes: Script,
     pub(super) line_snapshot: Script,
+    pub(super) share_load: Script,
 }
 
 /// Shared by the enqueue scripts (and the benchmark's own).
@@ -65,6 +66,7 @@ impl Scripts {
             draw_step: with_prelude(include_str!("scripts/draw_step.lua")),
             line_changes: with_prelude(include_str!("scripts/line_changes.lua")),
             line_snapshot: with_prelude(include_str!("scripts/line_snapshot.lua")),
+            share_load: Script::new(include_str!("scripts/share_load.lua")),
         }
     }
 }

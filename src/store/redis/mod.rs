@@ -612,6 +612,30 @@ impl QueueStore for RedisStore {
         Ok(())
     }
 
+    async fn share_load(
+        &self,
+        instance: &str,
+        streams: Option<u64>,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<u64>> {
+        let mut invocation = self.scripts.share_load.prepare_invoke();
+        invocation
+            .key(keys::instances_key(&self.prefix))
+            .arg(instance)
+            .arg(streams.map_or_else(String::new, |s| s.to_string()))
+            .arg(ttl_ms)
+            .arg(now_ms);
+        let mut conn = self.connection().await?;
+        bounded(
+            "share_load",
+            self.timeout,
+            guard(&self.breaker, &self.connector, &conn, None),
+            invocation.invoke_async(&mut conn),
+        )
+        .await
+    }
+
     async fn setup_problem(&self) -> Result<Option<String>> {
         // INFO rather than CONFIG GET: managed Redis services often rename
         // or refuse CONFIG. On a Cluster the answer is every node's.
