@@ -13,6 +13,8 @@ use crate::domain::{QueueConfig, QueueId, QueueMode, QueueUpdate};
 #[command(
     name = "waitroom",
     version,
+    // A flag given again wins over the first: wrappers and charts append.
+    args_override_self = true,
     about = "The queue authority behind a virtual waiting room: places in line, live positions, admission in order, signed admission tokens."
 )]
 pub struct Config {

@@ -12,7 +12,9 @@
 //! kept: a stream's end is a sign of life, and the client is told to
 //! reconnect (see [`StreamConnection`]).
 //!
-//! The unit moved is a connection: a client that carries all its streams
+//! A connection is moved only once it has been open a while, so streams
+//! that just reconnected are not moved again at once. The unit moved is a
+//! connection: a client that carries all its streams
 //! on one connection moves them all at once, so a client holding many
 //! should spread them over a few connections.
 
@@ -53,11 +55,12 @@ impl OpenConnections {
         self.lock().len()
     }
 
-    /// The connections carrying streams and not closing already.
-    fn carrying(&self) -> Vec<Arc<StreamConnection>> {
+    /// The connections carrying streams, not closing already, and open
+    /// for at least `settled`.
+    fn carrying(&self, settled: Duration) -> Vec<Arc<StreamConnection>> {
         self.lock()
             .values()
-            .filter(|c| c.streams() > 0 && !c.is_closing())
+            .filter(|c| c.streams() > 0 && !c.is_closing() && c.age() >= settled)
             .cloned()
             .collect()
     }
@@ -149,6 +152,10 @@ impl Balancer {
         let ttl_ms = 3 * self.balancing.interval.as_millis() as u64;
         let mut ticks = tokio::time::interval(self.balancing.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A connection just made is still being joined by the streams
+        // that reconnect on it (clients wait 0.5 to 1.5 s): closing it now
+        // would move them twice, and catch openings in flight.
+        let settled = (2 * self.balancing.interval).max(Duration::from_secs(3));
         let mut order = Shuffle::new();
         loop {
             tokio::select! {
@@ -182,7 +189,7 @@ impl Balancer {
             }
             let total: u64 = loads.iter().sum();
             let share = total.div_ceil(loads.len() as u64);
-            let mut carrying = self.connections.carrying();
+            let mut carrying = self.connections.carrying(settled);
             order.shuffle(&mut carrying);
             let streams: Vec<usize> = carrying.iter().map(|c| c.streams()).collect();
             let chosen = choose(&streams, budget, own.saturating_sub(share));

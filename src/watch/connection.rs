@@ -11,18 +11,35 @@
 //! [`Error::Reconnect`](crate::Error::Reconnect).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-#[derive(Default)]
 pub struct StreamConnection {
     streams: AtomicUsize,
     closing: AtomicBool,
     /// Cancelled when the connection is to go away.
     leave: CancellationToken,
+    opened: Instant,
+}
+
+impl Default for StreamConnection {
+    fn default() -> Self {
+        Self {
+            streams: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            leave: CancellationToken::new(),
+            opened: Instant::now(),
+        }
+    }
 }
 
 impl StreamConnection {
+    /// How long the connection has been open.
+    pub fn age(&self) -> Duration {
+        self.opened.elapsed()
+    }
+
     /// Streams open on the connection.
     pub fn streams(&self) -> usize {
         self.streams.load(Ordering::Relaxed)

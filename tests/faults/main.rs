@@ -1,7 +1,7 @@
 //! The fault suite: real `redis-server` processes and real `waitroom`
 //! processes, with faults injected (Redis stalled, killed and restarted,
 //! connections cut and delayed, a cluster master failed over, a service
-//! replica killed mid-batch), and the invariants checked against a log of
+//! replica killed mid-batch, replicas added under 20,000 watchers), and the invariants checked against a log of
 //! every answer the clients got. `docs/reliability.md` states what each
 //! Redis setup promises and points here for the evidence.
 //!
@@ -14,6 +14,7 @@ mod service;
 
 mod failover;
 mod network;
+mod rebalance;
 mod replicas;
 mod restart;
 mod stall;

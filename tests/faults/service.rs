@@ -41,6 +41,8 @@ pub fn scratch(name: &str) -> PathBuf {
 pub struct Service {
     child: Child,
     pub addr: SocketAddr,
+    /// The plain-HTTP port: metrics and health.
+    pub http: SocketAddr,
     pub log: PathBuf,
 }
 
@@ -78,7 +80,12 @@ impl Service {
             .stderr(file)
             .spawn()
             .expect("starting the waitroom binary");
-        let service = Self { child, addr, log };
+        let service = Self {
+            child,
+            addr,
+            http,
+            log,
+        };
         service
             .wait_until(ServingStatus::Serving, Duration::from_secs(20))
             .await;
@@ -131,6 +138,25 @@ impl Service {
             .create_queue(pb::CreateQueueRequest { queue: Some(queue) })
             .await
             .expect("create_queue");
+    }
+
+    /// A figure of this process's `/metrics` without labels, e.g.
+    /// `waitroom_open_watchers`; `None` without an answer.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.http).await.ok()?;
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        tcp.read_to_string(&mut body).await.ok()?;
+        body.lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 
     /// Kills the process (`SIGKILL`): calls in flight get no answer.

@@ -1,0 +1,373 @@
+//! Scaling out moves watchers. Clients reach the replicas through a
+//! stand-in for a Kubernetes ClusterIP Service (each new connection goes to
+//! a ready backend at random; a connection stays where it went), each
+//! client carrying its streams on one HTTP/2 connection as a BFF does.
+//! All watchers start on one replica; two more join; the busy one moves
+//! its excess by closing connections, and the clients reconnect through the
+//! Service. Measured: the time until each holds about a third. Checked: no
+//! watcher's place changes, nobody is released, and every stream that ends
+//! ends with UNAVAILABLE (reason RECONNECT), never OK.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
+use waitroom::pb;
+use waitroom::pb::queue_service_client::QueueServiceClient;
+use waitroom::testkit::RedisServer;
+
+use crate::service::{Service, queue, scratch};
+
+/// A layer-4 balancer like kube-proxy: every new connection to a random
+/// backend among those added (the ready endpoints).
+struct ClusterIp {
+    addr: SocketAddr,
+    backends: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl ClusterIp {
+    async fn start(backends: Vec<SocketAddr>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let backends = Arc::new(Mutex::new(backends));
+        let chosen = Arc::clone(&backends);
+        tokio::spawn(async move {
+            let mut draw = Instant::now().elapsed().as_nanos() as u64 | 1;
+            while let Ok((mut client, _)) = listener.accept().await {
+                draw ^= draw << 13;
+                draw ^= draw >> 7;
+                draw ^= draw << 17;
+                let to = {
+                    let backends = chosen.lock().unwrap();
+                    backends[(draw % backends.len() as u64) as usize]
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(to).await {
+                        let _ = client.set_nodelay(true);
+                        let _ = server.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self { addr, backends }
+    }
+
+    fn add(&self, backend: SocketAddr) {
+        self.backends.lock().unwrap().push(backend);
+    }
+
+    fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy()
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    /// Streams ended with RECONNECT (moved, or told to reconnect).
+    moved: AtomicU64,
+    /// Places that came back with another ticket, or not at all.
+    lost: AtomicU64,
+    /// Openings the client's transport gave up on because the connection
+    /// they were sent on went away first: never seen by a server, retried.
+    refused: AtomicU64,
+    /// Any other end: OK, or another status.
+    other: Mutex<Vec<String>>,
+    watching: AtomicUsize,
+}
+
+/// Watches `user` (holding `ticket`) until `stop`, reconnecting as told.
+async fn watch(
+    mut client: QueueServiceClient<Channel>,
+    user: String,
+    ticket: u64,
+    tally: Arc<Tally>,
+    stop: CancellationToken,
+) {
+    loop {
+        let request = pb::WatchRankRequest {
+            queue_id: "sale".into(),
+            user_id: user.clone(),
+        };
+        let opened = tokio::select! {
+            _ = stop.cancelled() => return,
+            opened = client.watch_rank(request) => opened,
+        };
+        let status = match opened {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                match follow(&mut stream, ticket, &tally, &stop).await {
+                    Some(status) => status,
+                    None => return,
+                }
+            }
+            // The client's transport sent the opening on a connection that
+            // went away before the server took it (HTTP/2 `GOAWAY` names the
+            // last stream it will serve): never seen by a server, retried.
+            // tonic reports it as CANCELLED or as an `h2` INTERNAL error.
+            Err(status)
+                if status.code() == tonic::Code::Cancelled
+                    || (status.code() == tonic::Code::Internal
+                        && status.message().starts_with("h2 protocol error")) =>
+            {
+                tally.refused.fetch_add(1, Ordering::Relaxed);
+                tonic::Status::unavailable("refused by a connection going away")
+            }
+            Err(status) => tonic::Status::with_details(
+                status.code(),
+                format!("opening: {}", status.message()),
+                status.details().to_vec().into(),
+            ),
+        };
+        let reason = status
+            .get_error_details()
+            .error_info()
+            .map(|info| info.reason.clone());
+        let delay = status
+            .get_error_details()
+            .retry_info()
+            .and_then(|r| r.retry_delay)
+            .unwrap_or(Duration::from_secs(1));
+        if status.code() == tonic::Code::Unavailable && reason.as_deref() == Some("RECONNECT") {
+            tally.moved.fetch_add(1, Ordering::Relaxed);
+        } else if status.code() != tonic::Code::Unavailable {
+            // A transport error while a connection goes away is
+            // UNAVAILABLE too, and retried; anything else is wrong.
+            tally
+                .other
+                .lock()
+                .unwrap()
+                .push(format!("{:?}: {}", status.code(), status.message()));
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Reads a stream until it ends (its status) or `stop` (`None`), counting
+/// it as watching from its first place on.
+async fn follow(
+    stream: &mut tonic::Streaming<pb::WatchRankResponse>,
+    ticket: u64,
+    tally: &Tally,
+    stop: &CancellationToken,
+) -> Option<tonic::Status> {
+    let mut counted = false;
+    let end = loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => break None,
+            message = stream.message() => message,
+        };
+        match message {
+            Ok(Some(message)) => {
+                if message.place.as_ref().map(|p| p.ticket) != Some(ticket) {
+                    tally.lost.fetch_add(1, Ordering::Relaxed);
+                }
+                if !counted {
+                    counted = true;
+                    tally.watching.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(None) => break Some(tonic::Status::ok("the stream ended OK")),
+            // Once open, a stream the server ends says so.
+            Err(status) if status.code() == tonic::Code::Cancelled => {
+                break Some(tonic::Status::internal(format!(
+                    "cancelled mid-stream: {}",
+                    status.message()
+                )));
+            }
+            Err(status) => break Some(status),
+        }
+    };
+    if counted {
+        tally.watching.fetch_sub(1, Ordering::Relaxed);
+    }
+    end
+}
+
+/// Open watchers on each replica, from its `/metrics`.
+async fn loads(replicas: &[&Service]) -> Vec<u64> {
+    let mut loads = Vec::new();
+    for replica in replicas {
+        let open = replica.metric("waitroom_open_watchers").await;
+        loads.push(open.unwrap_or(0.0) as u64);
+    }
+    loads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
+    let _serial = crate::one_at_a_time().await;
+    let watchers = 20_000 * crate::scale();
+    let clients = 200;
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = scratch("rebalance");
+    // Quicker than the defaults (5 s, 0.1) so the suite stays short;
+    // `WAITROOM_REBALANCE=5s,0.1` measures those.
+    let settings = std::env::var("WAITROOM_REBALANCE").unwrap_or_else(|_| "1s,0.2".into());
+    let (interval, step) = settings.split_once(',').expect("interval,step");
+    // The grace a connection told to go has to close is the shutdown
+    // timeout: the suite's 1 s is short for a machine this loaded.
+    let balancing = [
+        "--balance-interval",
+        interval,
+        "--balance-step",
+        step,
+        "--shutdown-timeout",
+        "10s",
+    ];
+    let one = Service::start(&redis.url(), "rebalance", &dir, &balancing).await;
+    one.create_queue(pb::Queue {
+        heartbeat_timeout: Some(prost_types::Duration {
+            seconds: 120,
+            nanos: 0,
+        }),
+        ..queue("sale")
+    })
+    .await;
+
+    // Everyone joins, then watches through the Service, which knows only
+    // the first replica yet.
+    let service = ClusterIp::start(vec![one.addr]).await;
+    let mut tickets = Vec::with_capacity(watchers);
+    let client = one.client();
+    for from in (0..watchers).step_by(500) {
+        let joins = (from..(from + 500).min(watchers)).map(|i| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .enqueue(pb::EnqueueRequest {
+                        queue_id: "sale".into(),
+                        user_id: format!("u{i}"),
+                    })
+                    .await
+                    .expect("enqueue")
+                    .into_inner()
+                    .place
+                    .expect("a place")
+                    .ticket
+            }
+        });
+        tickets.extend(futures_join(joins).await);
+    }
+    let tally = Arc::new(Tally::default());
+    let stop = CancellationToken::new();
+    let channels: Vec<QueueServiceClient<Channel>> = (0..clients)
+        .map(|_| QueueServiceClient::new(service.channel()))
+        .collect();
+    let mut tasks = Vec::with_capacity(watchers);
+    for (i, ticket) in tickets.iter().enumerate() {
+        tasks.push(tokio::spawn(watch(
+            channels[i % clients].clone(),
+            format!("u{i}"),
+            *ticket,
+            Arc::clone(&tally),
+            stop.clone(),
+        )));
+    }
+    let started = Instant::now();
+    while tally.watching.load(Ordering::Relaxed) < watchers {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "only {} of {watchers} watching",
+            tally.watching.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(loads(&[&one]).await, vec![watchers as u64]);
+
+    // Two more replicas become ready and join the Service.
+    let two = Service::start(&redis.url(), "rebalance", &dir, &balancing).await;
+    let three = Service::start(&redis.url(), "rebalance", &dir, &balancing).await;
+    service.add(two.addr);
+    service.add(three.addr);
+    let scaled = Instant::now();
+    let third = watchers as f64 / 3.0;
+    let mut seen = Vec::new();
+    let balanced = loop {
+        let now = loads(&[&one, &two, &three]).await;
+        seen.push((scaled.elapsed().as_millis(), now.clone()));
+        if now
+            .iter()
+            .all(|&n| (n as f64 - third).abs() <= third * 0.15)
+            && now.iter().sum::<u64>() == watchers as u64
+        {
+            break scaled.elapsed();
+        }
+        assert!(
+            scaled.elapsed() < Duration::from_secs(300),
+            "not balanced after 300 s: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let moved = tally.moved.load(Ordering::Relaxed);
+    println!(
+        "{watchers} watchers on {clients} connections, balancing every {interval} by at most {step}: from one replica to three, each within 15% of a third after {:.1} s; {moved} streams told to reconnect, {} openings refused by a connection going away (retried); loads over time (ms, per replica): {seen:?}",
+        balanced.as_secs_f64(),
+        tally.refused.load(Ordering::Relaxed),
+    );
+
+    // Quiet once balanced: nobody keeps being moved.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = tally.moved.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = tally.moved.load(Ordering::Relaxed);
+    stop.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+
+    assert_eq!(tally.lost.load(Ordering::Relaxed), 0, "a place changed");
+    let other = tally.other.lock().unwrap();
+    assert!(
+        other.is_empty(),
+        "{} streams ended otherwise: {:?}",
+        other.len(),
+        &other[..other.len().min(5)]
+    );
+    assert!(
+        moved > 0 && (moved as usize) < 2 * watchers,
+        "{moved} moves"
+    );
+    assert!(
+        later - settled < (watchers / 20) as u64,
+        "still moving: {}",
+        later - settled
+    );
+    let stats = one
+        .admin()
+        .get_queue_stats(pb::GetQueueStatsRequest {
+            queue_id: "sale".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(
+        stats.waiting_count, watchers as u64,
+        "somebody was released"
+    );
+}
+
+/// Runs the futures together.
+async fn futures_join<F: Future<Output = u64> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<u64> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
