@@ -34,6 +34,14 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_REDIS_CLUSTER")]
     pub redis_cluster: bool,
 
+    /// The Redis URL names Sentinels (comma-separated URLs, with their own passwords if they need one), which are asked for the address of the master of this name, and asked again after a failover. `--redis-password` is the master's.
+    #[arg(
+        long,
+        env = "WAITROOM_REDIS_SENTINEL_MASTER",
+        conflicts_with = "redis_cluster"
+    )]
+    pub redis_sentinel_master: Option<String>,
+
     /// Prefix of every Redis key, so several deployments can share one Redis.
     #[arg(long, env = "WAITROOM_REDIS_PREFIX", default_value = "wr")]
     pub redis_prefix: String,
@@ -157,6 +165,7 @@ impl Config {
             redis_url: None,
             redis_password: None,
             redis_cluster: false,
+            redis_sentinel_master: None,
             redis_prefix: "wr".into(),
             redis_timeout: Duration::from_secs(1),
             signing_key: None,

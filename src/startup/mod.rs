@@ -331,6 +331,7 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
                 cluster: config.redis_cluster,
                 prefix: config.redis_prefix.clone(),
                 timeout: config.redis_timeout,
+                sentinel_master: config.redis_sentinel_master.clone(),
             };
             let store = RedisStore::connect_lazily(&options)
                 .map_err(|e| anyhow::anyhow!("{e}"))
@@ -338,6 +339,7 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
             tracing::info!(
                 prefix = %config.redis_prefix,
                 cluster = config.redis_cluster,
+                sentinel_master = config.redis_sentinel_master.as_deref(),
                 "using the Redis store"
             );
             Ok(Arc::new(store))

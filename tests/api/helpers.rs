@@ -75,6 +75,7 @@ impl TestRedis {
             cluster: false,
             prefix: fresh_prefix(),
             timeout: Duration::from_secs(2),
+            sentinel_master: None,
         })
         .await
         .expect("connecting to the test Redis")

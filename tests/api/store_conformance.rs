@@ -347,6 +347,7 @@ mod cluster {
             cluster: true,
             prefix: crate::helpers::fresh_prefix(),
             timeout: Duration::from_secs(2),
+            sentinel_master: None,
         })
         .await
         .expect("connecting to the test cluster")

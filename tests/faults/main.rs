@@ -17,6 +17,7 @@ mod network;
 mod rebalance;
 mod replicas;
 mod restart;
+mod sentinel;
 mod stall;
 
 /// How much longer and busier than in CI the scenarios run.

@@ -31,6 +31,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             cluster: false,
             prefix: "bench".into(),
             timeout: Duration::from_secs(30),
+            sentinel_master: None,
         })
         .await?,
     );

@@ -227,6 +227,7 @@ async fn redis_benchmark(url: &str, port: u16, clients: usize) -> anyhow::Result
         cluster: false,
         prefix: "wr".into(),
         timeout: Duration::from_secs(5),
+        sentinel_master: None,
     })
     .await?;
     let queue = QueueId::parse("bench").map_err(anyhow::Error::msg)?;

@@ -78,7 +78,7 @@ impl Connector {
     ) -> Result<Connection> {
         match self {
             Self::Single(single) => {
-                let (conn, number) = single.current();
+                let (conn, number) = single.connection(timeout).await?;
                 Ok(Connection::Single(conn, number))
             }
             Self::Cluster(cluster) => {
@@ -107,22 +107,48 @@ impl Connector {
     }
 }
 
-/// One Redis, reached through an address that may move to another server:
-/// a Kubernetes Service that follows the master under Sentinel. The
-/// multiplexed connection reconnects by itself when it breaks, but after a
-/// failover the connection open to the old master is still whole, and the
-/// demoted server answers every write with `READONLY`; then a new
-/// connection is made, which reaches whatever serves the address now.
+/// One Redis master, reached through an address that may move to another
+/// server, or named by Sentinels.
+///
+/// - A fixed address (a Kubernetes Service that follows the master under
+///   Sentinel): the multiplexed connection reconnects by itself when it
+///   breaks, but after a failover the connection open to the old master is
+///   still whole, and the demoted server answers every write with
+///   `READONLY`; then a new connection is made, which reaches whatever
+///   serves the address now.
+/// - Sentinels: the master's address is asked of them before the first
+///   call, and again when the master answers `READONLY` (demoted) or does
+///   not answer at all (it may have died and been replaced), at most every
+///   [`Single::REPLACE_EVERY`], until they name one that answers.
 pub(super) struct Single {
-    client: redis::Client,
+    origin: Origin,
     config: ConnectionManagerConfig,
     current: std::sync::RwLock<Current>,
+    /// Held while the Sentinels are asked, so one caller asks for all.
+    asking: tokio::sync::Mutex<()>,
+}
+
+pub(super) enum Origin {
+    Fixed(redis::Client),
+    Sentinels(Sentinels),
+}
+
+/// Where to ask for the master, and how to connect to it once named.
+pub(super) struct Sentinels {
+    pub(super) sentinels: Vec<redis::Client>,
+    pub(super) master: String,
+    /// The master's connection settings (password, database, TLS); its
+    /// address is the Sentinels' answer.
+    pub(super) node: redis::ConnectionInfo,
 }
 
 struct Current {
-    conn: ConnectionManager,
+    /// `None` until the Sentinels named a master.
+    conn: Option<ConnectionManager>,
     /// Connections made so far.
     number: u64,
+    /// The Sentinels are to be asked again before the next call.
+    stale: bool,
     replaced_at: Option<std::time::Instant>,
     warned_at: Option<std::time::Instant>,
 }
@@ -132,30 +158,77 @@ impl Single {
     /// answers makes one new connection, not one each.
     const REPLACE_EVERY: Duration = Duration::from_millis(250);
 
-    pub(super) fn new(client: redis::Client, config: ConnectionManagerConfig) -> Result<Self> {
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-            .map_err(classify)?;
+    pub(super) fn new(origin: Origin, config: ConnectionManagerConfig) -> Result<Self> {
+        let conn = match &origin {
+            Origin::Fixed(client) => Some(
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    .map_err(classify)?,
+            ),
+            Origin::Sentinels(_) => None,
+        };
         Ok(Self {
-            client,
+            origin,
             config,
             current: std::sync::RwLock::new(Current {
+                stale: conn.is_none(),
                 conn,
                 number: 0,
                 replaced_at: None,
                 warned_at: None,
             }),
+            asking: tokio::sync::Mutex::new(()),
         })
     }
 
-    fn current(&self) -> (ConnectionManager, u64) {
-        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        (current.conn.clone(), current.number)
+    /// The connection to call on now: asks the Sentinels first when they
+    /// are due to be asked (one caller does; the others go on with the
+    /// connection there is, or fail when there is none).
+    async fn connection(&self, timeout: Duration) -> Result<(ConnectionManager, u64)> {
+        let (conn, number, stale) = {
+            let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+            (current.conn.clone(), current.number, current.stale)
+        };
+        let Origin::Sentinels(sentinels) = &self.origin else {
+            return conn.map(|c| (c, number)).ok_or_else(|| {
+                Error::Internal("a Redis connection with a fixed address is missing".into())
+            });
+        };
+        let none = || {
+            Error::Unavailable(format!(
+                "no Sentinel named a master for {:?} yet",
+                sentinels.master
+            ))
+        };
+        if !stale {
+            return conn.map(|c| (c, number)).ok_or_else(none);
+        }
+        let Ok(_asking) = self.asking.try_lock() else {
+            return conn.map(|c| (c, number)).ok_or_else(none);
+        };
+        match tokio::time::timeout(timeout, sentinels.master(timeout)).await {
+            Ok(Ok(client)) => {
+                let fresh = ConnectionManager::new_lazy_with_config(client, self.config.clone())
+                    .map_err(classify)?;
+                let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+                current.conn = Some(fresh.clone());
+                current.number += 1;
+                current.stale = false;
+                current.replaced_at = Some(std::time::Instant::now());
+                Ok((fresh, current.number))
+            }
+            Ok(Err(error)) => {
+                self.warn(&error);
+                conn.map(|c| (c, number)).ok_or(Error::Unavailable(error))
+            }
+            Err(_) => conn.map(|c| (c, number)).ok_or_else(none),
+        }
     }
 
-    /// Connection `number` was answered `READONLY`: connect afresh, unless
-    /// that connection was replaced already. An address that leads to a
-    /// replica for good (a misconfiguration) is retried every
-    /// [`Single::REPLACE_EVERY`] and said once a minute.
+    /// Connection `number` was answered `READONLY` (or `NOREPLICAS`):
+    /// connect afresh (ask the Sentinels again), unless that connection was
+    /// replaced already.
+    /// An address that leads to a replica for good (a misconfiguration) is
+    /// retried every [`Single::REPLACE_EVERY`] and said once a minute.
     fn replace(&self, number: u64) {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         if current.number != number
@@ -165,22 +238,100 @@ impl Single {
         {
             return;
         }
-        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
-            Ok(fresh) => {
-                let now = std::time::Instant::now();
-                if current
-                    .warned_at
-                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
-                {
-                    tracing::warn!("Redis answered READONLY: reconnecting to reach the master");
-                    current.warned_at = Some(now);
-                }
-                current.conn = fresh;
-                current.number += 1;
-                current.replaced_at = Some(now);
-            }
-            Err(error) => tracing::warn!(%error, "cannot reconnect to Redis"),
+        let now = std::time::Instant::now();
+        if current
+            .warned_at
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::warn!("Redis answered READONLY: reconnecting to reach the master");
+            current.warned_at = Some(now);
         }
+        match &self.origin {
+            Origin::Fixed(client) => {
+                match ConnectionManager::new_lazy_with_config(client.clone(), self.config.clone()) {
+                    Ok(fresh) => {
+                        current.conn = Some(fresh);
+                        current.number += 1;
+                        current.replaced_at = Some(now);
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot reconnect to Redis"),
+                }
+            }
+            Origin::Sentinels(_) => current.stale = true,
+        }
+    }
+
+    /// Connection `number` got no answer: under Sentinel the master may
+    /// have died, so the Sentinels are asked again (a fixed address is
+    /// reconnected to by the connection itself).
+    fn unanswered(&self, number: u64) {
+        if matches!(self.origin, Origin::Fixed(_)) {
+            return;
+        }
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current.number == number
+            && current
+                .replaced_at
+                .is_none_or(|at| at.elapsed() >= Self::REPLACE_EVERY)
+        {
+            current.stale = true;
+        }
+    }
+
+    fn warn(&self, error: &str) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current
+            .warned_at
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::warn!(%error, "cannot learn the Redis master from Sentinel");
+            current.warned_at = Some(std::time::Instant::now());
+        }
+    }
+}
+
+impl Sentinels {
+    /// A client for the master the first Sentinel that answers names.
+    async fn master(&self, timeout: Duration) -> std::result::Result<redis::Client, String> {
+        let mut last = String::from("no Sentinel configured");
+        for sentinel in &self.sentinels {
+            let ask = async {
+                let mut conn = sentinel.get_multiplexed_async_connection().await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&self.master)
+                    .query_async::<Option<(String, String)>>(&mut conn)
+                    .await
+            };
+            match tokio::time::timeout(timeout, ask).await {
+                Ok(Ok(Some((host, port)))) => {
+                    let port: u16 = port
+                        .parse()
+                        .map_err(|_| format!("Sentinel named port {port:?}"))?;
+                    let addr = match self.node.addr() {
+                        redis::ConnectionAddr::TcpTls {
+                            insecure,
+                            tls_params,
+                            ..
+                        } => redis::ConnectionAddr::TcpTls {
+                            host,
+                            port,
+                            insecure: *insecure,
+                            tls_params: tls_params.clone(),
+                        },
+                        _ => redis::ConnectionAddr::Tcp(host, port),
+                    };
+                    return redis::Client::open(self.node.clone().set_addr(addr))
+                        .map_err(|e| e.to_string());
+                }
+                Ok(Ok(None)) => {
+                    last = format!("a Sentinel knows no master named {:?}", self.master);
+                }
+                Ok(Err(error)) => last = format!("a Sentinel failed: {error}"),
+                Err(_) => last = format!("a Sentinel did not answer within {timeout:?}"),
+            }
+        }
+        Err(last)
     }
 }
 
@@ -362,7 +513,12 @@ impl Guard<'_> {
                         self.breaker.answered(self.scope);
                         Ok(timeout.saturating_sub(started.elapsed()))
                     }
-                    _ => Err(refused()),
+                    _ => {
+                        if let Some((single, number)) = self.single {
+                            single.unanswered(number);
+                        }
+                        Err(refused())
+                    }
                 }
             }
         }
@@ -437,18 +593,28 @@ pub(super) async fn bounded<T>(
             // Redis is there and did not run the call.
             if matches!(error.kind(), redis::ErrorKind::Server(_)) {
                 guard.breaker.answered(guard.scope);
-                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-                    && let Some((single, number)) = guard.single
-                {
+                // A replica (a demoted master), or a master whose replica
+                // left it (`min-replicas-to-write`; perhaps promoted): the
+                // master may be elsewhere now.
+                let demoted = error.kind()
+                    == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+                    || error.code() == Some("NOREPLICAS");
+                if demoted && let Some((single, number)) = guard.single {
                     single.replace(number);
                 }
             } else {
                 guard.breaker.unreachable(guard.scope);
+                if let Some((single, number)) = guard.single {
+                    single.unanswered(number);
+                }
             }
             Err(classify(error))
         }
         Err(_) => {
             guard.breaker.unreachable(guard.scope);
+            if let Some((single, number)) = guard.single {
+                single.unanswered(number);
+            }
             Err(Error::Unavailable(format!(
                 "no answer from Redis within {timeout:?}"
             )))

@@ -52,7 +52,9 @@ use redis::aio::ConnectionManagerConfig;
 use redis::cluster::ClusterClient;
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, Value};
 
-use self::caller::{Breaker, Connection, Connector, QueueCaller, Single, bounded, guard};
+use self::caller::{
+    Breaker, Connection, Connector, Origin, QueueCaller, Sentinels, Single, bounded, guard,
+};
 use self::fields::{config_fields, parse_config, update_fields};
 use self::lua::Scripts;
 use self::reply::{Reply, bad_reply, parse_admitted, parse_line_entry, parse_mode};
@@ -81,6 +83,8 @@ pub struct RedisOptions {
     pub prefix: String,
     /// Longest wait for any Redis answer before the call is `UNAVAILABLE`.
     pub timeout: Duration,
+    /// The URLs name Sentinels, which are asked for this master's address.
+    pub sentinel_master: Option<String>,
 }
 
 /// The Redis store. Cheap to share: one multiplexed connection that
@@ -130,22 +134,50 @@ impl RedisStore {
                 tokio::sync::OnceCell::new(),
             )))
         } else {
-            let mut info = options
-                .url
-                .as_str()
-                .into_connection_info()
-                .map_err(invalid)?;
-            if let Some(password) = &options.password {
-                let settings = info.redis_settings().clone().set_password(password);
-                info = info.set_redis_settings(settings);
-            }
-            let client = redis::Client::open(info).map_err(invalid)?;
+            let with_password = |url: &str| -> Result<redis::ConnectionInfo> {
+                let mut info = url.trim().into_connection_info().map_err(invalid)?;
+                if let Some(password) = &options.password {
+                    let settings = info.redis_settings().clone().set_password(password);
+                    info = info.set_redis_settings(settings);
+                }
+                Ok(info)
+            };
+            let origin = match &options.sentinel_master {
+                None => Origin::Fixed(
+                    redis::Client::open(with_password(&options.url)?).map_err(invalid)?,
+                ),
+                Some(master) => {
+                    // The URLs are the Sentinels' (their own passwords in
+                    // them); the password given is the master's.
+                    let mut sentinels = Vec::new();
+                    for url in options.url.split(',') {
+                        sentinels.push(redis::Client::open(url.trim()).map_err(invalid)?);
+                    }
+                    // TLS as for the first Sentinel; no credentials of
+                    // theirs.
+                    let first = options.url.split(',').next().unwrap_or_default();
+                    let mut settings = redis::RedisConnectionInfo::default();
+                    if let Some(password) = &options.password {
+                        settings = settings.set_password(password);
+                    }
+                    let node = first
+                        .trim()
+                        .into_connection_info()
+                        .map_err(invalid)?
+                        .set_redis_settings(settings);
+                    Origin::Sentinels(Sentinels {
+                        sentinels,
+                        master: master.clone(),
+                        node,
+                    })
+                }
+            };
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.timeout))
                 .set_response_timeout(Some(options.timeout))
                 .set_number_of_retries(2)
                 .set_max_delay(Duration::from_secs(1));
-            Connector::Single(Arc::new(Single::new(client, config)?))
+            Connector::Single(Arc::new(Single::new(origin, config)?))
         };
         Ok(Self {
             connector,
@@ -708,6 +740,7 @@ mod tests {
             cluster: false,
             prefix: "t".into(),
             timeout: Duration::from_secs(2),
+            sentinel_master: None,
         })
         .await
         .unwrap();
