@@ -133,6 +133,9 @@ impl TestApp {
         config.admit_interval = Duration::from_millis(10);
         config.drain_delay = Duration::ZERO;
         config.shutdown_timeout = Duration::from_secs(2);
+        // Replicas of a test move no streams between them unless the test
+        // asks.
+        config.balance_interval = Duration::ZERO;
         config
     }
 

@@ -176,6 +176,113 @@ async fn readiness_waits_for_redis_at_start_and_liveness_does_not() {
     );
 }
 
+/// Streams opened while the instance drains (readiness off, still
+/// serving) end like the others: told to reconnect, never with the `OK`
+/// that means admitted or closed.
+#[tokio::test]
+async fn streams_opened_during_the_drain_end_with_a_reconnect_never_ok() {
+    let mut config = TestApp::base_config();
+    config.drain_delay = Duration::from_millis(400);
+    let app = TestApp::spawn(config).await;
+    app.create_queue(queue("drain")).await;
+    let mut client = app.client().await;
+    for i in 0..50 {
+        enqueue(&mut client, "drain", &format!("u{i}")).await;
+    }
+    let stopped = tokio::spawn(app.stop());
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    let mut i = 0;
+    while !stopped.is_finished() && started.elapsed() < Duration::from_secs(10) {
+        let mut client = client.clone();
+        let user = format!("u{}", i % 50);
+        i += 1;
+        tasks.push(tokio::spawn(async move {
+            let mut stream = match client.watch_rank(watch_request("drain", &user)).await {
+                Ok(response) => response.into_inner(),
+                // Refused once the port closed: nothing was said.
+                Err(status) => return (status.code(), "not opened".to_owned()),
+            };
+            match stream.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(status)) => return (status.code(), reason(&status)),
+                None => return (tonic::Code::Ok, "ended before a place".to_owned()),
+            }
+            match stream.next().await {
+                Some(Err(status)) => (status.code(), reason(&status)),
+                other => panic!("a stream opened during the drain ended with {other:?}"),
+            }
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stopped.await.unwrap();
+    let mut told = 0;
+    for task in tasks {
+        let (code, reason) = task.await.unwrap();
+        assert_ne!(code, tonic::Code::Ok, "{reason}");
+        if reason == "RECONNECT" {
+            told += 1;
+        }
+    }
+    assert!(
+        told >= 20,
+        "only {told} streams were opened and told to reconnect"
+    );
+}
+
+/// A connection that reaches its age is asked to go: its streams end with
+/// a reconnect, and the client goes on, on a new connection, with its
+/// place.
+#[tokio::test]
+async fn a_connection_at_its_age_is_let_go_and_its_streams_reconnect_with_their_places() {
+    let mut config = TestApp::base_config();
+    config.max_connection_age = Duration::from_secs(1);
+    let app = TestApp::spawn(config).await;
+    app.create_queue(queue("aged")).await;
+    let mut client = app.client().await;
+    let ticket = enqueue(&mut client, "aged", "a").await.ticket;
+    let mut stream = client
+        .watch_rank(watch_request("aged", "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = Instant::now();
+    assert_eq!(
+        stream.next().await.unwrap().unwrap().place.unwrap().ticket,
+        ticket
+    );
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(status))) => break status,
+            other => panic!("expected the stream to be ended, got {other:?}"),
+        }
+    };
+    let aged = opened.elapsed();
+    assert_eq!(end.code(), tonic::Code::Unavailable);
+    assert_eq!(reason(&end), "RECONNECT");
+    let retry = tonic_types::StatusExt::get_error_details(&end)
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("retry advice");
+    assert!((Duration::from_millis(500)..=Duration::from_millis(1500)).contains(&retry));
+    assert!(
+        (Duration::from_millis(800)..Duration::from_secs(3)).contains(&aged),
+        "ended after {aged:?}"
+    );
+    // The same client goes on (on a new connection) with the same place.
+    let mut again = client
+        .watch_rank(watch_request("aged", "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again.next().await.unwrap().unwrap().place.unwrap().ticket,
+        ticket
+    );
+    assert_eq!(enqueue(&mut client, "aged", "a").await.ticket, ticket);
+}
+
 #[tokio::test]
 async fn shutdown_with_ten_thousand_open_streams_ends_them_all_and_exits_within_its_bound() {
     let mut config = TestApp::base_config();
@@ -204,7 +311,7 @@ async fn shutdown_with_ten_thousand_open_streams_ends_them_all_and_exits_within_
                 .into_inner();
             stream.next().await.expect("a first place")?;
             match stream.next().await {
-                Some(Err(status)) => Ok(status.code()),
+                Some(Err(status)) => Ok((status.code(), reason(&status))),
                 other => panic!("expected a closing status, got {other:?}"),
             }
         }));
@@ -238,8 +345,12 @@ async fn shutdown_with_ten_thousand_open_streams_ends_them_all_and_exits_within_
     app_stopped.await.unwrap();
     let took = stopping.elapsed();
     for task in tasks {
-        let code: Result<tonic::Code, tonic::Status> = task.await.unwrap();
-        assert_eq!(code.unwrap(), tonic::Code::Unavailable, "told to reconnect");
+        let end: Result<(tonic::Code, String), tonic::Status> = task.await.unwrap();
+        assert_eq!(
+            end.unwrap(),
+            (tonic::Code::Unavailable, "RECONNECT".to_owned()),
+            "told to reconnect"
+        );
     }
     // The drain delay, then the streams end and the process is done.
     assert!(took >= Duration::from_millis(300), "{took:?}");

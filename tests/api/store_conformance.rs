@@ -324,6 +324,24 @@ macro_rules! conformance {
     };
 }
 
+/// Replicas learn each other's open streams; a report lapses once older
+/// than the time to live (one exactly that old still counts).
+async fn replicas_share_their_load(store: &dyn QueueStore) {
+    let ttl = 3_000;
+    let share = |instance: &'static str, streams: Option<u64>, now: u64| async move {
+        store.share_load(instance, streams, ttl, now).await.unwrap()
+    };
+    assert_eq!(share("a", Some(100), T0).await, vec![100]);
+    assert_eq!(share("b", Some(0), T0 + 1).await, vec![100, 0]);
+    assert_eq!(share("c", Some(50), T0 + 2).await, vec![100, 0, 50]);
+    assert_eq!(share("a", Some(80), T0 + 3).await, vec![80, 0, 50]);
+    // A draining replica leaves at once.
+    assert_eq!(share("a", None, T0 + 4).await, vec![0, 50]);
+    assert_eq!(share("b", Some(7), T0 + 3_002).await, vec![7, 50]);
+    assert_eq!(share("b", Some(7), T0 + 3_003).await, vec![7]);
+    assert_eq!(share("c", None, T0 + 3_004).await, vec![7]);
+}
+
 conformance!(
     fifo_positions_and_idempotent_enqueue,
     admission_order_cap_completion_and_expiry,
@@ -331,6 +349,7 @@ conformance!(
     retried_batches_and_consumed_tokens,
     queue_lifecycle,
     a_late_sign_of_life_never_moves_a_newer_one_back,
+    replicas_share_their_load,
 );
 
 /// The same scenarios on a three-master Redis Cluster.
@@ -372,5 +391,6 @@ mod cluster {
         retried_batches_and_consumed_tokens,
         queue_lifecycle,
         a_late_sign_of_life_never_moves_a_newer_one_back,
+        replicas_share_their_load,
     );
 }
