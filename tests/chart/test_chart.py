@@ -259,6 +259,10 @@ def test_notes_tell_how_to_reach_the_service_and_warn_about_missing_secrets():
         ({"probes": {"liveness": {"timeoutSecond": 3}}}, "timeoutSecond"),
         ({"serviceMonitor": {"relabeling": []}}, "relabeling"),
         ({"extraVolumeMounts": [{"name": "x"}]}, "mountPath"),
+        ({"sizing": {"memoryPerStream": 4}}, "memoryPerStream"),
+        ({"autoscaling": {"targetStreamPerPod": 1000}}, "targetStreamPerPod"),
+        ({"config": {"balanceStep": 2}}, "balanceStep"),
+        ({"externalRedis": {"sentinelmaster": "m"}}, "sentinelmaster"),
     ],
 )
 def test_the_values_schema_rejects_typos_and_bad_types(values, complaint):
@@ -348,3 +352,109 @@ def test_with_reloader_a_change_of_a_secret_the_pods_read_rolls_them():
     reload = deployment(ALL_ON)["metadata"]["annotations"]["secret.reloader.stakater.com/reload"]
     assert reload.split(",") == ["waitroom-signing-keys", "waitroom-api-keys", "waitroom-tls", "waitroom-client-ca"]
     assert "annotations" not in deployment()["metadata"]
+
+
+def test_pods_are_requested_at_what_they_hold_when_full():
+    """Memory request = base + maxStreams x per-stream memory; the limit a
+    multiple of it (values.yaml states the formula)."""
+    resources = container()["resources"]
+    assert resources == {
+        "requests": {"cpu": "1", "memory": "910Mi"},
+        "limits": {"memory": "1365Mi"},
+    }
+    smaller = container(with_values(config__maxStreams=100000, sizing__memoryLimitFactor=2))
+    assert smaller["resources"]["requests"]["memory"] == "519Mi"
+    assert smaller["resources"]["limits"]["memory"] == "1038Mi"
+    given = {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"memory": "3Gi"}}
+    assert container({"resources": given})["resources"] == given
+
+
+def test_the_autoscaler_can_scale_on_streams_per_pod_and_other_metrics():
+    [hpa] = kinds(render(ALL_ON), "HorizontalPodAutoscaler")
+    metrics = hpa["spec"]["metrics"]
+    assert [m["type"] for m in metrics] == ["Resource", "Pods", "Pods"]
+    streams = metrics[1]["pods"]
+    assert streams["metric"]["name"] == "waitroom_open_watchers"
+    assert streams["target"] == {"type": "AverageValue", "averageValue": "100000"}
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 600
+    streams_only = with_values(
+        autoscaling__enabled=True,
+        autoscaling__targetCPUUtilizationPercentage=0,
+        autoscaling__targetStreamsPerPod=50000,
+        signingKeys__existingSecret="keys",
+    )
+    [hpa] = kinds(render(streams_only), "HorizontalPodAutoscaler")
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Pods"]
+    no_metric = with_values(
+        autoscaling__enabled=True,
+        autoscaling__targetCPUUtilizationPercentage=0,
+        signingKeys__existingSecret="keys",
+    )
+    with pytest.raises(helm.HelmError) as refused:
+        render(no_metric)
+    assert "autoscaling needs a metric" in str(refused.value)
+
+
+def _selects(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_helm_test_reaches_the_service_through_the_network_policy_and_is_no_endpoint(name):
+    objects = render(VALUE_SETS[name])
+    [pod] = kinds(objects, "Pod")
+    labels = pod["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "test"
+    for service in kinds(objects, "Service"):
+        assert not _selects(service["spec"].get("selector", {}), labels), service["metadata"]["name"]
+    for policy in kinds(objects, "NetworkPolicy"):
+        # Not restricted by the server's policy, and let in by it: the
+        # gRPC port admits the release's namespace, where the test runs.
+        assert not _selects(policy["spec"]["podSelector"]["matchLabels"], labels)
+        grpc = policy["spec"]["ingress"][0]
+        assert {"port": "grpc", "protocol": "TCP"} in grpc["ports"]
+        namespaces = grpc["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
+        assert "sales" in namespaces
+
+
+def test_helm_test_presents_a_client_certificate_under_mutual_tls():
+    [pod] = kinds(render(ALL_ON), "Pod")
+    c = pod["spec"]["containers"][0]
+    args = c["args"]
+    assert args[1] == "https://waitroom:50051"
+    assert args[args.index("--client-cert") + 1] == "/etc/waitroom/client/tls.crt"
+    assert args[args.index("--client-key") + 1] == "/etc/waitroom/client/tls.key"
+    volumes = {v["name"]: v["secret"]["secretName"] for v in pod["spec"]["volumes"]}
+    assert volumes == {"tls": "waitroom-tls", "client": "waitroom-test-client"}
+    mounts = {m["name"] for m in c["volumeMounts"]}
+    assert mounts == {"tls", "client"}
+    without = copy.deepcopy(ALL_ON)
+    del without["tls"]["testClientSecret"]
+    with pytest.raises(helm.HelmError) as refused:
+        render(without)
+    assert "tls.testClientSecret" in str(refused.value)
+    without["tests"] = {"enabled": False}
+    assert kinds(render(without), "Pod") == []
+
+
+def test_redis_under_sentinel_is_asked_for_its_master_and_its_port_let_out():
+    values = with_values(
+        externalRedis__url="redis://sentinel-0:26379,redis://sentinel-1:26379",
+        externalRedis__sentinelMaster="sale-redis",
+        networkPolicy__enabled=True,
+    )
+    env = {e["name"]: e.get("value") for e in container(values)["env"]}
+    assert env["WAITROOM_REDIS_SENTINEL_MASTER"] == "sale-redis"
+    assert env["WAITROOM_REDIS_URL"] == "redis://sentinel-0:26379,redis://sentinel-1:26379"
+    [policy] = kinds(render(values), "NetworkPolicy")
+    ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]]
+    assert 26379 in ports and 6379 in ports
+    assert "WAITROOM_REDIS_SENTINEL_MASTER" not in {e["name"] for e in container()["env"]}
+
+
+def test_watchers_are_balanced_over_the_pods_as_configured():
+    [config] = kinds(render(with_values(config__balanceInterval="2s", config__balanceStep=0.2)), "ConfigMap")
+    data = config["data"]
+    assert data["WAITROOM_BALANCE_INTERVAL"] == "2s"
+    assert data["WAITROOM_BALANCE_STEP"] == "0.2"
+    assert data["WAITROOM_BALANCE_TOLERANCE"] == "0.1"

@@ -119,3 +119,32 @@ app.kubernetes.io/component: redis
 {{- else if hasSuffix "h" $d }}{{ mul (trimSuffix "h" $d | int) 3600 }}
 {{- else }}{{ $d | int }}{{ end }}
 {{- end }}
+
+{{/* The server's resources: as given, or derived from the stream limit
+(values.yaml, `sizing`, states the formula). */}}
+{{- define "waitroom.resources" -}}
+{{- if .Values.resources }}
+{{- toYaml .Values.resources }}
+{{- else }}
+{{- $sizing := .Values.sizing }}
+{{- $streamsMiB := divf (mulf (float64 .Values.config.maxStreams) (float64 $sizing.memoryPerStreamKiB)) 1024.0 | ceil | int64 }}
+{{- $request := add (int64 $sizing.baseMemoryMiB) $streamsMiB }}
+{{- $limit := mulf (float64 $request) (float64 $sizing.memoryLimitFactor) | ceil | int64 }}
+requests:
+  cpu: {{ $sizing.cpu | quote }}
+  memory: {{ printf "%dMi" $request }}
+limits:
+  memory: {{ printf "%dMi" $limit }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of the `helm test` pod: the release's, with a component of
+its own, so neither the Service nor the NetworkPolicy of the server
+selects it. */}}
+{{- define "waitroom.testLabels" -}}
+helm.sh/chart: {{ include "waitroom.chart" . }}
+app.kubernetes.io/name: {{ include "waitroom.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
