@@ -136,6 +136,14 @@ pub fn redis_cpu(url: &str) -> anyhow::Result<Duration> {
     ))
 }
 
+/// Bytes Redis holds for data (`used_memory`).
+pub fn redis_memory(url: &str) -> anyhow::Result<u64> {
+    let info = redis_info(url, "memory")?;
+    info_field(&info, "used_memory")
+        .map(|m| m as u64)
+        .ok_or_else(|| anyhow::anyhow!("no used_memory in INFO"))
+}
+
 fn redis_info(url: &str, section: &str) -> anyhow::Result<String> {
     let mut conn = redis::Client::open(url)?.get_connection()?;
     Ok(redis::cmd("INFO").arg(section).query(&mut conn)?)

@@ -90,6 +90,11 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
         Some(url) => load::redis_commands(url),
         None => Ok(0),
     };
+    let memory = || match &redis_url {
+        Some(url) => load::redis_memory(url),
+        None => Ok(0),
+    };
+    let memory_before = memory()?;
     let (mut trivial, mut measured) = (Measured::empty(), Measured::empty());
     let (mut trivial_cpu, mut measured_cpu) = (Cpu::zero(), Cpu::zero());
     let mut measured_commands = 0;
@@ -129,6 +134,16 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
             "redis              {commands:.0} commands/s ({:.2} per call)",
             commands / measured.per_second()
         );
+        if let Rpc::Enqueue = rpc {
+            // Every measured call enqueued a user who stays in line.
+            let grown = memory()?.saturating_sub(memory_before);
+            println!(
+                "redis memory       {:.0} bytes per waiting user ({:.1} MiB for {} users)",
+                grown as f64 / measured.calls as f64,
+                grown as f64 / 1048576.0,
+                measured.calls
+            );
+        }
     }
     println!("cpu per call       {}", trivial_cpu.line("trivial RPC"));
     println!("                   {}", measured_cpu.line(name));

@@ -75,14 +75,22 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
         let mut client = QueueServiceClient::new(channels[w % channels.len()].clone());
         let (round, opened) = (Arc::clone(&round), Arc::clone(&opened));
         tokio::spawn(async move {
-            let Ok(response) = client
-                .watch_rank(pb::WatchRankRequest {
-                    queue_id: "watch".into(),
-                    user_id: format!("w{w:07}"),
-                })
-                .await
-            else {
-                return;
+            // As a client should: a refusal of the burst (UNAVAILABLE:
+            // the queue's calls to Redis are backed up) is retried.
+            let response = loop {
+                match client
+                    .watch_rank(pb::WatchRankRequest {
+                        queue_id: "watch".into(),
+                        user_id: format!("w{w:07}"),
+                    })
+                    .await
+                {
+                    Ok(response) => break response,
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        tokio::time::sleep(Duration::from_millis(200 + (w % 800) as u64)).await;
+                    }
+                    Err(_) => return,
+                }
             };
             let mut stream = response.into_inner();
             if stream.next().await.is_none() {
@@ -106,8 +114,12 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
     let rss_after = service.rss_bytes()?;
 
     let idle_before = load::redis_commands(&redis_url)?;
+    let (cpu_before, redis_cpu_before) = (service.cpu_time()?, load::redis_cpu(&redis_url)?);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle = (load::redis_commands(&redis_url)? - idle_before) as f64 / 5.0;
+    let idle_cores = (service.cpu_time()? - cpu_before).as_secs_f64() / 5.0;
+    let redis_idle_cores = (load::redis_cpu(&redis_url)? - redis_cpu_before).as_secs_f64() / 5.0;
+    let (admitting_from, admitting_cpu) = (Instant::now(), service.cpu_time()?);
 
     let mut latency = load::histogram();
     let mut admitter = QueueServiceClient::new(channels[0].clone());
@@ -134,6 +146,9 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    let admitting_secs = admitting_from.elapsed().as_secs_f64();
+    let admitting_cpu = (service.cpu_time()? - admitting_cpu).as_secs_f64();
+    let admitting_cores = admitting_cpu / admitting_secs;
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "scenario           watch ({watchers} streams on {} connections)",
@@ -147,6 +162,11 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
         rss_after as f64 / 1048576.0
     );
     println!("redis when idle    {idle:.1} commands/s");
+    println!(
+        "service cpu        {idle_cores:.2} cores with the streams idle, {admitting_cores:.2} while admitting ({:.0} updates/s, {:.1} us per update sent); redis {redis_idle_cores:.3} cores idle",
+        delivered as f64 / admitting_secs,
+        admitting_cpu * 1e6 / delivered.max(1) as f64
+    );
     println!(
         "admission reached  {delivered} of {} stream updates: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         watchers * args.admissions,
