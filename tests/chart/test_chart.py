@@ -16,7 +16,29 @@ import yaml
 CHART = pathlib.Path(__file__).resolve().parents[2] / "helm" / "waitroom"
 ALL_ON = yaml.safe_load((CHART / "ci" / "all-on-values.yaml").read_text())
 KUBE_VERSIONS = ["1.27.0", kubernetes_validate.latest_version()]
-VALUE_SETS = {"defaults": None, "all-on": ALL_ON}
+# External Redis under Sentinel, scaled on streams per pod, sized by hand,
+# mutual TLS with the test's client certificate, the policy on.
+SENTINEL_STREAMS = {
+    "replicaCount": 4,
+    "signingKeys": {"existingSecret": "keys"},
+    "externalRedis": {
+        "url": "redis://sentinel-0:26379,redis://sentinel-1:26379",
+        "sentinelMaster": "sale-redis",
+        "existingSecret": "redis-password",
+    },
+    "autoscaling": {
+        "enabled": True,
+        "minReplicas": 4,
+        "maxReplicas": 20,
+        "targetCPUUtilizationPercentage": 0,
+        "targetStreamsPerPod": 80000,
+    },
+    "config": {"maxStreams": 100000, "balanceInterval": "2s", "balanceStep": 0.2, "balanceTolerance": 0.05},
+    "sizing": {"baseMemoryMiB": 256, "memoryPerStreamKiB": 5, "memoryLimitFactor": 2, "cpu": "2"},
+    "tls": {"existingSecret": "tls", "clientCaSecret": "client-ca", "testClientSecret": "test-client"},
+    "networkPolicy": {"enabled": True, "egress": {"redisCidrs": ["10.1.0.0/16"], "sentinelPort": 26380}},
+}
+VALUE_SETS = {"defaults": None, "all-on": ALL_ON, "sentinel-streams": SENTINEL_STREAMS}
 
 
 def render(values=None):
