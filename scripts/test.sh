@@ -35,12 +35,14 @@ if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
 venv=.venv
-requirements=tests/chart/requirements.txt
-if [ ! -f "$venv/.installed" ] || ! cmp -s "$requirements" "$venv/.installed"; then
+requirements=(tests/chart/requirements.txt tests/browser/requirements.txt)
+if [ ! -f "$venv/.installed" ] || ! cat "${requirements[@]}" | cmp -s - "$venv/.installed"; then
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$venv/.installed"
+  for file in "${requirements[@]}"; do
+    "$venv/bin/pip" install -q --disable-pip-version-check -r "$file"
+  done
+  cat "${requirements[@]}" > "$venv/.installed"
 fi
 "$venv/bin/python" -m pytest -q tests/chart
 
@@ -53,3 +55,13 @@ cargo clippy --locked --all-targets --features testkit -- -D warnings
 
 echo "==> cargo test"
 cargo test --locked
+
+# The waiting page in headless Chromium, against the binaries cargo test
+# built (waitroom, waitroomctl, the bff example).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  echo "==> installing chromium and chromium-driver"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+echo "==> browser tests ($(chromium --version))"
+"$venv/bin/python" -m pytest -q tests/browser

@@ -1,0 +1,695 @@
+//! A reference BFF: the waiting page people see, in front of a stand-in
+//! booking page, on waitroom.
+//!
+//! ```sh
+//! cargo run --release                                   # waitroom, in one terminal
+//! cargo run --release --example bff -- --waitroom http://127.0.0.1:50051 --queue sale
+//! # then open http://127.0.0.1:3000/
+//! ```
+//!
+//! - `/` sends a visitor to the waiting page (`/wait`), which puts them in
+//!   line (`Enqueue`) under the id their signed visitor cookie holds.
+//! - The page follows the place live over Server-Sent Events (`/events`,
+//!   one `WatchRank` stream per open page), or by polling `/status`
+//!   (`GetRank`) where that fails; without JavaScript it refreshes itself.
+//! - Admitted, the page goes to `/admit`, which puts the admission token in
+//!   an HttpOnly cookie (never in a URL) and sends the visitor to
+//!   `/booking`. That page is served only with a valid admission, checked
+//!   offline with the published keys; the stand-in purchase consumes the
+//!   token online, once.
+//!
+//! Where a production BFF must do something differently, a comment at the
+//! spot says so (search for "PRODUCTION").
+
+mod keys;
+mod limits;
+mod page;
+mod visitor;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio_stream::Stream;
+use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
+use waitroom::pb::queue_service_client::QueueServiceClient;
+use waitroom::pb::{self, PlaceState, QueueMode, Verdict as PbVerdict};
+use waitroom::tokens::Verdict;
+
+use crate::keys::Keys;
+use crate::limits::{HumanCheck, Limits, NoCheck, TestDouble};
+use crate::page::Look;
+use crate::visitor::{
+    ADMISSION_COOKIE, CookieKey, HUMAN_COOKIE, VISITOR_COOKIE, cookie, set_cookie,
+};
+
+#[derive(Parser)]
+struct Args {
+    /// waitroom's gRPC address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    waitroom: String,
+    /// Where waitroom publishes its keys; by default its HTTP port on the same host, 8080.
+    #[arg(long)]
+    jwks_url: Option<String>,
+    /// The issuer tokens must name (waitroom's --token-issuer).
+    #[arg(long, default_value = "waitroom")]
+    issuer: String,
+    /// The queue in front of the booking page.
+    #[arg(long, default_value = "sale")]
+    queue: String,
+    /// Address to serve the pages on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Key (hex, 32 bytes or more) that signs visitor cookies; random when absent.
+    #[arg(long, env = "BFF_COOKIE_KEY", hide_env_values = true)]
+    cookie_key: Option<String>,
+    /// Mark cookies Secure (set when the pages are served over TLS, directly or by a proxy in front).
+    #[arg(long)]
+    secure_cookies: bool,
+    /// HTTP/2 connections to waitroom that carry every stream of this BFF.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Joins (visits of the waiting page) per client address per minute.
+    #[arg(long, default_value_t = 120)]
+    joins_per_minute: u32,
+    /// Open event streams per client address.
+    #[arg(long, default_value_t = 50)]
+    streams_per_client: usize,
+    /// The check before joining: `off`, or `test` for the stand-in challenge.
+    #[arg(long, default_value = "off")]
+    human_check: String,
+    /// Title of the pages.
+    #[arg(long, default_value = "Waiting room")]
+    title: String,
+    /// Accent colour of the pages (CSS).
+    #[arg(long, default_value = "#4f46e5")]
+    accent: String,
+    /// URL of a logo shown in the header.
+    #[arg(long)]
+    logo: Option<String>,
+}
+
+struct App {
+    queue: String,
+    clients: Vec<QueueServiceClient<Channel>>,
+    next: AtomicUsize,
+    keys: Keys,
+    cookie_key: CookieKey,
+    secure: bool,
+    limits: Arc<Limits>,
+    human: Box<dyn HumanCheck>,
+    look: Look,
+}
+
+impl App {
+    /// A client on one of the few connections, in turn.
+    fn client(&self) -> QueueServiceClient<Channel> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.clients[n % self.clients.len()].clone()
+    }
+
+    fn page(&self, status: StatusCode, html: String) -> Response {
+        (status, Html(html)).into_response()
+    }
+
+    fn message(
+        &self,
+        status: StatusCode,
+        heading: &str,
+        text: &str,
+        refresh: Option<u32>,
+    ) -> Response {
+        self.page(status, page::message(&self.look, heading, text, refresh))
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let jwks_url = match &args.jwks_url {
+        Some(url) => url.clone(),
+        None => {
+            let uri: axum::http::Uri = args.waitroom.parse()?;
+            format!(
+                "http://{}:8080/.well-known/jwks.json",
+                uri.host().unwrap_or("127.0.0.1")
+            )
+        }
+    };
+    // Many streams on few connections, with the receive window
+    // docs/operations.md recommends for thousands of streams on one.
+    let endpoint = Endpoint::from_shared(args.waitroom.clone())?
+        .initial_connection_window_size(Some(64 << 20))
+        .initial_stream_window_size(Some(1 << 20))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10));
+    let clients = (0..args.connections.max(1))
+        .map(|_| QueueServiceClient::new(endpoint.connect_lazy()))
+        .collect();
+    let human: Box<dyn HumanCheck> = match args.human_check.as_str() {
+        "off" => Box::new(NoCheck),
+        "test" => Box::new(TestDouble),
+        other => anyhow::bail!("--human-check: off or test, not {other:?}"),
+    };
+    let app = Arc::new(App {
+        queue: args.queue.clone(),
+        clients,
+        next: AtomicUsize::new(0),
+        keys: Keys::fetch(&jwks_url, &args.issuer).await?,
+        cookie_key: CookieKey::new(args.cookie_key.as_deref())?,
+        secure: args.secure_cookies,
+        limits: Arc::new(Limits::new(args.joins_per_minute, args.streams_per_client)),
+        human,
+        look: Look {
+            title: args.title.clone(),
+            accent: args.accent.clone(),
+            logo: args.logo.clone(),
+        },
+    });
+    let router = Router::new()
+        .route("/", get(|| async { Redirect::to("/wait") }))
+        .route("/wait", get(wait))
+        .route("/events", get(events))
+        .route("/status", get(status))
+        .route("/admit", get(admit))
+        .route("/booking", get(booking))
+        .route("/booking/purchase", post(purchase))
+        .route("/human", post(human_passed))
+        .route(
+            "/static/app.js",
+            get(|| async { static_file("text/javascript", page::JS) }),
+        )
+        .route(
+            "/static/app.css",
+            get(|| async { static_file("text/css", page::CSS) }),
+        )
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!(
+        "bff: serving the waiting page of queue {:?} on http://{}/",
+        args.queue,
+        listener.local_addr()?
+    );
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A JSON answer.
+fn json_response(status: StatusCode, value: &Value) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+fn static_file(kind: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The visitor's id, and the cookie to set when it is new (no cookie, or
+/// one this BFF did not sign: a tampered or foreign cookie never names
+/// someone else's place).
+fn visitor(app: &App, headers: &HeaderMap) -> (String, Option<String>) {
+    if let Some(id) = cookie(headers, VISITOR_COOKIE).and_then(|v| app.cookie_key.open(&v)) {
+        return (id, None);
+    }
+    let id = visitor::new_visitor_id();
+    let set = set_cookie(
+        VISITOR_COOKIE,
+        &app.cookie_key.sign(&id),
+        "/",
+        30 * 24 * 3600,
+        app.secure,
+    );
+    (id, Some(set))
+}
+
+fn with_cookie(mut response: Response, set: Option<String>) -> Response {
+    if let Some(set) = set.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        response.headers_mut().append(header::SET_COOKIE, set);
+    }
+    response
+}
+
+fn too_many(retry_after_s: u64, text: &str) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, retry_after_s.to_string())],
+        text.to_owned(),
+    )
+        .into_response()
+}
+
+/// What the page shows of a place: the JSON of events and `/status`.
+fn view(place: &pb::Place) -> Value {
+    let state = match place.state() {
+        PlaceState::Waiting => "waiting",
+        PlaceState::Admitted => "admitted",
+        PlaceState::Closed => "closed",
+        PlaceState::PreQueue => "pre_queue",
+        PlaceState::Unspecified => "unknown",
+    };
+    let mode = match place.queue_mode() {
+        QueueMode::Paused => "paused",
+        QueueMode::Closed => "closed",
+        QueueMode::PassThrough => "pass_through",
+        _ => "queueing",
+    };
+    let seconds = |d: &Option<prost_types::Duration>| d.as_ref().map(|d| d.seconds.max(0) as u64);
+    json!({
+        "state": state,
+        "ticket": place.ticket,
+        "position": place.position,
+        "ahead": place.position.saturating_sub(1),
+        "waiting": place.waiting_count,
+        "wait_s": seconds(&place.estimated_wait),
+        "mode": mode,
+        "opens_in_s": seconds(&place.opens_in).unwrap_or(0),
+    })
+}
+
+/// The waiting page: joins the line (or finds the place held) and shows it.
+async fn wait(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let (id, set) = visitor(&app, &headers);
+    if !app.human.passed(&headers) {
+        return with_cookie(app.page(StatusCode::OK, page::challenge(&app.look)), set);
+    }
+    if let Err(retry) = app.limits.join(peer.ip()) {
+        return too_many(
+            retry,
+            "Too many visits from your address; try again in a moment.",
+        );
+    }
+    let answer = app
+        .client()
+        .enqueue(pb::EnqueueRequest {
+            queue_id: app.queue.clone(),
+            user_id: id,
+        })
+        .await;
+    let response = match answer {
+        Ok(answer) => match answer.into_inner().place {
+            Some(place) if place.state() == PlaceState::Admitted => {
+                Redirect::to("/admit").into_response()
+            }
+            Some(place) => app.page(StatusCode::OK, page::waiting(&app.look, &view(&place))),
+            None => app.message(
+                StatusCode::BAD_GATEWAY,
+                "Something went wrong",
+                "Please refresh.",
+                Some(5),
+            ),
+        },
+        Err(status) => refusal(&app, &status),
+    };
+    with_cookie(response, set)
+}
+
+/// A page for a refused join, by the reason waitroom gave.
+fn refusal(app: &App, status: &tonic::Status) -> Response {
+    let reason = status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default();
+    match reason.as_str() {
+        "QUEUE_CLOSED" => app.message(
+            StatusCode::OK,
+            "Sold out",
+            "This sale has ended. Thank you for your interest.",
+            None,
+        ),
+        "QUEUE_NOT_OPEN" => app.message(
+            StatusCode::OK,
+            "Not open yet",
+            "The waiting room for this sale is not open yet. This page tries again every 30 seconds.",
+            Some(30),
+        ),
+        _ => app.message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            "The waiting room is busy. This page tries again in a few seconds; you keep your place.",
+            Some(5),
+        ),
+    }
+}
+
+/// Live updates: one `WatchRank` stream per open page, as Server-Sent
+/// Events. A stream waitroom ends with UNAVAILABLE (it moved the stream to
+/// another replica, or is stopping) is opened again after the delay it
+/// advises, without the browser noticing. When the browser goes away the
+/// response is dropped, and with it the gRPC stream.
+async fn events(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(id) = cookie(&headers, VISITOR_COOKIE).and_then(|v| app.cookie_key.open(&v)) else {
+        return (StatusCode::UNAUTHORIZED, "no visitor").into_response();
+    };
+    let Some(guard) = app.limits.open_stream(peer.ip()) else {
+        return too_many(10, "Too many open pages from your address.");
+    };
+    let stream = place_events(app, id, guard);
+    Sse::new(stream)
+        // A comment every 15 s, so proxies do not cut an idle stream.
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(15))
+                .text("keep-alive"),
+        )
+        .into_response()
+}
+
+fn place_events(
+    app: Arc<App>,
+    id: String,
+    guard: limits::StreamGuard,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    async_stream(move |tx| async move {
+        let _guard = guard;
+        let mut sent = 0u64;
+        loop {
+            let opened = app
+                .client()
+                .watch_rank(pb::WatchRankRequest {
+                    queue_id: app.queue.clone(),
+                    user_id: id.clone(),
+                })
+                .await;
+            let end = match opened {
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(message)) => {
+                                let Some(place) = message.place else { continue };
+                                sent += 1;
+                                let event = Event::default()
+                                    .event("place")
+                                    .id(format!("{}-{sent}", place.ticket))
+                                    .retry(Duration::from_secs(2))
+                                    .data(view(&place).to_string());
+                                if tx.send(event).await.is_err() {
+                                    return;
+                                }
+                            }
+                            // Admitted or closed: the last place was sent.
+                            Ok(None) => return,
+                            Err(status) => break status,
+                        }
+                    }
+                }
+                Err(status) => status,
+            };
+            match end.code() {
+                tonic::Code::NotFound => {
+                    let gone = Event::default().event("place").data(r#"{"state":"gone"}"#);
+                    let _ = tx.send(gone).await;
+                    return;
+                }
+                tonic::Code::Unavailable
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::Cancelled
+                | tonic::Code::Internal => {
+                    let delay = end
+                        .get_error_details()
+                        .retry_info()
+                        .and_then(|r| r.retry_delay)
+                        .unwrap_or(Duration::from_secs(1));
+                    tokio::time::sleep(delay).await;
+                    if tx.is_closed() {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    })
+}
+
+/// A stream fed by a task, ended when the task ends; the task sees the
+/// stream's end (the browser gone) as a closed channel.
+fn async_stream<F, Fut>(task: F) -> impl Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let handle = tokio::spawn(task(tx));
+    let abort = handle.abort_handle();
+    tokio_stream::StreamExt::map(
+        DropGuard {
+            inner: tokio_stream::wrappers::ReceiverStream::new(rx),
+            abort,
+        },
+        Ok,
+    )
+}
+
+pin_project_lite::pin_project! {
+    /// Aborts the feeding task (and drops its gRPC stream) when the
+    /// response is dropped.
+    struct DropGuard<S> {
+        #[pin]
+        inner: S,
+        abort: tokio::task::AbortHandle,
+    }
+    impl<S> PinnedDrop for DropGuard<S> {
+        fn drop(this: Pin<&mut Self>) {
+            this.abort.abort();
+        }
+    }
+}
+
+impl<S: Stream> Stream for DropGuard<S> {
+    type Item = S::Item;
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.project().inner.poll_next(cx)
+    }
+}
+
+/// The place as JSON, for pages that poll; with the interval to poll at.
+async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(id) = cookie(&headers, VISITOR_COOKIE).and_then(|v| app.cookie_key.open(&v)) else {
+        return json_response(StatusCode::UNAUTHORIZED, &json!({"state": "gone"}));
+    };
+    let answer = app
+        .client()
+        .get_rank(pb::GetRankRequest {
+            queue_id: app.queue.clone(),
+            user_id: id,
+        })
+        .await;
+    match answer {
+        Ok(answer) => {
+            let Some(place) = answer.into_inner().place else {
+                return StatusCode::BAD_GATEWAY.into_response();
+            };
+            let mut view = view(&place);
+            // Near the front, more often: a poll is also the sign of life
+            // that keeps the place.
+            view["poll_ms"] = json!(if place.position <= 50 { 1000 } else { 3000 });
+            json_response(StatusCode::OK, &view)
+        }
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            json_response(StatusCode::OK, &json!({"state": "gone"}))
+        }
+        Err(_) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"state": "waiting", "retry": true, "poll_ms": 3000}),
+        ),
+    }
+}
+
+/// Admitted: the token goes into an HttpOnly cookie for `/booking`.
+async fn admit(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(id) = cookie(&headers, VISITOR_COOKIE).and_then(|v| app.cookie_key.open(&v)) else {
+        return Redirect::to("/wait").into_response();
+    };
+    let answer = app
+        .client()
+        .get_rank(pb::GetRankRequest {
+            queue_id: app.queue.clone(),
+            user_id: id,
+        })
+        .await;
+    let admission = answer
+        .ok()
+        .and_then(|a| a.into_inner().place)
+        .filter(|p| p.state() == PlaceState::Admitted)
+        .and_then(|p| p.admission);
+    let Some(admission) = admission else {
+        return Redirect::to("/wait").into_response();
+    };
+    let expires = admission
+        .expires_at
+        .map(|t| t.seconds.max(0) as u64)
+        .unwrap_or(0);
+    let max_age = expires.saturating_sub(now_s()).max(1);
+    with_cookie(
+        Redirect::to("/booking").into_response(),
+        Some(set_cookie(
+            ADMISSION_COOKIE,
+            &admission.token,
+            "/booking",
+            max_age,
+            app.secure,
+        )),
+    )
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The visitor's admission, checked offline: genuine, unexpired, of this
+/// queue, and this visitor's.
+async fn admission(
+    app: &App,
+    headers: &HeaderMap,
+) -> Option<(String, waitroom::tokens::AdmissionClaims)> {
+    let visitor = cookie(headers, VISITOR_COOKIE).and_then(|v| app.cookie_key.open(&v))?;
+    let token = cookie(headers, ADMISSION_COOKIE)?;
+    let check = app.keys.verify(&token, &app.queue, now_s()).await;
+    match (check.verdict, check.claims) {
+        (Verdict::Valid, Some(claims)) if claims.sub == visitor => Some((token, claims)),
+        _ => None,
+    }
+}
+
+async fn booking(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    match admission(&app, &headers).await {
+        Some((_, claims)) => app.page(
+            StatusCode::OK,
+            // The form carries an id of this purchase attempt: sent twice
+            // (a double click, a retry) it is one purchase; a token shown
+            // again in a new attempt is refused as used.
+            page::booking(
+                &app.look,
+                &claims.sub,
+                claims.exp.saturating_sub(now_s()),
+                &visitor::new_visitor_id().replace("v-", ""),
+            ),
+        ),
+        None => app.message(
+            StatusCode::FORBIDDEN,
+            "No admission",
+            "The booking page needs an admission from the waiting room. Join the line at the start page.",
+            None,
+        ),
+    }
+}
+
+/// The stand-in purchase: the token is consumed online, once; the same
+/// attempt sent again is answered as the first (its id is the request id).
+async fn purchase(State(app): State<Arc<App>>, headers: HeaderMap, form: String) -> Response {
+    let Some((token, claims)) = admission(&app, &headers).await else {
+        return app.message(
+            StatusCode::FORBIDDEN,
+            "No admission",
+            "There is no admission to buy with.",
+            None,
+        );
+    };
+    let attempt = form
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("attempt="))
+        .map(str::to_owned)
+        .unwrap_or_else(|| visitor::new_visitor_id().replace("v-", ""));
+    let request_id: String = format!("bff-{attempt}")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+        .take(128)
+        .collect();
+    let mut client = app.client();
+    let verdict = client
+        .verify_admission(pb::VerifyAdmissionRequest {
+            queue_id: app.queue.clone(),
+            token,
+            consume: true,
+            request_id,
+        })
+        .await
+        .map(|v| v.into_inner().verdict());
+    let clear = set_cookie(ADMISSION_COOKIE, "", "/booking", 0, app.secure);
+    match verdict {
+        Ok(PbVerdict::Valid) => {
+            // The slot is free for the next in line at once.
+            // PRODUCTION: record the order first, keyed by the token's jti
+            // (a unique constraint), then complete the admission.
+            let _ = client
+                .complete_admission(pb::CompleteAdmissionRequest {
+                    queue_id: app.queue.clone(),
+                    user_id: claims.sub.clone(),
+                })
+                .await;
+            with_cookie(
+                app.message(StatusCode::OK, "Purchase complete", "Thank you! Your order is confirmed.", None),
+                Some(clear),
+            )
+        }
+        Ok(_) => with_cookie(
+            app.message(
+                StatusCode::CONFLICT,
+                "Admission already used",
+                "This admission has already been used for a purchase.",
+                None,
+            ),
+            Some(clear),
+        ),
+        Err(_) => app.message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "The purchase could not be confirmed just now; your admission is still yours. Try again.",
+            None,
+        ),
+    }
+}
+
+/// The stand-in challenge passed.
+async fn human_passed(State(app): State<Arc<App>>) -> Response {
+    with_cookie(
+        Redirect::to("/wait").into_response(),
+        Some(set_cookie(HUMAN_COOKIE, "passed", "/", 3600, app.secure)),
+    )
+}

@@ -1,0 +1,291 @@
+//! The pages: plain HTML and CSS with a small script, no build step. The
+//! waiting page is rendered with the visitor's place already in it, so it
+//! reads right before (and without) the script.
+
+use serde_json::Value;
+
+/// What operators may change (`--title`, `--accent`, `--logo`).
+pub struct Look {
+    pub title: String,
+    pub accent: String,
+    pub logo: Option<String>,
+}
+
+/// Escapes text for HTML.
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn layout(look: &Look, head_extra: &str, body_attrs: &str, main: &str) -> String {
+    let logo = look
+        .logo
+        .as_deref()
+        .map(|src| format!(r#"<img class="logo" src="{}" alt="">"#, escape(src)))
+        .unwrap_or_default();
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
+<title>{title}</title>
+<link rel="stylesheet" href="/static/app.css">
+<style>:root {{ --accent: {accent}; }}</style>
+{head_extra}
+</head>
+<body {body_attrs}>
+<header>{logo}<span class="site">{title}</span></header>
+<main>
+{main}
+</main>
+</body>
+</html>
+"#,
+        title = escape(&look.title),
+        accent = escape(&look.accent),
+    )
+}
+
+/// Minutes in words, as the page's script says them.
+pub fn wait_words(seconds: Option<u64>) -> String {
+    match seconds {
+        None => "calculating".into(),
+        Some(s) if s < 60 => "less than a minute".into(),
+        Some(s) => match (s + 30) / 60 {
+            1 => "about 1 minute".into(),
+            m => format!("about {m} minutes"),
+        },
+    }
+}
+
+/// The waiting page, showing `view` (the JSON the events carry).
+pub fn waiting(look: &Look, view: &Value) -> String {
+    let state = view["state"].as_str().unwrap_or("waiting");
+    let number = |key: &str| view[key].as_u64().unwrap_or(0);
+    let (position, ahead, waiting) = (number("position"), number("ahead"), number("waiting"));
+    let estimate = wait_words(view["wait_s"].as_u64());
+    let paused = view["mode"] == "paused";
+    let opens_in = number("opens_in_s");
+    let status = match state {
+        "closed" => "Sold out: this sale has ended.".to_owned(),
+        "pre_queue" => "You are in the waiting room. When the sale opens, everyone here gets a random place in line.".to_owned(),
+        _ => format!("You are number {position} in line."),
+    };
+    let main = format!(
+        r#"<h1>You are in line</h1>
+<p id="status" class="status" aria-live="polite">{status}</p>
+<section id="waiting" class="card" {hide_waiting}>
+  <div class="figures">
+    <div><span class="label">Your place</span><span id="position" class="big">{position}</span></div>
+    <div><span class="label">People ahead of you</span><span id="ahead" class="big">{ahead}</span></div>
+  </div>
+  <progress id="progress" max="100" value="0" aria-label="Progress to the front of the line"></progress>
+  <p><span id="waiting-count">{waiting}</span> people are waiting. Estimated wait: <strong id="estimate">{estimate}</strong>.</p>
+  <p id="paused" class="notice" {hide_paused}>Admission is paused for a moment. Keep this page open: your place is kept.</p>
+</section>
+<section id="prequeue" class="card" {hide_prequeue}>
+  <p class="label">The sale opens in</p>
+  <p id="countdown" class="big" data-opens-in="{opens_in}">{countdown}</p>
+  <p>Arriving any time before the opening gives you the same chance.</p>
+</section>
+<section id="closed" class="card" {hide_closed}>
+  <p class="big small">Sold out</p>
+  <p>This sale has ended. Thank you for waiting.</p>
+</section>
+<p class="hint">Refreshing this page keeps your place. When it is your turn you are taken to the booking page.</p>
+<noscript><p class="hint">This page updates itself every 10 seconds.</p></noscript>
+<script src="/static/app.js" defer></script>"#,
+        hide_waiting = hidden(state != "waiting"),
+        hide_paused = hidden(!paused),
+        hide_prequeue = hidden(state != "pre_queue"),
+        hide_closed = hidden(state != "closed"),
+        countdown = clock(opens_in),
+    );
+    layout(
+        look,
+        r#"<noscript><meta http-equiv="refresh" content="10"></noscript>"#,
+        &format!(
+            r#"data-state="{}" data-ticket="{}" data-transport="none""#,
+            escape(state),
+            number("ticket")
+        ),
+        &main,
+    )
+}
+
+fn hidden(hide: bool) -> &'static str {
+    if hide { "hidden" } else { "" }
+}
+
+fn clock(seconds: u64) -> String {
+    format!(
+        "{}:{:02}:{:02}",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
+/// A page with a heading and a paragraph, and a way on.
+pub fn message(look: &Look, heading: &str, text: &str, refresh_s: Option<u32>) -> String {
+    let head = refresh_s
+        .map(|s| format!(r#"<meta http-equiv="refresh" content="{s}">"#))
+        .unwrap_or_default();
+    layout(
+        look,
+        &head,
+        r#"data-state="message""#,
+        &format!(
+            r#"<h1>{}</h1><p class="status" aria-live="polite">{}</p>"#,
+            escape(heading),
+            escape(text)
+        ),
+    )
+}
+
+/// The human check's stand-in challenge.
+pub fn challenge(look: &Look) -> String {
+    layout(
+        look,
+        "",
+        r#"data-state="challenge""#,
+        r#"<h1>One moment</h1>
+<p class="status">Before you join the line, please confirm you are not a robot.</p>
+<form method="post" action="/human"><button id="human" type="submit">I am not a robot</button></form>"#,
+    )
+}
+
+/// The stand-in booking page, for an admitted visitor.
+pub fn booking(look: &Look, visitor: &str, expires_in_s: u64, attempt: &str) -> String {
+    layout(
+        look,
+        "",
+        r#"data-state="booking""#,
+        &format!(
+            r#"<h1>It's your turn</h1>
+<p class="status" aria-live="polite">You have {} to complete your purchase.</p>
+<section class="card"><p>Booking for visitor <code>{}</code>.</p>
+<form method="post" action="/booking/purchase"><input type="hidden" name="attempt" value="{}"><button id="buy" type="submit">Complete purchase</button></form></section>"#,
+            wait_words(Some(expires_in_s)),
+            escape(visitor),
+            escape(attempt)
+        ),
+    )
+}
+
+pub const CSS: &str = r#"
+:root { --bg: #f7f7f9; --fg: #1b1b1f; --card: #fff; --muted: #5b5b66; }
+@media (prefers-color-scheme: dark) {
+  :root { --bg: #121216; --fg: #ececf1; --card: #1d1d24; --muted: #a4a4b2; }
+}
+* { box-sizing: border-box; }
+body { margin: 0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; background: var(--bg); color: var(--fg); }
+header { display: flex; align-items: center; gap: .75rem; padding: 1rem 1.25rem; border-bottom: 4px solid var(--accent); }
+header .logo { height: 2rem; }
+header .site { font-weight: 600; }
+main { max-width: 40rem; margin: 0 auto; padding: 1.5rem 1.25rem 3rem; }
+h1 { font-size: 1.6rem; margin: .5rem 0 1rem; }
+.status { font-size: 1.1rem; }
+.card { background: var(--card); border-radius: 12px; padding: 1.25rem; margin: 1rem 0; box-shadow: 0 1px 3px rgba(0,0,0,.12); }
+.figures { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
+.label { display: block; color: var(--muted); font-size: .9rem; }
+.big { display: block; font-size: 3rem; font-weight: 700; line-height: 1.1; font-variant-numeric: tabular-nums; }
+.big.small { font-size: 2rem; }
+progress { width: 100%; height: .75rem; margin: 1rem 0 .5rem; accent-color: var(--accent); }
+.notice { border-left: 4px solid var(--accent); padding-left: .75rem; }
+.hint { color: var(--muted); font-size: .95rem; }
+button { font: inherit; font-weight: 600; padding: .75rem 1.5rem; border: 0; border-radius: 8px; background: var(--accent); color: #fff; cursor: pointer; }
+@media (max-width: 26rem) { .big { font-size: 2.25rem; } .figures { grid-template-columns: 1fr; } }
+"#;
+
+pub const JS: &str = r#"
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const body = document.body;
+  let first = 0, countdown = null, source = null, polling = false, failures = 0, said = '';
+
+  const words = (s) => s == null ? 'calculating'
+    : s < 60 ? 'less than a minute'
+    : Math.round(s / 60) === 1 ? 'about 1 minute' : `about ${Math.round(s / 60)} minutes`;
+  const clock = (s) => `${Math.floor(s / 3600)}:${String(Math.floor(s / 60) % 60).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}`;
+  const show = (id) => ['waiting', 'prequeue', 'closed'].forEach((s) => { $(s).hidden = s !== id; });
+  const say = (text) => { if (text !== said) { said = text; $('status').textContent = text; } };
+  const stop = () => { if (source) source.close(); source = null; };
+
+  function tick(opensIn) {
+    clearInterval(countdown);
+    const until = Date.now() + opensIn * 1000;
+    const step = () => {
+      const left = Math.max(0, Math.round((until - Date.now()) / 1000));
+      $('countdown').textContent = left > 0 ? clock(left) : 'Opening: drawing places…';
+    };
+    step();
+    countdown = setInterval(step, 1000);
+  }
+
+  function render(p) {
+    body.dataset.state = p.state;
+    body.dataset.ticket = p.ticket;
+    if (p.state === 'admitted') {
+      stop();
+      say("It's your turn! Taking you to the booking page…");
+      location.assign('/admit');
+      return;
+    }
+    if (p.state === 'gone') { stop(); location.assign('/wait'); return; }
+    if (p.state === 'closed') { stop(); show('closed'); say('Sold out: this sale has ended.'); return; }
+    if (p.state === 'pre_queue') {
+      show('prequeue');
+      tick(p.opens_in_s);
+      say('You are in the waiting room. When the sale opens, everyone here gets a random place in line.');
+      return;
+    }
+    clearInterval(countdown);
+    show('waiting');
+    $('position').textContent = p.position.toLocaleString();
+    $('ahead').textContent = p.ahead.toLocaleString();
+    $('waiting-count').textContent = p.waiting.toLocaleString();
+    $('estimate').textContent = words(p.wait_s);
+    $('paused').hidden = p.mode !== 'paused';
+    // Progress from the place held when this visitor first saw the line.
+    const key = `wr-first-${p.ticket}`;
+    first = Number(localStorage.getItem(key) || 0);
+    if (!first || p.position > first) { first = p.position; localStorage.setItem(key, String(first)); }
+    $('progress').value = first > 1 ? Math.round(100 * (first - p.position) / (first - 1)) : 100;
+    say(p.mode === 'paused' ? `You are number ${p.position} in line. Admission is paused.` : `You are number ${p.position} in line.`);
+  }
+
+  function poll() {
+    polling = true;
+    body.dataset.transport = 'polling';
+    fetch('/status', { cache: 'no-store', credentials: 'same-origin' })
+      .then((r) => r.json())
+      .then((p) => {
+        if (p.retry) { setTimeout(poll, p.poll_ms || 3000); return; }
+        render(p);
+        if (p.state === 'waiting' || p.state === 'pre_queue') setTimeout(poll, p.poll_ms || 2000);
+      })
+      .catch(() => setTimeout(poll, 5000));
+  }
+
+  function listen() {
+    body.dataset.transport = 'events';
+    source = new EventSource('/events');
+    source.addEventListener('place', (e) => { failures = 0; render(JSON.parse(e.data)); });
+    source.onerror = () => {
+      failures += 1;
+      // Refused for good (the browser gave up), or failing again and again:
+      // the page polls instead.
+      if (source && (source.readyState === EventSource.CLOSED || failures >= 3) && !polling) { stop(); poll(); }
+    };
+  }
+
+  if (body.dataset.state === 'closed') return;
+  if ('EventSource' in window) listen(); else poll();
+})();
+"#;

@@ -1,0 +1,416 @@
+"""The waiting page in a real browser: headless Chromium, driven over
+WebDriver, against a real waitroom process (Redis store, its own
+redis-server) and the reference BFF (examples/bff).
+
+The binaries are the ones `cargo test` builds (target/debug). Screenshots
+of the waiting and booking pages are saved in target/browser/."""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import os
+import pathlib
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug"
+SHOTS = TARGET.parent / "browser"
+COOKIE_KEY = "5e" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, limit: float = 20.0) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+class Process:
+    def __init__(self, args, log: pathlib.Path):
+        self.log = log
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def scratch():
+    path = pathlib.Path(tempfile.mkdtemp(prefix="waitroom-browser-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def waitroom(scratch):
+    redis_port = free_port()
+    redis = Process(
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(scratch)],
+        scratch / "redis.log",
+    )
+    wait_for_port(redis_port)
+    grpc, http_port = free_port(), free_port()
+    service = Process(
+        [str(TARGET / "waitroom"), "--listen", f"127.0.0.1:{grpc}", "--http-listen", f"127.0.0.1:{http_port}",
+         "--redis-url", f"redis://127.0.0.1:{redis_port}", "--redis-prefix", "browser",
+         "--watch-interval", "100ms", "--drain-delay", "0s", "--shutdown-timeout", "1s"],
+        scratch / "waitroom.log",
+    )
+    wait_for_port(grpc)
+    wait_for_port(http_port)
+    yield {"addr": f"http://127.0.0.1:{grpc}", "jwks": f"http://127.0.0.1:{http_port}/.well-known/jwks.json"}
+    service.stop()
+    redis.stop()
+
+
+def ctl(waitroom, *args: str) -> str:
+    done = subprocess.run(
+        [str(TARGET / "waitroomctl"), "--addr", waitroom["addr"], *args],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+_queues = iter(range(1, 1_000_000))
+
+
+def new_queue(waitroom, *flags: str) -> str:
+    queue = f"sale-{os.getpid()}-{next(_queues)}"
+    ctl(waitroom, "queue", "create", queue, "--heartbeat-timeout", "2m", *flags)
+    return queue
+
+
+class Bff:
+    def __init__(self, waitroom, queue: str, scratch: pathlib.Path, *extra: str, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [
+            str(TARGET / "examples" / "bff"), "--waitroom", waitroom["addr"], "--jwks-url", waitroom["jwks"],
+            "--queue", queue, "--listen", f"127.0.0.1:{self.port}", "--cookie-key", COOKIE_KEY,
+            "--title", "Concert tickets", *extra,
+        ]
+        self.log = scratch / f"bff-{self.port}.log"
+        self.start()
+
+    def start(self):
+        self.process = Process(self.args, self.log)
+        wait_for_port(self.port)
+
+    def restart(self):
+        self.process.stop()
+        self.start()
+
+    def stop(self):
+        self.process.stop()
+
+
+@pytest.fixture
+def bff_of(waitroom, scratch):
+    started = []
+
+    def start(queue: str, *extra: str) -> Bff:
+        bff = Bff(waitroom, queue, scratch, *extra)
+        started.append(bff)
+        return bff
+
+    yield start
+    for bff in started:
+        bff.stop()
+
+
+def new_browser(width=1280, height=900, block_event_source=False):
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    service = ChromeService(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    driver = webdriver.Chrome(options=options, service=service)
+    if block_event_source:
+        # As a browser or a proxy without Server-Sent Events would: the
+        # page must fall back to polling.
+        driver.execute_cdp_cmd(
+            "Page.addScriptToEvaluateOnNewDocument", {"source": "delete window.EventSource;"}
+        )
+    return driver
+
+
+@pytest.fixture
+def browser():
+    drivers = []
+
+    def make(**kwargs):
+        driver = new_browser(**kwargs)
+        drivers.append(driver)
+        return driver
+
+    yield make
+    for driver in drivers:
+        driver.quit()
+
+
+def body(driver, key: str) -> str:
+    return driver.find_element(By.TAG_NAME, "body").get_attribute(f"data-{key}")
+
+
+def until(driver, check, timeout=20.0, what="condition"):
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: check(d), message=what)
+
+
+def position(driver) -> int:
+    return int(driver.find_element(By.ID, "position").text.replace(",", ""))
+
+
+def join_others(waitroom, queue: str, count: int):
+    for n in range(count):
+        ctl(waitroom, "enqueue", queue, f"other-{n}")
+
+
+def shoot(driver, name: str):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SHOTS / name))
+
+
+def test_a_visitor_watches_the_line_move_and_buys_once_on_the_booking_page(waitroom, bff_of, browser):
+    queue = new_queue(waitroom)
+    join_others(waitroom, queue, 4)
+    bff = bff_of(queue)
+    driver = browser(width=390, height=844)
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "state") == "waiting", what="the waiting page")
+    assert position(driver) == 5
+    assert driver.find_element(By.ID, "ahead").text == "4"
+    assert "refreshing this page keeps your place" in driver.page_source.lower()
+    live = driver.find_element(By.ID, "status")
+    assert live.get_attribute("aria-live") == "polite"
+    until(driver, lambda d: body(d, "transport") == "events", what="events")
+    ctl(waitroom, "admit", queue, "2")
+    until(driver, lambda d: position(d) == 3, what="the position to fall to 3")
+    assert "You are number 3 in line." in live.text
+    assert int(driver.find_element(By.ID, "progress").get_attribute("value")) == 50
+    shoot(driver, "waiting-page.png")
+    ctl(waitroom, "admit", queue, "3")
+    until(driver, lambda d: d.current_url.endswith("/booking"), what="the booking page")
+    assert "It's your turn" in driver.page_source
+    # The token travelled in a cookie, never in the URL.
+    assert "eyJ" not in driver.current_url
+    token = driver.get_cookie("wr_admission")
+    assert token and token["httpOnly"]
+    shoot(driver, "booking-page.png")
+    driver.find_element(By.ID, "buy").click()
+    until(driver, lambda d: "Purchase complete" in d.page_source, what="the purchase")
+    # The same admission shown again, in a new attempt, is refused.
+    driver.add_cookie({"name": "wr_admission", "value": token["value"], "path": "/booking"})
+    driver.get(bff.url + "/booking")
+    driver.find_element(By.ID, "buy").click()
+    until(driver, lambda d: "already been used" in d.page_source, what="the second purchase refused")
+
+
+def test_a_refresh_and_a_second_tab_keep_the_same_place(waitroom, bff_of, browser):
+    queue = new_queue(waitroom)
+    join_others(waitroom, queue, 2)
+    bff = bff_of(queue)
+    driver = browser()
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "state") == "waiting")
+    ticket = body(driver, "ticket")
+    assert position(driver) == 3
+    driver.refresh()
+    until(driver, lambda d: body(d, "state") == "waiting")
+    assert body(driver, "ticket") == ticket and position(driver) == 3
+    driver.switch_to.new_window("tab")
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "state") == "waiting")
+    assert body(driver, "ticket") == ticket and position(driver) == 3
+    # The BFF restarted (same cookie key): still the same place.
+    bff.restart()
+    driver.refresh()
+    until(driver, lambda d: body(d, "state") == "waiting")
+    assert body(driver, "ticket") == ticket
+
+
+def test_closing_the_queue_shows_sold_out_to_those_waiting_and_to_newcomers(waitroom, bff_of, browser):
+    queue = new_queue(waitroom)
+    join_others(waitroom, queue, 1)
+    bff = bff_of(queue)
+    driver = browser()
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "state") == "waiting")
+    ctl(waitroom, "queue", "mode", queue, "closed")
+    until(driver, lambda d: body(d, "state") == "closed", what="the sold-out state")
+    assert driver.find_element(By.ID, "closed").is_displayed()
+    assert "Sold out" in driver.find_element(By.ID, "status").text
+    newcomer = browser()
+    newcomer.get(bff.url + "/")
+    assert "Sold out" in newcomer.page_source
+
+
+def test_before_a_scheduled_opening_the_page_counts_down_then_shows_the_drawn_place(waitroom, bff_of, browser):
+    opens = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=6)
+    queue = new_queue(
+        waitroom, "--opens-at", opens.strftime("%Y-%m-%dT%H:%M:%SZ"), "--prequeue-window", "1h"
+    )
+    bff = bff_of(queue)
+    driver = browser()
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "state") == "pre_queue", what="the pre-queue")
+    countdown = driver.find_element(By.ID, "countdown")
+    assert re.fullmatch(r"0:00:0\d", countdown.text), countdown.text
+    first = countdown.text
+    until(driver, lambda d: countdown.text != first, timeout=5, what="the countdown to move")
+    until(driver, lambda d: body(d, "state") == "waiting", timeout=30, what="the drawn place")
+    assert position(driver) == 1
+    assert int(body(driver, "ticket")) > 0
+
+
+def test_with_server_sent_events_blocked_the_page_polls_and_still_moves(waitroom, bff_of, browser):
+    queue = new_queue(waitroom)
+    join_others(waitroom, queue, 3)
+    bff = bff_of(queue)
+    driver = browser(block_event_source=True)
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "transport") == "polling", what="polling")
+    assert position(driver) == 4
+    ctl(waitroom, "admit", queue, "2")
+    until(driver, lambda d: position(d) == 2, what="the position to fall by polling")
+
+
+def test_the_booking_page_refuses_a_visitor_without_a_valid_admission(waitroom, bff_of, browser):
+    queue = new_queue(waitroom)
+    bff = bff_of(queue)
+    connection = http.client.HTTPConnection("127.0.0.1", bff.port, timeout=10)
+    connection.request("GET", "/booking")
+    assert connection.getresponse().status == 403
+    driver = browser()
+    driver.get(bff.url + "/wait")
+    driver.add_cookie({"name": "wr_admission", "value": "eyJhbGciOiJFZERTQSJ9.e30.c2ln", "path": "/booking"})
+    driver.get(bff.url + "/booking")
+    assert "No admission" in driver.page_source
+    assert not driver.find_elements(By.ID, "buy")
+
+
+def test_a_tampered_visitor_cookie_gets_a_new_place_never_another_visitors(waitroom, bff_of, browser):
+    queue = new_queue(waitroom)
+    bff = bff_of(queue)
+    first = browser()
+    first.get(bff.url + "/")
+    until(first, lambda d: body(d, "state") == "waiting")
+    ticket = body(first, "ticket")
+    cookie = first.get_cookie("wr_visitor")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    visitor_id, tag = cookie["value"].split(".")
+    other = browser()
+    other.get(bff.url + "/static/app.css")
+    forged = visitor_id[:-1] + ("0" if visitor_id[-1] != "0" else "1")
+    for value in (f"{forged}.{tag}", visitor_id, f"{visitor_id}.{'0' * len(tag)}"):
+        other.delete_all_cookies()
+        other.add_cookie({"name": "wr_visitor", "value": value, "path": "/"})
+        other.get(bff.url + "/")
+        until(other, lambda d: body(d, "state") == "waiting")
+        assert body(other, "ticket") != ticket
+    # The genuine cookie, copied, is the same visitor: the cookie is the
+    # identity, which is why it is HttpOnly.
+    other.delete_all_cookies()
+    other.add_cookie({"name": "wr_visitor", "value": cookie["value"], "path": "/"})
+    other.get(bff.url + "/")
+    until(other, lambda d: body(d, "state") == "waiting")
+    assert body(other, "ticket") == ticket
+
+
+def test_the_page_works_without_javascript_by_refreshing_itself(waitroom, bff_of):
+    queue = new_queue(waitroom)
+    join_others(waitroom, queue, 2)
+    bff = bff_of(queue)
+    page = urllib.request.urlopen(bff.url + "/wait", timeout=10).read().decode()
+    assert '<noscript><meta http-equiv="refresh" content="10"></noscript>' in page
+    assert 'id="position" class="big">3<' in page
+
+
+def test_joins_and_streams_per_address_are_limited_with_retry_after(waitroom, bff_of):
+    queue = new_queue(waitroom)
+    bff = bff_of(queue, "--joins-per-minute", "2", "--streams-per-client", "1")
+    connection = http.client.HTTPConnection("127.0.0.1", bff.port, timeout=10)
+    cookie = None
+    for _ in range(2):
+        connection.request("GET", "/wait", headers={"Cookie": cookie} if cookie else {})
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 200
+        cookie = cookie or answer.getheader("Set-Cookie").split(";")[0]
+    connection.request("GET", "/wait", headers={"Cookie": cookie})
+    refused = connection.getresponse()
+    refused.read()
+    assert refused.status == 429 and int(refused.getheader("Retry-After")) >= 1
+    first = http.client.HTTPConnection("127.0.0.1", bff.port, timeout=10)
+    first.request("GET", "/events", headers={"Cookie": cookie})
+    assert first.getresponse().status == 200
+    second = http.client.HTTPConnection("127.0.0.1", bff.port, timeout=10)
+    second.request("GET", "/events", headers={"Cookie": cookie})
+    answer = second.getresponse()
+    assert answer.status == 429 and answer.getheader("Retry-After")
+    first.close()
+
+
+def test_the_human_check_hook_stops_a_visitor_until_the_challenge_is_passed(waitroom, bff_of, browser):
+    queue = new_queue(waitroom)
+    bff = bff_of(queue, "--human-check", "test")
+    driver = browser()
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "state") == "challenge", what="the challenge")
+    stats = json.loads(ctl(waitroom, "--output", "json", "queue", "stats", queue))
+    assert stats["waiting"] == 0 and stats["enqueued_total"] == 0
+    driver.find_element(By.ID, "human").click()
+    until(driver, lambda d: body(d, "state") == "waiting", what="a place after the challenge")
+    assert position(driver) == 1
+
+
+def test_the_page_fits_a_phone_and_follows_a_dark_theme(waitroom, bff_of, browser):
+    queue = new_queue(waitroom)
+    join_others(waitroom, queue, 1)
+    bff = bff_of(queue, "--accent", "#d9480f")
+    driver = browser(width=360, height=740)
+    driver.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}
+    )
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "state") == "waiting")
+    fits = driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    assert fits, "the page scrolls sideways on a phone"
+    background = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+    channels = [int(c) for c in re.findall(r"\d+", background)[:3]]
+    assert max(channels) < 64, background
+    accent = driver.execute_script(
+        "return getComputedStyle(document.documentElement).getPropertyValue('--accent').trim()"
+    )
+    assert accent == "#d9480f"
+    shoot(driver, "waiting-page-dark.png")
