@@ -7,6 +7,7 @@
 //! ```
 
 mod admit;
+mod bff;
 mod draw;
 mod harness;
 mod load;
@@ -40,6 +41,8 @@ enum Scenario {
     Mixed(mixed::Args),
     /// A long sale at steady load: memory, streams and errors every 10 s.
     Soak(soak::Args),
+    /// Waiting pages through the reference BFF: its memory per page, its gRPC connections, admission to page.
+    Bff(bff::Args),
 }
 
 #[tokio::main]
@@ -52,5 +55,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Watch(args) => watch::run(args).await,
         Scenario::Mixed(args) => mixed::run(args).await,
         Scenario::Soak(args) => soak::run(args).await,
+        Scenario::Bff(args) => bff::run(args).await,
     }
 }

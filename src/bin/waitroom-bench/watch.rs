@@ -178,7 +178,7 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
 }
 
 /// The arrivals of one admission's updates: when each stream got it.
-struct Round {
+pub(crate) struct Round {
     started_at: AtomicU64,
     count: AtomicU64,
     /// Micros since the base instant; `u64::MAX` for none this round.
@@ -186,7 +186,7 @@ struct Round {
 }
 
 impl Round {
-    fn new(streams: usize) -> Self {
+    pub(crate) fn new(streams: usize) -> Self {
         Self {
             started_at: AtomicU64::new(u64::MAX),
             count: AtomicU64::new(0),
@@ -195,7 +195,7 @@ impl Round {
     }
 
     /// Starts a round at `micros` (`u64::MAX`: between rounds).
-    fn start(&self, micros: u64) {
+    pub(crate) fn start(&self, micros: u64) {
         if micros != u64::MAX {
             for slot in &self.arrived_at {
                 slot.store(u64::MAX, Ordering::Relaxed);
@@ -206,7 +206,7 @@ impl Round {
     }
 
     /// Stream `w` got an update at `micros`; only its first of a round counts.
-    fn arrived(&self, w: usize, micros: u64) {
+    pub(crate) fn arrived(&self, w: usize, micros: u64) {
         let started_at = self.started_at.load(Ordering::Acquire);
         if started_at == u64::MAX || micros < started_at {
             return;
@@ -220,11 +220,11 @@ impl Round {
         }
     }
 
-    fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn arrivals(&self) -> impl Iterator<Item = u64> + '_ {
+    pub(crate) fn arrivals(&self) -> impl Iterator<Item = u64> + '_ {
         self.arrived_at
             .iter()
             .map(|slot| slot.load(Ordering::Relaxed))
