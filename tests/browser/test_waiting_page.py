@@ -87,7 +87,11 @@ def waitroom(scratch):
     )
     wait_for_port(grpc)
     wait_for_port(http_port)
-    yield {"addr": f"http://127.0.0.1:{grpc}", "jwks": f"http://127.0.0.1:{http_port}/.well-known/jwks.json"}
+    yield {
+        "addr": f"http://127.0.0.1:{grpc}",
+        "jwks": f"http://127.0.0.1:{http_port}/.well-known/jwks.json",
+        "metrics": f"http://127.0.0.1:{http_port}/metrics",
+    }
     service.stop()
     redis.stop()
 
@@ -414,3 +418,30 @@ def test_the_page_fits_a_phone_and_follows_a_dark_theme(waitroom, bff_of, browse
     )
     assert accent == "#d9480f"
     shoot(driver, "waiting-page-dark.png")
+
+
+def open_streams(waitroom) -> int:
+    """Streams open on the service now (read at each scrape)."""
+    text = urllib.request.urlopen(waitroom["metrics"], timeout=10).read().decode()
+    return int(re.search(r"^waitroom_open_watchers (\d+)", text, re.M).group(1))
+
+
+def test_a_page_closed_ends_its_stream_on_the_service(waitroom, bff_of, browser):
+    queue = new_queue(waitroom)
+    bff = bff_of(queue)
+    driver = browser()
+    driver.get(bff.url + "/static/app.css")
+    # Streams of earlier tests' pages have ended.
+    until(driver, lambda d: open_streams(waitroom) == 0, what="no stream open before")
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "transport") == "events")
+    until(driver, lambda d: open_streams(waitroom) == 1, what="the stream open on the service")
+    # The visitor closes the tab. (Navigating away may keep the page, and
+    # its connection, in the back-forward cache.)
+    page = driver.current_window_handle
+    driver.switch_to.new_window("tab")
+    other = driver.current_window_handle
+    driver.switch_to.window(page)
+    driver.close()
+    driver.switch_to.window(other)
+    until(driver, lambda d: open_streams(waitroom) == 0, what="the stream ended on the service")
