@@ -42,6 +42,15 @@ pub struct Config {
     )]
     pub redis_sentinel_master: Option<String>,
 
+    /// Password of the Sentinels (when they require one); overrides one in their URLs, so a secret need not be part of them.
+    #[arg(
+        long,
+        env = "WAITROOM_REDIS_SENTINEL_PASSWORD",
+        hide_env_values = true,
+        requires = "redis_sentinel_master"
+    )]
+    pub redis_sentinel_password: Option<String>,
+
     /// Prefix of every Redis key, so several deployments can share one Redis.
     #[arg(long, env = "WAITROOM_REDIS_PREFIX", default_value = "wr")]
     pub redis_prefix: String,
@@ -166,6 +175,7 @@ impl Config {
             redis_password: None,
             redis_cluster: false,
             redis_sentinel_master: None,
+            redis_sentinel_password: None,
             redis_prefix: "wr".into(),
             redis_timeout: Duration::from_secs(1),
             signing_key: None,

@@ -102,6 +102,7 @@ async fn scrape(
 ) -> axum::response::Response {
     let m = metrics();
     m.open_watchers.set(hub.watcher_count() as i64);
+    m.open_connections.set(hub.connections().count() as i64);
     let watchers = hub.watchers_by_queue();
     let mut figures = figures.lock().await;
     let fresh = figures

@@ -14,7 +14,11 @@ use waitroom::tokens::{Verdict, Verification, Verifier};
 pub struct Keys {
     url: String,
     issuer: String,
+    /// The verifier, the key ids it knows, and when the keys were last
+    /// fetched or tried.
     current: RwLock<(Verifier, Vec<String>, Instant)>,
+    /// Held by the one request fetching again; the others do not wait.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl Keys {
@@ -24,6 +28,7 @@ impl Keys {
             url: url.to_owned(),
             issuer: issuer.to_owned(),
             current: RwLock::new((verifier, kids, Instant::now())),
+            fetching: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -41,10 +46,19 @@ impl Keys {
             let current = self.read();
             (current.1.contains(&kid), current.2)
         };
+        // A made-up kid is easy to send: fetch at most every ten seconds,
+        // one request at a time, never waiting long.
         if known || fetched_at.elapsed() < Duration::from_secs(10) {
             return check;
         }
-        match load(&self.url, &self.issuer).await {
+        let Ok(_fetching) = self.fetching.try_lock() else {
+            return check;
+        };
+        self.current.write().unwrap_or_else(|e| e.into_inner()).2 = Instant::now();
+        let fetched = tokio::time::timeout(Duration::from_secs(3), load(&self.url, &self.issuer))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 3 s")));
+        match fetched {
             Ok((verifier, kids)) => {
                 let check = verifier.verify(token, queue, now_s);
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) =

@@ -19,7 +19,7 @@ pub struct Limits {
     // address; take the client's from the header it sets (X-Forwarded-For,
     // the last hop you trust), and share the counts between BFF instances
     // (Redis) or limit at the edge instead.
-    clients: Mutex<HashMap<IpAddr, Client>>,
+    clients: Mutex<(HashMap<IpAddr, Client>, Instant)>,
 }
 
 struct Client {
@@ -33,15 +33,18 @@ impl Limits {
         Self {
             joins_per_minute: f64::from(joins_per_minute),
             streams_per_client,
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new((HashMap::new(), Instant::now())),
         }
     }
 
     fn client<T>(&self, ip: IpAddr, f: impl FnOnce(&mut Client) -> T) -> T {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        // Forget idle clients now and then, so the map stays small.
-        if clients.len() > 100_000 {
+        let mut guard = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let (clients, swept) = &mut *guard;
+        // Forget idle clients, at most once a second, so the map stays
+        // small without a sweep on every request.
+        if clients.len() > 100_000 && swept.elapsed().as_secs() >= 1 {
             clients.retain(|_, c| c.streams > 0 || c.at.elapsed().as_secs() < 60);
+            *swept = Instant::now();
         }
         let client = clients.entry(ip).or_insert(Client {
             tokens: self.joins_per_minute,

@@ -24,11 +24,17 @@ pub struct ConnectionInfo {
 }
 
 pin_project_lite::pin_project! {
-    /// An accepted TCP connection with its handle.
+    /// An accepted TCP connection with its handle. Dropped when the server
+    /// is done with the connection, which it then tells the handle.
     pub struct ServedConnection {
         #[pin]
         tcp: TcpStream,
         info: ConnectionInfo,
+    }
+    impl PinnedDrop for ServedConnection {
+        fn drop(this: Pin<&mut Self>) {
+            this.info.connection.dropped();
+        }
     }
 }
 

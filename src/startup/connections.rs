@@ -107,10 +107,14 @@ async fn serve(
 ) {
     let told = Arc::clone(&connection);
     let stopping = stop.clone();
+    // The run ends when the connection is to go away, or when it is gone
+    // already (the client closed it): its stream of one connection never
+    // ends by itself.
     let go = Box::pin(async move {
         tokio::select! {
             () = told.closed() => {}
             () = stopping.cancelled() => {}
+            () = told.gone() => {}
         }
     });
     let mut serving = serve_one(conn, go);
@@ -120,7 +124,9 @@ async fn serve(
             () = stop.cancelled() => {}
             () = tokio::time::sleep(age) => {
                 connection.close();
-                hub.wake_all();
+                if connection.streams() > 0 {
+                    hub.wake_all();
+                }
             }
         }
         tokio::time::sleep(grace).await;

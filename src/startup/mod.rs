@@ -36,7 +36,7 @@ use crate::pb::queue_service_server::QueueServiceServer;
 use crate::store::{MemoryStore, QueueStore, RedisOptions, RedisStore};
 use crate::telemetry::grpc::ObserveLayer;
 use crate::tokens::Keyring;
-use crate::watch::{Balancer, Balancing, OpenConnections, WatchHub, WatchedStore};
+use crate::watch::{Balancer, Balancing, WatchHub, WatchedStore};
 use crate::worker::QueueWorker;
 use crate::{http, pb};
 
@@ -58,8 +58,6 @@ pub struct Application {
     hub: Arc<WatchHub>,
     /// Cancelled when open streams are to end.
     streams_end: CancellationToken,
-    /// The gRPC connections open now.
-    connections: Arc<OpenConnections>,
     /// The queue worker's count of passes, once it runs.
     worker_passes: Arc<std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>>,
     config: Config,
@@ -103,7 +101,6 @@ impl Application {
         Ok(Self {
             hub,
             streams_end,
-            connections: Arc::default(),
             worker_passes: Arc::default(),
             config,
             listener,
@@ -205,7 +202,7 @@ impl Application {
             hub: Arc::clone(&hub),
             store: Arc::clone(&store),
             clock: Arc::clone(&self.clock),
-            connections: Arc::clone(&self.connections),
+            connections: hub.connections(),
             ready: Arc::clone(&ready),
             draining: draining.clone(),
         };
@@ -310,7 +307,7 @@ impl Application {
         let accepting = Accepting {
             listener: self.listener,
             serve_one,
-            connections: Arc::clone(&self.connections),
+            connections: hub.connections(),
             hub: Arc::clone(&hub),
             max_age: config.max_connection_age,
             grace: config.shutdown_timeout,
@@ -332,6 +329,7 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
                 prefix: config.redis_prefix.clone(),
                 timeout: config.redis_timeout,
                 sentinel_master: config.redis_sentinel_master.clone(),
+                sentinel_password: config.redis_sentinel_password.clone(),
             };
             let store = RedisStore::connect_lazily(&options)
                 .map_err(|e| anyhow::anyhow!("{e}"))

@@ -73,6 +73,7 @@ pub struct Metrics {
     pub store_seconds: Family<StoreLabels, Histogram>,
     pub store_errors: Family<StoreErrorLabels, Counter>,
     pub open_watchers: Gauge,
+    pub open_connections: Gauge,
     pub rank_lookups: Family<LookupLabels, Counter>,
     queues: std::sync::Arc<QueueSnapshot>,
 }
@@ -146,6 +147,12 @@ impl Metrics {
             "WatchRank streams open on this replica",
             open_watchers.clone(),
         );
+        let open_connections = Gauge::default();
+        registry.register(
+            "waitroom_open_connections",
+            "gRPC connections open on this replica",
+            open_connections.clone(),
+        );
         let rank_lookups = Family::<LookupLabels, Counter>::default();
         registry.register(
             "waitroom_rank_lookups",
@@ -163,6 +170,7 @@ impl Metrics {
             store_seconds,
             store_errors,
             open_watchers,
+            open_connections,
             rank_lookups,
             queues,
         }

@@ -20,6 +20,8 @@ pub struct StreamConnection {
     closing: AtomicBool,
     /// Cancelled when the connection is to go away.
     leave: CancellationToken,
+    /// Cancelled when the connection is gone (its socket dropped).
+    gone: CancellationToken,
     opened: Instant,
 }
 
@@ -29,6 +31,7 @@ impl Default for StreamConnection {
             streams: AtomicUsize::new(0),
             closing: AtomicBool::new(false),
             leave: CancellationToken::new(),
+            gone: CancellationToken::new(),
             opened: Instant::now(),
         }
     }
@@ -60,6 +63,17 @@ impl StreamConnection {
     /// Resolves once the connection is told to close.
     pub async fn closed(&self) {
         self.leave.cancelled().await;
+    }
+
+    /// The connection's socket was dropped: the client closed it, it
+    /// failed, or the server finished with it.
+    pub fn dropped(&self) {
+        self.gone.cancel();
+    }
+
+    /// Resolves once the connection's socket is dropped.
+    pub async fn gone(&self) {
+        self.gone.cancelled().await;
     }
 
     pub(super) fn stream_opened(&self) {

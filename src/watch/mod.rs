@@ -173,6 +173,8 @@ pub struct WatchHub {
     shutdown: CancellationToken,
     /// Streams open on this instance.
     open: Arc<AtomicUsize>,
+    /// The gRPC connections open on this instance.
+    connections: Arc<OpenConnections>,
     /// Writes made through this instance that the hub was told of.
     #[cfg(test)]
     heard: AtomicU64,
@@ -192,6 +194,7 @@ impl WatchHub {
             queues: Mutex::new(HashMap::new()),
             shutdown,
             open: Arc::new(AtomicUsize::new(0)),
+            connections: Arc::default(),
             #[cfg(test)]
             heard: AtomicU64::new(0),
         })
@@ -401,6 +404,11 @@ impl WatchHub {
     pub fn refreshes(&self, queue: &QueueId) -> u64 {
         self.followed(queue)
             .map_or(0, |watch| watch.refreshed.load(Ordering::Acquire))
+    }
+
+    /// The gRPC connections open on this instance.
+    pub fn connections(&self) -> Arc<OpenConnections> {
+        Arc::clone(&self.connections)
     }
 
     /// Number of open streams on this instance.

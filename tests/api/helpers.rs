@@ -76,6 +76,7 @@ impl TestRedis {
             prefix: fresh_prefix(),
             timeout: Duration::from_secs(2),
             sentinel_master: None,
+            sentinel_password: None,
         })
         .await
         .expect("connecting to the test Redis")

@@ -230,6 +230,47 @@ async fn streams_opened_during_the_drain_end_with_a_reconnect_never_ok() {
     );
 }
 
+/// A connection the client closes is let go at once: its task, socket and
+/// entry do not wait for the connection's age.
+#[tokio::test]
+async fn connections_closed_by_their_clients_are_let_go_at_once() {
+    let app = TestApp::on_memory().await;
+    let open = || async {
+        let (_, _, text) = http_get(&app, "/metrics").await;
+        sample(&text, "waitroom_open_connections").unwrap_or(-1.0)
+    };
+    let before = open().await;
+    let mut sockets = Vec::new();
+    for _ in 0..20 {
+        sockets.push(tokio::net::TcpStream::connect(app.addr).await.unwrap());
+    }
+    let channel = app.channel_unchecked();
+    let mut client = pb::queue_service_client::QueueServiceClient::new(channel.clone());
+    app.create_queue(queue("closing")).await;
+    enqueue(&mut client, "closing", "a").await;
+    let started = Instant::now();
+    while open().await < before + 20.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "connections not counted: {} from {before}",
+            open().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(sockets);
+    drop(client);
+    drop(channel);
+    let started = Instant::now();
+    while open().await > before + 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{} connections still open",
+            open().await - before
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A connection that reaches its age is asked to go: its streams end with
 /// a reconnect, and the client goes on, on a new connection, with its
 /// place.

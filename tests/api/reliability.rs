@@ -391,6 +391,7 @@ async fn a_long_line_is_followed_without_holding_redis_and_others_are_served_mea
         prefix: prefix.clone(),
         timeout: Duration::from_secs(5),
         sentinel_master: None,
+        sentinel_password: None,
     })
     .await
     .unwrap();

@@ -367,6 +367,7 @@ mod cluster {
             prefix: crate::helpers::fresh_prefix(),
             timeout: Duration::from_secs(2),
             sentinel_master: None,
+            sentinel_password: None,
         })
         .await
         .expect("connecting to the test cluster")

@@ -25,6 +25,7 @@ SENTINEL_STREAMS = {
         "url": "redis://sentinel-0:26379,redis://sentinel-1:26379",
         "sentinelMaster": "sale-redis",
         "existingSecret": "redis-password",
+        "sentinelPasswordKey": "sentinel-password",
     },
     "autoscaling": {
         "enabled": True,
@@ -472,6 +473,12 @@ def test_redis_under_sentinel_is_asked_for_its_master_and_its_port_let_out():
     ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]]
     assert 26379 in ports and 6379 in ports
     assert "WAITROOM_REDIS_SENTINEL_MASTER" not in {e["name"] for e in container()["env"]}
+    # The Sentinels' password from the Secret, never in the URL.
+    env = {e["name"]: e for e in container(SENTINEL_STREAMS)["env"]}
+    assert env["WAITROOM_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "redis-password",
+        "key": "sentinel-password",
+    }
 
 
 def test_watchers_are_balanced_over_the_pods_as_configured():

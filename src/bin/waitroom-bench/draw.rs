@@ -32,6 +32,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             prefix: "bench".into(),
             timeout: Duration::from_secs(30),
             sentinel_master: None,
+            sentinel_password: None,
         })
         .await?,
     );

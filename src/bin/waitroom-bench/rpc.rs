@@ -243,6 +243,7 @@ async fn redis_benchmark(url: &str, port: u16, clients: usize) -> anyhow::Result
         prefix: "wr".into(),
         timeout: Duration::from_secs(5),
         sentinel_master: None,
+        sentinel_password: None,
     })
     .await?;
     let queue = QueueId::parse("bench").map_err(anyhow::Error::msg)?;

@@ -149,6 +149,8 @@ struct Current {
     number: u64,
     /// The Sentinels are to be asked again before the next call.
     stale: bool,
+    /// When the Sentinels were last asked, answered or not.
+    asked_at: Option<std::time::Instant>,
     replaced_at: Option<std::time::Instant>,
     warned_at: Option<std::time::Instant>,
 }
@@ -173,6 +175,7 @@ impl Single {
                 stale: conn.is_none(),
                 conn,
                 number: 0,
+                asked_at: None,
                 replaced_at: None,
                 warned_at: None,
             }),
@@ -186,7 +189,11 @@ impl Single {
     async fn connection(&self, timeout: Duration) -> Result<(ConnectionManager, u64)> {
         let (conn, number, stale) = {
             let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-            (current.conn.clone(), current.number, current.stale)
+            // Asked at most every REPLACE_EVERY, answered or not.
+            let due = current
+                .asked_at
+                .is_none_or(|at| at.elapsed() >= Self::REPLACE_EVERY);
+            (current.conn.clone(), current.number, current.stale && due)
         };
         let Origin::Sentinels(sentinels) = &self.origin else {
             return conn.map(|c| (c, number)).ok_or_else(|| {
@@ -205,7 +212,12 @@ impl Single {
         let Ok(_asking) = self.asking.try_lock() else {
             return conn.map(|c| (c, number)).ok_or_else(none);
         };
-        match tokio::time::timeout(timeout, sentinels.master(timeout)).await {
+        self.current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .asked_at = Some(std::time::Instant::now());
+        // The Sentinels' answer, then the master's ROLE.
+        match tokio::time::timeout(2 * timeout, sentinels.master(timeout)).await {
             Ok(Ok(client)) => {
                 let fresh = ConnectionManager::new_lazy_with_config(client, self.config.clone())
                     .map_err(classify)?;
@@ -291,47 +303,93 @@ impl Single {
 }
 
 impl Sentinels {
-    /// A client for the master the first Sentinel that answers names.
+    /// A client for the master the Sentinels name, asked of all of them at
+    /// once (one that does not answer holds up nobody), checked to be a
+    /// master (`ROLE`): a Sentinel cut off from the others may still name
+    /// the old one.
     async fn master(&self, timeout: Duration) -> std::result::Result<redis::Client, String> {
-        let mut last = String::from("no Sentinel configured");
+        let mut asks = tokio::task::JoinSet::new();
         for sentinel in &self.sentinels {
-            let ask = async {
-                let mut conn = sentinel.get_multiplexed_async_connection().await?;
-                redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(&self.master)
-                    .query_async::<Option<(String, String)>>(&mut conn)
-                    .await
-            };
-            match tokio::time::timeout(timeout, ask).await {
-                Ok(Ok(Some((host, port)))) => {
-                    let port: u16 = port
-                        .parse()
-                        .map_err(|_| format!("Sentinel named port {port:?}"))?;
-                    let addr = match self.node.addr() {
-                        redis::ConnectionAddr::TcpTls {
-                            insecure,
-                            tls_params,
-                            ..
-                        } => redis::ConnectionAddr::TcpTls {
-                            host,
-                            port,
-                            insecure: *insecure,
-                            tls_params: tls_params.clone(),
-                        },
-                        _ => redis::ConnectionAddr::Tcp(host, port),
-                    };
-                    return redis::Client::open(self.node.clone().set_addr(addr))
-                        .map_err(|e| e.to_string());
+            let (sentinel, master) = (sentinel.clone(), self.master.clone());
+            asks.spawn(async move {
+                let ask = async {
+                    let mut conn = sentinel.get_multiplexed_async_connection().await?;
+                    redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg(&master)
+                        .query_async::<Option<(String, String)>>(&mut conn)
+                        .await
+                };
+                tokio::time::timeout(timeout, ask).await
+            });
+        }
+        let mut last = String::from("no Sentinel configured");
+        let mut tried = std::collections::HashSet::new();
+        while let Some(answer) = asks.join_next().await {
+            match answer {
+                Ok(Ok(Ok(Some((host, port))))) => {
+                    if !tried.insert((host.clone(), port.clone())) {
+                        continue;
+                    }
+                    match self.client_if_master(host, &port, timeout).await {
+                        Ok(client) => return Ok(client),
+                        Err(error) => last = error,
+                    }
                 }
-                Ok(Ok(None)) => {
+                Ok(Ok(Ok(None))) => {
                     last = format!("a Sentinel knows no master named {:?}", self.master);
                 }
-                Ok(Err(error)) => last = format!("a Sentinel failed: {error}"),
-                Err(_) => last = format!("a Sentinel did not answer within {timeout:?}"),
+                Ok(Ok(Err(error))) => last = format!("a Sentinel failed: {error}"),
+                Ok(Err(_)) => last = format!("a Sentinel did not answer within {timeout:?}"),
+                Err(error) => last = format!("asking a Sentinel failed: {error}"),
             }
         }
         Err(last)
+    }
+
+    /// A client for the server a Sentinel named, if it says it is a master.
+    async fn client_if_master(
+        &self,
+        host: String,
+        port: &str,
+        timeout: Duration,
+    ) -> std::result::Result<redis::Client, String> {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("a Sentinel named port {port:?}"))?;
+        let addr = match self.node.addr() {
+            redis::ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => redis::ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => redis::ConnectionAddr::Tcp(host.clone(), port),
+        };
+        let client =
+            redis::Client::open(self.node.clone().set_addr(addr)).map_err(|e| e.to_string())?;
+        let role = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("ROLE").query_async::<Value>(&mut conn).await
+        };
+        match tokio::time::timeout(timeout, role).await {
+            Ok(Ok(Value::Array(role))) if matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") => {
+                Ok(client)
+            }
+            Ok(Ok(_)) => Err(format!(
+                "a Sentinel named {host}:{port}, which is not a master (yet)"
+            )),
+            Ok(Err(error)) => Err(format!(
+                "the master a Sentinel named, {host}:{port}: {error}"
+            )),
+            Err(_) => Err(format!(
+                "the master a Sentinel named, {host}:{port}, did not answer within {timeout:?}"
+            )),
+        }
     }
 }
 

@@ -84,7 +84,11 @@ pub struct RedisOptions {
     /// Longest wait for any Redis answer before the call is `UNAVAILABLE`.
     pub timeout: Duration,
     /// The URLs name Sentinels, which are asked for this master's address.
+    /// The master is then reached with `password` (no user name), in
+    /// database 0.
     pub sentinel_master: Option<String>,
+    /// The Sentinels' own password, overriding one in their URLs.
+    pub sentinel_password: Option<String>,
 }
 
 /// The Redis store. Cheap to share: one multiplexed connection that
@@ -151,7 +155,12 @@ impl RedisStore {
                     // them); the password given is the master's.
                     let mut sentinels = Vec::new();
                     for url in options.url.split(',') {
-                        sentinels.push(redis::Client::open(url.trim()).map_err(invalid)?);
+                        let mut info = url.trim().into_connection_info().map_err(invalid)?;
+                        if let Some(password) = &options.sentinel_password {
+                            let settings = info.redis_settings().clone().set_password(password);
+                            info = info.set_redis_settings(settings);
+                        }
+                        sentinels.push(redis::Client::open(info).map_err(invalid)?);
                     }
                     // TLS as for the first Sentinel; no credentials of
                     // theirs.
@@ -741,6 +750,7 @@ mod tests {
             prefix: "t".into(),
             timeout: Duration::from_secs(2),
             sentinel_master: None,
+            sentinel_password: None,
         })
         .await
         .unwrap();
