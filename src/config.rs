@@ -88,6 +88,10 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_WATCH_INTERVAL", default_value = "250ms", value_parser = positive_duration)]
     pub watch_interval: Duration,
 
+    /// Least time between two messages of a WatchRank stream that only move its position, waiting count or estimate (the latest is sent); changes of state (admitted, closed, paused, the opening) are never held back and go first. 0s sends every change at once.
+    #[arg(long, env = "WAITROOM_POSITION_PACE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub position_pace: Duration,
+
     /// How often each replica's queue worker runs: automatic admission, the opening draw, releasing silent users.
     #[arg(long, env = "WAITROOM_ADMIT_INTERVAL", default_value = "100ms", value_parser = positive_duration)]
     pub admit_interval: Duration,
@@ -184,6 +188,7 @@ impl Config {
             token_issuer: "waitroom".into(),
             queues: Vec::new(),
             watch_interval: Duration::from_millis(250),
+            position_pace: Duration::from_secs(1),
             admit_interval: Duration::from_millis(100),
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),

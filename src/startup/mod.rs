@@ -98,6 +98,7 @@ impl Application {
             config.watch_interval,
             streams_end.clone(),
         );
+        hub.set_position_pace(config.position_pace);
         Ok(Self {
             hub,
             streams_end,

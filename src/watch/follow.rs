@@ -305,25 +305,49 @@ impl WatchHub {
             (false, Some(at)) => at.saturating_sub(now),
             _ => 0,
         };
+        let pace = self.position_pace_ms.load(Ordering::Relaxed);
+        let place_of = |watcher: &mut Watcher| match watcher.ticket {
+            None => Some(Place {
+                state: PlaceState::PreQueue { opens_in_ms },
+                ticket: 0,
+                waiting_count: in_line,
+                mode: summary.mode,
+                rate: summary.rate,
+            }),
+            Some(ticket) if line.contains(ticket) => line.place(summary, ticket),
+            Some(_) => {
+                let found = looked_up.get(watcher.tx.user()).cloned().flatten();
+                // Enqueued again under a new ticket: follow that one.
+                watcher.ticket = found.as_ref().map(|p| p.ticket).filter(|t| *t > 0);
+                found
+            }
+        };
+        // Changes of state first; changes of position only, paced, after.
+        let mut paced = 0usize;
         watchers.retain_mut(|watcher| {
-            let place = match watcher.ticket {
-                None => Some(Place {
-                    state: PlaceState::PreQueue { opens_in_ms },
-                    ticket: 0,
-                    waiting_count: in_line,
-                    mode: summary.mode,
-                    rate: summary.rate,
-                }),
-                Some(ticket) if line.contains(ticket) => line.place(summary, ticket),
-                Some(_) => {
-                    let found = looked_up.get(watcher.tx.user()).cloned().flatten();
-                    // Enqueued again under a new ticket: follow that one.
-                    watcher.ticket = found.as_ref().map(|p| p.ticket).filter(|t| *t > 0);
-                    found
+            let place = place_of(watcher);
+            match offer(watcher, place, queue, now, pace) {
+                Offer::Keep => true,
+                Offer::Drop => false,
+                Offer::Paced => {
+                    paced += 1;
+                    true
                 }
-            };
-            offer(watcher, place, queue, now)
+            }
         });
+        if paced > 0 {
+            for watcher in watchers.iter_mut().filter(|w| w.due) {
+                watcher.due = false;
+                let place = place_of(watcher);
+                if let Some(place) = place {
+                    let view = View::of(&place, now);
+                    if watcher.tx.send(Ok(place)).is_ok() {
+                        watcher.last = view;
+                        watcher.paced_until_ms = now + pace;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -386,28 +410,55 @@ fn unplaced_watchers(watchers: &[Watcher]) -> HashMap<UserId, Vec<usize>> {
     unplaced
 }
 
-/// Sends a watcher its place if what the user sees changed; true if the
-/// watcher keeps watching (not after a final place, a vanished place, or a
-/// client that went away).
-fn offer(watcher: &mut Watcher, place: Option<Place>, queue: &QueueId, now_ms: u64) -> bool {
+/// What became of a watcher offered its place.
+enum Offer {
+    /// Sent (or nothing to send); keeps watching.
+    Keep,
+    /// Done: after a final place, a vanished place, or a client gone.
+    Drop,
+    /// Only its position, count or estimate changed, and it is due: to be
+    /// sent after the changes of state of this refresh.
+    Paced,
+}
+
+/// Sends a watcher its place if what the user sees changed: at once for a
+/// change of state, or marks it due when only its position, count or
+/// estimate changed and its pace allows (`pace_ms` 0: at once too).
+fn offer(
+    watcher: &mut Watcher,
+    place: Option<Place>,
+    queue: &QueueId,
+    now_ms: u64,
+    pace_ms: u64,
+) -> Offer {
     let Some(place) = place else {
         let _ = watcher
             .tx
             .send(Err(Error::PlaceNotFound(queue.to_string())));
-        return false;
+        return Offer::Drop;
     };
+    if watcher.tx.is_closed() {
+        return Offer::Drop;
+    }
     let view = View::of(&place, now_ms);
     if !view.differs_from(&watcher.last) {
-        return true;
+        return Offer::Keep;
+    }
+    if pace_ms > 0 && !view.state_differs_from(&watcher.last) {
+        if now_ms < watcher.paced_until_ms {
+            return Offer::Keep;
+        }
+        watcher.due = true;
+        return Offer::Paced;
     }
     // A final place ends the stream: the watcher is dropped with its
     // sender, after the place is read.
     let is_final = place.is_final();
     if watcher.tx.send(Ok(place)).is_ok() && !is_final {
         watcher.last = view;
-        return true;
+        return Offer::Keep;
     }
-    false
+    Offer::Drop
 }
 
 fn end_all(watchers: Vec<Watcher>, error: &Error) {

@@ -63,6 +63,11 @@ struct Watcher {
     /// The stream's end holds the user and the latest place.
     tx: PlaceSender,
     slot: StreamSlot,
+    /// Before this time (the hub's clock, ms) a change of position, count
+    /// or estimate alone is not sent: see [`WatchHub::set_position_pace`].
+    paced_until_ms: u64,
+    /// A paced change is due this refresh, sent after the changes of state.
+    due: bool,
 }
 
 /// Counts an open stream, on the instance, in its queue and on its
@@ -169,6 +174,9 @@ pub struct WatchHub {
     store: Arc<dyn QueueStore>,
     clock: Arc<dyn Clock>,
     interval: Duration,
+    /// Least time between two messages of a stream that only move its
+    /// position, count or estimate; 0: every change at once.
+    position_pace_ms: AtomicU64,
     queues: Mutex<HashMap<QueueId, Arc<QueueWatch>>>,
     shutdown: CancellationToken,
     /// Streams open on this instance.
@@ -191,6 +199,7 @@ impl WatchHub {
             store,
             clock,
             interval,
+            position_pace_ms: AtomicU64::new(0),
             queues: Mutex::new(HashMap::new()),
             shutdown,
             open: Arc::new(AtomicUsize::new(0)),
@@ -198,6 +207,16 @@ impl WatchHub {
             #[cfg(test)]
             heard: AtomicU64::new(0),
         })
+    }
+
+    /// Paces messages that only move a stream's position, waiting count or
+    /// estimate: at most one per `pace` per stream, the latest. Changes of
+    /// state (admitted, closed, a mode, the pre-queue and the draw) are
+    /// never paced and go out before the paced ones of the same refresh, so
+    /// an admission does not wait behind everyone's new positions.
+    pub fn set_position_pace(&self, pace: Duration) {
+        self.position_pace_ms
+            .store(pace.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// A place for one more stream on this instance; `None` when `max`
@@ -241,6 +260,10 @@ impl WatchHub {
             let _ = tx.send(Err(reason));
             return rx;
         }
+        // Streams opened together (a crowd arriving, a replica's streams
+        // moving) get their paced messages at different moments.
+        let pace = self.position_pace_ms.load(Ordering::Relaxed);
+        let paced_until_ms = self.clock.now_ms() + spread(tx.user(), pace);
         let watch = self.follow(&mut queues, &queue);
         if let Ok(mut watchers) = watch.watchers.lock() {
             let slot = StreamSlot::new(permit, &watch.open, connection);
@@ -249,6 +272,8 @@ impl WatchHub {
                 last,
                 tx,
                 slot,
+                paced_until_ms,
+                due: false,
             });
         }
         rx
@@ -430,6 +455,21 @@ impl WatchHub {
     }
 }
 
+/// A user's offset within `pace` (ms), the same on every instance.
+fn spread(user: &UserId, pace: u64) -> u64 {
+    if pace == 0 {
+        return 0;
+    }
+    // FNV-1a: a stable, cheap spread, not a security boundary.
+    let hash = user
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    hash % pace
+}
+
 #[cfg(test)]
 mod tests {
     use tokio_stream::StreamExt;
@@ -558,5 +598,84 @@ mod tests {
         assert!(leaving.next().await.is_none());
         assert_eq!((closing.streams(), staying.streams()), (0, 1));
         assert_eq!(hub.watcher_count(), 1);
+    }
+
+    /// Waits for a refresh of `queue` that began after this call.
+    async fn refreshed(hub: &WatchHub, queue: &QueueId) {
+        let before = hub.refreshes(queue);
+        hub.nudge(queue);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while hub.refreshes(queue) < before + 2 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                hub.nudge(queue);
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn positions_are_paced_to_the_latest_and_an_admission_is_not() {
+        let store = Arc::new(MemoryStore::new());
+        let queue = QueueId::parse("q").unwrap();
+        store
+            .create_queue(&QueueConfig::new(queue.clone()))
+            .await
+            .unwrap();
+        for i in 0..5 {
+            let ahead = UserId::parse(&format!("a{i}")).unwrap();
+            store.enqueue(&queue, &ahead, 0).await.unwrap();
+        }
+        let user = UserId::parse("w").unwrap();
+        let first = store.enqueue(&queue, &user, 0).await.unwrap();
+        let t0 = 1_000_000;
+        let clock = Arc::new(crate::domain::ManualClock::new(t0));
+        let hub = WatchHub::new(
+            Arc::clone(&store) as Arc<dyn QueueStore>,
+            Arc::clone(&clock) as Arc<dyn Clock>,
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        );
+        let pace = 10_000;
+        hub.set_position_pace(Duration::from_millis(pace));
+        let due = t0 + spread(&user, pace);
+        let mut stream = hub.watch(
+            hub.reserve_stream(1).unwrap(),
+            queue.clone(),
+            user,
+            first,
+            None,
+        );
+        let position = |place: &Place| match place.state {
+            PlaceState::Waiting { position } => position,
+            _ => 0,
+        };
+        assert_eq!(position(&stream.next().await.unwrap().unwrap()), 6);
+        refreshed(&hub, &queue).await;
+        // Two admissions before the stream's turn: nothing is sent.
+        clock.set_ms(due.saturating_sub(1).max(t0));
+        store.admit(&queue, 1, None, t0).await.unwrap();
+        refreshed(&hub, &queue).await;
+        store.admit(&queue, 1, None, t0).await.unwrap();
+        refreshed(&hub, &queue).await;
+        let nothing = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(
+            due == t0 || nothing.is_err(),
+            "a paced change was sent early"
+        );
+        // Its turn: the latest position, once.
+        clock.set_ms(due);
+        refreshed(&hub, &queue).await;
+        assert_eq!(position(&stream.next().await.unwrap().unwrap()), 4);
+        // Admitted within the pace: sent at once, before any paced change.
+        clock.set_ms(due + 1);
+        store.admit(&queue, 4, None, due).await.unwrap();
+        hub.nudge(&queue);
+        let admitted = tokio::time::timeout(Duration::from_secs(1), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(matches!(admitted.state, PlaceState::Admitted(_)));
     }
 }

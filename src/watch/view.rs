@@ -74,9 +74,18 @@ impl View {
     }
 
     pub(super) fn differs_from(&self, last: &View) -> bool {
-        self.state.differs_from(last.state)
+        self.state_differs_from(last)
             || self.waiting_count != last.waiting_count
-            || self.mode != last.mode
             || self.estimated_wait != last.estimated_wait
+    }
+
+    /// A change of state: admitted, closed, a mode, into or out of the
+    /// pre-queue, a moved opening. A new position alone is not one.
+    pub(super) fn state_differs_from(&self, last: &View) -> bool {
+        self.mode != last.mode
+            || match (self.state, last.state) {
+                (Shown::Waiting { .. }, Shown::Waiting { .. }) => false,
+                (now, then) => now.differs_from(then),
+            }
     }
 }

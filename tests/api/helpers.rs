@@ -137,6 +137,9 @@ impl TestApp {
         // Replicas of a test move no streams between them unless the test
         // asks.
         config.balance_interval = Duration::ZERO;
+        // Every change at once, so tests see each position; the pacing has
+        // tests of its own.
+        config.position_pace = Duration::ZERO;
         config
     }
 

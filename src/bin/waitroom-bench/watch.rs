@@ -24,9 +24,26 @@ pub struct Args {
     /// Admissions whose delivery is timed.
     #[arg(long, default_value_t = 10)]
     admissions: usize,
+    /// Instead: admit this many per second for `--seconds`, with the
+    /// service's position pacing on, and time each admission to its own
+    /// watcher while everyone else's positions move.
+    #[arg(long)]
+    flow: Option<u32>,
+    /// How long the flow of admissions lasts.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// The service's --position-pace in the flow.
+    #[arg(long, default_value = "1s")]
+    pace: String,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(rate) = args.flow {
+        for &watchers in &args.watchers {
+            run_flow(watchers, rate, &args).await?;
+        }
+        return Ok(());
+    }
     let mut idle_rates = Vec::new();
     for &watchers in &args.watchers {
         idle_rates.push((watchers, run_one(watchers, &args).await?));
@@ -43,9 +60,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
+    // Every change at once: each admission is timed to every stream.
     let service = Service::start(
         Store::Redis,
-        &["--max-streams", "1000000", "--max-calls", "1000000"],
+        &[
+            "--max-streams",
+            "1000000",
+            "--max-calls",
+            "1000000",
+            "--position-pace",
+            "0s",
+        ],
     )
     .await?;
     let redis_url = service.redis().map(|r| r.url()).unwrap_or_default();
@@ -175,6 +200,153 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
         latency.max() as f64 / 1000.0
     );
     Ok(idle)
+}
+
+/// Admissions flowing at `rate` a second into a line of `watchers`, all
+/// watching: the time from each `AdmitBatch` call to the admission's
+/// message on the admitted user's stream, and the messages all streams got.
+async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()> {
+    let service = Service::start(
+        Store::Redis,
+        &[
+            "--max-streams",
+            "1000000",
+            "--max-calls",
+            "1000000",
+            "--position-pace",
+            &args.pace,
+        ],
+    )
+    .await?;
+    service
+        .create_queue(pb::Queue {
+            id: "watch".into(),
+            ..Default::default()
+        })
+        .await?;
+    let channels = Arc::new(service.channels(args.connections).await?);
+    enqueue_users(&channels, 64, "watch", watchers, |n| format!("w{n:07}")).await?;
+    let base = Instant::now();
+    // When the call that admits watcher `w` began (micros since base).
+    let called_at: Arc<Vec<AtomicU64>> =
+        Arc::new((0..watchers).map(|_| AtomicU64::new(u64::MAX)).collect());
+    let delivered: Arc<Vec<AtomicU64>> =
+        Arc::new((0..watchers).map(|_| AtomicU64::new(u64::MAX)).collect());
+    let messages = Arc::new(AtomicU64::new(0));
+    let opened = Arc::new(AtomicU64::new(0));
+    for w in 0..watchers {
+        let mut client = QueueServiceClient::new(channels[w % channels.len()].clone());
+        let (called_at, delivered, messages, opened) = (
+            Arc::clone(&called_at),
+            Arc::clone(&delivered),
+            Arc::clone(&messages),
+            Arc::clone(&opened),
+        );
+        tokio::spawn(async move {
+            let response = loop {
+                match client
+                    .watch_rank(pb::WatchRankRequest {
+                        queue_id: "watch".into(),
+                        user_id: format!("w{w:07}"),
+                    })
+                    .await
+                {
+                    Ok(response) => break response,
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        tokio::time::sleep(Duration::from_millis(200 + (w % 800) as u64)).await;
+                    }
+                    Err(_) => return,
+                }
+            };
+            let mut stream = response.into_inner();
+            if stream.next().await.is_none() {
+                return;
+            }
+            opened.fetch_add(1, Ordering::Relaxed);
+            while let Some(Ok(message)) = stream.next().await {
+                messages.fetch_add(1, Ordering::Relaxed);
+                let admitted = message
+                    .place
+                    .is_some_and(|p| p.state() == pb::PlaceState::Admitted);
+                if admitted {
+                    let at = base.elapsed().as_micros() as u64;
+                    let called = called_at[w].load(Ordering::Acquire);
+                    delivered[w].store(at.saturating_sub(called).max(1), Ordering::Release);
+                }
+            }
+        });
+    }
+    let started = Instant::now();
+    while opened.load(Ordering::Relaxed) < watchers as u64 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "streams did not open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let messages_before = messages.load(Ordering::Relaxed);
+
+    // Batches every 50 ms; admission is in ticket order, so the next batch
+    // admits the next watchers.
+    let per_batch = (rate as usize / 20).max(1);
+    let mut admitter = QueueServiceClient::new(channels[0].clone());
+    let mut next = 0usize;
+    let mut ticks = tokio::time::interval(Duration::from_millis(50));
+    let flowing = Instant::now();
+    while flowing.elapsed() < Duration::from_secs(args.seconds) && next < watchers {
+        ticks.tick().await;
+        let count = per_batch.min(watchers - next);
+        let now = base.elapsed().as_micros() as u64;
+        for slot in &called_at[next..next + count] {
+            slot.store(now, Ordering::Release);
+        }
+        let admitted = admitter
+            .admit_batch(pb::AdmitBatchRequest {
+                queue_id: "watch".into(),
+                max_count: count as u32,
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner()
+            .admitted
+            .len();
+        next += admitted;
+    }
+    let flow_time = flowing.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = messages.load(Ordering::Relaxed) - messages_before;
+    let mut latency = load::histogram();
+    let mut missing = 0;
+    for slot in &delivered[..next] {
+        match slot.load(Ordering::Acquire) {
+            u64::MAX => missing += 1,
+            micros => {
+                let _ = latency.record(micros);
+            }
+        }
+    }
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "scenario           watch flow ({watchers} streams on {} connections, {rate} admitted/s for {} s, position pace {})",
+        args.connections, args.seconds, args.pace
+    );
+    println!(
+        "admitted           {next} ({:.0}/s); {missing} admissions not seen on their stream",
+        next as f64 / flow_time.as_secs_f64()
+    );
+    println!(
+        "admission to its watcher: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        ms(0.5),
+        ms(0.99),
+        latency.max() as f64 / 1000.0
+    );
+    println!(
+        "stream messages    {:.0}/s in all ({:.2} per stream per second)",
+        sent as f64 / (flow_time.as_secs_f64() + 2.0),
+        sent as f64 / (flow_time.as_secs_f64() + 2.0) / watchers as f64
+    );
+    Ok(())
 }
 
 /// The arrivals of one admission's updates: when each stream got it.
