@@ -325,6 +325,16 @@ impl WatchHub {
         // Changes of state first; changes of position only, paced, after.
         let mut paced = 0usize;
         watchers.retain_mut(|watcher| {
+            // Still in line, the mode unchanged, not due: nothing this
+            // refresh could send, so its place is not even computed.
+            if pace > 0
+                && now < watcher.paced_until_ms
+                && watcher.last.is_waiting()
+                && watcher.last.mode() == summary.mode
+                && watcher.ticket.is_some_and(|t| line.contains(t))
+            {
+                return true;
+            }
             let place = place_of(watcher);
             match offer(watcher, place, queue, now, pace) {
                 Offer::Keep => true,

@@ -73,6 +73,16 @@ impl View {
         }
     }
 
+    pub(super) fn mode(&self) -> QueueMode {
+        self.mode
+    }
+
+    /// Still waiting (its position alone can change without a change of
+    /// state).
+    pub(super) fn is_waiting(&self) -> bool {
+        matches!(self.state, Shown::Waiting { .. })
+    }
+
     pub(super) fn differs_from(&self, last: &View) -> bool {
         self.state_differs_from(last)
             || self.waiting_count != last.waiting_count

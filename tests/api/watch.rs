@@ -256,3 +256,44 @@ async fn positions_computed_from_the_log_match_the_store_under_churn() {
         }
     }
 }
+
+/// Admissions in quick batches, then none: every admitted watcher is told,
+/// the last batch's too.
+#[tokio::test]
+async fn every_admitted_watcher_is_told_including_the_last_batch() {
+    let (app, _redis) = TestApp::on_redis().await;
+    app.create_queue(queue("flow")).await;
+    let mut client = app.client().await;
+    let users = 400;
+    for i in 0..users {
+        enqueue(&mut client, "flow", &format!("u{i:04}")).await;
+    }
+    let mut tasks = Vec::new();
+    for i in 0..users {
+        let mut stream = open(&app, "flow", &format!("u{i:04}")).await;
+        tasks.push(tokio::spawn(async move {
+            let mut last = None;
+            while let Ok(Some(message)) = stream.message().await {
+                last = message.place.map(|p| p.state());
+            }
+            last
+        }));
+    }
+    app.refreshed("flow").await;
+    let mut admitted = 0;
+    for _ in 0..12 {
+        admitted += admit(&mut client, "flow", 25).await.len();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(admitted, 300);
+    let mut told = 0;
+    for (i, task) in tasks.into_iter().enumerate().take(admitted) {
+        let last = tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .unwrap_or_else(|_| panic!("watcher {i} was never told of its admission"))
+            .unwrap();
+        assert_eq!(last, Some(pb::PlaceState::Admitted), "watcher {i}");
+        told += 1;
+    }
+    assert_eq!(told, 300);
+}
