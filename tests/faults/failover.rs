@@ -12,7 +12,8 @@ use crate::ledger::{self, Outcome};
 use crate::proxy::Proxy;
 use crate::service::{Service, queue, scratch};
 
-fn cmd(server: &RedisServer, args: &[&str]) -> redis::Value {
+/// Runs a command on `server`.
+pub fn cmd(server: &RedisServer, args: &[&str]) -> redis::Value {
     let mut conn = redis::Client::open(server.url())
         .unwrap()
         .get_connection()
@@ -24,7 +25,8 @@ fn cmd(server: &RedisServer, args: &[&str]) -> redis::Value {
     cmd.query(&mut conn).unwrap()
 }
 
-fn replica_link_up(server: &RedisServer) -> bool {
+/// Whether `server`, a replica, is linked to its master.
+pub fn replica_link_up(server: &RedisServer) -> bool {
     match cmd(server, &["INFO", "replication"]) {
         redis::Value::BulkString(text) => {
             String::from_utf8_lossy(&text).contains("master_link_status:up")

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use waitroom::testkit::{RedisServer, free_port};
 
+use crate::failover::{cmd, replica_link_up};
 use crate::ledger::{self, Outcome};
 use crate::service::{Service, queue, scratch};
 
@@ -101,28 +102,9 @@ impl Drop for Sentinel {
     }
 }
 
-fn cmd(server: &RedisServer, args: &[&str]) -> redis::RedisResult<redis::Value> {
-    let mut conn = redis::Client::open(server.url())?.get_connection()?;
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
-    }
-    cmd.query(&mut conn)
-}
-
-fn replica_link_up(server: &RedisServer) -> bool {
-    match cmd(server, &["INFO", "replication"]) {
-        Ok(redis::Value::BulkString(text)) => {
-            String::from_utf8_lossy(&text).contains("master_link_status:up")
-        }
-        Ok(redis::Value::VerbatimString { text, .. }) => text.contains("master_link_status:up"),
-        _ => false,
-    }
-}
-
 fn is_replica(server: &RedisServer) -> bool {
     match cmd(server, &["ROLE"]) {
-        Ok(redis::Value::Array(role)) => {
+        redis::Value::Array(role) => {
             matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"slave")
         }
         _ => false,
@@ -228,8 +210,8 @@ async fn a_planned_sentinel_failover_under_traffic_loses_nothing() {
     let noted = std::sync::Arc::clone(&resumed);
     let failover = async {
         tokio::time::sleep(run / 3).await;
-        cmd(&master, &["CLIENT", "PAUSE", "10000", "WRITE"]).unwrap();
-        cmd(&master, &["WAIT", "1", "2000"]).unwrap();
+        cmd(&master, &["CLIENT", "PAUSE", "10000", "WRITE"]);
+        cmd(&master, &["WAIT", "1", "2000"]);
         sentinel
             .ask(&["SENTINEL", "FAILOVER", MASTER])
             .expect("SENTINEL FAILOVER");
@@ -246,7 +228,7 @@ async fn a_planned_sentinel_failover_under_traffic_loses_nothing() {
         // Writes held meanwhile find the replica gone and are refused;
         // then the Sentinel (its commands held by the pause too) demotes
         // the old master.
-        cmd(&master, &["CLIENT", "UNPAUSE"]).unwrap();
+        cmd(&master, &["CLIENT", "UNPAUSE"]);
         while !is_replica(&master) {
             assert!(started.elapsed() < Duration::from_secs(30), "never demoted");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -269,7 +251,7 @@ async fn a_planned_sentinel_failover_under_traffic_loses_nothing() {
         "planned Sentinel failover under traffic: joins acknowledged again {resumed:?} after the old master was demoted"
     );
     // The writes went to the new master.
-    let waiting = cmd(&replica, &["ZCARD", "sentinel-planned:{sale}:waiting"]).unwrap();
+    let waiting = cmd(&replica, &["ZCARD", "sentinel-planned:{sale}:waiting"]);
     assert!(
         matches!(waiting, redis::Value::Int(n) if n > 0),
         "{waiting:?}"
@@ -301,7 +283,7 @@ async fn a_dead_master_is_replaced_by_the_one_the_sentinel_promotes() {
         )
         .await;
     }
-    cmd(&master, &["WAIT", "1", "2000"]).unwrap();
+    cmd(&master, &["WAIT", "1", "2000"]);
     master.stop();
     let killed = Instant::now();
     let resumed = until_joins_resume(&service, &ledger, Duration::from_secs(30)).await;

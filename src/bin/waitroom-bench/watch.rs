@@ -100,27 +100,9 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
         let mut client = QueueServiceClient::new(channels[w % channels.len()].clone());
         let (round, opened) = (Arc::clone(&round), Arc::clone(&opened));
         tokio::spawn(async move {
-            // As a client should: a refusal of the burst (UNAVAILABLE:
-            // the queue's calls to Redis are backed up) is retried.
-            let response = loop {
-                match client
-                    .watch_rank(pb::WatchRankRequest {
-                        queue_id: "watch".into(),
-                        user_id: format!("w{w:07}"),
-                    })
-                    .await
-                {
-                    Ok(response) => break response,
-                    Err(status) if status.code() == tonic::Code::Unavailable => {
-                        tokio::time::sleep(Duration::from_millis(200 + (w % 800) as u64)).await;
-                    }
-                    Err(_) => return,
-                }
-            };
-            let mut stream = response.into_inner();
-            if stream.next().await.is_none() {
+            let Some(mut stream) = open_stream(&mut client, w).await else {
                 return;
-            }
+            };
             opened.fetch_add(1, Ordering::Relaxed);
             while let Some(Ok(_)) = stream.next().await {
                 round.arrived(w, base.elapsed().as_micros() as u64);
@@ -202,6 +184,33 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
     Ok(idle)
 }
 
+/// Opens watcher `w`'s stream and takes its first place. A refusal of the
+/// burst (UNAVAILABLE: the queue's calls to Redis are backed up) is
+/// retried, as a client should; `None` on any other error.
+async fn open_stream(
+    client: &mut QueueServiceClient<tonic::transport::Channel>,
+    w: usize,
+) -> Option<tonic::Streaming<pb::WatchRankResponse>> {
+    loop {
+        match client
+            .watch_rank(pb::WatchRankRequest {
+                queue_id: "watch".into(),
+                user_id: format!("w{w:07}"),
+            })
+            .await
+        {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                return stream.next().await.map(|_| stream);
+            }
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(200 + (w % 800) as u64)).await;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Admissions flowing at `rate` a second into a line of `watchers`, all
 /// watching: the time from each `AdmitBatch` call to the admission's
 /// message on the admitted user's stream, and the messages all streams got.
@@ -246,25 +255,9 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
             Arc::clone(&opened),
         );
         tokio::spawn(async move {
-            let response = loop {
-                match client
-                    .watch_rank(pb::WatchRankRequest {
-                        queue_id: "watch".into(),
-                        user_id: format!("w{w:07}"),
-                    })
-                    .await
-                {
-                    Ok(response) => break response,
-                    Err(status) if status.code() == tonic::Code::Unavailable => {
-                        tokio::time::sleep(Duration::from_millis(200 + (w % 800) as u64)).await;
-                    }
-                    Err(_) => return,
-                }
-            };
-            let mut stream = response.into_inner();
-            if stream.next().await.is_none() {
+            let Some(mut stream) = open_stream(&mut client, w).await else {
                 return;
-            }
+            };
             opened.fetch_add(1, Ordering::Relaxed);
             while let Some(Ok(message)) = stream.next().await {
                 messages.fetch_add(1, Ordering::Relaxed);
