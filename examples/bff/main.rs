@@ -239,7 +239,7 @@ fn static_file(kind: &'static str, body: &'static str) -> Response {
 /// one this BFF did not sign: a tampered or foreign cookie never names
 /// someone else's place).
 fn visitor(app: &App, headers: &HeaderMap) -> (String, Option<String>) {
-    if let Some(id) = cookie(headers, VISITOR_COOKIE).and_then(|v| app.cookie_key.open(&v)) {
+    if let Some(id) = known_visitor(app, headers) {
         return (id, None);
     }
     let id = visitor::new_visitor_id();
@@ -251,6 +251,24 @@ fn visitor(app: &App, headers: &HeaderMap) -> (String, Option<String>) {
         app.secure,
     );
     (id, Some(set))
+}
+
+/// The visitor id of a genuine visitor cookie, if the request has one.
+fn known_visitor(app: &App, headers: &HeaderMap) -> Option<String> {
+    cookie(headers, VISITOR_COOKIE).and_then(|v| app.cookie_key.open(&v))
+}
+
+/// The visitor's place, as `GetRank` answers.
+async fn rank(
+    app: &App,
+    id: String,
+) -> Result<tonic::Response<pb::GetRankResponse>, tonic::Status> {
+    app.client()
+        .get_rank(pb::GetRankRequest {
+            queue_id: app.queue.clone(),
+            user_id: id,
+        })
+        .await
 }
 
 fn with_cookie(mut response: Response, set: Option<String>) -> Response {
@@ -377,7 +395,7 @@ async fn events(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(id) = cookie(&headers, VISITOR_COOKIE).and_then(|v| app.cookie_key.open(&v)) else {
+    let Some(id) = known_visitor(&app, &headers) else {
         return (StatusCode::UNAUTHORIZED, "no visitor").into_response();
     };
     let Some(guard) = app.limits.open_stream(peer.ip()) else {
@@ -507,17 +525,10 @@ impl<S: Stream> Stream for DropGuard<S> {
 
 /// The place as JSON, for pages that poll; with the interval to poll at.
 async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let Some(id) = cookie(&headers, VISITOR_COOKIE).and_then(|v| app.cookie_key.open(&v)) else {
+    let Some(id) = known_visitor(&app, &headers) else {
         return json_response(StatusCode::UNAUTHORIZED, &json!({"state": "gone"}));
     };
-    let answer = app
-        .client()
-        .get_rank(pb::GetRankRequest {
-            queue_id: app.queue.clone(),
-            user_id: id,
-        })
-        .await;
-    match answer {
+    match rank(&app, id).await {
         Ok(answer) => {
             let Some(place) = answer.into_inner().place else {
                 return StatusCode::BAD_GATEWAY.into_response();
@@ -540,17 +551,11 @@ async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 
 /// Admitted: the token goes into an HttpOnly cookie for `/booking`.
 async fn admit(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let Some(id) = cookie(&headers, VISITOR_COOKIE).and_then(|v| app.cookie_key.open(&v)) else {
+    let Some(id) = known_visitor(&app, &headers) else {
         return Redirect::to("/wait").into_response();
     };
-    let answer = app
-        .client()
-        .get_rank(pb::GetRankRequest {
-            queue_id: app.queue.clone(),
-            user_id: id,
-        })
-        .await;
-    let admission = answer
+    let admission = rank(&app, id)
+        .await
         .ok()
         .and_then(|a| a.into_inner().place)
         .filter(|p| p.state() == PlaceState::Admitted)
@@ -588,7 +593,7 @@ async fn admission(
     app: &App,
     headers: &HeaderMap,
 ) -> Option<(String, waitroom::tokens::AdmissionClaims)> {
-    let visitor = cookie(headers, VISITOR_COOKIE).and_then(|v| app.cookie_key.open(&v))?;
+    let visitor = known_visitor(app, headers)?;
     let token = cookie(headers, ADMISSION_COOKIE)?;
     let check = app.keys.verify(&token, &app.queue, now_s()).await;
     match (check.verdict, check.claims) {

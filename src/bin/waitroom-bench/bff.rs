@@ -19,7 +19,6 @@ use waitroom::pb::queue_service_client::QueueServiceClient;
 use waitroom::testkit::free_port;
 
 use crate::harness::{Service, Store, enqueue_users, spread};
-use crate::load;
 use crate::watch::Round;
 
 #[derive(clap::Args)]
@@ -72,6 +71,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "1000000",
             "--http-listen",
             &http_listen,
+            // Every move sent at once, so each admission is timed to every
+            // page (paced, a position reaches a page within a second).
+            "--position-pace",
+            "0s",
         ],
     )
     .await?;
@@ -204,30 +207,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let rss_after = bff.rss_bytes()?;
     let grpc_connections = established_to(service.addr.port(), bff.child.id())?;
 
-    let mut latency = load::histogram();
-    let mut admitter = QueueServiceClient::new(channels[0].clone());
-    let mut delivered = 0u64;
-    for _ in 0..args.admissions {
-        let started_at = base.elapsed().as_micros() as u64;
-        round.start(started_at);
-        admitter
-            .admit_batch(pb::AdmitBatchRequest {
-                queue_id: "sale".into(),
-                max_count: 1,
-                request_id: String::new(),
-            })
-            .await?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while round.count() < args.pages as u64 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        round.start(u64::MAX);
-        for arrived in round.arrivals() {
-            let _ = latency.record(arrived.saturating_sub(started_at).max(1));
-            delivered += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let admitter = QueueServiceClient::new(channels[0].clone());
+    let (latency, delivered) = round
+        .time_admissions(
+            admitter,
+            "sale",
+            args.admissions,
+            base,
+            Duration::from_secs(10),
+        )
+        .await?;
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "scenario           bff ({} pages through one BFF, {} gRPC connections configured)",

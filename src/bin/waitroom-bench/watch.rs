@@ -59,9 +59,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
-    // Every change at once: each admission is timed to every stream.
-    let service = Service::start(
+/// The service for these scenarios: no limit on streams or calls, and
+/// position messages paced by `pace`.
+async fn start(pace: &str) -> anyhow::Result<Service> {
+    Service::start(
         Store::Redis,
         &[
             "--max-streams",
@@ -69,10 +70,15 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
             "--max-calls",
             "1000000",
             "--position-pace",
-            "0s",
+            pace,
         ],
     )
-    .await?;
+    .await
+}
+
+async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
+    // Every change at once: each admission is timed to every stream.
+    let service = start("0s").await?;
     let redis_url = service.redis().map(|r| r.url()).unwrap_or_default();
     service
         .create_queue(pb::Queue {
@@ -128,31 +134,16 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
     let redis_idle_cores = (load::redis_cpu(&redis_url)? - redis_cpu_before).as_secs_f64() / 5.0;
     let (admitting_from, admitting_cpu) = (Instant::now(), service.cpu_time()?);
 
-    let mut latency = load::histogram();
-    let mut admitter = QueueServiceClient::new(channels[0].clone());
-    let mut delivered = 0u64;
-    for _ in 0..args.admissions {
-        let started_at = base.elapsed().as_micros() as u64;
-        round.start(started_at);
-        admitter
-            .admit_batch(pb::AdmitBatchRequest {
-                queue_id: "watch".into(),
-                max_count: 1,
-                request_id: String::new(),
-            })
-            .await?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while round.count() < watchers as u64 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        // Stop counting this round before reading it.
-        round.start(u64::MAX);
-        for arrived in round.arrivals() {
-            let _ = latency.record(arrived.saturating_sub(started_at).max(1));
-            delivered += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let admitter = QueueServiceClient::new(channels[0].clone());
+    let (latency, delivered) = round
+        .time_admissions(
+            admitter,
+            "watch",
+            args.admissions,
+            base,
+            Duration::from_secs(5),
+        )
+        .await?;
     let admitting_secs = admitting_from.elapsed().as_secs_f64();
     let admitting_cpu = (service.cpu_time()? - admitting_cpu).as_secs_f64();
     let admitting_cores = admitting_cpu / admitting_secs;
@@ -215,18 +206,7 @@ async fn open_stream(
 /// watching: the time from each `AdmitBatch` call to the admission's
 /// message on the admitted user's stream, and the messages all streams got.
 async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()> {
-    let service = Service::start(
-        Store::Redis,
-        &[
-            "--max-streams",
-            "1000000",
-            "--max-calls",
-            "1000000",
-            "--position-pace",
-            &args.pace,
-        ],
-    )
-    .await?;
+    let service = start(&args.pace).await?;
     service
         .create_queue(pb::Queue {
             id: "watch".into(),
@@ -359,6 +339,45 @@ pub(crate) struct Round {
 }
 
 impl Round {
+    /// Admits one user `admissions` times, a round each, and times each
+    /// round's updates from the call, until every stream counted itself in
+    /// or `patience` passed: the histogram (micros) and the updates timed.
+    pub(crate) async fn time_admissions(
+        &self,
+        mut admitter: QueueServiceClient<tonic::transport::Channel>,
+        queue: &str,
+        admissions: usize,
+        base: Instant,
+        patience: Duration,
+    ) -> anyhow::Result<(hdrhistogram::Histogram<u64>, u64)> {
+        let streams = self.arrived_at.len() as u64;
+        let mut latency = load::histogram();
+        let mut delivered = 0u64;
+        for _ in 0..admissions {
+            let started_at = base.elapsed().as_micros() as u64;
+            self.start(started_at);
+            admitter
+                .admit_batch(pb::AdmitBatchRequest {
+                    queue_id: queue.into(),
+                    max_count: 1,
+                    request_id: String::new(),
+                })
+                .await?;
+            let deadline = Instant::now() + patience;
+            while self.count() < streams && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // Stop counting this round before reading it.
+            self.start(u64::MAX);
+            for arrived in self.arrivals() {
+                let _ = latency.record(arrived.saturating_sub(started_at).max(1));
+                delivered += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Ok((latency, delivered))
+    }
+
     pub(crate) fn new(streams: usize) -> Self {
         Self {
             started_at: AtomicU64::new(u64::MAX),
