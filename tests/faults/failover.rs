@@ -74,34 +74,8 @@ async fn a_master_demoted_behind_a_stable_address_is_left_for_the_new_one() {
     cmd(&old, &["REPLICAOF", "127.0.0.1", &new_port]);
     proxy.retarget(format!("127.0.0.1:{}", new.port).parse().unwrap());
     // Joins resume through the address, now the new master's.
-    let failed_over = Instant::now();
-    let mut n = 0;
-    loop {
-        let outcome = ledger::enqueue(
-            &mut client,
-            &ledger,
-            "sale",
-            &format!("after-{n}"),
-            Duration::from_secs(3),
-        )
-        .await;
-        n += 1;
-        if outcome == Outcome::Ok {
-            break;
-        }
-        assert_eq!(outcome, Outcome::Failed(Code::Unavailable));
-        assert!(
-            failed_over.elapsed() < Duration::from_secs(5),
-            "joins still refused {:?} after the failover (log: {})",
-            failed_over.elapsed(),
-            service.log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    println!(
-        "failover: joins resumed {:?} after it",
-        failed_over.elapsed()
-    );
+    let resumed = until_joins_resume(&service, &ledger, Duration::from_secs(5)).await;
+    println!("failover: joins resumed {resumed:?} after it");
     for m in 0..50 {
         ledger::enqueue(
             &mut client,
@@ -117,4 +91,37 @@ async fn a_master_demoted_behind_a_stable_address_is_left_for_the_new_one() {
     ledger.assert_nobody_admitted_twice();
     ledger.assert_admitted_in_ticket_order();
     ledger.assert_every_acknowledged_admitted();
+}
+
+/// Joins until one is acknowledged; how long that took.
+pub async fn until_joins_resume(
+    service: &Service,
+    ledger: &ledger::Shared,
+    within: Duration,
+) -> Duration {
+    let started = Instant::now();
+    let mut client = service.client();
+    let mut n = 0;
+    loop {
+        let outcome = ledger::enqueue(
+            &mut client,
+            ledger,
+            "sale",
+            &format!("after-{n}"),
+            Duration::from_secs(3),
+        )
+        .await;
+        n += 1;
+        if outcome == Outcome::Ok {
+            return started.elapsed();
+        }
+        assert_eq!(outcome, Outcome::Failed(Code::Unavailable));
+        assert!(
+            started.elapsed() < within,
+            "joins still refused {:?} after the failover (log: {})",
+            started.elapsed(),
+            service.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tonic::Code;
 use waitroom::testkit::{RedisServer, free_port};
 
-use crate::failover::{cmd, replica_link_up};
-use crate::ledger::{self, Outcome};
+use crate::failover::{cmd, replica_link_up, until_joins_resume};
+use crate::ledger;
 use crate::service::{Service, queue, scratch};
 
 const MASTER: &str = "sale-redis";
@@ -155,39 +154,6 @@ async fn setup(name: &str) -> (RedisServer, RedisServer, Sentinel, Service) {
     .await;
     service.create_queue(queue("sale")).await;
     (master, replica, sentinel, service)
-}
-
-/// Joins until one is acknowledged; how long that took.
-async fn until_joins_resume(
-    service: &Service,
-    ledger: &ledger::Shared,
-    within: Duration,
-) -> Duration {
-    let started = Instant::now();
-    let mut client = service.client();
-    let mut n = 0;
-    loop {
-        let outcome = ledger::enqueue(
-            &mut client,
-            ledger,
-            "sale",
-            &format!("after-{n}"),
-            Duration::from_secs(3),
-        )
-        .await;
-        n += 1;
-        if outcome == Outcome::Ok {
-            return started.elapsed();
-        }
-        assert_eq!(outcome, Outcome::Failed(Code::Unavailable));
-        assert!(
-            started.elapsed() < within,
-            "joins still refused {:?} after the failover (log: {})",
-            started.elapsed(),
-            service.log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A planned failover as an operator makes it under traffic: writes paused
