@@ -308,6 +308,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_flag_given_again_wins_over_the_first() {
+        let config = Config::try_parse_from([
+            "waitroom",
+            "--shutdown-timeout",
+            "1s",
+            "--shutdown-timeout",
+            "10s",
+        ])
+        .unwrap();
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
     fn periods_must_be_more_than_zero() {
         assert_eq!(positive_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(positive_duration("0ms").is_err());

@@ -145,8 +145,19 @@ async fn setup(name: &str) -> (RedisServer, RedisServer, Sentinel, Service) {
     let dir = scratch(name);
     let sentinel = Sentinel::start(master.port, &dir);
     sentinel.wait_for_replica().await;
+    // The first Sentinel listed takes connections and never answers (its
+    // node is gone behind an address that still resolves): the others
+    // must still be heard.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("redis://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
     let service = Service::start(
-        &sentinel.url(),
+        &format!("{silent_url},{}", sentinel.url()),
         name,
         &dir,
         &["--redis-sentinel-master", MASTER],
