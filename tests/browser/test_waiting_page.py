@@ -22,6 +22,7 @@ import urllib.request
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -188,7 +189,15 @@ def body(driver, key: str) -> str:
 
 
 def until(driver, check, timeout=20.0, what="condition"):
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: check(d), message=what)
+    # A check may read the page while it is being replaced (the challenge, a
+    # reload, the move to /booking); that read is retried, not a failure.
+    waiting = WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.1,
+        ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+    )
+    return waiting.until(lambda d: check(d), message=what)
 
 
 def position(driver) -> int:
