@@ -4,7 +4,7 @@
 //! | role | may call |
 //! | --- | --- |
 //! | frontend | Enqueue, GetRank, WatchRank, Leave |
-//! | booking | VerifyAdmission, CompleteAdmission, GetSigningKeys |
+//! | booking | VerifyAdmission, CompleteAdmission, GetSigningKeys, AdmitUsers (within capacity), CloseQueue |
 //! | operator | everything: AdmitBatch, the admin service, and the rest (the CLI enqueues, watches and verifies too) |
 //!
 //! Keys are read at start from a directory with one file per role (`frontend`,
@@ -50,7 +50,11 @@ impl Role {
                 service == "waitroom.v1.QueueService"
                     && matches!(
                         method,
-                        "VerifyAdmission" | "CompleteAdmission" | "GetSigningKeys"
+                        "VerifyAdmission"
+                            | "CompleteAdmission"
+                            | "GetSigningKeys"
+                            | "AdmitUsers"
+                            | "CloseQueue"
                     )
             }
         }
@@ -171,7 +175,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let path = request.uri().path().trim_start_matches('/');
         let (service, method) = path.split_once('/').unwrap_or((path, ""));
         if service == "grpc.health.v1.Health" || service.starts_with("grpc.reflection.") {
@@ -191,7 +195,12 @@ where
             Some(Some(role)) if !role.may_call(service, method) => Some(Error::PermissionDenied(
                 format!("this key's role ({role:?}) may not call {service}/{method}"),
             )),
-            Some(Some(_)) => None,
+            Some(Some(role)) => {
+                // Handlers read it where a field needs more than the call
+                // (AdmitUsers' override_capacity).
+                request.extensions_mut().insert(role);
+                None
+            }
         };
         match refusal {
             Some(error) => Box::pin(async move { Ok(Status::from(error).into_http()) }),

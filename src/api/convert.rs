@@ -4,7 +4,8 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::domain::{
-    Admission, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats, UserId,
+    Admission, NamedAdmission, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats,
+    UserId,
 };
 use crate::pb;
 use crate::tokens::{AdmissionClaims, Keyring};
@@ -30,6 +31,10 @@ pub(super) fn mode_out(mode: QueueMode) -> pb::QueueMode {
     }
 }
 
+fn text_out(value: &Option<std::sync::Arc<str>>) -> String {
+    value.as_deref().unwrap_or_default().to_owned()
+}
+
 pub(super) fn queue_out(config: &QueueConfig) -> pb::Queue {
     pb::Queue {
         id: config.id.to_string(),
@@ -43,6 +48,8 @@ pub(super) fn queue_out(config: &QueueConfig) -> pb::Queue {
         prequeue_window: Some(duration_out(config.prequeue_window)),
         draw_seed: config.draw_seed.clone().unwrap_or_default(),
         draw_complete: config.draw_complete,
+        notice: text_out(&config.notice),
+        closed_reason: text_out(&config.closed_reason),
     }
 }
 
@@ -59,6 +66,7 @@ pub(super) fn stats_out(queue: &QueueId, stats: &QueueStats) -> pb::QueueStats {
         admit_rate: stats.rate.per_second().unwrap_or(0.0),
         abandoned_total: stats.abandoned,
         prequeue_count: stats.prequeued,
+        cleared_total: stats.cleared,
     }
 }
 
@@ -106,6 +114,30 @@ pub(super) fn place_out(
         ticket: place.ticket,
         queue_mode: mode_out(place.mode) as i32,
         opens_in,
+        notice: text_out(&place.signs.notice),
+        closed_reason: text_out(&place.signs.closed_reason),
+    })
+}
+
+/// What `AdmitUsers` did for one user, with the token of an admission.
+pub(super) fn named_out(
+    keyring: &Keyring,
+    queue: &QueueId,
+    user: &UserId,
+    result: &NamedAdmission,
+) -> Result<pb::UserAdmission> {
+    let (outcome, admission) = match result {
+        NamedAdmission::Admitted(a) => (pb::AdmitUserResult::Admitted, Some(a)),
+        NamedAdmission::AlreadyAdmitted(a) => (pb::AdmitUserResult::AlreadyAdmitted, Some(a)),
+        NamedAdmission::NoCapacity => (pb::AdmitUserResult::NoCapacity, None),
+    };
+    Ok(pb::UserAdmission {
+        user_id: user.to_string(),
+        result: outcome as i32,
+        admission: admission
+            .map(|a| admission_out(keyring, queue, user, a))
+            .transpose()?,
+        ticket: admission.map_or(0, |a| a.ticket),
     })
 }
 

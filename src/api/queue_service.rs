@@ -7,10 +7,16 @@ use std::task::{Context, Poll};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::auth::Role;
 use super::connection::stream_connection;
-use super::convert::{self, admission_out, place_out, timestamp_out};
-use super::validate::{max_count_in, queue_and_user, queue_id, request_id, token_in};
-use crate::domain::{AdmissionCheck, AdmissionStatus, Clock, Consume, QueueId, RequestId, UserId};
+use super::convert::{self, admission_out, named_out, place_out, queue_out, timestamp_out};
+use super::validate::{
+    closed_reason_in, max_count_in, queue_and_user, queue_id, request_id, token_in, user_ids_in,
+};
+use crate::domain::{
+    AdmissionCheck, AdmissionStatus, Clock, Consume, QueueConfig, QueueId, QueueMode, QueueUpdate,
+    RequestId, UserId,
+};
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::store::QueueStore;
@@ -286,6 +292,62 @@ impl QueueService for QueueApi {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Response::new(pb::AdmitBatchResponse { admitted }))
+    }
+
+    async fn admit_users(
+        &self,
+        request: Request<pb::AdmitUsersRequest>,
+    ) -> Result<Response<pb::AdmitUsersResponse>, Status> {
+        // No role: API keys are off, and every caller may do everything.
+        let role = request.extensions().get::<Role>().copied();
+        let request = request.into_inner();
+        let queue = queue_id("queue_id", &request.queue_id)?;
+        let users = user_ids_in(&request.user_ids)?;
+        let request_id = request_id(&request.request_id)?.unwrap_or_else(RequestId::generate);
+        if request.override_capacity && role.is_some_and(|r| r != Role::Operator) {
+            return Err(Error::PermissionDenied(
+                "override_capacity is for the operator role; without it, admissions stay within max_active".into(),
+            )
+            .into());
+        }
+        let results = self
+            .store
+            .admit_users(
+                &queue,
+                &users,
+                &request_id,
+                request.override_capacity,
+                self.clock.now_ms(),
+            )
+            .await?;
+        let results = users
+            .iter()
+            .zip(&results)
+            .map(|(user, result)| named_out(&self.keyring, &queue, user, result))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Response::new(pb::AdmitUsersResponse { results }))
+    }
+
+    async fn close_queue(
+        &self,
+        request: Request<pb::CloseQueueRequest>,
+    ) -> Result<Response<pb::CloseQueueResponse>, Status> {
+        let request = request.into_inner();
+        let queue = queue_id("queue_id", &request.queue_id)?;
+        let reason = closed_reason_in("reason", &request.reason)?
+            .unwrap_or_else(|| QueueConfig::SOLD_OUT.into());
+        let update = QueueUpdate {
+            mode: Some(QueueMode::Closed),
+            closed_reason: Some(Some(reason)),
+            ..QueueUpdate::default()
+        };
+        let config = self
+            .store
+            .update_queue(&queue, &update, self.clock.now_ms())
+            .await?;
+        Ok(Response::new(pb::CloseQueueResponse {
+            queue: Some(queue_out(&config)),
+        }))
     }
 
     async fn verify_admission(

@@ -2,6 +2,7 @@
 //! range, `INVALID_ARGUMENT` naming the field and why, here and nowhere
 //! else. Handlers call these first; past them, invalid values cannot exist.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -35,6 +36,29 @@ pub(super) fn request_id(value: &str) -> Result<Option<RequestId>> {
     RequestId::parse(value)
         .map(Some)
         .map_err(|reason| Error::invalid("request_id", reason))
+}
+
+/// Most users one `AdmitUsers` names.
+pub(super) const MAX_NAMED_USERS: usize = 1000;
+
+/// The users of an `AdmitUsers`: 1 to [`MAX_NAMED_USERS`], each valid.
+pub(super) fn user_ids_in(values: &[String]) -> Result<Vec<UserId>> {
+    if values.is_empty() || values.len() > MAX_NAMED_USERS {
+        return Err(Error::invalid(
+            "user_ids",
+            format!(
+                "must name 1 to {MAX_NAMED_USERS} users, got {}",
+                values.len()
+            ),
+        ));
+    }
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            UserId::parse(value).map_err(|reason| Error::invalid(format!("user_ids[{i}]"), reason))
+        })
+        .collect()
 }
 
 /// A queue id and user id pair, the key of most calls.
@@ -172,6 +196,11 @@ pub(super) fn queue_config_in(queue: &pb::Queue, now_ms: u64) -> Result<QueueCon
             .as_ref()
             .map(|d| duration_in("queue.prequeue_window", d))
             .transpose()?,
+        notice: Some(notice_in(&queue.notice)?),
+        closed_reason: Some(closed_reason_in(
+            "queue.closed_reason",
+            &queue.closed_reason,
+        )?),
     };
     config.apply(&update);
     config
@@ -211,6 +240,12 @@ pub(super) fn queue_update_in(
             }
             if queue.prequeue_window.is_some() {
                 implied.push("prequeue_window".to_owned());
+            }
+            if !queue.notice.is_empty() {
+                implied.push("notice".to_owned());
+            }
+            if !queue.closed_reason.is_empty() {
+                implied.push("closed_reason".to_owned());
             }
             implied
         }
@@ -261,6 +296,14 @@ pub(super) fn queue_update_in(
                 })?;
                 update.prequeue_window = Some(duration_in("queue.prequeue_window", window)?);
             }
+            // Named but empty: cleared.
+            "notice" => update.notice = Some(notice_in(&queue.notice)?),
+            "closed_reason" => {
+                update.closed_reason = Some(closed_reason_in(
+                    "queue.closed_reason",
+                    &queue.closed_reason,
+                )?)
+            }
             "id" | "create_time" | "draw_seed" | "draw_complete" => {
                 return Err(Error::invalid(
                     "update_mask",
@@ -285,6 +328,24 @@ pub(super) fn queue_update_in(
         .check()
         .map_err(|(field, reason)| Error::invalid(format!("queue.{field}"), reason))?;
     Ok(update)
+}
+
+/// A queue's notice; empty means none.
+pub(super) fn notice_in(notice: &str) -> Result<Option<Arc<str>>> {
+    if notice.is_empty() {
+        return Ok(None);
+    }
+    QueueConfig::check_notice(notice).map_err(|reason| Error::invalid("queue.notice", reason))?;
+    Ok(Some(Arc::from(notice)))
+}
+
+/// A closing reason; empty means none.
+pub(super) fn closed_reason_in(field: &str, reason: &str) -> Result<Option<Arc<str>>> {
+    if reason.is_empty() {
+        return Ok(None);
+    }
+    QueueConfig::check_closed_reason(reason).map_err(|why| Error::invalid(field, why))?;
+    Ok(Some(Arc::from(reason)))
 }
 
 pub(super) fn page_token_in(token: &str) -> Result<Option<QueueId>> {

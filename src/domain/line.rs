@@ -46,6 +46,7 @@ pub struct LineSummary {
     /// The heartbeat timeout in force: an instance follows a change of it
     /// within one refresh, so it records presence often enough.
     pub heartbeat_ms: u64,
+    pub signs: super::Signs,
 }
 
 /// The changes after a sequence number, and the summary after them.

@@ -17,6 +17,6 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use estimate::{RATE_WINDOW_MS, RateSample};
 pub use ids::{QueueId, RequestId, UserId};
 pub use line::{LINE_LOG_KEEP, LineChanges, LineEvent, LineSnapshot, LineSummary};
-pub use place::{Admission, Admitted, Place, PlaceState};
+pub use place::{Admission, Admitted, NamedAdmission, Place, PlaceState, Signs};
 pub use queue::{QueueConfig, QueueMode, QueueStats, QueueUpdate};
 pub use ranks::RankIndex;

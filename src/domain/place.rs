@@ -1,9 +1,48 @@
 //! Where a user stands: waiting with a position, admitted, or shut out by a
 //! closed queue.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{QueueMode, RateSample, UserId};
+
+/// What the operator tells everyone in a queue, shown with every place: a
+/// notice ("Sales resume at 10:30") and, while the queue is closed, why
+/// (`SOLD_OUT`, `CANCELLED`, or an operator's own reason).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Signs {
+    pub notice: Option<Arc<str>>,
+    pub closed_reason: Option<Arc<str>>,
+}
+
+impl Signs {
+    /// Equal signs; the same text shared (as the hub shares it between
+    /// refreshes) is told apart without reading it.
+    pub fn same_as(&self, other: &Signs) -> bool {
+        fn same(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
+            match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                _ => false,
+            }
+        }
+        same(&self.notice, &other.notice) && same(&self.closed_reason, &other.closed_reason)
+    }
+
+    /// These signs, sharing the text of `previous` where it is unchanged.
+    pub fn sharing(self, previous: &Signs) -> Signs {
+        fn share(new: Option<Arc<str>>, old: &Option<Arc<str>>) -> Option<Arc<str>> {
+            match (&new, old) {
+                (Some(n), Some(o)) if n == o => Some(Arc::clone(o)),
+                _ => new,
+            }
+        }
+        Signs {
+            notice: share(self.notice, &previous.notice),
+            closed_reason: share(self.closed_reason, &previous.closed_reason),
+        }
+    }
+}
 
 /// A user's admission: it holds a slot until `expires_at_ms` unless
 /// completed earlier.
@@ -44,6 +83,7 @@ pub struct Place {
     pub waiting_count: u64,
     pub mode: QueueMode,
     pub rate: RateSample,
+    pub signs: Signs,
 }
 
 impl Place {
@@ -65,6 +105,17 @@ impl Place {
             PlaceState::Closed | PlaceState::PreQueue { .. } => None,
         }
     }
+}
+
+/// What admitting one named user did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamedAdmission {
+    /// Admitted by this call.
+    Admitted(Admission),
+    /// Held an admission already: this one.
+    AlreadyAdmitted(Admission),
+    /// `max_active` users hold admissions.
+    NoCapacity,
 }
 
 /// A user admitted by one `AdmitBatch`.

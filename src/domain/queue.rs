@@ -1,8 +1,9 @@
 //! A queue's configuration, the operator's changes to it, and its figures.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::QueueId;
+use super::{QueueId, Signs};
 
 /// How a queue admits users: the operator's switch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,6 +68,10 @@ pub struct QueueConfig {
     /// last reopening after `CLOSED`), so nobody is reaped for the time a
     /// closed queue gave them no reason to watch.
     pub presence_since_ms: u64,
+    /// A message to everyone in line, shown with every place.
+    pub notice: Option<Arc<str>>,
+    /// Why the queue closed; kept only while it is closed.
+    pub closed_reason: Option<Arc<str>>,
 }
 
 impl QueueConfig {
@@ -84,6 +89,11 @@ impl QueueConfig {
     /// stores read every value in it alike, and it stays far inside the
     /// integers Lua's numbers hold exactly and print without an exponent.
     pub const TIME_RANGE_MS: (u64, u64) = (1, 7_258_118_400_000);
+    /// The longest notice, in characters.
+    pub const NOTICE_MAX_CHARS: usize = 280;
+    /// The closing reasons every page knows; operators may name others.
+    pub const SOLD_OUT: &'static str = "SOLD_OUT";
+    pub const CANCELLED: &'static str = "CANCELLED";
 
     /// A queue with default settings.
     pub fn new(id: QueueId) -> Self {
@@ -100,6 +110,52 @@ impl QueueConfig {
             draw_seed: None,
             draw_complete: false,
             presence_since_ms: 0,
+            notice: None,
+            closed_reason: None,
+        }
+    }
+
+    /// What every place in this queue shows besides the place itself.
+    pub fn signs(&self) -> Signs {
+        Signs {
+            notice: self.notice.clone(),
+            closed_reason: self.closed_reason.clone(),
+        }
+    }
+
+    /// Checks a notice: plain text of at most [`Self::NOTICE_MAX_CHARS`]
+    /// characters, without control characters (a page shows it on one line).
+    pub fn check_notice(notice: &str) -> Result<(), String> {
+        let chars = notice.chars().count();
+        if chars > Self::NOTICE_MAX_CHARS {
+            return Err(format!(
+                "must be at most {} characters, got {chars}",
+                Self::NOTICE_MAX_CHARS
+            ));
+        }
+        if let Some(c) = notice.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "must be plain text without control characters, got {c:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a closing reason: `SOLD_OUT`, `CANCELLED` or an operator's own,
+    /// 1 to 64 characters of `[A-Z0-9_]` starting with a letter, so pages can
+    /// map it to their own words.
+    pub fn check_closed_reason(reason: &str) -> Result<(), String> {
+        let well_formed = (1..=64).contains(&reason.len())
+            && reason.starts_with(|c: char| c.is_ascii_uppercase())
+            && reason
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if well_formed {
+            Ok(())
+        } else {
+            Err(format!(
+                "must be SOLD_OUT, CANCELLED or 1 to 64 characters of [A-Z0-9_] starting with a letter, got {reason:?}"
+            ))
         }
     }
 
@@ -132,6 +188,15 @@ impl QueueConfig {
         }
         if let Some(window) = update.prequeue_window {
             self.prequeue_window = window;
+        }
+        if let Some(notice) = &update.notice {
+            self.notice = notice.clone();
+        }
+        if let Some(reason) = &update.closed_reason {
+            self.closed_reason = reason.clone();
+        }
+        if self.mode != QueueMode::Closed {
+            self.closed_reason = None;
         }
     }
 
@@ -196,6 +261,10 @@ pub struct QueueUpdate {
     /// `Some(None)` clears the opening.
     pub opens_at: Option<Option<u64>>,
     pub prequeue_window: Option<Duration>,
+    /// `Some(None)` clears the notice.
+    pub notice: Option<Option<Arc<str>>>,
+    /// `Some(None)` clears the reason; a queue that is not closed has none.
+    pub closed_reason: Option<Option<Arc<str>>>,
 }
 
 /// A queue's gauges and counters.
@@ -210,5 +279,7 @@ pub struct QueueStats {
     pub left: u64,
     pub abandoned: u64,
     pub prequeued: u64,
+    /// Taken out of line by clearing the queue.
+    pub cleared: u64,
     pub rate: super::RateSample,
 }

@@ -44,8 +44,8 @@ pub use self::memory::MemoryStore;
 pub use self::redis::{ENQUEUE_ONE, RedisOptions, RedisStore};
 use crate::Result;
 use crate::domain::{
-    AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, Place, QueueConfig,
-    QueueId, QueueStats, QueueUpdate, RequestId, UserId,
+    AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, NamedAdmission, Place,
+    QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, UserId,
 };
 
 /// How long an `AdmitBatch` result is kept for a retry with the same
@@ -173,6 +173,26 @@ pub trait QueueStore: Send + Sync + 'static {
         max_count: u32,
         now_ms: u64,
     ) -> Result<Vec<Admitted>>;
+
+    /// Admits named users out of turn, in order: those waiting or
+    /// pre-queued leave the line, others get a new ticket. Within
+    /// `max_active` (but for pass-through) unless `override_capacity`;
+    /// refused while closed. Counted as admissions, but not in the rate the
+    /// line's estimates come from. A repeat of `request` within
+    /// [`BATCH_RESULT_TTL_MS`] returns the first result and admits nobody.
+    async fn admit_users(
+        &self,
+        queue: &QueueId,
+        users: &[UserId],
+        request: &RequestId,
+        override_capacity: bool,
+        now_ms: u64,
+    ) -> Result<Vec<NamedAdmission>>;
+
+    /// Takes up to `limit` users out of line (waiting by ticket, then
+    /// pre-queued), counted as cleared; returns how many. Zero once the
+    /// line is empty.
+    async fn clear_step(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64>;
 
     /// Ends a user's admission. True if there was an active one.
     async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool>;

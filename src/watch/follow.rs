@@ -249,7 +249,13 @@ impl WatchHub {
             watch
                 .heartbeat_ms
                 .store(changes.summary.heartbeat_ms, Ordering::Relaxed);
-            copy.summary = Some(changes.summary);
+            // Unchanged signs keep sharing one text, so each watcher's
+            // comparison does not read it.
+            let mut summary = changes.summary;
+            if let Some(previous) = &copy.summary {
+                summary.signs = summary.signs.sharing(&previous.signs);
+            }
+            copy.summary = Some(summary);
             copy.read_ms = read_ms;
             copy.read_at = Some(read_at);
             copy.read_no = read_no;
@@ -313,6 +319,7 @@ impl WatchHub {
                 waiting_count: in_line,
                 mode: summary.mode,
                 rate: summary.rate,
+                signs: summary.signs.clone(),
             }),
             Some(ticket) if line.contains(ticket) => line.place(summary, ticket),
             Some(_) => {
@@ -331,6 +338,7 @@ impl WatchHub {
                 && now < watcher.paced_until_ms
                 && watcher.last.is_waiting()
                 && watcher.last.mode() == summary.mode
+                && watcher.last.shows_signs(&summary.signs)
                 && watcher.ticket.is_some_and(|t| line.contains(t))
             {
                 return true;
@@ -452,6 +460,7 @@ fn offer(
     }
     let view = View::of(&place, now_ms);
     if !view.differs_from(&watcher.last) {
+        watcher.last.shows_signs(&place.signs);
         return Offer::Keep;
     }
     if pace_ms > 0 && !view.state_differs_from(&watcher.last) {

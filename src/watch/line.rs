@@ -165,6 +165,7 @@ impl Line {
             waiting_count: summary.waiting + summary.prequeued,
             mode: summary.mode,
             rate: summary.rate,
+            signs: summary.signs.clone(),
         })
     }
 }

@@ -208,6 +208,7 @@ mod tests {
                 opened: true,
                 rate: RateSample::default(),
                 heartbeat_ms: HEARTBEAT_MS,
+                signs: Default::default(),
             }),
             read_ms,
             read_at: Some(Instant::now()),
@@ -223,6 +224,7 @@ mod tests {
             waiting_count: 3,
             mode: QueueMode::Queueing,
             rate: RateSample::default(),
+            signs: Default::default(),
         }
     }
 

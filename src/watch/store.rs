@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use super::WatchHub;
 use crate::Result;
 use crate::domain::{
-    AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, Place, PlaceState,
-    QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, UserId,
+    AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, NamedAdmission, Place,
+    PlaceState, QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, UserId,
 };
 use crate::store::QueueStore;
 use crate::telemetry::metrics::{LookupLabels, metrics};
@@ -223,6 +223,35 @@ impl QueueStore for WatchedStore {
             self.hub.nudge(queue);
         }
         Ok(admitted)
+    }
+
+    async fn admit_users(
+        &self,
+        queue: &QueueId,
+        users: &[UserId],
+        request: &RequestId,
+        override_capacity: bool,
+        now_ms: u64,
+    ) -> Result<Vec<NamedAdmission>> {
+        let results = self
+            .inner
+            .admit_users(queue, users, request, override_capacity, now_ms)
+            .await?;
+        if results
+            .iter()
+            .any(|r| matches!(r, NamedAdmission::Admitted(_)))
+        {
+            self.hub.nudge(queue);
+        }
+        Ok(results)
+    }
+
+    async fn clear_step(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
+        let cleared = self.inner.clear_step(queue, limit, now_ms).await?;
+        if cleared > 0 {
+            self.hub.nudge(queue);
+        }
+        Ok(cleared)
     }
 
     async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::domain::{Place, PlaceState, QueueMode};
+use crate::domain::{Place, PlaceState, QueueMode, Signs};
 
 /// What a user sees of a place; a message is sent only when it changes.
 /// Kept small: there is one per open stream, and the hub keeps a queue's
@@ -14,6 +14,7 @@ pub(super) struct View {
     waiting_count: u64,
     mode: QueueMode,
     estimated_wait: Option<Duration>,
+    signs: Signs,
 }
 
 /// The state part of a view. The countdown to an opening is not in it: a
@@ -70,7 +71,18 @@ impl View {
             waiting_count: place.waiting_count,
             mode: place.mode,
             estimated_wait: place.estimated_wait(),
+            signs: place.signs.clone(),
         }
+    }
+
+    /// Whether the view shows these signs; when it does, it keeps their
+    /// shared text, so the next comparison does not read it.
+    pub(super) fn shows_signs(&mut self, signs: &Signs) -> bool {
+        let same = self.signs.same_as(signs);
+        if same {
+            self.signs = signs.clone();
+        }
+        same
     }
 
     pub(super) fn mode(&self) -> QueueMode {
@@ -89,10 +101,12 @@ impl View {
             || self.estimated_wait != last.estimated_wait
     }
 
-    /// A change of state: admitted, closed, a mode, into or out of the
-    /// pre-queue, a moved opening. A new position alone is not one.
+    /// A change of state: admitted, closed, a mode, a notice or closing
+    /// reason, into or out of the pre-queue, a moved opening. A new position
+    /// alone is not one.
     pub(super) fn state_differs_from(&self, last: &View) -> bool {
         self.mode != last.mode
+            || !self.signs.same_as(&last.signs)
             || match (self.state, last.state) {
                 (Shown::Waiting { .. }, Shown::Waiting { .. }) => false,
                 (now, then) => now.differs_from(then),

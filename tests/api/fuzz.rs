@@ -97,13 +97,13 @@ fn queue_message() -> impl Strategy<Value = pb::Queue> {
             prop_oneof![0u32..100, any::<u32>()],
         ),
         (duration(), duration(), timestamp(), timestamp(), duration()),
-        (any::<String>(), any::<bool>()),
+        (any::<String>(), any::<bool>(), notice(), closed_reason()),
     )
         .prop_map(
             |(
                 (id, mode, max_active, admit_per_second),
                 (admission_ttl, heartbeat_timeout, create_time, opens_at, prequeue_window),
-                (draw_seed, draw_complete),
+                (draw_seed, draw_complete, notice, closed_reason),
             )| pb::Queue {
                 id,
                 mode,
@@ -116,8 +116,34 @@ fn queue_message() -> impl Strategy<Value = pb::Queue> {
                 prequeue_window,
                 draw_seed,
                 draw_complete,
+                notice,
+                closed_reason,
             },
         )
+}
+
+/// Notices at and past their length limit, with and without control
+/// characters.
+fn notice() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        Just("é".repeat(280)),
+        Just("é".repeat(281)),
+        Just("line\nbreak".to_owned()),
+        any::<String>(),
+    ]
+}
+
+fn closed_reason() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        Just("SOLD_OUT".to_owned()),
+        Just("A".repeat(64)),
+        Just("A".repeat(65)),
+        Just("sold_out".to_owned()),
+        "[A-Z_0-9]{0,3}",
+        any::<String>(),
+    ]
 }
 
 fn mask() -> impl Strategy<Value = Option<prost_types::FieldMask>> {
@@ -130,6 +156,8 @@ fn mask() -> impl Strategy<Value = Option<prost_types::FieldMask>> {
             Just("heartbeat_timeout"),
             Just("opens_at"),
             Just("prequeue_window"),
+            Just("notice"),
+            Just("closed_reason"),
             Just("id"),
             Just("create_time"),
             Just(""),

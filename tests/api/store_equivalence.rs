@@ -7,8 +7,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use waitroom::domain::{
-    Admission, AdmissionCheck, Consume, Place, PlaceState, QueueConfig, QueueId, QueueMode,
-    QueueUpdate, RequestId, UserId,
+    Admission, AdmissionCheck, Consume, NamedAdmission, Place, PlaceState, QueueConfig, QueueId,
+    QueueMode, QueueUpdate, RequestId, UserId,
 };
 use waitroom::store::{MemoryStore, QueueStore, RedisStore};
 use waitroom::tokens::token_id;
@@ -59,6 +59,32 @@ enum Op {
     LineSnapshot(u64, u32),
     /// Delete and create again; with a scheduled opening 30 s ahead.
     Recreate(bool),
+    /// A notice set (one of a few, the longest allowed among them) or
+    /// cleared.
+    SetNotice(Option<u8>),
+    /// Closed with a reason (or the reason alone changed, or cleared,
+    /// whatever the mode).
+    CloseWith(Option<u8>, bool),
+    /// Named users admitted out of turn, with one of a few request ids, over
+    /// the capacity or not.
+    AdmitUsers(Vec<u8>, u8, bool),
+    ClearStep(u32),
+}
+
+fn notice(n: u8) -> std::sync::Arc<str> {
+    match n {
+        0 => "Sales resume at 10:30".into(),
+        1 => "é".repeat(280).into(),
+        _ => "Limit 4 tickets per person".into(),
+    }
+}
+
+fn reason(n: u8) -> std::sync::Arc<str> {
+    match n {
+        0 => "SOLD_OUT".into(),
+        1 => "CANCELLED".into(),
+        _ => "A".repeat(64).into(),
+    }
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -98,6 +124,11 @@ fn op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(pick, alter, consume, until)| Op::Check { pick, alter, consume, until }),
         1 => any::<bool>().prop_map(Op::Recreate),
+        1 => proptest::option::of(0u8..3).prop_map(Op::SetNotice),
+        1 => (proptest::option::of(0u8..3), any::<bool>()).prop_map(|(r, close)| Op::CloseWith(r, close)),
+        2 => (proptest::collection::vec(0..=USERS, 1..4), 0u8..3, any::<bool>())
+            .prop_map(|(users, request, over)| Op::AdmitUsers(users, request, over)),
+        1 => prop_oneof![Just(1u32), 1u32..4, Just(u32::MAX)].prop_map(Op::ClearStep),
     ]
 }
 
@@ -315,6 +346,52 @@ async fn apply(
             };
             show(store.check_admission(&q, &check, now).await)
         }
+        Op::SetNotice(n) => show(
+            store
+                .update_queue(
+                    &q,
+                    &QueueUpdate {
+                        notice: Some(n.map(notice)),
+                        ..Default::default()
+                    },
+                    now,
+                )
+                .await,
+        ),
+        Op::CloseWith(r, close) => show(
+            store
+                .update_queue(
+                    &q,
+                    &QueueUpdate {
+                        mode: close.then_some(QueueMode::Closed),
+                        closed_reason: Some(r.map(reason)),
+                        ..Default::default()
+                    },
+                    now,
+                )
+                .await,
+        ),
+        Op::AdmitUsers(us, request, over) => {
+            let users: Vec<UserId> = us.iter().map(|u| user(*u)).collect();
+            // Request 2 has the shape of an id the service makes up.
+            let id = if *request == 2 {
+                "auto:u".to_owned()
+            } else {
+                format!("named-{request}")
+            };
+            let request = RequestId::parse(&id).unwrap();
+            let answer = store.admit_users(&q, &users, &request, *over, now).await;
+            if let Ok(results) = &answer {
+                for (user, result) in users.iter().zip(results) {
+                    if let NamedAdmission::Admitted(a) | NamedAdmission::AlreadyAdmitted(a) = result
+                    {
+                        seen.push((user.clone(), a.clone()));
+                    }
+                }
+            }
+            show(answer)
+        }
+        Op::ClearStep(limit) => show(store.clear_step(&q, *limit, now).await),
         Op::Recreate(scheduled) => {
             let deleted = show(store.delete_queue(&q).await);
             let mut config = config(now);

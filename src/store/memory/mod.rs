@@ -12,8 +12,8 @@ use super::{QueueStore, batch_result_ttl_ms};
 use crate::domain::draw::draw_key;
 use crate::domain::{
     Admission, AdmissionCheck, AdmissionStatus, Admitted, LINE_LOG_KEEP, LineChanges, LineEvent,
-    LineSnapshot, LineSummary, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats,
-    QueueUpdate, RankIndex, RateSample, RequestId, UserId,
+    LineSnapshot, LineSummary, NamedAdmission, Place, PlaceState, QueueConfig, QueueId, QueueMode,
+    QueueStats, QueueUpdate, RankIndex, RateSample, RequestId, UserId,
 };
 use crate::{Error, Result};
 
@@ -44,6 +44,7 @@ struct Counters {
     expired: u64,
     left: u64,
     abandoned: u64,
+    cleared: u64,
 }
 
 /// Where the opening draw stands.
@@ -83,6 +84,8 @@ struct QueueState {
     /// Admissions per second bucket (`now_ms / 1000`).
     rate: BTreeMap<u64, u64>,
     batches: HashMap<RequestId, (u64, Vec<Admitted>)>,
+    /// `AdmitUsers` results by request id, with when each lapses.
+    named: HashMap<RequestId, (u64, Vec<NamedAdmission>)>,
     /// The rate's token bucket: milli-tokens and when it was last refilled;
     /// `None` until first used (it starts full).
     bucket: Option<(u64, u64)>,
@@ -118,6 +121,7 @@ impl QueueState {
             counters: Counters::default(),
             rate: BTreeMap::new(),
             batches: HashMap::new(),
+            named: HashMap::new(),
             bucket: None,
             prequeue: BTreeMap::new(),
             prequeued: HashMap::new(),
@@ -339,6 +343,7 @@ impl QueueState {
             waiting_count: self.in_line(),
             mode: self.config.mode,
             rate: self.rate_sample(now_ms),
+            signs: self.config.signs(),
         }
     }
 
@@ -382,6 +387,56 @@ impl QueueState {
                 self.place(PlaceState::Waiting { position }, ticket, now_ms)
             }
         })
+    }
+
+    /// Admits one named user out of turn; the caller has run `prepare`.
+    /// Twin of the Redis `admit_users` loop.
+    fn admit_named(
+        &mut self,
+        user: &UserId,
+        override_capacity: bool,
+        now_ms: u64,
+    ) -> NamedAdmission {
+        if let Some(admission) = self.admitted.get(user) {
+            return NamedAdmission::AlreadyAdmitted(admission.clone());
+        }
+        let capped = self.config.mode != QueueMode::PassThrough && !override_capacity;
+        if capped && self.free_slots() == 0 {
+            return NamedAdmission::NoCapacity;
+        }
+        let ticket = if let Some(ticket) = self.remove_waiting(user) {
+            self.log_event(LineEvent::Left {
+                ticket,
+                admitted: true,
+            });
+            ticket
+        } else {
+            // Pre-queued (counted when they arrived) or not in line at all:
+            // a ticket of their own, past every other.
+            if !self.remove_from_line(user) {
+                self.counters.enqueued += 1;
+            }
+            self.seq += 1;
+            self.seq
+        };
+        let admission = self.admit_user(user.clone(), ticket, now_ms);
+        self.counters.admitted += 1;
+        NamedAdmission::Admitted(admission)
+    }
+
+    /// Takes the first user out of line: the lowest ticket waiting, else
+    /// the earliest pre-queued, else the first of the draw's pool.
+    fn clear_one(&mut self) -> bool {
+        let user = self
+            .waiting
+            .first_key_value()
+            .map(|(_, u)| u.clone())
+            .or_else(|| self.prequeue.first_key_value().map(|(_, u)| u.clone()))
+            .or_else(|| self.pool.first().map(|(_, u)| u.clone()));
+        match user {
+            Some(user) => self.remove_from_line(&user),
+            None => false,
+        }
     }
 
     /// One user's enqueue; the caller has run `prepare`. Twin of the
@@ -676,6 +731,7 @@ impl QueueStore for MemoryStore {
                     opened: state.draw != Draw::None,
                     rate: state.rate_sample(now_ms),
                     heartbeat_ms: state.config.heartbeat_timeout.as_millis() as u64,
+                    signs: state.config.signs(),
                 },
                 events,
                 complete,
@@ -804,6 +860,49 @@ impl QueueStore for MemoryStore {
         })
     }
 
+    async fn admit_users(
+        &self,
+        queue: &QueueId,
+        users: &[UserId],
+        request: &RequestId,
+        override_capacity: bool,
+        now_ms: u64,
+    ) -> Result<Vec<NamedAdmission>> {
+        self.with_queue(queue, |state| {
+            state
+                .named
+                .retain(|_, (expires_at, _)| *expires_at > now_ms);
+            if let Some((_, previous)) = state.named.get(request) {
+                return Ok(previous.clone());
+            }
+            if state.config.mode == QueueMode::Closed {
+                return Err(Error::QueueClosed(queue.to_string()));
+            }
+            state.prepare(now_ms);
+            let results: Vec<NamedAdmission> = users
+                .iter()
+                .map(|user| state.admit_named(user, override_capacity, now_ms))
+                .collect();
+            state.named.insert(
+                request.clone(),
+                (now_ms + batch_result_ttl_ms(request), results.clone()),
+            );
+            Ok(results)
+        })
+    }
+
+    async fn clear_step(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
+        self.with_queue(queue, |state| {
+            state.prepare(now_ms);
+            let mut cleared = 0;
+            while cleared < u64::from(limit) && state.clear_one() {
+                cleared += 1;
+            }
+            state.counters.cleared += cleared;
+            Ok(cleared)
+        })
+    }
+
     async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
         self.with_queue(queue, |state| {
             state.prepare(now_ms);
@@ -877,6 +976,7 @@ impl QueueStore for MemoryStore {
                 left: c.left,
                 abandoned: c.abandoned,
                 prequeued: (state.prequeue.len() + state.pool.len()) as u64,
+                cleared: c.cleared,
                 rate: state.rate_sample(now_ms),
             })
         })

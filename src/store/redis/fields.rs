@@ -2,6 +2,7 @@
 //! configuration read back from them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::reply::{bad_reply, parse_mode};
@@ -29,7 +30,14 @@ pub(super) fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)>
             config.heartbeat_timeout.as_millis().to_string(),
         ),
         ("created_at_ms", config.created_at_ms.to_string()),
+        ("notice", text(&config.notice)),
+        ("closed_reason", text(&config.closed_reason)),
     ]
+}
+
+/// An optional text as the config hash keeps it: empty for none.
+fn text(value: &Option<Arc<str>>) -> String {
+    value.as_deref().unwrap_or_default().to_owned()
 }
 
 /// The fields an update writes; clearing an opening that has not happened
@@ -57,6 +65,13 @@ pub(super) fn update_fields(update: &QueueUpdate, now_ms: u64) -> Vec<(&'static 
     if let Some(window) = update.prequeue_window {
         fields.push(("prequeue_window_ms", window.as_millis().to_string()));
     }
+    if let Some(notice) = &update.notice {
+        fields.push(("notice", text(notice)));
+    }
+    // The script drops the reason of a queue left open.
+    if let Some(reason) = &update.closed_reason {
+        fields.push(("closed_reason", text(reason)));
+    }
     fields
 }
 
@@ -74,6 +89,12 @@ pub(super) fn parse_config(
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| bad_reply(&format!("queue config field {name}")))
     };
+    let optional_text = |name: &str| -> Option<Arc<str>> {
+        fields
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| Arc::from(v.as_str()))
+    };
     let small = |name: &str| -> Result<u32> {
         u32::try_from(number(name)?).map_err(|_| bad_reply(&format!("queue config field {name}")))
     };
@@ -90,5 +111,7 @@ pub(super) fn parse_config(
         draw_seed: fields.get("draw_seed").cloned(),
         draw_complete: fields.get("draw").is_some_and(|d| d == "done"),
         presence_since_ms: number("presence_since_ms")?,
+        notice: optional_text("notice"),
+        closed_reason: optional_text("closed_reason"),
     }))
 }

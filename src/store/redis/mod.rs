@@ -57,11 +57,12 @@ use self::caller::{
 };
 use self::fields::{config_fields, parse_config, update_fields};
 use self::lua::Scripts;
-use self::reply::{Reply, bad_reply, parse_admitted, parse_line_entry, parse_mode};
+use self::reply::{Reply, bad_reply, parse_admitted, parse_line_entry, parse_mode, parse_named};
 use super::QueueStore;
 use crate::domain::{
-    AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, LineSummary, Place,
-    QueueConfig, QueueId, QueueStats, QueueUpdate, RateSample, RequestId, UserId,
+    AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, LineSummary,
+    NamedAdmission, Place, QueueConfig, QueueId, QueueStats, QueueUpdate, RateSample, RequestId,
+    Signs, UserId,
 };
 use crate::{Error, Result};
 
@@ -513,6 +514,10 @@ impl QueueStore for RedisStore {
         };
         let epoch_ms = reply.u64()?;
         let heartbeat_ms = reply.u64()?;
+        let signs = Signs {
+            notice: reply.text()?,
+            closed_reason: reply.text()?,
+        };
         let mut events = Vec::with_capacity(reply.remaining());
         while reply.remaining() > 0 {
             events.push(parse_line_entry(&reply.string()?)?);
@@ -528,6 +533,7 @@ impl QueueStore for RedisStore {
                 opened: draw != "none",
                 rate,
                 heartbeat_ms,
+                signs,
             },
             events,
             complete,
@@ -576,6 +582,31 @@ impl QueueStore for RedisStore {
         let mut invocation = self.invocation(&self.scripts.admit_due, queue, now_ms);
         invocation.arg(max_count);
         parse_admitted(self.run("admit_due", queue, &invocation).await?)
+    }
+
+    async fn admit_users(
+        &self,
+        queue: &QueueId,
+        users: &[UserId],
+        request: &RequestId,
+        override_capacity: bool,
+        now_ms: u64,
+    ) -> Result<Vec<NamedAdmission>> {
+        let mut invocation = self.invocation(&self.scripts.admit_users, queue, now_ms);
+        invocation
+            .arg(request.as_str())
+            .arg(super::batch_result_ttl_ms(request))
+            .arg(if override_capacity { "1" } else { "0" });
+        for user in users {
+            invocation.arg(user.as_str());
+        }
+        parse_named(self.run("admit_users", queue, &invocation).await?)
+    }
+
+    async fn clear_step(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
+        let mut invocation = self.invocation(&self.scripts.clear_step, queue, now_ms);
+        invocation.arg(limit);
+        self.run("clear_step", queue, &invocation).await?.u64()
     }
 
     async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
@@ -645,6 +676,7 @@ impl QueueStore for RedisStore {
                 admitted: reply.u64()?,
                 span_ms: reply.u64()?,
             },
+            cleared: reply.u64()?,
         })
     }
 

@@ -3,7 +3,8 @@
 use redis::Value;
 
 use crate::domain::{
-    Admission, Admitted, LineEvent, Place, PlaceState, QueueId, QueueMode, RateSample, UserId,
+    Admission, Admitted, LineEvent, NamedAdmission, Place, PlaceState, QueueId, QueueMode,
+    RateSample, Signs, UserId,
 };
 use crate::{Error, Result};
 
@@ -54,6 +55,12 @@ impl Reply {
             Value::SimpleString(s) => Ok(s),
             _ => Err(bad_reply("expected a string")),
         }
+    }
+
+    /// An optional text: empty means none.
+    pub(super) fn text(&mut self) -> Result<Option<std::sync::Arc<str>>> {
+        let text = self.string()?;
+        Ok((!text.is_empty()).then(|| std::sync::Arc::from(text)))
     }
 
     pub(super) fn u64(&mut self) -> Result<u64> {
@@ -111,6 +118,10 @@ pub(super) fn parse_place(value: Value, queue: &QueueId) -> Result<Option<Place>
         span_ms: reply.u64()?,
     };
     let opens_in_ms = reply.u64()?;
+    let signs = Signs {
+        notice: reply.text()?,
+        closed_reason: reply.text()?,
+    };
     let state = match kind.as_str() {
         "waiting" => PlaceState::Waiting { position },
         "closed" => PlaceState::Closed,
@@ -129,6 +140,7 @@ pub(super) fn parse_place(value: Value, queue: &QueueId) -> Result<Option<Place>
         waiting_count,
         mode,
         rate,
+        signs,
     }))
 }
 
@@ -149,6 +161,29 @@ pub(super) fn parse_admitted(mut reply: Reply) -> Result<Vec<Admitted>> {
         });
     }
     Ok(admitted)
+}
+
+/// Reads the reply of `admit_users.lua`.
+pub(super) fn parse_named(mut reply: Reply) -> Result<Vec<NamedAdmission>> {
+    let queue_epoch_ms = reply.u64()?;
+    let mut results = Vec::with_capacity(reply.remaining());
+    while reply.remaining() > 0 {
+        let mut result = Reply::new(reply.next_value()?)?;
+        let kind = result.string()?;
+        let admission = Admission {
+            ticket: result.u64()?,
+            admitted_at_ms: result.u64()?,
+            expires_at_ms: result.u64()?,
+            queue_epoch_ms,
+        };
+        results.push(match kind.as_str() {
+            "admitted" => NamedAdmission::Admitted(admission),
+            "already" => NamedAdmission::AlreadyAdmitted(admission),
+            "no_capacity" => NamedAdmission::NoCapacity,
+            other => return Err(bad_reply(other)),
+        });
+    }
+    Ok(results)
 }
 
 /// Reads a log entry `seq|j|ticket|user` or `seq|l|ticket|admitted`.

@@ -26,13 +26,14 @@ local NOW = tonumber(ARGV[1])
 local function load_config()
   local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admission_ttl_ms', 'created_at_ms',
     'admit_per_second', 'opens_at_ms', 'prequeue_window_ms', 'draw', 'heartbeat_timeout_ms',
-    'presence_since_ms')
+    'presence_since_ms', 'notice', 'closed_reason')
   if not v[1] then
     return nil
   end
   return { mode = v[1], max_active = tonumber(v[2]), ttl = tonumber(v[3]), epoch = tonumber(v[4]),
     rate = tonumber(v[5]), opens_at = tonumber(v[6]) or 0, window = tonumber(v[7]) or 0,
-    draw = v[8] or 'none', heartbeat = tonumber(v[9]), presence_since = tonumber(v[10]) or 0 }
+    draw = v[8] or 'none', heartbeat = tonumber(v[9]), presence_since = tonumber(v[10]) or 0,
+    notice = v[11] or '', closed_reason = v[12] or '' }
 end
 
 local function drawing(cfg)
@@ -288,11 +289,11 @@ end
 
 -- A place as returned to the store: kind, ticket, in line, position,
 -- admitted at, expires at, queue epoch, mode, rate count, rate span,
--- opens in.
+-- opens in, notice, closed reason (empty for none).
 local function place(cfg, kind, ticket, position, admitted_at, expires_at, opens_in)
   local count, span = rate_sample()
   return { kind, ticket, in_line(cfg), position, admitted_at, expires_at, cfg.epoch, cfg.mode, count,
-    span, opens_in or 0 }
+    span, opens_in or 0, cfg.notice, cfg.closed_reason }
 end
 
 local function admitted_place(cfg, record)

@@ -30,6 +30,10 @@ end
 if #ARGV > 1 then
   redis.call('HSET', K_CONFIG, unpack(ARGV, 2))
 end
+-- A queue that is not closed has no closing reason.
+if (changes.mode or cfg.mode) ~= 'closed' and (cfg.closed_reason ~= '' or changes.closed_reason) then
+  redis.call('HSET', K_CONFIG, 'closed_reason', '')
+end
 local out = redis.call('HGETALL', K_CONFIG)
 table.insert(out, 1, 'ok')
 return out

@@ -1,0 +1,64 @@
+-- Admit users: let named users in out of turn, in order (the memory store's
+-- admit_named): one holding an admission keeps it; within max_active (but
+-- for pass-through) unless overridden; a waiting user leaves the line with
+-- their ticket, anyone else gets a new one. Counted as admissions, not in
+-- the rate buckets the line's estimates are taken from.
+-- KEYS: the queue's keys (prelude).
+-- ARGV: now, request id, how long to keep the result (ms), override (1/0),
+--       user...
+-- Returns {'ok', epoch, {kind, ticket, admitted_at, expires_at}...} with
+-- kind 'admitted', 'already' or 'no_capacity'; or {'no_queue'} /
+-- {'closed'}. The result is kept under the request id (apart from
+-- AdmitBatch's: ids cannot hold '|'), and a rerun returns it.
+
+local key = 'users|' .. ARGV[2]
+local cfg = load_config()
+if not cfg then
+  return { 'no_queue' }
+end
+local lapsed = redis.call('ZRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+remove_all('HDEL', K_BATCHES, lapsed)
+redis.call('ZREMRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+local previous = redis.call('HGET', K_BATCHES, key)
+if previous then
+  return cjson.decode(previous)
+end
+if cfg.mode == 'closed' then
+  return { 'closed' }
+end
+prepare(cfg)
+local capped = cfg.mode ~= 'pass_through' and ARGV[4] ~= '1'
+local out = { 'ok', cfg.epoch }
+local admitted = 0
+for i = 5, #ARGV do
+  local user = ARGV[i]
+  local record = redis.call('HGET', K_ADMITTED, user)
+  if record then
+    local ticket, at, expires = string.match(record, '^(%d+):(%d+):(%d+)$')
+    out[#out + 1] = { 'already', tonumber(ticket), tonumber(at), tonumber(expires) }
+  elseif capped and free_slots(cfg) == 0 then
+    out[#out + 1] = { 'no_capacity', 0, 0, 0 }
+  else
+    local ticket = redis.call('ZSCORE', K_WAITING, user)
+    if ticket then
+      ticket = tonumber(ticket)
+      redis.call('ZREM', K_WAITING, user)
+      log_event('l', ticket, 1)
+    else
+      -- Pre-queued (counted when they arrived) or not in line at all.
+      if not remove_from_line(cfg, user) then
+        redis.call('HINCRBY', K_STATS, 'enqueued', 1)
+      end
+      ticket = redis.call('INCR', K_SEQ)
+    end
+    local expires = admit_user(cfg, user, ticket)
+    admitted = admitted + 1
+    out[#out + 1] = { 'admitted', ticket, NOW, expires }
+  end
+end
+if admitted > 0 then
+  redis.call('HINCRBY', K_STATS, 'admitted', admitted)
+end
+redis.call('HSET', K_BATCHES, key, cjson.encode(out))
+redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(ARGV[3]), key)
+return out
