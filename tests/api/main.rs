@@ -19,6 +19,7 @@ mod protection;
 mod queueing;
 mod reliability;
 mod replicas;
+mod sale_day;
 mod store_conformance;
 mod store_equivalence;
 mod tokens;

@@ -239,6 +239,37 @@ async fn codes(channel: &Channel, key: Option<&str>) -> Vec<(&'static str, Code)
             ),
         ),
         (
+            "AdmitUsers",
+            code(
+                q.admit_users(with_key(
+                    pb::AdmitUsersRequest {
+                        queue_id: "sale".into(),
+                        user_ids: vec!["named".into()],
+                        ..Default::default()
+                    },
+                    key,
+                ))
+                .await
+                .map(|_| ()),
+            ),
+        ),
+        (
+            "AdmitUsers over capacity",
+            code(
+                q.admit_users(with_key(
+                    pb::AdmitUsersRequest {
+                        queue_id: "sale".into(),
+                        user_ids: vec!["named".into()],
+                        override_capacity: true,
+                        ..Default::default()
+                    },
+                    key,
+                ))
+                .await
+                .map(|_| ()),
+            ),
+        ),
+        (
             "VerifyAdmission",
             code(
                 q.verify_admission(with_key(
@@ -310,6 +341,21 @@ async fn codes(channel: &Channel, key: Option<&str>) -> Vec<(&'static str, Code)
                 .map(|_| ()),
             ),
         ),
+        // Last: it closes the queue the calls above use.
+        (
+            "CloseQueue",
+            code(
+                q.close_queue(with_key(
+                    pb::CloseQueueRequest {
+                        queue_id: "sale".into(),
+                        reason: "SOLD_OUT".into(),
+                    },
+                    key,
+                ))
+                .await
+                .map(|_| ()),
+            ),
+        ),
     ]
 }
 
@@ -328,7 +374,13 @@ async fn each_role_may_call_its_own_rpcs_and_no_others() {
     };
     let channel = app.channel().await;
     let frontend = ["Enqueue", "GetRank", "WatchRank", "Leave"];
-    let booking = ["VerifyAdmission", "CompleteAdmission", "GetSigningKeys"];
+    let booking = [
+        "VerifyAdmission",
+        "CompleteAdmission",
+        "GetSigningKeys",
+        "AdmitUsers",
+        "CloseQueue",
+    ];
     for (key, allowed) in [
         (Some(FRONTEND), frontend.to_vec()),
         (Some(BOOKING), booking.to_vec()),
@@ -338,7 +390,13 @@ async fn each_role_may_call_its_own_rpcs_and_no_others() {
                 .iter()
                 .chain(&booking)
                 .copied()
-                .chain(["AdmitBatch", "GetQueue", "ListQueues", "GetQueueStats"])
+                .chain([
+                    "AdmitBatch",
+                    "AdmitUsers over capacity",
+                    "GetQueue",
+                    "ListQueues",
+                    "GetQueueStats",
+                ])
                 .collect(),
         ),
     ] {

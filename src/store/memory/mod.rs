@@ -3,7 +3,7 @@
 //! it answer for answer, so every branch here has its twin in a Lua script
 //! (`store/redis/scripts/`), named alike.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -106,6 +106,9 @@ struct QueueState {
     /// [`LINE_LOG_KEEP`] of them; `log_seq` is the last number given.
     log: BTreeMap<u64, LineEvent>,
     log_seq: u64,
+    /// Users taken out of line by clearing, told so while the queue stays
+    /// closed.
+    cleared: HashSet<UserId>,
 }
 
 impl QueueState {
@@ -134,6 +137,7 @@ impl QueueState {
             seen_by_time: BTreeSet::new(),
             log: BTreeMap::new(),
             log_seq: 0,
+            cleared: HashSet::new(),
         }
     }
 
@@ -369,7 +373,12 @@ impl QueueState {
         if self.prequeued.contains_key(user) || self.pooled.contains_key(user) {
             return Some(self.prequeue_place(now_ms));
         }
-        let ticket = *self.tickets.get(user)?;
+        let Some(&ticket) = self.tickets.get(user) else {
+            // Cleared from the line of a queue still closed: told so, as
+            // those waiting are.
+            let cleared = self.config.mode == QueueMode::Closed && self.cleared.contains(user);
+            return cleared.then(|| self.place(PlaceState::Closed, 0, now_ms));
+        };
         Some(match self.config.mode {
             QueueMode::PassThrough if !self.draw.in_progress() => {
                 self.remove_waiting(user);
@@ -434,7 +443,13 @@ impl QueueState {
             .or_else(|| self.prequeue.first_key_value().map(|(_, u)| u.clone()))
             .or_else(|| self.pool.first().map(|(_, u)| u.clone()));
         match user {
-            Some(user) => self.remove_from_line(&user),
+            Some(user) => {
+                let removed = self.remove_from_line(&user);
+                if removed {
+                    self.cleared.insert(user);
+                }
+                removed
+            }
             None => false,
         }
     }
@@ -580,6 +595,9 @@ impl QueueStore for MemoryStore {
             // now, so nobody is released for silence the old rules allowed.
             if (was_closed && state.config.mode != QueueMode::Closed) || shortened {
                 state.config.presence_since_ms = now_ms;
+            }
+            if was_closed && state.config.mode != QueueMode::Closed {
+                state.cleared.clear();
             }
             Ok(state.config())
         })

@@ -4,7 +4,7 @@
 
 use crate::domain::QueueId;
 
-/// The keys every queue script receives, in this order (`KEYS[1..13]`).
+/// The keys every queue script receives, in this order (`KEYS[1..15]`).
 ///
 /// | key | type | holds |
 /// | --- | --- | --- |
@@ -21,6 +21,8 @@ use crate::domain::QueueId;
 /// | `P:{q}:pool` | sorted set | user being placed by the opening draw → draw key |
 /// | `P:{q}:seen` | sorted set | user in line → last sign of life (ms) |
 /// | `P:{q}:log` | sorted set | the last changes to the waiting set, scored by sequence number (`config.log_seq`) |
+/// | `P:{q}:cleared` | set | users taken out of line by clearing the queue, told so while it stays closed |
+/// | `P:{q}:flow` | hash | the sale's recent figures in time buckets (see `prelude.lua`) |
 ///
 /// The config hash holds mode, max_active, admit_per_second,
 /// admission_ttl_ms, heartbeat_timeout_ms, created_at_ms (the queue's
@@ -32,7 +34,7 @@ use crate::domain::QueueId;
 /// [`used_tokens_keys`]): `P:{q}:used`, a sorted set of consumed token ids
 /// scored by how long each is remembered, and `P:{q}:used_by`, a hash of
 /// the request that consumed each.
-pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 13] {
+pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 15] {
     [
         "config",
         "seq",
@@ -47,6 +49,8 @@ pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 13] {
         "pool",
         "seen",
         "log",
+        "cleared",
+        "flow",
     ]
     .map(|name| format!("{prefix}:{{{queue}}}:{name}"))
 }

@@ -199,7 +199,7 @@ impl RedisStore {
         })
     }
 
-    fn keys(&self, queue: &QueueId) -> [String; 13] {
+    fn keys(&self, queue: &QueueId) -> [String; 15] {
         keys::queue_keys(&self.prefix, queue)
     }
 
@@ -211,7 +211,7 @@ impl RedisStore {
         lua::with_prelude_source(body)
     }
 
-    pub fn queue_keys(&self, queue: &QueueId) -> [String; 13] {
+    pub fn queue_keys(&self, queue: &QueueId) -> [String; 15] {
         self.keys(queue)
     }
 

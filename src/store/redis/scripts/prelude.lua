@@ -3,9 +3,10 @@
 -- (domain::LINE_LOG_KEEP), and RATE_WINDOW_MS, the window of the observed
 -- admission rate (domain::RATE_WINDOW_MS)).
 --
--- KEYS[1..13]: the queue's keys, as listed in keys.rs: config, seq, waiting,
+-- KEYS[1..15]: the queue's keys, as listed in keys.rs: config, seq, waiting,
 --              active, admitted, stats, rate, batches, batch_expiry,
---              prequeue, pool, seen, log. A script's own keys follow.
+--              prequeue, pool, seen, log, cleared, flow. A script's own
+--              keys follow.
 -- ARGV[1]:     the caller's clock, milliseconds since the Unix epoch.
 --              Scripts never read Redis's clock, so every replica and the
 --              memory store agree on what "now" means.
@@ -20,7 +21,8 @@
 
 local K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE, K_BATCHES, K_BATCH_EXPIRY =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local K_PREQUEUE, K_POOL, K_SEEN, K_LOG = KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local K_PREQUEUE, K_POOL, K_SEEN, K_LOG, K_CLEARED, K_FLOW =
+  KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local NOW = tonumber(ARGV[1])
 
 local function load_config()
@@ -325,6 +327,11 @@ local function current_place(cfg, user, not_admitted)
   end
   local score = redis.call('ZSCORE', K_WAITING, user)
   if not score then
+    -- Cleared from the line of a queue still closed: told so, as those
+    -- waiting are.
+    if cfg.mode == 'closed' and redis.call('SISMEMBER', K_CLEARED, user) == 1 then
+      return place(cfg, 'closed', 0, 0, 0, 0)
+    end
     return { 'none' }
   end
   local ticket = tonumber(score)

@@ -27,6 +27,11 @@ local shortened = changes.heartbeat_timeout_ms and tonumber(changes.heartbeat_ti
 if reopened or shortened then
   redis.call('HSET', K_CONFIG, 'presence_since_ms', NOW)
 end
+-- Reopened, a line cleared before starts afresh; UNLINK frees a large set
+-- without holding Redis.
+if reopened then
+  redis.call('UNLINK', K_CLEARED)
+end
 if #ARGV > 1 then
   redis.call('HSET', K_CONFIG, unpack(ARGV, 2))
 end
