@@ -3,9 +3,10 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::domain::per_second_over_window;
 use crate::domain::{
-    Admission, NamedAdmission, Place, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats,
-    UserId,
+    Admission, EstimateBasis, NamedAdmission, Place, PlaceState, QueueConfig, QueueId, QueueMode,
+    QueueStats, UserId,
 };
 use crate::pb;
 use crate::tokens::{AdmissionClaims, Keyring};
@@ -67,6 +68,14 @@ pub(super) fn stats_out(queue: &QueueId, stats: &QueueStats) -> pb::QueueStats {
         abandoned_total: stats.abandoned,
         prequeue_count: stats.prequeued,
         cleared_total: stats.cleared,
+        arrival_rate: per_second_over_window(stats.flow.arrived),
+        abandon_rate: per_second_over_window(stats.rate.abandoned),
+        waited_p50: stats.flow.waited_quantile(0.5).map(duration_out),
+        waited_p90: stats.flow.waited_quantile(0.9).map(duration_out),
+        back_of_line_wait: stats
+            .rate
+            .estimate(stats.waiting + 1)
+            .map(|e| duration_out(e.wait)),
     }
 }
 
@@ -105,6 +114,7 @@ pub(super) fn place_out(
         ),
         PlaceState::Closed => (pb::PlaceState::Closed, 0, None),
     };
+    let estimate = place.estimate();
     Ok(pb::Place {
         state: state as i32,
         position,
@@ -116,6 +126,13 @@ pub(super) fn place_out(
         opens_in,
         notice: text_out(&place.signs.notice),
         closed_reason: text_out(&place.signs.closed_reason),
+        estimated_wait_low: estimate.map(|e| duration_out(e.low)),
+        estimated_wait_high: estimate.map(|e| duration_out(e.high)),
+        estimate_basis: match estimate.map(|e| e.basis) {
+            Some(EstimateBasis::Observed) => pb::EstimateBasis::Observed,
+            Some(EstimateBasis::Configured) => pb::EstimateBasis::Configured,
+            None => pb::EstimateBasis::Unspecified,
+        } as i32,
     })
 }
 

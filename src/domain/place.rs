@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{QueueMode, RateSample, UserId};
+use super::{Estimate, QueueMode, RateSample, UserId};
 
 /// What the operator tells everyone in a queue, shown with every place: a
 /// notice ("Sales resume at 10:30") and, while the queue is closed, why
@@ -92,17 +92,22 @@ impl Place {
         matches!(self.state, PlaceState::Admitted(_) | PlaceState::Closed)
     }
 
-    /// The wait shown to the user, in whole seconds rounded up, so a steady
-    /// line does not flicker by milliseconds: zero once admitted, none when
-    /// closed or when no admission rate has been observed.
+    /// The wait shown to the user (see [`super::estimate`]), in whole
+    /// seconds, so a steady line does not flicker by milliseconds: none
+    /// unless waiting with a rate to estimate from.
+    pub fn estimate(&self) -> Option<Estimate> {
+        match self.state {
+            PlaceState::Waiting { position } => self.rate.estimate(position),
+            PlaceState::Admitted(_) | PlaceState::Closed | PlaceState::PreQueue { .. } => None,
+        }
+    }
+
+    /// The point of the estimate: zero once admitted, none when closed,
+    /// pre-queued or without a rate.
     pub fn estimated_wait(&self) -> Option<Duration> {
         match self.state {
-            PlaceState::Waiting { position } => self
-                .rate
-                .estimate(position)
-                .map(|wait| Duration::from_secs(wait.as_secs_f64().ceil() as u64)),
             PlaceState::Admitted(_) => Some(Duration::ZERO),
-            PlaceState::Closed | PlaceState::PreQueue { .. } => None,
+            _ => self.estimate().map(|e| e.wait),
         }
     }
 }

@@ -282,4 +282,5 @@ pub struct QueueStats {
     /// Taken out of line by clearing the queue.
     pub cleared: u64,
     pub rate: super::RateSample,
+    pub flow: super::Flow,
 }

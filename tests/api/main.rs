@@ -9,6 +9,7 @@ mod admission;
 mod admission_rate;
 mod cluster;
 mod errors;
+mod estimate_accuracy;
 mod fuzz;
 mod key_rotation;
 mod liveness;

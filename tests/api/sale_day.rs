@@ -141,7 +141,12 @@ async fn named_people_are_admitted_out_of_turn_once(pair: Pair) {
             .iter()
             .map(|r| {
                 let admission = r.admission.as_ref().expect("an admission");
-                (r.user_id.clone(), r.result(), r.ticket, admission.expires_at)
+                (
+                    r.user_id.clone(),
+                    r.result(),
+                    r.ticket,
+                    admission.expires_at,
+                )
             })
             .collect::<Vec<_>>()
     };

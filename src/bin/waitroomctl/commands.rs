@@ -274,6 +274,122 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                 }
             }
         }
+        Command::AdmitUsers {
+            queue,
+            users,
+            request_id,
+            override_capacity,
+        } => {
+            let request_id = request_id.unwrap_or_else(|| {
+                waitroom::domain::RequestId::generate()
+                    .as_str()
+                    .replacen("auto:", "ctl:", 1)
+            });
+            let results = queues
+                .admit_users(client.request(pb::AdmitUsersRequest {
+                    queue_id: queue,
+                    user_ids: users,
+                    request_id: request_id.clone(),
+                    override_capacity,
+                }))
+                .await
+                .map_err(|status| {
+                    let mut failure = Failure::from(status);
+                    failure.add_hint(format!(
+                        "if the call may have been made, retry with --request-id {request_id}: it admits nobody twice"
+                    ));
+                    failure
+                })?
+                .into_inner()
+                .results;
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    json!(results.iter().map(output::named_json).collect::<Vec<_>>())
+                ),
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = results.iter().map(output::named_row).collect();
+                    print_table(&["USER", "RESULT", "TICKET", "EXPIRES"], &rows);
+                }
+            }
+            let refused = results
+                .iter()
+                .filter(|r| r.result() == pb::AdmitUserResult::NoCapacity)
+                .count();
+            if refused > 0 {
+                return Err(Failure::new(
+                    4,
+                    format!(
+                        "{refused} not admitted: max_active reached (an operator may add --override-capacity)"
+                    ),
+                ));
+            }
+        }
+        Command::Notice { queue, text } => {
+            let updated = admin
+                .update_queue(client.request(pb::UpdateQueueRequest {
+                    queue: Some(pb::Queue {
+                        id: queue,
+                        notice: text,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["notice".into()],
+                    }),
+                }))
+                .await?
+                .into_inner()
+                .queue
+                .unwrap_or_default();
+            match out {
+                Output::Json => println!("{}", output::queue_json(&updated)),
+                Output::Table if updated.notice.is_empty() => {
+                    println!("{}: notice cleared", updated.id)
+                }
+                Output::Table => println!("{}: notice {:?}", updated.id, updated.notice),
+            }
+        }
+        Command::Close { queue, reason } => {
+            let closed = queues
+                .close_queue(client.request(pb::CloseQueueRequest {
+                    queue_id: queue,
+                    reason,
+                }))
+                .await?
+                .into_inner()
+                .queue
+                .unwrap_or_default();
+            match out {
+                Output::Json => println!("{}", output::queue_json(&closed)),
+                Output::Table => println!("{} is closed: {}", closed.id, closed.closed_reason),
+            }
+        }
+        Command::Clear { queue, reason, yes } => {
+            if !yes {
+                return Err(Failure::new(
+                    2,
+                    format!("clearing takes everyone waiting in {queue} out of line: add --yes"),
+                ));
+            }
+            let cleared = admin
+                .clear_queue(client.request(pb::ClearQueueRequest {
+                    queue_id: queue.clone(),
+                    reason: reason.clone(),
+                }))
+                .await?
+                .into_inner()
+                .cleared_count;
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    json!({ "queue_id": queue, "cleared": cleared, "reason": reason })
+                ),
+                Output::Table => println!("{queue} is closed ({reason}); cleared {cleared}"),
+            }
+        }
+        Command::Top { interval, count } => {
+            crate::top::run(client, &mut admin, interval, count, out).await?
+        }
         Command::Enqueue { queue, user } => {
             let place = queues
                 .enqueue(client.request(pb::EnqueueRequest {

@@ -5,6 +5,11 @@
 //! waitroomctl queue mode sale closed
 //! waitroomctl queue stats sale --output json
 //! waitroomctl admit sale 100
+//! waitroomctl admit-users sale alice bob --request-id desk-42
+//! waitroomctl notice sale "Sales resume at 10:30"
+//! waitroomctl close sale --reason SOLD_OUT
+//! waitroomctl clear sale --reason CANCELLED --yes
+//! waitroomctl top
 //! waitroomctl watch sale alice
 //! waitroomctl verify sale "$TOKEN" --consume
 //! waitroomctl health
@@ -18,6 +23,7 @@
 
 mod commands;
 mod output;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,9 +112,58 @@ enum Command {
         request_id: Option<String>,
     },
     /// Put a user in line (or show the place they hold).
-    Enqueue { queue: String, user: String },
+    /// Admits named users now, out of turn (waiting, pre-queued or not in
+    /// line at all).
+    AdmitUsers {
+        queue: String,
+        #[arg(required = true)]
+        users: Vec<String>,
+        /// Makes a retry safe: the same id returns the first result.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Admit even when max_active is reached (operator key only).
+        #[arg(long)]
+        override_capacity: bool,
+    },
+    /// Sets the notice shown to everyone in line; an empty text clears it.
+    Notice {
+        queue: String,
+        text: String,
+    },
+    /// Ends a sale: closes the queue with a reason shown to everyone in it.
+    Close {
+        queue: String,
+        /// SOLD_OUT, CANCELLED, or your own (A-Z, 0-9, _).
+        #[arg(long, default_value = "SOLD_OUT")]
+        reason: String,
+    },
+    /// Closes the queue and takes everyone out of line (admissions given
+    /// stand).
+    Clear {
+        queue: String,
+        #[arg(long, default_value = "CANCELLED")]
+        reason: String,
+        /// Confirms: everyone waiting loses their place.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// A live view of every queue, refreshed each interval.
+    Top {
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Stop after this many refreshes (0: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
+    Enqueue {
+        queue: String,
+        user: String,
+    },
     /// Follow a user's place live until admitted.
-    Watch { queue: String, user: String },
+    Watch {
+        queue: String,
+        user: String,
+    },
     /// Check an admission token.
     Verify {
         queue: String,

@@ -53,6 +53,8 @@ pub fn queue_json(q: &pb::Queue) -> Value {
         "prequeue_window_seconds": duration(q.prequeue_window.as_ref()).map(|d| d.as_secs_f64()),
         "draw_seed": q.draw_seed,
         "draw_complete": q.draw_complete,
+        "notice": q.notice,
+        "closed_reason": q.closed_reason,
     })
 }
 
@@ -84,7 +86,51 @@ pub fn queue_rows(q: &pb::Queue) -> Vec<(&'static str, String)> {
                 q.draw_seed.clone()
             },
         ),
+        ("notice", or_dash(&q.notice)),
+        ("closed_reason", or_dash(&q.closed_reason)),
     ]
+}
+
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.to_owned()
+    }
+}
+
+pub fn named_json(r: &pb::UserAdmission) -> Value {
+    json!({
+        "user_id": r.user_id,
+        "result": result_name(r.result()),
+        "ticket": r.ticket,
+        "token": r.admission.as_ref().map(|a| a.token.clone()),
+        "expires_at": r.admission.as_ref().map(|a| timestamp_text(a.expires_at.as_ref())),
+    })
+}
+
+pub fn named_row(r: &pb::UserAdmission) -> Vec<String> {
+    vec![
+        r.user_id.clone(),
+        result_name(r.result()).to_owned(),
+        if r.ticket == 0 {
+            "-".into()
+        } else {
+            r.ticket.to_string()
+        },
+        r.admission
+            .as_ref()
+            .map_or("-".into(), |a| timestamp_text(a.expires_at.as_ref())),
+    ]
+}
+
+fn result_name(result: pb::AdmitUserResult) -> &'static str {
+    match result {
+        pb::AdmitUserResult::Admitted => "admitted",
+        pb::AdmitUserResult::AlreadyAdmitted => "already admitted",
+        pb::AdmitUserResult::NoCapacity => "no capacity",
+        pb::AdmitUserResult::Unspecified => "unknown",
+    }
 }
 
 fn cap(n: u32) -> String {
@@ -107,6 +153,7 @@ pub fn stats_json(s: &pb::QueueStats) -> Value {
         "expired_total": s.expired_total,
         "abandoned_total": s.abandoned_total,
         "left_total": s.left_total,
+        "cleared_total": s.cleared_total,
         "admit_rate": s.admit_rate,
     })
 }
@@ -124,6 +171,7 @@ pub fn stats_rows(s: &pb::QueueStats) -> Vec<(&'static str, String)> {
         ("expired", s.expired_total.to_string()),
         ("abandoned", s.abandoned_total.to_string()),
         ("left", s.left_total.to_string()),
+        ("cleared", s.cleared_total.to_string()),
     ]
 }
 
@@ -137,6 +185,8 @@ pub fn place_json(p: &pb::Place) -> Value {
         "queue_mode": mode_name(p.queue_mode()),
         "opens_in_seconds": duration(p.opens_in.as_ref()).map(|d| d.as_secs_f64()),
         "token": p.admission.as_ref().map(|a| a.token.clone()),
+        "notice": p.notice,
+        "closed_reason": p.closed_reason,
     })
 }
 
@@ -149,6 +199,12 @@ pub fn place_rows(p: &pb::Place) -> Vec<(&'static str, String)> {
         ("estimated wait", duration_text(p.estimated_wait.as_ref())),
         ("queue mode", mode_name(p.queue_mode()).into()),
     ];
+    if !p.notice.is_empty() {
+        rows.push(("notice", p.notice.clone()));
+    }
+    if !p.closed_reason.is_empty() {
+        rows.push(("closed reason", p.closed_reason.clone()));
+    }
     if let Some(admission) = &p.admission {
         rows.push(("token", admission.token.clone()));
     }

@@ -11,9 +11,10 @@ use async_trait::async_trait;
 use super::{QueueStore, batch_result_ttl_ms};
 use crate::domain::draw::draw_key;
 use crate::domain::{
-    Admission, AdmissionCheck, AdmissionStatus, Admitted, LINE_LOG_KEEP, LineChanges, LineEvent,
-    LineSnapshot, LineSummary, NamedAdmission, Place, PlaceState, QueueConfig, QueueId, QueueMode,
-    QueueStats, QueueUpdate, RankIndex, RateSample, RequestId, UserId,
+    Admission, AdmissionCheck, AdmissionStatus, Admitted, Flow, LINE_LOG_KEEP, LineChanges,
+    LineEvent, LineSnapshot, LineSummary, NamedAdmission, Place, PlaceState, QueueConfig, QueueId,
+    QueueMode, QueueStats, QueueUpdate, RankIndex, RateSample, RequestId, UserId, WAITED_BOUNDS_S,
+    WAITED_SLOT_MS, WAITED_WINDOW_MS, waited_bucket,
 };
 use crate::{Error, Result};
 
@@ -109,6 +110,17 @@ struct QueueState {
     /// Users taken out of line by clearing, told so while the queue stays
     /// closed.
     cleared: HashSet<UserId>,
+    /// Arrivals and abandonments per second bucket, the last minute only.
+    arrivals: BTreeMap<u64, u64>,
+    abandons: BTreeMap<u64, u64>,
+    /// Admissions from the line by (10-second slot, bucket of the time
+    /// waited), the last five minutes only.
+    waited: BTreeMap<(u64, usize), u64>,
+    /// When tickets were given: (highest ticket given in a second, that
+    /// second), as the Redis `joined` sorted set orders them;
+    /// `joined_second` indexes it by second.
+    joined: BTreeSet<(u64, u64)>,
+    joined_second: HashMap<u64, u64>,
 }
 
 impl QueueState {
@@ -138,6 +150,11 @@ impl QueueState {
             log: BTreeMap::new(),
             log_seq: 0,
             cleared: HashSet::new(),
+            arrivals: BTreeMap::new(),
+            abandons: BTreeMap::new(),
+            waited: BTreeMap::new(),
+            joined: BTreeSet::new(),
+            joined_second: HashMap::new(),
         }
     }
 
@@ -148,6 +165,76 @@ impl QueueState {
             let keep_from = self.log_seq - LINE_LOG_KEEP + 1;
             self.log = self.log.split_off(&keep_from);
         }
+    }
+
+    /// Counts `n` users joining at `now_ms` (see the prelude's
+    /// `count_flow`).
+    fn count_arrivals(&mut self, n: u64, now_ms: u64) {
+        self.counters.enqueued += n;
+        *self.arrivals.entry(now_ms / 1000).or_default() += n;
+        let first = RateSample::first_bucket(now_ms);
+        self.arrivals.retain(|second, _| *second >= first);
+    }
+
+    fn count_abandons(&mut self, n: u64, now_ms: u64) {
+        self.counters.abandoned += n;
+        if n > 0 {
+            *self.abandons.entry(now_ms / 1000).or_default() += n;
+            let first = RateSample::first_bucket(now_ms);
+            self.abandons.retain(|second, _| *second >= first);
+        }
+    }
+
+    /// Records that the tickets up to the last given were given by this
+    /// second (the prelude's `note_joined`: only ever raised).
+    fn note_joined(&mut self, now_ms: u64) {
+        let second = now_ms / 1000;
+        match self.joined_second.get(&second) {
+            Some(highest) if *highest >= self.seq => {}
+            previous => {
+                if let Some(highest) = previous {
+                    self.joined.remove(&(*highest, second));
+                }
+                self.joined.insert((self.seq, second));
+                self.joined_second.insert(second, self.seq);
+            }
+        }
+    }
+
+    /// Counts how long the users of `tickets` (ascending, admitted from the
+    /// line now) waited, and forgets when tickets up to the last were given.
+    fn count_waited(&mut self, tickets: &[u64], now_ms: u64) {
+        let Some(&last) = tickets.last() else {
+            return;
+        };
+        let slot = now_ms / WAITED_SLOT_MS;
+        let mut milestones = self
+            .joined
+            .range((tickets[0], 0)..)
+            .copied()
+            .take(tickets.len())
+            .peekable();
+        for ticket in tickets {
+            while milestones
+                .next_if(|(highest, _)| highest < ticket)
+                .is_some()
+            {}
+            let Some(&(_, second)) = milestones.peek() else {
+                break;
+            };
+            let waited_s = now_ms.saturating_sub(second * 1000) / 1000;
+            *self
+                .waited
+                .entry((slot, waited_bucket(waited_s)))
+                .or_default() += 1;
+        }
+        let forget: Vec<(u64, u64)> = self.joined.range(..(last, 0)).copied().collect();
+        for entry in forget {
+            self.joined.remove(&entry);
+            self.joined_second.remove(&entry.1);
+        }
+        let oldest = slot.saturating_sub(WAITED_WINDOW_MS / WAITED_SLOT_MS - 1);
+        self.waited.retain(|(s, _), _| *s >= oldest);
     }
 
     /// What every operation does first: end the admissions whose time is
@@ -174,6 +261,9 @@ impl QueueState {
         let size = self.prequeue.len() as u64;
         self.draw_next = self.seq + 1;
         self.seq += size;
+        if size > 0 {
+            self.note_joined(now_ms);
+        }
         self.draw = if size == 0 { Draw::Done } else { Draw::Frozen };
         self.config.draw_complete = size == 0;
     }
@@ -256,7 +346,7 @@ impl QueueState {
 
     /// Admits up to `room` waiting users, lowest tickets first.
     fn admit_next(&mut self, room: u64, now_ms: u64) -> Vec<Admitted> {
-        let mut admitted = Vec::new();
+        let mut admitted: Vec<Admitted> = Vec::new();
         while (admitted.len() as u64) < room {
             let Some((ticket, user)) = self.waiting.pop_first() else {
                 break;
@@ -271,6 +361,8 @@ impl QueueState {
             admitted.push(Admitted { user, admission });
         }
         self.record_admissions(admitted.len() as u64, now_ms);
+        let tickets: Vec<u64> = admitted.iter().map(|a| a.admission.ticket).collect();
+        self.count_waited(&tickets, now_ms);
         admitted
     }
 
@@ -331,12 +423,36 @@ impl QueueState {
     fn rate_sample(&self, now_ms: u64) -> RateSample {
         let first = RateSample::first_bucket(now_ms);
         let mut buckets = self.rate.range(first..);
-        match buckets.next() {
-            None => RateSample::default(),
-            Some((oldest, count)) => RateSample {
-                admitted: count + buckets.map(|(_, c)| c).sum::<u64>(),
-                span_ms: RateSample::span_from(*oldest, now_ms),
-            },
+        let (admitted, span_ms) = match buckets.next() {
+            None => (0, 0),
+            Some((oldest, count)) => (
+                count + buckets.map(|(_, c)| c).sum::<u64>(),
+                RateSample::span_from(*oldest, now_ms),
+            ),
+        };
+        RateSample {
+            admitted,
+            span_ms,
+            recent: self
+                .rate
+                .range(RateSample::first_recent_bucket(now_ms)..)
+                .map(|(_, c)| c)
+                .sum(),
+            abandoned: in_window(&self.abandons, now_ms),
+            configured: self.config.admit_per_second,
+        }
+    }
+
+    fn flow(&self, now_ms: u64) -> Flow {
+        let slot = now_ms / WAITED_SLOT_MS;
+        let oldest = slot.saturating_sub(WAITED_WINDOW_MS / WAITED_SLOT_MS - 1);
+        let mut waited = vec![0; WAITED_BOUNDS_S.len()];
+        for ((_, bucket), count) in self.waited.range((oldest, 0)..=(slot, usize::MAX)) {
+            waited[*bucket] += count;
+        }
+        Flow {
+            arrived: in_window(&self.arrivals, now_ms),
+            waited,
         }
     }
 
@@ -423,7 +539,7 @@ impl QueueState {
             // Pre-queued (counted when they arrived) or not in line at all:
             // a ticket of their own, past every other.
             if !self.remove_from_line(user) {
-                self.counters.enqueued += 1;
+                self.count_arrivals(1, now_ms);
             }
             self.seq += 1;
             self.seq
@@ -484,13 +600,13 @@ impl QueueState {
             let arrival = self.prequeue_seq;
             self.prequeue.insert(arrival, user.clone());
             self.prequeued.insert(user.clone(), arrival);
-            self.counters.enqueued += 1;
+            self.count_arrivals(1, now_ms);
             self.see(user, now_ms);
             return Ok(self.prequeue_place(now_ms));
         }
         self.seq += 1;
         let ticket = self.seq;
-        self.counters.enqueued += 1;
+        self.count_arrivals(1, now_ms);
         let limited = self.config.max_active > 0 || self.config.admit_per_second > 0;
         let admit_now = !self.draw.in_progress()
             && match self.config.mode {
@@ -516,6 +632,16 @@ impl QueueState {
     fn config(&self) -> QueueConfig {
         self.config.clone()
     }
+}
+
+/// The sum of per-second buckets within the rate window, up to now's
+/// second.
+fn in_window(buckets: &BTreeMap<u64, u64>, now_ms: u64) -> u64 {
+    let (first, last) = (RateSample::first_bucket(now_ms), now_ms / 1000);
+    if first > last {
+        return 0;
+    }
+    buckets.range(first..=last).map(|(_, c)| c).sum()
 }
 
 impl MemoryStore {
@@ -614,7 +740,12 @@ impl QueueStore for MemoryStore {
     async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
         self.with_queue(queue, |state| {
             state.prepare(now_ms);
-            state.enqueue_one(queue, user, now_ms)
+            let before = state.seq;
+            let place = state.enqueue_one(queue, user, now_ms);
+            if state.seq != before {
+                state.note_joined(now_ms);
+            }
+            place
         })
     }
 
@@ -626,10 +757,15 @@ impl QueueStore for MemoryStore {
     ) -> Result<Vec<Result<Place>>> {
         self.with_queue(queue, |state| {
             state.prepare(now_ms);
-            Ok(users
+            let before = state.seq;
+            let places = users
                 .iter()
                 .map(|user| state.enqueue_one(queue, user, now_ms))
-                .collect())
+                .collect();
+            if state.seq != before {
+                state.note_joined(now_ms);
+            }
+            Ok(places)
         })
     }
 
@@ -700,7 +836,7 @@ impl QueueStore for MemoryStore {
                     state.unsee(user);
                 }
             }
-            state.counters.abandoned += released;
+            state.count_abandons(released, now_ms);
             Ok(released)
         })
     }
@@ -897,10 +1033,14 @@ impl QueueStore for MemoryStore {
                 return Err(Error::QueueClosed(queue.to_string()));
             }
             state.prepare(now_ms);
+            let before = state.seq;
             let results: Vec<NamedAdmission> = users
                 .iter()
                 .map(|user| state.admit_named(user, override_capacity, now_ms))
                 .collect();
+            if state.seq != before {
+                state.note_joined(now_ms);
+            }
             state.named.insert(
                 request.clone(),
                 (now_ms + batch_result_ttl_ms(request), results.clone()),
@@ -996,6 +1136,7 @@ impl QueueStore for MemoryStore {
                 prequeued: (state.prequeue.len() + state.pool.len()) as u64,
                 cleared: c.cleared,
                 rate: state.rate_sample(now_ms),
+                flow: state.flow(now_ms),
             })
         })
     }

@@ -397,7 +397,7 @@ impl Sentinels {
 pub(super) struct QueueCaller {
     pub(super) queue: QueueId,
     pub(super) connector: Connector,
-    pub(super) keys: [String; 15],
+    pub(super) keys: [String; 16],
     pub(super) scripts: Arc<Scripts>,
     pub(super) timeout: Duration,
     pub(super) breaker: Arc<Breaker>,

@@ -4,7 +4,7 @@
 
 use crate::domain::QueueId;
 
-/// The keys every queue script receives, in this order (`KEYS[1..15]`).
+/// The keys every queue script receives, in this order (`KEYS[1..16]`).
 ///
 /// | key | type | holds |
 /// | --- | --- | --- |
@@ -22,19 +22,22 @@ use crate::domain::QueueId;
 /// | `P:{q}:seen` | sorted set | user in line → last sign of life (ms) |
 /// | `P:{q}:log` | sorted set | the last changes to the waiting set, scored by sequence number (`config.log_seq`) |
 /// | `P:{q}:cleared` | set | users taken out of line by clearing the queue, told so while it stays closed |
-/// | `P:{q}:flow` | hash | the sale's recent figures in time buckets (see `prelude.lua`) |
+/// | `P:{q}:flow` | hash | the sale's recent figures in time buckets: `j:<second>` arrivals, `x:<second>` abandonments, `w:<slot>:<bucket>` admissions by time waited (see `domain/estimate.rs`) |
+/// | `P:{q}:joined` | sorted set | second → the highest ticket given by then, for the time each admitted user waited; trimmed as the line is admitted |
 ///
 /// The config hash holds mode, max_active, admit_per_second,
 /// admission_ttl_ms, heartbeat_timeout_ms, created_at_ms (the queue's
 /// epoch), opens_at_ms, prequeue_window_ms, presence_since_ms, log_seq (the
-/// line log's last sequence number), and the draw's state: draw (none,
-/// frozen, hashing, assigning, done), draw_seed, draw_next, prequeue_seq.
+/// line log's last sequence number), notice, closed_reason, flow_pruned_s
+/// (when old buckets of the flow hash were last dropped), and the draw's
+/// state: draw (none, frozen, hashing, assigning, done), draw_seed,
+/// draw_next, prequeue_seq.
 ///
 /// Two more keys share the tag and outlive the queue (see
 /// [`used_tokens_keys`]): `P:{q}:used`, a sorted set of consumed token ids
 /// scored by how long each is remembered, and `P:{q}:used_by`, a hash of
 /// the request that consumed each.
-pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 15] {
+pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 16] {
     [
         "config",
         "seq",
@@ -51,6 +54,7 @@ pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 15] {
         "log",
         "cleared",
         "flow",
+        "joined",
     ]
     .map(|name| format!("{prefix}:{{{queue}}}:{name}"))
 }

@@ -5,7 +5,9 @@
 
 use redis::Script;
 
-use crate::domain::{LINE_LOG_KEEP, RATE_WINDOW_MS};
+use crate::domain::{
+    LINE_LOG_KEEP, RATE_WINDOW_MS, RECENT_MS, WAITED_BOUNDS_S, WAITED_SLOT_MS, WAITED_WINDOW_MS,
+};
 
 pub(super) struct Scripts {
     pub(super) create_queue: Script,
@@ -34,8 +36,12 @@ pub const ENQUEUE_ONE: &str = include_str!("scripts/enqueue_one.lua");
 
 /// A script's source: the constants, the prelude, then `body`.
 pub(crate) fn with_prelude_source(body: &str) -> String {
+    let bounds: Vec<String> = WAITED_BOUNDS_S.iter().map(u64::to_string).collect();
     format!(
-        "local LOG_KEEP = {LINE_LOG_KEEP}\nlocal RATE_WINDOW_MS = {RATE_WINDOW_MS}\n{}\n{body}",
+        "local LOG_KEEP = {LINE_LOG_KEEP}\nlocal RATE_WINDOW_MS = {RATE_WINDOW_MS}\n\
+         local RECENT_MS = {RECENT_MS}\nlocal WAITED_WINDOW_MS = {WAITED_WINDOW_MS}\n\
+         local WAITED_SLOT_MS = {WAITED_SLOT_MS}\nlocal WAITED_BOUNDS_S = {{ {} }}\n{}\n{body}",
+        bounds.join(", "),
         include_str!("scripts/prelude.lua")
     )
 }

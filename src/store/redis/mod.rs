@@ -60,7 +60,7 @@ use self::lua::Scripts;
 use self::reply::{Reply, bad_reply, parse_admitted, parse_line_entry, parse_mode, parse_named};
 use super::QueueStore;
 use crate::domain::{
-    AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, LineSummary,
+    AdmissionCheck, AdmissionStatus, Admitted, Flow, LineChanges, LineSnapshot, LineSummary,
     NamedAdmission, Place, QueueConfig, QueueId, QueueStats, QueueUpdate, RateSample, RequestId,
     Signs, UserId,
 };
@@ -199,7 +199,7 @@ impl RedisStore {
         })
     }
 
-    fn keys(&self, queue: &QueueId) -> [String; 15] {
+    fn keys(&self, queue: &QueueId) -> [String; 16] {
         keys::queue_keys(&self.prefix, queue)
     }
 
@@ -211,7 +211,7 @@ impl RedisStore {
         lua::with_prelude_source(body)
     }
 
-    pub fn queue_keys(&self, queue: &QueueId) -> [String; 15] {
+    pub fn queue_keys(&self, queue: &QueueId) -> [String; 16] {
         self.keys(queue)
     }
 
@@ -508,15 +508,19 @@ impl QueueStore for RedisStore {
         let prequeued = reply.u64()?;
         let opens_at_ms = Some(reply.u64()?).filter(|at| *at > 0);
         let draw = reply.string()?;
-        let rate = RateSample {
-            admitted: reply.u64()?,
-            span_ms: reply.u64()?,
-        };
+        let (admitted, span_ms) = (reply.u64()?, reply.u64()?);
         let epoch_ms = reply.u64()?;
         let heartbeat_ms = reply.u64()?;
         let signs = Signs {
             notice: reply.text()?,
             closed_reason: reply.text()?,
+        };
+        let rate = RateSample {
+            admitted,
+            span_ms,
+            recent: reply.u64()?,
+            abandoned: reply.u64()?,
+            configured: reply.u32()?,
         };
         let mut events = Vec::with_capacity(reply.remaining());
         while reply.remaining() > 0 {
@@ -662,7 +666,7 @@ impl QueueStore for RedisStore {
                 &self.invocation(&self.scripts.stats, queue, now_ms),
             )
             .await?;
-        Ok(QueueStats {
+        let mut stats = QueueStats {
             waiting: reply.u64()?,
             active: reply.u64()?,
             enqueued: reply.u64()?,
@@ -675,9 +679,21 @@ impl QueueStore for RedisStore {
             rate: RateSample {
                 admitted: reply.u64()?,
                 span_ms: reply.u64()?,
+                recent: 0,
+                abandoned: 0,
+                configured: 0,
             },
             cleared: reply.u64()?,
-        })
+            flow: Flow::default(),
+        };
+        stats.rate.recent = reply.u64()?;
+        stats.rate.abandoned = reply.u64()?;
+        stats.rate.configured = reply.u32()?;
+        stats.flow.arrived = reply.u64()?;
+        while reply.remaining() > 0 {
+            stats.flow.waited.push(reply.u64()?);
+        }
+        Ok(stats)
     }
 
     async fn ping(&self) -> Result<()> {

@@ -74,6 +74,10 @@ impl Reply {
         }
     }
 
+    pub(super) fn u32(&mut self) -> Result<u32> {
+        u32::try_from(self.u64()?).map_err(|_| bad_reply("number out of range"))
+    }
+
     pub(super) fn remaining(&self) -> usize {
         self.0.len()
     }
@@ -113,14 +117,18 @@ pub(super) fn parse_place(value: Value, queue: &QueueId) -> Result<Option<Place>
     let expires_at_ms = reply.u64()?;
     let queue_epoch_ms = reply.u64()?;
     let mode = parse_mode(&reply.string()?)?;
-    let rate = RateSample {
-        admitted: reply.u64()?,
-        span_ms: reply.u64()?,
-    };
+    let (admitted, span_ms) = (reply.u64()?, reply.u64()?);
     let opens_in_ms = reply.u64()?;
     let signs = Signs {
         notice: reply.text()?,
         closed_reason: reply.text()?,
+    };
+    let rate = RateSample {
+        admitted,
+        span_ms,
+        recent: reply.u64()?,
+        abandoned: reply.u64()?,
+        configured: reply.u32()?,
     };
     let state = match kind.as_str() {
         "waiting" => PlaceState::Waiting { position },

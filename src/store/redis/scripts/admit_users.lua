@@ -47,9 +47,10 @@ for i = 5, #ARGV do
     else
       -- Pre-queued (counted when they arrived) or not in line at all.
       if not remove_from_line(cfg, user) then
-        redis.call('HINCRBY', K_STATS, 'enqueued', 1)
+        count_arrivals(cfg, 1)
       end
       ticket = redis.call('INCR', K_SEQ)
+      gave_tickets = true
     end
     local expires = admit_user(cfg, user, ticket)
     admitted = admitted + 1
@@ -58,6 +59,9 @@ for i = 5, #ARGV do
 end
 if admitted > 0 then
   redis.call('HINCRBY', K_STATS, 'admitted', admitted)
+end
+if gave_tickets then
+  note_joined()
 end
 redis.call('HSET', K_BATCHES, key, cjson.encode(out))
 redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(ARGV[3]), key)

@@ -32,7 +32,8 @@ local function make_gathered_writes()
     return
   end
   redis.call('INCRBY', K_SEQ, n)
-  redis.call('HINCRBY', K_STATS, 'enqueued', n)
+  gave_tickets = true
+  count_arrivals(cfg, n)
   add_waiting_many(joined)
   for first = 1, n, 500 do
     local seen = {}
@@ -74,4 +75,7 @@ for i = 2, #ARGV do
   out[#out + 1] = answer
 end
 make_gathered_writes()
+if gave_tickets then
+  note_joined()
+end
 return out

@@ -27,13 +27,14 @@ local function enqueue_one(cfg, user)
     end
     local arrival = redis.call('HINCRBY', K_CONFIG, 'prequeue_seq', 1)
     redis.call('ZADD', K_PREQUEUE, arrival, user)
-    redis.call('HINCRBY', K_STATS, 'enqueued', 1)
+    count_arrivals(cfg, 1)
     see(user)
     return prequeue_place(cfg)
   end
 
   local ticket = redis.call('INCR', K_SEQ)
-  redis.call('HINCRBY', K_STATS, 'enqueued', 1)
+  gave_tickets = true
+  count_arrivals(cfg, 1)
   -- The line forms only when it must: with nobody waiting, a free slot and
   -- (when the rate is limited) a token, the newcomer goes straight in.
   local admit_now = false

@@ -4,7 +4,7 @@
 -- KEYS: the queue's keys (prelude). ARGV: now, after, limit.
 -- Returns {'ok', seq, complete (1/0), mode, waiting, pre-queued, opens_at,
 -- draw, rate count, rate span, epoch, heartbeat timeout, notice, closed
--- reason, entry...} where the epoch is the
+-- reason, recent admissions, abandonments, configured rate, entry...} where the epoch is the
 -- queue's creation time (a queue created again starts a new log) and each
 -- entry is
 -- 'seq|j|ticket|user', 'seq|l|ticket|admitted' or 'seq|p|0|user'; or
@@ -26,10 +26,10 @@ elseif after < seq then
     complete = 0
   end
 end
-local count, span = rate_sample()
+local count, span, recent, abandoned = rate_sample()
 local out = { 'ok', seq, complete, cfg.mode, redis.call('ZCARD', K_WAITING),
   redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL), cfg.opens_at, cfg.draw, count, span,
-  cfg.epoch, cfg.heartbeat, cfg.notice, cfg.closed_reason }
+  cfg.epoch, cfg.heartbeat, cfg.notice, cfg.closed_reason, recent, abandoned, cfg.rate }
 local entries = redis.call('ZRANGEBYSCORE', K_LOG, '(' .. after, '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
 for i = 1, #entries do
   out[#out + 1] = entries[i]

@@ -1,12 +1,13 @@
 -- Shared head of every queue script (prepended by lua.rs, after the
 -- constants both sides must agree on: LOG_KEEP, the line log entries kept
--- (domain::LINE_LOG_KEEP), and RATE_WINDOW_MS, the window of the observed
--- admission rate (domain::RATE_WINDOW_MS)).
+-- (domain::LINE_LOG_KEEP); RATE_WINDOW_MS and RECENT_MS, the window of the
+-- observed rates and its recent part; WAITED_WINDOW_MS, WAITED_SLOT_MS and
+-- WAITED_BOUNDS_S, how times waited are counted (domain/estimate.rs)).
 --
--- KEYS[1..15]: the queue's keys, as listed in keys.rs: config, seq, waiting,
+-- KEYS[1..16]: the queue's keys, as listed in keys.rs: config, seq, waiting,
 --              active, admitted, stats, rate, batches, batch_expiry,
---              prequeue, pool, seen, log, cleared, flow. A script's own
---              keys follow.
+--              prequeue, pool, seen, log, cleared, flow, joined. A
+--              script's own keys follow.
 -- ARGV[1]:     the caller's clock, milliseconds since the Unix epoch.
 --              Scripts never read Redis's clock, so every replica and the
 --              memory store agree on what "now" means.
@@ -21,21 +22,22 @@
 
 local K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE, K_BATCHES, K_BATCH_EXPIRY =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local K_PREQUEUE, K_POOL, K_SEEN, K_LOG, K_CLEARED, K_FLOW =
-  KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local K_PREQUEUE, K_POOL, K_SEEN, K_LOG, K_CLEARED, K_FLOW, K_JOINED =
+  KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local NOW = tonumber(ARGV[1])
+local SECOND = math.floor(NOW / 1000)
 
 local function load_config()
   local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admission_ttl_ms', 'created_at_ms',
     'admit_per_second', 'opens_at_ms', 'prequeue_window_ms', 'draw', 'heartbeat_timeout_ms',
-    'presence_since_ms', 'notice', 'closed_reason')
+    'presence_since_ms', 'notice', 'closed_reason', 'flow_pruned_s')
   if not v[1] then
     return nil
   end
   return { mode = v[1], max_active = tonumber(v[2]), ttl = tonumber(v[3]), epoch = tonumber(v[4]),
     rate = tonumber(v[5]), opens_at = tonumber(v[6]) or 0, window = tonumber(v[7]) or 0,
     draw = v[8] or 'none', heartbeat = tonumber(v[9]), presence_since = tonumber(v[10]) or 0,
-    notice = v[11] or '', closed_reason = v[12] or '' }
+    notice = v[11] or '', closed_reason = v[12] or '', flow_pruned = tonumber(v[13]) or 0 }
 end
 
 local function drawing(cfg)
@@ -49,6 +51,92 @@ local function remove_all(command, key, members)
   end
 end
 
+-- The rate sample, cached within one script run (see rate_sample).
+local rate_count, rate_span, rate_recent, rate_abandoned
+
+local function first_rate_bucket()
+  return math.floor(math.max(NOW - RATE_WINDOW_MS, 0) / 1000) + 1
+end
+
+-- The flow hash's buckets older than their windows are dropped every ten
+-- seconds, not on every write: readers count only what is in the window.
+local function prune_flow(cfg)
+  if SECOND < cfg.flow_pruned + 10 then
+    return
+  end
+  local first = first_rate_bucket()
+  local oldest_slot = math.floor(NOW / WAITED_SLOT_MS) - (WAITED_WINDOW_MS / WAITED_SLOT_MS - 1)
+  local stale = {}
+  for _, field in ipairs(redis.call('HKEYS', K_FLOW)) do
+    local kind, at = string.match(field, '^(%a):(%d+)')
+    if (kind == 'w' and tonumber(at) < oldest_slot) or (kind ~= 'w' and tonumber(at) < first) then
+      stale[#stale + 1] = field
+    end
+  end
+  remove_all('HDEL', K_FLOW, stale)
+  cfg.flow_pruned = SECOND
+  redis.call('HSET', K_CONFIG, 'flow_pruned_s', SECOND)
+end
+
+-- Counts n users joining now (the memory store's count_arrivals).
+local function count_arrivals(cfg, n)
+  redis.call('HINCRBY', K_STATS, 'enqueued', n)
+  redis.call('HINCRBY', K_FLOW, 'j:' .. SECOND, n)
+  prune_flow(cfg)
+end
+
+local function count_abandons(cfg, n)
+  if n > 0 then
+    redis.call('HINCRBY', K_STATS, 'abandoned', n)
+    redis.call('HINCRBY', K_FLOW, 'x:' .. SECOND, n)
+    prune_flow(cfg)
+    rate_count = nil
+  end
+end
+
+-- Set when this run gives a ticket: the script then calls note_joined.
+local gave_tickets = false
+
+-- Records that the tickets up to the last given were given by this second;
+-- only ever raised (GT), as a caller whose clock is behind may write last.
+local function note_joined()
+  redis.call('ZADD', K_JOINED, 'GT', tonumber(redis.call('GET', K_SEQ)) or 0, SECOND)
+end
+
+-- Counts how long the users of `tickets` (ascending, admitted from the line
+-- now) waited, and forgets when tickets up to the last were given.
+local function count_waited(cfg, tickets)
+  local n = #tickets
+  if n == 0 then
+    return
+  end
+  local marks = redis.call('ZRANGEBYSCORE', K_JOINED, tickets[1], '+inf', 'WITHSCORES', 'LIMIT', 0, n)
+  local slot = math.floor(NOW / WAITED_SLOT_MS)
+  local counts, m = {}, 1
+  for _, ticket in ipairs(tickets) do
+    while m <= #marks and tonumber(marks[m + 1]) < ticket do
+      m = m + 2
+    end
+    if m > #marks then
+      break
+    end
+    local waited = math.floor(math.max(NOW - tonumber(marks[m]) * 1000, 0) / 1000)
+    local bucket = #WAITED_BOUNDS_S - 1
+    for i, bound in ipairs(WAITED_BOUNDS_S) do
+      if waited <= bound then
+        bucket = i - 1
+        break
+      end
+    end
+    counts[bucket] = (counts[bucket] or 0) + 1
+  end
+  for bucket, count in pairs(counts) do
+    redis.call('HINCRBY', K_FLOW, 'w:' .. slot .. ':' .. bucket, count)
+  end
+  redis.call('ZREMRANGEBYSCORE', K_JOINED, '-inf', '(' .. tickets[n])
+  prune_flow(cfg)
+end
+
 -- At the opening, freeze the pre-queue and reserve its tickets. Only a
 -- queue with an opening ever has a pre-queue.
 local function open_if_due(cfg)
@@ -58,6 +146,9 @@ local function open_if_due(cfg)
   local size = redis.call('ZCARD', K_PREQUEUE)
   local next_ticket = (tonumber(redis.call('GET', K_SEQ)) or 0) + 1
   redis.call('INCRBY', K_SEQ, size)
+  if size > 0 then
+    note_joined()
+  end
   cfg.draw = size == 0 and 'done' or 'frozen'
   redis.call('HSET', K_CONFIG, 'draw', cfg.draw, 'draw_next', next_ticket)
 end
@@ -149,10 +240,6 @@ local function see(user)
   redis.call('ZADD', K_SEEN, 'GT', NOW, user)
 end
 
-local function first_rate_bucket()
-  return math.floor(math.max(NOW - RATE_WINDOW_MS, 0) / 1000) + 1
-end
-
 -- The rate's token bucket, in milli-tokens so both stores count exactly: it
 -- refills at admit_per_second tokens a second, holds at most one second's
 -- worth, and starts full. It lives in the stats hash. Takes up to `wanted`
@@ -184,16 +271,34 @@ local function free_slots(cfg)
   return math.max(cfg.max_active - redis.call('ZCARD', K_ACTIVE), 0)
 end
 
--- Admissions in the window and the span they cover (see domain/estimate.rs).
--- Cached within one script run; admissions clear the cache.
-local rate_count, rate_span
+-- A per-second bucket of the flow hash summed over the window, up to now's
+-- second (the memory store's in_window).
+local function in_window(kind)
+  local fields = {}
+  for second = first_rate_bucket(), SECOND do
+    fields[#fields + 1] = kind .. ':' .. second
+  end
+  if #fields == 0 then
+    return 0
+  end
+  local sum = 0
+  for _, v in ipairs(redis.call('HMGET', K_FLOW, unpack(fields))) do
+    sum = sum + (tonumber(v) or 0)
+  end
+  return sum
+end
+
+-- Admissions in the window and the span they cover, those of the recent
+-- part, and abandonments in the window (see domain/estimate.rs). Cached
+-- within one script run; admissions and abandonments clear the cache.
 local function rate_sample()
   if rate_count then
-    return rate_count, rate_span
+    return rate_count, rate_span, rate_recent, rate_abandoned
   end
   local first = first_rate_bucket()
+  local first_recent = math.floor(math.max(NOW - RECENT_MS, 0) / 1000) + 1
   local flat = redis.call('HGETALL', K_RATE)
-  local count, oldest = 0, nil
+  local count, recent, oldest = 0, 0, nil
   for i = 1, #flat, 2 do
     local bucket = tonumber(flat[i])
     if bucket >= first then
@@ -201,6 +306,9 @@ local function rate_sample()
       if not oldest or bucket < oldest then
         oldest = bucket
       end
+    end
+    if bucket >= first_recent then
+      recent = recent + tonumber(flat[i + 1])
     end
   end
   if oldest then
@@ -210,7 +318,8 @@ local function rate_sample()
   else
     rate_count, rate_span = 0, 0
   end
-  return rate_count, rate_span
+  rate_recent, rate_abandoned = recent, in_window('x')
+  return rate_count, rate_span, rate_recent, rate_abandoned
 end
 
 -- Counts n admissions made at NOW and drops buckets that left the window.
@@ -246,10 +355,11 @@ local function admit_next(cfg, room, out)
     return out
   end
   local popped = redis.call('ZPOPMIN', K_WAITING, room)
-  local left = {}
+  local left, tickets = {}, {}
   for i = 1, #popped, 2 do
     local user, ticket = popped[i], tonumber(popped[i + 1])
     left[#left + 1] = { 'l', ticket, 1 }
+    tickets[#tickets + 1] = ticket
     local expires = admit_user(cfg, user, ticket)
     out[#out + 1] = user
     out[#out + 1] = ticket
@@ -258,6 +368,7 @@ local function admit_next(cfg, room, out)
   end
   log_events(left)
   record_admissions(#popped / 2)
+  count_waited(cfg, tickets)
   return out
 end
 
@@ -291,11 +402,12 @@ end
 
 -- A place as returned to the store: kind, ticket, in line, position,
 -- admitted at, expires at, queue epoch, mode, rate count, rate span,
--- opens in, notice, closed reason (empty for none).
+-- opens in, notice, closed reason (empty for none), recent admissions,
+-- abandonments, configured rate.
 local function place(cfg, kind, ticket, position, admitted_at, expires_at, opens_in)
-  local count, span = rate_sample()
+  local count, span, recent, abandoned = rate_sample()
   return { kind, ticket, in_line(cfg), position, admitted_at, expires_at, cfg.epoch, cfg.mode, count,
-    span, opens_in or 0, cfg.notice, cfg.closed_reason }
+    span, opens_in or 0, cfg.notice, cfg.closed_reason, recent, abandoned, cfg.rate }
 end
 
 local function admitted_place(cfg, record)

@@ -29,7 +29,5 @@ for _, user in ipairs(silent) do
     redis.call('ZREM', K_SEEN, user)
   end
 end
-if released > 0 then
-  redis.call('HINCRBY', K_STATS, 'abandoned', released)
-end
+count_abandons(cfg, released)
 return { 'ok', released }
