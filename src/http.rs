@@ -12,9 +12,9 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::domain::{Clock, QueueId, QueueStats};
+use crate::domain::{Clock, QueueId, QueueMode, QueueStats};
 use crate::store::QueueStore;
-use crate::telemetry::metrics::metrics;
+use crate::telemetry::metrics::{QueueFigures, metrics};
 use crate::tokens::Keyring;
 use crate::watch::WatchHub;
 
@@ -32,7 +32,8 @@ const MAX_SCRAPED_QUEUES: usize = 1000;
 const FIGURES_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The queues' figures last read, and when.
-type Figures = tokio::sync::Mutex<Option<(std::time::Instant, Vec<(QueueId, QueueStats)>)>>;
+type Figures =
+    tokio::sync::Mutex<Option<(std::time::Instant, Vec<(QueueId, QueueMode, QueueStats)>)>>;
 
 pub fn router(
     keyring: Arc<Keyring>,
@@ -114,7 +115,7 @@ async fn scrape(
         if let Ok(configs) = store.list_queues(None, MAX_SCRAPED_QUEUES).await {
             for config in configs {
                 if let Ok(stats) = store.stats(&config.id, now_ms).await {
-                    read.push((config.id, stats));
+                    read.push((config.id, config.mode, stats));
                 }
             }
         }
@@ -124,9 +125,11 @@ async fn scrape(
         .as_ref()
         .map(|(_, read)| {
             read.iter()
-                .map(|(queue, stats)| {
-                    let here = watchers.get(queue).copied().unwrap_or(0);
-                    (queue.clone(), stats.clone(), here)
+                .map(|(queue, mode, stats)| QueueFigures {
+                    queue: queue.clone(),
+                    mode: *mode,
+                    stats: stats.clone(),
+                    watchers_here: watchers.get(queue).copied().unwrap_or(0),
                 })
                 .collect()
         })

@@ -167,6 +167,9 @@ impl Application {
         let watched = Arc::new(WatchedStore::new(Arc::clone(&self.store), Arc::clone(&hub)));
         let store: Arc<dyn QueueStore> = Arc::clone(&watched) as Arc<dyn QueueStore>;
         let verifier = Arc::new(self.keyring.verifier().map_err(anyhow::Error::msg)?);
+        crate::telemetry::metrics::metrics()
+            .max_streams
+            .set(i64::try_from(config.max_streams).unwrap_or(i64::MAX));
         let queue_api = QueueApi::new(
             watched,
             Arc::clone(&self.keyring),

@@ -71,6 +71,9 @@ pub(super) async fn track_readiness(
 /// never changed), and the flag `/readyz` answers from.
 pub(super) async fn set_ready(health: &HealthReporter, flag: &AtomicBool, ready: bool) {
     flag.store(ready, Ordering::Relaxed);
+    crate::telemetry::metrics::metrics()
+        .ready
+        .set(i64::from(ready));
     if ready {
         health.set_serving::<QueueServiceServer<QueueApi>>().await;
         health

@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::domain::{QueueId, QueueStats};
+use crate::domain::{QueueId, QueueMode, QueueStats, per_second_over_window};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
@@ -74,6 +74,10 @@ pub struct Metrics {
     pub store_errors: Family<StoreErrorLabels, Counter>,
     pub open_watchers: Gauge,
     pub open_connections: Gauge,
+    /// 1 while this replica is ready (its store answers and is safe).
+    pub ready: Gauge,
+    /// The most streams this replica holds (`--max-streams`).
+    pub max_streams: Gauge,
     pub rank_lookups: Family<LookupLabels, Counter>,
     queues: std::sync::Arc<QueueSnapshot>,
 }
@@ -153,6 +157,18 @@ impl Metrics {
             "gRPC connections open on this replica",
             open_connections.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "waitroom_ready",
+            "1 while this replica is ready to serve, 0 while not (its store does not answer or would lose data)",
+            ready.clone(),
+        );
+        let max_streams = Gauge::default();
+        registry.register(
+            "waitroom_max_streams",
+            "The most WatchRank streams this replica holds",
+            max_streams.clone(),
+        );
         let rank_lookups = Family::<LookupLabels, Counter>::default();
         registry.register(
             "waitroom_rank_lookups",
@@ -171,13 +187,15 @@ impl Metrics {
             store_errors,
             open_watchers,
             open_connections,
+            ready,
+            max_streams,
             rank_lookups,
             queues,
         }
     }
 
     /// Replaces the per-queue figures reported by the next encodes.
-    pub fn set_queues(&self, queues: Vec<(QueueId, QueueStats, u64)>) {
+    pub fn set_queues(&self, queues: Vec<QueueFigures>) {
         if let Ok(mut current) = self.queues.queues.lock() {
             *current = queues;
         }
@@ -191,10 +209,20 @@ impl Metrics {
     }
 }
 
-/// Per-queue figures as of the last scrape: (queue, stats, watchers here).
+/// One queue's figures as of a scrape.
+#[derive(Debug)]
+pub struct QueueFigures {
+    pub queue: QueueId,
+    pub mode: QueueMode,
+    pub stats: QueueStats,
+    /// Its streams open on this replica.
+    pub watchers_here: u64,
+}
+
+/// Per-queue figures as of the last scrape.
 #[derive(Debug, Default)]
 struct QueueSnapshot {
-    queues: Mutex<Vec<(QueueId, QueueStats, u64)>>,
+    queues: Mutex<Vec<QueueFigures>>,
 }
 
 impl Collector for QueueSnapshot {
@@ -202,82 +230,146 @@ impl Collector for QueueSnapshot {
         let Ok(queues) = self.queues.lock() else {
             return Ok(());
         };
-        type Read = fn(&QueueStats, u64) -> u64;
+        type Read = fn(&QueueFigures) -> u64;
         use MetricType::{Counter as Total, Gauge as Now};
-        let families: [(&str, &str, MetricType, Read); 10] = [
+        let families: [(&str, &str, MetricType, Read); 12] = [
+            (
+                "waitroom_queue_admitting",
+                "1 while the queue's mode admits (queueing or pass-through), 0 while paused or closed",
+                Now,
+                |f| {
+                    u64::from(matches!(
+                        f.mode,
+                        QueueMode::Queueing | QueueMode::PassThrough
+                    ))
+                },
+            ),
             (
                 "waitroom_queue_waiting",
                 "Users in line (waiting or pre-queued)",
                 Now,
-                |s, _| s.waiting,
+                |f| f.stats.waiting,
             ),
             (
                 "waitroom_queue_active",
                 "Users holding an admission",
                 Now,
-                |s, _| s.active,
+                |f| f.stats.active,
             ),
             (
                 "waitroom_queue_prequeued",
                 "Users pre-queued for a scheduled opening",
                 Now,
-                |s, _| s.prequeued,
+                |f| f.stats.prequeued,
             ),
             (
                 "waitroom_queue_watchers",
                 "WatchRank streams of the queue open on this replica",
                 Now,
-                |_, w| w,
+                |f| f.watchers_here,
             ),
             (
                 "waitroom_queue_enqueued",
                 "Users given a place since the queue was created",
                 Total,
-                |s, _| s.enqueued,
+                |f| f.stats.enqueued,
             ),
             (
                 "waitroom_queue_admitted",
                 "Admissions since the queue was created",
                 Total,
-                |s, _| s.admitted,
+                |f| f.stats.admitted,
             ),
             (
                 "waitroom_queue_completed",
                 "Admissions ended by CompleteAdmission",
                 Total,
-                |s, _| s.completed,
+                |f| f.stats.completed,
             ),
             (
                 "waitroom_queue_expired",
                 "Admissions that reached their TTL unused",
                 Total,
-                |s, _| s.expired,
+                |f| f.stats.expired,
             ),
             (
                 "waitroom_queue_abandoned",
                 "Places released for lack of a sign of life",
                 Total,
-                |s, _| s.abandoned,
+                |f| f.stats.abandoned,
             ),
             (
                 "waitroom_queue_left",
                 "Users who left with Leave",
                 Total,
-                |s, _| s.left,
+                |f| f.stats.left,
+            ),
+            (
+                "waitroom_queue_cleared",
+                "Users taken out of line by ClearQueue",
+                Total,
+                |f| f.stats.cleared,
             ),
         ];
         for (name, help, kind, read) in families {
             let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-            for (queue, stats, watchers) in queues.iter() {
+            for figures in queues.iter() {
                 let labels = QueueLabels {
-                    queue: queue.to_string(),
+                    queue: figures.queue.to_string(),
                 };
-                let value = read(stats, *watchers);
+                let value = read(figures);
                 let sample = family.encode_family(&labels)?;
                 match kind {
                     MetricType::Counter => ConstCounter::new(value).encode(sample)?,
                     _ => ConstGauge::new(value as i64).encode(sample)?,
                 }
+            }
+        }
+        // The sale's figures, computed in the store so every replica reports
+        // the same; a figure with nothing to measure yet is left out.
+        type Figure = fn(&QueueStats) -> Option<f64>;
+        let figures: [(&str, &str, Figure); 6] = [
+            (
+                "waitroom_queue_arrival_rate",
+                "Users joining per second over the last minute",
+                |s| Some(per_second_over_window(s.flow.arrived)),
+            ),
+            (
+                "waitroom_queue_admission_rate",
+                "Admissions from the line per second, observed over the last minute",
+                |s| Some(s.rate.per_second().unwrap_or(0.0)),
+            ),
+            (
+                "waitroom_queue_abandon_rate",
+                "Waiting users released for silence per second over the last minute",
+                |s| Some(per_second_over_window(s.rate.abandoned)),
+            ),
+            (
+                "waitroom_queue_waited_p50_seconds",
+                "Median time waited before admission, admissions of the last 5 minutes",
+                |s| s.flow.waited_quantile(0.5).map(|d| d.as_secs_f64()),
+            ),
+            (
+                "waitroom_queue_waited_p90_seconds",
+                "90th percentile of the time waited before admission, last 5 minutes",
+                |s| s.flow.waited_quantile(0.9).map(|d| d.as_secs_f64()),
+            ),
+            (
+                "waitroom_queue_back_of_line_wait_seconds",
+                "Estimated wait of someone joining the back of the line now",
+                |s| s.rate.estimate(s.waiting + 1).map(|e| e.wait.as_secs_f64()),
+            ),
+        ];
+        for (name, help, read) in figures {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for figures in queues.iter() {
+                let Some(value) = read(&figures.stats) else {
+                    continue;
+                };
+                let labels = QueueLabels {
+                    queue: figures.queue.to_string(),
+                };
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
         Ok(())

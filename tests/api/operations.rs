@@ -409,3 +409,87 @@ fn cargo_run_starts_the_service_as_the_readme_says() {
         "with several binaries, `cargo run` needs default-run to start the service"
     );
 }
+
+/// Every metric the chart's dashboard and alerts query is in a scrape of a
+/// running service after real traffic: a renamed metric fails here, not on
+/// a sale day with an empty panel or an alert that never fires.
+#[tokio::test]
+async fn every_metric_the_dashboard_and_alerts_query_is_scraped_after_traffic() {
+    let (app, _redis) = TestApp::on_redis().await;
+    app.create_queue(queue("watched-sale")).await;
+    let mut client = app.client().await;
+    for user in ["a", "b", "c", "d", "e"] {
+        enqueue(&mut client, "watched-sale", user).await;
+    }
+    admit(&mut client, "watched-sale", 2).await;
+    leave(&mut client, "watched-sale", "e").await;
+    let mut stream = client
+        .watch_rank(watch_request("watched-sale", "d"))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.next().await.unwrap().unwrap();
+    let (_, _, up) = http_get(&app, "/metrics").await;
+    assert_eq!(sample(&up, "waitroom_ready"), Some(1.0));
+    // And a store that fails: what the error panel and alert count.
+    let mut redis = _redis;
+    redis.stop();
+    let refused = client
+        .enqueue(enqueue_request("watched-sale", "f"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    let (_, _, down) = http_get(&app, "/metrics").await;
+    let text = format!("{up}\n{down}");
+
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/waitroom");
+    let queried = [
+        chart.join("dashboards/waitroom.json"),
+        chart.join("templates/prometheusrule.yaml"),
+    ]
+    .iter()
+    .map(|path| std::fs::read_to_string(path).unwrap())
+    .collect::<Vec<_>>()
+    .join("\n");
+    let mut names: Vec<&str> = queried
+        .match_indices("waitroom_")
+        .chain(queried.match_indices("grpc_server_"))
+        .map(|(at, _)| {
+            let rest = &queried[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|name| !name.ends_with('_'))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 15, "{names:?}");
+    for name in names {
+        let sampled = text
+            .lines()
+            .any(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']));
+        // A counter or histogram with nothing counted yet (no store error
+        // in this test) is declared, its samples to come.
+        let base = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        let declared = text.contains(&format!("# TYPE {base} "));
+        assert!(
+            sampled || declared,
+            "{name} is queried by the chart but not in a scrape"
+        );
+    }
+    for figure in [
+        "waitroom_queue_waited_p50_seconds",
+        "waitroom_queue_back_of_line_wait_seconds",
+        "waitroom_queue_admission_rate",
+    ] {
+        assert!(
+            sample(&up, &format!(r#"{figure}{{queue="watched-sale"}}"#)).is_some(),
+            "{figure} has no sample for the queue"
+        );
+    }
+}

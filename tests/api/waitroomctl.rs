@@ -217,3 +217,91 @@ async fn admitting_the_largest_batch_is_received_whole_and_a_failed_call_names_i
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.contains("--request-id ctl:"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_sale_day_runbook_runs_with_waitroomctl() {
+    let (app, _redis) = TestApp::on_redis().await;
+    let mut client = app.client().await;
+    app.create_queue(queue("drop")).await;
+    for user in ["a", "b", "c", "d"] {
+        enqueue(&mut client, "drop", user).await;
+    }
+
+    // A notice to everyone in line.
+    let posted = ctl(&app, &["notice", "drop", "Limit 4 tickets per person"]).await;
+    assert!(posted.status.success(), "{posted:?}");
+    assert_eq!(
+        rank(&mut client, "drop", "b").await.notice,
+        "Limit 4 tickets per person"
+    );
+
+    // The support desk admits someone out of turn; a retry with the same id
+    // admits nobody else.
+    let desk = [
+        "--output",
+        "json",
+        "admit-users",
+        "drop",
+        "c",
+        "walk-in",
+        "--request-id",
+        "desk-7",
+    ];
+    let first = json(&ctl(&app, &desk).await);
+    assert_eq!(first[0]["user_id"], "c");
+    assert_eq!(first[0]["result"], "admitted");
+    assert_eq!(first[1]["result"], "admitted");
+    let again = json(&ctl(&app, &desk).await);
+    assert_eq!(again[0]["ticket"], first[0]["ticket"]);
+    assert_eq!(app.stats("drop").await.admitted_total, 2);
+    let table = ctl(&app, &["admit-users", "drop", "a"]).await;
+    assert!(table.status.success(), "{table:?}");
+    assert!(text(&table).contains("a     admitted"), "{}", text(&table));
+
+    // The live view, twice, for a script.
+    let top = ctl(
+        &app,
+        &[
+            "--output",
+            "json",
+            "top",
+            "--count",
+            "2",
+            "--interval",
+            "100ms",
+        ],
+    )
+    .await;
+    assert!(top.status.success(), "{top:?}");
+    let frames: Vec<serde_json::Value> = text(&top)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(frames.len(), 2);
+    assert_eq!(frames[1][0]["queue_id"], "drop");
+    assert_eq!(frames[1][0]["waiting"], 2);
+    assert_eq!(frames[1][0]["mode"], "queueing");
+    let table = ctl(&app, &["top", "--count", "1"]).await;
+    assert!(text(&table).contains("ARRIVALS/S"), "{}", text(&table));
+
+    // Sold out, then the line cleared (which asks to be sure).
+    let closed = ctl(&app, &["close", "drop"]).await;
+    assert!(
+        text(&closed).contains("drop is closed: SOLD_OUT"),
+        "{closed:?}"
+    );
+    assert_eq!(
+        rank(&mut client, "drop", "b").await.closed_reason,
+        "SOLD_OUT"
+    );
+    let unsure = ctl(&app, &["clear", "drop"]).await;
+    assert_eq!(unsure.status.code(), Some(2), "{unsure:?}");
+    let cleared = json(&ctl(&app, &["--output", "json", "clear", "drop", "--yes"]).await);
+    assert_eq!(cleared["cleared"], 2);
+    let place = rank(&mut client, "drop", "b").await;
+    assert_eq!(place.closed_reason, "CANCELLED");
+    let stats = json(&ctl(&app, &["--output", "json", "queue", "stats", "drop"]).await);
+    assert_eq!(stats["cleared_total"], 2);
+    let bad = ctl(&app, &["close", "drop", "--reason", "sold out"]).await;
+    assert_eq!(bad.status.code(), Some(4), "{bad:?}");
+}

@@ -99,7 +99,7 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(name, kube_vers
     for obj in objects:
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
             # A Prometheus Operator CRD: no schema ships with Kubernetes.
-            assert obj["kind"] == "ServiceMonitor"
+            assert obj["kind"] in ("ServiceMonitor", "PrometheusRule")
             continue
         kubernetes_validate.validate(obj, kube_version, strict=True)
 
@@ -114,6 +114,7 @@ def test_all_optional_parts_render_when_switched_on():
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
         "ServiceMonitor",
+        "PrometheusRule",
         "NetworkPolicy",
         "StatefulSet",
         "Pod",
@@ -215,7 +216,7 @@ def test_secrets_are_referenced_never_generated():
 
 
 def test_configuration_is_waitroom_env_from_a_config_map_with_the_declared_queues():
-    [config] = kinds(render(ALL_ON), "ConfigMap")
+    [config] = [o for o in kinds(render(ALL_ON), "ConfigMap") if not o["metadata"]["name"].endswith("-dashboard")]
     data = config["data"]
     assert data["WAITROOM_LISTEN"] == "0.0.0.0:50051"
     assert data["WAITROOM_QUEUES"] == (
@@ -487,3 +488,85 @@ def test_watchers_are_balanced_over_the_pods_as_configured():
     assert data["WAITROOM_BALANCE_INTERVAL"] == "2s"
     assert data["WAITROOM_BALANCE_STEP"] == "0.2"
     assert data["WAITROOM_BALANCE_TOLERANCE"] == "0.1"
+
+
+def _dashboard_map(values):
+    [found] = [o for o in kinds(render(values), "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+    return found
+
+
+def test_the_dashboard_ships_for_the_grafana_sidecar_with_the_sales_panels():
+    assert not [o for o in kinds(render(), "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+    config_map = _dashboard_map(ALL_ON)
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Sales"}
+    dashboard = json.loads(config_map["data"]["waitroom.json"])
+    assert dashboard["uid"] == "waitroom-sale"
+    titles = {p["title"] for p in dashboard["panels"]}
+    for wanted in [
+        "Waiting",
+        "Arrivals and admissions",
+        "Abandonment",
+        "Time waited before admission",
+        "Estimated wait at the back of the line",
+        "RPC rate",
+        "RPC errors",
+        "RPC latency p99",
+        "Redis latency p99",
+        "Streams open",
+    ]:
+        assert wanted in titles, wanted
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+    # Another sidecar's label, in the sidecar's namespace.
+    moved = _dashboard_map(
+        with_values(
+            grafanaDashboard__enabled=True,
+            grafanaDashboard__label="dashboards",
+            grafanaDashboard__labelValue="sales",
+            grafanaDashboard__namespace="monitoring",
+        )
+    )
+    assert moved["metadata"]["labels"]["dashboards"] == "sales"
+    assert moved["metadata"]["namespace"] == "monitoring"
+
+
+def _rules(values):
+    [rule] = kinds(render(values), "PrometheusRule")
+    return rule
+
+
+def test_alerts_ship_as_a_prometheus_rule_with_the_thresholds_given():
+    assert not kinds(render(), "PrometheusRule")
+    rule = _rules(ALL_ON)
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    assert set(alerts) == {
+        "WaitroomReplicaNotReady",
+        "WaitroomRedisErrors",
+        "WaitroomAdmissionStalled",
+        "WaitroomLatencyHigh",
+        "WaitroomStreamsNearLimit",
+    }
+    for alert in alerts.values():
+        assert 'job="waitroom"' in alert["expr"], alert["alert"]
+        assert alert["annotations"]["summary"] and alert["labels"]["severity"] == "warning"
+    assert "> 0.9" in alerts["WaitroomStreamsNearLimit"]["expr"]
+    tuned = _rules(
+        with_values(
+            prometheusRule__enabled=True,
+            prometheusRule__selector='namespace="sales", service="waitroom"',
+            prometheusRule__p99LatencySeconds=0.25,
+            prometheusRule__admissionStalledFor="10m",
+            prometheusRule__extraRules=[{"alert": "Mine", "expr": "vector(1)"}],
+        )
+    )
+    tuned_alerts = {r["alert"]: r for r in tuned["spec"]["groups"][0]["rules"]}
+    assert "> 0.25" in tuned_alerts["WaitroomLatencyHigh"]["expr"]
+    assert '{namespace="sales", service="waitroom", grpc_type="unary"' in tuned_alerts["WaitroomLatencyHigh"]["expr"]
+    assert "[10m]" in tuned_alerts["WaitroomAdmissionStalled"]["expr"]
+    assert tuned_alerts["WaitroomAdmissionStalled"]["for"] == "10m"
+    assert "Mine" in tuned_alerts

@@ -155,6 +155,11 @@ pub fn stats_json(s: &pb::QueueStats) -> Value {
         "left_total": s.left_total,
         "cleared_total": s.cleared_total,
         "admit_rate": s.admit_rate,
+        "arrival_rate": s.arrival_rate,
+        "abandon_rate": s.abandon_rate,
+        "waited_p50_seconds": duration(s.waited_p50.as_ref()).map(|d| d.as_secs_f64()),
+        "waited_p90_seconds": duration(s.waited_p90.as_ref()).map(|d| d.as_secs_f64()),
+        "back_of_line_wait_seconds": duration(s.back_of_line_wait.as_ref()).map(|d| d.as_secs_f64()),
     })
 }
 
@@ -165,6 +170,11 @@ pub fn stats_rows(s: &pb::QueueStats) -> Vec<(&'static str, String)> {
         ("active", s.active_count.to_string()),
         ("pre-queued", s.prequeue_count.to_string()),
         ("admit rate", format!("{:.1}/s", s.admit_rate)),
+        ("arrival rate", format!("{:.1}/s", s.arrival_rate)),
+        ("abandon rate", format!("{:.1}/s", s.abandon_rate)),
+        ("waited p50", duration_text(s.waited_p50.as_ref())),
+        ("waited p90", duration_text(s.waited_p90.as_ref())),
+        ("wait at back", duration_text(s.back_of_line_wait.as_ref())),
         ("enqueued", s.enqueued_total.to_string()),
         ("admitted", s.admitted_total.to_string()),
         ("completed", s.completed_total.to_string()),
@@ -182,6 +192,13 @@ pub fn place_json(p: &pb::Place) -> Value {
         "position": p.position,
         "waiting_count": p.waiting_count,
         "estimated_wait_seconds": duration(p.estimated_wait.as_ref()).map(|d| d.as_secs_f64()),
+        "estimated_wait_low_seconds": duration(p.estimated_wait_low.as_ref()).map(|d| d.as_secs_f64()),
+        "estimated_wait_high_seconds": duration(p.estimated_wait_high.as_ref()).map(|d| d.as_secs_f64()),
+        "estimate_basis": match p.estimate_basis() {
+            pb::EstimateBasis::Observed => Some("observed"),
+            pb::EstimateBasis::Configured => Some("configured"),
+            pb::EstimateBasis::Unspecified => None,
+        },
         "queue_mode": mode_name(p.queue_mode()),
         "opens_in_seconds": duration(p.opens_in.as_ref()).map(|d| d.as_secs_f64()),
         "token": p.admission.as_ref().map(|a| a.token.clone()),
@@ -197,6 +214,14 @@ pub fn place_rows(p: &pb::Place) -> Vec<(&'static str, String)> {
         ("position", p.position.to_string()),
         ("in line", p.waiting_count.to_string()),
         ("estimated wait", duration_text(p.estimated_wait.as_ref())),
+        (
+            "wait range",
+            format!(
+                "{} to {}",
+                duration_text(p.estimated_wait_low.as_ref()),
+                duration_text(p.estimated_wait_high.as_ref())
+            ),
+        ),
         ("queue mode", mode_name(p.queue_mode()).into()),
     ];
     if !p.notice.is_empty() {
