@@ -312,6 +312,8 @@ fn view(place: &pb::Place) -> Value {
         "wait_s": seconds(&place.estimated_wait),
         "mode": mode,
         "opens_in_s": seconds(&place.opens_in).unwrap_or(0),
+        "notice": place.notice,
+        "closed_reason": place.closed_reason,
     })
 }
 

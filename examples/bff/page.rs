@@ -71,14 +71,17 @@ pub fn waiting(look: &Look, view: &Value) -> String {
     let estimate = wait_words(view["wait_s"].as_u64());
     let paused = view["mode"] == "paused";
     let opens_in = number("opens_in_s");
+    let notice = view["notice"].as_str().unwrap_or("");
+    let (closed_title, closed_words) = closing(view["closed_reason"].as_str().unwrap_or(""));
     let status = match state {
-        "closed" => "Sold out: this sale has ended.".to_owned(),
+        "closed" => closed_words.to_owned(),
         "pre_queue" => "You are in the waiting room. When the sale opens, everyone here gets a random place in line.".to_owned(),
         _ => format!("You are number {position} in line."),
     };
     let main = format!(
         r#"<h1>You are in line</h1>
 <p id="status" class="status" aria-live="polite">{status}</p>
+<p id="notice" class="notice" aria-live="polite" {hide_notice}>{notice}</p>
 <section id="waiting" class="card" {hide_waiting}>
   <div class="figures">
     <div><span class="label">Your place</span><span id="position" class="big">{position}</span></div>
@@ -94,8 +97,8 @@ pub fn waiting(look: &Look, view: &Value) -> String {
   <p>Arriving any time before the opening gives you the same chance.</p>
 </section>
 <section id="closed" class="card" {hide_closed}>
-  <p class="big small">Sold out</p>
-  <p>This sale has ended. Thank you for waiting.</p>
+  <p id="closed-title" class="big small">{closed_title}</p>
+  <p>Thank you for waiting.</p>
 </section>
 <p class="hint">Refreshing this page keeps your place. When it is your turn you are taken to the booking page.</p>
 <noscript><p class="hint">This page updates itself every 10 seconds.</p></noscript>
@@ -104,6 +107,8 @@ pub fn waiting(look: &Look, view: &Value) -> String {
         hide_paused = hidden(!paused),
         hide_prequeue = hidden(state != "pre_queue"),
         hide_closed = hidden(state != "closed"),
+        hide_notice = hidden(notice.is_empty()),
+        notice = escape(notice),
         countdown = clock(opens_in),
     );
     layout(
@@ -116,6 +121,16 @@ pub fn waiting(look: &Look, view: &Value) -> String {
         ),
         &main,
     )
+}
+
+/// The words for a closed queue's reason. The service sends a code; an
+/// operator's own code gets the general words, and the notice says more.
+fn closing(reason: &str) -> (&'static str, &'static str) {
+    match reason {
+        "CANCELLED" => ("Cancelled", "This sale has been cancelled."),
+        "SOLD_OUT" | "" => ("Sold out", "Sold out: this sale has ended."),
+        _ => ("Closed", "This sale has ended."),
+    }
 }
 
 fn hidden(hide: bool) -> &'static str {
@@ -213,6 +228,9 @@ pub const JS: &str = r#"
     : s < 60 ? 'less than a minute'
     : Math.round(s / 60) === 1 ? 'about 1 minute' : `about ${Math.round(s / 60)} minutes`;
   const clock = (s) => `${Math.floor(s / 3600)}:${String(Math.floor(s / 60) % 60).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}`;
+  const closing = (reason) => reason === 'CANCELLED' ? ['Cancelled', 'This sale has been cancelled.']
+    : (reason === 'SOLD_OUT' || !reason) ? ['Sold out', 'Sold out: this sale has ended.']
+    : ['Closed', 'This sale has ended.'];
   const show = (id) => ['waiting', 'prequeue', 'closed'].forEach((s) => { $(s).hidden = s !== id; });
   const say = (text) => { if (text !== said) { said = text; $('status').textContent = text; } };
   const stop = () => { if (source) source.close(); source = null; };
@@ -238,7 +256,16 @@ pub const JS: &str = r#"
       return;
     }
     if (p.state === 'gone') { stop(); location.assign('/wait'); return; }
-    if (p.state === 'closed') { stop(); show('closed'); say('Sold out: this sale has ended.'); return; }
+    $('notice').textContent = p.notice || '';
+    $('notice').hidden = !p.notice;
+    if (p.state === 'closed') {
+      stop();
+      show('closed');
+      const [title, words] = closing(p.closed_reason);
+      $('closed-title').textContent = title;
+      say(words);
+      return;
+    }
     if (p.state === 'pre_queue') {
       show('prequeue');
       tick(p.opens_in_s);

@@ -288,6 +288,26 @@ def test_closing_the_queue_shows_sold_out_to_those_waiting_and_to_newcomers(wait
     assert "Sold out" in newcomer.page_source
 
 
+def test_a_notice_and_a_cancellation_reach_the_page_as_they_happen(waitroom, bff_of, browser):
+    queue = new_queue(waitroom)
+    join_others(waitroom, queue, 1)
+    bff = bff_of(queue)
+    driver = browser()
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "state") == "waiting")
+    assert not driver.find_element(By.ID, "notice").is_displayed()
+    ctl(waitroom, "notice", queue, "Limit 4 tickets per person")
+    until(
+        driver,
+        lambda d: d.find_element(By.ID, "notice").text == "Limit 4 tickets per person",
+        what="the notice",
+    )
+    ctl(waitroom, "clear", queue, "--yes")
+    until(driver, lambda d: body(d, "state") == "closed", what="the cancelled state")
+    assert "cancelled" in driver.find_element(By.ID, "status").text
+    assert driver.find_element(By.ID, "closed-title").text == "Cancelled"
+
+
 def test_before_a_scheduled_opening_the_page_counts_down_then_shows_the_drawn_place(waitroom, bff_of, browser):
     opens = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=6)
     queue = new_queue(
