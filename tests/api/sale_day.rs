@@ -177,6 +177,9 @@ async fn named_people_are_admitted_out_of_turn_once(pair: Pair) {
     let stats = pair.one.stats(queue).await;
     assert_eq!((stats.waiting_count, stats.active_count), (2, 3));
     assert_eq!((stats.admitted_total, stats.enqueued_total), (3, 5));
+    // The sale's figures come from the store: every replica tells the same.
+    assert_eq!(pair.other().stats(queue).await, stats);
+    assert!(stats.arrival_rate > 0.0);
 
     // Bad input names the field.
     for (request, field) in [
