@@ -89,6 +89,22 @@ impl QueueConfig {
     /// stores read every value in it alike, and it stays far inside the
     /// integers Lua's numbers hold exactly and print without an exponent.
     pub const TIME_RANGE_MS: (u64, u64) = (1, 7_258_118_400_000);
+    /// How long a user in line may be silent before their place is
+    /// released: the heartbeat timeout and a quarter more. The quarter is
+    /// the age a recorded sign of life may reach before a newer one is
+    /// worth writing ([`Self::presence_stale_ms`]): a poll answered without
+    /// a write is then never the one that would have kept the place, and
+    /// nobody is released earlier than a whole timeout after their last
+    /// sign.
+    pub fn release_after_ms(&self) -> u64 {
+        release_after_ms(self.heartbeat_timeout.as_millis() as u64)
+    }
+
+    /// The age at which a recorded sign of life is worth renewing.
+    pub fn presence_stale_ms(heartbeat_ms: u64) -> u64 {
+        heartbeat_ms / 4
+    }
+
     /// The longest notice, in characters.
     pub const NOTICE_MAX_CHARS: usize = 280;
     /// The closing reasons every page knows; operators may name others.
@@ -229,6 +245,11 @@ impl QueueConfig {
             _ => Ok(()),
         }
     }
+}
+
+/// [`QueueConfig::release_after_ms`] of a heartbeat timeout.
+pub fn release_after_ms(heartbeat_ms: u64) -> u64 {
+    heartbeat_ms + QueueConfig::presence_stale_ms(heartbeat_ms)
 }
 
 fn check_range(

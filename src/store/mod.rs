@@ -31,7 +31,8 @@
 //!   a chunk per call; nobody is admitted until the draw is complete.
 //! - Presence: enqueue, a place lookup with `touch`, and [`QueueStore::touch`]
 //!   record a sign of life for users in line. `reap` releases those silent
-//!   for longer than the heartbeat timeout (not while the queue is closed,
+//!   for longer than the heartbeat timeout and a quarter more
+//!   ([`crate::domain::QueueConfig::release_after_ms`]; not while the queue is closed,
 //!   and counting presence only from the last reopening).
 //! - Time is always the caller's `now_ms`, never the store's own clock.
 

@@ -7,7 +7,11 @@
 //! lookup of a user goes to the store and the hub remembers the ticket
 //! (a *poller*); later ones are answered here while that ticket is in line.
 //! A poll is still a sign of life: at each refresh the hub records the
-//! pollers it answered since the last, in one store write for all of them.
+//! pollers it answered since the last whose recorded sign is a quarter of
+//! the heartbeat timeout old, in one store write for all of them (the store
+//! releases a place only after the timeout and that quarter more), so a
+//! crowd polling every few seconds costs the store one write per user every
+//! half minute, not one per poll.
 //!
 //! The copy answers only when it can answer as the store would:
 //! - it is caught up with the log as of a read begun within the refresh
@@ -31,7 +35,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::line::Line;
-use crate::domain::{LineSummary, Place, PlaceState, QueueMode, UserId};
+use crate::domain::{LineSummary, Place, PlaceState, QueueConfig, QueueMode, UserId};
 
 /// A poller not heard from for this long is forgotten (once its polls are
 /// recorded); its next lookup goes to the store.
@@ -141,7 +145,13 @@ impl Pollers {
         let place = copy.place(poller, changes, max_age_ms, now_ms)?;
         poller.min_read = copy.read_no;
         poller.seen_ms = poller.seen_ms.max(now_ms);
-        poller.unrecorded = true;
+        // A recorded sign of life younger than a quarter of the timeout is
+        // news to nobody: the store releases a place only after the timeout
+        // and that quarter more (`QueueConfig::release_after_ms`).
+        if now_ms.saturating_sub(poller.recorded_ms) >= QueueConfig::presence_stale_ms(heartbeat_ms)
+        {
+            poller.unrecorded = true;
+        }
         Some(place)
     }
 
@@ -259,12 +269,23 @@ mod tests {
             answer(&mut pollers, &queueing, 2, 1_200),
             Some(waiting(5, 2))
         );
-        // Presence recorded more than half a timeout ago: the store records it.
-        let late = copy(7_000, QueueMode::Queueing);
-        assert_eq!(answer(&mut pollers, &late, 2, 7_000), None);
+        // Answered while its recorded sign of life is young: nothing to
+        // record. A quarter of the timeout on, the poll is worth recording.
+        assert!(pollers.take_unrecorded().is_empty());
+        let later = copy(3_600, QueueMode::Queueing);
+        assert_eq!(answer(&mut pollers, &later, 2, 3_600), Some(waiting(5, 2)));
         let polled = pollers.take_unrecorded();
-        pollers.recorded(&polled, true, 6_500);
-        assert_eq!(answer(&mut pollers, &late, 2, 7_000), Some(waiting(5, 2)));
+        assert_eq!(polled, vec![user.clone()]);
+        pollers.recorded(&polled, true, 3_600);
+        // Presence recorded more than half a timeout ago: the store answers
+        // (and records it).
+        let late = copy(8_700, QueueMode::Queueing);
+        assert_eq!(answer(&mut pollers, &late, 2, 8_700), None);
+        let in_time = copy(8_500, QueueMode::Queueing);
+        assert_eq!(
+            answer(&mut pollers, &in_time, 2, 8_500),
+            Some(waiting(5, 2))
+        );
     }
 
     #[test]
@@ -274,11 +295,11 @@ mod tests {
             pollers.take_unrecorded().is_empty(),
             "the store recorded it"
         );
-        let copy = copy(1_100, QueueMode::Queueing);
-        pollers.answer(&user, &copy, 2, MAX_AGE_MS, HEARTBEAT_MS, 1_200);
+        let copy = copy(3_600, QueueMode::Queueing);
+        pollers.answer(&user, &copy, 2, MAX_AGE_MS, HEARTBEAT_MS, 3_600);
         let polled = pollers.take_unrecorded();
         assert_eq!(polled, vec![user.clone()]);
-        pollers.recorded(&polled, false, 1_250);
+        pollers.recorded(&polled, false, 3_650);
         assert_eq!(pollers.take_unrecorded(), vec![user]);
     }
 

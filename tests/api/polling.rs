@@ -115,8 +115,8 @@ async fn a_poll_answered_from_the_copy_keeps_the_place_for_a_whole_timeout() {
         );
     }
     app.refreshed("poll").await;
-    // At 6.5 s the silent user is released, the poller (last seen at 2 s)
-    // is not; at 7.5 s it is.
+    // Released after the timeout and a quarter more (6.25 s): at 6.5 s the
+    // silent user is, the poller (last seen at 2 s) is not; at 8.5 s it is.
     app.clock.advance_ms(4500);
     wait_until(
         "the silent user is released",
@@ -127,7 +127,7 @@ async fn a_poll_answered_from_the_copy_keeps_the_place_for_a_whole_timeout() {
     app.worked().await;
     let stats = app.stats("poll").await;
     assert_eq!((stats.abandoned_total, stats.waiting_count), (1, 1));
-    app.clock.advance_ms(1000);
+    app.clock.advance_ms(2000);
     wait_until("the poller is released", Duration::from_secs(3), || async {
         app.stats("poll").await.abandoned_total == 2
     })

@@ -291,7 +291,7 @@ async fn queue_lifecycle(store: &dyn QueueStore) {
 
 async fn a_late_sign_of_life_never_moves_a_newer_one_back(store: &dyn QueueStore) {
     let config = create(store, "s", 0).await;
-    let timeout = config.heartbeat_timeout.as_millis() as u64;
+    let timeout = config.release_after_ms();
     store.enqueue(&q("s"), &u("a"), T0 + 10_000).await.unwrap();
     // A batch of presence read at T0 arrives after the enqueue at T0 + 10 s,
     // and so does a lookup whose clock was read at T0.

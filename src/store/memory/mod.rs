@@ -815,7 +815,7 @@ impl QueueStore for MemoryStore {
             if state.config.mode == QueueMode::Closed {
                 return Ok(0);
             }
-            let cutoff = now_ms.saturating_sub(state.config.heartbeat_timeout.as_millis() as u64);
+            let cutoff = now_ms.saturating_sub(state.config.release_after_ms());
             if state.config.presence_since_ms >= cutoff {
                 return Ok(0);
             }
