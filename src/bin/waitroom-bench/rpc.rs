@@ -1,7 +1,11 @@
-//! `enqueue` and `get-rank` against the trivial-RPC baseline: a health
-//! check served by the same binary's gRPC stack, measured in the same run
-//! with the same clients. For `enqueue`, also the enqueue script alone under
-//! `redis-benchmark`, and the latency at half the maximum throughput.
+//! `enqueue` and `get-rank` against two baselines measured in the same run
+//! with the same clients: the trivial RPC (a health check served by the
+//! service's own gRPC stack and layers) and a bare tonic server with no
+//! layers at all (a health handler in this process), so the cost of the
+//! service's own layers shows. `get-rank` polls a crowd of distinct users
+//! (100,000 by default) who all polled once before the measurement. For
+//! `enqueue`, also the enqueue script alone under `redis-benchmark`, and the
+//! latency at half the maximum throughput.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -17,8 +21,6 @@ use waitroom::store::{RedisOptions, RedisStore};
 
 use crate::harness::{Service, Store, enqueue_users, process_cpu_time};
 
-/// Users in line before `get-rank` measures.
-const PREFILLED: u64 = 10_000;
 use crate::load::{self, Measured};
 
 #[derive(clap::Args, Clone)]
@@ -34,6 +36,9 @@ pub struct Args {
     seconds: u64,
     #[arg(long, value_enum, default_value_t = Store::Redis)]
     store: Store,
+    /// `get-rank`: distinct users in line, each polling in turn.
+    #[arg(long, default_value_t = 100_000)]
+    pollers: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -58,6 +63,20 @@ async fn baseline(channels: &Arc<Vec<Channel>>, args: &Args, duration: Duration)
     .await
 }
 
+/// A tonic server with nothing but a health service: no limits, auth,
+/// metrics or tracing layers. Its address.
+async fn bare_server() -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Ok(addr)
+}
+
 pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
     let service = Service::start(args.store, &["--max-calls", "1000000"]).await?;
     service
@@ -68,18 +87,46 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
         .await?;
     let channels = Arc::new(service.channels(args.connections).await?);
     let duration = Duration::from_secs(args.seconds);
+    let bare_addr = bare_server().await?;
+    let mut bare_channels = Vec::new();
+    for _ in 0..args.connections {
+        bare_channels.push(
+            Channel::from_shared(format!("http://{bare_addr}"))?
+                .connect()
+                .await?,
+        );
+    }
+    let bare_channels = Arc::new(bare_channels);
 
     // Warm up connections and the scripts' cache.
     let _ = baseline(&channels, &args, Duration::from_secs(1)).await;
+    let _ = baseline(&bare_channels, &args, Duration::from_secs(1)).await;
 
+    let mut poller_bytes = None;
     if let Rpc::GetRank = rpc {
-        enqueue_users(&channels, args.clients, "bench", PREFILLED as usize, |n| {
+        enqueue_users(&channels, args.clients, "bench", args.pollers as usize, |n| {
             format!("p{n}")
         })
         .await?;
-        // A crowd already polling: each user's first lookup goes to the
+        // A crowd already polling: each user's first lookup went to the
         // store, later ones find the instance following the queue.
-        let _ = run_rpc(rpc, &channels, &args, None, Duration::from_secs(1)).await;
+        let before = service.rss_bytes()?;
+        let pollers = args.pollers;
+        let first = Arc::clone(&channels);
+        crate::harness::spread(args.clients, pollers as usize, move |n| {
+            let mut client = QueueServiceClient::new(first[n % first.len()].clone());
+            async move {
+                client
+                    .get_rank(pb::GetRankRequest {
+                        queue_id: "bench".into(),
+                        user_id: format!("p{n}"),
+                    })
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+        poller_bytes = Some(service.rss_bytes()?.saturating_sub(before) as f64 / pollers as f64);
     }
 
     // The baseline and the RPC take turns, a second each, so a machine
@@ -96,9 +143,11 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
     };
     let memory_before = memory()?;
     let (mut trivial, mut measured) = (Measured::empty(), Measured::empty());
+    let mut bare = Measured::empty();
     let (mut trivial_cpu, mut measured_cpu) = (Cpu::zero(), Cpu::zero());
     let mut measured_commands = 0;
     for _ in 0..args.seconds.max(1) {
+        bare.merge(&baseline(&bare_channels, &args, Duration::from_secs(1)).await);
         let before = Cpu::read(&service)?;
         trivial.merge(&baseline(&channels, &args, Duration::from_secs(1)).await);
         trivial_cpu.add(&Cpu::read(&service)?, &before);
@@ -116,19 +165,29 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
         Rpc::GetRank => "GetRank",
     };
     println!(
-        "scenario           {} ({:?} store, {} clients on {} connections, {} s)",
+        "scenario           {} ({:?} store, {} clients on {} connections, {} s{})",
         name.to_lowercase(),
         args.store,
         args.clients,
         args.connections,
-        args.seconds
+        args.seconds,
+        match rpc {
+            Rpc::GetRank => format!(", {} distinct pollers", args.pollers),
+            Rpc::Enqueue => String::new(),
+        }
     );
+    println!("{}", bare.line("bare tonic"));
     println!("{}", trivial.line("trivial RPC"));
     println!("{}", measured.line(name));
     println!(
-        "ratio              {:.2} of the trivial RPC's throughput",
-        measured.per_second() / trivial.per_second()
+        "ratio              {:.2} of the trivial RPC's throughput, {:.2} of bare tonic's (the trivial RPC is {:.2} of it)",
+        measured.per_second() / trivial.per_second(),
+        measured.per_second() / bare.per_second(),
+        trivial.per_second() / bare.per_second()
     );
+    if let Some(bytes) = poller_bytes {
+        println!("poller memory      {bytes:.0} bytes of service memory per poller it remembers");
+    }
     if redis_url.is_some() {
         println!(
             "redis              {commands:.0} commands/s ({:.2} per call)",
@@ -174,6 +233,7 @@ async fn run_rpc(
 ) -> Measured {
     let channels = Arc::clone(channels);
     let round = rand_round();
+    let pollers = args.pollers.max(1);
     load::run(args.clients, duration, per_second, move |c, n| {
         let mut client = QueueServiceClient::new(channels[c % channels.len()].clone());
         async move {
@@ -188,7 +248,7 @@ async fn run_rpc(
                 Rpc::GetRank => client
                     .get_rank(pb::GetRankRequest {
                         queue_id: "bench".into(),
-                        user_id: format!("p{}", (c as u64 * 7919 + n * 104_729) % PREFILLED),
+                        user_id: format!("p{}", (c as u64 * 7919 + n * 104_729) % pollers),
                     })
                     .await
                     .is_ok(),
