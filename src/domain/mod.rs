@@ -21,5 +21,5 @@ pub use estimate::{
 pub use ids::{QueueId, RequestId, UserId};
 pub use line::{LINE_LOG_KEEP, LineChanges, LineEvent, LineSnapshot, LineSummary};
 pub use place::{Admission, Admitted, NamedAdmission, Place, PlaceState, Signs};
-pub use queue::{QueueConfig, QueueMode, QueueStats, QueueUpdate};
+pub use queue::{QueueConfig, QueueMode, QueueStats, QueueUpdate, release_after_ms};
 pub use ranks::RankIndex;

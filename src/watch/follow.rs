@@ -104,7 +104,8 @@ impl WatchHub {
                     watch.refreshed.fetch_add(1, Ordering::AcqRel);
                     let mut pollers = watch.pollers();
                     if let Some(line) = &watch.copy().line {
-                        pollers.prune(line, now);
+                        let heartbeat_ms = watch.heartbeat_ms.load(Ordering::Relaxed);
+                        pollers.prune(line, heartbeat_ms, now);
                     }
                     watchers
                 }

@@ -37,8 +37,11 @@ use std::time::{Duration, Instant};
 use super::line::Line;
 use crate::domain::{LineSummary, Place, PlaceState, QueueConfig, QueueMode, UserId};
 
-/// A poller not heard from for this long is forgotten (once its polls are
-/// recorded); its next lookup goes to the store.
+/// A poller not heard from for this long, or for as long as the store
+/// takes to release a silent user if that is longer, is forgotten (once its
+/// polls are recorded); its next lookup goes to the store. A crowd spread
+/// over many replicas polls each one seldom: remembered until it would be
+/// released anyway, it is still answered here.
 const POLLER_IDLE_MS: u64 = 60_000;
 
 /// The hub's copy of a queue's line and the summary read with it.
@@ -94,15 +97,27 @@ pub(super) struct Poller {
 }
 
 #[derive(Default)]
-pub(super) struct Pollers(HashMap<UserId, Poller>);
+pub(super) struct Pollers {
+    known: HashMap<UserId, Poller>,
+    /// The users whose `unrecorded` is set, so a refresh takes them without
+    /// reading every poller (a million of them, in a large sale).
+    unrecorded: Vec<UserId>,
+    /// When the pollers were last pruned: every few seconds, not every
+    /// refresh.
+    pruned_ms: u64,
+}
+
+/// How often the pollers are pruned: forgetting is housekeeping (a poller
+/// whose ticket left the line is not answered here anyway).
+const PRUNE_EVERY_MS: u64 = 2_000;
 
 impl Pollers {
     pub(super) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.known.is_empty()
     }
 
     pub(super) fn knows(&self, user: &UserId) -> bool {
-        self.0.contains_key(user)
+        self.known.contains_key(user)
     }
 
     /// Remembers the place the store gave a user: asked at `asked_ms`,
@@ -112,10 +127,10 @@ impl Pollers {
     pub(super) fn remember(&mut self, user: &UserId, place: &Place, asked_ms: u64, min_read: u64) {
         let in_line = matches!(place.state, PlaceState::Waiting { .. } | PlaceState::Closed);
         if !in_line || place.ticket == 0 {
-            self.0.remove(user);
+            self.known.remove(user);
             return;
         }
-        self.0.insert(
+        self.known.insert(
             user.clone(),
             Poller {
                 ticket: place.ticket,
@@ -138,7 +153,7 @@ impl Pollers {
         heartbeat_ms: u64,
         now_ms: u64,
     ) -> Option<Place> {
-        let poller = self.0.get_mut(user)?;
+        let poller = self.known.get_mut(user)?;
         if now_ms.saturating_sub(poller.recorded_ms) > heartbeat_ms / 2 {
             return None;
         }
@@ -148,9 +163,12 @@ impl Pollers {
         // A recorded sign of life younger than a quarter of the timeout is
         // news to nobody: the store releases a place only after the timeout
         // and that quarter more (`QueueConfig::release_after_ms`).
-        if now_ms.saturating_sub(poller.recorded_ms) >= QueueConfig::presence_stale_ms(heartbeat_ms)
+        if !poller.unrecorded
+            && now_ms.saturating_sub(poller.recorded_ms)
+                >= QueueConfig::presence_stale_ms(heartbeat_ms)
         {
             poller.unrecorded = true;
+            self.unrecorded.push(user.clone());
         }
         Some(place)
     }
@@ -158,25 +176,27 @@ impl Pollers {
     /// The users answered here since their presence was last recorded;
     /// marked recorded.
     pub(super) fn take_unrecorded(&mut self) -> Vec<UserId> {
-        self.0
-            .iter_mut()
-            .filter(|(_, p)| p.unrecorded)
-            .map(|(user, p)| {
-                p.unrecorded = false;
-                user.clone()
-            })
-            .collect()
+        let mut taken = std::mem::take(&mut self.unrecorded);
+        taken.retain(|user| match self.known.get_mut(user) {
+            Some(poller) if poller.unrecorded => {
+                poller.unrecorded = false;
+                true
+            }
+            _ => false,
+        });
+        taken
     }
 
     /// Notes the outcome of the write of users' presence at `now_ms`: on
     /// failure the next write includes them again.
     pub(super) fn recorded(&mut self, users: &[UserId], written: bool, now_ms: u64) {
         for user in users {
-            if let Some(poller) = self.0.get_mut(user) {
+            if let Some(poller) = self.known.get_mut(user) {
                 if written {
                     poller.recorded_ms = poller.recorded_ms.max(now_ms);
-                } else {
+                } else if !poller.unrecorded {
                     poller.unrecorded = true;
+                    self.unrecorded.push(user.clone());
                 }
             }
         }
@@ -184,10 +204,14 @@ impl Pollers {
 
     /// Forgets pollers whose ticket left the line, and recorded ones not
     /// heard from for a while.
-    pub(super) fn prune(&mut self, line: &Line, now_ms: u64) {
-        self.0.retain(|_, p| {
-            line.contains(p.ticket)
-                && (p.unrecorded || now_ms.saturating_sub(p.seen_ms) < POLLER_IDLE_MS)
+    pub(super) fn prune(&mut self, line: &Line, heartbeat_ms: u64, now_ms: u64) {
+        if now_ms.saturating_sub(self.pruned_ms) < PRUNE_EVERY_MS && self.pruned_ms <= now_ms {
+            return;
+        }
+        self.pruned_ms = now_ms;
+        let idle_ms = POLLER_IDLE_MS.max(crate::domain::release_after_ms(heartbeat_ms));
+        self.known.retain(|_, p| {
+            line.contains(p.ticket) && (p.unrecorded || now_ms.saturating_sub(p.seen_ms) < idle_ms)
         });
     }
 }
@@ -311,10 +335,13 @@ mod tests {
             seq: 7,
             tickets: vec![3, 5, 9],
         });
-        pollers.prune(&line, 2_000);
+        pollers.prune(&line, HEARTBEAT_MS, 2_000);
         assert!(!pollers.is_empty());
         line.leave(5);
-        pollers.prune(&line, 2_000);
+        // Pruned every few seconds, not at every refresh.
+        pollers.prune(&line, HEARTBEAT_MS, 3_000);
+        assert!(!pollers.is_empty());
+        pollers.prune(&line, HEARTBEAT_MS, 4_000);
         assert!(pollers.is_empty());
     }
 }

@@ -39,6 +39,12 @@ pub struct Args {
     /// `get-rank`: distinct users in line, each polling in turn.
     #[arg(long, default_value_t = 100_000)]
     pollers: u64,
+    /// The queue's heartbeat timeout. A poll is answered from the instance's
+    /// copy while the user's recorded sign of life is younger than half of
+    /// it: a crowd so large that each user polls this instance less often
+    /// than that is looked up in the store.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
 }
 
 #[derive(Clone, Copy)]
@@ -82,6 +88,10 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
     service
         .create_queue(pb::Queue {
             id: "bench".into(),
+            heartbeat_timeout: Some(prost_types::Duration {
+                seconds: args.heartbeat.as_secs() as i64,
+                nanos: 0,
+            }),
             ..Default::default()
         })
         .await?;
@@ -104,9 +114,13 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
 
     let mut poller_bytes = None;
     if let Rpc::GetRank = rpc {
-        enqueue_users(&channels, args.clients, "bench", args.pollers as usize, |n| {
-            format!("p{n}")
-        })
+        enqueue_users(
+            &channels,
+            args.clients,
+            "bench",
+            args.pollers as usize,
+            |n| format!("p{n}"),
+        )
         .await?;
         // A crowd already polling: each user's first lookup went to the
         // store, later ones find the instance following the queue.
@@ -172,7 +186,11 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
         args.connections,
         args.seconds,
         match rpc {
-            Rpc::GetRank => format!(", {} distinct pollers", args.pollers),
+            Rpc::GetRank => format!(
+                ", {} distinct pollers, heartbeat {}",
+                args.pollers,
+                humantime::format_duration(args.heartbeat)
+            ),
             Rpc::Enqueue => String::new(),
         }
     );
