@@ -68,8 +68,8 @@ pub(super) fn stats_out(queue: &QueueId, stats: &QueueStats) -> pb::QueueStats {
         abandoned_total: stats.abandoned,
         prequeue_count: stats.prequeued,
         cleared_total: stats.cleared,
-        arrival_rate: per_second_over_window(stats.flow.arrived),
-        abandon_rate: per_second_over_window(stats.rate.abandoned),
+        arrival_rate: per_second_over_window(stats.flow.arrived, stats.flow.span_ms),
+        abandon_rate: per_second_over_window(stats.rate.abandoned, stats.flow.span_ms),
         waited_p50: stats.flow.waited_quantile(0.5).map(duration_out),
         waited_p90: stats.flow.waited_quantile(0.9).map(duration_out),
         back_of_line_wait: stats

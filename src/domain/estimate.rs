@@ -31,6 +31,20 @@ use std::time::Duration;
 /// How far back admissions, arrivals and abandonments count towards rates.
 pub const RATE_WINDOW_MS: u64 = 60_000;
 
+/// Arrivals and abandonments are counted in slots this long, so a reader
+/// sums a handful of them, not a minute of seconds, on every lookup.
+pub const FLOW_SLOT_MS: u64 = 10_000;
+
+/// The first slot (of [`FLOW_SLOT_MS`]) of the window at `now_ms`.
+pub fn first_flow_slot(now_ms: u64) -> u64 {
+    now_ms.saturating_sub(RATE_WINDOW_MS) / FLOW_SLOT_MS + 1
+}
+
+/// The time the window's slots cover at `now_ms`: 50 to 60 seconds.
+pub fn flow_span_ms(now_ms: u64) -> u64 {
+    now_ms.saturating_sub(first_flow_slot(now_ms) * FLOW_SLOT_MS)
+}
+
 /// The recent part of the window, whose rate bounds the estimate's range.
 pub const RECENT_MS: u64 = 10_000;
 
@@ -69,7 +83,8 @@ pub struct RateSample {
     pub span_ms: u64,
     /// Admissions within the last [`RECENT_MS`].
     pub recent: u64,
-    /// Users released for silence within the window.
+    /// Users released for silence within the window (its slots of
+    /// [`FLOW_SLOT_MS`]).
     pub abandoned: u64,
     /// The queue's configured `admit_per_second` (0: none).
     pub configured: u32,
@@ -170,8 +185,10 @@ impl RateSample {
 /// times waited (counts per bucket of [`WAITED_BOUNDS_S`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    /// Users who joined within the window.
+    /// Users who joined within the window (its slots of [`FLOW_SLOT_MS`]).
     pub arrived: u64,
+    /// The time those slots cover ([`flow_span_ms`]).
+    pub span_ms: u64,
     /// Admissions from the line within [`WAITED_WINDOW_MS`], by how long
     /// each had waited.
     pub waited: Vec<u64>,
@@ -197,9 +214,9 @@ impl Flow {
     }
 }
 
-/// A count over the window as a rate per second.
-pub fn per_second_over_window(count: u64) -> f64 {
-    count as f64 * 1000.0 / RATE_WINDOW_MS as f64
+/// A count over the window's slots as a rate per second.
+pub fn per_second_over_window(count: u64, span_ms: u64) -> f64 {
+    count as f64 * 1000.0 / span_ms.max(MIN_SPAN_MS) as f64
 }
 
 #[cfg(test)]
@@ -274,7 +291,10 @@ mod tests {
         let mut waited = vec![0; WAITED_BOUNDS_S.len()];
         waited[waited_bucket(7)] = 5; // bound 8 s
         waited[waited_bucket(100)] = 5; // bound 120 s
-        let flow = Flow { arrived: 0, waited };
+        let flow = Flow {
+            waited,
+            ..Flow::default()
+        };
         assert_eq!(flow.waited_quantile(0.5), Some(Duration::from_secs(8)));
         assert_eq!(flow.waited_quantile(0.9), Some(Duration::from_secs(120)));
         assert_eq!(Flow::default().waited_quantile(0.5), None);

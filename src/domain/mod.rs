@@ -15,8 +15,9 @@ mod ranks;
 pub use check::{AdmissionCheck, AdmissionStatus, Consume};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use estimate::{
-    Estimate, EstimateBasis, Flow, RATE_WINDOW_MS, RECENT_MS, RateSample, WAITED_BOUNDS_S,
-    WAITED_SLOT_MS, WAITED_WINDOW_MS, per_second_over_window, waited_bucket,
+    Estimate, EstimateBasis, FLOW_SLOT_MS, Flow, RATE_WINDOW_MS, RECENT_MS, RateSample,
+    WAITED_BOUNDS_S, WAITED_SLOT_MS, WAITED_WINDOW_MS, first_flow_slot, flow_span_ms,
+    per_second_over_window, waited_bucket,
 };
 pub use ids::{QueueId, RequestId, UserId};
 pub use line::{LINE_LOG_KEEP, LineChanges, LineEvent, LineSnapshot, LineSummary};

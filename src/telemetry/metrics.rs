@@ -332,7 +332,7 @@ impl Collector for QueueSnapshot {
             (
                 "waitroom_queue_arrival_rate",
                 "Users joining per second over the last minute",
-                |s| Some(per_second_over_window(s.flow.arrived)),
+                |s| Some(per_second_over_window(s.flow.arrived, s.flow.span_ms)),
             ),
             (
                 "waitroom_queue_admission_rate",
@@ -342,7 +342,7 @@ impl Collector for QueueSnapshot {
             (
                 "waitroom_queue_abandon_rate",
                 "Waiting users released for silence per second over the last minute",
-                |s| Some(per_second_over_window(s.rate.abandoned)),
+                |s| Some(per_second_over_window(s.rate.abandoned, s.flow.span_ms)),
             ),
             (
                 "waitroom_queue_waited_p50_seconds",

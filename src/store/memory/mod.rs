@@ -11,10 +11,11 @@ use async_trait::async_trait;
 use super::{QueueStore, batch_result_ttl_ms};
 use crate::domain::draw::draw_key;
 use crate::domain::{
-    Admission, AdmissionCheck, AdmissionStatus, Admitted, Flow, LINE_LOG_KEEP, LineChanges,
-    LineEvent, LineSnapshot, LineSummary, NamedAdmission, Place, PlaceState, QueueConfig, QueueId,
-    QueueMode, QueueStats, QueueUpdate, RankIndex, RateSample, RequestId, UserId, WAITED_BOUNDS_S,
-    WAITED_SLOT_MS, WAITED_WINDOW_MS, waited_bucket,
+    Admission, AdmissionCheck, AdmissionStatus, Admitted, FLOW_SLOT_MS, Flow, LINE_LOG_KEEP,
+    LineChanges, LineEvent, LineSnapshot, LineSummary, NamedAdmission, Place, PlaceState,
+    QueueConfig, QueueId, QueueMode, QueueStats, QueueUpdate, RankIndex, RateSample, RequestId,
+    UserId, WAITED_BOUNDS_S, WAITED_SLOT_MS, WAITED_WINDOW_MS, first_flow_slot, flow_span_ms,
+    waited_bucket,
 };
 use crate::{Error, Result};
 
@@ -110,7 +111,8 @@ struct QueueState {
     /// Users taken out of line by clearing, told so while the queue stays
     /// closed.
     cleared: HashSet<UserId>,
-    /// Arrivals and abandonments per second bucket, the last minute only.
+    /// Arrivals and abandonments per slot of `FLOW_SLOT_MS`, the last
+    /// minute only.
     arrivals: BTreeMap<u64, u64>,
     abandons: BTreeMap<u64, u64>,
     /// Admissions from the line by (10-second slot, bucket of the time
@@ -171,17 +173,17 @@ impl QueueState {
     /// `count_flow`).
     fn count_arrivals(&mut self, n: u64, now_ms: u64) {
         self.counters.enqueued += n;
-        *self.arrivals.entry(now_ms / 1000).or_default() += n;
-        let first = RateSample::first_bucket(now_ms);
-        self.arrivals.retain(|second, _| *second >= first);
+        *self.arrivals.entry(now_ms / FLOW_SLOT_MS).or_default() += n;
+        let first = first_flow_slot(now_ms);
+        self.arrivals.retain(|slot, _| *slot >= first);
     }
 
     fn count_abandons(&mut self, n: u64, now_ms: u64) {
         self.counters.abandoned += n;
         if n > 0 {
-            *self.abandons.entry(now_ms / 1000).or_default() += n;
-            let first = RateSample::first_bucket(now_ms);
-            self.abandons.retain(|second, _| *second >= first);
+            *self.abandons.entry(now_ms / FLOW_SLOT_MS).or_default() += n;
+            let first = first_flow_slot(now_ms);
+            self.abandons.retain(|slot, _| *slot >= first);
         }
     }
 
@@ -452,6 +454,7 @@ impl QueueState {
         }
         Flow {
             arrived: in_window(&self.arrivals, now_ms),
+            span_ms: flow_span_ms(now_ms),
             waited,
         }
     }
@@ -634,10 +637,10 @@ impl QueueState {
     }
 }
 
-/// The sum of per-second buckets within the rate window, up to now's
-/// second.
+/// The sum of the slots of `FLOW_SLOT_MS` within the rate window, up to
+/// now's.
 fn in_window(buckets: &BTreeMap<u64, u64>, now_ms: u64) -> u64 {
-    let (first, last) = (RateSample::first_bucket(now_ms), now_ms / 1000);
+    let (first, last) = (first_flow_slot(now_ms), now_ms / FLOW_SLOT_MS);
     if first > last {
         return 0;
     }

@@ -6,7 +6,8 @@
 use redis::Script;
 
 use crate::domain::{
-    LINE_LOG_KEEP, RATE_WINDOW_MS, RECENT_MS, WAITED_BOUNDS_S, WAITED_SLOT_MS, WAITED_WINDOW_MS,
+    FLOW_SLOT_MS, LINE_LOG_KEEP, RATE_WINDOW_MS, RECENT_MS, WAITED_BOUNDS_S, WAITED_SLOT_MS,
+    WAITED_WINDOW_MS,
 };
 
 pub(super) struct Scripts {
@@ -40,7 +41,8 @@ pub(crate) fn with_prelude_source(body: &str) -> String {
     format!(
         "local LOG_KEEP = {LINE_LOG_KEEP}\nlocal RATE_WINDOW_MS = {RATE_WINDOW_MS}\n\
          local RECENT_MS = {RECENT_MS}\nlocal WAITED_WINDOW_MS = {WAITED_WINDOW_MS}\n\
-         local WAITED_SLOT_MS = {WAITED_SLOT_MS}\nlocal WAITED_BOUNDS_S = {{ {} }}\n{}\n{body}",
+         local WAITED_SLOT_MS = {WAITED_SLOT_MS}\nlocal WAITED_BOUNDS_S = {{ {} }}\n\
+         local FLOW_SLOT_MS = {FLOW_SLOT_MS}\n{}\n{body}",
         bounds.join(", "),
         include_str!("scripts/prelude.lua")
     )

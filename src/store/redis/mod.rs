@@ -690,6 +690,7 @@ impl QueueStore for RedisStore {
         stats.rate.abandoned = reply.u64()?;
         stats.rate.configured = reply.u32()?;
         stats.flow.arrived = reply.u64()?;
+        stats.flow.span_ms = crate::domain::flow_span_ms(now_ms);
         while reply.remaining() > 0 {
             stats.flow.waited.push(reply.u64()?);
         }

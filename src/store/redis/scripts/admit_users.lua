@@ -50,7 +50,7 @@ for i = 5, #ARGV do
         count_arrivals(cfg, 1)
       end
       ticket = redis.call('INCR', K_SEQ)
-      gave_tickets = true
+      gave_tickets = ticket
     end
     local expires = admit_user(cfg, user, ticket)
     admitted = admitted + 1
@@ -61,7 +61,7 @@ if admitted > 0 then
   redis.call('HINCRBY', K_STATS, 'admitted', admitted)
 end
 if gave_tickets then
-  note_joined()
+  note_joined(gave_tickets)
 end
 redis.call('HSET', K_BATCHES, key, cjson.encode(out))
 redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(ARGV[3]), key)

@@ -31,8 +31,7 @@ local function make_gathered_writes()
   if n == 0 then
     return
   end
-  redis.call('INCRBY', K_SEQ, n)
-  gave_tickets = true
+  gave_tickets = redis.call('INCRBY', K_SEQ, n)
   count_arrivals(cfg, n)
   add_waiting_many(joined)
   for first = 1, n, 500 do
@@ -76,6 +75,6 @@ for i = 2, #ARGV do
 end
 make_gathered_writes()
 if gave_tickets then
-  note_joined()
+  note_joined(gave_tickets)
 end
 return out

@@ -33,7 +33,7 @@ local function enqueue_one(cfg, user)
   end
 
   local ticket = redis.call('INCR', K_SEQ)
-  gave_tickets = true
+  gave_tickets = ticket
   count_arrivals(cfg, 1)
   -- The line forms only when it must: with nobody waiting, a free slot and
   -- (when the rate is limited) a token, the newcomer goes straight in.

@@ -26,6 +26,7 @@ local K_PREQUEUE, K_POOL, K_SEEN, K_LOG, K_CLEARED, K_FLOW, K_JOINED =
   KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local NOW = tonumber(ARGV[1])
 local SECOND = math.floor(NOW / 1000)
+local FLOW_SLOT = math.floor(NOW / FLOW_SLOT_MS)
 
 local function load_config()
   local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admission_ttl_ms', 'created_at_ms',
@@ -58,13 +59,18 @@ local function first_rate_bucket()
   return math.floor(math.max(NOW - RATE_WINDOW_MS, 0) / 1000) + 1
 end
 
+-- The first slot of FLOW_SLOT_MS in the window (domain::first_flow_slot).
+local function first_flow_slot()
+  return math.floor(math.max(NOW - RATE_WINDOW_MS, 0) / FLOW_SLOT_MS) + 1
+end
+
 -- The flow hash's buckets older than their windows are dropped every ten
 -- seconds, not on every write: readers count only what is in the window.
 local function prune_flow(cfg)
   if SECOND < cfg.flow_pruned + 10 then
     return
   end
-  local first = first_rate_bucket()
+  local first = first_flow_slot()
   local oldest_slot = math.floor(NOW / WAITED_SLOT_MS) - (WAITED_WINDOW_MS / WAITED_SLOT_MS - 1)
   local stale = {}
   for _, field in ipairs(redis.call('HKEYS', K_FLOW)) do
@@ -81,26 +87,27 @@ end
 -- Counts n users joining now (the memory store's count_arrivals).
 local function count_arrivals(cfg, n)
   redis.call('HINCRBY', K_STATS, 'enqueued', n)
-  redis.call('HINCRBY', K_FLOW, 'j:' .. SECOND, n)
+  redis.call('HINCRBY', K_FLOW, 'j:' .. FLOW_SLOT, n)
   prune_flow(cfg)
 end
 
 local function count_abandons(cfg, n)
   if n > 0 then
     redis.call('HINCRBY', K_STATS, 'abandoned', n)
-    redis.call('HINCRBY', K_FLOW, 'x:' .. SECOND, n)
+    redis.call('HINCRBY', K_FLOW, 'x:' .. FLOW_SLOT, n)
     prune_flow(cfg)
     rate_count = nil
   end
 end
 
--- Set when this run gives a ticket: the script then calls note_joined.
+-- The last ticket this run gave, if any: the script then calls note_joined.
 local gave_tickets = false
 
--- Records that the tickets up to the last given were given by this second;
--- only ever raised (GT), as a caller whose clock is behind may write last.
-local function note_joined()
-  redis.call('ZADD', K_JOINED, 'GT', tonumber(redis.call('GET', K_SEQ)) or 0, SECOND)
+-- Records that the tickets up to `last` (the last given) were given by
+-- this second; only ever raised (GT), as a caller whose clock is behind may
+-- write last.
+local function note_joined(last)
+  redis.call('ZADD', K_JOINED, 'GT', last, SECOND)
 end
 
 -- Counts how long the users of `tickets` (ascending, admitted from the line
@@ -145,9 +152,9 @@ local function open_if_due(cfg)
   end
   local size = redis.call('ZCARD', K_PREQUEUE)
   local next_ticket = (tonumber(redis.call('GET', K_SEQ)) or 0) + 1
-  redis.call('INCRBY', K_SEQ, size)
+  local last = redis.call('INCRBY', K_SEQ, size)
   if size > 0 then
-    note_joined()
+    note_joined(last)
   end
   cfg.draw = size == 0 and 'done' or 'frozen'
   redis.call('HSET', K_CONFIG, 'draw', cfg.draw, 'draw_next', next_ticket)
@@ -271,12 +278,12 @@ local function free_slots(cfg)
   return math.max(cfg.max_active - redis.call('ZCARD', K_ACTIVE), 0)
 end
 
--- A per-second bucket of the flow hash summed over the window, up to now's
--- second (the memory store's in_window).
+-- A kind of the flow hash's slots summed over the window, up to now's slot
+-- (the memory store's in_window): a handful of fields.
 local function in_window(kind)
   local fields = {}
-  for second = first_rate_bucket(), SECOND do
-    fields[#fields + 1] = kind .. ':' .. second
+  for slot = first_flow_slot(), FLOW_SLOT do
+    fields[#fields + 1] = kind .. ':' .. slot
   end
   if #fields == 0 then
     return 0
