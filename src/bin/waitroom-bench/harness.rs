@@ -34,6 +34,22 @@ impl Service {
             Store::Redis => Some(RedisServer::start().map_err(anyhow::Error::msg)?),
             Store::Memory => None,
         };
+        let url = redis.as_ref().map(RedisServer::url);
+        Self::start_with(redis, url, extra).await
+    }
+
+    /// Another replica on `first`'s Redis (which `first` keeps running).
+    pub async fn start_beside(first: &Service, extra: &[&str]) -> anyhow::Result<Self> {
+        let url = first.redis().map(RedisServer::url);
+        anyhow::ensure!(url.is_some(), "replicas share a Redis store");
+        Self::start_with(None, url, extra).await
+    }
+
+    async fn start_with(
+        redis: Option<RedisServer>,
+        redis_url: Option<String>,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let binary = server_binary()?;
         let port = free_port().map_err(anyhow::Error::msg)?;
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -49,8 +65,8 @@ impl Service {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        if let Some(redis) = &redis {
-            command.args(["--redis-url", &redis.url(), "--redis-timeout", "5s"]);
+        if let Some(url) = &redis_url {
+            command.args(["--redis-url", url, "--redis-timeout", "5s"]);
         }
         let child = command
             .spawn()

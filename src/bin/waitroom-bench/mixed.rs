@@ -1,5 +1,8 @@
 //! A sale: a burst of arrivals, one in ten of them watching their place,
-//! while the service admits at a steady configured rate.
+//! while the service admits at a steady configured rate. With
+//! `--replicas 2`, two service processes share one Redis and the arrivals
+//! alternate between them: the figures per replica and Redis's CPU per
+//! operation show what a replica adds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,14 +32,18 @@ pub struct Args {
     /// Concurrent arriving clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
+    /// Service processes sharing the one Redis.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let service = Service::start(
-        Store::Redis,
-        &["--max-calls", "1000000", "--max-streams", "1000000"],
-    )
-    .await?;
+    let flags = ["--max-calls", "1000000", "--max-streams", "1000000"];
+    let service = Service::start(Store::Redis, &flags).await?;
+    let mut replicas = vec![];
+    for _ in 1..args.replicas.max(1) {
+        replicas.push(Service::start_beside(&service, &flags).await?);
+    }
     let redis_url = service.redis().map(|r| r.url()).unwrap_or_default();
     service
         .create_queue(pb::Queue {
@@ -45,10 +52,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ..Default::default()
         })
         .await?;
-    let channels = Arc::new(service.channels(8).await?);
+    let all: Vec<&Service> = std::iter::once(&service).chain(replicas.iter()).collect();
+    let count = all.len();
+    // Connections of replica r at r, r + count, ...: arrival n goes to
+    // replica n % count.
+    let mut by_replica = Vec::new();
+    for one in &all {
+        by_replica.push(one.channels(8).await?);
+    }
+    let channels: Arc<Vec<_>> = Arc::new(
+        (0..8)
+            .flat_map(|i| by_replica.iter().map(move |c| c[i].clone()))
+            .collect(),
+    );
     let updates = Arc::new(AtomicU64::new(0));
     let admitted_seen = Arc::new(AtomicU64::new(0));
-    let cpu_before = service.cpu_time()?;
+    let cpu_before: Vec<Duration> = all.iter().map(|s| s.cpu_time()).collect::<Result<_, _>>()?;
+    let redis_cpu_before = load::redis_cpu(&redis_url)?;
     let commands_before = load::redis_commands(&redis_url)?;
     let started = Instant::now();
     let latency = Arc::new(std::sync::Mutex::new(load::histogram()));
@@ -112,7 +132,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let rest = Duration::from_secs(args.seconds).saturating_sub(burst_time);
     tokio::time::sleep(rest).await;
     let elapsed = started.elapsed();
-    let cpu = service.cpu_time()? - cpu_before;
+    let cpu: Vec<Duration> = all
+        .iter()
+        .zip(&cpu_before)
+        .map(|(s, before)| s.cpu_time().map(|now| now.saturating_sub(*before)))
+        .collect::<Result<_, _>>()?;
+    let redis_cpu = load::redis_cpu(&redis_url)?.saturating_sub(redis_cpu_before);
     let commands =
         (load::redis_commands(&redis_url)? - commands_before) as f64 / elapsed.as_secs_f64();
     let stats = service
@@ -131,7 +156,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map(|h| h.clone())
         .unwrap_or_else(|_| load::histogram());
     println!(
-        "scenario           mixed ({arrivals} arrivals, 1 in {} watching, {}/s admitted, {} s)",
+        "scenario           mixed ({arrivals} arrivals, 1 in {} watching, {}/s admitted, {} s, {count} replica(s) on one Redis)",
         args.watch_one_in, args.admit_per_second, args.seconds
     );
     println!(
@@ -149,11 +174,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         admitted_seen.load(Ordering::Relaxed)
     );
     println!("stream updates     {}", updates.load(Ordering::Relaxed));
+    for (r, used) in cpu.iter().enumerate() {
+        println!(
+            "replica {r}          {:.1} s of CPU in {:.1} s; {} arrivals, {:.0} us of its CPU per arrival",
+            used.as_secs_f64(),
+            elapsed.as_secs_f64(),
+            arrivals.div_ceil(count),
+            used.as_secs_f64() * 1e6 / arrivals.div_ceil(count) as f64
+        );
+    }
+    let operations = arrivals as u64 + stats.admitted_total;
     println!(
-        "service CPU        {:.1} s of {:.1} s",
-        cpu.as_secs_f64(),
-        elapsed.as_secs_f64()
+        "redis              {commands:.0} commands/s; {:.1} s of CPU, {:.1} us per operation (arrival or admission)",
+        redis_cpu.as_secs_f64(),
+        redis_cpu.as_secs_f64() * 1e6 / operations.max(1) as f64
     );
-    println!("redis              {commands:.0} commands/s");
     Ok(())
 }
