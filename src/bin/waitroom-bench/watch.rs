@@ -16,8 +16,12 @@ use crate::load;
 #[derive(clap::Args)]
 pub struct Args {
     /// Numbers of watchers to measure, one run each (e.g. 1000,100000).
-    #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000])]
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000usize, 200_000])]
     watchers: Vec<usize>,
+    /// Users waiting behind the watchers, not watching: the rest of a
+    /// sale's line, which the service's copy of the line holds too.
+    #[arg(long, default_value_t = 1_000_000)]
+    behind: usize,
     /// Connections the streams share.
     #[arg(long, default_value_t = 8)]
     connections: usize,
@@ -92,6 +96,7 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
     let ahead = args.admissions;
     enqueue_users(&channels, 64, "watch", ahead, |n| format!("ahead-{n:07}")).await?;
     enqueue_users(&channels, 64, "watch", watchers, |n| format!("w{n:07}")).await?;
+    enqueue_users(&channels, 64, "watch", args.behind, |n| format!("behind-{n:07}")).await?;
     let rss_before = service.rss_bytes()?;
 
     // Each stream records when it got the round's update in its own slot
@@ -149,8 +154,8 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
     let admitting_cores = admitting_cpu / admitting_secs;
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "scenario           watch ({watchers} streams on {} connections)",
-        args.connections
+        "scenario           watch ({watchers} streams on {} connections, {} waiting behind them)",
+        args.connections, args.behind
     );
     println!("streams opened in  {:.1} s", open_time.as_secs_f64());
     println!(
@@ -218,6 +223,7 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
     // then admits the watchers in index order, and each admission is
     // timed from the call that made it.
     enqueue_users(&channels, 1, "watch", watchers, |n| format!("w{n:07}")).await?;
+    enqueue_users(&channels, 64, "watch", args.behind, |n| format!("behind-{n:07}")).await?;
     let base = Instant::now();
     // When the call that admits watcher `w` began (micros since base).
     let called_at: Arc<Vec<AtomicU64>> =
@@ -309,8 +315,8 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
     }
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "scenario           watch flow ({watchers} streams on {} connections, {rate} admitted/s for {} s, position pace {})",
-        args.connections, args.seconds, args.pace
+        "scenario           watch flow ({watchers} streams on {} connections, {} waiting behind them, {rate} admitted/s for {} s, position pace {})",
+        args.connections, args.behind, args.seconds, args.pace
     );
     println!(
         "admitted           {next} ({:.0}/s); {missing} admissions not seen on their stream (first: watcher {first_missing:?})",
