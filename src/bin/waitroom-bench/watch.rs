@@ -96,7 +96,10 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
     let ahead = args.admissions;
     enqueue_users(&channels, 64, "watch", ahead, |n| format!("ahead-{n:07}")).await?;
     enqueue_users(&channels, 64, "watch", watchers, |n| format!("w{n:07}")).await?;
-    enqueue_users(&channels, 64, "watch", args.behind, |n| format!("behind-{n:07}")).await?;
+    enqueue_users(&channels, 64, "watch", args.behind, |n| {
+        format!("behind-{n:07}")
+    })
+    .await?;
     let rss_before = service.rss_bytes()?;
 
     // Each stream records when it got the round's update in its own slot
@@ -223,7 +226,10 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
     // then admits the watchers in index order, and each admission is
     // timed from the call that made it.
     enqueue_users(&channels, 1, "watch", watchers, |n| format!("w{n:07}")).await?;
-    enqueue_users(&channels, 64, "watch", args.behind, |n| format!("behind-{n:07}")).await?;
+    enqueue_users(&channels, 64, "watch", args.behind, |n| {
+        format!("behind-{n:07}")
+    })
+    .await?;
     let base = Instant::now();
     // When the call that admits watcher `w` began (micros since base).
     let called_at: Arc<Vec<AtomicU64>> =
