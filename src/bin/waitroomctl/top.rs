@@ -73,22 +73,7 @@ async fn read(
     client: &Client,
     admin: &mut QueueAdminServiceClient<tonic::transport::Channel>,
 ) -> Result<Vec<(pb::Queue, pb::QueueStats)>, Failure> {
-    let mut queues = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = admin
-            .list_queues(client.request(pb::ListQueuesRequest {
-                page_size: 1000,
-                page_token,
-            }))
-            .await?
-            .into_inner();
-        queues.extend(page.queues);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let queues = crate::commands::list_all(client, admin).await?;
     let mut figures = Vec::with_capacity(queues.len());
     for queue in queues {
         let stats = admin

@@ -62,7 +62,7 @@ use super::QueueStore;
 use crate::domain::{
     AdmissionCheck, AdmissionStatus, Admitted, Flow, LineChanges, LineSnapshot, LineSummary,
     NamedAdmission, Place, QueueConfig, QueueId, QueueStats, QueueUpdate, RateSample, RequestId,
-    Signs, UserId,
+    UserId,
 };
 use crate::{Error, Result};
 
@@ -511,17 +511,7 @@ impl QueueStore for RedisStore {
         let (admitted, span_ms) = (reply.u64()?, reply.u64()?);
         let epoch_ms = reply.u64()?;
         let heartbeat_ms = reply.u64()?;
-        let signs = Signs {
-            notice: reply.text()?,
-            closed_reason: reply.text()?,
-        };
-        let rate = RateSample {
-            admitted,
-            span_ms,
-            recent: reply.u64()?,
-            abandoned: reply.u64()?,
-            configured: reply.u32()?,
-        };
+        let (signs, rate) = reply.signs_and_rate(admitted, span_ms)?;
         let mut events = Vec::with_capacity(reply.remaining());
         while reply.remaining() > 0 {
             events.push(parse_line_entry(&reply.string()?)?);

@@ -74,6 +74,28 @@ impl Reply {
         }
     }
 
+    /// The tail a place and a line summary share: notice, closing reason,
+    /// then the rate sample's recent admissions, abandonments and
+    /// configured rate (its admissions and span come earlier).
+    pub(super) fn signs_and_rate(
+        &mut self,
+        admitted: u64,
+        span_ms: u64,
+    ) -> Result<(Signs, RateSample)> {
+        let signs = Signs {
+            notice: self.text()?,
+            closed_reason: self.text()?,
+        };
+        let rate = RateSample {
+            admitted,
+            span_ms,
+            recent: self.u64()?,
+            abandoned: self.u64()?,
+            configured: self.u32()?,
+        };
+        Ok((signs, rate))
+    }
+
     pub(super) fn u32(&mut self) -> Result<u32> {
         u32::try_from(self.u64()?).map_err(|_| bad_reply("number out of range"))
     }
@@ -119,17 +141,7 @@ pub(super) fn parse_place(value: Value, queue: &QueueId) -> Result<Option<Place>
     let mode = parse_mode(&reply.string()?)?;
     let (admitted, span_ms) = (reply.u64()?, reply.u64()?);
     let opens_in_ms = reply.u64()?;
-    let signs = Signs {
-        notice: reply.text()?,
-        closed_reason: reply.text()?,
-    };
-    let rate = RateSample {
-        admitted,
-        span_ms,
-        recent: reply.u64()?,
-        abandoned: reply.u64()?,
-        configured: reply.u32()?,
-    };
+    let (signs, rate) = reply.signs_and_rate(admitted, span_ms)?;
     let state = match kind.as_str() {
         "waiting" => PlaceState::Waiting { position },
         "closed" => PlaceState::Closed,
