@@ -151,6 +151,16 @@ async fn named_people_are_admitted_out_of_turn_once(pair: Pair) {
             .collect::<Vec<_>>()
     };
     assert_eq!(without_tokens(&retried), without_tokens(&first));
+    // The same id naming someone else is refused: a retry names the same
+    // users, and nobody is given another's admission.
+    let reused = two
+        .admit_users(admit_users_request(queue, &["d"], "desk-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (reused.code(), bad_field(&reused).as_str()),
+        (Code::InvalidArgument, "request_id")
+    );
 
     // The two slots are taken: the next named user waits for one, unless
     // the operator overrides the capacity.

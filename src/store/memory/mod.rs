@@ -87,7 +87,8 @@ struct QueueState {
     rate: BTreeMap<u64, u64>,
     batches: HashMap<RequestId, (u64, Vec<Admitted>)>,
     /// `AdmitUsers` results by request id, with when each lapses.
-    named: HashMap<RequestId, (u64, Vec<NamedAdmission>)>,
+    /// With the users they named, so a reused id is told apart.
+    named: HashMap<RequestId, (u64, Vec<UserId>, Vec<NamedAdmission>)>,
     /// The rate's token bucket: milli-tokens and when it was last refilled;
     /// `None` until first used (it starts full).
     bucket: Option<(u64, u64)>,
@@ -118,6 +119,10 @@ struct QueueState {
     /// Admissions from the line by (10-second slot, bucket of the time
     /// waited), the last five minutes only.
     waited: BTreeMap<(u64, usize), u64>,
+    /// When old flow buckets were last dropped (seconds): every ten
+    /// seconds, as the Redis prelude's `prune_flow` does, so a reader whose
+    /// clock is behind finds the same buckets in both stores.
+    flow_pruned_s: u64,
     /// When tickets were given: (highest ticket given in a second, that
     /// second), as the Redis `joined` sorted set orders them;
     /// `joined_second` indexes it by second.
@@ -155,6 +160,7 @@ impl QueueState {
             arrivals: BTreeMap::new(),
             abandons: BTreeMap::new(),
             waited: BTreeMap::new(),
+            flow_pruned_s: 0,
             joined: BTreeSet::new(),
             joined_second: HashMap::new(),
         }
@@ -174,16 +180,14 @@ impl QueueState {
     fn count_arrivals(&mut self, n: u64, now_ms: u64) {
         self.counters.enqueued += n;
         *self.arrivals.entry(now_ms / FLOW_SLOT_MS).or_default() += n;
-        let first = first_flow_slot(now_ms);
-        self.arrivals.retain(|slot, _| *slot >= first);
+        self.prune_flow(now_ms);
     }
 
     fn count_abandons(&mut self, n: u64, now_ms: u64) {
         self.counters.abandoned += n;
         if n > 0 {
             *self.abandons.entry(now_ms / FLOW_SLOT_MS).or_default() += n;
-            let first = first_flow_slot(now_ms);
-            self.abandons.retain(|slot, _| *slot >= first);
+            self.prune_flow(now_ms);
         }
     }
 
@@ -235,8 +239,23 @@ impl QueueState {
             self.joined.remove(&entry);
             self.joined_second.remove(&entry.1);
         }
-        let oldest = slot.saturating_sub(WAITED_WINDOW_MS / WAITED_SLOT_MS - 1);
+        self.prune_flow(now_ms);
+    }
+
+    /// Drops the flow buckets older than their windows, at most every ten
+    /// seconds (the prelude's `prune_flow`).
+    fn prune_flow(&mut self, now_ms: u64) {
+        let second = now_ms / 1000;
+        if second < self.flow_pruned_s + 10 {
+            return;
+        }
+        let first = first_flow_slot(now_ms);
+        self.arrivals.retain(|slot, _| *slot >= first);
+        self.abandons.retain(|slot, _| *slot >= first);
+        let oldest =
+            (now_ms / WAITED_SLOT_MS).saturating_sub(WAITED_WINDOW_MS / WAITED_SLOT_MS - 1);
         self.waited.retain(|(s, _), _| *s >= oldest);
+        self.flow_pruned_s = second;
     }
 
     /// What every operation does first: end the admissions whose time is
@@ -515,6 +534,16 @@ impl QueueState {
                 self.place(PlaceState::Waiting { position }, ticket, now_ms)
             }
         })
+    }
+
+    /// Drops the kept results of `AdmitBatch` and `AdmitUsers` whose time is
+    /// up: both kinds, whichever call comes, as the Redis scripts share one
+    /// hash and one expiry set for them.
+    fn forget_lapsed_results(&mut self, now_ms: u64) {
+        self.batches
+            .retain(|_, (expires_at, _)| *expires_at > now_ms);
+        self.named
+            .retain(|_, (expires_at, _, _)| *expires_at > now_ms);
     }
 
     /// Admits one named user out of turn; the caller has run `prepare`.
@@ -965,9 +994,7 @@ impl QueueStore for MemoryStore {
         now_ms: u64,
     ) -> Result<Vec<Admitted>> {
         self.with_queue(queue, |state| {
-            state
-                .batches
-                .retain(|_, (expires_at, _)| *expires_at > now_ms);
+            state.forget_lapsed_results(now_ms);
             if let Some((_, previous)) = request.and_then(|r| state.batches.get(r)) {
                 return Ok(previous.clone());
             }
@@ -1026,10 +1053,14 @@ impl QueueStore for MemoryStore {
         now_ms: u64,
     ) -> Result<Vec<NamedAdmission>> {
         self.with_queue(queue, |state| {
-            state
-                .named
-                .retain(|_, (expires_at, _)| *expires_at > now_ms);
-            if let Some((_, previous)) = state.named.get(request) {
+            state.forget_lapsed_results(now_ms);
+            if let Some((_, named, previous)) = state.named.get(request) {
+                if named.as_slice() != users {
+                    return Err(Error::invalid(
+                        "request_id",
+                        "was used by an earlier AdmitUsers naming other users: a retry names the same users",
+                    ));
+                }
                 return Ok(previous.clone());
             }
             if state.config.mode == QueueMode::Closed {
@@ -1046,7 +1077,11 @@ impl QueueStore for MemoryStore {
             }
             state.named.insert(
                 request.clone(),
-                (now_ms + batch_result_ttl_ms(request), results.clone()),
+                (
+                    now_ms + batch_result_ttl_ms(request),
+                    users.to_vec(),
+                    results.clone(),
+                ),
             );
             Ok(results)
         })

@@ -112,6 +112,10 @@ pub(super) fn status_error(status: &str, queue: &QueueId) -> Error {
         "paused" => Error::QueuePaused(queue.to_string()),
         "opening_passed" => Error::OpeningPassed(queue.to_string()),
         "exists" => Error::QueueAlreadyExists(queue.to_string()),
+        "request_reused" => Error::invalid(
+            "request_id",
+            "was used by an earlier AdmitUsers naming other users: a retry names the same users",
+        ),
         other => bad_reply(other),
     }
 }

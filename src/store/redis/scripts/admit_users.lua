@@ -8,8 +8,10 @@
 --       user...
 -- Returns {'ok', epoch, {kind, ticket, admitted_at, expires_at}...} with
 -- kind 'admitted', 'already' or 'no_capacity'; or {'no_queue'} /
--- {'closed'}. The result is kept under the request id (apart from
--- AdmitBatch's: ids cannot hold '|'), and a rerun returns it.
+-- {'closed'}, or {'request_reused'} when the id was used naming other
+-- users. The result is kept under the request id with the users it named
+-- (apart from AdmitBatch's results: ids cannot hold '|'), and a rerun
+-- naming the same users returns it.
 
 local key = 'users|' .. ARGV[2]
 local cfg = load_config()
@@ -19,9 +21,22 @@ end
 local lapsed = redis.call('ZRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
 remove_all('HDEL', K_BATCHES, lapsed)
 redis.call('ZREMRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+local users = {}
+for i = 5, #ARGV do
+  users[#users + 1] = ARGV[i]
+end
 local previous = redis.call('HGET', K_BATCHES, key)
 if previous then
-  return cjson.decode(previous)
+  local kept = cjson.decode(previous)
+  if #kept.users ~= #users then
+    return { 'request_reused' }
+  end
+  for i, user in ipairs(users) do
+    if kept.users[i] ~= user then
+      return { 'request_reused' }
+    end
+  end
+  return kept.result
 end
 if cfg.mode == 'closed' then
   return { 'closed' }
@@ -63,6 +78,6 @@ end
 if gave_tickets then
   note_joined(gave_tickets)
 end
-redis.call('HSET', K_BATCHES, key, cjson.encode(out))
+redis.call('HSET', K_BATCHES, key, cjson.encode({ users = users, result = out }))
 redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(ARGV[3]), key)
 return out
