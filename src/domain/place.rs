@@ -29,6 +29,19 @@ impl Signs {
         same(&self.notice, &other.notice) && same(&self.closed_reason, &other.closed_reason)
     }
 
+    /// The very same texts (or none): what each stream's check per refresh
+    /// finds once it shares the hub's copy, without touching the counts.
+    pub fn shares(&self, other: &Signs) -> bool {
+        fn shared(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
+            match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+        }
+        shared(&self.notice, &other.notice) && shared(&self.closed_reason, &other.closed_reason)
+    }
+
     /// These signs, sharing the text of `previous` where it is unchanged.
     pub fn sharing(self, previous: &Signs) -> Signs {
         fn share(new: Option<Arc<str>>, old: &Option<Arc<str>>) -> Option<Arc<str>> {

@@ -78,6 +78,9 @@ impl View {
     /// Whether the view shows these signs; when it does, it keeps their
     /// shared text, so the next comparison does not read it.
     pub(super) fn shows_signs(&mut self, signs: &Signs) -> bool {
+        if self.signs.shares(signs) {
+            return true;
+        }
         let same = self.signs.same_as(signs);
         if same {
             self.signs = signs.clone();

@@ -470,6 +470,25 @@ impl TestApp {
     }
 }
 
+/// Changes one field of a queue (`queue` carries the new value, `path`
+/// names it), as an operator does.
+pub async fn update(
+    app: &TestApp,
+    queue: pb::Queue,
+    path: &str,
+) -> Result<pb::Queue, tonic::Status> {
+    app.admin()
+        .await
+        .update_queue(pb::UpdateQueueRequest {
+            queue: Some(queue),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec![path.into()],
+            }),
+        })
+        .await
+        .map(|answer| answer.into_inner().queue.unwrap_or_default())
+}
+
 /// A plain HTTP/1.1 GET on the service's HTTP port: (status line, headers, body).
 pub async fn http_get(app: &TestApp, path: &str) -> (String, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -19,21 +19,6 @@ async fn verdict(
     verify(client, queue, token, consume).await.verdict()
 }
 
-/// Changes one field of a queue (`queue` carries the new value, `path`
-/// names it), as an operator does.
-async fn update(app: &TestApp, queue: pb::Queue, path: &str) -> Result<pb::Queue, tonic::Status> {
-    app.admin()
-        .await
-        .update_queue(pb::UpdateQueueRequest {
-            queue: Some(queue),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec![path.into()],
-            }),
-        })
-        .await
-        .map(|answer| answer.into_inner().queue.unwrap_or_default())
-}
-
 fn token_of(admitted: &pb::AdmittedUser) -> String {
     admitted.admission.as_ref().unwrap().token.clone()
 }

@@ -384,20 +384,6 @@ async fn clearing_empties_the_line_and_tells_each_person_across_replicas() {
     clearing_empties_the_line_and_tells_each_person(Pair::on_two_replicas().await).await;
 }
 
-/// Changes one field of a queue, as an operator would.
-async fn update(app: &TestApp, queue: pb::Queue, path: &str) -> Result<pb::Queue, tonic::Status> {
-    app.admin()
-        .await
-        .update_queue(pb::UpdateQueueRequest {
-            queue: Some(queue),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec![path.into()],
-            }),
-        })
-        .await
-        .map(|r| r.into_inner().queue.unwrap())
-}
-
 async fn set_notice(app: &TestApp, queue: &str, notice: &str) -> Result<pb::Queue, tonic::Status> {
     let queue = pb::Queue {
         notice: notice.into(),
