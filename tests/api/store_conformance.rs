@@ -342,7 +342,22 @@ async fn replicas_share_their_load(store: &dyn QueueStore) {
     assert_eq!(share("c", None, T0 + 3_004).await, vec![7]);
 }
 
+/// A reader whose clock is a second behind the last writer's counts the
+/// arrivals of the window by its own clock, in both stores alike: old
+/// buckets are dropped on one schedule (every ten seconds), not whenever a
+/// store happens to write.
+async fn a_reader_behind_counts_the_arrivals_of_its_own_window(store: &dyn QueueStore) {
+    create(store, "s", 0).await;
+    for (user, at) in [("a", 45_000), ("b", 95_000), ("c", 100_000)] {
+        store.enqueue(&q("s"), &u(user), T0 + at).await.unwrap();
+    }
+    // At 99 s the window starts at the 40 s slot: a (45 s) and b (95 s).
+    let stats = store.stats(&q("s"), T0 + 99_000).await.unwrap();
+    assert_eq!(stats.flow.arrived, 2);
+}
+
 conformance!(
+    a_reader_behind_counts_the_arrivals_of_its_own_window,
     fifo_positions_and_idempotent_enqueue,
     admission_order_cap_completion_and_expiry,
     modes,
