@@ -21,6 +21,12 @@ pub const LINE_LOG_KEEP: u64 = 100_000;
 pub enum LineEvent {
     /// A ticket joined the waiting set.
     Joined { ticket: u64, user: UserId },
+    /// `count` newcomers joined the back of a line with no pre-queue, one
+    /// after another in one store call: tickets `first_ticket` on, one
+    /// each. Logged as one change, as a burst of arrivals is mostly such
+    /// runs; the users are not logged, as a follower needs them only to
+    /// place pre-queued watchers, and nobody is pre-queued then.
+    JoinedRun { first_ticket: u64, count: u64 },
     /// A ticket left it: admitted, or gone (left, released).
     Left { ticket: u64, admitted: bool },
     /// A pre-queued user (no ticket yet) left or was released.

@@ -230,6 +230,15 @@ impl WatchHub {
                         // A pre-queued watcher placed by the opening draw.
                         (user, ticket)
                     }
+                    LineEvent::JoinedRun {
+                        first_ticket,
+                        count,
+                    } => {
+                        for ticket in first_ticket..first_ticket.saturating_add(count) {
+                            current.join(ticket);
+                        }
+                        continue;
+                    }
                     LineEvent::Left { ticket, .. } => {
                         current.leave(ticket);
                         continue;

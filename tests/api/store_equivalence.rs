@@ -7,8 +7,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use waitroom::domain::{
-    Admission, AdmissionCheck, Consume, NamedAdmission, Place, PlaceState, QueueConfig, QueueId,
-    QueueMode, QueueUpdate, RequestId, UserId,
+    Admission, AdmissionCheck, Consume, LineEvent, NamedAdmission, Place, PlaceState, QueueConfig,
+    QueueId, QueueMode, QueueUpdate, RequestId, UserId,
 };
 use waitroom::store::{MemoryStore, QueueStore, RedisStore};
 use waitroom::tokens::token_id;
@@ -457,6 +457,33 @@ fn random_operation_sequences_get_identical_answers_from_both_stores() {
                         let expected = apply(&memory, op, now, &mut seen).await;
                         let actual = apply(&redis_store, op, now, &mut before).await;
                         prop_assert_eq!(&actual, &expected, "step {} {:?}", step, op);
+                    }
+                    // The log, applied from its start, gives the line the
+                    // store holds (runs of newcomers included).
+                    let q = queue();
+                    let changes = redis_store.line_changes(&q, 0, 10_000, now).await;
+                    let snapshot = redis_store.line_snapshot(&q, 0, 10_000).await;
+                    if let (Ok(changes), Ok(snapshot)) = (changes, snapshot)
+                        && changes.complete
+                    {
+                        let mut line = std::collections::BTreeSet::new();
+                        for (_, event) in changes.events {
+                            match event {
+                                LineEvent::Joined { ticket, .. } => {
+                                    line.insert(ticket);
+                                }
+                                LineEvent::JoinedRun {
+                                    first_ticket,
+                                    count,
+                                } => line.extend(first_ticket..first_ticket + count),
+                                LineEvent::Left { ticket, .. } => {
+                                    line.remove(&ticket);
+                                }
+                                LineEvent::PreQueueLeft { .. } => {}
+                            }
+                        }
+                        let replayed: Vec<u64> = line.into_iter().collect();
+                        prop_assert_eq!(replayed, snapshot.tickets, "the log replayed");
                     }
                     Ok(())
                 })

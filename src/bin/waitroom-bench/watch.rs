@@ -215,9 +215,17 @@ async fn open_stream(
 /// message on the admitted user's stream, and the messages all streams got.
 async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()> {
     let service = start(&args.pace).await?;
+    // The watchers join one at a time (below), and a million behind them
+    // take a while more: with the default heartbeat timeout the first
+    // watchers would be released before their streams open, and the line
+    // behind, which never polls here, while the admissions flow.
     service
         .create_queue(pb::Queue {
             id: "watch".into(),
+            heartbeat_timeout: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
             ..Default::default()
         })
         .await?;

@@ -388,10 +388,27 @@ impl QueueState {
     }
 
     fn add_waiting(&mut self, user: UserId, ticket: u64) {
-        self.waiting.insert(ticket, user.clone());
-        self.tickets.insert(user.clone(), ticket);
-        self.ranks.insert(ticket);
+        self.insert_waiting(user.clone(), ticket);
         self.log_event(LineEvent::Joined { ticket, user });
+    }
+
+    /// Puts a user in line without logging it: the caller logs a run.
+    fn insert_waiting(&mut self, user: UserId, ticket: u64) {
+        self.waiting.insert(ticket, user.clone());
+        self.tickets.insert(user, ticket);
+        self.ranks.insert(ticket);
+    }
+
+    /// Counts and logs a run of newcomers (first ticket, count) put in line
+    /// by enqueue_many, as enqueue_many.lua's end_run does.
+    fn end_run(&mut self, run: Option<(u64, u64)>, now_ms: u64) {
+        if let Some((first_ticket, count)) = run {
+            self.count_arrivals(count, now_ms);
+            self.log_event(LineEvent::JoinedRun {
+                first_ticket,
+                count,
+            });
+        }
     }
 
     fn remove_waiting(&mut self, user: &UserId) -> Option<u64> {
@@ -770,15 +787,11 @@ impl QueueStore for MemoryStore {
     }
 
     async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
-        self.with_queue(queue, |state| {
-            state.prepare(now_ms);
-            let before = state.seq;
-            let place = state.enqueue_one(queue, user, now_ms);
-            if state.seq != before {
-                state.note_joined(now_ms);
-            }
-            place
-        })
+        // The Redis store's single enqueue is a batch of one too.
+        self.enqueue_many(queue, std::slice::from_ref(user), now_ms)
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("enqueue answered no place".into())))
     }
 
     async fn enqueue_many(
@@ -790,10 +803,41 @@ impl QueueStore for MemoryStore {
         self.with_queue(queue, |state| {
             state.prepare(now_ms);
             let before = state.seq;
-            let places = users
-                .iter()
-                .map(|user| state.enqueue_one(queue, user, now_ms))
-                .collect();
+            // As enqueue_many.lua: consecutive newcomers joining the back
+            // of a line with no pre-queue are one run, logged as one
+            // change; anyone else goes through enqueue_one.
+            let gathering = state.config.mode == QueueMode::Queueing
+                && (state.config.opens_at_ms.is_none() || state.draw == Draw::Done);
+            let limited = state.config.max_active > 0 || state.config.admit_per_second > 0;
+            let mut named: HashSet<&UserId> = HashSet::new();
+            let mut run: Option<(u64, u64)> = None;
+            let mut places = Vec::with_capacity(users.len());
+            for user in users {
+                let newcomer = gathering
+                    && !named.contains(user)
+                    && !state.tickets.contains_key(user)
+                    && !state.admitted.contains_key(user)
+                    && (run.is_some() || state.in_line() > 0 || !limited);
+                named.insert(user);
+                if newcomer {
+                    state.seq += 1;
+                    let ticket = state.seq;
+                    state.insert_waiting(user.clone(), ticket);
+                    state.see(user, now_ms);
+                    run.get_or_insert((ticket, 0)).1 += 1;
+                    // The newest ticket: its position is the line's length.
+                    let position = state.in_line();
+                    places.push(Ok(state.place(
+                        PlaceState::Waiting { position },
+                        ticket,
+                        now_ms,
+                    )));
+                } else {
+                    state.end_run(run.take(), now_ms);
+                    places.push(state.enqueue_one(queue, user, now_ms));
+                }
+            }
+            state.end_run(run, now_ms);
             if state.seq != before {
                 state.note_joined(now_ms);
             }

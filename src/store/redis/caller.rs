@@ -12,7 +12,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script, ScriptInvocation, Value};
 
 use super::lua::Scripts;
-use super::reply::{Reply, bad_reply, parse_place};
+use super::reply::{Reply, bad_reply, parse_enqueued, parse_place};
 use crate::domain::{Place, QueueId, UserId};
 use crate::telemetry::metrics::{StoreErrorLabels, StoreLabels, metrics};
 use crate::{Error, Result};
@@ -444,13 +444,7 @@ impl QueueCaller {
             invocation.arg(user.as_str());
         }
         let items = self.per_user("enqueue", &invocation).await?;
-        Ok(items
-            .into_iter()
-            .map(|item| {
-                parse_place(item, &self.queue)
-                    .and_then(|p| p.ok_or_else(|| bad_reply("enqueue returned no place")))
-            })
-            .collect())
+        parse_enqueued(items, users.len(), &self.queue)
     }
 
     pub(super) async fn places(

@@ -20,7 +20,7 @@ use crate::domain::QueueId;
 /// | `P:{q}:prequeue` | sorted set | user pre-queued for a scheduled opening → arrival number |
 /// | `P:{q}:pool` | sorted set | user being placed by the opening draw → draw key |
 /// | `P:{q}:seen` | sorted set | user in line → last sign of life (ms) |
-/// | `P:{q}:log` | sorted set | the last changes to the waiting set, scored by sequence number (`config.log_seq`) |
+/// | `P:{q}:log` | sorted set | the last changes to the waiting set, scored by sequence number (`config.log_seq`): `seq\|kind\|ticket\|detail` (see `line_changes.lua`) |
 /// | `P:{q}:cleared` | set | users taken out of line by clearing the queue, told so while it stays closed |
 /// | `P:{q}:flow` | hash | the sale's recent figures in time buckets: `j:<second>` arrivals, `x:<second>` abandonments, `w:<slot>:<bucket>` admissions by time waited (see `domain/estimate.rs`) |
 /// | `P:{q}:joined` | sorted set | second → the highest ticket given by then, for the time each admitted user waited; trimmed as the line is admitted |

@@ -168,6 +168,55 @@ pub(super) fn parse_place(value: Value, queue: &QueueId) -> Result<Option<Place>
     }))
 }
 
+/// Reads the answers of `enqueue_many.lua`, one place (or refusal) per user
+/// in order: an answer of `enqueue_one`, or a `joined` run of newcomers
+/// standing for several users.
+pub(super) fn parse_enqueued(
+    items: Vec<Value>,
+    users: usize,
+    queue: &QueueId,
+) -> Result<Vec<Result<Place>>> {
+    let mut places = Vec::with_capacity(users);
+    for item in items {
+        let joined = matches!(&item, Value::Array(values)
+            if matches!(values.first(), Some(Value::BulkString(kind)) if kind == b"joined"));
+        if !joined {
+            places.push(
+                parse_place(item, queue)
+                    .and_then(|p| p.ok_or_else(|| bad_reply("enqueue returned no place"))),
+            );
+            continue;
+        }
+        let mut reply = Reply::new(item)?;
+        reply.string()?;
+        let n = reply.u64()?;
+        let (first_ticket, first_position) = (reply.u64()?, reply.u64()?);
+        let mode = parse_mode(&reply.string()?)?;
+        let (admitted, span_ms) = (reply.u64()?, reply.u64()?);
+        let (signs, rate) = reply.signs_and_rate(admitted, span_ms)?;
+        // Checked before anything is kept, so a wrong count cannot make a
+        // large vector.
+        if places.len() as u64 + n > users as u64 {
+            return Err(bad_reply("enqueue answered for more users than asked"));
+        }
+        for k in 0..n {
+            let position = first_position + k;
+            places.push(Ok(Place {
+                state: PlaceState::Waiting { position },
+                ticket: first_ticket + k,
+                waiting_count: position,
+                mode,
+                rate,
+                signs: signs.clone(),
+            }));
+        }
+    }
+    if places.len() != users {
+        return Err(bad_reply("enqueue answered for fewer users than asked"));
+    }
+    Ok(places)
+}
+
 /// Reads the reply of `admit.lua` and `admit_due.lua`.
 pub(super) fn parse_admitted(mut reply: Reply) -> Result<Vec<Admitted>> {
     let queue_epoch_ms = reply.u64()?;
@@ -222,6 +271,10 @@ pub(super) fn parse_line_entry(entry: &str) -> Result<(u64, LineEvent)> {
         "j" => LineEvent::Joined {
             ticket,
             user: UserId::parse(detail).map_err(|_| bad())?,
+        },
+        "J" => LineEvent::JoinedRun {
+            first_ticket: ticket,
+            count: detail.parse().map_err(|_| bad())?,
         },
         "l" => LineEvent::Left {
             ticket,

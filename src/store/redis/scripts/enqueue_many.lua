@@ -2,17 +2,30 @@
 -- each user in turn exactly as enqueue.lua would (see enqueue_one.lua), so
 -- Redis pays the call's fixed cost once for all of them.
 -- KEYS: the queue's keys (prelude). ARGV: now, user...
--- Returns {'ok', answer...}: one answer of enqueue_one per user, in order;
--- or {'no_queue'}.
+-- Returns {'ok', answer...}, the answers in the users' order, each either
+-- an answer of enqueue_one for one user, or {'joined', n, first ticket,
+-- first position, mode, rate count, rate span, notice, closed reason,
+-- recent admissions, abandonments, configured rate} for the next n
+-- users, newcomers who joined the back of the line one after another: the
+-- k-th of them (from 0) has ticket first + k and position first + k, which
+-- is also the line's length they see; or {'no_queue'}.
 --
 -- The common case of a burst, a newcomer joining the back of a line that
--- is already forming, costs two reads: the writes of consecutive
--- newcomers (ticket counter, waiting set, log, presence, stats) are
--- gathered and made at once. A newcomer's ticket is above every ticket in
--- line, so their position is the length of the line. Anyone else (a user
--- already in line or admitted, a queue in another mode, an empty line that
--- may admit on the spot) first gets the gathered writes made, then goes
--- through enqueue_one unchanged.
+-- is already forming, costs no call of its own: whether each user is in
+-- line or admitted is read for all of them at once, and the writes of a
+-- run of consecutive newcomers (ticket counter, waiting set, presence,
+-- stats) are made at once, as is their answer; the log has one entry for
+-- the run ('J', domain::LineEvent::JoinedRun), not one per user. A newcomer's
+-- ticket is above every ticket in line, so their position is the length
+-- of the line. Anyone else (a user already in line or admitted, a user
+-- named twice, a queue in another mode, an empty line that may admit on
+-- the spot) first gets the run's writes made, then goes through
+-- enqueue_one unchanged.
+--
+-- Tickets are formatted by string.format and the clock is passed as it came
+-- (ARGV[1]): Lua's own conversion of a number to a string, which
+-- redis.call makes of every numeric argument, costs about as much as the
+-- insert.
 
 local cfg = load_config()
 if not cfg then
@@ -21,59 +34,67 @@ end
 prepare(cfg)
 
 local gathering = cfg.mode == 'queueing' and only_waiting(cfg)
-local last_ticket
-local joined = {}
-local joined_users = {}
+local in_line_scores, admitted_records
+if gathering then
+  local users = { unpack(ARGV, 2) }
+  in_line_scores = redis.call('ZMSCORE', K_WAITING, unpack(users))
+  admitted_records = redis.call('HMGET', K_ADMITTED, unpack(users))
+end
 
-local function make_gathered_writes()
-  local n = #joined
+local out = { 'ok' }
+local named = {}
+local run, first_ticket, first_position = {}, nil, nil
+
+local function end_run()
+  local n = #run
   line_length = nil
   if n == 0 then
     return
   end
+  local format = string.format
   gave_tickets = redis.call('INCRBY', K_SEQ, n)
   count_arrivals(cfg, n)
-  add_waiting_many(joined)
   for first = 1, n, 500 do
-    local seen = {}
+    local waiting, seen = {}, {}
     for i = first, math.min(first + 499, n) do
-      seen[#seen + 1] = NOW
-      seen[#seen + 1] = joined[i][1]
+      local user = run[i]
+      waiting[#waiting + 1] = format('%d', first_ticket + i - 1)
+      waiting[#waiting + 1] = user
+      seen[#seen + 1] = ARGV[1]
+      seen[#seen + 1] = user
     end
+    redis.call('ZADD', K_WAITING, unpack(waiting))
     redis.call('ZADD', K_SEEN, 'GT', unpack(seen))
   end
-  joined, joined_users, last_ticket = {}, {}, nil
+  log_event('J', first_ticket, n)
+  local count, span, recent, abandoned = rate_sample()
+  out[#out + 1] = { 'joined', n, first_ticket, first_position, cfg.mode, count, span,
+    cfg.notice, cfg.closed_reason, recent, abandoned, cfg.rate }
+  run = {}
 end
 
--- Joins a newcomer to the gathered writes and returns their place; nil
--- when the user is not such a newcomer.
-local function join_back(user)
-  if joined_users[user] or redis.call('HGET', K_ADMITTED, user)
-      or redis.call('ZSCORE', K_WAITING, user) then
-    return nil
-  end
-  line_length = line_length or in_line(cfg)
-  if line_length == 0 and (cfg.max_active > 0 or cfg.rate > 0) then
-    return nil
-  end
-  last_ticket = (last_ticket or tonumber(redis.call('GET', K_SEQ)) or 0) + 1
-  line_length = line_length + 1
-  joined[#joined + 1] = { user, last_ticket }
-  joined_users[user] = true
-  return place(cfg, 'waiting', last_ticket, line_length, 0, 0)
-end
-
-local out = { 'ok' }
 for i = 2, #ARGV do
   local user = ARGV[i]
-  local answer = gathering and join_back(user)
-  if not answer then
-    make_gathered_writes()
-    answer = enqueue_one(cfg, user)
+  local newcomer = gathering and not named[user] and not in_line_scores[i - 1]
+    and not admitted_records[i - 1]
+  if newcomer and #run == 0 then
+    local length = in_line(cfg)
+    if length == 0 and (cfg.max_active > 0 or cfg.rate > 0) then
+      newcomer = false
+    else
+      first_ticket = (tonumber(redis.call('GET', K_SEQ)) or 0) + 1
+      first_position = length + 1
+    end
   end
-  out[#out + 1] = answer
+  named[user] = true
+  if newcomer then
+    run[#run + 1] = user
+  else
+    end_run()
+    out[#out + 1] = enqueue_one(cfg, user)
+  end
 end
-make_gathered_writes()
+end_run()
 if gave_tickets then
   note_joined(gave_tickets)
 end

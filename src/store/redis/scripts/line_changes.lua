@@ -7,7 +7,9 @@
 -- reason, recent admissions, abandonments, configured rate, entry...} where the epoch is the
 -- queue's creation time (a queue created again starts a new log) and each
 -- entry is
--- 'seq|j|ticket|user', 'seq|l|ticket|admitted' or 'seq|p|0|user'; or
+-- 'seq|j|ticket|user', 'seq|J|first ticket|count' (a run of newcomers,
+-- domain::LineEvent::JoinedRun), 'seq|l|ticket|admitted' or
+-- 'seq|p|0|user'; or
 -- {'no_queue'}.
 
 local cfg = load_config()

@@ -173,7 +173,8 @@ local function prepare(cfg)
 end
 
 -- Logs changes to the line (see domain/line.rs), in order, each entry
--- {kind, ticket, detail}: a ticket joined ('j', with the user) or left
+-- {kind, ticket, detail}: a ticket joined ('j', with the user), a run of
+-- newcomers joined ('J', the first ticket and the count), a ticket left
 -- ('l', with 1 when admitted), or a pre-queued user left ('p', with the
 -- user). One sequence increment and one ZADD per slice for all of them;
 -- keeps the last LOG_KEEP.
