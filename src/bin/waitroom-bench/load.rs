@@ -127,6 +127,17 @@ pub fn redis_commands(url: &str) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no total_commands_processed in INFO"))
 }
 
+/// Scripts Redis has run so far (`EVALSHA` calls).
+pub fn redis_script_calls(url: &str) -> anyhow::Result<u64> {
+    let info = redis_info(url, "commandstats")?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
 /// CPU time Redis has used so far (user + system, its own account).
 pub fn redis_cpu(url: &str) -> anyhow::Result<Duration> {
     let info = redis_info(url, "cpu")?;

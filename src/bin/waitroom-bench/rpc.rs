@@ -160,16 +160,22 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
     let mut bare = Measured::empty();
     let (mut trivial_cpu, mut measured_cpu) = (Cpu::zero(), Cpu::zero());
     let mut measured_commands = 0;
+    let mut measured_scripts = 0;
+    let scripts = || match &redis_url {
+        Some(url) => load::redis_script_calls(url),
+        None => Ok(0),
+    };
     for _ in 0..args.seconds.max(1) {
         bare.merge(&baseline(&bare_channels, &args, Duration::from_secs(1)).await);
         let before = Cpu::read(&service)?;
         trivial.merge(&baseline(&channels, &args, Duration::from_secs(1)).await);
         trivial_cpu.add(&Cpu::read(&service)?, &before);
-        let commands_before = commands()?;
+        let (commands_before, scripts_before) = (commands()?, scripts()?);
         let before = Cpu::read(&service)?;
         measured.merge(&run_rpc(rpc, &channels, &args, None, Duration::from_secs(1)).await);
         measured_cpu.add(&Cpu::read(&service)?, &before);
         measured_commands += commands()? - commands_before;
+        measured_scripts += scripts()? - scripts_before;
     }
     let trivial_cpu = trivial_cpu.per_call(trivial.calls);
     let measured_cpu = measured_cpu.per_call(measured.calls);
@@ -237,9 +243,60 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
                 ),
                 Err(error) => println!("redis-benchmark    not run: {error}"),
             }
+            let users = measured.calls.clamp(10_000, 200_000);
+            // As many users to a ZADD as the service put in a script call.
+            let batch = (measured.calls as f64 / measured_scripts.max(1) as f64)
+                .round()
+                .clamp(1.0, 256.0) as usize;
+            match redis_floor(&redis.url(), users, batch) {
+                Ok(floor) => println!(
+                    "redis floor        {floor:.1} us of Redis CPU per user for the two sorted-set inserts a join needs, {batch} users to a ZADD; an Enqueue costs {:.2}x that",
+                    measured_cpu.redis / floor
+                ),
+                Err(error) => println!("redis floor        not measured: {error}"),
+            }
         }
     }
     Ok(())
+}
+
+/// Redis's own cost of what a join cannot do without: putting a user in the
+/// waiting set and the presence set, `batch` users to a `ZADD`, pipelined,
+/// in sets as large as the line. Microseconds of Redis CPU per user.
+fn redis_floor(url: &str, users: u64, batch: usize) -> anyhow::Result<f64> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    let (waiting, seen) = ("floor:{bench}:waiting", "floor:{bench}:seen");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let fill = |conn: &mut redis::Connection, from: u64, to: u64| -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        for first in (from..to).step_by(batch) {
+            let last = (first + batch as u64).min(to);
+            let members: Vec<(u64, String)> = (first..last)
+                .map(|n| (n, format!("floor-{n:08}")))
+                .collect();
+            pipe.zadd_multiple(waiting, &members).ignore();
+            let seen_members: Vec<(u64, &String)> = members.iter().map(|(_, m)| (now, m)).collect();
+            pipe.zadd_multiple(seen, &seen_members).ignore();
+            if pipe.len() >= 200 {
+                pipe.query::<()>(conn)?;
+                pipe = redis::pipe();
+            }
+        }
+        pipe.query::<()>(conn)?;
+        Ok(())
+    };
+    // The sets as long as the measured line first, as in the run.
+    fill(&mut conn, 0, users)?;
+    let before = load::redis_cpu(url)?;
+    fill(&mut conn, users, 2 * users)?;
+    let used = load::redis_cpu(url)?.saturating_sub(before);
+    redis::cmd("DEL")
+        .arg(waiting)
+        .arg(seen)
+        .query::<()>(&mut conn)?;
+    Ok(used.as_secs_f64() * 1e6 / users as f64)
 }
 
 async fn run_rpc(

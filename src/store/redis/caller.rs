@@ -12,7 +12,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, Script, ScriptInvocation, Value};
 
 use super::lua::Scripts;
-use super::reply::{Reply, bad_reply, parse_enqueued, parse_place};
+use super::reply::{Reply, parse_enqueued, parse_place};
 use crate::domain::{Place, QueueId, UserId};
 use crate::telemetry::metrics::{StoreErrorLabels, StoreLabels, metrics};
 use crate::{Error, Result};
