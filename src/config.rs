@@ -92,6 +92,10 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_POSITION_PACE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub position_pace: Duration,
 
+    /// Most messages a second that only move positions, over all of this replica's WatchRank streams: with more streams than that, each stream's position messages are paced at streams / budget seconds instead, rounded up to whole paces (100,000 streams at 50,000 a second: one every 2 s), so changes of state are never delayed behind positions. 0: no budget.
+    #[arg(long, env = "WAITROOM_POSITION_BUDGET", default_value_t = 50_000)]
+    pub position_budget: u64,
+
     /// How often each replica's queue worker runs: automatic admission, the opening draw, releasing silent users.
     #[arg(long, env = "WAITROOM_ADMIT_INTERVAL", default_value = "100ms", value_parser = positive_duration)]
     pub admit_interval: Duration,
@@ -189,6 +193,7 @@ impl Config {
             queues: Vec::new(),
             watch_interval: Duration::from_millis(250),
             position_pace: Duration::from_secs(1),
+            position_budget: 50_000,
             admit_interval: Duration::from_millis(100),
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),

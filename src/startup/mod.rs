@@ -99,6 +99,7 @@ impl Application {
             streams_end.clone(),
         );
         hub.set_position_pace(config.position_pace);
+        hub.set_position_budget(config.position_budget);
         Ok(Self {
             hub,
             streams_end,

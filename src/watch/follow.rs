@@ -10,7 +10,7 @@ use super::line::Line;
 use super::lookup::Pollers;
 use super::presence::Presence;
 use super::view::View;
-use super::{QueueWatch, WatchHub, Watcher};
+use super::{QueueWatch, WatchHub, Watcher, next_moment};
 use crate::domain::{LineEvent, LineSnapshot, Place, PlaceState, QueueId, UserId};
 use crate::{Error, Result};
 
@@ -37,9 +37,9 @@ impl WatchHub {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                _ = watch.wake.notified() => {}
+            let ticked = tokio::select! {
+                _ = ticks.tick() => true,
+                _ = watch.wake.notified() => false,
                 _ = self.shutdown.cancelled() => {
                     // Out of the map first, under the lock `watch` checks
                     // the shutdown under: no stream joins after this.
@@ -55,33 +55,16 @@ impl WatchHub {
                     end_all(watchers, &reason);
                     return;
                 }
-            }
+            };
             let mut watchers = take(&watch);
             let now = self.clock.now_ms();
-            // A stream that just dropped counts as a last sign of life, so a
-            // reconnect has the whole heartbeat timeout from the drop.
-            let dropped: Vec<UserId> = watchers
-                .iter()
-                .filter(|w| w.tx.is_closed())
-                .map(|w| w.tx.user().clone())
-                .collect();
-            if !dropped.is_empty() {
-                let _ = self.store.touch(&queue, &dropped, now).await;
-                watchers.retain(|w| !w.tx.is_closed());
-            }
-            // Streams whose connection is closing end now, told to
-            // reconnect; like a drop, the end is a sign of life.
-            if watchers.iter().any(|w| w.slot.leaving()) {
-                let (leaving, staying): (Vec<Watcher>, Vec<Watcher>) =
-                    watchers.into_iter().partition(|w| w.slot.leaving());
-                watchers = staying;
-                let users: Vec<UserId> = leaving.iter().map(|w| w.tx.user().clone()).collect();
-                let _ = self.store.touch(&queue, &users, now).await;
-                let reason =
-                    self.leaving(leaving.first().and_then(|w| w.slot.connection.as_deref()));
-                if let Some(reason) = reason {
-                    end_all(leaving, &reason);
-                }
+            // Streams that ended are looked for at the interval (or when
+            // connections were told to close), not at every refresh an
+            // admission asks for: each look visits every stream's shared
+            // state, which at 200,000 streams and twenty refreshes a second
+            // was much of a core.
+            if watch.connections_closing.swap(false, Ordering::AcqRel) || ticked {
+                self.let_go(&queue, &mut watchers, now).await;
             }
             if watchers.is_empty() && watch.pollers().is_empty() {
                 if self.retire(&queue, &watch) {
@@ -133,6 +116,33 @@ impl WatchHub {
                 let mut survivors = survivors;
                 survivors.append(&mut current);
                 *current = survivors;
+            }
+        }
+    }
+
+    /// Drops the streams whose client went away and ends, told to
+    /// reconnect, those whose connection is closing. Either end is a sign
+    /// of life, so a reconnect has the whole heartbeat timeout from it.
+    async fn let_go(&self, queue: &QueueId, watchers: &mut Vec<Watcher>, now: u64) {
+        let dropped: Vec<UserId> = watchers
+            .iter()
+            .filter(|w| w.tx.is_closed())
+            .map(|w| w.tx.user().clone())
+            .collect();
+        if !dropped.is_empty() {
+            let _ = self.store.touch(queue, &dropped, now).await;
+            watchers.retain(|w| !w.tx.is_closed());
+        }
+        if watchers.iter().any(|w| w.slot.leaving()) {
+            let (leaving, staying): (Vec<Watcher>, Vec<Watcher>) = std::mem::take(watchers)
+                .into_iter()
+                .partition(|w| w.slot.leaving());
+            *watchers = staying;
+            let users: Vec<UserId> = leaving.iter().map(|w| w.tx.user().clone()).collect();
+            let _ = self.store.touch(queue, &users, now).await;
+            let reason = self.leaving(leaving.first().and_then(|w| w.slot.connection.as_deref()));
+            if let Some(reason) = reason {
+                end_all(leaving, &reason);
             }
         }
     }
@@ -321,7 +331,7 @@ impl WatchHub {
             (false, Some(at)) => at.saturating_sub(now),
             _ => 0,
         };
-        let pace = self.position_pace_ms.load(Ordering::Relaxed);
+        let pace = self.position_pace_ms();
         let place_of = |watcher: &mut Watcher| match watcher.ticket {
             None => Some(Place {
                 state: PlaceState::PreQueue { opens_in_ms },
@@ -371,7 +381,7 @@ impl WatchHub {
                     let view = View::of(&place, now);
                     if watcher.tx.send(Ok(place)).is_ok() {
                         watcher.last = view;
-                        watcher.paced_until_ms = now + pace;
+                        watcher.paced_until_ms = next_moment(now, watcher.phase, pace);
                     }
                 }
             }
@@ -465,12 +475,20 @@ fn offer(
             .send(Err(Error::PlaceNotFound(queue.to_string())));
         return Offer::Drop;
     };
+    // Kept until the interval's look for ended streams, which counts the
+    // end as a sign of life.
     if watcher.tx.is_closed() {
-        return Offer::Drop;
+        return Offer::Keep;
     }
     let view = View::of(&place, now_ms);
     if !view.differs_from(&watcher.last) {
         watcher.last.shows_signs(&place.signs);
+        // Nothing to send at this moment: the next is the stream's own, so
+        // a change seen later waits for it rather than going out with
+        // everyone else's.
+        if pace_ms > 0 && now_ms >= watcher.paced_until_ms {
+            watcher.paced_until_ms = next_moment(now_ms, watcher.phase, pace_ms);
+        }
         return Offer::Keep;
     }
     if pace_ms > 0 && !view.state_differs_from(&watcher.last) {

@@ -28,7 +28,7 @@
 //! see it in `store.rs`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -65,7 +65,11 @@ struct Watcher {
     slot: StreamSlot,
     /// Before this time (the hub's clock, ms) a change of position, count
     /// or estimate alone is not sent: see [`WatchHub::set_position_pace`].
+    /// Always one of the stream's own moments (see [`next_moment`]).
     paced_until_ms: u64,
+    /// Where in each pace the stream's moments fall, as a fraction of the
+    /// pace (of 65,536), from its user: the same on every instance.
+    phase: u16,
     /// A paced change is due this refresh, sent after the changes of state.
     due: bool,
 }
@@ -150,6 +154,9 @@ struct QueueWatch {
     /// The queue's heartbeat timeout as of the last refresh; 0 until then,
     /// and after a configuration change made here until it is read again.
     heartbeat_ms: AtomicU64,
+    /// Connections were told to close: the next refresh ends their
+    /// streams, rather than the next interval.
+    connections_closing: AtomicBool,
 }
 
 impl QueueWatch {
@@ -177,6 +184,8 @@ pub struct WatchHub {
     /// Least time between two messages of a stream that only move its
     /// position, count or estimate; 0: every change at once.
     position_pace_ms: AtomicU64,
+    /// Most position messages a second over all streams (0: none).
+    position_budget: AtomicU64,
     queues: Mutex<HashMap<QueueId, Arc<QueueWatch>>>,
     shutdown: CancellationToken,
     /// Streams open on this instance.
@@ -200,6 +209,7 @@ impl WatchHub {
             clock,
             interval,
             position_pace_ms: AtomicU64::new(0),
+            position_budget: AtomicU64::new(0),
             queues: Mutex::new(HashMap::new()),
             shutdown,
             open: Arc::new(AtomicUsize::new(0)),
@@ -217,6 +227,31 @@ impl WatchHub {
     pub fn set_position_pace(&self, pace: Duration) {
         self.position_pace_ms
             .store(pace.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Caps the position messages of all streams together at `per_second`
+    /// (0: no cap): with more open streams than that, each stream's pace
+    /// is stretched to streams / `per_second` seconds. What a replica can
+    /// write is bounded; past it, an admission's message would queue
+    /// behind positions, while a position a second or two older costs the
+    /// watcher nothing it needs.
+    pub fn set_position_budget(&self, per_second: u64) {
+        self.position_budget.store(per_second, Ordering::Relaxed);
+    }
+
+    /// The pace of position messages now (ms; 0: every change at once).
+    fn position_pace_ms(&self) -> u64 {
+        let pace = self.position_pace_ms.load(Ordering::Relaxed);
+        let budget = self.position_budget.load(Ordering::Relaxed);
+        if pace == 0 || budget == 0 {
+            return pace;
+        }
+        // In whole paces, so the pace stays put while streams come and go
+        // (each stream's moments fall at a phase of it: a pace that moved
+        // with every stream would move them all, and send more often).
+        let streams = self.open.load(Ordering::Relaxed) as u64;
+        let per_pace = budget.saturating_mul(pace).div_ceil(1000).max(1);
+        pace * streams.div_ceil(per_pace).max(1)
     }
 
     /// A place for one more stream on this instance; `None` when `max`
@@ -262,8 +297,9 @@ impl WatchHub {
         }
         // Streams opened together (a crowd arriving, a replica's streams
         // moving) get their paced messages at different moments.
-        let pace = self.position_pace_ms.load(Ordering::Relaxed);
-        let paced_until_ms = self.clock.now_ms() + spread(tx.user(), pace);
+        let pace = self.position_pace_ms();
+        let phase = phase_of(tx.user());
+        let paced_until_ms = next_moment(self.clock.now_ms(), phase, pace);
         let watch = self.follow(&mut queues, &queue);
         if let Ok(mut watchers) = watch.watchers.lock() {
             let slot = StreamSlot::new(permit, &watch.open, connection);
@@ -273,6 +309,7 @@ impl WatchHub {
                 tx,
                 slot,
                 paced_until_ms,
+                phase,
                 due: false,
             });
         }
@@ -300,6 +337,7 @@ impl WatchHub {
     pub fn wake_all(&self) {
         if let Ok(queues) = self.queues.lock() {
             for watch in queues.values() {
+                watch.connections_closing.store(true, Ordering::Release);
                 watch.wake.notify_one();
             }
         }
@@ -455,11 +493,9 @@ impl WatchHub {
     }
 }
 
-/// A user's offset within `pace` (ms), the same on every instance.
-fn spread(user: &UserId, pace: u64) -> u64 {
-    if pace == 0 {
-        return 0;
-    }
+/// Where a user's paced moments fall within each pace, as a fraction of it
+/// (of 65,536): the same on every instance.
+fn phase_of(user: &UserId) -> u16 {
     // FNV-1a: a stable, cheap spread, not a security boundary.
     let hash = user
         .as_str()
@@ -467,7 +503,29 @@ fn spread(user: &UserId, pace: u64) -> u64 {
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
-    hash % pace
+    // FNV's top bits clump for short ids that differ in their last
+    // characters (user-1, user-2, ...): mixed first (splitmix64's finish).
+    let mut z = hash;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 48) as u16
+}
+
+/// The first of a stream's moments after `now_ms`: the moments fall at its
+/// `phase` of every `pace_ms`. A stream's position messages go out only at
+/// its moments, so a crowd's are spread evenly over each pace, even when
+/// every position changes at once (the first admission after a quiet
+/// spell): kept in step with one clock, 100,000 streams would all be due
+/// at the same refresh, and their messages would hold up an admission's
+/// behind them for as long as they take to write.
+fn next_moment(now_ms: u64, phase: u16, pace_ms: u64) -> u64 {
+    if pace_ms == 0 {
+        return now_ms;
+    }
+    let offset = u64::from(phase) * pace_ms / 65_536;
+    let since_last = (now_ms + pace_ms - offset) % pace_ms;
+    now_ms - since_last + pace_ms
 }
 
 #[cfg(test)]
@@ -490,6 +548,60 @@ mod tests {
         let user = UserId::parse("u").unwrap();
         let first = store.enqueue(&queue, &user, 0).await.unwrap();
         (store, queue, user, first)
+    }
+
+    #[test]
+    fn a_stream_s_moments_fall_at_its_phase_of_every_pace() {
+        for pace in [1u64, 7, 1_000, 4_000] {
+            for phase in [0u16, 1, 32_768, u16::MAX] {
+                let offset = u64::from(phase) * pace / 65_536;
+                for now in [1_000_000u64, 1_000_001, 1_000_000 + offset, 1_003_999] {
+                    let next = next_moment(now, phase, pace);
+                    assert!(next > now && next <= now + pace, "{now} {phase} {pace}");
+                    assert_eq!(next % pace, offset % pace);
+                }
+            }
+        }
+        assert_eq!(next_moment(5, 9, 0), 5);
+        // Users with ids alike spread evenly over the pace: each sixteenth
+        // of it holds about a sixteenth of them.
+        let mut sixteenths = [0u32; 16];
+        for i in 0..16_000 {
+            let user = UserId::parse(&format!("user-{i}")).unwrap();
+            sixteenths[usize::from(phase_of(&user) / 4_096)] += 1;
+        }
+        assert!(
+            sixteenths.iter().all(|n| (800..1_200).contains(n)),
+            "{sixteenths:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_position_budget_stretches_the_pace_in_whole_paces() {
+        let hub = WatchHub::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        );
+        hub.set_position_pace(Duration::from_secs(1));
+        hub.set_position_budget(50_000);
+        let mut permits = Vec::new();
+        let mut pace_with = |streams: usize| {
+            permits.resize_with(streams, || hub.reserve_stream(usize::MAX).unwrap());
+            hub.position_pace_ms()
+        };
+        assert_eq!(pace_with(0), 1_000);
+        assert_eq!(pace_with(50_000), 1_000);
+        assert_eq!(pace_with(50_001), 2_000);
+        assert_eq!(pace_with(100_000), 2_000);
+        assert_eq!(pace_with(99_000), 2_000);
+        assert_eq!(pace_with(200_000), 4_000);
+        hub.set_position_budget(0);
+        assert_eq!(hub.position_pace_ms(), 1_000);
+        hub.set_position_pace(Duration::ZERO);
+        hub.set_position_budget(50_000);
+        assert_eq!(hub.position_pace_ms(), 0);
     }
 
     #[tokio::test]
@@ -638,7 +750,7 @@ mod tests {
         );
         let pace = 10_000;
         hub.set_position_pace(Duration::from_millis(pace));
-        let due = t0 + spread(&user, pace);
+        let due = next_moment(t0, phase_of(&user), pace);
         let mut stream = hub.watch(
             hub.reserve_stream(1).unwrap(),
             queue.clone(),

@@ -276,6 +276,7 @@ def test_notes_tell_how_to_reach_the_service_and_warn_about_missing_secrets():
         ({"replicaCount": "three"}, "replicaCount"),
         ({"config": {"drainDelay": "five seconds"}}, "drainDelay"),
         ({"config": {"watchInterval": "0ms"}}, "watchInterval"),
+        ({"config": {"positionBudget": -1}}, "positionBudget"),
         ({"queues": [{"id": "bad id"}]}, "id"),
         ({"queues": [{"maxActive": 3}]}, "id"),
         ({"extraVolume": []}, "extraVolume"),
@@ -488,6 +489,15 @@ def test_watchers_are_balanced_over_the_pods_as_configured():
     assert data["WAITROOM_BALANCE_INTERVAL"] == "2s"
     assert data["WAITROOM_BALANCE_STEP"] == "0.2"
     assert data["WAITROOM_BALANCE_TOLERANCE"] == "0.1"
+
+
+def test_position_messages_are_paced_and_budgeted_as_configured():
+    [config] = kinds(render(), "ConfigMap")
+    assert config["data"]["WAITROOM_POSITION_PACE"] == "1s"
+    assert config["data"]["WAITROOM_POSITION_BUDGET"] == "50000"
+    [config] = kinds(render(with_values(config__positionPace="2s", config__positionBudget=120000)), "ConfigMap")
+    assert config["data"]["WAITROOM_POSITION_PACE"] == "2s"
+    assert config["data"]["WAITROOM_POSITION_BUDGET"] == "120000"
 
 
 def _dashboard_map(values):

@@ -39,6 +39,10 @@ pub struct Args {
     /// The service's --position-pace in the flow.
     #[arg(long, default_value = "1s")]
     pace: String,
+    /// The service's --position-budget in the flow (position messages a
+    /// second over all streams; 0: none).
+    #[arg(long, default_value_t = 50_000)]
+    budget: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -65,7 +69,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// The service for these scenarios: no limit on streams or calls, and
 /// position messages paced by `pace`.
-async fn start(pace: &str) -> anyhow::Result<Service> {
+async fn start(pace: &str, budget: u64) -> anyhow::Result<Service> {
     Service::start(
         Store::Redis,
         &[
@@ -75,6 +79,8 @@ async fn start(pace: &str) -> anyhow::Result<Service> {
             "1000000",
             "--position-pace",
             pace,
+            "--position-budget",
+            &budget.to_string(),
         ],
     )
     .await
@@ -82,7 +88,7 @@ async fn start(pace: &str) -> anyhow::Result<Service> {
 
 async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
     // Every change at once: each admission is timed to every stream.
-    let service = start("0s").await?;
+    let service = start("0s", 0).await?;
     let redis_url = service.redis().map(|r| r.url()).unwrap_or_default();
     service
         .create_queue(pb::Queue {
@@ -214,7 +220,7 @@ async fn open_stream(
 /// watching: the time from each `AdmitBatch` call to the admission's
 /// message on the admitted user's stream, and the messages all streams got.
 async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()> {
-    let service = start(&args.pace).await?;
+    let service = start(&args.pace, args.budget).await?;
     // The watchers join one at a time (below), and a million behind them
     // take a while more: with the default heartbeat timeout the first
     // watchers would be released before their streams open, and the line
@@ -289,6 +295,8 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
     let mut admitter = QueueServiceClient::new(channels[0].clone());
     let mut next = 0usize;
     let mut ticks = tokio::time::interval(Duration::from_millis(50));
+    // On stderr, so a profiler can be started at the right moment.
+    eprintln!("streams open; admissions flowing for {} s", args.seconds);
     let flowing = Instant::now();
     while flowing.elapsed() < Duration::from_secs(args.seconds) && next < watchers {
         ticks.tick().await;
@@ -329,8 +337,8 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
     }
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "scenario           watch flow ({watchers} streams on {} connections, {} waiting behind them, {rate} admitted/s for {} s, position pace {})",
-        args.connections, args.behind, args.seconds, args.pace
+        "scenario           watch flow ({watchers} streams on {} connections, {} waiting behind them, {rate} admitted/s for {} s, position pace {}, budget {}/s)",
+        args.connections, args.behind, args.seconds, args.pace, args.budget
     );
     println!(
         "admitted           {next} ({:.0}/s); {missing} admissions not seen on their stream (first: watcher {first_missing:?})",
