@@ -297,6 +297,8 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
     let mut ticks = tokio::time::interval(Duration::from_millis(50));
     // On stderr, so a profiler can be started at the right moment.
     eprintln!("streams open; admissions flowing for {} s", args.seconds);
+    let redis_url = service.redis().map(|r| r.url()).unwrap_or_default();
+    let (service_cpu, redis_cpu) = (service.cpu_time()?, load::redis_cpu(&redis_url)?);
     let flowing = Instant::now();
     while flowing.elapsed() < Duration::from_secs(args.seconds) && next < watchers {
         ticks.tick().await;
@@ -321,6 +323,8 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
     // Long enough for the slowest delivery to count.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let sent = messages.load(Ordering::Relaxed) - messages_before;
+    let service_cpu = service.cpu_time()?.saturating_sub(service_cpu);
+    let redis_cpu = load::redis_cpu(&redis_url)?.saturating_sub(redis_cpu);
     let mut latency = load::histogram();
     let mut missing = 0;
     let mut first_missing = None;
@@ -354,6 +358,14 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
         "stream messages    {:.0}/s in all ({:.2} per stream per second)",
         sent as f64 / (flow_time.as_secs_f64() + 10.0),
         sent as f64 / (flow_time.as_secs_f64() + 10.0) / watchers as f64
+    );
+    let span = flow_time.as_secs_f64() + 10.0;
+    println!(
+        "cpu                service {:.2} cores, {:.1} us per stream message; redis {:.3} cores, {:.1} us per admission",
+        service_cpu.as_secs_f64() / span,
+        service_cpu.as_secs_f64() * 1e6 / sent.max(1) as f64,
+        redis_cpu.as_secs_f64() / span,
+        redis_cpu.as_secs_f64() * 1e6 / next.max(1) as f64
     );
     Ok(())
 }
