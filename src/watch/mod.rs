@@ -727,6 +727,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn after_a_quiet_spell_a_crowd_s_new_positions_go_out_at_their_own_moments() {
+        let store = Arc::new(MemoryStore::new());
+        let queue = QueueId::parse("q").unwrap();
+        store
+            .create_queue(&QueueConfig::new(queue.clone()))
+            .await
+            .unwrap();
+        store
+            .enqueue(&queue, &UserId::parse("front").unwrap(), 0)
+            .await
+            .unwrap();
+        let t0 = 1_000_000;
+        let clock = Arc::new(crate::domain::ManualClock::new(t0));
+        let hub = WatchHub::new(
+            Arc::clone(&store) as Arc<dyn QueueStore>,
+            Arc::clone(&clock) as Arc<dyn Clock>,
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        );
+        let pace = 10_000;
+        hub.set_position_pace(Duration::from_millis(pace));
+        let mut streams = Vec::new();
+        for i in 0..200 {
+            let user = UserId::parse(&format!("user-{i}")).unwrap();
+            let first = store.enqueue(&queue, &user, 0).await.unwrap();
+            let mut stream = hub.watch(
+                hub.reserve_stream(200).unwrap(),
+                queue.clone(),
+                user,
+                first,
+                None,
+            );
+            assert!(stream.next().await.is_some());
+            streams.push(stream);
+        }
+        let sent = |streams: &mut Vec<PlaceReceiver>| {
+            use tokio_stream::Stream;
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let mut ready = 0;
+            for stream in streams.iter_mut() {
+                if std::pin::Pin::new(stream).poll_next(&mut cx).is_ready() {
+                    ready += 1;
+                }
+            }
+            ready
+        };
+        // A quiet minute (in which the line's length as the later arrivals
+        // left it reaches those who came before them), then the front is
+        // admitted: every position moves.
+        refreshed(&hub, &queue).await;
+        clock.set_ms(t0 + 60_000);
+        refreshed(&hub, &queue).await;
+        assert_eq!(sent(&mut streams), 199);
+        store.admit(&queue, 1, None, t0 + 60_000).await.unwrap();
+        refreshed(&hub, &queue).await;
+        // Not all at once: each stream waits for its own moment.
+        assert_eq!(sent(&mut streams), 0);
+        // Half a pace on, about half of them have had theirs.
+        clock.set_ms(t0 + 65_001);
+        refreshed(&hub, &queue).await;
+        let half = sent(&mut streams);
+        assert!((60..=140).contains(&half), "{half} of 200");
+        clock.set_ms(t0 + 70_001);
+        refreshed(&hub, &queue).await;
+        assert_eq!(half + sent(&mut streams), 200);
+    }
+
+    #[tokio::test]
     async fn positions_are_paced_to_the_latest_and_an_admission_is_not() {
         let store = Arc::new(MemoryStore::new());
         let queue = QueueId::parse("q").unwrap();
