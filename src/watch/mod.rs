@@ -726,6 +726,24 @@ mod tests {
         .unwrap();
     }
 
+    /// A hub over `store` on a clock set by hand to `t0`, its position
+    /// messages paced at `pace_ms`.
+    fn paced_hub(
+        store: &Arc<MemoryStore>,
+        t0: u64,
+        pace_ms: u64,
+    ) -> (Arc<crate::domain::ManualClock>, Arc<WatchHub>) {
+        let clock = Arc::new(crate::domain::ManualClock::new(t0));
+        let hub = WatchHub::new(
+            Arc::clone(store) as Arc<dyn QueueStore>,
+            Arc::clone(&clock) as Arc<dyn Clock>,
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        );
+        hub.set_position_pace(Duration::from_millis(pace_ms));
+        (clock, hub)
+    }
+
     #[tokio::test]
     async fn after_a_quiet_spell_a_crowd_s_new_positions_go_out_at_their_own_moments() {
         let store = Arc::new(MemoryStore::new());
@@ -738,16 +756,8 @@ mod tests {
             .enqueue(&queue, &UserId::parse("front").unwrap(), 0)
             .await
             .unwrap();
-        let t0 = 1_000_000;
-        let clock = Arc::new(crate::domain::ManualClock::new(t0));
-        let hub = WatchHub::new(
-            Arc::clone(&store) as Arc<dyn QueueStore>,
-            Arc::clone(&clock) as Arc<dyn Clock>,
-            Duration::from_secs(60),
-            CancellationToken::new(),
-        );
-        let pace = 10_000;
-        hub.set_position_pace(Duration::from_millis(pace));
+        let (t0, pace) = (1_000_000, 10_000);
+        let (clock, hub) = paced_hub(&store, t0, pace);
         let mut streams = Vec::new();
         for i in 0..200 {
             let user = UserId::parse(&format!("user-{i}")).unwrap();
@@ -808,16 +818,8 @@ mod tests {
         }
         let user = UserId::parse("w").unwrap();
         let first = store.enqueue(&queue, &user, 0).await.unwrap();
-        let t0 = 1_000_000;
-        let clock = Arc::new(crate::domain::ManualClock::new(t0));
-        let hub = WatchHub::new(
-            Arc::clone(&store) as Arc<dyn QueueStore>,
-            Arc::clone(&clock) as Arc<dyn Clock>,
-            Duration::from_secs(60),
-            CancellationToken::new(),
-        );
-        let pace = 10_000;
-        hub.set_position_pace(Duration::from_millis(pace));
+        let (t0, pace) = (1_000_000, 10_000);
+        let (clock, hub) = paced_hub(&store, t0, pace);
         let due = next_moment(t0, phase_of(&user), pace);
         let mut stream = hub.watch(
             hub.reserve_stream(1).unwrap(),
