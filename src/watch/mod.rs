@@ -536,15 +536,21 @@ mod tests {
     use crate::domain::{QueueConfig, SystemClock};
     use crate::store::MemoryStore;
 
-    /// A memory store with queue `q` and user `u` waiting in it, and the
-    /// user's place.
-    async fn one_waiting_user() -> (Arc<MemoryStore>, QueueId, UserId, Place) {
+    /// A memory store with an empty queue `q`.
+    async fn empty_queue() -> (Arc<MemoryStore>, QueueId) {
         let store = Arc::new(MemoryStore::new());
         let queue = QueueId::parse("q").unwrap();
         store
             .create_queue(&QueueConfig::new(queue.clone()))
             .await
             .unwrap();
+        (store, queue)
+    }
+
+    /// A memory store with queue `q` and user `u` waiting in it, and the
+    /// user's place.
+    async fn one_waiting_user() -> (Arc<MemoryStore>, QueueId, UserId, Place) {
+        let (store, queue) = empty_queue().await;
         let user = UserId::parse("u").unwrap();
         let first = store.enqueue(&queue, &user, 0).await.unwrap();
         (store, queue, user, first)
@@ -746,12 +752,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_quiet_spell_a_crowd_s_new_positions_go_out_at_their_own_moments() {
-        let store = Arc::new(MemoryStore::new());
-        let queue = QueueId::parse("q").unwrap();
-        store
-            .create_queue(&QueueConfig::new(queue.clone()))
-            .await
-            .unwrap();
+        let (store, queue) = empty_queue().await;
         store
             .enqueue(&queue, &UserId::parse("front").unwrap(), 0)
             .await
@@ -806,12 +807,7 @@ mod tests {
 
     #[tokio::test]
     async fn positions_are_paced_to_the_latest_and_an_admission_is_not() {
-        let store = Arc::new(MemoryStore::new());
-        let queue = QueueId::parse("q").unwrap();
-        store
-            .create_queue(&QueueConfig::new(queue.clone()))
-            .await
-            .unwrap();
+        let (store, queue) = empty_queue().await;
         for i in 0..5 {
             let ahead = UserId::parse(&format!("a{i}")).unwrap();
             store.enqueue(&queue, &ahead, 0).await.unwrap();
