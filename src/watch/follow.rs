@@ -450,9 +450,10 @@ fn unplaced_watchers(watchers: &[Watcher]) -> HashMap<UserId, Vec<usize>> {
 
 /// What became of a watcher offered its place.
 enum Offer {
-    /// Sent (or nothing to send); keeps watching.
+    /// Sent, nothing to send, or the client gone (left for the interval's
+    /// look for ended streams, which counts the end as a sign of life).
     Keep,
-    /// Done: after a final place, a vanished place, or a client gone.
+    /// Done: after a final place, a vanished place, or a send that failed.
     Drop,
     /// Only its position, count or estimate changed, and it is due: to be
     /// sent after the changes of state of this refresh.

@@ -244,7 +244,9 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
                 Err(error) => println!("redis-benchmark    not run: {error}"),
             }
             let users = measured.calls.clamp(10_000, 200_000);
-            // As many users to a ZADD as the service put in a script call.
+            // As many users to a ZADD as the service put in a script call
+            // (the queue worker's few scripts a second count too, so a
+            // little fewer).
             let batch = (measured.calls as f64 / measured_scripts.max(1) as f64)
                 .round()
                 .clamp(1.0, 256.0) as usize;
