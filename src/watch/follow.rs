@@ -73,13 +73,7 @@ impl WatchHub {
                 continue;
             }
             presence
-                .record(
-                    self.store.as_ref(),
-                    self.clock.as_ref(),
-                    &queue,
-                    &watchers,
-                    &watch,
-                )
+                .record(&self.store, self.clock.as_ref(), &queue, &watchers, &watch)
                 .await;
             let survivors = match self.refresh(&queue, &watch, &mut watchers, now).await {
                 Ok(()) => {

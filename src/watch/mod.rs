@@ -38,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 mod balance;
 mod connection;
 mod follow;
+#[cfg(test)]
+mod held_touch;
 mod line;
 mod lookup;
 mod presence;
@@ -855,5 +857,70 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(matches!(admitted.state, PlaceState::Admitted(_)));
+    }
+
+    #[tokio::test]
+    async fn an_admission_goes_out_while_the_watchers_presence_is_being_written() {
+        let (memory, queue) = empty_queue().await;
+        let store = Arc::new(held_touch::HeldTouches::new(Arc::clone(&memory)));
+        let t0 = 1_000_000;
+        let clock = Arc::new(crate::domain::ManualClock::new(t0));
+        let hub = WatchHub::new(
+            Arc::clone(&store) as Arc<dyn QueueStore>,
+            Arc::clone(&clock) as Arc<dyn Clock>,
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        );
+        let mut streams = Vec::new();
+        for name in ["front", "next"] {
+            let user = UserId::parse(name).unwrap();
+            let first = memory.enqueue(&queue, &user, t0).await.unwrap();
+            streams.push(hub.watch(
+                hub.reserve_stream(2).unwrap(),
+                queue.clone(),
+                user,
+                first,
+                None,
+            ));
+        }
+        refreshed(&hub, &queue).await;
+        // A third of the heartbeat timeout on, the watchers' presence is due;
+        // the write is held, as a slow store would hold it.
+        store.hold();
+        let third = QueueConfig::DEFAULT_HEARTBEAT_TIMEOUT.as_millis() as u64 / 3;
+        clock.set_ms(t0 + third + 1_000);
+        refreshed(&hub, &queue).await;
+        refreshed(&hub, &queue).await;
+        assert_eq!(
+            store.waiting.load(Ordering::SeqCst),
+            1,
+            "one write at a time"
+        );
+        memory
+            .admit(&queue, 1, None, t0 + third + 1_000)
+            .await
+            .unwrap();
+        hub.nudge(&queue);
+        let admitted = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let place = streams[0].next().await.unwrap().unwrap();
+                if matches!(place.state, PlaceState::Admitted(_)) {
+                    return place;
+                }
+            }
+        })
+        .await;
+        assert!(
+            admitted.is_ok(),
+            "the admission waited for the presence write"
+        );
+        store.release();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while store.waiting.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .unwrap();
     }
 }

@@ -43,6 +43,13 @@ pub struct Args {
     /// second over all streams; 0: none).
     #[arg(long, default_value_t = 50_000)]
     budget: u64,
+    /// The queue's heartbeat timeout from when the streams are open (an
+    /// hour before, while everyone joins). Each instance writes its
+    /// watchers' presence every third of it, so a short one puts those
+    /// writes inside the measured seconds; the line behind, which never
+    /// polls, is released a whole timeout after the change.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat: Option<Duration>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -286,6 +293,23 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if let Some(heartbeat) = args.heartbeat {
+        service
+            .admin()
+            .await?
+            .update_queue(pb::UpdateQueueRequest {
+                queue: Some(pb::Queue {
+                    id: "watch".into(),
+                    heartbeat_timeout: Some(prost_types::Duration {
+                        seconds: heartbeat.as_secs() as i64,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            })
+            .await?;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let messages_before = messages.load(Ordering::Relaxed);
 
@@ -300,6 +324,7 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
     let redis_url = service.redis().map(|r| r.url()).unwrap_or_default();
     let (service_cpu, redis_cpu) = (service.cpu_time()?, load::redis_cpu(&redis_url)?);
     let flowing = Instant::now();
+    let flow_start = base.elapsed().as_micros() as u64;
     while flowing.elapsed() < Duration::from_secs(args.seconds) && next < watchers {
         ticks.tick().await;
         let count = per_batch.min(watchers - next);
@@ -326,6 +351,9 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
     let service_cpu = service.cpu_time()?.saturating_sub(service_cpu);
     let redis_cpu = load::redis_cpu(&redis_url)?.saturating_sub(redis_cpu);
     let mut latency = load::histogram();
+    // By the second of the flow the admission was made in: a stall that
+    // comes back (a periodic write, a pacing burst) shows as slow seconds.
+    let mut by_second: Vec<hdrhistogram::Histogram<u64>> = Vec::new();
     let mut missing = 0;
     let mut first_missing = None;
     for (w, slot) in delivered[..next].iter().enumerate() {
@@ -336,13 +364,28 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
             }
             micros => {
                 let _ = latency.record(micros);
+                let second = (called_at[w]
+                    .load(Ordering::Acquire)
+                    .saturating_sub(flow_start)
+                    / 1_000_000) as usize;
+                while by_second.len() <= second {
+                    by_second.push(load::histogram());
+                }
+                let _ = by_second[second].record(micros);
             }
         }
     }
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "scenario           watch flow ({watchers} streams on {} connections, {} waiting behind them, {rate} admitted/s for {} s, position pace {}, budget {}/s)",
-        args.connections, args.behind, args.seconds, args.pace, args.budget
+        "scenario           watch flow ({watchers} streams on {} connections, {} waiting behind them, {rate} admitted/s for {} s, position pace {}, budget {}/s, heartbeat {})",
+        args.connections,
+        args.behind,
+        args.seconds,
+        args.pace,
+        args.budget,
+        args.heartbeat
+            .map_or("1h".to_owned(), |h| humantime::format_duration(h)
+                .to_string())
     );
     println!(
         "admitted           {next} ({:.0}/s); {missing} admissions not seen on their stream (first: watcher {first_missing:?})",
@@ -354,6 +397,17 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
         ms(0.99),
         latency.max() as f64 / 1000.0
     );
+    let p99s: Vec<f64> = by_second
+        .iter()
+        .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
+        .collect();
+    if let Some((slowest, p99)) = p99s.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {
+        println!(
+            "by second          p99 over 100 ms in {} of {} seconds; slowest second {slowest}: p99 {p99:.0} ms",
+            p99s.iter().filter(|p| **p > 100.0).count(),
+            p99s.len()
+        );
+    }
     println!(
         "stream messages    {:.0}/s in all ({:.2} per stream per second)",
         sent as f64 / (flow_time.as_secs_f64() + 10.0),
