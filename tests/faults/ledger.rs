@@ -71,7 +71,13 @@ pub async fn enqueue(
         .await;
     let outcome = match result {
         Ok(_) => Outcome::Ok,
-        Err(status) => Outcome::Failed(status.code()),
+        Err(status) => {
+            // Shown with a failing test's output: which refusal it was.
+            if status.code() != tonic::Code::Unavailable {
+                eprintln!("enqueue of {user} refused: {status:?}");
+            }
+            Outcome::Failed(status.code())
+        }
     };
     ledger.lock().unwrap().enqueues.push(Answer {
         user: user.into(),
