@@ -64,7 +64,7 @@ impl WatchHub {
             // state, which at 200,000 streams and twenty refreshes a second
             // was much of a core.
             if watch.connections_closing.swap(false, Ordering::AcqRel) || ticked {
-                self.let_go(&queue, &mut watchers, now).await;
+                self.let_go(&queue, &mut watchers, now);
             }
             if watchers.is_empty() && watch.pollers().is_empty() {
                 if self.retire(&queue, &watch) {
@@ -116,15 +116,18 @@ impl WatchHub {
 
     /// Drops the streams whose client went away and ends, told to
     /// reconnect, those whose connection is closing. Either end is a sign
-    /// of life, so a reconnect has the whole heartbeat timeout from it.
-    async fn let_go(&self, queue: &QueueId, watchers: &mut Vec<Watcher>, now: u64) {
-        let dropped: Vec<UserId> = watchers
+    /// of life, so a reconnect has the whole heartbeat timeout from it; it
+    /// is written beside the loop, which does not wait for it: a balancer's
+    /// step or a proxy's restart can end tens of thousands of streams at
+    /// once, and the admissions of those still open must not wait for
+    /// their writes.
+    fn let_go(&self, queue: &QueueId, watchers: &mut Vec<Watcher>, now: u64) {
+        let mut ended: Vec<UserId> = watchers
             .iter()
             .filter(|w| w.tx.is_closed())
             .map(|w| w.tx.user().clone())
             .collect();
-        if !dropped.is_empty() {
-            let _ = self.store.touch(queue, &dropped, now).await;
+        if !ended.is_empty() {
             watchers.retain(|w| !w.tx.is_closed());
         }
         if watchers.iter().any(|w| w.slot.leaving()) {
@@ -132,12 +135,17 @@ impl WatchHub {
                 .into_iter()
                 .partition(|w| w.slot.leaving());
             *watchers = staying;
-            let users: Vec<UserId> = leaving.iter().map(|w| w.tx.user().clone()).collect();
-            let _ = self.store.touch(queue, &users, now).await;
+            ended.extend(leaving.iter().map(|w| w.tx.user().clone()));
             let reason = self.leaving(leaving.first().and_then(|w| w.slot.connection.as_deref()));
             if let Some(reason) = reason {
                 end_all(leaving, &reason);
             }
+        }
+        if !ended.is_empty() {
+            let (store, queue) = (Arc::clone(&self.store), queue.clone());
+            tokio::spawn(async move {
+                let _ = store.touch(&queue, &ended, now).await;
+            });
         }
     }
 

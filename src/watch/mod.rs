@@ -923,4 +923,59 @@ mod tests {
         .await
         .unwrap();
     }
+
+    #[tokio::test]
+    async fn an_admission_goes_out_while_ended_streams_presence_is_being_written() {
+        let (memory, queue) = empty_queue().await;
+        let store = Arc::new(held_touch::HeldTouches::new(Arc::clone(&memory)));
+        let hub = WatchHub::new(
+            Arc::clone(&store) as Arc<dyn QueueStore>,
+            Arc::new(SystemClock),
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        );
+        let (closing, staying) = (
+            Arc::new(StreamConnection::default()),
+            Arc::new(StreamConnection::default()),
+        );
+        let mut streams = Vec::new();
+        for (name, connection) in [("front", &staying), ("leaving", &closing)] {
+            let user = UserId::parse(name).unwrap();
+            let first = memory.enqueue(&queue, &user, 0).await.unwrap();
+            let mut stream = hub.watch(
+                hub.reserve_stream(2).unwrap(),
+                queue.clone(),
+                user,
+                first,
+                Some(Arc::clone(connection)),
+            );
+            assert!(stream.next().await.is_some());
+            streams.push(stream);
+        }
+        // The closing connection's stream ends; its sign of life is held,
+        // as a slow store would hold it.
+        store.hold();
+        closing.close();
+        hub.wake_all();
+        let last = tokio::time::timeout(Duration::from_secs(5), streams[1].next())
+            .await
+            .unwrap();
+        assert!(matches!(last, Some(Err(Error::Reconnect(_)))));
+        memory.admit(&queue, 1, None, 0).await.unwrap();
+        hub.nudge(&queue);
+        let admitted = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(place)) = streams[0].next().await {
+                if matches!(place.state, PlaceState::Admitted(_)) {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            admitted.is_ok(),
+            "the admission waited for the ended stream's write"
+        );
+        assert_eq!(store.waiting.load(Ordering::SeqCst), 1);
+        store.release();
+    }
 }
