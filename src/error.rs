@@ -25,8 +25,17 @@ pub enum Error {
     PlaceNotFound(String),
     #[error("queue {0:?} already exists")]
     QueueAlreadyExists(String),
-    #[error("queue {0:?} is closed: nobody may join")]
-    QueueClosed(String),
+    /// With the operator's reason (`SOLD_OUT`, `CANCELLED`, their own), so
+    /// a page turned away at the door says the same as those in line are
+    /// told.
+    #[error(
+        "queue {queue:?} is closed{}: nobody may join",
+        .reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+    )]
+    QueueClosed {
+        queue: String,
+        reason: Option<String>,
+    },
     #[error("queue {0:?} is paused: nobody is admitted until it resumes")]
     QueuePaused(String),
     #[error(
@@ -75,7 +84,7 @@ impl Error {
             Self::QueueNotFound(_) => "QUEUE_NOT_FOUND",
             Self::PlaceNotFound(_) => "PLACE_NOT_FOUND",
             Self::QueueAlreadyExists(_) => "QUEUE_ALREADY_EXISTS",
-            Self::QueueClosed(_) => "QUEUE_CLOSED",
+            Self::QueueClosed { .. } => "QUEUE_CLOSED",
             Self::QueuePaused(_) => "QUEUE_PAUSED",
             Self::QueueNotOpen { .. } => "QUEUE_NOT_OPEN",
             Self::OpeningPassed(_) => "OPENING_PASSED",
@@ -93,7 +102,7 @@ impl Error {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::QueueNotFound(_) | Self::PlaceNotFound(_) => Code::NotFound,
             Self::QueueAlreadyExists(_) => Code::AlreadyExists,
-            Self::QueueClosed(_)
+            Self::QueueClosed { .. }
             | Self::QueuePaused(_)
             | Self::QueueNotOpen { .. }
             | Self::OpeningPassed(_) => Code::FailedPrecondition,
@@ -108,11 +117,14 @@ impl Error {
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
-        let mut details = ErrorDetails::with_error_info(
-            error.reason(),
-            ERROR_DOMAIN,
-            HashMap::<String, String>::new(),
-        );
+        let metadata: HashMap<String, String> = match &error {
+            Error::QueueClosed {
+                reason: Some(reason),
+                ..
+            } => HashMap::from([("closed_reason".to_owned(), reason.clone())]),
+            _ => HashMap::new(),
+        };
+        let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
         let message = match &error {
             Error::InvalidArgument { field, reason } => {
                 details.add_bad_request_violation(field.clone(), reason.clone());

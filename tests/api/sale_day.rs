@@ -264,6 +264,23 @@ async fn a_sale_ends_with_its_reason_shown_to_everyone(pair: Pair) {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
+    // A page turned away at the door can say why, as those in line are told.
+    let info = {
+        use tonic_types::StatusExt;
+        status.get_details_error_info().unwrap()
+    };
+    assert_eq!(
+        (
+            info.reason.as_str(),
+            info.metadata.get("closed_reason").map(String::as_str)
+        ),
+        ("QUEUE_CLOSED", Some("SOLD_OUT"))
+    );
+    assert!(
+        status.message().contains("SOLD_OUT"),
+        "{}",
+        status.message()
+    );
 
     // An operator's own reason replaces it; a malformed one is refused.
     one.close_queue(pb::CloseQueueRequest {

@@ -134,12 +134,43 @@ async fn modes(store: &dyn QueueStore) {
         .unwrap();
     assert!(matches!(
         store.enqueue(&q("s"), &u("c"), T0).await,
-        Err(Error::QueueClosed(_))
+        Err(Error::QueueClosed { reason: None, .. })
     ));
     assert!(matches!(
         store.enqueue(&q("s"), &u("a"), T0).await,
-        Err(Error::QueueClosed(_))
+        Err(Error::QueueClosed { reason: None, .. })
     ));
+    // Turned away with the reason those in line are told.
+    store
+        .update_queue(
+            &q("s"),
+            &QueueUpdate {
+                closed_reason: Some(Some("CANCELLED".into())),
+                ..Default::default()
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    for refused in [
+        store.enqueue(&q("s"), &u("c"), T0).await.map(drop),
+        store.admit(&q("s"), 1, None, T0).await.map(drop),
+        store
+            .admit_users(
+                &q("s"),
+                &[u("a")],
+                &RequestId::parse("r-c").unwrap(),
+                false,
+                T0,
+            )
+            .await
+            .map(drop),
+    ] {
+        assert!(
+            matches!(&refused, Err(Error::QueueClosed { reason: Some(r), .. }) if r == "CANCELLED"),
+            "{refused:?}"
+        );
+    }
     let closed = store.place(&q("s"), &u("b"), T0).await.unwrap().unwrap();
     assert_eq!(
         (closed.state, closed.mode),

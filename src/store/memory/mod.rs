@@ -619,6 +619,14 @@ impl QueueState {
         }
     }
 
+    /// The refusal of a closed queue, with its reason.
+    fn closed(&self, queue: &QueueId) -> Error {
+        Error::QueueClosed {
+            queue: queue.to_string(),
+            reason: self.config.closed_reason.as_deref().map(str::to_owned),
+        }
+    }
+
     /// One user's enqueue; the caller has run `prepare`. Twin of the
     /// Redis `enqueue_one`.
     fn enqueue_one(&mut self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
@@ -626,7 +634,7 @@ impl QueueState {
             return Ok(self.admitted_place(admission.clone(), now_ms));
         }
         if self.config.mode == QueueMode::Closed {
-            return Err(Error::QueueClosed(queue.to_string()));
+            return Err(self.closed(queue));
         }
         if let Some(place) = self.current_place(user, now_ms) {
             if !place.is_final() {
@@ -1044,7 +1052,7 @@ impl QueueStore for MemoryStore {
             }
             match state.config.mode {
                 QueueMode::Paused => return Err(Error::QueuePaused(queue.to_string())),
-                QueueMode::Closed => return Err(Error::QueueClosed(queue.to_string())),
+                QueueMode::Closed => return Err(state.closed(queue)),
                 QueueMode::Queueing | QueueMode::PassThrough => {}
             }
             state.prepare(now_ms);
@@ -1108,7 +1116,7 @@ impl QueueStore for MemoryStore {
                 return Ok(previous.clone());
             }
             if state.config.mode == QueueMode::Closed {
-                return Err(Error::QueueClosed(queue.to_string()));
+                return Err(state.closed(queue));
             }
             state.prepare(now_ms);
             let before = state.seq;

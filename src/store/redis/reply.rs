@@ -23,7 +23,7 @@ impl Reply {
         let mut reply = Self::new(value)?;
         match reply.string()?.as_str() {
             "ok" => Ok(reply),
-            status => Err(status_error(status, queue)),
+            status => Err(refusal(status, &mut reply, queue)),
         }
     }
 
@@ -105,10 +105,21 @@ impl Reply {
     }
 }
 
-pub(super) fn status_error(status: &str, queue: &QueueId) -> Error {
+/// A script's refusal: its status, and what follows it (a closed queue's
+/// reason, empty for none).
+fn refusal(status: &str, rest: &mut Reply, queue: &QueueId) -> Error {
+    if status == "closed" {
+        return Error::QueueClosed {
+            queue: queue.to_string(),
+            reason: rest.string().ok().filter(|r| !r.is_empty()),
+        };
+    }
+    status_error(status, queue)
+}
+
+fn status_error(status: &str, queue: &QueueId) -> Error {
     match status {
         "no_queue" => Error::QueueNotFound(queue.to_string()),
-        "closed" => Error::QueueClosed(queue.to_string()),
         "paused" => Error::QueuePaused(queue.to_string()),
         "opening_passed" => Error::OpeningPassed(queue.to_string()),
         "exists" => Error::QueueAlreadyExists(queue.to_string()),
@@ -133,8 +144,10 @@ pub(super) fn parse_place(value: Value, queue: &QueueId) -> Result<Option<Place>
             opens_at_ms: reply.u64()?,
         });
     }
-    if reply.remaining() == 0 {
-        return Err(status_error(&kind, queue));
+    // A refusal is its status alone, or a closed queue's with its reason;
+    // a place carries many values.
+    if reply.remaining() <= 1 {
+        return Err(refusal(&kind, &mut reply, queue));
     }
     let ticket = reply.u64()?;
     let waiting_count = reply.u64()?;

@@ -5,7 +5,7 @@
 -- ARGV: now, max_count, request id ('' for none), how long to keep the
 --       result (ms).
 -- Returns {'ok', epoch, user, ticket, admitted_at, expires_at, ...}, or
--- {'no_queue'} / {'paused'} / {'closed'}.
+-- {'no_queue'} / {'paused'} / {'closed', closing reason}.
 -- With a request id, the result is kept (by the caller's clock) and a rerun
 -- returns it without admitting anyone else, so a retried request is safe.
 
@@ -24,7 +24,7 @@ if request ~= '' then
   end
 end
 if cfg.mode == 'paused' or cfg.mode == 'closed' then
-  return { cfg.mode }
+  return { cfg.mode, cfg.closed_reason }
 end
 prepare(cfg)
 -- A manual batch is the operator's call: it respects max_active but not

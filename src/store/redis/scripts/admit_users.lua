@@ -8,7 +8,7 @@
 --       user...
 -- Returns {'ok', epoch, {kind, ticket, admitted_at, expires_at}...} with
 -- kind 'admitted', 'already' or 'no_capacity'; or {'no_queue'} /
--- {'closed'}, or {'request_reused'} when the id was used naming other
+-- {'closed', closing reason}, or {'request_reused'} when the id was used naming other
 -- users. The result is kept under the request id with the users it named
 -- (apart from AdmitBatch's results: ids cannot hold '|'), and a rerun
 -- naming the same users returns it.
@@ -39,7 +39,7 @@ if previous then
   return kept.result
 end
 if cfg.mode == 'closed' then
-  return { 'closed' }
+  return { 'closed', cfg.closed_reason }
 end
 prepare(cfg)
 local capped = cfg.mode ~= 'pass_through' and ARGV[4] ~= '1'

@@ -1,8 +1,8 @@
 -- Shared by enqueue.lua and enqueue_many.lua (prepended after the prelude).
 -- Gives a user a ticket (or a pre-queue place before a scheduled opening),
 -- or returns the place they hold; a sign of life. The caller has loaded the
--- config and run prepare(). Returns a place (prelude), or {'closed'} /
--- {'not_open', when the pre-queue opens}.
+-- config and run prepare(). Returns a place (prelude), or {'closed',
+-- closing reason} / {'not_open', when the pre-queue opens}.
 
 local function enqueue_one(cfg, user)
   local record = redis.call('HGET', K_ADMITTED, user)
@@ -10,7 +10,7 @@ local function enqueue_one(cfg, user)
     return admitted_place(cfg, record)
   end
   if cfg.mode == 'closed' then
-    return { 'closed' }
+    return { 'closed', cfg.closed_reason }
   end
   local existing = current_place(cfg, user, true)
   if existing[1] ~= 'none' then
