@@ -212,6 +212,12 @@ impl Application {
             draining: draining.clone(),
         };
         tokio::spawn(balancer.run(background.clone()));
+        {
+            let hub = Arc::clone(&hub);
+            let heard: crate::store::Announced = Arc::new(move |queue| hub.heard_elsewhere(queue));
+            let (store, stop) = (Arc::clone(&store), background.clone());
+            tokio::spawn(async move { store.hear_announcements(heard, stop).await });
+        }
         tokio::spawn(track_readiness(
             health.clone(),
             Arc::clone(&ready),

@@ -39,7 +39,10 @@
 mod memory;
 mod redis;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::{ENQUEUE_ONE, RedisOptions, RedisStore};
@@ -232,7 +235,21 @@ pub trait QueueStore: Send + Sync + 'static {
         ttl_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<u64>>;
+
+    /// Tells the other instances that `queue` changed in a way its watchers
+    /// must hear of at once (admissions, its configuration), so they read
+    /// its line now rather than at their next refresh. Best effort: the
+    /// refresh interval brings every change anyway. A store of one process
+    /// has nobody to tell.
+    async fn announce(&self, queue: &QueueId);
+
+    /// Calls `heard` with each queue another instance announced (see
+    /// [`QueueStore::announce`]) until `stop`.
+    async fn hear_announcements(&self, heard: Announced, stop: CancellationToken);
 }
+
+/// What an instance does with another's announcement of a queue.
+pub type Announced = Arc<dyn Fn(&QueueId) + Send + Sync>;
 
 /// Instances' reports by instance: (streams, reported at ms). Keeps those
 /// reported within `ttl_ms` and answers as [`QueueStore::share_load`]; the

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::domain::{
@@ -55,6 +56,14 @@ impl QueueStore for HeldTouches {
         }
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         self.inner.touch(queue, users, now_ms).await
+    }
+
+    async fn announce(&self, queue: &QueueId) {
+        self.inner.announce(queue).await;
+    }
+
+    async fn hear_announcements(&self, heard: crate::store::Announced, stop: CancellationToken) {
+        self.inner.hear_announcements(heard, stop).await;
     }
 
     async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig> {

@@ -458,6 +458,17 @@ impl WatchHub {
         }
     }
 
+    /// Another instance changed the queue (see `QueueStore::announce`):
+    /// its watchers here hear of it at a refresh now, not at the next
+    /// interval. Lookups are not sent to the store meanwhile, as they are
+    /// after a change made here: the copy still answers only within the
+    /// interval of its read.
+    pub fn heard_elsewhere(&self, queue: &QueueId) {
+        if let Some(watch) = self.followed(queue) {
+            watch.wake.notify_one();
+        }
+    }
+
     /// The queue's entry, if this instance follows it.
     fn followed(&self, queue: &QueueId) -> Option<Arc<QueueWatch>> {
         self.queues.lock().ok()?.get(queue).cloned()

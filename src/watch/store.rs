@@ -6,11 +6,15 @@
 //!
 //! Handlers and the queue worker hold this, never the store beneath, so no
 //! write can forget to tell the hub: the trait has no default methods, and
-//! a new one must be written here, where it says what it changed.
+//! a new one must be written here, where it says what it changed. Writes
+//! that the watchers on other instances must hear of at once (admissions,
+//! a queue's configuration, its draw or clearing) are also announced to
+//! them through the store (`QueueStore::announce`).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 use super::WatchHub;
 use crate::Result;
@@ -31,6 +35,13 @@ impl WatchedStore {
     /// `hub` must follow `inner` itself, not this.
     pub fn new(inner: Arc<dyn QueueStore>, hub: Arc<WatchHub>) -> Self {
         Self { inner, hub }
+    }
+
+    /// Tells the other instances, beside the call: its caller does not
+    /// wait for the store's answer.
+    fn tell_others(&self, queue: &QueueId) {
+        let (inner, queue) = (Arc::clone(&self.inner), queue.clone());
+        tokio::spawn(async move { inner.announce(&queue).await });
     }
 
     pub fn hub(&self) -> &Arc<WatchHub> {
@@ -55,6 +66,7 @@ impl QueueStore for WatchedStore {
     async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig> {
         let created = self.inner.create_queue(config).await?;
         self.hub.reconfigured(&config.id);
+        self.tell_others(&config.id);
         Ok(created)
     }
 
@@ -76,12 +88,14 @@ impl QueueStore for WatchedStore {
         // Refused or not, the hub reads the queue again: a refusal may
         // have come after the change was made.
         self.hub.reconfigured(queue);
+        self.tell_others(queue);
         updated
     }
 
     async fn delete_queue(&self, queue: &QueueId) -> Result<()> {
         let deleted = self.inner.delete_queue(queue).await;
         self.hub.reconfigured(queue);
+        self.tell_others(queue);
         deleted
     }
 
@@ -186,6 +200,7 @@ impl QueueStore for WatchedStore {
         // copy with the next refresh. Its end is told at once.
         if done {
             self.hub.nudge(queue);
+            self.tell_others(queue);
         }
         Ok(done)
     }
@@ -208,6 +223,7 @@ impl QueueStore for WatchedStore {
         let admitted = self.inner.admit(queue, max_count, request, now_ms).await?;
         if !admitted.is_empty() {
             self.hub.nudge(queue);
+            self.tell_others(queue);
         }
         Ok(admitted)
     }
@@ -221,6 +237,7 @@ impl QueueStore for WatchedStore {
         let admitted = self.inner.admit_due(queue, max_count, now_ms).await?;
         if !admitted.is_empty() {
             self.hub.nudge(queue);
+            self.tell_others(queue);
         }
         Ok(admitted)
     }
@@ -242,6 +259,7 @@ impl QueueStore for WatchedStore {
             .any(|r| matches!(r, NamedAdmission::Admitted(_)))
         {
             self.hub.nudge(queue);
+            self.tell_others(queue);
         }
         Ok(results)
     }
@@ -250,6 +268,7 @@ impl QueueStore for WatchedStore {
         let cleared = self.inner.clear_step(queue, limit, now_ms).await?;
         if cleared > 0 {
             self.hub.nudge(queue);
+            self.tell_others(queue);
         }
         Ok(cleared)
     }
@@ -282,6 +301,14 @@ impl QueueStore for WatchedStore {
 
     async fn setup_problem(&self) -> Result<Option<String>> {
         self.inner.setup_problem().await
+    }
+
+    async fn announce(&self, queue: &QueueId) {
+        self.inner.announce(queue).await;
+    }
+
+    async fn hear_announcements(&self, heard: crate::store::Announced, stop: CancellationToken) {
+        self.inner.hear_announcements(heard, stop).await;
     }
 
     // Changes no queue.

@@ -1,6 +1,10 @@
 //! Several service instances sharing one Redis act as one queue.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use waitroom::pb;
 
 use crate::helpers::*;
 
@@ -74,4 +78,51 @@ async fn a_user_keeps_one_place_across_instances() {
     assert_eq!(rank_there.position, 2);
     assert!(leave(&mut b, "sale", "first").await);
     assert_eq!(rank(&mut a, "sale", "alice").await.position, 1);
+}
+
+/// An admission made through one replica reaches a watcher held by another
+/// at once, not at that replica's next refresh: the admitting replica
+/// announces it. The refresh interval here is a minute, so only the
+/// announcement can bring it within the test's seconds; a watcher whose
+/// replica missed it would still get it at the interval.
+#[tokio::test]
+async fn an_admission_through_one_replica_reaches_a_watcher_on_another_at_once() {
+    let redis = TestRedis::start();
+    let prefix = fresh_prefix();
+    let config = || {
+        let mut config = TestApp::redis_config(&redis.url(), &prefix);
+        config.watch_interval = Duration::from_secs(60);
+        config
+    };
+    let one = TestApp::spawn(config()).await;
+    let two = TestApp::spawn(config()).await;
+    one.create_queue(queue("told")).await;
+    let mut client = one.client().await;
+    for user in ["a", "b"] {
+        enqueue(&mut client, "told", user).await;
+    }
+    let mut watching = open(&two, "told", "a").await;
+    let first = watching.next().await.unwrap().unwrap().place.unwrap();
+    assert_eq!(first.state(), pb::PlaceState::Waiting);
+    // The subscription of replica two may still be being made: admit once
+    // it has had a moment (a message published before it is missed).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(admit(&mut client, "told", 1).await.len(), 1);
+    let admitted = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(message)) = watching.next().await {
+            if message
+                .place
+                .is_some_and(|p| p.state() == pb::PlaceState::Admitted)
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        admitted,
+        Ok(true),
+        "the admission made through the other replica did not arrive within 10 s"
+    );
 }

@@ -728,6 +728,17 @@ impl MemoryStore {
 
 #[async_trait]
 impl QueueStore for MemoryStore {
+    // One process: every instance is this one.
+    async fn announce(&self, _queue: &QueueId) {}
+
+    async fn hear_announcements(
+        &self,
+        _heard: crate::store::Announced,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        stop.cancelled().await;
+    }
+
     async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig> {
         let mut inner = self.lock()?;
         if inner.queues.contains_key(&config.id) {

@@ -66,7 +66,16 @@ pub(super) enum Connector {
     Single(Arc<Single>),
     /// Connects on first use: a cluster needs its slot map before the
     /// first command, and the service may start before Redis.
-    Cluster(Arc<(ClusterClient, tokio::sync::OnceCell<ClusterConnection>)>),
+    /// The cluster, its connection once made, and a client of the first
+    /// node given, for the subscription (a message published on any node
+    /// reaches the subscribers of every node).
+    Cluster(
+        Arc<(
+            ClusterClient,
+            tokio::sync::OnceCell<ClusterConnection>,
+            redis::Client,
+        )>,
+    ),
 }
 
 impl Connector {
@@ -82,7 +91,7 @@ impl Connector {
                 Ok(Connection::Single(conn, number))
             }
             Self::Cluster(cluster) => {
-                let (client, connection) = &**cluster;
+                let (client, connection, _) = &**cluster;
                 let conn = connection
                     .get_or_try_init(|| async {
                         bounded(
@@ -96,6 +105,21 @@ impl Connector {
                     .await?;
                 Ok(Connection::Cluster(conn.clone()))
             }
+        }
+    }
+
+    /// A client for a subscription: of the fixed address, of the master
+    /// the Sentinels name now, or of a cluster's first node.
+    pub(super) async fn subscriber(
+        &self,
+        timeout: Duration,
+    ) -> std::result::Result<redis::Client, String> {
+        match self {
+            Self::Single(single) => match &single.origin {
+                Origin::Fixed(client) => Ok(client.clone()),
+                Origin::Sentinels(sentinels) => sentinels.master(timeout).await,
+            },
+            Self::Cluster(cluster) => Ok(cluster.2.clone()),
         }
     }
 

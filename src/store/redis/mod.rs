@@ -33,6 +33,7 @@
 
 pub use self::lua::ENQUEUE_ONE;
 
+mod announce;
 mod batch;
 mod caller;
 mod fields;
@@ -51,6 +52,7 @@ use redis::IntoConnectionInfo;
 use redis::aio::ConnectionManagerConfig;
 use redis::cluster::ClusterClient;
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, Value};
+use tokio_util::sync::CancellationToken;
 
 use self::caller::{
     Breaker, Connection, Connector, Origin, QueueCaller, Sentinels, Single, bounded, guard,
@@ -101,6 +103,8 @@ pub struct RedisStore {
     scripts: Arc<Scripts>,
     batcher: batch::Batcher,
     breaker: Arc<Breaker>,
+    /// Names this instance in its announcements.
+    instance: String,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -127,16 +131,27 @@ impl RedisStore {
         let invalid = |e: RedisError| Error::invalid("redis_url", e.to_string());
         let connector = if options.cluster {
             let nodes: Vec<&str> = options.url.split(',').map(str::trim).collect();
-            let mut builder = ClusterClient::builder(nodes)
+            let mut builder = ClusterClient::builder(nodes.clone())
                 .connection_timeout(options.timeout)
                 .response_timeout(options.timeout)
                 .retries(3);
             if let Some(password) = &options.password {
                 builder = builder.password(password);
             }
+            let mut first = nodes
+                .first()
+                .copied()
+                .unwrap_or_default()
+                .into_connection_info()
+                .map_err(invalid)?;
+            if let Some(password) = &options.password {
+                let settings = first.redis_settings().clone().set_password(password);
+                first = first.set_redis_settings(settings);
+            }
             Connector::Cluster(Arc::new((
                 builder.build().map_err(invalid)?,
                 tokio::sync::OnceCell::new(),
+                redis::Client::open(first).map_err(invalid)?,
             )))
         } else {
             let with_password = |url: &str| -> Result<redis::ConnectionInfo> {
@@ -196,6 +211,7 @@ impl RedisStore {
             scripts: Arc::new(Scripts::load()),
             batcher: batch::Batcher::default(),
             breaker: Arc::default(),
+            instance: random_id(),
         })
     }
 
@@ -716,6 +732,14 @@ impl QueueStore for RedisStore {
         .await
     }
 
+    async fn announce(&self, queue: &QueueId) {
+        self.publish(queue).await;
+    }
+
+    async fn hear_announcements(&self, heard: crate::store::Announced, stop: CancellationToken) {
+        self.subscribe(heard, stop).await;
+    }
+
     async fn setup_problem(&self) -> Result<Option<String>> {
         // INFO rather than CONFIG GET: managed Redis services often rename
         // or refuse CONFIG. On a Cluster the answer is every node's.
@@ -773,6 +797,13 @@ fn collect_from_text(text: &str, into: &mut Vec<(u64, String)>) {
             .unwrap_or(0);
         into.push((limit, policy));
     }
+}
+
+/// A name for this instance in its announcements.
+fn random_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
