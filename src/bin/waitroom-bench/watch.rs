@@ -50,6 +50,11 @@ pub struct Args {
     /// polls, is released a whole timeout after the change.
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat: Option<Duration>,
+    /// In the flow, admit through a second replica on the same Redis, so
+    /// each admission reaches the replica holding the streams from
+    /// another, as most do when several replicas serve a sale.
+    #[arg(long)]
+    admit_elsewhere: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -77,20 +82,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// The service for these scenarios: no limit on streams or calls, and
 /// position messages paced by `pace`.
 async fn start(pace: &str, budget: u64) -> anyhow::Result<Service> {
-    Service::start(
-        Store::Redis,
-        &[
-            "--max-streams",
-            "1000000",
-            "--max-calls",
-            "1000000",
-            "--position-pace",
-            pace,
-            "--position-budget",
-            &budget.to_string(),
-        ],
-    )
-    .await
+    Service::start(Store::Redis, &service_args(pace, &budget.to_string())).await
+}
+
+/// The streams stay where they were opened: with a second replica (see
+/// `--admit-elsewhere`) the first would otherwise move some to it, and a
+/// stream the bench does not reopen would miss its admission.
+fn service_args<'a>(pace: &'a str, budget: &'a str) -> [&'a str; 10] {
+    [
+        "--max-streams",
+        "1000000",
+        "--max-calls",
+        "1000000",
+        "--position-pace",
+        pace,
+        "--position-budget",
+        budget,
+        "--balance-interval",
+        "0s",
+    ]
 }
 
 async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
@@ -316,7 +326,16 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
     // Batches every 50 ms; admission is in ticket order, so the next batch
     // admits the next watchers.
     let per_batch = (rate as usize / 20).max(1);
-    let mut admitter = QueueServiceClient::new(channels[0].clone());
+    let beside = if args.admit_elsewhere {
+        let budget = args.budget.to_string();
+        Some(Service::start_beside(&service, &service_args(&args.pace, &budget)).await?)
+    } else {
+        None
+    };
+    let mut admitter = match &beside {
+        Some(other) => QueueServiceClient::new(other.channel().await?),
+        None => QueueServiceClient::new(channels[0].clone()),
+    };
     let mut next = 0usize;
     let mut ticks = tokio::time::interval(Duration::from_millis(50));
     // On stderr, so a profiler can be started at the right moment.
@@ -387,6 +406,9 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
             .map_or("1h".to_owned(), |h| humantime::format_duration(h)
                 .to_string())
     );
+    if args.admit_elsewhere {
+        println!("admitted through  another replica on the same Redis");
+    }
     println!(
         "admitted           {next} ({:.0}/s); {missing} admissions not seen on their stream (first: watcher {first_missing:?})",
         next as f64 / flow_time.as_secs_f64()
