@@ -17,7 +17,7 @@ pub(super) struct Presence {
     /// The watchers' write in flight, begun at this time. It runs beside
     /// the follow loop: at 100,000 streams it is twenty store calls, and
     /// made in the loop it held every admission's message back by as long
-    /// (p99 from 50 to 300 ms in `watch --flow --heartbeat 30s`).
+    /// (`watch --flow --heartbeat 30s`: p99 301 ms, against 77 ms beside).
     writing: Option<(u64, JoinHandle<bool>)>,
 }
 
