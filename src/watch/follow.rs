@@ -28,6 +28,13 @@ const MAX_CATCH_UP_READS: usize = 50;
 /// milliseconds of Redis time), however long the line.
 const SNAPSHOT_CHUNK: u32 = 2_000;
 
+/// Least time from one refresh's start to one another instance's
+/// announcement asks for. Every replica's worker admits and announces up
+/// to ten times a second, so with ten replicas each would hear of ninety
+/// changes a second to a queue, and pass over all its streams as often;
+/// at most twenty a second, and a change heard late by up to this much.
+pub(super) const ANNOUNCED_GAP: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl WatchHub {
     pub(super) async fn run(self: Arc<Self>, queue: QueueId, watch: Arc<QueueWatch>) {
         let mut failures = 0u32;
@@ -36,10 +43,17 @@ impl WatchHub {
         // copy is never much older than the interval.
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut began = tokio::time::Instant::now();
         loop {
             let ticked = tokio::select! {
                 _ = ticks.tick() => true,
                 _ = watch.wake.notified() => false,
+                // A refresh begun meanwhile for another reason reads the
+                // announced change too.
+                _ = async {
+                    watch.heard.notified().await;
+                    tokio::time::sleep_until(began + ANNOUNCED_GAP).await;
+                } => false,
                 _ = self.shutdown.cancelled() => {
                     // Out of the map first, under the lock `watch` checks
                     // the shutdown under: no stream joins after this.
@@ -56,6 +70,7 @@ impl WatchHub {
                     return;
                 }
             };
+            began = tokio::time::Instant::now();
             let mut watchers = take(&watch);
             let now = self.clock.now_ms();
             // Streams that ended are looked for at the interval (or when

@@ -138,7 +138,11 @@ impl Drop for StreamSlot {
 #[derive(Default)]
 struct QueueWatch {
     watchers: Mutex<Vec<Watcher>>,
+    /// A change was made through this instance: refresh now.
     wake: Notify,
+    /// Another instance announced a change: refresh soon (no sooner than
+    /// `follow::ANNOUNCED_GAP` after the last refresh began).
+    heard: Notify,
     /// Streams open on this queue, including those being refreshed.
     open: Arc<AtomicUsize>,
     /// The copy of the line, written by the queue's task, read by lookups.
@@ -465,7 +469,7 @@ impl WatchHub {
     /// interval of its read.
     pub fn heard_elsewhere(&self, queue: &QueueId) {
         if let Some(watch) = self.followed(queue) {
-            watch.wake.notify_one();
+            watch.heard.notify_one();
         }
     }
 
@@ -988,5 +992,37 @@ mod tests {
         );
         assert_eq!(store.waiting.load(Ordering::SeqCst), 1);
         store.release();
+    }
+
+    #[tokio::test]
+    async fn other_instances_announcements_are_heard_at_most_once_a_gap() {
+        let (store, queue, user, first) = one_waiting_user().await;
+        let hub = WatchHub::new(
+            store,
+            Arc::new(SystemClock),
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        );
+        let _stream = hub.watch(
+            hub.reserve_stream(1).unwrap(),
+            queue.clone(),
+            user,
+            first,
+            None,
+        );
+        refreshed(&hub, &queue).await;
+        let before = hub.refreshes(&queue);
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(500) {
+            hub.heard_elsewhere(&queue);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let refreshes = hub.refreshes(&queue) - before;
+        // Heard (the interval is a minute), and once a gap at most.
+        let most = 500 / follow::ANNOUNCED_GAP.as_millis() as u64 + 2;
+        assert!(
+            (1..=most).contains(&refreshes),
+            "{refreshes} refreshes for 500 ms of announcements"
+        );
     }
 }
