@@ -28,12 +28,15 @@ const MAX_CATCH_UP_READS: usize = 50;
 /// milliseconds of Redis time), however long the line.
 const SNAPSHOT_CHUNK: u32 = 2_000;
 
-/// Least time from one refresh's start to one another instance's
-/// announcement asks for. Every replica's worker admits and announces up
-/// to ten times a second, so with ten replicas each would hear of ninety
-/// changes a second to a queue, and pass over all its streams as often;
-/// at most twenty a second, and a change heard late by up to this much.
-pub(super) const ANNOUNCED_GAP: std::time::Duration = std::time::Duration::from_millis(50);
+/// Least time between two refreshes that other instances' announcements
+/// ask for. Every replica's worker admits and announces up to ten times a
+/// second, so with ten replicas each would hear of ninety changes a second
+/// to a queue, and pass over all its streams as often; at most twenty-five
+/// a second, and a change heard late by up to this much. Counted from the
+/// last such refresh, not from any: refreshes at the interval would
+/// otherwise shift every announced one by up to the gap, for good, when
+/// announcements come about a gap apart.
+pub(super) const ANNOUNCED_GAP: std::time::Duration = std::time::Duration::from_millis(40);
 
 impl WatchHub {
     pub(super) async fn run(self: Arc<Self>, queue: QueueId, watch: Arc<QueueWatch>) {
@@ -43,7 +46,7 @@ impl WatchHub {
         // copy is never much older than the interval.
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut began = tokio::time::Instant::now();
+        let mut heard_at = tokio::time::Instant::now();
         loop {
             let ticked = tokio::select! {
                 _ = ticks.tick() => true,
@@ -52,7 +55,8 @@ impl WatchHub {
                 // announced change too.
                 _ = async {
                     watch.heard.notified().await;
-                    tokio::time::sleep_until(began + ANNOUNCED_GAP).await;
+                    tokio::time::sleep_until(heard_at + ANNOUNCED_GAP).await;
+                    heard_at = tokio::time::Instant::now();
                 } => false,
                 _ = self.shutdown.cancelled() => {
                     // Out of the map first, under the lock `watch` checks
@@ -70,7 +74,6 @@ impl WatchHub {
                     return;
                 }
             };
-            began = tokio::time::Instant::now();
             let mut watchers = take(&watch);
             let now = self.clock.now_ms();
             // Streams that ended are looked for at the interval (or when

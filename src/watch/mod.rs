@@ -141,7 +141,7 @@ struct QueueWatch {
     /// A change was made through this instance: refresh now.
     wake: Notify,
     /// Another instance announced a change: refresh soon (no sooner than
-    /// `follow::ANNOUNCED_GAP` after the last refresh began).
+    /// `follow::ANNOUNCED_GAP` after the last refresh it asked for).
     heard: Notify,
     /// Streams open on this queue, including those being refreshed.
     open: Arc<AtomicUsize>,
