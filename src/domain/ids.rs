@@ -140,6 +140,14 @@ impl RequestId {
     }
 }
 
+/// A name for this process among the replicas: random, so a restarted pod
+/// does not inherit its predecessor's reports or announcements.
+pub fn instance_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

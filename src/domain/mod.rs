@@ -19,7 +19,7 @@ pub use estimate::{
     WAITED_BOUNDS_S, WAITED_SLOT_MS, WAITED_WINDOW_MS, first_flow_slot, flow_span_ms,
     per_second_over_window, waited_bucket,
 };
-pub use ids::{QueueId, RequestId, UserId};
+pub use ids::{QueueId, RequestId, UserId, instance_id};
 pub use line::{LINE_LOG_KEEP, LineChanges, LineEvent, LineSnapshot, LineSummary};
 pub use place::{Admission, Admitted, NamedAdmission, Place, PlaceState, Signs};
 pub use queue::{QueueConfig, QueueMode, QueueStats, QueueUpdate, release_after_ms};

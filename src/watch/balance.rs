@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{StreamConnection, WatchHub};
-use crate::domain::Clock;
+use crate::domain::{Clock, instance_id};
 use crate::store::QueueStore;
 
 /// The connections open on this instance.
@@ -210,14 +210,6 @@ impl Balancer {
             }
         }
     }
-}
-
-/// This process's name among the replicas: random, so a restarted pod
-/// does not inherit its predecessor's report.
-fn instance_id() -> String {
-    let mut bytes = [0u8; 8];
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A small generator for shuffling (xorshift), seeded from the system.

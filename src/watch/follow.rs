@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use super::line::Line;
 use super::lookup::Pollers;
-use super::presence::Presence;
+use super::presence::{self, Presence};
 use super::view::View;
 use super::{QueueWatch, WatchHub, Watcher, next_moment};
 use crate::domain::{LineEvent, LineSnapshot, Place, PlaceState, QueueId, UserId};
@@ -160,10 +160,7 @@ impl WatchHub {
             }
         }
         if !ended.is_empty() {
-            let (store, queue) = (Arc::clone(&self.store), queue.clone());
-            tokio::spawn(async move {
-                let _ = store.touch(&queue, &ended, now).await;
-            });
+            presence::write_beside(&self.store, queue, ended, now);
         }
     }
 

@@ -68,15 +68,22 @@ impl Presence {
         let recorded_at = self.recorded_at_ms.unwrap_or(now);
         if self.writing.is_none() && now.saturating_sub(recorded_at) >= every_ms {
             let users: Vec<UserId> = watchers.iter().map(|w| w.tx.user().clone()).collect();
-            let (store, queue) = (Arc::clone(store), queue.clone());
-            self.writing = Some((
-                now,
-                tokio::spawn(async move { write(store.as_ref(), &queue, users, now).await }),
-            ));
+            self.writing = Some((now, write_beside(store, queue, users, now)));
         }
         let written = polled.is_empty() || write(store.as_ref(), queue, polled.clone(), now).await;
         watch.pollers().recorded(&polled, written, now);
     }
+}
+
+/// [`write`] in a task of its own, so the follow loop goes on meanwhile.
+pub(super) fn write_beside(
+    store: &Arc<dyn QueueStore>,
+    queue: &QueueId,
+    users: Vec<UserId>,
+    now_ms: u64,
+) -> JoinHandle<bool> {
+    let (store, queue) = (Arc::clone(store), queue.clone());
+    tokio::spawn(async move { write(store.as_ref(), &queue, users, now_ms).await })
 }
 
 /// One write of `users`' presence at `now_ms`; false if it failed.

@@ -211,7 +211,7 @@ impl RedisStore {
             scripts: Arc::new(Scripts::load()),
             batcher: batch::Batcher::default(),
             breaker: Arc::default(),
-            instance: random_id(),
+            instance: crate::domain::instance_id(),
         })
     }
 
@@ -797,13 +797,6 @@ fn collect_from_text(text: &str, into: &mut Vec<(u64, String)>) {
             .unwrap_or(0);
         into.push((limit, policy));
     }
-}
-
-/// A name for this instance in its announcements.
-fn random_id() -> String {
-    let mut bytes = [0u8; 8];
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
