@@ -601,12 +601,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_position_budget_stretches_the_pace_in_whole_paces() {
-        let hub = WatchHub::new(
-            Arc::new(MemoryStore::new()),
-            Arc::new(SystemClock),
-            Duration::from_secs(60),
-            CancellationToken::new(),
-        );
+        let hub = idle_hub(Arc::new(MemoryStore::new()));
         hub.set_position_pace(Duration::from_secs(1));
         hub.set_position_budget(50_000);
         let mut permits = Vec::new();
@@ -697,12 +692,7 @@ mod tests {
         let (store, queue, user, first) = one_waiting_user().await;
         let other = UserId::parse("other").unwrap();
         let second = store.enqueue(&queue, &other, 0).await.unwrap();
-        let hub = WatchHub::new(
-            store,
-            Arc::new(SystemClock),
-            Duration::from_secs(60),
-            CancellationToken::new(),
-        );
+        let hub = idle_hub(store);
         let (closing, staying) = (
             Arc::new(StreamConnection::default()),
             Arc::new(StreamConnection::default()),
@@ -749,10 +739,21 @@ mod tests {
         .unwrap();
     }
 
+    /// A hub over `store` on the system clock, refreshing every minute
+    /// unless asked.
+    fn idle_hub(store: Arc<dyn QueueStore>) -> Arc<WatchHub> {
+        WatchHub::new(
+            store,
+            Arc::new(SystemClock),
+            Duration::from_secs(60),
+            CancellationToken::new(),
+        )
+    }
+
     /// A hub over `store` on a clock set by hand to `t0`, its position
     /// messages paced at `pace_ms`.
-    fn paced_hub(
-        store: &Arc<MemoryStore>,
+    fn paced_hub<S: QueueStore>(
+        store: &Arc<S>,
         t0: u64,
         pace_ms: u64,
     ) -> (Arc<crate::domain::ManualClock>, Arc<WatchHub>) {
@@ -879,13 +880,7 @@ mod tests {
         let (memory, queue) = empty_queue().await;
         let store = Arc::new(held_touch::HeldTouches::new(Arc::clone(&memory)));
         let t0 = 1_000_000;
-        let clock = Arc::new(crate::domain::ManualClock::new(t0));
-        let hub = WatchHub::new(
-            Arc::clone(&store) as Arc<dyn QueueStore>,
-            Arc::clone(&clock) as Arc<dyn Clock>,
-            Duration::from_secs(60),
-            CancellationToken::new(),
-        );
+        let (clock, hub) = paced_hub(&store, t0, 0);
         let mut streams = Vec::new();
         for name in ["front", "next"] {
             let user = UserId::parse(name).unwrap();
@@ -943,12 +938,7 @@ mod tests {
     async fn an_admission_goes_out_while_ended_streams_presence_is_being_written() {
         let (memory, queue) = empty_queue().await;
         let store = Arc::new(held_touch::HeldTouches::new(Arc::clone(&memory)));
-        let hub = WatchHub::new(
-            Arc::clone(&store) as Arc<dyn QueueStore>,
-            Arc::new(SystemClock),
-            Duration::from_secs(60),
-            CancellationToken::new(),
-        );
+        let hub = idle_hub(Arc::clone(&store) as Arc<dyn QueueStore>);
         let (closing, staying) = (
             Arc::new(StreamConnection::default()),
             Arc::new(StreamConnection::default()),
@@ -997,12 +987,7 @@ mod tests {
     #[tokio::test]
     async fn other_instances_announcements_are_heard_at_most_once_a_gap() {
         let (store, queue, user, first) = one_waiting_user().await;
-        let hub = WatchHub::new(
-            store,
-            Arc::new(SystemClock),
-            Duration::from_secs(60),
-            CancellationToken::new(),
-        );
+        let hub = idle_hub(store);
         let _stream = hub.watch(
             hub.reserve_stream(1).unwrap(),
             queue.clone(),
