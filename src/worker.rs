@@ -7,11 +7,13 @@
 //!   replicas together admit at the configured rate, never a multiple;
 //! - the opening draw of a scheduled opening, one chunk per step;
 //! - releasing the places of users silent for longer than the heartbeat
-//!   timeout.
+//!   timeout, only while this replica is ready: a replica nobody can reach
+//!   hears nobody, and its passes must not count as time anyone could have
+//!   shown life in (`domain::presence_after_gap`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -46,6 +48,9 @@ pub struct QueueWorker {
     queues_changed: Arc<Notify>,
     /// Passes over every queue completed so far.
     passes: Arc<AtomicU64>,
+    /// The replica is ready (it answers, the store answers): only then
+    /// does it reap.
+    ready: Arc<AtomicBool>,
 }
 
 impl QueueWorker {
@@ -54,6 +59,7 @@ impl QueueWorker {
         clock: Arc<dyn Clock>,
         interval: Duration,
         queues_changed: Arc<Notify>,
+        ready: Arc<AtomicBool>,
     ) -> Self {
         Self {
             store,
@@ -61,6 +67,7 @@ impl QueueWorker {
             interval,
             queues_changed,
             passes: Arc::default(),
+            ready,
         }
     }
 
@@ -151,9 +158,10 @@ impl QueueWorker {
                 tracing::debug!(queue = %queue.id, count = admitted.len(), "admitted");
             }
         }
-        if reaped_at
-            .get(&queue.id)
-            .is_none_or(|at| now.saturating_sub(*at) >= REAP_EVERY_MS)
+        if self.ready.load(Ordering::Relaxed)
+            && reaped_at
+                .get(&queue.id)
+                .is_none_or(|at| now.saturating_sub(*at) >= REAP_EVERY_MS)
         {
             reaped_at.insert(queue.id.clone(), now);
             let released = self.store.reap(&queue.id, MAX_REAP, now).await?;

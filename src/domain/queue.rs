@@ -247,6 +247,38 @@ impl QueueConfig {
     }
 }
 
+/// How long the passes of the reaper may stop before the time since is
+/// taken as an outage: with a pass a second on every ready replica, a gap
+/// this long means no replica could hear anyone (the store did not answer,
+/// or no replica was ready), and nobody is released for it.
+pub const DEAF_AFTER_MS: u64 = 3_000;
+
+/// A reaper's call that reaches Redis this long after its caller's clock
+/// says it was made (by the Redis server's clock) is one a stalled store
+/// kept: its caller has long given up on it, and it neither counts as a
+/// pass nor releases anyone. (Calls to the memory store are never late.)
+/// Replicas' clocks and Redis's must agree to within this, as NTP keeps
+/// them.
+pub const LATE_CALL_MS: u64 = 2_000;
+
+/// The liveness rule, one place for both stores: a reaper's pass at `now_ms`
+/// after the last one recorded at `heard_ms` (`None`: none recorded, as after
+/// a store came back empty or without the queue's last writes) comes after
+/// an outage when the gap exceeds [`DEAF_AFTER_MS`]. Presence then counts
+/// from this pass, so every stream has a whole timeout to reconnect and
+/// every poller to poll before anyone is released, and [`DEAF_AFTER_MS`]
+/// more: the first pass can run before the service is ready again (its
+/// breaker still closed to calls, pages waiting for their next retry).
+/// Returns the new `presence_since_ms` if it moves.
+pub fn presence_after_gap(
+    heard_ms: Option<u64>,
+    presence_since_ms: u64,
+    now_ms: u64,
+) -> Option<u64> {
+    let deaf = heard_ms.is_none_or(|heard| now_ms > heard.saturating_add(DEAF_AFTER_MS));
+    (deaf && now_ms > presence_since_ms).then_some(now_ms + DEAF_AFTER_MS)
+}
+
 /// [`QueueConfig::release_after_ms`] of a heartbeat timeout.
 pub fn release_after_ms(heartbeat_ms: u64) -> u64 {
     heartbeat_ms + QueueConfig::presence_stale_ms(heartbeat_ms)

@@ -185,18 +185,18 @@ impl Application {
             Arc::clone(&self.clock),
             Arc::clone(&queues_changed),
         );
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let ready = Arc::new(AtomicBool::new(false));
+        set_ready(&health, &ready, false).await;
         let worker = QueueWorker::new(
             Arc::clone(&store),
             Arc::clone(&self.clock),
             config.admit_interval,
             Arc::clone(&queues_changed),
+            Arc::clone(&ready),
         );
         let _ = self.worker_passes.set(worker.passes());
         tokio::spawn(worker.run(background.clone()));
-
-        let (health, health_service) = tonic_health::server::health_reporter();
-        let ready = Arc::new(AtomicBool::new(false));
-        set_ready(&health, &ready, false).await;
         let draining = CancellationToken::new();
         let balancer = Balancer {
             balancing: Balancing {

@@ -33,7 +33,9 @@
 //!   record a sign of life for users in line. `reap` releases those silent
 //!   for longer than the heartbeat timeout and a quarter more
 //!   ([`crate::domain::QueueConfig::release_after_ms`]; not while the queue is closed,
-//!   and counting presence only from the last reopening).
+//!   and counting presence only from the last reopening, or from just after
+//!   the first pass that follows a gap in the passes:
+//!   [`crate::domain::presence_after_gap`]).
 //! - Time is always the caller's `now_ms`, never the store's own clock.
 
 mod memory;

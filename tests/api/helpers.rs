@@ -425,6 +425,23 @@ impl TestApp {
         .await;
     }
 
+    /// Moves the clock on by `ms` a second at a time, with a pass of the
+    /// queue worker after each second, as time passes for a replica that
+    /// stays up: a longer jump is a gap in the reaper's passes, which the
+    /// liveness rule takes for an outage.
+    pub async fn pass_time(&self, ms: u64) {
+        // Whole seconds, then the rest (1 to 2 s) in one step, so the last
+        // pass lands at the time asked for (the worker reaps a queue once a
+        // second of the clock).
+        let mut left = ms;
+        while left > 0 {
+            let step = if left > 2_000 { 1_000 } else { left };
+            self.clock.advance_ms(step);
+            self.worked().await;
+            left -= step;
+        }
+    }
+
     pub async fn stats(&self, queue: &str) -> pb::QueueStats {
         self.admin()
             .await

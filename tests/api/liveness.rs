@@ -22,10 +22,11 @@ async fn silent_users_lose_their_places_and_everyone_behind_moves_up() {
     }
     // Seven seconds on, two of them show life; the timeout and a quarter
     // (12.5 s) after their last sign, the other two are released.
-    app.clock.advance_ms(7_000);
+    app.worked().await;
+    app.pass_time(7_000).await;
     rank(&mut client, "sale", "polling").await;
     enqueue(&mut client, "sale", "last").await;
-    app.clock.advance_ms(6_000);
+    app.pass_time(6_000).await;
     let mut c = app.client().await;
     wait_until("releasing the silent", Duration::from_secs(3), || async {
         app.stats("sale").await.abandoned_total == 2
@@ -230,11 +231,10 @@ async fn reopening_a_closed_queue_keeps_everyone_and_gives_them_time_to_come_bac
     // The reopening restarted the clock: a, silent, is released only after
     // a full heartbeat timeout (and a quarter more); b looked at the place
     // and stays.
-    app.clock.advance_ms(9_000);
-    app.worked().await;
+    app.pass_time(9_000).await;
     // (Looking at a's place would count as a's sign of life.)
     assert_eq!(rank(&mut client, "gig", "b").await.position, 2);
-    app.clock.advance_ms(4_000);
+    app.pass_time(4_000).await;
     wait_until("releasing a", Duration::from_secs(3), || async {
         app.stats("gig").await.abandoned_total == 1
     })

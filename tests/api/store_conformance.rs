@@ -329,8 +329,67 @@ async fn a_late_sign_of_life_never_moves_a_newer_one_back(store: &dyn QueueStore
     store.touch(&q("s"), &[u("a")], T0).await.unwrap();
     store.places(&q("s"), &[u("a")], true, T0).await.unwrap();
     let now = T0 + 10_000 + timeout - 1;
+    // The reaper passes every second or two all along, as a ready replica's
+    // does: no gap for the liveness rule to forgive.
+    let mut pass = T0 + 10_000;
+    while pass < now {
+        assert_eq!(store.reap(&q("s"), 10, pass).await.unwrap(), 0);
+        pass += 2_000;
+    }
     assert_eq!(store.reap(&q("s"), 10, now).await.unwrap(), 0);
     assert_eq!(store.reap(&q("s"), 10, now + 2).await.unwrap(), 1);
+}
+
+async fn nobody_is_released_for_time_no_pass_could_hear_them(store: &dyn QueueStore) {
+    use waitroom::domain::DEAF_AFTER_MS;
+    let config = create(store, "s", 0).await;
+    let timeout = config.release_after_ms();
+    store.enqueue(&q("s"), &u("a"), T0).await.unwrap();
+    store.enqueue(&q("s"), &u("b"), T0).await.unwrap();
+    assert_eq!(store.reap(&q("s"), 10, T0).await.unwrap(), 0);
+    // The store stops answering for three timeouts: no pass runs. The first
+    // pass after it releases nobody, and presence counts from a little
+    // after it.
+    let back = T0 + 3 * timeout;
+    assert_eq!(store.reap(&q("s"), 10, back).await.unwrap(), 0);
+    let since = back + DEAF_AFTER_MS;
+    assert_eq!(
+        store.get_queue(&q("s")).await.unwrap().presence_since_ms,
+        since
+    );
+    // One shows life again; the other stays silent and is released a whole
+    // timeout (and its quarter) after presence counts again, not before.
+    let mut pass = back;
+    while pass + 1_000 < since + timeout {
+        pass += 1_000;
+        store.touch(&q("s"), &[u("a")], pass).await.unwrap();
+        assert_eq!(store.reap(&q("s"), 10, pass).await.unwrap(), 0, "at {pass}");
+    }
+    assert_eq!(
+        store.reap(&q("s"), 10, since + timeout + 1).await.unwrap(),
+        1
+    );
+    assert!(
+        store
+            .place(&q("s"), &u("a"), since + timeout + 2)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Passes a little under the gap apart are no outage; a pass missing for
+    // longer than DEAF_AFTER_MS is.
+    let later = since + timeout + 1 + DEAF_AFTER_MS;
+    assert_eq!(store.reap(&q("s"), 10, later).await.unwrap(), 0);
+    assert_eq!(
+        store.get_queue(&q("s")).await.unwrap().presence_since_ms,
+        since
+    );
+    let after_gap = later + DEAF_AFTER_MS + 1;
+    assert_eq!(store.reap(&q("s"), 10, after_gap).await.unwrap(), 0);
+    assert_eq!(
+        store.get_queue(&q("s")).await.unwrap().presence_since_ms,
+        after_gap + DEAF_AFTER_MS
+    );
 }
 
 macro_rules! conformance {
@@ -395,6 +454,7 @@ conformance!(
     retried_batches_and_consumed_tokens,
     queue_lifecycle,
     a_late_sign_of_life_never_moves_a_newer_one_back,
+    nobody_is_released_for_time_no_pass_could_hear_them,
     replicas_share_their_load,
 );
 
@@ -438,6 +498,7 @@ mod cluster {
         retried_batches_and_consumed_tokens,
         queue_lifecycle,
         a_late_sign_of_life_never_moves_a_newer_one_back,
+        nobody_is_released_for_time_no_pass_could_hear_them,
         replicas_share_their_load,
     );
 }

@@ -14,6 +14,7 @@ mod service;
 
 mod failover;
 mod network;
+mod outage;
 mod rebalance;
 mod replicas;
 mod restart;

@@ -15,7 +15,7 @@ use crate::domain::{
     LineChanges, LineEvent, LineSnapshot, LineSummary, NamedAdmission, Place, PlaceState,
     QueueConfig, QueueId, QueueMode, QueueStats, QueueUpdate, RankIndex, RateSample, RequestId,
     UserId, WAITED_BOUNDS_S, WAITED_SLOT_MS, WAITED_WINDOW_MS, first_flow_slot, flow_span_ms,
-    waited_bucket,
+    presence_after_gap, waited_bucket,
 };
 use crate::{Error, Result};
 
@@ -128,6 +128,9 @@ struct QueueState {
     /// `joined_second` indexes it by second.
     joined: BTreeSet<(u64, u64)>,
     joined_second: HashMap<u64, u64>,
+    /// When a reaper's pass last ran (the latest clock of any caller): a
+    /// gap in the passes is an outage ([`presence_after_gap`]).
+    heard_ms: Option<u64>,
 }
 
 impl QueueState {
@@ -163,6 +166,7 @@ impl QueueState {
             flow_pruned_s: 0,
             joined: BTreeSet::new(),
             joined_second: HashMap::new(),
+            heard_ms: None,
         }
     }
 
@@ -907,6 +911,12 @@ impl QueueStore for MemoryStore {
 
     async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
         self.with_queue(queue, |state| {
+            let heard = state.heard_ms;
+            state.heard_ms = Some(heard.map_or(now_ms, |h| h.max(now_ms)));
+            if let Some(since) = presence_after_gap(heard, state.config.presence_since_ms, now_ms) {
+                state.config.presence_since_ms = since;
+                return Ok(0);
+            }
             if state.config.mode == QueueMode::Closed {
                 return Ok(0);
             }

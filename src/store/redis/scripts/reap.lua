@@ -5,11 +5,32 @@
 -- KEYS: the queue's keys (prelude). ARGV: now, limit.
 -- Returns {'ok', number released}, or {'no_queue'}.
 -- Not while the queue is closed (watchers were told to stop), and presence
--- counts only from the last reopening.
+-- counts only from the last reopening, or from the first pass after an
+-- outage (domain::presence_after_gap): each pass records when it ran, and a
+-- pass that finds no pass within DEAF_AFTER_MS before it (or none at all:
+-- a store back empty, or without its last writes) moves presence_since to
+-- DEAF_AFTER_MS from now and releases nobody.
 
 local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
+end
+-- A call a stalled Redis kept and runs only now (domain::LATE_CALL_MS): its
+-- caller gave up on it, and the time it names is the stall's. Neither a
+-- pass nor a release.
+local server = redis.call('TIME')
+if tonumber(server[1]) * 1000 + math.floor(tonumber(server[2]) / 1000) > NOW + LATE_CALL_MS then
+  return { 'ok', 0 }
+end
+local heard = tonumber(redis.call('HGET', K_CONFIG, 'heard_ms'))
+if not heard or NOW > heard then
+  redis.call('HSET', K_CONFIG, 'heard_ms', NOW)
+end
+if (not heard or NOW > heard + DEAF_AFTER_MS) then
+  if NOW > cfg.presence_since then
+    redis.call('HSET', K_CONFIG, 'presence_since_ms', NOW + DEAF_AFTER_MS)
+    return { 'ok', 0 }
+  end
 end
 if cfg.mode == 'closed' then
   return { 'ok', 0 }
