@@ -204,16 +204,7 @@ async fn nobody_whose_page_stayed_open_is_released(fault: Fault, name: &str) {
         let _ = page.await;
     }
     let after = positions(&two).await;
-    let stats = two
-        .admin()
-        .get_queue_stats(pb::GetQueueStatsRequest {
-            queue_id: "sale".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
+    let stats = two.stats("sale").await;
     assert_eq!(stats.abandoned_total, 0, "places were released");
     assert_eq!(after, before, "positions moved");
     drop(one_again);

@@ -344,16 +344,7 @@ async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
         "still moving: {}",
         later - settled
     );
-    let stats = one
-        .admin()
-        .get_queue_stats(pb::GetQueueStatsRequest {
-            queue_id: "sale".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
+    let stats = one.stats("sale").await;
     assert_eq!(
         stats.waiting_count, watchers as u64,
         "somebody was released"

@@ -140,6 +140,19 @@ impl Service {
             .expect("create_queue");
     }
 
+    /// The queue's figures, as the admin service reports them.
+    pub async fn stats(&self, queue: &str) -> pb::QueueStats {
+        self.admin()
+            .get_queue_stats(pb::GetQueueStatsRequest {
+                queue_id: queue.into(),
+            })
+            .await
+            .expect("get_queue_stats")
+            .into_inner()
+            .stats
+            .expect("stats in the answer")
+    }
+
     /// A figure of this process's `/metrics` without labels, e.g.
     /// `waitroom_open_watchers`; `None` without an answer.
     pub async fn metric(&self, name: &str) -> Option<f64> {

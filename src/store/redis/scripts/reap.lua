@@ -26,11 +26,9 @@ local heard = tonumber(redis.call('HGET', K_CONFIG, 'heard_ms'))
 if not heard or NOW > heard then
   redis.call('HSET', K_CONFIG, 'heard_ms', NOW)
 end
-if (not heard or NOW > heard + DEAF_AFTER_MS) then
-  if NOW > cfg.presence_since then
-    redis.call('HSET', K_CONFIG, 'presence_since_ms', NOW + DEAF_AFTER_MS)
-    return { 'ok', 0 }
-  end
+if (not heard or NOW > heard + DEAF_AFTER_MS) and NOW > cfg.presence_since then
+  redis.call('HSET', K_CONFIG, 'presence_since_ms', NOW + DEAF_AFTER_MS)
+  return { 'ok', 0 }
 end
 if cfg.mode == 'closed' then
   return { 'ok', 0 }
