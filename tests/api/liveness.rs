@@ -292,3 +292,48 @@ async fn the_estimate_follows_a_changed_admission_rate_and_never_jumps_up_while_
         place.position
     );
 }
+
+#[tokio::test]
+async fn a_replica_that_is_not_ready_releases_nobody_and_time_counts_again_after_it_is() {
+    // A Redis that may evict keys keeps the replica unready while it still
+    // answers every call.
+    let redis =
+        TestRedis::start_with(&["--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"]);
+    let app = TestApp::start(
+        TestApp::redis_config(&redis.url(), &fresh_prefix()),
+        std::sync::Arc::new(waitroom::domain::ManualClock::new(now_ms())),
+    )
+    .await;
+    app.create_queue(pb::Queue {
+        heartbeat_timeout: secs(5),
+        ..queue("sale")
+    })
+    .await;
+    enqueue(&mut app.client().await, "sale", "silent").await;
+    // Twice the timeout and its quarter with the worker passing all along:
+    // nobody could reach this replica, so nobody is released.
+    app.pass_time(13_000).await;
+    assert_eq!(app.stats("sale").await.abandoned_total, 0);
+
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query(&mut conn)
+        .unwrap();
+    app.wait_until_ready().await;
+    // Ready again: silence counts from just after the first pass, so the
+    // silent user is released a whole timeout and its quarter later, not
+    // at once.
+    app.pass_time(1_000).await;
+    assert_eq!(app.stats("sale").await.abandoned_total, 0);
+    let rule = waitroom::domain::DEAF_AFTER_MS + 6_250;
+    app.pass_time(rule - 1_500).await;
+    assert_eq!(app.stats("sale").await.abandoned_total, 0);
+    app.pass_time(2_000).await;
+    assert_eq!(app.stats("sale").await.abandoned_total, 1);
+}

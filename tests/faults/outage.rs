@@ -125,7 +125,10 @@ async fn positions(service: &Service) -> Vec<(String, u64)> {
     all
 }
 
-async fn nobody_whose_page_stayed_open_is_released(fault: Fault, name: &str) {
+/// `lead_ms`: how long the pages run before the fault. Each test takes
+/// another, so the faults fall at different moments of the presence writes
+/// (every third of the timeout) and of the reaper's passes (every second).
+async fn nobody_whose_page_stayed_open_is_released(fault: Fault, lead_ms: u64, name: &str) {
     let _serial = crate::one_at_a_time().await;
     let dir = scratch(name);
     let port = free_port().unwrap();
@@ -175,7 +178,7 @@ async fn nobody_whose_page_stayed_open_is_released(fault: Fault, name: &str) {
         Fault::Stall(_) | Fault::RestartFromAof(_) => BUSY_RETRY,
     };
     let pages = keep_pages_open(addrs, retry, Arc::clone(&stop));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(lead_ms)).await;
 
     let mut one_again = None;
     match fault {
@@ -214,30 +217,34 @@ async fn nobody_whose_page_stayed_open_is_released(fault: Fault, name: &str) {
 #[ignore = "open: a poller (v01) is still released after a 6 s stall with a 5 s heartbeat; \
             the longer stalls, the AOF restart and the replica outages pass"]
 async fn a_redis_stalled_for_1_2_heartbeats_releases_nobody() {
-    nobody_whose_page_stayed_open_is_released(Fault::Stall(HEARTBEAT * 6 / 5), "stall-1-2").await;
+    nobody_whose_page_stayed_open_is_released(Fault::Stall(HEARTBEAT * 6 / 5), 2000, "stall-1-2")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_stalled_for_2_heartbeats_releases_nobody() {
-    nobody_whose_page_stayed_open_is_released(Fault::Stall(HEARTBEAT * 2), "stall-2").await;
+    nobody_whose_page_stayed_open_is_released(Fault::Stall(HEARTBEAT * 2), 2600, "stall-2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_stalled_for_3_heartbeats_releases_nobody() {
-    nobody_whose_page_stayed_open_is_released(Fault::Stall(HEARTBEAT * 3), "stall-3").await;
+    nobody_whose_page_stayed_open_is_released(Fault::Stall(HEARTBEAT * 3), 3300, "stall-3").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_back_from_its_aof_after_3_heartbeats_releases_nobody() {
-    nobody_whose_page_stayed_open_is_released(Fault::RestartFromAof(HEARTBEAT * 3), "aof-3").await;
+    nobody_whose_page_stayed_open_is_released(Fault::RestartFromAof(HEARTBEAT * 3), 2900, "aof-3")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_down_for_2_heartbeats_releases_nobody() {
-    nobody_whose_page_stayed_open_is_released(Fault::ReplicaDown(HEARTBEAT * 2), "replica-2").await;
+    nobody_whose_page_stayed_open_is_released(Fault::ReplicaDown(HEARTBEAT * 2), 2300, "replica-2")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_down_for_3_heartbeats_releases_nobody() {
-    nobody_whose_page_stayed_open_is_released(Fault::ReplicaDown(HEARTBEAT * 3), "replica-3").await;
+    nobody_whose_page_stayed_open_is_released(Fault::ReplicaDown(HEARTBEAT * 3), 3600, "replica-3")
+        .await;
 }
