@@ -253,14 +253,6 @@ impl QueueConfig {
 /// or no replica was ready), and nobody is released for it.
 pub const DEAF_AFTER_MS: u64 = 3_000;
 
-/// A reaper's call that reaches Redis this long after its caller's clock
-/// says it was made (by the Redis server's clock) is one a stalled store
-/// kept: its caller has long given up on it, and it neither counts as a
-/// pass nor releases anyone. (Calls to the memory store are never late.)
-/// Replicas' clocks and Redis's must agree to within this, as NTP keeps
-/// them.
-pub const LATE_CALL_MS: u64 = 2_000;
-
 /// The liveness rule, one place for both stores: a reaper's pass at `now_ms`
 /// after the last one recorded at `heard_ms` (`None`: none recorded, as after
 /// a store came back empty or without the queue's last writes) comes after

@@ -6,8 +6,8 @@
 use redis::Script;
 
 use crate::domain::{
-    DEAF_AFTER_MS, FLOW_SLOT_MS, LATE_CALL_MS, LINE_LOG_KEEP, RATE_WINDOW_MS, RECENT_MS,
-    WAITED_BOUNDS_S, WAITED_SLOT_MS, WAITED_WINDOW_MS,
+    DEAF_AFTER_MS, FLOW_SLOT_MS, LINE_LOG_KEEP, RATE_WINDOW_MS, RECENT_MS, WAITED_BOUNDS_S,
+    WAITED_SLOT_MS, WAITED_WINDOW_MS,
 };
 
 pub(super) struct Scripts {
@@ -42,7 +42,7 @@ pub(crate) fn with_prelude_source(body: &str) -> String {
         "local LOG_KEEP = {LINE_LOG_KEEP}\nlocal RATE_WINDOW_MS = {RATE_WINDOW_MS}\n\
          local RECENT_MS = {RECENT_MS}\nlocal WAITED_WINDOW_MS = {WAITED_WINDOW_MS}\n\
          local WAITED_SLOT_MS = {WAITED_SLOT_MS}\nlocal WAITED_BOUNDS_S = {{ {} }}\n\
-         local FLOW_SLOT_MS = {FLOW_SLOT_MS}\nlocal DEAF_AFTER_MS = {DEAF_AFTER_MS}\nlocal LATE_CALL_MS = {LATE_CALL_MS}\n{}\n{body}",
+         local FLOW_SLOT_MS = {FLOW_SLOT_MS}\nlocal DEAF_AFTER_MS = {DEAF_AFTER_MS}\n{}\n{body}",
         bounds.join(", "),
         include_str!("scripts/prelude.lua")
     )

@@ -15,13 +15,6 @@ local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
 end
--- A call a stalled Redis kept and runs only now (domain::LATE_CALL_MS): its
--- caller gave up on it, and the time it names is the stall's. Neither a
--- pass nor a release.
-local server = redis.call('TIME')
-if tonumber(server[1]) * 1000 + math.floor(tonumber(server[2]) / 1000) > NOW + LATE_CALL_MS then
-  return { 'ok', 0 }
-end
 local heard = tonumber(redis.call('HGET', K_CONFIG, 'heard_ms'))
 if not heard or NOW > heard then
   redis.call('HSET', K_CONFIG, 'heard_ms', NOW)
