@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
             .enqueue(pb::EnqueueRequest {
                 queue_id: queue_id.clone(),
                 user_id: user.clone(),
+                receipt: String::new(),
             })
             .await?
             .into_inner()
@@ -80,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         .enqueue(pb::EnqueueRequest {
             queue_id: queue_id.clone(),
             user_id: "late".into(),
+            receipt: String::new(),
         })
         .await?
         .into_inner()
@@ -107,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             .get_rank(pb::GetRankRequest {
                 queue_id: queue_id.clone(),
                 user_id: user.clone(),
+                receipt: String::new(),
             })
             .await?
             .into_inner()

@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
             .enqueue(pb::EnqueueRequest {
                 queue_id: args.queue.clone(),
                 user_id,
+                receipt: String::new(),
             })
             .await?;
     }
@@ -70,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         .enqueue(pb::EnqueueRequest {
             queue_id: args.queue.clone(),
             user_id: you.clone(),
+            receipt: String::new(),
         })
         .await?
         .into_inner()
@@ -106,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         .watch_rank(pb::WatchRankRequest {
             queue_id: args.queue.clone(),
             user_id: you.clone(),
+            receipt: String::new(),
         })
         .await?
         .into_inner();

@@ -267,6 +267,7 @@ async fn rank(
         .get_rank(pb::GetRankRequest {
             queue_id: app.queue.clone(),
             user_id: id,
+            receipt: String::new(),
         })
         .await
 }
@@ -338,6 +339,7 @@ async fn wait(
         .enqueue(pb::EnqueueRequest {
             queue_id: app.queue.clone(),
             user_id: id,
+            receipt: String::new(),
         })
         .await;
     let response = match answer {
@@ -428,6 +430,7 @@ fn place_events(
                 .watch_rank(pb::WatchRankRequest {
                     queue_id: app.queue.clone(),
                     user_id: id.clone(),
+                    receipt: String::new(),
                 })
                 .await;
             let end = match opened {

@@ -5,8 +5,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::domain::per_second_over_window;
 use crate::domain::{
-    Admission, EstimateBasis, NamedAdmission, Place, PlaceState, QueueConfig, QueueId, QueueMode,
-    QueueStats, UserId,
+    Admission, EstimateBasis, NamedAdmission, Place, PlaceClaim, PlaceState, QueueConfig, QueueId,
+    QueueMode, QueueStats, UserId,
 };
 use crate::pb;
 use crate::tokens::{AdmissionClaims, Keyring};
@@ -94,11 +94,44 @@ pub(super) fn admission_out(
     })
 }
 
+/// When a place is sent, and the line's bounds as this instance knows them:
+/// what its receipt vouches for besides the place.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Stamp {
+    pub(super) now_ms: u64,
+    /// (head, top): see [`PlaceClaim`].
+    pub(super) bounds: (u64, u64),
+}
+
+/// The receipt of a place in line: none for any other state.
+fn receipt_out(
+    keyring: &Keyring,
+    queue: &QueueId,
+    user: &UserId,
+    place: &Place,
+    stamp: Stamp,
+) -> String {
+    let in_line = matches!(place.state, PlaceState::Waiting { .. } | PlaceState::Closed);
+    if !in_line || place.ticket == 0 {
+        return String::new();
+    }
+    let (head, top) = stamp.bounds;
+    let claim = PlaceClaim {
+        epoch_ms: place.epoch_ms,
+        ticket: place.ticket,
+        head: head.min(place.ticket),
+        top: top.max(place.ticket),
+        issued_ms: stamp.now_ms,
+    };
+    keyring.receipts().issue(queue, user, &claim)
+}
+
 pub(super) fn place_out(
     keyring: &Keyring,
     queue: &QueueId,
     user: &UserId,
     place: &Place,
+    stamp: Stamp,
 ) -> Result<pb::Place> {
     let mut opens_in = None;
     let (state, position, admission) = match &place.state {
@@ -133,6 +166,7 @@ pub(super) fn place_out(
             Some(EstimateBasis::Configured) => pb::EstimateBasis::Configured,
             None => pb::EstimateBasis::Unspecified,
         } as i32,
+        receipt: receipt_out(keyring, queue, user, place, stamp),
     })
 }
 

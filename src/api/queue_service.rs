@@ -9,19 +9,19 @@ use tonic::{Request, Response, Status};
 
 use super::auth::Role;
 use super::connection::stream_connection;
-use super::convert::{self, admission_out, named_out, place_out, queue_out, timestamp_out};
+use super::convert::{self, Stamp, admission_out, named_out, place_out, queue_out, timestamp_out};
 use super::validate::{
     closed_reason_in, max_count_in, queue_and_user, queue_id, request_id, token_in, user_ids_in,
 };
 use crate::domain::{
-    AdmissionCheck, AdmissionStatus, Clock, Consume, QueueConfig, QueueId, QueueMode, QueueUpdate,
-    RequestId, UserId,
+    AdmissionCheck, AdmissionStatus, Clock, Consume, Place, PlaceClaim, QueueConfig, QueueId,
+    QueueMode, QueueUpdate, Refusal, RequestId, Restoration, UserId,
 };
 use crate::pb;
 use crate::pb::queue_service_server::QueueService;
 use crate::store::QueueStore;
-use crate::telemetry::metrics::{VerdictLabels, metrics};
-use crate::tokens::{AdmissionClaims, Keyring, Verdict, Verifier, admission_named};
+use crate::telemetry::metrics::{ReceiptLabels, VerdictLabels, metrics};
+use crate::tokens::{AdmissionClaims, Keyring, Opened, Verdict, Verifier, admission_named};
 use crate::watch::{PlaceReceiver, WatchHub, WatchedStore};
 use crate::{Error, Result};
 
@@ -167,13 +167,79 @@ fn verdict_out(verdict: Verdict) -> pb::Verdict {
     }
 }
 
+impl QueueApi {
+    /// The place's stamp for its receipt: now, and the line's bounds here.
+    fn stamp(&self, queue: &QueueId) -> Stamp {
+        Stamp {
+            now_ms: self.clock.now_ms(),
+            bounds: self.hub.line_bounds(queue),
+        }
+    }
+
+    /// The receipt a call brought, checked: `None` when it brought none,
+    /// or one of a key this instance does not hold (set aside).
+    fn claim(&self, queue: &QueueId, user: &UserId, receipt: &str) -> Result<Option<PlaceClaim>> {
+        if receipt.is_empty() {
+            return Ok(None);
+        }
+        match self.keyring.receipts().open(queue, user, receipt) {
+            Ok(Opened::Claim(claim)) => Ok(Some(claim)),
+            Ok(Opened::UnknownKey) => {
+                count_receipt("unknown_key");
+                Ok(None)
+            }
+            Err(reason) => {
+                count_receipt("refused");
+                Err(Error::invalid("receipt", reason))
+            }
+        }
+    }
+
+    /// Brings a receipt back to the store for a user it may hold no place
+    /// for: the place given back, or `None` (the user holds one, or the
+    /// store decided this place itself). A lapsed receipt is refused.
+    async fn restore(
+        &self,
+        queue: &QueueId,
+        user: &UserId,
+        claim: &PlaceClaim,
+    ) -> Result<Option<Place>> {
+        let outcome = self
+            .store
+            .restore(queue, user, claim, self.clock.now_ms())
+            .await?;
+        match outcome {
+            Restoration::Restored(place) => {
+                count_receipt("restored");
+                tracing::info!(queue = %queue, ticket = place.ticket, "a place was given back from its receipt");
+                Ok(Some(place))
+            }
+            Restoration::Holds | Restoration::Refused(Refusal::NotGiven) => Ok(None),
+            Restoration::Refused(Refusal::Lapsed) => {
+                count_receipt("lapsed");
+                Err(Error::invalid(
+                    "receipt",
+                    "has lapsed: it was issued longer ago than the queue keeps a silent user's place; send the call without it",
+                ))
+            }
+        }
+    }
+}
+
+fn count_receipt(outcome: &'static str) {
+    metrics()
+        .receipts
+        .get_or_create(&ReceiptLabels { outcome })
+        .inc();
+}
+
 /// A `WatchRank` response stream: the hub's places, as messages. A plain
 /// type rather than a boxed adapter: an open stream lives long, and there
 /// are many.
 pub struct WatchStream {
     updates: PlaceReceiver,
     queue: QueueId,
-    keyring: Arc<Keyring>,
+    api: QueueApi,
 }
 
 impl Stream for WatchStream {
@@ -183,7 +249,14 @@ impl Stream for WatchStream {
         let this = &mut *self;
         Pin::new(&mut this.updates).poll_next(cx).map(|update| {
             update.map(|update| {
-                let place = place_out(&this.keyring, &this.queue, this.updates.user(), &update?)?;
+                let stamp = this.api.stamp(&this.queue);
+                let place = place_out(
+                    &this.api.keyring,
+                    &this.queue,
+                    this.updates.user(),
+                    &update?,
+                    stamp,
+                )?;
                 Ok(pb::WatchRankResponse { place: Some(place) })
             })
         })
@@ -198,11 +271,24 @@ impl QueueService for QueueApi {
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
         let request = request.into_inner();
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
-        let place = self
-            .store
-            .enqueue(&queue, &user, self.clock.now_ms())
-            .await?;
-        let place = place_out(&self.keyring, &queue, &user, &place)?;
+        let claim = self.claim(&queue, &user, &request.receipt)?;
+        let now = self.clock.now_ms();
+        // A receipt whose ticket this instance sees in line needs no
+        // store call of its own: the enqueue answers the place held.
+        let held = claim.is_some_and(|c| {
+            self.hub
+                .receipt_place(&queue, &user, &c, false, now)
+                .is_some()
+        });
+        let restored = match claim {
+            Some(claim) if !held => self.restore(&queue, &user, &claim).await?,
+            _ => None,
+        };
+        let place = match restored {
+            Some(place) => place,
+            None => self.store.enqueue(&queue, &user, now).await?,
+        };
+        let place = place_out(&self.keyring, &queue, &user, &place, self.stamp(&queue))?;
         Ok(Response::new(pb::EnqueueResponse { place: Some(place) }))
     }
 
@@ -212,12 +298,17 @@ impl QueueService for QueueApi {
     ) -> Result<Response<pb::GetRankResponse>, Status> {
         let request = request.into_inner();
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
-        let place = self
-            .store
-            .place(&queue, &user, self.clock.now_ms())
-            .await?
-            .ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
-        let place = place_out(&self.keyring, &queue, &user, &place)?;
+        let claim = self.claim(&queue, &user, &request.receipt)?;
+        let now = self.clock.now_ms();
+        let mut place = claim.and_then(|c| self.hub.receipt_place(&queue, &user, &c, true, now));
+        if place.is_none() {
+            place = self.store.place(&queue, &user, now).await?;
+        }
+        if let (None, Some(claim)) = (&place, &claim) {
+            place = self.restore(&queue, &user, claim).await?;
+        }
+        let place = place.ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
+        let place = place_out(&self.keyring, &queue, &user, &place, self.stamp(&queue))?;
         Ok(Response::new(pb::GetRankResponse { place: Some(place) }))
     }
 
@@ -236,18 +327,23 @@ impl QueueService for QueueApi {
                 self.max_streams
             ))
         })?;
-        let first = self
-            .store
-            .first_place(&queue, &user, self.clock.now_ms())
-            .await?
-            .ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
+        let claim = self.claim(&queue, &user, &request.receipt)?;
+        let now = self.clock.now_ms();
+        let mut first = claim.and_then(|c| self.hub.receipt_place(&queue, &user, &c, false, now));
+        if first.is_none() {
+            first = self.store.first_place(&queue, &user, now).await?;
+        }
+        if let (None, Some(claim)) = (&first, &claim) {
+            first = self.restore(&queue, &user, claim).await?;
+        }
+        let first = first.ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
         let updates = self
             .hub
             .watch(permit, queue.clone(), user, first, connection);
         Ok(Response::new(WatchStream {
             updates,
             queue,
-            keyring: Arc::clone(&self.keyring),
+            api: self.clone(),
         }))
     }
 

@@ -11,6 +11,7 @@ mod line;
 mod place;
 mod queue;
 mod ranks;
+mod restore;
 
 pub use check::{AdmissionCheck, AdmissionStatus, Consume};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -27,3 +28,7 @@ pub use queue::{
     release_after_ms,
 };
 pub use ranks::RankIndex;
+pub use restore::{
+    Adoption, PlaceClaim, REMADE_TICKET_MARGIN, Refusal, Restoration, RestoreView, Restored,
+    receipt_fresh, restore_decision,
+};

@@ -92,6 +92,8 @@ pub struct Place {
     pub state: PlaceState,
     /// 0 while pre-queued (the ticket comes with the opening draw).
     pub ticket: u64,
+    /// The queue's `created_at_ms`: a receipt for this place names it.
+    pub epoch_ms: u64,
     /// Everyone in line: waiting or pre-queued.
     pub waiting_count: u64,
     pub mode: QueueMode,

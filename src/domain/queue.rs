@@ -72,6 +72,10 @@ pub struct QueueConfig {
     pub notice: Option<Arc<str>>,
     /// Why the queue closed; kept only while it is closed.
     pub closed_reason: Option<Arc<str>>,
+    /// Set when the service re-made the queue after the store lost it: the
+    /// lost queue's places it takes back from receipts (see
+    /// [`super::restore_decision`]). Kept by the store from then on.
+    pub adoption: Option<super::Adoption>,
 }
 
 impl QueueConfig {
@@ -128,6 +132,7 @@ impl QueueConfig {
             presence_since_ms: 0,
             notice: None,
             closed_reason: None,
+            adoption: None,
         }
     }
 

@@ -223,6 +223,7 @@ impl Application {
             Arc::clone(&ready),
             Arc::clone(&store),
             Arc::clone(&self.clock),
+            Arc::clone(&hub),
             config.queues.clone(),
             draining.clone(),
         ));

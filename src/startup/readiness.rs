@@ -12,34 +12,54 @@ use tonic_health::server::HealthReporter;
 use crate::Error;
 use crate::api::{AdminApi, QueueApi};
 use crate::config::QueueSpec;
-use crate::domain::Clock;
+use crate::domain::{Adoption, Clock, QueueId, REMADE_TICKET_MARGIN};
 use crate::pb::queue_admin_service_server::QueueAdminServiceServer;
 use crate::pb::queue_service_server::QueueServiceServer;
 use crate::store::QueueStore;
+use crate::telemetry::metrics::QueueLabels;
+use crate::watch::WatchHub;
 
 /// How often readiness re-checks the store.
 const READINESS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Readiness follows the store: `waitroom.v1.QueueService` (and the admin
 /// service) are `SERVING` while the store answers and is set up to keep
-/// what it is given (a Redis that may evict keys is not), and not before
-/// the queues declared at start exist. The overall `""` service, liveness,
-/// stays `SERVING`: a store outage must not restart the process. Stops
-/// when the service starts draining.
+/// what it is given (a Redis that may evict keys is not), not before the
+/// queues declared at start exist, and not while a queue visitors here
+/// watch or poll is lost (see [`keep_queues`]). The overall `""` service,
+/// liveness, stays `SERVING`: a store outage must not restart the process.
+/// Stops when the service starts draining.
 pub(super) async fn track_readiness(
     health: HealthReporter,
     ready_flag: Arc<AtomicBool>,
     store: Arc<dyn QueueStore>,
     clock: Arc<dyn Clock>,
-    mut declared: Vec<QueueSpec>,
+    hub: Arc<WatchHub>,
+    all_declared: Vec<QueueSpec>,
     draining: CancellationToken,
 ) {
     let mut ready = false;
     let mut problem: Option<String> = None;
+    let mut declared = all_declared.clone();
+    let mut vanished: Vec<QueueId> = Vec::new();
     loop {
         let answers = store.ping().await.is_ok();
         if answers && !declared.is_empty() {
             declared = declare_queues(store.as_ref(), clock.as_ref(), declared).await;
+        }
+        if answers && declared.is_empty() {
+            let now_vanished =
+                keep_queues(store.as_ref(), clock.as_ref(), &hub, &all_declared).await;
+            for queue in now_vanished.iter().filter(|q| !vanished.contains(q)) {
+                tracing::error!(
+                    queue = %queue,
+                    "not ready: a queue visitors here watch or poll is gone from the store without a DeleteQueue, and it is not declared, so nothing re-makes it; create it again (its visitors' receipts then give their places back only if it is declared) or delete it"
+                );
+            }
+            vanished = now_vanished;
+            crate::telemetry::metrics::metrics()
+                .queues_vanished
+                .set(vanished.len() as i64);
         }
         // A setup that cannot be read (INFO refused) is taken as sound:
         // readiness follows what is known to be wrong, not what is unknown.
@@ -50,7 +70,7 @@ pub(super) async fn track_readiness(
             }
             problem = found;
         }
-        let now_ready = answers && declared.is_empty() && problem.is_none();
+        let now_ready = answers && declared.is_empty() && problem.is_none() && vanished.is_empty();
         if now_ready != ready && !draining.is_cancelled() {
             set_ready(&health, &ready_flag, now_ready).await;
             if now_ready {
@@ -87,6 +107,67 @@ pub(super) async fn set_ready(health: &HealthReporter, flag: &AtomicBool, ready:
             .set_not_serving::<QueueAdminServiceServer<AdminApi>>()
             .await;
     }
+}
+
+/// Re-makes the declared queues the store lost, with their declared
+/// settings, taking back the lost line's places from receipts
+/// ([`Adoption`]) as far as this instance knew it; a queue deleted by
+/// `DeleteQueue` stays deleted until the service starts again. Returns the
+/// queues visitors here followed that the store lost and that are not
+/// declared: nothing re-makes those.
+async fn keep_queues(
+    store: &dyn QueueStore,
+    clock: &dyn Clock,
+    hub: &WatchHub,
+    declared: &[QueueSpec],
+) -> Vec<QueueId> {
+    for spec in declared {
+        if !matches!(store.queue_lost(&spec.id).await, Ok(true)) {
+            continue;
+        }
+        let known = hub.known_line(&spec.id).unwrap_or_default();
+        let mut config = spec.config(clock.now_ms());
+        config.adoption = Some(Adoption {
+            epoch_ms: known.epoch_ms,
+            head: known.head,
+            top: match known.top {
+                0 => 0,
+                top => top + REMADE_TICKET_MARGIN,
+            },
+        });
+        match store.create_queue(&config).await {
+            Ok(_) => {
+                crate::telemetry::metrics::metrics()
+                    .queues_remade
+                    .get_or_create(&QueueLabels {
+                        queue: spec.id.to_string(),
+                    })
+                    .inc();
+                tracing::warn!(
+                    queue = %spec.id,
+                    lost_epoch_ms = known.epoch_ms,
+                    head = known.head,
+                    top = known.top,
+                    "a declared queue was gone from the store (a Redis back empty, or failed over without it): re-made with its declared settings; visitors' receipts give their places back"
+                );
+                hub.forget_line(&spec.id);
+            }
+            // Another replica re-made it first.
+            Err(Error::QueueAlreadyExists(_)) => hub.forget_line(&spec.id),
+            Err(error) => tracing::warn!(queue = %spec.id, %error, "cannot re-make a lost declared queue yet"),
+        }
+    }
+    let mut vanished = Vec::new();
+    for (queue, _) in hub.gone_lines() {
+        match store.queue_lost(&queue).await {
+            Ok(true) if !declared.iter().any(|d| d.id == queue) => vanished.push(queue),
+            Ok(true) => {}
+            // Deleted, or there again.
+            Ok(false) => hub.forget_line(&queue),
+            Err(_) => {}
+        }
+    }
+    vanished
 }
 
 /// Creates the declared queues that do not exist yet; existing ones keep

@@ -51,7 +51,7 @@ pub use self::redis::{ENQUEUE_ONE, RedisOptions, RedisStore};
 use crate::Result;
 use crate::domain::{
     AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, NamedAdmission, Place,
-    QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, UserId,
+    PlaceClaim, QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, Restoration, UserId,
 };
 
 /// How long an `AdmitBatch` result is kept for a retry with the same
@@ -77,8 +77,15 @@ pub fn batch_result_ttl_ms(request: &RequestId) -> u64 {
 /// for each what it changes.
 #[async_trait]
 pub trait QueueStore: Send + Sync + 'static {
-    /// Creates a queue; its `created_at_ms` must be set by the caller.
+    /// Creates a queue; its `created_at_ms` must be set by the caller. A
+    /// queue re-made after a loss (`adoption` set) gives its first ticket
+    /// after the adoption's `top`.
     async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig>;
+
+    /// True when the queue is gone without a [`QueueStore::delete_queue`]:
+    /// neither it nor the mark a deletion leaves exists. How the service
+    /// tells a queue the store lost from one an operator deleted.
+    async fn queue_lost(&self, queue: &QueueId) -> Result<bool>;
 
     async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig>;
 
@@ -94,8 +101,9 @@ pub trait QueueStore: Send + Sync + 'static {
         now_ms: u64,
     ) -> Result<QueueConfig>;
 
-    /// Deletes a queue and everyone in it. Consumed token ids are kept until
-    /// the tokens expire.
+    /// Deletes a queue and everyone in it, leaving a mark that it was
+    /// deleted (until it is created again). Consumed token ids are kept
+    /// until the tokens expire.
     async fn delete_queue(&self, queue: &QueueId) -> Result<()>;
 
     /// Gives the user a ticket, or returns the place they hold.
@@ -125,6 +133,20 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// The place of one user, looked up by the user (a sign of life).
     async fn place(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Option<Place>>;
+
+    /// Gives a user who holds no place (nor was cleared from a closed queue)
+    /// the place a receipt vouches for, when
+    /// [`crate::domain::restore_decision`] allows it and nobody else holds
+    /// its ticket: the place as [`QueueStore::place`] would then answer it
+    /// (a sign of life). Nothing is given back while an opening is under
+    /// way (pre-queue or draw).
+    async fn restore(
+        &self,
+        queue: &QueueId,
+        user: &UserId,
+        claim: &PlaceClaim,
+        now_ms: u64,
+    ) -> Result<Restoration>;
 
     /// Records a sign of life for those of `users` still in line: one write
     /// for all the streams of one queue on one instance.

@@ -59,8 +59,15 @@ pub struct LookupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct QueueLabels {
-    queue: String,
+pub struct ReceiptLabels {
+    /// `answered_here` (from this replica's copy, no store call),
+    /// `restored`, `lapsed`, `refused` (not genuine), `unknown_key`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: String,
 }
 
 /// Every metric of the process.
@@ -79,6 +86,13 @@ pub struct Metrics {
     /// The most streams this replica holds (`--max-streams`).
     pub max_streams: Gauge,
     pub rank_lookups: Family<LookupLabels, Counter>,
+    pub receipts: Family<ReceiptLabels, Counter>,
+    /// Declared queues this replica created again after the store lost
+    /// them.
+    pub queues_remade: Family<QueueLabels, Counter>,
+    /// Queues this replica's visitors watch or poll that the store lost
+    /// and nobody re-made (not declared).
+    pub queues_vanished: Gauge,
     queues: std::sync::Arc<QueueSnapshot>,
 }
 
@@ -175,6 +189,24 @@ impl Metrics {
             "GetRank answers on this replica, by what gave them (copy: this replica's copy of the line; store)",
             rank_lookups.clone(),
         );
+        let receipts = Family::<ReceiptLabels, Counter>::default();
+        registry.register(
+            "waitroom_receipts",
+            "Place receipts brought back to this replica, by outcome (answered_here, restored, lapsed, refused, unknown_key)",
+            receipts.clone(),
+        );
+        let queues_remade = Family::<QueueLabels, Counter>::default();
+        registry.register(
+            "waitroom_queues_remade",
+            "Declared queues this replica created again, with their declared settings, after the store lost them",
+            queues_remade.clone(),
+        );
+        let queues_vanished = Gauge::default();
+        registry.register(
+            "waitroom_queues_vanished",
+            "Queues watched or polled on this replica that the store lost without a DeleteQueue and that are not declared, so nothing re-makes them",
+            queues_vanished.clone(),
+        );
         let queues = std::sync::Arc::new(QueueSnapshot::default());
         registry.register_collector(Box::new(std::sync::Arc::clone(&queues)));
         Self {
@@ -190,6 +222,9 @@ impl Metrics {
             ready,
             max_streams,
             rank_lookups,
+            receipts,
+            queues_remade,
+            queues_vanished,
             queues,
         }
     }

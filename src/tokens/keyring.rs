@@ -9,7 +9,7 @@ use jsonwebtoken::jwk::{
     OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse, ThumbprintHash,
 };
 
-use super::{ALGORITHM, AdmissionClaims, Verifier};
+use super::{ALGORITHM, AdmissionClaims, Receipts, Verifier};
 
 /// Signs admission tokens with one key and publishes that key and any
 /// others still trusted. Rotation is publish first, sign later: a new key
@@ -24,6 +24,7 @@ pub struct Keyring {
     header_prefix: String,
     jwks: JwkSet,
     jwks_json: String,
+    receipts: Receipts,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -68,6 +69,7 @@ impl Keyring {
         let header_prefix = format!("{}.", URL_SAFE_NO_PAD.encode(header.to_string()));
         Ok(Self {
             issuer: issuer.to_owned(),
+            receipts: Receipts::derived(&key.to_bytes(), &kid),
             key,
             kid,
             header_prefix,
@@ -96,6 +98,11 @@ impl Keyring {
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
         Ok(token)
+    }
+
+    /// Place receipts, under a key derived from the signing key.
+    pub fn receipts(&self) -> &Receipts {
+        &self.receipts
     }
 
     /// The public keys as a JSON Web Key Set.

@@ -16,10 +16,12 @@
 
 mod claims;
 mod keyring;
+mod receipt;
 mod verifier;
 
 pub use claims::{AdmissionClaims, admission_named, token_id};
 pub use keyring::{Keyring, signing_key_from_pem, verifying_key_from_pem};
+pub use receipt::{MAX_RECEIPT_LEN, Opened, Receipts};
 pub use verifier::{Verdict, Verification, Verifier};
 
 /// The signature algorithm issued. Verification also accepts its RFC 9864

@@ -98,13 +98,16 @@ impl WatchHub {
                     failures = 0;
                     watch.refreshed.fetch_add(1, Ordering::AcqRel);
                     let mut pollers = watch.pollers();
-                    if let Some(line) = &watch.copy().line {
+                    let copy = watch.copy();
+                    if let (Some(line), Some(summary)) = (&copy.line, &copy.summary) {
                         let heartbeat_ms = watch.heartbeat_ms.load(Ordering::Relaxed);
                         pollers.prune(line, heartbeat_ms, now);
+                        self.know_line(&queue, summary.epoch_ms, line.bounds());
                     }
                     watchers
                 }
                 Err(error @ Error::QueueNotFound(_)) => {
+                    self.lose_line(&queue);
                     watch.copy_mut().reset();
                     *watch.pollers() = Pollers::default();
                     end_all(watchers, &error);
@@ -353,6 +356,7 @@ impl WatchHub {
             None => Some(Place {
                 state: PlaceState::PreQueue { opens_in_ms },
                 ticket: 0,
+                epoch_ms: summary.epoch_ms,
                 waiting_count: in_line,
                 mode: summary.mode,
                 rate: summary.rate,

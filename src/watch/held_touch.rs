@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Result;
 use crate::domain::{
     AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, NamedAdmission, Place,
-    QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, UserId,
+    PlaceClaim, QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, Restoration, UserId,
 };
 use crate::store::{MemoryStore, QueueStore};
 
@@ -89,6 +89,20 @@ impl QueueStore for HeldTouches {
 
     async fn delete_queue(&self, queue: &QueueId) -> Result<()> {
         self.inner.delete_queue(queue).await
+    }
+
+    async fn queue_lost(&self, queue: &QueueId) -> Result<bool> {
+        self.inner.queue_lost(queue).await
+    }
+
+    async fn restore(
+        &self,
+        queue: &QueueId,
+        user: &UserId,
+        claim: &PlaceClaim,
+        now_ms: u64,
+    ) -> Result<Restoration> {
+        self.inner.restore(queue, user, claim, now_ms).await
     }
 
     async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {

@@ -130,6 +130,16 @@ impl Line {
         }
     }
 
+    /// The window's first and last tickets: at or below the first waiting
+    /// ticket, and at or above the last (a ticket that joined, so given);
+    /// zeros for an empty line.
+    pub(super) fn bounds(&self) -> (u64, u64) {
+        match self.len {
+            0 => (0, 0),
+            _ => (self.base, self.base + self.waiting.len() as u64 - 1),
+        }
+    }
+
     pub(super) fn contains(&self, ticket: u64) -> bool {
         ticket >= self.base
             && self
@@ -162,6 +172,7 @@ impl Line {
                 }
             },
             ticket,
+            epoch_ms: summary.epoch_ms,
             waiting_count: summary.waiting + summary.prequeued,
             mode: summary.mode,
             rate: summary.rate,

@@ -67,18 +67,53 @@ impl Copy {
 
     /// A poller's place, if this copy can give it (see the module docs).
     fn place(&self, poller: &Poller, changes: u64, max_age_ms: u64, now_ms: u64) -> Option<Place> {
+        self.ticket_place(poller.ticket, poller.min_read, changes, max_age_ms, now_ms)
+    }
+
+    /// The bounds of the line as this copy knows them: its lowest window
+    /// ticket (at or below the first waiting) and its highest waiting
+    /// ticket; zeros when it knows no line.
+    pub(super) fn bounds(&self) -> (u64, u64) {
+        self.line.as_ref().map_or((0, 0), Line::bounds)
+    }
+
+    /// The place of the holder of a receipt for `ticket` of the queue
+    /// created at `epoch_ms`, if this copy can give it as it would a
+    /// poller's.
+    pub(super) fn receipt_place(
+        &self,
+        epoch_ms: u64,
+        ticket: u64,
+        changes: u64,
+        max_age_ms: u64,
+        now_ms: u64,
+    ) -> Option<Place> {
+        if self.summary.as_ref()?.epoch_ms != epoch_ms {
+            return None;
+        }
+        self.ticket_place(ticket, 0, changes, max_age_ms, now_ms)
+    }
+
+    fn ticket_place(
+        &self,
+        ticket: u64,
+        min_read: u64,
+        changes: u64,
+        max_age_ms: u64,
+        now_ms: u64,
+    ) -> Option<Place> {
         let fresh = now_ms.saturating_sub(self.read_ms) <= max_age_ms
             && self
                 .read_at
                 .is_some_and(|at| at.elapsed() <= Duration::from_millis(max_age_ms));
-        if self.changes_seen != Some(changes) || !fresh || self.read_no < poller.min_read {
+        if self.changes_seen != Some(changes) || !fresh || self.read_no < min_read {
             return None;
         }
         let summary = self.summary.as_ref()?;
         if summary.mode == QueueMode::PassThrough {
             return None;
         }
-        self.line.as_ref()?.place(summary, poller.ticket)
+        self.line.as_ref()?.place(summary, ticket)
     }
 }
 
@@ -140,6 +175,29 @@ impl Pollers {
                 unrecorded: false,
             },
         );
+    }
+
+    /// Takes a user whose receipt the copy answered as a poller: their
+    /// presence is recorded with the next refresh, as if answered here.
+    pub(super) fn adopt(
+        &mut self,
+        user: &UserId,
+        ticket: u64,
+        issued_ms: u64,
+        read_no: u64,
+        now_ms: u64,
+    ) {
+        self.known.insert(
+            user.clone(),
+            Poller {
+                ticket,
+                seen_ms: now_ms,
+                min_read: read_no,
+                recorded_ms: issued_ms.min(now_ms),
+                unrecorded: true,
+            },
+        );
+        self.unrecorded.push(user.clone());
     }
 
     /// Answers a known user's lookup from the copy, as a sign of life;
@@ -255,6 +313,7 @@ mod tests {
         Place {
             state: PlaceState::Waiting { position },
             ticket,
+            epoch_ms: 1,
             waiting_count: 3,
             mode: QueueMode::Queueing,
             rate: RateSample::default(),

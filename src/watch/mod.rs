@@ -55,7 +55,7 @@ use self::slot::PlaceSender;
 pub use self::store::WatchedStore;
 use self::view::View;
 use crate::Error;
-use crate::domain::{Clock, Place, PlaceState, QueueId, UserId};
+use crate::domain::{Clock, Place, PlaceClaim, PlaceState, QueueId, UserId};
 use crate::store::QueueStore;
 
 struct Watcher {
@@ -182,6 +182,20 @@ impl QueueWatch {
     }
 }
 
+/// What an instance last knew of a queue's line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KnownLine {
+    /// The queue's `created_at_ms`.
+    pub epoch_ms: u64,
+    /// At or below the lowest waiting ticket seen: everyone below it had
+    /// been admitted or had left.
+    pub head: u64,
+    /// At or above the highest ticket seen given.
+    pub top: u64,
+    /// The store has since said the queue does not exist.
+    pub gone: bool,
+}
+
 /// Pushes place changes to `WatchRank` streams.
 pub struct WatchHub {
     store: Arc<dyn QueueStore>,
@@ -198,6 +212,10 @@ pub struct WatchHub {
     open: Arc<AtomicUsize>,
     /// The gRPC connections open on this instance.
     connections: Arc<OpenConnections>,
+    /// What this instance last knew of each line it followed, kept after
+    /// the store says the queue is gone: what a queue re-made after a loss
+    /// takes back ([`crate::domain::Adoption`]).
+    known_lines: Mutex<HashMap<QueueId, KnownLine>>,
     /// Writes made through this instance that the hub was told of.
     #[cfg(test)]
     heard: AtomicU64,
@@ -220,9 +238,60 @@ impl WatchHub {
             shutdown,
             open: Arc::new(AtomicUsize::new(0)),
             connections: Arc::default(),
+            known_lines: Mutex::new(HashMap::new()),
             #[cfg(test)]
             heard: AtomicU64::new(0),
         })
+    }
+
+    /// Notes what a refresh of a queue's line showed.
+    fn know_line(&self, queue: &QueueId, epoch_ms: u64, (head, top): (u64, u64)) {
+        if let Ok(mut known) = self.known_lines.lock() {
+            let line = known.entry(queue.clone()).or_default();
+            if line.epoch_ms != epoch_ms {
+                *line = KnownLine::default();
+            }
+            line.epoch_ms = epoch_ms;
+            line.head = line.head.max(head);
+            line.top = line.top.max(top);
+            line.gone = false;
+        }
+    }
+
+    /// Notes that the store answered that a followed queue does not exist.
+    fn lose_line(&self, queue: &QueueId) {
+        if let Ok(mut known) = self.known_lines.lock()
+            && let Some(line) = known.get_mut(queue)
+        {
+            line.gone = true;
+        }
+    }
+
+    /// The lines this instance followed whose queue the store then said
+    /// did not exist: each lost, or deleted (the caller tells which).
+    pub fn gone_lines(&self) -> Vec<(QueueId, KnownLine)> {
+        self.known_lines.lock().map_or_else(
+            |_| Vec::new(),
+            |known| {
+                known
+                    .iter()
+                    .filter(|(_, l)| l.gone)
+                    .map(|(q, l)| (q.clone(), *l))
+                    .collect()
+            },
+        )
+    }
+
+    /// What this instance last knew of a queue's line, if anything.
+    pub fn known_line(&self, queue: &QueueId) -> Option<KnownLine> {
+        self.known_lines.lock().ok()?.get(queue).copied()
+    }
+
+    /// Forgets a line whose queue was deleted or is back.
+    pub fn forget_line(&self, queue: &QueueId) {
+        if let Ok(mut known) = self.known_lines.lock() {
+            known.remove(queue);
+        }
     }
 
     /// Paces messages that only move a stream's position, waiting count or
@@ -384,6 +453,49 @@ impl WatchHub {
             heartbeat_ms,
             now_ms,
         )
+    }
+
+    /// A place from this instance's copy of the line for the holder of a
+    /// receipt vouching for `claim`, when the copy follows the queue it
+    /// was issued for, the ticket is in line, and the copy can answer as
+    /// the store would (see [`lookup`]); no store lookup. Only for a
+    /// receipt issued within half the heartbeat timeout: older ones go to
+    /// the store, which records the user's presence at once. With
+    /// `as_poller`, the user's later polls are answered here too.
+    pub fn receipt_place(
+        &self,
+        queue: &QueueId,
+        user: &UserId,
+        claim: &PlaceClaim,
+        as_poller: bool,
+        now_ms: u64,
+    ) -> Option<Place> {
+        if self.shutdown.is_cancelled() {
+            return None;
+        }
+        let watch = self.followed(queue)?;
+        let heartbeat_ms = watch.heartbeat_ms.load(Ordering::Relaxed);
+        if heartbeat_ms == 0 || now_ms.saturating_sub(claim.issued_ms) > heartbeat_ms / 2 {
+            return None;
+        }
+        let changes = watch.changes.load(Ordering::Acquire);
+        let max_age_ms = (self.interval + self.interval / 4).as_millis() as u64;
+        let copy = watch.copy();
+        let place =
+            copy.receipt_place(claim.epoch_ms, claim.ticket, changes, max_age_ms, now_ms)?;
+        if as_poller {
+            watch
+                .pollers()
+                .adopt(user, claim.ticket, claim.issued_ms, copy.read_no, now_ms);
+        }
+        Some(place)
+    }
+
+    /// The bounds of a followed queue's line this instance knows (see
+    /// [`crate::domain::PlaceClaim`]'s head and top); zeros if none.
+    pub fn line_bounds(&self, queue: &QueueId) -> (u64, u64) {
+        self.followed(queue)
+            .map_or((0, 0), |watch| watch.copy().bounds())
     }
 
     /// Remembers the store's answer to a user's lookup, asked at `asked_ms`

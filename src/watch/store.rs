@@ -20,7 +20,8 @@ use super::WatchHub;
 use crate::Result;
 use crate::domain::{
     AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, NamedAdmission, Place,
-    PlaceState, QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, UserId,
+    PlaceClaim, PlaceState, QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, Restoration,
+    UserId,
 };
 use crate::store::QueueStore;
 use crate::telemetry::metrics::{LookupLabels, metrics};
@@ -72,6 +73,10 @@ impl QueueStore for WatchedStore {
 
     async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig> {
         self.inner.get_queue(queue).await
+    }
+
+    async fn queue_lost(&self, queue: &QueueId) -> Result<bool> {
+        self.inner.queue_lost(queue).await
     }
 
     async fn list_queues(&self, after: Option<&QueueId>, limit: usize) -> Result<Vec<QueueConfig>> {
@@ -158,6 +163,24 @@ impl QueueStore for WatchedStore {
             self.hub.remember(queue, user, place, now_ms);
         }
         Ok(place)
+    }
+
+    async fn restore(
+        &self,
+        queue: &QueueId,
+        user: &UserId,
+        claim: &PlaceClaim,
+        now_ms: u64,
+    ) -> Result<Restoration> {
+        let outcome = self.inner.restore(queue, user, claim, now_ms).await?;
+        // A place given back may stand anywhere in line: everyone behind
+        // it moves back one, so the copy reads the line now.
+        if let Restoration::Restored(place) = &outcome {
+            self.hub.remember(queue, user, place, now_ms);
+            self.hub.nudge(queue);
+            self.tell_others(queue);
+        }
+        Ok(outcome)
     }
 
     async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()> {

@@ -260,16 +260,28 @@ async fn send(app: &TestApp, call: &Call) -> Result<(), tonic::Status> {
     let mut a = app.admin().await;
     match call.clone() {
         Call::Enqueue(queue_id, user_id) => q
-            .enqueue(pb::EnqueueRequest { queue_id, user_id })
+            .enqueue(pb::EnqueueRequest {
+                queue_id,
+                user_id,
+                receipt: String::new(),
+            })
             .await
             .map(drop),
         Call::GetRank(queue_id, user_id) => q
-            .get_rank(pb::GetRankRequest { queue_id, user_id })
+            .get_rank(pb::GetRankRequest {
+                queue_id,
+                user_id,
+                receipt: String::new(),
+            })
             .await
             .map(drop),
         Call::WatchRank(queue_id, user_id) => {
             let mut stream = q
-                .watch_rank(pb::WatchRankRequest { queue_id, user_id })
+                .watch_rank(pb::WatchRankRequest {
+                    queue_id,
+                    user_id,
+                    receipt: String::new(),
+                })
                 .await?
                 .into_inner();
             stream.message().await.map(drop)

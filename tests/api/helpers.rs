@@ -280,6 +280,7 @@ pub fn enqueue_request(queue: &str, user: &str) -> pb::EnqueueRequest {
     pb::EnqueueRequest {
         queue_id: queue.to_owned(),
         user_id: user.to_owned(),
+        receipt: String::new(),
     }
 }
 
@@ -287,6 +288,7 @@ pub fn rank_request(queue: &str, user: &str) -> pb::GetRankRequest {
     pb::GetRankRequest {
         queue_id: queue.to_owned(),
         user_id: user.to_owned(),
+        receipt: String::new(),
     }
 }
 
@@ -294,6 +296,7 @@ pub fn watch_request(queue: &str, user: &str) -> pb::WatchRankRequest {
     pb::WatchRankRequest {
         queue_id: queue.to_owned(),
         user_id: user.to_owned(),
+        receipt: String::new(),
     }
 }
 

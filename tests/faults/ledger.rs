@@ -65,6 +65,7 @@ pub async fn enqueue(
             pb::EnqueueRequest {
                 queue_id: queue.into(),
                 user_id: user.into(),
+                receipt: String::new(),
             },
             deadline,
         ))

@@ -61,6 +61,7 @@ fn keep_pages_open(addrs: Vec<String>, retry: Duration) -> Vec<tokio::task::Join
                         let request = pb::WatchRankRequest {
                             queue_id: "sale".into(),
                             user_id: user.clone(),
+                            receipt: String::new(),
                         };
                         if let Ok(stream) = client.watch_rank(request).await {
                             let mut stream = stream.into_inner();
@@ -73,6 +74,7 @@ fn keep_pages_open(addrs: Vec<String>, retry: Duration) -> Vec<tokio::task::Join
                                 pb::GetRankRequest {
                                     queue_id: "sale".into(),
                                     user_id: user.clone(),
+                                    receipt: String::new(),
                                 },
                                 Duration::from_secs(1),
                             );
@@ -98,6 +100,7 @@ async fn positions(service: &Service) -> Vec<(String, u64)> {
             .get_rank(pb::GetRankRequest {
                 queue_id: "sale".into(),
                 user_id: user.clone(),
+                receipt: String::new(),
             })
             .await
             .unwrap_or_else(|status| panic!("{user} lost the place: {status:?}"))
@@ -147,6 +150,7 @@ async fn nobody_whose_page_stayed_open_is_released(fault: Fault, lead_ms: u64, n
             .enqueue(pb::EnqueueRequest {
                 queue_id: "sale".into(),
                 user_id: format!("v{i:02}"),
+                receipt: String::new(),
             })
             .await
             .unwrap();

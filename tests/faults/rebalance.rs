@@ -96,6 +96,7 @@ async fn watch(
         let request = pb::WatchRankRequest {
             queue_id: "sale".into(),
             user_id: user.clone(),
+            receipt: String::new(),
         };
         let opened = tokio::select! {
             _ = stop.cancelled() => return,
@@ -249,6 +250,7 @@ async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
                     .enqueue(pb::EnqueueRequest {
                         queue_id: "sale".into(),
                         user_id: format!("u{i}"),
+                        receipt: String::new(),
                     })
                     .await
                     .expect("enqueue")

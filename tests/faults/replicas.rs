@@ -66,6 +66,7 @@ async fn online_verification_never_accepts_more_than_max_active() {
             .enqueue(pb::EnqueueRequest {
                 queue_id: "sale".into(),
                 user_id: format!("u{n}"),
+                receipt: String::new(),
             })
             .await
             .unwrap()

@@ -100,6 +100,7 @@ async fn a_stalled_redis_is_answered_in_time_and_little_runs_after_callers_were_
                     pb::GetRankRequest {
                         queue_id: "sale".into(),
                         user_id: user,
+                        receipt: String::new(),
                     },
                     Duration::from_secs(3),
                 ))

@@ -225,6 +225,7 @@ where
                 .enqueue(waitroom::pb::EnqueueRequest {
                     queue_id: queue.into(),
                     user_id,
+                    receipt: String::new(),
                 })
                 .await?;
             Ok(())

@@ -95,6 +95,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     .enqueue(pb::EnqueueRequest {
                         queue_id: "sale".into(),
                         user_id: user.clone(),
+                        receipt: String::new(),
                     })
                     .await?;
                 if let Ok(mut histogram) = latency.lock() {
@@ -106,6 +107,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                             .watch_rank(pb::WatchRankRequest {
                                 queue_id: "sale".into(),
                                 user_id: user,
+                                receipt: String::new(),
                             })
                             .await
                         {

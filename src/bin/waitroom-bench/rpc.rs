@@ -134,6 +134,7 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
                     .get_rank(pb::GetRankRequest {
                         queue_id: "bench".into(),
                         user_id: format!("p{n}"),
+                        receipt: String::new(),
                     })
                     .await?;
                 Ok(())
@@ -319,6 +320,7 @@ async fn run_rpc(
                     .enqueue(pb::EnqueueRequest {
                         queue_id: "bench".into(),
                         user_id: format!("r{round}-c{c}-{n}"),
+                        receipt: String::new(),
                     })
                     .await
                     .is_ok(),
@@ -326,6 +328,7 @@ async fn run_rpc(
                     .get_rank(pb::GetRankRequest {
                         queue_id: "bench".into(),
                         user_id: format!("p{}", (c as u64 * 7919 + n * 104_729) % pollers),
+                        receipt: String::new(),
                     })
                     .await
                     .is_ok(),

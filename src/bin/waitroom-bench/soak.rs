@@ -183,6 +183,7 @@ fn spawn_watcher(channels: &Arc<Vec<Channel>>, tally: &Arc<Tally>, w: u64) {
             .watch_rank(pb::WatchRankRequest {
                 queue_id: "soak".into(),
                 user_id: user.clone(),
+                receipt: String::new(),
             })
             .await;
         match opened {
@@ -206,6 +207,7 @@ fn spawn_watcher(channels: &Arc<Vec<Channel>>, tally: &Arc<Tally>, w: u64) {
             .enqueue(pb::EnqueueRequest {
                 queue_id: "soak".into(),
                 user_id: format!("w{next:08}"),
+                receipt: String::new(),
             })
             .await;
         match joined {
@@ -225,6 +227,7 @@ async fn one_call(channel: Channel, tally: Arc<Tally>, n: u64, polled: u64) {
             .get_rank(pb::GetRankRequest {
                 queue_id,
                 user_id: format!("w{polled:08}"),
+                receipt: String::new(),
             })
             .await
             .map(drop)
@@ -241,6 +244,7 @@ async fn one_call(channel: Channel, tally: Arc<Tally>, n: u64, polled: u64) {
             .enqueue(pb::EnqueueRequest {
                 queue_id,
                 user_id: format!("a{n}"),
+                receipt: String::new(),
             })
             .await
             .map(drop)

@@ -218,6 +218,7 @@ async fn open_stream(
             .watch_rank(pb::WatchRankRequest {
                 queue_id: "watch".into(),
                 user_id: format!("w{w:07}"),
+                receipt: String::new(),
             })
             .await
         {

@@ -403,6 +403,7 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                 .enqueue(client.request(pb::EnqueueRequest {
                     queue_id: queue,
                     user_id: user,
+                    receipt: String::new(),
                 }))
                 .await?
                 .into_inner()
@@ -493,6 +494,7 @@ async fn watch(
         .watch_rank(client.request(pb::WatchRankRequest {
             queue_id: queue,
             user_id: user,
+            receipt: String::new(),
         }))
         .await?
         .into_inner();

@@ -12,10 +12,11 @@ use super::{QueueStore, batch_result_ttl_ms};
 use crate::domain::draw::draw_key;
 use crate::domain::{
     Admission, AdmissionCheck, AdmissionStatus, Admitted, FLOW_SLOT_MS, Flow, LINE_LOG_KEEP,
-    LineChanges, LineEvent, LineSnapshot, LineSummary, NamedAdmission, Place, PlaceState,
-    QueueConfig, QueueId, QueueMode, QueueStats, QueueUpdate, RankIndex, RateSample, RequestId,
-    UserId, WAITED_BOUNDS_S, WAITED_SLOT_MS, WAITED_WINDOW_MS, first_flow_slot, flow_span_ms,
-    presence_after_gap, waited_bucket,
+    LineChanges, LineEvent, LineSnapshot, LineSummary, NamedAdmission, Place, PlaceClaim,
+    PlaceState, QueueConfig, QueueId, QueueMode, QueueStats, QueueUpdate, RankIndex, RateSample,
+    Refusal, RequestId, Restoration, RestoreView, UserId, WAITED_BOUNDS_S, WAITED_SLOT_MS,
+    WAITED_WINDOW_MS, first_flow_slot, flow_span_ms, presence_after_gap, restore_decision,
+    waited_bucket,
 };
 use crate::{Error, Result};
 
@@ -36,6 +37,9 @@ struct Inner {
     used_tokens: HashMap<(QueueId, String), (u64, RequestId)>,
     /// Service instances' stream counts and when each was reported.
     instances: BTreeMap<String, (u64, u64)>,
+    /// Queues deleted and not created again: the mark that tells a
+    /// deletion from a loss ([`QueueStore::queue_lost`]).
+    deleted: HashSet<QueueId>,
 }
 
 #[derive(Debug, Default)]
@@ -136,8 +140,8 @@ struct QueueState {
 impl QueueState {
     fn new(config: QueueConfig) -> Self {
         Self {
+            seq: config.adoption.map_or(0, |a| a.top),
             config,
-            seq: 0,
             waiting: BTreeMap::new(),
             tickets: HashMap::new(),
             ranks: RankIndex::default(),
@@ -503,6 +507,7 @@ impl QueueState {
         Place {
             state,
             ticket,
+            epoch_ms: self.config.created_at_ms,
             waiting_count: self.in_line(),
             mode: self.config.mode,
             rate: self.rate_sample(now_ms),
@@ -748,10 +753,16 @@ impl QueueStore for MemoryStore {
         if inner.queues.contains_key(&config.id) {
             return Err(Error::QueueAlreadyExists(config.id.to_string()));
         }
+        inner.deleted.remove(&config.id);
         inner
             .queues
             .insert(config.id.clone(), QueueState::new(config.clone()));
         Ok(config.clone())
+    }
+
+    async fn queue_lost(&self, queue: &QueueId) -> Result<bool> {
+        let inner = self.lock()?;
+        Ok(!inner.queues.contains_key(queue) && !inner.deleted.contains(queue))
     }
 
     async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig> {
@@ -803,6 +814,8 @@ impl QueueStore for MemoryStore {
 
     async fn delete_queue(&self, queue: &QueueId) -> Result<()> {
         let mut inner = self.lock()?;
+        // Marked even when already gone (see delete_queue.lua).
+        inner.deleted.insert(queue.clone());
         match inner.queues.remove(queue) {
             Some(_) => Ok(()),
             None => Err(Error::QueueNotFound(queue.to_string())),
@@ -895,6 +908,50 @@ impl QueueStore for MemoryStore {
             .places(queue, std::slice::from_ref(user), true, now_ms)
             .await?;
         Ok(places.pop().flatten())
+    }
+
+    async fn restore(
+        &self,
+        queue: &QueueId,
+        user: &UserId,
+        claim: &PlaceClaim,
+        now_ms: u64,
+    ) -> Result<Restoration> {
+        self.with_queue(queue, |state| {
+            state.prepare(now_ms);
+            let opening =
+                state.config.opens_at_ms.is_some_and(|at| now_ms < at) || state.draw.in_progress();
+            let holds = state.tickets.contains_key(user)
+                || state.admitted.contains_key(user)
+                || state.prequeued.contains_key(user)
+                || state.pooled.contains_key(user)
+                || state.cleared.contains(user);
+            if holds {
+                return Ok(Restoration::Holds);
+            }
+            if opening || state.waiting.contains_key(&claim.ticket) {
+                return Ok(Restoration::Refused(Refusal::NotGiven));
+            }
+            let view = RestoreView {
+                epoch_ms: state.config.created_at_ms,
+                seq: state.seq,
+                presence_since_ms: state.config.presence_since_ms,
+                release_after_ms: state.config.release_after_ms(),
+                adoption: state.config.adoption,
+            };
+            let restored = match restore_decision(&view, claim, now_ms) {
+                Ok(restored) => restored,
+                Err(refusal) => return Ok(Restoration::Refused(refusal)),
+            };
+            state.seq = restored.seq;
+            state.config.adoption = restored.adoption;
+            state.add_waiting(user.clone(), claim.ticket);
+            state.see(user, now_ms);
+            match state.current_place(user, now_ms) {
+                Some(place) => Ok(Restoration::Restored(place)),
+                None => Err(Error::Internal("a place given back is not there".into())),
+            }
+        })
     }
 
     async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()> {

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use super::reply::{bad_reply, parse_mode};
 use crate::Result;
-use crate::domain::{QueueConfig, QueueId, QueueUpdate};
+use crate::domain::{Adoption, QueueConfig, QueueId, QueueUpdate};
 
 pub(super) fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)> {
-    vec![
+    let mut fields = vec![
         ("opens_at_ms", config.opens_at_ms.unwrap_or(0).to_string()),
         (
             "prequeue_window_ms",
@@ -32,7 +32,13 @@ pub(super) fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)>
         ("created_at_ms", config.created_at_ms.to_string()),
         ("notice", text(&config.notice)),
         ("closed_reason", text(&config.closed_reason)),
-    ]
+    ];
+    if let Some(adoption) = config.adoption {
+        fields.push(("adopt_epoch_ms", adoption.epoch_ms.to_string()));
+        fields.push(("adopt_head", adoption.head.to_string()));
+        fields.push(("adopt_top", adoption.top.to_string()));
+    }
+    fields
 }
 
 /// An optional text as the config hash keeps it: empty for none.
@@ -113,5 +119,13 @@ pub(super) fn parse_config(
         presence_since_ms: number("presence_since_ms")?,
         notice: optional_text("notice"),
         closed_reason: optional_text("closed_reason"),
+        adoption: match fields.contains_key("adopt_epoch_ms") {
+            true => Some(Adoption {
+                epoch_ms: number("adopt_epoch_ms")?,
+                head: number("adopt_head")?,
+                top: number("adopt_top")?,
+            }),
+            false => None,
+        },
     }))
 }

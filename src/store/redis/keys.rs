@@ -59,6 +59,12 @@ pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 16] {
     .map(|name| format!("{prefix}:{{{queue}}}:{name}"))
 }
 
+/// The mark a deleted queue leaves (when it was deleted), until it is
+/// created again: a queue missing without it was lost by the store.
+pub(super) fn deleted_key(prefix: &str, queue: &QueueId) -> String {
+    format!("{prefix}:{{{queue}}}:deleted")
+}
+
 /// Set of all queue ids. It spans queues, so no script touches it: it is
 /// written before a queue's config is created and after it is deleted, and
 /// readers skip ids whose config is gone.
@@ -91,6 +97,7 @@ mod tests {
         let queue = QueueId::parse("sale-1").unwrap();
         let mut keys = queue_keys("wr", &queue).to_vec();
         keys.extend(used_tokens_keys("wr", &queue));
+        keys.push(deleted_key("wr", &queue));
         for key in keys {
             assert!(key.starts_with("wr:{sale-1}:"), "{key}");
         }

@@ -30,6 +30,7 @@ pub(super) struct Scripts {
     pub(super) line_changes: Script,
     pub(super) line_snapshot: Script,
     pub(super) share_load: Script,
+    pub(super) restore: Script,
 }
 
 /// Shared by the enqueue scripts (and the benchmark's own).
@@ -79,6 +80,7 @@ impl Scripts {
             line_changes: with_prelude(include_str!("scripts/line_changes.lua")),
             line_snapshot: with_prelude(include_str!("scripts/line_snapshot.lua")),
             share_load: Script::new(include_str!("scripts/share_load.lua")),
+            restore: with_prelude(include_str!("scripts/restore.lua")),
         }
     }
 }

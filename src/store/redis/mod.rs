@@ -59,12 +59,14 @@ use self::caller::{
 };
 use self::fields::{config_fields, parse_config, update_fields};
 use self::lua::Scripts;
-use self::reply::{Reply, bad_reply, parse_admitted, parse_line_entry, parse_mode, parse_named};
+use self::reply::{
+    Reply, bad_reply, parse_admitted, parse_line_entry, parse_mode, parse_named, parse_place,
+};
 use super::QueueStore;
 use crate::domain::{
     AdmissionCheck, AdmissionStatus, Admitted, Flow, LineChanges, LineSnapshot, LineSummary,
-    NamedAdmission, Place, QueueConfig, QueueId, QueueStats, QueueUpdate, RateSample, RequestId,
-    UserId,
+    NamedAdmission, Place, PlaceClaim, QueueConfig, QueueId, QueueStats, QueueUpdate, RateSample,
+    Refusal, RequestId, Restoration, UserId,
 };
 use crate::{Error, Result};
 
@@ -309,11 +311,24 @@ impl QueueStore for RedisStore {
         .await?;
         let mut invocation =
             self.invocation(&self.scripts.create_queue, &config.id, config.created_at_ms);
+        invocation.key(keys::deleted_key(&self.prefix, &config.id));
         for (field, value) in config_fields(config) {
             invocation.arg(field).arg(value);
         }
         self.run("create_queue", &config.id, &invocation).await?;
         Ok(config.clone())
+    }
+
+    async fn queue_lost(&self, queue: &QueueId) -> Result<bool> {
+        let found: i64 = self
+            .command(
+                "queue_lost",
+                redis::cmd("EXISTS")
+                    .arg(&self.keys(queue)[0])
+                    .arg(keys::deleted_key(&self.prefix, queue)),
+            )
+            .await?;
+        Ok(found == 0)
     }
 
     async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig> {
@@ -405,13 +420,9 @@ impl QueueStore for RedisStore {
         // The index forgets the id once the queue is gone, or was already
         // (a delete that stopped half-way); not when the store did not
         // answer, since the queue may still be there.
-        let deleted = self
-            .run(
-                "delete_queue",
-                queue,
-                &self.invocation(&self.scripts.delete_queue, queue, 0),
-            )
-            .await;
+        let mut invocation = self.invocation(&self.scripts.delete_queue, queue, 0);
+        invocation.key(keys::deleted_key(&self.prefix, queue));
+        let deleted = self.run("delete_queue", queue, &invocation).await;
         if let Err(error) = &deleted
             && !matches!(error, Error::QueueNotFound(_))
         {
@@ -471,6 +482,36 @@ impl QueueStore for RedisStore {
                 self.timeout,
             )
             .await
+    }
+
+    async fn restore(
+        &self,
+        queue: &QueueId,
+        user: &UserId,
+        claim: &PlaceClaim,
+        now_ms: u64,
+    ) -> Result<Restoration> {
+        let mut invocation = self.invocation(&self.scripts.restore, queue, now_ms);
+        invocation
+            .arg(user.as_str())
+            .arg(claim.epoch_ms)
+            .arg(claim.ticket)
+            .arg(claim.head)
+            .arg(claim.top)
+            .arg(claim.issued_ms);
+        let mut reply = self.run("restore", queue, &invocation).await?;
+        let value = reply.next_value()?;
+        if let Value::BulkString(outcome) = &value {
+            return match outcome.as_slice() {
+                b"holds" => Ok(Restoration::Holds),
+                b"lapsed" => Ok(Restoration::Refused(Refusal::Lapsed)),
+                b"not_given" => Ok(Restoration::Refused(Refusal::NotGiven)),
+                _ => Err(bad_reply("restore outcome")),
+            };
+        }
+        parse_place(value, queue)?
+            .map(Restoration::Restored)
+            .ok_or_else(|| bad_reply("a place given back is not there"))
     }
 
     async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()> {

@@ -174,6 +174,7 @@ pub(super) fn parse_place(value: Value, queue: &QueueId) -> Result<Option<Place>
     Ok(Some(Place {
         state,
         ticket,
+        epoch_ms: queue_epoch_ms,
         waiting_count,
         mode,
         rate,
@@ -204,6 +205,7 @@ pub(super) fn parse_enqueued(
         reply.string()?;
         let n = reply.u64()?;
         let (first_ticket, first_position) = (reply.u64()?, reply.u64()?);
+        let epoch_ms = reply.u64()?;
         let mode = parse_mode(&reply.string()?)?;
         let (admitted, span_ms) = (reply.u64()?, reply.u64()?);
         let (signs, rate) = reply.signs_and_rate(admitted, span_ms)?;
@@ -217,6 +219,7 @@ pub(super) fn parse_enqueued(
             places.push(Ok(Place {
                 state: PlaceState::Waiting { position },
                 ticket: first_ticket + k,
+                epoch_ms,
                 waiting_count: position,
                 mode,
                 rate,

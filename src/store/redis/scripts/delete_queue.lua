@@ -1,9 +1,14 @@
 -- Delete queue: drop a queue and everyone in it.
--- KEYS: the queue's keys (prelude). ARGV: now.
--- Returns {'ok'}, or {'no_queue'}. Consumed token ids
+-- KEYS: the queue's keys (prelude), then the mark of its deletion. ARGV: now.
+-- Returns {'ok'}, or {'no_queue'}. The mark (when it was deleted) stays
+-- until the queue is created again: a queue missing without it was lost
+-- by the store, not deleted. Consumed token ids
 -- are kept until the tokens expire. UNLINK frees the keys' memory in the
 -- background, so a queue of a million is deleted without holding Redis.
 
+-- Marked even when already gone: an operator's delete of a queue the
+-- store lost says it is not to be waited for.
+redis.call('SET', KEYS[17], NOW)
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return { 'no_queue' }
 end

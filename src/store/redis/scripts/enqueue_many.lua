@@ -1,10 +1,10 @@
 -- Enqueue many: concurrent enqueues of one queue coalesced into one call,
--- each user in turn exactly as enqueue.lua would (see enqueue_one.lua), so
+-- each user in turn exactly as a single enqueue would (enqueue_one.lua), so
 -- Redis pays the call's fixed cost once for all of them.
 -- KEYS: the queue's keys (prelude). ARGV: now, user...
 -- Returns {'ok', answer...}, the answers in the users' order, each either
 -- an answer of enqueue_one for one user, or {'joined', n, first ticket,
--- first position, mode, rate count, rate span, notice, closed reason,
+-- first position, epoch, mode, rate count, rate span, notice, closed reason,
 -- recent admissions, abandonments, configured rate} for the next n
 -- users, newcomers who joined the back of the line one after another: the
 -- k-th of them (from 0) has ticket first + k and position first + k, which
@@ -68,7 +68,7 @@ local function end_run()
   end
   log_event('J', first_ticket, n)
   local count, span, recent, abandoned = rate_sample()
-  out[#out + 1] = { 'joined', n, first_ticket, first_position, cfg.mode, count, span,
+  out[#out + 1] = { 'joined', n, first_ticket, first_position, cfg.epoch, cfg.mode, count, span,
     cfg.notice, cfg.closed_reason, recent, abandoned, cfg.rate }
   run = {}
 end
