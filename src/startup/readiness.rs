@@ -154,7 +154,9 @@ async fn keep_queues(
             }
             // Another replica re-made it first.
             Err(Error::QueueAlreadyExists(_)) => hub.forget_line(&spec.id),
-            Err(error) => tracing::warn!(queue = %spec.id, %error, "cannot re-make a lost declared queue yet"),
+            Err(error) => {
+                tracing::warn!(queue = %spec.id, %error, "cannot re-make a lost declared queue yet")
+            }
         }
     }
     let mut vanished = Vec::new();

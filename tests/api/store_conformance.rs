@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use waitroom::Error;
 use waitroom::domain::{
-    AdmissionCheck, AdmissionStatus, Consume, PlaceState, QueueConfig, QueueId, QueueMode,
-    QueueUpdate, RequestId, UserId,
+    AdmissionCheck, AdmissionStatus, Adoption, Consume, PlaceClaim, PlaceState, QueueConfig,
+    QueueId, QueueMode, QueueUpdate, Refusal, RequestId, Restoration, UserId,
 };
 use waitroom::store::QueueStore;
 use waitroom::tokens::token_id;
@@ -392,6 +392,197 @@ async fn nobody_is_released_for_time_no_pass_could_hear_them(store: &dyn QueueSt
     );
 }
 
+fn claim(epoch_ms: u64, ticket: u64, issued_ms: u64) -> PlaceClaim {
+    PlaceClaim {
+        epoch_ms,
+        ticket,
+        head: 0,
+        top: 0,
+        issued_ms,
+    }
+}
+
+fn restored_ticket(outcome: Restoration) -> u64 {
+    match outcome {
+        Restoration::Restored(place) => place.ticket,
+        other => panic!("not given back: {other:?}"),
+    }
+}
+
+/// In the queue a receipt was issued for, only a join the store lost (a
+/// ticket above every ticket it gave) is given back; whoever held a lower
+/// ticket was admitted, left, cleared or released, and stays so.
+async fn a_receipt_gives_back_only_a_join_the_store_lost(store: &dyn QueueStore) {
+    let config = create(store, "s", 1).await;
+    let epoch = config.created_at_ms;
+    // a is admitted at once (a free slot), b and c wait; c leaves.
+    for user in ["a", "b", "c"] {
+        store.enqueue(&q("s"), &u(user), T0).await.unwrap();
+    }
+    store.leave(&q("s"), &u("c"), T0).await.unwrap();
+    let now = T0 + 1_000;
+    assert_eq!(
+        store
+            .restore(&q("s"), &u("b"), &claim(epoch, 2, T0), now)
+            .await
+            .unwrap(),
+        Restoration::Holds
+    );
+    assert_eq!(
+        store
+            .restore(&q("s"), &u("a"), &claim(epoch, 1, T0), now)
+            .await
+            .unwrap(),
+        Restoration::Holds,
+        "an admitted user holds their admission"
+    );
+    assert!(store.complete(&q("s"), &u("a"), now).await.unwrap());
+    for (user, ticket) in [("a", 1), ("c", 3)] {
+        assert_eq!(
+            store
+                .restore(&q("s"), &u(user), &claim(epoch, ticket, T0), now)
+                .await
+                .unwrap(),
+            Restoration::Refused(Refusal::NotGiven),
+            "{user} was admitted or left"
+        );
+    }
+    // Ticket 7 was given by a primary that failed over before its replica
+    // heard of it: given back, and the next newcomer is numbered after it.
+    let back = store
+        .restore(&q("s"), &u("g"), &claim(epoch, 7, T0), now)
+        .await
+        .unwrap();
+    assert_eq!(restored_ticket(back), 7);
+    assert_eq!(position(store, "s", "g", now).await, Some(2));
+    assert_eq!(
+        store.enqueue(&q("s"), &u("h"), now).await.unwrap().ticket,
+        8
+    );
+    // A receipt lapses when its holder would have been released.
+    let late = T0 + config.release_after_ms();
+    assert_eq!(
+        store
+            .restore(&q("s"), &u("i"), &claim(epoch, 9, T0), late)
+            .await
+            .unwrap(),
+        Restoration::Refused(Refusal::Lapsed)
+    );
+    // A queue deleted and created again is another queue.
+    store.delete_queue(&q("s")).await.unwrap();
+    let mut again = QueueConfig::new(q("s"));
+    again.created_at_ms = T0 + 500;
+    store.create_queue(&again).await.unwrap();
+    assert_eq!(
+        store
+            .restore(&q("s"), &u("b"), &claim(epoch, 20, T0 + 600), now)
+            .await
+            .unwrap(),
+        Restoration::Refused(Refusal::NotGiven)
+    );
+}
+
+/// A queue re-made after the store lost it gives newcomers tickets after
+/// the lost line's, and gives back the lost line's places in their old
+/// order as their holders return, in any order; nobody below the head
+/// (admitted before the loss), nobody of another lineage, no ticket twice.
+async fn a_re_made_queue_takes_back_the_lost_line_in_its_order(store: &dyn QueueStore) {
+    let lost_epoch = T0 - 60_000;
+    let mut config = QueueConfig::new(q("s"));
+    config.created_at_ms = T0;
+    config.presence_since_ms = T0;
+    config.adoption = Some(Adoption {
+        epoch_ms: lost_epoch,
+        head: 10,
+        top: 1_000,
+    });
+    store.create_queue(&config).await.unwrap();
+    assert_eq!(
+        store.get_queue(&q("s")).await.unwrap().adoption,
+        config.adoption
+    );
+    let now = T0 + 2_000;
+    assert_eq!(
+        store.enqueue(&q("s"), &u("new"), now).await.unwrap().ticket,
+        1_001
+    );
+    let issued = T0 - 1_000;
+    for (user, ticket) in [("e", 50), ("c", 30), ("d", 40)] {
+        let claim = claim(lost_epoch, ticket, issued);
+        let back = store.restore(&q("s"), &u(user), &claim, now).await.unwrap();
+        assert_eq!(restored_ticket(back), ticket);
+    }
+    for (user, expected) in [("c", 1), ("d", 2), ("e", 3), ("new", 4)] {
+        assert_eq!(
+            position(store, "s", user, now).await,
+            Some(expected),
+            "{user}"
+        );
+    }
+    let refused = [
+        ("admitted-before", claim(lost_epoch, 9, issued)),
+        ("other-lineage", claim(lost_epoch - 1, 60, issued)),
+        ("same-ticket", claim(lost_epoch, 30, issued)),
+    ];
+    for (user, claim) in refused {
+        assert_eq!(
+            store.restore(&q("s"), &u(user), &claim, now).await.unwrap(),
+            Restoration::Refused(Refusal::NotGiven),
+            "{user}"
+        );
+    }
+    // A receipt that saw the head further on raises it for everyone after.
+    let seen_later = PlaceClaim {
+        head: 45,
+        ..claim(lost_epoch, 45, issued)
+    };
+    assert_eq!(
+        restored_ticket(
+            store
+                .restore(&q("s"), &u("f"), &seen_later, now)
+                .await
+                .unwrap()
+        ),
+        45
+    );
+    assert_eq!(
+        store
+            .restore(&q("s"), &u("g"), &claim(lost_epoch, 44, issued), now)
+            .await
+            .unwrap(),
+        Restoration::Refused(Refusal::NotGiven)
+    );
+    assert_eq!(
+        store
+            .get_queue(&q("s"))
+            .await
+            .unwrap()
+            .adoption
+            .map(|a| a.head),
+        Some(45)
+    );
+}
+
+/// A deletion leaves a mark; a queue gone without it was lost.
+async fn a_deleted_queue_is_told_from_a_lost_one(store: &dyn QueueStore) {
+    assert!(
+        store.queue_lost(&q("s")).await.unwrap(),
+        "never made: nothing says it was deleted"
+    );
+    create(store, "s", 0).await;
+    assert!(!store.queue_lost(&q("s")).await.unwrap());
+    store.delete_queue(&q("s")).await.unwrap();
+    assert!(!store.queue_lost(&q("s")).await.unwrap());
+    create(store, "s", 0).await;
+    assert!(!store.queue_lost(&q("s")).await.unwrap());
+    // An operator's delete of a queue already gone marks it too.
+    assert!(matches!(
+        store.delete_queue(&q("t")).await,
+        Err(Error::QueueNotFound(_))
+    ));
+    assert!(!store.queue_lost(&q("t")).await.unwrap());
+}
+
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {
         mod memory {
@@ -456,6 +647,9 @@ conformance!(
     a_late_sign_of_life_never_moves_a_newer_one_back,
     nobody_is_released_for_time_no_pass_could_hear_them,
     replicas_share_their_load,
+    a_receipt_gives_back_only_a_join_the_store_lost,
+    a_re_made_queue_takes_back_the_lost_line_in_its_order,
+    a_deleted_queue_is_told_from_a_lost_one,
 );
 
 /// The same scenarios on a three-master Redis Cluster.
@@ -500,5 +694,6 @@ mod cluster {
         a_late_sign_of_life_never_moves_a_newer_one_back,
         nobody_is_released_for_time_no_pass_could_hear_them,
         replicas_share_their_load,
+        a_re_made_queue_takes_back_the_lost_line_in_its_order,
     );
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use waitroom::domain::{
-    Admission, AdmissionCheck, Consume, LineEvent, NamedAdmission, Place, PlaceState, QueueConfig,
-    QueueId, QueueMode, QueueUpdate, RequestId, UserId,
+    Admission, AdmissionCheck, Adoption, Consume, LineEvent, NamedAdmission, Place, PlaceClaim,
+    PlaceState, QueueConfig, QueueId, QueueMode, QueueUpdate, RequestId, Restoration, UserId,
 };
 use waitroom::store::{MemoryStore, QueueStore, RedisStore};
 use waitroom::tokens::token_id;
@@ -69,7 +69,30 @@ enum Op {
     /// the capacity or not.
     AdmitUsers(Vec<u8>, u8, bool),
     ClearStep(u32),
+    /// Deleted, then re-made as after a loss: taking back the places of
+    /// the lost lineage (or of whichever lineage comes first), from a head,
+    /// numbering newcomers after a top.
+    Remade {
+        known_epoch: bool,
+        head: u64,
+        top: u64,
+    },
+    /// A receipt brought back: of the queue as it is now (0), of the lost
+    /// lineage (1) or of another (2); issued some time ago (the queue's
+    /// release time is 31.25 s), for a ticket given or not given yet, with
+    /// the head and top its issuer knew.
+    Restore {
+        user: u8,
+        epoch: u8,
+        ticket: u64,
+        age: u64,
+        head: u64,
+        top: u64,
+    },
 }
+
+/// The lineage a re-made queue takes back in these sequences.
+const LOST_EPOCH: u64 = T0 - 60_000;
 
 fn notice(n: u8) -> std::sync::Arc<str> {
     match n {
@@ -129,6 +152,17 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (proptest::collection::vec(0..=USERS, 1..4), 0u8..3, any::<bool>())
             .prop_map(|(users, request, over)| Op::AdmitUsers(users, request, over)),
         1 => prop_oneof![Just(1u32), 1u32..4, Just(u32::MAX)].prop_map(Op::ClearStep),
+        1 => (any::<bool>(), 0u64..6, prop_oneof![Just(0u64), 0u64..20])
+            .prop_map(|(known_epoch, head, top)| Op::Remade { known_epoch, head, top }),
+        3 => (
+            0..USERS,
+            prop_oneof![2 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)],
+            prop_oneof![Just(0u64), 1u64..16, 20u64..40],
+            prop_oneof![Just(0u64), 0u64..30_000, 31_248u64..31_253, Just(120_000)],
+            prop_oneof![Just(0u64), 0u64..12],
+            prop_oneof![Just(0u64), 0u64..45],
+        )
+            .prop_map(|(user, epoch, ticket, age, head, top)| Op::Restore { user, epoch, ticket, age, head, top }),
     ]
 }
 
@@ -392,6 +426,53 @@ async fn apply(
             show(answer)
         }
         Op::ClearStep(limit) => show(store.clear_step(&q, *limit, now).await),
+        Op::Remade {
+            known_epoch,
+            head,
+            top,
+        } => {
+            let deleted = show(store.delete_queue(&q).await);
+            let mut config = config(now);
+            config.adoption = Some(Adoption {
+                epoch_ms: if *known_epoch { LOST_EPOCH } else { 0 },
+                head: *head,
+                top: *top,
+            });
+            format!("{deleted} {}", show(store.create_queue(&config).await))
+        }
+        Op::Restore {
+            user: u,
+            epoch,
+            ticket,
+            age,
+            head,
+            top,
+        } => {
+            let epoch_ms = match epoch {
+                0 => match store.get_queue(&q).await {
+                    Ok(config) => config.created_at_ms,
+                    Err(_) => T0,
+                },
+                1 => LOST_EPOCH,
+                _ => LOST_EPOCH - 1,
+            };
+            let claim = PlaceClaim {
+                epoch_ms,
+                ticket: *ticket,
+                head: *head,
+                top: *top,
+                issued_ms: now.saturating_sub(*age),
+            };
+            let answer = store.restore(&q, &user(*u), &claim, now).await;
+            if let Ok(Restoration::Restored(place)) = &answer {
+                note(seen, &user(*u), place);
+            }
+            format!(
+                "{} lost {:?}",
+                show(answer),
+                store.queue_lost(&q).await.ok()
+            )
+        }
         Op::Recreate(scheduled) => {
             let deleted = show(store.delete_queue(&q).await);
             let mut config = config(now);
