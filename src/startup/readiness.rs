@@ -19,6 +19,10 @@ use crate::store::QueueStore;
 use crate::telemetry::metrics::QueueLabels;
 use crate::watch::WatchHub;
 
+/// How long a line this instance stopped following is remembered: the
+/// streams of a store outage end and come back within it.
+const KNOWN_LINES_KEPT: Duration = Duration::from_secs(600);
+
 /// How often readiness re-checks the store.
 const READINESS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -48,8 +52,14 @@ pub(super) async fn track_readiness(
             declared = declare_queues(store.as_ref(), clock.as_ref(), declared).await;
         }
         if answers && declared.is_empty() {
-            let now_vanished =
-                keep_queues(store.as_ref(), clock.as_ref(), &hub, &all_declared).await;
+            let now_vanished = keep_queues(
+                store.as_ref(),
+                clock.as_ref(),
+                &hub,
+                &all_declared,
+                &vanished,
+            )
+            .await;
             for queue in now_vanished.iter().filter(|q| !vanished.contains(q)) {
                 tracing::error!(
                     queue = %queue,
@@ -120,17 +130,19 @@ async fn keep_queues(
     clock: &dyn Clock,
     hub: &WatchHub,
     declared: &[QueueSpec],
+    previously: &[QueueId],
 ) -> Vec<QueueId> {
     for spec in declared {
         if !matches!(store.queue_lost(&spec.id).await, Ok(true)) {
             continue;
         }
-        let known = hub.known_line(&spec.id).unwrap_or_default();
+        let known = hub.known_line(&spec.id);
+        let (epoch_ms, head, top) = known.map_or((0, 0, 0), |l| (l.epoch_ms, l.head, l.top));
         let mut config = spec.config(clock.now_ms());
         config.adoption = Some(Adoption {
-            epoch_ms: known.epoch_ms,
-            head: known.head,
-            top: match known.top {
+            epoch_ms,
+            head,
+            top: match top {
                 0 => 0,
                 top => top + REMADE_TICKET_MARGIN,
             },
@@ -145,9 +157,9 @@ async fn keep_queues(
                     .inc();
                 tracing::warn!(
                     queue = %spec.id,
-                    lost_epoch_ms = known.epoch_ms,
-                    head = known.head,
-                    top = known.top,
+                    lost_epoch_ms = epoch_ms,
+                    head,
+                    top,
                     "a declared queue was gone from the store (a Redis back empty, or failed over without it): re-made with its declared settings; visitors' receipts give their places back"
                 );
                 hub.forget_line(&spec.id);
@@ -159,13 +171,26 @@ async fn keep_queues(
             }
         }
     }
+    // A vanished queue stays so until it is created or deleted, however
+    // long ago this instance last followed it.
+    let mut candidates: Vec<(QueueId, bool)> =
+        previously.iter().map(|q| (q.clone(), false)).collect();
+    for (queue, _, followed) in hub.known_lines(KNOWN_LINES_KEPT) {
+        if !previously.contains(&queue) {
+            candidates.push((queue, followed));
+        }
+    }
     let mut vanished = Vec::new();
-    for (queue, _) in hub.gone_lines() {
+    for (queue, followed) in candidates {
+        if declared.iter().any(|d| d.id == queue) {
+            continue;
+        }
         match store.queue_lost(&queue).await {
-            Ok(true) if !declared.iter().any(|d| d.id == queue) => vanished.push(queue),
-            Ok(true) => {}
-            // Deleted, or there again.
-            Ok(false) => hub.forget_line(&queue),
+            Ok(true) => vanished.push(queue),
+            // Deleted, or there: remembered only while followed.
+            Ok(false) if !followed => hub.forget_line(&queue),
+            Ok(false) => {}
+            Err(_) if previously.contains(&queue) => vanished.push(queue),
             Err(_) => {}
         }
     }

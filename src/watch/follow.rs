@@ -107,7 +107,6 @@ impl WatchHub {
                     watchers
                 }
                 Err(error @ Error::QueueNotFound(_)) => {
-                    self.lose_line(&queue);
                     watch.copy_mut().reset();
                     *watch.pollers() = Pollers::default();
                     end_all(watchers, &error);

@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -183,7 +183,7 @@ impl QueueWatch {
 }
 
 /// What an instance last knew of a queue's line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KnownLine {
     /// The queue's `created_at_ms`.
     pub epoch_ms: u64,
@@ -192,8 +192,8 @@ pub struct KnownLine {
     pub head: u64,
     /// At or above the highest ticket seen given.
     pub top: u64,
-    /// The store has since said the queue does not exist.
-    pub gone: bool,
+    /// When a refresh last showed it.
+    pub at: Instant,
 }
 
 /// Pushes place changes to `WatchRank` streams.
@@ -247,39 +247,38 @@ impl WatchHub {
     /// Notes what a refresh of a queue's line showed.
     fn know_line(&self, queue: &QueueId, epoch_ms: u64, (head, top): (u64, u64)) {
         if let Ok(mut known) = self.known_lines.lock() {
-            let line = known.entry(queue.clone()).or_default();
+            let line = known.entry(queue.clone()).or_insert(KnownLine {
+                epoch_ms,
+                head: 0,
+                top: 0,
+                at: Instant::now(),
+            });
             if line.epoch_ms != epoch_ms {
-                *line = KnownLine::default();
+                line.epoch_ms = epoch_ms;
+                (line.head, line.top) = (0, 0);
             }
-            line.epoch_ms = epoch_ms;
             line.head = line.head.max(head);
             line.top = line.top.max(top);
-            line.gone = false;
+            line.at = Instant::now();
         }
     }
 
-    /// Notes that the store answered that a followed queue does not exist.
-    fn lose_line(&self, queue: &QueueId) {
-        if let Ok(mut known) = self.known_lines.lock()
-            && let Some(line) = known.get_mut(queue)
-        {
-            line.gone = true;
-        }
-    }
-
-    /// The lines this instance followed whose queue the store then said
-    /// did not exist: each lost, or deleted (the caller tells which).
-    pub fn gone_lines(&self) -> Vec<(QueueId, KnownLine)> {
-        self.known_lines.lock().map_or_else(
-            |_| Vec::new(),
-            |known| {
-                known
-                    .iter()
-                    .filter(|(_, l)| l.gone)
-                    .map(|(q, l)| (q.clone(), *l))
-                    .collect()
-            },
-        )
+    /// The lines this instance knows, with whether it follows each now;
+    /// forgets those it stopped following longer than `keep` ago.
+    pub fn known_lines(&self, keep: Duration) -> Vec<(QueueId, KnownLine, bool)> {
+        let followed: Vec<QueueId> = self
+            .queues
+            .lock()
+            .map(|queues| queues.keys().cloned().collect())
+            .unwrap_or_default();
+        let Ok(mut known) = self.known_lines.lock() else {
+            return Vec::new();
+        };
+        known.retain(|queue, line| followed.contains(queue) || line.at.elapsed() < keep);
+        known
+            .iter()
+            .map(|(queue, line)| (queue.clone(), *line, followed.contains(queue)))
+            .collect()
     }
 
     /// What this instance last knew of a queue's line, if anything.
