@@ -560,10 +560,15 @@ def test_alerts_ship_as_a_prometheus_rule_with_the_thresholds_given():
         "WaitroomAdmissionStalled",
         "WaitroomLatencyHigh",
         "WaitroomStreamsNearLimit",
+        "WaitroomQueueVanished",
+        "WaitroomQueueRemade",
     }
     for alert in alerts.values():
         assert 'job="waitroom"' in alert["expr"], alert["alert"]
-        assert alert["annotations"]["summary"] and alert["labels"]["severity"] == "warning"
+        # A queue people wait in that nothing re-makes pages someone.
+        severity = "critical" if alert["alert"] == "WaitroomQueueVanished" else "warning"
+        assert alert["annotations"]["summary"] and alert["labels"]["severity"] == severity
+    assert "waitroom_queues_vanished" in alerts["WaitroomQueueVanished"]["expr"]
     assert "> 0.9" in alerts["WaitroomStreamsNearLimit"]["expr"]
     tuned = _rules(
         with_values(
