@@ -243,33 +243,64 @@ fn visitor(app: &App, headers: &HeaderMap) -> (String, Option<String>) {
         return (id, None);
     }
     let id = visitor::new_visitor_id();
-    let set = set_cookie(
+    let set = visitor_cookie(app, &id, "");
+    (id, Some(set))
+}
+
+fn visitor_cookie(app: &App, id: &str, receipt: &str) -> String {
+    set_cookie(
         VISITOR_COOKIE,
-        &app.cookie_key.sign(&id),
+        &app.cookie_key.sign(id, receipt),
         "/",
         30 * 24 * 3600,
         app.secure,
-    );
-    (id, Some(set))
+    )
 }
 
 /// The visitor id of a genuine visitor cookie, if the request has one.
 fn known_visitor(app: &App, headers: &HeaderMap) -> Option<String> {
+    known_receipt(app, headers).map(|(id, _)| id)
+}
+
+/// The visitor id and the receipt of their last place (empty for none).
+fn known_receipt(app: &App, headers: &HeaderMap) -> Option<(String, String)> {
     cookie(headers, VISITOR_COOKIE).and_then(|v| app.cookie_key.open(&v))
 }
 
-/// The visitor's place, as `GetRank` answers.
+/// The cookie that keeps the receipt of the place just shown, when it is
+/// another than the one the visitor sent.
+fn keep_receipt(app: &App, id: &str, sent: &str, place: &pb::Place) -> Option<String> {
+    (place.receipt != sent).then(|| visitor_cookie(app, id, &place.receipt))
+}
+
+/// Refused for its receipt (lapsed, or signed with a key waitroom no longer
+/// trusts for this visitor): the call is made again without it.
+fn receipt_refused(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::InvalidArgument
+        && status
+            .get_error_details()
+            .bad_request()
+            .is_some_and(|b| b.field_violations.iter().any(|v| v.field == "receipt"))
+}
+
+/// The visitor's place, as `GetRank` answers, with the receipt of their
+/// last place (and again without it if it is refused).
 async fn rank(
     app: &App,
     id: String,
+    receipt: &str,
 ) -> Result<tonic::Response<pb::GetRankResponse>, tonic::Status> {
-    app.client()
-        .get_rank(pb::GetRankRequest {
-            queue_id: app.queue.clone(),
-            user_id: id,
-            receipt: String::new(),
-        })
-        .await
+    let request = |receipt: &str| pb::GetRankRequest {
+        queue_id: app.queue.clone(),
+        user_id: id.clone(),
+        receipt: receipt.to_owned(),
+    };
+    match app.client().get_rank(request(receipt)).await {
+        Err(status) if !receipt.is_empty() && receipt_refused(&status) => {
+            app.client().get_rank(request("")).await
+        }
+        answer => answer,
+    }
 }
 
 fn with_cookie(mut response: Response, set: Option<String>) -> Response {
@@ -324,7 +355,8 @@ async fn wait(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let (id, set) = visitor(&app, &headers);
+    let (id, mut set) = visitor(&app, &headers);
+    let sent = known_receipt(&app, &headers).map(|(_, r)| r).unwrap_or_default();
     if !app.human.passed(&headers) {
         return with_cookie(app.page(StatusCode::OK, page::challenge(&app.look)), set);
     }
@@ -334,20 +366,26 @@ async fn wait(
             "Too many visits from your address; try again in a moment.",
         );
     }
-    let answer = app
-        .client()
-        .enqueue(pb::EnqueueRequest {
-            queue_id: app.queue.clone(),
-            user_id: id,
-            receipt: String::new(),
-        })
-        .await;
+    let request = |receipt: &str| pb::EnqueueRequest {
+        queue_id: app.queue.clone(),
+        user_id: id.clone(),
+        receipt: receipt.to_owned(),
+    };
+    let answer = match app.client().enqueue(request(&sent)).await {
+        Err(status) if !sent.is_empty() && receipt_refused(&status) => {
+            app.client().enqueue(request("")).await
+        }
+        answer => answer,
+    };
     let response = match answer {
         Ok(answer) => match answer.into_inner().place {
             Some(place) if place.state() == PlaceState::Admitted => {
                 Redirect::to("/admit").into_response()
             }
-            Some(place) => app.page(StatusCode::OK, page::waiting(&app.look, &view(&place))),
+            Some(place) => {
+                set = keep_receipt(&app, &id, &sent, &place).or(set);
+                app.page(StatusCode::OK, page::waiting(&app.look, &view(&place)))
+            }
             None => app.message(
                 StatusCode::BAD_GATEWAY,
                 "Something went wrong",
@@ -399,13 +437,13 @@ async fn events(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(id) = known_visitor(&app, &headers) else {
+    let Some((id, receipt)) = known_receipt(&app, &headers) else {
         return (StatusCode::UNAUTHORIZED, "no visitor").into_response();
     };
     let Some(guard) = app.limits.open_stream(peer.ip()) else {
         return too_many(10, "Too many open pages from your address.");
     };
-    let stream = place_events(app, id, guard);
+    let stream = place_events(app, id, receipt, guard);
     Sse::new(stream)
         // A comment every 15 s, so proxies do not cut an idle stream.
         .keep_alive(
@@ -416,9 +454,12 @@ async fn events(
         .into_response()
 }
 
+/// The page's stream keeps the receipt of the last place it sent, and
+/// opens the next `WatchRank` with it.
 fn place_events(
     app: Arc<App>,
     id: String,
+    mut receipt: String,
     guard: limits::StreamGuard,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream(move |tx| async move {
@@ -430,7 +471,7 @@ fn place_events(
                 .watch_rank(pb::WatchRankRequest {
                     queue_id: app.queue.clone(),
                     user_id: id.clone(),
-                    receipt: String::new(),
+                    receipt: receipt.clone(),
                 })
                 .await;
             let end = match opened {
@@ -440,6 +481,7 @@ fn place_events(
                         match stream.message().await {
                             Ok(Some(message)) => {
                                 let Some(place) = message.place else { continue };
+                                receipt.clone_from(&place.receipt);
                                 sent += 1;
                                 let event = Event::default()
                                     .event("place")
@@ -458,6 +500,10 @@ fn place_events(
                 }
                 Err(status) => status,
             };
+            if receipt_refused(&end) {
+                receipt.clear();
+                continue;
+            }
             match end.code() {
                 tonic::Code::NotFound => {
                     let gone = Event::default().event("place").data(r#"{"state":"gone"}"#);
@@ -530,10 +576,10 @@ impl<S: Stream> Stream for DropGuard<S> {
 
 /// The place as JSON, for pages that poll; with the interval to poll at.
 async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let Some(id) = known_visitor(&app, &headers) else {
+    let Some((id, sent)) = known_receipt(&app, &headers) else {
         return json_response(StatusCode::UNAUTHORIZED, &json!({"state": "gone"}));
     };
-    match rank(&app, id).await {
+    match rank(&app, id.clone(), &sent).await {
         Ok(answer) => {
             let Some(place) = answer.into_inner().place else {
                 return StatusCode::BAD_GATEWAY.into_response();
@@ -542,7 +588,10 @@ async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             // Near the front, more often: a poll is also the sign of life
             // that keeps the place.
             view["poll_ms"] = json!(if place.position <= 50 { 1000 } else { 3000 });
-            json_response(StatusCode::OK, &view)
+            with_cookie(
+                json_response(StatusCode::OK, &view),
+                keep_receipt(&app, &id, &sent, &place),
+            )
         }
         Err(status) if status.code() == tonic::Code::NotFound => {
             json_response(StatusCode::OK, &json!({"state": "gone"}))
@@ -559,7 +608,7 @@ async fn admit(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let Some(id) = known_visitor(&app, &headers) else {
         return Redirect::to("/wait").into_response();
     };
-    let admission = rank(&app, id)
+    let admission = rank(&app, id, "")
         .await
         .ok()
         .and_then(|a| a.into_inner().place)

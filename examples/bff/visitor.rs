@@ -1,6 +1,8 @@
 //! Who the visitor is: a random id in a cookie signed with HMAC-SHA-256, so
 //! a visitor cannot claim another's id (and with it their place). The id is
-//! the `user_id` sent to waitroom.
+//! the `user_id` sent to waitroom. The cookie also keeps the receipt of the
+//! visitor's last place, sent back with every call: it lets waitroom answer
+//! without asking Redis, and give the place back if Redis lost it.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -47,20 +49,28 @@ impl CookieKey {
         hex(&mac.finalize().into_bytes())
     }
 
-    /// The cookie value for a visitor id.
-    pub fn sign(&self, id: &str) -> String {
-        format!("{id}.{}", self.mac(id))
+    /// The cookie value for a visitor id and the receipt of their last
+    /// place (empty for none). Receipts hold only `[A-Za-z0-9._-]`, ids
+    /// no `~`.
+    pub fn sign(&self, id: &str, receipt: &str) -> String {
+        let payload = match receipt {
+            "" => id.to_owned(),
+            receipt => format!("{id}~{receipt}"),
+        };
+        format!("{payload}.{}", self.mac(&payload))
     }
 
-    /// The visitor id a cookie value holds, if this key signed it.
-    pub fn open(&self, value: &str) -> Option<String> {
-        let (id, tag) = value.split_once('.')?;
+    /// The visitor id and last receipt (empty for none) a cookie value
+    /// holds, if this key signed it.
+    pub fn open(&self, value: &str) -> Option<(String, String)> {
+        let (payload, tag) = value.rsplit_once('.')?;
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).ok()?;
-        mac.update(id.as_bytes());
+        mac.update(payload.as_bytes());
         let tag = unhex(tag)?;
         // Constant-time comparison: a forger learns nothing from timing.
         mac.verify_slice(&tag).ok()?;
-        Some(id.to_owned())
+        let (id, receipt) = payload.split_once('~').unwrap_or((payload, ""));
+        Some((id.to_owned(), receipt.to_owned()))
     }
 }
 

@@ -474,3 +474,109 @@ def test_a_page_closed_ends_its_stream_on_the_service(waitroom, bff_of, browser)
     driver.close()
     driver.switch_to.window(other)
     until(driver, lambda d: open_streams(waitroom) == 0, what="the stream ended on the service")
+
+
+class Stack:
+    """A waitroom of a test's own on a Redis of its own (no persistence),
+    each of which the test may stop and start again on the same port."""
+
+    def __init__(self, scratch: pathlib.Path, *flags: str):
+        self.scratch = scratch / f"stack-{free_port()}"
+        self.scratch.mkdir()
+        self.redis_port, self.grpc, self.http = free_port(), free_port(), free_port()
+        self.flags = flags
+        self.addr = f"http://127.0.0.1:{self.grpc}"
+        self.jwks = f"http://127.0.0.1:{self.http}/.well-known/jwks.json"
+        # The signing key outlives a restart: receipts and tokens stay good.
+        self.key = self.scratch / "signing.pem"
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(self.key)], check=True)
+        self.start_redis()
+        self.start_waitroom()
+
+    def start_redis(self):
+        self.redis = Process(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.scratch)],
+            self.scratch / "redis.log",
+        )
+        wait_for_port(self.redis_port)
+
+    def start_waitroom(self):
+        self.waitroom = Process(
+            [str(TARGET / "waitroom"), "--listen", f"127.0.0.1:{self.grpc}", "--http-listen",
+             f"127.0.0.1:{self.http}", "--redis-url", f"redis://127.0.0.1:{self.redis_port}",
+             "--signing-key", str(self.key), "--watch-interval", "100ms", "--drain-delay", "0s",
+             "--shutdown-timeout", "1s", *self.flags],
+            self.scratch / "waitroom.log",
+        )
+        wait_for_port(self.grpc)
+        wait_for_port(self.http)
+
+    def services(self):
+        return {"addr": self.addr, "jwks": self.jwks}
+
+    def stop(self):
+        self.waitroom.stop()
+        self.redis.stop()
+
+
+def test_a_page_open_through_a_15_s_waitroom_outage_keeps_its_place(scratch, browser):
+    queue = "outage"
+    stack = Stack(scratch, "--queue", f"{queue}:heartbeat_timeout=5s")
+    try:
+        ctl(stack.services(), "enqueue", queue, "early")
+        bff = Bff(stack.services(), queue, scratch)
+        driver = browser()
+        driver.get(bff.url + "/")
+        until(driver, lambda d: body(d, "state") == "waiting")
+        until(driver, lambda d: body(d, "transport") == "events")
+        ticket = body(driver, "ticket")
+        assert position(driver) == 2
+        # Three heartbeat timeouts without waitroom: the page cannot be
+        # heard, and nobody counts that time against it.
+        stack.waitroom.stop()
+        time.sleep(15)
+        stack.start_waitroom()
+        ctl(stack.services(), "admit", queue, "1")
+        until(driver, lambda d: position(d) == 1, timeout=30, what="the place kept, and moving again")
+        assert body(driver, "ticket") == ticket
+        stats = json.loads(ctl(stack.services(), "--output", "json", "queue", "stats", queue))
+        assert stats["abandoned_total"] == 0, stats
+        bff.stop()
+    finally:
+        stack.stop()
+
+
+def test_after_redis_comes_back_empty_three_visitors_who_reload_in_reverse_see_their_old_order(scratch, browser):
+    queue = "empty"
+    stack = Stack(scratch, "--queue", queue)
+    try:
+        bff = Bff(stack.services(), queue, scratch)
+        drivers = []
+        for n in range(3):
+            driver = browser()
+            driver.get(bff.url + "/")
+            until(driver, lambda d: body(d, "state") == "waiting")
+            until(driver, lambda d: body(d, "transport") == "events")
+            assert position(driver) == n + 1
+            drivers.append(driver)
+        tickets = [body(d, "ticket") for d in drivers]
+        time.sleep(0.5)
+        stack.redis.stop()
+        time.sleep(1)
+        stack.start_redis()
+        # The declared queue is made again as soon as Redis answers.
+        until(drivers[0], lambda d: subprocess.run(
+            [str(TARGET / "waitroomctl"), "--addr", stack.addr, "queue", "get", queue],
+            capture_output=True, timeout=30).returncode == 0, what="the queue re-made")
+        for driver in reversed(drivers):
+            driver.refresh()
+            until(driver, lambda d: body(d, "state") == "waiting", what="the place back")
+        for n, driver in enumerate(drivers):
+            driver.refresh()
+            until(driver, lambda d: body(d, "state") == "waiting")
+            assert body(driver, "ticket") == tickets[n]
+            assert position(driver) == n + 1
+        bff.stop()
+    finally:
+        stack.stop()
