@@ -356,7 +356,9 @@ async fn wait(
     headers: HeaderMap,
 ) -> Response {
     let (id, mut set) = visitor(&app, &headers);
-    let sent = known_receipt(&app, &headers).map(|(_, r)| r).unwrap_or_default();
+    let sent = known_receipt(&app, &headers)
+        .map(|(_, r)| r)
+        .unwrap_or_default();
     if !app.human.passed(&headers) {
         return with_cookie(app.page(StatusCode::OK, page::challenge(&app.look)), set);
     }
