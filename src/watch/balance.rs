@@ -12,6 +12,16 @@
 //! kept: a stream's end is a sign of life, and the client is told to
 //! reconnect (see [`StreamConnection`]).
 //!
+//! A replica moves streams only on evidence that it holds more than its
+//! share: its *fewest* streams over the time the others' reports may be
+//! old (three intervals) must exceed it, not its count now. While a crowd
+//! opens its pages every replica grows, and every other replica's report
+//! is from a moment ago: measured against them, a replica's count now looks
+//! above its share on each replica in turn, and evenly loaded replicas moved
+//! thousands of streams among themselves at the worst moment. A replica
+//! that really holds too many (one that took the crowd alone, or all the
+//! streams of a replica that stopped) holds them over the window too.
+//!
 //! A connection is moved only once it has been open a while, so streams
 //! that just reconnected are not moved again at once. The unit moved is a
 //! connection: a client that carries all its streams
@@ -104,6 +114,38 @@ impl Balancing {
     }
 }
 
+/// A replica's own stream counts over the last while: what it can show it
+/// held throughout, whatever moment the others' reports are from.
+#[derive(Debug, Default)]
+pub struct OwnLoad {
+    counts: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl OwnLoad {
+    /// Notes `streams` at `now_ms` and returns the fewest it held within
+    /// `window_ms` up to now: 0 until it has counts over the whole window
+    /// (a replica just started, or just ready, shows nothing yet).
+    pub fn held_throughout(&mut self, streams: u64, now_ms: u64, window_ms: u64) -> u64 {
+        self.counts.push_back((now_ms, streams));
+        while self.counts.len() > 1
+            && self
+                .counts
+                .get(1)
+                .is_some_and(|(at, _)| now_ms.saturating_sub(*at) >= window_ms)
+        {
+            self.counts.pop_front();
+        }
+        let spans = self
+            .counts
+            .front()
+            .is_some_and(|(at, _)| now_ms.saturating_sub(*at) >= window_ms);
+        match spans {
+            true => self.counts.iter().map(|(_, s)| *s).min().unwrap_or(0),
+            false => 0,
+        }
+    }
+}
+
 /// Which connections to close to move about `budget` streams, out of
 /// `carrying` (streams on each), taken in the order given (random, so no
 /// client is always the one moved): each that fits in what is left of the
@@ -157,6 +199,7 @@ impl Balancer {
         // would move them twice, and catch openings in flight.
         let settled = (2 * self.balancing.interval).max(Duration::from_secs(3));
         let mut order = Shuffle::new();
+        let mut own_load = OwnLoad::default();
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
@@ -181,9 +224,11 @@ impl Balancer {
                 }
             };
             if !taking_part {
+                own_load = OwnLoad::default();
                 continue;
             }
-            let budget = self.balancing.to_move(own, &loads);
+            let held = own_load.held_throughout(own, self.clock.now_ms(), ttl_ms);
+            let budget = self.balancing.to_move(held, &loads);
             if budget == 0 {
                 continue;
             }
@@ -192,7 +237,7 @@ impl Balancer {
             let mut carrying = self.connections.carrying(settled);
             order.shuffle(&mut carrying);
             let streams: Vec<usize> = carrying.iter().map(|c| c.streams()).collect();
-            let chosen = choose(&streams, budget, own.saturating_sub(share));
+            let chosen = choose(&streams, budget, held.saturating_sub(share));
             let moving: usize = chosen.iter().map(|&i| streams[i]).sum();
             for &i in &chosen {
                 carrying[i].close();
@@ -269,6 +314,69 @@ mod tests {
         assert_eq!(BALANCING.to_move(7_700, &[7_700, 6_200, 6_100]), 770);
         assert_eq!(BALANCING.to_move(7_400, &[7_400, 6_300, 6_300]), 733);
         assert_eq!(BALANCING.to_move(7_300, &[7_300, 6_400, 6_300]), 0);
+    }
+
+    /// Replicas ticking at their own moments, each reporting its streams
+    /// and reading the others' last reports, as the store keeps them.
+    /// Returns the streams each would move over `seconds`, with the rule
+    /// given.
+    fn simulate(
+        replicas: usize,
+        streams_at: impl Fn(usize, f64) -> u64,
+        seconds: f64,
+        evidence: bool,
+    ) -> u64 {
+        let interval_ms = 1_000u64;
+        let ttl_ms = 3 * interval_ms;
+        let mut reports = vec![None::<u64>; replicas];
+        let mut own: Vec<OwnLoad> = (0..replicas).map(|_| OwnLoad::default()).collect();
+        let mut moved = 0;
+        let mut t_ms = 0u64;
+        while (t_ms as f64) < seconds * 1000.0 {
+            for r in 0..replicas {
+                // Each replica ticks at its own phase within the interval.
+                let phase = r as u64 * interval_ms / replicas as u64;
+                if t_ms % interval_ms != phase {
+                    continue;
+                }
+                let now = streams_at(r, t_ms as f64 / 1000.0);
+                reports[r] = Some(now);
+                let loads: Vec<u64> = reports.iter().flatten().copied().collect();
+                let count = if evidence {
+                    own[r].held_throughout(now, t_ms, ttl_ms)
+                } else {
+                    now
+                };
+                moved += BALANCING.to_move(count, &loads);
+            }
+            t_ms += 10;
+        }
+        moved
+    }
+
+    #[test]
+    fn evenly_loaded_replicas_move_nothing_while_a_crowd_opens_its_pages() {
+        // 100,000 pages over five replicas in six seconds: each grows
+        // alike, 20,000 in the end.
+        let ramp = |_: usize, t: f64| (20_000.0 * (t / 6.0).min(1.0)) as u64;
+        assert!(
+            simulate(5, ramp, 12.0, false) > 1_000,
+            "the count now, against reports a moment old, moves streams"
+        );
+        assert_eq!(simulate(5, ramp, 12.0, true), 0);
+    }
+
+    #[test]
+    fn a_replica_that_holds_the_crowd_alone_still_spreads_it() {
+        // A replica started during the sale: the first holds everyone.
+        let alone = |r: usize, t: f64| {
+            if r == 0 {
+                (20_000.0 * (t / 2.0).min(1.0)) as u64
+            } else {
+                0
+            }
+        };
+        assert!(simulate(5, alone, 10.0, true) > 10_000);
     }
 
     #[test]
