@@ -104,11 +104,14 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
+    // The receipt of your last place goes back with your next call: the
+    // service answers from its copy of the line, and gives the place back
+    // if its store lost it.
     let mut stream = queue
         .watch_rank(pb::WatchRankRequest {
             queue_id: args.queue.clone(),
             user_id: you.clone(),
-            receipt: String::new(),
+            receipt: place.receipt.clone(),
         })
         .await?
         .into_inner();

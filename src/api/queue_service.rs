@@ -226,6 +226,29 @@ impl QueueApi {
     }
 }
 
+impl QueueApi {
+    /// The place a receipt's holder has in this replica's copy, counted.
+    async fn answered_here(
+        &self,
+        queue: &QueueId,
+        user: &UserId,
+        claim: &PlaceClaim,
+        as_poller: bool,
+        now_ms: u64,
+    ) -> Option<Place> {
+        let place = self
+            .hub
+            .receipt_place(queue, user, claim, as_poller, now_ms)
+            .await;
+        count_receipt(if place.is_some() {
+            "answered_here"
+        } else {
+            "looked_up"
+        });
+        place
+    }
+}
+
 fn count_receipt(outcome: &'static str) {
     metrics()
         .receipts
@@ -275,11 +298,7 @@ impl QueueService for QueueApi {
         let now = self.clock.now_ms();
         // A receipt whose ticket this instance sees in line needs no
         // store call of its own: the enqueue answers the place held.
-        let held = claim.is_some_and(|c| {
-            self.hub
-                .receipt_place(&queue, &user, &c, false, now)
-                .is_some()
-        });
+        let held = claim.is_some_and(|c| self.hub.has_in_line(&queue, &c));
         let restored = match claim {
             Some(claim) if !held => self.restore(&queue, &user, &claim).await?,
             _ => None,
@@ -300,7 +319,10 @@ impl QueueService for QueueApi {
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
         let claim = self.claim(&queue, &user, &request.receipt)?;
         let now = self.clock.now_ms();
-        let mut place = claim.and_then(|c| self.hub.receipt_place(&queue, &user, &c, true, now));
+        let mut place = match &claim {
+            Some(c) => self.answered_here(&queue, &user, c, true, now).await,
+            None => None,
+        };
         if place.is_none() {
             place = self.store.place(&queue, &user, now).await?;
         }
@@ -329,7 +351,10 @@ impl QueueService for QueueApi {
         })?;
         let claim = self.claim(&queue, &user, &request.receipt)?;
         let now = self.clock.now_ms();
-        let mut first = claim.and_then(|c| self.hub.receipt_place(&queue, &user, &c, false, now));
+        let mut first = match &claim {
+            Some(c) => self.answered_here(&queue, &user, c, false, now).await,
+            None => None,
+        };
         if first.is_none() {
             first = self.store.first_place(&queue, &user, now).await?;
         }

@@ -61,7 +61,8 @@ pub struct LookupLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReceiptLabels {
     /// `answered_here` (from this replica's copy, no store call),
-    /// `restored`, `lapsed`, `refused` (not genuine), `unknown_key`.
+    /// `looked_up` (genuine, but the copy could not answer), `restored`,
+    /// `lapsed`, `refused` (not genuine), `unknown_key`.
     pub outcome: &'static str,
 }
 
@@ -192,7 +193,7 @@ impl Metrics {
         let receipts = Family::<ReceiptLabels, Counter>::default();
         registry.register(
             "waitroom_receipts",
-            "Place receipts brought back to this replica, by outcome (answered_here, restored, lapsed, refused, unknown_key)",
+            "Place receipts brought back to this replica, by outcome (answered_here, looked_up, restored, lapsed, refused, unknown_key)",
             receipts.clone(),
         );
         let queues_remade = Family::<QueueLabels, Counter>::default();

@@ -97,6 +97,7 @@ impl WatchHub {
                 Ok(()) => {
                     failures = 0;
                     watch.refreshed.fetch_add(1, Ordering::AcqRel);
+                    watch.read.notify_waiters();
                     let mut pollers = watch.pollers();
                     let copy = watch.copy();
                     if let (Some(line), Some(summary)) = (&copy.line, &copy.summary) {

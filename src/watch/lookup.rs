@@ -102,10 +102,11 @@ impl Copy {
         max_age_ms: u64,
         now_ms: u64,
     ) -> Option<Place> {
-        let fresh = now_ms.saturating_sub(self.read_ms) <= max_age_ms
-            && self
-                .read_at
-                .is_some_and(|at| at.elapsed() <= Duration::from_millis(max_age_ms));
+        let fresh = max_age_ms == u64::MAX
+            || (now_ms.saturating_sub(self.read_ms) <= max_age_ms
+                && self
+                    .read_at
+                    .is_some_and(|at| at.elapsed() <= Duration::from_millis(max_age_ms)));
         if self.changes_seen != Some(changes) || !fresh || self.read_no < min_read {
             return None;
         }

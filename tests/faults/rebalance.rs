@@ -364,3 +364,108 @@ async fn futures_join<F: Future<Output = u64> + Send + 'static>(
     }
     out
 }
+
+/// Five replicas that each hold their share while a crowd opens its pages
+/// move nobody: every replica grows alike, and the others' reports are a
+/// moment old, which is no evidence of holding more than a share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evenly_loaded_replicas_move_nobody_while_a_crowd_opens_its_pages() {
+    let _serial = crate::one_at_a_time().await;
+    let per_replica = 4_000 * crate::scale();
+    let (replicas, connections_each) = (5, 2);
+    let watchers = per_replica * replicas;
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = scratch("even");
+    let balancing = [
+        "--balance-interval",
+        "1s",
+        "--balance-step",
+        "0.2",
+        "--shutdown-timeout",
+        "10s",
+    ];
+    let mut services = Vec::new();
+    for _ in 0..replicas {
+        services.push(Service::start(&redis.url(), "even", &dir, &balancing).await);
+    }
+    services[0]
+        .create_queue(pb::Queue {
+            heartbeat_timeout: Some(prost_types::Duration {
+                seconds: 120,
+                nanos: 0,
+            }),
+            ..queue("sale")
+        })
+        .await;
+    let client = services[0].client();
+    let mut tickets = Vec::with_capacity(watchers);
+    for from in (0..watchers).step_by(500) {
+        let joins = (from..(from + 500).min(watchers)).map(|i| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .enqueue(pb::EnqueueRequest {
+                        queue_id: "sale".into(),
+                        user_id: format!("u{i}"),
+                        receipt: String::new(),
+                    })
+                    .await
+                    .expect("enqueue")
+                    .into_inner()
+                    .place
+                    .expect("a place")
+                    .ticket
+            }
+        });
+        tickets.extend(futures_join(joins).await);
+    }
+    // Each replica gets the same number of pages, on connections of its
+    // own, opened over four seconds.
+    let channels: Vec<QueueServiceClient<Channel>> = services
+        .iter()
+        .flat_map(|s| (0..connections_each).map(move |_| s.client()))
+        .collect();
+    let tally = Arc::new(Tally::default());
+    let stop = CancellationToken::new();
+    let opening = Duration::from_secs(4);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(watchers);
+    for (i, ticket) in tickets.iter().enumerate() {
+        if i % 100 == 0 {
+            let due = opening.mul_f64(i as f64 / watchers as f64);
+            tokio::time::sleep_until((started + due).into()).await;
+        }
+        tasks.push(tokio::spawn(watch(
+            channels[i % channels.len()].clone(),
+            format!("u{i}"),
+            *ticket,
+            Arc::clone(&tally),
+            stop.clone(),
+        )));
+    }
+    while tally.watching.load(Ordering::Relaxed) < watchers {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "only {} of {watchers} watching",
+            tally.watching.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let opened = started.elapsed();
+    // Several balancing intervals with everyone watching.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let all: Vec<&Service> = services.iter().collect();
+    let held = loads(&all).await;
+    stop.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let moved = tally.moved.load(Ordering::Relaxed);
+    println!(
+        "{watchers} pages opened over {replicas} replicas in {:.1} s, balancing every second: {moved} streams moved; held {held:?}",
+        opened.as_secs_f64()
+    );
+    assert_eq!(moved, 0, "streams moved among evenly loaded replicas");
+    assert_eq!(tally.lost.load(Ordering::Relaxed), 0, "a place changed");
+    assert!(tally.other.lock().unwrap().is_empty());
+}

@@ -234,6 +234,45 @@ where
     .await
 }
 
+/// As [`enqueue_users`], keeping each user's receipt (by `n`), as a page
+/// keeps the one its `Enqueue` answered.
+pub async fn enqueue_receipts<U>(
+    channels: &Arc<Vec<Channel>>,
+    clients: usize,
+    queue: &'static str,
+    count: usize,
+    user: U,
+) -> anyhow::Result<Vec<String>>
+where
+    U: Fn(usize) -> String + Send + Sync + 'static,
+{
+    let channels = Arc::clone(channels);
+    let receipts = Arc::new(std::sync::Mutex::new(vec![String::new(); count]));
+    let kept = Arc::clone(&receipts);
+    spread(clients, count, move |n| {
+        let mut client = QueueServiceClient::new(channels[n % channels.len()].clone());
+        let (user_id, kept) = (user(n), Arc::clone(&kept));
+        async move {
+            let place = client
+                .enqueue(waitroom::pb::EnqueueRequest {
+                    queue_id: queue.into(),
+                    user_id,
+                    receipt: String::new(),
+                })
+                .await?
+                .into_inner()
+                .place;
+            if let (Some(place), Ok(mut kept)) = (place, kept.lock()) {
+                kept[n] = place.receipt;
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let receipts = std::mem::take(&mut *receipts.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    Ok(receipts)
+}
+
 /// CPU time a process has used so far (user + system); `pid` may be "self".
 pub fn process_cpu_time(pid: &str) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

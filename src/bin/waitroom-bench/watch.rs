@@ -10,7 +10,7 @@ use tokio_stream::StreamExt;
 use waitroom::pb;
 use waitroom::pb::queue_service_client::QueueServiceClient;
 
-use crate::harness::{Service, Store, enqueue_users};
+use crate::harness::{Service, Store, enqueue_receipts, enqueue_users};
 use crate::load;
 
 #[derive(clap::Args)]
@@ -18,8 +18,10 @@ pub struct Args {
     /// Numbers of watchers to measure, one run each (e.g. 1000,100000).
     #[arg(long, value_delimiter = ',', default_values_t = [100_000usize, 200_000])]
     watchers: Vec<usize>,
-    /// Users waiting behind the watchers, not watching: the rest of a
-    /// sale's line, which the service's copy of the line holds too.
+    /// Users in line besides the watchers, not watching: the rest of a
+    /// sale's line, which the service's copy of the line holds too. In the
+    /// plain run they join before the watchers (so the watchers' receipts
+    /// are fresh when their streams open), in the flow behind them.
     #[arg(long, default_value_t = 1_000_000)]
     behind: usize,
     /// Connections the streams share.
@@ -55,6 +57,14 @@ pub struct Args {
     /// another, as most do when several replicas serve a sale.
     #[arg(long)]
     admit_elsewhere: bool,
+    /// Open the streams at this many a second, as a crowd opens its pages
+    /// (0: all at once).
+    #[arg(long, default_value_t = 0)]
+    open_rate: u32,
+    /// Open each stream with the receipt its `Enqueue` answered, as the
+    /// reference BFF does.
+    #[arg(long)]
+    receipts: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -118,11 +128,20 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
     // watcher up one place and no watcher is admitted.
     let ahead = args.admissions;
     enqueue_users(&channels, 64, "watch", ahead, |n| format!("ahead-{n:07}")).await?;
-    enqueue_users(&channels, 64, "watch", watchers, |n| format!("w{n:07}")).await?;
+    // The rest of the line joins next and the watchers last, as pages that
+    // open their streams right after joining: each opening brings a
+    // receipt a few seconds old, not one from before a million joined.
     enqueue_users(&channels, 64, "watch", args.behind, |n| {
         format!("behind-{n:07}")
     })
     .await?;
+    let receipts = if args.receipts {
+        enqueue_receipts(&channels, 64, "watch", watchers, |n| format!("w{n:07}")).await?
+    } else {
+        enqueue_users(&channels, 64, "watch", watchers, |n| format!("w{n:07}")).await?;
+        vec![String::new(); watchers]
+    };
+    let receipts = Arc::new(receipts);
     let rss_before = service.rss_bytes()?;
 
     // Each stream records when it got the round's update in its own slot
@@ -132,12 +151,23 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
     let base = Instant::now();
     let round = Arc::new(Round::new(watchers));
     let opened = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let commands_before_open = load::redis_commands(&redis_url)?;
     let started = Instant::now();
     for w in 0..watchers {
+        if args.open_rate > 0 && w % 100 == 0 {
+            let due = Duration::from_secs_f64(w as f64 / f64::from(args.open_rate));
+            tokio::time::sleep_until((started + due).into()).await;
+        }
         let mut client = QueueServiceClient::new(channels[w % channels.len()].clone());
-        let (round, opened) = (Arc::clone(&round), Arc::clone(&opened));
+        let (round, opened, refused) = (
+            Arc::clone(&round),
+            Arc::clone(&opened),
+            Arc::clone(&refused),
+        );
+        let receipts = Arc::clone(&receipts);
         tokio::spawn(async move {
-            let Some(mut stream) = open_stream(&mut client, w).await else {
+            let Some(mut stream) = open_stream(&mut client, w, &receipts[w], &refused).await else {
                 return;
             };
             opened.fetch_add(1, Ordering::Relaxed);
@@ -154,6 +184,7 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let open_time = started.elapsed();
+    let open_commands = load::redis_commands(&redis_url)? - commands_before_open;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = service.rss_bytes()?;
 
@@ -180,10 +211,25 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
     let admitting_cores = admitting_cpu / admitting_secs;
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "scenario           watch ({watchers} streams on {} connections, {} waiting behind them)",
+        "scenario           watch ({watchers} streams on {} connections, {} others in line)",
         args.connections, args.behind
     );
-    println!("streams opened in  {:.1} s", open_time.as_secs_f64());
+    println!(
+        "streams opened in  {:.1} s ({}, {}): {} refused UNAVAILABLE at first ({:.2} %), {:.3} Redis commands per open",
+        open_time.as_secs_f64(),
+        match args.open_rate {
+            0 => "all at once".to_owned(),
+            rate => format!("{rate} a second"),
+        },
+        if args.receipts {
+            "with receipts"
+        } else {
+            "without receipts"
+        },
+        refused.load(Ordering::Relaxed),
+        100.0 * refused.load(Ordering::Relaxed) as f64 / watchers as f64,
+        open_commands as f64 / watchers as f64
+    );
     println!(
         "server memory      {:.0} bytes per stream (RSS {:.1} -> {:.1} MiB)",
         rss_after.saturating_sub(rss_before) as f64 / watchers as f64,
@@ -212,13 +258,16 @@ async fn run_one(watchers: usize, args: &Args) -> anyhow::Result<f64> {
 async fn open_stream(
     client: &mut QueueServiceClient<tonic::transport::Channel>,
     w: usize,
+    receipt: &str,
+    refused: &AtomicU64,
 ) -> Option<tonic::Streaming<pb::WatchRankResponse>> {
+    let mut first = true;
     loop {
         match client
             .watch_rank(pb::WatchRankRequest {
                 queue_id: "watch".into(),
                 user_id: format!("w{w:07}"),
-                receipt: String::new(),
+                receipt: receipt.to_owned(),
             })
             .await
         {
@@ -227,6 +276,9 @@ async fn open_stream(
                 return stream.next().await.map(|_| stream);
             }
             Err(status) if status.code() == tonic::Code::Unavailable => {
+                if std::mem::take(&mut first) {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
                 tokio::time::sleep(Duration::from_millis(200 + (w % 800) as u64)).await;
             }
             Err(_) => return None,
@@ -279,7 +331,7 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
             Arc::clone(&opened),
         );
         tokio::spawn(async move {
-            let Some(mut stream) = open_stream(&mut client, w).await else {
+            let Some(mut stream) = open_stream(&mut client, w, "", &AtomicU64::new(0)).await else {
                 return;
             };
             opened.fetch_add(1, Ordering::Relaxed);
