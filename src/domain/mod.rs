@@ -24,8 +24,8 @@ pub use ids::{QueueId, RequestId, UserId, instance_id};
 pub use line::{LINE_LOG_KEEP, LineChanges, LineEvent, LineSnapshot, LineSummary};
 pub use place::{Admission, Admitted, NamedAdmission, Place, PlaceState, Signs};
 pub use queue::{
-    DEAF_AFTER_MS, QueueConfig, QueueMode, QueueStats, QueueUpdate, presence_after_gap,
-    release_after_ms,
+    DEAF_AFTER_MS, QueueConfig, QueueMode, QueueStats, QueueUpdate, check_shown_text,
+    presence_after_gap, release_after_ms,
 };
 pub use ranks::RankIndex;
 pub use restore::{

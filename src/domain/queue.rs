@@ -145,7 +145,7 @@ impl QueueConfig {
     }
 
     /// Checks a notice: plain text of at most [`Self::NOTICE_MAX_CHARS`]
-    /// characters, without control characters (a page shows it on one line).
+    /// characters (see [`check_shown_text`]).
     pub fn check_notice(notice: &str) -> Result<(), String> {
         let chars = notice.chars().count();
         if chars > Self::NOTICE_MAX_CHARS {
@@ -154,12 +154,7 @@ impl QueueConfig {
                 Self::NOTICE_MAX_CHARS
             ));
         }
-        if let Some(c) = notice.chars().find(|c| c.is_control()) {
-            return Err(format!(
-                "must be plain text without control characters, got {c:?}"
-            ));
-        }
-        Ok(())
+        check_shown_text(notice)
     }
 
     /// Checks a closing reason: `SOLD_OUT`, `CANCELLED` or an operator's own,
@@ -276,6 +271,53 @@ pub fn presence_after_gap(
     (deaf && now_ms > presence_since_ms).then_some(now_ms + DEAF_AFTER_MS)
 }
 
+/// Text shown to people (a notice on every waiting page) is plain text on
+/// one line: no control characters, no line or paragraph separators
+/// (U+2028, U+2029), and no format characters (Unicode category Cf): bidi
+/// overrides and isolates would show the rest of a page reversed or
+/// reordered, and zero-width ones hide text from whoever reads it before
+/// it is published. Names the first such character and where it is.
+pub fn check_shown_text(text: &str) -> Result<(), String> {
+    match text.chars().enumerate().find(|(_, c)| not_shown(*c)) {
+        Some((at, c)) => Err(format!(
+            "must be plain text on one line, without control, format or separator characters: character {} is U+{:04X}",
+            at + 1,
+            c as u32
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Control characters, the line and paragraph separators, and the format
+/// characters (category Cf) of Unicode 16.
+fn not_shown(c: char) -> bool {
+    const FORMAT: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x2028, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let code = c as u32;
+    c.is_control() || FORMAT.iter().any(|(from, to)| (*from..=*to).contains(&code))
+}
+
 /// [`QueueConfig::release_after_ms`] of a heartbeat timeout.
 pub fn release_after_ms(heartbeat_ms: u64) -> u64 {
     heartbeat_ms + QueueConfig::presence_stale_ms(heartbeat_ms)
@@ -333,4 +375,28 @@ pub struct QueueStats {
     pub cleared: u64,
     pub rate: super::RateSample,
     pub flow: super::Flow,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_shown_text;
+
+    #[test]
+    fn shown_text_refuses_what_would_hide_or_reorder_it_and_names_where() {
+        for ok in ["Sales resume at 10:30", "Plätze frei · 席あり", "emoji 🎟"] {
+            assert_eq!(check_shown_text(ok), Ok(()), "{ok}");
+        }
+        for (text, at, code) in [
+            ("abc\u{202E}fed", 4, "U+202E"),
+            ("x\u{2066}y", 2, "U+2066"),
+            ("zero\u{200B}width", 5, "U+200B"),
+            ("line\u{2028}break", 5, "U+2028"),
+            ("bom\u{FEFF}", 4, "U+FEFF"),
+            ("tag\u{E0041}", 4, "U+E0041"),
+            ("tab\there", 4, "U+0009"),
+        ] {
+            let why = check_shown_text(text).unwrap_err();
+            assert!(why.contains(&format!("character {at} is {code}")), "{why}");
+        }
+    }
 }

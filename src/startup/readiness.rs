@@ -16,7 +16,6 @@ use crate::domain::{Adoption, Clock, QueueId, REMADE_TICKET_MARGIN};
 use crate::pb::queue_admin_service_server::QueueAdminServiceServer;
 use crate::pb::queue_service_server::QueueServiceServer;
 use crate::store::QueueStore;
-use crate::telemetry::metrics::QueueLabels;
 use crate::watch::WatchHub;
 
 /// How long a line this instance stopped following is remembered: the
@@ -149,12 +148,7 @@ async fn keep_queues(
         });
         match store.create_queue(&config).await {
             Ok(_) => {
-                crate::telemetry::metrics::metrics()
-                    .queues_remade
-                    .get_or_create(&QueueLabels {
-                        queue: spec.id.to_string(),
-                    })
-                    .inc();
+                crate::telemetry::metrics::metrics().queues_remade.inc();
                 tracing::warn!(
                     queue = %spec.id,
                     lost_epoch_ms = epoch_ms,

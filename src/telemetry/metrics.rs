@@ -67,8 +67,8 @@ pub struct ReceiptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct QueueLabels {
-    pub queue: String,
+struct QueueLabels {
+    queue: String,
 }
 
 /// Every metric of the process.
@@ -90,7 +90,7 @@ pub struct Metrics {
     pub receipts: Family<ReceiptLabels, Counter>,
     /// Declared queues this replica created again after the store lost
     /// them.
-    pub queues_remade: Family<QueueLabels, Counter>,
+    pub queues_remade: Counter,
     /// Queues this replica's visitors watch or poll that the store lost
     /// and nobody re-made (not declared).
     pub queues_vanished: Gauge,
@@ -196,10 +196,10 @@ impl Metrics {
             "Place receipts brought back to this replica, by outcome (answered_here, looked_up, restored, lapsed, refused, unknown_key)",
             receipts.clone(),
         );
-        let queues_remade = Family::<QueueLabels, Counter>::default();
+        let queues_remade = Counter::default();
         registry.register(
             "waitroom_queues_remade",
-            "Declared queues this replica created again, with their declared settings, after the store lost them",
+            "Declared queues this replica created again, with their declared settings, after the store lost them (the log names each)",
             queues_remade.clone(),
         );
         let queues_vanished = Gauge::default();

@@ -130,6 +130,9 @@ fn notice() -> impl Strategy<Value = String> {
         Just("é".repeat(280)),
         Just("é".repeat(281)),
         Just("line\nbreak".to_owned()),
+        Just("sold \u{202E}tuo".to_owned()),
+        Just("zero\u{200B}width".to_owned()),
+        Just("line\u{2028}separator".to_owned()),
         any::<String>(),
     ]
 }

@@ -431,15 +431,24 @@ async fn a_notice_reaches_everyone_waiting(pair: Pair) {
     assert_eq!(rank(&mut two, queue, "a").await.notice, notice);
     assert_eq!(enqueue(&mut two, queue, "c").await.notice, notice);
 
-    // At most 280 characters (not bytes), plain text.
+    // At most 280 characters (not bytes), plain text on one line: nothing
+    // that would reverse, hide or break the page's text.
     let longest = "é".repeat(280);
     set_notice(&pair.one, queue, &longest).await.unwrap();
-    for bad in ["é".repeat(281), "two\nlines".to_owned()] {
+    let bad = [
+        ("é".repeat(281), "at most 280 characters"),
+        ("two\nlines".to_owned(), "character 4 is U+000A"),
+        ("Sold \u{202E}tuo".to_owned(), "character 6 is U+202E"),
+        ("free\u{200B}seats".to_owned(), "character 5 is U+200B"),
+        ("two\u{2028}lines".to_owned(), "character 4 is U+2028"),
+    ];
+    for (bad, why) in bad {
         let status = set_notice(&pair.one, queue, &bad).await.unwrap_err();
         assert_eq!(
             (status.code(), bad_field(&status).as_str()),
             (Code::InvalidArgument, "queue.notice")
         );
+        assert!(status.message().contains(why), "{}", status.message());
     }
     // Named with an empty value: cleared, and the stream told.
     assert_eq!(set_notice(&pair.one, queue, "").await.unwrap().notice, "");
