@@ -315,7 +315,10 @@ fn not_shown(c: char) -> bool {
         (0xE0020, 0xE007F),
     ];
     let code = c as u32;
-    c.is_control() || FORMAT.iter().any(|(from, to)| (*from..=*to).contains(&code))
+    c.is_control()
+        || FORMAT
+            .iter()
+            .any(|(from, to)| (*from..=*to).contains(&code))
 }
 
 /// [`QueueConfig::release_after_ms`] of a heartbeat timeout.
