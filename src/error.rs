@@ -19,6 +19,10 @@ pub const ERROR_DOMAIN: &str = "waitroom.dev";
 pub enum Error {
     #[error("{field}: {reason}")]
     InvalidArgument { field: String, reason: String },
+    /// The request could not be decoded: not a protobuf message of the
+    /// call, or a string field that is not UTF-8. `INVALID_ARGUMENT`.
+    #[error("the request is not a valid message of this call: {0}")]
+    MalformedRequest(String),
     #[error("queue {0:?} does not exist")]
     QueueNotFound(String),
     #[error("the user is neither waiting nor admitted in queue {0:?}")]
@@ -81,6 +85,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::MalformedRequest(_) => "MALFORMED_REQUEST",
             Self::QueueNotFound(_) => "QUEUE_NOT_FOUND",
             Self::PlaceNotFound(_) => "PLACE_NOT_FOUND",
             Self::QueueAlreadyExists(_) => "QUEUE_ALREADY_EXISTS",
@@ -99,7 +104,7 @@ impl Error {
 
     pub fn code(&self) -> Code {
         match self {
-            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::InvalidArgument { .. } | Self::MalformedRequest(_) => Code::InvalidArgument,
             Self::QueueNotFound(_) | Self::PlaceNotFound(_) => Code::NotFound,
             Self::QueueAlreadyExists(_) => Code::AlreadyExists,
             Self::QueueClosed { .. }

@@ -39,7 +39,52 @@ pub fn oversized_is_resource_exhausted(
         ))
         .into_http();
     }
+    if let Some(cause) = undecodable(headers) {
+        return Status::from(Error::MalformedRequest(cause)).into_http();
+    }
     response
+}
+
+/// tonic answers a request it cannot decode (bytes that are no message of
+/// the call, a string field that is not UTF-8) with `INTERNAL`, which says
+/// the fault is the server's and sets off its alerts: anyone who can reach
+/// the port could. The cause, when a trailers-only response is that.
+fn undecodable(headers: &http::HeaderMap) -> Option<String> {
+    const PREFIX: &str = "failed to decode Protobuf message";
+    let internal = headers
+        .get("grpc-status")
+        .is_some_and(|status| status == "13");
+    let message = percent_decoded(headers.get("grpc-message")?.as_bytes());
+    (internal && message.starts_with(PREFIX)).then(|| {
+        message[PREFIX.len()..]
+            .trim_start_matches(':')
+            .trim()
+            .to_owned()
+    })
+}
+
+/// A `grpc-message` header as text: percent-encoded on the wire.
+fn percent_decoded(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Refuses unary calls beyond a number in flight with `RESOURCE_EXHAUSTED`

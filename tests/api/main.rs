@@ -18,6 +18,7 @@ mod operations;
 mod polling;
 mod protection;
 mod queueing;
+mod raw_fuzz;
 mod receipts;
 mod reliability;
 mod replicas;

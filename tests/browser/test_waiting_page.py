@@ -361,11 +361,15 @@ def test_a_tampered_visitor_cookie_gets_a_new_place_never_another_visitors(waitr
     ticket = body(first, "ticket")
     cookie = first.get_cookie("wr_visitor")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
-    visitor_id, tag = cookie["value"].split(".")
+    # The signed part is the id and the receipt of the last place shown.
+    payload, tag = cookie["value"].rsplit(".", 1)
+    visitor_id, _, receipt = payload.partition("~")
+    assert receipt, "the cookie keeps the place's receipt"
     other = browser()
     other.get(bff.url + "/static/app.css")
     forged = visitor_id[:-1] + ("0" if visitor_id[-1] != "0" else "1")
-    for value in (f"{forged}.{tag}", visitor_id, f"{visitor_id}.{'0' * len(tag)}"):
+    forgeries = (f"{forged}~{receipt}.{tag}", f"{forged}.{tag}", visitor_id, f"{payload}.{'0' * len(tag)}")
+    for value in forgeries:
         other.delete_all_cookies()
         other.add_cookie({"name": "wr_visitor", "value": value, "path": "/"})
         other.get(bff.url + "/")
