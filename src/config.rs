@@ -140,6 +140,10 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_MAX_CONNECTION_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
 
+    /// A connection that has not sent the 24 bytes that open HTTP/2 (or a TLS handshake's first bytes) within this long is closed: a client that connects and never speaks would otherwise hold two file descriptors until its age.
+    #[arg(long, env = "WAITROOM_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
     /// How often each replica compares its open streams with its share (the replicas' streams, learned through the store, divided by the ready replicas) and, holding more, closes connections to move the excess; 0 turns balancing off.
     #[arg(long, env = "WAITROOM_BALANCE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub balance_interval: Duration,
@@ -204,6 +208,7 @@ impl Config {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_connection_age: Duration::from_secs(600),
+            handshake_timeout: Duration::from_secs(10),
             balance_interval: Duration::from_secs(5),
             balance_step: 0.1,
             balance_tolerance: 0.1,

@@ -40,6 +40,8 @@ pub(super) struct Accepting {
     pub(super) max_age: Duration,
     /// How long a connection told to go may take to close.
     pub(super) grace: Duration,
+    /// How long a new connection may take to send its first bytes.
+    pub(super) handshake: Duration,
 }
 
 impl Accepting {
@@ -68,21 +70,20 @@ impl Accepting {
             // delayed ACK (40 ms) between the two.
             let _ = tcp.set_nodelay(true);
             let (number, connection) = self.connections.opened();
-            let shut = Shut::of(&tcp);
-            let conn = ServedConnection::new(tcp, Arc::clone(&connection));
             let connections = Arc::clone(&self.connections);
-            let serving = serve(
-                conn,
-                connection,
-                Arc::clone(&self.serve_one),
-                Arc::clone(&self.hub),
+            let (serve_one, hub) = (Arc::clone(&self.serve_one), Arc::clone(&self.hub));
+            let (age, grace, handshake, stop) = (
                 jittered(self.max_age),
                 self.grace,
+                self.handshake,
                 stop.clone(),
-                shut,
             );
             served.spawn(async move {
-                serving.await;
+                if spoke_in_time(&tcp, handshake).await {
+                    let shut = Shut::of(&tcp);
+                    let conn = ServedConnection::new(tcp, Arc::clone(&connection));
+                    serve(conn, connection, serve_one, hub, age, grace, stop, shut).await;
+                }
                 connections.ended(number);
             });
         }
@@ -92,6 +93,35 @@ impl Accepting {
         while served.join_next().await.is_some() {}
         Ok(())
     }
+}
+
+/// The bytes that open an HTTP/2 connection (RFC 9113, 3.4); a TLS
+/// ClientHello is longer too.
+const PREFACE_LEN: usize = 24;
+
+/// Whether a new connection sent the start of a conversation within
+/// `limit`: a client that connects and says nothing, or too little, is let
+/// go rather than held until its age with two file descriptors.
+async fn spoke_in_time(tcp: &tokio::net::TcpStream, limit: Duration) -> bool {
+    let heard = async {
+        let mut first = [0u8; PREFACE_LEN];
+        loop {
+            match tcp.peek(&mut first).await {
+                // Closed before it spoke.
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= PREFACE_LEN => return true,
+                // A preface split over packets: rare, so a short nap
+                // rather than a wait for readiness (which stays set while
+                // bytes are there to peek at).
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    let spoke = tokio::time::timeout(limit, heard).await.unwrap_or(false);
+    if !spoke {
+        tracing::debug!(limit = ?limit, "closing a connection that did not start HTTP/2 in time");
+    }
+    spoke
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -323,6 +323,7 @@ impl Application {
             hub: Arc::clone(&hub),
             max_age: config.max_connection_age,
             grace: config.shutdown_timeout,
+            handshake: config.handshake_timeout,
         };
         let serving = tokio::spawn(accepting.run(stopping));
         let result = finish.wait(serving).await;

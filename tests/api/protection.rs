@@ -579,3 +579,35 @@ async fn made_up_paths_and_queue_ids_do_not_grow_the_metrics() {
     assert!(after.contains(r#"grpc_service="unknown""#), "{after}");
     assert!(!after.contains("made.up") && !after.contains("Nope") && !after.contains("made-up"));
 }
+
+/// A connection that never starts HTTP/2, or starts and stalls, is closed
+/// at the handshake deadline instead of being held until its age; one that
+/// speaks is served as ever.
+#[tokio::test]
+async fn a_connection_that_does_not_start_http2_in_time_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = TestApp::base_config();
+    config.handshake_timeout = Duration::from_millis(300);
+    let app = TestApp::spawn(config).await;
+    for first in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        tcp.write_all(first).await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
+        let closed_after = started.elapsed();
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "sent {first:?}: still open after 5 s ({read:?})"
+        );
+        assert!(
+            closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(2),
+            "sent {first:?}: closed after {closed_after:?}"
+        );
+    }
+    // A real client is served.
+    app.create_queue(queue("open")).await;
+    let mut client = app.client().await;
+    assert_eq!(enqueue(&mut client, "open", "a").await.ticket, 1);
+    app.stop().await;
+}
