@@ -35,7 +35,7 @@ fn layout(look: &Look, head_extra: &str, body_attrs: &str, main: &str) -> String
 <meta name="color-scheme" content="light dark">
 <title>{title}</title>
 <link rel="stylesheet" href="/static/app.css">
-<style>:root {{ --accent: {accent}; }}</style>
+<style>{accent_style}</style>
 {head_extra}
 </head>
 <body {body_attrs}>
@@ -47,8 +47,42 @@ fn layout(look: &Look, head_extra: &str, body_attrs: &str, main: &str) -> String
 </html>
 "#,
         title = escape(&look.title),
-        accent = escape(&look.accent),
+        accent_style = accent_style(look),
     )
+}
+
+/// The one inline style of every page: the accent colour. Its digest goes
+/// in the pages' Content-Security-Policy, so no other inline style runs.
+pub fn accent_style(look: &Look) -> String {
+    format!(":root {{ --accent: {}; }}", escape(&look.accent))
+}
+
+/// An accent as `--accent` takes it: a CSS colour (`#4f46e5`, `#fff`,
+/// `rgb(79 70 229)`, `hsl(243deg 75% 59% / 90%)`, `rebeccapurple`), nothing
+/// that could close the style rule it is put in.
+pub fn css_colour(value: &str) -> Result<String, String> {
+    let hex = value.strip_prefix('#').is_some_and(|h| {
+        [3, 4, 6, 8].contains(&h.len()) && h.chars().all(|c| c.is_ascii_hexdigit())
+    });
+    let named = (3..=20).contains(&value.len()) && value.chars().all(|c| c.is_ascii_lowercase());
+    let function = ["rgb(", "rgba(", "hsl(", "hsla(", "oklch(", "oklab("]
+        .iter()
+        .find_map(|f| value.strip_prefix(f))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .is_some_and(|args| {
+            !args.is_empty()
+                && args.len() <= 60
+                && args
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || " .,%/+-".contains(c))
+        });
+    if hex || named || function {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not a CSS colour: use #rgb, #rrggbb (with alpha: #rgba, #rrggbbaa), rgb(), hsl(), oklch() or a colour name"
+        ))
+    }
 }
 
 /// Minutes in words, as the page's script says them.

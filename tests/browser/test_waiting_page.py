@@ -584,3 +584,68 @@ def test_after_redis_comes_back_empty_three_visitors_who_reload_in_reverse_see_t
         bff.stop()
     finally:
         stack.stop()
+
+
+def _get(bff, method: str, path: str, headers=None, body=None):
+    connection = http.client.HTTPConnection("127.0.0.1", bff.port, timeout=10)
+    connection.request(method, path, body=body, headers=headers or {})
+    answer = connection.getresponse()
+    answer.read()
+    connection.close()
+    return answer
+
+
+def test_every_route_sends_protective_headers_and_the_page_runs_under_its_policy(waitroom, bff_of, browser):
+    queue = new_queue(waitroom)
+    bff = bff_of(queue)
+    for path in ("/", "/wait", "/status", "/booking", "/admit", "/static/app.js", "/static/app.css", "/nope"):
+        answer = _get(bff, "GET", path)
+        csp = answer.getheader("Content-Security-Policy") or ""
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp, (path, csp)
+        assert "unsafe-inline" not in csp, (path, csp)
+        assert answer.getheader("X-Frame-Options") == "DENY", path
+        assert answer.getheader("X-Content-Type-Options") == "nosniff", path
+        if not path.startswith("/static/"):
+            assert answer.getheader("Cache-Control") == "no-store", path
+    # The page's own script and its one inline style run under the policy:
+    # the accent applies, and the place arrives live.
+    driver = browser()
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "transport") == "events", what="the script ran")
+    accent = driver.execute_script(
+        "return getComputedStyle(document.documentElement).getPropertyValue('--accent').trim()")
+    assert accent == "#4f46e5", accent
+
+
+def test_a_post_from_another_site_is_refused(waitroom, bff_of):
+    queue = new_queue(waitroom)
+    bff = bff_of(queue, "--human-check", "test")
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for foreign in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Sec-Fetch-Site": "same-site", "Origin": "https://sub.example"}):
+        for path in ("/booking/purchase", "/human"):
+            answer = _get(bff, "POST", path, {**form, **foreign}, "attempt=x")
+            assert answer.status == 403, (path, foreign, answer.status)
+    # From the site's own page it goes through (no admission: refused by
+    # the booking page itself, not by the origin check).
+    own = {**form, "Origin": f"http://127.0.0.1:{bff.port}", "Sec-Fetch-Site": "same-origin"}
+    assert _get(bff, "POST", "/booking/purchase", own, "attempt=x").status == 403
+    assert _get(bff, "POST", "/human", own).status == 303
+
+
+def test_an_accent_that_is_not_a_css_colour_is_refused_at_start(waitroom, scratch):
+    for accent in ("red;} body{display:none} x{", "url(https://evil.example/x)", "#12345", "rgb(1,2,3);x"):
+        done = subprocess.run(
+            [str(TARGET / "examples" / "bff"), "--waitroom", waitroom["addr"], "--jwks-url", waitroom["jwks"],
+             "--listen", f"127.0.0.1:{free_port()}", "--accent", accent],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert done.returncode != 0 and "not a CSS colour" in done.stderr, (accent, done.stderr)
+    for accent in ("#fff", "#4f46e5", "rebeccapurple", "rgb(79 70 229)", "hsl(243deg 75% 59% / 90%)"):
+        bff = Bff(waitroom, "sale", scratch, "--accent", accent)
+        connection = http.client.HTTPConnection("127.0.0.1", bff.port, timeout=10)
+        connection.request("GET", "/wait")
+        page = connection.getresponse().read().decode()
+        connection.close()
+        bff.stop()
+        assert f"--accent: {accent};" in page, accent
