@@ -1,6 +1,8 @@
 //! The keys admission tokens are checked with offline: the service's JWKS,
-//! fetched once at start and again when a token names a key not in it (the
-//! service rotated its keys), at most every ten seconds.
+//! fetched in the background from the start (each try bounded, with
+//! backoff, so a waitroom that is down or stalls does not keep the BFF from
+//! serving), and again when a token names a key not in it (the service
+//! rotated its keys), at most every ten seconds.
 
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -11,40 +13,87 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use waitroom::tokens::{Verdict, Verification, Verifier};
 
+/// Longest wait for one fetch of the keys.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Most time between two tries while the keys have never arrived.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+type Current = (Verifier, Vec<String>, Instant);
+
 pub struct Keys {
     url: String,
     issuer: String,
     /// The verifier, the key ids it knows, and when the keys were last
-    /// fetched or tried.
-    current: RwLock<(Verifier, Vec<String>, Instant)>,
+    /// fetched or tried; `None` until the first fetch succeeds.
+    current: RwLock<Option<Current>>,
     /// Held by the one request fetching again; the others do not wait.
     fetching: tokio::sync::Mutex<()>,
 }
 
 impl Keys {
-    pub async fn fetch(url: &str, issuer: &str) -> anyhow::Result<Self> {
-        let (verifier, kids) = load(url, issuer).await?;
-        Ok(Self {
+    /// Keys to be fetched from `url`, in the background from now on, until
+    /// they arrive.
+    pub fn start(url: &str, issuer: &str) -> std::sync::Arc<Self> {
+        let keys = std::sync::Arc::new(Self {
             url: url.to_owned(),
             issuer: issuer.to_owned(),
-            current: RwLock::new((verifier, kids, Instant::now())),
+            current: RwLock::new(None),
             fetching: tokio::sync::Mutex::new(()),
-        })
+        });
+        let fetcher = std::sync::Arc::clone(&keys);
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(500);
+            loop {
+                match fetch(&fetcher.url, &fetcher.issuer).await {
+                    Ok((verifier, kids)) => {
+                        *fetcher.current.write().unwrap_or_else(|e| e.into_inner()) =
+                            Some((verifier, kids, Instant::now()));
+                        println!("bff: waitroom's keys arrived; the booking page is open");
+                        return;
+                    }
+                    Err(error) => {
+                        eprintln!(
+                            "bff: fetching waitroom's keys failed ({error}); trying again in {wait:?}"
+                        );
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        });
+        keys
+    }
+
+    /// Whether the keys have arrived: until then tokens cannot be checked,
+    /// and the BFF is not ready.
+    pub fn ready(&self) -> bool {
+        self.read().is_some()
     }
 
     /// Checks a token; a token signed with a key not yet known makes the
-    /// keys be fetched again first.
-    pub async fn verify(&self, token: &str, queue: &str, now_s: u64) -> Verification {
-        let check = self.read().0.verify(token, queue, now_s);
+    /// keys be fetched again first. `None` while the keys have not arrived.
+    pub async fn verify(&self, token: &str, queue: &str, now_s: u64) -> Option<Verification> {
+        let check = self.read().as_ref()?.0.verify(token, queue, now_s);
+        Some(self.verify_known(token, queue, now_s, check).await)
+    }
+
+    async fn verify_known(
+        &self,
+        token: &str,
+        queue: &str,
+        now_s: u64,
+        check: Verification,
+    ) -> Verification {
         if check.verdict != Verdict::Invalid {
             return check;
         }
         let Some(kid) = kid_of(token) else {
             return check;
         };
-        let (known, fetched_at) = {
-            let current = self.read();
-            (current.1.contains(&kid), current.2)
+        let (known, fetched_at) = match self.read().as_ref() {
+            Some(current) => (current.1.contains(&kid), current.2),
+            None => return check,
         };
         // A made-up kid is easy to send: fetch at most every ten seconds,
         // one request at a time, never waiting long.
@@ -54,15 +103,19 @@ impl Keys {
         let Ok(_fetching) = self.fetching.try_lock() else {
             return check;
         };
-        self.current.write().unwrap_or_else(|e| e.into_inner()).2 = Instant::now();
-        let fetched = tokio::time::timeout(Duration::from_secs(3), load(&self.url, &self.issuer))
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 3 s")));
-        match fetched {
+        if let Some(current) = self
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            current.2 = Instant::now();
+        }
+        match fetch(&self.url, &self.issuer).await {
             Ok((verifier, kids)) => {
                 let check = verifier.verify(token, queue, now_s);
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) =
-                    (verifier, kids, Instant::now());
+                    Some((verifier, kids, Instant::now()));
                 check
             }
             Err(error) => {
@@ -72,9 +125,17 @@ impl Keys {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Verifier, Vec<String>, Instant)> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<Current>> {
         self.current.read().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// One fetch of the keys, bounded: an endpoint that accepts and never
+/// answers costs a try, not the BFF.
+async fn fetch(url: &str, issuer: &str) -> anyhow::Result<(Verifier, Vec<String>)> {
+    tokio::time::timeout(FETCH_TIMEOUT, load(url, issuer))
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {FETCH_TIMEOUT:?}")))
 }
 
 async fn load(url: &str, issuer: &str) -> anyhow::Result<(Verifier, Vec<String>)> {

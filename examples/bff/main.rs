@@ -104,7 +104,7 @@ struct App {
     queue: String,
     clients: Vec<QueueServiceClient<Channel>>,
     next: AtomicUsize,
-    keys: Keys,
+    keys: Arc<Keys>,
     cookie_key: CookieKey,
     secure: bool,
     limits: Arc<Limits>,
@@ -168,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
         queue: args.queue.clone(),
         clients,
         next: AtomicUsize::new(0),
-        keys: Keys::fetch(&jwks_url, &args.issuer).await?,
+        keys: Keys::start(&jwks_url, &args.issuer),
         cookie_key: CookieKey::new(args.cookie_key.as_deref())?,
         secure: args.secure_cookies,
         limits: Arc::new(Limits::new(args.joins_per_minute, args.streams_per_client)),
@@ -189,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         .route("/booking", get(booking))
         .route("/booking/purchase", post(purchase))
         .route("/human", post(human_passed))
+        .route("/readyz", get(ready))
         .route(
             "/static/app.js",
             get(|| async { static_file("text/javascript", page::JS) }),
@@ -286,6 +287,29 @@ async fn protect(
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     response
+}
+
+/// Ready once waitroom's keys have arrived: before, the booking page cannot
+/// check an admission (the waiting page works, and says so).
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    match app.keys.ready() {
+        true => (StatusCode::OK, "ready\n").into_response(),
+        false => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waitroom's keys have not arrived yet\n",
+        )
+            .into_response(),
+    }
+}
+
+/// The page shown while waitroom's keys have not arrived.
+fn keys_pending(app: &App) -> Response {
+    app.message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Busy",
+        "The waiting room is starting. This page tries again in a few seconds; you keep your place.",
+        Some(5),
+    )
 }
 
 /// A JSON answer.
@@ -728,7 +752,7 @@ async fn admission(
 ) -> Option<(String, waitroom::tokens::AdmissionClaims)> {
     let visitor = known_visitor(app, headers)?;
     let token = cookie(headers, ADMISSION_COOKIE)?;
-    let check = app.keys.verify(&token, &app.queue, now_s()).await;
+    let check = app.keys.verify(&token, &app.queue, now_s()).await?;
     match (check.verdict, check.claims) {
         (Verdict::Valid, Some(claims)) if claims.sub == visitor => Some((token, claims)),
         _ => None,
@@ -736,6 +760,9 @@ async fn admission(
 }
 
 async fn booking(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !app.keys.ready() {
+        return keys_pending(&app);
+    }
     match admission(&app, &headers).await {
         Some((_, claims)) => app.page(
             StatusCode::OK,
@@ -761,6 +788,9 @@ async fn booking(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 /// The stand-in purchase: the token is consumed online, once; the same
 /// attempt sent again is answered as the first (its id is the request id).
 async fn purchase(State(app): State<Arc<App>>, headers: HeaderMap, form: String) -> Response {
+    if !app.keys.ready() {
+        return keys_pending(&app);
+    }
     let Some((token, claims)) = admission(&app, &headers).await else {
         return app.message(
             StatusCode::FORBIDDEN,

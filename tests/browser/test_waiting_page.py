@@ -649,3 +649,77 @@ def test_an_accent_that_is_not_a_css_colour_is_refused_at_start(waitroom, scratc
         connection.close()
         bff.stop()
         assert f"--accent: {accent};" in page, accent
+
+
+def test_the_bff_serves_at_once_while_waitrooms_keys_are_unreachable_and_is_ready_once_they_arrive(waitroom, scratch):
+    import http.server
+    import threading
+
+    real_jwks = urllib.request.urlopen(waitroom["jwks"], timeout=10).read()
+    state = {"mode": "stall"}
+
+    class Keys(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if state["mode"] == "stall":
+                # Accepts and never answers, as a stalled endpoint does.
+                time.sleep(30)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(real_jwks)
+
+        def log_message(self, *args):
+            pass
+
+    keys = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Keys)
+    keys.daemon_threads = True
+    threading.Thread(target=keys.serve_forever, daemon=True).start()
+    try:
+        for jwks in (f"http://127.0.0.1:{free_port()}/jwks.json", f"http://127.0.0.1:{keys.server_port}/jwks.json"):
+            port = free_port()
+            started = time.monotonic()
+            bff = Process(
+                [str(TARGET / "examples" / "bff"), "--waitroom", waitroom["addr"], "--jwks-url", jwks,
+                 "--queue", "sale", "--listen", f"127.0.0.1:{port}", "--cookie-key", COOKIE_KEY],
+                scratch / f"bff-keys-{port}.log",
+            )
+            try:
+                wait_for_port(port, limit=5)
+                assert time.monotonic() - started < 5
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", "/readyz")
+                answer = conn.getresponse()
+                assert answer.status == 503 and b"keys" in answer.read()
+                conn.request("GET", "/booking")
+                page = conn.getresponse()
+                text = page.read().decode()
+                assert page.status == 503 and "you keep your place" in text and 'http-equiv="refresh"' in text
+                conn.close()
+            finally:
+                bff.stop()
+        # The keys arrive: the BFF that kept trying turns ready.
+        port = free_port()
+        bff = Process(
+            [str(TARGET / "examples" / "bff"), "--waitroom", waitroom["addr"], "--jwks-url",
+             f"http://127.0.0.1:{keys.server_port}/jwks.json", "--queue", "sale", "--listen", f"127.0.0.1:{port}",
+             "--cookie-key", COOKIE_KEY],
+            scratch / f"bff-keys-{port}.log",
+        )
+        try:
+            wait_for_port(port, limit=5)
+            state["mode"] = "serve"
+            deadline = time.monotonic() + 20
+            while True:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", "/readyz")
+                status = conn.getresponse().status
+                conn.close()
+                if status == 200:
+                    break
+                assert time.monotonic() < deadline, "never ready after the keys arrived"
+                time.sleep(0.2)
+        finally:
+            bff.stop()
+    finally:
+        keys.shutdown()
