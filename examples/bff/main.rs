@@ -365,7 +365,7 @@ fn known_visitor(app: &App, headers: &HeaderMap) -> Option<String> {
 
 /// The visitor id and the receipt of their last place (empty for none).
 fn known_receipt(app: &App, headers: &HeaderMap) -> Option<(String, String)> {
-    cookie(headers, VISITOR_COOKIE).and_then(|v| app.cookie_key.open(&v))
+    cookie(headers, VISITOR_COOKIE, app.secure).and_then(|v| app.cookie_key.open(&v))
 }
 
 /// The cookie that keeps the receipt of the place just shown, when it is
@@ -751,7 +751,7 @@ async fn admission(
     headers: &HeaderMap,
 ) -> Option<(String, waitroom::tokens::AdmissionClaims)> {
     let visitor = known_visitor(app, headers)?;
-    let token = cookie(headers, ADMISSION_COOKIE)?;
+    let token = cookie(headers, ADMISSION_COOKIE, app.secure)?;
     let check = app.keys.verify(&token, &app.queue, now_s()).await?;
     match (check.verdict, check.claims) {
         (Verdict::Valid, Some(claims)) if claims.sub == visitor => Some((token, claims)),
@@ -764,6 +764,15 @@ async fn booking(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         return keys_pending(&app);
     }
     match admission(&app, &headers).await {
+        // Already used for the purchase (a visitor back on the page, or
+        // the token shown again): the purchase is done, it is not their
+        // turn again.
+        Some((token, _)) if used(&app, &token).await => app.message(
+            StatusCode::OK,
+            "Purchase complete",
+            "This admission has been used: your purchase is done. Thank you!",
+            None,
+        ),
         Some((_, claims)) => app.page(
             StatusCode::OK,
             // The form carries an id of this purchase attempt: sent twice
@@ -783,6 +792,24 @@ async fn booking(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             None,
         ),
     }
+}
+
+/// Whether waitroom says the admission was used: checked online, without
+/// consuming, it is revoked once completed, which here only the purchase
+/// does (a booking service whose visitors can also give up an admission
+/// tells the two apart by its own orders). Not when waitroom cannot say.
+async fn used(app: &App, token: &str) -> bool {
+    let verdict = app
+        .client()
+        .verify_admission(pb::VerifyAdmissionRequest {
+            queue_id: app.queue.clone(),
+            token: token.to_owned(),
+            consume: false,
+            request_id: String::new(),
+        })
+        .await
+        .map(|v| v.into_inner().verdict());
+    matches!(verdict, Ok(PbVerdict::AlreadyUsed | PbVerdict::Revoked))
 }
 
 /// The stand-in purchase: the token is consumed online, once; the same

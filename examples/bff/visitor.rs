@@ -95,8 +95,20 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// A cookie's value from a request's `Cookie` headers.
-pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+/// A cookie's name as set and read: with `__Host-` in front when cookies
+/// are secure, which browsers accept only from this host, over TLS, for
+/// the whole site, so a sibling subdomain cannot plant a visitor id.
+pub fn cookie_name(name: &str, secure: bool) -> String {
+    match secure {
+        true => format!("__Host-{name}"),
+        false => name.to_owned(),
+    }
+}
+
+/// A cookie's value from a request's `Cookie` headers (by its name as
+/// [`cookie_name`] gives it).
+pub fn cookie(headers: &axum::http::HeaderMap, name: &str, secure: bool) -> Option<String> {
+    let name = cookie_name(name, secure);
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
@@ -107,10 +119,13 @@ pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// A `Set-Cookie` value: HttpOnly and SameSite=Lax always, Secure when the
-/// page is served over TLS (`secure`), so the cookie never travels in the
-/// clear and scripts on the page cannot read it.
+/// A `Set-Cookie` value: HttpOnly and SameSite=Lax always; when the page
+/// is served over TLS (`secure`), Secure and a `__Host-` name, which must
+/// be for the whole site (the path given is then `/`). So the cookie
+/// never travels in the clear, scripts on the page cannot read it, and no
+/// other host can set it.
 pub fn set_cookie(name: &str, value: &str, path: &str, max_age_s: u64, secure: bool) -> String {
+    let (name, path) = (cookie_name(name, secure), if secure { "/" } else { path });
     format!(
         "{name}={value}; Path={path}; Max-Age={max_age_s}; HttpOnly; SameSite=Lax{}",
         if secure { "; Secure" } else { "" }

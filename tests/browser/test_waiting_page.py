@@ -242,11 +242,22 @@ def test_a_visitor_watches_the_line_move_and_buys_once_on_the_booking_page(waitr
     shoot(driver, "booking-page.png")
     driver.find_element(By.ID, "buy").click()
     until(driver, lambda d: "Purchase complete" in d.page_source, what="the purchase")
-    # The same admission shown again, in a new attempt, is refused.
+    # Back on the booking page with the same admission: the purchase is
+    # done, it is not the visitor's turn again.
     driver.add_cookie({"name": "wr_admission", "value": token["value"], "path": "/booking"})
     driver.get(bff.url + "/booking")
-    driver.find_element(By.ID, "buy").click()
-    until(driver, lambda d: "already been used" in d.page_source, what="the second purchase refused")
+    until(driver, lambda d: "your purchase is done" in d.page_source, what="the purchase shown done")
+    assert "It's your turn" not in driver.page_source
+    assert not driver.find_elements(By.ID, "buy")
+    # The same admission sent again in a new attempt is refused.
+    visitor = driver.get_cookie("wr_visitor")["value"]
+    again = http.client.HTTPConnection("127.0.0.1", bff.port, timeout=10)
+    again.request("POST", "/booking/purchase", body="attempt=another", headers={
+        "Cookie": f"wr_visitor={visitor}; wr_admission={token['value']}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    })
+    answer = again.getresponse()
+    assert answer.status == 409 and "already been used" in answer.read().decode()
 
 
 def test_a_refresh_and_a_second_tab_keep_the_same_place(waitroom, bff_of, browser):
@@ -723,3 +734,26 @@ def test_the_bff_serves_at_once_while_waitrooms_keys_are_unreachable_and_is_read
             bff.stop()
     finally:
         keys.shutdown()
+
+
+def test_secure_cookies_are_host_only_so_a_sibling_subdomain_cannot_plant_a_visitor(waitroom, bff_of):
+    queue = new_queue(waitroom)
+    bff = bff_of(queue, "--secure-cookies")
+    first = _get(bff, "GET", "/wait")
+    set_cookie = first.getheader("Set-Cookie")
+    assert set_cookie.startswith("__Host-wr_visitor=") and "; Secure" in set_cookie and "Path=/;" in set_cookie
+    value = set_cookie.split(";")[0].split("=", 1)[1]
+
+    def visitor_id(header):
+        return header.split(";")[0].split("=", 1)[1].split("~")[0].split(".")[0]
+
+    # The same value under the plain name, as a sibling subdomain could set
+    # it, names nobody: the visitor gets an id of their own.
+    planted = _get(bff, "GET", "/wait", {"Cookie": f"wr_visitor={value}"})
+    fresh = planted.getheader("Set-Cookie")
+    assert fresh and fresh.startswith("__Host-wr_visitor=") and visitor_id(fresh) != visitor_id(set_cookie)
+    # Under its own name it is the same visitor (a cookie set again only
+    # keeps the new receipt).
+    kept = _get(bff, "GET", "/wait", {"Cookie": f"__Host-wr_visitor={value}"})
+    again = kept.getheader("Set-Cookie")
+    assert kept.status == 200 and (again is None or visitor_id(again) == visitor_id(set_cookie))
