@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use waitroom::testkit::{RedisServer, free_port};
 
-use crate::failover::{cmd, replica_link_up, until_joins_resume};
+use crate::failover::{cmd, replica_has_everything, replica_link_up, until_joins_resume};
 use crate::ledger;
 use crate::service::{Service, queue, scratch};
 
@@ -188,7 +188,7 @@ async fn a_planned_sentinel_failover_under_traffic_loses_nothing() {
     let failover = async {
         tokio::time::sleep(run / 3).await;
         cmd(&master, &["CLIENT", "PAUSE", "10000", "WRITE"]);
-        cmd(&master, &["WAIT", "1", "2000"]);
+        replica_has_everything(&master);
         sentinel
             .ask(&["SENTINEL", "FAILOVER", MASTER])
             .expect("SENTINEL FAILOVER");
@@ -260,7 +260,7 @@ async fn a_dead_master_is_replaced_by_the_one_the_sentinel_promotes() {
         )
         .await;
     }
-    cmd(&master, &["WAIT", "1", "2000"]);
+    replica_has_everything(&master);
     master.stop();
     let killed = Instant::now();
     let resumed = until_joins_resume(&service, &ledger, Duration::from_secs(30)).await;
