@@ -15,10 +15,8 @@ use crate::visitor::{HUMAN_COOKIE, cookie};
 pub struct Limits {
     joins_per_minute: f64,
     streams_per_client: usize,
-    // PRODUCTION: behind a load balancer every request comes from its
-    // address; take the client's from the header it sets (X-Forwarded-For,
-    // the last hop you trust), and share the counts between BFF instances
-    // (Redis) or limit at the edge instead.
+    // PRODUCTION: share the counts between BFF instances (Redis) or limit
+    // at the edge instead; behind a proxy, name it in --trusted-proxies.
     clients: Mutex<(HashMap<IpAddr, Client>, Instant)>,
 }
 
@@ -99,6 +97,115 @@ impl Drop for StreamGuard {
         self.limits
             .client(self.ip, |c| c.streams = c.streams.saturating_sub(1));
     }
+}
+
+/// The proxies in front of the BFF (`--trusted-proxies`, CIDRs) whose
+/// `Forwarded` / `X-Forwarded-For` is believed. Behind an ingress every
+/// request comes from its address, so without them a whole site would
+/// share one address's limits; headers from anyone else are ignored, so a
+/// client cannot name itself another address.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies(Vec<(IpAddr, u8)>);
+
+impl TrustedProxies {
+    /// `10.0.0.0/8,192.168.1.7` (a bare address is a /32 or /128).
+    pub fn parse(cidrs: &[String]) -> anyhow::Result<Self> {
+        let mut nets = Vec::new();
+        for cidr in cidrs.iter().map(|c| c.trim()).filter(|c| !c.is_empty()) {
+            let (addr, bits) = cidr.split_once('/').unwrap_or((cidr, ""));
+            let addr: IpAddr = addr.parse().map_err(|_| {
+                anyhow::anyhow!("--trusted-proxies: {cidr:?} is not an address or CIDR")
+            })?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let bits = match bits {
+                "" => max,
+                bits => bits
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|b| *b <= max)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--trusted-proxies: {cidr:?} has a bad prefix length")
+                    })?,
+            };
+            nets.push((addr, bits));
+        }
+        Ok(Self(nets))
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|(net, bits)| match (net, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*bits)).unwrap_or(0);
+                u32::from(*net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(*bits)).unwrap_or(0);
+                u128::from(*net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        })
+    }
+
+    /// The client's address: the TCP peer, unless it is a trusted proxy;
+    /// then the rightmost address of the forwarding chain that is not a
+    /// trusted proxy (the one the nearest trusted proxy saw connect).
+    /// `Forwarded` is read when present, else `X-Forwarded-For`; a chain
+    /// entry that is no address stops the walk at the proxy before it.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let joined = |name: &str| {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let forwarded = joined("forwarded");
+        let chain: Vec<Option<IpAddr>> = if forwarded.is_empty() {
+            joined("x-forwarded-for")
+                .split(',')
+                .map(|a| address(a.trim()))
+                .collect()
+        } else {
+            forwarded
+                .split(',')
+                .map(|element| {
+                    element
+                        .split(';')
+                        .find_map(|pair| {
+                            let (key, value) = pair.trim().split_once('=')?;
+                            key.eq_ignore_ascii_case("for")
+                                .then(|| value.trim().trim_matches('"'))
+                        })
+                        .and_then(address)
+                })
+                .collect()
+        };
+        let mut client = peer;
+        for hop in chain.iter().rev() {
+            match hop {
+                Some(ip) if self.trusts(*ip) => client = *ip,
+                Some(ip) => return *ip,
+                None => return client,
+            }
+        }
+        client
+    }
+}
+
+/// An address as forwarding headers write it: `1.2.3.4`, `1.2.3.4:5678`,
+/// `[2001:db8::1]:443` or `2001:db8::1`.
+fn address(text: &str) -> Option<IpAddr> {
+    if let Ok(ip) = text.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    text.rsplit_once(':')?.0.parse().ok()
 }
 
 /// Where a CAPTCHA or proof-of-work check goes, before a visitor joins.

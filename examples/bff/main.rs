@@ -48,7 +48,7 @@ use waitroom::pb::{self, PlaceState, QueueMode, Verdict as PbVerdict};
 use waitroom::tokens::Verdict;
 
 use crate::keys::Keys;
-use crate::limits::{HumanCheck, Limits, NoCheck, TestDouble};
+use crate::limits::{HumanCheck, Limits, NoCheck, TestDouble, TrustedProxies};
 use crate::page::Look;
 use crate::visitor::{
     ADMISSION_COOKIE, CookieKey, HUMAN_COOKIE, VISITOR_COOKIE, cookie, set_cookie,
@@ -80,9 +80,12 @@ struct Args {
     /// HTTP/2 connections to waitroom that carry every stream of this BFF.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Joins (visits of the waiting page) per client address per minute.
+    /// New visitors (a first visit of the waiting page) per client address per minute; a known visitor's refreshes are not counted.
     #[arg(long, default_value_t = 120)]
     joins_per_minute: u32,
+    /// Proxies in front (CIDRs, comma-separated) whose Forwarded / X-Forwarded-For names the client: the rightmost address that is not one of them counts for the limits. Without it, the TCP peer counts and those headers are ignored.
+    #[arg(long, value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
     /// Open event streams per client address.
     #[arg(long, default_value_t = 50)]
     streams_per_client: usize,
@@ -108,6 +111,7 @@ struct App {
     cookie_key: CookieKey,
     secure: bool,
     limits: Arc<Limits>,
+    proxies: TrustedProxies,
     human: Box<dyn HumanCheck>,
     look: Look,
 }
@@ -172,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
         cookie_key: CookieKey::new(args.cookie_key.as_deref())?,
         secure: args.secure_cookies,
         limits: Arc::new(Limits::new(args.joins_per_minute, args.streams_per_client)),
+        proxies: TrustedProxies::parse(&args.trusted_proxies)?,
         human,
         look: Look {
             title: args.title.clone(),
@@ -411,6 +416,13 @@ fn with_cookie(mut response: Response, set: Option<String>) -> Response {
     response
 }
 
+fn with_retry_after(mut response: Response, retry_after_s: u64) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&retry_after_s.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 fn too_many(retry_after_s: u64, text: &str) -> Response {
     (
         StatusCode::TOO_MANY_REQUESTS,
@@ -463,11 +475,18 @@ async fn wait(
     if !app.human.passed(&headers) {
         return with_cookie(app.page(StatusCode::OK, page::challenge(&app.look)), set);
     }
-    if let Err(retry) = app.limits.join(peer.ip()) {
-        return too_many(
-            retry,
-            "Too many visits from your address; try again in a moment.",
+    // Only a new visitor spends a join: a known visitor's refreshes (and
+    // the busy page's own) keep their place without counting.
+    if set.is_some()
+        && let Err(retry) = app.limits.join(app.proxies.client(peer.ip(), &headers))
+    {
+        let page = app.message(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Busy",
+            &format!("Many people are arriving from your network at once. This page tries again in {retry} seconds."),
+            Some(u32::try_from(retry).unwrap_or(u32::MAX)),
         );
+        return with_retry_after(page, retry);
     }
     let request = |receipt: &str| pb::EnqueueRequest {
         queue_id: app.queue.clone(),
@@ -543,8 +562,14 @@ async fn events(
     let Some((id, receipt)) = known_receipt(&app, &headers) else {
         return (StatusCode::UNAUTHORIZED, "no visitor").into_response();
     };
-    let Some(guard) = app.limits.open_stream(peer.ip()) else {
-        return too_many(10, "Too many open pages from your address.");
+    let Some(guard) = app
+        .limits
+        .open_stream(app.proxies.client(peer.ip(), &headers))
+    else {
+        return too_many(
+            10,
+            "Too many open pages from your address; you keep your place.",
+        );
     };
     let stream = place_events(app, id, receipt, guard);
     Sse::new(stream)

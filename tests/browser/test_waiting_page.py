@@ -409,16 +409,26 @@ def test_joins_and_streams_per_address_are_limited_with_retry_after(waitroom, bf
     bff = bff_of(queue, "--joins-per-minute", "2", "--streams-per-client", "1")
     connection = http.client.HTTPConnection("127.0.0.1", bff.port, timeout=10)
     cookie = None
+    # Two new visitors from the address join; the third is told to wait,
+    # on the page itself, which tries again by itself.
     for _ in range(2):
-        connection.request("GET", "/wait", headers={"Cookie": cookie} if cookie else {})
+        connection.request("GET", "/wait")
         answer = connection.getresponse()
         answer.read()
         assert answer.status == 200
         cookie = cookie or answer.getheader("Set-Cookie").split(";")[0]
-    connection.request("GET", "/wait", headers={"Cookie": cookie})
+    connection.request("GET", "/wait")
     refused = connection.getresponse()
-    refused.read()
+    page = refused.read().decode()
     assert refused.status == 429 and int(refused.getheader("Retry-After")) >= 1
+    assert 'http-equiv="refresh"' in page and "tries again" in page
+    # A known visitor's refreshes spend nothing: a storm of them keeps the
+    # place.
+    for _ in range(10):
+        connection.request("GET", "/wait", headers={"Cookie": cookie})
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 200
     first = http.client.HTTPConnection("127.0.0.1", bff.port, timeout=10)
     first.request("GET", "/events", headers={"Cookie": cookie})
     assert first.getresponse().status == 200
@@ -757,3 +767,35 @@ def test_secure_cookies_are_host_only_so_a_sibling_subdomain_cannot_plant_a_visi
     kept = _get(bff, "GET", "/wait", {"Cookie": f"__Host-wr_visitor={value}"})
     again = kept.getheader("Set-Cookie")
     assert kept.status == 200 and (again is None or visitor_id(again) == visitor_id(set_cookie))
+
+
+def test_forwarded_addresses_count_only_from_trusted_proxies(waitroom, bff_of):
+    queue = new_queue(waitroom)
+
+    def new_visitors(bff, headers_each):
+        statuses = []
+        for headers in headers_each:
+            statuses.append(_get(bff, "GET", "/wait", headers).status)
+        return statuses
+
+    # Behind a trusted proxy (this test's own address), each forwarded
+    # client has its own budget; the rightmost untrusted hop counts, so a
+    # client cannot pick its address by writing one further left.
+    trusted = bff_of(queue, "--joins-per-minute", "1", "--trusted-proxies", "127.0.0.0/8,10.9.0.0/16")
+    assert new_visitors(trusted, [
+        {"X-Forwarded-For": "203.0.113.1"},
+        {"X-Forwarded-For": "203.0.113.2"},
+        {"X-Forwarded-For": "198.51.100.7, 203.0.113.3, 10.9.0.4"},
+        {"Forwarded": 'for="[2001:db8::5]:443";proto=https'},
+    ]) == [200, 200, 200, 200]
+    assert new_visitors(trusted, [
+        {"X-Forwarded-For": "203.0.113.1"},
+        {"X-Forwarded-For": "1.2.3.4, 203.0.113.2"},
+    ]) == [429, 429]
+    # Without trusted proxies the headers are ignored: everyone here is the
+    # TCP peer.
+    untrusted = bff_of(queue, "--joins-per-minute", "1")
+    assert new_visitors(untrusted, [
+        {"X-Forwarded-For": "203.0.113.1"},
+        {"X-Forwarded-For": "203.0.113.2"},
+    ]) == [200, 429]
