@@ -240,28 +240,7 @@ async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
     // Everyone joins, then watches through the Service, which knows only
     // the first replica yet.
     let service = ClusterIp::start(vec![one.addr]).await;
-    let mut tickets = Vec::with_capacity(watchers);
-    let client = one.client();
-    for from in (0..watchers).step_by(500) {
-        let joins = (from..(from + 500).min(watchers)).map(|i| {
-            let mut client = client.clone();
-            async move {
-                client
-                    .enqueue(pb::EnqueueRequest {
-                        queue_id: "sale".into(),
-                        user_id: format!("u{i}"),
-                        receipt: String::new(),
-                    })
-                    .await
-                    .expect("enqueue")
-                    .into_inner()
-                    .place
-                    .expect("a place")
-                    .ticket
-            }
-        });
-        tickets.extend(futures_join(joins).await);
-    }
+    let tickets = join(one.client(), watchers).await;
     let tally = Arc::new(Tally::default());
     let stop = CancellationToken::new();
     let channels: Vec<QueueServiceClient<Channel>> = (0..clients)
@@ -353,6 +332,33 @@ async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
     );
 }
 
+/// Users `u0` to `u{count - 1}` join queue `sale`, 500 at a time; their
+/// tickets, in order.
+async fn join(client: QueueServiceClient<Channel>, count: usize) -> Vec<u64> {
+    let mut tickets = Vec::with_capacity(count);
+    for from in (0..count).step_by(500) {
+        let joins = (from..(from + 500).min(count)).map(|i| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .enqueue(pb::EnqueueRequest {
+                        queue_id: "sale".into(),
+                        user_id: format!("u{i}"),
+                        receipt: String::new(),
+                    })
+                    .await
+                    .expect("enqueue")
+                    .into_inner()
+                    .place
+                    .expect("a place")
+                    .ticket
+            }
+        });
+        tickets.extend(futures_join(joins).await);
+    }
+    tickets
+}
+
 /// Runs the futures together.
 async fn futures_join<F: Future<Output = u64> + Send + 'static>(
     futures: impl Iterator<Item = F>,
@@ -397,28 +403,7 @@ async fn evenly_loaded_replicas_move_nobody_while_a_crowd_opens_its_pages() {
             ..queue("sale")
         })
         .await;
-    let client = services[0].client();
-    let mut tickets = Vec::with_capacity(watchers);
-    for from in (0..watchers).step_by(500) {
-        let joins = (from..(from + 500).min(watchers)).map(|i| {
-            let mut client = client.clone();
-            async move {
-                client
-                    .enqueue(pb::EnqueueRequest {
-                        queue_id: "sale".into(),
-                        user_id: format!("u{i}"),
-                        receipt: String::new(),
-                    })
-                    .await
-                    .expect("enqueue")
-                    .into_inner()
-                    .place
-                    .expect("a place")
-                    .ticket
-            }
-        });
-        tickets.extend(futures_join(joins).await);
-    }
+    let tickets = join(services[0].client(), watchers).await;
     // Each replica gets the same number of pages, on connections of its
     // own, opened over four seconds.
     let channels: Vec<QueueServiceClient<Channel>> = services
