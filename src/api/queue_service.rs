@@ -22,7 +22,7 @@ use crate::pb::queue_service_server::QueueService;
 use crate::store::QueueStore;
 use crate::telemetry::metrics::{ReceiptLabels, VerdictLabels, metrics};
 use crate::tokens::{AdmissionClaims, Keyring, Opened, Verdict, Verifier, admission_named};
-use crate::watch::{PlaceReceiver, WatchHub, WatchedStore};
+use crate::watch::{LineBounds, PlaceReceiver, WatchHub, WatchedStore};
 use crate::{Error, Result};
 
 /// How much longer than any verifier accepts a token its consumed id is
@@ -172,8 +172,36 @@ impl QueueApi {
     fn stamp(&self, queue: &QueueId) -> Stamp {
         Stamp {
             now_ms: self.clock.now_ms(),
-            bounds: self.hub.line_bounds(queue),
+            bounds: self.hub.line_bounds(queue).get(),
         }
+    }
+
+    /// The place a user holds, for a poll (`as_poller`) or a stream's
+    /// first message: from this replica's copy when a receipt lets it
+    /// answer, else from the store, else given back from the receipt.
+    async fn held_place(
+        &self,
+        queue: &QueueId,
+        user: &UserId,
+        receipt: &str,
+        as_poller: bool,
+    ) -> Result<Place> {
+        let claim = self.claim(queue, user, receipt)?;
+        let now = self.clock.now_ms();
+        let mut place = match &claim {
+            Some(c) => self.answered_here(queue, user, c, as_poller, now).await,
+            None => None,
+        };
+        if place.is_none() {
+            place = match as_poller {
+                true => self.store.place(queue, user, now).await?,
+                false => self.store.first_place(queue, user, now).await?,
+            };
+        }
+        if let (None, Some(claim)) = (&place, &claim) {
+            place = self.restore(queue, user, claim).await?;
+        }
+        place.ok_or_else(|| Error::PlaceNotFound(queue.to_string()))
     }
 
     /// The receipt a call brought, checked: `None` when it brought none,
@@ -262,7 +290,9 @@ fn count_receipt(outcome: &'static str) {
 pub struct WatchStream {
     updates: PlaceReceiver,
     queue: QueueId,
-    api: QueueApi,
+    keyring: Arc<Keyring>,
+    clock: Arc<dyn Clock>,
+    bounds: Arc<LineBounds>,
 }
 
 impl Stream for WatchStream {
@@ -272,9 +302,12 @@ impl Stream for WatchStream {
         let this = &mut *self;
         Pin::new(&mut this.updates).poll_next(cx).map(|update| {
             update.map(|update| {
-                let stamp = this.api.stamp(&this.queue);
+                let stamp = Stamp {
+                    now_ms: this.clock.now_ms(),
+                    bounds: this.bounds.get(),
+                };
                 let place = place_out(
-                    &this.api.keyring,
+                    &this.keyring,
                     &this.queue,
                     this.updates.user(),
                     &update?,
@@ -317,19 +350,9 @@ impl QueueService for QueueApi {
     ) -> Result<Response<pb::GetRankResponse>, Status> {
         let request = request.into_inner();
         let (queue, user) = queue_and_user(&request.queue_id, &request.user_id)?;
-        let claim = self.claim(&queue, &user, &request.receipt)?;
-        let now = self.clock.now_ms();
-        let mut place = match &claim {
-            Some(c) => self.answered_here(&queue, &user, c, true, now).await,
-            None => None,
-        };
-        if place.is_none() {
-            place = self.store.place(&queue, &user, now).await?;
-        }
-        if let (None, Some(claim)) = (&place, &claim) {
-            place = self.restore(&queue, &user, claim).await?;
-        }
-        let place = place.ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
+        let place = self
+            .held_place(&queue, &user, &request.receipt, true)
+            .await?;
         let place = place_out(&self.keyring, &queue, &user, &place, self.stamp(&queue))?;
         Ok(Response::new(pb::GetRankResponse { place: Some(place) }))
     }
@@ -349,26 +372,20 @@ impl QueueService for QueueApi {
                 self.max_streams
             ))
         })?;
-        let claim = self.claim(&queue, &user, &request.receipt)?;
-        let now = self.clock.now_ms();
-        let mut first = match &claim {
-            Some(c) => self.answered_here(&queue, &user, c, false, now).await,
-            None => None,
-        };
-        if first.is_none() {
-            first = self.store.first_place(&queue, &user, now).await?;
-        }
-        if let (None, Some(claim)) = (&first, &claim) {
-            first = self.restore(&queue, &user, claim).await?;
-        }
-        let first = first.ok_or_else(|| Error::PlaceNotFound(queue.to_string()))?;
+        let first = self
+            .held_place(&queue, &user, &request.receipt, false)
+            .await?;
         let updates = self
             .hub
             .watch(permit, queue.clone(), user, first, connection);
+        // Taken once the stream follows the queue: each message reads it.
+        let bounds = self.hub.line_bounds(&queue);
         Ok(Response::new(WatchStream {
             updates,
             queue,
-            api: self.clone(),
+            keyring: Arc::clone(&self.keyring),
+            clock: Arc::clone(&self.clock),
+            bounds,
         }))
     }
 

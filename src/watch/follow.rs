@@ -103,6 +103,7 @@ impl WatchHub {
                     if let (Some(line), Some(summary)) = (&copy.line, &copy.summary) {
                         let heartbeat_ms = watch.heartbeat_ms.load(Ordering::Relaxed);
                         pollers.prune(line, heartbeat_ms, now);
+                        watch.bounds.set(line.bounds());
                         self.know_line(&queue, summary.epoch_ms, line.bounds());
                     }
                     watchers

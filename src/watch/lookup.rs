@@ -70,13 +70,6 @@ impl Copy {
         self.ticket_place(poller.ticket, poller.min_read, changes, max_age_ms, now_ms)
     }
 
-    /// The bounds of the line as this copy knows them: its lowest window
-    /// ticket (at or below the first waiting) and its highest waiting
-    /// ticket; zeros when it knows no line.
-    pub(super) fn bounds(&self) -> (u64, u64) {
-        self.line.as_ref().map_or((0, 0), Line::bounds)
-    }
-
     /// The place of the holder of a receipt for `ticket` of the queue
     /// created at `epoch_ms`, if this copy can give it as it would a
     /// poller's.

@@ -165,6 +165,32 @@ struct QueueWatch {
     connections_closing: AtomicBool,
     /// Told after each refresh that brought the copy up to date.
     read: Notify,
+    /// The line's bounds as of the last refresh, for receipts.
+    bounds: Arc<LineBounds>,
+}
+
+/// A followed line's bounds as of its last refresh (see
+/// [`crate::domain::PlaceClaim`]'s head and top), read by every message a
+/// stream sends: two atomics a stream holds, not a lookup of the queue.
+#[derive(Debug, Default)]
+pub struct LineBounds {
+    head: AtomicU64,
+    top: AtomicU64,
+}
+
+impl LineBounds {
+    /// (head, top); zeros while the line is not known.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.head.load(Ordering::Relaxed),
+            self.top.load(Ordering::Relaxed),
+        )
+    }
+
+    fn set(&self, (head, top): (u64, u64)) {
+        self.head.store(head, Ordering::Relaxed);
+        self.top.store(top, Ordering::Relaxed);
+    }
 }
 
 impl QueueWatch {
@@ -535,11 +561,11 @@ impl WatchHub {
         })
     }
 
-    /// The bounds of a followed queue's line this instance knows (see
-    /// [`crate::domain::PlaceClaim`]'s head and top); zeros if none.
-    pub fn line_bounds(&self, queue: &QueueId) -> (u64, u64) {
+    /// The bounds of a followed queue's line, as its streams read them;
+    /// bounds that stay zero if this instance does not follow it.
+    pub fn line_bounds(&self, queue: &QueueId) -> Arc<LineBounds> {
         self.followed(queue)
-            .map_or((0, 0), |watch| watch.copy().bounds())
+            .map_or_else(Arc::default, |watch| Arc::clone(&watch.bounds))
     }
 
     /// Remembers the store's answer to a user's lookup, asked at `asked_ms`
