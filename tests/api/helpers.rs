@@ -121,6 +121,19 @@ impl TestApp {
         (app, redis)
     }
 
+    /// The service, not waited for, on a Redis that may evict keys (so it
+    /// stays unready while that Redis answers every call).
+    pub async fn on_evicting_redis() -> (Self, TestRedis) {
+        let redis =
+            TestRedis::start_with(&["--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"]);
+        let app = Self::start(
+            Self::redis_config(&redis.url(), &fresh_prefix()),
+            Arc::new(ManualClock::new(now_ms())),
+        )
+        .await;
+        (app, redis)
+    }
+
     /// The service on the in-memory store.
     pub async fn on_memory() -> Self {
         Self::spawn(Self::base_config()).await

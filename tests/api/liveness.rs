@@ -297,13 +297,7 @@ async fn the_estimate_follows_a_changed_admission_rate_and_never_jumps_up_while_
 async fn a_replica_that_is_not_ready_releases_nobody_and_time_counts_again_after_it_is() {
     // A Redis that may evict keys keeps the replica unready while it still
     // answers every call.
-    let redis =
-        TestRedis::start_with(&["--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"]);
-    let app = TestApp::start(
-        TestApp::redis_config(&redis.url(), &fresh_prefix()),
-        std::sync::Arc::new(waitroom::domain::ManualClock::new(now_ms())),
-    )
-    .await;
+    let (app, redis) = TestApp::on_evicting_redis().await;
     app.create_queue(pb::Queue {
         heartbeat_timeout: secs(5),
         ..queue("sale")

@@ -504,13 +504,7 @@ async fn a_redis_that_may_evict_keys_keeps_the_service_unready_until_it_may_not(
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
 
-    let redis =
-        TestRedis::start_with(&["--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"]);
-    let app = TestApp::start(
-        TestApp::redis_config(&redis.url(), &fresh_prefix()),
-        std::sync::Arc::new(waitroom::domain::ManualClock::new(now_ms())),
-    )
-    .await;
+    let (app, redis) = TestApp::on_evicting_redis().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel().await);
     let readiness = || HealthCheckRequest {
         service: "waitroom.v1.QueueService".into(),
