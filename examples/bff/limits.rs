@@ -1,6 +1,6 @@
 //! Protection the BFF owns: per client address, a limit on joins (a token
 //! bucket) and on open event streams, answered `429 Too Many Requests` with
-//! `Retry-After`; and the hook where a CAPTCHA or proof-of-work check goes.
+//! `Retry-After`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -8,8 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::http::HeaderMap;
-
-use crate::visitor::{HUMAN_COOKIE, cookie};
 
 /// Joins per minute and open streams per client address.
 pub struct Limits {
@@ -206,36 +204,4 @@ fn address(text: &str) -> Option<IpAddr> {
         return rest.split_once(']')?.0.parse().ok();
     }
     text.rsplit_once(':')?.0.parse().ok()
-}
-
-/// Where a CAPTCHA or proof-of-work check goes, before a visitor joins.
-pub trait HumanCheck: Send + Sync {
-    /// Whether the request carries proof of a human.
-    fn passed(&self, headers: &HeaderMap) -> bool;
-}
-
-/// No check.
-pub struct NoCheck;
-
-impl HumanCheck for NoCheck {
-    fn passed(&self, _: &HeaderMap) -> bool {
-        true
-    }
-}
-
-/// A stand-in a test switches on (`--human-check test`): the challenge page
-/// has one button, which sets the proof cookie. PRODUCTION: verify the
-/// CAPTCHA provider's response token with the provider, or check a
-/// proof-of-work answer against a challenge you issued, and bind the proof
-/// to the visitor with a signed cookie.
-pub struct TestDouble;
-
-impl HumanCheck for TestDouble {
-    fn passed(&self, headers: &HeaderMap) -> bool {
-        // Either name: this stand-in does not know whether cookies are
-        // secure (a hand-made cookie passes it anyway).
-        [true, false]
-            .iter()
-            .any(|secure| cookie(headers, HUMAN_COOKIE, *secure).as_deref() == Some("passed"))
-    }
 }

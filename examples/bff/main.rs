@@ -21,6 +21,7 @@
 //! Where a production BFF must do something differently, a comment at the
 //! spot says so (search for "PRODUCTION").
 
+mod human;
 mod keys;
 mod limits;
 mod page;
@@ -47,8 +48,9 @@ use waitroom::pb::queue_service_client::QueueServiceClient;
 use waitroom::pb::{self, PlaceState, QueueMode, Verdict as PbVerdict};
 use waitroom::tokens::Verdict;
 
+use crate::human::{HumanCheck, NoCheck, Pass, ProofOfWork, Visit};
 use crate::keys::Keys;
-use crate::limits::{HumanCheck, Limits, NoCheck, TestDouble, TrustedProxies};
+use crate::limits::{Limits, TrustedProxies};
 use crate::page::Look;
 use crate::visitor::{
     ADMISSION_COOKIE, CookieKey, HUMAN_COOKIE, VISITOR_COOKIE, cookie, set_cookie,
@@ -89,9 +91,12 @@ struct Args {
     /// Open event streams per client address.
     #[arg(long, default_value_t = 50)]
     streams_per_client: usize,
-    /// The check before joining: `off`, or `test` for the stand-in challenge.
+    /// The check before joining: `off`, or `pow` for the stand-in, a proof of work the page's script solves.
     #[arg(long, default_value = "off")]
     human_check: String,
+    /// Zero bits the proof of work asks for (each one doubles its cost).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pow_bits: u32,
     /// Title of the pages.
     #[arg(long, default_value = "Waiting room")]
     title: String,
@@ -113,10 +118,20 @@ struct App {
     limits: Arc<Limits>,
     proxies: TrustedProxies,
     human: Box<dyn HumanCheck>,
+    /// Signs the pass a visitor gets from the human check.
+    pass: Pass,
     look: Look,
 }
 
 impl App {
+    /// Whether the visitor must pass the human check before joining: a
+    /// check is on and they hold no pass issued to them that is still good.
+    fn human_check_due(&self, visitor: &str, headers: &HeaderMap) -> bool {
+        !self.human.is_off()
+            && !cookie(headers, HUMAN_COOKIE, self.secure)
+                .is_some_and(|pass| self.pass.valid(&pass, visitor, human::now_s()))
+    }
+
     /// A client on one of the few connections, in turn.
     fn client(&self) -> QueueServiceClient<Channel> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -163,17 +178,19 @@ async fn main() -> anyhow::Result<()> {
     let clients = (0..args.connections.max(1))
         .map(|_| QueueServiceClient::new(endpoint.connect_lazy()))
         .collect();
+    let cookie_key = CookieKey::new(args.cookie_key.as_deref())?;
     let human: Box<dyn HumanCheck> = match args.human_check.as_str() {
         "off" => Box::new(NoCheck),
-        "test" => Box::new(TestDouble),
-        other => anyhow::bail!("--human-check: off or test, not {other:?}"),
+        "pow" => Box::new(ProofOfWork::new(cookie_key.bytes(), args.pow_bits)),
+        other => anyhow::bail!("--human-check: off or pow, not {other:?}"),
     };
     let app = Arc::new(App {
         queue: args.queue.clone(),
         clients,
         next: AtomicUsize::new(0),
         keys: Keys::start(&jwks_url, &args.issuer),
-        cookie_key: CookieKey::new(args.cookie_key.as_deref())?,
+        pass: Pass::new(cookie_key.bytes()),
+        cookie_key,
         secure: args.secure_cookies,
         limits: Arc::new(Limits::new(args.joins_per_minute, args.streams_per_client)),
         proxies: TrustedProxies::parse(&args.trusted_proxies)?,
@@ -472,8 +489,15 @@ async fn wait(
     let sent = known_receipt(&app, &headers)
         .map(|(_, r)| r)
         .unwrap_or_default();
-    if !app.human.passed(&headers) {
-        return with_cookie(app.page(StatusCode::OK, page::challenge(&app.look)), set);
+    if app.human_check_due(&id, &headers) {
+        let visit = Visit {
+            visitor: &id,
+            address: app.proxies.client(peer.ip(), &headers),
+            headers: &headers,
+        };
+        let fields = app.human.challenge(&visit);
+        let page = page::challenge(&app.look, &fields, false);
+        return with_cookie(app.page(StatusCode::OK, page), set);
     }
     // Only a new visitor spends a join: a known visitor's refreshes (and
     // the busy page's own) keep their place without counting.
@@ -906,10 +930,41 @@ async fn purchase(State(app): State<Arc<App>>, headers: HeaderMap, form: String)
     }
 }
 
-/// The stand-in challenge passed.
-async fn human_passed(State(app): State<Arc<App>>) -> Response {
+/// The check's form posted: a visitor it accepts gets a pass for their
+/// visitor id; one it refuses sees a fresh challenge. Without a visitor
+/// cookie there is no one to give a pass to: back to the waiting page,
+/// which gives one.
+async fn human_passed(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let Some(id) = known_visitor(&app, &headers) else {
+        return Redirect::to("/wait").into_response();
+    };
+    let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let visit = Visit {
+        visitor: &id,
+        address: app.proxies.client(peer.ip(), &headers),
+        headers: &headers,
+    };
+    if !app.human.verify(&visit, &form).await {
+        let fields = app.human.challenge(&visit);
+        let page = page::challenge(&app.look, &fields, true);
+        return app.page(StatusCode::FORBIDDEN, page);
+    }
+    let pass = app.pass.issue(&id, human::now_s());
     with_cookie(
         Redirect::to("/wait").into_response(),
-        Some(set_cookie(HUMAN_COOKIE, "passed", "/", 3600, app.secure)),
+        Some(set_cookie(
+            HUMAN_COOKIE,
+            &pass,
+            "/",
+            human::PASS_LIFETIME.as_secs(),
+            app.secure,
+        )),
     )
 }

@@ -197,15 +197,26 @@ pub fn message(look: &Look, heading: &str, text: &str, refresh_s: Option<u32>) -
     )
 }
 
-/// The human check's stand-in challenge.
-pub fn challenge(look: &Look) -> String {
+/// The check before joining: the check's own fields (a widget, a proof of
+/// work the page's script solves) in a form posted to `/human`.
+pub fn challenge(look: &Look, fields: &str, failed: bool) -> String {
+    let again = match failed {
+        true => {
+            r#"<p class="notice" id="challenge-failed">That check did not succeed. Please try again.</p>"#
+        }
+        false => "",
+    };
     layout(
         look,
         "",
         r#"data-state="challenge""#,
-        r#"<h1>One moment</h1>
-<p class="status">Before you join the line, please confirm you are not a robot.</p>
-<form method="post" action="/human"><button id="human" type="submit">I am not a robot</button></form>"#,
+        &format!(
+            r#"<h1>One moment</h1>
+{again}<p class="status" id="status">Before you join the line, we check that you are not a robot. This takes a moment.</p>
+<form method="post" action="/human" id="human-form">{fields}<button id="human" type="submit">Continue</button></form>
+<noscript><p class="hint">This check needs JavaScript.</p></noscript>
+<script src="/static/app.js" defer></script>"#
+        ),
     )
 }
 
@@ -346,6 +357,38 @@ pub const JS: &str = r#"
     };
   }
 
+  // The proof of work of the check before joining: an answer whose
+  // SHA-256 with the challenge starts with the asked zero bits, then the
+  // form goes by itself.
+  async function solve(form) {
+    const challenge = form.elements.challenge;
+    if (!challenge) return;
+    const button = $('human');
+    button.disabled = true;
+    if (!(window.crypto && crypto.subtle)) { say('This check needs a secure (https) page.'); return; }
+    const bits = Number(challenge.dataset.bits);
+    const zeros = (bytes) => {
+      let n = 0;
+      for (const b of bytes) { if (b === 0) { n += 8; continue; } n += Math.clz32(b) - 24; break; }
+      return n;
+    };
+    const text = new TextEncoder();
+    for (let start = 0; ; start += 256) {
+      const tries = [];
+      for (let n = start; n < start + 256; n++) {
+        tries.push(crypto.subtle.digest('SHA-256', text.encode(`${challenge.value}:${n}`)).then((d) => [n, d]));
+      }
+      for (const [n, digest] of await Promise.all(tries)) {
+        if (zeros(new Uint8Array(digest)) >= bits) {
+          form.elements.answer.value = String(n);
+          form.submit();
+          return;
+        }
+      }
+    }
+  }
+
+  if (body.dataset.state === 'challenge') { solve($('human-form')); return; }
   if (body.dataset.state === 'closed') return;
   if ('EventSource' in window) listen(); else poll();
 })();

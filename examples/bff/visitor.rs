@@ -43,6 +43,11 @@ impl CookieKey {
         }
     }
 
+    /// The key's bytes, from which the human check's keys are derived.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     fn mac(&self, id: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any size");
         mac.update(id.as_bytes());

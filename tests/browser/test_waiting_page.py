@@ -8,7 +8,9 @@ of the waiting and booking pages are saved in target/browser/."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import http.client
+import itertools
 import json
 import os
 import pathlib
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -439,17 +442,87 @@ def test_joins_and_streams_per_address_are_limited_with_retry_after(waitroom, bf
     first.close()
 
 
-def test_the_human_check_hook_stops_a_visitor_until_the_challenge_is_passed(waitroom, bff_of, browser):
+def test_the_human_check_is_a_proof_of_work_the_page_solves_before_the_visitor_joins(waitroom, bff_of, browser):
     queue = new_queue(waitroom)
-    bff = bff_of(queue, "--human-check", "test")
-    driver = browser()
-    driver.get(bff.url + "/")
-    until(driver, lambda d: body(d, "state") == "challenge", what="the challenge")
+    bff = bff_of(queue, "--human-check", "pow")
+    # Without a pass the waiting page is the challenge, and nobody joins.
+    answer, page = _read(bff, "GET", "/wait")
+    assert answer.status == 200 and 'data-state="challenge"' in page
     stats = json.loads(ctl(waitroom, "--output", "json", "queue", "stats", queue))
     assert stats["waiting"] == 0 and stats["enqueued_total"] == 0
-    driver.find_element(By.ID, "human").click()
-    until(driver, lambda d: body(d, "state") == "waiting", what="a place after the challenge")
+    # The page's script finds the answer and sends it: a pass, then a place.
+    driver = browser()
+    started = time.monotonic()
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "state") == "waiting", what="a place after the proof of work")
+    print(f"proof of work (16 bits) solved and joined in {time.monotonic() - started:.2f} s")
     assert position(driver) == 1
+    names = {c["name"] for c in driver.get_cookies()}
+    assert "wr_human" in names, names
+
+
+def _visitor_cookie(answer) -> str:
+    for name, value in answer.getheaders():
+        if name.lower() == "set-cookie" and value.startswith("wr_visitor="):
+            return value.split(";")[0]
+    raise AssertionError("no visitor cookie set")
+
+
+def _solve(page: str, bits: int) -> dict:
+    challenge = re.search(r'name="challenge" value="([0-9a-f.]+)"', page).group(1)
+    for n in itertools.count():
+        digest = hashlib.sha256(f"{challenge}:{n}".encode()).digest()
+        if int.from_bytes(digest, "big") >> (256 - bits) == 0:
+            return {"challenge": challenge, "answer": str(n)}
+
+
+def _read(bff, method: str, path: str, headers=None, body=None):
+    connection = http.client.HTTPConnection("127.0.0.1", bff.port, timeout=10)
+    connection.request(method, path, body=body, headers=headers or {})
+    answer = connection.getresponse()
+    text = answer.read().decode()
+    connection.close()
+    return answer, text
+
+
+def test_a_human_pass_made_by_hand_or_taken_from_another_visitor_does_not_join(waitroom, bff_of):
+    queue = new_queue(waitroom)
+    bff = bff_of(queue, "--human-check", "pow", "--pow-bits", "8")
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    # Twenty scripted visitors with a pass made by hand: twenty challenges.
+    for _ in range(20):
+        first, _page = _read(bff, "GET", "/wait")
+        visitor = _visitor_cookie(first)
+        answer, page = _read(bff, "GET", "/wait", {"Cookie": f"{visitor}; wr_human=passed"})
+        assert answer.status == 200 and 'data-state="challenge"' in page
+    # A wrong answer is refused with a fresh challenge.
+    first, page = _read(bff, "GET", "/wait")
+    alice = _visitor_cookie(first)
+    solved = _solve(page, 8)
+    wrong = next(str(n) for n in itertools.count()
+                 if hashlib.sha256(f"{solved['challenge']}:{n}".encode()).digest()[0] != 0)
+    body_wrong = urllib.parse.urlencode({"challenge": solved["challenge"], "answer": wrong})
+    answer, page = _read(bff, "POST", "/human", {**form, "Cookie": alice}, body_wrong)
+    assert answer.status == 403 and "did not succeed" in page
+    # Alice's solved challenge gives Alice a pass.
+    answer, _ = _read(bff, "POST", "/human", {**form, "Cookie": alice}, urllib.parse.urlencode(solved))
+    assert answer.status == 303
+    alice_pass = next(v.split(";")[0] for k, v in answer.getheaders()
+                      if k.lower() == "set-cookie" and v.startswith("wr_human="))
+    # Bob, with Alice's challenge answered or with Alice's pass, gets none.
+    first, _ = _read(bff, "GET", "/wait")
+    bob = _visitor_cookie(first)
+    answer, _ = _read(bff, "POST", "/human", {**form, "Cookie": bob}, urllib.parse.urlencode(solved))
+    assert answer.status == 403
+    answer, page = _read(bff, "GET", "/wait", {"Cookie": f"{bob}; {alice_pass}"})
+    assert 'data-state="challenge"' in page
+    stats = json.loads(ctl(waitroom, "--output", "json", "queue", "stats", queue))
+    assert stats["enqueued_total"] == 0, stats
+    # Alice's pass is hers: she joins.
+    answer, page = _read(bff, "GET", "/wait", {"Cookie": f"{alice}; {alice_pass}"})
+    assert 'data-state="waiting"' in page, page
+    stats = json.loads(ctl(waitroom, "--output", "json", "queue", "stats", queue))
+    assert stats["enqueued_total"] == 1, stats
 
 
 def test_the_page_fits_a_phone_and_follows_a_dark_theme(waitroom, bff_of, browser):
@@ -640,7 +713,7 @@ def test_every_route_sends_protective_headers_and_the_page_runs_under_its_policy
 
 def test_a_post_from_another_site_is_refused(waitroom, bff_of):
     queue = new_queue(waitroom)
-    bff = bff_of(queue, "--human-check", "test")
+    bff = bff_of(queue, "--human-check", "pow")
     form = {"Content-Type": "application/x-www-form-urlencoded"}
     for foreign in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
                     {"Sec-Fetch-Site": "same-site", "Origin": "https://sub.example"}):
@@ -651,6 +724,7 @@ def test_a_post_from_another_site_is_refused(waitroom, bff_of):
     # the booking page itself, not by the origin check).
     own = {**form, "Origin": f"http://127.0.0.1:{bff.port}", "Sec-Fetch-Site": "same-origin"}
     assert _get(bff, "POST", "/booking/purchase", own, "attempt=x").status == 403
+    # (no visitor cookie: sent to the waiting page to get one)
     assert _get(bff, "POST", "/human", own).status == 303
 
 

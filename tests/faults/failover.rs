@@ -25,29 +25,53 @@ pub fn cmd(server: &RedisServer, args: &[&str]) -> redis::Value {
     cmd.query(&mut conn).unwrap()
 }
 
-/// Waits until the master's one replica has every write made so far
-/// (`WAIT 1` answering 1): a replica that is still syncing (a full resync
-/// on a busy machine) would otherwise be promoted without the data, which
-/// is another test's loss, not this one's.
+/// Waits until the master's one replica has every write made so far: its
+/// acknowledged offset reaches the master's. (`WAIT` on a connection that
+/// wrote nothing proves nothing: it waits for that client's own writes.)
+/// A replica that is still syncing (a full resync on a busy machine)
+/// would otherwise be promoted without the data, which is another test's
+/// loss, not this one's.
 pub fn replica_has_everything(master: &RedisServer) {
     let started = std::time::Instant::now();
-    while cmd(master, &["WAIT", "1", "2000"]) != redis::Value::Int(1) {
+    let written = replication_field(master, "master_repl_offset");
+    loop {
+        let info = info_replication(master);
+        let acked = info
+            .lines()
+            .find(|line| line.starts_with("slave0:"))
+            .and_then(|line| line.split(',').find_map(|f| f.strip_prefix("offset=")))
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        if acked.is_some_and(|acked| acked >= written) {
+            return;
+        }
         assert!(
             started.elapsed() < std::time::Duration::from_secs(30),
-            "the replica never acknowledged the writes"
+            "the replica never acknowledged offset {written}: {info}"
         );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// `INFO replication` of `server`, as text.
+pub fn info_replication(server: &RedisServer) -> String {
+    match cmd(server, &["INFO", "replication"]) {
+        redis::Value::BulkString(text) => String::from_utf8_lossy(&text).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        other => format!("{other:?}"),
+    }
+}
+
+fn replication_field(server: &RedisServer, field: &str) -> u64 {
+    let info = info_replication(server);
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {info}"))
 }
 
 /// Whether `server`, a replica, is linked to its master.
 pub fn replica_link_up(server: &RedisServer) -> bool {
-    match cmd(server, &["INFO", "replication"]) {
-        redis::Value::BulkString(text) => {
-            String::from_utf8_lossy(&text).contains("master_link_status:up")
-        }
-        redis::Value::VerbatimString { text, .. } => text.contains("master_link_status:up"),
-        _ => false,
-    }
+    info_replication(server).contains("master_link_status:up")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +112,14 @@ async fn a_master_demoted_behind_a_stable_address_is_left_for_the_new_one() {
     cmd(&old, &["REPLICAOF", "127.0.0.1", &new_port]);
     proxy.retarget(format!("127.0.0.1:{}", new.port).parse().unwrap());
     // Joins resume through the address, now the new master's.
-    let resumed = until_joins_resume(&service, &ledger, Duration::from_secs(5)).await;
+    let resumed = until_joins_resume(&service, &ledger, Duration::from_secs(5), || {
+        format!(
+            "old: {}; new: {}",
+            info_replication(&old),
+            info_replication(&new)
+        )
+    })
+    .await;
     println!("failover: joins resumed {resumed:?} after it");
     for m in 0..50 {
         ledger::enqueue(
@@ -108,10 +139,13 @@ async fn a_master_demoted_behind_a_stable_address_is_left_for_the_new_one() {
 }
 
 /// Joins until one is acknowledged; how long that took.
+/// `state` describes the Redis servers, printed when a join gets an
+/// answer no failover should give.
 pub async fn until_joins_resume(
     service: &Service,
     ledger: &ledger::Shared,
     within: Duration,
+    state: impl Fn() -> String,
 ) -> Duration {
     let started = Instant::now();
     let mut client = service.client();
@@ -129,7 +163,15 @@ pub async fn until_joins_resume(
         if outcome == Outcome::Ok {
             return started.elapsed();
         }
-        assert_eq!(outcome, Outcome::Failed(Code::Unavailable));
+        assert_eq!(
+            outcome,
+            Outcome::Failed(Code::Unavailable),
+            "join after-{} {:?} after the fault; {}; service log: {}",
+            n - 1,
+            started.elapsed(),
+            state(),
+            service.log_tail(40)
+        );
         assert!(
             started.elapsed() < within,
             "joins still refused {:?} after the failover (log: {})",

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use waitroom::testkit::{RedisServer, free_port};
 
-use crate::failover::{cmd, replica_has_everything, replica_link_up, until_joins_resume};
+use crate::failover::{
+    cmd, info_replication, replica_has_everything, replica_link_up, until_joins_resume,
+};
 use crate::ledger;
 use crate::service::{Service, queue, scratch};
 
@@ -108,6 +110,32 @@ fn is_replica(server: &RedisServer) -> bool {
         }
         _ => false,
     }
+}
+
+/// What the Sentinel and the servers (the live ones) say, and what listens
+/// on the loopback ports: for a failure's message.
+fn servers(sentinel: &Sentinel, live: &[&RedisServer]) -> String {
+    let mut said = format!(
+        "the Sentinel names port {:?}; its master: {:?}; its replicas: {:?}",
+        sentinel.master_port(),
+        sentinel.ask(&["SENTINEL", "MASTER", MASTER]),
+        sentinel.ask(&["SENTINEL", "REPLICAS", MASTER]),
+    );
+    for server in live {
+        said.push_str(&format!(
+            "; port {}: DBSIZE {:?}, {}",
+            server.port,
+            cmd(server, &["DBSIZE"]),
+            info_replication(server).replace("\r\n", " ")
+        ));
+    }
+    if let Ok(out) = Command::new("ss").args(["-ltnp"]).output() {
+        said.push_str(&format!(
+            "; listening: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    said
 }
 
 /// A master, its replica, a Sentinel watching them, and the service asking
@@ -210,7 +238,10 @@ async fn a_planned_sentinel_failover_under_traffic_loses_nothing() {
             assert!(started.elapsed() < Duration::from_secs(30), "never demoted");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let took = until_joins_resume(&service, &ledger, Duration::from_secs(10)).await;
+        let took = until_joins_resume(&service, &ledger, Duration::from_secs(10), || {
+            servers(&sentinel, &[&master, &replica])
+        })
+        .await;
         *noted.lock().unwrap() = Some(took);
     };
     ledger::traffic(
@@ -263,7 +294,10 @@ async fn a_dead_master_is_replaced_by_the_one_the_sentinel_promotes() {
     replica_has_everything(&master);
     master.stop();
     let killed = Instant::now();
-    let resumed = until_joins_resume(&service, &ledger, Duration::from_secs(30)).await;
+    let resumed = until_joins_resume(&service, &ledger, Duration::from_secs(30), || {
+        servers(&sentinel, &[&replica])
+    })
+    .await;
     let promoted = sentinel.master_port();
     println!(
         "master killed: the Sentinel promoted the replica and joins were acknowledged again {resumed:?} after the kill (down-after 1 s)"

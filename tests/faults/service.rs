@@ -99,6 +99,13 @@ impl Service {
             .connect_lazy()
     }
 
+    /// The last `lines` lines of the service's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     pub fn client(&self) -> QueueServiceClient<Channel> {
         QueueServiceClient::new(self.channel()).max_decoding_message_size(64 << 20)
     }
