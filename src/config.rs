@@ -120,11 +120,11 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_MAX_CALLS", default_value_t = 10_000)]
     pub max_calls: usize,
 
-    /// HTTP/2 streams one connection may have open (a BFF multiplexes many watchers on few connections).
+    /// HTTP/2 streams one connection may have open. Sized for a BFF, which multiplexes its open pages on a few connections (the reference BFF's 4 carry 80,000), and so that one client needs ten connections to take an instance's --max-streams.
     #[arg(
         long,
         env = "WAITROOM_MAX_STREAMS_PER_CONNECTION",
-        default_value_t = 50_000
+        default_value_t = 20_000
     )]
     pub max_streams_per_connection: u32,
 
@@ -139,6 +139,10 @@ pub struct Config {
     /// Connections are asked to go away after about this long (GOAWAY, then their streams end with UNAVAILABLE and reconnect through the load balancer), each at its own moment within ±10%, so rollouts and scale-outs rebalance long-lived clients without a wave of reconnects.
     #[arg(long, env = "WAITROOM_MAX_CONNECTION_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
+
+    /// A client that stops reading is let go after this long: a WatchRank stream whose next message has waited this long unread (flow control holds it) is ended by the hub, and a connection whose socket has taken no bytes for this long is closed. Positions coalesce meanwhile, so what waits is one message a stream.
+    #[arg(long, env = "WAITROOM_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub stall_timeout: Duration,
 
     /// A connection that has not sent the 24 bytes that open HTTP/2 (or a TLS handshake's first bytes) within this long is closed: a client that connects and never speaks would otherwise hold two file descriptors until its age.
     #[arg(long, env = "WAITROOM_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -204,11 +208,12 @@ impl Config {
             request_timeout: Duration::from_secs(10),
             max_streams: 200_000,
             max_calls: 10_000,
-            max_streams_per_connection: 50_000,
+            max_streams_per_connection: 20_000,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_connection_age: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
             balance_interval: Duration::from_secs(5),
             balance_step: 0.1,
             balance_tolerance: 0.1,

@@ -79,7 +79,7 @@ struct Args {
     /// Mark cookies Secure (set when the pages are served over TLS, directly or by a proxy in front).
     #[arg(long)]
     secure_cookies: bool,
-    /// HTTP/2 connections to waitroom that carry every stream of this BFF.
+    /// HTTP/2 connections to waitroom that carry every stream of this BFF: at least its open pages / waitroom's --max-streams-per-connection (20,000), so 4 carry 80,000.
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// New visitors (a first visit of the waiting page) per client address per minute; a known visitor's refreshes are not counted.

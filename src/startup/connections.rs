@@ -42,6 +42,8 @@ pub(super) struct Accepting {
     pub(super) grace: Duration,
     /// How long a new connection may take to send its first bytes.
     pub(super) handshake: Duration,
+    /// How long a connection's socket may take no bytes before it is shut.
+    pub(super) stall: Duration,
 }
 
 impl Accepting {
@@ -72,16 +74,17 @@ impl Accepting {
             let (number, connection) = self.connections.opened();
             let connections = Arc::clone(&self.connections);
             let (serve_one, hub) = (Arc::clone(&self.serve_one), Arc::clone(&self.hub));
-            let (age, grace, handshake, stop) = (
+            let (age, grace, handshake, stall, stop) = (
                 jittered(self.max_age),
                 self.grace,
                 self.handshake,
+                self.stall,
                 stop.clone(),
             );
             served.spawn(async move {
                 if spoke_in_time(&tcp, handshake).await {
                     let shut = Shut::of(&tcp);
-                    let conn = ServedConnection::new(tcp, Arc::clone(&connection));
+                    let conn = ServedConnection::new(tcp, Arc::clone(&connection), stall);
                     serve(conn, connection, serve_one, hub, age, grace, stop, shut).await;
                 }
                 connections.ended(number);

@@ -100,6 +100,7 @@ impl Application {
         );
         hub.set_position_pace(config.position_pace);
         hub.set_position_budget(config.position_budget);
+        hub.set_stall_timeout(config.stall_timeout);
         Ok(Self {
             hub,
             streams_end,
@@ -324,6 +325,7 @@ impl Application {
             max_age: config.max_connection_age,
             grace: config.shutdown_timeout,
             handshake: config.handshake_timeout,
+            stall: config.stall_timeout,
         };
         let serving = tokio::spawn(accepting.run(stopping));
         let result = finish.wait(serving).await;

@@ -94,7 +94,16 @@ pub struct Metrics {
     /// Queues this replica's visitors watch or poll that the store lost
     /// and nobody re-made (not declared).
     pub queues_vanished: Gauge,
+    /// Streams ended because their client stopped reading them, and
+    /// connections closed because their socket took no bytes.
+    pub stalled: Family<StalledLabels, Counter>,
     queues: std::sync::Arc<QueueSnapshot>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StalledLabels {
+    /// `stream` or `connection`.
+    pub what: &'static str,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -208,6 +217,12 @@ impl Metrics {
             "Queues watched or polled on this replica that the store lost without a DeleteQueue and that are not declared, so nothing re-makes them",
             queues_vanished.clone(),
         );
+        let stalled = Family::<StalledLabels, Counter>::default();
+        registry.register(
+            "waitroom_stalled",
+            "Streams ended because their client left a message unread for --stall-timeout, and connections closed because their socket took no bytes for that long (what: stream, connection)",
+            stalled.clone(),
+        );
         let queues = std::sync::Arc::new(QueueSnapshot::default());
         registry.register_collector(Box::new(std::sync::Arc::clone(&queues)));
         Self {
@@ -226,6 +241,7 @@ impl Metrics {
             receipts,
             queues_remade,
             queues_vanished,
+            stalled,
             queues,
         }
     }

@@ -396,17 +396,24 @@ impl WatchHub {
             }
         });
         if paced > 0 {
-            for watcher in watchers.iter_mut().filter(|w| w.due) {
-                watcher.due = false;
-                let place = place_of(watcher);
-                if let Some(place) = place {
-                    let view = View::of(&place, now);
-                    if watcher.tx.send(Ok(place)).is_ok() {
-                        watcher.last = view;
-                        watcher.paced_until_ms = next_moment(now, watcher.phase, pace);
-                    }
+            // A send refused (the stream gone, or stalled unread) lets the
+            // stream go, here as everywhere.
+            watchers.retain_mut(|watcher| {
+                if !watcher.due {
+                    return true;
                 }
-            }
+                watcher.due = false;
+                let Some(place) = place_of(watcher) else {
+                    return true;
+                };
+                let view = View::of(&place, now);
+                if watcher.tx.send(Ok(place)).is_err() {
+                    return false;
+                }
+                watcher.last = view;
+                watcher.paced_until_ms = next_moment(now, watcher.phase, pace);
+                true
+            });
         }
         Ok(())
     }

@@ -240,6 +240,8 @@ pub struct WatchHub {
     position_pace_ms: AtomicU64,
     /// Most position messages a second over all streams (0: none).
     position_budget: AtomicU64,
+    /// See [`WatchHub::set_stall_timeout`] (ms).
+    stall_ms: AtomicU64,
     queues: Mutex<HashMap<QueueId, Arc<QueueWatch>>>,
     shutdown: CancellationToken,
     /// Streams open on this instance.
@@ -268,6 +270,7 @@ impl WatchHub {
             interval,
             position_pace_ms: AtomicU64::new(0),
             position_budget: AtomicU64::new(0),
+            stall_ms: AtomicU64::new(0),
             queues: Mutex::new(HashMap::new()),
             shutdown,
             open: Arc::new(AtomicUsize::new(0)),
@@ -347,6 +350,13 @@ impl WatchHub {
         self.position_budget.store(per_second, Ordering::Relaxed);
     }
 
+    /// A stream whose client leaves a message unread this long is let go
+    /// (zero: never); see [`slot::PlaceSender::send`].
+    pub fn set_stall_timeout(&self, stall: Duration) {
+        self.stall_ms
+            .store(stall.as_millis() as u64, Ordering::Relaxed);
+    }
+
     /// The pace of position messages now (ms; 0: every change at once).
     fn position_pace_ms(&self) -> u64 {
         let pace = self.position_pace_ms.load(Ordering::Relaxed);
@@ -389,7 +399,8 @@ impl WatchHub {
         let last = View::of(&first, self.clock.now_ms());
         let ticket = Some(first.ticket).filter(|t| *t > 0);
         let is_final = first.is_final();
-        let (tx, rx) = slot::link(user, Ok(first));
+        let stall = Duration::from_millis(self.stall_ms.load(Ordering::Relaxed));
+        let (tx, rx) = slot::link(user, Ok(first), stall);
         if is_final {
             return rx;
         }

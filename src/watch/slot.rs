@@ -16,6 +16,9 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_stream::Stream;
 
@@ -29,11 +32,18 @@ fn ends(place: &Result<Place>) -> bool {
 
 struct Shared {
     user: UserId,
+    /// How long a place may wait untaken before the stream counts as
+    /// stalled (zero: for ever).
+    stall: Duration,
     state: Mutex<State>,
 }
 
 struct State {
     latest: Option<Result<Place>>,
+    /// Since when `latest` has waited: the stream takes a place within
+    /// moments unless its client stopped reading (flow control holds the
+    /// message before it, and the server stops taking more).
+    waiting_since: Option<Instant>,
     waker: Option<Waker>,
     sender_gone: bool,
     /// A final place or an error was sent: the stream may end after it.
@@ -59,13 +69,16 @@ pub struct PlaceReceiver {
     shared: Arc<Shared>,
 }
 
-/// A link for `user` whose first place is `first`.
-pub fn link(user: UserId, first: Result<Place>) -> (PlaceSender, PlaceReceiver) {
+/// A link for `user` whose first place is `first`; a place left untaken
+/// for `stall` (zero: no limit) stalls it (see [`PlaceSender::send`]).
+pub fn link(user: UserId, first: Result<Place>, stall: Duration) -> (PlaceSender, PlaceReceiver) {
     let shared = Arc::new(Shared {
         user,
+        stall,
         state: Mutex::new(State {
             ended: ends(&first),
             latest: Some(first),
+            waiting_since: Some(Instant::now()),
             waker: None,
             sender_gone: false,
         }),
@@ -83,7 +96,11 @@ impl PlaceSender {
         &self.shared.user
     }
 
-    /// Replaces the place not yet taken; gives it back if the stream is gone.
+    /// Replaces the place not yet taken; gives it back if the stream is
+    /// gone, or stalled: its client left a place untaken for the stall
+    /// time. Either way the hub lets go of the stream, which, if its
+    /// client ever reads again, gives the place it holds and then tells
+    /// it to reconnect.
     // Handing the place back is not an error path: boxing it would cost an
     // allocation on every send.
     #[allow(clippy::result_large_err)]
@@ -93,6 +110,23 @@ impl PlaceSender {
         }
         let waker = {
             let mut state = self.shared.state();
+            let stall = self.shared.stall;
+            if !stall.is_zero()
+                && state.latest.is_some()
+                && state
+                    .waiting_since
+                    .is_some_and(|since| since.elapsed() >= stall)
+            {
+                drop(state);
+                crate::telemetry::metrics::metrics()
+                    .stalled
+                    .get_or_create(&crate::telemetry::metrics::StalledLabels { what: "stream" })
+                    .inc();
+                return Err(place);
+            }
+            if state.latest.is_none() {
+                state.waiting_since = Some(Instant::now());
+            }
             state.ended |= ends(&place);
             state.latest = Some(place);
             state.waker.take()
@@ -134,6 +168,7 @@ impl Stream for PlaceReceiver {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut state = self.shared.state();
         if let Some(place) = state.latest.take() {
+            state.waiting_since = None;
             return Poll::Ready(Some(place));
         }
         if state.sender_gone {
@@ -165,7 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_stream_gets_the_newest_place_and_ends_after_the_sender() {
-        let (tx, mut rx) = link(user(), Err(Error::Internal("first".into())));
+        let (tx, mut rx) = link(user(), Err(Error::Internal("first".into())), Duration::ZERO);
         assert!(matches!(rx.next().await, Some(Err(Error::Internal(m))) if m == "first"));
         tx.send(Err(Error::Internal("stale".into()))).unwrap();
         tx.send(Err(Error::Internal("newest".into()))).unwrap();
@@ -186,16 +221,54 @@ mod tests {
         store.create_queue(&config).await.unwrap();
         let waiting = store.enqueue(&queue, &user(), 1).await.unwrap();
         assert!(!waiting.is_final());
-        let (tx, mut rx) = link(user(), Ok(waiting));
+        let (tx, mut rx) = link(user(), Ok(waiting), Duration::ZERO);
         drop(tx);
         assert!(matches!(rx.next().await, Some(Ok(_))));
         assert!(matches!(rx.next().await, Some(Err(Error::Reconnect(_)))));
         assert!(rx.next().await.is_none());
     }
 
+    /// A place in line (not final), from the specification store.
+    async fn waiting_place() -> Place {
+        use crate::store::QueueStore;
+        let queue = crate::domain::QueueId::parse("q").unwrap();
+        let mut config = crate::domain::QueueConfig::new(queue.clone());
+        config.created_at_ms = 1;
+        let store = crate::store::MemoryStore::new();
+        store.create_queue(&config).await.unwrap();
+        store.enqueue(&queue, &user(), 1).await.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_place_left_unread_for_the_stall_time_stalls_the_stream() {
+        let stall = Duration::from_secs(60);
+        let place = waiting_place().await;
+        let (tx, mut rx) = link(user(), Ok(place.clone()), stall);
+        // Taken at once: the client reads.
+        assert!(rx.next().await.is_some());
+        tokio::time::advance(Duration::from_secs(600)).await;
+        tx.send(Ok(place.clone())).unwrap();
+        // Replaced while unread, within the stall time: still open.
+        tokio::time::advance(Duration::from_secs(59)).await;
+        tx.send(Ok(place.clone())).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // A minute unread: refused, and the hub lets go.
+        assert!(tx.send(Ok(place.clone())).is_err());
+        drop(tx);
+        // The client, reading again, gets the place held, then is told to
+        // reconnect.
+        assert!(matches!(rx.next().await, Some(Ok(_))));
+        assert!(matches!(rx.next().await, Some(Err(Error::Reconnect(_)))));
+        assert!(rx.next().await.is_none());
+        // With no limit, a place may wait for ever.
+        let (tx, _rx) = link(user(), Ok(place.clone()), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(tx.send(Ok(place)).is_ok());
+    }
+
     #[test]
     fn a_dropped_stream_closes_the_sender() {
-        let (tx, rx) = link(user(), Err(Error::Internal("first".into())));
+        let (tx, rx) = link(user(), Err(Error::Internal("first".into())), Duration::ZERO);
         assert!(!tx.is_closed());
         drop(rx);
         assert!(tx.is_closed());

@@ -611,3 +611,232 @@ async fn a_connection_that_does_not_start_http2_in_time_is_closed() {
     assert_eq!(enqueue(&mut client, "open", "a").await.ticket, 1);
     app.stop().await;
 }
+
+/// Opens `n` `WatchRank` streams of users `{prefix}{i}` on `channel` and
+/// returns them unread (their first message may or may not have come).
+async fn open_unread(
+    channel: &Channel,
+    queue: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<tonic::Streaming<pb::WatchRankResponse>> {
+    let mut opening = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let mut client = QueueServiceClient::new(channel.clone());
+        let request = watch_request(queue, &format!("{prefix}{i:05}"));
+        opening.spawn(async move { client.watch_rank(request).await.map(|r| r.into_inner()) });
+    }
+    let mut streams = Vec::with_capacity(n);
+    while let Some(opened) = opening.join_next().await {
+        streams.push(opened.unwrap().expect("a stream opens"));
+    }
+    streams
+}
+
+async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "{what}: not after {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// A client that opens 5,000 streams and reads none of them: once the
+/// line moves, each stream's next message waits behind flow control, and
+/// after the stall time the hub lets every one go; a client that reads
+/// is not touched.
+#[tokio::test]
+async fn streams_whose_client_stops_reading_them_are_let_go_after_the_stall_time() {
+    let mut config = TestApp::base_config();
+    config.stall_timeout = Duration::from_secs(1);
+    // Positions paced, as by default: a paced message refused lets go too.
+    config.position_pace = Duration::from_millis(100);
+    let app = TestApp::spawn(config).await;
+    app.create_queue(queue("unread")).await;
+    let mut client = app.client().await;
+    let unread = 5_000;
+    for i in 0..unread {
+        enqueue(&mut client, "unread", &format!("u{i:05}")).await;
+    }
+    enqueue(&mut client, "unread", "reader").await;
+    // A window of 16 bytes: no message fits until the client reads.
+    let stingy = Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(16))
+        .connect()
+        .await
+        .unwrap();
+    let held = open_unread(&stingy, "unread", "u", unread).await;
+    let mut reader = open(&app, "unread", "reader").await;
+    assert_eq!(app.hub.watcher_count(), unread + 1);
+    // The line moves every 200 ms, and the reader reads.
+    let moving = {
+        let (mut client, clock) = (client.clone(), std::sync::Arc::clone(&app.clock));
+        tokio::spawn(async move {
+            loop {
+                admit(&mut client, "unread", 1).await;
+                // The hub's clock, which paces positions, keeps time.
+                clock.advance_ms(200);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let read = tokio::spawn(async move {
+        let mut last = 0;
+        while let Some(Ok(update)) = reader.next().await {
+            last = update.place.map_or(0, |p| p.position);
+        }
+        last
+    });
+    let took = until("the unread streams let go", Duration::from_secs(10), || {
+        app.hub.watcher_count() == 1
+    })
+    .await;
+    println!(
+        "{unread} unread streams let go {took:?} after the line began to move (stall time 1 s)"
+    );
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    // The reader is still followed: admitted at its turn.
+    moving.abort();
+    assert_eq!(app.hub.watcher_count(), 1);
+    assert!(!read.is_finished());
+    drop(held);
+    read.abort();
+    app.stop().await;
+}
+
+/// Reads that never complete: a socket whose client stopped reading.
+struct PausedReads {
+    tcp: tokio::net::TcpStream,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for PausedReads {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.paused.load(std::sync::atomic::Ordering::Relaxed) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PausedReads {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// A client that stops reading its socket altogether, with windows large
+/// enough that flow control never holds the server back: the socket
+/// fills, and after the stall time the server closes the connection,
+/// ending its streams. Keepalive is off, so the stall alone does it.
+#[tokio::test]
+async fn a_connection_whose_client_stops_reading_its_socket_is_closed_after_the_stall_time() {
+    let mut config = TestApp::base_config();
+    config.stall_timeout = Duration::from_secs(1);
+    config.keepalive_interval = Duration::from_secs(3600);
+    let app = TestApp::spawn(config).await;
+    app.create_queue(queue("deaf")).await;
+    let mut client = app.client().await;
+    let streams = 2_000;
+    for i in 0..streams {
+        enqueue(&mut client, "deaf", &format!("d{i:05}")).await;
+    }
+    let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = app.addr;
+    let pause = std::sync::Arc::clone(&paused);
+    // The channel connects again once it notices: count its connections.
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let making = std::sync::Arc::clone(&made);
+    let deaf = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_connection_window_size(Some(1 << 30))
+        .initial_stream_window_size(Some(1 << 24))
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let paused = std::sync::Arc::clone(&pause);
+            making.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(PausedReads { tcp, paused }))
+            }
+        }))
+        .await
+        .unwrap();
+    let held = open_unread(&deaf, "deaf", "d", streams).await;
+    let open = app.hub.connections().count();
+    let mut admin = app.admin().await;
+    // Counted once accepted, a moment after the client connected.
+    let connections = open + 1;
+    until(
+        "the admin connection counted",
+        Duration::from_secs(5),
+        || app.hub.connections().count() == connections,
+    )
+    .await;
+    let before = made.load(std::sync::atomic::Ordering::Relaxed);
+    paused.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Long notices to every stream, until the socket takes no more.
+    let notice = "n".repeat(280);
+    let started = Instant::now();
+    let mut changes = 0;
+    while app.hub.watcher_count() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} streams still open after {changes} notices",
+            app.hub.watcher_count()
+        );
+        admin
+            .update_queue(pb::UpdateQueueRequest {
+                queue: Some(pb::Queue {
+                    notice: format!("{changes} {notice}")[..280].to_owned(),
+                    ..queue("deaf")
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["notice".into()],
+                }),
+            })
+            .await
+            .unwrap();
+        changes += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "a socket that took no bytes closed with its {streams} streams {:?} after the client stopped reading ({changes} notices sent)",
+        started.elapsed()
+    );
+    let (_, _, text) = http_get(&app, "/metrics").await;
+    assert!(
+        text.contains("waitroom_stalled_total{what=\"connection\"}"),
+        "{text}"
+    );
+    until("the connection closed", Duration::from_secs(5), || {
+        let again = made.load(std::sync::atomic::Ordering::Relaxed) - before;
+        app.hub.connections().count() < connections + again
+    })
+    .await;
+    drop(held);
+    app.stop().await;
+}

@@ -22,6 +22,8 @@ pub enum Store {
 /// The service process and, for the Redis store, its redis-server.
 pub struct Service {
     pub addr: std::net::SocketAddr,
+    /// Its HTTP port (metrics, JWKS).
+    pub http_port: u16,
     child: Child,
     _redis: Option<RedisServer>,
 }
@@ -53,13 +55,19 @@ impl Service {
         let binary = server_binary()?;
         let port = free_port().map_err(anyhow::Error::msg)?;
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let http_port = free_port().map_err(anyhow::Error::msg)?;
         let mut command = Command::new(&binary);
         command
             .args([
                 "--listen",
                 &addr.to_string(),
                 "--http-listen",
-                "127.0.0.1:0",
+                &format!("127.0.0.1:{http_port}"),
+                // Benchmarks put many streams on few connections on
+                // purpose; the per-connection limit is not what they
+                // measure.
+                "--max-streams-per-connection",
+                "1000000",
             ])
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -73,6 +81,7 @@ impl Service {
             .map_err(|e| anyhow::anyhow!("starting {}: {e}", binary.display()))?;
         let service = Self {
             addr,
+            http_port,
             child,
             _redis: redis,
         };
@@ -134,6 +143,22 @@ impl Service {
     /// CPU time the service process has used so far (user + system).
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
         process_cpu_time(&self.child.id().to_string())
+    }
+
+    /// A metric's value from the service's `/metrics` (the first sample
+    /// whose line starts with `name`).
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port)).await?;
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).await?;
+        text.lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {name} in /metrics"))
     }
 
     /// Resident memory of the service process.

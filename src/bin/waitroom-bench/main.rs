@@ -14,6 +14,7 @@ mod load;
 mod mixed;
 mod rpc;
 mod soak;
+mod unread;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,8 @@ enum Scenario {
     Soak(soak::Args),
     /// Waiting pages through the reference BFF: its memory per page, its gRPC connections, admission to page.
     Bff(bff::Args),
+    /// A client that opens thousands of streams and stops reading: memory, and when they are let go.
+    Unread(unread::Args),
 }
 
 #[tokio::main]
@@ -56,5 +59,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Mixed(args) => mixed::run(args).await,
         Scenario::Soak(args) => soak::run(args).await,
         Scenario::Bff(args) => bff::run(args).await,
+        Scenario::Unread(args) => unread::run(args).await,
     }
 }
