@@ -472,6 +472,8 @@ fn view(place: &pb::Place) -> Value {
         "ahead": place.position.saturating_sub(1),
         "waiting": place.waiting_count,
         "wait_s": seconds(&place.estimated_wait),
+        "wait_low_s": seconds(&place.estimated_wait_low),
+        "wait_high_s": seconds(&place.estimated_wait_high),
         "mode": mode,
         "opens_in_s": seconds(&place.opens_in).unwrap_or(0),
         "notice": place.notice,
@@ -617,6 +619,7 @@ fn place_events(
     async_stream(move |tx| async move {
         let _guard = guard;
         let mut sent = 0u64;
+        let mut said_reconnecting = false;
         loop {
             let opened = app
                 .client()
@@ -634,6 +637,7 @@ fn place_events(
                             Ok(Some(message)) => {
                                 let Some(place) = message.place else { continue };
                                 receipt.clone_from(&place.receipt);
+                                said_reconnecting = false;
                                 sent += 1;
                                 let event = Event::default()
                                     .event("place")
@@ -666,6 +670,14 @@ fn place_events(
                 | tonic::Code::ResourceExhausted
                 | tonic::Code::Cancelled
                 | tonic::Code::Internal => {
+                    // The page says it is reconnecting until the next place.
+                    if !said_reconnecting {
+                        let event = Event::default().event("reconnecting").data("{}");
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                        said_reconnecting = true;
+                    }
                     let delay = end
                         .get_error_details()
                         .retry_info()

@@ -102,19 +102,28 @@ pub fn waiting(look: &Look, view: &Value) -> String {
     let state = view["state"].as_str().unwrap_or("waiting");
     let number = |key: &str| view[key].as_u64().unwrap_or(0);
     let (position, ahead, waiting) = (number("position"), number("ahead"), number("waiting"));
-    let estimate = wait_words(view["wait_s"].as_u64());
     let paused = view["mode"] == "paused";
     let opens_in = number("opens_in_s");
     let notice = view["notice"].as_str().unwrap_or("");
-    let (closed_title, closed_words) = closing(view["closed_reason"].as_str().unwrap_or(""));
+    let closed_reason = view["closed_reason"].as_str().unwrap_or("");
+    let (closed_title, closed_words) = closing(closed_reason);
+    let (heading, hint) = state_words(state, paused, closed_reason);
+    let estimate = estimate_words(
+        view["wait_s"].as_u64(),
+        view["wait_low_s"].as_u64(),
+        view["wait_high_s"].as_u64(),
+        paused,
+    );
     let status = match state {
         "closed" => closed_words.to_owned(),
-        "pre_queue" => "You are in the waiting room. When the sale opens, everyone here gets a random place in line.".to_owned(),
+        "pre_queue" => "You are in the waiting room.".to_owned(),
         _ => format!("You are number {position} in line."),
     };
     let main = format!(
-        r#"<h1>You are in line</h1>
-<p id="status" class="status" aria-live="polite">{status}</p>
+        r#"<h1 id="heading">{heading}</h1>
+<p id="status" class="status">{status}</p>
+<p id="announce" class="visually-hidden" aria-live="polite"></p>
+<p id="reconnecting" class="notice" role="status" hidden>Reconnecting… You keep your place. <span id="confirmed"></span></p>
 <p id="notice" class="notice" aria-live="polite" {hide_notice}>{notice}</p>
 <section id="waiting" class="card" {hide_waiting}>
   <div class="figures">
@@ -122,8 +131,8 @@ pub fn waiting(look: &Look, view: &Value) -> String {
     <div><span class="label">People ahead of you</span><span id="ahead" class="big">{ahead}</span></div>
   </div>
   <progress id="progress" max="100" value="0" aria-label="Progress to the front of the line"></progress>
-  <p><span id="waiting-count">{waiting}</span> people are waiting. Estimated wait: <strong id="estimate">{estimate}</strong>.</p>
-  <p id="paused" class="notice" {hide_paused}>Admission is paused for a moment. Keep this page open: your place is kept.</p>
+  <p><span id="waiting-count">{waiting}</span> people are waiting.</p>
+  <p><span class="label">Expected entry</span> <strong id="estimate">{estimate}</strong></p>
 </section>
 <section id="prequeue" class="card" {hide_prequeue}>
   <p class="label">The sale opens in</p>
@@ -132,13 +141,13 @@ pub fn waiting(look: &Look, view: &Value) -> String {
 </section>
 <section id="closed" class="card" {hide_closed}>
   <p id="closed-title" class="big small">{closed_title}</p>
-  <p>Thank you for waiting.</p>
+  <p>Thank you for waiting. <a href="/">Back to the start</a></p>
 </section>
-<p class="hint">Refreshing this page keeps your place. When it is your turn you are taken to the booking page.</p>
+<p id="hint" class="hint">{hint}</p>
+<p class="hint"><span id="updated"></span> <button id="notify" type="button" hidden>Tell me when it is my turn</button></p>
 <noscript><p class="hint">This page updates itself every 10 seconds.</p></noscript>
 <script src="/static/app.js" defer></script>"#,
         hide_waiting = hidden(state != "waiting"),
-        hide_paused = hidden(!paused),
         hide_prequeue = hidden(state != "pre_queue"),
         hide_closed = hidden(state != "closed"),
         hide_notice = hidden(notice.is_empty()),
@@ -149,12 +158,65 @@ pub fn waiting(look: &Look, view: &Value) -> String {
         look,
         r#"<noscript><meta http-equiv="refresh" content="10"></noscript>"#,
         &format!(
-            r#"data-state="{}" data-ticket="{}" data-transport="none""#,
+            r#"data-state="{}" data-ticket="{}" data-transport="none" data-connection="live""#,
             escape(state),
             number("ticket")
         ),
         &main,
     )
+}
+
+/// A state's heading and what to do next, as the page's script says them.
+fn state_words(state: &str, paused: bool, closed_reason: &str) -> (&'static str, &'static str) {
+    match state {
+        "closed" => (
+            closing(closed_reason).0,
+            "The line has closed, so there is nothing more to wait for here.",
+        ),
+        "pre_queue" => (
+            "The sale opens soon",
+            "Keep this tab open. When the sale opens, everyone here gets a random place in line.",
+        ),
+        _ if paused => (
+            "Admission is paused",
+            "You keep your place. Keep this tab open: the line moves again when admission resumes.",
+        ),
+        _ => (
+            "You are in line",
+            "Keep this tab open. When it is your turn you are taken to the booking page. Refreshing this page keeps your place.",
+        ),
+    }
+}
+
+/// The expected entry in words, without the visitor's clock (the script
+/// shows clock times).
+pub fn estimate_words(
+    wait_s: Option<u64>,
+    low_s: Option<u64>,
+    high_s: Option<u64>,
+    paused: bool,
+) -> String {
+    if paused {
+        return "when admission resumes".into();
+    }
+    let Some(wait) = wait_s else {
+        return "the line moves when the organiser lets people in".into();
+    };
+    let span = |s: u64| match s {
+        0..60 => "less than a minute".to_owned(),
+        s => format!("{} minutes", (s + 30) / 60),
+    };
+    match (low_s, high_s) {
+        (Some(low), Some(high)) if high > low + 30 => {
+            format!(
+                "in about {} (between {} and {})",
+                span(wait),
+                span(low),
+                span(high)
+            )
+        }
+        _ => format!("in about {}", span(wait)),
+    }
 }
 
 /// The words for a closed queue's reason. The service sends a code; an
@@ -180,7 +242,8 @@ fn clock(seconds: u64) -> String {
     )
 }
 
-/// A page with a heading and a paragraph, and a way on.
+/// A page with a heading and a paragraph, and a way on: back to the
+/// start, which is the waiting page.
 pub fn message(look: &Look, heading: &str, text: &str, refresh_s: Option<u32>) -> String {
     let head = refresh_s
         .map(|s| format!(r#"<meta http-equiv="refresh" content="{s}">"#))
@@ -190,7 +253,7 @@ pub fn message(look: &Look, heading: &str, text: &str, refresh_s: Option<u32>) -
         &head,
         r#"data-state="message""#,
         &format!(
-            r#"<h1>{}</h1><p class="status" aria-live="polite">{}</p>"#,
+            r#"<h1 id="heading">{}</h1><p class="status" aria-live="polite">{}</p><p><a href="/">Back to the start</a></p>"#,
             escape(heading),
             escape(text)
         ),
@@ -259,6 +322,9 @@ h1 { font-size: 1.6rem; margin: .5rem 0 1rem; }
 progress { width: 100%; height: .75rem; margin: 1rem 0 .5rem; accent-color: var(--accent); }
 .notice { border-left: 4px solid var(--accent); padding-left: .75rem; }
 .hint { color: var(--muted); font-size: .95rem; }
+.visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
+a { color: var(--accent); }
+body[data-connection="reconnecting"] #waiting { opacity: .6; }
 button { font: inherit; font-weight: 600; padding: .75rem 1.5rem; border: 0; border-radius: 8px; background: var(--accent); color: #fff; cursor: pointer; }
 @media (max-width: 26rem) { .big { font-size: 2.25rem; } .figures { grid-template-columns: 1fr; } }
 "#;
@@ -267,18 +333,41 @@ pub const JS: &str = r#"
 (() => {
   const $ = (id) => document.getElementById(id);
   const body = document.body;
-  let first = 0, countdown = null, source = null, polling = false, failures = 0, said = '';
+  const title = document.title;
+  let first = 0, countdown = null, source = null, polling = false, failures = 0;
+  let said = '', announced = '', entry = null, ticker = null, confirmedAt = 0;
 
-  const words = (s) => s == null ? 'calculating'
-    : s < 60 ? 'less than a minute'
-    : Math.round(s / 60) === 1 ? 'about 1 minute' : `about ${Math.round(s / 60)} minutes`;
+  const time = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  const seconds = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
   const clock = (s) => `${Math.floor(s / 3600)}:${String(Math.floor(s / 60) % 60).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}`;
+  // Under ten minutes in steps of ten seconds, so the figure moves while
+  // the page is open, not once a minute.
+  const left = (s) => s < 60 ? 'less than a minute'
+    : s < 600 ? `about ${Math.floor(s / 60)} min ${String(Math.round((s % 60) / 10) * 10).padStart(2, '0')} s`
+    : `about ${Math.round(s / 60)} minutes`;
   const closing = (reason) => reason === 'CANCELLED' ? ['Cancelled', 'This sale has been cancelled.']
     : (reason === 'SOLD_OUT' || !reason) ? ['Sold out', 'Sold out: this sale has ended.']
     : ['Closed', 'This sale has ended.'];
+  const words = (p) => p.state === 'closed'
+    ? [closing(p.closed_reason)[0], 'The line has closed, so there is nothing more to wait for here.']
+    : p.state === 'pre_queue'
+      ? ['The sale opens soon', 'Keep this tab open. When the sale opens, everyone here gets a random place in line.']
+      : p.mode === 'paused'
+        ? ['Admission is paused', 'You keep your place. Keep this tab open: the line moves again when admission resumes.']
+        : ['You are in line', 'Keep this tab open. When it is your turn you are taken to the booking page. Refreshing this page keeps your place.'];
   const show = (id) => ['waiting', 'prequeue', 'closed'].forEach((s) => { $(s).hidden = s !== id; });
   const say = (text) => { if (text !== said) { said = text; $('status').textContent = text; } };
+  // Read out only what matters: a change of state, and every tenth place.
+  const announce = (text) => { if (text !== announced) { announced = text; $('announce').textContent = text; } };
   const stop = () => { if (source) source.close(); source = null; };
+
+  function estimate() {
+    if (!entry) return;
+    const now = Date.now();
+    const s = Math.max(0, Math.round((entry.at - now) / 1000));
+    const range = entry.high - entry.low > 30000 ? ` (between ${time(entry.low)} and ${time(entry.high)})` : '';
+    $('estimate').textContent = `around ${time(entry.at)}${range}, ${left(s)} from now`;
+  }
 
   function tick(opensIn) {
     clearInterval(countdown);
@@ -291,30 +380,64 @@ pub const JS: &str = r#"
     countdown = setInterval(step, 1000);
   }
 
+  // The place was confirmed just now: the page is live.
+  function confirmed() {
+    confirmedAt = Date.now();
+    body.dataset.connection = 'live';
+    $('reconnecting').hidden = true;
+    $('updated').textContent = `Last updated ${seconds(confirmedAt)}.`;
+  }
+
+  // The page lost its link to the line: it says so, calmly, and keeps
+  // trying.
+  function reconnecting() {
+    if (body.dataset.connection === 'reconnecting') return;
+    body.dataset.connection = 'reconnecting';
+    $('confirmed').textContent = confirmedAt ? `Your place was last confirmed at ${seconds(confirmedAt)}.` : '';
+    $('reconnecting').hidden = false;
+    announce('Reconnecting. You keep your place.');
+  }
+
+  function yourTurn() {
+    document.title = `It's your turn · ${title}`;
+    if ('Notification' in window && Notification.permission === 'granted') {
+      try { new Notification("It's your turn", { body: 'Taking you to the booking page.' }); } catch (e) { /* not allowed here */ }
+    }
+  }
+
   function render(p) {
+    confirmed();
     body.dataset.state = p.state;
     body.dataset.ticket = p.ticket;
     if (p.state === 'admitted') {
       stop();
+      $('heading').textContent = "It's your turn";
       say("It's your turn! Taking you to the booking page…");
+      announce("It's your turn.");
+      yourTurn();
       location.assign('/admit');
       return;
     }
     if (p.state === 'gone') { stop(); location.assign('/wait'); return; }
+    const [heading, hint] = words(p);
+    $('heading').textContent = heading;
+    $('hint').textContent = hint;
     $('notice').textContent = p.notice || '';
     $('notice').hidden = !p.notice;
     if (p.state === 'closed') {
       stop();
       show('closed');
-      const [title, words] = closing(p.closed_reason);
+      const [title, text] = closing(p.closed_reason);
       $('closed-title').textContent = title;
-      say(words);
+      say(text);
+      announce(text);
       return;
     }
     if (p.state === 'pre_queue') {
       show('prequeue');
       tick(p.opens_in_s);
-      say('You are in the waiting room. When the sale opens, everyone here gets a random place in line.');
+      say('You are in the waiting room.');
+      announce('The sale opens soon.');
       return;
     }
     clearInterval(countdown);
@@ -322,14 +445,27 @@ pub const JS: &str = r#"
     $('position').textContent = p.position.toLocaleString();
     $('ahead').textContent = p.ahead.toLocaleString();
     $('waiting-count').textContent = p.waiting.toLocaleString();
-    $('estimate').textContent = words(p.wait_s);
-    $('paused').hidden = p.mode !== 'paused';
+    const now = Date.now();
+    if (p.mode === 'paused') {
+      entry = null;
+      $('estimate').textContent = 'when admission resumes';
+    } else if (p.wait_s == null) {
+      entry = null;
+      $('estimate').textContent = 'the line moves when the organiser lets people in';
+    } else {
+      entry = { at: now + p.wait_s * 1000, low: now + (p.wait_low_s ?? p.wait_s) * 1000, high: now + (p.wait_high_s ?? p.wait_s) * 1000 };
+      estimate();
+      if (!ticker) ticker = setInterval(estimate, 1000);
+    }
     // Progress from the place held when this visitor first saw the line.
     const key = `wr-first-${p.ticket}`;
     first = Number(localStorage.getItem(key) || 0);
     if (!first || p.position > first) { first = p.position; localStorage.setItem(key, String(first)); }
     $('progress').value = first > 1 ? Math.round(100 * (first - p.position) / (first - 1)) : 100;
     say(p.mode === 'paused' ? `You are number ${p.position} in line. Admission is paused.` : `You are number ${p.position} in line.`);
+    const tens = p.position <= 10 ? p.position : Math.ceil(p.position / 10) * 10;
+    announce(p.mode === 'paused' ? 'Admission is paused. You keep your place.'
+      : p.position <= 10 ? `You are number ${p.position} in line.` : `Fewer than ${tens} people are ahead of you.`);
   }
 
   function poll() {
@@ -338,23 +474,35 @@ pub const JS: &str = r#"
     fetch('/status', { cache: 'no-store', credentials: 'same-origin' })
       .then((r) => r.json())
       .then((p) => {
-        if (p.retry) { setTimeout(poll, p.poll_ms || 3000); return; }
+        if (p.retry) { reconnecting(); setTimeout(poll, p.poll_ms || 3000); return; }
         render(p);
         if (p.state === 'waiting' || p.state === 'pre_queue') setTimeout(poll, p.poll_ms || 2000);
       })
-      .catch(() => setTimeout(poll, 5000));
+      .catch(() => { reconnecting(); setTimeout(poll, 5000); });
   }
 
   function listen() {
     body.dataset.transport = 'events';
     source = new EventSource('/events');
     source.addEventListener('place', (e) => { failures = 0; render(JSON.parse(e.data)); });
+    source.addEventListener('reconnecting', reconnecting);
     source.onerror = () => {
       failures += 1;
+      reconnecting();
       // Refused for good (the browser gave up), or failing again and again:
       // the page polls instead.
       if (source && (source.readyState === EventSource.CLOSED || failures >= 3) && !polling) { stop(); poll(); }
     };
+  }
+
+  // Asked for, never forced: a notification when it is this visitor's turn.
+  function offerNotification() {
+    const button = $('notify');
+    if (!button || !('Notification' in window) || Notification.permission !== 'default') return;
+    button.hidden = false;
+    button.addEventListener('click', () => {
+      Notification.requestPermission().finally(() => { button.hidden = true; });
+    });
   }
 
   // The proof of work of the check before joining: an answer whose
@@ -390,6 +538,8 @@ pub const JS: &str = r#"
 
   if (body.dataset.state === 'challenge') { solve($('human-form')); return; }
   if (body.dataset.state === 'closed') return;
+  confirmed();
+  offerNotification();
   if ('EventSource' in window) listen(); else poll();
 })();
 "#;

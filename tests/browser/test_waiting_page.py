@@ -228,11 +228,14 @@ def test_a_visitor_watches_the_line_move_and_buys_once_on_the_booking_page(waitr
     assert driver.find_element(By.ID, "ahead").text == "4"
     assert "refreshing this page keeps your place" in driver.page_source.lower()
     live = driver.find_element(By.ID, "status")
-    assert live.get_attribute("aria-live") == "polite"
+    announced = driver.find_element(By.ID, "announce")
+    assert announced.get_attribute("aria-live") == "polite"
     until(driver, lambda d: body(d, "transport") == "events", what="events")
     ctl(waitroom, "admit", queue, "2")
     until(driver, lambda d: position(d) == 3, what="the position to fall to 3")
     assert "You are number 3 in line." in live.text
+    assert announced.get_attribute("textContent") == "You are number 3 in line."
+    assert "Last updated" in driver.find_element(By.ID, "updated").text
     assert int(driver.find_element(By.ID, "progress").get_attribute("value")) == 50
     shoot(driver, "waiting-page.png")
     ctl(waitroom, "admit", queue, "3")
@@ -297,9 +300,59 @@ def test_closing_the_queue_shows_sold_out_to_those_waiting_and_to_newcomers(wait
     until(driver, lambda d: body(d, "state") == "closed", what="the sold-out state")
     assert driver.find_element(By.ID, "closed").is_displayed()
     assert "Sold out" in driver.find_element(By.ID, "status").text
+    # The page's heading and next step are the closed state's, never the
+    # waiting one's.
+    assert driver.find_element(By.ID, "heading").text == "Sold out"
+    assert "Keep this tab open" not in driver.find_element(By.ID, "hint").text
     newcomer = browser()
     newcomer.get(bff.url + "/")
     assert "Sold out" in newcomer.page_source
+    assert newcomer.find_element(By.ID, "heading").text == "Sold out"
+    assert "You are in line" not in newcomer.page_source
+
+
+def test_each_state_has_its_own_heading_and_next_step(waitroom, bff_of, browser):
+    queue = new_queue(waitroom)
+    join_others(waitroom, queue, 1)
+    bff = bff_of(queue)
+    driver = browser()
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "state") == "waiting")
+    heading = lambda d: d.find_element(By.ID, "heading").text
+    assert heading(driver) == "You are in line"
+    assert "Keep this tab open" in driver.find_element(By.ID, "hint").text
+    ctl(waitroom, "queue", "mode", queue, "paused")
+    until(driver, lambda d: heading(d) == "Admission is paused", what="the paused heading")
+    assert driver.find_element(By.ID, "estimate").text == "when admission resumes"
+    ctl(waitroom, "queue", "mode", queue, "queueing")
+    until(driver, lambda d: heading(d) == "You are in line", what="the waiting heading again")
+    # A message page (no admission) says so and leads back to the start.
+    driver.get(bff.url + "/booking")
+    assert "No admission" in driver.page_source
+    driver.find_element(By.LINK_TEXT, "Back to the start").click()
+    until(driver, lambda d: body(d, "state") == "waiting", what="back in line")
+
+
+def test_the_expected_entry_is_a_time_and_a_range_or_honest_words_without_a_rate(waitroom, bff_of, browser):
+    # Admitted by hand: no rate, and the page says what moves the line.
+    manual = new_queue(waitroom)
+    join_others(waitroom, manual, 1)
+    driver = browser()
+    driver.get(bff_of(manual).url + "/")
+    until(driver, lambda d: body(d, "state") == "waiting")
+    until(driver, lambda d: "organiser" in d.find_element(By.ID, "estimate").text, what="words without a rate")
+    assert "calculating" not in driver.page_source
+    # With a rate: a clock time, a range, and a figure that moves.
+    timed = new_queue(waitroom, "--admit-per-second", "1", "--max-active", "1")
+    join_others(waitroom, timed, 200)
+    driver = browser()
+    driver.get(bff_of(timed).url + "/")
+    until(driver, lambda d: body(d, "state") == "waiting")
+    estimate = lambda d: d.find_element(By.ID, "estimate").text
+    until(driver, lambda d: re.search(r"around \d", estimate(d)), what="an entry time")
+    text = estimate(driver)
+    assert "between" in text and "from now" in text, text
+    print(f"expected entry shown: {text!r}")
 
 
 def test_a_notice_and_a_cancellation_reach_the_page_as_they_happen(waitroom, bff_of, browser):
@@ -633,11 +686,22 @@ def test_a_page_open_through_a_15_s_waitroom_outage_keeps_its_place(scratch, bro
         # Three heartbeat timeouts without waitroom: the page cannot be
         # heard, and nobody counts that time against it.
         stack.waitroom.stop()
-        time.sleep(15)
+        stopped = time.monotonic()
+        # The page says it is reconnecting within a few seconds, and when
+        # the place was last confirmed.
+        until(driver, lambda d: body(d, "connection") == "reconnecting", timeout=5,
+              what="the reconnecting state")
+        print(f"reconnecting shown {time.monotonic() - stopped:.1f} s after waitroom stopped")
+        banner = driver.find_element(By.ID, "reconnecting")
+        assert banner.is_displayed() and "You keep your place" in banner.text, banner.text
+        assert "last confirmed at" in banner.text, banner.text
+        time.sleep(max(0.0, 15 - (time.monotonic() - stopped)))
         stack.start_waitroom()
         ctl(stack.services(), "admit", queue, "1")
         until(driver, lambda d: position(d) == 1, timeout=30, what="the place kept, and moving again")
         assert body(driver, "ticket") == ticket
+        assert body(driver, "connection") == "live"
+        assert not driver.find_element(By.ID, "reconnecting").is_displayed()
         stats = json.loads(ctl(stack.services(), "--output", "json", "queue", "stats", queue))
         assert stats["abandoned_total"] == 0, stats
         bff.stop()
