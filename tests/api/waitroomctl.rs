@@ -2,6 +2,8 @@
 
 use std::process::Output;
 
+use waitroom::pb;
+
 use crate::helpers::*;
 
 async fn ctl(app: &TestApp, args: &[&str]) -> Output {
@@ -148,8 +150,20 @@ async fn an_operator_runs_a_sale_with_waitroomctl() {
         ctl(&app, &["queue", "get", "nope"]).await.status.code(),
         Some(3)
     );
+    // With people in it, a delete needs --yes, and says what it would drop.
+    let refused = ctl(&app, &["queue", "delete", "sale"]).await;
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        ctl(&app, &["queue", "delete", "sale"])
+        said.contains("admitted") && said.contains("--yes"),
+        "{said}"
+    );
+    assert_eq!(
+        ctl(&app, &["queue", "stats", "sale"]).await.status.code(),
+        Some(0)
+    );
+    assert!(
+        ctl(&app, &["queue", "delete", "sale", "--yes"])
             .await
             .status
             .success()
@@ -157,6 +171,19 @@ async fn an_operator_runs_a_sale_with_waitroomctl() {
     assert_eq!(
         ctl(&app, &["queue", "stats", "sale"]).await.status.code(),
         Some(3)
+    );
+    // An empty queue goes without asking.
+    assert!(
+        ctl(&app, &["queue", "create", "empty"])
+            .await
+            .status
+            .success()
+    );
+    assert!(
+        ctl(&app, &["queue", "delete", "empty"])
+            .await
+            .status
+            .success()
     );
     assert_eq!(
         ctl(&app, &["queue", "create", "bad id"])
@@ -304,4 +331,115 @@ async fn the_sale_day_runbook_runs_with_waitroomctl() {
     assert_eq!(stats["cleared_total"], 2);
     let bad = ctl(&app, &["close", "drop", "--reason", "sold out"]).await;
     assert_eq!(bad.status.code(), Some(4), "{bad:?}");
+}
+
+/// Run without a server: the tool's own help and scripts.
+fn ctl_offline(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_waitroomctl"))
+        .args(args)
+        .output()
+        .expect("running waitroomctl")
+}
+
+#[tokio::test]
+async fn the_tool_speaks_plainly_host_port_offsets_one_mode_spelling_reasons_and_completion() {
+    let app = TestApp::on_memory().await;
+    // host:port, without a scheme.
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_waitroomctl"));
+    command.args(["--addr", &app.addr.to_string(), "health"]);
+    // The service runs on this test's thread: wait for the tool elsewhere.
+    let bare = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(bare.status.success(), "{bare:?}");
+    // An RFC 3339 time with an offset is the same moment as in UTC.
+    let created = ctl(
+        &app,
+        &[
+            "--output",
+            "json",
+            "queue",
+            "create",
+            "launch",
+            "--opens-at",
+            "2027-01-01T19:00:00+01:00",
+        ],
+    )
+    .await;
+    assert!(created.status.success(), "{created:?}");
+    let opens = json(&created)["opens_at"].clone();
+    assert!(opens.to_string().contains("2027-01-01T18:00:00"), "{opens}");
+    // The mode as the service spells it (the old spelling still taken).
+    for spelling in ["pass_through", "pass-through"] {
+        let set = ctl(&app, &["queue", "mode", "launch", spelling]).await;
+        assert!(set.status.success(), "{spelling}: {set:?}");
+    }
+    // A full queue admits nobody, and says why.
+    app.create_queue(pb::Queue {
+        max_active: 1,
+        ..queue("full")
+    })
+    .await;
+    let mut client = app.client().await;
+    enqueue(&mut client, "full", "first").await;
+    enqueue(&mut client, "full", "second").await;
+    let admitted = ctl(&app, &["admit", "full", "1"]).await;
+    assert!(admitted.status.success());
+    assert!(
+        text(&admitted).contains("admitted 0: the queue is full: 1 admitted of max_active 1"),
+        "{}",
+        text(&admitted)
+    );
+    // A queue that does not exist is not a reason to retry.
+    let missing = ctl(&app, &["admit-users", "nope", "alice"]).await;
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(!String::from_utf8_lossy(&missing.stderr).contains("retry"));
+    // Help: connection flags apart, every command with an example.
+    let help =
+        String::from_utf8_lossy(&ctl_offline(&["queue", "create", "--help"]).stdout).into_owned();
+    let (settings, connection) = (
+        help.find("Queue settings:").expect("a settings section"),
+        help.find("Connection:").expect("a connection section"),
+    );
+    assert!(
+        help[settings..connection].contains("--max-active"),
+        "{help}"
+    );
+    assert!(!help[settings..connection].contains("--addr"), "{help}");
+    for command in [
+        "admit",
+        "admit-users",
+        "notice",
+        "close",
+        "clear",
+        "top",
+        "enqueue",
+        "watch",
+        "verify",
+        "health",
+        "sleep",
+        "completion",
+    ] {
+        let help = ctl_offline(&[command, "--help"]);
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("Example:"),
+            "{command}"
+        );
+    }
+    let admit_users =
+        String::from_utf8_lossy(&ctl_offline(&["admit-users", "--help"]).stdout).into_owned();
+    assert!(
+        admit_users.starts_with("Admit named users"),
+        "{admit_users}"
+    );
+    // Completion scripts.
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ctl_offline(&["completion", shell]);
+        assert!(script.status.success());
+        assert!(
+            String::from_utf8_lossy(&script.stdout).contains("admit-users"),
+            "{shell}"
+        );
+    }
+    app.stop().await;
 }

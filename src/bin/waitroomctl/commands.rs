@@ -198,7 +198,29 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                 ),
             }
         }
-        Command::Queue(QueueCommand::Delete { id }) => {
+        Command::Queue(QueueCommand::Delete { id, yes }) => {
+            if !yes {
+                let stats = admin
+                    .get_queue_stats(client.request(pb::GetQueueStatsRequest {
+                        queue_id: id.clone(),
+                    }))
+                    .await?
+                    .into_inner()
+                    .stats
+                    .unwrap_or_default();
+                let (waiting, active) = (
+                    stats.waiting_count + stats.prequeue_count,
+                    stats.active_count,
+                );
+                if waiting + active > 0 {
+                    return Err(Failure::new(
+                        2,
+                        format!(
+                            "deleting {id} drops {waiting} people in line and {active} admitted (their tokens stop verifying online): add --yes"
+                        ),
+                    ));
+                }
+            }
             admin
                 .delete_queue(client.request(pb::DeleteQueueRequest {
                     queue_id: id.clone(),
@@ -233,6 +255,7 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                     .as_str()
                     .replacen("auto:", "ctl:", 1)
             });
+            let queue_id = queue.clone();
             let admitted = queues
                 .admit_batch(client.request(pb::AdmitBatchRequest {
                     queue_id: queue,
@@ -241,13 +264,7 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                 }))
                 .await
                 .map_err(|status| {
-                    let unanswered = matches!(
-                        status.code(),
-                        tonic::Code::Unavailable
-                            | tonic::Code::DeadlineExceeded
-                            | tonic::Code::Cancelled
-                            | tonic::Code::Unknown
-                    );
+                    let unanswered = unanswered(&status);
                     let mut failure = Failure::from(status);
                     if unanswered {
                         failure.add_hint(format!(
@@ -278,7 +295,13 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                         .map(|a| vec![a.ticket.to_string(), a.user_id.clone()])
                         .collect();
                     print_table(&["TICKET", "USER"], &rows);
-                    println!("admitted {}", admitted.len());
+                    match admitted.is_empty() {
+                        true => println!(
+                            "admitted 0: {}",
+                            why_nobody(client, &mut admin, &queue_id).await
+                        ),
+                        false => println!("admitted {}", admitted.len()),
+                    }
                 }
             }
         }
@@ -302,10 +325,13 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                 }))
                 .await
                 .map_err(|status| {
+                    let unanswered = unanswered(&status);
                     let mut failure = Failure::from(status);
-                    failure.add_hint(format!(
-                        "if the call may have been made, retry with --request-id {request_id}: it admits nobody twice"
-                    ));
+                    if unanswered {
+                        failure.add_hint(format!(
+                            "the call may have been made: retry with --request-id {request_id}, which admits nobody twice"
+                        ));
+                    }
                     failure
                 })?
                 .into_inner()
@@ -452,7 +478,8 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
                 return Err(Failure::new(7, format!("the token is not valid: {name}")));
             }
         }
-        Command::Sleep { duration } => tokio::time::sleep(duration).await,
+        // Answered before connecting (see main).
+        Command::Sleep { .. } | Command::Completion { .. } => {}
         Command::Health { service } => {
             let status = HealthClient::new(client.channel.clone())
                 .check(client.request(HealthCheckRequest {
@@ -532,5 +559,50 @@ async fn watch(
         }
         pb::PlaceState::Closed => Err(Failure::new(4, "the queue closed")),
         _ => Err(Failure::new(5, "the stream ended before admission")),
+    }
+}
+
+/// A call that may have been made though no answer came.
+fn unanswered(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+    )
+}
+
+/// Why an admission admitted nobody, from the queue's settings and figures.
+async fn why_nobody(
+    client: &Client,
+    admin: &mut QueueAdminServiceClient<tonic::transport::Channel>,
+    queue: &str,
+) -> String {
+    let stats = admin
+        .get_queue_stats(client.request(pb::GetQueueStatsRequest {
+            queue_id: queue.to_owned(),
+        }))
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().stats);
+    let config = admin
+        .get_queue(client.request(pb::GetQueueRequest {
+            queue_id: queue.to_owned(),
+        }))
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().queue);
+    match (stats, config) {
+        (Some(stats), _) if stats.waiting_count == 0 => "nobody is waiting".into(),
+        (Some(stats), Some(config))
+            if config.max_active > 0 && stats.active_count >= u64::from(config.max_active) =>
+        {
+            format!(
+                "the queue is full: {} admitted of max_active {} (more are let in as they complete or their admissions expire)",
+                stats.active_count, config.max_active
+            )
+        }
+        _ => "nobody could be admitted now".into(),
     }
 }

@@ -9,6 +9,13 @@ pub fn duration(d: Option<&prost_types::Duration>) -> Option<Duration> {
     d.map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
 }
 
+/// A figure that may not be known: "none" then, never a made-up zero.
+fn known_duration_text(d: Option<&prost_types::Duration>) -> String {
+    duration(d).map_or("none (no rate yet)".into(), |d| {
+        humantime::format_duration(d).to_string()
+    })
+}
+
 fn duration_text(d: Option<&prost_types::Duration>) -> String {
     duration(d).map_or("-".into(), |d| humantime::format_duration(d).to_string())
 }
@@ -174,7 +181,14 @@ pub fn stats_rows(s: &pb::QueueStats) -> Vec<(&'static str, String)> {
         ("abandon rate", format!("{:.1}/s", s.abandon_rate)),
         ("waited p50", duration_text(s.waited_p50.as_ref())),
         ("waited p90", duration_text(s.waited_p90.as_ref())),
-        ("wait at back", duration_text(s.back_of_line_wait.as_ref())),
+        (
+            "wait at back",
+            // Nobody waiting: there is no back of the line to wait at.
+            match s.waiting_count {
+                0 => "none (nobody waiting)".into(),
+                _ => known_duration_text(s.back_of_line_wait.as_ref()),
+            },
+        ),
         ("enqueued", s.enqueued_total.to_string()),
         ("admitted", s.admitted_total.to_string()),
         ("completed", s.completed_total.to_string()),
@@ -270,9 +284,15 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 
 /// One line of a live watch: position, a bar of the way done, the wait.
 pub fn progress_line(place: &pb::Place, first_position: u64) -> String {
-    let wait = duration(place.estimated_wait.as_ref()).map_or("estimating".into(), |d| {
-        format!("~{}", humantime::format_duration(d))
-    });
+    // Without a basis (nobody admitted lately and no configured rate) the
+    // wait is not known, and it says so rather than count up.
+    let wait = match (
+        place.estimate_basis(),
+        duration(place.estimated_wait.as_ref()),
+    ) {
+        (pb::EstimateBasis::Unspecified, _) | (_, None) => "wait not known".into(),
+        (_, Some(d)) => format!("~{}", humantime::format_duration(d)),
+    };
     match place.state() {
         pb::PlaceState::Waiting => {
             let done = if first_position <= 1 {
