@@ -37,13 +37,26 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<axum::body::Bytes>>();
-    let response = client.get(args.jwks_url.parse()?).await?;
+    let url = &args.jwks_url;
+    let uri = url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--jwks-url {url:?} is not a URL: {e}"))?;
+    let response = client.get(uri).await.map_err(|e| {
+        anyhow::anyhow!(
+            "fetching the keys from {url}: {e} (is waitroom's HTTP port there? see --jwks-url)"
+        )
+    })?;
     anyhow::ensure!(
         response.status().is_success(),
-        "JWKS: {}",
+        "fetching the keys from {url}: {}",
         response.status()
     );
-    let jwks = String::from_utf8(response.into_body().collect().await?.to_bytes().to_vec())?;
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the keys from {url}: {e}"))?;
+    let jwks = String::from_utf8(body.to_bytes().to_vec())?;
     let verifier = Verifier::from_jwks(&jwks, &args.issuer).map_err(anyhow::Error::msg)?;
     println!("loaded the published keys; checking offline from here on");
 

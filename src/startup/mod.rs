@@ -253,6 +253,10 @@ impl Application {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // The error details every failure carries (`google.rpc.ErrorInfo`,
+            // `BadRequest`, `RetryInfo`), so `buf curl` and grpcurl show them
+            // decoded rather than as base64.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building the reflection service")?;
 

@@ -19,6 +19,7 @@ mod polling;
 mod protection;
 mod queueing;
 mod raw_fuzz;
+mod readme;
 mod receipts;
 mod reliability;
 mod replicas;

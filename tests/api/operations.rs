@@ -493,3 +493,50 @@ async fn every_metric_the_dashboard_and_alerts_query_is_scraped_after_traffic() 
         );
     }
 }
+
+/// Reflection serves the error details' types too, so a generic client
+/// (`buf curl`, grpcurl) decodes `ErrorInfo` instead of showing base64.
+#[tokio::test]
+async fn reflection_lists_the_error_details_types() {
+    use prost::Message;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let app = TestApp::on_memory().await;
+    let mut client = ServerReflectionClient::new(app.channel().await);
+    for symbol in [
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+        "google.rpc.RetryInfo",
+        "waitroom.v1.QueueService",
+    ] {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+        };
+        let mut answers = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().expect("an answer");
+        let Some(MessageResponse::FileDescriptorResponse(files)) = answer.message_response else {
+            panic!("{symbol}: {:?}", answer.message_response);
+        };
+        let names: Vec<String> = files
+            .file_descriptor_proto
+            .iter()
+            .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap())
+            .filter_map(|file| file.name)
+            .collect();
+        assert!(!names.is_empty(), "{symbol}");
+        if symbol.starts_with("google.rpc") {
+            assert!(
+                names.iter().any(|n| n.ends_with("error_details.proto")),
+                "{names:?}"
+            );
+        }
+    }
+    app.stop().await;
+}

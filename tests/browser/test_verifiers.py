@@ -1,0 +1,74 @@
+"""The booking verifier examples (examples/verifiers) against a real
+service: a token admitted for the queue is valid; one for another queue,
+one tampered with, and one signed by a key the service never published are
+refused."""
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+from test_waiting_page import ROOT, ctl, new_queue, scratch, waitroom  # noqa: F401 (fixtures)
+
+VERIFIERS = ROOT / "examples" / "verifiers"
+
+
+def tokens(waitroom) -> dict:
+    queue, other = new_queue(waitroom), new_queue(waitroom)
+    admitted = json.loads(ctl(waitroom, "--output", "json", "admit-users", queue, "tester"))
+    elsewhere = json.loads(ctl(waitroom, "--output", "json", "admit-users", other, "tester"))
+    good = admitted[0]["token"]
+    header, payload, signature = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = "someone-else"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    head = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    head["kid"] = "never-published"
+    unknown_kid = base64.urlsafe_b64encode(json.dumps(head).encode()).rstrip(b"=").decode()
+    return {
+        "queue": queue,
+        "valid": good,
+        "other queue": elsewhere[0]["token"],
+        "tampered": f"{header}.{forged}.{signature}",
+        "unknown key": f"{unknown_kid}.{payload}.{signature}",
+    }
+
+
+def test_the_python_verifier_accepts_the_queues_token_and_refuses_the_rest(waitroom):
+    spec = importlib.util.spec_from_file_location("verify", VERIFIERS / "verify.py")
+    verify = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verify)
+    import jwt
+
+    given = tokens(waitroom)
+    verifier = verify.Verifier(waitroom["jwks"])
+    claims = verifier.verify(given["valid"], given["queue"])
+    assert claims["sub"] == "tester" and claims["aud"] == given["queue"]
+    for kind in ("other queue", "tampered", "unknown key"):
+        with pytest.raises((jwt.InvalidTokenError, jwt.PyJWKClientError)):
+            verifier.verify(given[kind], given["queue"])
+
+
+def test_the_node_verifier_accepts_the_queues_token_and_refuses_the_rest(waitroom, scratch):  # noqa: F811
+    if not shutil.which("node") or not shutil.which("npm"):
+        pytest.skip("Node.js is not installed here: the Node verifier example is not run")
+    work = scratch / "node-verifier"
+    work.mkdir()
+    for name in ("verify.mjs", "package.json"):
+        shutil.copy(VERIFIERS / name, work / name)
+    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=work,
+                   check=True, timeout=300)
+    given = tokens(waitroom)
+    order = ["valid", "other queue", "tampered", "unknown key"]
+    done = subprocess.run(["node", "verify.mjs", waitroom["jwks"], given["queue"], *(given[k] for k in order)],
+                          cwd=work, capture_output=True, text=True, timeout=60)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4, done
+    assert lines[0].startswith("VALID tester "), lines
+    assert all(line.startswith("REFUSED") for line in lines[1:]), lines
+    assert done.returncode == 1
