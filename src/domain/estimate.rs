@@ -144,6 +144,12 @@ impl RateSample {
                 rate.min(f64::from(self.configured)),
                 EstimateBasis::Observed,
             ),
+            // Admitted by hand only: a pace while admissions keep coming;
+            // once none came for [`RECENT_MS`] the line may not move at all
+            // (a full queue, an operator away), and a rate shrinking with
+            // the time since the last batch would tell a wait that grows
+            // and means nothing.
+            Some(_) if self.recent == 0 => return None,
             Some(rate) => (rate, EstimateBasis::Observed),
             None if self.configured > 0 => (f64::from(self.configured), EstimateBasis::Configured),
             None => return None,
@@ -236,6 +242,28 @@ mod tests {
     #[test]
     fn no_admissions_and_no_configured_rate_means_no_estimate() {
         assert_eq!(RateSample::default().estimate(10), None);
+    }
+
+    #[test]
+    fn admitted_by_hand_with_nothing_admitted_lately_there_is_no_estimate() {
+        let sample = RateSample {
+            admitted: 5,
+            span_ms: 40_000,
+            recent: 0,
+            ..Default::default()
+        };
+        assert_eq!(sample.estimate(3), None);
+        let moving = RateSample {
+            recent: 2,
+            ..sample
+        };
+        assert!(moving.estimate(3).is_some());
+        // With a configured rate the admitter keeps going: still estimated.
+        let automatic = RateSample {
+            configured: 2,
+            ..sample
+        };
+        assert!(automatic.estimate(3).is_some());
     }
 
     #[test]
