@@ -16,7 +16,7 @@
 //!   admission, the opening draw, releasing silent users.
 //! - [`watch`]: the per-instance hub that pushes place changes to
 //!   `WatchRank` streams.
-//! - [`http`]: the plain-HTTP port (JWKS, liveness).
+//! - [`http`]: the plain-HTTP port (JWKS, metrics, liveness and readiness).
 //! - [`config`], [`startup`], [`telemetry`]: flags, wiring, logs.
 //! - `testkit` (the `testkit` feature, on for the tests and the benchmark):
 //!   real parts for tests and benchmarks (a `redis-server` of its own).

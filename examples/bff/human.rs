@@ -15,9 +15,17 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+
+use crate::visitor::{HUMAN_COOKIE, set_cookie};
+use crate::{App, known_visitor, page, with_cookie};
 
 /// The request a check judges: who, from where, with what headers.
 pub struct Visit<'a> {
@@ -217,6 +225,45 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
         .collect()
+}
+
+/// The check's form posted: a visitor it accepts gets a pass for their
+/// visitor id; one it refuses sees a fresh challenge. Without a visitor
+/// cookie there is no one to give a pass to: back to the waiting page,
+/// which gives one.
+pub(crate) async fn human_passed(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let Some(id) = known_visitor(&app, &headers) else {
+        return Redirect::to("/wait").into_response();
+    };
+    let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let visit = Visit {
+        visitor: &id,
+        address: app.proxies.client(peer.ip(), &headers),
+        headers: &headers,
+    };
+    if !app.human.verify(&visit, &form).await {
+        let fields = app.human.challenge(&visit);
+        let page = page::challenge(&app.look, &fields, true);
+        return app.page(StatusCode::FORBIDDEN, page);
+    }
+    let pass = app.pass.issue(&id, now_s());
+    with_cookie(
+        Redirect::to("/wait").into_response(),
+        Some(set_cookie(
+            HUMAN_COOKIE,
+            &pass,
+            "/",
+            PASS_LIFETIME.as_secs(),
+            app.secure,
+        )),
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 
 mod admin_service;
 pub mod auth;
-pub mod codec;
 pub mod connection;
 mod convert;
 pub mod limits;

@@ -47,7 +47,9 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::{ENQUEUE_ONE, RedisOptions, RedisStore};
+#[cfg(feature = "testkit")]
+pub use self::redis::ENQUEUE_ONE;
+pub use self::redis::{RedisOptions, RedisStore};
 use crate::Result;
 use crate::domain::{
     AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, NamedAdmission, Place,

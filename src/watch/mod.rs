@@ -24,8 +24,11 @@
 //! Layout: this file holds the hub's API and its per-queue state; the
 //! follow loop is in `follow.rs`, presence in `presence.rs`, what a user
 //! sees in `view.rs`, the copy of a line in `line.rs`, answers to polls in
-//! `lookup.rs`, the stream's end in `slot.rs`, and the store as callers
-//! see it in `store.rs`.
+//! `lookup.rs`, the stream's end in `slot.rs`, the store as callers see it
+//! in `store.rs` (and, for tests only, one whose presence writes wait while
+//! held, in `held_touch.rs`),
+//! connections and their streams in `connection.rs`, and moving streams
+//! to the replicas that hold fewer than their share in `balance.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

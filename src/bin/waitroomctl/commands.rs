@@ -72,29 +72,6 @@ fn queue_message(id: String, settings: &Settings) -> (pb::Queue, Vec<String>) {
     (queue, mask)
 }
 
-/// Every queue, in id order, page after page.
-pub async fn list_all(
-    client: &Client,
-    admin: &mut QueueAdminServiceClient<tonic::transport::Channel>,
-) -> Result<Vec<pb::Queue>, Failure> {
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = admin
-            .list_queues(client.request(pb::ListQueuesRequest {
-                page_size: 1000,
-                page_token,
-            }))
-            .await?
-            .into_inner();
-        all.extend(page.queues);
-        if page.next_page_token.is_empty() {
-            return Ok(all);
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 /// Changes exactly the settings given.
 async fn update(
     client: &Client,
@@ -152,7 +129,7 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
             show_queue(&queue, out);
         }
         Command::Queue(QueueCommand::List) => {
-            let all = list_all(client, &mut admin).await?;
+            let all = client.list_all(&mut admin).await?;
             match out {
                 Output::Json => println!(
                     "{}",

@@ -416,6 +416,29 @@ pub struct Client {
 }
 
 impl Client {
+    /// Every queue, in id order, page after page.
+    pub async fn list_all(
+        &self,
+        admin: &mut waitroom::pb::queue_admin_service_client::QueueAdminServiceClient<Channel>,
+    ) -> Result<Vec<waitroom::pb::Queue>, Failure> {
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = admin
+                .list_queues(self.request(waitroom::pb::ListQueuesRequest {
+                    page_size: 1000,
+                    page_token,
+                }))
+                .await?
+                .into_inner();
+            all.extend(page.queues);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     /// A request carrying the API key, if any.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);

@@ -73,7 +73,7 @@ async fn read(
     client: &Client,
     admin: &mut QueueAdminServiceClient<tonic::transport::Channel>,
 ) -> Result<Vec<(pb::Queue, pb::QueueStats)>, Failure> {
-    let queues = crate::commands::list_all(client, admin).await?;
+    let queues = client.list_all(admin).await?;
     let mut figures = Vec::with_capacity(queues.len());
     for queue in queues {
         let stats = admin

@@ -2,14 +2,18 @@
 //!
 //! # Data model
 //!
-//! A queue is thirteen keys under one hash tag (see [`keys`]): its config, a
-//! ticket sequence, a sorted set of waiting users scored by ticket, a sorted
-//! set of admitted users scored by expiry, a hash of admission records,
-//! counters, one-second admission buckets for the observed rate, the results
-//! of recent `AdmitBatch` calls kept for retries and when each lapses, the
-//! pre-queue and the opening draw's pool, each waiting user's last sign of
-//! life, and the log of changes to the line. Two more keys under the same
-//! tag outlive the queue: the consumed token ids and who consumed each.
+//! A queue is sixteen keys under one hash tag (see [`keys`], whose table
+//! names each): its config, a ticket sequence, a sorted set of waiting
+//! users scored by ticket, a sorted set of admitted users scored by expiry,
+//! a hash of admission records, counters, one-second admission buckets for
+//! the observed rate, the results of recent `AdmitBatch` calls kept for
+//! retries and when each lapses, the pre-queue and the opening draw's pool,
+//! each waiting user's last sign of life, the log of changes to the line,
+//! those cleared out of line, the sale's flow figures, and the highest
+//! ticket given each second. Three more keys under the same tag outlive the
+//! queue: the consumed token ids, who consumed each, and the mark a
+//! `DeleteQueue` leaves (so a queue the store lost is told from one
+//! deleted).
 //!
 //! # Layout
 //!
@@ -21,7 +25,10 @@
 //! - `reply`: every script's answer, `{'ok', ...}` or `{reason}`, read by
 //!   one function;
 //! - `fields`: the config hash written and read;
+//! - `keys`: every key's name, and what each holds;
 //! - `batch`: concurrent calls of one queue coalesced into one script call;
+//! - `announce`: this instance's open streams, shared with the others for
+//!   balancing;
 //! - this file: the store, each method one script.
 //!
 //! Each transition is one script, so it is atomic across replicas without
@@ -31,6 +38,7 @@
 //! the request id). Every call is bounded by the configured timeout and
 //! any failure to get an answer becomes [`Error::Unavailable`].
 
+#[cfg(feature = "testkit")]
 pub use self::lua::ENQUEUE_ONE;
 
 mod announce;
@@ -221,14 +229,16 @@ impl RedisStore {
         keys::queue_keys(&self.prefix, queue)
     }
 
-    /// For tools that run a script of their own on the store's data (the
-    /// benchmark's Redis-side baseline): the source of a script whose body
-    /// follows the constants and the prelude, and a queue's keys in the
-    /// order every script takes them.
+    /// For the benchmark's Redis-side baseline, which runs a script of its
+    /// own on the store's data: the source of a script whose body follows
+    /// the constants and the prelude, and a queue's keys in the order every
+    /// script takes them.
+    #[cfg(feature = "testkit")]
     pub fn script_source(body: &str) -> String {
         lua::with_prelude_source(body)
     }
 
+    #[cfg(feature = "testkit")]
     pub fn queue_keys(&self, queue: &QueueId) -> [String; 16] {
         self.keys(queue)
     }

@@ -1,4 +1,5 @@
--- Shared by enqueue.lua and enqueue_many.lua (prepended after the prelude).
+-- One user's enqueue, used by enqueue_many.lua for anyone who is not a
+-- newcomer joining the back of the line (prepended after the prelude).
 -- Gives a user a ticket (or a pre-queue place before a scheduled opening),
 -- or returns the place they hold; a sign of life. The caller has loaded the
 -- config and run prepare(). Returns a place (prelude), or {'closed',
