@@ -25,7 +25,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::QueueCaller;
+use redis::{Script, ScriptInvocation, Value};
+
+use super::breaker::{Breaker, bounded, guard};
+use super::lua::Scripts;
+use super::reply::{Reply, parse_enqueued, parse_place};
+use super::topology::Connector;
 use crate::domain::{Place, QueueId, UserId};
 use crate::{Error, Result};
 
@@ -246,5 +251,83 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Users per `places` script call, so one call never holds Redis for long.
+const PLACES_CHUNK: usize = 500;
+
+/// What a queue's batching task needs to call Redis on its own.
+pub(super) struct QueueCaller {
+    pub(super) queue: QueueId,
+    pub(super) connector: Connector,
+    pub(super) keys: [String; 16],
+    pub(super) scripts: Arc<Scripts>,
+    pub(super) timeout: Duration,
+    pub(super) breaker: Arc<Breaker>,
+}
+
+impl QueueCaller {
+    fn invocation<'a>(&self, script: &'a Script, now_ms: u64) -> ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        for key in &self.keys {
+            invocation.key(key);
+        }
+        invocation.arg(now_ms);
+        invocation
+    }
+
+    /// Runs a script that answers one item per user (after the users in
+    /// `invocation`), or a status for the whole queue.
+    async fn per_user(
+        &self,
+        operation: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<Vec<Value>> {
+        let mut conn = self
+            .connector
+            .connection(self.timeout, &self.breaker)
+            .await?;
+        let value: Value = bounded(
+            operation,
+            self.timeout,
+            guard(&self.breaker, &self.connector, &conn, Some(&self.queue)),
+            invocation.invoke_async(&mut conn),
+        )
+        .await?;
+        Ok(Reply::of(value, &self.queue)?.into_values())
+    }
+
+    pub(super) async fn enqueue_many(
+        &self,
+        users: &[UserId],
+        now_ms: u64,
+    ) -> Result<Vec<Result<Place>>> {
+        let mut invocation = self.invocation(&self.scripts.enqueue_many, now_ms);
+        for user in users {
+            invocation.arg(user.as_str());
+        }
+        let items = self.per_user("enqueue", &invocation).await?;
+        parse_enqueued(items, users.len(), &self.queue)
+    }
+
+    pub(super) async fn places(
+        &self,
+        users: &[UserId],
+        touch: bool,
+        now_ms: u64,
+    ) -> Result<Vec<Option<Place>>> {
+        let mut places = Vec::with_capacity(users.len());
+        for chunk in users.chunks(PLACES_CHUNK) {
+            let mut invocation = self.invocation(&self.scripts.places, now_ms);
+            invocation.arg(if touch { 1 } else { 0 });
+            for user in chunk {
+                invocation.arg(user.as_str());
+            }
+            for item in self.per_user("places", &invocation).await? {
+                places.push(parse_place(item, &self.queue)?);
+            }
+        }
+        Ok(places)
     }
 }

@@ -20,13 +20,17 @@
 //! - `lua`: the scripts, one per state transition (`scripts/*.lua`, each
 //!   headed by its KEYS, ARGV and return value), and the constants they
 //!   share with Rust;
-//! - `caller`: the connection, every call bounded by the timeout and held
-//!   back by the breaker while Redis does not answer;
+//! - `topology`: where calls go: one Redis, a Cluster, or the master the
+//!   Sentinels name, replaced when it is;
+//! - `breaker`: every call bounded by the timeout and held back while
+//!   Redis does not answer, its failure made a store error;
 //! - `reply`: every script's answer, `{'ok', ...}` or `{reason}`, read by
 //!   one function;
 //! - `fields`: the config hash written and read;
+//! - `eviction`: whether Redis may evict waitroom's keys (`INFO memory`);
 //! - `keys`: every key's name, and what each holds;
-//! - `batch`: concurrent calls of one queue coalesced into one script call;
+//! - `batch`: concurrent calls of one queue coalesced into one script call,
+//!   and the caller a queue's batching task uses;
 //! - `announce`: this instance's open streams, shared with the others for
 //!   balancing;
 //! - this file: the store, each method one script.
@@ -43,11 +47,13 @@ pub use self::lua::ENQUEUE_ONE;
 
 mod announce;
 mod batch;
-mod caller;
+mod breaker;
+mod eviction;
 mod fields;
 mod keys;
 pub(crate) mod lua;
 mod reply;
+mod topology;
 
 use batch::Op;
 
@@ -56,20 +62,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::IntoConnectionInfo;
-use redis::aio::ConnectionManagerConfig;
-use redis::cluster::ClusterClient;
-use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, Value};
+use redis::{FromRedisValue, Script, ScriptInvocation, Value};
 use tokio_util::sync::CancellationToken;
 
-use self::caller::{
-    Breaker, Connection, Connector, Origin, QueueCaller, Sentinels, Single, bounded, guard,
-};
+use self::batch::QueueCaller;
+use self::breaker::{Breaker, bounded, guard};
 use self::fields::{config_fields, parse_config, update_fields};
 use self::lua::Scripts;
 use self::reply::{
     Reply, bad_reply, parse_admitted, parse_line_entry, parse_mode, parse_named, parse_place,
 };
+use self::topology::{Connection, Connector};
 use super::QueueStore;
 use crate::domain::{
     AdmissionCheck, AdmissionStatus, Admitted, Flow, LineChanges, LineSnapshot, LineSummary,
@@ -138,82 +141,7 @@ impl RedisStore {
     /// whenever the connection is lost: a service may start before its
     /// Redis and ride out a Redis restart.
     pub fn connect_lazily(options: &RedisOptions) -> Result<Self> {
-        let invalid = |e: RedisError| Error::invalid("redis_url", e.to_string());
-        let connector = if options.cluster {
-            let nodes: Vec<&str> = options.url.split(',').map(str::trim).collect();
-            let mut builder = ClusterClient::builder(nodes.clone())
-                .connection_timeout(options.timeout)
-                .response_timeout(options.timeout)
-                .retries(3);
-            if let Some(password) = &options.password {
-                builder = builder.password(password);
-            }
-            let mut first = nodes
-                .first()
-                .copied()
-                .unwrap_or_default()
-                .into_connection_info()
-                .map_err(invalid)?;
-            if let Some(password) = &options.password {
-                let settings = first.redis_settings().clone().set_password(password);
-                first = first.set_redis_settings(settings);
-            }
-            Connector::Cluster(Arc::new((
-                builder.build().map_err(invalid)?,
-                tokio::sync::OnceCell::new(),
-                redis::Client::open(first).map_err(invalid)?,
-            )))
-        } else {
-            let with_password = |url: &str| -> Result<redis::ConnectionInfo> {
-                let mut info = url.trim().into_connection_info().map_err(invalid)?;
-                if let Some(password) = &options.password {
-                    let settings = info.redis_settings().clone().set_password(password);
-                    info = info.set_redis_settings(settings);
-                }
-                Ok(info)
-            };
-            let origin = match &options.sentinel_master {
-                None => Origin::Fixed(
-                    redis::Client::open(with_password(&options.url)?).map_err(invalid)?,
-                ),
-                Some(master) => {
-                    // The URLs are the Sentinels' (their own passwords in
-                    // them); the password given is the master's.
-                    let mut sentinels = Vec::new();
-                    for url in options.url.split(',') {
-                        let mut info = url.trim().into_connection_info().map_err(invalid)?;
-                        if let Some(password) = &options.sentinel_password {
-                            let settings = info.redis_settings().clone().set_password(password);
-                            info = info.set_redis_settings(settings);
-                        }
-                        sentinels.push(redis::Client::open(info).map_err(invalid)?);
-                    }
-                    // TLS as for the first Sentinel; no credentials of
-                    // theirs.
-                    let first = options.url.split(',').next().unwrap_or_default();
-                    let mut settings = redis::RedisConnectionInfo::default();
-                    if let Some(password) = &options.password {
-                        settings = settings.set_password(password);
-                    }
-                    let node = first
-                        .trim()
-                        .into_connection_info()
-                        .map_err(invalid)?
-                        .set_redis_settings(settings);
-                    Origin::Sentinels(Sentinels {
-                        sentinels,
-                        master: master.clone(),
-                        node,
-                    })
-                }
-            };
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(options.timeout))
-                .set_response_timeout(Some(options.timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(1));
-            Connector::Single(Arc::new(Single::new(origin, config)?))
-        };
+        let connector = Connector::from_options(options)?;
         Ok(Self {
             connector,
             prefix: options.prefix.clone(),
@@ -797,56 +725,7 @@ impl QueueStore for RedisStore {
         let info: Value = self
             .command("info", redis::cmd("INFO").arg("memory"))
             .await?;
-        let mut nodes = Vec::new();
-        collect_policies(&info, &mut nodes);
-        // Without a memory limit a node never evicts, whatever its policy.
-        Ok(nodes
-            .into_iter()
-            .find(|(limit, policy)| *limit > 0 && policy != "noeviction")
-            .map(|(_, policy)| policy)
-            .map(|policy| {
-                format!(
-                    "Redis's maxmemory-policy is {policy}: under memory pressure it would evict \
-                     waitroom's keys (places, admissions, consumed tokens); set \
-                     maxmemory-policy noeviction"
-                )
-            }))
-    }
-}
-
-/// Each node's `maxmemory` and `maxmemory_policy` in an `INFO memory`
-/// answer, from one node or from each node of a Cluster.
-fn collect_policies(value: &Value, into: &mut Vec<(u64, String)>) {
-    match value {
-        Value::BulkString(bytes) => collect_from_text(&String::from_utf8_lossy(bytes), into),
-        Value::VerbatimString { text, .. } | Value::SimpleString(text) => {
-            collect_from_text(text, into)
-        }
-        Value::Array(items) | Value::Set(items) => {
-            for item in items {
-                collect_policies(item, into);
-            }
-        }
-        Value::Map(pairs) => {
-            for (_, item) in pairs {
-                collect_policies(item, into);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn collect_from_text(text: &str, into: &mut Vec<(u64, String)>) {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name))
-            .map(|value| value.trim().to_owned())
-    };
-    if let Some(policy) = field("maxmemory_policy:") {
-        let limit = field("maxmemory:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        into.push((limit, policy));
+        Ok(eviction::problem(&info))
     }
 }
 

@@ -1,24 +1,18 @@
-//! Calling Redis: the connection (one Redis or a Cluster), every call
-//! bounded by the timeout and held back by the breaker while Redis does
-//! not answer, and the caller a queue's batching task uses.
+//! Where calls go: one Redis, a Cluster, or the master Sentinels name,
+//! with a new connection when the master is replaced (`READONLY`, or no
+//! answer under Sentinel).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisError, Script, ScriptInvocation, Value};
+use redis::{IntoConnectionInfo, RedisError, Value};
 
-use super::lua::Scripts;
-use super::reply::{Reply, parse_enqueued, parse_place};
-use crate::domain::{Place, QueueId, UserId};
-use crate::telemetry::metrics::{StoreErrorLabels, StoreLabels, metrics};
+use super::RedisOptions;
+use super::breaker::{Breaker, bounded, classify, unprobed};
 use crate::{Error, Result};
-
-/// Users per `places` script call, so one call never holds Redis for long.
-const PLACES_CHUNK: usize = 500;
 
 /// A connection to a single Redis (multiplexed, reconnecting by itself) or
 /// to a Redis Cluster (following `MOVED`/`ASK` redirections and topology
@@ -123,7 +117,7 @@ impl Connector {
         }
     }
 
-    fn single(&self) -> Option<&Single> {
+    pub(super) fn single(&self) -> Option<&Single> {
         match self {
             Self::Single(single) => Some(single),
             Self::Cluster(_) => None,
@@ -265,7 +259,7 @@ impl Single {
     /// replaced already.
     /// An address that leads to a replica for good (a misconfiguration) is
     /// retried every [`Single::REPLACE_EVERY`] and said once a minute.
-    fn replace(&self, number: u64) {
+    pub(super) fn replace(&self, number: u64) {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
         if current.number != number
             || current
@@ -300,7 +294,7 @@ impl Single {
     /// Connection `number` got no answer: under Sentinel the master may
     /// have died, so the Sentinels are asked again (a fixed address is
     /// reconnected to by the connection itself).
-    fn unanswered(&self, number: u64) {
+    pub(super) fn unanswered(&self, number: u64) {
         if matches!(self.origin, Origin::Fixed(_)) {
             return;
         }
@@ -417,308 +411,87 @@ impl Sentinels {
     }
 }
 
-/// What a queue's batching task needs to call Redis on its own.
-pub(super) struct QueueCaller {
-    pub(super) queue: QueueId,
-    pub(super) connector: Connector,
-    pub(super) keys: [String; 16],
-    pub(super) scripts: Arc<Scripts>,
-    pub(super) timeout: Duration,
-    pub(super) breaker: Arc<Breaker>,
-}
-
-impl QueueCaller {
-    fn invocation<'a>(&self, script: &'a Script, now_ms: u64) -> ScriptInvocation<'a> {
-        let mut invocation = script.prepare_invoke();
-        for key in &self.keys {
-            invocation.key(key);
-        }
-        invocation.arg(now_ms);
-        invocation
-    }
-
-    /// Runs a script that answers one item per user (after the users in
-    /// `invocation`), or a status for the whole queue.
-    async fn per_user(
-        &self,
-        operation: &'static str,
-        invocation: &ScriptInvocation<'_>,
-    ) -> Result<Vec<Value>> {
-        let mut conn = self
-            .connector
-            .connection(self.timeout, &self.breaker)
-            .await?;
-        let value: Value = bounded(
-            operation,
-            self.timeout,
-            guard(&self.breaker, &self.connector, &conn, Some(&self.queue)),
-            invocation.invoke_async(&mut conn),
-        )
-        .await?;
-        Ok(Reply::of(value, &self.queue)?.into_values())
-    }
-
-    pub(super) async fn enqueue_many(
-        &self,
-        users: &[UserId],
-        now_ms: u64,
-    ) -> Result<Vec<Result<Place>>> {
-        let mut invocation = self.invocation(&self.scripts.enqueue_many, now_ms);
-        for user in users {
-            invocation.arg(user.as_str());
-        }
-        let items = self.per_user("enqueue", &invocation).await?;
-        parse_enqueued(items, users.len(), &self.queue)
-    }
-
-    pub(super) async fn places(
-        &self,
-        users: &[UserId],
-        touch: bool,
-        now_ms: u64,
-    ) -> Result<Vec<Option<Place>>> {
-        let mut places = Vec::with_capacity(users.len());
-        for chunk in users.chunks(PLACES_CHUNK) {
-            let mut invocation = self.invocation(&self.scripts.places, now_ms);
-            invocation.arg(if touch { 1 } else { 0 });
-            for user in chunk {
-                invocation.arg(user.as_str());
+impl Connector {
+    /// The connection `options` describe: a Cluster, Sentinels to ask for
+    /// the master, or one address. The URL is checked now; nothing is
+    /// connected until the first call.
+    pub(super) fn from_options(options: &RedisOptions) -> Result<Self> {
+        let invalid = |e: RedisError| Error::invalid("redis_url", e.to_string());
+        let connector = if options.cluster {
+            let nodes: Vec<&str> = options.url.split(',').map(str::trim).collect();
+            let mut builder = ClusterClient::builder(nodes.clone())
+                .connection_timeout(options.timeout)
+                .response_timeout(options.timeout)
+                .retries(3);
+            if let Some(password) = &options.password {
+                builder = builder.password(password);
             }
-            for item in self.per_user("places", &invocation).await? {
-                places.push(parse_place(item, &self.queue)?);
+            let mut first = nodes
+                .first()
+                .copied()
+                .unwrap_or_default()
+                .into_connection_info()
+                .map_err(invalid)?;
+            if let Some(password) = &options.password {
+                let settings = first.redis_settings().clone().set_password(password);
+                first = first.set_redis_settings(settings);
             }
-        }
-        Ok(places)
-    }
-}
-
-/// Stops sending calls to a Redis that does not answer. A call sent to a
-/// stalled Redis waits in its socket and runs when Redis comes back, long
-/// after its caller was told it failed; so once a call finds Redis
-/// unreachable (no reply at all: a timeout, a broken connection; an error
-/// reply is an answer), calls fail at once, unsent, until Redis answers
-/// again. A call arriving [`Breaker::PROBE_EVERY`] after the last probe
-/// probes: with a `PING` on a single Redis (and goes ahead if answered).
-///
-/// On a Cluster each queue's calls trip and probe on their own (a `PING`
-/// there asks every primary, so the call itself is the probe): one shard
-/// down leaves the queues of the others alone.
-#[derive(Debug, Default)]
-pub(super) struct Breaker {
-    /// By scope (`""` for a single Redis and calls not of one queue, the
-    /// queue's id on a Cluster): when the last probe was sent. Absent while
-    /// Redis answers.
-    tripped: Mutex<HashMap<String, std::time::Instant>>,
-}
-
-/// What a call does, as the breaker stands.
-pub(super) enum Pass {
-    Send,
-    Probe,
-    Refuse,
-}
-
-/// Where a call goes, for the breaker: its scope, and the connection a
-/// probe may `PING` through (`None`: the call itself probes).
-pub(super) struct Guard<'a> {
-    breaker: &'a Breaker,
-    scope: &'a str,
-    ping: Option<Connection>,
-    /// Replaced when the server answers `READONLY` (with the number of the
-    /// connection the call went on).
-    single: Option<(&'a Single, u64)>,
-}
-
-impl Breaker {
-    const PROBE_EVERY: Duration = Duration::from_millis(250);
-
-    /// Scopes tripped at once beyond which more fall back to the shared one:
-    /// made-up queue ids on a dead shard must not grow the map.
-    const MAX_SCOPES: usize = 10_000;
-
-    fn pass(&self, scope: &str) -> Pass {
-        let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(last) = tripped.get_mut(scope) else {
-            return Pass::Send;
-        };
-        if last.elapsed() >= Self::PROBE_EVERY {
-            *last = std::time::Instant::now();
-            Pass::Probe
-        } else {
-            Pass::Refuse
-        }
-    }
-
-    fn answered(&self, scope: &str) {
-        let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
-        if !tripped.is_empty() {
-            tripped.remove(scope);
-        }
-    }
-
-    fn unreachable(&self, scope: &str) {
-        let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
-        let scope = if tripped.len() < Self::MAX_SCOPES || tripped.contains_key(scope) {
-            scope
-        } else {
-            ""
-        };
-        tripped
-            .entry(scope.to_owned())
-            .or_insert_with(std::time::Instant::now);
-    }
-}
-
-impl Guard<'_> {
-    /// Whether the call may be sent now; probes with a `PING` when one is
-    /// due. Returns the time the call has left of `timeout`.
-    async fn let_through(&self, timeout: Duration) -> Result<Duration> {
-        let refused =
-            || Error::Unavailable("Redis did not answer recently; the call was not sent".into());
-        match self.breaker.pass(self.scope) {
-            Pass::Send => Ok(timeout),
-            Pass::Refuse => Err(refused()),
-            Pass::Probe => {
-                let Some(mut conn) = self.ping.clone() else {
-                    return Ok(timeout);
-                };
-                let started = std::time::Instant::now();
-                let ping = redis::cmd("PING");
-                match tokio::time::timeout(timeout, ping.query_async::<String>(&mut conn)).await {
-                    Ok(Ok(_)) => {
-                        self.breaker.answered(self.scope);
-                        Ok(timeout.saturating_sub(started.elapsed()))
-                    }
-                    _ => {
-                        if let Some((single, number)) = self.single {
-                            single.unanswered(number);
-                        }
-                        Err(refused())
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The guard of a call made before there is a connection to probe with.
-pub(super) fn unprobed(breaker: &Breaker) -> Guard<'_> {
-    Guard {
-        breaker,
-        scope: "",
-        ping: None,
-        single: None,
-    }
-}
-
-/// The guard of a call on `conn`, of `queue` when it is a queue's.
-pub(super) fn guard<'a>(
-    breaker: &'a Breaker,
-    connector: &'a Connector,
-    conn: &Connection,
-    queue: Option<&'a QueueId>,
-) -> Guard<'a> {
-    match (conn, queue) {
-        (Connection::Cluster(_), Some(queue)) => Guard {
-            breaker,
-            scope: queue.as_str(),
-            ping: None,
-            single: None,
-        },
-        _ => Guard {
-            breaker,
-            scope: "",
-            ping: Some(conn.clone()),
-            single: match conn {
-                Connection::Single(_, number) => connector.single().map(|s| (s, *number)),
-                Connection::Cluster(_) => None,
-            },
-        },
-    }
-}
-
-/// One Redis round trip, bounded by the timeout and measured, unless the
-/// breaker holds it back (see [`Breaker`]).
-pub(super) async fn bounded<T>(
-    operation: &'static str,
-    timeout: Duration,
-    guard: Guard<'_>,
-    call: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T> {
-    let left = match guard.let_through(timeout).await {
-        Ok(left) => left,
-        Err(error) => {
-            metrics()
-                .store_errors
-                .get_or_create(&StoreErrorLabels {
-                    operation,
-                    kind: "unavailable",
-                })
-                .inc();
-            return Err(error);
-        }
-    };
-    let started = std::time::Instant::now();
-    let result = match tokio::time::timeout(left, call).await {
-        Ok(Ok(value)) => {
-            guard.breaker.answered(guard.scope);
-            Ok(value)
-        }
-        Ok(Err(error)) => {
-            // An error reply (READONLY, BUSY, LOADING...) is an answer:
-            // Redis is there and did not run the call.
-            if matches!(error.kind(), redis::ErrorKind::Server(_)) {
-                guard.breaker.answered(guard.scope);
-                // A replica (a demoted master), or a master whose replica
-                // left it (`min-replicas-to-write`; perhaps promoted): the
-                // master may be elsewhere now.
-                let demoted = error.kind()
-                    == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-                    || error.code() == Some("NOREPLICAS");
-                if demoted && let Some((single, number)) = guard.single {
-                    single.replace(number);
-                }
-            } else {
-                guard.breaker.unreachable(guard.scope);
-                if let Some((single, number)) = guard.single {
-                    single.unanswered(number);
-                }
-            }
-            Err(classify(error))
-        }
-        Err(_) => {
-            guard.breaker.unreachable(guard.scope);
-            if let Some((single, number)) = guard.single {
-                single.unanswered(number);
-            }
-            Err(Error::Unavailable(format!(
-                "no answer from Redis within {timeout:?}"
+            Connector::Cluster(Arc::new((
+                builder.build().map_err(invalid)?,
+                tokio::sync::OnceCell::new(),
+                redis::Client::open(first).map_err(invalid)?,
             )))
-        }
-    };
-    let m = metrics();
-    m.store_seconds
-        .get_or_create(&StoreLabels { operation })
-        .observe(started.elapsed().as_secs_f64());
-    if let Err(error) = &result {
-        let kind = match error {
-            Error::Unavailable(_) => "unavailable",
-            _ => "internal",
+        } else {
+            let with_password = |url: &str| -> Result<redis::ConnectionInfo> {
+                let mut info = url.trim().into_connection_info().map_err(invalid)?;
+                if let Some(password) = &options.password {
+                    let settings = info.redis_settings().clone().set_password(password);
+                    info = info.set_redis_settings(settings);
+                }
+                Ok(info)
+            };
+            let origin = match &options.sentinel_master {
+                None => Origin::Fixed(
+                    redis::Client::open(with_password(&options.url)?).map_err(invalid)?,
+                ),
+                Some(master) => {
+                    // The URLs are the Sentinels' (their own passwords in
+                    // them); the password given is the master's.
+                    let mut sentinels = Vec::new();
+                    for url in options.url.split(',') {
+                        let mut info = url.trim().into_connection_info().map_err(invalid)?;
+                        if let Some(password) = &options.sentinel_password {
+                            let settings = info.redis_settings().clone().set_password(password);
+                            info = info.set_redis_settings(settings);
+                        }
+                        sentinels.push(redis::Client::open(info).map_err(invalid)?);
+                    }
+                    // TLS as for the first Sentinel; no credentials of
+                    // theirs.
+                    let first = options.url.split(',').next().unwrap_or_default();
+                    let mut settings = redis::RedisConnectionInfo::default();
+                    if let Some(password) = &options.password {
+                        settings = settings.set_password(password);
+                    }
+                    let node = first
+                        .trim()
+                        .into_connection_info()
+                        .map_err(invalid)?
+                        .set_redis_settings(settings);
+                    Origin::Sentinels(Sentinels {
+                        sentinels,
+                        master: master.clone(),
+                        node,
+                    })
+                }
+            };
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(options.timeout))
+                .set_response_timeout(Some(options.timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(1));
+            Connector::Single(Arc::new(Single::new(origin, config)?))
         };
-        m.store_errors
-            .get_or_create(&StoreErrorLabels { operation, kind })
-            .inc();
-    }
-    result
-}
-
-/// Failures to get an answer are `Unavailable` (retry); answers we cannot
-/// read, or a script's own error, are bugs and `Internal`.
-pub(super) fn classify(error: RedisError) -> Error {
-    use redis::ErrorKind;
-    match error.kind() {
-        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => Error::Internal(error.to_string()),
-        ErrorKind::Server(_) if error.code() == Some("ERR") => Error::Internal(error.to_string()),
-        _ => Error::Unavailable(error.to_string()),
+        Ok(connector)
     }
 }

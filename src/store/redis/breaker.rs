@@ -1,0 +1,244 @@
+//! Calls bounded by the timeout, and held back while Redis does not
+//! answer (the breaker), with every failure made one of the store's errors.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::RedisError;
+
+use super::topology::{Connection, Connector, Single};
+use crate::domain::QueueId;
+use crate::telemetry::metrics::{StoreErrorLabels, StoreLabels, metrics};
+use crate::{Error, Result};
+
+/// Stops sending calls to a Redis that does not answer. A call sent to a
+/// stalled Redis waits in its socket and runs when Redis comes back, long
+/// after its caller was told it failed; so once a call finds Redis
+/// unreachable (no reply at all: a timeout, a broken connection; an error
+/// reply is an answer), calls fail at once, unsent, until Redis answers
+/// again. A call arriving [`Breaker::PROBE_EVERY`] after the last probe
+/// probes: with a `PING` on a single Redis (and goes ahead if answered).
+///
+/// On a Cluster each queue's calls trip and probe on their own (a `PING`
+/// there asks every primary, so the call itself is the probe): one shard
+/// down leaves the queues of the others alone.
+#[derive(Debug, Default)]
+pub(super) struct Breaker {
+    /// By scope (`""` for a single Redis and calls not of one queue, the
+    /// queue's id on a Cluster): when the last probe was sent. Absent while
+    /// Redis answers.
+    tripped: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// What a call does, as the breaker stands.
+pub(super) enum Pass {
+    Send,
+    Probe,
+    Refuse,
+}
+
+/// Where a call goes, for the breaker: its scope, and the connection a
+/// probe may `PING` through (`None`: the call itself probes).
+pub(super) struct Guard<'a> {
+    breaker: &'a Breaker,
+    scope: &'a str,
+    ping: Option<Connection>,
+    /// Replaced when the server answers `READONLY` (with the number of the
+    /// connection the call went on).
+    single: Option<(&'a Single, u64)>,
+}
+
+impl Breaker {
+    const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+    /// Scopes tripped at once beyond which more fall back to the shared one:
+    /// made-up queue ids on a dead shard must not grow the map.
+    const MAX_SCOPES: usize = 10_000;
+
+    fn pass(&self, scope: &str) -> Pass {
+        let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(last) = tripped.get_mut(scope) else {
+            return Pass::Send;
+        };
+        if last.elapsed() >= Self::PROBE_EVERY {
+            *last = std::time::Instant::now();
+            Pass::Probe
+        } else {
+            Pass::Refuse
+        }
+    }
+
+    fn answered(&self, scope: &str) {
+        let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
+        if !tripped.is_empty() {
+            tripped.remove(scope);
+        }
+    }
+
+    fn unreachable(&self, scope: &str) {
+        let mut tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
+        let scope = if tripped.len() < Self::MAX_SCOPES || tripped.contains_key(scope) {
+            scope
+        } else {
+            ""
+        };
+        tripped
+            .entry(scope.to_owned())
+            .or_insert_with(std::time::Instant::now);
+    }
+}
+
+impl Guard<'_> {
+    /// Whether the call may be sent now; probes with a `PING` when one is
+    /// due. Returns the time the call has left of `timeout`.
+    async fn let_through(&self, timeout: Duration) -> Result<Duration> {
+        let refused =
+            || Error::Unavailable("Redis did not answer recently; the call was not sent".into());
+        match self.breaker.pass(self.scope) {
+            Pass::Send => Ok(timeout),
+            Pass::Refuse => Err(refused()),
+            Pass::Probe => {
+                let Some(mut conn) = self.ping.clone() else {
+                    return Ok(timeout);
+                };
+                let started = std::time::Instant::now();
+                let ping = redis::cmd("PING");
+                match tokio::time::timeout(timeout, ping.query_async::<String>(&mut conn)).await {
+                    Ok(Ok(_)) => {
+                        self.breaker.answered(self.scope);
+                        Ok(timeout.saturating_sub(started.elapsed()))
+                    }
+                    _ => {
+                        if let Some((single, number)) = self.single {
+                            single.unanswered(number);
+                        }
+                        Err(refused())
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The guard of a call made before there is a connection to probe with.
+pub(super) fn unprobed(breaker: &Breaker) -> Guard<'_> {
+    Guard {
+        breaker,
+        scope: "",
+        ping: None,
+        single: None,
+    }
+}
+
+/// The guard of a call on `conn`, of `queue` when it is a queue's.
+pub(super) fn guard<'a>(
+    breaker: &'a Breaker,
+    connector: &'a Connector,
+    conn: &Connection,
+    queue: Option<&'a QueueId>,
+) -> Guard<'a> {
+    match (conn, queue) {
+        (Connection::Cluster(_), Some(queue)) => Guard {
+            breaker,
+            scope: queue.as_str(),
+            ping: None,
+            single: None,
+        },
+        _ => Guard {
+            breaker,
+            scope: "",
+            ping: Some(conn.clone()),
+            single: match conn {
+                Connection::Single(_, number) => connector.single().map(|s| (s, *number)),
+                Connection::Cluster(_) => None,
+            },
+        },
+    }
+}
+
+/// One Redis round trip, bounded by the timeout and measured, unless the
+/// breaker holds it back (see [`Breaker`]).
+pub(super) async fn bounded<T>(
+    operation: &'static str,
+    timeout: Duration,
+    guard: Guard<'_>,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T> {
+    let left = match guard.let_through(timeout).await {
+        Ok(left) => left,
+        Err(error) => {
+            metrics()
+                .store_errors
+                .get_or_create(&StoreErrorLabels {
+                    operation,
+                    kind: "unavailable",
+                })
+                .inc();
+            return Err(error);
+        }
+    };
+    let started = std::time::Instant::now();
+    let result = match tokio::time::timeout(left, call).await {
+        Ok(Ok(value)) => {
+            guard.breaker.answered(guard.scope);
+            Ok(value)
+        }
+        Ok(Err(error)) => {
+            // An error reply (READONLY, BUSY, LOADING...) is an answer:
+            // Redis is there and did not run the call.
+            if matches!(error.kind(), redis::ErrorKind::Server(_)) {
+                guard.breaker.answered(guard.scope);
+                // A replica (a demoted master), or a master whose replica
+                // left it (`min-replicas-to-write`; perhaps promoted): the
+                // master may be elsewhere now.
+                let demoted = error.kind()
+                    == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+                    || error.code() == Some("NOREPLICAS");
+                if demoted && let Some((single, number)) = guard.single {
+                    single.replace(number);
+                }
+            } else {
+                guard.breaker.unreachable(guard.scope);
+                if let Some((single, number)) = guard.single {
+                    single.unanswered(number);
+                }
+            }
+            Err(classify(error))
+        }
+        Err(_) => {
+            guard.breaker.unreachable(guard.scope);
+            if let Some((single, number)) = guard.single {
+                single.unanswered(number);
+            }
+            Err(Error::Unavailable(format!(
+                "no answer from Redis within {timeout:?}"
+            )))
+        }
+    };
+    let m = metrics();
+    m.store_seconds
+        .get_or_create(&StoreLabels { operation })
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(error) = &result {
+        let kind = match error {
+            Error::Unavailable(_) => "unavailable",
+            _ => "internal",
+        };
+        m.store_errors
+            .get_or_create(&StoreErrorLabels { operation, kind })
+            .inc();
+    }
+    result
+}
+
+/// Failures to get an answer are `Unavailable` (retry); answers we cannot
+/// read, or a script's own error, are bugs and `Internal`.
+pub(super) fn classify(error: RedisError) -> Error {
+    use redis::ErrorKind;
+    match error.kind() {
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => Error::Internal(error.to_string()),
+        ErrorKind::Server(_) if error.code() == Some("ERR") => Error::Internal(error.to_string()),
+        _ => Error::Unavailable(error.to_string()),
+    }
+}
