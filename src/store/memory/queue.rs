@@ -1,0 +1,588 @@
+//! A queue's state and its transitions: the line, admissions, the
+//! opening, presence. Each transition has its twin in a Lua script of the
+//! Redis store (`store/redis/scripts/`), named alike.
+
+use crate::domain::{
+    Admission, Admitted, LINE_LOG_KEEP, LineEvent, NamedAdmission, Place, PlaceState, QueueConfig,
+    QueueId, QueueMode, RankIndex, RateSample, RequestId, UserId,
+};
+use crate::{Error, Result};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) enqueued: u64,
+    pub(super) admitted: u64,
+    pub(super) completed: u64,
+    pub(super) expired: u64,
+    pub(super) left: u64,
+    pub(super) abandoned: u64,
+    pub(super) cleared: u64,
+}
+
+/// Where the opening draw stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Draw {
+    /// No opening has happened (none scheduled, or not yet).
+    None,
+    /// The opening happened; the pre-queue is frozen, its tickets reserved.
+    Frozen,
+    /// Pre-queued users are being given their draw keys.
+    Hashing,
+    /// Users are being placed in key order.
+    Assigning,
+    Done,
+}
+
+impl Draw {
+    pub(super) fn in_progress(self) -> bool {
+        matches!(self, Self::Frozen | Self::Hashing | Self::Assigning)
+    }
+}
+
+/// A queue's state, in the parts the Redis twin keeps in keys of their own
+/// (`store/redis/keys.rs`).
+#[derive(Debug)]
+pub(super) struct QueueState {
+    pub(super) config: QueueConfig,
+    pub(super) counters: Counters,
+    pub(super) line: Line,
+    pub(super) admissions: Admissions,
+    pub(super) opening: Opening,
+    pub(super) presence: Presence,
+    pub(super) flow: FlowBuckets,
+    /// Users taken out of line by clearing, told so while the queue stays
+    /// closed.
+    pub(super) cleared: HashSet<UserId>,
+}
+
+/// The line: who waits with which ticket, and its log of changes.
+#[derive(Debug, Default)]
+pub(super) struct Line {
+    /// Last ticket given or reserved.
+    pub(super) seq: u64,
+    /// Waiting users by ticket; `tickets` is its inverse and `ranks` counts
+    /// it. The three always hold the same set.
+    pub(super) waiting: BTreeMap<u64, UserId>,
+    pub(super) tickets: HashMap<UserId, u64>,
+    pub(super) ranks: RankIndex,
+    /// Changes to the waiting set by sequence number, the last
+    /// [`LINE_LOG_KEEP`] of them; `log_seq` is the last number given.
+    pub(super) log: BTreeMap<u64, LineEvent>,
+    pub(super) log_seq: u64,
+}
+
+/// Who holds an admission, the rate's figures and bucket, and the results
+/// kept for retries.
+#[derive(Debug, Default)]
+pub(super) struct Admissions {
+    /// Admitted users by expiry; `admitted` holds the same users.
+    pub(super) active: BTreeSet<(u64, UserId)>,
+    pub(super) admitted: HashMap<UserId, Admission>,
+    /// Admissions per second bucket (`now_ms / 1000`).
+    pub(super) rate: BTreeMap<u64, u64>,
+    pub(super) batches: HashMap<RequestId, (u64, Vec<Admitted>)>,
+    /// `AdmitUsers` results by request id, with when each lapses.
+    /// With the users they named, so a reused id is told apart.
+    pub(super) named: HashMap<RequestId, (u64, Vec<UserId>, Vec<NamedAdmission>)>,
+    /// The rate's token bucket: milli-tokens and when it was last refilled;
+    /// `None` until first used (it starts full).
+    pub(super) bucket: Option<(u64, u64)>,
+}
+
+/// A scheduled opening: the pre-queue and the draw that places it.
+#[derive(Debug)]
+pub(super) struct Opening {
+    /// Pre-queued users by arrival; `prequeued` is its inverse.
+    pub(super) prequeue: BTreeMap<u64, UserId>,
+    pub(super) prequeued: HashMap<UserId, u64>,
+    pub(super) prequeue_seq: u64,
+    /// Users drawn but not yet placed, by draw key; `pooled` is its inverse.
+    pub(super) pool: BTreeSet<(u64, UserId)>,
+    pub(super) pooled: HashMap<UserId, u64>,
+    pub(super) draw: Draw,
+    /// Next ticket of the block reserved for the pre-queue.
+    pub(super) draw_next: u64,
+}
+
+/// Signs of life of the users in line.
+#[derive(Debug, Default)]
+pub(super) struct Presence {
+    /// Last sign of life of users in line; `seen_by_time` orders it.
+    pub(super) seen: HashMap<UserId, u64>,
+    pub(super) seen_by_time: BTreeSet<(u64, UserId)>,
+    /// When a reaper's pass last ran (the latest clock of any caller): a
+    /// gap in the passes is an outage ([`presence_after_gap`]).
+    pub(super) heard_ms: Option<u64>,
+}
+
+/// The sale's recent figures in time buckets (see `flow.rs`).
+#[derive(Debug, Default)]
+pub(super) struct FlowBuckets {
+    /// Arrivals and abandonments per slot of `FLOW_SLOT_MS`, the last
+    /// minute only.
+    pub(super) arrivals: BTreeMap<u64, u64>,
+    pub(super) abandons: BTreeMap<u64, u64>,
+    /// Admissions from the line by (10-second slot, bucket of the time
+    /// waited), the last five minutes only.
+    pub(super) waited: BTreeMap<(u64, usize), u64>,
+    /// When old flow buckets were last dropped (seconds): every ten
+    /// seconds, as the Redis prelude's `prune_flow` does, so a reader whose
+    /// clock is behind finds the same buckets in both stores.
+    pub(super) flow_pruned_s: u64,
+    /// When tickets were given: (highest ticket given in a second, that
+    /// second), as the Redis `joined` sorted set orders them;
+    /// `joined_second` indexes it by second.
+    pub(super) joined: BTreeSet<(u64, u64)>,
+    pub(super) joined_second: HashMap<u64, u64>,
+}
+
+impl QueueState {
+    pub(super) fn new(config: QueueConfig) -> Self {
+        Self {
+            line: Line {
+                seq: config.adoption.map_or(0, |a| a.top),
+                ..Line::default()
+            },
+            config,
+            counters: Counters::default(),
+            admissions: Admissions::default(),
+            opening: Opening {
+                prequeue: BTreeMap::new(),
+                prequeued: HashMap::new(),
+                prequeue_seq: 0,
+                pool: BTreeSet::new(),
+                pooled: HashMap::new(),
+                draw: Draw::None,
+                draw_next: 0,
+            },
+            presence: Presence::default(),
+            flow: FlowBuckets::default(),
+            cleared: HashSet::new(),
+        }
+    }
+
+    pub(super) fn log_event(&mut self, event: LineEvent) {
+        self.line.log_seq += 1;
+        self.line.log.insert(self.line.log_seq, event);
+        if self.line.log_seq > LINE_LOG_KEEP {
+            let keep_from = self.line.log_seq - LINE_LOG_KEEP + 1;
+            self.line.log = self.line.log.split_off(&keep_from);
+        }
+    }
+
+    /// What every operation does first: end the admissions whose time is
+    /// up, and open the queue if its opening is due.
+    pub(super) fn prepare(&mut self, now_ms: u64) {
+        while let Some((expires_at, _)) = self.admissions.active.first() {
+            if *expires_at > now_ms {
+                break;
+            }
+            if let Some((_, user)) = self.admissions.active.pop_first() {
+                self.admissions.admitted.remove(&user);
+                self.counters.expired += 1;
+            }
+        }
+        self.open_if_due(now_ms);
+    }
+
+    /// At the opening, freeze the pre-queue and reserve its tickets. Only a
+    /// queue with an opening ever has a pre-queue.
+    pub(super) fn open_if_due(&mut self, now_ms: u64) {
+        if self.opening.draw != Draw::None || self.config.opens_at_ms.is_none_or(|at| now_ms < at) {
+            return;
+        }
+        let size = self.opening.prequeue.len() as u64;
+        self.opening.draw_next = self.line.seq + 1;
+        self.line.seq += size;
+        if size > 0 {
+            self.note_joined(now_ms);
+        }
+        self.opening.draw = if size == 0 { Draw::Done } else { Draw::Frozen };
+        self.config.draw_complete = size == 0;
+    }
+
+    pub(super) fn in_line(&self) -> u64 {
+        (self.line.waiting.len() + self.opening.prequeue.len() + self.opening.pool.len()) as u64
+    }
+
+    /// Records a sign of life; only forward, so a caller whose clock is
+    /// behind another's never moves a newer sign back.
+    pub(super) fn see(&mut self, user: &UserId, now_ms: u64) {
+        match self.presence.seen.get(user) {
+            Some(previous) if *previous >= now_ms => {}
+            Some(previous) => {
+                self.presence
+                    .seen_by_time
+                    .remove(&(*previous, user.clone()));
+                self.presence.seen.insert(user.clone(), now_ms);
+                self.presence.seen_by_time.insert((now_ms, user.clone()));
+            }
+            None => {
+                self.presence.seen.insert(user.clone(), now_ms);
+                self.presence.seen_by_time.insert((now_ms, user.clone()));
+            }
+        }
+    }
+
+    pub(super) fn unsee(&mut self, user: &UserId) {
+        if let Some(previous) = self.presence.seen.remove(user) {
+            self.presence.seen_by_time.remove(&(previous, user.clone()));
+        }
+    }
+
+    /// Takes up to `wanted` whole tokens from the rate's bucket (see the
+    /// Redis prelude's `take_tokens`); returns how many it took.
+    pub(super) fn take_tokens(&mut self, wanted: u64, now_ms: u64) -> u64 {
+        let rate = u64::from(self.config.admit_per_second);
+        let capacity = rate * 1000;
+        let (mut tokens, mut stamp) = self.admissions.bucket.unwrap_or((capacity, now_ms));
+        if now_ms > stamp {
+            tokens = capacity.min(tokens.saturating_add((now_ms - stamp).saturating_mul(rate)));
+            stamp = now_ms;
+        }
+        tokens = tokens.min(capacity);
+        let taken = wanted.min(tokens / 1000);
+        self.admissions.bucket = Some((tokens - taken * 1000, stamp));
+        taken
+    }
+
+    /// Slots free under `max_active` (`u64::MAX` when there is no cap).
+    pub(super) fn free_slots(&self) -> u64 {
+        match self.config.max_active {
+            0 => u64::MAX,
+            cap => u64::from(cap).saturating_sub(self.admissions.active.len() as u64),
+        }
+    }
+
+    pub(super) fn admit_user(&mut self, user: UserId, ticket: u64, now_ms: u64) -> Admission {
+        let expires_at_ms = now_ms + self.config.admission_ttl.as_millis() as u64;
+        let admission = Admission {
+            ticket,
+            admitted_at_ms: now_ms,
+            expires_at_ms,
+            queue_epoch_ms: self.config.created_at_ms,
+        };
+        self.unsee(&user);
+        self.admissions.active.insert((expires_at_ms, user.clone()));
+        self.admissions.admitted.insert(user, admission.clone());
+        admission
+    }
+
+    /// Counts `n` admissions made at `now_ms` for the stats and the rate.
+    pub(super) fn record_admissions(&mut self, n: u64, now_ms: u64) {
+        if n == 0 {
+            return;
+        }
+        self.counters.admitted += n;
+        *self.admissions.rate.entry(now_ms / 1000).or_default() += n;
+        let first = RateSample::first_bucket(now_ms);
+        self.admissions.rate.retain(|bucket, _| *bucket >= first);
+    }
+
+    /// Admits up to `room` waiting users, lowest tickets first.
+    pub(super) fn admit_next(&mut self, room: u64, now_ms: u64) -> Vec<Admitted> {
+        let mut admitted: Vec<Admitted> = Vec::new();
+        while (admitted.len() as u64) < room {
+            let Some((ticket, user)) = self.line.waiting.pop_first() else {
+                break;
+            };
+            self.line.tickets.remove(&user);
+            self.line.ranks.remove(ticket);
+            self.log_event(LineEvent::Left {
+                ticket,
+                admitted: true,
+            });
+            let admission = self.admit_user(user.clone(), ticket, now_ms);
+            admitted.push(Admitted { user, admission });
+        }
+        self.record_admissions(admitted.len() as u64, now_ms);
+        let tickets: Vec<u64> = admitted.iter().map(|a| a.admission.ticket).collect();
+        self.count_waited(&tickets, now_ms);
+        admitted
+    }
+
+    pub(super) fn add_waiting(&mut self, user: UserId, ticket: u64) {
+        self.insert_waiting(user.clone(), ticket);
+        self.log_event(LineEvent::Joined { ticket, user });
+    }
+
+    /// Puts a user in line without logging it: the caller logs a run.
+    pub(super) fn insert_waiting(&mut self, user: UserId, ticket: u64) {
+        self.line.waiting.insert(ticket, user.clone());
+        self.line.tickets.insert(user, ticket);
+        self.line.ranks.insert(ticket);
+    }
+
+    /// Counts and logs a run of newcomers (first ticket, count) put in line
+    /// by enqueue_many, as enqueue_many.lua's end_run does.
+    pub(super) fn end_run(&mut self, run: Option<(u64, u64)>, now_ms: u64) {
+        if let Some((first_ticket, count)) = run {
+            self.count_arrivals(count, now_ms);
+            self.log_event(LineEvent::JoinedRun {
+                first_ticket,
+                count,
+            });
+        }
+    }
+
+    pub(super) fn remove_waiting(&mut self, user: &UserId) -> Option<u64> {
+        let ticket = self.line.tickets.remove(user)?;
+        self.line.waiting.remove(&ticket);
+        self.line.ranks.remove(ticket);
+        Some(ticket)
+    }
+
+    /// Takes a user out of the line wherever they stand in it.
+    pub(super) fn remove_from_line(&mut self, user: &UserId) -> bool {
+        let left_waiting = self.remove_waiting(user);
+        if let Some(ticket) = left_waiting {
+            self.log_event(LineEvent::Left {
+                ticket,
+                admitted: false,
+            });
+        }
+        let left_prequeue = left_waiting.is_none()
+            && (self
+                .opening
+                .prequeued
+                .remove(user)
+                .map(|arrival| self.opening.prequeue.remove(&arrival))
+                .is_some()
+                || self
+                    .opening
+                    .pooled
+                    .remove(user)
+                    .map(|key| self.opening.pool.remove(&(key, user.clone())))
+                    .is_some());
+        if left_prequeue {
+            self.log_event(LineEvent::PreQueueLeft { user: user.clone() });
+        }
+        let removed = left_waiting.is_some() || left_prequeue;
+        if removed {
+            self.unsee(user);
+        }
+        removed
+    }
+
+    pub(super) fn end_admission(&mut self, user: &UserId) -> bool {
+        match self.admissions.admitted.remove(user) {
+            Some(admission) => {
+                self.admissions
+                    .active
+                    .remove(&(admission.expires_at_ms, user.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn place(&self, state: PlaceState, ticket: u64, now_ms: u64) -> Place {
+        Place {
+            state,
+            ticket,
+            epoch_ms: self.config.created_at_ms,
+            waiting_count: self.in_line(),
+            mode: self.config.mode,
+            rate: self.rate_sample(now_ms),
+            signs: self.config.signs(),
+        }
+    }
+
+    pub(super) fn admitted_place(&self, admission: Admission, now_ms: u64) -> Place {
+        let ticket = admission.ticket;
+        self.place(PlaceState::Admitted(admission), ticket, now_ms)
+    }
+
+    pub(super) fn prequeue_place(&self, now_ms: u64) -> Place {
+        let opens_in_ms = match (self.opening.draw, self.config.opens_at_ms) {
+            (Draw::None, Some(opens_at)) => opens_at.saturating_sub(now_ms),
+            _ => 0,
+        };
+        self.place(PlaceState::PreQueue { opens_in_ms }, 0, now_ms)
+    }
+
+    /// The place of a user; admits a waiting user on the spot in
+    /// pass-through mode (unless the opening draw is still placing people).
+    pub(super) fn current_place(&mut self, user: &UserId, now_ms: u64) -> Option<Place> {
+        if let Some(admission) = self.admissions.admitted.get(user) {
+            return Some(self.admitted_place(admission.clone(), now_ms));
+        }
+        if self.opening.prequeued.contains_key(user) || self.opening.pooled.contains_key(user) {
+            return Some(self.prequeue_place(now_ms));
+        }
+        let Some(&ticket) = self.line.tickets.get(user) else {
+            // Cleared from the line of a queue still closed: told so, as
+            // those waiting are.
+            let cleared = self.config.mode == QueueMode::Closed && self.cleared.contains(user);
+            return cleared.then(|| self.place(PlaceState::Closed, 0, now_ms));
+        };
+        Some(match self.config.mode {
+            QueueMode::PassThrough if !self.opening.draw.in_progress() => {
+                self.remove_waiting(user);
+                self.log_event(LineEvent::Left {
+                    ticket,
+                    admitted: true,
+                });
+                let admission = self.admit_user(user.clone(), ticket, now_ms);
+                self.record_admissions(1, now_ms);
+                self.admitted_place(admission, now_ms)
+            }
+            QueueMode::Closed => self.place(PlaceState::Closed, ticket, now_ms),
+            _ => {
+                let position = self.line.ranks.count_up_to(ticket);
+                self.place(PlaceState::Waiting { position }, ticket, now_ms)
+            }
+        })
+    }
+
+    /// Drops the kept results of `AdmitBatch` and `AdmitUsers` whose time is
+    /// up: both kinds, whichever call comes, as the Redis scripts share one
+    /// hash and one expiry set for them.
+    pub(super) fn forget_lapsed_results(&mut self, now_ms: u64) {
+        self.admissions
+            .batches
+            .retain(|_, (expires_at, _)| *expires_at > now_ms);
+        self.admissions
+            .named
+            .retain(|_, (expires_at, _, _)| *expires_at > now_ms);
+    }
+
+    /// Admits one named user out of turn; the caller has run `prepare`.
+    /// Twin of the Redis `admit_users` loop.
+    pub(super) fn admit_named(
+        &mut self,
+        user: &UserId,
+        override_capacity: bool,
+        now_ms: u64,
+    ) -> NamedAdmission {
+        if let Some(admission) = self.admissions.admitted.get(user) {
+            return NamedAdmission::AlreadyAdmitted(admission.clone());
+        }
+        let capped = self.config.mode != QueueMode::PassThrough && !override_capacity;
+        if capped && self.free_slots() == 0 {
+            return NamedAdmission::NoCapacity;
+        }
+        let ticket = if let Some(ticket) = self.remove_waiting(user) {
+            self.log_event(LineEvent::Left {
+                ticket,
+                admitted: true,
+            });
+            ticket
+        } else {
+            // Pre-queued (counted when they arrived) or not in line at all:
+            // a ticket of their own, past every other.
+            if !self.remove_from_line(user) {
+                self.count_arrivals(1, now_ms);
+            }
+            self.line.seq += 1;
+            self.line.seq
+        };
+        let admission = self.admit_user(user.clone(), ticket, now_ms);
+        self.counters.admitted += 1;
+        NamedAdmission::Admitted(admission)
+    }
+
+    /// Takes the first user out of line: the lowest ticket waiting, else
+    /// the earliest pre-queued, else the first of the draw's pool.
+    pub(super) fn clear_one(&mut self) -> bool {
+        let user = self
+            .line
+            .waiting
+            .first_key_value()
+            .map(|(_, u)| u.clone())
+            .or_else(|| {
+                self.opening
+                    .prequeue
+                    .first_key_value()
+                    .map(|(_, u)| u.clone())
+            })
+            .or_else(|| self.opening.pool.first().map(|(_, u)| u.clone()));
+        match user {
+            Some(user) => {
+                let removed = self.remove_from_line(&user);
+                if removed {
+                    self.cleared.insert(user);
+                }
+                removed
+            }
+            None => false,
+        }
+    }
+
+    /// The refusal of a closed queue, with its reason.
+    pub(super) fn closed(&self, queue: &QueueId) -> Error {
+        Error::QueueClosed {
+            queue: queue.to_string(),
+            reason: self.config.closed_reason.as_deref().map(str::to_owned),
+        }
+    }
+
+    /// One user's enqueue; the caller has run `prepare`. Twin of the
+    /// Redis `enqueue_one`.
+    pub(super) fn enqueue_one(
+        &mut self,
+        queue: &QueueId,
+        user: &UserId,
+        now_ms: u64,
+    ) -> Result<Place> {
+        if let Some(admission) = self.admissions.admitted.get(user) {
+            return Ok(self.admitted_place(admission.clone(), now_ms));
+        }
+        if self.config.mode == QueueMode::Closed {
+            return Err(self.closed(queue));
+        }
+        if let Some(place) = self.current_place(user, now_ms) {
+            if !place.is_final() {
+                self.see(user, now_ms);
+            }
+            return Ok(place);
+        }
+        if self.opening.draw == Draw::None
+            && let Some(opens_at) = self.config.opens_at_ms
+        {
+            let window_opens =
+                opens_at.saturating_sub(self.config.prequeue_window.as_millis() as u64);
+            if now_ms < window_opens {
+                return Err(Error::QueueNotOpen {
+                    queue: queue.to_string(),
+                    opens_at_ms: window_opens,
+                });
+            }
+            self.opening.prequeue_seq += 1;
+            let arrival = self.opening.prequeue_seq;
+            self.opening.prequeue.insert(arrival, user.clone());
+            self.opening.prequeued.insert(user.clone(), arrival);
+            self.count_arrivals(1, now_ms);
+            self.see(user, now_ms);
+            return Ok(self.prequeue_place(now_ms));
+        }
+        self.line.seq += 1;
+        let ticket = self.line.seq;
+        self.count_arrivals(1, now_ms);
+        let limited = self.config.max_active > 0 || self.config.admit_per_second > 0;
+        let admit_now = !self.opening.draw.in_progress()
+            && match self.config.mode {
+                QueueMode::PassThrough => true,
+                QueueMode::Queueing
+                    if limited && self.line.waiting.is_empty() && self.free_slots() > 0 =>
+                {
+                    self.config.admit_per_second == 0 || self.take_tokens(1, now_ms) == 1
+                }
+                _ => false,
+            };
+        if admit_now {
+            let admission = self.admit_user(user.clone(), ticket, now_ms);
+            self.record_admissions(1, now_ms);
+            return Ok(self.admitted_place(admission, now_ms));
+        }
+        self.add_waiting(user.clone(), ticket);
+        self.see(user, now_ms);
+        let position = self.line.ranks.count_up_to(ticket);
+        Ok(self.place(PlaceState::Waiting { position }, ticket, now_ms))
+    }
+
+    pub(super) fn config(&self) -> QueueConfig {
+        self.config.clone()
+    }
+}
