@@ -2,6 +2,11 @@
 //! specification of the queue's semantics. The Redis store is tested against
 //! it answer for answer, so every branch here has its twin in a Lua script
 //! (`store/redis/scripts/`), named alike.
+//!
+//! Layout: this file holds the store and its trait; `queue.rs` a queue's
+//! state and its transitions, `opening.rs` the pre-queue and the opening
+//! draw, `presence.rs` signs of life and the release of the silent,
+//! `flow.rs` the sale's figures in their buckets.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -9,17 +14,18 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 mod flow;
+mod opening;
+mod presence;
 mod queue;
 
-use self::queue::{Draw, QueueState};
+use self::opening::Draw;
+use self::queue::QueueState;
 
 use super::{QueueStore, batch_result_ttl_ms};
-use crate::domain::draw::draw_key;
 use crate::domain::{
     AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, LineSummary,
     NamedAdmission, Place, PlaceClaim, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats,
-    QueueUpdate, Refusal, RequestId, Restoration, RestoreView, UserId, presence_after_gap,
-    restore_decision,
+    QueueUpdate, Refusal, RequestId, Restoration, RestoreView, UserId, restore_decision,
 };
 use crate::{Error, Result};
 
@@ -302,41 +308,7 @@ impl QueueStore for MemoryStore {
     }
 
     async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
-        self.with_queue(queue, |state| {
-            let heard = state.presence.heard_ms;
-            state.presence.heard_ms = Some(heard.map_or(now_ms, |h| h.max(now_ms)));
-            if let Some(since) = presence_after_gap(heard, state.config.presence_since_ms, now_ms) {
-                state.config.presence_since_ms = since;
-                return Ok(0);
-            }
-            if state.config.mode == QueueMode::Closed {
-                return Ok(0);
-            }
-            let cutoff = now_ms.saturating_sub(state.config.release_after_ms());
-            if state.config.presence_since_ms >= cutoff {
-                return Ok(0);
-            }
-            let silent: Vec<UserId> = state
-                .presence
-                .seen_by_time
-                .iter()
-                .take_while(|(seen, _)| *seen < cutoff)
-                .take(limit as usize)
-                .map(|(_, user)| user.clone())
-                .collect();
-            let mut released = 0;
-            for user in &silent {
-                if state.remove_from_line(user) {
-                    released += 1;
-                } else {
-                    // A sign of life of someone no longer in line: dropped,
-                    // so it is neither counted again nor in the way.
-                    state.unsee(user);
-                }
-            }
-            state.count_abandons(released, now_ms);
-            Ok(released)
-        })
+        self.with_queue(queue, |state| Ok(state.reap(limit, now_ms)))
     }
 
     async fn line_snapshot(&self, queue: &QueueId, after: u64, limit: u32) -> Result<LineSnapshot> {
@@ -402,44 +374,7 @@ impl QueueStore for MemoryStore {
     ) -> Result<bool> {
         self.with_queue(queue, |state| {
             state.prepare(now_ms);
-            if state.opening.draw == Draw::Frozen {
-                state.config.draw_seed = Some(seed.to_owned());
-                state.opening.draw = Draw::Hashing;
-            }
-            match state.opening.draw {
-                Draw::Hashing => {
-                    let seed = state.config.draw_seed.clone().unwrap_or_default();
-                    for _ in 0..chunk {
-                        let Some((_, user)) = state.opening.prequeue.pop_first() else {
-                            break;
-                        };
-                        state.opening.prequeued.remove(&user);
-                        let key = draw_key(&seed, &user);
-                        state.opening.pool.insert((key, user.clone()));
-                        state.opening.pooled.insert(user, key);
-                    }
-                    if state.opening.prequeue.is_empty() {
-                        state.opening.draw = Draw::Assigning;
-                    }
-                }
-                Draw::Assigning => {
-                    for _ in 0..chunk {
-                        let Some((_, user)) = state.opening.pool.pop_first() else {
-                            break;
-                        };
-                        state.opening.pooled.remove(&user);
-                        let ticket = state.opening.draw_next;
-                        state.opening.draw_next += 1;
-                        state.add_waiting(user, ticket);
-                    }
-                    if state.opening.pool.is_empty() {
-                        state.opening.draw = Draw::Done;
-                        state.config.draw_complete = true;
-                    }
-                }
-                Draw::None | Draw::Frozen | Draw::Done => {}
-            }
-            Ok(!state.opening.draw.in_progress())
+            Ok(state.draw_chunk(seed, chunk))
         })
     }
 

@@ -2,6 +2,8 @@
 //! opening, presence. Each transition has its twin in a Lua script of the
 //! Redis store (`store/redis/scripts/`), named alike.
 
+use super::opening::{Draw, Opening};
+use super::presence::Presence;
 use crate::domain::{
     Admission, Admitted, LINE_LOG_KEEP, LineEvent, NamedAdmission, Place, PlaceState, QueueConfig,
     QueueId, QueueMode, RankIndex, RateSample, RequestId, UserId,
@@ -18,26 +20,6 @@ pub(super) struct Counters {
     pub(super) left: u64,
     pub(super) abandoned: u64,
     pub(super) cleared: u64,
-}
-
-/// Where the opening draw stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Draw {
-    /// No opening has happened (none scheduled, or not yet).
-    None,
-    /// The opening happened; the pre-queue is frozen, its tickets reserved.
-    Frozen,
-    /// Pre-queued users are being given their draw keys.
-    Hashing,
-    /// Users are being placed in key order.
-    Assigning,
-    Done,
-}
-
-impl Draw {
-    pub(super) fn in_progress(self) -> bool {
-        matches!(self, Self::Frozen | Self::Hashing | Self::Assigning)
-    }
 }
 
 /// A queue's state, in the parts the Redis twin keeps in keys of their own
@@ -88,32 +70,6 @@ pub(super) struct Admissions {
     /// The rate's token bucket: milli-tokens and when it was last refilled;
     /// `None` until first used (it starts full).
     pub(super) bucket: Option<(u64, u64)>,
-}
-
-/// A scheduled opening: the pre-queue and the draw that places it.
-#[derive(Debug)]
-pub(super) struct Opening {
-    /// Pre-queued users by arrival; `prequeued` is its inverse.
-    pub(super) prequeue: BTreeMap<u64, UserId>,
-    pub(super) prequeued: HashMap<UserId, u64>,
-    pub(super) prequeue_seq: u64,
-    /// Users drawn but not yet placed, by draw key; `pooled` is its inverse.
-    pub(super) pool: BTreeSet<(u64, UserId)>,
-    pub(super) pooled: HashMap<UserId, u64>,
-    pub(super) draw: Draw,
-    /// Next ticket of the block reserved for the pre-queue.
-    pub(super) draw_next: u64,
-}
-
-/// Signs of life of the users in line.
-#[derive(Debug, Default)]
-pub(super) struct Presence {
-    /// Last sign of life of users in line; `seen_by_time` orders it.
-    pub(super) seen: HashMap<UserId, u64>,
-    pub(super) seen_by_time: BTreeSet<(u64, UserId)>,
-    /// When a reaper's pass last ran (the latest clock of any caller): a
-    /// gap in the passes is an outage ([`presence_after_gap`]).
-    pub(super) heard_ms: Option<u64>,
 }
 
 /// The sale's recent figures in time buckets (see `flow.rs`).
@@ -186,49 +142,8 @@ impl QueueState {
         self.open_if_due(now_ms);
     }
 
-    /// At the opening, freeze the pre-queue and reserve its tickets. Only a
-    /// queue with an opening ever has a pre-queue.
-    pub(super) fn open_if_due(&mut self, now_ms: u64) {
-        if self.opening.draw != Draw::None || self.config.opens_at_ms.is_none_or(|at| now_ms < at) {
-            return;
-        }
-        let size = self.opening.prequeue.len() as u64;
-        self.opening.draw_next = self.line.seq + 1;
-        self.line.seq += size;
-        if size > 0 {
-            self.note_joined(now_ms);
-        }
-        self.opening.draw = if size == 0 { Draw::Done } else { Draw::Frozen };
-        self.config.draw_complete = size == 0;
-    }
-
     pub(super) fn in_line(&self) -> u64 {
         (self.line.waiting.len() + self.opening.prequeue.len() + self.opening.pool.len()) as u64
-    }
-
-    /// Records a sign of life; only forward, so a caller whose clock is
-    /// behind another's never moves a newer sign back.
-    pub(super) fn see(&mut self, user: &UserId, now_ms: u64) {
-        match self.presence.seen.get(user) {
-            Some(previous) if *previous >= now_ms => {}
-            Some(previous) => {
-                self.presence
-                    .seen_by_time
-                    .remove(&(*previous, user.clone()));
-                self.presence.seen.insert(user.clone(), now_ms);
-                self.presence.seen_by_time.insert((now_ms, user.clone()));
-            }
-            None => {
-                self.presence.seen.insert(user.clone(), now_ms);
-                self.presence.seen_by_time.insert((now_ms, user.clone()));
-            }
-        }
-    }
-
-    pub(super) fn unsee(&mut self, user: &UserId) {
-        if let Some(previous) = self.presence.seen.remove(user) {
-            self.presence.seen_by_time.remove(&(previous, user.clone()));
-        }
     }
 
     /// Takes up to `wanted` whole tokens from the rate's bucket (see the
@@ -392,14 +307,6 @@ impl QueueState {
     pub(super) fn admitted_place(&self, admission: Admission, now_ms: u64) -> Place {
         let ticket = admission.ticket;
         self.place(PlaceState::Admitted(admission), ticket, now_ms)
-    }
-
-    pub(super) fn prequeue_place(&self, now_ms: u64) -> Place {
-        let opens_in_ms = match (self.opening.draw, self.config.opens_at_ms) {
-            (Draw::None, Some(opens_at)) => opens_at.saturating_sub(now_ms),
-            _ => 0,
-        };
-        self.place(PlaceState::PreQueue { opens_in_ms }, 0, now_ms)
     }
 
     /// The place of a user; admits a waiting user on the spot in
