@@ -24,6 +24,8 @@ use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, ServerTlsConfig};
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
 use tower::util::MapResponseLayer;
 
 use crate::api::auth::{ApiKeys, AuthLayer};
@@ -63,7 +65,8 @@ pub struct Application {
     config: Config,
     listener: TcpListener,
     local_addr: SocketAddr,
-    http_listener: TcpListener,
+    /// Taken when the HTTP port starts serving.
+    http_listener: Option<TcpListener>,
     http_addr: SocketAddr,
     store: Arc<dyn QueueStore>,
     keyring: Arc<Keyring>,
@@ -108,7 +111,7 @@ impl Application {
             config,
             listener,
             local_addr,
-            http_listener,
+            http_listener: Some(http_listener),
             http_addr,
             store,
             keyring,
@@ -161,85 +164,103 @@ impl Application {
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let config = self.config;
-        let (hub, streams_end) = (self.hub, self.streams_end);
         let background = CancellationToken::new();
         // Everything but the hub itself goes through the watched store, so
         // the hub hears of every write made here.
-        let watched = Arc::new(WatchedStore::new(Arc::clone(&self.store), Arc::clone(&hub)));
+        let watched = Arc::new(WatchedStore::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.hub),
+        ));
         let store: Arc<dyn QueueStore> = Arc::clone(&watched) as Arc<dyn QueueStore>;
-        let verifier = Arc::new(self.keyring.verifier().map_err(anyhow::Error::msg)?);
-        crate::telemetry::metrics::metrics()
-            .max_streams
-            .set(i64::try_from(config.max_streams).unwrap_or(i64::MAX));
-        let queue_api = QueueApi::new(
-            watched,
-            Arc::clone(&self.keyring),
-            verifier,
-            Arc::clone(&self.clock),
-            Arc::clone(&hub),
-            config.max_streams,
-        );
-        let queues_changed = Arc::new(Notify::new());
-        let admin_api = AdminApi::new(
-            Arc::clone(&store),
-            Arc::clone(&self.clock),
-            Arc::clone(&queues_changed),
-        );
         let (health, health_service) = tonic_health::server::health_reporter();
         let ready = Arc::new(AtomicBool::new(false));
         set_ready(&health, &ready, false).await;
+        let draining = CancellationToken::new();
+        let queues_changed = Arc::new(Notify::new());
+        let parts = Running {
+            store,
+            ready,
+            draining,
+            queues_changed,
+            background,
+        };
+        let mut this = self;
+        this.spawn_background(&parts, &health);
+        this.serve_http(&parts);
+        let serve_one = this.grpc_service(watched, &parts, health_service)?;
+        let drain = Drain {
+            health,
+            ready: Arc::clone(&parts.ready),
+            draining: parts.draining.clone(),
+            streams_end: this.streams_end.clone(),
+            drain_delay: this.config.drain_delay,
+            shutdown_timeout: this.config.shutdown_timeout,
+        };
+        let result = this.serve_grpc(serve_one, drain, stop).await;
+        parts.background.cancel();
+        result
+    }
+
+    /// The loops every replica runs beside serving: the queue worker
+    /// (admissions, releases), the balancer, the announcements of other
+    /// replicas' writes, and readiness.
+    fn spawn_background(&self, parts: &Running, health: &HealthReporter) {
+        let (config, hub, store) = (&self.config, &self.hub, &parts.store);
         let worker = QueueWorker::new(
-            Arc::clone(&store),
+            Arc::clone(store),
             Arc::clone(&self.clock),
             config.admit_interval,
-            Arc::clone(&queues_changed),
-            Arc::clone(&ready),
+            Arc::clone(&parts.queues_changed),
+            Arc::clone(&parts.ready),
         );
         let _ = self.worker_passes.set(worker.passes());
-        tokio::spawn(worker.run(background.clone()));
-        let draining = CancellationToken::new();
+        tokio::spawn(worker.run(parts.background.clone()));
         let balancer = Balancer {
             balancing: Balancing {
                 interval: config.balance_interval,
                 step: config.balance_step,
                 tolerance: config.balance_tolerance,
             },
-            hub: Arc::clone(&hub),
-            store: Arc::clone(&store),
+            hub: Arc::clone(hub),
+            store: Arc::clone(store),
             clock: Arc::clone(&self.clock),
             connections: hub.connections(),
-            ready: Arc::clone(&ready),
-            draining: draining.clone(),
+            ready: Arc::clone(&parts.ready),
+            draining: parts.draining.clone(),
         };
-        tokio::spawn(balancer.run(background.clone()));
-        {
-            let hub = Arc::clone(&hub);
-            let heard: crate::store::Announced = Arc::new(move |queue| hub.heard_elsewhere(queue));
-            let (store, stop) = (Arc::clone(&store), background.clone());
-            tokio::spawn(async move { store.hear_announcements(heard, stop).await });
-        }
+        tokio::spawn(balancer.run(parts.background.clone()));
+        let heard_hub = Arc::clone(hub);
+        let heard: crate::store::Announced =
+            Arc::new(move |queue| heard_hub.heard_elsewhere(queue));
+        let (hearing, stop) = (Arc::clone(store), parts.background.clone());
+        tokio::spawn(async move { hearing.hear_announcements(heard, stop).await });
         tokio::spawn(track_readiness(
             health.clone(),
-            Arc::clone(&ready),
-            Arc::clone(&store),
+            Arc::clone(&parts.ready),
+            Arc::clone(store),
             Arc::clone(&self.clock),
-            Arc::clone(&hub),
+            Arc::clone(hub),
             config.queues.clone(),
-            draining.clone(),
+            parts.draining.clone(),
         ));
+    }
 
-        let http_stop = background.clone();
+    /// The plain-HTTP port: JWKS, metrics, liveness and readiness.
+    fn serve_http(&mut self, parts: &Running) {
+        let Some(listener) = self.http_listener.take() else {
+            return;
+        };
+        let http_stop = parts.background.clone();
         let http = axum::serve(
-            self.http_listener.tap_io(|tcp| {
+            listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             }),
             http::router(
                 Arc::clone(&self.keyring),
-                Arc::clone(&store),
-                Arc::clone(&hub),
+                Arc::clone(&parts.store),
+                Arc::clone(&self.hub),
                 Arc::clone(&self.clock),
-                Arc::clone(&ready),
+                Arc::clone(&parts.ready),
             ),
         )
         .with_graceful_shutdown(async move { http_stop.cancelled().await });
@@ -249,41 +270,38 @@ impl Application {
             }
         });
         tracing::info!(address = %self.http_addr, "serving HTTP (JWKS, metrics, health)");
+    }
 
+    /// The gRPC services with their layers, as one connection at a time is
+    /// served with them.
+    fn grpc_service(
+        &mut self,
+        watched: Arc<WatchedStore>,
+        parts: &Running,
+        health_service: HealthServer<impl Health>,
+    ) -> anyhow::Result<ServeOne> {
+        let (queue_api, admin_api) = self.apis(watched, parts)?;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             // The error details every failure carries (`google.rpc.ErrorInfo`,
-            // `BadRequest`, `RetryInfo`), so `buf curl` and grpcurl show them
-            // decoded rather than as base64.
+            // `BadRequest`, `RetryInfo`), so grpcurl shows them decoded rather
+            // than as base64.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building the reflection service")?;
-
-        let mut server = Server::builder()
-            .timeout(config.request_timeout)
-            .max_concurrent_streams(config.max_streams_per_connection)
-            .http2_keepalive_interval(Some(config.keepalive_interval))
-            .http2_keepalive_timeout(Some(config.keepalive_timeout))
-            // Many streams on few connections: windows large enough that a
-            // burst of updates on thousands of streams is not held up by
-            // flow control, and room for the resets a client tearing down
-            // thousands of streams sends at once.
-            .initial_connection_window_size(16 << 20)
-            .initial_stream_window_size(1 << 20)
-            .http2_max_pending_accept_reset_streams(Some(10_000))
-            .http2_max_local_error_reset_streams(Some(10_000));
-        if let Some(tls) = self.tls {
+        let mut server = grpc_server(&self.config);
+        if let Some(tls) = self.tls.take() {
             server = server.tls_config(tls).context("configuring TLS")?;
         }
-        let auth = tower::util::option_layer(self.api_keys.map(AuthLayer::new));
+        let auth = tower::util::option_layer(self.api_keys.take().map(AuthLayer::new));
         let router = server
             .layer(ObserveLayer)
             .layer(MapResponseLayer::new(
                 limits::oversized_is_resource_exhausted,
             ))
             .layer(auth)
-            .layer(CallLimitLayer::new(config.max_calls))
+            .layer(CallLimitLayer::new(self.config.max_calls))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(
@@ -294,24 +312,7 @@ impl Application {
                 QueueAdminServiceServer::new(admin_api)
                     .max_decoding_message_size(limits::MAX_REQUEST_BYTES),
             );
-
-        tracing::info!(address = %self.local_addr, "serving gRPC");
-        let drain = Drain {
-            health,
-            ready,
-            draining,
-            streams_end,
-            drain_delay: config.drain_delay,
-            shutdown_timeout: config.shutdown_timeout,
-        };
-        let (shutdown, finish) = shutdown::sequence(stop, drain);
-        let stopping = CancellationToken::new();
-        let stopped = stopping.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            stopped.cancel();
-        });
-        let serve_one: ServeOne = Arc::new(move |conn, go| {
+        Ok(Arc::new(move |conn, go| {
             let router = router.clone();
             Box::pin(async move {
                 // One connection, then nothing until it is to go away: the
@@ -320,22 +321,94 @@ impl Application {
                     .chain(tokio_stream::pending());
                 router.serve_with_incoming_shutdown(incoming, go).await
             })
+        }))
+    }
+
+    /// The two APIs, on the watched store.
+    fn apis(
+        &self,
+        watched: Arc<WatchedStore>,
+        parts: &Running,
+    ) -> anyhow::Result<(QueueApi, AdminApi)> {
+        let verifier = Arc::new(self.keyring.verifier().map_err(anyhow::Error::msg)?);
+        crate::telemetry::metrics::metrics()
+            .max_streams
+            .set(i64::try_from(self.config.max_streams).unwrap_or(i64::MAX));
+        let queue_api = QueueApi::new(
+            watched,
+            Arc::clone(&self.keyring),
+            verifier,
+            Arc::clone(&self.clock),
+            Arc::clone(&self.hub),
+            self.config.max_streams,
+        );
+        let admin_api = AdminApi::new(
+            Arc::clone(&parts.store),
+            Arc::clone(&self.clock),
+            Arc::clone(&parts.queues_changed),
+        );
+        Ok((queue_api, admin_api))
+    }
+
+    /// Serves gRPC, one connection at a time (see `connections.rs`), until
+    /// `stop` and the drain that follows it.
+    async fn serve_grpc(
+        self,
+        serve_one: ServeOne,
+        drain: Drain,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(address = %self.local_addr, "serving gRPC");
+        let (shutdown, finish) = shutdown::sequence(stop, drain);
+        let stopping = CancellationToken::new();
+        let stopped = stopping.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stopped.cancel();
         });
+        let config = &self.config;
         let accepting = Accepting {
             listener: self.listener,
             serve_one,
-            connections: hub.connections(),
-            hub: Arc::clone(&hub),
+            connections: self.hub.connections(),
+            hub: Arc::clone(&self.hub),
             max_age: config.max_connection_age,
             grace: config.shutdown_timeout,
             handshake: config.handshake_timeout,
             stall: config.stall_timeout,
         };
         let serving = tokio::spawn(accepting.run(stopping));
-        let result = finish.wait(serving).await;
-        background.cancel();
-        result
+        finish.wait(serving).await
     }
+}
+
+/// HTTP/2 settings for many streams on few connections: windows large
+/// enough that a burst of updates on thousands of streams is not held up by
+/// flow control, and room for the resets a client tearing down thousands of
+/// streams sends at once.
+fn grpc_server(config: &Config) -> Server {
+    Server::builder()
+        .timeout(config.request_timeout)
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .initial_connection_window_size(16 << 20)
+        .initial_stream_window_size(1 << 20)
+        .http2_max_pending_accept_reset_streams(Some(10_000))
+        .http2_max_local_error_reset_streams(Some(10_000))
+}
+
+/// What the running service's parts share.
+struct Running {
+    /// The store as everything but the hub sees it (the hub hears of its
+    /// writes).
+    store: Arc<dyn QueueStore>,
+    ready: Arc<AtomicBool>,
+    draining: CancellationToken,
+    /// Told when queues are created or deleted, so the worker looks again.
+    queues_changed: Arc<Notify>,
+    /// Cancelled when the service has stopped: the background loops end.
+    background: CancellationToken,
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
