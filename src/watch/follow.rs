@@ -8,9 +8,10 @@ use std::sync::atomic::Ordering;
 
 use super::line::Line;
 use super::lookup::Pollers;
+use super::pace::next_moment;
 use super::presence::{self, Presence};
 use super::view::View;
-use super::{QueueWatch, WatchHub, Watcher, next_moment};
+use super::{QueueWatch, WatchHub, Watcher};
 use crate::domain::{LineEvent, LineSnapshot, Place, PlaceState, QueueId, UserId};
 use crate::{Error, Result};
 

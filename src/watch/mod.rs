@@ -19,23 +19,23 @@
 //! heartbeat timeout, not one write per stream.
 //!
 //! The same copy answers `GetRank` for users who polled before ([`lookup`]).
-
 //!
-//! Layout: this file holds the hub's API and its per-queue state; the
-//! follow loop is in `follow.rs`, presence in `presence.rs`, what a user
-//! sees in `view.rs`, the copy of a line in `line.rs`, answers to polls in
-//! `lookup.rs`, the stream's end in `slot.rs`, the store as callers see it
-//! in `store.rs` (and, for tests only, one whose presence writes wait while
-//! held, in `held_touch.rs`),
-//! connections and their streams in `connection.rs`, and moving streams
-//! to the replicas that hold fewer than their share in `balance.rs`.
+//! Layout: this file holds the hub's API; what it keeps per queue is in
+//! `queue_watch.rs`, the follow loop in `follow.rs`, presence in
+//! `presence.rs`, what a user sees in `view.rs`, the copy of a line in
+//! `line.rs`, answers to polls in `lookup.rs`, the stream's end in
+//! `slot.rs`, counting open streams in `streams.rs`, the moments paced
+//! messages go out at in `pace.rs`, connections and their streams in
+//! `connection.rs`, moving streams to the replicas that hold fewer than
+//! their share in `balance.rs`, the store as callers see it in `store.rs`
+//! (and, for tests only, one whose presence writes wait while held, in
+//! `held_touch.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 mod balance;
@@ -45,17 +45,24 @@ mod follow;
 mod held_touch;
 mod line;
 mod lookup;
+mod pace;
 mod presence;
+mod queue_watch;
 mod slot;
 mod store;
+mod streams;
 mod view;
 
 pub use self::balance::{Balancer, Balancing, OpenConnections, jittered};
 pub use self::connection::StreamConnection;
-use self::lookup::{Copy, Pollers};
+use self::pace::{next_moment, phase_of};
+pub use self::queue_watch::LineBounds;
+use self::queue_watch::QueueWatch;
 pub use self::slot::PlaceReceiver;
 use self::slot::PlaceSender;
 pub use self::store::WatchedStore;
+pub use self::streams::StreamPermit;
+use self::streams::StreamSlot;
 use self::view::View;
 use crate::Error;
 use crate::domain::{Clock, Place, PlaceClaim, PlaceState, QueueId, UserId};
@@ -77,140 +84,6 @@ struct Watcher {
     phase: u16,
     /// A paced change is due this refresh, sent after the changes of state.
     due: bool,
-}
-
-/// Counts an open stream, on the instance, in its queue and on its
-/// connection, for as long as its watcher lives.
-struct StreamSlot {
-    instance: Arc<AtomicUsize>,
-    queue: Arc<AtomicUsize>,
-    connection: Option<Arc<StreamConnection>>,
-}
-
-impl StreamSlot {
-    /// The permit's place on the instance, now also counted in its queue
-    /// and on its connection.
-    fn new(
-        permit: StreamPermit,
-        queue: &Arc<AtomicUsize>,
-        connection: Option<Arc<StreamConnection>>,
-    ) -> Self {
-        queue.fetch_add(1, Ordering::Relaxed);
-        if let Some(connection) = &connection {
-            connection.stream_opened();
-        }
-        let instance = Arc::clone(&permit.instance);
-        // The instance count passes to the slot, which gives it back.
-        std::mem::forget(permit);
-        Self {
-            instance,
-            queue: Arc::clone(queue),
-            connection,
-        }
-    }
-
-    /// The stream's connection is closing: the stream must end.
-    fn leaving(&self) -> bool {
-        self.connection.as_ref().is_some_and(|c| c.is_closing())
-    }
-}
-
-/// A stream counted against the instance's limit before its first place is
-/// read, so concurrent openings cannot together pass the limit. Given back
-/// when dropped, unless it became a stream.
-pub struct StreamPermit {
-    instance: Arc<AtomicUsize>,
-}
-
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        self.instance.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.instance.fetch_sub(1, Ordering::Relaxed);
-        self.queue.fetch_sub(1, Ordering::Relaxed);
-        if let Some(connection) = &self.connection {
-            connection.stream_ended();
-        }
-    }
-}
-
-#[derive(Default)]
-struct QueueWatch {
-    watchers: Mutex<Vec<Watcher>>,
-    /// A change was made through this instance: refresh now.
-    wake: Notify,
-    /// Another instance announced a change: refresh soon (no sooner than
-    /// `follow::ANNOUNCED_GAP` after the last refresh it asked for).
-    heard: Notify,
-    /// Streams open on this queue, including those being refreshed.
-    open: Arc<AtomicUsize>,
-    /// The copy of the line, written by the queue's task, read by lookups.
-    copy: RwLock<Copy>,
-    /// Changes to the line made through this instance so far.
-    changes: AtomicU64,
-    /// Reads of the line begun so far.
-    reads: AtomicU64,
-    /// Refreshes completed so far (the copy caught up and watchers sent).
-    refreshed: AtomicU64,
-    /// The creation time of the queue the pollers' tickets are of; 0 until
-    /// the first snapshot.
-    epoch_ms: AtomicU64,
-    pollers: Mutex<Pollers>,
-    /// The queue's heartbeat timeout as of the last refresh; 0 until then,
-    /// and after a configuration change made here until it is read again.
-    heartbeat_ms: AtomicU64,
-    /// Connections were told to close: the next refresh ends their
-    /// streams, rather than the next interval.
-    connections_closing: AtomicBool,
-    /// Told after each refresh that brought the copy up to date.
-    read: Notify,
-    /// The line's bounds as of the last refresh, for receipts.
-    bounds: Arc<LineBounds>,
-}
-
-/// A followed line's bounds as of its last refresh (see
-/// [`crate::domain::PlaceClaim`]'s head and top), read by every message a
-/// stream sends: two atomics a stream holds, not a lookup of the queue.
-#[derive(Debug, Default)]
-pub struct LineBounds {
-    head: AtomicU64,
-    top: AtomicU64,
-}
-
-impl LineBounds {
-    /// (head, top); zeros while the line is not known.
-    pub fn get(&self) -> (u64, u64) {
-        (
-            self.head.load(Ordering::Relaxed),
-            self.top.load(Ordering::Relaxed),
-        )
-    }
-
-    fn set(&self, (head, top): (u64, u64)) {
-        self.head.store(head, Ordering::Relaxed);
-        self.top.store(top, Ordering::Relaxed);
-    }
-}
-
-impl QueueWatch {
-    // A panic elsewhere while holding these leaves data that is still
-    // whole (every update is a single assignment or insert), so a poisoned
-    // lock is used as it is.
-    fn copy(&self) -> RwLockReadGuard<'_, Copy> {
-        self.copy.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn copy_mut(&self) -> RwLockWriteGuard<'_, Copy> {
-        self.copy.write().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn pollers(&self) -> std::sync::MutexGuard<'_, Pollers> {
-        self.pollers.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 /// Longest a call with a receipt waits for a replica's first read of the
@@ -704,41 +577,6 @@ impl WatchHub {
             },
         )
     }
-}
-
-/// Where a user's paced moments fall within each pace, as a fraction of it
-/// (of 65,536): the same on every instance.
-fn phase_of(user: &UserId) -> u16 {
-    // FNV-1a: a stable, cheap spread, not a security boundary.
-    let hash = user
-        .as_str()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    // FNV's top bits clump for short ids that differ in their last
-    // characters (user-1, user-2, ...): mixed first (splitmix64's finish).
-    let mut z = hash;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z >> 48) as u16
-}
-
-/// The first of a stream's moments after `now_ms`: the moments fall at its
-/// `phase` of every `pace_ms`. A stream's position messages go out only at
-/// its moments, so a crowd's are spread evenly over each pace, even when
-/// every position changes at once (the first admission after a quiet
-/// spell): kept in step with one clock, 100,000 streams would all be due
-/// at the same refresh, and their messages would hold up an admission's
-/// behind them for as long as they take to write.
-fn next_moment(now_ms: u64, phase: u16, pace_ms: u64) -> u64 {
-    if pace_ms == 0 {
-        return now_ms;
-    }
-    let offset = u64::from(phase) * pace_ms / 65_536;
-    let since_last = (now_ms + pace_ms - offset) % pace_ms;
-    now_ms - since_last + pace_ms
 }
 
 #[cfg(test)]
