@@ -26,6 +26,8 @@
 //!   Redis does not answer, its failure made a store error;
 //! - `reply`: every script's answer, `{'ok', ...}` or `{reason}`, read by
 //!   one function;
+//! - `calls`: a script or a command run on the store's behalf;
+//! - `listing`: queues listed from the index of ids, a page at a time;
 //! - `fields`: the config hash written and read;
 //! - `eviction`: whether Redis may evict waitroom's keys (`INFO memory`);
 //! - `keys`: every key's name, and what each holds;
@@ -48,9 +50,11 @@ pub use self::lua::ENQUEUE_ONE;
 mod announce;
 mod batch;
 mod breaker;
+mod calls;
 mod eviction;
 mod fields;
 mod keys;
+mod listing;
 pub(crate) mod lua;
 mod reply;
 mod topology;
@@ -62,17 +66,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::{FromRedisValue, Script, ScriptInvocation, Value};
+use redis::Value;
 use tokio_util::sync::CancellationToken;
 
-use self::batch::QueueCaller;
 use self::breaker::{Breaker, bounded, guard};
 use self::fields::{config_fields, parse_config, update_fields};
 use self::lua::Scripts;
 use self::reply::{
-    Reply, bad_reply, parse_admitted, parse_line_entry, parse_mode, parse_named, parse_place,
+    bad_reply, parse_admitted, parse_line_entry, parse_mode, parse_named, parse_place,
 };
-use self::topology::{Connection, Connector};
+use self::topology::Connector;
 use super::QueueStore;
 use crate::domain::{
     AdmissionCheck, AdmissionStatus, Admitted, Flow, LineChanges, LineSnapshot, LineSummary,
@@ -170,71 +173,6 @@ impl RedisStore {
     pub fn queue_keys(&self, queue: &QueueId) -> [String; 16] {
         self.keys(queue)
     }
-
-    /// Runs a script on a queue's keys with `now` as first argument.
-    fn invocation<'a>(
-        &self,
-        script: &'a Script,
-        queue: &QueueId,
-        now_ms: u64,
-    ) -> ScriptInvocation<'a> {
-        let mut invocation = script.prepare_invoke();
-        for key in self.keys(queue) {
-            invocation.key(key);
-        }
-        invocation.arg(now_ms);
-        invocation
-    }
-
-    /// A caller of the queue's scripts for a batching task.
-    async fn caller(&self, queue: &QueueId) -> Result<QueueCaller> {
-        Ok(QueueCaller {
-            queue: queue.clone(),
-            connector: self.connector.clone(),
-            keys: self.keys(queue),
-            scripts: Arc::clone(&self.scripts),
-            timeout: self.timeout,
-            breaker: Arc::clone(&self.breaker),
-        })
-    }
-
-    /// The connection to call on now, connecting a cluster on first use.
-    async fn connection(&self) -> Result<Connection> {
-        self.connector.connection(self.timeout, &self.breaker).await
-    }
-
-    /// Runs a script of `queue`; its answer, read by [`Reply::of`].
-    async fn run(
-        &self,
-        operation: &'static str,
-        queue: &QueueId,
-        invocation: &ScriptInvocation<'_>,
-    ) -> Result<Reply> {
-        let mut conn = self.connection().await?;
-        let value: Value = bounded(
-            operation,
-            self.timeout,
-            guard(&self.breaker, &self.connector, &conn, Some(queue)),
-            invocation.invoke_async(&mut conn),
-        )
-        .await?;
-        Reply::of(value, queue)
-    }
-
-    async fn command<T: FromRedisValue>(
-        &self,
-        operation: &'static str,
-        cmd: &redis::Cmd,
-    ) -> Result<T> {
-        let mut conn = self.connection().await?;
-        bounded(
-            operation,
-            self.timeout,
-            guard(&self.breaker, &self.connector, &conn, None),
-            cmd.query_async(&mut conn),
-        )
-        .await
-    }
 }
 
 #[async_trait]
@@ -277,63 +215,7 @@ impl QueueStore for RedisStore {
     }
 
     async fn list_queues(&self, after: Option<&QueueId>, limit: usize) -> Result<Vec<QueueConfig>> {
-        let ids: Vec<String> = self
-            .command(
-                "list_queues",
-                redis::cmd("SMEMBERS").arg(keys::index_key(&self.prefix)),
-            )
-            .await?;
-        let mut ids: Vec<QueueId> = ids
-            .iter()
-            .filter_map(|id| QueueId::parse(id).ok())
-            .filter(|id| after.is_none_or(|after| id > after))
-            .collect();
-        ids.sort();
-        let mut queues = Vec::with_capacity(limit.min(ids.len()));
-        // Ids whose config is gone (a delete in progress) are skipped, so
-        // read a little past the page until it is full.
-        for chunk in ids.chunks(limit.max(1)) {
-            let configs: Vec<HashMap<String, String>> = match &self.connector {
-                // One round trip for the page.
-                Connector::Single(_) => {
-                    let mut pipe = redis::pipe();
-                    for id in chunk {
-                        pipe.cmd("HGETALL").arg(&self.keys(id)[0]);
-                    }
-                    let mut conn = self.connection().await?;
-                    bounded(
-                        "list_queues",
-                        self.timeout,
-                        guard(&self.breaker, &self.connector, &conn, None),
-                        pipe.query_async(&mut conn),
-                    )
-                    .await?
-                }
-                // Each queue's config lives in its own slot.
-                _ => {
-                    let mut configs = Vec::with_capacity(chunk.len());
-                    for id in chunk {
-                        configs.push(
-                            self.command(
-                                "list_queues",
-                                redis::cmd("HGETALL").arg(&self.keys(id)[0]),
-                            )
-                            .await?,
-                        );
-                    }
-                    configs
-                }
-            };
-            for (id, fields) in chunk.iter().zip(configs) {
-                if let Some(config) = parse_config(id, fields)? {
-                    queues.push(config);
-                    if queues.len() == limit {
-                        return Ok(queues);
-                    }
-                }
-            }
-        }
-        Ok(queues)
+        self.list_page(after, limit).await
     }
 
     async fn update_queue(
