@@ -6,7 +6,8 @@
 //! Layout: this file holds the store and its trait; `queue.rs` a queue's
 //! state and its transitions, `opening.rs` the pre-queue and the opening
 //! draw, `presence.rs` signs of life and the release of the silent,
-//! `flow.rs` the sale's figures in their buckets.
+//! `flow.rs` the sale's figures in their buckets, `tokens.rs` the online
+//! check of an admission and the consumed tokens.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -17,6 +18,7 @@ mod flow;
 mod opening;
 mod presence;
 mod queue;
+mod tokens;
 
 use self::opening::Draw;
 use self::queue::QueueState;
@@ -519,46 +521,7 @@ impl QueueStore for MemoryStore {
         check: &AdmissionCheck,
         now_ms: u64,
     ) -> Result<AdmissionStatus> {
-        let mut inner = self.lock()?;
-        while let Some((until, _, _)) = inner.used_by_expiry.first() {
-            if *until > now_ms {
-                break;
-            }
-            if let Some((_, queue, token)) = inner.used_by_expiry.pop_first() {
-                inner.used_tokens.remove(&(queue, token));
-            }
-        }
-        let key = (queue.clone(), check.token_id.clone());
-        if let Some(consume) = &check.consume
-            && let Some((_, by)) = inner.used_tokens.get(&key)
-        {
-            return Ok(if *by == consume.request {
-                AdmissionStatus::Held
-            } else {
-                AdmissionStatus::Used
-            });
-        }
-        let held = inner.queues.get(queue).is_some_and(|state| {
-            state.config.created_at_ms == check.queue_epoch_ms
-                && state.admissions.admitted.get(&check.user).is_some_and(|a| {
-                    a.ticket == check.ticket
-                        && check.admitted_at_ms.is_none_or(|at| at == a.admitted_at_ms)
-                        && a.expires_at_ms > now_ms
-                })
-        });
-        if !held {
-            return Ok(AdmissionStatus::Revoked);
-        }
-        if let Some(consume) = &check.consume {
-            let until = consume.remember_until_ms.max(now_ms + 1);
-            inner
-                .used_by_expiry
-                .insert((until, key.0.clone(), key.1.clone()));
-            inner
-                .used_tokens
-                .insert(key, (until, consume.request.clone()));
-        }
-        Ok(AdmissionStatus::Held)
+        Ok(self.lock()?.check_admission(queue, check, now_ms))
     }
 
     async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats> {
