@@ -21,20 +21,21 @@
 //! The same copy answers `GetRank` for users who polled before ([`lookup`]).
 //!
 //! Layout: this file holds the hub's API; what it keeps per queue is in
-//! `queue_watch.rs`, the follow loop in `follow.rs`, presence in
-//! `presence.rs`, what a user sees in `view.rs`, the copy of a line in
-//! `line.rs`, answers to polls in `lookup.rs`, the stream's end in
-//! `slot.rs`, counting open streams in `streams.rs`, the moments paced
-//! messages go out at in `pace.rs`, connections and their streams in
-//! `connection.rs`, moving streams to the replicas that hold fewer than
-//! their share in `balance.rs`, the store as callers see it in `store.rs`
-//! (and, for tests only, one whose presence writes wait while held, in
-//! `held_touch.rs`).
+//! `queue_watch.rs`, what it remembers of lines it followed in `known.rs`,
+//! answers to calls with a receipt in `receipts.rs`, the follow loop in
+//! `follow.rs`, presence in `presence.rs`, what a user sees in `view.rs`,
+//! the copy of a line in `line.rs`, answers to polls in `lookup.rs`, the
+//! stream's end in `slot.rs`, counting open streams in `streams.rs`, the
+//! moments paced messages go out at in `pace.rs`, connections and their
+//! streams in `connection.rs`, moving streams to the replicas that hold
+//! fewer than their share in `balance.rs`, the store as callers see it in
+//! `store.rs` (and, for tests only, one whose presence writes wait while
+//! held, in `held_touch.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -43,11 +44,13 @@ mod connection;
 mod follow;
 #[cfg(test)]
 mod held_touch;
+mod known;
 mod line;
 mod lookup;
 mod pace;
 mod presence;
 mod queue_watch;
+mod receipts;
 mod slot;
 mod store;
 mod streams;
@@ -55,6 +58,7 @@ mod view;
 
 pub use self::balance::{Balancer, Balancing, OpenConnections, jittered};
 pub use self::connection::StreamConnection;
+pub use self::known::KnownLine;
 use self::pace::{next_moment, phase_of};
 pub use self::queue_watch::LineBounds;
 use self::queue_watch::QueueWatch;
@@ -65,7 +69,7 @@ pub use self::streams::StreamPermit;
 use self::streams::StreamSlot;
 use self::view::View;
 use crate::Error;
-use crate::domain::{Clock, Place, PlaceClaim, PlaceState, QueueId, UserId};
+use crate::domain::{Clock, Place, PlaceState, QueueId, UserId};
 use crate::store::QueueStore;
 
 struct Watcher {
@@ -84,26 +88,6 @@ struct Watcher {
     phase: u16,
     /// A paced change is due this refresh, sent after the changes of state.
     due: bool,
-}
-
-/// Longest a call with a receipt waits for a replica's first read of the
-/// line it has just begun to follow, before asking the store instead:
-/// well within the request timeout (10 s by default), and long enough for
-/// a line of a million read while a crowd opens its pages.
-const FIRST_READ_WAIT: Duration = Duration::from_secs(6);
-
-/// What an instance last knew of a queue's line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KnownLine {
-    /// The queue's `created_at_ms`.
-    pub epoch_ms: u64,
-    /// At or below the lowest waiting ticket seen: everyone below it had
-    /// been admitted or had left.
-    pub head: u64,
-    /// At or above the highest ticket seen given.
-    pub top: u64,
-    /// When a refresh last showed it.
-    pub at: Instant,
 }
 
 /// Pushes place changes to `WatchRank` streams.
@@ -155,97 +139,6 @@ impl WatchHub {
             #[cfg(test)]
             heard: AtomicU64::new(0),
         })
-    }
-
-    /// Notes what a refresh of a queue's line showed.
-    fn know_line(&self, queue: &QueueId, epoch_ms: u64, (head, top): (u64, u64)) {
-        if let Ok(mut known) = self.known_lines.lock() {
-            let line = known.entry(queue.clone()).or_insert(KnownLine {
-                epoch_ms,
-                head: 0,
-                top: 0,
-                at: Instant::now(),
-            });
-            if line.epoch_ms != epoch_ms {
-                line.epoch_ms = epoch_ms;
-                (line.head, line.top) = (0, 0);
-            }
-            line.head = line.head.max(head);
-            line.top = line.top.max(top);
-            line.at = Instant::now();
-        }
-    }
-
-    /// The lines this instance knows, with whether it follows each now;
-    /// forgets those it stopped following longer than `keep` ago.
-    pub fn known_lines(&self, keep: Duration) -> Vec<(QueueId, KnownLine, bool)> {
-        let followed: Vec<QueueId> = self
-            .queues
-            .lock()
-            .map(|queues| queues.keys().cloned().collect())
-            .unwrap_or_default();
-        let Ok(mut known) = self.known_lines.lock() else {
-            return Vec::new();
-        };
-        known.retain(|queue, line| followed.contains(queue) || line.at.elapsed() < keep);
-        known
-            .iter()
-            .map(|(queue, line)| (queue.clone(), *line, followed.contains(queue)))
-            .collect()
-    }
-
-    /// What this instance last knew of a queue's line, if anything.
-    pub fn known_line(&self, queue: &QueueId) -> Option<KnownLine> {
-        self.known_lines.lock().ok()?.get(queue).copied()
-    }
-
-    /// Forgets a line whose queue was deleted or is back.
-    pub fn forget_line(&self, queue: &QueueId) {
-        if let Ok(mut known) = self.known_lines.lock() {
-            known.remove(queue);
-        }
-    }
-
-    /// Paces messages that only move a stream's position, waiting count or
-    /// estimate: at most one per `pace` per stream, the latest. Changes of
-    /// state (admitted, closed, a mode, the pre-queue and the draw) are
-    /// never paced and go out before the paced ones of the same refresh, so
-    /// an admission does not wait behind everyone's new positions.
-    pub fn set_position_pace(&self, pace: Duration) {
-        self.position_pace_ms
-            .store(pace.as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Caps the position messages of all streams together at `per_second`
-    /// (0: no cap): with more open streams than that, each stream's pace
-    /// is stretched to streams / `per_second` seconds. What a replica can
-    /// write is bounded; past it, an admission's message would queue
-    /// behind positions, while a position a second or two older costs the
-    /// watcher nothing it needs.
-    pub fn set_position_budget(&self, per_second: u64) {
-        self.position_budget.store(per_second, Ordering::Relaxed);
-    }
-
-    /// A stream whose client leaves a message unread this long is let go
-    /// (zero: never); see [`slot::PlaceSender::send`].
-    pub fn set_stall_timeout(&self, stall: Duration) {
-        self.stall_ms
-            .store(stall.as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// The pace of position messages now (ms; 0: every change at once).
-    fn position_pace_ms(&self) -> u64 {
-        let pace = self.position_pace_ms.load(Ordering::Relaxed);
-        let budget = self.position_budget.load(Ordering::Relaxed);
-        if pace == 0 || budget == 0 {
-            return pace;
-        }
-        // In whole paces, so the pace stays put while streams come and go
-        // (each stream's moments fall at a phase of it: a pace that moved
-        // with every stream would move them all, and send more often).
-        let streams = self.open.load(Ordering::Relaxed) as u64;
-        let per_pace = budget.saturating_mul(pace).div_ceil(1000).max(1);
-        pace * streams.div_ceil(per_pace).max(1)
     }
 
     /// A place for one more stream on this instance; `None` when `max`
@@ -373,86 +266,6 @@ impl WatchHub {
             heartbeat_ms,
             now_ms,
         )
-    }
-
-    /// A place from this instance's copy of the line for the holder of a
-    /// receipt vouching for `claim`, when the copy follows the queue it
-    /// was issued for, the ticket is in line, and the copy can answer as
-    /// the store would (see [`lookup`]); no store lookup. Only for a
-    /// receipt issued within half the heartbeat timeout: older ones go to
-    /// the store, which records the user's presence at once. With
-    /// `as_poller`, the user's later polls are answered here too.
-    pub async fn receipt_place(
-        &self,
-        queue: &QueueId,
-        user: &UserId,
-        claim: &PlaceClaim,
-        as_poller: bool,
-        now_ms: u64,
-    ) -> Option<Place> {
-        if self.shutdown.is_cancelled() {
-            return None;
-        }
-        let watch = self.followed(queue)?;
-        // A replica that has just begun to follow the queue is reading
-        // the line (a million tickets take a few seconds): the crowd's
-        // openings wait for that read rather than each asking the store.
-        if watch.heartbeat_ms.load(Ordering::Relaxed) == 0 {
-            let read = async {
-                loop {
-                    let notified = watch.read.notified();
-                    tokio::pin!(notified);
-                    notified.as_mut().enable();
-                    if watch.heartbeat_ms.load(Ordering::Relaxed) != 0 {
-                        return;
-                    }
-                    notified.await;
-                }
-            };
-            let _ = tokio::time::timeout(FIRST_READ_WAIT, read).await;
-        }
-        let heartbeat_ms = watch.heartbeat_ms.load(Ordering::Relaxed);
-        if heartbeat_ms == 0 || now_ms.saturating_sub(claim.issued_ms) > heartbeat_ms / 2 {
-            return None;
-        }
-        let changes = watch.changes.load(Ordering::Acquire);
-        // A poll's answer is as fresh as the refresh interval; a stream's
-        // first place may be older, since the stream's next refresh (which
-        // compares every stream's place with the copy) brings it up to
-        // date. While a crowd opens its pages the refreshes run late, and
-        // a stream held to the poll's freshness would ask the store.
-        let max_age_ms = match as_poller {
-            true => (self.interval + self.interval / 4).as_millis() as u64,
-            false => u64::MAX,
-        };
-        let copy = watch.copy();
-        let place =
-            copy.receipt_place(claim.epoch_ms, claim.ticket, changes, max_age_ms, now_ms)?;
-        if as_poller {
-            watch
-                .pollers()
-                .adopt(user, claim.ticket, claim.issued_ms, copy.read_no, now_ms);
-        }
-        Some(place)
-    }
-
-    /// Whether this instance's copy has the ticket a receipt vouches for in
-    /// line, in the queue it was issued for.
-    pub fn has_in_line(&self, queue: &QueueId, claim: &PlaceClaim) -> bool {
-        self.followed(queue).is_some_and(|watch| {
-            let copy = watch.copy();
-            copy.summary
-                .as_ref()
-                .is_some_and(|s| s.epoch_ms == claim.epoch_ms)
-                && copy.line.as_ref().is_some_and(|l| l.contains(claim.ticket))
-        })
-    }
-
-    /// The bounds of a followed queue's line, as its streams read them;
-    /// bounds that stay zero if this instance does not follow it.
-    pub fn line_bounds(&self, queue: &QueueId) -> Arc<LineBounds> {
-        self.followed(queue)
-            .map_or_else(Arc::default, |watch| Arc::clone(&watch.bounds))
     }
 
     /// Remembers the store's answer to a user's lookup, asked at `asked_ms`
