@@ -3,7 +3,6 @@
 //! purchase.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -14,7 +13,7 @@ use waitroom::tokens::Verdict;
 
 use crate::visitor::{ADMISSION_COOKIE, cookie, set_cookie};
 use crate::with_cookie;
-use crate::{App, keys_pending, known_visitor, page, rank, visitor};
+use crate::{App, keys_pending, known_visitor, now_s, page, rank, visitor};
 
 /// Admitted: the token goes into an HttpOnly cookie for `/booking`.
 pub(crate) async fn admit(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
@@ -45,13 +44,6 @@ pub(crate) async fn admit(State(app): State<Arc<App>>, headers: HeaderMap) -> Re
             app.secure,
         )),
     )
-}
-
-pub(crate) fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The visitor's admission, checked offline: genuine, unexpired, of this

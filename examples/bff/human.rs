@@ -23,9 +23,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
-use crate::visitor::{HUMAN_COOKIE, set_cookie};
-use crate::{App, known_visitor, page, with_cookie};
+use crate::visitor::{HUMAN_COOKIE, hex, set_cookie, unhex};
+use crate::{App, known_visitor, now_s, page, with_cookie};
 
 /// The request a check judges: who, from where, with what headers.
 pub struct Visit<'a> {
@@ -158,7 +159,10 @@ impl ProofOfWork {
             return false;
         };
         let fresh = issued_s <= now_s && now_s - issued_s < Self::SOLVE_WITHIN.as_secs();
-        let ours = subtle_eq(tag.as_bytes(), self.tag(visit, issued_s).as_bytes());
+        let ours: bool = tag
+            .as_bytes()
+            .ct_eq(self.tag(visit, issued_s).as_bytes())
+            .into();
         fresh && ours && answer.len() <= 20 && leading_zero_bits(challenge, answer) >= self.bits
     }
 }
@@ -197,34 +201,10 @@ pub fn leading_zero_bits(challenge: &str, answer: &str) -> u32 {
     bits
 }
 
-pub fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn derive(key: &[u8], purpose: &[u8]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any size");
     mac.update(purpose);
     mac.finalize().into_bytes().to_vec()
-}
-
-fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
 }
 
 /// The check's form posted: a visitor it accepts gets a pass for their
