@@ -124,7 +124,8 @@ impl PlaceSender {
                     .inc();
                 return Err(place);
             }
-            if state.latest.is_none() {
+            // Only a limit needs the clock: no call per message without one.
+            if state.latest.is_none() && !stall.is_zero() {
                 state.waiting_since = Some(Instant::now());
             }
             state.ended |= ends(&place);
