@@ -56,8 +56,10 @@ cargo clippy --locked --all-targets --features testkit -- -D warnings
 echo "==> cargo test"
 cargo test --locked
 
-# The waiting page in headless Chromium, against the binaries cargo test
-# built (waitroom, waitroomctl, the bff example).
+# The waiting page in headless Chromium, against the debug binaries. The bff
+# example runs its own unit tests under `cargo test`, which then builds it only
+# as a test harness, so the runnable example is built here.
+cargo build --locked --bins --examples
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   echo "==> installing chromium and chromium-driver"
   as_root apt-get update -qq

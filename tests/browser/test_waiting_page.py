@@ -2,7 +2,7 @@
 WebDriver, against a real waitroom process (Redis store, its own
 redis-server) and the reference BFF (examples/bff).
 
-The binaries are the ones `cargo test` builds (target/debug). Screenshots
+The binaries are the debug ones scripts/test.sh builds (target/debug). Screenshots
 of the waiting and booking pages are saved in target/browser/."""
 
 from __future__ import annotations
