@@ -11,6 +11,7 @@
 //! `VerifyAdmission`, and offline the way a booking service would, with the
 //! published keys only.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
@@ -82,10 +83,14 @@ async fn main() -> anyhow::Result<()> {
         place.ticket, place.position, place.waiting_count
     );
 
-    // The admission side: one person every half second.
+    // The admission side: one person every half second, from the moment
+    // you see your first place until you are admitted.
     let mut admitter = queue.clone();
-    let queue_id = args.queue.clone();
+    let (queue_id, admitted_last) = (args.queue.clone(), you.clone());
+    let watching = Arc::new(tokio::sync::Notify::new());
+    let first_place = Arc::clone(&watching);
     let admitting = tokio::spawn(async move {
+        first_place.notified().await;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let request = pb::AdmitBatchRequest {
@@ -97,6 +102,9 @@ async fn main() -> anyhow::Result<()> {
                 Ok(response) => {
                     for admitted in response.into_inner().admitted {
                         println!("  admitted {}", admitted.user_id);
+                        if admitted.user_id == admitted_last {
+                            return;
+                        }
                     }
                 }
                 Err(status) => println!("  admit_batch: {status}"),
@@ -128,15 +136,18 @@ async fn main() -> anyhow::Result<()> {
                     "position {:>3} of {:>3}, estimated wait {wait}",
                     place.position, place.waiting_count
                 );
+                watching.notify_one();
             }
             PlaceState::Admitted => {
+                // Said once the admitting side has said it let you in.
+                let _ = tokio::time::timeout(Duration::from_secs(5), admitting).await;
                 println!("you are in!");
                 token = place.admission.map(|a| a.token);
+                break;
             }
             other => println!("{other:?}"),
         }
     }
-    admitting.abort();
     let token = token.ok_or_else(|| anyhow::anyhow!("the stream ended without an admission"))?;
     println!("your token: {token}");
 

@@ -4,8 +4,9 @@
 //!
 //! - [`api`]: the gRPC services. Each handler validates its request into
 //!   domain types, calls the store once, and converts the answer.
-//! - [`domain`]: plain types: ids, queue configuration, places, the clock,
-//!   the wait estimate.
+//! - [`domain`]: plain types and the rules that need no store: ids, queue
+//!   configuration, places, the clock, the wait estimate, the opening draw,
+//!   positions from a copy of the line, receipts' places given back.
 //! - [`store`]: the [`store::QueueStore`] trait and its two implementations,
 //!   Redis (production) and memory (single process, and the executable
 //!   specification the Redis store is tested against).
@@ -21,7 +22,7 @@
 //! - `testkit` (the `testkit` feature, on for the tests and the benchmark):
 //!   real parts for tests and benchmarks (a `redis-server` of its own).
 //! - [`error`]: the one error type and its mapping to gRPC status.
-//! - [`pb`]: the generated protobuf and gRPC code.
+//! - [`pb`]: the generated protobuf and gRPC code, and its codec.
 
 pub mod api;
 pub mod config;

@@ -199,3 +199,95 @@ fn is_automatic(queue: &QueueConfig) -> bool {
         QueueMode::Paused | QueueMode::Closed => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ManualClock, PlaceState, UserId};
+    use crate::store::MemoryStore;
+
+    const T0: u64 = 1_000_000;
+
+    /// A worker over `store` on a paused tokio clock, already past its
+    /// first pass, and its shutdown.
+    async fn running(store: &Arc<MemoryStore>, changed: &Arc<Notify>) -> CancellationToken {
+        let worker = QueueWorker::new(
+            Arc::clone(store) as Arc<dyn QueueStore>,
+            Arc::new(ManualClock::new(T0)),
+            Duration::from_millis(10),
+            Arc::clone(changed),
+            Arc::new(AtomicBool::new(true)),
+        );
+        let passes = worker.passes();
+        let stop = CancellationToken::new();
+        tokio::spawn(worker.run(stop.clone()));
+        while passes.load(Ordering::Acquire) < 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        stop
+    }
+
+    /// A queue admitting one a second, made after the worker's listing,
+    /// and the first of two arrivals still in line, whom only the worker's
+    /// admission lets in (the bucket's token, if it had one, went to the
+    /// other at once).
+    async fn made_after_the_listing(store: &MemoryStore) -> (QueueId, UserId) {
+        let queue = QueueId::parse("late").unwrap();
+        let mut config = QueueConfig::new(queue.clone());
+        config.created_at_ms = T0 - 10_000;
+        config.admit_per_second = 1;
+        store.create_queue(&config).await.unwrap();
+        let mut waiting = Vec::new();
+        for name in ["a", "b"] {
+            let user = UserId::parse(name).unwrap();
+            let place = store.enqueue(&queue, &user, T0 - 5_000).await.unwrap();
+            if matches!(place.state, PlaceState::Waiting { .. }) {
+                waiting.push(user);
+            }
+        }
+        (queue, waiting.remove(0))
+    }
+
+    /// How long, on the paused clock, until `user` is admitted.
+    async fn until_admitted(store: &MemoryStore, queue: &QueueId, user: &UserId) -> Duration {
+        let started = Instant::now();
+        loop {
+            let place = store.place(queue, user, T0).await.unwrap().unwrap();
+            if matches!(place.state, PlaceState::Admitted(_)) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "never admitted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_made_on_another_replica_is_served_from_the_next_listing() {
+        let (store, changed) = (Arc::new(MemoryStore::new()), Arc::new(Notify::new()));
+        let stop = running(&store, &changed).await;
+        let (queue, waiting) = made_after_the_listing(&store).await;
+        let took = until_admitted(&store, &queue, &waiting).await;
+        // Nothing told this worker: the list is read again when it is
+        // REFRESH_EVERY old, and not before.
+        assert!(
+            took > REFRESH_EVERY - Duration::from_millis(100)
+                && took <= REFRESH_EVERY + Duration::from_millis(100),
+            "admitted after {took:?}"
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_changed_through_this_replica_is_served_at_once() {
+        let (store, changed) = (Arc::new(MemoryStore::new()), Arc::new(Notify::new()));
+        let stop = running(&store, &changed).await;
+        let (queue, waiting) = made_after_the_listing(&store).await;
+        changed.notify_one();
+        let took = until_admitted(&store, &queue, &waiting).await;
+        assert!(took <= Duration::from_millis(50), "admitted after {took:?}");
+        stop.cancel();
+    }
+}

@@ -1,6 +1,10 @@
-//! The queue's plain types: validated ids, queue configuration, places and
-//! admissions, the clock, and the wait estimate. Nothing here knows gRPC or
-//! Redis.
+//! The queue's plain types and the rules that need no store: validated ids
+//! (`ids`), a queue's configuration and figures (`queue`), places and
+//! admissions (`place`), the clock (`clock`), the wait estimate
+//! (`estimate`), the opening draw (`draw`), positions counted from a copy
+//! of the line (`line`, `ranks`), a place given back from its receipt
+//! (`restore`) and an admission's online check (`check`). Nothing here
+//! knows gRPC or Redis.
 
 mod check;
 mod clock;

@@ -1,4 +1,5 @@
-//! Generated protobuf messages and gRPC services of `waitroom.v1`.
+//! Generated protobuf messages and gRPC services of `waitroom.v1`, and the
+//! codec they are generated with (`codec`).
 
 // The codec the generated services use: here, beside them, so the lowest
 // layer reaches up to nothing.

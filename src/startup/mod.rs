@@ -11,6 +11,8 @@
 //! - `readiness`: health that follows the store, and the declared queues;
 //! - `shutdown`: the stop sequence (drain, end streams, bounded finish) and
 //!   the signals that start it;
+//! - `connections`: the gRPC port served a connection at a time, so each
+//!   can be told to go away on its own (its age, the balancer, the stop);
 //! - here: building, and wiring the services, layers and ports.
 
 use std::net::SocketAddr;

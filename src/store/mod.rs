@@ -37,7 +37,11 @@
 //!   the first pass that follows a gap in the passes:
 //!   [`crate::domain::presence_after_gap`]).
 //! - Time is always the caller's `now_ms`, never the store's own clock.
+//!
+//! A store built over another (the hub's watched store, the tests' held
+//! ones) passes calls on through the one macro in `forward.rs`.
 
+mod forward;
 mod memory;
 mod redis;
 
@@ -55,6 +59,7 @@ use crate::domain::{
     AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, NamedAdmission, Place,
     PlaceClaim, QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, Restoration, UserId,
 };
+pub(crate) use forward::queue_store_over;
 
 /// How long an `AdmitBatch` result is kept for a retry with the same
 /// request id.

@@ -10,9 +10,11 @@
 //! dropped stream or a second replica hands out exactly the token the user
 //! already had.
 //!
-//! [`Keyring`] signs and publishes the public keys as a JWKS; [`Verifier`],
-//! built from that JWKS alone, is what a booking service embeds to check
-//! tokens offline.
+//! [`Keyring`] (`keyring`) signs and publishes the public keys as a JWKS;
+//! [`Verifier`] (`verifier`), built from that JWKS alone, is what a booking
+//! service embeds to check tokens offline; `claims` holds what a token
+//! says. Place receipts, the MAC a waiting user gets with each place, are
+//! in `receipt`.
 
 mod claims;
 mod keyring;

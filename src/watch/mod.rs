@@ -446,7 +446,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_position_budget_stretches_the_pace_in_whole_paces() {
         let hub = idle_hub(Arc::new(MemoryStore::new()));
         hub.set_position_pace(Duration::from_secs(1));
@@ -469,7 +469,7 @@ mod tests {
         assert_eq!(hub.position_pace_ms(), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_stream_whose_client_went_away_is_dropped_and_its_queue_task_ends() {
         let (store, queue, user, first) = one_waiting_user().await;
         let hub = WatchHub::new(
@@ -492,7 +492,7 @@ mod tests {
         panic!("the hub still holds the queue of a stream nobody reads");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_stream_opened_after_shutdown_began_is_told_to_reconnect_not_ok() {
         let (store, queue, user, first) = one_waiting_user().await;
         let shutdown = CancellationToken::new();
@@ -513,7 +513,7 @@ mod tests {
         assert_eq!(hub.watcher_count(), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn shutdown_ends_open_streams_with_a_reconnect() {
         let (store, queue, user, first) = one_waiting_user().await;
         let shutdown = CancellationToken::new();
@@ -534,7 +534,7 @@ mod tests {
         assert!(stream.next().await.is_none());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn streams_of_a_closing_connection_end_with_a_reconnect_and_others_stay() {
         let (store, queue, user, first) = one_waiting_user().await;
         let other = UserId::parse("other").unwrap();
@@ -615,7 +615,7 @@ mod tests {
         (clock, hub)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn after_a_quiet_spell_a_crowd_s_new_positions_go_out_at_their_own_moments() {
         let (store, queue) = empty_queue().await;
         store
@@ -670,7 +670,7 @@ mod tests {
         assert_eq!(half + sent(&mut streams), 200);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn positions_are_paced_to_the_latest_and_an_admission_is_not() {
         let (store, queue) = empty_queue().await;
         for i in 0..5 {
@@ -722,7 +722,7 @@ mod tests {
         assert!(matches!(admitted.state, PlaceState::Admitted(_)));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_admission_goes_out_while_the_watchers_presence_is_being_written() {
         let (memory, queue) = empty_queue().await;
         let store = Arc::new(held_touch::HeldTouches::new(Arc::clone(&memory)));
@@ -781,7 +781,7 @@ mod tests {
         .unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_admission_goes_out_while_ended_streams_presence_is_being_written() {
         let (memory, queue) = empty_queue().await;
         let store = Arc::new(held_touch::HeldTouches::new(Arc::clone(&memory)));
@@ -831,7 +831,7 @@ mod tests {
         store.release();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn other_instances_announcements_are_heard_at_most_once_a_gap() {
         let (store, queue, user, first) = one_waiting_user().await;
         let hub = idle_hub(store);
@@ -844,7 +844,7 @@ mod tests {
         );
         refreshed(&hub, &queue).await;
         let before = hub.refreshes(&queue);
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         while started.elapsed() < Duration::from_millis(500) {
             hub.heard_elsewhere(&queue);
             tokio::time::sleep(Duration::from_millis(1)).await;

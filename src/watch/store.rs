@@ -6,22 +6,19 @@
 //!
 //! Handlers and the queue worker hold this, never the store beneath, so no
 //! write can forget to tell the hub: the trait has no default methods, and
-//! a new one must be written here, where it says what it changed. Writes
+//! a new one must be named here, among the calls passed on unchanged or
+//! written out with what it changed (`store::queue_store_over!`). Writes
 //! that the watchers on other instances must hear of at once (admissions,
 //! a queue's configuration, its draw or clearing) are also announced to
 //! them through the store (`QueueStore::announce`).
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use tokio_util::sync::CancellationToken;
-
 use super::WatchHub;
 use crate::Result;
 use crate::domain::{
-    AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, NamedAdmission, Place,
-    PlaceClaim, PlaceState, QueueConfig, QueueId, QueueStats, QueueUpdate, RequestId, Restoration,
-    UserId,
+    Admitted, NamedAdmission, Place, PlaceClaim, PlaceState, QueueConfig, QueueId, QueueUpdate,
+    RequestId, Restoration, UserId,
 };
 use crate::store::QueueStore;
 use crate::telemetry::metrics::{LookupLabels, metrics};
@@ -62,291 +59,242 @@ impl WatchedStore {
     }
 }
 
-#[async_trait]
-impl QueueStore for WatchedStore {
-    async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig> {
-        let created = self.inner.create_queue(config).await?;
-        self.hub.reconfigured(&config.id);
-        self.tell_others(&config.id);
-        Ok(created)
-    }
+// Passed on unchanged: the reads, and the writes that move nobody in line
+// (presence, a consumed token, the instances' load).
+crate::store::queue_store_over!(
+    WatchedStore,
+    inner,
+    [
+        touch,
+        check_admission,
+        share_load,
+        get_queue,
+        queue_lost,
+        list_queues,
+        line_snapshot,
+        line_changes,
+        stats,
+        ping,
+        setup_problem,
+        announce,
+        hear_announcements,
+    ],
+    {
+        async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig> {
+            let created = self.inner.create_queue(config).await?;
+            self.hub.reconfigured(&config.id);
+            self.tell_others(&config.id);
+            Ok(created)
+        }
 
-    async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig> {
-        self.inner.get_queue(queue).await
-    }
+        async fn update_queue(
+            &self,
+            queue: &QueueId,
+            update: &QueueUpdate,
+            now_ms: u64,
+        ) -> Result<QueueConfig> {
+            let updated = self.inner.update_queue(queue, update, now_ms).await;
+            // Refused or not, the hub reads the queue again: a refusal may
+            // have come after the change was made.
+            self.hub.reconfigured(queue);
+            self.tell_others(queue);
+            updated
+        }
 
-    async fn queue_lost(&self, queue: &QueueId) -> Result<bool> {
-        self.inner.queue_lost(queue).await
-    }
+        async fn delete_queue(&self, queue: &QueueId) -> Result<()> {
+            let deleted = self.inner.delete_queue(queue).await;
+            self.hub.reconfigured(queue);
+            self.tell_others(queue);
+            deleted
+        }
 
-    async fn list_queues(&self, after: Option<&QueueId>, limit: usize) -> Result<Vec<QueueConfig>> {
-        self.inner.list_queues(after, limit).await
-    }
+        async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
+            let place = self.inner.enqueue(queue, user, now_ms).await?;
+            // A newcomer joins behind everyone: nobody's position moves, and
+            // the next refresh brings the count. A poller enqueued again holds
+            // a new ticket (or an admission) from now on.
+            self.hub.enqueued(queue, user, &place, now_ms);
+            Ok(place)
+        }
 
-    async fn update_queue(
-        &self,
-        queue: &QueueId,
-        update: &QueueUpdate,
-        now_ms: u64,
-    ) -> Result<QueueConfig> {
-        let updated = self.inner.update_queue(queue, update, now_ms).await;
-        // Refused or not, the hub reads the queue again: a refusal may
-        // have come after the change was made.
-        self.hub.reconfigured(queue);
-        self.tell_others(queue);
-        updated
-    }
-
-    async fn delete_queue(&self, queue: &QueueId) -> Result<()> {
-        let deleted = self.inner.delete_queue(queue).await;
-        self.hub.reconfigured(queue);
-        self.tell_others(queue);
-        deleted
-    }
-
-    async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
-        let place = self.inner.enqueue(queue, user, now_ms).await?;
-        // A newcomer joins behind everyone: nobody's position moves, and
-        // the next refresh brings the count. A poller enqueued again holds
-        // a new ticket (or an admission) from now on.
-        self.hub.enqueued(queue, user, &place, now_ms);
-        Ok(place)
-    }
-
-    async fn enqueue_many(
-        &self,
-        queue: &QueueId,
-        users: &[UserId],
-        now_ms: u64,
-    ) -> Result<Vec<Result<Place>>> {
-        let places = self.inner.enqueue_many(queue, users, now_ms).await?;
-        for (user, place) in users.iter().zip(&places) {
-            if let Ok(place) = place {
-                self.hub.enqueued(queue, user, place, now_ms);
+        async fn enqueue_many(
+            &self,
+            queue: &QueueId,
+            users: &[UserId],
+            now_ms: u64,
+        ) -> Result<Vec<Result<Place>>> {
+            let places = self.inner.enqueue_many(queue, users, now_ms).await?;
+            for (user, place) in users.iter().zip(&places) {
+                if let Ok(place) = place {
+                    self.hub.enqueued(queue, user, place, now_ms);
+                }
             }
+            Ok(places)
         }
-        Ok(places)
-    }
 
-    async fn places(
-        &self,
-        queue: &QueueId,
-        users: &[UserId],
-        touch: bool,
-        now_ms: u64,
-    ) -> Result<Vec<Option<Place>>> {
-        let places = self.inner.places(queue, users, touch, now_ms).await?;
-        // In pass-through a lookup admits, now: a change to the line.
-        if places
-            .iter()
-            .flatten()
-            .any(|p| matches!(&p.state, PlaceState::Admitted(a) if a.admitted_at_ms == now_ms))
-        {
-            self.hub.nudge(queue);
+        async fn places(
+            &self,
+            queue: &QueueId,
+            users: &[UserId],
+            touch: bool,
+            now_ms: u64,
+        ) -> Result<Vec<Option<Place>>> {
+            let places = self.inner.places(queue, users, touch, now_ms).await?;
+            // In pass-through a lookup admits, now: a change to the line.
+            if places
+                .iter()
+                .flatten()
+                .any(|p| matches!(&p.state, PlaceState::Admitted(a) if a.admitted_at_ms == now_ms))
+            {
+                self.hub.nudge(queue);
+            }
+            Ok(places)
         }
-        Ok(places)
-    }
 
-    async fn place(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Option<Place>> {
-        let answered = self.hub.lookup(queue, user, now_ms);
-        metrics()
-            .rank_lookups
-            .get_or_create(&LookupLabels {
-                answered_by: if answered.is_some() { "copy" } else { "store" },
-            })
-            .inc();
-        if answered.is_some() {
-            return Ok(answered);
+        async fn place(
+            &self,
+            queue: &QueueId,
+            user: &UserId,
+            now_ms: u64,
+        ) -> Result<Option<Place>> {
+            let answered = self.hub.lookup(queue, user, now_ms);
+            metrics()
+                .rank_lookups
+                .get_or_create(&LookupLabels {
+                    answered_by: if answered.is_some() { "copy" } else { "store" },
+                })
+                .inc();
+            if answered.is_some() {
+                return Ok(answered);
+            }
+            let place = self.inner.place(queue, user, now_ms).await?;
+            if let Some(place) = &place {
+                self.hub.remember(queue, user, place, now_ms);
+            }
+            Ok(place)
         }
-        let place = self.inner.place(queue, user, now_ms).await?;
-        if let Some(place) = &place {
-            self.hub.remember(queue, user, place, now_ms);
+
+        async fn restore(
+            &self,
+            queue: &QueueId,
+            user: &UserId,
+            claim: &PlaceClaim,
+            now_ms: u64,
+        ) -> Result<Restoration> {
+            let outcome = self.inner.restore(queue, user, claim, now_ms).await?;
+            // A place given back may stand anywhere in line: everyone behind
+            // it moves back one, so the copy reads the line now.
+            if let Restoration::Restored(place) = &outcome {
+                self.hub.remember(queue, user, place, now_ms);
+                self.hub.nudge(queue);
+                self.tell_others(queue);
+            }
+            Ok(outcome)
         }
-        Ok(place)
-    }
 
-    async fn restore(
-        &self,
-        queue: &QueueId,
-        user: &UserId,
-        claim: &PlaceClaim,
-        now_ms: u64,
-    ) -> Result<Restoration> {
-        let outcome = self.inner.restore(queue, user, claim, now_ms).await?;
-        // A place given back may stand anywhere in line: everyone behind
-        // it moves back one, so the copy reads the line now.
-        if let Restoration::Restored(place) = &outcome {
-            self.hub.remember(queue, user, place, now_ms);
-            self.hub.nudge(queue);
-            self.tell_others(queue);
+        async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
+            let released = self.inner.reap(queue, limit, now_ms).await?;
+            if released > 0 {
+                self.hub.nudge(queue);
+            }
+            Ok(released)
         }
-        Ok(outcome)
-    }
 
-    async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()> {
-        // Presence moves nobody.
-        self.inner.touch(queue, users, now_ms).await
-    }
-
-    async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
-        let released = self.inner.reap(queue, limit, now_ms).await?;
-        if released > 0 {
-            self.hub.nudge(queue);
+        async fn draw_step(
+            &self,
+            queue: &QueueId,
+            seed: &str,
+            chunk: u32,
+            now_ms: u64,
+        ) -> Result<bool> {
+            let done = self.inner.draw_step(queue, seed, chunk, now_ms).await?;
+            // The draw places pre-queued users, behind nobody already known to
+            // a poller here and ahead only of later arrivals; they reach the
+            // copy with the next refresh. Its end is told at once.
+            if done {
+                self.hub.nudge(queue);
+                self.tell_others(queue);
+            }
+            Ok(done)
         }
-        Ok(released)
-    }
 
-    async fn line_snapshot(&self, queue: &QueueId, after: u64, limit: u32) -> Result<LineSnapshot> {
-        self.inner.line_snapshot(queue, after, limit).await
-    }
-
-    async fn line_changes(
-        &self,
-        queue: &QueueId,
-        after: u64,
-        limit: u32,
-        now_ms: u64,
-    ) -> Result<LineChanges> {
-        self.inner.line_changes(queue, after, limit, now_ms).await
-    }
-
-    async fn draw_step(
-        &self,
-        queue: &QueueId,
-        seed: &str,
-        chunk: u32,
-        now_ms: u64,
-    ) -> Result<bool> {
-        let done = self.inner.draw_step(queue, seed, chunk, now_ms).await?;
-        // The draw places pre-queued users, behind nobody already known to
-        // a poller here and ahead only of later arrivals; they reach the
-        // copy with the next refresh. Its end is told at once.
-        if done {
-            self.hub.nudge(queue);
-            self.tell_others(queue);
+        async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
+            let left = self.inner.leave(queue, user, now_ms).await?;
+            if left {
+                self.hub.nudge(queue);
+            }
+            Ok(left)
         }
-        Ok(done)
-    }
 
-    async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
-        let left = self.inner.leave(queue, user, now_ms).await?;
-        if left {
-            self.hub.nudge(queue);
+        async fn admit(
+            &self,
+            queue: &QueueId,
+            max_count: u32,
+            request: Option<&RequestId>,
+            now_ms: u64,
+        ) -> Result<Vec<Admitted>> {
+            let admitted = self.inner.admit(queue, max_count, request, now_ms).await?;
+            if !admitted.is_empty() {
+                self.hub.nudge(queue);
+                self.tell_others(queue);
+            }
+            Ok(admitted)
         }
-        Ok(left)
-    }
 
-    async fn admit(
-        &self,
-        queue: &QueueId,
-        max_count: u32,
-        request: Option<&RequestId>,
-        now_ms: u64,
-    ) -> Result<Vec<Admitted>> {
-        let admitted = self.inner.admit(queue, max_count, request, now_ms).await?;
-        if !admitted.is_empty() {
-            self.hub.nudge(queue);
-            self.tell_others(queue);
+        async fn admit_due(
+            &self,
+            queue: &QueueId,
+            max_count: u32,
+            now_ms: u64,
+        ) -> Result<Vec<Admitted>> {
+            let admitted = self.inner.admit_due(queue, max_count, now_ms).await?;
+            if !admitted.is_empty() {
+                self.hub.nudge(queue);
+                self.tell_others(queue);
+            }
+            Ok(admitted)
         }
-        Ok(admitted)
-    }
 
-    async fn admit_due(
-        &self,
-        queue: &QueueId,
-        max_count: u32,
-        now_ms: u64,
-    ) -> Result<Vec<Admitted>> {
-        let admitted = self.inner.admit_due(queue, max_count, now_ms).await?;
-        if !admitted.is_empty() {
-            self.hub.nudge(queue);
-            self.tell_others(queue);
+        async fn admit_users(
+            &self,
+            queue: &QueueId,
+            users: &[UserId],
+            request: &RequestId,
+            override_capacity: bool,
+            now_ms: u64,
+        ) -> Result<Vec<NamedAdmission>> {
+            let results = self
+                .inner
+                .admit_users(queue, users, request, override_capacity, now_ms)
+                .await?;
+            if results
+                .iter()
+                .any(|r| matches!(r, NamedAdmission::Admitted(_)))
+            {
+                self.hub.nudge(queue);
+                self.tell_others(queue);
+            }
+            Ok(results)
         }
-        Ok(admitted)
-    }
 
-    async fn admit_users(
-        &self,
-        queue: &QueueId,
-        users: &[UserId],
-        request: &RequestId,
-        override_capacity: bool,
-        now_ms: u64,
-    ) -> Result<Vec<NamedAdmission>> {
-        let results = self
-            .inner
-            .admit_users(queue, users, request, override_capacity, now_ms)
-            .await?;
-        if results
-            .iter()
-            .any(|r| matches!(r, NamedAdmission::Admitted(_)))
-        {
-            self.hub.nudge(queue);
-            self.tell_others(queue);
+        async fn clear_step(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
+            let cleared = self.inner.clear_step(queue, limit, now_ms).await?;
+            if cleared > 0 {
+                self.hub.nudge(queue);
+                self.tell_others(queue);
+            }
+            Ok(cleared)
         }
-        Ok(results)
-    }
 
-    async fn clear_step(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
-        let cleared = self.inner.clear_step(queue, limit, now_ms).await?;
-        if cleared > 0 {
-            self.hub.nudge(queue);
-            self.tell_others(queue);
+        async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
+            let completed = self.inner.complete(queue, user, now_ms).await?;
+            if completed {
+                self.hub.nudge(queue);
+            }
+            Ok(completed)
         }
-        Ok(cleared)
     }
-
-    async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
-        let completed = self.inner.complete(queue, user, now_ms).await?;
-        if completed {
-            self.hub.nudge(queue);
-        }
-        Ok(completed)
-    }
-
-    async fn check_admission(
-        &self,
-        queue: &QueueId,
-        check: &AdmissionCheck,
-        now_ms: u64,
-    ) -> Result<AdmissionStatus> {
-        // Consuming a token moves nobody.
-        self.inner.check_admission(queue, check, now_ms).await
-    }
-
-    async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats> {
-        self.inner.stats(queue, now_ms).await
-    }
-
-    async fn ping(&self) -> Result<()> {
-        self.inner.ping().await
-    }
-
-    async fn setup_problem(&self) -> Result<Option<String>> {
-        self.inner.setup_problem().await
-    }
-
-    async fn announce(&self, queue: &QueueId) {
-        self.inner.announce(queue).await;
-    }
-
-    async fn hear_announcements(&self, heard: crate::store::Announced, stop: CancellationToken) {
-        self.inner.hear_announcements(heard, stop).await;
-    }
-
-    // Changes no queue.
-    async fn share_load(
-        &self,
-        instance: &str,
-        streams: Option<u64>,
-        ttl_ms: u64,
-        now_ms: u64,
-    ) -> Result<Vec<u64>> {
-        self.inner
-            .share_load(instance, streams, ttl_ms, now_ms)
-            .await
-    }
-}
+);
 
 #[cfg(test)]
 mod tests {
@@ -376,7 +324,7 @@ mod tests {
     /// the hub. A write added to the trait must be added here too: the
     /// trait has no defaults, so the watched store does not compile
     /// without it.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn every_write_through_the_watched_store_reaches_the_hub() {
         let (hub, store) = watched();
         let heard = || hub.heard.load(Ordering::Relaxed);
@@ -467,7 +415,7 @@ mod tests {
     /// A stream's first place is a sign of life, not a poll: the hub does
     /// not start following the queue for it (the stream does that), and a
     /// poll does.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_streams_first_place_is_not_remembered_as_a_poll() {
         let (hub, store) = watched();
         let q = QueueId::parse("q").unwrap();

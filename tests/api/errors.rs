@@ -212,23 +212,20 @@ async fn redis_loss_is_unavailable_within_the_timeout_and_recovers_by_itself() {
             started.elapsed()
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let status = health
-            .check(readiness.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .status();
-        if status == ServingStatus::NotServing {
-            break;
+    until("readiness NOT_SERVING", Duration::from_secs(5), || {
+        let (mut health, readiness) = (health.clone(), readiness.clone());
+        async move {
+            match health
+                .check(readiness)
+                .await
+                .map(|r| r.into_inner().status())
+            {
+                Ok(ServingStatus::NotServing) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "readiness never turned NOT_SERVING"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let liveness = health
         .check(HealthCheckRequest {
             service: String::new(),
@@ -244,24 +241,20 @@ async fn redis_loss_is_unavailable_within_the_timeout_and_recovers_by_itself() {
 
     // The same port, an empty Redis: the service reconnects by itself.
     let _redis = TestRedis::start_on(port);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = health
-            .check(readiness.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .status();
-        let call = client.enqueue(enqueue_request("sale", "bob")).await;
-        if status == ServingStatus::Serving
-            && call.as_ref().err().map(|s| s.code()) == Some(Code::NotFound)
-        {
-            break;
+    until("a recovery", Duration::from_secs(10), || {
+        let (mut health, readiness, mut client) =
+            (health.clone(), readiness.clone(), client.clone());
+        async move {
+            let status = health.check(readiness).await.unwrap().into_inner().status();
+            let call = client.enqueue(enqueue_request("sale", "bob")).await;
+            if status == ServingStatus::Serving
+                && call.as_ref().err().map(|s| s.code()) == Some(Code::NotFound)
+            {
+                Ok(())
+            } else {
+                Err(format!("{status:?} {call:?}"))
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "did not recover: {status:?} {call:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }

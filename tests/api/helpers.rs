@@ -177,27 +177,28 @@ impl TestApp {
     }
 
     /// Waits until readiness (`waitroom.v1.QueueService`) is SERVING.
-    pub async fn wait_until_ready(&self) {
-        use tonic_health::pb::HealthCheckRequest;
-        use tonic_health::pb::health_check_response::ServingStatus;
+    /// The queue service's readiness, as a probe sees it.
+    pub async fn readiness(
+        &self,
+    ) -> Result<tonic_health::pb::health_check_response::ServingStatus, tonic::Status> {
         let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel().await);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let status = health
-                .check(HealthCheckRequest {
-                    service: "waitroom.v1.QueueService".into(),
-                })
-                .await
-                .map(|r| r.into_inner().status());
-            if matches!(status, Ok(ServingStatus::Serving)) {
-                return;
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "waitroom.v1.QueueService".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status())
+    }
+
+    pub async fn wait_until_ready(&self) {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        until("the service ready", Duration::from_secs(10), || async {
+            match self.readiness().await {
+                Ok(ServingStatus::Serving) => Ok(()),
+                other => Err(format!("{other:?}")),
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the service never became ready: {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     /// Starts the service without waiting for readiness.
@@ -547,18 +548,7 @@ pub async fn http_get(app: &TestApp, path: &str) -> (String, String, String) {
     )
 }
 
-/// Polls `check` until it holds; fails the test if it does not within `limit`.
-pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = std::time::Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what} did not happen");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use crate::wait::{every, until, wait_until};
 
 /// The services' warnings and errors (an internal error's cause is only
 /// logged) go to the test's output, shown when a test fails.

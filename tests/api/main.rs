@@ -3,6 +3,8 @@
 //! free loopback ports.
 
 mod helpers;
+#[path = "../support/wait.rs"]
+mod wait;
 
 mod admin;
 mod admission;

@@ -1,7 +1,7 @@
 //! Scheduled openings: early arrivals are pre-queued, put in a random order
 //! at the opening, ahead of later arrivals; the draw can be audited.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_stream::StreamExt;
 use waitroom::domain::UserId;
@@ -80,14 +80,10 @@ async fn early_arrivals_are_drawn_into_a_random_order_ahead_of_later_ones() {
     app.clock.set_ms(opens_at);
     let late = enqueue(&mut client, "drop", "late").await;
     assert_eq!((late.state(), late.ticket), (PlaceState::Waiting, 201));
-    let started = Instant::now();
-    while !app.get_queue("drop").await.draw_complete {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the draw did not complete"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the draw complete", Duration::from_secs(5), || async {
+        app.get_queue("drop").await.draw_complete
+    })
+    .await;
     let mut positions = Vec::new();
     for user in &users {
         let place = rank(&mut client, "drop", user).await;

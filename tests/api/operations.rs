@@ -139,7 +139,22 @@ async fn metrics_report_real_values_after_traffic() {
 
 #[tokio::test]
 async fn readiness_waits_for_redis_at_start_and_liveness_does_not() {
-    let port = waitroom::testkit::free_port().unwrap();
+    // Where Redis will be, for now a socket that hangs up on every
+    // connection: it counts the service's attempts to reach Redis.
+    let early = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = early.local_addr().unwrap().port();
+    early.set_nonblocking(true).unwrap();
+    let early = tokio::net::TcpListener::from_std(early).unwrap();
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hanging_up = tokio::spawn({
+        let attempts = std::sync::Arc::clone(&attempts);
+        async move {
+            while let Ok((socket, _)) = early.accept().await {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                drop(socket);
+            }
+        }
+    });
     let mut config = TestApp::redis_config(&format!("redis://127.0.0.1:{port}"), &fresh_prefix());
     config.queues = vec![waitroom::config::QueueSpec::parse("declared").unwrap()];
     let app = TestApp::start(config, std::sync::Arc::new(ManualClock::new(now_ms()))).await;
@@ -147,7 +162,10 @@ async fn readiness_waits_for_redis_at_start_and_liveness_does_not() {
     let check = |service: &str| HealthCheckRequest {
         service: service.into(),
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("the service tried Redis", Duration::from_secs(10), || {
+        std::future::ready(attempts.load(std::sync::atomic::Ordering::Relaxed) >= 2)
+    })
+    .await;
     let ready = health
         .check(check("waitroom.v1.QueueService"))
         .await
@@ -164,6 +182,8 @@ async fn readiness_waits_for_redis_at_start_and_liveness_does_not() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable);
 
+    hanging_up.abort();
+    let _ = hanging_up.await;
     let _redis = TestRedis::start_on(port);
     app.wait_until_ready().await;
     assert!(http_get(&app, "/readyz").await.0.contains("200"));
@@ -193,7 +213,9 @@ async fn streams_opened_during_the_drain_end_with_a_reconnect_never_ok() {
     let mut tasks = Vec::new();
     let started = Instant::now();
     let mut i = 0;
+    let mut beat = every(Duration::from_millis(5));
     while !stopped.is_finished() && started.elapsed() < Duration::from_secs(10) {
+        beat.tick().await;
         let mut client = client.clone();
         let user = format!("u{}", i % 50);
         i += 1;
@@ -213,7 +235,6 @@ async fn streams_opened_during_the_drain_end_with_a_reconnect_never_ok() {
                 other => panic!("a stream opened during the drain ended with {other:?}"),
             }
         }));
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stopped.await.unwrap();
     let mut told = 0;
@@ -248,27 +269,31 @@ async fn connections_closed_by_their_clients_are_let_go_at_once() {
     let mut client = pb::queue_service_client::QueueServiceClient::new(channel.clone());
     app.create_queue(queue("closing")).await;
     enqueue(&mut client, "closing", "a").await;
-    let started = Instant::now();
-    while open().await < before + 20.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "connections not counted: {} from {before}",
-            open().await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        "the connections counted",
+        Duration::from_secs(5),
+        || async {
+            let now = open().await;
+            if now >= before + 20.0 {
+                Ok(())
+            } else {
+                Err(format!("{now} from {before}"))
+            }
+        },
+    )
+    .await;
     drop(sockets);
     drop(client);
     drop(channel);
-    let started = Instant::now();
-    while open().await > before + 1.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{} connections still open",
-            open().await - before
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the connections let go", Duration::from_secs(5), || async {
+        let still = open().await - before;
+        if still <= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{still} still open"))
+        }
+    })
+    .await;
 }
 
 /// A connection that reaches its age is asked to go: its streams end with
@@ -358,31 +383,36 @@ async fn shutdown_with_ten_thousand_open_streams_ends_them_all_and_exits_within_
         }));
     }
     // Wait until every stream is open on the server.
-    let started = Instant::now();
-    loop {
+    wait_until("every stream open", Duration::from_secs(60), || async {
         let (_, _, text) = http_get(&app, "/metrics").await;
-        if sample(&text, r#"waitroom_queue_watchers{queue="big"}"#) == Some(streams as f64) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "streams did not open"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut health = HealthClient::new(app.channel().await);
+        sample(&text, r#"waitroom_queue_watchers{queue="big"}"#) == Some(streams as f64)
+    })
+    .await;
+    let health = HealthClient::new(app.channel().await);
     let stopping = Instant::now();
     let app_stopped = tokio::spawn(app.stop());
-    // Draining: readiness is off at once while the streams still run.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let ready = health
-        .check(HealthCheckRequest {
-            service: "waitroom.v1.QueueService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(ready.status(), ServingStatus::NotServing);
+    // Draining: readiness goes off while the streams still run.
+    until(
+        "readiness off in the drain",
+        Duration::from_millis(300),
+        || {
+            let mut health = health.clone();
+            async move {
+                let ready = health
+                    .check(HealthCheckRequest {
+                        service: "waitroom.v1.QueueService".into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                match ready.status() {
+                    ServingStatus::NotServing => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
     app_stopped.await.unwrap();
     let took = stopping.elapsed();
     for task in tasks {

@@ -189,7 +189,15 @@ async fn a_queue_created_again_is_a_new_line_for_its_pollers() {
     for i in 0..6 {
         enqueue(&mut b, "poll", &format!("new-{i}")).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Replica one has heard of it: its copy of the old line is let go, or
+    // has read the line since.
+    let id = waitroom::domain::QueueId::parse("poll").unwrap();
+    let before = one.hub.refreshes(&id);
+    wait_until("replica one caught up", Duration::from_secs(10), || {
+        let now = one.hub.refreshes(&id);
+        std::future::ready(now == 0 || now >= before + 2)
+    })
+    .await;
     let gone = a.get_rank(rank_request("poll", "u")).await.unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound);
     assert_eq!(rank(&mut a, "poll", "new-2").await.position, 3);
@@ -207,10 +215,11 @@ async fn a_pollers_position_never_rises_under_churn_through_both_replicas() {
     // Admissions and leaves through the other replica, while this one is
     // polled and admits now and then itself.
     let churn = tokio::spawn(async move {
+        let mut beat = every(Duration::from_millis(15));
         for round in 0..10 {
             admit(&mut b, "poll", 1).await;
             assert!(leave(&mut b, "poll", &format!("u{:02}", 20 + round)).await);
-            tokio::time::sleep(Duration::from_millis(15)).await;
+            beat.tick().await;
         }
     });
     let (mut last, mut polls, mut admitted_here) = (u64::MAX, 0, 0);

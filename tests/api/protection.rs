@@ -105,18 +105,20 @@ async fn streams_and_calls_beyond_the_limits_are_resource_exhausted() {
     // Everyone else is still served.
     enqueue(&mut client, "small", "after").await;
     drop(streams.pop());
-    let started = Instant::now();
-    loop {
-        let attempt = client.watch_rank(watch_request("small", "u2")).await;
-        if attempt.is_ok() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "a closed stream's slot never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "a closed stream's slot back",
+        Duration::from_secs(2),
+        || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .watch_rank(watch_request("small", "u2"))
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
 
     // Calls that wait on Redis overlap; with room for one at a time, a
     // burst of 300 must see refusals.
@@ -633,12 +635,10 @@ async fn open_unread(
     streams
 }
 
-async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
+/// How long it took until `done`.
+async fn elapsed_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < within, "{what}: not after {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(what, within, || std::future::ready(done())).await;
     started.elapsed()
 }
 
@@ -674,11 +674,12 @@ async fn streams_whose_client_stops_reading_them_are_let_go_after_the_stall_time
     let moving = {
         let (mut client, clock) = (client.clone(), std::sync::Arc::clone(&app.clock));
         tokio::spawn(async move {
+            let mut beat = every(Duration::from_millis(200));
             loop {
+                beat.tick().await;
                 admit(&mut client, "unread", 1).await;
                 // The hub's clock, which paces positions, keeps time.
                 clock.advance_ms(200);
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
     };
@@ -689,7 +690,7 @@ async fn streams_whose_client_stops_reading_them_are_let_go_after_the_stall_time
         }
         last
     });
-    let took = until("the unread streams let go", Duration::from_secs(10), || {
+    let took = elapsed_until("the unread streams let go", Duration::from_secs(10), || {
         app.hub.watcher_count() == 1
     })
     .await;
@@ -790,7 +791,7 @@ async fn a_connection_whose_client_stops_reading_its_socket_is_closed_after_the_
     let mut admin = app.admin().await;
     // Counted once accepted, a moment after the client connected.
     let connections = open + 1;
-    until(
+    elapsed_until(
         "the admin connection counted",
         Duration::from_secs(5),
         || app.hub.connections().count() == connections,
@@ -802,7 +803,9 @@ async fn a_connection_whose_client_stops_reading_its_socket_is_closed_after_the_
     let notice = "n".repeat(280);
     let started = Instant::now();
     let mut changes = 0;
+    let mut beat = every(Duration::from_millis(100));
     while app.hub.watcher_count() > 0 {
+        beat.tick().await;
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{} streams still open after {changes} notices",
@@ -821,7 +824,6 @@ async fn a_connection_whose_client_stops_reading_its_socket_is_closed_after_the_
             .await
             .unwrap();
         changes += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!(
         "a socket that took no bytes closed with its {streams} streams {:?} after the client stopped reading ({changes} notices sent)",
@@ -832,7 +834,7 @@ async fn a_connection_whose_client_stops_reading_its_socket_is_closed_after_the_
         text.contains("waitroom_stalled_total{what=\"connection\"}"),
         "{text}"
     );
-    until("the connection closed", Duration::from_secs(5), || {
+    elapsed_until("the connection closed", Duration::from_secs(5), || {
         let again = made.load(std::sync::atomic::Ordering::Relaxed) - before;
         app.hub.connections().count() < connections + again
     })

@@ -283,7 +283,16 @@ async fn after_redis_comes_back_empty_the_line_re_forms_in_its_old_order() {
     two.refreshed("undeclared").await;
 
     redis.stop();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // An outage both replicas saw.
+    for app in [&one, &two] {
+        wait_until("the outage seen", Duration::from_secs(5), || async {
+            matches!(
+                app.readiness().await,
+                Ok(tonic_health::pb::health_check_response::ServingStatus::NotServing)
+            )
+        })
+        .await;
+    }
     clock.advance_ms(500);
     let _empty = TestRedis::start_on(port);
     let back = Instant::now();

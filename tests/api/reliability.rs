@@ -236,7 +236,6 @@ async fn a_ticket_given_again_after_lost_writes_gets_a_token_id_of_its_own() {
             .query(&mut conn)
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(5)).await;
     enqueue(&mut client, "sale", "bob").await;
     let bob = admit(&mut client, "sale", 1).await;
     assert_eq!(bob[0].ticket, alice[0].ticket, "the ticket was given again");
@@ -409,11 +408,12 @@ async fn a_long_line_is_followed_without_holding_redis_and_others_are_served_mea
     // Meanwhile another queue is served promptly.
     let mut client = app.client().await;
     let mut worst = Duration::ZERO;
+    let mut beat = every(Duration::from_millis(25));
     for i in 0..40 {
+        beat.tick().await;
         let started = std::time::Instant::now();
         enqueue(&mut client, "other", &format!("o{i}")).await;
         worst = worst.max(started.elapsed());
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // The copy follows: admitting the front moves the watcher.
     admit(&mut client, "long", 10).await;
@@ -509,8 +509,33 @@ async fn a_redis_that_may_evict_keys_keeps_the_service_unready_until_it_may_not(
     let readiness = || HealthCheckRequest {
         service: "waitroom.v1.QueueService".into(),
     };
-    // Long enough for several readiness checks: it stays unready.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Several readiness checks, each an `INFO memory`, see the policy: it
+    // stays unready.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut asked = 0;
+    let mut infos = || {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut conn)
+            .unwrap();
+        // Less this test's own, counted from the one before.
+        let all = info
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_info:calls="))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let theirs = all - asked;
+        asked += 1;
+        theirs
+    };
+    wait_until("three readiness checks", Duration::from_secs(10), || {
+        std::future::ready(infos() >= 3)
+    })
+    .await;
     let status = health
         .check(readiness())
         .await
@@ -518,10 +543,6 @@ async fn a_redis_that_may_evict_keys_keeps_the_service_unready_until_it_may_not(
         .into_inner()
         .status();
     assert_eq!(status, ServingStatus::NotServing);
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("maxmemory-policy")

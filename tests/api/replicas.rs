@@ -104,9 +104,22 @@ async fn an_admission_through_one_replica_reaches_a_watcher_on_another_at_once()
     let mut watching = open(&two, "told", "a").await;
     let first = watching.next().await.unwrap().unwrap().place.unwrap();
     assert_eq!(first.state(), pb::PlaceState::Waiting);
-    // The subscription of replica two may still be being made: admit once
-    // it has had a moment (a message published before it is missed).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A message published before replica two subscribes is missed: admit
+    // once both replicas listen on the deployment's channel.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let channel = format!("{prefix}:announce");
+    wait_until("both replicas subscribed", Duration::from_secs(10), || {
+        let (_, listening): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query(&mut conn)
+            .unwrap();
+        std::future::ready(listening >= 2)
+    })
+    .await;
     assert_eq!(admit(&mut client, "told", 1).await.len(), 1);
     let admitted = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(Ok(message)) = watching.next().await {

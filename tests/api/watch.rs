@@ -155,8 +155,11 @@ async fn idle_commands_per_second(watchers: usize) -> f64 {
         next(&mut stream).await;
         streams.push(stream);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Past the openings: a refresh of the line and a worker pass since.
+    app.refreshed("idle").await;
+    app.worked().await;
     let before = redis.commands_processed();
+    // The measure: two seconds of nothing happening.
     tokio::time::sleep(Duration::from_secs(2)).await;
     (redis.commands_processed() - before) as f64 / 2.0
 }
@@ -217,16 +220,18 @@ async fn positions_computed_from_the_log_match_the_store_under_churn() {
         let seen = last.unwrap_or_else(|| panic!("{user}: no update after the churn"));
         // The store's answer; a call that meets a loaded machine's Redis
         // timeout is asked again, as a client would.
-        let mut truth = a.get_rank(rank_request("churn", user)).await;
-        for _ in 0..20 {
-            match &truth {
-                Err(status) if status.code() == tonic::Code::Unavailable => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    truth = a.get_rank(rank_request("churn", user)).await;
+        let truth = until("an answer from the store", Duration::from_secs(2), || {
+            let (mut a, user) = (a.clone(), user.clone());
+            async move {
+                match a.get_rank(rank_request("churn", &user)).await {
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        Err(format!("{status:?}"))
+                    }
+                    answer => Ok(answer),
                 }
-                _ => break,
             }
-        }
+        })
+        .await;
         match truth {
             Ok(truth) if seen.state() == PlaceState::Admitted => {
                 // The stream ended with the admission; only that must agree.
@@ -281,9 +286,10 @@ async fn every_admitted_watcher_is_told_including_the_last_batch() {
     }
     app.refreshed("flow").await;
     let mut admitted = 0;
+    let mut beat = every(std::time::Duration::from_millis(20));
     for _ in 0..12 {
+        beat.tick().await;
         admitted += admit(&mut client, "flow", 25).await.len();
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(admitted, 300);
     let mut told = 0;

@@ -11,6 +11,7 @@ use waitroom::testkit::RedisServer;
 use crate::ledger::{self, Outcome};
 use crate::proxy::Proxy;
 use crate::service::{Service, queue, scratch};
+use crate::wait::{until, until_blocking, wait_until};
 
 /// Runs a command on `server`.
 pub fn cmd(server: &RedisServer, args: &[&str]) -> redis::Value {
@@ -32,24 +33,24 @@ pub fn cmd(server: &RedisServer, args: &[&str]) -> redis::Value {
 /// would otherwise be promoted without the data, which is another test's
 /// loss, not this one's.
 pub fn replica_has_everything(master: &RedisServer) {
-    let started = std::time::Instant::now();
     let written = replication_field(master, "master_repl_offset");
-    loop {
-        let info = info_replication(master);
-        let acked = info
-            .lines()
-            .find(|line| line.starts_with("slave0:"))
-            .and_then(|line| line.split(',').find_map(|f| f.strip_prefix("offset=")))
-            .and_then(|n| n.trim().parse::<u64>().ok());
-        if acked.is_some_and(|acked| acked >= written) {
-            return;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "the replica never acknowledged offset {written}: {info}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    until_blocking(
+        "the replica has every write",
+        Duration::from_secs(30),
+        || {
+            let info = info_replication(master);
+            let acked = info
+                .lines()
+                .find(|line| line.starts_with("slave0:"))
+                .and_then(|line| line.split(',').find_map(|f| f.strip_prefix("offset=")))
+                .and_then(|n| n.trim().parse::<u64>().ok());
+            if acked.is_some_and(|acked| acked >= written) {
+                Ok(())
+            } else {
+                Err(format!("offset {written} not acknowledged: {info}"))
+            }
+        },
+    );
 }
 
 /// `INFO replication` of `server`, as text.
@@ -81,14 +82,10 @@ async fn a_master_demoted_behind_a_stable_address_is_left_for_the_new_one() {
     let new = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
     let old_port = old.port.to_string();
     cmd(&new, &["REPLICAOF", "127.0.0.1", &old_port]);
-    let started = Instant::now();
-    while !replica_link_up(&new) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "replication never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("replication started", Duration::from_secs(10), || {
+        std::future::ready(replica_link_up(&new))
+    })
+    .await;
     let proxy = Proxy::start(format!("127.0.0.1:{}", old.port).parse().unwrap()).await;
     let dir = scratch("failover-address");
     let service = Service::start(&proxy.url(), "failover", &dir, &[]).await;
@@ -148,36 +145,31 @@ pub async fn until_joins_resume(
     state: impl Fn() -> String,
 ) -> Duration {
     let started = Instant::now();
-    let mut client = service.client();
-    let mut n = 0;
-    loop {
-        let outcome = ledger::enqueue(
-            &mut client,
-            ledger,
-            "sale",
-            &format!("after-{n}"),
-            Duration::from_secs(3),
-        )
-        .await;
-        n += 1;
-        if outcome == Outcome::Ok {
-            return started.elapsed();
+    let joined = std::sync::atomic::AtomicU32::new(0);
+    until("joins resumed after the failover", within, || {
+        let (mut client, state) = (service.client(), &state);
+        let n = joined.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            let user = format!("after-{n}");
+            let outcome =
+                ledger::enqueue(&mut client, ledger, "sale", &user, Duration::from_secs(3)).await;
+            if outcome == Outcome::Ok {
+                return Ok(());
+            }
+            assert_eq!(
+                outcome,
+                Outcome::Failed(Code::Unavailable),
+                "join {user} {:?} after the fault; {}; service log: {}",
+                started.elapsed(),
+                state(),
+                service.log_tail(40)
+            );
+            Err(format!(
+                "joins still refused (log: {})",
+                service.log.display()
+            ))
         }
-        assert_eq!(
-            outcome,
-            Outcome::Failed(Code::Unavailable),
-            "join after-{} {:?} after the fault; {}; service log: {}",
-            n - 1,
-            started.elapsed(),
-            state(),
-            service.log_tail(40)
-        );
-        assert!(
-            started.elapsed() < within,
-            "joins still refused {:?} after the failover (log: {})",
-            started.elapsed(),
-            service.log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    started.elapsed()
 }

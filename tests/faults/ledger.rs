@@ -12,6 +12,7 @@ use waitroom::pb;
 use waitroom::pb::queue_service_client::QueueServiceClient;
 
 use crate::service::within;
+use crate::wait::every;
 
 /// How a call ended, as its client saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,7 +102,10 @@ pub async fn admit_until_answered(
     give_up: Duration,
 ) -> Option<usize> {
     let started = Instant::now();
+    // Retried at most every 50 ms.
+    let mut beat = every(Duration::from_millis(50));
     while started.elapsed() < give_up {
+        beat.tick().await;
         let result = client
             .admit_batch(within(
                 pb::AdmitBatchRequest {
@@ -140,7 +144,6 @@ pub async fn admit_until_answered(
                     ),
                     "AdmitBatch answered {status:?}"
                 );
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
@@ -270,18 +273,21 @@ pub async fn traffic(
         let ledger = ledger.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0;
+            let mut beat = every(Duration::from_millis(15));
             while started.elapsed() < run {
+                beat.tick().await;
                 let user = format!("j{c}-{n}");
                 enqueue(&mut client, &ledger, "sale", &user, Duration::from_secs(3)).await;
                 n += 1;
-                tokio::time::sleep(Duration::from_millis(15)).await;
             }
         }));
     }
     let ledger_ = ledger.clone();
     tasks.push(tokio::spawn(async move {
         let mut k = 0;
+        let mut beat = every(Duration::from_millis(40));
         while started.elapsed() < run {
+            beat.tick().await;
             let request = format!("batch-{k}");
             let mut answered = false;
             for attempt in 0..20 {
@@ -303,7 +309,6 @@ pub async fn traffic(
             }
             assert!(answered, "no replica answered {request}");
             k += 1;
-            tokio::time::sleep(Duration::from_millis(40)).await;
         }
     }));
     fault.await;

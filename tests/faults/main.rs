@@ -11,6 +11,8 @@
 mod ledger;
 mod proxy;
 mod service;
+#[path = "../support/wait.rs"]
+mod wait;
 
 mod failover;
 mod network;

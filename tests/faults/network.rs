@@ -27,21 +27,27 @@ async fn cut_and_delayed_connections_lose_nothing_and_admit_nobody_twice() {
         (0..4).map(|_| service.client()).collect(),
         vec![service.client()],
     );
-    ledger::traffic(clients.0, clients.1, &ledger, run, 15, async {
-        let phase = run / 6;
-        tokio::time::sleep(phase).await;
+    // Each phase's connection, for a sixth of the run each, after a sixth
+    // of it untouched.
+    let phases: [&(dyn Fn() + Sync); 6] = [
+        &|| {},
         // Slow, under the timeout: calls take longer but succeed.
-        proxy.delay(REDIS_TIMEOUT / 3);
-        tokio::time::sleep(phase).await;
-        proxy.delay(Duration::ZERO);
-        proxy.cut();
-        tokio::time::sleep(phase).await;
-        proxy.reopen();
-        tokio::time::sleep(phase).await;
+        &|| proxy.delay(REDIS_TIMEOUT / 3),
+        &|| {
+            proxy.delay(Duration::ZERO);
+            proxy.cut();
+        },
+        &|| proxy.reopen(),
         // Slower than the timeout: replies arrive after their callers gave up.
-        proxy.delay(REDIS_TIMEOUT * 3 / 2);
-        tokio::time::sleep(phase).await;
-        proxy.delay(Duration::ZERO);
+        &|| proxy.delay(REDIS_TIMEOUT * 3 / 2),
+        &|| proxy.delay(Duration::ZERO),
+    ];
+    ledger::traffic(clients.0, clients.1, &ledger, run, 15, async {
+        let mut phase = crate::wait::every(run / 6);
+        for set_up in phases {
+            phase.tick().await;
+            set_up();
+        }
     })
     .await;
     let mut client = service.client();

@@ -14,6 +14,7 @@ use waitroom::pb;
 use waitroom::testkit::{RedisServer, free_port};
 
 use crate::service::{Service, scratch, within};
+use crate::wait::{every, until};
 
 /// The queue's heartbeat timeout in these tests.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -47,48 +48,93 @@ fn keep_pages_open(addrs: Vec<String>, retry: Duration) -> Vec<tokio::task::Join
                 loop {
                     turn += 1;
                     let addr = &addrs[turn % addrs.len()];
-                    let Ok(channel) = tonic::transport::Endpoint::from_shared(addr.clone())
+                    if let Ok(channel) = tonic::transport::Endpoint::from_shared(addr.clone())
                         .unwrap()
                         .connect_timeout(Duration::from_millis(500))
                         .connect()
                         .await
-                    else {
-                        tokio::time::sleep(retry).await;
-                        continue;
-                    };
-                    let mut client = pb::queue_service_client::QueueServiceClient::new(channel);
-                    if i % 2 == 0 {
-                        let request = pb::WatchRankRequest {
-                            queue_id: "sale".into(),
-                            user_id: user.clone(),
-                            receipt: String::new(),
-                        };
-                        if let Ok(stream) = client.watch_rank(request).await {
-                            let mut stream = stream.into_inner();
-                            while let Some(Ok(_)) = stream.next().await {}
-                        }
-                        tokio::time::sleep(retry).await;
-                    } else {
-                        loop {
-                            let request = within(
-                                pb::GetRankRequest {
-                                    queue_id: "sale".into(),
-                                    user_id: user.clone(),
-                                    receipt: String::new(),
-                                },
-                                Duration::from_secs(1),
-                            );
-                            if client.get_rank(request).await.is_err() {
-                                tokio::time::sleep(retry).await;
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_secs(1)).await;
+                    {
+                        let client = pb::queue_service_client::QueueServiceClient::new(channel);
+                        if i % 2 == 0 {
+                            watch_until_ended(client, &user).await;
+                        } else {
+                            poll_until_refused(client, &user).await;
                         }
                     }
+                    // The page's wait before it tries again.
+                    tokio::time::sleep(retry).await;
                 }
             })
         })
         .collect()
+}
+
+/// A page holding a stream, until the stream ends.
+async fn watch_until_ended(
+    mut client: pb::queue_service_client::QueueServiceClient<tonic::transport::Channel>,
+    user: &str,
+) {
+    let request = pb::WatchRankRequest {
+        queue_id: "sale".into(),
+        user_id: user.to_owned(),
+        receipt: String::new(),
+    };
+    if let Ok(stream) = client.watch_rank(request).await {
+        let mut stream = stream.into_inner();
+        while let Some(Ok(_)) = stream.next().await {}
+    }
+}
+
+/// A page polling every second, until a poll is refused.
+async fn poll_until_refused(
+    mut client: pb::queue_service_client::QueueServiceClient<tonic::transport::Channel>,
+    user: &str,
+) {
+    let mut beat = every(Duration::from_secs(1));
+    loop {
+        beat.tick().await;
+        let request = within(
+            pb::GetRankRequest {
+                queue_id: "sale".into(),
+                user_id: user.to_owned(),
+                receipt: String::new(),
+            },
+            Duration::from_secs(1),
+        );
+        if client.get_rank(request).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits for a pass of the reaper (any replica's) that ran at `at_ms` or
+/// later: each pass records when it ran in the queue's configuration.
+async fn until_reaped_at(redis_url: &str, prefix: &str, at_ms: u64) {
+    let client = redis::Client::open(redis_url).unwrap();
+    let key = format!("{prefix}:{{sale}}:config");
+    until("a pass of the reaper", HEARTBEAT * 4, || {
+        let heard: redis::RedisResult<Option<u64>> =
+            client.get_connection().and_then(|mut conn| {
+                redis::cmd("HGET")
+                    .arg(&key)
+                    .arg("heard_ms")
+                    .query(&mut conn)
+            });
+        std::future::ready(match heard {
+            Ok(Some(heard)) if heard >= at_ms => Ok(()),
+            other => Err(format!(
+                "the last pass ran at {other:?}, not yet at {at_ms}"
+            )),
+        })
+    })
+    .await;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 async fn positions(service: &Service) -> Vec<(String, u64)> {
@@ -168,27 +214,39 @@ async fn nobody_whose_page_stayed_open_is_released(fault: Fault, lead_ms: u64, n
     tokio::time::sleep(Duration::from_millis(lead_ms)).await;
 
     let mut one_again = None;
-    match fault {
+    let length = match fault {
         Fault::Stall(length) => {
             redis.pause().unwrap();
-            tokio::time::sleep(length).await;
-            redis.resume().unwrap();
+            length
         }
         Fault::RestartFromAof(length) => {
             redis.stop();
-            tokio::time::sleep(length).await;
-            redis.restart().unwrap();
+            length
         }
         Fault::ReplicaDown(length) => {
             one.kill();
-            tokio::time::sleep(length).await;
-            // Back on a port of its own: the pages stay on the other.
+            length
+        }
+    };
+    // The outage.
+    tokio::time::sleep(length).await;
+    match fault {
+        Fault::Stall(_) => redis.resume().unwrap(),
+        Fault::RestartFromAof(_) => redis.restart().unwrap(),
+        // Back on a port of its own: the pages stay on the other.
+        Fault::ReplicaDown(_) => {
             one_again = Some(Service::start(&redis.url(), name, &dir, &[]).await);
         }
     }
-    // Long enough for the reaper to release anyone it would: a whole
-    // timeout and its quarter after the store came back, and a pass more.
-    tokio::time::sleep(HEARTBEAT * 2).await;
+    // Until the reaper has had every chance to release anyone it would: a
+    // pass two timeouts after the store came back (a whole timeout and its
+    // quarter after the first pass back, and a pass more).
+    until_reaped_at(
+        &redis.url(),
+        name,
+        now_ms() + HEARTBEAT.as_millis() as u64 * 2,
+    )
+    .await;
     // Read while the pages are still open: a page closed is silent, and
     // would be released a timeout later, rightly.
     let after = positions(&two).await;

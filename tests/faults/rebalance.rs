@@ -22,6 +22,7 @@ use waitroom::pb::queue_service_client::QueueServiceClient;
 use waitroom::testkit::RedisServer;
 
 use crate::service::{Service, queue, scratch};
+use crate::wait::until;
 
 /// A layer-4 balancer like kube-proxy: every new connection to a random
 /// backend among those added (the ready endpoints).
@@ -196,6 +197,36 @@ async fn follow(
     end
 }
 
+/// Waits until each of `replicas` replicas has made `passes` more balancing
+/// passes: each pass reports the replica's streams to the store, as
+/// `streams:reported_ms` under its name (`share_load.lua`).
+async fn balancing_passes(redis_url: &str, prefix: &str, replicas: usize, passes: usize) {
+    let mut conn = redis::Client::open(redis_url)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let key = format!("{prefix}:instances");
+    // Each replica: its last report, and how many reports since the first.
+    let mut seen: std::collections::HashMap<String, (String, usize)> = Default::default();
+    until("balancing passes", Duration::from_secs(60), || {
+        let reports: std::collections::HashMap<String, String> =
+            redis::cmd("HGETALL").arg(&key).query(&mut conn).unwrap();
+        for (replica, report) in reports {
+            let (last, since) = seen.entry(replica).or_insert((report.clone(), 0));
+            if *last != report {
+                (*last, *since) = (report, *since + 1);
+            }
+        }
+        let done = seen.len() >= replicas && seen.values().all(|(_, since)| *since >= passes);
+        std::future::ready(if done {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        })
+    })
+    .await;
+}
+
 /// Open watchers on each replica, from its `/metrics`.
 async fn loads(replicas: &[&Service]) -> Vec<u64> {
     let mut loads = Vec::new();
@@ -204,6 +235,19 @@ async fn loads(replicas: &[&Service]) -> Vec<u64> {
         loads.push(open.unwrap_or(0.0) as u64);
     }
     loads
+}
+
+/// Waits until all `watchers` streams have had their first place.
+async fn everyone_watching(tally: &Tally, watchers: usize) {
+    until("everyone watching", Duration::from_secs(60), || {
+        let watching = tally.watching.load(Ordering::Relaxed);
+        std::future::ready(if watching >= watchers {
+            Ok(())
+        } else {
+            Err(format!("only {watching} of {watchers} watching"))
+        })
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,15 +300,7 @@ async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
             stop.clone(),
         )));
     }
-    let started = Instant::now();
-    while tally.watching.load(Ordering::Relaxed) < watchers {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "only {} of {watchers} watching",
-            tally.watching.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    everyone_watching(&tally, watchers).await;
     assert_eq!(loads(&[&one]).await, vec![watchers as u64]);
 
     // Two more replicas become ready and join the Service.
@@ -274,23 +310,26 @@ async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
     service.add(three.addr);
     let scaled = Instant::now();
     let third = watchers as f64 / 3.0;
-    let mut seen = Vec::new();
-    let balanced = loop {
+    // Each new figure, when it was seen (ms from the scaling).
+    let seen = Mutex::new(Vec::<(u128, Vec<u64>)>::new());
+    let balanced = until("balanced", Duration::from_secs(300), || async {
         let now = loads(&[&one, &two, &three]).await;
-        seen.push((scaled.elapsed().as_millis(), now.clone()));
+        let mut seen = seen.lock().unwrap();
+        if seen.last().map(|(_, last)| last) != Some(&now) {
+            seen.push((scaled.elapsed().as_millis(), now.clone()));
+        }
         if now
             .iter()
             .all(|&n| (n as f64 - third).abs() <= third * 0.15)
             && now.iter().sum::<u64>() == watchers as u64
         {
-            break scaled.elapsed();
+            Ok(scaled.elapsed())
+        } else {
+            Err(format!("{seen:?}"))
         }
-        assert!(
-            scaled.elapsed() < Duration::from_secs(300),
-            "not balanced after 300 s: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    })
+    .await;
+    let seen = seen.into_inner().unwrap();
     let moved = tally.moved.load(Ordering::Relaxed);
     println!(
         "{watchers} watchers on {clients} connections, balancing every {interval} by at most {step}: from one replica to three, each within 15% of a third after {:.1} s; {moved} streams told to reconnect, {} openings refused by a connection going away (retried); loads over time (ms, per replica): {seen:?}",
@@ -299,9 +338,9 @@ async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
     );
 
     // Quiet once balanced: nobody keeps being moved.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    balancing_passes(&redis.url(), "rebalance", 3, 3).await;
     let settled = tally.moved.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    balancing_passes(&redis.url(), "rebalance", 3, 3).await;
     let later = tally.moved.load(Ordering::Relaxed);
     stop.cancel();
     for task in tasks {
@@ -428,17 +467,10 @@ async fn evenly_loaded_replicas_move_nobody_while_a_crowd_opens_its_pages() {
             stop.clone(),
         )));
     }
-    while tally.watching.load(Ordering::Relaxed) < watchers {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "only {} of {watchers} watching",
-            tally.watching.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    everyone_watching(&tally, watchers).await;
     let opened = started.elapsed();
-    // Several balancing intervals with everyone watching.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Several balancing passes of every replica with everyone watching.
+    balancing_passes(&redis.url(), "even", replicas, 3).await;
     let all: Vec<&Service> = services.iter().collect();
     let held = loads(&all).await;
     stop.cancel();

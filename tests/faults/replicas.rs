@@ -4,13 +4,14 @@
 //! admitted twice, nothing acknowledged is lost, and what online
 //! verification accepts never exceeds `max_active`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use waitroom::pb::{self, Verdict};
 use waitroom::testkit::{RedisCluster, RedisServer};
 
 use crate::ledger;
 use crate::service::{Service, queue, scratch, within};
+use crate::wait::wait_until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_batch_admits_nobody_twice_and_loses_nothing() {
@@ -178,18 +179,13 @@ async fn a_cluster_master_failed_over_under_traffic_loses_nothing() {
                 .arg("FAILOVER")
                 .query(&mut conn)
                 .unwrap();
-            let started = Instant::now();
-            loop {
+            wait_until("the failover", Duration::from_secs(10), || {
                 let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut conn).unwrap();
-                if matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
-                    break;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "the failover never happened"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+                std::future::ready(
+                    matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master"),
+                )
+            })
+            .await;
         },
     )
     .await;

@@ -16,6 +16,7 @@ use crate::failover::{
 };
 use crate::ledger;
 use crate::service::{Service, queue, scratch};
+use crate::wait::{until, wait_until};
 
 const MASTER: &str = "sale-redis";
 
@@ -80,19 +81,18 @@ impl Sentinel {
 
     /// Waits until it knows a replica it could promote.
     async fn wait_for_replica(&self) {
-        let started = Instant::now();
-        loop {
-            if let Ok(redis::Value::Array(replicas)) = self.ask(&["SENTINEL", "REPLICAS", MASTER])
-                && !replicas.is_empty()
-            {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the Sentinel never saw the replica"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until(
+            "the Sentinel sees the replica",
+            Duration::from_secs(30),
+            || {
+                let seen = matches!(
+                    self.ask(&["SENTINEL", "REPLICAS", MASTER]),
+                    Ok(redis::Value::Array(replicas)) if !replicas.is_empty()
+                );
+                std::future::ready(seen)
+            },
+        )
+        .await;
     }
 }
 
@@ -162,14 +162,10 @@ async fn setup(name: &str) -> (RedisServer, RedisServer, Sentinel, Service) {
         &["--replicaof", "127.0.0.1", &master_port],
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let started = Instant::now();
-    while !replica_link_up(&replica) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "replication never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("replication started", Duration::from_secs(10), || {
+        std::future::ready(replica_link_up(&replica))
+    })
+    .await;
     let dir = scratch(name);
     let sentinel = Sentinel::start(master.port, &dir);
     sentinel.wait_for_replica().await;
@@ -220,24 +216,26 @@ async fn a_planned_sentinel_failover_under_traffic_loses_nothing() {
         sentinel
             .ask(&["SENTINEL", "FAILOVER", MASTER])
             .expect("SENTINEL FAILOVER");
-        let started = Instant::now();
-        while sentinel.master_port() != Some(new_port) {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "no failover: the Sentinel names {:?}, the old master is a replica: {}",
-                sentinel.master_port(),
-                is_replica(&master)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until("a failover", Duration::from_secs(20), || {
+            std::future::ready(if sentinel.master_port() == Some(new_port) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the Sentinel names {:?}, the old master is a replica: {}",
+                    sentinel.master_port(),
+                    is_replica(&master)
+                ))
+            })
+        })
+        .await;
         // Writes held meanwhile find the replica gone and are refused;
         // then the Sentinel (its commands held by the pause too) demotes
         // the old master.
         cmd(&master, &["CLIENT", "UNPAUSE"]);
-        while !is_replica(&master) {
-            assert!(started.elapsed() < Duration::from_secs(30), "never demoted");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until("the old master demoted", Duration::from_secs(30), || {
+            std::future::ready(is_replica(&master))
+        })
+        .await;
         let took = until_joins_resume(&service, &ledger, Duration::from_secs(10), || {
             servers(&sentinel, &[&master, &replica])
         })

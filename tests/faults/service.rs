@@ -127,17 +127,17 @@ impl Service {
 
     pub async fn wait_until(&self, status: ServingStatus, limit: Duration) -> Duration {
         let started = Instant::now();
-        loop {
-            if self.readiness().await == Some(status) {
-                return started.elapsed();
+        crate::wait::until("the readiness wanted", limit, || async {
+            match self.readiness().await {
+                Some(now) if now == status => Ok(()),
+                now => Err(format!(
+                    "{now:?}, not {status:?} (log: {})",
+                    self.log.display()
+                )),
             }
-            assert!(
-                started.elapsed() < limit,
-                "readiness never became {status:?} (log: {})",
-                self.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        started.elapsed()
     }
 
     pub async fn create_queue(&self, queue: pb::Queue) {

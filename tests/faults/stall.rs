@@ -12,6 +12,7 @@ use waitroom::testkit::RedisServer;
 
 use crate::ledger::{self, Outcome};
 use crate::service::{REDIS_TIMEOUT, Service, queue, scratch, within};
+use crate::wait::every;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_is_answered_in_time_and_little_runs_after_callers_were_told() {
@@ -32,7 +33,9 @@ async fn a_stalled_redis_is_answered_in_time_and_little_runs_after_callers_were_
             tokio::spawn(async move {
                 let mut calls = Vec::new();
                 let mut n = 0;
+                let mut beat = every(Duration::from_millis(25));
                 while started.elapsed() < run {
+                    beat.tick().await;
                     let (mut client, ledger) = (client.clone(), ledger.clone());
                     let user = format!("c{c}-{n}");
                     calls.push(tokio::spawn(async move {
@@ -40,7 +43,6 @@ async fn a_stalled_redis_is_answered_in_time_and_little_runs_after_callers_were_
                             .await
                     }));
                     n += 1;
-                    tokio::time::sleep(Duration::from_millis(25)).await;
                 }
                 for call in calls {
                     call.await.unwrap();
@@ -52,9 +54,10 @@ async fn a_stalled_redis_is_answered_in_time_and_little_runs_after_callers_were_
     redis.pause().unwrap();
     let paused_at = Instant::now();
     let mut went_unready = false;
+    let mut beat = every(Duration::from_millis(100));
     while paused_at.elapsed() < Duration::from_secs(2) * scale as u32 {
+        beat.tick().await;
         went_unready |= service.readiness().await == Some(ServingStatus::NotServing);
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     redis.resume().unwrap();
     let back = service
