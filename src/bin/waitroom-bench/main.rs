@@ -8,6 +8,7 @@
 
 mod admit;
 mod bff;
+mod ceiling;
 mod draw;
 mod harness;
 mod load;
@@ -34,6 +35,9 @@ enum Scenario {
     Draw(draw::Args),
     /// Enqueue throughput and latency against a trivial RPC and redis-benchmark.
     Enqueue(rpc::Args),
+    /// One queue's ceiling: joins a second one Redis core takes, the script
+    /// alone and through the service.
+    Ceiling(ceiling::Args),
     /// GetRank throughput and latency against a trivial RPC.
     GetRank(rpc::Args),
     /// Many open WatchRank streams: memory per stream, Redis load, admission delivery.
@@ -54,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Admit(args) => admit::run(args).await,
         Scenario::Draw(args) => draw::run(args).await,
         Scenario::Enqueue(args) => rpc::run(rpc::Rpc::Enqueue, args).await,
+        Scenario::Ceiling(args) => ceiling::run(args).await,
         Scenario::GetRank(args) => rpc::run(rpc::Rpc::GetRank, args).await,
         Scenario::Watch(args) => watch::run(args).await,
         Scenario::Mixed(args) => mixed::run(args).await,

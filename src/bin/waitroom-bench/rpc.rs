@@ -3,7 +3,8 @@
 //! service's own gRPC stack and layers) and a bare tonic server with no
 //! layers at all (a health handler in this process), so the cost of the
 //! service's own layers shows. `get-rank` polls a crowd of distinct users
-//! (100,000 by default) who all polled once before the measurement. For
+//! (100,000 by default) who all polled once before the measurement, in
+//! random order. For
 //! `enqueue`, also the enqueue script alone under `redis-benchmark`, and the
 //! latency at half the maximum throughput.
 
@@ -36,7 +37,7 @@ pub struct Args {
     seconds: u64,
     #[arg(long, value_enum, default_value_t = Store::Redis)]
     store: Store,
-    /// `get-rank`: distinct users in line, each polling in turn.
+    /// `get-rank`: distinct users in line, polling in random order.
     #[arg(long, default_value_t = 100_000)]
     pollers: u64,
     /// The queue's heartbeat timeout. A poll is answered from the instance's
@@ -327,7 +328,7 @@ async fn run_rpc(
                 Rpc::GetRank => client
                     .get_rank(pb::GetRankRequest {
                         queue_id: "bench".into(),
-                        user_id: format!("p{}", (c as u64 * 7919 + n * 104_729) % pollers),
+                        user_id: format!("p{}", poller(round, c, n) % pollers),
                         receipt: String::new(),
                     })
                     .await
@@ -336,6 +337,17 @@ async fn run_rpc(
         }
     })
     .await
+}
+
+/// The poller of a client's `n`th call: a crowd's polls come in no order
+/// (splitmix64 of the call), so neither the line's index nor the map of
+/// pollers is read in turn, which would keep the next ones in cache.
+fn poller(round: u64, client: usize, n: u64) -> u64 {
+    let mut z = round ^ ((client as u64) << 40) ^ n;
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Distinct user ids per measurement, so enqueues are new users.

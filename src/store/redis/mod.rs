@@ -169,6 +169,13 @@ impl RedisStore {
         lua::with_prelude_source(body)
     }
 
+    /// The source of the script the service enqueues with, for the
+    /// benchmark that drives it on its own.
+    #[cfg(feature = "testkit")]
+    pub fn enqueue_many_source() -> String {
+        lua::enqueue_many_source()
+    }
+
     #[cfg(feature = "testkit")]
     pub fn queue_keys(&self, queue: &QueueId) -> [String; 16] {
         self.keys(queue)
