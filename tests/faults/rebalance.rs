@@ -309,6 +309,10 @@ async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
     service.add(two.addr);
     service.add(three.addr);
     let scaled = Instant::now();
+    // Balanced as the balancer means it: no replica above its share by more
+    // than the tolerance (or 20 streams); the one below holds the rest, so
+    // at least 1 - 2 x the tolerance of a third.
+    const TOLERANCE: f64 = 0.1;
     let third = watchers as f64 / 3.0;
     // Each new figure, when it was seen (ms from the scaling).
     let seen = Mutex::new(Vec::<(u128, Vec<u64>)>::new());
@@ -320,7 +324,7 @@ async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
         }
         if now
             .iter()
-            .all(|&n| (n as f64 - third).abs() <= third * 0.15)
+            .all(|&n| n as f64 <= third * (1.0 + TOLERANCE) + 20.0)
             && now.iter().sum::<u64>() == watchers as u64
         {
             Ok(scaled.elapsed())
@@ -332,7 +336,7 @@ async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
     let seen = seen.into_inner().unwrap();
     let moved = tally.moved.load(Ordering::Relaxed);
     println!(
-        "{watchers} watchers on {clients} connections, balancing every {interval} by at most {step}: from one replica to three, each within 15% of a third after {:.1} s; {moved} streams told to reconnect, {} openings refused by a connection going away (retried); loads over time (ms, per replica): {seen:?}",
+        "{watchers} watchers on {clients} connections, balancing every {interval} by at most {step}: from one replica to three, none more than 10% above a third after {:.1} s; {moved} streams told to reconnect, {} openings refused by a connection going away (retried); loads over time (ms, per replica): {seen:?}",
         balanced.as_secs_f64(),
         tally.refused.load(Ordering::Relaxed),
     );
