@@ -5,6 +5,11 @@
 //! ```sh
 //! cargo run --release --features testkit --bin waitroom-bench -- admit
 //! ```
+//!
+//! Layout: a file per scenario (`admit`, `bff`, `ceiling`, `draw`,
+//! `mixed`, `rpc` for `enqueue` and `get-rank`, `soak`, `unread`,
+//! `watch`); `harness.rs` the service under test in a process of its own,
+//! `load.rs` the load, its latencies and the Redis counters.
 
 mod admit;
 mod bff;

@@ -20,6 +20,10 @@
 //! exists); 5 unavailable (unreachable, or its store is down); 6 not
 //! authenticated or not permitted; 7 a token that is not valid, or a
 //! service that is not serving.
+//!
+//! Layout: this file holds the command line (its flags, help and exit
+//! codes); `commands.rs` what each command does, `output.rs` answers as
+//! tables or JSON, `top.rs` the live view of every queue.
 
 mod commands;
 mod output;
