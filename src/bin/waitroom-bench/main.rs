@@ -7,8 +7,8 @@
 //! ```
 //!
 //! Layout: a file per scenario (`admit`, `bff`, `ceiling`, `draw`,
-//! `mixed`, `rpc` for `enqueue` and `get-rank`, `soak`, `unread`,
-//! `watch`); `harness.rs` the service under test in a process of its own,
+//! `mixed`, `positions`, `rpc` for `enqueue` and `get-rank`, `soak`,
+//! `unread`, `watch`); `harness.rs` the service under test in a process of its own,
 //! `load.rs` the load, its latencies and the Redis counters.
 
 mod admit;
@@ -18,6 +18,7 @@ mod draw;
 mod harness;
 mod load;
 mod mixed;
+mod positions;
 mod rpc;
 mod soak;
 mod unread;
@@ -43,6 +44,9 @@ enum Scenario {
     /// One queue's ceiling: joins a second one Redis core takes, the script
     /// alone and through the service.
     Ceiling(ceiling::Args),
+    /// Shown positions against an exact count, watchers following their
+    /// places while joins, leaves and admissions run.
+    Positions(positions::Args),
     /// GetRank throughput and latency against a trivial RPC.
     GetRank(rpc::Args),
     /// Many open WatchRank streams: memory per stream, Redis load, admission delivery.
@@ -64,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Draw(args) => draw::run(args).await,
         Scenario::Enqueue(args) => rpc::run(rpc::Rpc::Enqueue, args).await,
         Scenario::Ceiling(args) => ceiling::run(args).await,
+        Scenario::Positions(args) => positions::run(args).await,
         Scenario::GetRank(args) => rpc::run(rpc::Rpc::GetRank, args).await,
         Scenario::Watch(args) => watch::run(args).await,
         Scenario::Mixed(args) => mixed::run(args).await,
