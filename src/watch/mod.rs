@@ -615,6 +615,38 @@ mod tests {
         (clock, hub)
     }
 
+    /// One ahead leaves and one joins behind in the same refresh: the line
+    /// keeps its length and the estimate stays, but the position moved.
+    #[tokio::test(start_paused = true)]
+    async fn a_position_that_moves_while_the_line_keeps_its_length_is_sent() {
+        let (store, queue) = empty_queue().await;
+        let ahead = UserId::parse("ahead").unwrap();
+        store.enqueue(&queue, &ahead, 0).await.unwrap();
+        let user = UserId::parse("w").unwrap();
+        let first = store.enqueue(&queue, &user, 0).await.unwrap();
+        let hub = idle_hub(Arc::clone(&store) as Arc<dyn QueueStore>);
+        let mut stream = hub.watch(
+            hub.reserve_stream(1).unwrap(),
+            queue.clone(),
+            user,
+            first,
+            None,
+        );
+        let position = |place: Place| match place.state {
+            PlaceState::Waiting { position } => (position, place.waiting_count),
+            _ => (0, 0),
+        };
+        assert_eq!(position(stream.next().await.unwrap().unwrap()), (2, 2));
+        assert!(store.leave(&queue, &ahead, 0).await.unwrap());
+        let late = UserId::parse("late").unwrap();
+        store.enqueue(&queue, &late, 0).await.unwrap();
+        refreshed(&hub, &queue).await;
+        let moved = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the new position was never sent");
+        assert_eq!(position(moved.unwrap().unwrap()), (1, 2));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn after_a_quiet_spell_a_crowd_s_new_positions_go_out_at_their_own_moments() {
         let (store, queue) = empty_queue().await;

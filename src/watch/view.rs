@@ -98,10 +98,21 @@ impl View {
         matches!(self.state, Shown::Waiting { .. })
     }
 
+    /// Anything the user sees. The position is compared on its own: with
+    /// one ahead gone and one more behind, the line keeps its length and
+    /// the estimate can stay while the position moves.
     pub(super) fn differs_from(&self, last: &View) -> bool {
         self.state_differs_from(last)
+            || self.position() != last.position()
             || self.waiting_count != last.waiting_count
             || self.estimated_wait != last.estimated_wait
+    }
+
+    fn position(&self) -> Option<u64> {
+        match self.state {
+            Shown::Waiting { position } => Some(position),
+            _ => None,
+        }
     }
 
     /// A change of state: admitted, closed, a mode, a notice or closing
