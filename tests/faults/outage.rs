@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use tokio_stream::StreamExt;
+use waitroom::domain::{Clock, SystemClock};
 use waitroom::pb;
 use waitroom::testkit::{RedisServer, free_port};
 
@@ -130,13 +131,6 @@ async fn until_reaped_at(redis_url: &str, prefix: &str, at_ms: u64) {
     .await;
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 async fn positions(service: &Service) -> Vec<(String, u64)> {
     let mut client = service.client();
     let mut all = Vec::new();
@@ -244,7 +238,7 @@ async fn nobody_whose_page_stayed_open_is_released(fault: Fault, lead_ms: u64, n
     until_reaped_at(
         &redis.url(),
         name,
-        now_ms() + HEARTBEAT.as_millis() as u64 * 2,
+        SystemClock.now_ms() + HEARTBEAT.as_millis() as u64 * 2,
     )
     .await;
     // Read while the pages are still open: a page closed is silent, and

@@ -312,7 +312,7 @@ async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
     // Balanced as the balancer means it: no replica above its share by more
     // than the tolerance (or 20 streams); the one below holds the rest, so
     // at least 1 - 2 x the tolerance of a third.
-    const TOLERANCE: f64 = 0.1;
+    let tolerance = waitroom::config::Config::defaults().balance_tolerance;
     let third = watchers as f64 / 3.0;
     // Each new figure, when it was seen (ms from the scaling).
     let seen = Mutex::new(Vec::<(u128, Vec<u64>)>::new());
@@ -324,7 +324,7 @@ async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
         }
         if now
             .iter()
-            .all(|&n| n as f64 <= third * (1.0 + TOLERANCE) + 20.0)
+            .all(|&n| n as f64 <= third * (1.0 + tolerance) + 20.0)
             && now.iter().sum::<u64>() == watchers as u64
         {
             Ok(scaled.elapsed())
@@ -336,7 +336,8 @@ async fn watchers_spread_over_replicas_started_later_and_keep_their_places() {
     let seen = seen.into_inner().unwrap();
     let moved = tally.moved.load(Ordering::Relaxed);
     println!(
-        "{watchers} watchers on {clients} connections, balancing every {interval} by at most {step}: from one replica to three, none more than 10% above a third after {:.1} s; {moved} streams told to reconnect, {} openings refused by a connection going away (retried); loads over time (ms, per replica): {seen:?}",
+        "{watchers} watchers on {clients} connections, balancing every {interval} by at most {step}: from one replica to three, none more than {:.0}% above a third after {:.1} s; {moved} streams told to reconnect, {} openings refused by a connection going away (retried); loads over time (ms, per replica): {seen:?}",
+        tolerance * 100.0,
         balanced.as_secs_f64(),
         tally.refused.load(Ordering::Relaxed),
     );

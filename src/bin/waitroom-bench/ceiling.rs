@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use waitroom::domain::{QueueConfig, QueueId};
+use waitroom::domain::{Clock, QueueConfig, QueueId, SystemClock};
 use waitroom::pb;
 use waitroom::pb::queue_service_client::QueueServiceClient;
-use waitroom::store::{QueueStore, RedisOptions, RedisStore};
+use waitroom::store::{QueueStore, RedisStore};
 use waitroom::testkit::RedisServer;
 
 use crate::harness::{Service, Store};
@@ -90,16 +90,7 @@ impl RedisShare {
 async fn script_alone(args: &Args) -> anyhow::Result<()> {
     let redis = RedisServer::start().map_err(anyhow::Error::msg)?;
     let url = redis.url();
-    let store = RedisStore::connect(&RedisOptions {
-        url: url.clone(),
-        password: None,
-        cluster: false,
-        prefix: "wr".into(),
-        timeout: Duration::from_secs(5),
-        sentinel_master: None,
-        sentinel_password: None,
-    })
-    .await?;
+    let store = crate::harness::redis_store(&url).await?;
     let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
@@ -111,7 +102,7 @@ async fn script_alone(args: &Args) -> anyhow::Result<()> {
     for &batch in &args.batches {
         let queue = QueueId::parse(&format!("ceiling-{batch}")).map_err(anyhow::Error::msg)?;
         let mut config = QueueConfig::new(queue.clone());
-        config.created_at_ms = now_ms();
+        config.created_at_ms = SystemClock.now_ms();
         store.create_queue(&config).await?;
         let call = Arc::new(ScriptCall {
             sha: sha.clone(),
@@ -139,7 +130,7 @@ async fn script_alone(args: &Args) -> anyhow::Result<()> {
                     let (call, joined, url) = (Arc::clone(call), Arc::clone(&joined), url.clone());
                     std::thread::spawn(move || -> anyhow::Result<()> {
                         let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
-                        let tag = format!("c{c}-{}", now_ms());
+                        let tag = format!("c{c}-{}", SystemClock.now_ms());
                         let mut round = 0;
                         while Instant::now() < deadline {
                             call.pipelined(&mut conn, &tag, round * depth, depth, batch)?;
@@ -184,7 +175,7 @@ impl ScriptCall {
         calls: usize,
         batch: usize,
     ) -> anyhow::Result<()> {
-        let now = now_ms().to_string();
+        let now = SystemClock.now_ms().to_string();
         let mut pipe = redis::pipe();
         for call in first..first + calls {
             let command = pipe
@@ -264,11 +255,4 @@ async fn through_the_service(args: &Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -11,6 +11,7 @@ use clap::ValueEnum;
 use tonic::transport::Channel;
 use waitroom::pb::queue_admin_service_client::QueueAdminServiceClient;
 use waitroom::pb::queue_service_client::QueueServiceClient;
+use waitroom::store::{RedisOptions, RedisStore};
 use waitroom::testkit::{RedisServer, free_port};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -227,6 +228,21 @@ where
         task.await??;
     }
     Ok(())
+}
+
+/// A store on the Redis at `url` under the service's own key prefix, for
+/// scenarios that drive its scripts beside the service.
+pub async fn redis_store(url: &str) -> anyhow::Result<RedisStore> {
+    Ok(RedisStore::connect(&RedisOptions {
+        url: url.to_owned(),
+        password: None,
+        cluster: false,
+        prefix: "wr".into(),
+        timeout: Duration::from_secs(5),
+        sentinel_master: None,
+        sentinel_password: None,
+    })
+    .await?)
 }
 
 /// Enqueues `count` users of `queue`, the `n`th named `user(n)`, from

@@ -51,6 +51,16 @@ impl Measured {
     }
 }
 
+/// A number of no order for a client's `n`th call in `round` (splitmix64),
+/// to pick users at random without a generator shared by the clients.
+pub fn scatter(round: u64, client: usize, n: u64) -> u64 {
+    let mut z = round ^ ((client as u64) << 40) ^ n;
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }

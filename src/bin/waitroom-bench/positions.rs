@@ -14,7 +14,10 @@ use tokio_stream::StreamExt;
 use waitroom::pb;
 use waitroom::pb::queue_service_client::QueueServiceClient;
 
-use crate::harness::{Service, Store, enqueue_users};
+use tonic::transport::Channel;
+
+use crate::harness::enqueue_users;
+use crate::load::{self, Measured};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,6 +39,10 @@ pub struct Args {
     /// The service's --position-pace.
     #[arg(long, default_value = "1s")]
     pace: String,
+    /// The service's --position-budget (position messages a second over
+    /// all streams; 0: none).
+    #[arg(long, default_value_t = 50_000)]
+    budget: u64,
     /// How long the positions settle after the churn, before the count.
     #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
     settle: Duration,
@@ -68,28 +75,12 @@ fn clock_ms() -> u64 {
 
 const QUEUE: &str = "positions";
 
-/// The first refusal of a join, to name it beside the count.
-static FIRST_JOIN_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
 fn watcher(w: usize) -> String {
     format!("w{w:07}")
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let service = Service::start(
-        Store::Redis,
-        &[
-            "--max-streams",
-            "1000000",
-            "--max-calls",
-            "1000000",
-            "--position-pace",
-            &args.pace,
-            "--balance-interval",
-            "0s",
-        ],
-    )
-    .await?;
+    let service = crate::watch::start(&args.pace, args.budget).await?;
     service
         .create_queue(pb::Queue {
             id: QUEUE.into(),
@@ -129,6 +120,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         admissions(&channels, args.admissions, churn),
         leaves(&channels, &shown, args.leaves, churn),
     );
+    let (joined, join_errors, admitted, left) =
+        (joined.calls, joined.errors, admitted.calls, left.calls);
     let churned_at = clock_ms();
     tokio::time::sleep(args.settle).await;
 
@@ -191,11 +184,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("streams opened in  {:.1} s", opened.as_secs_f64());
     println!(
-        "churn              {joined} joined behind, {admitted} admitted, {left} watchers left"
+        "churn              {joined} joined behind ({join_errors} refused), {admitted} admitted, {left} watchers left"
     );
-    if let Some(error) = FIRST_JOIN_ERROR.lock().ok().and_then(|e| e.clone()) {
-        println!("a join refused     {error}");
-    }
     println!(
         "shown vs exact     {checked} watchers checked: {wrong} positions wrong (largest gap {worst}), {unshown} admissions not shown, {ended} streams ended otherwise"
     );
@@ -255,126 +245,79 @@ async fn follow(
     me.opened.store(true, Ordering::Relaxed);
 }
 
-/// `per_second` spread over ticks of 10 ms for `lasting`; the count done.
-async fn ticks<F, Fut>(per_second: u32, lasting: Duration, mut tick: F) -> u64
-where
-    F: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = u64>,
-{
-    if per_second == 0 {
-        return 0;
-    }
-    let started = Instant::now();
-    let mut beat = tokio::time::interval(Duration::from_millis(10));
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut done = 0;
-    while started.elapsed() < lasting {
-        beat.tick().await;
-        // As many as are due by now.
-        let due = (started.elapsed().as_secs_f64() * f64::from(per_second)) as u64;
-        if due > done {
-            done += tick(due - done).await;
-        }
-    }
-    done
-}
-
-async fn joins(
-    channels: &Arc<Vec<tonic::transport::Channel>>,
-    per_second: u32,
-    lasting: Duration,
-) -> u64 {
-    let mut next = 0u64;
-    ticks(per_second, lasting, |count| {
-        let calls: Vec<_> = (0..count)
-            .map(|i| {
-                let mut client =
-                    QueueServiceClient::new(channels[(next + i) as usize % channels.len()].clone());
-                let user = format!("j{}", next + i);
-                tokio::spawn(async move {
-                    client
-                        .enqueue(pb::EnqueueRequest {
-                            queue_id: QUEUE.into(),
-                            user_id: user,
-                            receipt: String::new(),
-                        })
-                        .await
-                        .map_err(|status| {
-                            if let Ok(mut first) = FIRST_JOIN_ERROR.lock() {
-                                first.get_or_insert_with(|| format!("{status:?}"));
-                            }
-                        })
-                        .is_ok()
-                })
-            })
-            .collect();
-        next += count;
+/// Newcomers at `per_second` for `lasting`, behind everyone.
+async fn joins(channels: &Arc<Vec<Channel>>, per_second: u32, lasting: Duration) -> Measured {
+    let channels = Arc::clone(channels);
+    paced(64, per_second, lasting, move |c, n| {
+        let mut client = QueueServiceClient::new(channels[c % channels.len()].clone());
         async move {
-            let mut done = 0;
-            for call in calls {
-                done += u64::from(call.await.unwrap_or(false));
-            }
-            done
+            client
+                .enqueue(pb::EnqueueRequest {
+                    queue_id: QUEUE.into(),
+                    user_id: format!("j{c}-{n}"),
+                    receipt: String::new(),
+                })
+                .await
+                .is_ok()
         }
     })
     .await
 }
 
-async fn admissions(
-    channels: &Arc<Vec<tonic::transport::Channel>>,
-    per_second: u32,
-    lasting: Duration,
-) -> u64 {
-    let client = QueueServiceClient::new(channels[0].clone());
-    ticks(per_second, lasting, |count| {
-        let mut client = client.clone();
+/// One admission at a time at `per_second`; a call counts when it admitted
+/// someone.
+async fn admissions(channels: &Arc<Vec<Channel>>, per_second: u32, lasting: Duration) -> Measured {
+    let channels = Arc::clone(channels);
+    paced(16, per_second, lasting, move |c, _| {
+        let mut client = QueueServiceClient::new(channels[c % channels.len()].clone());
         async move {
             client
                 .admit_batch(pb::AdmitBatchRequest {
                     queue_id: QUEUE.into(),
-                    max_count: count as u32,
+                    max_count: 1,
                     request_id: String::new(),
                 })
                 .await
-                .map_or(0, |r| r.into_inner().admitted.len() as u64)
+                .is_ok_and(|r| !r.into_inner().admitted.is_empty())
         }
     })
     .await
 }
 
+/// Watchers anywhere in line leaving at `per_second`, marked as left
+/// before they go.
 async fn leaves(
-    channels: &Arc<Vec<tonic::transport::Channel>>,
+    channels: &Arc<Vec<Channel>>,
     shown: &Arc<Vec<Shown>>,
     per_second: u32,
     lasting: Duration,
-) -> u64 {
-    let client = QueueServiceClient::new(channels[1 % channels.len()].clone());
-    let mut pick = 0x2545_f491_4f6c_dd1d_u64;
-    ticks(per_second, lasting, |count| {
-        let mut chosen = Vec::new();
-        for _ in 0..count {
-            // xorshift: watchers anywhere in line.
-            pick ^= pick << 13;
-            pick ^= pick >> 7;
-            pick ^= pick << 17;
-            let w = (pick % shown.len() as u64) as usize;
-            shown[w].left.store(true, Ordering::Relaxed);
-            chosen.push(w);
-        }
-        let mut client = client.clone();
+) -> Measured {
+    let (channels, shown) = (Arc::clone(channels), Arc::clone(shown));
+    paced(4, per_second, lasting, move |c, n| {
+        let mut client = QueueServiceClient::new(channels[c % channels.len()].clone());
+        let w = (load::scatter(0, c, n) % shown.len() as u64) as usize;
+        shown[w].left.store(true, Ordering::Relaxed);
         async move {
-            let mut left = 0;
-            for w in chosen {
-                let answer = client
-                    .leave(pb::LeaveRequest {
-                        queue_id: QUEUE.into(),
-                        user_id: watcher(w),
-                    })
-                    .await;
-                left += u64::from(answer.is_ok());
-            }
-            left
+            client
+                .leave(pb::LeaveRequest {
+                    queue_id: QUEUE.into(),
+                    user_id: watcher(w),
+                })
+                .await
+                .is_ok()
         }
     })
     .await
+}
+
+/// `call` at `per_second` for `lasting` from `clients` tasks; none for 0.
+async fn paced<F, Fut>(clients: usize, per_second: u32, lasting: Duration, call: F) -> Measured
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    if per_second == 0 {
+        return Measured::empty();
+    }
+    load::run(clients, lasting, Some(f64::from(per_second)), call).await
 }

@@ -18,7 +18,7 @@ use tonic_health::pb::health_client::HealthClient;
 use waitroom::domain::QueueId;
 use waitroom::pb;
 use waitroom::pb::queue_service_client::QueueServiceClient;
-use waitroom::store::{RedisOptions, RedisStore};
+use waitroom::store::RedisStore;
 
 use crate::harness::{Service, Store, enqueue_users, process_cpu_time};
 
@@ -328,7 +328,10 @@ async fn run_rpc(
                 Rpc::GetRank => client
                     .get_rank(pb::GetRankRequest {
                         queue_id: "bench".into(),
-                        user_id: format!("p{}", poller(round, c, n) % pollers),
+                        // A crowd's polls come in no order, so neither the line's
+                        // index nor the map of pollers is read in turn, which
+                        // would keep the next ones in cache.
+                        user_id: format!("p{}", load::scatter(round, c, n) % pollers),
                         receipt: String::new(),
                     })
                     .await
@@ -337,17 +340,6 @@ async fn run_rpc(
         }
     })
     .await
-}
-
-/// The poller of a client's `n`th call: a crowd's polls come in no order
-/// (splitmix64 of the call), so neither the line's index nor the map of
-/// pollers is read in turn, which would keep the next ones in cache.
-fn poller(round: u64, client: usize, n: u64) -> u64 {
-    let mut z = round ^ ((client as u64) << 40) ^ n;
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Distinct user ids per measurement, so enqueues are new users.
@@ -388,16 +380,7 @@ fn enqueue_command_line(
 
 /// The enqueue script alone, driven by `redis-benchmark` with random users.
 async fn redis_benchmark(url: &str, port: u16, clients: usize) -> anyhow::Result<f64> {
-    let store = RedisStore::connect(&RedisOptions {
-        url: url.to_owned(),
-        password: None,
-        cluster: false,
-        prefix: "wr".into(),
-        timeout: Duration::from_secs(5),
-        sentinel_master: None,
-        sentinel_password: None,
-    })
-    .await?;
+    let store = crate::harness::redis_store(url).await?;
     let queue = QueueId::parse("bench").map_err(anyhow::Error::msg)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

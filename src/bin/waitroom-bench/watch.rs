@@ -91,7 +91,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// The service for these scenarios: no limit on streams or calls, and
 /// position messages paced by `pace`.
-async fn start(pace: &str, budget: u64) -> anyhow::Result<Service> {
+/// The service for many streams, its positions paced at `pace` within
+/// `budget` messages a second.
+pub async fn start(pace: &str, budget: u64) -> anyhow::Result<Service> {
     Service::start(Store::Redis, &service_args(pace, &budget.to_string())).await
 }
 
