@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::WatchHub;
-use crate::domain::QueueId;
+use crate::domain::{Admitted, QueueId};
 
 /// What an instance last knew of a queue's line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +38,18 @@ impl WatchHub {
             line.top = line.top.max(top);
             line.at = Instant::now();
         }
+    }
+
+    /// Notes admissions made through this instance: the line's head is past
+    /// the highest ticket admitted from its front, at once, not at the next
+    /// refresh. A queue the store loses in between is re-made without
+    /// giving those places back.
+    pub(super) fn know_admitted(&self, queue: &QueueId, admitted: &[Admitted]) {
+        let Some(last) = admitted.iter().max_by_key(|a| a.admission.ticket) else {
+            return;
+        };
+        let (epoch_ms, ticket) = (last.admission.queue_epoch_ms, last.admission.ticket);
+        self.know_line(queue, epoch_ms, (ticket + 1, ticket));
     }
 
     /// The lines this instance knows, with whether it follows each now;

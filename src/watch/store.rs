@@ -235,6 +235,7 @@ crate::store::queue_store_over!(
         ) -> Result<Vec<Admitted>> {
             let admitted = self.inner.admit(queue, max_count, request, now_ms).await?;
             if !admitted.is_empty() {
+                self.hub.know_admitted(queue, &admitted);
                 self.hub.nudge(queue);
                 self.tell_others(queue);
             }
@@ -249,6 +250,7 @@ crate::store::queue_store_over!(
         ) -> Result<Vec<Admitted>> {
             let admitted = self.inner.admit_due(queue, max_count, now_ms).await?;
             if !admitted.is_empty() {
+                self.hub.know_admitted(queue, &admitted);
                 self.hub.nudge(queue);
                 self.tell_others(queue);
             }
@@ -410,6 +412,42 @@ mod tests {
         wrote("draw_step (the draw done)");
         store.delete_queue(&q).await.unwrap();
         wrote("delete_queue");
+    }
+
+    /// Admissions made here raise the head this instance knows at once: a
+    /// queue lost before the next refresh is re-made without giving the
+    /// admitted their places back.
+    #[tokio::test(start_paused = true)]
+    async fn admissions_made_here_raise_the_known_head_before_any_refresh() {
+        let (hub, store) = watched();
+        let q = QueueId::parse("q").unwrap();
+        store
+            .create_queue(&QueueConfig::new(q.clone()).created(1))
+            .await
+            .unwrap();
+        for user in ["a", "b", "c", "d"] {
+            store
+                .enqueue(&q, &UserId::parse(user).unwrap(), 10)
+                .await
+                .unwrap();
+        }
+        let admitted = store.admit(&q, 2, None, 20).await.unwrap();
+        let known = hub.known_line(&q).expect("the admission is known");
+        assert_eq!((known.epoch_ms, known.head), (1, 3));
+        assert_eq!(admitted[1].admission.ticket + 1, known.head);
+        store
+            .update_queue(
+                &q,
+                &QueueUpdate {
+                    admit_per_second: Some(100),
+                    ..Default::default()
+                },
+                30,
+            )
+            .await
+            .unwrap();
+        store.admit_due(&q, 1, 1_000).await.unwrap();
+        assert_eq!(hub.known_line(&q).map(|k| k.head), Some(4));
     }
 
     /// A stream's first place is a sign of life, not a poll: the hub does

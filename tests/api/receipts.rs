@@ -157,10 +157,13 @@ async fn a_lapsed_receipt_is_refused_when_it_is_needed_and_a_key_no_longer_held_
     for status in [
         rank_with(&app, "r", "alice", &alice).await.unwrap_err(),
         enqueue_with(&app, "r", "alice", &alice).await.unwrap_err(),
+        watch_with(&app, "r", "alice", &alice).await.unwrap_err(),
     ] {
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(bad_field(&status), "receipt", "{status:?}");
         assert!(status.message().contains("lapsed"), "{status:?}");
     }
+    assert_eq!(app.stats("r").await.waiting_count, 0);
     // Without it she joins again, at the back.
     assert_eq!(enqueue(&mut client, "r", "alice").await.ticket, 2);
     // A replica signing with another key sets her receipt aside: the call
@@ -282,6 +285,7 @@ async fn after_redis_comes_back_empty_the_line_re_forms_in_its_old_order() {
     two.refreshed("sale").await;
     two.refreshed("undeclared").await;
 
+    let remade_before = waitroom::telemetry::metrics::metrics().queues_remade.get();
     redis.stop();
     // An outage both replicas saw.
     for app in [&one, &two] {
@@ -310,6 +314,9 @@ async fn after_redis_comes_back_empty_the_line_re_forms_in_its_old_order() {
     })
     .await;
     let remade_after = back.elapsed();
+    // Counted once, by whichever replica re-made it (other tests in this
+    // process may re-make queues of their own meanwhile).
+    assert!(waitroom::telemetry::metrics::metrics().queues_remade.get() > remade_before);
 
     // The visitors come back in random order, each with the receipt of
     // their last place, through either replica.
