@@ -205,3 +205,65 @@ fn address(text: &str) -> Option<IpAddr> {
     }
     text.rsplit_once(':')?.0.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxies(cidrs: &[&str]) -> TrustedProxies {
+        TrustedProxies::parse(&cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_peer_outside_the_trusted_list_is_the_client_whatever_it_forwards() {
+        let trusted = proxies(&["10.0.0.0/8"]);
+        let forged = headers(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=5.6.7.8")]);
+        assert_eq!(
+            trusted.client(ip("192.168.1.9"), &forged),
+            ip("192.168.1.9")
+        );
+        assert_eq!(proxies(&[]).client(ip("10.1.1.1"), &forged), ip("10.1.1.1"));
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_hop_is_the_client() {
+        let trusted = proxies(&["10.0.0.0/8", "2001:db8::/32"]);
+        // The left end is whatever the client wrote: never believed past
+        // an untrusted hop.
+        let chain = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.7")]);
+        assert_eq!(trusted.client(ip("10.0.0.1"), &chain), ip("1.2.3.4"));
+        let forwarded = headers(&[(
+            "forwarded",
+            "for=6.6.6.6, for=\"[2001:db9::1]:443\";proto=https, for=\"[2001:db8::2]\"",
+        )]);
+        assert_eq!(
+            trusted.client(ip("10.0.0.1"), &forwarded),
+            ip("2001:db9::1")
+        );
+        // A hop that is no address stops the walk at the proxy before it.
+        let garbled = headers(&[("x-forwarded-for", "1.2.3.4, unknown, 10.0.0.7")]);
+        assert_eq!(trusted.client(ip("10.0.0.1"), &garbled), ip("10.0.0.7"));
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        assert!(TrustedProxies::parse(&["10.0.0.0/33".into()]).is_err());
+        assert!(TrustedProxies::parse(&["nonsense".into()]).is_err());
+        let trusted = proxies(&["192.168.0.0/16"]);
+        assert!(trusted.trusts(ip("192.168.200.1")));
+        assert!(!trusted.trusts(ip("192.169.0.1")));
+        assert!(!trusted.trusts(ip("::ffff:192.168.0.1")));
+    }
+}

@@ -20,7 +20,9 @@ pub fn escape(text: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-fn layout(look: &Look, head_extra: &str, body_attrs: &str, main: &str) -> String {
+/// A page of the site: `page` names it in the tab's title before the
+/// site's name (none for the waiting page, whose script names its states).
+fn layout(look: &Look, page: &str, head_extra: &str, body_attrs: &str, main: &str) -> String {
     let logo = look
         .logo
         .as_deref()
@@ -33,7 +35,7 @@ fn layout(look: &Look, head_extra: &str, body_attrs: &str, main: &str) -> String
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="color-scheme" content="light dark">
-<title>{title}</title>
+<title>{tab}</title>
 <link rel="stylesheet" href="/static/app.css">
 <style>{accent_style}</style>
 {head_extra}
@@ -47,6 +49,10 @@ fn layout(look: &Look, head_extra: &str, body_attrs: &str, main: &str) -> String
 </html>
 "#,
         title = escape(&look.title),
+        tab = match page {
+            "" => escape(&look.title),
+            page => format!("{} · {}", escape(page), escape(&look.title)),
+        },
         accent_style = accent_style(look),
     )
 }
@@ -57,6 +63,158 @@ pub fn accent_style(look: &Look) -> String {
     format!(":root {{ --accent: {}; }}", escape(&look.accent))
 }
 
+/// CSS Color Module Level 4's named colours.
+const NAMED_COLOURS: [&str; 148] = [
+    "aliceblue",
+    "antiquewhite",
+    "aqua",
+    "aquamarine",
+    "azure",
+    "beige",
+    "bisque",
+    "black",
+    "blanchedalmond",
+    "blue",
+    "blueviolet",
+    "brown",
+    "burlywood",
+    "cadetblue",
+    "chartreuse",
+    "chocolate",
+    "coral",
+    "cornflowerblue",
+    "cornsilk",
+    "crimson",
+    "cyan",
+    "darkblue",
+    "darkcyan",
+    "darkgoldenrod",
+    "darkgray",
+    "darkgreen",
+    "darkgrey",
+    "darkkhaki",
+    "darkmagenta",
+    "darkolivegreen",
+    "darkorange",
+    "darkorchid",
+    "darkred",
+    "darksalmon",
+    "darkseagreen",
+    "darkslateblue",
+    "darkslategray",
+    "darkslategrey",
+    "darkturquoise",
+    "darkviolet",
+    "deeppink",
+    "deepskyblue",
+    "dimgray",
+    "dimgrey",
+    "dodgerblue",
+    "firebrick",
+    "floralwhite",
+    "forestgreen",
+    "fuchsia",
+    "gainsboro",
+    "ghostwhite",
+    "gold",
+    "goldenrod",
+    "gray",
+    "green",
+    "greenyellow",
+    "grey",
+    "honeydew",
+    "hotpink",
+    "indianred",
+    "indigo",
+    "ivory",
+    "khaki",
+    "lavender",
+    "lavenderblush",
+    "lawngreen",
+    "lemonchiffon",
+    "lightblue",
+    "lightcoral",
+    "lightcyan",
+    "lightgoldenrodyellow",
+    "lightgray",
+    "lightgreen",
+    "lightgrey",
+    "lightpink",
+    "lightsalmon",
+    "lightseagreen",
+    "lightskyblue",
+    "lightslategray",
+    "lightslategrey",
+    "lightsteelblue",
+    "lightyellow",
+    "lime",
+    "limegreen",
+    "linen",
+    "magenta",
+    "maroon",
+    "mediumaquamarine",
+    "mediumblue",
+    "mediumorchid",
+    "mediumpurple",
+    "mediumseagreen",
+    "mediumslateblue",
+    "mediumspringgreen",
+    "mediumturquoise",
+    "mediumvioletred",
+    "midnightblue",
+    "mintcream",
+    "mistyrose",
+    "moccasin",
+    "navajowhite",
+    "navy",
+    "oldlace",
+    "olive",
+    "olivedrab",
+    "orange",
+    "orangered",
+    "orchid",
+    "palegoldenrod",
+    "palegreen",
+    "paleturquoise",
+    "palevioletred",
+    "papayawhip",
+    "peachpuff",
+    "peru",
+    "pink",
+    "plum",
+    "powderblue",
+    "purple",
+    "rebeccapurple",
+    "red",
+    "rosybrown",
+    "royalblue",
+    "saddlebrown",
+    "salmon",
+    "sandybrown",
+    "seagreen",
+    "seashell",
+    "sienna",
+    "silver",
+    "skyblue",
+    "slateblue",
+    "slategray",
+    "slategrey",
+    "snow",
+    "springgreen",
+    "steelblue",
+    "tan",
+    "teal",
+    "thistle",
+    "tomato",
+    "turquoise",
+    "violet",
+    "wheat",
+    "white",
+    "whitesmoke",
+    "yellow",
+    "yellowgreen",
+];
+
 /// An accent as `--accent` takes it: a CSS colour (`#4f46e5`, `#fff`,
 /// `rgb(79 70 229)`, `hsl(243deg 75% 59% / 90%)`, `rebeccapurple`), nothing
 /// that could close the style rule it is put in.
@@ -64,7 +222,7 @@ pub fn css_colour(value: &str) -> Result<String, String> {
     let hex = value.strip_prefix('#').is_some_and(|h| {
         [3, 4, 6, 8].contains(&h.len()) && h.chars().all(|c| c.is_ascii_hexdigit())
     });
-    let named = (3..=20).contains(&value.len()) && value.chars().all(|c| c.is_ascii_lowercase());
+    let named = NAMED_COLOURS.contains(&value);
     let function = ["rgb(", "rgba(", "hsl(", "hsla(", "oklch(", "oklab("]
         .iter()
         .find_map(|f| value.strip_prefix(f))
@@ -156,6 +314,7 @@ pub fn waiting(look: &Look, view: &Value) -> String {
     );
     layout(
         look,
+        "",
         r#"<noscript><meta http-equiv="refresh" content="10"></noscript>"#,
         &format!(
             r#"data-state="{}" data-ticket="{}" data-transport="none" data-connection="live""#,
@@ -250,6 +409,7 @@ pub fn message(look: &Look, heading: &str, text: &str, refresh_s: Option<u32>) -
         .unwrap_or_default();
     layout(
         look,
+        heading,
         &head,
         r#"data-state="message""#,
         &format!(
@@ -271,6 +431,7 @@ pub fn challenge(look: &Look, fields: &str, failed: bool) -> String {
     };
     layout(
         look,
+        "One moment",
         "",
         r#"data-state="challenge""#,
         &format!(
@@ -287,6 +448,7 @@ pub fn challenge(look: &Look, fields: &str, failed: bool) -> String {
 pub fn booking(look: &Look, visitor: &str, expires_in_s: u64, attempt: &str) -> String {
     layout(
         look,
+        "It's your turn",
         "",
         r#"data-state="booking""#,
         &format!(

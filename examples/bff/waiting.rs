@@ -60,18 +60,10 @@ pub(crate) async fn wait(
     let sent = known_receipt(&app, &headers)
         .map(|(_, r)| r)
         .unwrap_or_default();
-    if app.human_check_due(&id, &headers) {
-        let visit = Visit {
-            visitor: &id,
-            address: app.proxies.client(peer.ip(), &headers),
-            headers: &headers,
-        };
-        let fields = app.human.challenge(&visit);
-        let page = page::challenge(&app.look, &fields, false);
-        return with_cookie(app.page(StatusCode::OK, page), set);
-    }
-    // Only a new visitor spends a join: a known visitor's refreshes (and
-    // the busy page's own) keep their place without counting.
+    // Only a new visitor spends a join, before any check: a known visitor's
+    // refreshes (and the busy page's own) keep their place without
+    // counting, and one who passed the check comes back known, so a
+    // script's visitors are each counted once, challenged or not.
     if set.is_some()
         && let Err(retry) = app.limits.join(app.proxies.client(peer.ip(), &headers))
     {
@@ -82,6 +74,16 @@ pub(crate) async fn wait(
             Some(u32::try_from(retry).unwrap_or(u32::MAX)),
         );
         return with_retry_after(page, retry);
+    }
+    if app.human_check_due(&id, &headers) {
+        let visit = Visit {
+            visitor: &id,
+            address: app.proxies.client(peer.ip(), &headers),
+            headers: &headers,
+        };
+        let fields = app.human.challenge(&visit);
+        let page = page::challenge(&app.look, &fields, false);
+        return with_cookie(app.page(StatusCode::OK, page), set);
     }
     let request = |receipt: &str| pb::EnqueueRequest {
         queue_id: app.queue.clone(),
@@ -110,13 +112,14 @@ pub(crate) async fn wait(
                 Some(5),
             ),
         },
-        Err(status) => refusal(&app, &status),
+        Err(status) => refusal(&app, &status, !sent.is_empty()),
     };
     with_cookie(response, set)
 }
 
-/// A page for a refused join, by the reason waitroom gave.
-pub(crate) fn refusal(app: &App, status: &tonic::Status) -> Response {
+/// A page for a refused join, by the reason waitroom gave; `holds_place`
+/// when the visitor was shown a place before (a newcomer has none to keep).
+pub(crate) fn refusal(app: &App, status: &tonic::Status, holds_place: bool) -> Response {
     let reason = status
         .get_error_details()
         .error_info()
@@ -138,7 +141,10 @@ pub(crate) fn refusal(app: &App, status: &tonic::Status) -> Response {
         _ => app.message(
             StatusCode::SERVICE_UNAVAILABLE,
             "Busy",
-            "The waiting room is busy. This page tries again in a few seconds; you keep your place.",
+            match holds_place {
+                true => "The waiting room is busy. This page tries again in a few seconds; you keep your place.",
+                false => "The waiting room is busy. This page tries again in a few seconds and puts you in line as soon as it can.",
+            },
             Some(5),
         ),
     }

@@ -150,6 +150,9 @@ async fn an_operator_runs_a_sale_with_waitroomctl() {
         ctl(&app, &["queue", "get", "nope"]).await.status.code(),
         Some(3)
     );
+    // Nobody waiting: no back of the line to wait at, and it says so.
+    let shown = text(&ctl(&app, &["queue", "stats", "sale"]).await);
+    assert!(shown.contains("none (nobody waiting)"), "{shown}");
     // With people in it, a delete needs --yes, and says what it would drop.
     let refused = ctl(&app, &["queue", "delete", "sale"]).await;
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
@@ -172,6 +175,20 @@ async fn an_operator_runs_a_sale_with_waitroomctl() {
         ctl(&app, &["queue", "stats", "sale"]).await.status.code(),
         Some(3)
     );
+    // People waiting are counted before a delete too.
+    let created = ctl(&app, &["queue", "create", "line", "--max-active", "1"]).await;
+    assert!(created.status.success(), "{created:?}");
+    for user in ["a", "b", "c"] {
+        assert!(ctl(&app, &["enqueue", "line", user]).await.status.success());
+    }
+    let refused = ctl(&app, &["queue", "delete", "line"]).await;
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("drops 2 people in line and 1 admitted"),
+        "{said}"
+    );
+    assert_eq!(app.stats("line").await.waiting_count, 2);
     // An empty queue goes without asking.
     assert!(
         ctl(&app, &["queue", "create", "empty"])

@@ -52,6 +52,9 @@ def test_the_python_verifier_accepts_the_queues_token_and_refuses_the_rest(waitr
     for kind in ("other queue", "tampered", "unknown key"):
         with pytest.raises((jwt.InvalidTokenError, jwt.PyJWKClientError)):
             verifier.verify(given[kind], given["queue"])
+    # A token of another issuer (another waitroom, or a test's) is refused.
+    with pytest.raises(jwt.InvalidIssuerError):
+        verify.Verifier(waitroom["jwks"], issuer="another-issuer").verify(given["valid"], given["queue"])
 
 
 def test_the_node_verifier_accepts_the_queues_token_and_refuses_the_rest(waitroom, scratch):  # noqa: F811

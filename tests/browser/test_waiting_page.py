@@ -238,9 +238,20 @@ def test_a_visitor_watches_the_line_move_and_buys_once_on_the_booking_page(waitr
     assert "Last updated" in driver.find_element(By.ID, "updated").text
     assert int(driver.find_element(By.ID, "progress").get_attribute("value")) == 50
     shoot(driver, "waiting-page.png")
+    # The notification was offered, not asked for; granted, it comes when
+    # it is the visitor's turn (a stand-in records it across the move to
+    # the booking page).
+    assert driver.find_element(By.ID, "notify").is_displayed()
+    driver.execute_script("""
+        window.Notification = function (title) { sessionStorage.setItem('notified', title); };
+        window.Notification.permission = 'granted';
+    """)
     ctl(waitroom, "admit", queue, "3")
     until(driver, lambda d: d.current_url.endswith("/booking"), what="the booking page")
     assert "It's your turn" in driver.page_source
+    # A tab in the background shows it in its title too.
+    assert driver.title.startswith("It's your turn"), driver.title
+    assert driver.execute_script("return sessionStorage.getItem('notified')") == "It's your turn"
     # The token travelled in a cookie, never in the URL.
     assert "eyJ" not in driver.current_url
     token = driver.get_cookie("wr_admission")
@@ -254,6 +265,8 @@ def test_a_visitor_watches_the_line_move_and_buys_once_on_the_booking_page(waitr
     driver.get(bff.url + "/booking")
     until(driver, lambda d: "your purchase is done" in d.page_source, what="the purchase shown done")
     assert "It's your turn" not in driver.page_source
+    assert driver.find_element(By.ID, "heading").text == "Purchase complete"
+    assert driver.title.startswith("Purchase complete"), driver.title
     assert not driver.find_elements(By.ID, "buy")
     # The same admission sent again in a new attempt is refused.
     visitor = driver.get_cookie("wr_visitor")["value"]
@@ -333,6 +346,26 @@ def test_each_state_has_its_own_heading_and_next_step(waitroom, bff_of, browser)
     until(driver, lambda d: body(d, "state") == "waiting", what="back in line")
 
 
+def test_the_live_region_speaks_at_every_tenth_place_not_at_every_step(waitroom, bff_of, browser):
+    queue = new_queue(waitroom)
+    join_others(waitroom, queue, 25)
+    driver = browser()
+    driver.get(bff_of(queue).url + "/")
+    until(driver, lambda d: position(d) == 26, what="the place")
+    until(driver, lambda d: body(d, "transport") == "events", what="events")
+    driver.execute_script("""
+        window.__said = [];
+        new MutationObserver(() => window.__said.push(document.getElementById('announce').textContent))
+            .observe(document.getElementById('announce'), { childList: true, characterData: true, subtree: true });
+    """)
+    for expected in range(25, 19, -1):
+        ctl(waitroom, "admit", queue, "1")
+        until(driver, lambda d: position(d) == expected, what=f"place {expected}")
+        assert driver.find_element(By.ID, "status").text == f"You are number {expected} in line."
+    # Six steps shown; read out once, on crossing into the next ten.
+    assert driver.execute_script("return window.__said") == ["Fewer than 20 people are ahead of you."]
+
+
 def test_the_expected_entry_is_a_time_and_a_range_or_honest_words_without_a_rate(waitroom, bff_of, browser):
     # Admitted by hand: no rate, and the page says what moves the line.
     manual = new_queue(waitroom)
@@ -373,6 +406,8 @@ def test_a_notice_and_a_cancellation_reach_the_page_as_they_happen(waitroom, bff
     until(driver, lambda d: body(d, "state") == "closed", what="the cancelled state")
     assert "cancelled" in driver.find_element(By.ID, "status").text
     assert driver.find_element(By.ID, "closed-title").text == "Cancelled"
+    assert driver.find_element(By.ID, "heading").text == "Cancelled"
+    assert "You are in line" not in driver.find_element(By.TAG_NAME, "main").text
 
 
 def test_before_a_scheduled_opening_the_page_counts_down_then_shows_the_drawn_place(waitroom, bff_of, browser):
@@ -384,6 +419,7 @@ def test_before_a_scheduled_opening_the_page_counts_down_then_shows_the_drawn_pl
     driver = browser()
     driver.get(bff.url + "/")
     until(driver, lambda d: body(d, "state") == "pre_queue", what="the pre-queue")
+    assert driver.find_element(By.ID, "heading").text == "The sale opens soon"
     countdown = driver.find_element(By.ID, "countdown")
     assert re.fullmatch(r"0:00:0\d", countdown.text), countdown.text
     first = countdown.text
@@ -512,6 +548,19 @@ def test_the_human_check_is_a_proof_of_work_the_page_solves_before_the_visitor_j
     assert position(driver) == 1
     names = {c["name"] for c in driver.get_cookies()}
     assert "wr_human" in names, names
+
+
+def test_with_the_human_check_on_new_visitors_still_spend_joins(waitroom, bff_of):
+    queue = new_queue(waitroom)
+    bff = bff_of(queue, "--human-check", "pow", "--joins-per-minute", "2")
+    # Each new visitor is counted when first seen, challenge or not: a
+    # script minting visitors to solve the check for is limited as any.
+    for _ in range(2):
+        answer, page = _read(bff, "GET", "/wait")
+        assert answer.status == 200 and 'data-state="challenge"' in page
+    answer, page = _read(bff, "GET", "/wait")
+    assert answer.status == 429 and int(answer.getheader("Retry-After")) >= 1
+    assert 'data-state="challenge"' not in page
 
 
 def _visitor_cookie(answer) -> str:
@@ -793,7 +842,7 @@ def test_a_post_from_another_site_is_refused(waitroom, bff_of):
 
 
 def test_an_accent_that_is_not_a_css_colour_is_refused_at_start(waitroom, scratch):
-    for accent in ("red;} body{display:none} x{", "url(https://evil.example/x)", "#12345", "rgb(1,2,3);x"):
+    for accent in ("red;} body{display:none} x{", "url(https://evil.example/x)", "#12345", "rgb(1,2,3);x", "notacolour"):
         done = subprocess.run(
             [str(TARGET / "examples" / "bff"), "--waitroom", waitroom["addr"], "--jwks-url", waitroom["jwks"],
              "--listen", f"127.0.0.1:{free_port()}", "--accent", accent],
@@ -937,3 +986,31 @@ def test_forwarded_addresses_count_only_from_trusted_proxies(waitroom, bff_of):
         {"X-Forwarded-For": "203.0.113.1"},
         {"X-Forwarded-For": "203.0.113.2"},
     ]) == [200, 429]
+
+
+def test_a_bff_started_while_waitroom_is_down_serves_the_busy_page_and_joins_once_it_is_up(scratch):
+    queue = "late"
+    stack = Stack(scratch, "--queue", queue)
+    try:
+        stack.waitroom.stop()
+        started = time.monotonic()
+        bff = Bff(stack.services(), queue, scratch)
+        assert time.monotonic() - started < 5
+        answer, page = _read(bff, "GET", "/wait")
+        # A newcomer has no place to keep yet: the page says it will join.
+        assert answer.status == 503 and "puts you in line as soon as it can" in page, (answer.status, page)
+        assert 'http-equiv="refresh"' in page
+        ready, _ = _read(bff, "GET", "/readyz")
+        assert ready.status == 503
+        # Waitroom comes up: the BFF, still running, fetches the keys and
+        # its visitors join.
+        stack.start_waitroom()
+        deadline = time.monotonic() + 40
+        while _read(bff, "GET", "/readyz")[0].status != 200:
+            assert time.monotonic() < deadline, "never ready once waitroom was up"
+            time.sleep(0.2)
+        answer, page = _read(bff, "GET", "/wait")
+        assert answer.status == 200 and 'data-state="waiting"' in page, (answer.status, page)
+        bff.stop()
+    finally:
+        stack.stop()
