@@ -159,15 +159,15 @@ async fn script_alone(args: &Args) -> anyhow::Result<()> {
 }
 
 /// The service's enqueue script, loaded, and a queue's keys.
-struct ScriptCall {
-    sha: String,
-    keys: Vec<String>,
+pub(crate) struct ScriptCall {
+    pub(crate) sha: String,
+    pub(crate) keys: Vec<String>,
 }
 
 impl ScriptCall {
     /// `calls` calls of `batch` new users each, in one round trip; the
     /// users are named from `tag` and the call numbers from `first`.
-    fn pipelined(
+    pub(crate) fn pipelined(
         &self,
         conn: &mut redis::Connection,
         tag: &str,

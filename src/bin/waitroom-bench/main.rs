@@ -7,8 +7,8 @@
 //! ```
 //!
 //! Layout: a file per scenario (`admit`, `bff`, `ceiling`, `draw`,
-//! `mixed`, `positions`, `rpc` for `enqueue` and `get-rank`, `soak`,
-//! `unread`, `watch`); `harness.rs` the service under test in a process of its own,
+//! `mixed`, `positions`, `rpc` for `enqueue` and `get-rank`, `shards`,
+//! `soak`, `unread`, `watch`); `harness.rs` the service under test in a process of its own,
 //! `load.rs` the load, its latencies and the Redis counters.
 
 mod admit;
@@ -20,6 +20,7 @@ mod load;
 mod mixed;
 mod positions;
 mod rpc;
+mod shards;
 mod soak;
 mod unread;
 mod watch;
@@ -44,6 +45,9 @@ enum Scenario {
     /// One queue's ceiling: joins a second one Redis core takes, the script
     /// alone and through the service.
     Ceiling(ceiling::Args),
+    /// The join path of one queue over K sub-lines and a head: Redis CPU
+    /// per join of the busiest sub-line, of all, and of the head.
+    Shards(shards::Args),
     /// Shown positions against an exact count, watchers following their
     /// places while joins, leaves and admissions run.
     Positions(positions::Args),
@@ -69,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Enqueue(args) => rpc::run(rpc::Rpc::Enqueue, args).await,
         Scenario::Ceiling(args) => ceiling::run(args).await,
         Scenario::Positions(args) => positions::run(args).await,
+        Scenario::Shards(args) => shards::run(args).await,
         Scenario::GetRank(args) => rpc::run(rpc::Rpc::GetRank, args).await,
         Scenario::Watch(args) => watch::run(args).await,
         Scenario::Mixed(args) => mixed::run(args).await,

@@ -1,0 +1,224 @@
+//! The join path of one queue spread over K sub-lines (`docs/design.md`,
+//! "One sale over several Redis slots"), measured before the store has it:
+//! what each sub-line's Redis core and the head's would spend per join.
+//!
+//! Each K has K `redis-server`s for its sub-lines and one for its head.
+//! A round is what a replica's coalescing makes of `--batch` concurrent
+//! joiners: the batch split by a hash of the user id over the K sub-lines,
+//! each part one call of the service's enqueue script (`enqueue_many.lua`)
+//! on its sub-line's server, pipelined `--depth` rounds to a round trip; a
+//! sub-line leases a block of `--block` tickets from the head (`INCRBY`)
+//! for every `--block` joins it takes. Today's script numbers tickets
+//! itself rather than from a block; taking them from a block passed in
+//! costs it no more.
+//!
+//! The K values take turns a second at a time, so a machine whose speed
+//! drifts slows them alike. Printed for each K: joins a second (this
+//! machine's two cores are shared by every server and the load, so this
+//! is not the ceiling), the busiest sub-line's Redis CPU per join of the
+//! whole queue and the ceiling that sets (one second over it), Redis CPU
+//! summed over the sub-lines per join, the head's, and each as a ratio of
+//! K = 1's.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use waitroom::domain::{Clock, QueueConfig, QueueId, SystemClock};
+use waitroom::store::{QueueStore, RedisStore};
+use waitroom::testkit::RedisServer;
+
+use crate::ceiling::ScriptCall;
+use crate::load;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Sub-line counts to compare; the first is the baseline.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4])]
+    shards: Vec<usize>,
+    /// Users a round: a replica's coalesced batch, before the split.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Rounds a connection sends per round trip.
+    #[arg(long, default_value_t = 16)]
+    depth: usize,
+    /// Connections sending rounds, each from a thread of its own.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Tickets a sub-line leases from the head at a time.
+    #[arg(long, default_value_t = 256)]
+    block: u64,
+    /// Users in line before the measurements, over all sub-lines.
+    #[arg(long, default_value_t = 200_000)]
+    line: usize,
+    /// Seconds per K.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+}
+
+/// One K: its head, its sub-lines, and what it has measured.
+struct Layout {
+    shards: usize,
+    head: RedisServer,
+    lines: Vec<(RedisServer, Arc<ScriptCall>)>,
+    joins: u64,
+    wall: Duration,
+    /// Per sub-line, then the head.
+    cpu: Vec<Duration>,
+}
+
+impl Layout {
+    async fn start(shards: usize, args: &Args) -> anyhow::Result<Self> {
+        let head = RedisServer::start().map_err(anyhow::Error::msg)?;
+        let mut lines = Vec::new();
+        for shard in 0..shards {
+            let redis = RedisServer::start().map_err(anyhow::Error::msg)?;
+            let store = crate::harness::redis_store(&redis.url()).await?;
+            let queue = QueueId::parse(&format!("sale.{shard}")).map_err(anyhow::Error::msg)?;
+            let mut config = QueueConfig::new(queue.clone());
+            config.created_at_ms = SystemClock.now_ms();
+            store.create_queue(&config).await?;
+            let mut conn = redis::Client::open(redis.url().as_str())?.get_connection()?;
+            let sha: String = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(RedisStore::enqueue_many_source())
+                .query(&mut conn)?;
+            let call = Arc::new(ScriptCall {
+                sha,
+                keys: store.queue_keys(&queue).to_vec(),
+            });
+            // The same line in all, spread as the hash spreads it.
+            let per_line = args.line / shards;
+            for first in (0..per_line.div_ceil(256)).step_by(64) {
+                call.pipelined(&mut conn, "line", first, 64, 256)?;
+            }
+            lines.push((redis, call));
+        }
+        Ok(Self {
+            shards,
+            head,
+            lines,
+            joins: 0,
+            wall: Duration::ZERO,
+            cpu: vec![Duration::ZERO; shards + 1],
+        })
+    }
+
+    fn cpu_now(&self) -> anyhow::Result<Vec<Duration>> {
+        let mut cpu = Vec::new();
+        for (redis, _) in &self.lines {
+            cpu.push(load::redis_cpu(&redis.url())?);
+        }
+        cpu.push(load::redis_cpu(&self.head.url())?);
+        Ok(cpu)
+    }
+
+    /// One second of rounds from `args.connections` threads.
+    fn drive(&mut self, args: &Args, turn: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let joined = Arc::new(AtomicU64::new(0));
+        let before = self.cpu_now()?;
+        let started = Instant::now();
+        let part = args.batch.div_ceil(self.shards);
+        let threads: Vec<_> = (0..args.connections)
+            .map(|c| {
+                let lines: Vec<(String, Arc<ScriptCall>)> = self
+                    .lines
+                    .iter()
+                    .map(|(redis, call)| (redis.url(), Arc::clone(call)))
+                    .collect();
+                let (head, joined) = (self.head.url(), Arc::clone(&joined));
+                let (depth, block) = (args.depth, args.block);
+                std::thread::spawn(move || -> anyhow::Result<()> {
+                    let mut conns = lines
+                        .iter()
+                        .map(|(url, _)| redis::Client::open(url.as_str())?.get_connection())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let mut head = redis::Client::open(head.as_str())?.get_connection()?;
+                    let tag = format!("t{turn}-c{c}");
+                    // Joins each sub-line took since its last lease.
+                    let mut unleased = vec![0u64; lines.len()];
+                    let mut round = 0;
+                    while Instant::now() < deadline {
+                        for (shard, ((_, call), conn)) in lines.iter().zip(&mut conns).enumerate() {
+                            let tag = format!("{tag}-s{shard}");
+                            call.pipelined(conn, &tag, round * depth, depth, part)?;
+                            unleased[shard] += (depth * part) as u64;
+                            let leases = unleased[shard] / block;
+                            if leases > 0 {
+                                let mut pipe = redis::pipe();
+                                for _ in 0..leases {
+                                    pipe.cmd("INCRBY").arg("wr:{sale}:seq").arg(block).ignore();
+                                }
+                                pipe.query::<()>(&mut head)?;
+                                unleased[shard] %= block;
+                            }
+                        }
+                        joined.fetch_add((depth * part * lines.len()) as u64, Ordering::Relaxed);
+                        round += 1;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        }
+        self.wall += started.elapsed();
+        let after = self.cpu_now()?;
+        for (total, (after, before)) in self.cpu.iter_mut().zip(after.iter().zip(&before)) {
+            *total += after.saturating_sub(*before);
+        }
+        self.joins += joined.load(Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Redis CPU per join of the whole queue, in microseconds: the busiest
+    /// sub-line's, summed over the sub-lines, and the head's.
+    fn per_join_us(&self) -> (f64, f64, f64) {
+        let us = |cpu: Duration| cpu.as_secs_f64() * 1e6 / self.joins.max(1) as f64;
+        let lines = &self.cpu[..self.shards];
+        let busiest = lines.iter().copied().max().unwrap_or_default();
+        let summed = lines.iter().sum::<Duration>();
+        (us(busiest), us(summed), us(self.cpu[self.shards]))
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    println!(
+        "scenario           shards (the join path over K sub-lines and a head: {} users a round split by hash, {} rounds a round trip, blocks of {}, {} s each, a line of {} first)",
+        args.batch, args.depth, args.block, args.seconds, args.line
+    );
+    let mut layouts = Vec::new();
+    for &shards in &args.shards {
+        layouts.push(Layout::start(shards.max(1), &args).await?);
+    }
+    for turn in 0..args.seconds.max(1) {
+        for layout in &mut layouts {
+            layout.drive(&args, turn)?;
+        }
+    }
+    let Some(base) = layouts.first().map(Layout::per_join_us) else {
+        return Ok(());
+    };
+    for layout in &layouts {
+        let (busiest, summed, head) = layout.per_join_us();
+        println!(
+            "  K = {:>2}  {:>4} users a call  {:>8.0} joins/s here   busiest sub-line {:>5.2} us a join ({:.2} of K = {}; ceiling {:>9.0} joins/s)   summed {:>5.2} us ({:.2}x)   head {:>5.3} us a join ({:.2} % of a core at 100,000 joins/s)",
+            layout.shards,
+            args.batch.div_ceil(layout.shards),
+            layout.joins as f64 / layout.wall.as_secs_f64(),
+            busiest,
+            busiest / base.0,
+            layouts[0].shards,
+            1e6 / busiest,
+            summed,
+            summed / base.1,
+            head,
+            head * 100_000.0 / 1e6 * 100.0,
+        );
+    }
+    Ok(())
+}
