@@ -114,6 +114,7 @@ pub(crate) fn place_events(
                     return;
                 }
                 tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
                 | tonic::Code::ResourceExhausted
                 | tonic::Code::Cancelled
                 | tonic::Code::Internal => {

@@ -182,7 +182,11 @@ async fn main() -> anyhow::Result<()> {
     let endpoint = Endpoint::from_shared(args.waitroom.clone())?
         .initial_connection_window_size(Some(64 << 20))
         .initial_stream_window_size(Some(1 << 20))
-        .http2_keep_alive_interval(Duration::from_secs(30))
+        // A waitroom that stops answering (a stalled process, a cut that
+        // sends no reset) is noticed within about ten seconds, so pages
+        // say they are reconnecting instead of showing a stale place.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10));

@@ -16,6 +16,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -1011,6 +1012,37 @@ def test_a_bff_started_while_waitroom_is_down_serves_the_busy_page_and_joins_onc
             time.sleep(0.2)
         answer, page = _read(bff, "GET", "/wait")
         assert answer.status == 200 and 'data-state="waiting"' in page, (answer.status, page)
+        bff.stop()
+    finally:
+        stack.stop()
+
+
+def test_a_page_says_it_is_reconnecting_while_waitroom_is_stalled_and_keeps_its_place(scratch, browser):
+    # A stalled process sends no reset: only the BFF's keepalive notices.
+    queue = "stall"
+    stack = Stack(scratch, "--queue", f"{queue}:heartbeat_timeout=5s")
+    try:
+        ctl(stack.services(), "enqueue", queue, "early")
+        bff = Bff(stack.services(), queue, scratch)
+        driver = browser()
+        driver.get(bff.url + "/")
+        until(driver, lambda d: body(d, "transport") == "events")
+        ticket = body(driver, "ticket")
+        stack.waitroom.proc.send_signal(signal.SIGSTOP)
+        stalled = time.monotonic()
+        try:
+            until(driver, lambda d: body(d, "connection") == "reconnecting", timeout=15,
+                  what="the reconnecting state while waitroom is stalled")
+            print(f"reconnecting shown {time.monotonic() - stalled:.1f} s after waitroom stalled")
+            time.sleep(max(0.0, 20 - (time.monotonic() - stalled)))
+        finally:
+            stack.waitroom.proc.send_signal(signal.SIGCONT)
+        ctl(stack.services(), "admit", queue, "1")
+        until(driver, lambda d: position(d) == 1, timeout=30, what="the place kept, and moving again")
+        assert body(driver, "ticket") == ticket
+        assert body(driver, "connection") == "live"
+        stats = json.loads(ctl(stack.services(), "--output", "json", "queue", "stats", queue))
+        assert stats["abandoned_total"] == 0, stats
         bff.stop()
     finally:
         stack.stop()
