@@ -105,6 +105,9 @@ struct Args {
     /// The check before joining: `off`, or `pow` for the stand-in, a proof of work the page's script solves.
     #[arg(long, default_value = "off")]
     human_check: String,
+    /// An origin the human check's widget loads from and talks to (a CAPTCHA provider's, e.g. https://challenges.cloudflare.com), allowed in the pages' Content-Security-Policy for scripts, frames and fetches; repeat or separate with commas.
+    #[arg(long, value_delimiter = ',', value_parser = protect::https_origin)]
+    challenge_origin: Vec<String>,
     /// Zero bits the proof of work asks for (each one doubles its cost).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=32))]
     pow_bits: u32,
@@ -216,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
             logo: args.logo.clone(),
         },
     });
-    let protection = Arc::new(Protection::new(&app.look));
+    let protection = Arc::new(Protection::new(&app.look, &args.challenge_origin));
     let router = Router::new()
         .route("/", get(|| async { Redirect::to("/wait") }))
         .route("/wait", get(wait))

@@ -16,7 +16,9 @@ pub(crate) struct Protection {
 }
 
 impl Protection {
-    pub(crate) fn new(look: &page::Look) -> Self {
+    /// `challenge_origins`: where a human check's widget comes from
+    /// ([`https_origin`]), allowed for scripts, frames and fetches only.
+    pub(crate) fn new(look: &page::Look, challenge_origins: &[String]) -> Self {
         use base64::Engine;
         use sha2::Digest;
         let digest = sha2::Sha256::digest(page::accent_style(look).as_bytes());
@@ -24,13 +26,38 @@ impl Protection {
         // Scripts only from this origin (the page's is /static/app.js),
         // the one inline style by its digest, no framing, forms and
         // fetches to this origin only. A logo may come from elsewhere.
+        let widget: String = challenge_origins.iter().map(|o| format!(" {o}")).collect();
+        let frames = match widget.is_empty() {
+            true => String::new(),
+            false => format!(" frame-src{widget};"),
+        };
         let csp = format!(
-            "default-src 'none'; script-src 'self'; style-src 'self' 'sha256-{style}'; img-src 'self' https: data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+            "default-src 'none'; script-src 'self'{widget}; style-src 'self' 'sha256-{style}'; img-src 'self' https: data:; connect-src 'self'{widget};{frames} form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
         );
         Self {
             csp: HeaderValue::from_str(&csp)
                 .unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'")),
         }
+    }
+}
+
+/// `https://host[:port]` and nothing else: an origin put into the pages'
+/// Content-Security-Policy, so no path, wildcard, quote or separator can
+/// widen it.
+pub(crate) fn https_origin(value: &str) -> Result<String, String> {
+    let host = value.strip_prefix("https://").unwrap_or("");
+    let (name, port) = host.rsplit_once(':').unwrap_or((host, ""));
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    let port_ok = port.is_empty() || port.parse::<u16>().is_ok_and(|p| p > 0);
+    match name_ok && port_ok {
+        true => Ok(value.to_ascii_lowercase()),
+        false => Err(format!(
+            "{value:?} is not an https origin: use https://host or https://host:port, without a path"
+        )),
     }
 }
 
@@ -83,4 +110,30 @@ pub(crate) async fn protect(
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_https_origin_goes_into_the_policy() {
+        for good in [
+            "https://challenges.cloudflare.com",
+            "https://hcaptcha.com:8443",
+        ] {
+            assert_eq!(https_origin(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "http://challenges.cloudflare.com",
+            "https://evil.example; script-src *",
+            "https://*.example.com",
+            "https://example.com/path",
+            "https://example.com:0",
+            "https://",
+            "'unsafe-inline'",
+        ] {
+            assert!(https_origin(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -825,6 +825,26 @@ def test_every_route_sends_protective_headers_and_the_page_runs_under_its_policy
     assert accent == "#4f46e5", accent
 
 
+def test_a_challenge_providers_origin_is_allowed_for_its_widget_and_nothing_wider(waitroom, bff_of, scratch):
+    queue = new_queue(waitroom)
+    bff = bff_of(queue, "--challenge-origin", "https://challenges.example.com")
+    csp = _get(bff, "GET", "/wait").getheader("Content-Security-Policy")
+    for directive in ("script-src 'self' https://challenges.example.com",
+                      "connect-src 'self' https://challenges.example.com",
+                      "frame-src https://challenges.example.com"):
+        assert directive in csp, csp
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp, csp
+    # Without it, no frames at all (default-src 'none').
+    assert "frame-src" not in _get(bff_of(queue), "GET", "/wait").getheader("Content-Security-Policy")
+    for origin in ("https://evil.example; script-src *", "http://plain.example", "https://*.example.com"):
+        done = subprocess.run(
+            [str(TARGET / "examples" / "bff"), "--waitroom", waitroom["addr"], "--jwks-url", waitroom["jwks"],
+             "--listen", f"127.0.0.1:{free_port()}", "--challenge-origin", origin],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert done.returncode != 0 and "not an https origin" in done.stderr, (origin, done.stderr)
+
+
 def test_a_post_from_another_site_is_refused(waitroom, bff_of):
     queue = new_queue(waitroom)
     bff = bff_of(queue, "--human-check", "pow")
