@@ -75,3 +75,34 @@ def test_the_node_verifier_accepts_the_queues_token_and_refuses_the_rest(waitroo
     assert lines[0].startswith("VALID tester "), lines
     assert all(line.startswith("REFUSED") for line in lines[1:]), lines
     assert done.returncode == 1
+
+
+def test_the_python_verifier_fetches_the_keys_again_for_a_token_of_a_new_key(scratch):  # noqa: F811
+    import subprocess as sp
+
+    from test_waiting_page import Stack
+
+    spec = importlib.util.spec_from_file_location("verify", VERIFIERS / "verify.py")
+    verify = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verify)
+    stack = Stack(scratch, "--queue", "rotating")
+    try:
+        services = stack.services()
+        verifier = verify.Verifier(services["jwks"])
+        first = json.loads(ctl(services, "--output", "json", "admit-users", "rotating", "before"))[0]["token"]
+        assert verifier.verify(first, "rotating")["sub"] == "before"
+        # The operator's rotation: a new signing key, the old one kept to
+        # verify with. The verifier holds the old key set in its cache.
+        old = stack.key
+        stack.key = stack.scratch / "signing-2.pem"
+        sp.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(stack.key)], check=True)
+        stack.flags = (*stack.flags, "--verify-key", str(old))
+        stack.waitroom.stop()
+        stack.start_waitroom()
+        second = json.loads(ctl(services, "--output", "json", "admit-users", "rotating", "after"))[0]["token"]
+        kid = lambda token: json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))["kid"]
+        assert kid(second) != kid(first)
+        assert verifier.verify(second, "rotating")["sub"] == "after"
+        assert verifier.verify(first, "rotating")["sub"] == "before"
+    finally:
+        stack.stop()
