@@ -3,8 +3,9 @@
 //! admissions (`place`), the clock (`clock`), the wait estimate
 //! (`estimate`), the opening draw (`draw`), positions counted from a copy
 //! of the line (`line`, `ranks`), a place given back from its receipt
-//! (`restore`) and an admission's online check (`check`). Nothing here
-//! knows gRPC or Redis.
+//! (`restore`), an admission's online check (`check`), and the rules of a
+//! queue over several sub-lines that no store applies yet (`shards`).
+//! Nothing here knows gRPC or Redis.
 
 mod check;
 mod clock;
@@ -16,6 +17,7 @@ mod place;
 mod queue;
 mod ranks;
 mod restore;
+pub mod shards;
 
 pub use check::{AdmissionCheck, AdmissionStatus, Consume};
 pub use clock::{Clock, ManualClock, SystemClock};
