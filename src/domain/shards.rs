@@ -13,7 +13,11 @@
 //! - which users an admission of N takes over all sub-lines
 //!   ([`admission_cutoff`]): one cutoff ticket, journalled at the head
 //!   before any sub-line pops, and each sub-line's pop "everyone waiting at
-//!   or below the cutoff" repeated by a replay takes nobody new.
+//!   or below the cutoff" repeated by a replay takes nobody new;
+//! - `max_active`'s count ([`Capacity`]): admissions counted at the head
+//!   when journalled, the admitted leaving the count on their own
+//!   sub-lines, whose totals the head merges by taking the larger, so the
+//!   count is never below the truth and exact once every total is heard.
 
 use std::collections::VecDeque;
 
@@ -133,6 +137,60 @@ pub fn admission_cutoff(fronts: &[Vec<u64>], watermark: u64, n: u32) -> Option<u
     Some(*cutoff)
 }
 
+/// `max_active`'s count for a queue over K sub-lines. Admissions count at
+/// the head, reserved when journalled and settled to what the pops took.
+/// The admitted leave the count on their own sub-lines (completed, left,
+/// expired), each sub-line keeping how many so far: a total that only
+/// grows. The head keeps the largest total it has heard from each, so a
+/// report heard twice, late or out of order changes nothing: the count is
+/// never below the number really admitted now, so `max_active` holds, and
+/// it is exact once every sub-line's latest total is heard.
+#[derive(Clone, Debug, Default)]
+pub struct Capacity {
+    /// Admissions journalled, less what their pops did not take.
+    pub admitted_total: u64,
+    /// Per sub-line, the largest released total heard.
+    heard: Vec<u64>,
+}
+
+impl Capacity {
+    pub fn new(shards: u32) -> Self {
+        Self {
+            admitted_total: 0,
+            heard: vec![0; shards.max(1) as usize],
+        }
+    }
+
+    /// Admitted now, as far as the head has heard.
+    pub fn active(&self) -> u64 {
+        self.admitted_total
+            .saturating_sub(self.heard.iter().sum::<u64>())
+    }
+
+    /// Room for up to `n` more under `max_active`, reserved at once with
+    /// the admission's journal entry, before any pop.
+    pub fn reserve(&mut self, n: u32, max_active: u64) -> u32 {
+        let room = max_active.saturating_sub(self.active());
+        let reserved = u64::from(n).min(room);
+        self.admitted_total += reserved;
+        reserved as u32
+    }
+
+    /// An admission's pops took `taken` of the `reserved`: the rest is
+    /// room again. Once per admission, by its journal entry.
+    pub fn settle(&mut self, reserved: u32, taken: u32) {
+        self.admitted_total -= u64::from(reserved.saturating_sub(taken));
+    }
+
+    /// Sub-line `sub_line` says `released_total` of its admitted have left
+    /// the count so far.
+    pub fn hear(&mut self, sub_line: usize, released_total: u64) {
+        if let Some(heard) = self.heard.get_mut(sub_line) {
+            *heard = (*heard).max(released_total);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -190,6 +248,22 @@ mod tests {
         assert_eq!(admission_cutoff(&fronts, 100, 0), None);
     }
 
+    #[test]
+    fn the_count_takes_the_largest_total_heard_so_late_reports_change_nothing() {
+        let mut capacity = Capacity::new(2);
+        assert_eq!(capacity.reserve(5, 4), 4);
+        capacity.settle(4, 3);
+        assert_eq!(capacity.active(), 3);
+        assert_eq!(capacity.reserve(5, 4), 1);
+        capacity.hear(1, 2);
+        capacity.hear(1, 1); // late, and smaller: changes nothing
+        capacity.hear(1, 2); // heard twice: changes nothing
+        assert_eq!(capacity.active(), 2);
+        capacity.hear(0, 1);
+        assert_eq!(capacity.active(), 1);
+        assert_eq!(capacity.reserve(9, 4), 3);
+    }
+
     /// One step of a sale on a queue of K sub-lines.
     #[derive(Clone, Debug)]
     enum Step {
@@ -207,6 +281,12 @@ mod tests {
             skew: u64,
             crash_after: usize,
         },
+        /// An admitted user (the `pick`-th still counted) completes,
+        /// leaves or expires, on their sub-line.
+        Release { pick: usize },
+        /// The head hears a sub-line's released total, as it stood `stale`
+        /// reports ago (late and out of order).
+        Hear { sub_line: usize, stale: usize },
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -215,11 +295,14 @@ mod tests {
             4 => (0u64..=SKEW, 0u64..12).prop_map(|(skew, install_delay)| Step::Join { skew, install_delay }),
             1 => (0u32..6, 0u64..=SKEW, 0usize..4)
                 .prop_map(|(n, skew, crash_after)| Step::Admit { n, skew, crash_after }),
+            1 => any::<usize>().prop_map(|pick| Step::Release { pick }),
+            1 => (0usize..3, 0usize..4).prop_map(|(sub_line, stale)| Step::Hear { sub_line, stale }),
         ]
     }
 
     const TAU: u64 = 5;
     const SKEW: u64 = 2;
+    const MAX_ACTIVE: u64 = 8;
 
     /// A sub-line: its block, who waits on it, and the admissions it
     /// applied, by request (what a replay is told again).
@@ -228,6 +311,8 @@ mod tests {
         block: Option<Block>,
         waiting: BTreeMap<u64, u32>,
         applied: HashMap<u32, Vec<u32>>,
+        /// Its released totals so far, the latest last.
+        released: Vec<u64>,
     }
 
     impl SubLine {
@@ -255,7 +340,10 @@ mod tests {
         /// unique; two joins are out of order only when they came less than
         /// τ plus the skew apart; nobody is admitted twice; every admission
         /// takes the lowest waiting tickets; nobody who joins after an
-        /// admission gets a ticket below one it admitted.
+        /// admission gets a ticket below one it admitted; the admitted, who
+        /// leave the count on their sub-lines and are heard of late and out
+        /// of order, are never more than `max_active`, and the count is
+        /// exact once every sub-line is heard.
         #[test]
         fn one_order_and_admission_exactly_once_over_k_sub_lines(
             shards in 1u32..=3,
@@ -270,6 +358,9 @@ mod tests {
             let mut admitted = BTreeSet::new();
             let mut highest_admitted = 0u64;
             let mut requests = 0u32;
+            let mut capacity = Capacity::new(shards);
+            // Admitted and still counted, by user.
+            let mut counted: Vec<u32> = Vec::new();
             for step in steps {
                 match step {
                     Step::Wait(ms) => now += ms,
@@ -301,12 +392,18 @@ mod tests {
                     }
                     Step::Admit { n, skew, crash_after } => {
                         requests += 1;
+                        // Journalled at the head in one step: room, watermark.
+                        let reserved = capacity.reserve(n, MAX_ACTIVE);
+                        let n = reserved;
                         let watermark = head.watermark(now + skew, TAU + SKEW);
                         let fronts: Vec<Vec<u64>> = lines
                             .iter()
                             .map(|l| l.waiting.keys().copied().take(n as usize).collect())
                             .collect();
-                        let Some(cutoff) = admission_cutoff(&fronts, watermark, n) else { continue };
+                        let Some(cutoff) = admission_cutoff(&fronts, watermark, n) else {
+                            capacity.settle(reserved, 0);
+                            continue;
+                        };
                         let lowest: Vec<u64> = lines
                             .iter()
                             .flat_map(|l| l.waiting.keys().copied())
@@ -324,15 +421,43 @@ mod tests {
                             taken.extend(line.pop(requests, cutoff));
                         }
                         prop_assert_eq!(taken.len(), lowest.len());
+                        capacity.settle(reserved, taken.len() as u32);
                         for user in taken {
                             prop_assert!(admitted.insert(user), "user {user} admitted twice");
                             let ticket = joins[user as usize].1;
                             prop_assert!(lowest.contains(&ticket));
+                            counted.push(user);
                         }
                         highest_admitted = highest_admitted.max(cutoff);
                     }
+                    Step::Release { pick } => {
+                        if counted.is_empty() {
+                            continue;
+                        }
+                        let user = counted.swap_remove(pick % counted.len());
+                        let line = &mut lines[sub_line_of(&format!("u{user}"), shards) as usize];
+                        let total = line.released.last().copied().unwrap_or(0) + 1;
+                        line.released.push(total);
+                    }
+                    Step::Hear { sub_line, stale } => {
+                        let line = &lines[sub_line % shards as usize];
+                        let at = line.released.len().saturating_sub(1 + stale);
+                        if let Some(&total) = line.released.get(at) {
+                            capacity.hear(sub_line % shards as usize, total);
+                        }
+                    }
                 }
+                // Never fewer counted than truly admitted now, so never
+                // more admitted than max_active.
+                prop_assert!(capacity.active() >= counted.len() as u64,
+                    "{} counted, {} admitted", capacity.active(), counted.len());
+                prop_assert!(counted.len() as u64 <= MAX_ACTIVE);
             }
+            // Every sub-line's latest total heard: the count is exact.
+            for (i, line) in lines.iter().enumerate() {
+                capacity.hear(i, line.released.last().copied().unwrap_or(0));
+            }
+            prop_assert_eq!(capacity.active(), counted.len() as u64);
             for (i, &(at, ticket)) in joins.iter().enumerate() {
                 for &(later_at, later_ticket) in &joins[i + 1..] {
                     if later_at >= at + TAU + SKEW {
