@@ -144,7 +144,7 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub stall_timeout: Duration,
 
-    /// A connection that has not sent the 24 bytes that open HTTP/2 (or a TLS handshake's first bytes) within this long is closed: a client that connects and never speaks would otherwise hold two file descriptors until its age.
+    /// A connection that has not sent the 24 bytes that open HTTP/2 within this long, or over TLS has not finished its handshake, is closed: a client that connects and never speaks, or says hello and stops, would otherwise hold two file descriptors until its age.
     #[arg(long, env = "WAITROOM_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
 

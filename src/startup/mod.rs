@@ -377,6 +377,7 @@ impl Application {
             max_age: config.max_connection_age,
             grace: config.shutdown_timeout,
             handshake: config.handshake_timeout,
+            tls: config.tls_cert.is_some(),
             stall: config.stall_timeout,
         };
         let serving = tokio::spawn(accepting.run(stopping));

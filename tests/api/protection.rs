@@ -614,6 +614,86 @@ async fn a_connection_that_does_not_start_http2_in_time_is_closed() {
     app.stop().await;
 }
 
+/// Over TLS, a client that says hello and then stops is let go at the
+/// same deadline: the TLS handshake has none of its own. A stand-in
+/// between a real TLS client and the port passes on the client's first
+/// flight only; the server's answers all go through.
+#[tokio::test]
+async fn a_tls_client_that_stops_mid_handshake_is_closed_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = pki();
+    let dir = temp_dir("tls-stall");
+    let mut config = TestApp::base_config();
+    config.tls_cert = Some(write(&dir, "server.pem", &pki.server.0));
+    config.tls_key = Some(write(&dir, "server.key", &pki.server.1));
+    config.handshake_timeout = Duration::from_millis(500);
+    let app = TestApp::start(
+        config,
+        std::sync::Arc::new(waitroom::domain::ManualClock::new(now_ms())),
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = app.addr;
+    let closed = tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        let mut hello = vec![0u8; 16 * 1024];
+        let n = from_client.read(&mut hello).await.unwrap();
+        to_server.write_all(&hello[..n]).await.unwrap();
+        let started = Instant::now();
+        // The rest of the client's handshake is held back for good.
+        let _held = tokio::spawn(async move {
+            let mut sink = vec![0u8; 16 * 1024];
+            while matches!(from_client.read(&mut sink).await, Ok(n) if n > 0) {}
+        });
+        let mut answer = vec![0u8; 16 * 1024];
+        loop {
+            match from_server.read(&mut answer).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(n) => {
+                    let _ = to_client.write_all(&answer[..n]).await;
+                }
+            }
+        }
+    });
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca))
+        .domain_name("localhost");
+    tls = tls.assume_http2(true);
+    let client = tokio::spawn(async move {
+        Channel::from_shared(format!("https://localhost:{port}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+    });
+    let after = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the server still holds the connection after 5 s")
+        .unwrap();
+    assert!(
+        after >= Duration::from_millis(300) && after < Duration::from_secs(3),
+        "closed {after:?} after the hello"
+    );
+    client.abort();
+    // A client that finishes its handshake is served.
+    let channel = tls_channel(&app, &pki, None)
+        .await
+        .expect("a TLS connection");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    QueueAdminServiceClient::new(channel)
+        .create_queue(pb::CreateQueueRequest {
+            queue: Some(queue("after")),
+        })
+        .await
+        .expect("served past the deadline once the handshake finished");
+    app.stop().await;
+}
+
 /// Opens `n` `WatchRank` streams of users `{prefix}{i}` on `channel` and
 /// returns them unread (their first message may or may not have come).
 async fn open_unread(
