@@ -44,13 +44,15 @@ pub(crate) async fn events(
             "Too many open pages from your address; you keep your place.",
         );
     };
+    let alive = Duration::from_millis(app.look.alive_ms.max(1));
     let stream = place_events(app, id, receipt, guard);
     Sse::new(stream)
-        // A comment every 15 s, so proxies do not cut an idle stream.
+        // An event every --keepalive, so proxies do not cut an idle stream
+        // and the page knows its link works.
         .keep_alive(
             KeepAlive::new()
-                .interval(Duration::from_secs(15))
-                .text("keep-alive"),
+                .interval(alive)
+                .event(Event::default().event("alive").data("{}")),
         )
         .into_response()
 }

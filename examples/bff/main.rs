@@ -120,6 +120,9 @@ struct Args {
     /// URL of a logo shown in the header.
     #[arg(long)]
     logo: Option<String>,
+    /// How often a page's event stream says it is alive (keeping proxies from cutting it, and telling the page its link works).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    keepalive: Duration,
 }
 
 struct App {
@@ -217,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
             title: args.title.clone(),
             accent: args.accent.clone(),
             logo: args.logo.clone(),
+            alive_ms: u64::try_from(args.keepalive.as_millis()).unwrap_or(u64::MAX),
         },
     });
     let protection = Arc::new(Protection::new(&app.look, &args.challenge_origin));

@@ -9,6 +9,9 @@ pub struct Look {
     pub title: String,
     pub accent: String,
     pub logo: Option<String>,
+    /// How often the page's event stream says it is alive: the page takes
+    /// a stream silent for two of these and a second as lost.
+    pub alive_ms: u64,
 }
 
 /// Escapes text for HTML.
@@ -317,9 +320,10 @@ pub fn waiting(look: &Look, view: &Value) -> String {
         "",
         r#"<noscript><meta http-equiv="refresh" content="10"></noscript>"#,
         &format!(
-            r#"data-state="{}" data-ticket="{}" data-transport="none" data-connection="live""#,
+            r#"data-state="{}" data-ticket="{}" data-transport="none" data-connection="live" data-alive-ms="{}""#,
             escape(state),
-            number("ticket")
+            number("ticket"),
+            look.alive_ms
         ),
         &main,
     )
@@ -643,11 +647,23 @@ pub const JS: &str = r#"
       .catch(() => { reconnecting(); setTimeout(poll, 5000); });
   }
 
+  // A stream that goes silent without an error (a proxy or a link that
+  // hangs) is taken as lost after two of its keepalives: the page says so
+  // and opens another.
+  let watchdog = null;
+  function heard() {
+    clearTimeout(watchdog);
+    watchdog = setTimeout(() => { if (source) { reconnecting(); stop(); listen(); } },
+      2 * Number(body.dataset.aliveMs || 15000) + 1000);
+  }
+
   function listen() {
     body.dataset.transport = 'events';
     source = new EventSource('/events');
-    source.addEventListener('place', (e) => { failures = 0; render(JSON.parse(e.data)); });
-    source.addEventListener('reconnecting', reconnecting);
+    heard();
+    source.addEventListener('place', (e) => { failures = 0; heard(); render(JSON.parse(e.data)); });
+    source.addEventListener('alive', heard);
+    source.addEventListener('reconnecting', (e) => { heard(); reconnecting(e); });
     source.onerror = () => {
       failures += 1;
       reconnecting();

@@ -1066,3 +1066,31 @@ def test_a_page_says_it_is_reconnecting_while_waitroom_is_stalled_and_keeps_its_
         bff.stop()
     finally:
         stack.stop()
+
+
+def test_a_page_whose_link_hangs_without_an_error_says_so_and_reconnects(waitroom, bff_of, browser):
+    # The BFF itself stalls: the page's stream neither errs nor closes, and
+    # only its silence tells.
+    queue = new_queue(waitroom)
+    join_others(waitroom, queue, 1)
+    bff = bff_of(queue, "--keepalive", "1s")
+    driver = browser()
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "transport") == "events", what="events")
+    ticket = body(driver, "ticket")
+    # Longer than the page's patience (two keepalives and a second): the
+    # keepalives keep a quiet stream live.
+    time.sleep(4)
+    assert body(driver, "connection") == "live", "keepalives keep a quiet stream live"
+    bff.process.proc.send_signal(signal.SIGSTOP)
+    stalled = time.monotonic()
+    try:
+        until(driver, lambda d: body(d, "connection") == "reconnecting", timeout=10,
+              what="the reconnecting state while the link hangs")
+        print(f"reconnecting shown {time.monotonic() - stalled:.1f} s after the BFF stalled")
+    finally:
+        bff.process.proc.send_signal(signal.SIGCONT)
+    ctl(waitroom, "admit", queue, "1")
+    until(driver, lambda d: position(d) == 1, timeout=20, what="the place, live again")
+    assert body(driver, "ticket") == ticket
+    assert body(driver, "connection") == "live"
