@@ -721,16 +721,35 @@ class Stack:
         self.redis.stop()
 
 
+def _page_second_in_line(stack: "Stack", queue: str, scratch, browser):
+    """On a stack of its own (heartbeat 5 s), one person ahead and a page
+    in line behind them, following its place over events."""
+    ctl(stack.services(), "enqueue", queue, "early")
+    bff = Bff(stack.services(), queue, scratch)
+    driver = browser()
+    driver.get(bff.url + "/")
+    until(driver, lambda d: body(d, "state") == "waiting")
+    until(driver, lambda d: body(d, "transport") == "events")
+    return bff, driver
+
+
+def _kept_its_place(stack: "Stack", queue: str, driver, ticket: str):
+    """After the fault: the line moves, the page is first with the same
+    ticket and live again, and nobody was released."""
+    ctl(stack.services(), "admit", queue, "1")
+    until(driver, lambda d: position(d) == 1, timeout=30, what="the place kept, and moving again")
+    assert body(driver, "ticket") == ticket
+    assert body(driver, "connection") == "live"
+    assert not driver.find_element(By.ID, "reconnecting").is_displayed()
+    stats = json.loads(ctl(stack.services(), "--output", "json", "queue", "stats", queue))
+    assert stats["abandoned_total"] == 0, stats
+
+
 def test_a_page_open_through_a_15_s_waitroom_outage_keeps_its_place(scratch, browser):
     queue = "outage"
     stack = Stack(scratch, "--queue", f"{queue}:heartbeat_timeout=5s")
     try:
-        ctl(stack.services(), "enqueue", queue, "early")
-        bff = Bff(stack.services(), queue, scratch)
-        driver = browser()
-        driver.get(bff.url + "/")
-        until(driver, lambda d: body(d, "state") == "waiting")
-        until(driver, lambda d: body(d, "transport") == "events")
+        bff, driver = _page_second_in_line(stack, queue, scratch, browser)
         ticket = body(driver, "ticket")
         assert position(driver) == 2
         # Three heartbeat timeouts without waitroom: the page cannot be
@@ -747,13 +766,7 @@ def test_a_page_open_through_a_15_s_waitroom_outage_keeps_its_place(scratch, bro
         assert "last confirmed at" in banner.text, banner.text
         time.sleep(max(0.0, 15 - (time.monotonic() - stopped)))
         stack.start_waitroom()
-        ctl(stack.services(), "admit", queue, "1")
-        until(driver, lambda d: position(d) == 1, timeout=30, what="the place kept, and moving again")
-        assert body(driver, "ticket") == ticket
-        assert body(driver, "connection") == "live"
-        assert not driver.find_element(By.ID, "reconnecting").is_displayed()
-        stats = json.loads(ctl(stack.services(), "--output", "json", "queue", "stats", queue))
-        assert stats["abandoned_total"] == 0, stats
+        _kept_its_place(stack, queue, driver, ticket)
         bff.stop()
     finally:
         stack.stop()
@@ -1042,11 +1055,7 @@ def test_a_page_says_it_is_reconnecting_while_waitroom_is_stalled_and_keeps_its_
     queue = "stall"
     stack = Stack(scratch, "--queue", f"{queue}:heartbeat_timeout=5s")
     try:
-        ctl(stack.services(), "enqueue", queue, "early")
-        bff = Bff(stack.services(), queue, scratch)
-        driver = browser()
-        driver.get(bff.url + "/")
-        until(driver, lambda d: body(d, "transport") == "events")
+        bff, driver = _page_second_in_line(stack, queue, scratch, browser)
         ticket = body(driver, "ticket")
         stack.waitroom.proc.send_signal(signal.SIGSTOP)
         stalled = time.monotonic()
@@ -1057,12 +1066,7 @@ def test_a_page_says_it_is_reconnecting_while_waitroom_is_stalled_and_keeps_its_
             time.sleep(max(0.0, 20 - (time.monotonic() - stalled)))
         finally:
             stack.waitroom.proc.send_signal(signal.SIGCONT)
-        ctl(stack.services(), "admit", queue, "1")
-        until(driver, lambda d: position(d) == 1, timeout=30, what="the place kept, and moving again")
-        assert body(driver, "ticket") == ticket
-        assert body(driver, "connection") == "live"
-        stats = json.loads(ctl(stack.services(), "--output", "json", "queue", "stats", queue))
-        assert stats["abandoned_total"] == 0, stats
+        _kept_its_place(stack, queue, driver, ticket)
         bff.stop()
     finally:
         stack.stop()

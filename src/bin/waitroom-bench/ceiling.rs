@@ -125,27 +125,18 @@ async fn script_alone(args: &Args) -> anyhow::Result<()> {
             let deadline = Instant::now() + Duration::from_secs(1);
             let joined = Arc::new(AtomicU64::new(0));
             let (cpu_before, started) = (load::redis_cpu(&url)?, Instant::now());
-            let threads: Vec<_> = (0..args.connections)
-                .map(|c| {
-                    let (call, joined, url) = (Arc::clone(call), Arc::clone(&joined), url.clone());
-                    std::thread::spawn(move || -> anyhow::Result<()> {
-                        let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
-                        let tag = format!("c{c}-{}", SystemClock.now_ms());
-                        let mut round = 0;
-                        while Instant::now() < deadline {
-                            call.pipelined(&mut conn, &tag, round * depth, depth, batch)?;
-                            joined.fetch_add((depth * batch) as u64, Ordering::Relaxed);
-                            round += 1;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for thread in threads {
-                thread
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
-            }
+            let (call, counted, to) = (Arc::clone(call), Arc::clone(&joined), url.clone());
+            load::on_threads(args.connections, move |c| {
+                let mut conn = redis::Client::open(to.as_str())?.get_connection()?;
+                let tag = format!("c{c}-{}", SystemClock.now_ms());
+                let mut round = 0;
+                while Instant::now() < deadline {
+                    call.pipelined(&mut conn, &tag, round * depth, depth, batch)?;
+                    counted.fetch_add((depth * batch) as u64, Ordering::Relaxed);
+                    round += 1;
+                }
+                Ok(())
+            })?;
             *wall += started.elapsed();
             *cpu += load::redis_cpu(&url)?.saturating_sub(cpu_before);
             *joins += joined.load(Ordering::Relaxed);

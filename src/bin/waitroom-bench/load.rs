@@ -175,3 +175,24 @@ fn info_field(info: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Runs `each` with each number below `threads` on a thread of its own, as
+/// a connection's load, and waits for them all.
+pub fn on_threads<F>(threads: usize, each: F) -> anyhow::Result<()>
+where
+    F: Fn(usize) -> anyhow::Result<()> + Send + Sync + 'static,
+{
+    let each = Arc::new(each);
+    let running: Vec<_> = (0..threads)
+        .map(|n| {
+            let each = Arc::clone(&each);
+            std::thread::spawn(move || each(n))
+        })
+        .collect();
+    for thread in running {
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+    }
+    Ok(())
+}

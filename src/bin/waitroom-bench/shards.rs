@@ -120,52 +120,43 @@ impl Layout {
         let before = self.cpu_now()?;
         let started = Instant::now();
         let part = args.batch.div_ceil(self.shards);
-        let threads: Vec<_> = (0..args.connections)
-            .map(|c| {
-                let lines: Vec<(String, Arc<ScriptCall>)> = self
-                    .lines
-                    .iter()
-                    .map(|(redis, call)| (redis.url(), Arc::clone(call)))
-                    .collect();
-                let (head, joined) = (self.head.url(), Arc::clone(&joined));
-                let (depth, block) = (args.depth, args.block);
-                std::thread::spawn(move || -> anyhow::Result<()> {
-                    let mut conns = lines
-                        .iter()
-                        .map(|(url, _)| redis::Client::open(url.as_str())?.get_connection())
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let mut head = redis::Client::open(head.as_str())?.get_connection()?;
-                    let tag = format!("t{turn}-c{c}");
-                    // Joins each sub-line took since its last lease.
-                    let mut unleased = vec![0u64; lines.len()];
-                    let mut round = 0;
-                    while Instant::now() < deadline {
-                        for (shard, ((_, call), conn)) in lines.iter().zip(&mut conns).enumerate() {
-                            let tag = format!("{tag}-s{shard}");
-                            call.pipelined(conn, &tag, round * depth, depth, part)?;
-                            unleased[shard] += (depth * part) as u64;
-                            let leases = unleased[shard] / block;
-                            if leases > 0 {
-                                let mut pipe = redis::pipe();
-                                for _ in 0..leases {
-                                    pipe.cmd("INCRBY").arg("wr:{sale}:seq").arg(block).ignore();
-                                }
-                                pipe.query::<()>(&mut head)?;
-                                unleased[shard] %= block;
-                            }
-                        }
-                        joined.fetch_add((depth * part * lines.len()) as u64, Ordering::Relaxed);
-                        round += 1;
-                    }
-                    Ok(())
-                })
-            })
+        let lines: Vec<(String, Arc<ScriptCall>)> = self
+            .lines
+            .iter()
+            .map(|(redis, call)| (redis.url(), Arc::clone(call)))
             .collect();
-        for thread in threads {
-            thread
-                .join()
-                .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
-        }
+        let (head, counted) = (self.head.url(), Arc::clone(&joined));
+        let (depth, block) = (args.depth, args.block);
+        load::on_threads(args.connections, move |c| {
+            let mut conns = lines
+                .iter()
+                .map(|(url, _)| redis::Client::open(url.as_str())?.get_connection())
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut head = redis::Client::open(head.as_str())?.get_connection()?;
+            let tag = format!("t{turn}-c{c}");
+            // Joins each sub-line took since its last lease.
+            let mut unleased = vec![0u64; lines.len()];
+            let mut round = 0;
+            while Instant::now() < deadline {
+                for (shard, ((_, call), conn)) in lines.iter().zip(&mut conns).enumerate() {
+                    let tag = format!("{tag}-s{shard}");
+                    call.pipelined(conn, &tag, round * depth, depth, part)?;
+                    unleased[shard] += (depth * part) as u64;
+                    let leases = unleased[shard] / block;
+                    if leases > 0 {
+                        let mut pipe = redis::pipe();
+                        for _ in 0..leases {
+                            pipe.cmd("INCRBY").arg("wr:{sale}:seq").arg(block).ignore();
+                        }
+                        pipe.query::<()>(&mut head)?;
+                        unleased[shard] %= block;
+                    }
+                }
+                counted.fetch_add((depth * part * lines.len()) as u64, Ordering::Relaxed);
+                round += 1;
+            }
+            Ok(())
+        })?;
         self.wall += started.elapsed();
         let after = self.cpu_now()?;
         for (total, (after, before)) in self.cpu.iter_mut().zip(after.iter().zip(&before)) {
