@@ -106,3 +106,40 @@ def test_the_python_verifier_fetches_the_keys_again_for_a_token_of_a_new_key(scr
         assert verifier.verify(first, "rotating")["sub"] == "before"
     finally:
         stack.stop()
+
+
+def test_the_readmes_python_reads_the_error_reason_from_a_real_refusal(waitroom):  # noqa: F811
+    """The README's snippet, run as written, against a call the service
+    refuses: an Enqueue to a queue that does not exist."""
+    import contextlib
+    import io
+    import re
+    import textwrap
+
+    import grpc
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"\n( *)```python\n(.*?)\n\1```", readme[readme.index("ErrorInfo"):], re.S)
+    snippet = textwrap.dedent(block.group(2))
+    assert "stub.Enqueue(request)" in snippet, snippet
+
+    def field(number: int, text: str) -> bytes:
+        data = text.encode()
+        return bytes([number << 3 | 2, len(data)]) + data
+
+    class Stub:
+        """The generated stub's one call the snippet makes, without the
+        generated code: the request as protobuf bytes."""
+
+        def __init__(self, channel):
+            self.call = channel.unary_unary("/waitroom.v1.QueueService/Enqueue")
+
+        def Enqueue(self, request):  # noqa: N802 (the generated name)
+            return self.call(request, timeout=10)
+
+    target = waitroom["addr"].removeprefix("http://")
+    with grpc.insecure_channel(target) as channel:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(snippet, {"stub": Stub(channel), "request": field(1, "no-such-queue") + field(2, "someone")})
+    assert printed.getvalue().split() == ["QUEUE_NOT_FOUND"], printed.getvalue()
