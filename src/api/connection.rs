@@ -115,28 +115,37 @@ struct TlsHandshake {
 }
 
 /// The client's TLS records, header by header, as the server reads them
-/// off the socket. A client has finished its handshake once it sends
-/// application data (content type 23): in TLS 1.3 its Finished goes in
-/// such a record, in TLS 1.2 they follow it, and an HTTP/2 client sends
-/// its preface as one at once.
+/// off the socket. A client has finished its handshake once it has sent a
+/// whole record of application data (content type 23): in TLS 1.3 its
+/// Finished goes in such a record, in TLS 1.2 they follow it, and an
+/// HTTP/2 client sends its preface as one at once. The whole record, not
+/// its header: a header alone, its body never sent, would leave the TLS
+/// library waiting as long as a hello alone does; a body that is not
+/// genuine fails to decrypt, and the server closes the connection.
 #[derive(Default)]
 struct Records {
     header: [u8; 5],
     have: usize,
     /// Bytes of the current record's body still to pass.
     skip: usize,
+    /// The current record is application data.
+    data: bool,
 }
 
 impl Records {
     const APPLICATION_DATA: u8 = 23;
 
-    /// Takes the bytes read next; true once application data has begun.
+    /// Takes the bytes read next; true once a whole application data
+    /// record has come.
     fn feed(&mut self, mut bytes: &[u8]) -> bool {
         while !bytes.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
                 bytes = &bytes[n..];
                 self.skip -= n;
+                if self.skip == 0 && self.data {
+                    return true;
+                }
                 continue;
             }
             let n = (self.header.len() - self.have).min(bytes.len());
@@ -144,10 +153,8 @@ impl Records {
             self.have += n;
             bytes = &bytes[n..];
             if self.have == self.header.len() {
-                if self.header[0] == Self::APPLICATION_DATA {
-                    return true;
-                }
                 self.skip = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.data = self.header[0] == Self::APPLICATION_DATA && self.skip > 0;
                 self.have = 0;
             }
         }
@@ -300,12 +307,11 @@ mod tests {
     }
 
     #[test]
-    fn a_handshake_is_done_at_the_first_application_data_record_however_the_bytes_come() {
+    fn a_handshake_is_done_with_the_first_whole_application_data_record_however_the_bytes_come() {
         // A hello whose body is full of 23s, a change of cipher spec, then
-        // application data: only the third record's header counts.
+        // application data: only the third record, whole, counts.
         let mut stream = record(22, 300);
         stream.extend(record(20, 1));
-        let until_data = stream.len();
         stream.extend(record(23, 40));
         for chunk in [1, 2, 5, 7, 64, stream.len()] {
             let mut records = Records::default();
@@ -319,13 +325,21 @@ mod tests {
                 }
             }
             let done_at = done_at.expect("application data seen");
-            // Done with the piece that completes the data record's header.
+            // Done with the piece that completes the data record.
+            let whole = stream.len();
             assert!(
-                done_at >= until_data + 5 && done_at < until_data + 5 + chunk,
+                done_at >= whole && done_at < whole + chunk,
                 "{chunk}: {done_at}"
             );
         }
         let mut hello_only = Records::default();
         assert!(!hello_only.feed(&record(22, 300)));
+        // A data record's header with no body, or an empty one, is not the
+        // end of a handshake.
+        let mut header_only = Records::default();
+        assert!(!header_only.feed(&record(22, 300)));
+        assert!(!header_only.feed(&record(23, 40)[..5]));
+        let mut empty = Records::default();
+        assert!(!empty.feed(&record(23, 0)));
     }
 }

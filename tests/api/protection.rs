@@ -643,6 +643,7 @@ async fn a_tls_client_that_stops_mid_handshake_is_closed_at_the_deadline() {
         let mut hello = vec![0u8; 16 * 1024];
         let n = from_client.read(&mut hello).await.unwrap();
         to_server.write_all(&hello[..n]).await.unwrap();
+        hello.truncate(n);
         let started = Instant::now();
         // The rest of the client's handshake is held back for good.
         let _held = tokio::spawn(async move {
@@ -652,7 +653,7 @@ async fn a_tls_client_that_stops_mid_handshake_is_closed_at_the_deadline() {
         let mut answer = vec![0u8; 16 * 1024];
         loop {
             match from_server.read(&mut answer).await {
-                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(0) | Err(_) => return (started.elapsed(), hello),
                 Ok(n) => {
                     let _ = to_client.write_all(&answer[..n]).await;
                 }
@@ -671,7 +672,7 @@ async fn a_tls_client_that_stops_mid_handshake_is_closed_at_the_deadline() {
             .connect()
             .await
     });
-    let after = tokio::time::timeout(Duration::from_secs(5), closed)
+    let (after, hello) = tokio::time::timeout(Duration::from_secs(5), closed)
         .await
         .expect("the server still holds the connection after 5 s")
         .unwrap();
@@ -680,17 +681,58 @@ async fn a_tls_client_that_stops_mid_handshake_is_closed_at_the_deadline() {
         "closed {after:?} after the hello"
     );
     client.abort();
-    // A client that finishes its handshake is served.
+    // The same hello, then the header of an application data record whose
+    // body never comes: no more a finished handshake than the hello alone.
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    tcp.write_all(&hello).await.unwrap();
+    tcp.write_all(&[23, 3, 3, 0x40, 0]).await.unwrap();
+    let started = Instant::now();
+    let mut sink = vec![0u8; 16 * 1024];
+    let held = tokio::time::timeout(Duration::from_secs(5), async {
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(
+        held.is_ok(),
+        "a record header with no body held the connection 5 s"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // A client that finishes its handshake is served past the deadline, on
+    // the same connection: a stream opened before it still hears the line.
     let channel = tls_channel(&app, &pki, None)
         .await
         .expect("a TLS connection");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    QueueAdminServiceClient::new(channel)
+    QueueAdminServiceClient::new(channel.clone())
         .create_queue(pb::CreateQueueRequest {
-            queue: Some(queue("after")),
+            queue: Some(pb::Queue {
+                max_active: 1,
+                ..queue("after")
+            }),
         })
         .await
-        .expect("served past the deadline once the handshake finished");
+        .unwrap();
+    let mut client = QueueServiceClient::new(channel);
+    enqueue(&mut client, "after", "first").await;
+    enqueue(&mut client, "after", "second").await;
+    let mut stream = client
+        .watch_rank(watch_request("after", "second"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    enqueue(&mut client, "after", "third").await;
+    let place = stream
+        .message()
+        .await
+        .expect("the stream outlived the deadline")
+        .and_then(|m| m.place)
+        .expect("a place");
+    assert_eq!(place.waiting_count, 2);
     app.stop().await;
 }
 
