@@ -121,7 +121,7 @@ struct Args {
     #[arg(long)]
     logo: Option<String>,
     /// How often a page's event stream says it is alive (keeping proxies from cutting it, and telling the page its link works).
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = at_least_a_second)]
     keepalive: Duration,
 }
 
@@ -189,10 +189,12 @@ async fn main() -> anyhow::Result<()> {
         .initial_connection_window_size(Some(64 << 20))
         .initial_stream_window_size(Some(1 << 20))
         // A waitroom that stops answering (a stalled process, a cut that
-        // sends no reset) is noticed within about ten seconds, so pages
-        // say they are reconnecting instead of showing a stale place.
+        // sends no reset) is noticed within about fifteen seconds, so pages
+        // say they are reconnecting instead of showing a stale place; a
+        // busy one has ten seconds to answer a ping before its pages are
+        // sent to reconnect.
         .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10));
@@ -305,6 +307,15 @@ fn static_file(kind: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// A duration of a second or more (a keepalive of less would be a flood).
+fn at_least_a_second(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+        Ok(_) => Err(format!("{text:?} is under a second")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The visitor's id, and the cookie to set when it is new (no cookie, or
 /// one this BFF did not sign: a tampered or foreign cookie never names
 /// someone else's place).
@@ -401,4 +412,18 @@ fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keepalive_is_a_second_or_more() {
+        assert_eq!(at_least_a_second("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(at_least_a_second("1s"), Ok(Duration::from_secs(1)));
+        assert!(at_least_a_second("0s").is_err());
+        assert!(at_least_a_second("500ms").is_err());
+        assert!(at_least_a_second("soon").is_err());
+    }
 }

@@ -52,7 +52,11 @@ pub(crate) fn https_origin(value: &str) -> Result<String, String> {
         && name.split('.').all(|label| {
             !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
-    let port_ok = port.is_empty() || port.parse::<u16>().is_ok_and(|p| p > 0);
+    let port_ok = !host.ends_with(':')
+        && (port.is_empty()
+            || (port.len() <= 5
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_ok_and(|p| p > 0)));
     match name_ok && port_ok {
         true => Ok(value.to_ascii_lowercase()),
         false => Err(format!(
@@ -130,6 +134,8 @@ mod tests {
             "https://*.example.com",
             "https://example.com/path",
             "https://example.com:0",
+            "https://example.com:",
+            "https://example.com:+443",
             "https://",
             "'unsafe-inline'",
         ] {

@@ -30,6 +30,11 @@ impl WatchHub {
                 top: 0,
                 at: Instant::now(),
             });
+            // A late word of the queue before it was deleted and made
+            // again says nothing of the new one.
+            if epoch_ms < line.epoch_ms {
+                return;
+            }
             if line.epoch_ms != epoch_ms {
                 line.epoch_ms = epoch_ms;
                 (line.head, line.top) = (0, 0);

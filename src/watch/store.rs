@@ -448,6 +448,10 @@ mod tests {
             .unwrap();
         store.admit_due(&q, 1, 1_000).await.unwrap();
         assert_eq!(hub.known_line(&q).map(|k| k.head), Some(4));
+        // A late word of an earlier queue of that name changes nothing.
+        hub.know_line(&q, 0, (1, 1));
+        let known = hub.known_line(&q).expect("still known");
+        assert_eq!((known.epoch_ms, known.head), (1, 4));
     }
 
     /// A stream's first place is a sign of life, not a poll: the hub does

@@ -1061,7 +1061,7 @@ def test_a_page_says_it_is_reconnecting_while_waitroom_is_stalled_and_keeps_its_
         stack.waitroom.proc.send_signal(signal.SIGSTOP)
         stalled = time.monotonic()
         try:
-            until(driver, lambda d: body(d, "connection") == "reconnecting", timeout=15,
+            until(driver, lambda d: body(d, "connection") == "reconnecting", timeout=25,
                   what="the reconnecting state while waitroom is stalled")
             print(f"reconnecting shown {time.monotonic() - stalled:.1f} s after waitroom stalled")
         finally:
