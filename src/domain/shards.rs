@@ -177,9 +177,13 @@ impl Capacity {
     }
 
     /// An admission's pops took `taken` of the `reserved`: the rest is
-    /// room again. Once per admission, by its journal entry.
+    /// room again. Once per admission, by its journal entry. Pops take at
+    /// most what was reserved while no ticket at or below a cutoff can
+    /// join again; should one (a place given back from a receipt), the
+    /// count still says what was taken.
     pub fn settle(&mut self, reserved: u32, taken: u32) {
-        self.admitted_total -= u64::from(reserved.saturating_sub(taken));
+        self.admitted_total =
+            (self.admitted_total + u64::from(taken)).saturating_sub(u64::from(reserved));
     }
 
     /// Sub-line `sub_line` says `released_total` of its admitted have left
@@ -270,12 +274,21 @@ mod tests {
         /// Time passes on the shared clock.
         Wait(u64),
         /// A new user joins, through a replica whose clock is `skew` ahead
-        /// (0 up to the skew allowed), the lease reaching its sub-line
-        /// `install_delay` after it was asked for.
-        Join { skew: u64, install_delay: u64 },
+        /// (0 up to the skew allowed); with no open block on its sub-line,
+        /// the join leases one and installs it at once.
+        Join { skew: u64 },
+        /// A replica whose clock is `skew` ahead asks the head for a block
+        /// for a sub-line: numbered now, stamped with its clock now, and
+        /// on its way until an `Install` (meanwhile the head numbers other
+        /// blocks).
+        Lease { sub_line: usize, skew: u64 },
+        /// The block on its way to a sub-line arrives and becomes its
+        /// current block (closed already if it was long on its way).
+        Install { sub_line: usize },
         /// An admission of up to `n` by a replica whose clock is `skew`
-        /// ahead; `crash_after` sub-lines pop before it dies, then a
-        /// replay finishes it.
+        /// ahead, which first finishes any admission a replica died in; it
+        /// pops `crash_after` sub-lines and then dies too when that is
+        /// fewer than all, leaving the rest to the next admitter.
         Admit {
             n: u32,
             skew: u64,
@@ -291,9 +304,11 @@ mod tests {
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            1 => (0u64..8).prop_map(Step::Wait),
-            4 => (0u64..=SKEW, 0u64..12).prop_map(|(skew, install_delay)| Step::Join { skew, install_delay }),
-            1 => (0u32..6, 0u64..=SKEW, 0usize..4)
+            2 => (0u64..8).prop_map(Step::Wait),
+            6 => (0u64..=SKEW).prop_map(|skew| Step::Join { skew }),
+            1 => (0usize..3, 0u64..=SKEW).prop_map(|(sub_line, skew)| Step::Lease { sub_line, skew }),
+            1 => (0usize..3).prop_map(|sub_line| Step::Install { sub_line }),
+            2 => (0u32..6, 0u64..=SKEW, 0usize..4)
                 .prop_map(|(n, skew, crash_after)| Step::Admit { n, skew, crash_after }),
             1 => any::<usize>().prop_map(|pick| Step::Release { pick }),
             1 => (0usize..3, 0usize..4).prop_map(|(sub_line, stale)| Step::Hear { sub_line, stale }),
@@ -304,14 +319,15 @@ mod tests {
     const SKEW: u64 = 2;
     const MAX_ACTIVE: u64 = 8;
 
-    /// A sub-line: its block, who waits on it, and the admissions it
-    /// applied, by request (what a replay is told again).
+    /// A sub-line: its block and the one on its way, who waits on it, the
+    /// admissions it applied by request (what a replay is told again),
+    /// and its released totals so far, the latest last.
     #[derive(Default)]
     struct SubLine {
         block: Option<Block>,
+        coming: Option<Block>,
         waiting: BTreeMap<u64, u32>,
         applied: HashMap<u32, Vec<u32>>,
-        /// Its released totals so far, the latest last.
         released: Vec<u64>,
     }
 
@@ -330,136 +346,219 @@ mod tests {
         }
     }
 
+    /// An admission journalled at the head: its cutoff, the room it
+    /// reserved, the users it is to take, how many sub-lines its replica
+    /// popped before it died, and whom those took.
+    struct Journalled {
+        request: u32,
+        cutoff: u64,
+        reserved: u32,
+        lowest: BTreeSet<u64>,
+        popped: usize,
+        taken: Vec<u32>,
+    }
+
+    /// The sale as the property test drives it.
+    struct Sale {
+        shards: u32,
+        head: Head,
+        lines: Vec<SubLine>,
+        capacity: Capacity,
+        /// Per user, when they joined and their ticket.
+        joins: Vec<(u64, u64)>,
+        admitted: BTreeSet<u32>,
+        /// Admitted and still counted.
+        counted: Vec<u32>,
+        highest_journalled: u64,
+        unfinished: Option<Journalled>,
+    }
+
+    impl Sale {
+        fn line_of(&self, user: u32) -> usize {
+            sub_line_of(&format!("u{user}"), self.shards) as usize
+        }
+
+        /// Sub-lines `lines` pop for an admission (or say again what they
+        /// took for it).
+        fn pop(&mut self, request: u32, cutoff: u64, lines: std::ops::Range<usize>) -> Vec<u32> {
+            let mut taken = Vec::new();
+            for line in &mut self.lines[lines] {
+                taken.extend(line.pop(request, cutoff));
+            }
+            taken
+        }
+
+        /// The users an admission's pops took are admitted: once, and only
+        /// those it was to take.
+        fn admit(&mut self, lowest: &BTreeSet<u64>, taken: &[u32]) -> Result<(), TestCaseError> {
+            for &user in taken {
+                prop_assert!(self.admitted.insert(user), "user {user} admitted twice");
+                prop_assert!(lowest.contains(&self.joins[user as usize].1));
+                self.counted.push(user);
+            }
+            Ok(())
+        }
+
+        /// Finishes an admission a replica died in, as the next admitter
+        /// does before its own: the sub-lines popped before say again whom
+        /// they took, and only the others pop.
+        fn finish(&mut self) -> Result<(), TestCaseError> {
+            let Some(admission) = self.unfinished.take() else {
+                return Ok(());
+            };
+            let again = self.pop(admission.request, admission.cutoff, 0..admission.popped);
+            prop_assert_eq!(&again, &admission.taken);
+            let rest = self.pop(
+                admission.request,
+                admission.cutoff,
+                admission.popped..self.lines.len(),
+            );
+            self.admit(&admission.lowest, &rest)?;
+            let taken = admission.taken.len() + rest.len();
+            prop_assert_eq!(taken, admission.lowest.len());
+            self.capacity.settle(admission.reserved, taken as u32);
+            Ok(())
+        }
+    }
+
     proptest! {
         // The edges (a block closing while a skewed replica still uses it)
         // are a millisecond or two wide: more cases find them.
         #![proptest_config(ProptestConfig::with_cases(3000))]
 
-        /// Joins over K sub-lines with skewed clocks and late leases, and
-        /// admissions that crash part way and are replayed: tickets are
-        /// unique; two joins are out of order only when they came less than
-        /// τ plus the skew apart; nobody is admitted twice; every admission
-        /// takes the lowest waiting tickets; nobody who joins after an
-        /// admission gets a ticket below one it admitted; the admitted, who
-        /// leave the count on their sub-lines and are heard of late and out
-        /// of order, are never more than `max_active`, and the count is
-        /// exact once every sub-line is heard.
+        /// Joins over K sub-lines with skewed clocks and blocks numbered
+        /// long before they arrive, and admissions whose replica dies part
+        /// way, finished by the next admitter after other steps: tickets
+        /// are unique; two joins are out of order only when they came less
+        /// than τ plus the skew apart; nobody is admitted twice; every
+        /// admission takes the lowest waiting tickets below the watermark;
+        /// nobody who joins after an admission is journalled gets a ticket
+        /// at or below its cutoff; the admitted, who leave the count on
+        /// their sub-lines and are heard of late and out of order, are
+        /// never more than `max_active`, and the count is exact once every
+        /// sub-line is heard.
         #[test]
         fn one_order_and_admission_exactly_once_over_k_sub_lines(
             shards in 1u32..=3,
             block in 1u64..6,
             steps in proptest::collection::vec(step(), 1..300),
         ) {
-            let mut head = Head::default();
-            let mut lines: Vec<SubLine> = (0..shards).map(|_| SubLine::default()).collect();
-            let mut now = 0u64;
-            let mut joins: Vec<(u64, u64)> = Vec::new(); // (join time, ticket)
+            let mut sale = Sale {
+                shards,
+                head: Head::default(),
+                lines: (0..shards).map(|_| SubLine::default()).collect(),
+                capacity: Capacity::new(shards),
+                joins: Vec::new(),
+                admitted: BTreeSet::new(),
+                counted: Vec::new(),
+                highest_journalled: 0,
+                unfinished: None,
+            };
             let mut tickets = BTreeSet::new();
-            let mut admitted = BTreeSet::new();
-            let mut highest_admitted = 0u64;
+            let mut now = 0u64;
             let mut requests = 0u32;
-            let mut capacity = Capacity::new(shards);
-            // Admitted and still counted, by user.
-            let mut counted: Vec<u32> = Vec::new();
             for step in steps {
                 match step {
                     Step::Wait(ms) => now += ms,
-                    Step::Join { skew, install_delay } => {
-                        let user = joins.len() as u32;
-                        let line = &mut lines[sub_line_of(&format!("u{user}"), shards) as usize];
+                    Step::Join { skew } => {
+                        let user = sale.joins.len() as u32;
+                        let at = sale.line_of(user);
                         let clock = now + skew;
+                        let line = &mut sale.lines[at];
                         let ticket = loop {
                             match join_ticket(&mut line.block, clock, TAU) {
                                 Ticketing::Ticket(t) => break t,
-                                Ticketing::Lease => {
-                                    // Asked for `install_delay` before it reached
-                                    // the sub-line: a late block may be closed
-                                    // already, a gap, and the next join leases
-                                    // afresh.
-                                    let lease = head.lease(block, clock.saturating_sub(install_delay));
-                                    line.block = Some(lease);
-                                    if !lease.open_at(clock, TAU) {
-                                        line.block = Some(head.lease(block, clock));
-                                    }
-                                }
+                                Ticketing::Lease => line.block = Some(sale.head.lease(block, clock)),
                             }
                         };
                         prop_assert!(tickets.insert(ticket), "ticket {ticket} given twice");
-                        prop_assert!(ticket > highest_admitted,
-                            "ticket {ticket} given after {highest_admitted} was admitted");
+                        prop_assert!(ticket > sale.highest_journalled,
+                            "ticket {ticket} given after an admission up to {} was journalled",
+                            sale.highest_journalled);
                         line.waiting.insert(ticket, user);
-                        joins.push((now, ticket));
+                        sale.joins.push((now, ticket));
+                    }
+                    Step::Lease { sub_line, skew } => {
+                        let line = sub_line % shards as usize;
+                        if sale.lines[line].coming.is_none() {
+                            sale.lines[line].coming = Some(sale.head.lease(block, now + skew));
+                        }
+                    }
+                    Step::Install { sub_line } => {
+                        let line = &mut sale.lines[sub_line % shards as usize];
+                        if let Some(coming) = line.coming.take() {
+                            line.block = Some(coming);
+                        }
                     }
                     Step::Admit { n, skew, crash_after } => {
+                        sale.finish()?;
                         requests += 1;
-                        // Journalled at the head in one step: room, watermark.
-                        let reserved = capacity.reserve(n, MAX_ACTIVE);
-                        let n = reserved;
-                        let watermark = head.watermark(now + skew, TAU + SKEW);
-                        let fronts: Vec<Vec<u64>> = lines
+                        // Journalled at the head in one step: the room, the
+                        // watermark, then the cutoff from the sub-lines' fronts.
+                        let reserved = sale.capacity.reserve(n, MAX_ACTIVE);
+                        let watermark = sale.head.watermark(now + skew, TAU + SKEW);
+                        let fronts: Vec<Vec<u64>> = sale
+                            .lines
                             .iter()
-                            .map(|l| l.waiting.keys().copied().take(n as usize).collect())
+                            .map(|l| l.waiting.keys().copied().take(reserved as usize).collect())
                             .collect();
-                        let Some(cutoff) = admission_cutoff(&fronts, watermark, n) else {
-                            capacity.settle(reserved, 0);
+                        let Some(cutoff) = admission_cutoff(&fronts, watermark, reserved) else {
+                            sale.capacity.settle(reserved, 0);
                             continue;
                         };
-                        let lowest: Vec<u64> = lines
+                        let lowest: BTreeSet<u64> = sale
+                            .lines
                             .iter()
                             .flat_map(|l| l.waiting.keys().copied())
                             .filter(|&t| t < watermark)
                             .collect::<BTreeSet<_>>()
                             .into_iter()
-                            .take(n as usize)
+                            .take(reserved as usize)
                             .collect();
-                        // Some sub-lines pop, the replica dies, a replay pops all.
-                        for line in lines.iter_mut().take(crash_after) {
-                            line.pop(requests, cutoff);
+                        sale.highest_journalled = sale.highest_journalled.max(cutoff);
+                        let popped = crash_after.min(shards as usize);
+                        let taken = sale.pop(requests, cutoff, 0..popped);
+                        sale.admit(&lowest, &taken)?;
+                        sale.unfinished = Some(Journalled { request: requests, cutoff, reserved, lowest, popped, taken });
+                        if popped == shards as usize {
+                            // It did not die: it finishes its own.
+                            sale.finish()?;
                         }
-                        let mut taken = Vec::new();
-                        for line in &mut lines {
-                            taken.extend(line.pop(requests, cutoff));
-                        }
-                        prop_assert_eq!(taken.len(), lowest.len());
-                        capacity.settle(reserved, taken.len() as u32);
-                        for user in taken {
-                            prop_assert!(admitted.insert(user), "user {user} admitted twice");
-                            let ticket = joins[user as usize].1;
-                            prop_assert!(lowest.contains(&ticket));
-                            counted.push(user);
-                        }
-                        highest_admitted = highest_admitted.max(cutoff);
                     }
                     Step::Release { pick } => {
-                        if counted.is_empty() {
+                        if sale.counted.is_empty() {
                             continue;
                         }
-                        let user = counted.swap_remove(pick % counted.len());
-                        let line = &mut lines[sub_line_of(&format!("u{user}"), shards) as usize];
+                        let user = sale.counted.swap_remove(pick % sale.counted.len());
+                        let at = sale.line_of(user);
+                        let line = &mut sale.lines[at];
                         let total = line.released.last().copied().unwrap_or(0) + 1;
                         line.released.push(total);
                     }
                     Step::Hear { sub_line, stale } => {
-                        let line = &lines[sub_line % shards as usize];
-                        let at = line.released.len().saturating_sub(1 + stale);
-                        if let Some(&total) = line.released.get(at) {
-                            capacity.hear(sub_line % shards as usize, total);
+                        let at = sub_line % shards as usize;
+                        let line = &sale.lines[at];
+                        let index = line.released.len().saturating_sub(1 + stale);
+                        if let Some(&total) = line.released.get(index) {
+                            sale.capacity.hear(at, total);
                         }
                     }
                 }
                 // Never fewer counted than truly admitted now, so never
                 // more admitted than max_active.
-                prop_assert!(capacity.active() >= counted.len() as u64,
-                    "{} counted, {} admitted", capacity.active(), counted.len());
-                prop_assert!(counted.len() as u64 <= MAX_ACTIVE);
+                prop_assert!(sale.capacity.active() >= sale.counted.len() as u64,
+                    "{} counted, {} admitted", sale.capacity.active(), sale.counted.len());
+                prop_assert!(sale.counted.len() as u64 <= MAX_ACTIVE);
             }
+            sale.finish()?;
             // Every sub-line's latest total heard: the count is exact.
-            for (i, line) in lines.iter().enumerate() {
-                capacity.hear(i, line.released.last().copied().unwrap_or(0));
+            for i in 0..sale.lines.len() {
+                let total = sale.lines[i].released.last().copied().unwrap_or(0);
+                sale.capacity.hear(i, total);
             }
-            prop_assert_eq!(capacity.active(), counted.len() as u64);
-            for (i, &(at, ticket)) in joins.iter().enumerate() {
-                for &(later_at, later_ticket) in &joins[i + 1..] {
+            prop_assert_eq!(sale.capacity.active(), sale.counted.len() as u64);
+            for (i, &(at, ticket)) in sale.joins.iter().enumerate() {
+                for &(later_at, later_ticket) in &sale.joins[i + 1..] {
                     if later_at >= at + TAU + SKEW {
                         prop_assert!(later_ticket > ticket,
                             "joined at {at} with {ticket}, at {later_at} with {later_ticket}");
