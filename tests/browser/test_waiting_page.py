@@ -1077,19 +1077,19 @@ def test_a_page_whose_link_hangs_without_an_error_says_so_and_reconnects(waitroo
     # only its silence tells.
     queue = new_queue(waitroom)
     join_others(waitroom, queue, 1)
-    bff = bff_of(queue, "--keepalive", "1s")
+    bff = bff_of(queue, "--keepalive", "2s")
     driver = browser()
     driver.get(bff.url + "/")
     until(driver, lambda d: body(d, "transport") == "events", what="events")
     ticket = body(driver, "ticket")
     # Longer than the page's patience (two keepalives and a second): the
     # keepalives keep a quiet stream live.
-    time.sleep(4)
+    time.sleep(7)
     assert body(driver, "connection") == "live", "keepalives keep a quiet stream live"
     bff.process.proc.send_signal(signal.SIGSTOP)
     stalled = time.monotonic()
     try:
-        until(driver, lambda d: body(d, "connection") == "reconnecting", timeout=10,
+        until(driver, lambda d: body(d, "connection") == "reconnecting", timeout=15,
               what="the reconnecting state while the link hangs")
         print(f"reconnecting shown {time.monotonic() - stalled:.1f} s after the BFF stalled")
     finally:
