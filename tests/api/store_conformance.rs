@@ -563,6 +563,52 @@ async fn a_re_made_queue_takes_back_the_lost_line_in_its_order(store: &dyn Queue
     );
 }
 
+/// A re-made queue gives a lost place back once: someone given their place
+/// back and then admitted and done, or gone, does not get it again from
+/// the same old receipt.
+async fn a_lost_place_is_given_back_once(store: &dyn QueueStore) {
+    let lost_epoch = T0 - 60_000;
+    let mut config = QueueConfig::new(q("s"));
+    config.created_at_ms = T0;
+    config.presence_since_ms = T0;
+    config.adoption = Some(Adoption {
+        epoch_ms: lost_epoch,
+        head: 10,
+        top: 1_000,
+    });
+    store.create_queue(&config).await.unwrap();
+    let (now, issued) = (T0 + 2_000, T0 - 1_000);
+    for (user, ticket) in [("a", 20), ("b", 30)] {
+        let back = store
+            .restore(&q("s"), &u(user), &claim(lost_epoch, ticket, issued), now)
+            .await
+            .unwrap();
+        assert_eq!(restored_ticket(back), ticket);
+    }
+    let admitted = store.admit(&q("s"), 1, None, now).await.unwrap();
+    assert_eq!(admitted.len(), 1);
+    assert_eq!(admitted[0].user, u("a"));
+    assert!(store.complete(&q("s"), &u("a"), now).await.unwrap());
+    assert!(store.leave(&q("s"), &u("b"), now).await.unwrap());
+    for (user, ticket) in [("a", 20), ("b", 30)] {
+        assert_eq!(
+            store
+                .restore(
+                    &q("s"),
+                    &u(user),
+                    &claim(lost_epoch, ticket, issued),
+                    now + 1
+                )
+                .await
+                .unwrap(),
+            Restoration::Refused(Refusal::NotGiven),
+            "{user} given their lost place a second time"
+        );
+    }
+    assert_eq!(position(store, "s", "a", now + 1).await, None);
+    assert_eq!(position(store, "s", "b", now + 1).await, None);
+}
+
 /// A deletion leaves a mark; a queue gone without it was lost.
 async fn a_deleted_queue_is_told_from_a_lost_one(store: &dyn QueueStore) {
     assert!(
@@ -649,6 +695,7 @@ conformance!(
     replicas_share_their_load,
     a_receipt_gives_back_only_a_join_the_store_lost,
     a_re_made_queue_takes_back_the_lost_line_in_its_order,
+    a_lost_place_is_given_back_once,
     a_deleted_queue_is_told_from_a_lost_one,
 );
 
@@ -695,5 +742,6 @@ mod cluster {
         nobody_is_released_for_time_no_pass_could_hear_them,
         replicas_share_their_load,
         a_re_made_queue_takes_back_the_lost_line_in_its_order,
+        a_lost_place_is_given_back_once,
     );
 }

@@ -286,6 +286,12 @@ impl QueueStore for MemoryStore {
                 Ok(restored) => restored,
                 Err(refusal) => return Ok(Restoration::Refused(refusal)),
             };
+            // A lost line's place is given back once: whatever became of
+            // it here since (admitted, left, released) stands.
+            let adopted = claim.epoch_ms != state.config.created_at_ms;
+            if adopted && !state.line.given_back.insert(claim.ticket) {
+                return Ok(Restoration::Refused(Refusal::NotGiven));
+            }
             state.line.seq = restored.seq;
             state.config.adoption = restored.adoption;
             state.add_waiting(user.clone(), claim.ticket);

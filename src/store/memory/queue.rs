@@ -52,6 +52,9 @@ pub(super) struct Line {
     /// [`LINE_LOG_KEEP`] of them; `log_seq` is the last number given.
     pub(super) log: BTreeMap<u64, LineEvent>,
     pub(super) log_seq: u64,
+    /// Tickets of the lost line a re-made queue gave back from receipts:
+    /// each once, whatever became of it here since.
+    pub(super) given_back: HashSet<u64>,
 }
 
 /// Who holds an admission, the rate's figures and bucket, and the results

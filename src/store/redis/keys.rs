@@ -4,7 +4,7 @@
 
 use crate::domain::QueueId;
 
-/// The keys every queue script receives, in this order (`KEYS[1..16]`).
+/// The keys every queue script receives, in this order (`KEYS[1..17]`).
 ///
 /// | key | type | holds |
 /// | --- | --- | --- |
@@ -24,6 +24,7 @@ use crate::domain::QueueId;
 /// | `P:{q}:cleared` | set | users taken out of line by clearing the queue, told so while it stays closed |
 /// | `P:{q}:flow` | hash | the sale's recent figures in time buckets: `j:<second>` arrivals, `x:<second>` abandonments, `w:<slot>:<bucket>` admissions by time waited (see `domain/estimate.rs`) |
 /// | `P:{q}:joined` | sorted set | second → the highest ticket given by then, for the time each admitted user waited; trimmed as the line is admitted |
+/// | `P:{q}:given_back` | set | tickets of the lost line a re-made queue gave back from receipts, each once |
 ///
 /// The config hash holds mode, max_active, admit_per_second,
 /// admission_ttl_ms, heartbeat_timeout_ms, created_at_ms (the queue's
@@ -37,7 +38,7 @@ use crate::domain::QueueId;
 /// [`used_tokens_keys`]): `P:{q}:used`, a sorted set of consumed token ids
 /// scored by how long each is remembered, and `P:{q}:used_by`, a hash of
 /// the request that consumed each.
-pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 16] {
+pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 17] {
     [
         "config",
         "seq",
@@ -55,6 +56,7 @@ pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 16] {
         "cleared",
         "flow",
         "joined",
+        "given_back",
     ]
     .map(|name| format!("{prefix}:{{{queue}}}:{name}"))
 }

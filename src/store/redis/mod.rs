@@ -2,7 +2,7 @@
 //!
 //! # Data model
 //!
-//! A queue is sixteen keys under one hash tag (see [`keys`], whose table
+//! A queue is seventeen keys under one hash tag (see [`keys`], whose table
 //! names each): its config, a ticket sequence, a sorted set of waiting
 //! users scored by ticket, a sorted set of admitted users scored by expiry,
 //! a hash of admission records, counters, one-second admission buckets for
@@ -156,7 +156,7 @@ impl RedisStore {
         })
     }
 
-    fn keys(&self, queue: &QueueId) -> [String; 16] {
+    fn keys(&self, queue: &QueueId) -> [String; 17] {
         keys::queue_keys(&self.prefix, queue)
     }
 
@@ -177,7 +177,7 @@ impl RedisStore {
     }
 
     #[cfg(feature = "testkit")]
-    pub fn queue_keys(&self, queue: &QueueId) -> [String; 16] {
+    pub fn queue_keys(&self, queue: &QueueId) -> [String; 17] {
         self.keys(queue)
     }
 }

@@ -8,11 +8,11 @@
 
 -- Marked even when already gone: an operator's delete of a queue the
 -- store lost says it is not to be waited for.
-redis.call('SET', KEYS[17], NOW)
+redis.call('SET', KEYS[18], NOW)
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return { 'no_queue' }
 end
 redis.call('UNLINK', K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE, K_BATCHES,
   K_BATCH_EXPIRY, K_PREQUEUE, K_POOL, K_SEEN, K_LOG, K_CLEARED, K_FLOW,
-  K_JOINED)
+  K_JOINED, K_GIVEN_BACK)
 return { 'ok' }
