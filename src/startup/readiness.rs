@@ -194,6 +194,11 @@ async fn keep_queues(
 /// Creates the declared queues that do not exist yet; existing ones keep
 /// their current settings, so a restart never undoes an operator's switch.
 /// Returns those still to do (the store failed).
+///
+/// A declared queue missing with no mark of a deletion may have been lost
+/// (a Redis back empty while this instance started): it is made ready to
+/// take its lost line back from receipts, of whichever earlier queue the
+/// first receipt shows, as a re-made queue whose line nobody here saw.
 async fn declare_queues(
     store: &dyn QueueStore,
     clock: &dyn Clock,
@@ -201,7 +206,11 @@ async fn declare_queues(
 ) -> Vec<QueueSpec> {
     let mut left = Vec::new();
     for spec in declared {
-        match store.create_queue(&spec.config(clock.now_ms())).await {
+        let mut config = spec.config(clock.now_ms());
+        if matches!(store.queue_lost(&spec.id).await, Ok(true)) {
+            config.adoption = Some(Adoption::default());
+        }
+        match store.create_queue(&config).await {
             Ok(_) => tracing::info!(queue = %spec.id, "declared queue created"),
             Err(Error::QueueAlreadyExists(_)) => tracing::info!(
                 queue = %spec.id,

@@ -378,3 +378,54 @@ async fn after_redis_comes_back_empty_the_line_re_forms_in_its_old_order() {
     one.stop().await;
     two.stop().await;
 }
+
+/// Redis comes back empty while the service restarts too, so no replica
+/// saw the lost line: the starting replica makes the declared queue ready
+/// to take it back, and visitors who return with their receipts, in any
+/// order, stand in their old order.
+#[tokio::test]
+async fn a_replica_starting_on_an_empty_redis_takes_the_lost_line_back_from_receipts() {
+    let mut redis = TestRedis::start();
+    let (port, url, prefix) = (redis.port(), redis.url(), fresh_prefix());
+    let config = || {
+        let mut config = with_key(TestApp::redis_config(&url, &prefix), 6);
+        config.queues = vec![QueueSpec::parse("sale:heartbeat_timeout=30s").unwrap()];
+        config
+    };
+    let one = TestApp::spawn(config()).await;
+    let mut client = one.client().await;
+    let mut receipts = Vec::new();
+    for i in 0..20 {
+        let place = enqueue(&mut client, "sale", &format!("v{i}")).await;
+        assert!(!place.receipt.is_empty());
+        receipts.push((format!("v{i}"), place.ticket, place.receipt));
+    }
+    one.stop().await;
+    redis.stop();
+    let _empty = TestRedis::start_on(port);
+    let two = TestApp::spawn(config()).await;
+    wait_until("the declared queue made", Duration::from_secs(5), || {
+        let two = &two;
+        async move {
+            two.admin()
+                .await
+                .get_queue(pb::GetQueueRequest {
+                    queue_id: "sale".into(),
+                })
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    for (user, ticket, receipt) in receipts.iter().rev() {
+        let place = rank_with(&two, "sale", user, receipt)
+            .await
+            .unwrap_or_else(|status| panic!("{user}: {status:?}"));
+        assert_eq!(place.ticket, *ticket, "{user}");
+    }
+    let mut client = two.client().await;
+    for (n, (user, _, _)) in receipts.iter().enumerate() {
+        assert_eq!(rank(&mut client, "sale", user).await.position, n as u64 + 1);
+    }
+    two.stop().await;
+}
