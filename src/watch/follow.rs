@@ -104,8 +104,9 @@ impl WatchHub {
                     if let (Some(line), Some(summary)) = (&copy.line, &copy.summary) {
                         let heartbeat_ms = watch.heartbeat_ms.load(Ordering::Relaxed);
                         pollers.prune(line, heartbeat_ms, now);
-                        watch.bounds.set(line.bounds());
-                        self.know_line(&queue, summary.epoch_ms, line.bounds());
+                        let bounds = vouched_bounds(line.bounds(), summary.prequeued);
+                        watch.bounds.set(bounds);
+                        self.know_line(&queue, summary.epoch_ms, bounds);
                     }
                     watchers
                 }
@@ -546,5 +547,29 @@ fn end_all(watchers: Vec<Watcher>, error: &Error) {
     };
     for watcher in watchers {
         let _ = watcher.tx.send(Err(error.clone()));
+    }
+}
+
+/// The bounds of the line a refresh can vouch for, in receipts and in what
+/// this instance remembers of the line: while anyone is pre-queued or being
+/// placed by the opening draw, tickets below every waiting one may still
+/// join (the draw's block), so no head is vouched for.
+fn vouched_bounds((head, top): (u64, u64), prequeued: u64) -> (u64, u64) {
+    match prequeued {
+        0 => (head, top),
+        _ => (0, top),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vouched_bounds;
+
+    /// Newcomers during the opening draw wait above the block the draw is
+    /// filling: their tickets say nothing of who is gone below them.
+    #[test]
+    fn no_head_is_vouched_for_while_the_draw_may_place_tickets_below() {
+        assert_eq!(vouched_bounds((1001, 1010), 1000), (0, 1010));
+        assert_eq!(vouched_bounds((1, 1010), 0), (1, 1010));
     }
 }
