@@ -100,7 +100,9 @@ pub fn receipt_fresh(
     release_after_ms: u64,
     now_ms: u64,
 ) -> bool {
-    claim.issued_ms.max(presence_since_ms) + release_after_ms > now_ms
+    // Released once silent longer than the release time (reap's cutoff is
+    // strict), so the receipt is good up to and at that instant.
+    claim.issued_ms.max(presence_since_ms) + release_after_ms >= now_ms
 }
 
 /// Whether the place a receipt vouches for is given back, to a user who
@@ -184,15 +186,15 @@ mod tests {
 
     #[test]
     fn a_receipt_lapses_when_its_holder_would_have_been_released() {
-        assert!(restore_decision(&living(0), &claim(1_000, 1, 2_000), 11_999).is_ok());
-        let late = restore_decision(&living(0), &claim(1_000, 1, 2_000), 12_000);
+        assert!(restore_decision(&living(0), &claim(1_000, 1, 2_000), 12_000).is_ok());
+        let late = restore_decision(&living(0), &claim(1_000, 1, 2_000), 12_001);
         assert_eq!(late, Err(Refusal::Lapsed));
         // Time the queue could not hear anyone does not count.
         let after_outage = RestoreView {
             presence_since_ms: 30_000,
             ..living(0)
         };
-        assert!(restore_decision(&after_outage, &claim(1_000, 1, 2_000), 39_999).is_ok());
+        assert!(restore_decision(&after_outage, &claim(1_000, 1, 2_000), 40_000).is_ok());
     }
 
     #[test]

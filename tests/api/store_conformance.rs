@@ -459,8 +459,15 @@ async fn a_receipt_gives_back_only_a_join_the_store_lost(store: &dyn QueueStore)
         store.enqueue(&q("s"), &u("h"), now).await.unwrap().ticket,
         8
     );
-    // A receipt lapses when its holder would have been released.
-    let late = T0 + config.release_after_ms();
+    // A receipt lapses when its holder would have been released: after the
+    // release time, not at it.
+    let edge = T0 + config.release_after_ms();
+    let at_edge = store
+        .restore(&q("s"), &u("j"), &claim(epoch, 10, T0), edge)
+        .await
+        .unwrap();
+    assert_eq!(restored_ticket(at_edge), 10);
+    let late = edge + 1;
     assert_eq!(
         store
             .restore(&q("s"), &u("i"), &claim(epoch, 9, T0), late)

@@ -25,7 +25,9 @@ if opening or #redis.call('ZRANGEBYSCORE', K_WAITING, ticket, ticket, 'LIMIT', 0
 end
 
 local release_after = cfg.heartbeat + math.floor(cfg.heartbeat / 4)
-if math.max(issued, cfg.presence_since) + release_after <= NOW then
+-- Good up to and at the instant its holder would be released (reap's
+-- cutoff is strict).
+if math.max(issued, cfg.presence_since) + release_after < NOW then
   return { 'ok', 'lapsed' }
 end
 if ticket == 0 then
