@@ -140,11 +140,29 @@ impl Service {
         started.elapsed()
     }
 
+    /// Creates the queue as an operator would: a store that answers
+    /// `UNAVAILABLE` at once after the service turned ready (a replica's
+    /// acknowledgement late, so the master refuses writes for a moment) is
+    /// asked again; a retry finding the queue made by the first try is done.
     pub async fn create_queue(&self, queue: pb::Queue) {
-        self.admin()
-            .create_queue(pb::CreateQueueRequest { queue: Some(queue) })
-            .await
-            .expect("create_queue");
+        let mut tried = false;
+        crate::wait::until("create_queue", Duration::from_secs(20), || {
+            let request = pb::CreateQueueRequest {
+                queue: Some(queue.clone()),
+            };
+            let again = std::mem::replace(&mut tried, true);
+            async move {
+                match self.admin().create_queue(request).await {
+                    Ok(_) => Ok(()),
+                    Err(status) if again && status.code() == tonic::Code::AlreadyExists => Ok(()),
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        Err(format!("{status:?}"))
+                    }
+                    Err(status) => panic!("create_queue: {status:?}"),
+                }
+            }
+        })
+        .await;
     }
 
     /// The queue's figures, as the admin service reports them.
