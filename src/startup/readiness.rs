@@ -2,6 +2,7 @@
 //! store; liveness (the overall `""` service) never does, so a store outage
 //! does not restart the process.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -45,10 +46,12 @@ pub(super) async fn track_readiness(
     let mut problem: Option<String> = None;
     let mut declared = all_declared.clone();
     let mut vanished: Vec<QueueId> = Vec::new();
+    let mut seen_missing: HashMap<QueueId, tokio::time::Instant> = HashMap::new();
     loop {
         let answers = store.ping().await.is_ok();
         if answers && !declared.is_empty() {
-            declared = declare_queues(store.as_ref(), clock.as_ref(), declared).await;
+            declared =
+                declare_queues(store.as_ref(), clock.as_ref(), declared, &mut seen_missing).await;
         }
         if answers && declared.is_empty() {
             let now_vanished = keep_queues(
@@ -191,23 +194,39 @@ async fn keep_queues(
     vanished
 }
 
+/// How long a starting instance leaves a declared queue that may have
+/// been lost to the replicas that saw its line, before making it itself.
+const LOST_QUEUE_GRACE: Duration = Duration::from_secs(2);
+
 /// Creates the declared queues that do not exist yet; existing ones keep
 /// their current settings, so a restart never undoes an operator's switch.
 /// Returns those still to do (the store failed).
 ///
 /// A declared queue missing with no mark of a deletion may have been lost
-/// (a Redis back empty while this instance started): it is made ready to
-/// take its lost line back from receipts, of whichever earlier queue the
-/// first receipt shows, as a re-made queue whose line nobody here saw.
+/// (a Redis back empty while this instance started). Replicas that were
+/// running re-make such a queue with what they saw of its line within a
+/// readiness interval of the store answering (see [`keep_queues`]), so
+/// this instance leaves it to them for [`LOST_QUEUE_GRACE`] first; then it
+/// makes it ready to take its lost line back from receipts, of whichever
+/// earlier queue the first receipt shows, as a re-made queue whose line
+/// nobody saw (on a first start, nobody did).
 async fn declare_queues(
     store: &dyn QueueStore,
     clock: &dyn Clock,
     declared: Vec<QueueSpec>,
+    seen_missing: &mut HashMap<QueueId, tokio::time::Instant>,
 ) -> Vec<QueueSpec> {
     let mut left = Vec::new();
     for spec in declared {
         let mut config = spec.config(clock.now_ms());
         if matches!(store.queue_lost(&spec.id).await, Ok(true)) {
+            let first = *seen_missing
+                .entry(spec.id.clone())
+                .or_insert_with(tokio::time::Instant::now);
+            if first.elapsed() < LOST_QUEUE_GRACE {
+                left.push(spec);
+                continue;
+            }
             config.adoption = Some(Adoption::default());
         }
         match store.create_queue(&config).await {

@@ -252,10 +252,10 @@ async fn after_redis_comes_back_empty_the_line_re_forms_in_its_old_order() {
     const VISITORS: usize = 1_000;
     const ADMITTED: u32 = 50;
     let mut redis = TestRedis::start();
-    let port = redis.port();
+    let (port, url) = (redis.port(), redis.url());
     let prefix = fresh_prefix();
     let config = || {
-        let mut config = with_key(TestApp::redis_config(&redis.url(), &prefix), 4);
+        let mut config = with_key(TestApp::redis_config(&url, &prefix), 4);
         config.queues = vec![QueueSpec::parse("sale:heartbeat_timeout=30s").unwrap()];
         config
     };
@@ -300,6 +300,9 @@ async fn after_redis_comes_back_empty_the_line_re_forms_in_its_old_order() {
     clock.advance_ms(500);
     let _empty = TestRedis::start_on(port);
     let back = Instant::now();
+    // A third replica starts as Redis comes back (a rollout): it saw
+    // nothing of the line, and leaves the re-making to those that did.
+    let three = tokio::spawn(TestApp::spawn_with_clock(config(), clock.clone()));
     wait_until("the declared queue re-made", Duration::from_secs(2), || {
         let one = &one;
         async move {
@@ -352,6 +355,7 @@ async fn after_redis_comes_back_empty_the_line_re_forms_in_its_old_order() {
         }
     }
     assert!(newcomer_ticket > VISITORS as u64, "{newcomer_ticket}");
+    three.await.unwrap().stop().await;
     // Places given back through the other replica reach each copy with
     // its next refresh.
     one.refreshed("sale").await;
