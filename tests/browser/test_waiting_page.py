@@ -712,6 +712,17 @@ class Stack:
         )
         wait_for_port(self.grpc)
         wait_for_port(self.http)
+        # Ready, as a readiness probe would see it: its declared queue made.
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/readyz", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            assert time.monotonic() < deadline, "waitroom never ready"
+            time.sleep(0.1)
 
     def services(self):
         return {"addr": self.addr, "jwks": self.jwks}
