@@ -322,6 +322,17 @@ mod tests {
         (hub, store)
     }
 
+    /// [`watched`], with queue `q` made (created at 1 ms).
+    async fn watched_queue() -> (Arc<WatchHub>, WatchedStore, QueueId) {
+        let (hub, store) = watched();
+        let q = QueueId::parse("q").unwrap();
+        store
+            .create_queue(&QueueConfig::new(q.clone()).created(1))
+            .await
+            .unwrap();
+        (hub, store, q)
+    }
+
     /// Every write that changed something through the watched store reached
     /// the hub. A write added to the trait must be added here too: the
     /// trait has no defaults, so the watched store does not compile
@@ -419,12 +430,7 @@ mod tests {
     /// admitted their places back.
     #[tokio::test(start_paused = true)]
     async fn admissions_made_here_raise_the_known_head_before_any_refresh() {
-        let (hub, store) = watched();
-        let q = QueueId::parse("q").unwrap();
-        store
-            .create_queue(&QueueConfig::new(q.clone()).created(1))
-            .await
-            .unwrap();
+        let (hub, store, q) = watched_queue().await;
         for user in ["a", "b", "c", "d"] {
             store
                 .enqueue(&q, &UserId::parse(user).unwrap(), 10)
@@ -459,12 +465,7 @@ mod tests {
     /// poll does.
     #[tokio::test(start_paused = true)]
     async fn a_streams_first_place_is_not_remembered_as_a_poll() {
-        let (hub, store) = watched();
-        let q = QueueId::parse("q").unwrap();
-        store
-            .create_queue(&QueueConfig::new(q.clone()).created(1))
-            .await
-            .unwrap();
+        let (hub, store, q) = watched_queue().await;
         let user = UserId::parse("u").unwrap();
         store.enqueue(&q, &user, 10).await.unwrap();
         assert!(store.first_place(&q, &user, 20).await.unwrap().is_some());

@@ -483,18 +483,29 @@ async fn tls_channel(
         .await
 }
 
+/// The test config serving TLS with the server's certificate from `pki`.
+fn with_tls(pki: &Pki, dir: &std::path::Path) -> waitroom::config::Config {
+    let mut config = TestApp::base_config();
+    config.tls_cert = Some(write(dir, "server.pem", &pki.server.0));
+    config.tls_key = Some(write(dir, "server.key", &pki.server.1));
+    config
+}
+
+/// A service on a TLS port, which the plain readiness check cannot reach.
+async fn start_tls(config: waitroom::config::Config) -> TestApp {
+    TestApp::start(
+        config,
+        std::sync::Arc::new(waitroom::domain::ManualClock::new(now_ms())),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn tls_and_mutual_tls_protect_the_grpc_port() {
     let pki = pki();
     let dir = temp_dir("tls");
-    let mut config = TestApp::base_config();
-    config.tls_cert = Some(write(&dir, "server.pem", &pki.server.0));
-    config.tls_key = Some(write(&dir, "server.key", &pki.server.1));
-    let app = TestApp::start(
-        config.clone(),
-        std::sync::Arc::new(waitroom::domain::ManualClock::new(now_ms())),
-    )
-    .await;
+    let mut config = with_tls(&pki, &dir);
+    let app = start_tls(config.clone()).await;
     let channel = tls_channel(&app, &pki, None)
         .await
         .expect("a TLS connection");
@@ -511,11 +522,7 @@ async fn tls_and_mutual_tls_protect_the_grpc_port() {
     assert!(plain.is_err());
 
     config.tls_client_ca = Some(write(&dir, "ca.pem", &pki.ca));
-    let mutual = TestApp::start(
-        config,
-        std::sync::Arc::new(waitroom::domain::ManualClock::new(now_ms())),
-    )
-    .await;
+    let mutual = start_tls(config).await;
     let with_cert = tls_channel(&mutual, &pki, Some(&pki.client))
         .await
         .expect("a mutual TLS connection");
@@ -622,17 +629,10 @@ async fn a_connection_that_does_not_start_http2_in_time_is_closed() {
 async fn a_tls_client_that_stops_mid_handshake_is_closed_at_the_deadline() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pki = pki();
-    let dir = temp_dir("tls-stall");
-    let mut config = TestApp::base_config();
-    config.tls_cert = Some(write(&dir, "server.pem", &pki.server.0));
-    config.tls_key = Some(write(&dir, "server.key", &pki.server.1));
+    let mut config = with_tls(&pki, &temp_dir("tls-stall"));
     // Long enough for a debug build's TLS handshake on a busy machine.
     config.handshake_timeout = Duration::from_millis(1500);
-    let app = TestApp::start(
-        config,
-        std::sync::Arc::new(waitroom::domain::ManualClock::new(now_ms())),
-    )
-    .await;
+    let app = start_tls(config).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let upstream = app.addr;

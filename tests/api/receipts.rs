@@ -80,6 +80,20 @@ async fn watch_with(
     Ok(app.client().await.watch_rank(request).await?.into_inner())
 }
 
+/// Waits until `app` serves `queue`: declared, and made (or re-made).
+async fn has_queue(app: &TestApp, queue: &str, what: &str, within: Duration) {
+    wait_until(what, within, || async {
+        app.admin()
+            .await
+            .get_queue(pb::GetQueueRequest {
+                queue_id: queue.into(),
+            })
+            .await
+            .is_ok()
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn every_place_in_line_carries_a_receipt_and_no_other_place_does() {
     let app = TestApp::on_memory().await;
@@ -303,18 +317,12 @@ async fn after_redis_comes_back_empty_the_line_re_forms_in_its_old_order() {
     // A third replica starts as Redis comes back (a rollout): it saw
     // nothing of the line, and leaves the re-making to those that did.
     let three = tokio::spawn(TestApp::spawn_with_clock(config(), clock.clone()));
-    wait_until("the declared queue re-made", Duration::from_secs(2), || {
-        let one = &one;
-        async move {
-            one.admin()
-                .await
-                .get_queue(pb::GetQueueRequest {
-                    queue_id: "sale".into(),
-                })
-                .await
-                .is_ok()
-        }
-    })
+    has_queue(
+        &one,
+        "sale",
+        "the declared queue re-made",
+        Duration::from_secs(2),
+    )
     .await;
     let remade_after = back.elapsed();
     // Counted once, by whichever replica re-made it (other tests in this
@@ -408,18 +416,12 @@ async fn a_replica_starting_on_an_empty_redis_takes_the_lost_line_back_from_rece
     redis.stop();
     let _empty = TestRedis::start_on(port);
     let two = TestApp::spawn(config()).await;
-    wait_until("the declared queue made", Duration::from_secs(5), || {
-        let two = &two;
-        async move {
-            two.admin()
-                .await
-                .get_queue(pb::GetQueueRequest {
-                    queue_id: "sale".into(),
-                })
-                .await
-                .is_ok()
-        }
-    })
+    has_queue(
+        &two,
+        "sale",
+        "the declared queue made",
+        Duration::from_secs(5),
+    )
     .await;
     for (user, ticket, receipt) in receipts.iter().rev() {
         let place = rank_with(&two, "sale", user, receipt)

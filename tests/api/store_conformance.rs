@@ -489,11 +489,10 @@ async fn a_receipt_gives_back_only_a_join_the_store_lost(store: &dyn QueueStore)
     );
 }
 
-/// A queue re-made after the store lost it gives newcomers tickets after
-/// the lost line's, and gives back the lost line's places in their old
-/// order as their holders return, in any order; nobody below the head
-/// (admitted before the loss), nobody of another lineage, no ticket twice.
-async fn a_re_made_queue_takes_back_the_lost_line_in_its_order(store: &dyn QueueStore) {
+/// Queue `s`, made at `T0` again after the store lost the queue made a
+/// minute before: its line's head was 10, its last ticket 1,000. Returns
+/// the config and the lost queue's epoch.
+async fn re_made(store: &dyn QueueStore) -> (QueueConfig, u64) {
     let lost_epoch = T0 - 60_000;
     let mut config = QueueConfig::new(q("s"));
     config.created_at_ms = T0;
@@ -504,6 +503,15 @@ async fn a_re_made_queue_takes_back_the_lost_line_in_its_order(store: &dyn Queue
         top: 1_000,
     });
     store.create_queue(&config).await.unwrap();
+    (config, lost_epoch)
+}
+
+/// A queue re-made after the store lost it gives newcomers tickets after
+/// the lost line's, and gives back the lost line's places in their old
+/// order as their holders return, in any order; nobody below the head
+/// (admitted before the loss), nobody of another lineage, no ticket twice.
+async fn a_re_made_queue_takes_back_the_lost_line_in_its_order(store: &dyn QueueStore) {
+    let (config, lost_epoch) = re_made(store).await;
     assert_eq!(
         store.get_queue(&q("s")).await.unwrap().adoption,
         config.adoption
@@ -574,16 +582,7 @@ async fn a_re_made_queue_takes_back_the_lost_line_in_its_order(store: &dyn Queue
 /// back and then admitted and done, or gone, does not get it again from
 /// the same old receipt.
 async fn a_lost_place_is_given_back_once(store: &dyn QueueStore) {
-    let lost_epoch = T0 - 60_000;
-    let mut config = QueueConfig::new(q("s"));
-    config.created_at_ms = T0;
-    config.presence_since_ms = T0;
-    config.adoption = Some(Adoption {
-        epoch_ms: lost_epoch,
-        head: 10,
-        top: 1_000,
-    });
-    store.create_queue(&config).await.unwrap();
+    let (_, lost_epoch) = re_made(store).await;
     let (now, issued) = (T0 + 2_000, T0 - 1_000);
     for (user, ticket) in [("a", 20), ("b", 30)] {
         let back = store

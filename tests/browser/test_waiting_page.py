@@ -1061,6 +1061,19 @@ def test_a_bff_started_while_waitroom_is_down_serves_the_busy_page_and_joins_onc
         stack.stop()
 
 
+def _stalled_until_reconnecting(process: Process, driver, timeout: float, what: str):
+    """Stops `process` (SIGSTOP: no reset, no error, only silence) until the
+    page says it is reconnecting, then lets it go on."""
+    process.proc.send_signal(signal.SIGSTOP)
+    stalled = time.monotonic()
+    try:
+        until(driver, lambda d: body(d, "connection") == "reconnecting", timeout=timeout,
+              what=f"the reconnecting state while {what} is stalled")
+        print(f"reconnecting shown {time.monotonic() - stalled:.1f} s after {what} stalled")
+    finally:
+        process.proc.send_signal(signal.SIGCONT)
+
+
 def test_a_page_says_it_is_reconnecting_while_waitroom_is_stalled_and_keeps_its_place(scratch, browser):
     # A stalled process sends no reset: only the BFF's keepalive notices.
     queue = "stall"
@@ -1069,14 +1082,7 @@ def test_a_page_says_it_is_reconnecting_while_waitroom_is_stalled_and_keeps_its_
         bff, driver = _page_second_in_line(stack, queue, scratch, browser)
         ticket = body(driver, "ticket")
         # Stalled until the page notices, about twice the heartbeat.
-        stack.waitroom.proc.send_signal(signal.SIGSTOP)
-        stalled = time.monotonic()
-        try:
-            until(driver, lambda d: body(d, "connection") == "reconnecting", timeout=25,
-                  what="the reconnecting state while waitroom is stalled")
-            print(f"reconnecting shown {time.monotonic() - stalled:.1f} s after waitroom stalled")
-        finally:
-            stack.waitroom.proc.send_signal(signal.SIGCONT)
+        _stalled_until_reconnecting(stack.waitroom, driver, 25, "waitroom")
         _kept_its_place(stack, queue, driver, ticket)
         bff.stop()
     finally:
@@ -1097,14 +1103,7 @@ def test_a_page_whose_link_hangs_without_an_error_says_so_and_reconnects(waitroo
     # keepalives keep a quiet stream live.
     time.sleep(7)
     assert body(driver, "connection") == "live", "keepalives keep a quiet stream live"
-    bff.process.proc.send_signal(signal.SIGSTOP)
-    stalled = time.monotonic()
-    try:
-        until(driver, lambda d: body(d, "connection") == "reconnecting", timeout=15,
-              what="the reconnecting state while the link hangs")
-        print(f"reconnecting shown {time.monotonic() - stalled:.1f} s after the BFF stalled")
-    finally:
-        bff.process.proc.send_signal(signal.SIGCONT)
+    _stalled_until_reconnecting(bff.process, driver, 15, "the BFF")
     ctl(waitroom, "admit", queue, "1")
     until(driver, lambda d: position(d) == 1, timeout=20, what="the place, live again")
     assert body(driver, "ticket") == ticket

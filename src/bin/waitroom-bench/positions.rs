@@ -82,14 +82,7 @@ fn watcher(w: usize) -> String {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let service = crate::watch::start(&args.pace, args.budget).await?;
     service
-        .create_queue(pb::Queue {
-            id: QUEUE.into(),
-            heartbeat_timeout: Some(prost_types::Duration {
-                seconds: 3600,
-                nanos: 0,
-            }),
-            ..Default::default()
-        })
+        .create_queue(crate::watch::heard_for_an_hour(QUEUE))
         .await?;
     let channels = Arc::new(service.channels(args.connections).await?);
     enqueue_users(&channels, 256, QUEUE, args.watchers, watcher).await?;

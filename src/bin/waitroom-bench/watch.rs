@@ -297,16 +297,7 @@ async fn run_flow(watchers: usize, rate: u32, args: &Args) -> anyhow::Result<()>
     // take a while more: with the default heartbeat timeout the first
     // watchers would be released before their streams open, and the line
     // behind, which never polls here, while the admissions flow.
-    service
-        .create_queue(pb::Queue {
-            id: "watch".into(),
-            heartbeat_timeout: Some(prost_types::Duration {
-                seconds: 3600,
-                nanos: 0,
-            }),
-            ..Default::default()
-        })
-        .await?;
+    service.create_queue(heard_for_an_hour("watch")).await?;
     let channels = Arc::new(service.channels(args.connections).await?);
     // One caller, so tickets follow the names: admission in ticket order
     // then admits the watchers in index order, and each admission is
@@ -592,5 +583,18 @@ impl Round {
             .iter()
             .map(|slot| slot.load(Ordering::Relaxed))
             .filter(|&micros| micros != u64::MAX)
+    }
+}
+
+/// A queue whose silent users are kept an hour: a run's watchers and the
+/// line behind them stay whoever polls or not.
+pub(crate) fn heard_for_an_hour(id: &str) -> pb::Queue {
+    pb::Queue {
+        id: id.into(),
+        heartbeat_timeout: Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        }),
+        ..Default::default()
     }
 }
