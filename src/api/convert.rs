@@ -51,6 +51,7 @@ pub(super) fn queue_out(config: &QueueConfig) -> pb::Queue {
         draw_complete: config.draw_complete,
         notice: text_out(&config.notice),
         closed_reason: text_out(&config.closed_reason),
+        shards: config.shards,
     }
 }
 

@@ -203,6 +203,7 @@ pub(super) fn queue_config_in(queue: &pb::Queue, now_ms: u64) -> Result<QueueCon
         )?),
     };
     config.apply(&update);
+    config.shards = queue.shards.max(1);
     config
         .check()
         .map_err(|(field, reason)| Error::invalid(format!("queue.{field}"), reason))?;
@@ -304,7 +305,7 @@ pub(super) fn queue_update_in(
                     &queue.closed_reason,
                 )?)
             }
-            "id" | "create_time" | "draw_seed" | "draw_complete" => {
+            "id" | "create_time" | "draw_seed" | "draw_complete" | "shards" => {
                 return Err(Error::invalid(
                     "update_mask",
                     format!("{path:?} cannot be changed"),

@@ -4,7 +4,7 @@
 //! (`estimate`), the opening draw (`draw`), positions counted from a copy
 //! of the line (`line`, `ranks`), a place given back from its receipt
 //! (`restore`), an admission's online check (`check`), and the rules of a
-//! queue over several sub-lines that no store applies yet (`shards`).
+//! queue over several sub-lines (`shards`, applied so far by the memory store).
 //! Nothing here knows gRPC or Redis.
 
 mod check;

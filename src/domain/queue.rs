@@ -76,6 +76,10 @@ pub struct QueueConfig {
     /// lost queue's places it takes back from receipts (see
     /// [`super::restore_decision`]). Kept by the store from then on.
     pub adoption: Option<super::Adoption>,
+    /// Sub-lines the line is spread over, fixed at creation: 1 (one slot,
+    /// the line as it always was) up to [`super::shards::MAX_SHARDS`]
+    /// (`docs/design.md`, "One sale over several Redis slots").
+    pub shards: u32,
 }
 
 impl QueueConfig {
@@ -133,6 +137,7 @@ impl QueueConfig {
             notice: None,
             closed_reason: None,
             adoption: None,
+            shards: 1,
         }
     }
 
@@ -234,6 +239,16 @@ impl QueueConfig {
             self.prequeue_window,
             Self::PREQUEUE_WINDOW_RANGE,
         )?;
+        if !(1..=super::shards::MAX_SHARDS).contains(&self.shards) {
+            return Err((
+                "shards",
+                format!(
+                    "must be from 1 to {}, got {}",
+                    super::shards::MAX_SHARDS,
+                    self.shards
+                ),
+            ));
+        }
         let (earliest, latest) = Self::TIME_RANGE_MS;
         match self.opens_at_ms {
             Some(at) if !(earliest..latest).contains(&at) => Err((

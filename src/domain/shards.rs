@@ -1,6 +1,6 @@
 //! One queue over K sub-lines (`docs/design.md`, "One sale over several
 //! Redis slots"): the rules a queue with more than one sub-line follows,
-//! which no store applies yet.
+//! which the memory store applies ([`SubLines`]) and the Redis store will.
 //!
 //! - which sub-line holds a user's place ([`sub_line_of`]);
 //! - tickets from blocks a sub-line leases from the head's sequence and
@@ -40,6 +40,7 @@ pub fn sub_line_of(user: &str, shards: u32) -> u32 {
 /// leasing replica's clock read before it asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Block {
+    pub first: u64,
     pub next: u64,
     pub end: u64,
     pub leased_ms: u64,
@@ -52,6 +53,86 @@ impl Block {
     /// waiting tickets, not numbers.
     pub fn open_at(&self, now_ms: u64, tau_ms: u64) -> bool {
         self.next < self.end && now_ms < self.leased_ms.saturating_add(tau_ms)
+    }
+}
+
+impl Block {
+    /// Tickets it gave.
+    pub fn used(&self) -> u64 {
+        self.next - self.first
+    }
+}
+
+/// How long a block gives tickets after its lease (τ). Two joins are out of
+/// order only when they came less than this plus [`SKEW_MS`] apart.
+pub const TAU_MS: u64 = 5;
+
+/// How far apart the replicas' clocks may be (ε): the watermark holds back
+/// a block for τ + ε after its lease. Clocks kept by NTP agree far closer;
+/// the margin costs the newest arrivals at most this long a wait.
+pub const SKEW_MS: u64 = 20;
+
+/// Largest block a sub-line leases: at 250,000 joins a second over four
+/// sub-lines a block lasts about 16 ms, so the head sees one lease in
+/// hundreds of joins.
+pub const MAX_BLOCK: u64 = 1024;
+
+/// The size of the block a sub-line leases after `previous`: twice what
+/// the previous one gave (twice its size when used up), so blocks follow
+/// the sub-line's rate within a factor of two and the numbers left unused
+/// when a block closes stay about as many as those used, which keeps a
+/// copy's window of ticket numbers within a constant of the line.
+pub fn next_block_size(previous: Option<&Block>) -> u64 {
+    match previous {
+        None => 1,
+        Some(block) if block.next >= block.end => (2 * (block.end - block.first)).min(MAX_BLOCK),
+        Some(block) => (2 * block.used()).clamp(1, MAX_BLOCK),
+    }
+}
+
+/// A queue's sub-lines as one store keeps them: each sub-line's current
+/// block and the head's leases. The memory store holds one; the Redis
+/// store will keep the blocks in the sub-lines' slots and the head in its
+/// own.
+#[derive(Clone, Debug, Default)]
+pub struct SubLines {
+    blocks: Vec<Option<Block>>,
+    head: Head,
+}
+
+impl SubLines {
+    pub fn new(shards: u32) -> Self {
+        Self {
+            blocks: vec![None; shards.max(1) as usize],
+            head: Head::default(),
+        }
+    }
+
+    /// A new ticket for `user` at `now_ms`, from their sub-line's block or
+    /// from a block leased for it now. `seq` is the queue's ticket
+    /// sequence (the head's), which other uses (an opening's reserved
+    /// block, a place given back) may have moved since the last lease.
+    pub fn ticket(&mut self, user: &str, seq: &mut u64, now_ms: u64) -> u64 {
+        let at = sub_line_of(user, self.blocks.len() as u32) as usize;
+        let block = &mut self.blocks[at];
+        loop {
+            match join_ticket(block, now_ms, TAU_MS) {
+                Ticketing::Ticket(ticket) => return ticket,
+                Ticketing::Lease => {
+                    let size = next_block_size(block.as_ref());
+                    self.head.seq = self.head.seq.max(*seq);
+                    *block = Some(self.head.lease(size, now_ms));
+                    *seq = self.head.seq;
+                }
+            }
+        }
+    }
+
+    /// The lowest ticket a join may still be given at `now_ms`, by the
+    /// head's leases: an admission takes only tickets below it.
+    pub fn watermark(&mut self, seq: u64, now_ms: u64) -> u64 {
+        self.head.seq = self.head.seq.max(seq);
+        self.head.watermark(now_ms, TAU_MS + SKEW_MS)
     }
 }
 
@@ -93,6 +174,7 @@ impl Head {
         self.seq += size.max(1);
         self.recent.push_back((first, leased_ms));
         Block {
+            first,
             next: first,
             end: self.seq + 1,
             leased_ms,

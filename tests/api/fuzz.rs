@@ -98,12 +98,14 @@ fn queue_message() -> impl Strategy<Value = pb::Queue> {
         ),
         (duration(), duration(), timestamp(), timestamp(), duration()),
         (any::<String>(), any::<bool>(), notice(), closed_reason()),
+        prop_oneof![0u32..=17, any::<u32>()],
     )
         .prop_map(
             |(
                 (id, mode, max_active, admit_per_second),
                 (admission_ttl, heartbeat_timeout, create_time, opens_at, prequeue_window),
                 (draw_seed, draw_complete, notice, closed_reason),
+                shards,
             )| pb::Queue {
                 id,
                 mode,
@@ -118,6 +120,7 @@ fn queue_message() -> impl Strategy<Value = pb::Queue> {
                 draw_complete,
                 notice,
                 closed_reason,
+                shards,
             },
         )
 }
@@ -162,6 +165,7 @@ fn mask() -> impl Strategy<Value = Option<prost_types::FieldMask>> {
             Just("notice"),
             Just("closed_reason"),
             Just("id"),
+            Just("shards"),
             Just("create_time"),
             Just(""),
             Just("queue.mode"),

@@ -28,6 +28,7 @@ mod replicas;
 mod sale_day;
 mod store_conformance;
 mod store_equivalence;
+mod sub_lines;
 mod tokens;
 mod waitroomctl;
 mod watch;

@@ -460,3 +460,34 @@ async fn the_tool_speaks_plainly_host_port_offsets_one_mode_spelling_reasons_and
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_queue_is_made_over_several_sub_lines_only_where_the_store_serves_them() {
+    let app = TestApp::on_memory().await;
+    let created = ctl(
+        &app,
+        &["-o", "json", "queue", "create", "big", "--shards", "4"],
+    )
+    .await;
+    assert!(created.status.success(), "{created:?}");
+    assert_eq!(json(&created)["shards"], 4);
+    let shown = ctl(&app, &["queue", "get", "big"]).await;
+    assert!(
+        text(&shown).contains("shards             4"),
+        "{}",
+        text(&shown)
+    );
+    app.stop().await;
+
+    let (app, _redis) = TestApp::on_redis().await;
+    let refused = ctl(&app, &["queue", "create", "big", "--shards", "2"]).await;
+    assert_eq!(refused.status.code(), Some(4), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("shards") && said.contains("one slot"),
+        "{said}"
+    );
+    let plain = ctl(&app, &["-o", "json", "queue", "create", "big"]).await;
+    assert_eq!(json(&plain)["shards"], 1);
+    app.stop().await;
+}

@@ -109,8 +109,13 @@ pub async fn run(client: &Client, command: Command, out: Output) -> Result<(), F
     let mut admin = QueueAdminServiceClient::new(client.channel.clone())
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
     match command {
-        Command::Queue(QueueCommand::Create { id, settings }) => {
-            let (queue, _) = queue_message(id, &settings);
+        Command::Queue(QueueCommand::Create {
+            id,
+            shards,
+            settings,
+        }) => {
+            let (mut queue, _) = queue_message(id, &settings);
+            queue.shards = shards.unwrap_or_default();
             let created = admin
                 .create_queue(client.request(pb::CreateQueueRequest { queue: Some(queue) }))
                 .await?

@@ -62,6 +62,7 @@ pub fn queue_json(q: &pb::Queue) -> Value {
         "draw_complete": q.draw_complete,
         "notice": q.notice,
         "closed_reason": q.closed_reason,
+        "shards": q.shards,
     })
 }
 
@@ -95,6 +96,7 @@ pub fn queue_rows(q: &pb::Queue) -> Vec<(&'static str, String)> {
         ),
         ("notice", or_dash(&q.notice)),
         ("closed_reason", or_dash(&q.closed_reason)),
+        ("shards", q.shards.to_string()),
     ]
 }
 

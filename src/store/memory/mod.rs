@@ -196,16 +196,27 @@ impl QueueStore for MemoryStore {
                     && !named.contains(user)
                     && !state.line.tickets.contains_key(user)
                     && !state.admissions.admitted.contains_key(user)
-                    && (run.is_some() || state.in_line() > 0 || !limited);
+                    && (run.is_some()
+                        || state.in_line() > 0
+                        || !limited
+                        || !state.admits_on_join());
                 named.insert(user);
                 if newcomer {
-                    state.line.seq += 1;
-                    let ticket = state.line.seq;
+                    let ticket = state.new_ticket(user, now_ms);
                     state.insert_waiting(user.clone(), ticket);
                     state.see(user, now_ms);
-                    run.get_or_insert((ticket, 0)).1 += 1;
-                    // The newest ticket: its position is the line's length.
-                    let position = state.in_line();
+                    // A run is consecutive tickets; sub-lines' blocks
+                    // interleave, so a ticket that does not follow ends it.
+                    match &mut run {
+                        Some((first, count)) if *first + *count == ticket => *count += 1,
+                        _ => {
+                            state.end_run(run.take(), now_ms);
+                            run = Some((ticket, 1));
+                        }
+                    }
+                    // Counted, not taken as the line's length: a block of
+                    // another sub-line may hold higher tickets already.
+                    let position = state.line.ranks.count_up_to(ticket);
                     places.push(Ok(state.place(
                         PlaceState::Waiting { position },
                         ticket,

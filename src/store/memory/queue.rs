@@ -4,6 +4,7 @@
 
 use super::opening::{Draw, Opening};
 use super::presence::Presence;
+use crate::domain::shards::SubLines;
 use crate::domain::{
     Admission, Admitted, LINE_LOG_KEEP, LineEvent, NamedAdmission, Place, PlaceState, QueueConfig,
     QueueId, QueueMode, RankIndex, RateSample, RequestId, UserId,
@@ -55,6 +56,9 @@ pub(super) struct Line {
     /// Tickets of the lost line a re-made queue gave back from receipts:
     /// each once, whatever became of it here since.
     pub(super) given_back: HashSet<u64>,
+    /// With more than one sub-line, their blocks and the head's leases:
+    /// where new tickets come from and how far admission may reach.
+    pub(super) sub_lines: Option<SubLines>,
 }
 
 /// Who holds an admission, the rate's figures and bucket, and the results
@@ -101,6 +105,7 @@ impl QueueState {
         Self {
             line: Line {
                 seq: config.adoption.map_or(0, |a| a.top),
+                sub_lines: (config.shards > 1).then(|| SubLines::new(config.shards)),
                 ..Line::default()
             },
             config,
@@ -198,10 +203,44 @@ impl QueueState {
         self.admissions.rate.retain(|bucket, _| *bucket >= first);
     }
 
-    /// Admits up to `room` waiting users, lowest tickets first.
+    /// A new ticket for `user`: the next of the sequence, or with
+    /// sub-lines, the next of their sub-line's block.
+    pub(super) fn new_ticket(&mut self, user: &UserId, now_ms: u64) -> u64 {
+        match &mut self.line.sub_lines {
+            Some(sub_lines) => sub_lines.ticket(user.as_str(), &mut self.line.seq, now_ms),
+            None => {
+                self.line.seq += 1;
+                self.line.seq
+            }
+        }
+    }
+
+    /// Whether newcomers may be admitted as they join. Not with sub-lines:
+    /// a join sees its own sub-line only, not who waits on the others nor
+    /// the head's count, so newcomers take a ticket and the admitter takes
+    /// them in order.
+    pub(super) fn admits_on_join(&self) -> bool {
+        self.line.sub_lines.is_none()
+    }
+
+    /// Admits up to `room` waiting users, lowest tickets first; with
+    /// sub-lines, only tickets below the head's watermark, so nobody who
+    /// joins later stands ahead of someone admitted.
     pub(super) fn admit_next(&mut self, room: u64, now_ms: u64) -> Vec<Admitted> {
+        let below = match &mut self.line.sub_lines {
+            Some(sub_lines) => sub_lines.watermark(self.line.seq, now_ms),
+            None => u64::MAX,
+        };
         let mut admitted: Vec<Admitted> = Vec::new();
         while (admitted.len() as u64) < room {
+            if self
+                .line
+                .waiting
+                .first_key_value()
+                .is_none_or(|(t, _)| *t >= below)
+            {
+                break;
+            }
             let Some((ticket, user)) = self.line.waiting.pop_first() else {
                 break;
             };
@@ -385,8 +424,7 @@ impl QueueState {
             if !self.remove_from_line(user) {
                 self.count_arrivals(1, now_ms);
             }
-            self.line.seq += 1;
-            self.line.seq
+            self.new_ticket(user, now_ms)
         };
         let admission = self.admit_user(user.clone(), ticket, now_ms);
         self.counters.admitted += 1;
@@ -467,15 +505,17 @@ impl QueueState {
             self.see(user, now_ms);
             return Ok(self.prequeue_place(now_ms));
         }
-        self.line.seq += 1;
-        let ticket = self.line.seq;
+        let ticket = self.new_ticket(user, now_ms);
         self.count_arrivals(1, now_ms);
         let limited = self.config.max_active > 0 || self.config.admit_per_second > 0;
         let admit_now = !self.opening.draw.in_progress()
             && match self.config.mode {
                 QueueMode::PassThrough => true,
                 QueueMode::Queueing
-                    if limited && self.line.waiting.is_empty() && self.free_slots() > 0 =>
+                    if limited
+                        && self.admits_on_join()
+                        && self.line.waiting.is_empty()
+                        && self.free_slots() > 0 =>
                 {
                     self.config.admit_per_second == 0 || self.take_tokens(1, now_ms) == 1
                 }

@@ -127,5 +127,6 @@ pub(super) fn parse_config(
             }),
             false => None,
         },
+        shards: 1,
     }))
 }

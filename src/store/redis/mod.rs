@@ -185,6 +185,18 @@ impl RedisStore {
 #[async_trait]
 impl QueueStore for RedisStore {
     async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig> {
+        if config.shards != 1 {
+            // The sub-lines' slots and the head's leases are the memory
+            // store's so far (`docs/design.md`): refused rather than served
+            // as one slot, which would keep none of a sharded queue's rules.
+            return Err(Error::InvalidArgument {
+                field: "queue.shards".into(),
+                reason: format!(
+                    "this store keeps a queue in one slot; {} sub-lines are not served yet",
+                    config.shards
+                ),
+            });
+        }
         self.command::<i64>(
             "index_add",
             redis::cmd("SADD")

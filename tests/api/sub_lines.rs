@@ -1,0 +1,461 @@
+//! A queue over several sub-lines (`Queue.shards`), on the memory store,
+//! the specification the Redis store will be held to: one order fixed at
+//! join, positions over all sub-lines, admission in that order and never
+//! ahead of a ticket that may still be given.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use waitroom::Error;
+use waitroom::domain::shards::{SKEW_MS, TAU_MS, sub_line_of};
+use waitroom::domain::{PlaceState, QueueConfig, QueueId, RequestId, UserId};
+use waitroom::store::{MemoryStore, QueueStore};
+
+use crate::helpers::TestRedis;
+
+const T0: u64 = 1_800_000_000_000;
+
+fn q() -> QueueId {
+    QueueId::parse("sale").unwrap()
+}
+
+fn u(n: usize) -> UserId {
+    UserId::parse(&format!("visitor-{n}")).unwrap()
+}
+
+async fn sharded(store: &dyn QueueStore, shards: u32, max_active: u32) {
+    sharded_at_rate(store, shards, max_active, 0).await;
+}
+
+async fn sharded_at_rate(store: &dyn QueueStore, shards: u32, max_active: u32, rate: u32) {
+    let mut config = QueueConfig::new(q()).created(T0);
+    config.shards = shards;
+    config.max_active = max_active;
+    config.admit_per_second = rate;
+    config.admission_ttl = Duration::from_secs(3600);
+    config.heartbeat_timeout = Duration::from_secs(3600);
+    store.create_queue(&config).await.unwrap();
+}
+
+fn position(state: &PlaceState) -> Option<u64> {
+    match state {
+        PlaceState::Waiting { position } => Some(*position),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn joins_spread_over_the_sub_lines_keep_one_order_and_exact_positions() {
+    let store = MemoryStore::new();
+    sharded(&store, 4, 0).await;
+    assert_eq!(store.get_queue(&q()).await.unwrap().shards, 4);
+    // Bursts of 50 in the same millisecond, a burst every τ: within a
+    // burst the sub-lines' blocks interleave, across bursts never.
+    let mut tickets = Vec::new();
+    let mut on_line = [0u32; 4];
+    for burst in 0..20u64 {
+        let now = T0 + burst * TAU_MS;
+        let users: Vec<UserId> = (0..50).map(|i| u(burst as usize * 50 + i)).collect();
+        let places = store.enqueue_many(&q(), &users, now).await.unwrap();
+        let burst_tickets: Vec<u64> = places.iter().map(|p| p.as_ref().unwrap().ticket).collect();
+        if let Some(last) = tickets.iter().max() {
+            assert!(
+                burst_tickets.iter().all(|t| t > last),
+                "burst {burst} below an earlier one"
+            );
+        }
+        tickets.extend(burst_tickets);
+        for user in &users {
+            on_line[sub_line_of(user.as_str(), 4) as usize] += 1;
+        }
+    }
+    assert!(on_line.iter().all(|&n| n > 150), "{on_line:?}");
+    let mut sorted = tickets.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), tickets.len(), "a ticket given twice");
+    // Sub-lines take tickets from blocks: within a burst the numbers are
+    // not in arrival order, and some are never used.
+    assert_ne!(sorted, tickets);
+    // Each position counts the waiting tickets below, over all sub-lines.
+    let now = T0 + 1_000;
+    for (i, ticket) in tickets.iter().enumerate() {
+        let place = store.place(&q(), &u(i), now).await.unwrap().unwrap();
+        assert_eq!(place.ticket, *ticket);
+        let below = sorted.partition_point(|t| t < ticket) as u64;
+        assert_eq!(position(&place.state), Some(below + 1));
+        // A repeat enqueue finds the user on their sub-line.
+        assert_eq!(
+            store.enqueue(&q(), &u(i), now).await.unwrap().ticket,
+            *ticket
+        );
+    }
+}
+
+#[tokio::test]
+async fn admission_waits_for_the_blocks_that_may_still_give_lower_tickets() {
+    let store = MemoryStore::new();
+    sharded(&store, 3, 0).await;
+    let users: Vec<UserId> = (0..30).map(u).collect();
+    let places = store.enqueue_many(&q(), &users, T0).await.unwrap();
+    let mut tickets: Vec<u64> = places.iter().map(|p| p.as_ref().unwrap().ticket).collect();
+    tickets.sort_unstable();
+    // Their blocks are open, or held back for the replicas' clock skew:
+    // a ticket below theirs may still be given.
+    let early = RequestId::parse("early").unwrap();
+    let held = store
+        .admit(&q(), 30, Some(&early), T0 + TAU_MS + SKEW_MS - 1)
+        .await
+        .unwrap();
+    assert!(held.is_empty(), "{held:?}");
+    let due = RequestId::parse("due").unwrap();
+    let admitted = store
+        .admit(&q(), 10, Some(&due), T0 + TAU_MS + SKEW_MS)
+        .await
+        .unwrap();
+    let admitted: Vec<u64> = admitted.iter().map(|a| a.admission.ticket).collect();
+    assert_eq!(admitted, tickets[..10]);
+    // Nobody who joins afterwards stands ahead of those admitted.
+    let late = store
+        .enqueue(&q(), &u(99), T0 + TAU_MS + SKEW_MS)
+        .await
+        .unwrap();
+    assert!(late.ticket > tickets[29]);
+    assert_eq!(position(&late.state), Some(21));
+}
+
+#[tokio::test]
+async fn a_newcomer_to_an_empty_sharded_line_is_admitted_by_the_admitter() {
+    let store = MemoryStore::new();
+    sharded_at_rate(&store, 2, 10, 100).await;
+    // One sub-line cannot see the others' line nor the head's count, so a
+    // newcomer is not admitted on joining as with one slot.
+    let place = store.enqueue(&q(), &u(1), T0).await.unwrap();
+    assert_eq!(position(&place.state), Some(1));
+    assert!(store.admit_due(&q(), 10, T0 + 1).await.unwrap().is_empty());
+    let admitted = store
+        .admit_due(&q(), 10, T0 + TAU_MS + SKEW_MS)
+        .await
+        .unwrap();
+    assert_eq!(admitted.len(), 1);
+    assert_eq!(admitted[0].user, u(1));
+    // Within max_active as with one slot.
+    let users: Vec<UserId> = (2..30).map(u).collect();
+    store.enqueue_many(&q(), &users, T0 + 100).await.unwrap();
+    let admitted = store.admit_due(&q(), 100, T0 + 200).await.unwrap();
+    assert_eq!(admitted.len(), 9);
+}
+
+#[tokio::test]
+async fn a_sub_line_count_outside_1_to_16_is_refused_and_redis_serves_one_slot_only() {
+    let mut config = QueueConfig::new(q()).created(T0);
+    for (shards, ok) in [(0, false), (1, true), (16, true), (17, false)] {
+        config.shards = shards;
+        assert_eq!(config.check().is_ok(), ok, "{shards}");
+    }
+    let redis = TestRedis::start();
+    let store = redis.store().await;
+    config.shards = 2;
+    match store.create_queue(&config).await {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "queue.shards"),
+        other => panic!("{other:?}"),
+    }
+    assert!(store.queue_lost(&q()).await.unwrap());
+}
+
+/// One step of the property test.
+#[derive(Clone, Debug)]
+enum Op {
+    Wait(u64),
+    Enqueue(usize),
+    EnqueueMany(Vec<usize>),
+    Leave(usize),
+    Admit(u32),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => prop_oneof![0u64..3, Just(TAU_MS - 1), Just(TAU_MS), Just(SKEW_MS), 0u64..60]
+            .prop_map(Op::Wait),
+        4 => (0usize..60).prop_map(Op::Enqueue),
+        2 => proptest::collection::vec(0usize..60, 1..12).prop_map(Op::EnqueueMany),
+        1 => (0usize..60).prop_map(Op::Leave),
+        2 => (0u32..8).prop_map(Op::Admit),
+    ]
+}
+
+/// What the clients were told: who waits with which ticket, when each
+/// ticket was given, and the highest ticket admitted so far.
+#[derive(Default)]
+struct Told {
+    waiting: BTreeMap<u64, usize>,
+    ticket_of: HashMap<usize, u64>,
+    given_at: Vec<(u64, u64)>,
+    admitted: HashMap<usize, u64>,
+    highest_admitted: u64,
+}
+
+impl Told {
+    fn joined(&mut self, user: usize, ticket: u64, now: u64) -> Result<(), TestCaseError> {
+        match self.ticket_of.get(&user) {
+            Some(&held) => prop_assert_eq!(held, ticket, "a repeat enqueue moved user {}", user),
+            None => {
+                prop_assert!(!self.admitted.contains_key(&user));
+                prop_assert!(
+                    ticket > self.highest_admitted,
+                    "ticket {} given after {} was admitted",
+                    ticket,
+                    self.highest_admitted
+                );
+                prop_assert!(
+                    self.given_at.iter().all(|(t, _)| *t != ticket),
+                    "ticket {} twice",
+                    ticket
+                );
+                self.given_at.push((ticket, now));
+                self.waiting.insert(ticket, user);
+                self.ticket_of.insert(user, ticket);
+            }
+        }
+        Ok(())
+    }
+
+    fn position(&self, ticket: u64) -> u64 {
+        self.waiting.range(..ticket).count() as u64 + 1
+    }
+}
+
+async fn run(shards: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let store = MemoryStore::new();
+    sharded(&store, shards, 0).await;
+    let mut told = Told::default();
+    let mut now = T0;
+    let mut requests = 0;
+    for op in ops {
+        match op {
+            Op::Wait(ms) => now += ms,
+            Op::Enqueue(user) => {
+                let place = store.enqueue(&q(), &u(user), now).await.unwrap();
+                if let Some(&ticket) = told.admitted.get(&user) {
+                    prop_assert_eq!(place.ticket, ticket);
+                    continue;
+                }
+                told.joined(user, place.ticket, now)?;
+                prop_assert_eq!(position(&place.state), Some(told.position(place.ticket)));
+            }
+            Op::EnqueueMany(users) => {
+                let ids: Vec<UserId> = users.iter().map(|&n| u(n)).collect();
+                let places = store.enqueue_many(&q(), &ids, now).await.unwrap();
+                for (&user, place) in users.iter().zip(places) {
+                    let place = place.unwrap();
+                    if !told.admitted.contains_key(&user) {
+                        told.joined(user, place.ticket, now)?;
+                    }
+                }
+                // Every position in the batch as it stands after it.
+                let places = store.places(&q(), &ids, false, now).await.unwrap();
+                for place in places.into_iter().flatten() {
+                    if let Some(at) = position(&place.state) {
+                        prop_assert_eq!(at, told.position(place.ticket));
+                    }
+                }
+            }
+            Op::Leave(user) => {
+                let left = store.leave(&q(), &u(user), now).await.unwrap();
+                let held =
+                    told.ticket_of.remove(&user).is_some() || told.admitted.remove(&user).is_some();
+                prop_assert_eq!(left, held);
+                told.waiting.retain(|_, waiting| *waiting != user);
+            }
+            Op::Admit(n) => {
+                requests += 1;
+                let request = RequestId::parse(&format!("r{requests}")).unwrap();
+                let admitted = store.admit(&q(), n, Some(&request), now).await.unwrap();
+                prop_assert!(admitted.len() <= n as usize);
+                // The lowest waiting tickets, in order.
+                let lowest: Vec<u64> = told.waiting.keys().take(admitted.len()).copied().collect();
+                let tickets: Vec<u64> = admitted.iter().map(|a| a.admission.ticket).collect();
+                prop_assert_eq!(&tickets, &lowest);
+                for a in &admitted {
+                    let user = told
+                        .waiting
+                        .remove(&a.admission.ticket)
+                        .unwrap_or(usize::MAX);
+                    prop_assert_eq!(u(user), a.user.clone());
+                    told.ticket_of.remove(&user);
+                    told.admitted.insert(user, a.admission.ticket);
+                    told.highest_admitted = told.highest_admitted.max(a.admission.ticket);
+                    // A ticket given within the skew allowed may still have
+                    // a lower one coming: never admitted.
+                    let given = told.given_at.iter().find(|(t, _)| *t == a.admission.ticket);
+                    prop_assert!(given.is_some_and(|(_, at)| now >= at + SKEW_MS || shards == 1));
+                }
+                // Everyone whose ticket is older than τ and the skew is
+                // admissible: an admission stops short of n only when the
+                // rest is newer (and with one slot, never).
+                if admitted.len() < n as usize {
+                    for &ticket in told.waiting.keys() {
+                        let at = told
+                            .given_at
+                            .iter()
+                            .find(|(t, _)| *t == ticket)
+                            .map(|(_, at)| *at);
+                        prop_assert!(
+                            shards > 1 && at.is_some_and(|at| now < at + TAU_MS + SKEW_MS),
+                            "ticket {} (given at {:?}, now {}) left waiting",
+                            ticket,
+                            at,
+                            now
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Two tickets given at least τ apart are in the order of their joins.
+    for (i, &(ticket, at)) in told.given_at.iter().enumerate() {
+        for &(later_ticket, later_at) in &told.given_at[i + 1..] {
+            if later_at >= at + TAU_MS {
+                prop_assert!(
+                    later_ticket > ticket,
+                    "given {ticket} at {at}, {later_ticket} at {later_at}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn over_one_to_three_sub_lines_one_order_exact_positions_and_admission_in_it() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 512,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(
+            &(1u32..=3, proptest::collection::vec(op(), 1..150)),
+            |(shards, ops)| runtime.block_on(run(shards, ops)),
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn over_grpc_a_sharded_queue_is_made_kept_and_served_in_one_order() {
+    use tonic::Code;
+    use waitroom::pb;
+
+    use crate::helpers::{TestApp, admit, bad_field, enqueue, queue, rank};
+
+    let app = TestApp::on_memory().await;
+    let created = app
+        .create_queue(pb::Queue {
+            shards: 3,
+            ..queue("big")
+        })
+        .await;
+    assert_eq!(created.shards, 3);
+    assert_eq!(app.create_queue(queue("plain")).await.shards, 1);
+    let mut admin = app.admin().await;
+    for shards in [17, u32::MAX] {
+        let status = admin
+            .create_queue(pb::CreateQueueRequest {
+                queue: Some(pb::Queue {
+                    shards,
+                    ..queue("too-many")
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), bad_field(&status).as_str()),
+            (Code::InvalidArgument, "queue.shards")
+        );
+    }
+    // Fixed for the queue's life: named in a mask it is refused; a queue
+    // read and sent back whole (an empty mask) keeps it.
+    let status = crate::helpers::update(
+        &app,
+        pb::Queue {
+            shards: 1,
+            ..queue("big")
+        },
+        "shards",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(bad_field(&status), "update_mask");
+    let changed = admin
+        .update_queue(pb::UpdateQueueRequest {
+            queue: Some(pb::Queue {
+                max_active: 50,
+                ..created.clone()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .queue
+        .unwrap();
+    assert_eq!((changed.shards, changed.max_active), (3, 50));
+
+    let mut client = app.client().await;
+    let mut tickets = Vec::new();
+    for n in 0..30 {
+        tickets.push(enqueue(&mut client, "big", &format!("v{n}")).await.ticket);
+    }
+    let mut sorted = tickets.clone();
+    sorted.sort_unstable();
+    for (n, ticket) in tickets.iter().enumerate() {
+        let place = rank(&mut client, "big", &format!("v{n}")).await;
+        let below = sorted.partition_point(|t| t < ticket) as u64;
+        assert_eq!(place.position, below + 1, "v{n}");
+    }
+    // A watcher's positions come from the replica's copy of the line.
+    let last = tickets
+        .iter()
+        .position(|t| t == sorted.last().unwrap())
+        .unwrap();
+    let mut stream = crate::helpers::open(&app, "big", &format!("v{last}")).await;
+    let first = stream.message().await.unwrap().unwrap().place.unwrap();
+    assert_eq!(first.position, 30);
+    app.clock.advance_ms(TAU_MS + SKEW_MS);
+    let admitted: Vec<u64> = admit(&mut client, "big", 10)
+        .await
+        .iter()
+        .map(|a| a.ticket)
+        .collect();
+    assert_eq!(admitted, sorted[..10]);
+    loop {
+        let place = stream.message().await.unwrap().unwrap().place.unwrap();
+        if place.position != 30 {
+            assert_eq!(place.position, 20);
+            break;
+        }
+    }
+    app.stop().await;
+
+    // A store that keeps a queue in one slot says so.
+    let (app, _redis) = TestApp::on_redis().await;
+    let status = app
+        .admin()
+        .await
+        .create_queue(pb::CreateQueueRequest {
+            queue: Some(pb::Queue {
+                shards: 2,
+                ..queue("big")
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), bad_field(&status).as_str()),
+        (Code::InvalidArgument, "queue.shards")
+    );
+    app.stop().await;
+}
