@@ -128,6 +128,14 @@ impl SubLines {
         }
     }
 
+    /// Closes every block: the opening reserves the pre-queue's tickets
+    /// after every ticket leased, and a block leased before it gives no
+    /// ticket from then on, so nobody who arrives after the opening stands
+    /// ahead of someone drawn.
+    pub fn close_blocks(&mut self) {
+        self.blocks.iter_mut().for_each(|block| *block = None);
+    }
+
     /// The lowest ticket a join may still be given at `now_ms`, by the
     /// head's leases: an admission takes only tickets below it.
     pub fn watermark(&mut self, seq: u64, now_ms: u64) -> u64 {

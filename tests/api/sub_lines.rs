@@ -459,3 +459,311 @@ async fn over_grpc_a_sharded_queue_is_made_kept_and_served_in_one_order() {
     );
     app.stop().await;
 }
+
+/// A step of the wider property test: every way a ticket is given or taken.
+#[derive(Clone, Debug)]
+enum Step {
+    Wait(u64),
+    Enqueue(Vec<usize>),
+    Leave(usize),
+    Admit(u32),
+    AdmitDue,
+    AdmitUsers(Vec<usize>),
+    Draw,
+    Complete(usize),
+    PassThrough(bool),
+}
+
+fn wider_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => prop_oneof![0u64..3, Just(TAU_MS), Just(SKEW_MS), 0u64..80].prop_map(Step::Wait),
+        4 => proptest::collection::vec(0usize..40, 1..6).prop_map(Step::Enqueue),
+        1 => (0usize..40).prop_map(Step::Leave),
+        2 => (0u32..6).prop_map(Step::Admit),
+        2 => Just(Step::AdmitDue),
+        1 => proptest::collection::vec(0usize..40, 1..3).prop_map(Step::AdmitUsers),
+        2 => Just(Step::Draw),
+        1 => (0usize..40).prop_map(Step::Complete),
+        1 => proptest::bool::weighted(0.2).prop_map(Step::PassThrough),
+    ]
+}
+
+/// What every user's place says now: (waiting tickets by user, admitted
+/// tickets by user, pre-queued users).
+async fn everyone(
+    store: &MemoryStore,
+    now: u64,
+) -> (BTreeMap<usize, u64>, BTreeMap<usize, u64>, Vec<usize>) {
+    let ids: Vec<UserId> = (0..40).map(u).collect();
+    let places = store.places(&q(), &ids, false, now).await.unwrap();
+    let (mut waiting, mut admitted, mut prequeued) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
+    for (user, place) in places.into_iter().enumerate() {
+        match place.map(|p| (p.state, p.ticket)) {
+            Some((PlaceState::Waiting { .. }, ticket)) => {
+                waiting.insert(user, ticket);
+            }
+            Some((PlaceState::Admitted(_), ticket)) => {
+                admitted.insert(user, ticket);
+            }
+            Some((PlaceState::PreQueue { .. }, _)) => prequeued.push(user),
+            _ => {}
+        }
+    }
+    (waiting, admitted, prequeued)
+}
+
+async fn run_wider(
+    shards: u32,
+    max_active: u32,
+    rate: u32,
+    opening: bool,
+    steps: Vec<Step>,
+) -> Result<(), TestCaseError> {
+    use waitroom::domain::{NamedAdmission, QueueMode, QueueUpdate};
+
+    let store = MemoryStore::new();
+    let mut config = QueueConfig::new(q()).created(T0);
+    config.shards = shards;
+    config.max_active = max_active;
+    config.admit_per_second = rate;
+    config.admission_ttl = Duration::from_secs(3600);
+    config.heartbeat_timeout = Duration::from_secs(3600);
+    let opens_at = T0 + 100;
+    if opening {
+        config.opens_at_ms = Some(opens_at);
+    }
+    store.create_queue(&config).await.unwrap();
+    let mut now = T0;
+    let mut requests = 0;
+    // Tickets seen so far, the highest an admission in order took, who was
+    // drawn (pre-queued first) and who first got a ticket after the opening.
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    let mut highest_in_order = 0u64;
+    let mut drawn: HashMap<usize, Option<u64>> = HashMap::new();
+    let mut late: HashMap<usize, u64> = HashMap::new();
+    for step in steps {
+        let (before, held, _) = everyone(&store, now).await;
+        let mut in_order: Vec<(UserId, u64)> = Vec::new();
+        match step {
+            Step::Wait(ms) => now += ms,
+            Step::Enqueue(users) => {
+                let ids: Vec<UserId> = users.iter().map(|&n| u(n)).collect();
+                store.enqueue_many(&q(), &ids, now).await.unwrap();
+            }
+            Step::Leave(user) => {
+                store.leave(&q(), &u(user), now).await.unwrap();
+            }
+            Step::Admit(n) => {
+                requests += 1;
+                let request = RequestId::parse(&format!("r{requests}")).unwrap();
+                if let Ok(admitted) = store.admit(&q(), n, Some(&request), now).await {
+                    in_order = admitted
+                        .into_iter()
+                        .map(|a| (a.user, a.admission.ticket))
+                        .collect();
+                }
+            }
+            Step::AdmitDue => {
+                let admitted = store.admit_due(&q(), 100, now).await.unwrap();
+                in_order = admitted
+                    .into_iter()
+                    .map(|a| (a.user, a.admission.ticket))
+                    .collect();
+            }
+            Step::AdmitUsers(users) => {
+                requests += 1;
+                let request = RequestId::parse(&format!("r{requests}")).unwrap();
+                let ids: Vec<UserId> = users.iter().map(|&n| u(n)).collect();
+                if let Ok(answers) = store.admit_users(&q(), &ids, &request, false, now).await {
+                    for (user, answer) in users.iter().zip(answers) {
+                        if let NamedAdmission::Admitted(_) = answer {
+                            prop_assert!(!held.contains_key(user), "user {} admitted twice", user);
+                        }
+                    }
+                }
+            }
+            Step::Draw => {
+                store.draw_step(&q(), "seed", 5, now).await.unwrap();
+            }
+            Step::Complete(user) => {
+                store.complete(&q(), &u(user), now).await.unwrap();
+            }
+            Step::PassThrough(on) => {
+                let mode = if on {
+                    QueueMode::PassThrough
+                } else {
+                    QueueMode::Queueing
+                };
+                let update = QueueUpdate {
+                    mode: Some(mode),
+                    ..QueueUpdate::default()
+                };
+                store.update_queue(&q(), &update, now).await.unwrap();
+            }
+        }
+        // An admission in order takes the lowest waiting tickets, none
+        // held already.
+        if !in_order.is_empty() {
+            let mut lowest: Vec<u64> = before.values().copied().collect();
+            lowest.sort_unstable();
+            let tickets: Vec<u64> = in_order.iter().map(|(_, t)| *t).collect();
+            prop_assert_eq!(&tickets[..], &lowest[..tickets.len().min(lowest.len())]);
+            for (user, ticket) in &in_order {
+                prop_assert!(
+                    seen.get(ticket)
+                        .is_some_and(|holder| before.contains_key(holder)),
+                    "{} was not waiting",
+                    user
+                );
+                highest_in_order = highest_in_order.max(*ticket);
+            }
+        }
+        let (waiting, admitted, prequeued) = everyone(&store, now).await;
+        // Pre-queued and still there, or placed: one who left before
+        // being placed is drawn no more.
+        drawn.retain(|user, ticket| {
+            ticket.is_some()
+                || prequeued.contains(user)
+                || waiting.contains_key(user)
+                || admitted.contains_key(user)
+        });
+        for user in prequeued {
+            drawn.entry(user).or_insert(None);
+        }
+        let mut tickets: Vec<u64> = waiting.values().chain(admitted.values()).copied().collect();
+        tickets.sort_unstable();
+        let count = tickets.len();
+        tickets.dedup();
+        prop_assert_eq!(tickets.len(), count, "a ticket held twice");
+        let given = waiting
+            .iter()
+            .map(|(u, t)| (*u, *t, true))
+            .chain(admitted.iter().map(|(u, t)| (*u, *t, false)));
+        for (user, ticket, in_line) in given {
+            if seen.get(&ticket).is_none_or(|&holder| holder != user) {
+                // A ticket given in this step: never below one already
+                // admitted in order, unless drawn into the opening's block.
+                let was_drawn = drawn.contains_key(&user);
+                prop_assert!(
+                    ticket > highest_in_order || was_drawn,
+                    "user {} given {} after {} was admitted in order",
+                    user,
+                    ticket,
+                    highest_in_order
+                );
+                seen.insert(ticket, user);
+                match drawn.get_mut(&user) {
+                    // Drawn into the opening's block; admitted by name
+                    // instead, their ticket is past every other's.
+                    Some(slot @ None) if in_line => *slot = Some(ticket),
+                    Some(None) => {
+                        drawn.remove(&user);
+                    }
+                    Some(Some(_)) => {}
+                    None if opening && now >= opens_at && !late.contains_key(&user) => {
+                        late.insert(user, ticket);
+                    }
+                    None => {}
+                }
+            }
+        }
+        // Positions count the waiting tickets below, over all sub-lines.
+        let ids: Vec<UserId> = waiting.keys().map(|&n| u(n)).collect();
+        let mut sorted: Vec<u64> = waiting.values().copied().collect();
+        sorted.sort_unstable();
+        for place in store
+            .places(&q(), &ids, false, now)
+            .await
+            .unwrap()
+            .into_iter()
+            .flatten()
+        {
+            if let PlaceState::Waiting { position } = place.state {
+                prop_assert_eq!(
+                    position,
+                    sorted.partition_point(|t| *t < place.ticket) as u64 + 1
+                );
+            }
+        }
+    }
+    // Those who arrived after the opening stand behind everyone drawn.
+    let highest_drawn = drawn.values().flatten().max();
+    let lowest_late = late.values().min();
+    if let (Some(drawn), Some(late)) = (highest_drawn, lowest_late) {
+        prop_assert!(
+            drawn < late,
+            "drawn up to {drawn}, a later arrival given {late}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn every_way_a_ticket_is_given_or_taken_keeps_one_order_over_sub_lines() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 384,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(
+            &(
+                1u32..=3,
+                prop_oneof![Just(0u32), Just(3)],
+                prop_oneof![Just(0u32), Just(50)],
+                proptest::bool::ANY,
+                proptest::collection::vec(wider_step(), 1..120),
+            ),
+            |(shards, max_active, rate, opening, steps)| {
+                runtime.block_on(run_wider(shards, max_active, rate, opening, steps))
+            },
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_opening_closes_every_block_so_later_arrivals_stand_behind_the_drawn() {
+    let store = MemoryStore::new();
+    let mut config = QueueConfig::new(q()).created(T0);
+    config.shards = 2;
+    config.admission_ttl = Duration::from_secs(3600);
+    let opens_at = T0 + 100;
+    config.opens_at_ms = Some(opens_at);
+    store.create_queue(&config).await.unwrap();
+    // Three users of one sub-line, and one pre-queued.
+    let same: Vec<usize> = (0..)
+        .filter(|&n| sub_line_of(u(n).as_str(), 2) == 0)
+        .take(3)
+        .collect();
+    store.enqueue(&q(), &u(1000), T0).await.unwrap();
+    // Admitted by name just before the opening, the first two take
+    // tickets from their sub-line's blocks: the second block has one left.
+    let request = RequestId::parse("named").unwrap();
+    let named = [u(same[0]), u(same[1])];
+    store
+        .admit_users(&q(), &named[..1], &request, true, opens_at - 2)
+        .await
+        .unwrap();
+    let request = RequestId::parse("named-2").unwrap();
+    store
+        .admit_users(&q(), &named[1..], &request, true, opens_at - 2)
+        .await
+        .unwrap();
+    // The opening reserves the pre-queue's block; a newcomer of that
+    // sub-line at the opening must not take the ticket left below it.
+    let late = store.enqueue(&q(), &u(same[2]), opens_at).await.unwrap();
+    while !store.draw_step(&q(), "seed", 10, opens_at).await.unwrap() {}
+    let drawn = store
+        .place(&q(), &u(1000), opens_at)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        late.ticket > drawn.ticket,
+        "arrived after the opening with {} below the drawn {}",
+        late.ticket,
+        drawn.ticket
+    );
+    assert_eq!(position(&drawn.state), Some(1));
+}
