@@ -53,6 +53,9 @@ pub struct LineSummary {
     /// within one refresh, so it records presence often enough.
     pub heartbeat_ms: u64,
     pub signs: super::Signs,
+    /// The queue's sub-lines: above 1, a ticket below every waiting one
+    /// may still be given within τ + ε, so no head is vouched for.
+    pub shards: u32,
 }
 
 /// The changes after a sequence number, and the summary after them.

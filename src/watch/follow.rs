@@ -12,7 +12,7 @@ use super::pace::next_moment;
 use super::presence::{self, Presence};
 use super::view::View;
 use super::{QueueWatch, WatchHub, Watcher};
-use crate::domain::{LineEvent, LineSnapshot, Place, PlaceState, QueueId, UserId};
+use crate::domain::{LineEvent, LineSnapshot, LineSummary, Place, PlaceState, QueueId, UserId};
 use crate::{Error, Result};
 
 /// Consecutive failed refreshes after which streams end with `UNAVAILABLE`
@@ -104,7 +104,7 @@ impl WatchHub {
                     if let (Some(line), Some(summary)) = (&copy.line, &copy.summary) {
                         let heartbeat_ms = watch.heartbeat_ms.load(Ordering::Relaxed);
                         pollers.prune(line, heartbeat_ms, now);
-                        let bounds = vouched_bounds(line.bounds(), summary.prequeued);
+                        let bounds = vouched_bounds(line.bounds(), summary);
                         watch.bounds.set(bounds);
                         self.know_line(&queue, summary.epoch_ms, bounds);
                     }
@@ -553,23 +553,46 @@ fn end_all(watchers: Vec<Watcher>, error: &Error) {
 /// The bounds of the line a refresh can vouch for, in receipts and in what
 /// this instance remembers of the line: while anyone is pre-queued or being
 /// placed by the opening draw, tickets below every waiting one may still
-/// join (the draw's block), so no head is vouched for.
-fn vouched_bounds((head, top): (u64, u64), prequeued: u64) -> (u64, u64) {
-    match prequeued {
-        0 => (head, top),
-        _ => (0, top),
+/// join (the draw's block), and so they may in a queue of several
+/// sub-lines (a block leased before the lowest waiting ticket's, open for
+/// τ more): then no head is vouched for.
+fn vouched_bounds((head, top): (u64, u64), summary: &LineSummary) -> (u64, u64) {
+    if summary.prequeued > 0 || summary.shards > 1 {
+        (0, top)
+    } else {
+        (head, top)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::vouched_bounds;
+    use crate::domain::{LineSummary, QueueMode, RateSample};
+
+    fn summary(prequeued: u64, shards: u32) -> LineSummary {
+        LineSummary {
+            epoch_ms: 1,
+            seq: 1,
+            mode: QueueMode::Queueing,
+            waiting: 10,
+            prequeued,
+            opens_at_ms: None,
+            opened: true,
+            rate: RateSample::default(),
+            heartbeat_ms: 120_000,
+            signs: Default::default(),
+            shards,
+        }
+    }
 
     /// Newcomers during the opening draw wait above the block the draw is
-    /// filling: their tickets say nothing of who is gone below them.
+    /// filling, and in a queue of several sub-lines a join may take a
+    /// ticket below the lowest waiting one from an older block: their
+    /// tickets say nothing of who is gone below them.
     #[test]
-    fn no_head_is_vouched_for_while_the_draw_may_place_tickets_below() {
-        assert_eq!(vouched_bounds((1001, 1010), 1000), (0, 1010));
-        assert_eq!(vouched_bounds((1, 1010), 0), (1, 1010));
+    fn no_head_is_vouched_for_while_a_ticket_may_still_join_below() {
+        assert_eq!(vouched_bounds((1001, 1010), &summary(1000, 1)), (0, 1010));
+        assert_eq!(vouched_bounds((1001, 1010), &summary(0, 2)), (0, 1010));
+        assert_eq!(vouched_bounds((1, 1010), &summary(0, 1)), (1, 1010));
     }
 }

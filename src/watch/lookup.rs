@@ -295,6 +295,7 @@ mod tests {
                 rate: RateSample::default(),
                 heartbeat_ms: HEARTBEAT_MS,
                 signs: Default::default(),
+                shards: 1,
             }),
             read_ms,
             read_at: Some(Instant::now()),

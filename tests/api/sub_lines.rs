@@ -248,10 +248,16 @@ async fn run(shards: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::EnqueueMany(users) => {
                 let ids: Vec<UserId> = users.iter().map(|&n| u(n)).collect();
                 let places = store.enqueue_many(&q(), &ids, now).await.unwrap();
-                for (&user, place) in users.iter().zip(places) {
-                    let place = place.unwrap();
+                let places: Vec<_> = places.into_iter().map(Result::unwrap).collect();
+                for (&user, place) in users.iter().zip(&places) {
                     if !told.admitted.contains_key(&user) {
                         told.joined(user, place.ticket, now)?;
+                    }
+                }
+                // The call's own answers, as the line stands after it.
+                for place in &places {
+                    if let Some(at) = position(&place.state) {
+                        prop_assert_eq!(at, told.position(place.ticket));
                     }
                 }
                 // Every position in the batch as it stands after it.
@@ -431,13 +437,17 @@ async fn over_grpc_a_sharded_queue_is_made_kept_and_served_in_one_order() {
         .map(|a| a.ticket)
         .collect();
     assert_eq!(admitted, sorted[..10]);
-    loop {
-        let place = stream.message().await.unwrap().unwrap().place.unwrap();
-        if place.position != 30 {
-            assert_eq!(place.position, 20);
-            break;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let place = stream.message().await.unwrap().unwrap().place.unwrap();
+            if place.position != 30 {
+                assert_eq!(place.position, 20);
+                break;
+            }
         }
-    }
+    })
+    .await
+    .expect("the stream showed the admissions");
     app.stop().await;
 
     // A store that keeps a queue in one slot says so.
@@ -766,4 +776,89 @@ async fn the_opening_closes_every_block_so_later_arrivals_stand_behind_the_drawn
         drawn.ticket
     );
     assert_eq!(position(&drawn.state), Some(1));
+}
+
+#[tokio::test]
+async fn the_rate_spends_its_tokens_only_on_those_admission_may_take() {
+    let store = MemoryStore::new();
+    sharded_at_rate(&store, 2, 0, 10).await;
+    let users: Vec<UserId> = (0..10).map(u).collect();
+    store.enqueue_many(&q(), &users, T0).await.unwrap();
+    // Their blocks are held back: no token is spent on them.
+    assert!(
+        store
+            .admit_due(&q(), 100, T0 + 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let admitted = store
+        .admit_due(&q(), 100, T0 + TAU_MS + SKEW_MS)
+        .await
+        .unwrap();
+    assert_eq!(admitted.len(), 10);
+}
+
+#[tokio::test]
+async fn without_a_rate_a_newcomer_to_an_empty_line_waits_for_an_admit_batch() {
+    let store = MemoryStore::new();
+    sharded(&store, 2, 10).await;
+    let place = store.enqueue(&q(), &u(1), T0).await.unwrap();
+    assert_eq!(position(&place.state), Some(1));
+    assert!(
+        store
+            .admit_due(&q(), 10, T0 + 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let admitted = store.admit(&q(), 10, None, T0 + 100).await.unwrap();
+    assert_eq!(admitted.len(), 1);
+    // Pass-through still lets everyone straight in.
+    let update = waitroom::domain::QueueUpdate {
+        mode: Some(waitroom::domain::QueueMode::PassThrough),
+        ..Default::default()
+    };
+    store.update_queue(&q(), &update, T0 + 100).await.unwrap();
+    let place = store.enqueue(&q(), &u(2), T0 + 100).await.unwrap();
+    assert!(matches!(place.state, PlaceState::Admitted(_)), "{place:?}");
+}
+
+#[tokio::test]
+async fn a_place_given_back_closes_the_blocks_so_its_ticket_is_not_given_again() {
+    use waitroom::domain::{Adoption, PlaceClaim, Restoration};
+
+    let store = MemoryStore::new();
+    let mut config = QueueConfig::new(q()).created(T0);
+    config.shards = 2;
+    config.adoption = Some(Adoption::default());
+    store.create_queue(&config).await.unwrap();
+    // Three users of one sub-line: the first block (one ticket) is used
+    // up, the second (two) has one left, open for τ.
+    let same: Vec<usize> = (0..)
+        .filter(|&n| sub_line_of(u(n).as_str(), 2) == 0)
+        .take(3)
+        .collect();
+    let first = store.enqueue(&q(), &u(same[0]), T0).await.unwrap().ticket;
+    let second = store.enqueue(&q(), &u(same[1]), T0).await.unwrap().ticket;
+    let left_over = second + 1;
+    // A receipt of the lost line for that very ticket.
+    let claim = PlaceClaim {
+        epoch_ms: T0 - 60_000,
+        ticket: left_over,
+        head: 1,
+        top: left_over + 10,
+        issued_ms: T0 - 1_000,
+    };
+    let restored = store.restore(&q(), &u(1000), &claim, T0).await.unwrap();
+    assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
+    let third = store.enqueue(&q(), &u(same[2]), T0 + 1).await.unwrap();
+    assert!(
+        ![first, second, left_over].contains(&third.ticket),
+        "{third:?}"
+    );
+    let returned = store.place(&q(), &u(1000), T0 + 1).await.unwrap().unwrap();
+    assert_eq!(returned.ticket, left_over);
+    assert_eq!(position(&returned.state), Some(3));
+    assert_eq!(position(&third.state), Some(4));
 }

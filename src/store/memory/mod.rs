@@ -231,6 +231,16 @@ impl QueueStore for MemoryStore {
             if state.line.seq != before {
                 state.note_joined(now_ms);
             }
+            if state.line.sub_lines.is_some() {
+                // One call is one step: every position as it stands after
+                // it, as a later user of the call may have taken a ticket
+                // below an earlier one's from another sub-line's block.
+                for place in places.iter_mut().flatten() {
+                    if let PlaceState::Waiting { position } = &mut place.state {
+                        *position = state.line.ranks.count_up_to(place.ticket);
+                    }
+                }
+            }
             Ok(places)
         })
     }
@@ -304,6 +314,11 @@ impl QueueStore for MemoryStore {
                 return Ok(Restoration::Refused(Refusal::NotGiven));
             }
             state.line.seq = restored.seq;
+            // A block still open may hold the ticket given back, or lie
+            // below the sequence it raised: none gives another ticket.
+            if let Some(sub_lines) = &mut state.line.sub_lines {
+                sub_lines.close_blocks();
+            }
             state.config.adoption = restored.adoption;
             state.add_waiting(user.clone(), claim.ticket);
             state.see(user, now_ms);
@@ -377,6 +392,7 @@ impl QueueStore for MemoryStore {
                     rate: state.rate_sample(now_ms),
                     heartbeat_ms: state.config.heartbeat_timeout.as_millis() as u64,
                     signs: state.config.signs(),
+                    shards: state.config.shards,
                 },
                 events,
                 complete,
@@ -455,8 +471,10 @@ impl QueueStore for MemoryStore {
                 _ if state.opening.draw.in_progress() => 0,
                 QueueMode::PassThrough => u64::from(max_count),
                 QueueMode::Queueing if state.config.admit_per_second > 0 => {
+                    // Tokens only for those admission may take now: with
+                    // sub-lines, the newest wait for their blocks to close.
                     let wanted = u64::from(max_count)
-                        .min(state.line.waiting.len() as u64)
+                        .min(state.admissible(now_ms))
                         .min(state.free_slots());
                     state.take_tokens(wanted, now_ms)
                 }

@@ -207,7 +207,14 @@ impl QueueState {
     /// sub-lines, the next of their sub-line's block.
     pub(super) fn new_ticket(&mut self, user: &UserId, now_ms: u64) -> u64 {
         match &mut self.line.sub_lines {
-            Some(sub_lines) => sub_lines.ticket(user.as_str(), &mut self.line.seq, now_ms),
+            Some(sub_lines) => {
+                let ticket = sub_lines.ticket(user.as_str(), &mut self.line.seq, now_ms);
+                // A ticket from a block leased in an earlier second moves
+                // no sequence: noted here, so the time each admitted user
+                // waited counts from this second.
+                self.note_joined(now_ms);
+                ticket
+            }
             None => {
                 self.line.seq += 1;
                 self.line.seq
@@ -223,14 +230,29 @@ impl QueueState {
         self.line.sub_lines.is_none()
     }
 
-    /// Admits up to `room` waiting users, lowest tickets first; with
-    /// sub-lines, only tickets below the head's watermark, so nobody who
-    /// joins later stands ahead of someone admitted.
-    pub(super) fn admit_next(&mut self, room: u64, now_ms: u64) -> Vec<Admitted> {
-        let below = match &mut self.line.sub_lines {
+    /// The ticket admission may not reach at `now_ms`: with sub-lines the
+    /// head's watermark, so nobody who joins later stands ahead of someone
+    /// admitted; with one, none.
+    fn admission_bound(&mut self, now_ms: u64) -> u64 {
+        match &mut self.line.sub_lines {
             Some(sub_lines) => sub_lines.watermark(self.line.seq, now_ms),
             None => u64::MAX,
-        };
+        }
+    }
+
+    /// How many waiting users admission may take at `now_ms`.
+    pub(super) fn admissible(&mut self, now_ms: u64) -> u64 {
+        let bound = self.admission_bound(now_ms);
+        match bound {
+            u64::MAX => self.line.waiting.len() as u64,
+            _ => self.line.waiting.range(..bound).count() as u64,
+        }
+    }
+
+    /// Admits up to `room` waiting users, lowest tickets first, none at or
+    /// above [`Self::admission_bound`].
+    pub(super) fn admit_next(&mut self, room: u64, now_ms: u64) -> Vec<Admitted> {
+        let below = self.admission_bound(now_ms);
         let mut admitted: Vec<Admitted> = Vec::new();
         while (admitted.len() as u64) < room {
             if self

@@ -424,6 +424,7 @@ impl QueueStore for RedisStore {
                 rate,
                 heartbeat_ms,
                 signs,
+                shards: 1,
             },
             events,
             complete,
