@@ -1,10 +1,14 @@
 //! Shown positions against the line itself, at a crowd's size: every
 //! watcher's stream is followed while joins, leaves and admissions run;
 //! then the churn stops, the paced positions settle, and each watcher's
-//! last shown position is compared with an exact count read from Redis
-//! (`ZRANK` of the waiting set). Counted: positions that differ, by how
-//! much, positions that rose while the user waited (joins go behind
-//! everyone, so a position never rises), and admissions never shown.
+//! last shown position is compared with an exact count: read from Redis
+//! (`ZRANK` of the waiting set), or on the memory store (which a queue of
+//! several sub-lines needs so far) counted from every answer the bench got
+//! (each watcher's ticket, who was admitted, who left). Counted: positions
+//! that differ, by how much, positions that rose while the user waited
+//! (joins go behind everyone, so a position never rises), admissions never
+//! shown, and joins given a ticket below one that was answered more than τ
+//! before they were sent.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,8 +20,9 @@ use waitroom::pb::queue_service_client::QueueServiceClient;
 
 use tonic::transport::Channel;
 
-use crate::harness::enqueue_users;
+use crate::harness::Store;
 use crate::load::{self, Measured};
+use waitroom::domain::shards::TAU_MS;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -43,6 +48,13 @@ pub struct Args {
     /// all streams; 0: none).
     #[arg(long, default_value_t = 50_000)]
     budget: u64,
+    /// Sub-lines of the queue (`Queue.shards`). Above 1 the service runs on
+    /// the memory store: the Redis store serves one slot only so far.
+    #[arg(long, default_value_t = 1)]
+    shards: u32,
+    /// Runs the service on the memory store, also with one sub-line.
+    #[arg(long)]
+    memory: bool,
     /// How long the positions settle after the churn, before the count.
     #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
     settle: Duration,
@@ -65,12 +77,23 @@ struct Shown {
     opened: AtomicBool,
     /// When it was last sent anything (ms of the bench's clock).
     last_at_ms: AtomicU64,
+    /// Its ticket, and when its join was sent and answered (µs of the
+    /// bench's clock).
+    ticket: AtomicU64,
+    sent_us: AtomicU64,
+    answered_us: AtomicU64,
+    /// An `AdmitBatch` answer named it.
+    admitted_by_call: AtomicBool,
 }
 
 /// The bench's clock, for when messages came.
 fn clock_ms() -> u64 {
+    clock_us() / 1000
+}
+
+fn clock_us() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
 const QUEUE: &str = "positions";
@@ -80,14 +103,24 @@ fn watcher(w: usize) -> String {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let service = crate::watch::start(&args.pace, args.budget).await?;
+    let on_memory = args.memory || args.shards > 1;
+    let service = if on_memory {
+        crate::watch::start_on(Store::Memory, &args.pace, args.budget).await?
+    } else {
+        crate::watch::start(&args.pace, args.budget).await?
+    };
     service
-        .create_queue(crate::watch::heard_for_an_hour(QUEUE))
+        .create_queue(pb::Queue {
+            shards: args.shards,
+            ..crate::watch::heard_for_an_hour(QUEUE)
+        })
         .await?;
     let channels = Arc::new(service.channels(args.connections).await?);
-    enqueue_users(&channels, 256, QUEUE, args.watchers, watcher).await?;
-
     let shown: Arc<Vec<Shown>> = Arc::new((0..args.watchers).map(|_| Shown::default()).collect());
+    join_timed(&channels, &shown).await?;
+    let inverted = inverted_joins(&shown, TAU_MS * 1000);
+    let inverted_at_all = inverted_joins(&shown, 0);
+
     let opened = Instant::now();
     for w in 0..args.watchers {
         let client = QueueServiceClient::new(channels[w % channels.len()].clone());
@@ -110,7 +143,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let churn = Duration::from_secs(args.seconds);
     let (joined, admitted, left) = tokio::join!(
         joins(&channels, args.joins, churn),
-        admissions(&channels, args.admissions, churn),
+        admissions(&channels, &shown, args.admissions, churn),
         leaves(&channels, &shown, args.leaves, churn),
     );
     let (joined, join_errors, admitted, left) =
@@ -118,22 +151,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let churned_at = clock_ms();
     tokio::time::sleep(args.settle).await;
 
-    // The exact count, from the line itself.
-    let url = service
-        .redis()
-        .map(|r| r.url())
-        .ok_or_else(|| anyhow::anyhow!("the service has no Redis"))?;
-    let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
-    let key = format!("wr:{{{QUEUE}}}:waiting");
-    let mut exact: Vec<Option<u64>> = Vec::with_capacity(args.watchers);
-    for first in (0..args.watchers).step_by(10_000) {
-        let mut pipe = redis::pipe();
-        for w in first..(first + 10_000).min(args.watchers) {
-            pipe.cmd("ZRANK").arg(&key).arg(watcher(w));
-        }
-        let ranks: Vec<Option<u64>> = pipe.query(&mut conn)?;
-        exact.extend(ranks.into_iter().map(|r| r.map(|r| r + 1)));
-    }
+    let exact = match service.redis() {
+        Some(redis) => exact_from_redis(&redis.url(), args.watchers)?,
+        None => exact_from_answers(&shown),
+    };
 
     let (mut checked, mut wrong, mut worst, mut unshown, mut ended) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -172,8 +193,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     println!(
-        "scenario           positions ({} watchers on {} connections, pace {}, {} s of churn, {:?} to settle)",
-        args.watchers, args.connections, args.pace, args.seconds, args.settle
+        "scenario           positions ({} watchers on {} connections, {} store, {} sub-line(s), pace {}, {} s of churn, {:?} to settle)",
+        args.watchers,
+        args.connections,
+        if on_memory { "memory" } else { "Redis" },
+        args.shards,
+        args.pace,
+        args.seconds,
+        args.settle
+    );
+    println!(
+        "join order         {inverted} of {} joins given a ticket below one answered more than {TAU_MS} ms before they were sent ({inverted_at_all} below one answered at any time before)",
+        args.watchers
     );
     println!("streams opened in  {:.1} s", opened.as_secs_f64());
     println!(
@@ -220,6 +251,9 @@ async fn follow(
         me.opened.store(true, Ordering::Relaxed);
         me.last_at_ms.store(clock_ms(), Ordering::Relaxed);
         let Some(place) = update.place else { continue };
+        if place.ticket != 0 {
+            me.ticket.store(place.ticket, Ordering::Relaxed);
+        }
         match place.state() {
             pb::PlaceState::Waiting => {
                 let before = me.position.swap(place.position, Ordering::Relaxed);
@@ -258,23 +292,136 @@ async fn joins(channels: &Arc<Vec<Channel>>, per_second: u32, lasting: Duration)
 }
 
 /// One admission at a time at `per_second`; a call counts when it admitted
-/// someone.
-async fn admissions(channels: &Arc<Vec<Channel>>, per_second: u32, lasting: Duration) -> Measured {
-    let channels = Arc::clone(channels);
+/// someone, who is noted.
+async fn admissions(
+    channels: &Arc<Vec<Channel>>,
+    shown: &Arc<Vec<Shown>>,
+    per_second: u32,
+    lasting: Duration,
+) -> Measured {
+    let (channels, shown) = (Arc::clone(channels), Arc::clone(shown));
     paced(16, per_second, lasting, move |c, _| {
         let mut client = QueueServiceClient::new(channels[c % channels.len()].clone());
+        let shown = Arc::clone(&shown);
         async move {
-            client
+            let Ok(answer) = client
                 .admit_batch(pb::AdmitBatchRequest {
                     queue_id: QUEUE.into(),
                     max_count: 1,
                     request_id: String::new(),
                 })
                 .await
-                .is_ok_and(|r| !r.into_inner().admitted.is_empty())
+            else {
+                return false;
+            };
+            let admitted = answer.into_inner().admitted;
+            for user in &admitted {
+                let w = user
+                    .user_id
+                    .strip_prefix('w')
+                    .and_then(|n| n.parse::<usize>().ok());
+                if let Some(s) = w.and_then(|w| shown.get(w)) {
+                    s.admitted_by_call.store(true, Ordering::Relaxed);
+                }
+            }
+            !admitted.is_empty()
         }
     })
     .await
+}
+
+/// Joins every watcher from 256 clients, noting each join's ticket and
+/// when it was sent and answered.
+async fn join_timed(channels: &Arc<Vec<Channel>>, shown: &Arc<Vec<Shown>>) -> anyhow::Result<()> {
+    let (channels, shown) = (Arc::clone(channels), Arc::clone(shown));
+    crate::harness::spread(256, shown.len(), move |w| {
+        let mut client = QueueServiceClient::new(channels[w % channels.len()].clone());
+        let shown = Arc::clone(&shown);
+        async move {
+            let sent = clock_us();
+            let place = client
+                .enqueue(pb::EnqueueRequest {
+                    queue_id: QUEUE.into(),
+                    user_id: watcher(w),
+                    receipt: String::new(),
+                })
+                .await?
+                .into_inner()
+                .place
+                .unwrap_or_default();
+            let me = &shown[w];
+            me.answered_us.store(clock_us(), Ordering::Relaxed);
+            me.sent_us.store(sent, Ordering::Relaxed);
+            me.ticket.store(place.ticket, Ordering::Relaxed);
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Joins given a ticket below that of a join answered more than `gap_us`
+/// before they were sent: with a gap of τ, by the design's bound, none.
+fn inverted_joins(shown: &[Shown], gap_us: u64) -> u64 {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut answered: Vec<(u64, u64)> = shown
+        .iter()
+        .map(|s| (load(&s.answered_us), load(&s.ticket)))
+        .collect();
+    answered.sort_unstable();
+    let mut sent: Vec<(u64, u64)> = shown
+        .iter()
+        .map(|s| (load(&s.sent_us), load(&s.ticket)))
+        .collect();
+    sent.sort_unstable();
+    let (mut highest, mut next, mut inverted) = (0u64, 0usize, 0u64);
+    for (sent_us, ticket) in sent {
+        while next < answered.len() && answered[next].0 + gap_us < sent_us {
+            highest = highest.max(answered[next].1);
+            next += 1;
+        }
+        if highest > ticket {
+            inverted += 1;
+        }
+    }
+    inverted
+}
+
+/// Each watcher's exact position, from Redis's waiting set.
+fn exact_from_redis(url: &str, watchers: usize) -> anyhow::Result<Vec<Option<u64>>> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    let key = format!("wr:{{{QUEUE}}}:waiting");
+    let mut exact: Vec<Option<u64>> = Vec::with_capacity(watchers);
+    for first in (0..watchers).step_by(10_000) {
+        let mut pipe = redis::pipe();
+        for w in first..(first + 10_000).min(watchers) {
+            pipe.cmd("ZRANK").arg(&key).arg(watcher(w));
+        }
+        let ranks: Vec<Option<u64>> = pipe.query(&mut conn)?;
+        exact.extend(ranks.into_iter().map(|r| r.map(|r| r + 1)));
+    }
+    Ok(exact)
+}
+
+/// Each watcher's exact position, from the answers: the watchers still
+/// waiting (neither admitted by an `AdmitBatch` answer nor gone by their
+/// own `Leave`) with a lower ticket, plus one. Newcomers of the churn joined
+/// long after every watcher, so they all stand behind.
+fn exact_from_answers(shown: &[Shown]) -> Vec<Option<u64>> {
+    let gone =
+        |s: &Shown| s.left.load(Ordering::Relaxed) || s.admitted_by_call.load(Ordering::Relaxed);
+    let mut waiting: Vec<u64> = shown
+        .iter()
+        .filter(|s| !gone(s))
+        .map(|s| s.ticket.load(Ordering::Relaxed))
+        .collect();
+    waiting.sort_unstable();
+    shown
+        .iter()
+        .map(|s| {
+            let ticket = s.ticket.load(Ordering::Relaxed);
+            (!gone(s)).then(|| waiting.partition_point(|t| *t < ticket) as u64 + 1)
+        })
+        .collect()
 }
 
 /// Watchers anywhere in line leaving at `per_second`, marked as left

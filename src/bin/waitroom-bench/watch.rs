@@ -94,7 +94,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// The service for many streams, its positions paced at `pace` within
 /// `budget` messages a second.
 pub async fn start(pace: &str, budget: u64) -> anyhow::Result<Service> {
-    Service::start(Store::Redis, &service_args(pace, &budget.to_string())).await
+    start_on(Store::Redis, pace, budget).await
+}
+
+/// As [`start`], on `store`.
+pub async fn start_on(store: Store, pace: &str, budget: u64) -> anyhow::Result<Service> {
+    Service::start(store, &service_args(pace, &budget.to_string())).await
 }
 
 /// The streams stay where they were opened: with a second replica (see
