@@ -83,6 +83,9 @@ pub struct LineSnapshot {
     /// When the queue was created (see [`LineSummary::epoch_ms`]); chunks of
     /// two creations never join.
     pub epoch_ms: u64,
+    /// Where the chunk's sub-line's log stood.
     pub seq: u64,
     pub tickets: Vec<u64>,
+    /// The queue's sub-lines: a follower reads each one's chunks and log.
+    pub shards: u32,
 }

@@ -70,10 +70,11 @@ macro_rules! queue_store_over {
     (@signature reap, $($pass:tt)*) => { $crate::store::queue_store_over!(@pass
         reap(queue: &$crate::domain::QueueId, limit: u32, now_ms: u64) -> $crate::Result<u64>; $($pass)*); };
     (@signature line_snapshot, $($pass:tt)*) => { $crate::store::queue_store_over!(@pass
-        line_snapshot(queue: &$crate::domain::QueueId, after: u64, limit: u32)
+        line_snapshot(queue: &$crate::domain::QueueId, sub_line: u32, after: u64, limit: u32)
             -> $crate::Result<$crate::domain::LineSnapshot>; $($pass)*); };
     (@signature line_changes, $($pass:tt)*) => { $crate::store::queue_store_over!(@pass
-        line_changes(queue: &$crate::domain::QueueId, after: u64, limit: u32, now_ms: u64)
+        line_changes(queue: &$crate::domain::QueueId, sub_line: u32, after: u64, limit: u32,
+            now_ms: u64)
             -> $crate::Result<$crate::domain::LineChanges>; $($pass)*); };
     (@signature draw_step, $($pass:tt)*) => { $crate::store::queue_store_over!(@pass
         draw_step(queue: &$crate::domain::QueueId, seed: &str, chunk: u32, now_ms: u64)

@@ -164,17 +164,27 @@ pub trait QueueStore: Send + Sync + 'static {
     /// every replica at once.
     async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64>;
 
-    /// Up to `limit` waiting tickets above `after`, in order: a chunk of the
-    /// line for an instance starting to follow it
-    /// ([`crate::domain::LineSnapshot`] says how chunks join). One call's
-    /// work is bounded by `limit`, however long the line.
-    async fn line_snapshot(&self, queue: &QueueId, after: u64, limit: u32) -> Result<LineSnapshot>;
+    /// Up to `limit` waiting tickets of sub-line `sub_line` (0 for a queue
+    /// of one) above `after`, in order: a chunk of the line for an instance
+    /// starting to follow it ([`crate::domain::LineSnapshot`] says how
+    /// chunks join). One call's work is bounded by `limit`, however long
+    /// the line.
+    async fn line_snapshot(
+        &self,
+        queue: &QueueId,
+        sub_line: u32,
+        after: u64,
+        limit: u32,
+    ) -> Result<LineSnapshot>;
 
-    /// Up to `limit` changes to the waiting set after `after`, and the
-    /// queue's summary. One read however many users are watched.
+    /// Up to `limit` changes to sub-line `sub_line`'s waiting set after
+    /// `after` in its log (each sub-line keeps its own, as its own slot
+    /// will), and the queue's summary. One read however many users are
+    /// watched.
     async fn line_changes(
         &self,
         queue: &QueueId,
+        sub_line: u32,
         after: u64,
         limit: u32,
         now_ms: u64,

@@ -210,13 +210,12 @@ impl WatchHub {
         // lookups go on meanwhile.
         let mut from_snapshot = false;
         for _ in 0..MAX_CATCH_UP_READS {
-            let seq = watch.copy().line.as_ref().map(|line| line.seq);
-            let seq = match seq {
-                Some(seq) => seq,
+            let seqs = watch.copy().line.as_ref().map(|line| line.seqs.clone());
+            let seqs = match seqs {
+                Some(seqs) => seqs,
                 None => {
                     from_snapshot = true;
-                    let snapshot = self.snapshot(queue).await?;
-                    let epoch_ms = snapshot.epoch_ms;
+                    let (epoch_ms, snapshots) = self.snapshot(queue).await?;
                     let previous = watch.epoch_ms.swap(epoch_ms, Ordering::AcqRel);
                     if previous != 0 && previous != epoch_ms {
                         // The queue was created again: every ticket known
@@ -226,10 +225,10 @@ impl WatchHub {
                             watcher.ticket = Some(0);
                         }
                     }
-                    let line = Line::from_snapshot(snapshot);
-                    let seq = line.seq;
+                    let line = Line::from_snapshots(snapshots);
+                    let seqs = line.seqs.clone();
                     watch.copy_mut().line = Some(line);
-                    seq
+                    seqs
                 }
             };
             // The moment the copy is as of, for lookups: the summary's
@@ -237,64 +236,85 @@ impl WatchHub {
             let read_ms = self.clock.now_ms();
             let read_at = std::time::Instant::now();
             let read_no = watch.reads.fetch_add(1, Ordering::AcqRel) + 1;
-            let changes = self
-                .store
-                .line_changes(queue, seq, CHANGES_PER_READ, read_ms)
-                .await?;
+            // One read of each sub-line's log (one log for a queue of one).
+            let mut reads = Vec::with_capacity(seqs.len());
+            for (sub_line, seq) in seqs.iter().enumerate() {
+                reads.push(
+                    self.store
+                        .line_changes(queue, sub_line as u32, *seq, CHANGES_PER_READ, read_ms)
+                        .await?,
+                );
+            }
             let mut copy = watch.copy_mut();
-            if !changes.complete {
+            if reads.iter().any(|changes| !changes.complete) {
                 copy.reset();
                 continue;
             }
             let Some(current) = copy.line.as_mut() else {
                 continue;
             };
-            if changes.summary.epoch_ms != watch.epoch_ms.load(Ordering::Acquire) {
+            let epoch_ms = watch.epoch_ms.load(Ordering::Acquire);
+            if reads
+                .iter()
+                .any(|changes| changes.summary.epoch_ms != epoch_ms)
+            {
                 // The queue was created again: a new snapshot (which drops
                 // what was known of the old one).
                 copy.reset();
                 continue;
             }
-            for (seq, event) in changes.events {
-                current.seq = seq;
-                let (user, ticket) = match event {
-                    LineEvent::Joined { ticket, user } => {
-                        current.join(ticket);
-                        // A pre-queued watcher placed by the opening draw.
-                        (user, ticket)
+            let mut caught_up = true;
+            let mut last_summary = None;
+            for (sub_line, changes) in reads.into_iter().enumerate() {
+                for (seq, event) in changes.events {
+                    if let Some(at) = current.seqs.get_mut(sub_line) {
+                        *at = seq;
                     }
-                    LineEvent::JoinedRun {
-                        first_ticket,
-                        count,
-                    } => {
-                        for ticket in first_ticket..first_ticket.saturating_add(count) {
+                    let (user, ticket) = match event {
+                        LineEvent::Joined { ticket, user } => {
                             current.join(ticket);
+                            // A pre-queued watcher placed by the opening draw.
+                            (user, ticket)
                         }
-                        continue;
-                    }
-                    LineEvent::Left { ticket, .. } => {
-                        current.leave(ticket);
-                        continue;
-                    }
-                    // Looked up below: gone, or elsewhere.
-                    LineEvent::PreQueueLeft { user } => (user, 0),
-                };
-                let unplaced = unplaced.get_or_insert_with(|| unplaced_watchers(watchers));
-                if !unplaced.is_empty()
-                    && let Some(found) = unplaced.remove(&user)
-                {
-                    for i in found {
-                        watchers[i].ticket = Some(ticket);
+                        LineEvent::JoinedRun {
+                            first_ticket,
+                            count,
+                        } => {
+                            for ticket in first_ticket..first_ticket.saturating_add(count) {
+                                current.join(ticket);
+                            }
+                            continue;
+                        }
+                        LineEvent::Left { ticket, .. } => {
+                            current.leave(ticket);
+                            continue;
+                        }
+                        // Looked up below: gone, or elsewhere.
+                        LineEvent::PreQueueLeft { user } => (user, 0),
+                    };
+                    let unplaced = unplaced.get_or_insert_with(|| unplaced_watchers(watchers));
+                    if !unplaced.is_empty()
+                        && let Some(found) = unplaced.remove(&user)
+                    {
+                        for i in found {
+                            watchers[i].ticket = Some(ticket);
+                        }
                     }
                 }
+                caught_up &= current
+                    .seqs
+                    .get(sub_line)
+                    .is_some_and(|seq| *seq >= changes.summary.seq);
+                last_summary = Some(changes.summary);
             }
-            let caught_up = current.seq >= changes.summary.seq;
+            let Some(mut summary) = last_summary else {
+                continue;
+            };
             watch
                 .heartbeat_ms
-                .store(changes.summary.heartbeat_ms, Ordering::Relaxed);
+                .store(summary.heartbeat_ms, Ordering::Relaxed);
             // Unchanged signs keep sharing one text, so each watcher's
             // comparison does not read it.
-            let mut summary = changes.summary;
             if let Some(previous) = &copy.summary {
                 summary.signs = summary.signs.sharing(&previous.signs);
             }
@@ -420,16 +440,37 @@ impl WatchHub {
         Ok(())
     }
 
-    /// The whole line, read in chunks (see [`crate::domain::LineSnapshot`]),
-    /// as of the first chunk.
-    async fn snapshot(&self, queue: &QueueId) -> Result<LineSnapshot> {
-        let mut snapshot = self.store.line_snapshot(queue, 0, SNAPSHOT_CHUNK).await?;
+    /// The whole line, each sub-line's read in chunks (see
+    /// [`crate::domain::LineSnapshot`]), and the queue's creation time.
+    async fn snapshot(&self, queue: &QueueId) -> Result<(u64, Vec<LineSnapshot>)> {
+        let first = self.sub_line_snapshot(queue, 0).await?;
+        let epoch_ms = first.epoch_ms;
+        let shards = first.shards.max(1);
+        let mut snapshots = vec![first];
+        for sub_line in 1..shards {
+            let next = self.sub_line_snapshot(queue, sub_line).await?;
+            if next.epoch_ms != epoch_ms {
+                return Err(Error::Unavailable(
+                    "the queue was created again while its line was read".into(),
+                ));
+            }
+            snapshots.push(next);
+        }
+        Ok((epoch_ms, snapshots))
+    }
+
+    /// One sub-line's waiting tickets, read in chunks, as of the first.
+    async fn sub_line_snapshot(&self, queue: &QueueId, sub_line: u32) -> Result<LineSnapshot> {
+        let mut snapshot = self
+            .store
+            .line_snapshot(queue, sub_line, 0, SNAPSHOT_CHUNK)
+            .await?;
         let mut last_chunk = snapshot.tickets.len();
         while last_chunk == SNAPSHOT_CHUNK as usize {
             let after = snapshot.tickets.last().copied().unwrap_or(0);
             let chunk = self
                 .store
-                .line_snapshot(queue, after, SNAPSHOT_CHUNK)
+                .line_snapshot(queue, sub_line, after, SNAPSHOT_CHUNK)
                 .await?;
             if chunk.epoch_ms != snapshot.epoch_ms {
                 return Err(Error::Unavailable(

@@ -15,10 +15,12 @@ use crate::domain::{LineSnapshot, LineSummary, Place, PlaceState, QueueMode, Ran
 /// this much, so its size stays within a constant of the line's.
 const SLACK: usize = 4096;
 
-/// The waiting tickets as of log entry `seq`.
+/// The waiting tickets as of entry `seqs[s]` of each sub-line `s`'s log.
+/// A ticket belongs to one sub-line, so the logs' changes commute: each is
+/// applied in its own order, the logs in any interleaving.
 #[derive(Debug, Default)]
 pub(super) struct Line {
-    pub(super) seq: u64,
+    pub(super) seqs: Vec<u64>,
     /// The ticket of slot 0.
     base: u64,
     /// `waiting[i]`: ticket `base + i` is waiting.
@@ -38,9 +40,21 @@ pub(super) struct Line {
 
 impl Line {
     /// A copy from the joined chunks of a snapshot, as of the first chunk.
+    #[cfg(test)]
     pub(super) fn from_snapshot(snapshot: LineSnapshot) -> Self {
-        let mut line = Self::from_tickets(&snapshot.tickets);
-        line.seq = snapshot.seq;
+        Self::from_snapshots(vec![snapshot])
+    }
+
+    /// A copy from each sub-line's snapshot (its joined chunks), as of each
+    /// one's first chunk.
+    pub(super) fn from_snapshots(snapshots: Vec<LineSnapshot>) -> Self {
+        let mut tickets: Vec<u64> = snapshots
+            .iter()
+            .flat_map(|s| s.tickets.iter().copied())
+            .collect();
+        tickets.sort_unstable();
+        let mut line = Self::from_tickets(&tickets);
+        line.seqs = snapshots.iter().map(|s| s.seq).collect();
         line
     }
 
@@ -54,7 +68,7 @@ impl Line {
             waiting[(ticket - first) as usize] = true;
         }
         Self {
-            seq: 0,
+            seqs: Vec::new(),
             base: *first,
             ranks: RankIndex::from_present(&waiting),
             waiting,
@@ -81,11 +95,11 @@ impl Line {
             let at = tickets.partition_point(|t| *t < extra);
             tickets.insert(at, extra);
         }
-        let seq = self.seq;
+        let seqs = std::mem::take(&mut self.seqs);
         #[cfg(test)]
         let builds = self.builds + 1;
         *self = Self::from_tickets(&tickets);
-        self.seq = seq;
+        self.seqs = seqs;
         #[cfg(test)]
         {
             self.builds = builds;
@@ -94,9 +108,9 @@ impl Line {
 
     pub(super) fn join(&mut self, ticket: u64) {
         if self.len == 0 {
-            let seq = self.seq;
+            let seqs = std::mem::take(&mut self.seqs);
             *self = Self::from_tickets(&[ticket]);
-            self.seq = seq;
+            self.seqs = seqs;
             return;
         }
         if ticket < self.base {
@@ -199,6 +213,7 @@ mod tests {
                 epoch_ms: 1,
                 seq: 3,
                 tickets: start.iter().copied().collect(),
+                shards: 1,
             });
             let mut set: BTreeSet<u64> = start;
             for (ticket, join) in ops {
@@ -209,7 +224,7 @@ mod tests {
                     line.leave(ticket);
                     set.remove(&ticket);
                 }
-                prop_assert_eq!(line.seq, 3);
+                prop_assert_eq!(&line.seqs, &[3]);
                 for probe in [ticket, ticket.saturating_sub(1), ticket + 1] {
                     prop_assert_eq!(line.contains(probe), set.contains(&probe));
                     if set.contains(&probe) {

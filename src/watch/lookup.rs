@@ -283,6 +283,7 @@ mod tests {
                 epoch_ms: 1,
                 seq: 7,
                 tickets: vec![3, 5, 9],
+                shards: 1,
             })),
             summary: Some(LineSummary {
                 epoch_ms: 1,
@@ -388,6 +389,7 @@ mod tests {
             epoch_ms: 1,
             seq: 7,
             tickets: vec![3, 5, 9],
+            shards: 1,
         });
         pollers.prune(&line, HEARTBEAT_MS, 2_000);
         assert!(!pollers.is_empty());

@@ -340,8 +340,8 @@ async fn apply(
         ),
         Op::Advance(_) | Op::Rewind(_) => String::new(),
         Op::Stats => show(store.stats(&q, now).await),
-        Op::LineChanges(after) => show(store.line_changes(&q, *after, 4, now).await),
-        Op::LineSnapshot(after, limit) => show(store.line_snapshot(&q, *after, *limit).await),
+        Op::LineChanges(after) => show(store.line_changes(&q, 0, *after, 4, now).await),
+        Op::LineSnapshot(after, limit) => show(store.line_snapshot(&q, 0, *after, *limit).await),
         Op::Check {
             pick,
             alter,
@@ -542,8 +542,8 @@ fn random_operation_sequences_get_identical_answers_from_both_stores() {
                     // The log, applied from its start, gives the line the
                     // store holds (runs of newcomers included).
                     let q = queue();
-                    let changes = redis_store.line_changes(&q, 0, 10_000, now).await;
-                    let snapshot = redis_store.line_snapshot(&q, 0, 10_000).await;
+                    let changes = redis_store.line_changes(&q, 0, 0, 10_000, now).await;
+                    let snapshot = redis_store.line_snapshot(&q, 0, 0, 10_000).await;
                     if let (Ok(changes), Ok(snapshot)) = (changes, snapshot)
                         && changes.complete
                     {

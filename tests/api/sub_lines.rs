@@ -862,3 +862,129 @@ async fn a_place_given_back_closes_the_blocks_so_its_ticket_is_not_given_again()
     assert_eq!(position(&returned.state), Some(3));
     assert_eq!(position(&third.state), Some(4));
 }
+
+#[tokio::test]
+async fn each_sub_line_logs_and_snapshots_its_own_part_of_the_line() {
+    let store = MemoryStore::new();
+    sharded(&store, 3, 0).await;
+    let users: Vec<UserId> = (0..300).map(u).collect();
+    for chunk in users.chunks(50) {
+        store.enqueue_many(&q(), chunk, T0).await.unwrap();
+    }
+    for n in (0..300).step_by(7) {
+        store.leave(&q(), &u(n), T0 + 10).await.unwrap();
+    }
+    let later = T0 + TAU_MS + SKEW_MS;
+    store.admit(&q(), 40, None, later).await.unwrap();
+    let places = store.places(&q(), &users, false, later).await.unwrap();
+    let mut owner: HashMap<u64, usize> = HashMap::new();
+    let mut waiting: Vec<u64> = Vec::new();
+    for (n, place) in places.iter().enumerate() {
+        if let Some(place) = place.as_ref().filter(|p| position(&p.state).is_some()) {
+            owner.insert(place.ticket, n);
+            waiting.push(place.ticket);
+        }
+    }
+    waiting.sort_unstable();
+    let mut union = Vec::new();
+    for sub_line in 0..3u32 {
+        let snapshot = store
+            .line_snapshot(&q(), sub_line, 0, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(snapshot.shards, 3);
+        // Replaying the sub-line's whole log gives its snapshot.
+        let changes = store
+            .line_changes(&q(), sub_line, 0, 100_000, later)
+            .await
+            .unwrap();
+        assert!(changes.complete);
+        assert_eq!(changes.summary.seq, snapshot.seq);
+        let mut replayed = std::collections::BTreeSet::new();
+        for (_, event) in changes.events {
+            match event {
+                waitroom::domain::LineEvent::Joined { ticket, .. } => {
+                    replayed.insert(ticket);
+                }
+                waitroom::domain::LineEvent::JoinedRun {
+                    first_ticket,
+                    count,
+                } => {
+                    replayed.extend(first_ticket..first_ticket + count);
+                }
+                waitroom::domain::LineEvent::Left { ticket, .. } => {
+                    assert!(
+                        replayed.remove(&ticket),
+                        "{ticket} left sub-line {sub_line} unseen"
+                    );
+                }
+                waitroom::domain::LineEvent::PreQueueLeft { .. } => {}
+            }
+        }
+        assert_eq!(replayed.into_iter().collect::<Vec<_>>(), snapshot.tickets);
+        for ticket in &snapshot.tickets {
+            let holder = owner[ticket];
+            assert_eq!(sub_line_of(u(holder).as_str(), 3), sub_line);
+        }
+        union.extend(snapshot.tickets);
+    }
+    union.sort_unstable();
+    assert_eq!(union, waiting);
+}
+
+#[tokio::test]
+async fn a_replica_s_copy_follows_every_sub_line_s_log() {
+    use waitroom::pb;
+
+    use crate::helpers::{TestApp, enqueue, leave, open, queue};
+
+    let app = TestApp::on_memory().await;
+    app.create_queue(pb::Queue {
+        shards: 3,
+        ..queue("big")
+    })
+    .await;
+    let mut client = app.client().await;
+    let mut tickets = HashMap::new();
+    for n in 0..200 {
+        tickets.insert(
+            n,
+            enqueue(&mut client, "big", &format!("v{n}")).await.ticket,
+        );
+    }
+    // Watchers spread over every sub-line, followed by one copy.
+    let watched: Vec<usize> = (150..200).collect();
+    let mut streams = Vec::new();
+    for &n in &watched {
+        let mut stream = open(&app, "big", &format!("v{n}")).await;
+        stream.message().await.unwrap().unwrap();
+        streams.push((n, stream));
+    }
+    // Leaves on every sub-line, then admissions.
+    for n in (0..150).step_by(3) {
+        assert!(leave(&mut client, "big", &format!("v{n}")).await);
+        tickets.remove(&n);
+    }
+    app.clock.advance_ms(TAU_MS + SKEW_MS);
+    let admitted = crate::helpers::admit(&mut client, "big", 40).await;
+    for a in &admitted {
+        let n: usize = a.user_id[1..].parse().unwrap();
+        tickets.remove(&n);
+    }
+    let mut waiting: Vec<u64> = tickets.values().copied().collect();
+    waiting.sort_unstable();
+    for (n, mut stream) in streams {
+        let exact = waiting.partition_point(|t| *t < tickets[&n]) as u64 + 1;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let place = stream.message().await.unwrap().unwrap().place.unwrap();
+                if place.position == exact {
+                    break;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("v{n} was never shown position {exact}"));
+    }
+    app.stop().await;
+}

@@ -189,7 +189,7 @@ impl QueueStore for MemoryStore {
                 && (state.config.opens_at_ms.is_none() || state.opening.draw == Draw::Done);
             let limited = state.config.max_active > 0 || state.config.admit_per_second > 0;
             let mut named: HashSet<&UserId> = HashSet::new();
-            let mut run: Option<(u64, u64)> = None;
+            let mut run: Option<(u64, u64, usize)> = None;
             let mut places = Vec::with_capacity(users.len());
             for user in users {
                 let newcomer = gathering
@@ -205,13 +205,17 @@ impl QueueStore for MemoryStore {
                     let ticket = state.new_ticket(user, now_ms);
                     state.insert_waiting(user.clone(), ticket);
                     state.see(user, now_ms);
-                    // A run is consecutive tickets; sub-lines' blocks
-                    // interleave, so a ticket that does not follow ends it.
+                    // A run is consecutive tickets of one sub-line, logged
+                    // in its log; sub-lines' blocks interleave, so a ticket
+                    // that does not follow ends it.
+                    let at = state.sub_line(user);
                     match &mut run {
-                        Some((first, count)) if *first + *count == ticket => *count += 1,
+                        Some((first, count, of)) if *first + *count == ticket && *of == at => {
+                            *count += 1
+                        }
                         _ => {
                             state.end_run(run.take(), now_ms);
-                            run = Some((ticket, 1));
+                            run = Some((ticket, 1, at));
                         }
                     }
                     // Counted, not taken as the line's length: a block of
@@ -345,18 +349,28 @@ impl QueueStore for MemoryStore {
         self.with_queue(queue, |state| Ok(state.reap(limit, now_ms)))
     }
 
-    async fn line_snapshot(&self, queue: &QueueId, after: u64, limit: u32) -> Result<LineSnapshot> {
+    async fn line_snapshot(
+        &self,
+        queue: &QueueId,
+        sub_line: u32,
+        after: u64,
+        limit: u32,
+    ) -> Result<LineSnapshot> {
         self.with_queue(queue, |state| {
+            let seq = state.log(sub_line)?.seq;
+            let shards = state.line.logs.len();
             Ok(LineSnapshot {
                 epoch_ms: state.config.created_at_ms,
-                seq: state.line.log_seq,
+                seq,
                 tickets: state
                     .line
                     .waiting
                     .range(after.saturating_add(1)..)
+                    .filter(|(_, user)| shards == 1 || state.sub_line(user) == sub_line as usize)
                     .take(limit as usize)
                     .map(|(ticket, _)| *ticket)
                     .collect(),
+                shards: shards as u32,
             })
         })
     }
@@ -364,26 +378,28 @@ impl QueueStore for MemoryStore {
     async fn line_changes(
         &self,
         queue: &QueueId,
+        sub_line: u32,
         after: u64,
         limit: u32,
         now_ms: u64,
     ) -> Result<LineChanges> {
         self.with_queue(queue, |state| {
             state.prepare(now_ms);
-            let oldest = state.line.log.keys().next().copied();
-            let complete = after <= state.line.log_seq
-                && (after == state.line.log_seq || oldest.is_some_and(|o| o <= after + 1));
-            let events = state
-                .line
-                .log
+            let log = state.log(sub_line)?;
+            let oldest = log.events.keys().next().copied();
+            let complete =
+                after <= log.seq && (after == log.seq || oldest.is_some_and(|o| o <= after + 1));
+            let events = log
+                .events
                 .range(after + 1..)
                 .take(limit as usize)
                 .map(|(seq, event)| (*seq, event.clone()))
                 .collect();
+            let seq = log.seq;
             Ok(LineChanges {
                 summary: LineSummary {
                     epoch_ms: state.config.created_at_ms,
-                    seq: state.line.log_seq,
+                    seq,
                     mode: state.config.mode,
                     waiting: state.line.waiting.len() as u64,
                     prequeued: (state.opening.prequeue.len() + state.opening.pool.len()) as u64,

@@ -4,7 +4,7 @@
 
 use super::opening::{Draw, Opening};
 use super::presence::Presence;
-use crate::domain::shards::SubLines;
+use crate::domain::shards::{SubLines, sub_line_of};
 use crate::domain::{
     Admission, Admitted, LINE_LOG_KEEP, LineEvent, NamedAdmission, Place, PlaceState, QueueConfig,
     QueueId, QueueMode, RankIndex, RateSample, RequestId, UserId,
@@ -49,16 +49,23 @@ pub(super) struct Line {
     pub(super) waiting: BTreeMap<u64, UserId>,
     pub(super) tickets: HashMap<UserId, u64>,
     pub(super) ranks: RankIndex,
-    /// Changes to the waiting set by sequence number, the last
-    /// [`LINE_LOG_KEEP`] of them; `log_seq` is the last number given.
-    pub(super) log: BTreeMap<u64, LineEvent>,
-    pub(super) log_seq: u64,
+    /// Each sub-line's log of changes to its part of the waiting set (one
+    /// for a queue of one sub-line).
+    pub(super) logs: Vec<Log>,
     /// Tickets of the lost line a re-made queue gave back from receipts:
     /// each once, whatever became of it here since.
     pub(super) given_back: HashSet<u64>,
     /// With more than one sub-line, their blocks and the head's leases:
     /// where new tickets come from and how far admission may reach.
     pub(super) sub_lines: Option<SubLines>,
+}
+
+/// Changes to a sub-line's waiting set by sequence number, the last
+/// [`LINE_LOG_KEEP`] of them; `seq` is the last number given.
+#[derive(Debug, Default)]
+pub(super) struct Log {
+    pub(super) events: BTreeMap<u64, LineEvent>,
+    pub(super) seq: u64,
 }
 
 /// Who holds an admission, the rate's figures and bucket, and the results
@@ -106,6 +113,7 @@ impl QueueState {
             line: Line {
                 seq: config.adoption.map_or(0, |a| a.top),
                 sub_lines: (config.shards > 1).then(|| SubLines::new(config.shards)),
+                logs: (0..config.shards.max(1)).map(|_| Log::default()).collect(),
                 ..Line::default()
             },
             config,
@@ -126,12 +134,39 @@ impl QueueState {
         }
     }
 
-    pub(super) fn log_event(&mut self, event: LineEvent) {
-        self.line.log_seq += 1;
-        self.line.log.insert(self.line.log_seq, event);
-        if self.line.log_seq > LINE_LOG_KEEP {
-            let keep_from = self.line.log_seq - LINE_LOG_KEEP + 1;
-            self.line.log = self.line.log.split_off(&keep_from);
+    /// The sub-line holding `user`'s place (0 for a queue of one).
+    pub(super) fn sub_line(&self, user: &UserId) -> usize {
+        match self.line.logs.len() {
+            1 => 0,
+            shards => sub_line_of(user.as_str(), shards as u32) as usize,
+        }
+    }
+
+    /// Sub-line `sub_line`'s log.
+    pub(super) fn log(&self, sub_line: u32) -> Result<&Log> {
+        self.line.logs.get(sub_line as usize).ok_or_else(|| {
+            Error::Internal(format!(
+                "sub-line {sub_line} asked of a queue of {}",
+                self.line.logs.len()
+            ))
+        })
+    }
+
+    /// Logs a change in `user`'s sub-line's log.
+    pub(super) fn log_event(&mut self, user: &UserId, event: LineEvent) {
+        let at = self.sub_line(user);
+        self.log_in(at, event);
+    }
+
+    pub(super) fn log_in(&mut self, sub_line: usize, event: LineEvent) {
+        let Some(log) = self.line.logs.get_mut(sub_line) else {
+            return;
+        };
+        log.seq += 1;
+        log.events.insert(log.seq, event);
+        if log.seq > LINE_LOG_KEEP {
+            let keep_from = log.seq - LINE_LOG_KEEP + 1;
+            log.events = log.events.split_off(&keep_from);
         }
     }
 
@@ -268,10 +303,13 @@ impl QueueState {
             };
             self.line.tickets.remove(&user);
             self.line.ranks.remove(ticket);
-            self.log_event(LineEvent::Left {
-                ticket,
-                admitted: true,
-            });
+            self.log_event(
+                &user,
+                LineEvent::Left {
+                    ticket,
+                    admitted: true,
+                },
+            );
             let admission = self.admit_user(user.clone(), ticket, now_ms);
             admitted.push(Admitted { user, admission });
         }
@@ -283,7 +321,7 @@ impl QueueState {
 
     pub(super) fn add_waiting(&mut self, user: UserId, ticket: u64) {
         self.insert_waiting(user.clone(), ticket);
-        self.log_event(LineEvent::Joined { ticket, user });
+        self.log_event(&user.clone(), LineEvent::Joined { ticket, user });
     }
 
     /// Puts a user in line without logging it: the caller logs a run.
@@ -293,15 +331,19 @@ impl QueueState {
         self.line.ranks.insert(ticket);
     }
 
-    /// Counts and logs a run of newcomers (first ticket, count) put in line
-    /// by enqueue_many, as enqueue_many.lua's end_run does.
-    pub(super) fn end_run(&mut self, run: Option<(u64, u64)>, now_ms: u64) {
-        if let Some((first_ticket, count)) = run {
+    /// Counts and logs a run of newcomers (first ticket, count, their
+    /// sub-line) put in line by enqueue_many, as enqueue_many.lua's end_run
+    /// does.
+    pub(super) fn end_run(&mut self, run: Option<(u64, u64, usize)>, now_ms: u64) {
+        if let Some((first_ticket, count, sub_line)) = run {
             self.count_arrivals(count, now_ms);
-            self.log_event(LineEvent::JoinedRun {
-                first_ticket,
-                count,
-            });
+            self.log_in(
+                sub_line,
+                LineEvent::JoinedRun {
+                    first_ticket,
+                    count,
+                },
+            );
         }
     }
 
@@ -316,10 +358,13 @@ impl QueueState {
     pub(super) fn remove_from_line(&mut self, user: &UserId) -> bool {
         let left_waiting = self.remove_waiting(user);
         if let Some(ticket) = left_waiting {
-            self.log_event(LineEvent::Left {
-                ticket,
-                admitted: false,
-            });
+            self.log_event(
+                user,
+                LineEvent::Left {
+                    ticket,
+                    admitted: false,
+                },
+            );
         }
         let left_prequeue = left_waiting.is_none()
             && (self
@@ -335,7 +380,7 @@ impl QueueState {
                     .map(|key| self.opening.pool.remove(&(key, user.clone())))
                     .is_some());
         if left_prequeue {
-            self.log_event(LineEvent::PreQueueLeft { user: user.clone() });
+            self.log_event(user, LineEvent::PreQueueLeft { user: user.clone() });
         }
         let removed = left_waiting.is_some() || left_prequeue;
         if removed {
@@ -391,10 +436,13 @@ impl QueueState {
         Some(match self.config.mode {
             QueueMode::PassThrough if !self.opening.draw.in_progress() => {
                 self.remove_waiting(user);
-                self.log_event(LineEvent::Left {
-                    ticket,
-                    admitted: true,
-                });
+                self.log_event(
+                    user,
+                    LineEvent::Left {
+                        ticket,
+                        admitted: true,
+                    },
+                );
                 let admission = self.admit_user(user.clone(), ticket, now_ms);
                 self.record_admissions(1, now_ms);
                 self.admitted_place(admission, now_ms)
@@ -435,10 +483,13 @@ impl QueueState {
             return NamedAdmission::NoCapacity;
         }
         let ticket = if let Some(ticket) = self.remove_waiting(user) {
-            self.log_event(LineEvent::Left {
-                ticket,
-                admitted: true,
-            });
+            self.log_event(
+                user,
+                LineEvent::Left {
+                    ticket,
+                    admitted: true,
+                },
+            );
             ticket
         } else {
             // Pre-queued (counted when they arrived) or not in line at all:

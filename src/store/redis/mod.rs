@@ -370,7 +370,14 @@ impl QueueStore for RedisStore {
         self.run("reap", queue, &invocation).await?.u64()
     }
 
-    async fn line_snapshot(&self, queue: &QueueId, after: u64, limit: u32) -> Result<LineSnapshot> {
+    async fn line_snapshot(
+        &self,
+        queue: &QueueId,
+        sub_line: u32,
+        after: u64,
+        limit: u32,
+    ) -> Result<LineSnapshot> {
+        one_slot(sub_line)?;
         let mut invocation = self.invocation(&self.scripts.line_snapshot, queue, 0);
         invocation.arg(after).arg(limit);
         let mut reply = self.run("line_snapshot", queue, &invocation).await?;
@@ -384,16 +391,19 @@ impl QueueStore for RedisStore {
             epoch_ms,
             seq,
             tickets,
+            shards: 1,
         })
     }
 
     async fn line_changes(
         &self,
         queue: &QueueId,
+        sub_line: u32,
         after: u64,
         limit: u32,
         now_ms: u64,
     ) -> Result<LineChanges> {
+        one_slot(sub_line)?;
         let mut invocation = self.invocation(&self.scripts.line_changes, queue, now_ms);
         invocation.arg(after).arg(limit);
         let mut reply = self.run("line_changes", queue, &invocation).await?;
@@ -628,6 +638,16 @@ impl QueueStore for RedisStore {
             .command("info", redis::cmd("INFO").arg("memory"))
             .await?;
         Ok(eviction::problem(&info))
+    }
+}
+
+/// This store keeps a queue in one slot: its one sub-line is 0.
+fn one_slot(sub_line: u32) -> Result<()> {
+    match sub_line {
+        0 => Ok(()),
+        other => Err(Error::Internal(format!(
+            "sub-line {other} asked of a queue kept in one slot"
+        ))),
     }
 }
 
