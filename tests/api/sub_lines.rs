@@ -336,17 +336,29 @@ async fn run(shards: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 #[test]
 fn over_one_to_three_sub_lines_one_order_exact_positions_and_admission_in_it() {
+    check(
+        512,
+        &(1u32..=3, proptest::collection::vec(op(), 1..150)),
+        |(shards, ops)| run(shards, ops),
+    );
+}
+
+/// Runs `cases` random cases of `strategy` through `case`, each on one
+/// runtime; a failing case is shrunk and printed.
+fn check<S, F, Fut>(cases: u32, strategy: &S, case: F)
+where
+    S: Strategy,
+    F: Fn(S::Value) -> Fut,
+    Fut: std::future::Future<Output = Result<(), TestCaseError>>,
+{
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut runner = TestRunner::new(ProptestConfig {
-        cases: 512,
+        cases,
         failure_persistence: None,
         ..ProptestConfig::default()
     });
     runner
-        .run(
-            &(1u32..=3, proptest::collection::vec(op(), 1..150)),
-            |(shards, ops)| runtime.block_on(run(shards, ops)),
-        )
+        .run(strategy, |value| runtime.block_on(case(value)))
         .unwrap();
 }
 
@@ -710,26 +722,19 @@ async fn run_wider(
 
 #[test]
 fn every_way_a_ticket_is_given_or_taken_keeps_one_order_over_sub_lines() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut runner = TestRunner::new(ProptestConfig {
-        cases: 384,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
-    runner
-        .run(
-            &(
-                1u32..=3,
-                prop_oneof![Just(0u32), Just(3)],
-                prop_oneof![Just(0u32), Just(50)],
-                proptest::bool::ANY,
-                proptest::collection::vec(wider_step(), 1..120),
-            ),
-            |(shards, max_active, rate, opening, steps)| {
-                runtime.block_on(run_wider(shards, max_active, rate, opening, steps))
-            },
-        )
-        .unwrap();
+    check(
+        384,
+        &(
+            1u32..=3,
+            prop_oneof![Just(0u32), Just(3)],
+            prop_oneof![Just(0u32), Just(50)],
+            proptest::bool::ANY,
+            proptest::collection::vec(wider_step(), 1..120),
+        ),
+        |(shards, max_active, rate, opening, steps)| {
+            run_wider(shards, max_active, rate, opening, steps)
+        },
+    );
 }
 
 #[tokio::test]
