@@ -16,6 +16,7 @@ mod bff;
 mod ceiling;
 mod draw;
 mod harness;
+mod lease;
 mod load;
 mod mixed;
 mod positions;
@@ -48,6 +49,8 @@ enum Scenario {
     /// The join path of one queue over K sub-lines and a head: Redis CPU
     /// per join of the busiest sub-line, of all, and of the head.
     Shards(shards::Args),
+    /// A head's lease with and without waiting for its replica (`WAIT 1`).
+    Lease(lease::Args),
     /// Shown positions against an exact count, watchers following their
     /// places while joins, leaves and admissions run.
     Positions(positions::Args),
@@ -74,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Ceiling(args) => ceiling::run(args).await,
         Scenario::Positions(args) => positions::run(args).await,
         Scenario::Shards(args) => shards::run(args).await,
+        Scenario::Lease(args) => lease::run(args).await,
         Scenario::GetRank(args) => rpc::run(rpc::Rpc::GetRank, args).await,
         Scenario::Watch(args) => watch::run(args).await,
         Scenario::Mixed(args) => mixed::run(args).await,
