@@ -2,18 +2,19 @@
 //! about each watcher: the changes to the waiting set, in order, and a
 //! summary of the queue as of the last change.
 //!
-//! Each store keeps a per-queue log of who joined and who left the waiting
-//! set, numbered by a per-queue sequence and written in the same atomic
-//! step as the change itself, so the log and the line never disagree. An
-//! instance takes one snapshot of the waiting tickets, then applies the log
-//! from there: a position is the number of waiting tickets up to the
-//! user's, computed in memory. The store's work per refresh is one read per
-//! queue, however many users watch it.
+//! Each store keeps a log of who joined and who left the waiting set, one
+//! per sub-line (one for a queue of one), numbered by its own sequence and
+//! written in the same atomic step as the change itself, so the log and the
+//! line never disagree. An instance takes one snapshot of each sub-line's
+//! waiting tickets, then applies each log from there: a position is the
+//! number of waiting tickets up to the user's, computed in memory. The
+//! store's work per refresh is one read per sub-line, however many users
+//! watch the queue.
 
 use super::{QueueMode, RateSample, UserId};
 
-/// How many log entries a store keeps per queue; an instance further
-/// behind takes a new snapshot.
+/// How many log entries a store keeps per sub-line's log; an instance
+/// further behind takes a new snapshot.
 pub const LINE_LOG_KEEP: u64 = 100_000;
 
 /// A change to a queue's waiting set.
@@ -21,9 +22,10 @@ pub const LINE_LOG_KEEP: u64 = 100_000;
 pub enum LineEvent {
     /// A ticket joined the waiting set.
     Joined { ticket: u64, user: UserId },
-    /// `count` newcomers joined the back of a line with no pre-queue, one
-    /// after another in one store call: tickets `first_ticket` on, one
-    /// each. Logged as one change, as a burst of arrivals is mostly such
+    /// `count` newcomers joined a line with no pre-queue, one after another
+    /// in one store call: tickets `first_ticket` on, one each, of one
+    /// sub-line (the back of the line with one; with several, other
+    /// sub-lines' blocks may hold higher tickets). Logged as one change, as a burst of arrivals is mostly such
     /// runs; the users are not logged, as a follower needs them only to
     /// place pre-queued watchers, and nobody is pre-queued then.
     JoinedRun { first_ticket: u64, count: u64 },
@@ -33,12 +35,12 @@ pub enum LineEvent {
     PreQueueLeft { user: UserId },
 }
 
-/// The queue as of the last logged change.
+/// The queue as of the last change logged in the sub-line's log read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LineSummary {
     /// When the queue was created: a queue created again starts a new log.
     pub epoch_ms: u64,
-    /// Sequence number of the last change.
+    /// Sequence number of the last change in the sub-line's log read.
     pub seq: u64,
     pub mode: QueueMode,
     /// Users waiting with a ticket.

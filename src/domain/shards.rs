@@ -94,7 +94,7 @@ pub fn next_block_size(previous: Option<&Block>) -> u64 {
 /// block and the head's leases. The memory store holds one; the Redis
 /// store will keep the blocks in the sub-lines' slots and the head in its
 /// own.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SubLines {
     blocks: Vec<Option<Block>>,
     head: Head,

@@ -254,12 +254,14 @@ impl WatchHub {
                 continue;
             };
             let epoch_ms = watch.epoch_ms.load(Ordering::Acquire);
-            if reads
-                .iter()
-                .any(|changes| changes.summary.epoch_ms != epoch_ms)
-            {
+            let sub_lines = current.seqs.len();
+            if reads.iter().any(|changes| {
+                changes.summary.epoch_ms != epoch_ms
+                    || changes.summary.shards.max(1) as usize != sub_lines
+            }) {
                 // The queue was created again: a new snapshot (which drops
-                // what was known of the old one).
+                // what was known of the old one, and reads as many
+                // sub-lines as it now has).
                 copy.reset();
                 continue;
             }

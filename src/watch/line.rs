@@ -5,9 +5,10 @@
 //! Tickets are dense, so the copy is a bitmap and a Fenwick tree over a
 //! window of ticket numbers starting at `base`, sized by the people in line
 //! rather than by the highest ticket ever given: the window moves up as the
-//! front of the line is admitted, and down in the rare case a lower ticket
-//! joins (the opening draw places pre-queued users in a block of tickets
-//! below later arrivals).
+//! front of the line is admitted, and down in the rare case a ticket below
+//! every waiting one joins (the opening draw places pre-queued users in a
+//! block of tickets below later arrivals; with several sub-lines, an older
+//! block still open gives one while the line's front is that recent).
 
 use crate::domain::{LineSnapshot, LineSummary, Place, PlaceState, QueueMode, RankIndex};
 

@@ -182,9 +182,9 @@ impl QueueStore for MemoryStore {
         self.with_queue(queue, |state| {
             state.prepare(now_ms);
             let before = state.line.seq;
-            // As enqueue_many.lua: consecutive newcomers joining the back
-            // of a line with no pre-queue are one run, logged as one
-            // change; anyone else goes through enqueue_one.
+            // As enqueue_many.lua: consecutive newcomers joining a line
+            // with no pre-queue are one run, logged as one change; anyone
+            // else goes through enqueue_one.
             let gathering = state.config.mode == QueueMode::Queueing
                 && (state.config.opens_at_ms.is_none() || state.opening.draw == Draw::Done);
             let limited = state.config.max_active > 0 || state.config.admit_per_second > 0;
