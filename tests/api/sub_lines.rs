@@ -493,7 +493,12 @@ enum Step {
     AdmitUsers(Vec<usize>),
     Draw,
     Complete(usize),
-    PassThrough(bool),
+    Mode(waitroom::domain::QueueMode),
+    /// Two seconds pass and the reaper makes its pass: those silent past
+    /// the heartbeat (5 s and a quarter) are released.
+    Reap,
+    /// Takes people out of line, as `ClearQueue` does.
+    Clear(u32),
 }
 
 fn wider_step() -> impl Strategy<Value = Step> {
@@ -506,11 +511,19 @@ fn wider_step() -> impl Strategy<Value = Step> {
         1 => proptest::collection::vec(0usize..40, 1..3).prop_map(Step::AdmitUsers),
         2 => Just(Step::Draw),
         1 => (0usize..40).prop_map(Step::Complete),
-        1 => proptest::bool::weighted(0.2).prop_map(Step::PassThrough),
+        1 => prop_oneof![
+            4 => Just(waitroom::domain::QueueMode::Queueing),
+            1 => Just(waitroom::domain::QueueMode::PassThrough),
+            1 => Just(waitroom::domain::QueueMode::Paused),
+            1 => Just(waitroom::domain::QueueMode::Closed),
+        ]
+        .prop_map(Step::Mode),
+        2 => Just(Step::Reap),
+        1 => (1u32..4).prop_map(Step::Clear),
     ]
 }
 
-/// What every user's place says now: (waiting tickets by user, admitted
+/// What every user's place says now: (tickets in line by user, admitted
 /// tickets by user, pre-queued users).
 async fn everyone(
     store: &MemoryStore,
@@ -521,7 +534,9 @@ async fn everyone(
     let (mut waiting, mut admitted, mut prequeued) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
     for (user, place) in places.into_iter().enumerate() {
         match place.map(|p| (p.state, p.ticket)) {
-            Some((PlaceState::Waiting { .. }, ticket)) => {
+            // In line: waiting, or holding the place in a closed queue.
+            Some((PlaceState::Waiting { .. }, ticket))
+            | Some((PlaceState::Closed, ticket @ 1..)) => {
                 waiting.insert(user, ticket);
             }
             Some((PlaceState::Admitted(_), ticket)) => {
@@ -541,7 +556,7 @@ async fn run_wider(
     opening: bool,
     steps: Vec<Step>,
 ) -> Result<(), TestCaseError> {
-    use waitroom::domain::{NamedAdmission, QueueMode, QueueUpdate};
+    use waitroom::domain::{NamedAdmission, QueueUpdate};
 
     let store = MemoryStore::new();
     let mut config = QueueConfig::new(q()).created(T0);
@@ -549,7 +564,7 @@ async fn run_wider(
     config.max_active = max_active;
     config.admit_per_second = rate;
     config.admission_ttl = Duration::from_secs(3600);
-    config.heartbeat_timeout = Duration::from_secs(3600);
+    config.heartbeat_timeout = Duration::from_secs(5);
     let opens_at = T0 + 100;
     if opening {
         config.opens_at_ms = Some(opens_at);
@@ -610,17 +625,19 @@ async fn run_wider(
             Step::Complete(user) => {
                 store.complete(&q(), &u(user), now).await.unwrap();
             }
-            Step::PassThrough(on) => {
-                let mode = if on {
-                    QueueMode::PassThrough
-                } else {
-                    QueueMode::Queueing
-                };
+            Step::Mode(mode) => {
                 let update = QueueUpdate {
                     mode: Some(mode),
                     ..QueueUpdate::default()
                 };
                 store.update_queue(&q(), &update, now).await.unwrap();
+            }
+            Step::Reap => {
+                now += 2_000;
+                store.reap(&q(), 100, now).await.unwrap();
+            }
+            Step::Clear(limit) => {
+                store.clear_step(&q(), limit, now).await.unwrap();
             }
         }
         // An admission in order takes the lowest waiting tickets, none
