@@ -235,14 +235,13 @@ impl QueueStore for MemoryStore {
             if state.line.seq != before {
                 state.note_joined(now_ms);
             }
-            if state.line.sub_lines.is_some() {
-                // One call is one step: every position as it stands after
-                // it, as a later user of the call may have taken a ticket
-                // below an earlier one's from another sub-line's block.
-                for place in places.iter_mut().flatten() {
-                    if let PlaceState::Waiting { position } = &mut place.state {
-                        *position = state.line.ranks.count_up_to(place.ticket);
-                    }
+            // One call is one step: every position as it stands after it.
+            // With one sub-line that is the position at each join (later
+            // joins go behind); with several, a later user of the call may
+            // take a ticket below an earlier one's from another block.
+            for place in places.iter_mut().flatten() {
+                if let PlaceState::Waiting { position } = &mut place.state {
+                    *position = state.line.ranks.count_up_to(place.ticket);
                 }
             }
             Ok(places)
