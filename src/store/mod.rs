@@ -168,8 +168,7 @@ pub trait QueueStore: Send + Sync + 'static {
     /// of one) above `after`, in order: a chunk of the line for an instance
     /// starting to follow it ([`crate::domain::LineSnapshot`] says how
     /// chunks join). One call's work is bounded by `limit`, however long
-    /// the line, where the sub-line's tickets are kept apart (each slot of
-    /// the Redis store); the memory store filters its one waiting set.
+    /// the line.
     async fn line_snapshot(
         &self,
         queue: &QueueId,

@@ -357,19 +357,11 @@ impl QueueStore for MemoryStore {
     ) -> Result<LineSnapshot> {
         self.with_queue(queue, |state| {
             let seq = state.log(sub_line)?.seq;
-            let shards = state.line.logs.len();
             Ok(LineSnapshot {
                 epoch_ms: state.config.created_at_ms,
                 seq,
-                tickets: state
-                    .line
-                    .waiting
-                    .range(after.saturating_add(1)..)
-                    .filter(|(_, user)| shards == 1 || state.sub_line(user) == sub_line as usize)
-                    .take(limit as usize)
-                    .map(|(ticket, _)| *ticket)
-                    .collect(),
-                shards: shards as u32,
+                tickets: state.sub_line_tickets(sub_line, after, limit),
+                shards: state.line.logs.len() as u32,
             })
         })
     }

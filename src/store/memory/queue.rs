@@ -48,6 +48,10 @@ pub(super) struct Line {
     /// it. The three always hold the same set.
     pub(super) waiting: BTreeMap<u64, UserId>,
     pub(super) tickets: HashMap<UserId, u64>,
+    /// With more than one sub-line, each one's waiting tickets (the same
+    /// set split by user), kept apart as each slot will keep its own, so
+    /// a sub-line's snapshot reads only its own.
+    pub(super) by_sub_line: Vec<BTreeSet<u64>>,
     pub(super) ranks: RankIndex,
     /// Each sub-line's log of changes to its part of the waiting set (one
     /// for a queue of one sub-line).
@@ -114,6 +118,10 @@ impl QueueState {
                 seq: config.adoption.map_or(0, |a| a.top),
                 sub_lines: (config.shards > 1).then(|| SubLines::new(config.shards)),
                 logs: (0..config.shards.max(1)).map(|_| Log::default()).collect(),
+                by_sub_line: match config.shards {
+                    0 | 1 => Vec::new(),
+                    shards => vec![BTreeSet::new(); shards as usize],
+                },
                 ..Line::default()
             },
             config,
@@ -303,6 +311,7 @@ impl QueueState {
             };
             self.line.tickets.remove(&user);
             self.line.ranks.remove(ticket);
+            self.sub_line_waiting(&user, |set| set.remove(&ticket));
             self.log_event(
                 &user,
                 LineEvent::Left {
@@ -327,8 +336,36 @@ impl QueueState {
     /// Puts a user in line without logging it: the caller logs a run.
     pub(super) fn insert_waiting(&mut self, user: UserId, ticket: u64) {
         self.line.waiting.insert(ticket, user.clone());
+        self.sub_line_waiting(&user, |set| set.insert(ticket));
         self.line.tickets.insert(user, ticket);
         self.line.ranks.insert(ticket);
+    }
+
+    /// Changes `user`'s sub-line's set of waiting tickets, if the queue has
+    /// several.
+    fn sub_line_waiting(&mut self, user: &UserId, change: impl FnOnce(&mut BTreeSet<u64>) -> bool) {
+        if self.line.by_sub_line.is_empty() {
+            return;
+        }
+        let at = self.sub_line(user);
+        if let Some(set) = self.line.by_sub_line.get_mut(at) {
+            change(set);
+        }
+    }
+
+    /// Up to `limit` waiting tickets of `sub_line` above `after`.
+    pub(super) fn sub_line_tickets(&self, sub_line: u32, after: u64, limit: u32) -> Vec<u64> {
+        let from = after.saturating_add(1);
+        match self.line.by_sub_line.get(sub_line as usize) {
+            Some(set) => set.range(from..).take(limit as usize).copied().collect(),
+            None => self
+                .line
+                .waiting
+                .range(from..)
+                .take(limit as usize)
+                .map(|(ticket, _)| *ticket)
+                .collect(),
+        }
     }
 
     /// Counts and logs a run of newcomers (first ticket, count, their
@@ -350,6 +387,7 @@ impl QueueState {
     pub(super) fn remove_waiting(&mut self, user: &UserId) -> Option<u64> {
         let ticket = self.line.tickets.remove(user)?;
         self.line.waiting.remove(&ticket);
+        self.sub_line_waiting(user, |set| set.remove(&ticket));
         self.line.ranks.remove(ticket);
         Some(ticket)
     }
