@@ -1010,3 +1010,82 @@ async fn a_replica_s_copy_follows_every_sub_line_s_log() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_sale_over_four_sub_lines_admits_everyone_once_in_ticket_order_through_the_service() {
+    use waitroom::pb;
+
+    use crate::helpers::{TestApp, queue, rank};
+
+    let app = TestApp::on_memory().await;
+    app.create_queue(pb::Queue {
+        shards: 4,
+        admit_per_second: 100,
+        ..queue("sale")
+    })
+    .await;
+    // Waves of concurrent joins from eight clients, a few ms apart: blocks
+    // of the four sub-lines interleave within a wave, never across.
+    let mut joined: Vec<(usize, u64, u64)> = Vec::new();
+    for wave in 0..5u64 {
+        let mut tasks = Vec::new();
+        for client in 0..8usize {
+            let channel = app.channel().await;
+            tasks.push(tokio::spawn(async move {
+                let mut client_api =
+                    waitroom::pb::queue_service_client::QueueServiceClient::new(channel);
+                let mut got = Vec::new();
+                for i in 0..10 {
+                    let n = wave as usize * 80 + client * 10 + i;
+                    let place =
+                        crate::helpers::enqueue(&mut client_api, "sale", &format!("v{n}")).await;
+                    got.push((n, place.ticket));
+                }
+                got
+            }));
+        }
+        let now = waitroom::domain::Clock::now_ms(app.clock.as_ref());
+        for task in tasks {
+            joined.extend(task.await.unwrap().into_iter().map(|(n, t)| (n, t, now)));
+        }
+        app.clock.advance_ms(TAU_MS * 2);
+    }
+    let mut tickets: Vec<u64> = joined.iter().map(|(_, t, _)| *t).collect();
+    tickets.sort_unstable();
+    tickets.dedup();
+    assert_eq!(tickets.len(), 400, "a ticket given twice");
+    for &(_, ticket, at) in &joined {
+        for &(_, later_ticket, later_at) in &joined {
+            if later_at >= at + TAU_MS {
+                assert!(
+                    later_ticket > ticket,
+                    "wave order broken: {ticket} then {later_ticket}"
+                );
+            }
+        }
+    }
+    // The rate's admitter lets everyone in, 100 a second.
+    app.pass_time(6_000).await;
+    let mut client = app.client().await;
+    let mut admitted: Vec<(u64, i64, i32)> = Vec::new();
+    for &(n, ticket, _) in &joined {
+        let place = rank(&mut client, "sale", &format!("v{n}")).await;
+        assert_eq!(place.state(), pb::PlaceState::Admitted, "v{n} not admitted");
+        assert_eq!(place.ticket, ticket);
+        let expires = place.admission.and_then(|a| a.expires_at).unwrap();
+        admitted.push((ticket, expires.seconds, expires.nanos));
+    }
+    // Nobody admitted ahead of a lower ticket.
+    admitted.sort_unstable();
+    for pair in admitted.windows(2) {
+        assert!(
+            (pair[0].1, pair[0].2) <= (pair[1].1, pair[1].2),
+            "{} admitted after {}",
+            pair[0].0,
+            pair[1].0
+        );
+    }
+    let stats = app.stats("sale").await;
+    assert_eq!((stats.admitted_total, stats.waiting_count), (400, 0));
+    app.stop().await;
+}
