@@ -73,8 +73,8 @@ pub const TAU_MS: u64 = 5;
 pub const SKEW_MS: u64 = 20;
 
 /// Largest block a sub-line leases: at 250,000 joins a second over four
-/// sub-lines a block lasts about 16 ms, so the head sees one lease in
-/// hundreds of joins.
+/// sub-lines a block of τ gives about 300 tickets, so the head sees one
+/// lease in hundreds of joins, and blocks stay below this bound.
 pub const MAX_BLOCK: u64 = 1024;
 
 /// The size of the block a sub-line leases after `previous`: twice what

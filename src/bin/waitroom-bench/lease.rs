@@ -51,13 +51,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.leases
     );
     for (name, measured) in [("INCRBY", &plain), ("INCRBY + WAIT 1", &waited)] {
+        let acknowledged = match measured.acknowledged {
+            Some(n) => format!("{n} of {}", measured.latencies_us.len()),
+            None => "not asked".to_owned(),
+        };
         println!(
-            "{name:<18} p50 {:>7.1} us   p99 {:>7.1} us   max {:>8.1} us   acknowledged {} of {}   per join at blocks of 64 / 256 / 1024: {:.2} / {:.2} / {:.2} us",
+            "{name:<18} p50 {:>7.1} us   p99 {:>7.1} us   max {:>8.1} us   acknowledged {acknowledged}   per join at blocks of 64 / 256 / 1024: {:.2} / {:.2} / {:.2} us",
             measured.quantile(0.5),
             measured.quantile(0.99),
             measured.quantile(1.0),
-            measured.acknowledged,
-            measured.latencies_us.len(),
             measured.quantile(0.5) / 64.0,
             measured.quantile(0.5) / 256.0,
             measured.quantile(0.5) / 1024.0,
@@ -65,7 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     println!(
         "replica stalled    {} of {} leases acknowledged, each answered after {:.1} ms (then dropped unused)",
-        stalled.acknowledged,
+        stalled.acknowledged.unwrap_or(0),
         stalled.latencies_us.len(),
         stalled.quantile(0.5) / 1000.0
     );
@@ -74,7 +76,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 struct Leases {
     latencies_us: Vec<f64>,
-    acknowledged: usize,
+    /// Leases a replica acknowledged; `None` when none was asked to.
+    acknowledged: Option<usize>,
 }
 
 impl Leases {
@@ -95,7 +98,7 @@ fn leases(
 ) -> anyhow::Result<Leases> {
     let mut measured = Leases {
         latencies_us: Vec::with_capacity(count),
-        acknowledged: 0,
+        acknowledged: wait_ms.map(|_| 0),
     };
     for _ in 0..count {
         let started = Instant::now();
@@ -105,17 +108,19 @@ fn leases(
             Some(ms) => {
                 pipe.cmd("WAIT").arg(1).arg(ms);
                 let (_, acked): (u64, u64) = pipe.query(conn)?;
-                acked
+                acked >= 1
             }
             None => {
                 let (_,): (u64,) = pipe.query(conn)?;
-                1
+                false
             }
         };
         measured
             .latencies_us
             .push(started.elapsed().as_secs_f64() * 1e6);
-        measured.acknowledged += usize::from(acked >= 1);
+        if let Some(n) = &mut measured.acknowledged {
+            *n += usize::from(acked);
+        }
     }
     Ok(measured)
 }

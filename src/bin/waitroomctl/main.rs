@@ -244,7 +244,7 @@ enum QueueCommand {
     Create {
         /// The queue's id (letters, digits, - and _).
         id: String,
-        /// Sub-lines to spread the line over, 1 to 16, fixed for the queue's life: more than 1 only for a sale beyond one Redis core (docs/deploy.md).
+        /// Sub-lines to spread the line over, 1 to 16, fixed for the queue's life: more than 1 only for a sale beyond one Redis core (docs/deploy.md); the Redis store serves 1 only so far.
         #[arg(long)]
         shards: Option<u32>,
         #[command(flatten)]
