@@ -36,6 +36,53 @@ pub fn sub_line_of(user: &str, shards: u32) -> u32 {
     (hash % u64::from(shards.max(1))) as u32
 }
 
+/// Slots of a Redis Cluster.
+pub const CLUSTER_SLOTS: u16 = 16_384;
+
+/// The Cluster slot of keys carrying hash tag `tag` (`{tag}`): CRC16/XMODEM
+/// of the tag, as Redis computes it.
+pub fn slot_of_tag(tag: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % CLUSTER_SLOTS
+}
+
+/// Most tags tried for one sub-line before taking the least loaded node
+/// found.
+const TAG_TRIES: u32 = 64;
+
+/// The hash tags of a queue's sub-lines (more than one), chosen when the
+/// queue is created so the sub-lines land on as many nodes as there are:
+/// `owner` says which node owns a slot. Tags that differ only in a last
+/// character do not spread by themselves: CRC16 is linear, so `q~0` …
+/// `q~7` fall in pairs on 8 nodes owning equal ranges, for every name.
+/// Sub-line `s` takes the first of `q~s`, `q~s.1`, `q~s.2`, … whose node
+/// holds the fewest sub-lines so far. Fixed for the queue's life (kept
+/// with its configuration): a later resharding may crowd them again, which
+/// costs the ceiling, never the order.
+pub fn sub_line_tags(queue: &str, shards: u32, owner: impl Fn(u16) -> usize) -> Vec<String> {
+    let mut load: std::collections::HashMap<usize, u32> = std::collections::HashMap::new();
+    let mut tags = Vec::with_capacity(shards as usize);
+    for sub_line in 0..shards {
+        let candidate = |n: u32| match n {
+            0 => format!("{queue}~{sub_line}"),
+            n => format!("{queue}~{sub_line}.{n}"),
+        };
+        // The earliest of the tried tags whose node holds the fewest.
+        let chosen = (0..TAG_TRIES)
+            .map(|n| {
+                let tag = candidate(n);
+                let node = owner(slot_of_tag(&tag));
+                (load.get(&node).copied().unwrap_or(0), n, tag, node)
+            })
+            .min_by_key(|(used, n, _, _)| (*used, *n))
+            .map(|(_, _, tag, node)| (tag, node));
+        if let Some((tag, node)) = chosen {
+            *load.entry(node).or_default() += 1;
+            tags.push(tag);
+        }
+    }
+    tags
+}
+
 /// Tickets `next..end` a sub-line leased from the head, `leased_ms` by the
 /// leasing replica's clock read before it asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,6 +353,39 @@ mod tests {
         }
         for count in counts {
             assert!((23_000..27_000).contains(&count), "{counts:?}");
+        }
+    }
+
+    /// A Cluster of `nodes` owning equal ranges of slots.
+    fn even(nodes: usize) -> impl Fn(u16) -> usize {
+        move |slot| usize::from(slot) * nodes / usize::from(CLUSTER_SLOTS)
+    }
+
+    #[test]
+    fn sub_lines_land_on_as_many_nodes_as_there_are() {
+        // The slots `CLUSTER KEYSLOT somekey` and `foo{hash_tag}` answer
+        // in Redis's documentation.
+        assert_eq!(slot_of_tag("somekey"), 11058);
+        assert_eq!(slot_of_tag("hash_tag"), 2515);
+        for n in 0..200 {
+            let queue = format!("sale-{n}");
+            // The plain tags pair up on 8 nodes, whatever the name.
+            let plain: std::collections::HashSet<usize> = (0..8)
+                .map(|s| even(8)(slot_of_tag(&format!("{queue}~{s}"))))
+                .collect();
+            assert_eq!(plain.len(), 4, "{queue}");
+            for (nodes, shards) in [(8, 8), (3, 3), (4, 16), (16, 4), (5, 7)] {
+                let tags = sub_line_tags(&queue, shards, even(nodes));
+                assert_eq!(tags.len(), shards as usize);
+                let mut per_node = vec![0u32; nodes];
+                for tag in &tags {
+                    per_node[even(nodes)(slot_of_tag(tag))] += 1;
+                }
+                let most = per_node.iter().max().copied().unwrap_or(0);
+                assert_eq!(most, shards.div_ceil(nodes as u32), "{queue} {per_node:?}");
+                // Fixed: the same slot map gives the same tags.
+                assert_eq!(tags, sub_line_tags(&queue, shards, even(nodes)));
+            }
         }
     }
 
