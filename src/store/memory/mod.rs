@@ -181,7 +181,7 @@ impl QueueStore for MemoryStore {
     ) -> Result<Vec<Result<Place>>> {
         self.with_queue(queue, |state| {
             state.prepare(now_ms);
-            let before = state.line.seq;
+            let before = state.line.given;
             // As enqueue_many.lua: consecutive newcomers joining a line
             // with no pre-queue are one run, logged as one change; anyone
             // else goes through enqueue_one.
@@ -218,11 +218,9 @@ impl QueueStore for MemoryStore {
                             run = Some((ticket, 1, at));
                         }
                     }
-                    // Counted, not taken as the line's length: a block of
-                    // another sub-line may hold higher tickets already.
-                    let position = state.line.ranks.count_up_to(ticket);
+                    // Counted once the call is done, below.
                     places.push(Ok(state.place(
-                        PlaceState::Waiting { position },
+                        PlaceState::Waiting { position: 0 },
                         ticket,
                         now_ms,
                     )));
@@ -232,7 +230,7 @@ impl QueueStore for MemoryStore {
                 }
             }
             state.end_run(run, now_ms);
-            if state.line.seq != before {
+            if state.line.given != before {
                 state.note_joined(now_ms);
             }
             // One call is one step: every position as it stands after it.
@@ -316,12 +314,7 @@ impl QueueStore for MemoryStore {
             if adopted && !state.line.given_back.insert(claim.ticket) {
                 return Ok(Restoration::Refused(Refusal::NotGiven));
             }
-            state.line.seq = restored.seq;
-            // A block still open may hold the ticket given back, or lie
-            // below the sequence it raised: none gives another ticket.
-            if let Some(sub_lines) = &mut state.line.sub_lines {
-                sub_lines.close_blocks();
-            }
+            state.move_seq(restored.seq);
             state.config.adoption = restored.adoption;
             state.add_waiting(user.clone(), claim.ticket);
             state.see(user, now_ms);
@@ -514,12 +507,12 @@ impl QueueStore for MemoryStore {
                 return Err(state.closed(queue));
             }
             state.prepare(now_ms);
-            let before = state.line.seq;
+            let before = state.line.given;
             let results: Vec<NamedAdmission> = users
                 .iter()
                 .map(|user| state.admit_named(user, override_capacity, now_ms))
                 .collect();
-            if state.line.seq != before {
+            if state.line.given != before {
                 state.note_joined(now_ms);
             }
             state.admissions.named.insert(

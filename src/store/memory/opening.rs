@@ -51,11 +51,8 @@ impl QueueState {
             return;
         }
         let size = self.opening.prequeue.len() as u64;
-        if let Some(sub_lines) = &mut self.line.sub_lines {
-            sub_lines.close_blocks();
-        }
         self.opening.draw_next = self.line.seq + 1;
-        self.line.seq += size;
+        self.move_seq(self.line.seq + size);
         if size > 0 {
             self.note_joined(now_ms);
         }

@@ -44,6 +44,9 @@ pub(super) struct QueueState {
 pub(super) struct Line {
     /// Last ticket given or reserved.
     pub(super) seq: u64,
+    /// Tickets given so far: how a call tells it gave any, as a ticket
+    /// from a sub-line's open block moves no sequence.
+    pub(super) given: u64,
     /// Waiting users by ticket; `tickets` is its inverse and `ranks` counts
     /// it. The three always hold the same set.
     pub(super) waiting: BTreeMap<u64, UserId>,
@@ -249,19 +252,24 @@ impl QueueState {
     /// A new ticket for `user`: the next of the sequence, or with
     /// sub-lines, the next of their sub-line's block.
     pub(super) fn new_ticket(&mut self, user: &UserId, now_ms: u64) -> u64 {
+        self.line.given += 1;
         match &mut self.line.sub_lines {
-            Some(sub_lines) => {
-                let ticket = sub_lines.ticket(user.as_str(), &mut self.line.seq, now_ms);
-                // A ticket from a block leased in an earlier second moves
-                // no sequence: noted here, so the time each admitted user
-                // waited counts from this second.
-                self.note_joined(now_ms);
-                ticket
-            }
+            Some(sub_lines) => sub_lines.ticket(user.as_str(), &mut self.line.seq, now_ms),
             None => {
                 self.line.seq += 1;
                 self.line.seq
             }
+        }
+    }
+
+    /// Moves the ticket sequence other than by a block's lease (the
+    /// opening's reserved block, a place given back from a receipt). Every
+    /// block leased before gives no ticket from then on: one may hold the
+    /// ticket given back, or lie below the opening's block.
+    pub(super) fn move_seq(&mut self, seq: u64) {
+        self.line.seq = seq;
+        if let Some(sub_lines) = &mut self.line.sub_lines {
+            sub_lines.close_blocks();
         }
     }
 
