@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::connection::{HandshakeDone, ServedConnection};
+use crate::api::connection::ServedConnection;
 use crate::watch::{OpenConnections, StreamConnection, WatchHub, jittered};
 
 /// Serves one connection until the future given resolves, then gracefully.
@@ -40,10 +40,11 @@ pub(super) struct Accepting {
     pub(super) max_age: Duration,
     /// How long a connection told to go may take to close.
     pub(super) grace: Duration,
-    /// How long a new connection may take to send its first bytes, and
-    /// over TLS to finish its handshake.
+    /// How long a new connection may take to send its first bytes.
     pub(super) handshake: Duration,
-    /// Whether the port speaks TLS.
+    /// Whether the port speaks TLS: then the TLS handshake's own timeout
+    /// (the same `handshake`, from the accept) covers a client that never
+    /// speaks as well as one that says hello and stops.
     pub(super) tls: bool,
     /// How long a connection's socket may take no bytes before it is shut.
     pub(super) stall: Duration,
@@ -86,13 +87,10 @@ impl Accepting {
             );
             let tls = self.tls;
             served.spawn(async move {
-                let handshake_by = tokio::time::Instant::now() + handshake;
-                if spoke_in_time(&tcp, handshake).await {
+                if tls || spoke_in_time(&tcp, handshake).await {
                     let shut = Shut::of(&tcp);
-                    let mut conn = ServedConnection::new(tcp, Arc::clone(&connection), stall);
-                    let tls = tls.then(|| (conn.watch_tls_handshake(), handshake_by));
-                    let limits = Limits { age, grace, tls };
-                    serve(conn, connection, serve_one, hub, limits, stop, shut).await;
+                    let conn = ServedConnection::new(tcp, Arc::clone(&connection), stall);
+                    serve(conn, connection, serve_one, hub, age, grace, stop, shut).await;
                 }
                 connections.ended(number);
             });
@@ -134,20 +132,14 @@ async fn spoke_in_time(tcp: &tokio::net::TcpStream, limit: Duration) -> bool {
     spoke
 }
 
-/// How long a connection may live, how long it has to close once told,
-/// and over TLS, when its handshake must be done by.
-struct Limits {
-    age: Duration,
-    grace: Duration,
-    tls: Option<(Arc<HandshakeDone>, tokio::time::Instant)>,
-}
-
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     conn: ServedConnection,
     connection: Arc<StreamConnection>,
     serve_one: ServeOne,
     hub: Arc<WatchHub>,
-    Limits { age, grace, tls }: Limits,
+    age: Duration,
+    grace: Duration,
     stop: CancellationToken,
     shut: Shut,
 ) {
@@ -177,24 +169,9 @@ async fn serve(
         }
         tokio::time::sleep(grace).await;
     };
-    // A TLS client that said hello and then nothing more: the handshake
-    // has no deadline of its own.
-    let handshake_late = async {
-        if let Some((done, by)) = tls
-            && tokio::time::timeout_at(by, done.finished()).await.is_err()
-        {
-            return;
-        }
-        std::future::pending::<()>().await
-    };
     tokio::select! {
         result = &mut serving => log_end(result),
         () = deadline => {
-            shut.now();
-            log_end(serving.await);
-        }
-        () = handshake_late => {
-            tracing::debug!("closing a TLS connection whose handshake did not finish in time");
             shut.now();
             log_end(serving.await);
         }

@@ -36,7 +36,11 @@ pub(super) fn load_tls(config: &Config) -> anyhow::Result<Option<ServerTlsConfig
     let read = |path: &std::path::Path| {
         std::fs::read(path).with_context(|| format!("reading {}", path.display()))
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    // A client that says hello and then stops is let go at the handshake
+    // deadline, as one that never speaks is on a plain port.
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .timeout(config.handshake_timeout);
     if let Some(ca) = &config.tls_client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
         tracing::info!("TLS with client certificates required (mutual TLS)");

@@ -702,6 +702,16 @@ async fn a_tls_client_that_stops_mid_handshake_is_closed_at_the_deadline() {
         "{:?}",
         started.elapsed()
     );
+    // One that connects and never speaks is let go at the same deadline.
+    let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let started = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(8), silent.read(&mut sink)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(1200) && after < Duration::from_secs(5),
+        "a silent client closed after {after:?}"
+    );
     // A client that finishes its handshake is served past the deadline, on
     // the same connection: a stream opened before it still hears the line.
     let channel = tls_channel(&app, &pki, None)
