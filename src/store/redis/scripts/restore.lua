@@ -50,10 +50,9 @@ else
     return { 'ok', 'not_given' }
   end
   -- Each lost place once: whatever became of it here since stands.
-  if redis.call('SISMEMBER', K_GIVEN_BACK, ticket) == 1 then
+  if redis.call('SADD', K_GIVEN_BACK, ticket) == 0 then
     return { 'ok', 'not_given' }
   end
-  redis.call('SADD', K_GIVEN_BACK, ticket)
   redis.call('HSET', K_CONFIG, 'adopt_epoch_ms', epoch, 'adopt_head', floor)
   new_seq = math.max(seq, top, ticket)
 end
