@@ -90,27 +90,11 @@ impl RedisShare {
 async fn script_alone(args: &Args) -> anyhow::Result<()> {
     let redis = RedisServer::start().map_err(anyhow::Error::msg)?;
     let url = redis.url();
-    let store = crate::harness::redis_store(&url).await?;
-    let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
-    let sha: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(RedisStore::enqueue_many_source())
-        .query(&mut conn)?;
     // A queue of its own for each batch size, its line as long as a sale's
     // and the same for each, so no measurement meets sets another grew.
     let mut calls = Vec::new();
     for &batch in &args.batches {
-        let queue = QueueId::parse(&format!("ceiling-{batch}")).map_err(anyhow::Error::msg)?;
-        let mut config = QueueConfig::new(queue.clone());
-        config.created_at_ms = SystemClock.now_ms();
-        store.create_queue(&config).await?;
-        let call = Arc::new(ScriptCall {
-            sha: sha.clone(),
-            keys: store.queue_keys(&queue).to_vec(),
-        });
-        for first in (0..args.line.div_ceil(256)).step_by(64) {
-            call.pipelined(&mut conn, "line", first, 64, 256)?;
-        }
+        let call = ScriptCall::prepare(&url, &format!("ceiling-{batch}"), args.line).await?;
         calls.push((batch, call, 0u64, Duration::ZERO, Duration::ZERO));
     }
     println!(
@@ -123,11 +107,11 @@ async fn script_alone(args: &Args) -> anyhow::Result<()> {
         for (batch, call, joins, wall, cpu) in &mut calls {
             let (batch, depth) = (*batch, args.depth);
             let deadline = Instant::now() + Duration::from_secs(1);
-            let joined = Arc::new(AtomicU64::new(0));
+            let joined = AtomicU64::new(0);
             let (cpu_before, started) = (load::redis_cpu(&url)?, Instant::now());
-            let (call, counted, to) = (Arc::clone(call), Arc::clone(&joined), url.clone());
-            load::on_threads(args.connections, move |c| {
-                let mut conn = redis::Client::open(to.as_str())?.get_connection()?;
+            let (call, counted, to) = (&*call, &joined, url.as_str());
+            load::on_threads(args.connections, |c| {
+                let mut conn = redis::Client::open(to)?.get_connection()?;
                 let tag = format!("c{c}-{}", SystemClock.now_ms());
                 let mut round = 0;
                 while Instant::now() < deadline {
@@ -156,6 +140,29 @@ pub(crate) struct ScriptCall {
 }
 
 impl ScriptCall {
+    /// The script loaded on the Redis at `url`, for a queue `queue` made
+    /// there with `line` users already waiting.
+    pub(crate) async fn prepare(url: &str, queue: &str, line: usize) -> anyhow::Result<Self> {
+        let store = crate::harness::redis_store(url).await?;
+        let mut conn = redis::Client::open(url)?.get_connection()?;
+        let sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(RedisStore::enqueue_many_source())
+            .query(&mut conn)?;
+        let queue = QueueId::parse(queue).map_err(anyhow::Error::msg)?;
+        let mut config = QueueConfig::new(queue.clone());
+        config.created_at_ms = SystemClock.now_ms();
+        store.create_queue(&config).await?;
+        let call = Self {
+            sha,
+            keys: store.queue_keys(&queue).to_vec(),
+        };
+        for first in (0..line.div_ceil(256)).step_by(64) {
+            call.pipelined(&mut conn, "line", first, 64, 256)?;
+        }
+        Ok(call)
+    }
+
     /// `calls` calls of `batch` new users each, in one round trip; the
     /// users are named from `tag` and the call numbers from `first`.
     pub(crate) fn pipelined(

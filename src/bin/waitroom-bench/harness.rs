@@ -287,13 +287,38 @@ pub async fn enqueue_receipts<U>(
 where
     U: Fn(usize) -> String + Send + Sync + 'static,
 {
+    let answers = enqueue_answers(channels, clients, queue, count, user).await?;
+    Ok(answers.into_iter().map(|a| a.place.receipt).collect())
+}
+
+/// What one `Enqueue` answered, and when it was sent and answered.
+#[derive(Clone)]
+pub struct Answer {
+    pub place: waitroom::pb::Place,
+    pub sent: Instant,
+    pub answered: Instant,
+}
+
+/// As [`enqueue_users`], keeping each user's answer (by `n`).
+pub async fn enqueue_answers<U>(
+    channels: &Arc<Vec<Channel>>,
+    clients: usize,
+    queue: &'static str,
+    count: usize,
+    user: U,
+) -> anyhow::Result<Vec<Answer>>
+where
+    U: Fn(usize) -> String + Send + Sync + 'static,
+{
     let channels = Arc::clone(channels);
-    let receipts = Arc::new(std::sync::Mutex::new(vec![String::new(); count]));
-    let kept = Arc::clone(&receipts);
+    let answers: Arc<std::sync::Mutex<Vec<Option<Answer>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None; count]));
+    let kept = Arc::clone(&answers);
     spread(clients, count, move |n| {
         let mut client = QueueServiceClient::new(channels[n % channels.len()].clone());
         let (user_id, kept) = (user(n), Arc::clone(&kept));
         async move {
+            let sent = Instant::now();
             let place = client
                 .enqueue(waitroom::pb::EnqueueRequest {
                     queue_id: queue.into(),
@@ -302,16 +327,25 @@ where
                 })
                 .await?
                 .into_inner()
-                .place;
-            if let (Some(place), Ok(mut kept)) = (place, kept.lock()) {
-                kept[n] = place.receipt;
+                .place
+                .unwrap_or_default();
+            let answered = Instant::now();
+            if let Ok(mut kept) = kept.lock() {
+                kept[n] = Some(Answer {
+                    place,
+                    sent,
+                    answered,
+                });
             }
             Ok(())
         }
     })
     .await?;
-    let receipts = std::mem::take(&mut *receipts.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-    Ok(receipts)
+    let answers = std::mem::take(&mut *answers.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    answers
+        .into_iter()
+        .map(|a| a.ok_or_else(|| anyhow::anyhow!("an enqueue went unanswered")))
+        .collect()
 }
 
 /// CPU time a process has used so far (user + system); `pid` may be "self".

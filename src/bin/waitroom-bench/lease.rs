@@ -75,6 +75,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 struct Leases {
+    /// Ascending.
     latencies_us: Vec<f64>,
     /// Leases a replica acknowledged; `None` when none was asked to.
     acknowledged: Option<usize>,
@@ -82,10 +83,8 @@ struct Leases {
 
 impl Leases {
     fn quantile(&self, q: f64) -> f64 {
-        let mut sorted = self.latencies_us.clone();
-        sorted.sort_by(f64::total_cmp);
-        let at = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-        sorted.get(at).copied().unwrap_or(0.0)
+        let at = ((self.latencies_us.len() as f64 - 1.0) * q).round() as usize;
+        self.latencies_us.get(at).copied().unwrap_or(0.0)
     }
 }
 
@@ -100,27 +99,22 @@ fn leases(
         latencies_us: Vec::with_capacity(count),
         acknowledged: wait_ms.map(|_| 0),
     };
+    let mut pipe = redis::pipe();
+    pipe.cmd("INCRBY").arg("wr:{sale}:seq").arg(256);
+    if let Some(ms) = wait_ms {
+        pipe.cmd("WAIT").arg(1).arg(ms);
+    }
     for _ in 0..count {
         let started = Instant::now();
-        let mut pipe = redis::pipe();
-        pipe.cmd("INCRBY").arg("wr:{sale}:seq").arg(256);
-        let acked = match wait_ms {
-            Some(ms) => {
-                pipe.cmd("WAIT").arg(1).arg(ms);
-                let (_, acked): (u64, u64) = pipe.query(conn)?;
-                acked >= 1
-            }
-            None => {
-                let (_,): (u64,) = pipe.query(conn)?;
-                false
-            }
-        };
+        // The new sequence, then with a wait the replicas that have it.
+        let reply: Vec<u64> = pipe.query(conn)?;
         measured
             .latencies_us
             .push(started.elapsed().as_secs_f64() * 1e6);
         if let Some(n) = &mut measured.acknowledged {
-            *n += usize::from(acked);
+            *n += usize::from(reply.get(1).is_some_and(|&acked| acked >= 1));
         }
     }
+    measured.latencies_us.sort_by(f64::total_cmp);
     Ok(measured)
 }

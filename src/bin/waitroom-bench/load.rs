@@ -180,19 +180,16 @@ fn info_field(info: &str, name: &str) -> Option<f64> {
 /// a connection's load, and waits for them all.
 pub fn on_threads<F>(threads: usize, each: F) -> anyhow::Result<()>
 where
-    F: Fn(usize) -> anyhow::Result<()> + Send + Sync + 'static,
+    F: Fn(usize) -> anyhow::Result<()> + Sync,
 {
-    let each = Arc::new(each);
-    let running: Vec<_> = (0..threads)
-        .map(|n| {
-            let each = Arc::clone(&each);
-            std::thread::spawn(move || each(n))
-        })
-        .collect();
-    for thread in running {
-        thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
-    }
-    Ok(())
+    std::thread::scope(|scope| {
+        let each = &each;
+        let running: Vec<_> = (0..threads).map(|n| scope.spawn(move || each(n))).collect();
+        for thread in running {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        }
+        Ok(())
+    })
 }

@@ -20,7 +20,7 @@ use waitroom::pb::queue_service_client::QueueServiceClient;
 
 use tonic::transport::Channel;
 
-use crate::harness::Store;
+use crate::harness::{Answer, Store, enqueue_answers};
 use crate::load::{self, Measured};
 use waitroom::domain::shards::TAU_MS;
 
@@ -77,23 +77,14 @@ struct Shown {
     opened: AtomicBool,
     /// When it was last sent anything (ms of the bench's clock).
     last_at_ms: AtomicU64,
-    /// Its ticket, and when its join was sent and answered (µs of the
-    /// bench's clock).
-    ticket: AtomicU64,
-    sent_us: AtomicU64,
-    answered_us: AtomicU64,
     /// An `AdmitBatch` answer named it.
     admitted_by_call: AtomicBool,
 }
 
 /// The bench's clock, for when messages came.
 fn clock_ms() -> u64 {
-    clock_us() / 1000
-}
-
-fn clock_us() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 const QUEUE: &str = "positions";
@@ -104,11 +95,12 @@ fn watcher(w: usize) -> String {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let on_memory = args.memory || args.shards > 1;
-    let service = if on_memory {
-        crate::watch::start_on(Store::Memory, &args.pace, args.budget).await?
+    let store = if on_memory {
+        Store::Memory
     } else {
-        crate::watch::start(&args.pace, args.budget).await?
+        Store::Redis
     };
+    let service = crate::watch::start_on(store, &args.pace, args.budget).await?;
     service
         .create_queue(pb::Queue {
             shards: args.shards,
@@ -117,9 +109,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await?;
     let channels = Arc::new(service.channels(args.connections).await?);
     let shown: Arc<Vec<Shown>> = Arc::new((0..args.watchers).map(|_| Shown::default()).collect());
-    join_timed(&channels, &shown).await?;
-    let inverted = inverted_joins(&shown, TAU_MS * 1000);
-    let inverted_at_all = inverted_joins(&shown, 0);
+    let lined_up = enqueue_answers(&channels, 256, QUEUE, args.watchers, watcher).await?;
+    let inverted = inverted_joins(&lined_up, Duration::from_millis(TAU_MS));
+    let inverted_at_all = inverted_joins(&lined_up, Duration::ZERO);
 
     let opened = Instant::now();
     for w in 0..args.watchers {
@@ -153,7 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let exact = match service.redis() {
         Some(redis) => exact_from_redis(&redis.url(), args.watchers)?,
-        None => exact_from_answers(&shown),
+        None => exact_from_answers(&shown, &lined_up),
     };
 
     let (mut checked, mut wrong, mut worst, mut unshown, mut ended) =
@@ -251,9 +243,6 @@ async fn follow(
         me.opened.store(true, Ordering::Relaxed);
         me.last_at_ms.store(clock_ms(), Ordering::Relaxed);
         let Some(place) = update.place else { continue };
-        if place.ticket != 0 {
-            me.ticket.store(place.ticket, Ordering::Relaxed);
-        }
         match place.state() {
             pb::PlaceState::Waiting => {
                 let before = me.position.swap(place.position, Ordering::Relaxed);
@@ -330,52 +319,17 @@ async fn admissions(
     .await
 }
 
-/// Joins every watcher from 256 clients, noting each join's ticket and
-/// when it was sent and answered.
-async fn join_timed(channels: &Arc<Vec<Channel>>, shown: &Arc<Vec<Shown>>) -> anyhow::Result<()> {
-    let (channels, shown) = (Arc::clone(channels), Arc::clone(shown));
-    crate::harness::spread(256, shown.len(), move |w| {
-        let mut client = QueueServiceClient::new(channels[w % channels.len()].clone());
-        let shown = Arc::clone(&shown);
-        async move {
-            let sent = clock_us();
-            let place = client
-                .enqueue(pb::EnqueueRequest {
-                    queue_id: QUEUE.into(),
-                    user_id: watcher(w),
-                    receipt: String::new(),
-                })
-                .await?
-                .into_inner()
-                .place
-                .unwrap_or_default();
-            let me = &shown[w];
-            me.answered_us.store(clock_us(), Ordering::Relaxed);
-            me.sent_us.store(sent, Ordering::Relaxed);
-            me.ticket.store(place.ticket, Ordering::Relaxed);
-            Ok(())
-        }
-    })
-    .await
-}
-
-/// Joins given a ticket below that of a join answered more than `gap_us`
+/// Joins given a ticket below that of a join answered more than `gap`
 /// before they were sent: with a gap of τ, by the design's bound, none.
-fn inverted_joins(shown: &[Shown], gap_us: u64) -> u64 {
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let mut answered: Vec<(u64, u64)> = shown
-        .iter()
-        .map(|s| (load(&s.answered_us), load(&s.ticket)))
-        .collect();
+fn inverted_joins(joins: &[Answer], gap: Duration) -> u64 {
+    let mut answered: Vec<(Instant, u64)> =
+        joins.iter().map(|a| (a.answered, a.place.ticket)).collect();
     answered.sort_unstable();
-    let mut sent: Vec<(u64, u64)> = shown
-        .iter()
-        .map(|s| (load(&s.sent_us), load(&s.ticket)))
-        .collect();
+    let mut sent: Vec<(Instant, u64)> = joins.iter().map(|a| (a.sent, a.place.ticket)).collect();
     sent.sort_unstable();
     let (mut highest, mut next, mut inverted) = (0u64, 0usize, 0u64);
-    for (sent_us, ticket) in sent {
-        while next < answered.len() && answered[next].0 + gap_us < sent_us {
+    for (sent_at, ticket) in sent {
+        while next < answered.len() && answered[next].0 + gap < sent_at {
             highest = highest.max(answered[next].1);
             next += 1;
         }
@@ -406,19 +360,21 @@ fn exact_from_redis(url: &str, watchers: usize) -> anyhow::Result<Vec<Option<u64
 /// waiting (neither admitted by an `AdmitBatch` answer nor gone by their
 /// own `Leave`) with a lower ticket, plus one. Newcomers of the churn joined
 /// long after every watcher, so they all stand behind.
-fn exact_from_answers(shown: &[Shown]) -> Vec<Option<u64>> {
+fn exact_from_answers(shown: &[Shown], joins: &[Answer]) -> Vec<Option<u64>> {
     let gone =
         |s: &Shown| s.left.load(Ordering::Relaxed) || s.admitted_by_call.load(Ordering::Relaxed);
     let mut waiting: Vec<u64> = shown
         .iter()
-        .filter(|s| !gone(s))
-        .map(|s| s.ticket.load(Ordering::Relaxed))
+        .zip(joins)
+        .filter(|(s, _)| !gone(s))
+        .map(|(_, join)| join.place.ticket)
         .collect();
     waiting.sort_unstable();
     shown
         .iter()
-        .map(|s| {
-            let ticket = s.ticket.load(Ordering::Relaxed);
+        .zip(joins)
+        .map(|(s, join)| {
+            let ticket = join.place.ticket;
             (!gone(s)).then(|| waiting.partition_point(|t| *t < ticket) as u64 + 1)
         })
         .collect()

@@ -20,12 +20,9 @@
 //! summed over the sub-lines per join, the head's, and each as a ratio of
 //! K = 1's.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use waitroom::domain::{Clock, QueueConfig, QueueId, SystemClock};
-use waitroom::store::{QueueStore, RedisStore};
 use waitroom::testkit::RedisServer;
 
 use crate::ceiling::ScriptCall;
@@ -60,7 +57,7 @@ pub struct Args {
 struct Layout {
     shards: usize,
     head: RedisServer,
-    lines: Vec<(RedisServer, Arc<ScriptCall>)>,
+    lines: Vec<(RedisServer, ScriptCall)>,
     joins: u64,
     wall: Duration,
     /// Per sub-line, then the head.
@@ -73,25 +70,10 @@ impl Layout {
         let mut lines = Vec::new();
         for shard in 0..shards {
             let redis = RedisServer::start().map_err(anyhow::Error::msg)?;
-            let store = crate::harness::redis_store(&redis.url()).await?;
-            let queue = QueueId::parse(&format!("sale.{shard}")).map_err(anyhow::Error::msg)?;
-            let mut config = QueueConfig::new(queue.clone());
-            config.created_at_ms = SystemClock.now_ms();
-            store.create_queue(&config).await?;
-            let mut conn = redis::Client::open(redis.url().as_str())?.get_connection()?;
-            let sha: String = redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(RedisStore::enqueue_many_source())
-                .query(&mut conn)?;
-            let call = Arc::new(ScriptCall {
-                sha,
-                keys: store.queue_keys(&queue).to_vec(),
-            });
             // The same line in all, spread as the hash spreads it.
-            let per_line = args.line / shards;
-            for first in (0..per_line.div_ceil(256)).step_by(64) {
-                call.pipelined(&mut conn, "line", first, 64, 256)?;
-            }
+            let call =
+                ScriptCall::prepare(&redis.url(), &format!("sale.{shard}"), args.line / shards)
+                    .await?;
             lines.push((redis, call));
         }
         Ok(Self {
@@ -116,18 +98,18 @@ impl Layout {
     /// One second of rounds from `args.connections` threads.
     fn drive(&mut self, args: &Args, turn: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(1);
-        let joined = Arc::new(AtomicU64::new(0));
+        let joined = AtomicU64::new(0);
         let before = self.cpu_now()?;
         let started = Instant::now();
         let part = args.batch.div_ceil(self.shards);
-        let lines: Vec<(String, Arc<ScriptCall>)> = self
+        let lines: Vec<(String, &ScriptCall)> = self
             .lines
             .iter()
-            .map(|(redis, call)| (redis.url(), Arc::clone(call)))
+            .map(|(redis, call)| (redis.url(), call))
             .collect();
-        let (head, counted) = (self.head.url(), Arc::clone(&joined));
+        let (head, counted) = (self.head.url(), &joined);
         let (depth, block) = (args.depth, args.block);
-        load::on_threads(args.connections, move |c| {
+        load::on_threads(args.connections, |c| {
             let mut conns = lines
                 .iter()
                 .map(|(url, _)| redis::Client::open(url.as_str())?.get_connection())
