@@ -30,13 +30,28 @@ async fn sharded(store: &dyn QueueStore, shards: u32, max_active: u32) {
 }
 
 async fn sharded_at_rate(store: &dyn QueueStore, shards: u32, max_active: u32, rate: u32) {
+    let config = sharded_config(shards, max_active, rate);
+    store.create_queue(&config).await.unwrap();
+}
+
+/// A queue of `shards` sub-lines whose admissions and silent users last an
+/// hour.
+fn sharded_config(shards: u32, max_active: u32, rate: u32) -> QueueConfig {
     let mut config = QueueConfig::new(q()).created(T0);
     config.shards = shards;
     config.max_active = max_active;
     config.admit_per_second = rate;
     config.admission_ttl = Duration::from_secs(3600);
     config.heartbeat_timeout = Duration::from_secs(3600);
-    store.create_queue(&config).await.unwrap();
+    config
+}
+
+/// The first `n` users of sub-line 0 of `shards`.
+fn of_one_sub_line(shards: u32, n: usize) -> Vec<usize> {
+    (0..)
+        .filter(|&user| sub_line_of(u(user).as_str(), shards) == 0)
+        .take(n)
+        .collect()
 }
 
 fn position(state: &PlaceState) -> Option<u64> {
@@ -559,11 +574,7 @@ async fn run_wider(
     use waitroom::domain::{NamedAdmission, QueueUpdate};
 
     let store = MemoryStore::new();
-    let mut config = QueueConfig::new(q()).created(T0);
-    config.shards = shards;
-    config.max_active = max_active;
-    config.admit_per_second = rate;
-    config.admission_ttl = Duration::from_secs(3600);
+    let mut config = sharded_config(shards, max_active, rate);
     config.heartbeat_timeout = Duration::from_secs(5);
     let opens_at = T0 + 100;
     if opening {
@@ -757,17 +768,12 @@ fn every_way_a_ticket_is_given_or_taken_keeps_one_order_over_sub_lines() {
 #[tokio::test]
 async fn the_opening_closes_every_block_so_later_arrivals_stand_behind_the_drawn() {
     let store = MemoryStore::new();
-    let mut config = QueueConfig::new(q()).created(T0);
-    config.shards = 2;
-    config.admission_ttl = Duration::from_secs(3600);
+    let mut config = sharded_config(2, 0, 0);
     let opens_at = T0 + 100;
     config.opens_at_ms = Some(opens_at);
     store.create_queue(&config).await.unwrap();
     // Three users of one sub-line, and one pre-queued.
-    let same: Vec<usize> = (0..)
-        .filter(|&n| sub_line_of(u(n).as_str(), 2) == 0)
-        .take(3)
-        .collect();
+    let same = of_one_sub_line(2, 3);
     store.enqueue(&q(), &u(1000), T0).await.unwrap();
     // Admitted by name just before the opening, the first two take
     // tickets from their sub-line's blocks: the second block has one left.
@@ -851,16 +857,12 @@ async fn a_place_given_back_closes_the_blocks_so_its_ticket_is_not_given_again()
     use waitroom::domain::{Adoption, PlaceClaim, Restoration};
 
     let store = MemoryStore::new();
-    let mut config = QueueConfig::new(q()).created(T0);
-    config.shards = 2;
+    let mut config = sharded_config(2, 0, 0);
     config.adoption = Some(Adoption::default());
     store.create_queue(&config).await.unwrap();
     // Three users of one sub-line: the first block (one ticket) is used
     // up, the second (two) has one left, open for τ.
-    let same: Vec<usize> = (0..)
-        .filter(|&n| sub_line_of(u(n).as_str(), 2) == 0)
-        .take(3)
-        .collect();
+    let same = of_one_sub_line(2, 3);
     let first = store.enqueue(&q(), &u(same[0]), T0).await.unwrap().ticket;
     let second = store.enqueue(&q(), &u(same[1]), T0).await.unwrap().ticket;
     let left_over = second + 1;
