@@ -261,7 +261,7 @@ const PLACES_CHUNK: usize = 500;
 pub(super) struct QueueCaller {
     pub(super) queue: QueueId,
     pub(super) connector: Connector,
-    pub(super) keys: [String; 17],
+    pub(super) keys: [String; super::keys::QUEUE_KEYS],
     pub(super) scripts: Arc<Scripts>,
     pub(super) timeout: Duration,
     pub(super) breaker: Arc<Breaker>,

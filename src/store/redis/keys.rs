@@ -4,7 +4,10 @@
 
 use crate::domain::QueueId;
 
-/// The keys every queue script receives, in this order (`KEYS[1..17]`).
+/// How many keys every queue script receives; a script's own follow.
+pub(super) const QUEUE_KEYS: usize = 16;
+
+/// The keys every queue script receives, in this order (`KEYS[1..16]`).
 ///
 /// | key | type | holds |
 /// | --- | --- | --- |
@@ -24,7 +27,6 @@ use crate::domain::QueueId;
 /// | `P:{q}:cleared` | set | users taken out of line by clearing the queue, told so while it stays closed |
 /// | `P:{q}:flow` | hash | the sale's recent figures in time buckets: `j:<second>` arrivals, `x:<second>` abandonments, `w:<slot>:<bucket>` admissions by time waited (see `domain/estimate.rs`) |
 /// | `P:{q}:joined` | sorted set | second → the highest ticket given by then, for the time each admitted user waited; trimmed as the line is admitted |
-/// | `P:{q}:given_back` | set | tickets of the lost line a re-made queue gave back from receipts, each once |
 ///
 /// The config hash holds mode, max_active, admit_per_second,
 /// admission_ttl_ms, heartbeat_timeout_ms, created_at_ms (the queue's
@@ -38,7 +40,7 @@ use crate::domain::QueueId;
 /// [`used_tokens_keys`]): `P:{q}:used`, a sorted set of consumed token ids
 /// scored by how long each is remembered, and `P:{q}:used_by`, a hash of
 /// the request that consumed each.
-pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 17] {
+pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; QUEUE_KEYS] {
     [
         "config",
         "seq",
@@ -56,7 +58,6 @@ pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 17] {
         "cleared",
         "flow",
         "joined",
-        "given_back",
     ]
     .map(|name| format!("{prefix}:{{{queue}}}:{name}"))
 }
@@ -65,6 +66,13 @@ pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; 17] {
 /// created again: a queue missing without it was lost by the store.
 pub(super) fn deleted_key(prefix: &str, queue: &QueueId) -> String {
     format!("{prefix}:{{{queue}}}:deleted")
+}
+
+/// Set of the tickets of a lost line that a re-made queue gave back from
+/// receipts, each once: read by `restore` alone, so not among the keys
+/// every queue script receives.
+pub(super) fn given_back_key(prefix: &str, queue: &QueueId) -> String {
+    format!("{prefix}:{{{queue}}}:given_back")
 }
 
 /// Set of all queue ids. It spans queues, so no script touches it: it is
@@ -100,6 +108,7 @@ mod tests {
         let mut keys = queue_keys("wr", &queue).to_vec();
         keys.extend(used_tokens_keys("wr", &queue));
         keys.push(deleted_key("wr", &queue));
+        keys.push(given_back_key("wr", &queue));
         for key in keys {
             assert!(key.starts_with("wr:{sale-1}:"), "{key}");
         }

@@ -2,7 +2,7 @@
 //!
 //! # Data model
 //!
-//! A queue is seventeen keys under one hash tag (see [`keys`], whose table
+//! A queue is sixteen keys under one hash tag (see [`keys`], whose table
 //! names each): its config, a ticket sequence, a sorted set of waiting
 //! users scored by ticket, a sorted set of admitted users scored by expiry,
 //! a hash of admission records, counters, one-second admission buckets for
@@ -156,7 +156,7 @@ impl RedisStore {
         })
     }
 
-    fn keys(&self, queue: &QueueId) -> [String; 17] {
+    fn keys(&self, queue: &QueueId) -> [String; keys::QUEUE_KEYS] {
         keys::queue_keys(&self.prefix, queue)
     }
 
@@ -177,7 +177,7 @@ impl RedisStore {
     }
 
     #[cfg(feature = "testkit")]
-    pub fn queue_keys(&self, queue: &QueueId) -> [String; 17] {
+    pub fn queue_keys(&self, queue: &QueueId) -> [String; keys::QUEUE_KEYS] {
         self.keys(queue)
     }
 }
@@ -260,7 +260,9 @@ impl QueueStore for RedisStore {
         // (a delete that stopped half-way); not when the store did not
         // answer, since the queue may still be there.
         let mut invocation = self.invocation(&self.scripts.delete_queue, queue, 0);
-        invocation.key(keys::deleted_key(&self.prefix, queue));
+        invocation
+            .key(keys::deleted_key(&self.prefix, queue))
+            .key(keys::given_back_key(&self.prefix, queue));
         let deleted = self.run("delete_queue", queue, &invocation).await;
         if let Err(error) = &deleted
             && !matches!(error, Error::QueueNotFound(_))
@@ -332,6 +334,7 @@ impl QueueStore for RedisStore {
     ) -> Result<Restoration> {
         let mut invocation = self.invocation(&self.scripts.restore, queue, now_ms);
         invocation
+            .key(keys::given_back_key(&self.prefix, queue))
             .arg(user.as_str())
             .arg(claim.epoch_ms)
             .arg(claim.ticket)

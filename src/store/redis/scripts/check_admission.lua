@@ -12,7 +12,7 @@
 -- clock passes its own time, and the keys themselves expire only after
 -- the last of them.
 
-local K_USED, K_USED_BY = KEYS[18], KEYS[19]
+local K_USED, K_USED_BY = KEYS[OWN], KEYS[OWN + 1]
 local user, token, consume, request = ARGV[2], ARGV[3], ARGV[7] == '1', ARGV[9]
 
 local lapsed = redis.call('ZRANGEBYSCORE', K_USED, '-inf', NOW)

@@ -9,7 +9,7 @@ if redis.call('EXISTS', K_CONFIG) == 1 then
   return { 'exists' }
 end
 redis.call('HSET', K_CONFIG, unpack(ARGV, 2))
-redis.call('DEL', KEYS[18])
+redis.call('DEL', KEYS[OWN])
 local top = redis.call('HGET', K_CONFIG, 'adopt_top')
 if top then
   redis.call('SET', K_SEQ, top)

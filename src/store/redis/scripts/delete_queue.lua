@@ -1,5 +1,6 @@
 -- Delete queue: drop a queue and everyone in it.
--- KEYS: the queue's keys (prelude), then the mark of its deletion. ARGV: now.
+-- KEYS: the queue's keys (prelude), then the mark of its deletion and the
+-- tickets given back from receipts. ARGV: now.
 -- Returns {'ok'}, or {'no_queue'}. The mark (when it was deleted) stays
 -- until the queue is created again: a queue missing without it was lost
 -- by the store, not deleted. Consumed token ids
@@ -8,11 +9,11 @@
 
 -- Marked even when already gone: an operator's delete of a queue the
 -- store lost says it is not to be waited for.
-redis.call('SET', KEYS[18], NOW)
+redis.call('SET', KEYS[OWN], NOW)
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return { 'no_queue' }
 end
 redis.call('UNLINK', K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE, K_BATCHES,
   K_BATCH_EXPIRY, K_PREQUEUE, K_POOL, K_SEEN, K_LOG, K_CLEARED, K_FLOW,
-  K_JOINED, K_GIVEN_BACK)
+  K_JOINED, KEYS[OWN + 1])
 return { 'ok' }

@@ -4,10 +4,10 @@
 -- observed rates and its recent part; WAITED_WINDOW_MS, WAITED_SLOT_MS and
 -- WAITED_BOUNDS_S, how times waited are counted (domain/estimate.rs)).
 --
--- KEYS[1..17]: the queue's keys, as listed in keys.rs: config, seq, waiting,
+-- KEYS[1..16]: the queue's keys, as listed in keys.rs: config, seq, waiting,
 --              active, admitted, stats, rate, batches, batch_expiry,
---              prequeue, pool, seen, log, cleared, flow, joined,
---              given_back. A script's own keys follow.
+--              prequeue, pool, seen, log, cleared, flow, joined. A
+--              script's own keys follow, from KEYS[OWN].
 -- ARGV[1]:     the caller's clock, milliseconds since the Unix epoch.
 --              Scripts never read Redis's clock, so every replica and the
 --              memory store agree on what "now" means.
@@ -22,8 +22,9 @@
 
 local K_CONFIG, K_SEQ, K_WAITING, K_ACTIVE, K_ADMITTED, K_STATS, K_RATE, K_BATCHES, K_BATCH_EXPIRY =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local K_PREQUEUE, K_POOL, K_SEEN, K_LOG, K_CLEARED, K_FLOW, K_JOINED, K_GIVEN_BACK =
-  KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], KEYS[17]
+local K_PREQUEUE, K_POOL, K_SEEN, K_LOG, K_CLEARED, K_FLOW, K_JOINED =
+  KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+local OWN = 17
 local NOW = tonumber(ARGV[1])
 local SECOND = math.floor(NOW / 1000)
 local FLOW_SLOT = math.floor(NOW / FLOW_SLOT_MS)

@@ -1,11 +1,12 @@
 -- Restore: give a user who holds no place the place a receipt vouches for
 -- (domain::restore_decision, the memory store's restore).
--- KEYS: the queue's keys (prelude). ARGV: now, user, epoch, ticket, head,
--- top, issued.
+-- KEYS: the queue's keys (prelude), then the tickets of the lost line given
+-- back, each once. ARGV: now, user, epoch, ticket, head, top, issued.
 -- Returns {'ok', place} (prelude) when given back; {'ok', 'holds'} when
 -- the user holds a place, {'ok', 'lapsed'} or {'ok', 'not_given'} when
 -- nothing was given back (domain::Refusal); or {'no_queue'}.
 
+local K_GIVEN_BACK = KEYS[OWN]
 local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
