@@ -175,6 +175,16 @@ impl SubLines {
         }
     }
 
+    /// The first ticket of the block `user`'s sub-line holds now.
+    pub fn block_first(&self, user: &str) -> Option<u64> {
+        let at = sub_line_of(user, self.blocks.len() as u32) as usize;
+        self.blocks
+            .get(at)
+            .copied()
+            .flatten()
+            .map(|block| block.first)
+    }
+
     /// Closes every block: the opening reserves the pre-queue's tickets
     /// after every ticket leased, and a block leased before it gives no
     /// ticket from then on, so nobody who arrives after the opening stands

@@ -69,11 +69,17 @@ impl TestRedis {
 
     /// A Redis store with a fresh key prefix.
     pub async fn store(&self) -> RedisStore {
+        self.store_with_prefix(&fresh_prefix()).await
+    }
+
+    /// A Redis store with the given key prefix: a second one of a prefix
+    /// is another replica of the same deployment.
+    pub async fn store_with_prefix(&self, prefix: &str) -> RedisStore {
         RedisStore::connect(&RedisOptions {
             url: self.url(),
             password: None,
             cluster: false,
-            prefix: fresh_prefix(),
+            prefix: prefix.to_owned(),
             timeout: Duration::from_secs(2),
             sentinel_master: None,
             sentinel_password: None,

@@ -59,6 +59,12 @@ enum Op {
     LineSnapshot(u64, u32),
     /// Delete and create again; with a scheduled opening 30 s ahead.
     Recreate(bool),
+    /// Delete and create again over this many sub-lines.
+    RecreateOver(u32),
+    /// The changes logged by one sub-line after a sequence number.
+    SubLineChanges(u32, u64),
+    /// A chunk of one sub-line's waiting tickets above a ticket.
+    SubLineSnapshot(u32, u64, u32),
     /// A notice set (one of a few, the longest allowed among them) or
     /// cleared.
     SetNotice(Option<u8>),
@@ -341,6 +347,18 @@ async fn apply(
         Op::Advance(_) | Op::Rewind(_) => String::new(),
         Op::Stats => show(store.stats(&q, now).await),
         Op::LineChanges(after) => show(store.line_changes(&q, 0, *after, 4, now).await),
+        Op::SubLineChanges(sub_line, after) => {
+            show(store.line_changes(&q, *sub_line, *after, 4, now).await)
+        }
+        Op::SubLineSnapshot(sub_line, after, limit) => {
+            show(store.line_snapshot(&q, *sub_line, *after, *limit).await)
+        }
+        Op::RecreateOver(shards) => {
+            let deleted = show(store.delete_queue(&q).await);
+            let mut config = config(now);
+            config.shards = *shards;
+            format!("{deleted} {}", show(store.create_queue(&config).await))
+        }
         Op::LineSnapshot(after, limit) => show(store.line_snapshot(&q, 0, *after, *limit).await),
         Op::Check {
             pick,
@@ -484,6 +502,38 @@ async fn apply(
     }
 }
 
+/// A sub-line's log applied from its start (runs of newcomers included),
+/// and the waiting tickets its snapshot holds; none when either cannot be
+/// read whole.
+async fn replayed(store: &RedisStore, sub_line: u32, now: u64) -> Option<(Vec<u64>, Vec<u64>)> {
+    let q = queue();
+    let changes = store
+        .line_changes(&q, sub_line, 0, 10_000, now)
+        .await
+        .ok()?;
+    let snapshot = store.line_snapshot(&q, sub_line, 0, 10_000).await.ok()?;
+    if !changes.complete {
+        return None;
+    }
+    let mut line = std::collections::BTreeSet::new();
+    for (_, event) in changes.events {
+        match event {
+            LineEvent::Joined { ticket, .. } => {
+                line.insert(ticket);
+            }
+            LineEvent::JoinedRun {
+                first_ticket,
+                count,
+            } => line.extend(first_ticket..first_ticket + count),
+            LineEvent::Left { ticket, .. } => {
+                line.remove(&ticket);
+            }
+            LineEvent::PreQueueLeft { .. } => {}
+        }
+    }
+    Some((line.into_iter().collect(), snapshot.tickets))
+}
+
 fn config(now: u64) -> QueueConfig {
     let mut config = QueueConfig::new(queue()).created(now);
     config.max_active = 2;
@@ -541,30 +591,85 @@ fn random_operation_sequences_get_identical_answers_from_both_stores() {
                     }
                     // The log, applied from its start, gives the line the
                     // store holds (runs of newcomers included).
-                    let q = queue();
-                    let changes = redis_store.line_changes(&q, 0, 0, 10_000, now).await;
-                    let snapshot = redis_store.line_snapshot(&q, 0, 0, 10_000).await;
-                    if let (Ok(changes), Ok(snapshot)) = (changes, snapshot)
-                        && changes.complete
-                    {
-                        let mut line = std::collections::BTreeSet::new();
-                        for (_, event) in changes.events {
-                            match event {
-                                LineEvent::Joined { ticket, .. } => {
-                                    line.insert(ticket);
-                                }
-                                LineEvent::JoinedRun {
-                                    first_ticket,
-                                    count,
-                                } => line.extend(first_ticket..first_ticket + count),
-                                LineEvent::Left { ticket, .. } => {
-                                    line.remove(&ticket);
-                                }
-                                LineEvent::PreQueueLeft { .. } => {}
-                            }
+                    if let Some((replayed, held)) = replayed(&redis_store, 0, now).await {
+                        prop_assert_eq!(replayed, held, "the log replayed");
+                    }
+                    Ok(())
+                })
+            },
+        )
+        .unwrap();
+}
+
+/// Users of the sub-line sequences: enough that batches cross blocks.
+const CROWD: u8 = 14;
+
+/// The calls the Redis store serves over sub-lines, with the clock moved
+/// across τ (5 ms) and τ + ε (25 ms).
+fn sub_line_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0..CROWD).prop_map(Op::Enqueue),
+        4 => proptest::collection::vec(0..CROWD, 1..12).prop_map(Op::EnqueueMany),
+        3 => (0..CROWD).prop_map(Op::Leave),
+        3 => (proptest::collection::vec(0..CROWD, 1..6), any::<bool>()).prop_map(|(u, t)| Op::Places(u, t)),
+        1 => proptest::collection::vec(0..CROWD, 1..6).prop_map(Op::Touch),
+        3 => prop_oneof![0u64..3, 4u64..7, 24u64..27, 100u64..2_000].prop_map(Op::Advance),
+        1 => (1u64..10).prop_map(Op::Rewind),
+        2 => (0u32..3, prop_oneof![Just(0u64), 0u64..30]).prop_map(|(s, after)| Op::SubLineChanges(s, after)),
+        2 => (0u32..3, prop_oneof![Just(0u64), 0u64..40], prop_oneof![Just(1u32), 1u32..6, Just(u32::MAX)])
+            .prop_map(|(s, after, limit)| Op::SubLineSnapshot(s, after, limit)),
+        1 => (1u32..4).prop_map(Op::RecreateOver),
+    ]
+}
+
+#[test]
+fn sequences_over_sub_lines_get_identical_answers_from_both_stores() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let redis = TestRedis::start();
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(96);
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(
+            &(1u32..4, proptest::collection::vec(sub_line_op(), 1..60)),
+            |(shards, ops)| {
+                runtime.block_on(async {
+                    let memory = MemoryStore::new();
+                    let redis_store = redis.store().await.with_sub_lines();
+                    let mut now = T0;
+                    let mut seen = Vec::new();
+                    let mut first = config(now);
+                    first.shards = shards;
+                    memory.create_queue(&first).await.unwrap();
+                    redis_store.create_queue(&first).await.unwrap();
+                    for (step, op) in ops.iter().enumerate() {
+                        match op {
+                            Op::Advance(ms) => now += ms,
+                            Op::Rewind(ms) => now = now.saturating_sub(*ms).max(T0),
+                            _ => {}
                         }
-                        let replayed: Vec<u64> = line.into_iter().collect();
-                        prop_assert_eq!(replayed, snapshot.tickets, "the log replayed");
+                        let mut before = seen.clone();
+                        let expected = apply(&memory, op, now, &mut seen).await;
+                        let actual = apply(&redis_store, op, now, &mut before).await;
+                        prop_assert_eq!(&actual, &expected, "step {} {:?}", step, op);
+                    }
+                    // Each sub-line's log, applied from its start, gives
+                    // the sub-line's waiting tickets.
+                    let shards = redis_store
+                        .get_queue(&queue())
+                        .await
+                        .map_or(1, |c| c.shards);
+                    for sub_line in 0..shards {
+                        if let Some((replayed, held)) = replayed(&redis_store, sub_line, now).await
+                        {
+                            prop_assert_eq!(replayed, held, "sub-line {} replayed", sub_line);
+                        }
                     }
                     Ok(())
                 })

@@ -13,7 +13,7 @@ use waitroom::domain::shards::{SKEW_MS, TAU_MS, sub_line_of};
 use waitroom::domain::{PlaceState, QueueConfig, QueueId, RequestId, UserId};
 use waitroom::store::{MemoryStore, QueueStore};
 
-use crate::helpers::TestRedis;
+use crate::helpers::{TestRedis, fresh_prefix};
 
 const T0: u64 = 1_800_000_000_000;
 
@@ -1090,4 +1090,59 @@ async fn a_sale_over_four_sub_lines_admits_everyone_once_in_ticket_order_through
     let stats = app.stats("sale").await;
     assert_eq!((stats.admitted_total, stats.waiting_count), (400, 0));
     app.stop().await;
+}
+
+/// Two replicas of one Redis: one re-makes the queue with another number
+/// of sub-lines, and the other, which knew the old layout (or none), keeps
+/// serving it rightly: a one-slot call on a head is refused and sent to the
+/// sub-lines, and a known layout whose sub-lines are gone is forgotten.
+#[tokio::test]
+async fn a_replica_follows_a_queue_made_again_with_another_number_of_sub_lines() {
+    let redis = TestRedis::start();
+    let prefix = fresh_prefix();
+    let one = redis.store_with_prefix(&prefix).await.with_sub_lines();
+    let other = redis.store_with_prefix(&prefix).await.with_sub_lines();
+    let mut visitor = 0;
+    for shards in [1, 3, 1, 2, 2] {
+        let _ = one.delete_queue(&q()).await;
+        one.create_queue(&sharded_config(shards, 0, 0))
+            .await
+            .unwrap();
+        let users: Vec<UserId> = (visitor..visitor + 6).map(u).collect();
+        visitor += 6;
+        let mut places: Vec<_> = other
+            .enqueue_many(&q(), &users, T0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        // One call's users stand in ticket order, the call's order being
+        // none of the line's over sub-lines.
+        places.sort_by_key(|place| place.ticket);
+        for (k, place) in places.into_iter().enumerate() {
+            assert_eq!(
+                place.state,
+                PlaceState::Waiting {
+                    position: k as u64 + 1
+                },
+                "{shards} sub-lines"
+            );
+            // Over sub-lines the line's length is read after the call;
+            // in one slot, as each joined.
+            let length = if shards == 1 { k as u64 + 1 } else { 6 };
+            assert_eq!(place.waiting_count, length, "{shards} sub-lines");
+        }
+        // Each sub-line holds its own users, and the head none.
+        let mut held = 0;
+        for sub_line in 0..shards {
+            let snapshot = one.line_snapshot(&q(), sub_line, 0, 100).await.unwrap();
+            assert_eq!(snapshot.shards, shards);
+            held += snapshot.tickets.len();
+        }
+        assert_eq!(held, 6, "{shards} sub-lines");
+        assert!(other.leave(&q(), &users[0], T0).await.unwrap());
+        let left = one.place(&q(), &users[1], T0).await.unwrap().unwrap();
+        assert_eq!(left.waiting_count, 5, "{shards} sub-lines");
+    }
 }

@@ -191,7 +191,14 @@ impl QueueStore for MemoryStore {
             let mut named: HashSet<&UserId> = HashSet::new();
             let mut run: Option<(u64, u64, usize)> = None;
             let mut places = Vec::with_capacity(users.len());
-            for user in users {
+            // Over sub-lines, a call serves each sub-line's users in turn
+            // (sub-line 0 first), as the Redis store calls them one slot
+            // after another; the order within a call is not the line's.
+            let mut order: Vec<usize> = (0..users.len()).collect();
+            if state.line.sub_lines.is_some() {
+                order.sort_by_key(|&i| state.sub_line(&users[i]));
+            }
+            for user in order.iter().map(|&i| &users[i]) {
                 let newcomer = gathering
                     && !named.contains(user)
                     && !state.line.tickets.contains_key(user)
@@ -209,8 +216,11 @@ impl QueueStore for MemoryStore {
                     // in its log; sub-lines' blocks interleave, so a ticket
                     // that does not follow ends it.
                     let at = state.sub_line(user);
+                    let follows = !state.starts_block(user, ticket);
                     match &mut run {
-                        Some((first, count, of)) if *first + *count == ticket && *of == at => {
+                        Some((first, count, of))
+                            if *first + *count == ticket && *of == at && follows =>
+                        {
                             *count += 1
                         }
                         _ => {
@@ -237,12 +247,21 @@ impl QueueStore for MemoryStore {
             // With one sub-line that is the position at each join (later
             // joins go behind); with several, a later user of the call may
             // take a ticket below an earlier one's from another block.
+            // Over sub-lines the line's length is read after the call too.
+            let in_line = state.line.sub_lines.is_some().then(|| state.in_line());
             for place in places.iter_mut().flatten() {
                 if let PlaceState::Waiting { position } = &mut place.state {
                     *position = state.line.ranks.count_up_to(place.ticket);
                 }
+                if let Some(in_line) = in_line {
+                    place.waiting_count = in_line;
+                }
             }
-            Ok(places)
+            let mut in_order: Vec<Option<Result<Place>>> = users.iter().map(|_| None).collect();
+            for (i, place) in order.into_iter().zip(places) {
+                in_order[i] = Some(place);
+            }
+            Ok(in_order.into_iter().flatten().collect())
         })
     }
 

@@ -262,6 +262,16 @@ impl QueueState {
         }
     }
 
+    /// Whether `ticket`, just given to `user`, is the first of a block: a
+    /// run of newcomers logged as one change is one block's tickets, as a
+    /// sub-line in Redis asks for a lease between two blocks.
+    pub(super) fn starts_block(&self, user: &UserId, ticket: u64) -> bool {
+        self.line
+            .sub_lines
+            .as_ref()
+            .is_some_and(|s| s.block_first(user.as_str()) == Some(ticket))
+    }
+
     /// Moves the ticket sequence other than by a block's lease (the
     /// opening's reserved block, a place given back from a receipt). Every
     /// block leased before gives no ticket from then on: one may hold the

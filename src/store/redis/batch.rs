@@ -30,6 +30,7 @@ use redis::{Script, ScriptInvocation, Value};
 use super::breaker::{Breaker, bounded, guard};
 use super::lua::Scripts;
 use super::reply::{Reply, parse_enqueued, parse_place};
+use super::sub_lines::{Layouts, SubLineLink, routed};
 use super::topology::Connector;
 use crate::domain::{Place, QueueId, UserId};
 use crate::{Error, Result};
@@ -255,7 +256,7 @@ async fn run(
 }
 
 /// Users per `places` script call, so one call never holds Redis for long.
-const PLACES_CHUNK: usize = 500;
+pub(super) const PLACES_CHUNK: usize = 500;
 
 /// What a queue's batching task needs to call Redis on its own.
 pub(super) struct QueueCaller {
@@ -265,6 +266,8 @@ pub(super) struct QueueCaller {
     pub(super) scripts: Arc<Scripts>,
     pub(super) timeout: Duration,
     pub(super) breaker: Arc<Breaker>,
+    pub(super) prefix: String,
+    pub(super) layouts: Arc<Layouts>,
 }
 
 impl QueueCaller {
@@ -298,11 +301,50 @@ impl QueueCaller {
         Ok(Reply::of(value, &self.queue)?.into_values())
     }
 
+    fn link(&self) -> SubLineLink<'_> {
+        SubLineLink {
+            queue: &self.queue,
+            prefix: &self.prefix,
+            connector: &self.connector,
+            scripts: &self.scripts,
+            timeout: self.timeout,
+            breaker: &self.breaker,
+            layouts: &self.layouts,
+        }
+    }
+
+    /// Joins `users`, on the queue's one slot or over its sub-lines.
     pub(super) async fn enqueue_many(
         &self,
         users: &[UserId],
         now_ms: u64,
     ) -> Result<Vec<Result<Place>>> {
+        let link = &self.link();
+        routed(
+            link,
+            || self.enqueue_one_slot(users, now_ms),
+            |layout| async move { link.enqueue_many(&layout, users, now_ms).await },
+        )
+        .await
+    }
+
+    /// Looks up places, on the queue's one slot or over its sub-lines.
+    pub(super) async fn places(
+        &self,
+        users: &[UserId],
+        touch: bool,
+        now_ms: u64,
+    ) -> Result<Vec<Option<Place>>> {
+        let link = &self.link();
+        routed(
+            link,
+            || self.places_one_slot(users, touch, now_ms),
+            |layout| async move { link.places(&layout, users, touch, now_ms).await },
+        )
+        .await
+    }
+
+    async fn enqueue_one_slot(&self, users: &[UserId], now_ms: u64) -> Result<Vec<Result<Place>>> {
         let mut invocation = self.invocation(&self.scripts.enqueue_many, now_ms);
         for user in users {
             invocation.arg(user.as_str());
@@ -311,7 +353,7 @@ impl QueueCaller {
         parse_enqueued(items, users.len(), &self.queue)
     }
 
-    pub(super) async fn places(
+    async fn places_one_slot(
         &self,
         users: &[UserId],
         touch: bool,

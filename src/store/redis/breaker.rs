@@ -185,9 +185,12 @@ pub(super) async fn bounded<T>(
             Ok(value)
         }
         Ok(Err(error)) => {
-            // An error reply (READONLY, BUSY, LOADING...) is an answer:
-            // Redis is there and did not run the call.
-            if matches!(error.kind(), redis::ErrorKind::Server(_)) {
+            // An error reply (READONLY, BUSY, LOADING..., or a script's
+            // own) is an answer: Redis is there and did not run the call.
+            if matches!(
+                error.kind(),
+                redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+            ) {
                 guard.breaker.answered(guard.scope);
                 // A replica (a demoted master), or a master whose replica
                 // left it (`min-replicas-to-write`; perhaps promoted): the
@@ -232,10 +235,18 @@ pub(super) async fn bounded<T>(
     result
 }
 
+/// How an `Internal` error of a call refused because its queue is kept
+/// over sub-lines begins (`prelude.lua`'s `SUBLINES` error reply): the
+/// store routes the calls it serves over them, and the others fail so.
+pub(super) const SUB_LINES: &str = "not served over the queue's sub-lines";
+
 /// Failures to get an answer are `Unavailable` (retry); answers we cannot
 /// read, or a script's own error, are bugs and `Internal`.
 pub(super) fn classify(error: RedisError) -> Error {
     use redis::ErrorKind;
+    if error.code() == Some("SUBLINES") {
+        return Error::Internal(format!("{SUB_LINES}: {error}"));
+    }
     match error.kind() {
         ErrorKind::Parse | ErrorKind::UnexpectedReturnType => Error::Internal(error.to_string()),
         ErrorKind::Server(_) if error.code() == Some("ERR") => Error::Internal(error.to_string()),

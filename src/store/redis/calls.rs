@@ -9,6 +9,7 @@ use super::RedisStore;
 use super::batch::QueueCaller;
 use super::breaker::{bounded, guard};
 use super::reply::Reply;
+use super::sub_lines::SubLineLink;
 use super::topology::Connection;
 use crate::Result;
 use crate::domain::QueueId;
@@ -38,7 +39,22 @@ impl RedisStore {
             scripts: Arc::clone(&self.scripts),
             timeout: self.timeout,
             breaker: Arc::clone(&self.breaker),
+            prefix: self.prefix.clone(),
+            layouts: Arc::clone(&self.layouts),
         })
+    }
+
+    /// What calls on the queue's sub-lines need.
+    pub(super) fn link<'a>(&'a self, queue: &'a QueueId) -> SubLineLink<'a> {
+        SubLineLink {
+            queue,
+            prefix: &self.prefix,
+            connector: &self.connector,
+            scripts: &self.scripts,
+            timeout: self.timeout,
+            breaker: &self.breaker,
+            layouts: &self.layouts,
+        }
     }
 
     /// The connection to call on now, connecting a cluster on first use.

@@ -33,6 +33,9 @@ pub(super) fn config_fields(config: &QueueConfig) -> Vec<(&'static str, String)>
         ("notice", text(&config.notice)),
         ("closed_reason", text(&config.closed_reason)),
     ];
+    if config.shards > 1 {
+        fields.push(("shards", config.shards.to_string()));
+    }
     if let Some(adoption) = config.adoption {
         fields.push(("adopt_epoch_ms", adoption.epoch_ms.to_string()));
         fields.push(("adopt_head", adoption.head.to_string()));
@@ -127,6 +130,9 @@ pub(super) fn parse_config(
             }),
             false => None,
         },
-        shards: 1,
+        shards: match fields.contains_key("shards") {
+            true => small("shards")?,
+            false => 1,
+        },
     }))
 }

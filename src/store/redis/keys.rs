@@ -28,6 +28,13 @@ pub(super) const QUEUE_KEYS: usize = 16;
 /// | `P:{q}:flow` | hash | the sale's recent figures in time buckets: `j:<second>` arrivals, `x:<second>` abandonments, `w:<slot>:<bucket>` admissions by time waited (see `domain/estimate.rs`) |
 /// | `P:{q}:joined` | sorted set | second → the highest ticket given by then, for the time each admitted user waited; trimmed as the line is admitted |
 ///
+/// A queue over several sub-lines keeps these keys once per sub-line, under
+/// the sub-line's tag ([`tagged_keys`]), whose config is a copy of the
+/// head's with `sub_line` and the sub-line's block (`block_first`,
+/// `block_next`, `block_end`, `block_ms`). Its head, under the queue's own
+/// tag, keeps the config (with `shards` and `sub_lines`, the tags), the
+/// ticket sequence and the recent leases ([`leases_key`]).
+///
 /// The config hash holds mode, max_active, admit_per_second,
 /// admission_ttl_ms, heartbeat_timeout_ms, created_at_ms (the queue's
 /// epoch), opens_at_ms, prequeue_window_ms, presence_since_ms, log_seq (the
@@ -41,6 +48,13 @@ pub(super) const QUEUE_KEYS: usize = 16;
 /// scored by how long each is remembered, and `P:{q}:used_by`, a hash of
 /// the request that consumed each.
 pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; QUEUE_KEYS] {
+    tagged_keys(prefix, queue.as_str())
+}
+
+/// The same keys under another hash tag: a sub-line of a queue over
+/// several (`{sale~2}`), whose config is a copy of the head's with the
+/// sub-line's own block of tickets (see `sub_lines.rs`).
+pub(super) fn tagged_keys(prefix: &str, tag: &str) -> [String; QUEUE_KEYS] {
     [
         "config",
         "seq",
@@ -59,7 +73,12 @@ pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; QUEUE_KEYS] 
         "flow",
         "joined",
     ]
-    .map(|name| format!("{prefix}:{{{queue}}}:{name}"))
+    .map(|name| format!("{prefix}:{{{tag}}}:{name}"))
+}
+
+/// The head's recent leases of a queue over several sub-lines (`lease.lua`).
+pub(super) fn leases_key(prefix: &str, queue: &QueueId) -> String {
+    format!("{prefix}:{{{queue}}}:leases")
 }
 
 /// The mark a deleted queue leaves (when it was deleted), until it is

@@ -5,6 +5,7 @@
 
 use redis::Script;
 
+use crate::domain::shards::{MAX_BLOCK, SKEW_MS, TAU_MS};
 use crate::domain::{
     DEAF_AFTER_MS, FLOW_SLOT_MS, LINE_LOG_KEEP, RATE_WINDOW_MS, RECENT_MS, WAITED_BOUNDS_S,
     WAITED_SLOT_MS, WAITED_WINDOW_MS,
@@ -31,6 +32,9 @@ pub(super) struct Scripts {
     pub(super) line_snapshot: Script,
     pub(super) share_load: Script,
     pub(super) restore: Script,
+    pub(super) lease: Script,
+    pub(super) install_block: Script,
+    pub(super) count_below: Script,
 }
 
 /// Shared by the enqueue scripts (and the benchmark's own).
@@ -43,7 +47,8 @@ pub(crate) fn with_prelude_source(body: &str) -> String {
         "local LOG_KEEP = {LINE_LOG_KEEP}\nlocal RATE_WINDOW_MS = {RATE_WINDOW_MS}\n\
          local RECENT_MS = {RECENT_MS}\nlocal WAITED_WINDOW_MS = {WAITED_WINDOW_MS}\n\
          local WAITED_SLOT_MS = {WAITED_SLOT_MS}\nlocal WAITED_BOUNDS_S = {{ {} }}\n\
-         local FLOW_SLOT_MS = {FLOW_SLOT_MS}\nlocal DEAF_AFTER_MS = {DEAF_AFTER_MS}\n{}\n{body}",
+         local FLOW_SLOT_MS = {FLOW_SLOT_MS}\nlocal DEAF_AFTER_MS = {DEAF_AFTER_MS}\n\
+         local TAU_MS = {TAU_MS}\nlocal SKEW_MS = {SKEW_MS}\nlocal MAX_BLOCK = {MAX_BLOCK}\n{}\n{body}",
         bounds.join(", "),
         include_str!("scripts/prelude.lua")
     )
@@ -81,6 +86,9 @@ impl Scripts {
             line_snapshot: with_prelude(include_str!("scripts/line_snapshot.lua")),
             share_load: Script::new(include_str!("scripts/share_load.lua")),
             restore: with_prelude(include_str!("scripts/restore.lua")),
+            lease: with_prelude(include_str!("scripts/lease.lua")),
+            install_block: with_prelude(include_str!("scripts/install_block.lua")),
+            count_below: with_prelude(include_str!("scripts/count_below.lua")),
         }
     }
 }

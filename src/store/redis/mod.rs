@@ -35,6 +35,8 @@
 //!   and the caller a queue's batching task uses;
 //! - `announce`: this instance's open streams, shared with the others for
 //!   balancing;
+//! - `sub_lines`: a queue over several sub-lines, its head in the queue's
+//!   slot and each sub-line in its own; which calls go where;
 //! - this file: the store, each method one script.
 //!
 //! Each transition is one script, so it is atomic across replicas without
@@ -57,6 +59,7 @@ mod keys;
 mod listing;
 pub(crate) mod lua;
 mod reply;
+mod sub_lines;
 mod topology;
 
 use batch::Op;
@@ -73,8 +76,9 @@ use self::breaker::{Breaker, bounded, guard};
 use self::fields::{config_fields, parse_config, update_fields};
 use self::lua::Scripts;
 use self::reply::{
-    bad_reply, parse_admitted, parse_line_entry, parse_mode, parse_named, parse_place,
+    Reply, bad_reply, parse_admitted, parse_line_entry, parse_mode, parse_named, parse_place,
 };
+use self::sub_lines::{Layout, Layouts, routed};
 use self::topology::Connector;
 use super::QueueStore;
 use crate::domain::{
@@ -85,7 +89,7 @@ use crate::domain::{
 use crate::{Error, Result};
 
 /// Users per `touch` script call.
-const TOUCH_CHUNK: usize = 5000;
+pub(super) const TOUCH_CHUNK: usize = 5000;
 
 /// How to reach Redis.
 #[derive(Clone, Debug)]
@@ -121,6 +125,11 @@ pub struct RedisStore {
     breaker: Arc<Breaker>,
     /// Names this instance in its announcements.
     instance: String,
+    /// The layouts of queues kept over sub-lines.
+    layouts: Arc<Layouts>,
+    /// Whether queues may be made over sub-lines: only the calls of
+    /// `sub_lines.rs` are served over them so far, so only tests make them.
+    sub_lines: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -153,7 +162,17 @@ impl RedisStore {
             batcher: batch::Batcher::default(),
             breaker: Arc::default(),
             instance: crate::domain::instance_id(),
+            layouts: Arc::default(),
+            sub_lines: false,
         })
+    }
+
+    /// Lets queues be made over several sub-lines, of which this store
+    /// serves joins, lookups, leaves, presence and the copy's reads so far.
+    #[cfg(feature = "testkit")]
+    pub fn with_sub_lines(mut self) -> Self {
+        self.sub_lines = true;
+        self
     }
 
     fn keys(&self, queue: &QueueId) -> [String; keys::QUEUE_KEYS] {
@@ -185,10 +204,10 @@ impl RedisStore {
 #[async_trait]
 impl QueueStore for RedisStore {
     async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig> {
-        if config.shards != 1 {
-            // The sub-lines' slots and the head's leases are the memory
-            // store's so far (`docs/design.md`): refused rather than served
-            // as one slot, which would keep none of a sharded queue's rules.
+        if config.shards != 1 && !self.sub_lines {
+            // Only joins, lookups, leaves and the copy are served over
+            // sub-lines so far (`sub_lines.rs`): refused rather than made
+            // into a queue that could not admit anyone.
             return Err(Error::InvalidArgument {
                 field: "queue.shards".into(),
                 reason: format!(
@@ -204,13 +223,39 @@ impl QueueStore for RedisStore {
                 .arg(config.id.as_str()),
         )
         .await?;
+        let layout = (config.shards > 1).then(|| Layout::new(&config.id, config.shards));
+        let fields = config_fields(config);
         let mut invocation =
             self.invocation(&self.scripts.create_queue, &config.id, config.created_at_ms);
         invocation.key(keys::deleted_key(&self.prefix, &config.id));
-        for (field, value) in config_fields(config) {
-            invocation.arg(field).arg(value);
+        for (field, value) in &fields {
+            invocation.arg(*field).arg(value);
+        }
+        if let Some(layout) = &layout {
+            invocation.arg("sub_lines").arg(layout.head_field());
         }
         self.run("create_queue", &config.id, &invocation).await?;
+        // The head decides whether the queue was made; each sub-line then
+        // takes a copy of its config. Whatever a sub-line's slot still
+        // holds is of a queue of the same name deleted half-way.
+        for sub_line in 0..layout.as_ref().map_or(0, |l| l.shards as usize) {
+            let Some(layout) = &layout else { break };
+            let keys = layout.keys(&self.prefix, sub_line)?;
+            self.command::<i64>("create_queue", redis::cmd("UNLINK").arg(&keys[..]))
+                .await?;
+            let mut invocation = self.scripts.create_queue.prepare_invoke();
+            for key in &keys {
+                invocation.key(key);
+            }
+            // The script's own key (a deletion mark it clears) is the
+            // sub-line's ticket sequence, which a sub-line does not use.
+            invocation.key(&keys[1]).arg(config.created_at_ms);
+            for (field, value) in &fields {
+                invocation.arg(*field).arg(value);
+            }
+            invocation.arg("sub_line").arg(sub_line);
+            self.run("create_queue", &config.id, &invocation).await?;
+        }
         Ok(config.clone())
     }
 
@@ -259,6 +304,23 @@ impl QueueStore for RedisStore {
         // The index forgets the id once the queue is gone, or was already
         // (a delete that stopped half-way); not when the store did not
         // answer, since the queue may still be there.
+        // A queue over sub-lines loses its sub-lines first: a delete that
+        // stops half-way leaves a head, which a new delete finds.
+        if let Ok(layout) = self.link(queue).layout().await
+            && layout.shards > 1
+        {
+            for sub_line in 0..layout.shards as usize {
+                let keys = layout.keys(&self.prefix, sub_line)?;
+                self.command::<i64>("delete_queue", redis::cmd("UNLINK").arg(&keys[..]))
+                    .await?;
+            }
+            self.command::<i64>(
+                "delete_queue",
+                redis::cmd("UNLINK").arg(keys::leases_key(&self.prefix, queue)),
+            )
+            .await?;
+        }
+        self.layouts.forget(queue);
         let mut invocation = self.invocation(&self.scripts.delete_queue, queue, 0);
         invocation
             .key(keys::deleted_key(&self.prefix, queue))
@@ -357,14 +419,22 @@ impl QueueStore for RedisStore {
     }
 
     async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()> {
-        for chunk in users.chunks(TOUCH_CHUNK) {
-            let mut invocation = self.invocation(&self.scripts.touch, queue, now_ms);
-            for user in chunk {
-                invocation.arg(user.as_str());
-            }
-            self.run("touch", queue, &invocation).await?;
-        }
-        Ok(())
+        let link = &self.link(queue);
+        routed(
+            link,
+            || async {
+                for chunk in users.chunks(TOUCH_CHUNK) {
+                    let mut invocation = self.invocation(&self.scripts.touch, queue, now_ms);
+                    for user in chunk {
+                        invocation.arg(user.as_str());
+                    }
+                    self.run("touch", queue, &invocation).await?;
+                }
+                Ok(())
+            },
+            |layout| async move { link.touch(&layout, users, now_ms).await },
+        )
+        .await
     }
 
     async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
@@ -380,22 +450,45 @@ impl QueueStore for RedisStore {
         after: u64,
         limit: u32,
     ) -> Result<LineSnapshot> {
-        one_slot(sub_line)?;
-        let mut invocation = self.invocation(&self.scripts.line_snapshot, queue, 0);
-        invocation.arg(after).arg(limit);
-        let mut reply = self.run("line_snapshot", queue, &invocation).await?;
-        let epoch_ms = reply.u64()?;
-        let seq = reply.u64()?;
-        let mut tickets = Vec::with_capacity(reply.remaining());
-        while reply.remaining() > 0 {
-            tickets.push(reply.u64()?);
-        }
-        Ok(LineSnapshot {
-            epoch_ms,
-            seq,
-            tickets,
-            shards: 1,
-        })
+        let link = &self.link(queue);
+        let (after, limit) = (&after.to_string(), &limit.to_string());
+        let read = |mut reply: Reply, shards: u32| -> Result<LineSnapshot> {
+            let epoch_ms = reply.u64()?;
+            let seq = reply.u64()?;
+            let mut tickets = Vec::with_capacity(reply.remaining());
+            while reply.remaining() > 0 {
+                tickets.push(reply.u64()?);
+            }
+            Ok(LineSnapshot {
+                epoch_ms,
+                seq,
+                tickets,
+                shards,
+            })
+        };
+        routed(
+            link,
+            || async {
+                one_slot(sub_line)?;
+                let mut invocation = self.invocation(&self.scripts.line_snapshot, queue, 0);
+                invocation.arg(after).arg(limit);
+                read(self.run("line_snapshot", queue, &invocation).await?, 1)
+            },
+            |layout| async move {
+                let reply = link
+                    .on_sub_line(
+                        "line_snapshot",
+                        &self.scripts.line_snapshot,
+                        &layout,
+                        sub_line as usize,
+                        &[after.as_str(), limit.as_str()],
+                        0,
+                    )
+                    .await?;
+                read(reply, layout.shards)
+            },
+        )
+        .await
     }
 
     async fn line_changes(
@@ -406,42 +499,36 @@ impl QueueStore for RedisStore {
         limit: u32,
         now_ms: u64,
     ) -> Result<LineChanges> {
-        one_slot(sub_line)?;
-        let mut invocation = self.invocation(&self.scripts.line_changes, queue, now_ms);
-        invocation.arg(after).arg(limit);
-        let mut reply = self.run("line_changes", queue, &invocation).await?;
-        let seq = reply.u64()?;
-        let complete = reply.u64()? == 1;
-        let mode = parse_mode(&reply.string()?)?;
-        let waiting = reply.u64()?;
-        let prequeued = reply.u64()?;
-        let opens_at_ms = Some(reply.u64()?).filter(|at| *at > 0);
-        let draw = reply.string()?;
-        let (admitted, span_ms) = (reply.u64()?, reply.u64()?);
-        let epoch_ms = reply.u64()?;
-        let heartbeat_ms = reply.u64()?;
-        let (signs, rate) = reply.signs_and_rate(admitted, span_ms)?;
-        let mut events = Vec::with_capacity(reply.remaining());
-        while reply.remaining() > 0 {
-            events.push(parse_line_entry(&reply.string()?)?);
-        }
-        Ok(LineChanges {
-            summary: LineSummary {
-                epoch_ms,
-                seq,
-                mode,
-                waiting,
-                prequeued,
-                opens_at_ms,
-                opened: draw != "none",
-                rate,
-                heartbeat_ms,
-                signs,
-                shards: 1,
+        let link = &self.link(queue);
+        let (after, limit) = (&after.to_string(), &limit.to_string());
+        routed(
+            link,
+            || async {
+                one_slot(sub_line)?;
+                let mut invocation = self.invocation(&self.scripts.line_changes, queue, now_ms);
+                invocation.arg(after).arg(limit);
+                read_changes(self.run("line_changes", queue, &invocation).await?, 1)
             },
-            events,
-            complete,
-        })
+            |layout| async move {
+                let reply = link
+                    .on_sub_line(
+                        "line_changes",
+                        &self.scripts.line_changes,
+                        &layout,
+                        sub_line as usize,
+                        &[after.as_str(), limit.as_str()],
+                        now_ms,
+                    )
+                    .await?;
+                let mut changes = read_changes(reply, layout.shards)?;
+                // The summary is the queue's: everyone in line, over every
+                // sub-line.
+                let in_line = link.in_line(&layout, now_ms).await?;
+                changes.summary.waiting = in_line.saturating_sub(changes.summary.prequeued);
+                Ok(changes)
+            },
+        )
+        .await
     }
 
     async fn draw_step(
@@ -457,9 +544,20 @@ impl QueueStore for RedisStore {
     }
 
     async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
-        let mut invocation = self.invocation(&self.scripts.leave, queue, now_ms);
-        invocation.arg(user.as_str());
-        self.run("leave", queue, &invocation).await?.flag()
+        let link = &self.link(queue);
+        routed(
+            link,
+            || async {
+                let mut invocation = self.invocation(&self.scripts.leave, queue, now_ms);
+                invocation.arg(user.as_str());
+                self.run("leave", queue, &invocation).await?.flag()
+            },
+            |layout| async move {
+                link.user_flag("leave", &self.scripts.leave, &layout, user, now_ms)
+                    .await
+            },
+        )
+        .await
     }
 
     async fn admit(
@@ -644,12 +742,50 @@ impl QueueStore for RedisStore {
     }
 }
 
-/// This store keeps a queue in one slot: its one sub-line is 0.
+/// Reads `line_changes.lua`'s answer for a queue of `shards` sub-lines.
+fn read_changes(mut reply: Reply, shards: u32) -> Result<LineChanges> {
+    let seq = reply.u64()?;
+    let complete = reply.u64()? == 1;
+    let mode = parse_mode(&reply.string()?)?;
+    let waiting = reply.u64()?;
+    let prequeued = reply.u64()?;
+    let opens_at_ms = Some(reply.u64()?).filter(|at| *at > 0);
+    let draw = reply.string()?;
+    let (admitted, span_ms) = (reply.u64()?, reply.u64()?);
+    let epoch_ms = reply.u64()?;
+    let heartbeat_ms = reply.u64()?;
+    let (signs, rate) = reply.signs_and_rate(admitted, span_ms)?;
+    let mut events = Vec::with_capacity(reply.remaining());
+    while reply.remaining() > 0 {
+        events.push(parse_line_entry(&reply.string()?)?);
+    }
+    Ok(LineChanges {
+        summary: LineSummary {
+            epoch_ms,
+            seq,
+            mode,
+            waiting,
+            prequeued,
+            opens_at_ms,
+            opened: draw != "none",
+            rate,
+            heartbeat_ms,
+            signs,
+            shards,
+        },
+        events,
+        complete,
+    })
+}
+
+/// A queue kept in one slot: its one sub-line is 0. Any other is asked of
+/// a queue over sub-lines, which the caller then reads the layout of.
 fn one_slot(sub_line: u32) -> Result<()> {
     match sub_line {
         0 => Ok(()),
         other => Err(Error::Internal(format!(
-            "sub-line {other} asked of a queue kept in one slot"
+            "{}: sub-line {other} asked of a queue's one slot",
+            breaker::SUB_LINES
         ))),
     }
 }

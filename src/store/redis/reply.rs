@@ -190,6 +190,19 @@ pub(super) fn parse_enqueued(
     users: usize,
     queue: &QueueId,
 ) -> Result<Vec<Result<Place>>> {
+    let places = parse_enqueued_first(items, users, queue)?;
+    if places.len() != users {
+        return Err(bad_reply("enqueue answered for fewer users than asked"));
+    }
+    Ok(places)
+}
+
+/// The answers of `enqueue_many.lua` for the first of at most `users`.
+pub(super) fn parse_enqueued_first(
+    items: Vec<Value>,
+    users: usize,
+    queue: &QueueId,
+) -> Result<Vec<Result<Place>>> {
     let mut places = Vec::with_capacity(users);
     for item in items {
         let joined = matches!(&item, Value::Array(values)
@@ -226,9 +239,6 @@ pub(super) fn parse_enqueued(
                 signs: signs.clone(),
             }));
         }
-    }
-    if places.len() != users {
-        return Err(bad_reply("enqueue answered for fewer users than asked"));
     }
     Ok(places)
 }

@@ -8,7 +8,11 @@
 -- recent admissions, abandonments, configured rate} for the next n
 -- users, newcomers who joined the back of the line one after another: the
 -- k-th of them (from 0) has ticket first + k and position first + k, which
--- is also the line's length they see; or {'no_queue'}.
+-- is also the line's length they see; or {'no_queue'}. On a sub-line the
+-- answers may stop early with {'lease', size}: the user after the last
+-- answered needs a ticket and the block is closed, so the caller leases
+-- one of that size from the head, installs it (install_block.lua) and
+-- calls again with the users not answered.
 --
 -- The common case of a burst, a newcomer joining the back of a line that
 -- is already forming, costs no call of its own: whether each user is in
@@ -52,7 +56,12 @@ local function end_run()
     return
   end
   local format = string.format
-  gave_tickets = redis.call('INCRBY', K_SEQ, n)
+  if cfg.sub_line then
+    gave_tickets = first_ticket + n - 1
+    save_block(cfg)
+  else
+    gave_tickets = redis.call('INCRBY', K_SEQ, n)
+  end
   count_arrivals(cfg, n)
   for first = 1, n, 500 do
     local waiting, seen = {}, {}
@@ -77,7 +86,19 @@ for i = 2, #ARGV do
   local user = ARGV[i]
   local newcomer = gathering and not named[user] and not in_line_scores[i - 1]
     and not admitted_records[i - 1]
-  if newcomer and #run == 0 then
+  if newcomer and cfg.sub_line then
+    -- A run is one block's consecutive tickets.
+    if not block_open(cfg) then
+      end_run()
+      out[#out + 1] = { 'lease', next_block_size(cfg) }
+      break
+    end
+    if #run == 0 then
+      first_ticket = cfg.block_next
+      first_position = in_line(cfg) + 1
+    end
+    take_block_ticket(cfg)
+  elseif newcomer and #run == 0 then
     local length = in_line(cfg)
     if length == 0 and (cfg.max_active > 0 or cfg.rate > 0) then
       newcomer = false
@@ -91,7 +112,12 @@ for i = 2, #ARGV do
     run[#run + 1] = user
   else
     end_run()
-    out[#out + 1] = enqueue_one(cfg, user)
+    local answer = enqueue_one(cfg, user)
+    if answer[1] == 'lease' then
+      out[#out + 1] = { 'lease', next_block_size(cfg) }
+      break
+    end
+    out[#out + 1] = answer
   end
 end
 end_run()

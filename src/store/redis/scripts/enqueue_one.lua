@@ -3,7 +3,8 @@
 -- Gives a user a ticket (or a pre-queue place before a scheduled opening),
 -- or returns the place they hold; a sign of life. The caller has loaded the
 -- config and run prepare(). Returns a place (prelude), or {'closed',
--- closing reason} / {'not_open', when the pre-queue opens}.
+-- closing reason} / {'not_open', when the pre-queue opens}, or, on a
+-- sub-line whose block is closed, {'lease'} having changed nothing.
 
 local function enqueue_one(cfg, user)
   local record = redis.call('HGET', K_ADMITTED, user)
@@ -33,16 +34,27 @@ local function enqueue_one(cfg, user)
     return prequeue_place(cfg)
   end
 
-  local ticket = redis.call('INCR', K_SEQ)
+  local ticket
+  if cfg.sub_line then
+    if not block_open(cfg) then
+      return { 'lease' }
+    end
+    ticket = take_block_ticket(cfg)
+    save_block(cfg)
+  else
+    ticket = redis.call('INCR', K_SEQ)
+  end
   gave_tickets = ticket
   count_arrivals(cfg, 1)
   -- The line forms only when it must: with nobody waiting, a free slot and
-  -- (when the rate is limited) a token, the newcomer goes straight in.
+  -- (when the rate is limited) a token, the newcomer goes straight in. A
+  -- sub-line sees neither the other sub-lines' line nor the head's count,
+  -- so only pass-through admits there.
   local admit_now = false
   if not drawing(cfg) then
     if cfg.mode == 'pass_through' then
       admit_now = true
-    elseif cfg.mode == 'queueing' and (cfg.max_active > 0 or cfg.rate > 0)
+    elseif cfg.mode == 'queueing' and (cfg.max_active > 0 or cfg.rate > 0) and not cfg.sub_line
         and redis.call('ZCARD', K_WAITING) == 0 and free_slots(cfg) > 0 then
       admit_now = cfg.rate == 0 or take_tokens(cfg, 1) == 1
     end

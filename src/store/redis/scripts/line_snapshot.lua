@@ -6,7 +6,7 @@
 -- Returns {'ok', epoch, seq, ticket...} or {'no_queue'}; the epoch is the
 -- queue's creation time (a queue created again starts a new log).
 
-if redis.call('EXISTS', K_CONFIG) == 0 then
+if not load_config() then
   return { 'no_queue' }
 end
 local head = redis.call('HMGET', K_CONFIG, 'created_at_ms', 'log_seq')

@@ -29,17 +29,61 @@ local NOW = tonumber(ARGV[1])
 local SECOND = math.floor(NOW / 1000)
 local FLOW_SLOT = math.floor(NOW / FLOW_SLOT_MS)
 
+-- A queue over several sub-lines keeps its line in the sub-lines' slots,
+-- each with its own copy of the config (`sub_line` set), and only its
+-- head in the queue's own slot. A script written for one slot must never
+-- act on such a head's empty line, so meeting one is an error reply,
+-- whatever the script: the store then routes the call to the sub-lines or
+-- says the call is not served over them (reply.rs).
 local function load_config()
   local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admission_ttl_ms', 'created_at_ms',
     'admit_per_second', 'opens_at_ms', 'prequeue_window_ms', 'draw', 'heartbeat_timeout_ms',
-    'presence_since_ms', 'notice', 'closed_reason', 'flow_pruned_s')
+    'presence_since_ms', 'notice', 'closed_reason', 'flow_pruned_s', 'shards', 'sub_line',
+    'block_first', 'block_next', 'block_end', 'block_ms')
   if not v[1] then
     return nil
+  end
+  local sub_line = tonumber(v[15])
+  if (tonumber(v[14]) or 1) > 1 and not sub_line then
+    error({ err = 'SUBLINES the queue is kept over ' .. v[14] .. ' sub-lines' })
   end
   return { mode = v[1], max_active = tonumber(v[2]), ttl = tonumber(v[3]), epoch = tonumber(v[4]),
     rate = tonumber(v[5]), opens_at = tonumber(v[6]) or 0, window = tonumber(v[7]) or 0,
     draw = v[8] or 'none', heartbeat = tonumber(v[9]), presence_since = tonumber(v[10]) or 0,
-    notice = v[11] or '', closed_reason = v[12] or '', flow_pruned = tonumber(v[13]) or 0 }
+    notice = v[11] or '', closed_reason = v[12] or '', flow_pruned = tonumber(v[13]) or 0,
+    sub_line = sub_line, block_first = tonumber(v[16]), block_next = tonumber(v[17]) or 0,
+    block_end = tonumber(v[18]) or 0, block_ms = tonumber(v[19]) or 0 }
+end
+
+-- A sub-line's tickets come from the block it leased from the head
+-- (domain::shards): open while it has tickets left and less than TAU_MS
+-- after its lease. A join that finds it closed is answered 'lease'.
+local function block_open(cfg)
+  return cfg.block_next < cfg.block_end and NOW < cfg.block_ms + TAU_MS
+end
+
+-- Takes the block's next ticket; the caller checked it is open and saves
+-- the block (save_block) before the script ends.
+local function take_block_ticket(cfg)
+  local ticket = cfg.block_next
+  cfg.block_next = ticket + 1
+  return ticket
+end
+
+local function save_block(cfg)
+  redis.call('HSET', K_CONFIG, 'block_next', cfg.block_next)
+end
+
+-- The size of the next block (domain::shards::next_block_size): twice what
+-- the last one gave, twice its size when used up, within 1 and MAX_BLOCK.
+local function next_block_size(cfg)
+  if not cfg.block_first then
+    return 1
+  end
+  if cfg.block_next >= cfg.block_end then
+    return math.min(2 * (cfg.block_end - cfg.block_first), MAX_BLOCK)
+  end
+  return math.max(1, math.min(2 * (cfg.block_next - cfg.block_first), MAX_BLOCK))
 end
 
 local function drawing(cfg)

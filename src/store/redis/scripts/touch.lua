@@ -5,6 +5,8 @@
 -- were released are not brought back. GT: a sign of life recorded late (an
 -- instance's batch of them) never moves a newer one back.
 
+-- Read only to be refused on the head of a queue over sub-lines.
+load_config()
 local touched = 0
 for i = 2, #ARGV, 1000 do
   local args = { K_SEEN, 'XX', 'GT', 'CH' }

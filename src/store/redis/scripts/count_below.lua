@@ -1,0 +1,12 @@
+-- Count below: for a queue over several sub-lines, this sub-line's part
+-- of each position and of the line's length. A position is the waiting
+-- tickets at or below one's own, summed over the sub-lines.
+-- KEYS: the sub-line's keys (prelude). ARGV: now, ticket...
+-- Returns {'ok', in line, count at or below each ticket...}.
+
+local out = { 'ok', redis.call('ZCARD', K_WAITING) + redis.call('ZCARD', K_PREQUEUE)
+  + redis.call('ZCARD', K_POOL) }
+for i = 2, #ARGV do
+  out[#out + 1] = redis.call('ZCOUNT', K_WAITING, '-inf', ARGV[i])
+end
+return out

@@ -1,0 +1,519 @@
+//! A queue over several sub-lines (`Queue.shards` above 1): a head in the
+//! queue's own slot (`{sale}`: the config, the ticket sequence, the recent
+//! leases) and each sub-line in a slot of its own (`{sale~0}`, …) with the
+//! per-line keys of a one-slot queue and a copy of the config that also
+//! holds the sub-line's block of tickets (`docs/design.md`, "One sale over
+//! several Redis slots").
+//!
+//! A user's calls go to their sub-line (`domain::shards::sub_line_of`), so
+//! a repeat join finds them in one slot. A join takes its ticket from the
+//! sub-line's block; a sub-line whose block is closed answers "lease", and
+//! the caller leases a block from the head, installs it and calls again. A
+//! position is the waiting tickets at or below one's own summed over the
+//! sub-lines, read once the whole call is done, as the memory store counts
+//! it.
+//!
+//! Served over sub-lines so far: joins, lookups, leaves, presence and the
+//! copy's reads. Every other call meets the head's config, which a
+//! one-slot script refuses (`prelude.lua`), so it fails rather than act on
+//! the head's empty line.
+//!
+//! One-slot queues pay nothing for this: their calls go to their slot as
+//! before, and only a call refused because the queue is kept over
+//! sub-lines reads the layout (then kept for [`FRESH`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use super::breaker::{Breaker, SUB_LINES, bounded, guard};
+use super::keys::{self, QUEUE_KEYS};
+use super::lua::Scripts;
+use super::reply::{Reply, bad_reply, parse_enqueued_first, parse_place};
+use super::topology::Connector;
+use crate::domain::shards::sub_line_of;
+use crate::domain::{Place, PlaceState, QueueId, UserId};
+use crate::{Error, Result};
+
+/// How long a queue's layout is trusted before it is read again. A queue
+/// deleted and made again under its name with another number of sub-lines
+/// is therefore served by its old layout for at most this long, which
+/// answers `UNAVAILABLE` (a retry) or "no such queue".
+pub(super) const FRESH: Duration = Duration::from_secs(1);
+
+/// Most leases one call takes for one sub-line before giving up: each
+/// lease at least doubles the block, so a call of 256 users needs at most
+/// nine.
+const MAX_LEASES: usize = 16;
+
+/// Where a queue over sub-lines keeps each of them.
+#[derive(Clone, Debug)]
+pub(super) struct Layout {
+    pub(super) shards: u32,
+    /// Each sub-line's hash tag.
+    tags: Vec<String>,
+}
+
+impl Layout {
+    pub(super) fn sub_line(&self, user: &UserId) -> usize {
+        sub_line_of(user.as_str(), self.shards) as usize
+    }
+
+    pub(super) fn keys(&self, prefix: &str, sub_line: usize) -> Result<[String; QUEUE_KEYS]> {
+        self.tags
+            .get(sub_line)
+            .map(|tag| keys::tagged_keys(prefix, tag))
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "sub-line {sub_line} asked of a queue of {}",
+                    self.shards
+                ))
+            })
+    }
+
+    /// The tags a queue of `shards` sub-lines is made with. One node (or
+    /// a Cluster whose slot map is not consulted yet) takes the plain tags.
+    pub(super) fn new(queue: &QueueId, shards: u32) -> Self {
+        Self {
+            shards,
+            tags: crate::domain::shards::sub_line_tags(queue.as_str(), shards, |_| 0),
+        }
+    }
+
+    /// The head's config fields naming the sub-lines.
+    pub(super) fn head_field(&self) -> String {
+        self.tags.join(",")
+    }
+
+    fn parse(shards: u32, field: &str) -> Result<Self> {
+        let tags: Vec<String> = field.split(',').map(str::to_owned).collect();
+        if tags.len() != shards as usize {
+            return Err(bad_reply("the head's sub-lines do not match its shards"));
+        }
+        Ok(Self { shards, tags })
+    }
+}
+
+/// The layouts of queues kept over sub-lines, as last read.
+#[derive(Default)]
+pub(super) struct Layouts {
+    known: Mutex<HashMap<QueueId, (Instant, Arc<Layout>)>>,
+}
+
+impl Layouts {
+    /// The queue's layout if it was read less than [`FRESH`] ago.
+    pub(super) fn known(&self, queue: &QueueId) -> Option<Arc<Layout>> {
+        let known = self.known.lock().ok()?;
+        let (read, layout) = known.get(queue)?;
+        (read.elapsed() < FRESH).then(|| Arc::clone(layout))
+    }
+
+    pub(super) fn forget(&self, queue: &QueueId) {
+        if let Ok(mut known) = self.known.lock() {
+            known.remove(queue);
+        }
+    }
+
+    fn keep(&self, queue: &QueueId, layout: Arc<Layout>) {
+        if let Ok(mut known) = self.known.lock() {
+            known.retain(|_, (read, _)| read.elapsed() < FRESH);
+            known.insert(queue.clone(), (Instant::now(), layout));
+        }
+    }
+}
+
+/// What calls on a queue's sub-lines need: a connection, the scripts and
+/// the key prefix.
+pub(super) struct SubLineLink<'a> {
+    pub(super) queue: &'a QueueId,
+    pub(super) prefix: &'a str,
+    pub(super) connector: &'a Connector,
+    pub(super) scripts: &'a Scripts,
+    pub(super) timeout: Duration,
+    pub(super) breaker: &'a Arc<Breaker>,
+    pub(super) layouts: &'a Layouts,
+}
+
+/// Whether a call was refused because the queue is kept over sub-lines.
+fn over_sub_lines(error: &Error) -> bool {
+    matches!(error, Error::Internal(message) if message.starts_with(SUB_LINES))
+}
+
+/// Runs a call the store serves over sub-lines: `over` with the queue's
+/// layout when it is known to be kept over sub-lines, else `one_slot`, and
+/// `over` after all when the one slot turns out to be a head. A known
+/// layout whose sub-lines are gone (the queue made again in one slot) is
+/// forgotten, and the call goes to the one slot.
+pub(super) async fn routed<T, O, OF, S, SF>(
+    link: &SubLineLink<'_>,
+    one_slot: O,
+    over: S,
+) -> Result<T>
+where
+    O: FnOnce() -> OF,
+    OF: Future<Output = Result<T>>,
+    S: Fn(Arc<Layout>) -> SF,
+    SF: Future<Output = Result<T>>,
+{
+    if let Some(layout) = link.layouts.known(link.queue) {
+        match over(layout).await {
+            Err(Error::QueueNotFound(_)) => link.layouts.forget(link.queue),
+            answer => return answer,
+        }
+    }
+    match one_slot().await {
+        Err(error) if over_sub_lines(&error) => over(link.layout().await?).await,
+        answer => answer,
+    }
+}
+
+impl SubLineLink<'_> {
+    async fn value(&self, operation: &'static str, call: ScriptCall<'_>) -> Result<Value> {
+        let mut conn = self
+            .connector
+            .connection(self.timeout, self.breaker)
+            .await?;
+        let mut invocation = call.script.prepare_invoke();
+        for key in call.keys {
+            invocation.key(key);
+        }
+        invocation.arg(call.now_ms);
+        for arg in call.args {
+            invocation.arg(arg);
+        }
+        bounded(
+            operation,
+            self.timeout,
+            guard(self.breaker, self.connector, &conn, Some(self.queue)),
+            invocation.invoke_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn run(&self, operation: &'static str, call: ScriptCall<'_>) -> Result<Reply> {
+        Reply::of(self.value(operation, call).await?, self.queue)
+    }
+
+    /// The queue's layout: as known, or read from the head now.
+    pub(super) async fn layout(&self) -> Result<Arc<Layout>> {
+        if let Some(layout) = self.layouts.known(self.queue) {
+            return Ok(layout);
+        }
+        let mut conn = self
+            .connector
+            .connection(self.timeout, self.breaker)
+            .await?;
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let (created, shards, tags): (Option<String>, Option<u32>, Option<String>) = bounded(
+            "layout",
+            self.timeout,
+            guard(self.breaker, self.connector, &conn, Some(self.queue)),
+            redis::cmd("HMGET")
+                .arg(&head[0])
+                .arg("created_at_ms")
+                .arg("shards")
+                .arg("sub_lines")
+                .query_async(&mut conn),
+        )
+        .await?;
+        if created.is_none() {
+            return Err(Error::QueueNotFound(self.queue.to_string()));
+        }
+        let layout = Arc::new(match (shards.unwrap_or(1), tags) {
+            (1, _) => Layout::new(self.queue, 1),
+            (shards, Some(tags)) => Layout::parse(shards, &tags)?,
+            (_, None) => return Err(bad_reply("a head without its sub-lines")),
+        });
+        if layout.shards > 1 {
+            self.layouts.keep(self.queue, Arc::clone(&layout));
+        }
+        Ok(layout)
+    }
+
+    /// Joins `users` of a queue over sub-lines: each sub-line's users in
+    /// their order, sub-line after sub-line (0 first), then every place
+    /// read as the call left the line.
+    pub(super) async fn enqueue_many(
+        &self,
+        layout: &Layout,
+        users: &[UserId],
+        now_ms: u64,
+    ) -> Result<Vec<Result<Place>>> {
+        let mut answers: Vec<Option<Result<Place>>> = vec![None; users.len()];
+        for (sub_line, group) in by_sub_line(layout, users) {
+            let keys = layout.keys(self.prefix, sub_line)?;
+            let mut rest = group.as_slice();
+            let mut leases = 0;
+            while !rest.is_empty() {
+                let names: Vec<&str> = rest.iter().map(|&i| users[i].as_str()).collect();
+                let mut items = Reply::of(
+                    self.value(
+                        "enqueue",
+                        ScriptCall::new(&self.scripts.enqueue_many, &keys, now_ms).args(&names),
+                    )
+                    .await?,
+                    self.queue,
+                )?
+                .into_values();
+                let lease = match items.last() {
+                    Some(Value::Array(values)) if matches!(values.first(), Some(Value::BulkString(kind)) if kind == b"lease") =>
+                    {
+                        let mut reply = Reply::new(items.pop().unwrap_or(Value::Nil))?;
+                        reply.string()?;
+                        Some(reply.u64()?)
+                    }
+                    _ => None,
+                };
+                let answered = parse_enqueued_first(items, rest.len(), self.queue)?;
+                let count = answered.len();
+                for (&i, answer) in rest.iter().zip(answered) {
+                    answers[i] = Some(answer);
+                }
+                rest = &rest[count..];
+                match lease {
+                    Some(size) if !rest.is_empty() => {
+                        leases += 1;
+                        if leases > MAX_LEASES {
+                            return Err(Error::Internal(format!(
+                                "sub-line {sub_line} asked for {MAX_LEASES} leases in one call"
+                            )));
+                        }
+                        self.lease(&keys, size, now_ms).await?;
+                    }
+                    Some(_) => return Err(bad_reply("a lease asked with nobody left")),
+                    None if !rest.is_empty() => {
+                        return Err(bad_reply("enqueue answered for fewer users than asked"));
+                    }
+                    None => {}
+                }
+            }
+        }
+        let mut places: Vec<Result<Place>> = answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|| Err(bad_reply("a user left unanswered"))))
+            .collect();
+        self.read_positions(layout, places.iter_mut().flatten(), now_ms)
+            .await?;
+        Ok(places)
+    }
+
+    /// Leases a block of `size` from the head and installs it in the
+    /// sub-line whose keys are `keys`. Its τ counts from `now_ms`, the
+    /// clock the join was read at, so a block is never open longer than τ
+    /// after the joins it serves.
+    async fn lease(&self, keys: &[String; QUEUE_KEYS], size: u64, now_ms: u64) -> Result<()> {
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let leases = [keys::leases_key(self.prefix, self.queue)];
+        let size_arg = size.to_string();
+        let first = self
+            .run(
+                "lease",
+                ScriptCall::new(&self.scripts.lease, &head, now_ms)
+                    .own_keys(&leases)
+                    .args(&[size_arg.as_str()]),
+            )
+            .await?
+            .u64()?;
+        let (first_arg, end_arg, at_arg) = (
+            first.to_string(),
+            (first + size).to_string(),
+            now_ms.to_string(),
+        );
+        self.run(
+            "install_block",
+            ScriptCall::new(&self.scripts.install_block, keys, now_ms).args(&[
+                first_arg.as_str(),
+                end_arg.as_str(),
+                at_arg.as_str(),
+            ]),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Current places of `users` (`places.lua` on each sub-line), read as
+    /// one step: positions and the line's length summed over the sub-lines
+    /// after every lookup.
+    pub(super) async fn places(
+        &self,
+        layout: &Layout,
+        users: &[UserId],
+        touch: bool,
+        now_ms: u64,
+    ) -> Result<Vec<Option<Place>>> {
+        let mut answers: Vec<Option<Place>> = vec![None; users.len()];
+        let touch_arg = if touch { "1" } else { "0" };
+        for (sub_line, group) in by_sub_line(layout, users) {
+            let keys = layout.keys(self.prefix, sub_line)?;
+            for chunk in group.chunks(super::batch::PLACES_CHUNK) {
+                let mut args = vec![touch_arg];
+                args.extend(chunk.iter().map(|&i| users[i].as_str()));
+                let items = self
+                    .run(
+                        "places",
+                        ScriptCall::new(&self.scripts.places, &keys, now_ms).args(&args),
+                    )
+                    .await?
+                    .into_values();
+                if items.len() != chunk.len() {
+                    return Err(bad_reply("places answered for another number of users"));
+                }
+                for (&i, item) in chunk.iter().zip(items) {
+                    answers[i] = parse_place(item, self.queue)?;
+                }
+            }
+        }
+        self.read_positions(layout, answers.iter_mut().flatten(), now_ms)
+            .await?;
+        Ok(answers)
+    }
+
+    /// Sets every place's line length, and every waiting place's position,
+    /// to their sums over the sub-lines as they stand now.
+    async fn read_positions<'p>(
+        &self,
+        layout: &Layout,
+        places: impl Iterator<Item = &'p mut Place>,
+        now_ms: u64,
+    ) -> Result<()> {
+        let places: Vec<&mut Place> = places.collect();
+        if places.is_empty() {
+            return Ok(());
+        }
+        let tickets: Vec<String> = places.iter().map(|p| p.ticket.to_string()).collect();
+        let args: Vec<&str> = tickets.iter().map(String::as_str).collect();
+        let mut in_line = 0;
+        let mut below = vec![0u64; places.len()];
+        for sub_line in 0..layout.shards as usize {
+            let keys = layout.keys(self.prefix, sub_line)?;
+            let mut reply = self
+                .run(
+                    "count_below",
+                    ScriptCall::new(&self.scripts.count_below, &keys, now_ms).args(&args),
+                )
+                .await?;
+            in_line += reply.u64()?;
+            for count in &mut below {
+                *count += reply.u64()?;
+            }
+        }
+        for (place, below) in places.into_iter().zip(below) {
+            place.waiting_count = in_line;
+            if let PlaceState::Waiting { position } = &mut place.state {
+                *position = below;
+            }
+        }
+        Ok(())
+    }
+
+    /// A script of one sub-line with the user as its only argument
+    /// (`leave.lua`): its flag.
+    pub(super) async fn user_flag(
+        &self,
+        operation: &'static str,
+        script: &redis::Script,
+        layout: &Layout,
+        user: &UserId,
+        now_ms: u64,
+    ) -> Result<bool> {
+        let keys = layout.keys(self.prefix, layout.sub_line(user))?;
+        self.run(
+            operation,
+            ScriptCall::new(script, &keys, now_ms).args(&[user.as_str()]),
+        )
+        .await?
+        .flag()
+    }
+
+    /// Signs of life, each on the user's sub-line (`touch.lua`).
+    pub(super) async fn touch(&self, layout: &Layout, users: &[UserId], now_ms: u64) -> Result<()> {
+        for (sub_line, group) in by_sub_line(layout, users) {
+            let keys = layout.keys(self.prefix, sub_line)?;
+            for chunk in group.chunks(super::TOUCH_CHUNK) {
+                let names: Vec<&str> = chunk.iter().map(|&i| users[i].as_str()).collect();
+                self.run(
+                    "touch",
+                    ScriptCall::new(&self.scripts.touch, &keys, now_ms).args(&names),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a script of sub-line `sub_line` with `args` after the clock.
+    pub(super) async fn on_sub_line(
+        &self,
+        operation: &'static str,
+        script: &redis::Script,
+        layout: &Layout,
+        sub_line: usize,
+        args: &[&str],
+        now_ms: u64,
+    ) -> Result<Reply> {
+        let keys = layout.keys(self.prefix, sub_line)?;
+        self.run(operation, ScriptCall::new(script, &keys, now_ms).args(args))
+            .await
+    }
+
+    /// The waiting and pre-queued summed over every sub-line.
+    pub(super) async fn in_line(&self, layout: &Layout, now_ms: u64) -> Result<u64> {
+        let mut in_line = 0;
+        for sub_line in 0..layout.shards as usize {
+            let keys = layout.keys(self.prefix, sub_line)?;
+            in_line += self
+                .run(
+                    "count_below",
+                    ScriptCall::new(&self.scripts.count_below, &keys, now_ms),
+                )
+                .await?
+                .u64()?;
+        }
+        Ok(in_line)
+    }
+}
+
+/// The indexes of `users` by sub-line, in sub-line order and, within
+/// each, in the users' order.
+fn by_sub_line(layout: &Layout, users: &[UserId]) -> Vec<(usize, Vec<usize>)> {
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); layout.shards as usize];
+    for (i, user) in users.iter().enumerate() {
+        groups[layout.sub_line(user)].push(i);
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, group)| !group.is_empty())
+        .collect()
+}
+
+/// One script call: its keys, the clock and its other arguments.
+struct ScriptCall<'a> {
+    script: &'a redis::Script,
+    keys: Vec<&'a str>,
+    now_ms: u64,
+    args: Vec<&'a str>,
+}
+
+impl<'a> ScriptCall<'a> {
+    fn new(script: &'a redis::Script, keys: &'a [String; QUEUE_KEYS], now_ms: u64) -> Self {
+        Self {
+            script,
+            keys: keys.iter().map(String::as_str).collect(),
+            now_ms,
+            args: Vec::new(),
+        }
+    }
+
+    fn own_keys(mut self, keys: &'a [String]) -> Self {
+        self.keys.extend(keys.iter().map(String::as_str));
+        self
+    }
+
+    fn args(mut self, args: &[&'a str]) -> Self {
+        self.args.extend_from_slice(args);
+        self
+    }
+}
