@@ -605,7 +605,9 @@ fn random_operation_sequences_get_identical_answers_from_both_stores() {
 const CROWD: u8 = 14;
 
 /// The calls the Redis store serves over sub-lines, with the clock moved
-/// across τ (5 ms) and τ + ε (25 ms).
+/// across τ (5 ms) and τ + ε (25 ms): joins, lookups, leaves, presence,
+/// the copy's reads, admission by `AdmitBatch` and by the rate, and the
+/// admitted completing or checked.
 fn sub_line_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (0..CROWD).prop_map(Op::Enqueue),
@@ -619,6 +621,16 @@ fn sub_line_op() -> impl Strategy<Value = Op> {
         2 => (0u32..3, prop_oneof![Just(0u64), 0u64..40], prop_oneof![Just(1u32), 1u32..6, Just(u32::MAX)])
             .prop_map(|(s, after, limit)| Op::SubLineSnapshot(s, after, limit)),
         1 => (1u32..4).prop_map(Op::RecreateOver),
+        3 => (1u32..5, proptest::option::of(0u8..3)).prop_map(|(n, r)| Op::Admit(n, r)),
+        3 => (1u32..5).prop_map(Op::AdmitDue),
+        2 => (0..CROWD).prop_map(Op::Complete),
+        2 => (
+            any::<u8>(),
+            prop_oneof![4 => Just(0u8), 1 => 1u8..6],
+            proptest::option::of(0u8..3),
+            prop_oneof![Just(-1i64), Just(0), Just(1), -2_000i64..5_000],
+        )
+            .prop_map(|(pick, alter, consume, until)| Op::Check { pick, alter, consume, until }),
     ]
 }
 
@@ -637,8 +649,12 @@ fn sequences_over_sub_lines_get_identical_answers_from_both_stores() {
     });
     runner
         .run(
-            &(1u32..4, proptest::collection::vec(sub_line_op(), 1..60)),
-            |(shards, ops)| {
+            &(
+                1u32..4,
+                0u32..4,
+                proptest::collection::vec(sub_line_op(), 1..60),
+            ),
+            |(shards, rate, ops)| {
                 runtime.block_on(async {
                     let memory = MemoryStore::new();
                     let redis_store = redis.store().await.with_sub_lines();
@@ -646,6 +662,7 @@ fn sequences_over_sub_lines_get_identical_answers_from_both_stores() {
                     let mut seen = Vec::new();
                     let mut first = config(now);
                     first.shards = shards;
+                    first.admit_per_second = rate;
                     memory.create_queue(&first).await.unwrap();
                     redis_store.create_queue(&first).await.unwrap();
                     for (step, op) in ops.iter().enumerate() {

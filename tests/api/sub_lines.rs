@@ -1146,3 +1146,59 @@ async fn a_replica_follows_a_queue_made_again_with_another_number_of_sub_lines()
         assert_eq!(left.waiting_count, 5, "{shards} sub-lines");
     }
 }
+
+/// An admitter that stops after journalling its admission at the head
+/// leaves an entry the next admission finishes first: the planned users
+/// are admitted once, the next admission takes the next users, and the
+/// stopped request, retried, is answered what its entry took.
+#[tokio::test]
+async fn an_admission_left_journalled_is_finished_by_the_next_before_its_own() {
+    let redis = TestRedis::start();
+    let store = redis.store().await.with_sub_lines();
+    store.create_queue(&sharded_config(3, 0, 0)).await.unwrap();
+    let users: Vec<UserId> = (0..9).map(u).collect();
+    let mut tickets: Vec<(u64, UserId)> = Vec::new();
+    for user in &users {
+        let place = store.enqueue(&q(), user, T0).await.unwrap();
+        tickets.push((place.ticket, user.clone()));
+    }
+    tickets.sort();
+    let after = T0 + TAU_MS + SKEW_MS;
+    let stopped = RequestId::parse("stopped").unwrap();
+    store
+        .plan_admission_and_stop(&q(), 3, &stopped, after)
+        .await
+        .unwrap();
+    // Nobody is admitted yet: the entry waits at the head.
+    for (_, user) in &tickets {
+        let place = store.place(&q(), user, after).await.unwrap().unwrap();
+        assert!(
+            matches!(place.state, PlaceState::Waiting { .. }),
+            "{place:?}"
+        );
+    }
+    let next = RequestId::parse("next").unwrap();
+    let admitted = store.admit(&q(), 2, Some(&next), after).await.unwrap();
+    let names = |admitted: &[waitroom::domain::Admitted]| -> Vec<UserId> {
+        admitted.iter().map(|a| a.user.clone()).collect()
+    };
+    let expected: Vec<UserId> = tickets[3..5].iter().map(|(_, u)| u.clone()).collect();
+    assert_eq!(
+        names(&admitted),
+        expected,
+        "the next two after the planned three"
+    );
+    let retried = store.admit(&q(), 3, Some(&stopped), after).await.unwrap();
+    let planned: Vec<UserId> = tickets[..3].iter().map(|(_, u)| u.clone()).collect();
+    assert_eq!(names(&retried), planned, "the stopped request's own three");
+    for (_, user) in &tickets[..5] {
+        let place = store.place(&q(), user, after).await.unwrap().unwrap();
+        assert!(matches!(place.state, PlaceState::Admitted(_)), "{place:?}");
+    }
+    let waiting = store
+        .place(&q(), &tickets[5].1, after)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(waiting.state, PlaceState::Waiting { position: 1 });
+}

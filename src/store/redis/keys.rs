@@ -111,9 +111,15 @@ pub(super) fn instances_key(prefix: &str) -> String {
 /// (ms), and the hash of the request that consumed each. Not among the
 /// queue's keys: deleting a queue leaves its tokens consumed.
 pub(super) fn used_tokens_keys(prefix: &str, queue: &QueueId) -> [String; 2] {
+    tagged_used_tokens_keys(prefix, queue.as_str())
+}
+
+/// The same under another hash tag: a sub-line's, whose admissions it
+/// keeps.
+pub(super) fn tagged_used_tokens_keys(prefix: &str, tag: &str) -> [String; 2] {
     [
-        format!("{prefix}:{{{queue}}}:used"),
-        format!("{prefix}:{{{queue}}}:used_by"),
+        format!("{prefix}:{{{tag}}}:used"),
+        format!("{prefix}:{{{tag}}}:used_by"),
     ]
 }
 

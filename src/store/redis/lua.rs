@@ -35,6 +35,11 @@ pub(super) struct Scripts {
     pub(super) lease: Script,
     pub(super) install_block: Script,
     pub(super) count_below: Script,
+    pub(super) admission_head: Script,
+    pub(super) admission_front: Script,
+    pub(super) admission_pop: Script,
+    pub(super) head_sample: Script,
+    pub(super) used_token: Script,
 }
 
 /// Shared by the enqueue scripts (and the benchmark's own).
@@ -89,6 +94,11 @@ impl Scripts {
             lease: with_prelude(include_str!("scripts/lease.lua")),
             install_block: with_prelude(include_str!("scripts/install_block.lua")),
             count_below: with_prelude(include_str!("scripts/count_below.lua")),
+            admission_head: with_prelude(include_str!("scripts/admission_head.lua")),
+            admission_front: with_prelude(include_str!("scripts/admission_front.lua")),
+            admission_pop: with_prelude(include_str!("scripts/admission_pop.lua")),
+            head_sample: with_prelude(include_str!("scripts/head_sample.lua")),
+            used_token: Script::new(include_str!("scripts/used_token.lua")),
         }
     }
 }

@@ -168,7 +168,8 @@ impl RedisStore {
     }
 
     /// Lets queues be made over several sub-lines, of which this store
-    /// serves joins, lookups, leaves, presence and the copy's reads so far.
+    /// serves joins, lookups, leaves, presence, the copy's reads and
+    /// admission so far.
     #[cfg(feature = "testkit")]
     pub fn with_sub_lines(mut self) -> Self {
         self.sub_lines = true;
@@ -198,6 +199,62 @@ impl RedisStore {
     #[cfg(feature = "testkit")]
     pub fn queue_keys(&self, queue: &QueueId) -> [String; keys::QUEUE_KEYS] {
         self.keys(queue)
+    }
+
+    /// Journals an admission of up to `max_count` of a queue over
+    /// sub-lines under `request` at the head, and stops there, as a
+    /// replica that stops before its pops leaves it: the next admission
+    /// must finish it first.
+    #[cfg(feature = "testkit")]
+    pub async fn plan_admission_and_stop(
+        &self,
+        queue: &QueueId,
+        max_count: u32,
+        request: &RequestId,
+        now_ms: u64,
+    ) -> Result<()> {
+        let link = self.link(queue);
+        let layout = link.layout().await?;
+        link.admit_until(
+            &layout,
+            max_count,
+            Some(request),
+            false,
+            now_ms,
+            sub_lines::Until::Planned,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A step of `used_token.lua` on the queue's consumed token ids:
+    /// `None` when the token is not consumed and the step only looked.
+    async fn used_token(
+        &self,
+        queue: &QueueId,
+        step: &str,
+        check: &AdmissionCheck,
+        consume: &crate::domain::Consume,
+        now_ms: u64,
+    ) -> Result<Option<AdmissionStatus>> {
+        let mut invocation = self.scripts.used_token.prepare_invoke();
+        for key in keys::used_tokens_keys(&self.prefix, queue) {
+            invocation.key(key);
+        }
+        invocation
+            .arg(now_ms)
+            .arg(step)
+            .arg(&check.token_id)
+            .arg(consume.request.as_str())
+            .arg(consume.remember_until_ms);
+        let status = self
+            .run("check_admission", queue, &invocation)
+            .await?
+            .string()?;
+        match status.as_str() {
+            "none" => Ok(None),
+            other => admission_status(other).map(Some),
+        }
     }
 }
 
@@ -522,9 +579,12 @@ impl QueueStore for RedisStore {
                     .await?;
                 let mut changes = read_changes(reply, layout.shards)?;
                 // The summary is the queue's: everyone in line, over every
-                // sub-line.
+                // sub-line, and the admissions the head counts.
                 let in_line = link.in_line(&layout, now_ms).await?;
                 changes.summary.waiting = in_line.saturating_sub(changes.summary.prequeued);
+                link.head_sample(now_ms)
+                    .await?
+                    .apply(&mut changes.summary.rate);
                 Ok(changes)
             },
         )
@@ -567,12 +627,20 @@ impl QueueStore for RedisStore {
         request: Option<&RequestId>,
         now_ms: u64,
     ) -> Result<Vec<Admitted>> {
-        let mut invocation = self.invocation(&self.scripts.admit, queue, now_ms);
-        invocation
-            .arg(max_count)
-            .arg(request.map_or("", RequestId::as_str))
-            .arg(request.map_or(0, super::batch_result_ttl_ms));
-        parse_admitted(self.run("admit", queue, &invocation).await?)
+        let link = &self.link(queue);
+        routed(
+            link,
+            || async {
+                let mut invocation = self.invocation(&self.scripts.admit, queue, now_ms);
+                invocation
+                    .arg(max_count)
+                    .arg(request.map_or("", RequestId::as_str))
+                    .arg(request.map_or(0, super::batch_result_ttl_ms));
+                parse_admitted(self.run("admit", queue, &invocation).await?)
+            },
+            |layout| async move { link.admit(&layout, max_count, request, false, now_ms).await },
+        )
+        .await
     }
 
     async fn admit_due(
@@ -581,9 +649,17 @@ impl QueueStore for RedisStore {
         max_count: u32,
         now_ms: u64,
     ) -> Result<Vec<Admitted>> {
-        let mut invocation = self.invocation(&self.scripts.admit_due, queue, now_ms);
-        invocation.arg(max_count);
-        parse_admitted(self.run("admit_due", queue, &invocation).await?)
+        let link = &self.link(queue);
+        routed(
+            link,
+            || async {
+                let mut invocation = self.invocation(&self.scripts.admit_due, queue, now_ms);
+                invocation.arg(max_count);
+                parse_admitted(self.run("admit_due", queue, &invocation).await?)
+            },
+            |layout| async move { link.admit(&layout, max_count, None, true, now_ms).await },
+        )
+        .await
     }
 
     async fn admit_users(
@@ -612,9 +688,20 @@ impl QueueStore for RedisStore {
     }
 
     async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
-        let mut invocation = self.invocation(&self.scripts.complete, queue, now_ms);
-        invocation.arg(user.as_str());
-        self.run("complete", queue, &invocation).await?.flag()
+        let link = &self.link(queue);
+        routed(
+            link,
+            || async {
+                let mut invocation = self.invocation(&self.scripts.complete, queue, now_ms);
+                invocation.arg(user.as_str());
+                self.run("complete", queue, &invocation).await?.flag()
+            },
+            |layout| async move {
+                link.user_flag("complete", &self.scripts.complete, &layout, user, now_ms)
+                    .await
+            },
+        )
+        .await
     }
 
     async fn check_admission(
@@ -623,37 +710,73 @@ impl QueueStore for RedisStore {
         check: &AdmissionCheck,
         now_ms: u64,
     ) -> Result<AdmissionStatus> {
-        let mut invocation = self.invocation(&self.scripts.check_admission, queue, now_ms);
-        for key in keys::used_tokens_keys(&self.prefix, queue) {
-            invocation.key(key);
-        }
-        invocation
-            .arg(check.user.as_str())
-            .arg(&check.token_id)
-            .arg(check.queue_epoch_ms)
-            .arg(check.ticket)
-            .arg(
-                check
-                    .admitted_at_ms
-                    .map_or(String::new(), |at| at.to_string()),
-            );
+        let mut args = vec![
+            check.user.as_str().to_owned(),
+            check.token_id.clone(),
+            check.queue_epoch_ms.to_string(),
+            check.ticket.to_string(),
+            check
+                .admitted_at_ms
+                .map_or(String::new(), |at| at.to_string()),
+        ];
         match &check.consume {
-            Some(consume) => invocation
-                .arg(1)
-                .arg(consume.remember_until_ms)
-                .arg(consume.request.as_str()),
-            None => invocation.arg(0).arg(0).arg(""),
-        };
-        let status = self
-            .run("check_admission", queue, &invocation)
-            .await?
-            .string()?;
-        match status.as_str() {
-            "held" => Ok(AdmissionStatus::Held),
-            "used" => Ok(AdmissionStatus::Used),
-            "revoked" => Ok(AdmissionStatus::Revoked),
-            other => Err(bad_reply(other)),
+            Some(consume) => args.extend([
+                "1".to_owned(),
+                consume.remember_until_ms.to_string(),
+                consume.request.as_str().to_owned(),
+            ]),
+            None => args.extend(["0".to_owned(), "0".to_owned(), String::new()]),
         }
+        let args = &args;
+        routed(
+            &self.link(queue),
+            || {
+                check_in_with(
+                    self,
+                    queue,
+                    self.keys(queue),
+                    keys::used_tokens_keys(&self.prefix, queue),
+                    args,
+                    now_ms,
+                )
+            },
+            |layout| async move {
+                // The admission is checked in the user's sub-line; the
+                // token ids consumed are the queue's, under its own tag,
+                // before and after (the first request to record one
+                // consumed it).
+                let consume = check.consume.as_ref();
+                if let Some(consume) = consume {
+                    match self
+                        .used_token(queue, "seen", check, consume, now_ms)
+                        .await?
+                    {
+                        None => {}
+                        Some(status) => return Ok(status),
+                    }
+                }
+                let tag = layout.tag(layout.sub_line(&check.user))?;
+                let mut held_args = args[..5].to_vec();
+                held_args.extend(["0".to_owned(), "0".to_owned(), String::new()]);
+                let status = check_in_with(
+                    self,
+                    queue,
+                    keys::tagged_keys(&self.prefix, tag),
+                    keys::tagged_used_tokens_keys(&self.prefix, tag),
+                    &held_args,
+                    now_ms,
+                )
+                .await?;
+                match (status, consume) {
+                    (AdmissionStatus::Held, Some(consume)) => Ok(self
+                        .used_token(queue, "record", check, consume, now_ms)
+                        .await?
+                        .unwrap_or(AdmissionStatus::Held)),
+                    (status, _) => Ok(status),
+                }
+            },
+        )
+        .await
     }
 
     async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats> {
@@ -739,6 +862,40 @@ impl QueueStore for RedisStore {
             .command("info", redis::cmd("INFO").arg("memory"))
             .await?;
         Ok(eviction::problem(&info))
+    }
+}
+
+/// Runs `check_admission.lua` on `keys` (a queue's one slot or a user's
+/// sub-line) with the used-token keys `used`.
+async fn check_in_with(
+    store: &RedisStore,
+    queue: &QueueId,
+    keys: [String; keys::QUEUE_KEYS],
+    used: [String; 2],
+    args: &[String],
+    now_ms: u64,
+) -> Result<AdmissionStatus> {
+    let mut invocation = store.scripts.check_admission.prepare_invoke();
+    for key in keys.iter().chain(&used) {
+        invocation.key(key);
+    }
+    invocation.arg(now_ms);
+    for arg in args {
+        invocation.arg(arg);
+    }
+    let status = store
+        .run("check_admission", queue, &invocation)
+        .await?
+        .string()?;
+    admission_status(&status)
+}
+
+fn admission_status(status: &str) -> Result<AdmissionStatus> {
+    match status {
+        "held" => Ok(AdmissionStatus::Held),
+        "used" => Ok(AdmissionStatus::Used),
+        "revoked" => Ok(AdmissionStatus::Revoked),
+        other => Err(bad_reply(other)),
     }
 }
 

@@ -13,8 +13,9 @@
 //! sub-lines, read once the whole call is done, as the memory store counts
 //! it.
 //!
-//! Served over sub-lines so far: joins, lookups, leaves, presence and the
-//! copy's reads. Every other call meets the head's config, which a
+//! Served over sub-lines so far: joins, lookups, leaves, presence, the
+//! copy's reads, admission (`AdmitBatch` and the rate's admitter, through
+//! the head's journal), completions and checks of admissions. Every other call meets the head's config, which a
 //! one-slot script refuses (`prelude.lua`), so it fails rather than act on
 //! the head's empty line.
 //!
@@ -31,10 +32,12 @@ use redis::Value;
 use super::breaker::{Breaker, SUB_LINES, bounded, guard};
 use super::keys::{self, QUEUE_KEYS};
 use super::lua::Scripts;
-use super::reply::{Reply, bad_reply, parse_enqueued_first, parse_place};
+use super::reply::{Reply, bad_reply, parse_admitted, parse_enqueued_first, parse_place};
 use super::topology::Connector;
 use crate::domain::shards::sub_line_of;
-use crate::domain::{Place, PlaceState, QueueId, UserId};
+use crate::domain::{
+    Admission, Admitted, Place, PlaceState, QueueId, RateSample, RequestId, UserId,
+};
 use crate::{Error, Result};
 
 /// How long a queue's layout is trusted before it is read again. A queue
@@ -47,6 +50,15 @@ pub(super) const FRESH: Duration = Duration::from_secs(1);
 /// lease at least doubles the block, so a call of 256 users needs at most
 /// nine.
 const MAX_LEASES: usize = 16;
+
+/// Most times an admission starts again because another came between its
+/// reads and its plan, or finishes another's entry first.
+const MAX_ATTEMPTS: usize = 8;
+
+/// How long a sub-line keeps what an admission entry's pop took, for a
+/// replay by the next admitter: far longer than any admitter takes to
+/// settle an entry it planned.
+const POP_KEEP_MS: u64 = 600_000;
 
 /// Where a queue over sub-lines keeps each of them.
 #[derive(Clone, Debug)]
@@ -62,15 +74,17 @@ impl Layout {
     }
 
     pub(super) fn keys(&self, prefix: &str, sub_line: usize) -> Result<[String; QUEUE_KEYS]> {
-        self.tags
-            .get(sub_line)
-            .map(|tag| keys::tagged_keys(prefix, tag))
-            .ok_or_else(|| {
-                Error::Internal(format!(
-                    "sub-line {sub_line} asked of a queue of {}",
-                    self.shards
-                ))
-            })
+        Ok(keys::tagged_keys(prefix, self.tag(sub_line)?))
+    }
+
+    /// Sub-line `sub_line`'s hash tag.
+    pub(super) fn tag(&self, sub_line: usize) -> Result<&str> {
+        self.tags.get(sub_line).map(String::as_str).ok_or_else(|| {
+            Error::Internal(format!(
+                "sub-line {sub_line} asked of a queue of {}",
+                self.shards
+            ))
+        })
     }
 
     /// The tags a queue of `shards` sub-lines is made with. One node (or
@@ -299,6 +313,195 @@ impl SubLineLink<'_> {
         Ok(places)
     }
 
+    /// An admission over sub-lines (`AdmitBatch` with `due` false, the
+    /// rate's admitter with `due` true), journalled at the head
+    /// (`admission_head.lua`): an entry left unsettled by another admitter
+    /// is finished first; the sub-lines' fronts give the cutoff; the pops
+    /// take everyone at or below it; the head settles it.
+    pub(super) async fn admit(
+        &self,
+        layout: &Layout,
+        max_count: u32,
+        request: Option<&RequestId>,
+        due: bool,
+        now_ms: u64,
+    ) -> Result<Vec<Admitted>> {
+        self.admit_until(layout, max_count, request, due, now_ms, Until::Settled)
+            .await
+    }
+
+    /// [`Self::admit`], stopped where `until` says: a replica that stops
+    /// after journalling its entry, for the test of the next admitter.
+    pub(super) async fn admit_until(
+        &self,
+        layout: &Layout,
+        max_count: u32,
+        request: Option<&RequestId>,
+        due: bool,
+        now_ms: u64,
+        until: Until,
+    ) -> Result<Vec<Admitted>> {
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let leases = [keys::leases_key(self.prefix, self.queue)];
+        let request_arg = request.map_or("", RequestId::as_str);
+        let keep = request
+            .map_or(0, crate::store::batch_result_ttl_ms)
+            .to_string();
+        let due_arg = if due { "1" } else { "0" };
+        for _ in 0..MAX_ATTEMPTS {
+            let mut reply = self
+                .run(
+                    "admit",
+                    ScriptCall::new(&self.scripts.admission_head, &head, now_ms)
+                        .own_keys(&leases)
+                        .args(&["begin", request_arg, due_arg]),
+                )
+                .await?;
+            match reply.string()?.as_str() {
+                "done" => return parse_admitted(reply),
+                "finish" => {
+                    let (id, cutoff, ttl) = (reply.string()?, reply.string()?, reply.string()?);
+                    self.pops(layout, &id, &cutoff, &ttl, now_ms).await?;
+                    continue;
+                }
+                "plan" => {}
+                other => return Err(bad_reply(other)),
+            }
+            let version = reply.string()?;
+            let watermark = reply.string()?;
+            let limit = max_count.to_string();
+            let mut active = 0;
+            let mut below = Vec::new();
+            for sub_line in 0..layout.shards as usize {
+                let mut front = self
+                    .on_sub_line(
+                        "admit",
+                        &self.scripts.admission_front,
+                        layout,
+                        sub_line,
+                        &[watermark.as_str(), limit.as_str()],
+                        now_ms,
+                    )
+                    .await?;
+                active += front.u64()?;
+                while front.remaining() > 0 {
+                    below.push(front.u64()?);
+                }
+            }
+            below.sort_unstable();
+            below.truncate(max_count as usize);
+            let id = match request {
+                Some(request) => request.as_str().to_owned(),
+                None => format!("due:{}", crate::domain::instance_id()),
+            };
+            let (active, below): (String, Vec<String>) = (
+                active.to_string(),
+                below.iter().map(u64::to_string).collect(),
+            );
+            let mut args = vec![
+                "plan",
+                version.as_str(),
+                active.as_str(),
+                limit.as_str(),
+                due_arg,
+                id.as_str(),
+                request_arg,
+                keep.as_str(),
+            ];
+            args.extend(below.iter().map(String::as_str));
+            let mut plan = self
+                .run(
+                    "admit",
+                    ScriptCall::new(&self.scripts.admission_head, &head, now_ms)
+                        .own_keys(&leases)
+                        .args(&args),
+                )
+                .await?;
+            match plan.string()?.as_str() {
+                "again" => continue,
+                "plan" => {}
+                other => return Err(bad_reply(other)),
+            }
+            let room = plan.u64()?;
+            let (cutoff, ttl) = (plan.string()?, plan.string()?);
+            if room == 0 {
+                return Ok(Vec::new());
+            }
+            if until == Until::Planned {
+                return Ok(Vec::new());
+            }
+            return self.pops(layout, &id, &cutoff, &ttl, now_ms).await;
+        }
+        Err(Error::Unavailable(format!(
+            "{MAX_ATTEMPTS} admissions of this queue came between the reads of this one"
+        )))
+    }
+
+    /// Runs an admission entry's pops on every sub-line (each taking
+    /// everyone waiting at or below `cutoff`, or answering what it took
+    /// before under `id`), then settles the entry at the head: everyone
+    /// admitted, in ticket order.
+    async fn pops(
+        &self,
+        layout: &Layout,
+        id: &str,
+        cutoff: &str,
+        ttl: &str,
+        now_ms: u64,
+    ) -> Result<Vec<Admitted>> {
+        let keep = POP_KEEP_MS.to_string();
+        let mut taken: Vec<(String, u64, u64, u64)> = Vec::new();
+        for sub_line in 0..layout.shards as usize {
+            let mut pop = self
+                .on_sub_line(
+                    "admit",
+                    &self.scripts.admission_pop,
+                    layout,
+                    sub_line,
+                    &[id, cutoff, ttl, keep.as_str()],
+                    now_ms,
+                )
+                .await?;
+            while pop.remaining() > 0 {
+                taken.push((pop.string()?, pop.u64()?, pop.u64()?, pop.u64()?));
+            }
+        }
+        taken.sort_by_key(|&(_, ticket, _, _)| ticket);
+        let numbers: Vec<[String; 3]> = taken
+            .iter()
+            .map(|(_, t, at, until)| [t.to_string(), at.to_string(), until.to_string()])
+            .collect();
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let leases = [keys::leases_key(self.prefix, self.queue)];
+        let mut args = vec!["settle", id];
+        for ((user, ..), [ticket, at, until]) in taken.iter().zip(&numbers) {
+            args.extend([user.as_str(), ticket.as_str(), at.as_str(), until.as_str()]);
+        }
+        let queue_epoch_ms = self
+            .run(
+                "admit",
+                ScriptCall::new(&self.scripts.admission_head, &head, now_ms)
+                    .own_keys(&leases)
+                    .args(&args),
+            )
+            .await?
+            .u64()?;
+        taken
+            .into_iter()
+            .map(|(user, ticket, admitted_at_ms, expires_at_ms)| {
+                Ok(Admitted {
+                    user: UserId::parse(&user).map_err(|e| bad_reply(&e))?,
+                    admission: Admission {
+                        ticket,
+                        admitted_at_ms,
+                        expires_at_ms,
+                        queue_epoch_ms,
+                    },
+                })
+            })
+            .collect()
+    }
+
     /// Leases a block of `size` from the head and installs it in the
     /// sub-line whose keys are `keys`. Its τ counts from `now_ms`, the
     /// clock the join was read at, so a block is never open longer than τ
@@ -399,13 +602,32 @@ impl SubLineLink<'_> {
                 *count += reply.u64()?;
             }
         }
+        let sample = self.head_sample(now_ms).await?;
         for (place, below) in places.into_iter().zip(below) {
+            sample.apply(&mut place.rate);
             place.waiting_count = in_line;
             if let PlaceState::Waiting { position } = &mut place.state {
                 *position = below;
             }
         }
         Ok(())
+    }
+
+    /// The admission rate the head counts, for what the sub-lines answer.
+    pub(super) async fn head_sample(&self, now_ms: u64) -> Result<HeadSample> {
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let mut reply = self
+            .run(
+                "head_sample",
+                ScriptCall::new(&self.scripts.head_sample, &head, now_ms),
+            )
+            .await?;
+        Ok(HeadSample {
+            admitted: reply.u64()?,
+            span_ms: reply.u64()?,
+            recent: reply.u64()?,
+            abandoned: reply.u64()?,
+        })
     }
 
     /// A script of one sub-line with the user as its only argument
@@ -472,6 +694,36 @@ impl SubLineLink<'_> {
                 .u64()?;
         }
         Ok(in_line)
+    }
+}
+
+/// How far an admission goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Until {
+    /// To its end: the pops made and the entry settled.
+    Settled,
+    /// Only to its entry journalled at the head, as a replica that stops
+    /// there leaves it.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
+    Planned,
+}
+
+/// The admission rate a queue over sub-lines counts at its head.
+pub(super) struct HeadSample {
+    admitted: u64,
+    span_ms: u64,
+    recent: u64,
+    abandoned: u64,
+}
+
+impl HeadSample {
+    /// Puts the head's counts in a sample a sub-line answered (its
+    /// configured rate is the queue's own).
+    pub(super) fn apply(&self, rate: &mut RateSample) {
+        rate.admitted = self.admitted;
+        rate.span_ms = self.span_ms;
+        rate.recent = self.recent;
+        rate.abandoned = self.abandoned;
     }
 }
 

@@ -401,16 +401,13 @@ local function admit_user(cfg, user, ticket)
   return expires
 end
 
--- Admits up to `room` waiting users, lowest tickets first; returns the flat
--- list user, ticket, admitted at, expires at, ... appended to `out`.
-local function admit_next(cfg, room, out)
-  if room <= 0 then
-    return out
-  end
-  local popped = redis.call('ZPOPMIN', K_WAITING, room)
+-- Admits the users of `taken` (user, ticket, ...: lowest first, already
+-- out of the waiting set) and logs their leaving the line; appends user,
+-- ticket, admitted at, expires at, ... to `out`. Returns their tickets.
+local function admit_taken(cfg, taken, out)
   local left, tickets = {}, {}
-  for i = 1, #popped, 2 do
-    local user, ticket = popped[i], tonumber(popped[i + 1])
+  for i = 1, #taken, 2 do
+    local user, ticket = taken[i], tonumber(taken[i + 1])
     left[#left + 1] = { 'l', ticket, 1 }
     tickets[#tickets + 1] = ticket
     local expires = admit_user(cfg, user, ticket)
@@ -420,7 +417,17 @@ local function admit_next(cfg, room, out)
     out[#out + 1] = expires
   end
   log_events(left)
-  record_admissions(#popped / 2)
+  return tickets
+end
+
+-- Admits up to `room` waiting users, lowest tickets first; returns the flat
+-- list user, ticket, admitted at, expires at, ... appended to `out`.
+local function admit_next(cfg, room, out)
+  if room <= 0 then
+    return out
+  end
+  local tickets = admit_taken(cfg, redis.call('ZPOPMIN', K_WAITING, room), out)
+  record_admissions(#tickets)
   count_waited(cfg, tickets)
   return out
 end

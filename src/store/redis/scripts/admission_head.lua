@@ -1,0 +1,148 @@
+-- Admission head: the head's part of an admission over sub-lines
+-- (`AdmitBatch` and the rate's admitter; docs/design.md, "Admission
+-- exactly once"). An admission is one entry journalled at the head between
+-- its plan and its settling: the next admitter finishes an entry left
+-- unsettled (its replica stopped) before planning its own, so admissions
+-- are one at a time per queue and none is left half-done.
+-- KEYS: the head's keys (prelude), then its leases (lease.lua).
+-- ARGV: now, step, then by step:
+--   'begin', request id ('' for none), due (1 for the rate's admitter):
+--     {'ok', 'done', epoch, user, ticket, admitted at, expires at, ...}
+--     (a request answered before, or a due step with nothing to do),
+--     {'ok', 'finish', entry id, cutoff, admission ttl, request id, keep
+--     ms} (an unsettled entry: finish it first), or {'ok', 'plan',
+--     version, watermark}; or {'paused'} / {'closed', reason} /
+--     {'no_queue'}. Numbers the caller passes back are answered as text.
+--   'plan', version, in line and active (summed over the sub-lines by
+--     the caller just now, after version was read), max count, due,
+--     entry id, request id, keep ms, then the lowest waiting tickets
+--     below the watermark over all sub-lines, ascending:
+--     {'ok', 'again'} (another admission came between), or
+--     {'ok', 'plan', n, cutoff, admission ttl}: admit everyone waiting
+--     at or below the cutoff (n of them as read), then settle.
+--   'settle', entry id, then user, ticket, admitted at, expires at, ...
+--     of everyone its pops took: counts them, keeps the result under the
+--     entry's request id, and ends the entry (nothing when another
+--     admitter settled it first). {'ok', epoch}.
+
+local leases = KEYS[OWN]
+if redis.call('EXISTS', K_CONFIG) == 0 then
+  return { 'no_queue' }
+end
+local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admit_per_second', 'created_at_ms',
+  'closed_reason', 'admission_ttl_ms', 'admit_version', 'admitting', 'admitting_cutoff',
+  'admitting_request', 'admitting_keep')
+local cfg = { mode = v[1], max_active = tonumber(v[2]), rate = tonumber(v[3]), epoch = tonumber(v[4]),
+  closed_reason = v[5] or '', ttl = tonumber(v[6]) }
+local version = tonumber(v[7]) or 0
+local step = ARGV[2]
+
+local function forget_lapsed_results()
+  local lapsed = redis.call('ZRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+  remove_all('HDEL', K_BATCHES, lapsed)
+  redis.call('ZREMRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+end
+
+-- The lowest ticket a join may still be given (domain::shards::Head::
+-- watermark): leases older than τ + ε are dropped, oldest first, up to
+-- the first that is not; the lowest first ticket of those left, or the
+-- next ticket when none is.
+local function watermark()
+  local recent = redis.call('ZRANGE', leases, 0, -1)
+  for _, lease in ipairs(recent) do
+    local first, leased_at = string.match(lease, '^(%d+):(%d+)$')
+    if tonumber(leased_at) + TAU_MS + SKEW_MS > NOW then
+      return tonumber(first)
+    end
+    redis.call('ZREM', leases, lease)
+  end
+  return (tonumber(redis.call('GET', K_SEQ)) or 0) + 1
+end
+
+if step == 'begin' then
+  local request, due = ARGV[3], ARGV[4] == '1'
+  forget_lapsed_results()
+  if request ~= '' then
+    local previous = redis.call('HGET', K_BATCHES, request)
+    if previous then
+      local out = cjson.decode(previous)
+      table.insert(out, 2, 'done')
+      return out
+    end
+  end
+  if v[8] then
+    return { 'ok', 'finish', v[8], v[9], tostring(cfg.ttl), v[10] or '', v[11] or '0' }
+  end
+  -- The rate's admitter reads the watermark whatever the mode, as the
+  -- memory store's step does; AdmitBatch is refused first.
+  local below = due and watermark()
+  if cfg.mode == 'paused' or cfg.mode == 'closed' then
+    if due then
+      return { 'ok', 'done', cfg.epoch }
+    end
+    return { cfg.mode, cfg.closed_reason }
+  end
+  return { 'ok', 'plan', tostring(version), tostring(below or watermark()) }
+end
+
+if step == 'plan' then
+  if tonumber(ARGV[3]) ~= version or v[8] then
+    return { 'ok', 'again' }
+  end
+  local active, room, due = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
+  local id, request, keep = ARGV[7], ARGV[8], ARGV[9]
+  local below = #ARGV - 9
+  local free = 1e15
+  if cfg.max_active > 0 then
+    free = math.max(cfg.max_active - active, 0)
+  end
+  if due then
+    if cfg.mode == 'pass_through' then
+      room = math.min(room, below)
+    elseif cfg.mode == 'queueing' and cfg.rate > 0 then
+      room = take_tokens(cfg, math.min(room, below, free))
+    else
+      room = 0
+    end
+  elseif cfg.mode == 'queueing' then
+    room = math.min(room, free, below)
+  else
+    room = math.min(room, below)
+  end
+  redis.call('HINCRBY', K_CONFIG, 'admit_version', 1)
+  if room == 0 then
+    if request ~= '' then
+      redis.call('HSET', K_BATCHES, request, cjson.encode({ 'ok', cfg.epoch }))
+      redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(keep), request)
+    end
+    return { 'ok', 'plan', 0, '0', tostring(cfg.ttl) }
+  end
+  local cutoff = ARGV[9 + room]
+  redis.call('HSET', K_CONFIG, 'admitting', id, 'admitting_cutoff', cutoff, 'admitting_request',
+    request, 'admitting_keep', keep)
+  return { 'ok', 'plan', room, cutoff, tostring(cfg.ttl) }
+end
+
+if step == 'settle' then
+  local id = ARGV[3]
+  if v[8] == id then
+    local out = { 'ok', cfg.epoch }
+    for i = 4, #ARGV, 4 do
+      out[#out + 1] = ARGV[i]
+      out[#out + 1] = tonumber(ARGV[i + 1])
+      out[#out + 1] = tonumber(ARGV[i + 2])
+      out[#out + 1] = tonumber(ARGV[i + 3])
+    end
+    record_admissions((#ARGV - 3) / 4)
+    local request = v[10] or ''
+    if request ~= '' then
+      redis.call('HSET', K_BATCHES, request, cjson.encode(out))
+      redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(v[11] or '0'), request)
+    end
+    redis.call('HDEL', K_CONFIG, 'admitting', 'admitting_cutoff', 'admitting_request', 'admitting_keep')
+    redis.call('HINCRBY', K_CONFIG, 'admit_version', 1)
+  end
+  return { 'ok', cfg.epoch }
+end
+
+return redis.error_reply('admission_head: unknown step ' .. tostring(step))

@@ -1,0 +1,35 @@
+-- Admission pop: a sub-line's part of an admission the head planned:
+-- admits everyone waiting at or below the cutoff, lowest first, and keeps
+-- what it took under the entry's id, so a replay (the entry finished by
+-- another admitter) takes nobody else and answers the same. The head
+-- counts the admissions when it settles the entry.
+-- KEYS: the sub-line's keys (prelude). ARGV: now, entry id, cutoff,
+-- admission ttl (ms, the head's), how long to keep what it took (ms).
+-- Returns {'ok', user, ticket, admitted at, expires at, ...} or
+-- {'no_queue'}.
+
+local cfg = load_config()
+if not cfg then
+  return { 'no_queue' }
+end
+local id = ARGV[2]
+local lapsed = redis.call('ZRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+remove_all('HDEL', K_BATCHES, lapsed)
+redis.call('ZREMRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+local previous = redis.call('HGET', K_BATCHES, id)
+if previous then
+  return cjson.decode(previous)
+end
+prepare(cfg)
+cfg.ttl = tonumber(ARGV[4])
+local out = { 'ok' }
+local taken = redis.call('ZRANGEBYSCORE', K_WAITING, '-inf', ARGV[3], 'WITHSCORES')
+local users = {}
+for i = 1, #taken, 2 do
+  users[#users + 1] = taken[i]
+end
+remove_all('ZREM', K_WAITING, users)
+admit_taken(cfg, taken, out)
+redis.call('HSET', K_BATCHES, id, cjson.encode(out))
+redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(ARGV[5]), id)
+return out
