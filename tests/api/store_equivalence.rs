@@ -652,9 +652,10 @@ fn sequences_over_sub_lines_get_identical_answers_from_both_stores() {
             &(
                 1u32..4,
                 0u32..4,
+                any::<bool>(),
                 proptest::collection::vec(sub_line_op(), 1..60),
             ),
-            |(shards, rate, ops)| {
+            |(shards, rate, pass_through, ops)| {
                 runtime.block_on(async {
                     let memory = MemoryStore::new();
                     let redis_store = redis.store().await.with_sub_lines();
@@ -663,6 +664,9 @@ fn sequences_over_sub_lines_get_identical_answers_from_both_stores() {
                     let mut first = config(now);
                     first.shards = shards;
                     first.admit_per_second = rate;
+                    if pass_through {
+                        first.mode = QueueMode::PassThrough;
+                    }
                     memory.create_queue(&first).await.unwrap();
                     redis_store.create_queue(&first).await.unwrap();
                     for (step, op) in ops.iter().enumerate() {

@@ -247,16 +247,12 @@ impl QueueStore for MemoryStore {
             // With one sub-line that is the position at each join (later
             // joins go behind); with several, a later user of the call may
             // take a ticket below an earlier one's from another block.
-            // Over sub-lines the line's length is read after the call too.
-            let in_line = state.line.sub_lines.is_some().then(|| state.in_line());
             for place in places.iter_mut().flatten() {
                 if let PlaceState::Waiting { position } = &mut place.state {
                     *position = state.line.ranks.count_up_to(place.ticket);
                 }
-                if let Some(in_line) = in_line {
-                    place.waiting_count = in_line;
-                }
             }
+            state.read_after_call(places.iter_mut().flatten(), now_ms);
             let mut in_order: Vec<Option<Result<Place>>> = users.iter().map(|_| None).collect();
             for (i, place) in order.into_iter().zip(places) {
                 in_order[i] = Some(place);
@@ -274,7 +270,7 @@ impl QueueStore for MemoryStore {
     ) -> Result<Vec<Option<Place>>> {
         self.with_queue(queue, |state| {
             state.prepare(now_ms);
-            Ok(users
+            let mut places: Vec<Option<Place>> = users
                 .iter()
                 .map(|user| {
                     let place = state.current_place(user, now_ms);
@@ -283,7 +279,9 @@ impl QueueStore for MemoryStore {
                     }
                     place
                 })
-                .collect())
+                .collect();
+            state.read_after_call(places.iter_mut().flatten(), now_ms);
+            Ok(places)
         })
     }
 

@@ -262,6 +262,29 @@ impl QueueState {
         }
     }
 
+    /// Over sub-lines one call is one step: its places' positions, the
+    /// line's length and the rate are read after it, as the Redis store
+    /// reads them from every sub-line once the call is done. In one slot
+    /// each place stays as it was when its user was served.
+    pub(super) fn read_after_call<'p>(
+        &mut self,
+        places: impl Iterator<Item = &'p mut Place>,
+        now_ms: u64,
+    ) {
+        if self.line.sub_lines.is_none() {
+            return;
+        }
+        let in_line = self.in_line();
+        let rate = self.rate_sample(now_ms);
+        for place in places {
+            if let PlaceState::Waiting { position } = &mut place.state {
+                *position = self.line.ranks.count_up_to(place.ticket);
+            }
+            place.waiting_count = in_line;
+            place.rate = rate.clone();
+        }
+    }
+
     /// Whether `ticket`, just given to `user`, is the first of a block: a
     /// run of newcomers logged as one change is one block's tickets, as a
     /// sub-line in Redis asks for a lease between two blocks.

@@ -580,11 +580,9 @@ impl QueueStore for RedisStore {
                 let mut changes = read_changes(reply, layout.shards)?;
                 // The summary is the queue's: everyone in line, over every
                 // sub-line, and the admissions the head counts.
-                let in_line = link.in_line(&layout, now_ms).await?;
-                changes.summary.waiting = in_line.saturating_sub(changes.summary.prequeued);
-                link.head_sample(now_ms)
-                    .await?
-                    .apply(&mut changes.summary.rate);
+                let view = link.view(&layout, &[], now_ms).await?;
+                changes.summary.waiting = view.in_line.saturating_sub(changes.summary.prequeued);
+                view.sample.apply(&mut changes.summary.rate);
                 Ok(changes)
             },
         )

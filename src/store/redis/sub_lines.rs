@@ -574,7 +574,8 @@ impl SubLineLink<'_> {
     }
 
     /// Sets every place's line length, and every waiting place's position,
-    /// to their sums over the sub-lines as they stand now.
+    /// to their sums over the sub-lines as they stand now, and its rate to
+    /// the queue's.
     async fn read_positions<'p>(
         &self,
         layout: &Layout,
@@ -585,10 +586,40 @@ impl SubLineLink<'_> {
         if places.is_empty() {
             return Ok(());
         }
-        let tickets: Vec<String> = places.iter().map(|p| p.ticket.to_string()).collect();
+        let tickets: Vec<u64> = places.iter().map(|p| p.ticket).collect();
+        let view = self.view(layout, &tickets, now_ms).await?;
+        for (place, below) in places.into_iter().zip(view.below) {
+            view.sample.apply(&mut place.rate);
+            place.waiting_count = view.in_line;
+            if let PlaceState::Waiting { position } = &mut place.state {
+                *position = below;
+            }
+        }
+        Ok(())
+    }
+
+    /// The queue as its sub-lines and head hold it now: everyone in line,
+    /// the waiting at or below each of `tickets`, and the admission rate
+    /// (`count_below.lua` on each sub-line, `head_sample.lua`).
+    pub(super) async fn view(
+        &self,
+        layout: &Layout,
+        tickets: &[u64],
+        now_ms: u64,
+    ) -> Result<LineView> {
+        let tickets: Vec<String> = tickets.iter().map(u64::to_string).collect();
         let args: Vec<&str> = tickets.iter().map(String::as_str).collect();
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let mut sample = Sample::read(
+            &mut self
+                .run(
+                    "head_sample",
+                    ScriptCall::new(&self.scripts.head_sample, &head, now_ms),
+                )
+                .await?,
+        )?;
         let mut in_line = 0;
-        let mut below = vec![0u64; places.len()];
+        let mut below = vec![0; tickets.len()];
         for sub_line in 0..layout.shards as usize {
             let keys = layout.keys(self.prefix, sub_line)?;
             let mut reply = self
@@ -598,35 +629,15 @@ impl SubLineLink<'_> {
                 )
                 .await?;
             in_line += reply.u64()?;
+            sample.merge(&Sample::read(&mut reply)?);
             for count in &mut below {
                 *count += reply.u64()?;
             }
         }
-        let sample = self.head_sample(now_ms).await?;
-        for (place, below) in places.into_iter().zip(below) {
-            sample.apply(&mut place.rate);
-            place.waiting_count = in_line;
-            if let PlaceState::Waiting { position } = &mut place.state {
-                *position = below;
-            }
-        }
-        Ok(())
-    }
-
-    /// The admission rate the head counts, for what the sub-lines answer.
-    pub(super) async fn head_sample(&self, now_ms: u64) -> Result<HeadSample> {
-        let head = keys::queue_keys(self.prefix, self.queue);
-        let mut reply = self
-            .run(
-                "head_sample",
-                ScriptCall::new(&self.scripts.head_sample, &head, now_ms),
-            )
-            .await?;
-        Ok(HeadSample {
-            admitted: reply.u64()?,
-            span_ms: reply.u64()?,
-            recent: reply.u64()?,
-            abandoned: reply.u64()?,
+        Ok(LineView {
+            in_line,
+            below,
+            sample,
         })
     }
 
@@ -679,22 +690,6 @@ impl SubLineLink<'_> {
         self.run(operation, ScriptCall::new(script, &keys, now_ms).args(args))
             .await
     }
-
-    /// The waiting and pre-queued summed over every sub-line.
-    pub(super) async fn in_line(&self, layout: &Layout, now_ms: u64) -> Result<u64> {
-        let mut in_line = 0;
-        for sub_line in 0..layout.shards as usize {
-            let keys = layout.keys(self.prefix, sub_line)?;
-            in_line += self
-                .run(
-                    "count_below",
-                    ScriptCall::new(&self.scripts.count_below, &keys, now_ms),
-                )
-                .await?
-                .u64()?;
-        }
-        Ok(in_line)
-    }
 }
 
 /// How far an admission goes.
@@ -708,16 +703,46 @@ pub(super) enum Until {
     Planned,
 }
 
-/// The admission rate a queue over sub-lines counts at its head.
-pub(super) struct HeadSample {
+/// A queue over sub-lines as read at one moment.
+pub(super) struct LineView {
+    /// Everyone in line, over every sub-line.
+    pub(super) in_line: u64,
+    /// The waiting at or below each ticket asked about.
+    pub(super) below: Vec<u64>,
+    pub(super) sample: Sample,
+}
+
+/// An admission rate sample's counts. The head's (the admissions it
+/// settles) and each sub-line's (pass-through's own admissions, the
+/// abandonments) together make the queue's.
+pub(super) struct Sample {
     admitted: u64,
     span_ms: u64,
     recent: u64,
     abandoned: u64,
 }
 
-impl HeadSample {
-    /// Puts the head's counts in a sample a sub-line answered (its
+impl Sample {
+    /// Reads a rate count, span, recent admissions and abandonments.
+    fn read(reply: &mut Reply) -> Result<Self> {
+        Ok(Self {
+            admitted: reply.u64()?,
+            span_ms: reply.u64()?,
+            recent: reply.u64()?,
+            abandoned: reply.u64()?,
+        })
+    }
+
+    /// Two samples' windows as one: counts add up, and the span reaches
+    /// back to the older one's first admission.
+    fn merge(&mut self, other: &Self) {
+        self.admitted += other.admitted;
+        self.span_ms = self.span_ms.max(other.span_ms);
+        self.recent += other.recent;
+        self.abandoned += other.abandoned;
+    }
+
+    /// Puts the queue's counts in a sample a sub-line answered (its
     /// configured rate is the queue's own).
     pub(super) fn apply(&self, rate: &mut RateSample) {
         rate.admitted = self.admitted;

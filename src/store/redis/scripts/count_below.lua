@@ -1,11 +1,14 @@
 -- Count below: for a queue over several sub-lines, this sub-line's part
--- of each position and of the line's length. A position is the waiting
--- tickets at or below one's own, summed over the sub-lines.
+-- of each position, of the line's length and of the admission rate. A
+-- position is the waiting tickets at or below one's own, summed over the
+-- sub-lines.
 -- KEYS: the sub-line's keys (prelude). ARGV: now, ticket...
--- Returns {'ok', in line, count at or below each ticket...}.
+-- Returns {'ok', in line, rate count, rate span, recent admissions,
+-- abandonments, count at or below each ticket...}.
 
+local count, span, recent, abandoned = rate_sample()
 local out = { 'ok', redis.call('ZCARD', K_WAITING) + redis.call('ZCARD', K_PREQUEUE)
-  + redis.call('ZCARD', K_POOL) }
+  + redis.call('ZCARD', K_POOL), count, span, recent, abandoned }
 for i = 2, #ARGV do
   out[#out + 1] = redis.call('ZCOUNT', K_WAITING, '-inf', ARGV[i])
 end
