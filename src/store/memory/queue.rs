@@ -281,7 +281,7 @@ impl QueueState {
                 *position = self.line.ranks.count_up_to(place.ticket);
             }
             place.waiting_count = in_line;
-            place.rate = rate.clone();
+            place.rate = rate;
         }
     }
 
