@@ -606,8 +606,9 @@ const CROWD: u8 = 14;
 
 /// The calls the Redis store serves over sub-lines, with the clock moved
 /// across τ (5 ms) and τ + ε (25 ms): joins, lookups, leaves, presence,
-/// the copy's reads, admission by `AdmitBatch` and by the rate, and the
-/// admitted completing or checked.
+/// the copy's reads, admission by `AdmitBatch` and by the rate, the
+/// admitted completing or checked, and updates of the mode, the rate,
+/// `max_active`, the notice and the closing reason.
 fn sub_line_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (0..CROWD).prop_map(Op::Enqueue),
@@ -623,6 +624,17 @@ fn sub_line_op() -> impl Strategy<Value = Op> {
         1 => (1u32..4).prop_map(Op::RecreateOver),
         3 => (1u32..5, proptest::option::of(0u8..3)).prop_map(|(n, r)| Op::Admit(n, r)),
         3 => (1u32..5).prop_map(Op::AdmitDue),
+        1 => prop_oneof![
+            Just(QueueMode::Queueing),
+            Just(QueueMode::PassThrough),
+            Just(QueueMode::Paused),
+            Just(QueueMode::Closed),
+        ]
+        .prop_map(Op::SetMode),
+        1 => (0u32..4).prop_map(Op::SetRate),
+        1 => (0u32..4).prop_map(Op::SetMaxActive),
+        1 => proptest::option::of(0u8..3).prop_map(Op::SetNotice),
+        1 => (proptest::option::of(0u8..3), any::<bool>()).prop_map(|(r, close)| Op::CloseWith(r, close)),
         2 => (0..CROWD).prop_map(Op::Complete),
         2 => (
             any::<u8>(),

@@ -49,6 +49,20 @@ fn text(value: &Option<Arc<str>>) -> String {
     value.as_deref().unwrap_or_default().to_owned()
 }
 
+/// The config fields an update may change: a queue over sub-lines copies
+/// them from its head to each sub-line (`copy_settings.lua`).
+pub(super) const SETTINGS: [&str; 9] = [
+    "mode",
+    "max_active",
+    "admit_per_second",
+    "admission_ttl_ms",
+    "heartbeat_timeout_ms",
+    "opens_at_ms",
+    "prequeue_window_ms",
+    "notice",
+    "closed_reason",
+];
+
 /// The fields an update writes; clearing an opening that has not happened
 /// opens the queue at `now_ms`.
 pub(super) fn update_fields(update: &QueueUpdate, now_ms: u64) -> Vec<(&'static str, String)> {

@@ -40,6 +40,8 @@ pub(super) struct Scripts {
     pub(super) admission_pop: Script,
     pub(super) head_sample: Script,
     pub(super) used_token: Script,
+    pub(super) head_update: Script,
+    pub(super) copy_settings: Script,
 }
 
 /// Shared by the enqueue scripts (and the benchmark's own).
@@ -99,6 +101,8 @@ impl Scripts {
             admission_pop: with_prelude(include_str!("scripts/admission_pop.lua")),
             head_sample: with_prelude(include_str!("scripts/head_sample.lua")),
             used_token: Script::new(include_str!("scripts/used_token.lua")),
+            head_update: with_prelude(include_str!("scripts/head_update.lua")),
+            copy_settings: with_prelude(include_str!("scripts/copy_settings.lua")),
         }
     }
 }

@@ -345,15 +345,58 @@ impl QueueStore for RedisStore {
         update: &QueueUpdate,
         now_ms: u64,
     ) -> Result<QueueConfig> {
-        let mut invocation = self.invocation(&self.scripts.update_queue, queue, now_ms);
-        for (field, value) in update_fields(update, now_ms) {
-            invocation.arg(field).arg(value);
-        }
-        let mut reply = self.run("update_queue", queue, &invocation).await?;
-        let mut fields = HashMap::new();
-        while reply.remaining() > 0 {
-            fields.insert(reply.string()?, reply.string()?);
-        }
+        let changes = &update_fields(update, now_ms);
+        let read = |mut reply: Reply| -> Result<HashMap<String, String>> {
+            let mut fields = HashMap::new();
+            while reply.remaining() > 0 {
+                fields.insert(reply.string()?, reply.string()?);
+            }
+            Ok(fields)
+        };
+        let link = &self.link(queue);
+        let fields = routed(
+            link,
+            || async {
+                let mut invocation = self.invocation(&self.scripts.update_queue, queue, now_ms);
+                for (field, value) in changes {
+                    invocation.arg(*field).arg(value);
+                }
+                read(self.run("update_queue", queue, &invocation).await?)
+            },
+            |layout| async move {
+                // The head first, then each sub-line's copy of its
+                // settings as of its version.
+                let mut invocation = self.invocation(&self.scripts.head_update, queue, now_ms);
+                for (field, value) in changes {
+                    invocation.arg(*field).arg(value);
+                }
+                let fields = read(self.run("update_queue", queue, &invocation).await?)?;
+                let mut settings = vec![
+                    fields
+                        .get("settings_version")
+                        .cloned()
+                        .ok_or_else(|| bad_reply("a head without its settings version"))?,
+                ];
+                for name in fields::SETTINGS {
+                    settings.push(name.to_owned());
+                    settings.push(fields.get(name).cloned().unwrap_or_default());
+                }
+                let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+                for sub_line in 0..layout.shards as usize {
+                    link.on_sub_line(
+                        "update_queue",
+                        &self.scripts.copy_settings,
+                        &layout,
+                        sub_line,
+                        &settings,
+                        now_ms,
+                    )
+                    .await?;
+                }
+                Ok(fields)
+            },
+        )
+        .await?;
         parse_config(queue, fields)?.ok_or_else(|| Error::QueueNotFound(queue.to_string()))
     }
 
