@@ -607,8 +607,8 @@ const CROWD: u8 = 14;
 /// The calls the Redis store serves over sub-lines, with the clock moved
 /// across τ (5 ms) and τ + ε (25 ms): joins, lookups, leaves, presence,
 /// the copy's reads, admission by `AdmitBatch` and by the rate, the
-/// admitted completing or checked, and updates of the mode, the rate,
-/// `max_active`, the notice and the closing reason.
+/// admitted completing or checked, updates of the mode, the rate,
+/// `max_active`, the notice and the closing reason, and clearing.
 fn sub_line_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (0..CROWD).prop_map(Op::Enqueue),
@@ -622,6 +622,7 @@ fn sub_line_op() -> impl Strategy<Value = Op> {
         2 => (0u32..3, prop_oneof![Just(0u64), 0u64..40], prop_oneof![Just(1u32), 1u32..6, Just(u32::MAX)])
             .prop_map(|(s, after, limit)| Op::SubLineSnapshot(s, after, limit)),
         1 => (1u32..4).prop_map(Op::RecreateOver),
+        1 => prop_oneof![Just(1u32), 1u32..4, Just(u32::MAX)].prop_map(Op::ClearStep),
         3 => (1u32..5, proptest::option::of(0u8..3)).prop_map(|(n, r)| Op::Admit(n, r)),
         3 => (1u32..5).prop_map(Op::AdmitDue),
         1 => prop_oneof![

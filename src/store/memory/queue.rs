@@ -586,11 +586,13 @@ impl QueueState {
     /// Takes the first user out of line: the lowest ticket waiting, else
     /// the earliest pre-queued, else the first of the draw's pool.
     pub(super) fn clear_one(&mut self) -> bool {
-        let user = self
-            .line
-            .waiting
-            .first_key_value()
-            .map(|(_, u)| u.clone())
+        // Over sub-lines, sub-line by sub-line (0 first), as the Redis
+        // store clears them; in one slot, by ticket.
+        let first_waiting = match self.line.by_sub_line.iter().find_map(|set| set.first()) {
+            Some(ticket) => self.line.waiting.get(ticket).cloned(),
+            None => self.line.waiting.first_key_value().map(|(_, u)| u.clone()),
+        };
+        let user = first_waiting
             .or_else(|| {
                 self.opening
                     .prequeue

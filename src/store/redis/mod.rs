@@ -723,9 +723,38 @@ impl QueueStore for RedisStore {
     }
 
     async fn clear_step(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
-        let mut invocation = self.invocation(&self.scripts.clear_step, queue, now_ms);
-        invocation.arg(limit);
-        self.run("clear_step", queue, &invocation).await?.u64()
+        let link = &self.link(queue);
+        routed(
+            link,
+            || async {
+                let mut invocation = self.invocation(&self.scripts.clear_step, queue, now_ms);
+                invocation.arg(limit);
+                self.run("clear_step", queue, &invocation).await?.u64()
+            },
+            // Sub-line by sub-line, 0 first, up to the limit in all.
+            |layout| async move {
+                let mut cleared = 0;
+                for sub_line in 0..layout.shards as usize {
+                    let left = u64::from(limit).saturating_sub(cleared);
+                    if left == 0 {
+                        break;
+                    }
+                    cleared += link
+                        .on_sub_line(
+                            "clear_step",
+                            &self.scripts.clear_step,
+                            &layout,
+                            sub_line,
+                            &[left.to_string().as_str()],
+                            now_ms,
+                        )
+                        .await?
+                        .u64()?;
+                }
+                Ok(cleared)
+            },
+        )
+        .await
     }
 
     async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
