@@ -61,6 +61,10 @@ enum Op {
     Recreate(bool),
     /// Delete and create again over this many sub-lines.
     RecreateOver(u32),
+    /// The reaper's passes every 2 s for this many passes, as a replica
+    /// runs them, each answer compared: users silent past the heartbeat
+    /// are released.
+    Passes(u8),
     /// The changes logged by one sub-line after a sequence number.
     SubLineChanges(u32, u64),
     /// A chunk of one sub-line's waiting tickets above a ticket.
@@ -353,6 +357,7 @@ async fn apply(
         Op::SubLineSnapshot(sub_line, after, limit) => {
             show(store.line_snapshot(&q, *sub_line, *after, *limit).await)
         }
+        Op::Passes(_) => "passes are run by the sequence's loop".to_owned(),
         Op::RecreateOver(shards) => {
             let deleted = show(store.delete_queue(&q).await);
             let mut config = config(now);
@@ -608,7 +613,9 @@ const CROWD: u8 = 14;
 /// across τ (5 ms) and τ + ε (25 ms): joins, lookups, leaves, presence,
 /// the copy's reads, admission by `AdmitBatch` and by the rate, the
 /// admitted completing or checked, updates of the mode, the rate,
-/// `max_active`, the notice and the closing reason, and clearing.
+/// `max_active`, the notice and the closing reason, clearing, and the
+/// reaper's passes (with the clock moved past the heartbeat, and past a
+/// gap in the passes).
 fn sub_line_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (0..CROWD).prop_map(Op::Enqueue),
@@ -623,6 +630,9 @@ fn sub_line_op() -> impl Strategy<Value = Op> {
             .prop_map(|(s, after, limit)| Op::SubLineSnapshot(s, after, limit)),
         1 => (1u32..4).prop_map(Op::RecreateOver),
         1 => prop_oneof![Just(1u32), 1u32..4, Just(u32::MAX)].prop_map(Op::ClearStep),
+        2 => Just(Op::Reap),
+        1 => prop_oneof![20_000u64..40_000, 59_000u64..61_000].prop_map(Op::Advance),
+        1 => (1u8..24).prop_map(Op::Passes),
         3 => (1u32..5, proptest::option::of(0u8..3)).prop_map(|(n, r)| Op::Admit(n, r)),
         3 => (1u32..5).prop_map(Op::AdmitDue),
         1 => prop_oneof![
@@ -687,6 +697,15 @@ fn sequences_over_sub_lines_get_identical_answers_from_both_stores() {
                             Op::Advance(ms) => now += ms,
                             Op::Rewind(ms) => now = now.saturating_sub(*ms).max(T0),
                             _ => {}
+                        }
+                        if let Op::Passes(passes) = op {
+                            for pass in 0..*passes {
+                                now += 2_000;
+                                let expected = memory.reap(&queue(), 3, now).await.ok();
+                                let actual = redis_store.reap(&queue(), 3, now).await.ok();
+                                prop_assert_eq!(actual, expected, "step {} pass {}", step, pass);
+                            }
+                            continue;
                         }
                         let mut before = seen.clone();
                         let expected = apply(&memory, op, now, &mut seen).await;

@@ -147,6 +147,7 @@ impl QueueStore for MemoryStore {
             // now, so nobody is released for silence the old rules allowed.
             if (was_closed && state.config.mode != QueueMode::Closed) || shortened {
                 state.config.presence_since_ms = now_ms;
+                state.presence.restart(now_ms);
             }
             if was_closed && state.config.mode != QueueMode::Closed {
                 state.cleared.clear();

@@ -116,6 +116,7 @@ pub(super) struct FlowBuckets {
 
 impl QueueState {
     pub(super) fn new(config: QueueConfig) -> Self {
+        let presence = Presence::new(config.shards, config.presence_since_ms);
         Self {
             line: Line {
                 seq: config.adoption.map_or(0, |a| a.top),
@@ -139,7 +140,7 @@ impl QueueState {
                 draw: Draw::None,
                 draw_next: 0,
             },
-            presence: Presence::default(),
+            presence,
             flow: FlowBuckets::default(),
             cleared: HashSet::new(),
         }

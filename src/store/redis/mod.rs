@@ -227,6 +227,50 @@ impl RedisStore {
         .map(drop)
     }
 
+    /// A bounded step (`reap.lua`, `clear_step.lua`: ARGV now, limit;
+    /// answering how many it took): on the queue's one slot, or sub-line
+    /// by sub-line (0 first) up to the limit in all.
+    async fn step_over_sub_lines(
+        &self,
+        operation: &'static str,
+        script: &redis::Script,
+        queue: &QueueId,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<u64> {
+        let link = &self.link(queue);
+        routed(
+            link,
+            || async {
+                let mut invocation = self.invocation(script, queue, now_ms);
+                invocation.arg(limit);
+                self.run(operation, queue, &invocation).await?.u64()
+            },
+            |layout| async move {
+                let mut taken = 0;
+                for sub_line in 0..layout.shards as usize {
+                    let left = u64::from(limit).saturating_sub(taken);
+                    if left == 0 {
+                        break;
+                    }
+                    taken += link
+                        .on_sub_line(
+                            operation,
+                            script,
+                            &layout,
+                            sub_line,
+                            &[left.to_string().as_str()],
+                            now_ms,
+                        )
+                        .await?
+                        .u64()?;
+                }
+                Ok(taken)
+            },
+        )
+        .await
+    }
+
     /// A step of `used_token.lua` on the queue's consumed token ids:
     /// `None` when the token is not consumed and the step only looked.
     async fn used_token(
@@ -538,9 +582,8 @@ impl QueueStore for RedisStore {
     }
 
     async fn reap(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
-        let mut invocation = self.invocation(&self.scripts.reap, queue, now_ms);
-        invocation.arg(limit);
-        self.run("reap", queue, &invocation).await?.u64()
+        self.step_over_sub_lines("reap", &self.scripts.reap, queue, limit, now_ms)
+            .await
     }
 
     async fn line_snapshot(
@@ -723,38 +766,8 @@ impl QueueStore for RedisStore {
     }
 
     async fn clear_step(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
-        let link = &self.link(queue);
-        routed(
-            link,
-            || async {
-                let mut invocation = self.invocation(&self.scripts.clear_step, queue, now_ms);
-                invocation.arg(limit);
-                self.run("clear_step", queue, &invocation).await?.u64()
-            },
-            // Sub-line by sub-line, 0 first, up to the limit in all.
-            |layout| async move {
-                let mut cleared = 0;
-                for sub_line in 0..layout.shards as usize {
-                    let left = u64::from(limit).saturating_sub(cleared);
-                    if left == 0 {
-                        break;
-                    }
-                    cleared += link
-                        .on_sub_line(
-                            "clear_step",
-                            &self.scripts.clear_step,
-                            &layout,
-                            sub_line,
-                            &[left.to_string().as_str()],
-                            now_ms,
-                        )
-                        .await?
-                        .u64()?;
-                }
-                Ok(cleared)
-            },
-        )
-        .await
+        self.step_over_sub_lines("clear_step", &self.scripts.clear_step, queue, limit, now_ms)
+            .await
     }
 
     async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {

@@ -390,10 +390,10 @@ impl SubLineLink<'_> {
             }
             below.sort_unstable();
             below.truncate(max_count as usize);
-            let id = match request {
-                Some(request) => request.as_str().to_owned(),
-                None => format!("due:{}", crate::domain::instance_id()),
-            };
+            // Each entry its own id, whatever its request: a request id
+            // comes back once its result lapses, and a sub-line must not
+            // take the pop of an earlier entry for this one.
+            let id = format!("entry:{}", crate::domain::instance_id());
             let (active, below): (String, Vec<String>) = (
                 active.to_string(),
                 below.iter().map(u64::to_string).collect(),
