@@ -175,6 +175,16 @@ impl SubLines {
         }
     }
 
+    /// Each sub-line's highest ticket given so far, of those that gave
+    /// any: its block's last used.
+    pub fn last_given(&self) -> Vec<(usize, u64)> {
+        self.blocks
+            .iter()
+            .enumerate()
+            .filter_map(|(at, block)| block.filter(|b| b.next > b.first).map(|b| (at, b.next - 1)))
+            .collect()
+    }
+
     /// The first ticket of the block `user`'s sub-line holds now.
     pub fn block_first(&self, user: &str) -> Option<u64> {
         let at = sub_line_of(user, self.blocks.len() as u32) as usize;

@@ -613,9 +613,9 @@ const CROWD: u8 = 14;
 /// across τ (5 ms) and τ + ε (25 ms): joins, lookups, leaves, presence,
 /// the copy's reads, admission by `AdmitBatch` and by the rate, the
 /// admitted completing or checked, updates of the mode, the rate,
-/// `max_active`, the notice and the closing reason, clearing, and the
+/// `max_active`, the notice and the closing reason, clearing, the
 /// reaper's passes (with the clock moved past the heartbeat, and past a
-/// gap in the passes).
+/// gap in the passes), and the queue's figures.
 fn sub_line_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (0..CROWD).prop_map(Op::Enqueue),
@@ -631,6 +631,7 @@ fn sub_line_op() -> impl Strategy<Value = Op> {
         1 => (1u32..4).prop_map(Op::RecreateOver),
         1 => prop_oneof![Just(1u32), 1u32..4, Just(u32::MAX)].prop_map(Op::ClearStep),
         2 => Just(Op::Reap),
+        2 => Just(Op::Stats),
         1 => prop_oneof![20_000u64..40_000, 59_000u64..61_000].prop_map(Op::Advance),
         1 => (1u8..24).prop_map(Op::Passes),
         3 => (1u32..5, proptest::option::of(0u8..3)).prop_map(|(n, r)| Op::Admit(n, r)),

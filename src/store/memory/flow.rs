@@ -29,22 +29,31 @@ impl QueueState {
     /// Records that the tickets up to the last given were given by this
     /// second (the prelude's `note_joined`: only ever raised).
     pub(super) fn note_joined(&mut self, now_ms: u64) {
+        self.note_joined_in(0, self.line.seq, now_ms);
+    }
+
+    /// [`Self::note_joined`] for sub-line `at`, whose highest ticket given
+    /// is `highest`: over sub-lines each keeps its own marks, as each
+    /// sub-line's slot in Redis does; one slot is sub-line 0.
+    pub(super) fn note_joined_in(&mut self, at: usize, highest: u64, now_ms: u64) {
         let second = now_ms / 1000;
-        match self.flow.joined_second.get(&second) {
-            Some(highest) if *highest >= self.line.seq => {}
+        match self.flow.joined_second.get(&(at, second)) {
+            Some(previous) if *previous >= highest => {}
             previous => {
-                if let Some(highest) = previous {
-                    self.flow.joined.remove(&(*highest, second));
+                if let Some(previous) = previous {
+                    self.flow.joined.remove(&(at, *previous, second));
                 }
-                self.flow.joined.insert((self.line.seq, second));
-                self.flow.joined_second.insert(second, self.line.seq);
+                self.flow.joined.insert((at, highest, second));
+                self.flow.joined_second.insert((at, second), highest);
             }
         }
     }
 
-    /// Counts how long the users of `tickets` (ascending, admitted from the
-    /// line now) waited, and forgets when tickets up to the last were given.
-    pub(super) fn count_waited(&mut self, tickets: &[u64], now_ms: u64) {
+    /// Counts how long the users of `tickets` (ascending, admitted from
+    /// sub-line `at` now; one slot is sub-line 0) waited, by that
+    /// sub-line's marks, and forgets when tickets up to the last were
+    /// given.
+    pub(super) fn count_waited_in(&mut self, at: usize, tickets: &[u64], now_ms: u64) {
         let Some(&last) = tickets.last() else {
             return;
         };
@@ -52,16 +61,16 @@ impl QueueState {
         let mut milestones = self
             .flow
             .joined
-            .range((tickets[0], 0)..)
+            .range((at, tickets[0], 0)..(at + 1, 0, 0))
             .copied()
             .take(tickets.len())
             .peekable();
         for ticket in tickets {
             while milestones
-                .next_if(|(highest, _)| highest < ticket)
+                .next_if(|(_, highest, _)| highest < ticket)
                 .is_some()
             {}
-            let Some(&(_, second)) = milestones.peek() else {
+            let Some(&(_, _, second)) = milestones.peek() else {
                 break;
             };
             let waited_s = now_ms.saturating_sub(second * 1000) / 1000;
@@ -71,10 +80,15 @@ impl QueueState {
                 .entry((slot, waited_bucket(waited_s)))
                 .or_default() += 1;
         }
-        let forget: Vec<(u64, u64)> = self.flow.joined.range(..(last, 0)).copied().collect();
+        let forget: Vec<(usize, u64, u64)> = self
+            .flow
+            .joined
+            .range((at, 0, 0)..(at, last, 0))
+            .copied()
+            .collect();
         for entry in forget {
             self.flow.joined.remove(&entry);
-            self.flow.joined_second.remove(&entry.1);
+            self.flow.joined_second.remove(&(at, entry.2));
         }
         self.prune_flow(now_ms);
     }

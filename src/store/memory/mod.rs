@@ -183,6 +183,7 @@ impl QueueStore for MemoryStore {
         self.with_queue(queue, |state| {
             state.prepare(now_ms);
             let before = state.line.given;
+            let given_before = state.last_given();
             // As enqueue_many.lua: consecutive newcomers joining a line
             // with no pre-queue are one run, logged as one change; anyone
             // else goes through enqueue_one.
@@ -242,7 +243,7 @@ impl QueueStore for MemoryStore {
             }
             state.end_run(run, now_ms);
             if state.line.given != before {
-                state.note_joined(now_ms);
+                state.note_joined_after_call(&given_before, now_ms);
             }
             // One call is one step: every position as it stands after it.
             // With one sub-line that is the position at each join (later

@@ -107,11 +107,11 @@ pub(super) struct FlowBuckets {
     /// seconds, as the Redis prelude's `prune_flow` does, so a reader whose
     /// clock is behind finds the same buckets in both stores.
     pub(super) flow_pruned_s: u64,
-    /// When tickets were given: (highest ticket given in a second, that
-    /// second), as the Redis `joined` sorted set orders them;
-    /// `joined_second` indexes it by second.
-    pub(super) joined: BTreeSet<(u64, u64)>,
-    pub(super) joined_second: HashMap<u64, u64>,
+    /// When tickets were given: (sub-line, highest ticket given in a
+    /// second, that second), as each Redis `joined` sorted set orders
+    /// them; `joined_second` indexes it by sub-line and second.
+    pub(super) joined: BTreeSet<(usize, u64, u64)>,
+    pub(super) joined_second: HashMap<(usize, u64), u64>,
 }
 
 impl QueueState {
@@ -286,6 +286,31 @@ impl QueueState {
         }
     }
 
+    /// Records when the tickets a call gave were given: in one slot up to
+    /// the sequence, over sub-lines up to the highest given by each
+    /// sub-line that gave any since `before` (`last_given`), as each
+    /// sub-line's script in Redis notes its own.
+    pub(super) fn note_joined_after_call(&mut self, before: &[(usize, u64)], now_ms: u64) {
+        let given: Vec<(usize, u64)> = match &self.line.sub_lines {
+            None => return self.note_joined(now_ms),
+            Some(sub_lines) => sub_lines.last_given(),
+        };
+        for (at, highest) in given {
+            if !before.contains(&(at, highest)) {
+                self.note_joined_in(at, highest, now_ms);
+            }
+        }
+    }
+
+    /// Each sub-line's highest ticket given so far (none in one slot), to
+    /// tell after a call which gave tickets.
+    pub(super) fn last_given(&self) -> Vec<(usize, u64)> {
+        self.line
+            .sub_lines
+            .as_ref()
+            .map_or_else(Vec::new, SubLines::last_given)
+    }
+
     /// Whether `ticket`, just given to `user`, is the first of a block: a
     /// run of newcomers logged as one change is one block's tickets, as a
     /// sub-line in Redis asks for a lease between two blocks.
@@ -365,8 +390,14 @@ impl QueueState {
             admitted.push(Admitted { user, admission });
         }
         self.record_admissions(admitted.len() as u64, now_ms);
-        let tickets: Vec<u64> = admitted.iter().map(|a| a.admission.ticket).collect();
-        self.count_waited(&tickets, now_ms);
+        // Each sub-line's admitted by its own marks (one slot: all of them).
+        let mut tickets: Vec<Vec<u64>> = vec![Vec::new(); self.line.logs.len()];
+        for a in &admitted {
+            tickets[self.sub_line(&a.user)].push(a.admission.ticket);
+        }
+        for (at, tickets) in tickets.iter().enumerate() {
+            self.count_waited_in(at, tickets, now_ms);
+        }
         admitted
     }
 

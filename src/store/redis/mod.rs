@@ -863,42 +863,38 @@ impl QueueStore for RedisStore {
     }
 
     async fn stats(&self, queue: &QueueId, now_ms: u64) -> Result<QueueStats> {
-        let mut reply = self
-            .run(
-                "stats",
-                queue,
-                &self.invocation(&self.scripts.stats, queue, now_ms),
-            )
-            .await?;
-        let mut stats = QueueStats {
-            waiting: reply.u64()?,
-            active: reply.u64()?,
-            enqueued: reply.u64()?,
-            admitted: reply.u64()?,
-            completed: reply.u64()?,
-            expired: reply.u64()?,
-            left: reply.u64()?,
-            abandoned: reply.u64()?,
-            prequeued: reply.u64()?,
-            rate: RateSample {
-                admitted: reply.u64()?,
-                span_ms: reply.u64()?,
-                recent: 0,
-                abandoned: 0,
-                configured: 0,
+        let link = &self.link(queue);
+        routed(
+            link,
+            || async {
+                read_stats(
+                    self.run(
+                        "stats",
+                        queue,
+                        &self.invocation(&self.scripts.stats, queue, now_ms),
+                    )
+                    .await?,
+                    now_ms,
+                )
             },
-            cleared: reply.u64()?,
-            flow: Flow::default(),
-        };
-        stats.rate.recent = reply.u64()?;
-        stats.rate.abandoned = reply.u64()?;
-        stats.rate.configured = reply.u32()?;
-        stats.flow.arrived = reply.u64()?;
-        stats.flow.span_ms = crate::domain::flow_span_ms(now_ms);
-        while reply.remaining() > 0 {
-            stats.flow.waited.push(reply.u64()?);
-        }
-        Ok(stats)
+            |layout| async move {
+                let mut stats: Option<QueueStats> = None;
+                for sub_line in 0..layout.shards as usize {
+                    let reply = link
+                        .on_sub_line("stats", &self.scripts.stats, &layout, sub_line, &[], now_ms)
+                        .await?;
+                    let part = read_stats(reply, now_ms)?;
+                    match &mut stats {
+                        None => stats = Some(part),
+                        Some(stats) => sub_lines::add_stats(stats, &part),
+                    }
+                }
+                let mut stats = stats.ok_or_else(|| bad_reply("a queue of no sub-lines"))?;
+                link.add_head_stats(&mut stats, now_ms).await?;
+                Ok(stats)
+            },
+        )
+        .await
     }
 
     async fn ping(&self) -> Result<()> {
@@ -980,6 +976,39 @@ fn admission_status(status: &str) -> Result<AdmissionStatus> {
         "revoked" => Ok(AdmissionStatus::Revoked),
         other => Err(bad_reply(other)),
     }
+}
+
+/// Reads `stats.lua`'s answer.
+fn read_stats(mut reply: Reply, now_ms: u64) -> Result<QueueStats> {
+    let mut stats = QueueStats {
+        waiting: reply.u64()?,
+        active: reply.u64()?,
+        enqueued: reply.u64()?,
+        admitted: reply.u64()?,
+        completed: reply.u64()?,
+        expired: reply.u64()?,
+        left: reply.u64()?,
+        abandoned: reply.u64()?,
+        prequeued: reply.u64()?,
+        rate: RateSample {
+            admitted: reply.u64()?,
+            span_ms: reply.u64()?,
+            recent: 0,
+            abandoned: 0,
+            configured: 0,
+        },
+        cleared: reply.u64()?,
+        flow: Flow::default(),
+    };
+    stats.rate.recent = reply.u64()?;
+    stats.rate.abandoned = reply.u64()?;
+    stats.rate.configured = reply.u32()?;
+    stats.flow.arrived = reply.u64()?;
+    stats.flow.span_ms = crate::domain::flow_span_ms(now_ms);
+    while reply.remaining() > 0 {
+        stats.flow.waited.push(reply.u64()?);
+    }
+    Ok(stats)
 }
 
 /// Reads `line_changes.lua`'s answer for a queue of `shards` sub-lines.

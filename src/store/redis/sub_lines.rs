@@ -36,7 +36,7 @@ use super::reply::{Reply, bad_reply, parse_admitted, parse_enqueued_first, parse
 use super::topology::Connector;
 use crate::domain::shards::sub_line_of;
 use crate::domain::{
-    Admission, Admitted, Place, PlaceState, QueueId, RateSample, RequestId, UserId,
+    Admission, Admitted, Place, PlaceState, QueueId, QueueStats, RateSample, RequestId, UserId,
 };
 use crate::{Error, Result};
 
@@ -573,6 +573,23 @@ impl SubLineLink<'_> {
         Ok(answers)
     }
 
+    /// Adds the head's part of a queue's figures to the sum of its
+    /// sub-lines': the admissions it settled, and its rate merged in.
+    pub(super) async fn add_head_stats(&self, stats: &mut QueueStats, now_ms: u64) -> Result<()> {
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let mut reply = self
+            .run(
+                "stats",
+                ScriptCall::new(&self.scripts.head_sample, &head, now_ms),
+            )
+            .await?;
+        let mut sample = Sample::read(&mut reply)?;
+        stats.admitted += reply.u64()?;
+        sample.merge(&Sample::of(&stats.rate));
+        sample.apply(&mut stats.rate);
+        Ok(())
+    }
+
     /// Sets every place's line length, and every waiting place's position,
     /// to their sums over the sub-lines as they stand now, and its rate to
     /// the queue's.
@@ -733,6 +750,15 @@ impl Sample {
         })
     }
 
+    fn of(rate: &RateSample) -> Self {
+        Self {
+            admitted: rate.admitted,
+            span_ms: rate.span_ms,
+            recent: rate.recent,
+            abandoned: rate.abandoned,
+        }
+    }
+
     /// Two samples' windows as one: counts add up, and the span reaches
     /// back to the older one's first admission.
     fn merge(&mut self, other: &Self) {
@@ -749,6 +775,28 @@ impl Sample {
         rate.span_ms = self.span_ms;
         rate.recent = self.recent;
         rate.abandoned = self.abandoned;
+    }
+}
+
+/// Adds a sub-line's figures to the queue's (all but the rate's span
+/// add up; the span reaches back to the older window's first admission).
+pub(super) fn add_stats(stats: &mut QueueStats, part: &QueueStats) {
+    stats.waiting += part.waiting;
+    stats.active += part.active;
+    stats.enqueued += part.enqueued;
+    stats.admitted += part.admitted;
+    stats.completed += part.completed;
+    stats.expired += part.expired;
+    stats.left += part.left;
+    stats.abandoned += part.abandoned;
+    stats.prequeued += part.prequeued;
+    stats.cleared += part.cleared;
+    let mut sample = Sample::of(&stats.rate);
+    sample.merge(&Sample::of(&part.rate));
+    sample.apply(&mut stats.rate);
+    stats.flow.arrived += part.flow.arrived;
+    for (sum, count) in stats.flow.waited.iter_mut().zip(&part.flow.waited) {
+        *sum += count;
     }
 }
 

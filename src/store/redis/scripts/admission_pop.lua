@@ -29,7 +29,9 @@ for i = 1, #taken, 2 do
   users[#users + 1] = taken[i]
 end
 remove_all('ZREM', K_WAITING, users)
-admit_taken(cfg, taken, out)
+-- How long they waited, by this sub-line's marks of when it gave its
+-- tickets; the head counts the admissions themselves.
+count_waited(cfg, admit_taken(cfg, taken, out))
 redis.call('HSET', K_BATCHES, id, cjson.encode(out))
 redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(ARGV[5]), id)
 return out
