@@ -615,7 +615,7 @@ const CROWD: u8 = 14;
 /// admitted completing or checked, updates of the mode, the rate,
 /// `max_active`, the notice and the closing reason, clearing, the
 /// reaper's passes (with the clock moved past the heartbeat, and past a
-/// gap in the passes), and the queue's figures.
+/// gap in the passes), the queue's figures, and `AdmitUsers`.
 fn sub_line_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (0..CROWD).prop_map(Op::Enqueue),
@@ -632,6 +632,8 @@ fn sub_line_op() -> impl Strategy<Value = Op> {
         1 => prop_oneof![Just(1u32), 1u32..4, Just(u32::MAX)].prop_map(Op::ClearStep),
         2 => Just(Op::Reap),
         2 => Just(Op::Stats),
+        2 => (proptest::collection::vec(0..CROWD, 1..5), 0u8..3, any::<bool>())
+            .prop_map(|(users, request, over)| Op::AdmitUsers(users, request, over)),
         1 => prop_oneof![20_000u64..40_000, 59_000u64..61_000].prop_map(Op::Advance),
         1 => (1u8..24).prop_map(Op::Passes),
         3 => (1u32..5, proptest::option::of(0u8..3)).prop_map(|(n, r)| Op::Admit(n, r)),

@@ -1202,3 +1202,53 @@ async fn an_admission_left_journalled_is_finished_by_the_next_before_its_own() {
         .unwrap();
     assert_eq!(waiting.state, PlaceState::Waiting { position: 1 });
 }
+
+/// The same for `AdmitUsers`: an entry naming users, left journalled, is
+/// finished by the next admission before its own, and the stopped
+/// request, retried, gets what its entry did.
+#[tokio::test]
+async fn named_users_left_journalled_are_admitted_by_the_next_admission_first() {
+    let redis = TestRedis::start();
+    let store = redis.store().await.with_sub_lines();
+    store.create_queue(&sharded_config(3, 0, 0)).await.unwrap();
+    let waiting: Vec<UserId> = (0..4).map(u).collect();
+    for user in &waiting {
+        store.enqueue(&q(), user, T0).await.unwrap();
+    }
+    // One waiting, one not in line at all: a ticket of their own.
+    let named = vec![waiting[3].clone(), u(100)];
+    let stopped = RequestId::parse("named").unwrap();
+    let after = T0 + TAU_MS + SKEW_MS;
+    store
+        .plan_admit_users_and_stop(&q(), &named, &stopped, after)
+        .await
+        .unwrap();
+    let place = store.place(&q(), &named[0], after).await.unwrap().unwrap();
+    assert!(
+        matches!(place.state, PlaceState::Waiting { .. }),
+        "{place:?}"
+    );
+    // The next admission from the line finishes the entry first: the
+    // named are admitted, and it takes the lowest of the others.
+    let batch = store
+        .admit(&q(), 1, Some(&RequestId::parse("batch").unwrap()), after)
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 1);
+    assert!(!named.contains(&batch[0].user), "{batch:?}");
+    for user in &named {
+        let place = store.place(&q(), user, after).await.unwrap().unwrap();
+        assert!(matches!(place.state, PlaceState::Admitted(_)), "{place:?}");
+    }
+    let retried = store
+        .admit_users(&q(), &named, &stopped, false, after)
+        .await
+        .unwrap();
+    assert_eq!(retried.len(), 2);
+    assert!(
+        retried
+            .iter()
+            .all(|r| matches!(r, waitroom::domain::NamedAdmission::Admitted(_))),
+        "{retried:?}"
+    );
+}

@@ -527,12 +527,13 @@ impl QueueStore for MemoryStore {
             }
             state.prepare(now_ms);
             let before = state.line.given;
+            let given_before = state.last_given();
             let results: Vec<NamedAdmission> = users
                 .iter()
                 .map(|user| state.admit_named(user, override_capacity, now_ms))
                 .collect();
             if state.line.given != before {
-                state.note_joined(now_ms);
+                state.note_joined_after_call(&given_before, now_ms);
             }
             state.admissions.named.insert(
                 request.clone(),

@@ -42,6 +42,7 @@ pub(super) struct Scripts {
     pub(super) used_token: Script,
     pub(super) head_update: Script,
     pub(super) copy_settings: Script,
+    pub(super) admit_named: Script,
 }
 
 /// Shared by the enqueue scripts (and the benchmark's own).
@@ -103,6 +104,7 @@ impl Scripts {
             used_token: Script::new(include_str!("scripts/used_token.lua")),
             head_update: with_prelude(include_str!("scripts/head_update.lua")),
             copy_settings: with_prelude(include_str!("scripts/copy_settings.lua")),
+            admit_named: with_prelude(include_str!("scripts/admit_named.lua")),
         }
     }
 }

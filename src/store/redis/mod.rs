@@ -271,6 +271,30 @@ impl RedisStore {
         .await
     }
 
+    /// Journals an `AdmitUsers` of a queue over sub-lines at the head and
+    /// stops there, as [`Self::plan_admission_and_stop`] does.
+    #[cfg(feature = "testkit")]
+    pub async fn plan_admit_users_and_stop(
+        &self,
+        queue: &QueueId,
+        users: &[UserId],
+        request: &RequestId,
+        now_ms: u64,
+    ) -> Result<()> {
+        let link = self.link(queue);
+        let layout = link.layout().await?;
+        link.admit_users(
+            &layout,
+            users,
+            request,
+            false,
+            now_ms,
+            sub_lines::Until::Planned,
+        )
+        .await
+        .map(drop)
+    }
+
     /// A step of `used_token.lua` on the queue's consumed token ids:
     /// `None` when the token is not consumed and the step only looked.
     async fn used_token(
@@ -754,15 +778,33 @@ impl QueueStore for RedisStore {
         override_capacity: bool,
         now_ms: u64,
     ) -> Result<Vec<NamedAdmission>> {
-        let mut invocation = self.invocation(&self.scripts.admit_users, queue, now_ms);
-        invocation
-            .arg(request.as_str())
-            .arg(super::batch_result_ttl_ms(request))
-            .arg(if override_capacity { "1" } else { "0" });
-        for user in users {
-            invocation.arg(user.as_str());
-        }
-        parse_named(self.run("admit_users", queue, &invocation).await?)
+        let link = &self.link(queue);
+        routed(
+            link,
+            || async {
+                let mut invocation = self.invocation(&self.scripts.admit_users, queue, now_ms);
+                invocation
+                    .arg(request.as_str())
+                    .arg(super::batch_result_ttl_ms(request))
+                    .arg(if override_capacity { "1" } else { "0" });
+                for user in users {
+                    invocation.arg(user.as_str());
+                }
+                parse_named(self.run("admit_users", queue, &invocation).await?)
+            },
+            |layout| async move {
+                link.admit_users(
+                    &layout,
+                    users,
+                    request,
+                    override_capacity,
+                    now_ms,
+                    sub_lines::Until::Settled,
+                )
+                .await
+            },
+        )
+        .await
     }
 
     async fn clear_step(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {

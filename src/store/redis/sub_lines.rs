@@ -32,11 +32,14 @@ use redis::Value;
 use super::breaker::{Breaker, SUB_LINES, bounded, guard};
 use super::keys::{self, QUEUE_KEYS};
 use super::lua::Scripts;
-use super::reply::{Reply, bad_reply, parse_admitted, parse_enqueued_first, parse_place};
+use super::reply::{
+    Reply, bad_reply, parse_admitted, parse_enqueued_first, parse_named, parse_place,
+};
 use super::topology::Connector;
 use crate::domain::shards::sub_line_of;
 use crate::domain::{
-    Admission, Admitted, Place, PlaceState, QueueId, QueueStats, RateSample, RequestId, UserId,
+    Admission, Admitted, NamedAdmission, Place, PlaceState, QueueId, QueueStats, RateSample,
+    RequestId, UserId,
 };
 use crate::{Error, Result};
 
@@ -341,8 +344,6 @@ impl SubLineLink<'_> {
         now_ms: u64,
         until: Until,
     ) -> Result<Vec<Admitted>> {
-        let head = keys::queue_keys(self.prefix, self.queue);
-        let leases = [keys::leases_key(self.prefix, self.queue)];
         let request_arg = request.map_or("", RequestId::as_str);
         let keep = request
             .map_or(0, crate::store::batch_result_ttl_ms)
@@ -350,18 +351,12 @@ impl SubLineLink<'_> {
         let due_arg = if due { "1" } else { "0" };
         for _ in 0..MAX_ATTEMPTS {
             let mut reply = self
-                .run(
-                    "admit",
-                    ScriptCall::new(&self.scripts.admission_head, &head, now_ms)
-                        .own_keys(&leases)
-                        .args(&["begin", request_arg, due_arg]),
-                )
+                .on_head(&["begin", request_arg, due_arg], now_ms)
                 .await?;
             match reply.string()?.as_str() {
                 "done" => return parse_admitted(reply),
-                "finish" => {
-                    let (id, cutoff, ttl) = (reply.string()?, reply.string()?, reply.string()?);
-                    self.pops(layout, &id, &cutoff, &ttl, now_ms).await?;
+                unsettled @ ("finish" | "finish_named") => {
+                    self.finish(layout, unsettled, reply, now_ms).await?;
                     continue;
                 }
                 "plan" => {}
@@ -409,14 +404,7 @@ impl SubLineLink<'_> {
                 keep.as_str(),
             ];
             args.extend(below.iter().map(String::as_str));
-            let mut plan = self
-                .run(
-                    "admit",
-                    ScriptCall::new(&self.scripts.admission_head, &head, now_ms)
-                        .own_keys(&leases)
-                        .args(&args),
-                )
-                .await?;
+            let mut plan = self.on_head(&args, now_ms).await?;
             match plan.string()?.as_str() {
                 "again" => continue,
                 "plan" => {}
@@ -435,6 +423,251 @@ impl SubLineLink<'_> {
         Err(Error::Unavailable(format!(
             "{MAX_ATTEMPTS} admissions of this queue came between the reads of this one"
         )))
+    }
+
+    /// `AdmitUsers` over sub-lines, one head entry like an admission from
+    /// the line: the users' admissions and the admitted count read, the
+    /// head plans who is admitted (`max_active` unless overridden), each
+    /// planned user is admitted in their sub-line (`admit_named.lua`),
+    /// and the head keeps the result under the request id.
+    pub(super) async fn admit_users(
+        &self,
+        layout: &Layout,
+        users: &[UserId],
+        request: &RequestId,
+        override_capacity: bool,
+        now_ms: u64,
+        until: Until,
+    ) -> Result<Vec<NamedAdmission>> {
+        let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        let keep = crate::store::batch_result_ttl_ms(request).to_string();
+        for _ in 0..MAX_ATTEMPTS {
+            let mut args = vec!["begin_named", request.as_str()];
+            args.extend(&names);
+            let mut reply = self.on_head(&args, now_ms).await?;
+            let version = match reply.string()?.as_str() {
+                "done" => return parse_named(reply),
+                "plan" => reply.string()?,
+                unsettled => {
+                    self.finish(layout, unsettled, reply, now_ms).await?;
+                    continue;
+                }
+            };
+            // Everyone's admission as it stands, lapsed ones ended first
+            // by the fronts, and how many are admitted in all.
+            let mut active = 0;
+            for sub_line in 0..layout.shards as usize {
+                active += self
+                    .on_sub_line(
+                        "admit_users",
+                        &self.scripts.admission_front,
+                        layout,
+                        sub_line,
+                        &["0", "0"],
+                        now_ms,
+                    )
+                    .await?
+                    .u64()?;
+            }
+            let mut held = Vec::with_capacity(users.len());
+            for user in users {
+                held.push(self.admission_of(layout, user).await?.unwrap_or_default());
+            }
+            let id = format!("entry:{}", crate::domain::instance_id());
+            let active = active.to_string();
+            let mut args = vec![
+                "plan_named",
+                version.as_str(),
+                active.as_str(),
+                if override_capacity { "1" } else { "0" },
+                id.as_str(),
+                request.as_str(),
+                keep.as_str(),
+            ];
+            for (name, record) in names.iter().zip(&held) {
+                args.push(name);
+                args.push(record.as_str());
+            }
+            let mut plan = self.on_head(&args, now_ms).await?;
+            if plan.string()? == "again" {
+                continue;
+            }
+            let mut kinds = Vec::with_capacity(users.len());
+            while plan.remaining() > 0 {
+                kinds.push(plan.string()?);
+            }
+            if until == Until::Planned {
+                return Ok(Vec::new());
+            }
+            return self
+                .admit_planned(layout, &id, &keep, users, &kinds, now_ms)
+                .await;
+        }
+        Err(Error::Unavailable(format!(
+            "{MAX_ATTEMPTS} admissions of this queue came between the reads of this one"
+        )))
+    }
+
+    /// Finishes an entry another admitter left unsettled (`begin`'s
+    /// answer `kind`, the rest in `reply`).
+    async fn finish(
+        &self,
+        layout: &Layout,
+        kind: &str,
+        mut reply: Reply,
+        now_ms: u64,
+    ) -> Result<()> {
+        match kind {
+            "finish" => {
+                let (id, cutoff, ttl) = (reply.string()?, reply.string()?, reply.string()?);
+                self.pops(layout, &id, &cutoff, &ttl, now_ms)
+                    .await
+                    .map(drop)
+            }
+            "finish_named" => {
+                let (id, keep) = (reply.string()?, reply.string()?);
+                let (mut users, mut kinds) = (Vec::new(), Vec::new());
+                while reply.remaining() > 0 {
+                    users.push(UserId::parse(&reply.string()?).map_err(|e| bad_reply(&e))?);
+                    kinds.push(reply.string()?);
+                }
+                self.admit_planned(layout, &id, &keep, &users, &kinds, now_ms)
+                    .await
+                    .map(drop)
+            }
+            other => Err(bad_reply(other)),
+        }
+    }
+
+    /// Carries out a planned `AdmitUsers` entry: each user admitted in
+    /// their sub-line, or told they hold an admission, or that there is no
+    /// room; then the head settles it.
+    async fn admit_planned(
+        &self,
+        layout: &Layout,
+        id: &str,
+        keep: &str,
+        users: &[UserId],
+        kinds: &[String],
+        now_ms: u64,
+    ) -> Result<Vec<NamedAdmission>> {
+        if kinds.len() != users.len() {
+            return Err(bad_reply("a plan for another number of users"));
+        }
+        let mut results: Vec<[String; 4]> = Vec::with_capacity(users.len());
+        for (user, kind) in users.iter().zip(kinds) {
+            results.push(match kind.as_str() {
+                "admit" => self.admit_named(layout, id, user, keep, now_ms).await?,
+                "already" => {
+                    let record = self.admission_of(layout, user).await?.unwrap_or_default();
+                    let mut parts = record.splitn(3, ':').map(str::to_owned);
+                    let mut part = || parts.next().unwrap_or_else(|| "0".to_owned());
+                    ["already".to_owned(), part(), part(), part()]
+                }
+                _ => ["no_capacity".to_owned(), "0".into(), "0".into(), "0".into()],
+            });
+        }
+        let mut args = vec!["settle_named", id];
+        args.extend(users.iter().map(UserId::as_str));
+        args.push("|");
+        for result in &results {
+            args.extend(result.iter().map(String::as_str));
+        }
+        let queue_epoch_ms = self.on_head(&args, now_ms).await?.u64()?;
+        results
+            .iter()
+            .map(|[kind, ticket, at, until]| {
+                let number = |text: &str| text.parse::<u64>().map_err(|_| bad_reply(text));
+                let admission = Admission {
+                    ticket: number(ticket)?,
+                    admitted_at_ms: number(at)?,
+                    expires_at_ms: number(until)?,
+                    queue_epoch_ms,
+                };
+                Ok(match kind.as_str() {
+                    "admitted" => NamedAdmission::Admitted(admission),
+                    "already" => NamedAdmission::AlreadyAdmitted(admission),
+                    _ => NamedAdmission::NoCapacity,
+                })
+            })
+            .collect()
+    }
+
+    /// Admits one planned user in their sub-line, leasing a block when
+    /// they need a ticket and the sub-line's is closed.
+    async fn admit_named(
+        &self,
+        layout: &Layout,
+        id: &str,
+        user: &UserId,
+        keep: &str,
+        now_ms: u64,
+    ) -> Result<[String; 4]> {
+        let keys = layout.keys(self.prefix, layout.sub_line(user))?;
+        for _ in 0..MAX_LEASES {
+            let value = self
+                .value(
+                    "admit_users",
+                    ScriptCall::new(&self.scripts.admit_named, &keys, now_ms).args(&[
+                        id,
+                        user.as_str(),
+                        keep,
+                    ]),
+                )
+                .await?;
+            if let Value::Array(items) = &value
+                && matches!(items.first(), Some(Value::BulkString(kind)) if kind == b"lease")
+            {
+                let mut reply = Reply::new(value)?;
+                reply.string()?;
+                self.lease(&keys, reply.u64()?, now_ms).await?;
+                continue;
+            }
+            let mut reply = Reply::of(value, self.queue)?;
+            let kind = reply.string()?;
+            return Ok([
+                kind,
+                reply.u64()?.to_string(),
+                reply.u64()?.to_string(),
+                reply.u64()?.to_string(),
+            ]);
+        }
+        Err(Error::Internal(format!(
+            "{MAX_LEASES} leases for one user admitted by name"
+        )))
+    }
+
+    /// The admission `user` holds, as their sub-line records it
+    /// (`ticket:admitted at:expires at`).
+    async fn admission_of(&self, layout: &Layout, user: &UserId) -> Result<Option<String>> {
+        let keys = layout.keys(self.prefix, layout.sub_line(user))?;
+        let mut conn = self
+            .connector
+            .connection(self.timeout, self.breaker)
+            .await?;
+        bounded(
+            "admit_users",
+            self.timeout,
+            guard(self.breaker, self.connector, &conn, Some(self.queue)),
+            redis::cmd("HGET")
+                .arg(&keys[4])
+                .arg(user.as_str())
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    /// Runs a step of `admission_head.lua` at the head.
+    async fn on_head(&self, args: &[&str], now_ms: u64) -> Result<Reply> {
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let leases = [keys::leases_key(self.prefix, self.queue)];
+        self.run(
+            "admit",
+            ScriptCall::new(&self.scripts.admission_head, &head, now_ms)
+                .own_keys(&leases)
+                .args(args),
+        )
+        .await
     }
 
     /// Runs an admission entry's pops on every sub-line (each taking
@@ -471,21 +704,11 @@ impl SubLineLink<'_> {
             .iter()
             .map(|(_, t, at, until)| [t.to_string(), at.to_string(), until.to_string()])
             .collect();
-        let head = keys::queue_keys(self.prefix, self.queue);
-        let leases = [keys::leases_key(self.prefix, self.queue)];
         let mut args = vec!["settle", id];
         for ((user, ..), [ticket, at, until]) in taken.iter().zip(&numbers) {
             args.extend([user.as_str(), ticket.as_str(), at.as_str(), until.as_str()]);
         }
-        let queue_epoch_ms = self
-            .run(
-                "admit",
-                ScriptCall::new(&self.scripts.admission_head, &head, now_ms)
-                    .own_keys(&leases)
-                    .args(&args),
-            )
-            .await?
-            .u64()?;
+        let queue_epoch_ms = self.on_head(&args, now_ms).await?.u64()?;
         taken
             .into_iter()
             .map(|(user, ticket, admitted_at_ms, expires_at_ms)| {

@@ -31,17 +31,11 @@ if redis.call('EXISTS', K_CONFIG) == 0 then
 end
 local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admit_per_second', 'created_at_ms',
   'closed_reason', 'admission_ttl_ms', 'admit_version', 'admitting', 'admitting_cutoff',
-  'admitting_request', 'admitting_keep')
+  'admitting_request', 'admitting_keep', 'admitting_named')
 local cfg = { mode = v[1], max_active = tonumber(v[2]), rate = tonumber(v[3]), epoch = tonumber(v[4]),
   closed_reason = v[5] or '', ttl = tonumber(v[6]) }
 local version = tonumber(v[7]) or 0
 local step = ARGV[2]
-
-local function forget_lapsed_results()
-  local lapsed = redis.call('ZRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
-  remove_all('HDEL', K_BATCHES, lapsed)
-  redis.call('ZREMRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
-end
 
 -- The lowest ticket a join may still be given (domain::shards::Head::
 -- watermark): leases older than τ + ε are dropped, oldest first, up to
@@ -59,6 +53,114 @@ local function watermark()
   return (tonumber(redis.call('GET', K_SEQ)) or 0) + 1
 end
 
+-- An entry left unsettled, for the caller to finish first: an admission
+-- from the line {'ok', 'finish', id, cutoff, ttl}, or AdmitUsers' named
+-- users {'ok', 'finish_named', id, keep ms, user, kind, ...}.
+local function unsettled()
+  if v[12] then
+    local out = { 'ok', 'finish_named', v[8], v[11] or '0' }
+    for _, planned in ipairs(cjson.decode(v[12])) do
+      out[#out + 1] = planned[1]
+      out[#out + 1] = planned[2]
+    end
+    return out
+  end
+  return { 'ok', 'finish', v[8], v[9], tostring(cfg.ttl) }
+end
+
+local function end_entry()
+  redis.call('HDEL', K_CONFIG, 'admitting', 'admitting_cutoff', 'admitting_request', 'admitting_keep',
+    'admitting_named')
+  redis.call('HINCRBY', K_CONFIG, 'admit_version', 1)
+end
+
+if step == 'begin_named' then
+  local key = 'users|' .. ARGV[3]
+  forget_lapsed_results()
+  local previous = redis.call('HGET', K_BATCHES, key)
+  if previous then
+    local kept = cjson.decode(previous)
+    if #kept.users ~= #ARGV - 3 then
+      return { 'request_reused' }
+    end
+    for i, user in ipairs(kept.users) do
+      if ARGV[3 + i] ~= user then
+        return { 'request_reused' }
+      end
+    end
+    local out = kept.result
+    table.insert(out, 2, 'done')
+    return out
+  end
+  if v[8] then
+    return unsettled()
+  end
+  if cfg.mode == 'closed' then
+    return { 'closed', cfg.closed_reason }
+  end
+  return { 'ok', 'plan', tostring(version) }
+end
+
+if step == 'plan_named' then
+  -- ARGV: version, admitted now (summed over the sub-lines), override
+  -- (1/0), entry id, request id, keep ms, then per user: user, and the
+  -- admission they hold ('' for none).
+  if tonumber(ARGV[3]) ~= version or v[8] then
+    return { 'ok', 'again' }
+  end
+  local capped = cfg.mode ~= 'pass_through' and ARGV[5] ~= '1'
+  local room = 1e15
+  if cfg.max_active > 0 then
+    room = math.max(cfg.max_active - tonumber(ARGV[4]), 0)
+  end
+  local plan, out, holds = {}, { 'ok', 'plan' }, {}
+  for i = 9, #ARGV, 2 do
+    local kind = 'admit'
+    -- Named again in the call: holds the admission named before.
+    if ARGV[i + 1] ~= '' or holds[ARGV[i]] then
+      kind = 'already'
+    elseif capped and room == 0 then
+      kind = 'no_capacity'
+    else
+      room = room - 1
+    end
+    holds[ARGV[i]] = kind ~= 'no_capacity'
+    plan[#plan + 1] = { ARGV[i], kind }
+    out[#out + 1] = kind
+  end
+  redis.call('HSET', K_CONFIG, 'admitting', ARGV[6], 'admitting_request', ARGV[7], 'admitting_keep',
+    ARGV[8], 'admitting_named', cjson.encode(plan))
+  redis.call('HINCRBY', K_CONFIG, 'admit_version', 1)
+  return out
+end
+
+if step == 'settle_named' then
+  -- ARGV: entry id, users..., then '|', then per user: kind, ticket,
+  -- admitted at, expires at.
+  local id = ARGV[3]
+  if v[8] == id then
+    local users, at = {}, 4
+    while ARGV[at] ~= '|' do
+      users[#users + 1] = ARGV[at]
+      at = at + 1
+    end
+    local out, admitted = { 'ok', cfg.epoch }, 0
+    for i = at + 1, #ARGV, 4 do
+      out[#out + 1] = { ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]) }
+      if ARGV[i] == 'admitted' then
+        admitted = admitted + 1
+      end
+    end
+    if admitted > 0 then
+      redis.call('HINCRBY', K_STATS, 'admitted', admitted)
+    end
+    local key = 'users|' .. (v[10] or '')
+    keep_result(key, { users = users, result = out }, v[11] or '0')
+    end_entry()
+  end
+  return { 'ok', cfg.epoch }
+end
+
 if step == 'begin' then
   local request, due = ARGV[3], ARGV[4] == '1'
   forget_lapsed_results()
@@ -71,7 +173,7 @@ if step == 'begin' then
     end
   end
   if v[8] then
-    return { 'ok', 'finish', v[8], v[9], tostring(cfg.ttl), v[10] or '', v[11] or '0' }
+    return unsettled()
   end
   -- The rate's admitter reads the watermark whatever the mode, as the
   -- memory store's step does; AdmitBatch is refused first.
@@ -112,8 +214,7 @@ if step == 'plan' then
   redis.call('HINCRBY', K_CONFIG, 'admit_version', 1)
   if room == 0 then
     if request ~= '' then
-      redis.call('HSET', K_BATCHES, request, cjson.encode({ 'ok', cfg.epoch }))
-      redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(keep), request)
+      keep_result(request, { 'ok', cfg.epoch }, keep)
     end
     return { 'ok', 'plan', 0, '0', tostring(cfg.ttl) }
   end
@@ -136,11 +237,9 @@ if step == 'settle' then
     record_admissions((#ARGV - 3) / 4)
     local request = v[10] or ''
     if request ~= '' then
-      redis.call('HSET', K_BATCHES, request, cjson.encode(out))
-      redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(v[11] or '0'), request)
+      keep_result(request, out, v[11] or '0')
     end
-    redis.call('HDEL', K_CONFIG, 'admitting', 'admitting_cutoff', 'admitting_request', 'admitting_keep')
-    redis.call('HINCRBY', K_CONFIG, 'admit_version', 1)
+    end_entry()
   end
   return { 'ok', cfg.epoch }
 end

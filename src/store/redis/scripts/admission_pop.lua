@@ -13,9 +13,7 @@ if not cfg then
   return { 'no_queue' }
 end
 local id = ARGV[2]
-local lapsed = redis.call('ZRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
-remove_all('HDEL', K_BATCHES, lapsed)
-redis.call('ZREMRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+forget_lapsed_results()
 local previous = redis.call('HGET', K_BATCHES, id)
 if previous then
   return cjson.decode(previous)
@@ -32,6 +30,5 @@ remove_all('ZREM', K_WAITING, users)
 -- How long they waited, by this sub-line's marks of when it gave its
 -- tickets; the head counts the admissions themselves.
 count_waited(cfg, admit_taken(cfg, taken, out))
-redis.call('HSET', K_BATCHES, id, cjson.encode(out))
-redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(ARGV[5]), id)
+keep_result(id, out, ARGV[5])
 return out

@@ -14,9 +14,7 @@ local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
 end
-local lapsed = redis.call('ZRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
-remove_all('HDEL', K_BATCHES, lapsed)
-redis.call('ZREMRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+forget_lapsed_results()
 if request ~= '' then
   local previous = redis.call('HGET', K_BATCHES, request)
   if previous then
@@ -37,7 +35,6 @@ elseif cfg.mode == 'queueing' then
 end
 local out = admit_next(cfg, room, { 'ok', cfg.epoch })
 if request ~= '' then
-  redis.call('HSET', K_BATCHES, request, cjson.encode(out))
-  redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(ARGV[4]), request)
+  keep_result(request, out, ARGV[4])
 end
 return out

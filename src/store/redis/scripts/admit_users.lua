@@ -18,9 +18,7 @@ local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
 end
-local lapsed = redis.call('ZRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
-remove_all('HDEL', K_BATCHES, lapsed)
-redis.call('ZREMRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+forget_lapsed_results()
 local users = {}
 for i = 5, #ARGV do
   users[#users + 1] = ARGV[i]
@@ -54,12 +52,8 @@ for i = 5, #ARGV do
   elseif capped and free_slots(cfg) == 0 then
     out[#out + 1] = { 'no_capacity', 0, 0, 0 }
   else
-    local ticket = redis.call('ZSCORE', K_WAITING, user)
-    if ticket then
-      ticket = tonumber(ticket)
-      redis.call('ZREM', K_WAITING, user)
-      log_event('l', ticket, 1)
-    else
+    local ticket = leave_line_admitted(user)
+    if not ticket then
       -- Pre-queued (counted when they arrived) or not in line at all.
       if not remove_from_line(cfg, user) then
         count_arrivals(cfg, 1)
@@ -78,6 +72,5 @@ end
 if gave_tickets then
   note_joined(gave_tickets)
 end
-redis.call('HSET', K_BATCHES, key, cjson.encode({ users = users, result = out }))
-redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(ARGV[3]), key)
+keep_result(key, { users = users, result = out }, ARGV[3])
 return out

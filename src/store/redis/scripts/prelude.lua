@@ -451,6 +451,32 @@ local function remove_from_line(cfg, user)
   return removed
 end
 
+-- Drops the results kept for retries (AdmitBatch, AdmitUsers, the entries
+-- of an admission over sub-lines) whose time has passed.
+local function forget_lapsed_results()
+  local lapsed = redis.call('ZRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+  remove_all('HDEL', K_BATCHES, lapsed)
+  redis.call('ZREMRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
+end
+
+-- Keeps a result for retries under `key` for `keep_ms`.
+local function keep_result(key, result, keep_ms)
+  redis.call('HSET', K_BATCHES, key, cjson.encode(result))
+  redis.call('ZADD', K_BATCH_EXPIRY, NOW + tonumber(keep_ms), key)
+end
+
+-- A user admitted by name leaves the line with their ticket if waiting;
+-- returns it, or nil for anyone else (who needs a ticket of their own).
+local function leave_line_admitted(user)
+  local ticket = redis.call('ZSCORE', K_WAITING, user)
+  if not ticket then
+    return nil
+  end
+  redis.call('ZREM', K_WAITING, user)
+  log_event('l', tonumber(ticket), 1)
+  return tonumber(ticket)
+end
+
 -- Ends a user's admission; true if there was one.
 local function end_admission(user)
   if redis.call('HDEL', K_ADMITTED, user) == 1 then
