@@ -206,3 +206,64 @@ async fn a_queue_whose_slot_moves_under_traffic_loses_and_reorders_nobody() {
     assert_eq!(admitted[0].user_id, "before-000");
     eprintln!("{retried} calls were retried while the slot moved");
 }
+
+/// A queue over as many sub-lines as the Cluster has masters puts one
+/// sub-line on each (the slot map read when it is made; the plain tags
+/// crowd two on one node for about half the names), and joins and
+/// admissions over them work across the nodes.
+#[tokio::test]
+async fn a_queue_over_sub_lines_puts_one_on_each_master() {
+    use waitroom::domain::{PlaceState, QueueConfig, QueueId, RequestId, UserId};
+    use waitroom::store::{QueueStore, RedisOptions, RedisStore};
+
+    let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let prefix = fresh_prefix();
+    let store = RedisStore::connect(&RedisOptions {
+        url: cluster.urls(),
+        password: None,
+        cluster: true,
+        prefix: prefix.clone(),
+        timeout: Duration::from_secs(2),
+        sentinel_master: None,
+        sentinel_password: None,
+    })
+    .await
+    .unwrap()
+    .with_sub_lines();
+    let masters = cluster.nodes.len();
+    for name in 0..10 {
+        let queue = QueueId::parse(&format!("sale{name}")).unwrap();
+        let mut config = QueueConfig::new(queue.clone()).created(1_800_000_000_000);
+        config.shards = masters as u32;
+        store.create_queue(&config).await.unwrap();
+        for node in 0..masters {
+            let copies = keys_on(&cluster, node, &format!("{prefix}:{{{queue}~*}}:config"));
+            assert_eq!(copies.len(), 1, "{queue} on node {node}: {copies:?}");
+        }
+        let users: Vec<UserId> = (0..12)
+            .map(|n| UserId::parse(&format!("v{n}")).unwrap())
+            .collect();
+        let places = store
+            .enqueue_many(&queue, &users, 1_800_000_000_000)
+            .await
+            .unwrap();
+        assert!(places.iter().all(|p| matches!(
+            p,
+            Ok(place) if matches!(place.state, PlaceState::Waiting { .. })
+        )));
+        let admitted = store
+            .admit(
+                &queue,
+                12,
+                Some(&RequestId::parse("all").unwrap()),
+                1_800_000_001_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(admitted.len(), 12, "{queue}");
+        let mut tickets: Vec<u64> = admitted.iter().map(|a| a.admission.ticket).collect();
+        let in_order = tickets.clone();
+        tickets.sort_unstable();
+        assert_eq!(tickets, in_order, "admitted in ticket order");
+    }
+}

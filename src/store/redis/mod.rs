@@ -348,7 +348,24 @@ impl QueueStore for RedisStore {
                 .arg(config.id.as_str()),
         )
         .await?;
-        let layout = (config.shards > 1).then(|| Layout::new(&config.id, config.shards));
+        let layout = match config.shards {
+            0 | 1 => None,
+            shards => {
+                // On a Cluster, the sub-lines spread over its nodes by the
+                // slot map as it is now; on one Redis, plain tags.
+                let owners = match self.connection().await? {
+                    topology::Connection::Cluster(_) => sub_lines::slot_owners(
+                        &self
+                            .command::<Value>("create_queue", redis::cmd("CLUSTER").arg("SLOTS"))
+                            .await?,
+                    )?,
+                    topology::Connection::Single(..) => Vec::new(),
+                };
+                Some(Layout::new(&config.id, shards, |slot| {
+                    sub_lines::owner_of(&owners, slot)
+                }))
+            }
+        };
         let fields = config_fields(config);
         let mut invocation =
             self.invocation(&self.scripts.create_queue, &config.id, config.created_at_ms);

@@ -90,12 +90,12 @@ impl Layout {
         })
     }
 
-    /// The tags a queue of `shards` sub-lines is made with. One node (or
-    /// a Cluster whose slot map is not consulted yet) takes the plain tags.
-    pub(super) fn new(queue: &QueueId, shards: u32) -> Self {
+    /// The tags a queue of `shards` sub-lines is made with, spread over the
+    /// nodes `owner` says own each slot (`domain::shards::sub_line_tags`).
+    pub(super) fn new(queue: &QueueId, shards: u32, owner: impl Fn(u16) -> usize) -> Self {
         Self {
             shards,
-            tags: crate::domain::shards::sub_line_tags(queue.as_str(), shards, |_| 0),
+            tags: crate::domain::shards::sub_line_tags(queue.as_str(), shards, owner),
         }
     }
 
@@ -239,7 +239,7 @@ impl SubLineLink<'_> {
             return Err(Error::QueueNotFound(self.queue.to_string()));
         }
         let layout = Arc::new(match (shards.unwrap_or(1), tags) {
-            (1, _) => Layout::new(self.queue, 1),
+            (1, _) => Layout::new(self.queue, 1, |_| 0),
             (shards, Some(tags)) => Layout::parse(shards, &tags)?,
             (_, None) => return Err(bad_reply("a head without its sub-lines")),
         });
@@ -1021,6 +1021,49 @@ pub(super) fn add_stats(stats: &mut QueueStats, part: &QueueStats) {
     for (sum, count) in stats.flow.waited.iter_mut().zip(&part.flow.waited) {
         *sum += count;
     }
+}
+
+/// Which node owns each slot, as ranges (first slot, last slot, node),
+/// from a Cluster's `CLUSTER SLOTS` answer; the nodes numbered by their
+/// first appearance.
+pub(super) fn slot_owners(answer: &Value) -> Result<Vec<(u16, u16, usize)>> {
+    let Value::Array(ranges) = answer else {
+        return Err(bad_reply("CLUSTER SLOTS: not an array"));
+    };
+    let mut nodes: Vec<(Vec<u8>, i64)> = Vec::new();
+    let mut owners = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let Value::Array(parts) = range else {
+            return Err(bad_reply("CLUSTER SLOTS: a range is not an array"));
+        };
+        let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(master))) =
+            (parts.first(), parts.get(1), parts.get(2))
+        else {
+            return Err(bad_reply("CLUSTER SLOTS: a range without its master"));
+        };
+        let node = match (master.first(), master.get(1)) {
+            (Some(Value::BulkString(host)), Some(Value::Int(port))) => (host.clone(), *port),
+            _ => return Err(bad_reply("CLUSTER SLOTS: a master without its address")),
+        };
+        let index = match nodes.iter().position(|known| *known == node) {
+            Some(index) => index,
+            None => {
+                nodes.push(node);
+                nodes.len() - 1
+            }
+        };
+        let slot = |n: i64| u16::try_from(n).map_err(|_| bad_reply("CLUSTER SLOTS: a slot"));
+        owners.push((slot(*first)?, slot(*last)?, index));
+    }
+    Ok(owners)
+}
+
+/// The node owning `slot` by `owners` (0 for a slot none owns).
+pub(super) fn owner_of(owners: &[(u16, u16, usize)], slot: u16) -> usize {
+    owners
+        .iter()
+        .find(|(first, last, _)| (*first..=*last).contains(&slot))
+        .map_or(0, |(_, _, node)| *node)
 }
 
 /// The indexes of `users` by sub-line, in sub-line order and, within
