@@ -237,7 +237,11 @@ async fn a_queue_over_sub_lines_puts_one_on_each_master() {
         config.shards = masters as u32;
         store.create_queue(&config).await.unwrap();
         for node in 0..masters {
-            let copies = keys_on(&cluster, node, &format!("{prefix}:{{{queue}~*}}:config"));
+            let copies = keys_on(
+                &cluster,
+                node,
+                &format!("{prefix}:{{{queue}/{masters}~*}}:config"),
+            );
             assert_eq!(copies.len(), 1, "{queue} on node {node}: {copies:?}");
         }
         let users: Vec<UserId> = (0..12)

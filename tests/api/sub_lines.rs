@@ -1095,7 +1095,9 @@ async fn a_sale_over_four_sub_lines_admits_everyone_once_in_ticket_order_through
 /// Two replicas of one Redis: one re-makes the queue with another number
 /// of sub-lines, and the other, which knew the old layout (or none), keeps
 /// serving it rightly: a one-slot call on a head is refused and sent to the
-/// sub-lines, and a known layout whose sub-lines are gone is forgotten.
+/// sub-lines, and a known layout whose sub-lines are gone is forgotten
+/// (from 4 to 8 too, whose first four sub-lines would exist under tags
+/// that did not name the number).
 #[tokio::test]
 async fn a_replica_follows_a_queue_made_again_with_another_number_of_sub_lines() {
     let redis = TestRedis::start();
@@ -1103,7 +1105,7 @@ async fn a_replica_follows_a_queue_made_again_with_another_number_of_sub_lines()
     let one = redis.store_with_prefix(&prefix).await.with_sub_lines();
     let other = redis.store_with_prefix(&prefix).await.with_sub_lines();
     let mut visitor = 0;
-    for shards in [1, 3, 1, 2, 2] {
+    for shards in [1, 3, 1, 2, 2, 4, 8] {
         let _ = one.delete_queue(&q()).await;
         one.create_queue(&sharded_config(shards, 0, 0))
             .await
@@ -1141,6 +1143,11 @@ async fn a_replica_follows_a_queue_made_again_with_another_number_of_sub_lines()
             held += snapshot.tickets.len();
         }
         assert_eq!(held, 6, "{shards} sub-lines");
+        // Each found where the layout of today puts them.
+        for user in &users {
+            let place = one.place(&q(), user, T0).await.unwrap();
+            assert!(place.is_some(), "{user:?} over {shards} sub-lines");
+        }
         assert!(other.leave(&q(), &users[0], T0).await.unwrap());
         let left = one.place(&q(), &users[1], T0).await.unwrap().unwrap();
         assert_eq!(left.waiting_count, 5, "{shards} sub-lines");
@@ -1251,4 +1258,124 @@ async fn named_users_left_journalled_are_admitted_by_the_next_admission_first() 
             .all(|r| matches!(r, waitroom::domain::NamedAdmission::Admitted(_))),
         "{retried:?}"
     );
+}
+
+/// A queue paused while an `AdmitBatch` is between its begin and its plan
+/// admits nobody: the plan reads the settings as they are then, so neither
+/// the pause nor `max_active` is skipped.
+#[tokio::test]
+async fn a_pause_during_an_admission_over_sub_lines_admits_nobody() {
+    let redis = TestRedis::start();
+    let store = std::sync::Arc::new(redis.store().await.with_sub_lines());
+    store.create_queue(&sharded_config(2, 1, 0)).await.unwrap();
+    for n in 0..4 {
+        store.enqueue(&q(), &u(n), T0).await.unwrap();
+    }
+    let after = T0 + TAU_MS + SKEW_MS;
+    let slow = {
+        let store = std::sync::Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .admit_slowly(
+                    &q(),
+                    4,
+                    &RequestId::parse("slow").unwrap(),
+                    after,
+                    Duration::from_millis(400),
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store
+        .update_queue(
+            &q(),
+            &waitroom::domain::QueueUpdate {
+                mode: Some(waitroom::domain::QueueMode::Paused),
+                ..Default::default()
+            },
+            after,
+        )
+        .await
+        .unwrap();
+    let answer = slow.await.unwrap();
+    assert!(matches!(answer, Err(Error::QueuePaused(_))), "{answer:?}");
+    for n in 0..4 {
+        let place = store.place(&q(), &u(n), after).await.unwrap().unwrap();
+        assert!(
+            matches!(place.state, PlaceState::Waiting { .. }),
+            "{place:?}"
+        );
+    }
+}
+
+/// An `AdmitUsers` entry left journalled names a user who held an
+/// admission then, and completes before the entry is finished: the result
+/// still says which admission they held (the plan journals it), and a user
+/// id with the character the settling once split on is kept as named.
+#[tokio::test]
+async fn a_named_entry_finished_later_answers_the_admissions_it_planned() {
+    let redis = TestRedis::start();
+    let store = redis.store().await.with_sub_lines();
+    store.create_queue(&sharded_config(2, 0, 0)).await.unwrap();
+    let holder = u(0);
+    store.enqueue(&q(), &holder, T0).await.unwrap();
+    let after = T0 + TAU_MS + SKEW_MS;
+    let first = store
+        .admit(&q(), 1, Some(&RequestId::parse("first").unwrap()), after)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    let piped = UserId::parse("a|b").unwrap();
+    let named = vec![holder.clone(), piped.clone()];
+    let request = RequestId::parse("named").unwrap();
+    store
+        .plan_admit_users_and_stop(&q(), &named, &request, after)
+        .await
+        .unwrap();
+    assert!(store.complete(&q(), &holder, after).await.unwrap());
+    let answer = store
+        .admit_users(&q(), &named, &request, false, after)
+        .await
+        .unwrap();
+    match &answer[..] {
+        [
+            waitroom::domain::NamedAdmission::AlreadyAdmitted(held),
+            waitroom::domain::NamedAdmission::Admitted(_),
+        ] => assert_eq!(held, &first[0].admission),
+        other => panic!("{other:?}"),
+    }
+    let again = store
+        .admit_users(&q(), &named, &request, false, after)
+        .await
+        .unwrap();
+    assert_eq!(again, answer, "a retry is answered the same");
+    let place = store.place(&q(), &piped, after).await.unwrap().unwrap();
+    assert!(matches!(place.state, PlaceState::Admitted(_)), "{place:?}");
+}
+
+/// A scheduled opening over sub-lines is refused by the Redis store, at
+/// creation and by an update, rather than drawn in each sub-line apart.
+#[tokio::test]
+async fn the_redis_store_refuses_a_scheduled_opening_over_sub_lines() {
+    let redis = TestRedis::start();
+    let store = redis.store().await.with_sub_lines();
+    let mut config = sharded_config(2, 0, 0);
+    config.opens_at_ms = Some(T0 + 60_000);
+    let made = store.create_queue(&config).await;
+    assert!(
+        matches!(&made, Err(Error::InvalidArgument { field, .. }) if field == "queue.opens_at"),
+        "{made:?}"
+    );
+    store.create_queue(&sharded_config(2, 0, 0)).await.unwrap();
+    let update = waitroom::domain::QueueUpdate {
+        opens_at: Some(Some(T0 + 60_000)),
+        ..Default::default()
+    };
+    let updated = store.update_queue(&q(), &update, T0).await;
+    assert!(
+        matches!(&updated, Err(Error::InvalidArgument { field, .. }) if field == "queue.opens_at"),
+        "{updated:?}"
+    );
+    assert_eq!(store.get_queue(&q()).await.unwrap().opens_at_ms, None);
 }

@@ -20,13 +20,16 @@
 //! summed over the sub-lines per join, the head's, and each as a ratio of
 //! K = 1's.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use waitroom::domain::{QueueConfig, QueueId, UserId};
+use waitroom::store::{QueueStore, RedisStore};
 use waitroom::testkit::RedisServer;
 
 use crate::ceiling::ScriptCall;
-use crate::load;
+use crate::{harness, load};
 
 #[derive(clap::Args, Clone)]
 pub struct Args {
@@ -51,6 +54,14 @@ pub struct Args {
     /// Seconds per K.
     #[arg(long, default_value_t = 3)]
     seconds: u64,
+    /// Through the Redis store instead: concurrent joiners calling its
+    /// enqueue (coalesced by its batching), one `redis-server` holding the
+    /// head and every sub-line; Redis CPU and commands per join.
+    #[arg(long)]
+    store: bool,
+    /// Concurrent joiners, with `--store`.
+    #[arg(long, default_value_t = 512)]
+    joiners: usize,
 }
 
 /// One K: its head, its sub-lines, and what it has measured.
@@ -160,6 +171,9 @@ impl Layout {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.store {
+        return through_store(&args).await;
+    }
     println!(
         "scenario           shards (the join path over K sub-lines and a head: {} users a round split by hash, {} rounds a round trip, blocks of {}, {} s each, a line of {} first)",
         args.batch, args.depth, args.block, args.seconds, args.line
@@ -194,4 +208,98 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One K through the store: its server, its store, and what it measured.
+struct StoreRun {
+    shards: u32,
+    redis: RedisServer,
+    store: Arc<RedisStore>,
+    joins: u64,
+    wall: Duration,
+    cpu: Duration,
+    commands: u64,
+}
+
+/// `--store`: the sub-lines as the Redis store serves them today, joins
+/// coalesced per queue and split by sub-line, every place then read over
+/// all sub-lines and the head. On one server only the sum shows, not the
+/// busiest sub-line.
+async fn through_store(args: &Args) -> anyhow::Result<()> {
+    println!(
+        "scenario           shards --store (the Redis store's joins over K sub-lines on one redis-server: {} joiners, {} s each)",
+        args.joiners, args.seconds
+    );
+    let mut runs = Vec::new();
+    for &shards in &args.shards {
+        let redis = RedisServer::start().map_err(anyhow::Error::msg)?;
+        let store = Arc::new(harness::redis_store(&redis.url()).await?.with_sub_lines());
+        let mut config =
+            QueueConfig::new(QueueId::parse("sale").map_err(anyhow::Error::msg)?).created(now_ms());
+        config.shards = shards.max(1) as u32;
+        store.create_queue(&config).await?;
+        runs.push(StoreRun {
+            shards: config.shards,
+            redis,
+            store,
+            joins: 0,
+            wall: Duration::ZERO,
+            cpu: Duration::ZERO,
+            commands: 0,
+        });
+    }
+    for turn in 0..args.seconds.max(1) {
+        for run in &mut runs {
+            let url = run.redis.url();
+            let (cpu, commands) = (load::redis_cpu(&url)?, load::redis_commands(&url)?);
+            let started = Instant::now();
+            let deadline = started + Duration::from_secs(1);
+            let joined = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for joiner in 0..args.joiners {
+                let (store, joined) = (Arc::clone(&run.store), Arc::clone(&joined));
+                tasks.push(tokio::spawn(async move {
+                    let queue = QueueId::parse("sale").map_err(anyhow::Error::msg)?;
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        let user = UserId::parse(&format!("t{turn}-j{joiner}-{n}"))
+                            .map_err(anyhow::Error::msg)?;
+                        store.enqueue(&queue, &user, now_ms()).await?;
+                        joined.fetch_add(1, Ordering::Relaxed);
+                        n += 1;
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+            for task in tasks {
+                task.await??;
+            }
+            run.wall += started.elapsed();
+            run.joins += joined.load(Ordering::Relaxed);
+            run.cpu += load::redis_cpu(&url)?.saturating_sub(cpu);
+            run.commands += load::redis_commands(&url)?.saturating_sub(commands);
+        }
+    }
+    let per_join = |run: &StoreRun| run.cpu.as_secs_f64() * 1e6 / run.joins.max(1) as f64;
+    let Some(base) = runs.first().map(per_join) else {
+        return Ok(());
+    };
+    for run in &runs {
+        println!(
+            "  K = {:>2}  {:>8.0} joins/s   Redis {:>5.2} us a join ({:.2}x K = {})   {:>5.2} commands a join",
+            run.shards,
+            run.joins as f64 / run.wall.as_secs_f64(),
+            per_join(run),
+            per_join(run) / base,
+            runs[0].shards,
+            run.commands as f64 / run.joins.max(1) as f64,
+        );
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

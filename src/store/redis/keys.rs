@@ -52,7 +52,7 @@ pub(super) fn queue_keys(prefix: &str, queue: &QueueId) -> [String; QUEUE_KEYS] 
 }
 
 /// The same keys under another hash tag: a sub-line of a queue over
-/// several (`{sale~2}`), whose config is a copy of the head's with the
+/// several (`{sale/4~2}`), whose config is a copy of the head's with the
 /// sub-line's own block of tickets (see `sub_lines.rs`).
 pub(super) fn tagged_keys(prefix: &str, tag: &str) -> [String; QUEUE_KEYS] {
     [

@@ -1,6 +1,6 @@
 //! A queue over several sub-lines (`Queue.shards` above 1): a head in the
 //! queue's own slot (`{sale}`: the config, the ticket sequence, the recent
-//! leases) and each sub-line in a slot of its own (`{sale~0}`, …) with the
+//! leases) and each sub-line in a slot of its own (`{sale/4~0}`, …) with the
 //! per-line keys of a one-slot queue and a copy of the config that also
 //! holds the sub-line's block of tickets (`docs/design.md`, "One sale over
 //! several Redis slots").
@@ -45,8 +45,9 @@ use crate::{Error, Result};
 
 /// How long a queue's layout is trusted before it is read again. A queue
 /// deleted and made again under its name with another number of sub-lines
-/// is therefore served by its old layout for at most this long, which
-/// answers `UNAVAILABLE` (a retry) or "no such queue".
+/// has other sub-line keys (`Layout::new`), so the old layout finds no
+/// sub-line and is read again at once; this bounds how long a layout read
+/// before a queue is made again in one slot is asked first.
 pub(super) const FRESH: Duration = Duration::from_secs(1);
 
 /// Most leases one call takes for one sub-line before giving up: each
@@ -58,10 +59,11 @@ const MAX_LEASES: usize = 16;
 /// reads and its plan, or finishes another's entry first.
 const MAX_ATTEMPTS: usize = 8;
 
-/// How long a sub-line keeps what an admission entry's pop took, for a
-/// replay by the next admitter: far longer than any admitter takes to
-/// settle an entry it planned.
-const POP_KEEP_MS: u64 = 600_000;
+/// How long a sub-line keeps what an admission entry's pop took (or what
+/// it did for a named user), for a replay by the next admitter: a day, far
+/// longer than any entry stays unsettled while the queue is used. The
+/// admitter that settles an entry drops them at once.
+const POP_KEEP_MS: u64 = 86_400_000;
 
 /// Where a queue over sub-lines keeps each of them.
 #[derive(Clone, Debug)]
@@ -92,10 +94,20 @@ impl Layout {
 
     /// The tags a queue of `shards` sub-lines is made with, spread over the
     /// nodes `owner` says own each slot (`domain::shards::sub_line_tags`).
+    ///
+    /// The tags name the number of sub-lines (`sale/4~0`): a queue made
+    /// again under its name with another number has none of the old keys,
+    /// so a replica still holding the old layout finds no sub-line there
+    /// and reads the layout again, rather than spreading users by the old
+    /// number over sub-lines that happen to exist.
     pub(super) fn new(queue: &QueueId, shards: u32, owner: impl Fn(u16) -> usize) -> Self {
+        let base = match shards {
+            0 | 1 => queue.to_string(),
+            shards => format!("{queue}/{shards}"),
+        };
         Self {
             shards,
-            tags: crate::domain::shards::sub_line_tags(queue.as_str(), shards, owner),
+            tags: crate::domain::shards::sub_line_tags(&base, shards, owner),
         }
     }
 
@@ -364,6 +376,9 @@ impl SubLineLink<'_> {
             }
             let version = reply.string()?;
             let watermark = reply.string()?;
+            if let Until::SettledAfter(pause) = until {
+                tokio::time::sleep(pause).await;
+            }
             let limit = max_count.to_string();
             let mut active = 0;
             let mut below = Vec::new();
@@ -380,7 +395,7 @@ impl SubLineLink<'_> {
                     .await?;
                 active += front.u64()?;
                 while front.remaining() > 0 {
-                    below.push(front.u64()?);
+                    below.push((front.u64()?, sub_line));
                 }
             }
             below.sort_unstable();
@@ -389,9 +404,14 @@ impl SubLineLink<'_> {
             // comes back once its result lapses, and a sub-line must not
             // take the pop of an earlier entry for this one.
             let id = format!("entry:{}", crate::domain::instance_id());
+            // Each candidate with its sub-line, so the plan journals how
+            // many each pop may take.
             let (active, below): (String, Vec<String>) = (
                 active.to_string(),
-                below.iter().map(u64::to_string).collect(),
+                below
+                    .iter()
+                    .map(|(ticket, sub_line)| format!("{ticket}:{sub_line}"))
+                    .collect(),
             );
             let mut args = vec![
                 "plan",
@@ -411,14 +431,14 @@ impl SubLineLink<'_> {
                 other => return Err(bad_reply(other)),
             }
             let room = plan.u64()?;
-            let (cutoff, ttl) = (plan.string()?, plan.string()?);
+            let (cutoff, ttl, counts) = (plan.string()?, plan.string()?, plan.string()?);
             if room == 0 {
                 return Ok(Vec::new());
             }
             if until == Until::Planned {
                 return Ok(Vec::new());
             }
-            return self.pops(layout, &id, &cutoff, &ttl, now_ms).await;
+            return self.pops(layout, &id, &cutoff, &ttl, &counts, now_ms).await;
         }
         Err(Error::Unavailable(format!(
             "{MAX_ATTEMPTS} admissions of this queue came between the reads of this one"
@@ -492,15 +512,15 @@ impl SubLineLink<'_> {
             if plan.string()? == "again" {
                 continue;
             }
-            let mut kinds = Vec::with_capacity(users.len());
-            while plan.remaining() > 0 {
-                kinds.push(plan.string()?);
+            let mut planned = Vec::with_capacity(users.len());
+            for record in held {
+                planned.push((plan.string()?, record));
             }
             if until == Until::Planned {
                 return Ok(Vec::new());
             }
             return self
-                .admit_planned(layout, &id, &keep, users, &kinds, now_ms)
+                .admit_planned(layout, &id, users, &planned, now_ms)
                 .await;
         }
         Err(Error::Unavailable(format!(
@@ -520,18 +540,20 @@ impl SubLineLink<'_> {
         match kind {
             "finish" => {
                 let (id, cutoff, ttl) = (reply.string()?, reply.string()?, reply.string()?);
-                self.pops(layout, &id, &cutoff, &ttl, now_ms)
+                let counts = reply.string()?;
+                self.pops(layout, &id, &cutoff, &ttl, &counts, now_ms)
                     .await
                     .map(drop)
             }
             "finish_named" => {
-                let (id, keep) = (reply.string()?, reply.string()?);
-                let (mut users, mut kinds) = (Vec::new(), Vec::new());
+                // The request's keep time, which the head settles by.
+                let (id, _keep) = (reply.string()?, reply.string()?);
+                let (mut users, mut planned) = (Vec::new(), Vec::new());
                 while reply.remaining() > 0 {
                     users.push(UserId::parse(&reply.string()?).map_err(|e| bad_reply(&e))?);
-                    kinds.push(reply.string()?);
+                    planned.push((reply.string()?, reply.string()?));
                 }
-                self.admit_planned(layout, &id, &keep, &users, &kinds, now_ms)
+                self.admit_planned(layout, &id, &users, &planned, now_ms)
                     .await
                     .map(drop)
             }
@@ -540,40 +562,51 @@ impl SubLineLink<'_> {
     }
 
     /// Carries out a planned `AdmitUsers` entry: each user admitted in
-    /// their sub-line, or told they hold an admission, or that there is no
-    /// room; then the head settles it.
+    /// their sub-line, or told the admission they held when planned (or,
+    /// named twice, the one the call gave them first), or that there is
+    /// no room; then the head settles it.
     async fn admit_planned(
         &self,
         layout: &Layout,
         id: &str,
-        keep: &str,
         users: &[UserId],
-        kinds: &[String],
+        planned: &[(String, String)],
         now_ms: u64,
     ) -> Result<Vec<NamedAdmission>> {
-        if kinds.len() != users.len() {
+        if planned.len() != users.len() {
             return Err(bad_reply("a plan for another number of users"));
         }
         let mut results: Vec<[String; 4]> = Vec::with_capacity(users.len());
-        for (user, kind) in users.iter().zip(kinds) {
-            results.push(match kind.as_str() {
-                "admit" => self.admit_named(layout, id, user, keep, now_ms).await?,
+        for (i, (user, (kind, held))) in users.iter().zip(planned).enumerate() {
+            let result = match kind.as_str() {
+                "admit" => self.admit_named(layout, id, user, now_ms).await?,
+                "already" if held.is_empty() => {
+                    let first = users[..i]
+                        .iter()
+                        .position(|earlier| earlier == user)
+                        .and_then(|at| results.get(at))
+                        .ok_or_else(|| bad_reply("an admission held by nobody"))?;
+                    let mut result = first.clone();
+                    result[0] = "already".to_owned();
+                    result
+                }
                 "already" => {
-                    let record = self.admission_of(layout, user).await?.unwrap_or_default();
-                    let mut parts = record.splitn(3, ':').map(str::to_owned);
+                    let mut parts = held.splitn(3, ':').map(str::to_owned);
                     let mut part = || parts.next().unwrap_or_else(|| "0".to_owned());
                     ["already".to_owned(), part(), part(), part()]
                 }
                 _ => ["no_capacity".to_owned(), "0".into(), "0".into(), "0".into()],
-            });
+            };
+            results.push(result);
         }
-        let mut args = vec!["settle_named", id];
+        let count = users.len().to_string();
+        let mut args = vec!["settle_named", id, count.as_str()];
         args.extend(users.iter().map(UserId::as_str));
-        args.push("|");
         for result in &results {
             args.extend(result.iter().map(String::as_str));
         }
         let queue_epoch_ms = self.on_head(&args, now_ms).await?.u64()?;
+        self.forget_entry(layout, id, users).await;
         results
             .iter()
             .map(|[kind, ticket, at, until]| {
@@ -593,6 +626,38 @@ impl SubLineLink<'_> {
             .collect()
     }
 
+    /// Drops what the sub-lines kept for a settled entry's replays (its
+    /// pops, or its named users' admissions), which they keep for a day
+    /// so that no entry left unsettled outlives them. Best effort: what
+    /// stays lapses.
+    async fn forget_entry(&self, layout: &Layout, id: &str, users: &[UserId]) {
+        for sub_line in 0..layout.shards as usize {
+            let Ok(keys) = layout.keys(self.prefix, sub_line) else {
+                return;
+            };
+            let mut fields = vec![id.to_owned()];
+            fields.extend(
+                users
+                    .iter()
+                    .filter(|user| layout.sub_line(user) == sub_line)
+                    .map(|user| format!("{id}|{user}")),
+            );
+            let Ok(mut conn) = self.connector.connection(self.timeout, self.breaker).await else {
+                return;
+            };
+            let _: Result<i64> = bounded(
+                "admit",
+                self.timeout,
+                guard(self.breaker, self.connector, &conn, Some(self.queue)),
+                redis::cmd("HDEL")
+                    .arg(&keys[7])
+                    .arg(&fields)
+                    .query_async(&mut conn),
+            )
+            .await;
+        }
+    }
+
     /// Admits one planned user in their sub-line, leasing a block when
     /// they need a ticket and the sub-line's is closed.
     async fn admit_named(
@@ -600,10 +665,11 @@ impl SubLineLink<'_> {
         layout: &Layout,
         id: &str,
         user: &UserId,
-        keep: &str,
         now_ms: u64,
     ) -> Result<[String; 4]> {
         let keys = layout.keys(self.prefix, layout.sub_line(user))?;
+        let keep = POP_KEEP_MS.to_string();
+        let keep = keep.as_str();
         for _ in 0..MAX_LEASES {
             let value = self
                 .value(
@@ -680,18 +746,26 @@ impl SubLineLink<'_> {
         id: &str,
         cutoff: &str,
         ttl: &str,
+        counts: &str,
         now_ms: u64,
     ) -> Result<Vec<Admitted>> {
         let keep = POP_KEEP_MS.to_string();
+        let counts: Vec<&str> = counts.split(',').collect();
         let mut taken: Vec<(String, u64, u64, u64)> = Vec::new();
         for sub_line in 0..layout.shards as usize {
+            // At most what the plan counted in this sub-line, whatever
+            // joined below the cutoff since.
+            let most = counts.get(sub_line).copied().unwrap_or("0");
+            if most == "0" {
+                continue;
+            }
             let mut pop = self
                 .on_sub_line(
                     "admit",
                     &self.scripts.admission_pop,
                     layout,
                     sub_line,
-                    &[id, cutoff, ttl, keep.as_str()],
+                    &[id, cutoff, ttl, keep.as_str(), most],
                     now_ms,
                 )
                 .await?;
@@ -709,6 +783,7 @@ impl SubLineLink<'_> {
             args.extend([user.as_str(), ticket.as_str(), at.as_str(), until.as_str()]);
         }
         let queue_epoch_ms = self.on_head(&args, now_ms).await?.u64()?;
+        self.forget_entry(layout, id, &[]).await;
         taken
             .into_iter()
             .map(|(user, ticket, admitted_at_ms, expires_at_ms)| {
@@ -941,6 +1016,10 @@ pub(super) enum Until {
     /// there leaves it.
     #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     Planned,
+    /// To its end, waiting this long between its begin and its reads, as
+    /// a slow replica does.
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
+    SettledAfter(std::time::Duration),
 }
 
 /// A queue over sub-lines as read at one moment.

@@ -15,11 +15,12 @@
 --     {'no_queue'}. Numbers the caller passes back are answered as text.
 --   'plan', version, in line and active (summed over the sub-lines by
 --     the caller just now, after version was read), max count, due,
---     entry id, request id, keep ms, then the lowest waiting tickets
---     below the watermark over all sub-lines, ascending:
+--     entry id, request id, keep ms, then the lowest waiting tickets (each
+--     `ticket:sub-line`) below the watermark over all sub-lines, ascending:
 --     {'ok', 'again'} (another admission came between), or
---     {'ok', 'plan', n, cutoff, admission ttl}: admit everyone waiting
---     at or below the cutoff (n of them as read), then settle.
+--     {'ok', 'plan', n, cutoff, admission ttl, counts}: admit those
+--     waiting at or below the cutoff, in each sub-line at most its count
+--     (of the n, 'n0,n1,...'), then settle.
 --   'settle', entry id, then user, ticket, admitted at, expires at, ...
 --     of everyone its pops took: counts them, keeps the result under the
 --     entry's request id, and ends the entry (nothing when another
@@ -31,7 +32,7 @@ if redis.call('EXISTS', K_CONFIG) == 0 then
 end
 local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admit_per_second', 'created_at_ms',
   'closed_reason', 'admission_ttl_ms', 'admit_version', 'admitting', 'admitting_cutoff',
-  'admitting_request', 'admitting_keep', 'admitting_named')
+  'admitting_request', 'admitting_keep', 'admitting_named', 'admitting_counts')
 local cfg = { mode = v[1], max_active = tonumber(v[2]), rate = tonumber(v[3]), epoch = tonumber(v[4]),
   closed_reason = v[5] or '', ttl = tonumber(v[6]) }
 local version = tonumber(v[7]) or 0
@@ -54,23 +55,25 @@ local function watermark()
 end
 
 -- An entry left unsettled, for the caller to finish first: an admission
--- from the line {'ok', 'finish', id, cutoff, ttl}, or AdmitUsers' named
--- users {'ok', 'finish_named', id, keep ms, user, kind, ...}.
+-- from the line {'ok', 'finish', id, cutoff, ttl, counts}, or AdmitUsers' named
+-- users {'ok', 'finish_named', id, keep ms, user, kind, admission held
+-- ('' for none), ...}.
 local function unsettled()
   if v[12] then
     local out = { 'ok', 'finish_named', v[8], v[11] or '0' }
     for _, planned in ipairs(cjson.decode(v[12])) do
       out[#out + 1] = planned[1]
       out[#out + 1] = planned[2]
+      out[#out + 1] = planned[3]
     end
     return out
   end
-  return { 'ok', 'finish', v[8], v[9], tostring(cfg.ttl) }
+  return { 'ok', 'finish', v[8], v[9], tostring(cfg.ttl), v[13] or '' }
 end
 
 local function end_entry()
   redis.call('HDEL', K_CONFIG, 'admitting', 'admitting_cutoff', 'admitting_request', 'admitting_keep',
-    'admitting_named')
+    'admitting_named', 'admitting_counts')
   redis.call('HINCRBY', K_CONFIG, 'admit_version', 1)
 end
 
@@ -108,6 +111,9 @@ if step == 'plan_named' then
   if tonumber(ARGV[3]) ~= version or v[8] then
     return { 'ok', 'again' }
   end
+  if cfg.mode == 'closed' then
+    return { 'closed', cfg.closed_reason }
+  end
   local capped = cfg.mode ~= 'pass_through' and ARGV[5] ~= '1'
   local room = 1e15
   if cfg.max_active > 0 then
@@ -125,7 +131,7 @@ if step == 'plan_named' then
       room = room - 1
     end
     holds[ARGV[i]] = kind ~= 'no_capacity'
-    plan[#plan + 1] = { ARGV[i], kind }
+    plan[#plan + 1] = { ARGV[i], kind, ARGV[i + 1] }
     out[#out + 1] = kind
   end
   redis.call('HSET', K_CONFIG, 'admitting', ARGV[6], 'admitting_request', ARGV[7], 'admitting_keep',
@@ -135,17 +141,14 @@ if step == 'plan_named' then
 end
 
 if step == 'settle_named' then
-  -- ARGV: entry id, users..., then '|', then per user: kind, ticket,
-  -- admitted at, expires at.
+  -- ARGV: entry id, how many users, the users, then per user: kind,
+  -- ticket, admitted at, expires at.
   local id = ARGV[3]
   if v[8] == id then
-    local users, at = {}, 4
-    while ARGV[at] ~= '|' do
-      users[#users + 1] = ARGV[at]
-      at = at + 1
-    end
+    local n = tonumber(ARGV[4])
+    local users = { unpack(ARGV, 5, 4 + n) }
     local out, admitted = { 'ok', cfg.epoch }, 0
-    for i = at + 1, #ARGV, 4 do
+    for i = 5 + n, #ARGV, 4 do
       out[#out + 1] = { ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]) }
       if ARGV[i] == 'admitted' then
         admitted = admitted + 1
@@ -193,6 +196,14 @@ if step == 'plan' then
   end
   local active, room, due = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
   local id, request, keep = ARGV[7], ARGV[8], ARGV[9]
+  -- The mode as of the plan: paused or closed since the begin, AdmitBatch
+  -- is refused and the admitter admits nobody.
+  if cfg.mode == 'paused' or cfg.mode == 'closed' then
+    if due then
+      return { 'ok', 'plan', 0, '0', tostring(cfg.ttl), '' }
+    end
+    return { cfg.mode, cfg.closed_reason }
+  end
   local below = #ARGV - 9
   local free = 1e15
   if cfg.max_active > 0 then
@@ -211,17 +222,28 @@ if step == 'plan' then
   else
     room = math.min(room, below)
   end
-  redis.call('HINCRBY', K_CONFIG, 'admit_version', 1)
   if room == 0 then
     if request ~= '' then
       keep_result(request, { 'ok', cfg.epoch }, keep)
     end
-    return { 'ok', 'plan', 0, '0', tostring(cfg.ttl) }
+    return { 'ok', 'plan', 0, '0', tostring(cfg.ttl), '' }
   end
-  local cutoff = ARGV[9 + room]
+  -- The cutoff, and how many of the planned each sub-line holds.
+  local cutoff, counts = nil, {}
+  for i = 10, 9 + room do
+    local ticket, sub_line = string.match(ARGV[i], '^(%d+):(%d+)$')
+    cutoff = ticket
+    sub_line = tonumber(sub_line) + 1
+    for s = #counts + 1, sub_line do
+      counts[s] = 0
+    end
+    counts[sub_line] = counts[sub_line] + 1
+  end
+  counts = table.concat(counts, ',')
   redis.call('HSET', K_CONFIG, 'admitting', id, 'admitting_cutoff', cutoff, 'admitting_request',
-    request, 'admitting_keep', keep)
-  return { 'ok', 'plan', room, cutoff, tostring(cfg.ttl) }
+    request, 'admitting_keep', keep, 'admitting_counts', counts)
+  redis.call('HINCRBY', K_CONFIG, 'admit_version', 1)
+  return { 'ok', 'plan', room, cutoff, tostring(cfg.ttl), counts }
 end
 
 if step == 'settle' then

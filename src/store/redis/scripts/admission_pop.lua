@@ -4,7 +4,10 @@
 -- another admitter) takes nobody else and answers the same. The head
 -- counts the admissions when it settles the entry.
 -- KEYS: the sub-line's keys (prelude). ARGV: now, entry id, cutoff,
--- admission ttl (ms, the head's), how long to keep what it took (ms).
+-- admission ttl (ms, the head's), how long to keep what it took (ms), and
+-- the most it may take: as many as the plan counted here, so a ticket that
+-- came below the cutoff since (a join whose clock was behind) is never
+-- one more admission than planned.
 -- Returns {'ok', user, ticket, admitted at, expires at, ...} or
 -- {'no_queue'}.
 
@@ -21,7 +24,8 @@ end
 prepare(cfg)
 cfg.ttl = tonumber(ARGV[4])
 local out = { 'ok' }
-local taken = redis.call('ZRANGEBYSCORE', K_WAITING, '-inf', ARGV[3], 'WITHSCORES')
+local taken = redis.call('ZRANGEBYSCORE', K_WAITING, '-inf', ARGV[3], 'WITHSCORES', 'LIMIT', 0,
+  tonumber(ARGV[6]))
 local users = {}
 for i = 1, #taken, 2 do
   users[#users + 1] = taken[i]

@@ -29,6 +29,9 @@ if (changes.mode or v[1]) ~= 'closed' and ((v[2] or '') ~= '' or changes.closed_
   redis.call('HSET', K_CONFIG, 'closed_reason', '')
 end
 redis.call('HINCRBY', K_CONFIG, 'settings_version', 1)
+-- An admission planned after this update reads its settings afresh: one
+-- begun before it starts again.
+redis.call('HINCRBY', K_CONFIG, 'admit_version', 1)
 local out = redis.call('HGETALL', K_CONFIG)
 table.insert(out, 1, 'ok')
 return out
