@@ -111,17 +111,23 @@ impl QueueState {
             .take(limit as usize)
             .map(|(_, user)| user.clone())
             .collect();
+        let released = self.release(&silent);
+        self.count_abandons(released, now_ms);
+        released
+    }
+
+    /// Takes the silent out of line; how many were in it. A sign of life
+    /// of someone no longer in line is dropped, so it is neither counted
+    /// again nor in the way.
+    fn release(&mut self, silent: &[UserId]) -> u64 {
         let mut released = 0;
-        for user in &silent {
+        for user in silent {
             if self.remove_from_line(user) {
                 released += 1;
             } else {
-                // A sign of life of someone no longer in line: dropped,
-                // so it is neither counted again nor in the way.
                 self.unsee(user);
             }
         }
-        self.count_abandons(released, now_ms);
         released
     }
 
@@ -159,13 +165,7 @@ impl QueueState {
                 .take(left as usize)
                 .map(|(_, user)| user.clone())
                 .collect();
-            for user in &silent {
-                if self.remove_from_line(user) {
-                    released += 1;
-                } else {
-                    self.unsee(user);
-                }
-            }
+            released += self.release(&silent);
         }
         self.count_abandons(released, now_ms);
         released

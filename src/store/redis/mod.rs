@@ -227,6 +227,32 @@ impl RedisStore {
         .map(drop)
     }
 
+    /// A script of one user answering a flag (`leave.lua`, `complete.lua`:
+    /// ARGV now, user), on the queue's one slot or the user's sub-line.
+    async fn user_step(
+        &self,
+        operation: &'static str,
+        script: &redis::Script,
+        queue: &QueueId,
+        user: &UserId,
+        now_ms: u64,
+    ) -> Result<bool> {
+        let link = &self.link(queue);
+        routed(
+            link,
+            || async {
+                let mut invocation = self.invocation(script, queue, now_ms);
+                invocation.arg(user.as_str());
+                self.run(operation, queue, &invocation).await?.flag()
+            },
+            |layout| async move {
+                link.user_flag(operation, script, &layout, user, now_ms)
+                    .await
+            },
+        )
+        .await
+    }
+
     /// A bounded step (`reap.lua`, `clear_step.lua`: ARGV now, limit;
     /// answering how many it took): on the queue's one slot, or sub-line
     /// by sub-line (0 first) up to the limit in all.
@@ -759,20 +785,8 @@ impl QueueStore for RedisStore {
     }
 
     async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
-        let link = &self.link(queue);
-        routed(
-            link,
-            || async {
-                let mut invocation = self.invocation(&self.scripts.leave, queue, now_ms);
-                invocation.arg(user.as_str());
-                self.run("leave", queue, &invocation).await?.flag()
-            },
-            |layout| async move {
-                link.user_flag("leave", &self.scripts.leave, &layout, user, now_ms)
-                    .await
-            },
-        )
-        .await
+        self.user_step("leave", &self.scripts.leave, queue, user, now_ms)
+            .await
     }
 
     async fn admit(
@@ -860,20 +874,8 @@ impl QueueStore for RedisStore {
     }
 
     async fn complete(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
-        let link = &self.link(queue);
-        routed(
-            link,
-            || async {
-                let mut invocation = self.invocation(&self.scripts.complete, queue, now_ms);
-                invocation.arg(user.as_str());
-                self.run("complete", queue, &invocation).await?.flag()
-            },
-            |layout| async move {
-                link.user_flag("complete", &self.scripts.complete, &layout, user, now_ms)
-                    .await
-            },
-        )
-        .await
+        self.user_step("complete", &self.scripts.complete, queue, user, now_ms)
+            .await
     }
 
     async fn check_admission(

@@ -16,10 +16,9 @@ if not cfg then
   return { 'no_queue' }
 end
 local id = ARGV[2]
-forget_lapsed_results()
-local previous = redis.call('HGET', K_BATCHES, id)
+local previous = kept_result(id)
 if previous then
-  return cjson.decode(previous)
+  return previous
 end
 prepare(cfg)
 cfg.ttl = tonumber(ARGV[4])

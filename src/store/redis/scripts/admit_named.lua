@@ -14,10 +14,9 @@ if not cfg then
   return { 'no_queue' }
 end
 local id, user = ARGV[2] .. '|' .. ARGV[3], ARGV[3]
-forget_lapsed_results()
-local previous = redis.call('HGET', K_BATCHES, id)
+local previous = kept_result(id)
 if previous then
-  return cjson.decode(previous)
+  return previous
 end
 prepare(cfg)
 local out

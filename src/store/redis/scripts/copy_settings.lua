@@ -20,13 +20,6 @@ local settings = {}
 for i = 3, #ARGV, 2 do
   settings[ARGV[i]] = ARGV[i + 1]
 end
-local reopened = cfg.mode == 'closed' and settings.mode ~= 'closed'
-local shortened = tonumber(settings.heartbeat_timeout_ms) < cfg.heartbeat
-if reopened or shortened then
-  redis.call('HSET', K_CONFIG, 'presence_since_ms', NOW)
-end
-if reopened then
-  redis.call('UNLINK', K_CLEARED)
-end
+restart_presence(cfg, settings.mode, settings.heartbeat_timeout_ms)
 redis.call('HSET', K_CONFIG, 'settings_version', version, unpack(ARGV, 3))
 return { 'ok', 1 }

@@ -459,6 +459,31 @@ local function forget_lapsed_results()
   redis.call('ZREMRANGEBYSCORE', K_BATCH_EXPIRY, '-inf', NOW)
 end
 
+-- The result kept under `key`, decoded, once lapsed results are dropped;
+-- nil when there is none.
+local function kept_result(key)
+  forget_lapsed_results()
+  local kept = redis.call('HGET', K_BATCHES, key)
+  return kept and cjson.decode(kept)
+end
+
+-- A change of settings: reopening, or a shorter heartbeat timeout, makes
+-- presence count from now, so nobody is released for silence the old
+-- rules allowed (instances learn the new timeout within a refresh and
+-- record presence by it); reopened, a line cleared before starts afresh
+-- (UNLINK frees a large set without holding Redis). `mode` and
+-- `heartbeat_ms` are the new ones, nil when unchanged.
+local function restart_presence(cfg, mode, heartbeat_ms)
+  local reopened = cfg.mode == 'closed' and mode and mode ~= 'closed'
+  local shortened = heartbeat_ms and tonumber(heartbeat_ms) < cfg.heartbeat
+  if reopened or shortened then
+    redis.call('HSET', K_CONFIG, 'presence_since_ms', NOW)
+  end
+  if reopened then
+    redis.call('UNLINK', K_CLEARED)
+  end
+end
+
 -- Keeps a result for retries under `key` for `keep_ms`.
 local function keep_result(key, result, keep_ms)
   redis.call('HSET', K_BATCHES, key, cjson.encode(result))

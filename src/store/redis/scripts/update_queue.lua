@@ -19,19 +19,7 @@ end
 if changes.opens_at_ms and cfg.draw ~= 'none' then
   return { 'opening_passed' }
 end
--- Reopening, or a shorter heartbeat timeout: presence counts from now, so
--- nobody is released for silence the old rules allowed (instances learn
--- the new timeout within a refresh and record presence by it).
-local reopened = cfg.mode == 'closed' and changes.mode and changes.mode ~= 'closed'
-local shortened = changes.heartbeat_timeout_ms and tonumber(changes.heartbeat_timeout_ms) < cfg.heartbeat
-if reopened or shortened then
-  redis.call('HSET', K_CONFIG, 'presence_since_ms', NOW)
-end
--- Reopened, a line cleared before starts afresh; UNLINK frees a large set
--- without holding Redis.
-if reopened then
-  redis.call('UNLINK', K_CLEARED)
-end
+restart_presence(cfg, changes.mode, changes.heartbeat_timeout_ms)
 if #ARGV > 1 then
   redis.call('HSET', K_CONFIG, unpack(ARGV, 2))
 end
