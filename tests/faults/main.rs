@@ -22,6 +22,7 @@ mod replicas;
 mod restart;
 mod sentinel;
 mod stall;
+mod sub_lines;
 
 /// How much longer and busier than in CI the scenarios run.
 pub fn scale() -> usize {

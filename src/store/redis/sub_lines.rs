@@ -38,8 +38,7 @@ use super::reply::{
 use super::topology::Connector;
 use crate::domain::shards::sub_line_of;
 use crate::domain::{
-    Admission, Admitted, NamedAdmission, Place, PlaceState, QueueId, QueueStats, RateSample,
-    RequestId, UserId,
+    Admitted, NamedAdmission, Place, PlaceState, QueueId, QueueStats, RateSample, RequestId, UserId,
 };
 use crate::{Error, Result};
 
@@ -605,31 +604,18 @@ impl SubLineLink<'_> {
         for result in &results {
             args.extend(result.iter().map(String::as_str));
         }
-        let queue_epoch_ms = self.on_head(&args, now_ms).await?.u64()?;
+        // The head's answer is what the entry did, whoever settled it.
+        let settled = parse_named(self.on_head(&args, now_ms).await?)?;
         self.forget_entry(layout, id, users).await;
-        results
-            .iter()
-            .map(|[kind, ticket, at, until]| {
-                let number = |text: &str| text.parse::<u64>().map_err(|_| bad_reply(text));
-                let admission = Admission {
-                    ticket: number(ticket)?,
-                    admitted_at_ms: number(at)?,
-                    expires_at_ms: number(until)?,
-                    queue_epoch_ms,
-                };
-                Ok(match kind.as_str() {
-                    "admitted" => NamedAdmission::Admitted(admission),
-                    "already" => NamedAdmission::AlreadyAdmitted(admission),
-                    _ => NamedAdmission::NoCapacity,
-                })
-            })
-            .collect()
+        Ok(settled)
     }
 
-    /// Drops what the sub-lines kept for a settled entry's replays (its
+    /// Replaces what the sub-lines kept for a settled entry's replays (its
     /// pops, or its named users' admissions), which they keep for a day
-    /// so that no entry left unsettled outlives them. Best effort: what
-    /// stays lapses.
+    /// so that no entry left unsettled outlives them, by a mark that the
+    /// entry is settled: a pop of an admitter still carrying the entry out
+    /// then takes nobody (the head answers it what the entry did), and the
+    /// user lists do not stay a day. Best effort: what stays lapses.
     async fn forget_entry(&self, layout: &Layout, id: &str, users: &[UserId]) {
         for sub_line in 0..layout.shards as usize {
             let Ok(keys) = layout.keys(self.prefix, sub_line) else {
@@ -645,14 +631,16 @@ impl SubLineLink<'_> {
             let Ok(mut conn) = self.connector.connection(self.timeout, self.breaker).await else {
                 return;
             };
+            let mut settled = redis::cmd("HSET");
+            settled.arg(&keys[7]);
+            for field in &fields {
+                settled.arg(field).arg(SETTLED);
+            }
             let _: Result<i64> = bounded(
                 "admit",
                 self.timeout,
                 guard(self.breaker, self.connector, &conn, Some(self.queue)),
-                redis::cmd("HDEL")
-                    .arg(&keys[7])
-                    .arg(&fields)
-                    .query_async(&mut conn),
+                settled.query_async(&mut conn),
             )
             .await;
         }
@@ -782,22 +770,10 @@ impl SubLineLink<'_> {
         for ((user, ..), [ticket, at, until]) in taken.iter().zip(&numbers) {
             args.extend([user.as_str(), ticket.as_str(), at.as_str(), until.as_str()]);
         }
-        let queue_epoch_ms = self.on_head(&args, now_ms).await?.u64()?;
+        // The head's answer is what the entry did, whoever settled it.
+        let settled = parse_admitted(self.on_head(&args, now_ms).await?)?;
         self.forget_entry(layout, id, &[]).await;
-        taken
-            .into_iter()
-            .map(|(user, ticket, admitted_at_ms, expires_at_ms)| {
-                Ok(Admitted {
-                    user: UserId::parse(&user).map_err(|e| bad_reply(&e))?,
-                    admission: Admission {
-                        ticket,
-                        admitted_at_ms,
-                        expires_at_ms,
-                        queue_epoch_ms,
-                    },
-                })
-            })
-            .collect()
+        Ok(settled)
     }
 
     /// Leases a block of `size` from the head and installs it in the
@@ -1006,6 +982,10 @@ impl SubLineLink<'_> {
             .await
     }
 }
+
+/// What a sub-line keeps for a settled entry in place of its record: a
+/// replay answers it as having taken nobody.
+const SETTLED: &str = r#"["settled"]"#;
 
 /// How far an admission goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

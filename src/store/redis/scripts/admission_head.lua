@@ -23,10 +23,16 @@
 --     (of the n, 'n0,n1,...'), then settle.
 --   'settle', entry id, then user, ticket, admitted at, expires at, ...
 --     of everyone its pops took: counts them, keeps the result under the
---     entry's request id, and ends the entry (nothing when another
---     admitter settled it first). {'ok', epoch}.
+--     entry's request id and its own, and ends the entry. Returns the
+--     result, {'ok', epoch, user, ticket, admitted at, expires at, ...}:
+--     when another admitter settled the entry first, the one it kept,
+--     which is what the entry did (this admitter's pops may have found
+--     what they kept for it dropped).
 
 local leases = KEYS[OWN]
+-- How long a settled entry's result is kept for an admitter still carrying
+-- it out when another settled it: far longer than any call takes.
+local ENTRY_KEEP_MS = 600000
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return { 'no_queue' }
 end
@@ -159,9 +165,12 @@ if step == 'settle_named' then
     end
     local key = 'users|' .. (v[10] or '')
     keep_result(key, { users = users, result = out }, v[11] or '0')
+    keep_result('entry|' .. id, out, ENTRY_KEEP_MS)
     end_entry()
+    return out
   end
-  return { 'ok', cfg.epoch }
+  -- Settled by another admitter (which finished it): its result.
+  return kept_result('entry|' .. id) or { 'ok', cfg.epoch }
 end
 
 if step == 'begin' then
@@ -261,9 +270,12 @@ if step == 'settle' then
     if request ~= '' then
       keep_result(request, out, v[11] or '0')
     end
+    keep_result('entry|' .. id, out, ENTRY_KEEP_MS)
     end_entry()
+    return out
   end
-  return { 'ok', cfg.epoch }
+  -- Settled by another admitter (which finished it): its result.
+  return kept_result('entry|' .. id) or { 'ok', cfg.epoch }
 end
 
 return redis.error_reply('admission_head: unknown step ' .. tostring(step))

@@ -6,7 +6,8 @@
 -- entry's id and the user, so a replay answers the same.
 -- KEYS: the sub-line's keys (prelude). ARGV: now, entry id, user, keep ms.
 -- Returns {'ok', kind, ticket, admitted at, expires at} with kind
--- 'admitted' or 'already', {'lease', size} when a new ticket is needed and
+-- 'admitted' or 'already' ('settled' when another admitter settled the
+-- entry meanwhile: the head has its result), {'lease', size} when a new ticket is needed and
 -- the block is closed (nothing changed), or {'no_queue'}.
 
 local cfg = load_config()
@@ -16,6 +17,10 @@ end
 local id, user = ARGV[2] .. '|' .. ARGV[3], ARGV[3]
 local previous = kept_result(id)
 if previous then
+  -- Settled by another admitter meanwhile: the head has what it did.
+  if previous[1] == 'settled' then
+    return { 'ok', 'settled', 0, 0, 0 }
+  end
   return previous
 end
 prepare(cfg)
