@@ -539,6 +539,20 @@ async fn replayed(store: &RedisStore, sub_line: u32, now: u64) -> Option<(Vec<u6
     Some((line.into_iter().collect(), snapshot.tickets))
 }
 
+/// A runner of 96 sequences, or of `PROPTEST_CASES` for a longer hunt;
+/// failing sequences are printed, shrunk, in the test output.
+fn runner() -> TestRunner {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(96);
+    TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })
+}
+
 fn config(now: u64) -> QueueConfig {
     let mut config = QueueConfig::new(queue()).created(now);
     config.max_active = 2;
@@ -552,17 +566,7 @@ fn config(now: u64) -> QueueConfig {
 fn random_operation_sequences_get_identical_answers_from_both_stores() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let redis = TestRedis::start();
-    // PROPTEST_CASES raises the count for a longer hunt.
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(96);
-    let mut runner = TestRunner::new(ProptestConfig {
-        cases,
-        // Failing sequences are printed, shrunk, in the test output.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
+    let mut runner = runner();
     runner
         .run(
             &(any::<bool>(), proptest::collection::vec(op(), 1..60)),
@@ -667,15 +671,7 @@ fn sub_line_op() -> impl Strategy<Value = Op> {
 fn sequences_over_sub_lines_get_identical_answers_from_both_stores() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let redis = TestRedis::start();
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(96);
-    let mut runner = TestRunner::new(ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
+    let mut runner = runner();
     runner
         .run(
             &(
