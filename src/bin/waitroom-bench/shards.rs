@@ -219,6 +219,7 @@ struct StoreRun {
     wall: Duration,
     cpu: Duration,
     commands: u64,
+    scripts: u64,
 }
 
 /// `--store`: the sub-lines as the Redis store serves them today, joins
@@ -246,12 +247,14 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
             wall: Duration::ZERO,
             cpu: Duration::ZERO,
             commands: 0,
+            scripts: 0,
         });
     }
     for turn in 0..args.seconds.max(1) {
         for run in &mut runs {
             let url = run.redis.url();
             let (cpu, commands) = (load::redis_cpu(&url)?, load::redis_commands(&url)?);
+            let scripts = load::redis_script_calls(&url)?;
             let started = Instant::now();
             let deadline = started + Duration::from_secs(1);
             let joined = Arc::new(AtomicU64::new(0));
@@ -278,6 +281,7 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
             run.joins += joined.load(Ordering::Relaxed);
             run.cpu += load::redis_cpu(&url)?.saturating_sub(cpu);
             run.commands += load::redis_commands(&url)?.saturating_sub(commands);
+            run.scripts += load::redis_script_calls(&url)?.saturating_sub(scripts);
         }
     }
     let per_join = |run: &StoreRun| run.cpu.as_secs_f64() * 1e6 / run.joins.max(1) as f64;
@@ -286,13 +290,14 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
     };
     for run in &runs {
         println!(
-            "  K = {:>2}  {:>8.0} joins/s   Redis {:>5.2} us a join ({:.2}x K = {})   {:>5.2} commands a join",
+            "  K = {:>2}  {:>8.0} joins/s   Redis {:>5.2} us a join ({:.2}x K = {})   {:>5.2} commands, {:.3} script calls a join",
             run.shards,
             run.joins as f64 / run.wall.as_secs_f64(),
             per_join(run),
             per_join(run) / base,
             runs[0].shards,
             run.commands as f64 / run.joins.max(1) as f64,
+            run.scripts as f64 / run.joins.max(1) as f64,
         );
     }
     Ok(())

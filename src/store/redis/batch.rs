@@ -71,7 +71,11 @@ impl Pending {
     }
 }
 
-type Senders = Arc<Mutex<HashMap<(QueueId, Op), mpsc::Sender<Pending>>>>;
+/// A batching task's key: the queue, the kind of call, and the sub-line
+/// of the users it takes (0 for a queue in one slot).
+pub(super) type Lane = (QueueId, Op, usize);
+
+type Senders = Arc<Mutex<HashMap<Lane, mpsc::Sender<Pending>>>>;
 
 #[derive(Default)]
 pub(super) struct Batcher {
@@ -85,13 +89,20 @@ impl Batcher {
         self.queues.lock().map_or(0, |q| q.len())
     }
 
-    /// Runs `op` for one user through the queue's batching task; `caller`
-    /// is built only when the queue has no task yet, not on every call.
+    /// Runs a call for one user through the batching task of `key` (a
+    /// queue, the kind of call, and the user's sub-line); `caller` is built
+    /// only when there is no task yet, not on every call.
+    ///
+    /// Each sub-line of a queue has a task of its own, so its users are
+    /// coalesced into calls as large as one slot's would be, rather than
+    /// one call of the queue split K ways. The sub-line is only a lane:
+    /// whatever users a call holds, the store sends each to its own
+    /// sub-line, so a user routed by a layout read before the queue was
+    /// made again is still served right.
     pub(super) async fn call<F, Fut>(
         &self,
-        op: Op,
+        key: Lane,
         caller: F,
-        queue: &QueueId,
         user: &UserId,
         now_ms: u64,
         timeout: Duration,
@@ -108,7 +119,6 @@ impl Batcher {
             deadline,
             reply,
         };
-        let key = (queue.clone(), op);
         if let Some(pending) = self.send(&key, pending, None)? {
             let caller = caller().await?;
             if self.send(&key, pending, Some(caller))?.is_some() {
@@ -127,7 +137,7 @@ impl Batcher {
     /// `caller` if given, or gives the request back.
     fn send(
         &self,
-        key: &(QueueId, Op),
+        key: &Lane,
         pending: Pending,
         caller: Option<QueueCaller>,
     ) -> Result<Option<Pending>> {
@@ -159,12 +169,7 @@ fn unanswered(timeout: Duration) -> Error {
     Error::Unavailable(format!("no answer from Redis within {timeout:?}"))
 }
 
-async fn run(
-    caller: QueueCaller,
-    queues: Senders,
-    key: (QueueId, Op),
-    mut rx: mpsc::Receiver<Pending>,
-) {
+async fn run(caller: QueueCaller, queues: Senders, key: Lane, mut rx: mpsc::Receiver<Pending>) {
     loop {
         let first = match tokio::time::timeout(IDLE, rx.recv()).await {
             Ok(Some(first)) => first,

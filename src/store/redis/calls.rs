@@ -12,7 +12,7 @@ use super::reply::Reply;
 use super::sub_lines::SubLineLink;
 use super::topology::Connection;
 use crate::Result;
-use crate::domain::QueueId;
+use crate::domain::{QueueId, UserId};
 
 impl RedisStore {
     /// Runs a script on a queue's keys with `now` as first argument.
@@ -42,6 +42,14 @@ impl RedisStore {
             prefix: self.prefix.clone(),
             layouts: Arc::clone(&self.layouts),
         })
+    }
+
+    /// The batching lane of a user's calls: their sub-line, when the
+    /// queue's layout was last read as kept over sub-lines.
+    pub(super) fn lane(&self, queue: &QueueId, user: &UserId) -> usize {
+        self.layouts
+            .last(queue)
+            .map_or(0, |layout| layout.sub_line(user))
     }
 
     /// What calls on the queue's sub-lines need.

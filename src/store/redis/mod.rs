@@ -585,9 +585,8 @@ impl QueueStore for RedisStore {
     async fn enqueue(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Place> {
         self.batcher
             .call(
-                Op::Enqueue,
+                (queue.clone(), Op::Enqueue, self.lane(queue, user)),
                 || self.caller(queue),
-                queue,
                 user,
                 now_ms,
                 self.timeout,
@@ -618,9 +617,8 @@ impl QueueStore for RedisStore {
     async fn place(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<Option<Place>> {
         self.batcher
             .call(
-                Op::Place,
+                (queue.clone(), Op::Place, self.lane(queue, user)),
                 || self.caller(queue),
-                queue,
                 user,
                 now_ms,
                 self.timeout,
@@ -1164,10 +1162,8 @@ fn one_slot(sub_line: u32) -> Result<()> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn lookups_of_queues_that_do_not_exist_leave_no_batching_task_behind() {
-        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-        let store = RedisStore::connect(&RedisOptions {
+    async fn store_on(redis: &crate::testkit::RedisServer) -> RedisStore {
+        RedisStore::connect(&RedisOptions {
             url: redis.url(),
             password: None,
             cluster: false,
@@ -1177,7 +1173,45 @@ mod tests {
             sentinel_password: None,
         })
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_sub_line_coalesces_its_own_users_once_the_layout_is_read() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = QueueId::parse("sale").unwrap();
+        let mut config = QueueConfig::new(queue.clone()).created(0);
+        config.shards = 3;
+        store.create_queue(&config).await.unwrap();
+        let users: Vec<UserId> = (0..30)
+            .map(|i| UserId::parse(&format!("user-{i}")).unwrap())
+            .collect();
+        let lanes: std::collections::HashSet<usize> = users
+            .iter()
+            .map(|user| crate::domain::shards::sub_line_of(user.as_str(), 3) as usize)
+            .collect();
+        assert_eq!(lanes.len(), 3, "the users fall on every sub-line");
+        // Joins within τ of each other may take tickets out of their order:
+        // each is placed behind the tickets below its own.
+        let mut tickets = Vec::new();
+        for user in &users {
+            let place = store.enqueue(&queue, user, 1_000).await.unwrap();
+            tickets.push(place.ticket);
+            let below = tickets.iter().filter(|&&t| t <= place.ticket).count() as u64;
+            assert_eq!(
+                place.state,
+                crate::domain::PlaceState::Waiting { position: below }
+            );
+            assert_eq!(place.waiting_count, tickets.len() as u64);
+        }
+        assert_eq!(store.batcher.tasks(), 3, "one enqueue task per sub-line");
+    }
+
+    #[tokio::test]
+    async fn lookups_of_queues_that_do_not_exist_leave_no_batching_task_behind() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await;
         let user = UserId::parse("someone").unwrap();
         for i in 0..2_000 {
             let queue = QueueId::parse(&format!("made-up-{i}")).unwrap();

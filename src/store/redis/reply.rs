@@ -190,28 +190,32 @@ pub(super) fn parse_enqueued(
     users: usize,
     queue: &QueueId,
 ) -> Result<Vec<Result<Place>>> {
-    let places = parse_enqueued_first(items, users, queue)?;
+    let places = parse_enqueued_runs(items, users, queue)?;
     if places.len() != users {
         return Err(bad_reply("enqueue answered for fewer users than asked"));
     }
-    Ok(places)
+    Ok(places.into_iter().map(|(place, _)| place).collect())
 }
 
-/// The answers of `enqueue_many.lua` for the first of at most `users`.
-pub(super) fn parse_enqueued_first(
+/// The answers of `enqueue_many.lua` for the first of at most `users`,
+/// each with how far into its run of newcomers it came (0 for the first
+/// of a run, and for an answer of its own): the run's tickets are
+/// consecutive, so the `k`-th of a run is `k` places behind its first.
+pub(super) fn parse_enqueued_runs(
     items: Vec<Value>,
     users: usize,
     queue: &QueueId,
-) -> Result<Vec<Result<Place>>> {
+) -> Result<Vec<(Result<Place>, u64)>> {
     let mut places = Vec::with_capacity(users);
     for item in items {
         let joined = matches!(&item, Value::Array(values)
             if matches!(values.first(), Some(Value::BulkString(kind)) if kind == b"joined"));
         if !joined {
-            places.push(
+            places.push((
                 parse_place(item, queue)
                     .and_then(|p| p.ok_or_else(|| bad_reply("enqueue returned no place"))),
-            );
+                0,
+            ));
             continue;
         }
         let mut reply = Reply::new(item)?;
@@ -229,15 +233,18 @@ pub(super) fn parse_enqueued_first(
         }
         for k in 0..n {
             let position = first_position + k;
-            places.push(Ok(Place {
-                state: PlaceState::Waiting { position },
-                ticket: first_ticket + k,
-                epoch_ms,
-                waiting_count: position,
-                mode,
-                rate,
-                signs: signs.clone(),
-            }));
+            places.push((
+                Ok(Place {
+                    state: PlaceState::Waiting { position },
+                    ticket: first_ticket + k,
+                    epoch_ms,
+                    waiting_count: position,
+                    mode,
+                    rate,
+                    signs: signs.clone(),
+                }),
+                k,
+            ));
         }
     }
     Ok(places)

@@ -33,7 +33,7 @@ use super::breaker::{Breaker, SUB_LINES, bounded, guard};
 use super::keys::{self, QUEUE_KEYS};
 use super::lua::Scripts;
 use super::reply::{
-    Reply, bad_reply, parse_admitted, parse_enqueued_first, parse_named, parse_place,
+    Reply, bad_reply, parse_admitted, parse_enqueued_runs, parse_named, parse_place,
 };
 use super::topology::Connector;
 use crate::domain::shards::sub_line_of;
@@ -136,6 +136,13 @@ impl Layouts {
         let known = self.known.lock().ok()?;
         let (read, layout) = known.get(queue)?;
         (read.elapsed() < FRESH).then(|| Arc::clone(layout))
+    }
+
+    /// The queue's layout as last read, however long ago: enough to pick a
+    /// batching lane, which never decides where a user is served.
+    pub(super) fn last(&self, queue: &QueueId) -> Option<Arc<Layout>> {
+        let known = self.known.lock().ok()?;
+        known.get(queue).map(|(_, layout)| Arc::clone(layout))
     }
 
     pub(super) fn forget(&self, queue: &QueueId) {
@@ -269,7 +276,7 @@ impl SubLineLink<'_> {
         users: &[UserId],
         now_ms: u64,
     ) -> Result<Vec<Result<Place>>> {
-        let mut answers: Vec<Option<Result<Place>>> = vec![None; users.len()];
+        let mut answers: Vec<Option<(Result<Place>, u64)>> = vec![None; users.len()];
         for (sub_line, group) in by_sub_line(layout, users) {
             let keys = layout.keys(self.prefix, sub_line)?;
             let mut rest = group.as_slice();
@@ -294,7 +301,7 @@ impl SubLineLink<'_> {
                     }
                     _ => None,
                 };
-                let answered = parse_enqueued_first(items, rest.len(), self.queue)?;
+                let answered = parse_enqueued_runs(items, rest.len(), self.queue)?;
                 let count = answered.len();
                 for (&i, answer) in rest.iter().zip(answered) {
                     answers[i] = Some(answer);
@@ -318,13 +325,15 @@ impl SubLineLink<'_> {
                 }
             }
         }
-        let mut places: Vec<Result<Place>> = answers
+        let mut places: Vec<(Result<Place>, u64)> = answers
             .into_iter()
-            .map(|answer| answer.unwrap_or_else(|| Err(bad_reply("a user left unanswered"))))
+            .map(|answer| answer.unwrap_or_else(|| (Err(bad_reply("a user left unanswered")), 0)))
             .collect();
-        self.read_positions(layout, places.iter_mut().flatten(), now_ms)
-            .await?;
-        Ok(places)
+        let read = places
+            .iter_mut()
+            .filter_map(|(place, k)| Some((place.as_mut().ok()?, *k)));
+        self.read_positions(layout, read, now_ms).await?;
+        Ok(places.into_iter().map(|(place, _)| place).collect())
     }
 
     /// An admission over sub-lines (`AdmitBatch` with `due` false, the
@@ -842,7 +851,7 @@ impl SubLineLink<'_> {
                 }
             }
         }
-        self.read_positions(layout, answers.iter_mut().flatten(), now_ms)
+        self.read_positions(layout, answers.iter_mut().flatten().map(|p| (p, 0)), now_ms)
             .await?;
         Ok(answers)
     }
@@ -867,23 +876,44 @@ impl SubLineLink<'_> {
     /// Sets every place's line length, and every waiting place's position,
     /// to their sums over the sub-lines as they stand now, and its rate to
     /// the queue's.
+    ///
+    /// Each place comes with how far into a run of newcomers it came (see
+    /// `parse_enqueued_runs`), and the `k`-th of a run is counted as its
+    /// run's first plus `k`. This is exact because a run's tickets are
+    /// consecutive tickets of one block, and a block belongs to one
+    /// sub-line: no other sub-line holds a ticket between them, so every
+    /// other sub-line counts the same below each of them. A burst's batch
+    /// of a few runs therefore costs each sub-line a count per run, not per
+    /// user.
     async fn read_positions<'p>(
         &self,
         layout: &Layout,
-        places: impl Iterator<Item = &'p mut Place>,
+        places: impl Iterator<Item = (&'p mut Place, u64)>,
         now_ms: u64,
     ) -> Result<()> {
-        let places: Vec<&mut Place> = places.collect();
+        let places: Vec<(&mut Place, u64)> = places.collect();
         if places.is_empty() {
             return Ok(());
         }
-        let tickets: Vec<u64> = places.iter().map(|p| p.ticket).collect();
-        let view = self.view(layout, &tickets, now_ms).await?;
-        for (place, below) in places.into_iter().zip(view.below) {
+        let probe = |(place, k): &(&mut Place, u64)| match place.state {
+            PlaceState::Waiting { .. } => Some(place.ticket.saturating_sub(*k)),
+            _ => None,
+        };
+        let mut probes: Vec<u64> = places.iter().filter_map(probe).collect();
+        probes.sort_unstable();
+        probes.dedup();
+        let view = self.view(layout, &probes, now_ms).await?;
+        let counts: Vec<Option<u64>> = places
+            .iter()
+            .map(|entry| {
+                probe(entry).and_then(|p| probes.binary_search(&p).ok().map(|i| view.below[i]))
+            })
+            .collect();
+        for ((place, k), count) in places.into_iter().zip(counts) {
             view.sample.apply(&mut place.rate);
             place.waiting_count = view.in_line;
-            if let PlaceState::Waiting { position } = &mut place.state {
-                *position = below;
+            if let (PlaceState::Waiting { position }, Some(count)) = (&mut place.state, count) {
+                *position = count + k;
             }
         }
         Ok(())
