@@ -273,6 +273,7 @@ pub(super) struct QueueCaller {
     pub(super) breaker: Arc<Breaker>,
     pub(super) prefix: String,
     pub(super) layouts: Arc<Layouts>,
+    pub(super) rounds: Arc<super::rounds::Rounds>,
 }
 
 impl QueueCaller {
@@ -315,6 +316,7 @@ impl QueueCaller {
             timeout: self.timeout,
             breaker: &self.breaker,
             layouts: &self.layouts,
+            rounds: &self.rounds,
         }
     }
 

@@ -41,6 +41,7 @@ impl RedisStore {
             breaker: Arc::clone(&self.breaker),
             prefix: self.prefix.clone(),
             layouts: Arc::clone(&self.layouts),
+            rounds: Arc::clone(&self.rounds),
         })
     }
 
@@ -62,6 +63,7 @@ impl RedisStore {
             timeout: self.timeout,
             breaker: &self.breaker,
             layouts: &self.layouts,
+            rounds: &self.rounds,
         }
     }
 

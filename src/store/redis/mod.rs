@@ -59,6 +59,7 @@ mod keys;
 mod listing;
 pub(crate) mod lua;
 mod reply;
+mod rounds;
 mod sub_lines;
 mod topology;
 
@@ -127,6 +128,8 @@ pub struct RedisStore {
     instance: String,
     /// The layouts of queues kept over sub-lines.
     layouts: Arc<Layouts>,
+    /// Each queue over sub-lines' shared reads of places.
+    rounds: Arc<rounds::Rounds>,
     /// Whether queues may be made over sub-lines: only the calls of
     /// `sub_lines.rs` are served over them so far, so only tests make them.
     sub_lines: bool,
@@ -163,6 +166,7 @@ impl RedisStore {
             breaker: Arc::default(),
             instance: crate::domain::instance_id(),
             layouts: Arc::default(),
+            rounds: Arc::default(),
             sub_lines: false,
         })
     }

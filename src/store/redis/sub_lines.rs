@@ -65,7 +65,7 @@ const MAX_ATTEMPTS: usize = 8;
 const POP_KEEP_MS: u64 = 86_400_000;
 
 /// Where a queue over sub-lines keeps each of them.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Layout {
     pub(super) shards: u32,
     /// Each sub-line's hash tag.
@@ -169,6 +169,7 @@ pub(super) struct SubLineLink<'a> {
     pub(super) timeout: Duration,
     pub(super) breaker: &'a Arc<Breaker>,
     pub(super) layouts: &'a Layouts,
+    pub(super) rounds: &'a super::rounds::Rounds,
 }
 
 /// Whether a call was refused because the queue is kept over sub-lines.
@@ -902,7 +903,7 @@ impl SubLineLink<'_> {
         let mut probes: Vec<u64> = places.iter().filter_map(probe).collect();
         probes.sort_unstable();
         probes.dedup();
-        let view = self.view(layout, &probes, now_ms).await?;
+        let view = self.shared_view(layout, probes.clone(), now_ms).await?;
         let counts: Vec<Option<u64>> = places
             .iter()
             .map(|entry| {
@@ -1044,6 +1045,7 @@ pub(super) struct LineView {
 /// An admission rate sample's counts. The head's (the admissions it
 /// settles) and each sub-line's (pass-through's own admissions, the
 /// abandonments) together make the queue's.
+#[derive(Clone, Copy)]
 pub(super) struct Sample {
     admitted: u64,
     span_ms: u64,

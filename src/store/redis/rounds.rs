@@ -1,0 +1,221 @@
+//! Reads of a queue's places over its sub-lines, shared by the batches that
+//! ask at once.
+//!
+//! Each sub-line coalesces its own joins and lookups (`batch.rs`), and each
+//! such batch then reads its places over every sub-line and the head: K + 1
+//! calls. Batches of K sub-lines finishing together would make K × (K + 1)
+//! calls for what one round of K + 1 answers. So a batch asks its round:
+//! the first to find no read under way reads for everyone who asked until
+//! then, and those who asked meanwhile wait for the next read, made for all
+//! of them. Every read starts after the calls of the batches it answers,
+//! so each place is still read as the call left the line.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use super::sub_lines::{Layout, LineView, SubLineLink};
+use crate::Result;
+use crate::domain::QueueId;
+
+/// Each queue's round of reads.
+#[derive(Default)]
+pub(super) struct Rounds {
+    queues: Mutex<HashMap<QueueId, Arc<Round>>>,
+}
+
+#[derive(Default)]
+struct Round {
+    asked: Mutex<Vec<Ask>>,
+    /// Held by the batch reading for the round.
+    reading: tokio::sync::Mutex<()>,
+}
+
+struct Ask {
+    layout: Layout,
+    probes: Vec<u64>,
+    now_ms: u64,
+    answer: oneshot::Sender<Result<LineView>>,
+}
+
+impl Rounds {
+    fn of(&self, queue: &QueueId) -> Option<Arc<Round>> {
+        let mut queues = self.queues.lock().ok()?;
+        Some(Arc::clone(queues.entry(queue.clone()).or_default()))
+    }
+}
+
+impl SubLineLink<'_> {
+    /// The line over `layout` as it stands after the caller's call: the
+    /// waiting at or below each of `probes` (sorted, distinct), read in the
+    /// queue's next round.
+    pub(super) async fn shared_view(
+        &self,
+        layout: &Layout,
+        probes: Vec<u64>,
+        now_ms: u64,
+    ) -> Result<LineView> {
+        let Some(round) = self.rounds.of(self.queue) else {
+            return self.view(layout, &probes, now_ms).await;
+        };
+        let (answer, mut answered) = oneshot::channel();
+        let ask = Ask {
+            layout: layout.clone(),
+            probes: probes.clone(),
+            now_ms,
+            answer,
+        };
+        let pushed = match round.asked.lock() {
+            Ok(mut asked) => {
+                asked.push(ask);
+                true
+            }
+            Err(_) => false,
+        };
+        if !pushed {
+            return self.view(layout, &probes, now_ms).await;
+        }
+        let _reading = round.reading.lock().await;
+        match answered.try_recv() {
+            Ok(view) => return view,
+            Err(oneshot::error::TryRecvError::Empty) => {}
+            // The reader that took the ask was dropped before it answered
+            // (its caller gave up): the ask went with it, so read alone.
+            Err(oneshot::error::TryRecvError::Closed) => {
+                return self.view(layout, &probes, now_ms).await;
+            }
+        }
+        let taken: Vec<Ask> = match round.asked.lock() {
+            Ok(mut asked) => {
+                let (same, other): (Vec<Ask>, Vec<Ask>) =
+                    asked.drain(..).partition(|ask| ask.layout == *layout);
+                *asked = other;
+                same
+            }
+            Err(_) => Vec::new(),
+        };
+        let mut merged: Vec<u64> = taken
+            .iter()
+            .flat_map(|ask| ask.probes.iter().copied())
+            .collect();
+        merged.sort_unstable();
+        merged.dedup();
+        let now_ms = taken.iter().map(|ask| ask.now_ms).max().unwrap_or(now_ms);
+        let read = self.view(layout, &merged, now_ms).await;
+        for ask in taken {
+            let view = read.as_ref().map_err(Clone::clone).map(|view| LineView {
+                in_line: view.in_line,
+                below: ask
+                    .probes
+                    .iter()
+                    .map(|p| merged.binary_search(p).map_or(0, |i| view.below[i]))
+                    .collect(),
+                sample: view.sample,
+            });
+            let _ = ask.answer.send(view);
+        }
+        answered.try_recv().unwrap_or_else(|_| {
+            Err(crate::Error::Internal(
+                "a round left its reader unanswered".into(),
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{QueueConfig, UserId};
+    use crate::store::{QueueStore, RedisOptions, RedisStore};
+    use crate::testkit::RedisServer;
+
+    fn script_calls(redis: &RedisServer) -> u64 {
+        let mut conn = redis::Client::open(redis.url())
+            .and_then(|client| client.get_connection())
+            .unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut conn)
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn batches_that_ask_while_a_read_is_under_way_share_the_next_read() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = RedisStore::connect(&RedisOptions {
+            url: redis.url(),
+            password: None,
+            cluster: false,
+            prefix: "t".into(),
+            timeout: Duration::from_secs(2),
+            sentinel_master: None,
+            sentinel_password: None,
+        })
+        .await
+        .unwrap()
+        .with_sub_lines();
+        let queue = QueueId::parse("sale").unwrap();
+        let mut config = QueueConfig::new(queue.clone()).created(0);
+        config.shards = 3;
+        store.create_queue(&config).await.unwrap();
+        let mut tickets = Vec::new();
+        for i in 0..12 {
+            let user = UserId::parse(&format!("user-{i}")).unwrap();
+            tickets.push(store.enqueue(&queue, &user, 1_000).await.unwrap().ticket);
+        }
+        tickets.sort_unstable();
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        let alone = link.view(&layout, &tickets, 1_000).await.unwrap();
+
+        // A read under way: three batches ask meanwhile.
+        let round = store.rounds.of(&queue).unwrap();
+        let reading = round.reading.lock().await;
+        let before = script_calls(&redis);
+        let asks = [
+            vec![tickets[0]],
+            vec![tickets[3], tickets[11]],
+            vec![tickets[3]],
+        ];
+        let views = async {
+            tokio::join!(
+                link.shared_view(&layout, asks[0].clone(), 1_000),
+                link.shared_view(&layout, asks[1].clone(), 1_000),
+                link.shared_view(&layout, asks[2].clone(), 1_000),
+            )
+        };
+        // Bounded, so a round that never asks fails the test, not hangs it.
+        let release = async {
+            for _ in 0..1_000 {
+                if round.asked.lock().unwrap().len() == 3 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            drop(reading);
+        };
+        let ((a, b, c), ()) = tokio::join!(views, release);
+        for (ask, view) in asks.iter().zip([a, b, c]) {
+            let view = view.unwrap();
+            assert_eq!(view.in_line, alone.in_line);
+            let expected: Vec<u64> = ask
+                .iter()
+                .map(|t| alone.below[tickets.binary_search(t).unwrap()])
+                .collect();
+            assert_eq!(view.below, expected, "the counts asked for {ask:?}");
+        }
+        assert_eq!(
+            script_calls(&redis) - before,
+            u64::from(layout.shards) + 1,
+            "one read (each sub-line and the head once) for the three"
+        );
+    }
+}
