@@ -2,16 +2,19 @@
 //! stalled at several moments and for several durations (shorter and
 //! longer than the store's timeout): the head's journal admits everyone
 //! once, batch after batch in ticket order, and every request retried
-//! under its id is answered what it did.
+//! under its id is answered what it did. And a sub-line's primary killed
+//! on a Cluster under joins: only that sub-line's joins stop, until its
+//! replica takes over.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use waitroom::domain::shards::sub_line_of;
 use waitroom::domain::{QueueConfig, QueueId, RequestId, UserId};
 use waitroom::store::{QueueStore, RedisOptions, RedisStore};
-use waitroom::testkit::RedisServer;
+use waitroom::testkit::{RedisCluster, RedisServer};
 
 const T0: u64 = 1_800_000_000_000;
 
@@ -143,4 +146,273 @@ async fn admit_through_a_stall(after_batches: usize, stall: Duration) {
         let lowest = pair[1].iter().map(|(_, t)| *t).min();
         assert!(highest < lowest, "{pair:?}, {at}");
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn query(port: u16, cmd: &mut redis::Cmd) -> redis::RedisResult<redis::Value> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    cmd.query(&mut client.get_connection()?)
+}
+
+/// Each sub-line's config key of the queue `sale` over three sub-lines,
+/// by sub-line, as the masters hold them.
+fn sub_line_keys(cluster: &RedisCluster) -> Vec<String> {
+    let mut keys = BTreeMap::new();
+    for node in &cluster.nodes {
+        let Ok(redis::Value::Array(found)) =
+            query(node.port, redis::cmd("KEYS").arg("k:{sale/3~*}:config"))
+        else {
+            continue;
+        };
+        for key in found {
+            if let redis::Value::BulkString(key) = key {
+                let key = String::from_utf8_lossy(&key).into_owned();
+                let sub_line: usize = key
+                    .split_once('~')
+                    .and_then(|(_, rest)| rest.split(['.', '}']).next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap();
+                keys.insert(sub_line, key);
+            }
+        }
+    }
+    keys.into_values().collect()
+}
+
+/// What one join was answered, and when.
+struct Join {
+    sub_line: usize,
+    ticket: Option<u64>,
+    error: Option<String>,
+    at: std::time::Instant,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_line_s_primary_killed_stops_only_that_sub_line_s_joins() {
+    let _one = crate::one_at_a_time().await;
+    let mut cluster = RedisCluster::start_with_replicas(1).unwrap_or_else(|e| panic!("{e}"));
+    let store = Arc::new(
+        RedisStore::connect(&RedisOptions {
+            url: cluster.urls(),
+            password: None,
+            cluster: true,
+            prefix: "k".into(),
+            timeout: Duration::from_secs(1),
+            sentinel_master: None,
+            sentinel_password: None,
+        })
+        .await
+        .unwrap()
+        .with_sub_lines(),
+    );
+    let queue = QueueId::parse("sale").unwrap();
+    let mut config = QueueConfig::new(queue.clone()).created(now_ms());
+    config.shards = 3;
+    config.admission_ttl = Duration::from_secs(3600);
+    config.heartbeat_timeout = Duration::from_secs(3600);
+    store.create_queue(&config).await.unwrap();
+    let (head, _) = cluster.master_and_replica_of("k:{sale}:config").unwrap();
+    let keys = sub_line_keys(&cluster);
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    // The victim: a sub-line whose primary does not also hold the head.
+    let (victim, master, replica) = keys
+        .iter()
+        .enumerate()
+        .find_map(|(sub_line, key)| {
+            let (master, replica) = cluster.master_and_replica_of(key).unwrap();
+            (master != head).then_some((sub_line, master, replica))
+        })
+        .expect("the sub-lines spread over the masters");
+    let replica = replica.expect("the test cluster has a replica per master");
+    // A replica takes over only once it has synchronised (its first full
+    // copy waits out the diskless sync delay).
+    let synced = std::time::Instant::now();
+    while !matches!(query(replica, redis::cmd("INFO").arg("replication")),
+        Ok(redis::Value::BulkString(info)) if String::from_utf8_lossy(&info).contains("master_link_status:up"))
+    {
+        assert!(
+            synced.elapsed() < Duration::from_secs(30),
+            "the replica never synchronised"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Two joiners a sub-line, each joining users of its own sub-line one
+    // after another until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut joiners = Vec::new();
+    for sub_line in 0..3usize {
+        for joiner in 0..2 {
+            let (store, queue, stop) = (Arc::clone(&store), queue.clone(), Arc::clone(&stop));
+            joiners.push(tokio::spawn(async move {
+                let mut joins = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let name = format!("s{sub_line}-j{joiner}-{n}");
+                    if sub_line_of(&name, 3) as usize != sub_line {
+                        continue;
+                    }
+                    let user = UserId::parse(&name).unwrap();
+                    let answer = store.enqueue(&queue, &user, now_ms()).await;
+                    joins.push((
+                        user,
+                        Join {
+                            sub_line,
+                            ticket: answer.as_ref().ok().map(|place| place.ticket),
+                            error: answer.err().map(|e| e.to_string()),
+                            at: std::time::Instant::now(),
+                        },
+                    ));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                joins
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let node = cluster
+        .nodes
+        .iter_mut()
+        .find(|node| node.port == master)
+        .unwrap();
+    node.stop();
+    let killed = std::time::Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    loop {
+        let role = query(replica, &mut redis::cmd("ROLE"));
+        if matches!(&role, Ok(redis::Value::Array(r))
+            if matches!(r.first(), Some(redis::Value::BulkString(b)) if b == b"master"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica never took over: {:?}",
+            query(replica, redis::cmd("CLUSTER").arg("NODES"))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let promoted = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut joins = Vec::new();
+    for joiner in joiners {
+        joins.extend(joiner.await.unwrap());
+    }
+
+    // The other sub-lines' joins never failed; the victim's failed while
+    // its primary was gone, and were answered again once its replica took
+    // over.
+    let live: Vec<&Join> = joins
+        .iter()
+        .map(|(_, join)| join)
+        .filter(|join| join.sub_line != victim)
+        .collect();
+    let refused: Vec<Duration> = live
+        .iter()
+        .filter(|join| join.ticket.is_none())
+        .map(|join| join.at.saturating_duration_since(killed))
+        .collect();
+    let during = live
+        .iter()
+        .filter(|join| join.at > killed && join.at < promoted)
+        .count();
+    eprintln!(
+        "failover after {:?}; {during} joins on the live sub-lines meanwhile",
+        promoted - killed
+    );
+    assert!(
+        during > 100,
+        "only {during} joins on the live sub-lines during the failover"
+    );
+    assert!(
+        refused.is_empty(),
+        "{} joins on live sub-lines refused, {:?} to {:?} after the kill: {:?}",
+        refused.len(),
+        refused.iter().min(),
+        refused.iter().max(),
+        live.iter().find_map(|join| join.error.as_ref())
+    );
+    let of_victim = |after: std::time::Instant| {
+        joins
+            .iter()
+            .filter(|(_, j)| j.sub_line == victim && j.at > after)
+            .map(|(_, j)| j.ticket.is_some())
+            .collect::<Vec<bool>>()
+    };
+    assert!(
+        of_victim(killed).iter().any(|ok| !ok),
+        "the victim's joins failed while its primary was gone"
+    );
+    let after = of_victim(promoted + Duration::from_secs(2));
+    assert!(!after.is_empty() && after.iter().all(|ok| *ok), "{after:?}");
+    let during = joins
+        .iter()
+        .filter(|(_, j)| j.sub_line != victim && j.at > killed && j.at < promoted)
+        .count();
+    assert!(
+        during > 50,
+        "only {during} joins on the live sub-lines during the failover"
+    );
+
+    // Everyone acknowledged is admitted once, in ticket order, but for
+    // the victim's joins acknowledged in the last moment before the kill
+    // (asynchronous replication).
+    let mut admitted: BTreeMap<u64, UserId> = BTreeMap::new();
+    let mut last = 0;
+    for batch in 0.. {
+        let request = RequestId::parse(&format!("drain-{batch}")).unwrap();
+        let answer = store
+            .admit(&queue, 100, Some(&request), now_ms())
+            .await
+            .unwrap();
+        if answer.is_empty() {
+            break;
+        }
+        for admission in answer {
+            assert!(
+                admission.admission.ticket > last,
+                "admitted out of ticket order"
+            );
+            last = admission.admission.ticket;
+            assert!(
+                admitted
+                    .insert(admission.admission.ticket, admission.user.clone())
+                    .is_none(),
+                "{:?} admitted twice",
+                admission.user
+            );
+        }
+    }
+    let mut lost = 0;
+    for (user, join) in &joins {
+        let Some(ticket) = join.ticket else { continue };
+        if admitted.get(&ticket) == Some(user) {
+            continue;
+        }
+        let unreplicated = join.sub_line == victim
+            && join.at < killed
+            && join.at + Duration::from_secs(1) > killed;
+        assert!(
+            unreplicated,
+            "{user:?} (ticket {ticket}) was acknowledged and lost"
+        );
+        lost += 1;
+    }
+    // Only those who asked to join are admitted (a join refused for want of
+    // an answer may still have been made).
+    let asked: std::collections::HashSet<&UserId> = joins.iter().map(|(user, _)| user).collect();
+    for user in admitted.values() {
+        assert!(asked.contains(user), "{user:?} admitted without asking");
+    }
+    eprintln!(
+        "{} admitted, {lost} acknowledged joins lost with the primary",
+        admitted.len()
+    );
 }

@@ -300,7 +300,12 @@ impl QueueCaller {
         let value: Value = bounded(
             operation,
             self.timeout,
-            guard(&self.breaker, &self.connector, &conn, Some(&self.queue)),
+            guard(
+                &self.breaker,
+                &self.connector,
+                &conn,
+                Some(self.queue.as_str()),
+            ),
             invocation.invoke_async(&mut conn),
         )
         .await?;

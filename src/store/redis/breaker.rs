@@ -8,7 +8,6 @@ use std::time::Duration;
 use redis::RedisError;
 
 use super::topology::{Connection, Connector, Single};
-use crate::domain::QueueId;
 use crate::telemetry::metrics::{StoreErrorLabels, StoreLabels, metrics};
 use crate::{Error, Result};
 
@@ -20,9 +19,11 @@ use crate::{Error, Result};
 /// again. A call arriving [`Breaker::PROBE_EVERY`] after the last probe
 /// probes: with a `PING` on a single Redis (and goes ahead if answered).
 ///
-/// On a Cluster each queue's calls trip and probe on their own (a `PING`
+/// On a Cluster each slot's calls trip and probe on their own (a `PING`
 /// there asks every primary, so the call itself is the probe): one shard
-/// down leaves the queues of the others alone.
+/// down leaves the queues of the others alone, and the sub-lines of a
+/// queue kept over several slots are scoped by their own hash tags, so
+/// one sub-line's primary down leaves the others' calls alone.
 #[derive(Debug, Default)]
 pub(super) struct Breaker {
     /// By scope (`""` for a single Redis and calls not of one queue, the
@@ -67,6 +68,13 @@ impl Breaker {
         } else {
             Pass::Refuse
         }
+    }
+
+    /// Whether calls of `scope` (or of a single Redis) are held back now:
+    /// a read that can do without one's answer skips it.
+    pub(super) fn holds_back(&self, scope: &str) -> bool {
+        let tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
+        tripped.contains_key(scope) || tripped.contains_key("")
     }
 
     fn answered(&self, scope: &str) {
@@ -136,12 +144,12 @@ pub(super) fn guard<'a>(
     breaker: &'a Breaker,
     connector: &'a Connector,
     conn: &Connection,
-    queue: Option<&'a QueueId>,
+    scope: Option<&'a str>,
 ) -> Guard<'a> {
-    match (conn, queue) {
-        (Connection::Cluster(_), Some(queue)) => Guard {
+    match (conn, scope) {
+        (Connection::Cluster(_), Some(scope)) => Guard {
             breaker,
-            scope: queue.as_str(),
+            scope,
             ping: None,
             single: None,
         },

@@ -83,7 +83,7 @@ impl RedisStore {
         let value: Value = bounded(
             operation,
             self.timeout,
-            guard(&self.breaker, &self.connector, &conn, Some(queue)),
+            guard(&self.breaker, &self.connector, &conn, Some(queue.as_str())),
             invocation.invoke_async(&mut conn),
         )
         .await?;

@@ -76,6 +76,14 @@ pub(super) fn tagged_keys(prefix: &str, tag: &str) -> [String; QUEUE_KEYS] {
     .map(|name| format!("{prefix}:{{{tag}}}:{name}"))
 }
 
+/// The hash tag of a key made here (what lies between its first `{` and
+/// the `}` after it).
+pub(super) fn tag_of(key: &str) -> Option<&str> {
+    let (_, rest) = key.split_once('{')?;
+    let (tag, _) = rest.split_once('}')?;
+    Some(tag)
+}
+
 /// The head's recent leases of a queue over several sub-lines (`lease.lua`).
 pub(super) fn leases_key(prefix: &str, queue: &QueueId) -> String {
     format!("{prefix}:{{{queue}}}:leases")

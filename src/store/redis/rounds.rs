@@ -9,15 +9,23 @@
 //! then, and those who asked meanwhile wait for the next read, made for all
 //! of them. Every read starts after the calls of the batches it answers,
 //! so each place is still read as the call left the line.
+//!
+//! A round also keeps what it last read of the head and of each sub-line.
+//! A part that does not answer (its primary lost, until its replica takes
+//! over) is counted as last read, so joins and lookups on the other
+//! sub-lines go on being answered, their positions short by what changed
+//! on that sub-line since. A part read before is asked with a quarter of
+//! the timeout, and not at all while the breaker holds its calls back, so
+//! a dead one does not hold the round past its callers' own deadline.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use super::sub_lines::{Layout, LineView, SubLineLink};
-use crate::Result;
+use super::sub_lines::{Layout, LineView, Part, Sample, SubLineLink};
 use crate::domain::QueueId;
+use crate::{Error, Result};
 
 /// Each queue's round of reads.
 #[derive(Default)]
@@ -30,6 +38,62 @@ struct Round {
     asked: Mutex<Vec<Ask>>,
     /// Held by the batch reading for the round.
     reading: tokio::sync::Mutex<()>,
+    last: Mutex<Last>,
+}
+
+/// A sub-line's part as last read, with the tickets it was read for.
+type LastPart = Option<(Vec<u64>, Part)>;
+
+/// What a round last read, for a part that does not answer.
+#[derive(Default)]
+struct Last {
+    layout: Option<Layout>,
+    head: Option<Sample>,
+    /// Each sub-line's part with the tickets it was read for.
+    parts: Vec<LastPart>,
+}
+
+impl Last {
+    /// The last reads, if of `layout`.
+    fn of(&self, layout: &Layout) -> (Option<Sample>, Vec<LastPart>) {
+        if self.layout.as_ref() == Some(layout) {
+            (self.head, self.parts.clone())
+        } else {
+            (None, Vec::new())
+        }
+    }
+
+    fn keep(&mut self, layout: &Layout, head: Option<Sample>, parts: Vec<LastPart>) {
+        if self.layout.as_ref() != Some(layout) {
+            *self = Self::default();
+            self.layout = Some(layout.clone());
+        }
+        if head.is_some() {
+            self.head = head;
+        }
+        self.parts.resize(parts.len().max(self.parts.len()), None);
+        for (kept, part) in self.parts.iter_mut().zip(parts) {
+            if part.is_some() {
+                *kept = part;
+            }
+        }
+    }
+}
+
+/// A part read for `read` counted for `tickets`: each at the closest
+/// ticket read at or below it (0 below them all).
+fn counted_as_last(read: &[u64], part: &Part, tickets: &[u64]) -> Part {
+    Part {
+        in_line: part.in_line,
+        sample: part.sample,
+        below: tickets
+            .iter()
+            .map(|ticket| match read.partition_point(|t| t <= ticket) {
+                0 => 0,
+                i => part.below.get(i - 1).copied().unwrap_or(0),
+            })
+            .collect(),
+    }
 }
 
 struct Ask {
@@ -102,7 +166,7 @@ impl SubLineLink<'_> {
         merged.sort_unstable();
         merged.dedup();
         let now_ms = taken.iter().map(|ask| ask.now_ms).max().unwrap_or(now_ms);
-        let read = self.view(layout, &merged, now_ms).await;
+        let read = self.view_or_last(&round, layout, &merged, now_ms).await;
         for ask in taken {
             let view = read.as_ref().map_err(Clone::clone).map(|view| LineView {
                 in_line: view.in_line,
@@ -120,6 +184,66 @@ impl SubLineLink<'_> {
                 "a round left its reader unanswered".into(),
             ))
         })
+    }
+}
+
+impl SubLineLink<'_> {
+    /// [`SubLineLink::view`], each part that does not answer counted as
+    /// the round last read it (when it has).
+    async fn view_or_last(
+        &self,
+        round: &Round,
+        layout: &Layout,
+        tickets: &[u64],
+        now_ms: u64,
+    ) -> Result<LineView> {
+        let (head, parts) = match round.last.lock() {
+            Ok(last) => last.of(layout),
+            Err(_) => (None, Vec::new()),
+        };
+        let short = SubLineLink {
+            timeout: self.timeout / 4,
+            ..*self
+        };
+        let asked = if head.is_some() { short } else { *self };
+        let (sample, head_read) = match (asked.head_sample(now_ms).await, head) {
+            (Ok(sample), _) => (sample, Some(sample)),
+            (Err(Error::Unavailable(_)), Some(sample)) => (sample, None),
+            (Err(error), _) => return Err(error),
+        };
+        let mut view = LineView {
+            in_line: 0,
+            below: vec![0; tickets.len()],
+            sample,
+        };
+        let mut read = Vec::with_capacity(layout.shards as usize);
+        for sub_line in 0..layout.shards as usize {
+            let last = parts.get(sub_line).cloned().flatten();
+            let asked = if last.is_some() { short } else { *self };
+            // A sub-line whose calls the breaker holds back is not waited
+            // for: its own joins probe it.
+            let answer = match &last {
+                Some(_) if self.breaker.holds_back(layout.tag(sub_line)?) => Err(
+                    Error::Unavailable("the sub-line did not answer recently".into()),
+                ),
+                _ => asked.count_part(layout, sub_line, tickets, now_ms).await,
+            };
+            match (answer, last) {
+                (Ok(part), _) => {
+                    view.add(&part);
+                    read.push(Some((tickets.to_vec(), part)));
+                }
+                (Err(Error::Unavailable(_)), Some((then, part))) => {
+                    view.add(&counted_as_last(&then, &part, tickets));
+                    read.push(None);
+                }
+                (Err(error), _) => return Err(error),
+            }
+        }
+        if let Ok(mut last) = round.last.lock() {
+            last.keep(layout, head_read, read);
+        }
+        Ok(view)
     }
 }
 

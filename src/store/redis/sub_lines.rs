@@ -161,6 +161,7 @@ impl Layouts {
 
 /// What calls on a queue's sub-lines need: a connection, the scripts and
 /// the key prefix.
+#[derive(Clone, Copy)]
 pub(super) struct SubLineLink<'a> {
     pub(super) queue: &'a QueueId,
     pub(super) prefix: &'a str,
@@ -207,12 +208,18 @@ where
 
 impl SubLineLink<'_> {
     async fn value(&self, operation: &'static str, call: ScriptCall<'_>) -> Result<Value> {
+        // Scoped by the slot's own tag (the head's is the queue's id).
+        let scope = call
+            .keys
+            .first()
+            .and_then(|key| keys::tag_of(key))
+            .unwrap_or(self.queue.as_str());
         let mut conn = self
             .connector
             .connection(self.timeout, self.breaker)
             .await?;
         let mut invocation = call.script.prepare_invoke();
-        for key in call.keys {
+        for key in call.keys.iter() {
             invocation.key(key);
         }
         invocation.arg(call.now_ms);
@@ -222,7 +229,7 @@ impl SubLineLink<'_> {
         bounded(
             operation,
             self.timeout,
-            guard(self.breaker, self.connector, &conn, Some(self.queue)),
+            guard(self.breaker, self.connector, &conn, Some(scope)),
             invocation.invoke_async(&mut conn),
         )
         .await
@@ -245,7 +252,12 @@ impl SubLineLink<'_> {
         let (created, shards, tags): (Option<String>, Option<u32>, Option<String>) = bounded(
             "layout",
             self.timeout,
-            guard(self.breaker, self.connector, &conn, Some(self.queue)),
+            guard(
+                self.breaker,
+                self.connector,
+                &conn,
+                Some(self.queue.as_str()),
+            ),
             redis::cmd("HMGET")
                 .arg(&head[0])
                 .arg("created_at_ms")
@@ -649,7 +661,12 @@ impl SubLineLink<'_> {
             let _: Result<i64> = bounded(
                 "admit",
                 self.timeout,
-                guard(self.breaker, self.connector, &conn, Some(self.queue)),
+                guard(
+                    self.breaker,
+                    self.connector,
+                    &conn,
+                    Some(self.queue.as_str()),
+                ),
                 settled.query_async(&mut conn),
             )
             .await;
@@ -712,7 +729,12 @@ impl SubLineLink<'_> {
         bounded(
             "admit_users",
             self.timeout,
-            guard(self.breaker, self.connector, &conn, Some(self.queue)),
+            guard(
+                self.breaker,
+                self.connector,
+                &conn,
+                Some(self.queue.as_str()),
+            ),
             redis::cmd("HGET")
                 .arg(&keys[4])
                 .arg(user.as_str())
@@ -929,37 +951,56 @@ impl SubLineLink<'_> {
         tickets: &[u64],
         now_ms: u64,
     ) -> Result<LineView> {
-        let tickets: Vec<String> = tickets.iter().map(u64::to_string).collect();
-        let args: Vec<&str> = tickets.iter().map(String::as_str).collect();
+        let mut view = LineView {
+            in_line: 0,
+            below: vec![0; tickets.len()],
+            sample: self.head_sample(now_ms).await?,
+        };
+        for sub_line in 0..layout.shards as usize {
+            view.add(&self.count_part(layout, sub_line, tickets, now_ms).await?);
+        }
+        Ok(view)
+    }
+
+    /// The head's admission rate sample (`head_sample.lua`).
+    pub(super) async fn head_sample(&self, now_ms: u64) -> Result<Sample> {
         let head = keys::queue_keys(self.prefix, self.queue);
-        let mut sample = Sample::read(
+        Sample::read(
             &mut self
                 .run(
                     "head_sample",
                     ScriptCall::new(&self.scripts.head_sample, &head, now_ms),
                 )
                 .await?,
-        )?;
-        let mut in_line = 0;
-        let mut below = vec![0; tickets.len()];
-        for sub_line in 0..layout.shards as usize {
-            let keys = layout.keys(self.prefix, sub_line)?;
-            let mut reply = self
-                .run(
-                    "count_below",
-                    ScriptCall::new(&self.scripts.count_below, &keys, now_ms).args(&args),
-                )
-                .await?;
-            in_line += reply.u64()?;
-            sample.merge(&Sample::read(&mut reply)?);
-            for count in &mut below {
-                *count += reply.u64()?;
-            }
-        }
-        Ok(LineView {
+        )
+    }
+
+    /// Sub-line `sub_line`'s part of a view (`count_below.lua`).
+    pub(super) async fn count_part(
+        &self,
+        layout: &Layout,
+        sub_line: usize,
+        tickets: &[u64],
+        now_ms: u64,
+    ) -> Result<Part> {
+        let tickets: Vec<String> = tickets.iter().map(u64::to_string).collect();
+        let args: Vec<&str> = tickets.iter().map(String::as_str).collect();
+        let keys = layout.keys(self.prefix, sub_line)?;
+        let mut reply = self
+            .run(
+                "count_below",
+                ScriptCall::new(&self.scripts.count_below, &keys, now_ms).args(&args),
+            )
+            .await?;
+        let in_line = reply.u64()?;
+        let sample = Sample::read(&mut reply)?;
+        let below = (0..args.len())
+            .map(|_| reply.u64())
+            .collect::<Result<Vec<u64>>>()?;
+        Ok(Part {
             in_line,
-            below,
             sample,
+            below,
         })
     }
 
@@ -1040,6 +1081,25 @@ pub(super) struct LineView {
     /// The waiting at or below each ticket asked about.
     pub(super) below: Vec<u64>,
     pub(super) sample: Sample,
+}
+
+impl LineView {
+    /// Adds a sub-line's part, read for the same tickets.
+    pub(super) fn add(&mut self, part: &Part) {
+        self.in_line += part.in_line;
+        self.sample.merge(&part.sample);
+        for (count, part) in self.below.iter_mut().zip(&part.below) {
+            *count += part;
+        }
+    }
+}
+
+/// One sub-line's part of a [`LineView`].
+#[derive(Clone)]
+pub(super) struct Part {
+    pub(super) in_line: u64,
+    pub(super) sample: Sample,
+    pub(super) below: Vec<u64>,
 }
 
 /// An admission rate sample's counts. The head's (the admissions it
