@@ -59,6 +59,9 @@ pub(super) enum Op {
 struct Pending {
     user: UserId,
     now_ms: u64,
+    /// When the request reached the task's queue: its clock is moved on by
+    /// the time it waited there.
+    arrived: Instant,
     /// When the caller stops waiting (and is told `UNAVAILABLE`).
     deadline: Instant,
     reply: oneshot::Sender<Result<Option<Place>>>,
@@ -116,6 +119,7 @@ impl Batcher {
         let pending = Pending {
             user: user.clone(),
             now_ms,
+            arrived: Instant::now(),
             deadline,
             reply,
         };
@@ -191,8 +195,12 @@ async fn run(caller: QueueCaller, queues: Senders, key: Lane, mut rx: mpsc::Rece
         };
         let mut users = Vec::new();
         let mut replies = Vec::new();
-        // Requests of one batch arrived within one call's time of each
-        // other; the latest clock reading stands for all of them.
+        // A batch is stamped when it is sent: each request's clock moved on
+        // by the time it waited here, the latest standing for all of them.
+        // Stamped with its requests' own readings, a batch that waited
+        // behind a slow call would run as of then, and over sub-lines take
+        // tickets from a block that closed meanwhile, below an admission
+        // planned since.
         let mut now_ms = 0;
         let mut next = Some(first);
         let now = Instant::now();
@@ -204,7 +212,8 @@ async fn run(caller: QueueCaller, queues: Senders, key: Lane, mut rx: mpsc::Rece
             } else {
                 users.push(pending.user);
                 replies.push(pending.reply);
-                now_ms = now_ms.max(pending.now_ms);
+                let waited = now.saturating_duration_since(pending.arrived).as_millis() as u64;
+                now_ms = now_ms.max(pending.now_ms.saturating_add(waited));
             }
             if users.len() < MAX_BATCH {
                 next = rx.try_recv().ok();

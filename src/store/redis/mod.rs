@@ -1212,6 +1212,48 @@ mod tests {
         assert_eq!(store.batcher.tasks(), 3, "one enqueue task per sub-line");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_waited_behind_a_slow_call_is_stamped_when_sent() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = std::sync::Arc::new(store_on(&redis).await);
+        let queue = QueueId::parse("sale").unwrap();
+        store
+            .create_queue(&QueueConfig::new(queue.clone()).created(0))
+            .await
+            .unwrap();
+        let join = |name: &str| {
+            let (store, queue) = (std::sync::Arc::clone(&store), queue.clone());
+            let user = UserId::parse(name).unwrap();
+            tokio::spawn(async move { store.enqueue(&queue, &user, 10_000).await })
+        };
+        // The first call is sent and held by a stalled Redis; the second
+        // waits behind it, both read at 10 s.
+        redis.pause().unwrap();
+        let first = join("first");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = join("second");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        redis.resume().unwrap();
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        let mut conn = redis::Client::open(redis.url())
+            .and_then(|client| client.get_connection())
+            .unwrap();
+        let mut seen = |user: &str| -> u64 {
+            redis::cmd("ZSCORE")
+                .arg("t:{sale}:seen")
+                .arg(user)
+                .query(&mut conn)
+                .unwrap()
+        };
+        assert_eq!(seen("first"), 10_000, "sent at once, as read");
+        let second = seen("second");
+        assert!(
+            (10_350..11_000).contains(&second),
+            "sent after waiting about 400 ms, at {second}"
+        );
+    }
+
     #[tokio::test]
     async fn lookups_of_queues_that_do_not_exist_leave_no_batching_task_behind() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
