@@ -3,8 +3,8 @@
 //! longer than the store's timeout): the head's journal admits everyone
 //! once, batch after batch in ticket order, and every request retried
 //! under its id is answered what it did. And a sub-line's primary killed
-//! on a Cluster under joins: only that sub-line's joins stop, until its
-//! replica takes over.
+//! on a Cluster under joins and admissions: only that sub-line's joins
+//! stop, until its replica takes over, and admission waits for it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -275,6 +275,42 @@ async fn a_sub_line_s_primary_killed_stops_only_that_sub_line_s_joins() {
             }));
         }
     }
+    // One admitter, through the failover: batches of a few under their own
+    // request ids, each retried under its id until answered (its pops
+    // need every sub-line, so it waits out the failover).
+    let admitter = {
+        let (store, queue, stop) = (Arc::clone(&store), queue.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut batches: Vec<Vec<(UserId, u64)>> = Vec::new();
+            let mut failures = 0;
+            for batch in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let request = RequestId::parse(&format!("a{batch}")).unwrap();
+                let mut tries = 0;
+                let admitted = loop {
+                    match store.admit(&queue, 5, Some(&request), now_ms()).await {
+                        Ok(admitted) => break admitted,
+                        Err(error) => {
+                            failures += 1;
+                            tries += 1;
+                            assert!(tries < 300, "{request:?} never answered: {error}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                };
+                batches.push(
+                    admitted
+                        .into_iter()
+                        .map(|a| (a.user, a.admission.ticket))
+                        .collect(),
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (batches, failures)
+        })
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let node = cluster
         .nodes
@@ -305,6 +341,7 @@ async fn a_sub_line_s_primary_killed_stops_only_that_sub_line_s_joins() {
     for joiner in joiners {
         joins.extend(joiner.await.unwrap());
     }
+    let (batches, failures) = admitter.await.unwrap();
 
     // The other sub-lines' joins never failed; the victim's failed while
     // its primary was gone, and were answered again once its replica took
@@ -366,6 +403,18 @@ async fn a_sub_line_s_primary_killed_stops_only_that_sub_line_s_joins() {
     // (asynchronous replication).
     let mut admitted: BTreeMap<u64, UserId> = BTreeMap::new();
     let mut last = 0;
+    let during: usize = batches.iter().map(Vec::len).sum();
+    eprintln!("{during} admitted while joins ran, {failures} admission calls refused");
+    assert!(failures > 0, "admission waited for the lost sub-line");
+    assert!(during > 500, "only {during} admitted while joins ran");
+    for (user, ticket) in batches.into_iter().flatten() {
+        assert!(ticket > last, "admitted out of ticket order");
+        last = ticket;
+        assert!(
+            admitted.insert(ticket, user.clone()).is_none(),
+            "{user:?} admitted twice"
+        );
+    }
     for batch in 0.. {
         let request = RequestId::parse(&format!("drain-{batch}")).unwrap();
         let answer = store
