@@ -174,6 +174,8 @@ fn unanswered(timeout: Duration) -> Error {
 }
 
 async fn run(caller: QueueCaller, queues: Senders, key: Lane, mut rx: mpsc::Receiver<Pending>) {
+    // When the task's last call ended.
+    let mut last_ended: Option<Instant> = None;
     loop {
         let first = match tokio::time::timeout(IDLE, rx.recv()).await {
             Ok(Some(first)) => first,
@@ -196,11 +198,14 @@ async fn run(caller: QueueCaller, queues: Senders, key: Lane, mut rx: mpsc::Rece
         let mut users = Vec::new();
         let mut replies = Vec::new();
         // A batch is stamped when it is sent: each request's clock moved on
-        // by the time it waited here, the latest standing for all of them.
-        // Stamped with its requests' own readings, a batch that waited
-        // behind a slow call would run as of then, and over sub-lines take
-        // tickets from a block that closed meanwhile, below an admission
-        // planned since.
+        // by the time it waited behind the task's previous call, the latest
+        // standing for all of them. Stamped with its requests' own
+        // readings, a batch that waited behind a slow call would run as of
+        // then, and over sub-lines take tickets from a block that closed
+        // meanwhile, below an admission planned since. A request that came
+        // after that call ended waited for nothing but the task to wake,
+        // and keeps its reading, so one caller after another sees its own
+        // clock, as a store without batching would.
         let mut now_ms = 0;
         let mut next = Some(first);
         let now = Instant::now();
@@ -212,7 +217,12 @@ async fn run(caller: QueueCaller, queues: Senders, key: Lane, mut rx: mpsc::Rece
             } else {
                 users.push(pending.user);
                 replies.push(pending.reply);
-                let waited = now.saturating_duration_since(pending.arrived).as_millis() as u64;
+                let waited = match last_ended {
+                    Some(ended) if pending.arrived < ended => {
+                        now.saturating_duration_since(pending.arrived).as_millis() as u64
+                    }
+                    _ => 0,
+                };
                 now_ms = now_ms.max(pending.now_ms.saturating_add(waited));
             }
             if users.len() < MAX_BATCH {
@@ -232,6 +242,8 @@ async fn run(caller: QueueCaller, queues: Senders, key: Lane, mut rx: mpsc::Rece
                 .await
                 .map(|places| places.into_iter().map(Ok).collect()),
         };
+        // Before any reply: a caller answered comes after the call ended.
+        last_ended = Some(Instant::now());
         let answers = answers.and_then(|answers| {
             if answers.len() == replies.len() {
                 Ok(answers)
