@@ -70,11 +70,12 @@ impl Breaker {
         }
     }
 
-    /// Whether calls of `scope` (or of a single Redis) are held back now:
-    /// a read that can do without one's answer skips it.
+    /// Whether calls of a Cluster slot's `scope` are held back now: a read
+    /// that can do without one's answer skips it. (The shared scope, which
+    /// a Cluster's calls not of one queue trip, holds back no slot's.)
     pub(super) fn holds_back(&self, scope: &str) -> bool {
         let tripped = self.tripped.lock().unwrap_or_else(PoisonError::into_inner);
-        tripped.contains_key(scope) || tripped.contains_key("")
+        tripped.contains_key(scope)
     }
 
     fn answered(&self, scope: &str) {

@@ -566,6 +566,7 @@ impl QueueStore for RedisStore {
             .await?;
         }
         self.layouts.forget(queue);
+        self.rounds.forget(queue);
         let mut invocation = self.invocation(&self.scripts.delete_queue, queue, 0);
         invocation
             .key(keys::deleted_key(&self.prefix, queue))

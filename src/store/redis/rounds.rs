@@ -12,14 +12,17 @@
 //!
 //! A round also keeps what it last read of the head and of each sub-line.
 //! A part that does not answer (its primary lost, until its replica takes
-//! over) is counted as last read, so joins and lookups on the other
-//! sub-lines go on being answered, their positions short by what changed
-//! on that sub-line since. A part read before is asked with a quarter of
-//! the timeout, and not at all while the breaker holds its calls back, so
-//! a dead one does not hold the round past its callers' own deadline.
+//! over) is counted as last read, for at most [`LAST_KEEP`], so joins and
+//! lookups on the other sub-lines go on being answered, their positions
+//! off by what changed on that sub-line since. A part read before is
+//! waited for a quarter of the timeout (its call, given up then, trips no
+//! breaker: a slow part is not a dead one), and not at all while the
+//! breaker holds its calls back, so a dead one does not hold the round
+//! past its callers' own deadline.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -41,6 +44,17 @@ struct Round {
     last: Mutex<Last>,
 }
 
+/// How long a part last read stands in for one that does not answer: a
+/// failover's time, not an outage's.
+pub(super) const LAST_KEEP: Duration = Duration::from_secs(60);
+
+/// How long reads count a sub-line that kept one waiting a quarter of the
+/// timeout as last read without asking it again.
+const SLOW_SKIP: Duration = Duration::from_secs(1);
+
+/// Why a read counted a part as last read: it kept the read waiting.
+const GAVE_UP: &str = "no answer in time for this read";
+
 /// A sub-line's part as last read, with the tickets it was read for.
 type LastPart = Option<(Vec<u64>, Part)>;
 
@@ -48,33 +62,64 @@ type LastPart = Option<(Vec<u64>, Part)>;
 #[derive(Default)]
 struct Last {
     layout: Option<Layout>,
-    head: Option<Sample>,
-    /// Each sub-line's part with the tickets it was read for.
-    parts: Vec<LastPart>,
+    head: Option<(Instant, Sample)>,
+    /// Each sub-line's part with when it was read.
+    parts: Vec<Option<(Instant, Vec<u64>, Part)>>,
+    /// Until when each sub-line that kept a read waiting is not asked.
+    slow: Vec<Option<Instant>>,
 }
 
 impl Last {
-    /// The last reads, if of `layout`.
-    fn of(&self, layout: &Layout) -> (Option<Sample>, Vec<LastPart>) {
-        if self.layout.as_ref() == Some(layout) {
-            (self.head, self.parts.clone())
-        } else {
-            (None, Vec::new())
-        }
+    /// Whether sub-line `sub_line` kept a read waiting less than
+    /// [`SLOW_SKIP`] ago.
+    fn slow(&self, sub_line: usize) -> bool {
+        self.slow
+            .get(sub_line)
+            .copied()
+            .flatten()
+            .is_some_and(|until| Instant::now() < until)
     }
 
-    fn keep(&mut self, layout: &Layout, head: Option<Sample>, parts: Vec<LastPart>) {
+    /// The last reads of `layout` still young enough to stand in.
+    fn of(&self, layout: &Layout) -> (Option<Sample>, Vec<LastPart>) {
+        if self.layout.as_ref() != Some(layout) {
+            return (None, Vec::new());
+        }
+        let young = |read: &Instant| read.elapsed() < LAST_KEEP;
+        (
+            self.head.filter(|(read, _)| young(read)).map(|(_, s)| s),
+            self.parts
+                .iter()
+                .map(|part| match part {
+                    Some((read, tickets, part)) if young(read) => {
+                        Some((tickets.clone(), part.clone()))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// Keeps what a read got: the head's sample, each part read, and which
+    /// sub-lines kept it waiting.
+    fn keep(&mut self, layout: &Layout, head: Option<Sample>, parts: Vec<(LastPart, bool)>) {
         if self.layout.as_ref() != Some(layout) {
             *self = Self::default();
             self.layout = Some(layout.clone());
         }
-        if head.is_some() {
-            self.head = head;
+        let now = Instant::now();
+        if let Some(head) = head {
+            self.head = Some((now, head));
         }
-        self.parts.resize(parts.len().max(self.parts.len()), None);
-        for (kept, part) in self.parts.iter_mut().zip(parts) {
-            if part.is_some() {
-                *kept = part;
+        let len = parts.len().max(self.parts.len());
+        self.parts.resize(len, None);
+        self.slow.resize(len, None);
+        for ((kept, slow), (part, waited)) in self.parts.iter_mut().zip(&mut self.slow).zip(parts) {
+            if let Some((tickets, part)) = part {
+                *kept = Some((now, tickets, part));
+                *slow = None;
+            } else if waited {
+                *slow = Some(now + SLOW_SKIP);
             }
         }
     }
@@ -104,6 +149,14 @@ struct Ask {
 }
 
 impl Rounds {
+    /// Drops what the queue's round last read: the queue was deleted, and
+    /// one made again under its name must not be counted as the old one.
+    pub(super) fn forget(&self, queue: &QueueId) {
+        if let Ok(mut queues) = self.queues.lock() {
+            queues.remove(queue);
+        }
+    }
+
     fn of(&self, queue: &QueueId) -> Option<Arc<Round>> {
         let mut queues = self.queues.lock().ok()?;
         Some(Arc::clone(queues.entry(queue.clone()).or_default()))
@@ -140,13 +193,15 @@ impl SubLineLink<'_> {
         if !pushed {
             return self.view(layout, &probes, now_ms).await;
         }
-        let _reading = round.reading.lock().await;
+        let reading = round.reading.lock().await;
         match answered.try_recv() {
             Ok(view) => return view,
             Err(oneshot::error::TryRecvError::Empty) => {}
             // The reader that took the ask was dropped before it answered
-            // (its caller gave up): the ask went with it, so read alone.
+            // (its caller gave up): the ask went with it, so read alone,
+            // leaving the round to the others.
             Err(oneshot::error::TryRecvError::Closed) => {
+                drop(reading);
                 return self.view(layout, &probes, now_ms).await;
             }
         }
@@ -188,6 +243,18 @@ impl SubLineLink<'_> {
 }
 
 impl SubLineLink<'_> {
+    /// `call`'s answer, given up after a quarter of the timeout when
+    /// `stand_in` (a last read can stand in for it). Given up so, the call
+    /// trips no breaker: a slow part is not a dead one.
+    async fn within<T>(&self, stand_in: bool, call: impl Future<Output = Result<T>>) -> Result<T> {
+        if !stand_in {
+            return call.await;
+        }
+        tokio::time::timeout(self.timeout / 4, call)
+            .await
+            .unwrap_or_else(|_| Err(Error::Unavailable(GAVE_UP.into())))
+    }
+
     /// [`SubLineLink::view`], each part that does not answer counted as
     /// the round last read it (when it has).
     async fn view_or_last(
@@ -197,16 +264,16 @@ impl SubLineLink<'_> {
         tickets: &[u64],
         now_ms: u64,
     ) -> Result<LineView> {
-        let (head, parts) = match round.last.lock() {
-            Ok(last) => last.of(layout),
-            Err(_) => (None, Vec::new()),
+        let (head, parts, slow) = match round.last.lock() {
+            Ok(last) => {
+                let (head, parts) = last.of(layout);
+                let slow: Vec<bool> = (0..parts.len()).map(|s| last.slow(s)).collect();
+                (head, parts, slow)
+            }
+            Err(_) => (None, Vec::new(), Vec::new()),
         };
-        let short = SubLineLink {
-            timeout: self.timeout / 4,
-            ..*self
-        };
-        let asked = if head.is_some() { short } else { *self };
-        let (sample, head_read) = match (asked.head_sample(now_ms).await, head) {
+        let sample_now = self.within(head.is_some(), self.head_sample(now_ms)).await;
+        let (sample, head_read) = match (sample_now, head) {
             (Ok(sample), _) => (sample, Some(sample)),
             (Err(Error::Unavailable(_)), Some(sample)) => (sample, None),
             (Err(error), _) => return Err(error),
@@ -219,23 +286,31 @@ impl SubLineLink<'_> {
         let mut read = Vec::with_capacity(layout.shards as usize);
         for sub_line in 0..layout.shards as usize {
             let last = parts.get(sub_line).cloned().flatten();
-            let asked = if last.is_some() { short } else { *self };
-            // A sub-line whose calls the breaker holds back is not waited
-            // for: its own joins probe it.
-            let answer = match &last {
-                Some(_) if self.breaker.holds_back(layout.tag(sub_line)?) => Err(
-                    Error::Unavailable("the sub-line did not answer recently".into()),
-                ),
-                _ => asked.count_part(layout, sub_line, tickets, now_ms).await,
+            // A sub-line whose calls the breaker holds back, or that kept a
+            // read waiting a moment ago, is not waited for: its own joins
+            // probe it.
+            let skip = last.is_some()
+                && (slow.get(sub_line).copied().unwrap_or(false)
+                    || self.breaker.holds_back(layout.tag(sub_line)?));
+            let mut waited = false;
+            let answer = if skip {
+                Err(Error::Unavailable(
+                    "the sub-line did not answer recently".into(),
+                ))
+            } else {
+                let part = self.count_part(layout, sub_line, tickets, now_ms);
+                let answer = self.within(last.is_some(), part).await;
+                waited = matches!(&answer, Err(Error::Unavailable(m)) if m == GAVE_UP);
+                answer
             };
             match (answer, last) {
                 (Ok(part), _) => {
                     view.add(&part);
-                    read.push(Some((tickets.to_vec(), part)));
+                    read.push((Some((tickets.to_vec(), part)), false));
                 }
                 (Err(Error::Unavailable(_)), Some((then, part))) => {
                     view.add(&counted_as_last(&then, &part, tickets));
-                    read.push(None);
+                    read.push((None, waited));
                 }
                 (Err(error), _) => return Err(error),
             }

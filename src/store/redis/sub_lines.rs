@@ -665,7 +665,7 @@ impl SubLineLink<'_> {
                     self.breaker,
                     self.connector,
                     &conn,
-                    Some(self.queue.as_str()),
+                    Some(layout.tag(sub_line).unwrap_or(self.queue.as_str())),
                 ),
                 settled.query_async(&mut conn),
             )
@@ -721,7 +721,8 @@ impl SubLineLink<'_> {
     /// The admission `user` holds, as their sub-line records it
     /// (`ticket:admitted at:expires at`).
     async fn admission_of(&self, layout: &Layout, user: &UserId) -> Result<Option<String>> {
-        let keys = layout.keys(self.prefix, layout.sub_line(user))?;
+        let sub_line = layout.sub_line(user);
+        let keys = layout.keys(self.prefix, sub_line)?;
         let mut conn = self
             .connector
             .connection(self.timeout, self.breaker)
@@ -733,7 +734,7 @@ impl SubLineLink<'_> {
                 self.breaker,
                 self.connector,
                 &conn,
-                Some(self.queue.as_str()),
+                Some(layout.tag(sub_line)?),
             ),
             redis::cmd("HGET")
                 .arg(&keys[4])
@@ -902,12 +903,16 @@ impl SubLineLink<'_> {
     ///
     /// Each place comes with how far into a run of newcomers it came (see
     /// `parse_enqueued_runs`), and the `k`-th of a run is counted as its
-    /// run's first plus `k`. This is exact because a run's tickets are
-    /// consecutive tickets of one block, and a block belongs to one
-    /// sub-line: no other sub-line holds a ticket between them, so every
-    /// other sub-line counts the same below each of them. A burst's batch
-    /// of a few runs therefore costs each sub-line a count per run, not per
-    /// user.
+    /// run's first plus `k`. A run's tickets are consecutive tickets of
+    /// one block, and a block belongs to one sub-line: no other sub-line
+    /// holds a ticket between them, so every other sub-line counts the
+    /// same below each of them. A burst's batch of a few runs therefore
+    /// costs each sub-line a count per run, not per user. This is exact
+    /// while the run is still waiting when the read comes, as it is when
+    /// nothing else happens between the call and the read (the memory
+    /// store's atomic step); a run member admitted or gone in between
+    /// leaves those behind it in the run counted one place too far back,
+    /// until their next read.
     async fn read_positions<'p>(
         &self,
         layout: &Layout,
@@ -935,8 +940,10 @@ impl SubLineLink<'_> {
         for ((place, k), count) in places.into_iter().zip(counts) {
             view.sample.apply(&mut place.rate);
             place.waiting_count = view.in_line;
+            // At least 1: a sub-line counted as last read may not hold the
+            // place's own ticket yet.
             if let (PlaceState::Waiting { position }, Some(count)) = (&mut place.state, count) {
-                *position = count + k;
+                *position = (count + k).max(1);
             }
         }
         Ok(())
