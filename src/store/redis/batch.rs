@@ -32,6 +32,7 @@ use super::lua::Scripts;
 use super::reply::{Reply, parse_enqueued, parse_place};
 use super::sub_lines::{Layouts, SubLineLink, routed};
 use super::topology::Connector;
+use crate::domain::shards::TAU_MS;
 use crate::domain::{Place, QueueId, UserId};
 use crate::{Error, Result};
 
@@ -205,7 +206,8 @@ async fn run(caller: QueueCaller, queues: Senders, key: Lane, mut rx: mpsc::Rece
         // meanwhile, below an admission planned since. A request that came
         // after that call ended waited for nothing but the task to wake,
         // and keeps its reading, so one caller after another sees its own
-        // clock, as a store without batching would.
+        // clock, as a store without batching would; so does one that
+        // waited less than τ.
         let mut now_ms = 0;
         let mut next = Some(first);
         let now = Instant::now();
@@ -223,6 +225,10 @@ async fn run(caller: QueueCaller, queues: Senders, key: Lane, mut rx: mpsc::Rece
                     }
                     _ => 0,
                 };
+                // A wait shorter than τ closes no block the request could
+                // not have found closed anyway; a caller's clock is kept
+                // as read then.
+                let waited = if waited >= TAU_MS { waited } else { 0 };
                 now_ms = now_ms.max(pending.now_ms.saturating_add(waited));
             }
             if users.len() < MAX_BATCH {
