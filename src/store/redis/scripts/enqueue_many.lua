@@ -38,6 +38,14 @@ end
 prepare(cfg)
 
 local gathering = cfg.mode == 'queueing' and only_waiting(cfg)
+-- On a sub-line whose block is closed, a first user who needs a ticket
+-- makes the answer 'lease' with nobody served: found before reading every
+-- user, as a burst's batch does once a block's τ has passed.
+if gathering and cfg.sub_line and #ARGV >= 2 and not block_open(cfg)
+    and not redis.call('ZSCORE', K_WAITING, ARGV[2])
+    and not redis.call('HGET', K_ADMITTED, ARGV[2]) then
+  return { 'ok', { 'lease', next_block_size(cfg) } }
+end
 local in_line_scores, admitted_records
 if gathering then
   local users = { unpack(ARGV, 2) }
