@@ -100,6 +100,24 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// How many times the server has run `command` (lower case, as
+    /// `INFO commandstats` names it: `evalsha`, `smembers`), 0 if never.
+    pub fn calls(&self, command: &str) -> Result<u64, String> {
+        let client = redis::Client::open(self.url()).map_err(|e| e.to_string())?;
+        let mut conn = client.get_connection().map_err(|e| e.to_string())?;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut conn)
+            .map_err(|e| e.to_string())?;
+        let prefix = format!("cmdstat_{command}:calls=");
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
     /// Stops the server now.
     pub fn stop(&mut self) {
         let _ = self.child.kill();

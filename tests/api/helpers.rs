@@ -43,6 +43,11 @@ impl TestRedis {
         self.0.port
     }
 
+    /// How many times the server has run `command` (`INFO commandstats`).
+    pub fn calls(&self, command: &str) -> u64 {
+        self.0.calls(command).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     pub fn url(&self) -> String {
         self.0.url()
     }

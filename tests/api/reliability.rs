@@ -473,21 +473,7 @@ async fn scrapes_read_the_queues_from_redis_at_most_once_in_a_while() {
     let (app, redis) = TestApp::on_redis().await;
     app.create_queue(queue("sale")).await;
     app.create_queue(queue("other")).await;
-    let listings = || {
-        let mut conn = redis::Client::open(redis.url())
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut conn)
-            .unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_smembers:calls="))
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let listings = || redis.calls("smembers");
     let before = listings();
     for _ in 0..20 {
         let (status, _, text) = http_get(&app, "/metrics").await;

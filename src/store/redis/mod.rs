@@ -1167,7 +1167,7 @@ fn one_slot(sub_line: u32) -> Result<()> {
 mod tests {
     use super::*;
 
-    async fn store_on(redis: &crate::testkit::RedisServer) -> RedisStore {
+    pub(super) async fn store_on(redis: &crate::testkit::RedisServer) -> RedisStore {
         RedisStore::connect(&RedisOptions {
             url: redis.url(),
             password: None,

@@ -328,39 +328,13 @@ mod tests {
 
     use super::*;
     use crate::domain::{QueueConfig, UserId};
-    use crate::store::{QueueStore, RedisOptions, RedisStore};
+    use crate::store::QueueStore;
     use crate::testkit::RedisServer;
-
-    fn script_calls(redis: &RedisServer) -> u64 {
-        let mut conn = redis::Client::open(redis.url())
-            .and_then(|client| client.get_connection())
-            .unwrap();
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut conn)
-            .unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
 
     #[tokio::test]
     async fn batches_that_ask_while_a_read_is_under_way_share_the_next_read() {
         let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-        let store = RedisStore::connect(&RedisOptions {
-            url: redis.url(),
-            password: None,
-            cluster: false,
-            prefix: "t".into(),
-            timeout: Duration::from_secs(2),
-            sentinel_master: None,
-            sentinel_password: None,
-        })
-        .await
-        .unwrap()
-        .with_sub_lines();
+        let store = super::super::tests::store_on(&redis).await.with_sub_lines();
         let queue = QueueId::parse("sale").unwrap();
         let mut config = QueueConfig::new(queue.clone()).created(0);
         config.shards = 3;
@@ -378,7 +352,7 @@ mod tests {
         // A read under way: three batches ask meanwhile.
         let round = store.rounds.of(&queue).unwrap();
         let reading = round.reading.lock().await;
-        let before = script_calls(&redis);
+        let before = redis.calls("evalsha").unwrap();
         let asks = [
             vec![tickets[0]],
             vec![tickets[3], tickets[11]],
@@ -412,7 +386,7 @@ mod tests {
             assert_eq!(view.below, expected, "the counts asked for {ask:?}");
         }
         assert_eq!(
-            script_calls(&redis) - before,
+            redis.calls("evalsha").unwrap() - before,
             u64::from(layout.shards) + 1,
             "one read (each sub-line and the head once) for the three"
         );
