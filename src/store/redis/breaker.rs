@@ -262,3 +262,22 @@ pub(super) fn classify(error: RedisError) -> Error {
         _ => Error::Unavailable(error.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_is_held_back_by_its_own_scope_not_by_the_shared_one() {
+        let breaker = Breaker::default();
+        // A Cluster's calls not of one queue (the readiness PING among
+        // them) trip the shared scope when any primary is lost.
+        breaker.unreachable("");
+        assert!(!breaker.holds_back("sale/3~1"));
+        breaker.unreachable("sale/3~1");
+        assert!(breaker.holds_back("sale/3~1"));
+        assert!(!breaker.holds_back("sale/3~0"));
+        breaker.answered("sale/3~1");
+        assert!(!breaker.holds_back("sale/3~1"));
+    }
+}
