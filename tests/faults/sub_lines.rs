@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use waitroom::domain::shards::sub_line_of;
-use waitroom::domain::{QueueConfig, QueueId, RequestId, UserId};
+use waitroom::domain::{PlaceState, QueueConfig, QueueId, RequestId, UserId};
 use waitroom::store::{QueueStore, RedisOptions, RedisStore};
 use waitroom::testkit::{RedisCluster, RedisServer};
 
@@ -202,6 +202,7 @@ async fn a_sub_line_s_primary_killed_stops_only_that_sub_line_s_joins() {
             password: None,
             cluster: true,
             prefix: "k".into(),
+            // The service's default: a join waits this long for an answer.
             timeout: Duration::from_secs(1),
             sentinel_master: None,
             sentinel_password: None,
@@ -397,6 +398,28 @@ async fn a_sub_line_s_primary_killed_stops_only_that_sub_line_s_joins() {
         during > 50,
         "only {during} joins on the live sub-lines during the failover"
     );
+
+    // With every sub-line answering again, positions are exact: no last
+    // read stands in any more.
+    let everyone: Vec<UserId> = joins.iter().map(|(user, _)| user.clone()).collect();
+    let mut waiting = Vec::new();
+    for chunk in everyone.chunks(500) {
+        let places = store.places(&queue, chunk, false, now_ms()).await.unwrap();
+        for place in places.into_iter().flatten() {
+            if let PlaceState::Waiting { position } = place.state {
+                waiting.push((place.ticket, position));
+            }
+        }
+    }
+    waiting.sort_unstable();
+    assert!(waiting.len() > 100, "only {} still waiting", waiting.len());
+    for (rank, (ticket, position)) in waiting.iter().enumerate() {
+        assert_eq!(
+            *position,
+            rank as u64 + 1,
+            "ticket {ticket} after the failover"
+        );
+    }
 
     // Everyone acknowledged is admitted once, in ticket order, but for
     // the victim's joins acknowledged in the last moment before the kill
