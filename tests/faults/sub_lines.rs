@@ -2,9 +2,10 @@
 //! stalled at several moments and for several durations (shorter and
 //! longer than the store's timeout): the head's journal admits everyone
 //! once, batch after batch in ticket order, and every request retried
-//! under its id is answered what it did. And a sub-line's primary killed
-//! on a Cluster under joins and admissions: only that sub-line's joins
-//! stop, until its replica takes over, and admission waits for it.
+//! under its id is answered what it did. And a primary killed on a
+//! Cluster under joins and admissions: a sub-line's stops only that
+//! sub-line's joins until its replica takes over, the head's pauses every
+//! join, and admission waits for either; no ticket is given twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -195,6 +196,20 @@ struct Join {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sub_line_s_primary_killed_stops_only_that_sub_line_s_joins() {
     let _one = crate::one_at_a_time().await;
+    a_primary_killed(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_s_primary_killed_pauses_joins_and_gives_no_ticket_twice() {
+    let _one = crate::one_at_a_time().await;
+    a_primary_killed(true).await;
+}
+
+/// Kills the primary of a sub-line that does not hold the head, or with
+/// `head` the head's (and the sub-line it holds), under joins on every
+/// sub-line and an admitter, and checks what everyone was answered.
+async fn a_primary_killed(head: bool) {
+    let killing_the_head = head;
     let mut cluster = RedisCluster::start_with_replicas(1).unwrap_or_else(|e| panic!("{e}"));
     let store = Arc::new(
         RedisStore::connect(&RedisOptions {
@@ -220,13 +235,14 @@ async fn a_sub_line_s_primary_killed_stops_only_that_sub_line_s_joins() {
     let (head, _) = cluster.master_and_replica_of("k:{sale}:config").unwrap();
     let keys = sub_line_keys(&cluster);
     assert_eq!(keys.len(), 3, "{keys:?}");
-    // The victim: a sub-line whose primary does not also hold the head.
+    // The victim: a sub-line whose primary does not also hold the head,
+    // or the one that does.
     let (victim, master, replica) = keys
         .iter()
         .enumerate()
         .find_map(|(sub_line, key)| {
             let (master, replica) = cluster.master_and_replica_of(key).unwrap();
-            (master != head).then_some((sub_line, master, replica))
+            ((master == head) == killing_the_head).then_some((sub_line, master, replica))
         })
         .expect("the sub-lines spread over the masters");
     let replica = replica.expect("the test cluster has a replica per master");
@@ -344,39 +360,65 @@ async fn a_sub_line_s_primary_killed_stops_only_that_sub_line_s_joins() {
     }
     let (batches, failures) = admitter.await.unwrap();
 
+    // No ticket given twice.
+    let mut tickets: Vec<u64> = joins.iter().filter_map(|(_, j)| j.ticket).collect();
+    let given = tickets.len();
+    tickets.sort_unstable();
+    tickets.dedup();
+    assert_eq!(tickets.len(), given, "a ticket was given twice");
+
+    // Without the head every sub-line's joins pause (no block is leased)
+    // until its replica takes over; then they are all answered again.
+    if killing_the_head {
+        let refused = joins.iter().filter(|(_, j)| j.ticket.is_none()).count();
+        eprintln!(
+            "failover after {:?}; {refused} joins refused meanwhile",
+            promoted - killed
+        );
+        assert!(refused > 0, "joins paused without the head");
+        let after: Vec<bool> = joins
+            .iter()
+            .filter(|(_, j)| j.at > promoted + Duration::from_secs(2))
+            .map(|(_, j)| j.ticket.is_some())
+            .collect();
+        assert!(after.len() > 100 && after.iter().all(|ok| *ok), "{after:?}");
+    }
+
     // The other sub-lines' joins never failed; the victim's failed while
     // its primary was gone, and were answered again once its replica took
     // over.
-    let live: Vec<&Join> = joins
-        .iter()
-        .map(|(_, join)| join)
-        .filter(|join| join.sub_line != victim)
-        .collect();
-    let refused: Vec<Duration> = live
-        .iter()
-        .filter(|join| join.ticket.is_none())
-        .map(|join| join.at.saturating_duration_since(killed))
-        .collect();
-    let during = live
-        .iter()
-        .filter(|join| join.at > killed && join.at < promoted)
-        .count();
-    eprintln!(
-        "failover after {:?}; {during} joins on the live sub-lines meanwhile",
-        promoted - killed
-    );
-    assert!(
-        during > 100,
-        "only {during} joins on the live sub-lines during the failover"
-    );
-    assert!(
-        refused.is_empty(),
-        "{} joins on live sub-lines refused, {:?} to {:?} after the kill: {:?}",
-        refused.len(),
-        refused.iter().min(),
-        refused.iter().max(),
-        live.iter().find_map(|join| join.error.as_ref())
-    );
+    if !killing_the_head {
+        let live: Vec<&Join> = joins
+            .iter()
+            .map(|(_, join)| join)
+            .filter(|join| join.sub_line != victim)
+            .collect();
+        let refused: Vec<Duration> = live
+            .iter()
+            .filter(|join| join.ticket.is_none())
+            .map(|join| join.at.saturating_duration_since(killed))
+            .collect();
+        let during = live
+            .iter()
+            .filter(|join| join.at > killed && join.at < promoted)
+            .count();
+        eprintln!(
+            "failover after {:?}; {during} joins on the live sub-lines meanwhile",
+            promoted - killed
+        );
+        assert!(
+            during > 100,
+            "only {during} joins on the live sub-lines during the failover"
+        );
+        assert!(
+            refused.is_empty(),
+            "{} joins on live sub-lines refused, {:?} to {:?} after the kill: {:?}",
+            refused.len(),
+            refused.iter().min(),
+            refused.iter().max(),
+            live.iter().find_map(|join| join.error.as_ref())
+        );
+    }
     let of_victim = |after: std::time::Instant| {
         joins
             .iter()
@@ -390,14 +432,6 @@ async fn a_sub_line_s_primary_killed_stops_only_that_sub_line_s_joins() {
     );
     let after = of_victim(promoted + Duration::from_secs(2));
     assert!(!after.is_empty() && after.iter().all(|ok| *ok), "{after:?}");
-    let during = joins
-        .iter()
-        .filter(|(_, j)| j.sub_line != victim && j.at > killed && j.at < promoted)
-        .count();
-    assert!(
-        during > 50,
-        "only {during} joins on the live sub-lines during the failover"
-    );
 
     // With every sub-line answering again, positions are exact: no last
     // read stands in any more.
@@ -429,7 +463,7 @@ async fn a_sub_line_s_primary_killed_stops_only_that_sub_line_s_joins() {
     let during: usize = batches.iter().map(Vec::len).sum();
     eprintln!("{during} admitted while joins ran, {failures} admission calls refused");
     assert!(failures > 0, "admission waited for the lost sub-line");
-    assert!(during > 500, "only {during} admitted while joins ran");
+    assert!(during > 200, "only {during} admitted while joins ran");
     for (user, ticket) in batches.into_iter().flatten() {
         assert!(ticket > last, "admitted out of ticket order");
         last = ticket;
