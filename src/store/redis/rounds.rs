@@ -207,8 +207,11 @@ impl SubLineLink<'_> {
         }
         let taken: Vec<Ask> = match round.asked.lock() {
             Ok(mut asked) => {
-                let (same, other): (Vec<Ask>, Vec<Ask>) =
-                    asked.drain(..).partition(|ask| ask.layout == *layout);
+                // An ask whose caller went away is dropped, not read for.
+                let (same, other): (Vec<Ask>, Vec<Ask>) = asked
+                    .drain(..)
+                    .filter(|ask| !ask.answer.is_closed())
+                    .partition(|ask| ask.layout == *layout);
                 *asked = other;
                 same
             }
@@ -330,6 +333,31 @@ mod tests {
     use crate::domain::{QueueConfig, UserId};
     use crate::store::QueueStore;
     use crate::testkit::RedisServer;
+
+    #[tokio::test]
+    async fn an_ask_whose_caller_went_away_is_dropped_by_the_next_read() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = super::super::tests::store_on(&redis).await.with_sub_lines();
+        let queue = QueueId::parse("sale").unwrap();
+        let mut config = QueueConfig::new(queue.clone()).created(0);
+        config.shards = 3;
+        store.create_queue(&config).await.unwrap();
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        let round = store.rounds.of(&queue).unwrap();
+        // Asked under a layout read before the queue was made again with
+        // another number of sub-lines, by a caller that went away.
+        let (answer, gone) = oneshot::channel();
+        drop(gone);
+        round.asked.lock().unwrap().push(Ask {
+            layout: Layout::new(&queue, 2, |_| 0),
+            probes: vec![1],
+            now_ms: 0,
+            answer,
+        });
+        link.shared_view(&layout, vec![1], 1_000).await.unwrap();
+        assert!(round.asked.lock().unwrap().is_empty());
+    }
 
     #[tokio::test]
     async fn batches_that_ask_while_a_read_is_under_way_share_the_next_read() {
