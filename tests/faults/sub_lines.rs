@@ -17,6 +17,9 @@ use waitroom::domain::{PlaceState, QueueConfig, QueueId, RequestId, UserId};
 use waitroom::store::{QueueStore, RedisOptions, RedisStore};
 use waitroom::testkit::{RedisCluster, RedisServer};
 
+use crate::failover::{cmd, replica_link_up};
+use crate::wait::wait_until;
+
 const T0: u64 = 1_800_000_000_000;
 
 async fn replica(redis: &RedisServer, prefix: &str) -> Arc<RedisStore> {
@@ -81,28 +84,15 @@ async fn admit_through_a_stall(after_batches: usize, stall: Duration) {
             for batch in 0.. {
                 let request = RequestId::parse(&format!("r{r}-b{batch}")).unwrap();
                 let n = 1 + (batch % 7) as u32;
-                let mut tries = 0;
-                let admitted = loop {
-                    match store.admit(&queue, n, Some(&request), now).await {
-                        Ok(admitted) => break admitted,
-                        Err(error) => {
-                            failures += 1;
-                            tries += 1;
-                            assert!(tries < 100, "{request:?} never answered: {error}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                };
+                let patience = (100, Duration::from_millis(50));
+                let (admitted, refused) =
+                    admit_answered(&store, &queue, n, &request, || now, patience).await;
+                failures += refused;
                 if admitted.is_empty() {
                     return (answers, failures);
                 }
                 answered.fetch_add(1, Ordering::Relaxed);
-                answers.push(
-                    admitted
-                        .into_iter()
-                        .map(|a| (a.user, a.admission.ticket))
-                        .collect(),
-                );
+                answers.push(admitted);
             }
             (answers, failures)
         }));
@@ -149,15 +139,37 @@ async fn admit_through_a_stall(after_batches: usize, stall: Duration) {
     }
 }
 
+/// Admits up to `n` under `request`, asking again under the same id until
+/// answered (at most `patience.0` times, `patience.1` apart): each user
+/// admitted with their ticket, and how many times it was refused.
+async fn admit_answered(
+    store: &RedisStore,
+    queue: &QueueId,
+    n: u32,
+    request: &RequestId,
+    now: impl Fn() -> u64,
+    patience: (usize, Duration),
+) -> (Vec<(UserId, u64)>, usize) {
+    let mut refused = 0;
+    loop {
+        match store.admit(queue, n, Some(request), now()).await {
+            Ok(admitted) => {
+                let admitted = admitted.into_iter().map(|a| (a.user, a.admission.ticket));
+                return (admitted.collect(), refused);
+            }
+            Err(error) => {
+                refused += 1;
+                assert!(refused < patience.0, "{request:?} never answered: {error}");
+                tokio::time::sleep(patience.1).await;
+            }
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn query(port: u16, cmd: &mut redis::Cmd) -> redis::RedisResult<redis::Value> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    cmd.query(&mut client.get_connection()?)
 }
 
 /// Each sub-line's config key of the queue `sale` over three sub-lines,
@@ -165,9 +177,7 @@ fn query(port: u16, cmd: &mut redis::Cmd) -> redis::RedisResult<redis::Value> {
 fn sub_line_keys(cluster: &RedisCluster) -> Vec<String> {
     let mut keys = BTreeMap::new();
     for node in &cluster.nodes {
-        let Ok(redis::Value::Array(found)) =
-            query(node.port, redis::cmd("KEYS").arg("k:{sale/3~*}:config"))
-        else {
+        let redis::Value::Array(found) = cmd(node, &["KEYS", "k:{sale/3~*}:config"]) else {
             continue;
         };
         for key in found {
@@ -246,18 +256,14 @@ async fn a_primary_killed(head: bool) {
         })
         .expect("the sub-lines spread over the masters");
     let replica = replica.expect("the test cluster has a replica per master");
+    let node_on = |port: u16| move |node: &&RedisServer| node.port == port;
     // A replica takes over only once it has synchronised (its first full
     // copy waits out the diskless sync delay).
-    let synced = std::time::Instant::now();
-    while !matches!(query(replica, redis::cmd("INFO").arg("replication")),
-        Ok(redis::Value::BulkString(info)) if String::from_utf8_lossy(&info).contains("master_link_status:up"))
-    {
-        assert!(
-            synced.elapsed() < Duration::from_secs(30),
-            "the replica never synchronised"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let replica_node = cluster.nodes.iter().find(node_on(replica)).unwrap();
+    wait_until("the replica synchronised", Duration::from_secs(30), || {
+        std::future::ready(replica_link_up(replica_node))
+    })
+    .await;
 
     // Two joiners a sub-line, each joining users of its own sub-line one
     // after another until told to stop.
@@ -305,24 +311,11 @@ async fn a_primary_killed(head: bool) {
                     break;
                 }
                 let request = RequestId::parse(&format!("a{batch}")).unwrap();
-                let mut tries = 0;
-                let admitted = loop {
-                    match store.admit(&queue, 5, Some(&request), now_ms()).await {
-                        Ok(admitted) => break admitted,
-                        Err(error) => {
-                            failures += 1;
-                            tries += 1;
-                            assert!(tries < 300, "{request:?} never answered: {error}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                };
-                batches.push(
-                    admitted
-                        .into_iter()
-                        .map(|a| (a.user, a.admission.ticket))
-                        .collect(),
-                );
+                let patience = (300, Duration::from_millis(100));
+                let (admitted, refused) =
+                    admit_answered(&store, &queue, 5, &request, now_ms, patience).await;
+                failures += refused;
+                batches.push(admitted);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             (batches, failures)
@@ -336,21 +329,13 @@ async fn a_primary_killed(head: bool) {
         .unwrap();
     node.stop();
     let killed = std::time::Instant::now();
-    let deadline = killed + Duration::from_secs(30);
-    loop {
-        let role = query(replica, &mut redis::cmd("ROLE"));
-        if matches!(&role, Ok(redis::Value::Array(r))
-            if matches!(r.first(), Some(redis::Value::BulkString(b)) if b == b"master"))
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replica never took over: {:?}",
-            query(replica, redis::cmd("CLUSTER").arg("NODES"))
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let replica_node = cluster.nodes.iter().find(node_on(replica)).unwrap();
+    wait_until("the replica took over", Duration::from_secs(30), || {
+        std::future::ready(matches!(cmd(replica_node, &["ROLE"]),
+            redis::Value::Array(role) if matches!(role.first(),
+                Some(redis::Value::BulkString(name)) if name == b"master")))
+    })
+    .await;
     let promoted = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);

@@ -217,18 +217,25 @@ impl RedisStore {
         request: &RequestId,
         now_ms: u64,
     ) -> Result<()> {
+        self.admit_as(queue, max_count, request, now_ms, sub_lines::Until::Planned)
+            .await
+            .map(drop)
+    }
+
+    /// An `AdmitBatch` over sub-lines carried out as far as `until` says.
+    #[cfg(feature = "testkit")]
+    async fn admit_as(
+        &self,
+        queue: &QueueId,
+        max_count: u32,
+        request: &RequestId,
+        now_ms: u64,
+        until: sub_lines::Until,
+    ) -> Result<Vec<Admitted>> {
         let link = self.link(queue);
         let layout = link.layout().await?;
-        link.admit_until(
-            &layout,
-            max_count,
-            Some(request),
-            false,
-            now_ms,
-            sub_lines::Until::Planned,
-        )
-        .await
-        .map(drop)
+        link.admit_until(&layout, max_count, Some(request), false, now_ms, until)
+            .await
     }
 
     /// A script of one user answering a flag (`leave.lua`, `complete.lua`:
@@ -312,17 +319,9 @@ impl RedisStore {
         now_ms: u64,
         pause: Duration,
     ) -> Result<Vec<Admitted>> {
-        let link = self.link(queue);
-        let layout = link.layout().await?;
-        link.admit_until(
-            &layout,
-            max_count,
-            Some(request),
-            false,
-            now_ms,
-            sub_lines::Until::SettledAfter(pause),
-        )
-        .await
+        let until = sub_lines::Until::SettledAfter(pause);
+        self.admit_as(queue, max_count, request, now_ms, until)
+            .await
     }
 
     /// Journals an `AdmitUsers` of a queue over sub-lines at the head and
@@ -1181,14 +1180,23 @@ mod tests {
         .unwrap()
     }
 
-    #[tokio::test]
-    async fn each_sub_line_coalesces_its_own_users_once_the_layout_is_read() {
-        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-        let store = store_on(&redis).await.with_sub_lines();
+    /// A store serving sub-lines on `redis`, with the queue `sale` made
+    /// over three.
+    pub(super) async fn over_three_sub_lines(
+        redis: &crate::testkit::RedisServer,
+    ) -> (RedisStore, QueueId) {
+        let store = store_on(redis).await.with_sub_lines();
         let queue = QueueId::parse("sale").unwrap();
         let mut config = QueueConfig::new(queue.clone()).created(0);
         config.shards = 3;
         store.create_queue(&config).await.unwrap();
+        (store, queue)
+    }
+
+    #[tokio::test]
+    async fn each_sub_line_coalesces_its_own_users_once_the_layout_is_read() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
         let users: Vec<UserId> = (0..30)
             .map(|i| UserId::parse(&format!("user-{i}")).unwrap())
             .collect();

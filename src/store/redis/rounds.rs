@@ -55,54 +55,68 @@ const SLOW_SKIP: Duration = Duration::from_secs(1);
 /// Why a read counted a part as last read: it kept the read waiting.
 const GAVE_UP: &str = "no answer in time for this read";
 
-/// A sub-line's part as last read, with the tickets it was read for.
-type LastPart = Option<(Vec<u64>, Part)>;
+/// A sub-line's part as last read: when, and the tickets it was read for
+/// (shared by the parts of one read).
+type KeptPart = (Instant, Arc<[u64]>, Part);
 
 /// What a round last read, for a part that does not answer.
 #[derive(Default)]
 struct Last {
     layout: Option<Layout>,
     head: Option<(Instant, Sample)>,
-    /// Each sub-line's part with when it was read.
-    parts: Vec<Option<(Instant, Vec<u64>, Part)>>,
+    parts: Vec<Option<KeptPart>>,
     /// Until when each sub-line that kept a read waiting is not asked.
     slow: Vec<Option<Instant>>,
 }
 
 impl Last {
-    /// Whether sub-line `sub_line` kept a read waiting less than
-    /// [`SLOW_SKIP`] ago.
-    fn slow(&self, sub_line: usize) -> bool {
-        self.slow
-            .get(sub_line)
-            .copied()
-            .flatten()
-            .is_some_and(|until| Instant::now() < until)
+    /// The head's sample last read for `layout`, if young enough to stand
+    /// in.
+    fn head(&self, layout: &Layout) -> Option<Sample> {
+        let (read, sample) = self.head.filter(|_| self.layout.as_ref() == Some(layout))?;
+        (read.elapsed() < LAST_KEEP).then_some(sample)
     }
 
-    /// The last reads of `layout` still young enough to stand in.
-    fn of(&self, layout: &Layout) -> (Option<Sample>, Vec<LastPart>) {
-        if self.layout.as_ref() != Some(layout) {
-            return (None, Vec::new());
-        }
-        let young = |read: &Instant| read.elapsed() < LAST_KEEP;
-        (
-            self.head.filter(|(read, _)| young(read)).map(|(_, s)| s),
-            self.parts
+    fn part(&self, layout: &Layout, sub_line: usize) -> Option<&KeptPart> {
+        let part = self.parts.get(sub_line)?.as_ref()?;
+        (self.layout.as_ref() == Some(layout) && part.0.elapsed() < LAST_KEEP).then_some(part)
+    }
+
+    /// Whether sub-line `sub_line`'s last read of `layout` can stand in:
+    /// `Some(slow)`, `slow` when it kept a read waiting less than
+    /// [`SLOW_SKIP`] ago.
+    fn standing(&self, layout: &Layout, sub_line: usize) -> Option<bool> {
+        self.part(layout, sub_line)?;
+        let until = self.slow.get(sub_line).copied().flatten();
+        Some(until.is_some_and(|until| Instant::now() < until))
+    }
+
+    /// Sub-line `sub_line`'s last read of `layout` counted for `tickets`:
+    /// each at the closest ticket read at or below it (0 below them all).
+    fn counted(&self, layout: &Layout, sub_line: usize, tickets: &[u64]) -> Option<Part> {
+        let (_, read, part) = self.part(layout, sub_line)?;
+        Some(Part {
+            in_line: part.in_line,
+            sample: part.sample,
+            below: tickets
                 .iter()
-                .map(|part| match part {
-                    Some((read, tickets, part)) if young(read) => {
-                        Some((tickets.clone(), part.clone()))
-                    }
-                    _ => None,
+                .map(|ticket| match read.partition_point(|t| t <= ticket) {
+                    0 => 0,
+                    i => part.below.get(i - 1).copied().unwrap_or(0),
                 })
                 .collect(),
-        )
+        })
     }
 
-    /// Keeps what a read got: the head's sample, each part read, and which
-    /// sub-lines kept it waiting.
-    fn keep(&mut self, layout: &Layout, head: Option<Sample>, parts: Vec<(LastPart, bool)>) {
+    /// Keeps what a read for `tickets` got: the head's sample, each part
+    /// read, and which sub-lines kept it waiting.
+    fn keep(
+        &mut self,
+        layout: &Layout,
+        tickets: &[u64],
+        head: Option<Sample>,
+        parts: Vec<(Option<Part>, bool)>,
+    ) {
         if self.layout.as_ref() != Some(layout) {
             *self = Self::default();
             self.layout = Some(layout.clone());
@@ -111,33 +125,18 @@ impl Last {
         if let Some(head) = head {
             self.head = Some((now, head));
         }
+        let tickets: Arc<[u64]> = tickets.into();
         let len = parts.len().max(self.parts.len());
         self.parts.resize(len, None);
         self.slow.resize(len, None);
         for ((kept, slow), (part, waited)) in self.parts.iter_mut().zip(&mut self.slow).zip(parts) {
-            if let Some((tickets, part)) = part {
-                *kept = Some((now, tickets, part));
+            if let Some(part) = part {
+                *kept = Some((now, Arc::clone(&tickets), part));
                 *slow = None;
             } else if waited {
                 *slow = Some(now + SLOW_SKIP);
             }
         }
-    }
-}
-
-/// A part read for `read` counted for `tickets`: each at the closest
-/// ticket read at or below it (0 below them all).
-fn counted_as_last(read: &[u64], part: &Part, tickets: &[u64]) -> Part {
-    Part {
-        in_line: part.in_line,
-        sample: part.sample,
-        below: tickets
-            .iter()
-            .map(|ticket| match read.partition_point(|t| t <= ticket) {
-                0 => 0,
-                i => part.below.get(i - 1).copied().unwrap_or(0),
-            })
-            .collect(),
     }
 }
 
@@ -267,13 +266,13 @@ impl SubLineLink<'_> {
         tickets: &[u64],
         now_ms: u64,
     ) -> Result<LineView> {
-        let (head, parts, slow) = match round.last.lock() {
-            Ok(last) => {
-                let (head, parts) = last.of(layout);
-                let slow: Vec<bool> = (0..parts.len()).map(|s| last.slow(s)).collect();
-                (head, parts, slow)
-            }
-            Err(_) => (None, Vec::new(), Vec::new()),
+        let shards = layout.shards as usize;
+        let (head, standing) = match round.last.lock() {
+            Ok(last) => (
+                last.head(layout),
+                (0..shards).map(|s| last.standing(layout, s)).collect(),
+            ),
+            Err(_) => (None, vec![None; shards]),
         };
         let sample_now = self.within(head.is_some(), self.head_sample(now_ms)).await;
         let (sample, head_read) = match (sample_now, head) {
@@ -286,15 +285,15 @@ impl SubLineLink<'_> {
             below: vec![0; tickets.len()],
             sample,
         };
-        let mut read = Vec::with_capacity(layout.shards as usize);
-        for sub_line in 0..layout.shards as usize {
-            let last = parts.get(sub_line).cloned().flatten();
+        let mut read = Vec::with_capacity(shards);
+        for (sub_line, standing) in standing.into_iter().enumerate() {
             // A sub-line whose calls the breaker holds back, or that kept a
             // read waiting a moment ago, is not waited for: its own joins
             // probe it.
-            let skip = last.is_some()
-                && (slow.get(sub_line).copied().unwrap_or(false)
-                    || self.breaker.holds_back(layout.tag(sub_line)?));
+            let skip = match standing {
+                Some(slow) => slow || self.breaker.holds_back(layout.tag(sub_line)?),
+                None => false,
+            };
             let mut waited = false;
             let answer = if skip {
                 Err(Error::Unavailable(
@@ -302,24 +301,28 @@ impl SubLineLink<'_> {
                 ))
             } else {
                 let part = self.count_part(layout, sub_line, tickets, now_ms);
-                let answer = self.within(last.is_some(), part).await;
+                let answer = self.within(standing.is_some(), part).await;
                 waited = matches!(&answer, Err(Error::Unavailable(m)) if m == GAVE_UP);
                 answer
             };
-            match (answer, last) {
+            match (answer, standing) {
                 (Ok(part), _) => {
                     view.add(&part);
-                    read.push((Some((tickets.to_vec(), part)), false));
+                    read.push((Some(part), false));
                 }
-                (Err(Error::Unavailable(_)), Some((then, part))) => {
-                    view.add(&counted_as_last(&then, &part, tickets));
+                (Err(error @ Error::Unavailable(_)), Some(_)) => {
+                    let last = round.last.lock().ok();
+                    match last.and_then(|last| last.counted(layout, sub_line, tickets)) {
+                        Some(part) => view.add(&part),
+                        None => return Err(error),
+                    }
                     read.push((None, waited));
                 }
                 (Err(error), _) => return Err(error),
             }
         }
         if let Ok(mut last) = round.last.lock() {
-            last.keep(layout, head_read, read);
+            last.keep(layout, tickets, head_read, read);
         }
         Ok(view)
     }
@@ -330,18 +333,14 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::domain::{QueueConfig, UserId};
+    use crate::domain::UserId;
     use crate::store::QueueStore;
     use crate::testkit::RedisServer;
 
     #[tokio::test]
     async fn an_ask_whose_caller_went_away_is_dropped_by_the_next_read() {
         let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-        let store = super::super::tests::store_on(&redis).await.with_sub_lines();
-        let queue = QueueId::parse("sale").unwrap();
-        let mut config = QueueConfig::new(queue.clone()).created(0);
-        config.shards = 3;
-        store.create_queue(&config).await.unwrap();
+        let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;
         let link = store.link(&queue);
         let layout = link.layout().await.unwrap();
         let round = store.rounds.of(&queue).unwrap();
@@ -362,11 +361,7 @@ mod tests {
     #[tokio::test]
     async fn batches_that_ask_while_a_read_is_under_way_share_the_next_read() {
         let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-        let store = super::super::tests::store_on(&redis).await.with_sub_lines();
-        let queue = QueueId::parse("sale").unwrap();
-        let mut config = QueueConfig::new(queue.clone()).created(0);
-        config.shards = 3;
-        store.create_queue(&config).await.unwrap();
+        let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;
         let mut tickets = Vec::new();
         for i in 0..12 {
             let user = UserId::parse(&format!("user-{i}")).unwrap();

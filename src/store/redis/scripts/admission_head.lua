@@ -77,10 +77,19 @@ local function unsettled()
   return { 'ok', 'finish', v[8], v[9], tostring(cfg.ttl), v[13] or '' }
 end
 
-local function end_entry()
+-- Settles entry `id` with `out`, what every admitter of it is answered
+-- from then on (settled_before), and returns it.
+local function end_entry(id, out)
+  keep_result('entry|' .. id, out, ENTRY_KEEP_MS)
   redis.call('HDEL', K_CONFIG, 'admitting', 'admitting_cutoff', 'admitting_request', 'admitting_keep',
     'admitting_named', 'admitting_counts')
   redis.call('HINCRBY', K_CONFIG, 'admit_version', 1)
+  return out
+end
+
+-- What entry `id` did, for an admitter that finds it settled by another.
+local function settled_before(id)
+  return kept_result('entry|' .. id) or { 'ok', cfg.epoch }
 end
 
 if step == 'begin_named' then
@@ -165,12 +174,10 @@ if step == 'settle_named' then
     end
     local key = 'users|' .. (v[10] or '')
     keep_result(key, { users = users, result = out }, v[11] or '0')
-    keep_result('entry|' .. id, out, ENTRY_KEEP_MS)
-    end_entry()
-    return out
+    return end_entry(id, out)
   end
   -- Settled by another admitter (which finished it): its result.
-  return kept_result('entry|' .. id) or { 'ok', cfg.epoch }
+  return settled_before(id)
 end
 
 if step == 'begin' then
@@ -270,12 +277,10 @@ if step == 'settle' then
     if request ~= '' then
       keep_result(request, out, v[11] or '0')
     end
-    keep_result('entry|' .. id, out, ENTRY_KEEP_MS)
-    end_entry()
-    return out
+    return end_entry(id, out)
   end
   -- Settled by another admitter (which finished it): its result.
-  return kept_result('entry|' .. id) or { 'ok', cfg.epoch }
+  return settled_before(id)
 end
 
 return redis.error_reply('admission_head: unknown step ' .. tostring(step))
