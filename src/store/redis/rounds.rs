@@ -338,6 +338,63 @@ mod tests {
     use crate::testkit::RedisServer;
 
     #[tokio::test]
+    async fn a_part_read_too_long_ago_no_longer_stands_in() {
+        let layout = Layout::new(&QueueId::parse("sale").unwrap(), 2, |_| 0);
+        let part = Part {
+            in_line: 3,
+            sample: Sample::default(),
+            below: vec![3],
+        };
+        let mut last = Last::default();
+        last.keep(
+            &layout,
+            &[7],
+            None,
+            vec![(Some(part), false), (None, false)],
+        );
+        assert_eq!(last.standing(&layout, 0), Some(false));
+        assert_eq!(
+            last.counted(&layout, 0, &[9]).map(|p| p.below),
+            Some(vec![3])
+        );
+        assert_eq!(last.standing(&layout, 1), None, "never read");
+        let long_ago = Instant::now().checked_sub(LAST_KEEP).unwrap();
+        last.parts[0].as_mut().unwrap().0 = long_ago;
+        assert_eq!(last.standing(&layout, 0), None);
+        assert!(last.counted(&layout, 0, &[9]).is_none());
+    }
+
+    #[tokio::test]
+    async fn deleting_a_queue_drops_what_its_round_last_read() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;
+        let user = UserId::parse("someone").unwrap();
+        store.enqueue(&queue, &user, 1_000).await.unwrap();
+        assert!(store.rounds.queues.lock().unwrap().contains_key(&queue));
+        store.delete_queue(&queue).await.unwrap();
+        assert!(!store.rounds.queues.lock().unwrap().contains_key(&queue));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_that_gives_up_on_a_slow_part_trips_no_breaker() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;
+        let user = UserId::parse("someone").unwrap();
+        let ticket = store.enqueue(&queue, &user, 1_000).await.unwrap().ticket;
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        // Redis slower than a quarter of the timeout, not dead: the read
+        // counts every part as last read, and holds nothing back.
+        redis.pause().unwrap();
+        let view = link.shared_view(&layout, vec![ticket], 1_000).await;
+        redis.resume().unwrap();
+        let view = view.unwrap();
+        assert_eq!((view.in_line, view.below), (1, vec![1]));
+        assert!(!store.breaker.holds_back(""));
+        assert!((0..3).all(|s| !store.breaker.holds_back(layout.tag(s).unwrap())));
+    }
+
+    #[tokio::test]
     async fn an_ask_whose_caller_went_away_is_dropped_by_the_next_read() {
         let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;

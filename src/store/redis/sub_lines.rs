@@ -1112,7 +1112,7 @@ pub(super) struct Part {
 /// An admission rate sample's counts. The head's (the admissions it
 /// settles) and each sub-line's (pass-through's own admissions, the
 /// abandonments) together make the queue's.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub(super) struct Sample {
     admitted: u64,
     span_ms: u64,
