@@ -1263,6 +1263,77 @@ mod tests {
         );
     }
 
+    /// A head failed over to a replica that lacked its last leases (or
+    /// restarted from an older copy): its sequence and leases rolled back,
+    /// in a history other than the one it last leased in.
+    #[tokio::test]
+    async fn a_head_rolled_back_gives_no_ticket_twice_and_admits_everyone_once() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let join = |from: usize, now_ms: u64| {
+            let (store, queue) = (&store, &queue);
+            async move {
+                let mut tickets = Vec::new();
+                for n in from..from + 60 {
+                    let user = UserId::parse(&format!("user-{n}")).unwrap();
+                    tickets.push(store.enqueue(queue, &user, now_ms).await.unwrap().ticket);
+                }
+                tickets
+            }
+        };
+        let before = join(0, 1_000).await;
+        let mut conn = redis::Client::open(redis.url())
+            .and_then(|client| client.get_connection())
+            .unwrap();
+        let head = keys::queue_keys("t", &queue);
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(&head[1])
+            .arg(3)
+            .cmd("DEL")
+            .arg(keys::leases_key("t", &queue))
+            .cmd("HSET")
+            .arg(&head[0])
+            .arg("head_history")
+            .arg("an-older-one")
+            .query(&mut conn)
+            .unwrap();
+        // Admission first: its watermark reads the sequence.
+        let request = RequestId::parse("first").unwrap();
+        let first = store
+            .admit(&queue, 10, Some(&request), 2_000)
+            .await
+            .unwrap();
+        let mut lowest = before.clone();
+        lowest.sort_unstable();
+        assert_eq!(
+            first.iter().map(|a| a.admission.ticket).collect::<Vec<_>>(),
+            lowest[..10]
+        );
+        let after = join(60, 2_000).await;
+        let highest = before.iter().max().copied().unwrap_or_default();
+        assert!(
+            after.iter().all(|&ticket| ticket > highest),
+            "tickets after the rollback {after:?} not above {highest}"
+        );
+        let request = RequestId::parse("rest").unwrap();
+        let rest = store
+            .admit(&queue, 500, Some(&request), 3_000)
+            .await
+            .unwrap();
+        let admitted: Vec<u64> = first
+            .iter()
+            .chain(&rest)
+            .map(|a| a.admission.ticket)
+            .collect();
+        let mut everyone: Vec<u64> = before.iter().chain(&after).copied().collect();
+        everyone.sort_unstable();
+        assert_eq!(
+            admitted, everyone,
+            "everyone admitted once, in ticket order"
+        );
+    }
+
     #[tokio::test]
     async fn lookups_of_queues_that_do_not_exist_leave_no_batching_task_behind() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));

@@ -650,26 +650,13 @@ impl SubLineLink<'_> {
                     .filter(|user| layout.sub_line(user) == sub_line)
                     .map(|user| format!("{id}|{user}")),
             );
-            let Ok(mut conn) = self.connector.connection(self.timeout, self.breaker).await else {
-                return;
-            };
             let mut settled = redis::cmd("HSET");
             settled.arg(&keys[7]);
             for field in &fields {
                 settled.arg(field).arg(SETTLED);
             }
-            let _: Result<i64> = bounded(
-                "admit",
-                self.timeout,
-                guard(
-                    self.breaker,
-                    self.connector,
-                    &conn,
-                    Some(layout.tag(sub_line).unwrap_or(self.queue.as_str())),
-                ),
-                settled.query_async(&mut conn),
-            )
-            .await;
+            let scope = layout.tag(sub_line).unwrap_or(self.queue.as_str());
+            let _: Result<i64> = self.on_slot("admit", scope, &settled).await;
         }
     }
 
@@ -723,23 +710,10 @@ impl SubLineLink<'_> {
     async fn admission_of(&self, layout: &Layout, user: &UserId) -> Result<Option<String>> {
         let sub_line = layout.sub_line(user);
         let keys = layout.keys(self.prefix, sub_line)?;
-        let mut conn = self
-            .connector
-            .connection(self.timeout, self.breaker)
-            .await?;
-        bounded(
+        self.on_slot(
             "admit_users",
-            self.timeout,
-            guard(
-                self.breaker,
-                self.connector,
-                &conn,
-                Some(layout.tag(sub_line)?),
-            ),
-            redis::cmd("HGET")
-                .arg(&keys[4])
-                .arg(user.as_str())
-                .query_async(&mut conn),
+            layout.tag(sub_line)?,
+            redis::cmd("HGET").arg(&keys[4]).arg(user.as_str()),
         )
         .await
     }
@@ -748,11 +722,77 @@ impl SubLineLink<'_> {
     async fn on_head(&self, args: &[&str], now_ms: u64) -> Result<Reply> {
         let head = keys::queue_keys(self.prefix, self.queue);
         let leases = [keys::leases_key(self.prefix, self.queue)];
-        self.run(
-            "admit",
+        let step = || {
             ScriptCall::new(&self.scripts.admission_head, &head, now_ms)
                 .own_keys(&leases)
-                .args(args),
+                .args(args)
+        };
+        let mut reply = self.value("admit", step()).await?;
+        if resync_asked(&reply) {
+            self.resync("0", now_ms).await?;
+            reply = self.value("admit", step()).await?;
+        }
+        Reply::of(reply, self.queue)
+    }
+
+    /// A lease of `size` in a head that answered it is in another history
+    /// than its last (`prelude.lua`, `same_history`): every sub-line's
+    /// block read, then passed to the lease, which brings the sequence
+    /// above them all. A sub-line that does not answer holds every lease
+    /// back, as the head's own loss does.
+    async fn resync(&self, size: &str, now_ms: u64) -> Result<Value> {
+        let layout = self.layout().await?;
+        let mut reached = 0;
+        let mut open = Vec::new();
+        for sub_line in 0..layout.shards as usize {
+            let keys = layout.keys(self.prefix, sub_line)?;
+            let (first, end, at): (Option<u64>, Option<u64>, Option<u64>) = self
+                .on_slot(
+                    "lease",
+                    layout.tag(sub_line)?,
+                    redis::cmd("HMGET")
+                        .arg(&keys[0])
+                        .arg("block_first")
+                        .arg("block_end")
+                        .arg("block_ms"),
+                )
+                .await?;
+            if let (Some(first), Some(end), Some(at)) = (first, end, at) {
+                reached = reached.max(end.saturating_sub(1));
+                open.extend([first.to_string(), at.to_string()]);
+            }
+        }
+        let reached = reached.to_string();
+        let mut args = vec![size, reached.as_str()];
+        args.extend(open.iter().map(String::as_str));
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let leases = [keys::leases_key(self.prefix, self.queue)];
+        self.value(
+            "lease",
+            ScriptCall::new(&self.scripts.lease, &head, now_ms)
+                .own_keys(&leases)
+                .args(&args),
+        )
+        .await
+    }
+
+    /// A command on one slot, held back by the breaker of `scope` (its
+    /// hash tag).
+    async fn on_slot<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        scope: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T> {
+        let mut conn = self
+            .connector
+            .connection(self.timeout, self.breaker)
+            .await?;
+        bounded(
+            operation,
+            self.timeout,
+            guard(self.breaker, self.connector, &conn, Some(scope)),
+            cmd.query_async(&mut conn),
         )
         .await
     }
@@ -817,15 +857,18 @@ impl SubLineLink<'_> {
         let head = keys::queue_keys(self.prefix, self.queue);
         let leases = [keys::leases_key(self.prefix, self.queue)];
         let size_arg = size.to_string();
-        let first = self
-            .run(
+        let mut reply = self
+            .value(
                 "lease",
                 ScriptCall::new(&self.scripts.lease, &head, now_ms)
                     .own_keys(&leases)
                     .args(&[size_arg.as_str()]),
             )
-            .await?
-            .u64()?;
+            .await?;
+        if resync_asked(&reply) {
+            reply = self.resync(&size_arg, now_ms).await?;
+        }
+        let first = Reply::of(reply, self.queue)?.u64()?;
         let (first_arg, end_arg, at_arg) = (
             first.to_string(),
             (first + size).to_string(),
@@ -1060,6 +1103,13 @@ impl SubLineLink<'_> {
         self.run(operation, ScriptCall::new(script, &keys, now_ms).args(args))
             .await
     }
+}
+
+/// Whether a head script answered that the head is in another history
+/// than its last (`prelude.lua`, `same_history`).
+fn resync_asked(reply: &Value) -> bool {
+    matches!(reply, Value::Array(items)
+        if matches!(items.first(), Some(Value::BulkString(kind)) if kind == b"resync"))
 }
 
 /// What a sub-line keeps for a settled entry in place of its record: a

@@ -12,7 +12,8 @@
 --     {'ok', 'finish', entry id, cutoff, admission ttl, request id, keep
 --     ms} (an unsettled entry: finish it first), or {'ok', 'plan',
 --     version, watermark}; or {'paused'} / {'closed', reason} /
---     {'no_queue'}. Numbers the caller passes back are answered as text.
+--     {'no_queue'}, or {'resync'} in another history than the head's
+--     (lease.lua). Numbers the caller passes back are answered as text.
 --   'plan', version, in line and active (summed over the sub-lines by
 --     the caller just now, after version was read), max count, due,
 --     entry id, request id, keep ms, then the lowest waiting tickets (each
@@ -35,6 +36,11 @@ local leases = KEYS[OWN]
 local ENTRY_KEEP_MS = 600000
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return { 'no_queue' }
+end
+-- The watermark reads the sequence, and the journal may have lost its
+-- last entries with it (prelude.lua, `same_history`).
+if not same_history() then
+  return { 'resync' }
 end
 local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admit_per_second', 'created_at_ms',
   'closed_reason', 'admission_ttl_ms', 'admit_version', 'admitting', 'admitting_cutoff',

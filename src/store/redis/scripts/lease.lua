@@ -4,11 +4,34 @@
 -- (domain::shards::Head::watermark).
 -- KEYS: the head's keys (prelude), then its leases (a sorted set of
 -- 'first:leased at' scored by first ticket). ARGV: now (the leasing
--- replica's clock, read before it asked), size.
--- Returns {'ok', first ticket} or {'no_queue'}.
+-- replica's clock, read before it asked), size, and, for a resync, the
+-- highest ticket any sub-line's block reaches, then each sub-line's block
+-- still open as first, leased at.
+-- Returns {'ok', first ticket}, {'resync'} or {'no_queue'}.
+-- A lease in another history than the head's last (prelude.lua,
+-- `same_history`) is refused with 'resync' until the caller has read every
+-- sub-line's block and passed them here; a size of 0 then only resyncs.
 
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return { 'no_queue' }
+end
+local same, history = same_history()
+if not same then
+  local reached = tonumber(ARGV[3] or '')
+  if not reached then
+    return { 'resync' }
+  end
+  if reached > (tonumber(redis.call('GET', K_SEQ)) or 0) then
+    redis.call('SET', K_SEQ, reached)
+  end
+  -- A block still open holds the watermark back as its lease did.
+  for i = 4, #ARGV - 1, 2 do
+    redis.call('ZADD', KEYS[OWN], ARGV[i], ARGV[i] .. ':' .. ARGV[i + 1])
+  end
+  redis.call('HSET', K_CONFIG, 'head_history', history)
+end
+if tonumber(ARGV[2]) == 0 then
+  return { 'ok', 0 }
 end
 local size = math.max(tonumber(ARGV[2]), 1)
 local first = redis.call('INCRBY', K_SEQ, size) - size + 1

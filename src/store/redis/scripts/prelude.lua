@@ -55,6 +55,22 @@ local function load_config()
     block_end = tonumber(v[18]) or 0, block_ms = tonumber(v[19]) or 0 }
 end
 
+-- The history of a queue's head: a failover to a replica that lacked the
+-- last leases, or a restart from an older copy, rolls the head's sequence
+-- back below blocks the sub-lines (other slots, other nodes) still hold;
+-- the next leases would give their tickets again, and the watermark would
+-- stop short of tickets already given. Redis names each history
+-- (`master_replid`, new on every promotion and on every restart that does
+-- not carry on its predecessor's data). The head keeps the history it last
+-- checked its sequence in; a head script that reads the sequence in
+-- another answers 'resync' until a lease has brought the sequence above
+-- every sub-line's block (lease.lua). Returns whether the history is the
+-- same, and the history now.
+local function same_history()
+  local history = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+  return redis.call('HGET', K_CONFIG, 'head_history') == history, history
+end
+
 -- A sub-line's tickets come from the block it leased from the head
 -- (domain::shards): open while it has tickets left and less than TAU_MS
 -- after its lease. A join that finds it closed is answered 'lease'.
