@@ -1263,6 +1263,27 @@ mod tests {
         );
     }
 
+    /// A join that finds its sub-line's block closed leases one from the
+    /// head and joins with it installed by the same call: three script
+    /// calls (the join answered "lease", the lease, the join) and the read
+    /// of positions over the head and the three sub-lines.
+    #[tokio::test]
+    async fn a_join_installs_the_block_it_leased_with_its_next_call() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        // The first join reads the layout and resyncs the new head.
+        let first = UserId::parse("first").unwrap();
+        store.enqueue(&queue, &first, 1_000).await.unwrap();
+        for n in 0..20u64 {
+            let user = UserId::parse(&format!("user-{n}")).unwrap();
+            let before = redis.calls("evalsha").unwrap();
+            // τ after every block's lease: each join leases one.
+            let place = store.enqueue(&queue, &user, 2_000 + 10 * n).await.unwrap();
+            assert_eq!(place.waiting_count, n + 2);
+            assert_eq!(redis.calls("evalsha").unwrap() - before, 3 + 4, "join {n}");
+        }
+    }
+
     /// A head failed over to a replica that lacked its last leases (or
     /// restarted from an older copy): its sequence and leases rolled back,
     /// in a history other than the one it last leased in.

@@ -294,8 +294,15 @@ impl SubLineLink<'_> {
             let keys = layout.keys(self.prefix, sub_line)?;
             let mut rest = group.as_slice();
             let mut leases = 0;
+            // A block leased for the call, installed by its next call.
+            let mut block: Option<[String; 3]> = None;
             while !rest.is_empty() {
-                let names: Vec<&str> = rest.iter().map(|&i| users[i].as_str()).collect();
+                let mut names: Vec<&str> = Vec::with_capacity(rest.len() + 4);
+                if let Some(block) = &block {
+                    names.push(BLOCK);
+                    names.extend(block.iter().map(String::as_str));
+                }
+                names.extend(rest.iter().map(|&i| users[i].as_str()));
                 let mut items = Reply::of(
                     self.value(
                         "enqueue",
@@ -328,7 +335,12 @@ impl SubLineLink<'_> {
                                 "sub-line {sub_line} asked for {MAX_LEASES} leases in one call"
                             )));
                         }
-                        self.lease(&keys, size, now_ms).await?;
+                        let first = self.lease_block(size, now_ms).await?;
+                        block = Some([
+                            first.to_string(),
+                            (first + size).to_string(),
+                            now_ms.to_string(),
+                        ]);
                     }
                     Some(_) => return Err(bad_reply("a lease asked with nobody left")),
                     None if !rest.is_empty() => {
@@ -854,21 +866,7 @@ impl SubLineLink<'_> {
     /// clock the join was read at, so a block is never open longer than τ
     /// after the joins it serves.
     async fn lease(&self, keys: &[String; QUEUE_KEYS], size: u64, now_ms: u64) -> Result<()> {
-        let head = keys::queue_keys(self.prefix, self.queue);
-        let leases = [keys::leases_key(self.prefix, self.queue)];
-        let size_arg = size.to_string();
-        let mut reply = self
-            .value(
-                "lease",
-                ScriptCall::new(&self.scripts.lease, &head, now_ms)
-                    .own_keys(&leases)
-                    .args(&[size_arg.as_str()]),
-            )
-            .await?;
-        if resync_asked(&reply) {
-            reply = self.resync(&size_arg, now_ms).await?;
-        }
-        let first = Reply::of(reply, self.queue)?.u64()?;
+        let first = self.lease_block(size, now_ms).await?;
         let (first_arg, end_arg, at_arg) = (
             first.to_string(),
             (first + size).to_string(),
@@ -884,6 +882,25 @@ impl SubLineLink<'_> {
         )
         .await?;
         Ok(())
+    }
+
+    /// Leases a block of `size` from the head: its first ticket.
+    async fn lease_block(&self, size: u64, now_ms: u64) -> Result<u64> {
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let leases = [keys::leases_key(self.prefix, self.queue)];
+        let size_arg = size.to_string();
+        let mut reply = self
+            .value(
+                "lease",
+                ScriptCall::new(&self.scripts.lease, &head, now_ms)
+                    .own_keys(&leases)
+                    .args(&[size_arg.as_str()]),
+            )
+            .await?;
+        if resync_asked(&reply) {
+            reply = self.resync(&size_arg, now_ms).await?;
+        }
+        Reply::of(reply, self.queue)?.u64()
     }
 
     /// Current places of `users` (`places.lua` on each sub-line), read as
@@ -1104,6 +1121,10 @@ impl SubLineLink<'_> {
             .await
     }
 }
+
+/// What precedes, among an enqueue's users, a block to install first
+/// (`enqueue_many.lua`): no user id holds a control character.
+const BLOCK: &str = "\u{1}";
 
 /// Whether a head script answered that the head is in another history
 /// than its last (`prelude.lua`, `same_history`).

@@ -1,7 +1,11 @@
 -- Enqueue many: concurrent enqueues of one queue coalesced into one call,
 -- each user in turn exactly as a single enqueue would (enqueue_one.lua), so
 -- Redis pays the call's fixed cost once for all of them.
--- KEYS: the queue's keys (prelude). ARGV: now, user...
+-- KEYS: the queue's keys (prelude). ARGV: now, user...; on a sub-line
+-- the users may follow BLOCK (a text no user id can be, for it is a
+-- control character), first ticket, end, leased at: a block just leased
+-- for the call, installed first (prelude.lua, `install_block`), which
+-- saves the call of its own.
 -- Returns {'ok', answer...}, the answers in the users' order, each either
 -- an answer of enqueue_one for one user, or {'joined', n, first ticket,
 -- first position, epoch, mode, rate count, rate span, notice, closed reason,
@@ -31,24 +35,32 @@
 -- redis.call makes of every numeric argument, costs about as much as the
 -- insert.
 
+local BLOCK = '\1'
 local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
 end
 prepare(cfg)
+local from = 2
+if ARGV[2] == BLOCK then
+  if cfg.sub_line then
+    install_block(cfg, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+  end
+  from = 6
+end
 
 local gathering = cfg.mode == 'queueing' and only_waiting(cfg)
 -- On a sub-line whose block is closed, a first user who needs a ticket
 -- makes the answer 'lease' with nobody served: found before reading every
 -- user, as a burst's batch does once a block's τ has passed.
-if gathering and cfg.sub_line and #ARGV >= 2 and not block_open(cfg)
-    and not redis.call('ZSCORE', K_WAITING, ARGV[2])
-    and not redis.call('HGET', K_ADMITTED, ARGV[2]) then
+if gathering and cfg.sub_line and #ARGV >= from and not block_open(cfg)
+    and not redis.call('ZSCORE', K_WAITING, ARGV[from])
+    and not redis.call('HGET', K_ADMITTED, ARGV[from]) then
   return { 'ok', { 'lease', next_block_size(cfg) } }
 end
 local in_line_scores, admitted_records
 if gathering then
-  local users = { unpack(ARGV, 2) }
+  local users = { unpack(ARGV, from) }
   in_line_scores = redis.call('ZMSCORE', K_WAITING, unpack(users))
   admitted_records = redis.call('HMGET', K_ADMITTED, unpack(users))
 end
@@ -90,10 +102,10 @@ local function end_run()
   run = {}
 end
 
-for i = 2, #ARGV do
+for i = from, #ARGV do
   local user = ARGV[i]
-  local newcomer = gathering and not named[user] and not in_line_scores[i - 1]
-    and not admitted_records[i - 1]
+  local newcomer = gathering and not named[user] and not in_line_scores[i - from + 1]
+    and not admitted_records[i - from + 1]
   if newcomer and cfg.sub_line then
     -- A run is one block's consecutive tickets.
     if not block_open(cfg) then

@@ -78,6 +78,20 @@ local function block_open(cfg)
   return cfg.block_next < cfg.block_end and NOW < cfg.block_ms + TAU_MS
 end
 
+-- Installs a block leased from the head (lease.lua) for this sub-line,
+-- unless it already holds a later one (another replica's lease that came
+-- first): a block never installed is a gap in the numbers, which changes
+-- no position. Returns whether it was installed.
+local function install_block(cfg, first, block_end, leased_at)
+  if cfg.block_first and cfg.block_first >= first then
+    return false
+  end
+  redis.call('HSET', K_CONFIG, 'block_first', first, 'block_next', first, 'block_end', block_end,
+    'block_ms', leased_at)
+  cfg.block_first, cfg.block_next, cfg.block_end, cfg.block_ms = first, first, block_end, leased_at
+  return true
+end
+
 -- Takes the block's next ticket; the caller checked it is open and saves
 -- the block (save_block) before the script ends.
 local function take_block_ticket(cfg)
