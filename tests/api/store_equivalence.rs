@@ -454,8 +454,11 @@ async fn apply(
             head,
             top,
         } => {
+            // Made again as it was: over as many sub-lines.
+            let shards = store.get_queue(&q).await.map_or(1, |c| c.shards);
             let deleted = show(store.delete_queue(&q).await);
             let mut config = config(now);
+            config.shards = shards;
             config.adoption = Some(Adoption {
                 epoch_ms: if *known_epoch { LOST_EPOCH } else { 0 },
                 head: *head,
@@ -657,6 +660,17 @@ fn sub_line_op() -> impl Strategy<Value = Op> {
         1 => proptest::option::of(0u8..3).prop_map(Op::SetNotice),
         1 => (proptest::option::of(0u8..3), any::<bool>()).prop_map(|(r, close)| Op::CloseWith(r, close)),
         2 => (0..CROWD).prop_map(Op::Complete),
+        1 => (any::<bool>(), 0u64..6, prop_oneof![Just(0u64), 0u64..20, 20u64..2_000])
+            .prop_map(|(known_epoch, head, top)| Op::Remade { known_epoch, head, top }),
+        3 => (
+            0..CROWD,
+            prop_oneof![2 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)],
+            prop_oneof![Just(0u64), 1u64..16, 20u64..40, 40u64..3_000],
+            prop_oneof![Just(0u64), 0u64..30_000, 31_248u64..31_253, Just(120_000)],
+            prop_oneof![Just(0u64), 0u64..12],
+            prop_oneof![Just(0u64), 0u64..45, 45u64..3_000],
+        )
+            .prop_map(|(user, epoch, ticket, age, head, top)| Op::Restore { user, epoch, ticket, age, head, top }),
         2 => (
             any::<u8>(),
             prop_oneof![4 => Just(0u8), 1 => 1u8..6],

@@ -319,7 +319,7 @@ impl QueueStore for MemoryStore {
             let view = RestoreView {
                 epoch_ms: state.config.created_at_ms,
                 seq: state.line.seq,
-                presence_since_ms: state.config.presence_since_ms,
+                presence_since_ms: state.presence_since(user),
                 release_after_ms: state.config.release_after_ms(),
                 adoption: state.config.adoption,
             };

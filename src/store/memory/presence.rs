@@ -82,6 +82,16 @@ impl QueueState {
         }
     }
 
+    /// Since when `user`'s presence counts: over sub-lines, as their
+    /// sub-line's passes last found it (each sub-line's slot keeps its
+    /// own, as the Redis store's do).
+    pub(super) fn presence_since(&self, user: &UserId) -> u64 {
+        match self.presence.sub_lines.get(self.sub_line(user)) {
+            Some(passes) => passes.since_ms,
+            None => self.config.presence_since_ms,
+        }
+    }
+
     /// Releases up to `limit` users silent past the heartbeat timeout and
     /// its quarter (see `reap.lua`); how many. A pass after a gap in the
     /// passes (an outage) releases nobody, and presence counts again from

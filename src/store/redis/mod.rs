@@ -85,7 +85,7 @@ use super::QueueStore;
 use crate::domain::{
     AdmissionCheck, AdmissionStatus, Admitted, Flow, LineChanges, LineSnapshot, LineSummary,
     NamedAdmission, Place, PlaceClaim, QueueConfig, QueueId, QueueStats, QueueUpdate, RateSample,
-    Refusal, RequestId, Restoration, UserId,
+    RequestId, Restoration, UserId,
 };
 use crate::{Error, Result};
 
@@ -637,28 +637,31 @@ impl QueueStore for RedisStore {
         claim: &PlaceClaim,
         now_ms: u64,
     ) -> Result<Restoration> {
-        let mut invocation = self.invocation(&self.scripts.restore, queue, now_ms);
-        invocation
-            .key(keys::given_back_key(&self.prefix, queue))
-            .arg(user.as_str())
-            .arg(claim.epoch_ms)
-            .arg(claim.ticket)
-            .arg(claim.head)
-            .arg(claim.top)
-            .arg(claim.issued_ms);
-        let mut reply = self.run("restore", queue, &invocation).await?;
-        let value = reply.next_value()?;
-        if let Value::BulkString(outcome) = &value {
-            return match outcome.as_slice() {
-                b"holds" => Ok(Restoration::Holds),
-                b"lapsed" => Ok(Restoration::Refused(Refusal::Lapsed)),
-                b"not_given" => Ok(Restoration::Refused(Refusal::NotGiven)),
-                _ => Err(bad_reply("restore outcome")),
-            };
-        }
-        parse_place(value, queue)?
-            .map(Restoration::Restored)
-            .ok_or_else(|| bad_reply("a place given back is not there"))
+        let link = &self.link(queue);
+        routed(
+            link,
+            || async {
+                let mut invocation = self.invocation(&self.scripts.restore, queue, now_ms);
+                invocation
+                    .key(keys::given_back_key(&self.prefix, queue))
+                    .arg(user.as_str())
+                    .arg(claim.epoch_ms)
+                    .arg(claim.ticket)
+                    .arg(claim.head)
+                    .arg(claim.top)
+                    .arg(claim.issued_ms);
+                let mut reply = self.run("restore", queue, &invocation).await?;
+                let value = reply.next_value()?;
+                if let Value::BulkString(outcome) = &value {
+                    return sub_lines::refused_restore(outcome);
+                }
+                parse_place(value, queue)?
+                    .map(Restoration::Restored)
+                    .ok_or_else(|| bad_reply("a place given back is not there"))
+            },
+            |layout| async move { link.restore(&layout, user, claim, now_ms).await },
+        )
+        .await
     }
 
     async fn touch(&self, queue: &QueueId, users: &[UserId], now_ms: u64) -> Result<()> {

@@ -15,9 +15,10 @@
 //!
 //! Served over sub-lines so far: joins, lookups, leaves, presence, the
 //! copy's reads, admission (`AdmitBatch` and the rate's admitter, through
-//! the head's journal), completions and checks of admissions. Every other call meets the head's config, which a
-//! one-slot script refuses (`prelude.lua`), so it fails rather than act on
-//! the head's empty line.
+//! the head's journal), completions and checks of admissions, and places
+//! given back from receipts. Every other call meets the head's config,
+//! which a one-slot script refuses (`prelude.lua`), so it fails rather than
+//! act on the head's empty line.
 //!
 //! One-slot queues pay nothing for this: their calls go to their slot as
 //! before, and only a call refused because the queue is kept over
@@ -38,7 +39,8 @@ use super::reply::{
 use super::topology::Connector;
 use crate::domain::shards::sub_line_of;
 use crate::domain::{
-    Admitted, NamedAdmission, Place, PlaceState, QueueId, QueueStats, RateSample, RequestId, UserId,
+    Admitted, NamedAdmission, Place, PlaceClaim, PlaceState, QueueId, QueueStats, RateSample,
+    Refusal, RequestId, Restoration, UserId,
 };
 use crate::{Error, Result};
 
@@ -730,6 +732,80 @@ impl SubLineLink<'_> {
         .await
     }
 
+    /// Gives `user` back the place `claim` vouches for
+    /// (`restore_sub_line.lua` says the steps): the user's sub-line
+    /// checked, every other sub-line asked whether the ticket waits there,
+    /// the head's decision, then the user placed and every block closed.
+    pub(super) async fn restore(
+        &self,
+        layout: &Layout,
+        user: &UserId,
+        claim: &PlaceClaim,
+        now_ms: u64,
+    ) -> Result<Restoration> {
+        let own = layout.sub_line(user);
+        let (ticket, issued) = (claim.ticket.to_string(), claim.issued_ms.to_string());
+        let step = |step: &'static str, sub_line: usize| {
+            let args = [step, user.as_str(), ticket.as_str(), issued.as_str()];
+            async move {
+                self.on_sub_line(
+                    "restore",
+                    &self.scripts.restore_sub_line,
+                    layout,
+                    sub_line,
+                    &args,
+                    now_ms,
+                )
+                .await
+            }
+        };
+        let checked = step("check", own).await?.string()?;
+        if checked != "free" && checked != "lapsed" {
+            return refused_restore(checked.as_bytes());
+        }
+        for sub_line in (0..layout.shards as usize).filter(|&s| s != own) {
+            if step("taken", sub_line).await?.flag()? {
+                return Ok(Restoration::Refused(Refusal::NotGiven));
+            }
+        }
+        if checked == "lapsed" {
+            return Ok(Restoration::Refused(Refusal::Lapsed));
+        }
+        if claim.ticket == 0 {
+            return Ok(Restoration::Refused(Refusal::NotGiven));
+        }
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let given_back = [keys::given_back_key(self.prefix, self.queue)];
+        let numbers = [claim.epoch_ms, claim.ticket, claim.head, claim.top].map(|n| n.to_string());
+        let numbers = numbers.each_ref().map(String::as_str);
+        let decide = || {
+            ScriptCall::new(&self.scripts.head_restore, &head, now_ms)
+                .own_keys(&given_back)
+                .args(&numbers)
+        };
+        let mut decided = self.value("restore", decide()).await?;
+        if resync_asked(&decided) {
+            self.resync("0", now_ms).await?;
+            decided = self.value("restore", decide()).await?;
+        }
+        if Reply::of(decided, self.queue)?.string()? != "given" {
+            return Ok(Restoration::Refused(Refusal::NotGiven));
+        }
+        // A block still open may hold the very ticket given back.
+        for sub_line in (0..layout.shards as usize).filter(|&s| s != own) {
+            step("close", sub_line).await?;
+        }
+        if !step("place", own).await?.flag()? {
+            return Ok(Restoration::Holds);
+        }
+        self.places(layout, std::slice::from_ref(user), false, now_ms)
+            .await?
+            .pop()
+            .flatten()
+            .map(Restoration::Restored)
+            .ok_or_else(|| bad_reply("a place given back is not there"))
+    }
+
     /// Runs a step of `admission_head.lua` at the head.
     async fn on_head(&self, args: &[&str], now_ms: u64) -> Result<Reply> {
         let head = keys::queue_keys(self.prefix, self.queue);
@@ -758,7 +834,7 @@ impl SubLineLink<'_> {
         let mut open = Vec::new();
         for sub_line in 0..layout.shards as usize {
             let keys = layout.keys(self.prefix, sub_line)?;
-            let (first, end, at): (Option<u64>, Option<u64>, Option<u64>) = self
+            let (first, end, at): (Option<u64>, Option<u64>, Option<i64>) = self
                 .on_slot(
                     "lease",
                     layout.tag(sub_line)?,
@@ -769,8 +845,10 @@ impl SubLineLink<'_> {
                         .arg("block_ms"),
                 )
                 .await?;
-            if let (Some(first), Some(end), Some(at)) = (first, end, at) {
-                reached = reached.max(end.saturating_sub(1));
+            reached = reached.max(end.unwrap_or(0).saturating_sub(1));
+            // A block closed by a place given back (lease time -1) holds
+            // nothing back.
+            if let (Some(first), Some(at @ 0..)) = (first, at) {
                 open.extend([first.to_string(), at.to_string()]);
             }
         }
@@ -1119,6 +1197,17 @@ impl SubLineLink<'_> {
         let keys = layout.keys(self.prefix, sub_line)?;
         self.run(operation, ScriptCall::new(script, &keys, now_ms).args(args))
             .await
+    }
+}
+
+/// A restore's outcome other than a place (`restore.lua`,
+/// `restore_sub_line.lua`).
+pub(super) fn refused_restore(outcome: &[u8]) -> Result<Restoration> {
+    match outcome {
+        b"holds" => Ok(Restoration::Holds),
+        b"lapsed" => Ok(Restoration::Refused(Refusal::Lapsed)),
+        b"not_given" => Ok(Restoration::Refused(Refusal::NotGiven)),
+        _ => Err(bad_reply("restore outcome")),
     }
 }
 

@@ -92,6 +92,20 @@ local function install_block(cfg, first, block_end, leased_at)
   return true
 end
 
+-- Closes the sub-line's block (domain::shards::SubLines::close_blocks), as
+-- a place given back does: it gives no ticket from then on, and its next
+-- lease is as after none (a lease time of -1 says so). It keeps its first
+-- ticket, so a lease older than it is still not installed, and ends at the
+-- first ticket it did not give, so a resync (lease.lua) counts every
+-- ticket it gave.
+local CLOSED = -1
+local function close_block(cfg)
+  if cfg.block_first then
+    redis.call('HSET', K_CONFIG, 'block_end', cfg.block_next, 'block_ms', CLOSED)
+    cfg.block_end, cfg.block_ms = cfg.block_next, CLOSED
+  end
+end
+
 -- Takes the block's next ticket; the caller checked it is open and saves
 -- the block (save_block) before the script ends.
 local function take_block_ticket(cfg)
@@ -107,7 +121,7 @@ end
 -- The size of the next block (domain::shards::next_block_size): twice what
 -- the last one gave, twice its size when used up, within 1 and MAX_BLOCK.
 local function next_block_size(cfg)
-  if not cfg.block_first then
+  if not cfg.block_first or cfg.block_ms == CLOSED then
     return 1
   end
   if cfg.block_next >= cfg.block_end then
