@@ -226,11 +226,22 @@ async fn the_head_failed_over_to_a_replica_behind_gives_no_ticket_twice() {
     a_primary_killed(Victim::HeadBehind).await;
 }
 
+/// A sub-line's replica cut off a second before its primary is killed,
+/// while admissions run: the replica that takes over lacks that second's
+/// pops, and has their users waiting again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_line_failed_over_to_a_replica_behind_admits_nobody_twice() {
+    let _one = crate::one_at_a_time().await;
+    a_primary_killed(Victim::SubLineBehind).await;
+}
+
 /// Whose primary is killed.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Victim {
     /// A sub-line's that does not hold the head.
     SubLine,
+    /// A sub-line's, with a replica cut off from it a second before.
+    SubLineBehind,
     /// The head's, with a replica that has every write.
     Head,
     /// The head's, with a replica cut off from it a second before.
@@ -241,7 +252,8 @@ enum Victim {
 /// `head` the head's (and the sub-line it holds), under joins on every
 /// sub-line and an admitter, and checks what everyone was answered.
 async fn a_primary_killed(victim_kind: Victim) {
-    let killing_the_head = victim_kind != Victim::SubLine;
+    let killing_the_head = matches!(victim_kind, Victim::Head | Victim::HeadBehind);
+    let behind = matches!(victim_kind, Victim::SubLineBehind | Victim::HeadBehind);
     let mut cluster = RedisCluster::start_with_replicas(1).unwrap_or_else(|e| panic!("{e}"));
     let store = Arc::new(
         RedisStore::connect(&RedisOptions {
@@ -334,6 +346,7 @@ async fn a_primary_killed(victim_kind: Victim) {
         let hold = Arc::clone(&hold);
         tokio::spawn(async move {
             let mut batches: Vec<Vec<(UserId, u64)>> = Vec::new();
+            let mut answered_at = Vec::new();
             let mut failures = 0;
             for batch in 0.. {
                 if stop.load(Ordering::Relaxed) {
@@ -349,17 +362,20 @@ async fn a_primary_killed(victim_kind: Victim) {
                     admit_answered(&store, &queue, 5, &request, now_ms, patience).await;
                 failures += refused;
                 batches.push(admitted);
+                answered_at.push(std::time::Instant::now());
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            (batches, failures)
+            (batches, answered_at, failures)
         })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     // From this moment the victim's writes may be lost with its primary.
     let mut unreplicated_from = std::time::Instant::now() - Duration::from_secs(1);
-    if victim_kind == Victim::HeadBehind {
-        hold.store(true, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    if behind {
+        if victim_kind == Victim::HeadBehind {
+            hold.store(true, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         // Stalled, the replica cannot connect again; cut off, it gets
         // nothing written from now on.
         let replica_node = cluster.nodes.iter().find(node_on(replica)).unwrap();
@@ -377,7 +393,7 @@ async fn a_primary_killed(victim_kind: Victim) {
     node.stop();
     let killed = std::time::Instant::now();
     let replica_node = cluster.nodes.iter().find(node_on(replica)).unwrap();
-    if victim_kind == Victim::HeadBehind {
+    if behind {
         replica_node.resume().unwrap();
         // Nothing is admitted until the head is back.
         hold.store(false, Ordering::Relaxed);
@@ -395,7 +411,23 @@ async fn a_primary_killed(victim_kind: Victim) {
     for joiner in joiners {
         joins.extend(joiner.await.unwrap());
     }
-    let (batches, failures) = admitter.await.unwrap();
+    let (batches, answered_at, failures) = admitter.await.unwrap();
+    // The victim's replica, cut off, lacks the pops of the admissions
+    // answered meanwhile.
+    if victim_kind == Victim::SubLineBehind {
+        let popped = batches
+            .iter()
+            .zip(&answered_at)
+            .filter(|(_, at)| **at > unreplicated_from && **at < killed)
+            .flat_map(|(batch, _)| batch)
+            .filter(|(user, _)| sub_line_of(user.as_str(), 3) as usize == victim)
+            .count();
+        eprintln!("{popped} of the victim's users admitted while its replica was cut off");
+        assert!(
+            popped > 10,
+            "only {popped} admitted while the replica was cut off"
+        );
+    }
 
     // A join of the victim's sub-line made since its replica last had
     // every write may be lost with its primary (asynchronous replication),

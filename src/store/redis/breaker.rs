@@ -249,12 +249,20 @@ pub(super) async fn bounded<T>(
 /// store routes the calls it serves over them, and the others fail so.
 pub(super) const SUB_LINES: &str = "not served over the queue's sub-lines";
 
+/// What a call on a sub-line is refused with while the sub-line is in a
+/// new history (`prelude.lua`'s `RESYNC` error reply): the store resyncs it
+/// and calls again.
+pub(super) const SUB_LINE_RESYNC: &str = "the sub-line is in a new history";
+
 /// Failures to get an answer are `Unavailable` (retry); answers we cannot
 /// read, or a script's own error, are bugs and `Internal`.
 pub(super) fn classify(error: RedisError) -> Error {
     use redis::ErrorKind;
     if error.code() == Some("SUBLINES") {
         return Error::Internal(format!("{SUB_LINES}: {error}"));
+    }
+    if error.code() == Some("RESYNC") {
+        return Error::Internal(format!("{SUB_LINE_RESYNC}: {error}"));
     }
     match error.kind() {
         ErrorKind::Parse | ErrorKind::UnexpectedReturnType => Error::Internal(error.to_string()),

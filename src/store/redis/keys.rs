@@ -89,6 +89,13 @@ pub(super) fn leases_key(prefix: &str, queue: &QueueId) -> String {
     format!("{prefix}:{{{queue}}}:leases")
 }
 
+/// The admissions a queue over sub-lines settled lately, at its head
+/// (`admission_head.lua`), for a sub-line that lost its last pops
+/// (`sub_line_resync.lua`).
+pub(super) fn recently_admitted_key(prefix: &str, queue: &QueueId) -> String {
+    format!("{prefix}:{{{queue}}}:recently_admitted")
+}
+
 /// The mark a deleted queue leaves (when it was deleted), until it is
 /// created again: a queue missing without it was lost by the store.
 pub(super) fn deleted_key(prefix: &str, queue: &QueueId) -> String {

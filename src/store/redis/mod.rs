@@ -560,7 +560,9 @@ impl QueueStore for RedisStore {
             }
             self.command::<i64>(
                 "delete_queue",
-                redis::cmd("UNLINK").arg(keys::leases_key(&self.prefix, queue)),
+                redis::cmd("UNLINK")
+                    .arg(keys::leases_key(&self.prefix, queue))
+                    .arg(keys::recently_admitted_key(&self.prefix, queue)),
             )
             .await?;
         }
@@ -934,18 +936,12 @@ impl QueueStore for RedisStore {
                         Some(status) => return Ok(status),
                     }
                 }
-                let tag = layout.tag(layout.sub_line(&check.user))?;
                 let mut held_args = args[..5].to_vec();
                 held_args.extend(["0".to_owned(), "0".to_owned(), String::new()]);
-                let status = check_in_with(
-                    self,
-                    queue,
-                    keys::tagged_keys(&self.prefix, tag),
-                    keys::tagged_used_tokens_keys(&self.prefix, tag),
-                    &held_args,
-                    now_ms,
-                )
-                .await?;
+                let status = self
+                    .link(queue)
+                    .check_held(&layout, &check.user, &held_args, now_ms)
+                    .await?;
                 match (status, consume) {
                     (AdmissionStatus::Held, Some(consume)) => Ok(self
                         .used_token(queue, "record", check, consume, now_ms)
@@ -1266,6 +1262,66 @@ mod tests {
         );
     }
 
+    /// A sub-line failed over to a replica that lacked its last pop: the
+    /// user the head settled as admitted waits there again, in a history
+    /// other than the one the sub-line last checked.
+    #[tokio::test]
+    async fn a_sub_line_rolled_back_admits_nobody_twice() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let users: Vec<UserId> = (0..30)
+            .map(|n| UserId::parse(&format!("user-{n}")).unwrap())
+            .collect();
+        for user in &users {
+            store.enqueue(&queue, user, 1_000).await.unwrap();
+        }
+        let first = store
+            .admit(&queue, 10, Some(&RequestId::parse("a").unwrap()), 2_000)
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 10);
+        let lost = &first[3];
+        let sub_line = crate::domain::shards::sub_line_of(lost.user.as_str(), 3);
+        let keys = keys::tagged_keys("t", &format!("sale/3~{sub_line}"));
+        let mut conn = redis::Client::open(redis.url())
+            .and_then(|client| client.get_connection())
+            .unwrap();
+        let _: () = redis::pipe()
+            .cmd("HDEL")
+            .arg(&keys[4])
+            .arg(lost.user.as_str())
+            .cmd("ZREM")
+            .arg(&keys[3])
+            .arg(lost.user.as_str())
+            .cmd("ZADD")
+            .arg(&keys[2])
+            .arg(lost.admission.ticket)
+            .arg(lost.user.as_str())
+            .cmd("HSET")
+            .arg(&keys[0])
+            .arg("sub_line_history")
+            .arg("an-older-one")
+            .query(&mut conn)
+            .unwrap();
+        let rest = store
+            .admit(&queue, 100, Some(&RequestId::parse("b").unwrap()), 3_000)
+            .await
+            .unwrap();
+        let mut admitted: Vec<&UserId> = first.iter().chain(&rest).map(|a| &a.user).collect();
+        assert_eq!(admitted.len(), 30, "everyone admitted once: {admitted:?}");
+        admitted.sort();
+        admitted.dedup();
+        assert_eq!(admitted.len(), 30, "someone admitted twice");
+        let place = store.place(&queue, &lost.user, 3_000).await.unwrap();
+        assert!(
+            matches!(
+                place.map(|p| p.state),
+                Some(crate::domain::PlaceState::Admitted { .. })
+            ),
+            "the admission the pop lost is taken again"
+        );
+    }
+
     /// A join that finds its sub-line's block closed leases one from the
     /// head and joins with it installed by the same call: three script
     /// calls (the join answered "lease", the lease, the join) and the read
@@ -1274,15 +1330,24 @@ mod tests {
     async fn a_join_installs_the_block_it_leased_with_its_next_call() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         let (store, queue) = over_three_sub_lines(&redis).await;
-        // The first join reads the layout and resyncs the new head.
-        let first = UserId::parse("first").unwrap();
-        store.enqueue(&queue, &first, 1_000).await.unwrap();
+        // The first joins read the layout and resync the new head and each
+        // new sub-line.
+        let mut warmed = std::collections::HashSet::new();
+        for n in 0.. {
+            let user = UserId::parse(&format!("first-{n}")).unwrap();
+            if warmed.insert(crate::domain::shards::sub_line_of(user.as_str(), 3)) {
+                store.enqueue(&queue, &user, 1_000).await.unwrap();
+            }
+            if warmed.len() == 3 {
+                break;
+            }
+        }
         for n in 0..20u64 {
             let user = UserId::parse(&format!("user-{n}")).unwrap();
             let before = redis.calls("evalsha").unwrap();
             // τ after every block's lease: each join leases one.
             let place = store.enqueue(&queue, &user, 2_000 + 10 * n).await.unwrap();
-            assert_eq!(place.waiting_count, n + 2);
+            assert_eq!(place.waiting_count, n + 4);
             assert_eq!(redis.calls("evalsha").unwrap() - before, 3 + 4, "join {n}");
         }
     }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::breaker::{Breaker, SUB_LINES, bounded, guard};
+use super::breaker::{Breaker, SUB_LINE_RESYNC, SUB_LINES, bounded, guard};
 use super::keys::{self, QUEUE_KEYS};
 use super::lua::Scripts;
 use super::reply::{
@@ -209,7 +209,67 @@ where
 }
 
 impl SubLineLink<'_> {
+    /// Runs `call`; on a sub-line in a new history (`prelude.lua`,
+    /// `load_config`), resyncs it first and runs `call` again.
     async fn value(&self, operation: &'static str, call: ScriptCall<'_>) -> Result<Value> {
+        match self.value_once(operation, call.clone()).await {
+            Err(Error::Internal(message)) if message.starts_with(SUB_LINE_RESYNC) => {
+                self.resync_sub_line(&call.keys).await?;
+                self.value_once(operation, call).await
+            }
+            answer => answer,
+        }
+    }
+
+    /// Takes again, on the sub-line whose keys are `keys`, the admissions
+    /// the head settled lately (`sub_line_resync.lua`), in chunks, the
+    /// last of which records the sub-line's history.
+    async fn resync_sub_line(&self, keys: &[&str]) -> Result<()> {
+        const CHUNK: usize = 500;
+        let scope = keys.first().and_then(|key| keys::tag_of(key));
+        let entries: Vec<String> = self
+            .on_slot(
+                "resync",
+                self.queue.as_str(),
+                redis::cmd("ZRANGE")
+                    .arg(keys::recently_admitted_key(self.prefix, self.queue))
+                    .arg(0)
+                    .arg(-1),
+            )
+            .await?;
+        let chunks: Vec<&[String]> = entries.chunks(CHUNK).collect();
+        let last = chunks.len().saturating_sub(1);
+        for at in 0..chunks.len().max(1) {
+            let mut invocation = self.scripts.sub_line_resync.prepare_invoke();
+            for key in keys.iter().take(QUEUE_KEYS) {
+                invocation.key(*key);
+            }
+            invocation.arg(0).arg(if at == last { "1" } else { "0" });
+            for entry in chunks.get(at).copied().unwrap_or_default() {
+                invocation.arg(entry);
+            }
+            let mut conn = self
+                .connector
+                .connection(self.timeout, self.breaker)
+                .await?;
+            let value: Value = bounded(
+                "resync",
+                self.timeout,
+                guard(
+                    self.breaker,
+                    self.connector,
+                    &conn,
+                    Some(scope.unwrap_or(self.queue.as_str())),
+                ),
+                invocation.invoke_async(&mut conn),
+            )
+            .await?;
+            Reply::of(value, self.queue)?;
+        }
+        Ok(())
+    }
+
+    async fn value_once(&self, operation: &'static str, call: ScriptCall<'_>) -> Result<Value> {
         // Scoped by the slot's own tag (the head's is the queue's id).
         let scope = call
             .keys
@@ -806,10 +866,38 @@ impl SubLineLink<'_> {
             .ok_or_else(|| bad_reply("a place given back is not there"))
     }
 
+    /// Whether `user` holds an admission, as their sub-line has it
+    /// (`check_admission.lua` with `args`, consuming nothing there: token
+    /// ids are consumed at the head, `used_token.lua`).
+    pub(super) async fn check_held(
+        &self,
+        layout: &Layout,
+        user: &UserId,
+        args: &[String],
+        now_ms: u64,
+    ) -> Result<crate::domain::AdmissionStatus> {
+        let sub_line = layout.sub_line(user);
+        let keys = layout.keys(self.prefix, sub_line)?;
+        let used = keys::tagged_used_tokens_keys(self.prefix, layout.tag(sub_line)?);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let value = self
+            .value(
+                "check_admission",
+                ScriptCall::new(&self.scripts.check_admission, &keys, now_ms)
+                    .own_keys(&used)
+                    .args(&args),
+            )
+            .await?;
+        super::admission_status(&Reply::of(value, self.queue)?.string()?)
+    }
+
     /// Runs a step of `admission_head.lua` at the head.
     async fn on_head(&self, args: &[&str], now_ms: u64) -> Result<Reply> {
         let head = keys::queue_keys(self.prefix, self.queue);
-        let leases = [keys::leases_key(self.prefix, self.queue)];
+        let leases = [
+            keys::leases_key(self.prefix, self.queue),
+            keys::recently_admitted_key(self.prefix, self.queue),
+        ];
         let step = || {
             ScriptCall::new(&self.scripts.admission_head, &head, now_ms)
                 .own_keys(&leases)
@@ -1399,6 +1487,7 @@ fn by_sub_line(layout: &Layout, users: &[UserId]) -> Vec<(usize, Vec<usize>)> {
 }
 
 /// One script call: its keys, the clock and its other arguments.
+#[derive(Clone)]
 struct ScriptCall<'a> {
     script: &'a redis::Script,
     keys: Vec<&'a str>,

@@ -4,7 +4,10 @@
 -- its plan and its settling: the next admitter finishes an entry left
 -- unsettled (its replica stopped) before planning its own, so admissions
 -- are one at a time per queue and none is left half-done.
--- KEYS: the head's keys (prelude), then its leases (lease.lua).
+-- KEYS: the head's keys (prelude), then its leases (lease.lua), then the
+-- admissions settled lately (a sorted set of 'ticket|admitted at|expires
+-- at|user' scored by when settled, kept RECENTLY_KEEP_MS), which a
+-- sub-line that lost its last pops takes again (sub_line_resync.lua).
 -- ARGV: now, step, then by step:
 --   'begin', request id ('' for none), due (1 for the rate's admitter):
 --     {'ok', 'done', epoch, user, ticket, admitted at, expires at, ...}
@@ -34,6 +37,10 @@ local leases = KEYS[OWN]
 -- How long a settled entry's result is kept for an admitter still carrying
 -- it out when another settled it: far longer than any call takes.
 local ENTRY_KEEP_MS = 600000
+-- Far longer than a failover takes (the pops a sub-line's replica lacks
+-- were made in the moments before its primary was lost).
+local RECENTLY_KEEP_MS = 120000
+local recently = KEYS[OWN + 1]
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return { 'no_queue' }
 end
@@ -279,6 +286,15 @@ if step == 'settle' then
       out[#out + 1] = tonumber(ARGV[i + 3])
     end
     record_admissions((#ARGV - 3) / 4)
+    local recent = {}
+    for i = 4, #ARGV, 4 do
+      recent[#recent + 1] = NOW
+      recent[#recent + 1] = ARGV[i + 1] .. '|' .. ARGV[i + 2] .. '|' .. ARGV[i + 3] .. '|' .. ARGV[i]
+    end
+    for first = 1, #recent, 1000 do
+      redis.call('ZADD', recently, unpack(recent, first, math.min(first + 999, #recent)))
+    end
+    redis.call('ZREMRANGEBYSCORE', recently, '-inf', '(' .. (NOW - RECENTLY_KEEP_MS))
     local request = v[10] or ''
     if request ~= '' then
       keep_result(request, out, v[11] or '0')

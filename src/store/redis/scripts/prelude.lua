@@ -35,6 +35,13 @@ local FLOW_SLOT = math.floor(NOW / FLOW_SLOT_MS)
 -- act on such a head's empty line, so meeting one is an error reply,
 -- whatever the script: the store then routes the call to the sub-lines or
 -- says the call is not served over them (reply.rs).
+-- The name Redis gives the history of its dataset (`master_replid`): new
+-- on every promotion of a replica and on every restart that does not
+-- carry on its predecessor's data (see `same_history`).
+local function history_now()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+end
+
 local function load_config()
   local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admission_ttl_ms', 'created_at_ms',
     'admit_per_second', 'opens_at_ms', 'prequeue_window_ms', 'draw', 'heartbeat_timeout_ms',
@@ -46,6 +53,16 @@ local function load_config()
   local sub_line = tonumber(v[15])
   if (tonumber(v[14]) or 1) > 1 and not sub_line then
     error({ err = 'SUBLINES the queue is kept over ' .. v[14] .. ' sub-lines' })
+  end
+  -- A sub-line in another history than it last checked (a failover to a
+  -- replica that lacked its last writes, a restart from an older copy:
+  -- prelude's `same_history`) may have lost pops the head settled, and
+  -- have their users waiting again; nothing is done on it until the store
+  -- has taken them again (sub_line_resync.lua).
+  if sub_line then
+    if redis.call('HGET', K_CONFIG, 'sub_line_history') ~= history_now() then
+      error({ err = 'RESYNC the sub-line is in a new history' })
+    end
   end
   return { mode = v[1], max_active = tonumber(v[2]), ttl = tonumber(v[3]), epoch = tonumber(v[4]),
     rate = tonumber(v[5]), opens_at = tonumber(v[6]) or 0, window = tonumber(v[7]) or 0,
@@ -67,7 +84,7 @@ end
 -- every sub-line's block (lease.lua). Returns whether the history is the
 -- same, and the history now.
 local function same_history()
-  local history = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+  local history = history_now()
   return redis.call('HGET', K_CONFIG, 'head_history') == history, history
 end
 
