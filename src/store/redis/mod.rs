@@ -441,18 +441,9 @@ impl QueueStore for RedisStore {
             let keys = layout.keys(&self.prefix, sub_line)?;
             self.command::<i64>("create_queue", redis::cmd("UNLINK").arg(&keys[..]))
                 .await?;
-            let mut invocation = self.scripts.create_queue.prepare_invoke();
-            for key in &keys {
-                invocation.key(key);
-            }
-            // The script's own key (a deletion mark it clears) is the
-            // sub-line's ticket sequence, which a sub-line does not use.
-            invocation.key(&keys[1]).arg(config.created_at_ms);
-            for (field, value) in &fields {
-                invocation.arg(*field).arg(value);
-            }
-            invocation.arg("sub_line").arg(sub_line);
-            self.run("create_queue", &config.id, &invocation).await?;
+            self.link(&config.id)
+                .make_sub_line(layout, sub_line, config)
+                .await?;
         }
         Ok(config.clone())
     }
@@ -1319,6 +1310,72 @@ mod tests {
                 Some(crate::domain::PlaceState::Admitted { .. })
             ),
             "the admission the pop lost is taken again"
+        );
+    }
+
+    /// A sub-line whose Redis came back empty while its head stands: its
+    /// users join again (their places went with it), the others keep
+    /// theirs, and admission goes on in ticket order.
+    #[tokio::test]
+    async fn a_sub_line_lost_by_its_redis_is_made_again_from_its_head() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let update = QueueUpdate {
+            max_active: Some(500),
+            ..QueueUpdate::default()
+        };
+        store.update_queue(&queue, &update, 500).await.unwrap();
+        let users: Vec<UserId> = (0..30)
+            .map(|n| UserId::parse(&format!("user-{n}")).unwrap())
+            .collect();
+        let mut tickets = HashMap::new();
+        for user in &users {
+            let place = store.enqueue(&queue, user, 1_000).await.unwrap();
+            tickets.insert(user.clone(), place.ticket);
+        }
+        let lost_line = 1;
+        let keys = keys::tagged_keys("t", &format!("sale/3~{lost_line}"));
+        let mut conn = redis::Client::open(redis.url())
+            .and_then(|client| client.get_connection())
+            .unwrap();
+        let _: () = redis::cmd("UNLINK")
+            .arg(&keys[..])
+            .query(&mut conn)
+            .unwrap();
+        let of_lost = |user: &UserId| crate::domain::shards::sub_line_of(user.as_str(), 3) == 1;
+        let highest = tickets.values().max().copied().unwrap_or_default();
+        for user in users.iter().filter(|user| of_lost(user)) {
+            let place = store.enqueue(&queue, user, 2_000).await.unwrap();
+            assert!(
+                place.ticket > highest,
+                "{user} joined again at {}",
+                place.ticket
+            );
+            tickets.insert(user.clone(), place.ticket);
+        }
+        for user in users.iter().filter(|user| !of_lost(user)) {
+            let place = store.place(&queue, user, 2_000).await.unwrap().unwrap();
+            assert_eq!(place.ticket, tickets[user], "{user} kept their place");
+        }
+        let config = store.get_queue(&queue).await.unwrap();
+        assert_eq!(config.max_active, 500, "the head's settings");
+        let admitted = store
+            .admit(&queue, 100, Some(&RequestId::parse("all").unwrap()), 3_000)
+            .await
+            .unwrap();
+        let order: Vec<u64> = admitted.iter().map(|a| a.admission.ticket).collect();
+        let mut expected: Vec<u64> = tickets.values().copied().collect();
+        expected.sort_unstable();
+        assert_eq!(order, expected, "everyone admitted once, in ticket order");
+        let copy: Option<String> = redis::cmd("HGET")
+            .arg(&keys[0])
+            .arg("max_active")
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(
+            copy.as_deref(),
+            Some("500"),
+            "the made-again copy's settings"
         );
     }
 

@@ -39,8 +39,8 @@ use super::reply::{
 use super::topology::Connector;
 use crate::domain::shards::sub_line_of;
 use crate::domain::{
-    Admitted, NamedAdmission, Place, PlaceClaim, PlaceState, QueueId, QueueStats, RateSample,
-    Refusal, RequestId, Restoration, UserId,
+    Admitted, NamedAdmission, Place, PlaceClaim, PlaceState, QueueConfig, QueueId, QueueStats,
+    RateSample, Refusal, RequestId, Restoration, UserId,
 };
 use crate::{Error, Result};
 
@@ -211,13 +211,102 @@ where
 impl SubLineLink<'_> {
     /// Runs `call`; on a sub-line in a new history (`prelude.lua`,
     /// `load_config`), resyncs it first and runs `call` again.
+    ///
+    /// A sub-line that answers that it holds no queue while its head
+    /// stands (its Redis came back empty) is made again from the head's
+    /// config first, as [`Self::make_sub_line`] makes it with the queue.
     async fn value(&self, operation: &'static str, call: ScriptCall<'_>) -> Result<Value> {
-        match self.value_once(operation, call.clone()).await {
-            Err(Error::Internal(message)) if message.starts_with(SUB_LINE_RESYNC) => {
-                self.resync_sub_line(&call.keys).await?;
-                self.value_once(operation, call).await
+        // At most a re-making and a resync (a sub-line made again is in a
+        // history it has not checked) before the call itself.
+        let (mut remade, mut resynced) = (false, false);
+        loop {
+            match self.value_once(operation, call.clone()).await {
+                Err(Error::Internal(message))
+                    if message.starts_with(SUB_LINE_RESYNC) && !resynced =>
+                {
+                    self.resync_sub_line(&call.keys).await?;
+                    resynced = true;
+                }
+                Ok(value) if no_queue(&value) && !remade => {
+                    if !self.remake_sub_line(&call.keys).await? {
+                        return Ok(value);
+                    }
+                    remade = true;
+                }
+                answer => return answer,
             }
-            answer => answer,
+        }
+    }
+
+    /// Makes the sub-line whose keys are `keys` again from its head, when
+    /// the head stands and still names it; whether it did.
+    async fn remake_sub_line(&self, keys: &[&str]) -> Result<bool> {
+        let Some(tag) = keys.first().and_then(|key| keys::tag_of(key)) else {
+            return Ok(false);
+        };
+        if tag == self.queue.as_str() {
+            return Ok(false);
+        }
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let fields: HashMap<String, String> = self
+            .on_slot(
+                "remake_sub_line",
+                self.queue.as_str(),
+                redis::cmd("HGETALL").arg(&head[0]),
+            )
+            .await?;
+        let (Some(shards), Some(tags)) = (
+            fields.get("shards").and_then(|n| n.parse().ok()),
+            fields.get("sub_lines"),
+        ) else {
+            return Ok(false);
+        };
+        let layout = Layout::parse(shards, tags)?;
+        let Some(sub_line) = (0..layout.shards as usize).find(|&s| layout.tag(s).ok() == Some(tag))
+        else {
+            return Ok(false);
+        };
+        let Some(config) = super::fields::parse_config(self.queue, fields)? else {
+            return Ok(false);
+        };
+        tracing::warn!(
+            queue = %self.queue,
+            sub_line,
+            "a sub-line of the queue was lost by its Redis; made again from its head"
+        );
+        self.make_sub_line(&layout, sub_line, &config).await?;
+        Ok(true)
+    }
+
+    /// Makes sub-line `sub_line` of a queue over sub-lines with its copy of
+    /// `config` (`create_queue.lua` on its keys), unless it holds one.
+    pub(super) async fn make_sub_line(
+        &self,
+        layout: &Layout,
+        sub_line: usize,
+        config: &QueueConfig,
+    ) -> Result<()> {
+        let keys = layout.keys(self.prefix, sub_line)?;
+        let mut fields: Vec<String> = Vec::new();
+        for (field, value) in super::fields::config_fields(config) {
+            fields.extend([field.to_owned(), value]);
+        }
+        fields.extend(["sub_line".to_owned(), sub_line.to_string()]);
+        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+        // The script's own key (a deletion mark it clears) is the
+        // sub-line's ticket sequence, which a sub-line does not use.
+        let mark = [keys[1].clone()];
+        let value = self
+            .value_once(
+                "create_queue",
+                ScriptCall::new(&self.scripts.create_queue, &keys, config.created_at_ms)
+                    .own_keys(&mark)
+                    .args(&fields),
+            )
+            .await?;
+        match Reply::of(value, self.queue) {
+            Ok(_) | Err(Error::QueueAlreadyExists(_)) => Ok(()),
+            Err(error) => Err(error),
         }
     }
 
@@ -1302,6 +1391,12 @@ pub(super) fn refused_restore(outcome: &[u8]) -> Result<Restoration> {
 /// What precedes, among an enqueue's users, a block to install first
 /// (`enqueue_many.lua`): no user id holds a control character.
 const BLOCK: &str = "\u{1}";
+
+/// Whether a script answered that it found no queue.
+fn no_queue(reply: &Value) -> bool {
+    matches!(reply, Value::Array(items)
+        if matches!(items.first(), Some(Value::BulkString(kind)) if kind == b"no_queue"))
+}
 
 /// Whether a head script answered that the head is in another history
 /// than its last (`prelude.lua`, `same_history`).
