@@ -632,3 +632,205 @@ async fn a_primary_killed(victim_kind: Victim) {
         admitted.len()
     );
 }
+
+/// A sub-line's Redis (a Cluster master with no replica) killed and started
+/// again empty under joins and admissions: the sub-line is made again from
+/// its head at its next call, its users join again, the other sub-lines
+/// never stop, and nobody is admitted twice or out of ticket order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_line_s_redis_restarted_empty_is_made_again_while_the_others_serve() {
+    let _one = crate::one_at_a_time().await;
+    let mut cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let store = Arc::new(
+        RedisStore::connect(&RedisOptions {
+            url: cluster.urls(),
+            password: None,
+            cluster: true,
+            prefix: "k".into(),
+            timeout: Duration::from_secs(1),
+            sentinel_master: None,
+            sentinel_password: None,
+        })
+        .await
+        .unwrap()
+        .with_sub_lines(),
+    );
+    let queue = QueueId::parse("sale").unwrap();
+    let mut config = QueueConfig::new(queue.clone()).created(now_ms());
+    config.shards = 3;
+    config.admission_ttl = Duration::from_secs(3600);
+    config.heartbeat_timeout = Duration::from_secs(3600);
+    store.create_queue(&config).await.unwrap();
+    let (head, _) = cluster.master_and_replica_of("k:{sale}:config").unwrap();
+    let keys = sub_line_keys(&cluster);
+    let (victim, master) = keys
+        .iter()
+        .enumerate()
+        .find_map(|(sub_line, key)| {
+            let (master, _) = cluster.master_and_replica_of(key).unwrap();
+            (master != head).then_some((sub_line, master))
+        })
+        .expect("the sub-lines spread over the masters");
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut joiners = Vec::new();
+    for sub_line in 0..3usize {
+        for joiner in 0..2 {
+            let (store, queue, stop) = (Arc::clone(&store), queue.clone(), Arc::clone(&stop));
+            joiners.push(tokio::spawn(async move {
+                let mut joins = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let name = format!("s{sub_line}-j{joiner}-{n}");
+                    if sub_line_of(&name, 3) as usize != sub_line {
+                        continue;
+                    }
+                    let user = UserId::parse(&name).unwrap();
+                    let sent = std::time::Instant::now();
+                    let answer = store.enqueue(&queue, &user, now_ms()).await;
+                    joins.push((
+                        user,
+                        Join {
+                            sub_line,
+                            ticket: answer.as_ref().ok().map(|place| place.ticket),
+                            error: answer.err().map(|e| e.to_string()),
+                            sent,
+                            at: std::time::Instant::now(),
+                        },
+                    ));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                joins
+            }));
+        }
+    }
+    let admitter = {
+        let (store, queue, stop) = (Arc::clone(&store), queue.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut batches: Vec<Vec<(UserId, u64)>> = Vec::new();
+            for batch in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let request = RequestId::parse(&format!("a{batch}")).unwrap();
+                let patience = (300, Duration::from_millis(100));
+                let (admitted, _) =
+                    admit_answered(&store, &queue, 5, &request, now_ms, patience).await;
+                batches.push(admitted);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            batches
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let node = cluster
+        .nodes
+        .iter_mut()
+        .find(|node| node.port == master)
+        .unwrap();
+    let restarted_from = std::time::Instant::now();
+    node.restart().unwrap();
+    let restarted = std::time::Instant::now();
+    // A Cluster master started again refuses calls (CLUSTERDOWN) for its
+    // first two seconds, giving the cluster time to reconfigure it.
+    let back = restarted + Duration::from_secs(3);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut joins = Vec::new();
+    for joiner in joiners {
+        joins.extend(joiner.await.unwrap());
+    }
+    let batches = admitter.await.unwrap();
+
+    // The other sub-lines never stopped.
+    let refused: Vec<&Join> = joins
+        .iter()
+        .map(|(_, join)| join)
+        .filter(|join| join.sub_line != victim && join.ticket.is_none())
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} joins on the other sub-lines refused: {:?}",
+        refused.len(),
+        refused.first().and_then(|join| join.error.as_ref())
+    );
+    // The victim's joins are answered again once it is back.
+    let after: Vec<bool> = joins
+        .iter()
+        .filter(|(_, j)| j.sub_line == victim && j.sent > back)
+        .map(|(_, j)| j.ticket.is_some())
+        .collect();
+    eprintln!(
+        "restarted in {:?}; {} of the victim's joins after it",
+        restarted - restarted_from,
+        after.len()
+    );
+    let errors: Vec<&String> = joins
+        .iter()
+        .filter(|(_, j)| j.sub_line == victim && j.sent > back)
+        .filter_map(|(_, j)| j.error.as_ref())
+        .collect();
+    assert!(
+        after.len() > 50 && errors.is_empty(),
+        "{} of {} refused: {:?}",
+        errors.len(),
+        after.len(),
+        errors.iter().collect::<std::collections::BTreeSet<_>>()
+    );
+    // No ticket held twice.
+    let mut tickets: Vec<u64> = joins.iter().filter_map(|(_, j)| j.ticket).collect();
+    let given = tickets.len();
+    tickets.sort_unstable();
+    tickets.dedup();
+    assert_eq!(tickets.len(), given, "a ticket was given twice");
+    // Admission in ticket order, nobody twice; then everyone acknowledged
+    // is admitted once, but the victim's who joined before its Redis lost
+    // them.
+    let mut admitted: BTreeMap<u64, UserId> = BTreeMap::new();
+    let mut last = 0;
+    let drained = {
+        let mut drained = Vec::new();
+        for batch in 0.. {
+            let request = RequestId::parse(&format!("drain-{batch}")).unwrap();
+            let answer = store
+                .admit(&queue, 100, Some(&request), now_ms())
+                .await
+                .unwrap();
+            if answer.is_empty() {
+                break;
+            }
+            drained.push(
+                answer
+                    .into_iter()
+                    .map(|a| (a.user, a.admission.ticket))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        drained
+    };
+    for (user, ticket) in batches.into_iter().chain(drained).flatten() {
+        assert!(ticket > last, "admitted out of ticket order");
+        last = ticket;
+        assert!(
+            admitted.insert(ticket, user.clone()).is_none(),
+            "{user:?} admitted twice"
+        );
+    }
+    let mut lost = 0;
+    for (user, join) in &joins {
+        let Some(ticket) = join.ticket else { continue };
+        if admitted.get(&ticket) == Some(user) {
+            continue;
+        }
+        assert!(
+            join.sub_line == victim && join.sent < restarted,
+            "{user:?} (ticket {ticket}) was acknowledged and lost"
+        );
+        lost += 1;
+    }
+    eprintln!(
+        "{} admitted; {lost} places lost with the victim's data",
+        admitted.len()
+    );
+}
