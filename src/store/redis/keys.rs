@@ -109,6 +109,12 @@ pub(super) fn given_back_key(prefix: &str, queue: &QueueId) -> String {
     format!("{prefix}:{{{queue}}}:given_back")
 }
 
+/// The same under another hash tag: a sub-line's, for the places it gives
+/// back after its Redis lost it (`restore_sub_line.lua`).
+pub(super) fn tagged_given_back_key(prefix: &str, tag: &str) -> String {
+    format!("{prefix}:{{{tag}}}:given_back")
+}
+
 /// Set of all queue ids. It spans queues, so no script touches it: it is
 /// written before a queue's config is created and after it is deleted, and
 /// readers skip ids whose config is gone.

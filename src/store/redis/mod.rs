@@ -439,10 +439,14 @@ impl QueueStore for RedisStore {
         for sub_line in 0..layout.as_ref().map_or(0, |l| l.shards as usize) {
             let Some(layout) = &layout else { break };
             let keys = layout.keys(&self.prefix, sub_line)?;
-            self.command::<i64>("create_queue", redis::cmd("UNLINK").arg(&keys[..]))
-                .await?;
+            let given_back = keys::tagged_given_back_key(&self.prefix, layout.tag(sub_line)?);
+            self.command::<i64>(
+                "create_queue",
+                redis::cmd("UNLINK").arg(&keys[..]).arg(given_back),
+            )
+            .await?;
             self.link(&config.id)
-                .make_sub_line(layout, sub_line, config)
+                .make_sub_line(layout, sub_line, config, &[])
                 .await?;
         }
         Ok(config.clone())
@@ -546,8 +550,12 @@ impl QueueStore for RedisStore {
         {
             for sub_line in 0..layout.shards as usize {
                 let keys = layout.keys(&self.prefix, sub_line)?;
-                self.command::<i64>("delete_queue", redis::cmd("UNLINK").arg(&keys[..]))
-                    .await?;
+                let given_back = keys::tagged_given_back_key(&self.prefix, layout.tag(sub_line)?);
+                self.command::<i64>(
+                    "delete_queue",
+                    redis::cmd("UNLINK").arg(&keys[..]).arg(given_back),
+                )
+                .await?;
             }
             self.command::<i64>(
                 "delete_queue",
@@ -1377,6 +1385,92 @@ mod tests {
             Some("500"),
             "the made-again copy's settings"
         );
+    }
+
+    /// The users of a sub-line its Redis lost come back with their
+    /// receipts: each gets their place back once, and those admitted
+    /// before the loss do not.
+    #[tokio::test]
+    async fn a_lost_sub_line_gives_its_users_places_back_from_their_receipts() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let users: Vec<UserId> = (0..30)
+            .map(|n| UserId::parse(&format!("user-{n}")).unwrap())
+            .collect();
+        let mut tickets = HashMap::new();
+        for user in &users {
+            let place = store.enqueue(&queue, user, 1_000).await.unwrap();
+            tickets.insert(user.clone(), place.ticket);
+        }
+        let first = store
+            .admit(&queue, 6, Some(&RequestId::parse("a").unwrap()), 2_000)
+            .await
+            .unwrap();
+        let epoch = store.get_queue(&queue).await.unwrap().created_at_ms;
+        let of_lost = |user: &UserId| crate::domain::shards::sub_line_of(user.as_str(), 3) == 1;
+        let keys = keys::tagged_keys("t", "sale/3~1");
+        let mut conn = redis::Client::open(redis.url())
+            .and_then(|client| client.get_connection())
+            .unwrap();
+        let _: () = redis::cmd("UNLINK")
+            .arg(&keys[..])
+            .query(&mut conn)
+            .unwrap();
+        // A newcomer of that sub-line makes it again.
+        let newcomer = (0..)
+            .map(|n| UserId::parse(&format!("new-{n}")).unwrap())
+            .find(|user| of_lost(user))
+            .unwrap();
+        let joined = store.enqueue(&queue, &newcomer, 3_000).await.unwrap();
+        let claim = |user: &UserId| PlaceClaim {
+            epoch_ms: epoch,
+            ticket: tickets[user],
+            head: 0,
+            top: 0,
+            issued_ms: 1_500,
+        };
+        let admitted: Vec<&UserId> = first.iter().map(|a| &a.user).collect();
+        let mut back = 0;
+        for user in users.iter().filter(|user| of_lost(user)) {
+            let restored = store
+                .restore(&queue, user, &claim(user), 4_000)
+                .await
+                .unwrap();
+            if admitted.contains(&user) {
+                assert_eq!(
+                    restored,
+                    Restoration::Refused(crate::domain::Refusal::NotGiven),
+                    "{user}"
+                );
+                continue;
+            }
+            let Restoration::Restored(place) = restored else {
+                panic!("{user}: {restored:?}");
+            };
+            assert_eq!(place.ticket, tickets[user]);
+            back += 1;
+            // Once: a second receipt finds the place held.
+            let again = store
+                .restore(&queue, user, &claim(user), 4_000)
+                .await
+                .unwrap();
+            assert_eq!(again, Restoration::Holds);
+        }
+        assert!(back > 3, "only {back} places given back");
+        // In ticket order with everyone else, the newcomer last.
+        let rest = store
+            .admit(&queue, 100, Some(&RequestId::parse("b").unwrap()), 5_000)
+            .await
+            .unwrap();
+        let order: Vec<u64> = rest.iter().map(|a| a.admission.ticket).collect();
+        let mut expected: Vec<u64> = users
+            .iter()
+            .filter(|user| !admitted.contains(user))
+            .map(|user| tickets[user])
+            .collect();
+        expected.sort_unstable();
+        expected.push(joined.ticket);
+        assert_eq!(order, expected);
     }
 
     /// A join that finds its sub-line's block closed leases one from the

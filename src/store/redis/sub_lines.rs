@@ -228,7 +228,7 @@ impl SubLineLink<'_> {
                     resynced = true;
                 }
                 Ok(value) if no_queue(&value) && !remade => {
-                    if !self.remake_sub_line(&call.keys).await? {
+                    if !self.remake_sub_line(&call.keys, call.now_ms).await? {
                         return Ok(value);
                     }
                     remade = true;
@@ -240,7 +240,7 @@ impl SubLineLink<'_> {
 
     /// Makes the sub-line whose keys are `keys` again from its head, when
     /// the head stands and still names it; whether it did.
-    async fn remake_sub_line(&self, keys: &[&str]) -> Result<bool> {
+    async fn remake_sub_line(&self, keys: &[&str], now_ms: u64) -> Result<bool> {
         let Some(tag) = keys.first().and_then(|key| keys::tag_of(key)) else {
             return Ok(false);
         };
@@ -266,6 +266,22 @@ impl SubLineLink<'_> {
         else {
             return Ok(false);
         };
+        // What the lost sub-line may have held: tickets above the last
+        // admission's cutoff (everything at or below it was admitted or
+        // gone), up to the last the head leased. Its users' receipts give
+        // those back, each once (`restore_sub_line.lua`).
+        let lost_head = fields
+            .get("admitted_cutoff")
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        let lost_top: Option<u64> = self
+            .on_slot(
+                "remake_sub_line",
+                self.queue.as_str(),
+                redis::cmd("GET").arg(&head[1]),
+            )
+            .await?;
         let Some(config) = super::fields::parse_config(self.queue, fields)? else {
             return Ok(false);
         };
@@ -274,7 +290,15 @@ impl SubLineLink<'_> {
             sub_line,
             "a sub-line of the queue was lost by its Redis; made again from its head"
         );
-        self.make_sub_line(&layout, sub_line, &config).await?;
+        // Nobody could be heard while it was lost: presence counts from
+        // now, so receipts issued before are good for a release time.
+        let lost = [
+            ("lost_head", lost_head.to_string()),
+            ("lost_top", lost_top.unwrap_or(0).to_string()),
+            ("presence_since_ms", now_ms.to_string()),
+        ];
+        self.make_sub_line(&layout, sub_line, &config, &lost)
+            .await?;
         Ok(true)
     }
 
@@ -285,10 +309,14 @@ impl SubLineLink<'_> {
         layout: &Layout,
         sub_line: usize,
         config: &QueueConfig,
+        extra: &[(&'static str, String)],
     ) -> Result<()> {
         let keys = layout.keys(self.prefix, sub_line)?;
         let mut fields: Vec<String> = Vec::new();
-        for (field, value) in super::fields::config_fields(config) {
+        for (field, value) in super::fields::config_fields(config)
+            .into_iter()
+            .chain(extra.iter().cloned())
+        {
             fields.extend([field.to_owned(), value]);
         }
         fields.extend(["sub_line".to_owned(), sub_line.to_string()]);
@@ -894,16 +922,26 @@ impl SubLineLink<'_> {
     ) -> Result<Restoration> {
         let own = layout.sub_line(user);
         let (ticket, issued) = (claim.ticket.to_string(), claim.issued_ms.to_string());
+        let epoch = claim.epoch_ms.to_string();
         let step = |step: &'static str, sub_line: usize| {
-            let args = [step, user.as_str(), ticket.as_str(), issued.as_str()];
+            let args = [
+                step,
+                user.as_str(),
+                ticket.as_str(),
+                issued.as_str(),
+                epoch.as_str(),
+            ];
             async move {
-                self.on_sub_line(
+                let keys = layout.keys(self.prefix, sub_line)?;
+                let given_back = [keys::tagged_given_back_key(
+                    self.prefix,
+                    layout.tag(sub_line)?,
+                )];
+                self.run(
                     "restore",
-                    &self.scripts.restore_sub_line,
-                    layout,
-                    sub_line,
-                    &args,
-                    now_ms,
+                    ScriptCall::new(&self.scripts.restore_sub_line, &keys, now_ms)
+                        .own_keys(&given_back)
+                        .args(&args),
                 )
                 .await
             }
@@ -922,6 +960,9 @@ impl SubLineLink<'_> {
         }
         if claim.ticket == 0 {
             return Ok(Restoration::Refused(Refusal::NotGiven));
+        }
+        if step("lost", own).await?.flag()? {
+            return self.restored(layout, user, now_ms).await;
         }
         let head = keys::queue_keys(self.prefix, self.queue);
         let given_back = [keys::given_back_key(self.prefix, self.queue)];
@@ -947,6 +988,11 @@ impl SubLineLink<'_> {
         if !step("place", own).await?.flag()? {
             return Ok(Restoration::Holds);
         }
+        self.restored(layout, user, now_ms).await
+    }
+
+    /// The place given back to `user`, read over every sub-line.
+    async fn restored(&self, layout: &Layout, user: &UserId, now_ms: u64) -> Result<Restoration> {
         self.places(layout, std::slice::from_ref(user), false, now_ms)
             .await?
             .pop()

@@ -94,6 +94,14 @@ end
 -- from then on (settled_before), and returns it.
 local function end_entry(id, out)
   keep_result('entry|' .. id, out, ENTRY_KEEP_MS)
+  -- Every ticket at or below an admission's cutoff is admitted or gone
+  -- once it settles, and none is given there afterwards (the watermark):
+  -- the head keeps the highest, below which a sub-line made again after
+  -- a loss gives nothing back (sub_lines.rs, `remake_sub_line`).
+  local cutoff = tonumber(v[9])
+  if cutoff and cutoff > (tonumber(redis.call('HGET', K_CONFIG, 'admitted_cutoff')) or 0) then
+    redis.call('HSET', K_CONFIG, 'admitted_cutoff', cutoff)
+  end
   redis.call('HDEL', K_CONFIG, 'admitting', 'admitting_cutoff', 'admitting_request', 'admitting_keep',
     'admitting_named', 'admitting_counts')
   redis.call('HINCRBY', K_CONFIG, 'admit_version', 1)
