@@ -301,6 +301,7 @@ pub(super) struct QueueCaller {
     pub(super) prefix: String,
     pub(super) layouts: Arc<Layouts>,
     pub(super) rounds: Arc<super::rounds::Rounds>,
+    pub(super) resyncs: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl QueueCaller {
@@ -349,6 +350,7 @@ impl QueueCaller {
             breaker: &self.breaker,
             layouts: &self.layouts,
             rounds: &self.rounds,
+            resyncs: &self.resyncs,
         }
     }
 

@@ -42,6 +42,7 @@ impl RedisStore {
             prefix: self.prefix.clone(),
             layouts: Arc::clone(&self.layouts),
             rounds: Arc::clone(&self.rounds),
+            resyncs: Arc::clone(&self.resyncs),
         })
     }
 
@@ -64,6 +65,7 @@ impl RedisStore {
             breaker: &self.breaker,
             layouts: &self.layouts,
             rounds: &self.rounds,
+            resyncs: &self.resyncs,
         }
     }
 

@@ -130,6 +130,9 @@ pub struct RedisStore {
     layouts: Arc<Layouts>,
     /// Each queue over sub-lines' shared reads of places.
     rounds: Arc<rounds::Rounds>,
+    /// One sub-line resync at a time (`SubLineLink::value`): the calls
+    /// that meet a sub-line in a new history meanwhile wait for it.
+    resyncs: Arc<tokio::sync::Mutex<()>>,
     /// Whether queues may be made over sub-lines: only the calls of
     /// `sub_lines.rs` are served over them so far, so only tests make them.
     sub_lines: bool,
@@ -167,6 +170,7 @@ impl RedisStore {
             instance: crate::domain::instance_id(),
             layouts: Arc::default(),
             rounds: Arc::default(),
+            resyncs: Arc::default(),
             sub_lines: false,
         })
     }
@@ -448,6 +452,18 @@ impl QueueStore for RedisStore {
             self.link(&config.id)
                 .make_sub_line(layout, sub_line, config, &[])
                 .await?;
+        }
+        // From now on a sub-line found holding no queue was lost, not
+        // yet made (`SubLineLink::remake_sub_line`).
+        if layout.is_some() {
+            self.command::<i64>(
+                "create_queue",
+                redis::cmd("HSET")
+                    .arg(&self.keys(&config.id)[0])
+                    .arg("sub_lines_made")
+                    .arg(1),
+            )
+            .await?;
         }
         Ok(config.clone())
     }
@@ -1385,6 +1401,46 @@ mod tests {
             Some("500"),
             "the made-again copy's settings"
         );
+        let version: Option<String> = redis::cmd("HGET")
+            .arg(&keys[0])
+            .arg("settings_version")
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(version.as_deref(), Some("1"), "as of the head's version");
+    }
+
+    /// A sub-line not made yet by a creation still under way is not taken
+    /// for lost: only once the head says every sub-line was made.
+    #[tokio::test]
+    async fn a_sub_line_is_made_again_only_once_the_creation_made_them_all() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let mut conn = redis::Client::open(redis.url())
+            .and_then(|client| client.get_connection())
+            .unwrap();
+        let head = keys::queue_keys("t", &queue);
+        let keys = keys::tagged_keys("t", "sale/3~1");
+        let _: () = redis::pipe()
+            .cmd("HDEL")
+            .arg(&head[0])
+            .arg("sub_lines_made")
+            .cmd("UNLINK")
+            .arg(&keys[..])
+            .query(&mut conn)
+            .unwrap();
+        let user = (0..)
+            .map(|n| UserId::parse(&format!("user-{n}")).unwrap())
+            .find(|user| crate::domain::shards::sub_line_of(user.as_str(), 3) == 1)
+            .unwrap();
+        let answer = store.enqueue(&queue, &user, 1_000).await;
+        assert!(matches!(answer, Err(Error::QueueNotFound(_))), "{answer:?}");
+        let _: () = redis::cmd("HSET")
+            .arg(&head[0])
+            .arg("sub_lines_made")
+            .arg(1)
+            .query(&mut conn)
+            .unwrap();
+        store.enqueue(&queue, &user, 1_000).await.unwrap();
     }
 
     /// The users of a sub-line its Redis lost come back with their
@@ -1521,7 +1577,24 @@ mod tests {
                 tickets
             }
         };
-        let before = join(0, 1_000).await;
+        let mut before = join(0, 1_000).await;
+        // A place given back from a receipt stands above every block.
+        let returning = UserId::parse("returning").unwrap();
+        let above = before.iter().max().copied().unwrap_or_default() + 50;
+        let epoch = store.get_queue(&queue).await.unwrap().created_at_ms;
+        let claim = PlaceClaim {
+            epoch_ms: epoch,
+            ticket: above,
+            head: 0,
+            top: 0,
+            issued_ms: 1_000,
+        };
+        let restored = store
+            .restore(&queue, &returning, &claim, 1_000)
+            .await
+            .unwrap();
+        assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
+        before.push(above);
         let mut conn = redis::Client::open(redis.url())
             .and_then(|client| client.get_connection())
             .unwrap();

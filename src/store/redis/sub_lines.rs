@@ -173,6 +173,7 @@ pub(super) struct SubLineLink<'a> {
     pub(super) breaker: &'a Arc<Breaker>,
     pub(super) layouts: &'a Layouts,
     pub(super) rounds: &'a super::rounds::Rounds,
+    pub(super) resyncs: &'a tokio::sync::Mutex<()>,
 }
 
 /// Whether a call was refused because the queue is kept over sub-lines.
@@ -221,10 +222,19 @@ impl SubLineLink<'_> {
         let (mut remade, mut resynced) = (false, false);
         loop {
             match self.value_once(operation, call.clone()).await {
-                Err(Error::Internal(message))
-                    if message.starts_with(SUB_LINE_RESYNC) && !resynced =>
-                {
-                    self.resync_sub_line(&call.keys).await?;
+                Err(Error::Internal(message)) if message.starts_with(SUB_LINE_RESYNC) => {
+                    if resynced {
+                        // Another failover since: the caller may try again.
+                        return Err(Error::Unavailable(message));
+                    }
+                    // One resync at a time: whoever waited finds it done.
+                    let _one = self.resyncs.lock().await;
+                    match self.value_once(operation, call.clone()).await {
+                        Err(Error::Internal(message)) if message.starts_with(SUB_LINE_RESYNC) => {
+                            self.resync_sub_line(&call.keys).await?;
+                        }
+                        answer => return answer,
+                    }
                     resynced = true;
                 }
                 Ok(value) if no_queue(&value) && !remade => {
@@ -255,9 +265,12 @@ impl SubLineLink<'_> {
                 redis::cmd("HGETALL").arg(&head[0]),
             )
             .await?;
-        let (Some(shards), Some(tags)) = (
+        // Only once the queue's creation made every sub-line: before, a
+        // sub-line not made yet is not lost.
+        let (Some(shards), Some(tags), Some(_)) = (
             fields.get("shards").and_then(|n| n.parse().ok()),
             fields.get("sub_lines"),
+            fields.get("sub_lines_made"),
         ) else {
             return Ok(false);
         };
@@ -282,6 +295,7 @@ impl SubLineLink<'_> {
                 redis::cmd("GET").arg(&head[1]),
             )
             .await?;
+        let fields_version = fields.get("settings_version").cloned();
         let Some(config) = super::fields::parse_config(self.queue, fields)? else {
             return Ok(false);
         };
@@ -292,10 +306,13 @@ impl SubLineLink<'_> {
         );
         // Nobody could be heard while it was lost: presence counts from
         // now, so receipts issued before are good for a release time.
+        let settings_version = fields_version.unwrap_or_default();
         let lost = [
             ("lost_head", lost_head.to_string()),
             ("lost_top", lost_top.unwrap_or(0).to_string()),
             ("presence_since_ms", now_ms.to_string()),
+            // Later copies of settings apply only if newer (copy_settings).
+            ("settings_version", settings_version),
         ];
         self.make_sub_line(&layout, sub_line, &config, &lost)
             .await?;
@@ -344,6 +361,8 @@ impl SubLineLink<'_> {
     async fn resync_sub_line(&self, keys: &[&str]) -> Result<()> {
         const CHUNK: usize = 500;
         let scope = keys.first().and_then(|key| keys::tag_of(key));
+        let layout = self.layout().await?;
+        let sub_line = (0..layout.shards as usize).find(|&s| layout.tag(s).ok() == scope);
         let entries: Vec<String> = self
             .on_slot(
                 "resync",
@@ -354,6 +373,14 @@ impl SubLineLink<'_> {
                     .arg(-1),
             )
             .await?;
+        // Only this sub-line's users (`ticket|at|until|user`).
+        let entries: Vec<String> = entries
+            .into_iter()
+            .filter(|entry| {
+                let user = entry.splitn(4, '|').nth(3).unwrap_or_default();
+                sub_line.is_none_or(|s| sub_line_of(user, layout.shards) as usize == s)
+            })
+            .collect();
         let chunks: Vec<&[String]> = entries.chunks(CHUNK).collect();
         let last = chunks.len().saturating_sub(1);
         for at in 0..chunks.len().max(1) {
@@ -1057,18 +1084,34 @@ impl SubLineLink<'_> {
         let mut open = Vec::new();
         for sub_line in 0..layout.shards as usize {
             let keys = layout.keys(self.prefix, sub_line)?;
-            let (first, end, at): (Option<u64>, Option<u64>, Option<i64>) = self
-                .on_slot(
+            let (first, end, at, lost_top): (Option<u64>, Option<u64>, Option<i64>, Option<u64>) =
+                self.on_slot(
                     "lease",
                     layout.tag(sub_line)?,
                     redis::cmd("HMGET")
                         .arg(&keys[0])
                         .arg("block_first")
                         .arg("block_end")
-                        .arg("block_ms"),
+                        .arg("block_ms")
+                        .arg("lost_top"),
                 )
                 .await?;
-            reached = reached.max(end.unwrap_or(0).saturating_sub(1));
+            // A place given back from a receipt may stand above every block.
+            let highest: Vec<(String, u64)> = self
+                .on_slot(
+                    "lease",
+                    layout.tag(sub_line)?,
+                    redis::cmd("ZRANGE")
+                        .arg(&keys[2])
+                        .arg(-1)
+                        .arg(-1)
+                        .arg("WITHSCORES"),
+                )
+                .await?;
+            reached = reached
+                .max(end.unwrap_or(0).saturating_sub(1))
+                .max(lost_top.unwrap_or(0))
+                .max(highest.first().map_or(0, |(_, ticket)| *ticket));
             // A block closed by a place given back (lease time -1) holds
             // nothing back.
             if let (Some(first), Some(at @ 0..)) = (first, at) {
