@@ -59,6 +59,10 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
 
+    /// Serve queues created with `shards` above 1 over that many Redis slots (a preview: a scheduled opening over sub-lines is refused, and docs/design.md, "One sale over several Redis slots", says what a failover still costs). Without it, such a queue is refused.
+    #[arg(long, env = "WAITROOM_REDIS_SUB_LINES", requires = "redis_url")]
+    pub redis_sub_lines: bool,
+
     /// Ed25519 private key (PKCS#8 PEM) that signs admission tokens. Without it, a key is generated and tokens die with the process.
     #[arg(long, env = "WAITROOM_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
@@ -194,6 +198,7 @@ impl Config {
             redis_sentinel_password: None,
             redis_prefix: "wr".into(),
             redis_timeout: Duration::from_secs(1),
+            redis_sub_lines: false,
             signing_key: None,
             verify_keys: Vec::new(),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),

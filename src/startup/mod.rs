@@ -426,13 +426,17 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
                 sentinel_master: config.redis_sentinel_master.clone(),
                 sentinel_password: config.redis_sentinel_password.clone(),
             };
-            let store = RedisStore::connect_lazily(&options)
+            let mut store = RedisStore::connect_lazily(&options)
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .context("--redis-url")?;
+            if config.redis_sub_lines {
+                store = store.with_sub_lines();
+            }
             tracing::info!(
                 prefix = %config.redis_prefix,
                 cluster = config.redis_cluster,
                 sentinel_master = config.redis_sentinel_master.as_deref(),
+                sub_lines = config.redis_sub_lines,
                 "using the Redis store"
             );
             Ok(Arc::new(store))

@@ -46,6 +46,10 @@ pub struct Args {
     /// than that is looked up in the store.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
+    /// The queue's sub-lines (`Queue.shards`); above 1 the service runs
+    /// with `--redis-sub-lines`.
+    #[arg(long, default_value_t = 1)]
+    shards: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -85,10 +89,15 @@ async fn bare_server() -> anyhow::Result<std::net::SocketAddr> {
 }
 
 pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
-    let service = Service::start(args.store, &["--max-calls", "1000000"]).await?;
+    let mut extra = vec!["--max-calls", "1000000"];
+    if args.shards > 1 {
+        extra.push("--redis-sub-lines");
+    }
+    let service = Service::start(args.store, &extra).await?;
     service
         .create_queue(pb::Queue {
             id: "bench".into(),
+            shards: args.shards,
             heartbeat_timeout: Some(prost_types::Duration {
                 seconds: args.heartbeat.as_secs() as i64,
                 nanos: 0,
@@ -187,9 +196,10 @@ pub async fn run(rpc: Rpc, args: Args) -> anyhow::Result<()> {
         Rpc::GetRank => "GetRank",
     };
     println!(
-        "scenario           {} ({:?} store, {} clients on {} connections, {} s{})",
+        "scenario           {} ({:?} store, {} sub-line(s), {} clients on {} connections, {} s{})",
         name.to_lowercase(),
         args.store,
+        args.shards,
         args.clients,
         args.connections,
         args.seconds,

@@ -175,10 +175,9 @@ impl RedisStore {
         })
     }
 
-    /// Lets queues be made over several sub-lines, of which this store
-    /// serves joins, lookups, leaves, presence, the copy's reads and
-    /// admission so far.
-    #[cfg(feature = "testkit")]
+    /// Lets queues be made over several sub-lines (`Queue.shards` above
+    /// 1), which this store serves but for a scheduled opening
+    /// (`--redis-sub-lines`).
     pub fn with_sub_lines(mut self) -> Self {
         self.sub_lines = true;
         self
@@ -387,13 +386,12 @@ impl RedisStore {
 impl QueueStore for RedisStore {
     async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig> {
         if config.shards != 1 && !self.sub_lines {
-            // Only joins, lookups, leaves and the copy are served over
-            // sub-lines so far (`sub_lines.rs`): refused rather than made
-            // into a queue that could not admit anyone.
+            // Sub-lines are a preview the operator turns on
+            // (`--redis-sub-lines`).
             return Err(Error::InvalidArgument {
                 field: "queue.shards".into(),
                 reason: format!(
-                    "this store keeps a queue in one slot; {} sub-lines are not served yet",
+                    "this store keeps a queue in one slot; {} sub-lines are served only with --redis-sub-lines",
                     config.shards
                 ),
             });
