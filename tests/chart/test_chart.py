@@ -206,6 +206,7 @@ def test_secrets_are_referenced_never_generated():
             externalRedis__existingSecret="redis-auth",
             externalRedis__url="redis://redis-0.db:6379,redis://redis-1.db:6379",
             externalRedis__cluster=True,
+            externalRedis__subLines=True,
         )
     )
     [dep] = kinds(external, "Deployment")
@@ -213,6 +214,11 @@ def test_secrets_are_referenced_never_generated():
     assert env["WAITROOM_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "redis-password"}
     assert env["WAITROOM_REDIS_URL"]["value"] == "redis://redis-0.db:6379,redis://redis-1.db:6379"
     assert env["WAITROOM_REDIS_CLUSTER"]["value"] == "true"
+    assert env["WAITROOM_REDIS_SUB_LINES"]["value"] == "true"
+    # Off by default: a queue with shards above 1 is refused.
+    [dep] = kinds(render(None), "Deployment")
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "WAITROOM_REDIS_SUB_LINES" not in env
 
 
 def test_configuration_is_waitroom_env_from_a_config_map_with_the_declared_queues():
