@@ -631,6 +631,59 @@ local function current_place(cfg, user, not_admitted)
   return place(cfg, 'waiting', ticket, redis.call('ZRANK', K_WAITING, user) + 1, 0, 0)
 end
 
+-- Whether `user` holds a place in this slot: waiting, admitted,
+-- pre-queued, being drawn, or cleared from a closed queue
+-- (domain::restore_decision's "holds no place").
+local function holds_place(user)
+  return redis.call('ZSCORE', K_WAITING, user) or redis.call('HEXISTS', K_ADMITTED, user) == 1
+    or redis.call('ZSCORE', K_PREQUEUE, user) or redis.call('ZSCORE', K_POOL, user)
+    or redis.call('SISMEMBER', K_CLEARED, user) == 1
+end
+
+-- Whether a receipt issued at `issued` lapsed: good up to and at the
+-- instant its holder, silent since, would be released (reap's cutoff is
+-- strict), counting from when presence counts (domain::receipt_fresh).
+local function receipt_lapsed(cfg, issued)
+  local release_after = cfg.heartbeat + math.floor(cfg.heartbeat / 4)
+  return math.max(issued, cfg.presence_since) + release_after < NOW
+end
+
+-- The part of domain::restore_decision that the ticket sequence decides
+-- (after the lapse and ticket 0): a ticket of this queue (queue_epoch)
+-- above every ticket given, or of the lost queue this one adopted at or
+-- above its head, each lost place once (given_back, a set). When given
+-- back, moves the sequence and the adoption as the decision says and
+-- returns true.
+local function restore_by_sequence(queue_epoch, epoch, ticket, head, top, given_back)
+  local seq = tonumber(redis.call('GET', K_SEQ)) or 0
+  local new_seq
+  if epoch == queue_epoch then
+    if ticket <= seq then
+      return false
+    end
+    new_seq = ticket
+  else
+    local adopt = redis.call('HMGET', K_CONFIG, 'adopt_epoch_ms', 'adopt_head')
+    if not adopt[1] then
+      return false
+    end
+    local adopted, floor = tonumber(adopt[1]), math.max(tonumber(adopt[2]), head)
+    if (adopted ~= 0 and adopted ~= epoch) or epoch >= queue_epoch or ticket < floor then
+      return false
+    end
+    -- Each lost place once: whatever became of it here since stands.
+    if redis.call('SADD', given_back, ticket) == 0 then
+      return false
+    end
+    redis.call('HSET', K_CONFIG, 'adopt_epoch_ms', epoch, 'adopt_head', floor)
+    new_seq = math.max(seq, top, ticket)
+  end
+  if new_seq ~= seq then
+    redis.call('SET', K_SEQ, new_seq)
+  end
+  return true
+end
+
 local function is_final(p)
   return p[1] == 'admitted' or p[1] == 'closed'
 end

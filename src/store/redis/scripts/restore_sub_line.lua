@@ -31,9 +31,7 @@ end
 prepare(cfg)
 local step, user, ticket, issued = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local function holds()
-  return redis.call('ZSCORE', K_WAITING, user) or redis.call('HEXISTS', K_ADMITTED, user) == 1
-    or redis.call('ZSCORE', K_PREQUEUE, user) or redis.call('ZSCORE', K_POOL, user)
-    or redis.call('SISMEMBER', K_CLEARED, user) == 1
+  return holds_place(user)
 end
 local function taken()
   return #redis.call('ZRANGEBYSCORE', K_WAITING, ticket, ticket, 'LIMIT', 0, 1) > 0
@@ -46,8 +44,7 @@ if step == 'check' then
   if (cfg.opens_at > 0 and NOW < cfg.opens_at) or drawing(cfg) or taken() then
     return { 'ok', 'not_given' }
   end
-  local release_after = cfg.heartbeat + math.floor(cfg.heartbeat / 4)
-  if math.max(issued, cfg.presence_since) + release_after < NOW then
+  if receipt_lapsed(cfg, issued) then
     return { 'ok', 'lapsed' }
   end
   return { 'ok', 'free' }
