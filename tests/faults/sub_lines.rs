@@ -301,75 +301,13 @@ async fn a_primary_killed(victim_kind: Victim) {
     })
     .await;
 
-    // Two joiners a sub-line, each joining users of its own sub-line one
-    // after another until told to stop.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut joiners = Vec::new();
-    for sub_line in 0..3usize {
-        for joiner in 0..2 {
-            let (store, queue, stop) = (Arc::clone(&store), queue.clone(), Arc::clone(&stop));
-            joiners.push(tokio::spawn(async move {
-                let mut joins = Vec::new();
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let name = format!("s{sub_line}-j{joiner}-{n}");
-                    if sub_line_of(&name, 3) as usize != sub_line {
-                        continue;
-                    }
-                    let user = UserId::parse(&name).unwrap();
-                    let sent = std::time::Instant::now();
-                    let answer = store.enqueue(&queue, &user, now_ms()).await;
-                    joins.push((
-                        user,
-                        Join {
-                            sub_line,
-                            ticket: answer.as_ref().ok().map(|place| place.ticket),
-                            error: answer.err().map(|e| e.to_string()),
-                            sent,
-                            at: std::time::Instant::now(),
-                        },
-                    ));
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                joins
-            }));
-        }
-    }
-    // One admitter, through the failover: batches of a few under their own
-    // request ids, each retried under its id until answered (its pops
-    // need every sub-line, so it waits out the failover).
+    let joiners = spawn_joiners(&store, &queue, &stop);
     // A pop lost with a primary would admit its users again (docs/design.md,
     // "Failover"): the admitter holds off while the head's replica is cut
     // off, so the replica behind tests the leases alone.
     let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let admitter = {
-        let (store, queue, stop) = (Arc::clone(&store), queue.clone(), Arc::clone(&stop));
-        let hold = Arc::clone(&hold);
-        tokio::spawn(async move {
-            let mut batches: Vec<Vec<(UserId, u64)>> = Vec::new();
-            let mut answered_at = Vec::new();
-            let mut failures = 0;
-            for batch in 0.. {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if hold.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-                let request = RequestId::parse(&format!("a{batch}")).unwrap();
-                let patience = (300, Duration::from_millis(100));
-                let (admitted, refused) =
-                    admit_answered(&store, &queue, 5, &request, now_ms, patience).await;
-                failures += refused;
-                batches.push(admitted);
-                answered_at.push(std::time::Instant::now());
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            (batches, answered_at, failures)
-        })
-    };
+    let admitter = spawn_admitter(&store, &queue, &stop, &hold);
     tokio::time::sleep(Duration::from_secs(2)).await;
     // From this moment the victim's writes may be lost with its primary.
     let mut unreplicated_from = std::time::Instant::now() - Duration::from_secs(1);
@@ -675,56 +613,9 @@ async fn a_sub_line_s_redis_restarted_empty_is_made_again_while_the_others_serve
         .expect("the sub-lines spread over the masters");
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut joiners = Vec::new();
-    for sub_line in 0..3usize {
-        for joiner in 0..2 {
-            let (store, queue, stop) = (Arc::clone(&store), queue.clone(), Arc::clone(&stop));
-            joiners.push(tokio::spawn(async move {
-                let mut joins = Vec::new();
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let name = format!("s{sub_line}-j{joiner}-{n}");
-                    if sub_line_of(&name, 3) as usize != sub_line {
-                        continue;
-                    }
-                    let user = UserId::parse(&name).unwrap();
-                    let sent = std::time::Instant::now();
-                    let answer = store.enqueue(&queue, &user, now_ms()).await;
-                    joins.push((
-                        user,
-                        Join {
-                            sub_line,
-                            ticket: answer.as_ref().ok().map(|place| place.ticket),
-                            error: answer.err().map(|e| e.to_string()),
-                            sent,
-                            at: std::time::Instant::now(),
-                        },
-                    ));
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                joins
-            }));
-        }
-    }
-    let admitter = {
-        let (store, queue, stop) = (Arc::clone(&store), queue.clone(), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let mut batches: Vec<Vec<(UserId, u64)>> = Vec::new();
-            for batch in 0.. {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let request = RequestId::parse(&format!("a{batch}")).unwrap();
-                let patience = (300, Duration::from_millis(100));
-                let (admitted, _) =
-                    admit_answered(&store, &queue, 5, &request, now_ms, patience).await;
-                batches.push(admitted);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            batches
-        })
-    };
+    let joiners = spawn_joiners(&store, &queue, &stop);
+    let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admitter = spawn_admitter(&store, &queue, &stop, &hold);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let node = cluster
         .nodes
@@ -743,7 +634,7 @@ async fn a_sub_line_s_redis_restarted_empty_is_made_again_while_the_others_serve
     for joiner in joiners {
         joins.extend(joiner.await.unwrap());
     }
-    let batches = admitter.await.unwrap();
+    let (batches, _, _) = admitter.await.unwrap();
 
     // The victim's users whose places the restart lost come back with
     // their receipts (as the service would bring them: the ticket, the
@@ -865,4 +756,91 @@ async fn a_sub_line_s_redis_restarted_empty_is_made_again_while_the_others_serve
         );
     }
     eprintln!("{} admitted, none lost", admitted.len());
+}
+
+/// Two joiners a sub-line of the queue over three, each joining users of
+/// its own sub-line one after another until `stop`: what each was
+/// answered, and when.
+fn spawn_joiners(
+    store: &Arc<RedisStore>,
+    queue: &QueueId,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(UserId, Join)>>> {
+    let mut joiners = Vec::new();
+    for sub_line in 0..3usize {
+        for joiner in 0..2 {
+            let (store, queue, stop) = (Arc::clone(store), queue.clone(), Arc::clone(stop));
+            joiners.push(tokio::spawn(async move {
+                let mut joins = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let name = format!("s{sub_line}-j{joiner}-{n}");
+                    if sub_line_of(&name, 3) as usize != sub_line {
+                        continue;
+                    }
+                    let user = UserId::parse(&name).unwrap();
+                    let sent = std::time::Instant::now();
+                    let answer = store.enqueue(&queue, &user, now_ms()).await;
+                    joins.push((
+                        user,
+                        Join {
+                            sub_line,
+                            ticket: answer.as_ref().ok().map(|place| place.ticket),
+                            error: answer.err().map(|e| e.to_string()),
+                            sent,
+                            at: std::time::Instant::now(),
+                        },
+                    ));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                joins
+            }));
+        }
+    }
+    joiners
+}
+
+/// What the admitter admitted, batch by batch, when each was answered,
+/// and how many of its calls were refused.
+type Admissions = (Vec<Vec<(UserId, u64)>>, Vec<std::time::Instant>, usize);
+
+/// One admitter until `stop`, holding off while `hold`: batches of a few
+/// under their own request ids, each retried under its id until answered
+/// (its pops need every sub-line, so it waits out a failover).
+fn spawn_admitter(
+    store: &Arc<RedisStore>,
+    queue: &QueueId,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+    hold: &Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Admissions> {
+    let (store, queue, stop, hold) = (
+        Arc::clone(store),
+        queue.clone(),
+        Arc::clone(stop),
+        Arc::clone(hold),
+    );
+    tokio::spawn(async move {
+        let mut batches: Vec<Vec<(UserId, u64)>> = Vec::new();
+        let mut answered_at = Vec::new();
+        let mut failures = 0;
+        for batch in 0.. {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if hold.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            let request = RequestId::parse(&format!("a{batch}")).unwrap();
+            let patience = (300, Duration::from_millis(100));
+            let (admitted, refused) =
+                admit_answered(&store, &queue, 5, &request, now_ms, patience).await;
+            failures += refused;
+            batches.push(admitted);
+            answered_at.push(std::time::Instant::now());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (batches, answered_at, failures)
+    })
 }
