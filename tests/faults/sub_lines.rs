@@ -257,27 +257,7 @@ async fn a_primary_killed(victim_kind: Victim) {
     let killing_the_head = matches!(victim_kind, Victim::Head | Victim::HeadBehind);
     let behind = matches!(victim_kind, Victim::SubLineBehind | Victim::HeadBehind);
     let mut cluster = RedisCluster::start_with_replicas(1).unwrap_or_else(|e| panic!("{e}"));
-    let store = Arc::new(
-        RedisStore::connect(&RedisOptions {
-            url: cluster.urls(),
-            password: None,
-            cluster: true,
-            prefix: "k".into(),
-            // The service's default: a join waits this long for an answer.
-            timeout: Duration::from_secs(1),
-            sentinel_master: None,
-            sentinel_password: None,
-        })
-        .await
-        .unwrap()
-        .with_sub_lines(),
-    );
-    let queue = QueueId::parse("sale").unwrap();
-    let mut config = QueueConfig::new(queue.clone()).created(now_ms());
-    config.shards = 3;
-    config.admission_ttl = Duration::from_secs(3600);
-    config.heartbeat_timeout = Duration::from_secs(3600);
-    store.create_queue(&config).await.unwrap();
+    let (store, queue, _) = sale_over_three_sub_lines(&cluster).await;
     let (head, _) = cluster.master_and_replica_of("k:{sale}:config").unwrap();
     let keys = sub_line_keys(&cluster);
     assert_eq!(keys.len(), 3, "{keys:?}");
@@ -581,26 +561,7 @@ async fn a_primary_killed(victim_kind: Victim) {
 async fn a_sub_line_s_redis_restarted_empty_is_made_again_while_the_others_serve() {
     let _one = crate::one_at_a_time().await;
     let mut cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
-    let store = Arc::new(
-        RedisStore::connect(&RedisOptions {
-            url: cluster.urls(),
-            password: None,
-            cluster: true,
-            prefix: "k".into(),
-            timeout: Duration::from_secs(1),
-            sentinel_master: None,
-            sentinel_password: None,
-        })
-        .await
-        .unwrap()
-        .with_sub_lines(),
-    );
-    let queue = QueueId::parse("sale").unwrap();
-    let mut config = QueueConfig::new(queue.clone()).created(now_ms());
-    config.shards = 3;
-    config.admission_ttl = Duration::from_secs(3600);
-    config.heartbeat_timeout = Duration::from_secs(3600);
-    store.create_queue(&config).await.unwrap();
+    let (store, queue, config) = sale_over_three_sub_lines(&cluster).await;
     let (head, _) = cluster.master_and_replica_of("k:{sale}:config").unwrap();
     let keys = sub_line_keys(&cluster);
     let (victim, master) = keys
@@ -843,4 +804,33 @@ fn spawn_admitter(
         }
         (batches, answered_at, failures)
     })
+}
+
+/// A store on `cluster` serving sub-lines, with the queue `sale` made over
+/// three, its admissions and presence kept for an hour.
+async fn sale_over_three_sub_lines(
+    cluster: &RedisCluster,
+) -> (Arc<RedisStore>, QueueId, QueueConfig) {
+    let store = Arc::new(
+        RedisStore::connect(&RedisOptions {
+            url: cluster.urls(),
+            password: None,
+            cluster: true,
+            prefix: "k".into(),
+            // The service's default: a join waits this long for an answer.
+            timeout: Duration::from_secs(1),
+            sentinel_master: None,
+            sentinel_password: None,
+        })
+        .await
+        .unwrap()
+        .with_sub_lines(),
+    );
+    let queue = QueueId::parse("sale").unwrap();
+    let mut config = QueueConfig::new(queue.clone()).created(now_ms());
+    config.shards = 3;
+    config.admission_ttl = Duration::from_secs(3600);
+    config.heartbeat_timeout = Duration::from_secs(3600);
+    store.create_queue(&config).await.unwrap();
+    (store, queue, config)
 }

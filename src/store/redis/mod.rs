@@ -1192,6 +1192,13 @@ mod tests {
         .unwrap()
     }
 
+    /// A plain connection to `redis`, to look at or change its keys.
+    fn connection_to(redis: &crate::testkit::RedisServer) -> redis::Connection {
+        redis::Client::open(redis.url())
+            .and_then(|client| client.get_connection())
+            .unwrap()
+    }
+
     /// A store serving sub-lines on `redis`, with the queue `sale` made
     /// over three.
     pub(super) async fn over_three_sub_lines(
@@ -1257,9 +1264,7 @@ mod tests {
         redis.resume().unwrap();
         first.await.unwrap().unwrap();
         second.await.unwrap().unwrap();
-        let mut conn = redis::Client::open(redis.url())
-            .and_then(|client| client.get_connection())
-            .unwrap();
+        let mut conn = connection_to(&redis);
         let mut seen = |user: &str| -> u64 {
             redis::cmd("ZSCORE")
                 .arg("t:{sale}:seen")
@@ -1296,9 +1301,7 @@ mod tests {
         let lost = &first[3];
         let sub_line = crate::domain::shards::sub_line_of(lost.user.as_str(), 3);
         let keys = keys::tagged_keys("t", &format!("sale/3~{sub_line}"));
-        let mut conn = redis::Client::open(redis.url())
-            .and_then(|client| client.get_connection())
-            .unwrap();
+        let mut conn = connection_to(&redis);
         let _: () = redis::pipe()
             .cmd("HDEL")
             .arg(&keys[4])
@@ -1357,9 +1360,7 @@ mod tests {
         }
         let lost_line = 1;
         let keys = keys::tagged_keys("t", &format!("sale/3~{lost_line}"));
-        let mut conn = redis::Client::open(redis.url())
-            .and_then(|client| client.get_connection())
-            .unwrap();
+        let mut conn = connection_to(&redis);
         let _: () = redis::cmd("UNLINK")
             .arg(&keys[..])
             .query(&mut conn)
@@ -1413,9 +1414,7 @@ mod tests {
     async fn a_sub_line_is_made_again_only_once_the_creation_made_them_all() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         let (store, queue) = over_three_sub_lines(&redis).await;
-        let mut conn = redis::Client::open(redis.url())
-            .and_then(|client| client.get_connection())
-            .unwrap();
+        let mut conn = connection_to(&redis);
         let head = keys::queue_keys("t", &queue);
         let keys = keys::tagged_keys("t", "sale/3~1");
         let _: () = redis::pipe()
@@ -1463,9 +1462,7 @@ mod tests {
         let epoch = store.get_queue(&queue).await.unwrap().created_at_ms;
         let of_lost = |user: &UserId| crate::domain::shards::sub_line_of(user.as_str(), 3) == 1;
         let keys = keys::tagged_keys("t", "sale/3~1");
-        let mut conn = redis::Client::open(redis.url())
-            .and_then(|client| client.get_connection())
-            .unwrap();
+        let mut conn = connection_to(&redis);
         let _: () = redis::cmd("UNLINK")
             .arg(&keys[..])
             .query(&mut conn)
@@ -1593,9 +1590,7 @@ mod tests {
             .unwrap();
         assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
         before.push(above);
-        let mut conn = redis::Client::open(redis.url())
-            .and_then(|client| client.get_connection())
-            .unwrap();
+        let mut conn = connection_to(&redis);
         let head = keys::queue_keys("t", &queue);
         let _: () = redis::pipe()
             .cmd("SET")
