@@ -115,6 +115,12 @@ pub(super) fn tagged_given_back_key(prefix: &str, tag: &str) -> String {
     format!("{prefix}:{{{tag}}}:given_back")
 }
 
+/// Whom a queue over sub-lines gave each ticket back to from a receipt
+/// (`head_restore.lua`).
+pub(super) fn given_to_key(prefix: &str, queue: &QueueId) -> String {
+    format!("{prefix}:{{{queue}}}:given_to")
+}
+
 /// Set of all queue ids. It spans queues, so no script touches it: it is
 /// written before a queue's config is created and after it is deleted, and
 /// readers skip ids whose config is gone.

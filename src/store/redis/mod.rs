@@ -575,7 +575,8 @@ impl QueueStore for RedisStore {
                 "delete_queue",
                 redis::cmd("UNLINK")
                     .arg(keys::leases_key(&self.prefix, queue))
-                    .arg(keys::recently_admitted_key(&self.prefix, queue)),
+                    .arg(keys::recently_admitted_key(&self.prefix, queue))
+                    .arg(keys::given_to_key(&self.prefix, queue)),
             )
             .await?;
         }
@@ -1438,6 +1439,70 @@ mod tests {
             .query(&mut conn)
             .unwrap();
         store.enqueue(&queue, &user, 1_000).await.unwrap();
+    }
+
+    /// A place given back over sub-lines whose last step never happened
+    /// (the replica stopped, or the call timed out, after the head's
+    /// decision): the same receipt brought again gives it.
+    #[tokio::test]
+    async fn a_restore_cut_short_after_the_head_s_decision_is_carried_out_again() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let someone = UserId::parse("someone").unwrap();
+        let joined = store.enqueue(&queue, &someone, 1_000).await.unwrap();
+        let returning = UserId::parse("returning").unwrap();
+        let claim = PlaceClaim {
+            epoch_ms: store.get_queue(&queue).await.unwrap().created_at_ms,
+            ticket: joined.ticket + 40,
+            head: 0,
+            top: 0,
+            issued_ms: 1_000,
+        };
+        let restored = store
+            .restore(&queue, &returning, &claim, 1_000)
+            .await
+            .unwrap();
+        assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
+        // Undo the placing, as if it never ran after the head's decision.
+        let sub_line = crate::domain::shards::sub_line_of(returning.as_str(), 3);
+        let keys = keys::tagged_keys("t", &format!("sale/3~{sub_line}"));
+        let _: () = redis::pipe()
+            .cmd("HSET")
+            .arg(keys::given_to_key("t", &queue))
+            .arg(claim.ticket)
+            .arg(returning.as_str())
+            .cmd("ZREM")
+            .arg(&keys[2])
+            .arg(returning.as_str())
+            .cmd("ZREM")
+            .arg(&keys[11])
+            .arg(returning.as_str())
+            .query(&mut connection_to(&redis))
+            .unwrap();
+        let again = store
+            .restore(&queue, &returning, &claim, 1_000)
+            .await
+            .unwrap();
+        let Restoration::Restored(place) = again else {
+            panic!("{again:?}");
+        };
+        assert_eq!(place.ticket, claim.ticket);
+        // Someone else with that ticket is still refused.
+        let other = UserId::parse("other").unwrap();
+        let _: () = redis::cmd("ZREM")
+            .arg(&keys[2])
+            .arg(returning.as_str())
+            .query(&mut connection_to(&redis))
+            .unwrap();
+        let refused = store.restore(&queue, &other, &claim, 1_000).await.unwrap();
+        assert!(matches!(refused, Restoration::Refused(_)), "{refused:?}");
+        // Once placed, what becomes of the place stands: gone, the same
+        // receipt does not bring it back.
+        let again = store
+            .restore(&queue, &returning, &claim, 1_000)
+            .await
+            .unwrap();
+        assert!(matches!(again, Restoration::Refused(_)), "{again:?}");
     }
 
     /// The users of a sub-line its Redis lost come back with their

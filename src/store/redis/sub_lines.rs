@@ -992,13 +992,17 @@ impl SubLineLink<'_> {
             return self.restored(layout, user, now_ms).await;
         }
         let head = keys::queue_keys(self.prefix, self.queue);
-        let given_back = [keys::given_back_key(self.prefix, self.queue)];
+        let given_back = [
+            keys::given_back_key(self.prefix, self.queue),
+            keys::given_to_key(self.prefix, self.queue),
+        ];
         let numbers = [claim.epoch_ms, claim.ticket, claim.head, claim.top].map(|n| n.to_string());
-        let numbers = numbers.each_ref().map(String::as_str);
+        let mut args: Vec<&str> = numbers.iter().map(String::as_str).collect();
+        args.push(user.as_str());
         let decide = || {
             ScriptCall::new(&self.scripts.head_restore, &head, now_ms)
                 .own_keys(&given_back)
-                .args(&numbers)
+                .args(&args)
         };
         let mut decided = self.value("restore", decide()).await?;
         if resync_asked(&decided) {
@@ -1015,6 +1019,16 @@ impl SubLineLink<'_> {
         if !step("place", own).await?.flag()? {
             return Ok(Restoration::Holds);
         }
+        // Placed: from now on what becomes of the place stands, and the
+        // receipt brought again is decided as any other. A failure here
+        // leaves the decision to be answered again to this user alone.
+        let _: Result<i64> = self
+            .on_slot(
+                "restore",
+                self.queue.as_str(),
+                redis::cmd("HDEL").arg(&given_back[1]).arg(claim.ticket),
+            )
+            .await;
         self.restored(layout, user, now_ms).await
     }
 

@@ -3,11 +3,16 @@
 -- and the adoption of a lost queue (domain::restore_decision), and if so
 -- the sequence and adoption it leaves.
 -- KEYS: the head's keys (prelude), then the tickets of the lost line given
--- back, each once. ARGV: now, epoch, ticket, head, top.
+-- back, each once, then whom each ticket was given back to (a hash). ARGV:
+-- now, epoch, ticket, head, top, user. The head's decision is answered
+-- again to the same user for the same ticket until the store has placed
+-- them (and drops it): a restore whose later steps failed (a timeout) is
+-- carried out again when the receipt comes back, where the sequence alone
+-- would now say "given here".
 -- Returns {'ok', 'given'} or {'ok', 'not_given'}, {'resync'} in another
 -- history than the head's (prelude.lua, `same_history`), or {'no_queue'}.
 
-local K_GIVEN_BACK = KEYS[OWN]
+local K_GIVEN_BACK, K_GIVEN_TO = KEYS[OWN], KEYS[OWN + 1]
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return { 'no_queue' }
 end
@@ -16,8 +21,13 @@ if not same_history() then
 end
 local epoch, ticket, head, top =
   tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local user = ARGV[6]
+if redis.call('HGET', K_GIVEN_TO, ticket) == user then
+  return { 'ok', 'given' }
+end
 if not restore_by_sequence(tonumber(redis.call('HGET', K_CONFIG, 'created_at_ms')), epoch, ticket,
     head, top, K_GIVEN_BACK) then
   return { 'ok', 'not_given' }
 end
+redis.call('HSET', K_GIVEN_TO, ticket, user)
 return { 'ok', 'given' }
