@@ -219,9 +219,14 @@ impl SubLineLink<'_> {
     async fn value(&self, operation: &'static str, call: ScriptCall<'_>) -> Result<Value> {
         // At most a re-making and a resync (a sub-line made again is in a
         // history it has not checked) before the call itself.
-        let (mut remade, mut resynced) = (false, false);
+        let (mut remade, mut resynced, mut head_resynced) = (false, false, false);
         loop {
             match self.value_once(operation, call.clone()).await {
+                // A head in a new history (`prelude.lua`, `same_history`).
+                Ok(value) if resync_asked(&value) && !head_resynced => {
+                    self.resync(call.now_ms).await?;
+                    head_resynced = true;
+                }
                 Err(Error::Internal(message)) if message.starts_with(SUB_LINE_RESYNC) => {
                     if resynced {
                         // Another failover since: the caller may try again.
@@ -1004,11 +1009,7 @@ impl SubLineLink<'_> {
                 .own_keys(&given_back)
                 .args(&args)
         };
-        let mut decided = self.value("restore", decide()).await?;
-        if resync_asked(&decided) {
-            self.resync("0", now_ms).await?;
-            decided = self.value("restore", decide()).await?;
-        }
+        let decided = self.value("restore", decide()).await?;
         if Reply::of(decided, self.queue)?.string()? != "given" {
             return Ok(Restoration::Refused(Refusal::NotGiven));
         }
@@ -1074,25 +1075,19 @@ impl SubLineLink<'_> {
             keys::leases_key(self.prefix, self.queue),
             keys::recently_admitted_key(self.prefix, self.queue),
         ];
-        let step = || {
-            ScriptCall::new(&self.scripts.admission_head, &head, now_ms)
-                .own_keys(&leases)
-                .args(args)
-        };
-        let mut reply = self.value("admit", step()).await?;
-        if resync_asked(&reply) {
-            self.resync("0", now_ms).await?;
-            reply = self.value("admit", step()).await?;
-        }
-        Reply::of(reply, self.queue)
+        let step = ScriptCall::new(&self.scripts.admission_head, &head, now_ms)
+            .own_keys(&leases)
+            .args(args);
+        Reply::of(self.value("admit", step).await?, self.queue)
     }
 
-    /// A lease of `size` in a head that answered it is in another history
-    /// than its last (`prelude.lua`, `same_history`): every sub-line's
-    /// block read, then passed to the lease, which brings the sequence
-    /// above them all. A sub-line that does not answer holds every lease
-    /// back, as the head's own loss does.
-    async fn resync(&self, size: &str, now_ms: u64) -> Result<Value> {
+    /// Resyncs a head that answered it is in another history than its
+    /// last (`prelude.lua`, `same_history`): every sub-line's blocks read,
+    /// then passed to a lease of nothing, which brings the sequence above
+    /// them all and records the history; the call that was answered so
+    /// runs again ([`Self::value`]). A sub-line that does not answer holds
+    /// every lease back, as the head's own loss does.
+    async fn resync(&self, now_ms: u64) -> Result<()> {
         let layout = self.layout().await?;
         let mut reached = 0;
         let mut open = Vec::new();
@@ -1133,17 +1128,19 @@ impl SubLineLink<'_> {
             }
         }
         let reached = reached.to_string();
-        let mut args = vec![size, reached.as_str()];
+        let mut args = vec!["0", reached.as_str()];
         args.extend(open.iter().map(String::as_str));
         let head = keys::queue_keys(self.prefix, self.queue);
         let leases = [keys::leases_key(self.prefix, self.queue)];
-        self.value(
-            "lease",
-            ScriptCall::new(&self.scripts.lease, &head, now_ms)
-                .own_keys(&leases)
-                .args(&args),
-        )
-        .await
+        let reply = self
+            .value_once(
+                "lease",
+                ScriptCall::new(&self.scripts.lease, &head, now_ms)
+                    .own_keys(&leases)
+                    .args(&args),
+            )
+            .await?;
+        Reply::of(reply, self.queue).map(drop)
     }
 
     /// A command on one slot, held back by the breaker of `scope` (its
@@ -1247,7 +1244,7 @@ impl SubLineLink<'_> {
         let head = keys::queue_keys(self.prefix, self.queue);
         let leases = [keys::leases_key(self.prefix, self.queue)];
         let size_arg = size.to_string();
-        let mut reply = self
+        let reply = self
             .value(
                 "lease",
                 ScriptCall::new(&self.scripts.lease, &head, now_ms)
@@ -1255,9 +1252,6 @@ impl SubLineLink<'_> {
                     .args(&[size_arg.as_str()]),
             )
             .await?;
-        if resync_asked(&reply) {
-            reply = self.resync(&size_arg, now_ms).await?;
-        }
         Reply::of(reply, self.queue)?.u64()
     }
 
