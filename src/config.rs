@@ -83,7 +83,7 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_TOKEN_ISSUER", default_value = "waitroom")]
     pub token_issuer: String,
 
-    /// A queue to create at start if it does not exist: `ID[:key=value,...]` with keys mode (queueing, pass_through, paused, closed), max_active, admit_per_second, admission_ttl, heartbeat_timeout, opens_at (RFC 3339), prequeue_window. Repeat the flag for more; in the environment, separate queues with `;`. An existing queue is left as it is.
+    /// A queue to create at start if it does not exist: `ID[:key=value,...]` with keys mode (queueing, pass_through, paused, closed), max_active, admit_per_second, admission_ttl, heartbeat_timeout, opens_at (RFC 3339), prequeue_window, shards (sub-lines, fixed at creation). Repeat the flag for more; in the environment, separate queues with `;`. An existing queue is left as it is.
     #[arg(long = "queue", env = "WAITROOM_QUEUES", value_delimiter = ';', value_parser = QueueSpec::parse)]
     pub queues: Vec<QueueSpec>,
 
@@ -242,6 +242,9 @@ pub enum LogFormat {
 pub struct QueueSpec {
     pub id: QueueId,
     pub settings: QueueUpdate,
+    /// Sub-lines the queue is spread over; fixed at creation, so only a
+    /// queue this creates (or re-makes) takes it.
+    pub shards: u32,
 }
 
 impl QueueSpec {
@@ -250,6 +253,7 @@ impl QueueSpec {
         let (id, settings) = spec.split_once(':').unwrap_or((spec, ""));
         let id = QueueId::parse(id.trim()).map_err(|e| format!("queue id {id:?}: {e}"))?;
         let mut update = QueueUpdate::default();
+        let mut shards = 1;
         for pair in settings.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = pair
                 .split_once('=')
@@ -273,6 +277,7 @@ impl QueueSpec {
                 "admission_ttl" => update.admission_ttl = Some(duration(value)?),
                 "heartbeat_timeout" => update.heartbeat_timeout = Some(duration(value)?),
                 "prequeue_window" => update.prequeue_window = Some(duration(value)?),
+                "shards" => shards = number(value)?,
                 "opens_at" => {
                     let at = humantime::parse_rfc3339_weak(value).map_err(|e| {
                         format!(
@@ -291,6 +296,7 @@ impl QueueSpec {
         let spec = Self {
             id,
             settings: update,
+            shards,
         };
         spec.config(0)
             .check()
@@ -302,6 +308,7 @@ impl QueueSpec {
     pub fn config(&self, now_ms: u64) -> QueueConfig {
         let mut config = QueueConfig::new(self.id.clone()).created(now_ms);
         config.apply(&self.settings);
+        config.shards = self.shards;
         config
     }
 }
@@ -361,6 +368,11 @@ mod tests {
         assert_eq!(config.mode, QueueMode::Paused);
         assert_eq!(config.created_at_ms, 7);
         assert_eq!(QueueSpec::parse("plain").unwrap().config(0).max_active, 0);
+        assert_eq!(QueueSpec::parse("plain").unwrap().config(0).shards, 1);
+        assert_eq!(
+            QueueSpec::parse("wide:shards=4").unwrap().config(0).shards,
+            4
+        );
     }
 
     #[test]
@@ -373,6 +385,8 @@ mod tests {
             "q:mode=open",
             "q:admission_ttl=0s",
             "q:x",
+            "q:shards=0",
+            "q:shards=17",
         ] {
             assert!(QueueSpec::parse(bad).is_err(), "{bad:?} accepted");
         }

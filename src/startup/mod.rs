@@ -414,6 +414,28 @@ struct Running {
     background: CancellationToken,
 }
 
+/// A declared queue the Redis store would refuse stops the start with
+/// the reason, rather than leaving the service unready for good.
+fn declared_over_sub_lines(config: &Config) -> anyhow::Result<()> {
+    for spec in config.queues.iter().filter(|q| q.shards > 1) {
+        if !config.redis_sub_lines {
+            anyhow::bail!(
+                "--queue {}: shards={} is served on Redis only with --redis-sub-lines (a preview)",
+                spec.id,
+                spec.shards
+            );
+        }
+        if spec.settings.opens_at.flatten().is_some() {
+            anyhow::bail!(
+                "--queue {}: a scheduled opening (opens_at) over {} sub-lines is not served on Redis yet",
+                spec.id,
+                spec.shards
+            );
+        }
+    }
+    Ok(())
+}
+
 fn open_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
     match &config.redis_url {
         Some(url) => {
@@ -426,6 +448,7 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn QueueStore>> {
                 sentinel_master: config.redis_sentinel_master.clone(),
                 sentinel_password: config.redis_sentinel_password.clone(),
             };
+            declared_over_sub_lines(config)?;
             let mut store = RedisStore::connect_lazily(&options)
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .context("--redis-url")?;

@@ -435,3 +435,179 @@ async fn a_replica_starting_on_an_empty_redis_takes_the_lost_line_back_from_rece
     }
     two.stop().await;
 }
+
+/// A queue declared over sub-lines (`shards=3`) is made over them, and when
+/// its Redis comes back empty it is made again over as many: visitors who
+/// return with their receipts in any order stand in their old order, those
+/// admitted before the loss are not placed again, and a newcomer stands
+/// behind everyone.
+#[tokio::test]
+async fn a_declared_queue_over_sub_lines_is_made_again_over_them_after_redis_comes_back_empty() {
+    declared_over_sub_lines_lost(Loss::Everything).await;
+}
+
+/// The same when only the head is lost (its node back empty) while the
+/// sub-lines stand: the queue is made again from its declaration over fresh
+/// sub-lines, and its users' receipts give their places back.
+#[tokio::test]
+async fn a_declared_queue_over_sub_lines_whose_head_alone_is_lost_gives_every_place_back() {
+    declared_over_sub_lines_lost(Loss::HeadOnly).await;
+}
+
+enum Loss {
+    Everything,
+    HeadOnly,
+}
+
+async fn declared_over_sub_lines_lost(loss: Loss) {
+    const VISITORS: usize = 300;
+    const ADMITTED: u32 = 30;
+    let mut redis = TestRedis::start();
+    let (port, url, prefix) = (redis.port(), redis.url(), fresh_prefix());
+    let mut config = with_key(TestApp::redis_config(&url, &prefix), 8);
+    config.redis_sub_lines = true;
+    config.queues = vec![QueueSpec::parse("sale:shards=3,heartbeat_timeout=30s").unwrap()];
+    let app = TestApp::spawn(config).await;
+    has_queue(
+        &app,
+        "sale",
+        "the declared queue made",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(app.get_queue("sale").await.shards, 3);
+    let mut client = app.client().await;
+    let mut receipts = Vec::new();
+    for i in 0..VISITORS {
+        let place = enqueue(&mut client, "sale", &format!("v{i}")).await;
+        receipts.push((format!("v{i}"), place.ticket, place.receipt));
+    }
+    // Past every block's τ, so admission may take the first tickets.
+    app.clock.advance_ms(1_000);
+    let admitted: std::collections::HashSet<String> = admit(&mut client, "sale", ADMITTED)
+        .await
+        .into_iter()
+        .map(|a| a.user_id)
+        .collect();
+    assert_eq!(admitted.len(), ADMITTED as usize);
+    let _watcher = open(&app, "sale", &receipts[VISITORS - 1].0).await;
+    app.refreshed("sale").await;
+
+    let _empty = match loss {
+        Loss::Everything => {
+            redis.stop();
+            wait_until("the outage seen", Duration::from_secs(5), || async {
+                matches!(
+                    app.readiness().await,
+                    Ok(tonic_health::pb::health_check_response::ServingStatus::NotServing)
+                )
+            })
+            .await;
+            Some(TestRedis::start_on(port))
+        }
+        Loss::HeadOnly => {
+            let mut conn = redis::Client::open(url.as_str())
+                .and_then(|client| client.get_connection())
+                .unwrap();
+            let head: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:{{sale}}:*"))
+                .query(&mut conn)
+                .unwrap();
+            assert!(!head.is_empty());
+            let _: () = redis::cmd("DEL").arg(&head).query(&mut conn).unwrap();
+            let sub_lines: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:{{sale/*"))
+                .query(&mut conn)
+                .unwrap();
+            assert!(!sub_lines.is_empty(), "the sub-lines stand");
+            None
+        }
+    };
+    has_queue(
+        &app,
+        "sale",
+        "the declared queue re-made",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        app.get_queue("sale").await.shards,
+        3,
+        "re-made over as many"
+    );
+
+    let mut order: Vec<usize> = (0..VISITORS).collect();
+    let mut seed = now_ms() | 1;
+    for i in (1..order.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        order.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+    for i in order {
+        let (user, ticket, receipt) = &receipts[i];
+        let answer = rank_with(&app, "sale", user, receipt).await;
+        if admitted.contains(user) {
+            assert_eq!(
+                answer.unwrap_err().code(),
+                Code::NotFound,
+                "{user} was admitted before the loss"
+            );
+        } else {
+            let place = answer.unwrap_or_else(|status| panic!("{user}: {status:?}"));
+            assert_eq!(place.ticket, *ticket, "{user}");
+        }
+    }
+    // Joins less than τ apart (this test's clock stands still) take
+    // tickets from their sub-lines' blocks: the line is in ticket order.
+    receipts.sort_by_key(|(_, ticket, _)| *ticket);
+    let newcomer = enqueue_with(&app, "sale", "newcomer", "").await.unwrap();
+    assert!(
+        newcomer.ticket > receipts[VISITORS - 1].1,
+        "{}",
+        newcomer.ticket
+    );
+    app.refreshed("sale").await;
+    let mut last = 0;
+    for (user, _, _) in receipts
+        .iter()
+        .filter(|(user, _, _)| !admitted.contains(user))
+    {
+        let place = rank(&mut client, "sale", user).await;
+        assert_eq!(place.position, last + 1, "{user}");
+        last = place.position;
+    }
+    assert_eq!(
+        rank(&mut client, "sale", "newcomer").await.position,
+        last + 1
+    );
+    app.stop().await;
+}
+
+/// A declared queue the Redis store would refuse stops the start with the
+/// reason, rather than leaving the service unready for good.
+#[tokio::test]
+async fn a_declared_queue_over_sub_lines_without_the_preview_stops_the_start() {
+    let redis = TestRedis::start();
+    for (spec, sub_lines, says) in [
+        ("sale:shards=2", false, "--redis-sub-lines"),
+        (
+            "sale:shards=2,opens_at=2030-01-01T18:00:00Z",
+            true,
+            "scheduled opening",
+        ),
+    ] {
+        let mut config = TestApp::redis_config(&redis.url(), &fresh_prefix());
+        config.redis_sub_lines = sub_lines;
+        config.queues = vec![QueueSpec::parse(spec).unwrap()];
+        let error = waitroom::startup::Application::build(config)
+            .await
+            .err()
+            .expect("a start-up error");
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("--queue sale") && message.contains(says),
+            "{message}"
+        );
+    }
+}

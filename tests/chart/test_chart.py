@@ -234,6 +234,20 @@ def test_configuration_is_waitroom_env_from_a_config_map_with_the_declared_queue
     assert envfrom == config["metadata"]["name"]
 
 
+def test_a_declared_queue_over_sub_lines_needs_the_preview_and_no_scheduled_opening():
+    wide = {"queues": [{"id": "sale", "shards": 4, "maxActive": 500}]}
+    with pytest.raises(helm.HelmError, match="externalRedis.subLines"):
+        render(wide)
+    on = {"externalRedis": {"subLines": True}}
+    [config] = kinds(render({**wide, **on}), "ConfigMap")
+    assert config["data"]["WAITROOM_QUEUES"] == "sale:max_active=500,shards=4"
+    scheduled = {"queues": [{"id": "drop", "shards": 2, "opensAt": "2026-12-01T18:00:00Z"}]}
+    with pytest.raises(helm.HelmError, match="scheduled opening"):
+        render({**scheduled, **on})
+    [one] = kinds(render({"queues": [{"id": "plain", "shards": 1}]}), "ConfigMap")
+    assert one["data"]["WAITROOM_QUEUES"] == "plain"
+
+
 def test_freed_memory_goes_back_to_the_system_at_once_unless_told_otherwise():
     [default] = kinds(render(), "ConfigMap")
     assert default["data"]["MIMALLOC_PURGE_DELAY"] == "0"
@@ -285,6 +299,8 @@ def test_notes_tell_how_to_reach_the_service_and_warn_about_missing_secrets():
         ({"config": {"positionBudget": -1}}, "positionBudget"),
         ({"queues": [{"id": "bad id"}]}, "id"),
         ({"queues": [{"maxActive": 3}]}, "id"),
+        ({"queues": [{"id": "q", "shards": 17}]}, "shards"),
+        ({"queues": [{"id": "q", "shards": 0}]}, "shards"),
         ({"extraVolume": []}, "extraVolume"),
         ({"image": {"digest": "latest"}}, "digest"),
         ({"probes": {"liveness": {"timeoutSecond": 3}}}, "timeoutSecond"),
