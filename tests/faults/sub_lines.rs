@@ -225,7 +225,15 @@ async fn the_head_s_primary_killed_pauses_joins_and_gives_no_ticket_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_head_failed_over_to_a_replica_behind_gives_no_ticket_twice() {
     let _one = crate::one_at_a_time().await;
-    a_primary_killed(Victim::HeadBehind).await;
+    a_primary_killed(Victim::HeadBehind(Duration::from_secs(1))).await;
+}
+
+/// The same with the replica cut off for three seconds: more leases lost,
+/// and blocks leased and spent meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_failed_over_to_a_replica_three_seconds_behind_gives_no_ticket_twice() {
+    let _one = crate::one_at_a_time().await;
+    a_primary_killed(Victim::HeadBehind(Duration::from_secs(3))).await;
 }
 
 /// A sub-line's replica cut off a second before its primary is killed,
@@ -234,7 +242,16 @@ async fn the_head_failed_over_to_a_replica_behind_gives_no_ticket_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sub_line_failed_over_to_a_replica_behind_admits_nobody_twice() {
     let _one = crate::one_at_a_time().await;
-    a_primary_killed(Victim::SubLineBehind).await;
+    a_primary_killed(Victim::SubLineBehind(Duration::from_secs(1))).await;
+}
+
+/// The same with the replica cut off for 0.3 s (a few admissions' pops
+/// lost) and for three seconds (thousands).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_line_failed_over_to_a_replica_briefly_or_long_behind_admits_nobody_twice() {
+    let _one = crate::one_at_a_time().await;
+    a_primary_killed(Victim::SubLineBehind(Duration::from_millis(300))).await;
+    a_primary_killed(Victim::SubLineBehind(Duration::from_secs(3))).await;
 }
 
 /// Whose primary is killed.
@@ -242,20 +259,23 @@ async fn a_sub_line_failed_over_to_a_replica_behind_admits_nobody_twice() {
 enum Victim {
     /// A sub-line's that does not hold the head.
     SubLine,
-    /// A sub-line's, with a replica cut off from it a second before.
-    SubLineBehind,
+    /// A sub-line's, with a replica cut off from it that long before.
+    SubLineBehind(Duration),
     /// The head's, with a replica that has every write.
     Head,
-    /// The head's, with a replica cut off from it a second before.
-    HeadBehind,
+    /// The head's, with a replica cut off from it that long before.
+    HeadBehind(Duration),
 }
 
 /// Kills the primary of a sub-line that does not hold the head, or with
 /// `head` the head's (and the sub-line it holds), under joins on every
 /// sub-line and an admitter, and checks what everyone was answered.
 async fn a_primary_killed(victim_kind: Victim) {
-    let killing_the_head = matches!(victim_kind, Victim::Head | Victim::HeadBehind);
-    let behind = matches!(victim_kind, Victim::SubLineBehind | Victim::HeadBehind);
+    let killing_the_head = matches!(victim_kind, Victim::Head | Victim::HeadBehind(_));
+    let behind = match victim_kind {
+        Victim::SubLineBehind(cut_off) | Victim::HeadBehind(cut_off) => Some(cut_off),
+        Victim::SubLine | Victim::Head => None,
+    };
     let mut cluster = RedisCluster::start_with_replicas(1).unwrap_or_else(|e| panic!("{e}"));
     let (store, queue, _) = sale_over_three_sub_lines(&cluster).await;
     let (head, _) = cluster.master_and_replica_of("k:{sale}:config").unwrap();
@@ -281,6 +301,7 @@ async fn a_primary_killed(victim_kind: Victim) {
     })
     .await;
 
+    let mut joins = line_of(&store, &queue, LINE).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let joiners = spawn_joiners(&store, &queue, &stop);
     // A pop lost with a primary would admit its users again (docs/design.md,
@@ -288,11 +309,12 @@ async fn a_primary_killed(victim_kind: Victim) {
     // off, so the replica behind tests the leases alone.
     let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admitter = spawn_admitter(&store, &queue, &stop, &hold);
+    let started = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     // From this moment the victim's writes may be lost with its primary.
     let mut unreplicated_from = std::time::Instant::now() - Duration::from_secs(1);
-    if behind {
-        if victim_kind == Victim::HeadBehind {
+    if let Some(cut_off) = behind {
+        if matches!(victim_kind, Victim::HeadBehind(_)) {
             hold.store(true, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -303,7 +325,7 @@ async fn a_primary_killed(victim_kind: Victim) {
         let primary = cluster.nodes.iter().find(node_on(master)).unwrap();
         cmd(primary, &["CLIENT", "KILL", "TYPE", "replica"]);
         unreplicated_from = std::time::Instant::now();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(cut_off).await;
     }
     let node = cluster
         .nodes
@@ -313,7 +335,7 @@ async fn a_primary_killed(victim_kind: Victim) {
     node.stop();
     let killed = std::time::Instant::now();
     let replica_node = cluster.nodes.iter().find(node_on(replica)).unwrap();
-    if behind {
+    if behind.is_some() {
         replica_node.resume().unwrap();
         // Nothing is admitted until the head is back.
         hold.store(false, Ordering::Relaxed);
@@ -327,14 +349,23 @@ async fn a_primary_killed(victim_kind: Victim) {
     let promoted = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut joins = Vec::new();
     for joiner in joiners {
         joins.extend(joiner.await.unwrap());
     }
     let (batches, answered_at, failures) = admitter.await.unwrap();
+    let before_the_kill: usize = batches
+        .iter()
+        .zip(&answered_at)
+        .filter(|(_, at)| **at < killed)
+        .map(|(batch, _)| batch.len())
+        .sum();
+    eprintln!(
+        "{:.0} admitted a second before the kill",
+        before_the_kill as f64 / (killed - started).as_secs_f64()
+    );
     // The victim's replica, cut off, lacks the pops of the admissions
     // answered meanwhile.
-    if victim_kind == Victim::SubLineBehind {
+    if matches!(victim_kind, Victim::SubLineBehind(_)) {
         let popped = batches
             .iter()
             .zip(&answered_at)
@@ -383,7 +414,7 @@ async fn a_primary_killed(victim_kind: Victim) {
 
     // The other sub-lines gave tickets from blocks leased while the head's
     // replica was cut off, which the replica that took over never had.
-    if victim_kind == Victim::HeadBehind {
+    if matches!(victim_kind, Victim::HeadBehind(_)) {
         let cut_off = joins
             .iter()
             .filter(|(_, j)| j.sub_line != victim && j.ticket.is_some())
@@ -560,6 +591,21 @@ async fn a_primary_killed(victim_kind: Victim) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sub_line_s_redis_restarted_empty_is_made_again_while_the_others_serve() {
     let _one = crate::one_at_a_time().await;
+    a_sub_line_restarted_empty(Duration::from_secs(2)).await;
+}
+
+/// The same at other moments: half a second into the sale (a short line,
+/// few blocks leased), and after four seconds (a long one, thousands
+/// admitted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_line_s_redis_restarted_empty_early_or_late_is_made_again() {
+    let _one = crate::one_at_a_time().await;
+    a_sub_line_restarted_empty(Duration::from_millis(500)).await;
+    a_sub_line_restarted_empty(Duration::from_secs(4)).await;
+}
+
+/// Restarts a sub-line's Redis empty `after` joins and admissions began.
+async fn a_sub_line_restarted_empty(after: Duration) {
     let mut cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
     let (store, queue, config) = sale_over_three_sub_lines(&cluster).await;
     let (head, _) = cluster.master_and_replica_of("k:{sale}:config").unwrap();
@@ -573,11 +619,12 @@ async fn a_sub_line_s_redis_restarted_empty_is_made_again_while_the_others_serve
         })
         .expect("the sub-lines spread over the masters");
 
+    let mut joins = line_of(&store, &queue, LINE).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let joiners = spawn_joiners(&store, &queue, &stop);
     let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admitter = spawn_admitter(&store, &queue, &stop, &hold);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(after).await;
     let node = cluster
         .nodes
         .iter_mut()
@@ -591,7 +638,6 @@ async fn a_sub_line_s_redis_restarted_empty_is_made_again_while_the_others_serve
     let back = restarted + Duration::from_secs(3);
     tokio::time::sleep(Duration::from_secs(6)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut joins = Vec::new();
     for joiner in joiners {
         joins.extend(joiner.await.unwrap());
     }
@@ -719,7 +765,42 @@ async fn a_sub_line_s_redis_restarted_empty_is_made_again_while_the_others_serve
     eprintln!("{} admitted, none lost", admitted.len());
 }
 
-/// Two joiners a sub-line of the queue over three, each joining users of
+/// The line a sale has built when the faults begin, long enough that the
+/// admitter, at 2,000 a second, never empties it.
+const LINE: usize = 12_000;
+
+/// `n` users joined in calls of 250, as the service batches a crowd's
+/// joins: what each was answered.
+async fn line_of(store: &RedisStore, queue: &QueueId, n: usize) -> Vec<(UserId, Join)> {
+    let users: Vec<UserId> = (0..n)
+        .map(|i| UserId::parse(&format!("early-{i}")).unwrap())
+        .collect();
+    let mut joins = Vec::with_capacity(n);
+    for chunk in users.chunks(250) {
+        let sent = std::time::Instant::now();
+        let answers = store.enqueue_many(queue, chunk, now_ms()).await.unwrap();
+        let at = std::time::Instant::now();
+        for (user, answer) in chunk.iter().zip(answers) {
+            let place = answer.unwrap();
+            let sub_line = sub_line_of(user.as_str(), 3) as usize;
+            let ticket = Some(place.ticket);
+            let error = None;
+            joins.push((
+                user.clone(),
+                Join {
+                    sub_line,
+                    ticket,
+                    error,
+                    sent,
+                    at,
+                },
+            ));
+        }
+    }
+    joins
+}
+
+/// Three joiners a sub-line of the queue over three, each joining users of
 /// its own sub-line one after another until `stop`: what each was
 /// answered, and when.
 fn spawn_joiners(
@@ -729,7 +810,7 @@ fn spawn_joiners(
 ) -> Vec<tokio::task::JoinHandle<Vec<(UserId, Join)>>> {
     let mut joiners = Vec::new();
     for sub_line in 0..3usize {
-        for joiner in 0..2 {
+        for joiner in 0..3 {
             let (store, queue, stop) = (Arc::clone(store), queue.clone(), Arc::clone(stop));
             joiners.push(tokio::spawn(async move {
                 let mut joins = Vec::new();
@@ -753,7 +834,7 @@ fn spawn_joiners(
                             at: std::time::Instant::now(),
                         },
                     ));
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 joins
             }));
@@ -766,8 +847,8 @@ fn spawn_joiners(
 /// and how many of its calls were refused.
 type Admissions = (Vec<Vec<(UserId, u64)>>, Vec<std::time::Instant>, usize);
 
-/// One admitter until `stop`, holding off while `hold`: batches of a few
-/// under their own request ids, each retried under its id until answered
+/// One admitter until `stop`, holding off while `hold`: batches of fifty
+/// (about 2,000 a second) under their own request ids, each retried under its id until answered
 /// (its pops need every sub-line, so it waits out a failover).
 fn spawn_admitter(
     store: &Arc<RedisStore>,
@@ -796,7 +877,7 @@ fn spawn_admitter(
             let request = RequestId::parse(&format!("a{batch}")).unwrap();
             let patience = (300, Duration::from_millis(100));
             let (admitted, refused) =
-                admit_answered(&store, &queue, 5, &request, now_ms, patience).await;
+                admit_answered(&store, &queue, 50, &request, now_ms, patience).await;
             failures += refused;
             batches.push(admitted);
             answered_at.push(std::time::Instant::now());
