@@ -233,6 +233,11 @@ impl RedisCluster {
         Ok(())
     }
 
+    /// The node serving `key`'s slot now.
+    pub fn master_of(&self, key: &str) -> Result<u16, String> {
+        Ok(self.slot_owner(key)?.0)
+    }
+
     /// The node serving `key`'s slot now, and a replica of it once one has
     /// attached (waiting up to ten seconds for one).
     pub fn master_and_replica_of(&self, key: &str) -> Result<(u16, Option<u16>), String> {

@@ -608,13 +608,13 @@ async fn a_sub_line_s_redis_restarted_empty_early_or_late_is_made_again() {
 async fn a_sub_line_restarted_empty(after: Duration) {
     let mut cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
     let (store, queue, config) = sale_over_three_sub_lines(&cluster).await;
-    let (head, _) = cluster.master_and_replica_of("k:{sale}:config").unwrap();
+    let head = cluster.master_of("k:{sale}:config").unwrap();
     let keys = sub_line_keys(&cluster);
     let (victim, master) = keys
         .iter()
         .enumerate()
         .find_map(|(sub_line, key)| {
-            let (master, _) = cluster.master_and_replica_of(key).unwrap();
+            let master = cluster.master_of(key).unwrap();
             (master != head).then_some((sub_line, master))
         })
         .expect("the sub-lines spread over the masters");
@@ -914,4 +914,132 @@ async fn sale_over_three_sub_lines(
     config.heartbeat_timeout = Duration::from_secs(3600);
     store.create_queue(&config).await.unwrap();
     (store, queue, config)
+}
+
+/// A place given back from a receipt of a lost line, whose ticket another
+/// sub-line's open block gives to a newcomer after the restore asked it and
+/// before the head decided (the head's node stalled in between): the
+/// restore learns it when it closes that block, and refuses, so no ticket
+/// is held twice. The same when the returning user's own sub-line gives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_given_by_another_sub_line_while_the_head_decides_is_not_given_back() {
+    let _one = crate::one_at_a_time().await;
+    given_while_the_head_decides(false).await;
+    given_while_the_head_decides(true).await;
+}
+
+/// Gives the ticket from the returning user's own sub-line's block if
+/// `own_gives`, else from another's.
+async fn given_while_the_head_decides(own_gives: bool) {
+    let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
+    let store = RedisStore::connect(&RedisOptions {
+        url: cluster.urls(),
+        password: None,
+        cluster: true,
+        prefix: "k".into(),
+        timeout: Duration::from_secs(2),
+        sentinel_master: None,
+        sentinel_password: None,
+    })
+    .await
+    .unwrap()
+    .with_sub_lines();
+    let queue = QueueId::parse("sale").unwrap();
+    // Made again from a lost line nobody saw: a receipt of it may vouch for
+    // a ticket the new line's blocks hold.
+    let now = now_ms();
+    let mut config = QueueConfig::new(queue.clone()).created(now);
+    config.shards = 4;
+    config.adoption = Some(waitroom::domain::Adoption::default());
+    store.create_queue(&config).await.unwrap();
+    let config_of = |sub_line: u32| format!("k:{{sale/4~{sub_line}}}:config");
+    let head = cluster.master_of("k:{sale}:config").unwrap();
+    let away = |sub_line: u32| cluster.master_of(&config_of(sub_line)).unwrap() != head;
+    // The returning user's sub-line and the other are away from the head,
+    // and so is every sub-line the restore asks before the other, so that
+    // it has asked the other when it waits for the head.
+    let (own, other) = (0..4)
+        .flat_map(|own| (0..4).map(move |other| (own, other)))
+        .find(|&(own, other)| own != other && away(own) && (0..=other).all(|s| s == own || away(s)))
+        .expect("sub-lines away from the head");
+    let of = |sub_line: u32| {
+        (0..)
+            .map(move |n| UserId::parse(&format!("u{sub_line}-{n}")).unwrap())
+            .filter(move |user| sub_line_of(user.as_str(), 4) == sub_line)
+    };
+    let node = |port: u16| cluster.nodes.iter().find(|n| n.port == port).unwrap();
+    let giver = if own_gives { own } else { other };
+    let giver_node = node(cluster.master_of(&config_of(giver)).unwrap());
+    // Every sub-line has served a call (its first reads the head), and the
+    // giver's joins (all at one moment, so its block stays open) go on
+    // until its block has tickets left to give.
+    for sub_line in 0..4 {
+        let user = of(sub_line).nth(1).unwrap();
+        store.enqueue(&queue, &user, now).await.unwrap();
+    }
+    let mut newcomers = of(giver).skip(2);
+    let ticket = loop {
+        let user = newcomers.next().unwrap();
+        store.enqueue(&queue, &user, now).await.unwrap();
+        let block = cmd(
+            giver_node,
+            &["HMGET", &config_of(giver), "block_next", "block_end"],
+        );
+        let numbers: Vec<u64> = redis::from_redis_value(block).unwrap();
+        if numbers[0] + 1 < numbers[1] {
+            break numbers[0];
+        }
+    };
+    let returning = of(own).next().unwrap();
+    let claim = PlaceClaim {
+        epoch_ms: now - 60_000,
+        ticket,
+        head: 0,
+        top: 0,
+        issued_ms: now,
+    };
+    let store = Arc::new(store);
+    // The layout read just now (it is read again after a second), so the
+    // restore starts with the sub-lines: a receipt of someone in line
+    // changes nothing.
+    let holder = of(own).nth(1).unwrap();
+    let held = store.restore(&queue, &holder, &claim, now).await.unwrap();
+    assert_eq!(held, Restoration::Holds);
+    let head_node = node(head);
+    head_node.pause().unwrap();
+    let restore = {
+        let (store, queue, returning) = (Arc::clone(&store), queue.clone(), returning.clone());
+        tokio::spawn(async move { store.restore(&queue, &returning, &claim, now).await })
+    };
+    // The restore has asked the other sub-lines and waits for the head.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let newcomer = newcomers.next().unwrap();
+    let join = {
+        let (store, queue, newcomer) = (Arc::clone(&store), queue.clone(), newcomer.clone());
+        tokio::spawn(async move { store.enqueue(&queue, &newcomer, now).await })
+    };
+    let waiting = format!("k:{{sale/4~{giver}}}:waiting");
+    wait_until("the newcomer joined", Duration::from_secs(5), || {
+        std::future::ready(!matches!(
+            cmd(giver_node, &["ZSCORE", &waiting, newcomer.as_str()]),
+            redis::Value::Nil
+        ))
+    })
+    .await;
+    head_node.resume().unwrap();
+    let joined = join.await.unwrap().unwrap();
+    assert_eq!(joined.ticket, ticket, "the newcomer took the ticket");
+    let restored = restore.await.unwrap().unwrap();
+    assert_eq!(
+        restored,
+        Restoration::Refused(waitroom::domain::Refusal::NotGiven),
+        "ticket {ticket} given back while a newcomer holds it"
+    );
+    assert!(
+        store
+            .place(&queue, &returning, now)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

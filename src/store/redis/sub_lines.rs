@@ -955,15 +955,12 @@ impl SubLineLink<'_> {
         let own = layout.sub_line(user);
         let (ticket, issued) = (claim.ticket.to_string(), claim.issued_ms.to_string());
         let epoch = claim.epoch_ms.to_string();
-        let step = |step: &'static str, sub_line: usize| {
-            let args = [
-                step,
-                user.as_str(),
-                ticket.as_str(),
-                issued.as_str(),
-                epoch.as_str(),
-            ];
+        // The last argument: the receipt's epoch, or once the head decided,
+        // its sequence.
+        let step = |step: &'static str, sub_line: usize, last: String| {
+            let (ticket, issued) = (&ticket, &issued);
             async move {
+                let args = [step, user.as_str(), ticket, issued, last.as_str()];
                 let keys = layout.keys(self.prefix, sub_line)?;
                 let given_back = [keys::tagged_given_back_key(
                     self.prefix,
@@ -978,12 +975,12 @@ impl SubLineLink<'_> {
                 .await
             }
         };
-        let checked = step("check", own).await?.string()?;
+        let checked = step("check", own, epoch.clone()).await?.string()?;
         if checked != "free" && checked != "lapsed" {
             return refused_restore(checked.as_bytes());
         }
         for sub_line in (0..layout.shards as usize).filter(|&s| s != own) {
-            if step("taken", sub_line).await?.flag()? {
+            if step("taken", sub_line, epoch.clone()).await?.flag()? {
                 return Ok(Restoration::Refused(Refusal::NotGiven));
             }
         }
@@ -993,7 +990,7 @@ impl SubLineLink<'_> {
         if claim.ticket == 0 {
             return Ok(Restoration::Refused(Refusal::NotGiven));
         }
-        if step("lost", own).await?.flag()? {
+        if step("lost", own, epoch.clone()).await?.flag()? {
             return self.restored(layout, user, now_ms).await;
         }
         let head = keys::queue_keys(self.prefix, self.queue);
@@ -1009,16 +1006,24 @@ impl SubLineLink<'_> {
                 .own_keys(&given_back)
                 .args(&args)
         };
-        let decided = self.value("restore", decide()).await?;
-        if Reply::of(decided, self.queue)?.string()? != "given" {
+        let mut decided = Reply::of(self.value("restore", decide()).await?, self.queue)?;
+        if decided.string()? != "given" {
             return Ok(Restoration::Refused(Refusal::NotGiven));
         }
-        // A block still open may hold the very ticket given back.
+        // A block still open, or leased before the decision and not yet
+        // installed, may hold the very ticket given back: each is closed
+        // for good, and only then is the answer whether the ticket was
+        // given there final.
+        let sequence = decided.u64()?.to_string();
         for sub_line in (0..layout.shards as usize).filter(|&s| s != own) {
-            step("close", sub_line).await?;
+            if step("close", sub_line, sequence.clone()).await?.flag()? {
+                return Ok(Restoration::Refused(Refusal::NotGiven));
+            }
         }
-        if !step("place", own).await?.flag()? {
-            return Ok(Restoration::Holds);
+        match step("place", own, sequence.clone()).await?.u64()? {
+            1 => {}
+            0 => return Ok(Restoration::Holds),
+            _ => return Ok(Restoration::Refused(Refusal::NotGiven)),
         }
         // Placed: from now on what becomes of the place stands, and the
         // receipt brought again is decided as any other. A failure here
@@ -1705,5 +1710,79 @@ impl<'a> ScriptCall<'a> {
     fn args(mut self, args: &[&'a str]) -> Self {
         self.args.extend_from_slice(args);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Adoption;
+    use crate::store::QueueStore;
+    use crate::store::redis::tests::store_on;
+
+    /// A join's lease taken from the head before a place is given back, and
+    /// installed only after, could hold the very ticket given back: the
+    /// restore's closing raises the sub-line's first ticket to the head's
+    /// sequence, so that block is not installed and the join leases again.
+    #[tokio::test]
+    async fn a_lease_taken_before_a_place_is_given_back_is_not_installed_after_it() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = QueueId::parse("sale").unwrap();
+        // Made again from a lost line nobody saw: a receipt of it may vouch
+        // for a ticket below the new sequence.
+        let mut config = QueueConfig::new(queue.clone()).created(10_000);
+        config.shards = 3;
+        config.adoption = Some(Adoption::default());
+        store.create_queue(&config).await.unwrap();
+        let of = |sub_line: u32| {
+            (0..)
+                .map(move |n| UserId::parse(&format!("u{sub_line}-{n}")).unwrap())
+                .filter(move |user| sub_line_of(user.as_str(), 3) == sub_line)
+        };
+        store
+            .enqueue(&queue, &of(1).next().unwrap(), 11_000)
+            .await
+            .unwrap();
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        // Sub-line 1's next join leased this block, and has not installed it.
+        let first = link.lease_block(8, 11_000).await.unwrap();
+        let returning = of(0).next().unwrap();
+        let claim = PlaceClaim {
+            epoch_ms: 5_000,
+            ticket: first + 2,
+            head: 0,
+            top: 0,
+            issued_ms: 11_000,
+        };
+        let restored = store
+            .restore(&queue, &returning, &claim, 11_000)
+            .await
+            .unwrap();
+        assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
+        let (end, at) = ((first + 8).to_string(), "11000".to_owned());
+        let keys = layout.keys("t", 1).unwrap();
+        let installed = link
+            .run(
+                "install_block",
+                ScriptCall::new(&link.scripts.install_block, &keys, 11_000).args(&[
+                    first.to_string().as_str(),
+                    end.as_str(),
+                    at.as_str(),
+                ]),
+            )
+            .await
+            .unwrap()
+            .flag()
+            .unwrap();
+        assert!(!installed, "a lease older than the place given back");
+        for user in of(1).skip(1).take(10) {
+            let place = store.enqueue(&queue, &user, 11_000).await.unwrap();
+            assert_ne!(
+                place.ticket, claim.ticket,
+                "{user} given the ticket given back"
+            );
+        }
     }
 }

@@ -9,8 +9,10 @@
 -- them (and drops it): a restore whose later steps failed (a timeout) is
 -- carried out again when the receipt comes back, where the sequence alone
 -- would now say "given here".
--- Returns {'ok', 'given'} or {'ok', 'not_given'}, {'resync'} in another
--- history than the head's (prelude.lua, `same_history`), or {'no_queue'}.
+-- Returns {'ok', 'given', sequence} (the sequence as the decision leaves
+-- it: every block leased before it lies at or below it) or
+-- {'ok', 'not_given'}, {'resync'} in another history than the head's
+-- (prelude.lua, `same_history`), or {'no_queue'}.
 
 local K_GIVEN_BACK, K_GIVEN_TO = KEYS[OWN], KEYS[OWN + 1]
 if redis.call('EXISTS', K_CONFIG) == 0 then
@@ -22,12 +24,15 @@ end
 local epoch, ticket, head, top =
   tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local user = ARGV[6]
+local function given()
+  return { 'ok', 'given', tonumber(redis.call('GET', K_SEQ)) or 0 }
+end
 if redis.call('HGET', K_GIVEN_TO, ticket) == user then
-  return { 'ok', 'given' }
+  return given()
 end
 if not restore_by_sequence(tonumber(redis.call('HGET', K_CONFIG, 'created_at_ms')), epoch, ticket,
     head, top, K_GIVEN_BACK) then
   return { 'ok', 'not_given' }
 end
 redis.call('HSET', K_GIVEN_TO, ticket, user)
-return { 'ok', 'given' }
+return given()

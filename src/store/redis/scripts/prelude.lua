@@ -97,8 +97,9 @@ end
 
 -- Installs a block leased from the head (lease.lua) for this sub-line,
 -- unless it already holds a later one (another replica's lease that came
--- first): a block never installed is a gap in the numbers, which changes
--- no position. Returns whether it was installed.
+-- first), or a place given back raised its first ticket above the lease's
+-- (restore_sub_line.lua, 'close'): a block never installed is a gap in the
+-- numbers, which changes no position. Returns whether it was installed.
 local function install_block(cfg, first, block_end, leased_at)
   if cfg.block_first and cfg.block_first >= first then
     return false

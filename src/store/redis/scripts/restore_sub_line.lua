@@ -2,19 +2,28 @@
 -- sub-lines (domain::restore_decision, the memory store's restore; one
 -- slot does it all in restore.lua). The store checks the user's sub-line,
 -- then whether another sub-line has the ticket waiting, then the head
--- (head_restore.lua), then places the user and closes every block.
+-- (head_restore.lua), then closes every block and places the user.
 -- KEYS: the sub-line's keys (prelude), then its places given back. ARGV:
--- now, step, user, ticket, issued. By step:
+-- now, step, user, ticket, issued, then the receipt's epoch ('lost') or the
+-- head's sequence after its decision ('close', 'place'). By step:
 --   'check' (the user's sub-line): {'ok', 'holds'} when the user holds a
 --     place here; {'ok', 'not_given'} while an opening is under way or
 --     when the ticket is waiting here; {'ok', 'lapsed'} when the receipt
 --     lapsed (after the other sub-lines are checked); else {'ok', 'free'}.
 --   'taken' (another sub-line): {'ok', 1} when the ticket is waiting
 --     here, else {'ok', 0}.
---   'place' (the user's sub-line, once the head gave the ticket back):
---     closes the block and puts the user in line at the ticket:
---     {'ok', 1}; {'ok', 0} when the user came to hold a place meanwhile.
---   'close' (every other sub-line): closes the block: {'ok', 0}.
+--   'close' (every other sub-line, once the head gave the ticket back):
+--     closes the block for good below the head's sequence, and answers
+--     whether the ticket is waiting here ({'ok', 1}) or not ({'ok', 0}).
+--     The answer is final: the block that could still give the ticket
+--     gives nothing more, and a block leased before the decision (a join's
+--     lease in flight) is not installed (prelude.lua, `install_block`).
+--     The 'taken' asked before the decision could be overtaken by a
+--     join of either kind; this is not.
+--   'place' (the user's sub-line, after the closes): closes its block the
+--     same way and puts the user in line at the ticket: {'ok', 1};
+--     {'ok', 0} when the user came to hold a place meanwhile; {'ok', 2}
+--     when the ticket came to be waiting here meanwhile.
 --   'lost' (the user's sub-line, before the head is asked), with the
 --     receipt's epoch after issued: when the sub-line was made again
 --     after its Redis lost it (sub_lines.rs, `remake_sub_line`: `lost_head`
@@ -65,9 +74,23 @@ if step == 'lost' then
   return { 'ok', 1 }
 end
 close_block(cfg)
+local floor = tonumber(ARGV[6])
+if floor and (step == 'close' or step == 'place') and (cfg.block_first or 0) < floor then
+  -- A lease older than the decision starts at or below the floor.
+  redis.call('HSET', K_CONFIG, 'block_first', floor)
+  if not cfg.block_first then
+    redis.call('HSET', K_CONFIG, 'block_next', floor, 'block_end', floor, 'block_ms', CLOSED)
+  end
+end
+if step == 'close' then
+  return { 'ok', taken() and 1 or 0 }
+end
 if step == 'place' then
   if holds() then
     return { 'ok', 0 }
+  end
+  if taken() then
+    return { 'ok', 2 }
   end
   add_waiting(user, ticket)
   see(user)
