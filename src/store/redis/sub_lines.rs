@@ -300,6 +300,18 @@ impl SubLineLink<'_> {
                 redis::cmd("GET").arg(&head[1]),
             )
             .await?;
+        // An admission journalled and not settled may have popped the lost
+        // sub-line's users at or below its cutoff and settle them later:
+        // their receipts wait for its record (`admission_head.lua`,
+        // 'admitted_by').
+        let pending = match (
+            fields.get("admitting"),
+            fields.get("admitting_cutoff"),
+            fields.get("admitting_named"),
+        ) {
+            (Some(entry), Some(cutoff), None) => Some((entry.clone(), cutoff.clone())),
+            _ => None,
+        };
         let fields_version = fields.get("settings_version").cloned();
         let Some(config) = super::fields::parse_config(self.queue, fields)? else {
             return Ok(false);
@@ -312,13 +324,16 @@ impl SubLineLink<'_> {
         // Nobody could be heard while it was lost: presence counts from
         // now, so receipts issued before are good for a release time.
         let settings_version = fields_version.unwrap_or_default();
-        let lost = [
+        let mut lost = vec![
             ("lost_head", lost_head.to_string()),
             ("lost_top", lost_top.unwrap_or(0).to_string()),
             ("presence_since_ms", now_ms.to_string()),
             // Later copies of settings apply only if newer (copy_settings).
             ("settings_version", settings_version),
         ];
+        if let Some((entry, cutoff)) = pending {
+            lost.extend([("lost_entry", entry), ("lost_entry_cutoff", cutoff)]);
+        }
         self.make_sub_line(&layout, sub_line, &config, &lost)
             .await?;
         Ok(true)
@@ -960,7 +975,20 @@ impl SubLineLink<'_> {
         let step = |step: &'static str, sub_line: usize, last: String| {
             let (ticket, issued) = (&ticket, &issued);
             async move {
-                let args = [step, user.as_str(), ticket, issued, last.as_str()];
+                // 'lost' after the head cleared it: a ticket an unsettled
+                // admission did not take.
+                let (last, cleared) = match last.split_once(' ') {
+                    Some((last, cleared)) => (last.to_owned(), cleared.to_owned()),
+                    None => (last, String::new()),
+                };
+                let args = [
+                    step,
+                    user.as_str(),
+                    ticket,
+                    issued,
+                    last.as_str(),
+                    cleared.as_str(),
+                ];
                 let keys = layout.keys(self.prefix, sub_line)?;
                 let given_back = [keys::tagged_given_back_key(
                     self.prefix,
@@ -990,8 +1018,39 @@ impl SubLineLink<'_> {
         if claim.ticket == 0 {
             return Ok(Restoration::Refused(Refusal::NotGiven));
         }
-        if step("lost", own, epoch.clone()).await?.flag()? {
-            return self.restored(layout, user, now_ms).await;
+        let mut lost = step("lost", own, epoch.clone()).await?;
+        match lost.u64()? {
+            0 => {}
+            1 => return self.restored(layout, user, now_ms).await,
+            // Lost while an admission that may have taken the ticket was
+            // unsettled: the head's record of it decides.
+            _ => {
+                let entry = lost.string()?;
+                let ticket = claim.ticket.to_string();
+                let args = [
+                    "admitted_by",
+                    entry.as_str(),
+                    user.as_str(),
+                    ticket.as_str(),
+                ];
+                match self.on_head(&args, now_ms).await?.string()?.as_str() {
+                    "free" => {}
+                    "pending" => {
+                        return Err(Error::Unavailable(
+                            "the admission under way when this place's sub-line was lost has not settled yet; try again".into(),
+                        ));
+                    }
+                    // Admitted by it, or its record is gone: refused, so
+                    // nobody is admitted twice.
+                    _ => return Ok(Restoration::Refused(Refusal::NotGiven)),
+                }
+                if step("lost", own, format!("{epoch} cleared"))
+                    .await?
+                    .flag()?
+                {
+                    return self.restored(layout, user, now_ms).await;
+                }
+            }
         }
         let head = keys::queue_keys(self.prefix, self.queue);
         let given_back = [
@@ -1719,6 +1778,104 @@ mod tests {
     use crate::domain::Adoption;
     use crate::store::QueueStore;
     use crate::store::redis::tests::store_on;
+
+    /// A sub-line lost while an admission was journalled and not settled:
+    /// the admission may have popped some of its users and settle them
+    /// later, so their receipts wait for its record, and it decides: those
+    /// it admitted are not placed again, the others are.
+    #[tokio::test]
+    async fn a_sub_line_lost_under_an_unsettled_admission_gives_back_only_whom_it_did_not_admit() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = crate::store::redis::tests::over_three_sub_lines(&redis).await;
+        let users: Vec<UserId> = (0..30)
+            .map(|n| UserId::parse(&format!("user-{n}")).unwrap())
+            .collect();
+        let mut tickets = HashMap::new();
+        for user in &users {
+            let place = store.enqueue(&queue, user, 1_000).await.unwrap();
+            tickets.insert(user.clone(), place.ticket);
+        }
+        let mut sorted: Vec<u64> = tickets.values().copied().collect();
+        sorted.sort_unstable();
+        let cutoff = sorted[14];
+        let of_lost = |user: &&UserId| sub_line_of(user.as_str(), 3) == 1;
+        let below: Vec<&UserId> = users
+            .iter()
+            .filter(of_lost)
+            .filter(|user| tickets[*user] <= cutoff)
+            .collect();
+        let above: Vec<&UserId> = users
+            .iter()
+            .filter(of_lost)
+            .filter(|user| tickets[*user] > cutoff)
+            .collect();
+        assert!(below.len() >= 2 && !above.is_empty(), "{below:?} {above:?}");
+        // An admission journalled up to the cutoff, whose pops took the
+        // lost sub-line's first user below it; then the sub-line is lost.
+        let mut conn = redis::Client::open(redis.url())
+            .and_then(|client| client.get_connection())
+            .unwrap();
+        let head = keys::queue_keys("t", &queue);
+        let _: () = redis::cmd("HSET")
+            .arg(&head[0])
+            .arg("admitting")
+            .arg("e1")
+            .arg("admitting_cutoff")
+            .arg(cutoff)
+            .query(&mut conn)
+            .unwrap();
+        let lost = keys::tagged_keys("t", "sale/3~1");
+        let _: () = redis::cmd("UNLINK")
+            .arg(&lost[..])
+            .query(&mut conn)
+            .unwrap();
+        let newcomer = (0..)
+            .map(|n| UserId::parse(&format!("new-{n}")).unwrap())
+            .find(|user| of_lost(&user))
+            .unwrap();
+        store.enqueue(&queue, &newcomer, 2_000).await.unwrap();
+        let claim = |user: &UserId| PlaceClaim {
+            epoch_ms: 0,
+            ticket: tickets[user],
+            head: 0,
+            top: 0,
+            issued_ms: 1_500,
+        };
+        let popped = below[0];
+        let waiting = store.restore(&queue, popped, &claim(popped), 2_500).await;
+        assert!(
+            matches!(waiting, Err(Error::Unavailable(_))),
+            "given back before the admission settled: {waiting:?}"
+        );
+        // The admission settles with the user its pops took.
+        let link = store.link(&queue);
+        let ticket = tickets[popped].to_string();
+        link.on_head(
+            &["settle", "e1", popped.as_str(), &ticket, "2000", "9000000"],
+            2_600,
+        )
+        .await
+        .unwrap();
+        let again = store
+            .restore(&queue, popped, &claim(popped), 3_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            Restoration::Refused(Refusal::NotGiven),
+            "admitted twice"
+        );
+        for user in below[1..].iter().chain(&above) {
+            let restored = store
+                .restore(&queue, user, &claim(user), 3_000)
+                .await
+                .unwrap();
+            let Restoration::Restored(place) = restored else {
+                panic!("{user}: {restored:?}");
+            };
+            assert_eq!(place.ticket, tickets[*user]);
+        }
+    }
 
     /// A join's lease taken from the head before a place is given back, and
     /// installed only after, could hold the very ticket given back: the

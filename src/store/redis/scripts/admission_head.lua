@@ -25,6 +25,11 @@
 --     {'ok', 'plan', n, cutoff, admission ttl, counts}: admit those
 --     waiting at or below the cutoff, in each sub-line at most its count
 --     (of the n, 'n0,n1,...'), then settle.
+--   'admitted_by', entry id, user, ticket: whether that entry admitted
+--     the user at the ticket, for a receipt of a sub-line made again while
+--     it was unsettled (restore_sub_line.lua, 'lost'): {'ok', 'pending'}
+--     while unsettled, then {'ok', 'admitted'} or {'ok', 'free'} by its
+--     kept result, {'ok', 'unknown'} once that lapsed.
 --   'settle', entry id, then user, ticket, admitted at, expires at, ...
 --     of everyone its pops took: counts them, keeps the result under the
 --     entry's request id and its own, and ends the entry. Returns the
@@ -111,6 +116,23 @@ end
 -- What entry `id` did, for an admitter that finds it settled by another.
 local function settled_before(id)
   return kept_result('entry|' .. id) or { 'ok', cfg.epoch }
+end
+
+if step == 'admitted_by' then
+  local id, user, ticket = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  if v[8] == id then
+    return { 'ok', 'pending' }
+  end
+  local kept = kept_result('entry|' .. id)
+  if not kept then
+    return { 'ok', 'unknown' }
+  end
+  for i = 3, #kept, 4 do
+    if kept[i] == user and tonumber(kept[i + 1]) == ticket then
+      return { 'ok', 'admitted' }
+    end
+  end
+  return { 'ok', 'free' }
 end
 
 if step == 'begin_named' then

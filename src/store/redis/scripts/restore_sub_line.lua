@@ -30,7 +30,12 @@
 --     and `lost_top` set), a ticket of this queue from lost_head to
 --     lost_top was given here and lost, and is given back once (the
 --     sub-line's own given_back, KEYS[OWN]): {'ok', 1} placed, else
---     {'ok', 0} for the head to decide.
+--     {'ok', 0} for the head to decide. A ticket at or below the cutoff of
+--     an admission unsettled when the sub-line was made again
+--     (`lost_entry`, `lost_entry_cutoff`) may have been popped here by it:
+--     {'ok', 2, entry id}, for the head's record of it to decide
+--     (admission_head.lua, 'admitted_by'); asked again with 'cleared'
+--     after, it is given back as any other.
 -- Or {'no_queue'}.
 
 local cfg = load_config()
@@ -62,12 +67,16 @@ if step == 'taken' then
   return { 'ok', taken() and 1 or 0 }
 end
 if step == 'lost' then
-  local v = redis.call('HMGET', K_CONFIG, 'lost_head', 'lost_top')
+  local v = redis.call('HMGET', K_CONFIG, 'lost_head', 'lost_top', 'lost_entry', 'lost_entry_cutoff')
   local lost_head, lost_top = tonumber(v[1]), tonumber(v[2])
   if not lost_top or tonumber(ARGV[6]) ~= cfg.epoch or ticket < lost_head or ticket > lost_top
-      or holds() or taken() or redis.call('SADD', KEYS[OWN], ticket) == 0 then
+      or holds() or taken() or redis.call('SISMEMBER', KEYS[OWN], ticket) == 1 then
     return { 'ok', 0 }
   end
+  if v[3] and ticket <= tonumber(v[4]) and ARGV[7] ~= 'cleared' then
+    return { 'ok', 2, v[3] }
+  end
+  redis.call('SADD', KEYS[OWN], ticket)
   close_block(cfg)
   add_waiting(user, ticket)
   see(user)
