@@ -594,8 +594,8 @@ async fn a_sub_line_s_redis_restarted_empty_is_made_again_while_the_others_serve
     a_sub_line_restarted_empty(Duration::from_secs(2)).await;
 }
 
-/// The same at other moments: half a second into the sale (a short line,
-/// few blocks leased), and after four seconds (a long one, thousands
+/// The same at other moments: half a second into the joins and admissions
+/// (the first admissions under way), and after four seconds (thousands
 /// admitted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sub_line_s_redis_restarted_empty_early_or_late_is_made_again() {
@@ -1041,5 +1041,17 @@ async fn given_while_the_head_decides(own_gives: bool) {
             .await
             .unwrap()
             .is_none()
+    );
+    // The refusal is final: with the newcomer gone, the same receipt is
+    // not given the ticket (admitted or left, it stays theirs).
+    assert!(store.leave(&queue, &newcomer, now).await.unwrap());
+    let again = store
+        .restore(&queue, &returning, &claim, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Restoration::Refused(waitroom::domain::Refusal::NotGiven),
+        "ticket {ticket} given back after its holder left"
     );
 }

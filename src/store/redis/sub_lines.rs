@@ -1033,16 +1033,26 @@ impl SubLineLink<'_> {
                     user.as_str(),
                     ticket.as_str(),
                 ];
-                match self.on_head(&args, now_ms).await?.string()?.as_str() {
+                let mut answer = self.on_head(&args, now_ms).await?;
+                let mut kind = answer.string()?;
+                if kind == "finish" || kind == "finish_named" {
+                    // Still unsettled: finished here, as the next admitter
+                    // would (whoever settles it first decides what it did).
+                    self.finish(layout, &kind, answer, now_ms).await?;
+                    kind = self.on_head(&args, now_ms).await?.string()?;
+                }
+                match kind.as_str() {
                     "free" => {}
-                    "pending" => {
-                        return Err(Error::Unavailable(
-                            "the admission under way when this place's sub-line was lost has not settled yet; try again".into(),
-                        ));
-                    }
                     // Admitted by it, or its record is gone: refused, so
                     // nobody is admitted twice.
-                    _ => return Ok(Restoration::Refused(Refusal::NotGiven)),
+                    "admitted" | "unknown" => {
+                        return Ok(Restoration::Refused(Refusal::NotGiven));
+                    }
+                    _ => {
+                        return Err(Error::Unavailable(
+                            "the admission under way when this place's sub-line was lost is still being settled; try again".into(),
+                        ));
+                    }
                 }
                 if step("lost", own, format!("{epoch} cleared"))
                     .await?
@@ -1074,26 +1084,35 @@ impl SubLineLink<'_> {
         // for good, and only then is the answer whether the ticket was
         // given there final.
         let sequence = decided.u64()?.to_string();
+        // Carried out here, placed or refused: from now on the receipt
+        // brought again is decided as any other (the head's sequence, or
+        // its record of the lost line's places given back, now says no). A
+        // failure before leaves the decision to be answered again to this
+        // user alone.
+        let carried_out = || async {
+            let _: Result<i64> = self
+                .on_slot(
+                    "restore",
+                    self.queue.as_str(),
+                    redis::cmd("HDEL").arg(&given_back[1]).arg(claim.ticket),
+                )
+                .await;
+        };
         for sub_line in (0..layout.shards as usize).filter(|&s| s != own) {
             if step("close", sub_line, sequence.clone()).await?.flag()? {
+                carried_out().await;
                 return Ok(Restoration::Refused(Refusal::NotGiven));
             }
         }
         match step("place", own, sequence.clone()).await?.u64()? {
             1 => {}
             0 => return Ok(Restoration::Holds),
-            _ => return Ok(Restoration::Refused(Refusal::NotGiven)),
+            _ => {
+                carried_out().await;
+                return Ok(Restoration::Refused(Refusal::NotGiven));
+            }
         }
-        // Placed: from now on what becomes of the place stands, and the
-        // receipt brought again is decided as any other. A failure here
-        // leaves the decision to be answered again to this user alone.
-        let _: Result<i64> = self
-            .on_slot(
-                "restore",
-                self.queue.as_str(),
-                redis::cmd("HDEL").arg(&given_back[1]).arg(claim.ticket),
-            )
-            .await;
+        carried_out().await;
         self.restored(layout, user, now_ms).await
     }
 
@@ -1181,8 +1200,11 @@ impl SubLineLink<'_> {
                         .arg("WITHSCORES"),
                 )
                 .await?;
+            // A place given back raises a closed block's first ticket to
+            // the sequence its decision left (`restore_sub_line.lua`).
             reached = reached
                 .max(end.unwrap_or(0).saturating_sub(1))
+                .max(first.unwrap_or(0))
                 .max(lost_top.unwrap_or(0))
                 .max(highest.first().map_or(0, |(_, ticket)| *ticket));
             // A block closed by a place given back (lease time -1) holds
@@ -1776,18 +1798,19 @@ impl<'a> ScriptCall<'a> {
 mod tests {
     use super::*;
     use crate::domain::Adoption;
-    use crate::store::QueueStore;
     use crate::store::redis::tests::store_on;
+    use crate::store::{QueueStore, RedisStore};
 
     /// A sub-line lost while an admission was journalled and not settled:
     /// the admission may have popped some of its users and settle them
-    /// later, so their receipts wait for its record, and it decides: those
-    /// it admitted are not placed again, the others are.
+    /// later, so their receipts wait for its record: those it admitted are
+    /// not placed again, the others are. A receipt that finds the entry
+    /// still unsettled finishes it first, as the next admitter would.
     #[tokio::test]
     async fn a_sub_line_lost_under_an_unsettled_admission_gives_back_only_whom_it_did_not_admit() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         let (store, queue) = crate::store::redis::tests::over_three_sub_lines(&redis).await;
-        let users: Vec<UserId> = (0..30)
+        let users: Vec<UserId> = (0..60)
             .map(|n| UserId::parse(&format!("user-{n}")).unwrap())
             .collect();
         let mut tickets = HashMap::new();
@@ -1795,45 +1818,12 @@ mod tests {
             let place = store.enqueue(&queue, user, 1_000).await.unwrap();
             tickets.insert(user.clone(), place.ticket);
         }
-        let mut sorted: Vec<u64> = tickets.values().copied().collect();
-        sorted.sort_unstable();
-        let cutoff = sorted[14];
-        let of_lost = |user: &&UserId| sub_line_of(user.as_str(), 3) == 1;
-        let below: Vec<&UserId> = users
-            .iter()
-            .filter(of_lost)
-            .filter(|user| tickets[*user] <= cutoff)
-            .collect();
-        let above: Vec<&UserId> = users
-            .iter()
-            .filter(of_lost)
-            .filter(|user| tickets[*user] > cutoff)
-            .collect();
-        assert!(below.len() >= 2 && !above.is_empty(), "{below:?} {above:?}");
-        // An admission journalled up to the cutoff, whose pops took the
-        // lost sub-line's first user below it; then the sub-line is lost.
         let mut conn = redis::Client::open(redis.url())
             .and_then(|client| client.get_connection())
             .unwrap();
         let head = keys::queue_keys("t", &queue);
-        let _: () = redis::cmd("HSET")
-            .arg(&head[0])
-            .arg("admitting")
-            .arg("e1")
-            .arg("admitting_cutoff")
-            .arg(cutoff)
-            .query(&mut conn)
-            .unwrap();
-        let lost = keys::tagged_keys("t", "sale/3~1");
-        let _: () = redis::cmd("UNLINK")
-            .arg(&lost[..])
-            .query(&mut conn)
-            .unwrap();
-        let newcomer = (0..)
-            .map(|n| UserId::parse(&format!("new-{n}")).unwrap())
-            .find(|user| of_lost(&user))
-            .unwrap();
-        store.enqueue(&queue, &newcomer, 2_000).await.unwrap();
+        let link = store.link(&queue);
+        let of_lost = |user: &&UserId| sub_line_of(user.as_str(), 3) == 1;
         let claim = |user: &UserId| PlaceClaim {
             epoch_ms: 0,
             ticket: tickets[user],
@@ -1841,18 +1831,27 @@ mod tests {
             top: 0,
             issued_ms: 1_500,
         };
+        let (entry, cutoff) = lose_under_an_entry(&store, &queue, 15, "first", &mut conn).await;
+        let below: Vec<&UserId> = users
+            .iter()
+            .filter(of_lost)
+            .filter(|user| tickets[*user] <= cutoff)
+            .collect();
+        assert!(below.len() >= 2, "{below:?}");
+        // Its admitter comes back and settles the user its pops took on the
+        // lost sub-line.
         let popped = below[0];
-        let waiting = store.restore(&queue, popped, &claim(popped), 2_500).await;
-        assert!(
-            matches!(waiting, Err(Error::Unavailable(_))),
-            "given back before the admission settled: {waiting:?}"
-        );
-        // The admission settles with the user its pops took.
-        let link = store.link(&queue);
         let ticket = tickets[popped].to_string();
         link.on_head(
-            &["settle", "e1", popped.as_str(), &ticket, "2000", "9000000"],
-            2_600,
+            &[
+                "settle",
+                &entry,
+                popped.as_str(),
+                &ticket,
+                "2000",
+                "9000000",
+            ],
+            2_200,
         )
         .await
         .unwrap();
@@ -1865,7 +1864,7 @@ mod tests {
             Restoration::Refused(Refusal::NotGiven),
             "admitted twice"
         );
-        for user in below[1..].iter().chain(&above) {
+        for user in &below[1..] {
             let restored = store
                 .restore(&queue, user, &claim(user), 3_000)
                 .await
@@ -1874,6 +1873,117 @@ mod tests {
                 panic!("{user}: {restored:?}");
             };
             assert_eq!(place.ticket, tickets[*user]);
+        }
+        // Lost again under another entry that nobody comes back to: the
+        // first receipt finishes it, and is given its place.
+        let (_, cutoff_2) = lose_under_an_entry(&store, &queue, 40, "second", &mut conn).await;
+        let returning = users
+            .iter()
+            .filter(of_lost)
+            .find(|user| tickets[*user] > cutoff && tickets[*user] <= cutoff_2)
+            .expect("a user of the lost sub-line under the second cutoff");
+        let restored = store
+            .restore(&queue, returning, &claim(returning), 3_000)
+            .await
+            .unwrap();
+        assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
+        let admitting: Option<String> = redis::cmd("HGET")
+            .arg(&head[0])
+            .arg("admitting")
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(admitting, None, "the entry finished");
+    }
+
+    /// Journals an admission of `count` and stops there (its admitter gone
+    /// before its pops and settling), loses sub-line 1, and makes it again
+    /// with a newcomer's join: the entry and its cutoff.
+    async fn lose_under_an_entry(
+        store: &RedisStore,
+        queue: &QueueId,
+        count: u32,
+        name: &str,
+        conn: &mut redis::Connection,
+    ) -> (String, u64) {
+        let link = store.link(queue);
+        let layout = link.layout().await.unwrap();
+        let request = RequestId::parse(name).unwrap();
+        link.admit_until(&layout, count, Some(&request), false, 2_000, Until::Planned)
+            .await
+            .unwrap();
+        let head = keys::queue_keys("t", queue);
+        let entry: (String, u64) = redis::cmd("HMGET")
+            .arg(&head[0])
+            .arg("admitting")
+            .arg("admitting_cutoff")
+            .query(conn)
+            .unwrap();
+        let lost = keys::tagged_keys("t", "sale/3~1");
+        let _: () = redis::cmd("UNLINK").arg(&lost[..]).query(conn).unwrap();
+        let newcomer = (0..)
+            .map(|n| UserId::parse(&format!("{name}-new-{n}")).unwrap())
+            .find(|user| sub_line_of(user.as_str(), 3) == 1)
+            .unwrap();
+        store.enqueue(queue, &newcomer, 2_100).await.unwrap();
+        entry
+    }
+
+    /// A head rolled back after a place was given back from a receipt of a
+    /// lost line (which raised every sub-line's first ticket to the
+    /// sequence the decision left): the resync leases above that, so joins
+    /// go on.
+    #[tokio::test]
+    async fn a_head_rolled_back_after_a_place_given_back_leases_above_its_closing() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = QueueId::parse("sale").unwrap();
+        let mut config = QueueConfig::new(queue.clone()).created(10_000);
+        config.shards = 3;
+        config.adoption = Some(Adoption::default());
+        store.create_queue(&config).await.unwrap();
+        let of = |sub_line: u32| {
+            (0..)
+                .map(move |n| UserId::parse(&format!("u{sub_line}-{n}")).unwrap())
+                .filter(move |user| sub_line_of(user.as_str(), 3) == sub_line)
+        };
+        for sub_line in 0..3 {
+            store
+                .enqueue(&queue, &of(sub_line).next().unwrap(), 11_000)
+                .await
+                .unwrap();
+        }
+        let returning = of(0).nth(1).unwrap();
+        let claim = PlaceClaim {
+            epoch_ms: 5_000,
+            ticket: 400,
+            head: 0,
+            top: 500,
+            issued_ms: 11_000,
+        };
+        let restored = store
+            .restore(&queue, &returning, &claim, 11_000)
+            .await
+            .unwrap();
+        assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
+        let head = keys::queue_keys("t", &queue);
+        let mut conn = redis::Client::open(redis.url())
+            .and_then(|client| client.get_connection())
+            .unwrap();
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(&head[1])
+            .arg(3)
+            .cmd("DEL")
+            .arg(keys::leases_key("t", &queue))
+            .cmd("HSET")
+            .arg(&head[0])
+            .arg("head_history")
+            .arg("an-older-one")
+            .query(&mut conn)
+            .unwrap();
+        for user in of(1).skip(1).take(5) {
+            let place = store.enqueue(&queue, &user, 12_000).await.unwrap();
+            assert!(place.ticket > 500, "{user}: {}", place.ticket);
         }
     }
 

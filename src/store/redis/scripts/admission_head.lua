@@ -27,9 +27,10 @@
 --     (of the n, 'n0,n1,...'), then settle.
 --   'admitted_by', entry id, user, ticket: whether that entry admitted
 --     the user at the ticket, for a receipt of a sub-line made again while
---     it was unsettled (restore_sub_line.lua, 'lost'): {'ok', 'pending'}
---     while unsettled, then {'ok', 'admitted'} or {'ok', 'free'} by its
---     kept result, {'ok', 'unknown'} once that lapsed.
+--     it was unsettled (restore_sub_line.lua, 'lost'): while unsettled,
+--     the entry to finish first, as 'begin' answers it; then
+--     {'ok', 'admitted'} or {'ok', 'free'} by its kept result,
+--     {'ok', 'unknown'} once that lapsed.
 --   'settle', entry id, then user, ticket, admitted at, expires at, ...
 --     of everyone its pops took: counts them, keeps the result under the
 --     entry's request id and its own, and ends the entry. Returns the
@@ -121,7 +122,7 @@ end
 if step == 'admitted_by' then
   local id, user, ticket = ARGV[3], ARGV[4], tonumber(ARGV[5])
   if v[8] == id then
-    return { 'ok', 'pending' }
+    return unsettled()
   end
   local kept = kept_result('entry|' .. id)
   if not kept then
