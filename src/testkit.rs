@@ -167,8 +167,17 @@ impl RedisCluster {
 
     /// Three masters with `replicas` replicas each (for failover tests).
     pub fn start_with_replicas(replicas: usize) -> Result<Self, String> {
+        Self::start_sized(3, replicas)
+    }
+
+    /// `masters` masters (at least three), no replicas.
+    pub fn start_masters(masters: usize) -> Result<Self, String> {
+        Self::start_sized(masters.max(3), 0)
+    }
+
+    fn start_sized(masters: usize, replicas: usize) -> Result<Self, String> {
         let mut nodes = Vec::new();
-        for port in cluster_ports(3 * (1 + replicas))? {
+        for port in cluster_ports(masters * (1 + replicas))? {
             nodes.push(RedisServer::start_with(
                 port,
                 &[

@@ -55,11 +55,20 @@ const TAG_TRIES: u32 = 64;
 /// character do not spread by themselves: CRC16 is linear, so `q~0` …
 /// `q~7` fall in pairs on 8 nodes owning equal ranges, for every name.
 /// Sub-line `s` takes the first of `q~s`, `q~s.1`, `q~s.2`, … whose node
-/// holds the fewest sub-lines so far. Fixed for the queue's life (kept
-/// with its configuration): a later resharding may crowd them again, which
-/// costs the ceiling, never the order.
-pub fn sub_line_tags(queue: &str, shards: u32, owner: impl Fn(u16) -> usize) -> Vec<String> {
+/// holds the fewest sub-lines so far, a node holding the head (`head`, its
+/// tag) counting half a sub-line more: sub-lines keep off the head's node
+/// while others are free, and never crowd a node for it. Fixed for the
+/// queue's life (kept with its configuration): a later resharding may
+/// crowd them again, which costs the ceiling, never the order.
+pub fn sub_line_tags(
+    head: &str,
+    queue: &str,
+    shards: u32,
+    owner: impl Fn(u16) -> usize,
+) -> Vec<String> {
+    // In halves of a sub-line.
     let mut load: std::collections::HashMap<usize, u32> = std::collections::HashMap::new();
+    load.insert(owner(slot_of_tag(head)), 1);
     let mut tags = Vec::with_capacity(shards as usize);
     for sub_line in 0..shards {
         let candidate = |n: u32| match n {
@@ -76,7 +85,7 @@ pub fn sub_line_tags(queue: &str, shards: u32, owner: impl Fn(u16) -> usize) -> 
             .min_by_key(|(used, n, _, _)| (*used, *n))
             .map(|(_, _, tag, node)| (tag, node));
         if let Some((tag, node)) = chosen {
-            *load.entry(node).or_default() += 1;
+            *load.entry(node).or_default() += 2;
             tags.push(tag);
         }
     }
@@ -394,8 +403,8 @@ mod tests {
                 .map(|s| even(8)(slot_of_tag(&format!("{queue}~{s}"))))
                 .collect();
             assert_eq!(plain.len(), 4, "{queue}");
-            for (nodes, shards) in [(8, 8), (3, 3), (4, 16), (16, 4), (5, 7)] {
-                let tags = sub_line_tags(&queue, shards, even(nodes));
+            for (nodes, shards) in [(8, 8), (3, 3), (4, 16), (16, 4), (5, 7), (5, 4), (3, 2)] {
+                let tags = sub_line_tags(&format!("{n}"), &queue, shards, even(nodes));
                 assert_eq!(tags.len(), shards as usize);
                 let mut per_node = vec![0u32; nodes];
                 for tag in &tags {
@@ -403,8 +412,16 @@ mod tests {
                 }
                 let most = per_node.iter().max().copied().unwrap_or(0);
                 assert_eq!(most, shards.div_ceil(nodes as u32), "{queue} {per_node:?}");
+                // With more nodes than sub-lines, the head has one alone.
+                let head = even(nodes)(slot_of_tag(&format!("{n}")));
+                if (shards as usize) < nodes {
+                    assert_eq!(per_node[head], 0, "{queue} {per_node:?}");
+                }
                 // Fixed: the same slot map gives the same tags.
-                assert_eq!(tags, sub_line_tags(&queue, shards, even(nodes)));
+                assert_eq!(
+                    tags,
+                    sub_line_tags(&format!("{n}"), &queue, shards, even(nodes))
+                );
             }
         }
     }

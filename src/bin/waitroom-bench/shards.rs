@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use waitroom::domain::{QueueConfig, QueueId, UserId};
 use waitroom::store::{QueueStore, RedisStore};
-use waitroom::testkit::RedisServer;
+use waitroom::testkit::{RedisCluster, RedisServer};
 
 use crate::ceiling::ScriptCall;
 use crate::{harness, load};
@@ -62,6 +62,11 @@ pub struct Args {
     /// Concurrent joiners, with `--store`.
     #[arg(long, default_value_t = 512)]
     joiners: usize,
+    /// With `--store`: a Redis Cluster of K + 1 masters (at least three)
+    /// for each K instead of one `redis-server`, so the busiest node's CPU
+    /// a join shows, besides the sum.
+    #[arg(long, requires = "store")]
+    cluster: bool,
 }
 
 /// One K: its head, its sub-lines, and what it has measured.
@@ -210,14 +215,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One K through the store: its server, its store, and what it measured.
+/// Where one K's keys live: one server, or a Cluster's masters.
+enum Servers {
+    One(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Servers {
+    fn urls(&self) -> Vec<String> {
+        match self {
+            Self::One(redis) => vec![redis.url()],
+            Self::Cluster(cluster) => cluster.nodes.iter().map(RedisServer::url).collect(),
+        }
+    }
+}
+
+/// One K through the store: its servers, its store, and what it measured.
 struct StoreRun {
     shards: u32,
-    redis: RedisServer,
+    servers: Servers,
     store: Arc<RedisStore>,
     joins: u64,
     wall: Duration,
-    cpu: Duration,
+    /// Redis CPU by server, in the order of `servers.urls()`.
+    cpu: Vec<Duration>,
     commands: u64,
     scripts: u64,
 }
@@ -228,33 +249,66 @@ struct StoreRun {
 /// busiest sub-line.
 async fn through_store(args: &Args) -> anyhow::Result<()> {
     println!(
-        "scenario           shards --store (the Redis store's joins over K sub-lines on one redis-server: {} joiners, {} s each)",
-        args.joiners, args.seconds
+        "scenario           shards --store (the Redis store's joins over K sub-lines on {}: {} joiners, {} s each)",
+        match args.cluster {
+            true => "a Cluster of K + 1 masters, at least three",
+            false => "one redis-server",
+        },
+        args.joiners,
+        args.seconds
     );
     let mut runs = Vec::new();
     for &shards in &args.shards {
-        let redis = RedisServer::start().map_err(anyhow::Error::msg)?;
-        let store = Arc::new(harness::redis_store(&redis.url()).await?.with_sub_lines());
+        let servers = match args.cluster {
+            true => Servers::Cluster(
+                RedisCluster::start_masters(shards + 1).map_err(anyhow::Error::msg)?,
+            ),
+            false => Servers::One(RedisServer::start().map_err(anyhow::Error::msg)?),
+        };
+        let store = match &servers {
+            Servers::One(redis) => harness::redis_store(&redis.url()).await?,
+            Servers::Cluster(cluster) => {
+                RedisStore::connect(&waitroom::store::RedisOptions {
+                    url: cluster.urls(),
+                    password: None,
+                    cluster: true,
+                    prefix: "wr".into(),
+                    timeout: Duration::from_secs(5),
+                    sentinel_master: None,
+                    sentinel_password: None,
+                })
+                .await?
+            }
+        };
+        let store = Arc::new(store.with_sub_lines());
         let mut config =
             QueueConfig::new(QueueId::parse("sale").map_err(anyhow::Error::msg)?).created(now_ms());
         config.shards = shards.max(1) as u32;
         store.create_queue(&config).await?;
+        let nodes = servers.urls().len();
         runs.push(StoreRun {
             shards: config.shards,
-            redis,
+            servers,
             store,
             joins: 0,
             wall: Duration::ZERO,
-            cpu: Duration::ZERO,
+            cpu: vec![Duration::ZERO; nodes],
             commands: 0,
             scripts: 0,
         });
     }
     for turn in 0..args.seconds.max(1) {
         for run in &mut runs {
-            let url = run.redis.url();
-            let (cpu, commands) = (load::redis_cpu(&url)?, load::redis_commands(&url)?);
-            let scripts = load::redis_script_calls(&url)?;
+            let urls = run.servers.urls();
+            let read = |what: fn(&str) -> anyhow::Result<u64>| -> anyhow::Result<u64> {
+                urls.iter().map(|url| what(url)).sum()
+            };
+            let cpu: Vec<Duration> = urls
+                .iter()
+                .map(|url| load::redis_cpu(url))
+                .collect::<anyhow::Result<_>>()?;
+            let (commands, scripts) =
+                (read(load::redis_commands)?, read(load::redis_script_calls)?);
             let started = Instant::now();
             let deadline = started + Duration::from_secs(1);
             let joined = Arc::new(AtomicU64::new(0));
@@ -279,13 +333,20 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
             }
             run.wall += started.elapsed();
             run.joins += joined.load(Ordering::Relaxed);
-            run.cpu += load::redis_cpu(&url)?.saturating_sub(cpu);
-            run.commands += load::redis_commands(&url)?.saturating_sub(commands);
-            run.scripts += load::redis_script_calls(&url)?.saturating_sub(scripts);
+            for ((total, url), before) in run.cpu.iter_mut().zip(&urls).zip(&cpu) {
+                *total += load::redis_cpu(url)?.saturating_sub(*before);
+            }
+            run.commands += read(load::redis_commands)?.saturating_sub(commands);
+            run.scripts += read(load::redis_script_calls)?.saturating_sub(scripts);
         }
     }
-    let per_join = |run: &StoreRun| run.cpu.as_secs_f64() * 1e6 / run.joins.max(1) as f64;
-    let Some(base) = runs.first().map(per_join) else {
+    let us_a_join =
+        |cpu: Duration, run: &StoreRun| cpu.as_secs_f64() * 1e6 / run.joins.max(1) as f64;
+    let per_join = |run: &StoreRun| us_a_join(run.cpu.iter().sum(), run);
+    let busiest =
+        |run: &StoreRun| us_a_join(run.cpu.iter().copied().max().unwrap_or_default(), run);
+    let (Some(base), Some(base_busiest)) = (runs.first().map(per_join), runs.first().map(busiest))
+    else {
         return Ok(());
     };
     for run in &runs {
@@ -299,6 +360,19 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
             run.commands as f64 / run.joins.max(1) as f64,
             run.scripts as f64 / run.joins.max(1) as f64,
         );
+        if args.cluster {
+            println!(
+                "          busiest node {:>5.2} us a join ({:.2}x K = {}'s busiest): a ceiling of {:.0} joins/s; by node {:?}",
+                busiest(run),
+                busiest(run) / base_busiest,
+                runs[0].shards,
+                1e6 / busiest(run).max(f64::MIN_POSITIVE),
+                run.cpu
+                    .iter()
+                    .map(|cpu| (us_a_join(*cpu, run) * 100.0).round() / 100.0)
+                    .collect::<Vec<f64>>(),
+            );
+        }
     }
     Ok(())
 }

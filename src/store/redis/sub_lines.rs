@@ -108,7 +108,7 @@ impl Layout {
         };
         Self {
             shards,
-            tags: crate::domain::shards::sub_line_tags(&base, shards, owner),
+            tags: crate::domain::shards::sub_line_tags(queue.as_str(), &base, shards, owner),
         }
     }
 
