@@ -1928,6 +1928,28 @@ mod tests {
         entry
     }
 
+    /// `sale` over three sub-lines, made again (at 10 s) from a lost line
+    /// nobody saw: a receipt of it may vouch for a ticket below the new
+    /// sequence.
+    async fn made_again_from_a_lost_line(
+        redis: &crate::testkit::RedisServer,
+    ) -> (RedisStore, QueueId) {
+        let store = store_on(redis).await.with_sub_lines();
+        let queue = QueueId::parse("sale").unwrap();
+        let mut config = QueueConfig::new(queue.clone()).created(10_000);
+        config.shards = 3;
+        config.adoption = Some(Adoption::default());
+        store.create_queue(&config).await.unwrap();
+        (store, queue)
+    }
+
+    /// Users of sub-line `sub_line` of three, one after another.
+    fn of(sub_line: u32) -> impl Iterator<Item = UserId> {
+        (0..)
+            .map(move |n| UserId::parse(&format!("u{sub_line}-{n}")).unwrap())
+            .filter(move |user| sub_line_of(user.as_str(), 3) == sub_line)
+    }
+
     /// A head rolled back after a place was given back from a receipt of a
     /// lost line (which raised every sub-line's first ticket to the
     /// sequence the decision left): the resync leases above that, so joins
@@ -1935,17 +1957,7 @@ mod tests {
     #[tokio::test]
     async fn a_head_rolled_back_after_a_place_given_back_leases_above_its_closing() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-        let store = store_on(&redis).await.with_sub_lines();
-        let queue = QueueId::parse("sale").unwrap();
-        let mut config = QueueConfig::new(queue.clone()).created(10_000);
-        config.shards = 3;
-        config.adoption = Some(Adoption::default());
-        store.create_queue(&config).await.unwrap();
-        let of = |sub_line: u32| {
-            (0..)
-                .map(move |n| UserId::parse(&format!("u{sub_line}-{n}")).unwrap())
-                .filter(move |user| sub_line_of(user.as_str(), 3) == sub_line)
-        };
+        let (store, queue) = made_again_from_a_lost_line(&redis).await;
         for sub_line in 0..3 {
             store
                 .enqueue(&queue, &of(sub_line).next().unwrap(), 11_000)
@@ -1994,19 +2006,7 @@ mod tests {
     #[tokio::test]
     async fn a_lease_taken_before_a_place_is_given_back_is_not_installed_after_it() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-        let store = store_on(&redis).await.with_sub_lines();
-        let queue = QueueId::parse("sale").unwrap();
-        // Made again from a lost line nobody saw: a receipt of it may vouch
-        // for a ticket below the new sequence.
-        let mut config = QueueConfig::new(queue.clone()).created(10_000);
-        config.shards = 3;
-        config.adoption = Some(Adoption::default());
-        store.create_queue(&config).await.unwrap();
-        let of = |sub_line: u32| {
-            (0..)
-                .map(move |n| UserId::parse(&format!("u{sub_line}-{n}")).unwrap())
-                .filter(move |user| sub_line_of(user.as_str(), 3) == sub_line)
-        };
+        let (store, queue) = made_again_from_a_lost_line(&redis).await;
         store
             .enqueue(&queue, &of(1).next().unwrap(), 11_000)
             .await
