@@ -332,6 +332,17 @@ impl SubLineLink<'_> {
             ("settings_version", settings_version),
         ];
         if let Some((entry, cutoff)) = pending {
+            // The head keeps that entry's result as long as the sub-line's
+            // receipts may ask it (`admission_head.lua`, `end_entry`).
+            self.on_slot::<i64>(
+                "remake_sub_line",
+                self.queue.as_str(),
+                redis::cmd("HSET")
+                    .arg(&head[0])
+                    .arg("lost_under")
+                    .arg(&entry),
+            )
+            .await?;
             lost.extend([("lost_entry", entry), ("lost_entry_cutoff", cutoff)]);
         }
         self.make_sub_line(&layout, sub_line, &config, &lost)
@@ -1926,6 +1937,72 @@ mod tests {
             .unwrap();
         store.enqueue(queue, &newcomer, 2_100).await.unwrap();
         entry
+    }
+
+    /// The admission's record decides those receipts for as long as they
+    /// hold (a release time after the sub-line was made again), however
+    /// long that is: here an hour's heartbeat, asked twenty minutes on.
+    #[tokio::test]
+    async fn an_unsettled_admission_s_record_lasts_as_long_as_the_lost_sub_line_s_receipts() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = QueueId::parse("sale").unwrap();
+        let mut config = QueueConfig::new(queue.clone()).created(0);
+        config.shards = 3;
+        config.heartbeat_timeout = Duration::from_secs(3600);
+        store.create_queue(&config).await.unwrap();
+        let users: Vec<UserId> = (0..30)
+            .map(|n| UserId::parse(&format!("user-{n}")).unwrap())
+            .collect();
+        let mut tickets = HashMap::new();
+        for user in &users {
+            let place = store.enqueue(&queue, user, 1_000).await.unwrap();
+            tickets.insert(user.clone(), place.ticket);
+        }
+        let mut conn = redis::Client::open(redis.url())
+            .and_then(|client| client.get_connection())
+            .unwrap();
+        let (entry, cutoff) = lose_under_an_entry(&store, &queue, 15, "first", &mut conn).await;
+        let below: Vec<&UserId> = users
+            .iter()
+            .filter(|user| sub_line_of(user.as_str(), 3) == 1 && tickets[*user] <= cutoff)
+            .collect();
+        assert!(below.len() >= 2, "{below:?}");
+        let (popped, waiting) = (below[0], below[1]);
+        let ticket = tickets[popped].to_string();
+        store
+            .link(&queue)
+            .on_head(
+                &[
+                    "settle",
+                    &entry,
+                    popped.as_str(),
+                    &ticket,
+                    "2000",
+                    "9000000",
+                ],
+                2_200,
+            )
+            .await
+            .unwrap();
+        let later = 2_200 + 20 * 60_000;
+        let claim = |user: &UserId| PlaceClaim {
+            epoch_ms: 0,
+            ticket: tickets[user],
+            head: 0,
+            top: 0,
+            issued_ms: 1_500,
+        };
+        let refused = store
+            .restore(&queue, popped, &claim(popped), later)
+            .await
+            .unwrap();
+        assert_eq!(refused, Restoration::Refused(Refusal::NotGiven));
+        let restored = store
+            .restore(&queue, waiting, &claim(waiting), later)
+            .await
+            .unwrap();
+        assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
     }
 
     /// `sale` over three sub-lines, made again (at 10 s) from a lost line

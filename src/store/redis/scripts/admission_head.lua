@@ -99,7 +99,17 @@ end
 -- Settles entry `id` with `out`, what every admitter of it is answered
 -- from then on (settled_before), and returns it.
 local function end_entry(id, out)
-  keep_result('entry|' .. id, out, ENTRY_KEEP_MS)
+  -- An entry under way when a sub-line was lost decides its users'
+  -- receipts ('admitted_by'), which hold for a release time after the
+  -- sub-line was made again (prelude.lua, `receipt_lapsed`): kept as long.
+  local keep = ENTRY_KEEP_MS
+  local lost = redis.call('HMGET', K_CONFIG, 'lost_under', 'heartbeat_timeout_ms')
+  if lost[1] == id then
+    local heartbeat = tonumber(lost[2]) or 0
+    keep = math.max(keep, heartbeat + math.floor(heartbeat / 4) + 60000)
+    redis.call('HDEL', K_CONFIG, 'lost_under')
+  end
+  keep_result('entry|' .. id, out, keep)
   -- Every ticket at or below an admission's cutoff is admitted or gone
   -- once it settles, and none is given there afterwards (the watermark):
   -- the head keeps the highest, below which a sub-line made again after
