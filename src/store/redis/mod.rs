@@ -1194,10 +1194,47 @@ mod tests {
     }
 
     /// A plain connection to `redis`, to look at or change its keys.
-    fn connection_to(redis: &crate::testkit::RedisServer) -> redis::Connection {
+    pub(super) fn connection_to(redis: &crate::testkit::RedisServer) -> redis::Connection {
         redis::Client::open(redis.url())
             .and_then(|client| client.get_connection())
             .unwrap()
+    }
+
+    /// Users `user-0` … joined one after another at `now_ms`, and the
+    /// ticket each was given.
+    pub(super) async fn join_users(
+        store: &RedisStore,
+        queue: &QueueId,
+        count: usize,
+        now_ms: u64,
+    ) -> (Vec<UserId>, HashMap<UserId, u64>) {
+        let users: Vec<UserId> = (0..count)
+            .map(|n| UserId::parse(&format!("user-{n}")).unwrap())
+            .collect();
+        let mut tickets = HashMap::new();
+        for user in &users {
+            let place = store.enqueue(queue, user, now_ms).await.unwrap();
+            tickets.insert(user.clone(), place.ticket);
+        }
+        (users, tickets)
+    }
+
+    /// Rolls the head of `sale` back by hand, as a failover to a replica
+    /// behind does: its sequence to 3, its leases gone, in another history.
+    pub(super) fn roll_back_head(conn: &mut redis::Connection, queue: &QueueId) {
+        let head = keys::queue_keys("t", queue);
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(&head[1])
+            .arg(3)
+            .cmd("DEL")
+            .arg(keys::leases_key("t", queue))
+            .cmd("HSET")
+            .arg(&head[0])
+            .arg("head_history")
+            .arg("an-older-one")
+            .query(conn)
+            .unwrap();
     }
 
     /// A store serving sub-lines on `redis`, with the queue `sale` made
@@ -1351,14 +1388,7 @@ mod tests {
             ..QueueUpdate::default()
         };
         store.update_queue(&queue, &update, 500).await.unwrap();
-        let users: Vec<UserId> = (0..30)
-            .map(|n| UserId::parse(&format!("user-{n}")).unwrap())
-            .collect();
-        let mut tickets = HashMap::new();
-        for user in &users {
-            let place = store.enqueue(&queue, user, 1_000).await.unwrap();
-            tickets.insert(user.clone(), place.ticket);
-        }
+        let (users, mut tickets) = join_users(&store, &queue, 30, 1_000).await;
         let lost_line = 1;
         let keys = keys::tagged_keys("t", &format!("sale/3~{lost_line}"));
         let mut conn = connection_to(&redis);
@@ -1512,14 +1542,7 @@ mod tests {
     async fn a_lost_sub_line_gives_its_users_places_back_from_their_receipts() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         let (store, queue) = over_three_sub_lines(&redis).await;
-        let users: Vec<UserId> = (0..30)
-            .map(|n| UserId::parse(&format!("user-{n}")).unwrap())
-            .collect();
-        let mut tickets = HashMap::new();
-        for user in &users {
-            let place = store.enqueue(&queue, user, 1_000).await.unwrap();
-            tickets.insert(user.clone(), place.ticket);
-        }
+        let (users, tickets) = join_users(&store, &queue, 30, 1_000).await;
         let first = store
             .admit(&queue, 6, Some(&RequestId::parse("a").unwrap()), 2_000)
             .await
@@ -1656,19 +1679,7 @@ mod tests {
         assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
         before.push(above);
         let mut conn = connection_to(&redis);
-        let head = keys::queue_keys("t", &queue);
-        let _: () = redis::pipe()
-            .cmd("SET")
-            .arg(&head[1])
-            .arg(3)
-            .cmd("DEL")
-            .arg(keys::leases_key("t", &queue))
-            .cmd("HSET")
-            .arg(&head[0])
-            .arg("head_history")
-            .arg("an-older-one")
-            .query(&mut conn)
-            .unwrap();
+        roll_back_head(&mut conn, &queue);
         // Admission first: its watermark reads the sequence.
         let request = RequestId::parse("first").unwrap();
         let first = store

@@ -986,20 +986,7 @@ impl SubLineLink<'_> {
         let step = |step: &'static str, sub_line: usize, last: String| {
             let (ticket, issued) = (&ticket, &issued);
             async move {
-                // 'lost' after the head cleared it: a ticket an unsettled
-                // admission did not take.
-                let (last, cleared) = match last.split_once(' ') {
-                    Some((last, cleared)) => (last.to_owned(), cleared.to_owned()),
-                    None => (last, String::new()),
-                };
-                let args = [
-                    step,
-                    user.as_str(),
-                    ticket,
-                    issued,
-                    last.as_str(),
-                    cleared.as_str(),
-                ];
+                let args = [step, user.as_str(), ticket, issued, last.as_str()];
                 let keys = layout.keys(self.prefix, sub_line)?;
                 let given_back = [keys::tagged_given_back_key(
                     self.prefix,
@@ -1037,7 +1024,6 @@ impl SubLineLink<'_> {
             // unsettled: the head's record of it decides.
             _ => {
                 let entry = lost.string()?;
-                let ticket = claim.ticket.to_string();
                 let args = [
                     "admitted_by",
                     entry.as_str(),
@@ -1065,10 +1051,7 @@ impl SubLineLink<'_> {
                         ));
                     }
                 }
-                if step("lost", own, format!("{epoch} cleared"))
-                    .await?
-                    .flag()?
-                {
+                if step("lost_cleared", own, epoch.clone()).await?.flag()? {
                     return self.restored(layout, user, now_ms).await;
                 }
             }
@@ -1809,7 +1792,9 @@ impl<'a> ScriptCall<'a> {
 mod tests {
     use super::*;
     use crate::domain::Adoption;
-    use crate::store::redis::tests::store_on;
+    use crate::store::redis::tests::{
+        connection_to, join_users, over_three_sub_lines, roll_back_head, store_on,
+    };
     use crate::store::{QueueStore, RedisStore};
 
     /// A sub-line lost while an admission was journalled and not settled:
@@ -1820,18 +1805,9 @@ mod tests {
     #[tokio::test]
     async fn a_sub_line_lost_under_an_unsettled_admission_gives_back_only_whom_it_did_not_admit() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-        let (store, queue) = crate::store::redis::tests::over_three_sub_lines(&redis).await;
-        let users: Vec<UserId> = (0..60)
-            .map(|n| UserId::parse(&format!("user-{n}")).unwrap())
-            .collect();
-        let mut tickets = HashMap::new();
-        for user in &users {
-            let place = store.enqueue(&queue, user, 1_000).await.unwrap();
-            tickets.insert(user.clone(), place.ticket);
-        }
-        let mut conn = redis::Client::open(redis.url())
-            .and_then(|client| client.get_connection())
-            .unwrap();
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let (users, tickets) = join_users(&store, &queue, 60, 1_000).await;
+        let mut conn = connection_to(&redis);
         let head = keys::queue_keys("t", &queue);
         let link = store.link(&queue);
         let of_lost = |user: &&UserId| sub_line_of(user.as_str(), 3) == 1;
@@ -1951,17 +1927,8 @@ mod tests {
         config.shards = 3;
         config.heartbeat_timeout = Duration::from_secs(3600);
         store.create_queue(&config).await.unwrap();
-        let users: Vec<UserId> = (0..30)
-            .map(|n| UserId::parse(&format!("user-{n}")).unwrap())
-            .collect();
-        let mut tickets = HashMap::new();
-        for user in &users {
-            let place = store.enqueue(&queue, user, 1_000).await.unwrap();
-            tickets.insert(user.clone(), place.ticket);
-        }
-        let mut conn = redis::Client::open(redis.url())
-            .and_then(|client| client.get_connection())
-            .unwrap();
+        let (users, tickets) = join_users(&store, &queue, 30, 1_000).await;
+        let mut conn = connection_to(&redis);
         let (entry, cutoff) = lose_under_an_entry(&store, &queue, 15, "first", &mut conn).await;
         let below: Vec<&UserId> = users
             .iter()
@@ -2054,22 +2021,7 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
-        let head = keys::queue_keys("t", &queue);
-        let mut conn = redis::Client::open(redis.url())
-            .and_then(|client| client.get_connection())
-            .unwrap();
-        let _: () = redis::pipe()
-            .cmd("SET")
-            .arg(&head[1])
-            .arg(3)
-            .cmd("DEL")
-            .arg(keys::leases_key("t", &queue))
-            .cmd("HSET")
-            .arg(&head[0])
-            .arg("head_history")
-            .arg("an-older-one")
-            .query(&mut conn)
-            .unwrap();
+        roll_back_head(&mut connection_to(&redis), &queue);
         for user in of(1).skip(1).take(5) {
             let place = store.enqueue(&queue, &user, 12_000).await.unwrap();
             assert!(place.ticket > 500, "{user}: {}", place.ticket);

@@ -34,7 +34,7 @@
 --     an admission unsettled when the sub-line was made again
 --     (`lost_entry`, `lost_entry_cutoff`) may have been popped here by it:
 --     {'ok', 2, entry id}, for the head's record of it to decide
---     (admission_head.lua, 'admitted_by'); asked again with 'cleared'
+--     (admission_head.lua, 'admitted_by'); asked again as 'lost_cleared'
 --     after, it is given back as any other.
 -- Or {'no_queue'}.
 
@@ -66,14 +66,14 @@ end
 if step == 'taken' then
   return { 'ok', taken() and 1 or 0 }
 end
-if step == 'lost' then
+if step == 'lost' or step == 'lost_cleared' then
   local v = redis.call('HMGET', K_CONFIG, 'lost_head', 'lost_top', 'lost_entry', 'lost_entry_cutoff')
   local lost_head, lost_top = tonumber(v[1]), tonumber(v[2])
   if not lost_top or tonumber(ARGV[6]) ~= cfg.epoch or ticket < lost_head or ticket > lost_top
       or holds() or taken() or redis.call('SISMEMBER', KEYS[OWN], ticket) == 1 then
     return { 'ok', 0 }
   end
-  if v[3] and ticket <= tonumber(v[4]) and ARGV[7] ~= 'cleared' then
+  if v[3] and ticket <= tonumber(v[4]) and step == 'lost' then
     return { 'ok', 2, v[3] }
   end
   redis.call('SADD', KEYS[OWN], ticket)
