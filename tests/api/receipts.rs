@@ -80,6 +80,19 @@ async fn watch_with(
     Ok(app.client().await.watch_rank(request).await?.into_inner())
 }
 
+/// `0..n` in a random order (xorshift seeded by the clock).
+fn shuffled(n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut seed = now_ms() | 1;
+    for i in (1..order.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        order.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
 /// Waits until `app` serves `queue`: declared, and made (or re-made).
 async fn has_queue(app: &TestApp, queue: &str, what: &str, within: Duration) {
     wait_until(what, within, || async {
@@ -331,14 +344,7 @@ async fn after_redis_comes_back_empty_the_line_re_forms_in_its_old_order() {
 
     // The visitors come back in random order, each with the receipt of
     // their last place, through either replica.
-    let mut order: Vec<usize> = (0..VISITORS).collect();
-    let mut seed = now_ms() | 1;
-    for i in (1..order.len()).rev() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        order.swap(i, (seed % (i as u64 + 1)) as usize);
-    }
+    let order = shuffled(VISITORS);
     let mut newcomer_ticket = 0;
     for (n, i) in order.into_iter().enumerate() {
         let (user, ticket, receipt) = &receipts[i];
@@ -536,14 +542,7 @@ async fn declared_over_sub_lines_lost(loss: Loss) {
         "re-made over as many"
     );
 
-    let mut order: Vec<usize> = (0..VISITORS).collect();
-    let mut seed = now_ms() | 1;
-    for i in (1..order.len()).rev() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        order.swap(i, (seed % (i as u64 + 1)) as usize);
-    }
+    let order = shuffled(VISITORS);
     for i in order {
         let (user, ticket, receipt) = &receipts[i];
         let answer = rank_with(&app, "sale", user, receipt).await;

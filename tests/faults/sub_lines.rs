@@ -532,29 +532,13 @@ async fn a_primary_killed(victim_kind: Victim) {
             "{user:?} admitted twice"
         );
     }
-    for batch in 0.. {
-        let request = RequestId::parse(&format!("drain-{batch}")).unwrap();
-        let answer = store
-            .admit(&queue, 100, Some(&request), now_ms())
-            .await
-            .unwrap();
-        if answer.is_empty() {
-            break;
-        }
-        for admission in answer {
-            assert!(
-                admission.admission.ticket > last,
-                "admitted out of ticket order"
-            );
-            last = admission.admission.ticket;
-            assert!(
-                admitted
-                    .insert(admission.admission.ticket, admission.user.clone())
-                    .is_none(),
-                "{:?} admitted twice",
-                admission.user
-            );
-        }
+    for (user, ticket) in drain(&store, &queue).await.into_iter().flatten() {
+        assert!(ticket > last, "admitted out of ticket order");
+        last = ticket;
+        assert!(
+            admitted.insert(ticket, user.clone()).is_none(),
+            "{user:?} admitted twice"
+        );
     }
     let mut lost = 0;
     for (user, join) in &joins {
@@ -719,26 +703,7 @@ async fn a_sub_line_restarted_empty(after: Duration) {
     // is admitted once, but the victim's who joined before its Redis lost
     // them.
     let mut admitted: BTreeMap<u64, UserId> = BTreeMap::new();
-    let drained = {
-        let mut drained = Vec::new();
-        for batch in 0.. {
-            let request = RequestId::parse(&format!("drain-{batch}")).unwrap();
-            let answer = store
-                .admit(&queue, 100, Some(&request), now_ms())
-                .await
-                .unwrap();
-            if answer.is_empty() {
-                break;
-            }
-            drained.push(
-                answer
-                    .into_iter()
-                    .map(|a| (a.user, a.admission.ticket))
-                    .collect::<Vec<_>>(),
-            );
-        }
-        drained
-    };
+    let drained = drain(&store, &queue).await;
     // In ticket order while joins ran, and again in the drain: the places
     // given back stand below tickets admitted before they came back.
     for admissions in [batches, drained] {
@@ -763,6 +728,29 @@ async fn a_sub_line_restarted_empty(after: Duration) {
         );
     }
     eprintln!("{} admitted, none lost", admitted.len());
+}
+
+/// Admits everyone left, a hundred a call until none is: each batch's
+/// users with their tickets.
+async fn drain(store: &RedisStore, queue: &QueueId) -> Vec<Vec<(UserId, u64)>> {
+    let mut drained = Vec::new();
+    for batch in 0.. {
+        let request = RequestId::parse(&format!("drain-{batch}")).unwrap();
+        let answer = store
+            .admit(queue, 100, Some(&request), now_ms())
+            .await
+            .unwrap();
+        if answer.is_empty() {
+            break;
+        }
+        drained.push(
+            answer
+                .into_iter()
+                .map(|a| (a.user, a.admission.ticket))
+                .collect(),
+        );
+    }
+    drained
 }
 
 /// The line a sale has built when the faults begin, long enough that the
