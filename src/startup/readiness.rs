@@ -150,6 +150,16 @@ async fn keep_queues(
             },
         });
         match store.create_queue(&config).await {
+            // Only its head was lost (`QueueStore::create_queue`): it goes
+            // on as it was, of its own epoch.
+            Ok(made) if made.created_at_ms != config.created_at_ms => {
+                crate::telemetry::metrics::metrics().queues_remade.inc();
+                tracing::warn!(
+                    queue = %spec.id,
+                    "a declared queue's head was gone from the store while its sub-lines stood: made again from them, everyone in their place"
+                );
+                hub.forget_line(&spec.id);
+            }
             Ok(_) => {
                 crate::telemetry::metrics::metrics().queues_remade.inc();
                 tracing::warn!(

@@ -86,7 +86,10 @@ pub fn batch_result_ttl_ms(request: &RequestId) -> u64 {
 pub trait QueueStore: Send + Sync + 'static {
     /// Creates a queue; its `created_at_ms` must be set by the caller. A
     /// queue re-made after a loss (`adoption` set) gives its first ticket
-    /// after the adoption's `top`.
+    /// after the adoption's `top`, unless the store lost only part of it
+    /// and makes it again from the rest (a queue over sub-lines whose head
+    /// alone was lost): the queue it answers then is the one kept, of its
+    /// own epoch.
     async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig>;
 
     /// True when the queue is gone without a [`QueueStore::delete_queue`]:

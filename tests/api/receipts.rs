@@ -449,23 +449,185 @@ async fn a_replica_starting_on_an_empty_redis_takes_the_lost_line_back_from_rece
 /// behind everyone.
 #[tokio::test]
 async fn a_declared_queue_over_sub_lines_is_made_again_over_them_after_redis_comes_back_empty() {
-    declared_over_sub_lines_lost(Loss::Everything).await;
+    declared_over_sub_lines_lost().await;
 }
 
-/// The same when only the head is lost (its node back empty) while the
-/// sub-lines stand: the queue is made again from its declaration over fresh
-/// sub-lines, and its users' receipts give their places back.
+/// When only the head is lost (its node back empty) while every sub-line
+/// stands, the declared queue is made again from its sub-lines: the same
+/// queue (its epoch, and its settings as an operator changed them since
+/// the declaration), everyone in their place without a receipt, those
+/// admitted still admitted, a newcomer behind everyone on a ticket nobody
+/// holds, and admission going on from the front. A sub-line lost after
+/// that still gives back only the places of those not admitted.
 #[tokio::test]
-async fn a_declared_queue_over_sub_lines_whose_head_alone_is_lost_gives_every_place_back() {
-    declared_over_sub_lines_lost(Loss::HeadOnly).await;
+async fn a_declared_queue_over_sub_lines_whose_head_alone_is_lost_is_made_again_from_its_sub_lines()
+{
+    const VISITORS: usize = 300;
+    const ADMITTED: u32 = 30;
+    let redis = TestRedis::start();
+    let (url, prefix) = (redis.url(), fresh_prefix());
+    let mut config = with_key(TestApp::redis_config(&url, &prefix), 8);
+    config.redis_sub_lines = true;
+    config.queues = vec![QueueSpec::parse("sale:shards=3,heartbeat_timeout=30s").unwrap()];
+    let app = TestApp::spawn(config).await;
+    has_queue(
+        &app,
+        "sale",
+        "the declared queue made",
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut client = app.client().await;
+    let mut visitors = Vec::new();
+    for i in 0..VISITORS {
+        let place = enqueue(&mut client, "sale", &format!("v{i}")).await;
+        visitors.push((format!("v{i}"), place.ticket, place.receipt));
+    }
+    // Past every block's τ, so admission may take the first tickets.
+    app.clock.advance_ms(1_000);
+    let admitted: std::collections::HashSet<String> = admit(&mut client, "sale", ADMITTED)
+        .await
+        .into_iter()
+        .map(|a| a.user_id)
+        .collect();
+    assert_eq!(admitted.len(), ADMITTED as usize);
+    app.admin()
+        .await
+        .update_queue(pb::UpdateQueueRequest {
+            queue: Some(pb::Queue {
+                notice: "Doors open at six".into(),
+                ..queue("sale")
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["notice".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    let before = app.get_queue("sale").await;
+    let _watcher = open(&app, "sale", &visitors[VISITORS - 1].0).await;
+    app.refreshed("sale").await;
+
+    let connect = || {
+        redis::Client::open(url.as_str())
+            .and_then(|client| client.get_connection())
+            .unwrap()
+    };
+    // The operator's change had not reached one sub-line's copy when the
+    // head was lost.
+    let lagging = format!("{prefix}:{{sale/3~2}}:config");
+    let _: () = redis::cmd("HSET")
+        .arg(&lagging)
+        .arg("notice")
+        .arg("")
+        .arg("settings_version")
+        .arg(0)
+        .query(&mut connect())
+        .unwrap();
+    let mut conn = connect();
+    let mut lose = |pattern: String| {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn).unwrap();
+        assert!(!keys.is_empty(), "{pattern}");
+        let _: () = redis::cmd("DEL").arg(&keys).query(&mut conn).unwrap();
+    };
+    lose(format!("{prefix}:{{sale}}:*"));
+    has_queue(&app, "sale", "the head made again", Duration::from_secs(5)).await;
+    let after = app.get_queue("sale").await;
+    assert_eq!(after.create_time, before.create_time, "the same queue");
+    assert_eq!(
+        (after.shards, after.notice.as_str()),
+        (3, "Doors open at six")
+    );
+    let copied: String = redis::cmd("HGET")
+        .arg(&lagging)
+        .arg("notice")
+        .query(&mut connect())
+        .unwrap();
+    assert_eq!(
+        copied, "Doors open at six",
+        "every sub-line takes the settings"
+    );
+
+    // Joins less than τ apart (this test's clock stood still) took
+    // tickets from their sub-lines' blocks: the line is in ticket order.
+    visitors.sort_by_key(|(_, ticket, _)| *ticket);
+    rank(&mut client, "sale", &visitors[VISITORS - 1].0).await;
+    app.refreshed("sale").await;
+    let mut position = 0;
+    for (user, ticket, _) in &visitors {
+        let place = rank(&mut client, "sale", user).await;
+        if admitted.contains(user) {
+            assert_eq!(place.state(), PlaceState::Admitted, "{user}");
+        } else {
+            position += 1;
+            assert_eq!(
+                (place.state(), place.ticket, place.position),
+                (PlaceState::Waiting, *ticket, position),
+                "{user}"
+            );
+        }
+    }
+
+    // Those admitted before the head's loss stay so when their sub-line is
+    // lost too: everything at or below the admission's cutoff was
+    // admitted or gone.
+    let first_admitted = visitors
+        .iter()
+        .find(|(user, _, _)| admitted.contains(user))
+        .map(|(user, _, _)| user.clone())
+        .unwrap();
+    let sub_line = waitroom::domain::shards::sub_line_of(&first_admitted, 3);
+    lose(format!("{prefix}:{{sale/3~{sub_line}}}:*"));
+    // Until this replica's copy has read the loss, it answers the lost
+    // places from what it read before.
+    app.refreshed("sale").await;
+    let order = shuffled(VISITORS);
+    for i in order {
+        let (user, ticket, receipt) = &visitors[i];
+        if waitroom::domain::shards::sub_line_of(user, 3) != sub_line {
+            continue;
+        }
+        let answer = rank_with(&app, "sale", user, receipt).await;
+        if admitted.contains(user) {
+            assert_eq!(
+                answer.unwrap_err().code(),
+                Code::NotFound,
+                "{user} was admitted before the loss"
+            );
+        } else {
+            let place = answer.unwrap_or_else(|status| panic!("{user}: {status:?}"));
+            assert_eq!(place.ticket, *ticket, "{user}");
+        }
+    }
+
+    let newcomer = enqueue(&mut client, "sale", "newcomer").await;
+    assert!(
+        newcomer.ticket > visitors[VISITORS - 1].1,
+        "{}",
+        newcomer.ticket
+    );
+    app.refreshed("sale").await;
+    assert_eq!(
+        rank(&mut client, "sale", "newcomer").await.position,
+        position + 1
+    );
+    app.clock.advance_ms(1_000);
+    let next: Vec<String> = admit(&mut client, "sale", 10)
+        .await
+        .into_iter()
+        .map(|a| a.user_id)
+        .collect();
+    let front: Vec<String> = visitors
+        .iter()
+        .filter(|(user, _, _)| !admitted.contains(user))
+        .take(10)
+        .map(|(user, _, _)| user.clone())
+        .collect();
+    assert_eq!(next, front, "admission goes on from the front");
+    app.stop().await;
 }
 
-enum Loss {
-    Everything,
-    HeadOnly,
-}
-
-async fn declared_over_sub_lines_lost(loss: Loss) {
+async fn declared_over_sub_lines_lost() {
     const VISITORS: usize = 300;
     const ADMITTED: u32 = 30;
     let mut redis = TestRedis::start();
@@ -499,36 +661,15 @@ async fn declared_over_sub_lines_lost(loss: Loss) {
     let _watcher = open(&app, "sale", &receipts[VISITORS - 1].0).await;
     app.refreshed("sale").await;
 
-    let _empty = match loss {
-        Loss::Everything => {
-            redis.stop();
-            wait_until("the outage seen", Duration::from_secs(5), || async {
-                matches!(
-                    app.readiness().await,
-                    Ok(tonic_health::pb::health_check_response::ServingStatus::NotServing)
-                )
-            })
-            .await;
-            Some(TestRedis::start_on(port))
-        }
-        Loss::HeadOnly => {
-            let mut conn = redis::Client::open(url.as_str())
-                .and_then(|client| client.get_connection())
-                .unwrap();
-            let head: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}:{{sale}}:*"))
-                .query(&mut conn)
-                .unwrap();
-            assert!(!head.is_empty());
-            let _: () = redis::cmd("DEL").arg(&head).query(&mut conn).unwrap();
-            let sub_lines: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}:{{sale/*"))
-                .query(&mut conn)
-                .unwrap();
-            assert!(!sub_lines.is_empty(), "the sub-lines stand");
-            None
-        }
-    };
+    redis.stop();
+    wait_until("the outage seen", Duration::from_secs(5), || async {
+        matches!(
+            app.readiness().await,
+            Ok(tonic_health::pb::health_check_response::ServingStatus::NotServing)
+        )
+    })
+    .await;
+    let _empty = TestRedis::start_on(port);
     has_queue(
         &app,
         "sale",

@@ -424,6 +424,31 @@ impl QueueStore for RedisStore {
                 }))
             }
         };
+        // A queue made again after a loss whose sub-lines all stand lost
+        // only its head: it is made again from them, as it was.
+        if let (Some(layout), Some(_)) = (&layout, config.adoption) {
+            let link = self.link(&config.id);
+            if let Some((kept, fields)) = link.head_from_sub_lines(layout).await? {
+                let mut invocation =
+                    self.invocation(&self.scripts.create_queue, &config.id, config.created_at_ms);
+                invocation.key(keys::deleted_key(&self.prefix, &config.id));
+                let mut head = HashMap::new();
+                for (field, value) in fields {
+                    invocation.arg(field).arg(&value);
+                    head.insert(field.to_owned(), value);
+                }
+                self.run("create_queue", &config.id, &invocation).await?;
+                // Its sequence and open leases back from the sub-lines'
+                // blocks at once, not at the first lease: a sub-line lost
+                // next reads the sequence for the top of what it held.
+                link.resync(config.created_at_ms).await?;
+                // A sub-line an update had not reached yet takes its
+                // settings now.
+                link.copy_settings(layout, &head, config.created_at_ms)
+                    .await?;
+                return Ok(kept);
+            }
+        }
         let fields = config_fields(config);
         let mut invocation =
             self.invocation(&self.scripts.create_queue, &config.id, config.created_at_ms);
@@ -524,28 +549,7 @@ impl QueueStore for RedisStore {
                     invocation.arg(*field).arg(value);
                 }
                 let fields = read(self.run("update_queue", queue, &invocation).await?)?;
-                let mut settings = vec![
-                    fields
-                        .get("settings_version")
-                        .cloned()
-                        .ok_or_else(|| bad_reply("a head without its settings version"))?,
-                ];
-                for name in fields::SETTINGS {
-                    settings.push(name.to_owned());
-                    settings.push(fields.get(name).cloned().unwrap_or_default());
-                }
-                let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
-                for sub_line in 0..layout.shards as usize {
-                    link.on_sub_line(
-                        "update_queue",
-                        &self.scripts.copy_settings,
-                        &layout,
-                        sub_line,
-                        &settings,
-                        now_ms,
-                    )
-                    .await?;
-                }
+                link.copy_settings(&layout, &fields, now_ms).await?;
                 Ok(fields)
             },
         )

@@ -161,6 +161,12 @@ impl Layouts {
     }
 }
 
+/// Changes a line's log numbers in a millisecond, at most: a sub-line made
+/// again numbers its log from the milliseconds since its queue was made
+/// times this. Redis runs far below it, and the numbers stay below 10^14
+/// (which the scripts write out in full) for three years of a queue.
+const LOG_SEQ_PER_MS: u64 = 1_000;
+
 /// What calls on a queue's sub-lines need: a connection, the scripts and
 /// the key prefix.
 #[derive(Clone, Copy)]
@@ -328,6 +334,19 @@ impl SubLineLink<'_> {
             ("lost_head", lost_head.to_string()),
             ("lost_top", lost_top.unwrap_or(0).to_string()),
             ("presence_since_ms", now_ms.to_string()),
+            // Its log starts after any number the lost one reached (under
+            // a thousand changes a millisecond since the queue was made),
+            // so a replica's copy reading on from the lost log's numbers
+            // finds it incomplete and reads the sub-line afresh
+            // (`line_changes.lua`), rather than taking the new log's
+            // changes from the middle.
+            (
+                "log_seq",
+                now_ms
+                    .saturating_sub(config.created_at_ms)
+                    .saturating_mul(LOG_SEQ_PER_MS)
+                    .to_string(),
+            ),
             // Later copies of settings apply only if newer (copy_settings).
             ("settings_version", settings_version),
         ];
@@ -348,6 +367,114 @@ impl SubLineLink<'_> {
         self.make_sub_line(&layout, sub_line, &config, &lost)
             .await?;
         Ok(true)
+    }
+
+    /// The head of a queue over sub-lines, made again from them: when the
+    /// head was lost (its node back empty) while every sub-line of
+    /// `layout` stands with one queue's copy of the config, the queue goes
+    /// on as it was, everyone in their place, rather than made afresh over
+    /// empty sub-lines. Returns the queue's config and the head's fields,
+    /// or `None` when a sub-line is missing or of another queue.
+    ///
+    /// The head's config is the copy of the latest settings version (an
+    /// update copies to the sub-lines after the head). Its sequence and
+    /// leases come back from the sub-lines' blocks by the resync every
+    /// new head makes first (no history recorded: `lease.lua`). Its
+    /// admitted cutoff, below which a sub-line made again after a loss
+    /// gives nothing back, is the highest cutoff any pop was asked to
+    /// take to, but below every ticket still waiting: an admission cut
+    /// short by the loss leaves its other sub-lines' tickets waiting, and
+    /// they stay someone's place to give back.
+    pub(super) async fn head_from_sub_lines(
+        &self,
+        layout: &Layout,
+    ) -> Result<Option<(QueueConfig, Vec<(&'static str, String)>)>> {
+        let mut newest: Option<(u64, HashMap<String, String>)> = None;
+        let (mut epoch, mut popped, mut lowest_waiting) = (None, 0, u64::MAX);
+        for sub_line in 0..layout.shards as usize {
+            let keys = layout.keys(self.prefix, sub_line)?;
+            let tag = layout.tag(sub_line)?;
+            let fields: HashMap<String, String> = self
+                .on_slot("create_queue", tag, redis::cmd("HGETALL").arg(&keys[0]))
+                .await?;
+            let field = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+            let ours = field("sub_line") == Some(sub_line as u64)
+                && field("shards") == Some(u64::from(layout.shards))
+                && field("created_at_ms").is_some()
+                && epoch.is_none_or(|epoch| field("created_at_ms") == Some(epoch));
+            if !ours {
+                return Ok(None);
+            }
+            epoch = field("created_at_ms");
+            popped = popped.max(field("popped_cutoff").unwrap_or(0));
+            let front: Vec<(String, u64)> = self
+                .on_slot(
+                    "create_queue",
+                    tag,
+                    redis::cmd("ZRANGE")
+                        .arg(&keys[2])
+                        .arg(0)
+                        .arg(0)
+                        .arg("WITHSCORES"),
+                )
+                .await?;
+            if let Some((_, ticket)) = front.first() {
+                lowest_waiting = lowest_waiting.min(*ticket);
+            }
+            let version = field("settings_version").unwrap_or(0);
+            if newest.as_ref().is_none_or(|(latest, _)| version > *latest) {
+                newest = Some((version, fields));
+            }
+        }
+        let Some((version, fields)) = newest else {
+            return Ok(None);
+        };
+        let Some(config) = super::fields::parse_config(self.queue, fields)? else {
+            return Ok(None);
+        };
+        let mut head = super::fields::config_fields(&config);
+        head.extend([
+            ("settings_version", version.to_string()),
+            ("sub_lines", layout.head_field()),
+            ("sub_lines_made", "1".to_owned()),
+            (
+                "admitted_cutoff",
+                popped.min(lowest_waiting.saturating_sub(1)).to_string(),
+            ),
+        ]);
+        Ok(Some((config, head)))
+    }
+
+    /// Gives each sub-line the head's settings as of its settings version
+    /// (`copy_settings.lua`): a sub-line holding a later version keeps it.
+    pub(super) async fn copy_settings(
+        &self,
+        layout: &Layout,
+        head: &HashMap<String, String>,
+        now_ms: u64,
+    ) -> Result<()> {
+        let mut settings = vec![
+            head.get("settings_version")
+                .cloned()
+                .ok_or_else(|| bad_reply("a head without its settings version"))?,
+        ];
+        for name in super::fields::SETTINGS {
+            settings.push(name.to_owned());
+            settings.push(head.get(name).cloned().unwrap_or_default());
+        }
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        for sub_line in 0..layout.shards as usize {
+            self.on_sub_line(
+                "update_queue",
+                &self.scripts.copy_settings,
+                layout,
+                sub_line,
+                &settings,
+                now_ms,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Makes sub-line `sub_line` of a queue over sub-lines with its copy of
@@ -1164,7 +1291,7 @@ impl SubLineLink<'_> {
     /// them all and records the history; the call that was answered so
     /// runs again ([`Self::value`]). A sub-line that does not answer holds
     /// every lease back, as the head's own loss does.
-    async fn resync(&self, now_ms: u64) -> Result<()> {
+    pub(super) async fn resync(&self, now_ms: u64) -> Result<()> {
         let layout = self.layout().await?;
         let mut reached = 0;
         let mut open = Vec::new();
@@ -1985,6 +2112,130 @@ mod tests {
         config.adoption = Some(Adoption::default());
         store.create_queue(&config).await.unwrap();
         (store, queue)
+    }
+
+    /// A replica's copy reads each sub-line's log on from where it last
+    /// read. A sub-line lost and made again keeps a new log: read on from
+    /// the lost one's numbers, it answers incomplete (the copy reads the
+    /// sub-line afresh), however much it logged since, rather than its
+    /// changes from the middle.
+    #[tokio::test]
+    async fn a_copy_reading_on_from_a_lost_sub_line_s_log_reads_the_new_one_afresh() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        join_users(&store, &queue, 60, 1_000).await;
+        let read = store
+            .line_changes(&queue, 1, 0, 1_000, 1_100)
+            .await
+            .unwrap();
+        assert!(read.complete);
+        let cursor = read.events.last().map(|(seq, _)| *seq).unwrap();
+        let mut conn = connection_to(&redis);
+        let lost = keys::tagged_keys("t", "sale/3~1");
+        let _: () = redis::cmd("UNLINK")
+            .arg(&lost[..])
+            .query(&mut conn)
+            .unwrap();
+        for user in of(1).take(cursor as usize + 10) {
+            store.enqueue(&queue, &user, 2_000).await.unwrap();
+        }
+        let read = store
+            .line_changes(&queue, 1, cursor, 1_000, 2_100)
+            .await
+            .unwrap();
+        assert!(!read.complete, "{:?}", read.events.first());
+    }
+
+    /// A head lost while an admission was under way (popped on one
+    /// sub-line, not yet on the others) is made again from its sub-lines
+    /// with an admitted cutoff below everyone still waiting: a sub-line
+    /// lost after that gives back the places of its users the cut-short
+    /// admission never took, and not of those it did take elsewhere.
+    #[tokio::test]
+    async fn a_head_made_again_from_its_sub_lines_under_a_cut_short_admission_keeps_its_waiting_places()
+     {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let (users, tickets) = join_users(&store, &queue, 60, 1_000).await;
+        let mut conn = connection_to(&redis);
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        let request = RequestId::parse("cut-short").unwrap();
+        link.admit_until(&layout, 15, Some(&request), false, 2_000, Until::Planned)
+            .await
+            .unwrap();
+        let head = keys::queue_keys("t", &queue);
+        let (entry, cutoff, counts): (String, u64, String) = redis::cmd("HMGET")
+            .arg(&head[0])
+            .arg("admitting")
+            .arg("admitting_cutoff")
+            .arg("admitting_counts")
+            .query(&mut conn)
+            .unwrap();
+        let most = counts.split(',').next().unwrap().to_owned();
+        let cutoff_arg = cutoff.to_string();
+        link.on_sub_line(
+            "admit",
+            &store.scripts.admission_pop,
+            &layout,
+            0,
+            &[&entry, &cutoff_arg, "60000", "60000", &most],
+            2_100,
+        )
+        .await
+        .unwrap();
+        let gone: Vec<String> = redis::cmd("KEYS")
+            .arg("t:{sale}:*")
+            .query(&mut conn)
+            .unwrap();
+        let _: () = redis::cmd("UNLINK").arg(&gone).query(&mut conn).unwrap();
+        let mut config = QueueConfig::new(queue.clone()).created(3_000);
+        config.shards = 3;
+        config.adoption = Some(Adoption::default());
+        let kept = store.create_queue(&config).await.unwrap();
+        assert_eq!(kept.created_at_ms, 0, "the same queue");
+
+        let lost = keys::tagged_keys("t", "sale/3~1");
+        let _: () = redis::cmd("UNLINK")
+            .arg(&lost[..])
+            .query(&mut conn)
+            .unwrap();
+        let newcomer = of(1).next().unwrap();
+        store.enqueue(&queue, &newcomer, 3_100).await.unwrap();
+        let returning: Vec<&UserId> = users
+            .iter()
+            .filter(|user| sub_line_of(user.as_str(), 3) == 1 && tickets[*user] <= cutoff)
+            .collect();
+        assert!(!returning.is_empty());
+        for user in returning {
+            let claim = PlaceClaim {
+                epoch_ms: 0,
+                ticket: tickets[user],
+                head: 0,
+                top: 0,
+                issued_ms: 1_500,
+            };
+            let restored = store.restore(&queue, user, &claim, 3_200).await.unwrap();
+            assert!(
+                matches!(restored, Restoration::Restored(ref place) if place.ticket == tickets[user]),
+                "{user}: {restored:?}"
+            );
+        }
+        let popped = users
+            .iter()
+            .find(|user| sub_line_of(user.as_str(), 3) == 0 && tickets[*user] <= cutoff)
+            .unwrap();
+        let place = store.place(&queue, popped, 3_300).await.unwrap();
+        assert!(
+            matches!(
+                place,
+                Some(Place {
+                    state: PlaceState::Admitted(_),
+                    ..
+                })
+            ),
+            "{popped}: {place:?}"
+        );
     }
 
     /// Users of sub-line `sub_line` of three, one after another.

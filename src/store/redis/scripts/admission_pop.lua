@@ -2,7 +2,10 @@
 -- admits everyone waiting at or below the cutoff, lowest first, and keeps
 -- what it took under the entry's id, so a replay (the entry finished by
 -- another admitter) takes nobody else and answers the same. The head
--- counts the admissions when it settles the entry.
+-- counts the admissions when it settles the entry. The sub-line keeps the
+-- highest cutoff it was asked to pop to (`popped_cutoff`), from which a
+-- head lost while the sub-lines stand is made again (sub_lines.rs,
+-- `head_from_sub_lines`).
 -- KEYS: the sub-line's keys (prelude). ARGV: now, entry id, cutoff,
 -- admission ttl (ms, the head's), how long to keep what it took (ms), and
 -- the most it may take: as many as the plan counted here, so a ticket that
@@ -26,6 +29,9 @@ if previous then
 end
 prepare(cfg)
 cfg.ttl = tonumber(ARGV[4])
+if tonumber(ARGV[3]) > (tonumber(redis.call('HGET', K_CONFIG, 'popped_cutoff')) or 0) then
+  redis.call('HSET', K_CONFIG, 'popped_cutoff', ARGV[3])
+end
 local out = { 'ok' }
 local taken = redis.call('ZRANGEBYSCORE', K_WAITING, '-inf', ARGV[3], 'WITHSCORES', 'LIMIT', 0,
   tonumber(ARGV[6]))
