@@ -124,9 +124,12 @@ pub(super) async fn set_ready(health: &HealthReporter, flag: &AtomicBool, ready:
 /// Re-makes the declared queues the store lost, with their declared
 /// settings, taking back the lost line's places from receipts
 /// ([`Adoption`]) as far as this instance knew it; a queue deleted by
-/// `DeleteQueue` stays deleted until the service starts again. Returns the
-/// queues visitors here followed that the store lost and that are not
-/// declared: nothing re-makes those.
+/// `DeleteQueue` stays deleted until the service starts again. A queue
+/// visitors here followed that the store lost in part (the head of a queue
+/// over sub-lines, its sub-lines standing) is made again from the rest,
+/// declared or not. Returns the queues visitors here followed that the
+/// store lost, that are not declared and that nothing was left to make
+/// again from: nothing re-makes those.
 async fn keep_queues(
     store: &dyn QueueStore,
     clock: &dyn Clock,
@@ -193,7 +196,19 @@ async fn keep_queues(
             continue;
         }
         match store.queue_lost(&queue).await {
-            Ok(true) => vanished.push(queue),
+            // Lost in part (a head alone, its sub-lines standing): made
+            // again from the rest, as it was.
+            Ok(true) => match store.remake_from_parts(&queue, clock.now_ms()).await {
+                Ok(Some(_)) => {
+                    crate::telemetry::metrics::metrics().queues_remade.inc();
+                    tracing::warn!(
+                        %queue,
+                        "a queue's head was gone from the store while its sub-lines stood: made again from them, everyone in their place"
+                    );
+                    hub.forget_line(&queue);
+                }
+                _ => vanished.push(queue),
+            },
             // Deleted, or there: remembered only while followed.
             Ok(false) if !followed => hub.forget_line(&queue),
             Ok(false) => {}

@@ -38,6 +38,9 @@ macro_rules! queue_store_over {
         create_queue(config: &$crate::domain::QueueConfig) -> $crate::Result<$crate::domain::QueueConfig>; $($pass)*); };
     (@signature queue_lost, $($pass:tt)*) => { $crate::store::queue_store_over!(@pass
         queue_lost(queue: &$crate::domain::QueueId) -> $crate::Result<bool>; $($pass)*); };
+    (@signature remake_from_parts, $($pass:tt)*) => { $crate::store::queue_store_over!(@pass
+        remake_from_parts(queue: &$crate::domain::QueueId, now_ms: u64)
+            -> $crate::Result<Option<$crate::domain::QueueConfig>>; $($pass)*); };
     (@signature get_queue, $($pass:tt)*) => { $crate::store::queue_store_over!(@pass
         get_queue(queue: &$crate::domain::QueueId) -> $crate::Result<$crate::domain::QueueConfig>; $($pass)*); };
     (@signature list_queues, $($pass:tt)*) => { $crate::store::queue_store_over!(@pass

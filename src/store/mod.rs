@@ -97,6 +97,14 @@ pub trait QueueStore: Send + Sync + 'static {
     /// tells a queue the store lost from one an operator deleted.
     async fn queue_lost(&self, queue: &QueueId) -> Result<bool>;
 
+    /// Makes a lost queue again from what the store still holds of it,
+    /// when it lost only part of it: a queue over sub-lines whose head
+    /// alone was lost, found by its sub-lines, is made again as it was (its
+    /// epoch, its settings, everyone in their place). `None` when nothing
+    /// is left to make it from, or it is not lost. How a queue nobody
+    /// declared comes back without an operator.
+    async fn remake_from_parts(&self, queue: &QueueId, now_ms: u64) -> Result<Option<QueueConfig>>;
+
     async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig>;
 
     /// Queues with an id greater than `after`, in id order, at most `limit`.

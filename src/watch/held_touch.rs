@@ -50,6 +50,7 @@ crate::store::queue_store_over!(
         update_queue,
         delete_queue,
         queue_lost,
+        remake_from_parts,
         restore,
         enqueue,
         enqueue_many,

@@ -87,6 +87,19 @@ crate::store::queue_store_over!(
             Ok(created)
         }
 
+        async fn remake_from_parts(
+            &self,
+            queue: &QueueId,
+            now_ms: u64,
+        ) -> Result<Option<QueueConfig>> {
+            let made = self.inner.remake_from_parts(queue, now_ms).await?;
+            if made.is_some() {
+                self.hub.reconfigured(queue);
+                self.tell_others(queue);
+            }
+            Ok(made)
+        }
+
         async fn update_queue(
             &self,
             queue: &QueueId,

@@ -627,6 +627,57 @@ async fn a_declared_queue_over_sub_lines_whose_head_alone_is_lost_is_made_again_
     app.stop().await;
 }
 
+/// A queue over sub-lines that nobody declared, whose head alone is lost:
+/// the replicas that follow it make it again from its sub-lines, as it was,
+/// rather than turning unready until an operator acts.
+#[tokio::test]
+async fn an_undeclared_queue_over_sub_lines_whose_head_alone_is_lost_is_made_again_from_them() {
+    let redis = TestRedis::start();
+    let (url, prefix) = (redis.url(), fresh_prefix());
+    let mut config = with_key(TestApp::redis_config(&url, &prefix), 8);
+    config.redis_sub_lines = true;
+    let app = TestApp::spawn(config).await;
+    app.create_queue(pb::Queue {
+        shards: 3,
+        ..queue("sale")
+    })
+    .await;
+    let mut client = app.client().await;
+    let mut visitors = Vec::new();
+    for i in 0..60 {
+        let place = enqueue(&mut client, "sale", &format!("v{i}")).await;
+        visitors.push((format!("v{i}"), place.ticket));
+    }
+    let before = app.get_queue("sale").await;
+    let _watcher = open(&app, "sale", &visitors[59].0).await;
+    app.refreshed("sale").await;
+
+    let mut conn = redis::Client::open(url.as_str())
+        .and_then(|client| client.get_connection())
+        .unwrap();
+    let head: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:{{sale}}:*"))
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("DEL").arg(&head).query(&mut conn).unwrap();
+    has_queue(&app, "sale", "the head made again", Duration::from_secs(5)).await;
+    assert_eq!(app.get_queue("sale").await.create_time, before.create_time);
+    assert_eq!(
+        app.readiness().await.unwrap(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    visitors.sort_by_key(|(_, ticket)| *ticket);
+    for (n, (user, ticket)) in visitors.iter().enumerate() {
+        let place = rank(&mut client, "sale", user).await;
+        assert_eq!(
+            (place.ticket, place.position),
+            (*ticket, n as u64 + 1),
+            "{user}"
+        );
+    }
+    app.stop().await;
+}
+
 async fn declared_over_sub_lines_lost() {
     const VISITORS: usize = 300;
     const ADMITTED: u32 = 30;

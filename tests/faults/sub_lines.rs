@@ -722,20 +722,30 @@ async fn a_sub_line_restarted_empty(after: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_head_s_redis_restarted_empty_is_made_again_from_its_sub_lines() {
     let _one = crate::one_at_a_time().await;
-    the_head_restarted_empty(Duration::from_secs(2)).await;
+    the_head_restarted_empty(Duration::from_secs(2), Remaking::Declared).await;
 }
 
-/// The same half a second into the joins and admissions, and after three
-/// seconds.
+/// The same half a second into the joins and admissions, made again as a
+/// queue nobody declared is (its sub-lines found by the store alone), and
+/// after three seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_head_s_redis_restarted_empty_early_or_late_is_made_again_from_its_sub_lines() {
     let _one = crate::one_at_a_time().await;
-    the_head_restarted_empty(Duration::from_millis(500)).await;
-    the_head_restarted_empty(Duration::from_secs(3)).await;
+    the_head_restarted_empty(Duration::from_millis(500), Remaking::Undeclared).await;
+    the_head_restarted_empty(Duration::from_secs(3), Remaking::Declared).await;
+}
+
+/// How the service makes a lost queue again.
+#[derive(Clone, Copy)]
+enum Remaking {
+    /// From its declaration (`create_queue` with an adoption).
+    Declared,
+    /// From what the store kept of it (`remake_from_parts`).
+    Undeclared,
 }
 
 /// Restarts the head's Redis empty `after` joins and admissions began.
-async fn the_head_restarted_empty(after: Duration) {
+async fn the_head_restarted_empty(after: Duration, remaking: Remaking) {
     let mut cluster = RedisCluster::start_masters(4).unwrap_or_else(|e| panic!("{e}"));
     let (store, queue, config) = sale_over_three_sub_lines(&cluster).await;
     let head = cluster.master_of("k:{sale}:config").unwrap();
@@ -763,12 +773,20 @@ async fn the_head_restarted_empty(after: Duration) {
             let mut made = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 if matches!(store.queue_lost(&queue).await, Ok(true)) {
-                    let mut again = config.clone();
-                    again.created_at_ms = now_ms();
-                    again.adoption = Some(waitroom::domain::Adoption::default());
-                    if let Ok(queue) = store.create_queue(&again).await {
-                        made.push(queue.created_at_ms);
-                    }
+                    let again = match remaking {
+                        Remaking::Declared => {
+                            let mut again = config.clone();
+                            again.created_at_ms = now_ms();
+                            again.adoption = Some(waitroom::domain::Adoption::default());
+                            store.create_queue(&again).await.ok()
+                        }
+                        Remaking::Undeclared => store
+                            .remake_from_parts(&queue, now_ms())
+                            .await
+                            .ok()
+                            .flatten(),
+                    };
+                    made.extend(again.map(|queue| queue.created_at_ms));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -108,6 +108,15 @@ impl QueueStore for MemoryStore {
         Ok(!inner.queues.contains_key(queue) && !inner.deleted.contains(queue))
     }
 
+    /// This store loses a queue whole or not at all.
+    async fn remake_from_parts(
+        &self,
+        _queue: &QueueId,
+        _now_ms: u64,
+    ) -> Result<Option<QueueConfig>> {
+        Ok(None)
+    }
+
     async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig> {
         self.with_queue(queue, |state| Ok(state.config()))
     }

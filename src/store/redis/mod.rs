@@ -382,6 +382,60 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Where a queue of `shards` sub-lines is placed: on a Cluster, spread
+    /// over its nodes by the slot map as it is now; on one Redis, plain
+    /// tags.
+    async fn placed(&self, queue: &QueueId, shards: u32) -> Result<Layout> {
+        let owners = self.slot_owners().await?;
+        Ok(Layout::new(queue, shards, |slot| {
+            sub_lines::owner_of(&owners, slot)
+        }))
+    }
+
+    /// Which node owns each slot range (none on one Redis).
+    async fn slot_owners(&self) -> Result<Vec<(u16, u16, usize)>> {
+        Ok(match self.connection().await? {
+            topology::Connection::Cluster(_) => sub_lines::slot_owners(
+                &self
+                    .command::<Value>("slot_owners", redis::cmd("CLUSTER").arg("SLOTS"))
+                    .await?,
+            )?,
+            topology::Connection::Single(..) => Vec::new(),
+        })
+    }
+
+    /// Makes the lost head of a queue over the sub-lines of `layout` again
+    /// from them, when every one stands (`SubLineLink::head_from_sub_lines`):
+    /// the queue as it was, or `None`.
+    async fn head_again(
+        &self,
+        queue: &QueueId,
+        layout: &Layout,
+        now_ms: u64,
+    ) -> Result<Option<QueueConfig>> {
+        let link = self.link(queue);
+        let Some((kept, fields)) = link.head_from_sub_lines(layout).await? else {
+            return Ok(None);
+        };
+        let mut invocation = self.invocation(&self.scripts.create_queue, queue, now_ms);
+        invocation.key(keys::deleted_key(&self.prefix, queue));
+        let mut head = HashMap::new();
+        for (field, value) in fields {
+            invocation.arg(field).arg(&value);
+            head.insert(field.to_owned(), value);
+        }
+        self.run("create_queue", queue, &invocation).await?;
+        // Its sequence and open leases back from the sub-lines' blocks at
+        // once, not at the first lease: a sub-line lost next reads the
+        // sequence for the top of what it held.
+        link.resync(now_ms).await?;
+        // A sub-line an update had not reached yet takes its settings now.
+        link.copy_settings(layout, &head, now_ms).await?;
+        Ok(Some(kept))
+    }
+}
+
 #[async_trait]
 impl QueueStore for RedisStore {
     async fn create_queue(&self, config: &QueueConfig) -> Result<QueueConfig> {
@@ -408,46 +462,16 @@ impl QueueStore for RedisStore {
         .await?;
         let layout = match config.shards {
             0 | 1 => None,
-            shards => {
-                // On a Cluster, the sub-lines spread over its nodes by the
-                // slot map as it is now; on one Redis, plain tags.
-                let owners = match self.connection().await? {
-                    topology::Connection::Cluster(_) => sub_lines::slot_owners(
-                        &self
-                            .command::<Value>("create_queue", redis::cmd("CLUSTER").arg("SLOTS"))
-                            .await?,
-                    )?,
-                    topology::Connection::Single(..) => Vec::new(),
-                };
-                Some(Layout::new(&config.id, shards, |slot| {
-                    sub_lines::owner_of(&owners, slot)
-                }))
-            }
+            shards => Some(self.placed(&config.id, shards).await?),
         };
         // A queue made again after a loss whose sub-lines all stand lost
         // only its head: it is made again from them, as it was.
-        if let (Some(layout), Some(_)) = (&layout, config.adoption) {
-            let link = self.link(&config.id);
-            if let Some((kept, fields)) = link.head_from_sub_lines(layout).await? {
-                let mut invocation =
-                    self.invocation(&self.scripts.create_queue, &config.id, config.created_at_ms);
-                invocation.key(keys::deleted_key(&self.prefix, &config.id));
-                let mut head = HashMap::new();
-                for (field, value) in fields {
-                    invocation.arg(field).arg(&value);
-                    head.insert(field.to_owned(), value);
-                }
-                self.run("create_queue", &config.id, &invocation).await?;
-                // Its sequence and open leases back from the sub-lines'
-                // blocks at once, not at the first lease: a sub-line lost
-                // next reads the sequence for the top of what it held.
-                link.resync(config.created_at_ms).await?;
-                // A sub-line an update had not reached yet takes its
-                // settings now.
-                link.copy_settings(layout, &head, config.created_at_ms)
-                    .await?;
-                return Ok(kept);
-            }
+        if let (Some(layout), Some(_)) = (&layout, config.adoption)
+            && let Some(kept) = self
+                .head_again(&config.id, layout, config.created_at_ms)
+                .await?
+        {
+            return Ok(kept);
         }
         let fields = config_fields(config);
         let mut invocation =
@@ -501,6 +525,31 @@ impl QueueStore for RedisStore {
             )
             .await?;
         Ok(found == 0)
+    }
+
+    async fn remake_from_parts(&self, queue: &QueueId, now_ms: u64) -> Result<Option<QueueConfig>> {
+        if !self.sub_lines || !self.queue_lost(queue).await? {
+            return Ok(None);
+        }
+        // The number of sub-lines went with the head: each number's first
+        // sub-line is asked for, so a queue lost whole costs fifteen reads.
+        let owners = self.slot_owners().await?;
+        for shards in 2..=crate::domain::shards::MAX_SHARDS {
+            let layout = Layout::new(queue, shards, |slot| sub_lines::owner_of(&owners, slot));
+            let first = layout.keys(&self.prefix, 0)?;
+            let stands: i64 = self
+                .command("remake_from_parts", redis::cmd("EXISTS").arg(&first[0]))
+                .await?;
+            if stands == 0 {
+                continue;
+            }
+            return match self.head_again(queue, &layout, now_ms).await {
+                // Another replica made it first.
+                Err(Error::QueueAlreadyExists(_)) => Ok(None),
+                made => made,
+            };
+        }
+        Ok(None)
     }
 
     async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig> {
