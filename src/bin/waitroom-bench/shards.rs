@@ -241,6 +241,8 @@ struct StoreRun {
     cpu: Vec<Duration>,
     commands: u64,
     scripts: u64,
+    /// Commands and script calls by server, in the same order.
+    by_node: Vec<(u64, u64)>,
 }
 
 /// `--store`: the sub-lines as the Redis store serves them today, joins
@@ -295,6 +297,7 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
             cpu: vec![Duration::ZERO; nodes],
             commands: 0,
             scripts: 0,
+            by_node: vec![(0, 0); nodes],
         });
     }
     for turn in 0..args.seconds.max(1) {
@@ -309,6 +312,12 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<_>>()?;
             let (commands, scripts) =
                 (read(load::redis_commands)?, read(load::redis_script_calls)?);
+            let calls_by_node = |urls: &[String]| -> anyhow::Result<Vec<(u64, u64)>> {
+                urls.iter()
+                    .map(|url| Ok((load::redis_commands(url)?, load::redis_script_calls(url)?)))
+                    .collect()
+            };
+            let by_node = calls_by_node(&urls)?;
             let started = Instant::now();
             let deadline = started + Duration::from_secs(1);
             let joined = Arc::new(AtomicU64::new(0));
@@ -338,6 +347,15 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
             }
             run.commands += read(load::redis_commands)?.saturating_sub(commands);
             run.scripts += read(load::redis_script_calls)?.saturating_sub(scripts);
+            for ((total, now), before) in run
+                .by_node
+                .iter_mut()
+                .zip(calls_by_node(&urls)?)
+                .zip(&by_node)
+            {
+                total.0 += now.0.saturating_sub(before.0);
+                total.1 += now.1.saturating_sub(before.1);
+            }
         }
     }
     let us_a_join =
@@ -370,6 +388,18 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
                 run.cpu
                     .iter()
                     .map(|cpu| (us_a_join(*cpu, run) * 100.0).round() / 100.0)
+                    .collect::<Vec<f64>>(),
+            );
+            let a_join = |n: u64| (n as f64 / run.joins.max(1) as f64 * 1000.0).round() / 1000.0;
+            println!(
+                "          by node: commands a join {:?}, script calls a join {:?}",
+                run.by_node
+                    .iter()
+                    .map(|(c, _)| a_join(*c))
+                    .collect::<Vec<f64>>(),
+                run.by_node
+                    .iter()
+                    .map(|(_, s)| a_join(*s))
                     .collect::<Vec<f64>>(),
             );
         }
