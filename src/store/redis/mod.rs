@@ -415,24 +415,45 @@ impl RedisStore {
         now_ms: u64,
     ) -> Result<Option<QueueConfig>> {
         let link = self.link(queue);
-        let Some((kept, fields)) = link.head_from_sub_lines(layout).await? else {
+        let Some(again) = link.head_from_sub_lines(layout, now_ms).await? else {
             return Ok(None);
         };
+        let head: HashMap<String, String> = again
+            .fields
+            .iter()
+            .map(|(field, value)| ((*field).to_owned(), value.clone()))
+            .collect();
+        // A sub-line an update had not reached takes its settings first:
+        // the queue comes back whole.
+        link.copy_settings(layout, &head, now_ms).await?;
+        // The lost queue's places given back before the head is: a
+        // receipt the head then meets is decided by them.
+        for chunk in again.given_back.chunks(1_000) {
+            self.command::<i64>(
+                "create_queue",
+                redis::cmd("SADD")
+                    .arg(keys::given_back_key(&self.prefix, queue))
+                    .arg(chunk),
+            )
+            .await?;
+        }
+        self.command::<i64>(
+            "index_add",
+            redis::cmd("SADD")
+                .arg(keys::index_key(&self.prefix))
+                .arg(queue.as_str()),
+        )
+        .await?;
         let mut invocation = self.invocation(&self.scripts.create_queue, queue, now_ms);
         invocation.key(keys::deleted_key(&self.prefix, queue));
-        let mut head = HashMap::new();
-        for (field, value) in fields {
-            invocation.arg(field).arg(&value);
-            head.insert(field.to_owned(), value);
+        for (field, value) in &again.fields {
+            invocation.arg(*field).arg(value);
         }
         self.run("create_queue", queue, &invocation).await?;
-        // Its sequence and open leases back from the sub-lines' blocks at
-        // once, not at the first lease: a sub-line lost next reads the
-        // sequence for the top of what it held.
+        // Its open blocks hold the watermark back at once (and the history
+        // is recorded), not at the first lease.
         link.resync(now_ms).await?;
-        // A sub-line an update had not reached yet takes its settings now.
-        link.copy_settings(layout, &head, now_ms).await?;
-        Ok(Some(kept))
+        Ok(Some(again.config))
     }
 }
 
@@ -533,23 +554,34 @@ impl QueueStore for RedisStore {
         }
         // The number of sub-lines went with the head: each number's first
         // sub-line is asked for, so a queue lost whole costs fifteen reads.
+        // Sub-lines of a queue of the same name lost before, under another
+        // number, may stand too: the latest queue whose sub-lines all stand
+        // is the one made again.
         let owners = self.slot_owners().await?;
+        let mut latest: Option<(u64, Layout)> = None;
         for shards in 2..=crate::domain::shards::MAX_SHARDS {
             let layout = Layout::new(queue, shards, |slot| sub_lines::owner_of(&owners, slot));
             let first = layout.keys(&self.prefix, 0)?;
-            let stands: i64 = self
-                .command("remake_from_parts", redis::cmd("EXISTS").arg(&first[0]))
+            let epoch: Option<u64> = self
+                .command(
+                    "remake_from_parts",
+                    redis::cmd("HGET").arg(&first[0]).arg("created_at_ms"),
+                )
                 .await?;
-            if stands == 0 {
-                continue;
+            if let Some(epoch) = epoch
+                && latest.as_ref().is_none_or(|(kept, _)| epoch > *kept)
+            {
+                latest = Some((epoch, layout));
             }
-            return match self.head_again(queue, &layout, now_ms).await {
-                // Another replica made it first.
-                Err(Error::QueueAlreadyExists(_)) => Ok(None),
-                made => made,
-            };
         }
-        Ok(None)
+        let Some((_, layout)) = latest else {
+            return Ok(None);
+        };
+        match self.head_again(queue, &layout, now_ms).await {
+            // Another replica made it first: it is back all the same.
+            Err(Error::QueueAlreadyExists(_)) => self.get_queue(queue).await.map(Some),
+            made => made,
+        }
     }
 
     async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig> {

@@ -161,10 +161,22 @@ impl Layouts {
     }
 }
 
+/// A lost head as its sub-lines make it again
+/// ([`SubLineLink::head_from_sub_lines`]).
+pub(super) struct HeadAgain {
+    /// The queue as it was.
+    pub(super) config: QueueConfig,
+    /// The head's config fields.
+    pub(super) fields: Vec<(&'static str, String)>,
+    /// The lost queue's tickets given back from receipts (the head's
+    /// `given_back`), each once.
+    pub(super) given_back: Vec<u64>,
+}
+
 /// Changes a line's log numbers in a millisecond, at most: a sub-line made
-/// again numbers its log from the milliseconds since its queue was made
-/// times this. Redis runs far below it, and the numbers stay below 10^14
-/// (which the scripts write out in full) for three years of a queue.
+/// again numbers its log from its making's millisecond (Unix time) times
+/// this. Redis runs far below it, and the numbers stay exact as sorted-set
+/// scores (below 2^53) until the 2250s.
 const LOG_SEQ_PER_MS: u64 = 1_000;
 
 /// What calls on a queue's sub-lines need: a connection, the scripts and
@@ -294,10 +306,17 @@ impl SubLineLink<'_> {
         // admission's cutoff (everything at or below it was admitted or
         // gone), up to the last the head leased. Its users' receipts give
         // those back, each once (`restore_sub_line.lua`).
+        // A head made again from its sub-lines keeps each one's floor.
+        let floor = fields
+            .get("admitted_floors")
+            .and_then(|floors| floors.split(',').nth(sub_line))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
         let lost_head = fields
             .get("admitted_cutoff")
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0)
+            .max(floor)
             + 1;
         let lost_top: Option<u64> = self
             .on_slot(
@@ -335,18 +354,11 @@ impl SubLineLink<'_> {
             ("lost_top", lost_top.unwrap_or(0).to_string()),
             ("presence_since_ms", now_ms.to_string()),
             // Its log starts after any number the lost one reached (under
-            // a thousand changes a millisecond since the queue was made),
-            // so a replica's copy reading on from the lost log's numbers
-            // finds it incomplete and reads the sub-line afresh
-            // (`line_changes.lua`), rather than taking the new log's
-            // changes from the middle.
-            (
-                "log_seq",
-                now_ms
-                    .saturating_sub(config.created_at_ms)
-                    .saturating_mul(LOG_SEQ_PER_MS)
-                    .to_string(),
-            ),
+            // a thousand changes a millisecond, ever), so a replica's copy
+            // reading on from the lost log's numbers finds it incomplete
+            // and reads the sub-line afresh (`line_changes.lua`), rather
+            // than taking the new log's changes from the middle.
+            ("log_seq", now_ms.saturating_mul(LOG_SEQ_PER_MS).to_string()),
             // Later copies of settings apply only if newer (copy_settings).
             ("settings_version", settings_version),
         ];
@@ -373,24 +385,28 @@ impl SubLineLink<'_> {
     /// head was lost (its node back empty) while every sub-line of
     /// `layout` stands with one queue's copy of the config, the queue goes
     /// on as it was, everyone in their place, rather than made afresh over
-    /// empty sub-lines. Returns the queue's config and the head's fields,
-    /// or `None` when a sub-line is missing or of another queue.
+    /// empty sub-lines. `None` when a sub-line is missing or of another
+    /// queue.
     ///
     /// The head's config is the copy of the latest settings version (an
-    /// update copies to the sub-lines after the head). Its sequence and
-    /// leases come back from the sub-lines' blocks by the resync every
-    /// new head makes first (no history recorded: `lease.lua`). Its
-    /// admitted cutoff, below which a sub-line made again after a loss
-    /// gives nothing back, is the highest cutoff any pop was asked to
-    /// take to, but below every ticket still waiting: an admission cut
-    /// short by the loss leaves its other sub-lines' tickets waiting, and
-    /// they stay someone's place to give back.
+    /// update copies to the sub-lines after the head), with the lost
+    /// queue's adoption as the sub-lines last kept it. Its sequence starts
+    /// above every ticket a sub-line gave and every block one holds, by a
+    /// margin of blocks a lease of the lost head still in flight could
+    /// install. Each sub-line's admitted floor, below which that sub-line
+    /// made again after a loss gives nothing back, is the highest cutoff a
+    /// pop there was asked to take to, but below every ticket still
+    /// waiting there: an admission the loss cut short leaves tickets at or
+    /// below its cutoff waiting on the sub-lines it did not reach yet.
     pub(super) async fn head_from_sub_lines(
         &self,
         layout: &Layout,
-    ) -> Result<Option<(QueueConfig, Vec<(&'static str, String)>)>> {
+        now_ms: u64,
+    ) -> Result<Option<HeadAgain>> {
         let mut newest: Option<(u64, HashMap<String, String>)> = None;
-        let (mut epoch, mut popped, mut lowest_waiting) = (None, 0, u64::MAX);
+        let mut epoch = None;
+        let (mut floors, mut reached, mut given_back) = (Vec::new(), 0, Vec::new());
+        let mut adoption: Option<(u64, u64)> = None;
         for sub_line in 0..layout.shards as usize {
             let keys = layout.keys(self.prefix, sub_line)?;
             let tag = layout.tag(sub_line)?;
@@ -406,20 +422,44 @@ impl SubLineLink<'_> {
                 return Ok(None);
             }
             epoch = field("created_at_ms");
-            popped = popped.max(field("popped_cutoff").unwrap_or(0));
-            let front: Vec<(String, u64)> = self
+            let waiting = |from: i64| {
+                redis::cmd("ZRANGE")
+                    .arg(&keys[2])
+                    .arg(from)
+                    .arg(from)
+                    .arg("WITHSCORES")
+                    .clone()
+            };
+            let lowest: Vec<(String, u64)> = self.on_slot("create_queue", tag, &waiting(0)).await?;
+            let highest: Vec<(String, u64)> =
+                self.on_slot("create_queue", tag, &waiting(-1)).await?;
+            let popped = field("popped_cutoff").unwrap_or(0);
+            floors.push(match lowest.first() {
+                Some((_, ticket)) => popped.min(ticket.saturating_sub(1)),
+                None => popped,
+            });
+            reached = reached
+                .max(field("block_end").unwrap_or(0))
+                .max(field("block_first").unwrap_or(0))
+                .max(field("lost_top").unwrap_or(0))
+                .max(highest.first().map_or(0, |(_, ticket)| *ticket));
+            let members: Vec<String> = self
                 .on_slot(
                     "create_queue",
                     tag,
-                    redis::cmd("ZRANGE")
-                        .arg(&keys[2])
-                        .arg(0)
-                        .arg(0)
-                        .arg("WITHSCORES"),
+                    redis::cmd("SMEMBERS").arg(keys::tagged_given_back_key(self.prefix, tag)),
                 )
                 .await?;
-            if let Some((_, ticket)) = front.first() {
-                lowest_waiting = lowest_waiting.min(*ticket);
+            given_back.extend(
+                members
+                    .iter()
+                    .filter_map(|m| m.strip_prefix("a:")?.parse::<u64>().ok()),
+            );
+            if let (Some(adopted), Some(floor)) = (field("adopt_epoch_ms"), field("adopt_head")) {
+                adoption = Some(match adoption {
+                    Some((kept, kept_floor)) => (kept.max(adopted), kept_floor.max(floor)),
+                    None => (adopted, floor),
+                });
             }
             let version = field("settings_version").unwrap_or(0);
             if newest.as_ref().is_none_or(|(latest, _)| version > *latest) {
@@ -429,20 +469,36 @@ impl SubLineLink<'_> {
         let Some((version, fields)) = newest else {
             return Ok(None);
         };
-        let Some(config) = super::fields::parse_config(self.queue, fields)? else {
+        let Some(mut config) = super::fields::parse_config(self.queue, fields)? else {
             return Ok(None);
         };
+        if let (Some(kept), Some((adopted, floor))) = (config.adoption.as_mut(), adoption) {
+            kept.epoch_ms = adopted;
+            kept.head = floor;
+        }
         let mut head = super::fields::config_fields(&config);
+        let margin = u64::from(layout.shards) * crate::domain::shards::MAX_BLOCK * 4;
+        let floors_field: Vec<String> = floors.iter().map(u64::to_string).collect();
         head.extend([
             ("settings_version", version.to_string()),
             ("sub_lines", layout.head_field()),
             ("sub_lines_made", "1".to_owned()),
             (
                 "admitted_cutoff",
-                popped.min(lowest_waiting.saturating_sub(1)).to_string(),
+                floors.iter().copied().min().unwrap_or(0).to_string(),
             ),
+            ("admitted_floors", floors_field.join(",")),
+            ("start_seq", (reached + margin).to_string()),
+            // A plan begun before the loss never matches a version of the
+            // head made again.
+            ("admit_version", now_ms.to_string()),
+            ("from_parts", "1".to_owned()),
         ]);
-        Ok(Some((config, head)))
+        Ok(Some(HeadAgain {
+            config,
+            fields: head,
+            given_back,
+        }))
     }
 
     /// Gives each sub-line the head's settings as of its settings version
@@ -1113,17 +1169,14 @@ impl SubLineLink<'_> {
         let step = |step: &'static str, sub_line: usize, last: String| {
             let (ticket, issued) = (&ticket, &issued);
             async move {
-                let args = [step, user.as_str(), ticket, issued, last.as_str()];
-                let keys = layout.keys(self.prefix, sub_line)?;
-                let given_back = [keys::tagged_given_back_key(
-                    self.prefix,
-                    layout.tag(sub_line)?,
-                )];
-                self.run(
-                    "restore",
-                    ScriptCall::new(&self.scripts.restore_sub_line, &keys, now_ms)
-                        .own_keys(&given_back)
-                        .args(&args),
+                self.restore_step(
+                    layout,
+                    step,
+                    sub_line,
+                    user,
+                    [ticket, issued, &last],
+                    &[],
+                    now_ms,
                 )
                 .await
             }
@@ -1205,6 +1258,12 @@ impl SubLineLink<'_> {
         // for good, and only then is the answer whether the ticket was
         // given there final.
         let sequence = decided.u64()?.to_string();
+        // One of a lost queue's places: its adoption as the decision left
+        // it, for the user's sub-line to keep.
+        let mut adoption = Vec::new();
+        while decided.remaining() > 0 {
+            adoption.push(decided.string()?);
+        }
         // Carried out here, placed or refused: from now on the receipt
         // brought again is decided as any other (the head's sequence, or
         // its record of the lost line's places given back, now says no). A
@@ -1225,7 +1284,19 @@ impl SubLineLink<'_> {
                 return Ok(Restoration::Refused(Refusal::NotGiven));
             }
         }
-        match step("place", own, sequence.clone()).await?.u64()? {
+        let adoption: Vec<&str> = adoption.iter().map(String::as_str).collect();
+        let mut placed = self
+            .restore_step(
+                layout,
+                "place",
+                own,
+                user,
+                [&ticket, &issued, &sequence],
+                &adoption,
+                now_ms,
+            )
+            .await?;
+        match placed.u64()? {
             1 => {}
             0 => return Ok(Restoration::Holds),
             _ => {
@@ -1235,6 +1306,36 @@ impl SubLineLink<'_> {
         }
         carried_out().await;
         self.restored(layout, user, now_ms).await
+    }
+
+    /// One step of a restore on sub-line `sub_line`
+    /// (`restore_sub_line.lua`): ticket, issued, then the receipt's epoch
+    /// or the head's sequence, then `more`.
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_step(
+        &self,
+        layout: &Layout,
+        step: &str,
+        sub_line: usize,
+        user: &UserId,
+        [ticket, issued, last]: [&str; 3],
+        more: &[&str],
+        now_ms: u64,
+    ) -> Result<Reply> {
+        let mut args = vec![step, user.as_str(), ticket, issued, last];
+        args.extend_from_slice(more);
+        let keys = layout.keys(self.prefix, sub_line)?;
+        let given_back = [keys::tagged_given_back_key(
+            self.prefix,
+            layout.tag(sub_line)?,
+        )];
+        self.run(
+            "restore",
+            ScriptCall::new(&self.scripts.restore_sub_line, &keys, now_ms)
+                .own_keys(&given_back)
+                .args(&args),
+        )
+        .await
     }
 
     /// The place given back to `user`, read over every sub-line.
@@ -2121,11 +2222,13 @@ mod tests {
     /// changes from the middle.
     #[tokio::test]
     async fn a_copy_reading_on_from_a_lost_sub_line_s_log_reads_the_new_one_afresh() {
+        // Today's clock: the new log's numbers pass 10^14.
+        const NOW: u64 = 1_800_000_000_000;
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         let (store, queue) = over_three_sub_lines(&redis).await;
-        join_users(&store, &queue, 60, 1_000).await;
+        join_users(&store, &queue, 60, NOW).await;
         let read = store
-            .line_changes(&queue, 1, 0, 1_000, 1_100)
+            .line_changes(&queue, 1, 0, 1_000, NOW + 100)
             .await
             .unwrap();
         assert!(read.complete);
@@ -2136,27 +2239,62 @@ mod tests {
             .arg(&lost[..])
             .query(&mut conn)
             .unwrap();
+        let mut joined = Vec::new();
         for user in of(1).take(cursor as usize + 10) {
-            store.enqueue(&queue, &user, 2_000).await.unwrap();
+            joined.push(
+                store
+                    .enqueue(&queue, &user, NOW + 1_000)
+                    .await
+                    .unwrap()
+                    .ticket,
+            );
         }
         let read = store
-            .line_changes(&queue, 1, cursor, 1_000, 2_100)
+            .line_changes(&queue, 1, cursor, 1_000, NOW + 1_100)
             .await
             .unwrap();
         assert!(!read.complete, "{:?}", read.events.first());
+        // Read afresh, then on: every change, numbered in full.
+        let snapshot = store.line_snapshot(&queue, 1, 0, 1_000).await.unwrap();
+        assert_eq!(snapshot.tickets, joined);
+        let newcomer = of(1).nth(cursor as usize + 10).unwrap();
+        let ticket = store
+            .enqueue(&queue, &newcomer, NOW + 1_200)
+            .await
+            .unwrap()
+            .ticket;
+        let read = store
+            .line_changes(&queue, 1, snapshot.seq, 1_000, NOW + 1_300)
+            .await
+            .unwrap();
+        assert!(read.complete);
+        let seqs: Vec<u64> = read.events.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, vec![snapshot.seq + 1], "{:?}", read.events);
+        assert!(
+            matches!(read.events[0].1, crate::domain::LineEvent::Joined { ticket: t, .. } | crate::domain::LineEvent::JoinedRun { first_ticket: t, .. } if t == ticket),
+            "{:?}",
+            read.events
+        );
     }
 
     /// A head lost while an admission was under way (popped on one
     /// sub-line, not yet on the others) is made again from its sub-lines
-    /// with an admitted cutoff below everyone still waiting: a sub-line
-    /// lost after that gives back the places of its users the cut-short
-    /// admission never took, and not of those it did take elsewhere.
+    /// with each one's floor below everyone still waiting there: a
+    /// sub-line lost after that gives back the places of its users the
+    /// cut-short admission never took, and not of those it took.
     #[tokio::test]
     async fn a_head_made_again_from_its_sub_lines_under_a_cut_short_admission_keeps_its_waiting_places()
      {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         let (store, queue) = over_three_sub_lines(&redis).await;
         let (users, tickets) = join_users(&store, &queue, 60, 1_000).await;
+        let claim = |user: &UserId| PlaceClaim {
+            epoch_ms: 0,
+            ticket: tickets[user],
+            head: 0,
+            top: 0,
+            issued_ms: 1_500,
+        };
         let mut conn = connection_to(&redis);
         let link = store.link(&queue);
         let layout = link.layout().await.unwrap();
@@ -2184,38 +2322,20 @@ mod tests {
         )
         .await
         .unwrap();
-        let gone: Vec<String> = redis::cmd("KEYS")
-            .arg("t:{sale}:*")
-            .query(&mut conn)
-            .unwrap();
-        let _: () = redis::cmd("UNLINK").arg(&gone).query(&mut conn).unwrap();
-        let mut config = QueueConfig::new(queue.clone()).created(3_000);
-        config.shards = 3;
-        config.adoption = Some(Adoption::default());
-        let kept = store.create_queue(&config).await.unwrap();
+        let kept = head_lost_and_made_again(&store, &mut conn, 3_000).await;
         assert_eq!(kept.created_at_ms, 0, "the same queue");
 
-        let lost = keys::tagged_keys("t", "sale/3~1");
-        let _: () = redis::cmd("UNLINK")
-            .arg(&lost[..])
-            .query(&mut conn)
-            .unwrap();
-        let newcomer = of(1).next().unwrap();
-        store.enqueue(&queue, &newcomer, 3_100).await.unwrap();
+        lose_sub_line(&store, &mut conn, 1, 3_100).await;
         let returning: Vec<&UserId> = users
             .iter()
             .filter(|user| sub_line_of(user.as_str(), 3) == 1 && tickets[*user] <= cutoff)
             .collect();
         assert!(!returning.is_empty());
         for user in returning {
-            let claim = PlaceClaim {
-                epoch_ms: 0,
-                ticket: tickets[user],
-                head: 0,
-                top: 0,
-                issued_ms: 1_500,
-            };
-            let restored = store.restore(&queue, user, &claim, 3_200).await.unwrap();
+            let restored = store
+                .restore(&queue, user, &claim(user), 3_200)
+                .await
+                .unwrap();
             assert!(
                 matches!(restored, Restoration::Restored(ref place) if place.ticket == tickets[user]),
                 "{user}: {restored:?}"
@@ -2236,6 +2356,223 @@ mod tests {
             ),
             "{popped}: {place:?}"
         );
+        // The sub-line the cut-short admission did pop is lost in turn:
+        // those it admitted there are not placed again (its floor is its
+        // own cutoff, not the lowest ticket waiting anywhere), those
+        // above the cutoff are.
+        lose_sub_line(&store, &mut conn, 0, 3_400).await;
+        let mut refused = 0;
+        for user in users
+            .iter()
+            .filter(|user| sub_line_of(user.as_str(), 3) == 0)
+        {
+            let restored = store
+                .restore(&queue, user, &claim(user), 3_500)
+                .await
+                .unwrap();
+            if tickets[user] <= cutoff {
+                assert_eq!(restored, Restoration::Refused(Refusal::NotGiven), "{user}");
+                refused += 1;
+            } else {
+                assert!(
+                    matches!(restored, Restoration::Restored(_)),
+                    "{user}: {restored:?}"
+                );
+            }
+        }
+        assert!(refused > 0);
+    }
+
+    /// A lease the lost head gave that its sub-line installs only after
+    /// the head is made again gives no ticket a newer lease gives: the
+    /// head made again starts its sequence that many blocks above what the
+    /// sub-lines hold.
+    #[tokio::test]
+    async fn a_lease_of_the_lost_head_installed_after_it_is_made_again_gives_no_ticket_twice() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        join_users(&store, &queue, 30, 1_000).await;
+        let link = store.link(&queue);
+        // Leased for sub-line 2, not installed before the head is lost.
+        let first = link.lease_block(64, 1_100).await.unwrap();
+        let mut conn = connection_to(&redis);
+        head_lost_and_made_again(&store, &mut conn, 2_000).await;
+        let mut tickets = std::collections::HashSet::new();
+        for user in of(0).take(40).chain(of(1).take(40)) {
+            let place = store.enqueue(&queue, &user, 2_100).await.unwrap();
+            assert!(
+                tickets.insert(place.ticket),
+                "ticket {} twice",
+                place.ticket
+            );
+        }
+        let keys = keys::tagged_keys("t", "sale/3~2");
+        let (first_arg, end_arg) = (first.to_string(), (first + 64).to_string());
+        link.run(
+            "install_block",
+            ScriptCall::new(&store.scripts.install_block, &keys, 2_200)
+                .args(&[&first_arg, &end_arg, "2200"]),
+        )
+        .await
+        .unwrap();
+        for user in of(2).take(40) {
+            let place = store.enqueue(&queue, &user, 2_201).await.unwrap();
+            assert!(
+                tickets.insert(place.ticket),
+                "ticket {} twice",
+                place.ticket
+            );
+        }
+    }
+
+    /// A place of a lost queue given back from its receipt is given back
+    /// once, even when the head that kept it so is lost in turn and made
+    /// again from the sub-lines: the user's sub-line keeps the ticket, and
+    /// the head made again takes it.
+    #[tokio::test]
+    async fn a_lost_queue_s_place_given_back_is_not_given_again_by_a_head_made_again() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = made_again_from_a_lost_line(&redis).await;
+        let user = of(1).next().unwrap();
+        let claim = PlaceClaim {
+            epoch_ms: 5_000,
+            ticket: 7,
+            head: 0,
+            top: 20,
+            issued_ms: 9_000,
+        };
+        // This receipt saw the lost line's head at 5: everyone below had
+        // been admitted or had left.
+        let claim = PlaceClaim { head: 5, ..claim };
+        let restored = store.restore(&queue, &user, &claim, 10_100).await.unwrap();
+        assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
+        assert!(store.leave(&queue, &user, 10_200).await.unwrap());
+        let mut conn = connection_to(&redis);
+        let kept = head_lost_and_made_again(&store, &mut conn, 10_300).await;
+        assert_eq!(kept.created_at_ms, 10_000, "the same queue");
+        let again = store.restore(&queue, &user, &claim, 10_400).await.unwrap();
+        assert_eq!(again, Restoration::Refused(Refusal::NotGiven));
+        // Below the head that receipt saw: still not given back.
+        let below = of(0).next().unwrap();
+        let claim = PlaceClaim {
+            ticket: 3,
+            head: 0,
+            ..claim
+        };
+        let refused = store.restore(&queue, &below, &claim, 10_450).await.unwrap();
+        assert_eq!(refused, Restoration::Refused(Refusal::NotGiven));
+        // Another of the lost line's places is still given back.
+        let other = of(2).next().unwrap();
+        let claim = PlaceClaim { ticket: 8, ..claim };
+        let restored = store.restore(&queue, &other, &claim, 10_500).await.unwrap();
+        assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
+    }
+
+    /// An admission planned before the head was lost does not go on with
+    /// the head made again: its plan finds another version there.
+    #[tokio::test]
+    async fn an_admission_begun_before_the_head_was_lost_plans_again() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        join_users(&store, &queue, 30, 1_000).await;
+        let link = store.link(&queue);
+        let mut begun = link.on_head(&["begin", "", "0"], 2_000).await.unwrap();
+        assert_eq!(begun.string().unwrap(), "plan");
+        let version = begun.string().unwrap();
+        let mut conn = connection_to(&redis);
+        head_lost_and_made_again(&store, &mut conn, 2_100).await;
+        let mut planned = link
+            .on_head(
+                &[
+                    "plan", &version, "0", "10", "0", "entry", "", "60000", "1:0",
+                ],
+                2_200,
+            )
+            .await
+            .unwrap();
+        assert_eq!(planned.string().unwrap(), "again", "version {version}");
+    }
+
+    /// A queue nobody declared, over three sub-lines, whose head alone is
+    /// lost comes back from them, even where sub-lines of an earlier queue
+    /// of the same name over two still stand; not once it is deleted.
+    #[tokio::test]
+    async fn a_queue_is_made_again_from_its_latest_sub_lines_and_not_after_a_deletion() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = QueueId::parse("sale").unwrap();
+        let mut conn = connection_to(&redis);
+        let mut earlier = QueueConfig::new(queue.clone()).created(0);
+        earlier.shards = 2;
+        store.create_queue(&earlier).await.unwrap();
+        lose_head(&mut conn);
+        let mut config = QueueConfig::new(queue.clone()).created(1_000);
+        config.shards = 3;
+        store.create_queue(&config).await.unwrap();
+        let (users, tickets) = join_users(&store, &queue, 30, 1_100).await;
+        lose_head(&mut conn);
+        let made = store.remake_from_parts(&queue, 2_000).await.unwrap();
+        assert_eq!(made.map(|q| (q.created_at_ms, q.shards)), Some((1_000, 3)));
+        for user in &users {
+            let place = store.place(&queue, user, 2_100).await.unwrap().unwrap();
+            assert_eq!(place.ticket, tickets[user]);
+        }
+        lose_head(&mut conn);
+        // Not found (by a replica that never read its layout, so its
+        // sub-lines stand), and marked deleted all the same: nothing makes
+        // it again from its parts, not even a re-making that found it lost
+        // just before.
+        let deleting = store_on(&redis).await.with_sub_lines();
+        let deleted = deleting.delete_queue(&queue).await;
+        assert!(
+            matches!(deleted, Err(Error::QueueNotFound(_))),
+            "{deleted:?}"
+        );
+        assert_eq!(store.remake_from_parts(&queue, 3_000).await.unwrap(), None);
+        let mut again = config.clone();
+        again.adoption = Some(Adoption::default());
+        let made = store.create_queue(&again).await;
+        assert!(
+            matches!(made, Err(Error::QueueAlreadyExists(_))),
+            "{made:?}"
+        );
+        assert!(store.queue_lost(&queue).await.is_ok_and(|lost| !lost));
+    }
+
+    /// Loses the head of `sale` (its keys gone, as with its node back
+    /// empty), then makes the queue over three sub-lines again at `now_ms`
+    /// as its declaration does: what it made.
+    async fn head_lost_and_made_again(
+        store: &RedisStore,
+        conn: &mut redis::Connection,
+        now_ms: u64,
+    ) -> QueueConfig {
+        lose_head(conn);
+        let mut config = QueueConfig::new(QueueId::parse("sale").unwrap()).created(now_ms);
+        config.shards = 3;
+        config.adoption = Some(Adoption::default());
+        store.create_queue(&config).await.unwrap()
+    }
+
+    /// Loses sub-line `sub_line` of `sale`'s three, and makes it again
+    /// with a newcomer's join at `now_ms`.
+    async fn lose_sub_line(
+        store: &RedisStore,
+        conn: &mut redis::Connection,
+        sub_line: u32,
+        now_ms: u64,
+    ) {
+        let lost = keys::tagged_keys("t", &format!("sale/3~{sub_line}"));
+        let _: () = redis::cmd("UNLINK").arg(&lost[..]).query(conn).unwrap();
+        let newcomer = of(sub_line).next().unwrap();
+        let queue = QueueId::parse("sale").unwrap();
+        store.enqueue(&queue, &newcomer, now_ms).await.unwrap();
+    }
+
+    /// The head of `sale` gone, its sub-lines standing.
+    fn lose_head(conn: &mut redis::Connection) {
+        let gone: Vec<String> = redis::cmd("KEYS").arg("t:{sale}:*").query(conn).unwrap();
+        let _: () = redis::cmd("UNLINK").arg(&gone).query(conn).unwrap();
     }
 
     /// Users of sub-line `sub_line` of three, one after another.

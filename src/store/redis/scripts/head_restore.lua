@@ -10,7 +10,10 @@
 -- carried out again when the receipt comes back, where the sequence alone
 -- would now say "given here".
 -- Returns {'ok', 'given', sequence} (the sequence as the decision leaves
--- it: every block leased before it lies at or below it) or
+-- it: every block leased before it lies at or below it), with the lost
+-- queue's adoption as it leaves it (epoch, head) when the ticket was one of
+-- the lost queue's (the user's sub-line keeps both, from which a head lost
+-- later is made again: sub_lines.rs, `head_from_sub_lines`), or
 -- {'ok', 'not_given'}, {'resync'} in another history than the head's
 -- (prelude.lua, `same_history`), or {'no_queue'}.
 
@@ -25,7 +28,12 @@ local epoch, ticket, head, top =
   tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local user = ARGV[6]
 local function given()
-  return { 'ok', 'given', tonumber(redis.call('GET', K_SEQ)) or 0 }
+  local out = { 'ok', 'given', tonumber(redis.call('GET', K_SEQ)) or 0 }
+  if epoch ~= tonumber(redis.call('HGET', K_CONFIG, 'created_at_ms')) then
+    local adopt = redis.call('HMGET', K_CONFIG, 'adopt_epoch_ms', 'adopt_head')
+    out[4], out[5] = adopt[1] or '0', adopt[2] or '0'
+  end
+  return out
 end
 if redis.call('HGET', K_GIVEN_TO, ticket) == user then
   return given()

@@ -32,7 +32,9 @@ local count, span, recent, abandoned = rate_sample()
 local out = { 'ok', seq, complete, cfg.mode, redis.call('ZCARD', K_WAITING),
   redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL), cfg.opens_at, cfg.draw, count, span,
   cfg.epoch, cfg.heartbeat, cfg.notice, cfg.closed_reason, recent, abandoned, cfg.rate }
-local entries = redis.call('ZRANGEBYSCORE', K_LOG, '(' .. after, '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
+-- The caller's text, not the number: Lua writes numbers past 10^14 with an
+-- exponent.
+local entries = redis.call('ZRANGEBYSCORE', K_LOG, '(' .. ARGV[2], '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
 for i = 1, #entries do
   out[#out + 1] = entries[i]
 end

@@ -296,7 +296,9 @@ local function log_events(entries)
     for i = first, math.min(first + 499, n) do
       local seq, entry = last - n + i, entries[i]
       args[#args + 1] = seq
-      args[#args + 1] = seq .. '|' .. entry[1] .. '|' .. entry[2] .. '|' .. entry[3]
+      -- In full: a sub-line made again numbers its log past 10^14, which
+      -- Lua would write as an exponent (sub_lines.rs, `LOG_SEQ_PER_MS`).
+      args[#args + 1] = string.format('%d', seq) .. '|' .. entry[1] .. '|' .. entry[2] .. '|' .. entry[3]
     end
     redis.call('ZADD', K_LOG, unpack(args))
   end

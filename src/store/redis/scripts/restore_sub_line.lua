@@ -22,6 +22,10 @@
 --     join of either kind; this is not.
 --   'place' (the user's sub-line, after the closes): closes its block the
 --     same way and puts the user in line at the ticket: {'ok', 1};
+--     given, after the sequence, the lost queue's adoption as the head's
+--     decision left it (epoch, head), keeps it and the ticket (as
+--     'a:ticket' in its given_back), for a head made again from the
+--     sub-lines to give each lost place back once still;
 --     {'ok', 0} when the user came to hold a place meanwhile; {'ok', 2}
 --     when the ticket came to be waiting here meanwhile.
 --   'lost' (the user's sub-line, before the head is asked), with the
@@ -103,6 +107,12 @@ if step == 'place' then
   end
   add_waiting(user, ticket)
   see(user)
+  if ARGV[7] then
+    redis.call('SADD', KEYS[OWN], 'a:' .. ticket)
+    local kept = tonumber(redis.call('HGET', K_CONFIG, 'adopt_head')) or 0
+    redis.call('HSET', K_CONFIG, 'adopt_epoch_ms', ARGV[7], 'adopt_head',
+      math.max(kept, tonumber(ARGV[8])))
+  end
   return { 'ok', 1 }
 end
 return { 'ok', 0 }
