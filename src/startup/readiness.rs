@@ -198,7 +198,7 @@ async fn keep_queues(
         match store.queue_lost(&queue).await {
             // Lost in part (a head alone, its sub-lines standing): made
             // again from the rest, as it was.
-            Ok(true) => match store.remake_from_parts(&queue, clock.now_ms()).await {
+            Ok(true) => match remake_from_parts(store, hub, &queue, clock.now_ms()).await {
                 Ok(Some(_)) => {
                     crate::telemetry::metrics::metrics().queues_remade.inc();
                     tracing::warn!(
@@ -217,6 +217,20 @@ async fn keep_queues(
         }
     }
     vanished
+}
+
+/// [`QueueStore::remake_from_parts`] of the queue as this instance knew it
+/// (its epoch): nothing when it knew none.
+async fn remake_from_parts(
+    store: &dyn QueueStore,
+    hub: &WatchHub,
+    queue: &QueueId,
+    now_ms: u64,
+) -> crate::Result<Option<crate::domain::QueueConfig>> {
+    match hub.known_line(queue) {
+        Some(known) => store.remake_from_parts(queue, known.epoch_ms, now_ms).await,
+        None => Ok(None),
+    }
 }
 
 /// How long a starting instance leaves a declared queue that may have

@@ -39,7 +39,7 @@ macro_rules! queue_store_over {
     (@signature queue_lost, $($pass:tt)*) => { $crate::store::queue_store_over!(@pass
         queue_lost(queue: &$crate::domain::QueueId) -> $crate::Result<bool>; $($pass)*); };
     (@signature remake_from_parts, $($pass:tt)*) => { $crate::store::queue_store_over!(@pass
-        remake_from_parts(queue: &$crate::domain::QueueId, now_ms: u64)
+        remake_from_parts(queue: &$crate::domain::QueueId, epoch_ms: u64, now_ms: u64)
             -> $crate::Result<Option<$crate::domain::QueueConfig>>; $($pass)*); };
     (@signature get_queue, $($pass:tt)*) => { $crate::store::queue_store_over!(@pass
         get_queue(queue: &$crate::domain::QueueId) -> $crate::Result<$crate::domain::QueueConfig>; $($pass)*); };

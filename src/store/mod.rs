@@ -100,10 +100,17 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Makes a lost queue again from what the store still holds of it,
     /// when it lost only part of it: a queue over sub-lines whose head
     /// alone was lost, found by its sub-lines, is made again as it was (its
-    /// epoch, its settings, everyone in their place). `None` when nothing
-    /// is left to make it from, or it is not lost. How a queue nobody
-    /// declared comes back without an operator.
-    async fn remake_from_parts(&self, queue: &QueueId, now_ms: u64) -> Result<Option<QueueConfig>>;
+    /// epoch, its settings, everyone in their place). `epoch_ms` is the
+    /// lost queue's, as the caller knew it: parts of another queue of the
+    /// same name (an earlier one, deleted) are never made again. `None`
+    /// when nothing of it is left to make it from, or it is not lost. How a
+    /// queue nobody declared comes back without an operator.
+    async fn remake_from_parts(
+        &self,
+        queue: &QueueId,
+        epoch_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<QueueConfig>>;
 
     async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig>;
 

@@ -90,9 +90,13 @@ crate::store::queue_store_over!(
         async fn remake_from_parts(
             &self,
             queue: &QueueId,
+            epoch_ms: u64,
             now_ms: u64,
         ) -> Result<Option<QueueConfig>> {
-            let made = self.inner.remake_from_parts(queue, now_ms).await?;
+            let made = self
+                .inner
+                .remake_from_parts(queue, epoch_ms, now_ms)
+                .await?;
             if made.is_some() {
                 self.hub.reconfigured(queue);
                 self.tell_others(queue);

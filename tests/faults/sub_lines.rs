@@ -784,7 +784,7 @@ async fn the_head_restarted_empty(after: Duration, remaking: Remaking) {
                             store.create_queue(&again).await.ok()
                         }
                         Remaking::Undeclared => store
-                            .remake_from_parts(&queue, now_ms())
+                            .remake_from_parts(&queue, config.created_at_ms, now_ms())
                             .await
                             .ok()
                             .flatten(),

@@ -112,6 +112,7 @@ impl QueueStore for MemoryStore {
     async fn remake_from_parts(
         &self,
         _queue: &QueueId,
+        _epoch_ms: u64,
         _now_ms: u64,
     ) -> Result<Option<QueueConfig>> {
         Ok(None)

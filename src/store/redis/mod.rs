@@ -406,16 +406,18 @@ impl RedisStore {
     }
 
     /// Makes the lost head of a queue over the sub-lines of `layout` again
-    /// from them, when every one stands (`SubLineLink::head_from_sub_lines`):
-    /// the queue as it was, or `None`.
+    /// from them, when every one stands, of `epoch_ms` when given
+    /// (`SubLineLink::head_from_sub_lines`): the queue as it was, or
+    /// `None`.
     async fn head_again(
         &self,
         queue: &QueueId,
         layout: &Layout,
+        epoch_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<Option<QueueConfig>> {
         let link = self.link(queue);
-        let Some(again) = link.head_from_sub_lines(layout, now_ms).await? else {
+        let Some(again) = link.head_from_sub_lines(layout, epoch_ms, now_ms).await? else {
             return Ok(None);
         };
         let head: HashMap<String, String> = again
@@ -487,9 +489,15 @@ impl QueueStore for RedisStore {
         };
         // A queue made again after a loss whose sub-lines all stand lost
         // only its head: it is made again from them, as it was.
-        if let (Some(layout), Some(_)) = (&layout, config.adoption)
+        if let (Some(layout), Some(adoption)) = (&layout, config.adoption)
             && let Some(kept) = self
-                .head_again(&config.id, layout, config.created_at_ms)
+                .head_again(
+                    &config.id,
+                    layout,
+                    // The lost queue's epoch when this replica knew it.
+                    Some(adoption.epoch_ms).filter(|epoch| *epoch != 0),
+                    config.created_at_ms,
+                )
                 .await?
         {
             return Ok(kept);
@@ -548,17 +556,20 @@ impl QueueStore for RedisStore {
         Ok(found == 0)
     }
 
-    async fn remake_from_parts(&self, queue: &QueueId, now_ms: u64) -> Result<Option<QueueConfig>> {
+    async fn remake_from_parts(
+        &self,
+        queue: &QueueId,
+        epoch_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<QueueConfig>> {
         if !self.sub_lines || !self.queue_lost(queue).await? {
             return Ok(None);
         }
         // The number of sub-lines went with the head: each number's first
         // sub-line is asked for, so a queue lost whole costs fifteen reads.
-        // Sub-lines of a queue of the same name lost before, under another
-        // number, may stand too: the latest queue whose sub-lines all stand
-        // is the one made again.
+        // Sub-lines of an earlier queue of the same name, under another
+        // number, may stand too: only the lost queue's own are made again.
         let owners = self.slot_owners().await?;
-        let mut latest: Option<(u64, Layout)> = None;
         for shards in 2..=crate::domain::shards::MAX_SHARDS {
             let layout = Layout::new(queue, shards, |slot| sub_lines::owner_of(&owners, slot));
             let first = layout.keys(&self.prefix, 0)?;
@@ -568,20 +579,23 @@ impl QueueStore for RedisStore {
                     redis::cmd("HGET").arg(&first[0]).arg("created_at_ms"),
                 )
                 .await?;
-            if let Some(epoch) = epoch
-                && latest.as_ref().is_none_or(|(kept, _)| epoch > *kept)
-            {
-                latest = Some((epoch, layout));
+            if epoch != Some(epoch_ms) {
+                continue;
             }
+            return match self
+                .head_again(queue, &layout, Some(epoch_ms), now_ms)
+                .await
+            {
+                // Another replica made it first: it is back all the same
+                // (or deleted since: not made).
+                Err(Error::QueueAlreadyExists(_)) => match self.get_queue(queue).await {
+                    Err(Error::QueueNotFound(_)) => Ok(None),
+                    found => found.map(Some),
+                },
+                made => made,
+            };
         }
-        let Some((_, layout)) = latest else {
-            return Ok(None);
-        };
-        match self.head_again(queue, &layout, now_ms).await {
-            // Another replica made it first: it is back all the same.
-            Err(Error::QueueAlreadyExists(_)) => self.get_queue(queue).await.map(Some),
-            made => made,
-        }
+        Ok(None)
     }
 
     async fn get_queue(&self, queue: &QueueId) -> Result<QueueConfig> {

@@ -173,6 +173,19 @@ pub(super) struct HeadAgain {
     pub(super) given_back: Vec<u64>,
 }
 
+/// Leases of a lost head a sub-line may still install after the head is
+/// made again from the sub-lines, at most: its sequence starts that many
+/// blocks of the largest size above what they hold, so those leases' tickets
+/// stay below every newer lease's (gaps cost nothing: positions count
+/// waiting tickets). A replica's joins lease for a sub-line one call at a
+/// time (`batch.rs`), so this bounds the replicas leasing for one sub-line
+/// at the moment of the loss.
+const LEASES_IN_FLIGHT: u64 = 64;
+
+/// Most tickets spared below a sub-line's floor when a head is made again
+/// from its sub-lines ([`SubLineLink::head_from_sub_lines`]).
+const SPARED_MOST: usize = 1_000;
+
 /// Changes a line's log numbers in a millisecond, at most: a sub-line made
 /// again numbers its log from its making's millisecond (Unix time) times
 /// this. Redis runs far below it, and the numbers stay exact as sorted-set
@@ -306,18 +319,28 @@ impl SubLineLink<'_> {
         // admission's cutoff (everything at or below it was admitted or
         // gone), up to the last the head leased. Its users' receipts give
         // those back, each once (`restore_sub_line.lua`).
-        // A head made again from its sub-lines keeps each one's floor.
+        // A head made again from its sub-lines keeps each one's floor and
+        // the tickets waiting below it then, which stay places to give
+        // back unless an admission settled above them since.
         let floor = fields
             .get("admitted_floors")
             .and_then(|floors| floors.split(',').nth(sub_line))
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0);
-        let lost_head = fields
+        let cutoff = fields
             .get("admitted_cutoff")
             .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-            .max(floor)
-            + 1;
+            .unwrap_or(0);
+        let spared: Vec<String> = fields
+            .get("admitted_spared")
+            .and_then(|spared| spared.split(';').nth(sub_line))
+            .into_iter()
+            .flat_map(|tickets| tickets.split(','))
+            .filter_map(|ticket| ticket.parse::<u64>().ok())
+            .filter(|ticket| *ticket > cutoff)
+            .map(|ticket| format!("s:{ticket}"))
+            .collect();
+        let lost_head = cutoff.max(floor) + 1;
         let lost_top: Option<u64> = self
             .on_slot(
                 "remake_sub_line",
@@ -353,6 +376,9 @@ impl SubLineLink<'_> {
             ("lost_head", lost_head.to_string()),
             ("lost_top", lost_top.unwrap_or(0).to_string()),
             ("presence_since_ms", now_ms.to_string()),
+            // Everything below was admitted or gone, or is spared: as if
+            // popped so far, for a head made again from it.
+            ("popped_cutoff", (lost_head - 1).to_string()),
             // Its log starts after any number the lost one reached (under
             // a thousand changes a millisecond, ever), so a replica's copy
             // reading on from the lost log's numbers finds it incomplete
@@ -376,6 +402,17 @@ impl SubLineLink<'_> {
             .await?;
             lost.extend([("lost_entry", entry), ("lost_entry_cutoff", cutoff)]);
         }
+        if !spared.is_empty() {
+            // Before the sub-line is made, so its first receipt finds them.
+            self.on_slot::<i64>(
+                "remake_sub_line",
+                tag,
+                redis::cmd("SADD")
+                    .arg(keys::tagged_given_back_key(self.prefix, tag))
+                    .arg(&spared),
+            )
+            .await?;
+        }
         self.make_sub_line(&layout, sub_line, &config, &lost)
             .await?;
         Ok(true)
@@ -394,18 +431,21 @@ impl SubLineLink<'_> {
     /// above every ticket a sub-line gave and every block one holds, by a
     /// margin of blocks a lease of the lost head still in flight could
     /// install. Each sub-line's admitted floor, below which that sub-line
-    /// made again after a loss gives nothing back, is the highest cutoff a
-    /// pop there was asked to take to, but below every ticket still
-    /// waiting there: an admission the loss cut short leaves tickets at or
-    /// below its cutoff waiting on the sub-lines it did not reach yet.
+    /// made again after a loss gives back only the places spared, is the
+    /// highest cutoff a pop there was asked to take to; the tickets still
+    /// waiting at or below it (a place given back from a receipt, a join
+    /// whose clock was behind) are spared. When `epoch_ms` is given, only
+    /// sub-lines of the queue of that epoch are taken.
     pub(super) async fn head_from_sub_lines(
         &self,
         layout: &Layout,
+        epoch_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<Option<HeadAgain>> {
         let mut newest: Option<(u64, HashMap<String, String>)> = None;
-        let mut epoch = None;
-        let (mut floors, mut reached, mut given_back) = (Vec::new(), 0, Vec::new());
+        let mut epoch = epoch_ms;
+        let (mut floors, mut spared, mut reached, mut given_back) =
+            (Vec::new(), Vec::new(), 0, Vec::new());
         let mut adoption: Option<(u64, u64)> = None;
         for sub_line in 0..layout.shards as usize {
             let keys = layout.keys(self.prefix, sub_line)?;
@@ -430,14 +470,34 @@ impl SubLineLink<'_> {
                     .arg("WITHSCORES")
                     .clone()
             };
-            let lowest: Vec<(String, u64)> = self.on_slot("create_queue", tag, &waiting(0)).await?;
             let highest: Vec<(String, u64)> =
                 self.on_slot("create_queue", tag, &waiting(-1)).await?;
             let popped = field("popped_cutoff").unwrap_or(0);
-            floors.push(match lowest.first() {
-                Some((_, ticket)) => popped.min(ticket.saturating_sub(1)),
-                None => popped,
-            });
+            let below: Vec<(String, u64)> = self
+                .on_slot(
+                    "create_queue",
+                    tag,
+                    redis::cmd("ZRANGE")
+                        .arg(&keys[2])
+                        .arg(0)
+                        .arg(popped)
+                        .arg("BYSCORE")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(SPARED_MOST + 1)
+                        .arg("WITHSCORES"),
+                )
+                .await?;
+            // Past so many, the floor goes below them instead, as low as
+            // the lowest waiting ticket.
+            let (floor, kept) = match below.first() {
+                Some((_, lowest)) if below.len() > SPARED_MOST => {
+                    (lowest.saturating_sub(1), Vec::new())
+                }
+                _ => (popped, below.iter().map(|(_, t)| t.to_string()).collect()),
+            };
+            floors.push(floor);
+            spared.push(kept.join(","));
             reached = reached
                 .max(field("block_end").unwrap_or(0))
                 .max(field("block_first").unwrap_or(0))
@@ -477,17 +537,15 @@ impl SubLineLink<'_> {
             kept.head = floor;
         }
         let mut head = super::fields::config_fields(&config);
-        let margin = u64::from(layout.shards) * crate::domain::shards::MAX_BLOCK * 4;
+        let margin = u64::from(layout.shards) * crate::domain::shards::MAX_BLOCK * LEASES_IN_FLIGHT;
         let floors_field: Vec<String> = floors.iter().map(u64::to_string).collect();
         head.extend([
             ("settings_version", version.to_string()),
             ("sub_lines", layout.head_field()),
             ("sub_lines_made", "1".to_owned()),
-            (
-                "admitted_cutoff",
-                floors.iter().copied().min().unwrap_or(0).to_string(),
-            ),
+            // No admission settled here yet: the floors say what was.
             ("admitted_floors", floors_field.join(",")),
+            ("admitted_spared", spared.join(";")),
             ("start_seq", (reached + margin).to_string()),
             // A plan begun before the loss never matches a version of the
             // head made again.
@@ -2383,6 +2441,85 @@ mod tests {
         assert!(refused > 0);
     }
 
+    /// A place given back from a lost queue's receipt below the cutoff of
+    /// admissions already settled (a lost line's old number) does not pull
+    /// its sub-line's floor under those admitted: when the head is made
+    /// again and then the sub-line is lost, those admitted there are not
+    /// placed again and that place is, and the same after a second making
+    /// again of the head (the sub-line made again keeps its floor).
+    #[tokio::test]
+    async fn a_place_given_back_below_the_admitted_is_spared_without_lowering_the_floor() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = made_again_from_a_lost_line(&redis).await;
+        let old_claim = |ticket: u64| PlaceClaim {
+            epoch_ms: 5_000,
+            ticket,
+            head: 0,
+            top: 20,
+            issued_ms: 9_000,
+        };
+        // The lost line's top raises the sequence: newcomers from 21 on.
+        let first = of(0).next().unwrap();
+        let restored = store
+            .restore(&queue, &first, &old_claim(19), 10_050)
+            .await
+            .unwrap();
+        assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
+        let mut tickets = HashMap::new();
+        for user in of(1).skip(1).take(10).chain(of(2).take(10)) {
+            let place = store.enqueue(&queue, &user, 10_100).await.unwrap();
+            tickets.insert(user, place.ticket);
+        }
+        let admitted = store.admit(&queue, 12, None, 11_000).await.unwrap();
+        assert_eq!(admitted.len(), 12);
+        let returning = of(1).nth(20).unwrap();
+        let restored = store
+            .restore(&queue, &returning, &old_claim(7), 11_100)
+            .await
+            .unwrap();
+        assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
+        let claim = |ticket: u64| PlaceClaim {
+            epoch_ms: 10_000,
+            ticket,
+            head: 0,
+            top: 0,
+            issued_ms: 11_100,
+        };
+        let mut conn = connection_to(&redis);
+        for round in 0..2 {
+            head_lost_and_made_again(&store, &mut conn, 12_000 + round).await;
+            lose_sub_line(&store, &mut conn, 1, 12_100 + round).await;
+            let now = 12_200 + round;
+            let place = store
+                .restore(&queue, &returning, &claim(7), now)
+                .await
+                .unwrap();
+            assert!(
+                matches!(place, Restoration::Restored(ref p) if p.ticket == 7),
+                "round {round}: {place:?}"
+            );
+            for a in admitted
+                .iter()
+                .filter(|a| sub_line_of(a.user.as_str(), 3) == 1)
+            {
+                let again = store
+                    .restore(&queue, &a.user, &claim(a.admission.ticket), now)
+                    .await
+                    .unwrap();
+                assert_eq!(again, Restoration::Refused(Refusal::NotGiven), "{}", a.user);
+            }
+        }
+        // Admitted since, from the front: no longer spared.
+        let next = store.admit(&queue, 1, None, 13_000).await.unwrap();
+        assert_eq!(next[0].user, returning);
+        lose_sub_line(&store, &mut conn, 1, 13_100).await;
+        let again = store
+            .restore(&queue, &returning, &claim(7), 13_200)
+            .await
+            .unwrap();
+        assert_eq!(again, Restoration::Refused(Refusal::NotGiven));
+    }
+
     /// A lease the lost head gave that its sub-line installs only after
     /// the head is made again gives no ticket a newer lease gives: the
     /// head made again starts its sequence that many blocks above what the
@@ -2495,9 +2632,10 @@ mod tests {
 
     /// A queue nobody declared, over three sub-lines, whose head alone is
     /// lost comes back from them, even where sub-lines of an earlier queue
-    /// of the same name over two still stand; not once it is deleted.
+    /// of the same name over two still stand, and only as the queue of
+    /// the epoch lost; not once it is deleted.
     #[tokio::test]
-    async fn a_queue_is_made_again_from_its_latest_sub_lines_and_not_after_a_deletion() {
+    async fn a_queue_is_made_again_from_its_own_sub_lines_and_not_after_a_deletion() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         let store = store_on(&redis).await.with_sub_lines();
         let queue = QueueId::parse("sale").unwrap();
@@ -2511,7 +2649,12 @@ mod tests {
         store.create_queue(&config).await.unwrap();
         let (users, tickets) = join_users(&store, &queue, 30, 1_100).await;
         lose_head(&mut conn);
-        let made = store.remake_from_parts(&queue, 2_000).await.unwrap();
+        // Not as a queue of another epoch than the one lost.
+        assert_eq!(
+            store.remake_from_parts(&queue, 999, 2_000).await.unwrap(),
+            None
+        );
+        let made = store.remake_from_parts(&queue, 1_000, 2_000).await.unwrap();
         assert_eq!(made.map(|q| (q.created_at_ms, q.shards)), Some((1_000, 3)));
         for user in &users {
             let place = store.place(&queue, user, 2_100).await.unwrap().unwrap();
@@ -2528,7 +2671,10 @@ mod tests {
             matches!(deleted, Err(Error::QueueNotFound(_))),
             "{deleted:?}"
         );
-        assert_eq!(store.remake_from_parts(&queue, 3_000).await.unwrap(), None);
+        assert_eq!(
+            store.remake_from_parts(&queue, 1_000, 3_000).await.unwrap(),
+            None
+        );
         let mut again = config.clone();
         again.adoption = Some(Adoption::default());
         let made = store.create_queue(&again).await;
@@ -2562,8 +2708,14 @@ mod tests {
         sub_line: u32,
         now_ms: u64,
     ) {
-        let lost = keys::tagged_keys("t", &format!("sale/3~{sub_line}"));
-        let _: () = redis::cmd("UNLINK").arg(&lost[..]).query(conn).unwrap();
+        let tag = format!("sale/3~{sub_line}");
+        let lost = keys::tagged_keys("t", &tag);
+        let given_back = keys::tagged_given_back_key("t", &tag);
+        let _: () = redis::cmd("UNLINK")
+            .arg(&lost[..])
+            .arg(given_back)
+            .query(conn)
+            .unwrap();
         let newcomer = of(sub_line).next().unwrap();
         let queue = QueueId::parse("sale").unwrap();
         store.enqueue(&queue, &newcomer, now_ms).await.unwrap();
