@@ -331,6 +331,7 @@ impl SubLineLink<'_> {
             .get("admitted_cutoff")
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0);
+        let epoch = fields.get("created_at_ms").cloned().unwrap_or_default();
         let spared: Vec<String> = fields
             .get("admitted_spared")
             .and_then(|spared| spared.split(';').nth(sub_line))
@@ -338,7 +339,7 @@ impl SubLineLink<'_> {
             .flat_map(|tickets| tickets.split(','))
             .filter_map(|ticket| ticket.parse::<u64>().ok())
             .filter(|ticket| *ticket > cutoff)
-            .map(|ticket| format!("s:{ticket}"))
+            .map(|ticket| format!("s:{epoch}:{ticket}"))
             .collect();
         let lost_head = cutoff.max(floor) + 1;
         let lost_top: Option<u64> = self
@@ -488,21 +489,6 @@ impl SubLineLink<'_> {
                         .arg("WITHSCORES"),
                 )
                 .await?;
-            // Past so many, the floor goes below them instead, as low as
-            // the lowest waiting ticket.
-            let (floor, kept) = match below.first() {
-                Some((_, lowest)) if below.len() > SPARED_MOST => {
-                    (lowest.saturating_sub(1), Vec::new())
-                }
-                _ => (popped, below.iter().map(|(_, t)| t.to_string()).collect()),
-            };
-            floors.push(floor);
-            spared.push(kept.join(","));
-            reached = reached
-                .max(field("block_end").unwrap_or(0))
-                .max(field("block_first").unwrap_or(0))
-                .max(field("lost_top").unwrap_or(0))
-                .max(highest.first().map_or(0, |(_, ticket)| *ticket));
             let members: Vec<String> = self
                 .on_slot(
                     "create_queue",
@@ -510,6 +496,38 @@ impl SubLineLink<'_> {
                     redis::cmd("SMEMBERS").arg(keys::tagged_given_back_key(self.prefix, tag)),
                 )
                 .await?;
+            // Spared places of a loss before that nobody has come back
+            // for yet stay spared.
+            let marker = format!("s:{}:", field("created_at_ms").unwrap_or(0));
+            let claimed: std::collections::HashSet<&str> =
+                members.iter().map(String::as_str).collect();
+            let mut kept: Vec<u64> = below.iter().map(|(_, ticket)| *ticket).collect();
+            kept.extend(
+                members
+                    .iter()
+                    .filter_map(|m| m.strip_prefix(marker.as_str()))
+                    .filter(|ticket| !claimed.contains(ticket))
+                    .filter_map(|ticket| ticket.parse::<u64>().ok())
+                    .filter(|ticket| *ticket <= popped),
+            );
+            kept.sort_unstable();
+            kept.dedup();
+            // Past so many, the floor goes below them instead.
+            let floor = match kept.first().copied() {
+                Some(lowest) if kept.len() > SPARED_MOST => {
+                    kept.clear();
+                    lowest.saturating_sub(1)
+                }
+                _ => popped,
+            };
+            floors.push(floor);
+            let kept: Vec<String> = kept.iter().map(u64::to_string).collect();
+            spared.push(kept.join(","));
+            reached = reached
+                .max(field("block_end").unwrap_or(0))
+                .max(field("block_first").unwrap_or(0))
+                .max(field("lost_top").unwrap_or(0))
+                .max(highest.first().map_or(0, |(_, ticket)| *ticket));
             given_back.extend(
                 members
                     .iter()
@@ -2445,8 +2463,9 @@ mod tests {
     /// admissions already settled (a lost line's old number) does not pull
     /// its sub-line's floor under those admitted: when the head is made
     /// again and then the sub-line is lost, those admitted there are not
-    /// placed again and that place is, and the same after a second making
-    /// again of the head (the sub-line made again keeps its floor).
+    /// placed again and that place is, and the same after further makings
+    /// again of the head (the sub-line made again keeps its floor, and a
+    /// spared place nobody came back for stays spared).
     #[tokio::test]
     async fn a_place_given_back_below_the_admitted_is_spared_without_lowering_the_floor() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
@@ -2486,18 +2505,22 @@ mod tests {
             issued_ms: 11_100,
         };
         let mut conn = connection_to(&redis);
-        for round in 0..2 {
+        // The second time, its holder does not come back before the head
+        // is lost again: the place stays spared for the third.
+        for round in 0..3 {
             head_lost_and_made_again(&store, &mut conn, 12_000 + round).await;
             lose_sub_line(&store, &mut conn, 1, 12_100 + round).await;
             let now = 12_200 + round;
-            let place = store
-                .restore(&queue, &returning, &claim(7), now)
-                .await
-                .unwrap();
-            assert!(
-                matches!(place, Restoration::Restored(ref p) if p.ticket == 7),
-                "round {round}: {place:?}"
-            );
+            if round != 1 {
+                let place = store
+                    .restore(&queue, &returning, &claim(7), now)
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(place, Restoration::Restored(ref p) if p.ticket == 7),
+                    "round {round}: {place:?}"
+                );
+            }
             for a in admitted
                 .iter()
                 .filter(|a| sub_line_of(a.user.as_str(), 3) == 1)

@@ -74,9 +74,10 @@ if step == 'lost' or step == 'lost_cleared' then
   local v = redis.call('HMGET', K_CONFIG, 'lost_head', 'lost_top', 'lost_entry', 'lost_entry_cutoff')
   local lost_head, lost_top = tonumber(v[1]), tonumber(v[2])
   -- Below lost_head only a ticket spared when the head was made again
-  -- from its sub-lines ('s:ticket', sub_lines.rs `remake_sub_line`).
+  -- from its sub-lines ('s:epoch:ticket', sub_lines.rs `remake_sub_line`).
   if not lost_top or tonumber(ARGV[6]) ~= cfg.epoch or ticket > lost_top
-      or (ticket < lost_head and redis.call('SISMEMBER', KEYS[OWN], 's:' .. ticket) == 0)
+      or (ticket < lost_head
+        and redis.call('SISMEMBER', KEYS[OWN], 's:' .. ARGV[6] .. ':' .. ticket) == 0)
       or holds() or taken() or redis.call('SISMEMBER', KEYS[OWN], ticket) == 1 then
     return { 'ok', 0 }
   end
