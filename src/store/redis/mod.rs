@@ -405,6 +405,29 @@ impl RedisStore {
         })
     }
 
+    /// The sub-lines of `queue` that stand, by their number, each with the
+    /// epoch of the queue its first sub-line holds. The number went with a
+    /// lost head: each number's first sub-line is asked for, placed as the
+    /// creation placed it, so a queue lost whole costs fifteen reads.
+    async fn sub_lines_standing(&self, queue: &QueueId) -> Result<Vec<(u64, Layout)>> {
+        let owners = self.slot_owners().await?;
+        let mut standing = Vec::new();
+        for shards in 2..=crate::domain::shards::MAX_SHARDS {
+            let layout = Layout::new(queue, shards, |slot| sub_lines::owner_of(&owners, slot));
+            let first = layout.keys(&self.prefix, 0)?;
+            let epoch: Option<u64> = self
+                .command(
+                    "sub_lines_standing",
+                    redis::cmd("HGET").arg(&first[0]).arg("created_at_ms"),
+                )
+                .await?;
+            if let Some(epoch) = epoch {
+                standing.push((epoch, layout));
+            }
+        }
+        Ok(standing)
+    }
+
     /// Makes the lost head of a queue over the sub-lines of `layout` again
     /// from them, when every one stands, of `epoch_ms` when given
     /// (`SubLineLink::head_from_sub_lines`): the queue as it was, or
@@ -565,21 +588,10 @@ impl QueueStore for RedisStore {
         if !self.sub_lines || !self.queue_lost(queue).await? {
             return Ok(None);
         }
-        // The number of sub-lines went with the head: each number's first
-        // sub-line is asked for, so a queue lost whole costs fifteen reads.
         // Sub-lines of an earlier queue of the same name, under another
         // number, may stand too: only the lost queue's own are made again.
-        let owners = self.slot_owners().await?;
-        for shards in 2..=crate::domain::shards::MAX_SHARDS {
-            let layout = Layout::new(queue, shards, |slot| sub_lines::owner_of(&owners, slot));
-            let first = layout.keys(&self.prefix, 0)?;
-            let epoch: Option<u64> = self
-                .command(
-                    "remake_from_parts",
-                    redis::cmd("HGET").arg(&first[0]).arg("created_at_ms"),
-                )
-                .await?;
-            if epoch != Some(epoch_ms) {
+        for (epoch, layout) in self.sub_lines_standing(queue).await? {
+            if epoch != epoch_ms {
                 continue;
             }
             return match self
@@ -658,9 +670,19 @@ impl QueueStore for RedisStore {
         // answer, since the queue may still be there.
         // A queue over sub-lines loses its sub-lines first: a delete that
         // stops half-way leaves a head, which a new delete finds.
-        if let Ok(layout) = self.link(queue).layout().await
-            && layout.shards > 1
-        {
+        let layouts: Vec<Arc<Layout>> = match self.link(queue).layout().await {
+            Ok(layout) if layout.shards > 1 => vec![layout],
+            // The head lost: whatever sub-lines of the name stand, which a
+            // making again from its parts would otherwise bring back.
+            Err(Error::QueueNotFound(_)) if self.sub_lines => self
+                .sub_lines_standing(queue)
+                .await?
+                .into_iter()
+                .map(|(_, layout)| Arc::new(layout))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for layout in &layouts {
             for sub_line in 0..layout.shards as usize {
                 let keys = layout.keys(&self.prefix, sub_line)?;
                 let given_back = keys::tagged_given_back_key(&self.prefix, layout.tag(sub_line)?);
@@ -670,6 +692,8 @@ impl QueueStore for RedisStore {
                 )
                 .await?;
             }
+        }
+        if !layouts.is_empty() {
             self.command::<i64>(
                 "delete_queue",
                 redis::cmd("UNLINK")

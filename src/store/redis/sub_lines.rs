@@ -2684,20 +2684,14 @@ mod tests {
             assert_eq!(place.ticket, tickets[user]);
         }
         lose_head(&mut conn);
-        // Not found (by a replica that never read its layout, so its
-        // sub-lines stand), and marked deleted all the same: nothing makes
-        // it again from its parts, not even a re-making that found it lost
-        // just before.
-        let deleting = store_on(&redis).await.with_sub_lines();
-        let deleted = deleting.delete_queue(&queue).await;
-        assert!(
-            matches!(deleted, Err(Error::QueueNotFound(_))),
-            "{deleted:?}"
-        );
-        assert_eq!(
-            store.remake_from_parts(&queue, 1_000, 3_000).await.unwrap(),
-            None
-        );
+        // A deletion that raced a making again found the queue lost just
+        // before: its mark written, its sub-lines not dropped yet. The
+        // making again does not make the head over the mark.
+        let _: () = redis::cmd("SET")
+            .arg("t:{sale}:deleted")
+            .arg(2_500)
+            .query(&mut conn)
+            .unwrap();
         let mut again = config.clone();
         again.adoption = Some(Adoption::default());
         let made = store.create_queue(&again).await;
@@ -2706,6 +2700,24 @@ mod tests {
             "{made:?}"
         );
         assert!(store.queue_lost(&queue).await.is_ok_and(|lost| !lost));
+        assert_eq!(
+            store.remake_from_parts(&queue, 1_000, 3_000).await.unwrap(),
+            None
+        );
+        // The deletion, by a replica that never read the layout: the queue
+        // not found, and its sub-lines, and those of the earlier queue,
+        // gone with it.
+        let deleting = store_on(&redis).await.with_sub_lines();
+        let deleted = deleting.delete_queue(&queue).await;
+        assert!(
+            matches!(deleted, Err(Error::QueueNotFound(_))),
+            "{deleted:?}"
+        );
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg("t:{sale/*")
+            .query(&mut conn)
+            .unwrap();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     /// Loses the head of `sale` (its keys gone, as with its node back
