@@ -445,6 +445,11 @@ impl SubLineLink<'_> {
     ) -> Result<Option<HeadAgain>> {
         let mut newest: Option<(u64, HashMap<String, String>)> = None;
         let mut epoch = epoch_ms;
+        // The head's admission versions start here, above any the lost
+        // head reached (it counted from its own making at most this way,
+        // far fewer than ten a millisecond), and below 10^14, which the
+        // scripts answer in full.
+        let version_from = now_ms.saturating_mul(10);
         let (mut floors, mut spared, mut reached, mut given_back) =
             (Vec::new(), Vec::new(), 0, Vec::new());
         let mut adoption: Option<(u64, u64)> = None;
@@ -463,6 +468,25 @@ impl SubLineLink<'_> {
                 return Ok(None);
             }
             epoch = field("created_at_ms");
+            // From here on this sub-line takes no pop of an entry the lost
+            // head planned (`admission_pop.lua`); one that came before is
+            // in the popped cutoff read after it.
+            self.on_slot::<i64>(
+                "create_queue",
+                tag,
+                redis::cmd("HSET")
+                    .arg(&keys[0])
+                    .arg("head_version_from")
+                    .arg(version_from),
+            )
+            .await?;
+            let popped_now: Option<u64> = self
+                .on_slot(
+                    "create_queue",
+                    tag,
+                    redis::cmd("HGET").arg(&keys[0]).arg("popped_cutoff"),
+                )
+                .await?;
             let waiting = |from: i64| {
                 redis::cmd("ZRANGE")
                     .arg(&keys[2])
@@ -473,7 +497,7 @@ impl SubLineLink<'_> {
             };
             let highest: Vec<(String, u64)> =
                 self.on_slot("create_queue", tag, &waiting(-1)).await?;
-            let popped = field("popped_cutoff").unwrap_or(0);
+            let popped = popped_now.unwrap_or(0);
             let below: Vec<(String, u64)> = self
                 .on_slot(
                     "create_queue",
@@ -566,8 +590,8 @@ impl SubLineLink<'_> {
             ("admitted_spared", spared.join(";")),
             ("start_seq", (reached + margin).to_string()),
             // A plan begun before the loss never matches a version of the
-            // head made again.
-            ("admit_version", now_ms.to_string()),
+            // head made again, and its entry's pops are refused.
+            ("admit_version", version_from.to_string()),
             ("from_parts", "1".to_owned()),
         ]);
         Ok(Some(HeadAgain {
@@ -931,8 +955,9 @@ impl SubLineLink<'_> {
             below.truncate(max_count as usize);
             // Each entry its own id, whatever its request: a request id
             // comes back once its result lapses, and a sub-line must not
-            // take the pop of an earlier entry for this one.
-            let id = format!("entry:{}", crate::domain::instance_id());
+            // take the pop of an earlier entry for this one. It names the
+            // head's version it was planned at (`admission_pop.lua`).
+            let id = format!("entry:{}:v{version}", crate::domain::instance_id());
             // Each candidate with its sub-line, so the plan journals how
             // many each pop may take.
             let (active, below): (String, Vec<String>) = (
@@ -2400,6 +2425,38 @@ mod tests {
         .unwrap();
         let kept = head_lost_and_made_again(&store, &mut conn, 3_000).await;
         assert_eq!(kept.created_at_ms, 0, "the same queue");
+        // Its admitter comes back and carries on with sub-line 2: the
+        // entry went with the head, and its pops take nobody now.
+        let most_2 = counts.split(',').nth(2).unwrap().to_owned();
+        assert_ne!(most_2, "0");
+        let mut late = link
+            .on_sub_line(
+                "admit",
+                &store.scripts.admission_pop,
+                &layout,
+                2,
+                &[&entry, &cutoff_arg, "60000", "60000", &most_2],
+                3_050,
+            )
+            .await
+            .unwrap();
+        assert_eq!(late.remaining(), 0, "{:?}", late.string());
+        for user in users
+            .iter()
+            .filter(|user| sub_line_of(user.as_str(), 3) == 2 && tickets[*user] <= cutoff)
+        {
+            let place = store.place(&queue, user, 3_060).await.unwrap();
+            assert!(
+                matches!(
+                    place,
+                    Some(Place {
+                        state: PlaceState::Waiting { .. },
+                        ..
+                    })
+                ),
+                "{user}: {place:?}"
+            );
+        }
 
         lose_sub_line(&store, &mut conn, 1, 3_100).await;
         let returning: Vec<&UserId> = users

@@ -27,6 +27,17 @@ if previous then
   end
   return previous
 end
+-- An entry planned by a head since lost and made again from the sub-lines
+-- (planned at a version below the one the new head began at: sub_lines.rs,
+-- `head_from_sub_lines`) takes nobody: its journal went with the head, and
+-- the sub-lines' floors were read without it. Its users stay in line for
+-- the next admission.
+local planned = tonumber(string.match(id, ':v(%d+)$'))
+local from = tonumber(redis.call('HGET', K_CONFIG, 'head_version_from'))
+if planned and from and planned < from then
+  keep_result(id, { 'ok' }, ARGV[5])
+  return { 'ok' }
+end
 prepare(cfg)
 cfg.ttl = tonumber(ARGV[4])
 if tonumber(ARGV[3]) > (tonumber(redis.call('HGET', K_CONFIG, 'popped_cutoff')) or 0) then
