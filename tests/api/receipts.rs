@@ -462,35 +462,11 @@ async fn a_declared_queue_over_sub_lines_is_made_again_over_them_after_redis_com
 #[tokio::test]
 async fn a_declared_queue_over_sub_lines_whose_head_alone_is_lost_is_made_again_from_its_sub_lines()
 {
-    const VISITORS: usize = 300;
-    const ADMITTED: u32 = 30;
+    const VISITORS: usize = DECLARED_VISITORS;
     let redis = TestRedis::start();
     let (url, prefix) = (redis.url(), fresh_prefix());
-    let mut config = with_key(TestApp::redis_config(&url, &prefix), 8);
-    config.redis_sub_lines = true;
-    config.queues = vec![QueueSpec::parse("sale:shards=3,heartbeat_timeout=30s").unwrap()];
-    let app = TestApp::spawn(config).await;
-    has_queue(
-        &app,
-        "sale",
-        "the declared queue made",
-        Duration::from_secs(5),
-    )
-    .await;
+    let (app, mut visitors, admitted) = declared_sale_over_sub_lines(&url, &prefix, false).await;
     let mut client = app.client().await;
-    let mut visitors = Vec::new();
-    for i in 0..VISITORS {
-        let place = enqueue(&mut client, "sale", &format!("v{i}")).await;
-        visitors.push((format!("v{i}"), place.ticket, place.receipt));
-    }
-    // Past every block's τ, so admission may take the first tickets.
-    app.clock.advance_ms(1_000);
-    let admitted: std::collections::HashSet<String> = admit(&mut client, "sale", ADMITTED)
-        .await
-        .into_iter()
-        .map(|a| a.user_id)
-        .collect();
-    assert_eq!(admitted.len(), ADMITTED as usize);
     app.admin()
         .await
         .update_queue(pb::UpdateQueueRequest {
@@ -581,24 +557,10 @@ async fn a_declared_queue_over_sub_lines_whose_head_alone_is_lost_is_made_again_
     // Until this replica's copy has read the loss, it answers the lost
     // places from what it read before.
     app.refreshed("sale").await;
-    let order = shuffled(VISITORS);
-    for i in order {
-        let (user, ticket, receipt) = &visitors[i];
-        if waitroom::domain::shards::sub_line_of(user, 3) != sub_line {
-            continue;
-        }
-        let answer = rank_with(&app, "sale", user, receipt).await;
-        if admitted.contains(user) {
-            assert_eq!(
-                answer.unwrap_err().code(),
-                Code::NotFound,
-                "{user} was admitted before the loss"
-            );
-        } else {
-            let place = answer.unwrap_or_else(|status| panic!("{user}: {status:?}"));
-            assert_eq!(place.ticket, *ticket, "{user}");
-        }
-    }
+    back_with_receipts(&app, &visitors, &admitted, |user| {
+        waitroom::domain::shards::sub_line_of(user, 3) == sub_line
+    })
+    .await;
 
     let newcomer = enqueue(&mut client, "sale", "newcomer").await;
     assert!(
@@ -678,12 +640,25 @@ async fn an_undeclared_queue_over_sub_lines_whose_head_alone_is_lost_is_made_aga
     app.stop().await;
 }
 
-async fn declared_over_sub_lines_lost() {
-    const VISITORS: usize = 300;
-    const ADMITTED: u32 = 30;
-    let mut redis = TestRedis::start();
-    let (port, url, prefix) = (redis.port(), redis.url(), fresh_prefix());
-    let mut config = with_key(TestApp::redis_config(&url, &prefix), 8);
+/// Visitors in line at a sale declared over sub-lines, and of them admitted.
+const DECLARED_VISITORS: usize = 300;
+const DECLARED_ADMITTED: u32 = 30;
+
+/// A replica on `url` whose declared sale is kept over three sub-lines
+/// (`sale:shards=3`), with [`DECLARED_VISITORS`] in line (each with their
+/// ticket and receipt, in joining order) and the first
+/// [`DECLARED_ADMITTED`] admitted. `check_shards` asserts it was made
+/// over three before anyone joins.
+async fn declared_sale_over_sub_lines(
+    url: &str,
+    prefix: &str,
+    check_shards: bool,
+) -> (
+    TestApp,
+    Vec<(String, u64, String)>,
+    std::collections::HashSet<String>,
+) {
+    let mut config = with_key(TestApp::redis_config(url, prefix), 8);
     config.redis_sub_lines = true;
     config.queues = vec![QueueSpec::parse("sale:shards=3,heartbeat_timeout=30s").unwrap()];
     let app = TestApp::spawn(config).await;
@@ -694,21 +669,60 @@ async fn declared_over_sub_lines_lost() {
         Duration::from_secs(5),
     )
     .await;
-    assert_eq!(app.get_queue("sale").await.shards, 3);
+    if check_shards {
+        assert_eq!(app.get_queue("sale").await.shards, 3);
+    }
     let mut client = app.client().await;
-    let mut receipts = Vec::new();
-    for i in 0..VISITORS {
+    let mut visitors = Vec::new();
+    for i in 0..DECLARED_VISITORS {
         let place = enqueue(&mut client, "sale", &format!("v{i}")).await;
-        receipts.push((format!("v{i}"), place.ticket, place.receipt));
+        visitors.push((format!("v{i}"), place.ticket, place.receipt));
     }
     // Past every block's τ, so admission may take the first tickets.
     app.clock.advance_ms(1_000);
-    let admitted: std::collections::HashSet<String> = admit(&mut client, "sale", ADMITTED)
+    let admitted: std::collections::HashSet<String> = admit(&mut client, "sale", DECLARED_ADMITTED)
         .await
         .into_iter()
         .map(|a| a.user_id)
         .collect();
-    assert_eq!(admitted.len(), ADMITTED as usize);
+    assert_eq!(admitted.len(), DECLARED_ADMITTED as usize);
+    (app, visitors, admitted)
+}
+
+/// The visitors `back` picks come back with their receipts, in random
+/// order: those admitted before the loss are not placed again, everyone
+/// else is given their ticket.
+async fn back_with_receipts(
+    app: &TestApp,
+    visitors: &[(String, u64, String)],
+    admitted: &std::collections::HashSet<String>,
+    back: impl Fn(&str) -> bool,
+) {
+    for i in shuffled(visitors.len()) {
+        let (user, ticket, receipt) = &visitors[i];
+        if !back(user) {
+            continue;
+        }
+        let answer = rank_with(app, "sale", user, receipt).await;
+        if admitted.contains(user) {
+            assert_eq!(
+                answer.unwrap_err().code(),
+                Code::NotFound,
+                "{user} was admitted before the loss"
+            );
+        } else {
+            let place = answer.unwrap_or_else(|status| panic!("{user}: {status:?}"));
+            assert_eq!(place.ticket, *ticket, "{user}");
+        }
+    }
+}
+
+async fn declared_over_sub_lines_lost() {
+    const VISITORS: usize = DECLARED_VISITORS;
+    let mut redis = TestRedis::start();
+    let (port, url, prefix) = (redis.port(), redis.url(), fresh_prefix());
+    let (app, mut receipts, admitted) = declared_sale_over_sub_lines(&url, &prefix, true).await;
+    let mut client = app.client().await;
     let _watcher = open(&app, "sale", &receipts[VISITORS - 1].0).await;
     app.refreshed("sale").await;
 
@@ -734,21 +748,7 @@ async fn declared_over_sub_lines_lost() {
         "re-made over as many"
     );
 
-    let order = shuffled(VISITORS);
-    for i in order {
-        let (user, ticket, receipt) = &receipts[i];
-        let answer = rank_with(&app, "sale", user, receipt).await;
-        if admitted.contains(user) {
-            assert_eq!(
-                answer.unwrap_err().code(),
-                Code::NotFound,
-                "{user} was admitted before the loss"
-            );
-        } else {
-            let place = answer.unwrap_or_else(|status| panic!("{user}: {status:?}"));
-            assert_eq!(place.ticket, *ticket, "{user}");
-        }
-    }
+    back_with_receipts(&app, &receipts, &admitted, |_| true).await;
     // Joins less than τ apart (this test's clock stands still) take
     // tickets from their sub-lines' blocks: the line is in ticket order.
     receipts.sort_by_key(|(_, ticket, _)| *ticket);

@@ -428,6 +428,34 @@ impl RedisStore {
         Ok(standing)
     }
 
+    /// Adds `queue` to the index of queues.
+    async fn index_add(&self, queue: &QueueId) -> Result<()> {
+        self.command::<i64>(
+            "index_add",
+            redis::cmd("SADD")
+                .arg(keys::index_key(&self.prefix))
+                .arg(queue.as_str()),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Writes a queue's head (`create_queue.lua`) with `fields`, unless
+    /// the queue exists (`QueueAlreadyExists`).
+    async fn write_head(
+        &self,
+        queue: &QueueId,
+        fields: &[(&'static str, String)],
+        now_ms: u64,
+    ) -> Result<()> {
+        let mut invocation = self.invocation(&self.scripts.create_queue, queue, now_ms);
+        invocation.key(keys::deleted_key(&self.prefix, queue));
+        for (field, value) in fields {
+            invocation.arg(*field).arg(value);
+        }
+        self.run("create_queue", queue, &invocation).await.map(drop)
+    }
+
     /// Makes the lost head of a queue over the sub-lines of `layout` again
     /// from them, when every one stands, of `epoch_ms` when given
     /// (`SubLineLink::head_from_sub_lines`): the queue as it was, or
@@ -462,19 +490,7 @@ impl RedisStore {
             )
             .await?;
         }
-        self.command::<i64>(
-            "index_add",
-            redis::cmd("SADD")
-                .arg(keys::index_key(&self.prefix))
-                .arg(queue.as_str()),
-        )
-        .await?;
-        let mut invocation = self.invocation(&self.scripts.create_queue, queue, now_ms);
-        invocation.key(keys::deleted_key(&self.prefix, queue));
-        for (field, value) in &again.fields {
-            invocation.arg(*field).arg(value);
-        }
-        self.run("create_queue", queue, &invocation).await?;
+        self.write_head(queue, &again.fields, now_ms).await?;
         // Its open blocks hold the watermark back at once (and the history
         // is recorded), not at the first lease.
         link.resync(now_ms).await?;
@@ -499,13 +515,7 @@ impl QueueStore for RedisStore {
         if config.shards > 1 && config.opens_at_ms.is_some() {
             return Err(no_opening_over_sub_lines());
         }
-        self.command::<i64>(
-            "index_add",
-            redis::cmd("SADD")
-                .arg(keys::index_key(&self.prefix))
-                .arg(config.id.as_str()),
-        )
-        .await?;
+        self.index_add(&config.id).await?;
         let layout = match config.shards {
             0 | 1 => None,
             shards => Some(self.placed(&config.id, shards).await?),
@@ -525,17 +535,12 @@ impl QueueStore for RedisStore {
         {
             return Ok(kept);
         }
-        let fields = config_fields(config);
-        let mut invocation =
-            self.invocation(&self.scripts.create_queue, &config.id, config.created_at_ms);
-        invocation.key(keys::deleted_key(&self.prefix, &config.id));
-        for (field, value) in &fields {
-            invocation.arg(*field).arg(value);
-        }
+        let mut fields = config_fields(config);
         if let Some(layout) = &layout {
-            invocation.arg("sub_lines").arg(layout.head_field());
+            fields.push(("sub_lines", layout.head_field()));
         }
-        self.run("create_queue", &config.id, &invocation).await?;
+        self.write_head(&config.id, &fields, config.created_at_ms)
+            .await?;
         // The head decides whether the queue was made; each sub-line then
         // takes a copy of its config. Whatever a sub-line's slot still
         // holds is of a queue of the same name deleted half-way.
@@ -594,6 +599,7 @@ impl QueueStore for RedisStore {
             if epoch != epoch_ms {
                 continue;
             }
+            self.index_add(queue).await?;
             return match self
                 .head_again(queue, &layout, Some(epoch_ms), now_ms)
                 .await

@@ -161,6 +161,12 @@ impl Layouts {
     }
 }
 
+/// What a sub-line gave ([`SubLineLink::given_on`]).
+struct Given {
+    reached: u64,
+    open: Option<(u64, i64)>,
+}
+
 /// A lost head as its sub-lines make it again
 /// ([`SubLineLink::head_from_sub_lines`]).
 pub(super) struct HeadAgain {
@@ -487,16 +493,6 @@ impl SubLineLink<'_> {
                     redis::cmd("HGET").arg(&keys[0]).arg("popped_cutoff"),
                 )
                 .await?;
-            let waiting = |from: i64| {
-                redis::cmd("ZRANGE")
-                    .arg(&keys[2])
-                    .arg(from)
-                    .arg(from)
-                    .arg("WITHSCORES")
-                    .clone()
-            };
-            let highest: Vec<(String, u64)> =
-                self.on_slot("create_queue", tag, &waiting(-1)).await?;
             let popped = popped_now.unwrap_or(0);
             let below: Vec<(String, u64)> = self
                 .on_slot(
@@ -547,11 +543,7 @@ impl SubLineLink<'_> {
             floors.push(floor);
             let kept: Vec<String> = kept.iter().map(u64::to_string).collect();
             spared.push(kept.join(","));
-            reached = reached
-                .max(field("block_end").unwrap_or(0))
-                .max(field("block_first").unwrap_or(0))
-                .max(field("lost_top").unwrap_or(0))
-                .max(highest.first().map_or(0, |(_, ticket)| *ticket));
+            reached = reached.max(self.given_on(layout, sub_line).await?.reached);
             given_back.extend(
                 members
                     .iter()
@@ -1487,6 +1479,52 @@ impl SubLineLink<'_> {
         Reply::of(self.value("admit", step).await?, self.queue)
     }
 
+    /// What sub-line `sub_line` gave: the highest ticket, and its block
+    /// while that is open (first ticket, lease time).
+    async fn given_on(&self, layout: &Layout, sub_line: usize) -> Result<Given> {
+        let keys = layout.keys(self.prefix, sub_line)?;
+        let (first, end, at, lost_top): (Option<u64>, Option<u64>, Option<i64>, Option<u64>) = self
+            .on_slot(
+                "lease",
+                layout.tag(sub_line)?,
+                redis::cmd("HMGET")
+                    .arg(&keys[0])
+                    .arg("block_first")
+                    .arg("block_end")
+                    .arg("block_ms")
+                    .arg("lost_top"),
+            )
+            .await?;
+        // A place given back from a receipt may stand above every block.
+        let highest: Vec<(String, u64)> = self
+            .on_slot(
+                "lease",
+                layout.tag(sub_line)?,
+                redis::cmd("ZRANGE")
+                    .arg(&keys[2])
+                    .arg(-1)
+                    .arg(-1)
+                    .arg("WITHSCORES"),
+            )
+            .await?;
+        Ok(Given {
+            // A place given back raises a closed block's first ticket to
+            // the sequence its decision left (`restore_sub_line.lua`).
+            reached: end
+                .unwrap_or(0)
+                .saturating_sub(1)
+                .max(first.unwrap_or(0))
+                .max(lost_top.unwrap_or(0))
+                .max(highest.first().map_or(0, |(_, ticket)| *ticket)),
+            // A block closed by a place given back (lease time -1) holds
+            // nothing back.
+            open: match (first, at) {
+                (Some(first), Some(at @ 0..)) => Some((first, at)),
+                _ => None,
+            },
+        })
+    }
+
     /// Resyncs a head that answered it is in another history than its
     /// last (`prelude.lua`, `same_history`): every sub-line's blocks read,
     /// then passed to a lease of nothing, which brings the sequence above
@@ -1498,41 +1536,9 @@ impl SubLineLink<'_> {
         let mut reached = 0;
         let mut open = Vec::new();
         for sub_line in 0..layout.shards as usize {
-            let keys = layout.keys(self.prefix, sub_line)?;
-            let (first, end, at, lost_top): (Option<u64>, Option<u64>, Option<i64>, Option<u64>) =
-                self.on_slot(
-                    "lease",
-                    layout.tag(sub_line)?,
-                    redis::cmd("HMGET")
-                        .arg(&keys[0])
-                        .arg("block_first")
-                        .arg("block_end")
-                        .arg("block_ms")
-                        .arg("lost_top"),
-                )
-                .await?;
-            // A place given back from a receipt may stand above every block.
-            let highest: Vec<(String, u64)> = self
-                .on_slot(
-                    "lease",
-                    layout.tag(sub_line)?,
-                    redis::cmd("ZRANGE")
-                        .arg(&keys[2])
-                        .arg(-1)
-                        .arg(-1)
-                        .arg("WITHSCORES"),
-                )
-                .await?;
-            // A place given back raises a closed block's first ticket to
-            // the sequence its decision left (`restore_sub_line.lua`).
-            reached = reached
-                .max(end.unwrap_or(0).saturating_sub(1))
-                .max(first.unwrap_or(0))
-                .max(lost_top.unwrap_or(0))
-                .max(highest.first().map_or(0, |(_, ticket)| *ticket));
-            // A block closed by a place given back (lease time -1) holds
-            // nothing back.
-            if let (Some(first), Some(at @ 0..)) = (first, at) {
+            let given = self.given_on(&layout, sub_line).await?;
+            reached = reached.max(given.reached);
+            if let Some((first, at)) = given.open {
                 open.extend([first.to_string(), at.to_string()]);
             }
         }
@@ -2140,13 +2146,7 @@ mod tests {
         let head = keys::queue_keys("t", &queue);
         let link = store.link(&queue);
         let of_lost = |user: &&UserId| sub_line_of(user.as_str(), 3) == 1;
-        let claim = |user: &UserId| PlaceClaim {
-            epoch_ms: 0,
-            ticket: tickets[user],
-            head: 0,
-            top: 0,
-            issued_ms: 1_500,
-        };
+        let claim = |user: &UserId| receipt_for(tickets[user]);
         let (entry, cutoff) = lose_under_an_entry(&store, &queue, 15, "first", &mut conn).await;
         let below: Vec<&UserId> = users
             .iter()
@@ -2157,20 +2157,7 @@ mod tests {
         // Its admitter comes back and settles the user its pops took on the
         // lost sub-line.
         let popped = below[0];
-        let ticket = tickets[popped].to_string();
-        link.on_head(
-            &[
-                "settle",
-                &entry,
-                popped.as_str(),
-                &ticket,
-                "2000",
-                "9000000",
-            ],
-            2_200,
-        )
-        .await
-        .unwrap();
+        settle_alone(&link, &entry, popped, tickets[popped]).await;
         let again = store
             .restore(&queue, popped, &claim(popped), 3_000)
             .await
@@ -2209,6 +2196,52 @@ mod tests {
             .query(&mut conn)
             .unwrap();
         assert_eq!(admitting, None, "the entry finished");
+    }
+
+    /// The pop of entry `entry` (to its cutoff, at most `most`) on
+    /// `sub_line`, as its admitter makes it (`admission_pop.lua`).
+    async fn pop(
+        store: &RedisStore,
+        layout: &Layout,
+        sub_line: usize,
+        [entry, cutoff, most]: [&str; 3],
+        now_ms: u64,
+    ) -> Reply {
+        store
+            .link(&QueueId::parse("sale").unwrap())
+            .on_sub_line(
+                "admit",
+                &store.scripts.admission_pop,
+                layout,
+                sub_line,
+                &[entry, cutoff, "60000", "60000", most],
+                now_ms,
+            )
+            .await
+            .unwrap()
+    }
+
+    /// A receipt of the queue made at 0 for `ticket`, issued at 1.5 s.
+    fn receipt_for(ticket: u64) -> PlaceClaim {
+        PlaceClaim {
+            epoch_ms: 0,
+            ticket,
+            head: 0,
+            top: 0,
+            issued_ms: 1_500,
+        }
+    }
+
+    /// Settles `entry` as having admitted `user` at `ticket` alone, as its
+    /// admitter coming back does with what its pops took.
+    async fn settle_alone(link: &SubLineLink<'_>, entry: &str, user: &UserId, ticket: u64) {
+        let ticket = ticket.to_string();
+        link.on_head(
+            &["settle", entry, user.as_str(), &ticket, "2000", "9000000"],
+            2_200,
+        )
+        .await
+        .unwrap();
     }
 
     /// Journals an admission of `count` and stops there (its admitter gone
@@ -2265,30 +2298,9 @@ mod tests {
             .collect();
         assert!(below.len() >= 2, "{below:?}");
         let (popped, waiting) = (below[0], below[1]);
-        let ticket = tickets[popped].to_string();
-        store
-            .link(&queue)
-            .on_head(
-                &[
-                    "settle",
-                    &entry,
-                    popped.as_str(),
-                    &ticket,
-                    "2000",
-                    "9000000",
-                ],
-                2_200,
-            )
-            .await
-            .unwrap();
+        settle_alone(&store.link(&queue), &entry, popped, tickets[popped]).await;
         let later = 2_200 + 20 * 60_000;
-        let claim = |user: &UserId| PlaceClaim {
-            epoch_ms: 0,
-            ticket: tickets[user],
-            head: 0,
-            top: 0,
-            issued_ms: 1_500,
-        };
+        let claim = |user: &UserId| receipt_for(tickets[user]);
         let refused = store
             .restore(&queue, popped, &claim(popped), later)
             .await
@@ -2389,13 +2401,7 @@ mod tests {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         let (store, queue) = over_three_sub_lines(&redis).await;
         let (users, tickets) = join_users(&store, &queue, 60, 1_000).await;
-        let claim = |user: &UserId| PlaceClaim {
-            epoch_ms: 0,
-            ticket: tickets[user],
-            head: 0,
-            top: 0,
-            issued_ms: 1_500,
-        };
+        let claim = |user: &UserId| receipt_for(tickets[user]);
         let mut conn = connection_to(&redis);
         let link = store.link(&queue);
         let layout = link.layout().await.unwrap();
@@ -2413,33 +2419,14 @@ mod tests {
             .unwrap();
         let most = counts.split(',').next().unwrap().to_owned();
         let cutoff_arg = cutoff.to_string();
-        link.on_sub_line(
-            "admit",
-            &store.scripts.admission_pop,
-            &layout,
-            0,
-            &[&entry, &cutoff_arg, "60000", "60000", &most],
-            2_100,
-        )
-        .await
-        .unwrap();
+        pop(&store, &layout, 0, [&entry, &cutoff_arg, &most], 2_100).await;
         let kept = head_lost_and_made_again(&store, &mut conn, 3_000).await;
         assert_eq!(kept.created_at_ms, 0, "the same queue");
         // Its admitter comes back and carries on with sub-line 2: the
         // entry went with the head, and its pops take nobody now.
         let most_2 = counts.split(',').nth(2).unwrap().to_owned();
         assert_ne!(most_2, "0");
-        let mut late = link
-            .on_sub_line(
-                "admit",
-                &store.scripts.admission_pop,
-                &layout,
-                2,
-                &[&entry, &cutoff_arg, "60000", "60000", &most_2],
-                3_050,
-            )
-            .await
-            .unwrap();
+        let mut late = pop(&store, &layout, 2, [&entry, &cutoff_arg, &most_2], 3_050).await;
         assert_eq!(late.remaining(), 0, "{:?}", late.string());
         for user in users
             .iter()
