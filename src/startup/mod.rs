@@ -425,13 +425,6 @@ fn declared_over_sub_lines(config: &Config) -> anyhow::Result<()> {
                 spec.shards
             );
         }
-        if spec.settings.opens_at.flatten().is_some() {
-            anyhow::bail!(
-                "--queue {}: a scheduled opening (opens_at) over {} sub-lines is not served on Redis yet",
-                spec.id,
-                spec.shards
-            );
-        }
     }
     Ok(())
 }

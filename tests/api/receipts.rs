@@ -780,14 +780,7 @@ async fn declared_over_sub_lines_lost() {
 #[tokio::test]
 async fn a_declared_queue_over_sub_lines_without_the_preview_stops_the_start() {
     let redis = TestRedis::start();
-    for (spec, sub_lines, says) in [
-        ("sale:shards=2", false, "--redis-sub-lines"),
-        (
-            "sale:shards=2,opens_at=2030-01-01T18:00:00Z",
-            true,
-            "scheduled opening",
-        ),
-    ] {
+    for (spec, sub_lines, says) in [("sale:shards=2", false, "--redis-sub-lines")] {
         let mut config = TestApp::redis_config(&redis.url(), &fresh_prefix());
         config.redis_sub_lines = sub_lines;
         config.queues = vec![QueueSpec::parse(spec).unwrap()];

@@ -61,6 +61,9 @@ enum Op {
     Recreate(bool),
     /// Delete and create again over this many sub-lines.
     RecreateOver(u32),
+    /// Delete and create again over this many sub-lines, with a scheduled
+    /// opening 30 s ahead.
+    RecreateScheduledOver(u32),
     /// The reaper's passes every 2 s for this many passes, as a replica
     /// runs them, each answer compared: users silent past the heartbeat
     /// are released.
@@ -499,6 +502,13 @@ async fn apply(
                 store.queue_lost(&q).await.ok()
             )
         }
+        Op::RecreateScheduledOver(shards) => {
+            let deleted = show(store.delete_queue(&q).await);
+            let mut config = config(now);
+            config.shards = *shards;
+            config.opens_at_ms = Some(now + 30_000);
+            format!("{deleted} {}", show(store.create_queue(&config).await))
+        }
         Op::Recreate(scheduled) => {
             let deleted = show(store.delete_queue(&q).await);
             let mut config = config(now);
@@ -626,9 +636,15 @@ const CROWD: u8 = 14;
 /// admitted completing or checked, updates of the mode, the rate,
 /// `max_active`, the notice and the closing reason, clearing, the
 /// reaper's passes (with the clock moved past the heartbeat, and past a
-/// gap in the passes), the queue's figures, and `AdmitUsers`.
+/// gap in the passes), the queue's figures, `AdmitUsers`, and a
+/// scheduled opening: set, moved, cleared, at the edges of what the API
+/// lets through, and its draw.
 fn sub_line_op() -> impl Strategy<Value = Op> {
     prop_oneof![
+        2 => (0u8..3).prop_map(Op::DrawStep),
+        1 => proptest::option::of(0u64..90_000).prop_map(Op::SetOpening),
+        1 => (0u8..5).prop_map(Op::SetOpeningAtEdge),
+        1 => (1u32..4).prop_map(Op::RecreateScheduledOver),
         5 => (0..CROWD).prop_map(Op::Enqueue),
         4 => proptest::collection::vec(0..CROWD, 1..12).prop_map(Op::EnqueueMany),
         3 => (0..CROWD).prop_map(Op::Leave),
@@ -692,9 +708,10 @@ fn sequences_over_sub_lines_get_identical_answers_from_both_stores() {
                 1u32..4,
                 0u32..4,
                 any::<bool>(),
+                any::<bool>(),
                 proptest::collection::vec(sub_line_op(), 1..60),
             ),
-            |(shards, rate, pass_through, ops)| {
+            |(shards, rate, pass_through, scheduled, ops)| {
                 runtime.block_on(async {
                     let memory = MemoryStore::new();
                     let redis_store = redis.store().await.with_sub_lines();
@@ -705,6 +722,11 @@ fn sequences_over_sub_lines_get_identical_answers_from_both_stores() {
                     first.admit_per_second = rate;
                     if pass_through {
                         first.mode = QueueMode::PassThrough;
+                    }
+                    // Half the sequences start before a scheduled opening,
+                    // inside the pre-queue window.
+                    if scheduled {
+                        first.opens_at_ms = Some(now + 15_000);
                     }
                     memory.create_queue(&first).await.unwrap();
                     redis_store.create_queue(&first).await.unwrap();

@@ -1373,28 +1373,61 @@ async fn a_named_entry_finished_later_answers_the_admissions_it_planned() {
     assert!(matches!(place.state, PlaceState::Admitted(_)), "{place:?}");
 }
 
-/// A scheduled opening over sub-lines is refused by the Redis store, at
-/// creation and by an update, rather than drawn in each sub-line apart.
+/// A scheduled opening over sub-lines: everyone pre-queued on any
+/// sub-line is placed in the seed's order, ahead of whoever came after the
+/// opening, and admitted in that order; the Redis store gives the memory
+/// store's answers, tickets included.
 #[tokio::test]
-async fn the_redis_store_refuses_a_scheduled_opening_over_sub_lines() {
+async fn a_scheduled_opening_over_sub_lines_places_everyone_pre_queued_in_the_draw_s_order() {
     let redis = TestRedis::start();
-    let store = redis.store().await.with_sub_lines();
-    let mut config = sharded_config(2, 0, 0);
-    config.opens_at_ms = Some(T0 + 60_000);
-    let made = store.create_queue(&config).await;
-    assert!(
-        matches!(&made, Err(Error::InvalidArgument { field, .. }) if field == "queue.opens_at"),
-        "{made:?}"
-    );
-    store.create_queue(&sharded_config(2, 0, 0)).await.unwrap();
-    let update = waitroom::domain::QueueUpdate {
-        opens_at: Some(Some(T0 + 60_000)),
-        ..Default::default()
-    };
-    let updated = store.update_queue(&q(), &update, T0).await;
-    assert!(
-        matches!(&updated, Err(Error::InvalidArgument { field, .. }) if field == "queue.opens_at"),
-        "{updated:?}"
-    );
-    assert_eq!(store.get_queue(&q()).await.unwrap().opens_at_ms, None);
+    let stores: [Box<dyn QueueStore>; 2] = [
+        Box::new(MemoryStore::new()),
+        Box::new(redis.store().await.with_sub_lines()),
+    ];
+    let mut answers = Vec::new();
+    for store in &stores {
+        let mut config = sharded_config(3, 0, 0);
+        let opens_at = T0 + 60_000;
+        config.opens_at_ms = Some(opens_at);
+        config.prequeue_window = Duration::from_secs(120);
+        store.create_queue(&config).await.unwrap();
+        let crowd: Vec<UserId> = (0..200).map(u).collect();
+        for chunk in crowd.chunks(16) {
+            for place in store.enqueue_many(&q(), chunk, T0 + 1_000).await.unwrap() {
+                assert!(matches!(place.unwrap().state, PlaceState::PreQueue { .. }));
+            }
+        }
+        let late = store.enqueue(&q(), &u(1000), opens_at).await.unwrap();
+        let mut steps = 1;
+        while !store
+            .draw_step(&q(), "seed", 7, opens_at + 1)
+            .await
+            .unwrap()
+        {
+            steps += 1;
+        }
+        let order = waitroom::domain::draw::draw_order("seed", &crowd);
+        let mut tickets = Vec::new();
+        for (i, user) in order.iter().enumerate() {
+            let place = store
+                .place(&q(), user, opens_at + 2)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(position(&place.state), Some(i as u64 + 1), "{user}");
+            tickets.push(place.ticket);
+        }
+        let late_now = store
+            .place(&q(), &u(1000), opens_at + 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(position(&late_now.state), Some(201));
+        assert!(late.ticket > *tickets.iter().max().unwrap());
+        let admitted = store.admit(&q(), 50, None, opens_at + 30).await.unwrap();
+        let admitted: Vec<UserId> = admitted.into_iter().map(|a| a.user).collect();
+        assert_eq!(admitted, order[..50]);
+        answers.push((steps, tickets, late.ticket, late_now.ticket));
+    }
+    assert_eq!(answers[0], answers[1]);
 }

@@ -234,7 +234,7 @@ def test_configuration_is_waitroom_env_from_a_config_map_with_the_declared_queue
     assert envfrom == config["metadata"]["name"]
 
 
-def test_a_declared_queue_over_sub_lines_needs_the_preview_and_no_scheduled_opening():
+def test_a_declared_queue_over_sub_lines_needs_the_preview():
     wide = {"queues": [{"id": "sale", "shards": 4, "maxActive": 500}]}
     with pytest.raises(helm.HelmError, match="externalRedis.subLines"):
         render(wide)
@@ -242,8 +242,8 @@ def test_a_declared_queue_over_sub_lines_needs_the_preview_and_no_scheduled_open
     [config] = kinds(render({**wide, **on}), "ConfigMap")
     assert config["data"]["WAITROOM_QUEUES"] == "sale:max_active=500,shards=4"
     scheduled = {"queues": [{"id": "drop", "shards": 2, "opensAt": "2026-12-01T18:00:00Z"}]}
-    with pytest.raises(helm.HelmError, match="scheduled opening"):
-        render({**scheduled, **on})
+    [opening] = kinds(render({**scheduled, **on}), "ConfigMap")
+    assert opening["data"]["WAITROOM_QUEUES"] == "drop:opens_at=2026-12-01T18:00:00Z,shards=2"
     [one] = kinds(render({"queues": [{"id": "plain", "shards": 1}]}), "ConfigMap")
     assert one["data"]["WAITROOM_QUEUES"] == "plain"
 

@@ -103,7 +103,6 @@ app.kubernetes.io/component: redis
 {{- if .prequeueWindow }}{{ $settings = append $settings (printf "prequeue_window=%s" .prequeueWindow) }}{{ end }}
 {{- if and (hasKey . "shards") (gt (int .shards) 1) }}
 {{- if not $.Values.externalRedis.subLines }}{{ fail (printf "queues: %s has shards %d, served only with externalRedis.subLines (a preview)" .id (int .shards)) }}{{ end }}
-{{- if .opensAt }}{{ fail (printf "queues: %s has shards %d and opensAt; a scheduled opening over sub-lines is not served yet" .id (int .shards)) }}{{ end }}
 {{- $settings = append $settings (printf "shards=%d" (int .shards)) }}
 {{- end }}
 {{- if $settings }}

@@ -397,6 +397,9 @@ impl QueueStore for MemoryStore {
         now_ms: u64,
     ) -> Result<LineChanges> {
         self.with_queue(queue, |state| {
+            // A sub-line the queue does not have is refused before anything
+            // is done, as the Redis store refuses it.
+            state.log(sub_line)?;
             state.prepare(now_ms);
             let log = state.log(sub_line)?;
             let oldest = log.events.keys().next().copied();
@@ -560,10 +563,7 @@ impl QueueStore for MemoryStore {
     async fn clear_step(&self, queue: &QueueId, limit: u32, now_ms: u64) -> Result<u64> {
         self.with_queue(queue, |state| {
             state.prepare(now_ms);
-            let mut cleared = 0;
-            while cleared < u64::from(limit) && state.clear_one() {
-                cleared += 1;
-            }
+            let cleared = state.clear_some(u64::from(limit));
             state.counters.cleared += cleared;
             Ok(cleared)
         })

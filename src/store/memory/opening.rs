@@ -68,6 +68,26 @@ impl QueueState {
         self.place(PlaceState::PreQueue { opens_in_ms }, 0, now_ms)
     }
 
+    /// The next `chunk` pre-queued users to hash, by arrival; over
+    /// sub-lines sub-line by sub-line (0 first), as the Redis store hashes
+    /// each sub-line's own pre-queue (which arrivals come first changes no
+    /// one's draw key, only who a clearing takes first).
+    fn next_to_hash(&self, chunk: u32) -> Vec<(u64, UserId)> {
+        let shards = self.line.by_sub_line.len().max(1);
+        let mut by_sub_line: Vec<Vec<(u64, UserId)>> = vec![Vec::new(); shards];
+        for (arrival, user) in &self.opening.prequeue {
+            let at = self.sub_line(user);
+            if by_sub_line[at].len() < chunk as usize {
+                by_sub_line[at].push((*arrival, user.clone()));
+            }
+        }
+        by_sub_line
+            .into_iter()
+            .flatten()
+            .take(chunk as usize)
+            .collect()
+    }
+
     /// One step of the opening draw of at most `chunk` users: the
     /// pre-queue given its draw keys from `seed`, then placed in key order
     /// (see `draw_step.lua`). Whether the draw is over.
@@ -79,10 +99,8 @@ impl QueueState {
         match self.opening.draw {
             Draw::Hashing => {
                 let seed = self.config.draw_seed.clone().unwrap_or_default();
-                for _ in 0..chunk {
-                    let Some((_, user)) = self.opening.prequeue.pop_first() else {
-                        break;
-                    };
+                for (arrival, user) in self.next_to_hash(chunk) {
+                    self.opening.prequeue.remove(&arrival);
                     self.opening.prequeued.remove(&user);
                     let key = draw_key(&seed, &user);
                     self.opening.pool.insert((key, user.clone()));

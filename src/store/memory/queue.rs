@@ -615,33 +615,38 @@ impl QueueState {
         NamedAdmission::Admitted(admission)
     }
 
-    /// Takes the first user out of line: the lowest ticket waiting, else
-    /// the earliest pre-queued, else the first of the draw's pool.
-    pub(super) fn clear_one(&mut self) -> bool {
-        // Over sub-lines, sub-line by sub-line (0 first), as the Redis
-        // store clears them; in one slot, by ticket.
-        let first_waiting = match self.line.by_sub_line.iter().find_map(|set| set.first()) {
-            Some(ticket) => self.line.waiting.get(ticket).cloned(),
-            None => self.line.waiting.first_key_value().map(|(_, u)| u.clone()),
+    /// Takes up to `limit` users out of line, in the order of one slot:
+    /// the waiting by ticket, then the pre-queued by arrival, then the
+    /// draw's pool by key; over sub-lines sub-line by sub-line (0 first),
+    /// each in that order, as the Redis store clears them. How many.
+    pub(super) fn clear_some(&mut self, limit: u64) -> u64 {
+        let in_order = |of: &dyn Fn(&UserId) -> bool| -> Vec<UserId> {
+            let waiting = self.line.waiting.values();
+            let prequeued = self.opening.prequeue.values();
+            let pooled = self.opening.pool.iter().map(|(_, user)| user);
+            waiting
+                .chain(prequeued)
+                .chain(pooled)
+                .filter(|user| of(user))
+                .take(limit as usize)
+                .cloned()
+                .collect()
         };
-        let user = first_waiting
-            .or_else(|| {
-                self.opening
-                    .prequeue
-                    .first_key_value()
-                    .map(|(_, u)| u.clone())
-            })
-            .or_else(|| self.opening.pool.first().map(|(_, u)| u.clone()));
-        match user {
-            Some(user) => {
-                let removed = self.remove_from_line(&user);
-                if removed {
-                    self.cleared.insert(user);
-                }
-                removed
+        let mut users = match self.line.by_sub_line.len() {
+            0 => in_order(&|_| true),
+            shards => (0..shards)
+                .flat_map(|at| in_order(&|user| self.sub_line(user) == at))
+                .collect(),
+        };
+        users.truncate(limit as usize);
+        let mut cleared = 0;
+        for user in users {
+            if self.remove_from_line(&user) {
+                self.cleared.insert(user);
+                cleared += 1;
             }
-            None => false,
         }
+        cleared
     }
 
     /// The refusal of a closed queue, with its reason.

@@ -254,12 +254,20 @@ pub(super) const SUB_LINES: &str = "not served over the queue's sub-lines";
 /// and calls again.
 pub(super) const SUB_LINE_RESYNC: &str = "the sub-line is in a new history";
 
+/// What a call on a queue over sub-lines is refused with while its
+/// scheduled opening is due and not made (`prelude.lua`'s `OPENING` error
+/// reply): the store makes it (`opening.rs`) and calls again.
+pub(super) const SUB_LINE_OPENING: &str = "the queue opens now";
+
 /// Failures to get an answer are `Unavailable` (retry); answers we cannot
 /// read, or a script's own error, are bugs and `Internal`.
 pub(super) fn classify(error: RedisError) -> Error {
     use redis::ErrorKind;
     if error.code() == Some("SUBLINES") {
         return Error::Internal(format!("{SUB_LINES}: {error}"));
+    }
+    if error.code() == Some("OPENING") {
+        return Error::Internal(format!("{SUB_LINE_OPENING}: {error}"));
     }
     if error.code() == Some("RESYNC") {
         return Error::Internal(format!("{SUB_LINE_RESYNC}: {error}"));

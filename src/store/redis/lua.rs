@@ -46,6 +46,8 @@ pub(super) struct Scripts {
     pub(super) head_update: Script,
     pub(super) copy_settings: Script,
     pub(super) admit_named: Script,
+    pub(super) draw_sub_line: Script,
+    pub(super) draw_head: Script,
 }
 
 /// Shared by the enqueue scripts (and the benchmark's own).
@@ -104,6 +106,8 @@ impl Scripts {
             install_block: with_prelude(include_str!("scripts/install_block.lua")),
             count_below: with_prelude(include_str!("scripts/count_below.lua")),
             admission_head: with_prelude(include_str!("scripts/admission_head.lua")),
+            draw_sub_line: with_prelude(include_str!("scripts/draw_sub_line.lua")),
+            draw_head: with_prelude(include_str!("scripts/draw_head.lua")),
             admission_front: with_prelude(include_str!("scripts/admission_front.lua")),
             admission_pop: with_prelude(include_str!("scripts/admission_pop.lua")),
             head_sample: with_prelude(include_str!("scripts/head_sample.lua")),

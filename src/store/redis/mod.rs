@@ -58,6 +58,7 @@ mod fields;
 mod keys;
 mod listing;
 pub(crate) mod lua;
+mod opening;
 mod reply;
 mod rounds;
 mod sub_lines;
@@ -176,8 +177,7 @@ impl RedisStore {
     }
 
     /// Lets queues be made over several sub-lines (`Queue.shards` above
-    /// 1), which this store serves but for a scheduled opening
-    /// (`--redis-sub-lines`).
+    /// 1), which this store serves (`--redis-sub-lines`).
     pub fn with_sub_lines(mut self) -> Self {
         self.sub_lines = true;
         self
@@ -512,9 +512,6 @@ impl QueueStore for RedisStore {
                 ),
             });
         }
-        if config.shards > 1 && config.opens_at_ms.is_some() {
-            return Err(no_opening_over_sub_lines());
-        }
         self.index_add(&config.id).await?;
         let layout = match config.shards {
             0 | 1 => None,
@@ -652,9 +649,6 @@ impl QueueStore for RedisStore {
                 read(self.run("update_queue", queue, &invocation).await?)
             },
             |layout| async move {
-                if update.opens_at.is_some() {
-                    return Err(no_opening_over_sub_lines());
-                }
                 // The head first, then each sub-line's copy of its
                 // settings as of its version.
                 let mut invocation = self.invocation(&self.scripts.head_update, queue, now_ms);
@@ -914,7 +908,8 @@ impl QueueStore for RedisStore {
                 // The summary is the queue's: everyone in line, over every
                 // sub-line, and the admissions the head counts.
                 let view = link.view(&layout, &[], now_ms).await?;
-                changes.summary.waiting = view.in_line.saturating_sub(changes.summary.prequeued);
+                changes.summary.prequeued = view.prequeued;
+                changes.summary.waiting = view.in_line.saturating_sub(view.prequeued);
                 view.sample.apply(&mut changes.summary.rate);
                 Ok(changes)
             },
@@ -929,9 +924,17 @@ impl QueueStore for RedisStore {
         chunk: u32,
         now_ms: u64,
     ) -> Result<bool> {
-        let mut invocation = self.invocation(&self.scripts.draw_step, queue, now_ms);
-        invocation.arg(seed).arg(chunk);
-        self.run("draw_step", queue, &invocation).await?.flag()
+        let link = &self.link(queue);
+        routed(
+            link,
+            || async {
+                let mut invocation = self.invocation(&self.scripts.draw_step, queue, now_ms);
+                invocation.arg(seed).arg(chunk);
+                self.run("draw_step", queue, &invocation).await?.flag()
+            },
+            |layout| async move { link.draw_step(&layout, seed, chunk, now_ms).await },
+        )
+        .await
     }
 
     async fn leave(&self, queue: &QueueId, user: &UserId, now_ms: u64) -> Result<bool> {
@@ -1211,16 +1214,6 @@ fn admission_status(status: &str) -> Result<AdmissionStatus> {
         "revoked" => Ok(AdmissionStatus::Revoked),
         other => Err(bad_reply(other)),
     }
-}
-
-/// A scheduled opening over sub-lines (each sub-line's pre-queue frozen,
-/// the draw merged at the head) is not served by this store yet: refused
-/// rather than drawn in each sub-line apart.
-fn no_opening_over_sub_lines() -> Error {
-    Error::invalid(
-        "queue.opens_at",
-        "this store does not yet open a queue over several sub-lines at a scheduled time",
-    )
 }
 
 /// Reads `stats.lua`'s answer.

@@ -97,6 +97,7 @@ impl Last {
         let (_, read, part) = self.part(layout, sub_line)?;
         Some(Part {
             in_line: part.in_line,
+            prequeued: part.prequeued,
             sample: part.sample,
             below: tickets
                 .iter()
@@ -227,6 +228,7 @@ impl SubLineLink<'_> {
         for ask in taken {
             let view = read.as_ref().map_err(Clone::clone).map(|view| LineView {
                 in_line: view.in_line,
+                prequeued: view.prequeued,
                 below: ask
                     .probes
                     .iter()
@@ -282,6 +284,7 @@ impl SubLineLink<'_> {
         };
         let mut view = LineView {
             in_line: 0,
+            prequeued: 0,
             below: vec![0; tickets.len()],
             sample,
         };
@@ -342,6 +345,7 @@ mod tests {
         let layout = Layout::new(&QueueId::parse("sale").unwrap(), 2, |_| 0);
         let part = Part {
             in_line: 3,
+            prequeued: 0,
             sample: Sample::default(),
             below: vec![3],
         };

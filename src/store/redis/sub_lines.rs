@@ -16,7 +16,8 @@
 //! Served over sub-lines so far: joins, lookups, leaves, presence, the
 //! copy's reads, admission (`AdmitBatch` and the rate's admitter, through
 //! the head's journal), completions and checks of admissions, and places
-//! given back from receipts. Every other call meets the head's config,
+//! given back from receipts, and a scheduled opening and its draw
+//! (`opening.rs`). Every other call meets the head's config,
 //! which a one-slot script refuses (`prelude.lua`), so it fails rather than
 //! act on the head's empty line.
 //!
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::breaker::{Breaker, SUB_LINE_RESYNC, SUB_LINES, bounded, guard};
+use super::breaker::{Breaker, SUB_LINE_OPENING, SUB_LINE_RESYNC, SUB_LINES, bounded, guard};
 use super::keys::{self, QUEUE_KEYS};
 use super::lua::Scripts;
 use super::reply::{
@@ -257,8 +258,16 @@ impl SubLineLink<'_> {
         // At most a re-making and a resync (a sub-line made again is in a
         // history it has not checked) before the call itself.
         let (mut remade, mut resynced, mut head_resynced) = (false, false, false);
+        let mut opened = false;
         loop {
             match self.value_once(operation, call.clone()).await {
+                // A scheduled opening due and not made (`opening.rs`).
+                Err(Error::Internal(message))
+                    if message.starts_with(SUB_LINE_OPENING) && !opened =>
+                {
+                    Box::pin(self.open(call.now_ms)).await?;
+                    opened = true;
+                }
                 // A head in a new history (`prelude.lua`, `same_history`).
                 Ok(value) if resync_asked(&value) && !head_resynced => {
                     self.resync(call.now_ms).await?;
@@ -1787,6 +1796,7 @@ impl SubLineLink<'_> {
     ) -> Result<LineView> {
         let mut view = LineView {
             in_line: 0,
+            prequeued: 0,
             below: vec![0; tickets.len()],
             sample: self.head_sample(now_ms).await?,
         };
@@ -1827,12 +1837,14 @@ impl SubLineLink<'_> {
             )
             .await?;
         let in_line = reply.u64()?;
+        let prequeued = reply.u64()?;
         let sample = Sample::read(&mut reply)?;
         let below = (0..args.len())
             .map(|_| reply.u64())
             .collect::<Result<Vec<u64>>>()?;
         Ok(Part {
             in_line,
+            prequeued,
             sample,
             below,
         })
@@ -1871,6 +1883,19 @@ impl SubLineLink<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Runs a head script with `args` after the clock.
+    pub(super) async fn on_head_script(
+        &self,
+        operation: &'static str,
+        script: &redis::Script,
+        args: &[&str],
+        now_ms: u64,
+    ) -> Result<Reply> {
+        let head = keys::queue_keys(self.prefix, self.queue);
+        self.run(operation, ScriptCall::new(script, &head, now_ms).args(args))
+            .await
     }
 
     /// Runs a script of sub-line `sub_line` with `args` after the clock.
@@ -1940,6 +1965,8 @@ pub(super) enum Until {
 pub(super) struct LineView {
     /// Everyone in line, over every sub-line.
     pub(super) in_line: u64,
+    /// Of them, those pre-queued or being drawn.
+    pub(super) prequeued: u64,
     /// The waiting at or below each ticket asked about.
     pub(super) below: Vec<u64>,
     pub(super) sample: Sample,
@@ -1949,6 +1976,7 @@ impl LineView {
     /// Adds a sub-line's part, read for the same tickets.
     pub(super) fn add(&mut self, part: &Part) {
         self.in_line += part.in_line;
+        self.prequeued += part.prequeued;
         self.sample.merge(&part.sample);
         for (count, part) in self.below.iter_mut().zip(&part.below) {
             *count += part;
@@ -1960,6 +1988,7 @@ impl LineView {
 #[derive(Clone)]
 pub(super) struct Part {
     pub(super) in_line: u64,
+    pub(super) prequeued: u64,
     pub(super) sample: Sample,
     pub(super) below: Vec<u64>,
 }

@@ -57,7 +57,7 @@ if not same_history() then
 end
 local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admit_per_second', 'created_at_ms',
   'closed_reason', 'admission_ttl_ms', 'admit_version', 'admitting', 'admitting_cutoff',
-  'admitting_request', 'admitting_keep', 'admitting_named', 'admitting_counts')
+  'admitting_request', 'admitting_keep', 'admitting_named', 'admitting_counts', 'draw')
 local cfg = { mode = v[1], max_active = tonumber(v[2]), rate = tonumber(v[3]), epoch = tonumber(v[4]),
   closed_reason = v[5] or '', ttl = tonumber(v[6]) }
 local version = tonumber(v[7]) or 0
@@ -170,6 +170,7 @@ if step == 'begin_named' then
   if cfg.mode == 'closed' then
     return { 'closed', cfg.closed_reason }
   end
+  open_head_first()
   return { 'ok', 'plan', tostring(version) }
 end
 
@@ -236,6 +237,11 @@ end
 
 if step == 'begin' then
   local request, due = ARGV[3], ARGV[4] == '1'
+  -- As the memory store: the rate's admitter opens a queue first,
+  -- AdmitBatch once its request is new and the mode lets it admit.
+  if due then
+    open_head_first()
+  end
   forget_lapsed_results()
   if request ~= '' then
     local previous = redis.call('HGET', K_BATCHES, request)
@@ -257,6 +263,7 @@ if step == 'begin' then
     end
     return { cfg.mode, cfg.closed_reason }
   end
+  open_head_first()
   return { 'ok', 'plan', tostring(version), tostring(below or watermark()) }
 end
 
@@ -279,7 +286,11 @@ if step == 'plan' then
   if cfg.max_active > 0 then
     free = math.max(cfg.max_active - active, 0)
   end
-  if due then
+  -- Nobody is admitted while a scheduled opening's draw places people.
+  local drawn = v[14]
+  if drawn == 'frozen' or drawn == 'hashing' or drawn == 'assigning' then
+    room = 0
+  elseif due then
     if cfg.mode == 'pass_through' then
       room = math.min(room, below)
     elseif cfg.mode == 'queueing' and cfg.rate > 0 then

@@ -3,15 +3,19 @@
 -- then gives each sub-line the head's settings (copy_settings.lua).
 -- KEYS: the head's keys (prelude). ARGV: now, field, value, ...
 -- Returns {'ok', field, value, ...} (the head's whole configuration, as
--- HGETALL gives it, settings_version among it) or {'no_queue'}.
+-- HGETALL gives it, settings_version among it), {'no_queue'}, or
+-- {'opening_passed'} when asked to move an opening that has happened.
 
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return { 'no_queue' }
 end
-local v = redis.call('HMGET', K_CONFIG, 'mode', 'closed_reason', 'heartbeat_timeout_ms')
+local v = redis.call('HMGET', K_CONFIG, 'mode', 'closed_reason', 'heartbeat_timeout_ms', 'draw')
 local changes = {}
 for i = 2, #ARGV, 2 do
   changes[ARGV[i]] = ARGV[i + 1]
+end
+if changes.opens_at_ms and (v[4] or 'none') ~= 'none' then
+  return { 'opening_passed' }
 end
 -- The queue's presence counts from now on reopening or a shorter heartbeat
 -- timeout, as in update_queue.lua; each sub-line's copy does the same.

@@ -7,7 +7,8 @@
 -- replica's clock, read before it asked), size, and, for a resync, the
 -- highest ticket any sub-line's block reaches, then each sub-line's block
 -- still open as first, leased at.
--- Returns {'ok', first ticket}, {'resync'} or {'no_queue'}.
+-- Returns {'ok', first ticket}, {'resync'} or {'no_queue'}; OPENING when
+-- a scheduled opening is due and not made.
 -- A lease in another history than the head's last (prelude.lua,
 -- `same_history`) is refused with 'resync' until the caller has read every
 -- sub-line's block and passed them here; a size of 0 then only resyncs.
@@ -33,6 +34,10 @@ end
 if tonumber(ARGV[2]) == 0 then
   return { 'ok', 0 }
 end
+-- At a scheduled opening nothing is leased until the head has reserved
+-- the drawn tickets (draw_head.lua, 'open'): nobody who joins after it
+-- may stand ahead of someone drawn.
+open_head_first()
 local size = math.max(tonumber(ARGV[2]), 1)
 local first = redis.call('INCRBY', K_SEQ, size) - size + 1
 local leases = KEYS[OWN]

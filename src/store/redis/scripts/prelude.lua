@@ -148,8 +148,12 @@ local function next_block_size(cfg)
   return math.max(1, math.min(2 * (cfg.block_next - cfg.block_first), MAX_BLOCK))
 end
 
+-- A sub-line's draw is 'closing' from when its pre-queue is frozen until
+-- the head has reserved the drawn tickets, then 'frozen' until the draw
+-- is done (sub_lines.rs, `open`).
 local function drawing(cfg)
   return cfg.draw == 'frozen' or cfg.draw == 'hashing' or cfg.draw == 'assigning'
+    or cfg.draw == 'closing'
 end
 
 -- HDEL/ZREM of many members, in slices: unpack() is limited by Lua's C stack.
@@ -267,9 +271,27 @@ local function open_if_due(cfg)
   redis.call('HSET', K_CONFIG, 'draw', cfg.draw, 'draw_next', next_ticket)
 end
 
+-- A head's part of the same rule: a head script that reserves or admits
+-- leaves a scheduled opening due and not made to the store first.
+local function open_head_first()
+  local v = redis.call('HMGET', K_CONFIG, 'draw', 'opens_at_ms')
+  local opens_at = tonumber(v[2]) or 0
+  if (v[1] or 'none') == 'none' and opens_at > 0 and NOW >= opens_at then
+    error({ err = 'OPENING the queue opens now' })
+  end
+end
+
 -- What every operation does first: end the admissions whose time is up, and
 -- open the queue if its opening is due.
 local function prepare(cfg)
+  -- A queue over sub-lines opens as one: a sub-line whose opening is due,
+  -- or under way, leaves it to the store (sub_lines.rs, `open`), which
+  -- freezes every sub-line's pre-queue before the head reserves the
+  -- drawn tickets, and then calls again.
+  if cfg.sub_line and (cfg.draw == 'closing'
+      or (cfg.draw == 'none' and cfg.opens_at > 0 and NOW >= cfg.opens_at)) then
+    error({ err = 'OPENING the queue opens now' })
+  end
   local gone = redis.call('ZRANGEBYSCORE', K_ACTIVE, '-inf', NOW)
   if #gone > 0 then
     redis.call('ZREMRANGEBYSCORE', K_ACTIVE, '-inf', NOW)

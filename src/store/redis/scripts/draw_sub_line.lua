@@ -1,0 +1,96 @@
+-- Draw sub-line: a sub-line's part of a scheduled opening over sub-lines
+-- (sub_lines.rs, `open` and `draw_step`; docs/design.md, "A scheduled
+-- opening over sub-lines"). The memory store's twin is one queue's
+-- opening (store/memory/opening.rs), which this and draw_head.lua split
+-- between the slots.
+-- KEYS: the sub-line's keys (prelude). ARGV: now, step, then by step:
+--   'close': the pre-queue takes nobody more (joins wait for the head's
+--     reservation: prelude.lua, `prepare`) and the open block gives no
+--     ticket more. Returns {'ok', how many it holds pre-queued or drawn}.
+--   'open', state, last: the head reserved the drawn tickets, up to
+--     `last` ('frozen'), or had none to draw ('done'). Returns {'ok'}.
+--   'hash', seed, most: at most `most` pre-queued users given their draw
+--     keys. Returns {'ok', how many, how many are left to hash}.
+--   'pool', most: the lowest `most` draw keys, {'ok', user, key, ...}.
+--   'place', user, ticket, ...: those still drawn put in line at their
+--     tickets. Returns {'ok', how many are left drawn}.
+--   'done': the draw is over. Returns {'ok'}.
+-- Or {'no_queue'}.
+
+local cfg = load_config()
+if not cfg then
+  return { 'no_queue' }
+end
+local step = ARGV[2]
+
+if step == 'close' then
+  if cfg.draw == 'none' then
+    redis.call('HSET', K_CONFIG, 'draw', 'closing')
+    close_block(cfg)
+  end
+  return { 'ok', redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL) }
+end
+
+if step == 'open' then
+  if cfg.draw == 'closing' then
+    redis.call('HSET', K_CONFIG, 'draw', ARGV[3])
+    if ARGV[3] == 'frozen' then
+      note_joined(tonumber(ARGV[4]))
+    end
+  end
+  return { 'ok' }
+end
+
+if step == 'hash' then
+  if cfg.draw ~= 'frozen' then
+    return { 'ok', 0, 0 }
+  end
+  local most = tonumber(ARGV[4])
+  if most == 0 then
+    return { 'ok', 0, redis.call('ZCARD', K_PREQUEUE) }
+  end
+  local popped = redis.call('ZPOPMIN', K_PREQUEUE, most)
+  local keyed = {}
+  for i = 1, #popped, 2 do
+    local user = popped[i]
+    -- 13 hex digits: 52 bits, exact as a sorted-set score (domain/draw.rs).
+    keyed[#keyed + 1] = tonumber(string.sub(redis.sha1hex(ARGV[3] .. user), 1, 13), 16)
+    keyed[#keyed + 1] = user
+  end
+  for first = 1, #keyed, 1000 do
+    redis.call('ZADD', K_POOL, unpack(keyed, first, math.min(first + 999, #keyed)))
+  end
+  return { 'ok', #popped / 2, redis.call('ZCARD', K_PREQUEUE) }
+end
+
+if step == 'pool' then
+  local out = { 'ok' }
+  local lowest = redis.call('ZRANGE', K_POOL, 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
+  for i = 1, #lowest, 2 do
+    out[#out + 1] = lowest[i]
+    out[#out + 1] = string.format('%d', tonumber(lowest[i + 1]))
+  end
+  return out
+end
+
+if step == 'place' then
+  -- A user who left since the plan leaves a gap in the numbers, which
+  -- changes no position; one placed by an earlier try is not drawn now.
+  local joined = {}
+  for i = 3, #ARGV, 2 do
+    if redis.call('ZREM', K_POOL, ARGV[i]) == 1 then
+      joined[#joined + 1] = { ARGV[i], tonumber(ARGV[i + 1]) }
+    end
+  end
+  add_waiting_many(joined)
+  return { 'ok', redis.call('ZCARD', K_POOL) }
+end
+
+if step == 'done' then
+  if cfg.draw == 'frozen' and redis.call('ZCARD', K_POOL) + redis.call('ZCARD', K_PREQUEUE) == 0 then
+    redis.call('HSET', K_CONFIG, 'draw', 'done')
+  end
+  return { 'ok' }
+end
+
+return redis.error_reply('draw_sub_line: unknown step ' .. tostring(step))
