@@ -35,14 +35,34 @@ async fn move_opening(app: &TestApp, id: &str, ms: u64) -> Result<pb::Queue, ton
         .ok_or_else(|| tonic::Status::internal("no queue in the response"))
 }
 
+/// The service on its own Redis, serving queues over sub-lines.
+async fn on_redis_with_sub_lines() -> (TestApp, TestRedis) {
+    let redis = TestRedis::start();
+    let mut config = TestApp::redis_config(&redis.url(), &fresh_prefix());
+    config.redis_sub_lines = true;
+    (TestApp::spawn(config).await, redis)
+}
+
 #[tokio::test]
 async fn early_arrivals_are_drawn_into_a_random_order_ahead_of_later_ones() {
     let (app, _redis) = TestApp::on_redis().await;
+    early_arrivals_drawn(app, 1).await;
+}
+
+/// Over sub-lines the draw is one draw: the same order, the same tickets.
+#[tokio::test]
+async fn early_arrivals_over_sub_lines_are_drawn_into_one_random_order_ahead_of_later_ones() {
+    let (app, _redis) = on_redis_with_sub_lines().await;
+    early_arrivals_drawn(app, 4).await;
+}
+
+async fn early_arrivals_drawn(app: TestApp, shards: u32) {
     let opens_at = (app.clock_now_s() + 60) * 1000;
     app.create_queue(pb::Queue {
         opens_at: at(opens_at),
         prequeue_window: secs(30),
         max_active: 10,
+        shards,
         ..queue("drop")
     })
     .await;
@@ -149,11 +169,22 @@ async fn the_opening_can_be_moved_until_it_happens() {
 #[tokio::test]
 async fn pre_queued_watchers_follow_the_draw_to_their_place() {
     let (app, _redis) = TestApp::on_redis().await;
+    watchers_follow_the_draw(app, 1).await;
+}
+
+#[tokio::test]
+async fn pre_queued_watchers_over_sub_lines_follow_the_draw_to_their_place() {
+    let (app, _redis) = on_redis_with_sub_lines().await;
+    watchers_follow_the_draw(app, 3).await;
+}
+
+async fn watchers_follow_the_draw(app: TestApp, shards: u32) {
     let opens_at = (app.clock_now_s() + 60) * 1000;
     app.create_queue(pb::Queue {
         opens_at: at(opens_at),
         prequeue_window: secs(30),
         max_active: 10,
+        shards,
         ..queue("drop")
     })
     .await;

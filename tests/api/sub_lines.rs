@@ -1431,3 +1431,122 @@ async fn a_scheduled_opening_over_sub_lines_places_everyone_pre_queued_in_the_dr
     }
     assert_eq!(answers[0], answers[1]);
 }
+
+/// Joins racing a scheduled opening on three replicas whose clocks are up
+/// to 20 ms apart, then two replicas drawing at once: everyone answered
+/// pre-queued is drawn once into the reserved tickets, in the order of the
+/// seed the head fixed, and everyone answered with a ticket stands behind
+/// them all.
+#[tokio::test]
+async fn joins_racing_the_opening_on_skewed_replicas_and_two_drawers_keep_the_draw_whole() {
+    let redis = TestRedis::start();
+    let prefix = fresh_prefix();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(std::sync::Arc::new(
+            redis.store_with_prefix(&prefix).await.with_sub_lines(),
+        ));
+    }
+    let opens_at = T0 + 10_000;
+    let mut config = sharded_config(4, 0, 0);
+    config.opens_at_ms = Some(opens_at);
+    config.prequeue_window = Duration::from_secs(60);
+    replicas[0].create_queue(&config).await.unwrap();
+    let early: Vec<UserId> = (0..400).map(|n| u(10_000 + n)).collect();
+    for chunk in early.chunks(32) {
+        replicas[0]
+            .enqueue_many(&q(), chunk, T0 + 1_000)
+            .await
+            .unwrap();
+    }
+    // 300 joins a replica, a millisecond apart by its clock from 150 ms
+    // before the opening, in batches of six.
+    let mut racing = Vec::new();
+    for (r, skew) in [(0usize, 0i64), (1, -20), (2, 20)] {
+        let store = std::sync::Arc::clone(&replicas[r]);
+        racing.push(tokio::spawn(async move {
+            let mut answered = Vec::new();
+            for batch in 0..50u64 {
+                let users: Vec<UserId> = (0..6)
+                    .map(|i| u(20_000 + r * 1_000 + (batch * 6 + i) as usize))
+                    .collect();
+                let now = (opens_at as i64 - 150 + (batch * 6) as i64 + skew) as u64;
+                let places = store.enqueue_many(&q(), &users, now).await.unwrap();
+                for (user, place) in users.into_iter().zip(places) {
+                    answered.push((user, place.unwrap()));
+                }
+            }
+            answered
+        }));
+    }
+    let mut prequeued: Vec<UserId> = early.clone();
+    let mut ticketed: Vec<(UserId, u64)> = Vec::new();
+    for task in racing {
+        for (user, place) in task.await.unwrap() {
+            match place.state {
+                PlaceState::PreQueue { .. } => prequeued.push(user),
+                _ => ticketed.push((user, place.ticket)),
+            }
+        }
+    }
+    assert!(prequeued.len() > early.len() && !ticketed.is_empty());
+    let drawers: Vec<_> = [(0usize, "first"), (1, "second")]
+        .into_iter()
+        .map(|(r, seed)| {
+            let store = std::sync::Arc::clone(&replicas[r]);
+            tokio::spawn(async move {
+                while !store
+                    .draw_step(&q(), seed, 16, opens_at + 100)
+                    .await
+                    .unwrap()
+                {}
+            })
+        })
+        .collect();
+    for drawer in drawers {
+        drawer.await.unwrap();
+    }
+    let seed = replicas[2]
+        .get_queue(&q())
+        .await
+        .unwrap()
+        .draw_seed
+        .unwrap();
+    let mut drawn = Vec::new();
+    for user in &prequeued {
+        let place = replicas[2]
+            .place(&q(), user, opens_at + 200)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(place.state, PlaceState::Waiting { .. }),
+            "{user}: {place:?}"
+        );
+        drawn.push((place.ticket, user.clone()));
+    }
+    drawn.sort();
+    let tickets: Vec<u64> = drawn.iter().map(|(t, _)| *t).collect();
+    // Nobody left: the reservation, whole, and nothing past it.
+    assert_eq!(tickets, (1..=prequeued.len() as u64).collect::<Vec<_>>());
+    let order: Vec<UserId> = drawn.into_iter().map(|(_, u)| u).collect();
+    assert_eq!(order, waitroom::domain::draw::draw_order(&seed, &prequeued));
+    let last_drawn = *tickets.last().unwrap();
+    let mut later: Vec<u64> = ticketed.iter().map(|(_, t)| *t).collect();
+    later.sort_unstable();
+    later.dedup();
+    assert_eq!(later.len(), ticketed.len(), "a ticket twice");
+    assert!(
+        later[0] > last_drawn,
+        "a join after the opening ahead of the drawn"
+    );
+    // One line: positions 1.. in ticket order, the drawn first.
+    let everyone = prequeued.len() + ticketed.len();
+    let last = &ticketed.iter().max_by_key(|(_, t)| *t).unwrap().0;
+    let place = replicas[1]
+        .place(&q(), last, opens_at + 200)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(position(&place.state), Some(everyone as u64));
+}

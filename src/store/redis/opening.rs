@@ -20,6 +20,13 @@ use super::reply::{Reply, bad_reply};
 use super::sub_lines::{Layout, SubLineLink};
 use crate::Result;
 
+/// The draw's round as a step read it, before it read the pools.
+struct Round {
+    read: String,
+    /// A plan was journalled and not carried out.
+    pending: bool,
+}
+
 impl SubLineLink<'_> {
     /// Makes the queue's opening, as every call does first once it is due
     /// (`prelude.lua`, `prepare`); a repeat finds it made.
@@ -86,18 +93,36 @@ impl SubLineLink<'_> {
                 }
                 Ok(false)
             }
-            "assigning" => self.draw_places(layout, chunk, now_ms).await,
+            "assigning" => {
+                let (_, round, pending) = (reply.string()?, reply.string()?, reply.string()?);
+                let round = Round {
+                    read: round,
+                    pending: pending == "1",
+                };
+                self.draw_places(layout, chunk, &round, now_ms, usize::MAX)
+                    .await
+            }
             other => Err(bad_reply(other)),
         }
     }
 
-    /// Places the next `chunk` users by draw key over all sub-lines.
-    async fn draw_places(&self, layout: &Layout, chunk: u32, now_ms: u64) -> Result<bool> {
+    /// Places the next `chunk` users by draw key over all sub-lines; a
+    /// step cut short (a replica stopped) places them on the first
+    /// `placing` sub-lines only.
+    async fn draw_places(
+        &self,
+        layout: &Layout,
+        chunk: u32,
+        round: &Round,
+        now_ms: u64,
+        placing: usize,
+    ) -> Result<bool> {
         let most = chunk.to_string();
         // (key, user, sub-line): the order of `(key, user)`, as a sorted
         // set orders members of one score, and as the memory store's pool.
+        // A plan left undone is carried out first, without reading them.
         let mut lowest: Vec<(u64, String, usize)> = Vec::new();
-        for sub_line in 0..layout.shards as usize {
+        for sub_line in (0..layout.shards as usize).filter(|_| !round.pending) {
             let mut pool = self
                 .draw_on(layout, sub_line, &["pool", most.as_str()], now_ms)
                 .await?;
@@ -106,20 +131,24 @@ impl SubLineLink<'_> {
                 lowest.push((pool.u64()?, user, sub_line));
             }
         }
-        if lowest.is_empty() {
+        if lowest.is_empty() && !round.pending {
+            // Nobody joins a pool once the keys are given: it is over.
             self.draw_done(layout, now_ms).await?;
             return Ok(true);
         }
         lowest.sort_unstable_by(|a, b| (a.0, a.1.as_bytes()).cmp(&(b.0, b.1.as_bytes())));
         lowest.truncate(chunk as usize);
         let sub_lines: Vec<String> = lowest.iter().map(|(_, _, s)| s.to_string()).collect();
-        let mut args = vec!["plan"];
+        let mut args = vec!["plan", round.read.as_str()];
         for ((_, user, _), sub_line) in lowest.iter().zip(&sub_lines) {
             args.push(sub_line.as_str());
             args.push(user.as_str());
         }
         // The plan journalled: this one, or one another step left undone.
         let mut plan = self.draw_head(&args, now_ms).await?;
+        if plan.string()? == "again" {
+            return Ok(false);
+        }
         let first = plan.string()?;
         let mut placed: Vec<Vec<String>> = vec![vec!["place".to_owned()]; layout.shards as usize];
         while plan.remaining() > 0 {
@@ -132,9 +161,12 @@ impl SubLineLink<'_> {
             args.push(ticket);
         }
         let mut left = 0;
-        for (sub_line, args) in placed.iter().enumerate() {
+        for (sub_line, args) in placed.iter().enumerate().take(placing) {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             left += self.draw_on(layout, sub_line, &args, now_ms).await?.u64()?;
+        }
+        if placing < placed.len() {
+            return Ok(false);
         }
         self.draw_head(&["placed", first.as_str()], now_ms).await?;
         if left == 0 {
@@ -175,5 +207,163 @@ impl SubLineLink<'_> {
     async fn draw_head(&self, args: &[&str], now_ms: u64) -> Result<Reply> {
         self.on_head_script("draw", &self.scripts.draw_head, args, now_ms)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Round;
+    use crate::domain::draw::draw_order;
+    use crate::domain::{PlaceState, QueueConfig, QueueId, UserId};
+    use crate::store::QueueStore;
+    use crate::store::redis::tests::store_on;
+    use crate::testkit::RedisServer;
+
+    /// A block leased before the opening and installed after it (its
+    /// lease was in flight while the pre-queue closed) gives no ticket:
+    /// a newcomer after the opening stands behind everyone drawn.
+    #[tokio::test]
+    async fn a_block_leased_before_the_opening_is_not_installed_after_it() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 2, 20).await;
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        let first = link.lease_block(8, 9_999).await.unwrap();
+        link.open(10_000).await.unwrap();
+        let (first, end) = (first.to_string(), (first + 8).to_string());
+        let installed = link
+            .on_sub_line(
+                "install_block",
+                &store.scripts.install_block,
+                &layout,
+                0,
+                &[first.as_str(), end.as_str(), "10000"],
+                10_000,
+            )
+            .await
+            .unwrap()
+            .u64()
+            .unwrap();
+        assert_eq!(installed, 0);
+        let newcomer = (0..)
+            .map(|n| UserId::parse(&format!("late-{n}")).unwrap())
+            .find(|user| layout.sub_line(user) == 0)
+            .unwrap();
+        let late = store.enqueue(&queue, &newcomer, 10_001).await.unwrap();
+        while !store.draw_step(&queue, "seed", 100, 10_002).await.unwrap() {}
+        for n in 0..20 {
+            let user = UserId::parse(&format!("early-{n}")).unwrap();
+            let drawn = store.place(&queue, &user, 10_003).await.unwrap().unwrap();
+            assert!(drawn.ticket < late.ticket, "{drawn:?} {late:?}");
+        }
+    }
+
+    /// A step that read the pools in an earlier round (another step
+    /// placed some of them since) plans nobody: those it read would be
+    /// given tickets again, past the reservation.
+    #[tokio::test]
+    async fn a_plan_of_pools_read_before_another_step_placed_them_is_refused() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 3, 30).await;
+        assert!(!store.draw_step(&queue, "seed", 100, 10_000).await.unwrap());
+        let link = store.link(&queue);
+        let mut seed = link.draw_head(&["seed", "seed"], 10_000).await.unwrap();
+        let round: Vec<String> = (0..4).map(|_| seed.string().unwrap()).collect();
+        assert_eq!(round[0], "assigning");
+        // Another replica's step places the lowest ten.
+        assert!(!store.draw_step(&queue, "seed", 10, 10_001).await.unwrap());
+        let placed = draw_order("seed", &early(30))[0].to_string();
+        let mut stale = link
+            .draw_head(&["plan", round[2].as_str(), "0", placed.as_str()], 10_002)
+            .await
+            .unwrap();
+        assert_eq!(stale.string().unwrap(), "again");
+        while !store.draw_step(&queue, "seed", 7, 10_003).await.unwrap() {}
+        let mut tickets = Vec::new();
+        for user in early(30) {
+            tickets.push(
+                store
+                    .place(&queue, &user, 10_004)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .ticket,
+            );
+        }
+        tickets.sort_unstable();
+        assert_eq!(tickets, (1..=30).collect::<Vec<u64>>());
+    }
+
+    fn early(n: usize) -> Vec<UserId> {
+        (0..n)
+            .map(|n| UserId::parse(&format!("early-{n}")).unwrap())
+            .collect()
+    }
+
+    /// A queue over `shards` sub-lines opening at 10 s, with `early`
+    /// users pre-queued at 1 s.
+    async fn opening_over(store: &crate::store::RedisStore, shards: u32, early: usize) -> QueueId {
+        let queue = QueueId::parse("drop").unwrap();
+        let mut config = QueueConfig::new(queue.clone()).created(0);
+        config.shards = shards;
+        config.opens_at_ms = Some(10_000);
+        config.prequeue_window = Duration::from_secs(60);
+        store.create_queue(&config).await.unwrap();
+        for n in 0..early {
+            let user = UserId::parse(&format!("early-{n}")).unwrap();
+            store.enqueue(&queue, &user, 1_000).await.unwrap();
+        }
+        queue
+    }
+
+    /// A draw step cut short after the head journalled its plan and one
+    /// sub-line placed its part: the next step, on another replica, first
+    /// carries out that plan as journalled, so everyone is placed once, at
+    /// a ticket of the reservation, in the seed's order.
+    #[tokio::test]
+    async fn a_draw_step_cut_short_is_carried_out_as_journalled_by_the_next() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 3, 40).await;
+        let users: Vec<UserId> = (0..40)
+            .map(|n| UserId::parse(&format!("early-{n}")).unwrap())
+            .collect();
+        // The opening, and every pre-queued user given a key.
+        assert!(!store.draw_step(&queue, "seed", 100, 10_000).await.unwrap());
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        let round = Round {
+            read: "0".into(),
+            pending: false,
+        };
+        assert!(
+            !link
+                .draw_places(&layout, 12, &round, 10_000, 1)
+                .await
+                .unwrap()
+        );
+        let other = store_on(&redis).await.with_sub_lines();
+        while !other.draw_step(&queue, "other", 5, 10_001).await.unwrap() {}
+        let mut placed = Vec::new();
+        for user in &users {
+            let place = store.place(&queue, user, 10_002).await.unwrap().unwrap();
+            assert!(
+                matches!(place.state, PlaceState::Waiting { .. }),
+                "{place:?}"
+            );
+            placed.push((place.ticket, user.clone()));
+        }
+        placed.sort();
+        let tickets: Vec<u64> = placed.iter().map(|(ticket, _)| *ticket).collect();
+        assert_eq!(tickets, (1..=40).collect::<Vec<u64>>());
+        let order: Vec<UserId> = placed.into_iter().map(|(_, user)| user).collect();
+        assert_eq!(order, draw_order("seed", &users));
+        let config = store.get_queue(&queue).await.unwrap();
+        assert!(config.draw_complete);
+        assert_eq!(config.draw_seed.as_deref(), Some("seed"));
     }
 }

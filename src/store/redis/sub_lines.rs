@@ -1664,7 +1664,7 @@ impl SubLineLink<'_> {
     }
 
     /// Leases a block of `size` from the head: its first ticket.
-    async fn lease_block(&self, size: u64, now_ms: u64) -> Result<u64> {
+    pub(super) async fn lease_block(&self, size: u64, now_ms: u64) -> Result<u64> {
         let head = keys::queue_keys(self.prefix, self.queue);
         let leases = [keys::leases_key(self.prefix, self.queue)];
         let size_arg = size.to_string();

@@ -8,7 +8,9 @@
 --     reservation: prelude.lua, `prepare`) and the open block gives no
 --     ticket more. Returns {'ok', how many it holds pre-queued or drawn}.
 --   'open', state, last: the head reserved the drawn tickets, up to
---     `last` ('frozen'), or had none to draw ('done'). Returns {'ok'}.
+--     `last` ('frozen'), or had none to draw ('done'); no block at or
+--     below `last` is installed from then on (prelude.lua,
+--     `install_block`). Returns {'ok'}.
 --   'hash', seed, most: at most `most` pre-queued users given their draw
 --     keys. Returns {'ok', how many, how many are left to hash}.
 --   'pool', most: the lowest `most` draw keys, {'ok', user, key, ...}.
@@ -33,7 +35,7 @@ end
 
 if step == 'open' then
   if cfg.draw == 'closing' then
-    redis.call('HSET', K_CONFIG, 'draw', ARGV[3])
+    redis.call('HSET', K_CONFIG, 'draw', ARGV[3], 'draw_end', ARGV[4])
     if ARGV[3] == 'frozen' then
       note_joined(tonumber(ARGV[4]))
     end

@@ -46,7 +46,7 @@ local function load_config()
   local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admission_ttl_ms', 'created_at_ms',
     'admit_per_second', 'opens_at_ms', 'prequeue_window_ms', 'draw', 'heartbeat_timeout_ms',
     'presence_since_ms', 'notice', 'closed_reason', 'flow_pruned_s', 'shards', 'sub_line',
-    'block_first', 'block_next', 'block_end', 'block_ms')
+    'block_first', 'block_next', 'block_end', 'block_ms', 'draw_end')
   if not v[1] then
     return nil
   end
@@ -69,7 +69,7 @@ local function load_config()
     draw = v[8] or 'none', heartbeat = tonumber(v[9]), presence_since = tonumber(v[10]) or 0,
     notice = v[11] or '', closed_reason = v[12] or '', flow_pruned = tonumber(v[13]) or 0,
     sub_line = sub_line, block_first = tonumber(v[16]), block_next = tonumber(v[17]) or 0,
-    block_end = tonumber(v[18]) or 0, block_ms = tonumber(v[19]) or 0 }
+    block_end = tonumber(v[18]) or 0, block_ms = tonumber(v[19]) or 0, draw_end = tonumber(v[20]) or 0 }
 end
 
 -- The history of a queue's head: a failover to a replica that lacked the
@@ -102,6 +102,12 @@ end
 -- numbers, which changes no position. Returns whether it was installed.
 local function install_block(cfg, first, block_end, leased_at)
   if cfg.block_first and cfg.block_first >= first then
+    return false
+  end
+  -- Nor a block leased before a scheduled opening's reservation (one in
+  -- flight while the pre-queue closed): nobody who joins after the
+  -- opening may stand ahead of someone drawn.
+  if cfg.draw == 'closing' or first <= cfg.draw_end then
     return false
   end
   redis.call('HSET', K_CONFIG, 'block_first', first, 'block_next', first, 'block_end', block_end,
