@@ -1528,7 +1528,13 @@ async fn joins_racing_the_opening_on_skewed_replicas_and_two_drawers_keep_the_dr
     drawn.sort();
     let tickets: Vec<u64> = drawn.iter().map(|(t, _)| *t).collect();
     // Nobody left: the reservation, whole, and nothing past it.
-    assert_eq!(tickets, (1..=prequeued.len() as u64).collect::<Vec<_>>());
+    let out_of_place = tickets.iter().zip(1..).find(|(ticket, n)| **ticket != *n);
+    assert_eq!(
+        out_of_place,
+        None,
+        "not the reservation 1..={}",
+        prequeued.len()
+    );
     let order: Vec<UserId> = drawn.into_iter().map(|(_, u)| u).collect();
     assert_eq!(order, waitroom::domain::draw::draw_order(&seed, &prequeued));
     let last_drawn = *tickets.last().unwrap();

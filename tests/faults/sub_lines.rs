@@ -1203,3 +1203,143 @@ async fn given_while_the_head_decides(own_gives: bool) {
         "ticket {ticket} given back after its holder left"
     );
 }
+
+/// A scheduled opening over sub-lines drawn by two replicas at once while
+/// newcomers join, through a Redis stalled at several moments of the draw
+/// and for several durations (shorter and longer than the store's
+/// timeout): everyone pre-queued is placed once, in the seed's order, on
+/// the reservation's tickets, and every newcomer stands behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draw_over_sub_lines_through_a_stall_places_everyone_once_in_the_seed_s_order() {
+    let _one = crate::one_at_a_time().await;
+    // (draw steps answered before the stall, how long it lasts)
+    for (after, stall) in [(8, 1_500), (100, 800), (140, 300)] {
+        draw_through_a_stall(after, Duration::from_millis(stall)).await;
+    }
+}
+
+async fn draw_through_a_stall(after_steps: usize, stall: Duration) {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let queue = QueueId::parse("drop").unwrap();
+    let users = 2_000 * crate::scale();
+    let replicas = [replica(&redis, "f").await, replica(&redis, "f").await];
+    let opens_at = T0 + 60_000;
+    let mut config = QueueConfig::new(queue.clone()).created(T0);
+    config.shards = 3;
+    config.opens_at_ms = Some(opens_at);
+    config.prequeue_window = Duration::from_secs(60);
+    replicas[0].create_queue(&config).await.unwrap();
+    let early: Vec<UserId> = (0..users)
+        .map(|n| UserId::parse(&format!("e{n}")).unwrap())
+        .collect();
+    for chunk in early.chunks(50) {
+        for place in replicas[0]
+            .enqueue_many(&queue, chunk, T0 + 1_000)
+            .await
+            .unwrap()
+        {
+            assert!(matches!(place.unwrap().state, PlaceState::PreQueue { .. }));
+        }
+    }
+    let at = format!("a stall of {stall:?} after {after_steps} steps");
+    // Each replica draws in steps of 25, trying again a step that got no
+    // answer; a third joins newcomers all along.
+    let steps = Arc::new(AtomicUsize::new(0));
+    let mut drawers = Vec::new();
+    for (r, store) in replicas.iter().enumerate() {
+        let (store, queue, steps) = (Arc::clone(store), queue.clone(), Arc::clone(&steps));
+        drawers.push(tokio::spawn(async move {
+            let mut failures = 0;
+            loop {
+                match store
+                    .draw_step(&queue, &format!("seed-{r}"), 25, opens_at + 1)
+                    .await
+                {
+                    Ok(true) => return failures,
+                    Ok(false) => {
+                        steps.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        assert!(failures < 200, "the draw never answered: {error}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let joiner = {
+        let (store, queue) = (replica(&redis, "f").await, queue.clone());
+        tokio::spawn(async move {
+            let mut joined = Vec::new();
+            for n in 0..200u64 {
+                let user = UserId::parse(&format!("n{n}")).unwrap();
+                if let Ok(place) = store.enqueue(&queue, &user, opens_at + n).await {
+                    joined.push((user, place.ticket));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            joined
+        })
+    };
+    let waiting = std::time::Instant::now();
+    while steps.load(Ordering::Relaxed) < after_steps {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "{at}: never reached"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    redis.pause().unwrap();
+    tokio::time::sleep(stall).await;
+    redis.resume().unwrap();
+    let mut failures = 0;
+    for drawer in drawers {
+        failures += drawer.await.unwrap();
+    }
+    if stall > TIMEOUT {
+        assert!(failures > 0, "{at} made some steps fail");
+    }
+    let joined = joiner.await.unwrap();
+    let config = replicas[1].get_queue(&queue).await.unwrap();
+    assert!(config.draw_complete, "{at}");
+    let seed = config.draw_seed.unwrap();
+    assert!(seed == "seed-0" || seed == "seed-1", "{seed}");
+    let mut drawn = Vec::new();
+    for user in &early {
+        let place = replicas[1]
+            .place(&queue, user, opens_at + 2_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(place.state, PlaceState::Waiting { .. }),
+            "{user}: {place:?}, {at}"
+        );
+        drawn.push((place.ticket, user.clone()));
+    }
+    drawn.sort();
+    let tickets: Vec<u64> = drawn.iter().map(|(t, _)| *t).collect();
+    let out_of_place = tickets.iter().zip(1..).find(|(ticket, n)| **ticket != *n);
+    assert_eq!(out_of_place, None, "{at}: not the reservation 1..={users}");
+    assert_eq!(tickets.len(), users);
+    let order: Vec<UserId> = drawn.into_iter().map(|(_, u)| u).collect();
+    assert_eq!(
+        order,
+        waitroom::domain::draw::draw_order(&seed, &early),
+        "{at}"
+    );
+    assert!(!joined.is_empty(), "{at}: nobody joined");
+    let mut later: Vec<u64> = joined.iter().map(|(_, t)| *t).collect();
+    later.sort_unstable();
+    later.dedup();
+    assert_eq!(later.len(), joined.len(), "a ticket twice, {at}");
+    assert!(
+        later[0] > users as u64,
+        "a newcomer ahead of the drawn, {at}"
+    );
+    println!(
+        "{at}: {users} drawn in the seed's order, {} newcomers behind, {failures} steps refused",
+        joined.len()
+    );
+}
