@@ -4,17 +4,22 @@
 //! hold the pre-queue and the draw's pool, and the head, which holds the
 //! sequence (`draw_sub_line.lua`, `draw_head.lua`).
 //!
-//! - The opening: every sub-line's pre-queue frozen first, then the head
-//!   reserves as many tickets as they hold, after every ticket leased; a
-//!   sub-line's call that finds the opening due, or a lease asked after
-//!   it, waits for both ([`SubLineLink::open`]). Nobody who joins after
-//!   the opening therefore stands ahead of someone drawn, and nobody
-//!   pre-queued is missed by the reservation.
+//! - The opening ([`SubLineLink::open`]): the head marks it begun (due by
+//!   its own `opens_at`, which can no longer move), every sub-line's
+//!   pre-queue is frozen, the head reserves as many tickets as they hold
+//!   after every ticket leased, every sub-line is told the reservation,
+//!   and only then may the draw start. A sub-line's call that finds the
+//!   opening due or under way, and a head call that leases, admits or
+//!   draws meanwhile, make it first. Nobody who joins after the opening
+//!   therefore stands ahead of someone drawn, and nobody pre-queued is
+//!   missed by the reservation.
 //! - The draw: each sub-line gives its own pre-queued users their keys
 //!   under the seed the head fixed; then each step merges the lowest keys
 //!   of every sub-line's pool, and the head journals their tickets before
 //!   any sub-line places anyone, so a step cut short is carried out as
 //!   journalled by the next, and nobody gets two tickets.
+
+use std::collections::HashMap;
 
 use super::reply::{Reply, bad_reply};
 use super::sub_lines::{Layout, SubLineLink};
@@ -29,9 +34,23 @@ struct Round {
 
 impl SubLineLink<'_> {
     /// Makes the queue's opening, as every call does first once it is due
-    /// (`prelude.lua`, `prepare`); a repeat finds it made.
+    /// (`prelude.lua`, `prepare`); a repeat finds it made, and one cut
+    /// short is carried on by the next.
     pub(super) async fn open(&self, now_ms: u64) -> Result<()> {
         let layout = self.layout().await?;
+        let mut begun = self.draw_head(&["close"], now_ms).await?;
+        if begun.string()? == "not_due" {
+            // A sub-line's copy of an opening since moved: it takes the
+            // head's.
+            let mut head = HashMap::new();
+            while begun.remaining() > 0 {
+                head.insert(begun.string()?, begun.string()?);
+            }
+            if head.contains_key("settings_version") {
+                self.copy_settings(&layout, &head, now_ms).await?;
+            }
+            return Ok(());
+        }
         let mut held = 0;
         for sub_line in 0..layout.shards as usize {
             held += self
@@ -41,15 +60,20 @@ impl SubLineLink<'_> {
         }
         let held = held.to_string();
         let mut reply = self.draw_head(&["open", held.as_str()], now_ms).await?;
-        let state = match reply.string()?.as_str() {
-            "done" => "done",
-            _ => "frozen",
-        };
-        let last = reply.string()?;
-        for sub_line in 0..layout.shards as usize {
-            self.draw_on(&layout, sub_line, &["open", state, last.as_str()], now_ms)
-                .await?;
+        let (told, last) = (reply.string()?, reply.string()?);
+        if told == "none" {
+            return Ok(());
         }
+        for sub_line in 0..layout.shards as usize {
+            self.draw_on(
+                &layout,
+                sub_line,
+                &["open", told.as_str(), last.as_str()],
+                now_ms,
+            )
+            .await?;
+        }
+        self.draw_head(&["opened"], now_ms).await?;
         Ok(())
     }
 
@@ -122,10 +146,12 @@ impl SubLineLink<'_> {
         // set orders members of one score, and as the memory store's pool.
         // A plan left undone is carried out first, without reading them.
         let mut lowest: Vec<(u64, String, usize)> = Vec::new();
+        let mut top = 0;
         for sub_line in (0..layout.shards as usize).filter(|_| !round.pending) {
             let mut pool = self
                 .draw_on(layout, sub_line, &["pool", most.as_str()], now_ms)
                 .await?;
+            top = top.max(pool.u64()?);
             while pool.remaining() > 0 {
                 let user = pool.string()?;
                 lowest.push((pool.u64()?, user, sub_line));
@@ -139,7 +165,8 @@ impl SubLineLink<'_> {
         lowest.sort_unstable_by(|a, b| (a.0, a.1.as_bytes()).cmp(&(b.0, b.1.as_bytes())));
         lowest.truncate(chunk as usize);
         let sub_lines: Vec<String> = lowest.iter().map(|(_, _, s)| s.to_string()).collect();
-        let mut args = vec!["plan", round.read.as_str()];
+        let top = top.to_string();
+        let mut args = vec!["plan", round.read.as_str(), top.as_str()];
         for ((_, user, _), sub_line) in lowest.iter().zip(&sub_lines) {
             args.push(sub_line.as_str());
             args.push(user.as_str());
@@ -218,7 +245,7 @@ mod tests {
     use crate::domain::draw::draw_order;
     use crate::domain::{PlaceState, QueueConfig, QueueId, UserId};
     use crate::store::QueueStore;
-    use crate::store::redis::tests::store_on;
+    use crate::store::redis::tests::{connection_to, store_on};
     use crate::testkit::RedisServer;
 
     /// A block leased before the opening and installed after it (its
@@ -278,7 +305,10 @@ mod tests {
         assert!(!store.draw_step(&queue, "seed", 10, 10_001).await.unwrap());
         let placed = draw_order("seed", &early(30))[0].to_string();
         let mut stale = link
-            .draw_head(&["plan", round[2].as_str(), "0", placed.as_str()], 10_002)
+            .draw_head(
+                &["plan", round[2].as_str(), "0", "0", placed.as_str()],
+                10_002,
+            )
             .await
             .unwrap();
         assert_eq!(stale.string().unwrap(), "again");
@@ -296,6 +326,124 @@ mod tests {
         }
         tickets.sort_unstable();
         assert_eq!(tickets, (1..=30).collect::<Vec<u64>>());
+    }
+
+    /// An opening cut short after the head reserved and before every
+    /// sub-line was told: the draw does not start until the next maker
+    /// has told them all, so nobody pre-queued is left out of it.
+    #[tokio::test]
+    async fn an_opening_cut_short_before_every_sub_line_was_told_is_made_whole_first() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 3, 30).await;
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        link.draw_head(&["close"], 10_000).await.unwrap();
+        let mut held = 0;
+        for sub_line in 0..3 {
+            held += link
+                .draw_on(&layout, sub_line, &["close"], 10_000)
+                .await
+                .unwrap()
+                .u64()
+                .unwrap();
+        }
+        let held = held.to_string();
+        let mut reply = link
+            .draw_head(&["open", held.as_str()], 10_000)
+            .await
+            .unwrap();
+        let (told, last) = (reply.string().unwrap(), reply.string().unwrap());
+        link.draw_on(&layout, 0, &["open", told.as_str(), last.as_str()], 10_000)
+            .await
+            .unwrap();
+        let other = store_on(&redis).await.with_sub_lines();
+        while !other.draw_step(&queue, "seed", 7, 10_001).await.unwrap() {}
+        let mut placed = Vec::new();
+        for user in early(30) {
+            let place = store.place(&queue, &user, 10_002).await.unwrap().unwrap();
+            assert!(
+                matches!(place.state, PlaceState::Waiting { .. }),
+                "{user}: {place:?}"
+            );
+            placed.push((place.ticket, user));
+        }
+        placed.sort();
+        let tickets: Vec<u64> = placed.iter().map(|(ticket, _)| *ticket).collect();
+        assert_eq!(tickets, (1..=30).collect::<Vec<u64>>());
+        let order: Vec<UserId> = placed.into_iter().map(|(_, user)| user).collect();
+        assert_eq!(order, draw_order("seed", &early(30)));
+    }
+
+    /// A sub-line whose copy of the opening is older than a move (its copy
+    /// failed) does not open the queue at the old time: it takes the
+    /// head's, and the join is pre-queued.
+    #[tokio::test]
+    async fn a_sub_line_s_copy_of_a_moved_opening_does_not_open_the_queue_early() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 2, 10).await;
+        let moved = crate::domain::QueueUpdate {
+            opens_at: Some(Some(20_000)),
+            ..Default::default()
+        };
+        store.update_queue(&queue, &moved, 5_000).await.unwrap();
+        let layout = store.link(&queue).layout().await.unwrap();
+        let stale = layout.keys("t", 1).unwrap();
+        let mut conn = connection_to(&redis);
+        let _: () = redis::cmd("HSET")
+            .arg(&stale[0])
+            .arg("opens_at_ms")
+            .arg(10_000)
+            .arg("settings_version")
+            .arg(0)
+            .query(&mut conn)
+            .unwrap();
+        let user = (0..)
+            .map(|n| UserId::parse(&format!("late-{n}")).unwrap())
+            .find(|user| layout.sub_line(user) == 1)
+            .unwrap();
+        let place = store.enqueue(&queue, &user, 10_001).await.unwrap();
+        assert_eq!(place.state, PlaceState::PreQueue { opens_in_ms: 9_999 });
+        let config = store.get_queue(&queue).await.unwrap();
+        assert_eq!(config.opens_at_ms, Some(20_000));
+        assert!(!config.draw_complete);
+        let stats = store.stats(&queue, 10_002).await.unwrap();
+        assert_eq!(stats.prequeued, 11);
+    }
+
+    /// A head back from a replica without its last plans (its next ticket
+    /// rolled back, its plan gone) gives no drawn ticket twice: a plan
+    /// starts above every drawn ticket a sub-line placed.
+    #[tokio::test]
+    async fn a_head_that_lost_its_last_plans_gives_no_drawn_ticket_twice() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 3, 30).await;
+        // Hashed, then twelve placed.
+        assert!(!store.draw_step(&queue, "seed", 100, 10_000).await.unwrap());
+        assert!(!store.draw_step(&queue, "seed", 12, 10_001).await.unwrap());
+        let head = crate::store::redis::keys::queue_keys("t", &queue);
+        let mut conn = connection_to(&redis);
+        let _: () = redis::cmd("HSET")
+            .arg(&head[0])
+            .arg("draw_next")
+            .arg(1)
+            .query(&mut conn)
+            .unwrap();
+        while !store.draw_step(&queue, "seed", 5, 10_002).await.unwrap() {}
+        let mut tickets = Vec::new();
+        for user in early(30) {
+            let place = store.place(&queue, &user, 10_003).await.unwrap().unwrap();
+            assert!(
+                matches!(place.state, PlaceState::Waiting { .. }),
+                "{user}: {place:?}"
+            );
+            tickets.push(place.ticket);
+        }
+        tickets.sort_unstable();
+        tickets.dedup();
+        assert_eq!(tickets.len(), 30, "a drawn ticket twice");
     }
 
     fn early(n: usize) -> Vec<UserId> {

@@ -284,6 +284,9 @@ impl SubLineLink<'_> {
                         Err(Error::Internal(message)) if message.starts_with(SUB_LINE_RESYNC) => {
                             self.resync_sub_line(&call.keys).await?;
                         }
+                        // Resynced by another replica meanwhile, and the
+                        // opening due: the next turn makes it.
+                        Err(Error::Internal(message)) if message.starts_with(SUB_LINE_OPENING) => {}
                         answer => return answer,
                     }
                     resynced = true;

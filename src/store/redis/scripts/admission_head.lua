@@ -288,7 +288,8 @@ if step == 'plan' then
   end
   -- Nobody is admitted while a scheduled opening's draw places people.
   local drawn = v[14]
-  if drawn == 'frozen' or drawn == 'hashing' or drawn == 'assigning' then
+  if drawn == 'frozen' or drawn == 'hashing' or drawn == 'assigning' or drawn == 'closing'
+      or drawn == 'opening' then
     room = 0
   elseif due then
     if cfg.mode == 'pass_through' then

@@ -2,18 +2,29 @@
 -- (draw_sub_line.lua has the sub-lines'; docs/design.md, "A scheduled
 -- opening over sub-lines").
 -- KEYS: the head's keys (prelude). ARGV: now, step, then by step:
+--   'close': the opening begins ('closing') if due by the caller's clock
+--     and the head's `opens_at`: {'ok', draw}; from then on every head
+--     script that reserves or admits waits for it (prelude.lua,
+--     `open_head_first`), and the opening can no longer be moved. Not
+--     due: {'ok', 'not_due', field, value, ...} (the head's config, for
+--     a sub-line's copy of an opening since moved).
 --   'open', size: once every sub-line's pre-queue is frozen, reserves
 --     `size` tickets (all they hold) after every ticket leased, as
---     prelude.lua's `open_if_due` does for one slot. Returns {'ok', draw,
---     the last ticket reserved}.
+--     prelude.lua's `open_if_due` does for one slot ('opening'). Returns
+--     {'ok', what each sub-line is told ('frozen', or 'done' with nobody
+--     to draw), the last ticket reserved}; {'ok', 'none', '0'} if the
+--     opening was not begun.
+--   'opened': every sub-line was told; the draw may start ('frozen', or
+--     'done' with nobody to draw). Returns {'ok'}.
 --   'seed', seed: the draw starts under `seed` unless it has, and
 --     returns {'ok', draw, the seed it runs under, round, 1 if a plan is
 --     journalled}; {'ok', 'none'} before the opening, or OPENING when it
 --     is due and not made (lease.lua). The round counts the plans made
 --     and carried out.
 --   'assigning': every pre-queued user has a draw key. Returns {'ok'}.
---   'plan', round, sub-line, user, ...: the lowest draw keys over all
---     sub-lines, in order, read after the round was. Returns the plan
+--   'plan', round, top, sub-line, user, ...: the lowest draw keys over
+--     all sub-lines, in order, read after the round was, and the highest
+--     drawn ticket any sub-line placed. Returns the plan
 --     journalled, {'ok', 'plan', first ticket, sub-line, user, ticket,
 --     ...}: one left undone, else these users with their tickets from the
 --     next of the reservation, unless another plan came since the round
@@ -32,25 +43,61 @@ if not same_history() then
 end
 local step = ARGV[2]
 local v = redis.call('HMGET', K_CONFIG, 'draw', 'opens_at_ms', 'draw_next', 'draw_end', 'draw_plan',
-  'draw_seed', 'draw_round')
+  'draw_seed', 'draw_round', 'draw_first')
 local round = tonumber(v[7]) or 0
 local draw = v[1] or 'none'
 
-if step == 'open' then
+if step == 'close' then
   if draw == 'none' then
+    local opens_at = tonumber(v[2]) or 0
+    if opens_at == 0 or NOW < opens_at then
+      -- Not due by the head's time: a sub-line held a copy of an opening
+      -- since moved.
+      local out = redis.call('HGETALL', K_CONFIG)
+      table.insert(out, 1, 'not_due')
+      table.insert(out, 1, 'ok')
+      return out
+    end
+    draw = 'closing'
+    redis.call('HSET', K_CONFIG, 'draw', draw)
+  end
+  return { 'ok', draw }
+end
+
+if step == 'open' then
+  if draw == 'closing' then
     local size = tonumber(ARGV[3])
     local next_ticket = (tonumber(redis.call('GET', K_SEQ)) or 0) + 1
     local last = redis.call('INCRBY', K_SEQ, size)
-    draw = size == 0 and 'done' or 'frozen'
-    redis.call('HSET', K_CONFIG, 'draw', draw, 'draw_next', next_ticket, 'draw_end', last)
-    return { 'ok', draw, string.format('%d', last) }
+    draw = 'opening'
+    redis.call('HSET', K_CONFIG, 'draw', draw, 'draw_next', next_ticket, 'draw_first', next_ticket,
+      'draw_end', last)
+    v[4], v[8] = last, next_ticket
   end
-  return { 'ok', draw, v[4] or '0' }
+  if draw == 'none' then
+    return { 'ok', 'none', '0' }
+  end
+  -- What each sub-line is told: the draw under way, or none to make.
+  local told = 'frozen'
+  local last, first = tonumber(v[4]) or 0, tonumber(v[8]) or 0
+  if draw == 'done' or last < first then
+    told = 'done'
+  end
+  return { 'ok', told, string.format('%d', last) }
+end
+
+if step == 'opened' then
+  if draw == 'opening' then
+    draw = (tonumber(v[4]) or 0) < (tonumber(v[8]) or 0) and 'done' or 'frozen'
+    redis.call('HSET', K_CONFIG, 'draw', draw)
+  end
+  return { 'ok' }
 end
 
 if step == 'seed' then
+  -- Not before every sub-line was told the reservation (step 'opened').
+  open_head_first()
   if draw == 'none' then
-    open_head_first()
     return { 'ok', 'none' }
   end
   if draw == 'frozen' then
@@ -78,12 +125,15 @@ if step == 'plan' then
   end
   -- The pools were read in an earlier round: a plan since may have
   -- placed some of those read, who must not be given tickets again.
-  if tonumber(ARGV[3]) ~= round then
+  if draw ~= 'assigning' or tonumber(ARGV[3]) ~= round then
     return { 'ok', 'again' }
   end
-  local next_ticket, last = tonumber(v[3]), tonumber(v[4])
+  -- Above every drawn ticket a sub-line placed, should the head have
+  -- come back from a replica without its last plans.
+  local next_ticket = math.max(tonumber(v[3]), tonumber(ARGV[4]) + 1)
+  local last = tonumber(v[4])
   local plan = { string.format('%d', next_ticket) }
-  for i = 4, #ARGV, 2 do
+  for i = 5, #ARGV, 2 do
     local ticket = next_ticket
     if ticket > last then
       ticket = redis.call('INCR', K_SEQ)

@@ -13,17 +13,24 @@
 --     `install_block`). Returns {'ok'}.
 --   'hash', seed, most: at most `most` pre-queued users given their draw
 --     keys. Returns {'ok', how many, how many are left to hash}.
---   'pool', most: the lowest `most` draw keys, {'ok', user, key, ...}.
+--   'pool', most: the highest drawn ticket placed here, and the lowest
+--     `most` draw keys: {'ok', top, user, key, ...}.
 --   'place', user, ticket, ...: those still drawn put in line at their
 --     tickets. Returns {'ok', how many are left drawn}.
 --   'done': the draw is over. Returns {'ok'}.
--- Or {'no_queue'}.
+-- Or {'no_queue'}; OPENING for a step of the draw on a sub-line still
+-- closing.
 
 local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
 end
 local step = ARGV[2]
+-- The draw works on a sub-line told the reservation only: one still
+-- closing waits for the opening to be made (sub_lines.rs, `open`).
+if cfg.draw == 'closing' and step ~= 'close' and step ~= 'open' then
+  error({ err = 'OPENING the queue opens now' })
+end
 
 if step == 'close' then
   if cfg.draw == 'none' then
@@ -66,7 +73,7 @@ if step == 'hash' then
 end
 
 if step == 'pool' then
-  local out = { 'ok' }
+  local out = { 'ok', redis.call('HGET', K_CONFIG, 'drawn_top') or '0' }
   local lowest = redis.call('ZRANGE', K_POOL, 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
   for i = 1, #lowest, 2 do
     out[#out + 1] = lowest[i]
@@ -78,13 +85,17 @@ end
 if step == 'place' then
   -- A user who left since the plan leaves a gap in the numbers, which
   -- changes no position; one placed by an earlier try is not drawn now.
-  local joined = {}
+  local joined, top = {}, tonumber(redis.call('HGET', K_CONFIG, 'drawn_top')) or 0
   for i = 3, #ARGV, 2 do
     if redis.call('ZREM', K_POOL, ARGV[i]) == 1 then
       joined[#joined + 1] = { ARGV[i], tonumber(ARGV[i + 1]) }
+      top = math.max(top, tonumber(ARGV[i + 1]))
     end
   end
   add_waiting_many(joined)
+  if #joined > 0 then
+    redis.call('HSET', K_CONFIG, 'drawn_top', string.format('%d', top))
+  end
   return { 'ok', redis.call('ZCARD', K_POOL) }
 end
 

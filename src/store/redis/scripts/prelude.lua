@@ -277,12 +277,14 @@ local function open_if_due(cfg)
   redis.call('HSET', K_CONFIG, 'draw', cfg.draw, 'draw_next', next_ticket)
 end
 
--- A head's part of the same rule: a head script that reserves or admits
--- leaves a scheduled opening due and not made to the store first.
+-- A head's part of the same rule: a head script that reserves, admits or
+-- draws leaves a scheduled opening due and not made, or under way, to the
+-- store first (draw_head.lua, 'close' to 'opened').
 local function open_head_first()
   local v = redis.call('HMGET', K_CONFIG, 'draw', 'opens_at_ms')
-  local opens_at = tonumber(v[2]) or 0
-  if (v[1] or 'none') == 'none' and opens_at > 0 and NOW >= opens_at then
+  local draw, opens_at = v[1] or 'none', tonumber(v[2]) or 0
+  if draw == 'closing' or draw == 'opening'
+      or (draw == 'none' and opens_at > 0 and NOW >= opens_at) then
     error({ err = 'OPENING the queue opens now' })
   end
 end
