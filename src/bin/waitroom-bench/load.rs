@@ -165,7 +165,7 @@ pub fn redis_memory(url: &str) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no used_memory in INFO"))
 }
 
-fn redis_info(url: &str, section: &str) -> anyhow::Result<String> {
+pub fn redis_info(url: &str, section: &str) -> anyhow::Result<String> {
     let mut conn = redis::Client::open(url)?.get_connection()?;
     Ok(redis::cmd("INFO").arg(section).query(&mut conn)?)
 }

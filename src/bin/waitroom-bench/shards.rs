@@ -67,6 +67,10 @@ pub struct Args {
     /// a join shows, besides the sum.
     #[arg(long, requires = "store")]
     cluster: bool,
+    /// With `--cluster`: each node's costliest commands over the run (the
+    /// commands a script calls counted apart, as Redis 7 counts them).
+    #[arg(long, requires = "cluster")]
+    profile: bool,
 }
 
 /// One K: its head, its sub-lines, and what it has measured.
@@ -402,9 +406,46 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
                     .map(|(_, s)| a_join(*s))
                     .collect::<Vec<f64>>(),
             );
+            if args.profile {
+                for (node, url) in run.servers.urls().iter().enumerate() {
+                    println!(
+                        "          node {node}: {}",
+                        costliest(url, run.joins)?.join(", ")
+                    );
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// A node's four costliest commands since it started: each with its
+/// microseconds a join (over `joins`) and a call.
+fn costliest(url: &str, joins: u64) -> anyhow::Result<Vec<String>> {
+    let info = load::redis_info(url, "commandstats")?;
+    let mut costs: Vec<(f64, String)> = info
+        .lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key))
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            let (calls, usec) = (field("calls=")?, field("usec=")?);
+            Some((
+                usec,
+                format!(
+                    "{name} {:.3} us a join ({:.1} us a call)",
+                    usec / joins.max(1) as f64,
+                    usec / calls.max(1.0)
+                ),
+            ))
+        })
+        .collect();
+    costs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Ok(costs.into_iter().take(4).map(|(_, text)| text).collect())
 }
 
 fn now_ms() -> u64 {
