@@ -30,6 +30,8 @@ struct Round {
     read: String,
     /// A plan was journalled and not carried out.
     pending: bool,
+    /// The seed the draw runs under.
+    seed: String,
 }
 
 impl SubLineLink<'_> {
@@ -40,14 +42,19 @@ impl SubLineLink<'_> {
         let layout = self.layout().await?;
         let mut begun = self.draw_head(&["close"], now_ms).await?;
         if begun.string()? == "not_due" {
-            // A sub-line's copy of an opening since moved: it takes the
-            // head's.
+            // A sub-line's copy of an opening since moved, or a closing
+            // begun for a queue deleted and made again: every sub-line
+            // takes the head's opening, and one closing goes back to its
+            // pre-queue.
             let mut head = HashMap::new();
             while begun.remaining() > 0 {
                 head.insert(begun.string()?, begun.string()?);
             }
-            if head.contains_key("settings_version") {
-                self.copy_settings(&layout, &head, now_ms).await?;
+            let field = |name: &str| head.get(name).map_or("0", String::as_str);
+            let (opens_at, window) = (field("opens_at_ms"), field("prequeue_window_ms"));
+            for sub_line in 0..layout.shards as usize {
+                self.draw_on(&layout, sub_line, &["reopen", opens_at, window], now_ms)
+                    .await?;
             }
             return Ok(());
         }
@@ -92,7 +99,11 @@ impl SubLineLink<'_> {
         match draw.as_str() {
             "none" => Ok(true),
             "done" => {
-                self.draw_done(layout, now_ms).await?;
+                // The sub-lines' part, should a step have stopped between;
+                // the head's is done.
+                for sub_line in 0..layout.shards as usize {
+                    self.draw_on(layout, sub_line, &["done"], now_ms).await?;
+                }
                 Ok(true)
             }
             "hashing" => {
@@ -118,10 +129,11 @@ impl SubLineLink<'_> {
                 Ok(false)
             }
             "assigning" => {
-                let (_, round, pending) = (reply.string()?, reply.string()?, reply.string()?);
+                let (seed, round, pending) = (reply.string()?, reply.string()?, reply.string()?);
                 let round = Round {
                     read: round,
                     pending: pending == "1",
+                    seed,
                 };
                 self.draw_places(layout, chunk, &round, now_ms, usize::MAX)
                     .await
@@ -149,7 +161,12 @@ impl SubLineLink<'_> {
         let mut top = 0;
         for sub_line in (0..layout.shards as usize).filter(|_| !round.pending) {
             let mut pool = self
-                .draw_on(layout, sub_line, &["pool", most.as_str()], now_ms)
+                .draw_on(
+                    layout,
+                    sub_line,
+                    &["pool", most.as_str(), round.seed.as_str()],
+                    now_ms,
+                )
                 .await?;
             top = top.max(pool.u64()?);
             while pool.remaining() > 0 {
@@ -446,6 +463,94 @@ mod tests {
         assert_eq!(tickets.len(), 30, "a drawn ticket twice");
     }
 
+    /// A sub-line left closing while its head holds no opening due (a
+    /// closing begun for a queue since deleted and made again) goes back
+    /// to its pre-queue at its next call, rather than refuse every call.
+    #[tokio::test]
+    async fn a_sub_line_left_closing_under_a_head_with_no_opening_due_takes_joins_again() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 2, 4).await;
+        let layout = store.link(&queue).layout().await.unwrap();
+        let closing = layout.keys("t", 0).unwrap();
+        let mut conn = connection_to(&redis);
+        let _: () = redis::cmd("HSET")
+            .arg(&closing[0])
+            .arg("draw")
+            .arg("closing")
+            .query(&mut conn)
+            .unwrap();
+        let user = (0..)
+            .map(|n| UserId::parse(&format!("next-{n}")).unwrap())
+            .find(|user| layout.sub_line(user) == 0)
+            .unwrap();
+        let place = store.enqueue(&queue, &user, 5_000).await.unwrap();
+        assert_eq!(place.state, PlaceState::PreQueue { opens_in_ms: 5_000 });
+        assert!(!store.get_queue(&queue).await.unwrap().draw_complete);
+    }
+
+    /// A sub-line made again empty after the draw, on which a replica
+    /// whose clock is behind pre-queued someone: the next call at the
+    /// opening tells it the reservation, and the draw goes on for that
+    /// user, who is placed once.
+    #[tokio::test]
+    async fn someone_pre_queued_on_a_sub_line_made_again_after_the_draw_is_drawn_too() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 2, 20).await;
+        while !store.draw_step(&queue, "seed", 100, 10_000).await.unwrap() {}
+        let layout = store.link(&queue).layout().await.unwrap();
+        let remade = layout.keys("t", 1).unwrap();
+        let mut conn = connection_to(&redis);
+        let _: () = redis::cmd("HSET")
+            .arg(&remade[0])
+            .arg("draw")
+            .arg("none")
+            .arg("draw_end")
+            .arg(0)
+            .query(&mut conn)
+            .unwrap();
+        let skewed = (0..)
+            .map(|n| UserId::parse(&format!("skewed-{n}")).unwrap())
+            .find(|user| layout.sub_line(user) == 1)
+            .unwrap();
+        let place = store.enqueue(&queue, &skewed, 9_990).await.unwrap();
+        assert!(
+            matches!(place.state, PlaceState::PreQueue { .. }),
+            "{place:?}"
+        );
+        // A worker's step at the opening by its clock: the draw goes on,
+        // and is not over until that user is placed.
+        store.draw_step(&queue, "other", 100, 10_010).await.unwrap();
+        assert!(!store.get_queue(&queue).await.unwrap().draw_complete);
+        while !store.draw_step(&queue, "other", 100, 10_020).await.unwrap() {}
+        let late = (0..)
+            .map(|n| UserId::parse(&format!("late-{n}")).unwrap())
+            .find(|user| layout.sub_line(user) == 1)
+            .unwrap();
+        store.enqueue(&queue, &late, 10_025).await.unwrap();
+        let drawn = store.place(&queue, &skewed, 10_030).await.unwrap().unwrap();
+        assert!(
+            matches!(drawn.state, PlaceState::Waiting { .. }),
+            "{drawn:?}"
+        );
+        let mut tickets = vec![drawn.ticket];
+        for user in early(20).iter().chain([&late]) {
+            tickets.push(
+                store
+                    .place(&queue, user, 10_030)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .ticket,
+            );
+        }
+        tickets.sort_unstable();
+        tickets.dedup();
+        assert_eq!(tickets.len(), 22, "a ticket twice");
+        assert!(store.get_queue(&queue).await.unwrap().draw_complete);
+    }
+
     fn early(n: usize) -> Vec<UserId> {
         (0..n)
             .map(|n| UserId::parse(&format!("early-{n}")).unwrap())
@@ -487,6 +592,7 @@ mod tests {
         let round = Round {
             read: "0".into(),
             pending: false,
+            seed: "seed".into(),
         };
         assert!(
             !link

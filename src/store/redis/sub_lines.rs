@@ -261,10 +261,13 @@ impl SubLineLink<'_> {
         let mut opened = false;
         loop {
             match self.value_once(operation, call.clone()).await {
-                // A scheduled opening due and not made (`opening.rs`).
-                Err(Error::Internal(message))
-                    if message.starts_with(SUB_LINE_OPENING) && !opened =>
-                {
+                // A scheduled opening due and not made (`opening.rs`);
+                // still not made once this call made it (another maker's
+                // under way, or the head just lost it): try again.
+                Err(Error::Internal(message)) if message.starts_with(SUB_LINE_OPENING) => {
+                    if opened {
+                        return Err(Error::Unavailable(message));
+                    }
                     Box::pin(self.open(call.now_ms)).await?;
                     opened = true;
                 }

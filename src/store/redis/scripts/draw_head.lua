@@ -77,10 +77,16 @@ if step == 'open' then
   if draw == 'none' then
     return { 'ok', 'none', '0' }
   end
+  -- A draw over whose sub-lines still hold someone (one made again empty
+  -- since, then pre-queued on) goes on for them.
+  if draw == 'done' and tonumber(ARGV[3]) > 0 then
+    draw = 'assigning'
+    redis.call('HSET', K_CONFIG, 'draw', draw)
+  end
   -- What each sub-line is told: the draw under way, or none to make.
   local told = 'frozen'
   local last, first = tonumber(v[4]) or 0, tonumber(v[8]) or 0
-  if draw == 'done' or last < first then
+  if draw == 'done' or (draw == 'opening' and last < first) then
     told = 'done'
   end
   return { 'ok', told, string.format('%d', last) }

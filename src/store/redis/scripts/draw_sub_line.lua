@@ -13,8 +13,12 @@
 --     `install_block`). Returns {'ok'}.
 --   'hash', seed, most: at most `most` pre-queued users given their draw
 --     keys. Returns {'ok', how many, how many are left to hash}.
---   'pool', most: the highest drawn ticket placed here, and the lowest
---     `most` draw keys: {'ok', top, user, key, ...}.
+--   'reopen', opens at, pre-queue window: the head holds no opening due;
+--     a sub-line closing goes back to its pre-queue, with the head's
+--     opening. Returns {'ok'}.
+--   'pool', most, seed: the highest drawn ticket placed here, and the
+--     lowest `most` draw keys, anyone still pre-queued given a key first:
+--     {'ok', top, user, key, ...}.
 --   'place', user, ticket, ...: those still drawn put in line at their
 --     tickets. Returns {'ok', how many are left drawn}.
 --   'done': the draw is over. Returns {'ok'}.
@@ -27,9 +31,31 @@ if not cfg then
 end
 local step = ARGV[2]
 -- The draw works on a sub-line told the reservation only: one still
--- closing waits for the opening to be made (sub_lines.rs, `open`).
-if cfg.draw == 'closing' and step ~= 'close' and step ~= 'open' then
+-- closing, or not closed (made again empty since the opening), waits for
+-- the opening to be made over it (sub_lines.rs, `open`).
+if (cfg.draw == 'closing' or cfg.draw == 'none') and step ~= 'close' and step ~= 'open'
+    and step ~= 'reopen' then
   error({ err = 'OPENING the queue opens now' })
+end
+
+-- Gives at most `most` pre-queued users their draw keys under `seed`;
+-- how many.
+local function hash(seed, most)
+  if most <= 0 then
+    return 0
+  end
+  local popped = redis.call('ZPOPMIN', K_PREQUEUE, most)
+  local keyed = {}
+  for i = 1, #popped, 2 do
+    local user = popped[i]
+    -- 13 hex digits: 52 bits, exact as a sorted-set score (domain/draw.rs).
+    keyed[#keyed + 1] = tonumber(string.sub(redis.sha1hex(seed .. user), 1, 13), 16)
+    keyed[#keyed + 1] = user
+  end
+  for first = 1, #keyed, 1000 do
+    redis.call('ZADD', K_POOL, unpack(keyed, first, math.min(first + 999, #keyed)))
+  end
+  return #popped / 2
 end
 
 if step == 'close' then
@@ -38,6 +64,16 @@ if step == 'close' then
     close_block(cfg)
   end
   return { 'ok', redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL) }
+end
+
+if step == 'reopen' then
+  -- The head holds no opening due: a copy of one since moved, or a
+  -- closing begun for a queue deleted and made again, is undone.
+  if cfg.draw == 'closing' then
+    redis.call('HSET', K_CONFIG, 'draw', 'none')
+  end
+  redis.call('HSET', K_CONFIG, 'opens_at_ms', ARGV[3], 'prequeue_window_ms', ARGV[4])
+  return { 'ok' }
 end
 
 if step == 'open' then
@@ -54,25 +90,16 @@ if step == 'hash' then
   if cfg.draw ~= 'frozen' then
     return { 'ok', 0, 0 }
   end
-  local most = tonumber(ARGV[4])
-  if most == 0 then
-    return { 'ok', 0, redis.call('ZCARD', K_PREQUEUE) }
-  end
-  local popped = redis.call('ZPOPMIN', K_PREQUEUE, most)
-  local keyed = {}
-  for i = 1, #popped, 2 do
-    local user = popped[i]
-    -- 13 hex digits: 52 bits, exact as a sorted-set score (domain/draw.rs).
-    keyed[#keyed + 1] = tonumber(string.sub(redis.sha1hex(ARGV[3] .. user), 1, 13), 16)
-    keyed[#keyed + 1] = user
-  end
-  for first = 1, #keyed, 1000 do
-    redis.call('ZADD', K_POOL, unpack(keyed, first, math.min(first + 999, #keyed)))
-  end
-  return { 'ok', #popped / 2, redis.call('ZCARD', K_PREQUEUE) }
+  local hashed = hash(ARGV[3], tonumber(ARGV[4]))
+  return { 'ok', hashed, redis.call('ZCARD', K_PREQUEUE) }
 end
 
 if step == 'pool' then
+  -- Anyone still pre-queued here (a sub-line closed after the keys were
+  -- given) is given a key first: nobody told the reservation is left out.
+  if cfg.draw == 'frozen' then
+    hash(ARGV[4], redis.call('ZCARD', K_PREQUEUE))
+  end
   local out = { 'ok', redis.call('HGET', K_CONFIG, 'drawn_top') or '0' }
   local lowest = redis.call('ZRANGE', K_POOL, 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
   for i = 1, #lowest, 2 do
