@@ -83,8 +83,9 @@ impl QueueWorker {
         let mut queues: Vec<QueueConfig> = Vec::new();
         let mut listed_at: Option<Instant> = None;
         let mut reaped_at: HashMap<QueueId, u64> = HashMap::new();
-        // Draws this worker saw complete (queue and creation) while its
-        // listing still says otherwise: no more steps for them.
+        // Draws this worker saw complete (queue and creation) since its
+        // last listing, which still says otherwise: no more steps for them
+        // until the next.
         let mut drawn: HashSet<(QueueId, u64)> = HashSet::new();
         let mut failing = false;
         loop {
@@ -92,11 +93,9 @@ impl QueueWorker {
                 match self.all_queues().await {
                     Ok(all) => {
                         reaped_at.retain(|id, _| all.iter().any(|q| &q.id == id));
-                        drawn.retain(|(id, created)| {
-                            all.iter().any(|q| {
-                                &q.id == id && q.created_at_ms == *created && !q.draw_complete
-                            })
-                        });
+                        // A fresh listing says which draws go on (one
+                        // taken up again since included).
+                        drawn.clear();
                         queues = all;
                         listed_at = Some(Instant::now());
                     }

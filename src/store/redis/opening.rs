@@ -1,5 +1,5 @@
-//! A scheduled opening of a queue over sub-lines (`docs/design.md`, "A
-//! scheduled opening over sub-lines"): the memory store's opening of one
+//! A scheduled opening of a queue over sub-lines (`docs/design.md`, "One
+//! sale over several Redis slots", "The opening"): the memory store's opening of one
 //! queue (`store/memory/opening.rs`), split between the sub-lines, which
 //! hold the pre-queue and the draw's pool, and the head, which holds the
 //! sequence (`draw_sub_line.lua`, `draw_head.lua`).
@@ -52,21 +52,34 @@ impl SubLineLink<'_> {
             }
             let field = |name: &str| head.get(name).map_or("0", String::as_str);
             let (opens_at, window) = (field("opens_at_ms"), field("prequeue_window_ms"));
+            let version = field("settings_version");
             for sub_line in 0..layout.shards as usize {
-                self.draw_on(&layout, sub_line, &["reopen", opens_at, window], now_ms)
-                    .await?;
+                self.draw_on(
+                    &layout,
+                    sub_line,
+                    &["reopen", opens_at, window, version],
+                    now_ms,
+                )
+                .await?;
             }
             return Ok(());
         }
-        let mut held = 0;
+        // Everyone the sub-lines hold, and of them those of sub-lines not
+        // told the reservation yet (one made again since a draw over: its
+        // users are drawn still).
+        let (mut held, mut untold) = (0, 0);
         for sub_line in 0..layout.shards as usize {
-            held += self
-                .draw_on(&layout, sub_line, &["close"], now_ms)
-                .await?
-                .u64()?;
+            let mut closed = self.draw_on(&layout, sub_line, &["close"], now_ms).await?;
+            let holds = closed.u64()?;
+            held += holds;
+            if closed.u64()? == 1 {
+                untold += holds;
+            }
         }
-        let held = held.to_string();
-        let mut reply = self.draw_head(&["open", held.as_str()], now_ms).await?;
+        let (held, untold) = (held.to_string(), untold.to_string());
+        let mut reply = self
+            .draw_head(&["open", held.as_str(), untold.as_str()], now_ms)
+            .await?;
         let (told, last) = (reply.string()?, reply.string()?);
         if told == "none" {
             return Ok(());
@@ -100,11 +113,12 @@ impl SubLineLink<'_> {
             "none" => Ok(true),
             "done" => {
                 // The sub-lines' part, should a step have stopped between;
-                // the head's is done.
-                for sub_line in 0..layout.shards as usize {
-                    self.draw_on(layout, sub_line, &["done"], now_ms).await?;
+                // one still holding someone to draw takes the draw up again.
+                if self.sub_lines_done(layout, now_ms).await? {
+                    return Ok(true);
                 }
-                Ok(true)
+                self.draw_head(&["resume"], now_ms).await?;
+                Ok(false)
             }
             "hashing" => {
                 let seed = reply.string()?;
@@ -176,8 +190,7 @@ impl SubLineLink<'_> {
         }
         if lowest.is_empty() && !round.pending {
             // Nobody joins a pool once the keys are given: it is over.
-            self.draw_done(layout, now_ms).await?;
-            return Ok(true);
+            return self.draw_done(layout, now_ms).await;
         }
         lowest.sort_unstable_by(|a, b| (a.0, a.1.as_bytes()).cmp(&(b.0, b.1.as_bytes())));
         lowest.truncate(chunk as usize);
@@ -214,20 +227,34 @@ impl SubLineLink<'_> {
         }
         self.draw_head(&["placed", first.as_str()], now_ms).await?;
         if left == 0 {
-            self.draw_done(layout, now_ms).await?;
-            return Ok(true);
+            return self.draw_done(layout, now_ms).await;
         }
         Ok(false)
     }
 
     /// Ends the draw: on every sub-line, then at the head, so a step cut
-    /// short in between ends it again.
-    async fn draw_done(&self, layout: &Layout, now_ms: u64) -> Result<()> {
-        for sub_line in 0..layout.shards as usize {
-            self.draw_on(layout, sub_line, &["done"], now_ms).await?;
+    /// short in between ends it again; not while a sub-line still holds
+    /// someone to draw. Whether it ended.
+    async fn draw_done(&self, layout: &Layout, now_ms: u64) -> Result<bool> {
+        if !self.sub_lines_done(layout, now_ms).await? {
+            return Ok(false);
         }
         self.draw_head(&["done"], now_ms).await?;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Ends the draw on every sub-line that holds nobody left to draw;
+    /// whether it ended on all of them.
+    async fn sub_lines_done(&self, layout: &Layout, now_ms: u64) -> Result<bool> {
+        let mut all = true;
+        for sub_line in 0..layout.shards as usize {
+            all &= self
+                .draw_on(layout, sub_line, &["done"], now_ms)
+                .await?
+                .u64()?
+                == 1;
+        }
+        Ok(all)
     }
 
     async fn draw_on(
@@ -521,7 +548,7 @@ mod tests {
         );
         // A worker's step at the opening by its clock: the draw goes on,
         // and is not over until that user is placed.
-        store.draw_step(&queue, "other", 100, 10_010).await.unwrap();
+        assert!(!store.draw_step(&queue, "other", 100, 10_010).await.unwrap());
         assert!(!store.get_queue(&queue).await.unwrap().draw_complete);
         while !store.draw_step(&queue, "other", 100, 10_020).await.unwrap() {}
         let late = (0..)
@@ -549,6 +576,23 @@ mod tests {
         tickets.dedup();
         assert_eq!(tickets.len(), 22, "a ticket twice");
         assert!(store.get_queue(&queue).await.unwrap().draw_complete);
+    }
+
+    /// A maker that counted the sub-lines while the draw ran, and reaches
+    /// the head after the draw is over, takes nothing up again: only users
+    /// of a sub-line it closed itself are left to draw.
+    #[tokio::test]
+    async fn a_late_maker_s_count_does_not_take_a_finished_draw_up_again() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 2, 20).await;
+        while !store.draw_step(&queue, "seed", 100, 10_000).await.unwrap() {}
+        let link = store.link(&queue);
+        let mut told = link.draw_head(&["open", "20", "0"], 10_001).await.unwrap();
+        assert_eq!(told.string().unwrap(), "done");
+        assert!(store.get_queue(&queue).await.unwrap().draw_complete);
+        let admitted = store.admit(&queue, 5, None, 10_002).await.unwrap();
+        assert_eq!(admitted.len(), 5);
     }
 
     fn early(n: usize) -> Vec<UserId> {

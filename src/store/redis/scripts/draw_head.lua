@@ -1,6 +1,5 @@
 -- Draw head: the head's part of a scheduled opening over sub-lines
--- (draw_sub_line.lua has the sub-lines'; docs/design.md, "A scheduled
--- opening over sub-lines").
+-- (draw_sub_line.lua has the sub-lines'; docs/design.md, "The opening").
 -- KEYS: the head's keys (prelude). ARGV: now, step, then by step:
 --   'close': the opening begins ('closing') if due by the caller's clock
 --     and the head's `opens_at`: {'ok', draw}; from then on every head
@@ -8,14 +7,18 @@
 --     `open_head_first`), and the opening can no longer be moved. Not
 --     due: {'ok', 'not_due', field, value, ...} (the head's config, for
 --     a sub-line's copy of an opening since moved).
---   'open', size: once every sub-line's pre-queue is frozen, reserves
---     `size` tickets (all they hold) after every ticket leased, as
---     prelude.lua's `open_if_due` does for one slot ('opening'). Returns
---     {'ok', what each sub-line is told ('frozen', or 'done' with nobody
---     to draw), the last ticket reserved}; {'ok', 'none', '0'} if the
---     opening was not begun.
+--   'open', size, untold: once every sub-line's pre-queue is frozen,
+--     reserves `size` tickets (all they hold) after every ticket leased,
+--     as prelude.lua's `open_if_due` does for one slot ('opening'); a
+--     draw over takes itself up again if `untold` of them are on
+--     sub-lines not told the reservation yet. Returns {'ok', what each
+--     sub-line is told ('frozen', or 'done' with nobody to draw), the
+--     last ticket reserved}; {'ok', 'none', '0'} if the opening was not
+--     begun.
 --   'opened': every sub-line was told; the draw may start ('frozen', or
 --     'done' with nobody to draw). Returns {'ok'}.
+--   'resume': a draw over while a sub-line still holds someone to draw
+--     goes on ('assigning'). Returns {'ok'}.
 --   'seed', seed: the draw starts under `seed` unless it has, and
 --     returns {'ok', draw, the seed it runs under, round, 1 if a plan is
 --     journalled}; {'ok', 'none'} before the opening, or OPENING when it
@@ -77,9 +80,9 @@ if step == 'open' then
   if draw == 'none' then
     return { 'ok', 'none', '0' }
   end
-  -- A draw over whose sub-lines still hold someone (one made again empty
-  -- since, then pre-queued on) goes on for them.
-  if draw == 'done' and tonumber(ARGV[3]) > 0 then
+  -- A draw over, and a sub-line not told the reservation yet (made again
+  -- empty since, then pre-queued on) holds someone: it goes on for them.
+  if draw == 'done' and tonumber(ARGV[4]) > 0 then
     draw = 'assigning'
     redis.call('HSET', K_CONFIG, 'draw', draw)
   end
@@ -160,6 +163,13 @@ if step == 'placed' then
   if v[5] and cjson.decode(v[5])[1] == ARGV[3] then
     redis.call('HDEL', K_CONFIG, 'draw_plan')
     redis.call('HSET', K_CONFIG, 'draw_round', round + 1)
+  end
+  return { 'ok' }
+end
+
+if step == 'resume' then
+  if draw == 'done' then
+    redis.call('HSET', K_CONFIG, 'draw', 'assigning')
   end
   return { 'ok' }
 end

@@ -1,27 +1,29 @@
 -- Draw sub-line: a sub-line's part of a scheduled opening over sub-lines
--- (sub_lines.rs, `open` and `draw_step`; docs/design.md, "A scheduled
--- opening over sub-lines"). The memory store's twin is one queue's
--- opening (store/memory/opening.rs), which this and draw_head.lua split
--- between the slots.
+-- (opening.rs, `open` and `draw_step`; docs/design.md, "The opening").
+-- The memory store's twin is one queue's opening (store/memory/
+-- opening.rs), which this and draw_head.lua split between the slots.
 -- KEYS: the sub-line's keys (prelude). ARGV: now, step, then by step:
 --   'close': the pre-queue takes nobody more (joins wait for the head's
 --     reservation: prelude.lua, `prepare`) and the open block gives no
---     ticket more. Returns {'ok', how many it holds pre-queued or drawn}.
+--     ticket more. Returns {'ok', how many it holds pre-queued or drawn,
+--     1 if it was not told the reservation yet}.
 --   'open', state, last: the head reserved the drawn tickets, up to
 --     `last` ('frozen'), or had none to draw ('done'); no block at or
 --     below `last` is installed from then on (prelude.lua,
 --     `install_block`). Returns {'ok'}.
 --   'hash', seed, most: at most `most` pre-queued users given their draw
 --     keys. Returns {'ok', how many, how many are left to hash}.
---   'reopen', opens at, pre-queue window: the head holds no opening due;
+--   'reopen', opens at, pre-queue window, settings version (the head's
+--     as read): the head holds no opening due;
 --     a sub-line closing goes back to its pre-queue, with the head's
 --     opening. Returns {'ok'}.
 --   'pool', most, seed: the highest drawn ticket placed here, and the
 --     lowest `most` draw keys, anyone still pre-queued given a key first:
 --     {'ok', top, user, key, ...}.
 --   'place', user, ticket, ...: those still drawn put in line at their
---     tickets. Returns {'ok', how many are left drawn}.
---   'done': the draw is over. Returns {'ok'}.
+--     tickets. Returns {'ok', how many are left to draw}.
+--   'done': the draw is over here unless someone is left to draw.
+--     Returns {'ok', 1 if it is over here}.
 -- Or {'no_queue'}; OPENING for a step of the draw on a sub-line still
 -- closing.
 
@@ -32,7 +34,7 @@ end
 local step = ARGV[2]
 -- The draw works on a sub-line told the reservation only: one still
 -- closing, or not closed (made again empty since the opening), waits for
--- the opening to be made over it (sub_lines.rs, `open`).
+-- the opening to be made over it (opening.rs, `open`).
 if (cfg.draw == 'closing' or cfg.draw == 'none') and step ~= 'close' and step ~= 'open'
     and step ~= 'reopen' then
   error({ err = 'OPENING the queue opens now' })
@@ -59,11 +61,15 @@ local function hash(seed, most)
 end
 
 if step == 'close' then
+  local untold = 0
+  if cfg.draw == 'none' or cfg.draw == 'closing' then
+    untold = 1
+  end
   if cfg.draw == 'none' then
     redis.call('HSET', K_CONFIG, 'draw', 'closing')
     close_block(cfg)
   end
-  return { 'ok', redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL) }
+  return { 'ok', redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL), untold }
 end
 
 if step == 'reopen' then
@@ -72,7 +78,10 @@ if step == 'reopen' then
   if cfg.draw == 'closing' then
     redis.call('HSET', K_CONFIG, 'draw', 'none')
   end
-  redis.call('HSET', K_CONFIG, 'opens_at_ms', ARGV[3], 'prequeue_window_ms', ARGV[4])
+  -- Not over a copy newer than the head's read (a move copied since).
+  if (tonumber(redis.call('HGET', K_CONFIG, 'settings_version')) or 0) <= tonumber(ARGV[5]) then
+    redis.call('HSET', K_CONFIG, 'opens_at_ms', ARGV[3], 'prequeue_window_ms', ARGV[4])
+  end
   return { 'ok' }
 end
 
@@ -123,14 +132,15 @@ if step == 'place' then
   if #joined > 0 then
     redis.call('HSET', K_CONFIG, 'drawn_top', string.format('%d', top))
   end
-  return { 'ok', redis.call('ZCARD', K_POOL) }
+  return { 'ok', redis.call('ZCARD', K_POOL) + redis.call('ZCARD', K_PREQUEUE) }
 end
 
 if step == 'done' then
   if cfg.draw == 'frozen' and redis.call('ZCARD', K_POOL) + redis.call('ZCARD', K_PREQUEUE) == 0 then
     redis.call('HSET', K_CONFIG, 'draw', 'done')
+    cfg.draw = 'done'
   end
-  return { 'ok' }
+  return { 'ok', cfg.draw == 'done' and 1 or 0 }
 end
 
 return redis.error_reply('draw_sub_line: unknown step ' .. tostring(step))

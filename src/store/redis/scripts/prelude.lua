@@ -156,7 +156,7 @@ end
 
 -- A sub-line's draw is 'closing' from when its pre-queue is frozen until
 -- the head has reserved the drawn tickets, then 'frozen' until the draw
--- is done (sub_lines.rs, `open`).
+-- is done (opening.rs, `open`).
 local function drawing(cfg)
   return cfg.draw == 'frozen' or cfg.draw == 'hashing' or cfg.draw == 'assigning'
     or cfg.draw == 'closing'
@@ -293,7 +293,7 @@ end
 -- open the queue if its opening is due.
 local function prepare(cfg)
   -- A queue over sub-lines opens as one: a sub-line whose opening is due,
-  -- or under way, leaves it to the store (sub_lines.rs, `open`), which
+  -- or under way, leaves it to the store (opening.rs, `open`), which
   -- freezes every sub-line's pre-queue before the head reserves the
   -- drawn tickets, and then calls again.
   if cfg.sub_line and (cfg.draw == 'closing'
