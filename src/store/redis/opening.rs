@@ -289,6 +289,7 @@ mod tests {
     use crate::domain::draw::draw_order;
     use crate::domain::{PlaceState, QueueConfig, QueueId, UserId};
     use crate::store::QueueStore;
+    use crate::store::redis::sub_lines::Layout;
     use crate::store::redis::tests::{connection_to, store_on};
     use crate::testkit::RedisServer;
 
@@ -319,10 +320,7 @@ mod tests {
             .u64()
             .unwrap();
         assert_eq!(installed, 0);
-        let newcomer = (0..)
-            .map(|n| UserId::parse(&format!("late-{n}")).unwrap())
-            .find(|user| layout.sub_line(user) == 0)
-            .unwrap();
+        let newcomer = one_of(&layout, "late", 0);
         let late = store.enqueue(&queue, &newcomer, 10_001).await.unwrap();
         while !store.draw_step(&queue, "seed", 100, 10_002).await.unwrap() {}
         for n in 0..20 {
@@ -434,19 +432,15 @@ mod tests {
         store.update_queue(&queue, &moved, 5_000).await.unwrap();
         let layout = store.link(&queue).layout().await.unwrap();
         let stale = layout.keys("t", 1).unwrap();
-        let mut conn = connection_to(&redis);
-        let _: () = redis::cmd("HSET")
-            .arg(&stale[0])
-            .arg("opens_at_ms")
-            .arg(10_000)
-            .arg("settings_version")
-            .arg(0)
-            .query(&mut conn)
-            .unwrap();
-        let user = (0..)
-            .map(|n| UserId::parse(&format!("late-{n}")).unwrap())
-            .find(|user| layout.sub_line(user) == 1)
-            .unwrap();
+        set_fields(
+            &redis,
+            &stale[0],
+            &[
+                ("opens_at_ms", "10000".into()),
+                ("settings_version", "0".into()),
+            ],
+        );
+        let user = one_of(&layout, "late", 1);
         let place = store.enqueue(&queue, &user, 10_001).await.unwrap();
         assert_eq!(place.state, PlaceState::PreQueue { opens_in_ms: 9_999 });
         let config = store.get_queue(&queue).await.unwrap();
@@ -468,13 +462,7 @@ mod tests {
         assert!(!store.draw_step(&queue, "seed", 100, 10_000).await.unwrap());
         assert!(!store.draw_step(&queue, "seed", 12, 10_001).await.unwrap());
         let head = crate::store::redis::keys::queue_keys("t", &queue);
-        let mut conn = connection_to(&redis);
-        let _: () = redis::cmd("HSET")
-            .arg(&head[0])
-            .arg("draw_next")
-            .arg(1)
-            .query(&mut conn)
-            .unwrap();
+        set_fields(&redis, &head[0], &[("draw_next", "1".into())]);
         while !store.draw_step(&queue, "seed", 5, 10_002).await.unwrap() {}
         let mut tickets = Vec::new();
         for user in early(30) {
@@ -500,17 +488,8 @@ mod tests {
         let queue = opening_over(&store, 2, 4).await;
         let layout = store.link(&queue).layout().await.unwrap();
         let closing = layout.keys("t", 0).unwrap();
-        let mut conn = connection_to(&redis);
-        let _: () = redis::cmd("HSET")
-            .arg(&closing[0])
-            .arg("draw")
-            .arg("closing")
-            .query(&mut conn)
-            .unwrap();
-        let user = (0..)
-            .map(|n| UserId::parse(&format!("next-{n}")).unwrap())
-            .find(|user| layout.sub_line(user) == 0)
-            .unwrap();
+        set_fields(&redis, &closing[0], &[("draw", "closing".into())]);
+        let user = one_of(&layout, "next", 0);
         let place = store.enqueue(&queue, &user, 5_000).await.unwrap();
         assert_eq!(place.state, PlaceState::PreQueue { opens_in_ms: 5_000 });
         assert!(!store.get_queue(&queue).await.unwrap().draw_complete);
@@ -528,19 +507,12 @@ mod tests {
         while !store.draw_step(&queue, "seed", 100, 10_000).await.unwrap() {}
         let layout = store.link(&queue).layout().await.unwrap();
         let remade = layout.keys("t", 1).unwrap();
-        let mut conn = connection_to(&redis);
-        let _: () = redis::cmd("HSET")
-            .arg(&remade[0])
-            .arg("draw")
-            .arg("none")
-            .arg("draw_end")
-            .arg(0)
-            .query(&mut conn)
-            .unwrap();
-        let skewed = (0..)
-            .map(|n| UserId::parse(&format!("skewed-{n}")).unwrap())
-            .find(|user| layout.sub_line(user) == 1)
-            .unwrap();
+        set_fields(
+            &redis,
+            &remade[0],
+            &[("draw", "none".into()), ("draw_end", "0".into())],
+        );
+        let skewed = one_of(&layout, "skewed", 1);
         let place = store.enqueue(&queue, &skewed, 9_990).await.unwrap();
         assert!(
             matches!(place.state, PlaceState::PreQueue { .. }),
@@ -551,10 +523,7 @@ mod tests {
         assert!(!store.draw_step(&queue, "other", 100, 10_010).await.unwrap());
         assert!(!store.get_queue(&queue).await.unwrap().draw_complete);
         while !store.draw_step(&queue, "other", 100, 10_020).await.unwrap() {}
-        let late = (0..)
-            .map(|n| UserId::parse(&format!("late-{n}")).unwrap())
-            .find(|user| layout.sub_line(user) == 1)
-            .unwrap();
+        let late = one_of(&layout, "late", 1);
         store.enqueue(&queue, &late, 10_025).await.unwrap();
         let drawn = store.place(&queue, &skewed, 10_030).await.unwrap().unwrap();
         assert!(
@@ -593,6 +562,25 @@ mod tests {
         assert!(store.get_queue(&queue).await.unwrap().draw_complete);
         let admitted = store.admit(&queue, 5, None, 10_002).await.unwrap();
         assert_eq!(admitted.len(), 5);
+    }
+
+    /// The first user `name-0`, `name-1`, … of sub-line `sub_line`.
+    fn one_of(layout: &Layout, name: &str, sub_line: usize) -> UserId {
+        (0..)
+            .map(|n| UserId::parse(&format!("{name}-{n}")).unwrap())
+            .find(|user| layout.sub_line(user) == sub_line)
+            .unwrap()
+    }
+
+    /// Sets fields of a config hash as a fault would have left them.
+    fn set_fields(redis: &RedisServer, key: &str, fields: &[(&str, String)]) {
+        let mut conn = connection_to(redis);
+        let mut command = redis::cmd("HSET");
+        command.arg(key);
+        for (field, value) in fields {
+            command.arg(field).arg(value);
+        }
+        let _: () = command.query(&mut conn).unwrap();
     }
 
     fn early(n: usize) -> Vec<UserId> {

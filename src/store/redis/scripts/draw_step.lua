@@ -17,18 +17,7 @@ if cfg.draw == 'frozen' then
   redis.call('HSET', K_CONFIG, 'draw', 'hashing', 'draw_seed', ARGV[2])
 end
 if cfg.draw == 'hashing' then
-  local seed = redis.call('HGET', K_CONFIG, 'draw_seed')
-  local popped = redis.call('ZPOPMIN', K_PREQUEUE, chunk)
-  local keyed = {}
-  for i = 1, #popped, 2 do
-    local user = popped[i]
-    -- 13 hex digits: 52 bits, exact as a sorted-set score.
-    keyed[#keyed + 1] = tonumber(string.sub(redis.sha1hex(seed .. user), 1, 13), 16)
-    keyed[#keyed + 1] = user
-  end
-  for first = 1, #keyed, 1000 do
-    redis.call('ZADD', K_POOL, unpack(keyed, first, math.min(first + 999, #keyed)))
-  end
+  draw_keys(redis.call('HGET', K_CONFIG, 'draw_seed'), chunk)
   if redis.call('ZCARD', K_PREQUEUE) == 0 then
     redis.call('HSET', K_CONFIG, 'draw', 'assigning')
   end

@@ -40,26 +40,6 @@ if (cfg.draw == 'closing' or cfg.draw == 'none') and step ~= 'close' and step ~=
   error({ err = 'OPENING the queue opens now' })
 end
 
--- Gives at most `most` pre-queued users their draw keys under `seed`;
--- how many.
-local function hash(seed, most)
-  if most <= 0 then
-    return 0
-  end
-  local popped = redis.call('ZPOPMIN', K_PREQUEUE, most)
-  local keyed = {}
-  for i = 1, #popped, 2 do
-    local user = popped[i]
-    -- 13 hex digits: 52 bits, exact as a sorted-set score (domain/draw.rs).
-    keyed[#keyed + 1] = tonumber(string.sub(redis.sha1hex(seed .. user), 1, 13), 16)
-    keyed[#keyed + 1] = user
-  end
-  for first = 1, #keyed, 1000 do
-    redis.call('ZADD', K_POOL, unpack(keyed, first, math.min(first + 999, #keyed)))
-  end
-  return #popped / 2
-end
-
 if step == 'close' then
   local untold = 0
   if cfg.draw == 'none' or cfg.draw == 'closing' then
@@ -99,7 +79,7 @@ if step == 'hash' then
   if cfg.draw ~= 'frozen' then
     return { 'ok', 0, 0 }
   end
-  local hashed = hash(ARGV[3], tonumber(ARGV[4]))
+  local hashed = draw_keys(ARGV[3], tonumber(ARGV[4]))
   return { 'ok', hashed, redis.call('ZCARD', K_PREQUEUE) }
 end
 
@@ -107,7 +87,7 @@ if step == 'pool' then
   -- Anyone still pre-queued here (a sub-line closed after the keys were
   -- given) is given a key first: nobody told the reservation is left out.
   if cfg.draw == 'frozen' then
-    hash(ARGV[4], redis.call('ZCARD', K_PREQUEUE))
+    draw_keys(ARGV[4], redis.call('ZCARD', K_PREQUEUE))
   end
   local out = { 'ok', redis.call('HGET', K_CONFIG, 'drawn_top') or '0' }
   local lowest = redis.call('ZRANGE', K_POOL, 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')

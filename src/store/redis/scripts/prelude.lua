@@ -289,6 +289,27 @@ local function open_head_first()
   end
 end
 
+-- The opening draw's keys (domain/draw.rs): at most `most` pre-queued
+-- users, by arrival, moved to the pool under their keys for `seed`;
+-- how many.
+local function draw_keys(seed, most)
+  if most <= 0 then
+    return 0
+  end
+  local popped = redis.call('ZPOPMIN', K_PREQUEUE, most)
+  local keyed = {}
+  for i = 1, #popped, 2 do
+    local user = popped[i]
+    -- 13 hex digits: 52 bits, exact as a sorted-set score.
+    keyed[#keyed + 1] = tonumber(string.sub(redis.sha1hex(seed .. user), 1, 13), 16)
+    keyed[#keyed + 1] = user
+  end
+  for first = 1, #keyed, 1000 do
+    redis.call('ZADD', K_POOL, unpack(keyed, first, math.min(first + 999, #keyed)))
+  end
+  return #popped / 2
+end
+
 -- What every operation does first: end the admissions whose time is up, and
 -- open the queue if its opening is due.
 local function prepare(cfg)
