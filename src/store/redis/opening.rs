@@ -32,6 +32,8 @@ struct Round {
     pending: bool,
     /// The seed the draw runs under.
     seed: String,
+    /// How many times the draw was taken up again.
+    taken: String,
 }
 
 impl SubLineLink<'_> {
@@ -40,6 +42,16 @@ impl SubLineLink<'_> {
     /// short is carried on by the next.
     pub(super) async fn open(&self, now_ms: u64) -> Result<()> {
         let layout = self.layout().await?;
+        if !self.begin_opening(&layout, now_ms).await? {
+            return Ok(());
+        }
+        let (held, untold) = self.close_sub_lines(&layout, now_ms).await?;
+        self.reserve_and_tell(&layout, held, untold, now_ms).await
+    }
+
+    /// The head marks the opening begun if it is due by its own time, and
+    /// says whether it was; if not, every sub-line takes the head's.
+    async fn begin_opening(&self, layout: &Layout, now_ms: u64) -> Result<bool> {
         let mut begun = self.draw_head(&["close"], now_ms).await?;
         if begun.string()? == "not_due" {
             // A sub-line's copy of an opening since moved, or a closing
@@ -55,27 +67,44 @@ impl SubLineLink<'_> {
             let version = field("settings_version");
             for sub_line in 0..layout.shards as usize {
                 self.draw_on(
-                    &layout,
+                    layout,
                     sub_line,
                     &["reopen", opens_at, window, version],
                     now_ms,
                 )
                 .await?;
             }
-            return Ok(());
+            return Ok(false);
         }
-        // Everyone the sub-lines hold, and of them those of sub-lines not
-        // told the reservation yet (one made again since a draw over: its
-        // users are drawn still).
+        Ok(true)
+    }
+
+    /// Closes every sub-line's pre-queue: how many they hold, and of them
+    /// how many on sub-lines not told the reservation yet.
+    async fn close_sub_lines(&self, layout: &Layout, now_ms: u64) -> Result<(u64, u64)> {
+        // Those not told the reservation yet include a sub-line made again
+        // since a draw over: its users are drawn still.
         let (mut held, mut untold) = (0, 0);
         for sub_line in 0..layout.shards as usize {
-            let mut closed = self.draw_on(&layout, sub_line, &["close"], now_ms).await?;
+            let mut closed = self.draw_on(layout, sub_line, &["close"], now_ms).await?;
             let holds = closed.u64()?;
             held += holds;
             if closed.u64()? == 1 {
                 untold += holds;
             }
         }
+        Ok((held, untold))
+    }
+
+    /// The head reserves what the sub-lines hold (once), every sub-line is
+    /// told, and the head marks the opening made.
+    async fn reserve_and_tell(
+        &self,
+        layout: &Layout,
+        held: u64,
+        untold: u64,
+        now_ms: u64,
+    ) -> Result<()> {
         let (held, untold) = (held.to_string(), untold.to_string());
         let mut reply = self
             .draw_head(&["open", held.as_str(), untold.as_str()], now_ms)
@@ -84,9 +113,10 @@ impl SubLineLink<'_> {
         if told == "none" {
             return Ok(());
         }
+        let (resumed, taken) = (reply.u64()? == 1, reply.string()?);
         for sub_line in 0..layout.shards as usize {
             self.draw_on(
-                &layout,
+                layout,
                 sub_line,
                 &["open", told.as_str(), last.as_str()],
                 now_ms,
@@ -94,6 +124,11 @@ impl SubLineLink<'_> {
             .await?;
         }
         self.draw_head(&["opened"], now_ms).await?;
+        // A finished draw taken up again by a count read while the
+        // sub-lines closed (nobody left to draw after all) ends again.
+        if resumed {
+            self.draw_done(layout, &taken, now_ms).await?;
+        }
         Ok(())
     }
 
@@ -148,6 +183,7 @@ impl SubLineLink<'_> {
                     read: round,
                     pending: pending == "1",
                     seed,
+                    taken: reply.string()?,
                 };
                 self.draw_places(layout, chunk, &round, now_ms, usize::MAX)
                     .await
@@ -190,7 +226,7 @@ impl SubLineLink<'_> {
         }
         if lowest.is_empty() && !round.pending {
             // Nobody joins a pool once the keys are given: it is over.
-            return self.draw_done(layout, now_ms).await;
+            return self.draw_done(layout, &round.taken, now_ms).await;
         }
         lowest.sort_unstable_by(|a, b| (a.0, a.1.as_bytes()).cmp(&(b.0, b.1.as_bytes())));
         lowest.truncate(chunk as usize);
@@ -227,20 +263,20 @@ impl SubLineLink<'_> {
         }
         self.draw_head(&["placed", first.as_str()], now_ms).await?;
         if left == 0 {
-            return self.draw_done(layout, now_ms).await;
+            return self.draw_done(layout, &round.taken, now_ms).await;
         }
         Ok(false)
     }
 
     /// Ends the draw: on every sub-line, then at the head, so a step cut
     /// short in between ends it again; not while a sub-line still holds
-    /// someone to draw. Whether it ended.
-    async fn draw_done(&self, layout: &Layout, now_ms: u64) -> Result<bool> {
+    /// someone to draw, nor if the draw was taken up again since `taken`
+    /// was read. Whether it ended.
+    async fn draw_done(&self, layout: &Layout, taken: &str, now_ms: u64) -> Result<bool> {
         if !self.sub_lines_done(layout, now_ms).await? {
             return Ok(false);
         }
-        self.draw_head(&["done"], now_ms).await?;
-        Ok(true)
+        Ok(self.draw_head(&["done", taken], now_ms).await?.u64()? == 1)
     }
 
     /// Ends the draw on every sub-line that holds nobody left to draw;
@@ -341,7 +377,7 @@ mod tests {
         assert!(!store.draw_step(&queue, "seed", 100, 10_000).await.unwrap());
         let link = store.link(&queue);
         let mut seed = link.draw_head(&["seed", "seed"], 10_000).await.unwrap();
-        let round: Vec<String> = (0..4).map(|_| seed.string().unwrap()).collect();
+        let round: Vec<String> = (0..5).map(|_| seed.string().unwrap()).collect();
         assert_eq!(round[0], "assigning");
         // Another replica's step places the lowest ten.
         assert!(!store.draw_step(&queue, "seed", 10, 10_001).await.unwrap());
@@ -392,7 +428,7 @@ mod tests {
         }
         let held = held.to_string();
         let mut reply = link
-            .draw_head(&["open", held.as_str()], 10_000)
+            .draw_head(&["open", held.as_str(), held.as_str()], 10_000)
             .await
             .unwrap();
         let (told, last) = (reply.string().unwrap(), reply.string().unwrap());
@@ -589,6 +625,80 @@ mod tests {
             .collect()
     }
 
+    /// A maker that counted the sub-lines while they were closing, and
+    /// reaches the head after the draw is over, takes it up again with
+    /// nobody left to draw: the draw ends again at once, and admission
+    /// goes on.
+    #[tokio::test]
+    async fn a_draw_taken_up_by_a_late_maker_with_nobody_left_ends_again() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 2, 20).await;
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        assert!(link.begin_opening(&layout, 10_000).await.unwrap());
+        let (held, untold) = link.close_sub_lines(&layout, 10_000).await.unwrap();
+        assert_eq!((held, untold), (20, 20));
+        while !store.draw_step(&queue, "seed", 100, 10_000).await.unwrap() {}
+        link.reserve_and_tell(&layout, held, untold, 10_001)
+            .await
+            .unwrap();
+        assert!(store.get_queue(&queue).await.unwrap().draw_complete);
+        let admitted = store.admit(&queue, 5, None, 10_002).await.unwrap();
+        assert_eq!(admitted.len(), 5);
+    }
+
+    /// A step that read the draw before a late sub-line's users were
+    /// brought into it does not end it.
+    #[tokio::test]
+    async fn a_step_older_than_the_last_taking_up_does_not_end_the_draw() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 2, 20).await;
+        assert!(!store.draw_step(&queue, "seed", 100, 10_000).await.unwrap());
+        let link = store.link(&queue);
+        let mut read = link.draw_head(&["seed", "seed"], 10_000).await.unwrap();
+        let step: Vec<String> = (0..5).map(|_| read.string().unwrap()).collect();
+        assert_eq!(step[0], "assigning");
+        link.draw_head(&["open", "1", "1"], 10_001).await.unwrap();
+        let mut ended = link
+            .draw_head(&["done", step[4].as_str()], 10_002)
+            .await
+            .unwrap();
+        assert_eq!(ended.u64().unwrap(), 0);
+        while !store.draw_step(&queue, "seed", 100, 10_003).await.unwrap() {}
+        assert!(store.get_queue(&queue).await.unwrap().draw_complete);
+    }
+
+    /// An opening with nobody pre-queued keeps no seed; a draw taken up
+    /// again after it (someone pre-queued on a sub-line made again) draws
+    /// under a seed chosen then, published as any other.
+    #[tokio::test]
+    async fn a_draw_taken_up_after_an_opening_with_nobody_to_draw_gets_a_seed() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 2, 0).await;
+        let layout = store.link(&queue).layout().await.unwrap();
+        store
+            .enqueue(&queue, &one_of(&layout, "first", 0), 10_000)
+            .await
+            .unwrap();
+        assert!(store.get_queue(&queue).await.unwrap().draw_complete);
+        let remade = layout.keys("t", 1).unwrap();
+        set_fields(&redis, &remade[0], &[("draw", "none".into())]);
+        let skewed = one_of(&layout, "skewed", 1);
+        store.enqueue(&queue, &skewed, 9_990).await.unwrap();
+        while !store.draw_step(&queue, "later", 100, 10_010).await.unwrap() {}
+        let config = store.get_queue(&queue).await.unwrap();
+        assert!(config.draw_complete);
+        assert_eq!(config.draw_seed.as_deref(), Some("later"));
+        let drawn = store.place(&queue, &skewed, 10_020).await.unwrap().unwrap();
+        assert!(
+            matches!(drawn.state, PlaceState::Waiting { .. }),
+            "{drawn:?}"
+        );
+    }
+
     /// A queue over `shards` sub-lines opening at 10 s, with `early`
     /// users pre-queued at 1 s.
     async fn opening_over(store: &crate::store::RedisStore, shards: u32, early: usize) -> QueueId {
@@ -625,6 +735,7 @@ mod tests {
             read: "0".into(),
             pending: false,
             seed: "seed".into(),
+            taken: "0".into(),
         };
         assert!(
             !link

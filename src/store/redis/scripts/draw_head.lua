@@ -10,18 +10,20 @@
 --   'open', size, untold: once every sub-line's pre-queue is frozen,
 --     reserves `size` tickets (all they hold) after every ticket leased,
 --     as prelude.lua's `open_if_due` does for one slot ('opening'); a
---     draw over takes itself up again if `untold` of them are on
---     sub-lines not told the reservation yet. Returns {'ok', what each
---     sub-line is told ('frozen', or 'done' with nobody to draw), the
---     last ticket reserved}; {'ok', 'none', '0'} if the opening was not
---     begun.
+--     draw under way or over counts it taken up again, and one over goes
+--     on, if `untold` of them are on sub-lines not told the reservation
+--     yet. Returns {'ok', what each sub-line is told ('frozen', or 'done'
+--     with nobody to draw), the last ticket reserved, 1 if the draw was
+--     over and goes on, how many times it was taken up}; {'ok', 'none',
+--     '0'} if the opening was not begun.
 --   'opened': every sub-line was told; the draw may start ('frozen', or
 --     'done' with nobody to draw). Returns {'ok'}.
 --   'resume': a draw over while a sub-line still holds someone to draw
 --     goes on ('assigning'). Returns {'ok'}.
 --   'seed', seed: the draw starts under `seed` unless it has, and
 --     returns {'ok', draw, the seed it runs under, round, 1 if a plan is
---     journalled}; {'ok', 'none'} before the opening, or OPENING when it
+--     journalled, times taken up}; {'ok', 'none'} before the opening, or
+--     OPENING when it
 --     is due and not made (lease.lua). The round counts the plans made
 --     and carried out.
 --   'assigning': every pre-queued user has a draw key. Returns {'ok'}.
@@ -34,7 +36,8 @@
 --     ({'ok', 'again'}). Past the reservation (a sub-line made again took
 --     pre-queued users after it), tickets come from the sequence.
 --   'placed', first ticket: the plan so numbered is carried out.
---   'done': the draw is over. Returns {'ok'}.
+--   'done', times taken up (as the step read them): the draw is over,
+--     unless it was taken up again since. Returns {'ok', 1 if over}.
 -- Or {'no_queue'}, or {'resync'} in another history than the head's
 -- (lease.lua).
 
@@ -46,8 +49,12 @@ if not same_history() then
 end
 local step = ARGV[2]
 local v = redis.call('HMGET', K_CONFIG, 'draw', 'opens_at_ms', 'draw_next', 'draw_end', 'draw_plan',
-  'draw_seed', 'draw_round', 'draw_first')
+  'draw_seed', 'draw_round', 'draw_first', 'draw_taken')
 local round = tonumber(v[7]) or 0
+-- How many times a sub-line told the reservation late (made again empty
+-- since) brought users into the draw: a draw is not ended by a step that
+-- began before the last.
+local taken = tonumber(v[9]) or 0
 local draw = v[1] or 'none'
 
 if step == 'close' then
@@ -82,9 +89,14 @@ if step == 'open' then
   end
   -- A draw over, and a sub-line not told the reservation yet (made again
   -- empty since, then pre-queued on) holds someone: it goes on for them.
-  if draw == 'done' and tonumber(ARGV[4]) > 0 then
-    draw = 'assigning'
-    redis.call('HSET', K_CONFIG, 'draw', draw)
+  local resumed = 0
+  if tonumber(ARGV[4]) > 0 and draw ~= 'opening' then
+    taken = taken + 1
+    redis.call('HSET', K_CONFIG, 'draw_taken', taken)
+    if draw == 'done' then
+      draw, resumed = 'assigning', 1
+      redis.call('HSET', K_CONFIG, 'draw', draw)
+    end
   end
   -- What each sub-line is told: the draw under way, or none to make.
   local told = 'frozen'
@@ -92,7 +104,7 @@ if step == 'open' then
   if draw == 'done' or (draw == 'opening' and last < first) then
     told = 'done'
   end
-  return { 'ok', told, string.format('%d', last) }
+  return { 'ok', told, string.format('%d', last), resumed, tostring(taken) }
 end
 
 if step == 'opened' then
@@ -111,10 +123,15 @@ if step == 'seed' then
   end
   if draw == 'frozen' then
     draw = 'hashing'
-    v[6] = ARGV[3]
-    redis.call('HSET', K_CONFIG, 'draw', draw, 'draw_seed', v[6])
+    redis.call('HSET', K_CONFIG, 'draw', draw)
   end
-  return { 'ok', draw, v[6] or '', tostring(round), v[5] and '1' or '0' }
+  -- A draw taken up again after an opening with nobody to draw has no
+  -- seed yet: it takes this one.
+  if (v[6] or '') == '' and draw ~= 'done' then
+    v[6] = ARGV[3]
+    redis.call('HSET', K_CONFIG, 'draw_seed', v[6])
+  end
+  return { 'ok', draw, v[6] or '', tostring(round), v[5] and '1' or '0', tostring(taken) }
 end
 
 if step == 'assigning' then
@@ -175,10 +192,11 @@ if step == 'resume' then
 end
 
 if step == 'done' then
-  if draw == 'assigning' and not v[5] then
+  if draw == 'assigning' and not v[5] and tonumber(ARGV[3]) == taken then
     redis.call('HSET', K_CONFIG, 'draw', 'done')
+    return { 'ok', 1 }
   end
-  return { 'ok' }
+  return { 'ok', 0 }
 end
 
 return redis.error_reply('draw_head: unknown step ' .. tostring(step))
