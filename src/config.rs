@@ -59,7 +59,7 @@ pub struct Config {
     #[arg(long, env = "WAITROOM_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
 
-    /// Serve queues created with `shards` above 1 over that many Redis slots (a preview: a scheduled opening over sub-lines is refused, and docs/design.md, "One sale over several Redis slots", says what a failover still costs). Without it, such a queue is refused.
+    /// Serve queues created with `shards` above 1 over that many Redis slots (a preview: docs/design.md, "One sale over several Redis slots", says what a failover still costs). Without it, such a queue is refused.
     #[arg(long, env = "WAITROOM_REDIS_SUB_LINES", requires = "redis_url")]
     pub redis_sub_lines: bool,
 
