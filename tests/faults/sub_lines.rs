@@ -1347,3 +1347,130 @@ async fn draw_through_a_stall(after_steps: usize, stall: Duration) {
         joined.len()
     );
 }
+
+/// A scheduled opening over three sub-lines on a Cluster with a replica
+/// for every primary: a sub-line's primary killed while two replicas draw
+/// (while the keys are given, and while users are placed), its replica (in
+/// step) taking over: the draw waits for it and carries on, everyone
+/// pre-queued placed once on the reservation's tickets, in the seed's
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_line_s_primary_killed_during_the_draw_leaves_everyone_drawn_once_in_order() {
+    let _one = crate::one_at_a_time().await;
+    // While the keys are given (3,000 in steps of 25 take 120), and while
+    // they are placed.
+    for after in [40, 150] {
+        primary_killed_during_the_draw(after).await;
+    }
+}
+
+async fn primary_killed_during_the_draw(after_steps: usize) {
+    let mut cluster = RedisCluster::start_with_replicas(1).unwrap_or_else(|e| panic!("{e}"));
+    let (store, queue, _) = sale_over_three_sub_lines(&cluster).await;
+    let (head, _) = cluster.master_and_replica_of("k:{sale}:config").unwrap();
+    let (master, replica) = sub_line_keys(&cluster)
+        .iter()
+        .find_map(|key| {
+            let (master, replica) = cluster.master_and_replica_of(key).unwrap();
+            (master != head).then_some((master, replica))
+        })
+        .expect("the sub-lines spread over the masters");
+    let replica = replica.expect("the test cluster has a replica per master");
+    let node_on = |port: u16| move |node: &&RedisServer| node.port == port;
+    let replica_node = cluster.nodes.iter().find(node_on(replica)).unwrap();
+    wait_until("the replica synchronised", Duration::from_secs(30), || {
+        std::future::ready(replica_link_up(replica_node))
+    })
+    .await;
+    // The opening is set once the replica is in step (its first copy
+    // takes a few seconds), with time to pre-queue everyone first.
+    let opens_at = now_ms() + 4_000;
+    let moved = waitroom::domain::QueueUpdate {
+        opens_at: Some(Some(opens_at)),
+        prequeue_window: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    store.update_queue(&queue, &moved, now_ms()).await.unwrap();
+    let early: Vec<UserId> = (0..3_000 * crate::scale())
+        .map(|n| UserId::parse(&format!("e{n}")).unwrap())
+        .collect();
+    for chunk in early.chunks(100) {
+        for place in store.enqueue_many(&queue, chunk, now_ms()).await.unwrap() {
+            let place = place.unwrap();
+            assert!(
+                matches!(place.state, PlaceState::PreQueue { .. }),
+                "{place:?}"
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(opens_at.saturating_sub(now_ms()))).await;
+    let steps = Arc::new(AtomicUsize::new(0));
+    let mut drawers = Vec::new();
+    for seed in ["first", "second"] {
+        let (store, queue, steps) = (Arc::clone(&store), queue.clone(), Arc::clone(&steps));
+        drawers.push(tokio::spawn(async move {
+            let mut failures = 0;
+            loop {
+                match store.draw_step(&queue, seed, 25, now_ms()).await {
+                    Ok(true) => return failures,
+                    Ok(false) => {
+                        steps.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        assert!(failures < 600, "the draw never answered: {error}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let waiting = std::time::Instant::now();
+    while steps.load(Ordering::Relaxed) < after_steps {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "{after_steps} steps never made"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let node = cluster
+        .nodes
+        .iter_mut()
+        .find(|node| node.port == master)
+        .unwrap();
+    node.stop();
+    let mut failures = 0;
+    for drawer in drawers {
+        failures += drawer.await.unwrap();
+    }
+    let config = store.get_queue(&queue).await.unwrap();
+    assert!(config.draw_complete);
+    let seed = config.draw_seed.unwrap();
+    let mut drawn = Vec::new();
+    for chunk in early.chunks(500) {
+        let places = store.places(&queue, chunk, false, now_ms()).await.unwrap();
+        for (user, place) in chunk.iter().zip(places) {
+            let place = place.unwrap_or_else(|| panic!("{user} lost its place"));
+            assert!(
+                matches!(place.state, PlaceState::Waiting { .. }),
+                "{user}: {place:?}"
+            );
+            drawn.push((place.ticket, user.clone()));
+        }
+    }
+    drawn.sort();
+    let tickets: Vec<u64> = drawn.iter().map(|(t, _)| *t).collect();
+    let out_of_place = tickets.iter().zip(1..).find(|(ticket, n)| **ticket != *n);
+    assert_eq!(
+        out_of_place,
+        None,
+        "not the reservation 1..={}",
+        early.len()
+    );
+    let order: Vec<UserId> = drawn.into_iter().map(|(_, u)| u).collect();
+    assert_eq!(order, waitroom::domain::draw::draw_order(&seed, &early));
+    eprintln!(
+        "{} drawn once in the seed's order through a sub-line's failover after {after_steps} steps, {failures} steps refused",
+        early.len()
+    );
+}
