@@ -1309,30 +1309,7 @@ async fn draw_through_a_stall(after_steps: usize, stall: Duration) {
     assert!(config.draw_complete, "{at}");
     let seed = config.draw_seed.unwrap();
     assert!(seed == "seed-0" || seed == "seed-1", "{seed}");
-    let mut drawn = Vec::new();
-    for user in &early {
-        let place = replicas[1]
-            .place(&queue, user, opens_at + 2_000)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            matches!(place.state, PlaceState::Waiting { .. }),
-            "{user}: {place:?}, {at}"
-        );
-        drawn.push((place.ticket, user.clone()));
-    }
-    drawn.sort();
-    let tickets: Vec<u64> = drawn.iter().map(|(t, _)| *t).collect();
-    let out_of_place = tickets.iter().zip(1..).find(|(ticket, n)| **ticket != *n);
-    assert_eq!(out_of_place, None, "{at}: not the reservation 1..={users}");
-    assert_eq!(tickets.len(), users);
-    let order: Vec<UserId> = drawn.into_iter().map(|(_, u)| u).collect();
-    assert_eq!(
-        order,
-        waitroom::domain::draw::draw_order(&seed, &early),
-        "{at}"
-    );
+    drawn_once_in_order(&replicas[1], &queue, &early, &seed, opens_at + 2_000, &at).await;
     assert!(!joined.is_empty(), "{at}: nobody joined");
     let mut later: Vec<u64> = joined.iter().map(|(_, t)| *t).collect();
     later.sort_unstable();
@@ -1446,14 +1423,32 @@ async fn primary_killed_during_the_draw(after_steps: usize) {
     let config = store.get_queue(&queue).await.unwrap();
     assert!(config.draw_complete);
     let seed = config.draw_seed.unwrap();
+    let at = format!("a primary killed after {after_steps} steps");
+    drawn_once_in_order(&store, &queue, &early, &seed, now_ms(), &at).await;
+    eprintln!(
+        "{} drawn once in the seed's order through a sub-line's failover after {after_steps} steps, {failures} steps refused",
+        early.len()
+    );
+}
+
+/// Everyone of `early` (pre-queued, nobody left) drawn once: waiting on
+/// the reservation's tickets 1..=N, in the order of `seed`.
+async fn drawn_once_in_order(
+    store: &RedisStore,
+    queue: &QueueId,
+    early: &[UserId],
+    seed: &str,
+    now: u64,
+    at: &str,
+) {
     let mut drawn = Vec::new();
     for chunk in early.chunks(500) {
-        let places = store.places(&queue, chunk, false, now_ms()).await.unwrap();
+        let places = store.places(queue, chunk, false, now).await.unwrap();
         for (user, place) in chunk.iter().zip(places) {
-            let place = place.unwrap_or_else(|| panic!("{user} lost its place"));
+            let place = place.unwrap_or_else(|| panic!("{user} lost its place, {at}"));
             assert!(
                 matches!(place.state, PlaceState::Waiting { .. }),
-                "{user}: {place:?}"
+                "{user}: {place:?}, {at}"
             );
             drawn.push((place.ticket, user.clone()));
         }
@@ -1464,13 +1459,14 @@ async fn primary_killed_during_the_draw(after_steps: usize) {
     assert_eq!(
         out_of_place,
         None,
-        "not the reservation 1..={}",
+        "{at}: not the reservation 1..={}",
         early.len()
     );
+    assert_eq!(tickets.len(), early.len(), "{at}");
     let order: Vec<UserId> = drawn.into_iter().map(|(_, u)| u).collect();
-    assert_eq!(order, waitroom::domain::draw::draw_order(&seed, &early));
-    eprintln!(
-        "{} drawn once in the seed's order through a sub-line's failover after {after_steps} steps, {failures} steps refused",
-        early.len()
+    assert_eq!(
+        order,
+        waitroom::domain::draw::draw_order(seed, early),
+        "{at}"
     );
 }

@@ -76,6 +76,11 @@ impl QueueState {
         let shards = self.line.by_sub_line.len().max(1);
         let mut by_sub_line: Vec<Vec<(u64, UserId)>> = vec![Vec::new(); shards];
         for (arrival, user) in &self.opening.prequeue {
+            // Sub-line 0's first `chunk` are the whole answer (in one slot,
+            // the first `chunk`): the rest need not be read.
+            if by_sub_line[0].len() >= chunk as usize {
+                break;
+            }
             let at = self.sub_line(user);
             if by_sub_line[at].len() < chunk as usize {
                 by_sub_line[at].push((*arrival, user.clone()));

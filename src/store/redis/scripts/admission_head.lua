@@ -57,7 +57,8 @@ if not same_history() then
 end
 local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admit_per_second', 'created_at_ms',
   'closed_reason', 'admission_ttl_ms', 'admit_version', 'admitting', 'admitting_cutoff',
-  'admitting_request', 'admitting_keep', 'admitting_named', 'admitting_counts', 'draw')
+  'admitting_request', 'admitting_keep', 'admitting_named', 'admitting_counts', 'draw',
+  'opens_at_ms')
 local cfg = { mode = v[1], max_active = tonumber(v[2]), rate = tonumber(v[3]), epoch = tonumber(v[4]),
   closed_reason = v[5] or '', ttl = tonumber(v[6]) }
 local version = tonumber(v[7]) or 0
@@ -170,7 +171,7 @@ if step == 'begin_named' then
   if cfg.mode == 'closed' then
     return { 'closed', cfg.closed_reason }
   end
-  open_head_first()
+  open_head_first(v[14], v[15])
   return { 'ok', 'plan', tostring(version) }
 end
 
@@ -240,7 +241,7 @@ if step == 'begin' then
   -- As the memory store: the rate's admitter opens a queue first,
   -- AdmitBatch once its request is new and the mode lets it admit.
   if due then
-    open_head_first()
+    open_head_first(v[14], v[15])
   end
   forget_lapsed_results()
   if request ~= '' then
@@ -263,7 +264,7 @@ if step == 'begin' then
     end
     return { cfg.mode, cfg.closed_reason }
   end
-  open_head_first()
+  open_head_first(v[14], v[15])
   return { 'ok', 'plan', tostring(version), tostring(below or watermark()) }
 end
 

@@ -117,7 +117,7 @@ end
 
 if step == 'seed' then
   -- Not before every sub-line was told the reservation (step 'opened').
-  open_head_first()
+  open_head_first(v[1], v[2])
   if draw == 'none' then
     return { 'ok', 'none' }
   end

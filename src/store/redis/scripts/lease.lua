@@ -37,7 +37,8 @@ end
 -- At a scheduled opening nothing is leased until the head has reserved
 -- the drawn tickets (draw_head.lua, 'open'): nobody who joins after it
 -- may stand ahead of someone drawn.
-open_head_first()
+local opening = redis.call('HMGET', K_CONFIG, 'draw', 'opens_at_ms')
+open_head_first(opening[1], opening[2])
 local size = math.max(tonumber(ARGV[2]), 1)
 local first = redis.call('INCRBY', K_SEQ, size) - size + 1
 local leases = KEYS[OWN]

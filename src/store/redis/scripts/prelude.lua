@@ -279,10 +279,10 @@ end
 
 -- A head's part of the same rule: a head script that reserves, admits or
 -- draws leaves a scheduled opening due and not made, or under way, to the
--- store first (draw_head.lua, 'close' to 'opened').
-local function open_head_first()
-  local v = redis.call('HMGET', K_CONFIG, 'draw', 'opens_at_ms')
-  local draw, opens_at = v[1] or 'none', tonumber(v[2]) or 0
+-- store first (draw_head.lua, 'close' to 'opened'). Takes the head's
+-- `draw` and `opens_at_ms` fields as the script read them.
+local function open_head_first(draw, opens_at)
+  draw, opens_at = draw or 'none', tonumber(opens_at) or 0
   if draw == 'closing' or draw == 'opening'
       or (draw == 'none' and opens_at > 0 and NOW >= opens_at) then
     error({ err = 'OPENING the queue opens now' })
