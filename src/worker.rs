@@ -289,4 +289,97 @@ mod tests {
         assert!(took <= Duration::from_millis(50), "admitted after {took:?}");
         stop.cancel();
     }
+
+    /// A draw over sub-lines taken up again just after this worker saw it
+    /// over (someone pre-queued on a sub-line made again empty, by a
+    /// replica whose clock is behind): the next listing says it goes on,
+    /// and the worker steps it until that user is placed.
+    #[tokio::test]
+    async fn a_draw_taken_up_again_after_this_worker_saw_it_over_is_stepped_again() {
+        use crate::store::{RedisOptions, RedisStore};
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = Arc::new(
+            RedisStore::connect(&RedisOptions {
+                url: redis.url(),
+                password: None,
+                cluster: false,
+                prefix: "w".into(),
+                timeout: Duration::from_secs(2),
+                sentinel_master: None,
+                sentinel_password: None,
+            })
+            .await
+            .unwrap()
+            .with_sub_lines(),
+        );
+        let queue = QueueId::parse("drop").unwrap();
+        let opens_at = T0 + 10_000;
+        let mut config = QueueConfig::new(queue.clone()).created(T0);
+        config.shards = 2;
+        config.opens_at_ms = Some(opens_at);
+        config.prequeue_window = Duration::from_secs(60);
+        store.create_queue(&config).await.unwrap();
+        let of = |name: &str, sub_line: u32| {
+            (0..)
+                .map(|n| UserId::parse(&format!("{name}-{n}")).unwrap())
+                .find(|user| crate::domain::shards::sub_line_of(user.as_str(), 2) == sub_line)
+                .unwrap()
+        };
+        for n in 0..20 {
+            let user = UserId::parse(&format!("early-{n}")).unwrap();
+            store.enqueue(&queue, &user, T0 + 1_000).await.unwrap();
+        }
+        let worker = QueueWorker::new(
+            Arc::clone(&store) as Arc<dyn QueueStore>,
+            Arc::new(ManualClock::new(opens_at)),
+            Duration::from_millis(10),
+            Arc::new(Notify::new()),
+            Arc::new(AtomicBool::new(true)),
+        );
+        let stop = CancellationToken::new();
+        tokio::spawn(worker.run(stop.clone()));
+        let waited = Instant::now();
+        while !store.get_queue(&queue).await.unwrap().draw_complete {
+            assert!(waited.elapsed() < Duration::from_secs(10), "never drawn");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Sub-line 1 made again empty: its copy of the config back to no
+        // opening made, and someone pre-queued there by a clock behind.
+        let mut conn = redis::Client::open(redis.url())
+            .and_then(|client| client.get_connection())
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("w:{drop/2~1*}:config")
+            .query(&mut conn)
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(&keys[0])
+            .arg("draw")
+            .arg("none")
+            .query(&mut conn)
+            .unwrap();
+        let skewed = of("skewed", 1);
+        store.enqueue(&queue, &skewed, opens_at - 10).await.unwrap();
+        store
+            .enqueue(&queue, &of("late", 1), opens_at + 10)
+            .await
+            .unwrap();
+        let waited = Instant::now();
+        loop {
+            let place = store
+                .place(&queue, &skewed, opens_at + 20)
+                .await
+                .unwrap()
+                .unwrap();
+            if matches!(place.state, PlaceState::Waiting { .. }) {
+                break;
+            }
+            assert!(
+                waited.elapsed() < REFRESH_EVERY * 3,
+                "the draw taken up again was never stepped"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+    }
 }

@@ -805,6 +805,16 @@ async fn the_head_restarted_empty(after: Duration, remaking: Remaking) {
     node.restart().unwrap();
     let restarted = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(6)).await;
+    // A loaded machine brings the restarted master back into its Cluster
+    // later: the sale goes on until the queue is back.
+    while !matches!(store.queue_lost(&queue).await, Ok(false)) {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "the queue never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for joiner in joiners {
         joins.extend(joiner.await.unwrap());
