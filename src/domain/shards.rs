@@ -133,17 +133,21 @@ pub const SKEW_MS: u64 = 20;
 /// lease in hundreds of joins, and blocks stay below this bound.
 pub const MAX_BLOCK: u64 = 1024;
 
-/// The size of the block a sub-line leases after `previous`: twice what
-/// the previous one gave (twice its size when used up), so blocks follow
-/// the sub-line's rate within a factor of two and the numbers left unused
-/// when a block closes stay about as many as those used, which keeps a
-/// copy's window of ticket numbers within a constant of the line.
-pub fn next_block_size(previous: Option<&Block>) -> u64 {
-    match previous {
+/// The size of the block a sub-line leases after `previous`, for a call
+/// with `wanted` users of the sub-line still to serve (the one asking
+/// included): twice what the previous one gave (twice its size when used
+/// up), so blocks follow the sub-line's rate within a factor of two and
+/// the numbers left unused when a block closes stay about as many as those
+/// used, which keeps a copy's window of ticket numbers within a constant
+/// of the line; and at least `wanted`, so one lease serves the call that
+/// asks for it (a burst's batch, whose block τ closed since the last).
+pub fn next_block_size(previous: Option<&Block>, wanted: u64) -> u64 {
+    let grown = match previous {
         None => 1,
-        Some(block) if block.next >= block.end => (2 * (block.end - block.first)).min(MAX_BLOCK),
-        Some(block) => (2 * block.used()).clamp(1, MAX_BLOCK),
-    }
+        Some(block) if block.next >= block.end => 2 * (block.end - block.first),
+        Some(block) => (2 * block.used()).max(1),
+    };
+    grown.max(wanted).min(MAX_BLOCK)
 }
 
 /// A queue's sub-lines as one store keeps them: each sub-line's current
@@ -165,17 +169,18 @@ impl SubLines {
     }
 
     /// A new ticket for `user` at `now_ms`, from their sub-line's block or
-    /// from a block leased for it now. `seq` is the queue's ticket
-    /// sequence (the head's), which other uses (an opening's reserved
-    /// block, a place given back) may have moved since the last lease.
-    pub fn ticket(&mut self, user: &str, seq: &mut u64, now_ms: u64) -> u64 {
+    /// from a block leased for it now, for `wanted` users of the call (see
+    /// [`next_block_size`]). `seq` is the queue's ticket sequence (the
+    /// head's), which other uses (an opening's reserved block, a place
+    /// given back) may have moved since the last lease.
+    pub fn ticket(&mut self, user: &str, seq: &mut u64, now_ms: u64, wanted: u64) -> u64 {
         let at = sub_line_of(user, self.blocks.len() as u32) as usize;
         let block = &mut self.blocks[at];
         loop {
             match join_ticket(block, now_ms, TAU_MS) {
                 Ticketing::Ticket(ticket) => return ticket,
                 Ticketing::Lease => {
-                    let size = next_block_size(block.as_ref());
+                    let size = next_block_size(block.as_ref(), wanted);
                     self.head.seq = self.head.seq.max(*seq);
                     *block = Some(self.head.lease(size, now_ms));
                     *seq = self.head.seq;

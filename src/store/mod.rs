@@ -52,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::memory::MemoryStore;
 #[cfg(feature = "testkit")]
-pub use self::redis::ENQUEUE_ONE;
+pub use self::redis::{ENQUEUE_ONE, script_names};
 pub use self::redis::{RedisOptions, RedisStore};
 use crate::Result;
 use crate::domain::{

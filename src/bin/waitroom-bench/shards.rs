@@ -20,6 +20,7 @@
 //! summed over the sub-lines per join, the head's, and each as a ratio of
 //! K = 1's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -322,30 +323,9 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
                     .collect()
             };
             let by_node = calls_by_node(&urls)?;
-            let started = Instant::now();
-            let deadline = started + Duration::from_secs(1);
-            let joined = Arc::new(AtomicU64::new(0));
-            let mut tasks = Vec::new();
-            for joiner in 0..args.joiners {
-                let (store, joined) = (Arc::clone(&run.store), Arc::clone(&joined));
-                tasks.push(tokio::spawn(async move {
-                    let queue = QueueId::parse("sale").map_err(anyhow::Error::msg)?;
-                    let mut n = 0u64;
-                    while Instant::now() < deadline {
-                        let user = UserId::parse(&format!("t{turn}-j{joiner}-{n}"))
-                            .map_err(anyhow::Error::msg)?;
-                        store.enqueue(&queue, &user, now_ms()).await?;
-                        joined.fetch_add(1, Ordering::Relaxed);
-                        n += 1;
-                    }
-                    anyhow::Ok(())
-                }));
-            }
-            for task in tasks {
-                task.await??;
-            }
-            run.wall += started.elapsed();
-            run.joins += joined.load(Ordering::Relaxed);
+            let (joins, wall) = join_for_a_second(&run.store, args.joiners, turn).await?;
+            run.wall += wall;
+            run.joins += joins;
             for ((total, url), before) in run.cpu.iter_mut().zip(&urls).zip(&cpu) {
                 *total += load::redis_cpu(url)?.saturating_sub(*before);
             }
@@ -413,10 +393,148 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
                         costliest(url, run.joins)?.join(", ")
                     );
                 }
+                let (joins, by_node) = scripts_profile(run, args).await?;
+                for (node, scripts) in by_node.iter().enumerate() {
+                    let mut costs: Vec<_> = scripts.iter().collect();
+                    costs.sort_by_key(|(_, cost)| std::cmp::Reverse(cost.1));
+                    let costs: Vec<String> = costs
+                        .iter()
+                        .take(5)
+                        .map(|(name, (calls, usec, words))| {
+                            format!(
+                                "{name} {:.3} us a join ({:.4} calls a join, {:.1} us and {:.0} words a call)",
+                                *usec as f64 / joins.max(1) as f64,
+                                *calls as f64 / joins.max(1) as f64,
+                                *usec as f64 / (*calls).max(1) as f64,
+                                *words as f64 / (*calls).max(1) as f64
+                            )
+                        })
+                        .collect();
+                    println!("          node {node} scripts: {}", costs.join(", "));
+                }
             }
         }
     }
     Ok(())
+}
+
+/// Joins of distinct users by `joiners` concurrent joiners for a second:
+/// how many, over how long.
+async fn join_for_a_second(
+    store: &Arc<RedisStore>,
+    joiners: usize,
+    turn: u64,
+) -> anyhow::Result<(u64, Duration)> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(1);
+    let joined = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for joiner in 0..joiners {
+        let (store, joined) = (Arc::clone(store), Arc::clone(&joined));
+        tasks.push(tokio::spawn(async move {
+            let queue = QueueId::parse("sale").map_err(anyhow::Error::msg)?;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let user =
+                    UserId::parse(&format!("t{turn}-j{joiner}-{n}")).map_err(anyhow::Error::msg)?;
+                store.enqueue(&queue, &user, now_ms()).await?;
+                joined.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok((joined.load(Ordering::Relaxed), started.elapsed()))
+}
+
+/// One more second of joins, not counted in the figures, with every node
+/// logging every call (`SLOWLOG` at a zero threshold, which costs time of
+/// its own): each node's script calls and their time, by script, and the
+/// joins of that second.
+async fn scripts_profile(
+    run: &StoreRun,
+    args: &Args,
+) -> anyhow::Result<(u64, Vec<HashMap<&'static str, (u64, u64, u64)>>)> {
+    let names: HashMap<String, &'static str> =
+        waitroom::store::script_names().into_iter().collect();
+    let set = |conn: &mut redis::Connection, field: &str, value: i64| -> anyhow::Result<()> {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(field)
+            .arg(value)
+            .query::<()>(conn)?;
+        Ok(())
+    };
+    let mut conns = Vec::new();
+    for url in run.servers.urls() {
+        let mut conn = redis::Client::open(url.as_str())?.get_connection()?;
+        set(&mut conn, "slowlog-max-len", 1_000_000)?;
+        set(&mut conn, "slowlog-log-slower-than", 0)?;
+        redis::cmd("SLOWLOG").arg("RESET").query::<()>(&mut conn)?;
+        conns.push(conn);
+    }
+    let (joins, _) = join_for_a_second(&run.store, args.joiners, args.seconds + 1).await?;
+    let mut by_node = Vec::new();
+    for conn in &mut conns {
+        set(conn, "slowlog-log-slower-than", 10_000)?;
+        let entries: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(-1).query(conn)?;
+        redis::cmd("SLOWLOG").arg("RESET").query::<()>(conn)?;
+        let mut scripts: HashMap<&'static str, (u64, u64, u64)> = HashMap::new();
+        for entry in entries {
+            let redis::Value::Array(fields) = entry else {
+                continue;
+            };
+            let (Some(redis::Value::Int(usec)), Some(redis::Value::Array(call))) =
+                (fields.get(2), fields.get(3))
+            else {
+                continue;
+            };
+            let (Some(redis::Value::BulkString(command)), Some(redis::Value::BulkString(sha))) =
+                (call.first(), call.get(1))
+            else {
+                continue;
+            };
+            if !command.eq_ignore_ascii_case(b"evalsha") {
+                continue;
+            }
+            let mut name = names
+                .get(String::from_utf8_lossy(sha).as_ref())
+                .copied()
+                .unwrap_or("(another script)");
+            // A join's call that brings the block it leased.
+            let numkeys = match call.get(2) {
+                Some(redis::Value::BulkString(n)) => {
+                    String::from_utf8_lossy(n).parse::<usize>().unwrap_or(0)
+                }
+                _ => 0,
+            };
+            if name == "enqueue_many"
+                && matches!(call.get(3 + numkeys + 1), Some(redis::Value::BulkString(b)) if b == b"\x01")
+            {
+                name = "enqueue_many with a block";
+            }
+            // The log keeps 32 arguments of a call, the last saying how
+            // many more there were.
+            let more = match call.last() {
+                Some(redis::Value::BulkString(last)) if call.len() == 32 => {
+                    String::from_utf8_lossy(last)
+                        .split_whitespace()
+                        .find_map(|w| w.trim_start_matches("(").parse::<u64>().ok())
+                        .unwrap_or(0)
+                }
+                _ => 0,
+            };
+            let cost = scripts.entry(name).or_default();
+            cost.0 += 1;
+            cost.1 += *usec as u64;
+            cost.2 += call.len() as u64 + more;
+        }
+        by_node.push(scripts);
+    }
+    Ok((joins, by_node))
 }
 
 /// A node's four costliest commands since it started: each with its

@@ -210,7 +210,18 @@ impl QueueStore for MemoryStore {
             if state.line.sub_lines.is_some() {
                 order.sort_by_key(|&i| state.sub_line(&users[i]));
             }
-            for user in order.iter().map(|&i| &users[i]) {
+            // How many of the call's users of each one's sub-line are still
+            // to serve, that user included: what a block leased for that
+            // user covers, as the Redis store's call of that sub-line
+            // tells its script.
+            let mut wanted: Vec<u64> = vec![0; order.len()];
+            let mut after: HashMap<usize, u64> = HashMap::new();
+            for (at, &i) in order.iter().enumerate().rev() {
+                let count = after.entry(state.sub_line(&users[i])).or_default();
+                *count += 1;
+                wanted[at] = *count;
+            }
+            for (at, user) in order.iter().map(|&i| &users[i]).enumerate() {
                 let newcomer = gathering
                     && !named.contains(user)
                     && !state.line.tickets.contains_key(user)
@@ -221,7 +232,7 @@ impl QueueStore for MemoryStore {
                         || !state.admits_on_join());
                 named.insert(user);
                 if newcomer {
-                    let ticket = state.new_ticket(user, now_ms);
+                    let ticket = state.new_ticket(user, now_ms, wanted[at]);
                     state.insert_waiting(user.clone(), ticket);
                     state.see(user, now_ms);
                     // A run is consecutive tickets of one sub-line, logged
@@ -248,7 +259,7 @@ impl QueueStore for MemoryStore {
                     )));
                 } else {
                     state.end_run(run.take(), now_ms);
-                    places.push(state.enqueue_one(queue, user, now_ms));
+                    places.push(state.enqueue_one(queue, user, now_ms, wanted[at]));
                 }
             }
             state.end_run(run, now_ms);

@@ -251,11 +251,13 @@ impl QueueState {
     }
 
     /// A new ticket for `user`: the next of the sequence, or with
-    /// sub-lines, the next of their sub-line's block.
-    pub(super) fn new_ticket(&mut self, user: &UserId, now_ms: u64) -> u64 {
+    /// sub-lines, the next of their sub-line's block, leased if need be for
+    /// the `wanted` users of the call still to serve on it (see
+    /// `domain::shards::next_block_size`).
+    pub(super) fn new_ticket(&mut self, user: &UserId, now_ms: u64, wanted: u64) -> u64 {
         self.line.given += 1;
         match &mut self.line.sub_lines {
-            Some(sub_lines) => sub_lines.ticket(user.as_str(), &mut self.line.seq, now_ms),
+            Some(sub_lines) => sub_lines.ticket(user.as_str(), &mut self.line.seq, now_ms, wanted),
             None => {
                 self.line.seq += 1;
                 self.line.seq
@@ -608,7 +610,7 @@ impl QueueState {
             if !self.remove_from_line(user) {
                 self.count_arrivals(1, now_ms);
             }
-            self.new_ticket(user, now_ms)
+            self.new_ticket(user, now_ms, 1)
         };
         let admission = self.admit_user(user.clone(), ticket, now_ms);
         self.counters.admitted += 1;
@@ -657,13 +659,15 @@ impl QueueState {
         }
     }
 
-    /// One user's enqueue; the caller has run `prepare`. Twin of the
-    /// Redis `enqueue_one`.
+    /// One user's enqueue, with `wanted` users of the call still to serve
+    /// on their sub-line; the caller has run `prepare`. Twin of the Redis
+    /// `enqueue_one`.
     pub(super) fn enqueue_one(
         &mut self,
         queue: &QueueId,
         user: &UserId,
         now_ms: u64,
+        wanted: u64,
     ) -> Result<Place> {
         if let Some(admission) = self.admissions.admitted.get(user) {
             return Ok(self.admitted_place(admission.clone(), now_ms));
@@ -696,7 +700,7 @@ impl QueueState {
             self.see(user, now_ms);
             return Ok(self.prequeue_place(now_ms));
         }
-        let ticket = self.new_ticket(user, now_ms);
+        let ticket = self.new_ticket(user, now_ms, wanted);
         self.count_arrivals(1, now_ms);
         let limited = self.config.max_active > 0 || self.config.admit_per_second > 0;
         let admit_now = !self.opening.draw.in_progress()

@@ -42,6 +42,7 @@ impl RedisStore {
             prefix: self.prefix.clone(),
             layouts: Arc::clone(&self.layouts),
             rounds: Arc::clone(&self.rounds),
+            leased: Arc::clone(&self.leased),
             resyncs: Arc::clone(&self.resyncs),
         })
     }
@@ -65,6 +66,7 @@ impl RedisStore {
             breaker: &self.breaker,
             layouts: &self.layouts,
             rounds: &self.rounds,
+            leased: &self.leased,
             resyncs: &self.resyncs,
         }
     }

@@ -47,7 +47,7 @@
 //! any failure to get an answer becomes [`Error::Unavailable`].
 
 #[cfg(feature = "testkit")]
-pub use self::lua::ENQUEUE_ONE;
+pub use self::lua::{ENQUEUE_ONE, script_names};
 
 mod announce;
 mod batch;
@@ -131,6 +131,8 @@ pub struct RedisStore {
     layouts: Arc<Layouts>,
     /// Each queue over sub-lines' shared reads of places.
     rounds: Arc<rounds::Rounds>,
+    /// When this store last leased a block for each sub-line.
+    leased: Arc<sub_lines::Leased>,
     /// One sub-line resync at a time (`SubLineLink::value`): the calls
     /// that meet a sub-line in a new history meanwhile wait for it.
     resyncs: Arc<tokio::sync::Mutex<()>>,
@@ -171,6 +173,7 @@ impl RedisStore {
             instance: crate::domain::instance_id(),
             layouts: Arc::default(),
             rounds: Arc::default(),
+            leased: Arc::default(),
             resyncs: Arc::default(),
             sub_lines: false,
         })
@@ -705,6 +708,7 @@ impl QueueStore for RedisStore {
         }
         self.layouts.forget(queue);
         self.rounds.forget(queue);
+        self.leased.forget(queue);
         let mut invocation = self.invocation(&self.scripts.delete_queue, queue, 0);
         invocation
             .key(keys::deleted_key(&self.prefix, queue))

@@ -38,7 +38,7 @@ use super::reply::{
     Reply, bad_reply, parse_admitted, parse_enqueued_runs, parse_named, parse_place,
 };
 use super::topology::Connector;
-use crate::domain::shards::sub_line_of;
+use crate::domain::shards::{TAU_MS, sub_line_of};
 use crate::domain::{
     Admitted, NamedAdmission, Place, PlaceClaim, PlaceState, QueueConfig, QueueId, QueueStats,
     RateSample, Refusal, RequestId, Restoration, UserId,
@@ -211,7 +211,46 @@ pub(super) struct SubLineLink<'a> {
     pub(super) breaker: &'a Arc<Breaker>,
     pub(super) layouts: &'a Layouts,
     pub(super) rounds: &'a super::rounds::Rounds,
+    pub(super) leased: &'a Leased,
     pub(super) resyncs: &'a tokio::sync::Mutex<()>,
+}
+
+/// When this store last leased a block for each sub-line of each queue,
+/// by the caller's clock the block was leased at.
+///
+/// In a burst a sub-line's batches come further apart than τ, so each
+/// finds its block closed: its call answers 'lease' at its first newcomer,
+/// and the batch is sent again with the block leased. A call that finds
+/// the block closed answers nobody before that newcomer, so sending only
+/// the batch's first user then costs Redis the call's fixed cost, where
+/// sending everyone cost reading every user's name too (a fifth of the
+/// next call's time at a burst's batch of about 250). The call says how
+/// many users it stands for, and the block leased covers them all
+/// (`domain::shards::next_block_size`). Only a block this store leased is
+/// known; a sub-line whose block another replica leased since answers the
+/// first user, and the rest go in the next call.
+#[derive(Default)]
+pub(super) struct Leased(Mutex<HashMap<(QueueId, usize), u64>>);
+
+impl Leased {
+    /// Whether the block this store last leased for `sub_line` is past τ
+    /// at `now_ms`, or none is known.
+    fn closed(&self, queue: &QueueId, sub_line: usize, now_ms: u64) -> bool {
+        let leased = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        leased
+            .get(&(queue.clone(), sub_line))
+            .is_none_or(|&at| now_ms >= at.saturating_add(TAU_MS))
+    }
+
+    fn note(&self, queue: &QueueId, sub_line: usize, now_ms: u64) {
+        let mut leased = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        leased.insert((queue.clone(), sub_line), now_ms);
+    }
+
+    pub(super) fn forget(&self, queue: &QueueId) {
+        let mut leased = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        leased.retain(|(q, _), _| q != queue);
+    }
 }
 
 /// Whether a call was refused because the queue is kept over sub-lines.
@@ -823,13 +862,26 @@ impl SubLineLink<'_> {
             let mut leases = 0;
             // A block leased for the call, installed by its next call.
             let mut block: Option<[String; 3]> = None;
+            // The first call sends one user when the block is likely
+            // closed (see `Leased`), saying how many it has, for the block
+            // it leases to cover them all.
+            let mut probe = rest.len() > 1 && self.leased.closed(self.queue, sub_line, now_ms);
+            let all = rest.len().to_string();
             while !rest.is_empty() {
-                let mut names: Vec<&str> = Vec::with_capacity(rest.len() + 4);
+                let sent = match probe {
+                    true => &rest[..1],
+                    false => rest,
+                };
+                let mut names: Vec<&str> = Vec::with_capacity(sent.len() + 6);
                 if let Some(block) = &block {
                     names.push(BLOCK);
                     names.extend(block.iter().map(String::as_str));
                 }
-                names.extend(rest.iter().map(|&i| users[i].as_str()));
+                if probe {
+                    names.extend([WANTED, all.as_str()]);
+                }
+                probe = false;
+                names.extend(sent.iter().map(|&i| users[i].as_str()));
                 let mut items = Reply::of(
                     self.value(
                         "enqueue",
@@ -848,8 +900,9 @@ impl SubLineLink<'_> {
                     }
                     _ => None,
                 };
-                let answered = parse_enqueued_runs(items, rest.len(), self.queue)?;
+                let answered = parse_enqueued_runs(items, sent.len(), self.queue)?;
                 let count = answered.len();
+                let all_sent = count == sent.len();
                 for (&i, answer) in rest.iter().zip(answered) {
                     answers[i] = Some(answer);
                 }
@@ -863,6 +916,7 @@ impl SubLineLink<'_> {
                             )));
                         }
                         let first = self.lease_block(size, now_ms).await?;
+                        self.leased.note(self.queue, sub_line, now_ms);
                         block = Some([
                             first.to_string(),
                             (first + size).to_string(),
@@ -870,7 +924,7 @@ impl SubLineLink<'_> {
                         ]);
                     }
                     Some(_) => return Err(bad_reply("a lease asked with nobody left")),
-                    None if !rest.is_empty() => {
+                    None if !all_sent => {
                         return Err(bad_reply("enqueue answered for fewer users than asked"));
                     }
                     None => {}
@@ -1935,6 +1989,9 @@ pub(super) fn refused_restore(outcome: &[u8]) -> Result<Restoration> {
 /// (`enqueue_many.lua`): no user id holds a control character.
 const BLOCK: &str = "\u{1}";
 
+/// Marks the count of users a call of `enqueue_many.lua` stands for.
+const WANTED: &str = "\u{2}";
+
 /// Whether a script answered that it found no queue.
 fn no_queue(reply: &Value) -> bool {
     matches!(reply, Value::Array(items)
@@ -2166,6 +2223,127 @@ mod tests {
         connection_to, join_users, over_three_sub_lines, roll_back_head, store_on,
     };
     use crate::store::{QueueStore, RedisStore};
+
+    /// A batch whose sub-line's block is past τ sends its first user
+    /// alone, which finds the block closed, and then everyone with the
+    /// block leased: each user's name goes to Redis once, not once to be
+    /// told to lease and again with the block. A batch within τ of this
+    /// store's lease sends everyone at once. Either way everyone is
+    /// placed in order.
+    #[tokio::test]
+    async fn a_burst_s_batch_leases_one_block_for_all_its_users_and_sends_each_once() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let layout = store.link(&queue).layout().await.unwrap();
+        let of_one = |from: usize, n: usize| -> Vec<UserId> {
+            (from..)
+                .map(|n| UserId::parse(&format!("burst-{n}")).unwrap())
+                .filter(|user| sub_line_of(user.as_str(), 3) == 1)
+                .take(n)
+                .collect()
+        };
+        let mut conn = connection_to(&redis);
+        let log_every_call = |conn: &mut redis::Connection| {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("slowlog-log-slower-than")
+                .arg(0)
+                .query(conn)
+                .unwrap();
+            let _: () = redis::cmd("SLOWLOG").arg("RESET").query(conn).unwrap();
+        };
+        // How many script calls named each of `users`, and any of them.
+        let calls_naming =
+            |conn: &mut redis::Connection, users: &[UserId]| -> (Vec<usize>, usize) {
+                let entries: Vec<Value> = redis::cmd("SLOWLOG")
+                    .arg("GET")
+                    .arg(-1)
+                    .query(conn)
+                    .unwrap();
+                let calls: Vec<Vec<Vec<u8>>> = entries
+                    .into_iter()
+                    .filter_map(|entry| match entry {
+                        Value::Array(fields) => match fields.get(3) {
+                            Some(Value::Array(args)) => Some(
+                                args.iter()
+                                    .filter_map(|a| match a {
+                                        Value::BulkString(b) => Some(b.clone()),
+                                        _ => None,
+                                    })
+                                    .collect(),
+                            ),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .filter(|args: &Vec<Vec<u8>>| {
+                        args.first()
+                            .is_some_and(|c| c.eq_ignore_ascii_case(b"evalsha"))
+                    })
+                    .collect();
+                let names = |args: &Vec<Vec<u8>>, user: &UserId| {
+                    args.iter().any(|a| a == user.as_str().as_bytes())
+                };
+                let each = users
+                    .iter()
+                    .map(|user| calls.iter().filter(|args| names(args, user)).count())
+                    .collect();
+                let any = calls
+                    .iter()
+                    .filter(|args| users.iter().any(|user| names(args, user)))
+                    .count();
+                (each, any)
+            };
+        let link = store.link(&queue);
+        // A first block covers the 24 users of its call; the next, leased
+        // for the 5 of the call after, is twice that, with 43 left.
+        let first = of_one(0, 24);
+        let mut placed = link.enqueue_many(&layout, &first, 1_000).await.unwrap();
+        let leases = |conn: &mut redis::Connection| -> u64 {
+            redis::cmd("ZCARD")
+                .arg(keys::leases_key("t", &queue))
+                .query(conn)
+                .unwrap()
+        };
+        assert_eq!(leases(&mut conn), 1, "one lease for the call");
+        let first_more = of_one(500, 5);
+        placed.extend(
+            link.enqueue_many(&layout, &first_more, 1_000)
+                .await
+                .unwrap(),
+        );
+        // Within τ of that lease: everyone at once, from the open block.
+        let second = of_one(1_000, 5);
+        log_every_call(&mut conn);
+        let within = link
+            .enqueue_many(&layout, &second, 1_000 + TAU_MS - 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            calls_naming(&mut conn, &second),
+            (vec![1; 5], 1),
+            "one call"
+        );
+        // Past τ: the first alone, then everyone with a new block (Redis's
+        // log keeps the first 31 words of a call: the keys, the clock, the
+        // block and seven users).
+        let third = of_one(2_000, 7);
+        log_every_call(&mut conn);
+        let past = link
+            .enqueue_many(&layout, &third, 1_000 + TAU_MS)
+            .await
+            .unwrap();
+        let (naming, _) = calls_naming(&mut conn, &third);
+        assert_eq!(leases(&mut conn), 3, "one lease for the call");
+        assert_eq!(naming[0], 2, "the first alone, then with the others");
+        assert_eq!(naming[1..], [1; 6], "sent once");
+        let tickets: Vec<u64> = [placed, within, past]
+            .into_iter()
+            .flatten()
+            .map(|place| place.unwrap().ticket)
+            .collect();
+        assert!(tickets.windows(2).all(|w| w[0] < w[1]), "{tickets:?}");
+    }
 
     /// A sub-line lost while an admission was journalled and not settled:
     /// the admission may have popped some of its users and settle them

@@ -33,7 +33,7 @@ else
   local ticket = leave_line_admitted(user)
   if not ticket then
     if not block_open(cfg) then
-      return { 'lease', next_block_size(cfg) }
+      return { 'lease', next_block_size(cfg, 1) }
     end
     -- Pre-queued (counted when they arrived) or not in line at all.
     if not remove_from_line(cfg, user) then

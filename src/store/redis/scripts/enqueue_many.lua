@@ -5,7 +5,9 @@
 -- the users may follow BLOCK (a text no user id can be, for it is a
 -- control character), first ticket, end, leased at: a block just leased
 -- for the call, installed first (prelude.lua, `install_block`), which
--- saves the call of its own.
+-- saves the call of its own; and then WANTED, n: the call carries only
+-- the first of n users the caller has for this sub-line (by default, the
+-- call's users are all), which a block leased for them should cover.
 -- Returns {'ok', answer...}, the answers in the users' order, each either
 -- an answer of enqueue_one for one user, or {'joined', n, first ticket,
 -- first position, epoch, mode, rate count, rate span, notice, closed reason,
@@ -35,7 +37,7 @@
 -- redis.call makes of every numeric argument, costs about as much as the
 -- insert.
 
-local BLOCK = '\1'
+local BLOCK, WANTED = '\1', '\2'
 local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
@@ -48,6 +50,15 @@ if ARGV[2] == BLOCK then
   end
   from = 6
 end
+local wanted_from_first = #ARGV - from + 1
+if ARGV[from] == WANTED then
+  wanted_from_first = tonumber(ARGV[from + 1])
+  from = from + 2
+end
+-- The users still to serve from ARGV[i] on, ARGV[i] included.
+local function wanted(i)
+  return wanted_from_first - (i - from)
+end
 
 local gathering = cfg.mode == 'queueing' and only_waiting(cfg)
 -- On a sub-line whose block is closed, a first user who needs a ticket
@@ -56,7 +67,7 @@ local gathering = cfg.mode == 'queueing' and only_waiting(cfg)
 if gathering and cfg.sub_line and #ARGV >= from and not block_open(cfg)
     and not redis.call('ZSCORE', K_WAITING, ARGV[from])
     and not redis.call('HGET', K_ADMITTED, ARGV[from]) then
-  return { 'ok', { 'lease', next_block_size(cfg) } }
+  return { 'ok', { 'lease', next_block_size(cfg, wanted(from)) } }
 end
 local in_line_scores, admitted_records
 if gathering then
@@ -110,7 +121,7 @@ for i = from, #ARGV do
     -- A run is one block's consecutive tickets.
     if not block_open(cfg) then
       end_run()
-      out[#out + 1] = { 'lease', next_block_size(cfg) }
+      out[#out + 1] = { 'lease', next_block_size(cfg, wanted(i)) }
       break
     end
     if #run == 0 then
@@ -134,7 +145,7 @@ for i = from, #ARGV do
     end_run()
     local answer = enqueue_one(cfg, user)
     if answer[1] == 'lease' then
-      out[#out + 1] = { 'lease', next_block_size(cfg) }
+      out[#out + 1] = { 'lease', next_block_size(cfg, wanted(i)) }
       break
     end
     out[#out + 1] = answer

@@ -142,16 +142,19 @@ local function save_block(cfg)
   redis.call('HSET', K_CONFIG, 'block_next', cfg.block_next)
 end
 
--- The size of the next block (domain::shards::next_block_size): twice what
--- the last one gave, twice its size when used up, within 1 and MAX_BLOCK.
-local function next_block_size(cfg)
+-- The size of the next block (domain::shards::next_block_size), for a
+-- call with `wanted` users still to serve: twice what the last one gave,
+-- twice its size when used up, at least `wanted`, within 1 and MAX_BLOCK.
+local function next_block_size(cfg, wanted)
+  local grown
   if not cfg.block_first or cfg.block_ms == CLOSED then
-    return 1
+    grown = 1
+  elseif cfg.block_next >= cfg.block_end then
+    grown = 2 * (cfg.block_end - cfg.block_first)
+  else
+    grown = math.max(1, 2 * (cfg.block_next - cfg.block_first))
   end
-  if cfg.block_next >= cfg.block_end then
-    return math.min(2 * (cfg.block_end - cfg.block_first), MAX_BLOCK)
-  end
-  return math.max(1, math.min(2 * (cfg.block_next - cfg.block_first), MAX_BLOCK))
+  return math.min(math.max(grown, wanted), MAX_BLOCK)
 end
 
 -- A sub-line's draw is 'closing' from when its pre-queue is frozen until
