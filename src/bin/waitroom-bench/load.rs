@@ -157,6 +157,15 @@ pub fn redis_cpu(url: &str) -> anyhow::Result<Duration> {
     ))
 }
 
+/// CPU time Redis has spent in the kernel so far (`used_cpu_sys`): its
+/// reads and writes of the network, and its waits.
+pub fn redis_cpu_sys(url: &str) -> anyhow::Result<Duration> {
+    let info = redis_info(url, "cpu")?;
+    Ok(Duration::from_secs_f64(
+        info_field(&info, "used_cpu_sys").unwrap_or(0.0),
+    ))
+}
+
 /// Bytes Redis holds for data (`used_memory`).
 pub fn redis_memory(url: &str) -> anyhow::Result<u64> {
     let info = redis_info(url, "memory")?;

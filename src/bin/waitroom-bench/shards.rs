@@ -244,6 +244,8 @@ struct StoreRun {
     wall: Duration,
     /// Redis CPU by server, in the order of `servers.urls()`.
     cpu: Vec<Duration>,
+    /// Of it, in the kernel.
+    sys: Vec<Duration>,
     commands: u64,
     scripts: u64,
     /// Commands and script calls by server, in the same order.
@@ -300,6 +302,7 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
             joins: 0,
             wall: Duration::ZERO,
             cpu: vec![Duration::ZERO; nodes],
+            sys: vec![Duration::ZERO; nodes],
             commands: 0,
             scripts: 0,
             by_node: vec![(0, 0); nodes],
@@ -315,6 +318,10 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
                 .iter()
                 .map(|url| load::redis_cpu(url))
                 .collect::<anyhow::Result<_>>()?;
+            let sys: Vec<Duration> = urls
+                .iter()
+                .map(|url| load::redis_cpu_sys(url))
+                .collect::<anyhow::Result<_>>()?;
             let (commands, scripts) =
                 (read(load::redis_commands)?, read(load::redis_script_calls)?);
             let calls_by_node = |urls: &[String]| -> anyhow::Result<Vec<(u64, u64)>> {
@@ -328,6 +335,9 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
             run.joins += joins;
             for ((total, url), before) in run.cpu.iter_mut().zip(&urls).zip(&cpu) {
                 *total += load::redis_cpu(url)?.saturating_sub(*before);
+            }
+            for ((total, url), before) in run.sys.iter_mut().zip(&urls).zip(&sys) {
+                *total += load::redis_cpu_sys(url)?.saturating_sub(*before);
             }
             run.commands += read(load::redis_commands)?.saturating_sub(commands);
             run.scripts += read(load::redis_script_calls)?.saturating_sub(scripts);
@@ -370,6 +380,13 @@ async fn through_store(args: &Args) -> anyhow::Result<()> {
                 runs[0].shards,
                 1e6 / busiest(run).max(f64::MIN_POSITIVE),
                 run.cpu
+                    .iter()
+                    .map(|cpu| (us_a_join(*cpu, run) * 100.0).round() / 100.0)
+                    .collect::<Vec<f64>>(),
+            );
+            println!(
+                "          of it in the kernel (reading and writing the network) by node {:?}",
+                run.sys
                     .iter()
                     .map(|cpu| (us_a_join(*cpu, run) * 100.0).round() / 100.0)
                     .collect::<Vec<f64>>(),
