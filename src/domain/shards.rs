@@ -139,15 +139,17 @@ pub const MAX_BLOCK: u64 = 1024;
 /// up), so blocks follow the sub-line's rate within a factor of two and
 /// the numbers left unused when a block closes stay about as many as those
 /// used, which keeps a copy's window of ticket numbers within a constant
-/// of the line; and at least `wanted`, so one lease serves the call that
-/// asks for it (a burst's batch, whose block τ closed since the last).
+/// of the line; and as much as `wanted`, up to twice that, so one lease
+/// serves the call that asks for it (a burst's batch, whose block τ closed
+/// since the last), while the numbers left unused stay within a constant
+/// of those used even when most of a call's users already hold a place.
 pub fn next_block_size(previous: Option<&Block>, wanted: u64) -> u64 {
     let grown = match previous {
         None => 1,
         Some(block) if block.next >= block.end => 2 * (block.end - block.first),
         Some(block) => (2 * block.used()).max(1),
     };
-    grown.max(wanted).min(MAX_BLOCK)
+    grown.max(wanted.min(2 * grown)).min(MAX_BLOCK)
 }
 
 /// A queue's sub-lines as one store keeps them: each sub-line's current

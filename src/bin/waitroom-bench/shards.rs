@@ -537,10 +537,12 @@ async fn scripts_profile(
             // many more there were.
             let more = match call.last() {
                 Some(redis::Value::BulkString(last)) if call.len() == 32 => {
-                    String::from_utf8_lossy(last)
-                        .split_whitespace()
-                        .find_map(|w| w.trim_start_matches("(").parse::<u64>().ok())
-                        .unwrap_or(0)
+                    let last = String::from_utf8_lossy(last);
+                    last.strip_prefix("... (")
+                        .and_then(|more| more.strip_suffix(" more arguments)"))
+                        .and_then(|n| n.parse::<u64>().ok())
+                        // The word stands for those it replaced.
+                        .map_or(0, |n| n.saturating_sub(1))
                 }
                 _ => 0,
             };

@@ -227,8 +227,8 @@ pub(super) struct SubLineLink<'a> {
 /// next call's time at a burst's batch of about 250). The call says how
 /// many users it stands for, and the block leased covers them all
 /// (`domain::shards::next_block_size`). Only a block this store leased is
-/// known; a sub-line whose block another replica leased since answers the
-/// first user, and the rest go in the next call.
+/// known; a sub-line whose block another replica leased since answers
+/// 'resend' (`enqueue_many.lua`), and everyone goes in the next call.
 #[derive(Default)]
 pub(super) struct Leased(Mutex<HashMap<(QueueId, usize), u64>>);
 
@@ -242,9 +242,12 @@ impl Leased {
             .is_none_or(|&at| now_ms >= at.saturating_add(TAU_MS))
     }
 
+    /// Notes a lease at `now_ms`; a batch whose clock was read before
+    /// another's moves it no earlier.
     fn note(&self, queue: &QueueId, sub_line: usize, now_ms: u64) {
         let mut leased = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        leased.insert((queue.clone(), sub_line), now_ms);
+        let at = leased.entry((queue.clone(), sub_line)).or_default();
+        *at = (*at).max(now_ms);
     }
 
     pub(super) fn forget(&self, queue: &QueueId) {
@@ -891,6 +894,12 @@ impl SubLineLink<'_> {
                     self.queue,
                 )?
                 .into_values();
+                // The first user alone found the block open: everyone goes
+                // in the next call, as one run.
+                if matches!(items.as_slice(), [Value::Array(values)] if matches!(values.first(), Some(Value::BulkString(kind)) if kind == b"resend"))
+                {
+                    continue;
+                }
                 let lease = match items.last() {
                     Some(Value::Array(values)) if matches!(values.first(), Some(Value::BulkString(kind)) if kind == b"lease") =>
                     {
@@ -2218,7 +2227,7 @@ impl<'a> ScriptCall<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Adoption;
+    use crate::domain::{Adoption, LineEvent};
     use crate::store::redis::tests::{
         connection_to, join_users, over_three_sub_lines, roll_back_head, store_on,
     };
@@ -2295,8 +2304,10 @@ mod tests {
                 (each, any)
             };
         let link = store.link(&queue);
-        // A first block covers the 24 users of its call; the next, leased
-        // for the 5 of the call after, is twice that, with 43 left.
+        // Blocks leased for a call's 24 users, each at most twice what
+        // growth alone gives: 2, 8 and 16 (growth alone: 1, 2, 4, 8 and
+        // 16). The next, leased for 3 left of the call after, is 32, with
+        // 29 left.
         let first = of_one(0, 24);
         let mut placed = link.enqueue_many(&layout, &first, 1_000).await.unwrap();
         let leases = |conn: &mut redis::Connection| -> u64 {
@@ -2305,7 +2316,7 @@ mod tests {
                 .query(conn)
                 .unwrap()
         };
-        assert_eq!(leases(&mut conn), 1, "one lease for the call");
+        assert_eq!(leases(&mut conn), 3, "leases for the call");
         let first_more = of_one(500, 5);
         placed.extend(
             link.enqueue_many(&layout, &first_more, 1_000)
@@ -2334,7 +2345,7 @@ mod tests {
             .await
             .unwrap();
         let (naming, _) = calls_naming(&mut conn, &third);
-        assert_eq!(leases(&mut conn), 3, "one lease for the call");
+        assert_eq!(leases(&mut conn), 5, "one lease for the call");
         assert_eq!(naming[0], 2, "the first alone, then with the others");
         assert_eq!(naming[1..], [1; 6], "sent once");
         let tickets: Vec<u64> = [placed, within, past]
@@ -2343,6 +2354,45 @@ mod tests {
             .map(|place| place.unwrap().ticket)
             .collect();
         assert!(tickets.windows(2).all(|w| w[0] < w[1]), "{tickets:?}");
+        // Another replica leases now; this store's lease is past τ, so its
+        // next batch sends the first user alone, who finds the block open:
+        // the script serves nobody, and everyone joins in one call, one
+        // run in the line's log.
+        let other = store_on(&redis).await.with_sub_lines();
+        let at = 1_000 + 2 * TAU_MS;
+        other
+            .enqueue(&queue, &of_one(3_000, 1)[0], at)
+            .await
+            .unwrap();
+        let fourth = of_one(4_000, 6);
+        let last_seq = store
+            .line_changes(&queue, 1, 0, 10_000, at)
+            .await
+            .unwrap()
+            .events
+            .last()
+            .map_or(0, |(seq, _)| *seq);
+        log_every_call(&mut conn);
+        let placed = link.enqueue_many(&layout, &fourth, at).await.unwrap();
+        let (naming, calls) = calls_naming(&mut conn, &fourth);
+        assert_eq!((naming[0], calls), (2, 2), "the first alone, then everyone");
+        let changes = store
+            .line_changes(&queue, 1, last_seq, 10_000, at)
+            .await
+            .unwrap();
+        let first_ticket = placed[0].as_ref().unwrap().ticket;
+        assert_eq!(
+            changes
+                .events
+                .iter()
+                .map(|(_, e)| e.clone())
+                .collect::<Vec<_>>(),
+            [LineEvent::JoinedRun {
+                first_ticket,
+                count: 6
+            }],
+            "one run"
+        );
     }
 
     /// A sub-line lost while an admission was journalled and not settled:

@@ -7,7 +7,10 @@
 -- for the call, installed first (prelude.lua, `install_block`), which
 -- saves the call of its own; and then WANTED, n: the call carries only
 -- the first of n users the caller has for this sub-line (by default, the
--- call's users are all), which a block leased for them should cover.
+-- call's users are all), which a block leased for them should cover. Such
+-- a call that finds the block open answers {'resend'} having done
+-- nothing: served alone, its user's ticket would start a run of its own,
+-- where the line's log has one run of a block's consecutive tickets.
 -- Returns {'ok', answer...}, the answers in the users' order, each either
 -- an answer of enqueue_one for one user, or {'joined', n, first ticket,
 -- first position, epoch, mode, rate count, rate span, notice, closed reason,
@@ -52,6 +55,9 @@ if ARGV[2] == BLOCK then
 end
 local wanted_from_first = #ARGV - from + 1
 if ARGV[from] == WANTED then
+  if cfg.sub_line and block_open(cfg) then
+    return { 'ok', { 'resend' } }
+  end
   wanted_from_first = tonumber(ARGV[from + 1])
   from = from + 2
 end

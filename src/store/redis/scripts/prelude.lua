@@ -144,7 +144,8 @@ end
 
 -- The size of the next block (domain::shards::next_block_size), for a
 -- call with `wanted` users still to serve: twice what the last one gave,
--- twice its size when used up, at least `wanted`, within 1 and MAX_BLOCK.
+-- twice its size when used up, as much as `wanted` up to twice that,
+-- within 1 and MAX_BLOCK.
 local function next_block_size(cfg, wanted)
   local grown
   if not cfg.block_first or cfg.block_ms == CLOSED then
@@ -154,7 +155,7 @@ local function next_block_size(cfg, wanted)
   else
     grown = math.max(1, 2 * (cfg.block_next - cfg.block_first))
   end
-  return math.min(math.max(grown, wanted), MAX_BLOCK)
+  return math.min(math.max(grown, math.min(wanted, 2 * grown)), MAX_BLOCK)
 end
 
 -- A sub-line's draw is 'closing' from when its pre-queue is frozen until
