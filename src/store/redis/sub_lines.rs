@@ -2395,6 +2395,44 @@ mod tests {
         );
     }
 
+    /// The head drops leases a minute old as it leases, at most 64 a
+    /// lease, and keeps the younger ones, which an admission's watermark
+    /// may still wait for.
+    #[tokio::test]
+    async fn a_lease_drops_at_most_64_leases_a_minute_old_and_keeps_the_younger() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let link = store.link(&queue);
+        let mut conn = connection_to(&redis);
+        let leases = |conn: &mut redis::Connection| -> Vec<String> {
+            redis::cmd("ZRANGE")
+                .arg(keys::leases_key("t", &queue))
+                .arg(0)
+                .arg(-1)
+                .query(conn)
+                .unwrap()
+        };
+        for at in 1_000..1_100 {
+            link.lease_block(1, at).await.unwrap();
+        }
+        assert_eq!(leases(&mut conn).len(), 100);
+        // A minute after the 36th: those 36 go.
+        link.lease_block(1, 61_035).await.unwrap();
+        let kept = leases(&mut conn);
+        assert_eq!(kept.len(), 65, "{kept:?}");
+        assert!(kept[0].ends_with(":1036"), "{kept:?}");
+        // Long after all of them: 64 go, the rest at the next lease.
+        link.lease_block(1, 200_000).await.unwrap();
+        assert_eq!(leases(&mut conn).len(), 2);
+        link.lease_block(1, 200_001).await.unwrap();
+        let kept = leases(&mut conn);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert!(
+            kept.iter()
+                .all(|l| l.ends_with(":200000") || l.ends_with(":200001"))
+        );
+    }
+
     /// A sub-line lost while an admission was journalled and not settled:
     /// the admission may have popped some of its users and settle them
     /// later, so their receipts wait for its record: those it admitted are
