@@ -395,8 +395,10 @@ async fn a_long_line_is_followed_without_holding_redis_and_others_are_served_mea
         .arg("SET")
         .arg("slowlog-log-slower-than")
         // Chunks take a few milliseconds; the margin is for a Redis the
-        // machine's scheduler pauses mid-call while the suite runs.
-        .arg(50_000)
+        // machine's scheduler pauses mid-call while the suite runs (67 ms
+        // once on a loaded day). The old single read of the line took
+        // 179 ms on a fast one.
+        .arg(100_000)
         .query(&mut conn)
         .unwrap();
     let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut conn).unwrap();
@@ -430,7 +432,7 @@ async fn a_long_line_is_followed_without_holding_redis_and_others_are_served_mea
         .arg(10)
         .query(&mut conn)
         .unwrap();
-    assert!(slow.is_empty(), "calls held Redis over 50 ms: {slow:?}");
+    assert!(slow.is_empty(), "calls held Redis over 100 ms: {slow:?}");
     assert!(
         worst < Duration::from_millis(250),
         "an enqueue took {worst:?}"
