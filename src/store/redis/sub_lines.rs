@@ -2433,6 +2433,45 @@ mod tests {
         );
     }
 
+    /// The history the scripts check is Redis's own name for its dataset
+    /// (`master_replid`), as the head and the sub-lines record it.
+    #[tokio::test]
+    async fn the_scripts_read_the_history_redis_names() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        join_users(&store, &queue, 30, 1_000).await;
+        let mut conn = connection_to(&redis);
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut conn)
+            .unwrap();
+        let replid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("master_replid:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let layout = store.link(&queue).layout().await.unwrap();
+        let mut recorded: Vec<Option<String>> = Vec::new();
+        recorded.push(
+            redis::cmd("HGET")
+                .arg(&keys::queue_keys("t", &queue)[0])
+                .arg("head_history")
+                .query(&mut conn)
+                .unwrap(),
+        );
+        for sub_line in 0..3 {
+            recorded.push(
+                redis::cmd("HGET")
+                    .arg(&layout.keys("t", sub_line).unwrap()[0])
+                    .arg("sub_line_history")
+                    .query(&mut conn)
+                    .unwrap(),
+            );
+        }
+        assert_eq!(recorded, vec![Some(replid); 4]);
+    }
+
     /// A sub-line lost while an admission was journalled and not settled:
     /// the admission may have popped some of its users and settle them
     /// later, so their receipts wait for its record: those it admitted are

@@ -38,8 +38,12 @@ local FLOW_SLOT = math.floor(NOW / FLOW_SLOT_MS)
 -- The name Redis gives the history of its dataset (`master_replid`): new
 -- on every promotion of a replica and on every restart that does not
 -- carry on its predecessor's data (see `same_history`).
+-- A plain find of the field first: a pattern tried at every place of
+-- the section cost about 3 µs of each call that checks.
 local function history_now()
-  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+  local info = redis.call('INFO', 'replication')
+  local at = string.find(info, 'master_replid:', 1, true)
+  return at and string.match(info, '^%w+', at + 14)
 end
 
 local function load_config()
