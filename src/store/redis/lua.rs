@@ -138,6 +138,7 @@ macro_rules! scripts {
         }
 
         /// Every script's name, by the SHA1 Redis knows it by.
+        #[cfg(feature = "testkit")]
         pub fn script_names() -> Vec<(String, &'static str)> {
             vec![$((Script::new(&$source).get_hash().to_string(), stringify!($name)),)*]
         }
