@@ -278,28 +278,10 @@ async fn a_primary_killed(victim_kind: Victim) {
     };
     let mut cluster = RedisCluster::start_with_replicas(1).unwrap_or_else(|e| panic!("{e}"));
     let (store, queue, _) = sale_over_three_sub_lines(&cluster).await;
-    let (head, _) = cluster.master_and_replica_of("k:{sale}:config").unwrap();
-    let keys = sub_line_keys(&cluster);
-    assert_eq!(keys.len(), 3, "{keys:?}");
     // The victim: a sub-line whose primary does not also hold the head,
     // or the one that does.
-    let (victim, master, replica) = keys
-        .iter()
-        .enumerate()
-        .find_map(|(sub_line, key)| {
-            let (master, replica) = cluster.master_and_replica_of(key).unwrap();
-            ((master == head) == killing_the_head).then_some((sub_line, master, replica))
-        })
-        .expect("the sub-lines spread over the masters");
-    let replica = replica.expect("the test cluster has a replica per master");
+    let (victim, master, replica) = sub_line_with_replica(&cluster, killing_the_head).await;
     let node_on = |port: u16| move |node: &&RedisServer| node.port == port;
-    // A replica takes over only once it has synchronised (its first full
-    // copy waits out the diskless sync delay).
-    let replica_node = cluster.nodes.iter().find(node_on(replica)).unwrap();
-    wait_until("the replica synchronised", Duration::from_secs(30), || {
-        std::future::ready(replica_link_up(replica_node))
-    })
-    .await;
 
     let mut joins = line_of(&store, &queue, "early", LINE).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1354,21 +1336,7 @@ async fn a_sub_line_s_primary_killed_during_the_draw_leaves_everyone_drawn_once_
 async fn primary_killed_during_the_draw(after_steps: usize) {
     let mut cluster = RedisCluster::start_with_replicas(1).unwrap_or_else(|e| panic!("{e}"));
     let (store, queue, _) = sale_over_three_sub_lines(&cluster).await;
-    let (head, _) = cluster.master_and_replica_of("k:{sale}:config").unwrap();
-    let (master, replica) = sub_line_keys(&cluster)
-        .iter()
-        .find_map(|key| {
-            let (master, replica) = cluster.master_and_replica_of(key).unwrap();
-            (master != head).then_some((master, replica))
-        })
-        .expect("the sub-lines spread over the masters");
-    let replica = replica.expect("the test cluster has a replica per master");
-    let node_on = |port: u16| move |node: &&RedisServer| node.port == port;
-    let replica_node = cluster.nodes.iter().find(node_on(replica)).unwrap();
-    wait_until("the replica synchronised", Duration::from_secs(30), || {
-        std::future::ready(replica_link_up(replica_node))
-    })
-    .await;
+    let (_, master, _) = sub_line_with_replica(&cluster, false).await;
     // The opening is set once the replica is in step (its first copy
     // takes a few seconds), with time to pre-queue everyone first.
     let opens_at = now_ms() + 4_000;
@@ -1439,6 +1407,31 @@ async fn primary_killed_during_the_draw(after_steps: usize) {
         "{} drawn once in the seed's order through a sub-line's failover after {after_steps} steps, {failures} steps refused",
         early.len()
     );
+}
+
+/// A sub-line of `sale` whose primary holds the head (`on_head`) or does
+/// not: its number, its primary's port and its replica's, once the
+/// replica has synchronised (a replica takes over only once it has; its
+/// first full copy waits out the diskless sync delay).
+async fn sub_line_with_replica(cluster: &RedisCluster, on_head: bool) -> (usize, u16, u16) {
+    let (head, _) = cluster.master_and_replica_of("k:{sale}:config").unwrap();
+    let keys = sub_line_keys(cluster);
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    let (sub_line, master, replica) = keys
+        .iter()
+        .enumerate()
+        .find_map(|(sub_line, key)| {
+            let (master, replica) = cluster.master_and_replica_of(key).unwrap();
+            ((master == head) == on_head).then_some((sub_line, master, replica))
+        })
+        .expect("the sub-lines spread over the masters");
+    let replica = replica.expect("the test cluster has a replica per master");
+    let replica_node = cluster.nodes.iter().find(|n| n.port == replica).unwrap();
+    wait_until("the replica synchronised", Duration::from_secs(30), || {
+        std::future::ready(replica_link_up(replica_node))
+    })
+    .await;
+    (sub_line, master, replica)
 }
 
 /// Everyone of `early` (pre-queued, nobody left) drawn once: waiting on

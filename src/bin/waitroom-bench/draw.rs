@@ -159,23 +159,11 @@ async fn slowlog_micros(
         .arg(-1)
         .query_async(conn)
         .await?;
-    let mut micros = Vec::new();
-    for entry in entries {
-        let redis::Value::Array(fields) = entry else {
-            continue;
-        };
-        let (Some(redis::Value::Int(duration)), Some(redis::Value::Array(args))) =
-            (fields.get(2), fields.get(3))
-        else {
-            continue;
-        };
-        let name = match args.first() {
-            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).to_uppercase(),
-            _ => continue,
-        };
-        if name == command {
-            micros.push(*duration as u64);
-        }
-    }
-    Ok(micros)
+    Ok(crate::load::logged_calls(entries)
+        .into_iter()
+        .filter(|(_, call)| {
+            matches!(call.first(), Some(redis::Value::BulkString(b)) if b.eq_ignore_ascii_case(command.as_bytes()))
+        })
+        .map(|(usec, _)| usec)
+        .collect())
 }

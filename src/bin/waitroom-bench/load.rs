@@ -166,6 +166,25 @@ pub fn redis_cpu_sys(url: &str) -> anyhow::Result<Duration> {
     ))
 }
 
+/// The calls in Redis's log (the answer of `SLOWLOG GET`): each one's
+/// microseconds and its words as logged.
+pub fn logged_calls(entries: Vec<redis::Value>) -> Vec<(u64, Vec<redis::Value>)> {
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(fields) = entry else {
+                return None;
+            };
+            // Id, time, microseconds, words, client address, client name.
+            let mut fields = fields.into_iter().skip(2);
+            match (fields.next()?, fields.next()?) {
+                (redis::Value::Int(usec), redis::Value::Array(call)) => Some((usec as u64, call)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// Bytes Redis holds for data (`used_memory`).
 pub fn redis_memory(url: &str) -> anyhow::Result<u64> {
     let info = redis_info(url, "memory")?;

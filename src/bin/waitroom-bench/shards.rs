@@ -500,15 +500,7 @@ async fn scripts_profile(
         let entries: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(-1).query(conn)?;
         redis::cmd("SLOWLOG").arg("RESET").query::<()>(conn)?;
         let mut scripts: HashMap<&'static str, (u64, u64, u64)> = HashMap::new();
-        for entry in entries {
-            let redis::Value::Array(fields) = entry else {
-                continue;
-            };
-            let (Some(redis::Value::Int(usec)), Some(redis::Value::Array(call))) =
-                (fields.get(2), fields.get(3))
-            else {
-                continue;
-            };
+        for (usec, call) in load::logged_calls(entries) {
             let (Some(redis::Value::BulkString(command)), Some(redis::Value::BulkString(sha))) =
                 (call.first(), call.get(1))
             else {
@@ -548,7 +540,7 @@ async fn scripts_profile(
             };
             let cost = scripts.entry(name).or_default();
             cost.0 += 1;
-            cost.1 += *usec as u64;
+            cost.1 += usec;
             cost.2 += call.len() as u64 + more;
         }
         by_node.push(scripts);

@@ -230,7 +230,7 @@ pub(super) struct SubLineLink<'a> {
 /// known; a sub-line whose block another replica leased since answers
 /// 'resend' (`enqueue_many.lua`), and everyone goes in the next call.
 #[derive(Default)]
-pub(super) struct Leased(Mutex<HashMap<(QueueId, usize), u64>>);
+pub(super) struct Leased(Mutex<HashMap<QueueId, Vec<u64>>>);
 
 impl Leased {
     /// Whether the block this store last leased for `sub_line` is past τ
@@ -238,7 +238,8 @@ impl Leased {
     fn closed(&self, queue: &QueueId, sub_line: usize, now_ms: u64) -> bool {
         let leased = self.0.lock().unwrap_or_else(|e| e.into_inner());
         leased
-            .get(&(queue.clone(), sub_line))
+            .get(queue)
+            .and_then(|times| times.get(sub_line))
             .is_none_or(|&at| now_ms >= at.saturating_add(TAU_MS))
     }
 
@@ -246,13 +247,16 @@ impl Leased {
     /// another's moves it no earlier.
     fn note(&self, queue: &QueueId, sub_line: usize, now_ms: u64) {
         let mut leased = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let at = leased.entry((queue.clone(), sub_line)).or_default();
-        *at = (*at).max(now_ms);
+        let times = leased.entry(queue.clone()).or_default();
+        if times.len() <= sub_line {
+            times.resize(sub_line + 1, 0);
+        }
+        times[sub_line] = times[sub_line].max(now_ms);
     }
 
     pub(super) fn forget(&self, queue: &QueueId) {
         let mut leased = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        leased.retain(|(q, _), _| q != queue);
+        leased.remove(queue);
     }
 }
 
