@@ -2437,6 +2437,24 @@ mod tests {
         );
     }
 
+    /// A lease noted with an earlier clock than the last (a batch whose
+    /// clock was read before another's) moves the record no earlier, and
+    /// a sub-line's record is its own.
+    #[test]
+    fn a_lease_is_noted_at_the_latest_time_told_for_its_sub_line_alone() {
+        let leased = Leased::default();
+        let queue = QueueId::parse("sale").unwrap();
+        assert!(leased.closed(&queue, 1, 1_000), "none known");
+        leased.note(&queue, 1, 1_000);
+        leased.note(&queue, 1, 990);
+        assert!(!leased.closed(&queue, 1, 1_000 + TAU_MS - 1));
+        assert!(leased.closed(&queue, 1, 1_000 + TAU_MS));
+        assert!(leased.closed(&queue, 0, 1_000), "another sub-line");
+        assert!(leased.closed(&queue, 2, 1_000), "another sub-line");
+        leased.forget(&queue);
+        assert!(leased.closed(&queue, 1, 1_000), "forgotten");
+    }
+
     /// The history the scripts check is Redis's own name for its dataset
     /// (`master_replid`), as the head and the sub-lines record it.
     #[tokio::test]
