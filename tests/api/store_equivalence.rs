@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, TestRunner};
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use waitroom::domain::{
     Admission, AdmissionCheck, Adoption, Consume, LineEvent, NamedAdmission, Place, PlaceClaim,
     PlaceState, QueueConfig, QueueId, QueueMode, QueueUpdate, RequestId, Restoration, UserId,
@@ -712,59 +712,112 @@ fn sequences_over_sub_lines_get_identical_answers_from_both_stores() {
                 proptest::collection::vec(sub_line_op(), 1..60),
             ),
             |(shards, rate, pass_through, scheduled, ops)| {
-                runtime.block_on(async {
-                    let memory = MemoryStore::new();
-                    let redis_store = redis.store().await.with_sub_lines();
-                    let mut now = T0;
-                    let mut seen = Vec::new();
-                    let mut first = config(now);
-                    first.shards = shards;
-                    first.admit_per_second = rate;
-                    if pass_through {
-                        first.mode = QueueMode::PassThrough;
-                    }
-                    // Half the sequences start before a scheduled opening,
-                    // inside the pre-queue window.
-                    if scheduled {
-                        first.opens_at_ms = Some(now + 15_000);
-                    }
-                    memory.create_queue(&first).await.unwrap();
-                    redis_store.create_queue(&first).await.unwrap();
-                    for (step, op) in ops.iter().enumerate() {
-                        match op {
-                            Op::Advance(ms) => now += ms,
-                            Op::Rewind(ms) => now = now.saturating_sub(*ms).max(T0),
-                            _ => {}
-                        }
-                        if let Op::Passes(passes) = op {
-                            for pass in 0..*passes {
-                                now += 2_000;
-                                let expected = memory.reap(&queue(), 3, now).await.ok();
-                                let actual = redis_store.reap(&queue(), 3, now).await.ok();
-                                prop_assert_eq!(actual, expected, "step {} pass {}", step, pass);
-                            }
-                            continue;
-                        }
-                        let mut before = seen.clone();
-                        let expected = apply(&memory, op, now, &mut seen).await;
-                        let actual = apply(&redis_store, op, now, &mut before).await;
-                        prop_assert_eq!(&actual, &expected, "step {} {:?}", step, op);
-                    }
-                    // Each sub-line's log, applied from its start, gives
-                    // the sub-line's waiting tickets.
-                    let shards = redis_store
-                        .get_queue(&queue())
-                        .await
-                        .map_or(1, |c| c.shards);
-                    for sub_line in 0..shards {
-                        if let Some((replayed, held)) = replayed(&redis_store, sub_line, now).await
-                        {
-                            prop_assert_eq!(replayed, held, "sub-line {} replayed", sub_line);
-                        }
-                    }
-                    Ok(())
-                })
+                runtime.block_on(over_sub_lines(
+                    &redis,
+                    shards,
+                    rate,
+                    pass_through,
+                    scheduled,
+                    &ops,
+                ))
             },
         )
         .unwrap();
+}
+
+/// One sequence of `sequences_over_sub_lines_get_identical_answers_from_both_stores`.
+async fn over_sub_lines(
+    redis: &TestRedis,
+    shards: u32,
+    rate: u32,
+    pass_through: bool,
+    scheduled: bool,
+    ops: &[Op],
+) -> Result<(), TestCaseError> {
+    let memory = MemoryStore::new();
+    let redis_store = redis.store().await.with_sub_lines();
+    let mut now = T0;
+    let mut seen = Vec::new();
+    let mut first = config(now);
+    first.shards = shards;
+    first.admit_per_second = rate;
+    if pass_through {
+        first.mode = QueueMode::PassThrough;
+    }
+    // Half the sequences start before a scheduled opening, inside the
+    // pre-queue window.
+    if scheduled {
+        first.opens_at_ms = Some(now + 15_000);
+    }
+    memory.create_queue(&first).await.unwrap();
+    redis_store.create_queue(&first).await.unwrap();
+    for (step, op) in ops.iter().enumerate() {
+        match op {
+            Op::Advance(ms) => now += ms,
+            Op::Rewind(ms) => now = now.saturating_sub(*ms).max(T0),
+            _ => {}
+        }
+        if let Op::Passes(passes) = op {
+            for pass in 0..*passes {
+                now += 2_000;
+                let expected = memory.reap(&queue(), 3, now).await.ok();
+                let actual = redis_store.reap(&queue(), 3, now).await.ok();
+                prop_assert_eq!(actual, expected, "step {} pass {}", step, pass);
+            }
+            continue;
+        }
+        let mut before = seen.clone();
+        let expected = apply(&memory, op, now, &mut seen).await;
+        let actual = apply(&redis_store, op, now, &mut before).await;
+        prop_assert_eq!(&actual, &expected, "step {} {:?}", step, op);
+    }
+    // Each sub-line's log, applied from its start, gives the sub-line's
+    // waiting tickets.
+    let shards = redis_store
+        .get_queue(&queue())
+        .await
+        .map_or(1, |c| c.shards);
+    for sub_line in 0..shards {
+        if let Some((replayed, held)) = replayed(&redis_store, sub_line, now).await {
+            prop_assert_eq!(replayed, held, "sub-line {} replayed", sub_line);
+        }
+    }
+    Ok(())
+}
+
+/// Sequences the random ones found, kept.
+#[test]
+fn sequences_over_sub_lines_found_before_get_identical_answers() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let redis = TestRedis::start();
+    let found: Vec<(u32, u32, bool, bool, Vec<Op>)> = vec![(
+        2,
+        0,
+        true,
+        false,
+        vec![
+            Op::EnqueueMany(vec![1, 2, 11]),
+            Op::Enqueue(3),
+            Op::SetOpeningAtEdge(4),
+            Op::EnqueueMany(vec![4]),
+            Op::Advance(20000),
+            Op::Leave(5),
+            Op::DrawStep(0),
+            Op::DrawStep(0),
+            Op::Admit(1, None),
+            Op::Stats,
+        ],
+    )];
+    for (shards, rate, pass_through, scheduled, ops) in found {
+        runtime
+            .block_on(over_sub_lines(
+                &redis,
+                shards,
+                rate,
+                pass_through,
+                scheduled,
+                &ops,
+            ))
+            .unwrap();
+    }
 }

@@ -513,7 +513,8 @@ async fn scripts_profile(
                 .get(String::from_utf8_lossy(sha).as_ref())
                 .copied()
                 .unwrap_or("(another script)");
-            // A join's call that brings the block it leased.
+            // A join's call that brings the block it leased, after a
+            // 'lease' or ahead of it.
             let numkeys = match call.get(2) {
                 Some(redis::Value::BulkString(n)) => {
                     String::from_utf8_lossy(n).parse::<usize>().unwrap_or(0)
@@ -521,7 +522,7 @@ async fn scripts_profile(
                 _ => 0,
             };
             if name == "enqueue_many"
-                && matches!(call.get(3 + numkeys + 1), Some(redis::Value::BulkString(b)) if b == b"\x01")
+                && matches!(call.get(3 + numkeys + 1), Some(redis::Value::BulkString(b)) if b == b"\x01" || b == b"\x03")
             {
                 name = "enqueue_many with a block";
             }

@@ -53,8 +53,12 @@ impl QueueState {
         let size = self.opening.prequeue.len() as u64;
         self.opening.draw_next = self.line.seq + 1;
         self.move_seq(self.line.seq + size);
+        // Over sub-lines each keeps its own marks, and each is told the
+        // reserved tickets (`draw_sub_line.lua`, 'open').
         if size > 0 {
-            self.note_joined(now_ms);
+            for at in 0..self.line.by_sub_line.len().max(1) {
+                self.note_joined_in(at, self.line.seq, now_ms);
+            }
         }
         self.opening.draw = if size == 0 { Draw::Done } else { Draw::Frozen };
         self.config.draw_complete = size == 0;

@@ -301,7 +301,7 @@ pub(super) struct QueueCaller {
     pub(super) prefix: String,
     pub(super) layouts: Arc<Layouts>,
     pub(super) rounds: Arc<super::rounds::Rounds>,
-    pub(super) leased: Arc<super::sub_lines::Leased>,
+    pub(super) blocks: Arc<super::sub_lines::Blocks>,
     pub(super) resyncs: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -351,7 +351,7 @@ impl QueueCaller {
             breaker: &self.breaker,
             layouts: &self.layouts,
             rounds: &self.rounds,
-            leased: &self.leased,
+            blocks: &self.blocks,
             resyncs: &self.resyncs,
         }
     }

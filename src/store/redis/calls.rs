@@ -42,7 +42,7 @@ impl RedisStore {
             prefix: self.prefix.clone(),
             layouts: Arc::clone(&self.layouts),
             rounds: Arc::clone(&self.rounds),
-            leased: Arc::clone(&self.leased),
+            blocks: Arc::clone(&self.blocks),
             resyncs: Arc::clone(&self.resyncs),
         })
     }
@@ -66,7 +66,7 @@ impl RedisStore {
             breaker: &self.breaker,
             layouts: &self.layouts,
             rounds: &self.rounds,
-            leased: &self.leased,
+            blocks: &self.blocks,
             resyncs: &self.resyncs,
         }
     }

@@ -170,6 +170,7 @@ scripts! {
     head_restore: with_prelude_source(include_str!("scripts/head_restore.lua")),
     sub_line_resync: with_prelude_source(include_str!("scripts/sub_line_resync.lua")),
     lease: with_prelude_source(include_str!("scripts/lease.lua")),
+    give_back: with_prelude_source(include_str!("scripts/give_back.lua")),
     install_block: with_prelude_source(include_str!("scripts/install_block.lua")),
     count_below: with_prelude_source(include_str!("scripts/count_below.lua")),
     admission_head: with_prelude_source(include_str!("scripts/admission_head.lua")),

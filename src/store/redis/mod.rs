@@ -131,8 +131,8 @@ pub struct RedisStore {
     layouts: Arc<Layouts>,
     /// Each queue over sub-lines' shared reads of places.
     rounds: Arc<rounds::Rounds>,
-    /// When this store last leased a block for each sub-line.
-    leased: Arc<sub_lines::Leased>,
+    /// Each sub-line's block as this store's last call of it left it.
+    blocks: Arc<sub_lines::Blocks>,
     /// One sub-line resync at a time (`SubLineLink::value`): the calls
     /// that meet a sub-line in a new history meanwhile wait for it.
     resyncs: Arc<tokio::sync::Mutex<()>>,
@@ -173,7 +173,7 @@ impl RedisStore {
             instance: crate::domain::instance_id(),
             layouts: Arc::default(),
             rounds: Arc::default(),
-            leased: Arc::default(),
+            blocks: Arc::default(),
             resyncs: Arc::default(),
             sub_lines: false,
         })
@@ -708,7 +708,7 @@ impl QueueStore for RedisStore {
         }
         self.layouts.forget(queue);
         self.rounds.forget(queue);
-        self.leased.forget(queue);
+        self.blocks.forget(queue);
         let mut invocation = self.invocation(&self.scripts.delete_queue, queue, 0);
         invocation
             .key(keys::deleted_key(&self.prefix, queue))
@@ -1738,12 +1738,12 @@ mod tests {
         assert_eq!(order, expected);
     }
 
-    /// A join that finds its sub-line's block closed leases one from the
-    /// head and joins with it installed by the same call: three script
-    /// calls (the join answered "lease", the lease, the join) and the read
-    /// of positions over the head and the three sub-lines.
+    /// A join whose sub-line's block closed since its last call gave a
+    /// ticket leases one from the head ahead and joins with it: two script
+    /// calls (the lease, the join) and the read of positions over the head
+    /// and the three sub-lines.
     #[tokio::test]
-    async fn a_join_installs_the_block_it_leased_with_its_next_call() {
+    async fn a_join_leases_its_block_ahead_and_brings_it_to_its_call() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         let (store, queue) = over_three_sub_lines(&redis).await;
         // The first joins read the layout and resync the new head and each
@@ -1764,7 +1764,7 @@ mod tests {
             // τ after every block's lease: each join leases one.
             let place = store.enqueue(&queue, &user, 2_000 + 10 * n).await.unwrap();
             assert_eq!(place.waiting_count, n + 4);
-            assert_eq!(redis.calls("evalsha").unwrap() - before, 3 + 4, "join {n}");
+            assert_eq!(redis.calls("evalsha").unwrap() - before, 2 + 4, "join {n}");
         }
     }
 

@@ -38,7 +38,7 @@ use super::reply::{
     Reply, bad_reply, parse_admitted, parse_enqueued_runs, parse_named, parse_place,
 };
 use super::topology::Connector;
-use crate::domain::shards::{TAU_MS, sub_line_of};
+use crate::domain::shards::{Block, TAU_MS, next_block_size, sub_line_of};
 use crate::domain::{
     Admitted, NamedAdmission, Place, PlaceClaim, PlaceState, QueueConfig, QueueId, QueueStats,
     RateSample, Refusal, RequestId, Restoration, UserId,
@@ -211,52 +211,86 @@ pub(super) struct SubLineLink<'a> {
     pub(super) breaker: &'a Arc<Breaker>,
     pub(super) layouts: &'a Layouts,
     pub(super) rounds: &'a super::rounds::Rounds,
-    pub(super) leased: &'a Leased,
+    pub(super) blocks: &'a Blocks,
     pub(super) resyncs: &'a tokio::sync::Mutex<()>,
 }
 
-/// When this store last leased a block for each sub-line of each queue,
-/// by the caller's clock the block was leased at.
+/// Each sub-line's block as this store's last call of it left it, for the
+/// next call to choose what it sends.
 ///
 /// In a burst a sub-line's batches come further apart than τ, so each
-/// finds its block closed: its call answers 'lease' at its first newcomer,
-/// and the batch is sent again with the block leased. A call that finds
-/// the block closed answers nobody before that newcomer, so sending only
-/// the batch's first user then costs Redis the call's fixed cost, where
-/// sending everyone cost reading every user's name too (a fifth of the
-/// next call's time at a burst's batch of about 250). The call says how
-/// many users it stands for, and the block leased covers them all
-/// (`domain::shards::next_block_size`). Only a block this store leased is
-/// known; a sub-line whose block another replica leased since answers
-/// 'resend' (`enqueue_many.lua`), and everyone goes in the next call.
+/// finds its block closed and needs a new one, leased from the head. A
+/// call that finds the block closed answers 'lease' at its first newcomer,
+/// and the rest of the batch goes again with the block. Sending the whole
+/// batch to be told so cost Redis reading every name twice; sending its
+/// first user alone, with the count it stands for, still cost a call. So
+/// when the block the last call left is closed, and that call gave
+/// tickets (a burst's newcomers), the block is leased ahead, of the size
+/// the call's 'lease' would ask (`domain::shards::next_block_size` for the
+/// call's users), and goes with the batch: one lease and one call. The
+/// script installs it where that 'lease' would come, when it is of that
+/// size (`enqueue_many.lua`); a block not installed (the block was open
+/// after all, or the first users already held places) is given back
+/// (`give_back.lua`), so the tickets are those of a lease asked when
+/// needed, the memory store's. Without a burst, or with no block known
+/// (this store's first call, or a sub-line another replica served
+/// since), the first user goes alone when the batch has several, and a
+/// block found open answers 'resend': everyone goes in the next call.
 #[derive(Default)]
-pub(super) struct Leased(Mutex<HashMap<QueueId, Vec<u64>>>);
+pub(super) struct Blocks(Mutex<HashMap<QueueId, Vec<Option<LastCall>>>>);
 
-impl Leased {
-    /// Whether the block this store last leased for `sub_line` is past τ
-    /// at `now_ms`, or none is known.
-    fn closed(&self, queue: &QueueId, sub_line: usize, now_ms: u64) -> bool {
-        let leased = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        leased
+/// A sub-line's block as a call left it, and whether the call gave tickets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LastCall {
+    block: Option<Block>,
+    gave: bool,
+}
+
+/// What a call of a sub-line's users sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sending {
+    /// Everyone, the block being open or the call of one user.
+    All,
+    /// The first user alone, with the count of users.
+    FirstAlone,
+    /// Everyone, with a block of this size leased ahead.
+    Ahead(u64),
+}
+
+impl Blocks {
+    /// What a call of `users` users of `sub_line` sends at `now_ms`.
+    fn sending(&self, queue: &QueueId, sub_line: usize, users: usize, now_ms: u64) -> Sending {
+        let blocks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let last = blocks
             .get(queue)
-            .and_then(|times| times.get(sub_line))
-            .is_none_or(|&at| now_ms >= at.saturating_add(TAU_MS))
+            .and_then(|calls| calls.get(sub_line).copied().flatten());
+        match last {
+            Some(last) if last.block.is_some_and(|b| b.open_at(now_ms, TAU_MS)) => Sending::All,
+            Some(LastCall { block, gave: true }) => {
+                Sending::Ahead(next_block_size(block.as_ref(), users as u64))
+            }
+            _ if users > 1 => Sending::FirstAlone,
+            _ => Sending::All,
+        }
     }
 
-    /// Notes a lease at `now_ms`; a batch whose clock was read before
-    /// another's moves it no earlier.
-    fn note(&self, queue: &QueueId, sub_line: usize, now_ms: u64) {
-        let mut leased = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let times = leased.entry(queue.clone()).or_default();
-        if times.len() <= sub_line {
-            times.resize(sub_line + 1, 0);
+    /// Notes the block a call left; of calls answered out of their order,
+    /// the one that left the later block stands.
+    fn note(&self, queue: &QueueId, sub_line: usize, call: LastCall) {
+        let mut blocks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let calls = blocks.entry(queue.clone()).or_default();
+        if calls.len() <= sub_line {
+            calls.resize(sub_line + 1, None);
         }
-        times[sub_line] = times[sub_line].max(now_ms);
+        let later = |c: &LastCall| c.block.map_or((0, 0), |b| (b.first, b.next));
+        if calls[sub_line].is_none_or(|kept| later(&call) >= later(&kept)) {
+            calls[sub_line] = Some(call);
+        }
     }
 
     pub(super) fn forget(&self, queue: &QueueId) {
-        let mut leased = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        leased.remove(queue);
+        let mut blocks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        blocks.remove(queue);
     }
 }
 
@@ -869,10 +903,21 @@ impl SubLineLink<'_> {
             let mut leases = 0;
             // A block leased for the call, installed by its next call.
             let mut block: Option<[String; 3]> = None;
-            // The first call sends one user when the block is likely
-            // closed (see `Leased`), saying how many it has, for the block
-            // it leases to cover them all.
-            let mut probe = rest.len() > 1 && self.leased.closed(self.queue, sub_line, now_ms);
+            // What the first call sends (see `Blocks`).
+            let sending = self
+                .blocks
+                .sending(self.queue, sub_line, rest.len(), now_ms);
+            let mut ahead = None;
+            if let Sending::Ahead(size) = sending {
+                let first = self.lease_block(size, now_ms).await?;
+                leases += 1;
+                ahead = Some([
+                    first.to_string(),
+                    (first + size).to_string(),
+                    now_ms.to_string(),
+                ]);
+            }
+            let mut probe = sending == Sending::FirstAlone;
             let all = rest.len().to_string();
             while !rest.is_empty() {
                 let sent = match probe {
@@ -883,6 +928,9 @@ impl SubLineLink<'_> {
                 if let Some(block) = &block {
                     names.push(BLOCK);
                     names.extend(block.iter().map(String::as_str));
+                } else if let Some(ahead) = &ahead {
+                    names.push(AHEAD);
+                    names.extend(ahead.iter().map(String::as_str));
                 }
                 if probe {
                     names.extend([WANTED, all.as_str()]);
@@ -904,6 +952,17 @@ impl SubLineLink<'_> {
                 {
                     continue;
                 }
+                let left = match items.last() {
+                    Some(Value::Array(values)) if matches!(values.first(), Some(Value::BulkString(kind)) if kind == b"block") => {
+                        Some(parse_block_left(items.pop().unwrap_or(Value::Nil))?)
+                    }
+                    _ => None,
+                };
+                if let Some(ahead) = ahead.take()
+                    && left.is_some_and(|left| left.ahead_unused)
+                {
+                    self.give_back(&ahead, now_ms).await?;
+                }
                 let lease = match items.last() {
                     Some(Value::Array(values)) if matches!(values.first(), Some(Value::BulkString(kind)) if kind == b"lease") =>
                     {
@@ -914,6 +973,19 @@ impl SubLineLink<'_> {
                     _ => None,
                 };
                 let answered = parse_enqueued_runs(items, sent.len(), self.queue)?;
+                if let Some(left) = left {
+                    let gave = answered.iter().any(|(place, _)| {
+                        matches!(place, Ok(place) if left.block.is_some_and(|b| place.ticket >= b.first && place.ticket < b.next))
+                    });
+                    self.blocks.note(
+                        self.queue,
+                        sub_line,
+                        LastCall {
+                            block: left.block,
+                            gave,
+                        },
+                    );
+                }
                 let count = answered.len();
                 let all_sent = count == sent.len();
                 for (&i, answer) in rest.iter().zip(answered) {
@@ -929,7 +1001,6 @@ impl SubLineLink<'_> {
                             )));
                         }
                         let first = self.lease_block(size, now_ms).await?;
-                        self.leased.note(self.queue, sub_line, now_ms);
                         block = Some([
                             first.to_string(),
                             (first + size).to_string(),
@@ -1737,6 +1808,23 @@ impl SubLineLink<'_> {
     }
 
     /// Leases a block of `size` from the head: its first ticket.
+    /// Gives back a block leased ahead that its call did not install
+    /// (`give_back.lua`): `[first, end, leased at]` as leased.
+    async fn give_back(&self, block: &[String; 3], now_ms: u64) -> Result<()> {
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let leases = [keys::leases_key(self.prefix, self.queue)];
+        let args: Vec<&str> = block.iter().map(String::as_str).collect();
+        let reply = self
+            .value(
+                "lease",
+                ScriptCall::new(&self.scripts.give_back, &head, now_ms)
+                    .own_keys(&leases)
+                    .args(&args),
+            )
+            .await?;
+        Reply::of(reply, self.queue).map(drop)
+    }
+
     pub(super) async fn lease_block(&self, size: u64, now_ms: u64) -> Result<u64> {
         let head = keys::queue_keys(self.prefix, self.queue);
         let leases = [keys::leases_key(self.prefix, self.queue)];
@@ -2005,6 +2093,35 @@ const BLOCK: &str = "\u{1}";
 /// Marks the count of users a call of `enqueue_many.lua` stands for.
 const WANTED: &str = "\u{2}";
 
+/// What precedes a block leased ahead of a call (`enqueue_many.lua`).
+const AHEAD: &str = "\u{3}";
+
+/// A sub-line's block as an enqueue call left it (`enqueue_many.lua`'s
+/// last answer), and whether a block leased ahead went unused.
+#[derive(Clone, Copy, Debug)]
+struct BlockLeft {
+    block: Option<Block>,
+    ahead_unused: bool,
+}
+
+fn parse_block_left(value: Value) -> Result<BlockLeft> {
+    let mut reply = Reply::new(value)?;
+    reply.string()?;
+    let (first, next, end) = (reply.u64()?, reply.u64()?, reply.u64()?);
+    let leased_ms = reply.u64()?;
+    let ahead_unused = reply.u64()? == 1;
+    let block = (first > 0).then_some(Block {
+        first,
+        next,
+        end,
+        leased_ms,
+    });
+    Ok(BlockLeft {
+        block,
+        ahead_unused,
+    })
+}
+
 /// Whether a script answered that it found no queue.
 fn no_queue(reply: &Value) -> bool {
     matches!(reply, Value::Array(items)
@@ -2237,6 +2354,25 @@ mod tests {
     };
     use crate::store::{QueueStore, RedisStore};
 
+    /// The head's ticket sequence (0 before any lease).
+    fn head_seq(conn: &mut redis::Connection, queue: &QueueId) -> u64 {
+        redis::cmd("GET")
+            .arg(&keys::queue_keys("t", queue)[1])
+            .query::<Option<u64>>(conn)
+            .unwrap()
+            .unwrap_or(0)
+    }
+
+    /// The head's record of its leases.
+    fn lease_records(conn: &mut redis::Connection, queue: &QueueId) -> Vec<String> {
+        redis::cmd("ZRANGE")
+            .arg(keys::leases_key("t", queue))
+            .arg(0)
+            .arg(-1)
+            .query(conn)
+            .unwrap()
+    }
+
     /// A batch whose sub-line's block is past τ sends its first user
     /// alone, which finds the block closed, and then everyone with the
     /// block leased: each user's name goes to Redis once, not once to be
@@ -2314,13 +2450,11 @@ mod tests {
         // 29 left.
         let first = of_one(0, 24);
         let mut placed = link.enqueue_many(&layout, &first, 1_000).await.unwrap();
-        let leases = |conn: &mut redis::Connection| -> u64 {
-            redis::cmd("ZCARD")
-                .arg(keys::leases_key("t", &queue))
-                .query(conn)
-                .unwrap()
-        };
-        assert_eq!(leases(&mut conn), 3, "leases for the call");
+        assert_eq!(
+            lease_records(&mut conn, &queue).len(),
+            3,
+            "leases for the call"
+        );
         let first_more = of_one(500, 5);
         placed.extend(
             link.enqueue_many(&layout, &first_more, 1_000)
@@ -2339,35 +2473,41 @@ mod tests {
             (vec![1; 5], 1),
             "one call"
         );
-        // Past τ: the first alone, then everyone with a new block (Redis's
-        // log keeps the first 31 words of a call: the keys, the clock, the
-        // block and seven users).
+        // Past τ, the last call having given tickets: a block leased
+        // ahead, and everyone in one call.
         let third = of_one(2_000, 7);
         log_every_call(&mut conn);
         let past = link
             .enqueue_many(&layout, &third, 1_000 + TAU_MS)
             .await
             .unwrap();
-        let (naming, _) = calls_naming(&mut conn, &third);
-        assert_eq!(leases(&mut conn), 5, "one lease for the call");
-        assert_eq!(naming[0], 2, "the first alone, then with the others");
-        assert_eq!(naming[1..], [1; 6], "sent once");
+        assert_eq!(
+            lease_records(&mut conn, &queue).len(),
+            5,
+            "one lease for the call"
+        );
+        assert_eq!(calls_naming(&mut conn, &third), (vec![1; 7], 1), "one call");
         let tickets: Vec<u64> = [placed, within, past]
             .into_iter()
             .flatten()
             .map(|place| place.unwrap().ticket)
             .collect();
         assert!(tickets.windows(2).all(|w| w[0] < w[1]), "{tickets:?}");
-        // Another replica leases now; this store's lease is past τ, so its
-        // next batch sends the first user alone, who finds the block open:
-        // the script serves nobody, and everyone joins in one call, one
-        // run in the line's log.
+        // Another replica leases now and gives one ticket. This store's
+        // next batch brings a block leased ahead, but the script serves it
+        // from the other's block, still open: one call, one run in the
+        // line's log, and the block ahead given back, its lease dropped
+        // and the sequence back where the other's lease left it.
         let other = store_on(&redis).await.with_sub_lines();
         let at = 1_000 + 2 * TAU_MS;
         other
             .enqueue(&queue, &of_one(3_000, 1)[0], at)
             .await
             .unwrap();
+        let (leased, reached) = (
+            lease_records(&mut conn, &queue),
+            head_seq(&mut conn, &queue),
+        );
         let fourth = of_one(4_000, 6);
         let last_seq = store
             .line_changes(&queue, 1, 0, 10_000, at)
@@ -2378,8 +2518,19 @@ mod tests {
             .map_or(0, |(seq, _)| *seq);
         log_every_call(&mut conn);
         let placed = link.enqueue_many(&layout, &fourth, at).await.unwrap();
-        let (naming, calls) = calls_naming(&mut conn, &fourth);
-        assert_eq!((naming[0], calls), (2, 2), "the first alone, then everyone");
+        assert_eq!(
+            calls_naming(&mut conn, &fourth),
+            (vec![1; 6], 1),
+            "one call"
+        );
+        assert_eq!(
+            (
+                lease_records(&mut conn, &queue),
+                head_seq(&mut conn, &queue)
+            ),
+            (leased, reached),
+            "given back"
+        );
         let changes = store
             .line_changes(&queue, 1, last_seq, 10_000, at)
             .await
@@ -2397,6 +2548,80 @@ mod tests {
             }],
             "one run"
         );
+        // One newcomer past τ: a block ahead, of 14 (twice the 7 the last
+        // gave), of which one is used. The next call's first user holds a
+        // place, so the block leased ahead for its four users (4: twice the
+        // one used, up to 4) is not the 3 its newcomers ask for: it is
+        // given back, and they get 3 tickets after the last lease, as a
+        // lease asked when needed gives them.
+        let at = at + TAU_MS;
+        link.enqueue_many(&layout, &of_one(5_000, 1), at)
+            .await
+            .unwrap();
+        let reached = head_seq(&mut conn, &queue);
+        let at = at + TAU_MS;
+        let mut fifth = vec![fourth[0].clone()];
+        fifth.extend(of_one(6_000, 3));
+        let placed = link.enqueue_many(&layout, &fifth, at).await.unwrap();
+        let tickets: Vec<u64> = placed.iter().map(|p| p.as_ref().unwrap().ticket).collect();
+        assert_eq!(tickets[0], first_ticket, "a place held");
+        assert_eq!(tickets[1..], [reached + 1, reached + 2, reached + 3]);
+        assert_eq!(head_seq(&mut conn, &queue), reached + 3);
+    }
+
+    /// A block given back takes the head's sequence back only when the
+    /// head still holds its lease and nothing was leased after it; its
+    /// lease goes either way.
+    #[tokio::test]
+    async fn a_block_given_back_takes_the_sequence_back_only_from_a_head_that_holds_its_lease() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let link = store.link(&queue);
+        let mut conn = connection_to(&redis);
+        let block = |first: u64, size: u64, at: u64| {
+            [
+                first.to_string(),
+                (first + size).to_string(),
+                at.to_string(),
+            ]
+        };
+        let before = head_seq(&mut conn, &queue);
+        let first = link.lease_block(4, 1_000).await.unwrap();
+        link.give_back(&block(first, 4, 1_000), 1_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                head_seq(&mut conn, &queue),
+                lease_records(&mut conn, &queue).len()
+            ),
+            (before, 0)
+        );
+        // Another lease after it: a gap.
+        let first = link.lease_block(4, 2_000).await.unwrap();
+        link.lease_block(2, 2_000).await.unwrap();
+        link.give_back(&block(first, 4, 2_000), 2_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                head_seq(&mut conn, &queue),
+                lease_records(&mut conn, &queue).len()
+            ),
+            (first + 5, 1)
+        );
+        // A head without its lease (failed over to a replica that lacked
+        // it, and leased the same numbers since) keeps its sequence.
+        let first = link.lease_block(4, 3_000).await.unwrap();
+        let _: () = redis::cmd("ZREM")
+            .arg(keys::leases_key("t", &queue))
+            .arg(format!("{first}:3000"))
+            .query(&mut conn)
+            .unwrap();
+        link.give_back(&block(first, 4, 3_000), 3_000)
+            .await
+            .unwrap();
+        assert_eq!(head_seq(&mut conn, &queue), first + 3);
     }
 
     /// The head drops leases a minute old as it leases, at most 64 a
@@ -2408,28 +2633,20 @@ mod tests {
         let (store, queue) = over_three_sub_lines(&redis).await;
         let link = store.link(&queue);
         let mut conn = connection_to(&redis);
-        let leases = |conn: &mut redis::Connection| -> Vec<String> {
-            redis::cmd("ZRANGE")
-                .arg(keys::leases_key("t", &queue))
-                .arg(0)
-                .arg(-1)
-                .query(conn)
-                .unwrap()
-        };
         for at in 1_000..1_100 {
             link.lease_block(1, at).await.unwrap();
         }
-        assert_eq!(leases(&mut conn).len(), 100);
+        assert_eq!(lease_records(&mut conn, &queue).len(), 100);
         // A minute after the 36th: those 36 go.
         link.lease_block(1, 61_035).await.unwrap();
-        let kept = leases(&mut conn);
+        let kept = lease_records(&mut conn, &queue);
         assert_eq!(kept.len(), 65, "{kept:?}");
         assert!(kept[0].ends_with(":1036"), "{kept:?}");
         // Long after all of them: 64 go, the rest at the next lease.
         link.lease_block(1, 200_000).await.unwrap();
-        assert_eq!(leases(&mut conn).len(), 2);
+        assert_eq!(lease_records(&mut conn, &queue).len(), 2);
         link.lease_block(1, 200_001).await.unwrap();
-        let kept = leases(&mut conn);
+        let kept = lease_records(&mut conn, &queue);
         assert_eq!(kept.len(), 2, "{kept:?}");
         assert!(
             kept.iter()
@@ -2437,22 +2654,79 @@ mod tests {
         );
     }
 
-    /// A lease noted with an earlier clock than the last (a batch whose
-    /// clock was read before another's) moves the record no earlier, and
-    /// a sub-line's record is its own.
+    /// What a call sends follows the block the last call left: everyone
+    /// while it is open; past it, a block leased ahead when that call gave
+    /// tickets, else the first user alone (everyone when alone). Of calls
+    /// answered out of order the later block stands, and a sub-line's
+    /// record is its own.
     #[test]
-    fn a_lease_is_noted_at_the_latest_time_told_for_its_sub_line_alone() {
-        let leased = Leased::default();
+    fn a_call_sends_by_the_block_its_sub_line_s_last_call_left() {
+        let blocks = Blocks::default();
         let queue = QueueId::parse("sale").unwrap();
-        assert!(leased.closed(&queue, 1, 1_000), "none known");
-        leased.note(&queue, 1, 1_000);
-        leased.note(&queue, 1, 990);
-        assert!(!leased.closed(&queue, 1, 1_000 + TAU_MS - 1));
-        assert!(leased.closed(&queue, 1, 1_000 + TAU_MS));
-        assert!(leased.closed(&queue, 0, 1_000), "another sub-line");
-        assert!(leased.closed(&queue, 2, 1_000), "another sub-line");
-        leased.forget(&queue);
-        assert!(leased.closed(&queue, 1, 1_000), "forgotten");
+        assert_eq!(blocks.sending(&queue, 1, 5, 1_000), Sending::FirstAlone);
+        assert_eq!(blocks.sending(&queue, 1, 1, 1_000), Sending::All);
+        let block = |first, next, end| Block {
+            first,
+            next,
+            end,
+            leased_ms: 1_000,
+        };
+        let left = |first, next, end, gave| LastCall {
+            block: Some(block(first, next, end)),
+            gave,
+        };
+        blocks.note(&queue, 1, left(10, 14, 18, true));
+        blocks.note(&queue, 1, left(10, 12, 18, true));
+        assert_eq!(
+            blocks.sending(&queue, 1, 5, 1_000 + TAU_MS - 1),
+            Sending::All
+        );
+        // Past τ: twice the 4 used, or the 5 users of the call.
+        assert_eq!(
+            blocks.sending(&queue, 1, 5, 1_000 + TAU_MS),
+            Sending::Ahead(8)
+        );
+        assert_eq!(
+            blocks.sending(&queue, 1, 20, 1_000 + TAU_MS),
+            Sending::Ahead(16)
+        );
+        blocks.note(&queue, 1, left(10, 18, 18, true));
+        assert_eq!(
+            blocks.sending(&queue, 1, 5, 1_000),
+            Sending::Ahead(16),
+            "used up"
+        );
+        blocks.note(&queue, 1, left(20, 20, 21, false));
+        assert_eq!(
+            blocks.sending(&queue, 1, 5, 1_000 + TAU_MS),
+            Sending::FirstAlone,
+            "no tickets given"
+        );
+        blocks.note(
+            &queue,
+            1,
+            LastCall {
+                block: None,
+                gave: true,
+            },
+        );
+        assert_eq!(
+            blocks.sending(&queue, 1, 5, 1_000),
+            Sending::All,
+            "the later block stands"
+        );
+        assert_eq!(
+            blocks.sending(&queue, 0, 5, 1_000),
+            Sending::FirstAlone,
+            "another sub-line"
+        );
+        blocks.forget(&queue);
+        assert_eq!(
+            blocks.sending(&queue, 1, 1, 1_000),
+            Sending::All,
+            "forgotten"
+        );
+        assert_eq!(blocks.sending(&queue, 1, 5, 1_000), Sending::FirstAlone);
     }
 
     /// The history the scripts check is Redis's own name for its dataset

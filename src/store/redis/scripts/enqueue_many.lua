@@ -5,7 +5,11 @@
 -- the users may follow BLOCK (a text no user id can be, for it is a
 -- control character), first ticket, end, leased at: a block just leased
 -- for the call, installed first (prelude.lua, `install_block`), which
--- saves the call of its own; and then WANTED, n: the call carries only
+-- saves the call of its own; or AHEAD (another control character), first
+-- ticket, end, leased at: a block leased before the call, for the first
+-- 'lease' the call would answer, installed then if its size is the one
+-- that 'lease' would ask (and never otherwise: the caller gives it back,
+-- give_back.lua); and then WANTED, n: the call carries only
 -- the first of n users the caller has for this sub-line (by default, the
 -- call's users are all), which a block leased for them should cover. Such
 -- a call that finds the block open answers {'resend'} having done
@@ -21,7 +25,11 @@
 -- answers may stop early with {'lease', size}: the user after the last
 -- answered needs a ticket and the block is closed, so the caller leases
 -- one of that size from the head, installs it (install_block.lua) and
--- calls again with the users not answered.
+-- calls again with the users not answered. On a sub-line a last answer
+-- follows, {'block', first, next, end, leased at, ahead unused}: the
+-- sub-line's block as the call left it (first 0 for none, or one closed),
+-- for the caller to lease the next one ahead, and 1 when a block leased
+-- ahead was not installed.
 --
 -- The common case of a burst, a newcomer joining the back of a line that
 -- is already forming, costs no call of its own: whether each user is in
@@ -40,18 +48,45 @@
 -- redis.call makes of every numeric argument, costs about as much as the
 -- insert.
 
-local BLOCK, WANTED = '\1', '\2'
+local BLOCK, WANTED, AHEAD = '\1', '\2', '\3'
 local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
 end
 prepare(cfg)
 local from = 2
+local ahead
 if ARGV[2] == BLOCK then
   if cfg.sub_line then
     install_block(cfg, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
   end
   from = 6
+elseif ARGV[2] == AHEAD then
+  ahead = { tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]) }
+  from = 6
+end
+-- The call's answers, and on a sub-line its block as it leaves it.
+local function answered(out)
+  if cfg.sub_line then
+    local first, leased_at = cfg.block_first or 0, cfg.block_ms
+    if leased_at == CLOSED then
+      first, leased_at = 0, 0
+    end
+    out[#out + 1] = { 'block', first, cfg.block_next, cfg.block_end, leased_at, ahead and 1 or 0 }
+  end
+  return out
+end
+-- Where the call would answer {'lease', size}: the block leased ahead
+-- instead, when it is of that size and installs; whether it did. Of the
+-- size the memory store's lease would be at this point, it gives the
+-- same tickets.
+local function leased_ahead(size)
+  if not ahead or ahead[2] - ahead[1] ~= size then
+    return false
+  end
+  local block = ahead
+  ahead = nil
+  return install_block(cfg, block[1], block[2], block[3]) and block_open(cfg)
 end
 local wanted_from_first = #ARGV - from + 1
 if ARGV[from] == WANTED then
@@ -72,8 +107,9 @@ local gathering = cfg.mode == 'queueing' and only_waiting(cfg)
 -- user, as a burst's batch does once a block's τ has passed.
 if gathering and cfg.sub_line and #ARGV >= from and not block_open(cfg)
     and not redis.call('ZSCORE', K_WAITING, ARGV[from])
-    and not redis.call('HGET', K_ADMITTED, ARGV[from]) then
-  return { 'ok', { 'lease', next_block_size(cfg, wanted(from)) } }
+    and not redis.call('HGET', K_ADMITTED, ARGV[from])
+    and not leased_ahead(next_block_size(cfg, wanted(from))) then
+  return answered({ 'ok', { 'lease', next_block_size(cfg, wanted(from)) } })
 end
 local in_line_scores, admitted_records
 if gathering then
@@ -127,8 +163,10 @@ for i = from, #ARGV do
     -- A run is one block's consecutive tickets.
     if not block_open(cfg) then
       end_run()
-      out[#out + 1] = { 'lease', next_block_size(cfg, wanted(i)) }
-      break
+      if not leased_ahead(next_block_size(cfg, wanted(i))) then
+        out[#out + 1] = { 'lease', next_block_size(cfg, wanted(i)) }
+        break
+      end
     end
     if #run == 0 then
       first_ticket = cfg.block_next
@@ -150,6 +188,9 @@ for i = from, #ARGV do
   else
     end_run()
     local answer = enqueue_one(cfg, user)
+    if answer[1] == 'lease' and leased_ahead(next_block_size(cfg, wanted(i))) then
+      answer = enqueue_one(cfg, user)
+    end
     if answer[1] == 'lease' then
       out[#out + 1] = { 'lease', next_block_size(cfg, wanted(i)) }
       break
@@ -161,4 +202,4 @@ end_run()
 if gave_tickets then
   note_joined(gave_tickets)
 end
-return out
+return answered(out)

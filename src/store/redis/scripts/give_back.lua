@@ -1,0 +1,22 @@
+-- Give back: a block leased ahead for a sub-line's call (enqueue_many.lua,
+-- AHEAD) that the call did not install. Its lease no longer holds the
+-- watermark back, and when no lease came after it, the head's sequence
+-- goes back to before it, as if it had never been leased: then the tickets
+-- are those a lease asked when needed gives (the memory store's).
+-- Otherwise its numbers are a gap, which changes no position.
+-- KEYS: the head's keys (prelude), then its leases (lease.lua). ARGV: now,
+-- first ticket, end, leased at (as leased).
+-- Returns {'ok', 1 when the sequence went back, else 0} or {'no_queue'}.
+
+if redis.call('EXISTS', K_CONFIG) == 0 then
+  return { 'no_queue' }
+end
+local first, block_end = tonumber(ARGV[2]), tonumber(ARGV[3])
+-- Only a head that holds the lease goes back: one failed over to a
+-- replica that lacked it may since have leased these numbers again.
+local held = redis.call('ZREM', KEYS[OWN], ARGV[2] .. ':' .. ARGV[4]) == 1
+if held and tonumber(redis.call('GET', K_SEQ) or '0') == block_end - 1 then
+  redis.call('SET', K_SEQ, first - 1)
+  return { 'ok', 1 }
+end
+return { 'ok', 0 }
