@@ -239,11 +239,16 @@ pub(super) struct SubLineLink<'a> {
 #[derive(Default)]
 pub(super) struct Blocks(Mutex<HashMap<QueueId, Vec<Option<LastCall>>>>);
 
-/// A sub-line's block as a call left it, and whether the call gave tickets.
+/// A sub-line's block as a call left it; whether the call gave tickets
+/// from it, it being the last block this store leased for the sub-line
+/// (with other replicas joining the sub-line, a block leased ahead would
+/// often find theirs open, and be leased and given back for nothing); and
+/// the first ticket of that last block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct LastCall {
     block: Option<Block>,
     gave: bool,
+    leased: Option<u64>,
 }
 
 /// What a call of a sub-line's users sends.
@@ -266,26 +271,43 @@ impl Blocks {
             .and_then(|calls| calls.get(sub_line).copied().flatten());
         match last {
             Some(last) if last.block.is_some_and(|b| b.open_at(now_ms, TAU_MS)) => Sending::All,
-            Some(LastCall { block, gave: true }) => {
-                Sending::Ahead(next_block_size(block.as_ref(), users as u64))
-            }
+            Some(LastCall {
+                block, gave: true, ..
+            }) => Sending::Ahead(next_block_size(block.as_ref(), users as u64)),
             _ if users > 1 => Sending::FirstAlone,
             _ => Sending::All,
         }
     }
 
-    /// Notes the block a call left; of calls answered out of their order,
-    /// the one that left the later block stands.
-    fn note(&self, queue: &QueueId, sub_line: usize, call: LastCall) {
+    /// Notes the block a call left, whether the call gave tickets, and the
+    /// first ticket of a block it leased; of calls answered out of their
+    /// order, the one that left the later block stands.
+    fn note(
+        &self,
+        queue: &QueueId,
+        sub_line: usize,
+        block: Option<Block>,
+        gave: bool,
+        leased: Option<u64>,
+    ) {
         let mut blocks = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let calls = blocks.entry(queue.clone()).or_default();
         if calls.len() <= sub_line {
             calls.resize(sub_line + 1, None);
         }
+        let kept = calls[sub_line];
+        // Blocks leased later start later.
+        let leased = leased.max(kept.and_then(|kept| kept.leased));
+        let call = LastCall {
+            block,
+            gave: gave && block.is_some_and(|b| Some(b.first) == leased),
+            leased,
+        };
         let later = |c: &LastCall| c.block.map_or((0, 0), |b| (b.first, b.next));
-        if calls[sub_line].is_none_or(|kept| later(&call) >= later(&kept)) {
-            calls[sub_line] = Some(call);
-        }
+        calls[sub_line] = match kept {
+            Some(kept) if later(&call) < later(&kept) => Some(LastCall { leased, ..kept }),
+            _ => Some(call),
+        };
     }
 
     pub(super) fn forget(&self, queue: &QueueId) {
@@ -908,8 +930,11 @@ impl SubLineLink<'_> {
                 .blocks
                 .sending(self.queue, sub_line, rest.len(), now_ms);
             let mut ahead = None;
+            // The first ticket of the last block this call leased.
+            let mut leased_first = None;
             if let Sending::Ahead(size) = sending {
                 let first = self.lease_block(size, now_ms).await?;
+                leased_first = Some(first);
                 leases += 1;
                 ahead = Some([
                     first.to_string(),
@@ -977,14 +1002,8 @@ impl SubLineLink<'_> {
                     let gave = answered.iter().any(|(place, _)| {
                         matches!(place, Ok(place) if left.block.is_some_and(|b| place.ticket >= b.first && place.ticket < b.next))
                     });
-                    self.blocks.note(
-                        self.queue,
-                        sub_line,
-                        LastCall {
-                            block: left.block,
-                            gave,
-                        },
-                    );
+                    self.blocks
+                        .note(self.queue, sub_line, left.block, gave, leased_first);
                 }
                 let count = answered.len();
                 let all_sent = count == sent.len();
@@ -1001,6 +1020,7 @@ impl SubLineLink<'_> {
                             )));
                         }
                         let first = self.lease_block(size, now_ms).await?;
+                        leased_first = Some(first);
                         block = Some([
                             first.to_string(),
                             (first + size).to_string(),
@@ -2665,18 +2685,16 @@ mod tests {
         let queue = QueueId::parse("sale").unwrap();
         assert_eq!(blocks.sending(&queue, 1, 5, 1_000), Sending::FirstAlone);
         assert_eq!(blocks.sending(&queue, 1, 1, 1_000), Sending::All);
-        let block = |first, next, end| Block {
-            first,
-            next,
-            end,
-            leased_ms: 1_000,
+        let block = |first, next, end| {
+            Some(Block {
+                first,
+                next,
+                end,
+                leased_ms: 1_000,
+            })
         };
-        let left = |first, next, end, gave| LastCall {
-            block: Some(block(first, next, end)),
-            gave,
-        };
-        blocks.note(&queue, 1, left(10, 14, 18, true));
-        blocks.note(&queue, 1, left(10, 12, 18, true));
+        blocks.note(&queue, 1, block(10, 14, 18), true, Some(10));
+        blocks.note(&queue, 1, block(10, 12, 18), true, None);
         assert_eq!(
             blocks.sending(&queue, 1, 5, 1_000 + TAU_MS - 1),
             Sending::All
@@ -2690,30 +2708,35 @@ mod tests {
             blocks.sending(&queue, 1, 20, 1_000 + TAU_MS),
             Sending::Ahead(16)
         );
-        blocks.note(&queue, 1, left(10, 18, 18, true));
+        // A call served from the block this store leased before.
+        blocks.note(&queue, 1, block(10, 18, 18), true, None);
         assert_eq!(
             blocks.sending(&queue, 1, 5, 1_000),
             Sending::Ahead(16),
             "used up"
         );
-        blocks.note(&queue, 1, left(20, 20, 21, false));
+        // Tickets from a block another replica leased.
+        blocks.note(&queue, 1, block(30, 32, 40), true, None);
+        assert_eq!(
+            blocks.sending(&queue, 1, 5, 1_000 + TAU_MS),
+            Sending::FirstAlone,
+            "another replica's block"
+        );
+        blocks.note(&queue, 1, block(40, 40, 41), false, Some(40));
         assert_eq!(
             blocks.sending(&queue, 1, 5, 1_000 + TAU_MS),
             Sending::FirstAlone,
             "no tickets given"
         );
-        blocks.note(
-            &queue,
-            1,
-            LastCall {
-                block: None,
-                gave: true,
-            },
-        );
+        // An earlier call's answer leaves the later block, and notes what
+        // it leased.
+        blocks.note(&queue, 1, None, true, Some(50));
+        assert_eq!(blocks.sending(&queue, 1, 5, 1_000), Sending::All);
+        blocks.note(&queue, 1, block(50, 51, 52), true, None);
+        // Twice the one used, up to twice that for the 5 users.
         assert_eq!(
-            blocks.sending(&queue, 1, 5, 1_000),
-            Sending::All,
-            "the later block stands"
+            blocks.sending(&queue, 1, 5, 1_000 + TAU_MS),
+            Sending::Ahead(4)
         );
         assert_eq!(
             blocks.sending(&queue, 0, 5, 1_000),
