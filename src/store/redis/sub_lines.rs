@@ -225,7 +225,8 @@ pub(super) struct SubLineLink<'a> {
 /// batch to be told so cost Redis reading every name twice; sending its
 /// first user alone, with the count it stands for, still cost a call. So
 /// when the block the last call left is closed, and that call gave
-/// tickets (a burst's newcomers), the block is leased ahead, of the size
+/// tickets to at least half its users (a burst's newcomers) from a block
+/// this store leased, the block is leased ahead, of the size
 /// the call's 'lease' would ask (`domain::shards::next_block_size` for the
 /// call's users), and goes with the batch: one lease and one call. The
 /// script installs it where that 'lease' would come, when it is of that
@@ -240,7 +241,8 @@ pub(super) struct SubLineLink<'a> {
 pub(super) struct Blocks(Mutex<HashMap<QueueId, Vec<Option<LastCall>>>>);
 
 /// A sub-line's block as a call left it; whether the call gave tickets
-/// from it, it being the last block this store leased for the sub-line
+/// from it to at least half its users, it being the last block this
+/// store leased for the sub-line
 /// (with other replicas joining the sub-line, a block leased ahead would
 /// often find theirs open, and be leased and given back for nothing); and
 /// the first ticket of that last block.
@@ -999,9 +1001,15 @@ impl SubLineLink<'_> {
                 };
                 let answered = parse_enqueued_runs(items, sent.len(), self.queue)?;
                 if let Some(left) = left {
-                    let gave = answered.iter().any(|(place, _)| {
-                        matches!(place, Ok(place) if left.block.is_some_and(|b| place.ticket >= b.first && place.ticket < b.next))
-                    });
+                    // Newcomers, as in a burst, were at least half the call:
+                    // users already in line need no block.
+                    let given = answered
+                        .iter()
+                        .filter(|(place, _)| {
+                            matches!(place, Ok(place) if left.block.is_some_and(|b| place.ticket >= b.first && place.ticket < b.next))
+                        })
+                        .count();
+                    let gave = given > 0 && 2 * given >= sent.len();
                     self.blocks
                         .note(self.queue, sub_line, left.block, gave, leased_first);
                 }
@@ -2587,6 +2595,20 @@ mod tests {
         assert_eq!(tickets[0], first_ticket, "a place held");
         assert_eq!(tickets[1..], [reached + 1, reached + 2, reached + 3]);
         assert_eq!(head_seq(&mut conn, &queue), reached + 3);
+        // A call whose users mostly held places already (a crowd
+        // refreshing its pages) leases nothing ahead after it: its next
+        // call past τ sends its first user alone.
+        let at = at + TAU_MS;
+        let mut refreshing: Vec<UserId> = fourth[..3].to_vec();
+        refreshing.extend(of_one(7_000, 1));
+        link.enqueue_many(&layout, &refreshing, at).await.unwrap();
+        let sixth = of_one(8_000, 4);
+        log_every_call(&mut conn);
+        link.enqueue_many(&layout, &sixth, at + TAU_MS)
+            .await
+            .unwrap();
+        let (naming, _) = calls_naming(&mut conn, &sixth);
+        assert_eq!(naming, [2, 1, 1, 1], "the first alone, then everyone");
     }
 
     /// A block given back takes the head's sequence back only when the
