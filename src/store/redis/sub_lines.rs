@@ -282,8 +282,11 @@ impl Blocks {
     }
 
     /// Notes the block a call left, whether the call gave tickets, and the
-    /// first ticket of a block it leased; of calls answered out of their
-    /// order, the one that left the later block stands.
+    /// first ticket of a block it leased. The last answered stands: of
+    /// two calls answered out of their order the earlier may stand, which
+    /// costs a call or a lease given back, never a wrong ticket, where
+    /// keeping the highest block would hold a queue deleted and made again
+    /// (its numbers from 1 again) to a block it no longer has.
     fn note(
         &self,
         queue: &QueueId,
@@ -297,19 +300,12 @@ impl Blocks {
         if calls.len() <= sub_line {
             calls.resize(sub_line + 1, None);
         }
-        let kept = calls[sub_line];
-        // Blocks leased later start later.
-        let leased = leased.max(kept.and_then(|kept| kept.leased));
-        let call = LastCall {
+        let leased = leased.or(calls[sub_line].and_then(|kept| kept.leased));
+        calls[sub_line] = Some(LastCall {
             block,
             gave: gave && block.is_some_and(|b| Some(b.first) == leased),
             leased,
-        };
-        let later = |c: &LastCall| c.block.map_or((0, 0), |b| (b.first, b.next));
-        calls[sub_line] = match kept {
-            Some(kept) if later(&call) < later(&kept) => Some(LastCall { leased, ..kept }),
-            _ => Some(call),
-        };
+        });
     }
 
     pub(super) fn forget(&self, queue: &QueueId) {
@@ -341,7 +337,10 @@ where
 {
     if let Some(layout) = link.layouts.known(link.queue) {
         match over(layout).await {
-            Err(Error::QueueNotFound(_)) => link.layouts.forget(link.queue),
+            Err(Error::QueueNotFound(_)) => {
+                link.layouts.forget(link.queue);
+                link.blocks.forget(link.queue);
+            }
             answer => return answer,
         }
     }
@@ -985,10 +984,14 @@ impl SubLineLink<'_> {
                     }
                     _ => None,
                 };
+                // Everyone served stays served: a head that does not answer
+                // now leaves a gap, and the lease stops holding the
+                // watermark back τ + ε after it.
                 if let Some(ahead) = ahead.take()
                     && left.is_some_and(|left| left.ahead_unused)
+                    && let Err(error) = self.give_back(&ahead, now_ms).await
                 {
-                    self.give_back(&ahead, now_ms).await?;
+                    tracing::warn!(queue = %self.queue, %error, "a block leased ahead was not given back");
                 }
                 let lease = match items.last() {
                     Some(Value::Array(values)) if matches!(values.first(), Some(Value::BulkString(kind)) if kind == b"lease") =>
@@ -1003,13 +1006,7 @@ impl SubLineLink<'_> {
                 if let Some(left) = left {
                     // Newcomers, as in a burst, were at least half the call:
                     // users already in line need no block.
-                    let given = answered
-                        .iter()
-                        .filter(|(place, _)| {
-                            matches!(place, Ok(place) if left.block.is_some_and(|b| place.ticket >= b.first && place.ticket < b.next))
-                        })
-                        .count();
-                    let gave = given > 0 && 2 * given >= sent.len();
+                    let gave = left.given > 0 && 2 * left.given >= sent.len() as u64;
                     self.blocks
                         .note(self.queue, sub_line, left.block, gave, leased_first);
                 }
@@ -1835,7 +1832,6 @@ impl SubLineLink<'_> {
         Ok(())
     }
 
-    /// Leases a block of `size` from the head: its first ticket.
     /// Gives back a block leased ahead that its call did not install
     /// (`give_back.lua`): `[first, end, leased at]` as leased.
     async fn give_back(&self, block: &[String; 3], now_ms: u64) -> Result<()> {
@@ -1844,7 +1840,7 @@ impl SubLineLink<'_> {
         let args: Vec<&str> = block.iter().map(String::as_str).collect();
         let reply = self
             .value(
-                "lease",
+                "give_back",
                 ScriptCall::new(&self.scripts.give_back, &head, now_ms)
                     .own_keys(&leases)
                     .args(&args),
@@ -1853,6 +1849,7 @@ impl SubLineLink<'_> {
         Reply::of(reply, self.queue).map(drop)
     }
 
+    /// Leases a block of `size` from the head: its first ticket.
     pub(super) async fn lease_block(&self, size: u64, now_ms: u64) -> Result<u64> {
         let head = keys::queue_keys(self.prefix, self.queue);
         let leases = [keys::leases_key(self.prefix, self.queue)];
@@ -2130,6 +2127,8 @@ const AHEAD: &str = "\u{3}";
 struct BlockLeft {
     block: Option<Block>,
     ahead_unused: bool,
+    /// Tickets the call gave.
+    given: u64,
 }
 
 fn parse_block_left(value: Value) -> Result<BlockLeft> {
@@ -2138,6 +2137,7 @@ fn parse_block_left(value: Value) -> Result<BlockLeft> {
     let (first, next, end) = (reply.u64()?, reply.u64()?, reply.u64()?);
     let leased_ms = reply.u64()?;
     let ahead_unused = reply.u64()? == 1;
+    let given = reply.u64()?;
     let block = (first > 0).then_some(Block {
         first,
         next,
@@ -2147,6 +2147,7 @@ fn parse_block_left(value: Value) -> Result<BlockLeft> {
     Ok(BlockLeft {
         block,
         ahead_unused,
+        given,
     })
 }
 
@@ -2576,8 +2577,9 @@ mod tests {
             }],
             "one run"
         );
-        // One newcomer past τ: a block ahead, of 14 (twice the 7 the last
-        // gave), of which one is used. The next call's first user holds a
+        // One newcomer past τ, after a call served from another replica's
+        // block: a lease asked, of 14 (twice the 7 that block gave), of
+        // which one is used. The next call's first user holds a
         // place, so the block leased ahead for its four users (4: twice the
         // one used, up to 4) is not the 3 its newcomers ask for: it is
         // given back, and they get 3 tickets after the last lease, as a
@@ -2608,6 +2610,19 @@ mod tests {
             .await
             .unwrap();
         let (naming, _) = calls_naming(&mut conn, &sixth);
+        assert_eq!(naming, [2, 1, 1, 1], "the first alone, then everyone");
+        // Nor does a call of one user joining again at once, whose ticket
+        // the current block gave: the call gave none.
+        let at = at + 2 * TAU_MS;
+        let again = of_one(9_000, 1);
+        link.enqueue_many(&layout, &again, at).await.unwrap();
+        link.enqueue_many(&layout, &again, at + 1).await.unwrap();
+        let seventh = of_one(10_000, 4);
+        log_every_call(&mut conn);
+        link.enqueue_many(&layout, &seventh, at + 1 + TAU_MS)
+            .await
+            .unwrap();
+        let (naming, _) = calls_naming(&mut conn, &seventh);
         assert_eq!(naming, [2, 1, 1, 1], "the first alone, then everyone");
     }
 
@@ -2698,8 +2713,8 @@ mod tests {
 
     /// What a call sends follows the block the last call left: everyone
     /// while it is open; past it, a block leased ahead when that call gave
-    /// tickets, else the first user alone (everyone when alone). Of calls
-    /// answered out of order the later block stands, and a sub-line's
+    /// tickets from a block this store leased, else the first user alone
+    /// (everyone when alone). The last answer stands, and a sub-line's
     /// record is its own.
     #[test]
     fn a_call_sends_by_the_block_its_sub_line_s_last_call_left() {
@@ -2716,7 +2731,6 @@ mod tests {
             })
         };
         blocks.note(&queue, 1, block(10, 14, 18), true, Some(10));
-        blocks.note(&queue, 1, block(10, 12, 18), true, None);
         assert_eq!(
             blocks.sending(&queue, 1, 5, 1_000 + TAU_MS - 1),
             Sending::All
@@ -2750,15 +2764,16 @@ mod tests {
             Sending::FirstAlone,
             "no tickets given"
         );
-        // An earlier call's answer leaves the later block, and notes what
-        // it leased.
-        blocks.note(&queue, 1, None, true, Some(50));
+        // The block closed (a place given back), then the queue made
+        // again, its numbers from 1 again.
+        blocks.note(&queue, 1, None, true, None);
+        assert_eq!(blocks.sending(&queue, 1, 5, 1_000), Sending::FirstAlone);
+        blocks.note(&queue, 1, block(1, 3, 4), true, Some(1));
         assert_eq!(blocks.sending(&queue, 1, 5, 1_000), Sending::All);
-        blocks.note(&queue, 1, block(50, 51, 52), true, None);
-        // Twice the one used, up to twice that for the 5 users.
+        // Twice the 2 used, up to twice that for the 5 users.
         assert_eq!(
             blocks.sending(&queue, 1, 5, 1_000 + TAU_MS),
-            Sending::Ahead(4)
+            Sending::Ahead(5)
         );
         assert_eq!(
             blocks.sending(&queue, 0, 5, 1_000),
@@ -2772,6 +2787,48 @@ mod tests {
             "forgotten"
         );
         assert_eq!(blocks.sending(&queue, 1, 5, 1_000), Sending::FirstAlone);
+    }
+
+    /// A place given back, or an opening's reservation, tells the
+    /// sub-lines the head's sequence as a floor: a block leased ahead
+    /// before it and given back after keeps the sequence where it is,
+    /// where going back would have blocks leased below the floor, which
+    /// every sub-line refuses.
+    #[tokio::test]
+    async fn a_block_given_back_never_takes_the_sequence_below_a_floor_told_since() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = made_again_from_a_lost_line(&redis).await;
+        store
+            .enqueue(&queue, &of(1).next().unwrap(), 11_000)
+            .await
+            .unwrap();
+        let link = store.link(&queue);
+        let mut conn = connection_to(&redis);
+        let first = link.lease_block(8, 11_000).await.unwrap();
+        let claim = PlaceClaim {
+            epoch_ms: 5_000,
+            ticket: first + 2,
+            head: 0,
+            top: 0,
+            issued_ms: 11_000,
+        };
+        let restored = store
+            .restore(&queue, &of(0).next().unwrap(), &claim, 11_000)
+            .await
+            .unwrap();
+        assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
+        let reached = head_seq(&mut conn, &queue);
+        assert_eq!(reached, first + 7, "the decision leaves the sequence");
+        let block = [
+            first.to_string(),
+            (first + 8).to_string(),
+            "11000".to_owned(),
+        ];
+        link.give_back(&block, 11_000).await.unwrap();
+        assert_eq!(head_seq(&mut conn, &queue), reached);
+        for user in of(1).skip(1).take(10) {
+            store.enqueue(&queue, &user, 11_000).await.unwrap();
+        }
     }
 
     /// The history the scripts check is Redis's own name for its dataset

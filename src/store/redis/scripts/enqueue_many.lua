@@ -8,8 +8,8 @@
 -- saves the call of its own; or AHEAD (another control character), first
 -- ticket, end, leased at: a block leased before the call, for the first
 -- 'lease' the call would answer, installed then if its size is the one
--- that 'lease' would ask (and never otherwise: the caller gives it back,
--- give_back.lua); and then WANTED, n: the call carries only
+-- that 'lease' would ask (and never otherwise: the caller then gives it
+-- back, give_back.lua); and then WANTED, n: the call carries only
 -- the first of n users the caller has for this sub-line (by default, the
 -- call's users are all), which a block leased for them should cover. Such
 -- a call that finds the block open answers {'resend'} having done
@@ -26,10 +26,12 @@
 -- answered needs a ticket and the block is closed, so the caller leases
 -- one of that size from the head, installs it (install_block.lua) and
 -- calls again with the users not answered. On a sub-line a last answer
--- follows, {'block', first, next, end, leased at, ahead unused}: the
--- sub-line's block as the call left it (first 0 for none, or one closed),
--- for the caller to lease the next one ahead, and 1 when a block leased
--- ahead was not installed.
+-- follows, {'block', first, next, end, leased at, ahead unused, given}:
+-- the sub-line's block as the call left it (first 0 for none, or one
+-- closed), for the caller to lease the next one ahead; 1 when a block
+-- leased ahead was not installed (not needed, not of the size needed, or
+-- refused by install_block), for the caller to give back; and how many
+-- tickets the call gave.
 --
 -- The common case of a burst, a newcomer joining the back of a line that
 -- is already forming, costs no call of its own: whether each user is in
@@ -72,7 +74,8 @@ local function answered(out)
     if leased_at == CLOSED then
       first, leased_at = 0, 0
     end
-    out[#out + 1] = { 'block', first, cfg.block_next, cfg.block_end, leased_at, ahead and 1 or 0 }
+    out[#out + 1] = { 'block', first, cfg.block_next, cfg.block_end, leased_at, ahead and 1 or 0,
+      cfg.given or 0 }
   end
   return out
 end
@@ -81,12 +84,12 @@ end
 -- size the memory store's lease would be at this point, it gives the
 -- same tickets.
 local function leased_ahead(size)
-  if not ahead or ahead[2] - ahead[1] ~= size then
+  if not ahead or ahead[2] - ahead[1] ~= size
+      or not install_block(cfg, ahead[1], ahead[2], ahead[3]) then
     return false
   end
-  local block = ahead
   ahead = nil
-  return install_block(cfg, block[1], block[2], block[3]) and block_open(cfg)
+  return block_open(cfg)
 end
 local wanted_from_first = #ARGV - from + 1
 if ARGV[from] == WANTED then

@@ -15,7 +15,13 @@ local first, block_end = tonumber(ARGV[2]), tonumber(ARGV[3])
 -- Only a head that holds the lease goes back: one failed over to a
 -- replica that lacked it may since have leased these numbers again.
 local held = redis.call('ZREM', KEYS[OWN], ARGV[2] .. ':' .. ARGV[4]) == 1
-if held and tonumber(redis.call('GET', K_SEQ) or '0') == block_end - 1 then
+-- Nor below a sequence the sub-lines were told as a floor since: a place
+-- given back (head_restore.lua) or an opening's reservation (draw_head.lua)
+-- closes every block at or below it, and blocks leased there again would
+-- be refused.
+local floors = redis.call('HMGET', K_CONFIG, 'seq_floor', 'draw_end')
+local floor = math.max(tonumber(floors[1]) or 0, tonumber(floors[2]) or 0)
+if held and floor < first and tonumber(redis.call('GET', K_SEQ) or '0') == block_end - 1 then
   redis.call('SET', K_SEQ, first - 1)
   return { 'ok', 1 }
 end

@@ -134,11 +134,13 @@ local function close_block(cfg)
   end
 end
 
--- Takes the block's next ticket; the caller checked it is open and saves
--- the block (save_block) before the script ends.
+-- Takes the block's next ticket, counting those the call gave; the caller
+-- checked it is open and saves the block (save_block) before the script
+-- ends.
 local function take_block_ticket(cfg)
   local ticket = cfg.block_next
   cfg.block_next = ticket + 1
+  cfg.given = (cfg.given or 0) + 1
   return ticket
 end
 
