@@ -171,6 +171,7 @@ scripts! {
     sub_line_resync: with_prelude_source(include_str!("scripts/sub_line_resync.lua")),
     lease: with_prelude_source(include_str!("scripts/lease.lua")),
     give_back: with_prelude_source(include_str!("scripts/give_back.lua")),
+    read_seq: with_prelude_source(include_str!("scripts/read_seq.lua")),
     install_block: with_prelude_source(include_str!("scripts/install_block.lua")),
     count_below: with_prelude_source(include_str!("scripts/count_below.lua")),
     admission_head: with_prelude_source(include_str!("scripts/admission_head.lua")),

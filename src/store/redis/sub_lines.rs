@@ -466,13 +466,18 @@ impl SubLineLink<'_> {
             .map(|ticket| format!("s:{epoch}:{ticket}"))
             .collect();
         let lost_head = cutoff.max(floor) + 1;
-        let lost_top: Option<u64> = self
-            .on_slot(
+        let lost_top = match self
+            .value_once(
                 "remake_sub_line",
-                self.queue.as_str(),
-                redis::cmd("GET").arg(&head[1]),
+                ScriptCall::new(&self.scripts.read_seq, &head, now_ms),
             )
-            .await?;
+            .await
+            .and_then(|reply| Reply::of(reply, self.queue))
+        {
+            Ok(mut reply) => reply.u64()?,
+            Err(Error::QueueNotFound(_)) => 0,
+            Err(error) => return Err(error),
+        };
         // An admission journalled and not settled may have popped the lost
         // sub-line's users at or below its cutoff and settle them later:
         // their receipts wait for its record (`admission_head.lua`,
@@ -499,7 +504,7 @@ impl SubLineLink<'_> {
         let settings_version = fields_version.unwrap_or_default();
         let mut lost = vec![
             ("lost_head", lost_head.to_string()),
-            ("lost_top", lost_top.unwrap_or(0).to_string()),
+            ("lost_top", lost_top.to_string()),
             ("presence_since_ms", now_ms.to_string()),
             // Everything below was admitted or gone, or is spared: as if
             // popped so far, for a head made again from it.
@@ -933,8 +938,11 @@ impl SubLineLink<'_> {
             let mut ahead = None;
             // The first ticket of the last block this call leased.
             let mut leased_first = None;
+            // The block leased ahead as sent, and the head's history then.
+            let mut history = String::new();
             if let Sending::Ahead(size) = sending {
-                let first = self.lease_block(size, now_ms).await?;
+                let first;
+                (first, history) = self.lease_in(size, now_ms).await?;
                 leased_first = Some(first);
                 leases += 1;
                 ahead = Some([
@@ -989,7 +997,7 @@ impl SubLineLink<'_> {
                 // watermark back τ + ε after it.
                 if let Some(ahead) = ahead.take()
                     && left.is_some_and(|left| left.ahead_unused)
-                    && let Err(error) = self.give_back(&ahead, now_ms).await
+                    && let Err(error) = self.give_back(&ahead, &history, now_ms).await
                 {
                     tracing::warn!(queue = %self.queue, %error, "a block leased ahead was not given back");
                 }
@@ -1833,11 +1841,13 @@ impl SubLineLink<'_> {
     }
 
     /// Gives back a block leased ahead that its call did not install
-    /// (`give_back.lua`): `[first, end, leased at]` as leased.
-    async fn give_back(&self, block: &[String; 3], now_ms: u64) -> Result<()> {
+    /// (`give_back.lua`): `[first, end, leased at]` as leased, in the
+    /// head's `history`.
+    async fn give_back(&self, block: &[String; 3], history: &str, now_ms: u64) -> Result<()> {
         let head = keys::queue_keys(self.prefix, self.queue);
         let leases = [keys::leases_key(self.prefix, self.queue)];
-        let args: Vec<&str> = block.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = block.iter().map(String::as_str).collect();
+        args.push(history);
         let reply = self
             .value(
                 "give_back",
@@ -1851,6 +1861,11 @@ impl SubLineLink<'_> {
 
     /// Leases a block of `size` from the head: its first ticket.
     pub(super) async fn lease_block(&self, size: u64, now_ms: u64) -> Result<u64> {
+        Ok(self.lease_in(size, now_ms).await?.0)
+    }
+
+    /// [`Self::lease_block`], with the history the head leased it in.
+    async fn lease_in(&self, size: u64, now_ms: u64) -> Result<(u64, String)> {
         let head = keys::queue_keys(self.prefix, self.queue);
         let leases = [keys::leases_key(self.prefix, self.queue)];
         let size_arg = size.to_string();
@@ -1862,7 +1877,8 @@ impl SubLineLink<'_> {
                     .args(&[size_arg.as_str()]),
             )
             .await?;
-        Reply::of(reply, self.queue)?.u64()
+        let mut reply = Reply::of(reply, self.queue)?;
+        Ok((reply.u64()?, reply.string()?))
     }
 
     /// Current places of `users` (`places.lua` on each sub-line), read as
@@ -2402,12 +2418,13 @@ mod tests {
             .unwrap()
     }
 
-    /// A batch whose sub-line's block is past τ sends its first user
-    /// alone, which finds the block closed, and then everyone with the
-    /// block leased: each user's name goes to Redis once, not once to be
-    /// told to lease and again with the block. A batch within τ of this
-    /// store's lease sends everyone at once. Either way everyone is
-    /// placed in order.
+    /// Each user's name goes to Redis once, not once to be told to lease
+    /// and again with the block. A batch within τ of its sub-line's block
+    /// sends everyone at once; past it, after a burst's call from this
+    /// store's block, with a block leased ahead (given back when not
+    /// needed, so the tickets are those of a lease asked when needed);
+    /// otherwise its first user alone, then everyone with the block the
+    /// answer asked for. Everyone is placed in order.
     #[tokio::test]
     async fn a_burst_s_batch_leases_one_block_for_all_its_users_and_sends_each_once() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
@@ -2626,11 +2643,11 @@ mod tests {
         assert_eq!(naming, [2, 1, 1, 1], "the first alone, then everyone");
     }
 
-    /// A block given back takes the head's sequence back only when the
-    /// head still holds its lease and nothing was leased after it; its
-    /// lease goes either way.
+    /// A block given back takes the head's sequence back only in the
+    /// history it was leased in, when the head still holds its lease and
+    /// nothing was leased after it; its lease goes, in that history.
     #[tokio::test]
-    async fn a_block_given_back_takes_the_sequence_back_only_from_a_head_that_holds_its_lease() {
+    async fn a_block_given_back_takes_the_sequence_back_only_where_nothing_came_after_its_lease() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         let (store, queue) = over_three_sub_lines(&redis).await;
         let link = store.link(&queue);
@@ -2642,40 +2659,70 @@ mod tests {
                 at.to_string(),
             ]
         };
+        let state = |conn: &mut redis::Connection| {
+            (head_seq(conn, &queue), lease_records(conn, &queue).len())
+        };
         let before = head_seq(&mut conn, &queue);
-        let first = link.lease_block(4, 1_000).await.unwrap();
-        link.give_back(&block(first, 4, 1_000), 1_000)
+        let (first, history) = link.lease_in(4, 1_000).await.unwrap();
+        link.give_back(&block(first, 4, 1_000), &history, 1_000)
             .await
             .unwrap();
-        assert_eq!(
-            (
-                head_seq(&mut conn, &queue),
-                lease_records(&mut conn, &queue).len()
-            ),
-            (before, 0)
-        );
+        assert_eq!(state(&mut conn), (before, 0));
         // Another lease after it: a gap.
-        let first = link.lease_block(4, 2_000).await.unwrap();
+        let (first, history) = link.lease_in(4, 2_000).await.unwrap();
         link.lease_block(2, 2_000).await.unwrap();
-        link.give_back(&block(first, 4, 2_000), 2_000)
+        link.give_back(&block(first, 4, 2_000), &history, 2_000)
             .await
             .unwrap();
-        assert_eq!(
-            (
-                head_seq(&mut conn, &queue),
-                lease_records(&mut conn, &queue).len()
-            ),
-            (first + 5, 1)
-        );
+        assert_eq!(state(&mut conn), (first + 5, 1));
         // A head without its lease (failed over to a replica that lacked
         // it, and leased the same numbers since) keeps its sequence.
-        let first = link.lease_block(4, 3_000).await.unwrap();
+        let (first, history) = link.lease_in(4, 3_000).await.unwrap();
         let _: () = redis::cmd("ZREM")
             .arg(keys::leases_key("t", &queue))
             .arg(format!("{first}:3000"))
             .query(&mut conn)
             .unwrap();
-        link.give_back(&block(first, 4, 3_000), 3_000)
+        link.give_back(&block(first, 4, 3_000), &history, 3_000)
+            .await
+            .unwrap();
+        assert_eq!(head_seq(&mut conn, &queue), first + 3);
+        // Nor one in another history than the lease's, whose record under
+        // the same name may be another lease: it stays.
+        let (first, _) = link.lease_in(4, 4_000).await.unwrap();
+        let held = state(&mut conn);
+        link.give_back(&block(first, 4, 4_000), "another-history", 4_000)
+            .await
+            .unwrap();
+        assert_eq!(state(&mut conn), held);
+        // Nor below the sequence a sub-line made again was told as the top
+        // of what it may have lost.
+        let (first, history) = link.lease_in(4, 5_000).await.unwrap();
+        let head = keys::queue_keys("t", &queue);
+        let told = link
+            .run(
+                "remake_sub_line",
+                ScriptCall::new(&link.scripts.read_seq, &head, 5_000),
+            )
+            .await
+            .unwrap()
+            .u64()
+            .unwrap();
+        assert_eq!(told, first + 3);
+        link.give_back(&block(first, 4, 5_000), &history, 5_000)
+            .await
+            .unwrap();
+        assert_eq!(head_seq(&mut conn, &queue), first + 3);
+        // Nor below an opening's reservation (`draw_end`), which every
+        // sub-line refuses blocks at or below.
+        let (first, history) = link.lease_in(4, 6_000).await.unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(&head[0])
+            .arg("draw_end")
+            .arg(first + 3)
+            .query(&mut conn)
+            .unwrap();
+        link.give_back(&block(first, 4, 6_000), &history, 6_000)
             .await
             .unwrap();
         assert_eq!(head_seq(&mut conn, &queue), first + 3);
@@ -2804,7 +2851,7 @@ mod tests {
             .unwrap();
         let link = store.link(&queue);
         let mut conn = connection_to(&redis);
-        let first = link.lease_block(8, 11_000).await.unwrap();
+        let (first, history) = link.lease_in(8, 11_000).await.unwrap();
         let claim = PlaceClaim {
             epoch_ms: 5_000,
             ticket: first + 2,
@@ -2824,7 +2871,7 @@ mod tests {
             (first + 8).to_string(),
             "11000".to_owned(),
         ];
-        link.give_back(&block, 11_000).await.unwrap();
+        link.give_back(&block, &history, 11_000).await.unwrap();
         assert_eq!(head_seq(&mut conn, &queue), reached);
         for user in of(1).skip(1).take(10) {
             store.enqueue(&queue, &user, 11_000).await.unwrap();

@@ -5,20 +5,25 @@
 -- are those a lease asked when needed gives (the memory store's).
 -- Otherwise its numbers are a gap, which changes no position.
 -- KEYS: the head's keys (prelude), then its leases (lease.lua). ARGV: now,
--- first ticket, end, leased at (as leased).
+-- first ticket, end, leased at, the head's history (as leased).
 -- Returns {'ok', 1 when the sequence went back, else 0} or {'no_queue'}.
 
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return { 'no_queue' }
 end
+-- Only in the history the block was leased in: a head failed over since
+-- may lack the lease, or a floor told after it, and may have leased the
+-- same numbers again, even under the same record.
+if history_now() ~= ARGV[5] then
+  return { 'ok', 0 }
+end
 local first, block_end = tonumber(ARGV[2]), tonumber(ARGV[3])
--- Only a head that holds the lease goes back: one failed over to a
--- replica that lacked it may since have leased these numbers again.
 local held = redis.call('ZREM', KEYS[OWN], ARGV[2] .. ':' .. ARGV[4]) == 1
--- Nor below a sequence the sub-lines were told as a floor since: a place
--- given back (head_restore.lua) or an opening's reservation (draw_head.lua)
--- closes every block at or below it, and blocks leased there again would
--- be refused.
+-- Nor below a sequence told since as a floor: a place given back
+-- (head_restore.lua) or an opening's reservation (draw_head.lua) closes
+-- every sub-line's blocks at or below it, and blocks leased there again
+-- would be refused; a sub-line made again gives back receipts' tickets up
+-- to it (read_seq.lua), which must not be given anew.
 local floors = redis.call('HMGET', K_CONFIG, 'seq_floor', 'draw_end')
 local floor = math.max(tonumber(floors[1]) or 0, tonumber(floors[2]) or 0)
 if held and floor < first and tonumber(redis.call('GET', K_SEQ) or '0') == block_end - 1 then

@@ -7,8 +7,8 @@
 -- replica's clock, read before it asked), size, and, for a resync, the
 -- highest ticket any sub-line's block reaches, then each sub-line's block
 -- still open as first, leased at.
--- Returns {'ok', first ticket}, {'resync'} or {'no_queue'}; OPENING when
--- a scheduled opening is due and not made.
+-- Returns {'ok', first ticket, the head's history}, {'resync'} or
+-- {'no_queue'}; OPENING when a scheduled opening is due and not made.
 -- A lease in another history than the head's last (prelude.lua,
 -- `same_history`) is refused with 'resync' until the caller has read every
 -- sub-line's block and passed them here; a size of 0 then only resyncs.
@@ -56,4 +56,4 @@ for _ = 1, 64 do
   end
   redis.call('ZREM', leases, oldest)
 end
-return { 'ok', first }
+return { 'ok', first, history }
