@@ -232,8 +232,9 @@ pub(super) struct SubLineLink<'a> {
 /// script installs it where that 'lease' would come, when it is of that
 /// size (`enqueue_many.lua`); a block not installed (the block was open
 /// after all, or the first users already held places) is given back
-/// (`give_back.lua`), so the tickets are those of a lease asked when
-/// needed, the memory store's. Without a burst, or with no block known
+/// (`give_back.lua`): the head's sequence goes back where nothing came
+/// after the lease, so the tickets are those of a lease asked when
+/// needed, the memory store's; otherwise its numbers are a gap. Without a burst, or with no block known
 /// (this store's first call, or a sub-line another replica served
 /// since), the first user goes alone when the batch has several, and a
 /// block found open answers 'resend': everyone goes in the next call.

@@ -24,8 +24,8 @@
 -- is also the line's length they see; or {'no_queue'}. On a sub-line the
 -- answers may stop early with {'lease', size}: the user after the last
 -- answered needs a ticket and the block is closed, so the caller leases
--- one of that size from the head, installs it (install_block.lua) and
--- calls again with the users not answered. On a sub-line a last answer
+-- one of that size from the head and calls again with the users not
+-- answered and the block (BLOCK), installed first. On a sub-line a last answer
 -- follows, {'block', first, next, end, leased at, ahead unused, given}:
 -- the sub-line's block as the call left it (first 0 for none, or one
 -- closed), for the caller to lease the next one ahead; 1 when a block

@@ -7,8 +7,9 @@
 -- replica's clock, read before it asked), size, and, for a resync, the
 -- highest ticket any sub-line's block reaches, then each sub-line's block
 -- still open as first, leased at.
--- Returns {'ok', first ticket, the head's history}, {'resync'} or
--- {'no_queue'}; OPENING when a scheduled opening is due and not made.
+-- Returns {'ok', first ticket, the head's history} ({'ok', 0} for a size
+-- of 0), {'resync'} or {'no_queue'}; OPENING when a scheduled opening is
+-- due and not made.
 -- A lease in another history than the head's last (prelude.lua,
 -- `same_history`) is refused with 'resync' until the caller has read every
 -- sub-line's block and passed them here; a size of 0 then only resyncs.
@@ -42,7 +43,8 @@ open_head_first(opening[1], opening[2])
 local size = math.max(tonumber(ARGV[2]), 1)
 local first = redis.call('INCRBY', K_SEQ, size) - size + 1
 local leases = KEYS[OWN]
-redis.call('ZADD', leases, first, first .. ':' .. ARGV[1])
+-- In full: Lua writes a number past 10^14 as an exponent.
+redis.call('ZADD', leases, first, string.format('%d', first) .. ':' .. ARGV[1])
 -- Leases are dropped by the admission's watermark once past τ + ε by its
 -- clock; here only those a minute old, so the set stays small when nobody
 -- admits, and a caller whose clock is behind still finds every lease
