@@ -2690,12 +2690,24 @@ mod tests {
         assert_eq!(head_seq(&mut conn, &queue), first + 3);
         // Nor one in another history than the lease's, whose record under
         // the same name may be another lease: it stays.
-        let (first, _) = link.lease_in(4, 4_000).await.unwrap();
+        let (first, history) = link.lease_in(4, 4_000).await.unwrap();
         let held = state(&mut conn);
-        link.give_back(&block(first, 4, 4_000), "another-history", 4_000)
+        let other = history.replacen(|c: char| c.is_ascii_hexdigit(), "-", 1);
+        link.give_back(&block(first, 4, 4_000), &other, 4_000)
             .await
             .unwrap();
         assert_eq!(state(&mut conn), held);
+        // Nor for a queue made again under its name (another epoch).
+        let (name, epoch) = history.split_once('@').unwrap();
+        let epoch_after = format!("{name}@{}", epoch.parse::<u64>().unwrap() + 1);
+        link.give_back(&block(first, 4, 4_000), &epoch_after, 4_000)
+            .await
+            .unwrap();
+        assert_eq!(state(&mut conn), held);
+        link.give_back(&block(first, 4, 4_000), &history, 4_000)
+            .await
+            .unwrap();
+        assert_eq!(state(&mut conn), (first - 1, held.1 - 1), "the lease's own");
         // Nor below the sequence a sub-line made again was told as the top
         // of what it may have lost.
         let (first, history) = link.lease_in(4, 5_000).await.unwrap();

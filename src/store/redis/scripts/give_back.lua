@@ -5,16 +5,18 @@
 -- are those a lease asked when needed gives (the memory store's).
 -- Otherwise its numbers are a gap, which changes no position.
 -- KEYS: the head's keys (prelude), then its leases (lease.lua). ARGV: now,
--- first ticket, end, leased at, the head's history (as leased).
+-- first ticket, end, leased at, the head's history@the queue's epoch (as
+-- lease.lua answered).
 -- Returns {'ok', 1 when the sequence went back, else 0} or {'no_queue'}.
 
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return { 'no_queue' }
 end
--- Only in the history the block was leased in: a head failed over since
--- may lack the lease, or a floor told after it, and may have leased the
--- same numbers again, even under the same record.
-if history_now() ~= ARGV[5] then
+-- Only in the history the block was leased in, of the same queue: a head
+-- failed over since may lack the lease, or a floor told after it, and may
+-- have leased the same numbers again, even under the same record; so may
+-- a queue deleted and made again under its name.
+if history_now() .. '@' .. (redis.call('HGET', K_CONFIG, 'created_at_ms') or '') ~= ARGV[5] then
   return { 'ok', 0 }
 end
 local first, block_end = tonumber(ARGV[2]), tonumber(ARGV[3])

@@ -7,9 +7,9 @@
 -- replica's clock, read before it asked), size, and, for a resync, the
 -- highest ticket any sub-line's block reaches, then each sub-line's block
 -- still open as first, leased at.
--- Returns {'ok', first ticket, the head's history} ({'ok', 0} for a size
--- of 0), {'resync'} or {'no_queue'}; OPENING when a scheduled opening is
--- due and not made.
+-- Returns {'ok', first ticket, the head's history@the queue's epoch}
+-- ({'ok', 0} for a size of 0), {'resync'} or {'no_queue'}; OPENING when a
+-- scheduled opening is due and not made.
 -- A lease in another history than the head's last (prelude.lua,
 -- `same_history`) is refused with 'resync' until the caller has read every
 -- sub-line's block and passed them here; a size of 0 then only resyncs.
@@ -58,4 +58,5 @@ for _ = 1, 64 do
   end
   redis.call('ZREM', leases, oldest)
 end
-return { 'ok', first, history }
+-- With the queue's epoch: a queue made again under its name is another.
+return { 'ok', first, history .. '@' .. (redis.call('HGET', K_CONFIG, 'created_at_ms') or '') }
