@@ -993,14 +993,18 @@ impl SubLineLink<'_> {
                     }
                     _ => None,
                 };
-                // Everyone served stays served: a head that does not answer
-                // now leaves a gap, and the lease stops holding the
-                // watermark back τ + ε after it.
                 if let Some(ahead) = ahead.take()
                     && left.is_some_and(|left| left.ahead_unused)
-                    && let Err(error) = self.give_back(&ahead, &history, now_ms).await
                 {
-                    tracing::warn!(queue = %self.queue, %error, "a block leased ahead was not given back");
+                    // Not this store's block: once given back, its numbers
+                    // may be leased again by another replica.
+                    leased_first = None;
+                    // Everyone served stays served: a head that does not
+                    // answer now leaves a gap, and the lease stops holding
+                    // the watermark back τ + ε after it.
+                    if let Err(error) = self.give_back(&ahead, &history, now_ms).await {
+                        tracing::warn!(queue = %self.queue, %error, "a block leased ahead was not given back");
+                    }
                 }
                 let lease = match items.last() {
                     Some(Value::Array(values)) if matches!(values.first(), Some(Value::BulkString(kind)) if kind == b"lease") =>
@@ -1845,19 +1849,33 @@ impl SubLineLink<'_> {
     /// (`give_back.lua`): `[first, end, leased at]` as leased, in the
     /// head's `history`.
     async fn give_back(&self, block: &[String; 3], history: &str, now_ms: u64) -> Result<()> {
-        let head = keys::queue_keys(self.prefix, self.queue);
-        let leases = [keys::leases_key(self.prefix, self.queue)];
         let mut args: Vec<&str> = block.iter().map(String::as_str).collect();
         args.push(history);
+        self.on_head_leases("give_back", &self.scripts.give_back, &args, now_ms)
+            .await
+            .map(drop)
+    }
+
+    /// A head script whose own key is the head's leases (`lease.lua`,
+    /// `give_back.lua`).
+    async fn on_head_leases(
+        &self,
+        operation: &'static str,
+        script: &redis::Script,
+        args: &[&str],
+        now_ms: u64,
+    ) -> Result<Reply> {
+        let head = keys::queue_keys(self.prefix, self.queue);
+        let leases = [keys::leases_key(self.prefix, self.queue)];
         let reply = self
             .value(
-                "give_back",
-                ScriptCall::new(&self.scripts.give_back, &head, now_ms)
+                operation,
+                ScriptCall::new(script, &head, now_ms)
                     .own_keys(&leases)
-                    .args(&args),
+                    .args(args),
             )
             .await?;
-        Reply::of(reply, self.queue).map(drop)
+        Reply::of(reply, self.queue)
     }
 
     /// Leases a block of `size` from the head: its first ticket.
@@ -1867,18 +1885,10 @@ impl SubLineLink<'_> {
 
     /// [`Self::lease_block`], with the history the head leased it in.
     async fn lease_in(&self, size: u64, now_ms: u64) -> Result<(u64, String)> {
-        let head = keys::queue_keys(self.prefix, self.queue);
-        let leases = [keys::leases_key(self.prefix, self.queue)];
-        let size_arg = size.to_string();
-        let reply = self
-            .value(
-                "lease",
-                ScriptCall::new(&self.scripts.lease, &head, now_ms)
-                    .own_keys(&leases)
-                    .args(&[size_arg.as_str()]),
-            )
+        let size = size.to_string();
+        let mut reply = self
+            .on_head_leases("lease", &self.scripts.lease, &[size.as_str()], now_ms)
             .await?;
-        let mut reply = Reply::of(reply, self.queue)?;
         Ok((reply.u64()?, reply.string()?))
     }
 
@@ -2400,6 +2410,69 @@ mod tests {
     };
     use crate::store::{QueueStore, RedisStore};
 
+    /// `n` users named `{prefix}-{k}` for k from `from`, of sub-line 1 of
+    /// three.
+    fn of_sub_line_1(prefix: &str, from: usize, n: usize) -> Vec<UserId> {
+        (from..)
+            .map(|k| UserId::parse(&format!("{prefix}-{k}")).unwrap())
+            .filter(|user| sub_line_of(user.as_str(), 3) == 1)
+            .take(n)
+            .collect()
+    }
+
+    /// Has Redis log every call from now on, and forget those before.
+    fn log_every_call(conn: &mut redis::Connection) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-log-slower-than")
+            .arg(0)
+            .query(conn)
+            .unwrap();
+        let _: () = redis::cmd("SLOWLOG").arg("RESET").query(conn).unwrap();
+    }
+
+    /// How many script calls Redis logged named each of `users`, and any
+    /// of them.
+    fn calls_naming(conn: &mut redis::Connection, users: &[UserId]) -> (Vec<usize>, usize) {
+        let entries: Vec<Value> = redis::cmd("SLOWLOG")
+            .arg("GET")
+            .arg(-1)
+            .query(conn)
+            .unwrap();
+        let calls: Vec<Vec<Vec<u8>>> = entries
+            .into_iter()
+            .filter_map(|entry| match entry {
+                Value::Array(fields) => match fields.get(3) {
+                    Some(Value::Array(args)) => Some(
+                        args.iter()
+                            .filter_map(|a| match a {
+                                Value::BulkString(b) => Some(b.clone()),
+                                _ => None,
+                            })
+                            .collect(),
+                    ),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .filter(|args: &Vec<Vec<u8>>| {
+                args.first()
+                    .is_some_and(|c| c.eq_ignore_ascii_case(b"evalsha"))
+            })
+            .collect();
+        let names =
+            |args: &Vec<Vec<u8>>, user: &UserId| args.iter().any(|a| a == user.as_str().as_bytes());
+        let each = users
+            .iter()
+            .map(|user| calls.iter().filter(|args| names(args, user)).count())
+            .collect();
+        let any = calls
+            .iter()
+            .filter(|args| users.iter().any(|user| names(args, user)))
+            .count();
+        (each, any)
+    }
+
     /// The head's ticket sequence (0 before any lease).
     fn head_seq(conn: &mut redis::Connection, queue: &QueueId) -> u64 {
         redis::cmd("GET")
@@ -2431,65 +2504,8 @@ mod tests {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         let (store, queue) = over_three_sub_lines(&redis).await;
         let layout = store.link(&queue).layout().await.unwrap();
-        let of_one = |from: usize, n: usize| -> Vec<UserId> {
-            (from..)
-                .map(|n| UserId::parse(&format!("burst-{n}")).unwrap())
-                .filter(|user| sub_line_of(user.as_str(), 3) == 1)
-                .take(n)
-                .collect()
-        };
+        let of_one = |from, n| of_sub_line_1("burst", from, n);
         let mut conn = connection_to(&redis);
-        let log_every_call = |conn: &mut redis::Connection| {
-            let _: () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("slowlog-log-slower-than")
-                .arg(0)
-                .query(conn)
-                .unwrap();
-            let _: () = redis::cmd("SLOWLOG").arg("RESET").query(conn).unwrap();
-        };
-        // How many script calls named each of `users`, and any of them.
-        let calls_naming =
-            |conn: &mut redis::Connection, users: &[UserId]| -> (Vec<usize>, usize) {
-                let entries: Vec<Value> = redis::cmd("SLOWLOG")
-                    .arg("GET")
-                    .arg(-1)
-                    .query(conn)
-                    .unwrap();
-                let calls: Vec<Vec<Vec<u8>>> = entries
-                    .into_iter()
-                    .filter_map(|entry| match entry {
-                        Value::Array(fields) => match fields.get(3) {
-                            Some(Value::Array(args)) => Some(
-                                args.iter()
-                                    .filter_map(|a| match a {
-                                        Value::BulkString(b) => Some(b.clone()),
-                                        _ => None,
-                                    })
-                                    .collect(),
-                            ),
-                            _ => None,
-                        },
-                        _ => None,
-                    })
-                    .filter(|args: &Vec<Vec<u8>>| {
-                        args.first()
-                            .is_some_and(|c| c.eq_ignore_ascii_case(b"evalsha"))
-                    })
-                    .collect();
-                let names = |args: &Vec<Vec<u8>>, user: &UserId| {
-                    args.iter().any(|a| a == user.as_str().as_bytes())
-                };
-                let each = users
-                    .iter()
-                    .map(|user| calls.iter().filter(|args| names(args, user)).count())
-                    .collect();
-                let any = calls
-                    .iter()
-                    .filter(|args| users.iter().any(|user| names(args, user)))
-                    .count();
-                (each, any)
-            };
         let link = store.link(&queue);
         // Blocks leased for a call's 24 users, each at most twice what
         // growth alone gives: 2, 8 and 16 (growth alone: 1, 2, 4, 8 and
@@ -2849,6 +2865,65 @@ mod tests {
         assert_eq!(blocks.sending(&queue, 1, 5, 1_000), Sending::FirstAlone);
     }
 
+    /// A block this store leased ahead and gave back is not its own: when
+    /// another replica leases the same numbers again (the sequence went
+    /// back), calls served from that block lease nothing ahead after them.
+    #[tokio::test]
+    async fn a_block_given_back_and_leased_again_by_another_replica_is_not_this_store_s() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let layout = store.link(&queue).layout().await.unwrap();
+        let of_one = |from, n| of_sub_line_1("again", from, n);
+        let link = store.link(&queue);
+        let other = store_on(&redis).await.with_sub_lines();
+        let mut conn = connection_to(&redis);
+        link.enqueue_many(&layout, &of_one(0, 8), 1_000)
+            .await
+            .unwrap();
+        // The other replica's block, open when this store's next batch
+        // comes with a block leased ahead: that block is given back, and
+        // the sequence goes back.
+        let t = 1_000 + TAU_MS;
+        other.enqueue(&queue, &of_one(100, 1)[0], t).await.unwrap();
+        let reached = head_seq(&mut conn, &queue);
+        link.enqueue_many(&layout, &of_one(200, 3), t)
+            .await
+            .unwrap();
+        assert_eq!(head_seq(&mut conn, &queue), reached, "given back");
+        // The other replica leases those numbers again.
+        let t = t + TAU_MS;
+        other.enqueue(&queue, &of_one(300, 1)[0], t).await.unwrap();
+        assert!(head_seq(&mut conn, &queue) > reached);
+        // This store's batch served from that block...
+        link.enqueue_many(&layout, &of_one(400, 2), t + 1)
+            .await
+            .unwrap();
+        // ...is no burst of its own: past τ, the first user goes alone.
+        let last = of_one(500, 3);
+        log_every_call(&mut conn);
+        link.enqueue_many(&layout, &last, t + 1 + TAU_MS)
+            .await
+            .unwrap();
+        assert_eq!(calls_naming(&mut conn, &last).0, [2, 1, 1]);
+    }
+
+    /// A queue found gone (deleted through another replica) leaves no
+    /// record of its sub-lines' blocks: one made again under its name
+    /// numbers its tickets from 1 again.
+    #[tokio::test]
+    async fn a_queue_found_gone_leaves_no_record_of_its_blocks() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        join_users(&store, &queue, 10, 1_000).await;
+        let recorded = |store: &RedisStore| store.blocks.0.lock().unwrap().contains_key(&queue);
+        assert!(recorded(&store));
+        let other = store_on(&redis).await.with_sub_lines();
+        other.delete_queue(&queue).await.unwrap();
+        let user = UserId::parse("late").unwrap();
+        assert!(store.enqueue(&queue, &user, 2_000).await.is_err());
+        assert!(!recorded(&store));
+    }
+
     /// A place given back, or an opening's reservation, tells the
     /// sub-lines the head's sequence as a floor: a block leased ahead
     /// before it and given back after keeps the sequence where it is,
@@ -2857,26 +2932,9 @@ mod tests {
     #[tokio::test]
     async fn a_block_given_back_never_takes_the_sequence_below_a_floor_told_since() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-        let (store, queue) = made_again_from_a_lost_line(&redis).await;
-        store
-            .enqueue(&queue, &of(1).next().unwrap(), 11_000)
-            .await
-            .unwrap();
+        let (store, queue, first, history) = a_place_given_back_in_a_block_leased(&redis).await;
         let link = store.link(&queue);
         let mut conn = connection_to(&redis);
-        let (first, history) = link.lease_in(8, 11_000).await.unwrap();
-        let claim = PlaceClaim {
-            epoch_ms: 5_000,
-            ticket: first + 2,
-            head: 0,
-            top: 0,
-            issued_ms: 11_000,
-        };
-        let restored = store
-            .restore(&queue, &of(0).next().unwrap(), &claim, 11_000)
-            .await
-            .unwrap();
-        assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
         let reached = head_seq(&mut conn, &queue);
         assert_eq!(reached, first + 7, "the decision leaves the sequence");
         let block = [
@@ -3645,23 +3703,19 @@ mod tests {
         }
     }
 
-    /// A join's lease taken from the head before a place is given back, and
-    /// installed only after, could hold the very ticket given back: the
-    /// restore's closing raises the sub-line's first ticket to the head's
-    /// sequence, so that block is not installed and the join leases again.
-    #[tokio::test]
-    async fn a_lease_taken_before_a_place_is_given_back_is_not_installed_after_it() {
-        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
-        let (store, queue) = made_again_from_a_lost_line(&redis).await;
+    /// A queue made again from a lost line, a block of 8 leased at its
+    /// head (first ticket, and the head's history as leased), and then a
+    /// receipt's place given back at the block's third ticket, which
+    /// leaves the head's sequence where the lease left it.
+    async fn a_place_given_back_in_a_block_leased(
+        redis: &crate::testkit::RedisServer,
+    ) -> (RedisStore, QueueId, u64, String) {
+        let (store, queue) = made_again_from_a_lost_line(redis).await;
         store
             .enqueue(&queue, &of(1).next().unwrap(), 11_000)
             .await
             .unwrap();
-        let link = store.link(&queue);
-        let layout = link.layout().await.unwrap();
-        // Sub-line 1's next join leased this block, and has not installed it.
-        let first = link.lease_block(8, 11_000).await.unwrap();
-        let returning = of(0).next().unwrap();
+        let (first, history) = store.link(&queue).lease_in(8, 11_000).await.unwrap();
         let claim = PlaceClaim {
             epoch_ms: 5_000,
             ticket: first + 2,
@@ -3670,10 +3724,24 @@ mod tests {
             issued_ms: 11_000,
         };
         let restored = store
-            .restore(&queue, &returning, &claim, 11_000)
+            .restore(&queue, &of(0).next().unwrap(), &claim, 11_000)
             .await
             .unwrap();
         assert!(matches!(restored, Restoration::Restored(_)), "{restored:?}");
+        (store, queue, first, history)
+    }
+
+    /// A join's lease taken from the head before a place is given back, and
+    /// installed only after, could hold the very ticket given back: the
+    /// restore's closing raises the sub-line's first ticket to the head's
+    /// sequence, so that block is not installed and the join leases again.
+    #[tokio::test]
+    async fn a_lease_taken_before_a_place_is_given_back_is_not_installed_after_it() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        // Sub-line 1's next join leased this block, and has not installed it.
+        let (store, queue, first, _) = a_place_given_back_in_a_block_leased(&redis).await;
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
         let (end, at) = ((first + 8).to_string(), "11000".to_owned());
         let keys = layout.keys("t", 1).unwrap();
         let installed = link
@@ -3693,7 +3761,8 @@ mod tests {
         for user in of(1).skip(1).take(10) {
             let place = store.enqueue(&queue, &user, 11_000).await.unwrap();
             assert_ne!(
-                place.ticket, claim.ticket,
+                place.ticket,
+                first + 2,
                 "{user} given the ticket given back"
             );
         }
