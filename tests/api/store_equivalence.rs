@@ -599,17 +599,8 @@ fn random_operation_sequences_get_identical_answers_from_both_stores() {
                     memory.create_queue(&first).await.unwrap();
                     redis_store.create_queue(&first).await.unwrap();
                     for (step, op) in ops.iter().enumerate() {
-                        match op {
-                            Op::Advance(ms) => now += ms,
-                            Op::Rewind(ms) => now = now.saturating_sub(*ms).max(T0),
-                            _ => {}
-                        }
-                        // Both stores see the admissions answered before
-                        // this step; the memory store's answers extend them.
-                        let mut before = seen.clone();
-                        let expected = apply(&memory, op, now, &mut seen).await;
-                        let actual = apply(&redis_store, op, now, &mut before).await;
-                        prop_assert_eq!(&actual, &expected, "step {} {:?}", step, op);
+                        now = clock_after(op, now);
+                        same_answers(&memory, &redis_store, op, now, &mut seen, step).await?;
                     }
                     // The log, applied from its start, gives the line the
                     // store holds (runs of newcomers included).
@@ -621,6 +612,33 @@ fn random_operation_sequences_get_identical_answers_from_both_stores() {
             },
         )
         .unwrap();
+}
+
+/// The clock after `op`: moved on, or back (never before `T0`).
+fn clock_after(op: &Op, now: u64) -> u64 {
+    match op {
+        Op::Advance(ms) => now + ms,
+        Op::Rewind(ms) => now.saturating_sub(*ms).max(T0),
+        _ => now,
+    }
+}
+
+/// `op` at `now` gets the same answer from both stores. Both see the
+/// admissions answered before this step (`seen`); the memory store's
+/// answers extend them.
+async fn same_answers(
+    memory: &MemoryStore,
+    redis_store: &RedisStore,
+    op: &Op,
+    now: u64,
+    seen: &mut Vec<(UserId, Admission)>,
+    step: usize,
+) -> Result<(), TestCaseError> {
+    let mut before = seen.clone();
+    let expected = apply(memory, op, now, seen).await;
+    let actual = apply(redis_store, op, now, &mut before).await;
+    prop_assert_eq!(&actual, &expected, "step {} {:?}", step, op);
+    Ok(())
 }
 
 /// Users of the sub-line sequences: enough that batches cross blocks.
@@ -752,11 +770,7 @@ async fn over_sub_lines(
     memory.create_queue(&first).await.unwrap();
     redis_store.create_queue(&first).await.unwrap();
     for (step, op) in ops.iter().enumerate() {
-        match op {
-            Op::Advance(ms) => now += ms,
-            Op::Rewind(ms) => now = now.saturating_sub(*ms).max(T0),
-            _ => {}
-        }
+        now = clock_after(op, now);
         if let Op::Passes(passes) = op {
             for pass in 0..*passes {
                 now += 2_000;
@@ -766,10 +780,7 @@ async fn over_sub_lines(
             }
             continue;
         }
-        let mut before = seen.clone();
-        let expected = apply(&memory, op, now, &mut seen).await;
-        let actual = apply(&redis_store, op, now, &mut before).await;
-        prop_assert_eq!(&actual, &expected, "step {} {:?}", step, op);
+        same_answers(&memory, &redis_store, op, now, &mut seen, step).await?;
     }
     // Each sub-line's log, applied from its start, gives the sub-line's
     // waiting tickets.

@@ -8,6 +8,13 @@ use crate::domain::{
 };
 use crate::{Error, Result};
 
+/// Whether a script's answer (or an item of it) is a list headed by `tag`:
+/// `{'lease', ...}`, `{'no_queue'}` and the like.
+pub(super) fn tagged(value: &Value, tag: &[u8]) -> bool {
+    matches!(value, Value::Array(items)
+        if matches!(items.first(), Some(Value::BulkString(kind)) if kind == tag))
+}
+
 pub(super) fn bad_reply(what: &str) -> Error {
     Error::Internal(format!("unexpected reply from Redis: {what}"))
 }
@@ -208,9 +215,7 @@ pub(super) fn parse_enqueued_runs(
 ) -> Result<Vec<(Result<Place>, u64)>> {
     let mut places = Vec::with_capacity(users);
     for item in items {
-        let joined = matches!(&item, Value::Array(values)
-            if matches!(values.first(), Some(Value::BulkString(kind)) if kind == b"joined"));
-        if !joined {
+        if !tagged(&item, b"joined") {
             places.push((
                 parse_place(item, queue)
                     .and_then(|p| p.ok_or_else(|| bad_reply("enqueue returned no place"))),

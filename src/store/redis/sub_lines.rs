@@ -35,7 +35,7 @@ use super::breaker::{Breaker, SUB_LINE_OPENING, SUB_LINE_RESYNC, SUB_LINES, boun
 use super::keys::{self, QUEUE_KEYS};
 use super::lua::Scripts;
 use super::reply::{
-    Reply, bad_reply, parse_admitted, parse_enqueued_runs, parse_named, parse_place,
+    Reply, bad_reply, parse_admitted, parse_enqueued_runs, parse_named, parse_place, tagged,
 };
 use super::topology::Connector;
 use crate::domain::shards::{Block, TAU_MS, next_block_size, sub_line_of};
@@ -226,27 +226,28 @@ pub(super) struct SubLineLink<'a> {
 /// first user alone, with the count it stands for, still cost a call. So
 /// when the block the last call left is closed, and that call gave
 /// tickets to at least half its users (a burst's newcomers) from a block
-/// this store leased, the block is leased ahead, of the size
-/// the call's 'lease' would ask (`domain::shards::next_block_size` for the
+/// this store leased, the next block is leased ahead, of the size the
+/// call's 'lease' would ask (`domain::shards::next_block_size` for the
 /// call's users), and goes with the batch: one lease and one call. The
 /// script installs it where that 'lease' would come, when it is of that
 /// size (`enqueue_many.lua`); a block not installed (the block was open
 /// after all, or the first users already held places) is given back
 /// (`give_back.lua`): the head's sequence goes back where nothing came
 /// after the lease, so the tickets are those of a lease asked when
-/// needed, the memory store's; otherwise its numbers are a gap. Without a burst, or with no block known
-/// (this store's first call, or a sub-line another replica served
-/// since), the first user goes alone when the batch has several, and a
-/// block found open answers 'resend': everyone goes in the next call.
+/// needed, the memory store's; otherwise its numbers are a gap. Without
+/// a burst, or with no block known (this store's first call, or a
+/// sub-line another replica served since), the first user goes alone
+/// when the batch has several, and a block found open answers 'resend':
+/// everyone goes in the next call.
 #[derive(Default)]
 pub(super) struct Blocks(Mutex<HashMap<QueueId, Vec<Option<LastCall>>>>);
 
 /// A sub-line's block as a call left it; whether the call gave tickets
 /// from it to at least half its users, it being the last block this
-/// store leased for the sub-line
-/// (with other replicas joining the sub-line, a block leased ahead would
-/// often find theirs open, and be leased and given back for nothing); and
-/// the first ticket of that last block.
+/// store leased for the sub-line (with other replicas joining the
+/// sub-line, a block leased ahead would often find theirs open, and be
+/// leased and given back for nothing); and the first ticket of that last
+/// block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct LastCall {
     block: Option<Block>,
@@ -936,21 +937,20 @@ impl SubLineLink<'_> {
             let sending = self
                 .blocks
                 .sending(self.queue, sub_line, rest.len(), now_ms);
-            let mut ahead = None;
             // The first ticket of the last block this call leased.
             let mut leased_first = None;
-            // The block leased ahead as sent, and the head's history then.
-            let mut history = String::new();
+            // A block leased ahead as sent, and the head's history then.
+            let mut ahead: Option<([String; 3], String)> = None;
             if let Sending::Ahead(size) = sending {
-                let first;
-                (first, history) = self.lease_in(size, now_ms).await?;
+                let (first, history) = self.lease_in(size, now_ms).await?;
                 leased_first = Some(first);
                 leases += 1;
-                ahead = Some([
+                let sent = [
                     first.to_string(),
                     (first + size).to_string(),
                     now_ms.to_string(),
-                ]);
+                ];
+                ahead = Some((sent, history));
             }
             let mut probe = sending == Sending::FirstAlone;
             let all = rest.len().to_string();
@@ -963,7 +963,7 @@ impl SubLineLink<'_> {
                 if let Some(block) = &block {
                     names.push(BLOCK);
                     names.extend(block.iter().map(String::as_str));
-                } else if let Some(ahead) = &ahead {
+                } else if let Some((ahead, _)) = &ahead {
                     names.push(AHEAD);
                     names.extend(ahead.iter().map(String::as_str));
                 }
@@ -983,17 +983,14 @@ impl SubLineLink<'_> {
                 .into_values();
                 // The first user alone found the block open: everyone goes
                 // in the next call, as one run.
-                if matches!(items.as_slice(), [Value::Array(values)] if matches!(values.first(), Some(Value::BulkString(kind)) if kind == b"resend"))
-                {
+                if matches!(items.as_slice(), [only] if tagged(only, b"resend")) {
                     continue;
                 }
-                let left = match items.last() {
-                    Some(Value::Array(values)) if matches!(values.first(), Some(Value::BulkString(kind)) if kind == b"block") => {
-                        Some(parse_block_left(items.pop().unwrap_or(Value::Nil))?)
-                    }
-                    _ => None,
+                let left = match items.pop_if(|last| tagged(last, b"block")) {
+                    Some(last) => Some(parse_block_left(last)?),
+                    None => None,
                 };
-                if let Some(ahead) = ahead.take()
+                if let Some((ahead, history)) = ahead.take()
                     && left.is_some_and(|left| left.ahead_unused)
                 {
                     // Not this store's block: once given back, its numbers
@@ -1006,14 +1003,13 @@ impl SubLineLink<'_> {
                         tracing::warn!(queue = %self.queue, %error, "a block leased ahead was not given back");
                     }
                 }
-                let lease = match items.last() {
-                    Some(Value::Array(values)) if matches!(values.first(), Some(Value::BulkString(kind)) if kind == b"lease") =>
-                    {
-                        let mut reply = Reply::new(items.pop().unwrap_or(Value::Nil))?;
+                let lease = match items.pop_if(|last| tagged(last, b"lease")) {
+                    Some(last) => {
+                        let mut reply = Reply::new(last)?;
                         reply.string()?;
                         Some(reply.u64()?)
                     }
-                    _ => None,
+                    None => None,
                 };
                 let answered = parse_enqueued_runs(items, sent.len(), self.queue)?;
                 if let Some(left) = left {
@@ -1399,9 +1395,7 @@ impl SubLineLink<'_> {
                     ]),
                 )
                 .await?;
-            if let Value::Array(items) = &value
-                && matches!(items.first(), Some(Value::BulkString(kind)) if kind == b"lease")
-            {
+            if tagged(&value, b"lease") {
                 let mut reply = Reply::new(value)?;
                 reply.string()?;
                 self.lease(&keys, reply.u64()?, now_ms).await?;
@@ -1867,15 +1861,13 @@ impl SubLineLink<'_> {
     ) -> Result<Reply> {
         let head = keys::queue_keys(self.prefix, self.queue);
         let leases = [keys::leases_key(self.prefix, self.queue)];
-        let reply = self
-            .value(
-                operation,
-                ScriptCall::new(script, &head, now_ms)
-                    .own_keys(&leases)
-                    .args(args),
-            )
-            .await?;
-        Reply::of(reply, self.queue)
+        self.run(
+            operation,
+            ScriptCall::new(script, &head, now_ms)
+                .own_keys(&leases)
+                .args(args),
+        )
+        .await
     }
 
     /// Leases a block of `size` from the head: its first ticket.
@@ -2180,15 +2172,13 @@ fn parse_block_left(value: Value) -> Result<BlockLeft> {
 
 /// Whether a script answered that it found no queue.
 fn no_queue(reply: &Value) -> bool {
-    matches!(reply, Value::Array(items)
-        if matches!(items.first(), Some(Value::BulkString(kind)) if kind == b"no_queue"))
+    tagged(reply, b"no_queue")
 }
 
 /// Whether a head script answered that the head is in another history
 /// than its last (`prelude.lua`, `same_history`).
 fn resync_asked(reply: &Value) -> bool {
-    matches!(reply, Value::Array(items)
-        if matches!(items.first(), Some(Value::BulkString(kind)) if kind == b"resync"))
+    tagged(reply, b"resync")
 }
 
 /// What a sub-line keeps for a settled entry in place of its record: a

@@ -16,7 +16,7 @@ end
 -- failed over since may lack the lease, or a floor told after it, and may
 -- have leased the same numbers again, even under the same record; so may
 -- a queue deleted and made again under its name.
-if history_now() .. '@' .. (redis.call('HGET', K_CONFIG, 'created_at_ms') or '') ~= ARGV[5] then
+if lease_era(history_now()) ~= ARGV[5] then
   return { 'ok', 0 }
 end
 local first, block_end = tonumber(ARGV[2]), tonumber(ARGV[3])

@@ -28,13 +28,8 @@ local epoch, ticket, head, top =
   tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local user = ARGV[6]
 local function given()
-  local seq = tonumber(redis.call('GET', K_SEQ)) or 0
-  -- The sub-lines are told it as a floor: a block leased ahead and given
-  -- back since never takes the sequence below it (give_back.lua).
-  if seq > (tonumber(redis.call('HGET', K_CONFIG, 'seq_floor')) or 0) then
-    redis.call('HSET', K_CONFIG, 'seq_floor', seq)
-  end
-  local out = { 'ok', 'given', seq }
+  -- The sub-lines are told it as a floor.
+  local out = { 'ok', 'given', told_seq() }
   if epoch ~= tonumber(redis.call('HGET', K_CONFIG, 'created_at_ms')) then
     local adopt = redis.call('HMGET', K_CONFIG, 'adopt_epoch_ms', 'adopt_head')
     out[4], out[5] = adopt[1] or '0', adopt[2] or '0'

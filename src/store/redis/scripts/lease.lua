@@ -58,5 +58,4 @@ for _ = 1, 64 do
   end
   redis.call('ZREM', leases, oldest)
 end
--- With the queue's epoch: a queue made again under its name is another.
-return { 'ok', first, history .. '@' .. (redis.call('HGET', K_CONFIG, 'created_at_ms') or '') }
+return { 'ok', first, lease_era(history) }

@@ -92,6 +92,25 @@ local function same_history()
   return redis.call('HGET', K_CONFIG, 'head_history') == history, history
 end
 
+-- A head's lease, and a give-back of it (give_back.lua), name the head's
+-- history with the queue's epoch: a queue made again under its name is
+-- another.
+local function lease_era(history)
+  return history .. '@' .. (redis.call('HGET', K_CONFIG, 'created_at_ms') or '')
+end
+
+-- The head's ticket sequence, read as a bound told to others (a floor
+-- the sub-lines are told, the top of a sub-line made again): recorded as
+-- `seq_floor`, below which a block given back never takes the sequence
+-- (give_back.lua).
+local function told_seq()
+  local seq = tonumber(redis.call('GET', K_SEQ)) or 0
+  if seq > (tonumber(redis.call('HGET', K_CONFIG, 'seq_floor')) or 0) then
+    redis.call('HSET', K_CONFIG, 'seq_floor', seq)
+  end
+  return seq
+end
+
 -- A sub-line's tickets come from the block it leased from the head
 -- (domain::shards): open while it has tickets left and less than TAU_MS
 -- after its lease. A join that finds it closed is answered 'lease'.

@@ -8,8 +8,4 @@
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return { 'no_queue' }
 end
-local seq = tonumber(redis.call('GET', K_SEQ)) or 0
-if seq > (tonumber(redis.call('HGET', K_CONFIG, 'seq_floor')) or 0) then
-  redis.call('HSET', K_CONFIG, 'seq_floor', seq)
-end
-return { 'ok', seq }
+return { 'ok', told_seq() }
