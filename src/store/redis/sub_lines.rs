@@ -2897,6 +2897,28 @@ mod tests {
         assert_eq!(calls_naming(&mut conn, &last).0, [2, 1, 1]);
     }
 
+    /// A lease's record names its first ticket in full past 10^14, where
+    /// Lua would write an exponent, so a give-back finds it by the ticket
+    /// the store was answered.
+    #[tokio::test]
+    async fn a_lease_s_record_names_a_large_first_ticket_in_full() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let link = store.link(&queue);
+        let mut conn = connection_to(&redis);
+        let _: () = redis::cmd("SET")
+            .arg(&keys::queue_keys("t", &queue)[1])
+            .arg(100_000_000_000_000u64)
+            .query(&mut conn)
+            .unwrap();
+        let (first, history) = link.lease_in(4, 1_000).await.unwrap();
+        assert_eq!(first, 100_000_000_000_001);
+        assert_eq!(lease_records(&mut conn, &queue), [format!("{first}:1000")]);
+        let block = [first.to_string(), (first + 4).to_string(), "1000".into()];
+        link.give_back(&block, &history, 1_000).await.unwrap();
+        assert!(lease_records(&mut conn, &queue).is_empty());
+    }
+
     /// A queue found gone (deleted through another replica) leaves no
     /// record of its sub-lines' blocks: one made again under its name
     /// numbers its tickets from 1 again.
