@@ -339,16 +339,17 @@ mod tests {
         let queue = opening_over(&store, 2, 20).await;
         let link = store.link(&queue);
         let layout = link.layout().await.unwrap();
-        let first = link.lease_block(8, 9_999).await.unwrap();
+        let (first, era) = link.lease_in(8, 9_999).await.unwrap();
         link.open(10_000).await.unwrap();
-        let (first, end) = (first.to_string(), (first + 8).to_string());
+        let block = crate::store::redis::sub_lines::block_args(first, 8, 10_000, &era);
+        let args: Vec<&str> = block.iter().map(String::as_str).collect();
         let installed = link
             .on_sub_line(
                 "install_block",
                 &store.scripts.install_block,
                 &layout,
                 0,
-                &[first.as_str(), end.as_str(), "10000"],
+                &args,
                 10_000,
             )
             .await

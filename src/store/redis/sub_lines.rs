@@ -932,7 +932,7 @@ impl SubLineLink<'_> {
             let mut rest = group.as_slice();
             let mut leases = 0;
             // A block leased for the call, installed by its next call.
-            let mut block: Option<[String; 3]> = None;
+            let mut block: Option<[String; 4]> = None;
             // What the first call sends (see `Blocks`).
             let sending = self
                 .blocks
@@ -940,17 +940,12 @@ impl SubLineLink<'_> {
             // The first ticket of the last block this call leased.
             let mut leased_first = None;
             // A block leased ahead as sent, and the head's history then.
-            let mut ahead: Option<([String; 3], String)> = None;
+            let mut ahead: Option<([String; 4], String)> = None;
             if let Sending::Ahead(size) = sending {
                 let (first, history) = self.lease_in(size, now_ms).await?;
                 leased_first = Some(first);
                 leases += 1;
-                let sent = [
-                    first.to_string(),
-                    (first + size).to_string(),
-                    now_ms.to_string(),
-                ];
-                ahead = Some((sent, history));
+                ahead = Some((block_args(first, size, now_ms, &history), history));
             }
             let mut probe = sending == Sending::FirstAlone;
             let all = rest.len().to_string();
@@ -1033,13 +1028,9 @@ impl SubLineLink<'_> {
                                 "sub-line {sub_line} asked for {MAX_LEASES} leases in one call"
                             )));
                         }
-                        let first = self.lease_block(size, now_ms).await?;
+                        let (first, history) = self.lease_in(size, now_ms).await?;
                         leased_first = Some(first);
-                        block = Some([
-                            first.to_string(),
-                            (first + size).to_string(),
-                            now_ms.to_string(),
-                        ]);
+                        block = Some(block_args(first, size, now_ms, &history));
                     }
                     Some(_) => return Err(bad_reply("a lease asked with nobody left")),
                     None if !all_sent => {
@@ -1821,29 +1812,22 @@ impl SubLineLink<'_> {
     /// clock the join was read at, so a block is never open longer than τ
     /// after the joins it serves.
     async fn lease(&self, keys: &[String; QUEUE_KEYS], size: u64, now_ms: u64) -> Result<()> {
-        let first = self.lease_block(size, now_ms).await?;
-        let (first_arg, end_arg, at_arg) = (
-            first.to_string(),
-            (first + size).to_string(),
-            now_ms.to_string(),
-        );
+        let (first, history) = self.lease_in(size, now_ms).await?;
+        let block = block_args(first, size, now_ms, &history);
+        let args: Vec<&str> = block.iter().map(String::as_str).collect();
         self.run(
             "install_block",
-            ScriptCall::new(&self.scripts.install_block, keys, now_ms).args(&[
-                first_arg.as_str(),
-                end_arg.as_str(),
-                at_arg.as_str(),
-            ]),
+            ScriptCall::new(&self.scripts.install_block, keys, now_ms).args(&args),
         )
         .await?;
         Ok(())
     }
 
     /// Gives back a block leased ahead that its call did not install
-    /// (`give_back.lua`): `[first, end, leased at]` as leased, in the
+    /// (`give_back.lua`): the block as sent ([`block_args`]), in the
     /// head's `history`.
-    async fn give_back(&self, block: &[String; 3], history: &str, now_ms: u64) -> Result<()> {
-        let mut args: Vec<&str> = block.iter().map(String::as_str).collect();
+    async fn give_back(&self, block: &[String; 4], history: &str, now_ms: u64) -> Result<()> {
+        let mut args: Vec<&str> = block[..3].iter().map(String::as_str).collect();
         args.push(history);
         self.on_head_leases("give_back", &self.scripts.give_back, &args, now_ms)
             .await
@@ -1870,13 +1854,15 @@ impl SubLineLink<'_> {
         .await
     }
 
-    /// Leases a block of `size` from the head: its first ticket.
+    /// [`Self::lease_in`]'s first ticket.
+    #[cfg(test)]
     pub(super) async fn lease_block(&self, size: u64, now_ms: u64) -> Result<u64> {
         Ok(self.lease_in(size, now_ms).await?.0)
     }
 
-    /// [`Self::lease_block`], with the history the head leased it in.
-    async fn lease_in(&self, size: u64, now_ms: u64) -> Result<(u64, String)> {
+    /// Leases a block of `size` from the head: its first ticket, and the
+    /// head's history@the queue's epoch it was leased in.
+    pub(super) async fn lease_in(&self, size: u64, now_ms: u64) -> Result<(u64, String)> {
         let size = size.to_string();
         let mut reply = self
             .on_head_leases("lease", &self.scripts.lease, &[size.as_str()], now_ms)
@@ -2132,6 +2118,21 @@ pub(super) fn refused_restore(outcome: &[u8]) -> Result<Restoration> {
 
 /// What precedes, among an enqueue's users, a block to install first
 /// (`enqueue_many.lua`): no user id holds a control character.
+/// A block leased from the head as a sub-line's call sends it (`BLOCK`,
+/// `AHEAD`) and `install_block.lua` takes it: first ticket, end, leased
+/// at, and the queue's epoch from `era` (the head's history@epoch, as
+/// `lease.lua` answers), which a sub-line of the queue made again under
+/// its name does not take.
+pub(super) fn block_args(first: u64, size: u64, now_ms: u64, era: &str) -> [String; 4] {
+    let epoch = era.rsplit_once('@').map_or("", |(_, epoch)| epoch);
+    [
+        first.to_string(),
+        (first + size).to_string(),
+        now_ms.to_string(),
+        epoch.to_owned(),
+    ]
+}
+
 const BLOCK: &str = "\u{1}";
 
 /// Marks the count of users a call of `enqueue_many.lua` stands for.
@@ -2659,13 +2660,7 @@ mod tests {
         let (store, queue) = over_three_sub_lines(&redis).await;
         let link = store.link(&queue);
         let mut conn = connection_to(&redis);
-        let block = |first: u64, size: u64, at: u64| {
-            [
-                first.to_string(),
-                (first + size).to_string(),
-                at.to_string(),
-            ]
-        };
+        let block = |first: u64, size: u64, at: u64| block_args(first, size, at, "");
         let state = |conn: &mut redis::Connection| {
             (head_seq(conn, &queue), lease_records(conn, &queue).len())
         };
@@ -2914,7 +2909,7 @@ mod tests {
         let (first, history) = link.lease_in(4, 1_000).await.unwrap();
         assert_eq!(first, 100_000_000_000_001);
         assert_eq!(lease_records(&mut conn, &queue), [format!("{first}:1000")]);
-        let block = [first.to_string(), (first + 4).to_string(), "1000".into()];
+        let block = block_args(first, 4, 1_000, &history);
         link.give_back(&block, &history, 1_000).await.unwrap();
         assert!(lease_records(&mut conn, &queue).is_empty());
     }
@@ -2936,6 +2931,64 @@ mod tests {
         assert!(!recorded(&store));
     }
 
+    /// A block the head leased before the queue was deleted and made again
+    /// under its name, brought to a sub-line only after, is not installed:
+    /// its tickets come from the old sequence, which the new head numbers
+    /// again from 1.
+    #[tokio::test]
+    async fn a_block_leased_for_a_queue_deleted_and_made_again_is_not_installed() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        join_users(&store, &queue, 30, 1_000).await;
+        let (first, era) = store.link(&queue).lease_in(8, 2_000).await.unwrap();
+        assert!(first > 30, "{first}");
+        store.delete_queue(&queue).await.unwrap();
+        let mut config = QueueConfig::new(queue.clone()).created(2_000);
+        config.shards = 3;
+        store.create_queue(&config).await.unwrap();
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        let block = block_args(first, 8, 2_000, &era);
+        let mut args: Vec<&str> = block.iter().map(String::as_str).collect();
+        let keys = layout.keys("t", 1).unwrap();
+        let installed = link
+            .run(
+                "install_block",
+                ScriptCall::new(&link.scripts.install_block, &keys, 2_000).args(&args),
+            )
+            .await
+            .unwrap()
+            .flag()
+            .unwrap();
+        assert!(!installed, "a block of the queue deleted");
+        // Nor brought with the call that asked for it.
+        let user = of(1).next().unwrap();
+        args.insert(0, BLOCK);
+        args.push(user.as_str());
+        link.value(
+            "enqueue",
+            ScriptCall::new(&link.scripts.enqueue_many, &keys, 2_001).args(&args),
+        )
+        .await
+        .unwrap();
+        let place = store.enqueue(&queue, &user, 2_001).await.unwrap();
+        assert!(place.ticket < first, "{place:?} from the old queue's block");
+        // A lease of this queue is installed.
+        let (first, era) = link.lease_in(8, 2_002).await.unwrap();
+        let block = block_args(first, 8, 2_002, &era);
+        let args: Vec<&str> = block.iter().map(String::as_str).collect();
+        let installed = link
+            .run(
+                "install_block",
+                ScriptCall::new(&link.scripts.install_block, &keys, 2_002).args(&args),
+            )
+            .await
+            .unwrap()
+            .flag()
+            .unwrap();
+        assert!(installed);
+    }
+
     /// A place given back, or an opening's reservation, tells the
     /// sub-lines the head's sequence as a floor: a block leased ahead
     /// before it and given back after keeps the sequence where it is,
@@ -2949,11 +3002,7 @@ mod tests {
         let mut conn = connection_to(&redis);
         let reached = head_seq(&mut conn, &queue);
         assert_eq!(reached, first + 7, "the decision leaves the sequence");
-        let block = [
-            first.to_string(),
-            (first + 8).to_string(),
-            "11000".to_owned(),
-        ];
+        let block = block_args(first, 8, 11_000, &history);
         link.give_back(&block, &history, 11_000).await.unwrap();
         assert_eq!(head_seq(&mut conn, &queue), reached);
         for user in of(1).skip(1).take(10) {
@@ -3466,7 +3515,7 @@ mod tests {
         join_users(&store, &queue, 30, 1_000).await;
         let link = store.link(&queue);
         // Leased for sub-line 2, not installed before the head is lost.
-        let first = link.lease_block(64, 1_100).await.unwrap();
+        let (first, era) = link.lease_in(64, 1_100).await.unwrap();
         let mut conn = connection_to(&redis);
         head_lost_and_made_again(&store, &mut conn, 2_000).await;
         let mut tickets = std::collections::HashSet::new();
@@ -3479,11 +3528,11 @@ mod tests {
             );
         }
         let keys = keys::tagged_keys("t", "sale/3~2");
-        let (first_arg, end_arg) = (first.to_string(), (first + 64).to_string());
+        let block = block_args(first, 64, 2_200, &era);
+        let args: Vec<&str> = block.iter().map(String::as_str).collect();
         link.run(
             "install_block",
-            ScriptCall::new(&store.scripts.install_block, &keys, 2_200)
-                .args(&[&first_arg, &end_arg, "2200"]),
+            ScriptCall::new(&store.scripts.install_block, &keys, 2_200).args(&args),
         )
         .await
         .unwrap();
@@ -3751,19 +3800,16 @@ mod tests {
     async fn a_lease_taken_before_a_place_is_given_back_is_not_installed_after_it() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
         // Sub-line 1's next join leased this block, and has not installed it.
-        let (store, queue, first, _) = a_place_given_back_in_a_block_leased(&redis).await;
+        let (store, queue, first, era) = a_place_given_back_in_a_block_leased(&redis).await;
         let link = store.link(&queue);
         let layout = link.layout().await.unwrap();
-        let (end, at) = ((first + 8).to_string(), "11000".to_owned());
+        let block = block_args(first, 8, 11_000, &era);
+        let args: Vec<&str> = block.iter().map(String::as_str).collect();
         let keys = layout.keys("t", 1).unwrap();
         let installed = link
             .run(
                 "install_block",
-                ScriptCall::new(&link.scripts.install_block, &keys, 11_000).args(&[
-                    first.to_string().as_str(),
-                    end.as_str(),
-                    at.as_str(),
-                ]),
+                ScriptCall::new(&link.scripts.install_block, &keys, 11_000).args(&args),
             )
             .await
             .unwrap()

@@ -3,13 +3,13 @@
 -- Redis pays the call's fixed cost once for all of them.
 -- KEYS: the queue's keys (prelude). ARGV: now, user...; on a sub-line
 -- the users may follow BLOCK (a text no user id can be, for it is a
--- control character), first ticket, end, leased at: a block just leased
--- for the call, installed first (prelude.lua, `install_block`), which
--- saves the call of its own; or AHEAD (another control character), first
--- ticket, end, leased at: a block leased before the call, for the first
--- 'lease' the call would answer, installed then if its size is the one
--- that 'lease' would ask (and never otherwise: the caller then gives it
--- back, give_back.lua); and then WANTED, n: the call carries only
+-- control character), first ticket, end, leased at, epoch: a block just
+-- leased for the call, installed first (prelude.lua, `install_block`),
+-- which saves the call of its own; or AHEAD (another control character),
+-- first ticket, end, leased at, epoch: a block leased before the call,
+-- for the first 'lease' the call would answer, installed then if its size
+-- is the one that 'lease' would ask (and never otherwise: the caller then
+-- gives it back, give_back.lua); and then WANTED, n: the call carries only
 -- the first of n users the caller has for this sub-line (by default, the
 -- call's users are all), which a block leased for them should cover. Such
 -- a call that finds the block open answers {'resend'} having done
@@ -60,12 +60,12 @@ local from = 2
 local ahead
 if ARGV[2] == BLOCK then
   if cfg.sub_line then
-    install_block(cfg, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+    install_block(cfg, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
   end
-  from = 6
+  from = 7
 elseif ARGV[2] == AHEAD then
-  ahead = { tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]) }
-  from = 6
+  ahead = { tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]) }
+  from = 7
 end
 -- The call's answers, and on a sub-line its block as it leaves it.
 local function answered(out)
@@ -85,7 +85,7 @@ end
 -- same tickets.
 local function leased_ahead(size)
   if not ahead or ahead[2] - ahead[1] ~= size
-      or not install_block(cfg, ahead[1], ahead[2], ahead[3]) then
+      or not install_block(cfg, ahead[1], ahead[2], ahead[3], ahead[4]) then
     return false
   end
   ahead = nil

@@ -122,9 +122,13 @@ end
 -- unless it already holds a later one (another replica's lease that came
 -- first), or a place given back raised its first ticket above the lease's
 -- (restore_sub_line.lua, 'close'): a block never installed is a gap in the
--- numbers, which changes no position. Returns whether it was installed.
-local function install_block(cfg, first, block_end, leased_at)
-  if cfg.block_first and cfg.block_first >= first then
+-- numbers, which changes no position. Nor a block the head leased for
+-- another epoch of the queue (`epoch`, the head's `created_at_ms` as
+-- lease.lua answered it): a lease in flight while the queue was deleted
+-- and made again under its name numbers from the old sequence, whose
+-- tickets the new head would give again. Returns whether it was installed.
+local function install_block(cfg, first, block_end, leased_at, epoch)
+  if epoch ~= cfg.epoch or (cfg.block_first and cfg.block_first >= first) then
     return false
   end
   -- Nor a block leased before a scheduled opening's reservation (one in
