@@ -2116,8 +2116,6 @@ pub(super) fn refused_restore(outcome: &[u8]) -> Result<Restoration> {
     }
 }
 
-/// What precedes, among an enqueue's users, a block to install first
-/// (`enqueue_many.lua`): no user id holds a control character.
 /// A block leased from the head as a sub-line's call sends it (`BLOCK`,
 /// `AHEAD`) and `install_block.lua` takes it: first ticket, end, leased
 /// at, and the queue's epoch from `era` (the head's history@epoch, as
@@ -2133,6 +2131,8 @@ pub(super) fn block_args(first: u64, size: u64, now_ms: u64, era: &str) -> [Stri
     ]
 }
 
+/// What precedes, among an enqueue's users, a block to install first
+/// (`enqueue_many.lua`): no user id holds a control character.
 const BLOCK: &str = "\u{1}";
 
 /// Marks the count of users a call of `enqueue_many.lua` stands for.
@@ -2961,16 +2961,29 @@ mod tests {
             .flag()
             .unwrap();
         assert!(!installed, "a block of the queue deleted");
-        // Nor brought with the call that asked for it.
+        // Nor brought with the call that asked for it, nor ahead of it,
+        // where the store is told to give it back: nobody is served.
         let user = of(1).next().unwrap();
-        args.insert(0, BLOCK);
         args.push(user.as_str());
-        link.value(
-            "enqueue",
-            ScriptCall::new(&link.scripts.enqueue_many, &keys, 2_001).args(&args),
-        )
-        .await
-        .unwrap();
+        for marker in [BLOCK, AHEAD] {
+            let mut sent = args.clone();
+            sent.insert(0, marker);
+            let mut items = Reply::of(
+                link.value(
+                    "enqueue",
+                    ScriptCall::new(&link.scripts.enqueue_many, &keys, 2_001).args(&sent),
+                )
+                .await
+                .unwrap(),
+                &queue,
+            )
+            .unwrap()
+            .into_values();
+            let left = parse_block_left(items.pop().unwrap()).unwrap();
+            assert_eq!(left.block, None, "{marker:?}");
+            assert_eq!(left.ahead_unused, marker == AHEAD);
+            assert!(matches!(items.as_slice(), [only] if tagged(only, b"lease")));
+        }
         let place = store.enqueue(&queue, &user, 2_001).await.unwrap();
         assert!(place.ticket < first, "{place:?} from the old queue's block");
         // A lease of this queue is installed.
@@ -3530,12 +3543,17 @@ mod tests {
         let keys = keys::tagged_keys("t", "sale/3~2");
         let block = block_args(first, 64, 2_200, &era);
         let args: Vec<&str> = block.iter().map(String::as_str).collect();
-        link.run(
-            "install_block",
-            ScriptCall::new(&store.scripts.install_block, &keys, 2_200).args(&args),
-        )
-        .await
-        .unwrap();
+        let installed = link
+            .run(
+                "install_block",
+                ScriptCall::new(&store.scripts.install_block, &keys, 2_200).args(&args),
+            )
+            .await
+            .unwrap()
+            .flag()
+            .unwrap();
+        // The head made again keeps the queue's epoch, so the block goes in.
+        assert!(installed);
         for user in of(2).take(40) {
             let place = store.enqueue(&queue, &user, 2_201).await.unwrap();
             assert!(
