@@ -2914,6 +2914,75 @@ mod tests {
         assert!(lease_records(&mut conn, &queue).is_empty());
     }
 
+    /// A block leased ahead that its sub-line refuses is given back: here a
+    /// place given back between the lease and its call (set up as
+    /// `restore_sub_line.lua`'s closing leaves it: the sub-line's first
+    /// ticket raised to the head's sequence, told as the head's floor).
+    /// Its lease no longer holds the watermark back, the sequence stays at
+    /// the floor, and the call's users get tickets from the block leased
+    /// after it. A give-back that fails (here Redis refuses the script its
+    /// `ZREM`) leaves the lease to lapse, and fails none of the joins.
+    #[tokio::test]
+    async fn a_block_leased_ahead_that_its_sub_line_refuses_is_given_back() {
+        for give_back_fails in [false, true] {
+            let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+            let (store, queue) = over_three_sub_lines(&redis).await;
+            let link = store.link(&queue);
+            let layout = link.layout().await.unwrap();
+            let mut conn = connection_to(&redis);
+            let t = 1_000;
+            link.enqueue_many(&layout, &of_sub_line_1("a", 0, 8), t)
+                .await
+                .unwrap();
+            let users = of_sub_line_1("b", 0, 8);
+            let at = t + TAU_MS;
+            let Sending::Ahead(size) = store.blocks.sending(&queue, 1, users.len(), at) else {
+                panic!("a burst's next batch leases ahead");
+            };
+            let floor = head_seq(&mut conn, &queue) + size;
+            let _: () = redis::cmd("HSET")
+                .arg(&layout.keys("t", 1).unwrap()[0])
+                .arg(&[
+                    ("block_first", floor),
+                    ("block_next", floor),
+                    ("block_end", floor),
+                ])
+                .arg("block_ms")
+                .arg(-1)
+                .query(&mut conn)
+                .unwrap();
+            let _: () = redis::cmd("HSET")
+                .arg(&keys::queue_keys("t", &queue)[0])
+                .arg("seq_floor")
+                .arg(floor)
+                .query(&mut conn)
+                .unwrap();
+            if give_back_fails {
+                let _: () = redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg("default")
+                    .arg("-zrem")
+                    .query(&mut conn)
+                    .unwrap();
+            }
+            let placed = link.enqueue_many(&layout, &users, at).await.unwrap();
+            let mut tickets = std::collections::HashSet::new();
+            for place in placed {
+                let place = place.unwrap();
+                assert!(place.ticket > floor, "{place:?} at or below {floor}");
+                assert!(tickets.insert(place.ticket), "{place:?} twice");
+            }
+            let records = lease_records(&mut conn, &queue);
+            let ahead = format!("{}:{at}", floor - size + 1);
+            assert_eq!(records.contains(&ahead), give_back_fails, "{records:?}");
+            assert!(
+                records.contains(&format!("{}:{at}", floor + 1)),
+                "{records:?}"
+            );
+            assert!(head_seq(&mut conn, &queue) > floor);
+        }
+    }
+
     /// A queue found gone (deleted through another replica) leaves no
     /// record of its sub-lines' blocks: one made again under its name
     /// numbers its tickets from 1 again.
