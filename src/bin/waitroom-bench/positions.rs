@@ -2,9 +2,9 @@
 //! watcher's stream is followed while joins, leaves and admissions run;
 //! then the churn stops, the paced positions settle, and each watcher's
 //! last shown position is compared with an exact count: read from Redis
-//! (`ZRANK` of the waiting set), or on the memory store (which a queue of
-//! several sub-lines needs so far) counted from every answer the bench got
-//! (each watcher's ticket, who was admitted, who left). Counted: positions
+//! (every sub-line's waiting set, merged by ticket), or on the memory store
+//! counted from every answer the bench got (each watcher's ticket, who was
+//! admitted, who left). Counted: positions
 //! that differ, by how much, positions that rose while the user waited
 //! (joins go behind everyone, so a position never rises), admissions never
 //! shown, and joins given a ticket below one that was answered more than τ
@@ -48,8 +48,9 @@ pub struct Args {
     /// all streams; 0: none).
     #[arg(long, default_value_t = 50_000)]
     budget: u64,
-    /// Sub-lines of the queue (`Queue.shards`). Above 1 the service runs on
-    /// the memory store: the Redis store serves one slot only so far.
+    /// Sub-lines of the queue (`Queue.shards`). Above 1 on the Redis store,
+    /// the service runs with `--redis-sub-lines`, one `redis-server`
+    /// holding the head and every sub-line.
     #[arg(long, default_value_t = 1)]
     shards: u32,
     /// Runs the service on the memory store, also with one sub-line.
@@ -94,13 +95,17 @@ fn watcher(w: usize) -> String {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let on_memory = args.memory || args.shards > 1;
+    let on_memory = args.memory;
     let store = if on_memory {
         Store::Memory
     } else {
         Store::Redis
     };
-    let service = crate::watch::start_on(store, &args.pace, args.budget).await?;
+    let extra: &[&str] = match args.shards {
+        0 | 1 => &[],
+        _ => &["--redis-sub-lines"],
+    };
+    let service = crate::watch::start_with(store, &args.pace, args.budget, extra).await?;
     service
         .create_queue(pb::Queue {
             shards: args.shards,
@@ -340,20 +345,36 @@ fn inverted_joins(joins: &[Answer], gap: Duration) -> u64 {
     inverted
 }
 
-/// Each watcher's exact position, from Redis's waiting set.
+/// Each watcher's exact position, from Redis: the waiting sets of the
+/// queue's one slot or of all its sub-lines (`{positions/K~k…}`), merged by
+/// ticket, read while nothing changes them.
 fn exact_from_redis(url: &str, watchers: usize) -> anyhow::Result<Vec<Option<u64>>> {
     let mut conn = redis::Client::open(url)?.get_connection()?;
-    let key = format!("wr:{{{QUEUE}}}:waiting");
-    let mut exact: Vec<Option<u64>> = Vec::with_capacity(watchers);
-    for first in (0..watchers).step_by(10_000) {
-        let mut pipe = redis::pipe();
-        for w in first..(first + 10_000).min(watchers) {
-            pipe.cmd("ZRANK").arg(&key).arg(watcher(w));
-        }
-        let ranks: Vec<Option<u64>> = pipe.query(&mut conn)?;
-        exact.extend(ranks.into_iter().map(|r| r.map(|r| r + 1)));
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("wr:{{{QUEUE}/*}}:waiting"))
+        .query(&mut conn)?;
+    if keys.is_empty() {
+        keys.push(format!("wr:{{{QUEUE}}}:waiting"));
     }
-    Ok(exact)
+    let mut line: Vec<(u64, String)> = Vec::new();
+    for key in &keys {
+        let held: Vec<(String, u64)> = redis::cmd("ZRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query(&mut conn)?;
+        line.extend(held.into_iter().map(|(user, ticket)| (ticket, user)));
+    }
+    line.sort_unstable();
+    let positions: std::collections::HashMap<&str, u64> = line
+        .iter()
+        .enumerate()
+        .map(|(i, (_, user))| (user.as_str(), i as u64 + 1))
+        .collect();
+    Ok((0..watchers)
+        .map(|w| positions.get(watcher(w).as_str()).copied())
+        .collect())
 }
 
 /// Each watcher's exact position, from the answers: the watchers still

@@ -99,7 +99,20 @@ pub async fn start(pace: &str, budget: u64) -> anyhow::Result<Service> {
 
 /// As [`start`], on `store`.
 pub async fn start_on(store: Store, pace: &str, budget: u64) -> anyhow::Result<Service> {
-    Service::start(store, &service_args(pace, &budget.to_string())).await
+    start_with(store, pace, budget, &[]).await
+}
+
+/// [`start_on`], with `extra` options besides.
+pub async fn start_with(
+    store: Store,
+    pace: &str,
+    budget: u64,
+    extra: &[&str],
+) -> anyhow::Result<Service> {
+    let budget = budget.to_string();
+    let mut options = service_args(pace, &budget).to_vec();
+    options.extend_from_slice(extra);
+    Service::start(store, &options).await
 }
 
 /// The streams stay where they were opened: with a second replica (see

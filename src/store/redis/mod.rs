@@ -63,6 +63,7 @@ mod reply;
 mod rounds;
 mod sub_lines;
 mod topology;
+mod turns;
 
 use batch::Op;
 
@@ -133,6 +134,9 @@ pub struct RedisStore {
     rounds: Arc<rounds::Rounds>,
     /// Each sub-line's block as this store's last call of it left it.
     blocks: Arc<sub_lines::Blocks>,
+    /// Each queue over sub-lines' admissions from this process, one at a
+    /// time.
+    turns: Arc<turns::Turns>,
     /// One sub-line resync at a time (`SubLineLink::value`): the calls
     /// that meet a sub-line in a new history meanwhile wait for it.
     resyncs: Arc<tokio::sync::Mutex<()>>,
@@ -174,6 +178,7 @@ impl RedisStore {
             layouts: Arc::default(),
             rounds: Arc::default(),
             blocks: Arc::default(),
+            turns: Arc::default(),
             resyncs: Arc::default(),
             sub_lines: false,
         })
@@ -709,6 +714,7 @@ impl QueueStore for RedisStore {
         self.layouts.forget(queue);
         self.rounds.forget(queue);
         self.blocks.forget(queue);
+        self.turns.forget(queue);
         let mut invocation = self.invocation(&self.scripts.delete_queue, queue, 0);
         invocation
             .key(keys::deleted_key(&self.prefix, queue))
@@ -964,7 +970,10 @@ impl QueueStore for RedisStore {
                     .arg(request.map_or(0, super::batch_result_ttl_ms));
                 parse_admitted(self.run("admit", queue, &invocation).await?)
             },
-            |layout| async move { link.admit(&layout, max_count, request, false, now_ms).await },
+            |layout| async move {
+                let _turn = self.turns.take(queue, self.timeout).await?;
+                link.admit(&layout, max_count, request, false, now_ms).await
+            },
         )
         .await
     }
@@ -983,7 +992,10 @@ impl QueueStore for RedisStore {
                 invocation.arg(max_count);
                 parse_admitted(self.run("admit_due", queue, &invocation).await?)
             },
-            |layout| async move { link.admit(&layout, max_count, None, true, now_ms).await },
+            |layout| async move {
+                let _turn = self.turns.take(queue, self.timeout).await?;
+                link.admit(&layout, max_count, None, true, now_ms).await
+            },
         )
         .await
     }
@@ -1011,6 +1023,7 @@ impl QueueStore for RedisStore {
                 parse_named(self.run("admit_users", queue, &invocation).await?)
             },
             |layout| async move {
+                let _turn = self.turns.take(queue, self.timeout).await?;
                 link.admit_users(
                     &layout,
                     users,

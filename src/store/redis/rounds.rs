@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use tokio::sync::oneshot;
 
 use super::sub_lines::{Layout, LineView, Part, Sample, SubLineLink};
@@ -276,7 +277,36 @@ impl SubLineLink<'_> {
             ),
             Err(_) => (None, vec![None; shards]),
         };
-        let sample_now = self.within(head.is_some(), self.head_sample(now_ms)).await;
+        // The head and every sub-line at once; each part as it answered,
+        // and whether it kept the read waiting.
+        let parts = join_all(
+            standing
+                .iter()
+                .enumerate()
+                .map(|(sub_line, standing)| async move {
+                    // A sub-line whose calls the breaker holds back, or that kept a
+                    // read waiting a moment ago, is not waited for: its own joins
+                    // probe it.
+                    let skip = match standing {
+                        Some(slow) => *slow || self.breaker.holds_back(layout.tag(sub_line)?),
+                        None => false,
+                    };
+                    if skip {
+                        return Ok((
+                            Err(Error::Unavailable(
+                                "the sub-line did not answer recently".into(),
+                            )),
+                            false,
+                        ));
+                    }
+                    let part = self.count_part(layout, sub_line, tickets, now_ms);
+                    let answer = self.within(standing.is_some(), part).await;
+                    let waited = matches!(&answer, Err(Error::Unavailable(m)) if m == GAVE_UP);
+                    Ok::<_, Error>((answer, waited))
+                }),
+        );
+        let (sample_now, parts) =
+            tokio::join!(self.within(head.is_some(), self.head_sample(now_ms)), parts);
         let (sample, head_read) = match (sample_now, head) {
             (Ok(sample), _) => (sample, Some(sample)),
             (Err(Error::Unavailable(_)), Some(sample)) => (sample, None),
@@ -289,25 +319,8 @@ impl SubLineLink<'_> {
             sample,
         };
         let mut read = Vec::with_capacity(shards);
-        for (sub_line, standing) in standing.into_iter().enumerate() {
-            // A sub-line whose calls the breaker holds back, or that kept a
-            // read waiting a moment ago, is not waited for: its own joins
-            // probe it.
-            let skip = match standing {
-                Some(slow) => slow || self.breaker.holds_back(layout.tag(sub_line)?),
-                None => false,
-            };
-            let mut waited = false;
-            let answer = if skip {
-                Err(Error::Unavailable(
-                    "the sub-line did not answer recently".into(),
-                ))
-            } else {
-                let part = self.count_part(layout, sub_line, tickets, now_ms);
-                let answer = self.within(standing.is_some(), part).await;
-                waited = matches!(&answer, Err(Error::Unavailable(m)) if m == GAVE_UP);
-                answer
-            };
+        for (sub_line, (part, standing)) in parts.into_iter().zip(standing).enumerate() {
+            let (answer, waited) = part?;
             match (answer, standing) {
                 (Ok(part), _) => {
                     view.add(&part);

@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::try_join_all;
 use redis::Value;
 
 use super::breaker::{Breaker, SUB_LINE_OPENING, SUB_LINE_RESYNC, SUB_LINES, bounded, guard};
@@ -1105,17 +1106,21 @@ impl SubLineLink<'_> {
             let limit = max_count.to_string();
             let mut active = 0;
             let mut below = Vec::new();
-            for sub_line in 0..layout.shards as usize {
-                let mut front = self
-                    .on_sub_line(
-                        "admit",
-                        &self.scripts.admission_front,
-                        layout,
-                        sub_line,
-                        &[watermark.as_str(), limit.as_str()],
-                        now_ms,
-                    )
-                    .await?;
+            // Every sub-line's front at once: the plan only needs them all
+            // read after `version`.
+            let args = [watermark.as_str(), limit.as_str()];
+            let fronts = try_join_all((0..layout.shards as usize).map(|sub_line| {
+                self.on_sub_line(
+                    "admit",
+                    &self.scripts.admission_front,
+                    layout,
+                    sub_line,
+                    &args,
+                    now_ms,
+                )
+            }))
+            .await?;
+            for (sub_line, mut front) in fronts.into_iter().enumerate() {
                 active += front.u64()?;
                 while front.remaining() > 0 {
                     below.push((front.u64()?, sub_line));
@@ -1771,23 +1776,30 @@ impl SubLineLink<'_> {
         let keep = POP_KEEP_MS.to_string();
         let counts: Vec<&str> = counts.split(',').collect();
         let mut taken: Vec<(String, u64, u64, u64)> = Vec::new();
-        for sub_line in 0..layout.shards as usize {
-            // At most what the plan counted in this sub-line, whatever
-            // joined below the cutoff since.
-            let most = counts.get(sub_line).copied().unwrap_or("0");
-            if most == "0" {
-                continue;
-            }
-            let mut pop = self
-                .on_sub_line(
+        // At most what the plan counted in each sub-line, whatever joined
+        // below the cutoff since. The pops at once: each is kept under the
+        // entry's id, so one that fails is run again by whoever finishes
+        // the entry, whichever ran.
+        let args: Vec<[&str; 5]> = counts
+            .iter()
+            .map(|most| [id, cutoff, ttl, keep.as_str(), most])
+            .collect();
+        let pops = args
+            .iter()
+            .enumerate()
+            .take(layout.shards as usize)
+            .filter(|(_, args)| args[4] != "0")
+            .map(|(sub_line, args)| {
+                self.on_sub_line(
                     "admit",
                     &self.scripts.admission_pop,
                     layout,
                     sub_line,
-                    &[id, cutoff, ttl, keep.as_str(), most],
+                    args,
                     now_ms,
                 )
-                .await?;
+            });
+        for mut pop in try_join_all(pops).await? {
             while pop.remaining() > 0 {
                 taken.push((pop.string()?, pop.u64()?, pop.u64()?, pop.u64()?));
             }
@@ -2981,6 +2993,48 @@ mod tests {
             );
             assert!(head_seq(&mut conn, &queue) > floor);
         }
+    }
+
+    /// Admissions of one queue asked at once through one store take their
+    /// turn rather than start again each time another came between their
+    /// reads and their plan: none is refused, and everyone is admitted
+    /// once, in ticket order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admissions_asked_at_once_through_one_store_each_admit() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        let (_, tickets) = join_users(&store, &queue, 160, 1_000).await;
+        let store = std::sync::Arc::new(store);
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (store, queue) = (std::sync::Arc::clone(&store), queue.clone());
+            calls.spawn(async move {
+                let (mut admitted, mut refused) = (Vec::new(), Vec::new());
+                for n in 0..10 {
+                    match store.admit(&queue, 1, None, 2_000 + n).await {
+                        Ok(users) => admitted.extend(users.into_iter().map(|a| a.admission.ticket)),
+                        Err(error) => refused.push(error.to_string()),
+                    }
+                }
+                (admitted, refused)
+            });
+        }
+        let (mut admitted, mut refused) = (Vec::new(), Vec::new());
+        while let Some(call) = calls.join_next().await {
+            let (a, r) = call.unwrap();
+            admitted.extend(a);
+            refused.extend(r);
+        }
+        assert!(
+            refused.is_empty(),
+            "{} refused: {:?}",
+            refused.len(),
+            refused.first()
+        );
+        admitted.sort_unstable();
+        let mut all: Vec<u64> = tickets.into_values().collect();
+        all.sort_unstable();
+        assert_eq!(admitted, all);
     }
 
     /// A queue found gone (deleted through another replica) leaves no
