@@ -971,8 +971,9 @@ impl QueueStore for RedisStore {
                 parse_admitted(self.run("admit", queue, &invocation).await?)
             },
             |layout| async move {
-                let _turn = self.turns.take(queue, self.timeout).await?;
-                link.admit(&layout, max_count, request, false, now_ms).await
+                let turn = self.turns.take(queue, self.timeout).await?;
+                link.admit(&layout, max_count, request, false, turn.now_ms(now_ms))
+                    .await
             },
         )
         .await
@@ -993,8 +994,13 @@ impl QueueStore for RedisStore {
                 parse_admitted(self.run("admit_due", queue, &invocation).await?)
             },
             |layout| async move {
-                let _turn = self.turns.take(queue, self.timeout).await?;
-                link.admit(&layout, max_count, None, true, now_ms).await
+                // Not a whole timeout: the admitter steps every queue in
+                // turn. What is due is admitted at its next pass.
+                let Some(turn) = self.turns.within(queue, self.timeout / 4).await? else {
+                    return Ok(Vec::new());
+                };
+                link.admit(&layout, max_count, None, true, turn.now_ms(now_ms))
+                    .await
             },
         )
         .await
@@ -1023,13 +1029,13 @@ impl QueueStore for RedisStore {
                 parse_named(self.run("admit_users", queue, &invocation).await?)
             },
             |layout| async move {
-                let _turn = self.turns.take(queue, self.timeout).await?;
+                let turn = self.turns.take(queue, self.timeout).await?;
                 link.admit_users(
                     &layout,
                     users,
                     request,
                     override_capacity,
-                    now_ms,
+                    turn.now_ms(now_ms),
                     sub_lines::Until::Settled,
                 )
                 .await

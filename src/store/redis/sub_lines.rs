@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use redis::Value;
 
 use super::breaker::{Breaker, SUB_LINE_OPENING, SUB_LINE_RESYNC, SUB_LINES, bounded, guard};
@@ -1347,6 +1347,7 @@ impl SubLineLink<'_> {
     /// then takes nobody (the head answers it what the entry did), and the
     /// user lists do not stay a day. Best effort: what stays lapses.
     async fn forget_entry(&self, layout: &Layout, id: &str, users: &[UserId]) {
+        let mut marks = Vec::new();
         for sub_line in 0..layout.shards as usize {
             let Ok(keys) = layout.keys(self.prefix, sub_line) else {
                 return;
@@ -1364,8 +1365,15 @@ impl SubLineLink<'_> {
                 settled.arg(field).arg(SETTLED);
             }
             let scope = layout.tag(sub_line).unwrap_or(self.queue.as_str());
-            let _: Result<i64> = self.on_slot("admit", scope, &settled).await;
+            marks.push((scope, settled));
         }
+        // At once: a sub-line that does not answer holds the admission
+        // (and the next one of this process, waiting for its turn) one
+        // timeout, not one each.
+        join_all(marks.iter().map(|(scope, settled)| async move {
+            let _: Result<i64> = self.on_slot("admit", scope, settled).await;
+        }))
+        .await;
     }
 
     /// Admits one planned user in their sub-line, leasing a block when
@@ -3035,6 +3043,37 @@ mod tests {
         let mut all: Vec<u64> = tickets.into_values().collect();
         all.sort_unstable();
         assert_eq!(admitted, all);
+    }
+
+    /// An admission that waited for its turn runs as of when it got it;
+    /// the rate's admitter waits a quarter of the timeout at most, and
+    /// then admits at its next pass.
+    #[tokio::test]
+    async fn an_admission_that_waited_for_its_turn_runs_as_of_then() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = std::sync::Arc::new(store_on(&redis).await.with_sub_lines());
+        let queue = QueueId::parse("sale").unwrap();
+        let mut config = QueueConfig::new(queue.clone()).created(0);
+        config.shards = 3;
+        config.admit_per_second = 1_000;
+        store.create_queue(&config).await.unwrap();
+        join_users(&store, &queue, 10, 1_000).await;
+        let held = store.turns.take(&queue, store.timeout).await.unwrap();
+        let asked = std::time::Instant::now();
+        assert!(store.admit_due(&queue, 5, 3_000).await.unwrap().is_empty());
+        assert!(asked.elapsed() >= store.timeout / 4);
+        let waiting = {
+            let (store, queue) = (std::sync::Arc::clone(&store), queue.clone());
+            tokio::spawn(async move { store.admit(&queue, 1, None, 3_000).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(held);
+        let admitted = waiting.await.unwrap().unwrap();
+        assert!(
+            admitted[0].admission.admitted_at_ms >= 3_300,
+            "{admitted:?}"
+        );
+        assert!(!store.admit_due(&queue, 5, 4_000).await.unwrap().is_empty());
     }
 
     /// A queue found gone (deleted through another replica) leaves no
