@@ -342,21 +342,9 @@ mod tests {
         let (first, era) = link.lease_in(8, 9_999).await.unwrap();
         link.open(10_000).await.unwrap();
         let block = crate::store::redis::sub_lines::block_args(first, 8, 10_000, &era);
-        let args: Vec<&str> = block.iter().map(String::as_str).collect();
-        let installed = link
-            .on_sub_line(
-                "install_block",
-                &store.scripts.install_block,
-                &layout,
-                0,
-                &args,
-                10_000,
-            )
-            .await
-            .unwrap()
-            .u64()
-            .unwrap();
-        assert_eq!(installed, 0);
+        let keys = layout.keys("t", 0).unwrap();
+        let installed = link.install_block(&keys, &block, 10_000).await.unwrap();
+        assert!(!installed);
         let newcomer = one_of(&layout, "late", 0);
         let late = store.enqueue(&queue, &newcomer, 10_001).await.unwrap();
         while !store.draw_step(&queue, "seed", 100, 10_002).await.unwrap() {}

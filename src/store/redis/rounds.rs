@@ -3,11 +3,11 @@
 //!
 //! Each sub-line coalesces its own joins and lookups (`batch.rs`), and each
 //! such batch then reads its places over every sub-line and the head: K + 1
-//! calls, made at once. Batches of K sub-lines finishing together would make K × (K + 1)
-//! calls for what one round of K + 1 answers. So a batch asks its round:
-//! the first to find no read under way reads for everyone who asked until
-//! then, and those who asked meanwhile wait for the next read, made for all
-//! of them. Every read starts after the calls of the batches it answers,
+//! calls, made at once. Batches of K sub-lines finishing together would
+//! make K × (K + 1) calls for what one round of K + 1 answers. So a batch
+//! asks its round: the first to find no read under way reads for everyone
+//! who asked until then, and those who asked meanwhile wait for the next
+//! read, made for all of them. Every read starts after the calls of the batches it answers,
 //! so each place is still read as the call left the line.
 //!
 //! A round also keeps what it last read of the head and of each sub-line.

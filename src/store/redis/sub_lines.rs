@@ -1788,25 +1788,21 @@ impl SubLineLink<'_> {
         // below the cutoff since. The pops at once: each is kept under the
         // entry's id, so one that fails is run again by whoever finishes
         // the entry, whichever ran.
-        let args: Vec<[&str; 5]> = counts
-            .iter()
-            .map(|most| [id, cutoff, ttl, keep.as_str(), most])
+        let planned: Vec<(usize, [&str; 5])> = (0..layout.shards as usize)
+            .map(|sub_line| (sub_line, counts.get(sub_line).copied().unwrap_or("0")))
+            .filter(|&(_, most)| most != "0")
+            .map(|(sub_line, most)| (sub_line, [id, cutoff, ttl, keep.as_str(), most]))
             .collect();
-        let pops = args
-            .iter()
-            .enumerate()
-            .take(layout.shards as usize)
-            .filter(|(_, args)| args[4] != "0")
-            .map(|(sub_line, args)| {
-                self.on_sub_line(
-                    "admit",
-                    &self.scripts.admission_pop,
-                    layout,
-                    sub_line,
-                    args,
-                    now_ms,
-                )
-            });
+        let pops = planned.iter().map(|(sub_line, args)| {
+            self.on_sub_line(
+                "admit",
+                &self.scripts.admission_pop,
+                layout,
+                *sub_line,
+                args,
+                now_ms,
+            )
+        });
         for mut pop in try_join_all(pops).await? {
             while pop.remaining() > 0 {
                 taken.push((pop.string()?, pop.u64()?, pop.u64()?, pop.u64()?));
@@ -1833,14 +1829,26 @@ impl SubLineLink<'_> {
     /// after the joins it serves.
     async fn lease(&self, keys: &[String; QUEUE_KEYS], size: u64, now_ms: u64) -> Result<()> {
         let (first, history) = self.lease_in(size, now_ms).await?;
-        let block = block_args(first, size, now_ms, &history);
+        self.install_block(keys, &block_args(first, size, now_ms, &history), now_ms)
+            .await
+            .map(drop)
+    }
+
+    /// Installs `block` ([`block_args`]) in the sub-line whose keys are
+    /// `keys` (`install_block.lua`): whether it went in.
+    pub(super) async fn install_block(
+        &self,
+        keys: &[String; QUEUE_KEYS],
+        block: &[String; 4],
+        now_ms: u64,
+    ) -> Result<bool> {
         let args: Vec<&str> = block.iter().map(String::as_str).collect();
         self.run(
             "install_block",
             ScriptCall::new(&self.scripts.install_block, keys, now_ms).args(&args),
         )
-        .await?;
-        Ok(())
+        .await?
+        .flag()
     }
 
     /// Gives back a block leased ahead that its call did not install
@@ -3111,21 +3119,13 @@ mod tests {
         let link = store.link(&queue);
         let layout = link.layout().await.unwrap();
         let block = block_args(first, 8, 2_000, &era);
-        let mut args: Vec<&str> = block.iter().map(String::as_str).collect();
         let keys = layout.keys("t", 1).unwrap();
-        let installed = link
-            .run(
-                "install_block",
-                ScriptCall::new(&link.scripts.install_block, &keys, 2_000).args(&args),
-            )
-            .await
-            .unwrap()
-            .flag()
-            .unwrap();
+        let installed = link.install_block(&keys, &block, 2_000).await.unwrap();
         assert!(!installed, "a block of the queue deleted");
         // Nor brought with the call that asked for it, nor ahead of it,
         // where the store is told to give it back: nobody is served.
         let user = of(1).next().unwrap();
+        let mut args: Vec<&str> = block.iter().map(String::as_str).collect();
         args.push(user.as_str());
         for marker in [BLOCK, AHEAD] {
             let mut sent = args.clone();
@@ -3151,17 +3151,7 @@ mod tests {
         // A lease of this queue is installed.
         let (first, era) = link.lease_in(8, 2_002).await.unwrap();
         let block = block_args(first, 8, 2_002, &era);
-        let args: Vec<&str> = block.iter().map(String::as_str).collect();
-        let installed = link
-            .run(
-                "install_block",
-                ScriptCall::new(&link.scripts.install_block, &keys, 2_002).args(&args),
-            )
-            .await
-            .unwrap()
-            .flag()
-            .unwrap();
-        assert!(installed);
+        assert!(link.install_block(&keys, &block, 2_002).await.unwrap());
     }
 
     /// A place given back, or an opening's reservation, tells the
@@ -3704,18 +3694,8 @@ mod tests {
         }
         let keys = keys::tagged_keys("t", "sale/3~2");
         let block = block_args(first, 64, 2_200, &era);
-        let args: Vec<&str> = block.iter().map(String::as_str).collect();
-        let installed = link
-            .run(
-                "install_block",
-                ScriptCall::new(&store.scripts.install_block, &keys, 2_200).args(&args),
-            )
-            .await
-            .unwrap()
-            .flag()
-            .unwrap();
         // The head made again keeps the queue's epoch, so the block goes in.
-        assert!(installed);
+        assert!(link.install_block(&keys, &block, 2_200).await.unwrap());
         for user in of(2).take(40) {
             let place = store.enqueue(&queue, &user, 2_201).await.unwrap();
             assert!(
@@ -3984,17 +3964,8 @@ mod tests {
         let link = store.link(&queue);
         let layout = link.layout().await.unwrap();
         let block = block_args(first, 8, 11_000, &era);
-        let args: Vec<&str> = block.iter().map(String::as_str).collect();
         let keys = layout.keys("t", 1).unwrap();
-        let installed = link
-            .run(
-                "install_block",
-                ScriptCall::new(&link.scripts.install_block, &keys, 11_000).args(&args),
-            )
-            .await
-            .unwrap()
-            .flag()
-            .unwrap();
+        let installed = link.install_block(&keys, &block, 11_000).await.unwrap();
         assert!(!installed, "a lease older than the place given back");
         for user in of(1).skip(1).take(10) {
             let place = store.enqueue(&queue, &user, 11_000).await.unwrap();
