@@ -21,6 +21,8 @@
 
 use std::collections::HashMap;
 
+use futures_util::future::try_join_all;
+
 use super::reply::{Reply, bad_reply};
 use super::sub_lines::{Layout, SubLineLink};
 use crate::Result;
@@ -253,10 +255,21 @@ impl SubLineLink<'_> {
             args.push(user);
             args.push(ticket);
         }
+        // Every sub-line's part at once: a reader between them would count
+        // a drawn ticket's place without the tickets below it placed on
+        // the sub-lines not yet told.
+        let args: Vec<Vec<&str>> = placed
+            .iter()
+            .map(|args| args.iter().map(String::as_str).collect())
+            .collect();
         let mut left = 0;
-        for (sub_line, args) in placed.iter().enumerate().take(placing) {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            left += self.draw_on(layout, sub_line, &args, now_ms).await?.u64()?;
+        let steps = args
+            .iter()
+            .enumerate()
+            .take(placing)
+            .map(|(sub_line, args)| self.draw_on(layout, sub_line, args, now_ms));
+        for mut step in try_join_all(steps).await? {
+            left += step.u64()?;
         }
         if placing < placed.len() {
             return Ok(false);
