@@ -11,7 +11,7 @@
 //! store's work per refresh is one read per sub-line, however many users
 //! watch the queue.
 
-use super::{QueueMode, RateSample, UserId};
+use super::{Place, PlaceState, QueueMode, RateSample, UserId};
 
 /// How many log entries a store keeps per sub-line's log; an instance
 /// further behind takes a new snapshot.
@@ -58,6 +58,9 @@ pub struct LineSummary {
     /// The queue's sub-lines: above 1, a ticket below every waiting one
     /// may still be given within τ + ε, so no head is vouched for.
     pub shards: u32,
+    /// The drawn tickets this sub-line cannot yet vouch are placed on
+    /// every sub-line, as of `seq` (see [`DrawHold`]).
+    pub held: DrawHold,
 }
 
 /// The changes after a sequence number, and the summary after them.
@@ -90,4 +93,61 @@ pub struct LineSnapshot {
     pub tickets: Vec<u64>,
     /// The queue's sub-lines: a follower reads each one's chunks and log.
     pub shards: u32,
+    /// As [`LineSummary::held`], as of `seq`.
+    pub held: DrawHold,
+}
+
+/// Tickets of an opening draw that may be placed on one sub-line and not
+/// yet on another: those in `(above, through]`.
+///
+/// Over sub-lines a draw step places its users on each sub-line in that
+/// sub-line's own call. A reader between two of them would count a drawn
+/// ticket's place without the lower tickets of the same step on the
+/// sub-lines not yet told, and show a position that rises once they are.
+/// So each sub-line records the last ticket of the last step it placed
+/// (every step is told to every sub-line, in order, and the next is
+/// planned only once all placed it), and a drawn ticket is shown in line
+/// only once no sub-line read at or after the reading of its place holds
+/// it: until then it is shown as still being drawn, as it was a moment
+/// before. One slot places a step in one call, and the memory store in
+/// one step: neither holds anything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrawHold {
+    pub above: u64,
+    pub through: u64,
+}
+
+impl DrawHold {
+    /// Nothing held.
+    pub const NONE: Self = Self {
+        above: 0,
+        through: 0,
+    };
+
+    pub fn holds(self, ticket: u64) -> bool {
+        ticket > self.above && ticket <= self.through
+    }
+
+    /// What either holds. The sub-lines of one draw hold up to the same
+    /// last reserved ticket, so the union is one range.
+    pub fn and(self, other: Self) -> Self {
+        if self.through <= self.above {
+            other
+        } else if other.through <= other.above {
+            self
+        } else {
+            Self {
+                above: self.above.min(other.above),
+                through: self.through.max(other.through),
+            }
+        }
+    }
+
+    /// A waiting place whose ticket is held, shown as still being drawn.
+    pub fn apply(self, place: &mut Place) {
+        if matches!(place.state, PlaceState::Waiting { .. }) && self.holds(place.ticket) {
+            place.state = PlaceState::PreQueue { opens_in_ms: 0 };
+            place.ticket = 0;
+        }
+    }
 }

@@ -27,7 +27,7 @@ pub use estimate::{
     per_second_over_window, waited_bucket,
 };
 pub use ids::{QueueId, RequestId, UserId, instance_id};
-pub use line::{LINE_LOG_KEEP, LineChanges, LineEvent, LineSnapshot, LineSummary};
+pub use line::{DrawHold, LINE_LOG_KEEP, LineChanges, LineEvent, LineSnapshot, LineSummary};
 pub use place::{Admission, Admitted, NamedAdmission, Place, PlaceState, Signs};
 pub use queue::{
     DEAF_AFTER_MS, QueueConfig, QueueMode, QueueStats, QueueUpdate, check_shown_text,

@@ -303,6 +303,7 @@ impl WatchHub {
                         }
                     }
                 }
+                current.note_held(sub_line, changes.summary.seq, changes.summary.held);
                 caught_up &= current
                     .seqs
                     .get(sub_line)
@@ -625,6 +626,7 @@ mod tests {
             heartbeat_ms: 120_000,
             signs: Default::default(),
             shards,
+            held: crate::domain::DrawHold::NONE,
         }
     }
 

@@ -10,7 +10,7 @@
 //! block of tickets below later arrivals; with several sub-lines, an older
 //! block still open gives one while the line's front is that recent).
 
-use crate::domain::{LineSnapshot, LineSummary, Place, PlaceState, QueueMode, RankIndex};
+use crate::domain::{DrawHold, LineSnapshot, LineSummary, Place, PlaceState, QueueMode, RankIndex};
 
 /// The window is rebuilt when its empty slots outnumber the tickets in it by
 /// this much, so its size stays within a constant of the line's.
@@ -22,6 +22,9 @@ const SLACK: usize = 4096;
 #[derive(Debug, Default)]
 pub(super) struct Line {
     pub(super) seqs: Vec<u64>,
+    /// What each sub-line held of an opening draw as of `seqs` (or as of an
+    /// earlier entry, which holds no less: see [`Line::note_held`]).
+    held: Vec<DrawHold>,
     /// The ticket of slot 0.
     base: u64,
     /// `waiting[i]`: ticket `base + i` is waiting.
@@ -56,7 +59,21 @@ impl Line {
         tickets.sort_unstable();
         let mut line = Self::from_tickets(&tickets);
         line.seqs = snapshots.iter().map(|s| s.seq).collect();
+        line.held = snapshots.iter().map(|s| s.held).collect();
         line
+    }
+
+    /// What sub-line `sub_line` held of the draw as of entry `seq` of its
+    /// log, kept once the copy has applied that entry: a hold read with
+    /// entries not yet applied could let a ticket show before a lower one
+    /// placed by the same step. Within one draw a hold only shrinks, so
+    /// one kept from an earlier entry errs on the side of holding.
+    pub(super) fn note_held(&mut self, sub_line: usize, seq: u64, held: DrawHold) {
+        if self.seqs.get(sub_line).is_some_and(|at| *at >= seq)
+            && let Some(kept) = self.held.get_mut(sub_line)
+        {
+            *kept = held;
+        }
     }
 
     /// A window exactly over `tickets` (ascending).
@@ -70,6 +87,7 @@ impl Line {
         }
         Self {
             seqs: Vec::new(),
+            held: Vec::new(),
             base: *first,
             ranks: RankIndex::from_present(&waiting),
             waiting,
@@ -96,11 +114,14 @@ impl Line {
             let at = tickets.partition_point(|t| *t < extra);
             tickets.insert(at, extra);
         }
-        let seqs = std::mem::take(&mut self.seqs);
+        let (seqs, held) = (
+            std::mem::take(&mut self.seqs),
+            std::mem::take(&mut self.held),
+        );
         #[cfg(test)]
         let builds = self.builds + 1;
         *self = Self::from_tickets(&tickets);
-        self.seqs = seqs;
+        (self.seqs, self.held) = (seqs, held);
         #[cfg(test)]
         {
             self.builds = builds;
@@ -109,9 +130,12 @@ impl Line {
 
     pub(super) fn join(&mut self, ticket: u64) {
         if self.len == 0 {
-            let seqs = std::mem::take(&mut self.seqs);
+            let (seqs, held) = (
+                std::mem::take(&mut self.seqs),
+                std::mem::take(&mut self.held),
+            );
             *self = Self::from_tickets(&[ticket]);
-            self.seqs = seqs;
+            (self.seqs, self.held) = (seqs, held);
             return;
         }
         if ticket < self.base {
@@ -178,7 +202,7 @@ impl Line {
         if !self.contains(ticket) {
             return None;
         }
-        Some(Place {
+        let mut place = Place {
             state: if summary.mode == QueueMode::Closed {
                 PlaceState::Closed
             } else {
@@ -192,7 +216,10 @@ impl Line {
             mode: summary.mode,
             rate: summary.rate,
             signs: summary.signs.clone(),
-        })
+        };
+        let held = self.held.iter().fold(DrawHold::NONE, |all, h| all.and(*h));
+        held.apply(&mut place);
+        Some(place)
     }
 }
 
@@ -215,6 +242,7 @@ mod tests {
                 seq: 3,
                 tickets: start.iter().copied().collect(),
                 shards: 1,
+                held: crate::domain::DrawHold::NONE,
             });
             let mut set: BTreeSet<u64> = start;
             for (ticket, join) in ops {
@@ -234,6 +262,63 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A sub-line's hold of the draw counts once the copy has applied the
+    /// entries it was read with, and the window's rebuilds keep it.
+    #[test]
+    fn a_drawn_ticket_is_held_until_every_sub_line_s_hold_read_with_it_lets_it_go() {
+        let held = DrawHold {
+            above: 0,
+            through: 10,
+        };
+        let snapshot = |seq, tickets: Vec<u64>| LineSnapshot {
+            epoch_ms: 1,
+            seq,
+            tickets,
+            shards: 2,
+            held,
+        };
+        let mut line = Line::from_snapshots(vec![snapshot(5, vec![1]), snapshot(2, vec![])]);
+        // Below the window: rebuilt.
+        line.join(0);
+        line.join(3);
+        let summary = LineSummary {
+            epoch_ms: 1,
+            seq: 2,
+            mode: QueueMode::Queueing,
+            waiting: 3,
+            prequeued: 0,
+            opens_at_ms: None,
+            opened: true,
+            rate: Default::default(),
+            heartbeat_ms: 120_000,
+            signs: Default::default(),
+            shards: 2,
+            held: DrawHold::NONE,
+        };
+        let state = |line: &Line| line.place(&summary, 3).map(|p| (p.state, p.ticket));
+        let drawing = Some((PlaceState::PreQueue { opens_in_ms: 0 }, 0));
+        assert_eq!(state(&line), drawing);
+        line.note_held(
+            1,
+            2,
+            DrawHold {
+                above: 3,
+                through: 10,
+            },
+        );
+        assert_eq!(state(&line), drawing, "sub-line 0 still holds it");
+        // Read as of an entry of sub-line 0 not applied yet: not kept.
+        line.note_held(0, 7, DrawHold::NONE);
+        assert_eq!(state(&line), drawing);
+        line.seqs[0] = 7;
+        line.note_held(0, 7, DrawHold::NONE);
+        assert_eq!(state(&line), Some((PlaceState::Waiting { position: 3 }, 3)));
+        assert_eq!(
+            line.place(&summary, 0).map(|p| p.state),
+            Some(PlaceState::Waiting { position: 1 })
+        );
     }
 
     #[test]

@@ -284,6 +284,7 @@ mod tests {
                 seq: 7,
                 tickets: vec![3, 5, 9],
                 shards: 1,
+                held: crate::domain::DrawHold::NONE,
             })),
             summary: Some(LineSummary {
                 epoch_ms: 1,
@@ -297,6 +298,7 @@ mod tests {
                 heartbeat_ms: HEARTBEAT_MS,
                 signs: Default::default(),
                 shards: 1,
+                held: crate::domain::DrawHold::NONE,
             }),
             read_ms,
             read_at: Some(Instant::now()),
@@ -390,6 +392,7 @@ mod tests {
             seq: 7,
             tickets: vec![3, 5, 9],
             shards: 1,
+            held: crate::domain::DrawHold::NONE,
         });
         pollers.prune(&line, HEARTBEAT_MS, 2_000);
         assert!(!pollers.is_empty());

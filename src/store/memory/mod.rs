@@ -25,7 +25,7 @@ use self::queue::QueueState;
 
 use super::{QueueStore, batch_result_ttl_ms};
 use crate::domain::{
-    AdmissionCheck, AdmissionStatus, Admitted, LineChanges, LineSnapshot, LineSummary,
+    AdmissionCheck, AdmissionStatus, Admitted, DrawHold, LineChanges, LineSnapshot, LineSummary,
     NamedAdmission, Place, PlaceClaim, PlaceState, QueueConfig, QueueId, QueueMode, QueueStats,
     QueueUpdate, Refusal, RequestId, Restoration, RestoreView, UserId, restore_decision,
 };
@@ -395,6 +395,8 @@ impl QueueStore for MemoryStore {
                 seq,
                 tickets: state.sub_line_tickets(sub_line, after, limit),
                 shards: state.line.logs.len() as u32,
+                // A draw step is one step here.
+                held: DrawHold::NONE,
             })
         })
     }
@@ -436,6 +438,7 @@ impl QueueStore for MemoryStore {
                     heartbeat_ms: state.config.heartbeat_timeout.as_millis() as u64,
                     signs: state.config.signs(),
                     shards: state.config.shards,
+                    held: DrawHold::NONE,
                 },
                 events,
                 complete,

@@ -85,9 +85,9 @@ use self::sub_lines::{Layout, Layouts, routed};
 use self::topology::Connector;
 use super::QueueStore;
 use crate::domain::{
-    AdmissionCheck, AdmissionStatus, Admitted, Flow, LineChanges, LineSnapshot, LineSummary,
-    NamedAdmission, Place, PlaceClaim, QueueConfig, QueueId, QueueStats, QueueUpdate, RateSample,
-    RequestId, Restoration, UserId,
+    AdmissionCheck, AdmissionStatus, Admitted, DrawHold, Flow, LineChanges, LineSnapshot,
+    LineSummary, NamedAdmission, Place, PlaceClaim, QueueConfig, QueueId, QueueStats, QueueUpdate,
+    RateSample, RequestId, Restoration, UserId,
 };
 use crate::{Error, Result};
 
@@ -849,6 +849,10 @@ impl QueueStore for RedisStore {
         let read = |mut reply: Reply, shards: u32| -> Result<LineSnapshot> {
             let epoch_ms = reply.u64()?;
             let seq = reply.u64()?;
+            let held = DrawHold {
+                above: reply.u64()?,
+                through: reply.u64()?,
+            };
             let mut tickets = Vec::with_capacity(reply.remaining());
             while reply.remaining() > 0 {
                 tickets.push(reply.u64()?);
@@ -858,6 +862,7 @@ impl QueueStore for RedisStore {
                 seq,
                 tickets,
                 shards,
+                held,
             })
         };
         routed(
@@ -1285,6 +1290,10 @@ fn read_changes(mut reply: Reply, shards: u32) -> Result<LineChanges> {
     let epoch_ms = reply.u64()?;
     let heartbeat_ms = reply.u64()?;
     let (signs, rate) = reply.signs_and_rate(admitted, span_ms)?;
+    let held = DrawHold {
+        above: reply.u64()?,
+        through: reply.u64()?,
+    };
     let mut events = Vec::with_capacity(reply.remaining());
     while reply.remaining() > 0 {
         events.push(parse_line_entry(&reply.string()?)?);
@@ -1302,6 +1311,7 @@ fn read_changes(mut reply: Reply, shards: u32) -> Result<LineChanges> {
             heartbeat_ms,
             signs,
             shards,
+            held,
         },
         events,
         complete,

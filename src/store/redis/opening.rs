@@ -245,15 +245,23 @@ impl SubLineLink<'_> {
             return Ok(false);
         }
         let first = plan.string()?;
-        let mut placed: Vec<Vec<String>> = vec![vec!["place".to_owned()]; layout.shards as usize];
+        // Each sub-line's part follows the step's last ticket (over every
+        // sub-line), which each records as placed (`DrawHold`).
+        let mut placed: Vec<Vec<String>> =
+            vec![vec!["place".to_owned(), String::new()]; layout.shards as usize];
+        let mut through = 0;
         while plan.remaining() > 0 {
             let sub_line = plan.u64()? as usize;
-            let (user, ticket) = (plan.string()?, plan.string()?);
+            let (user, ticket) = (plan.string()?, plan.u64()?);
+            through = through.max(ticket);
             let args = placed
                 .get_mut(sub_line)
                 .ok_or_else(|| bad_reply("a plan's sub-line"))?;
             args.push(user);
-            args.push(ticket);
+            args.push(ticket.to_string());
+        }
+        for args in &mut placed {
+            args[1] = through.to_string();
         }
         // Every sub-line's part at once: a reader between them would count
         // a drawn ticket's place without the tickets below it placed on
@@ -699,6 +707,129 @@ mod tests {
             matches!(drawn.state, PlaceState::Waiting { .. }),
             "{drawn:?}"
         );
+    }
+
+    /// A draw step placed on one sub-line and not yet on the others: a
+    /// ticket it placed there may have lower tickets of the same step
+    /// still to come on them. Neither a read of the store nor a replica's
+    /// copy of the line shows it in line until every sub-line has placed
+    /// the step, so no position shown rises when they have.
+    #[tokio::test]
+    async fn a_drawn_ticket_is_shown_in_line_only_once_every_sub_line_placed_its_step() {
+        use std::sync::Arc;
+
+        use tokio_stream::StreamExt;
+        use tokio_util::sync::CancellationToken;
+
+        use crate::domain::ManualClock;
+        use crate::watch::WatchHub;
+
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = Arc::new(store_on(&redis).await.with_sub_lines());
+        let queue = opening_over(&store, 3, 40).await;
+        let users: Vec<UserId> = (0..40)
+            .map(|n| UserId::parse(&format!("early-{n}")).unwrap())
+            .collect();
+        // The opening, and every pre-queued user given a key.
+        assert!(!store.draw_step(&queue, "seed", 100, 10_000).await.unwrap());
+        let hub = WatchHub::new(
+            Arc::clone(&store) as Arc<dyn QueueStore>,
+            Arc::new(ManualClock::new(10_000)),
+            Duration::from_millis(5),
+            CancellationToken::new(),
+        );
+        let mut streams = Vec::new();
+        for user in &users {
+            let first = store.place(&queue, user, 10_000).await.unwrap().unwrap();
+            assert_eq!(first.state, PlaceState::PreQueue { opens_in_ms: 0 });
+            let permit = hub.reserve_stream(usize::MAX).unwrap();
+            let mut stream = hub.watch(permit, queue.clone(), user.clone(), first, None);
+            stream.next().await.unwrap().unwrap();
+            streams.push((user.clone(), stream));
+        }
+
+        // The step's first twelve, placed on sub-line 0 only.
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        let round = Round {
+            read: "0".into(),
+            pending: false,
+            seed: "seed".into(),
+            taken: "0".into(),
+        };
+        assert!(
+            !link
+                .draw_places(&layout, 12, &round, 10_000, 1)
+                .await
+                .unwrap()
+        );
+        let step = &draw_order("seed", &users)[..12];
+        let on_zero: Vec<usize> = (0..12)
+            .filter(|&i| layout.sub_line(&step[i]) == 0)
+            .collect();
+        // Someone placed on sub-line 0 above someone of another sub-line:
+        // counted now, their position would rise.
+        assert!(
+            on_zero
+                .iter()
+                .any(|&i| (0..i).any(|j| layout.sub_line(&step[j]) != 0)),
+            "{on_zero:?}"
+        );
+        for &i in &on_zero {
+            let place = store
+                .place(&queue, &step[i], 10_000)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (place.state, place.ticket),
+                (PlaceState::PreQueue { opens_in_ms: 0 }, 0),
+                "{}",
+                step[i]
+            );
+        }
+        let refreshed = hub.refreshes(&queue);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while hub.refreshes(&queue) < refreshed + 3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the copy refreshed");
+        for (user, stream) in &mut streams {
+            while let Ok(Some(shown)) =
+                tokio::time::timeout(Duration::from_millis(1), stream.next()).await
+            {
+                let shown = shown.unwrap();
+                assert!(
+                    !matches!(shown.state, PlaceState::Waiting { .. }),
+                    "{user} shown {shown:?} before every sub-line placed its step"
+                );
+            }
+        }
+
+        // The draw finished by another replica: everyone is shown their
+        // place, as the store holds it, and nobody's position rises.
+        let other = store_on(&redis).await.with_sub_lines();
+        while !other.draw_step(&queue, "other", 5, 10_001).await.unwrap() {}
+        for (user, stream) in &mut streams {
+            let truth = store.place(&queue, user, 10_002).await.unwrap().unwrap();
+            let shown = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    let place = stream.next().await.unwrap().unwrap();
+                    if matches!(place.state, PlaceState::Waiting { .. }) {
+                        break place;
+                    }
+                }
+            })
+            .await
+            .expect("a place in line after the draw");
+            assert_eq!(
+                (shown.state, shown.ticket),
+                (truth.state, truth.ticket),
+                "{user}"
+            );
+        }
     }
 
     /// A queue over `shards` sub-lines opening at 10 s, with `early`

@@ -28,7 +28,7 @@ use futures_util::future::join_all;
 use tokio::sync::oneshot;
 
 use super::sub_lines::{Layout, LineView, Part, Sample, SubLineLink};
-use crate::domain::QueueId;
+use crate::domain::{DrawHold, QueueId};
 use crate::{Error, Result};
 
 /// Each queue's round of reads.
@@ -99,6 +99,7 @@ impl Last {
         Some(Part {
             in_line: part.in_line,
             prequeued: part.prequeued,
+            held: part.held,
             sample: part.sample,
             below: tickets
                 .iter()
@@ -230,6 +231,7 @@ impl SubLineLink<'_> {
             let view = read.as_ref().map_err(Clone::clone).map(|view| LineView {
                 in_line: view.in_line,
                 prequeued: view.prequeued,
+                held: view.held,
                 below: ask
                     .probes
                     .iter()
@@ -315,6 +317,7 @@ impl SubLineLink<'_> {
         let mut view = LineView {
             in_line: 0,
             prequeued: 0,
+            held: DrawHold::NONE,
             below: vec![0; tickets.len()],
             sample,
         };
@@ -359,6 +362,7 @@ mod tests {
         let part = Part {
             in_line: 3,
             prequeued: 0,
+            held: DrawHold::NONE,
             sample: Sample::default(),
             below: vec![3],
         };

@@ -41,8 +41,8 @@ use super::reply::{
 use super::topology::Connector;
 use crate::domain::shards::{Block, TAU_MS, next_block_size, sub_line_of};
 use crate::domain::{
-    Admitted, NamedAdmission, Place, PlaceClaim, PlaceState, QueueConfig, QueueId, QueueStats,
-    RateSample, Refusal, RequestId, Restoration, UserId,
+    Admitted, DrawHold, NamedAdmission, Place, PlaceClaim, PlaceState, QueueConfig, QueueId,
+    QueueStats, RateSample, Refusal, RequestId, Restoration, UserId,
 };
 use crate::{Error, Result};
 
@@ -2000,6 +2000,7 @@ impl SubLineLink<'_> {
             if let (PlaceState::Waiting { position }, Some(count)) = (&mut place.state, count) {
                 *position = (count + k).max(1);
             }
+            view.held.apply(place);
         }
         Ok(())
     }
@@ -2016,6 +2017,7 @@ impl SubLineLink<'_> {
         let mut view = LineView {
             in_line: 0,
             prequeued: 0,
+            held: DrawHold::NONE,
             below: vec![0; tickets.len()],
             sample: self.head_sample(now_ms).await?,
         };
@@ -2057,6 +2059,10 @@ impl SubLineLink<'_> {
             .await?;
         let in_line = reply.u64()?;
         let prequeued = reply.u64()?;
+        let held = DrawHold {
+            above: reply.u64()?,
+            through: reply.u64()?,
+        };
         let sample = Sample::read(&mut reply)?;
         let below = (0..args.len())
             .map(|_| reply.u64())
@@ -2064,6 +2070,7 @@ impl SubLineLink<'_> {
         Ok(Part {
             in_line,
             prequeued,
+            held,
             sample,
             below,
         })
@@ -2235,6 +2242,8 @@ pub(super) struct LineView {
     pub(super) in_line: u64,
     /// Of them, those pre-queued or being drawn.
     pub(super) prequeued: u64,
+    /// The drawn tickets some sub-line may not have placed yet.
+    pub(super) held: DrawHold,
     /// The waiting at or below each ticket asked about.
     pub(super) below: Vec<u64>,
     pub(super) sample: Sample,
@@ -2245,6 +2254,7 @@ impl LineView {
     pub(super) fn add(&mut self, part: &Part) {
         self.in_line += part.in_line;
         self.prequeued += part.prequeued;
+        self.held = self.held.and(part.held);
         self.sample.merge(&part.sample);
         for (count, part) in self.below.iter_mut().zip(&part.below) {
             *count += part;
@@ -2257,6 +2267,7 @@ impl LineView {
 pub(super) struct Part {
     pub(super) in_line: u64,
     pub(super) prequeued: u64,
+    pub(super) held: DrawHold,
     pub(super) sample: Sample,
     pub(super) below: Vec<u64>,
 }

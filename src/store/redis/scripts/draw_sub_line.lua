@@ -20,8 +20,10 @@
 --   'pool', most, seed: the highest drawn ticket placed here, and the
 --     lowest `most` draw keys, anyone still pre-queued given a key first:
 --     {'ok', top, user, key, ...}.
---   'place', user, ticket, ...: those still drawn put in line at their
---     tickets. Returns {'ok', how many are left to draw}.
+--   'place', through, user, ticket, ...: those still drawn put in line at
+--     their tickets, and the step's last ticket (`through`, over every
+--     sub-line) recorded as placed here (prelude's `drawn_hold`). Returns
+--     {'ok', how many are left to draw}.
 --   'done': the draw is over here unless someone is left to draw.
 --     Returns {'ok', 1 if it is over here}.
 -- Or {'no_queue'}; OPENING for a step of the draw on a sub-line still
@@ -102,7 +104,11 @@ if step == 'place' then
   -- A user who left since the plan leaves a gap in the numbers, which
   -- changes no position; one placed by an earlier try is not drawn now.
   local joined, top = {}, tonumber(redis.call('HGET', K_CONFIG, 'drawn_top')) or 0
-  for i = 3, #ARGV, 2 do
+  local through = tonumber(ARGV[3])
+  if through > (tonumber(redis.call('HGET', K_CONFIG, 'drawn_through')) or 0) then
+    redis.call('HSET', K_CONFIG, 'drawn_through', string.format('%d', through))
+  end
+  for i = 4, #ARGV, 2 do
     if redis.call('ZREM', K_POOL, ARGV[i]) == 1 then
       joined[#joined + 1] = { ARGV[i], tonumber(ARGV[i + 1]) }
       top = math.max(top, tonumber(ARGV[i + 1]))

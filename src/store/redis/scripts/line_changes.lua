@@ -4,7 +4,9 @@
 -- KEYS: the queue's keys (prelude). ARGV: now, after, limit.
 -- Returns {'ok', seq, complete (1/0), mode, waiting, pre-queued, opens_at,
 -- draw, rate count, rate span, epoch, heartbeat timeout, notice, closed
--- reason, recent admissions, abandonments, configured rate, entry...} where the epoch is the
+-- reason, recent admissions, abandonments, configured rate, the drawn
+-- tickets held (above, through: prelude's `drawn_hold`), entry...} where
+-- the epoch is the
 -- queue's creation time (a queue created again starts a new log) and each
 -- entry is
 -- 'seq|j|ticket|user', 'seq|J|first ticket|count' (a run of newcomers,
@@ -29,9 +31,13 @@ elseif after < seq then
   end
 end
 local count, span, recent, abandoned = rate_sample()
-local out = { 'ok', seq, complete, cfg.mode, redis.call('ZCARD', K_WAITING),
-  redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL), cfg.opens_at, cfg.draw, count, span,
-  cfg.epoch, cfg.heartbeat, cfg.notice, cfg.closed_reason, recent, abandoned, cfg.rate }
+local to_draw = redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL)
+local out = { 'ok', seq, complete, cfg.mode, redis.call('ZCARD', K_WAITING), to_draw, cfg.opens_at,
+  cfg.draw, count, span, cfg.epoch, cfg.heartbeat, cfg.notice, cfg.closed_reason, recent, abandoned,
+  cfg.rate }
+local above, through = drawn_hold(to_draw)
+out[#out + 1] = above
+out[#out + 1] = through
 -- The caller's text, not the number: Lua writes numbers past 10^14 with an
 -- exponent.
 local entries = redis.call('ZRANGEBYSCORE', K_LOG, '(' .. ARGV[2], '+inf', 'LIMIT', 0, tonumber(ARGV[3]))

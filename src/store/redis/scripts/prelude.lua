@@ -195,6 +195,26 @@ local function drawing(cfg)
     or cfg.draw == 'closing'
 end
 
+-- The drawn tickets this sub-line cannot vouch are placed on every
+-- sub-line (domain::DrawHold): while it draws and still holds someone to
+-- draw (`to_draw`, pre-queued or in its pool), those above the last ticket
+-- of the last step it placed, up to the reservation's last. A step is
+-- told to every sub-line, and the next planned only once all placed it;
+-- a sub-line with nobody left to draw misses no ticket below anyone's.
+-- {above, through}; {0, 0} holds nothing (one slot places a step in one
+-- call). Its own read, not load_config's, and only then: count_below.lua
+-- reads it with every batch's positions.
+local function drawn_hold(to_draw)
+  if to_draw == 0 then
+    return 0, 0
+  end
+  local v = redis.call('HMGET', K_CONFIG, 'sub_line', 'draw', 'drawn_through', 'draw_end')
+  if not v[1] or v[2] ~= 'frozen' then
+    return 0, 0
+  end
+  return tonumber(v[3]) or 0, tonumber(v[4]) or 0
+end
+
 -- HDEL/ZREM of many members, in slices: unpack() is limited by Lua's C stack.
 local function remove_all(command, key, members)
   for i = 1, #members, 1000 do
