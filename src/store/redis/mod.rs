@@ -547,19 +547,12 @@ impl QueueStore for RedisStore {
         self.write_head(&config.id, &fields, config.created_at_ms)
             .await?;
         // The head decides whether the queue was made; each sub-line then
-        // takes a copy of its config. Whatever a sub-line's slot still
-        // holds is of a queue of the same name deleted half-way.
+        // takes a copy of its config, over whatever its slot still holds
+        // (`create_queue.lua`, `made_anew`).
         for sub_line in 0..layout.as_ref().map_or(0, |l| l.shards as usize) {
             let Some(layout) = &layout else { break };
-            let keys = layout.keys(&self.prefix, sub_line)?;
-            let given_back = keys::tagged_given_back_key(&self.prefix, layout.tag(sub_line)?);
-            self.command::<i64>(
-                "create_queue",
-                redis::cmd("UNLINK").arg(&keys[..]).arg(given_back),
-            )
-            .await?;
             self.link(&config.id)
-                .make_sub_line(layout, sub_line, config, &[])
+                .make_sub_line(layout, sub_line, config, &[], true)
                 .await?;
         }
         // From now on a sub-line found holding no queue was lost, not

@@ -546,7 +546,7 @@ impl SubLineLink<'_> {
             )
             .await?;
         }
-        self.make_sub_line(&layout, sub_line, &config, &lost)
+        self.make_sub_line(&layout, sub_line, &config, &lost, false)
             .await?;
         Ok(true)
     }
@@ -752,13 +752,15 @@ impl SubLineLink<'_> {
     }
 
     /// Makes sub-line `sub_line` of a queue over sub-lines with its copy of
-    /// `config` (`create_queue.lua` on its keys), unless it holds one.
+    /// `config` (`create_queue.lua` on its keys), unless it holds one; or,
+    /// `anew` (the queue's creation), over whatever it holds.
     pub(super) async fn make_sub_line(
         &self,
         layout: &Layout,
         sub_line: usize,
         config: &QueueConfig,
         extra: &[(&'static str, String)],
+        anew: bool,
     ) -> Result<()> {
         let keys = layout.keys(self.prefix, sub_line)?;
         let mut fields: Vec<String> = Vec::new();
@@ -769,10 +771,17 @@ impl SubLineLink<'_> {
             fields.extend([field.to_owned(), value]);
         }
         fields.extend(["sub_line".to_owned(), sub_line.to_string()]);
+        if anew {
+            fields.extend(["made_anew".to_owned(), "1".to_owned()]);
+        }
         let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
         // The script's own key (a deletion mark it clears) is the
-        // sub-line's ticket sequence, which a sub-line does not use.
-        let mark = [keys[1].clone()];
+        // sub-line's ticket sequence, which a sub-line does not use; then
+        // the places given back, which a sub-line made anew starts without.
+        let mark = [
+            keys[1].clone(),
+            keys::tagged_given_back_key(self.prefix, layout.tag(sub_line)?),
+        ];
         let value = self
             .value_once(
                 "create_queue",
@@ -3116,6 +3125,57 @@ mod tests {
     /// under its name, brought to a sub-line only after, is not installed:
     /// its tickets come from the old sequence, which the new head numbers
     /// again from 1.
+    #[tokio::test]
+    async fn a_sub_line_made_with_its_queue_is_made_over_an_old_copy_written_meanwhile() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        join_users(&store, &queue, 30, 1_000).await;
+        let old = store.get_queue(&queue).await.unwrap();
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        store.delete_queue(&queue).await.unwrap();
+        let mut conn = connection_to(&redis);
+        let keys = layout.keys("t", 1).unwrap();
+        let epoch = |conn: &mut redis::Connection| -> Option<u64> {
+            redis::cmd("HGET")
+                .arg(&keys[0])
+                .arg("created_at_ms")
+                .query(conn)
+                .unwrap()
+        };
+        // A replica making the sub-line again from the old head, read
+        // before the deletion, writes its copy late; the queue's creator
+        // then makes the sub-line.
+        link.make_sub_line(&layout, 1, &old, &[], false)
+            .await
+            .unwrap();
+        assert_eq!(epoch(&mut conn), Some(old.created_at_ms));
+        let given_back = keys::tagged_given_back_key("t", layout.tag(1).unwrap());
+        let _: i64 = redis::cmd("SADD")
+            .arg(&given_back)
+            .arg(format!("s:{}:7", old.created_at_ms))
+            .query(&mut conn)
+            .unwrap();
+        let mut config = QueueConfig::new(queue.clone()).created(old.created_at_ms + 1_000);
+        config.shards = 3;
+        link.make_sub_line(&layout, 1, &config, &[], true)
+            .await
+            .unwrap();
+        assert_eq!(epoch(&mut conn), Some(config.created_at_ms));
+        let left: i64 = redis::cmd("EXISTS")
+            .arg(&given_back)
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(left, 0, "the old queue's places given back");
+        // A copy written later still finds the new queue's, and keeps it.
+        link.make_sub_line(&layout, 1, &old, &[], false)
+            .await
+            .unwrap();
+        assert_eq!(epoch(&mut conn), Some(config.created_at_ms));
+        let waiting: u64 = redis::cmd("ZCARD").arg(&keys[2]).query(&mut conn).unwrap();
+        assert_eq!(waiting, 0);
+    }
+
     #[tokio::test]
     async fn a_block_leased_for_a_queue_deleted_and_made_again_is_not_installed() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));

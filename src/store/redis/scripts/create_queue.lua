@@ -1,16 +1,28 @@
 -- Create queue: write a queue's configuration unless the queue exists.
--- KEYS: the queue's keys (prelude), then the mark of its deletion.
+-- KEYS: the queue's keys (prelude), then the mark of its deletion, then
+-- (a sub-line made with its queue) the sub-line's places given back.
 -- ARGV: now, field, value, ...
 -- Returns {'ok'}, or {'exists'} if the queue already existed. A queue
 -- re-made after a loss (adopt_top among the fields) gives its first ticket
--- after adopt_top.
+-- after adopt_top. A sub-line made with its queue (made_anew among the
+-- fields) is made over whatever its slot holds.
 
-if redis.call('EXISTS', K_CONFIG) == 1 then
-  return { 'exists' }
-end
 local fields = {}
 for i = 2, #ARGV - 1, 2 do
   fields[ARGV[i]] = ARGV[i + 1]
+end
+if fields.made_anew then
+  -- What the slot holds is of a queue of the same name: deleted half-way,
+  -- or a copy of its config that a replica making a lost sub-line again
+  -- read from its head before the deletion and wrote since. Removed in
+  -- the step that writes the new config, so no such copy lands between
+  -- and is taken for the new queue's.
+  for i = 1, OWN - 1 do
+    redis.call('UNLINK', KEYS[i])
+  end
+  redis.call('UNLINK', KEYS[OWN + 1])
+elseif redis.call('EXISTS', K_CONFIG) == 1 then
+  return { 'exists' }
 end
 -- A head made again from its sub-lines (from_parts) is not made over a
 -- deletion that came since the queue was found lost: the queue stays
@@ -27,5 +39,5 @@ local start = tonumber(fields.start_seq)
 if top or start then
   redis.call('SET', K_SEQ, math.max(top or 0, start or 0))
 end
-redis.call('HDEL', K_CONFIG, 'from_parts', 'start_seq')
+redis.call('HDEL', K_CONFIG, 'from_parts', 'start_seq', 'made_anew')
 return { 'ok' }
