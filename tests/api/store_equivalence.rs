@@ -841,24 +841,41 @@ async fn over_sub_lines(
 fn sequences_over_sub_lines_found_before_get_identical_answers() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let redis = TestRedis::start();
-    let found: Vec<(u32, u32, bool, bool, Vec<Op>)> = vec![(
-        2,
-        0,
-        true,
-        false,
-        vec![
-            Op::EnqueueMany(vec![1, 2, 11]),
-            Op::Enqueue(3),
-            Op::SetOpeningAtEdge(4),
-            Op::EnqueueMany(vec![4]),
-            Op::Advance(20000),
-            Op::Leave(5),
-            Op::DrawStep(0),
-            Op::DrawStep(0),
-            Op::Admit(1, None),
-            Op::Stats,
-        ],
-    )];
+    let found: Vec<(u32, u32, bool, bool, Vec<Op>)> = vec![
+        (
+            2,
+            0,
+            true,
+            false,
+            vec![
+                Op::EnqueueMany(vec![1, 2, 11]),
+                Op::Enqueue(3),
+                Op::SetOpeningAtEdge(4),
+                Op::EnqueueMany(vec![4]),
+                Op::Advance(20000),
+                Op::Leave(5),
+                Op::DrawStep(0),
+                Op::DrawStep(0),
+                Op::Admit(1, None),
+                Op::Stats,
+            ],
+        ),
+        // Someone in line before the opening, and someone pre-queued on
+        // another sub-line: the opening's draw holds only its own tickets.
+        (
+            2,
+            0,
+            false,
+            false,
+            vec![
+                Op::EnqueueMany(vec![5]),
+                Op::SetOpeningAtEdge(4),
+                Op::Enqueue(6),
+                Op::Advance(1),
+                Op::Places(vec![5], false),
+            ],
+        ),
+    ];
     for (shards, rate, pass_through, scheduled, ops) in found {
         runtime
             .block_on(over_sub_lines(

@@ -48,9 +48,10 @@ struct Inner {
     used_tokens: HashMap<(QueueId, String), (u64, RequestId)>,
     /// Service instances' stream counts and when each was reported.
     instances: BTreeMap<String, (u64, u64)>,
-    /// Queues deleted and not created again: the mark that tells a
-    /// deletion from a loss ([`QueueStore::queue_lost`]).
-    deleted: HashSet<QueueId>,
+    /// Queues deleted and not created again, with the latest epoch each
+    /// had: the mark that tells a deletion from a loss
+    /// ([`QueueStore::queue_lost`]), and that the next creation passes.
+    deleted: HashMap<QueueId, u64>,
 }
 
 impl MemoryStore {
@@ -96,16 +97,23 @@ impl QueueStore for MemoryStore {
         if inner.queues.contains_key(&config.id) {
             return Err(Error::QueueAlreadyExists(config.id.to_string()));
         }
-        inner.deleted.remove(&config.id);
+        // A queue's epoch tells its receipts and tokens from a deleted
+        // one's of the same name: one made in the deleted one's
+        // millisecond, or by a replica whose clock is behind, takes the
+        // millisecond after (as create_queue.lua).
+        let mut config = config.clone();
+        if let Some(deleted) = inner.deleted.remove(&config.id) {
+            config.created_at_ms = config.created_at_ms.max(deleted + 1);
+        }
         inner
             .queues
             .insert(config.id.clone(), QueueState::new(config.clone()));
-        Ok(config.clone())
+        Ok(config)
     }
 
     async fn queue_lost(&self, queue: &QueueId) -> Result<bool> {
         let inner = self.lock()?;
-        Ok(!inner.queues.contains_key(queue) && !inner.deleted.contains(queue))
+        Ok(!inner.queues.contains_key(queue) && !inner.deleted.contains_key(queue))
     }
 
     /// This store loses a queue whole or not at all.
@@ -169,8 +177,13 @@ impl QueueStore for MemoryStore {
     async fn delete_queue(&self, queue: &QueueId) -> Result<()> {
         let mut inner = self.lock()?;
         // Marked even when already gone (see delete_queue.lua).
-        inner.deleted.insert(queue.clone());
-        match inner.queues.remove(queue) {
+        let removed = inner.queues.remove(queue);
+        let epoch = removed
+            .as_ref()
+            .map_or(0, |state| state.config.created_at_ms);
+        let mark = inner.deleted.entry(queue.clone()).or_default();
+        *mark = (*mark).max(epoch);
+        match removed {
             Some(_) => Ok(()),
             None => Err(Error::QueueNotFound(queue.to_string())),
         }

@@ -96,7 +96,7 @@ pub(super) fn recently_admitted_key(prefix: &str, queue: &QueueId) -> String {
     format!("{prefix}:{{{queue}}}:recently_admitted")
 }
 
-/// The mark a deleted queue leaves (when it was deleted), until it is
+/// The mark a deleted queue leaves (the epoch it had), until it is
 /// created again: a queue missing without it was lost by the store.
 pub(super) fn deleted_key(prefix: &str, queue: &QueueId) -> String {
     format!("{prefix}:{{{queue}}}:deleted")

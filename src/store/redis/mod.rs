@@ -450,18 +450,20 @@ impl RedisStore {
 
     /// Writes a queue's head (`create_queue.lua`) with `fields`, unless
     /// the queue exists (`QueueAlreadyExists`).
+    /// Writes a queue's head unless it exists; the queue's epoch, later
+    /// than a deleted one's of the same name (`create_queue.lua`).
     async fn write_head(
         &self,
         queue: &QueueId,
         fields: &[(&'static str, String)],
         now_ms: u64,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let mut invocation = self.invocation(&self.scripts.create_queue, queue, now_ms);
         invocation.key(keys::deleted_key(&self.prefix, queue));
         for (field, value) in fields {
             invocation.arg(*field).arg(value);
         }
-        self.run("create_queue", queue, &invocation).await.map(drop)
+        self.run("create_queue", queue, &invocation).await?.u64()
     }
 
     /// Makes the lost head of a queue over the sub-lines of `layout` again
@@ -544,8 +546,13 @@ impl QueueStore for RedisStore {
         if let Some(layout) = &layout {
             fields.push(("sub_lines", layout.head_field()));
         }
-        self.write_head(&config.id, &fields, config.created_at_ms)
+        let epoch_ms = self
+            .write_head(&config.id, &fields, config.created_at_ms)
             .await?;
+        let config = &QueueConfig {
+            created_at_ms: epoch_ms,
+            ..config.clone()
+        };
         // The head decides whether the queue was made; each sub-line then
         // takes a copy of its config, over whatever its slot still holds
         // (`create_queue.lua`, `made_anew`).

@@ -115,12 +115,12 @@ impl SubLineLink<'_> {
         if told == "none" {
             return Ok(());
         }
-        let (resumed, taken) = (reply.u64()? == 1, reply.string()?);
+        let (resumed, taken, planned) = (reply.u64()? == 1, reply.string()?, reply.string()?);
         for sub_line in 0..layout.shards as usize {
             self.draw_on(
                 layout,
                 sub_line,
-                &["open", told.as_str(), last.as_str()],
+                &["open", told.as_str(), last.as_str(), planned.as_str()],
                 now_ms,
             )
             .await?;

@@ -3176,6 +3176,43 @@ mod tests {
         assert_eq!(waiting, 0);
     }
 
+    /// Made again in the deleted queue's millisecond, the queue takes the
+    /// next for its epoch, and a block of the deleted one is still told
+    /// apart.
+    #[tokio::test]
+    async fn a_queue_made_again_in_its_deleted_millisecond_takes_a_later_epoch() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = over_three_sub_lines(&redis).await;
+        join_users(&store, &queue, 30, 1_000).await;
+        let old = store.get_queue(&queue).await.unwrap();
+        let (first, era) = store.link(&queue).lease_in(8, 2_000).await.unwrap();
+        store.delete_queue(&queue).await.unwrap();
+        let made = store.create_queue(&old).await.unwrap();
+        assert_eq!(made.created_at_ms, old.created_at_ms + 1);
+        assert_eq!(
+            store.get_queue(&queue).await.unwrap().created_at_ms,
+            made.created_at_ms
+        );
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        for sub_line in 0..3 {
+            let keys = layout.keys("t", sub_line).unwrap();
+            let epoch: u64 = redis::cmd("HGET")
+                .arg(&keys[0])
+                .arg("created_at_ms")
+                .query(&mut connection_to(&redis))
+                .unwrap();
+            assert_eq!(epoch, made.created_at_ms, "sub-line {sub_line}");
+        }
+        let keys = layout.keys("t", 1).unwrap();
+        let block = block_args(first, 8, 2_000, &era);
+        assert!(!link.install_block(&keys, &block, 2_000).await.unwrap());
+        // Deleted and made again once more, still in that millisecond.
+        store.delete_queue(&queue).await.unwrap();
+        let again = store.create_queue(&old).await.unwrap();
+        assert_eq!(again.created_at_ms, old.created_at_ms + 2);
+    }
+
     #[tokio::test]
     async fn a_block_leased_for_a_queue_deleted_and_made_again_is_not_installed() {
         let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));

@@ -2,7 +2,8 @@
 -- KEYS: the queue's keys (prelude), then the mark of its deletion, then
 -- (a sub-line made with its queue) the sub-line's places given back.
 -- ARGV: now, field, value, ...
--- Returns {'ok'}, or {'exists'} if the queue already existed. A queue
+-- Returns {'ok', the queue's epoch (its created_at_ms)}, or {'exists'} if
+-- the queue already existed. A queue
 -- re-made after a loss (adopt_top among the fields) gives its first ticket
 -- after adopt_top. A sub-line made with its queue (made_anew among the
 -- fields) is made over whatever its slot holds.
@@ -31,6 +32,19 @@ if fields.from_parts and redis.call('EXISTS', KEYS[OWN]) == 1 then
   return { 'exists' }
 end
 redis.call('HSET', K_CONFIG, unpack(ARGV, 2))
+-- A queue's epoch tells its blocks, receipts and tokens from those of a
+-- queue of the same name deleted before it: one made in the deleted
+-- one's millisecond, or by a replica whose clock is behind, takes the
+-- millisecond after the deleted one's (delete_queue.lua's mark). A head
+-- made again from its sub-lines keeps its own, and no mark stands then.
+local epoch = tonumber(fields.created_at_ms) or 0
+if not fields.sub_line and not fields.from_parts then
+  local deleted = tonumber(redis.call('GET', KEYS[OWN]) or '')
+  if deleted and deleted >= epoch then
+    epoch = deleted + 1
+    redis.call('HSET', K_CONFIG, 'created_at_ms', string.format('%d', epoch))
+  end
+end
 redis.call('DEL', KEYS[OWN])
 local top = tonumber(fields.adopt_top)
 -- A head made again from its sub-lines starts its sequence above every
@@ -40,4 +54,4 @@ if top or start then
   redis.call('SET', K_SEQ, math.max(top or 0, start or 0))
 end
 redis.call('HDEL', K_CONFIG, 'from_parts', 'start_seq', 'made_anew')
-return { 'ok' }
+return { 'ok', string.format('%d', epoch) }

@@ -1,15 +1,19 @@
 -- Delete queue: drop a queue and everyone in it.
 -- KEYS: the queue's keys (prelude), then the mark of its deletion and the
 -- tickets given back from receipts. ARGV: now.
--- Returns {'ok'}, or {'no_queue'}. The mark (when it was deleted) stays
+-- Returns {'ok'}, or {'no_queue'}. The mark (the epoch deleted) stays
 -- until the queue is created again: a queue missing without it was lost
 -- by the store, not deleted. Consumed token ids
 -- are kept until the tokens expire. UNLINK frees the keys' memory in the
 -- background, so a queue of a million is deleted without holding Redis.
 
 -- Marked even when already gone: an operator's delete of a queue the
--- store lost says it is not to be waited for.
-redis.call('SET', KEYS[OWN], NOW)
+-- store lost says it is not to be waited for. The mark holds the latest
+-- epoch the queue had (0 if none is known), which its next creation
+-- passes (create_queue.lua).
+local epoch = math.max(tonumber(redis.call('HGET', K_CONFIG, 'created_at_ms')) or 0,
+  tonumber(redis.call('GET', KEYS[OWN]) or '0') or 0)
+redis.call('SET', KEYS[OWN], string.format('%d', epoch))
 if redis.call('EXISTS', K_CONFIG) == 0 then
   return { 'no_queue' }
 end

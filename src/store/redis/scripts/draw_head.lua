@@ -14,8 +14,9 @@
 --     on, if `untold` of them are on sub-lines not told the reservation
 --     yet. Returns {'ok', what each sub-line is told ('frozen', or 'done'
 --     with nobody to draw), the last ticket reserved, 1 if the draw was
---     over and goes on, how many times it was taken up}; {'ok', 'none',
---     '0'} if the opening was not begun.
+--     over and goes on, how many times it was taken up, the ticket below
+--     the next a plan gives}; {'ok', 'none', '0'} if the opening was not
+--     begun.
 --   'opened': every sub-line was told; the draw may start ('frozen', or
 --     'done' with nobody to draw). Returns {'ok'}.
 --   'resume': a draw over while a sub-line still holds someone to draw
@@ -82,7 +83,7 @@ if step == 'open' then
     draw = 'opening'
     redis.call('HSET', K_CONFIG, 'draw', draw, 'draw_next', next_ticket, 'draw_first', next_ticket,
       'draw_end', last)
-    v[4], v[8] = last, next_ticket
+    v[3], v[4], v[8] = next_ticket, last, next_ticket
   end
   if draw == 'none' then
     return { 'ok', 'none', '0' }
@@ -104,7 +105,11 @@ if step == 'open' then
   if draw == 'done' or (draw == 'opening' and last < first) then
     told = 'done'
   end
-  return { 'ok', told, string.format('%d', last), resumed, tostring(taken) }
+  -- Every ticket below the next a plan gives is placed, or planned and
+  -- held by a sub-line still to place it (prelude's `drawn_hold`).
+  local planned = (tonumber(v[3]) or first) - 1
+  return { 'ok', told, string.format('%d', last), resumed, tostring(taken),
+    string.format('%d', planned) }
 end
 
 if step == 'opened' then

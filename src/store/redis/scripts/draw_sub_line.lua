@@ -7,10 +7,12 @@
 --     reservation: prelude.lua, `prepare`) and the open block gives no
 --     ticket more. Returns {'ok', how many it holds pre-queued or drawn,
 --     1 if it was not told the reservation yet}.
---   'open', state, last: the head reserved the drawn tickets, up to
---     `last` ('frozen'), or had none to draw ('done'); no block at or
+--   'open', state, last, planned: the head reserved the drawn tickets, up
+--     to `last` ('frozen'), or had none to draw ('done'); no block at or
 --     below `last` is installed from then on (prelude.lua,
---     `install_block`). Returns {'ok'}.
+--     `install_block`), and no ticket at or below `planned` (joined before
+--     the reservation, or drawn before) is held (`drawn_hold`). Returns
+--     {'ok'}.
 --   'hash', seed, most: at most `most` pre-queued users given their draw
 --     keys. Returns {'ok', how many, how many are left to hash}.
 --   'reopen', opens at, pre-queue window, settings version (the head's
@@ -70,6 +72,10 @@ end
 if step == 'open' then
   if cfg.draw == 'closing' then
     redis.call('HSET', K_CONFIG, 'draw', ARGV[3], 'draw_end', ARGV[4])
+    local planned = tonumber(ARGV[5])
+    if planned and planned > (tonumber(redis.call('HGET', K_CONFIG, 'drawn_through')) or 0) then
+      redis.call('HSET', K_CONFIG, 'drawn_through', string.format('%d', planned))
+    end
     if ARGV[3] == 'frozen' then
       note_joined(tonumber(ARGV[4]))
     end
