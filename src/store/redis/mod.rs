@@ -449,9 +449,8 @@ impl RedisStore {
     }
 
     /// Writes a queue's head (`create_queue.lua`) with `fields`, unless
-    /// the queue exists (`QueueAlreadyExists`).
-    /// Writes a queue's head unless it exists; the queue's epoch, later
-    /// than a deleted one's of the same name (`create_queue.lua`).
+    /// the queue exists (`QueueAlreadyExists`); the queue's epoch, later
+    /// than a deleted one's of the same name.
     async fn write_head(
         &self,
         queue: &QueueId,
@@ -678,6 +677,9 @@ impl QueueStore for RedisStore {
         // answer, since the queue may still be there.
         // A queue over sub-lines loses its sub-lines first: a delete that
         // stops half-way leaves a head, which a new delete finds.
+        // With the head lost, the latest epoch its sub-lines stand in is
+        // the one the deletion mark keeps (`create_queue.lua`).
+        let mut epoch_ms = 0;
         let layouts: Vec<Arc<Layout>> = match self.link(queue).layout().await {
             Ok(layout) if layout.shards > 1 => vec![layout],
             // The head lost: whatever sub-lines of the name stand, which a
@@ -686,7 +688,10 @@ impl QueueStore for RedisStore {
                 .sub_lines_standing(queue)
                 .await?
                 .into_iter()
-                .map(|(_, layout)| Arc::new(layout))
+                .map(|(epoch, layout)| {
+                    epoch_ms = epoch_ms.max(epoch);
+                    Arc::new(layout)
+                })
                 .collect(),
             _ => Vec::new(),
         };
@@ -718,7 +723,8 @@ impl QueueStore for RedisStore {
         let mut invocation = self.invocation(&self.scripts.delete_queue, queue, 0);
         invocation
             .key(keys::deleted_key(&self.prefix, queue))
-            .key(keys::given_back_key(&self.prefix, queue));
+            .key(keys::given_back_key(&self.prefix, queue))
+            .arg(epoch_ms);
         let deleted = self.run("delete_queue", queue, &invocation).await;
         if let Err(error) = &deleted
             && !matches!(error, Error::QueueNotFound(_))

@@ -36,6 +36,8 @@ struct Round {
     seed: String,
     /// How many times the draw was taken up again.
     taken: String,
+    /// The reservation's last ticket.
+    end: u64,
 }
 
 impl SubLineLink<'_> {
@@ -186,6 +188,7 @@ impl SubLineLink<'_> {
                     pending: pending == "1",
                     seed,
                     taken: reply.string()?,
+                    end: reply.u64()?,
                 };
                 self.draw_places(layout, chunk, &round, now_ms, usize::MAX)
                     .await
@@ -262,6 +265,16 @@ impl SubLineLink<'_> {
         }
         for args in &mut placed {
             args[1] = through.to_string();
+        }
+        // Numbered past the reservation (a draw taken up again): every
+        // sub-line holds up to there before any places it.
+        if through > round.end {
+            let through = through.to_string();
+            let reach = ["reach", through.as_str()];
+            try_join_all(
+                (0..layout.shards as usize).map(|s| self.draw_on(layout, s, &reach, now_ms)),
+            )
+            .await?;
         }
         // Every sub-line's part at once: a reader between them would count
         // a drawn ticket's place without the tickets below it placed on
@@ -524,6 +537,46 @@ mod tests {
         assert_eq!(tickets.len(), 30, "a drawn ticket twice");
     }
 
+    /// A head back without its last plan, whose last ticket went to
+    /// someone who left before their sub-line placed them: every sub-line
+    /// counts that step as placed, so no later plan gives that ticket.
+    #[tokio::test]
+    async fn a_head_that_lost_a_plan_whose_last_user_left_gives_none_of_its_tickets_again() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 3, 30).await;
+        assert!(!store.draw_step(&queue, "seed", 100, 10_000).await.unwrap());
+        assert!(!store.draw_step(&queue, "seed", 12, 10_001).await.unwrap());
+        // Ticket 12's holder leaves; as if they had left before the step
+        // placed them, no sub-line counts them among those it placed.
+        let layout = store.link(&queue).layout().await.unwrap();
+        let mut left = None;
+        for user in early(30) {
+            let place = store.place(&queue, &user, 10_001).await.unwrap().unwrap();
+            if place.ticket == 12 {
+                left = Some(user);
+            }
+        }
+        let left = left.expect("ticket 12 placed");
+        assert!(store.leave(&queue, &left, 10_001).await.unwrap());
+        for sub_line in 0..3 {
+            let keys = layout.keys("t", sub_line).unwrap();
+            set_fields(&redis, &keys[0], &[("drawn_top", "11".into())]);
+        }
+        let head = crate::store::redis::keys::queue_keys("t", &queue);
+        set_fields(&redis, &head[0], &[("draw_next", "1".into())]);
+        while !store.draw_step(&queue, "seed", 5, 10_002).await.unwrap() {}
+        let mut tickets = Vec::new();
+        for user in early(30).into_iter().filter(|user| *user != left) {
+            let place = store.place(&queue, &user, 10_003).await.unwrap().unwrap();
+            tickets.push(place.ticket);
+        }
+        assert!(!tickets.contains(&12), "{tickets:?}");
+        tickets.sort_unstable();
+        tickets.dedup();
+        assert_eq!(tickets.len(), 29, "a drawn ticket twice");
+    }
+
     /// A sub-line left closing while its head holds no opening due (a
     /// closing begun for a queue since deleted and made again) goes back
     /// to its pre-queue at its next call, rather than refuse every call.
@@ -591,6 +644,81 @@ mod tests {
         tickets.dedup();
         assert_eq!(tickets.len(), 22, "a ticket twice");
         assert!(store.get_queue(&queue).await.unwrap().draw_complete);
+    }
+
+    /// A draw taken up again numbers its users past the reservation, from
+    /// the sequence: a step placed on one sub-line only is still held by
+    /// the others, which were told how far it reaches before any placed
+    /// it.
+    #[tokio::test]
+    async fn a_step_numbered_past_the_reservation_is_held_until_every_sub_line_placed_it() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 2, 20).await;
+        while !store.draw_step(&queue, "seed", 100, 10_000).await.unwrap() {}
+        let layout = store.link(&queue).layout().await.unwrap();
+        // Both sub-lines made again empty, each with someone pre-queued
+        // by a replica whose clock is behind.
+        let skewed: Vec<UserId> = (0..2)
+            .map(|sub_line| one_of(&layout, "skewed", sub_line))
+            .collect();
+        for (sub_line, user) in skewed.iter().enumerate() {
+            let keys = layout.keys("t", sub_line).unwrap();
+            set_fields(
+                &redis,
+                &keys[0],
+                &[("draw", "none".into()), ("draw_end", "0".into())],
+            );
+            let place = store.enqueue(&queue, user, 9_990).await.unwrap();
+            assert!(
+                matches!(place.state, PlaceState::PreQueue { .. }),
+                "{place:?}"
+            );
+        }
+        // The draw taken up again and keyed; then a step placed on
+        // sub-line 0 only.
+        let link = store.link(&queue);
+        assert!(!store.draw_step(&queue, "other", 100, 10_010).await.unwrap());
+        let mut reply = link.draw_head(&["seed", "other"], 10_011).await.unwrap();
+        assert_eq!(reply.string().unwrap(), "assigning");
+        let (seed, read, pending) = (
+            reply.string().unwrap(),
+            reply.string().unwrap(),
+            reply.string().unwrap(),
+        );
+        let round = Round {
+            read,
+            pending: pending == "1",
+            seed,
+            taken: reply.string().unwrap(),
+            end: reply.u64().unwrap(),
+        };
+        assert_eq!(round.end, 20);
+        link.draw_places(&layout, 100, &round, 10_011, 1)
+            .await
+            .unwrap();
+        let place = store
+            .place(&queue, &skewed[0], 10_012)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (place.state, place.ticket),
+            (PlaceState::PreQueue { opens_in_ms: 0 }, 0),
+            "placed on sub-line 0, numbered past the reservation, and not yet counted on sub-line 1"
+        );
+        while !store.draw_step(&queue, "other", 100, 10_013).await.unwrap() {}
+        let mut tickets = Vec::new();
+        for user in &skewed {
+            let place = store.place(&queue, user, 10_014).await.unwrap().unwrap();
+            assert!(
+                matches!(place.state, PlaceState::Waiting { .. }),
+                "{place:?}"
+            );
+            tickets.push(place.ticket);
+        }
+        tickets.sort_unstable();
+        assert_eq!(tickets, [21, 22]);
     }
 
     /// A maker that counted the sub-lines while the draw ran, and reaches
@@ -756,6 +884,7 @@ mod tests {
             pending: false,
             seed: "seed".into(),
             taken: "0".into(),
+            end: 40,
         };
         assert!(
             !link
@@ -869,6 +998,7 @@ mod tests {
             pending: false,
             seed: "seed".into(),
             taken: "0".into(),
+            end: 40,
         };
         assert!(
             !link

@@ -3211,6 +3211,11 @@ mod tests {
         store.delete_queue(&queue).await.unwrap();
         let again = store.create_queue(&old).await.unwrap();
         assert_eq!(again.created_at_ms, old.created_at_ms + 2);
+        // Deleted with its head lost: its sub-lines' epoch is the one kept.
+        lose_head(&mut connection_to(&redis));
+        store.delete_queue(&queue).await.unwrap_err();
+        let last = store.create_queue(&old).await.unwrap();
+        assert_eq!(last.created_at_ms, old.created_at_ms + 3);
     }
 
     #[tokio::test]

@@ -23,7 +23,8 @@
 --     goes on ('assigning'). Returns {'ok'}.
 --   'seed', seed: the draw starts under `seed` unless it has, and
 --     returns {'ok', draw, the seed it runs under, round, 1 if a plan is
---     journalled, times taken up}; {'ok', 'none'} before the opening, or
+--     journalled, times taken up, the reservation's last ticket};
+--     {'ok', 'none'} before the opening, or
 --     OPENING when it
 --     is due and not made (lease.lua). The round counts the plans made
 --     and carried out.
@@ -136,7 +137,8 @@ if step == 'seed' then
     v[6] = ARGV[3]
     redis.call('HSET', K_CONFIG, 'draw_seed', v[6])
   end
-  return { 'ok', draw, v[6] or '', tostring(round), v[5] and '1' or '0', tostring(taken) }
+  return { 'ok', draw, v[6] or '', tostring(round), v[5] and '1' or '0', tostring(taken),
+    string.format('%d', tonumber(v[4]) or 0) }
 end
 
 if step == 'assigning' then

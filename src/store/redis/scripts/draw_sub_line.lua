@@ -26,6 +26,9 @@
 --     their tickets, and the step's last ticket (`through`, over every
 --     sub-line) recorded as placed here (prelude's `drawn_hold`). Returns
 --     {'ok', how many are left to draw}.
+--   'reach', through: a step numbers drawn users past the reservation
+--     (from the sequence), up to `through`: held up to there too
+--     (`drawn_hold`), before any sub-line places it. Returns {'ok'}.
 --   'done': the draw is over here unless someone is left to draw.
 --     Returns {'ok', 1 if it is over here}.
 -- Or {'no_queue'}; OPENING for a step of the draw on a sub-line still
@@ -97,7 +100,11 @@ if step == 'pool' then
   if cfg.draw == 'frozen' then
     draw_keys(ARGV[4], redis.call('ZCARD', K_PREQUEUE))
   end
-  local out = { 'ok', redis.call('HGET', K_CONFIG, 'drawn_top') or '0' }
+  -- Also the last step's last ticket: a step may number someone who
+  -- left before it placed them, and no later plan gives that ticket.
+  local top = math.max(tonumber(redis.call('HGET', K_CONFIG, 'drawn_top')) or 0,
+    tonumber(redis.call('HGET', K_CONFIG, 'drawn_through')) or 0)
+  local out = { 'ok', string.format('%d', top) }
   local lowest = redis.call('ZRANGE', K_POOL, 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
   for i = 1, #lowest, 2 do
     out[#out + 1] = lowest[i]
@@ -125,6 +132,13 @@ if step == 'place' then
     redis.call('HSET', K_CONFIG, 'drawn_top', string.format('%d', top))
   end
   return { 'ok', redis.call('ZCARD', K_POOL) + redis.call('ZCARD', K_PREQUEUE) }
+end
+
+if step == 'reach' then
+  if tonumber(ARGV[3]) > (tonumber(redis.call('HGET', K_CONFIG, 'drawn_end')) or 0) then
+    redis.call('HSET', K_CONFIG, 'drawn_end', ARGV[3])
+  end
+  return { 'ok' }
 end
 
 if step == 'done' then

@@ -198,7 +198,8 @@ end
 -- The drawn tickets this sub-line cannot vouch are placed on every
 -- sub-line (domain::DrawHold): while it draws and still holds someone to
 -- draw (`to_draw`, pre-queued or in its pool), those above the last ticket
--- of the last step it placed, up to the reservation's last. A step is
+-- of the last step it placed, up to the reservation's last (or the last
+-- a step past it numbers: draw_sub_line.lua, 'reach'). A step is
 -- told to every sub-line, and the next planned only once all placed it;
 -- a sub-line with nobody left to draw misses no ticket below anyone's.
 -- {above, through}; {0, 0} holds nothing (one slot places a step in one
@@ -208,11 +209,13 @@ local function drawn_hold(to_draw)
   if to_draw == 0 then
     return 0, 0
   end
-  local v = redis.call('HMGET', K_CONFIG, 'sub_line', 'draw', 'drawn_through', 'draw_end')
+  local v = redis.call('HMGET', K_CONFIG, 'sub_line', 'draw', 'drawn_through', 'draw_end',
+    'drawn_end')
   if not v[1] or v[2] ~= 'frozen' then
     return 0, 0
   end
-  return tonumber(v[3]) or 0, tonumber(v[4]) or 0
+  -- Past the reservation as far as a step told to reach it.
+  return tonumber(v[3]) or 0, math.max(tonumber(v[4]) or 0, tonumber(v[5]) or 0)
 end
 
 -- HDEL/ZREM of many members, in slices: unpack() is limited by Lua's C stack.
