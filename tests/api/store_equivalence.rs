@@ -821,6 +821,7 @@ async fn over_sub_lines(
             continue;
         }
         same_answers(&memory, &redis_store, op, now, &mut seen, step).await?;
+        nothing_held_at_rest(&redis_store, step).await?;
     }
     // Each sub-line's log, applied from its start, gives the sub-line's
     // waiting tickets.
@@ -832,6 +833,33 @@ async fn over_sub_lines(
         if let Some((replayed, held)) = replayed(&redis_store, sub_line, now).await {
             prop_assert_eq!(replayed, held, "sub-line {} replayed", sub_line);
         }
+    }
+    Ok(())
+}
+
+/// Between whole steps, what every sub-line holds of a draw, together,
+/// holds no ticket in line on any of them: a ticket no sub-line holds is
+/// shown, and every step was placed on all of them.
+async fn nothing_held_at_rest(store: &RedisStore, step: usize) -> Result<(), TestCaseError> {
+    let Ok(config) = store.get_queue(&queue()).await else {
+        return Ok(());
+    };
+    let mut held = DrawHold::NONE;
+    let mut tickets = Vec::new();
+    for sub_line in 0..config.shards.max(1) {
+        if let Ok(snapshot) = store.line_snapshot(&queue(), sub_line, 0, 10_000).await {
+            held = held.and(snapshot.held);
+            tickets.extend(snapshot.tickets);
+        }
+    }
+    for ticket in tickets {
+        prop_assert!(
+            !held.holds(ticket),
+            "step {}: ticket {} in line and held at rest: {:?}",
+            step,
+            ticket,
+            held
+        );
     }
     Ok(())
 }
