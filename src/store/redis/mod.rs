@@ -677,9 +677,6 @@ impl QueueStore for RedisStore {
         // answer, since the queue may still be there.
         // A queue over sub-lines loses its sub-lines first: a delete that
         // stops half-way leaves a head, which a new delete finds.
-        // With the head lost, the latest epoch its sub-lines stand in is
-        // the one the deletion mark keeps (`create_queue.lua`).
-        let mut epoch_ms = 0;
         let layouts: Vec<Arc<Layout>> = match self.link(queue).layout().await {
             Ok(layout) if layout.shards > 1 => vec![layout],
             // The head lost: whatever sub-lines of the name stand, which a
@@ -688,13 +685,24 @@ impl QueueStore for RedisStore {
                 .sub_lines_standing(queue)
                 .await?
                 .into_iter()
-                .map(|(epoch, layout)| {
-                    epoch_ms = epoch_ms.max(epoch);
-                    Arc::new(layout)
-                })
+                .map(|(_, layout)| Arc::new(layout))
                 .collect(),
             _ => Vec::new(),
         };
+        // The latest epoch its sub-lines stand in is one the deletion mark
+        // keeps (`create_queue.lua`), the head lost or not: a layout known
+        // from a moment ago does not say whether it is.
+        let mut epoch_ms = 0;
+        for layout in &layouts {
+            let first = layout.keys(&self.prefix, 0)?;
+            let epoch: Option<u64> = self
+                .command(
+                    "delete_queue",
+                    redis::cmd("HGET").arg(&first[0]).arg("created_at_ms"),
+                )
+                .await?;
+            epoch_ms = epoch_ms.max(epoch.unwrap_or(0));
+        }
         for layout in &layouts {
             for sub_line in 0..layout.shards as usize {
                 let keys = layout.keys(&self.prefix, sub_line)?;

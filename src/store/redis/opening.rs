@@ -721,6 +721,85 @@ mod tests {
         assert_eq!(tickets, [21, 22]);
     }
 
+    /// A head made again mid-draw (from its sub-lines, or back from a
+    /// replica without the opening) reserves anew, above its sequence:
+    /// the sub-lines, told the opening again, hold up to its new last
+    /// ticket, so a step of the new tickets placed on one sub-line only is
+    /// not shown.
+    #[tokio::test]
+    async fn a_step_of_a_head_that_reserved_anew_is_held_until_every_sub_line_placed_it() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 2, 20).await;
+        // Keyed, then six placed.
+        assert!(!store.draw_step(&queue, "seed", 100, 10_000).await.unwrap());
+        assert!(!store.draw_step(&queue, "seed", 6, 10_001).await.unwrap());
+        // The head back as the opening began, before its reservation.
+        let head = crate::store::redis::keys::queue_keys("t", &queue);
+        set_fields(&redis, &head[0], &[("draw", "closing".into())]);
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        let mut round = None;
+        for _ in 0..4 {
+            let mut reply = match link.draw_head(&["seed", "other"], 10_002).await {
+                Ok(reply) => reply,
+                Err(_) => {
+                    store.draw_step(&queue, "other", 100, 10_002).await.unwrap();
+                    continue;
+                }
+            };
+            if reply.string().unwrap() != "assigning" {
+                store.draw_step(&queue, "other", 100, 10_002).await.unwrap();
+                continue;
+            }
+            let (seed, read, pending) = (
+                reply.string().unwrap(),
+                reply.string().unwrap(),
+                reply.string().unwrap(),
+            );
+            round = Some(Round {
+                read,
+                pending: pending == "1",
+                seed,
+                taken: reply.string().unwrap(),
+                end: reply.u64().unwrap(),
+            });
+            break;
+        }
+        let round = round.expect("the draw goes on");
+        assert_eq!(round.end, 34, "reserved anew above the 20 tickets");
+        let waiting = layout.keys("t", 0).unwrap()[2].clone();
+        let count = |redis: &RedisServer| -> u64 {
+            redis::cmd("ZCARD")
+                .arg(&waiting)
+                .query(&mut connection_to(redis))
+                .unwrap()
+        };
+        let before = count(&redis);
+        link.draw_places(&layout, 100, &round, 10_003, 1)
+            .await
+            .unwrap();
+        assert!(
+            count(&redis) > before,
+            "the step placed someone on sub-line 0"
+        );
+        for user in early(20) {
+            let place = store.place(&queue, &user, 10_004).await.unwrap().unwrap();
+            assert!(
+                !matches!(place.state, PlaceState::Waiting { .. }) || place.ticket <= 20,
+                "{user} shown {place:?} before sub-line 1 placed the step"
+            );
+        }
+        while !store.draw_step(&queue, "other", 100, 10_005).await.unwrap() {}
+        for user in early(20) {
+            let place = store.place(&queue, &user, 10_006).await.unwrap().unwrap();
+            assert!(
+                matches!(place.state, PlaceState::Waiting { .. }),
+                "{place:?}"
+            );
+        }
+    }
+
     /// A maker that counted the sub-lines while the draw ran, and reaches
     /// the head after the draw is over, takes nothing up again: only users
     /// of a sub-line it closed itself are left to draw.

@@ -3211,7 +3211,9 @@ mod tests {
         store.delete_queue(&queue).await.unwrap();
         let again = store.create_queue(&old).await.unwrap();
         assert_eq!(again.created_at_ms, old.created_at_ms + 2);
-        // Deleted with its head lost: its sub-lines' epoch is the one kept.
+        // Deleted with its head lost, its layout known from a moment ago:
+        // its sub-lines' epoch is the one kept.
+        store.link(&queue).layout().await.unwrap();
         lose_head(&mut connection_to(&redis));
         store.delete_queue(&queue).await.unwrap_err();
         let last = store.create_queue(&old).await.unwrap();

@@ -11,8 +11,9 @@
 --     to `last` ('frozen'), or had none to draw ('done'); no block at or
 --     below `last` is installed from then on (prelude.lua,
 --     `install_block`), and no ticket at or below `planned` (joined before
---     the reservation, or drawn before) is held (`drawn_hold`). Returns
---     {'ok'}.
+--     the reservation, or drawn before) is held (`drawn_hold`); told again
+--     by a head that reserved anew, it holds up to its new `last`.
+--     Returns {'ok'}.
 --   'hash', seed, most: at most `most` pre-queued users given their draw
 --     keys. Returns {'ok', how many, how many are left to hash}.
 --   'reopen', opens at, pre-queue window, settings version (the head's
@@ -81,6 +82,14 @@ if step == 'open' then
     end
     if ARGV[3] == 'frozen' then
       note_joined(tonumber(ARGV[4]))
+    end
+  elseif cfg.draw == 'frozen' and ARGV[3] == 'frozen' then
+    -- A head made again mid-draw reserves anew, above its sequence: the
+    -- steps it plans number up to its new last, held here up to there as
+    -- a step past the reservation is ('reach').
+    local last = tonumber(ARGV[4])
+    if last > math.max(cfg.draw_end, tonumber(redis.call('HGET', K_CONFIG, 'drawn_end')) or 0) then
+      redis.call('HSET', K_CONFIG, 'drawn_end', string.format('%d', last))
     end
   end
   return { 'ok' }
