@@ -118,14 +118,16 @@ impl SubLineLink<'_> {
             return Ok(());
         }
         let (resumed, taken, planned) = (reply.u64()? == 1, reply.string()?, reply.string()?);
+        let epoch = reply.string()?;
+        let told = [
+            "open",
+            told.as_str(),
+            last.as_str(),
+            planned.as_str(),
+            epoch.as_str(),
+        ];
         for sub_line in 0..layout.shards as usize {
-            self.draw_on(
-                layout,
-                sub_line,
-                &["open", told.as_str(), last.as_str(), planned.as_str()],
-                now_ms,
-            )
-            .await?;
+            self.draw_on(layout, sub_line, &told, now_ms).await?;
         }
         self.draw_head(&["opened"], now_ms).await?;
         // A finished draw taken up again by a count read while the
@@ -734,7 +736,10 @@ mod tests {
         // Keyed, then six placed.
         assert!(!store.draw_step(&queue, "seed", 100, 10_000).await.unwrap());
         assert!(!store.draw_step(&queue, "seed", 6, 10_001).await.unwrap());
-        // The head back as the opening began, before its reservation.
+        // Someone who joins after the opening, then the head back as the
+        // opening began, before its reservation.
+        let late = UserId::parse("late").unwrap();
+        store.enqueue(&queue, &late, 10_001).await.unwrap();
         let head = crate::store::redis::keys::queue_keys("t", &queue);
         set_fields(&redis, &head[0], &[("draw", "closing".into())]);
         let link = store.link(&queue);
@@ -767,7 +772,11 @@ mod tests {
             break;
         }
         let round = round.expect("the draw goes on");
-        assert_eq!(round.end, 34, "reserved anew above the 20 tickets");
+        assert!(
+            round.end >= 35,
+            "reserved anew above the late join: {}",
+            round.end
+        );
         let waiting = layout.keys("t", 0).unwrap()[2].clone();
         let count = |redis: &RedisServer| -> u64 {
             redis::cmd("ZCARD")
@@ -790,6 +799,12 @@ mod tests {
                 "{user} shown {place:?} before sub-line 1 placed the step"
             );
         }
+        // Below the new reservation: not held.
+        let place = store.place(&queue, &late, 10_004).await.unwrap().unwrap();
+        assert!(
+            matches!(place.state, PlaceState::Waiting { .. }),
+            "{place:?}"
+        );
         while !store.draw_step(&queue, "other", 100, 10_005).await.unwrap() {}
         for user in early(20) {
             let place = store.place(&queue, &user, 10_006).await.unwrap().unwrap();
@@ -798,6 +813,34 @@ mod tests {
                 "{place:?}"
             );
         }
+    }
+
+    /// A maker of the queue's opening that read a head since deleted (and
+    /// the queue made again) tells the sub-lines nothing.
+    #[tokio::test]
+    async fn a_maker_of_another_epoch_tells_a_sub_line_nothing() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = opening_over(&store, 2, 20).await;
+        assert!(!store.draw_step(&queue, "seed", 100, 10_000).await.unwrap());
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        let keys = layout.keys("t", 0).unwrap();
+        let draw_end = || -> u64 {
+            redis::cmd("HGET")
+                .arg(&keys[0])
+                .arg("draw_end")
+                .query(&mut connection_to(&redis))
+                .unwrap()
+        };
+        assert_eq!(draw_end(), 20);
+        let told = |epoch: &'static str| ["open", "frozen", "99", "50", epoch];
+        link.draw_on(&layout, 0, &told("12345"), 10_001)
+            .await
+            .unwrap();
+        assert_eq!(draw_end(), 20, "a maker of another epoch heeded");
+        link.draw_on(&layout, 0, &told("0"), 10_001).await.unwrap();
+        assert_eq!(draw_end(), 99, "a head of this epoch that reserved anew");
     }
 
     /// A maker that counted the sub-lines while the draw ran, and reaches

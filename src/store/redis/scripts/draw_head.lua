@@ -15,8 +15,8 @@
 --     yet. Returns {'ok', what each sub-line is told ('frozen', or 'done'
 --     with nobody to draw), the last ticket reserved, 1 if the draw was
 --     over and goes on, how many times it was taken up, the ticket below
---     the next a plan gives}; {'ok', 'none', '0'} if the opening was not
---     begun.
+--     the next a plan gives, the queue's epoch}; {'ok', 'none', '0'} if
+--     the opening was not begun.
 --   'opened': every sub-line was told; the draw may start ('frozen', or
 --     'done' with nobody to draw). Returns {'ok'}.
 --   'resume': a draw over while a sub-line still holds someone to draw
@@ -110,7 +110,7 @@ if step == 'open' then
   -- held by a sub-line still to place it (prelude's `drawn_hold`).
   local planned = (tonumber(v[3]) or first) - 1
   return { 'ok', told, string.format('%d', last), resumed, tostring(taken),
-    string.format('%d', planned) }
+    string.format('%d', planned), redis.call('HGET', K_CONFIG, 'created_at_ms') }
 end
 
 if step == 'opened' then

@@ -7,13 +7,14 @@
 --     reservation: prelude.lua, `prepare`) and the open block gives no
 --     ticket more. Returns {'ok', how many it holds pre-queued or drawn,
 --     1 if it was not told the reservation yet}.
---   'open', state, last, planned: the head reserved the drawn tickets, up
+--   'open', state, last, planned, epoch: the head reserved the drawn tickets, up
 --     to `last` ('frozen'), or had none to draw ('done'); no block at or
 --     below `last` is installed from then on (prelude.lua,
 --     `install_block`), and no ticket at or below `planned` (joined before
 --     the reservation, or drawn before) is held (`drawn_hold`); told again
---     by a head that reserved anew, it holds up to its new `last`.
---     Returns {'ok'}.
+--     by a head that reserved anew, it takes its new `last` and `planned`.
+--     Not from a maker of another epoch (`epoch`, the head's as it
+--     answered). Returns {'ok'}.
 --   'hash', seed, most: at most `most` pre-queued users given their draw
 --     keys. Returns {'ok', how many, how many are left to hash}.
 --   'reopen', opens at, pre-queue window, settings version (the head's
@@ -74,6 +75,11 @@ if step == 'reopen' then
 end
 
 if step == 'open' then
+  -- Not from a maker of another epoch (the queue deleted and made again
+  -- since it read the head), whose reservation is not this queue's.
+  if ARGV[6] and tonumber(ARGV[6]) ~= cfg.epoch then
+    return { 'ok' }
+  end
   if cfg.draw == 'closing' then
     redis.call('HSET', K_CONFIG, 'draw', ARGV[3], 'draw_end', ARGV[4])
     local planned = tonumber(ARGV[5])
@@ -83,13 +89,14 @@ if step == 'open' then
     if ARGV[3] == 'frozen' then
       note_joined(tonumber(ARGV[4]))
     end
-  elseif cfg.draw == 'frozen' and ARGV[3] == 'frozen' then
+  elseif cfg.draw == 'frozen' and ARGV[3] == 'frozen' and tonumber(ARGV[4]) > cfg.draw_end then
     -- A head made again mid-draw reserves anew, above its sequence: the
-    -- steps it plans number up to its new last, held here up to there as
-    -- a step past the reservation is ('reach').
-    local last = tonumber(ARGV[4])
-    if last > math.max(cfg.draw_end, tonumber(redis.call('HGET', K_CONFIG, 'drawn_end')) or 0) then
-      redis.call('HSET', K_CONFIG, 'drawn_end', string.format('%d', last))
+    -- steps it plans number from above `planned` up to its new last, held
+    -- here, and no block at or below that last is installed.
+    redis.call('HSET', K_CONFIG, 'draw_end', ARGV[4])
+    local planned = tonumber(ARGV[5])
+    if planned and planned > (tonumber(redis.call('HGET', K_CONFIG, 'drawn_through')) or 0) then
+      redis.call('HSET', K_CONFIG, 'drawn_through', string.format('%d', planned))
     end
   end
   return { 'ok' }
