@@ -680,21 +680,7 @@ mod tests {
         // The draw taken up again and keyed; then a step placed on
         // sub-line 0 only.
         let link = store.link(&queue);
-        assert!(!store.draw_step(&queue, "other", 100, 10_010).await.unwrap());
-        let mut reply = link.draw_head(&["seed", "other"], 10_011).await.unwrap();
-        assert_eq!(reply.string().unwrap(), "assigning");
-        let (seed, read, pending) = (
-            reply.string().unwrap(),
-            reply.string().unwrap(),
-            reply.string().unwrap(),
-        );
-        let round = Round {
-            read,
-            pending: pending == "1",
-            seed,
-            taken: reply.string().unwrap(),
-            end: reply.u64().unwrap(),
-        };
+        let round = assigning(&store, &queue, 10_010).await;
         assert_eq!(round.end, 20);
         link.draw_places(&layout, 100, &round, 10_011, 1)
             .await
@@ -744,34 +730,7 @@ mod tests {
         set_fields(&redis, &head[0], &[("draw", "closing".into())]);
         let link = store.link(&queue);
         let layout = link.layout().await.unwrap();
-        let mut round = None;
-        for _ in 0..4 {
-            let mut reply = match link.draw_head(&["seed", "other"], 10_002).await {
-                Ok(reply) => reply,
-                Err(_) => {
-                    store.draw_step(&queue, "other", 100, 10_002).await.unwrap();
-                    continue;
-                }
-            };
-            if reply.string().unwrap() != "assigning" {
-                store.draw_step(&queue, "other", 100, 10_002).await.unwrap();
-                continue;
-            }
-            let (seed, read, pending) = (
-                reply.string().unwrap(),
-                reply.string().unwrap(),
-                reply.string().unwrap(),
-            );
-            round = Some(Round {
-                read,
-                pending: pending == "1",
-                seed,
-                taken: reply.string().unwrap(),
-                end: reply.u64().unwrap(),
-            });
-            break;
-        }
-        let round = round.expect("the draw goes on");
+        let round = assigning(&store, &queue, 10_002).await;
         assert!(
             round.end >= 35,
             "reserved anew above the late join: {}",
@@ -1081,6 +1040,33 @@ mod tests {
                 "{user}"
             );
         }
+    }
+
+    /// The draw's round once it assigns tickets, the steps before it
+    /// (the opening made again, keys given) taken by the store.
+    async fn assigning(store: &crate::store::RedisStore, queue: &QueueId, now_ms: u64) -> Round {
+        let link = store.link(queue);
+        for _ in 0..4 {
+            let reply = link.draw_head(&["seed", "other"], now_ms).await;
+            if let Ok(mut reply) = reply
+                && reply.string().unwrap() == "assigning"
+            {
+                let (seed, read, pending) = (
+                    reply.string().unwrap(),
+                    reply.string().unwrap(),
+                    reply.string().unwrap(),
+                );
+                return Round {
+                    read,
+                    pending: pending == "1",
+                    seed,
+                    taken: reply.string().unwrap(),
+                    end: reply.u64().unwrap(),
+                };
+            }
+            store.draw_step(queue, "other", 100, now_ms).await.unwrap();
+        }
+        panic!("the draw does not assign tickets");
     }
 
     /// A queue over `shards` sub-lines opening at 10 s, with `early`
