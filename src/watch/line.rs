@@ -25,6 +25,8 @@ pub(super) struct Line {
     /// What each sub-line held of an opening draw as of `seqs` (or as of an
     /// earlier entry, which holds no less: see [`Line::note_held`]).
     held: Vec<DrawHold>,
+    /// What they hold together, which every place is checked against.
+    held_by_any: DrawHold,
     /// The ticket of slot 0.
     base: u64,
     /// `waiting[i]`: ticket `base + i` is waiting.
@@ -60,6 +62,7 @@ impl Line {
         let mut line = Self::from_tickets(&tickets);
         line.seqs = snapshots.iter().map(|s| s.seq).collect();
         line.held = snapshots.iter().map(|s| s.held).collect();
+        line.held_by_any = held_by_any(&line.held);
         line
     }
 
@@ -73,6 +76,7 @@ impl Line {
             && let Some(kept) = self.held.get_mut(sub_line)
         {
             *kept = held;
+            self.held_by_any = held_by_any(&self.held);
         }
     }
 
@@ -88,6 +92,7 @@ impl Line {
         Self {
             seqs: Vec::new(),
             held: Vec::new(),
+            held_by_any: DrawHold::NONE,
             base: *first,
             ranks: RankIndex::from_present(&waiting),
             waiting,
@@ -114,28 +119,31 @@ impl Line {
             let at = tickets.partition_point(|t| *t < extra);
             tickets.insert(at, extra);
         }
-        let (seqs, held) = (
-            std::mem::take(&mut self.seqs),
-            std::mem::take(&mut self.held),
-        );
-        #[cfg(test)]
-        let builds = self.builds + 1;
-        *self = Self::from_tickets(&tickets);
-        (self.seqs, self.held) = (seqs, held);
+        self.set_window(&tickets);
         #[cfg(test)]
         {
-            self.builds = builds;
+            self.builds += 1;
         }
+    }
+
+    /// The window made exactly over `tickets` (ascending); what the copy is
+    /// as of (`seqs`, the holds) stays.
+    fn set_window(&mut self, tickets: &[u64]) {
+        let Self {
+            base,
+            waiting,
+            ranks,
+            len,
+            left_since_build,
+            ..
+        } = Self::from_tickets(tickets);
+        (self.base, self.waiting, self.ranks) = (base, waiting, ranks);
+        (self.len, self.left_since_build) = (len, left_since_build);
     }
 
     pub(super) fn join(&mut self, ticket: u64) {
         if self.len == 0 {
-            let (seqs, held) = (
-                std::mem::take(&mut self.seqs),
-                std::mem::take(&mut self.held),
-            );
-            *self = Self::from_tickets(&[ticket]);
-            (self.seqs, self.held) = (seqs, held);
+            self.set_window(&[ticket]);
             return;
         }
         if ticket < self.base {
@@ -217,10 +225,13 @@ impl Line {
             rate: summary.rate,
             signs: summary.signs.clone(),
         };
-        let held = self.held.iter().fold(DrawHold::NONE, |all, h| all.and(*h));
-        held.apply(&mut place);
+        self.held_by_any.apply(&mut place);
         Some(place)
     }
+}
+
+fn held_by_any(held: &[DrawHold]) -> DrawHold {
+    held.iter().fold(DrawHold::NONE, |all, h| all.and(*h))
 }
 
 #[cfg(test)]

@@ -422,18 +422,26 @@ impl RedisStore {
         let mut standing = Vec::new();
         for shards in 2..=crate::domain::shards::MAX_SHARDS {
             let layout = Layout::new(queue, shards, |slot| sub_lines::owner_of(&owners, slot));
-            let first = layout.keys(&self.prefix, 0)?;
-            let epoch: Option<u64> = self
-                .command(
-                    "sub_lines_standing",
-                    redis::cmd("HGET").arg(&first[0]).arg("created_at_ms"),
-                )
-                .await?;
-            if let Some(epoch) = epoch {
+            if let Some(epoch) = self.sub_lines_epoch("sub_lines_standing", &layout).await? {
                 standing.push((epoch, layout));
             }
         }
         Ok(standing)
+    }
+
+    /// The epoch the sub-lines of `layout` stand in (their first one's
+    /// copy of the config), if it stands.
+    async fn sub_lines_epoch(
+        &self,
+        operation: &'static str,
+        layout: &Layout,
+    ) -> Result<Option<u64>> {
+        let first = layout.keys(&self.prefix, 0)?;
+        self.command(
+            operation,
+            redis::cmd("HGET").arg(&first[0]).arg("created_at_ms"),
+        )
+        .await
     }
 
     /// Adds `queue` to the index of queues.
@@ -694,13 +702,7 @@ impl QueueStore for RedisStore {
         // from a moment ago does not say whether it is.
         let mut epoch_ms = 0;
         for layout in &layouts {
-            let first = layout.keys(&self.prefix, 0)?;
-            let epoch: Option<u64> = self
-                .command(
-                    "delete_queue",
-                    redis::cmd("HGET").arg(&first[0]).arg("created_at_ms"),
-                )
-                .await?;
+            let epoch = self.sub_lines_epoch("delete_queue", layout).await?;
             epoch_ms = epoch_ms.max(epoch.unwrap_or(0));
         }
         for layout in &layouts {

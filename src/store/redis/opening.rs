@@ -958,21 +958,7 @@ mod tests {
         }
 
         // The step's first twelve, placed on sub-line 0 only.
-        let link = store.link(&queue);
-        let layout = link.layout().await.unwrap();
-        let round = Round {
-            read: "0".into(),
-            pending: false,
-            seed: "seed".into(),
-            taken: "0".into(),
-            end: 40,
-        };
-        assert!(
-            !link
-                .draw_places(&layout, 12, &round, 10_000, 1)
-                .await
-                .unwrap()
-        );
+        let layout = first_step_on_sub_line_0(&store, &queue).await;
         let step = &draw_order("seed", &users)[..12];
         let on_zero: Vec<usize> = (0..12)
             .filter(|&i| layout.sub_line(&step[i]) == 0)
@@ -1042,6 +1028,30 @@ mod tests {
         }
     }
 
+    /// The first draw step of the forty pre-queued of `opening_over`, its
+    /// keys given, cut short: twelve placed on sub-line 0 only.
+    async fn first_step_on_sub_line_0(
+        store: &crate::store::RedisStore,
+        queue: &QueueId,
+    ) -> std::sync::Arc<Layout> {
+        let link = store.link(queue);
+        let layout = link.layout().await.unwrap();
+        let round = Round {
+            read: "0".into(),
+            pending: false,
+            seed: "seed".into(),
+            taken: "0".into(),
+            end: 40,
+        };
+        assert!(
+            !link
+                .draw_places(&layout, 12, &round, 10_000, 1)
+                .await
+                .unwrap()
+        );
+        layout
+    }
+
     /// The draw's round once it assigns tickets, the steps before it
     /// (the opening made again, keys given) taken by the store.
     async fn assigning(store: &crate::store::RedisStore, queue: &QueueId, now_ms: u64) -> Round {
@@ -1099,21 +1109,7 @@ mod tests {
             .collect();
         // The opening, and every pre-queued user given a key.
         assert!(!store.draw_step(&queue, "seed", 100, 10_000).await.unwrap());
-        let link = store.link(&queue);
-        let layout = link.layout().await.unwrap();
-        let round = Round {
-            read: "0".into(),
-            pending: false,
-            seed: "seed".into(),
-            taken: "0".into(),
-            end: 40,
-        };
-        assert!(
-            !link
-                .draw_places(&layout, 12, &round, 10_000, 1)
-                .await
-                .unwrap()
-        );
+        first_step_on_sub_line_0(&store, &queue).await;
         let other = store_on(&redis).await.with_sub_lines();
         while !other.draw_step(&queue, "other", 5, 10_001).await.unwrap() {}
         let mut placed = Vec::new();

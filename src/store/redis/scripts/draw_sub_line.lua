@@ -41,6 +41,15 @@ if not cfg then
   return { 'no_queue' }
 end
 local step = ARGV[2]
+
+-- Raises a ticket field of the config to `ticket` (a number, or nil for
+-- none): the draw's marks only ever move up, whatever order calls come in.
+local function raise(field, ticket)
+  if ticket and ticket > (tonumber(redis.call('HGET', K_CONFIG, field)) or 0) then
+    redis.call('HSET', K_CONFIG, field, string.format('%d', ticket))
+  end
+end
+
 -- The draw works on a sub-line told the reservation only: one still
 -- closing, or not closed (made again empty since the opening), waits for
 -- the opening to be made over it (opening.rs, `open`).
@@ -82,10 +91,7 @@ if step == 'open' then
   end
   if cfg.draw == 'closing' then
     redis.call('HSET', K_CONFIG, 'draw', ARGV[3], 'draw_end', ARGV[4])
-    local planned = tonumber(ARGV[5])
-    if planned and planned > (tonumber(redis.call('HGET', K_CONFIG, 'drawn_through')) or 0) then
-      redis.call('HSET', K_CONFIG, 'drawn_through', string.format('%d', planned))
-    end
+    raise('drawn_through', tonumber(ARGV[5]))
     if ARGV[3] == 'frozen' then
       note_joined(tonumber(ARGV[4]))
     end
@@ -94,10 +100,7 @@ if step == 'open' then
     -- steps it plans number from above `planned` up to its new last, held
     -- here, and no block at or below that last is installed.
     redis.call('HSET', K_CONFIG, 'draw_end', ARGV[4])
-    local planned = tonumber(ARGV[5])
-    if planned and planned > (tonumber(redis.call('HGET', K_CONFIG, 'drawn_through')) or 0) then
-      redis.call('HSET', K_CONFIG, 'drawn_through', string.format('%d', planned))
-    end
+    raise('drawn_through', tonumber(ARGV[5]))
   end
   return { 'ok' }
 end
@@ -133,10 +136,7 @@ if step == 'place' then
   -- A user who left since the plan leaves a gap in the numbers, which
   -- changes no position; one placed by an earlier try is not drawn now.
   local joined, top = {}, tonumber(redis.call('HGET', K_CONFIG, 'drawn_top')) or 0
-  local through = tonumber(ARGV[3])
-  if through > (tonumber(redis.call('HGET', K_CONFIG, 'drawn_through')) or 0) then
-    redis.call('HSET', K_CONFIG, 'drawn_through', string.format('%d', through))
-  end
+  raise('drawn_through', tonumber(ARGV[3]))
   for i = 4, #ARGV, 2 do
     if redis.call('ZREM', K_POOL, ARGV[i]) == 1 then
       joined[#joined + 1] = { ARGV[i], tonumber(ARGV[i + 1]) }
@@ -151,9 +151,7 @@ if step == 'place' then
 end
 
 if step == 'reach' then
-  if tonumber(ARGV[3]) > (tonumber(redis.call('HGET', K_CONFIG, 'drawn_end')) or 0) then
-    redis.call('HSET', K_CONFIG, 'drawn_end', ARGV[3])
-  end
+  raise('drawn_end', tonumber(ARGV[3]))
   return { 'ok' }
 end
 
