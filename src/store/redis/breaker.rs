@@ -113,7 +113,7 @@ impl Guard<'_> {
                 };
                 let started = std::time::Instant::now();
                 let ping = redis::cmd("PING");
-                match tokio::time::timeout(timeout, ping.query_async::<String>(&mut conn)).await {
+                match within(timeout, ping.query_async::<String>(&mut conn)).await {
                     Ok(Ok(_)) => {
                         self.breaker.answered(self.scope);
                         Ok(timeout.saturating_sub(started.elapsed()))
@@ -166,6 +166,29 @@ pub(super) fn guard<'a>(
     }
 }
 
+/// `call`'s answer within `limit` of the time this process ran. A limit
+/// that ran out while the process was not running (stopped, its machine
+/// paused, its runtime starved) says nothing of Redis, whose answer may be
+/// in the socket already, unread: the connection's task had no turn to read
+/// it before the timer's. So a timer that fired later than its own length
+/// past its deadline gives the call its time once more; the call is never
+/// sent twice. Without this, every call in flight over a stall would trip
+/// the breaker at once, and calls sent just after would be refused.
+pub(super) async fn within<F: Future>(
+    limit: Duration,
+    call: F,
+) -> std::result::Result<F::Output, tokio::time::error::Elapsed> {
+    let mut call = std::pin::pin!(call);
+    loop {
+        let started = tokio::time::Instant::now();
+        match tokio::time::timeout(limit, call.as_mut()).await {
+            Err(elapsed) if started.elapsed() <= limit * 2 => return Err(elapsed),
+            Err(_) => continue,
+            Ok(answer) => return Ok(answer),
+        }
+    }
+}
+
 /// One Redis round trip, bounded by the timeout and measured, unless the
 /// breaker holds it back (see [`Breaker`]).
 pub(super) async fn bounded<T>(
@@ -188,7 +211,7 @@ pub(super) async fn bounded<T>(
         }
     };
     let started = std::time::Instant::now();
-    let result = match tokio::time::timeout(left, call).await {
+    let result = match within(left, call).await {
         Ok(Ok(value)) => {
             guard.breaker.answered(guard.scope);
             Ok(value)
@@ -295,5 +318,34 @@ mod tests {
         assert!(!breaker.holds_back("sale/3~0"));
         breaker.answered("sale/3~1");
         assert!(!breaker.holds_back("sale/3~1"));
+    }
+
+    #[tokio::test]
+    async fn a_deadline_that_passed_while_the_process_was_stopped_trips_nothing() {
+        let breaker = Breaker::default();
+        let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+        // The connection's task, on the same (one-thread) runtime: the
+        // whole process stops mid-call, as under SIGSTOP, and Redis's answer
+        // is read a turn after the caller's timer has fired.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            std::thread::sleep(Duration::from_millis(400));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let _ = answer.send(());
+        });
+        let call = async {
+            let _ = answered.await;
+            Ok::<_, RedisError>("answered")
+        };
+        let limit = Duration::from_millis(100);
+        let got = bounded("test", limit, unprobed(&breaker), call).await;
+        assert_eq!(got.ok(), Some("answered"));
+        assert!(!breaker.holds_back(""));
+
+        // A Redis that does not answer while the process runs still trips.
+        let silent = std::future::pending::<redis::RedisResult<()>>();
+        let got = bounded("test", limit, unprobed(&breaker), silent).await;
+        assert!(matches!(got, Err(Error::Unavailable(_))), "{got:?}");
+        assert!(breaker.holds_back(""));
     }
 }
