@@ -10,6 +10,11 @@
 //! read, made for all of them. Every read starts after the calls of the batches it answers,
 //! so each place is still read as the call left the line.
 //!
+//! A reader does not start at once while calls on the queue's other
+//! sub-lines are in flight and will ask in a moment: it waits for them, for
+//! at most [`GATHER`], so that in a burst, where every sub-line's batch is in
+//! flight at once, one read answers them all rather than every other one.
+//!
 //! A round also keeps what it last read of the head and of each sub-line.
 //! A part that does not answer (its primary lost, until its replica takes
 //! over) is counted as last read, for at most [`LAST_KEEP`], so joins and
@@ -21,11 +26,12 @@
 //! past its callers' own deadline.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::sub_lines::{Layout, LineView, Part, Sample, SubLineLink};
 use crate::domain::{DrawHold, QueueId};
@@ -40,6 +46,11 @@ pub(super) struct Rounds {
 #[derive(Default)]
 struct Round {
     asked: Mutex<Vec<Ask>>,
+    /// Calls on the queue's sub-lines that will ask for a read and have not
+    /// asked yet (each a [`Coming`]).
+    coming: AtomicUsize,
+    /// Told whenever one of them asks, or ends without asking.
+    came: Notify,
     /// Held by the batch reading for the round.
     reading: tokio::sync::Mutex<()>,
     last: Mutex<Last>,
@@ -48,6 +59,10 @@ struct Round {
 /// How long a part last read stands in for one that does not answer: a
 /// failover's time, not an outage's.
 pub(super) const LAST_KEEP: Duration = Duration::from_secs(60);
+
+/// How long a reader waits for the calls in flight that will ask: about
+/// what a burst's batch of a few hundred users keeps a sub-line busy.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// How long reads count a sub-line that kept one waiting a quarter of the
 /// timeout as last read without asking it again.
@@ -150,7 +165,48 @@ struct Ask {
     answer: oneshot::Sender<Result<LineView>>,
 }
 
+/// A call on a queue's sub-lines that will ask the queue's round for a
+/// read of its places: counted from before the call is sent until it asks
+/// (or ends without asking), so a reader waits for it.
+pub(super) struct Coming(Option<Arc<Round>>);
+
+impl Drop for Coming {
+    fn drop(&mut self) {
+        if let Some(round) = self.0.take() {
+            round.coming.fetch_sub(1, Ordering::AcqRel);
+            round.came.notify_waiters();
+        }
+    }
+}
+
+impl Round {
+    /// Waits, for at most `most`, until no call that will ask is in flight.
+    async fn gathered(&self, most: Duration) {
+        let until = tokio::time::Instant::now() + most;
+        loop {
+            let came = self.came.notified();
+            let mut came = std::pin::pin!(came);
+            came.as_mut().enable();
+            if self.coming.load(Ordering::Acquire) == 0
+                || tokio::time::timeout_at(until, came).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
 impl Rounds {
+    /// A call about to be made on `queue`'s sub-lines that will ask for a
+    /// read of its places.
+    pub(super) fn coming(&self, queue: &QueueId) -> Coming {
+        let round = self.of(queue);
+        if let Some(round) = &round {
+            round.coming.fetch_add(1, Ordering::AcqRel);
+        }
+        Coming(round)
+    }
+
     /// Drops what the queue's round last read: the queue was deleted, and
     /// one made again under its name must not be counted as the old one.
     pub(super) fn forget(&self, queue: &QueueId) {
@@ -166,16 +222,18 @@ impl Rounds {
 }
 
 impl SubLineLink<'_> {
-    /// The line over `layout` as it stands after the caller's call: the
-    /// waiting at or below each of `probes` (sorted, distinct), read in the
-    /// queue's next round.
+    /// The line over `layout` as it stands after the caller's call (the
+    /// call `coming` counted): the waiting at or below each of `probes`
+    /// (sorted, distinct), read in the queue's next round.
     pub(super) async fn shared_view(
         &self,
         layout: &Layout,
         probes: Vec<u64>,
         now_ms: u64,
+        coming: Coming,
     ) -> Result<LineView> {
-        let Some(round) = self.rounds.of(self.queue) else {
+        let round = self.rounds.of(self.queue);
+        let Some(round) = round else {
             return self.view(layout, &probes, now_ms).await;
         };
         let (answer, mut answered) = oneshot::channel();
@@ -192,6 +250,7 @@ impl SubLineLink<'_> {
             }
             Err(_) => false,
         };
+        drop(coming);
         if !pushed {
             return self.view(layout, &probes, now_ms).await;
         }
@@ -207,6 +266,7 @@ impl SubLineLink<'_> {
                 return self.view(layout, &probes, now_ms).await;
             }
         }
+        round.gathered(GATHER).await;
         let taken: Vec<Ask> = match round.asked.lock() {
             Ok(mut asked) => {
                 // An ask whose caller went away is dropped, not read for.
@@ -407,7 +467,9 @@ mod tests {
         // Redis slower than a quarter of the timeout, not dead: the read
         // counts every part as last read, and holds nothing back.
         redis.pause().unwrap();
-        let view = link.shared_view(&layout, vec![ticket], 1_000).await;
+        let view = link
+            .shared_view(&layout, vec![ticket], 1_000, store.rounds.coming(&queue))
+            .await;
         redis.resume().unwrap();
         let view = view.unwrap();
         assert_eq!((view.in_line, view.below), (1, vec![1]));
@@ -432,7 +494,9 @@ mod tests {
             now_ms: 0,
             answer,
         });
-        link.shared_view(&layout, vec![1], 1_000).await.unwrap();
+        link.shared_view(&layout, vec![1], 1_000, store.rounds.coming(&queue))
+            .await
+            .unwrap();
         assert!(round.asked.lock().unwrap().is_empty());
     }
 
@@ -461,9 +525,9 @@ mod tests {
         ];
         let views = async {
             tokio::join!(
-                link.shared_view(&layout, asks[0].clone(), 1_000),
-                link.shared_view(&layout, asks[1].clone(), 1_000),
-                link.shared_view(&layout, asks[2].clone(), 1_000),
+                link.shared_view(&layout, asks[0].clone(), 1_000, store.rounds.coming(&queue)),
+                link.shared_view(&layout, asks[1].clone(), 1_000, store.rounds.coming(&queue)),
+                link.shared_view(&layout, asks[2].clone(), 1_000, store.rounds.coming(&queue)),
             )
         };
         // Bounded, so a round that never asks fails the test, not hangs it.
@@ -491,5 +555,60 @@ mod tests {
             u64::from(layout.shards) + 1,
             "one read (each sub-line and the head once) for the three"
         );
+    }
+
+    #[tokio::test]
+    async fn a_reader_waits_for_the_calls_in_flight_and_reads_once_for_them_all() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;
+        let mut tickets = Vec::new();
+        for i in 0..3 {
+            let user = UserId::parse(&format!("user-{i}")).unwrap();
+            tickets.push(store.enqueue(&queue, &user, 1_000).await.unwrap().ticket);
+        }
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        // Three sub-lines' calls in flight at once, as in a burst; the
+        // first to ask finds no read under way.
+        let coming = [(); 3].map(|()| store.rounds.coming(&queue));
+        let before = redis.calls("evalsha").unwrap();
+        let [a, b, c] = coming;
+        let (a, b, c) = tokio::join!(
+            link.shared_view(&layout, vec![tickets[0]], 1_000, a),
+            link.shared_view(&layout, vec![tickets[1]], 1_000, b),
+            link.shared_view(&layout, vec![tickets[2]], 1_000, c),
+        );
+        for view in [a, b, c] {
+            assert_eq!(view.unwrap().in_line, 3);
+        }
+        assert_eq!(
+            redis.calls("evalsha").unwrap() - before,
+            u64::from(layout.shards) + 1,
+            "one read (each sub-line and the head once) for the three"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_waits_for_a_call_that_never_asks_only_a_moment() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;
+        let user = UserId::parse("someone").unwrap();
+        let ticket = store.enqueue(&queue, &user, 1_000).await.unwrap().ticket;
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        // A call in flight on a sub-line that does not answer.
+        let stuck = store.rounds.coming(&queue);
+        let started = Instant::now();
+        let view = tokio::time::timeout(
+            Duration::from_secs(5),
+            link.shared_view(&layout, vec![ticket], 1_000, store.rounds.coming(&queue)),
+        )
+        .await
+        .expect("the read waits for the stuck call only a moment");
+        assert_eq!(view.unwrap().below, vec![1]);
+        assert!(started.elapsed() >= GATHER);
+        drop(stuck);
+        let round = store.rounds.of(&queue).unwrap();
+        assert_eq!(round.coming.load(Ordering::Acquire), 0);
     }
 }

@@ -936,6 +936,7 @@ impl SubLineLink<'_> {
         users: &[UserId],
         now_ms: u64,
     ) -> Result<Vec<Result<Place>>> {
+        let coming = self.rounds.coming(self.queue);
         let mut answers: Vec<Option<(Result<Place>, u64)>> = vec![None; users.len()];
         for (sub_line, group) in by_sub_line(layout, users) {
             let keys = layout.keys(self.prefix, sub_line)?;
@@ -1057,7 +1058,7 @@ impl SubLineLink<'_> {
         let read = places
             .iter_mut()
             .filter_map(|(place, k)| Some((place.as_mut().ok()?, *k)));
-        self.read_positions(layout, read, now_ms).await?;
+        self.read_positions(layout, read, now_ms, coming).await?;
         Ok(places.into_iter().map(|(place, _)| place).collect())
     }
 
@@ -1917,6 +1918,7 @@ impl SubLineLink<'_> {
         touch: bool,
         now_ms: u64,
     ) -> Result<Vec<Option<Place>>> {
+        let coming = self.rounds.coming(self.queue);
         let mut answers: Vec<Option<Place>> = vec![None; users.len()];
         let touch_arg = if touch { "1" } else { "0" };
         for (sub_line, group) in by_sub_line(layout, users) {
@@ -1939,8 +1941,8 @@ impl SubLineLink<'_> {
                 }
             }
         }
-        self.read_positions(layout, answers.iter_mut().flatten().map(|p| (p, 0)), now_ms)
-            .await?;
+        let places = answers.iter_mut().flatten().map(|p| (p, 0));
+        self.read_positions(layout, places, now_ms, coming).await?;
         Ok(answers)
     }
 
@@ -1982,6 +1984,7 @@ impl SubLineLink<'_> {
         layout: &Layout,
         places: impl Iterator<Item = (&'p mut Place, u64)>,
         now_ms: u64,
+        coming: super::rounds::Coming,
     ) -> Result<()> {
         let places: Vec<(&mut Place, u64)> = places.collect();
         if places.is_empty() {
@@ -1994,7 +1997,9 @@ impl SubLineLink<'_> {
         let mut probes: Vec<u64> = places.iter().filter_map(probe).collect();
         probes.sort_unstable();
         probes.dedup();
-        let view = self.shared_view(layout, probes.clone(), now_ms).await?;
+        let view = self
+            .shared_view(layout, probes.clone(), now_ms, coming)
+            .await?;
         let counts: Vec<Option<u64>> = places
             .iter()
             .map(|entry| {
