@@ -414,9 +414,9 @@ impl RedisStore {
     }
 
     /// The sub-lines of `queue` that stand, by their number, each with the
-    /// epoch of the queue its first sub-line holds. The number went with a
-    /// lost head: each number's first sub-line is asked for, placed as the
-    /// creation placed it, so a queue lost whole costs fifteen reads.
+    /// latest epoch of the queue they hold. The number went with a lost
+    /// head: each number's sub-lines are asked for, placed as the creation
+    /// placed them.
     async fn sub_lines_standing(&self, queue: &QueueId) -> Result<Vec<(u64, Layout)>> {
         let owners = self.slot_owners().await?;
         let mut standing = Vec::new();
@@ -429,19 +429,33 @@ impl RedisStore {
         Ok(standing)
     }
 
-    /// The epoch the sub-lines of `layout` stand in (their first one's
-    /// copy of the config), if it stands.
+    /// The latest epoch the sub-lines of `layout` stand in (each one's
+    /// copy of the config), if any stands: every sub-line is asked, at
+    /// once, as any of them may have been lost with the head.
     async fn sub_lines_epoch(
         &self,
         operation: &'static str,
         layout: &Layout,
     ) -> Result<Option<u64>> {
-        let first = layout.keys(&self.prefix, 0)?;
-        self.command(
-            operation,
-            redis::cmd("HGET").arg(&first[0]).arg("created_at_ms"),
+        let reads = (0..layout.shards as usize)
+            .map(|sub_line| {
+                let config = &layout.keys(&self.prefix, sub_line)?[0];
+                let mut read = redis::cmd("HGET");
+                read.arg(config).arg("created_at_ms");
+                Ok(read)
+            })
+            .collect::<Result<Vec<redis::Cmd>>>()?;
+        let epochs = futures_util::future::join_all(
+            reads
+                .iter()
+                .map(|read| self.command::<Option<u64>>(operation, read)),
         )
-        .await
+        .await;
+        let mut latest = None;
+        for epoch in epochs {
+            latest = latest.max(epoch?);
+        }
+        Ok(latest)
     }
 
     /// Adds `queue` to the index of queues.

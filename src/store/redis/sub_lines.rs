@@ -3223,6 +3223,17 @@ mod tests {
         store.delete_queue(&queue).await.unwrap_err();
         let last = store.create_queue(&old).await.unwrap();
         assert_eq!(last.created_at_ms, old.created_at_ms + 3);
+        // Deleted with its head and its first sub-line lost: the other
+        // sub-lines' epoch is the one kept.
+        let layout = store.link(&queue).layout().await.unwrap();
+        lose_head(&mut connection_to(&redis));
+        let _: () = redis::cmd("DEL")
+            .arg(&layout.keys("t", 0).unwrap()[..])
+            .query(&mut connection_to(&redis))
+            .unwrap();
+        store.delete_queue(&queue).await.unwrap_err();
+        let after = store.create_queue(&old).await.unwrap();
+        assert_eq!(after.created_at_ms, old.created_at_ms + 4);
     }
 
     #[tokio::test]
