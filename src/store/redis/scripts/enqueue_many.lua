@@ -124,6 +124,11 @@ end
 local out = { 'ok' }
 local named = {}
 local run, first_ticket, first_position = {}, nil, nil
+-- On a sub-line, the tickets the block has left after the run's. Within a
+-- call the clock stands still, so an open block closes only when it has
+-- given its last ticket: the run takes its tickets at once when it ends,
+-- not each newcomer one at a time (which cost a fifth of the script).
+local room = 0
 
 local function end_run()
   local n = #run
@@ -134,6 +139,9 @@ local function end_run()
   local format = string.format
   if cfg.sub_line then
     gave_tickets = first_ticket + n - 1
+    cfg.block_next = first_ticket + n
+    cfg.given = (cfg.given or 0) + n
+    room = 0
     save_block(cfg)
   else
     gave_tickets = redis.call('INCRBY', K_SEQ, n)
@@ -164,9 +172,9 @@ for i = from, #ARGV do
     and not admitted_records[i - from + 1]
   if newcomer and cfg.sub_line then
     -- A run is one block's consecutive tickets.
-    if not block_open(cfg) then
+    if room == 0 then
       end_run()
-      if not leased_ahead(next_block_size(cfg, wanted(i))) then
+      if not block_open(cfg) and not leased_ahead(next_block_size(cfg, wanted(i))) then
         out[#out + 1] = { 'lease', next_block_size(cfg, wanted(i)) }
         break
       end
@@ -174,8 +182,9 @@ for i = from, #ARGV do
     if #run == 0 then
       first_ticket = cfg.block_next
       first_position = in_line(cfg) + 1
+      room = cfg.block_end - cfg.block_next
     end
-    take_block_ticket(cfg)
+    room = room - 1
   elseif newcomer and #run == 0 then
     local length = in_line(cfg)
     if length == 0 and (cfg.max_active > 0 or cfg.rate > 0) then
