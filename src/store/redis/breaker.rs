@@ -99,6 +99,14 @@ impl Breaker {
 }
 
 impl Guard<'_> {
+    /// The call found Redis unreachable.
+    fn unreachable(&self) {
+        self.breaker.unreachable(self.scope);
+        if let Some((single, number)) = self.single {
+            single.unanswered(number);
+        }
+    }
+
     /// Whether the call may be sent now; probes with a `PING` when one is
     /// due. Returns the time the call has left of `timeout`.
     async fn let_through(&self, timeout: Duration) -> Result<Duration> {
@@ -113,7 +121,7 @@ impl Guard<'_> {
                 };
                 let started = std::time::Instant::now();
                 let ping = redis::cmd("PING");
-                match within(timeout, ping.query_async::<String>(&mut conn)).await {
+                match tokio::time::timeout(timeout, ping.query_async::<String>(&mut conn)).await {
                     Ok(Ok(_)) => {
                         self.breaker.answered(self.scope);
                         Ok(timeout.saturating_sub(started.elapsed()))
@@ -166,27 +174,20 @@ pub(super) fn guard<'a>(
     }
 }
 
-/// `call`'s answer within `limit` of the time this process ran. A limit
-/// that ran out while the process was not running (stopped, its machine
-/// paused, its runtime starved) says nothing of Redis, whose answer may be
-/// in the socket already, unread: the connection's task had no turn to read
-/// it before the timer's. So a timer that fired later than its own length
-/// past its deadline gives the call its time once more; the call is never
-/// sent twice. Without this, every call in flight over a stall would trip
-/// the breaker at once, and calls sent just after would be refused.
-pub(super) async fn within<F: Future>(
-    limit: Duration,
-    call: F,
-) -> std::result::Result<F::Output, tokio::time::error::Elapsed> {
-    let mut call = std::pin::pin!(call);
-    loop {
-        let started = tokio::time::Instant::now();
-        match tokio::time::timeout(limit, call.as_mut()).await {
-            Err(elapsed) if started.elapsed() <= limit * 2 => return Err(elapsed),
-            Err(_) => continue,
-            Ok(answer) => return Ok(answer),
-        }
-    }
+/// How late, at least, a call's time must have run out to say that this
+/// process was not running meanwhile (see [`ran_out_stalled`]).
+const STALLED_AT_LEAST: Duration = Duration::from_millis(100);
+
+/// Whether a call started at `started`, given `limit`, ran out of time
+/// while this process was not running (stopped, its machine paused, its
+/// runtime starved): its timer fired later than its own length past its
+/// deadline. Such a timeout says nothing of Redis, whose answer may be in
+/// the socket already, unread: the connection's task had no turn to read
+/// it before the timers' (this one's, and the Redis client's own, which
+/// runs inside the call). The call still fails, but trips nothing, so the
+/// calls sent after a stall of the service are sent.
+fn ran_out_stalled(started: tokio::time::Instant, limit: Duration) -> bool {
+    started.elapsed() > limit + limit.max(STALLED_AT_LEAST)
 }
 
 /// One Redis round trip, bounded by the timeout and measured, unless the
@@ -210,8 +211,8 @@ pub(super) async fn bounded<T>(
             return Err(error);
         }
     };
-    let started = std::time::Instant::now();
-    let result = match within(left, call).await {
+    let started = tokio::time::Instant::now();
+    let result = match tokio::time::timeout(left, call).await {
         Ok(Ok(value)) => {
             guard.breaker.answered(guard.scope);
             Ok(value)
@@ -233,18 +234,14 @@ pub(super) async fn bounded<T>(
                 if demoted && let Some((single, number)) = guard.single {
                     single.replace(number);
                 }
-            } else {
-                guard.breaker.unreachable(guard.scope);
-                if let Some((single, number)) = guard.single {
-                    single.unanswered(number);
-                }
+            } else if !(error.is_timeout() && ran_out_stalled(started, left)) {
+                guard.unreachable();
             }
             Err(classify(error))
         }
         Err(_) => {
-            guard.breaker.unreachable(guard.scope);
-            if let Some((single, number)) = guard.single {
-                single.unanswered(number);
+            if !ran_out_stalled(started, left) {
+                guard.unreachable();
             }
             Err(Error::Unavailable(format!(
                 "no answer from Redis within {timeout:?}"
@@ -320,29 +317,48 @@ mod tests {
         assert!(!breaker.holds_back("sale/3~1"));
     }
 
+    /// A call as the Redis client makes it: its own timer of `limit`
+    /// inside, which answers a timeout error.
+    async fn call_with_its_own_timer(
+        limit: Duration,
+        answered: tokio::sync::oneshot::Receiver<()>,
+    ) -> redis::RedisResult<&'static str> {
+        match tokio::time::timeout(limit, answered).await {
+            Ok(_) => Ok("answered"),
+            Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+        }
+    }
+
     #[tokio::test]
-    async fn a_deadline_that_passed_while_the_process_was_stopped_trips_nothing() {
+    async fn a_call_that_ran_out_while_the_process_was_stopped_trips_nothing() {
         let breaker = Breaker::default();
+        let limit = Duration::from_millis(100);
         let (answer, answered) = tokio::sync::oneshot::channel::<()>();
         // The connection's task, on the same (one-thread) runtime: the
         // whole process stops mid-call, as under SIGSTOP, and Redis's answer
-        // is read a turn after the caller's timer has fired.
+        // is read a turn after the call's timers have fired.
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             std::thread::sleep(Duration::from_millis(400));
             tokio::time::sleep(Duration::from_millis(5)).await;
             let _ = answer.send(());
         });
-        let call = async {
-            let _ = answered.await;
-            Ok::<_, RedisError>("answered")
-        };
-        let limit = Duration::from_millis(100);
+        let call = call_with_its_own_timer(limit, answered);
         let got = bounded("test", limit, unprobed(&breaker), call).await;
-        assert_eq!(got.ok(), Some("answered"));
+        assert!(matches!(got, Err(Error::Unavailable(_))), "{got:?}");
         assert!(!breaker.holds_back(""));
+        let next = async { Ok::<_, RedisError>("sent") };
+        let got = bounded("test", limit, unprobed(&breaker), next).await;
+        assert_eq!(got.ok(), Some("sent"));
 
-        // A Redis that does not answer while the process runs still trips.
+        // A Redis that does not answer while the process runs trips it,
+        // whichever timer runs out first.
+        let (_kept, silent) = tokio::sync::oneshot::channel::<()>();
+        let call = call_with_its_own_timer(limit, silent);
+        let got = bounded("test", limit, unprobed(&breaker), call).await;
+        assert!(matches!(got, Err(Error::Unavailable(_))), "{got:?}");
+        assert!(breaker.holds_back(""));
+        breaker.answered("");
         let silent = std::future::pending::<redis::RedisResult<()>>();
         let got = bounded("test", limit, unprobed(&breaker), silent).await;
         assert!(matches!(got, Err(Error::Unavailable(_))), "{got:?}");
