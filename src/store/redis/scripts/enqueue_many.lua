@@ -107,8 +107,10 @@ end
 local gathering = cfg.mode == 'queueing' and only_waiting(cfg)
 -- On a sub-line whose block is closed, a first user who needs a ticket
 -- makes the answer 'lease' with nobody served: found before reading every
--- user, as a burst's batch does once a block's τ has passed.
-if gathering and cfg.sub_line and #ARGV >= from and not block_open(cfg)
+-- user, as a burst's batch does once a block's τ has passed. Not with a
+-- block leased ahead, which the first newcomer installs in the loop below
+-- as it would here: the call then reads every user anyway.
+if gathering and cfg.sub_line and not ahead and #ARGV >= from and not block_open(cfg)
     and not redis.call('ZSCORE', K_WAITING, ARGV[from])
     and not redis.call('HGET', K_ADMITTED, ARGV[from])
     and not leased_ahead(next_block_size(cfg, wanted(from))) then

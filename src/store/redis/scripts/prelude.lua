@@ -50,7 +50,7 @@ local function load_config()
   local v = redis.call('HMGET', K_CONFIG, 'mode', 'max_active', 'admission_ttl_ms', 'created_at_ms',
     'admit_per_second', 'opens_at_ms', 'prequeue_window_ms', 'draw', 'heartbeat_timeout_ms',
     'presence_since_ms', 'notice', 'closed_reason', 'flow_pruned_s', 'shards', 'sub_line',
-    'block_first', 'block_next', 'block_end', 'block_ms', 'draw_end')
+    'block_first', 'block_next', 'block_end', 'block_ms', 'draw_end', 'sub_line_history')
   if not v[1] then
     return nil
   end
@@ -64,7 +64,7 @@ local function load_config()
   -- have their users waiting again; nothing is done on it until the store
   -- has taken them again (sub_line_resync.lua).
   if sub_line then
-    if redis.call('HGET', K_CONFIG, 'sub_line_history') ~= history_now() then
+    if v[21] ~= history_now() then
       error({ err = 'RESYNC the sub-line is in a new history' })
     end
   end
