@@ -699,27 +699,30 @@ impl QueueStore for RedisStore {
         // answer, since the queue may still be there.
         // A queue over sub-lines loses its sub-lines first: a delete that
         // stops half-way leaves a head, which a new delete finds.
-        let layouts: Vec<Arc<Layout>> = match self.link(queue).layout().await {
-            Ok(layout) if layout.shards > 1 => vec![layout],
+        // Each with the latest epoch its sub-lines stand in, which the
+        // deletion mark keeps (`create_queue.lua`), the head lost or not.
+        let layouts: Vec<(Option<u64>, Arc<Layout>)> = match self.link(queue).layout().await {
+            // A layout known from a moment ago does not say whether the
+            // head is lost: the sub-lines are asked.
+            Ok(layout) if layout.shards > 1 => {
+                vec![(self.sub_lines_epoch("delete_queue", &layout).await?, layout)]
+            }
             // The head lost: whatever sub-lines of the name stand, which a
             // making again from its parts would otherwise bring back.
             Err(Error::QueueNotFound(_)) if self.sub_lines => self
                 .sub_lines_standing(queue)
                 .await?
                 .into_iter()
-                .map(|(_, layout)| Arc::new(layout))
+                .map(|(epoch, layout)| (Some(epoch), Arc::new(layout)))
                 .collect(),
             _ => Vec::new(),
         };
-        // The latest epoch its sub-lines stand in is one the deletion mark
-        // keeps (`create_queue.lua`), the head lost or not: a layout known
-        // from a moment ago does not say whether it is.
-        let mut epoch_ms = 0;
-        for layout in &layouts {
-            let epoch = self.sub_lines_epoch("delete_queue", layout).await?;
-            epoch_ms = epoch_ms.max(epoch.unwrap_or(0));
-        }
-        for layout in &layouts {
+        let epoch_ms = layouts
+            .iter()
+            .filter_map(|(epoch, _)| *epoch)
+            .max()
+            .unwrap_or(0);
+        for (_, layout) in &layouts {
             for sub_line in 0..layout.shards as usize {
                 let keys = layout.keys(&self.prefix, sub_line)?;
                 let given_back = keys::tagged_given_back_key(&self.prefix, layout.tag(sub_line)?);

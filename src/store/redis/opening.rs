@@ -40,6 +40,22 @@ struct Round {
     end: u64,
 }
 
+impl Round {
+    /// The round of an 'assigning' answer of `draw_head.lua`'s 'seed',
+    /// after its state: seed, round, whether a plan is journalled, times
+    /// taken up, the reservation's last ticket.
+    fn read(reply: &mut Reply) -> Result<Self> {
+        let (seed, read, pending) = (reply.string()?, reply.string()?, reply.string()?);
+        Ok(Self {
+            read,
+            pending: pending == "1",
+            seed,
+            taken: reply.string()?,
+            end: reply.u64()?,
+        })
+    }
+}
+
 impl SubLineLink<'_> {
     /// Makes the queue's opening, as every call does first once it is due
     /// (`prelude.lua`, `prepare`); a repeat finds it made, and one cut
@@ -184,14 +200,7 @@ impl SubLineLink<'_> {
                 Ok(false)
             }
             "assigning" => {
-                let (seed, round, pending) = (reply.string()?, reply.string()?, reply.string()?);
-                let round = Round {
-                    read: round,
-                    pending: pending == "1",
-                    seed,
-                    taken: reply.string()?,
-                    end: reply.u64()?,
-                };
+                let round = Round::read(&mut reply)?;
                 self.draw_places(layout, chunk, &round, now_ms, usize::MAX)
                     .await
             }
@@ -1061,18 +1070,7 @@ mod tests {
             if let Ok(mut reply) = reply
                 && reply.string().unwrap() == "assigning"
             {
-                let (seed, read, pending) = (
-                    reply.string().unwrap(),
-                    reply.string().unwrap(),
-                    reply.string().unwrap(),
-                );
-                return Round {
-                    read,
-                    pending: pending == "1",
-                    seed,
-                    taken: reply.string().unwrap(),
-                    end: reply.u64().unwrap(),
-                };
+                return Round::read(&mut reply).unwrap();
             }
             store.draw_step(queue, "other", 100, now_ms).await.unwrap();
         }

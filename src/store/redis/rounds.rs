@@ -416,6 +416,16 @@ mod tests {
     use crate::store::QueueStore;
     use crate::testkit::RedisServer;
 
+    /// Asserts that the calls since `before` were one read: each sub-line
+    /// and the head once.
+    fn one_read_since(redis: &RedisServer, before: u64, layout: &Layout) {
+        assert_eq!(
+            redis.calls("evalsha").unwrap() - before,
+            u64::from(layout.shards) + 1,
+            "one read (each sub-line and the head once) for the three"
+        );
+    }
+
     #[tokio::test]
     async fn a_part_read_too_long_ago_no_longer_stands_in() {
         let layout = Layout::new(&QueueId::parse("sale").unwrap(), 2, |_| 0);
@@ -550,11 +560,7 @@ mod tests {
                 .collect();
             assert_eq!(view.below, expected, "the counts asked for {ask:?}");
         }
-        assert_eq!(
-            redis.calls("evalsha").unwrap() - before,
-            u64::from(layout.shards) + 1,
-            "one read (each sub-line and the head once) for the three"
-        );
+        one_read_since(&redis, before, &layout);
     }
 
     #[tokio::test]
@@ -581,11 +587,7 @@ mod tests {
         for view in [a, b, c] {
             assert_eq!(view.unwrap().in_line, 3);
         }
-        assert_eq!(
-            redis.calls("evalsha").unwrap() - before,
-            u64::from(layout.shards) + 1,
-            "one read (each sub-line and the head once) for the three"
-        );
+        one_read_since(&redis, before, &layout);
     }
 
     #[tokio::test]
