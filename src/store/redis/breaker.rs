@@ -329,30 +329,57 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_call_that_ran_out_while_the_process_was_stopped_trips_nothing() {
+    /// A call of `limit` on a one-thread runtime that the whole process
+    /// stops for `stall` from `at` into the call, as under SIGSTOP; the
+    /// connection's task reads Redis's answer a turn after the call's
+    /// timers have fired. What the call got, and the breaker after it.
+    async fn stopped_mid_call(
+        limit: Duration,
+        at: Duration,
+        stall: Duration,
+    ) -> (Result<&'static str>, Breaker) {
         let breaker = Breaker::default();
-        let limit = Duration::from_millis(100);
         let (answer, answered) = tokio::sync::oneshot::channel::<()>();
-        // The connection's task, on the same (one-thread) runtime: the
-        // whole process stops mid-call, as under SIGSTOP, and Redis's answer
-        // is read a turn after the call's timers have fired.
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            std::thread::sleep(Duration::from_millis(400));
+            tokio::time::sleep(at).await;
+            std::thread::sleep(stall);
             tokio::time::sleep(Duration::from_millis(5)).await;
             let _ = answer.send(());
         });
         let call = call_with_its_own_timer(limit, answered);
         let got = bounded("test", limit, unprobed(&breaker), call).await;
-        assert!(matches!(got, Err(Error::Unavailable(_))), "{got:?}");
-        assert!(!breaker.holds_back(""));
-        let next = async { Ok::<_, RedisError>("sent") };
-        let got = bounded("test", limit, unprobed(&breaker), next).await;
-        assert_eq!(got.ok(), Some("sent"));
+        (got, breaker)
+    }
+
+    #[tokio::test]
+    async fn a_call_that_ran_out_while_the_process_was_stopped_trips_nothing() {
+        let limit = Duration::from_millis(100);
+        // Stopped early and late in the call, for three and seven times
+        // its limit.
+        for at in [20, 90] {
+            for stall in [300, 700] {
+                let (at, stall) = (Duration::from_millis(at), Duration::from_millis(stall));
+                let (got, breaker) = stopped_mid_call(limit, at, stall).await;
+                assert!(matches!(got, Err(Error::Unavailable(_))), "{got:?}");
+                assert!(
+                    !breaker.holds_back(""),
+                    "tripped by a stop of {stall:?} at {at:?}"
+                );
+                // The next call is sent.
+                let next = async { Ok::<_, RedisError>("sent") };
+                let got = bounded("test", limit, unprobed(&breaker), next).await;
+                assert_eq!(got.ok(), Some("sent"));
+            }
+        }
+        // A stop shorter than the limit's own length past the deadline
+        // cannot be told from a slow Redis, and trips.
+        let short = Duration::from_millis(100);
+        let (_, breaker) = stopped_mid_call(limit, Duration::from_millis(20), short).await;
+        assert!(breaker.holds_back(""), "a short stop");
 
         // A Redis that does not answer while the process runs trips it,
         // whichever timer runs out first.
+        let breaker = Breaker::default();
         let (_kept, silent) = tokio::sync::oneshot::channel::<()>();
         let call = call_with_its_own_timer(limit, silent);
         let got = bounded("test", limit, unprobed(&breaker), call).await;
