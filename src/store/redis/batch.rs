@@ -30,7 +30,8 @@ use redis::{Script, ScriptInvocation, Value};
 use super::breaker::{Breaker, bounded, guard};
 use super::lua::Scripts;
 use super::reply::{Reply, parse_enqueued, parse_place};
-use super::sub_lines::{Layouts, SubLineLink, routed};
+use super::rounds::Coming;
+use super::sub_lines::{Layout, Layouts, SubLineLink, routed};
 use super::topology::Connector;
 use crate::domain::shards::TAU_MS;
 use crate::domain::{Place, QueueId, UserId};
@@ -154,6 +155,7 @@ impl Batcher {
             (Some(sender), _) if !sender.is_closed() => sender.clone(),
             (_, Some(caller)) => {
                 let (tx, rx) = mpsc::channel(MAX_WAITING);
+                let caller = Arc::new(caller);
                 tokio::spawn(run(caller, Arc::clone(&self.queues), key.clone(), rx));
                 queues.insert(key.clone(), tx.clone());
                 tx
@@ -174,7 +176,31 @@ fn unanswered(timeout: Duration) -> Error {
     Error::Unavailable(format!("no answer from Redis within {timeout:?}"))
 }
 
-async fn run(caller: QueueCaller, queues: Senders, key: Lane, mut rx: mpsc::Receiver<Pending>) {
+/// Tells the queue's round, however a join lane's task ends, that the lane
+/// has nothing waiting.
+struct Idle<'a>(&'a QueueCaller, &'a Lane);
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        after_call(self.0, self.1, false);
+    }
+}
+
+/// Tells the queue's round whether a join lane has more calls waiting
+/// (`rounds.rs`): lookups carry no read.
+pub(super) fn after_call(caller: &QueueCaller, key: &Lane, more: bool) {
+    if key.1 == Op::Enqueue {
+        caller.rounds.lane_after(&key.0, key.2, more);
+    }
+}
+
+async fn run(
+    caller: Arc<QueueCaller>,
+    queues: Senders,
+    key: Lane,
+    mut rx: mpsc::Receiver<Pending>,
+) {
+    let _idle = Idle(&caller, &key);
     // When the task's last call ended.
     let mut last_ended: Option<Instant> = None;
     loop {
@@ -236,13 +262,36 @@ async fn run(caller: QueueCaller, queues: Senders, key: Lane, mut rx: mpsc::Rece
             }
         }
         if users.is_empty() {
+            if rx.is_empty() {
+                after_call(&caller, &key, false);
+            }
             continue;
         }
         let answers: Result<Vec<Result<Option<Place>>>> = match key.1 {
-            Op::Enqueue => caller
-                .enqueue_many(&users, now_ms)
-                .await
-                .map(|answers| answers.into_iter().map(|a| a.map(Some)).collect()),
+            Op::Enqueue => match caller.join_many(&users, now_ms, Some(key.2)).await {
+                // Over sub-lines the places are read in the queue's next
+                // round. With more calls waiting, the lane's next call goes
+                // once that read can ride on it (`rounds.rs`), or once the
+                // places are read: so a call waits, as before, for its
+                // last's places, and a read of them costs no call of its
+                // own.
+                Ok(joined @ Joined::ToRead { .. }) => {
+                    last_ended = Some(Instant::now());
+                    let reader = Arc::clone(&caller);
+                    let mut read = tokio::spawn(async move {
+                        let answers = reader.read_joined(joined, now_ms).await;
+                        answer(replies, answers.map(some));
+                    });
+                    let more = !rx.is_empty();
+                    after_call(&caller, &key, more);
+                    if more {
+                        caller.rounds.rider_or(&key.0, key.2, &mut read).await;
+                    }
+                    continue;
+                }
+                Ok(joined) => caller.read_joined(joined, now_ms).await.map(some),
+                Err(error) => Err(error),
+            },
             Op::Place => caller
                 .places(&users, true, now_ms)
                 .await
@@ -250,41 +299,68 @@ async fn run(caller: QueueCaller, queues: Senders, key: Lane, mut rx: mpsc::Rece
         };
         // Before any reply: a caller answered comes after the call ended.
         last_ended = Some(Instant::now());
-        let answers = answers.and_then(|answers| {
-            if answers.len() == replies.len() {
-                Ok(answers)
-            } else {
-                Err(Error::Internal(format!(
-                    "Redis answered {} of {} batched calls",
-                    answers.len(),
-                    replies.len()
-                )))
-            }
-        });
-        match answers {
-            Ok(answers) => {
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(answer);
-                }
-            }
-            Err(error) => {
-                let gone = matches!(error, Error::QueueNotFound(_));
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-                // No such queue (a made-up id, or deleted): nothing to keep
-                // a task for, unless requests came meanwhile (the queue may
-                // have been created since; they are sent as usual).
-                if gone
-                    && let Ok(mut senders) = queues.lock()
-                    && rx.is_empty()
-                {
-                    senders.remove(&key);
-                    return;
-                }
-            }
+        if rx.is_empty() {
+            after_call(&caller, &key, false);
+        }
+        // No such queue (a made-up id, or deleted): nothing to keep a task
+        // for, unless requests came meanwhile (the queue may have been
+        // created since; they are sent as usual).
+        if answer(replies, answers)
+            && let Ok(mut senders) = queues.lock()
+            && rx.is_empty()
+        {
+            senders.remove(&key);
+            return;
         }
     }
+}
+
+fn some(answers: Vec<Result<Place>>) -> Vec<Result<Option<Place>>> {
+    answers.into_iter().map(|a| a.map(Some)).collect()
+}
+
+type Replies = Vec<oneshot::Sender<Result<Option<Place>>>>;
+
+/// Answers a batch's callers, each with their own answer or all with the
+/// call's error: whether that error was that the queue does not exist.
+fn answer(replies: Replies, answers: Result<Vec<Result<Option<Place>>>>) -> bool {
+    let answers = answers.and_then(|answers| {
+        if answers.len() == replies.len() {
+            Ok(answers)
+        } else {
+            Err(Error::Internal(format!(
+                "Redis answered {} of {} batched calls",
+                answers.len(),
+                replies.len()
+            )))
+        }
+    });
+    match answers {
+        Ok(answers) => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+            false
+        }
+        Err(error) => {
+            let gone = matches!(error, Error::QueueNotFound(_));
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+            gone
+        }
+    }
+}
+
+/// What a lane's join call did: answered in full (one slot), or joined
+/// over sub-lines with the places still to read.
+pub(super) enum Joined {
+    Answered(Vec<Result<Place>>),
+    ToRead {
+        layout: Arc<Layout>,
+        places: Vec<(Result<Place>, u64)>,
+        coming: Coming,
+    },
 }
 
 /// Users per `places` script call, so one call never holds Redis for long.
@@ -362,13 +438,58 @@ impl QueueCaller {
         users: &[UserId],
         now_ms: u64,
     ) -> Result<Vec<Result<Place>>> {
+        let joined = self.join_many(users, now_ms, None).await?;
+        self.read_joined(joined, now_ms).await
+    }
+
+    /// The joins of [`Self::enqueue_many`], the places over sub-lines
+    /// still to read; made by the lane of sub-line `lane`, if by one.
+    async fn join_many(
+        &self,
+        users: &[UserId],
+        now_ms: u64,
+        lane: Option<usize>,
+    ) -> Result<Joined> {
         let link = &self.link();
         routed(
             link,
-            || self.enqueue_one_slot(users, now_ms),
-            |layout| async move { link.enqueue_many(&layout, users, now_ms).await },
+            || async {
+                self.enqueue_one_slot(users, now_ms)
+                    .await
+                    .map(Joined::Answered)
+            },
+            |layout| async move {
+                let (places, coming) = link.join_many(&layout, users, now_ms, lane).await?;
+                Ok(Joined::ToRead {
+                    layout,
+                    places,
+                    coming,
+                })
+            },
         )
         .await
+    }
+
+    /// The places of joins, read over sub-lines where they still are to be.
+    async fn read_joined(&self, joined: Joined, now_ms: u64) -> Result<Vec<Result<Place>>> {
+        let (layout, places, coming) = match joined {
+            Joined::Answered(answers) => return Ok(answers),
+            Joined::ToRead {
+                layout,
+                places,
+                coming,
+            } => (layout, places, coming),
+        };
+        let read = self
+            .link()
+            .read_joined(&layout, places, now_ms, coming)
+            .await;
+        if matches!(read, Err(Error::QueueNotFound(_))) {
+            // Deleted since the joins: the layout is read again next time.
+            self.layouts.forget(&self.queue);
+            self.blocks.forget(&self.queue);
+        }
+        read
     }
 
     /// Looks up places, on the queue's one slot or over its sub-lines.

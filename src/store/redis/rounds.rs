@@ -15,6 +15,14 @@
 //! at most [`GATHER`], so that in a burst, where every sub-line's batch is in
 //! flight at once, one read answers them all rather than every other one.
 //!
+//! A sub-line whose joins are coming in a crowd is not asked apart: the read
+//! of its part rides on its lane's next join call (`enqueue_many.lua`,
+//! COUNT), sent after the calls the read answers as a read of its own
+//! would be, which saves a call of each sub-line a round. A lane takes a
+//! rider only while it has a call in flight and more waiting behind it;
+//! once it has nothing waiting it drops the rider, and the reader asks the
+//! sub-line itself.
+//!
 //! A round also keeps what it last read of the head and of each sub-line.
 //! A part that does not answer (its primary lost, until its replica takes
 //! over) is counted as last read, for at most [`LAST_KEEP`], so joins and
@@ -54,6 +62,34 @@ struct Round {
     /// Held by the batch reading for the round.
     reading: tokio::sync::Mutex<()>,
     last: Mutex<Last>,
+    /// Each sub-line's join lane, for a read to ride on.
+    lanes: Mutex<Vec<Lane>>,
+}
+
+/// A sub-line's join lane as a read sees it.
+#[derive(Default)]
+struct Lane {
+    /// More calls were waiting when its last call ended: it has a next
+    /// call to make.
+    busy: bool,
+    rider: Option<Rider>,
+    /// Told when a rider comes, for a lane that waits for one.
+    rode: Arc<Notify>,
+}
+
+/// A read of one sub-line's part for a round, riding on that sub-line's
+/// next join call.
+pub(super) struct Rider {
+    pub(super) layout: Layout,
+    pub(super) tickets: Vec<u64>,
+    answer: oneshot::Sender<Part>,
+}
+
+impl Rider {
+    /// Hands the part its call read to the round's reader.
+    pub(super) fn answer(self, part: Part) {
+        let _ = self.answer.send(part);
+    }
 }
 
 /// How long a part last read stands in for one that does not answer: a
@@ -180,6 +216,31 @@ impl Drop for Coming {
 }
 
 impl Round {
+    /// A read of sub-line `sub_line`'s part for `tickets` riding on its
+    /// lane's next join call, if the lane has one coming: its answer, or
+    /// closed when the lane does not carry it after all.
+    fn ride(
+        &self,
+        sub_line: usize,
+        layout: &Layout,
+        tickets: &[u64],
+    ) -> Option<oneshot::Receiver<Part>> {
+        let mut lanes = self.lanes.lock().ok()?;
+        let lane = lanes.get_mut(sub_line)?;
+        let taken = lane.rider.as_ref().is_some_and(|r| !r.answer.is_closed());
+        if !lane.busy || taken {
+            return None;
+        }
+        let (answer, answered) = oneshot::channel();
+        lane.rider = Some(Rider {
+            layout: layout.clone(),
+            tickets: tickets.to_vec(),
+            answer,
+        });
+        lane.rode.notify_one();
+        Some(answered)
+    }
+
     /// Waits, for at most `most`, until no call that will ask is in flight.
     async fn gathered(&self, most: Duration) {
         let until = tokio::time::Instant::now() + most;
@@ -205,6 +266,67 @@ impl Rounds {
             round.coming.fetch_add(1, Ordering::AcqRel);
         }
         Coming(round)
+    }
+
+    /// Sub-line `sub_line`'s join lane of `queue` is about to send a call:
+    /// the read waiting to ride on it, if any.
+    pub(super) fn take_rider(&self, queue: &QueueId, sub_line: usize) -> Option<Rider> {
+        self.lane(queue, sub_line, |lane| {
+            lane.rider.take().filter(|rider| !rider.answer.is_closed())
+        })
+        .flatten()
+    }
+
+    /// A join call of sub-line `sub_line`'s lane of `queue` over
+    /// sub-lines ended, with `more` calls waiting or none. With none, a
+    /// read does not wait for the lane, and a rider it holds is dropped:
+    /// its reader reads the sub-line itself.
+    pub(super) fn lane_after(&self, queue: &QueueId, sub_line: usize, more: bool) {
+        self.lane(queue, sub_line, |lane| {
+            lane.busy = more;
+            if !more {
+                lane.rider = None;
+            }
+        });
+    }
+
+    /// Waits until a read comes to ride on the next call of sub-line
+    /// `sub_line`'s lane of `queue`, or `read` (the last call's own read)
+    /// ends, whichever is first.
+    pub(super) async fn rider_or(&self, queue: &QueueId, sub_line: usize, read: impl Future) {
+        let Some(rode) = self.lane(queue, sub_line, |lane| Arc::clone(&lane.rode)) else {
+            read.await;
+            return;
+        };
+        let mut read = std::pin::pin!(read);
+        loop {
+            tokio::select! {
+                _ = &mut read => return,
+                () = rode.notified() => {}
+            }
+            // A wake-up left by a rider since taken or dropped is not one.
+            if self
+                .lane(queue, sub_line, |lane| lane.rider.is_some())
+                .unwrap_or(true)
+            {
+                return;
+            }
+        }
+    }
+
+    /// Runs `f` on sub-line `sub_line`'s lane of `queue`'s round.
+    fn lane<T>(
+        &self,
+        queue: &QueueId,
+        sub_line: usize,
+        f: impl FnOnce(&mut Lane) -> T,
+    ) -> Option<T> {
+        let round = self.of(queue)?;
+        let mut lanes = round.lanes.lock().ok()?;
+        if lanes.len() <= sub_line {
+            lanes.resize_with(sub_line + 1, Lane::default);
+        }
+        Some(f(&mut lanes[sub_line]))
     }
 
     /// Drops what the queue's round last read: the queue was deleted, and
@@ -340,7 +462,8 @@ impl SubLineLink<'_> {
             Err(_) => (None, vec![None; shards]),
         };
         // The head and every sub-line at once; each part as it answered,
-        // and whether it kept the read waiting.
+        // and whether it kept the read waiting (a rider's wait aside: a
+        // lane held up is not a slow sub-line).
         let parts = join_all(
             standing
                 .iter()
@@ -360,6 +483,14 @@ impl SubLineLink<'_> {
                             )),
                             false,
                         ));
+                    }
+                    // Waited for a moment only: a lane whose call is held
+                    // up leaves the read to a call of its own.
+                    if let Some(ride) = round.ride(sub_line, layout, tickets)
+                        && let Ok(Ok(part)) = tokio::time::timeout(self.timeout / 8, ride).await
+                        && part.below.len() == tickets.len()
+                    {
+                        return Ok((Ok(part), false));
                     }
                     let part = self.count_part(layout, sub_line, tickets, now_ms);
                     let answer = self.within(standing.is_some(), part).await;
@@ -588,6 +719,159 @@ mod tests {
             assert_eq!(view.unwrap().in_line, 3);
         }
         one_read_since(&redis, before, &layout);
+    }
+
+    /// A user of `queue` on sub-line `sub_line` of `layout`.
+    fn user_on(layout: &Layout, sub_line: usize, name: &str) -> UserId {
+        (0..)
+            .map(|i| UserId::parse(&format!("{name}-{i}")).unwrap())
+            .find(|user| layout.sub_line(user) == sub_line)
+            .unwrap()
+    }
+
+    /// Waits, bounded, until sub-line `sub_line`'s lane holds a rider.
+    async fn rider_waiting(round: &Round, sub_line: usize) {
+        for _ in 0..1_000 {
+            if round.lanes.lock().unwrap()[sub_line].rider.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("no read came to ride on sub-line {sub_line}'s lane");
+    }
+
+    #[tokio::test]
+    async fn a_read_rides_on_the_next_join_call_of_a_busy_lane() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        let mut tickets = Vec::new();
+        for sub_line in 0..3 {
+            let user = user_on(&layout, sub_line, "first");
+            tickets.push(store.enqueue(&queue, &user, 1_000).await.unwrap().ticket);
+        }
+        tickets.sort_unstable();
+        // Sub-line 1's lane's last call ended with more waiting.
+        let round = store.rounds.of(&queue).unwrap();
+        store.rounds.lane_after(&queue, 1, true);
+        let before = redis.calls("evalsha").unwrap();
+        let view = link.shared_view(&layout, tickets.clone(), 1_000, store.rounds.coming(&queue));
+        let next_call = async {
+            rider_waiting(&round, 1).await;
+            for _ in 0..1_000 {
+                if redis.calls("evalsha").unwrap() - before >= 3 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(
+                redis.calls("evalsha").unwrap() - before,
+                3,
+                "the head and the two other sub-lines read on their own"
+            );
+            // The lane's next call: a newcomer on sub-line 1.
+            let newcomer = [user_on(&layout, 1, "next")];
+            let (places, _coming) = link
+                .join_many(&layout, &newcomer, 1_000, Some(1))
+                .await
+                .unwrap();
+            places[0].0.as_ref().unwrap().ticket
+        };
+        let (view, newcomer) = tokio::join!(view, next_call);
+        let view = view.unwrap();
+        // Read after the newcomer's join, in the same call.
+        assert_eq!(view.in_line, 4);
+        assert!(newcomer > tickets[2]);
+        assert_eq!(view.below, vec![1, 2, 3]);
+        assert!(round.lanes.lock().unwrap()[1].rider.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_read_waiting_on_a_lane_that_goes_idle_reads_the_sub_line_itself() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        let user = user_on(&layout, 1, "first");
+        let ticket = store.enqueue(&queue, &user, 1_000).await.unwrap().ticket;
+        let round = store.rounds.of(&queue).unwrap();
+        store.rounds.lane_after(&queue, 1, true);
+        let started = Instant::now();
+        let view = link.shared_view(&layout, vec![ticket], 1_000, store.rounds.coming(&queue));
+        let idle = async {
+            rider_waiting(&round, 1).await;
+            // The lane's next call ended with nothing waiting behind it.
+            store.rounds.lane_after(&queue, 1, false);
+        };
+        let (view, ()) = tokio::join!(view, idle);
+        assert_eq!(view.unwrap().below, vec![1]);
+        // Not held until the rider's wait ran out (an eighth of the
+        // store's 2 s timeout).
+        assert!(started.elapsed() < Duration::from_millis(200));
+        // An idle lane is not waited for at all.
+        let before = redis.calls("evalsha").unwrap();
+        let view = link
+            .shared_view(&layout, vec![ticket], 1_000, store.rounds.coming(&queue))
+            .await
+            .unwrap();
+        assert_eq!(view.below, vec![1]);
+        assert!(round.lanes.lock().unwrap()[1].rider.is_none());
+        one_read_since(&redis, before, &layout);
+    }
+
+    #[tokio::test]
+    async fn a_rider_never_taken_costs_a_moment_and_marks_no_sub_line_slow() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;
+        let link = store.link(&queue);
+        let layout = link.layout().await.unwrap();
+        let user = user_on(&layout, 1, "first");
+        let ticket = store.enqueue(&queue, &user, 1_000).await.unwrap().ticket;
+        let round = store.rounds.of(&queue).unwrap();
+        // Every part read once, so each can stand in.
+        link.shared_view(&layout, vec![ticket], 1_000, store.rounds.coming(&queue))
+            .await
+            .unwrap();
+        // A lane with calls waiting whose next call does not come.
+        store.rounds.lane_after(&queue, 1, true);
+        let started = Instant::now();
+        let view = link
+            .shared_view(&layout, vec![ticket], 1_000, store.rounds.coming(&queue))
+            .await
+            .unwrap();
+        assert_eq!(view.below, vec![1], "read by the reader itself");
+        let waited = started.elapsed();
+        assert!(
+            waited >= store.timeout / 8,
+            "waited {waited:?} for the rider"
+        );
+        assert!(waited < store.timeout / 4, "waited {waited:?}");
+        let last = round.last.lock().unwrap();
+        assert!(
+            last.slow.iter().all(Option::is_none),
+            "no sub-line marked slow"
+        );
+        assert_eq!(last.standing(&layout, 1), Some(false));
+    }
+
+    #[tokio::test]
+    async fn only_a_join_lane_tells_the_round_whether_it_has_calls_waiting() {
+        use super::super::batch::{Op, after_call};
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;
+        let caller = store.caller(&queue).await.unwrap();
+        let round = store.rounds.of(&queue).unwrap();
+        let busy = || round.lanes.lock().unwrap()[1].busy;
+        after_call(&caller, &(queue.clone(), Op::Enqueue, 1), true);
+        assert!(busy());
+        // Lookups on the same sub-line carry no read: their lane running
+        // dry says nothing of the join lane's next call.
+        after_call(&caller, &(queue.clone(), Op::Place, 1), false);
+        assert!(busy());
+        after_call(&caller, &(queue.clone(), Op::Enqueue, 1), false);
+        assert!(!busy());
     }
 
     #[tokio::test]

@@ -930,17 +930,47 @@ impl SubLineLink<'_> {
     /// Joins `users` of a queue over sub-lines: each sub-line's users in
     /// their order, sub-line after sub-line (0 first), then every place
     /// read as the call left the line.
+    #[cfg(test)]
     pub(super) async fn enqueue_many(
         &self,
         layout: &Layout,
         users: &[UserId],
         now_ms: u64,
     ) -> Result<Vec<Result<Place>>> {
+        let (places, coming) = self.join_many(layout, users, now_ms, None).await?;
+        self.read_joined(layout, places, now_ms, coming).await
+    }
+
+    /// The joins of [`Self::enqueue_many`], their places still to be read
+    /// ([`Self::read_joined`]): each place with how far into its run it
+    /// came, and the call counted as coming to its round. `lane` is the
+    /// sub-line whose batching lane makes the call: a read of the round
+    /// riding on the lane's next call (`rounds.rs`) goes with the call on
+    /// that sub-line.
+    pub(super) async fn join_many(
+        &self,
+        layout: &Layout,
+        users: &[UserId],
+        now_ms: u64,
+        lane: Option<usize>,
+    ) -> Result<(Vec<(Result<Place>, u64)>, super::rounds::Coming)> {
         let coming = self.rounds.coming(self.queue);
+        let mut rider = lane.and_then(|sub_line| self.rounds.take_rider(self.queue, sub_line));
         let mut answers: Vec<Option<(Result<Place>, u64)>> = vec![None; users.len()];
         for (sub_line, group) in by_sub_line(layout, users) {
             let keys = layout.keys(self.prefix, sub_line)?;
             let mut rest = group.as_slice();
+            // The read riding on this sub-line's call, and its arguments.
+            let mut carried = None;
+            let mut count_args: Vec<String> = Vec::new();
+            if lane == Some(sub_line) && rider.as_ref().is_some_and(|r| r.layout == *layout) {
+                carried = rider.take();
+            }
+            if let Some(rider) = &carried {
+                count_args.push(COUNT.to_owned());
+                count_args.push(rider.tickets.len().to_string());
+                count_args.extend(rider.tickets.iter().map(u64::to_string));
+            }
             let mut leases = 0;
             // A block leased for the call, installed by its next call.
             let mut block: Option<[String; 4]> = None;
@@ -965,7 +995,10 @@ impl SubLineLink<'_> {
                     true => &rest[..1],
                     false => rest,
                 };
-                let mut names: Vec<&str> = Vec::with_capacity(sent.len() + 6);
+                let mut names: Vec<&str> = Vec::with_capacity(sent.len() + count_args.len() + 6);
+                if carried.is_some() {
+                    names.extend(count_args.iter().map(String::as_str));
+                }
                 if let Some(block) = &block {
                     names.push(BLOCK);
                     names.extend(block.iter().map(String::as_str));
@@ -987,6 +1020,16 @@ impl SubLineLink<'_> {
                     self.queue,
                 )?
                 .into_values();
+                if carried.is_some()
+                    && let Some(last) = items.pop_if(|last| tagged(last, b"counted"))
+                    && let Some(rider) = carried.take()
+                {
+                    // Unread, the rider is dropped and its reader reads the
+                    // sub-line itself: the joins stand either way.
+                    if let Ok(part) = Part::read_counted(last, rider.tickets.len()) {
+                        rider.answer(part);
+                    }
+                }
                 // The first user alone found the block open: everyone goes
                 // in the next call, as one run.
                 if matches!(items.as_slice(), [only] if tagged(only, b"resend")) {
@@ -1051,10 +1094,22 @@ impl SubLineLink<'_> {
                 }
             }
         }
-        let mut places: Vec<(Result<Place>, u64)> = answers
+        let places = answers
             .into_iter()
             .map(|answer| answer.unwrap_or_else(|| (Err(bad_reply("a user left unanswered")), 0)))
             .collect();
+        Ok((places, coming))
+    }
+
+    /// The places [`Self::join_many`] answered, each read as the round
+    /// after its call finds the line.
+    pub(super) async fn read_joined(
+        &self,
+        layout: &Layout,
+        mut places: Vec<(Result<Place>, u64)>,
+        now_ms: u64,
+        coming: super::rounds::Coming,
+    ) -> Result<Vec<Result<Place>>> {
         let read = places
             .iter_mut()
             .filter_map(|(place, k)| Some((place.as_mut().ok()?, *k)));
@@ -2071,23 +2126,7 @@ impl SubLineLink<'_> {
                 ScriptCall::new(&self.scripts.count_below, &keys, now_ms).args(&args),
             )
             .await?;
-        let in_line = reply.u64()?;
-        let prequeued = reply.u64()?;
-        let held = DrawHold {
-            above: reply.u64()?,
-            through: reply.u64()?,
-        };
-        let sample = Sample::read(&mut reply)?;
-        let below = (0..args.len())
-            .map(|_| reply.u64())
-            .collect::<Result<Vec<u64>>>()?;
-        Ok(Part {
-            in_line,
-            prequeued,
-            held,
-            sample,
-            below,
-        })
+        Part::read(&mut reply, args.len())
     }
 
     /// A script of one sub-line with the user as its only argument
@@ -2190,6 +2229,10 @@ const WANTED: &str = "\u{2}";
 /// What precedes a block leased ahead of a call (`enqueue_many.lua`).
 const AHEAD: &str = "\u{3}";
 
+/// What precedes the tickets of a read riding on a join call
+/// (`enqueue_many.lua`).
+const COUNT: &str = "\u{4}";
+
 /// A sub-line's block as an enqueue call left it (`enqueue_many.lua`'s
 /// last answer), and whether a block leased ahead went unused.
 #[derive(Clone, Copy, Debug)]
@@ -2284,6 +2327,36 @@ pub(super) struct Part {
     pub(super) held: DrawHold,
     pub(super) sample: Sample,
     pub(super) below: Vec<u64>,
+}
+
+impl Part {
+    /// Reads a part for `tickets` tickets as `count_below.lua` answers it.
+    fn read(reply: &mut Reply, tickets: usize) -> Result<Self> {
+        let in_line = reply.u64()?;
+        let prequeued = reply.u64()?;
+        let held = DrawHold {
+            above: reply.u64()?,
+            through: reply.u64()?,
+        };
+        let sample = Sample::read(reply)?;
+        let below = (0..tickets)
+            .map(|_| reply.u64())
+            .collect::<Result<Vec<u64>>>()?;
+        Ok(Self {
+            in_line,
+            prequeued,
+            held,
+            sample,
+            below,
+        })
+    }
+
+    /// Reads a part that rode on a join call: `{'counted', part...}`.
+    fn read_counted(value: Value, tickets: usize) -> Result<Self> {
+        let mut reply = Reply::new(value)?;
+        reply.string()?;
+        Self::read(&mut reply, tickets)
+    }
 }
 
 /// An admission rate sample's counts. The head's (the admissions it

@@ -15,6 +15,9 @@
 -- a call that finds the block open answers {'resend'} having done
 -- nothing: served alone, its user's ticket would start a run of its own,
 -- where the line's log has one run of a block's consecutive tickets.
+-- Before all of these, COUNT (a fourth control character), n, and n
+-- tickets: a read of this sub-line's part of a view (prelude.lua,
+-- `line_part`) riding on the call, made after its joins (rounds.rs).
 -- Returns {'ok', answer...}, the answers in the users' order, each either
 -- an answer of enqueue_one for one user, or {'joined', n, first ticket,
 -- first position, epoch, mode, rate count, rate span, notice, closed reason,
@@ -31,7 +34,9 @@
 -- closed), for the caller to lease the next one ahead; 1 when a block
 -- leased ahead was not installed (not needed, not of the size needed, or
 -- refused by install_block), for the caller to give back; and how many
--- tickets the call gave.
+-- tickets the call gave. With COUNT, every answer that starts 'ok' ends
+-- with {'counted', the part as count_below.lua answers it, without its
+-- 'ok'}.
 --
 -- The common case of a burst, a newcomer joining the back of a line that
 -- is already forming, costs no call of its own: whether each user is in
@@ -50,22 +55,39 @@
 -- redis.call makes of every numeric argument, costs about as much as the
 -- insert.
 
-local BLOCK, WANTED, AHEAD = '\1', '\2', '\3'
+local BLOCK, WANTED, AHEAD, COUNT = '\1', '\2', '\3', '\4'
 local cfg = load_config()
 if not cfg then
   return { 'no_queue' }
 end
 prepare(cfg)
 local from = 2
+local count_from, count_to
+if ARGV[2] == COUNT then
+  count_from = 4
+  count_to = 3 + tonumber(ARGV[3])
+  from = count_to + 1
+end
 local ahead
-if ARGV[2] == BLOCK then
+if ARGV[from] == BLOCK then
   if cfg.sub_line then
-    install_block(cfg, tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
+    install_block(cfg, tonumber(ARGV[from + 1]), tonumber(ARGV[from + 2]),
+      tonumber(ARGV[from + 3]), tonumber(ARGV[from + 4]))
   end
-  from = 7
-elseif ARGV[2] == AHEAD then
-  ahead = { tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]) }
-  from = 7
+  from = from + 5
+elseif ARGV[from] == AHEAD then
+  ahead = { tonumber(ARGV[from + 1]), tonumber(ARGV[from + 2]), tonumber(ARGV[from + 3]),
+    tonumber(ARGV[from + 4]) }
+  from = from + 5
+end
+-- The read riding on the call, as the call leaves the sub-line.
+local function counted(out)
+  if count_from then
+    local part = line_part(count_from, count_to)
+    table.insert(part, 1, 'counted')
+    out[#out + 1] = part
+  end
+  return out
 end
 -- The call's answers, and on a sub-line its block as it leaves it.
 local function answered(out)
@@ -77,7 +99,7 @@ local function answered(out)
     out[#out + 1] = { 'block', first, cfg.block_next, cfg.block_end, leased_at, ahead and 1 or 0,
       cfg.given or 0 }
   end
-  return out
+  return counted(out)
 end
 -- Where the call would answer {'lease', size}: the block leased ahead
 -- instead, when it is of that size and installs; whether it did. Of the
@@ -94,7 +116,7 @@ end
 local wanted_from_first = #ARGV - from + 1
 if ARGV[from] == WANTED then
   if cfg.sub_line and block_open(cfg) then
-    return { 'ok', { 'resend' } }
+    return counted({ 'ok', { 'resend' } })
   end
   wanted_from_first = tonumber(ARGV[from + 1])
   from = from + 2

@@ -797,3 +797,20 @@ end
 local function is_final(p)
   return p[1] == 'admitted' or p[1] == 'closed'
 end
+
+-- This sub-line's part of a view of a line over sub-lines: everyone in line,
+-- of them pre-queued or being drawn, the drawn tickets held (above,
+-- through: `drawn_hold`), the rate sample, and the waiting at or below each
+-- ticket of ARGV[from..to]. A position is the waiting at or below one's own
+-- ticket, summed over the sub-lines.
+local function line_part(from, to)
+  local count, span, recent, abandoned = rate_sample()
+  local prequeued = redis.call('ZCARD', K_PREQUEUE) + redis.call('ZCARD', K_POOL)
+  local above, through = drawn_hold(prequeued)
+  local out = { redis.call('ZCARD', K_WAITING) + prequeued, prequeued, above, through, count,
+    span, recent, abandoned }
+  for i = from, to do
+    out[#out + 1] = redis.call('ZCOUNT', K_WAITING, '-inf', ARGV[i])
+  end
+  return out
+end
