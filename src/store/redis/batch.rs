@@ -270,11 +270,11 @@ async fn run(
         let answers: Result<Vec<Result<Option<Place>>>> = match key.1 {
             Op::Enqueue => match caller.join_many(&users, now_ms, Some(key.2)).await {
                 // Over sub-lines the places are read in the queue's next
-                // round. With more calls waiting, the lane's next call goes
-                // once that read can ride on it (`rounds.rs`), or once the
-                // places are read: so a call waits, as before, for its
-                // last's places, and a read of them costs no call of its
-                // own.
+                // round, and the lane's next call waits for that read as
+                // it always did, so calls stay as full; but a read that
+                // comes to ride on the next call (`rounds.rs`) has it sent
+                // at once when a full call is waiting, which is as full
+                // sent now as later.
                 Ok(joined @ Joined::ToRead { .. }) => {
                     last_ended = Some(Instant::now());
                     let reader = Arc::clone(&caller);
@@ -282,10 +282,13 @@ async fn run(
                         let answers = reader.read_joined(joined, now_ms).await;
                         answer(replies, answers.map(some));
                     });
-                    let more = !rx.is_empty();
-                    after_call(&caller, &key, more);
-                    if more {
-                        caller.rounds.rider_or(&key.0, key.2, &mut read).await;
+                    after_call(&caller, &key, true);
+                    caller
+                        .rounds
+                        .rider_or(&key.0, key.2, &mut read, || rx.len() >= MAX_BATCH)
+                        .await;
+                    if rx.is_empty() {
+                        after_call(&caller, &key, false);
                     }
                     continue;
                 }

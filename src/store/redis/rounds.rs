@@ -15,13 +15,15 @@
 //! at most [`GATHER`], so that in a burst, where every sub-line's batch is in
 //! flight at once, one read answers them all rather than every other one.
 //!
-//! A sub-line whose joins are coming in a crowd is not asked apart: the read
-//! of its part rides on its lane's next join call (`enqueue_many.lua`,
-//! COUNT), sent after the calls the read answers as a read of its own
-//! would be, which saves a call of each sub-line a round. A lane takes a
-//! rider only while it has a call in flight and more waiting behind it;
-//! once it has nothing waiting it drops the rider, and the reader asks the
-//! sub-line itself.
+//! A sub-line whose joins come faster than its calls carry them is not
+//! asked apart: the read of its part rides on its lane's next join call
+//! (`enqueue_many.lua`, COUNT), sent after the calls the read answers as a
+//! read of its own would be, which saves a call of each sub-line a round.
+//! A lane waits for its last call's places before its next call, as it
+//! always did; a rider coming meanwhile has the next call sent at once
+//! when a full call is waiting, and is dropped otherwise (the reader then
+//! asks the sub-line itself). A reader waits for a rider an eighth of the
+//! timeout at most.
 //!
 //! A round also keeps what it last read of the head and of each sub-line.
 //! A part that does not answer (its primary lost, until its replica takes
@@ -69,8 +71,8 @@ struct Round {
 /// A sub-line's join lane as a read sees it.
 #[derive(Default)]
 struct Lane {
-    /// More calls were waiting when its last call ended: it has a next
-    /// call to make.
+    /// Its last join call's places are being read, or its next call is
+    /// under way: a rider goes with its next call, if it has one to make.
     busy: bool,
     rider: Option<Rider>,
     /// Told when a rider comes, for a lane that waits for one.
@@ -290,10 +292,18 @@ impl Rounds {
         });
     }
 
-    /// Waits until a read comes to ride on the next call of sub-line
-    /// `sub_line`'s lane of `queue`, or `read` (the last call's own read)
-    /// ends, whichever is first.
-    pub(super) async fn rider_or(&self, queue: &QueueId, sub_line: usize, read: impl Future) {
+    /// Waits until `read` (the places of sub-line `sub_line`'s lane's last
+    /// join call) ends, or until a read comes to ride on the lane's next
+    /// call while `next` says it has one to make. A rider that finds
+    /// nothing to ride on is dropped, and no other comes until the lane's
+    /// next call: its reader reads the sub-line itself.
+    pub(super) async fn rider_or(
+        &self,
+        queue: &QueueId,
+        sub_line: usize,
+        read: impl Future,
+        next: impl Fn() -> bool,
+    ) {
         let Some(rode) = self.lane(queue, sub_line, |lane| Arc::clone(&lane.rode)) else {
             read.await;
             return;
@@ -305,12 +315,15 @@ impl Rounds {
                 () = rode.notified() => {}
             }
             // A wake-up left by a rider since taken or dropped is not one.
-            if self
-                .lane(queue, sub_line, |lane| lane.rider.is_some())
-                .unwrap_or(true)
-            {
+            if self.lane(queue, sub_line, |lane| lane.rider.is_some()) == Some(false) {
+                continue;
+            }
+            if next() {
                 return;
             }
+            self.lane_after(queue, sub_line, false);
+            read.await;
+            return;
         }
     }
 
@@ -854,6 +867,59 @@ mod tests {
             "no sub-line marked slow"
         );
         assert_eq!(last.standing(&layout, 1), Some(false));
+    }
+
+    #[tokio::test]
+    async fn a_lane_sends_its_next_call_for_a_rider_only_with_one_to_send() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;
+        let layout = store.link(&queue).layout().await.unwrap();
+        let round = store.rounds.of(&queue).unwrap();
+        let rounds = &store.rounds;
+        for has_next in [false, true] {
+            // A join call ended; its places are being read.
+            rounds.lane_after(&queue, 1, true);
+            let read_ended = std::sync::atomic::AtomicBool::new(false);
+            let (read_done, read) = oneshot::channel::<()>();
+            let lane = async {
+                let waited = rounds.rider_or(&queue, 1, read, || has_next);
+                tokio::time::timeout(Duration::from_secs(5), waited)
+                    .await
+                    .expect("the lane waits no longer than its read");
+                let ended = read_ended.load(Ordering::Acquire);
+                // The next call, carrying the rider if the lane holds one.
+                let carried = rounds.take_rider(&queue, 1).map(|rider| {
+                    rider.answer(Part {
+                        in_line: 1,
+                        prequeued: 0,
+                        held: DrawHold::NONE,
+                        sample: Sample::default(),
+                        below: vec![7],
+                    })
+                });
+                (carried.is_some(), ended)
+            };
+            let reader = async {
+                let ride = round.ride(1, &layout, &[1]).expect("the lane is busy");
+                let rode = tokio::time::timeout(Duration::from_secs(5), ride).await;
+                // The lane's own read ends only once the rider's fate is known.
+                read_ended.store(true, Ordering::Release);
+                let _ = read_done.send(());
+                rode.expect("the rider is answered or dropped at once")
+            };
+            let ((carried, read_had_ended), rode) = tokio::join!(lane, reader);
+            if has_next {
+                // The lane went at once, rider in hand, before its read.
+                assert!(carried && !read_had_ended);
+                assert_eq!(rode.unwrap().below, vec![7]);
+            } else {
+                // Nothing to ride on: dropped at once, read by the reader;
+                // the lane waited for its read.
+                assert!(!carried && read_had_ended);
+                assert!(rode.is_err());
+                assert!(!round.lanes.lock().unwrap()[1].busy);
+            }
+        }
     }
 
     #[tokio::test]
