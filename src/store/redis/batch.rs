@@ -186,8 +186,8 @@ impl Drop for Idle<'_> {
     }
 }
 
-/// Tells the queue's round whether a join lane has more calls waiting
-/// (`rounds.rs`): lookups carry no read.
+/// Tells the queue's round whether a read may wait for a join lane's next
+/// call (`rounds.rs`, `Rounds::lane_after`): lookups carry no read.
 pub(super) fn after_call(caller: &QueueCaller, key: &Lane, more: bool) {
     if key.1 == Op::Enqueue {
         caller.rounds.lane_after(&key.0, key.2, more);
@@ -276,7 +276,6 @@ async fn run(
                 // at once when a full call is waiting, which is as full
                 // sent now as later.
                 Ok(joined @ Joined::ToRead { .. }) => {
-                    last_ended = Some(Instant::now());
                     let reader = Arc::clone(&caller);
                     let mut read = tokio::spawn(async move {
                         let answers = reader.read_joined(joined, now_ms).await;
@@ -287,9 +286,9 @@ async fn run(
                         .rounds
                         .rider_or(&key.0, key.2, &mut read, || rx.len() >= MAX_BATCH)
                         .await;
-                    if rx.is_empty() {
-                        after_call(&caller, &key, false);
-                    }
+                    // Requests that came meanwhile waited behind the read.
+                    last_ended = Some(Instant::now());
+                    after_call(&caller, &key, rx.len() >= MAX_BATCH);
                     continue;
                 }
                 Ok(joined) => caller.read_joined(joined, now_ms).await.map(some),

@@ -18,7 +18,8 @@
 //! A sub-line whose joins come faster than its calls carry them is not
 //! asked apart: the read of its part rides on its lane's next join call
 //! (`enqueue_many.lua`, COUNT), sent after the calls the read answers as a
-//! read of its own would be, which saves a call of each sub-line a round.
+//! read of its own would be, which saves the read's call on each sub-line
+//! with a full call waiting.
 //! A lane waits for its last call's places before its next call, as it
 //! always did; a rider coming meanwhile has the next call sent at once
 //! when a full call is waiting, and is dropped otherwise (the reader then
@@ -71,8 +72,9 @@ struct Round {
 /// A sub-line's join lane as a read sees it.
 #[derive(Default)]
 struct Lane {
-    /// Its last join call's places are being read, or its next call is
-    /// under way: a rider goes with its next call, if it has one to make.
+    /// Its last join call's places are being read, or its next call,
+    /// sent with a full one waiting behind it, is under way: a rider goes
+    /// with its next call if that is full.
     busy: bool,
     rider: Option<Rider>,
     /// Told when a rider comes, for a lane that waits for one.
@@ -279,9 +281,10 @@ impl Rounds {
         .flatten()
     }
 
-    /// A join call of sub-line `sub_line`'s lane of `queue` over
-    /// sub-lines ended, with `more` calls waiting or none. With none, a
-    /// read does not wait for the lane, and a rider it holds is dropped:
+    /// Whether a read may wait for the next call of sub-line `sub_line`'s
+    /// join lane of `queue` (`more`): yes while the lane waits for its last
+    /// call's places, and through its next call when a full one was
+    /// waiting as it went. With no, a rider the lane holds is dropped, and
     /// its reader reads the sub-line itself.
     pub(super) fn lane_after(&self, queue: &QueueId, sub_line: usize, more: bool) {
         self.lane(queue, sub_line, |lane| {
@@ -314,8 +317,14 @@ impl Rounds {
                 _ = &mut read => return,
                 () = rode.notified() => {}
             }
-            // A wake-up left by a rider since taken or dropped is not one.
-            if self.lane(queue, sub_line, |lane| lane.rider.is_some()) == Some(false) {
+            // A wake-up left by a rider since taken, dropped or given up
+            // is not one.
+            let waiting = |lane: &mut Lane| {
+                lane.rider
+                    .as_ref()
+                    .is_some_and(|rider| !rider.answer.is_closed())
+            };
+            if self.lane(queue, sub_line, waiting) == Some(false) {
                 continue;
             }
             if next() {
@@ -327,14 +336,16 @@ impl Rounds {
         }
     }
 
-    /// Runs `f` on sub-line `sub_line`'s lane of `queue`'s round.
+    /// Runs `f` on sub-line `sub_line`'s lane of `queue`'s round, if the
+    /// queue has one: a lane makes none, so a made-up or deleted queue's
+    /// lane leaves nothing behind.
     fn lane<T>(
         &self,
         queue: &QueueId,
         sub_line: usize,
         f: impl FnOnce(&mut Lane) -> T,
     ) -> Option<T> {
-        let round = self.of(queue)?;
+        let round = Arc::clone(self.queues.lock().ok()?.get(queue)?);
         let mut lanes = round.lanes.lock().ok()?;
         if lanes.len() <= sub_line {
             lanes.resize_with(sub_line + 1, Lane::default);
@@ -920,6 +931,63 @@ mod tests {
                 assert!(!round.lanes.lock().unwrap()[1].busy);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_waited_behind_its_lane_s_read_is_stamped_when_sent() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;
+        let store = std::sync::Arc::new(store);
+        let on_one = |name: &str| {
+            (0..)
+                .map(|i| format!("{name}-{i}"))
+                .find(|user| crate::domain::shards::sub_line_of(user, 3) == 1)
+                .unwrap()
+        };
+        let (first, second) = (on_one("first"), on_one("second"));
+        let join = |name: &str| {
+            let (store, queue) = (std::sync::Arc::clone(&store), queue.clone());
+            let user = UserId::parse(name).unwrap();
+            tokio::spawn(async move { store.enqueue(&queue, &user, 10_000).await })
+        };
+        // The layout read and the lane started, then every read held.
+        join(&on_one("before")).await.unwrap().unwrap();
+        let round = store.rounds.of(&queue).unwrap();
+        let reading = round.reading.lock().await;
+        let first_join = join(&first);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The first call ended and its lane waits for its read: the second
+        // waits behind it, both read at 10 s.
+        let second_join = join(&second);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        drop(reading);
+        first_join.await.unwrap().unwrap();
+        second_join.await.unwrap().unwrap();
+        let keys = super::super::keys::tagged_keys("t", "sale/3~1");
+        let mut conn = super::super::tests::connection_to(&redis);
+        let mut seen = |user: &str| -> u64 {
+            redis::cmd("ZSCORE")
+                .arg(&keys[11])
+                .arg(user)
+                .query(&mut conn)
+                .unwrap()
+        };
+        assert_eq!(seen(&first), 10_000, "sent at once, as read");
+        let second = seen(&second);
+        assert!(
+            (10_350..11_000).contains(&second),
+            "sent after waiting about 400 ms, at {second}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_join_lane_of_a_made_up_queue_leaves_no_round_behind() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, _) = super::super::tests::over_three_sub_lines(&redis).await;
+        let made_up = QueueId::parse("no-such-sale").unwrap();
+        let user = UserId::parse("someone").unwrap();
+        assert!(store.enqueue(&made_up, &user, 1_000).await.is_err());
+        assert!(!store.rounds.queues.lock().unwrap().contains_key(&made_up));
     }
 
     #[tokio::test]
