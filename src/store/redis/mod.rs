@@ -523,8 +523,14 @@ impl RedisStore {
         }
         self.write_head(queue, &again.fields, now_ms).await?;
         // Its open blocks hold the watermark back at once (and the history
-        // is recorded), not at the first lease.
-        link.resync(now_ms).await?;
+        // is recorded), not at the first lease. The head is made either
+        // way: until a resync records its history, every lease and
+        // admission is answered 'resync' and makes one first, so one that
+        // fails here (a sub-line slow to answer) is only made later, and
+        // the queue is not reported lost a second time.
+        if let Err(error) = link.resync(now_ms).await {
+            tracing::warn!(queue = %queue, %error, "a head made again is resynced at its first lease");
+        }
         Ok(Some(again.config))
     }
 }

@@ -4045,6 +4045,39 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
     }
 
+    /// A head made again whose resync fails (its leases unusable for a
+    /// moment) is made all the same, as the queue that was lost, and
+    /// resyncs at its first lease: the next join takes a ticket above
+    /// every one given.
+    #[tokio::test]
+    async fn a_head_made_again_stands_when_its_resync_fails() {
+        let redis = crate::testkit::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let store = store_on(&redis).await.with_sub_lines();
+        let queue = QueueId::parse("sale").unwrap();
+        let mut conn = connection_to(&redis);
+        let mut config = QueueConfig::new(queue.clone()).created(1_000);
+        config.shards = 3;
+        store.create_queue(&config).await.unwrap();
+        let (_, tickets) = join_users(&store, &queue, 30, 1_100).await;
+        lose_head(&mut conn);
+        let leases = keys::leases_key("t", &queue);
+        let _: () = redis::cmd("SET")
+            .arg(&leases)
+            .arg("not a set")
+            .query(&mut conn)
+            .unwrap();
+        let mut again = config.clone();
+        again.created_at_ms = 2_000;
+        again.adoption = Some(Adoption::default());
+        let made = store.create_queue(&again).await;
+        assert_eq!(made.map(|q| q.created_at_ms).ok(), Some(1_000));
+        assert!(store.queue_lost(&queue).await.is_ok_and(|lost| !lost));
+        let _: () = redis::cmd("DEL").arg(&leases).query(&mut conn).unwrap();
+        let newcomer = UserId::parse("newcomer").unwrap();
+        let place = store.enqueue(&queue, &newcomer, 2_100).await.unwrap();
+        assert!(tickets.values().all(|&ticket| ticket < place.ticket));
+    }
+
     /// Loses the head of `sale` (its keys gone, as with its node back
     /// empty), then makes the queue over three sub-lines again at `now_ms`
     /// as its declaration does: what it made.
