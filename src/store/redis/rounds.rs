@@ -67,6 +67,9 @@ struct Round {
     last: Mutex<Last>,
     /// Each sub-line's join lane, for a read to ride on.
     lanes: Mutex<Vec<Lane>>,
+    /// Parts read by a call they rode on.
+    #[cfg(test)]
+    rides: AtomicUsize,
 }
 
 /// A sub-line's join lane as a read sees it.
@@ -514,6 +517,8 @@ impl SubLineLink<'_> {
                         && let Ok(Ok(part)) = tokio::time::timeout(self.timeout / 8, ride).await
                         && part.below.len() == tickets.len()
                     {
+                        #[cfg(test)]
+                        round.rides.fetch_add(1, Ordering::Relaxed);
                         return Ok((Ok(part), false));
                     }
                     let part = self.count_part(layout, sub_line, tickets, now_ms);
@@ -567,7 +572,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::domain::UserId;
+    use crate::domain::{PlaceState, UserId};
     use crate::store::QueueStore;
     use crate::testkit::RedisServer;
 
@@ -988,6 +993,45 @@ mod tests {
         let user = UserId::parse("someone").unwrap();
         assert!(store.enqueue(&made_up, &user, 1_000).await.is_err());
         assert!(!store.rounds.queues.lock().unwrap().contains_key(&made_up));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_s_reads_ride_on_its_join_calls_and_place_everyone() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let (store, queue) = super::super::tests::over_three_sub_lines(&redis).await;
+        let store = Arc::new(store);
+        let crowd = 4_000;
+        let joins: Vec<_> = (0..crowd)
+            .map(|i| {
+                let (store, queue) = (Arc::clone(&store), queue.clone());
+                let user = UserId::parse(&format!("user-{i}")).unwrap();
+                tokio::spawn(async move { store.enqueue(&queue, &user, 1_000).await })
+            })
+            .collect();
+        let mut places = Vec::new();
+        for join in joins {
+            places.push(join.await.unwrap().unwrap());
+        }
+        let mut tickets: Vec<u64> = places.iter().map(|place| place.ticket).collect();
+        tickets.sort_unstable();
+        tickets.dedup();
+        assert_eq!(tickets.len(), crowd, "a ticket each");
+        // Nobody left or was admitted: each was placed behind at most
+        // everyone below their ticket, and counted in.
+        for place in &places {
+            let below = tickets.partition_point(|&t| t <= place.ticket) as u64;
+            match place.state {
+                PlaceState::Waiting { position } => {
+                    assert!((1..=below).contains(&position), "{position} of {below}");
+                }
+                ref state => panic!("{state:?}"),
+            }
+        }
+        let round = store.rounds.of(&queue).unwrap();
+        assert!(
+            round.rides.load(Ordering::Relaxed) > 0,
+            "no read rode on a join call"
+        );
     }
 
     #[tokio::test]
