@@ -213,6 +213,14 @@ async fn a_sub_line_s_primary_killed_stops_only_that_sub_line_s_joins() {
     a_primary_killed(Victim::SubLine).await;
 }
 
+/// The same under a crowd: with more joins waiting than a call takes,
+/// the rounds' reads ride on the sub-lines' join calls, the victim's too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_line_s_primary_killed_under_a_crowd_stops_only_that_sub_line_s_joins() {
+    let _one = crate::one_at_a_time().await;
+    a_primary_killed(Victim::SubLineInACrowd).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_head_s_primary_killed_pauses_joins_and_gives_no_ticket_twice() {
     let _one = crate::one_at_a_time().await;
@@ -259,6 +267,8 @@ async fn a_sub_line_failed_over_to_a_replica_briefly_or_long_behind_admits_nobod
 enum Victim {
     /// A sub-line's that does not hold the head.
     SubLine,
+    /// The same, under a crowd of joiners.
+    SubLineInACrowd,
     /// A sub-line's, with a replica cut off from it that long before.
     SubLineBehind(Duration),
     /// The head's, with a replica that has every write.
@@ -274,8 +284,9 @@ async fn a_primary_killed(victim_kind: Victim) {
     let killing_the_head = matches!(victim_kind, Victim::Head | Victim::HeadBehind(_));
     let behind = match victim_kind {
         Victim::SubLineBehind(cut_off) | Victim::HeadBehind(cut_off) => Some(cut_off),
-        Victim::SubLine | Victim::Head => None,
+        Victim::SubLine | Victim::SubLineInACrowd | Victim::Head => None,
     };
+    let crowd = victim_kind == Victim::SubLineInACrowd;
     let mut cluster = RedisCluster::start_with_replicas(1).unwrap_or_else(|e| panic!("{e}"));
     let (store, queue, _) = sale_over_three_sub_lines(&cluster).await;
     // The victim: a sub-line whose primary does not also hold the head,
@@ -285,7 +296,10 @@ async fn a_primary_killed(victim_kind: Victim) {
 
     let mut joins = line_of(&store, &queue, "early", LINE).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let joiners = spawn_joiners(&store, &queue, &stop);
+    let joiners = match crowd {
+        true => spawn_crowd(&store, &queue, &stop, CROWD),
+        false => spawn_joiners(&store, &queue, &stop),
+    };
     // A pop lost with a primary would admit its users again (docs/design.md,
     // "Failover"): the admitter holds off while the head's replica is cut
     // off, so the replica behind tests the leases alone.
@@ -335,6 +349,14 @@ async fn a_primary_killed(victim_kind: Victim) {
         joins.extend(joiner.await.unwrap());
     }
     let (batches, answered_at, failures) = admitter.await.unwrap();
+    if crowd {
+        let rides = store.rides(&queue);
+        eprintln!(
+            "{} joins; {rides} parts of reads rode on join calls",
+            joins.len()
+        );
+        assert!(rides > 0, "no read rode on a join call");
+    }
     let before_the_kill: usize = batches
         .iter()
         .zip(&answered_at)
@@ -948,9 +970,22 @@ fn spawn_joiners(
     queue: &QueueId,
     stop: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<Vec<(UserId, Join)>>> {
+    spawn_crowd(store, queue, stop, 3)
+}
+
+/// Joiners on each sub-line, each joining one new user after another:
+/// [`CROWD`] keep more joins waiting on a sub-line than one call takes.
+const CROWD: usize = 800;
+
+fn spawn_crowd(
+    store: &Arc<RedisStore>,
+    queue: &QueueId,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+    per_sub_line: usize,
+) -> Vec<tokio::task::JoinHandle<Vec<(UserId, Join)>>> {
     let mut joiners = Vec::new();
     for sub_line in 0..3usize {
-        for joiner in 0..3 {
+        for joiner in 0..per_sub_line {
             let (store, queue, stop) = (Arc::clone(store), queue.clone(), Arc::clone(stop));
             joiners.push(tokio::spawn(async move {
                 let mut joins = Vec::new();

@@ -211,6 +211,12 @@ impl RedisStore {
         lua::enqueue_many_source()
     }
 
+    /// How many parts of `queue`'s reads of places rode on a join call.
+    #[cfg(feature = "testkit")]
+    pub fn rides(&self, queue: &QueueId) -> usize {
+        self.rounds.rides(queue)
+    }
+
     #[cfg(feature = "testkit")]
     pub fn queue_keys(&self, queue: &QueueId) -> [String; keys::QUEUE_KEYS] {
         self.keys(queue)

@@ -68,7 +68,7 @@ struct Round {
     /// Each sub-line's join lane, for a read to ride on.
     lanes: Mutex<Vec<Lane>>,
     /// Parts read by a call they rode on.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testkit"))]
     rides: AtomicUsize,
 }
 
@@ -364,6 +364,20 @@ impl Rounds {
         }
     }
 
+    /// How many parts of `queue`'s reads rode on a join call.
+    #[cfg(feature = "testkit")]
+    pub(super) fn rides(&self, queue: &QueueId) -> usize {
+        self.queues
+            .lock()
+            .ok()
+            .and_then(|queues| {
+                queues
+                    .get(queue)
+                    .map(|round| round.rides.load(Ordering::Relaxed))
+            })
+            .unwrap_or(0)
+    }
+
     fn of(&self, queue: &QueueId) -> Option<Arc<Round>> {
         let mut queues = self.queues.lock().ok()?;
         Some(Arc::clone(queues.entry(queue.clone()).or_default()))
@@ -517,7 +531,7 @@ impl SubLineLink<'_> {
                         && let Ok(Ok(part)) = tokio::time::timeout(self.timeout / 8, ride).await
                         && part.below.len() == tickets.len()
                     {
-                        #[cfg(test)]
+                        #[cfg(any(test, feature = "testkit"))]
                         round.rides.fetch_add(1, Ordering::Relaxed);
                         return Ok((Ok(part), false));
                     }
