@@ -296,9 +296,13 @@ async fn a_primary_killed(victim_kind: Victim) {
 
     let mut joins = line_of(&store, &queue, "early", LINE).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let joiners = match crowd {
-        true => spawn_crowd(&store, &queue, &stop, CROWD),
-        false => spawn_joiners(&store, &queue, &stop),
+    let joiners = spawn_joiners(&store, &queue, &stop);
+    // The crowd, until a second after the kill: its reads ride on the
+    // join calls, the victim's too, and its joins are few enough to check.
+    let crowd_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let crowders = match crowd {
+        true => spawn_crowd(&store, &queue, &crowd_stop, "c", CROWD),
+        false => Vec::new(),
     };
     // A pop lost with a primary would admit its users again (docs/design.md,
     // "Failover"): the admitter holds off while the head's replica is cut
@@ -330,6 +334,10 @@ async fn a_primary_killed(victim_kind: Victim) {
         .unwrap();
     node.stop();
     let killed = std::time::Instant::now();
+    if crowd {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        crowd_stop.store(true, Ordering::Relaxed);
+    }
     let replica_node = cluster.nodes.iter().find(node_on(replica)).unwrap();
     if behind.is_some() {
         replica_node.resume().unwrap();
@@ -345,7 +353,7 @@ async fn a_primary_killed(victim_kind: Victim) {
     let promoted = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
-    for joiner in joiners {
+    for joiner in joiners.into_iter().chain(crowders) {
         joins.extend(joiner.await.unwrap());
     }
     let (batches, answered_at, failures) = admitter.await.unwrap();
@@ -970,7 +978,7 @@ fn spawn_joiners(
     queue: &QueueId,
     stop: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<Vec<(UserId, Join)>>> {
-    spawn_crowd(store, queue, stop, 3)
+    spawn_crowd(store, queue, stop, "s", 3)
 }
 
 /// Joiners on each sub-line, each joining one new user after another:
@@ -981,6 +989,7 @@ fn spawn_crowd(
     store: &Arc<RedisStore>,
     queue: &QueueId,
     stop: &Arc<std::sync::atomic::AtomicBool>,
+    prefix: &'static str,
     per_sub_line: usize,
 ) -> Vec<tokio::task::JoinHandle<Vec<(UserId, Join)>>> {
     let mut joiners = Vec::new();
@@ -992,7 +1001,7 @@ fn spawn_crowd(
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let name = format!("s{sub_line}-j{joiner}-{n}");
+                    let name = format!("{prefix}{sub_line}-j{joiner}-{n}");
                     if sub_line_of(&name, 3) as usize != sub_line {
                         continue;
                     }
